@@ -1,0 +1,1259 @@
+/*
+ * agent.c - otacd-agent, the job runner.
+ *
+ * Why: every job of every pipeline, on the daemon's own machine or on a
+ * build box or HIL rig elsewhere, runs through this one program and the
+ * agent protocol of docs/api.md, so local and remote agents behave alike.
+ *
+ * How: main() registers (retrying forever while the daemon is away), then
+ * long-polls for a job.  A job runs on the main thread: a fresh workspace,
+ * then each step as `/bin/sh -e -c RUN` in its own process group, its
+ * stdout+stderr read from one pipe with poll().  Two helper threads live for
+ * the length of a job:
+ *   - the heartbeat thread extends the lease and learns about cancels (the
+ *     runner then kills the process group) and lost leases (409: kill and
+ *     drop the job without finishing it);
+ *   - the log sender ships output every 100 ms or 64 KiB.  Output is masked
+ *     for secrets line by line on its way into the send queue, and queued
+ *     bytes are dropped only once the daemon acknowledges them, so a dropped
+ *     connection or a daemon restart loses nothing (416 tells where to
+ *     resume).
+ * Thread ownership: struct job's fields under `mu` are shared (the runner
+ * writes output and closes the log, the threads set cancel/lost); the rest
+ * of struct job belongs to the main thread.  After the steps, artifacts are
+ * hashed (SHA-256) and streamed up, and the result is reported by `finish`,
+ * retried until the daemon acknowledges it.
+ */
+#include "../common/httpc.h"
+#include "../common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <glob.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <openssl/evp.h>
+
+#define DEFAULT_URL "http://127.0.0.1:8470"
+#define LONGPOLL_WAIT_MS 25000
+#define LONGPOLL_TIMEOUT_MS 35000
+#define REQUEST_TIMEOUT_MS 15000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+#define LOG_FLUSH_MS 100
+#define LOG_FLUSH_BYTES (64 * 1024)
+#define LOG_CHUNK_MAX (256 * 1024)
+#define LINE_HOLD_MS 1000
+#define LINE_HOLD_BYTES 8192
+#define LOG_QUEUE_MAX ((size_t)256 << 20)
+#define KILL_GRACE_MS 5000
+#define UPLOAD_TRIES 4
+
+#define C_HEAD "\033[1;36m"
+#define C_ERR "\033[1;31m"
+#define C_OFF "\033[0m"
+
+struct agent {
+	char *url;              /* without a trailing '/' */
+	char *token;
+	char *name;
+	char *workdir;          /* absolute */
+	struct strvec labels;
+	int once;
+	int id_is_int;          /* agent_id as the daemon gave it */
+	json_int_t id_int;
+	char *id_str;
+	long lease_ms, heartbeat_ms;
+};
+
+/* Why a job (or a step) ended. */
+enum outcome { OUT_OK, OUT_SCRIPT, OUT_TIMEOUT, OUT_CANCELED, OUT_INFRA, OUT_LOST, OUT_STOPPED };
+
+struct job {
+	struct agent *a;
+	json_t *spec;
+	char id[64];            /* for messages */
+	char *id_url;           /* escaped, for URL paths */
+	json_int_t attempt;
+	char *ws;               /* workspace, absolute */
+	int64_t deadline;       /* monotonic ms, 0: none */
+	int64_t timeout_ms;
+	int64_t max_log;        /* 0: no limit */
+	struct strvec secrets;  /* values to mask, longest first */
+	int bol;                /* the log is at the start of a line */
+
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	/* --- guarded by mu --- */
+	int cancel;             /* the daemon canceled the job */
+	int lost;               /* the lease is gone: drop the job */
+	int hb_stop;
+	int log_closed;         /* no more output: the sender drains and exits */
+	struct buf line;        /* output since the last newline, not yet masked */
+	int64_t line_since;
+	struct buf q;           /* masked bytes not yet acknowledged */
+	uint64_t q_off;         /* log offset of q.ptr[0] */
+};
+
+static volatile sig_atomic_t stop_flag;
+static volatile sig_atomic_t running_pgid;
+
+static void on_signal(int sig)
+{
+	stop_flag = 1;
+	if (running_pgid > 0)
+		kill(-(pid_t)running_pgid, SIGKILL);
+}
+
+static void say(const char *fmt, ...) OTA_PRINTF(1, 2);
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+	fputs("otacd-agent: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleep, waking early when the agent is told to stop. */
+static void sleep_ms(long ms)
+{
+	int64_t end = now_ms() + ms;
+	while (!stop_flag) {
+		int64_t left = end - now_ms();
+		struct timespec ts;
+		if (left <= 0)
+			break;
+		if (left > 100)
+			left = 100;
+		ts.tv_sec = 0;
+		ts.tv_nsec = (long)left * 1000000;
+		nanosleep(&ts, NULL);
+	}
+}
+
+static long backoff_next(long cur)
+{
+	return cur < BACKOFF_MIN_MS ? BACKOFF_MIN_MS : cur * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cur * 2;
+}
+
+/* Wait on j->cv for at most ms (caller holds j->mu). */
+static void job_wait(struct job *j, long ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+}
+
+static json_t *agent_id_json(const struct agent *a)
+{
+	return a->id_is_int ? json_integer(a->id_int) : json_string(a->id_str);
+}
+
+/* Text of a JSON scalar (env values, matrix values, ids). */
+static char *scalar_text(const json_t *v)
+{
+	if (json_is_string(v))
+		return xstrdup(json_string_value(v));
+	if (json_is_integer(v))
+		return xasprintf("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+	if (json_is_real(v))
+		return xasprintf("%g", json_real_value(v));
+	if (json_is_boolean(v))
+		return xstrdup(json_is_true(v) ? "true" : "false");
+	return xstrdup("");
+}
+
+static int answer_size(const struct httpc_response *r, uint64_t *out)
+{
+	json_t *j = json_loadb(buf_cstr(&r->body), r->body.len, 0, NULL);
+	json_t *s = json_object_get(j, "size");
+	int rc = json_is_integer(s) && json_integer_value(s) >= 0 ? 0 : OTA_EINVAL;
+	if (!rc)
+		*out = (uint64_t)json_integer_value(s);
+	json_decref(j);
+	return rc;
+}
+
+/* ---- registration and job requests --------------------------------- */
+
+static int agent_register(struct agent *a)
+{
+	long backoff = 0;
+	int warned = 0, rc = OTA_ERROR;
+
+	while (!stop_flag) {
+		json_t *req = json_object(), *labels = json_array(), *ans = NULL, *id;
+		char *url = xasprintf("%s/api/v1/agent/register", a->url);
+		long status = 0;
+
+		for (size_t i = 0; i < a->labels.n; i++)
+			json_array_append_new(labels, json_string(a->labels.v[i]));
+		json_object_set_new(req, "name", json_string(a->name));
+		json_object_set_new(req, "labels", labels);
+		rc = httpc_json(&ans, &status, "POST", url, a->token, req, REQUEST_TIMEOUT_MS);
+		json_decref(req);
+		free(url);
+		id = json_object_get(ans, "agent_id");
+		if (!rc && status == 200 && (json_is_integer(id) || json_is_string(id))) {
+			json_t *l = json_object_get(ans, "lease_ms"), *h = json_object_get(ans, "heartbeat_ms");
+			free(a->id_str);
+			a->id_is_int = json_is_integer(id);
+			a->id_int = a->id_is_int ? json_integer_value(id) : 0;
+			a->id_str = scalar_text(id);
+			a->lease_ms = json_is_integer(l) ? (long)json_integer_value(l) : 30000;
+			a->heartbeat_ms = json_is_integer(h) && json_integer_value(h) > 0
+				? (long)json_integer_value(h) : 5000;
+			say("%s registered as agent %s with %s", a->name, a->id_str, a->url);
+			json_decref(ans);
+			return 0;
+		}
+		if (!rc && (status == 401 || status == 403 || status == 400)) {
+			const char *e = httpc_json_error(ans);
+			rc = ota_error_set(status == 400 ? OTA_EINVAL : OTA_EAUTH, "register refused (HTTP %ld)%s%s",
+					   status, e ? ": " : "", e ? e : "");
+			json_decref(ans);
+			return rc;
+		}
+		if (!warned++)
+			say("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
+		json_decref(ans);
+		backoff = backoff_next(backoff);
+		sleep_ms(backoff);
+	}
+	return ota_error_set(OTA_ERROR, "stopped");
+}
+
+/*
+ * One long poll.  0 with *out = JOB_SPEC or NULL (nothing queued);
+ * OTA_ENOTFOUND when the daemon does not know this agent (re-register);
+ * OTA_ERROR when unreachable or odd.
+ */
+static int agent_request_job(json_t **out, struct agent *a)
+{
+	json_t *req = json_object(), *ans = NULL;
+	char *url = xasprintf("%s/api/v1/agent/jobs/request", a->url);
+	long status = 0;
+	int rc;
+
+	*out = NULL;
+	json_object_set_new(req, "agent_id", agent_id_json(a));
+	json_object_set_new(req, "wait_ms", json_integer(LONGPOLL_WAIT_MS));
+	rc = httpc_json(&ans, &status, "POST", url, a->token, req, LONGPOLL_TIMEOUT_MS);
+	if (rc < 0)
+		goto out;
+	if (status == 200 && json_is_object(ans)) {
+		*out = ans;
+		ans = NULL;
+	} else if (status == 401 || status == 404) {
+		rc = ota_error_set(OTA_ENOTFOUND, "agent %s unknown to the daemon", a->id_str);
+	} else if (status != 204) {
+		rc = ota_error_set(OTA_ERROR, "job request answered HTTP %ld", status);
+	}
+out:
+	json_decref(req);
+	json_decref(ans);
+	free(url);
+	return rc;
+}
+
+/* ---- log: masking, queueing, sending ------------------------------- */
+
+/* Append p[0..n) to q with every secret replaced by "***" (holds j->mu). */
+static void log_queue(struct job *j, const char *p, size_t n)
+{
+	struct buf masked = BUF_INIT;
+	const char *src = p;
+	size_t len = n;
+
+	if (j->secrets.n) {
+		for (size_t i = 0; i < n;) {
+			size_t k;
+			for (k = 0; k < j->secrets.n; k++) {
+				size_t sl = strlen(j->secrets.v[k]);
+				if (sl <= n - i && p[i] == j->secrets.v[k][0] && !memcmp(p + i, j->secrets.v[k], sl)) {
+					buf_put(&masked, "***", 3);
+					i += sl;
+					break;
+				}
+			}
+			if (k == j->secrets.n)
+				buf_putc(&masked, p[i++]);
+		}
+		src = buf_cstr(&masked);
+		len = masked.len;
+	}
+	if (j->max_log > 0) {
+		/* A little past the cap, so the daemon sees there was more and
+		 * writes its truncation notice; the rest is dropped here. */
+		uint64_t limit = (uint64_t)j->max_log + 1024, end = j->q_off + j->q.len;
+		len = end >= limit ? 0 : len > limit - end ? (size_t)(limit - end) : len;
+	}
+	/* If the queue is full while the daemon is away, the overflow is lost. */
+	if (len)
+		buf_put(&j->q, src, len);
+	buf_release(&masked);
+	if (j->q.len >= LOG_FLUSH_BYTES)
+		pthread_cond_broadcast(&j->cv);
+}
+
+/* Move complete lines (or all of a held partial line when `all`) to q. */
+static void log_flush_lines(struct job *j, int all)
+{
+	char *nl;
+	size_t n;
+
+	if (!j->line.len)
+		return;
+	nl = memrchr(j->line.ptr, '\n', j->line.len);
+	n = nl ? (size_t)(nl - j->line.ptr) + 1 : 0;
+	if (all || j->line.len - n >= LINE_HOLD_BYTES)
+		n = j->line.len;
+	if (!n)
+		return;
+	log_queue(j, j->line.ptr, n);
+	memmove(j->line.ptr, j->line.ptr + n, j->line.len - n);
+	j->line.len -= n;
+	j->line.ptr[j->line.len] = '\0';
+	j->line_since = now_ms();
+}
+
+static void log_write(struct job *j, const void *p, size_t n)
+{
+	if (!n)
+		return;
+	j->bol = ((const char *)p)[n - 1] == '\n';
+	pthread_mutex_lock(&j->mu);
+	if (!j->line.len)
+		j->line_since = now_ms();
+	buf_put(&j->line, p, n);
+	log_flush_lines(j, 0);
+	pthread_mutex_unlock(&j->mu);
+}
+
+static void log_printf(struct job *j, const char *fmt, ...) OTA_PRINTF(2, 3);
+static void log_printf(struct job *j, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT;
+	va_list ap;
+	if (!j->bol)
+		buf_putc(&b, '\n'); /* the agent's notes start on a line of their own */
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	log_write(j, buf_cstr(&b), b.len);
+	buf_release(&b);
+}
+
+/* The daemon holds everything before offset s (holds j->mu). */
+static void log_ack(struct job *j, uint64_t s)
+{
+	size_t drop;
+	if (s <= j->q_off)
+		return;
+	drop = s - j->q_off > j->q.len ? j->q.len : (size_t)(s - j->q_off);
+	memmove(j->q.ptr, j->q.ptr + drop, j->q.len - drop);
+	j->q.len -= drop;
+	j->q.ptr[j->q.len] = '\0';
+	j->q_off += drop;
+}
+
+static void *log_sender(void *arg)
+{
+	struct job *j = arg;
+	size_t chunk_max = LOG_CHUNK_MAX;
+	long backoff = 0;
+	int warned = 0;
+
+	pthread_mutex_lock(&j->mu);
+	for (;;) {
+		struct httpc_response r;
+		uint64_t off, s = 0;
+		char *chunk, *url;
+		size_t n;
+		int rc;
+
+		if (backoff)
+			job_wait(j, backoff);
+		else if (!j->log_closed && j->q.len < LOG_FLUSH_BYTES)
+			job_wait(j, LOG_FLUSH_MS);
+		if (j->lost || stop_flag)
+			break;
+		if (j->log_closed || now_ms() - j->line_since >= LINE_HOLD_MS)
+			log_flush_lines(j, 1);
+		if (!j->q.len) {
+			if (j->log_closed)
+				break;
+			continue;
+		}
+		n = j->q.len < chunk_max ? j->q.len : chunk_max;
+		chunk = xmalloc(n);
+		memcpy(chunk, j->q.ptr, n);
+		off = j->q_off;
+		pthread_mutex_unlock(&j->mu);
+
+		url = xasprintf("%s/api/v1/agent/jobs/%s/log?attempt=%" JSON_INTEGER_FORMAT "&offset=%llu",
+				j->a->url, j->id_url, j->attempt, (unsigned long long)off);
+		rc = httpc_request(&r, "PUT", url, j->a->token, "application/octet-stream", chunk, n,
+				   REQUEST_TIMEOUT_MS);
+		free(url);
+		free(chunk);
+
+		pthread_mutex_lock(&j->mu);
+		backoff = 0;
+		if (rc < 0 || r.status >= 500) {
+			if (!warned++)
+				say("job %s: log upload failing (%s), buffering", j->id,
+				    rc < 0 ? ota_error_last() : "server error");
+			backoff = 500;
+		} else if (r.status == 200) {
+			/* The daemon took the chunk (maybe cutting it at its cap). */
+			log_ack(j, off + n);
+			warned = 0;
+		} else if (r.status == 416 && !answer_size(&r, &s)) {
+			if (s >= j->q_off)
+				log_ack(j, s);
+			else
+				j->q_off = s; /* the daemon lost bytes we no longer have */
+		} else if (r.status == 413 && chunk_max > 1024) {
+			chunk_max /= 2;
+		} else if (r.status == 409 || r.status == 404) {
+			j->lost = 1;
+			pthread_cond_broadcast(&j->cv);
+		} else {
+			say("job %s: log chunk refused (HTTP %ld), dropping %zu bytes", j->id, r.status, n);
+			log_ack(j, off + n);
+		}
+		httpc_response_release(&r);
+	}
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
+/* ---- heartbeat ------------------------------------------------------ */
+
+static void *heartbeat(void *arg)
+{
+	struct job *j = arg;
+	long wait = j->a->heartbeat_ms;
+
+	pthread_mutex_lock(&j->mu);
+	for (;;) {
+		int64_t next = now_ms() + wait;
+		json_t *req, *ans = NULL;
+		long status = 0;
+		char *url;
+		int rc;
+
+		/* The condition variable is shared with the log sender, so a
+		 * wake-up is not yet the time to beat. */
+		while (!j->hb_stop && !j->lost && !stop_flag && now_ms() < next)
+			job_wait(j, (long)(next - now_ms()));
+		if (j->hb_stop || j->lost || stop_flag)
+			break;
+		pthread_mutex_unlock(&j->mu);
+		req = json_object();
+		json_object_set_new(req, "agent_id", agent_id_json(j->a));
+		json_object_set_new(req, "attempt", json_integer(j->attempt));
+		url = xasprintf("%s/api/v1/agent/jobs/%s/heartbeat", j->a->url, j->id_url);
+		rc = httpc_json(&ans, &status, "POST", url, j->a->token, req, REQUEST_TIMEOUT_MS);
+		free(url);
+		json_decref(req);
+		pthread_mutex_lock(&j->mu);
+		wait = j->a->heartbeat_ms;
+		if (rc < 0 || status >= 500) {
+			wait = wait > 1000 ? 1000 : wait; /* the daemon may be restarting */
+		} else if (status == 200) {
+			if (json_is_true(json_object_get(ans, "cancel")) && !j->cancel) {
+				j->cancel = 1;
+				pthread_cond_broadcast(&j->cv);
+			}
+		} else if (status == 409 || status == 404 || status == 401) {
+			j->lost = 1;
+			pthread_cond_broadcast(&j->cv);
+		}
+		json_decref(ans);
+	}
+	pthread_mutex_unlock(&j->mu);
+	return NULL;
+}
+
+/* ---- workspace ------------------------------------------------------ */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	if (remove(path) < 0 && errno != ENOENT)
+		return ota_error_set(OTA_ERROR, "cannot remove %s: %s", path, strerror(errno));
+	return 0;
+}
+
+static int unlock_dir(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	if (flag == FTW_D && (st->st_mode & 0700) != 0700)
+		chmod(path, (st->st_mode & 07777) | 0700);
+	return 0;
+}
+
+/* rm -rf path (directories a job made read-only included). */
+static int rm_rf(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st) < 0)
+		return errno == ENOENT ? 0 : ota_error_set(OTA_ERROR, "cannot stat %s: %s", path, strerror(errno));
+	nftw(path, unlock_dir, 32, FTW_PHYS);
+	return nftw(path, rm_entry, 32, FTW_DEPTH | FTW_PHYS) ? OTA_ERROR : 0;
+}
+
+/* ---- running one step ----------------------------------------------- */
+
+static void killpg_quiet(pid_t pg, int sig)
+{
+	if (pg > 0)
+		kill(-pg, sig);
+}
+
+/* Read what the pipe has now; 1 at end of file, 0 otherwise. */
+static int drain(struct job *j, int fd, size_t max)
+{
+	char tmp[16384];
+	size_t total = 0;
+	for (;;) {
+		ssize_t n = read(fd, tmp, sizeof(tmp));
+		if (n > 0) {
+			log_write(j, tmp, (size_t)n);
+			total += (size_t)n;
+			if (total >= max)
+				return 0;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n == 0;
+	}
+}
+
+/*
+ * Run one command in the workspace; on return the process group is gone.
+ * *exit_code gets the shell's status (128+signal when killed).
+ */
+static enum outcome step_run(struct job *j, const char *run, char **envp, int *exit_code)
+{
+	char *argv[] = { "sh", "-e", "-c", (char *)run, NULL };
+	enum outcome why = OUT_OK;
+	int pfd[2] = { -1, -1 }, devnull = -1, pidfd = -1, status = 0, exited = 0;
+	int64_t term_at = 0;
+	pid_t pid = -1;
+
+	*exit_code = -1;
+	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (devnull < 0 || pipe2(pfd, O_CLOEXEC) < 0) {
+		log_printf(j, C_ERR "cannot set up the step: %s" C_OFF "\n", strerror(errno));
+		why = OUT_INFRA;
+		goto out;
+	}
+	pid = fork();
+	if (pid < 0) {
+		log_printf(j, C_ERR "fork: %s" C_OFF "\n", strerror(errno));
+		why = OUT_INFRA;
+		goto out;
+	}
+	if (pid == 0) {
+		sigset_t none;
+		static const char msg[] = "otacd-agent: cannot enter the workspace\n";
+		setpgid(0, 0);
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		dup2(devnull, 0);
+		dup2(pfd[1], 1);
+		dup2(pfd[1], 2);
+		if (chdir(j->ws) < 0) {
+			ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+			(void)ignored;
+			_exit(126);
+		}
+		execve("/bin/sh", argv, envp);
+		_exit(127);
+	}
+	setpgid(pid, pid); /* also in the parent: no window before killpg works */
+	running_pgid = pid;
+	close(pfd[1]);
+	pfd[1] = -1;
+	fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+#ifdef SYS_pidfd_open
+	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+#endif
+
+	while (!exited) {
+		struct pollfd fds[2];
+		int nfds = 0, cancel, lost;
+		int64_t now;
+
+		if (pfd[0] >= 0)
+			fds[nfds++] = (struct pollfd){ .fd = pfd[0], .events = POLLIN };
+		if (pidfd >= 0)
+			fds[nfds++] = (struct pollfd){ .fd = pidfd, .events = POLLIN };
+		poll(fds, (nfds_t)nfds, pidfd >= 0 ? 100 : 20);
+		if (pfd[0] >= 0 && drain(j, pfd[0], 1 << 20)) {
+			close(pfd[0]);
+			pfd[0] = -1;
+		}
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			/* Take what is already in the pipe, but do not wait for EOF:
+			 * a background grandchild may hold it open forever. */
+			exited = 1;
+			if (pfd[0] >= 0)
+				drain(j, pfd[0], 4 << 20);
+			break;
+		}
+		pthread_mutex_lock(&j->mu);
+		cancel = j->cancel;
+		lost = j->lost;
+		pthread_mutex_unlock(&j->mu);
+		now = now_ms();
+		if ((lost || stop_flag) && why != OUT_LOST && why != OUT_STOPPED) {
+			why = lost ? OUT_LOST : OUT_STOPPED;
+			killpg_quiet(pid, SIGKILL);
+		} else if (!term_at && (cancel || (j->deadline && now >= j->deadline))) {
+			why = cancel ? OUT_CANCELED : OUT_TIMEOUT;
+			term_at = now;
+			killpg_quiet(pid, SIGTERM);
+		} else if (term_at && now - term_at >= KILL_GRACE_MS) {
+			killpg_quiet(pid, SIGKILL);
+		}
+	}
+	killpg_quiet(pid, SIGKILL); /* leftovers such as `sleep 1000 &` */
+	running_pgid = 0;
+	if (WIFEXITED(status))
+		*exit_code = WEXITSTATUS(status);
+	else if (WIFSIGNALED(status))
+		*exit_code = 128 + WTERMSIG(status);
+	if (why == OUT_OK && *exit_code != 0)
+		why = OUT_SCRIPT;
+out:
+	if (pfd[0] >= 0)
+		close(pfd[0]);
+	if (pfd[1] >= 0)
+		close(pfd[1]);
+	if (devnull >= 0)
+		close(devnull);
+	if (pidfd >= 0)
+		close(pidfd);
+	return why;
+}
+
+/* ---- environment ---------------------------------------------------- */
+
+static void env_set(struct strvec *env, const char *name, const char *value)
+{
+	size_t nlen = strlen(name);
+	if (!nlen || strchr(name, '='))
+		return;
+	for (size_t i = 0; i < env->n; i++) {
+		if (!strncmp(env->v[i], name, nlen) && env->v[i][nlen] == '=') {
+			free(env->v[i]);
+			env->v[i] = xasprintf("%s=%s", name, value);
+			return;
+		}
+	}
+	strvec_pushf(env, "%s=%s", name, value);
+}
+
+static void env_set_object(struct strvec *env, const char *prefix, json_t *obj, int upper)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(obj, k, v) {
+		char *name = xasprintf("%s%s", prefix, k), *val = scalar_text(v);
+		if (upper)
+			for (char *p = name; *p; p++)
+				*p = (*p >= 'a' && *p <= 'z') ? (char)(*p - 32)
+				   : ((*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')) ? *p : '_';
+		env_set(env, name, val);
+		free(name);
+		free(val);
+	}
+}
+
+static void job_env(struct strvec *env, struct job *j)
+{
+	static const char *const keep[] = { "PATH", "HOME", "LANG" };
+	char *run_id = scalar_text(json_object_get(j->spec, "run_id"));
+	char *attempt = xasprintf("%" JSON_INTEGER_FORMAT, j->attempt);
+
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(keep); i++)
+		if (getenv(keep[i]))
+			env_set(env, keep[i], getenv(keep[i]));
+	if (!getenv("PATH"))
+		env_set(env, "PATH", "/usr/local/bin:/usr/bin:/bin");
+	env_set(env, "OTACD_JOB_ID", j->id);
+	env_set(env, "OTACD_RUN_ID", run_id);
+	env_set(env, "OTACD_ATTEMPT", attempt);
+	env_set(env, "OTACD_WORKSPACE", j->ws);
+	env_set(env, "CI", "true");
+	env_set_object(env, "", json_object_get(j->spec, "env"), 0);
+	env_set_object(env, "", json_object_get(j->spec, "secrets"), 0);
+	env_set_object(env, "MATRIX_", json_object_get(j->spec, "matrix"), 1);
+	free(run_id);
+	free(attempt);
+}
+
+/* ---- artifacts ------------------------------------------------------ */
+
+static int sha256_file(char out[65], FILE *f)
+{
+	unsigned char buf[65536], md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int rc = OTA_ERROR;
+	size_t n;
+
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+		goto out;
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		if (!EVP_DigestUpdate(ctx, buf, n))
+			goto out;
+	if (ferror(f) || !EVP_DigestFinal_ex(ctx, md, &mdlen))
+		goto out;
+	ota_hex(out, md, mdlen);
+	rc = 0;
+out:
+	EVP_MD_CTX_free(ctx);
+	return rc;
+}
+
+/* Upload one file; OUT_OK, OUT_LOST, or OUT_INFRA with *msg set. */
+static enum outcome artifact_upload(struct job *j, const char *path, const char *name,
+				    json_t *art, char **msg)
+{
+	const char *type = json_string_value(json_object_get(art, "type"));
+	const char *hw = json_string_value(json_object_get(art, "hardware"));
+	char *ename = httpc_escape(name), *etype = type ? httpc_escape(type) : NULL;
+	char *ehw = hw ? httpc_escape(hw) : NULL, *url = NULL, sha[65];
+	enum outcome why = OUT_INFRA;
+	FILE *f = fopen(path, "rb");
+	struct stat st;
+	long backoff = 0;
+
+	if (!f || fstat(fileno(f), &st) < 0 || sha256_file(sha, f) < 0) {
+		*msg = xasprintf("cannot read artifact %s: %s", name, strerror(errno));
+		goto out;
+	}
+	url = xasprintf("%s/api/v1/agent/jobs/%s/artifacts?attempt=%" JSON_INTEGER_FORMAT
+			"&name=%s&sha256=%s%s%s%s%s", j->a->url, j->id_url, j->attempt, ename, sha,
+			etype ? "&type=" : "", etype ? etype : "", ehw ? "&hardware=" : "", ehw ? ehw : "");
+	for (int try = 1; try <= UPLOAD_TRIES && !stop_flag; try++) {
+		struct httpc_response r;
+		int rc;
+		rewind(f);
+		rc = httpc_upload(&r, "PUT", url, j->a->token, NULL, f, (size_t)st.st_size,
+				  300000 + (long)(st.st_size / 1000));
+		if (!rc && (r.status == 200 || r.status == 201)) {
+			log_printf(j, "uploaded %s (%lld bytes, sha256 %.12s)\n", name, (long long)st.st_size, sha);
+			httpc_response_release(&r);
+			why = OUT_OK;
+			goto out;
+		}
+		if (!rc && r.status == 409) {
+			httpc_response_release(&r);
+			why = OUT_LOST;
+			goto out;
+		}
+		free(*msg);
+		if (rc < 0) {
+			*msg = xasprintf("uploading artifact %s failed: %s", name, ota_error_last());
+		} else {
+			json_t *e = json_loadb(buf_cstr(&r.body), r.body.len, 0, NULL);
+			const char *em = httpc_json_error(e);
+			*msg = xasprintf("uploading artifact %s failed: HTTP %ld%s%s", name, r.status,
+					 em ? ": " : "", em ? em : "");
+			json_decref(e);
+		}
+		httpc_response_release(&r);
+		if (!rc && r.status < 500 && r.status != 408 && r.status != 429)
+			break; /* the daemon said no; asking again will not help */
+		backoff = backoff_next(backoff * 4);
+		sleep_ms(backoff);
+	}
+out:
+	if (f)
+		fclose(f);
+	free(url);
+	free(ename);
+	free(etype);
+	free(ehw);
+	return why;
+}
+
+static char *glob_escape(const char *s)
+{
+	struct buf b = BUF_INIT;
+	buf_put(&b, "", 0);
+	for (; *s; s++) {
+		if (strchr("*?[]\\", *s))
+			buf_putc(&b, '\\');
+		buf_putc(&b, *s);
+	}
+	return buf_detach(&b);
+}
+
+static enum outcome artifacts_collect(struct job *j, char **msg)
+{
+	json_t *arts = json_object_get(j->spec, "artifacts"), *art;
+	char *wsq = glob_escape(j->ws), *wsreal = realpath(j->ws, NULL);
+	enum outcome why = OUT_OK;
+	size_t i, wl = wsreal ? strlen(wsreal) : 0;
+
+	if (!wsreal) {
+		*msg = xasprintf("cannot resolve the workspace: %s", strerror(errno));
+		why = OUT_INFRA;
+		goto out;
+	}
+	json_array_foreach(arts, i, art) {
+		const char *path = json_string_value(json_object_get(art, "path"));
+		const char *name = json_string_value(json_object_get(art, "name"));
+		int optional = json_is_true(json_object_get(art, "optional")), found = 0;
+		char *pattern;
+		glob_t g;
+
+		if (!path || !*path)
+			continue;
+		pattern = xasprintf("%s/%s", wsq, path);
+		memset(&g, 0, sizeof(g));
+		if (glob(pattern, 0, NULL, &g) == 0) {
+			for (size_t k = 0; k < g.gl_pathc && why == OUT_OK; k++) {
+				char *real = realpath(g.gl_pathv[k], NULL), *aname;
+				const char *rel = g.gl_pathv[k] + strlen(j->ws);
+				struct stat st;
+				while (*rel == '/')
+					rel++;
+				if (!real || strncmp(real, wsreal, wl) || real[wl] != '/' ||
+				    stat(real, &st) < 0 || !S_ISREG(st.st_mode)) {
+					if (real && (strncmp(real, wsreal, wl) || real[wl] != '/'))
+						log_printf(j, "skipping %s: it points outside the workspace\n", rel);
+					free(real);
+					continue;
+				}
+				aname = name && *name ? (g.gl_pathc == 1 ? xstrdup(name) : xasprintf("%s/%s", name, rel))
+						      : xstrdup(rel);
+				why = artifact_upload(j, real, aname, art, msg);
+				found++;
+				free(aname);
+				free(real);
+			}
+		}
+		globfree(&g);
+		free(pattern);
+		if (why != OUT_OK)
+			break;
+		if (!found && !optional) {
+			*msg = xasprintf("artifact '%s' matched no file", path);
+			why = OUT_SCRIPT;
+			break;
+		}
+	}
+out:
+	free(wsq);
+	free(wsreal);
+	return why;
+}
+
+/* ---- one job -------------------------------------------------------- */
+
+static int job_finish(struct job *j, int exit_code, const char *failure, const char *message,
+		      int tries)
+{
+	char *url = xasprintf("%s/api/v1/agent/jobs/%s/finish", j->a->url, j->id_url);
+	json_t *req = json_object();
+	long backoff = 0;
+	int rc = OTA_ERROR;
+
+	json_object_set_new(req, "agent_id", agent_id_json(j->a));
+	json_object_set_new(req, "attempt", json_integer(j->attempt));
+	json_object_set_new(req, "exit_code", json_integer(exit_code));
+	json_object_set_new(req, "failure", failure ? json_string(failure) : json_null());
+	json_object_set_new(req, "message", json_string(message ? message : ""));
+	for (int t = 0; tries == 0 || t < tries; t++) {
+		json_t *ans = NULL;
+		long status = 0;
+		int r = httpc_json(&ans, &status, "POST", url, j->a->token, req, REQUEST_TIMEOUT_MS);
+		json_decref(ans);
+		if (!r && ((status >= 200 && status < 300) || status == 409)) {
+			rc = 0;
+			break;
+		}
+		if (!r && status >= 400 && status < 500 && status != 408 && status != 429) {
+			say("job %s: finish refused (HTTP %ld)", j->id, status);
+			break;
+		}
+		if (stop_flag && tries == 0)
+			break;
+		backoff = backoff_next(backoff);
+		sleep_ms(backoff);
+	}
+	json_decref(req);
+	free(url);
+	return rc;
+}
+
+static void job_log_header(struct job *j, const char *run)
+{
+	const char *p = run;
+	struct buf b = BUF_INIT;
+	buf_puts(&b, j->bol ? C_HEAD "$ " : "\n" C_HEAD "$ ");
+	for (; *p; p++) {
+		buf_putc(&b, *p);
+		if (*p == '\n' && p[1])
+			buf_puts(&b, "> ");
+	}
+	while (b.len && b.ptr[b.len - 1] == '\n')
+		b.ptr[--b.len] = '\0';
+	buf_puts(&b, C_OFF "\n");
+	log_write(j, b.ptr, b.len);
+	buf_release(&b);
+}
+
+static int by_length_desc(const void *x, const void *y)
+{
+	size_t a = strlen(*(char *const *)x), b = strlen(*(char *const *)y);
+	return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* Run one JOB_SPEC to the end; 0 when it passed. */
+static int job_run(struct agent *a, json_t *spec)
+{
+	static const char *const failure_names[] = {
+		[OUT_OK] = NULL, [OUT_SCRIPT] = "script", [OUT_TIMEOUT] = "timeout",
+		[OUT_CANCELED] = "canceled", [OUT_INFRA] = "infra", [OUT_LOST] = NULL, [OUT_STOPPED] = "infra",
+	};
+	struct job j;
+	struct strvec env = STRVEC_INIT;
+	pthread_t hb_thread, log_thread;
+	pthread_condattr_t ca;
+	sigset_t block, old;
+	json_t *steps = json_object_get(spec, "steps"), *step, *v;
+	enum outcome why = OUT_OK;
+	char *msg = NULL, *wsname;
+	const char *k, *name = json_string_value(json_object_get(spec, "name"));
+	int exit_code = -1, rc;
+	size_t i;
+
+	memset(&j, 0, sizeof(j));
+	j.a = a;
+	j.spec = spec;
+	j.bol = 1;
+	v = json_object_get(spec, "job_id");
+	{
+		char *t = scalar_text(v);
+		snprintf(j.id, sizeof(j.id), "%s", t);
+		free(t);
+	}
+	j.id_url = httpc_escape(j.id);
+	v = json_object_get(spec, "attempt");
+	j.attempt = json_is_integer(v) ? json_integer_value(v) : 1;
+	v = json_object_get(spec, "timeout_ms");
+	j.timeout_ms = json_is_integer(v) ? json_integer_value(v) : 0;
+	j.deadline = j.timeout_ms > 0 ? now_ms() + j.timeout_ms : 0;
+	v = json_object_get(spec, "max_log_bytes");
+	j.max_log = json_is_integer(v) ? json_integer_value(v) : 0;
+	json_object_foreach(json_object_get(spec, "secrets"), k, v)
+		if (json_is_string(v) && strlen(json_string_value(v)) >= 3)
+			strvec_push(&j.secrets, json_string_value(v));
+	if (j.secrets.n)
+		qsort(j.secrets.v, j.secrets.n, sizeof(char *), by_length_desc);
+	wsname = xasprintf("job-%s-%" JSON_INTEGER_FORMAT, j.id, j.attempt);
+	for (char *p = wsname; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '.'))
+			*p = '_';
+	j.ws = xasprintf("%s/%s", a->workdir, wsname);
+	free(wsname);
+	buf_init(&j.line, BUF_NOLIMIT);
+	buf_init(&j.q, LOG_QUEUE_MAX);
+	pthread_mutex_init(&j.mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j.cv, &ca);
+	pthread_condattr_destroy(&ca);
+
+	say("job %s attempt %" JSON_INTEGER_FORMAT " (%s) started", j.id, j.attempt, name ? name : "?");
+	/* Helper threads leave SIGTERM/SIGINT to the main thread, whose
+	 * poll() they interrupt. */
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	pthread_create(&hb_thread, NULL, heartbeat, &j);
+	pthread_create(&log_thread, NULL, log_sender, &j);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+	if (rm_rf(j.ws) < 0 || ota_mkdir_p(j.ws, 0755) < 0) {
+		msg = xasprintf("cannot prepare workspace: %s", ota_error_last());
+		why = OUT_INFRA;
+	}
+	job_env(&env, &j);
+	json_array_foreach(steps, i, step) {
+		const char *run = json_string_value(json_object_get(step, "run"));
+		const char *sname = json_string_value(json_object_get(step, "name"));
+		if (why != OUT_OK)
+			break;
+		if (!run)
+			continue;
+		if (j.deadline && now_ms() >= j.deadline) {
+			why = OUT_TIMEOUT;
+			break;
+		}
+		job_log_header(&j, run);
+		why = step_run(&j, run, env.v, &exit_code);
+		if (why == OUT_SCRIPT) {
+			size_t n = strcspn(sname && *sname ? sname : run, "\n");
+			msg = xasprintf("step '%.*s' exited with code %d", (int)(n > 80 ? 80 : n),
+					sname && *sname ? sname : run, exit_code);
+		}
+	}
+	if (why == OUT_OK)
+		why = artifacts_collect(&j, &msg);
+	if (why == OUT_TIMEOUT && !msg)
+		msg = xasprintf("job timed out after %llds", (long long)((j.timeout_ms + 999) / 1000));
+	if (why == OUT_CANCELED && !msg)
+		msg = xstrdup("job canceled");
+	if (why == OUT_STOPPED && !msg)
+		msg = xstrdup("the agent was stopped");
+	if (msg)
+		log_printf(&j, C_ERR "%s" C_OFF "\n", msg);
+
+	pthread_mutex_lock(&j.mu);
+	j.log_closed = 1;
+	pthread_cond_broadcast(&j.cv);
+	pthread_mutex_unlock(&j.mu);
+	pthread_join(log_thread, NULL);
+	if (why != OUT_LOST && j.lost)
+		why = OUT_LOST;
+	if (why == OUT_STOPPED) {
+		pthread_mutex_lock(&j.mu);
+		j.hb_stop = 1;
+		pthread_cond_broadcast(&j.cv);
+		pthread_mutex_unlock(&j.mu);
+		pthread_join(hb_thread, NULL);
+		/* Let the daemon re-queue now rather than at lease expiry. */
+		httpc_set_abort_flag(NULL);
+		job_finish(&j, exit_code, "infra", msg, 1);
+	} else {
+		if (why != OUT_LOST)
+			job_finish(&j, exit_code, failure_names[why], msg, 0);
+		pthread_mutex_lock(&j.mu);
+		j.hb_stop = 1;
+		pthread_cond_broadcast(&j.cv);
+		pthread_mutex_unlock(&j.mu);
+		pthread_join(hb_thread, NULL);
+	}
+	if (why == OUT_OK)
+		say("job %s attempt %" JSON_INTEGER_FORMAT " finished: passed", j.id, j.attempt);
+	else if (why == OUT_LOST)
+		say("job %s attempt %" JSON_INTEGER_FORMAT " dropped: the daemon gave its lease away", j.id, j.attempt);
+	else
+		say("job %s attempt %" JSON_INTEGER_FORMAT " finished: failed (%s)", j.id, j.attempt, failure_names[why]);
+	rc = why == OUT_OK ? 0 : OTA_ERROR;
+
+	if (!getenv("OTACD_AGENT_KEEP_WORKSPACE"))
+		rm_rf(j.ws);
+	strvec_clear(&env);
+	strvec_clear(&j.secrets);
+	buf_release(&j.line);
+	buf_release(&j.q);
+	pthread_cond_destroy(&j.cv);
+	pthread_mutex_destroy(&j.mu);
+	free(j.ws);
+	free(j.id_url);
+	free(msg);
+	return rc;
+}
+
+/* ---- main ----------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fputs("usage: otacd-agent [--url URL] [--token TOKEN] [--labels a,b,key=value]\n"
+	      "                   [--workdir DIR] [--name NAME] [--once]\n"
+	      "\n"
+	      "Runs otacd jobs.  Registers with the daemon at URL (default $OTACD_URL or\n"
+	      DEFAULT_URL "), long-polls for jobs whose labels are all among\n"
+	      "--labels, runs each in DIR/job-ID-ATTEMPT and reports back.\n"
+	      "\n"
+	      "  --token TOKEN   agent token (default $OTACD_AGENT_TOKEN)\n"
+	      "  --workdir DIR   where workspaces are made (default ./otacd-agent-work)\n"
+	      "  --name NAME     agent name (default HOSTNAME-PID)\n"
+	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n", f);
+}
+
+static void split_labels(struct strvec *out, const char *s)
+{
+	while (*s) {
+		size_t n = strcspn(s, ",");
+		const char *b = s, *e = s + n;
+		while (b < e && (*b == ' ' || *b == '\t'))
+			b++;
+		while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+			e--;
+		if (e > b) {
+			char *l = xstrndup(b, (size_t)(e - b));
+			if (!strvec_contains(out, l))
+				strvec_push(out, l);
+			free(l);
+		}
+		s += n;
+		if (*s == ',')
+			s++;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "url", required_argument, NULL, 'u' },
+		{ "token", required_argument, NULL, 't' },
+		{ "labels", required_argument, NULL, 'l' },
+		{ "workdir", required_argument, NULL, 'w' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "once", no_argument, NULL, '1' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct agent a;
+	struct sigaction sa;
+	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e;
+	char host[256];
+	long backoff = 0;
+	int c, rc = 0, ran = 0;
+
+	memset(&a, 0, sizeof(a));
+	a.token = getenv("OTACD_AGENT_TOKEN") ? xstrdup(getenv("OTACD_AGENT_TOKEN")) : NULL;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'u': url = optarg; break;
+		case 't':
+			free(a.token);
+			a.token = xstrdup(optarg);
+			break;
+		case 'l': split_labels(&a.labels, optarg); break;
+		case 'w': workdir = optarg; break;
+		case 'n':
+			free(a.name);
+			a.name = xstrdup(optarg);
+			break;
+		case '1': a.once = 1; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (!a.token || !*a.token) {
+		say("no token: pass --token or set OTACD_AGENT_TOKEN");
+		return 2;
+	}
+	a.url = xstrdup(url && *url ? url : DEFAULT_URL);
+	while (strlen(a.url) > 1 && a.url[strlen(a.url) - 1] == '/')
+		a.url[strlen(a.url) - 1] = '\0';
+	if (!a.name) {
+		if (gethostname(host, sizeof(host)) < 0)
+			snprintf(host, sizeof(host), "agent");
+		host[sizeof(host) - 1] = '\0';
+		a.name = xasprintf("%s-%ld", host, (long)getpid());
+	}
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if ((e = getenv("OTACD_AGENT_PARENT_DEATH")) && !strcmp(e, "1")) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		e = getenv("OTACD_AGENT_PARENT_PID");
+		if (e && atol(e) != (long)getppid())
+			return 0; /* the daemon died before prctl took effect */
+	}
+
+	if (ota_mkdir_p(workdir, 0755) < 0 || !(a.workdir = realpath(workdir, NULL))) {
+		say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
+		return 1;
+	}
+	if (httpc_global_init() < 0) {
+		say("%s", ota_error_last());
+		return 1;
+	}
+	httpc_set_abort_flag(&stop_flag);
+
+	if (agent_register(&a) < 0) {
+		if (!stop_flag)
+			say("%s", ota_error_last());
+		rc = stop_flag ? 0 : 1;
+		goto out;
+	}
+	while (!stop_flag) {
+		json_t *spec = NULL;
+		int r = agent_request_job(&spec, &a);
+		if (!r && spec) {
+			backoff = 0;
+			rc = job_run(&a, spec) < 0 ? 1 : 0;
+			json_decref(spec);
+			ran = 1;
+			if (a.once)
+				break;
+		} else if (!r) {
+			backoff = 0;
+		} else if (r == OTA_ENOTFOUND) {
+			if (agent_register(&a) < 0) {
+				if (!stop_flag)
+					say("%s", ota_error_last());
+				rc = stop_flag ? 0 : 1;
+				break;
+			}
+		} else if (!stop_flag) {
+			backoff = backoff_next(backoff);
+			sleep_ms(backoff);
+		}
+	}
+	if (stop_flag && !ran)
+		rc = 0;
+out:
+	httpc_global_cleanup();
+	strvec_clear(&a.labels);
+	free(a.url);
+	free(a.token);
+	free(a.name);
+	free(a.workdir);
+	free(a.id_str);
+	return rc;
+}

@@ -1,0 +1,1195 @@
+/*
+ * otactl.c - the command-line client of otacd.
+ *
+ * Why: release managers and scripts need one small tool that lints a
+ * pipeline before pushing it, starts a run, lists and inspects runs, follows
+ * logs live and cancels — the same HTTP API (docs/api.md) the web page uses.
+ *
+ * How: commands are cmd_NAME functions in one table (as in git), each
+ * returning the process exit status.  Global flags (--url, --token, --json)
+ * may stand before or after the command and are taken out of argv first;
+ * the server and token are then resolved from flags, the environment, a
+ * config file, and finally the daemon's own ./otacd-state/admin.token and
+ * default address.  Every request goes through api(), which maps an answer
+ * to the exit codes documented in usage: 3 when the daemon cannot be
+ * reached, 4 when it refuses our credentials, 5 for an unknown object.
+ * `lint` is the exception: it runs the daemon's own parser locally
+ * (orchestrator/pipeline.h), so it works without a daemon.  Live logs use
+ * Server-Sent Events and resume from the last offset when the connection
+ * drops.
+ */
+#include "../common/httpc.h"
+#include "../common/util.h"
+#include "../orchestrator/pipeline.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef OTACD_VERSION
+#define OTACD_VERSION "0.1.0-dev"
+#endif
+
+#define DEFAULT_URL "http://127.0.0.1:8470"
+#define REQUEST_TIMEOUT_MS 30000
+#define UNREACHABLE_GIVE_UP_MS 120000
+#define PIPELINE_MAX ((size_t)1 << 20)
+
+enum {
+	EXIT_OK = 0,
+	EXIT_FAIL = 1,
+	EXIT_USAGE = 2,
+	EXIT_UNREACHABLE = 3,
+	EXIT_AUTH = 4,
+	EXIT_NOTFOUND = 5,
+};
+
+static struct {
+	char *url;
+	char *token;
+	int json;
+	int color;
+} ctl;
+
+struct cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *usage;
+	const char *summary;
+};
+
+static const struct cmd *cmd_find(const char *name);
+static int usage_error(const char *cmd, const char *fmt, ...) OTA_PRINTF(2, 3);
+
+/* ---- small helpers ------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* Text of an id or other scalar into out. */
+static const char *id_text(char *out, size_t n, const json_t *v)
+{
+	if (json_is_integer(v))
+		snprintf(out, n, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+	else if (json_is_string(v))
+		snprintf(out, n, "%s", json_string_value(v));
+	else
+		snprintf(out, n, "-");
+	return out;
+}
+
+static const char *str_or(const json_t *obj, const char *key, const char *dflt)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s && *s ? s : dflt;
+}
+
+static int64_t int_or(const json_t *obj, const char *key, int64_t dflt)
+{
+	const json_t *v = json_object_get(obj, key);
+	return json_is_integer(v) ? json_integer_value(v) : json_is_real(v) ? (int64_t)json_real_value(v) : dflt;
+}
+
+static void fmt_time(char *out, size_t n, int64_t ms)
+{
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+	if (ms <= 0 || !localtime_r(&t, &tm) || !strftime(out, n, "%Y-%m-%d %H:%M:%S", &tm))
+		snprintf(out, n, "-");
+}
+
+static void fmt_duration(char *out, size_t n, int64_t ms)
+{
+	if (ms < 0)
+		snprintf(out, n, "-");
+	else if (ms < 1000)
+		snprintf(out, n, "%lldms", (long long)ms);
+	else if (ms < 60000)
+		snprintf(out, n, "%.1fs", (double)ms / 1000);
+	else if (ms < 3600000)
+		snprintf(out, n, "%lldm%02llds", (long long)(ms / 60000), (long long)(ms / 1000 % 60));
+	else if (ms < 86400000)
+		snprintf(out, n, "%lldh%02lldm", (long long)(ms / 3600000), (long long)(ms / 60000 % 60));
+	else
+		snprintf(out, n, "%lldd%02lldh", (long long)(ms / 86400000), (long long)(ms / 3600000 % 24));
+}
+
+/* Duration between started_at and finished_at of a run or job. */
+static void obj_duration(char *out, size_t n, const json_t *o)
+{
+	int64_t s = int_or(o, "started_at", 0), f = int_or(o, "finished_at", 0);
+	fmt_duration(out, n, s > 0 && f >= s ? f - s : -1);
+}
+
+static const char *short_ref(const char *ref)
+{
+	if (!ref)
+		return "-";
+	if (!strncmp(ref, "refs/heads/", 11))
+		return ref + 11;
+	if (!strncmp(ref, "refs/tags/", 10))
+		return ref + 10;
+	return ref;
+}
+
+static int state_final(const char *s)
+{
+	return s && (!strcmp(s, "passed") || !strcmp(s, "failed") || !strcmp(s, "canceled") ||
+		     !strcmp(s, "skipped"));
+}
+
+static const char *state_color(const char *s)
+{
+	if (!ctl.color || !s)
+		return NULL;
+	if (!strcmp(s, "passed"))
+		return "\033[32m";
+	if (!strcmp(s, "failed"))
+		return "\033[31m";
+	if (!strcmp(s, "running"))
+		return "\033[33m";
+	if (!strcmp(s, "canceled"))
+		return "\033[35m";
+	if (!strcmp(s, "queued") || !strcmp(s, "skipped") || !strcmp(s, "blocked"))
+		return "\033[2m";
+	return NULL;
+}
+
+static void print_state(FILE *f, const char *s, int width)
+{
+	const char *c = state_color(s);
+	int len = (int)strlen(s ? s : "-");
+	fprintf(f, "%s%s%s%*s", c ? c : "", s ? s : "-", c ? "\033[0m" : "", width > len ? width - len : 0, "");
+}
+
+static void print_json(const json_t *j)
+{
+	json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
+	putchar('\n');
+}
+
+/* ---- tables --------------------------------------------------------- */
+
+/* A table printed with columns padded to their widest cell; the column
+ * `state_col` is coloured by state. */
+struct table {
+	size_t ncols;
+	int state_col;
+	struct strvec cells;
+};
+
+static void table_row(struct table *t, ...)
+{
+	va_list ap;
+	va_start(ap, t);
+	for (size_t i = 0; i < t->ncols; i++) {
+		const char *s = va_arg(ap, const char *);
+		strvec_push(&t->cells, s && *s ? s : "-");
+	}
+	va_end(ap);
+}
+
+static void table_print(struct table *t)
+{
+	size_t *w = xcalloc(t->ncols, sizeof(size_t));
+	for (size_t i = 0; i < t->cells.n; i++) {
+		size_t l = strlen(t->cells.v[i]);
+		if (l > w[i % t->ncols])
+			w[i % t->ncols] = l;
+	}
+	for (size_t i = 0; i < t->cells.n; i++) {
+		size_t c = i % t->ncols;
+		int last = c == t->ncols - 1;
+		if (i >= t->ncols && (int)c == t->state_col)
+			print_state(stdout, t->cells.v[i], last ? 0 : (int)w[c]);
+		else
+			printf("%-*s", last ? 0 : (int)w[c], t->cells.v[i]);
+		fputs(last ? "\n" : "  ", stdout);
+	}
+	free(w);
+	strvec_clear(&t->cells);
+}
+
+/* ---- configuration --------------------------------------------------- */
+
+static char *trim(char *s)
+{
+	char *e;
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+		*--e = '\0';
+	if (e - s >= 2 && (*s == '"' || *s == '\'') && e[-1] == *s) {
+		e[-1] = '\0';
+		s++;
+	}
+	return s;
+}
+
+/* `url = …` and `token = …` lines of the config file, if there is one. */
+static void config_read(char **url, char **token)
+{
+	const char *path = getenv("OTACTL_CONFIG"), *home = getenv("HOME");
+	char *owned = NULL, *line, *save = NULL;
+	struct buf b = BUF_INIT;
+
+	if (!path && home)
+		path = owned = xasprintf("%s/.config/otactl/config", home);
+	if (!path || ota_read_file(&b, path, 65536) < 0)
+		goto out;
+	for (line = strtok_r(b.ptr, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *eq = strchr(line, '='), *k, *v;
+		line = trim(line);
+		if (!*line || *line == '#' || !eq)
+			continue;
+		*eq = '\0';
+		k = trim(line);
+		v = trim(eq + 1);
+		if (!strcmp(k, "url") && !*url)
+			*url = xstrdup(v);
+		else if (!strcmp(k, "token") && !*token)
+			*token = xstrdup(v);
+	}
+out:
+	buf_release(&b);
+	free(owned);
+}
+
+static void config_resolve(void)
+{
+	struct buf b = BUF_INIT;
+
+	if (!ctl.url && getenv("OTACD_URL") && *getenv("OTACD_URL"))
+		ctl.url = xstrdup(getenv("OTACD_URL"));
+	if (!ctl.token && getenv("OTACD_TOKEN") && *getenv("OTACD_TOKEN"))
+		ctl.token = xstrdup(getenv("OTACD_TOKEN"));
+	if (!ctl.url || !ctl.token)
+		config_read(&ctl.url, &ctl.token);
+	if (!ctl.token && !ota_read_file(&b, "otacd-state/admin.token", 4096)) {
+		char *t = trim(b.ptr);
+		if (*t)
+			ctl.token = xstrdup(t);
+	}
+	if (!ctl.url)
+		ctl.url = xstrdup(DEFAULT_URL);
+	while (strlen(ctl.url) > 1 && ctl.url[strlen(ctl.url) - 1] == '/')
+		ctl.url[strlen(ctl.url) - 1] = '\0';
+	buf_release(&b);
+}
+
+/* ---- API calls -------------------------------------------------------- */
+
+/* Exit code for an HTTP error answer; prints the reason. */
+static int api_fail(long status, const json_t *ans, const char *what)
+{
+	const char *e = httpc_json_error(ans);
+	if (status == 401 || status == 403) {
+		fprintf(stderr, "otactl: %s: %s (HTTP %ld)%s%s\n", what,
+			status == 401 ? "authentication required or token refused" : "permission denied",
+			status, e ? ": " : "", e ? e : "");
+		if (status == 401)
+			fputs("otactl: pass --token, set OTACD_TOKEN or add `token = …` to the config file\n", stderr);
+		return EXIT_AUTH;
+	}
+	fprintf(stderr, "otactl: %s: %s (HTTP %ld)\n", what, e ? e : "request failed", status);
+	return status == 404 ? EXIT_NOTFOUND : EXIT_FAIL;
+}
+
+static int unreachable(void)
+{
+	fprintf(stderr, "otactl: cannot reach otacd: %s\n", ota_error_last());
+	return EXIT_UNREACHABLE;
+}
+
+/* One JSON call; *status is set, and so is *out (may be NULL).  Returns 0,
+ * or EXIT_UNREACHABLE after printing why. */
+static int api_raw(json_t **out, long *status, const char *method, const char *path, json_t *req)
+{
+	char *url = xasprintf("%s%s", ctl.url, path);
+	int rc = httpc_json(out, status, method, url, ctl.token, req, REQUEST_TIMEOUT_MS);
+	free(url);
+	if (rc == OTA_EINVAL) {
+		fprintf(stderr, "otactl: %s\n", ota_error_last());
+		return EXIT_FAIL;
+	}
+	return rc < 0 ? unreachable() : 0;
+}
+
+/* A JSON call that must answer 2xx: 0 with *out, else an exit code. */
+static int api(json_t **out, const char *method, const char *path, json_t *req, const char *what)
+{
+	long status = 0;
+	int rc = api_raw(out, &status, method, path, req);
+	if (rc)
+		return rc;
+	if (status < 200 || status >= 300) {
+		rc = api_fail(status, *out, what);
+		json_decref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/* ---- option parsing for commands -------------------------------------- */
+
+/*
+ * Is argv[*i] the option `name` taking a value ("--name V" or "--name=V")?
+ * 1 and *val when it is, 0 when not, -1 when the value is missing.
+ */
+static int opt_value(const char *name, int argc, char **argv, int *i, const char **val)
+{
+	size_t n = strlen(name);
+	if (strncmp(argv[*i], name, n))
+		return 0;
+	if (argv[*i][n] == '=') {
+		*val = argv[*i] + n + 1;
+		return 1;
+	}
+	if (argv[*i][n] != '\0')
+		return 0;
+	if (*i + 1 >= argc)
+		return -1;
+	*val = argv[++*i];
+	return 1;
+}
+
+static int is_option(const char *a)
+{
+	return a[0] == '-' && a[1] != '\0';
+}
+
+/* ---- lint ------------------------------------------------------------- */
+
+static int cmd_lint(int argc, char **argv)
+{
+	int bad = 0, files = 0;
+
+	for (int i = 1; i < argc; i++) {
+		struct pipeline *p = NULL;
+		struct pl_diags d;
+		struct buf text = BUF_INIT, out = BUF_INIT;
+
+		if (is_option(argv[i]))
+			return usage_error("lint", "unknown option '%s'", argv[i]);
+		files++;
+		if (ota_read_file(&text, argv[i], PIPELINE_MAX) < 0) {
+			fprintf(stderr, "otactl: %s\n", ota_error_last());
+			bad = 1;
+			continue;
+		}
+		pl_diags_init(&d, argv[i]);
+		if (pipeline_parse(&p, argv[i], text.ptr, text.len, &d) < 0) {
+			pl_diags_format(&d, &out);
+			if (out.len)
+				fputs(buf_cstr(&out), stdout);
+			else
+				printf("%s: %s\n", argv[i], ota_error_last());
+			bad = 1;
+		} else {
+			printf("%s: ok\n", argv[i]);
+		}
+		pipeline_free(p);
+		pl_diags_release(&d);
+		buf_release(&text);
+		buf_release(&out);
+	}
+	if (!files)
+		return usage_error("lint", "no pipeline file given");
+	return bad ? EXIT_FAIL : EXIT_OK;
+}
+
+/* ---- trigger ---------------------------------------------------------- */
+
+/* Poll the run until it ends, printing job state changes on stderr.
+ * 0 when it passed, 1 when it did not, or an API exit code. */
+static int wait_run(const char *run_id)
+{
+	char *path = xasprintf("/api/v1/runs/%s", run_id);
+	json_t *seen = json_object();
+	int64_t down_since = 0;
+	int rc;
+
+	for (;;) {
+		json_t *run = NULL, *stage, *job;
+		const char *state;
+		long status = 0;
+		size_t i, k;
+
+		rc = api_raw(&run, &status, "GET", path, NULL);
+		if (rc == EXIT_UNREACHABLE) {
+			/* The daemon may be restarting: runs survive that. */
+			if (!down_since)
+				down_since = now_ms();
+			if (now_ms() - down_since > UNREACHABLE_GIVE_UP_MS)
+				break;
+			sleep_ms(2000);
+			continue;
+		}
+		if (rc)
+			break;
+		down_since = 0;
+		if (status != 200) {
+			rc = api_fail(status, run, "cannot read the run");
+			json_decref(run);
+			break;
+		}
+		json_array_foreach(json_object_get(run, "stages"), i, stage) {
+			json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+				char id[64];
+				const char *js = str_or(job, "state", "?");
+				const char *old = json_string_value(json_object_get(seen, id_text(id, sizeof(id), json_object_get(job, "id"))));
+				if (old && !strcmp(old, js))
+					continue;
+				json_object_set_new(seen, id, json_string(js));
+				fprintf(stderr, "  %-30s ", str_or(job, "name", "?"));
+				print_state(stderr, js, 0);
+				if (json_is_string(json_object_get(job, "failure")))
+					fprintf(stderr, " (%s)", str_or(job, "failure", ""));
+				fputc('\n', stderr);
+			}
+		}
+		state = str_or(run, "state", NULL);
+		if (state_final(state) || int_or(run, "finished_at", 0) > 0) {
+			fprintf(stderr, "run %s ", run_id);
+			print_state(stderr, state, 0);
+			if (json_is_string(json_object_get(run, "error")))
+				fprintf(stderr, ": %s", str_or(run, "error", ""));
+			fputc('\n', stderr);
+			rc = state && !strcmp(state, "passed") ? EXIT_OK : EXIT_FAIL;
+			json_decref(run);
+			break;
+		}
+		json_decref(run);
+		sleep_ms(1000);
+	}
+	json_decref(seen);
+	free(path);
+	return rc;
+}
+
+static int cmd_trigger(int argc, char **argv)
+{
+	const char *file = NULL, *ref = "refs/heads/main";
+	struct buf text = BUF_INIT;
+	json_t *req = NULL, *ans = NULL, *v;
+	long status = 0;
+	int wait = 0, rc, r;
+	char id[64];
+
+	for (int i = 1; i < argc; i++) {
+		if ((r = opt_value("--ref", argc, argv, &i, &ref)) != 0) {
+			if (r < 0)
+				return usage_error("trigger", "--ref needs a value");
+		} else if (!strcmp(argv[i], "--wait")) {
+			wait = 1;
+		} else if (is_option(argv[i])) {
+			return usage_error("trigger", "unknown option '%s'", argv[i]);
+		} else if (file) {
+			return usage_error("trigger", "one pipeline file at a time");
+		} else {
+			file = argv[i];
+		}
+	}
+	if (!file)
+		return usage_error("trigger", "no pipeline file given");
+	if (ota_read_file(&text, file, PIPELINE_MAX) < 0) {
+		fprintf(stderr, "otactl: %s\n", ota_error_last());
+		return EXIT_FAIL;
+	}
+	req = json_object();
+	json_object_set_new(req, "pipeline", json_stringn(text.ptr, text.len));
+	json_object_set_new(req, "file", json_string(file));
+	json_object_set_new(req, "ref", json_string(ref));
+	json_object_set_new(req, "commit", json_null());
+	if (!json_string_value(json_object_get(req, "pipeline"))) {
+		fprintf(stderr, "otactl: %s is not valid UTF-8\n", file);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	if ((rc = api_raw(&ans, &status, "POST", "/api/v1/runs", req)) != 0)
+		goto out;
+	if (status == 422) {
+		json_t *e;
+		size_t i;
+		json_array_foreach(json_object_get(ans, "errors"), i, e)
+			fprintf(stderr, "%s\n", json_string_value(e) ? json_string_value(e) : "?");
+		if (!json_array_size(json_object_get(ans, "errors")))
+			fprintf(stderr, "otactl: %s: %s\n", file, str_or(ans, "error", "invalid pipeline"));
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	if (status < 200 || status >= 300) {
+		rc = api_fail(status, ans, "cannot start the run");
+		goto out;
+	}
+	v = json_object_get(ans, "id");
+	if (ctl.json)
+		print_json(ans);
+	else
+		printf("%s\n", id_text(id, sizeof(id), v));
+	fflush(stdout);
+	rc = wait ? wait_run(id_text(id, sizeof(id), v)) : EXIT_OK;
+out:
+	json_decref(req);
+	json_decref(ans);
+	buf_release(&text);
+	return rc;
+}
+
+/* ---- runs, show, agents ------------------------------------------------ */
+
+static int cmd_runs(int argc, char **argv)
+{
+	const char *limit = "20", *pipeline = NULL, *state = NULL;
+	struct buf path = BUF_INIT;
+	struct table t = { 6, 3, STRVEC_INIT };
+	json_t *ans = NULL, *run;
+	size_t i;
+	int rc, r;
+
+	for (int a = 1; a < argc; a++) {
+		if ((r = opt_value("--limit", argc, argv, &a, &limit)) ||
+		    (r = opt_value("--pipeline", argc, argv, &a, &pipeline)) ||
+		    (r = opt_value("--state", argc, argv, &a, &state))) {
+			if (r < 0)
+				return usage_error("runs", "%s needs a value", argv[a]);
+		} else {
+			return usage_error("runs", "unexpected argument '%s'", argv[a]);
+		}
+	}
+	if (strspn(limit, "0123456789") != strlen(limit) || !*limit)
+		return usage_error("runs", "--limit wants a number");
+	buf_printf(&path, "/api/v1/runs?limit=%s", limit);
+	if (pipeline) {
+		char *e = httpc_escape(pipeline);
+		buf_printf(&path, "&pipeline=%s", e);
+		free(e);
+	}
+	if (state) {
+		char *e = httpc_escape(state);
+		buf_printf(&path, "&state=%s", e);
+		free(e);
+	}
+	if ((rc = api(&ans, "GET", buf_cstr(&path), NULL, "cannot list runs")) != 0)
+		goto out;
+	if (ctl.json) {
+		print_json(ans);
+		goto out;
+	}
+	table_row(&t, "ID", "PIPELINE", "REF", "STATE", "CREATED", "DURATION");
+	json_array_foreach(json_object_get(ans, "runs"), i, run) {
+		char id[64], created[32], dur[32];
+		fmt_time(created, sizeof(created), int_or(run, "created_at", 0));
+		obj_duration(dur, sizeof(dur), run);
+		table_row(&t, id_text(id, sizeof(id), json_object_get(run, "id")), str_or(run, "pipeline", "-"),
+			  short_ref(str_or(run, "ref", NULL)), str_or(run, "state", "-"), created, dur);
+	}
+	table_print(&t);
+out:
+	json_decref(ans);
+	buf_release(&path);
+	return rc;
+}
+
+static int get_run(json_t **out, const char *run)
+{
+	char *e = httpc_escape(run), *path = xasprintf("/api/v1/runs/%s", e);
+	char *what = xasprintf("run %s", run);
+	int rc = api(out, "GET", path, NULL, what);
+	free(e);
+	free(path);
+	free(what);
+	return rc;
+}
+
+static void job_result(char *out, size_t n, const json_t *job)
+{
+	const json_t *ec = json_object_get(job, "exit_code");
+	const char *f = str_or(job, "failure", NULL), *m = str_or(job, "message", NULL);
+	if (f)
+		snprintf(out, n, "%s%s%s", f, m ? ": " : "", m ? m : "");
+	else if (json_is_integer(ec))
+		snprintf(out, n, "exit %" JSON_INTEGER_FORMAT, json_integer_value(ec));
+	else
+		snprintf(out, n, "-");
+}
+
+static int cmd_show(int argc, char **argv)
+{
+	struct table t = { 8, 3, STRVEC_INIT };
+	json_t *run = NULL, *stage, *job;
+	char id[64], created[32], dur[32];
+	size_t i, k;
+	int rc;
+
+	if (argc != 2 || is_option(argv[1]))
+		return usage_error("show", argc < 2 ? "which run?" : "unexpected argument '%s'", argv[argc - 1]);
+	if ((rc = get_run(&run, argv[1])) != 0)
+		return rc;
+	if (ctl.json) {
+		print_json(run);
+		goto out;
+	}
+	printf("run %s  %s  ", id_text(id, sizeof(id), json_object_get(run, "id")), str_or(run, "pipeline", "-"));
+	print_state(stdout, str_or(run, "state", "-"), 0);
+	fmt_time(created, sizeof(created), int_or(run, "created_at", 0));
+	obj_duration(dur, sizeof(dur), run);
+	printf("\n  file     %s\n  ref      %s", str_or(run, "file", "-"), str_or(run, "ref", "-"));
+	if (str_or(run, "commit", NULL))
+		printf(" (%.12s)", str_or(run, "commit", ""));
+	printf("\n  trigger  %s\n  created  %s\n  duration %s\n", str_or(run, "trigger", "-"), created, dur);
+	if (str_or(run, "error", NULL))
+		printf("  error    %s\n", str_or(run, "error", ""));
+	putchar('\n');
+	table_row(&t, "STAGE", "JOB", "NAME", "STATE", "ATTEMPT", "AGENT", "DURATION", "RESULT");
+	json_array_foreach(json_object_get(run, "stages"), i, stage) {
+		const char *sname = str_or(stage, "name", "-");
+		if (!json_array_size(json_object_get(stage, "jobs")))
+			table_row(&t, sname, "-", "-", str_or(stage, "state", "-"), "-", "-", "-",
+				  str_or(stage, "kind", "-"));
+		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+			char jid[64], att[32], agent[64], res[512];
+			snprintf(att, sizeof(att), "%lld/%lld", (long long)int_or(job, "attempt", 0),
+				 (long long)int_or(job, "max_attempts", 0));
+			id_text(agent, sizeof(agent), json_object_get(job, "agent"));
+			obj_duration(dur, sizeof(dur), job);
+			job_result(res, sizeof(res), job);
+			table_row(&t, sname, id_text(jid, sizeof(jid), json_object_get(job, "id")),
+				  str_or(job, "name", "-"), str_or(job, "state", "-"), att, agent, dur, res);
+		}
+	}
+	table_print(&t);
+out:
+	json_decref(run);
+	return rc;
+}
+
+static int cmd_agents(int argc, char **argv)
+{
+	struct table t = { 6, 2, STRVEC_INIT };
+	json_t *ans = NULL, *ag;
+	size_t i;
+	int rc;
+
+	if (argc > 1)
+		return usage_error("agents", "unexpected argument '%s'", argv[1]);
+	if ((rc = api(&ans, "GET", "/api/v1/agents", NULL, "cannot list agents")) != 0)
+		return rc;
+	if (ctl.json) {
+		print_json(ans);
+		goto out;
+	}
+	table_row(&t, "ID", "NAME", "STATE", "JOB", "LAST SEEN", "LABELS");
+	json_array_foreach(ans, i, ag) {
+		struct buf labels = BUF_INIT;
+		char id[64], job[64], seen[32];
+		json_t *l;
+		size_t k;
+		json_array_foreach(json_object_get(ag, "labels"), k, l)
+			buf_printf(&labels, "%s%s", k ? "," : "", json_string_value(l) ? json_string_value(l) : "");
+		fmt_time(seen, sizeof(seen), int_or(ag, "last_seen", 0));
+		table_row(&t, id_text(id, sizeof(id), json_object_get(ag, "id")), str_or(ag, "name", "-"),
+			  str_or(ag, "state", "-"), id_text(job, sizeof(job), json_object_get(ag, "current_job")),
+			  seen, buf_cstr(&labels));
+		buf_release(&labels);
+	}
+	table_print(&t);
+out:
+	json_decref(ans);
+	return rc;
+}
+
+/* ---- cancel, version ---------------------------------------------------- */
+
+static int cmd_cancel(int argc, char **argv)
+{
+	json_t *req, *ans = NULL;
+	char *e, *path;
+	long status = 0;
+	int rc;
+
+	if (argc != 2 || is_option(argv[1]))
+		return usage_error("cancel", argc < 2 ? "which run?" : "unexpected argument '%s'", argv[argc - 1]);
+	e = httpc_escape(argv[1]);
+	path = xasprintf("/api/v1/runs/%s/cancel", e);
+	req = json_object();
+	rc = api_raw(&ans, &status, "POST", path, req);
+	if (rc)
+		goto out;
+	if (status == 409) {
+		fprintf(stderr, "otactl: run %s has already finished\n", argv[1]);
+		rc = EXIT_FAIL;
+	} else if (status < 200 || status >= 300) {
+		char *what = xasprintf("cannot cancel run %s", argv[1]);
+		rc = api_fail(status, ans, what);
+		free(what);
+	} else if (ctl.json) {
+		print_json(ans);
+	} else {
+		printf("run %s ", argv[1]);
+		print_state(stdout, str_or(ans, "state", "canceled"), 0);
+		putchar('\n');
+	}
+out:
+	json_decref(req);
+	json_decref(ans);
+	free(e);
+	free(path);
+	return rc;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	char *url = xasprintf("%s/api/v1/health", ctl.url);
+	json_t *ans = NULL;
+	long status = 0;
+	int rc = httpc_json(&ans, &status, "GET", url, NULL, NULL, 3000);
+	const char *server = !rc && status == 200 ? str_or(ans, "version", NULL) : NULL;
+
+	if (ctl.json) {
+		json_t *o = json_pack("{s:s, s:s, s:s?}", "otactl", OTACD_VERSION, "url", ctl.url, "otacd", server);
+		print_json(o);
+		json_decref(o);
+	} else {
+		printf("otactl %s\n", OTACD_VERSION);
+		if (server)
+			printf("otacd %s at %s\n", server, ctl.url);
+		else
+			printf("otacd not reachable at %s\n", ctl.url);
+	}
+	json_decref(ans);
+	free(url);
+	return EXIT_OK;
+}
+
+/* ---- logs ---------------------------------------------------------------- */
+
+/* Print a job's log from *offset on as it is now. */
+static int log_print(const char *job_id, uint64_t *offset)
+{
+	char *e = httpc_escape(job_id);
+	int rc = EXIT_OK;
+
+	for (;;) {
+		struct httpc_response r;
+		char *url = xasprintf("%s/api/v1/jobs/%s/log?offset=%llu", ctl.url, e, (unsigned long long)*offset);
+		char *size_hdr = NULL;
+		int hr = httpc_request(&r, "GET", url, ctl.token, NULL, NULL, 0, REQUEST_TIMEOUT_MS);
+		free(url);
+		if (hr < 0) {
+			httpc_response_release(&r);
+			rc = unreachable();
+			break;
+		}
+		if (r.status == 416) {
+			httpc_response_release(&r);
+			break;
+		}
+		if (r.status != 200) {
+			json_t *j = json_loadb(buf_cstr(&r.body), r.body.len, 0, NULL);
+			char *what = xasprintf("log of job %s", job_id);
+			rc = api_fail(r.status, j, what);
+			free(what);
+			json_decref(j);
+			httpc_response_release(&r);
+			break;
+		}
+		fwrite(r.body.ptr, 1, r.body.len, stdout);
+		*offset += r.body.len;
+		httpc_response_header(&size_hdr, &r, "X-Log-Size");
+		int more = r.body.len > 0 && size_hdr && strtoull(size_hdr, NULL, 10) > *offset;
+		free(size_hdr);
+		httpc_response_release(&r);
+		if (!more)
+			break;
+	}
+	fflush(stdout);
+	free(e);
+	return rc;
+}
+
+struct follow {
+	uint64_t offset;
+	int ended;
+	char state[32];
+};
+
+static int on_log_event(const char *event, const char *id, const char *data, void *ctx)
+{
+	struct follow *f = ctx;
+	json_t *j = json_loads(data, JSON_DECODE_ANY, NULL);
+
+	if (!strcmp(event, "log")) {
+		json_t *t = json_object_get(j, "text");
+		uint64_t off = (uint64_t)int_or(j, "offset", (json_int_t)f->offset);
+		size_t len = json_string_length(t), skip = 0;
+		if (json_is_string(t) && off + len > f->offset) {
+			skip = off < f->offset ? (size_t)(f->offset - off) : 0;
+			fwrite(json_string_value(t) + skip, 1, len - skip, stdout);
+			fflush(stdout);
+			f->offset = off + len;
+		}
+	} else if (!strcmp(event, "end")) {
+		snprintf(f->state, sizeof(f->state), "%s", str_or(j, "state", "?"));
+		f->ended = 1;
+	}
+	json_decref(j);
+	return f->ended;
+}
+
+static int get_job(json_t **out, const char *job_id)
+{
+	char *e = httpc_escape(job_id), *path = xasprintf("/api/v1/jobs/%s", e);
+	char *what = xasprintf("job %s", job_id);
+	int rc = api(out, "GET", path, NULL, what);
+	free(e);
+	free(path);
+	free(what);
+	return rc;
+}
+
+/* Follow one job's log live until the job ends. */
+static int log_follow(const char *job_id)
+{
+	struct follow f = { 0, 0, "" };
+	char *e = httpc_escape(job_id);
+	int64_t down_since = 0;
+	int rc = EXIT_OK;
+
+	while (!f.ended) {
+		char *url = xasprintf("%s/api/v1/jobs/%s/log?follow=1&offset=%llu", ctl.url, e,
+				      (unsigned long long)f.offset);
+		int r = httpc_sse(url, ctl.token, on_log_event, &f, 0);
+		json_t *job = NULL;
+		free(url);
+		if (f.ended)
+			break;
+		if (r == OTA_EAUTH || r == OTA_ENOTFOUND || r == OTA_EINVAL) {
+			fprintf(stderr, "otactl: %s\n", ota_error_last());
+			rc = r == OTA_EAUTH ? EXIT_AUTH : r == OTA_ENOTFOUND ? EXIT_NOTFOUND : EXIT_FAIL;
+			break;
+		}
+		if (r < 0) {
+			/* Dropped: resume from the last offset once the daemon is back. */
+			if (!down_since)
+				down_since = now_ms();
+			if (now_ms() - down_since > UNREACHABLE_GIVE_UP_MS) {
+				rc = unreachable();
+				break;
+			}
+			sleep_ms(1000);
+			continue;
+		}
+		down_since = 0;
+		/* The stream closed without `end`: has the job finished? */
+		if ((rc = get_job(&job, job_id)) != 0)
+			break;
+		if (state_final(str_or(job, "state", NULL))) {
+			rc = log_print(job_id, &f.offset);
+			json_decref(job);
+			break;
+		}
+		json_decref(job);
+		sleep_ms(500);
+	}
+	free(e);
+	return rc;
+}
+
+static void job_banner(const json_t *job, const char *stage)
+{
+	char id[64];
+	printf("%s==> %s / %s (job %s) <==%s\n", ctl.color ? "\033[1m" : "", stage, str_or(job, "name", "?"),
+	       id_text(id, sizeof(id), json_object_get(job, "id")), ctl.color ? "\033[0m" : "");
+	fflush(stdout);
+}
+
+/* Every job of the run, in stage order: an array of {stage, job}. */
+static json_t *run_jobs(const json_t *run)
+{
+	json_t *all = json_array(), *stage, *job;
+	size_t i, k;
+	json_array_foreach(json_object_get(run, "stages"), i, stage)
+		json_array_foreach(json_object_get(stage, "jobs"), k, job)
+			json_array_append_new(all, json_pack("{s:s, s:O}", "stage", str_or(stage, "name", "?"), "job", job));
+	return all;
+}
+
+/* -f over a whole run: follow each job as it starts, earliest first. */
+static int follow_run(const char *run_id)
+{
+	json_t *done = json_object();
+	int rc = EXIT_OK;
+
+	for (;;) {
+		json_t *run = NULL, *jobs, *e, *next = NULL;
+		int64_t best = 0;
+		size_t i;
+		char id[64];
+
+		if ((rc = get_run(&run, run_id)) != 0)
+			break;
+		jobs = run_jobs(run);
+		json_array_foreach(jobs, i, e) {
+			json_t *job = json_object_get(e, "job");
+			const char *st = str_or(job, "state", "queued");
+			int64_t started = int_or(job, "started_at", 0);
+			id_text(id, sizeof(id), json_object_get(job, "id"));
+			if (json_object_get(done, id) || !strcmp(st, "queued") || !strcmp(st, "blocked"))
+				continue;
+			if (!started && state_final(st) && !int_or(job, "log_size", 0)) {
+				json_object_set_new(done, id, json_true()); /* skipped without running */
+				continue;
+			}
+			if (!next || (started && started < best)) {
+				next = e;
+				best = started;
+			}
+		}
+		if (next) {
+			json_t *job = json_object_get(next, "job");
+			id_text(id, sizeof(id), json_object_get(job, "id"));
+			json_object_set_new(done, id, json_true());
+			job_banner(job, str_or(next, "stage", "?"));
+			rc = log_follow(id);
+		}
+		if (!next && (state_final(str_or(run, "state", NULL)) || int_or(run, "finished_at", 0) > 0)) {
+			json_decref(jobs);
+			json_decref(run);
+			break;
+		}
+		json_decref(jobs);
+		json_decref(run);
+		if (rc)
+			break;
+		if (!next)
+			sleep_ms(500);
+	}
+	json_decref(done);
+	return rc;
+}
+
+static int cmd_logs(int argc, char **argv)
+{
+	const char *run_id = NULL, *job_sel = NULL;
+	json_t *run = NULL, *jobs = NULL, *e, *match = NULL;
+	int follow = 0, rc;
+	size_t i, shown = 0;
+
+	for (int a = 1; a < argc; a++) {
+		if (!strcmp(argv[a], "-f") || !strcmp(argv[a], "--follow"))
+			follow = 1;
+		else if (is_option(argv[a]))
+			return usage_error("logs", "unknown option '%s'", argv[a]);
+		else if (!run_id)
+			run_id = argv[a];
+		else if (!job_sel)
+			job_sel = argv[a];
+		else
+			return usage_error("logs", "unexpected argument '%s'", argv[a]);
+	}
+	if (!run_id)
+		return usage_error("logs", "which run?");
+	if (follow && !job_sel)
+		return follow_run(run_id);
+	if ((rc = get_run(&run, run_id)) != 0)
+		return rc;
+	jobs = run_jobs(run);
+	if (job_sel) {
+		json_array_foreach(jobs, i, e) {
+			json_t *job = json_object_get(e, "job");
+			char id[64];
+			if (!strcmp(id_text(id, sizeof(id), json_object_get(job, "id")), job_sel) ||
+			    !strcmp(str_or(job, "name", ""), job_sel)) {
+				match = e;
+				break;
+			}
+		}
+		if (!match) {
+			fprintf(stderr, "otactl: run %s has no job '%s'; its jobs:\n", run_id, job_sel);
+			json_array_foreach(jobs, i, e)
+				fprintf(stderr, "  %s\n", str_or(json_object_get(e, "job"), "name", "?"));
+			rc = EXIT_NOTFOUND;
+			goto out;
+		}
+	}
+	json_array_foreach(jobs, i, e) {
+		json_t *job = json_object_get(e, "job");
+		uint64_t off = 0;
+		char id[64];
+		if (match && e != match)
+			continue;
+		id_text(id, sizeof(id), json_object_get(job, "id"));
+		if (follow) {
+			rc = log_follow(id);
+			break;
+		}
+		if (!match && !strcmp(str_or(job, "state", "queued"), "queued") && !int_or(job, "log_size", 0))
+			continue;
+		if (!match)
+			job_banner(job, str_or(e, "stage", "?"));
+		if ((rc = log_print(id, &off)) != 0)
+			break;
+		shown++;
+	}
+	if (!match && !shown && !rc)
+		fprintf(stderr, "otactl: no job of run %s has started yet\n", run_id);
+out:
+	json_decref(jobs);
+	json_decref(run);
+	return rc;
+}
+
+/* ---- help and dispatch ---------------------------------------------------- */
+
+static int cmd_help(int argc, char **argv);
+
+static const struct cmd commands[] = {
+	{ "lint", cmd_lint, "lint FILE...", "check pipeline files locally (no daemon needed)" },
+	{ "trigger", cmd_trigger, "trigger FILE [--ref REF] [--wait]",
+	  "run a pipeline now and print the run id; --wait follows it to the end" },
+	{ "runs", cmd_runs, "runs [--limit N] [--pipeline P] [--state S]", "list runs, newest first" },
+	{ "show", cmd_show, "show RUN", "a run with its stages and jobs" },
+	{ "logs", cmd_logs, "logs RUN [JOB] [-f]", "print job logs (JOB: id or name); -f follows them live" },
+	{ "cancel", cmd_cancel, "cancel RUN", "cancel a run" },
+	{ "agents", cmd_agents, "agents", "list agents" },
+	{ "version", cmd_version, "version", "versions of otactl and the daemon" },
+	{ "help", cmd_help, "help [COMMAND]", "this text" },
+};
+
+static const struct cmd *cmd_find(const char *name)
+{
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(commands); i++)
+		if (!strcmp(commands[i].name, name))
+			return &commands[i];
+	return NULL;
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n\ncommands:\n", f);
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(commands); i++)
+		fprintf(f, "  %-44s %s\n", commands[i].usage, commands[i].summary);
+	fputs("\n"
+	      "--json prints the API's JSON instead of tables.  The daemon is found\n"
+	      "through --url/--token, else OTACD_URL/OTACD_TOKEN, else the config file\n"
+	      "($OTACTL_CONFIG or ~/.config/otactl/config: lines `url = ...`, `token = ...`),\n"
+	      "else ./otacd-state/admin.token and " DEFAULT_URL ".\n"
+	      "\n"
+	      "exit status: 0 ok, 1 failed (run failed, invalid pipeline, API error),\n"
+	      "2 usage error, 3 daemon unreachable, 4 authentication or permission\n"
+	      "refused, 5 not found.\n", f);
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+	const struct cmd *c = cmd_find(cmd);
+	va_list ap;
+	fputs("otactl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: otactl %s\n", c ? c->usage : cmd);
+	return EXIT_USAGE;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	const struct cmd *c = argc > 1 ? cmd_find(argv[1]) : NULL;
+	if (argc > 1 && !c)
+		return usage_error("help", "unknown command '%s'", argv[1]);
+	if (c)
+		printf("usage: otactl %s\n  %s\n", c->usage, c->summary);
+	else
+		usage(stdout);
+	return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	struct strvec args = STRVEC_INIT;
+	const struct cmd *c;
+	int help = 0, rc;
+
+	strvec_push(&args, "otactl");
+	for (int i = 1; i < argc; i++) {
+		const char *v = NULL;
+		int r;
+		if (!strcmp(argv[i], "--")) {
+			for (i++; i < argc; i++)
+				strvec_push(&args, argv[i]);
+			break;
+		}
+		if ((r = opt_value("--url", argc, argv, &i, &v)) != 0) {
+			if (r < 0)
+				return usage_error("help", "--url needs a value");
+			free(ctl.url);
+			ctl.url = xstrdup(v);
+		} else if ((r = opt_value("--token", argc, argv, &i, &v)) != 0) {
+			if (r < 0)
+				return usage_error("help", "--token needs a value");
+			free(ctl.token);
+			ctl.token = xstrdup(v);
+		} else if (!strcmp(argv[i], "--json")) {
+			ctl.json = 1;
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			help = 1;
+		} else if (!strcmp(argv[i], "--version") && args.n == 1) {
+			strvec_push(&args, "version");
+		} else {
+			strvec_push(&args, argv[i]);
+		}
+	}
+	if (args.n < 2) {
+		usage(help ? stdout : stderr);
+		strvec_clear(&args);
+		return help ? EXIT_OK : EXIT_USAGE;
+	}
+	c = cmd_find(args.v[1]);
+	if (!c) {
+		const char *names[OTA_ARRAY_SIZE(commands)];
+		const char *dym;
+		for (size_t i = 0; i < OTA_ARRAY_SIZE(commands); i++)
+			names[i] = commands[i].name;
+		dym = ota_did_you_mean(args.v[1], names, OTA_ARRAY_SIZE(commands));
+		fprintf(stderr, "otactl: unknown command '%s'%s%s%s\n", args.v[1],
+			dym ? " (did you mean '" : "", dym ? dym : "", dym ? "'?)" : "");
+		usage(stderr);
+		strvec_clear(&args);
+		return EXIT_USAGE;
+	}
+	if (help) {
+		printf("usage: otactl %s\n  %s\n", c->usage, c->summary);
+		strvec_clear(&args);
+		return EXIT_OK;
+	}
+	ctl.color = isatty(STDOUT_FILENO) && !getenv("NO_COLOR");
+	config_resolve();
+	if (httpc_global_init() < 0) {
+		fprintf(stderr, "otactl: %s\n", ota_error_last());
+		strvec_clear(&args);
+		return EXIT_FAIL;
+	}
+	rc = c->fn((int)args.n - 1, args.v + 1);
+	fflush(stdout);
+	httpc_global_cleanup();
+	strvec_clear(&args);
+	free(ctl.url);
+	free(ctl.token);
+	return rc;
+}

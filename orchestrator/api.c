@@ -1,0 +1,476 @@
+/*
+ * api.c - the HTTP server: routing, authentication, request bodies, and the
+ * routes that change runs (trigger, cancel) or need no state (health, lint,
+ * the embedded page).  Reads live in api_read.c, the agent protocol in
+ * api_agent.c.
+ *
+ * libmicrohttpd calls the access handler several times per request: once
+ * with the headers (we route, authenticate and check Content-Length there,
+ * answering 401/403/404/405/413 before reading any body), then once per body
+ * chunk (appended to a capped buffer or streamed into the artifact store),
+ * then once with no data, when the route's handler runs.  A request that
+ * fails any check changes nothing.
+ */
+#include "api_int.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../common/util.h"
+#include "clock.h"
+#include "pipeline.h"
+#include "logstore.h"
+#include "web.h"
+
+/* ---- replies ---------------------------------------------------------- */
+
+static enum MHD_Result queue(struct api_req *r, unsigned status, const char *type, char *data, size_t len)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+	MHD_add_response_header(resp, "Content-Type", type);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	ret = MHD_queue_response(r->conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+enum MHD_Result api_reply_json(struct api_req *r, unsigned status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	if (!text)
+		text = xstrdup("{}");
+	return queue(r, status, "application/json", text, strlen(text));
+}
+
+enum MHD_Result api_reply_error(struct api_req *r, unsigned status, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return api_reply_json(r, status, json_pack("{ss}", "error", msg));
+}
+
+enum MHD_Result api_reply_rc(struct api_req *r, int rc)
+{
+	unsigned status;
+	switch (rc) {
+	case OTA_EINVAL: status = MHD_HTTP_BAD_REQUEST; break;
+	case OTA_ENOTFOUND: status = MHD_HTTP_NOT_FOUND; break;
+	case OTA_ECONFLICT: status = MHD_HTTP_CONFLICT; break;
+	case OTA_ETOOBIG: status = MHD_HTTP_CONTENT_TOO_LARGE; break;
+	case OTA_EAUTH: status = MHD_HTTP_UNAUTHORIZED; break;
+	default: status = MHD_HTTP_INTERNAL_SERVER_ERROR; break;
+	}
+	return api_reply_error(r, status, "%s", ota_error_last());
+}
+
+const char *api_query(struct api_req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+int64_t api_query_int(struct api_req *r, const char *key)
+{
+	const char *s = api_query(r, key);
+	char *end;
+	long long v;
+	if (!s)
+		return -1;
+	if (!*s || *s == '-')
+		return -2;
+	v = strtoll(s, &end, 10);
+	return *end ? -2 : v;
+}
+
+/* ---- handlers that are not reads or agent protocol -------------------- */
+
+static enum MHD_Result get_health(struct api *a, struct api_req *r)
+{
+	(void)a;
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss sI sf}", "status", "ok", "version", OTACD_VERSION,
+							"time", (json_int_t)clock_now_ms(), "time_scale", clock_scale()));
+}
+
+static json_t *diags_json(const struct pl_diags *d)
+{
+	json_t *arr = json_array();
+	for (size_t i = 0; i < d->n; i++) {
+		char *s = xasprintf("%s:%d:%d: %s", d->file, d->v[i].pos.line, d->v[i].pos.col, d->v[i].msg);
+		json_array_append_new(arr, json_string(s));
+		free(s);
+	}
+	return arr;
+}
+
+static enum MHD_Result post_lint(struct api *a, struct api_req *r)
+{
+	struct pl_diags d;
+	struct pipeline *p = NULL;
+	const char *file = api_query(r, "file");
+	enum MHD_Result ret;
+
+	(void)a;
+	pl_diags_init(&d, file ? file : "pipeline.yml");
+	if (pipeline_parse(&p, d.file, buf_cstr(&r->body), r->body.len, &d) == 0)
+		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb so}", "ok", 1, "errors", json_array()));
+	else
+		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb so}", "ok", 0, "errors", diags_json(&d)));
+	pipeline_free(p);
+	pl_diags_release(&d);
+	return ret;
+}
+
+static const char *opt_string(json_t *obj, const char *key, int *bad)
+{
+	json_t *v = json_object_get(obj, key);
+	if (!v || json_is_null(v))
+		return NULL;
+	if (!json_is_string(v)) {
+		*bad = 1;
+		return NULL;
+	}
+	return json_string_value(v);
+}
+
+static enum MHD_Result post_run(struct api *a, struct api_req *r)
+{
+	struct trigger_req t = { 0 };
+	struct pl_diags d;
+	int64_t run_id = 0;
+	int bad = 0, rc;
+	enum MHD_Result ret;
+
+	t.yaml = opt_string(r->json, "pipeline", &bad);
+	t.file = opt_string(r->json, "file", &bad);
+	t.ref = opt_string(r->json, "ref", &bad);
+	t.commit = opt_string(r->json, "commit", &bad);
+	t.trigger = "api";
+	if (bad || !t.yaml)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST,
+				       "body must be {\"pipeline\": YAML text, \"file\"?, \"ref\"?, \"commit\"?} with string values");
+	if (t.file && (strlen(t.file) > 255 || strchr(t.file, '\n')))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'file' must be a short file name");
+	if (t.ref && (strlen(t.ref) > 255 || strchr(t.ref, '\n') || !*t.ref))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'ref' must be a git ref like refs/heads/main");
+	t.len = strlen(t.yaml);
+	pl_diags_init(&d, t.file ? t.file : "pipeline.yml");
+	rc = engine_trigger(a->cfg.engine, &t, &run_id, &d);
+	if (rc == OTA_EINVAL && d.n)
+		ret = api_reply_json(r, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				     json_pack("{ss so}", "error", "the pipeline does not validate", "errors", diags_json(&d)));
+	else if (rc < 0)
+		ret = api_reply_rc(r, rc);
+	else
+		ret = api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI}", "id", (json_int_t)run_id));
+	pl_diags_release(&d);
+	return ret;
+}
+
+static enum MHD_Result post_cancel(struct api *a, struct api_req *r)
+{
+	int rc = engine_cancel_run(a->cfg.engine, r->id);
+	if (rc < 0)
+		return api_reply_rc(r, rc);
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI ss}", "id", (json_int_t)r->id, "state", "canceled"));
+}
+
+static enum MHD_Result get_asset(struct api *a, struct api_req *r)
+{
+	const char *path = strcmp(r->url, "/") ? r->url : "/index.html";
+	(void)a;
+	for (const struct web_asset *w = web_assets; w->path; w++) {
+		if (!strcmp(w->path, path)) {
+			const char *ext = strrchr(path, '.');
+			const char *type = !strcmp(ext, ".html") ? "text/html; charset=utf-8"
+					 : !strcmp(ext, ".css") ? "text/css"
+					 : !strcmp(ext, ".js") ? "text/javascript" : "application/octet-stream";
+			struct MHD_Response *resp = MHD_create_response_from_buffer(w->size, (void *)w->data,
+										    MHD_RESPMEM_PERSISTENT);
+			enum MHD_Result ret;
+			MHD_add_response_header(resp, "Content-Type", type);
+			MHD_add_response_header(resp, "Content-Security-Policy", "default-src 'self'");
+			ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+			MHD_destroy_response(resp);
+			return ret;
+		}
+	}
+	return api_reply_error(r, MHD_HTTP_NOT_FOUND, "no such page: %s", r->url);
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static const struct api_route routes[] = {
+	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL },
+	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL },
+	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL },
+	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL },
+	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL },
+	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL },
+	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL },
+	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL },
+	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL },
+	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL },
+	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL },
+	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL },
+	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL },
+	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL },
+	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_AGENT, BODY_JSON, api_agent_heartbeat, NULL },
+	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_AGENT, BODY_RAW, api_agent_log, NULL },
+	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_AGENT, BODY_ARTIFACT, api_agent_artifact,
+	  api_agent_artifact_precheck },
+	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_AGENT, BODY_JSON, api_agent_finish, NULL },
+};
+
+/* Match url against pattern; ":id" matches a positive decimal number. */
+static int route_match(const char *pattern, const char *url, int64_t *id)
+{
+	while (*pattern && *url) {
+		if (!strncmp(pattern, ":id", 3)) {
+			char *end;
+			long long v;
+			if (*url < '1' || *url > '9')
+				return 0;
+			v = strtoll(url, &end, 10);
+			if (v <= 0 || (end - url) > 15)
+				return 0;
+			*id = v;
+			url = end;
+			pattern += 3;
+			continue;
+		}
+		if (*pattern != *url)
+			return 0;
+		pattern++;
+		url++;
+	}
+	/* a trailing slash is tolerated */
+	return *pattern == '\0' && (*url == '\0' || !strcmp(url, "/"));
+}
+
+static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL };
+
+/* Finds the route; *status is 404 or 405 when none fits. */
+static const struct api_route *route_find(const char *method, const char *url, int64_t *id, unsigned *status)
+{
+	int path_known = 0;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(routes); i++) {
+		if (route_match(routes[i].pattern, url, id)) {
+			path_known = 1;
+			if (!strcmp(routes[i].method, method))
+				return &routes[i];
+		}
+	}
+	if (!path_known && strncmp(url, "/api/", 5) != 0 && (!strcmp(method, "GET") || !strcmp(method, "HEAD")))
+		return &asset_route;
+	*status = path_known ? MHD_HTTP_METHOD_NOT_ALLOWED : MHD_HTTP_NOT_FOUND;
+	return NULL;
+}
+
+static enum auth_role request_role(struct MHD_Connection *conn)
+{
+	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return ROLE_NONE;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	return auth_check(h);
+}
+
+static size_t body_cap(enum body_kind k)
+{
+	switch (k) {
+	case BODY_JSON: return API_MAX_JSON_BODY;
+	case BODY_RAW: return API_MAX_LOG_CHUNK;
+	case BODY_ARTIFACT: return (size_t)artifact_max_size();
+	default: return 64 * 1024;
+	}
+}
+
+static void req_free(struct api_req *r)
+{
+	if (!r)
+		return;
+	buf_release(&r->body);
+	json_decref(r->json);
+	artifact_upload_abort(r->upload);
+	free(r);
+}
+
+static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *method)
+{
+	unsigned status = 0;
+	const char *cl;
+
+	r->route = route_find(method, r->url, &r->id, &status);
+	if (!r->route)
+		return status == MHD_HTTP_NOT_FOUND
+			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)
+			       : api_reply_error(r, status, "%s is not allowed on %s", method, r->url);
+	r->role = request_role(r->conn);
+	if (r->route->need != ROLE_NONE) {
+		int anonymous_ok = r->route->need == ROLE_VIEWER && a->cfg.anonymous_read;
+		if (r->role == ROLE_NONE && !anonymous_ok)
+			return api_reply_error(r, MHD_HTTP_UNAUTHORIZED, "missing or invalid bearer token");
+		if (!anonymous_ok && !auth_allows(r->role, r->route->need))
+			return api_reply_error(r, MHD_HTTP_FORBIDDEN, "this token's role (%s) may not %s %s",
+					       auth_role_name(r->role), method, r->route->pattern);
+	}
+	cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl && strtoull(cl, NULL, 10) > body_cap(r->route->body))
+		return api_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
+				       body_cap(r->route->body));
+	buf_init(&r->body, body_cap(r->route->body));
+	if (r->route->precheck && r->route->precheck(a, r))
+		return MHD_YES; /* it queued its own answer */
+	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
+		return api_reply_rc(r, OTA_ERROR);
+	return MHD_YES;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+	struct api *a = cls;
+	struct api_req *r = *con_cls;
+
+	(void)version;
+	if (!r) {
+		enum MHD_Result ret;
+		r = xcalloc(1, sizeof(*r));
+		r->conn = conn;
+		r->url = url;
+		*con_cls = r;
+		ret = first_call(a, r, method);
+		if (!r->route || r->failed)
+			r->failed = 1;
+		return ret;
+	}
+	r->conn = conn;
+	if (*upload_size) {
+		if (!r->failed && !r->too_big) {
+			int rc = r->upload ? artifact_upload_write(r->upload, upload_data, *upload_size)
+					   : buf_put(&r->body, upload_data, *upload_size);
+			if (rc == OTA_ETOOBIG)
+				r->too_big = 1;
+			else if (rc < 0) {
+				r->failed = 1;
+				snprintf(r->error, sizeof(r->error), "%s", ota_error_last());
+			}
+		}
+		*upload_size = 0;
+		return MHD_YES;
+	}
+	if (r->too_big)
+		return api_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
+				       r->route ? body_cap(r->route->body) : 0);
+	if (r->failed)
+		return r->error[0] ? api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", r->error) : MHD_NO;
+	if (r->route->body == BODY_JSON) {
+		json_error_t err;
+		if (r->body.len == 0) {
+			r->json = json_object();
+		} else {
+			r->json = json_loadb(r->body.ptr, r->body.len, JSON_REJECT_DUPLICATES, &err);
+			if (!r->json)
+				return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "invalid JSON at line %d column %d: %s",
+						       err.line, err.column, err.text);
+			if (!json_is_object(r->json))
+				return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "the body must be a JSON object");
+		}
+	}
+	return r->route->handler(a, r);
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	req_free(*con_cls);
+	*con_cls = NULL;
+}
+
+static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[256];
+	const char *colon = strrchr(listen, ':');
+	struct addrinfo hints = { 0 }, *res = NULL;
+	int rc;
+
+	if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof(host))
+		return ota_error_set(OTA_EINVAL, "listen address '%s' must be HOST:PORT", listen);
+	memcpy(host, listen, (size_t)(colon - listen));
+	host[colon - listen] = '\0';
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = '\0';
+	}
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0)
+		return ota_error_set(OTA_EINVAL, "cannot resolve listen address '%s': %s", listen, gai_strerror(rc));
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+int api_start(struct api **out, const struct api_config *cfg)
+{
+	struct api *a = xcalloc(1, sizeof(*a));
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	const union MHD_DaemonInfo *info;
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+	int rc;
+
+	a->cfg = *cfg;
+	if ((rc = parse_listen(cfg->listen, &ss, &sslen)) < 0) {
+		free(a);
+		return rc;
+	}
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
+				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  MHD_OPTION_END);
+	if (!a->mhd) {
+		free(a);
+		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", cfg->listen);
+	}
+	info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_BIND_PORT);
+	a->port = info ? info->port : 0;
+	*out = a;
+	return 0;
+}
+
+int api_port(const struct api *a)
+{
+	return a->port;
+}
+
+void api_stop(struct api *a)
+{
+	if (!a)
+		return;
+	a->stopping = 1;
+	notifier_bump(engine_work(a->cfg.engine));
+	notifier_bump(logstore_changes());
+	MHD_stop_daemon(a->mhd);
+	free(a);
+}

@@ -1,0 +1,90 @@
+/*
+ * api_int.h - what api.c (HTTP plumbing, reads) and api_agent.c (the agent
+ * protocol) share.  Not used outside the HTTP server.
+ */
+#ifndef OTA_API_INT_H
+#define OTA_API_INT_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+#include "api.h"
+#include "artifact.h"
+#include "auth.h"
+
+#define API_MAX_JSON_BODY (1 << 20)
+#define API_MAX_LOG_CHUNK (1 << 20)
+
+enum body_kind {
+	BODY_NONE,      /* no body expected; any body is capped small */
+	BODY_JSON,      /* JSON object, capped at API_MAX_JSON_BODY */
+	BODY_RAW,       /* raw bytes kept in memory (log chunks, lint) */
+	BODY_ARTIFACT,  /* streamed to the artifact store */
+};
+
+struct api_req;
+
+typedef enum MHD_Result (*api_handler)(struct api *a, struct api_req *r);
+
+struct api_route {
+	const char *method;
+	const char *pattern;       /* "/api/v1/runs/:id/cancel" */
+	enum auth_role need;       /* ROLE_NONE: no authentication */
+	enum body_kind body;
+	api_handler handler;
+	/* Called on the first callback, before the body, for early checks
+	 * (e.g. artifact name): return non-zero after queueing a response. */
+	int (*precheck)(struct api *a, struct api_req *r);
+};
+
+struct api_req {
+	struct MHD_Connection *conn;
+	const struct api_route *route;
+	const char *url;
+	int64_t id;                /* the :id in the pattern, if any */
+	enum auth_role role;
+	struct buf body;
+	json_t *json;              /* parsed BODY_JSON */
+	struct artifact_upload *upload;
+	int too_big;
+	int failed;                /* an error was already decided */
+	int status;
+	char error[512];
+};
+
+struct api {
+	struct MHD_Daemon *mhd;
+	struct api_config cfg;
+	int port;
+	volatile int stopping;
+};
+
+enum MHD_Result api_reply_json(struct api_req *r, unsigned status, json_t *body);
+enum MHD_Result api_reply_error(struct api_req *r, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Maps an OTA_E* code to an HTTP status with ota_error_last() as the reason. */
+enum MHD_Result api_reply_rc(struct api_req *r, int rc);
+const char *api_query(struct api_req *r, const char *key);
+/* Parse a non-negative integer query parameter; -1 if absent, -2 if invalid. */
+int64_t api_query_int(struct api_req *r, const char *key);
+
+/* api_agent.c */
+enum MHD_Result api_agent_register(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_request(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_heartbeat(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_log(struct api *a, struct api_req *r);
+int api_agent_artifact_precheck(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_artifact(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_finish(struct api *a, struct api_req *r);
+
+/* api_read.c */
+enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r);
+enum MHD_Result api_get_runs(struct api *a, struct api_req *r);
+enum MHD_Result api_get_run(struct api *a, struct api_req *r);
+enum MHD_Result api_get_run_artifacts(struct api *a, struct api_req *r);
+enum MHD_Result api_get_job(struct api *a, struct api_req *r);
+enum MHD_Result api_get_job_log(struct api *a, struct api_req *r);
+enum MHD_Result api_get_artifact(struct api *a, struct api_req *r);
+enum MHD_Result api_get_agents(struct api *a, struct api_req *r);
+
+#endif

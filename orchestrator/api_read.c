@@ -1,0 +1,598 @@
+/*
+ * api_read.c - the read-only routes: pipelines, runs, jobs, logs (plain and
+ * live), artifacts, agents.
+ *
+ * Every read runs on the handler's own thread through store_reader(), a
+ * read-only connection that WAL lets proceed while the engine writes.
+ *
+ * Live logs are Server-Sent Events produced by a libmicrohttpd content
+ * callback.  The connection has its own thread, so the callback may block:
+ * it waits on the log store's notifier for new bytes or a state change,
+ * sending a keepalive comment every 15 s.  Each event's id is the offset
+ * after its bytes, so a client resumes exactly where it stopped.
+ */
+#include "api_int.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "logstore.h"
+
+static void set_int_or_null(json_t *o, const char *key, sqlite3_stmt *st, int col)
+{
+	if (sqlite3_column_type(st, col) == SQLITE_NULL)
+		json_object_set_new(o, key, json_null());
+	else
+		json_object_set_new(o, key, json_integer(sqlite3_column_int64(st, col)));
+}
+
+static void set_text_or_null(json_t *o, const char *key, sqlite3_stmt *st, int col)
+{
+	const char *s = store_col_text(st, col);
+	json_object_set_new(o, key, s ? json_string(s) : json_null());
+}
+
+static struct store *reader(struct api_req *r)
+{
+	struct store *s = store_reader();
+	if (!s)
+		api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable: %s", ota_error_last());
+	return s;
+}
+
+#define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at, error"
+
+static json_t *run_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
+	set_text_or_null(o, "pipeline", st, 1);
+	set_text_or_null(o, "file", st, 2);
+	set_text_or_null(o, "ref", st, 3);
+	set_text_or_null(o, "commit", st, 4);
+	set_text_or_null(o, "state", st, 5);
+	set_text_or_null(o, "concurrency", st, 6);
+	set_text_or_null(o, "trigger", st, 7);
+	set_int_or_null(o, "created_at", st, 8);
+	set_int_or_null(o, "started_at", st, 9);
+	set_int_or_null(o, "finished_at", st, 10);
+	set_text_or_null(o, "error", st, 11);
+	return o;
+}
+
+#define JOB_COLS "j.id, j.run_id, s.name, j.name, j.spec, j.state, j.attempt, j.retries_left, j.infra_retries_left," \
+		 " a.name, j.started_at, j.finished_at, j.exit_code, j.failure, j.message"
+#define JOB_FROM " FROM jobs j JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
+
+static json_t *job_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object(), *spec = json_loads(store_col_text(st, 4), 0, NULL);
+	int64_t id = store_col_int(st, 0);
+	int attempt = (int)store_col_int(st, 6);
+	json_t *retry = json_object_get(spec, "retry");
+
+	json_object_set_new(o, "id", json_integer(id));
+	json_object_set_new(o, "run_id", json_integer(store_col_int(st, 1)));
+	set_text_or_null(o, "stage", st, 2);
+	set_text_or_null(o, "name", st, 3);
+	json_object_set(o, "matrix", json_object_get(spec, "matrix") ? json_object_get(spec, "matrix") : json_object());
+	json_object_set(o, "labels", json_object_get(spec, "labels") ? json_object_get(spec, "labels") : json_array());
+	set_text_or_null(o, "state", st, 5);
+	json_object_set_new(o, "attempt", json_integer(attempt));
+	json_object_set_new(o, "max_attempts",
+			    json_integer(1 + json_integer_value(json_object_get(retry, "count")) +
+					 (json_object_get(retry, "infra") ? json_integer_value(json_object_get(retry, "infra")) : 2)));
+	set_text_or_null(o, "agent", st, 9);
+	set_int_or_null(o, "started_at", st, 10);
+	set_int_or_null(o, "finished_at", st, 11);
+	set_int_or_null(o, "exit_code", st, 12);
+	set_text_or_null(o, "failure", st, 13);
+	set_text_or_null(o, "message", st, 14);
+	json_object_set_new(o, "log_size", json_integer(attempt ? logstore_size(id, attempt) : 0));
+	json_decref(spec);
+	return o;
+}
+
+enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	json_t *arr = json_array();
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	st = store_stmt(s, "SELECT r.pipeline, COUNT(*), MAX(r.id) FROM runs r GROUP BY r.pipeline ORDER BY r.pipeline");
+	while (st && store_step_row(s, st) == 1) {
+		json_t *p = json_pack("{ss sI sI}", "name", store_col_text(st, 0), "runs", (json_int_t)store_col_int(st, 1),
+				      "last_run_id", (json_int_t)store_col_int(st, 2));
+		json_array_append_new(arr, p);
+	}
+	if (st)
+		sqlite3_reset(st);
+	/* attach the last run's summary */
+	for (size_t i = 0; i < json_array_size(arr); i++) {
+		json_t *p = json_array_get(arr, i);
+		st = store_stmt(s, "SELECT " RUN_COLS " FROM runs WHERE id = ?");
+		sqlite3_bind_int64(st, 1, json_integer_value(json_object_get(p, "last_run_id")));
+		if (store_step_row(s, st) == 1)
+			json_object_set_new(p, "last_run", run_json(st));
+		sqlite3_reset(st);
+	}
+	return api_reply_json(r, MHD_HTTP_OK, arr);
+}
+
+enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	int64_t limit = api_query_int(r, "limit"), before = api_query_int(r, "before");
+	const char *pipeline = api_query(r, "pipeline"), *ref = api_query(r, "ref"), *state = api_query(r, "state");
+	json_t *runs = json_array();
+	sqlite3_stmt *st;
+	int64_t last = 0;
+
+	(void)a;
+	if (!s) {
+		json_decref(runs);
+		return MHD_YES;
+	}
+	if (limit == -2 || before == -2) {
+		json_decref(runs);
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "limit and before must be non-negative integers");
+	}
+	if (limit < 0)
+		limit = 50;
+	if (limit > 500)
+		limit = 500;
+	st = store_stmt(s, "SELECT " RUN_COLS " FROM runs WHERE (?1 IS NULL OR pipeline = ?1)"
+			   " AND (?2 IS NULL OR ref = ?2 OR ref = 'refs/heads/' || ?2 OR ref = 'refs/tags/' || ?2)"
+			   " AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5");
+	if (pipeline)
+		sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_TRANSIENT);
+	if (ref)
+		sqlite3_bind_text(st, 2, ref, -1, SQLITE_TRANSIENT);
+	if (state)
+		sqlite3_bind_text(st, 3, state, -1, SQLITE_TRANSIENT);
+	if (before > 0)
+		sqlite3_bind_int64(st, 4, before);
+	sqlite3_bind_int64(st, 5, limit);
+	while (store_step_row(s, st) == 1) {
+		json_array_append_new(runs, run_json(st));
+		last = store_col_int(st, 0);
+	}
+	sqlite3_reset(st);
+	return api_reply_json(r, MHD_HTTP_OK,
+			      json_pack("{so so}", "runs", runs, "next_before",
+					(int64_t)json_array_size(runs) == limit && last ? json_integer(last) : json_null()));
+}
+
+enum MHD_Result api_get_run(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	json_t *run = NULL, *stages = json_array();
+
+	(void)a;
+	if (!s) {
+		json_decref(stages);
+		return MHD_YES;
+	}
+	st = store_stmt(s, "SELECT " RUN_COLS " FROM runs WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	if (store_step_row(s, st) == 1)
+		run = run_json(st);
+	sqlite3_reset(st);
+	if (!run) {
+		json_decref(stages);
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
+	}
+	st = store_stmt(s, "SELECT id, name, kind, state, needs, started_at, finished_at FROM stages WHERE run_id = ? ORDER BY idx");
+	sqlite3_bind_int64(st, 1, r->id);
+	while (store_step_row(s, st) == 1) {
+		json_t *stage = json_object();
+		json_object_set_new(stage, "id", json_integer(store_col_int(st, 0)));
+		set_text_or_null(stage, "name", st, 1);
+		set_text_or_null(stage, "kind", st, 2);
+		set_text_or_null(stage, "state", st, 3);
+		json_object_set_new(stage, "needs", json_loads(store_col_text(st, 4), 0, NULL));
+		set_int_or_null(stage, "started_at", st, 5);
+		set_int_or_null(stage, "finished_at", st, 6);
+		json_object_set_new(stage, "jobs", json_array());
+		json_array_append_new(stages, stage);
+	}
+	sqlite3_reset(st);
+	st = store_stmt(s, "SELECT " JOB_COLS JOB_FROM " WHERE j.run_id = ? ORDER BY j.stage_id, j.idx");
+	sqlite3_bind_int64(st, 1, r->id);
+	while (store_step_row(s, st) == 1) {
+		json_t *job = job_json(st);
+		const char *stage_name = json_string_value(json_object_get(job, "stage"));
+		for (size_t i = 0; i < json_array_size(stages); i++) {
+			json_t *stage = json_array_get(stages, i);
+			if (!strcmp(json_string_value(json_object_get(stage, "name")), stage_name)) {
+				json_array_append(json_object_get(stage, "jobs"), job);
+				break;
+			}
+		}
+		json_decref(job);
+	}
+	sqlite3_reset(st);
+	json_object_set_new(run, "stages", stages);
+	return api_reply_json(r, MHD_HTTP_OK, run);
+}
+
+static json_t *artifact_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
+	json_object_set_new(o, "job_id", json_integer(store_col_int(st, 1)));
+	json_object_set_new(o, "attempt", json_integer(store_col_int(st, 2)));
+	set_text_or_null(o, "name", st, 3);
+	set_text_or_null(o, "sha256", st, 4);
+	json_object_set_new(o, "size", json_integer(store_col_int(st, 5)));
+	set_text_or_null(o, "type", st, 6);
+	set_text_or_null(o, "hardware", st, 7);
+	return o;
+}
+
+enum MHD_Result api_get_run_artifacts(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	json_t *arr = json_array();
+
+	(void)a;
+	if (!s) {
+		json_decref(arr);
+		return MHD_YES;
+	}
+	st = store_stmt(s, "SELECT id, job_id, attempt, name, sha256, size, type, hardware FROM artifacts"
+			   " WHERE run_id = ? ORDER BY id");
+	sqlite3_bind_int64(st, 1, r->id);
+	while (store_step_row(s, st) == 1)
+		json_array_append_new(arr, artifact_json(st));
+	sqlite3_reset(st);
+	return api_reply_json(r, MHD_HTTP_OK, arr);
+}
+
+static json_t *load_job(struct store *s, int64_t id)
+{
+	sqlite3_stmt *st = store_stmt(s, "SELECT " JOB_COLS JOB_FROM " WHERE j.id = ?");
+	json_t *job = NULL;
+	sqlite3_bind_int64(st, 1, id);
+	if (store_step_row(s, st) == 1)
+		job = job_json(st);
+	sqlite3_reset(st);
+	return job;
+}
+
+enum MHD_Result api_get_job(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	json_t *job;
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	job = load_job(s, r->id);
+	if (!job)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " not found", r->id);
+	return api_reply_json(r, MHD_HTTP_OK, job);
+}
+
+enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	char *path = NULL, *name = NULL;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	struct stat sb;
+	int fd;
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	st = store_stmt(s, "SELECT sha256, name FROM artifacts WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	if (store_step_row(s, st) == 1) {
+		path = artifact_object_path(store_col_text(st, 0));
+		name = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (!path) {
+		free(name);
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "artifact %" PRId64 " not found", r->id);
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
+	if (fd < 0 || fstat(fd, &sb) < 0) {
+		if (fd >= 0)
+			close(fd);
+		free(name);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "artifact %" PRId64 " is missing from the store", r->id);
+	}
+	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+	{
+		const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+		char *disp = xasprintf("attachment; filename=\"%s\"", base);
+		for (char *p = disp + 22; *p && p[1]; p++)
+			if (*p == '"')
+				*p = '_';
+		MHD_add_response_header(resp, "Content-Disposition", disp);
+		free(disp);
+	}
+	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	free(name);
+	return ret;
+}
+
+enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	json_t *arr = json_array();
+	int64_t now = clock_now_ms();
+
+	(void)a;
+	if (!s) {
+		json_decref(arr);
+		return MHD_YES;
+	}
+	st = store_stmt(s, "SELECT a.id, a.name, a.labels, a.local, a.last_seen, a.current_job, j.state"
+			   " FROM agents a LEFT JOIN jobs j ON j.id = a.current_job ORDER BY a.id");
+	while (store_step_row(s, st) == 1) {
+		json_t *o = json_object();
+		int64_t last = store_col_int(st, 4);
+		int busy = store_col_text(st, 6) && !strcmp(store_col_text(st, 6), "running");
+		json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
+		set_text_or_null(o, "name", st, 1);
+		json_object_set_new(o, "labels", json_loads(store_col_text(st, 2), 0, NULL));
+		json_object_set_new(o, "local", json_boolean(store_col_int(st, 3)));
+		json_object_set_new(o, "last_seen", json_integer(last));
+		json_object_set_new(o, "current_job", busy ? json_integer(store_col_int(st, 5)) : json_null());
+		json_object_set_new(o, "state", json_string(busy ? "busy"
+							     : (now - last) > 60000 * clock_scale() ? "lost" : "idle"));
+		json_array_append_new(arr, o);
+	}
+	sqlite3_reset(st);
+	return api_reply_json(r, MHD_HTTP_OK, arr);
+}
+
+/* ---- logs ------------------------------------------------------------------ */
+
+/*
+ * Append len bytes of log text to out as a JSON string body, making it valid
+ * UTF-8: invalid bytes become U+FFFD.  Returns how many input bytes were
+ * consumed (an incomplete sequence at the very end is left for next time
+ * unless `final`).
+ */
+static size_t utf8_clean(const unsigned char *p, size_t len, int final, struct buf *out)
+{
+	size_t i = 0;
+	while (i < len) {
+		unsigned char c = p[i];
+		size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+		size_t k;
+		if (n == 1) {
+			buf_putc(out, (char)c);
+			i++;
+			continue;
+		}
+		if (n == 0 || (c == 0xC0 || c == 0xC1) || c > 0xF4) {
+			buf_puts(out, "\xEF\xBF\xBD");
+			i++;
+			continue;
+		}
+		if (i + n > len) {
+			if (!final)
+				break;
+			buf_puts(out, "\xEF\xBF\xBD");
+			i++;
+			continue;
+		}
+		for (k = 1; k < n; k++)
+			if ((p[i + k] & 0xC0) != 0x80)
+				break;
+		if (k < n) {
+			buf_puts(out, "\xEF\xBF\xBD");
+			i++;
+			continue;
+		}
+		buf_put(out, p + i, n);
+		i += n;
+	}
+	return i;
+}
+
+struct log_job {
+	char state[16];
+	int attempt;
+};
+
+static int log_job_state(int64_t job, struct log_job *out)
+{
+	struct store *s = store_reader();
+	sqlite3_stmt *st;
+	int rc;
+	if (!s)
+		return OTA_ERROR;
+	st = store_stmt(s, "SELECT state, attempt FROM jobs WHERE id = ?");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, job);
+	rc = store_step_row(s, st);
+	if (rc == 1) {
+		snprintf(out->state, sizeof(out->state), "%s", store_col_text(st, 0));
+		out->attempt = (int)store_col_int(st, 1);
+	}
+	sqlite3_reset(st);
+	return rc == 1 ? 0 : OTA_ENOTFOUND;
+}
+
+struct sse {
+	struct api *api;
+	int64_t job;
+	int attempt;
+	int64_t offset;
+	struct buf pending;
+	size_t sent;
+	int ended;
+};
+
+static void sse_event(struct sse *x, const char *event, const char *id, json_t *data)
+{
+	char *text = json_dumps(data, JSON_COMPACT);
+	buf_printf(&x->pending, "event: %s\n", event);
+	if (id)
+		buf_printf(&x->pending, "id: %s\n", id);
+	buf_printf(&x->pending, "data: %s\n\n", text);
+	free(text);
+	json_decref(data);
+}
+
+/* Fill x->pending with the next event(s); blocks until there is something. */
+static int sse_produce(struct sse *x)
+{
+	for (;;) {
+		struct notifier *n = logstore_changes();
+		uint64_t gen = notifier_gen(n);
+		struct log_job job;
+		int64_t size;
+
+		if (x->api->stopping || x->ended)
+			return -1;
+		if (log_job_state(x->job, &job) < 0)
+			return -1;
+		if (x->attempt == 0)
+			x->attempt = job.attempt;
+		size = x->attempt ? logstore_size(x->job, x->attempt) : 0;
+		if (size > x->offset) {
+			struct buf raw = BUF_INIT, clean = BUF_INIT;
+			size_t want = (size_t)(size - x->offset), used;
+			char id[32];
+			if (want > 16384)
+				want = 16384;
+			logstore_read(x->job, x->attempt, x->offset, want, &raw);
+			used = utf8_clean((const unsigned char *)raw.ptr, raw.len, raw.len < 4, &clean);
+			if (used == 0)
+				used = utf8_clean((const unsigned char *)raw.ptr, raw.len, 1, &clean);
+			snprintf(id, sizeof(id), "%" PRId64, x->offset + (int64_t)used);
+			sse_event(x, "log", id, json_pack("{sI si ss#}", "offset", (json_int_t)x->offset, "attempt", x->attempt,
+							  "text", buf_cstr(&clean), (int)clean.len));
+			x->offset += (int64_t)used;
+			buf_release(&raw);
+			buf_release(&clean);
+			return 0;
+		}
+		if (job.attempt > x->attempt) {
+			/* a retry started: continue with the new attempt's log */
+			x->attempt = job.attempt;
+			x->offset = 0;
+			sse_event(x, "attempt", NULL, json_pack("{si}", "attempt", x->attempt));
+			return 0;
+		}
+		if (!strcmp(job.state, "passed") || !strcmp(job.state, "failed") || !strcmp(job.state, "canceled") ||
+		    !strcmp(job.state, "skipped")) {
+			sse_event(x, "end", NULL, json_pack("{ss si}", "state", job.state, "attempt", x->attempt));
+			x->ended = 1;
+			return 0;
+		}
+		if (notifier_wait(n, gen, 15000) == gen) {
+			buf_puts(&x->pending, ": keepalive\n\n");
+			return 0;
+		}
+	}
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct sse *x = cls;
+	size_t n;
+
+	(void)pos;
+	if (x->sent == x->pending.len) {
+		buf_clear(&x->pending);
+		x->sent = 0;
+		if (x->ended || sse_produce(x) < 0)
+			return x->pending.len ? 0 : MHD_CONTENT_READER_END_OF_STREAM;
+		if (x->pending.len == 0)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+	}
+	n = x->pending.len - x->sent;
+	if (n > max)
+		n = max;
+	memcpy(out, x->pending.ptr + x->sent, n);
+	x->sent += n;
+	return (ssize_t)n;
+}
+
+static void sse_free(void *cls)
+{
+	struct sse *x = cls;
+	buf_release(&x->pending);
+	free(x);
+}
+
+enum MHD_Result api_get_job_log(struct api *a, struct api_req *r)
+{
+	const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
+	const char *follow = api_query(r, "follow");
+	const char *last_id = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+	int64_t offset = api_query_int(r, "offset"), attempt = api_query_int(r, "attempt");
+	struct log_job job;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (offset == -2 || attempt == -2)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "offset and attempt must be non-negative integers");
+	if (log_job_state(r->id, &job) < 0)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " not found", r->id);
+	if (offset < 0)
+		offset = 0;
+	if (attempt <= 0)
+		attempt = job.attempt;
+	if (attempt > job.attempt)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " has no attempt %" PRId64, r->id, attempt);
+
+	if ((follow && strcmp(follow, "0") != 0) || (accept && strstr(accept, "text/event-stream"))) {
+		struct sse *x = xcalloc(1, sizeof(*x));
+		x->api = a;
+		x->job = r->id;
+		x->attempt = (int)attempt;
+		x->offset = offset;
+		if (last_id && *last_id)
+			x->offset = strtoll(last_id, NULL, 10);
+		buf_init(&x->pending, BUF_NOLIMIT);
+		buf_puts(&x->pending, "retry: 1000\n\n");
+		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_read, x, sse_free);
+		MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+		MHD_add_response_header(resp, "Cache-Control", "no-store");
+		ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+		MHD_destroy_response(resp);
+		return ret;
+	} else {
+		struct buf out = BUF_INIT;
+		char size[32], att[16];
+		int64_t total = attempt ? logstore_size(r->id, (int)attempt) : 0;
+		if (attempt)
+			logstore_read(r->id, (int)attempt, offset, 64 << 20, &out);
+		snprintf(size, sizeof(size), "%" PRId64, total);
+		snprintf(att, sizeof(att), "%" PRId64, attempt);
+		size_t len = out.len;
+		resp = MHD_create_response_from_buffer(len, buf_detach(&out), MHD_RESPMEM_MUST_FREE);
+		MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
+		MHD_add_response_header(resp, "X-Log-Size", size);
+		MHD_add_response_header(resp, "X-Job-State", job.state);
+		MHD_add_response_header(resp, "X-Attempt", att);
+		ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+		MHD_destroy_response(resp);
+		return ret;
+	}
+}

@@ -1,0 +1,41 @@
+/*
+ * auth.h - API tokens and roles.
+ *
+ * Tokens are random 32-byte hex strings.  Only their SHA-256 is stored (the
+ * tokens table, plus tokens given in the config file, plus the local agents'
+ * token that lives only in memory).  auth_check() hashes what the client
+ * sent and compares it with every known hash in constant time
+ * (CRYPTO_memcmp), so neither the token nor which prefix matched leaks
+ * through timing.  Tokens never appear in logs.
+ */
+#ifndef OTA_AUTH_H
+#define OTA_AUTH_H
+
+#include "store.h"
+
+enum auth_role {
+	ROLE_NONE = 0,
+	ROLE_VIEWER = 1,
+	ROLE_AGENT = 2,
+	ROLE_OPERATOR = 3,
+	ROLE_ADMIN = 4,
+};
+
+/* Load the tokens table; must be called before auth_check. */
+int auth_load(struct store *db);
+/* Add a token (by its plain value) to the in-memory set only. */
+void auth_add_memory(const char *name, const char *token, enum auth_role role);
+/* Add a token by its SHA-256 hex (from the config file). */
+void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role);
+/* Create a token, store its hash in the database and return it (caller frees). */
+int auth_create(struct store *db, const char *name, enum auth_role role, char **token);
+/* Role of the presented token (ROLE_NONE when unknown or NULL). */
+enum auth_role auth_check(const char *token);
+/* Does `have` allow an action that needs `need`?  Agents only do agent work. */
+int auth_allows(enum auth_role have, enum auth_role need);
+
+const char *auth_role_name(enum auth_role r);
+enum auth_role auth_role_parse(const char *s);
+void auth_sha256_hex(const char *token, char out[65]);
+
+#endif

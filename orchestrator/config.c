@@ -1,0 +1,269 @@
+/*
+ * config.c - defaults and the YAML configuration file.
+ *
+ * The file is small and flat, so this walks libyaml's document tree
+ * directly: one mapping of known keys, each checked for its type.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "auth.h"
+
+void config_defaults(struct otacd_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->listen = xstrdup("127.0.0.1:8470");
+	c->state_dir = xstrdup("./otacd-state");
+	c->local_agents = 2;
+	strvec_push(&c->local_labels, "local");
+	c->time_scale = 1.0;
+	c->lease_ms = 30000;
+	c->heartbeat_ms = 1000;
+	c->default_timeout_ms = 3600 * 1000;
+	c->max_log_bytes = 4 << 20;
+	c->max_artifact_size = 256 << 20;
+	c->secrets = json_object();
+	c->tokens = json_array();
+}
+
+void config_release(struct otacd_config *c)
+{
+	free(c->listen);
+	free(c->state_dir);
+	strvec_clear(&c->local_labels);
+	json_decref(c->secrets);
+	json_decref(c->tokens);
+	memset(c, 0, sizeof(*c));
+}
+
+struct cfg_ctx {
+	const char *file;
+	yaml_document_t *doc;
+	struct otacd_config *c;
+};
+
+static int cfg_err(struct cfg_ctx *x, yaml_node_t *n, const char *fmt, const char *arg)
+{
+	char msg[512];
+	snprintf(msg, sizeof(msg), fmt, arg);
+	return ota_error_set(OTA_EINVAL, "%s:%zu:%zu: %s", x->file, n->start_mark.line + 1,
+			     n->start_mark.column + 1, msg);
+}
+
+static const char *scalar(yaml_node_t *n)
+{
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static int get_string(struct cfg_ctx *x, yaml_node_t *n, const char *key, char **out)
+{
+	const char *s = scalar(n);
+	if (!s)
+		return cfg_err(x, n, "'%s' must be a string", key);
+	free(*out);
+	*out = xstrdup(s);
+	return 0;
+}
+
+static int get_duration(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t *out)
+{
+	const char *s = scalar(n);
+	if (!s || ota_parse_duration_ms(s, out) < 0 || *out <= 0)
+		return cfg_err(x, n, "'%s' must be a positive duration like 30s or 5m", key);
+	return 0;
+}
+
+static int get_int(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t *out, int64_t min)
+{
+	const char *s = scalar(n);
+	char *end;
+	long long v;
+	if (!s || !*s)
+		return cfg_err(x, n, "'%s' must be an integer", key);
+	v = strtoll(s, &end, 10);
+	if (*end || v < min)
+		return cfg_err(x, n, "'%s' must be an integer in range", key);
+	*out = v;
+	return 0;
+}
+
+static int get_bool(struct cfg_ctx *x, yaml_node_t *n, const char *key, int *out)
+{
+	const char *s = scalar(n);
+	if (s && (!strcmp(s, "true") || !strcmp(s, "yes")))
+		*out = 1;
+	else if (s && (!strcmp(s, "false") || !strcmp(s, "no")))
+		*out = 0;
+	else
+		return cfg_err(x, n, "'%s' must be true or false", key);
+	return 0;
+}
+
+static int get_tokens(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_item_t *it;
+	if (n->type != YAML_SEQUENCE_NODE)
+		return cfg_err(x, n, "'%s' must be a list of {name, role, token | sha256}", "tokens");
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+		yaml_node_t *t = yaml_document_get_node(x->doc, *it);
+		const char *name = NULL, *role = NULL, *token = NULL, *hash = NULL;
+		char hex[65];
+		yaml_node_pair_t *p;
+		if (t->type != YAML_MAPPING_NODE)
+			return cfg_err(x, t, "a token must be a mapping {name, role, token | sha256}%s", "");
+		for (p = t->data.mapping.pairs.start; p < t->data.mapping.pairs.top; p++) {
+			yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+			yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+			const char *ks = scalar(k) ? scalar(k) : "";
+			if (!strcmp(ks, "name"))
+				name = scalar(v);
+			else if (!strcmp(ks, "role"))
+				role = scalar(v);
+			else if (!strcmp(ks, "token"))
+				token = scalar(v);
+			else if (!strcmp(ks, "sha256"))
+				hash = scalar(v);
+			else
+				return cfg_err(x, k, "unknown token key '%s' (expected name, role, token, sha256)", ks);
+		}
+		if (!name || !role || (!token && !hash))
+			return cfg_err(x, t, "a token needs name, role and token or sha256%s", "");
+		if (auth_role_parse(role) == ROLE_NONE)
+			return cfg_err(x, t, "unknown role '%s' (expected viewer, operator, agent, admin)", role);
+		if (token && strlen(token) < 16)
+			return cfg_err(x, t, "token for '%s' is too short (at least 16 characters)", name);
+		if (hash && (strlen(hash) != 64 || strspn(hash, "0123456789abcdef") != 64))
+			return cfg_err(x, t, "sha256 for '%s' must be 64 lowercase hex digits", name);
+		if (token)
+			auth_sha256_hex(token, hex);
+		json_array_append_new(x->c->tokens, json_pack("{ss ss ss}", "name", name, "role", role,
+							      "sha256", token ? hex : hash));
+	}
+	return 0;
+}
+
+static int get_secrets(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping NAME: value", "secrets");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		if (!scalar(k) || !scalar(v))
+			return cfg_err(x, k, "secret entries must be NAME: string%s", "");
+		/* the value is never echoed in messages */
+		json_object_set_new(x->c->secrets, scalar(k), json_string(scalar(v)));
+	}
+	return 0;
+}
+
+static int get_labels(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_item_t *it;
+	if (n->type != YAML_SEQUENCE_NODE)
+		return cfg_err(x, n, "'%s' must be a list of strings", "local_agent_labels");
+	strvec_clear(&x->c->local_labels);
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+		yaml_node_t *v = yaml_document_get_node(x->doc, *it);
+		if (!scalar(v))
+			return cfg_err(x, v, "'%s' must be a list of strings", "local_agent_labels");
+		strvec_push(&x->c->local_labels, scalar(v));
+	}
+	return 0;
+}
+
+static int apply(struct cfg_ctx *x, yaml_node_t *root)
+{
+	static const char *const keys[] = {
+		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
+		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
+		"max_artifact_size", "secrets", "tokens",
+	};
+	struct otacd_config *c = x->c;
+	yaml_node_pair_t *p;
+	int rc = 0;
+
+	if (root->type != YAML_MAPPING_NODE)
+		return cfg_err(x, root, "the configuration must be a mapping%s", "");
+	for (p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top && rc == 0; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		const char *key = scalar(k) ? scalar(k) : "";
+		int64_t n;
+
+		if (!strcmp(key, "listen"))
+			rc = get_string(x, v, key, &c->listen);
+		else if (!strcmp(key, "state_dir"))
+			rc = get_string(x, v, key, &c->state_dir);
+		else if (!strcmp(key, "local_agents")) {
+			if ((rc = get_int(x, v, key, &n, 0)) == 0)
+				c->local_agents = (int)(n > 64 ? 64 : n);
+		} else if (!strcmp(key, "local_agent_labels"))
+			rc = get_labels(x, v);
+		else if (!strcmp(key, "time_scale")) {
+			const char *s = scalar(v);
+			char *end = NULL;
+			double d = s ? strtod(s, &end) : 0;
+			if (!s || *end || d <= 0)
+				rc = cfg_err(x, v, "'%s' must be a positive number", key);
+			else
+				c->time_scale = d;
+		} else if (!strcmp(key, "anonymous_read"))
+			rc = get_bool(x, v, key, &c->anonymous_read);
+		else if (!strcmp(key, "lease"))
+			rc = get_duration(x, v, key, &c->lease_ms);
+		else if (!strcmp(key, "heartbeat"))
+			rc = get_duration(x, v, key, &c->heartbeat_ms);
+		else if (!strcmp(key, "default_timeout"))
+			rc = get_duration(x, v, key, &c->default_timeout_ms);
+		else if (!strcmp(key, "max_log_bytes"))
+			rc = get_int(x, v, key, &c->max_log_bytes, 1024);
+		else if (!strcmp(key, "max_artifact_size"))
+			rc = get_int(x, v, key, &c->max_artifact_size, 1);
+		else if (!strcmp(key, "secrets"))
+			rc = get_secrets(x, v);
+		else if (!strcmp(key, "tokens"))
+			rc = get_tokens(x, v);
+		else {
+			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
+			char msg[256];
+			snprintf(msg, sizeof(msg), "unknown key '%s'%s%s%s", key, hint ? " (did you mean '" : "",
+				 hint ? hint : "", hint ? "'?)" : "");
+			rc = cfg_err(x, k, "%s", msg);
+		}
+	}
+	return rc;
+}
+
+int config_load(struct otacd_config *c, const char *path)
+{
+	struct buf text = BUF_INIT;
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	struct cfg_ctx x = { path, &doc, c };
+	yaml_node_t *root;
+	int rc;
+
+	if ((rc = ota_read_file(&text, path, 1 << 20)) < 0)
+		return rc;
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_string(&parser, (const unsigned char *)text.ptr, text.len);
+	if (!yaml_parser_load(&parser, &doc)) {
+		rc = ota_error_set(OTA_EINVAL, "%s:%zu:%zu: %s", path, parser.problem_mark.line + 1,
+				   parser.problem_mark.column + 1, parser.problem ? parser.problem : "invalid YAML");
+		yaml_parser_delete(&parser);
+		buf_release(&text);
+		return rc;
+	}
+	root = yaml_document_get_root_node(&doc);
+	if (root)
+		rc = apply(&x, root);
+	yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+	buf_release(&text);
+	return rc;
+}

@@ -1,0 +1,37 @@
+/*
+ * config.h - otacd's configuration: embedded defaults, a YAML file, flags.
+ *
+ * otacd runs with no configuration at all (the embedded defaults below).
+ * --config FILE overlays a YAML file (docs/config.md); command-line flags
+ * overlay both.  Errors in the file name file:line:column.
+ */
+#ifndef OTA_CONFIG_H
+#define OTA_CONFIG_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "../common/util.h"
+
+struct otacd_config {
+	char *listen;                   /* HOST:PORT, default 127.0.0.1:8470 */
+	char *state_dir;                /* default ./otacd-state */
+	int local_agents;               /* default 2 */
+	struct strvec local_labels;     /* default: local */
+	double time_scale;              /* default 1 */
+	int anonymous_read;             /* default 0 */
+	int64_t lease_ms;               /* default 30 s */
+	int64_t heartbeat_ms;           /* default 1 s */
+	int64_t default_timeout_ms;     /* default 1 h */
+	int64_t max_log_bytes;          /* default 4 MiB per job attempt */
+	int64_t max_artifact_size;      /* default 256 MiB */
+	json_t *secrets;                /* object NAME -> string */
+	json_t *tokens;                 /* array of {name, role, sha256} */
+};
+
+void config_defaults(struct otacd_config *c);
+/* Overlay the YAML file at path.  On error the message names file:line:col. */
+int config_load(struct otacd_config *c, const char *path);
+void config_release(struct otacd_config *c);
+
+#endif

@@ -1,0 +1,1446 @@
+/*
+ * engine.c - the single writer of run state.
+ *
+ * How it works.  engine_start() recovers from the database and starts one
+ * thread.  Public functions package their arguments into a `struct call`,
+ * queue it, and sleep until the engine thread has run it; the engine thread
+ * runs every call inside BEGIN IMMEDIATE … COMMIT, so each command is atomic
+ * on disk.  Between calls the thread wakes for the next lease or job
+ * deadline (stored as absolute wall-clock times in the jobs table) and fails
+ * the attempts that ran out.
+ *
+ * State the engine thread alone touches: the writer connection, the
+ * in-memory dispatch queue (queued jobs of running stages, ordered by job
+ * id, rebuilt from the database on start and after any failed command).
+ *
+ * Every job state change is also written to the events table; the final
+ * state of a job is written there exactly once ("job.final"), which tests
+ * use to prove nothing finished twice.
+ */
+#include "engine.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "logstore.h"
+
+struct qjob {
+	int64_t id;
+	json_t *labels;  /* array of strings (owned reference) */
+};
+
+struct call {
+	int (*fn)(struct engine *e, void *arg);
+	void *arg;
+	int rc;
+	int done;
+	char err[1024];
+	struct call *next;
+};
+
+struct engine {
+	struct store *db;
+	struct engine_config cfg;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;        /* a call was queued, or stop */
+	pthread_cond_t done_cond;   /* a call finished */
+	struct call *head, *tail;
+	int stopping;
+	int64_t next_due;           /* wall-clock ms of the next lease/deadline */
+
+	/* engine thread only */
+	struct qjob *queue;
+	size_t nqueue, capqueue;
+	struct notifier work;
+};
+
+int engine_state_final(const char *s)
+{
+	return !strcmp(s, "passed") || !strcmp(s, "failed") || !strcmp(s, "canceled") ||
+	       !strcmp(s, "skipped");
+}
+
+/* ---- small SQL helpers (engine thread) ----------------------------- */
+
+#define STMT(e, sql) store_stmt((e)->db, sql)
+
+static void event(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
+{
+	sqlite3_stmt *st = STMT(e, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?,?,?,?,?)");
+	char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+
+	if (st) {
+		sqlite3_bind_int64(st, 1, clock_now_ms());
+		if (run)
+			sqlite3_bind_int64(st, 2, run);
+		if (job)
+			sqlite3_bind_int64(st, 3, job);
+		sqlite3_bind_text(st, 4, kind, -1, SQLITE_STATIC);
+		if (text)
+			sqlite3_bind_text(st, 5, text, -1, SQLITE_TRANSIENT);
+		store_step_done(e->db, st);
+	}
+	free(text);
+	json_decref(detail);
+}
+
+/* ---- dispatch queue ------------------------------------------------- */
+
+static void queue_add(struct engine *e, int64_t job, json_t *labels)
+{
+	size_t i;
+	if (e->nqueue == e->capqueue) {
+		e->capqueue = e->capqueue ? e->capqueue * 2 : 64;
+		e->queue = xrealloc(e->queue, e->capqueue * sizeof(*e->queue));
+	}
+	/* keep ordered by id: the oldest job goes first, including retries */
+	for (i = e->nqueue; i > 0 && e->queue[i - 1].id > job; i--)
+		;
+	memmove(e->queue + i + 1, e->queue + i, (e->nqueue - i) * sizeof(*e->queue));
+	e->queue[i].id = job;
+	e->queue[i].labels = json_incref(labels);
+	e->nqueue++;
+}
+
+static void queue_remove(struct engine *e, int64_t job)
+{
+	for (size_t i = 0; i < e->nqueue; i++) {
+		if (e->queue[i].id == job) {
+			json_decref(e->queue[i].labels);
+			memmove(e->queue + i, e->queue + i + 1, (e->nqueue - i - 1) * sizeof(*e->queue));
+			e->nqueue--;
+			return;
+		}
+	}
+}
+
+static void queue_clear(struct engine *e)
+{
+	for (size_t i = 0; i < e->nqueue; i++)
+		json_decref(e->queue[i].labels);
+	e->nqueue = 0;
+}
+
+static int queue_rebuild(struct engine *e)
+{
+	sqlite3_stmt *st = STMT(e,
+		"SELECT j.id, j.spec FROM jobs j JOIN stages s ON s.id = j.stage_id "
+		"JOIN runs r ON r.id = j.run_id "
+		"WHERE j.state = 'queued' AND s.state = 'running' AND r.state = 'running' ORDER BY j.id");
+	int rc;
+
+	queue_clear(e);
+	if (!st)
+		return OTA_ERROR;
+	while ((rc = store_step_row(e->db, st)) == 1) {
+		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
+		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
+		json_t *empty = json_array();
+		queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		json_decref(empty);
+		json_decref(spec);
+	}
+	sqlite3_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+static int labels_match(const json_t *need, const json_t *have)
+{
+	size_t i, j;
+	json_t *n, *h;
+	json_array_foreach(need, i, n) {
+		int found = 0;
+		json_array_foreach(have, j, h) {
+			if (json_equal(n, h)) {
+				found = 1;
+				break;
+			}
+		}
+		if (!found)
+			return 0;
+	}
+	return 1;
+}
+
+/* ---- loading rows ---------------------------------------------------- */
+
+struct jobrow {
+	int64_t id, run_id, stage_id, agent_id;
+	int attempt, retries_left, infra_left;
+	char state[16];
+	char stage_name[256];
+	char kind[64];
+	json_t *spec;
+};
+
+static int job_load(struct engine *e, int64_t id, struct jobrow *j)
+{
+	sqlite3_stmt *st = STMT(e,
+		"SELECT j.run_id, j.stage_id, COALESCE(j.agent_id, 0), j.attempt, j.retries_left,"
+		" j.infra_retries_left, j.state, j.spec, s.name, s.kind"
+		" FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.id = ?");
+	int rc;
+
+	memset(j, 0, sizeof(*j));
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1) {
+		j->id = id;
+		j->run_id = store_col_int(st, 0);
+		j->stage_id = store_col_int(st, 1);
+		j->agent_id = store_col_int(st, 2);
+		j->attempt = (int)store_col_int(st, 3);
+		j->retries_left = (int)store_col_int(st, 4);
+		j->infra_left = (int)store_col_int(st, 5);
+		snprintf(j->state, sizeof(j->state), "%s", store_col_text(st, 6));
+		j->spec = json_loads(store_col_text(st, 7), 0, NULL);
+		snprintf(j->stage_name, sizeof(j->stage_name), "%s", store_col_text(st, 8));
+		snprintf(j->kind, sizeof(j->kind), "%s", store_col_text(st, 9));
+	}
+	sqlite3_reset(st);
+	if (rc == 0)
+		return ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", id);
+	if (rc < 0)
+		return rc;
+	if (!j->spec)
+		return ota_error_set(OTA_ERROR, "job %" PRId64 " has a corrupt spec", id);
+	return 0;
+}
+
+static void job_release(struct jobrow *j)
+{
+	json_decref(j->spec);
+	j->spec = NULL;
+}
+
+static int set_state(struct engine *e, const char *sql, int64_t id, const char *state, int64_t now)
+{
+	sqlite3_stmt *st = STMT(e, sql);
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now);
+	sqlite3_bind_int64(st, 3, id);
+	return store_step_done(e->db, st);
+}
+
+/* ---- run progression ------------------------------------------------- */
+
+struct stagerow {
+	int64_t id;
+	char name[256];
+	char state[16];
+	json_t *needs;
+	int skip_by_when;
+};
+
+static int advance_run(struct engine *e, int64_t run_id);
+
+static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id, spec FROM jobs WHERE stage_id = ? AND state = 'queued' ORDER BY id");
+	int rc, any = 0;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, stage_id);
+	while ((rc = store_step_row(e->db, st)) == 1) {
+		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
+		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
+		json_t *empty = json_array();
+		queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		json_decref(empty);
+		json_decref(spec);
+		any = 1;
+	}
+	sqlite3_reset(st);
+	if (any)
+		notifier_bump(&e->work);
+	return rc < 0 ? rc : 0;
+}
+
+/* Final state of a stage from its jobs, or NULL while some are unfinished. */
+static const char *stage_outcome(struct engine *e, int64_t stage_id, int *rc)
+{
+	sqlite3_stmt *st = STMT(e,
+		"SELECT COUNT(*), SUM(state IN ('passed','failed','canceled','skipped')),"
+		" SUM(state = 'passed'), SUM(state = 'canceled') FROM jobs WHERE stage_id = ?");
+	int64_t total, final, passed, canceled;
+
+	*rc = 0;
+	if (!st) {
+		*rc = OTA_ERROR;
+		return NULL;
+	}
+	sqlite3_bind_int64(st, 1, stage_id);
+	if ((*rc = store_step_row(e->db, st)) != 1) {
+		sqlite3_reset(st);
+		*rc = *rc < 0 ? *rc : OTA_ERROR;
+		return NULL;
+	}
+	*rc = 0;
+	total = store_col_int(st, 0);
+	final = store_col_int(st, 1);
+	passed = store_col_int(st, 2);
+	canceled = store_col_int(st, 3);
+	sqlite3_reset(st);
+	if (final < total)
+		return NULL;
+	if (passed == total)
+		return "passed";
+	return canceled ? "canceled" : "failed";
+}
+
+static int finish_run(struct engine *e, int64_t run_id, const char *state, const char *concurrency,
+		      const char *error)
+{
+	sqlite3_stmt *st = STMT(e, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error) WHERE id = ?");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, clock_now_ms());
+	if (error)
+		sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 4, run_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	event(e, run_id, 0, "run.final", json_pack("{ss}", "state", state));
+	notifier_bump(logstore_changes());
+
+	/* Let the next run waiting on the same concurrency group go. */
+	if (concurrency) {
+		int64_t next = 0;
+		st = STMT(e, "SELECT id FROM runs WHERE concurrency = ? AND state IN ('queued','blocked') ORDER BY id LIMIT 1");
+		if (!st)
+			return OTA_ERROR;
+		sqlite3_bind_text(st, 1, concurrency, -1, SQLITE_TRANSIENT);
+		if (store_step_row(e->db, st) == 1)
+			next = store_col_int(st, 0);
+		sqlite3_reset(st);
+		if (next)
+			return advance_run(e, next);
+	}
+	return 0;
+}
+
+static int load_stages(struct engine *e, int64_t run_id, struct stagerow **out, size_t *n)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id, name, state, needs, when_filter FROM stages WHERE run_id = ? ORDER BY idx");
+	struct stagerow *v = NULL;
+	size_t cnt = 0, cap = 0;
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, run_id);
+	while ((rc = store_step_row(e->db, st)) == 1) {
+		if (cnt == cap) {
+			cap = cap ? cap * 2 : 8;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		memset(&v[cnt], 0, sizeof(v[cnt]));
+		v[cnt].id = store_col_int(st, 0);
+		snprintf(v[cnt].name, sizeof(v[cnt].name), "%s", store_col_text(st, 1));
+		snprintf(v[cnt].state, sizeof(v[cnt].state), "%s", store_col_text(st, 2));
+		v[cnt].needs = json_loads(store_col_text(st, 3), 0, NULL);
+		if (!v[cnt].needs)
+			v[cnt].needs = json_array();
+		v[cnt].skip_by_when = sqlite3_column_type(st, 4) != SQLITE_NULL;
+		cnt++;
+	}
+	sqlite3_reset(st);
+	*out = v;
+	*n = cnt;
+	return rc < 0 ? rc : 0;
+}
+
+static void free_stages(struct stagerow *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		json_decref(v[i].needs);
+	free(v);
+}
+
+static struct stagerow *find_stage(struct stagerow *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(v[i].name, name))
+			return &v[i];
+	return NULL;
+}
+
+static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const char *state, const char *why)
+{
+	int64_t now = clock_now_ms();
+	int rc;
+
+	if (!strcmp(state, "running"))
+		rc = set_state(e, "UPDATE stages SET state = ?, started_at = ? WHERE id = ?", s->id, state, now);
+	else
+		rc = set_state(e, "UPDATE stages SET state = ?, finished_at = ? WHERE id = ?", s->id, state, now);
+	if (rc < 0)
+		return rc;
+	snprintf(s->state, sizeof(s->state), "%s", state);
+	if (!strcmp(state, "skipped")) {
+		/* its jobs never run */
+		sqlite3_stmt *st = STMT(e, "UPDATE jobs SET state = 'skipped', finished_at = ? WHERE stage_id = ? AND state = 'queued'");
+		if (!st)
+			return OTA_ERROR;
+		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_int64(st, 2, s->id);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+	}
+	event(e, run_id, 0, "stage.state", json_pack("{ss ss ss*}", "stage", s->name, "state", state, "reason", why));
+	return 0;
+}
+
+/*
+ * Move a run forward as far as its current state allows.  Idempotent: it
+ * only acts on what the database says, so recovery simply calls it for every
+ * unfinished run.
+ */
+static int advance_run(struct engine *e, int64_t run_id)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
+	char state[16] = "", *concurrency = NULL;
+	struct stagerow *stages = NULL;
+	size_t nstages = 0;
+	int rc = 0, changed, any_failed = 0, all_final = 1;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, run_id);
+	if ((rc = store_step_row(e->db, st)) == 1) {
+		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
+		if (store_col_text(st, 1))
+			concurrency = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (rc <= 0) {
+		rc = rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run_id);
+		goto out;
+	}
+	rc = 0;
+	if (engine_state_final(state))
+		goto out;
+
+	if (!strcmp(state, "queued") || !strcmp(state, "blocked")) {
+		if (concurrency) {
+			int busy;
+			st = STMT(e, "SELECT 1 FROM runs WHERE concurrency = ? AND id < ? "
+				     "AND state IN ('queued','blocked','running') LIMIT 1");
+			if (!st) {
+				rc = OTA_ERROR;
+				goto out;
+			}
+			sqlite3_bind_text(st, 1, concurrency, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int64(st, 2, run_id);
+			busy = store_step_row(e->db, st) == 1;
+			sqlite3_reset(st);
+			if (busy) {
+				if (strcmp(state, "blocked") != 0) {
+					st = STMT(e, "UPDATE runs SET state = 'blocked' WHERE id = ?");
+					if (!st || (sqlite3_bind_int64(st, 1, run_id), store_step_done(e->db, st)) < 0) {
+						rc = OTA_ERROR;
+						goto out;
+					}
+					event(e, run_id, 0, "run.state", json_pack("{ss ss}", "state", "blocked",
+										  "reason", "waiting for concurrency group"));
+				}
+				goto out;
+			}
+		}
+		if ((rc = set_state(e, "UPDATE runs SET state = ?, started_at = ? WHERE id = ?", run_id, "running",
+				    clock_now_ms())) < 0)
+			goto out;
+		event(e, run_id, 0, "run.state", json_pack("{ss}", "state", "running"));
+	}
+
+	if ((rc = load_stages(e, run_id, &stages, &nstages)) < 0)
+		goto out;
+	do {
+		changed = 0;
+		for (size_t i = 0; i < nstages; i++) {
+			struct stagerow *s = &stages[i];
+			if (!strcmp(s->state, "queued")) {
+				int all_passed = 1;
+				const char *bad = NULL;
+				size_t k;
+				json_t *need;
+				json_array_foreach(s->needs, k, need) {
+					struct stagerow *dep = find_stage(stages, nstages, json_string_value(need));
+					if (!dep)
+						continue; /* validated at trigger time */
+					if (!strcmp(dep->state, "passed"))
+						continue;
+					all_passed = 0;
+					if (engine_state_final(dep->state))
+						bad = dep->name;
+				}
+				if (bad) {
+					char *why = xasprintf("needs '%s', which did not pass", bad);
+					rc = stage_set(e, s, run_id, "skipped", why);
+					free(why);
+					changed = 1;
+				} else if (all_passed && s->skip_by_when) {
+					rc = stage_set(e, s, run_id, "skipped", "'when' does not match the run's ref");
+					changed = 1;
+				} else if (all_passed) {
+					if ((rc = stage_set(e, s, run_id, "running", NULL)) == 0)
+						rc = enqueue_stage_jobs(e, s->id);
+					changed = 1;
+				}
+			} else if (!strcmp(s->state, "running")) {
+				const char *outcome = stage_outcome(e, s->id, &rc);
+				if (outcome) {
+					rc = stage_set(e, s, run_id, outcome, NULL);
+					changed = 1;
+				}
+			}
+			if (rc < 0)
+				goto out;
+		}
+	} while (changed);
+
+	for (size_t i = 0; i < nstages; i++) {
+		if (!engine_state_final(stages[i].state))
+			all_final = 0;
+		else if (strcmp(stages[i].state, "passed") && strcmp(stages[i].state, "skipped"))
+			any_failed = 1;
+		else if (!strcmp(stages[i].state, "skipped") && !stages[i].skip_by_when)
+			any_failed = 1;
+	}
+	if (all_final)
+		rc = finish_run(e, run_id, any_failed ? "failed" : "passed", concurrency, NULL);
+out:
+	free_stages(stages, nstages);
+	free(concurrency);
+	return rc;
+}
+
+/* ---- attempts -------------------------------------------------------- */
+
+static int retry_on(const json_t *spec, const char *failure)
+{
+	json_t *on = json_object_get(json_object_get(spec, "retry"), "on");
+	size_t i;
+	json_t *v;
+	json_array_foreach(on, i, v)
+		if (json_is_string(v) && !strcmp(json_string_value(v), failure))
+			return 1;
+	return 0;
+}
+
+/*
+ * Record the end of the running attempt of j and decide what happens next:
+ * pass, retry (back to the queue) or fail.  Caller holds the transaction.
+ */
+static int attempt_done(struct engine *e, struct jobrow *j, const struct job_result *r, const char **state_out)
+{
+	const struct stage_kind *kind = stage_kind_find(j->kind, NULL);
+	const char *failure = r->failure_kind;
+	int64_t now = clock_now_ms();
+	int failed, rc;
+	sqlite3_stmt *st;
+
+	if (kind && kind->verdict)
+		failed = kind->verdict(j->spec, r);
+	else
+		failed = failure != NULL;
+	if (failed && !failure)
+		failure = "script";
+
+	st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = ?, message = ? "
+		     "WHERE job_id = ? AND attempt = ?");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int(st, 2, r->exit_code);
+	if (failure)
+		sqlite3_bind_text(st, 3, failure, -1, SQLITE_STATIC);
+	if (r->message)
+		sqlite3_bind_text(st, 4, r->message, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 5, j->id);
+	sqlite3_bind_int(st, 6, j->attempt);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+
+	st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
+	sqlite3_bind_int64(st, 1, j->agent_id);
+	sqlite3_bind_int64(st, 2, j->id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+
+	if (failed && strcmp(failure, "canceled") != 0) {
+		int use_infra = !strcmp(failure, "infra") && j->infra_left > 0;
+		int use_count = !use_infra && retry_on(j->spec, failure) && j->retries_left > 0;
+		if (use_infra || use_count) {
+			st = STMT(e, "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires = NULL,"
+				     " deadline = NULL, exit_code = ?, failure = ?, message = ?,"
+				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ? WHERE id = ?");
+			sqlite3_bind_int(st, 1, r->exit_code);
+			sqlite3_bind_text(st, 2, failure, -1, SQLITE_STATIC);
+			if (r->message)
+				sqlite3_bind_text(st, 3, r->message, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int(st, 4, use_infra);
+			sqlite3_bind_int(st, 5, use_count);
+			sqlite3_bind_int64(st, 6, j->id);
+			if ((rc = store_step_done(e->db, st)) < 0)
+				return rc;
+			event(e, j->run_id, j->id, "job.retry",
+			      json_pack("{si ss ss*}", "attempt", j->attempt, "failure", failure, "message", r->message));
+			queue_add(e, j->id, json_object_get(j->spec, "labels"));
+			notifier_bump(&e->work);
+			notifier_bump(logstore_changes());
+			*state_out = "queued";
+			return 0;
+		}
+	}
+
+	*state_out = !failed ? "passed" : !strcmp(failure, "canceled") ? "canceled" : "failed";
+	st = STMT(e, "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, failure = ?, message = ?,"
+		     " lease_expires = NULL, deadline = NULL WHERE id = ?");
+	sqlite3_bind_text(st, 1, *state_out, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now);
+	sqlite3_bind_int(st, 3, r->exit_code);
+	if (failure)
+		sqlite3_bind_text(st, 4, failure, -1, SQLITE_STATIC);
+	if (r->message)
+		sqlite3_bind_text(st, 5, r->message, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 6, j->id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	event(e, j->run_id, j->id, "job.final",
+	      json_pack("{ss si ss*}", "state", *state_out, "attempt", j->attempt, "failure", failure));
+	notifier_bump(logstore_changes());
+	return advance_run(e, j->run_id);
+}
+
+/* Give up the job an agent holds (the agent restarted or was lost). */
+static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'");
+	int64_t ids[16];
+	size_t n = 0;
+	int rc = 0;
+
+	sqlite3_bind_int64(st, 1, agent_id);
+	while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
+		ids[n++] = store_col_int(st, 0);
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct jobrow j;
+		const char *state;
+		struct job_result r = { -1, "infra", why };
+		if ((rc = job_load(e, ids[i], &j)) == 0)
+			rc = attempt_done(e, &j, &r, &state);
+		job_release(&j);
+	}
+	return rc;
+}
+
+/* ---- the engine thread ------------------------------------------------ */
+
+static int64_t compute_next_due(struct engine *e)
+{
+	sqlite3_stmt *st = STMT(e,
+		"SELECT MIN(MIN(COALESCE(lease_expires, 9000000000000000), COALESCE(deadline, 9000000000000000)))"
+		" FROM jobs WHERE state = 'running'");
+	int64_t due = INT64_MAX;
+	if (st && store_step_row(e->db, st) == 1 && sqlite3_column_type(st, 0) != SQLITE_NULL)
+		due = store_col_int(st, 0);
+	if (st)
+		sqlite3_reset(st);
+	return due;
+}
+
+/* Fail every running attempt whose lease or deadline has passed. */
+static int tick(struct engine *e, void *arg)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id, lease_expires <= ?1 FROM jobs WHERE state = 'running'"
+				   " AND (lease_expires <= ?1 OR deadline <= ?1) LIMIT 64");
+	int64_t now = clock_real_ms(), ids[64];
+	int lost[64];
+	size_t n = 0;
+	int rc = 0;
+
+	(void)arg;
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, now);
+	while (n < 64 && store_step_row(e->db, st) == 1) {
+		ids[n] = store_col_int(st, 0);
+		lost[n++] = (int)store_col_int(st, 1);
+	}
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct jobrow j;
+		const char *state;
+		char msg[160];
+		struct job_result r = { -1, lost[i] ? "infra" : "timeout", msg };
+		if ((rc = job_load(e, ids[i], &j)) < 0)
+			break;
+		if (lost[i])
+			snprintf(msg, sizeof(msg), "agent %" PRId64 " lost: no heartbeat for %" PRId64 " ms",
+				 j.agent_id, e->cfg.lease_ms);
+		else
+			snprintf(msg, sizeof(msg), "job exceeded its timeout and its agent did not report");
+		rc = attempt_done(e, &j, &r, &state);
+		job_release(&j);
+	}
+	return rc;
+}
+
+static void run_call(struct engine *e, struct call *c)
+{
+	ota_error_clear();
+	if (store_begin(e->db) < 0) {
+		c->rc = OTA_ERROR;
+	} else {
+		c->rc = c->fn(e, c->arg);
+		if (c->rc < 0) {
+			store_rollback(e->db);
+			/* The in-memory queue may have moved ahead of the database. */
+			queue_rebuild(e);
+		} else if (store_commit(e->db) < 0) {
+			store_rollback(e->db);
+			queue_rebuild(e);
+			c->rc = OTA_ERROR;
+		}
+	}
+	if (c->rc < 0)
+		snprintf(c->err, sizeof(c->err), "%s", ota_error_last());
+	e->next_due = compute_next_due(e);
+}
+
+static void *engine_main(void *arg)
+{
+	struct engine *e = arg;
+
+	pthread_mutex_lock(&e->lock);
+	for (;;) {
+		struct call *c;
+		while (!e->head && !e->stopping) {
+			int64_t now = clock_real_ms();
+			int64_t wait = e->next_due - now;
+			struct timespec ts;
+			if (wait <= 0)
+				break;
+			if (wait > 5000)
+				wait = 5000;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += wait / 1000;
+			ts.tv_nsec += (wait % 1000) * 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			if (pthread_cond_timedwait(&e->cond, &e->lock, &ts) != 0 && clock_real_ms() >= e->next_due)
+				break;
+		}
+		if (e->stopping && !e->head)
+			break;
+		c = e->head;
+		if (c) {
+			e->head = c->next;
+			if (!e->head)
+				e->tail = NULL;
+		}
+		pthread_mutex_unlock(&e->lock);
+
+		if (c)
+			run_call(e, c);
+		if (clock_real_ms() >= e->next_due) {
+			struct call t = { tick, NULL, 0, 0, "", NULL };
+			run_call(e, &t);
+			if (t.rc < 0)
+				fprintf(stderr, "otacd: engine: %s\n", t.err);
+		}
+
+		pthread_mutex_lock(&e->lock);
+		if (c) {
+			c->done = 1;
+			pthread_cond_broadcast(&e->done_cond);
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
+{
+	struct call c = { fn, arg, 0, 0, "", NULL };
+
+	pthread_mutex_lock(&e->lock);
+	if (e->stopping) {
+		pthread_mutex_unlock(&e->lock);
+		return ota_error_set(OTA_ERROR, "otacd is shutting down");
+	}
+	if (e->tail)
+		e->tail->next = &c;
+	else
+		e->head = &c;
+	e->tail = &c;
+	pthread_cond_signal(&e->cond);
+	while (!c.done)
+		pthread_cond_wait(&e->done_cond, &e->lock);
+	pthread_mutex_unlock(&e->lock);
+	if (c.rc < 0)
+		ota_error_set(c.rc, "%s", c.err);
+	return c.rc;
+}
+
+/* ---- recovery ------------------------------------------------------------ */
+
+static int recover(struct engine *e, void *arg)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM runs WHERE state IN ('queued','blocked','running') ORDER BY id");
+	int64_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	int rc;
+
+	(void)arg;
+	if ((rc = queue_rebuild(e)) < 0)
+		return rc;
+	if (!st)
+		return OTA_ERROR;
+	while ((rc = store_step_row(e->db, st)) == 1) {
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			ids = xrealloc(ids, cap * sizeof(*ids));
+		}
+		ids[n++] = store_col_int(st, 0);
+	}
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && rc >= 0; i++)
+		rc = advance_run(e, ids[i]);
+	free(ids);
+	return rc < 0 ? rc : 0;
+}
+
+int engine_start(struct engine **out, struct store *db, const struct engine_config *cfg)
+{
+	struct engine *e = xcalloc(1, sizeof(*e));
+	struct call c = { recover, NULL, 0, 0, "", NULL };
+
+	e->db = db;
+	e->cfg = *cfg;
+	if (e->cfg.lease_ms <= 0)
+		e->cfg.lease_ms = 30000;
+	if (e->cfg.heartbeat_ms <= 0)
+		e->cfg.heartbeat_ms = 1000;
+	if (e->cfg.default_timeout_ms <= 0)
+		e->cfg.default_timeout_ms = 3600 * 1000;
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->cond, NULL);
+	pthread_cond_init(&e->done_cond, NULL);
+	notifier_init(&e->work);
+
+	run_call(e, &c);
+	if (c.rc < 0) {
+		int rc = ota_error_set(c.rc, "recovery failed: %s", c.err);
+		engine_stop(e);
+		return rc;
+	}
+	if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+		engine_stop(e);
+		return ota_error_set(OTA_ERROR, "cannot start the engine thread");
+	}
+	*out = e;
+	return 0;
+}
+
+void engine_stop(struct engine *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->stopping = 1;
+	pthread_cond_broadcast(&e->cond);
+	pthread_mutex_unlock(&e->lock);
+	if (e->thread)
+		pthread_join(e->thread, NULL);
+	notifier_bump(&e->work);
+	queue_clear(e);
+	free(e->queue);
+	notifier_destroy(&e->work);
+	pthread_cond_destroy(&e->cond);
+	pthread_cond_destroy(&e->done_cond);
+	pthread_mutex_destroy(&e->lock);
+	free(e);
+}
+
+struct notifier *engine_work(struct engine *e)
+{
+	return &e->work;
+}
+
+/* ---- commands -------------------------------------------------------------- */
+
+struct trigger_args {
+	const struct trigger_req *req;
+	const struct pipeline *p;
+	json_t *plan;       /* [{name, kind, needs, skip, jobs:[spec…]}] */
+	int64_t run_id;
+};
+
+static int do_trigger(struct engine *e, void *arg)
+{
+	struct trigger_args *a = arg;
+	sqlite3_stmt *st;
+	int64_t now = clock_now_ms();
+	size_t i, k;
+	json_t *stage, *job;
+	int rc;
+
+	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at)"
+		     " VALUES (?,?,?,?,?, 'queued', ?,?,?)");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, a->p->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->req->file, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, a->req->yaml, (int)a->req->len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, a->req->ref, -1, SQLITE_STATIC);
+	if (a->req->commit)
+		sqlite3_bind_text(st, 5, a->req->commit, -1, SQLITE_STATIC);
+	if (a->p->concurrency)
+		sqlite3_bind_text(st, 6, a->p->concurrency, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, a->req->trigger, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, now);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	a->run_id = sqlite3_last_insert_rowid(store_db(e->db));
+
+	json_array_foreach(a->plan, i, stage) {
+		int64_t stage_id;
+		char *needs = json_dumps(json_object_get(stage, "needs"), JSON_COMPACT);
+		st = STMT(e, "INSERT INTO stages(run_id, idx, name, kind, state, needs, when_filter)"
+			     " VALUES (?,?,?,?, 'queued', ?, ?)");
+		sqlite3_bind_int64(st, 1, a->run_id);
+		sqlite3_bind_int(st, 2, (int)i);
+		sqlite3_bind_text(st, 3, json_string_value(json_object_get(stage, "name")), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, needs, -1, SQLITE_TRANSIENT);
+		if (json_is_true(json_object_get(stage, "skip")))
+			sqlite3_bind_text(st, 6, "no-match", -1, SQLITE_STATIC);
+		free(needs);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+		stage_id = sqlite3_last_insert_rowid(store_db(e->db));
+
+		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+			json_t *retry = json_object_get(job, "retry");
+			char *spec = json_dumps(job, JSON_COMPACT);
+			st = STMT(e, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
+				     " VALUES (?,?,?,?,?, 'queued', ?, ?)");
+			sqlite3_bind_int64(st, 1, a->run_id);
+			sqlite3_bind_int64(st, 2, stage_id);
+			sqlite3_bind_int(st, 3, (int)k);
+			sqlite3_bind_text(st, 4, json_string_value(json_object_get(job, "name")), -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 5, spec, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int(st, 6, (int)json_integer_value(json_object_get(retry, "count")));
+			sqlite3_bind_int(st, 7, json_object_get(retry, "infra")
+						    ? (int)json_integer_value(json_object_get(retry, "infra")) : 2);
+			free(spec);
+			if ((rc = store_step_done(e->db, st)) < 0)
+				return rc;
+		}
+	}
+	event(e, a->run_id, 0, "run.created", json_pack("{ss ss ss}", "pipeline", a->p->name, "ref", a->req->ref,
+							"trigger", a->req->trigger));
+	return advance_run(e, a->run_id);
+}
+
+/* Build the run plan in the caller's thread: parsing and expansion need no
+ * engine state and should not hold up the engine thread. */
+static int build_plan(struct engine *e, const struct pipeline *p, const char *ref, json_t **out,
+		      struct pl_diags *diags)
+{
+	json_t *plan = json_array();
+	int rc = 0;
+
+	for (size_t i = 0; i < p->nstages; i++) {
+		const struct pl_stage *s = &p->stages[i];
+		json_t *jobs = NULL, *needs = json_array(), *job;
+		size_t k;
+
+		for (size_t n = 0; n < s->secrets.n; n++) {
+			if (!e->cfg.secrets || !json_object_get(e->cfg.secrets, s->secrets.v[n]))
+				pl_diag_add(diags, s->pos, "stage '%s' uses secret '%s', which is not defined in otacd's configuration",
+					    s->name, s->secrets.v[n]);
+		}
+		if ((rc = pipeline_expand_stage(p, s, &jobs)) < 0) {
+			pl_diag_add(diags, s->pos, "%s", ota_error_last());
+			json_decref(needs);
+			continue;
+		}
+		json_array_foreach(jobs, k, job) {
+			json_t *t = json_object_get(job, "timeout_ms");
+			if (!t || json_integer_value(t) <= 0)
+				json_object_set_new(job, "timeout_ms", json_integer(e->cfg.default_timeout_ms));
+			json_object_set_new(job, "stage", json_string(s->name));
+		}
+		for (size_t n = 0; n < s->needs.n; n++)
+			json_array_append_new(needs, json_string(s->needs.v[n]));
+		json_array_append_new(plan, json_pack("{ss ss so sb so}", "name", s->name, "kind", s->kind,
+						      "needs", needs, "skip",
+						      s->when.set && !pipeline_filter_match(&s->when, ref), "jobs", jobs));
+	}
+	if (diags->n) {
+		json_decref(plan);
+		return OTA_EINVAL;
+	}
+	*out = plan;
+	return 0;
+}
+
+int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
+{
+	struct trigger_req r = *req;
+	struct pipeline *p = NULL;
+	struct trigger_args a = { &r, NULL, NULL, 0 };
+	int rc;
+
+	if (!r.ref || !*r.ref)
+		r.ref = "refs/heads/main";
+	if (!r.trigger)
+		r.trigger = "api";
+	if (!r.file)
+		r.file = "pipeline.yml";
+	if ((rc = pipeline_parse(&p, r.file, r.yaml, r.len, diags)) < 0)
+		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
+	a.p = p;
+	if ((rc = build_plan(e, p, r.ref, &a.plan, diags)) < 0) {
+		rc = ota_error_set(OTA_EINVAL, "%s: pipeline cannot run here", r.file);
+		goto out;
+	}
+	if ((rc = engine_call(e, do_trigger, &a)) == 0)
+		*run_id = a.run_id;
+out:
+	json_decref(a.plan);
+	pipeline_free(p);
+	return rc;
+}
+
+struct cancel_args {
+	int64_t run_id;
+};
+
+static int do_cancel(struct engine *e, void *arg)
+{
+	struct cancel_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
+	char state[16] = "", *concurrency = NULL;
+	int64_t now = clock_now_ms(), ids[256];
+	size_t n = 0;
+	int rc;
+
+	sqlite3_bind_int64(st, 1, a->run_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1) {
+		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
+		if (store_col_text(st, 1))
+			concurrency = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (rc <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", a->run_id);
+	if (engine_state_final(state)) {
+		free(concurrency);
+		return ota_error_set(OTA_ECONFLICT, "run %" PRId64 " already finished (%s)", a->run_id, state);
+	}
+	/* Queued jobs leave the dispatch queue; running ones learn on their next heartbeat. */
+	do {
+		n = 0;
+		st = STMT(e, "SELECT id FROM jobs WHERE run_id = ? AND state IN ('queued','running') LIMIT 256");
+		sqlite3_bind_int64(st, 1, a->run_id);
+		while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
+			ids[n++] = store_col_int(st, 0);
+		sqlite3_reset(st);
+		for (size_t i = 0; i < n; i++) {
+			queue_remove(e, ids[i]);
+			st = STMT(e, "UPDATE jobs SET state = 'canceled', finished_at = ?, failure = 'canceled',"
+				     " message = 'run canceled', lease_expires = NULL, deadline = NULL WHERE id = ?");
+			sqlite3_bind_int64(st, 1, now);
+			sqlite3_bind_int64(st, 2, ids[i]);
+			if ((rc = store_step_done(e->db, st)) < 0)
+				goto out;
+			event(e, a->run_id, ids[i], "job.final", json_pack("{ss}", "state", "canceled"));
+		}
+	} while (n == OTA_ARRAY_SIZE(ids));
+	st = STMT(e, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ? AND state IN ('queued','running')");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, a->run_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	rc = finish_run(e, a->run_id, "canceled", concurrency, "canceled by user");
+out:
+	free(concurrency);
+	return rc;
+}
+
+int engine_cancel_run(struct engine *e, int64_t run_id)
+{
+	struct cancel_args a = { run_id };
+	return engine_call(e, do_cancel, &a);
+}
+
+struct register_args {
+	const char *name;
+	const json_t *labels;
+	int local;
+	int64_t agent_id;
+};
+
+static int do_register(struct engine *e, void *arg)
+{
+	struct register_args *a = arg;
+	char *labels = json_dumps(a->labels, JSON_COMPACT);
+	int64_t now = clock_now_ms();
+	sqlite3_stmt *st;
+	int rc;
+
+	st = STMT(e, "INSERT INTO agents(name, labels, local, registered_at, last_seen) VALUES (?,?,?,?,?)"
+		     " ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, local = excluded.local,"
+		     " registered_at = excluded.registered_at, last_seen = excluded.last_seen");
+	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, labels, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 3, a->local);
+	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_int64(st, 5, now);
+	free(labels);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	st = STMT(e, "SELECT id FROM agents WHERE name = ?");
+	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+	rc = store_step_row(e->db, st);
+	a->agent_id = rc == 1 ? store_col_int(st, 0) : 0;
+	sqlite3_reset(st);
+	if (rc != 1)
+		return rc < 0 ? rc : ota_error_set(OTA_ERROR, "agent registration lost");
+	event(e, 0, 0, "agent.registered", json_pack("{ss sI}", "name", a->name, "agent", (json_int_t)a->agent_id));
+	/* A registering agent has restarted: whatever it held is gone. */
+	return release_agent_job(e, a->agent_id, "agent restarted while running this job");
+}
+
+int engine_agent_register(struct engine *e, const char *name, const json_t *labels, int local, int64_t *agent_id)
+{
+	struct register_args a = { name, labels, local, 0 };
+	int rc = engine_call(e, do_register, &a);
+	if (rc == 0)
+		*agent_id = a.agent_id;
+	return rc;
+}
+
+struct claim_args {
+	int64_t agent_id;
+	json_t *job;
+};
+
+static json_t *job_payload(struct engine *e, const struct jobrow *j)
+{
+	json_t *out = json_deep_copy(j->spec), *secrets = json_object(), *names, *name;
+	size_t i;
+
+	names = json_object_get(j->spec, "secrets");
+	json_array_foreach(names, i, name) {
+		json_t *v = e->cfg.secrets ? json_object_get(e->cfg.secrets, json_string_value(name)) : NULL;
+		if (v)
+			json_object_set(secrets, json_string_value(name), v);
+	}
+	json_object_set_new(out, "secrets", secrets);
+	json_object_set_new(out, "job_id", json_integer(j->id));
+	json_object_set_new(out, "attempt", json_integer(j->attempt));
+	json_object_set_new(out, "run_id", json_integer(j->run_id));
+	json_object_set_new(out, "stage", json_string(j->stage_name));
+	json_object_set_new(out, "max_log_bytes", json_integer(logstore_max_bytes()));
+	return out;
+}
+
+static int do_claim(struct engine *e, void *arg)
+{
+	struct claim_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT labels FROM agents WHERE id = ?");
+	json_t *labels = NULL;
+	struct jobrow j = { 0 };
+	int64_t real = clock_real_ms(), now = clock_now_ms(), timeout;
+	int rc;
+	size_t i;
+
+	sqlite3_bind_int64(st, 1, a->agent_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		labels = json_loads(store_col_text(st, 0), 0, NULL);
+	sqlite3_reset(st);
+	if (rc <= 0 || !labels)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "agent %" PRId64 " is not registered", a->agent_id);
+
+	/* An agent asking for work holds none: release a job it still owns. */
+	if ((rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
+		goto out;
+	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+
+	for (i = 0; i < e->nqueue; i++)
+		if (labels_match(e->queue[i].labels, labels))
+			break;
+	if (i == e->nqueue)
+		goto out; /* nothing for this agent */
+
+	if ((rc = job_load(e, e->queue[i].id, &j)) < 0)
+		goto out;
+	queue_remove(e, j.id);
+	j.attempt++;
+	j.agent_id = a->agent_id;
+	timeout = json_integer_value(json_object_get(j.spec, "timeout_ms"));
+	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = ?, lease_expires = ?, deadline = ?,"
+		     " started_at = ?, finished_at = NULL WHERE id = ? AND state = 'queued'");
+	sqlite3_bind_int(st, 1, j.attempt);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	sqlite3_bind_int64(st, 3, real + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 4, real + timeout + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 5, now);
+	sqlite3_bind_int64(st, 6, j.id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at) VALUES (?,?,?,?)");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int(st, 2, j.attempt);
+	sqlite3_bind_int64(st, 3, a->agent_id);
+	sqlite3_bind_int64(st, 4, now);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	st = STMT(e, "UPDATE agents SET current_job = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
+	notifier_bump(logstore_changes());
+	a->job = job_payload(e, &j);
+out:
+	job_release(&j);
+	json_decref(labels);
+	return rc;
+}
+
+int engine_claim(struct engine *e, int64_t agent_id, json_t **job)
+{
+	struct claim_args a = { agent_id, NULL };
+	int rc = engine_call(e, do_claim, &a);
+	if (rc < 0) {
+		json_decref(a.job);
+		return rc;
+	}
+	*job = a.job;
+	return 0;
+}
+
+struct heartbeat_args {
+	int64_t agent_id, job_id;
+	int attempt;
+	int cancel;
+};
+
+static int do_heartbeat(struct engine *e, void *arg)
+{
+	struct heartbeat_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT state, attempt, COALESCE(agent_id, 0) FROM jobs WHERE id = ?");
+	char state[16] = "";
+	int attempt = 0, rc;
+	int64_t agent = 0;
+
+	sqlite3_bind_int64(st, 1, a->job_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1) {
+		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
+		attempt = (int)store_col_int(st, 1);
+		agent = store_col_int(st, 2);
+	}
+	sqlite3_reset(st);
+	if (rc <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", a->job_id);
+	if (attempt != a->attempt || agent != a->agent_id)
+		return ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not leased to this agent",
+				     a->attempt, a->job_id);
+	if (!strcmp(state, "canceled")) {
+		a->cancel = 1;
+		return 0;
+	}
+	if (strcmp(state, "running") != 0)
+		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, state);
+	st = STMT(e, "UPDATE jobs SET lease_expires = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 2, a->job_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, clock_now_ms());
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	return store_step_done(e->db, st);
+}
+
+int engine_heartbeat(struct engine *e, int64_t agent_id, int64_t job_id, int attempt, int *cancel)
+{
+	struct heartbeat_args a = { agent_id, job_id, attempt, 0 };
+	int rc = engine_call(e, do_heartbeat, &a);
+	*cancel = a.cancel;
+	return rc;
+}
+
+struct finish_args {
+	int64_t agent_id, job_id;
+	int attempt;
+	const struct job_result *r;
+	const char *state;
+};
+
+static const char *static_state(const char *s)
+{
+	static const char *const states[] = { "queued", "running", "passed", "failed", "canceled", "skipped", "blocked" };
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(states); i++)
+		if (!strcmp(states[i], s))
+			return states[i];
+	return "unknown";
+}
+
+static int do_finish(struct engine *e, void *arg)
+{
+	struct finish_args *a = arg;
+	struct jobrow j;
+	sqlite3_stmt *st;
+	int rc, attempt_open = 0;
+
+	if ((rc = job_load(e, a->job_id, &j)) < 0)
+		return rc;
+	st = STMT(e, "SELECT finished_at IS NULL FROM job_attempts WHERE job_id = ? AND attempt = ? AND agent_id = ?");
+	sqlite3_bind_int64(st, 1, a->job_id);
+	sqlite3_bind_int(st, 2, a->attempt);
+	sqlite3_bind_int64(st, 3, a->agent_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		attempt_open = (int)store_col_int(st, 0);
+	sqlite3_reset(st);
+	if (rc < 0)
+		goto out;
+	if (rc == 0) {
+		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " was not leased to this agent",
+				   a->attempt, a->job_id);
+		goto out;
+	}
+	rc = 0;
+	if (!attempt_open) {
+		/* Already recorded (a resent finish, or a lease that expired first). */
+		a->state = static_state(j.state);
+		if (j.attempt != a->attempt || !strcmp(j.state, "running"))
+			rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " already ended", a->attempt, a->job_id);
+		goto out;
+	}
+	if (!strcmp(j.state, "canceled")) {
+		/* The run was canceled while this attempt ran: just close the attempt. */
+		st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = 'canceled' WHERE job_id = ? AND attempt = ?");
+		sqlite3_bind_int64(st, 1, clock_now_ms());
+		sqlite3_bind_int(st, 2, a->r->exit_code);
+		sqlite3_bind_int64(st, 3, a->job_id);
+		sqlite3_bind_int(st, 4, a->attempt);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			goto out;
+		st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
+		sqlite3_bind_int64(st, 1, a->agent_id);
+		sqlite3_bind_int64(st, 2, a->job_id);
+		rc = store_step_done(e->db, st);
+		a->state = "canceled";
+		goto out;
+	}
+	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
+		rc = ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, j.state);
+		goto out;
+	}
+	rc = attempt_done(e, &j, a->r, &a->state);
+out:
+	job_release(&j);
+	return rc;
+}
+
+int engine_finish(struct engine *e, int64_t agent_id, int64_t job_id, int attempt,
+		  const struct job_result *r, const char **state)
+{
+	struct finish_args a = { agent_id, job_id, attempt, r, NULL };
+	int rc = engine_call(e, do_finish, &a);
+	if (a.state)
+		*state = a.state;
+	return rc;
+}
+
+struct artifact_args {
+	int64_t job_id;
+	int attempt;
+	const struct artifact_info *info;
+	int64_t id;
+};
+
+static int do_artifact_add(struct engine *e, void *arg)
+{
+	struct artifact_args *a = arg;
+	struct jobrow j;
+	sqlite3_stmt *st;
+	int rc;
+
+	if ((rc = job_load(e, a->job_id, &j)) < 0)
+		return rc;
+	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
+		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
+		goto out;
+	}
+	st = STMT(e, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, type, hardware, created_at)"
+		     " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, name) DO UPDATE SET"
+		     " sha256 = excluded.sha256, size = excluded.size, type = excluded.type, hardware = excluded.hardware");
+	sqlite3_bind_int64(st, 1, j.run_id);
+	sqlite3_bind_int64(st, 2, j.id);
+	sqlite3_bind_int(st, 3, a->attempt);
+	sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, a->info->sha256, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, a->info->size);
+	if (a->info->type)
+		sqlite3_bind_text(st, 7, a->info->type, -1, SQLITE_STATIC);
+	if (a->info->hardware)
+		sqlite3_bind_text(st, 8, a->info->hardware, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, clock_now_ms());
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	st = STMT(e, "SELECT id FROM artifacts WHERE job_id = ? AND attempt = ? AND name = ?");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int(st, 2, a->attempt);
+	sqlite3_bind_text(st, 3, a->info->name, -1, SQLITE_STATIC);
+	if (store_step_row(e->db, st) == 1)
+		a->id = store_col_int(st, 0);
+	sqlite3_reset(st);
+	event(e, j.run_id, j.id, "artifact.added", json_pack("{ss ss sI}", "name", a->info->name, "sha256",
+							      a->info->sha256, "size", (json_int_t)a->info->size));
+out:
+	job_release(&j);
+	return rc;
+}
+
+int engine_artifact_add(struct engine *e, int64_t job_id, int attempt, const struct artifact_info *a,
+			int64_t *artifact_id)
+{
+	struct artifact_args args = { job_id, attempt, a, 0 };
+	int rc = engine_call(e, do_artifact_add, &args);
+	if (rc == 0)
+		*artifact_id = args.id;
+	return rc;
+}

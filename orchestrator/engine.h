@@ -1,0 +1,94 @@
+/*
+ * engine.h - runs, stages and jobs: the one thread that changes them.
+ *
+ * The engine thread owns every state transition and the database's only
+ * writer connection.  Other threads (HTTP handlers, the local-agent
+ * supervisor) never write run state themselves: they call the functions
+ * below, which queue a command to the engine thread, wait for it to finish
+ * and return its result.  Each command runs inside one SQLite transaction,
+ * so a state change is either fully recorded or not at all, whenever the
+ * process dies.
+ *
+ * Scheduling: a run's stages form a DAG (needs).  A stage starts when every
+ * stage it needs has passed; its jobs then enter the dispatch queue, from
+ * which agents take the oldest job whose labels they all carry.  A stage
+ * whose needs did not all pass is skipped (fail-fast).  A finished attempt is
+ * retried by the job's retry policy; leases and job deadlines are absolute
+ * wall-clock times in the database, checked by the engine thread whenever
+ * the next one falls due.
+ *
+ * Recovery: on start the engine re-reads every unfinished run, rebuilds the
+ * dispatch queue and re-evaluates each run, so a daemon killed at any
+ * instant continues where the database says it was.
+ */
+#ifndef OTA_ENGINE_H
+#define OTA_ENGINE_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "../common/notify.h"
+#include "../common/util.h"
+#include "../stages/stage.h"
+#include "pipeline.h"
+#include "store.h"
+
+struct engine_config {
+	int64_t lease_ms;            /* an agent's claim on a job lasts this long without heartbeat */
+	int64_t heartbeat_ms;        /* how often agents are told to heartbeat */
+	int64_t default_timeout_ms;  /* job timeout when the pipeline sets none */
+	json_t *secrets;             /* object NAME -> value (borrowed) */
+};
+
+struct engine;
+
+/* Start the engine thread on the writer connection db (borrowed). */
+int engine_start(struct engine **out, struct store *db, const struct engine_config *cfg);
+void engine_stop(struct engine *e);
+
+struct trigger_req {
+	const char *yaml;
+	size_t len;
+	const char *file;        /* pipeline file name, for messages */
+	const char *ref;         /* "refs/heads/main"; default refs/heads/main */
+	const char *commit;      /* may be NULL */
+	const char *trigger;     /* "api", "cli", "webhook", ... */
+};
+
+/*
+ * Validate and create a run.  On a pipeline that does not validate returns
+ * OTA_EINVAL with every problem in diags (diags must be initialised by the
+ * caller) and stores nothing.
+ */
+int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id,
+		   struct pl_diags *diags);
+/* OTA_ENOTFOUND, or OTA_ECONFLICT when the run already finished. */
+int engine_cancel_run(struct engine *e, int64_t run_id);
+
+int engine_agent_register(struct engine *e, const char *name, const json_t *labels,
+			  int local, int64_t *agent_id);
+/* Hand the oldest matching queued job to the agent; *job is NULL if none. */
+int engine_claim(struct engine *e, int64_t agent_id, json_t **job);
+/* Generation of the dispatch queue: bumped whenever a job becomes claimable. */
+struct notifier *engine_work(struct engine *e);
+/* OTA_ECONFLICT when the lease is gone; *cancel set when the job was canceled. */
+int engine_heartbeat(struct engine *e, int64_t agent_id, int64_t job_id, int attempt, int *cancel);
+/* Record an attempt's result (exactly once); *state (static string) is the job's state after. */
+int engine_finish(struct engine *e, int64_t agent_id, int64_t job_id, int attempt,
+		  const struct job_result *r, const char **state);
+
+struct artifact_info {
+	const char *name;
+	const char *sha256;
+	int64_t size;
+	const char *type;       /* may be NULL */
+	const char *hardware;   /* may be NULL */
+};
+/* OTA_ECONFLICT when the attempt is no longer running. */
+int engine_artifact_add(struct engine *e, int64_t job_id, int attempt,
+			const struct artifact_info *a, int64_t *artifact_id);
+
+/* True for passed, failed, canceled, skipped. */
+int engine_state_final(const char *state);
+
+#endif

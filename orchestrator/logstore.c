@@ -1,0 +1,163 @@
+/*
+ * logstore.c - append-only per-attempt log files; see logstore.h.
+ *
+ * Appends are serialised by one mutex: they are short writes to page cache,
+ * and one lock keeps the offset check and the write atomic with respect to a
+ * resent chunk arriving on another connection.
+ */
+#include "logstore.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *g_dir;
+static int64_t g_max = 4 << 20;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct notifier g_changes;
+
+int logstore_init(const char *state_dir, int64_t max_bytes)
+{
+	free(g_dir);
+	g_dir = xasprintf("%s/logs", state_dir);
+	if (max_bytes > 0)
+		g_max = max_bytes;
+	notifier_init(&g_changes);
+	return ota_mkdir_p(g_dir, 0700);
+}
+
+int64_t logstore_max_bytes(void)
+{
+	return g_max;
+}
+
+struct notifier *logstore_changes(void)
+{
+	return &g_changes;
+}
+
+static char *log_path(int64_t job, int attempt)
+{
+	return xasprintf("%s/%" PRId64 "/%d.log", g_dir, job, attempt);
+}
+
+int64_t logstore_size(int64_t job, int attempt)
+{
+	struct stat sb;
+	char *path = log_path(job, attempt);
+	int64_t size = stat(path, &sb) == 0 ? (int64_t)sb.st_size : 0;
+	free(path);
+	return size;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return ota_error_set(OTA_ERROR, "log write failed: %s", strerror(errno));
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
+		    size_t len, int64_t *size)
+{
+	char *path = log_path(job, attempt);
+	char *dir = NULL;
+	const char *p = data;
+	int64_t cur, skip;
+	int fd = -1, rc = 0;
+
+	pthread_mutex_lock(&g_lock);
+	cur = logstore_size(job, attempt);
+	if (cur >= g_max) {
+		/* Truncated: accept and drop, so the agent moves on. */
+		*size = offset + (int64_t)len;
+		goto out;
+	}
+	if (offset > cur) {
+		*size = cur;
+		rc = ota_error_set(OTA_ECONFLICT, "chunk starts at %" PRId64 " but the log has %" PRId64 " bytes",
+				   offset, cur);
+		goto out;
+	}
+	skip = cur - offset;
+	if (skip >= (int64_t)len) {
+		*size = cur; /* a resend of bytes we already have */
+		goto out;
+	}
+	p += skip;
+	len -= (size_t)skip;
+
+	dir = xasprintf("%s/%" PRId64, g_dir, job);
+	if ((rc = ota_mkdir_p(dir, 0700)) < 0)
+		goto out;
+	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = ota_error_set(OTA_ERROR, "cannot open log %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (cur + (int64_t)len > g_max) {
+		size_t keep = (size_t)(g_max - cur);
+		char notice[128];
+		int n = snprintf(notice, sizeof(notice),
+				 "\n[otacd: log truncated at %" PRId64 " bytes]\n", g_max);
+		if ((rc = write_all(fd, p, keep)) < 0 || (rc = write_all(fd, notice, (size_t)n)) < 0)
+			goto out;
+		*size = offset + (int64_t)skip + (int64_t)len;
+	} else {
+		if ((rc = write_all(fd, p, len)) < 0)
+			goto out;
+		*size = cur + (int64_t)len;
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&g_lock);
+	if (rc == 0)
+		notifier_bump(&g_changes);
+	free(dir);
+	free(path);
+	return rc;
+}
+
+int logstore_read(int64_t job, int attempt, int64_t offset, size_t max, struct buf *out)
+{
+	char *path = log_path(job, attempt);
+	char chunk[65536];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc = 0;
+
+	free(path);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : ota_error_set(OTA_ERROR, "cannot open log: %s", strerror(errno));
+	while (max > 0) {
+		ssize_t n = pread(fd, chunk, max < sizeof(chunk) ? max : sizeof(chunk), (off_t)offset);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			rc = ota_error_set(OTA_ERROR, "log read failed: %s", strerror(errno));
+			break;
+		}
+		if (n == 0)
+			break;
+		if ((rc = buf_put(out, chunk, (size_t)n)) < 0)
+			break;
+		offset += n;
+		max -= (size_t)n;
+	}
+	close(fd);
+	return rc;
+}

@@ -1,0 +1,42 @@
+/*
+ * logstore.h - job logs as append-only files, one per job attempt.
+ *
+ * STATE/logs/JOB/ATTEMPT.log.  Agents send chunks with the offset they start
+ * at; the store appends only the part beyond its current size, so a chunk
+ * resent after a dropped connection is never duplicated, and a chunk that
+ * starts past the end is refused with the current size so the agent can
+ * resend from there.  The file's size is the truth; there is no separate
+ * index to get out of step after a crash.
+ *
+ * Each log is capped (max_bytes); past the cap the store writes one notice
+ * and accepts (drops) everything after it.  Followers wait on
+ * logstore_changes(), which is bumped on every append and by the engine on
+ * every job state change.
+ */
+#ifndef OTA_LOGSTORE_H
+#define OTA_LOGSTORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "../common/notify.h"
+#include "../common/util.h"
+
+int logstore_init(const char *state_dir, int64_t max_bytes);
+int64_t logstore_max_bytes(void);
+
+/*
+ * Append len bytes that the agent says start at offset.  On success *size is
+ * the offset the agent should continue from.  If offset is beyond the
+ * current size returns OTA_ECONFLICT with *size = current size.
+ */
+int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
+		    size_t len, int64_t *size);
+/* Current size (0 if no log yet). */
+int64_t logstore_size(int64_t job, int attempt);
+/* Read up to max bytes from offset into out (appended). */
+int logstore_read(int64_t job, int attempt, int64_t offset, size_t max, struct buf *out);
+
+struct notifier *logstore_changes(void);
+
+#endif

@@ -1,0 +1,302 @@
+/*
+ * main.c - otacd, the daemon.
+ *
+ * Start-up order: configuration (embedded defaults, --config file, flags),
+ * the state directory and its lock, the database (migrations), the clock's
+ * anchor, tokens, the engine (which recovers every unfinished run), the HTTP
+ * server, then the local agents.  Shutdown on SIGINT/SIGTERM in reverse.
+ * Nothing here is needed for correctness after a crash: every start is a
+ * recovery.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "../common/util.h"
+#include "api.h"
+#include "artifact.h"
+#include "auth.h"
+#include "clock.h"
+#include "config.h"
+#include "engine.h"
+#include "localagents.h"
+#include "logstore.h"
+#include "pipeline.h"
+#include "store.h"
+
+static const char usage[] =
+	"usage: otacd [options]\n"
+	"\n"
+	"  --state-dir DIR     where the database, logs and artifacts live (./otacd-state)\n"
+	"  --listen HOST:PORT  HTTP API and status page (127.0.0.1:8470)\n"
+	"  --config FILE       YAML configuration (docs/config.md)\n"
+	"  --local-agents N    agents otacd starts itself (2)\n"
+	"  --time-scale X      run otacd's clock X times faster (1)\n"
+	"  --check FILE        validate a pipeline file and exit\n"
+	"  --version, --help\n";
+
+static int check_pipeline(const char *path)
+{
+	struct buf text = BUF_INIT;
+	struct pl_diags d;
+	struct pipeline *p = NULL;
+	int rc;
+
+	if (ota_read_file(&text, path, 4 << 20) < 0) {
+		fprintf(stderr, "otacd: %s\n", ota_error_last());
+		return 2;
+	}
+	pl_diags_init(&d, path);
+	rc = pipeline_parse(&p, path, text.ptr, text.len, &d);
+	if (rc < 0) {
+		struct buf out = BUF_INIT;
+		pl_diags_format(&d, &out);
+		fputs(buf_cstr(&out), stderr);
+		buf_release(&out);
+	} else {
+		printf("%s: ok (%zu stages)\n", path, p->nstages);
+	}
+	pipeline_free(p);
+	pl_diags_release(&d);
+	buf_release(&text);
+	return rc < 0 ? 1 : 0;
+}
+
+/* Keep otacd time continuous across restarts: see clock.h. */
+static int clock_setup(struct store *db, double scale)
+{
+	char *v = NULL;
+	int64_t real = clock_real_ms(), now = real;
+	double old_scale = 1.0;
+	int64_t old_real = 0, old_otacd = 0;
+	int have = 0;
+
+	if (store_meta_get(db, "clock", &v) == 0) {
+		have = sscanf(v, "%lf %" SCNd64 " %" SCNd64, &old_scale, &old_real, &old_otacd) == 3;
+		free(v);
+	}
+	if (have) {
+		clock_init(old_scale, old_real, old_otacd);
+		now = clock_now_ms();
+		if (old_scale == scale) {
+			return 0;
+		}
+	} else if (scale == 1.0) {
+		/* the common case: otacd time is wall time, nothing to anchor */
+		clock_init(1.0, real, real);
+		return 0;
+	}
+	clock_init(scale, real, now);
+	v = xasprintf("%.17g %" PRId64 " %" PRId64, scale, real, now);
+	store_meta_set(db, "clock", v);
+	free(v);
+	return 0;
+}
+
+static int admin_token(struct store *db, const char *state_dir)
+{
+	char *path = xasprintf("%s/admin.token", state_dir), *token = NULL, *line;
+	sqlite3_stmt *st = store_stmt(db, "SELECT 1 FROM tokens WHERE name = 'admin'");
+	int exists = st && store_step_row(db, st) == 1, rc = 0;
+
+	if (st)
+		sqlite3_reset(st);
+	if (exists)
+		goto out;
+	if ((rc = auth_create(db, "admin", ROLE_ADMIN, &token)) < 0)
+		goto out;
+	line = xasprintf("%s\n", token);
+	rc = ota_write_file_atomic(path, line, strlen(line), 0600);
+	free(line);
+	if (rc == 0)
+		fprintf(stderr, "otacd: created an admin token in %s (mode 0600)\n", path);
+out:
+	free(token);
+	free(path);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "state-dir", required_argument, NULL, 's' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "local-agents", required_argument, NULL, 'a' },
+		{ "time-scale", required_argument, NULL, 't' },
+		{ "check", required_argument, NULL, 'k' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct otacd_config cfg;
+	const char *config_file = NULL, *state_dir = NULL, *listen = NULL;
+	int local_agents = -1, opt, lockfd = -1, status = 1;
+	double time_scale = 0;
+	struct store *db = NULL;
+	struct engine *engine = NULL;
+	struct api *api = NULL;
+	struct localagents *agents = NULL;
+	struct engine_config ecfg;
+	struct api_config acfg;
+	char *path = NULL, *url = NULL, local_token[65];
+	char *end;
+	size_t i;
+	json_t *t;
+	sigset_t stop_signals;
+
+	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 's': state_dir = optarg; break;
+		case 'l': listen = optarg; break;
+		case 'c': config_file = optarg; break;
+		case 'a':
+			local_agents = (int)strtol(optarg, &end, 10);
+			if (*end || local_agents < 0 || local_agents > 64) {
+				fprintf(stderr, "otacd: --local-agents must be 0..64\n");
+				return 2;
+			}
+			break;
+		case 't':
+			time_scale = strtod(optarg, &end);
+			if (*end || time_scale <= 0) {
+				fprintf(stderr, "otacd: --time-scale must be a positive number\n");
+				return 2;
+			}
+			break;
+		case 'k': return check_pipeline(optarg);
+		case 'V': printf("otacd %s\n", OTACD_VERSION); return 0;
+		case 'h': fputs(usage, stdout); return 0;
+		default: fputs(usage, stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "otacd: unexpected argument '%s'\n%s", argv[optind], usage);
+		return 2;
+	}
+
+	config_defaults(&cfg);
+	if (config_file && config_load(&cfg, config_file) < 0) {
+		fprintf(stderr, "otacd: %s\n", ota_error_last());
+		config_release(&cfg);
+		return 2;
+	}
+	if (state_dir) {
+		free(cfg.state_dir);
+		cfg.state_dir = xstrdup(state_dir);
+	}
+	if (listen) {
+		free(cfg.listen);
+		cfg.listen = xstrdup(listen);
+	}
+	if (local_agents >= 0)
+		cfg.local_agents = local_agents;
+	if (time_scale > 0)
+		cfg.time_scale = time_scale;
+
+	/* Block the stop signals in every thread; main collects them with sigwait. */
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	umask(077);
+	if (ota_mkdir_p(cfg.state_dir, 0700) < 0)
+		goto fail;
+	path = xasprintf("%s/otacd.lock", cfg.state_dir);
+	lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
+		ota_error_set(OTA_ERROR, "%s is in use by another otacd", cfg.state_dir);
+		goto fail;
+	}
+	free(path);
+	path = xasprintf("%s/otacd.db", cfg.state_dir);
+	if (store_open(&db, path) < 0)
+		goto fail;
+	clock_setup(db, cfg.time_scale);
+	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
+	    artifact_store_init(cfg.state_dir, cfg.max_artifact_size) < 0)
+		goto fail;
+	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
+		goto fail;
+	json_array_foreach(cfg.tokens, i, t)
+		auth_add_hash(json_string_value(json_object_get(t, "name")),
+			      json_string_value(json_object_get(t, "sha256")),
+			      auth_role_parse(json_string_value(json_object_get(t, "role"))));
+	if (ota_random_hex(local_token, 32) < 0)
+		goto fail;
+	auth_add_memory("local-agents", local_token, ROLE_AGENT);
+
+	ecfg.lease_ms = cfg.lease_ms;
+	ecfg.heartbeat_ms = cfg.heartbeat_ms;
+	ecfg.default_timeout_ms = cfg.default_timeout_ms;
+	ecfg.secrets = cfg.secrets;
+	if (engine_start(&engine, db, &ecfg) < 0)
+		goto fail;
+
+	acfg.listen = cfg.listen;
+	acfg.engine = engine;
+	acfg.anonymous_read = cfg.anonymous_read;
+	acfg.lease_ms = cfg.lease_ms;
+	acfg.heartbeat_ms = cfg.heartbeat_ms;
+	if (api_start(&api, &acfg) < 0)
+		goto fail;
+	{
+		const char *colon = strrchr(cfg.listen, ':');
+		int host_len = (int)(colon - cfg.listen);
+		const char *host = cfg.listen;
+		if (host_len == 7 && !strncmp(host, "0.0.0.0", 7))
+			host = "127.0.0.1", host_len = 9;
+		url = xasprintf("http://%.*s:%d", host_len, host, api_port(api));
+	}
+	free(path);
+	path = xasprintf("%s/otacd.url", cfg.state_dir);
+	{
+		char *line = xasprintf("%s\n", url);
+		ota_write_file_atomic(path, line, strlen(line), 0600);
+		free(line);
+	}
+	if (cfg.local_agents > 0) {
+		char *workdir = xasprintf("%s/work", cfg.state_dir);
+		int rc = localagents_start(&agents, cfg.local_agents, url, local_token, &cfg.local_labels, workdir);
+		free(workdir);
+		if (rc < 0)
+			goto fail;
+	}
+	fprintf(stderr, "otacd %s: listening on %s (state %s, %d local agents, time scale %g)\n", OTACD_VERSION, url,
+		cfg.state_dir, cfg.local_agents, clock_scale());
+
+	{
+		int sig = 0;
+		sigwait(&stop_signals, &sig);
+	}
+	fprintf(stderr, "otacd: shutting down\n");
+	status = 0;
+	goto out;
+fail:
+	fprintf(stderr, "otacd: %s\n", ota_error_last());
+out:
+	localagents_stop(agents);
+	api_stop(api);
+	engine_stop(engine);
+	store_close(db);
+	if (lockfd >= 0)
+		close(lockfd);
+	free(path);
+	free(url);
+	config_release(&cfg);
+	curl_global_cleanup();
+	return status;
+}

@@ -1,0 +1,350 @@
+/*
+ * store.c - SQLite connections, the schema and its migrations.
+ *
+ * Migrations are append-only: never edit one that has shipped, add the next
+ * number.  Each runs in a transaction together with its schema_migrations
+ * row, so a crash mid-migration leaves the database at the previous version.
+ *
+ * Durability: WAL with synchronous=NORMAL.  A killed process loses nothing
+ * that was committed; an OS crash may lose the last few transactions but
+ * never corrupts the file.  (synchronous=FULL would fsync on every commit and
+ * cost job pickup latency for a guarantee the agents' retries already give.)
+ */
+#include "store.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/util.h"
+
+#define STMT_CACHE 96
+
+struct stmt_slot {
+	const char *sql;
+	sqlite3_stmt *st;
+};
+
+struct store {
+	sqlite3 *db;
+	char *path;
+	struct stmt_slot cache[STMT_CACHE];
+	size_t ncache;
+};
+
+static const char *const migrations[] = {
+	/* 1: runs, stages, jobs, agents, tokens, artifacts, events */
+	"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+	"CREATE TABLE tokens ("
+	"  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,"
+	"  hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);"
+	"CREATE TABLE runs ("
+	"  id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, file TEXT NOT NULL,"
+	"  yaml TEXT NOT NULL, ref TEXT NOT NULL, commit_id TEXT,"
+	"  state TEXT NOT NULL, concurrency TEXT, trigger TEXT NOT NULL,"
+	"  created_at INTEGER NOT NULL, started_at INTEGER, finished_at INTEGER,"
+	"  error TEXT);"
+	"CREATE INDEX runs_by_state ON runs(state, id);"
+	"CREATE INDEX runs_by_pipeline ON runs(pipeline, id);"
+	"CREATE TABLE stages ("
+	"  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id),"
+	"  idx INTEGER NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,"
+	"  state TEXT NOT NULL, needs TEXT NOT NULL, when_filter TEXT,"
+	"  started_at INTEGER, finished_at INTEGER, UNIQUE(run_id, name));"
+	"CREATE TABLE jobs ("
+	"  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id),"
+	"  stage_id INTEGER NOT NULL REFERENCES stages(id), idx INTEGER NOT NULL,"
+	"  name TEXT NOT NULL, spec TEXT NOT NULL, state TEXT NOT NULL,"
+	"  attempt INTEGER NOT NULL DEFAULT 0,"
+	"  retries_left INTEGER NOT NULL, infra_retries_left INTEGER NOT NULL,"
+	"  agent_id INTEGER, lease_expires INTEGER, deadline INTEGER,"
+	"  started_at INTEGER, finished_at INTEGER, exit_code INTEGER,"
+	"  failure TEXT, message TEXT);"
+	"CREATE INDEX jobs_by_run ON jobs(run_id, idx);"
+	"CREATE INDEX jobs_by_state ON jobs(state);"
+	"CREATE TABLE job_attempts ("
+	"  job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,"
+	"  agent_id INTEGER, started_at INTEGER NOT NULL, finished_at INTEGER,"
+	"  exit_code INTEGER, failure TEXT, message TEXT,"
+	"  PRIMARY KEY(job_id, attempt));"
+	"CREATE TABLE agents ("
+	"  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, labels TEXT NOT NULL,"
+	"  local INTEGER NOT NULL DEFAULT 0, registered_at INTEGER NOT NULL,"
+	"  last_seen INTEGER NOT NULL, current_job INTEGER);"
+	"CREATE TABLE artifacts ("
+	"  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL, job_id INTEGER NOT NULL,"
+	"  attempt INTEGER NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL,"
+	"  size INTEGER NOT NULL, type TEXT, hardware TEXT, created_at INTEGER NOT NULL,"
+	"  UNIQUE(job_id, attempt, name));"
+	"CREATE INDEX artifacts_by_run ON artifacts(run_id);"
+	"CREATE TABLE events ("
+	"  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, run_id INTEGER,"
+	"  job_id INTEGER, kind TEXT NOT NULL, detail TEXT);"
+	"CREATE INDEX events_by_run ON events(run_id, id);",
+};
+
+static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *g_db_path;
+static pthread_key_t g_reader_key;
+static pthread_once_t g_reader_once = PTHREAD_ONCE_INIT;
+
+static int configure(sqlite3 *db, int readonly)
+{
+	const char *pragmas = readonly
+		? "PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;"
+		: "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+		  "PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;";
+	char *err = NULL;
+	if (sqlite3_exec(db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
+		int rc = ota_error_set(OTA_ERROR, "sqlite: %s", err ? err : "pragma failed");
+		sqlite3_free(err);
+		return rc;
+	}
+	return 0;
+}
+
+static int open_conn(struct store **out, const char *path, int readonly)
+{
+	struct store *s = xcalloc(1, sizeof(*s));
+	int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	int rc;
+
+	flags |= SQLITE_OPEN_NOMUTEX; /* each connection is used by one thread */
+	if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
+		rc = ota_error_set(OTA_ERROR, "cannot open database %s: %s", path,
+				   s->db ? sqlite3_errmsg(s->db) : "out of memory");
+		sqlite3_close(s->db);
+		free(s);
+		return rc;
+	}
+	if ((rc = configure(s->db, readonly)) < 0) {
+		sqlite3_close(s->db);
+		free(s);
+		return rc;
+	}
+	s->path = xstrdup(path);
+	*out = s;
+	return 0;
+}
+
+static int migrate(struct store *s)
+{
+	char *err = NULL;
+	int version = 0, rc = 0;
+	sqlite3_stmt *st;
+
+	if (sqlite3_exec(s->db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+			 "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+			 NULL, NULL, &err) != SQLITE_OK)
+		goto sqlerr;
+	st = store_stmt(s, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+	if (!st || store_step_row(s, st) != 1)
+		return OTA_ERROR;
+	version = (int)sqlite3_column_int(st, 0);
+	sqlite3_reset(st);
+
+	if (version > (int)OTA_ARRAY_SIZE(migrations))
+		return ota_error_set(OTA_ERROR, "database schema version %d is newer than this otacd (%zu)",
+				     version, OTA_ARRAY_SIZE(migrations));
+	for (size_t i = (size_t)version; i < OTA_ARRAY_SIZE(migrations); i++) {
+		if ((rc = store_begin(s)) < 0)
+			return rc;
+		if (sqlite3_exec(s->db, migrations[i], NULL, NULL, &err) != SQLITE_OK) {
+			store_rollback(s);
+			goto sqlerr;
+		}
+		st = store_stmt(s, "INSERT INTO schema_migrations(version, applied_at) VALUES (?, strftime('%s','now'))");
+		sqlite3_bind_int(st, 1, (int)i + 1);
+		if (store_step_done(s, st) < 0 || store_commit(s) < 0) {
+			store_rollback(s);
+			return OTA_ERROR;
+		}
+	}
+	return 0;
+sqlerr:
+	rc = ota_error_set(OTA_ERROR, "migration failed: %s", err ? err : "?");
+	sqlite3_free(err);
+	return rc;
+}
+
+int store_open(struct store **out, const char *path)
+{
+	struct store *s;
+	int rc = open_conn(&s, path, 0);
+	if (rc < 0)
+		return rc;
+	if ((rc = migrate(s)) < 0) {
+		store_close(s);
+		return rc;
+	}
+	pthread_mutex_lock(&g_path_lock);
+	free(g_db_path);
+	g_db_path = xstrdup(path);
+	pthread_mutex_unlock(&g_path_lock);
+	*out = s;
+	return 0;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->ncache; i++)
+		sqlite3_finalize(s->cache[i].st);
+	sqlite3_close(s->db);
+	free(s->path);
+	free(s);
+}
+
+sqlite3 *store_db(struct store *s)
+{
+	return s->db;
+}
+
+sqlite3_stmt *store_stmt(struct store *s, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	for (size_t i = 0; i < s->ncache; i++) {
+		if (s->cache[i].sql == sql) {
+			st = s->cache[i].st;
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			return st;
+		}
+	}
+	if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+		ota_error_set(OTA_ERROR, "sqlite prepare: %s (%s)", sqlite3_errmsg(s->db), sql);
+		return NULL;
+	}
+	if (s->ncache < STMT_CACHE) {
+		s->cache[s->ncache].sql = sql;
+		s->cache[s->ncache].st = st;
+		s->ncache++;
+	} else {
+		/* Cache full: a programming error (too many distinct statements);
+		 * evict the oldest rather than leak. */
+		sqlite3_finalize(s->cache[0].st);
+		memmove(s->cache, s->cache + 1, (STMT_CACHE - 1) * sizeof(s->cache[0]));
+		s->cache[STMT_CACHE - 1].sql = sql;
+		s->cache[STMT_CACHE - 1].st = st;
+	}
+	return st;
+}
+
+static int exec_simple(struct store *s, const char *sql)
+{
+	char *err = NULL;
+	if (sqlite3_exec(s->db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		int rc = ota_error_set(OTA_ERROR, "sqlite: %s: %s", sql, err ? err : "?");
+		sqlite3_free(err);
+		return rc;
+	}
+	return 0;
+}
+
+int store_begin(struct store *s)
+{
+	return exec_simple(s, "BEGIN IMMEDIATE");
+}
+
+int store_commit(struct store *s)
+{
+	return exec_simple(s, "COMMIT");
+}
+
+void store_rollback(struct store *s)
+{
+	if (!sqlite3_get_autocommit(s->db))
+		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int store_step_done(struct store *s, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+		rc = ota_error_set(OTA_ERROR, "sqlite: %s", sqlite3_errmsg(s->db));
+		sqlite3_reset(st);
+		return rc;
+	}
+	sqlite3_reset(st);
+	return 0;
+}
+
+int store_step_row(struct store *s, sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		return 1;
+	if (rc == SQLITE_DONE)
+		return 0;
+	return ota_error_set(OTA_ERROR, "sqlite: %s", sqlite3_errmsg(s->db));
+}
+
+int store_meta_get(struct store *s, const char *key, char **out)
+{
+	sqlite3_stmt *st = store_stmt(s, "SELECT value FROM meta WHERE key = ?");
+	int rc;
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	rc = store_step_row(s, st);
+	if (rc == 1)
+		*out = xstrdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_reset(st);
+	if (rc == 0)
+		return OTA_ENOTFOUND;
+	return rc < 0 ? rc : 0;
+}
+
+int store_meta_set(struct store *s, const char *key, const char *value)
+{
+	sqlite3_stmt *st = store_stmt(s, "INSERT INTO meta(key, value) VALUES (?, ?) "
+				      "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+	return store_step_done(s, st);
+}
+
+static void reader_free(void *p)
+{
+	store_close(p);
+}
+
+static void reader_key_init(void)
+{
+	pthread_key_create(&g_reader_key, reader_free);
+}
+
+struct store *store_reader(void)
+{
+	struct store *s;
+	char *path;
+
+	pthread_once(&g_reader_once, reader_key_init);
+	s = pthread_getspecific(g_reader_key);
+	if (s)
+		return s;
+	pthread_mutex_lock(&g_path_lock);
+	path = g_db_path ? xstrdup(g_db_path) : NULL;
+	pthread_mutex_unlock(&g_path_lock);
+	if (!path)
+		return NULL;
+	if (open_conn(&s, path, 1) < 0)
+		s = NULL;
+	free(path);
+	if (s)
+		pthread_setspecific(g_reader_key, s);
+	return s;
+}
+
+const char *store_col_text(sqlite3_stmt *st, int col)
+{
+	return (const char *)sqlite3_column_text(st, col);
+}
+
+int64_t store_col_int(sqlite3_stmt *st, int col)
+{
+	return sqlite3_column_int64(st, col);
+}

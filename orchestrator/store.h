@@ -1,0 +1,56 @@
+/*
+ * store.h - the SQLite database: schema, migrations, connections.
+ *
+ * All of otacd's state lives in one SQLite file (STATE/otacd.db) in WAL
+ * mode.  There is exactly one writer connection, owned by the engine thread
+ * (engine.c); HTTP handler threads read through their own per-thread reader
+ * connections (store_reader()), which WAL lets run alongside the writer.
+ *
+ * The schema is a list of numbered migrations in store.c; store_open()
+ * applies the missing ones, each in its own transaction, and records them in
+ * schema_migrations.  Queries use prepared statements only, cached per
+ * connection by SQL text (store_stmt()).
+ */
+#ifndef OTA_STORE_H
+#define OTA_STORE_H
+
+#include <sqlite3.h>
+#include <stdint.h>
+
+struct store;
+
+/* Open (creating and migrating as needed) the database at path. */
+int store_open(struct store **out, const char *path);
+void store_close(struct store *s);
+sqlite3 *store_db(struct store *s);
+
+/*
+ * A prepared statement for sql, from the connection's cache, reset and with
+ * its bindings cleared.  sql should be a string literal: the cache is keyed by
+ * its address.  Returns NULL (with the error slot set) if it does not prepare.
+ */
+sqlite3_stmt *store_stmt(struct store *s, const char *sql);
+
+int store_begin(struct store *s);      /* BEGIN IMMEDIATE */
+int store_commit(struct store *s);
+void store_rollback(struct store *s);
+
+/* Run a statement that returns no rows (after binding).  0 or OTA_ERROR. */
+int store_step_done(struct store *s, sqlite3_stmt *st);
+/* 1 = a row is ready, 0 = no more rows, negative = error. */
+int store_step_row(struct store *s, sqlite3_stmt *st);
+
+int store_meta_get(struct store *s, const char *key, char **out);  /* OTA_ENOTFOUND if absent */
+int store_meta_set(struct store *s, const char *key, const char *value);
+
+/*
+ * The calling thread's read-only connection to the database opened by the
+ * last store_open() (opened on first use, closed when the thread exits).
+ */
+struct store *store_reader(void);
+
+/* Column helpers: a NULL column reads as NULL / 0. */
+const char *store_col_text(sqlite3_stmt *st, int col);
+int64_t store_col_int(sqlite3_stmt *st, int col);
+
+#endif

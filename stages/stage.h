@@ -1,0 +1,56 @@
+/*
+ * stage.h - the interface every stage kind implements.
+ *
+ * A stage's `kind:` picks one struct stage_kind by name (stage_kind_find).
+ * The pipeline parser calls validate() for kind-specific checks and keeps
+ * the keys listed in `keys` as JSON in pl_stage.extra; the engine asks the
+ * kind for a job's verdict when the job's agent reports back.
+ *
+ * One file per kind lives in this folder (command.c, later build.c, test.c,
+ * analysis.c, hil.c, release.c, soak.c, rollout.c) and registry.c lists them.
+ * Kinds that are planned but not built into this version are still known by
+ * name, so a pipeline that uses them gets a clear "not available" message
+ * instead of "unknown kind".
+ */
+#ifndef OTA_STAGE_H
+#define OTA_STAGE_H
+
+#include <jansson.h>
+#include "../orchestrator/pipeline.h"
+
+/* What an agent reported for one job attempt. */
+struct job_result {
+	int exit_code;             /* of the last step run; -1 if none ran */
+	const char *failure_kind;  /* NULL on success, else "script", "timeout", "infra", "canceled" */
+	const char *message;       /* short human reason, may be NULL */
+};
+
+struct stage_kind {
+	const char *name;
+	const char *summary;                 /* one line for docs and errors */
+	/* Kind-specific keys accepted in the stage mapping (NULL-terminated). */
+	const char *const *keys;
+	/* Does the kind run steps on agents (and so require `steps`)? */
+	int runs_steps;
+	/* Extra validation after the generic checks; append to d.  May be NULL.
+	 * Called once the whole file is parsed, only for stages whose generic
+	 * keys had no problems (so name, steps ... are filled in); p may still
+	 * have problems elsewhere.  extra holds the kind's keys (or is NULL);
+	 * report at st->pos, the model keeps no per-key positions for them. */
+	int (*validate)(const struct pipeline *p, const struct pl_stage *st, struct pl_diags *d);
+	/* Verdict for one finished attempt: 0 passed, 1 failed.  May be NULL:
+	 * then a job passes exactly when failure_kind is NULL.  job_spec is the
+	 * job's JSON from pipeline_expand_stage() (the engine does not keep the
+	 * parsed pipeline, so anything a kind needs must be in the spec). */
+	int (*verdict)(const json_t *job_spec, const struct job_result *r);
+};
+
+/* The kind called name, or NULL.  *planned is set to 1 when the name is a
+ * kind that exists in otacd's design but is not built into this version. */
+const struct stage_kind *stage_kind_find(const char *name, int *planned);
+/* Names of every available kind (for did-you-mean), NULL-terminated. */
+const char *const *stage_kind_names(void);
+/* Names of the planned kinds not built into this version, NULL-terminated. */
+const char *const *stage_kind_planned_names(void);
+
+#endif

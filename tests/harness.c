@@ -1,0 +1,312 @@
+/*
+ * harness.c - start real otacd/otacd-agent processes for end-to-end tests;
+ * see harness.h.
+ */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../common/httpc.h"
+
+char *h_tmpdir(void)
+{
+	const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+	char *dir = xasprintf("%s/otacd-test-XXXXXX", base);
+	if (!mkdtemp(dir))
+		fail_msg("mkdtemp: %s", strerror(errno));
+	return dir;
+}
+
+char *h_bin(const char *name)
+{
+	const char *bin = getenv("OTACD_BIN");
+	return xasprintf("%s/%s", bin ? bin : "build/bin", name);
+}
+
+void h_msleep(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+int h_pid_alive(pid_t pid)
+{
+	return kill(pid, 0) == 0;
+}
+
+void h_init(struct daemon *d, const char *config_yaml)
+{
+	static int curl_ready;
+	if (!curl_ready) {
+		httpc_global_init();
+		curl_ready = 1;
+	}
+	memset(d, 0, sizeof(*d));
+	d->dir = h_tmpdir();
+	if (config_yaml) {
+		d->config = xasprintf("%s/config.yml", d->dir);
+		assert_int_equal(ota_write_file_atomic(d->config, config_yaml, strlen(config_yaml), 0600), 0);
+	}
+}
+
+int h_start(struct daemon *d, const char *const *args)
+{
+	char *urlfile = xasprintf("%s/state/otacd.url", d->dir);
+	char *state = xasprintf("%s/state", d->dir);
+	char *log = xasprintf("%s/otacd.log", d->dir);
+	char *otacd = h_bin("otacd");
+	struct strvec argv = STRVEC_INIT;
+	struct buf b = BUF_INIT;
+	int i;
+
+	unlink(urlfile);
+	strvec_push(&argv, otacd);
+	strvec_push(&argv, "--state-dir");
+	strvec_push(&argv, state);
+	strvec_push(&argv, "--listen");
+	strvec_push(&argv, "127.0.0.1:0");
+	if (d->config) {
+		strvec_push(&argv, "--config");
+		strvec_push(&argv, d->config);
+	}
+	for (i = 0; args && args[i]; i++)
+		strvec_push(&argv, args[i]);
+
+	d->pid = fork();
+	if (d->pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			dup2(fd, 1);
+		}
+		setpgid(0, 0);
+		execv(otacd, argv.v);
+		_exit(127);
+	}
+	strvec_clear(&argv);
+	for (i = 0; i < 1000; i++) {
+		if (ota_read_file(&b, urlfile, 4096) == 0) {
+			char *nl = strchr(b.ptr, '\n');
+			if (nl)
+				*nl = '\0';
+			free(d->url);
+			d->url = buf_detach(&b);
+			break;
+		}
+		if (waitpid(d->pid, NULL, WNOHANG) == d->pid)
+			fail_msg("otacd exited at start; see %s", log);
+		h_msleep(10);
+	}
+	assert_non_null(d->url);
+	if (!d->token) {
+		char *tokfile = xasprintf("%s/admin.token", state);
+		assert_int_equal(ota_read_file(&b, tokfile, 4096), 0);
+		*strchr(b.ptr, '\n') = '\0';
+		d->token = buf_detach(&b);
+		free(tokfile);
+	}
+	for (i = 0; i < 500; i++) {
+		json_t *h = NULL;
+		if (h_get(d, "/api/v1/health", &h) == 200) {
+			json_decref(h);
+			break;
+		}
+		h_msleep(10);
+	}
+	free(urlfile);
+	free(state);
+	free(log);
+	free(otacd);
+	return 0;
+}
+
+void h_kill(struct daemon *d, int sig)
+{
+	if (d->pid <= 0)
+		return;
+	kill(d->pid, sig);
+	waitpid(d->pid, NULL, 0);
+	d->pid = 0;
+}
+
+void h_cleanup(struct daemon *d)
+{
+	struct buf out = BUF_INIT;
+	h_kill(d, SIGTERM);
+	if (d->dir && !getenv("OTACD_KEEP"))
+		h_sh(&out, "rm -rf '%s'", d->dir);
+	buf_release(&out);
+	free(d->dir);
+	free(d->url);
+	free(d->token);
+	free(d->config);
+	memset(d, 0, sizeof(*d));
+}
+
+static long call(struct daemon *d, const char *method, const char *path, json_t *body, json_t **out)
+{
+	char *url = xasprintf("%s%s", d->url, path);
+	long status = 0;
+	json_t *ans = NULL;
+	int rc = httpc_json(&ans, &status, method, url, d->token, body, 30000);
+	free(url);
+	if (rc < 0)
+		status = -1;
+	if (out)
+		*out = ans;
+	else
+		json_decref(ans);
+	return status;
+}
+
+long h_get(struct daemon *d, const char *path, json_t **out)
+{
+	return call(d, "GET", path, NULL, out);
+}
+
+long h_post(struct daemon *d, const char *path, json_t *body, json_t **out)
+{
+	return call(d, "POST", path, body, out);
+}
+
+int64_t h_trigger(struct daemon *d, const char *yaml)
+{
+	json_t *ans = NULL, *req = json_pack("{ss ss}", "pipeline", yaml, "file", "test.yml");
+	long status = h_post(d, "/api/v1/runs", req, &ans);
+	int64_t id;
+	json_decref(req);
+	if (status != 201) {
+		char *text = ans ? json_dumps(ans, 0) : NULL;
+		fail_msg("trigger answered %ld: %s", status, text ? text : "");
+	}
+	id = json_integer_value(json_object_get(ans, "id"));
+	json_decref(ans);
+	return id;
+}
+
+json_t *h_run(struct daemon *d, int64_t run)
+{
+	char *path = xasprintf("/api/v1/runs/%lld", (long long)run);
+	json_t *ans = NULL;
+	long status = h_get(d, path, &ans);
+	free(path);
+	assert_int_equal(status, 200);
+	return ans;
+}
+
+const char *h_wait_run(struct daemon *d, int64_t run, int timeout_ms)
+{
+	static const char *const finals[] = { "passed", "failed", "canceled" };
+	for (int waited = 0; waited < timeout_ms; waited += 50) {
+		json_t *r = h_run(d, run);
+		const char *state = json_string_value(json_object_get(r, "state"));
+		for (size_t i = 0; i < OTA_ARRAY_SIZE(finals); i++) {
+			if (state && !strcmp(state, finals[i])) {
+				json_decref(r);
+				return finals[i];
+			}
+		}
+		json_decref(r);
+		h_msleep(50);
+	}
+	return "timeout";
+}
+
+json_t *h_job(json_t *run, const char *name)
+{
+	size_t i, k;
+	json_t *stage, *job;
+	json_array_foreach(json_object_get(run, "stages"), i, stage) {
+		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+			if (!strcmp(json_string_value(json_object_get(job, "name")), name))
+				return job;
+		}
+	}
+	fail_msg("no job named %s", name);
+	return NULL;
+}
+
+pid_t h_agent(struct daemon *d, const char *name, const char *labels)
+{
+	char *agent = h_bin("otacd-agent");
+	char *work = xasprintf("%s/work-%s", d->dir, name);
+	char *log = xasprintf("%s/agent-%s.log", d->dir, name);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			dup2(fd, 1);
+		}
+		setenv("OTACD_AGENT_TOKEN", d->token, 1);
+		execl(agent, agent, "--url", d->url, "--name", name, "--labels", labels ? labels : "test",
+		      "--workdir", work, (char *)NULL);
+		_exit(127);
+	}
+	free(agent);
+	free(work);
+	free(log);
+	return pid;
+}
+
+int h_sh(struct buf *out, const char *fmt, ...)
+{
+	struct buf cmd = BUF_INIT;
+	char chunk[4096];
+	va_list ap;
+	FILE *p;
+	size_t n;
+	int status;
+
+	va_start(ap, fmt);
+	buf_vprintf(&cmd, fmt, ap);
+	va_end(ap);
+	buf_puts(&cmd, " 2>&1");
+	buf_clear(out);
+	p = popen(buf_cstr(&cmd), "r");
+	buf_release(&cmd);
+	if (!p)
+		return -1;
+	while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+		buf_put(out, chunk, n);
+	status = pclose(p);
+	if (!out->ptr)
+		buf_puts(out, "");
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int64_t h_sql_int(struct daemon *d, const char *sql)
+{
+	char *path = xasprintf("%s/state/otacd.db", d->dir);
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t v = -1;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			v = sqlite3_column_int64(st, 0);
+	} else {
+		fail_msg("sql %s: %s", sql, db ? sqlite3_errmsg(db) : "open failed");
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	free(path);
+	return v;
+}

@@ -1,0 +1,64 @@
+/*
+ * harness.h - end-to-end test support: start the real otacd and
+ * otacd-agent binaries on loopback (from $OTACD_BIN), talk to them over
+ * HTTP like a user, and read their SQLite database directly to check what
+ * was recorded.
+ */
+#ifndef OTA_HARNESS_H
+#define OTA_HARNESS_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../common/util.h"
+
+struct daemon {
+	pid_t pid;
+	char *dir;        /* state directory (a fresh temp dir) */
+	char *url;        /* http://127.0.0.1:PORT */
+	char *token;      /* admin token */
+	char *config;     /* config file path or NULL */
+};
+
+/* A fresh directory under $TMPDIR (or /tmp); caller frees. */
+char *h_tmpdir(void);
+/* Path of a program under test: $OTACD_BIN/name. */
+char *h_bin(const char *name);
+
+/* Write a config file into d->dir before h_start (NULL content: none). */
+void h_init(struct daemon *d, const char *config_yaml);
+/* Start otacd on 127.0.0.1:0 with extra args (NULL-terminated); waits until
+ * it answers /api/v1/health.  Reuses d->dir, so a restart continues. */
+int h_start(struct daemon *d, const char *const *args);
+/* Send sig and wait for the daemon to exit. */
+void h_kill(struct daemon *d, int sig);
+void h_cleanup(struct daemon *d);
+
+/* JSON API calls with the admin token; return the HTTP status. */
+long h_get(struct daemon *d, const char *path, json_t **out);
+long h_post(struct daemon *d, const char *path, json_t *body, json_t **out);
+
+/* Trigger a run of yaml; returns the run id (fails the test on error). */
+int64_t h_trigger(struct daemon *d, const char *yaml);
+/* Wait until the run is final; returns its state (static string) or "timeout". */
+const char *h_wait_run(struct daemon *d, int64_t run, int timeout_ms);
+/* The run JSON (GET /api/v1/runs/ID). */
+json_t *h_run(struct daemon *d, int64_t run);
+/* The first job of the run whose name is name. */
+json_t *h_job(json_t *run, const char *name);
+
+/* Start otacd-agent against d with the admin token. */
+pid_t h_agent(struct daemon *d, const char *name, const char *labels);
+
+/* Run a command line with sh -c, capture stdout+stderr; returns exit status. */
+int h_sh(struct buf *out, const char *fmt, ...) OTA_PRINTF(2, 3);
+
+/* One integer from an SQL query on the daemon's database (read-only). */
+int64_t h_sql_int(struct daemon *d, const char *sql);
+
+/* Sleep in the test (the tests may wait; the engine never does). */
+void h_msleep(int ms);
+int h_pid_alive(pid_t pid);
+
+#endif

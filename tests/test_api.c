@@ -1,0 +1,305 @@
+/*
+ * test_api.c - the HTTP API's handling of bad input and the agent
+ * protocol's guarantees, spoken over real HTTP to a real otacd (no local
+ * agents: the test plays the agent itself, so it controls every request).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../common/httpc.h"
+#include "harness.h"
+
+#define VIEWER_TOKEN "viewer-token-0123456789abcdef"
+#define OPERATOR_TOKEN "operator-token-0123456789abcdef"
+
+static const char *const no_agents[] = { "--local-agents", "0", NULL };
+
+static const char *const simple_pipeline =
+	"name: p\nstages:\n  - { name: one, steps: [ { run: 'echo hi' } ] }\n";
+
+static int setup(void **state)
+{
+	struct daemon *d = xcalloc(1, sizeof(*d));
+	h_init(d, "lease: 2s\n"
+		  "tokens:\n"
+		  "  - { name: viewer, role: viewer, token: " VIEWER_TOKEN " }\n"
+		  "  - { name: ci, role: operator, token: " OPERATOR_TOKEN " }\n");
+	h_start(d, no_agents);
+	*state = d;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct daemon *d = *state;
+	h_cleanup(d);
+	free(d);
+	return 0;
+}
+
+/* A raw request; returns the status, body in *body if wanted. */
+static long raw(struct daemon *d, const char *method, const char *path, const char *token, const char *ctype,
+		const void *data, size_t len, struct buf *body)
+{
+	struct httpc_response resp;
+	char *url = xasprintf("%s%s", d->url, path);
+	long status;
+	int rc = httpc_request(&resp, method, url, token, ctype, data, len, 20000);
+	free(url);
+	status = rc < 0 ? -1 : resp.status;
+	if (body) {
+		buf_clear(body);
+		buf_put(body, buf_cstr(&resp.body), resp.body.len);
+	}
+	httpc_response_release(&resp);
+	return status;
+}
+
+static int64_t count_runs(struct daemon *d)
+{
+	return h_sql_int(d, "SELECT COUNT(*) FROM runs");
+}
+
+static void state_changing_calls_need_a_token(void **state)
+{
+	struct daemon *d = *state;
+	const char *body = "{\"pipeline\":\"name: p\\nstages: [ { name: a, steps: [ { run: 'true' } ] } ]\\n\"}";
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", NULL, "application/json", body, strlen(body), NULL), 401);
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", "wrong-token-000000000000", "application/json", body,
+			     strlen(body), NULL), 401);
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", VIEWER_TOKEN, "application/json", body, strlen(body), NULL), 403);
+	assert_int_equal(count_runs(d), 0);
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", OPERATOR_TOKEN, "application/json", body, strlen(body), NULL), 201);
+	assert_int_equal(count_runs(d), 1);
+}
+
+static void reads_need_a_viewer_token_by_default(void **state)
+{
+	struct daemon *d = *state;
+	assert_int_equal(raw(d, "GET", "/api/v1/runs", NULL, NULL, NULL, 0, NULL), 401);
+	assert_int_equal(raw(d, "GET", "/api/v1/runs", VIEWER_TOKEN, NULL, NULL, 0, NULL), 200);
+	assert_int_equal(raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, NULL), 200);
+}
+
+static void agent_protocol_refuses_non_agent_tokens(void **state)
+{
+	struct daemon *d = *state;
+	const char *body = "{\"name\":\"x\",\"labels\":[]}";
+	assert_int_equal(raw(d, "POST", "/api/v1/agent/register", OPERATOR_TOKEN, "application/json", body,
+			     strlen(body), NULL), 403);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM agents"), 0);
+}
+
+static void oversized_body_gets_413_and_stores_nothing(void **state)
+{
+	struct daemon *d = *state;
+	size_t n = (1 << 20) + 100;
+	char *big = xmalloc(n);
+	memset(big, ' ', n);
+	big[0] = '{';
+	big[n - 1] = '}';
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", big, n, NULL), 413);
+	assert_int_equal(count_runs(d), 0);
+	free(big);
+}
+
+static void unknown_routes_and_methods_are_404_and_405(void **state)
+{
+	struct daemon *d = *state;
+	assert_int_equal(raw(d, "GET", "/api/v1/nope", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(raw(d, "GET", "/api/v1/runs/abc", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(raw(d, "GET", "/api/v1/runs/999", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(raw(d, "DELETE", "/api/v1/runs", d->token, NULL, NULL, 0, NULL), 405);
+}
+
+static void invalid_json_gets_400_with_the_position(void **state)
+{
+	struct daemon *d = *state;
+	struct buf body = BUF_INIT;
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": ", 13, &body), 400);
+	assert_non_null(strstr(buf_cstr(&body), "invalid JSON"));
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "[1]", 3, &body), 400);
+	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": 5}", 15, &body), 400);
+	assert_int_equal(count_runs(d), 0);
+	buf_release(&body);
+}
+
+static void invalid_pipeline_gets_422_with_file_line_column(void **state)
+{
+	struct daemon *d = *state;
+	json_t *req = json_pack("{ss ss}", "pipeline", "name: p\nstages:\n  - name: a\n    stpes: []\n", "file", "ci.yml");
+	json_t *ans = NULL;
+	char *errors;
+	assert_int_equal(h_post(d, "/api/v1/runs", req, &ans), 422);
+	errors = json_dumps(json_object_get(ans, "errors"), 0);
+	assert_non_null(strstr(errors, "ci.yml:4:5"));
+	assert_non_null(strstr(errors, "steps"));
+	assert_int_equal(count_runs(d), 0);
+	free(errors);
+	json_decref(ans);
+	json_decref(req);
+}
+
+/* Register as an agent and take the one queued job. */
+static json_t *take_job(struct daemon *d, int64_t *agent)
+{
+	json_t *ans = NULL, *req = json_pack("{ss s[s]}", "name", "tester", "labels", "test");
+	assert_int_equal(h_post(d, "/api/v1/agent/register", req, &ans), 200);
+	*agent = json_integer_value(json_object_get(ans, "agent_id"));
+	json_decref(ans);
+	json_decref(req);
+	req = json_pack("{sI si}", "agent_id", (json_int_t)*agent, "wait_ms", 5000);
+	assert_int_equal(h_post(d, "/api/v1/agent/jobs/request", req, &ans), 200);
+	json_decref(req);
+	return ans;
+}
+
+static void log_chunks_resume_without_loss_or_duplication(void **state)
+{
+	struct daemon *d = *state;
+	int64_t agent, run = h_trigger(d, simple_pipeline);
+	json_t *job = take_job(d, &agent);
+	int64_t id = json_integer_value(json_object_get(job, "job_id"));
+	struct buf body = BUF_INIT;
+	char *path;
+
+	(void)run;
+	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello ", 6, &body), 200);
+	free(path);
+	/* a chunk that starts past the end: 416 with the size to resume from */
+	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=20", (long long)id);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "lost", 4, &body), 416);
+	assert_non_null(strstr(buf_cstr(&body), "\"size\":6"));
+	free(path);
+	/* a resend overlapping what arrived: only the new part is appended */
+	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello world\n", 12, &body), 200);
+	free(path);
+	path = xasprintf("/api/v1/jobs/%lld/log", (long long)id);
+	assert_int_equal(raw(d, "GET", path, d->token, NULL, NULL, 0, &body), 200);
+	assert_string_equal(buf_cstr(&body), "hello world\n");
+	free(path);
+	buf_release(&body);
+	json_decref(job);
+}
+
+static void finish_is_recorded_exactly_once(void **state)
+{
+	struct daemon *d = *state;
+	int64_t agent, run = h_trigger(d, simple_pipeline);
+	json_t *job = take_job(d, &agent), *ans = NULL, *req;
+	int64_t id = json_integer_value(json_object_get(job, "job_id"));
+	char *path = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)id);
+
+	req = json_pack("{sI si si sn}", "agent_id", (json_int_t)agent, "attempt", 1, "exit_code", 0, "failure");
+	assert_int_equal(h_post(d, path, req, &ans), 200);
+	assert_string_equal(json_string_value(json_object_get(ans, "state")), "passed");
+	json_decref(ans);
+	/* the same report again changes nothing */
+	assert_int_equal(h_post(d, path, req, &ans), 200);
+	json_decref(ans);
+	json_decref(req);
+	/* a report for an attempt that never ran is refused */
+	req = json_pack("{sI si si}", "agent_id", (json_int_t)agent, "attempt", 7, "exit_code", 1);
+	assert_int_equal(h_post(d, path, req, NULL), 409);
+	json_decref(req);
+	assert_string_equal(h_wait_run(d, run, 5000), "passed");
+	{
+		char *sql = xasprintf("SELECT COUNT(*) FROM events WHERE job_id = %lld AND kind = 'job.final'", (long long)id);
+		assert_int_equal(h_sql_int(d, sql), 1);
+		free(sql);
+	}
+	free(path);
+	json_decref(job);
+}
+
+static void expired_lease_requeues_the_job_and_refuses_the_old_attempt(void **state)
+{
+	struct daemon *d = *state;
+	int64_t agent, run = h_trigger(d, simple_pipeline);
+	json_t *job = take_job(d, &agent), *req, *ans = NULL;
+	int64_t id = json_integer_value(json_object_get(job, "job_id"));
+	char *hb = xasprintf("/api/v1/agent/jobs/%lld/heartbeat", (long long)id);
+	char *jobpath = xasprintf("/api/v1/jobs/%lld", (long long)id);
+
+	(void)run;
+	h_msleep(3000); /* lease is 2 s: no heartbeat, the agent is lost */
+	assert_int_equal(h_get(d, jobpath, &ans), 200);
+	assert_string_equal(json_string_value(json_object_get(ans, "state")), "queued");
+	assert_string_equal(json_string_value(json_object_get(ans, "failure")), "infra");
+	json_decref(ans);
+	req = json_pack("{sI si}", "agent_id", (json_int_t)agent, "attempt", 1);
+	assert_int_equal(h_post(d, hb, req, NULL), 409);
+	json_decref(req);
+	free(hb);
+	free(jobpath);
+	json_decref(job);
+}
+
+static void artifact_with_wrong_digest_is_refused_and_not_stored(void **state)
+{
+	struct daemon *d = *state;
+	int64_t agent, run = h_trigger(d, simple_pipeline);
+	json_t *job = take_job(d, &agent);
+	int64_t id = json_integer_value(json_object_get(job, "job_id"));
+	const char *sha_of_hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+	char *path;
+	struct buf out = BUF_INIT;
+
+	(void)run;
+	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=app.bin&sha256=%s", (long long)id,
+			 sha_of_hello);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hellO", 5, NULL), 400);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 0);
+	assert_int_equal(h_sh(&out, "find '%s/state/artifacts' -type f | wc -l", d->dir), 0);
+	assert_int_equal(atoi(buf_cstr(&out)), 0);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello", 5, NULL), 201);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
+	free(path);
+	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=../../etc/passwd&sha256=%s", (long long)id,
+			 sha_of_hello);
+	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello", 5, NULL), 400);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
+	free(path);
+	buf_release(&out);
+	json_decref(job);
+}
+
+static void lint_reports_every_problem(void **state)
+{
+	struct daemon *d = *state;
+	struct buf body = BUF_INIT;
+	const char *yaml = "name: p\nstages:\n  - { name: a, kind: biuld, steps: [ { run: x } ] }\n"
+			   "  - { name: b, needs: [zz], steps: [ { run: x } ] }\n";
+	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", d->token, "application/yaml", yaml, strlen(yaml), &body), 200);
+	assert_non_null(strstr(buf_cstr(&body), "\"ok\":false"));
+	assert_non_null(strstr(buf_cstr(&body), "p.yml:3:"));
+	assert_non_null(strstr(buf_cstr(&body), "p.yml:4:"));
+	buf_release(&body);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(state_changing_calls_need_a_token, setup, teardown),
+		cmocka_unit_test_setup_teardown(reads_need_a_viewer_token_by_default, setup, teardown),
+		cmocka_unit_test_setup_teardown(agent_protocol_refuses_non_agent_tokens, setup, teardown),
+		cmocka_unit_test_setup_teardown(oversized_body_gets_413_and_stores_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(unknown_routes_and_methods_are_404_and_405, setup, teardown),
+		cmocka_unit_test_setup_teardown(invalid_json_gets_400_with_the_position, setup, teardown),
+		cmocka_unit_test_setup_teardown(invalid_pipeline_gets_422_with_file_line_column, setup, teardown),
+		cmocka_unit_test_setup_teardown(log_chunks_resume_without_loss_or_duplication, setup, teardown),
+		cmocka_unit_test_setup_teardown(finish_is_recorded_exactly_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(expired_lease_requeues_the_job_and_refuses_the_old_attempt, setup, teardown),
+		cmocka_unit_test_setup_teardown(artifact_with_wrong_digest_is_refused_and_not_stored, setup, teardown),
+		cmocka_unit_test_setup_teardown(lint_reports_every_problem, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("api", tests, NULL, NULL);
+}
