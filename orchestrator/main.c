@@ -21,8 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-
 #include "../common/util.h"
 #include "api.h"
 #include "artifact.h"
@@ -211,7 +209,6 @@ int main(int argc, char **argv)
 	sigaddset(&stop_signals, SIGINT);
 	sigaddset(&stop_signals, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
-	curl_global_init(CURL_GLOBAL_DEFAULT);
 	umask(077);
 	if (ota_mkdir_p(cfg.state_dir, 0700) < 0)
 		goto fail;
@@ -297,6 +294,5 @@ out:
 	free(path);
 	free(url);
 	config_release(&cfg);
-	curl_global_cleanup();
 	return status;
 }

@@ -308,6 +308,7 @@ static void parse_steps(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, c
 		yaml_node_t *item = items[i];
 		struct map m = MAP_INIT;
 		struct pair *run, *name;
+		size_t before = c->w.d->n;
 		char *in;
 
 		step->pos = pos_of(item);
@@ -328,10 +329,12 @@ static void parse_steps(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, c
 		name = pw_get(&m, "name");
 		if (name)
 			get_subst(c, st, name->v, "'name' of a step", W_NONEMPTY, &step->name);
-		if (!run)
-			pl_diag_add(c->w.d, step->pos, "step %zu of %s has no 'run'", i + 1, who);
-		else if (get_subst(c, st, run->v, "'run'", W_NONEMPTY, &step->run) == 0)
+		if (!run) {
+			if (c->w.d->n == before)   /* not after "unknown key 'rnu'" */
+				pl_diag_add(c->w.d, step->pos, "step %zu of %s has no 'run'", i + 1, who);
+		} else if (get_subst(c, st, run->v, "'run'", W_NONEMPTY, &step->run) == 0) {
 			st->nsteps++;
+		}
 		if (!step->run) {
 			free(step->name);
 			step->name = NULL;
@@ -502,6 +505,7 @@ static void parse_artifacts(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *
 		yaml_node_t *item = items[i];
 		struct map m = MAP_INIT;
 		struct pair *pr;
+		size_t before = c->w.d->n;
 		char *in;
 		int ok = 1;
 
@@ -521,7 +525,8 @@ static void parse_artifacts(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *
 		pw_map_read(&c->w, item, "each artifact", in, artifact_keys, &m);
 		free(in);
 		if (!(pr = pw_get(&m, "path"))) {
-			pl_diag_add(c->w.d, a->pos, "artifact %zu of %s has no 'path'", i + 1, who);
+			if (c->w.d->n == before)   /* not after "unknown key 'paht'" */
+				pl_diag_add(c->w.d, a->pos, "artifact %zu of %s has no 'path'", i + 1, who);
 			ok = 0;
 		} else if (get_subst(c, st, pr->v, "'path'", W_NONEMPTY, &a->path) == 0) {
 			check_artifact_path(c, st, pr->v, "path", a->path);

@@ -204,7 +204,7 @@ void pw_map_collect(struct walker *w, yaml_node_t *n, struct map *m, int own, in
 	yaml_node_pair_t *start = n->data.mapping.pairs.start, *top = n->data.mapping.pairs.top;
 
 	if (depth > MAX_MERGE_DEPTH) {
-		pl_diag_add(w->d, pos_of(n), "merge keys ('<<') nest more than %d deep", MAX_MERGE_DEPTH);
+		pl_diag_add(w->d, pos_of(n), "merge keys ('<<') nest more than %d deep (does a mapping merge itself?)", MAX_MERGE_DEPTH);
 		return;
 	}
 	for (yaml_node_pair_t *pr = start; pr < top; pr++) {
