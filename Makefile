@@ -11,7 +11,7 @@
 #   make format     clang-format in place
 #
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
-# -fsanitize=address,undefined.
+# -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
 PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev \
@@ -27,8 +27,8 @@ VERSION   := 0.1.0
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
+OPT      ?= -O2 -g
+CFLAGS   += $(OPT) -std=gnu11 -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter \
             -D_GNU_SOURCE -DOTACD_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
 LDFLAGS  += -Wl,--as-needed
 LDLIBS   += $(PKG_LIBS) -lpthread -lm
@@ -91,7 +91,7 @@ check: $(PROGS) $(TESTS)
 	@OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh tests/run.sh $(TESTS)
 
 asan:
-	$(MAKE) BUILD=build-asan SANITIZE=1 CFLAGS="-O1 -g" check
+	$(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check
 
 $(BIN)/otacd-bench: $(BUILD)/obj/bench/bench.o $(LIB)
 	@mkdir -p $(BIN)
@@ -127,7 +127,7 @@ demo: deps
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -D_GNU_SOURCE common orchestrator stages agents cli
+	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

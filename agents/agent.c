@@ -74,6 +74,7 @@ struct agent {
 	char *workdir;          /* absolute */
 	struct strvec labels;
 	int once;
+	int local;              /* started by otacd itself */
 	int id_is_int;          /* agent_id as the daemon gave it */
 	json_int_t id_int;
 	char *id_str;
@@ -219,6 +220,8 @@ static int agent_register(struct agent *a)
 			json_array_append_new(labels, json_string(a->labels.v[i]));
 		json_object_set_new(req, "name", json_string(a->name));
 		json_object_set_new(req, "labels", labels);
+		if (a->local)
+			json_object_set_new(req, "local", json_true());
 		rc = httpc_json(&ans, &status, "POST", url, a->token, req, REQUEST_TIMEOUT_MS);
 		json_decref(req);
 		free(url);
@@ -889,7 +892,7 @@ out:
 /* ---- one job -------------------------------------------------------- */
 
 static int job_finish(struct job *j, int exit_code, const char *failure, const char *message,
-		      int tries)
+		      int tries, long timeout_ms)
 {
 	char *url = xasprintf("%s/api/v1/agent/jobs/%s/finish", j->a->url, j->id_url);
 	json_t *req = json_object();
@@ -904,7 +907,7 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 	for (int t = 0; tries == 0 || t < tries; t++) {
 		json_t *ans = NULL;
 		long status = 0;
-		int r = httpc_json(&ans, &status, "POST", url, j->a->token, req, REQUEST_TIMEOUT_MS);
+		int r = httpc_json(&ans, &status, "POST", url, j->a->token, req, timeout_ms);
 		json_decref(ans);
 		if (!r && ((status >= 200 && status < 300) || status == 409)) {
 			rc = 0;
@@ -1042,7 +1045,8 @@ static int job_run(struct agent *a, json_t *spec)
 	if (why == OUT_OK)
 		why = artifacts_collect(&j, &msg);
 	if (why == OUT_TIMEOUT && !msg)
-		msg = xasprintf("job timed out after %llds", (long long)((j.timeout_ms + 999) / 1000));
+		msg = j.timeout_ms % 1000 ? xasprintf("job timed out after %.1fs", (double)j.timeout_ms / 1000)
+					  : xasprintf("job timed out after %llds", (long long)(j.timeout_ms / 1000));
 	if (why == OUT_CANCELED && !msg)
 		msg = xstrdup("job canceled");
 	if (why == OUT_STOPPED && !msg)
@@ -1065,10 +1069,10 @@ static int job_run(struct agent *a, json_t *spec)
 		pthread_join(hb_thread, NULL);
 		/* Let the daemon re-queue now rather than at lease expiry. */
 		httpc_set_abort_flag(NULL);
-		job_finish(&j, exit_code, "infra", msg, 1);
+		job_finish(&j, exit_code, "infra", msg, 1, 2000);
 	} else {
 		if (why != OUT_LOST)
-			job_finish(&j, exit_code, failure_names[why], msg, 0);
+			job_finish(&j, exit_code, failure_names[why], msg, 0, REQUEST_TIMEOUT_MS);
 		pthread_mutex_lock(&j.mu);
 		j.hb_stop = 1;
 		pthread_cond_broadcast(&j.cv);
@@ -1152,7 +1156,7 @@ int main(int argc, char **argv)
 	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e;
 	char host[256];
 	long backoff = 0;
-	int c, rc = 0, ran = 0;
+	int c, rc = 0;
 
 	memset(&a, 0, sizeof(a));
 	a.token = getenv("OTACD_AGENT_TOKEN") ? xstrdup(getenv("OTACD_AGENT_TOKEN")) : NULL;
@@ -1199,6 +1203,7 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if ((e = getenv("OTACD_AGENT_PARENT_DEATH")) && !strcmp(e, "1")) {
+		a.local = 1;
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		e = getenv("OTACD_AGENT_PARENT_PID");
 		if (e && atol(e) != (long)getppid())
@@ -1228,7 +1233,6 @@ int main(int argc, char **argv)
 			backoff = 0;
 			rc = job_run(&a, spec) < 0 ? 1 : 0;
 			json_decref(spec);
-			ran = 1;
 			if (a.once)
 				break;
 		} else if (!r) {
@@ -1245,8 +1249,8 @@ int main(int argc, char **argv)
 			sleep_ms(backoff);
 		}
 	}
-	if (stop_flag && !ran)
-		rc = 0;
+	if (stop_flag)
+		rc = 0; /* asked to stop: a clean exit */
 out:
 	httpc_global_cleanup();
 	strvec_clear(&a.labels);

@@ -789,7 +789,7 @@ static int log_print(const char *job_id, uint64_t *offset)
 		struct httpc_response r;
 		char *url = xasprintf("%s/api/v1/jobs/%s/log?offset=%llu", ctl.url, e, (unsigned long long)*offset);
 		char *size_hdr = NULL;
-		int hr = httpc_request(&r, "GET", url, ctl.token, NULL, NULL, 0, REQUEST_TIMEOUT_MS);
+		int more, hr = httpc_request(&r, "GET", url, ctl.token, NULL, NULL, 0, REQUEST_TIMEOUT_MS);
 		free(url);
 		if (hr < 0) {
 			httpc_response_release(&r);
@@ -812,7 +812,7 @@ static int log_print(const char *job_id, uint64_t *offset)
 		fwrite(r.body.ptr, 1, r.body.len, stdout);
 		*offset += r.body.len;
 		httpc_response_header(&size_hdr, &r, "X-Log-Size");
-		int more = r.body.len > 0 && size_hdr && strtoull(size_hdr, NULL, 10) > *offset;
+		more = r.body.len > 0 && size_hdr && strtoull(size_hdr, NULL, 10) > *offset;
 		free(size_hdr);
 		httpc_response_release(&r);
 		if (!more)
@@ -835,15 +835,27 @@ static int on_log_event(const char *event, const char *id, const char *data, voi
 	json_t *j = json_loads(data, JSON_DECODE_ANY, NULL);
 
 	if (!strcmp(event, "log")) {
+		/* The event id is the log offset after the chunk.  It can differ
+		 * from offset + text length: the server turns bytes that are not
+		 * UTF-8 into U+FFFD for JSON. */
 		json_t *t = json_object_get(j, "text");
 		uint64_t off = (uint64_t)int_or(j, "offset", (json_int_t)f->offset);
-		size_t len = json_string_length(t), skip = 0;
-		if (json_is_string(t) && off + len > f->offset) {
-			skip = off < f->offset ? (size_t)(f->offset - off) : 0;
-			fwrite(json_string_value(t) + skip, 1, len - skip, stdout);
+		uint64_t end = id ? strtoull(id, NULL, 10) : 0;
+		size_t len = json_string_length(t);
+		if (end < off)
+			end = off + len;
+		if (json_is_string(t) && off >= f->offset) {
+			fwrite(json_string_value(t), 1, len, stdout);
 			fflush(stdout);
-			f->offset = off + len;
 		}
+		if (end > f->offset)
+			f->offset = end;
+	} else if (!strcmp(event, "attempt")) {
+		/* A retry started: its log begins at offset 0. */
+		printf("%s--- attempt %lld ---%s\n", ctl.color ? "\033[1m" : "", (long long)int_or(j, "attempt", 0),
+		       ctl.color ? "\033[0m" : "");
+		fflush(stdout);
+		f->offset = 0;
 	} else if (!strcmp(event, "end")) {
 		snprintf(f->state, sizeof(f->state), "%s", str_or(j, "state", "?"));
 		f->ended = 1;
@@ -1098,13 +1110,16 @@ static void usage(FILE *f)
 
 static int usage_error(const char *cmd, const char *fmt, ...)
 {
-	const struct cmd *c = cmd_find(cmd);
+	const struct cmd *c = cmd ? cmd_find(cmd) : NULL;
 	va_list ap;
 	fputs("otactl: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nusage: otactl %s\n", c ? c->usage : cmd);
+	if (c)
+		fprintf(stderr, "\nusage: otactl %s\n", c->usage);
+	else
+		fputs("\nusage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n", stderr);
 	return EXIT_USAGE;
 }
 
@@ -1137,12 +1152,12 @@ int main(int argc, char **argv)
 		}
 		if ((r = opt_value("--url", argc, argv, &i, &v)) != 0) {
 			if (r < 0)
-				return usage_error("help", "--url needs a value");
+				return usage_error(NULL, "--url needs a value");
 			free(ctl.url);
 			ctl.url = xstrdup(v);
 		} else if ((r = opt_value("--token", argc, argv, &i, &v)) != 0) {
 			if (r < 0)
-				return usage_error("help", "--token needs a value");
+				return usage_error(NULL, "--token needs a value");
 			free(ctl.token);
 			ctl.token = xstrdup(v);
 		} else if (!strcmp(argv[i], "--json")) {
@@ -1167,9 +1182,8 @@ int main(int argc, char **argv)
 		for (size_t i = 0; i < OTA_ARRAY_SIZE(commands); i++)
 			names[i] = commands[i].name;
 		dym = ota_did_you_mean(args.v[1], names, OTA_ARRAY_SIZE(commands));
-		fprintf(stderr, "otactl: unknown command '%s'%s%s%s\n", args.v[1],
+		fprintf(stderr, "otactl: unknown command '%s'%s%s%s; see 'otactl help'\n", args.v[1],
 			dym ? " (did you mean '" : "", dym ? dym : "", dym ? "'?)" : "");
-		usage(stderr);
 		strvec_clear(&args);
 		return EXIT_USAGE;
 	}

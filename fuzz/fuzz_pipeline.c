@@ -36,6 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size > 1 << 16)
 		return 0;
+	pl_diags_init(&d, "fuzz.yml");
 	rc = pipeline_parse(&p, "fuzz.yml", (const char *)data, size, &d);
 	if (rc == 0) {
 		if (!p || d.n)

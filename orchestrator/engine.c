@@ -53,6 +53,11 @@ struct engine {
 	int stopping;
 	int64_t next_due;           /* wall-clock ms of the next lease/deadline */
 
+	/* Set by a command, acted on after its COMMIT: waking a waiter before
+	 * the commit would let it read the old state and sleep again. */
+	int changed_work;           /* a job became claimable */
+	int changed_state;          /* a job or run changed state */
+
 	/* engine thread only */
 	struct qjob *queue;
 	size_t nqueue, capqueue;
@@ -262,7 +267,7 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	}
 	sqlite3_reset(st);
 	if (any)
-		notifier_bump(&e->work);
+		e->changed_work = 1;
 	return rc < 0 ? rc : 0;
 }
 
@@ -314,7 +319,7 @@ static int finish_run(struct engine *e, int64_t run_id, const char *state, const
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	event(e, run_id, 0, "run.final", json_pack("{ss}", "state", state));
-	notifier_bump(logstore_changes());
+	e->changed_state = 1;
 
 	/* Let the next run waiting on the same concurrency group go. */
 	if (concurrency) {
@@ -600,8 +605,8 @@ static int attempt_done(struct engine *e, struct jobrow *j, const struct job_res
 			event(e, j->run_id, j->id, "job.retry",
 			      json_pack("{si ss ss*}", "attempt", j->attempt, "failure", failure, "message", r->message));
 			queue_add(e, j->id, json_object_get(j->spec, "labels"));
-			notifier_bump(&e->work);
-			notifier_bump(logstore_changes());
+			e->changed_work = 1;
+			e->changed_state = 1;
 			*state_out = "queued";
 			return 0;
 		}
@@ -622,7 +627,7 @@ static int attempt_done(struct engine *e, struct jobrow *j, const struct job_res
 		return rc;
 	event(e, j->run_id, j->id, "job.final",
 	      json_pack("{ss si ss*}", "state", *state_out, "attempt", j->attempt, "failure", failure));
-	notifier_bump(logstore_changes());
+	e->changed_state = 1;
 	return advance_run(e, j->run_id);
 }
 
@@ -720,6 +725,11 @@ static void run_call(struct engine *e, struct call *c)
 	}
 	if (c->rc < 0)
 		snprintf(c->err, sizeof(c->err), "%s", ota_error_last());
+	if (e->changed_work)
+		notifier_bump(&e->work);
+	if (e->changed_state)
+		notifier_bump(logstore_changes());
+	e->changed_work = e->changed_state = 0;
 	e->next_due = compute_next_due(e);
 }
 
@@ -1229,7 +1239,7 @@ static int do_claim(struct engine *e, void *arg)
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
 	event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
-	notifier_bump(logstore_changes());
+	e->changed_state = 1;
 	a->job = job_payload(e, &j);
 out:
 	job_release(&j);

@@ -47,13 +47,6 @@ void pl_diag_add(struct pl_diags *d, struct pl_pos pos, const char *fmt, ...)
 		va_start(ap, fmt);
 		buf_vprintf(&b, fmt, ap);
 		va_end(ap);
-		/* a node merged into several places reports the same thing once */
-		for (size_t i = 0; i < d->n; i++)
-			if (d->v[i].pos.line == pos.line && d->v[i].pos.col == pos.col &&
-			    !strcmp(d->v[i].msg, buf_cstr(&b))) {
-				buf_release(&b);
-				return;
-			}
 	}
 	if (d->n == d->cap) {
 		d->cap = d->cap ? d->cap * 2 : 8;
@@ -93,13 +86,14 @@ static int pos_before(struct pl_pos a, struct pl_pos b)
 	return la < lb || (la == lb && a.col < b.col);
 }
 
-/* Stable insertion sort by position (at most PL_MAX_DIAGS + 1 entries). */
-static void diags_sort(struct pl_diags *d)
+/* Stable insertion sort by position of d->v[start..] (at most
+ * PL_MAX_DIAGS + 1 entries). */
+static void diags_sort(struct pl_diags *d, size_t start)
 {
-	for (size_t i = 1; i < d->n; i++) {
+	for (size_t i = start + 1; i < d->n; i++) {
 		struct pl_diag x = d->v[i];
 		size_t j = i;
-		while (j > 0 && pos_before(x.pos, d->v[j - 1].pos)) {
+		while (j > start && pos_before(x.pos, d->v[j - 1].pos)) {
 			d->v[j] = d->v[j - 1];
 			j--;
 		}
@@ -109,37 +103,62 @@ static void diags_sort(struct pl_diags *d)
 
 /* ---- whole-pipeline checks ---------------------------------------------- */
 
-static void check_stage_names(struct pl_ctx *c)
+static int by_name(const void *a, const void *b)
 {
-	const struct pipeline *p = c->p;
+	const struct pl_stage *const *x = a, *const *y = b;
+	int c = strcmp((*x)->name, (*y)->name);
+	/* equal names: the earlier stage first, so lookups find the first */
+	return c ? c : (*x < *y ? -1 : *x > *y);
+}
 
-	for (size_t i = 0; i < p->nstages; i++) {
-		if (!p->stages[i].name)
+/* The first stage called name, by binary search in sorted; or -1. */
+static int find_stage(const struct pipeline *p, const struct pl_stage **sorted, size_t n, const char *name)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (strcmp(sorted[mid]->name, name) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && !strcmp(sorted[lo]->name, name) ? (int)(sorted[lo] - p->stages) : -1;
+}
+
+/* Runs of equal names in sorted are duplicates (file order within a run):
+ * each later one is reported at its name, naming the first's line. */
+static void check_stage_names(struct pl_ctx *c, const struct pl_stage **sorted, size_t n)
+{
+	const struct stage_aux *aux = c->aux;
+	const struct pl_stage *base = c->p->stages;
+
+	for (size_t i = 1, first = 0; i < n; i++) {
+		if (strcmp(sorted[i]->name, sorted[first]->name)) {
+			first = i;
 			continue;
-		for (size_t j = 0; j < i; j++) {
-			if (p->stages[j].name && !strcmp(p->stages[i].name, p->stages[j].name)) {
-				pl_diag_add(c->w.d, pos_of(c->aux[i].name_node),
-					    "duplicate stage name '%s' (first defined at line %d)",
-					    p->stages[i].name, pos_of(c->aux[j].name_node).line);
-				break;
-			}
 		}
+		pw_diag(&c->w, pos_of(aux[sorted[i] - base].name_node),
+			"duplicate stage name '%s' (first defined at line %d)", sorted[i]->name,
+			pos_of(aux[sorted[first] - base].name_node).line);
 	}
 }
 
 /*
  * Resolve needs to stage indices: edges[i] lists the stages stage i needs
- * (only the ones that exist, each once, never itself).
+ * (only the ones that exist, each once, never itself).  Linear in the
+ * number of needs, plus lookups in sorted: files are untrusted, so no
+ * quadratic scans.
  */
-static void check_needs(struct pl_ctx *c, size_t **edges, size_t *nedges)
+static void check_needs(struct pl_ctx *c, const struct pl_stage **sorted, size_t nnames,
+			size_t **edges, size_t *nedges)
 {
 	const struct pipeline *p = c->p;
-	const char **names = xcalloc(p->nstages + 1, sizeof(*names));
-	size_t nnames = 0;
+	const char **names = xcalloc(nnames + 1, sizeof(*names));
+	size_t *seen = xcalloc(p->nstages + 1, sizeof(*seen));   /* i + 1 when stage i listed it */
 
-	for (size_t i = 0; i < p->nstages; i++)
-		if (p->stages[i].name)
-			names[nnames++] = p->stages[i].name;
+	for (size_t i = 0; i < nnames; i++)
+		names[i] = sorted[i]->name;
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct pl_stage *st = &p->stages[i];
 		char *who = st->name ? xasprintf("stage '%s'", st->name) : xasprintf("stage %zu", i + 1);
@@ -148,27 +167,28 @@ static void check_needs(struct pl_ctx *c, size_t **edges, size_t *nedges)
 		for (size_t k = 0; k < st->needs.n; k++) {
 			const char *need = st->needs.v[k];
 			struct pl_pos at = pos_of(c->aux[i].need_nodes[k]);
-			int j = pipeline_stage_index(p, need), dup = 0;
+			int j = find_stage(p, sorted, nnames, need);
 			const char *hint;
 
-			for (size_t e = 0; e < k && !dup; e++)
-				dup = !strcmp(st->needs.v[e], need);
-			if (dup) {
-				pl_diag_add(c->w.d, at, "'needs' of %s lists '%s' twice", who, need);
-			} else if (st->name && !strcmp(need, st->name)) {
-				pl_diag_add(c->w.d, at, "%s needs itself", who);
+			if (st->name && !strcmp(need, st->name)) {
+				pw_diag(&c->w, at, "%s needs itself", who);
 			} else if (j < 0) {
-				hint = ota_did_you_mean(need, names, nnames);
-				pl_diag_add(c->w.d, at, "%s needs '%s', which is not a stage in this pipeline%s%s%s",
-					    who, need, hint ? " (did you mean '" : "", hint ? hint : "",
-					    hint ? "'?)" : "");
+				/* suggestions cost time; none once messages are dropped */
+				hint = c->w.d->n < PL_MAX_DIAGS ? pw_did_you_mean(need, names, nnames) : NULL;
+				pw_diag(&c->w, at, "%s needs '%s', which is not a stage in this pipeline%s%s%s",
+					who, need, hint ? " (did you mean '" : "", hint ? hint : "",
+					hint ? "'?)" : "");
+			} else if (seen[j] == i + 1) {
+				pw_diag(&c->w, at, "'needs' of %s lists '%s' twice", who, need);
 			} else {
+				seen[j] = i + 1;
 				edges[i][nedges[i]++] = (size_t)j;
 			}
 		}
 		free(who);
 	}
 	free(names);
+	free(seen);
 }
 
 /* Tarjan's strongly connected components over the needs graph. */
@@ -264,7 +284,7 @@ static void check_cycles(struct pl_ctx *c, size_t **edges, const size_t *nedges)
 		while (len)
 			buf_printf(&b, " -> %s", p->stages[queue[--len]].name);
 		buf_printf(&b, " -> %s", p->stages[s].name);
-		pl_diag_add(c->w.d, p->stages[s].pos, "cycle in needs: %s", buf_cstr(&b));
+		pw_diag(&c->w, p->stages[s].pos, "cycle in needs: %s", buf_cstr(&b));
 		buf_release(&b);
 	}
 	free(g.index);
@@ -280,17 +300,25 @@ static void check_cycles(struct pl_ctx *c, size_t **edges, const size_t *nedges)
 
 static void check_graph(struct pl_ctx *c)
 {
-	size_t n = c->p->nstages;
+	const struct pipeline *p = c->p;
+	size_t n = p->nstages, nnamed = 0;
+	const struct pl_stage **sorted = xcalloc(n + 1, sizeof(*sorted));
 	size_t **edges = xcalloc(n + 1, sizeof(*edges));
 	size_t *nedges = xcalloc(n + 1, sizeof(*nedges));
 
-	check_stage_names(c);
-	check_needs(c, edges, nedges);
+	for (size_t i = 0; i < n; i++)
+		if (p->stages[i].name)
+			sorted[nnamed++] = &p->stages[i];
+	qsort(sorted, nnamed, sizeof(*sorted), by_name);
+
+	check_stage_names(c, sorted, nnamed);
+	check_needs(c, sorted, nnamed, edges, nedges);
 	check_cycles(c, edges, nedges);
 	for (size_t i = 0; i < n; i++)
 		free(edges[i]);
 	free(edges);
 	free(nedges);
+	free(sorted);
 }
 
 /* ---- schema: top level --------------------------------------------------- */
@@ -311,7 +339,7 @@ static void parse_on(struct pl_ctx *c, yaml_node_t *n)
 	if (pw_map_read(&c->w, n, "'on'", "in 'on'", on_keys, &m) < 0)
 		goto out;
 	if (!(push = pw_get(&m, "push"))) {
-		pl_diag_add(c->w.d, pos_of(n), "'on' must have 'push'");
+		pw_diag(&c->w, pos_of(n), "'on' must have 'push'");
 		goto out;
 	}
 	if (!is_null(push->v))   /* `push:` with nothing - every push */
@@ -328,16 +356,16 @@ static void parse_stages(struct pl_ctx *c, yaml_node_t *n)
 	if (pw_expect_seq(&c->w, n, "'stages'", "a list of stages", 0, &items, &nitems) < 0)
 		return;
 	if (nitems == 0)
-		pl_diag_add(c->w.d, pos_of(n), "'stages' must list at least one stage");
+		pw_diag(&c->w, pos_of(n), "'stages' must list at least one stage");
 	if (nitems > PL_MAX_STAGES) {
-		pl_diag_add(c->w.d, pos_of(n), "a pipeline may have at most %d stages, this one has %zu",
-			    PL_MAX_STAGES, nitems);
+		pw_diag(&c->w, pos_of(n), "a pipeline may have at most %d stages, this one has %zu",
+			PL_MAX_STAGES, nitems);
 		nitems = PL_MAX_STAGES;
 	}
 	c->p->stages = xcalloc(nitems + 1, sizeof(*c->p->stages));
 	c->aux = xcalloc(nitems + 1, sizeof(*c->aux));
 	c->p->nstages = nitems;
-	for (size_t i = 0; i < nitems; i++)
+	for (size_t i = 0; i < nitems && !pw_exhausted(&c->w); i++)
 		pl_parse_stage(c, items[i], i);
 	free(items);
 }
@@ -357,7 +385,7 @@ static void parse_top(struct pl_ctx *c, yaml_node_t *root)
 	pw_map_check_keys(w, &m, "at the top level", top_keys, 1);
 
 	if (!(pr = pw_get(&m, "name")))
-		pl_diag_add(w->d, pos_of(root), "missing required key 'name' at the top level");
+		pw_diag(w, pos_of(root), "missing required key 'name' at the top level");
 	else
 		pw_get_string(w, pr->v, "'name'", W_NONEMPTY, &p->name);
 	if ((pr = pw_get(&m, "on")))
@@ -367,16 +395,18 @@ static void parse_top(struct pl_ctx *c, yaml_node_t *root)
 	if ((pr = pw_get(&m, "concurrency")))
 		pw_get_string(w, pr->v, "'concurrency'", W_NONEMPTY, &p->concurrency);
 	if ((pr = pw_get(&m, "gates")))
-		pl_diag_add(w->d, pos_of(pr->k),
-			    "key 'gates' belongs to metric gates (soak/rollout stages), which this version of otacd does not provide yet");
+		pw_diag(w, pos_of(pr->k),
+			"key 'gates' belongs to metric gates (soak/rollout stages), which this version of otacd does not provide yet");
 	if ((pr = pw_get(&m, "version")))
-		pl_diag_add(w->d, pos_of(pr->k),
-			    "key 'version' is reserved for future pipeline format versions; this version of otacd reads only the format without it");
+		pw_diag(w, pos_of(pr->k),
+			"key 'version' is reserved for future pipeline format versions; this version of otacd reads only the format without it");
 	if (!(pr = pw_get(&m, "stages")))
-		pl_diag_add(w->d, pos_of(root), "missing required key 'stages' at the top level");
+		pw_diag(w, pos_of(root), "missing required key 'stages' at the top level");
 	else
 		parse_stages(c, pr->v);
 	pw_map_release(&m);
+	if (pw_exhausted(w))
+		return;
 
 	check_graph(c);
 	for (size_t i = 0; i < p->nstages; i++) {
@@ -440,15 +470,19 @@ int pipeline_parse(struct pipeline **out, const char *file, const char *text,
 	yaml_node_t *root;
 	struct pl_ctx c;
 	struct buf first = BUF_INIT;
+	size_t start;
 	int loaded = 0, rc;
 
 	*out = NULL;
-	pl_diags_init(diags, file);
+	if (!diags->file)   /* zeroed rather than pl_diags_init()ed */
+		diags->file = xstrdup(file && *file ? file : "pipeline.yml");
+	start = diags->n;
 	memset(&c, 0, sizeof(c));
 	c.w.d = diags;
+	c.w.start = start;
 	c.w.doc = &doc;
 	c.p = xcalloc(1, sizeof(*c.p));
-	c.p->file = xstrdup(diags->file);
+	c.p->file = xstrdup(file && *file ? file : diags->file);
 
 	if (!yaml_parser_initialize(&parser)) {
 		pl_diag_add(diags, (struct pl_pos){ 1, 1 }, "out of memory while reading YAML");
@@ -475,16 +509,16 @@ done:
 			free(c.aux[i].need_nodes);
 		free(c.aux);
 	}
-	if (diags->n == 0) {
+	if (diags->n == start) {
 		*out = c.p;
 		return 0;
 	}
-	diags_sort(diags);
-	if (diags->v[0].pos.line > 0)
-		buf_printf(&first, "%s:%d:%d: %s", diags->file, diags->v[0].pos.line,
-			   diags->v[0].pos.col, diags->v[0].msg);
+	diags_sort(diags, start);
+	if (diags->v[start].pos.line > 0)
+		buf_printf(&first, "%s:%d:%d: %s", diags->file, diags->v[start].pos.line,
+			   diags->v[start].pos.col, diags->v[start].msg);
 	else
-		buf_printf(&first, "%s: %s", diags->file, diags->v[0].msg);
+		buf_printf(&first, "%s: %s", diags->file, diags->v[start].msg);
 	rc = ota_error_set(OTA_EINVAL, "%s", buf_cstr(&first));
 	buf_release(&first);
 	pipeline_free(c.p);

@@ -134,8 +134,6 @@ struct pipeline {
 	size_t nstages;
 };
 
-/* A job's timeout when its stage sets none ("timeout_ms" in expanded jobs). */
-#define PL_DEFAULT_TIMEOUT_MS ((int64_t)3600 * 1000)
 /* Most jobs one stage's matrix may expand to. */
 #define PL_MAX_MATRIX_JOBS 256
 /* Most stages in one pipeline. */
@@ -145,12 +143,13 @@ struct pipeline {
 
 /*
  * Parse and validate text (len bytes) as the pipeline file `file`.
- * On success *out is the pipeline and diags is empty.  On failure returns
- * OTA_EINVAL, *out is NULL and diags holds every problem found (YAML syntax
- * errors stop at the first one; schema errors are all collected), sorted
- * by position.  pipeline_parse() initialises diags itself (do not call
- * pl_diags_init() first); call pl_diags_release() afterwards either way.
- * The error slot (ota_error_last) gets the first diagnostic, formatted.
+ * On success *out is the pipeline and nothing is added to diags.  On
+ * failure returns OTA_EINVAL, *out is NULL and diags has every problem
+ * found appended (YAML syntax errors stop at the first one; schema errors
+ * are all collected), sorted by position.  Set diags up with
+ * pl_diags_init() first (a zeroed struct also works: then `file` names
+ * it) and pl_diags_release() it afterwards.  The error slot
+ * (ota_error_last) gets the first new diagnostic, formatted.
  */
 int pipeline_parse(struct pipeline **out, const char *file, const char *text,
 		   size_t len, struct pl_diags *diags);
@@ -174,9 +173,14 @@ int pipeline_filter_match(const struct pl_filter *f, const char *ref);
  *     "env": { "K": "V" },                   -- pipeline env overlaid by stage env
  *     "secrets": [ "NAME" ],
  *     "labels": [ "arm-gcc" ],
- *     "timeout_ms": 3600000,
+ *     "timeout_ms": 3600000,                  -- 0: the stage set none (daemon default)
  *     "retry": { "count": 0, "on": ["script","timeout","infra"], "infra": 2 },
- *     "artifacts": [ { "path": "...", "name": ..., "type": ..., "hardware": ..., "optional": false } ] }
+ *     "artifacts": [ { "path": "...", "name": ..., "type": ..., "hardware": ..., "optional": false } ],
+ *     "stage": "build", "kind": "command",
+ *     "extra": { ... } }                      -- the kind's own keys, {} if none
+ * A step's "name" is always a string: the command's first line when the
+ * file names none.  Artifact name/type/hardware are null when absent.
+ * On failure (a hand-built stage with a bad ${{ }}) returns OTA_EINVAL.
  */
 int pipeline_expand_stage(const struct pipeline *p, const struct pl_stage *st, json_t **out);
 

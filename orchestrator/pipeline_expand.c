@@ -91,10 +91,9 @@ int pl_subst(const char *s, const struct pl_stage *st, const size_t *choice,
 				q++;
 		}
 		if (!namelen || q != close) {
-			if (shown > 60)
-				return subst_error(err, "unsupported expression '%.40s...' (only ${{ matrix.NAME }} is available)", open);
-			return subst_error(err, "unsupported expression '%.*s' (only ${{ matrix.NAME }} is available)",
-					   (int)shown, open);
+			size_t cut = pw_utf8_cut(open, shown, 40);
+			return subst_error(err, "unsupported expression '%.*s%s' (only ${{ matrix.NAME }} is available)",
+					   (int)cut, open, cut < shown ? "..." : "");
 		}
 		if (!st)
 			return subst_error(err, "'${{ matrix.%.*s }}' can only be used inside a stage",
@@ -110,7 +109,7 @@ int pl_subst(const char *s, const struct pl_stage *st, const size_t *choice,
 
 			for (size_t k = 0; k < st->nmatrix; k++)
 				names[k] = st->matrix[k].name;
-			hint = ota_did_you_mean(want, names, st->nmatrix);
+			hint = pw_did_you_mean(want, names, st->nmatrix);
 			if (!st->nmatrix)
 				rc = subst_error(err, "'${{ matrix.%s }}' refers to a matrix axis, but stage '%s' has no 'matrix'",
 						 want, st->name ? st->name : "?");
@@ -210,14 +209,10 @@ static json_t *step_title(const char *run)
 	while (*run == ' ' || *run == '\t' || *run == '\n')
 		run++;
 	len = strcspn(run, "\n");
-	if (len > 72) {
-		len = 72;
-		while (len > 0 && ((unsigned char)run[len] & 0xc0) == 0x80)
-			len--;
-		t = xasprintf("%.*s...", (int)len, run);
-	} else {
+	if (len > 72)
+		t = xasprintf("%.*s...", (int)pw_utf8_cut(run, len, 72), run);
+	else
 		t = xstrndup(run, len);
-	}
 	j = jstr(t);
 	free(t);
 	return j;
@@ -310,10 +305,11 @@ static json_t *job_new(const struct pipeline *p, const struct pl_stage *st, cons
 	json_object_set_new(job, "env", env);
 	json_object_set_new(job, "secrets", secrets);
 	json_object_set_new(job, "labels", labels);
-	json_object_set_new(job, "timeout_ms",
-			    json_integer(st->timeout_ms > 0 ? st->timeout_ms : PL_DEFAULT_TIMEOUT_MS));
+	json_object_set_new(job, "timeout_ms", json_integer(st->timeout_ms > 0 ? st->timeout_ms : 0));
 	json_object_set_new(job, "retry", job_retry(&st->retry));
 	json_object_set_new(job, "artifacts", arts);
+	json_object_set_new(job, "kind", jstr(st->kind ? st->kind : "command"));
+	json_object_set_new(job, "extra", st->extra ? json_deep_copy(st->extra) : json_object());
 	if (bad) {
 		json_decref(job);
 		return NULL;

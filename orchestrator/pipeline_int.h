@@ -20,10 +20,24 @@
 
 /* ---- the walker (pipeline_walk.c) -------------------------------------- */
 
+/*
+ * Most units of work one file may cost: list items, mapping pairs, values
+ * converted to JSON, artifact paths checked per matrix job.  Aliases make
+ * a small file describe a huge tree ("stages: [*s, *s, ...]" where s holds
+ * 10,000 steps); the budget keeps parsing it small and fast.
+ */
+#define PL_MAX_WORK 200000
+
+/* Sizes past any real pipeline, so duplicate checks stay cheap. */
+#define PL_MAX_KEYS 1000         /* keys in one mapping (env ...) */
+#define PL_MAX_SECRETS 100       /* secrets of one stage */
+#define PL_MAX_AXES 32           /* axes of one matrix */
+
 struct walker {
 	yaml_document_t *doc;
 	struct pl_diags *d;
-	size_t extra_nodes;   /* values converted by pw_to_json (alias bombs) */
+	size_t start;         /* d->v[start..] are this parse's diagnostics */
+	size_t work;          /* spent of PL_MAX_WORK */
 };
 
 /* One key of a mapping, after merge keys ("<<") are resolved.  Borrowed
@@ -89,6 +103,10 @@ static inline int is_null(const yaml_node_t *n)
 	       !strcmp(s, "NULL");
 }
 
+/* Length of at most max bytes of s (len bytes), cut at a UTF-8 character
+ * boundary: messages go out as JSON strings. */
+size_t pw_utf8_cut(const char *s, size_t len, size_t max);
+
 /* What a node is, for "got ..." in messages: "a list", "'abc'" ... */
 struct got {
 	char s[72];
@@ -100,6 +118,20 @@ struct got pw_got(const yaml_node_t *n);
  * caller ("'timeout'", "each item of 'needs'") so they can be phrases.
  */
 void pw_wrong_type(struct walker *w, const yaml_node_t *n, const char *subject, const char *shape);
+
+/* pl_diag_add() once: a node merged or aliased into several places would
+ * otherwise report the same problem at the same position again. */
+void pw_diag(struct walker *w, struct pl_pos pos, const char *fmt, ...) OTA_PRINTF(3, 4);
+
+/* Spend units of the work budget; -1 once it is exhausted (reported once,
+ * at node at). */
+int pw_spend(struct walker *w, const yaml_node_t *at, size_t units);
+
+/* After that, walking on would only report what is missing because of it. */
+static inline int pw_exhausted(const struct walker *w)
+{
+	return w->work > PL_MAX_WORK;
+}
 
 /* Each returns 0, or -1 after adding a diagnostic. */
 int pw_expect_map(struct walker *w, const yaml_node_t *n, const char *subject);
@@ -128,6 +160,10 @@ int pw_map_read(struct walker *w, yaml_node_t *n, const char *subject, const cha
 struct pair *pw_get(const struct map *m, const char *key);
 void pw_map_release(struct map *m);
 
+/* ota_did_you_mean() for untrusted words: no suggestion for (or of) names
+ * longer than 64 bytes, where edit distances would only cost time. */
+const char *pw_did_you_mean(const char *word, const char *const *candidates, size_t n);
+
 /* Is s in the NULL-terminated list (list may be NULL)? */
 int pw_in_list(const char *const *list, const char *s);
 
@@ -148,6 +184,7 @@ struct pl_ctx {
 	struct walker w;
 	struct pipeline *p;
 	struct stage_aux *aux;      /* parallel to p->stages */
+	int matrix_failed;          /* the current stage's matrix had problems */
 };
 
 /* Stage idx of c->p->stages from node n. */

@@ -85,9 +85,10 @@ static int check_expr(struct pl_ctx *c, const struct pl_stage *st, const yaml_no
 {
 	char *err = NULL;
 
-	if (pl_subst(s, st, NULL, NULL, &err) == 0)
+	/* with a broken matrix, "no such axis" would be noise */
+	if (c->matrix_failed || pl_subst(s, st, NULL, NULL, &err) == 0)
 		return 0;
-	pl_diag_add(c->w.d, pos_of(n), "%s", err);
+	pw_diag(&c->w, pos_of(n), "%s", err);
 	free(err);
 	return -1;
 }
@@ -121,7 +122,7 @@ static void parse_globs(struct pl_ctx *c, yaml_node_t *n, const char *subject, s
 		if (pw_get_string(&c->w, items[i], "each glob", 0, &s) < 0)
 			continue;
 		if ((why = glob_problem(s)))
-			pl_diag_add(c->w.d, pos_of(items[i]), "invalid glob '%s': %s", s, why);
+			pw_diag(&c->w, pos_of(items[i]), "invalid glob '%s': %s", s, why);
 		else
 			strvec_push(out, s);
 		free(s);
@@ -157,7 +158,7 @@ void pl_parse_filter(struct pl_ctx *c, yaml_node_t *n, const char *name, const c
 		free(s);
 	}
 	if (!br && !tg && c->w.d->n == before)   /* not after "unknown key 'branch'" */
-		pl_diag_add(c->w.d, pos_of(n), "'%s' must list 'branches' or 'tags' (or both)", name);
+		pw_diag(&c->w, pos_of(n), "'%s' must list 'branches' or 'tags' (or both)", name);
 out:
 	pw_map_release(&m);
 	free(subject);
@@ -180,9 +181,9 @@ void pl_parse_env(struct pl_ctx *c, const struct pl_stage *st, yaml_node_t *n,
 		int rc = 0;
 
 		if (!is_ident(m.v[i].key)) {
-			pl_diag_add(c->w.d, pos_of(m.v[i].k),
-				    "environment variable name '%s' must be letters, digits and '_', not starting with a digit",
-				    m.v[i].key);
+			pw_diag(&c->w, pos_of(m.v[i].k),
+				"environment variable name '%s' must be letters, digits and '_', not starting with a digit",
+				m.v[i].key);
 			continue;
 		}
 		subject = xasprintf("'env.%s'", m.v[i].key);
@@ -233,8 +234,8 @@ static void parse_matrix(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n)
 
 	if (pw_map_read(&c->w, n, "'matrix'", NULL, NULL, &m) < 0)
 		goto out;
-	if (m.n == 0) {
-		pl_diag_add(c->w.d, pos_of(n), "'matrix' must have at least one axis");
+	if (m.n == 0 || m.n > PL_MAX_AXES) {
+		pw_diag(&c->w, pos_of(n), "'matrix' must have from 1 to %d axes", PL_MAX_AXES);
 		goto out;
 	}
 	st->matrix = xcalloc(m.n, sizeof(*st->matrix));
@@ -248,13 +249,18 @@ static void parse_matrix(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n)
 		ax->name = xstrdup(m.v[i].key);
 		ax->pos = pos_of(m.v[i].k);
 		if (!is_ident(ax->name))
-			pl_diag_add(c->w.d, ax->pos,
-				    "matrix axis name '%s' must be letters, digits and '_', not starting with a digit",
-				    ax->name);
+			pw_diag(&c->w, ax->pos,
+				"matrix axis name '%s' must be letters, digits and '_', not starting with a digit",
+				ax->name);
 		if (pw_expect_seq(&c->w, m.v[i].v, subject, "a non-empty list of values", 0, &items, &nitems) < 0)
 			goto next;
 		if (nitems == 0) {
 			pw_wrong_type(&c->w, m.v[i].v, subject, "a non-empty list of values");
+			goto next;
+		}
+		if (nitems > PL_MAX_MATRIX_JOBS) {
+			pw_diag(&c->w, pos_of(m.v[i].v), "%s has %zu values, more than the limit of %d jobs per stage",
+				subject, nitems, PL_MAX_MATRIX_JOBS);
 			goto next;
 		}
 		ax->values = xcalloc(nitems, sizeof(*ax->values));
@@ -267,8 +273,8 @@ static void parse_matrix(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n)
 			for (size_t k = 0; k < ax->nvalues && !dup; k++)
 				dup = !strcmp(ax->values[k], s);
 			if (dup) {
-				pl_diag_add(c->w.d, pos_of(items[j]), "matrix axis '%s' lists '%s' twice",
-					    ax->name, s);
+				pw_diag(&c->w, pos_of(items[j]), "matrix axis '%s' lists '%s' twice",
+					ax->name, s);
 				free(s);
 				continue;
 			}
@@ -283,11 +289,11 @@ next:
 	jobs = pl_matrix_count(st->matrix, st->nmatrix);
 	if (jobs > PL_MAX_MATRIX_JOBS) {
 		if (jobs == SIZE_MAX)
-			pl_diag_add(c->w.d, pos_of(n), "'matrix' expands to far more than %d jobs (the limit per stage)",
-				    PL_MAX_MATRIX_JOBS);
+			pw_diag(&c->w, pos_of(n), "'matrix' expands to far more than %d jobs (the limit per stage)",
+				PL_MAX_MATRIX_JOBS);
 		else
-			pl_diag_add(c->w.d, pos_of(n), "'matrix' expands to %zu jobs, more than the limit of %d per stage",
-				    jobs, PL_MAX_MATRIX_JOBS);
+			pw_diag(&c->w, pos_of(n), "'matrix' expands to %zu jobs, more than the limit of %d per stage",
+				jobs, PL_MAX_MATRIX_JOBS);
 	}
 out:
 	pw_map_release(&m);
@@ -301,7 +307,7 @@ static void parse_steps(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, c
 	if (pw_expect_seq(&c->w, n, "'steps'", "a list of steps", 0, &items, &nitems) < 0)
 		return;
 	if (nitems == 0)
-		pl_diag_add(c->w.d, pos_of(n), "'steps' must list at least one step");
+		pw_diag(&c->w, pos_of(n), "'steps' must list at least one step");
 	st->steps = xcalloc(nitems + 1, sizeof(*st->steps));
 	for (size_t i = 0; i < nitems; i++) {
 		struct pl_step *step = &st->steps[st->nsteps];
@@ -331,7 +337,7 @@ static void parse_steps(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, c
 			get_subst(c, st, name->v, "'name' of a step", W_NONEMPTY, &step->name);
 		if (!run) {
 			if (c->w.d->n == before)   /* not after "unknown key 'rnu'" */
-				pl_diag_add(c->w.d, step->pos, "step %zu of %s has no 'run'", i + 1, who);
+				pw_diag(&c->w, step->pos, "step %zu of %s has no 'run'", i + 1, who);
 		} else if (get_subst(c, st, run->v, "'run'", W_NONEMPTY, &step->run) == 0) {
 			st->nsteps++;
 		}
@@ -351,15 +357,19 @@ static void parse_secrets(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n)
 
 	if (pw_expect_seq(&c->w, n, "'secrets'", "a list of secret names", 0, &items, &nitems) < 0)
 		return;
+	if (nitems > PL_MAX_SECRETS) {
+		pw_diag(&c->w, pos_of(n), "a stage may name at most %d secrets", PL_MAX_SECRETS);
+		nitems = 0;
+	}
 	for (size_t i = 0; i < nitems; i++) {
 		char *s = NULL;
 		if (pw_get_string(&c->w, items[i], "each secret name", W_NONEMPTY, &s) < 0)
 			continue;
 		if (!is_ident(s))
-			pl_diag_add(c->w.d, pos_of(items[i]),
-				    "secret name '%s' must be letters, digits and '_', not starting with a digit", s);
+			pw_diag(&c->w, pos_of(items[i]),
+				"secret name '%s' must be letters, digits and '_', not starting with a digit", s);
 		else if (strvec_contains(&st->secrets, s))
-			pl_diag_add(c->w.d, pos_of(items[i]), "secret '%s' is listed twice", s);
+			pw_diag(&c->w, pos_of(items[i]), "secret '%s' is listed twice", s);
 		else
 			strvec_push(&st->secrets, s);
 		free(s);
@@ -402,7 +412,7 @@ static void parse_timeout(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n)
 		return;
 	}
 	if (ms <= 0) {
-		pl_diag_add(c->w.d, pos_of(n), "'timeout' must be longer than 0");
+		pw_diag(&c->w, pos_of(n), "'timeout' must be longer than 0");
 		return;
 	}
 	st->timeout_ms = ms;
@@ -445,12 +455,12 @@ static void parse_retry(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, c
 				;
 			if (failure_kinds[k]) {
 				st->retry.on |= 1u << k;
-			} else if ((hint = ota_did_you_mean(s, failure_kinds, 3))) {
-				pl_diag_add(c->w.d, pos_of(items[i]),
-					    "unknown failure kind '%s' in 'retry.on' (did you mean '%s'?)", s, hint);
+			} else if ((hint = pw_did_you_mean(s, failure_kinds, 3))) {
+				pw_diag(&c->w, pos_of(items[i]),
+					"unknown failure kind '%s' in 'retry.on' (did you mean '%s'?)", s, hint);
 			} else {
-				pl_diag_add(c->w.d, pos_of(items[i]),
-					    "unknown failure kind '%s' in 'retry.on' (expected script, timeout or infra)", s);
+				pw_diag(&c->w, pos_of(items[i]),
+					"unknown failure kind '%s' in 'retry.on' (expected script, timeout or infra)", s);
 			}
 			free(s);
 		}
@@ -467,11 +477,12 @@ static void check_artifact_path(struct pl_ctx *c, const struct pl_stage *st, con
 	size_t *choice;
 
 	if (!pl_path_is_safe(s)) {
-		pl_diag_add(c->w.d, pos_of(n),
-			    "artifact %s '%s' must be relative to the workspace, without '..'", what, s);
+		pw_diag(&c->w, pos_of(n),
+			"artifact %s '%s' must be relative to the workspace, without '..'", what, s);
 		return;
 	}
-	if (!strstr(s, "${{") || jobs > PL_MAX_MATRIX_JOBS || pl_subst(s, st, NULL, NULL, NULL) < 0)
+	if (!strstr(s, "${{") || jobs > PL_MAX_MATRIX_JOBS || pl_subst(s, st, NULL, NULL, NULL) < 0 ||
+	    pw_spend(&c->w, n, jobs) < 0)
 		return;
 	choice = xcalloc(st->nmatrix + 1, sizeof(*choice));
 	for (size_t k = 0; k < jobs; k++) {
@@ -482,9 +493,9 @@ static void check_artifact_path(struct pl_ctx *c, const struct pl_stage *st, con
 		pl_subst(s, st, choice, &b, NULL);
 		bad = !pl_path_is_safe(buf_cstr(&b));
 		if (bad)
-			pl_diag_add(c->w.d, pos_of(n),
-				    "artifact %s '%s' becomes '%s' for one of the matrix jobs; it must be relative to the workspace, without '..'",
-				    what, s, buf_cstr(&b));
+			pw_diag(&c->w, pos_of(n),
+				"artifact %s '%s' becomes '%s' for one of the matrix jobs; it must be relative to the workspace, without '..'",
+				what, s, buf_cstr(&b));
 		buf_release(&b);
 		if (bad)
 			break;
@@ -526,7 +537,7 @@ static void parse_artifacts(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *
 		free(in);
 		if (!(pr = pw_get(&m, "path"))) {
 			if (c->w.d->n == before)   /* not after "unknown key 'paht'" */
-				pl_diag_add(c->w.d, a->pos, "artifact %zu of %s has no 'path'", i + 1, who);
+				pw_diag(&c->w, a->pos, "artifact %zu of %s has no 'path'", i + 1, who);
 			ok = 0;
 		} else if (get_subst(c, st, pr->v, "'path'", W_NONEMPTY, &a->path) == 0) {
 			check_artifact_path(c, st, pr->v, "path", a->path);
@@ -583,19 +594,19 @@ static void resolve_kind(struct pl_ctx *c, struct pl_stage *st, const yaml_node_
 		buf_printf(&names, "%s%s", i ? ", " : "", avail[i]);
 	}
 	if (is_planned) {
-		pl_diag_add(c->w.d, pos_of(at),
-			    "stage kind '%s' is not available in this version of otacd (available: %s)",
-			    st->kind, buf_cstr(&names));
+		pw_diag(&c->w, pos_of(at),
+			"stage kind '%s' is not available in this version of otacd (available: %s)",
+			st->kind, buf_cstr(&names));
 		goto out;
 	}
 	for (size_t i = 0; planned[i]; i++)
 		strvec_push(&all, planned[i]);
-	hint = ota_did_you_mean(st->kind, (const char *const *)all.v, all.n);
+	hint = pw_did_you_mean(st->kind, (const char *const *)all.v, all.n);
 	if (hint)
-		pl_diag_add(c->w.d, pos_of(at), "unknown stage kind '%s' (did you mean '%s'?)", st->kind, hint);
+		pw_diag(&c->w, pos_of(at), "unknown stage kind '%s' (did you mean '%s'?)", st->kind, hint);
 	else
-		pl_diag_add(c->w.d, pos_of(at), "unknown stage kind '%s' (available: %s)",
-			    st->kind, buf_cstr(&names));
+		pw_diag(&c->w, pos_of(at), "unknown stage kind '%s' (available: %s)",
+			st->kind, buf_cstr(&names));
 out:
 	strvec_clear(&all);
 	buf_release(&names);
@@ -621,16 +632,18 @@ void pl_parse_stage(struct pl_ctx *c, yaml_node_t *n, size_t idx)
 		goto out;
 	}
 	pw_map_collect(w, n, &m, 1, 0);
+	if (pw_exhausted(w))
+		goto out;
 
 	/* name and kind first: the messages about the other keys use them */
 	if ((pr = pw_get(&m, "name"))) {
 		aux->name_node = pr->v;
 		if (pw_get_string(w, pr->v, "'name'", W_NONEMPTY, &st->name) == 0 && !is_stage_name(st->name)) {
-			pl_diag_add(w->d, pos_of(pr->v),
-				    "stage name '%s' may only contain letters, digits, '_', '.' and '-'", st->name);
+			pw_diag(w, pos_of(pr->v),
+				"stage name '%s' may only contain letters, digits, '_', '.' and '-'", st->name);
 		}
 	} else {
-		pl_diag_add(w->d, st->pos, "stage %zu has no 'name'", idx + 1);
+		pw_diag(w, st->pos, "stage %zu has no 'name'", idx + 1);
 	}
 	who = st->name ? xasprintf("stage '%s'", st->name) : xasprintf("stage %zu", idx + 1);
 	where = xasprintf("in %s", who);
@@ -652,21 +665,25 @@ void pl_parse_stage(struct pl_ctx *c, yaml_node_t *n, size_t idx)
 		pw_map_check_keys(w, &m, where, (const char *const *)known.v, 0);
 	}
 
-	if ((pr = generic(&m, st, "matrix")))  /* before anything using ${{ matrix.x }} */
+	c->matrix_failed = 0;
+	if ((pr = generic(&m, st, "matrix"))) {  /* before anything using ${{ matrix.x }} */
+		size_t had = w->d->n;
 		parse_matrix(c, st, pr->v);
+		c->matrix_failed = w->d->n != had;
+	}
 	if ((pr = generic(&m, st, "needs")))
 		parse_needs(c, st, aux, pr->v);
 	if ((pr = generic(&m, st, "when")))
 		pl_parse_filter(c, pr->v, "when", of, &st->when);
 	if ((pr = generic(&m, st, "steps"))) {
 		if (st->impl && !st->impl->runs_steps)
-			pl_diag_add(w->d, pos_of(pr->k), "stage kind '%s' does not run steps; remove 'steps'",
-				    st->kind);
+			pw_diag(w, pos_of(pr->k), "stage kind '%s' does not run steps; remove 'steps'",
+				st->kind);
 		else
 			parse_steps(c, st, pr->v, who);
 	} else if (st->impl && st->impl->runs_steps && !kind_claims(st->impl, "steps")) {
-		pl_diag_add(w->d, st->pos, "%s has no 'steps' (kind '%s' runs at least one)",
-			    who, st->kind);
+		pw_diag(w, st->pos, "%s has no 'steps' (kind '%s' runs at least one)",
+			who, st->kind);
 	}
 	if ((pr = generic(&m, st, "env")))
 		pl_parse_env(c, st, pr->v, &st->env);

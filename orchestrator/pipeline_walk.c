@@ -11,8 +11,10 @@
  * keys ("<<: *defaults") are handled once for every level of the schema.
  *
  * Aliases are resolved by libyaml's document API (an alias is the anchor's
- * node), which also means a document can refer to itself; every recursion
- * here is bounded (merge depth, JSON depth and a node budget).
+ * node), which also means a document can refer to itself and a few bytes
+ * can stand for a huge tree: every recursion here has a depth limit, and
+ * every list item and mapping pair walked is charged to a work budget
+ * (pw_spend), so an "alias bomb" costs at most PL_MAX_WORK steps.
  */
 #include "pipeline_int.h"
 
@@ -21,10 +23,8 @@
 
 #define MAX_MERGE_DEPTH 8    /* "<<: *anchor" chains (and self-merges) */
 #define MAX_EXTRA_DEPTH 32   /* nesting of kind-specific values */
-#define MAX_EXTRA_NODES 10000
 
-/* Length of at most max bytes of s, cut at a UTF-8 character boundary. */
-static size_t utf8_cut(const char *s, size_t len, size_t max)
+size_t pw_utf8_cut(const char *s, size_t len, size_t max)
 {
 	if (len <= max)
 		return len;
@@ -48,18 +48,47 @@ struct got pw_got(const yaml_node_t *n)
 	} else {
 		s = sval(n);
 		len = strcspn(s, "\r\n");
-		cut = utf8_cut(s, len, 40);
+		cut = pw_utf8_cut(s, len, 40);
 		snprintf(g.s, sizeof(g.s), "'%.*s%s'", (int)cut, s,
 			 cut < n->data.scalar.length ? "..." : "");
 	}
 	return g;
 }
 
+void pw_diag(struct walker *w, struct pl_pos pos, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT;
+	va_list ap;
+
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	for (size_t i = w->start; i < w->d->n; i++)
+		if (w->d->v[i].pos.line == pos.line && w->d->v[i].pos.col == pos.col &&
+		    !strcmp(w->d->v[i].msg, buf_cstr(&b)))
+			goto out;
+	pl_diag_add(w->d, pos, "%s", buf_cstr(&b));
+out:
+	buf_release(&b);
+}
+
+int pw_spend(struct walker *w, const yaml_node_t *at, size_t units)
+{
+	if (w->work > PL_MAX_WORK)
+		return -1;   /* already reported */
+	w->work = units > PL_MAX_WORK ? PL_MAX_WORK + 1 : w->work + units;
+	if (w->work <= PL_MAX_WORK)
+		return 0;
+	pw_diag(w, pos_of(at), "the pipeline is too large: more than %d items to check (an alias counts once per use, a templated artifact once per matrix job)",
+		PL_MAX_WORK);
+	return -1;
+}
+
 /* "SUBJECT must be SHAPE, got X" - subject comes quoted by the caller. */
 void pw_wrong_type(struct walker *w, const yaml_node_t *n, const char *subject,
 		   const char *shape)
 {
-	pl_diag_add(w->d, pos_of(n), "%s must be %s, got %s", subject, shape, pw_got(n).s);
+	pw_diag(w, pos_of(n), "%s must be %s, got %s", subject, shape, pw_got(n).s);
 }
 
 int pw_expect_map(struct walker *w, const yaml_node_t *n, const char *subject)
@@ -90,6 +119,8 @@ int pw_expect_seq(struct walker *w, yaml_node_t *n, const char *subject,
 		pw_wrong_type(w, n, subject, shape);
 		return -1;
 	}
+	if (pw_spend(w, n, (size_t)(n->data.sequence.items.top - n->data.sequence.items.start)) < 0)
+		return -1;
 	*items = xcalloc((size_t)(n->data.sequence.items.top - n->data.sequence.items.start) + 1,
 			 sizeof(**items));
 	for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
@@ -108,11 +139,11 @@ int pw_get_string(struct walker *w, const yaml_node_t *n, const char *subject,
 		return -1;
 	}
 	if (has_nul(n)) {
-		pl_diag_add(w->d, pos_of(n), "%s must not contain NUL characters", subject);
+		pw_diag(w, pos_of(n), "%s must not contain NUL characters", subject);
 		return -1;
 	}
 	if ((flags & W_NONEMPTY) && !*sval(n)) {
-		pl_diag_add(w->d, pos_of(n), "%s must not be empty", subject);
+		pw_diag(w, pos_of(n), "%s must not be empty", subject);
 		return -1;
 	}
 	free(*out);
@@ -135,8 +166,8 @@ int pw_get_int(struct walker *w, const yaml_node_t *n, const char *subject,
 			return 0;
 		}
 	}
-	pl_diag_add(w->d, pos_of(n), "%s must be an integer from %d to %d, got %s",
-		    subject, lo, hi, pw_got(n).s);
+	pw_diag(w, pos_of(n), "%s must be an integer from %d to %d, got %s",
+		subject, lo, hi, pw_got(n).s);
 	return -1;
 }
 
@@ -204,7 +235,14 @@ void pw_map_collect(struct walker *w, yaml_node_t *n, struct map *m, int own, in
 	yaml_node_pair_t *start = n->data.mapping.pairs.start, *top = n->data.mapping.pairs.top;
 
 	if (depth > MAX_MERGE_DEPTH) {
-		pl_diag_add(w->d, pos_of(n), "merge keys ('<<') nest more than %d deep (does a mapping merge itself?)", MAX_MERGE_DEPTH);
+		pw_diag(w, pos_of(n), "merge keys ('<<') nest more than %d deep (does a mapping merge itself?)",
+			MAX_MERGE_DEPTH);
+		return;
+	}
+	if (pw_spend(w, n, (size_t)(top - start)) < 0)
+		return;
+	if (m->n + (size_t)(top - start) > PL_MAX_KEYS) {
+		pw_diag(w, pos_of(n), "a mapping may have at most %d keys", PL_MAX_KEYS);
 		return;
 	}
 	for (yaml_node_pair_t *pr = start; pr < top; pr++) {
@@ -214,15 +252,15 @@ void pw_map_collect(struct walker *w, yaml_node_t *n, struct map *m, int own, in
 		if (!k || !v)
 			continue;
 		if (!is_scalar(k) || is_null(k) || has_nul(k)) {
-			pl_diag_add(w->d, pos_of(k), "keys must be strings, got %s", pw_got(k).s);
+			pw_diag(w, pos_of(k), "keys must be strings, got %s", pw_got(k).s);
 			continue;
 		}
 		if (is_merge_key(k))
 			continue;
 		old = pw_get(m, sval(k));
 		if (old && own)
-			pl_diag_add(w->d, pos_of(k), "duplicate key '%s' (first at line %d)",
-				    sval(k), pos_of(old->k).line);
+			pw_diag(w, pos_of(k), "duplicate key '%s' (first at line %d)",
+				sval(k), pos_of(old->k).line);
 		else if (!old)
 			map_push(m, sval(k), k, v);
 	}
@@ -259,6 +297,27 @@ static size_t nkeys(const char *const *keys)
 	return n;
 }
 
+const char *pw_did_you_mean(const char *word, const char *const *candidates, size_t n)
+{
+	const char *short_ones[64];
+	size_t k = 0;
+
+	if (strlen(word) > 64)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (strlen(candidates[i]) > 64)
+			continue;
+		if (k == OTA_ARRAY_SIZE(short_ones)) {
+			const char *best = ota_did_you_mean(word, short_ones, k);
+			k = 0;
+			if (best)
+				short_ones[k++] = best;   /* keep the best so far */
+		}
+		short_ones[k++] = candidates[i];
+	}
+	return ota_did_you_mean(word, short_ones, k);
+}
+
 int pw_in_list(const char *const *list, const char *s)
 {
 	for (size_t i = 0; list && list[i]; i++)
@@ -287,7 +346,7 @@ void pw_map_check_keys(struct walker *w, struct map *m, const char *where,
 		}
 		if (dot_keys_ok && key[0] == '.')
 			continue;
-		hint = ota_did_you_mean(key, known, nknown);
+		hint = pw_did_you_mean(key, known, nknown);
 		if (hint) {
 			buf_printf(&b, " (did you mean '%s'?)", hint);
 		} else if (nknown <= 5) {
@@ -296,7 +355,7 @@ void pw_map_check_keys(struct walker *w, struct map *m, const char *where,
 				buf_printf(&b, "%s'%s'", j == 0 ? "" : j + 1 == nknown ? " or " : ", ", known[j]);
 			buf_puts(&b, ")");
 		}
-		pl_diag_add(w->d, pos_of(m->v[i].k), "unknown key '%s' %s%s", key, where, buf_cstr(&b));
+		pw_diag(w, pos_of(m->v[i].k), "unknown key '%s' %s%s", key, where, buf_cstr(&b));
 		buf_release(&b);
 	}
 	m->n = kept;
@@ -348,13 +407,15 @@ json_t *pw_to_json(struct walker *w, yaml_node_t *n, int depth)
 {
 	json_t *j, *v;
 
-	if (depth > MAX_EXTRA_DEPTH || w->extra_nodes++ > MAX_EXTRA_NODES) {
-		pl_diag_add(w->d, pos_of(n), "value is nested too deeply or too large");
+	if (depth > MAX_EXTRA_DEPTH) {
+		pw_diag(w, pos_of(n), "value is nested more than %d deep", MAX_EXTRA_DEPTH);
 		return NULL;
 	}
+	if (pw_spend(w, n, 1) < 0)
+		return NULL;
 	if (is_scalar(n)) {
 		if (!(j = scalar_to_json(n)))
-			pl_diag_add(w->d, pos_of(n), "value is not valid UTF-8");
+			pw_diag(w, pos_of(n), "value is not valid UTF-8");
 		return j;
 	}
 	if (n->type == YAML_SEQUENCE_NODE) {

@@ -34,7 +34,10 @@ static struct pipeline *parse_ok(const char *yaml)
 	struct pipeline *p = NULL;
 	struct pl_diags d;
 	struct buf msg = BUF_INIT;
-	int rc = pipeline_parse(&p, FILE_NAME, yaml, strlen(yaml), &d);
+	int rc;
+
+	pl_diags_init(&d, FILE_NAME);
+	rc = pipeline_parse(&p, FILE_NAME, yaml, strlen(yaml), &d);
 
 	if (rc != 0) {
 		pl_diags_format(&d, &msg);
@@ -54,7 +57,10 @@ static char *parse_bad_len(const char *yaml, size_t len)
 	struct pipeline *p = (struct pipeline *)1;
 	struct pl_diags d;
 	struct buf msg = BUF_INIT;
-	int rc = pipeline_parse(&p, FILE_NAME, yaml, len, &d);
+	int rc;
+
+	pl_diags_init(&d, FILE_NAME);
+	rc = pipeline_parse(&p, FILE_NAME, yaml, len, &d);
 
 	assert_int_equal(rc, OTA_EINVAL);
 	assert_null(p);
@@ -493,6 +499,25 @@ static const struct bad_case bad_cases[] = {
 	  "p.yml:3:34: 'when' must list 'branches' or 'tags' (or both)" },
 	{ "when_unknown_key_suggests_branches", HEAD "  - { name: a, steps: [x], when: { branch: [main] } }\n",
 	  "p.yml:3:36: unknown key 'branch' in 'when' of stage 'a' (did you mean 'branches'?)" },
+	{ "when_must_be_a_mapping", HEAD "  - { name: a, steps: [x], when: main }\n",
+	  "p.yml:3:34: 'when' must be a mapping, got 'main'" },
+	{ "agent_must_be_a_mapping", HEAD "  - { name: a, steps: [x], agent: linux }\n",
+	  "p.yml:3:35: 'agent' must be a mapping, got 'linux'" },
+	{ "secrets_must_be_a_list", HEAD "  - { name: a, steps: [x], secrets: KEY }\n",
+	  "p.yml:3:37: 'secrets' must be a list of secret names, got 'KEY'" },
+	{ "kind_must_be_a_string", HEAD "  - { name: a, kind: [command], steps: [x] }\n",
+	  "p.yml:3:22: 'kind' must be a string, got a list" },
+	{ "step_name_must_be_a_string", HEAD "  - { name: a, steps: [ { name: [x], run: make } ] }\n",
+	  "p.yml:3:33: 'name' of a step must be a string, got a list" },
+	{ "artifact_must_be_a_path_or_mapping", HEAD "  - { name: a, steps: [x], artifacts: [[x]] }\n",
+	  "p.yml:3:40: each artifact must be a path or a mapping with 'path', got a list" },
+	{ "matrix_value_must_be_a_scalar", HEAD "  - { name: a, matrix: { b: [[1]] }, steps: [x] }\n",
+	  "p.yml:3:30: each matrix value must be a string, got a list" },
+	{ "third_stage_with_a_taken_name_names_the_first",
+	  HEAD "  - { name: a, steps: [x] }\n  - { name: b, steps: [x] }\n  - { name: a, steps: [y] }\n  - { name: a, steps: [z] }\n",
+	  "p.yml:6:13: duplicate stage name 'a' (first defined at line 3)" },
+	{ "self_merging_mapping_is_reported_not_followed", HEAD "  - &s { <<: *s, name: a, steps: [x] }\n",
+	  "p.yml:3:5: merge keys ('<<') nest more than 8 deep (does a mapping merge itself?)" },
 };
 
 /* Does some line of text start with prefix? */
@@ -566,12 +591,34 @@ static void diagnostics_stop_after_the_cap(void **state)
 	buf_puts(&y, "name: p\nstages:\n");
 	for (int i = 0; i < 300; i++)
 		buf_printf(&y, "  - { name: s%d, stpes: [x] }\n", i);
+	pl_diags_init(&d, "big.yml");
 	assert_int_equal(pipeline_parse(&p, "big.yml", y.ptr, y.len, &d), OTA_EINVAL);
 	assert_int_equal(d.n, PL_MAX_DIAGS + 1);
 	assert_int_equal(d.v[PL_MAX_DIAGS].pos.line, 0);
 	assert_string_equal(d.v[PL_MAX_DIAGS].msg, "too many problems; only the first 100 are shown");
 	pl_diags_release(&d);
 	buf_release(&y);
+}
+
+static void parse_appends_to_diags_and_accepts_a_zeroed_struct(void **state)
+{
+	struct pl_diags d = { 0 };
+	struct pipeline *p;
+	struct buf out = BUF_INIT;
+	const char *bad = "name: p\nstages: []\n";
+
+	assert_int_equal(pipeline_parse(&p, "a.yml", bad, strlen(bad), &d), OTA_EINVAL);
+	assert_string_equal(d.file, "a.yml");
+	assert_int_equal(pipeline_parse(&p, "a.yml", bad, strlen(bad), &d), OTA_EINVAL);
+	assert_int_equal(d.n, 2);
+	assert_int_equal(pipeline_parse(&p, "a.yml", full_pipeline, strlen(full_pipeline), &d), 0);
+	assert_int_equal(d.n, 2);   /* success adds nothing */
+	pipeline_free(p);
+	pl_diags_format(&d, &out);
+	assert_string_equal(buf_cstr(&out), "a.yml:2:9: 'stages' must list at least one stage\n"
+					    "a.yml:2:9: 'stages' must list at least one stage\n");
+	buf_release(&out);
+	pl_diags_release(&d);
 }
 
 static void diags_format_prefixes_file_line_and_column(void **state)
@@ -597,6 +644,15 @@ static void long_values_are_cut_at_a_utf8_boundary_in_messages(void **state)
 	free(msgs);
 }
 
+static void long_expressions_are_cut_at_a_utf8_boundary_in_messages(void **state)
+{
+	/* the 40-byte cut falls inside the two-byte \xc9\xbe */
+	char *msgs = parse_bad(HEAD "  - { name: a, steps: [\"${{ matrix.boaAAAAAAAAAAAAAAAAAAAAAAAAA\xc9\xbe" "AAAAAAAAAAAAAAAAAAAAA }}\"] }\n");
+
+	assert_contains(msgs, "unsupported expression '${{ matrix.boaAAAAAAAAAAAAAAAAAAAAAAAAA...' (only");
+	free(msgs);
+}
+
 static void unknown_keys_of_unavailable_kinds_are_not_reported(void **state)
 {
 	char *msgs = parse_bad(HEAD "  - { name: sign, kind: release, security_counter: 3 }\n");
@@ -604,6 +660,89 @@ static void unknown_keys_of_unavailable_kinds_are_not_reported(void **state)
 	assert_null(strstr(msgs, "security_counter"));
 	assert_null(strstr(msgs, "has no 'steps'"));
 	free(msgs);
+}
+
+static void alias_bomb_is_rejected_without_expanding_it(void **state)
+{
+	struct buf y = BUF_INIT;
+	char *msgs;
+
+	/* 1000 stages, each an alias of one stage with 10,000 steps */
+	buf_puts(&y, "name: bomb\n.s: &s [x");
+	for (int i = 1; i < 10000; i++)
+		buf_puts(&y, ",x");
+	buf_puts(&y, "]\n.t: &t { name: a, steps: *s }\nstages: [*t");
+	for (int i = 1; i < 1000; i++)
+		buf_puts(&y, ",*t");
+	buf_puts(&y, "]\n");
+	msgs = parse_bad(y.ptr);
+	assert_string_equal(msgs, "p.yml:2:5: the pipeline is too large: more than 200000 items to check (an alias counts once per use, a templated artifact once per matrix job)\n");
+	free(msgs);
+	buf_release(&y);
+}
+
+static void self_referencing_alias_is_a_type_error_not_a_loop(void **state)
+{
+	char *msgs = parse_bad("name: p\nstages: &s [ { name: a, steps: *s } ]\n");
+
+	/* the step is the stage mapping itself: a mapping with 'name' and 'steps' */
+	assert_string_equal(msgs, "p.yml:2:25: unknown key 'steps' in step 1 of stage 'a' (expected 'name' or 'run')\n");
+	free(msgs);
+}
+
+static void broken_matrix_does_not_also_report_its_expressions(void **state)
+{
+	char *msgs = parse_bad(HEAD "  - name: a\n    matrix: { board: [] }\n    steps: [ \"make ${{ matrix.board }}\" ]\n");
+
+	assert_string_equal(msgs, "p.yml:4:22: 'matrix.board' must be a non-empty list of values, got a list\n");
+	free(msgs);
+}
+
+static void oversized_lists_and_mappings_are_refused_cheaply(void **state)
+{
+	struct buf y = BUF_INIT;
+	char *msgs;
+
+	buf_puts(&y, "name: p\nenv: {");
+	for (int i = 0; i < 1001; i++)
+		buf_printf(&y, "%sK%d: v", i ? ", " : "", i);
+	buf_puts(&y, "}\nstages:\n  - name: a\n    steps: [x]\n    secrets: [");
+	for (int i = 0; i < 101; i++)
+		buf_printf(&y, "%sS%d", i ? ", " : "", i);
+	buf_puts(&y, "]\n    matrix: {");
+	for (int i = 0; i < 33; i++)
+		buf_printf(&y, "%sa%d: [v]", i ? ", " : "", i);
+	buf_puts(&y, "}\n  - name: b\n    steps: [x]\n    matrix: { x: [");
+	for (int i = 0; i < 257; i++)
+		buf_printf(&y, "%s%d", i ? ", " : "", i);
+	buf_puts(&y, "] }\n");
+	msgs = parse_bad(y.ptr);
+	assert_line(msgs, "p.yml:2:6: a mapping may have at most 1000 keys");
+	assert_line(msgs, "p.yml:6:14: a stage may name at most 100 secrets");
+	assert_line(msgs, "p.yml:7:13: 'matrix' must have from 1 to 32 axes");
+	assert_line(msgs, "p.yml:10:18: 'matrix.x' has 257 values, more than the limit of 256 jobs per stage");
+	free(msgs);
+	buf_release(&y);
+}
+
+static void unknown_needs_in_a_large_pipeline_are_found_quickly(void **state)
+{
+	struct buf y = BUF_INIT;
+	char *msgs;
+
+	/* 1000 stages; the last needs 20,000 names, each unknown or repeated */
+	buf_puts(&y, "name: p\nstages:\n");
+	for (int i = 0; i < 999; i++)
+		buf_printf(&y, "  - { name: s%d, steps: [x] }\n", i);
+	buf_puts(&y, "  - name: last\n    steps: [x]\n    needs: [");
+	for (int i = 0; i < 20000; i++)
+		buf_printf(&y, "%s%s%d", i ? "," : "", i % 2 ? "s" : "t", i % 999);
+	buf_puts(&y, "]\n");
+	msgs = parse_bad(y.ptr);
+	assert_contains(msgs, "stage 'last' needs 't0', which is not a stage in this pipeline (did you mean 's0'?)\n");
+	assert_contains(msgs, "too many problems; only the first 100 are shown\n");
+	free(msgs);
+	buf_release(&y);
 }
 
 /* ---- cycles ---------------------------------------------------------------- */
@@ -753,11 +892,11 @@ static void stage_without_matrix_expands_to_one_job_with_defaults(void **state)
 	dump = json_dumps(job, JSON_COMPACT | JSON_SORT_KEYS);
 	assert_string_equal(dump,
 		"{\"artifacts\":[{\"hardware\":null,\"name\":null,\"optional\":false,\"path\":\"report.xml\",\"type\":null}],"
-		"\"env\":{},\"labels\":[],\"matrix\":{},\"name\":\"lint\","
+		"\"env\":{},\"extra\":{},\"kind\":\"command\",\"labels\":[],\"matrix\":{},\"name\":\"lint\","
 		"\"retry\":{\"count\":0,\"infra\":2,\"on\":[\"script\",\"timeout\",\"infra\"]},"
 		"\"secrets\":[],\"stage\":\"lint\","
 		"\"steps\":[{\"name\":\"cppcheck src\",\"run\":\"  cppcheck src\\n  echo done\"}],"
-		"\"timeout_ms\":3600000}");
+		"\"timeout_ms\":0}");
 	free(dump);
 	json_decref(jobs);
 	pipeline_free(p);
@@ -927,6 +1066,7 @@ static char *src_path(const char *rel)
 static int parse_file(const char *path, struct pipeline **p, struct pl_diags *d, struct buf *text)
 {
 	assert_int_equal(ota_read_file(text, path, 1 << 20), 0);
+	pl_diags_init(d, path);
 	return pipeline_parse(p, path, text->ptr, text->len, d);
 }
 
@@ -1040,9 +1180,16 @@ int main(void)
 		cmocka_unit_test(every_problem_is_reported_in_position_order),
 		cmocka_unit_test(failed_parse_leaves_first_problem_in_error_slot),
 		cmocka_unit_test(diagnostics_stop_after_the_cap),
+		cmocka_unit_test(parse_appends_to_diags_and_accepts_a_zeroed_struct),
 		cmocka_unit_test(diags_format_prefixes_file_line_and_column),
 		cmocka_unit_test(long_values_are_cut_at_a_utf8_boundary_in_messages),
+		cmocka_unit_test(long_expressions_are_cut_at_a_utf8_boundary_in_messages),
 		cmocka_unit_test(unknown_keys_of_unavailable_kinds_are_not_reported),
+		cmocka_unit_test(alias_bomb_is_rejected_without_expanding_it),
+		cmocka_unit_test(self_referencing_alias_is_a_type_error_not_a_loop),
+		cmocka_unit_test(broken_matrix_does_not_also_report_its_expressions),
+		cmocka_unit_test(oversized_lists_and_mappings_are_refused_cheaply),
+		cmocka_unit_test(unknown_needs_in_a_large_pipeline_are_found_quickly),
 		cmocka_unit_test(three_stage_cycle_names_the_path_from_the_first_stage),
 		cmocka_unit_test(separate_cycles_are_each_reported_once),
 		cmocka_unit_test(diamond_of_needs_is_not_a_cycle),
