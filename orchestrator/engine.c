@@ -517,12 +517,12 @@ static int advance_run(struct engine *e, int64_t run_id)
 		}
 	} while (changed);
 
+	/* Skipped stages do not fail a run: a skip caused by a failure has a
+	 * failed stage upstream, and a skip by `when` is intended. */
 	for (size_t i = 0; i < nstages; i++) {
 		if (!engine_state_final(stages[i].state))
 			all_final = 0;
-		else if (strcmp(stages[i].state, "passed") && strcmp(stages[i].state, "skipped"))
-			any_failed = 1;
-		else if (!strcmp(stages[i].state, "skipped") && !stages[i].skip_by_when)
+		else if (!strcmp(stages[i].state, "failed") || !strcmp(stages[i].state, "canceled"))
 			any_failed = 1;
 	}
 	if (all_final)
