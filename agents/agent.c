@@ -36,6 +36,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -582,29 +583,45 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 		why = OUT_INFRA;
 		goto out;
 	}
-	pid = fork();
-	if (pid < 0) {
-		log_printf(j, C_ERR "fork: %s" C_OFF "\n", strerror(errno));
-		why = OUT_INFRA;
-		goto out;
-	}
-	if (pid == 0) {
-		sigset_t none;
-		static const char msg[] = "otacd-agent: cannot enter the workspace\n";
-		setpgid(0, 0);
+	/*
+	 * posix_spawn (vfork-style in glibc) rather than fork: the agent maps
+	 * libcurl and OpenSSL, and copying its page tables for every step
+	 * costs milliseconds of pickup latency.  The child gets its own
+	 * process group (so the whole tree can be killed), default signal
+	 * handling, /dev/null as stdin, the pipe as stdout+stderr, and the
+	 * workspace as its directory.
+	 */
+	{
+		posix_spawnattr_t attr;
+		posix_spawn_file_actions_t fa;
+		sigset_t none, defaults;
+		int err;
+
 		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		signal(SIGPIPE, SIG_DFL);
-		dup2(devnull, 0);
-		dup2(pfd[1], 1);
-		dup2(pfd[1], 2);
-		if (chdir(j->ws) < 0) {
-			ssize_t ignored = write(2, msg, sizeof(msg) - 1);
-			(void)ignored;
-			_exit(126);
+		sigemptyset(&defaults);
+		sigaddset(&defaults, SIGPIPE);
+		sigaddset(&defaults, SIGTERM);
+		sigaddset(&defaults, SIGINT);
+		sigaddset(&defaults, SIGCHLD);
+		posix_spawnattr_init(&attr);
+		posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+		posix_spawnattr_setpgroup(&attr, 0);
+		posix_spawnattr_setsigmask(&attr, &none);
+		posix_spawnattr_setsigdefault(&attr, &defaults);
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_adddup2(&fa, devnull, 0);
+		posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+		posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
+		posix_spawn_file_actions_addchdir_np(&fa, j->ws);
+		err = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, envp);
+		posix_spawn_file_actions_destroy(&fa);
+		posix_spawnattr_destroy(&attr);
+		if (err) {
+			log_printf(j, C_ERR "cannot start the step in %s: %s" C_OFF "\n", j->ws, strerror(err));
+			why = OUT_INFRA;
+			pid = -1;
+			goto out;
 		}
-		execve("/bin/sh", argv, envp);
-		_exit(127);
 	}
 	setpgid(pid, pid); /* also in the parent: no window before killpg works */
 	running_pgid = pid;
