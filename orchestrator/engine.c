@@ -612,7 +612,7 @@ static int attempt_done(struct engine *e, struct jobrow *j, const struct job_res
 		}
 	}
 
-	*state_out = !failed ? "passed" : !strcmp(failure, "canceled") ? "canceled" : "failed";
+	*state_out = !failed ? "passed" : (failure && !strcmp(failure, "canceled")) ? "canceled" : "failed";
 	st = STMT(e, "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, failure = ?, message = ?,"
 		     " lease_expires = NULL, deadline = NULL WHERE id = ?");
 	sqlite3_bind_text(st, 1, *state_out, -1, SQLITE_STATIC);
@@ -796,11 +796,12 @@ static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), voi
 		pthread_mutex_unlock(&e->lock);
 		return ota_error_set(OTA_ERROR, "otacd is shutting down");
 	}
+	/* c lives on this stack until the engine marks it done, below. */
 	if (e->tail)
 		e->tail->next = &c;
 	else
-		e->head = &c;
-	e->tail = &c;
+		e->head = &c; // cppcheck-suppress autoVariables
+	e->tail = &c; // cppcheck-suppress autoVariables
 	pthread_cond_signal(&e->cond);
 	while (!c.done)
 		pthread_cond_wait(&e->done_cond, &e->lock);
