@@ -62,6 +62,7 @@ static const char *const migrations[] = {
 	"  failure TEXT, message TEXT);"
 	"CREATE INDEX jobs_by_run ON jobs(run_id, idx);"
 	"CREATE INDEX jobs_by_state ON jobs(state);"
+	"CREATE INDEX jobs_by_stage ON jobs(stage_id, state);"
 	"CREATE TABLE job_attempts ("
 	"  job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,"
 	"  agent_id INTEGER, started_at INTEGER NOT NULL, finished_at INTEGER,"

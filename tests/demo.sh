@@ -16,7 +16,8 @@ if curl -s -o /dev/null "$url/api/v1/health"; then
 	exit 1
 fi
 
-"$bin/otacd" --state-dir "$state" --listen "${url#http://}" &
+mkdir -p "$state"
+"$bin/otacd" --state-dir "$state" --listen "${url#http://}" 2>> "$state/otacd.log" &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
 
@@ -58,6 +59,7 @@ Where to look:
   status page   $url/#token=$OTACD_TOKEN
   JSON API      curl -H "Authorization: Bearer \$(cat $state/admin.token)" $url/api/v1/runs
   CLI           OTACD_TOKEN=\$(cat $state/admin.token) $ctl runs
+  daemon log    $state/otacd.log
   state         $state (SQLite database, logs, artifacts)
 
 Release rollouts (soak, canary, production rings) arrive with the rollout
