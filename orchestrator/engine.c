@@ -823,6 +823,18 @@ static int recover(struct engine *e, void *arg)
 	(void)arg;
 	if ((rc = queue_rebuild(e)) < 0)
 		return rc;
+	/* Agents kept working while we were down: give each running job one
+	 * full lease to be heard from again before calling its agent lost.
+	 * (Local agents died with the old daemon; when they re-register under
+	 * the same name their jobs are released at once.) */
+	{
+		sqlite3_stmt *up = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
+		if (!up)
+			return OTA_ERROR;
+		sqlite3_bind_int64(up, 1, clock_real_ms() + e->cfg.lease_ms);
+		if ((rc = store_step_done(e->db, up)) < 0)
+			return rc;
+	}
 	if (!st)
 		return OTA_ERROR;
 	while ((rc = store_step_row(e->db, st)) == 1) {

@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -79,7 +82,7 @@ int h_start(struct daemon *d, const char *const *args)
 	strvec_push(&argv, "--state-dir");
 	strvec_push(&argv, state);
 	strvec_push(&argv, "--listen");
-	strvec_push(&argv, "127.0.0.1:0");
+	strvec_push(&argv, d->listen ? d->listen : "127.0.0.1:0");
 	if (d->config) {
 		strvec_push(&argv, "--config");
 		strvec_push(&argv, d->config);
@@ -155,6 +158,7 @@ void h_cleanup(struct daemon *d)
 	free(d->url);
 	free(d->token);
 	free(d->config);
+	free(d->listen);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -309,4 +313,18 @@ int64_t h_sql_int(struct daemon *d, const char *sql)
 	sqlite3_close(db);
 	free(path);
 	return v;
+}
+
+char *h_free_listen(void)
+{
+	struct sockaddr_in sa = { 0 };
+	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+		fail_msg("cannot find a free port: %s", strerror(errno));
+	close(fd);
+	return xasprintf("127.0.0.1:%d", ntohs(sa.sin_port));
 }

@@ -19,7 +19,12 @@ struct daemon {
 	char *url;        /* http://127.0.0.1:PORT */
 	char *token;      /* admin token */
 	char *config;     /* config file path or NULL */
+	char *listen;     /* HOST:PORT to listen on; NULL: 127.0.0.1:0 */
 };
+
+/* A loopback HOST:PORT that was free a moment ago (for restarts that must
+ * keep their address). */
+char *h_free_listen(void);
 
 /* A fresh directory under $TMPDIR (or /tmp); caller frees. */
 char *h_tmpdir(void);

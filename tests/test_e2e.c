@@ -193,6 +193,56 @@ static void daemon_killed_with_twenty_runs_in_flight_finishes_them_all_once(void
 	h_cleanup(&d);
 }
 
+static void remote_agent_keeps_its_job_across_a_daemon_restart(void **state)
+{
+	struct daemon d;
+	const char *const args[] = { "--local-agents", "0", NULL };
+	pid_t agent;
+	int64_t run;
+	json_t *r, *job;
+
+	(void)state;
+	h_init(&d, "lease: 3s\nheartbeat: 300ms\n");
+	d.listen = h_free_listen();
+	h_start(&d, args);
+	agent = h_agent(&d, "builder", "arm-gcc");
+	run = h_trigger(&d, "name: long\nstages:\n  - { name: build, agent: { labels: [arm-gcc] },"
+			    " steps: [ { run: 'echo start; sleep 3; echo end' } ] }\n");
+	for (int i = 0; i < 200; i++) {
+		r = h_run(&d, run);
+		int running = !strcmp(json_string_value(json_object_get(h_job(r, "build"), "state")), "running");
+		json_decref(r);
+		if (running)
+			break;
+		h_msleep(25);
+	}
+	h_msleep(500);
+	h_kill(&d, SIGKILL);
+	/* down for longer than the lease: the job ends meanwhile, and the
+	 * agent reports to the restarted daemon */
+	h_msleep(3500);
+	h_start(&d, args);
+	assert_string_equal(h_wait_run(&d, run, 30000), "passed");
+	r = h_run(&d, run);
+	job = h_job(r, "build");
+	/* the agent carried on and reported to the new daemon: no second attempt */
+	assert_int_equal(json_integer_value(json_object_get(job, "attempt")), 1);
+	assert_string_equal(json_string_value(json_object_get(job, "agent")), "builder");
+	{
+		struct buf out = BUF_INIT;
+		char *path = xasprintf("/api/v1/jobs/%lld/log", (long long)json_integer_value(json_object_get(job, "id")));
+		assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' %s%s", d.token, d.url, path), 0);
+		assert_non_null(strstr(buf_cstr(&out), "start"));
+		assert_non_null(strstr(buf_cstr(&out), "end"));
+		free(path);
+		buf_release(&out);
+	}
+	json_decref(r);
+	kill(agent, SIGTERM);
+	waitpid(agent, NULL, 0);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -200,6 +250,7 @@ int main(void)
 		cmocka_unit_test(cli_lint_and_daemon_check_report_errors_and_exit_nonzero),
 		cmocka_unit_test(agent_killed_mid_job_is_retried_on_another_agent),
 		cmocka_unit_test(daemon_killed_with_twenty_runs_in_flight_finishes_them_all_once),
+		cmocka_unit_test(remote_agent_keeps_its_job_across_a_daemon_restart),
 	};
 	return cmocka_run_group_tests_name("e2e", tests, NULL, NULL);
 }
