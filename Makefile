@@ -53,9 +53,11 @@ WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 .PHONY: all check unit e2e asan bench fuzz deps demo lint format clean
 all: $(PROGS)
 
-$(BUILD)/obj/%.o: %.c $(wildcard */*.h)
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # The status page is embedded into otacd at build time (no Node step).
 $(BUILD)/obj/web/assets.c: $(WEB_FILES) web/embed.sh
