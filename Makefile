@@ -13,10 +13,10 @@
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
-             libcmocka-dev libxml2-dev sqlite3 curl git procps
+             libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git procps
 DEB_EXTRA := clang cppcheck
 
 CC        ?= cc
@@ -75,7 +75,7 @@ $(BIN)/otacd: $(BUILD)/obj/orchestrator/main.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/otacd-agent: $(BUILD)/obj/agents/agent.o $(LIB)
+$(BIN)/otacd-agent: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard agents/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

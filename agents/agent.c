@@ -26,6 +26,7 @@
  */
 #include "../common/httpc.h"
 #include "../common/util.h"
+#include "source.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,6 +64,10 @@
 #define LOG_QUEUE_MAX ((size_t)256 << 20)
 #define KILL_GRACE_MS 5000
 #define UPLOAD_TRIES 4
+#define SOURCE_TRIES 4
+#define SOURCE_BACKOFF_MS 1000
+#define SOURCE_MAX_BYTES ((size_t)4 << 30)
+#define SOURCE_TIMEOUT_MS (30L * 60 * 1000)
 
 #define C_HEAD "\033[1;36m"
 #define C_ERR "\033[1;31m"
@@ -723,6 +728,27 @@ static void env_set_object(struct strvec *env, const char *prefix, json_t *obj, 
 	}
 }
 
+/* OTACD_REF for every run; OTACD_REPO, OTACD_COMMIT, OTACD_TREE for runs
+ * of a git source (the spec's "source" object). */
+static void job_env_source(struct strvec *env, struct job *j)
+{
+	static const char *const vars[][2] = {
+		{ "repo", "OTACD_REPO" }, { "commit", "OTACD_COMMIT" }, { "tree", "OTACD_TREE" }, { "ref", "OTACD_REF" },
+	};
+	json_t *src = json_object_get(j->spec, "source");
+	const char *ref = json_string_value(json_object_get(j->spec, "ref"));
+
+	if (ref)
+		env_set(env, "OTACD_REF", ref);
+	if (!json_is_object(src))
+		return;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(vars); i++) {
+		const char *v = json_string_value(json_object_get(src, vars[i][0]));
+		if (v)
+			env_set(env, vars[i][1], v);
+	}
+}
+
 static void job_env(struct strvec *env, struct job *j)
 {
 	static const char *const keep[] = { "PATH", "HOME", "LANG" };
@@ -739,6 +765,7 @@ static void job_env(struct strvec *env, struct job *j)
 	env_set(env, "OTACD_ATTEMPT", attempt);
 	env_set(env, "OTACD_WORKSPACE", j->ws);
 	env_set(env, "CI", "true");
+	job_env_source(env, j);
 	env_set_object(env, "", json_object_get(j->spec, "env"), 0);
 	env_set_object(env, "", json_object_get(j->spec, "secrets"), 0);
 	env_set_object(env, "MATRIX_", json_object_get(j->spec, "matrix"), 1);
@@ -906,6 +933,130 @@ out:
 	return why;
 }
 
+/* ---- source checkout ------------------------------------------------ */
+
+/* "HTTP 503: message" for an answer that is not the one we wanted. */
+static char *http_error_text(const struct httpc_response *r)
+{
+	json_t *e = json_loadb(buf_cstr(&r->body), r->body.len, 0, NULL);
+	const char *em = httpc_json_error(e);
+	char *t = xasprintf("HTTP %ld%s%s", r->status, em ? ": " : "", em ? em : "");
+	json_decref(e);
+	return t;
+}
+
+/* Why the job must stop now, or OUT_OK. */
+static enum outcome job_interrupted(struct job *j)
+{
+	enum outcome why = OUT_OK;
+	pthread_mutex_lock(&j->mu);
+	if (j->lost)
+		why = OUT_LOST;
+	else if (stop_flag)
+		why = OUT_STOPPED;
+	else if (j->cancel)
+		why = OUT_CANCELED;
+	else if (j->deadline && now_ms() >= j->deadline)
+		why = OUT_TIMEOUT;
+	pthread_mutex_unlock(&j->mu);
+	return why;
+}
+
+/*
+ * Download the spec's source archive (docs/api.md: GET source.url, a tar of
+ * the commit's tree) into an unlinked temporary file in the work directory,
+ * retrying network errors, 404, 408, 429 and 5xx, and extract it into the
+ * workspace.  OUT_OK also when the job has no source; OUT_LOST on 409;
+ * OUT_INFRA with *msg when it cannot be had.
+ */
+static enum outcome job_checkout(struct job *j, char **msg)
+{
+	json_t *src = json_object_get(j->spec, "source");
+	const char *path = json_string_value(json_object_get(src, "url"));
+	const char *repo = json_string_value(json_object_get(src, "repo"));
+	const char *commit = json_string_value(json_object_get(src, "commit"));
+	const char *ref = json_string_value(json_object_get(src, "ref"));
+	char *url = NULL, *tmp = NULL, *err = NULL;
+	enum outcome why = OUT_INFRA;
+	long backoff = SOURCE_BACKOFF_MS;
+	size_t entries = 0;
+	FILE *f = NULL;
+	int fd;
+
+	if (!json_is_object(src))
+		return OUT_OK;
+	/* A path on the daemon: the agent token is never sent anywhere else. */
+	if (!path || path[0] != '/') {
+		*msg = path ? xasprintf("cannot fetch the source: its url '%s' is not a path on the daemon", path)
+			    : xstrdup("cannot fetch the source: the job spec has no source url");
+		goto out;
+	}
+	url = xasprintf("%s%s", j->a->url, path);
+	tmp = xasprintf("%s/.source-XXXXXX", j->a->workdir);
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0 || !(f = fdopen(fd, "w+b"))) {
+		*msg = xasprintf("cannot fetch the source: cannot create a file in %s: %s", j->a->workdir,
+				 strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		goto out;
+	}
+	unlink(tmp); /* the data lives until fclose, whatever happens to us */
+	for (int try = 1;; try++) {
+		struct httpc_response r;
+		long timeout = SOURCE_TIMEOUT_MS;
+		int rc, retry;
+
+		if (j->deadline) {
+			int64_t left = j->deadline - now_ms();
+			if (left < timeout)
+				timeout = left > 1 ? (long)left : 1;
+		}
+		rewind(f);
+		if (ftruncate(fileno(f), 0) < 0) {
+			*msg = xasprintf("cannot fetch the source: %s", strerror(errno));
+			goto out;
+		}
+		rc = httpc_download(&r, url, j->a->token, f, SOURCE_MAX_BYTES, timeout);
+		if (!rc && r.status == 200) {
+			httpc_response_release(&r);
+			break;
+		}
+		retry = rc == OTA_ERROR || (!rc && (r.status == 404 || r.status == 408 || r.status == 429 ||
+						    r.status >= 500));
+		free(err);
+		err = rc < 0 ? xstrdup(ota_error_last()) : http_error_text(&r);
+		if (!rc && r.status == 409)
+			why = OUT_LOST;
+		httpc_response_release(&r);
+		if (why == OUT_LOST || (why = job_interrupted(j)) != OUT_OK)
+			goto out;
+		why = OUT_INFRA;
+		if (!retry || try >= SOURCE_TRIES) {
+			*msg = xasprintf("cannot fetch the source: %s", err);
+			goto out;
+		}
+		log_printf(j, "cannot fetch the source (%s), retrying in %lds\n", err, backoff / 1000);
+		sleep_ms(backoff);
+		backoff *= 2;
+	}
+	rewind(f);
+	if (source_extract(&entries, fileno(f), j->ws) < 0) {
+		*msg = xasprintf("cannot extract the source: %s", ota_error_last());
+		goto out;
+	}
+	log_printf(j, "checked out %s at %.12s (%s)\n", repo ? repo : "the source",
+		   commit ? commit : "?", ref ? ref : "?");
+	why = OUT_OK;
+out:
+	if (f)
+		fclose(f);
+	free(url);
+	free(tmp);
+	free(err);
+	return why;
+}
+
 /* ---- one job -------------------------------------------------------- */
 
 static int job_finish(struct job *j, int exit_code, const char *failure, const char *message,
@@ -1039,6 +1190,8 @@ static int job_run(struct agent *a, json_t *spec)
 		msg = xasprintf("cannot prepare workspace: %s", ota_error_last());
 		why = OUT_INFRA;
 	}
+	if (why == OUT_OK)
+		why = job_checkout(&j, &msg);
 	job_env(&env, &j);
 	json_array_foreach(steps, i, step) {
 		const char *run = json_string_value(json_object_get(step, "run"));

@@ -18,6 +18,7 @@
 #include "httpc.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <string.h>
 #include <strings.h>
 
@@ -280,6 +281,101 @@ out:
 	if (h)
 		curl_easy_cleanup(h);
 	curl_slist_free_all(hdrs);
+	return rc;
+}
+
+/* ---- download to a file -------------------------------------------- */
+
+#define DOWNLOAD_ERRBODY_MAX ((size_t)64 << 10)
+#define DOWNLOAD_STALL_S 60L
+
+struct download {
+	CURL *h;
+	struct httpc_response *resp;
+	FILE *f;
+	size_t max;
+	size_t written;
+	int checked;          /* the status was looked at */
+	int to_file;          /* a 2xx answer: the body goes to f */
+	int too_big;
+	int write_errno;
+};
+
+static size_t on_download(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct download *d = userdata;
+	size_t n = size * nmemb;
+
+	if (!d->checked) {
+		long status = 0;
+		curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &status);
+		d->to_file = status >= 200 && status < 300;
+		d->checked = 1;
+	}
+	if (!d->to_file) {
+		size_t room = DOWNLOAD_ERRBODY_MAX - d->resp->body.len;
+		buf_put(&d->resp->body, ptr, n < room ? n : room);
+		return n;
+	}
+	if (n > d->max - d->written) {
+		d->too_big = 1;
+		return 0;
+	}
+	if (fwrite(ptr, 1, n, d->f) != n) {
+		d->write_errno = errno ? errno : EIO;
+		return 0;
+	}
+	d->written += n;
+	return n;
+}
+
+int httpc_download(struct httpc_response *out, const char *url, const char *token,
+		   FILE *f, size_t max, long timeout_ms)
+{
+	struct download d = { NULL, out, f, max, 0, 0, 0, 0, 0 };
+	char errbuf[CURL_ERROR_SIZE];
+	struct curl_slist *hdrs = NULL;
+	char *u = NULL;
+	CURLcode c;
+	CURL *h;
+	int rc = 0;
+
+	httpc_response_init(out);
+	h = easy_new(&hdrs, errbuf, "GET", url, token, NULL, timeout_ms);
+	if (!h) {
+		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
+		goto out;
+	}
+	d.h = h;
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, DOWNLOAD_STALL_S);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_download);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, out);
+	c = curl_easy_perform(h);
+	u = url_for_message(url);
+	if (d.too_big) {
+		rc = ota_error_set(OTA_ETOOBIG, "answer from %s is larger than %zu bytes", u, max);
+		goto out;
+	}
+	if (d.write_errno) {
+		rc = ota_error_set(OTA_ERROR, "cannot write the answer from %s: %s", u, strerror(d.write_errno));
+		goto out;
+	}
+	if (c != CURLE_OK) {
+		rc = transfer_error(c, errbuf, url, 0);
+		goto out;
+	}
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
+	buf_put(&out->body, "", 0);
+	if (fflush(f) != 0 || ferror(f))
+		rc = ota_error_set(OTA_ERROR, "cannot write the answer from %s: %s", u, strerror(errno));
+out:
+	if (h)
+		curl_easy_cleanup(h);
+	curl_slist_free_all(hdrs);
+	free(u);
 	return rc;
 }
 

@@ -73,6 +73,20 @@ int httpc_upload(struct httpc_response *out, const char *method, const char *url
 		 long timeout_ms);
 
 /*
+ * A GET of url whose 2xx body is streamed into f (written from its current
+ * position, flushed before returning) rather than kept in memory.  Meant
+ * for large downloads such as a job's source archive.  A body of any other
+ * status is not written to f: its first 64 KiB go to out->body, so the
+ * caller can read the server's error answer.  A 2xx body larger than max
+ * bytes fails the call with OTA_ETOOBIG, and a failed write to f with
+ * OTA_ERROR; in both cases f holds a partial body.  A transfer that moves
+ * no byte for 60 s counts as a failure (OTA_ERROR), whatever timeout_ms is.
+ * *out is initialised by the call and must be released by the caller.
+ */
+int httpc_download(struct httpc_response *out, const char *url, const char *token,
+		   FILE *f, size_t max, long timeout_ms);
+
+/*
  * A JSON request: req (may be NULL: no body) is sent as application/json,
  * the answer is parsed into *out (NULL when the body is empty or, for a
  * non-2xx status, not JSON) and its status stored in *status.  A 2xx answer

@@ -222,6 +222,14 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL },
 	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL },
 	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL },
+	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL },
+	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL },
+	/* webhooks authenticate by signature, not by bearer token */
+	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL },
+	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL },
+	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL },
+	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL },
+	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_AGENT, BODY_NONE, api_agent_source, NULL },
 	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL },
 	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL },
 	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_AGENT, BODY_JSON, api_agent_heartbeat, NULL },
@@ -270,7 +278,8 @@ static const struct api_route *route_find(const char *method, const char *url, i
 				return &routes[i];
 		}
 	}
-	if (!path_known && strncmp(url, "/api/", 5) != 0 && (!strcmp(method, "GET") || !strcmp(method, "HEAD")))
+	if (!path_known && strncmp(url, "/api/", 5) != 0 && strncmp(url, "/hooks/", 7) != 0 &&
+	    (!strcmp(method, "GET") || !strcmp(method, "HEAD")))
 		return &asset_route;
 	*status = path_known ? MHD_HTTP_METHOD_NOT_ALLOWED : MHD_HTTP_NOT_FOUND;
 	return NULL;
@@ -293,6 +302,7 @@ static size_t body_cap(enum body_kind k)
 	case BODY_JSON: return API_MAX_JSON_BODY;
 	case BODY_RAW: return API_MAX_LOG_CHUNK;
 	case BODY_ARTIFACT: return (size_t)artifact_max_size();
+	case BODY_HOOK: return API_MAX_HOOK_BODY;
 	default: return 64 * 1024;
 	}
 }

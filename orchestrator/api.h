@@ -14,9 +14,14 @@
 
 #include "engine.h"
 
+struct otacd_config;
+struct sources;
+
 struct api_config {
 	const char *listen;          /* HOST:PORT; port 0 picks a free one */
 	struct engine *engine;
+	const struct otacd_config *config;   /* repositories, for webhooks and sources */
+	struct sources *sources;
 	int anonymous_read;
 	int64_t lease_ms, heartbeat_ms;
 };

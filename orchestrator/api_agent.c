@@ -121,7 +121,7 @@ enum MHD_Result api_agent_heartbeat(struct api *a, struct api_req *r)
 }
 
 /* Is attempt the job's current attempt (running, or canceled and not yet reported)? */
-static int attempt_current(int64_t job, int64_t attempt)
+int api_attempt_current(int64_t job, int64_t attempt)
 {
 	struct store *s = store_reader();
 	sqlite3_stmt *st;
@@ -144,7 +144,7 @@ enum MHD_Result api_agent_log(struct api *a, struct api_req *r)
 	(void)a;
 	if (attempt <= 0 || offset < 0)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N (N >= 1) and offset=N (N >= 0)");
-	if (!attempt_current(r->id, attempt))
+	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);
 	rc = logstore_append(r->id, (int)attempt, offset, r->body.ptr ? r->body.ptr : "", r->body.len, &size);
@@ -178,7 +178,7 @@ int api_agent_artifact_precheck(struct api *a, struct api_req *r)
 		r->failed = 1;
 		return 1;
 	}
-	if (!attempt_current(r->id, attempt)) {
+	if (!api_attempt_current(r->id, attempt)) {
 		api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running", attempt, r->id);
 		r->failed = 1;
 		return 1;

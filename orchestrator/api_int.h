@@ -14,12 +14,14 @@
 
 #define API_MAX_JSON_BODY (1 << 20)
 #define API_MAX_LOG_CHUNK (1 << 20)
+#define API_MAX_HOOK_BODY (25 << 20)   /* GitHub's own cap on payloads */
 
 enum body_kind {
 	BODY_NONE,      /* no body expected; any body is capped small */
 	BODY_JSON,      /* JSON object, capped at API_MAX_JSON_BODY */
 	BODY_RAW,       /* raw bytes kept in memory (log chunks, lint) */
 	BODY_ARTIFACT,  /* streamed to the artifact store */
+	BODY_HOOK,      /* raw webhook payload, capped at API_MAX_HOOK_BODY */
 };
 
 struct api_req;
@@ -76,6 +78,15 @@ enum MHD_Result api_agent_log(struct api *a, struct api_req *r);
 int api_agent_artifact_precheck(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_finish(struct api *a, struct api_req *r);
+
+/* api_hooks.c */
+enum MHD_Result api_hook_github(struct api *a, struct api_req *r);
+enum MHD_Result api_hook_gitlab(struct api *a, struct api_req *r);
+enum MHD_Result api_hook_gitea(struct api *a, struct api_req *r);
+enum MHD_Result api_post_trigger(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_source(struct api *a, struct api_req *r);
+enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r);
+int api_attempt_current(int64_t job, int64_t attempt);
 
 /* api_read.c */
 enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r);

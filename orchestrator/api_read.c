@@ -45,7 +45,8 @@ static struct store *reader(struct api_req *r)
 	return s;
 }
 
-#define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at, error"
+#define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at," \
+		 " error, repo, tree_id, author, committer, message, pusher, delivery_id"
 
 static json_t *run_json(sqlite3_stmt *st)
 {
@@ -62,6 +63,13 @@ static json_t *run_json(sqlite3_stmt *st)
 	set_int_or_null(o, "started_at", st, 9);
 	set_int_or_null(o, "finished_at", st, 10);
 	set_text_or_null(o, "error", st, 11);
+	set_text_or_null(o, "repo", st, 12);
+	set_text_or_null(o, "tree", st, 13);
+	set_text_or_null(o, "author", st, 14);
+	set_text_or_null(o, "committer", st, 15);
+	set_text_or_null(o, "message", st, 16);
+	set_text_or_null(o, "pusher", st, 17);
+	set_int_or_null(o, "delivery", st, 18);
 	return o;
 }
 

@@ -29,8 +29,34 @@ void config_defaults(struct otacd_config *c)
 	c->tokens = json_array();
 }
 
+static void repo_release(struct repo_cfg *r)
+{
+	free((char *)r->git.name);
+	free((char *)r->git.url);
+	free((char *)r->git.username);
+	if (r->git.token)
+		memset((char *)r->git.token, 0, strlen(r->git.token));
+	free((char *)r->git.token);
+	free((char *)r->git.ssh_key);
+	if (r->secret)
+		memset(r->secret, 0, strlen(r->secret));
+	free(r->secret);
+	free(r->pipeline);
+}
+
+const struct repo_cfg *config_repo_find(const struct otacd_config *c, const char *name)
+{
+	for (size_t i = 0; name && i < c->nrepos; i++)
+		if (!strcmp(c->repos[i].git.name, name))
+			return &c->repos[i];
+	return NULL;
+}
+
 void config_release(struct otacd_config *c)
 {
+	for (size_t i = 0; i < c->nrepos; i++)
+		repo_release(&c->repos[i]);
+	free(c->repos);
 	free(c->listen);
 	free(c->state_dir);
 	strvec_clear(&c->local_labels);
@@ -176,12 +202,67 @@ static int get_labels(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
+static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
+{
+	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline" };
+	yaml_node_item_t *it;
+
+	if (n->type != YAML_SEQUENCE_NODE)
+		return cfg_err(x, n, "'%s' must be a list of {name, url, secret, ...}", "repositories");
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+		yaml_node_t *t = yaml_document_get_node(x->doc, *it);
+		struct repo_cfg r;
+		yaml_node_pair_t *p;
+		int rc = 0;
+
+		memset(&r, 0, sizeof(r));
+		if (t->type != YAML_MAPPING_NODE)
+			return cfg_err(x, t, "a repository must be a mapping {name, url, secret, ...}%s", "");
+		for (p = t->data.mapping.pairs.start; p < t->data.mapping.pairs.top && rc == 0; p++) {
+			yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+			yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+			const char *ks = scalar(k) ? scalar(k) : "";
+			char **slot = !strcmp(ks, "name") ? (char **)&r.git.name
+				    : !strcmp(ks, "url") ? (char **)&r.git.url
+				    : !strcmp(ks, "secret") ? &r.secret
+				    : !strcmp(ks, "token") ? (char **)&r.git.token
+				    : !strcmp(ks, "username") ? (char **)&r.git.username
+				    : !strcmp(ks, "ssh_key") ? (char **)&r.git.ssh_key
+				    : !strcmp(ks, "pipeline") ? &r.pipeline : NULL;
+			if (!slot) {
+				const char *hint = ota_did_you_mean(ks, keys, OTA_ARRAY_SIZE(keys));
+				char msg[256];
+				snprintf(msg, sizeof(msg), "unknown repository key '%s'%s%s%s", ks,
+					 hint ? " (did you mean '" : "", hint ? hint : "", hint ? "'?)" : "");
+				rc = cfg_err(x, k, "%s", msg);
+			} else {
+				rc = get_string(x, v, ks, slot);
+			}
+		}
+		if (rc == 0 && (!r.git.name || !r.git.url))
+			rc = cfg_err(x, t, "a repository needs a name and a url%s", "");
+		else if (rc == 0 && config_repo_find(x->c, r.git.name))
+			rc = cfg_err(x, t, "repository '%s' is listed twice", r.git.name);
+		else if (rc == 0 && r.secret && strlen(r.secret) < 16)
+			rc = cfg_err(x, t, "the webhook secret of '%s' is too short (at least 16 characters)", r.git.name);
+		if (rc < 0) {
+			repo_release(&r);
+			return rc;
+		}
+		if (!r.pipeline)
+			r.pipeline = xstrdup(".otacd/pipeline.yml");
+		x->c->repos = xrealloc(x->c->repos, (x->c->nrepos + 1) * sizeof(r));
+		x->c->repos[x->c->nrepos++] = r;
+	}
+	return 0;
+}
+
 static int apply(struct cfg_ctx *x, yaml_node_t *root)
 {
 	static const char *const keys[] = {
 		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
-		"max_artifact_size", "secrets", "tokens",
+		"max_artifact_size", "secrets", "tokens", "repositories",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -228,6 +309,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_secrets(x, v);
 		else if (!strcmp(key, "tokens"))
 			rc = get_tokens(x, v);
+		else if (!strcmp(key, "repositories"))
+			rc = get_repos(x, v);
 		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];

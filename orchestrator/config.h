@@ -12,6 +12,14 @@
 #include <stdint.h>
 
 #include "../common/util.h"
+#include "gitsrc.h"
+
+/* A repository otacd builds from (docs/config.md, "repositories"). */
+struct repo_cfg {
+	struct gitsrc_repo git;         /* name, url, credentials */
+	char *secret;                   /* webhook secret (HMAC key / GitLab token) */
+	char *pipeline;                 /* path of the pipeline file in the tree */
+};
 
 struct otacd_config {
 	char *listen;                   /* HOST:PORT, default 127.0.0.1:8470 */
@@ -27,7 +35,12 @@ struct otacd_config {
 	int64_t max_artifact_size;      /* default 256 MiB */
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
+	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
+	size_t nrepos;
 };
+
+/* The repository called name, or NULL. */
+const struct repo_cfg *config_repo_find(const struct otacd_config *c, const char *name);
 
 void config_defaults(struct otacd_config *c);
 /* Overlay the YAML file at path.  On error the message names file:line:col. */

@@ -910,6 +910,67 @@ struct notifier *engine_work(struct engine *e)
 
 /* ---- commands -------------------------------------------------------------- */
 
+static void bind_opt(sqlite3_stmt *st, int col, const char *s)
+{
+	if (s)
+		sqlite3_bind_text(st, col, s, -1, SQLITE_STATIC);
+}
+
+/* Insert a run row and close the delivery it answers, if any. */
+static int insert_run(struct engine *e, const struct trigger_req *req, const char *name, const char *concurrency,
+		      const char *state, const char *error, int64_t *run_id)
+{
+	int64_t now = clock_now_ms();
+	int final = engine_state_final(state);
+	sqlite3_stmt *st;
+	int rc;
+
+	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
+		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id)"
+		     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, req->file, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, req->yaml ? req->yaml : "", req->yaml ? (int)req->len : 0, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, req->ref, -1, SQLITE_STATIC);
+	bind_opt(st, 5, req->commit);
+	sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
+	bind_opt(st, 7, concurrency);
+	sqlite3_bind_text(st, 8, req->trigger, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, now);
+	if (final) {
+		sqlite3_bind_int64(st, 10, now);
+		sqlite3_bind_int64(st, 11, now);
+	}
+	bind_opt(st, 12, error);
+	bind_opt(st, 13, req->repo);
+	bind_opt(st, 14, req->tree);
+	bind_opt(st, 15, req->author);
+	bind_opt(st, 16, req->committer);
+	bind_opt(st, 17, req->message);
+	bind_opt(st, 18, req->pusher);
+	if (req->delivery_id)
+		sqlite3_bind_int64(st, 19, req->delivery_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
+	if (req->delivery_id) {
+		st = STMT(e, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, *run_id);
+		sqlite3_bind_int64(st, 2, req->delivery_id);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+	}
+	event(e, *run_id, 0, "run.created", json_pack("{ss ss ss ss*}", "pipeline", name, "ref", req->ref,
+						      "trigger", req->trigger, "commit", req->commit));
+	if (final) {
+		event(e, *run_id, 0, "run.final", json_pack("{ss ss*}", "state", state, "error", error));
+		e->changed_state = 1;
+	}
+	return 0;
+}
+
 struct trigger_args {
 	const struct trigger_req *req;
 	const struct pipeline *p;
@@ -921,28 +982,12 @@ static int do_trigger(struct engine *e, void *arg)
 {
 	struct trigger_args *a = arg;
 	sqlite3_stmt *st;
-	int64_t now = clock_now_ms();
 	size_t i, k;
 	json_t *stage, *job;
 	int rc;
 
-	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at)"
-		     " VALUES (?,?,?,?,?, 'queued', ?,?,?)");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, a->p->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->req->file, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->req->yaml, (int)a->req->len, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, a->req->ref, -1, SQLITE_STATIC);
-	if (a->req->commit)
-		sqlite3_bind_text(st, 5, a->req->commit, -1, SQLITE_STATIC);
-	if (a->p->concurrency)
-		sqlite3_bind_text(st, 6, a->p->concurrency, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, a->req->trigger, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 8, now);
-	if ((rc = store_step_done(e->db, st)) < 0)
+	if ((rc = insert_run(e, a->req, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0)
 		return rc;
-	a->run_id = sqlite3_last_insert_rowid(store_db(e->db));
 
 	json_array_foreach(a->plan, i, stage) {
 		int64_t stage_id;
@@ -979,8 +1024,6 @@ static int do_trigger(struct engine *e, void *arg)
 				return rc;
 		}
 	}
-	event(e, a->run_id, 0, "run.created", json_pack("{ss ss ss}", "pipeline", a->p->name, "ref", a->req->ref,
-							"trigger", a->req->trigger));
 	return advance_run(e, a->run_id);
 }
 
@@ -1053,6 +1096,104 @@ out:
 	json_decref(a.plan);
 	pipeline_free(p);
 	return rc;
+}
+
+struct failed_run_args {
+	const struct trigger_req *req;
+	const char *name, *error;
+	int64_t run_id;
+};
+
+static int do_failed_run(struct engine *e, void *arg)
+{
+	struct failed_run_args *a = arg;
+	return insert_run(e, a->req, a->name, NULL, "failed", a->error, &a->run_id);
+}
+
+int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
+			     const char *error, int64_t *run_id)
+{
+	struct trigger_req r = *req;
+	struct failed_run_args a = { &r, name, error, 0 };
+	int rc;
+
+	if (!r.ref || !*r.ref)
+		r.ref = "refs/heads/main";
+	if (!r.trigger)
+		r.trigger = "api";
+	if (!r.file)
+		r.file = "pipeline.yml";
+	if ((rc = engine_call(e, do_failed_run, &a)) == 0)
+		*run_id = a.run_id;
+	return rc;
+}
+
+struct delivery_args {
+	const struct delivery *d;
+	const char *reason;
+	int64_t id;
+	int duplicate;
+};
+
+static int do_delivery_add(struct engine *e, void *arg)
+{
+	struct delivery_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM deliveries WHERE provider = ? AND delivery = ?");
+	int rc;
+
+	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		a->id = store_col_int(st, 0);
+	sqlite3_reset(st);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		a->duplicate = 1;
+		return 0;
+	}
+	st = STMT(e, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
+		     " received_at, state) VALUES (?,?,?,?,?,?,?,?,?, 'pending')");
+	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, a->d->repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, a->d->ref, -1, SQLITE_STATIC);
+	bind_opt(st, 5, a->d->before);
+	bind_opt(st, 6, a->d->after);
+	sqlite3_bind_int(st, 7, a->d->forced);
+	bind_opt(st, 8, a->d->pusher);
+	sqlite3_bind_int64(st, 9, clock_now_ms());
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	a->id = sqlite3_last_insert_rowid(store_db(e->db));
+	return 0;
+}
+
+int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate)
+{
+	struct delivery_args a = { d, NULL, 0, 0 };
+	int rc = engine_call(e, do_delivery_add, &a);
+	if (rc == 0) {
+		*id = a.id;
+		*duplicate = a.duplicate;
+	}
+	return rc;
+}
+
+static int do_delivery_done(struct engine *e, void *arg)
+{
+	struct delivery_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "UPDATE deliveries SET state = 'done', reason = ? WHERE id = ? AND state = 'pending'");
+	sqlite3_bind_text(st, 1, a->reason, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, a->id);
+	return store_step_done(e->db, st);
+}
+
+int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
+{
+	struct delivery_args a = { NULL, reason, id, 0 };
+	return engine_call(e, do_delivery_done, &a);
 }
 
 struct cancel_args {
@@ -1187,6 +1328,24 @@ static json_t *job_payload(struct engine *e, const struct jobrow *j)
 	json_object_set_new(out, "run_id", json_integer(j->run_id));
 	json_object_set_new(out, "stage", json_string(j->stage_name));
 	json_object_set_new(out, "max_log_bytes", json_integer(logstore_max_bytes()));
+
+	/* Where the code comes from: the agent fetches the tree from us. */
+	{
+		sqlite3_stmt *st = STMT(e, "SELECT ref, repo, commit_id, tree_id FROM runs WHERE id = ?");
+		sqlite3_bind_int64(st, 1, j->run_id);
+		if (store_step_row(e->db, st) == 1) {
+			json_object_set_new(out, "ref", json_string(store_col_text(st, 0)));
+			if (store_col_text(st, 1) && store_col_text(st, 2)) {
+				char *url = xasprintf("/api/v1/agent/jobs/%" PRId64 "/source?attempt=%d", j->id, j->attempt);
+				json_object_set_new(out, "source",
+						    json_pack("{ss ss ss ss* ss}", "url", url, "repo", store_col_text(st, 1),
+							      "commit", store_col_text(st, 2), "tree", store_col_text(st, 3),
+							      "ref", store_col_text(st, 0)));
+				free(url);
+			}
+		}
+		sqlite3_reset(st);
+	}
 	return out;
 }
 

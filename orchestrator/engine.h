@@ -52,7 +52,15 @@ struct trigger_req {
 	const char *file;        /* pipeline file name, for messages */
 	const char *ref;         /* "refs/heads/main"; default refs/heads/main */
 	const char *commit;      /* may be NULL */
-	const char *trigger;     /* "api", "cli", "webhook", ... */
+	const char *trigger;     /* "api", "webhook", ... */
+	/* Where the code came from (all optional; NULL for uploaded pipelines). */
+	const char *repo;
+	const char *tree;
+	const char *author;
+	const char *committer;
+	const char *message;
+	const char *pusher;
+	int64_t delivery_id;     /* the delivery this run answers (0: none) */
 };
 
 /*
@@ -62,6 +70,34 @@ struct trigger_req {
  */
 int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id,
 		   struct pl_diags *diags);
+/*
+ * Record a run that failed before it could start (its pipeline file does
+ * not validate, or its commit could not be fetched): state failed, error
+ * set, no stages.  Used for git sources, where the user must see why a push
+ * did nothing.  name is shown as the pipeline's name.
+ */
+int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
+			     const char *error, int64_t *run_id);
+
+/* A webhook delivery (or manual trigger) to turn into a run. */
+struct delivery {
+	const char *provider;    /* github, gitlab, gitea, api */
+	const char *delivery;    /* the sender's delivery id */
+	const char *repo;
+	const char *ref;
+	const char *before;
+	const char *after;       /* NULL for manual triggers: resolve ref */
+	int forced;
+	const char *pusher;
+};
+/*
+ * Record a delivery, state "pending".  If the same (provider, delivery) was
+ * recorded before, *duplicate is set and *id is the earlier one.
+ */
+int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate);
+/* Close a delivery that started no run, with the reason. */
+int engine_delivery_done(struct engine *e, int64_t id, const char *reason);
+
 /* OTA_ENOTFOUND, or OTA_ECONFLICT when the run already finished. */
 int engine_cancel_run(struct engine *e, int64_t run_id);
 

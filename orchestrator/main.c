@@ -28,9 +28,11 @@
 #include "clock.h"
 #include "config.h"
 #include "engine.h"
+#include "gitsrc.h"
 #include "localagents.h"
 #include "logstore.h"
 #include "pipeline.h"
+#include "sources.h"
 #include "store.h"
 
 static const char usage[] =
@@ -146,6 +148,7 @@ int main(int argc, char **argv)
 	struct engine *engine = NULL;
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
+	struct sources *sources = NULL;
 	struct engine_config ecfg;
 	struct api_config acfg;
 	char *path = NULL, *url = NULL, local_token[65];
@@ -242,9 +245,13 @@ int main(int argc, char **argv)
 	ecfg.secrets = cfg.secrets;
 	if (engine_start(&engine, db, &ecfg) < 0)
 		goto fail;
+	if (gitsrc_init(cfg.state_dir) < 0 || sources_start(&sources, engine, &cfg, 2) < 0)
+		goto fail;
 
 	acfg.listen = cfg.listen;
 	acfg.engine = engine;
+	acfg.config = &cfg;
+	acfg.sources = sources;
 	acfg.anonymous_read = cfg.anonymous_read;
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
@@ -287,7 +294,9 @@ fail:
 out:
 	localagents_stop(agents);
 	api_stop(api);
+	sources_stop(sources);
 	engine_stop(engine);
+	gitsrc_shutdown();
 	store_close(db);
 	if (lockfd >= 0)
 		close(lockfd);

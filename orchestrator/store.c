@@ -82,6 +82,22 @@ static const char *const migrations[] = {
 	"  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, run_id INTEGER,"
 	"  job_id INTEGER, kind TEXT NOT NULL, detail TEXT);"
 	"CREATE INDEX events_by_run ON events(run_id, id);",
+
+	/* 2: git sources: where a run's code came from; webhook deliveries */
+	"ALTER TABLE runs ADD COLUMN repo TEXT;"
+	"ALTER TABLE runs ADD COLUMN tree_id TEXT;"
+	"ALTER TABLE runs ADD COLUMN author TEXT;"
+	"ALTER TABLE runs ADD COLUMN committer TEXT;"
+	"ALTER TABLE runs ADD COLUMN message TEXT;"
+	"ALTER TABLE runs ADD COLUMN pusher TEXT;"
+	"ALTER TABLE runs ADD COLUMN delivery_id INTEGER;"
+	"CREATE TABLE deliveries ("
+	"  id INTEGER PRIMARY KEY, provider TEXT NOT NULL, delivery TEXT NOT NULL,"
+	"  repo TEXT NOT NULL, ref TEXT NOT NULL, before_sha TEXT, after_sha TEXT,"
+	"  forced INTEGER NOT NULL DEFAULT 0, pusher TEXT, received_at INTEGER NOT NULL,"
+	"  state TEXT NOT NULL, run_id INTEGER, reason TEXT,"
+	"  UNIQUE(provider, delivery));"
+	"CREATE INDEX deliveries_pending ON deliveries(state, id);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -1,0 +1,281 @@
+/*
+ * api_hooks.c - git-facing routes: push webhooks (/hooks/github, /gitlab,
+ * /gitea, /forgejo), manual triggers of a repository (POST
+ * /api/v1/triggers), the delivery log, and the source archive agents
+ * download for a job.
+ *
+ * A webhook is answered within a few seconds whatever happens: the
+ * delivery is recorded (de-duplicated by the sender's delivery id), handed
+ * to the source workers, and awaited for at most WEBHOOK_WAIT_MS.  Fast
+ * fetches (the common case) get their run id or the reason nothing was
+ * started in the answer; slow ones get "pending" and finish in the
+ * background (GitHub gives up after 10 s).
+ */
+#include "api_int.h"
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "gitsrc.h"
+#include "sources.h"
+#include "webhook.h"
+
+#define WEBHOOK_WAIT_MS 5000
+#define TRIGGER_WAIT_MS 60000
+
+static const char *header(struct api_req *r, const char *name)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+static json_t *outcome_json(int64_t delivery, const struct source_outcome *o)
+{
+	json_t *j = json_pack("{sI}", "delivery", (json_int_t)delivery);
+	if (!o->done)
+		json_object_set_new(j, "state", json_string("pending"));
+	else if (o->run_id)
+		json_object_set_new(j, "run_id", json_integer(o->run_id));
+	else
+		json_object_set_new(j, "reason", json_string(o->reason));
+	return j;
+}
+
+static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provider p)
+{
+	const struct otacd_config *cfg = a->cfg.config;
+	struct webhook_headers h = { 0 };
+	struct push_event ev;
+	struct delivery d = { 0 };
+	struct source_outcome o;
+	const struct repo_cfg *repo;
+	int *matched = xcalloc(cfg->nrepos + 1, sizeof(int));
+	int64_t id = 0;
+	int duplicate = 0, rc;
+	size_t idx;
+	enum MHD_Result ret;
+
+	if (p == WEBHOOK_GITHUB) {
+		h.event = header(r, "X-GitHub-Event");
+		h.delivery = header(r, "X-GitHub-Delivery");
+	} else if (p == WEBHOOK_GITLAB) {
+		h.event = header(r, "X-Gitlab-Event");
+		h.delivery = header(r, "X-Gitlab-Event-UUID");
+		h.gitlab_token = header(r, "X-Gitlab-Token");
+	} else {
+		h.event = header(r, "X-Gitea-Event") ? header(r, "X-Gitea-Event") : header(r, "X-Forgejo-Event");
+		h.delivery = header(r, "X-Gitea-Delivery") ? header(r, "X-Gitea-Delivery") : header(r, "X-Forgejo-Delivery");
+		h.gitea_signature = header(r, "X-Gitea-Signature") ? header(r, "X-Gitea-Signature")
+								    : header(r, "X-Forgejo-Signature");
+	}
+	if (p != WEBHOOK_GITLAB)
+		h.hub_signature = header(r, "X-Hub-Signature-256");
+
+	/* 1. authenticity, before anything in the body is read */
+	if (webhook_authenticate(cfg, p, &h, r->body.ptr ? r->body.ptr : "", r->body.len, matched) == 0) {
+		ret = api_reply_error(r, MHD_HTTP_UNAUTHORIZED, "missing or invalid webhook signature");
+		goto out;
+	}
+	/* 2. the payload */
+	if (webhook_parse(p, &h, r->body.ptr ? r->body.ptr : "", r->body.len, &ev) < 0) {
+		ret = api_reply_error(r, MHD_HTTP_BAD_REQUEST, "%s", ota_error_last());
+		goto out;
+	}
+	if (ev.kind == PUSH_PING) {
+		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb ss}", "ok", 1, "event", "ping"));
+		goto out_ev;
+	}
+	if (ev.kind == PUSH_OTHER) {
+		ret = api_reply_json(r, MHD_HTTP_ACCEPTED,
+				     json_pack("{ss}", "reason", "only push events start runs; this event is ignored"));
+		goto out_ev;
+	}
+	repo = config_repo_find(cfg, ev.repo);
+	if (!repo) {
+		ret = api_reply_error(r, MHD_HTTP_NOT_FOUND, "repository '%s' is not configured in otacd", ev.repo);
+		goto out_ev;
+	}
+	idx = (size_t)(repo - cfg->repos);
+	if (!matched[idx]) {
+		ret = api_reply_error(r, MHD_HTTP_UNAUTHORIZED, "the signature is not valid for repository '%s'", ev.repo);
+		goto out_ev;
+	}
+	if (!h.delivery || !*h.delivery || strlen(h.delivery) > 128) {
+		ret = api_reply_error(r, MHD_HTTP_BAD_REQUEST, "the delivery id header is missing");
+		goto out_ev;
+	}
+
+	/* 3. record it once */
+	d.provider = webhook_provider_name(p);
+	d.delivery = h.delivery;
+	d.repo = ev.repo;
+	d.ref = ev.ref;
+	d.before = ev.before;
+	d.after = ev.after;
+	d.forced = ev.forced;
+	d.pusher = ev.pusher;
+	if ((rc = engine_delivery_add(a->cfg.engine, &d, &id, &duplicate)) < 0) {
+		ret = api_reply_rc(r, rc);
+		goto out_ev;
+	}
+	if (duplicate) {
+		json_t *j;
+		sources_outcome(id, &o);
+		j = outcome_json(id, &o);
+		json_object_set_new(j, "duplicate", json_true());
+		ret = api_reply_json(r, MHD_HTTP_OK, j);
+		goto out_ev;
+	}
+	if (ev.deleted) {
+		char *why = xasprintf("%s was deleted: nothing to build", ev.ref);
+		engine_delivery_done(a->cfg.engine, id, why);
+		ret = api_reply_json(r, MHD_HTTP_ACCEPTED, json_pack("{sI ss}", "delivery", (json_int_t)id, "reason", why));
+		free(why);
+		goto out_ev;
+	}
+	/* 4. the slow part, within the sender's patience */
+	sources_submit(a->cfg.sources, id, ev.repo, WEBHOOK_WAIT_MS, &o);
+	ret = api_reply_json(r, MHD_HTTP_ACCEPTED, outcome_json(id, &o));
+out_ev:
+	push_event_release(&ev);
+out:
+	free(matched);
+	return ret;
+}
+
+enum MHD_Result api_hook_github(struct api *a, struct api_req *r)
+{
+	return hook(a, r, WEBHOOK_GITHUB);
+}
+
+enum MHD_Result api_hook_gitlab(struct api *a, struct api_req *r)
+{
+	return hook(a, r, WEBHOOK_GITLAB);
+}
+
+enum MHD_Result api_hook_gitea(struct api *a, struct api_req *r)
+{
+	return hook(a, r, WEBHOOK_GITEA);
+}
+
+enum MHD_Result api_post_trigger(struct api *a, struct api_req *r)
+{
+	json_t *repo = json_object_get(r->json, "repo"), *ref = json_object_get(r->json, "ref");
+	struct delivery d = { 0 };
+	struct source_outcome o;
+	char token[33];
+	int64_t id = 0;
+	int duplicate = 0, rc;
+
+	if (!json_is_string(repo) || !json_is_string(ref) || !*json_string_value(ref) ||
+	    strlen(json_string_value(ref)) > 255)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "body must be {\"repo\": NAME, \"ref\": BRANCH|TAG|REF|COMMIT}");
+	if (!config_repo_find(a->cfg.config, json_string_value(repo)))
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "repository '%s' is not configured in otacd",
+				       json_string_value(repo));
+	ota_random_hex(token, 16);
+	d.provider = "api";
+	d.delivery = token;
+	d.repo = json_string_value(repo);
+	d.ref = json_string_value(ref);
+	d.pusher = auth_role_name(r->role);
+	if ((rc = engine_delivery_add(a->cfg.engine, &d, &id, &duplicate)) < 0)
+		return api_reply_rc(r, rc);
+	sources_submit(a->cfg.sources, id, d.repo, TRIGGER_WAIT_MS, &o);
+	if (o.done && o.run_id)
+		return api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI sI}", "id", (json_int_t)o.run_id,
+								     "delivery", (json_int_t)id));
+	return api_reply_json(r, MHD_HTTP_ACCEPTED, outcome_json(id, &o));
+}
+
+enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r)
+{
+	struct store *db = store_reader();
+	int64_t limit = api_query_int(r, "limit");
+	json_t *arr = json_array();
+	sqlite3_stmt *st;
+
+	(void)a;
+	if (!db || !(st = store_stmt(db, "SELECT id, provider, delivery, repo, ref, after_sha, forced, pusher,"
+					 " received_at, state, run_id, reason FROM deliveries ORDER BY id DESC LIMIT ?"))) {
+		json_decref(arr);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
+	}
+	sqlite3_bind_int64(st, 1, limit > 0 && limit <= 500 ? limit : 50);
+	while (store_step_row(db, st) == 1) {
+		json_t *o = json_pack("{sI ss ss ss ss sb sI ss}", "id", (json_int_t)store_col_int(st, 0),
+				      "provider", store_col_text(st, 1), "delivery", store_col_text(st, 2),
+				      "repo", store_col_text(st, 3), "ref", store_col_text(st, 4),
+				      "forced", (int)store_col_int(st, 6), "received_at", (json_int_t)store_col_int(st, 8),
+				      "state", store_col_text(st, 9));
+		json_object_set_new(o, "after", store_col_text(st, 5) ? json_string(store_col_text(st, 5)) : json_null());
+		json_object_set_new(o, "pusher", store_col_text(st, 7) ? json_string(store_col_text(st, 7)) : json_null());
+		json_object_set_new(o, "run_id", sqlite3_column_type(st, 10) == SQLITE_NULL ? json_null()
+											 : json_integer(store_col_int(st, 10)));
+		json_object_set_new(o, "reason", store_col_text(st, 11) ? json_string(store_col_text(st, 11)) : json_null());
+		json_array_append_new(arr, o);
+	}
+	sqlite3_reset(st);
+	return api_reply_json(r, MHD_HTTP_OK, arr);
+}
+
+enum MHD_Result api_agent_source(struct api *a, struct api_req *r)
+{
+	int64_t attempt = api_query_int(r, "attempt");
+	struct store *db = store_reader();
+	const struct repo_cfg *repo = NULL;
+	char *commit = NULL, *tar = NULL, *repo_name = NULL;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	sqlite3_stmt *st;
+	struct stat sb;
+	int fd;
+
+	if (attempt <= 0)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
+	if (!api_attempt_current(r->id, attempt))
+		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
+				       attempt, r->id);
+	if (!db || !(st = store_stmt(db, "SELECT r.repo, r.commit_id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?")))
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
+	sqlite3_bind_int64(st, 1, r->id);
+	if (store_step_row(db, st) == 1 && store_col_text(st, 0) && store_col_text(st, 1)) {
+		repo_name = xstrdup(store_col_text(st, 0));
+		commit = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (!commit) {
+		ret = api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " has no git source", r->id);
+		goto out;
+	}
+	repo = config_repo_find(a->cfg.config, repo_name);
+	if (!repo) {
+		ret = api_reply_error(r, MHD_HTTP_NOT_FOUND, "repository '%s' is no longer configured", repo_name);
+		goto out;
+	}
+	if (gitsrc_archive(&repo->git, commit, &tar) < 0) {
+		ret = api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
+		goto out;
+	}
+	fd = open(tar, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &sb) < 0) {
+		if (fd >= 0)
+			close(fd);
+		ret = api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot open the source archive");
+		goto out;
+	}
+	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	MHD_add_response_header(resp, "Content-Type", "application/x-tar");
+	MHD_add_response_header(resp, "X-Commit", commit);
+	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+out:
+	free(tar);
+	free(commit);
+	free(repo_name);
+	return ret;
+}

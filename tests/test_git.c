@@ -1,0 +1,387 @@
+/*
+ * test_git.c - git push to otacd, for real: a bare repository whose
+ * post-receive hook (tests/githook.sh) sends a signed GitHub, GitLab or
+ * Gitea push webhook with curl, a working clone that `git push`es to it,
+ * and a real otacd that fetches the mirror with libgit2, reads the
+ * pipeline at the pushed commit and runs it on its local agents.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#define SECRET "push-secret-0123456789"
+#define REPO "acme/fw"
+
+static const char pipeline[] =
+	"name: fw\n"
+	"on: { push: { branches: [main, \"release/*\"], tags: [\"v*\"] } }\n"
+	"concurrency: fw\n"
+	"stages:\n"
+	"  - name: build\n"
+	"    steps:\n"
+	"      - run: 'cat src/main.c; echo \"commit=$OTACD_COMMIT ref=$OTACD_REF\"'\n";
+
+struct gitenv {
+	struct daemon d;
+	char *origin;    /* bare repository */
+	char *work;      /* working clone */
+	char *hooklog;
+	const char *provider;
+};
+
+static int git(struct gitenv *g, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
+static int git(struct gitenv *g, struct buf *out, const char *fmt, ...)
+{
+	struct buf cmd = BUF_INIT;
+	va_list ap;
+	int rc;
+	va_start(ap, fmt);
+	buf_vprintf(&cmd, fmt, ap);
+	va_end(ap);
+	rc = h_sh(out, "cd %s && git -c user.name=Tester -c user.email=tester@example.com %s", g->work, buf_cstr(&cmd));
+	buf_release(&cmd);
+	return rc;
+}
+
+static char *rev(struct gitenv *g, const char *what)
+{
+	struct buf out = BUF_INIT;
+	assert_int_equal(git(g, &out, "rev-parse %s", what), 0);
+	out.ptr[strcspn(out.ptr, "\n")] = '\0';
+	return buf_detach(&out);
+}
+
+static void commit_file(struct gitenv *g, const char *path, const char *content, const char *msg)
+{
+	struct buf out = BUF_INIT;
+	char *full = xasprintf("%s/%s", g->work, path);
+	char *dir = xstrdup(full);
+	*strrchr(dir, '/') = '\0';
+	ota_mkdir_p(dir, 0755);
+	assert_int_equal(ota_write_file_atomic(full, content, strlen(content), 0644), 0);
+	if (git(g, &out, "add -A && git -c user.name=Tester -c user.email=tester@example.com commit -q -m '%s'", msg) != 0)
+		fail_msg("git commit: %s", buf_cstr(&out));
+	free(dir);
+	free(full);
+	buf_release(&out);
+}
+
+static void push(struct gitenv *g, const char *args)
+{
+	struct buf out = BUF_INIT;
+	if (git(g, &out, "push -q origin %s", args) != 0)
+		fail_msg("git push %s: %s", args, buf_cstr(&out));
+	buf_release(&out);
+}
+
+static void setup_env(struct gitenv *g, const char *provider)
+{
+	const char *const args[] = { "--local-agents", "2", NULL };
+	struct buf out = BUF_INIT;
+	char *config, *hook, *src = xasprintf("%s/tests/githook.sh", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
+	char *base;
+
+	memset(g, 0, sizeof(*g));
+	g->provider = provider;
+	base = h_tmpdir();
+	g->origin = xasprintf("%s/origin.git", base);
+	g->work = xasprintf("%s/work", base);
+	g->hooklog = xasprintf("%s/hook.log", base);
+	config = xasprintf("lease: 3s\nheartbeat: 300ms\nrepositories:\n"
+			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n", g->origin);
+	h_init(&g->d, config);
+	h_start(&g->d, args);
+	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
+			      g->origin, g->work, g->work, g->origin), 0);
+	hook = xasprintf("%s/hooks/post-receive", g->origin);
+	assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=%s OTACD_HOOK_SECRET=%s "
+				    "OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s exec %s\\n' > %s && chmod +x %s",
+			      g->d.url, provider, SECRET, REPO, g->hooklog, src, hook, hook), 0);
+	commit_file(g, ".otacd/pipeline.yml", pipeline, "add pipeline");
+	commit_file(g, "src/main.c", "int main(void) { return 0; } /* v1 */\n", "first");
+	free(hook);
+	free(config);
+	free(src);
+	free(base);
+	buf_release(&out);
+}
+
+static void teardown_env(struct gitenv *g)
+{
+	struct buf out = BUF_INIT;
+	h_cleanup(&g->d);
+	if (!getenv("OTACD_KEEP"))
+		h_sh(&out, "rm -rf %s %s", g->origin, g->work);
+	buf_release(&out);
+	free(g->origin);
+	free(g->work);
+	free(g->hooklog);
+}
+
+/* The runs of REPO, oldest first. */
+static json_t *repo_runs(struct gitenv *g)
+{
+	json_t *ans = NULL, *out = json_array(), *run;
+	size_t i;
+	assert_int_equal(h_get(&g->d, "/api/v1/runs?limit=500", &ans), 200);
+	json_array_foreach(json_object_get(ans, "runs"), i, run)
+		if (json_is_string(json_object_get(run, "repo")))
+			json_array_insert(out, 0, run);
+	json_decref(ans);
+	return out;
+}
+
+static char *job_log(struct gitenv *g, json_t *run)
+{
+	struct buf out = BUF_INIT;
+	json_t *full = h_run(&g->d, json_integer_value(json_object_get(run, "id")));
+	json_t *job = h_job(full, "build");
+	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' %s/api/v1/jobs/%lld/log", g->d.token, g->d.url,
+			      (long long)json_integer_value(json_object_get(job, "id"))), 0);
+	json_decref(full);
+	return buf_detach(&out);
+}
+
+static char *hook_log(struct gitenv *g)
+{
+	struct buf b = BUF_INIT;
+	if (ota_read_file(&b, g->hooklog, 1 << 20) < 0)
+		return xstrdup("");
+	return buf_detach(&b);
+}
+
+static void push_runs_the_pipeline_at_the_pushed_commit(const char *provider)
+{
+	struct gitenv g;
+	json_t *runs, *run;
+	char *head, *tree, *log;
+
+	setup_env(&g, provider);
+	push(&g, "main");
+	head = rev(&g, "HEAD");
+	tree = rev(&g, "HEAD^{tree}");
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 1);
+	run = json_array_get(runs, 0);
+	assert_string_equal(json_string_value(json_object_get(run, "commit")), head);
+	assert_string_equal(json_string_value(json_object_get(run, "tree")), tree);
+	assert_string_equal(json_string_value(json_object_get(run, "ref")), "refs/heads/main");
+	assert_string_equal(json_string_value(json_object_get(run, "repo")), REPO);
+	assert_non_null(strstr(json_string_value(json_object_get(run, "author")), "Tester"));
+	assert_non_null(strstr(json_string_value(json_object_get(run, "message")), "first"));
+	assert_non_null(strstr(json_string_value(json_object_get(run, "pusher")), "tester"));
+	assert_string_equal(h_wait_run(&g.d, json_integer_value(json_object_get(run, "id")), 20000), "passed");
+	/* the job saw exactly the pushed files */
+	log = job_log(&g, run);
+	assert_non_null(strstr(log, "/* v1 */"));
+	{
+		char *want = xasprintf("commit=%s ref=refs/heads/main", head);
+		assert_non_null(strstr(log, want));
+		free(want);
+	}
+	free(log);
+	json_decref(runs);
+	free(head);
+	free(tree);
+	teardown_env(&g);
+}
+
+static void github_push_runs_the_pipeline_at_the_pushed_commit(void **state)
+{
+	(void)state;
+	push_runs_the_pipeline_at_the_pushed_commit("github");
+}
+
+static void gitlab_push_runs_the_pipeline_at_the_pushed_commit(void **state)
+{
+	(void)state;
+	push_runs_the_pipeline_at_the_pushed_commit("gitlab");
+}
+
+static void gitea_push_runs_the_pipeline_at_the_pushed_commit(void **state)
+{
+	(void)state;
+	push_runs_the_pipeline_at_the_pushed_commit("gitea");
+}
+
+static void redelivered_webhook_starts_one_run(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	json_t *runs;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	/* resend the exact request the hook sent */
+	assert_int_equal(h_sh(&out, "set --; while IFS= read -r h; do set -- \"$@\" -H \"$h\"; done < %s.headers; "
+				    "curl -s -w ' %%{http_code}' -H 'Content-Type: application/json' \"$@\" --data-binary @%s.body %s/hooks/github",
+			      g.hooklog, g.hooklog, g.d.url), 0);
+	assert_non_null(strstr(buf_cstr(&out), "\"duplicate\":true"));
+	assert_non_null(strstr(buf_cstr(&out), " 200"));
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 1);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM deliveries"), 1);
+	json_decref(runs);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
+static void forged_signature_gets_401_and_records_nothing(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	/* the same body with a signature made with another secret; and none */
+	assert_int_equal(h_sh(&out, "sig=$(openssl dgst -sha256 -hmac wrong-secret-000000 -r < %s.body | cut -d' ' -f1); "
+				    "curl -s -o /dev/null -w '%%{http_code}' -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: forged-1' "
+				    "-H \"X-Hub-Signature-256: sha256=$sig\" --data-binary @%s.body %s/hooks/github",
+			      g.hooklog, g.hooklog, g.d.url), 0);
+	assert_string_equal(buf_cstr(&out), "401");
+	assert_int_equal(h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: forged-2' "
+				    "--data-binary @%s.body %s/hooks/github", g.hooklog, g.d.url), 0);
+	assert_string_equal(buf_cstr(&out), "401");
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM deliveries WHERE delivery LIKE 'forged%'"), 0);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs"), 1);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
+static void deleted_branch_and_unfiltered_branch_start_nothing_but_matching_tag_does(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	json_t *runs;
+	char *log;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	push(&g, "main:feature/x");          /* not in on.push.branches */
+	push(&g, ":feature/x");              /* deletion */
+	assert_int_equal(git(&g, &out, "tag v1.0.0"), 0);
+	push(&g, "v1.0.0");                  /* matches tags: [v*] */
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 2);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 1), "ref")), "refs/tags/v1.0.0");
+	log = hook_log(&g);
+	/* the hook's answers: 202 with the reason nothing was started */
+	assert_non_null(strstr(log, "refs/heads/feature/x {\"delivery\":2,\"reason\":\"refs/heads/feature/x does not match the pipeline's on.push filters: nothing to run\"} 202"));
+	assert_non_null(strstr(log, "refs/heads/feature/x was deleted: nothing to build"));
+	free(log);
+	json_decref(runs);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
+static void broken_pipeline_gives_a_failed_run_naming_file_line_column(void **state)
+{
+	struct gitenv g;
+	json_t *runs;
+	const char *error;
+	(void)state;
+	setup_env(&g, "github");
+	commit_file(&g, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    stpes: [ { run: x } ]\n", "break it");
+	push(&g, "main");
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 1);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 0), "state")), "failed");
+	error = json_string_value(json_object_get(json_array_get(runs, 0), "error"));
+	assert_non_null(error);
+	assert_non_null(strstr(error, ".otacd/pipeline.yml:4:5"));
+	assert_non_null(strstr(error, "steps"));
+	json_decref(runs);
+	teardown_env(&g);
+}
+
+static void force_push_and_rapid_pushes_each_get_a_run_in_order(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	char *commits[12];
+	json_t *runs;
+	int n = 0;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	commits[n++] = rev(&g, "HEAD");
+	/* rewrite history and force-push */
+	assert_int_equal(git(&g, &out, "commit -q --amend -m 'first, amended'"), 0);
+	push(&g, "+main");
+	commits[n++] = rev(&g, "HEAD");
+	/* ten pushes as fast as git can make them */
+	for (int i = 0; i < 10; i++) {
+		char content[64], msg[32];
+		snprintf(content, sizeof(content), "int main(void) { return %d; }\n", i);
+		snprintf(msg, sizeof(msg), "rapid %d", i);
+		commit_file(&g, "src/main.c", content, msg);
+		push(&g, "main");
+		commits[n++] = rev(&g, "HEAD");
+	}
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), (size_t)n);
+	for (int i = 0; i < n; i++) {
+		json_t *run = json_array_get(runs, (size_t)i);
+		assert_string_equal(json_string_value(json_object_get(run, "commit")), commits[i]);
+	}
+	/* one concurrency group: all pass, one after another in push order */
+	for (int i = 0; i < n; i++)
+		assert_string_equal(h_wait_run(&g.d, json_integer_value(json_object_get(json_array_get(runs, (size_t)i), "id")),
+					       30000), "passed");
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs a JOIN runs b ON b.id > a.id WHERE b.started_at < a.finished_at"), 0);
+	for (int i = 0; i < n; i++)
+		free(commits[i]);
+	json_decref(runs);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
+static void otactl_triggers_a_repository_ref_without_a_webhook(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *head;
+	json_t *run;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	head = rev(&g, "HEAD");
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger " REPO " main --wait", otactl, g.d.url, g.d.token), 0);
+	run = h_run(&g.d, 2);
+	assert_string_equal(json_string_value(json_object_get(run, "commit")), head);
+	assert_string_equal(json_string_value(json_object_get(run, "trigger")), "api");
+	assert_string_equal(json_string_value(json_object_get(run, "state")), "passed");
+	json_decref(run);
+	/* an unknown ref says so and starts nothing */
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger " REPO " no-such-branch", otactl, g.d.url, g.d.token), 1);
+	assert_non_null(strstr(buf_cstr(&out), "no-such-branch"));
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs"), 2);
+	free(head);
+	free(otactl);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(github_push_runs_the_pipeline_at_the_pushed_commit),
+		cmocka_unit_test(gitlab_push_runs_the_pipeline_at_the_pushed_commit),
+		cmocka_unit_test(gitea_push_runs_the_pipeline_at_the_pushed_commit),
+		cmocka_unit_test(redelivered_webhook_starts_one_run),
+		cmocka_unit_test(forged_signature_gets_401_and_records_nothing),
+		cmocka_unit_test(deleted_branch_and_unfiltered_branch_start_nothing_but_matching_tag_does),
+		cmocka_unit_test(broken_pipeline_gives_a_failed_run_naming_file_line_column),
+		cmocka_unit_test(force_push_and_rapid_pushes_each_get_a_run_in_order),
+		cmocka_unit_test(otactl_triggers_a_repository_ref_without_a_webhook),
+	};
+	return cmocka_run_group_tests_name("git", tests, NULL, NULL);
+}
