@@ -7,7 +7,10 @@
  *
  * How: main() registers (retrying forever while the daemon is away), then
  * long-polls for a job.  A job runs on the main thread: a fresh workspace,
- * then each step as `/bin/sh -e -c RUN` in its own process group, its
+ * the commit's tree unpacked into it when the run comes from git (the
+ * daemon serves a tar, streamed to an unlinked temporary file, retried on
+ * 404/5xx/network errors, extracted by source.c), then each step as
+ * `/bin/sh -e -c RUN` in its own process group, its
  * stdout+stderr read from one pipe with poll().  Two helper threads live for
  * the length of a job:
  *   - the heartbeat thread extends the lease and learns about cancels (the

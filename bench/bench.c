@@ -8,11 +8,16 @@
  *              The step creates a file; the bench sees it with inotify.
  *   throughput runs of 3 trivial jobs through 2 local agents, jobs/s,
  *              against the raw fork/exec rate of `sh -c true`.
+ *   webhook    push webhook received -> run created -> first step running,
+ *              for pushes to a local repository (fetch, read the pipeline at
+ *              the commit, check the tree out on the agent), against the
+ *              same pipeline triggered through the API (no git at all).
  *   memory     otacd's resident set idle and after many finished runs.
  *
- * Usage: otacd-bench BINDIR [pickup_runs throughput_runs memory_runs]
+ * Usage: otacd-bench BINDIR [pickup_runs throughput_runs memory_runs webhook_pushes]
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -25,8 +30,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "../common/httpc.h"
 #include "../common/util.h"
+#include "../orchestrator/webhook.h"
 
 static double now_ms(void)
 {
@@ -52,7 +60,14 @@ struct daemon {
 	char *dir, *url, *token;
 };
 
+static void start_daemon_cfg(struct daemon *d, const char *bindir, const char *config);
+
 static void start_daemon(struct daemon *d, const char *bindir)
+{
+	start_daemon_cfg(d, bindir, NULL);
+}
+
+static void start_daemon_cfg(struct daemon *d, const char *bindir, const char *config)
 {
 	char *otacd = xasprintf("%s/otacd", bindir);
 	char *state = xasprintf("%s/state", d->dir);
@@ -64,7 +79,12 @@ static void start_daemon(struct daemon *d, const char *bindir)
 	if (d->pid == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 2);
-		execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--local-agents", "2", (char *)NULL);
+		if (config)
+			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--local-agents", "2",
+			      "--config", config, (char *)NULL);
+		else
+			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--local-agents", "2",
+			      (char *)NULL);
 		_exit(127);
 	}
 	while (ota_read_file(&b, urlfile, 4096) < 0)
@@ -162,12 +182,141 @@ static void spawn_wait(const char *cmd)
 	waitpid(pid, NULL, 0);
 }
 
+static int sh(const char *fmt, ...) OTA_PRINTF(1, 2);
+static int sh(const char *fmt, ...)
+{
+	struct buf cmd = BUF_INIT;
+	va_list ap;
+	int rc;
+	va_start(ap, fmt);
+	buf_vprintf(&cmd, fmt, ap);
+	va_end(ap);
+	rc = system(buf_cstr(&cmd));
+	buf_release(&cmd);
+	return rc;
+}
+
+static size_t discard(char *p, size_t size, size_t n, void *ctx)
+{
+	(void)p;
+	(void)ctx;
+	return size * n;
+}
+
+/* POST a GitHub push webhook (libcurl directly: the bench needs its own headers). */
+static void post_hook(const char *url, const char *body, const char *delivery, const char *sig)
+{
+	CURL *c = curl_easy_init();
+	struct curl_slist *h = NULL;
+	char *d = xasprintf("X-GitHub-Delivery: %s", delivery), *s = xasprintf("X-Hub-Signature-256: %s", sig);
+	h = curl_slist_append(h, "X-GitHub-Event: push");
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, d);
+	h = curl_slist_append(h, s);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+	curl_easy_perform(c);
+	curl_slist_free_all(h);
+	curl_easy_cleanup(c);
+	free(d);
+	free(s);
+}
+
+static void webhook_bench(const char *bindir, int n)
+{
+	struct daemon d = { 0 };
+	char tmpl[] = "/tmp/otacd-bench-XXXXXX";
+	char *marks, *config, *yaml, *work;
+	double *hook = xcalloc((size_t)n, sizeof(double)), *api = xcalloc((size_t)n, sizeof(double)), t0;
+	int ifd;
+
+	d.dir = xstrdup(mkdtemp(tmpl));
+	marks = xasprintf("%s/marks", d.dir);
+	work = xasprintf("%s/work", d.dir);
+	ota_mkdir_p(marks, 0700);
+	yaml = xasprintf("name: fw\nstages:\n  - { name: s, steps: [ { run: ': > %s/$OTACD_COMMIT' } ] }\n", marks);
+	config = xasprintf("%s/config.yml", d.dir);
+	{
+		char *text = xasprintf("repositories:\n  - { name: acme/fw, url: \"%s/origin.git\", secret: bench-secret-0123456789 }\n", d.dir);
+		ota_write_file_atomic(config, text, strlen(text), 0600);
+		free(text);
+	}
+	sh("git init -q --bare -b main %s/origin.git && git init -q -b main %s && mkdir -p %s/.otacd && "
+	   "printf '%%s' \"$(cat <<'EOT'\n%s\nEOT\n)\" > %s/.otacd/pipeline.yml && cd %s && git add -A && "
+	   "git -c user.name=b -c user.email=b@b commit -qm init && git remote add origin %s/origin.git && git push -q origin main",
+	   d.dir, work, work, yaml, work, work, d.dir);
+	start_daemon_cfg(&d, bindir, config);
+	ifd = inotify_init1(IN_CLOEXEC);
+	inotify_add_watch(ifd, marks, IN_CREATE);
+
+	for (int i = 0; i < n; i++) {
+		struct buf sha = BUF_INIT;
+		char *body, *url, sig[65], *sighdr, delivery[40];
+		FILE *p;
+		char line[64] = "";
+
+		sh("cd %s && git -c user.name=b -c user.email=b@b commit -q --allow-empty -m 'push %d' && git push -q origin main", work, i);
+		p = popen(xasprintf("git -C %s rev-parse HEAD", work), "r");
+		if (!p || !fgets(line, sizeof(line), p))
+			break;
+		pclose(p);
+		line[strcspn(line, "\n")] = '\0';
+		buf_puts(&sha, line);
+		body = xasprintf("{\"ref\":\"refs/heads/main\",\"before\":\"0000000000000000000000000000000000000001\","
+				 "\"after\":\"%s\",\"repository\":{\"full_name\":\"acme/fw\"},\"pusher\":{\"name\":\"b\"}}", line);
+		webhook_hmac_hex("bench-secret-0123456789", body, strlen(body), sig);
+		sighdr = xasprintf("sha256=%s", sig);
+		snprintf(delivery, sizeof(delivery), "bench-%d", i);
+		url = xasprintf("%s/hooks/github", d.url);
+		t0 = now_ms();
+		post_hook(url, body, delivery, sighdr);
+		wait_created(ifd, line);
+		hook[i] = now_ms() - t0;
+		free(url);
+		free(sighdr);
+		free(body);
+		buf_release(&sha);
+	}
+	for (int i = 0; i < n; i++) {
+		char *name = xasprintf("api-%d", i);
+		char *y = xasprintf("name: fw\nstages:\n  - { name: s, steps: [ { run: ': > %s/%s' } ] }\n", marks, name);
+		t0 = now_ms();
+		trigger(&d, y);
+		wait_created(ifd, name);
+		api[i] = now_ms() - t0;
+		free(y);
+		free(name);
+	}
+	qsort(hook, (size_t)n, sizeof(double), cmp_double);
+	qsort(api, (size_t)n, sizeof(double), cmp_double);
+	printf("webhook: push webhook -> run -> first step running, %d pushes to a local repository\n", n);
+	printf("  webhook    p50 %7.2f ms   p99 %7.2f ms   (fetch, read pipeline at the commit, agent checks the tree out)\n",
+	       pct(hook, (size_t)n, 0.5), pct(hook, (size_t)n, 0.99));
+	printf("  API        p50 %7.2f ms   p99 %7.2f ms   (baseline: the same pipeline, no git)\n",
+	       pct(api, (size_t)n, 0.5), pct(api, (size_t)n, 0.99));
+	printf("  git costs  p50 %7.2f ms   (target: webhook p50 under 20 ms)\n\n",
+	       pct(hook, (size_t)n, 0.5) - pct(api, (size_t)n, 0.5));
+	kill(d.pid, SIGTERM);
+	waitpid(d.pid, NULL, 0);
+	if (!getenv("OTACD_KEEP"))
+		sh("rm -rf %s", d.dir);
+	free(hook);
+	free(api);
+	free(marks);
+	free(config);
+	free(yaml);
+	free(work);
+}
+
 int main(int argc, char **argv)
 {
 	const char *bindir = argc > 1 ? argv[1] : "build/bin";
 	int n_pickup = argc > 2 ? atoi(argv[2]) : 200;
 	int n_tput = argc > 3 ? atoi(argv[3]) : 1000;
 	int n_mem = argc > 4 ? atoi(argv[4]) : 10000;
+	int n_hook = argc > 5 ? atoi(argv[5]) : 200;
 	struct daemon d = { 0 };
 	char tmpl[] = "/tmp/otacd-bench-XXXXXX", *marks;
 	double *lat = xcalloc((size_t)n_pickup, sizeof(double)), *raw = xcalloc((size_t)n_pickup, sizeof(double));
@@ -231,6 +380,9 @@ int main(int argc, char **argv)
 	printf("  otacd      %8.1f jobs/s  (%.1f s)\n", n_tput * 3 / (t_otacd / 1e3), t_otacd / 1e3);
 	printf("  fork/exec  %8.1f /s      (sh -c true, one after another)\n", n_tput * 3 / (t_raw / 1e3));
 	printf("  ratio      %8.2f of the raw spawn rate\n\n", (n_tput * 3 / (t_otacd / 1e3)) / (n_tput * 3 / (t_raw / 1e3)));
+
+	/* ---- webhook ---- */
+	webhook_bench(bindir, n_hook);
 
 	/* ---- memory ---- */
 	{

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #ifndef OTACD_VERSION
 #define OTACD_VERSION "0.1.0-dev"
@@ -144,6 +145,32 @@ static const char *short_ref(const char *ref)
 	if (!strncmp(ref, "refs/tags/", 10))
 		return ref + 10;
 	return ref;
+}
+
+/* The abbreviated commit id shown everywhere (as in the agent's log). */
+#define SHORT_COMMIT 12
+
+/*
+ * The first line of s, for a terminal: control characters (an ESC in a
+ * commit message, say) become spaces, and more than max bytes are cut at a
+ * character boundary with "...".  Caller frees.
+ */
+static char *one_line(const char *s, size_t max)
+{
+	size_t n = strcspn(s, "\r\n");
+	struct buf b = BUF_INIT;
+
+	if (n > max) {
+		n = max;
+		while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+			n--;
+	}
+	buf_put(&b, "", 0);
+	for (size_t i = 0; i < n; i++)
+		buf_putc(&b, (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? ' ' : s[i]);
+	if (n < strcspn(s, "\r\n"))
+		buf_puts(&b, "...");
+	return buf_detach(&b);
 }
 
 static int state_final(const char *s)
@@ -482,34 +509,45 @@ static int wait_run(const char *run_id)
 	return rc;
 }
 
-static int cmd_trigger(int argc, char **argv)
+/* Print the problems of a 422 answer on stderr. */
+static void print_invalid(const json_t *ans, const char *what, int headline)
 {
-	const char *file = NULL, *ref = "refs/heads/main";
-	struct buf text = BUF_INIT;
-	json_t *req = NULL, *ans = NULL, *v;
-	long status = 0;
-	int wait = 0, rc, r;
+	const json_t *errors = json_object_get(ans, "errors"), *e;
+	size_t i;
+
+	if (headline || !json_array_size(errors))
+		fprintf(stderr, "otactl: %s: %s\n", what, str_or(ans, "error", "invalid pipeline"));
+	json_array_foreach(errors, i, e)
+		fprintf(stderr, "%s\n", json_string_value(e) ? json_string_value(e) : "?");
+}
+
+/* A run was started: print its id (the answer with --json), then follow
+ * it to the end with --wait. */
+static int run_started(const json_t *ans, const json_t *id_value, int wait)
+{
 	char id[64];
 
-	for (int i = 1; i < argc; i++) {
-		if ((r = opt_value("--ref", argc, argv, &i, &ref)) != 0) {
-			if (r < 0)
-				return usage_error("trigger", "--ref needs a value");
-		} else if (!strcmp(argv[i], "--wait")) {
-			wait = 1;
-		} else if (is_option(argv[i])) {
-			return usage_error("trigger", "unknown option '%s'", argv[i]);
-		} else if (file) {
-			return usage_error("trigger", "one pipeline file at a time");
-		} else {
-			file = argv[i];
-		}
-	}
-	if (!file)
-		return usage_error("trigger", "no pipeline file given");
+	id_text(id, sizeof(id), id_value);
+	if (ctl.json)
+		print_json(ans);
+	else
+		printf("%s\n", id);
+	fflush(stdout);
+	return wait ? wait_run(id) : EXIT_OK;
+}
+
+/* otactl trigger FILE: the pipeline text is sent, no repository involved. */
+static int trigger_file(const char *file, const char *ref, int wait)
+{
+	struct buf text = BUF_INIT;
+	json_t *req = NULL, *ans = NULL;
+	long status = 0;
+	int rc;
+
 	if (ota_read_file(&text, file, PIPELINE_MAX) < 0) {
 		fprintf(stderr, "otactl: %s\n", ota_error_last());
-		return EXIT_FAIL;
+		rc = EXIT_FAIL;
+		goto out;
 	}
 	req = json_object();
 	json_object_set_new(req, "pipeline", json_stringn(text.ptr, text.len));
@@ -524,31 +562,106 @@ static int cmd_trigger(int argc, char **argv)
 	if ((rc = api_raw(&ans, &status, "POST", "/api/v1/runs", req)) != 0)
 		goto out;
 	if (status == 422) {
-		json_t *e;
-		size_t i;
-		json_array_foreach(json_object_get(ans, "errors"), i, e)
-			fprintf(stderr, "%s\n", json_string_value(e) ? json_string_value(e) : "?");
-		if (!json_array_size(json_object_get(ans, "errors")))
-			fprintf(stderr, "otactl: %s: %s\n", file, str_or(ans, "error", "invalid pipeline"));
+		print_invalid(ans, file, 0);
 		rc = EXIT_FAIL;
-		goto out;
-	}
-	if (status < 200 || status >= 300) {
+	} else if (status < 200 || status >= 300) {
 		rc = api_fail(status, ans, "cannot start the run");
-		goto out;
+	} else {
+		rc = run_started(ans, json_object_get(ans, "id"), wait);
 	}
-	v = json_object_get(ans, "id");
-	if (ctl.json)
-		print_json(ans);
-	else
-		printf("%s\n", id_text(id, sizeof(id), v));
-	fflush(stdout);
-	rc = wait ? wait_run(id_text(id, sizeof(id), v)) : EXIT_OK;
 out:
 	json_decref(req);
 	json_decref(ans);
 	buf_release(&text);
 	return rc;
+}
+
+/*
+ * otactl trigger REPO REF: the daemon resolves REF in its mirror of REPO and
+ * runs the pipeline file found at that commit (docs/api.md, POST
+ * /api/v1/triggers).  201 {"id"}: started; 202 {"reason"}: nothing to run.
+ */
+static int trigger_repo(const char *repo, const char *ref, int wait)
+{
+	json_t *req = json_pack("{ss ss}", "repo", repo, "ref", ref), *ans = NULL, *run_id;
+	char *what = xasprintf("%s at %s", repo, ref);
+	long status = 0;
+	int rc;
+
+	if (!req) {
+		fprintf(stderr, "otactl: REPO and REF must be valid UTF-8\n");
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if ((rc = api_raw(&ans, &status, "POST", "/api/v1/triggers", req)) != 0)
+		goto out;
+	run_id = json_object_get(ans, "id") ? json_object_get(ans, "id") : json_object_get(ans, "run_id");
+	if ((status == 201 || status == 202) && (json_is_integer(run_id) || json_is_string(run_id))) {
+		rc = run_started(ans, run_id, wait);
+	} else if (status == 202) {
+		char delivery[64];
+		if (ctl.json)
+			print_json(ans);
+		if (str_or(ans, "reason", NULL))
+			fprintf(stderr, "otactl: no run started for %s: %s\n", what, str_or(ans, "reason", ""));
+		else
+			fprintf(stderr, "otactl: %s: the daemon took the trigger (delivery %s) but has not started "
+				"a run yet (state %s)\n", what,
+				id_text(delivery, sizeof(delivery), json_object_get(ans, "delivery")),
+				str_or(ans, "state", "unknown"));
+		rc = EXIT_FAIL;
+	} else if (status == 422) {
+		print_invalid(ans, what, 1);
+		rc = EXIT_FAIL;
+	} else {
+		char *fail = xasprintf("cannot start a run of %s", what);
+		rc = api_fail(status, ans, fail);
+		free(fail);
+		if (status == 404 && access(repo, F_OK) == 0)
+			fprintf(stderr, "otactl: (to run the pipeline file %s at a ref: otactl trigger %s --ref %s)\n",
+				repo, repo, ref);
+	}
+out:
+	json_decref(req);
+	json_decref(ans);
+	free(what);
+	return rc;
+}
+
+static int cmd_trigger(int argc, char **argv)
+{
+	const char *pos[2] = { NULL, NULL }, *ref = NULL;
+	size_t npos = 0;
+	struct stat st;
+	int wait = 0, r;
+
+	for (int i = 1; i < argc; i++) {
+		if ((r = opt_value("--ref", argc, argv, &i, &ref)) != 0) {
+			if (r < 0)
+				return usage_error("trigger", "--ref needs a value");
+		} else if (!strcmp(argv[i], "--wait")) {
+			wait = 1;
+		} else if (is_option(argv[i])) {
+			return usage_error("trigger", "unknown option '%s'", argv[i]);
+		} else if (npos == OTA_ARRAY_SIZE(pos)) {
+			return usage_error("trigger", "unexpected argument '%s'", argv[i]);
+		} else {
+			pos[npos++] = argv[i];
+		}
+	}
+	if (npos == 0)
+		return usage_error("trigger", "what to run?  A pipeline FILE, or a repository and a ref");
+	if (npos == 2) {
+		if (ref)
+			return usage_error("trigger", "--ref goes with a pipeline FILE; with REPO REF the ref is "
+					   "the second argument");
+		return trigger_repo(pos[0], pos[1], wait);
+	}
+	if (stat(pos[0], &st) == 0 && !S_ISDIR(st.st_mode))
+		return trigger_file(pos[0], ref ? ref : "refs/heads/main", wait);
+	return usage_error("trigger", "'%s' is not a pipeline file%s; to run a repository's pipeline give "
+			   "its name and a ref, as in 'otactl trigger acme/sensor-node main'",
+			   pos[0], stat(pos[0], &st) == 0 ? " (it is a directory)" : "");
 }
 
 /* ---- runs, show, agents ------------------------------------------------ */
@@ -557,7 +670,7 @@ static int cmd_runs(int argc, char **argv)
 {
 	const char *limit = "20", *pipeline = NULL, *state = NULL;
 	struct buf path = BUF_INIT;
-	struct table t = { 6, 3, STRVEC_INIT };
+	struct table t = { 7, 4, STRVEC_INIT };
 	json_t *ans = NULL, *run;
 	size_t i;
 	int rc, r;
@@ -591,13 +704,14 @@ static int cmd_runs(int argc, char **argv)
 		print_json(ans);
 		goto out;
 	}
-	table_row(&t, "ID", "PIPELINE", "REF", "STATE", "CREATED", "DURATION");
+	table_row(&t, "ID", "PIPELINE", "REF", "COMMIT", "STATE", "CREATED", "DURATION");
 	json_array_foreach(json_object_get(ans, "runs"), i, run) {
-		char id[64], created[32], dur[32];
+		char id[64], created[32], dur[32], commit[SHORT_COMMIT + 1];
+		snprintf(commit, sizeof(commit), "%s", str_or(run, "commit", "-"));
 		fmt_time(created, sizeof(created), int_or(run, "created_at", 0));
 		obj_duration(dur, sizeof(dur), run);
 		table_row(&t, id_text(id, sizeof(id), json_object_get(run, "id")), str_or(run, "pipeline", "-"),
-			  short_ref(str_or(run, "ref", NULL)), str_or(run, "state", "-"), created, dur);
+			  short_ref(str_or(run, "ref", NULL)), commit, str_or(run, "state", "-"), created, dur);
 	}
 	table_print(&t);
 out:
@@ -629,6 +743,34 @@ static void job_result(char *out, size_t n, const json_t *job)
 		snprintf(out, n, "-");
 }
 
+/* "  key      value" with value made printable on one line, if present. */
+static void show_field(const char *key, const char *value)
+{
+	char *v;
+	if (!value)
+		return;
+	v = one_line(value, 200);
+	printf("  %-8s %s\n", key, v);
+	free(v);
+}
+
+/* Where the run's code came from: repository, ref, commit and its first
+ * message line, author, pusher (each only when the daemon knows it). */
+static void show_source(const json_t *run)
+{
+	const char *commit = str_or(run, "commit", NULL), *message = str_or(run, "message", NULL);
+
+	show_field("repo", str_or(run, "repo", NULL));
+	show_field("ref", str_or(run, "ref", "-"));
+	if (commit) {
+		char *m = message ? one_line(message, 100) : NULL;
+		printf("  commit   %.*s%s%s\n", SHORT_COMMIT, commit, m && *m ? "  " : "", m ? m : "");
+		free(m);
+	}
+	show_field("author", str_or(run, "author", NULL));
+	show_field("pusher", str_or(run, "pusher", NULL));
+}
+
 static int cmd_show(int argc, char **argv)
 {
 	struct table t = { 8, 3, STRVEC_INIT };
@@ -649,10 +791,10 @@ static int cmd_show(int argc, char **argv)
 	print_state(stdout, str_or(run, "state", "-"), 0);
 	fmt_time(created, sizeof(created), int_or(run, "created_at", 0));
 	obj_duration(dur, sizeof(dur), run);
-	printf("\n  file     %s\n  ref      %s", str_or(run, "file", "-"), str_or(run, "ref", "-"));
-	if (str_or(run, "commit", NULL))
-		printf(" (%.12s)", str_or(run, "commit", ""));
-	printf("\n  trigger  %s\n  created  %s\n  duration %s\n", str_or(run, "trigger", "-"), created, dur);
+	putchar('\n');
+	show_source(run);
+	printf("  file     %s\n  trigger  %s\n  created  %s\n  duration %s\n", str_or(run, "file", "-"),
+	       str_or(run, "trigger", "-"), created, dur);
 	if (str_or(run, "error", NULL))
 		printf("  error    %s\n", str_or(run, "error", ""));
 	putchar('\n');
@@ -1074,7 +1216,9 @@ static int cmd_help(int argc, char **argv);
 static const struct cmd commands[] = {
 	{ "lint", cmd_lint, "lint FILE...", "check pipeline files locally (no daemon needed)" },
 	{ "trigger", cmd_trigger, "trigger FILE [--ref REF] [--wait]",
-	  "run a pipeline now and print the run id; --wait follows it to the end" },
+	  "run a pipeline file now and print the run id; --wait follows it to the end" },
+	{ "trigger", cmd_trigger, "trigger REPO REF [--wait]",
+	  "run REPO's pipeline at REF (branch, tag, full ref or commit id)" },
 	{ "runs", cmd_runs, "runs [--limit N] [--pipeline P] [--state S]", "list runs, newest first" },
 	{ "show", cmd_show, "show RUN", "a run with its stages and jobs" },
 	{ "logs", cmd_logs, "logs RUN [JOB] [-f]", "print job logs (JOB: id or name); -f follows them live" },
@@ -1108,6 +1252,19 @@ static void usage(FILE *f)
 	      "refused, 5 not found.\n", f);
 }
 
+/* "usage: otactl ..." for every form of c's command (a command may have
+ * several rows in the table), with the summaries when `summaries`. */
+static void cmd_usage(FILE *f, const struct cmd *c, int summaries)
+{
+	const char *lead = "usage:";
+	for (const struct cmd *k = c; k < commands + OTA_ARRAY_SIZE(commands) && !strcmp(k->name, c->name); k++) {
+		fprintf(f, "%s otactl %s\n", lead, k->usage);
+		if (summaries)
+			fprintf(f, "  %s\n", k->summary);
+		lead = summaries ? "usage:" : "      ";
+	}
+}
+
 static int usage_error(const char *cmd, const char *fmt, ...)
 {
 	const struct cmd *c = cmd ? cmd_find(cmd) : NULL;
@@ -1116,10 +1273,11 @@ static int usage_error(const char *cmd, const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
+	fputc('\n', stderr);
 	if (c)
-		fprintf(stderr, "\nusage: otactl %s\n", c->usage);
+		cmd_usage(stderr, c, 0);
 	else
-		fputs("\nusage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n", stderr);
+		fputs("usage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n", stderr);
 	return EXIT_USAGE;
 }
 
@@ -1129,7 +1287,7 @@ static int cmd_help(int argc, char **argv)
 	if (argc > 1 && !c)
 		return usage_error("help", "unknown command '%s'", argv[1]);
 	if (c)
-		printf("usage: otactl %s\n  %s\n", c->usage, c->summary);
+		cmd_usage(stdout, c, 1);
 	else
 		usage(stdout);
 	return EXIT_OK;
@@ -1188,7 +1346,7 @@ int main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (help) {
-		printf("usage: otactl %s\n  %s\n", c->usage, c->summary);
+		cmd_usage(stdout, c, 1);
 		strvec_clear(&args);
 		return EXIT_OK;
 	}

@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <git2.h>
+#include <locale.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -426,6 +427,7 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 	git_strarray specs = { specv, 2 };
 	git_fetch_options opts;
 	git_repository_init_options iopts;
+	git_remote_create_options ropts;
 	struct fetch_ctx ctx = { 0 };
 	git_repository *r = NULL;
 	git_remote *remote = NULL;
@@ -454,7 +456,17 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 			goto out;
 		}
 	}
-	if ((rc = git_remote_create_anonymous(&remote, r, repo->url)) < 0) {
+	/*
+	 * Anonymous (nothing written to the mirror's config, so a URL with
+	 * credentials never lands on disk), and without the daemon user's
+	 * url.*.insteadOf rewrites: the configured URL is the one fetched.
+	 * (Skipping insteadOf also avoids a leak in libgit2 1.5's regexp
+	 * matching of those config keys.)
+	 */
+	git_remote_create_options_init(&ropts, GIT_REMOTE_CREATE_OPTIONS_VERSION);
+	ropts.repository = r;
+	ropts.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF;
+	if ((rc = git_remote_create_with_opts(&remote, repo->url, &ropts)) < 0) {
 		rc = fail_git(OTA_EINVAL, repo, what);
 		goto out;
 	}
@@ -811,18 +823,27 @@ static int archive_write_tree(int fd, git_repository *r, const struct gitsrc_rep
 {
 	struct walk_ctx w = { r, repo, NULL, NULL, (time_t)git_commit_time(c), 0 };
 	git_tree *tree = NULL;
+	locale_t utf8, old = (locale_t)0;
 	int rc;
 
 	if ((rc = git_commit_tree(&tree, c)) < 0)
 		return fail_git(OTA_ERROR, repo, "cannot read the commit's tree");
+	/*
+	 * Git names are bytes, in practice UTF-8.  libarchive converts names
+	 * from the current locale's charset to UTF-8 for pax headers; under
+	 * the "C" locale a non-ASCII name would get a "hdrcharset=BINARY"
+	 * header that GNU tar warns about.  So this thread writes under
+	 * C.UTF-8 (uselocale is per thread); a name that is not valid UTF-8
+	 * still goes out as raw bytes, as git archive writes it.
+	 */
+	utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+	if (utf8)
+		old = uselocale(utf8);
 	w.a = archive_write_new();
-	w.e = archive_entry_new();
+	w.e = archive_entry_new2(w.a);
 	if (!w.a || !w.e)
 		abort();
-	/* hdrcharset=BINARY: names are git's bytes, written as they are (as
-	 * git archive does) whatever the daemon's locale */
 	if (archive_write_set_format_pax_restricted(w.a) != ARCHIVE_OK ||
-	    archive_write_set_options(w.a, "hdrcharset=BINARY") < ARCHIVE_WARN ||
 	    archive_write_open_fd(w.a, fd) != ARCHIVE_OK) {
 		rc = ota_error_set(OTA_ERROR, "cannot start a tar archive: %s", archive_error_string(w.a));
 		goto out;
@@ -844,6 +865,10 @@ static int archive_write_tree(int fd, git_repository *r, const struct gitsrc_rep
 out:
 	archive_entry_free(w.e);
 	archive_write_free(w.a);
+	if (utf8) {
+		uselocale(old);
+		freelocale(utf8);
+	}
 	git_tree_free(tree);
 	return rc;
 }
