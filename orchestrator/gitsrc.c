@@ -28,8 +28,8 @@
  * directory, fsynced and renamed, under a per-archive mutex so a matrix of
  * jobs asking at once builds it once.  Entries: directories 0755, files 0644
  * or 0755, symlinks, in git's tree order (pre-order); submodules are left
- * out; owner root:root (uid/gid 0); every mtime is the commit's committer
- * time.
+ * out; owner root:root (uid/gid 0); every mtime is the committer time of
+ * the commit that first asked for this tree.  docs/git.md has the details.
  *
  * Limits: libgit2 1.5 has no connect or read timeout.  A fetch that is
  * transferring data is cancelled after the fetch timeout (progress
@@ -45,6 +45,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <git2.h>
 #include <locale.h>
 #include <openssl/evp.h>
@@ -210,21 +211,6 @@ static int fail_git(int code, const struct gitsrc_repo *repo, const char *prefix
 	return rc;
 }
 
-static int map_git_error(int gitrc)
-{
-	switch (gitrc) {
-	case GIT_ENOTFOUND:
-		return OTA_ENOTFOUND;
-	case GIT_EAUTH:
-		return OTA_EAUTH;
-	case GIT_EAMBIGUOUS:
-	case GIT_EINVALIDSPEC:
-		return OTA_EINVAL;
-	default:
-		return OTA_ERROR;
-	}
-}
-
 /* ---- init, paths -------------------------------------------------------- */
 
 /* Remove temporary archives left by an interrupted build. */
@@ -295,7 +281,7 @@ char *gitsrc_mirror_path(const struct gitsrc_repo *repo)
 	EVP_Digest(name, strlen(name), md, &mdlen, EVP_sha256(), NULL);
 	ota_hex(hex, md, mdlen);
 	buf_printf(&b, "%s/", state_git);
-	for (i = 0; name[i] && i < MIRROR_NAME_MAX; i++) {
+	for (i = 0; i < MIRROR_NAME_MAX && name[i]; i++) {
 		char c = name[i];
 		int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
 			 (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
@@ -328,8 +314,11 @@ static int mirror_open(git_repository **out, const struct gitsrc_repo *repo)
 	if (rc == GIT_ENOTFOUND)
 		rc = ota_error_set(OTA_ENOTFOUND, "%s has not been fetched yet (no mirror at %s)",
 				   repo->name, path);
-	else if (rc < 0)
-		rc = fail_git(OTA_ERROR, repo, "cannot open the mirror of repository");
+	else if (rc < 0) {
+		char *m = xasprintf("cannot open the mirror of %s", repo->name);
+		rc = fail_git(OTA_ERROR, repo, m);
+		free(m);
+	}
 	free(path);
 	git_error_clear();
 	return rc;
@@ -419,6 +408,35 @@ static void mirror_set_head(git_repository *r, git_remote *remote)
 	git_error_clear();
 }
 
+static int remove_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path) < 0 ? -1 : 0;
+}
+
+/* rm -rf path (does not follow symlinks). */
+static void remove_tree(const char *path)
+{
+	nftw(path, remove_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A local source (a path or file:// URL) must be an existing directory;
+ * libgit2 would only say "unsupported URL protocol". */
+static int local_source_check(const struct gitsrc_repo *repo, const char *what)
+{
+	const char *p = repo->url;
+	struct stat st;
+
+	if (!strncmp(p, "file://", 7))
+		p += 7;
+	else if (p[0] != '/' && p[0] != '.')
+		return 0;
+	if (stat(p, &st) < 0)
+		return ota_error_set(OTA_ERROR, "%s: %s", what, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return ota_error_set(OTA_ERROR, "%s: not a directory", what);
+	return 0;
+}
+
 int gitsrc_fetch(const struct gitsrc_repo *repo)
 {
 	static char heads[] = "+refs/heads/*:refs/heads/*";
@@ -433,7 +451,7 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 	git_remote *remote = NULL;
 	pthread_mutex_t *mu = NULL;
 	char *path = NULL, *red = NULL, *what = NULL;
-	int rc;
+	int created = 0, rc;
 
 	git_fetch_options_init(&opts, GIT_FETCH_OPTIONS_VERSION);
 	git_repository_init_options_init(&iopts, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
@@ -447,7 +465,10 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 	mu = path_lock_get(path);
 	pthread_mutex_lock(mu);
 
+	if ((rc = local_source_check(repo, what)) < 0)
+		goto out;
 	if (git_repository_open_bare(&r, path) < 0) {
+		created = 1;
 		iopts.flags = GIT_REPOSITORY_INIT_BARE | GIT_REPOSITORY_INIT_MKPATH;
 		if ((rc = git_repository_init_ext(&r, path, &iopts)) < 0) {
 			char *m = xasprintf("cannot create the mirror of %s at %s", repo->name, path);
@@ -490,7 +511,7 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 					   (long long)(fetch_timeout_ms / 1000));
 			git_error_clear();
 		} else {
-			rc = fail_git(map_git_error(rc) == OTA_EAUTH ? OTA_EAUTH : OTA_ERROR, repo, what);
+			rc = fail_git(rc == GIT_EAUTH ? OTA_EAUTH : OTA_ERROR, repo, what);
 		}
 		goto out;
 	}
@@ -499,6 +520,8 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 out:
 	git_remote_free(remote);
 	git_repository_free(r);
+	if (rc < 0 && created)
+		remove_tree(path);     /* a first fetch that failed leaves nothing */
 	if (mu)
 		pthread_mutex_unlock(mu);
 	free(what);
@@ -562,28 +585,55 @@ static int try_ref(git_commit **out, git_repository *r, const char *name,
 	return 1;
 }
 
+/* Look up a commit id (or an annotated tag's id), full or abbreviated to at
+ * least 4 hex digits; 1 when found, 0 when not, <0 on error. */
+static int try_id(git_commit **out, git_repository *r, const char *what,
+		  const struct gitsrc_repo *repo)
+{
+	size_t len = strlen(what);
+	git_object *obj = NULL;
+	git_oid oid;
+	int rc;
+
+	if (!is_hex(what) || len < GIT_OID_MINPREFIXLEN || len > GIT_OID_HEXSZ ||
+	    git_oid_fromstrn(&oid, what, len) < 0) {
+		git_error_clear();
+		return 0;
+	}
+	rc = git_object_lookup_prefix(&obj, r, &oid, len, GIT_OBJECT_ANY);
+	if (rc == GIT_ENOTFOUND) {
+		git_error_clear();
+		return 0;
+	}
+	if (rc == GIT_EAMBIGUOUS) {
+		git_error_clear();
+		return ota_error_set(OTA_EINVAL, "'%s' is ambiguous in %s: give more digits", what, repo->name);
+	}
+	if (rc < 0)
+		return fail_git(OTA_ERROR, repo, "cannot read an object");
+	rc = peel_commit(out, obj, repo, what);
+	git_object_free(obj);
+	return rc < 0 ? rc : 1;
+}
+
 /*
  * what -> commit: a full ref name ("refs/..." or "HEAD") exactly; else a
- * branch, then a tag, of that name; else a commit id (or an annotated tag's
- * id), full or abbreviated to at least 4 hex digits.  Revision expressions
+ * branch, then a tag, of that name; else a commit id.  Revision expressions
  * ("main~1") are not accepted.
  */
 static int lookup_commit(git_commit **out, git_repository *r, const struct gitsrc_repo *repo,
 			 const char *what)
 {
-	git_object *obj = NULL;
-	git_oid oid;
-	size_t len;
+	char *name;
 	int rc;
 
 	*out = NULL;
 	if (!what || !what[0])
 		return ota_error_set(OTA_EINVAL, "empty revision for %s", repo->name);
-	len = strlen(what);
 	if (!strncmp(what, "refs/", 5) || !strcmp(what, "HEAD")) {
 		rc = try_ref(out, r, what, repo, what);
 	} else {
-		char *name = xasprintf("refs/heads/%s", what);
+		name = xasprintf("refs/heads/%s", what);
 		rc = try_ref(out, r, name, repo, what);
 		free(name);
 		if (rc == 0) {
@@ -591,27 +641,8 @@ static int lookup_commit(git_commit **out, git_repository *r, const struct gitsr
 			rc = try_ref(out, r, name, repo, what);
 			free(name);
 		}
-		if (rc == 0 && is_hex(what) && len >= GIT_OID_MINPREFIXLEN && len <= GIT_OID_HEXSZ) {
-			if (git_oid_fromstrn(&oid, what, len) < 0) {
-				git_error_clear();
-			} else {
-				int grc = git_object_lookup_prefix(&obj, r, &oid, len, GIT_OBJECT_ANY);
-				if (grc == GIT_EAMBIGUOUS) {
-					git_error_clear();
-					return ota_error_set(OTA_EINVAL, "'%s' is ambiguous in %s: give more digits",
-							     what, repo->name);
-				}
-				if (grc < 0 && grc != GIT_ENOTFOUND)
-					return fail_git(OTA_ERROR, repo, "cannot read an object");
-				git_error_clear();
-				if (grc == 0) {
-					rc = peel_commit(out, obj, repo, what);
-					git_object_free(obj);
-					if (rc == 0)
-						rc = 1;
-				}
-			}
-		}
+		if (rc == 0)
+			rc = try_id(out, r, what, repo);
 	}
 	if (rc == 0)
 		return ota_error_set(OTA_ENOTFOUND, "%s has no branch, tag or commit '%s'", repo->name, what);

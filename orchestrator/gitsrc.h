@@ -44,7 +44,7 @@ void gitsrc_shutdown(void);
  * Cancel a fetch still transferring after ms (default 10 minutes; <= 0
  * restores the default).  libgit2 1.5 has no connect or read timeout, so
  * this cannot interrupt a server that accepts and then stays silent; see
- * docs/git.md.
+ * docs/git.md.  Call at start-up, before fetches run.
  */
 void gitsrc_set_fetch_timeout(int64_t ms);
 

@@ -250,7 +250,7 @@ static void *worker(void *arg)
 
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		size_t i;
+		size_t i = 0;
 		struct item it;
 		while (!s->stopping) {
 			for (i = 0; i < s->n; i++)

@@ -472,12 +472,17 @@ static void fetch_of_missing_path_fails_fast_naming_the_repo(void **state)
 	struct fix *f = *state;
 	char *url = xasprintf("%s/does-not-exist", f->dir);
 	struct gitsrc_repo repo = { .name = "acme/missing", .url = url };
+	struct gitsrc_commit c;
 	int64_t t0 = now_ms();
 
 	assert_true(gitsrc_fetch(&repo) < 0);
 	assert_true(now_ms() - t0 < 5000);
 	assert_non_null(strstr(ota_error_last(), "cannot fetch acme/missing from"));
 	assert_non_null(strstr(ota_error_last(), url));
+	assert_non_null(strstr(ota_error_last(), "No such file or directory"));
+	/* and it leaves no empty mirror behind */
+	assert_int_equal(gitsrc_resolve(&repo, "main", &c), OTA_ENOTFOUND);
+	assert_non_null(strstr(ota_error_last(), "has not been fetched"));
 	free(url);
 }
 
