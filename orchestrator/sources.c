@@ -169,7 +169,11 @@ static void process(struct sources *s, int64_t id)
 		goto out;
 	}
 	req.file = repo->pipeline;
-	if (gitsrc_fetch(&repo->git) < 0) {
+	/* A pushed commit already in the mirror (a burst of pushes, fetched by
+	 * the first one) needs no fetch: a commit id names its content. */
+	if (!manual && gitsrc_resolve(&repo->git, d.after, &c) == 0) {
+		gitsrc_commit_release(&c);
+	} else if (gitsrc_fetch(&repo->git) < 0) {
 		msg = xasprintf("cannot fetch %s: %s", d.repo, ota_error_last());
 		/* a push names a commit that must exist: fail visibly */
 		if (manual)
@@ -225,7 +229,14 @@ static void process(struct sources *s, int64_t id)
 	pl_diags_release(&diags);
 	pl_diags_init(&diags, repo->pipeline);
 	rc = engine_trigger(s->engine, &req, &run, &diags);
-	if (rc == OTA_EINVAL && diags.n) {
+	if (rc == 0) {
+		/* Build the tree's archive now, while an agent is being handed the
+		 * first job: its download then finds it ready (or joins the build). */
+		char *tar = NULL;
+		if (gitsrc_archive(&repo->git, c.id, &tar) < 0)
+			fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", id, ota_error_last());
+		free(tar);
+	} else if (rc == OTA_EINVAL && diags.n) {
 		struct buf text = BUF_INIT;
 		pl_diags_format(&diags, &text);
 		fail_run(s, &req, p->name, buf_cstr(&text));

@@ -344,6 +344,77 @@ static void force_push_and_rapid_pushes_each_get_a_run_in_order(void **state)
 	teardown_env(&g);
 }
 
+/* POST body (a file) to /hooks/github signed with SECRET; returns "CODE BODY". */
+static char *signed_post(struct gitenv *g, const char *event, const char *delivery, const char *file)
+{
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "sig=$(openssl dgst -sha256 -hmac " SECRET " -r < %s | cut -d' ' -f1); "
+				    "curl -s -w ' %%{http_code}' -H 'X-GitHub-Event: %s' -H 'X-GitHub-Delivery: %s' "
+				    "-H \"X-Hub-Signature-256: sha256=$sig\" --data-binary @%s %s/hooks/github",
+			      file, event, delivery, file, g->d.url), 0);
+	return buf_detach(&out);
+}
+
+static void webhook_edge_cases_get_clear_answers_and_change_nothing(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	char *file, *ans;
+	json_t *runs;
+	const char *error;
+	(void)state;
+	setup_env(&g, "github");
+	push(&g, "main");
+	file = xasprintf("%s.edge", g.hooklog);
+
+	/* ping: 200 */
+	ota_write_file_atomic(file, "{\"zen\":\"hi\"}", 13, 0600);
+	ans = signed_post(&g, "ping", "edge-1", file);
+	assert_non_null(strstr(ans, " 200"));
+	free(ans);
+	/* malformed JSON and a missing field: 400 with the reason */
+	ota_write_file_atomic(file, "{\"ref\": ", 8, 0600);
+	ans = signed_post(&g, "push", "edge-2", file);
+	assert_non_null(strstr(ans, "invalid JSON"));
+	assert_non_null(strstr(ans, " 400"));
+	free(ans);
+	h_sh(&out, "sed 's/\"ref\"/\"rfe\"/' %s.body > %s", g.hooklog, file);
+	ans = signed_post(&g, "push", "edge-3", file);
+	assert_non_null(strstr(ans, "'ref'"));
+	assert_non_null(strstr(ans, " 400"));
+	free(ans);
+	/* a repository otacd does not know: 404 */
+	h_sh(&out, "sed 's#acme/fw#acme/other#' %s.body > %s", g.hooklog, file);
+	ans = signed_post(&g, "push", "edge-4", file);
+	assert_non_null(strstr(ans, " 404"));
+	free(ans);
+	/* over GitHub's 25 MB: 413 */
+	h_sh(&out, "head -c 26214500 /dev/zero | tr '\\0' ' ' > %s", file);
+	ans = signed_post(&g, "push", "edge-5", file);
+	assert_non_null(strstr(ans, " 413"));
+	free(ans);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM deliveries WHERE delivery LIKE 'edge-%'"), 0);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs"), 1);
+
+	/* a commit that cannot be fetched: a failed run that says so, promptly */
+	h_sh(&out, "sed 's/\"after\":\"[0-9a-f]*\"/\"after\":\"0123456789abcdef0123456789abcdef01234567\"/' %s.body > %s",
+	     g.hooklog, file);
+	ans = signed_post(&g, "push", "edge-6", file);
+	assert_non_null(strstr(ans, "run_id"));
+	assert_non_null(strstr(ans, " 202"));
+	free(ans);
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 2);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 1), "state")), "failed");
+	error = json_string_value(json_object_get(json_array_get(runs, 1), "error"));
+	assert_non_null(strstr(error, "0123456789abcdef0123456789abcdef01234567"));
+	assert_non_null(strstr(error, "could not be fetched"));
+	json_decref(runs);
+	free(file);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
 static void otactl_triggers_a_repository_ref_without_a_webhook(void **state)
 {
 	struct gitenv g;
@@ -381,6 +452,7 @@ int main(void)
 		cmocka_unit_test(deleted_branch_and_unfiltered_branch_start_nothing_but_matching_tag_does),
 		cmocka_unit_test(broken_pipeline_gives_a_failed_run_naming_file_line_column),
 		cmocka_unit_test(force_push_and_rapid_pushes_each_get_a_run_in_order),
+		cmocka_unit_test(webhook_edge_cases_get_clear_answers_and_change_nothing),
 		cmocka_unit_test(otactl_triggers_a_repository_ref_without_a_webhook),
 	};
 	return cmocka_run_group_tests_name("git", tests, NULL, NULL);
