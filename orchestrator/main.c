@@ -245,7 +245,7 @@ int main(int argc, char **argv)
 	ecfg.secrets = cfg.secrets;
 	if (engine_start(&engine, db, &ecfg) < 0)
 		goto fail;
-	if (gitsrc_init(cfg.state_dir) < 0 || sources_start(&sources, engine, &cfg, 2) < 0)
+	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
 		goto fail;
 
 	acfg.listen = cfg.listen;
