@@ -16,7 +16,8 @@
 PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
-             libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps
+             libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
+             softhsm2 libengine-pkcs11-openssl opensc
 DEB_EXTRA := clang cppcheck
 
 CC        ?= cc

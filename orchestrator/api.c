@@ -220,6 +220,7 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL },
 	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL },
 	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL },
+	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL },
 	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL },
 	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL },
 	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL },
@@ -239,10 +240,20 @@ static const struct api_route routes[] = {
 	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_AGENT, BODY_JSON, api_agent_finish, NULL },
 };
 
-/* Match url against pattern; ":id" matches a positive decimal number. */
-static int route_match(const char *pattern, const char *url, int64_t *id)
+/* Match url against pattern; ":id" matches a positive decimal number,
+ * ":sha" 64 lowercase hex digits. */
+static int route_match(const char *pattern, const char *url, int64_t *id, char sha[65])
 {
 	while (*pattern && *url) {
+		if (!strncmp(pattern, ":sha", 4)) {
+			if (strspn(url, "0123456789abcdef") != 64)
+				return 0;
+			memcpy(sha, url, 64);
+			sha[64] = '\0';
+			url += 64;
+			pattern += 4;
+			continue;
+		}
 		if (!strncmp(pattern, ":id", 3)) {
 			char *end;
 			long long v;
@@ -268,11 +279,12 @@ static int route_match(const char *pattern, const char *url, int64_t *id)
 static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL };
 
 /* Finds the route; *status is 404 or 405 when none fits. */
-static const struct api_route *route_find(const char *method, const char *url, int64_t *id, unsigned *status)
+static const struct api_route *route_find(const char *method, const char *url, int64_t *id, char sha[65],
+					       unsigned *status)
 {
 	int path_known = 0;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(routes); i++) {
-		if (route_match(routes[i].pattern, url, id)) {
+		if (route_match(routes[i].pattern, url, id, sha)) {
 			path_known = 1;
 			if (!strcmp(routes[i].method, method))
 				return &routes[i];
@@ -322,7 +334,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	unsigned status = 0;
 	const char *cl;
 
-	r->route = route_find(method, r->url, &r->id, &status);
+	r->route = route_find(method, r->url, &r->id, r->sha, &status);
 	if (!r->route)
 		return status == MHD_HTTP_NOT_FOUND
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)

@@ -44,6 +44,7 @@ struct api_req {
 	const struct api_route *route;
 	const char *url;
 	int64_t id;                /* the :id in the pattern, if any */
+	char sha[65];              /* the :sha in the pattern, if any */
 	enum auth_role role;
 	struct buf body;
 	json_t *json;              /* parsed BODY_JSON */
@@ -97,5 +98,6 @@ enum MHD_Result api_get_job(struct api *a, struct api_req *r);
 enum MHD_Result api_get_job_log(struct api *a, struct api_req *r);
 enum MHD_Result api_get_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_get_agents(struct api *a, struct api_req *r);
+enum MHD_Result api_get_object(struct api *a, struct api_req *r);
 
 #endif

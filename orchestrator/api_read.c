@@ -244,6 +244,8 @@ static json_t *artifact_json(sqlite3_stmt *st)
 	json_object_set_new(o, "size", json_integer(store_col_int(st, 5)));
 	set_text_or_null(o, "type", st, 6);
 	set_text_or_null(o, "hardware", st, 7);
+	json_object_set_new(o, "released", json_boolean(store_col_int(st, 8)));
+	set_int_or_null(o, "created_at", st, 9);
 	return o;
 }
 
@@ -258,8 +260,8 @@ enum MHD_Result api_get_run_artifacts(struct api *a, struct api_req *r)
 		json_decref(arr);
 		return MHD_YES;
 	}
-	st = store_stmt(s, "SELECT id, job_id, attempt, name, sha256, size, type, hardware FROM artifacts"
-			   " WHERE run_id = ? ORDER BY id");
+	st = store_stmt(s, "SELECT id, job_id, attempt, name, sha256, size, type, hardware, released, created_at"
+			   " FROM artifacts WHERE run_id = ? ORDER BY id");
 	sqlite3_bind_int64(st, 1, r->id);
 	while (store_step_row(s, st) == 1)
 		json_array_append_new(arr, artifact_json(st));
@@ -292,41 +294,37 @@ enum MHD_Result api_get_job(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, job);
 }
 
-enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
+static ssize_t artifact_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
 {
-	struct store *s = reader(r);
-	sqlite3_stmt *st;
-	char *path = NULL, *name = NULL;
+	struct artifact_backend *b = artifact_backend();
+	ssize_t n;
+	(void)pos;
+	n = b->read(cls, buf, max);
+	if (n == 0)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	return n < 0 ? MHD_CONTENT_READER_END_WITH_ERROR : n;
+}
+
+static void artifact_close_cb(void *cls)
+{
+	artifact_backend()->close(cls);
+}
+
+/* Stream the object sha256 through the storage backend. */
+static enum MHD_Result serve_object(struct api_req *r, const char *sha256, const char *name)
+{
+	struct artifact_backend *b = artifact_backend();
+	struct artifact_reader *rd = NULL;
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
-	struct stat sb;
-	int fd;
+	int64_t size = 0;
 
-	(void)a;
-	if (!s)
-		return MHD_YES;
-	st = store_stmt(s, "SELECT sha256, name FROM artifacts WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	if (store_step_row(s, st) == 1) {
-		path = artifact_object_path(store_col_text(st, 0));
-		name = xstrdup(store_col_text(st, 1));
-	}
-	sqlite3_reset(st);
-	if (!path) {
-		free(name);
-		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "artifact %" PRId64 " not found", r->id);
-	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	free(path);
-	if (fd < 0 || fstat(fd, &sb) < 0) {
-		if (fd >= 0)
-			close(fd);
-		free(name);
-		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "artifact %" PRId64 " is missing from the store", r->id);
-	}
-	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+	if (b->get(b, sha256, &rd, &size) < 0)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "%s", ota_error_last());
+	resp = MHD_create_response_from_callback((uint64_t)size, 64 * 1024, artifact_read_cb, rd, artifact_close_cb);
 	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-	{
+	MHD_add_response_header(resp, "X-Sha256", sha256);
+	if (name) {
 		const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
 		char *disp = xasprintf("attachment; filename=\"%s\"", base);
 		for (char *p = disp + 22; *p && p[1]; p++)
@@ -337,8 +335,51 @@ enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
 	}
 	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
+	return ret;
+}
+
+enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	char *sha = NULL, *name = NULL;
+	enum MHD_Result ret;
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	st = store_stmt(s, "SELECT sha256, name FROM artifacts WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	if (store_step_row(s, st) == 1) {
+		sha = xstrdup(store_col_text(st, 0));
+		name = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (!sha)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "artifact %" PRId64 " not found", r->id);
+	ret = serve_object(r, sha, name);
+	free(sha);
 	free(name);
 	return ret;
+}
+
+enum MHD_Result api_get_object(struct api *a, struct api_req *r)
+{
+	struct store *s = reader(r);
+	sqlite3_stmt *st;
+	int known = 0;
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	/* only objects that some artifact record names are served */
+	st = store_stmt(s, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
+	sqlite3_bind_text(st, 1, r->sha, -1, SQLITE_STATIC);
+	known = store_step_row(s, st) == 1;
+	sqlite3_reset(st);
+	if (!known)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "no artifact with sha256 %s", r->sha);
+	return serve_object(r, r->sha, NULL);
 }
 
 enum MHD_Result api_get_agents(struct api *a, struct api_req *r)

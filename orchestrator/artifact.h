@@ -1,26 +1,56 @@
 /*
- * artifact.h - the content-addressed artifact store (local files).
+ * artifact.h - the content-addressed artifact store.
  *
- * Objects live at STATE/artifacts/sha256/AB/ABCDEF… named by the SHA-256 of
- * their content, so identical files are stored once.  An upload streams into
- * a temporary file under STATE/artifacts/tmp while hashing; commit checks the
- * size cap and the digest the agent declared, fsyncs, and renames into place.
- * A crash or a bad upload therefore never leaves a partial object visible.
+ * Every artifact is stored once under the SHA-256 of its bytes.  This layer
+ * hashes uploads, enforces the size cap and checks the digest the agent
+ * declared; where the bytes live is a backend's business (struct
+ * artifact_backend below: put / get / stat / delete), picked by name at
+ * start.  The local backend (artifact_local.c) keeps objects at
+ * STATE/artifacts/sha256/AB/ABCDEF…, writing through a temporary file that
+ * is fsynced and renamed, so a crash or a bad upload never leaves a partial
+ * object visible.  An S3-compatible backend (libcurl's AWS SigV4) can be
+ * added as another struct without touching callers.
  *
- * Which artifacts belong to which job is recorded in the database by the
- * engine (engine_artifact_add); this module only holds bytes.
+ * Which artifacts belong to which job, and whether a release keeps them, is
+ * recorded in the database by the engine; this module only holds bytes.
  */
 #ifndef OTA_ARTIFACT_H
 #define OTA_ARTIFACT_H
 
 #include <stdint.h>
 #include <stddef.h>
+#include <sys/types.h>
 
-struct artifact_upload;
+struct artifact_writer;   /* a backend's object being written */
+struct artifact_reader;   /* a backend's object being read */
 
+struct artifact_backend {
+	const char *name;
+	/* Start writing a new object whose name is not known yet. */
+	int (*put_begin)(struct artifact_backend *b, struct artifact_writer **w);
+	int (*put_write)(struct artifact_writer *w, const void *data, size_t len);
+	/* Make it durable and visible as sha256 (idempotent if it exists);
+	 * frees w whatever the outcome. */
+	int (*put_commit)(struct artifact_writer *w, const char *sha256);
+	void (*put_abort)(struct artifact_writer *w);
+	int (*get)(struct artifact_backend *b, const char *sha256, struct artifact_reader **r, int64_t *size);
+	ssize_t (*read)(struct artifact_reader *r, void *buf, size_t len);
+	void (*close)(struct artifact_reader *r);
+	int (*stat)(struct artifact_backend *b, const char *sha256, int64_t *size);  /* OTA_ENOTFOUND */
+	int (*remove)(struct artifact_backend *b, const char *sha256);
+	void (*free)(struct artifact_backend *b);
+};
+
+/* The local-disk backend rooted at STATE/artifacts (artifact_local.c). */
+int artifact_local_backend(struct artifact_backend **out, const char *state_dir);
+
+/* Open the store with backend "local" (the only one so far). */
 int artifact_store_init(const char *state_dir, int64_t max_size);
+void artifact_store_shutdown(void);
+struct artifact_backend *artifact_backend(void);
 int64_t artifact_max_size(void);
 
+struct artifact_upload;
 int artifact_upload_begin(struct artifact_upload **out);
 /* OTA_ETOOBIG once the upload passes the size cap. */
 int artifact_upload_write(struct artifact_upload *u, const void *data, size_t len);
@@ -33,12 +63,12 @@ int artifact_upload_commit(struct artifact_upload *u, const char *expect_sha256,
 			   char sha256[65], int64_t *size);
 void artifact_upload_abort(struct artifact_upload *u);
 
-/* Path of the object with this digest (caller frees); NULL if the digest is
- * not 64 lowercase hex characters. */
-char *artifact_object_path(const char *sha256);
+/* Is s 64 lowercase hex characters? */
+int artifact_digest_valid(const char *s);
 
 /* Is name a safe relative artifact name (no "..", no leading "/", no
- * control characters, at most 255 bytes)? */
+ * control characters or backslashes, no empty components, at most 255
+ * bytes)? */
 int artifact_name_valid(const char *name);
 
 #endif

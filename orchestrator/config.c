@@ -25,6 +25,8 @@ void config_defaults(struct otacd_config *c)
 	c->default_timeout_ms = 3600 * 1000;
 	c->max_log_bytes = 4 << 20;
 	c->max_artifact_size = 256 << 20;
+	c->max_run_artifacts = (int64_t)2 << 30;
+	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
 	c->secrets = json_object();
 	c->tokens = json_array();
 }
@@ -262,7 +264,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 	static const char *const keys[] = {
 		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
-		"max_artifact_size", "secrets", "tokens", "repositories",
+		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -305,6 +307,10 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_int(x, v, key, &c->max_log_bytes, 1024);
 		else if (!strcmp(key, "max_artifact_size"))
 			rc = get_int(x, v, key, &c->max_artifact_size, 1);
+		else if (!strcmp(key, "max_run_artifacts"))
+			rc = get_int(x, v, key, &c->max_run_artifacts, 1);
+		else if (!strcmp(key, "artifact_retention"))
+			rc = get_duration(x, v, key, &c->artifact_retention_ms);
 		else if (!strcmp(key, "secrets"))
 			rc = get_secrets(x, v);
 		else if (!strcmp(key, "tokens"))

@@ -33,6 +33,8 @@ struct otacd_config {
 	int64_t default_timeout_ms;     /* default 1 h */
 	int64_t max_log_bytes;          /* default 4 MiB per job attempt */
 	int64_t max_artifact_size;      /* default 256 MiB */
+	int64_t max_run_artifacts;      /* all artifacts of a run, default 2 GiB */
+	int64_t artifact_retention_ms;  /* unreleased artifacts, default 30 days */
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "artifact.h"
 #include "clock.h"
 #include "logstore.h"
 
@@ -57,6 +58,8 @@ struct engine {
 	 * the commit would let it read the old state and sleep again. */
 	int changed_work;           /* a job became claimable */
 	int changed_state;          /* a job or run changed state */
+	struct strvec dead_objects; /* artifact objects to delete once committed */
+	int64_t next_gc;            /* monotonic ms of the next artifact expiry pass */
 
 	/* engine thread only */
 	struct qjob *queue;
@@ -725,12 +728,62 @@ static void run_call(struct engine *e, struct call *c)
 	}
 	if (c->rc < 0)
 		snprintf(c->err, sizeof(c->err), "%s", ota_error_last());
+	/* Objects go only after the rows naming them are gone for good. */
+	for (size_t i = 0; i < e->dead_objects.n; i++)
+		if (c->rc >= 0 && artifact_backend())
+			artifact_backend()->remove(artifact_backend(), e->dead_objects.v[i]);
+	strvec_clear(&e->dead_objects);
 	if (e->changed_work)
 		notifier_bump(&e->work);
 	if (e->changed_state)
 		notifier_bump(logstore_changes());
 	e->changed_work = e->changed_state = 0;
 	e->next_due = compute_next_due(e);
+}
+
+/*
+ * Artifact retention: records of unreleased artifacts of finished runs
+ * older than the retention go; an object goes with its last record (after
+ * the commit, in run_call).  Released artifacts are kept forever.
+ */
+static int do_gc(struct engine *e, void *arg)
+{
+	int *removed = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT a.id, a.sha256, a.run_id FROM artifacts a JOIN runs r ON r.id = a.run_id"
+				   " WHERE a.released = 0 AND a.created_at < ?"
+				   " AND r.state IN ('passed','failed','canceled') LIMIT 500");
+	struct strvec shas = STRVEC_INIT;
+	int64_t ids[500], runs[500];
+	size_t n = 0;
+	int rc = 0;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, clock_now_ms() - e->cfg.artifact_retention_ms);
+	while (n < 500 && store_step_row(e->db, st) == 1) {
+		ids[n] = store_col_int(st, 0);
+		strvec_push(&shas, store_col_text(st, 1));
+		runs[n++] = store_col_int(st, 2);
+	}
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		int still_used;
+		st = STMT(e, "DELETE FROM artifacts WHERE id = ?");
+		sqlite3_bind_int64(st, 1, ids[i]);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			break;
+		st = STMT(e, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
+		sqlite3_bind_text(st, 1, shas.v[i], -1, SQLITE_STATIC);
+		still_used = store_step_row(e->db, st) == 1;
+		sqlite3_reset(st);
+		if (!still_used && !strvec_contains(&e->dead_objects, shas.v[i]))
+			strvec_push(&e->dead_objects, shas.v[i]);
+		event(e, runs[i], 0, "artifact.expired", json_pack("{sI ss}", "artifact", (json_int_t)ids[i],
+								   "sha256", shas.v[i]));
+	}
+	*removed = (int)n;
+	strvec_clear(&shas);
+	return rc;
 }
 
 static void *engine_main(void *arg)
@@ -740,10 +793,14 @@ static void *engine_main(void *arg)
 	pthread_mutex_lock(&e->lock);
 	for (;;) {
 		struct call *c;
+		/* Sleep until a call arrives, a lease or deadline falls due, or
+		 * the next artifact expiry pass. */
 		while (!e->head && !e->stopping) {
-			int64_t now = clock_real_ms();
-			int64_t wait = e->next_due - now;
+			int64_t wait = e->next_due - clock_real_ms();
+			int64_t gc_wait = e->cfg.artifact_retention_ms > 0 ? e->next_gc - clock_mono_ms() : INT64_MAX;
 			struct timespec ts;
+			if (gc_wait < wait)
+				wait = gc_wait;
 			if (wait <= 0)
 				break;
 			if (wait > 5000)
@@ -755,8 +812,7 @@ static void *engine_main(void *arg)
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000;
 			}
-			if (pthread_cond_timedwait(&e->cond, &e->lock, &ts) != 0 && clock_real_ms() >= e->next_due)
-				break;
+			pthread_cond_timedwait(&e->cond, &e->lock, &ts);
 		}
 		if (e->stopping && !e->head)
 			break;
@@ -775,6 +831,17 @@ static void *engine_main(void *arg)
 			run_call(e, &t);
 			if (t.rc < 0)
 				fprintf(stderr, "otacd: engine: %s\n", t.err);
+		}
+		if (e->cfg.artifact_retention_ms > 0 && clock_mono_ms() >= e->next_gc) {
+			int removed = 0;
+			struct call g = { do_gc, &removed, 0, 0, "", NULL };
+			/* every minute, or more often when the retention (in real
+			 * time, at this time scale) is short */
+			int64_t every = (int64_t)((double)e->cfg.artifact_retention_ms / clock_scale() / 4);
+			e->next_gc = clock_mono_ms() + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
+			run_call(e, &g);
+			if (g.rc < 0)
+				fprintf(stderr, "otacd: artifact expiry: %s\n", g.err);
 		}
 
 		pthread_mutex_lock(&e->lock);
@@ -809,6 +876,11 @@ static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), voi
 	if (c.rc < 0)
 		ota_error_set(c.rc, "%s", c.err);
 	return c.rc;
+}
+
+int engine_artifact_gc(struct engine *e, int *removed)
+{
+	return engine_call(e, do_gc, removed);
 }
 
 /* ---- recovery ------------------------------------------------------------ */
@@ -896,6 +968,7 @@ void engine_stop(struct engine *e)
 	notifier_bump(&e->work);
 	queue_clear(e);
 	free(e->queue);
+	strvec_clear(&e->dead_objects);
 	notifier_destroy(&e->work);
 	pthread_cond_destroy(&e->cond);
 	pthread_cond_destroy(&e->done_cond);
@@ -1586,6 +1659,22 @@ static int do_artifact_add(struct engine *e, void *arg)
 	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
 		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
 		goto out;
+	}
+	if (e->cfg.max_run_artifact_bytes > 0) {
+		int64_t used = 0;
+		st = STMT(e, "SELECT COALESCE(SUM(size), 0) FROM artifacts WHERE run_id = ? AND NOT (job_id = ? AND attempt = ? AND name = ?)");
+		sqlite3_bind_int64(st, 1, j.run_id);
+		sqlite3_bind_int64(st, 2, j.id);
+		sqlite3_bind_int(st, 3, a->attempt);
+		sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
+		if (store_step_row(e->db, st) == 1)
+			used = store_col_int(st, 0);
+		sqlite3_reset(st);
+		if (used + a->info->size > e->cfg.max_run_artifact_bytes) {
+			rc = ota_error_set(OTA_ETOOBIG, "run %" PRId64 " would hold %" PRId64 " bytes of artifacts, over its limit of %" PRId64,
+					   j.run_id, used + a->info->size, e->cfg.max_run_artifact_bytes);
+			goto out;
+		}
 	}
 	st = STMT(e, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, type, hardware, created_at)"
 		     " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, name) DO UPDATE SET"

@@ -38,6 +38,8 @@ struct engine_config {
 	int64_t heartbeat_ms;        /* how often agents are told to heartbeat */
 	int64_t default_timeout_ms;  /* job timeout when the pipeline sets none */
 	json_t *secrets;             /* object NAME -> value (borrowed) */
+	int64_t max_run_artifact_bytes;  /* all artifacts of one run together (0: no cap) */
+	int64_t artifact_retention_ms;   /* unreleased artifacts of finished runs live this long (otacd time; 0: forever) */
 };
 
 struct engine;
@@ -123,6 +125,10 @@ struct artifact_info {
 /* OTA_ECONFLICT when the attempt is no longer running. */
 int engine_artifact_add(struct engine *e, int64_t job_id, int attempt,
 			const struct artifact_info *a, int64_t *artifact_id);
+
+/* Expire unreleased artifacts past the retention now (normally done by the
+ * engine every minute).  *removed is the number of records removed. */
+int engine_artifact_gc(struct engine *e, int *removed);
 
 /* True for passed, failed, canceled, skipped. */
 int engine_state_final(const char *state);

@@ -149,8 +149,8 @@ int main(int argc, char **argv)
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
-	struct engine_config ecfg;
-	struct api_config acfg;
+	struct engine_config ecfg = { 0 };
+	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL, local_token[65];
 	char *end;
 	size_t i;
@@ -243,6 +243,8 @@ int main(int argc, char **argv)
 	ecfg.heartbeat_ms = cfg.heartbeat_ms;
 	ecfg.default_timeout_ms = cfg.default_timeout_ms;
 	ecfg.secrets = cfg.secrets;
+	ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
+	ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
 	if (engine_start(&engine, db, &ecfg) < 0)
 		goto fail;
 	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
@@ -297,6 +299,7 @@ out:
 	sources_stop(sources);
 	engine_stop(engine);
 	gitsrc_shutdown();
+	artifact_store_shutdown();
 	store_close(db);
 	if (lockfd >= 0)
 		close(lockfd);

@@ -98,6 +98,11 @@ static const char *const migrations[] = {
 	"  state TEXT NOT NULL, run_id INTEGER, reason TEXT,"
 	"  UNIQUE(provider, delivery));"
 	"CREATE INDEX deliveries_pending ON deliveries(state, id);",
+
+	/* 3: artifacts a release keeps forever; retention of the others */
+	"ALTER TABLE artifacts ADD COLUMN released INTEGER NOT NULL DEFAULT 0;"
+	"CREATE INDEX artifacts_by_sha ON artifacts(sha256);"
+	"CREATE INDEX artifacts_by_age ON artifacts(released, created_at);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
