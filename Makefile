@@ -80,7 +80,7 @@ $(BIN)/otacd-agent: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard agents/*.c)) $(LI
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/otactl: $(BUILD)/obj/cli/otactl.o $(LIB)
+$(BIN)/otactl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

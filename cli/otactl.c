@@ -21,6 +21,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/pipeline.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -1367,6 +1368,11 @@ out:
 
 /* ---- help and dispatch ---------------------------------------------------- */
 
+static int cmd_verify(int argc, char **argv)
+{
+	return otactl_verify(ctl.url, ctl.token, argc, argv);
+}
+
 static int cmd_help(int argc, char **argv);
 
 static const struct cmd commands[] = {
@@ -1380,6 +1386,8 @@ static const struct cmd commands[] = {
 	{ "logs", cmd_logs, "logs RUN [JOB] [-f]", "print job logs (JOB: id or name); -f follows them live" },
 	{ "cancel", cmd_cancel, "cancel RUN", "cancel a run" },
 	{ "agents", cmd_agents, "agents", "list agents" },
+	{ "verify", cmd_verify, "verify RELEASE [--key PUB.pem]... | verify IMAGE --key PUB.pem",
+	  "check a release's signatures, digests and provenance (or one MCUboot image)" },
 	{ "artifacts", cmd_artifacts, "artifacts ls RUN | artifacts get DIGEST|RUN/NAME -o FILE",
 	  "list a run's artifacts; download one, checked against its sha256" },
 	{ "version", cmd_version, "version", "versions of otactl and the daemon" },

@@ -89,6 +89,11 @@ enum MHD_Result api_agent_source(struct api *a, struct api_req *r);
 enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r);
 int api_attempt_current(int64_t job, int64_t attempt);
 
+/* api_release.c */
+enum MHD_Result api_get_releases(struct api *a, struct api_req *r);
+enum MHD_Result api_get_release(struct api *a, struct api_req *r);
+enum MHD_Result api_get_keys(struct api *a, struct api_req *r);
+
 /* api_read.c */
 enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r);
 enum MHD_Result api_get_runs(struct api *a, struct api_req *r);

@@ -28,6 +28,7 @@ void config_defaults(struct otacd_config *c)
 	c->max_run_artifacts = (int64_t)2 << 30;
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
 	c->secrets = json_object();
+	c->keys = json_object();
 	c->tokens = json_array();
 }
 
@@ -63,6 +64,7 @@ void config_release(struct otacd_config *c)
 	free(c->state_dir);
 	strvec_clear(&c->local_labels);
 	json_decref(c->secrets);
+	json_decref(c->keys);
 	json_decref(c->tokens);
 	memset(c, 0, sizeof(*c));
 }
@@ -204,6 +206,42 @@ static int get_labels(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
+/* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "..." } } */
+static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping NAME: {spec, pin}", "keys");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		const char *spec = NULL, *pin = NULL;
+		if (!scalar(k))
+			return cfg_err(x, k, "a key name must be a string%s", "");
+		if (scalar(v)) {
+			spec = scalar(v);
+		} else if (v->type == YAML_MAPPING_NODE) {
+			yaml_node_pair_t *q;
+			for (q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+				yaml_node_t *kk = yaml_document_get_node(x->doc, q->key);
+				yaml_node_t *vv = yaml_document_get_node(x->doc, q->value);
+				const char *ks = scalar(kk) ? scalar(kk) : "";
+				if (!strcmp(ks, "spec") && scalar(vv))
+					spec = scalar(vv);
+				else if (!strcmp(ks, "pin") && scalar(vv))
+					pin = scalar(vv);
+				else
+					return cfg_err(x, kk, "unknown or non-string key setting '%s' (expected spec, pin)", ks);
+			}
+		}
+		if (!spec || !*spec)
+			return cfg_err(x, v, "key '%s' needs a spec: a PEM file or a pkcs11: URI", scalar(k));
+		json_object_set_new(x->c->keys, scalar(k), pin ? json_pack("{ss ss}", "spec", spec, "pin", pin)
+							      : json_pack("{ss}", "spec", spec));
+	}
+	return 0;
+}
+
 static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 {
 	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline" };
@@ -264,7 +302,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 	static const char *const keys[] = {
 		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
-		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories",
+		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -317,6 +355,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_tokens(x, v);
 		else if (!strcmp(key, "repositories"))
 			rc = get_repos(x, v);
+		else if (!strcmp(key, "keys"))
+			rc = get_keys(x, v);
 		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];

@@ -37,6 +37,7 @@ struct otacd_config {
 	int64_t artifact_retention_ms;  /* unreleased artifacts, default 30 days */
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
+	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"} */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
 	size_t nrepos;
 };

@@ -20,6 +20,8 @@
 #include "engine.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +61,14 @@ struct engine {
 	int changed_work;           /* a job became claimable */
 	int changed_state;          /* a job or run changed state */
 	struct strvec dead_objects; /* artifact objects to delete once committed */
+	struct strvec started_inproc; /* "JOB ATTEMPT" of in-daemon jobs to hand over once committed */
+
+	/* The stage worker: runs in-daemon stage kinds (stage_kind.run). */
+	pthread_t inproc_thread;
+	pthread_mutex_t inproc_lock;
+	pthread_cond_t inproc_cond;
+	struct strvec inproc_queue;   /* guarded by inproc_lock */
+	int inproc_stop;
 	int64_t next_gc;            /* monotonic ms of the next artifact expiry pass */
 
 	/* engine thread only */
@@ -251,15 +261,62 @@ struct stagerow {
 
 static int advance_run(struct engine *e, int64_t run_id);
 
+/* Start an in-daemon job: running at once on the stage worker (agent 0). */
+static int start_inproc(struct engine *e, int64_t job)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT run_id, attempt + 1, spec FROM jobs WHERE id = ?");
+	int64_t run = 0, timeout = 0, real = clock_real_ms(), now = clock_now_ms();
+	int attempt = 0, rc;
+
+	sqlite3_bind_int64(st, 1, job);
+	if ((rc = store_step_row(e->db, st)) == 1) {
+		json_t *spec = json_loads(store_col_text(st, 2), 0, NULL);
+		run = store_col_int(st, 0);
+		attempt = (int)store_col_int(st, 1);
+		timeout = json_integer_value(json_object_get(spec, "timeout_ms"));
+		json_decref(spec);
+	}
+	sqlite3_reset(st);
+	if (rc != 1)
+		return rc < 0 ? rc : OTA_ERROR;
+	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = 0, lease_expires = NULL, deadline = ?,"
+		     " started_at = ? WHERE id = ?");
+	sqlite3_bind_int(st, 1, attempt);
+	sqlite3_bind_int64(st, 2, real + (timeout > 0 ? timeout : e->cfg.default_timeout_ms));
+	sqlite3_bind_int64(st, 3, now);
+	sqlite3_bind_int64(st, 4, job);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at) VALUES (?,?,0,?)");
+	sqlite3_bind_int64(st, 1, job);
+	sqlite3_bind_int(st, 2, attempt);
+	sqlite3_bind_int64(st, 3, now);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	event(e, run, job, "job.running", json_pack("{si ss}", "attempt", attempt, "agent", "otacd"));
+	strvec_pushf(&e->started_inproc, "%" PRId64 " %d", job, attempt);
+	e->changed_state = 1;
+	return 0;
+}
+
 static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id, spec FROM jobs WHERE stage_id = ? AND state = 'queued' ORDER BY id");
+	sqlite3_stmt *st = STMT(e, "SELECT j.id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
+				   " WHERE j.stage_id = ? AND j.state = 'queued' ORDER BY j.id");
+	int64_t inproc[256];
+	size_t ninproc = 0;
 	int rc, any = 0;
 
 	if (!st)
 		return OTA_ERROR;
 	sqlite3_bind_int64(st, 1, stage_id);
 	while ((rc = store_step_row(e->db, st)) == 1) {
+		const struct stage_kind *kind = stage_kind_find(store_col_text(st, 2), NULL);
+		if (kind && kind->run) {
+			if (ninproc < OTA_ARRAY_SIZE(inproc))
+				inproc[ninproc++] = store_col_int(st, 0);
+			continue;
+		}
 		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
 		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
 		json_t *empty = json_array();
@@ -271,6 +328,8 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	sqlite3_reset(st);
 	if (any)
 		e->changed_work = 1;
+	for (size_t i = 0; i < ninproc && rc >= 0; i++)
+		rc = start_inproc(e, inproc[i]);
 	return rc < 0 ? rc : 0;
 }
 
@@ -728,6 +787,16 @@ static void run_call(struct engine *e, struct call *c)
 	}
 	if (c->rc < 0)
 		snprintf(c->err, sizeof(c->err), "%s", ota_error_last());
+	/* In-daemon jobs start once their "running" state is committed. */
+	if (e->started_inproc.n) {
+		pthread_mutex_lock(&e->inproc_lock);
+		for (size_t i = 0; i < e->started_inproc.n; i++)
+			if (c->rc >= 0)
+				strvec_push(&e->inproc_queue, e->started_inproc.v[i]);
+		pthread_cond_broadcast(&e->inproc_cond);
+		pthread_mutex_unlock(&e->inproc_lock);
+		strvec_clear(&e->started_inproc);
+	}
 	/* Objects go only after the rows naming them are gone for good. */
 	for (size_t i = 0; i < e->dead_objects.n; i++)
 		if (c->rc >= 0 && artifact_backend())
@@ -878,9 +947,206 @@ static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), voi
 	return c.rc;
 }
 
+int release_version_cmp(const char *a, const char *b)
+{
+	for (int i = 0; i < 3; i++) {
+		long x = strtol(a, (char **)&a, 10), y = strtol(b, (char **)&b, 10);
+		if (x != y)
+			return x < y ? -1 : 1;
+		if (*a == '.')
+			a++;
+		if (*b == '.')
+			b++;
+	}
+	return 0;
+}
+
+/* The anti-rollback and version rules, on connection db. */
+static int release_rules(struct store *db, const char *product, const char *branch, const char *version,
+			 int64_t counter, int64_t skip_run)
+{
+	sqlite3_stmt *st = store_stmt(db, "SELECT security_counter, version, run_id FROM releases WHERE product = ?"
+					  " AND run_id != ? ORDER BY security_counter DESC LIMIT 1");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, skip_run);
+	if ((rc = store_step_row(db, st)) == 1 && store_col_int(st, 0) > counter) {
+		rc = ota_error_set(OTA_ECONFLICT,
+				   "security counter %" PRId64 " is lower than %" PRId64 " (release %s of %s): devices that "
+				   "hold %" PRId64 " refuse it; release with security_counter >= %" PRId64,
+				   counter, store_col_int(st, 0), store_col_text(st, 1), product, store_col_int(st, 0),
+				   store_col_int(st, 0));
+		sqlite3_reset(st);
+		return rc;
+	}
+	sqlite3_reset(st);
+	st = store_stmt(db, "SELECT version FROM releases WHERE product = ? AND branch = ? AND run_id != ?"
+			    " ORDER BY id DESC LIMIT 1");
+	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, branch, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, skip_run);
+	if ((rc = store_step_row(db, st)) == 1 && release_version_cmp(version, store_col_text(st, 0)) <= 0) {
+		rc = ota_error_set(OTA_ECONFLICT, "version %s is not greater than %s, the last release of %s on %s",
+				   version, store_col_text(st, 0), product, branch);
+		sqlite3_reset(st);
+		return rc;
+	}
+	sqlite3_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+int release_check(const char *product, const char *branch, const char *version, int64_t security_counter)
+{
+	struct store *db = store_reader();
+	if (!db)
+		return ota_error_set(OTA_ERROR, "database unavailable");
+	return release_rules(db, product, branch, version, security_counter, 0);
+}
+
+struct release_args {
+	const struct release_record *r;
+	int64_t id;
+};
+
+static int do_release_record(struct engine *e, void *arg)
+{
+	struct release_args *a = arg;
+	const struct release_record *r = a->r;
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM releases WHERE run_id = ?");
+	int rc;
+
+	sqlite3_bind_int64(st, 1, r->run_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		a->id = store_col_int(st, 0);
+	sqlite3_reset(st);
+	if (rc != 0)
+		return rc < 0 ? rc : 0; /* recorded before a crash: done */
+	if ((rc = release_rules(e->db, r->product, r->branch, r->version, r->security_counter, r->run_id)) < 0)
+		return rc;
+	st = STMT(e, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, manifest_artifact,"
+		     " envelope_artifact, provenance_artifact, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)");
+	sqlite3_bind_int64(st, 1, r->run_id);
+	sqlite3_bind_text(st, 2, r->product, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, r->version, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, r->branch, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, r->security_counter);
+	sqlite3_bind_text(st, 6, r->key_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, r->manifest_artifact);
+	sqlite3_bind_int64(st, 8, r->envelope_artifact);
+	sqlite3_bind_int64(st, 9, r->provenance_artifact);
+	sqlite3_bind_int64(st, 10, clock_now_ms());
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	a->id = sqlite3_last_insert_rowid(store_db(e->db));
+	for (size_t i = 0; i < r->nkeep; i++) {
+		st = STMT(e, "UPDATE artifacts SET released = 1 WHERE id = ?");
+		sqlite3_bind_int64(st, 1, r->keep[i]);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+	}
+	event(e, r->run_id, 0, "release.created", json_pack("{sI ss ss sI ss}", "release", (json_int_t)a->id,
+								"product", r->product, "version", r->version,
+								"security_counter", (json_int_t)r->security_counter,
+								"key", r->key_id));
+	return 0;
+}
+
+int engine_release_record(struct engine *e, const struct release_record *r, int64_t *release_id)
+{
+	struct release_args a = { r, 0 };
+	int rc = engine_call(e, do_release_record, &a);
+	if (rc == 0)
+		*release_id = a.id;
+	return rc;
+}
+
 int engine_artifact_gc(struct engine *e, int *removed)
 {
 	return engine_call(e, do_gc, removed);
+}
+
+/* ---- the stage worker: in-daemon stage kinds ---------------------------- */
+
+void stage_log(const struct stage_ctx *c, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT;
+	int64_t size;
+	va_list ap;
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	buf_putc(&b, '\n');
+	logstore_append(c->job_id, c->attempt, logstore_size(c->job_id, c->attempt), b.ptr, b.len, &size);
+	buf_release(&b);
+}
+
+static void run_inproc(struct engine *e, int64_t job, int attempt)
+{
+	struct store *db = store_reader();
+	sqlite3_stmt *st;
+	struct stage_ctx ctx = { 0 };
+	struct job_result r = { 0, NULL, NULL };
+	const struct stage_kind *kind = NULL;
+	const char *state = NULL;
+	json_t *spec = NULL;
+
+	if (!db || !(st = store_stmt(db, "SELECT j.run_id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
+					 " WHERE j.id = ? AND j.state = 'running' AND j.attempt = ?")))
+		return;
+	sqlite3_bind_int64(st, 1, job);
+	sqlite3_bind_int(st, 2, attempt);
+	if (store_step_row(db, st) == 1) {
+		ctx.run_id = store_col_int(st, 0);
+		spec = json_loads(store_col_text(st, 1), 0, NULL);
+		kind = stage_kind_find(store_col_text(st, 2), NULL);
+	}
+	sqlite3_reset(st);
+	if (!spec || !kind || !kind->run) {
+		json_decref(spec);
+		return; /* canceled or finished meanwhile */
+	}
+	ctx.job_id = job;
+	ctx.attempt = attempt;
+	ctx.job = spec;
+	ctx.config = e->cfg.config;
+	ctx.engine = e;
+	if (kind->run(&ctx, &r) < 0 && !r.failure_kind) {
+		r.failure_kind = "infra";
+		r.message = "the stage failed inside otacd";
+	}
+	if (engine_finish(e, 0, job, attempt, &r, &state) < 0 && ota_error_last()[0])
+		fprintf(stderr, "otacd: stage worker: job %" PRId64 ": %s\n", job, ota_error_last());
+	json_decref(spec);
+}
+
+static void *inproc_main(void *arg)
+{
+	struct engine *e = arg;
+
+	pthread_mutex_lock(&e->inproc_lock);
+	while (!e->inproc_stop) {
+		char *item;
+		long long job;
+		int attempt;
+		if (!e->inproc_queue.n) {
+			pthread_cond_wait(&e->inproc_cond, &e->inproc_lock);
+			continue;
+		}
+		item = e->inproc_queue.v[0];
+		memmove(e->inproc_queue.v, e->inproc_queue.v + 1, e->inproc_queue.n * sizeof(char *));
+		e->inproc_queue.n--;
+		pthread_mutex_unlock(&e->inproc_lock);
+		if (sscanf(item, "%lld %d", &job, &attempt) == 2)
+			run_inproc(e, job, attempt);
+		free(item);
+		pthread_mutex_lock(&e->inproc_lock);
+	}
+	pthread_mutex_unlock(&e->inproc_lock);
+	return NULL;
 }
 
 /* ---- recovery ------------------------------------------------------------ */
@@ -906,6 +1172,15 @@ static int recover(struct engine *e, void *arg)
 		sqlite3_bind_int64(up, 1, clock_real_ms() + e->cfg.lease_ms);
 		if ((rc = store_step_done(e->db, up)) < 0)
 			return rc;
+	}
+	{
+		/* in-daemon jobs that were running when otacd died run again */
+		sqlite3_stmt *in = STMT(e, "SELECT id, attempt FROM jobs WHERE state = 'running' AND agent_id = 0");
+		if (!in)
+			return OTA_ERROR;
+		while (store_step_row(e->db, in) == 1)
+			strvec_pushf(&e->started_inproc, "%" PRId64 " %d", store_col_int(in, 0), (int)store_col_int(in, 1));
+		sqlite3_reset(in);
 	}
 	if (!st)
 		return OTA_ERROR;
@@ -939,7 +1214,13 @@ int engine_start(struct engine **out, struct store *db, const struct engine_conf
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_cond_init(&e->cond, NULL);
 	pthread_cond_init(&e->done_cond, NULL);
+	pthread_mutex_init(&e->inproc_lock, NULL);
+	pthread_cond_init(&e->inproc_cond, NULL);
 	notifier_init(&e->work);
+	if (pthread_create(&e->inproc_thread, NULL, inproc_main, e) != 0) {
+		free(e);
+		return ota_error_set(OTA_ERROR, "cannot start the stage worker");
+	}
 
 	run_call(e, &c);
 	if (c.rc < 0) {
@@ -965,6 +1246,15 @@ void engine_stop(struct engine *e)
 	pthread_mutex_unlock(&e->lock);
 	if (e->thread)
 		pthread_join(e->thread, NULL);
+	pthread_mutex_lock(&e->inproc_lock);
+	e->inproc_stop = 1;
+	pthread_cond_broadcast(&e->inproc_cond);
+	pthread_mutex_unlock(&e->inproc_lock);
+	pthread_join(e->inproc_thread, NULL);
+	strvec_clear(&e->inproc_queue);
+	strvec_clear(&e->started_inproc);
+	pthread_cond_destroy(&e->inproc_cond);
+	pthread_mutex_destroy(&e->inproc_lock);
 	notifier_bump(&e->work);
 	queue_clear(e);
 	free(e->queue);

@@ -40,6 +40,7 @@ struct engine_config {
 	json_t *secrets;             /* object NAME -> value (borrowed) */
 	int64_t max_run_artifact_bytes;  /* all artifacts of one run together (0: no cap) */
 	int64_t artifact_retention_ms;   /* unreleased artifacts of finished runs live this long (otacd time; 0: forever) */
+	const struct otacd_config *config;  /* handed to in-daemon stage kinds (borrowed) */
 };
 
 struct engine;
@@ -125,6 +126,28 @@ struct artifact_info {
 /* OTA_ECONFLICT when the attempt is no longer running. */
 int engine_artifact_add(struct engine *e, int64_t job_id, int attempt,
 			const struct artifact_info *a, int64_t *artifact_id);
+
+/* What a release stage made, recorded in one transaction. */
+struct release_record {
+	int64_t run_id;
+	const char *product, *version, *branch, *key_id;
+	int64_t security_counter;
+	int64_t manifest_artifact, envelope_artifact, provenance_artifact;
+	const int64_t *keep;          /* artifact ids kept forever (inputs and outputs) */
+	size_t nkeep;
+};
+/*
+ * Record a release.  Refused (OTA_ECONFLICT, with the reason) when its
+ * security counter is lower than the product's highest released counter
+ * (devices holding that counter would refuse it), or its version is not
+ * greater than the last release of the product on the same branch.  A run
+ * that already has its release gets that one (*release_id) and 0.
+ */
+int engine_release_record(struct engine *e, const struct release_record *r, int64_t *release_id);
+/* The same checks without recording, for a stage to fail before signing. */
+int release_check(const char *product, const char *branch, const char *version, int64_t security_counter);
+/* Compare "X.Y.Z" versions numerically: <0, 0, >0. */
+int release_version_cmp(const char *a, const char *b);
 
 /* Expire unreleased artifacts past the retention now (normally done by the
  * engine every minute).  *removed is the number of records removed. */

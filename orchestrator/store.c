@@ -103,6 +103,14 @@ static const char *const migrations[] = {
 	"ALTER TABLE artifacts ADD COLUMN released INTEGER NOT NULL DEFAULT 0;"
 	"CREATE INDEX artifacts_by_sha ON artifacts(sha256);"
 	"CREATE INDEX artifacts_by_age ON artifacts(released, created_at);",
+
+	/* 4: releases */
+	"CREATE TABLE releases ("
+	"  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL UNIQUE REFERENCES runs(id),"
+	"  product TEXT NOT NULL, version TEXT NOT NULL, branch TEXT NOT NULL,"
+	"  security_counter INTEGER NOT NULL, key_id TEXT NOT NULL,"
+	"  manifest_artifact INTEGER, envelope_artifact INTEGER, provenance_artifact INTEGER,"
+	"  created_at INTEGER NOT NULL, UNIQUE(product, version));",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

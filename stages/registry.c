@@ -13,20 +13,23 @@
 #include <string.h>
 
 extern const struct stage_kind stage_kind_command;
+extern const struct stage_kind stage_kind_release;
 
 static const struct stage_kind *const available[] = {
 	&stage_kind_command,
+	&stage_kind_release,
 };
 
 static const char *const available_names[] = {
 	"command",
+	"release",
 	NULL,
 };
 _Static_assert(OTA_ARRAY_SIZE(available) + 1 == OTA_ARRAY_SIZE(available_names),
 	       "available_names must list every available kind");
 
 static const char *const planned[] = {
-	"build", "test", "analysis", "hil", "release", "soak", "rollout",
+	"build", "test", "analysis", "hil", "soak", "rollout",
 	NULL,
 };
 

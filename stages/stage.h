@@ -25,6 +25,21 @@ struct job_result {
 	const char *message;       /* short human reason, may be NULL */
 };
 
+struct otacd_config;
+struct engine;
+
+/* What a kind that runs inside otacd (see stage_kind.run) works with. */
+struct stage_ctx {
+	int64_t run_id, job_id;
+	int attempt;
+	const json_t *job;                   /* the job spec, "extra" holds the kind's keys */
+	const struct otacd_config *config;
+	struct engine *engine;               /* for recording what the stage made */
+};
+
+/* Append a line to the job's log (for kinds that run inside otacd). */
+void stage_log(const struct stage_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 struct stage_kind {
 	const char *name;
 	const char *summary;                 /* one line for docs and errors */
@@ -43,6 +58,14 @@ struct stage_kind {
 	 * job's JSON from pipeline_expand_stage() (the engine does not keep the
 	 * parsed pipeline, so anything a kind needs must be in the spec). */
 	int (*verdict)(const json_t *job_spec, const struct job_result *r);
+	/*
+	 * Kinds with no agent work (release; later soak, rollout) do it here,
+	 * on otacd's stage worker thread; NULL for kinds whose steps run on
+	 * agents.  Fill r (failure_kind NULL on success; message a static or
+	 * ctx-lifetime string).  Must be safe to run again after a crash: the
+	 * engine re-runs an in-daemon job that was running when otacd died.
+	 */
+	int (*run)(const struct stage_ctx *ctx, struct job_result *r);
 };
 
 /* The kind called name, or NULL.  *planned is set to 1 when the name is a

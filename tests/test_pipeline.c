@@ -392,9 +392,9 @@ static const struct bad_case bad_cases[] = {
 	{ "unknown_kind_suggests_a_planned_kind", HEAD "  - { name: a, kind: biuld, steps: [x] }\n",
 	  "p.yml:3:22: unknown stage kind 'biuld' (did you mean 'build'?)" },
 	{ "unknown_kind_far_from_any_lists_the_available_ones", HEAD "  - { name: a, kind: xyzzy, steps: [x] }\n",
-	  "p.yml:3:22: unknown stage kind 'xyzzy' (available: command)" },
-	{ "planned_kind_is_not_available_yet", HEAD "  - { name: sign, kind: release, key: x }\n",
-	  "p.yml:3:25: stage kind 'release' is not available in this version of otacd (available: command)" },
+	  "p.yml:3:22: unknown stage kind 'xyzzy' (available: command, release)" },
+	{ "planned_kind_is_not_available_yet", HEAD "  - { name: soak, kind: soak, key: x }\n",
+	  "p.yml:3:25: stage kind 'soak' is not available in this version of otacd (available: command, release)" },
 	{ "command_stage_needs_steps", HEAD "  - name: a\n",
 	  "p.yml:3:5: stage 'a' has no 'steps' (kind 'command' runs at least one)" },
 	{ "steps_must_not_be_empty", HEAD "  - name: a\n    steps: []\n",
@@ -655,7 +655,7 @@ static void long_expressions_are_cut_at_a_utf8_boundary_in_messages(void **state
 
 static void unknown_keys_of_unavailable_kinds_are_not_reported(void **state)
 {
-	char *msgs = parse_bad(HEAD "  - { name: sign, kind: release, security_counter: 3 }\n");
+	char *msgs = parse_bad(HEAD "  - { name: soak, kind: soak, security_counter: 3 }\n");
 
 	assert_null(strstr(msgs, "security_counter"));
 	assert_null(strstr(msgs, "has no 'steps'"));
@@ -1044,13 +1044,19 @@ static void registry_knows_available_and_planned_kinds(void **state)
 	assert_null(k->verdict);
 	assert_non_null(k->keys);
 	assert_null(k->keys[0]);
-	assert_null(stage_kind_find("release", &planned));
+	k = stage_kind_find("release", &planned);
+	assert_non_null(k);
+	assert_int_equal(planned, 0);
+	assert_false(k->runs_steps);
+	assert_non_null(k->run);
+	assert_null(stage_kind_find("soak", &planned));
 	assert_int_equal(planned, 1);
 	assert_null(stage_kind_find("nonsense", &planned));
 	assert_int_equal(planned, 0);
 	assert_null(stage_kind_find("nonsense", NULL));
 	assert_string_equal(names[0], "command");
-	assert_null(names[1]);
+	assert_string_equal(names[1], "release");
+	assert_null(names[2]);
 	for (const char *const *pl = stage_kind_planned_names(); *pl; pl++)
 		assert_null(stage_kind_find(*pl, NULL));
 }

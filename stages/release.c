@@ -1,0 +1,520 @@
+/*
+ * release.c - the `release` stage kind: turn a passed run's images into a
+ * signed release.
+ *
+ * It runs inside otacd (no agent: the signing key stays with the daemon, or
+ * in its HSM), on the stage worker, after the stages it needs passed.  For
+ * every artifact of the run that declares a `type` (application,
+ * bootloader, config, factory-reset) it writes an MCUboot signed image with
+ * the release's version and security counter; then a manifest (what the
+ * seed chapter lists: version, commit and tree, build time, builders,
+ * hardware variants, minimum bootloader, images with digests, security
+ * counter, signing key) in a DSSE envelope, and SLSA provenance v1 (an
+ * in-toto Statement in a DSSE envelope) whose subjects are the images and
+ * the manifest.  Everything is stored as artifacts of the release job and
+ * kept forever; the release itself is recorded by the engine, which
+ * enforces anti-rollback (no counter below one already released for the
+ * product) and increasing versions per branch.
+ *
+ * Keys: `key:` names an entry of otacd's configuration (`keys:`), whose
+ * spec is a PEM file or a PKCS#11 URI; a pipeline never carries a key path
+ * or PIN.  Re-running after a crash is safe: uploads are content-addressed
+ * and the engine records one release per run.
+ */
+#include "stage.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../orchestrator/artifact.h"
+#include "../orchestrator/clock.h"
+#include "../orchestrator/config.h"
+#include "../orchestrator/engine.h"
+#include "../orchestrator/keys.h"
+#include "../orchestrator/logstore.h"
+#include "../orchestrator/mcuboot.h"
+#include "../orchestrator/provenance.h"
+#include "../orchestrator/store.h"
+
+#define MANIFEST_TYPE "application/vnd.otacd.manifest+json"
+#define INTOTO_TYPE "application/vnd.in-toto+json"
+#define BUILD_TYPE "https://otacd.dev/release/v1"
+#define BUILDER_ID "https://otacd.dev/otacd"
+
+static const char *const release_keys[] = { "version", "security_counter", "key", "min_bootloader", "product", NULL };
+
+static int release_validate(const struct pipeline *p, const struct pl_stage *st, struct pl_diags *d)
+{
+	json_t *sc = json_object_get(st->extra, "security_counter"), *key = json_object_get(st->extra, "key");
+	json_t *v = json_object_get(st->extra, "version"), *mb = json_object_get(st->extra, "min_bootloader");
+	uint8_t a, b;
+	uint16_t c;
+	uint32_t n;
+
+	(void)p;
+	if (!json_is_integer(sc) || json_integer_value(sc) < 0 || json_integer_value(sc) > 0xffffffffLL)
+		pl_diag_add(d, st->pos, "release stage '%s' needs security_counter: an integer 0..4294967295", st->name);
+	if (!json_is_string(key) || !*json_string_value(key))
+		pl_diag_add(d, st->pos, "release stage '%s' needs key: the name of a signing key in otacd's configuration",
+			    st->name);
+	if (v && (!json_is_string(v) || mcuboot_version_parse(json_string_value(v), &a, &b, &c, &n) < 0))
+		pl_diag_add(d, st->pos, "release stage '%s': version must look like 1.4.0", st->name);
+	if (mb && (!json_is_string(mb) || mcuboot_version_parse(json_string_value(mb), &a, &b, &c, &n) < 0))
+		pl_diag_add(d, st->pos, "release stage '%s': min_bootloader must look like 2.0.0", st->name);
+	return 0;
+}
+
+struct run_info {
+	char *pipeline, *ref, *repo, *commit, *tree, *file, *yaml;
+	int64_t created_at;
+};
+
+static void run_info_release(struct run_info *ri)
+{
+	free(ri->pipeline);
+	free(ri->ref);
+	free(ri->repo);
+	free(ri->commit);
+	free(ri->tree);
+	free(ri->file);
+	free(ri->yaml);
+}
+
+static char *col(sqlite3_stmt *st, int i)
+{
+	return store_col_text(st, i) ? xstrdup(store_col_text(st, i)) : NULL;
+}
+
+static int load_run(int64_t run, struct run_info *ri)
+{
+	struct store *db = store_reader();
+	sqlite3_stmt *st;
+	int rc;
+
+	memset(ri, 0, sizeof(*ri));
+	if (!db || !(st = store_stmt(db, "SELECT pipeline, ref, repo, commit_id, tree_id, file, yaml, created_at FROM runs WHERE id = ?")))
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, run);
+	if ((rc = store_step_row(db, st)) == 1) {
+		ri->pipeline = col(st, 0);
+		ri->ref = col(st, 1);
+		ri->repo = col(st, 2);
+		ri->commit = col(st, 3);
+		ri->tree = col(st, 4);
+		ri->file = col(st, 5);
+		ri->yaml = col(st, 6);
+		ri->created_at = store_col_int(st, 7);
+	}
+	sqlite3_reset(st);
+	return rc == 1 ? 0 : OTA_ENOTFOUND;
+}
+
+/* Store data as an artifact of this job; fills id and sha256. */
+static int put(const struct stage_ctx *c, const char *name, const char *type, const char *hw, const void *data,
+	       size_t len, int64_t *id, char sha[65])
+{
+	struct artifact_upload *u = NULL;
+	struct artifact_info info = { name, sha, 0, type, hw };
+	int64_t size = 0;
+	int rc;
+
+	if ((rc = artifact_upload_begin(&u)) < 0)
+		return rc;
+	if ((rc = artifact_upload_write(u, data, len)) < 0) {
+		artifact_upload_abort(u);
+		return rc;
+	}
+	if ((rc = artifact_upload_commit(u, NULL, sha, &size)) < 0)
+		return rc;
+	info.size = size;
+	return engine_artifact_add(c->engine, c->job_id, c->attempt, &info, id);
+}
+
+static int read_object(const char *sha, struct buf *out)
+{
+	struct artifact_backend *b = artifact_backend();
+	struct artifact_reader *r = NULL;
+	char chunk[65536];
+	int64_t size = 0;
+	ssize_t n;
+	int rc;
+
+	if ((rc = b->get(b, sha, &r, &size)) < 0)
+		return rc;
+	buf_init(out, (size_t)artifact_max_size());
+	while ((n = b->read(r, chunk, sizeof(chunk))) > 0)
+		if ((rc = buf_put(out, chunk, (size_t)n)) < 0)
+			break;
+	b->close(r);
+	if (rc == 0 && (n < 0 || (int64_t)out->len != size))
+		rc = ota_error_set(OTA_ERROR, "artifact %s could not be read whole", sha);
+	return rc;
+}
+
+static int fail(struct job_result *r, const struct stage_ctx *c, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct job_result *r, const struct stage_ctx *c, const char *fmt, ...)
+{
+	static __thread char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	stage_log(c, "release failed: %s", msg);
+	r->failure_kind = "script";
+	r->message = msg;
+	r->exit_code = 1;
+	return 0;
+}
+
+static void sha256_hex(const void *data, size_t len, char out[65])
+{
+	unsigned char md[32];
+	unsigned int n = 32;
+	EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+	ota_hex(out, md, 32);
+}
+
+struct image {
+	int64_t in_id, out_id;
+	char *name, *type, *hw;
+	char sha[65];
+	int64_t size;
+};
+
+static int release_run(const struct stage_ctx *c, struct job_result *r)
+{
+	json_t *extra = json_object_get(c->job, "extra");
+	const char *keyname = json_string_value(json_object_get(extra, "key"));
+	int64_t counter = json_integer_value(json_object_get(extra, "security_counter"));
+	const char *min_boot = json_string_value(json_object_get(extra, "min_bootloader"));
+	struct run_info ri;
+	struct sign_key *key = NULL;
+	struct image *img = NULL;
+	size_t nimg = 0;
+	struct store *db;
+	sqlite3_stmt *st;
+	json_t *kcfg, *manifest = NULL, *images = NULL, *hardware = NULL, *builders = NULL, *env = NULL, *stmt = NULL;
+	char *version = NULL, *product = NULL, *branch = NULL, *text = NULL;
+	char msha[65], esha[65], psha[65];
+	int64_t mid = 0, eid = 0, pid = 0, release_id = 0;
+	uint8_t maj, min;
+	uint16_t rev;
+	uint32_t build;
+	int rc = 0;
+
+	if (load_run(c->run_id, &ri) < 0)
+		return fail(r, c, "run %" PRId64 " not found", c->run_id);
+	product = xstrdup(json_string_value(json_object_get(extra, "product")) ? json_string_value(json_object_get(extra, "product"))
+										  : ri.pipeline);
+	/* the version: from the pipeline, or from a tag vX.Y.Z */
+	if (json_is_string(json_object_get(extra, "version")))
+		version = xstrdup(json_string_value(json_object_get(extra, "version")));
+	else if (ri.ref && !strncmp(ri.ref, "refs/tags/", 10))
+		version = xstrdup(ri.ref + 10 + (ri.ref[10] == 'v'));
+	if (!version || mcuboot_version_parse(version, &maj, &min, &rev, &build) < 0) {
+		fail(r, c, "no release version: set `version:` on the stage or push a tag like v1.4.0 (got %s)",
+		     version ? version : "none");
+		goto out;
+	}
+	build = (uint32_t)c->run_id; /* the build number is the run */
+	branch = xstrdup(ri.ref && !strncmp(ri.ref, "refs/heads/", 11) ? ri.ref + 11
+			 : ri.ref && !strncmp(ri.ref, "refs/tags/", 10) ? "tags" : (ri.ref ? ri.ref : "main"));
+	stage_log(c, "release %s %s+%u (security counter %" PRId64 ", branch %s)", product, version, build, counter, branch);
+	if (release_check(product, branch, version, counter) < 0) {
+		fail(r, c, "%s", ota_error_last());
+		goto out;
+	}
+
+	/* the key */
+	kcfg = c->config ? json_object_get(c->config->keys, keyname) : NULL;
+	if (!kcfg) {
+		fail(r, c, "signing key '%s' is not configured in otacd (keys: in the configuration)", keyname);
+		goto out;
+	}
+	if (sign_key_load(&key, json_string_value(json_object_get(kcfg, "spec")),
+			  json_string_value(json_object_get(kcfg, "pin"))) < 0) {
+		fail(r, c, "cannot load signing key '%s': %s", keyname, ota_error_last());
+		goto out;
+	}
+	stage_log(c, "signing with key '%s' (%s, id %.16s)", keyname, sign_alg_name(sign_key_alg(key)), sign_key_id(key));
+
+	/* the images: the run's typed artifacts, made by other stages */
+	db = store_reader();
+	st = db ? store_stmt(db, "SELECT id, name, sha256, size, type, hardware FROM artifacts WHERE run_id = ? AND job_id != ?"
+				 " AND type IS NOT NULL ORDER BY id") : NULL;
+	if (!st) {
+		rc = OTA_ERROR;
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, c->run_id);
+	sqlite3_bind_int64(st, 2, c->job_id);
+	while (store_step_row(db, st) == 1) {
+		img = xrealloc(img, (nimg + 1) * sizeof(*img));
+		memset(&img[nimg], 0, sizeof(*img));
+		img[nimg].in_id = store_col_int(st, 0);
+		img[nimg].name = col(st, 1);
+		snprintf(img[nimg].sha, sizeof(img[nimg].sha), "%s", store_col_text(st, 2));
+		img[nimg].type = col(st, 4);
+		img[nimg].hw = col(st, 5);
+		nimg++;
+	}
+	sqlite3_reset(st);
+	if (!nimg) {
+		fail(r, c, "no images to release: give the build's artifacts a type (application, bootloader, config, factory-reset)");
+		goto out;
+	}
+
+	images = json_array();
+	hardware = json_array();
+	for (size_t i = 0; i < nimg; i++) {
+		struct buf raw = BUF_INIT, signed_img = BUF_INIT;
+		struct mcuboot_sign_opts o = { 0 };
+		char *name = xasprintf("release/%s%s%s.signed.bin", img[i].hw ? img[i].hw : "", img[i].hw ? "/" : "",
+				       strrchr(img[i].name, '/') ? strrchr(img[i].name, '/') + 1 : img[i].name);
+		o.major = maj;
+		o.minor = min;
+		o.revision = rev;
+		o.build = build;
+		o.has_security_counter = 1;
+		o.security_counter = (uint32_t)counter;
+		buf_init(&signed_img, (size_t)artifact_max_size() + 4096);
+		if ((rc = read_object(img[i].sha, &raw)) < 0 ||
+		    (rc = mcuboot_sign(&signed_img, raw.ptr ? raw.ptr : "", raw.len, sign_key_pkey(key), &o)) < 0 ||
+		    (rc = put(c, name, img[i].type, img[i].hw, signed_img.ptr, signed_img.len, &img[i].out_id, img[i].sha)) < 0) {
+			fail(r, c, "cannot sign %s: %s", img[i].name, ota_error_last());
+			buf_release(&raw);
+			buf_release(&signed_img);
+			free(name);
+			goto out;
+		}
+		img[i].size = (int64_t)signed_img.len;
+		stage_log(c, "signed %s -> %s (%zu bytes, sha256 %.16s)", img[i].name, name, signed_img.len, img[i].sha);
+		json_array_append_new(images, json_pack("{ss ss ss? ss sI}", "name", name, "type", img[i].type, "hardware",
+							img[i].hw, "sha256", img[i].sha, "size", (json_int_t)img[i].size));
+		if (img[i].hw) {
+			size_t k;
+			json_t *h;
+			int seen = 0;
+			json_array_foreach(hardware, k, h)
+				seen |= !strcmp(json_string_value(h), img[i].hw);
+			if (!seen)
+				json_array_append_new(hardware, json_string(img[i].hw));
+		}
+		free(name);
+		buf_release(&raw);
+		buf_release(&signed_img);
+	}
+
+	/* builders: the agents that ran the run's jobs */
+	builders = json_array();
+	st = store_stmt(db, "SELECT DISTINCT a.name FROM jobs j JOIN agents a ON a.id = j.agent_id WHERE j.run_id = ? ORDER BY a.name");
+	sqlite3_bind_int64(st, 1, c->run_id);
+	while (store_step_row(db, st) == 1)
+		json_array_append_new(builders, json_string(store_col_text(st, 0)));
+	sqlite3_reset(st);
+
+	{
+		char when[32], vfull[64];
+		clock_format(when, clock_now_ms());
+		snprintf(vfull, sizeof(vfull), "%s+%u", version, build);
+		manifest = json_pack("{ss ss ss sI s{ss? ss? ss? ss?} ss so so ss? sI ss so}", "product", product, "version", version,
+				     "build_version", vfull, "run", (json_int_t)c->run_id, "git", "repo", ri.repo,
+				     "ref", ri.ref, "commit", ri.commit, "tree", ri.tree,
+				     "built_at", when, "builders", builders, "hardware", hardware, "min_bootloader", min_boot,
+				     "security_counter", (json_int_t)counter, "key_id", sign_key_id(key), "images", images);
+		builders = hardware = images = NULL;
+	}
+	if (!manifest) {
+		fail(r, c, "cannot build the manifest");
+		goto out;
+	}
+	text = json_dumps(manifest, JSON_INDENT(2) | JSON_SORT_KEYS);
+	if ((rc = put(c, "release/manifest.json", NULL, NULL, text, strlen(text), &mid, msha)) < 0) {
+		fail(r, c, "cannot store the manifest: %s", ota_error_last());
+		goto out;
+	}
+	{
+		struct sign_key *keys[1] = { key };
+		char *etext;
+		if ((rc = dsse_sign(&env, MANIFEST_TYPE, text, strlen(text), keys, 1)) < 0) {
+			fail(r, c, "cannot sign the manifest: %s", ota_error_last());
+			goto out;
+		}
+		etext = json_dumps(env, JSON_INDENT(2));
+		rc = put(c, "release/manifest.dsse.json", NULL, NULL, etext, strlen(etext), &eid, esha);
+		free(etext);
+		json_decref(env);
+		env = NULL;
+		if (rc < 0) {
+			fail(r, c, "cannot store the manifest envelope: %s", ota_error_last());
+			goto out;
+		}
+	}
+
+	/* provenance: subjects are the images and the manifest */
+	{
+		struct slsa_subject *subj = xcalloc(nimg + 1, sizeof(*subj));
+		struct slsa_dep deps[3];
+		size_t ndeps = 0;
+		char pipeline_sha[65], *git_uri = NULL, *stext;
+		struct slsa_input in = { 0 };
+		struct sign_key *keys[1] = { key };
+		json_t *ext = json_pack("{ss ss sI}", "pipeline", ri.pipeline, "ref", ri.ref ? ri.ref : "", "security_counter",
+					(json_int_t)counter);
+
+		for (size_t i = 0; i < nimg; i++) {
+			subj[i].name = json_string_value(json_object_get(json_array_get(json_object_get(manifest, "images"), i), "name"));
+			subj[i].sha256 = img[i].sha;
+		}
+		subj[nimg].name = "release/manifest.json";
+		subj[nimg].sha256 = msha;
+		sha256_hex(ri.yaml ? ri.yaml : "", ri.yaml ? strlen(ri.yaml) : 0, pipeline_sha);
+		if (ri.commit) {
+			git_uri = xasprintf("git+%s@%s", ri.repo ? ri.repo : "repository", ri.ref ? ri.ref : "");
+			deps[ndeps++] = (struct slsa_dep){ git_uri, NULL, "gitCommit", ri.commit };
+		}
+		deps[ndeps++] = (struct slsa_dep){ NULL, ri.file ? ri.file : "pipeline.yml", "sha256", pipeline_sha };
+		in.subjects = subj;
+		in.nsubjects = nimg + 1;
+		in.build_type = BUILD_TYPE;
+		in.external_parameters = ext;
+		in.deps = deps;
+		in.ndeps = ndeps;
+		in.builder_id = BUILDER_ID;
+		in.builder_version = OTACD_VERSION;
+		in.started_ms = ri.created_at;
+		in.finished_ms = clock_now_ms();
+		/* byproducts: every job's verdict, so the chain shows what passed */
+		{
+			struct store *rdb = store_reader();
+			sqlite3_stmt *q = rdb ? store_stmt(rdb, "SELECT s.name, j.name, j.state, j.exit_code, a.name, j.id, j.attempt FROM jobs j"
+								" JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
+								" WHERE j.run_id = ? AND j.id != ? ORDER BY j.id") : NULL;
+			struct slsa_byproduct *bp = NULL;
+			json_t *notes = json_array();
+			struct strvec names = STRVEC_INIT, shas = STRVEC_INIT;
+			size_t nbp = 0;
+			if (q) {
+				sqlite3_bind_int64(q, 1, c->run_id);
+				sqlite3_bind_int64(q, 2, c->job_id);
+				while (store_step_row(rdb, q) == 1) {
+					json_t *ann = json_pack("{ss ss sI ss?}", "stage", store_col_text(q, 0), "state",
+								store_col_text(q, 2), "exit_code", (json_int_t)store_col_int(q, 3),
+								"agent", store_col_text(q, 4));
+					struct buf log = BUF_INIT;
+					char lsha[65];
+					/* the byproduct is the job's log, identified by its digest */
+					logstore_read(store_col_int(q, 5), (int)store_col_int(q, 6), 0, (size_t)64 << 20, &log);
+					sha256_hex(log.ptr ? log.ptr : "", log.len, lsha);
+					json_object_set_new(ann, "log_sha256", json_string(lsha));
+					buf_release(&log);
+					strvec_pushf(&names, "job/%s/%s", store_col_text(q, 0), store_col_text(q, 1));
+					strvec_push(&shas, lsha);
+					json_array_append_new(notes, ann);
+				}
+				sqlite3_reset(q);
+			}
+			bp = xcalloc(names.n + 1, sizeof(*bp));
+			for (size_t i = 0; i < names.n; i++) {
+				bp[i].name = names.v[i];
+				bp[i].media_type = "text/plain";
+				bp[i].sha256 = shas.v[i];
+				bp[i].annotations = json_array_get(notes, i);
+			}
+			nbp = names.n;
+			in.byproducts = bp;
+			in.nbyproducts = nbp;
+			rc = slsa_statement(&stmt, &in);
+			free(bp);
+			strvec_clear(&names);
+			strvec_clear(&shas);
+			json_decref(notes);
+		}
+		json_decref(ext);
+		free(git_uri);
+		free(subj);
+		if (rc < 0) {
+			fail(r, c, "cannot build the provenance: %s", ota_error_last());
+			goto out;
+		}
+		stext = json_dumps(stmt, JSON_COMPACT);
+		rc = dsse_sign(&env, INTOTO_TYPE, stext, strlen(stext), keys, 1);
+		free(stext);
+		if (rc == 0) {
+			char *etext = json_dumps(env, JSON_INDENT(2));
+			rc = put(c, "release/provenance.dsse.json", NULL, NULL, etext, strlen(etext), &pid, psha);
+			free(etext);
+		}
+		if (rc < 0) {
+			fail(r, c, "cannot sign or store the provenance: %s", ota_error_last());
+			goto out;
+		}
+	}
+
+	/* record it: anti-rollback and version rules are checked again, atomically */
+	{
+		int64_t *keep = xcalloc(nimg * 2 + 3, sizeof(int64_t));
+		size_t nkeep = 0;
+		struct release_record rec = { 0 };
+		for (size_t i = 0; i < nimg; i++) {
+			keep[nkeep++] = img[i].in_id;
+			keep[nkeep++] = img[i].out_id;
+		}
+		keep[nkeep++] = mid;
+		keep[nkeep++] = eid;
+		keep[nkeep++] = pid;
+		rec.run_id = c->run_id;
+		rec.product = product;
+		rec.version = version;
+		rec.branch = branch;
+		rec.key_id = sign_key_id(key);
+		rec.security_counter = counter;
+		rec.manifest_artifact = mid;
+		rec.envelope_artifact = eid;
+		rec.provenance_artifact = pid;
+		rec.keep = keep;
+		rec.nkeep = nkeep;
+		rc = engine_release_record(c->engine, &rec, &release_id);
+		free(keep);
+		if (rc < 0) {
+			fail(r, c, "%s", ota_error_last());
+			rc = 0;
+			goto out;
+		}
+	}
+	stage_log(c, "release %" PRId64 ": %s %s, %zu image(s), manifest sha256 %.16s", release_id, product, version, nimg, msha);
+	r->exit_code = 0;
+	r->failure_kind = NULL;
+out:
+	for (size_t i = 0; i < nimg; i++) {
+		free(img[i].name);
+		free(img[i].type);
+		free(img[i].hw);
+	}
+	free(img);
+	json_decref(manifest);
+	json_decref(images);
+	json_decref(hardware);
+	json_decref(builders);
+	json_decref(env);
+	json_decref(stmt);
+	free(text);
+	free(version);
+	free(product);
+	free(branch);
+	sign_key_free(key);
+	run_info_release(&ri);
+	return rc;
+}
+
+const struct stage_kind stage_kind_release = {
+	.name = "release",
+	.summary = "sign the run's images (MCUboot), write a signed manifest and SLSA provenance, record the release",
+	.keys = release_keys,
+	.runs_steps = 0,
+	.validate = release_validate,
+	.verdict = NULL,
+	.run = release_run,
+};
