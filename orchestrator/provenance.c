@@ -173,10 +173,10 @@ out:
 /* A keyid from the envelope, safe to echo: printable ASCII, at most 64. */
 static void keyid_show(char out[80], const char *s)
 {
-	size_t i;
-	for (i = 0; i < 64 && s[i]; i++)
+	size_t len = strnlen(s, 65), i;
+	for (i = 0; i < len && i < 64; i++)
 		out[i] = isprint((unsigned char)s[i]) ? s[i] : '?';
-	if (s[i]) {
+	if (len > 64) {
 		memcpy(out + i, "...", 3);
 		i += 3;
 	}
