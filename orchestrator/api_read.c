@@ -74,7 +74,8 @@ static json_t *run_json(sqlite3_stmt *st)
 }
 
 #define JOB_COLS "j.id, j.run_id, s.name, j.name, j.spec, j.state, j.attempt, j.retries_left, j.infra_retries_left," \
-		 " a.name, j.started_at, j.finished_at, j.exit_code, j.failure, j.message"
+		 " COALESCE(a.name, CASE WHEN j.agent_id = 0 THEN 'otacd' END), j.started_at, j.finished_at, j.exit_code," \
+		 " j.failure, j.message"
 #define JOB_FROM " FROM jobs j JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
 
 static json_t *job_json(sqlite3_stmt *st)

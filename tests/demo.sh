@@ -17,7 +17,17 @@ if curl -s -o /dev/null "$url/api/v1/health"; then
 fi
 
 mkdir -p "$state"
-"$bin/otacd" --state-dir "$state" --listen "${url#http://}" 2>> "$state/otacd.log" &
+# A signing key for the demo's release stage, made once (a PEM file; real
+# deployments name a PKCS#11 URI instead: docs/signing.md).
+if [ ! -f "$state/demo-key.pem" ]; then
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$state/demo-key.pem" 2>/dev/null
+	chmod 600 "$state/demo-key.pem"
+fi
+cat > "$state/demo-config.yml" <<EOT
+keys:
+  demo: { spec: $(cd "$state" && pwd)/demo-key.pem }
+EOT
+"$bin/otacd" --state-dir "$state" --listen "${url#http://}" --config "$state/demo-config.yml" 2>> "$state/otacd.log" &
 daemon=$!
 trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
 
@@ -34,11 +44,15 @@ export OTACD_TOKEN="$(cat "$state/admin.token")"
 ctl="$bin/otactl"
 
 echo
-echo "== otactl lint pipelines/hello.yml"
-"$ctl" lint pipelines/hello.yml
+# each demo run releases a new version: v0.1.N, N = runs so far + 1
+n=$(( $("$ctl" runs --json --limit 500 | grep -o '"id":' | wc -l) + 1 ))
+tag="refs/tags/v0.1.$n"
+
+echo "== otactl lint pipelines/hello-release.yml"
+"$ctl" lint pipelines/hello-release.yml
 echo
-echo "== otactl trigger pipelines/hello.yml"
-run=$("$ctl" trigger pipelines/hello.yml)
+echo "== otactl trigger pipelines/hello-release.yml --ref $tag"
+run=$("$ctl" trigger pipelines/hello-release.yml --ref "$tag")
 echo "run $run"
 echo
 echo "== otactl logs $run -f   (live, as the agents run the jobs)"
@@ -47,9 +61,12 @@ echo
 echo "== otactl show $run"
 "$ctl" show "$run"
 echo
-echo "== artifacts"
-curl -s -H "Authorization: Bearer $OTACD_TOKEN" "$url/api/v1/runs/$run/artifacts"
+echo "== otactl artifacts ls $run"
+"$ctl" artifacts ls "$run"
 echo
+release=$(curl -s -H "Authorization: Bearer $OTACD_TOKEN" "$url/api/v1/releases" | grep -o '"id":[0-9]*' | head -1 | cut -d: -f2)
+echo "== otactl verify $release   (signatures, digests, provenance; offline checks)"
+"$ctl" verify "$release"
 echo
 echo "== agents"
 "$ctl" agents
@@ -62,8 +79,8 @@ Where to look:
   daemon log    $state/otacd.log
   state         $state (SQLite database, logs, artifacts)
 
-Release rollouts (soak, canary, production rings) arrive with the rollout
-stage kinds; until then pipelines use the 'command' kind shown here.
+Rollouts of a release (staging soak, canary, production rings) arrive with
+the soak and rollout stage kinds.
 EOT
 if [ -t 0 ]; then
 	echo
