@@ -12,6 +12,10 @@
  *              for pushes to a local repository (fetch, read the pipeline at
  *              the commit, check the tree out on the agent), against the
  *              same pipeline triggered through the API (no git at all).
+ *   artifacts  ingesting a 64 MB artifact (hash + store) in MB/s, against
+ *              `openssl dgst -sha256` of the same file in the same run.
+ *   release    signing a release of 4 images (MCUboot images, manifest,
+ *              provenance) with a file key and with a SoftHSM2 token.
  *   memory     otacd's resident set idle and after many finished runs.
  *
  * Usage: otacd-bench BINDIR [pickup_runs throughput_runs memory_runs webhook_pushes]
@@ -310,6 +314,157 @@ static void webhook_bench(const char *bindir, int n)
 	free(work);
 }
 
+static size_t read_file_cb(char *buf, size_t size, size_t n, void *f)
+{
+	return fread(buf, size, n, f);
+}
+
+static void artifact_bench(struct daemon *d)
+{
+	char *blob = xasprintf("%s/blob64", d->dir), *url = NULL, sha[65] = "";
+	json_t *ans = NULL, *req;
+	long status = 0;
+	int64_t agent = 0, job = 0;
+	double t0, t_store, t_openssl;
+	FILE *f;
+
+	sh("head -c 67108864 /dev/urandom > %s", blob);
+	/* what openssl takes to hash it (file in the page cache: read once first) */
+	sh("cat %s > /dev/null", blob);
+	t0 = now_ms();
+	{
+		FILE *p = popen(xasprintf("openssl dgst -sha256 -r %s", blob), "r");
+		if (p && fgets(sha, sizeof(sha), p))
+			sha[64] = '\0';
+		if (p)
+			pclose(p);
+	}
+	t_openssl = now_ms() - t0;
+	/* a job to own the upload, taken by the bench itself as an agent */
+	trigger(d, "name: ingest\nstages:\n  - { name: s, agent: { labels: [bench-only] }, steps: [ { run: 'true' } ] }\n");
+	url = xasprintf("%s/api/v1/agent/register", d->url);
+	req = json_pack("{ss s[s]}", "name", "bench", "labels", "bench-only");
+	if (httpc_json(&ans, &status, "POST", url, d->token, req, 30000) == 0)
+		agent = json_integer_value(json_object_get(ans, "agent_id"));
+	json_decref(req);
+	json_decref(ans);
+	free(url);
+	url = xasprintf("%s/api/v1/agent/jobs/request", d->url);
+	req = json_pack("{sI si}", "agent_id", (json_int_t)agent, "wait_ms", 5000);
+	ans = NULL;
+	if (httpc_json(&ans, &status, "POST", url, d->token, req, 30000) == 0)
+		job = json_integer_value(json_object_get(ans, "job_id"));
+	json_decref(req);
+	json_decref(ans);
+	free(url);
+	url = xasprintf("%s/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=blob64&sha256=%s", d->url, (long long)job, sha);
+	f = fopen(blob, "rb");
+	t0 = now_ms();
+	{
+		CURL *c = curl_easy_init();
+		struct curl_slist *h = NULL;
+		char *auth = xasprintf("Authorization: Bearer %s", d->token);
+		h = curl_slist_append(h, auth);
+		h = curl_slist_append(h, "Expect:");
+		curl_easy_setopt(c, CURLOPT_URL, url);
+		curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_file_cb);
+		curl_easy_setopt(c, CURLOPT_READDATA, f);
+		curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)67108864);
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+		curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+		curl_easy_perform(c);
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+		curl_slist_free_all(h);
+		curl_easy_cleanup(c);
+		free(auth);
+	}
+	t_store = now_ms() - t0;
+	fclose(f);
+	printf("artifacts: ingest a 64 MB artifact over HTTP (hash, check, fsync, store), HTTP %ld\n", status);
+	printf("  otacd      %7.1f MB/s  (%.0f ms)\n", 64.0 / (t_store / 1e3), t_store);
+	printf("  openssl    %7.1f MB/s  (%.0f ms, dgst -sha256 of the same file)\n", 64.0 / (t_openssl / 1e3), t_openssl);
+	printf("  ratio      %7.2f  (target: at least 0.80)\n\n", t_openssl / t_store);
+	sh("rm -f %s", blob);
+	free(url);
+	free(blob);
+}
+
+/* Time the release job of a 4-image release signed with key spec. */
+static double release_ms(const char *bindir, const char *spec, const char *pin, const char *env)
+{
+	struct daemon d = { 0 };
+	char tmpl[] = "/tmp/otacd-bench-XXXXXX", *config, *text;
+	double ms = -1;
+	int64_t run;
+
+	d.dir = xstrdup(mkdtemp(tmpl));
+	config = xasprintf("%s/config.yml", d.dir);
+	text = pin ? xasprintf("keys:\n  k: { spec: \"%s\", pin: \"%s\" }\n", spec, pin)
+		   : xasprintf("keys:\n  k: { spec: \"%s\" }\n", spec);
+	ota_write_file_atomic(config, text, strlen(text), 0600);
+	if (env)
+		putenv((char *)env);
+	start_daemon_cfg(&d, bindir, config);
+	run = trigger(&d, "name: fw\nstages:\n  - name: build\n    matrix: { board: [a, b, c, d] }\n"
+			  "    steps: [ { run: 'head -c 262144 /dev/urandom > app.bin' } ]\n"
+			  "    artifacts: [ { path: app.bin, name: 'app-${{ matrix.board }}.bin', type: application, hardware: '${{ matrix.board }}' } ]\n"
+			  "  - { name: release, kind: release, needs: [build], version: '1.0.0', security_counter: 1, key: k }\n");
+	wait_all(&d, run);
+	{
+		char *url = xasprintf("%s/api/v1/runs/%lld", d.url, (long long)run);
+		json_t *ans = NULL, *stage;
+		long status;
+		size_t i;
+		if (httpc_json(&ans, &status, "GET", url, d.token, NULL, 30000) == 0) {
+			json_array_foreach(json_object_get(ans, "stages"), i, stage) {
+				json_t *job = json_array_get(json_object_get(stage, "jobs"), 0);
+				if (!strcmp(json_string_value(json_object_get(stage, "name")), "release") &&
+				    !strcmp(json_string_value(json_object_get(job, "state")), "passed"))
+					ms = (double)(json_integer_value(json_object_get(job, "finished_at")) -
+						      json_integer_value(json_object_get(job, "started_at")));
+			}
+		}
+		json_decref(ans);
+		free(url);
+	}
+	kill(d.pid, SIGTERM);
+	waitpid(d.pid, NULL, 0);
+	if (!getenv("OTACD_KEEP"))
+		sh("rm -rf %s", d.dir);
+	free(config);
+	free(text);
+	return ms;
+}
+
+static void release_bench(const char *bindir)
+{
+	char tmpl[] = "/tmp/otacd-bench-XXXXXX", *dir = xstrdup(mkdtemp(tmpl)), *key = xasprintf("%s/k.pem", dir);
+	static char env[512];
+	double file_ms, hsm_ms = -1;
+
+	sh("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s 2>/dev/null", key);
+	file_ms = release_ms(bindir, key, NULL, NULL);
+	if (sh("command -v softhsm2-util >/dev/null && command -v pkcs11-tool >/dev/null") == 0 &&
+	    sh("mkdir -p %s/tokens && printf 'directories.tokendir = %s/tokens\n' > %s/softhsm2.conf && "
+	       "SOFTHSM2_CONF=%s/softhsm2.conf softhsm2-util --init-token --free --label fw --pin 1234 --so-pin 5678 >/dev/null && "
+	       "SOFTHSM2_CONF=%s/softhsm2.conf pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label fw --login "
+	       "--pin 1234 --keypairgen --key-type EC:prime256v1 --label release --id 01 >/dev/null 2>&1",
+	       dir, dir, dir, dir, dir) == 0) {
+		snprintf(env, sizeof(env), "SOFTHSM2_CONF=%s/softhsm2.conf", dir);
+		hsm_ms = release_ms(bindir, "pkcs11:token=fw;object=release", "1234", env);
+	}
+	printf("release: sign 4 images of 256 KB (MCUboot) + manifest + provenance, the release job's duration\n");
+	printf("  file key   %7.1f ms\n", file_ms);
+	if (hsm_ms >= 0)
+		printf("  SoftHSM2   %7.1f ms  (key inside the token, through PKCS#11)\n\n", hsm_ms);
+	else
+		printf("  SoftHSM2   not measured (softhsm2 or opensc missing)\n\n");
+	sh("rm -rf %s", dir);
+	free(key);
+	free(dir);
+}
+
 int main(int argc, char **argv)
 {
 	const char *bindir = argc > 1 ? argv[1] : "build/bin";
@@ -383,6 +538,10 @@ int main(int argc, char **argv)
 
 	/* ---- webhook ---- */
 	webhook_bench(bindir, n_hook);
+
+	/* ---- artifacts, release ---- */
+	artifact_bench(&d);
+	release_bench(bindir);
 
 	/* ---- memory ---- */
 	{

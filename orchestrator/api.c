@@ -472,6 +472,8 @@ int api_start(struct api **out, const struct api_config *cfg)
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+				  /* bigger upload chunks: fewer callbacks per artifact */
+				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 * 1024),
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				  MHD_OPTION_END);
 	if (!a->mhd) {

@@ -28,7 +28,12 @@ struct artifact_writer {
 	char *tmp;
 	int fd;
 	struct local *l;
+	off_t written, flushed;   /* bytes written; bytes handed to writeback */
 };
+
+/* Start writeback every WRITEBACK_STEP bytes, so the fsync at the end has
+ * little left to do (the upload's bytes reach the disk while it arrives). */
+#define WRITEBACK_STEP ((off_t)8 << 20)
 
 struct artifact_reader {
 	int fd;
@@ -69,6 +74,11 @@ static int put_write(struct artifact_writer *w, const void *data, size_t len)
 		}
 		p += n;
 		len -= (size_t)n;
+		w->written += n;
+	}
+	if (w->written - w->flushed >= WRITEBACK_STEP) {
+		sync_file_range(w->fd, w->flushed, w->written - w->flushed, SYNC_FILE_RANGE_WRITE);
+		w->flushed = w->written;
 	}
 	return 0;
 }
