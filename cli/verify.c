@@ -25,6 +25,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/keys.h"
+#include "../orchestrator/manifest.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/provenance.h"
 
@@ -160,6 +161,33 @@ static int verify_release(struct ctx *c, const char *id)
 	if (!m) {
 		report(c, 0, "manifest: not valid JSON");
 		goto out;
+	}
+	if (manifest_check(m) < 0)
+		report(c, 0, "%s", ota_error_last());
+	else
+		report(c, 1, "manifest fields (schema)");
+	/* the commit it names exists in the daemon's mirror, with that tree */
+	{
+		json_t *g = json_object_get(m, "git");
+		const char *commit = json_string_value(json_object_get(g, "commit"));
+		const char *repo = json_string_value(json_object_get(g, "repo"));
+		if (commit && repo) {
+			struct buf ans = BUF_INIT;
+			char *erepo = httpc_escape(repo);
+			char *cpath = xasprintf("/api/v1/commits/%s?repo=%s", commit, erepo);
+			json_t *cj = NULL;
+			if (get(c, cpath, &ans) < 0 || !(cj = json_loadb(ans.ptr, ans.len, 0, NULL)))
+				report(c, 0, "commit %.12s: not found in the mirror of %s (%s)", commit, repo, ota_error_last());
+			else if (json_string_value(json_object_get(g, "tree")) &&
+				 strcmp(json_string_value(json_object_get(cj, "tree")), json_string_value(json_object_get(g, "tree"))))
+				report(c, 0, "commit %.12s: its tree differs from the manifest's", commit);
+			else
+				report(c, 1, "commit %.12s exists in the mirror of %s, tree matches", commit, repo);
+			json_decref(cj);
+			free(cpath);
+			free(erepo);
+			buf_release(&ans);
+		}
 	}
 	mkey = json_string_value(json_object_get(m, "key_id"));
 	if (!key_by_id(c, mkey))

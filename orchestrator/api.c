@@ -228,6 +228,7 @@ static const struct api_route routes[] = {
 	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL },
 	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL },
 	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL },
+	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL },
 	/* webhooks authenticate by signature, not by bearer token */
 	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL },
 	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL },
@@ -245,9 +246,18 @@ static const struct api_route routes[] = {
 
 /* Match url against pattern; ":id" matches a positive decimal number,
  * ":sha" 64 lowercase hex digits. */
-static int route_match(const char *pattern, const char *url, int64_t *id, char sha[65])
+static int route_match(const char *pattern, const char *url, int64_t *id, char sha[65], char sha40[41])
 {
 	while (*pattern && *url) {
+		if (!strncmp(pattern, ":commit", 7)) {
+			if (strspn(url, "0123456789abcdef") != 40)
+				return 0;
+			memcpy(sha40, url, 40);
+			sha40[40] = '\0';
+			url += 40;
+			pattern += 7;
+			continue;
+		}
 		if (!strncmp(pattern, ":sha", 4)) {
 			if (strspn(url, "0123456789abcdef") != 64)
 				return 0;
@@ -283,11 +293,11 @@ static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, 
 
 /* Finds the route; *status is 404 or 405 when none fits. */
 static const struct api_route *route_find(const char *method, const char *url, int64_t *id, char sha[65],
-					       unsigned *status)
+					       char sha40[41], unsigned *status)
 {
 	int path_known = 0;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(routes); i++) {
-		if (route_match(routes[i].pattern, url, id, sha)) {
+		if (route_match(routes[i].pattern, url, id, sha, sha40)) {
 			path_known = 1;
 			if (!strcmp(routes[i].method, method))
 				return &routes[i];
@@ -337,7 +347,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	unsigned status = 0;
 	const char *cl;
 
-	r->route = route_find(method, r->url, &r->id, r->sha, &status);
+	r->route = route_find(method, r->url, &r->id, r->sha, r->sha40, &status);
 	if (!r->route)
 		return status == MHD_HTTP_NOT_FOUND
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)

@@ -279,3 +279,22 @@ out:
 	free(repo_name);
 	return ret;
 }
+
+enum MHD_Result api_get_commit(struct api *a, struct api_req *r)
+{
+	const char *name = api_query(r, "repo");
+	const struct repo_cfg *repo = name ? config_repo_find(a->cfg.config, name) : NULL;
+	struct gitsrc_commit c;
+	enum MHD_Result ret;
+
+	if (!repo)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "repository '%s' is not configured in otacd", name ? name : "");
+	if (strlen(r->sha40) != 40)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "a commit id is 40 hex digits");
+	if (gitsrc_resolve(&repo->git, r->sha40, &c) < 0)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "commit %s is not in the mirror of %s", r->sha40, name);
+	ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss ss ss ss}", "repo", name, "commit", c.id, "tree", c.tree,
+						       "author", c.author ? c.author : "", "message", c.message ? c.message : ""));
+	gitsrc_commit_release(&c);
+	return ret;
+}

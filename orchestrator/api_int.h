@@ -45,6 +45,7 @@ struct api_req {
 	const char *url;
 	int64_t id;                /* the :id in the pattern, if any */
 	char sha[65];              /* the :sha in the pattern, if any */
+	char sha40[41];            /* the :commit in the pattern, if any */
 	enum auth_role role;
 	struct buf body;
 	json_t *json;              /* parsed BODY_JSON */
@@ -87,6 +88,7 @@ enum MHD_Result api_hook_gitea(struct api *a, struct api_req *r);
 enum MHD_Result api_post_trigger(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_source(struct api *a, struct api_req *r);
 enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r);
+enum MHD_Result api_get_commit(struct api *a, struct api_req *r);
 int api_attempt_current(int64_t job, int64_t attempt);
 
 /* api_release.c */

@@ -82,7 +82,14 @@ static void push(struct gitenv *g, const char *args)
 	buf_release(&out);
 }
 
+static void setup_env_extra(struct gitenv *g, const char *provider, const char *extra_config);
+
 static void setup_env(struct gitenv *g, const char *provider)
+{
+	setup_env_extra(g, provider, "");
+}
+
+static void setup_env_extra(struct gitenv *g, const char *provider, const char *extra_config)
 {
 	const char *const args[] = { "--local-agents", "2", NULL };
 	struct buf out = BUF_INIT;
@@ -96,7 +103,7 @@ static void setup_env(struct gitenv *g, const char *provider)
 	g->work = xasprintf("%s/work", base);
 	g->hooklog = xasprintf("%s/hook.log", base);
 	config = xasprintf("lease: 3s\nheartbeat: 300ms\nrepositories:\n"
-			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n", g->origin);
+			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n%s", g->origin, extra_config);
 	h_init(&g->d, config);
 	h_start(&g->d, args);
 	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
@@ -441,6 +448,45 @@ static void otactl_triggers_a_repository_ref_without_a_webhook(void **state)
 	teardown_env(&g);
 }
 
+static void release_from_a_push_names_its_commit_and_verifies_against_the_mirror(void **state)
+{
+	struct gitenv g;
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *key, *extra, *head;
+	json_t *runs;
+	(void)state;
+	key = h_tmpdir();
+	assert_int_equal(h_sh(&out, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s/k.pem", key), 0);
+	extra = xasprintf("keys:\n  rel: { spec: %s/k.pem }\n", key);
+	setup_env_extra(&g, "github", extra);
+	commit_file(&g, ".otacd/pipeline.yml",
+		    "name: fw\non: { push: { tags: [\"v*\"] } }\nstages:\n"
+		    "  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
+		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+		    "  - { name: release, kind: release, needs: [build], security_counter: 1, key: rel }\n", "release pipeline");
+	assert_int_equal(git(&g, &out, "tag v2.3.4"), 0);
+	push(&g, "main v2.3.4");
+	head = rev(&g, "HEAD");
+	runs = repo_runs(&g);
+	assert_int_equal(json_array_size(runs), 1);
+	assert_string_equal(h_wait_run(&g.d, json_integer_value(json_object_get(json_array_get(runs, 0), "id")), 30000), "passed");
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s verify 1", otactl, g.d.url, g.d.token), 0);
+	{
+		char *want = xasprintf("ok    commit %.12s exists in the mirror of " REPO ", tree matches", head);
+		assert_non_null(strstr(buf_cstr(&out), want));
+		free(want);
+	}
+	assert_non_null(strstr(buf_cstr(&out), "release 1: fw 2.3.4"));
+	json_decref(runs);
+	h_sh(&out, "rm -rf %s", key);
+	free(head);
+	free(extra);
+	free(key);
+	free(otactl);
+	buf_release(&out);
+	teardown_env(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -454,6 +500,7 @@ int main(void)
 		cmocka_unit_test(force_push_and_rapid_pushes_each_get_a_run_in_order),
 		cmocka_unit_test(webhook_edge_cases_get_clear_answers_and_change_nothing),
 		cmocka_unit_test(otactl_triggers_a_repository_ref_without_a_webhook),
+		cmocka_unit_test(release_from_a_push_names_its_commit_and_verifies_against_the_mirror),
 	};
 	return cmocka_run_group_tests_name("git", tests, NULL, NULL);
 }

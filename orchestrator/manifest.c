@@ -1,0 +1,94 @@
+/*
+ * manifest.c - strict schema check of release manifests; see manifest.h.
+ */
+#include "manifest.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/util.h"
+
+enum kind { STR, STR_OR_NULL, INT, ARR, OBJ };
+
+struct field {
+	const char *name;
+	enum kind kind;
+	int required;
+};
+
+static const struct field top[] = {
+	{ "product", STR, 1 },       { "version", STR, 1 },        { "build_version", STR, 1 },
+	{ "run", INT, 1 },           { "git", OBJ, 1 },            { "built_at", STR, 1 },
+	{ "builders", ARR, 1 },      { "hardware", ARR, 1 },       { "min_bootloader", STR_OR_NULL, 0 },
+	{ "security_counter", INT, 1 }, { "key_id", STR, 1 },      { "images", ARR, 1 },
+};
+
+static const struct field git[] = {
+	{ "repo", STR_OR_NULL, 0 }, { "ref", STR_OR_NULL, 0 }, { "commit", STR_OR_NULL, 0 }, { "tree", STR_OR_NULL, 0 },
+};
+
+static const struct field image[] = {
+	{ "name", STR, 1 }, { "type", STR, 1 }, { "hardware", STR_OR_NULL, 0 }, { "sha256", STR, 1 }, { "size", INT, 1 },
+};
+
+static int kind_ok(const json_t *v, enum kind k)
+{
+	switch (k) {
+	case STR: return json_is_string(v);
+	case STR_OR_NULL: return json_is_string(v) || json_is_null(v);
+	case INT: return json_is_integer(v) && json_integer_value(v) >= 0;
+	case ARR: return json_is_array(v);
+	default: return json_is_object(v);
+	}
+}
+
+static int check(const json_t *o, const struct field *f, size_t n, const char *where)
+{
+	const char *key;
+	json_t *v;
+
+	if (!json_is_object(o))
+		return ota_error_set(OTA_EINVAL, "manifest: %s must be an object", where);
+	json_object_foreach((json_t *)o, key, v) {
+		size_t i;
+		for (i = 0; i < n; i++)
+			if (!strcmp(f[i].name, key))
+				break;
+		if (i == n)
+			return ota_error_set(OTA_EINVAL, "manifest: unknown field '%s%s%s'", where, *where ? "." : "", key);
+		if (!kind_ok(v, f[i].kind))
+			return ota_error_set(OTA_EINVAL, "manifest: field '%s%s%s' has the wrong type", where, *where ? "." : "", key);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (f[i].required && !json_object_get(o, f[i].name))
+			return ota_error_set(OTA_EINVAL, "manifest: field '%s%s%s' is missing", where, *where ? "." : "", f[i].name);
+	return 0;
+}
+
+int manifest_check(const json_t *m)
+{
+	size_t i;
+	json_t *v;
+	int rc;
+
+	if ((rc = check(m, top, OTA_ARRAY_SIZE(top), "")) < 0)
+		return rc;
+	if ((rc = check(json_object_get(m, "git"), git, OTA_ARRAY_SIZE(git), "git")) < 0)
+		return rc;
+	if (!json_array_size(json_object_get(m, "images")))
+		return ota_error_set(OTA_EINVAL, "manifest: 'images' is empty");
+	json_array_foreach(json_object_get(m, "images"), i, v) {
+		char where[32];
+		const char *sha;
+		snprintf(where, sizeof(where), "images[%zu]", i);
+		if ((rc = check(v, image, OTA_ARRAY_SIZE(image), where)) < 0)
+			return rc;
+		sha = json_string_value(json_object_get(v, "sha256"));
+		if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
+			return ota_error_set(OTA_EINVAL, "manifest: %s.sha256 is not 64 lowercase hex digits", where);
+	}
+	json_array_foreach(json_object_get(m, "hardware"), i, v)
+		if (!json_is_string(v))
+			return ota_error_set(OTA_EINVAL, "manifest: hardware[%zu] must be a string", i);
+	return 0;
+}
