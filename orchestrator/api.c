@@ -222,6 +222,7 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL },
 	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL },
 	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL },
+	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL },
 	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL },
 	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL },
 	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL },
@@ -310,9 +311,16 @@ static const struct api_route *route_find(const char *method, const char *url, i
 	return NULL;
 }
 
-static enum auth_role request_role(struct MHD_Connection *conn)
+static enum auth_role request_role(struct MHD_Connection *conn, const char *method)
 {
 	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!h && !strcmp(method, "GET")) {
+		/* Browsers' EventSource cannot send headers: reads may carry the
+		 * token as ?access_token= (never logged; GET only). */
+		const char *q = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "access_token");
+		enum auth_role role = q ? auth_check(q) : ROLE_NONE;
+		return role == ROLE_AGENT ? ROLE_NONE : role;
+	}
 	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
 		return ROLE_NONE;
 	h += 7;
@@ -352,7 +360,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 		return status == MHD_HTTP_NOT_FOUND
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)
 			       : api_reply_error(r, status, "%s is not allowed on %s", method, r->url);
-	r->role = request_role(r->conn);
+	r->role = request_role(r->conn, method);
 	if (r->route->need != ROLE_NONE) {
 		int anonymous_ok = r->route->need == ROLE_VIEWER && a->cfg.anonymous_read;
 		if (r->role == ROLE_NONE && !anonymous_ok)

@@ -106,5 +106,6 @@ enum MHD_Result api_get_job_log(struct api *a, struct api_req *r);
 enum MHD_Result api_get_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_get_agents(struct api *a, struct api_req *r);
 enum MHD_Result api_get_object(struct api *a, struct api_req *r);
+enum MHD_Result api_get_events(struct api *a, struct api_req *r);
 
 #endif

@@ -646,3 +646,120 @@ enum MHD_Result api_get_job_log(struct api *a, struct api_req *r)
 		return ret;
 	}
 }
+
+/* ---- the event stream ------------------------------------------------------ */
+
+/*
+ * GET /api/v1/events?after=ID: every state change recorded in the events
+ * table after ID, as Server-Sent Events (id = the event's id, so a client
+ * that reconnects with Last-Event-ID misses nothing), then live.  The
+ * status page refreshes what an event touches.
+ */
+struct evstream {
+	struct api *api;
+	int64_t after;
+	struct buf pending;
+	size_t sent;
+};
+
+static int ev_produce(struct evstream *x)
+{
+	for (;;) {
+		struct notifier *n = logstore_changes();
+		uint64_t gen = notifier_gen(n);
+		struct store *db = store_reader();
+		sqlite3_stmt *st;
+		int any = 0;
+
+		if (x->api->stopping || !db)
+			return -1;
+		st = store_stmt(db, "SELECT id, at, run_id, job_id, kind, detail FROM events WHERE id > ? ORDER BY id LIMIT 200");
+		if (!st)
+			return -1;
+		sqlite3_bind_int64(st, 1, x->after);
+		while (store_step_row(db, st) == 1) {
+			json_t *o = json_object(), *detail = store_col_text(st, 5) ? json_loads(store_col_text(st, 5), 0, NULL) : NULL;
+			char *text;
+			x->after = store_col_int(st, 0);
+			json_object_set_new(o, "id", json_integer(x->after));
+			json_object_set_new(o, "at", json_integer(store_col_int(st, 1)));
+			set_int_or_null(o, "run_id", st, 2);
+			set_int_or_null(o, "job_id", st, 3);
+			set_text_or_null(o, "kind", st, 4);
+			json_object_set_new(o, "detail", detail ? detail : json_object());
+			text = json_dumps(o, JSON_COMPACT);
+			buf_printf(&x->pending, "id: %" PRId64 "\nevent: %s\ndata: %s\n\n", x->after, store_col_text(st, 4), text);
+			free(text);
+			json_decref(o);
+			any = 1;
+		}
+		sqlite3_reset(st);
+		if (any)
+			return 0;
+		if (notifier_wait(n, gen, 15000) == gen) {
+			buf_puts(&x->pending, ": keepalive\n\n");
+			return 0;
+		}
+	}
+}
+
+static ssize_t ev_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct evstream *x = cls;
+	size_t n;
+
+	(void)pos;
+	if (x->sent == x->pending.len) {
+		buf_clear(&x->pending);
+		x->sent = 0;
+		if (ev_produce(x) < 0)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+	}
+	n = x->pending.len - x->sent;
+	if (n > max)
+		n = max;
+	memcpy(out, x->pending.ptr + x->sent, n);
+	x->sent += n;
+	return (ssize_t)n;
+}
+
+static void ev_free(void *cls)
+{
+	struct evstream *x = cls;
+	buf_release(&x->pending);
+	free(x);
+}
+
+enum MHD_Result api_get_events(struct api *a, struct api_req *r)
+{
+	const char *last_id = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+	int64_t after = api_query_int(r, "after");
+	struct evstream *x;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (after == -2)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "after must be a non-negative integer");
+	x = xcalloc(1, sizeof(*x));
+	x->api = a;
+	x->after = after > 0 ? after : 0;
+	if (last_id && *last_id)
+		x->after = strtoll(last_id, NULL, 10);
+	if (after < 0 && !(last_id && *last_id)) {
+		/* no position given: start from now */
+		struct store *db = store_reader();
+		sqlite3_stmt *st = db ? store_stmt(db, "SELECT COALESCE(MAX(id), 0) FROM events") : NULL;
+		if (st && store_step_row(db, st) == 1)
+			x->after = store_col_int(st, 0);
+		if (st)
+			sqlite3_reset(st);
+	}
+	buf_init(&x->pending, BUF_NOLIMIT);
+	buf_puts(&x->pending, "retry: 1000\n\n");
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, ev_read, x, ev_free);
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}

@@ -92,6 +92,7 @@ static void event(struct engine *e, int64_t run, int64_t job, const char *kind, 
 	sqlite3_stmt *st = STMT(e, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?,?,?,?,?)");
 	char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
 
+	e->changed_state = 1; /* wakes /api/v1/events followers after the commit */
 	if (st) {
 		sqlite3_bind_int64(st, 1, clock_now_ms());
 		if (run)

@@ -285,6 +285,41 @@ static void lint_reports_every_problem(void **state)
 	buf_release(&body);
 }
 
+static void event_stream_replays_from_an_id_and_follows_live(void **state)
+{
+	struct daemon *d = *state;
+	struct buf out = BUF_INIT;
+	char *file = xasprintf("%s/events.txt", d->dir);
+	char *text;
+	(void)text;
+	h_trigger(d, simple_pipeline);
+	/* follow from the start for 2 s while a second run is created */
+	h_sh(&out, "(timeout 2 curl -sN '%s/api/v1/events?after=0&access_token=%s' > %s &) ; sleep 0.5", d->url, d->token, file);
+	h_trigger(d, simple_pipeline);
+	h_msleep(2000);
+	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
+	text = buf_detach(&out);
+	assert_non_null(strstr(text, "event: run.created\ndata: {\"id\":1,"));
+	assert_non_null(strstr(text, "\"run_id\":2"));   /* live: the run created while following */
+	free(text);
+	/* resuming after an id skips what came before */
+	h_sh(&out, "timeout 1 curl -sN -H 'Last-Event-ID: 1' '%s/api/v1/events?access_token=%s'", d->url, d->token);
+	assert_null(strstr(buf_cstr(&out), "id: 1\n"));
+	assert_non_null(strstr(buf_cstr(&out), "id: 2\n"));
+	free(file);
+	buf_release(&out);
+}
+
+static void query_token_is_accepted_for_reads_only(void **state)
+{
+	struct daemon *d = *state;
+	char *path = xasprintf("/api/v1/runs?access_token=%s", d->token);
+	assert_int_equal(raw(d, "GET", path, NULL, NULL, NULL, 0, NULL), 200);
+	assert_int_equal(raw(d, "POST", path, NULL, "application/json", "{}", 2, NULL), 401);
+	assert_int_equal(raw(d, "GET", "/api/v1/runs?access_token=nope-nope-nope-nope", NULL, NULL, NULL, 0, NULL), 401);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -300,6 +335,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(expired_lease_requeues_the_job_and_refuses_the_old_attempt, setup, teardown),
 		cmocka_unit_test_setup_teardown(artifact_with_wrong_digest_is_refused_and_not_stored, setup, teardown),
 		cmocka_unit_test_setup_teardown(lint_reports_every_problem, setup, teardown),
+		cmocka_unit_test_setup_teardown(event_stream_replays_from_an_id_and_follows_live, setup, teardown),
+		cmocka_unit_test_setup_teardown(query_token_is_accepted_for_reads_only, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
