@@ -415,6 +415,64 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
+/* ---- Server-Sent Events ---------------------------------------------------- */
+
+/*
+ * One SSE response: produce() fills `pending` with the next event(s),
+ * blocking until there is something (it may block: the connection has its
+ * own thread); a negative return ends the stream.  The libmicrohttpd
+ * callback below drains `pending` into the connection.
+ */
+struct sse {
+	struct api *api;
+	struct buf pending;
+	size_t sent;
+	int (*produce)(struct sse *s);
+	void (*free)(struct sse *s);
+};
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct sse *x = cls;
+	size_t n;
+
+	(void)pos;
+	if (x->sent == x->pending.len) {
+		buf_clear(&x->pending);
+		x->sent = 0;
+		if (x->produce(x) < 0 || x->pending.len == 0)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+	}
+	n = x->pending.len - x->sent;
+	if (n > max)
+		n = max;
+	memcpy(out, x->pending.ptr + x->sent, n);
+	x->sent += n;
+	return (ssize_t)n;
+}
+
+static void sse_free(void *cls)
+{
+	struct sse *x = cls;
+	buf_release(&x->pending);
+	x->free(x);
+}
+
+static enum MHD_Result sse_reply(struct api_req *r, struct sse *x)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	buf_init(&x->pending, BUF_NOLIMIT);
+	buf_puts(&x->pending, "retry: 1000\n\n");
+	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_read, x, sse_free);
+	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 /* ---- logs ------------------------------------------------------------------ */
 
 /*
@@ -486,37 +544,38 @@ static int log_job_state(int64_t job, struct log_job *out)
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
-struct sse {
-	struct api *api;
+struct logsse {
+	struct sse base;
 	int64_t job;
 	int attempt;
 	int64_t offset;
-	struct buf pending;
-	size_t sent;
 	int ended;
 };
 
-static void sse_event(struct sse *x, const char *event, const char *id, json_t *data)
+static void sse_event(struct logsse *x, const char *event, const char *id, json_t *data)
 {
 	char *text = json_dumps(data, JSON_COMPACT);
-	buf_printf(&x->pending, "event: %s\n", event);
+	buf_printf(&x->base.pending, "event: %s\n", event);
 	if (id)
-		buf_printf(&x->pending, "id: %s\n", id);
-	buf_printf(&x->pending, "data: %s\n\n", text);
+		buf_printf(&x->base.pending, "id: %s\n", id);
+	buf_printf(&x->base.pending, "data: %s\n\n", text);
 	free(text);
 	json_decref(data);
 }
 
-/* Fill x->pending with the next event(s); blocks until there is something. */
-static int sse_produce(struct sse *x)
+/* Fill pending with the next log event(s); blocks until there is something. */
+static int log_produce(struct sse *base)
 {
+	struct logsse *x = (struct logsse *)base;
+	if (x->ended)
+		return -1;
 	for (;;) {
 		struct notifier *n = logstore_changes();
 		uint64_t gen = notifier_gen(n);
 		struct log_job job;
 		int64_t size;
 
-		if (x->api->stopping || x->ended)
+		if (x->base.api->stopping)
 			return -1;
 		if (log_job_state(x->job, &job) < 0)
 			return -1;
@@ -555,38 +614,14 @@ static int sse_produce(struct sse *x)
 			return 0;
 		}
 		if (notifier_wait(n, gen, 15000) == gen) {
-			buf_puts(&x->pending, ": keepalive\n\n");
+			buf_puts(&x->base.pending, ": keepalive\n\n");
 			return 0;
 		}
 	}
 }
 
-static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
+static void sse_free_plain(struct sse *x)
 {
-	struct sse *x = cls;
-	size_t n;
-
-	(void)pos;
-	if (x->sent == x->pending.len) {
-		buf_clear(&x->pending);
-		x->sent = 0;
-		if (x->ended || sse_produce(x) < 0)
-			return x->pending.len ? 0 : MHD_CONTENT_READER_END_OF_STREAM;
-		if (x->pending.len == 0)
-			return MHD_CONTENT_READER_END_OF_STREAM;
-	}
-	n = x->pending.len - x->sent;
-	if (n > max)
-		n = max;
-	memcpy(out, x->pending.ptr + x->sent, n);
-	x->sent += n;
-	return (ssize_t)n;
-}
-
-static void sse_free(void *cls)
-{
-	struct sse *x = cls;
-	buf_release(&x->pending);
 	free(x);
 }
 
@@ -612,21 +647,16 @@ enum MHD_Result api_get_job_log(struct api *a, struct api_req *r)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " has no attempt %" PRId64, r->id, attempt);
 
 	if ((follow && strcmp(follow, "0") != 0) || (accept && strstr(accept, "text/event-stream"))) {
-		struct sse *x = xcalloc(1, sizeof(*x));
-		x->api = a;
+		struct logsse *x = xcalloc(1, sizeof(*x));
+		x->base.api = a;
+		x->base.produce = log_produce;
+		x->base.free = sse_free_plain;
 		x->job = r->id;
 		x->attempt = (int)attempt;
 		x->offset = offset;
 		if (last_id && *last_id)
 			x->offset = strtoll(last_id, NULL, 10);
-		buf_init(&x->pending, BUF_NOLIMIT);
-		buf_puts(&x->pending, "retry: 1000\n\n");
-		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_read, x, sse_free);
-		MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-		MHD_add_response_header(resp, "Cache-Control", "no-store");
-		ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
-		MHD_destroy_response(resp);
-		return ret;
+		return sse_reply(r, &x->base);
 	} else {
 		struct buf out = BUF_INIT;
 		char size[32], att[16];
@@ -656,14 +686,13 @@ enum MHD_Result api_get_job_log(struct api *a, struct api_req *r)
  * status page refreshes what an event touches.
  */
 struct evstream {
-	struct api *api;
+	struct sse base;
 	int64_t after;
-	struct buf pending;
-	size_t sent;
 };
 
-static int ev_produce(struct evstream *x)
+static int ev_produce(struct sse *base)
 {
+	struct evstream *x = (struct evstream *)base;
 	for (;;) {
 		struct notifier *n = logstore_changes();
 		uint64_t gen = notifier_gen(n);
@@ -671,7 +700,7 @@ static int ev_produce(struct evstream *x)
 		sqlite3_stmt *st;
 		int any = 0;
 
-		if (x->api->stopping || !db)
+		if (x->base.api->stopping || !db)
 			return -1;
 		st = store_stmt(db, "SELECT id, at, run_id, job_id, kind, detail FROM events WHERE id > ? ORDER BY id LIMIT 200");
 		if (!st)
@@ -688,7 +717,7 @@ static int ev_produce(struct evstream *x)
 			set_text_or_null(o, "kind", st, 4);
 			json_object_set_new(o, "detail", detail ? detail : json_object());
 			text = json_dumps(o, JSON_COMPACT);
-			buf_printf(&x->pending, "id: %" PRId64 "\nevent: %s\ndata: %s\n\n", x->after, store_col_text(st, 4), text);
+			buf_printf(&x->base.pending, "id: %" PRId64 "\nevent: %s\ndata: %s\n\n", x->after, store_col_text(st, 4), text);
 			free(text);
 			json_decref(o);
 			any = 1;
@@ -697,37 +726,10 @@ static int ev_produce(struct evstream *x)
 		if (any)
 			return 0;
 		if (notifier_wait(n, gen, 15000) == gen) {
-			buf_puts(&x->pending, ": keepalive\n\n");
+			buf_puts(&x->base.pending, ": keepalive\n\n");
 			return 0;
 		}
 	}
-}
-
-static ssize_t ev_read(void *cls, uint64_t pos, char *out, size_t max)
-{
-	struct evstream *x = cls;
-	size_t n;
-
-	(void)pos;
-	if (x->sent == x->pending.len) {
-		buf_clear(&x->pending);
-		x->sent = 0;
-		if (ev_produce(x) < 0)
-			return MHD_CONTENT_READER_END_OF_STREAM;
-	}
-	n = x->pending.len - x->sent;
-	if (n > max)
-		n = max;
-	memcpy(out, x->pending.ptr + x->sent, n);
-	x->sent += n;
-	return (ssize_t)n;
-}
-
-static void ev_free(void *cls)
-{
-	struct evstream *x = cls;
-	buf_release(&x->pending);
-	free(x);
 }
 
 enum MHD_Result api_get_events(struct api *a, struct api_req *r)
@@ -735,13 +737,13 @@ enum MHD_Result api_get_events(struct api *a, struct api_req *r)
 	const char *last_id = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
 	int64_t after = api_query_int(r, "after");
 	struct evstream *x;
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
 
 	if (after == -2)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "after must be a non-negative integer");
 	x = xcalloc(1, sizeof(*x));
-	x->api = a;
+	x->base.api = a;
+	x->base.produce = ev_produce;
+	x->base.free = sse_free_plain;
 	x->after = after > 0 ? after : 0;
 	if (last_id && *last_id)
 		x->after = strtoll(last_id, NULL, 10);
@@ -754,12 +756,5 @@ enum MHD_Result api_get_events(struct api *a, struct api_req *r)
 		if (st)
 			sqlite3_reset(st);
 	}
-	buf_init(&x->pending, BUF_NOLIMIT);
-	buf_puts(&x->pending, "retry: 1000\n\n");
-	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, ev_read, x, ev_free);
-	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return sse_reply(r, &x->base);
 }

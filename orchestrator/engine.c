@@ -1434,19 +1434,26 @@ static int build_plan(struct engine *e, const struct pipeline *p, const char *re
 	return 0;
 }
 
-int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
+/* A trigger request with its defaults filled in. */
+static struct trigger_req trigger_defaults(const struct trigger_req *req)
 {
 	struct trigger_req r = *req;
-	struct pipeline *p = NULL;
-	struct trigger_args a = { &r, NULL, NULL, 0 };
-	int rc;
-
 	if (!r.ref || !*r.ref)
 		r.ref = "refs/heads/main";
 	if (!r.trigger)
 		r.trigger = "api";
 	if (!r.file)
 		r.file = "pipeline.yml";
+	return r;
+}
+
+int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
+{
+	struct trigger_req r = trigger_defaults(req);
+	struct pipeline *p = NULL;
+	struct trigger_args a = { &r, NULL, NULL, 0 };
+	int rc;
+
 	if ((rc = pipeline_parse(&p, r.file, r.yaml, r.len, diags)) < 0)
 		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
 	a.p = p;
@@ -1477,16 +1484,10 @@ static int do_failed_run(struct engine *e, void *arg)
 int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
 			     const char *error, int64_t *run_id)
 {
-	struct trigger_req r = *req;
+	struct trigger_req r = trigger_defaults(req);
 	struct failed_run_args a = { &r, name, error, 0 };
 	int rc;
 
-	if (!r.ref || !*r.ref)
-		r.ref = "refs/heads/main";
-	if (!r.trigger)
-		r.trigger = "api";
-	if (!r.file)
-		r.file = "pipeline.yml";
 	if ((rc = engine_call(e, do_failed_run, &a)) == 0)
 		*run_id = a.run_id;
 	return rc;
