@@ -684,6 +684,10 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 		*exit_code = WEXITSTATUS(status);
 	else if (WIFSIGNALED(status))
 		*exit_code = 128 + WTERMSIG(status);
+	/* A step killed because the agent is stopping (SIGTERM, or the
+	 * daemon that started us died) did not fail: the job is not done. */
+	if (why == OUT_OK && stop_flag)
+		why = OUT_STOPPED;
 	if (why == OUT_OK && *exit_code != 0)
 		why = OUT_SCRIPT;
 out:

@@ -188,6 +188,13 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 {
 	const char *path = strcmp(r->url, "/") ? r->url : "/index.html";
 	(void)a;
+	if (!strcmp(path, "/favicon.ico")) {
+		/* no icon: say so without an error in every browser console */
+		struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+		enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+		MHD_destroy_response(resp);
+		return ret;
+	}
 	for (const struct web_asset *w = web_assets; w->path; w++) {
 		if (!strcmp(w->path, path)) {
 			const char *ext = strrchr(path, '.');

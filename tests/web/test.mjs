@@ -1,0 +1,554 @@
+// test.mjs - the status page in a real browser against the real daemon.
+//
+// Starts $OTACD_BIN/otacd on loopback (two local agents, a file signing key,
+// a viewer token), drives Debian's headless Chromium with playwright-core,
+// and checks what a person would see: runs appearing live, the stage
+// graph, logs streaming with colours and without markup injection, 100k
+// lines staying responsive, recovery from a daemon restart, the token form,
+// releases, agents, phone layout and keyboard use.  Screenshots of every
+// view go to $OTACD_TEST_OUT (default /tmp/otacd-web-shots).
+//
+//   cd tests/web && npm ci && OTACD_BIN=../../build/bin node test.mjs
+//
+// Ends with "N passed, M failed"; exits non-zero on any failure.
+
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BIN = path.resolve(process.env.OTACD_BIN || path.join(here, '../../build/bin'));
+const OUT = path.resolve(process.env.OTACD_TEST_OUT || '/tmp/otacd-web-shots');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const DEADLINE_MS = Number(process.env.OTACD_WEB_DEADLINE_MS || 240000);
+const T0 = Date.now();
+
+const state = fs.mkdtempSync(path.join(os.tmpdir(), 'otacd-web-'));
+const VIEWER = crypto.randomBytes(16).toString('hex');
+let daemon = null;
+let browser = null;
+let url = '';
+let listen = '127.0.0.1:0';
+let admin = '';
+const results = [];
+const problems = [];     // page errors, CSP violations, dialogs: each fails the run at the end
+let dialogs = 0;
+
+function log(...a) {
+  console.log(`[${((Date.now() - T0) / 1000).toFixed(1)}s]`, ...a);
+}
+
+// ---- the daemon ---------------------------------------------------------------
+
+function writeConfig() {
+  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  fs.writeFileSync(path.join(state, 'web-key.pem'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  fs.writeFileSync(path.join(state, 'web-config.yml'),
+    `keys:\n  demo: { spec: ${path.join(state, 'web-key.pem')} }\n` +
+    `tokens:\n  - { name: status-page, role: viewer, token: "${VIEWER}" }\n`);
+}
+
+async function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function startDaemon() {
+  const urlFile = path.join(state, 'otacd.url');
+  fs.rmSync(urlFile, { force: true });
+  const err = fs.openSync(path.join(state, 'otacd.log'), 'a');
+  daemon = spawn(path.join(BIN, 'otacd'), ['--state-dir', state, '--listen', listen, '--local-agents', '2',
+    '--config', path.join(state, 'web-config.yml')], { stdio: ['ignore', 'ignore', err] });
+  fs.closeSync(err);
+  let exited = null;
+  daemon.once('exit', (code, sig) => { exited = code ?? sig; });
+  for (let i = 0; i < 200; i++) {
+    if (exited !== null) throw new Error('otacd exited (' + exited + '): ' + tail());
+    if (fs.existsSync(urlFile)) {
+      url = fs.readFileSync(urlFile, 'utf8').trim();
+      try {
+        const r = await fetch(url + '/api/v1/health');
+        if (r.ok) break;
+      } catch { /* not yet */ }
+    }
+    await sleep(50);
+  }
+  if (!url) throw new Error('otacd did not write ' + urlFile);
+  admin = fs.readFileSync(path.join(state, 'admin.token'), 'utf8').trim();
+  listen = new URL(url).host;
+}
+
+async function stopDaemon(signal = 'SIGKILL') {
+  if (!daemon || daemon.exitCode !== null || daemon.signalCode) return;
+  const p = new Promise((r) => daemon.once('exit', r));
+  daemon.kill(signal);
+  await Promise.race([p, sleep(10000)]);
+}
+
+function tail() {
+  try {
+    return fs.readFileSync(path.join(state, 'otacd.log'), 'utf8').split('\n').slice(-25).join('\n');
+  } catch { return '(no daemon log)'; }
+}
+
+async function api(method, p, body) {
+  const r = await fetch(url + p, {
+    method,
+    headers: { Authorization: 'Bearer ' + admin, 'Content-Type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  if (!r.ok) throw new Error(`${method} ${p}: HTTP ${r.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+async function trigger(yaml, file, ref) {
+  const r = await api('POST', '/api/v1/runs', { pipeline: yaml, file, ref });
+  return r.id;
+}
+
+async function waitRun(id, ms = 30000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const run = await api('GET', '/api/v1/runs/' + id);
+    if (['passed', 'failed', 'canceled', 'skipped'].includes(run.state)) return run;
+    if (Date.now() > until) throw new Error(`run ${id} still ${run.state}`);
+    await sleep(200);
+  }
+}
+
+function jobOf(run, stage) {
+  const st = run.stages.find((s) => s.name === stage);
+  if (!st || !st.jobs.length) throw new Error('no stage ' + stage + ' in run ' + run.id);
+  return st.jobs[0];
+}
+
+// ---- the pipelines --------------------------------------------------------------
+
+const WEB_DEMO = `name: web-demo
+stages:
+  - name: slow
+    steps:
+      - run: for i in $(seq 1 20); do echo line $i; sleep 0.2; done
+  - name: after
+    needs: [slow]
+    matrix:
+      board: [mps2-an385, mps2-an386]
+    steps:
+      - run: echo "after slow on \${{ matrix.board }}"
+  - name: colours
+    steps:
+      - run: |
+          echo '<script>alert(1)</script>'
+          printf '\\033[31mred text\\033[0m plain \\033[1;32mbold green\\033[0m\\n'
+  - name: bulk
+    steps:
+      - run: seq 1 100000 | sed 's/^/row /'
+`;
+
+const AFTER_RESTART = `name: after-restart
+stages:
+  - name: hello
+    steps:
+      - run: echo back again
+`;
+
+const TICKS = `name: ticks
+stages:
+  - name: tick
+    steps:
+      - run: for i in $(seq 1 30); do echo tick $i; sleep 0.2; done
+`;
+
+// ---- the checks -------------------------------------------------------------------
+
+async function step(name, fn, page) {
+  const t = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    log('ok  ', name, `(${Date.now() - t} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false });
+    log('FAIL', name + ':', e && e.stack ? e.stack : e);
+    if (page) {
+      try { await page.screenshot({ path: path.join(OUT, 'FAIL-' + name.replace(/\W+/g, '-') + '.png'), fullPage: true }); } catch { /* closed */ }
+    }
+  }
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+function watch(page, label) {
+  page.on('pageerror', (e) => problems.push(`${label}: page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) problems.push(`${label}: CSP violation: ${m.text()}`);
+  });
+  page.on('dialog', async (d) => {
+    dialogs++;
+    problems.push(`${label}: a dialog opened: ${d.message()}`);
+    await d.dismiss().catch(() => {});
+  });
+  return page;
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(OUT, name + '.png'), fullPage: true });
+}
+
+async function logLine(page, re, ms = 10000) {
+  await page.locator('.log-line .lt', { hasText: re }).first().waitFor({ timeout: ms });
+}
+
+async function hasLine(page, re) {
+  return (await page.locator('.log-line .lt', { hasText: re }).count()) > 0;
+}
+
+async function main() {
+  fs.mkdirSync(OUT, { recursive: true });
+  for (const f of fs.readdirSync(OUT)) if (f.endsWith('.png')) fs.rmSync(path.join(OUT, f));
+  assert(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
+  writeConfig();
+  await startDaemon();
+  log('otacd at', url, 'state', state);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-dev-shm-usage'],
+  });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
+  const page = watch(await ctx.newPage(), 'overview');
+  let runA = 0, slowJob = 0, coloursJob = 0, bulkJob = 0;
+
+  await step('token from the address is kept and removed from it', async () => {
+    await page.goto(`${url}/#token=${VIEWER}`);
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    await page.locator('.runs-box .empty, .runs-box table').first().waitFor();
+    assert(!page.url().includes('token='), 'the token is still in the address: ' + page.url());
+    assert(await page.evaluate(() => localStorage.getItem('otacd-token')) === VIEWER, 'token not in localStorage');
+  }, page);
+
+  await step('overview shows a new run without a reload', async () => {
+    await page.evaluate(() => { window.__noReload = 1; });
+    runA = await trigger(WEB_DEMO, 'web-demo.yml', 'refs/heads/feature/<i>x</i>');
+    const row = page.locator(`tr[data-run-id="${runA}"]`);
+    await row.waitFor({ timeout: 10000 });
+    assert(await page.evaluate(() => window.__noReload) === 1, 'the page was reloaded');
+    const ref = await row.locator('td.ref').textContent();
+    assert(ref === 'feature/<i>x</i>', 'the ref is not shown as text: ' + ref);
+    assert(await row.locator('i').count() === 0, 'markup from the ref became an element');
+  }, page);
+
+  const run = await api('GET', '/api/v1/runs/' + runA);
+  slowJob = jobOf(run, 'slow').id;
+  coloursJob = jobOf(run, 'colours').id;
+  bulkJob = jobOf(run, 'bulk').id;
+
+  // the log page is opened at once, while the slow job prints
+  const logPage = watch(await ctx.newPage(), 'log');
+  await step('log streams lines as the job prints them', async () => {
+    await logPage.goto(`${url}/#/jobs/${slowJob}/log`);
+    await logLine(logPage, /^line 3$/);
+    const t3 = Date.now();
+    assert(!(await hasLine(logPage, /^line 15$/)), 'line 15 was already there with line 3 (not streaming)');
+    await logLine(logPage, /^line 15$/);
+    const t15 = Date.now();
+    const ended = await logPage.locator('#log-stream').textContent();
+    assert(!(await hasLine(logPage, /^line 20$/)) && !/ended/.test(ended), 'the job had ended by line 15: ' + ended);
+    assert(t15 - t3 > 1000, `line 15 came only ${t15 - t3} ms after line 3`);
+    await shot(logPage, '03-log-streaming');
+    await logLine(logPage, /^line 20$/);
+    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: 10000 });
+    await logPage.locator('.job-head .badge', { hasText: 'passed' }).waitFor({ timeout: 5000 });
+  }, logPage);
+
+  await step('clicking a line number links to that line', async () => {
+    await logPage.locator('.log-line#L3 a.ln').click();
+    await logPage.waitForFunction((id) => location.hash === `#/jobs/${id}/log/L3`, slowJob);
+    await logPage.locator('.log-line.sel#L3').waitFor({ timeout: 3000 });
+  }, logPage);
+
+  await step('run page draws the stage graph and updates it live', async () => {
+    await page.bringToFront();
+    await page.locator(`tr[data-run-id="${runA}"] a`).first().click();
+    await page.locator('svg.dag').waitFor();
+    const stages = await page.locator('svg.dag g.stage').count();
+    assert(stages === 4, `expected 4 stage boxes, saw ${stages}`);
+    const edges = await page.locator('svg.dag path.edge').count();
+    assert(edges === 1, `expected 1 edge, saw ${edges}`);
+    assert(await page.locator('svg.dag path.edge[data-from="slow"][data-to="after"]').count() === 1, 'no edge slow -> after');
+    const after = page.locator('svg.dag g.stage[data-stage="after"]');
+    assert(await after.locator('a.job').count() === 2, 'the matrix stage should list 2 jobs');
+    const x = async (name) => (await page.locator(`svg.dag g.stage[data-stage="${name}"]`).boundingBox()).x;
+    assert(await x('after') > await x('slow'), 'a stage is not right of what it needs');
+    // the run page follows the run: "after" passes without a reload
+    await page.locator('svg.dag g.stage[data-stage="after"][data-state="passed"]').waitFor({ timeout: 20000 });
+    await page.locator('.run-head .badge', { hasText: 'passed' }).waitFor({ timeout: 20000 });
+    assert(await page.evaluate(() => window.__noReload) === 1, 'the page was reloaded');
+    await shot(page, '02-run-demo');
+  }, page);
+
+  await step('stage graph links are reachable with the keyboard', async () => {
+    await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
+    let found = false;
+    for (let i = 0; i < 40 && !found; i++) {
+      await page.keyboard.press('Tab');
+      found = await page.evaluate(() => !!document.activeElement && document.activeElement.matches('svg.dag a.job'));
+    }
+    assert(found, 'Tab never reached a job in the graph');
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement.querySelector('.hit')).stroke);
+    assert(outline && outline !== 'none', 'no visible focus on the graph link');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => /^#\/jobs\/\d+\/log$/.test(location.hash));
+    await page.locator('.log').waitFor();
+  }, page);
+
+  await step('script in a log is text and ANSI colours are styled spans', async () => {
+    await page.goto(`${url}/#/jobs/${coloursJob}/log`);
+    await logLine(page, /^<script>alert\(1\)<\/script>$/);
+    assert(await page.locator('.log script, main script').count() === 0, 'a <script> element is in the log');
+    const red = page.locator('.log .a-fg1', { hasText: 'red text' });
+    await red.waitFor();
+    assert(await red.evaluate((e) => getComputedStyle(e).color) === 'rgb(255, 123, 114)', 'red text is not red');
+    const green = page.locator('.log .a-fg2.a-b', { hasText: 'bold green' });
+    await green.waitFor();
+    assert(await green.evaluate((e) => getComputedStyle(e).fontWeight) === '700', 'bold green is not bold');
+    assert(!(await page.locator('.log').textContent()).includes('\x1b'), 'raw escape codes in the log');
+    await page.waitForTimeout(300);
+    assert(dialogs === 0, 'a dialog was opened');
+    await shot(page, '04-log-colours');
+  }, page);
+
+  await step('100k log lines render quickly and stay virtualised', async () => {
+    await waitRun(runA);
+    await page.evaluate(() => {
+      window.__longest = 0;
+      new PerformanceObserver((l) => {
+        for (const e of l.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+      }).observe({ type: 'longtask', buffered: false });
+    });
+    // the meter works: a deliberate 150 ms block is seen
+    await page.evaluate(() => new Promise((r) => setTimeout(() => {
+      const t = performance.now();
+      while (performance.now() - t < 150) { /* block */ }
+      setTimeout(r, 100);
+    }, 0)));
+    await page.waitForFunction(() => window.__longest >= 140, null, { timeout: 2000 });
+    await page.evaluate(() => { window.__longest = 0; });
+    // the log has the agent's echo of the command first: count from the API
+    const text = await (await fetch(`${url}/api/v1/jobs/${bulkJob}/log`, { headers: { Authorization: 'Bearer ' + admin } })).text();
+    const lines = text.split('\n');
+    if (lines[lines.length - 1] === '') lines.pop();
+    assert(lines.length >= 100000, `the bulk log has only ${lines.length} lines`);
+    const n50k = lines.indexOf('row 50000') + 1;
+    const t = Date.now();
+    await page.evaluate((id) => { location.hash = `#/jobs/${id}/log`; }, bulkJob);
+    await page.waitForFunction((n) => {
+      const l = document.querySelector('.log');
+      return l && l.dataset.lines === String(n) && l.dataset.busy === '0';
+    }, lines.length, { timeout: 20000 });
+    const took = Date.now() - t;
+    const longest = await page.evaluate(() => window.__longest);
+    log(`     ${lines.length} lines shown in ${took} ms, longest task ${Math.round(longest)} ms`);
+    await logLine(page, /^row 100000$/, 5000);
+    const nodes = await page.locator('.log-line').count();
+    assert(nodes < 400, `${nodes} line elements in the DOM (not virtualised)`);
+    assert(longest < 1500, `the page was blocked for ${Math.round(longest)} ms`);
+    // a line anchor scrolls to and marks its line
+    await page.evaluate(([id, n]) => { location.hash = `#/jobs/${id}/log/L${n}`; }, [bulkJob, n50k]);
+    await page.locator(`.log-line.sel#L${n50k} .lt`, { hasText: /^row 50000$/ }).waitFor({ timeout: 5000 });
+    assert(await page.locator(`.log-line#L${n50k}`).isVisible(), 'line 50000 is not in view');
+    await shot(page, '05-log-100k');
+    // opening the address of a line directly works too
+    await page.goto(`${url}/#/jobs/${bulkJob}/log/L${n50k + 49990}`);
+    await page.locator(`.log-line.sel#L${n50k + 49990} .lt`, { hasText: /^row 99990$/ }).waitFor({ timeout: 20000 });
+  }, page);
+
+  let relRun = 0;
+  await step('release page shows the manifest and downloads an image', async () => {
+    const yaml = fs.readFileSync(path.join(here, '../../pipelines/hello-release.yml'), 'utf8');
+    relRun = await trigger(yaml, 'hello-release.yml', 'refs/tags/v0.1.7');
+    const done = await waitRun(relRun, 60000);
+    assert(done.state === 'passed', 'the release run ' + done.state);
+    const rels = await api('GET', '/api/v1/releases');
+    const rel = rels.find((r) => r.run_id === relRun);
+    assert(rel, 'no release for run ' + relRun);
+    const detail = await api('GET', '/api/v1/releases/' + rel.id);
+    await page.goto(`${url}/#/`);
+    await page.locator(`tr[data-release-id="${rel.id}"] a`).first().click();
+    await page.locator('.chips li', { hasText: 'mps2-an385' }).waitFor();
+    assert(await page.locator('.chips li', { hasText: 'mps2-an386' }).count() === 1, 'hardware variant mps2-an386 missing');
+    const img = detail.artifacts.find((a) => a.hardware === 'mps2-an385');
+    await page.locator('table.images td.sha', { hasText: img.sha256 }).waitFor();
+    assert((await page.locator('main').textContent()).includes(rel.key_id), 'key id not shown');
+    const [dl] = await Promise.all([
+      page.waitForEvent('download'),
+      page.locator(`table.artifacts button[data-artifact="${img.id}"]`).click(),
+    ]);
+    const file = await dl.path();
+    const sha = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    assert(sha === img.sha256, 'downloaded bytes have sha256 ' + sha);
+    assert(dl.suggestedFilename() === path.basename(img.name), 'download named ' + dl.suggestedFilename());
+    await page.locator('details summary', { hasText: 'manifest.json' }).click();
+    await shot(page, '09-release');
+    // its run: edges that skip a column (build -> release) are drawn too
+    await page.goto(`${url}/#/runs/${relRun}`);
+    await page.locator('svg.dag path.edge[data-from="build"][data-to="release"]').waitFor();
+    assert(await page.locator('svg.dag path.edge').count() === 4, 'the release run should have 4 edges');
+    await shot(page, '02-run-release');
+  }, page);
+
+  await step('agents page lists the agents', async () => {
+    await page.goto(`${url}/#/agents`);
+    await page.locator('tr[data-agent="local-1"]').waitFor();
+    await page.locator('tr[data-agent="local-2"]').waitFor();
+    assert(await page.locator('tr[data-agent="local-1"] .chips li', { hasText: 'local' }).count() === 1, 'labels missing');
+    await shot(page, '10-agents');
+  }, page);
+
+  await step('overview screenshot', async () => {
+    await page.goto(`${url}/#/`);
+    await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
+    await shot(page, '01-overview');
+  }, page);
+
+  await step('overview filters and pages through older runs', async () => {
+    await page.goto(`${url}/#/?pipeline=hello`);
+    await page.locator(`tr[data-run-id="${runA}"]`).waitFor({ state: 'detached' });
+    await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
+    assert(await page.locator('tr.run-row').count() === 1, 'the pipeline filter let other runs through');
+    assert(await page.locator('form.filters input[name="pipeline"]').inputValue() === 'hello', 'filter not shown in the form');
+    // the form writes the address
+    await page.locator('form.filters input[name="pipeline"]').fill('');
+    await page.locator('form.filters select[name="state"]').selectOption('passed');
+    await page.locator('form.filters button[type="submit"]').click();
+    await page.waitForFunction(() => location.hash === '#/?state=passed');
+    await page.locator(`tr[data-run-id="${runA}"]`).waitFor();
+    // pages of one run: newest first, "older" follows next_before
+    await page.goto(`${url}/#/?limit=1`);
+    await page.locator(`tr[data-run-id="${runA}"]`).waitFor({ state: 'detached' });
+    await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
+    await page.locator('nav.pager a', { hasText: 'Older' }).click();
+    await page.locator(`tr[data-run-id="${runA}"]`).waitFor();
+    assert(await page.locator('tr.run-row').count() === 1, 'a page of 1 shows more rows');
+    await page.locator('nav.pager a', { hasText: 'Newest' }).click();
+    await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
+  }, page);
+
+  await step('daemon restart: reconnecting, then live again', async () => {
+    const ticks = await trigger(TICKS, 'ticks.yml', 'refs/heads/main');
+    const tickJob = jobOf(await api('GET', '/api/v1/runs/' + ticks), 'tick').id;
+    await logPage.goto(`${url}/#/jobs/${tickJob}/log`);
+    await logLine(logPage, /^tick 3$/);
+    await page.goto(`${url}/#/`);
+    await page.locator(`tr[data-run-id="${ticks}"]`).waitFor();
+    await page.evaluate(() => { window.__noReload = 2; });
+    await stopDaemon('SIGKILL');
+    await page.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: 10000 });
+    // the other tab has no stream of its own: it hears the state from this one
+    await logPage.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: 5000 });
+    await logPage.locator('#log-stream', { hasText: 'reconnecting' }).waitFor({ timeout: 10000 });
+    await shot(page, '06-reconnecting');
+    await startDaemon();
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15000 });
+    await logPage.locator('#conn[data-state="live"]').waitFor({ timeout: 5000 });
+    const b = await trigger(AFTER_RESTART, 'after-restart.yml', 'refs/heads/main');
+    await page.locator(`tr[data-run-id="${b}"]`).waitFor({ timeout: 10000 });
+    assert(await page.evaluate(() => window.__noReload) === 2, 'the page was reloaded');
+    await page.locator(`tr[data-run-id="${b}"] .badge`, { hasText: 'passed' }).waitFor({ timeout: 15000 });
+    await shot(page, '07-recovered');
+    // the killed job is retried; the log page follows the new attempt to its end
+    await logLine(logPage, /^tick 30$/, 30000);
+    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: 10000 });
+    const job = await api('GET', '/api/v1/jobs/' + tickJob);
+    assert(job.attempt >= 2, 'the job was not retried (attempt ' + job.attempt + ')');
+    assert(await logPage.locator('.attempts a', { hasText: String(job.attempt) }).count() === 1, 'attempt links missing');
+  }, page);
+
+  await step('network errors are shown, not swallowed', async () => {
+    await page.goto(`${url}/#/runs/999999`);
+    await page.locator('#errors', { hasText: '404' }).waitFor({ timeout: 5000 });
+  }, page);
+
+  await step('without a token the page asks for one', async () => {
+    const anon = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = watch(await anon.newPage(), 'anonymous');
+    await p.goto(`${url}/`);
+    await p.locator('#token-form').waitFor({ timeout: 10000 });
+    await shot(p, '08-token-form');
+    await p.locator('#token-input').fill(VIEWER);
+    await p.locator('#token-form button[type="submit"]').click();
+    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: 10000 });
+    await p.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    // a wrong token is refused with the same form
+    await p.goto(`${url}/#token=not-a-valid-token-at-all`);
+    await p.reload();
+    await p.locator('#token-form', { hasText: 'refused' }).waitFor({ timeout: 10000 });
+    await anon.close();
+  });
+
+  await step('phone layout: no sideways scrolling, readable views', async () => {
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+    const p = watch(await phone.newPage(), 'phone');
+    await p.goto(`${url}/#token=${VIEWER}`);
+    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: 10000 });
+    const overflow = async () => p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(await overflow() <= 1, `overview is ${await overflow()} px wider than the phone`);
+    await shot(p, '11-phone-overview');
+    await p.goto(`${url}/#/runs/${runA}`);
+    await p.locator('svg.dag').waitFor();
+    assert(await overflow() <= 1, `run page is ${await overflow()} px wider than the phone`);
+    await shot(p, '12-phone-run');
+    await p.goto(`${url}/#/jobs/${coloursJob}/log`);
+    await logLine(p, /bold green/);
+    assert(await overflow() <= 1, `log page is ${await overflow()} px wider than the phone`);
+    await shot(p, '13-phone-log');
+    await phone.close();
+  });
+
+  await step('no page errors, CSP violations or dialogs', async () => {
+    assert(problems.length === 0, problems.join('\n'));
+  });
+}
+
+async function cleanup() {
+  try { if (browser) await browser.close(); } catch { /* gone */ }
+  await stopDaemon('SIGTERM');
+  await stopDaemon('SIGKILL');
+}
+
+const watchdog = setTimeout(async () => {
+  log(`FAIL: the test did not finish in ${DEADLINE_MS} ms`);
+  results.push({ name: 'deadline', ok: false });
+  await cleanup();
+  report();
+}, DEADLINE_MS);
+
+function report() {
+  clearTimeout(watchdog);
+  const failed = results.filter((r) => !r.ok).length;
+  const passed = results.length - failed;
+  if (failed) {
+    log('daemon log (last lines):\n' + tail());
+    log('state kept in', state);
+  } else {
+    fs.rmSync(state, { recursive: true, force: true });
+  }
+  log('screenshots in', OUT);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+try {
+  await main();
+} catch (e) {
+  log('FAIL: setup:', e && e.stack ? e.stack : e);
+  results.push({ name: 'setup', ok: false });
+}
+await cleanup();
+report();

@@ -1,0 +1,133 @@
+// run.js - #/runs/ID : a run's header, its stage graph, its jobs and its
+// artifacts (downloadable; the download goes through fetch because it
+// needs the token).
+
+import { download, getJSON } from './api.js';
+import { drawDag, jobLabel } from './dag.js';
+import { clearError, reportError } from './status.js';
+import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
+
+export function basename(name) {
+  return String(name).split('/').pop() || 'artifact';
+}
+
+// A download button for an artifact: fetch with the token, save as a blob.
+export function downloadButton(art) {
+  const b = h('button', { type: 'button', class: 'small', 'data-key': 'dl-' + art.id, 'data-artifact': art.id,
+    'aria-label': 'Download ' + art.name });
+  b.textContent = 'Download';
+  b.addEventListener('click', async () => {
+    b.disabled = true;
+    b.textContent = 'Downloading…';
+    try {
+      await download('/api/v1/artifacts/' + art.id, basename(art.name));
+      clearError('download');
+    } catch (e) {
+      reportError('download', new Error('download of ' + art.name + ' failed: ' + e.message));
+    } finally {
+      b.disabled = false;
+      b.textContent = 'Download';
+    }
+  });
+  return b;
+}
+
+export function artifactTable(arts, withJob) {
+  const rows = arts.map((a) => h('tr', { 'data-artifact-id': a.id },
+    h('td', { class: 'name' }, a.name),
+    h('td', { class: 'opt' }, a.type || ''),
+    h('td', null, a.hardware || ''),
+    h('td', { class: 'num' }, fmtBytes(a.size)),
+    h('td', { class: 'sha' }, h('code', { title: 'sha256 ' + a.sha256 }, a.sha256)),
+    withJob ? h('td', { class: 'opt' }, a.job_id ? h('a', { href: '#/jobs/' + a.job_id + '/log', 'data-key': 'art-job-' + a.id }, 'job ' + a.job_id) : '') : null,
+    h('td', null, downloadButton(a))));
+  const head = ['Name', { text: 'Type', class: 'opt' }, 'Hardware', { text: 'Size', class: 'num' }, 'sha256'];
+  if (withJob) head.push({ text: 'From', class: 'opt' });
+  head.push('');
+  return tableWrap(table(head, rows, 'artifacts'), 'Artifacts');
+}
+
+export class RunView {
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.id = ctx.route.id;
+  }
+
+  async load() {
+    this.ctx.title('Run #' + this.id);
+    this.head = h('div', { class: 'run-head' });
+    this.dagBox = h('div', { class: 'dag-wrap', tabindex: '-1' });
+    this.jobsBox = h('div');
+    this.artsBox = h('div');
+    this.ctx.main.replaceChildren(
+      h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Runs'), ' › ', 'Run #' + this.id),
+      this.head,
+      h('section', { 'aria-labelledby': 'stages-h' }, h('h2', { id: 'stages-h' }, 'Stages'), this.dagBox),
+      h('section', { 'aria-labelledby': 'jobs-h' }, h('h2', { id: 'jobs-h' }, 'Jobs'), this.jobsBox),
+      h('section', { 'aria-labelledby': 'arts-h' }, h('h2', { id: 'arts-h' }, 'Artifacts'), this.artsBox));
+    await this.refresh();
+  }
+
+  async refresh() {
+    const [run, arts] = await Promise.all([
+      getJSON('/api/v1/runs/' + this.id),
+      getJSON('/api/v1/runs/' + this.id + '/artifacts'),
+    ]);
+    if (!this.ctx.alive) return;
+    this.ctx.title('Run #' + run.id + ' ' + run.pipeline + ' (' + run.state + ')');
+    this.renderHead(run);
+    replaceKeepingFocus(this.dagBox, [drawDag(run.stages || [])]);
+    this.renderJobs(run);
+    replaceKeepingFocus(this.artsBox, arts.length ? [artifactTable(arts, true)] : [h('p', { class: 'empty' }, 'No artifacts (yet).')]);
+  }
+
+  renderHead(run) {
+    const commit = run.commit
+      ? h('span', null, h('code', { title: run.commit }, shortId(run.commit, 10)),
+        run.message ? h('span', { class: 'msg' }, ' ' + firstLine(run.message)) : null,
+        run.author ? h('span', { class: 'muted' }, ' — ' + run.author) : null)
+      : null;
+    const trigger = [run.trigger || ''];
+    if (run.pusher) trigger.push(' by ' + run.pusher);
+    if (run.delivery) trigger.push(' (delivery ' + run.delivery + ')');
+    replaceKeepingFocus(this.head, [
+      h('div', { class: 'title-row' }, h('h1', null, 'Run #' + run.id + ' ', h('span', { class: 'pl' }, run.pipeline)), badge(run.state)),
+      facts([
+        ['Ref', run.ref ? h('span', { title: run.ref }, shortRef(run.ref)) : ''],
+        ['Commit', commit],
+        ['Repository', run.repo],
+        ['Pipeline file', run.file],
+        ['Trigger', trigger.join('')],
+        ['Created', fmtTime(run.created_at)],
+        ['Duration', run.started_at ? durationNode(run.started_at, run.finished_at) : 'not started'],
+        ['Concurrency', run.concurrency],
+      ]),
+      run.error ? h('pre', { class: 'run-error', role: 'note' }, run.error) : null,
+      run.state === 'blocked' ? h('p', { class: 'attention has-blocked' }, 'Blocked: an older run of concurrency group “' + run.concurrency + '” is still running.') : null,
+    ]);
+  }
+
+  renderJobs(run) {
+    const rows = [];
+    for (const st of run.stages || []) {
+      for (const j of st.jobs) {
+        rows.push(h('tr', { class: 'row-' + j.state, 'data-job-id': j.id },
+          h('td', null, st.name),
+          h('td', null, h('a', { href: '#/jobs/' + j.id + '/log', 'data-key': 'job-' + j.id }, jobLabel(j))),
+          h('td', null, badge(j.state)),
+          h('td', { class: 'num' }, j.attempt ? j.attempt + '/' + j.max_attempts : ''),
+          h('td', { class: 'opt' }, j.agent || ''),
+          h('td', { class: 'num' }, durationNode(j.started_at, j.finished_at)),
+          h('td', { class: 'opt' }, j.failure ? j.failure + (j.exit_code !== null ? ' (exit ' + j.exit_code + ')' : '') : (j.message || ''))));
+      }
+    }
+    replaceKeepingFocus(this.jobsBox, [tableWrap(table(['Stage', 'Job', 'State', { text: 'Attempt', class: 'num' },
+      { text: 'Agent', class: 'opt' }, { text: 'Duration', class: 'num' }, { text: 'Note', class: 'opt' }], rows, 'jobs'), 'Jobs')]);
+  }
+
+  wants(ev) {
+    return ev.run_id === this.id || (ev.kind || '').startsWith('release');
+  }
+
+  destroy() {}
+}

@@ -1,0 +1,171 @@
+// util.js - DOM building and formatting helpers shared by every view.
+//
+// Everything that comes from the API reaches the page through h() and
+// text nodes (textContent), never through innerHTML, so a pipeline name,
+// a commit message or a log line can never become markup.
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+function build(el, attrs, children) {
+  if (attrs) {
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'class') el.setAttribute('class', v);
+      else if (k === 'text') el.textContent = v;
+      else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// h('a', {href: '#/'}, 'text', child…): an HTML element.
+export function h(tag, attrs, ...children) {
+  return build(document.createElement(tag), attrs, children);
+}
+
+// s('rect', {x: 1}): an SVG element.
+export function s(tag, attrs, ...children) {
+  return build(document.createElementNS(SVG_NS, tag), attrs, children);
+}
+
+// The server's clock: otacd time may run faster than the wall clock
+// (--time-scale) and is anchored in its database, so "now" for durations of
+// running jobs comes from /api/v1/health, not from Date.now().
+const clock = { base: Date.now(), at: Date.now(), scale: 1 };
+export function setServerClock(time, scale) {
+  clock.base = time;
+  clock.at = Date.now();
+  clock.scale = scale > 0 ? scale : 1;
+}
+export function serverNow() {
+  return clock.base + (Date.now() - clock.at) * clock.scale;
+}
+
+export function fmtDuration(ms) {
+  if (ms === null || ms === undefined || !isFinite(ms) || ms < 0) return '';
+  if (ms < 1000) return ms + ' ms';
+  const sec = Math.floor(ms / 1000);
+  if (sec < 60) return (ms / 1000).toFixed(ms < 10000 ? 1 : 0) + ' s';
+  const d = Math.floor(sec / 86400), hr = Math.floor(sec % 86400 / 3600);
+  const m = Math.floor(sec % 3600 / 60), ss = sec % 60;
+  if (d) return d + 'd ' + hr + 'h';
+  if (hr) return hr + 'h ' + m + 'm';
+  return m + 'm ' + ss + 's';
+}
+
+// Duration from started to finished, or to now while it is still going.
+export function span(started, finished) {
+  if (!started) return '';
+  return fmtDuration((finished || serverNow()) - started);
+}
+
+// A duration cell that keeps counting while the thing is running.
+export function durationNode(started, finished) {
+  const el = h('span', { class: 'dur' }, span(started, finished));
+  if (started && !finished) el.dataset.since = String(started);
+  return el;
+}
+
+export function tickDurations() {
+  for (const el of document.querySelectorAll('[data-since]'))
+    el.textContent = fmtDuration(serverNow() - Number(el.dataset.since));
+  for (const el of document.querySelectorAll('[data-ago]'))
+    el.textContent = ago(Number(el.dataset.ago));
+}
+
+export function fmtTime(ms) {
+  if (!ms) return '';
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, '0');
+  return d.getFullYear() + '-' + p(d.getMonth() + 1) + '-' + p(d.getDate()) + ' ' +
+    p(d.getHours()) + ':' + p(d.getMinutes()) + ':' + p(d.getSeconds());
+}
+
+export function ago(ms) {
+  if (!ms) return 'never';
+  const d = serverNow() - ms;
+  if (d < 5000) return 'just now';
+  return fmtDuration(d).replace(/ \d+s$/, '') + ' ago';
+}
+
+// <time> with the absolute time as title and "3m ago" as text, kept fresh.
+export function timeAgo(ms) {
+  if (!ms) return h('span', { class: 'muted' }, '—');
+  return h('time', { datetime: new Date(ms).toISOString(), title: fmtTime(ms), 'data-ago': ms }, ago(ms));
+}
+
+export function fmtBytes(n) {
+  if (n === null || n === undefined) return '';
+  if (n < 1024) return n + ' B';
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024, i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return v.toFixed(v < 10 ? 1 : 0) + ' ' + units[i];
+}
+
+export function shortRef(ref) {
+  if (!ref) return '';
+  return ref.replace(/^refs\/(heads|tags)\//, '');
+}
+
+export function shortId(hex, n = 12) {
+  return hex ? String(hex).slice(0, n) : '';
+}
+
+export function firstLine(text) {
+  return text ? String(text).split('\n', 1)[0] : '';
+}
+
+const STATES = new Set(['queued', 'running', 'passed', 'failed', 'canceled', 'skipped', 'blocked',
+  'idle', 'busy', 'offline', 'lost']);
+
+// A state badge: the word is always shown (colour is never the only cue).
+export function badge(state) {
+  const st = String(state || 'unknown');
+  return h('span', { class: 'badge st-' + (STATES.has(st) ? st : 'other') }, st);
+}
+
+export function stateClass(state) {
+  return 'st-' + (STATES.has(state) ? state : 'other');
+}
+
+// A definition list from [label, value] pairs, skipping empty values.
+export function facts(pairs) {
+  const dl = h('dl', { class: 'facts' });
+  for (const [k, v] of pairs) {
+    if (v === null || v === undefined || v === '') continue;
+    dl.append(h('div', null, h('dt', null, k), h('dd', null, v)));
+  }
+  return dl;
+}
+
+// Wrap a table so that it scrolls sideways on narrow screens instead of
+// overflowing the page.
+export function tableWrap(table, label) {
+  return h('div', { class: 'table-wrap', role: 'region', 'aria-label': label, tabindex: '0' }, table);
+}
+
+export function table(headers, rows, cls) {
+  return h('table', { class: cls || null },
+    h('thead', null, h('tr', null, headers.map((x) =>
+      typeof x === 'string' ? h('th', { scope: 'col' }, x) : h('th', { scope: 'col', class: x.class }, x.text)))),
+    h('tbody', null, rows));
+}
+
+// Replace the children of el with nodes, keeping keyboard focus on the
+// "same" element (same data-key) if it had it: views re-render on every
+// event and must not throw a keyboard user back to the top.
+export function replaceKeepingFocus(el, nodes) {
+  const active = document.activeElement;
+  const key = active && el.contains(active) ? active.getAttribute('data-key') : null;
+  el.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+  if (key) {
+    const again = el.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (again) again.focus({ preventScroll: true });
+  }
+}
