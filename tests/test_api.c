@@ -297,6 +297,7 @@ static void event_stream_replays_from_an_id_and_follows_live(void **state)
 	h_sh(&out, "(timeout 2 curl -sN '%s/api/v1/events?after=0&access_token=%s' > %s &) ; sleep 0.5", d->url, d->token, file);
 	h_trigger(d, simple_pipeline);
 	h_msleep(2000);
+	buf_release(&out);
 	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
 	text = buf_detach(&out);
 	assert_non_null(strstr(text, "event: run.created\ndata: {\"id\":1,"));
