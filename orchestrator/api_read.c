@@ -144,6 +144,7 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 	json_t *runs = json_array();
 	sqlite3_stmt *st;
 	int64_t last = 0;
+	int more = 0;
 
 	(void)a;
 	if (!s) {
@@ -169,15 +170,19 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 		sqlite3_bind_text(st, 3, state, -1, SQLITE_TRANSIENT);
 	if (before > 0)
 		sqlite3_bind_int64(st, 4, before);
-	sqlite3_bind_int64(st, 5, limit);
+	/* one row more than asked tells whether an older page exists */
+	sqlite3_bind_int64(st, 5, limit + 1);
 	while (store_step_row(s, st) == 1) {
+		if ((int64_t)json_array_size(runs) == limit) {
+			more = 1;
+			break;
+		}
 		json_array_append_new(runs, run_json(st));
 		last = store_col_int(st, 0);
 	}
 	sqlite3_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK,
-			      json_pack("{so so}", "runs", runs, "next_before",
-					(int64_t)json_array_size(runs) == limit && last ? json_integer(last) : json_null()));
+			      json_pack("{so so}", "runs", runs, "next_before", more && last ? json_integer(last) : json_null()));
 }
 
 enum MHD_Result api_get_run(struct api *a, struct api_req *r)
@@ -247,6 +252,7 @@ static json_t *artifact_json(sqlite3_stmt *st)
 	set_text_or_null(o, "hardware", st, 7);
 	json_object_set_new(o, "released", json_boolean(store_col_int(st, 8)));
 	set_int_or_null(o, "created_at", st, 9);
+	set_text_or_null(o, "job", st, 10);
 	return o;
 }
 
@@ -261,8 +267,9 @@ enum MHD_Result api_get_run_artifacts(struct api *a, struct api_req *r)
 		json_decref(arr);
 		return MHD_YES;
 	}
-	st = store_stmt(s, "SELECT id, job_id, attempt, name, sha256, size, type, hardware, released, created_at"
-			   " FROM artifacts WHERE run_id = ? ORDER BY id");
+	st = store_stmt(s, "SELECT a.id, a.job_id, a.attempt, a.name, a.sha256, a.size, a.type, a.hardware, a.released,"
+			   " a.created_at, j.name FROM artifacts a LEFT JOIN jobs j ON j.id = a.job_id"
+			   " WHERE a.run_id = ? ORDER BY a.id");
 	sqlite3_bind_int64(st, 1, r->id);
 	while (store_step_row(s, st) == 1)
 		json_array_append_new(arr, artifact_json(st));

@@ -311,6 +311,29 @@ static void event_stream_replays_from_an_id_and_follows_live(void **state)
 	buf_release(&out);
 }
 
+static void run_pages_end_where_the_runs_end(void **state)
+{
+	struct daemon *d = *state;
+	json_t *ans = NULL;
+	int64_t ids[3];
+	char *path;
+	for (int i = 0; i < 3; i++)
+		ids[i] = h_trigger(d, simple_pipeline);
+	assert_int_equal(h_get(d, "/api/v1/runs?limit=2", &ans), 200);
+	assert_int_equal(json_array_size(json_object_get(ans, "runs")), 2);
+	assert_int_equal(json_integer_value(json_object_get(ans, "next_before")), ids[1]);
+	json_decref(ans);
+	path = xasprintf("/api/v1/runs?limit=2&before=%lld", (long long)ids[1]);
+	assert_int_equal(h_get(d, path, &ans), 200);
+	assert_int_equal(json_array_size(json_object_get(ans, "runs")), 1);
+	assert_true(json_is_null(json_object_get(ans, "next_before")));
+	json_decref(ans);
+	assert_int_equal(h_get(d, "/api/v1/runs?limit=3", &ans), 200);
+	assert_true(json_is_null(json_object_get(ans, "next_before")));
+	json_decref(ans);
+	free(path);
+}
+
 static void query_token_is_accepted_for_reads_only(void **state)
 {
 	struct daemon *d = *state;
@@ -338,6 +361,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(lint_reports_every_problem, setup, teardown),
 		cmocka_unit_test_setup_teardown(event_stream_replays_from_an_id_and_follows_live, setup, teardown),
 		cmocka_unit_test_setup_teardown(query_token_is_accepted_for_reads_only, setup, teardown),
+		cmocka_unit_test_setup_teardown(run_pages_end_where_the_runs_end, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
