@@ -30,6 +30,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "source.h"
+#include "stagework.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1064,6 +1065,136 @@ out:
 	return why;
 }
 
+/* ---- what some stage kinds add (stagework.c) -------------------------- */
+
+static void job_log_header(struct job *j, const char *run);
+
+static void sw_log(void *arg, const char *line)
+{
+	log_printf(arg, "%s\n", line);
+}
+
+static struct sw_job sw_job_of(struct job *j, char **envp)
+{
+	return (struct sw_job){ j->a->url, j->a->token, j->id_url, j->attempt, j->ws, envp, sw_log, j };
+}
+
+static enum outcome sw_outcome(int rc)
+{
+	return rc == 0 ? OUT_OK : rc == SW_FAIL ? OUT_SCRIPT : rc == SW_LOST ? OUT_LOST : OUT_INFRA;
+}
+
+/* Run the steps in order until one fails. */
+static enum outcome steps_run(struct job *j, json_t *steps, char **envp, int *exit_code, char **msg)
+{
+	enum outcome why = OUT_OK;
+	json_t *step;
+	size_t i;
+
+	json_array_foreach(steps, i, step) {
+		const char *run = json_string_value(json_object_get(step, "run"));
+		const char *sname = json_string_value(json_object_get(step, "name"));
+		if (!run)
+			continue;
+		if (j->deadline && now_ms() >= j->deadline)
+			return OUT_TIMEOUT;
+		job_log_header(j, run);
+		why = step_run(j, run, envp, exit_code);
+		if (why == OUT_SCRIPT) {
+			size_t n = strcspn(sname && *sname ? sname : run, "\n");
+			*msg = xasprintf("step '%.*s' exited with code %d", (int)(n > 80 ? 80 : n),
+					 sname && *sname ? sname : run, *exit_code);
+		}
+		if (why != OUT_OK)
+			break;
+	}
+	return why;
+}
+
+/* A hil job's inputs (its board's build artifacts) into $OTACD_INPUTS. */
+static enum outcome job_inputs(struct job *j, struct strvec *env, char **msg)
+{
+	const char *kind = json_string_value(json_object_get(j->spec, "kind"));
+	char *dir;
+	struct sw_job sw;
+	int n = 0, rc;
+
+	if (!kind || strcmp(kind, "hil") != 0)
+		return OUT_OK;
+	dir = xasprintf("%s/.otacd-inputs", j->ws);
+	env_set(env, "OTACD_INPUTS", dir);
+	sw = sw_job_of(j, env->v);
+	rc = sw_inputs_fetch(&sw, dir, &n, msg);
+	if (!rc)
+		log_printf(j, "%d input%s in %s\n", n, n == 1 ? "" : "s", dir);
+	free(dir);
+	return sw_outcome(rc);
+}
+
+/* reproducible: true - build once, keep the digests, start over clean. */
+static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec *env, int *exit_code, char **msg,
+				    json_t **digests)
+{
+	enum outcome why = steps_run(j, steps, env->v, exit_code, msg);
+
+	if (why != OUT_OK)
+		return why;
+	sw_digests(digests, j->ws, json_object_get(j->spec, "artifacts"));
+	log_printf(j, C_HEAD "reproducible: first build done (%zu artifacts), building again in a clean workspace"
+		   C_OFF "\n", json_object_size(*digests));
+	if (rm_rf(j->ws) < 0 || ota_mkdir_p(j->ws, 0755) < 0) {
+		*msg = xasprintf("cannot clean the workspace: %s", ota_error_last());
+		return OUT_INFRA;
+	}
+	if ((why = job_checkout(j, msg)) != OUT_OK)
+		return why;
+	return job_inputs(j, env, msg);
+}
+
+static enum outcome job_compare_builds(struct job *j, json_t *first, char **msg)
+{
+	json_t *second = NULL;
+	enum outcome why;
+
+	sw_digests(&second, j->ws, json_object_get(j->spec, "artifacts"));
+	why = sw_outcome(sw_digests_compare(first, second, msg));
+	if (why == OUT_OK)
+		log_printf(j, "reproducible: both builds gave identical artifacts (%zu)\n", json_object_size(second));
+	json_decref(second);
+	return why;
+}
+
+/* After the steps: toolchain versions (on success), then the reports
+ * (also after a failed step: they say what failed). */
+static enum outcome job_stage_after(struct job *j, enum outcome why, char **envp, char **msg)
+{
+	json_t *extra = json_object_get(j->spec, "extra");
+	json_t *tc = json_object_get(extra, "toolchain"), *rep = json_object_get(extra, "reports");
+	struct sw_job sw = sw_job_of(j, envp);
+	char *m = NULL;
+	int rc;
+
+	if (why == OUT_OK && json_array_size(tc) && (rc = sw_toolchain_record(&sw, tc, &m)) != 0) {
+		why = sw_outcome(rc);
+		free(*msg);
+		*msg = m;
+		m = NULL;
+	}
+	if ((why == OUT_OK || why == OUT_SCRIPT) && json_object_size(rep) &&
+	    (rc = sw_reports_upload(&sw, rep, &m)) != 0) {
+		if (why == OUT_OK || rc == SW_LOST) {
+			why = sw_outcome(rc);
+			free(*msg);
+			*msg = m;
+			m = NULL;
+		} else {
+			log_printf(j, "%s\n", m);
+		}
+	}
+	free(m);
+	return why;
+}
+
 /* ---- one job -------------------------------------------------------- */
 
 static int job_finish(struct job *j, int exit_code, const char *failure, const char *message,
@@ -1137,12 +1268,11 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_t hb_thread, log_thread;
 	pthread_condattr_t ca;
 	sigset_t block, old;
-	json_t *steps = json_object_get(spec, "steps"), *step, *v;
+	json_t *steps = json_object_get(spec, "steps"), *v, *first_build = NULL;
 	enum outcome why = OUT_OK;
 	char *msg = NULL, *wsname;
 	const char *k, *name = json_string_value(json_object_get(spec, "name"));
 	int exit_code = -1, rc;
-	size_t i;
 
 	memset(&j, 0, sizeof(j));
 	j.a = a;
@@ -1200,25 +1330,15 @@ static int job_run(struct agent *a, json_t *spec)
 	if (why == OUT_OK)
 		why = job_checkout(&j, &msg);
 	job_env(&env, &j);
-	json_array_foreach(steps, i, step) {
-		const char *run = json_string_value(json_object_get(step, "run"));
-		const char *sname = json_string_value(json_object_get(step, "name"));
-		if (why != OUT_OK)
-			break;
-		if (!run)
-			continue;
-		if (j.deadline && now_ms() >= j.deadline) {
-			why = OUT_TIMEOUT;
-			break;
-		}
-		job_log_header(&j, run);
-		why = step_run(&j, run, env.v, &exit_code);
-		if (why == OUT_SCRIPT) {
-			size_t n = strcspn(sname && *sname ? sname : run, "\n");
-			msg = xasprintf("step '%.*s' exited with code %d", (int)(n > 80 ? 80 : n),
-					sname && *sname ? sname : run, exit_code);
-		}
-	}
+	if (why == OUT_OK)
+		why = job_inputs(&j, &env, &msg);
+	if (why == OUT_OK && json_is_true(json_object_get(json_object_get(spec, "extra"), "reproducible")))
+		why = job_first_build(&j, steps, &env, &exit_code, &msg, &first_build);
+	if (why == OUT_OK)
+		why = steps_run(&j, steps, env.v, &exit_code, &msg);
+	if (why == OUT_OK && first_build)
+		why = job_compare_builds(&j, first_build, &msg);
+	why = job_stage_after(&j, why, env.v, &msg);
 	if (why == OUT_OK)
 		why = artifacts_collect(&j, &msg);
 	if (why == OUT_TIMEOUT && !msg)
@@ -1275,6 +1395,7 @@ static int job_run(struct agent *a, json_t *spec)
 	free(j.ws);
 	free(j.id_url);
 	free(msg);
+	json_decref(first_build);
 	return rc;
 }
 

@@ -84,10 +84,10 @@ static void start_daemon_cfg(struct daemon *d, const char *bindir, const char *c
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 2);
 		if (config)
-			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--local-agents", "2",
+			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--device-listen", "127.0.0.1:0", "--local-agents", "2",
 			      "--config", config, (char *)NULL);
 		else
-			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--local-agents", "2",
+			execl(otacd, otacd, "--state-dir", state, "--listen", "127.0.0.1:0", "--device-listen", "127.0.0.1:0", "--local-agents", "2",
 			      (char *)NULL);
 		_exit(127);
 	}

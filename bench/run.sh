@@ -3,3 +3,21 @@
 # Sizes can be lowered for a quick look: BENCH_ARGS="50 100 500 50" make bench
 set -eu
 "$OTACD_BIN/otacd-bench" "$OTACD_BIN" ${BENCH_ARGS:-200 1000 10000 200}
+echo
+echo "== report ingestion (JUnit, cppcheck, SARIF; 10,000 items each)"
+"$OTACD_BIN/reports-bench"
+echo
+echo "== device API: check-ins and report batches under wrk (64 connections)"
+"$OTACD_BIN/devapi-bench" 5
+echo
+echo "== gate evaluation with 1M devices aggregated"
+"$OTACD_BIN/gate-bench" ${GATE_BENCH_ARGS:-1000000 20000}
+echo
+echo "== rollout safety table (fleetsim device model)"
+"$OTACD_BIN/safety-bench" ${SAFETY_BENCH_ARGS:-20000 20 50}
+echo
+echo "== status page: first render with 10,000 runs, API p99 under 64 connections (wrk)"
+sh bench/web.sh "$OTACD_BIN" 10000
+echo
+echo "== sample firmware pipeline: otacd vs the same commands by hand"
+sh bench/firmware.sh "$OTACD_BIN" 3

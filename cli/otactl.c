@@ -21,6 +21,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/pipeline.h"
+#include "otactl.h"
 #include "verify.h"
 
 #include <errno.h>
@@ -41,21 +42,7 @@
 #define UNREACHABLE_GIVE_UP_MS 120000
 #define PIPELINE_MAX ((size_t)1 << 20)
 
-enum {
-	EXIT_OK = 0,
-	EXIT_FAIL = 1,
-	EXIT_USAGE = 2,
-	EXIT_UNREACHABLE = 3,
-	EXIT_AUTH = 4,
-	EXIT_NOTFOUND = 5,
-};
-
-static struct {
-	char *url;
-	char *token;
-	int json;
-	int color;
-} ctl;
+struct otactl_ctl ctl;
 
 struct cmd {
 	const char *name;
@@ -65,7 +52,7 @@ struct cmd {
 };
 
 static const struct cmd *cmd_find(const char *name);
-static int usage_error(const char *cmd, const char *fmt, ...) OTA_PRINTF(2, 3);
+int usage_error(const char *cmd, const char *fmt, ...) OTA_PRINTF(2, 3);
 
 /* ---- small helpers ------------------------------------------------- */
 
@@ -95,13 +82,13 @@ static const char *id_text(char *out, size_t n, const json_t *v)
 	return out;
 }
 
-static const char *str_or(const json_t *obj, const char *key, const char *dflt)
+const char *str_or(const json_t *obj, const char *key, const char *dflt)
 {
 	const char *s = json_string_value(json_object_get(obj, key));
 	return s && *s ? s : dflt;
 }
 
-static int64_t int_or(const json_t *obj, const char *key, int64_t dflt)
+int64_t int_or(const json_t *obj, const char *key, int64_t dflt)
 {
 	const json_t *v = json_object_get(obj, key);
 	return json_is_integer(v) ? json_integer_value(v) : json_is_real(v) ? (int64_t)json_real_value(v) : dflt;
@@ -198,14 +185,14 @@ static const char *state_color(const char *s)
 	return NULL;
 }
 
-static void print_state(FILE *f, const char *s, int width)
+void print_state(FILE *f, const char *s, int width)
 {
 	const char *c = state_color(s);
 	int len = (int)strlen(s ? s : "-");
 	fprintf(f, "%s%s%s%*s", c ? c : "", s ? s : "-", c ? "\033[0m" : "", width > len ? width - len : 0, "");
 }
 
-static void print_json(const json_t *j)
+void print_json(const json_t *j)
 {
 	json_dumpf(j, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY);
 	putchar('\n');
@@ -324,7 +311,7 @@ static void config_resolve(void)
 /* ---- API calls -------------------------------------------------------- */
 
 /* Exit code for an HTTP error answer; prints the reason. */
-static int api_fail(long status, const json_t *ans, const char *what)
+int api_fail(long status, const json_t *ans, const char *what)
 {
 	const char *e = httpc_json_error(ans);
 	if (status == 401 || status == 403) {
@@ -347,7 +334,7 @@ static int unreachable(void)
 
 /* One JSON call; *status is set, and so is *out (may be NULL).  Returns 0,
  * or EXIT_UNREACHABLE after printing why. */
-static int api_raw(json_t **out, long *status, const char *method, const char *path, json_t *req)
+int api_raw(json_t **out, long *status, const char *method, const char *path, json_t *req)
 {
 	char *url = xasprintf("%s%s", ctl.url, path);
 	int rc = httpc_json(out, status, method, url, ctl.token, req, REQUEST_TIMEOUT_MS);
@@ -360,7 +347,7 @@ static int api_raw(json_t **out, long *status, const char *method, const char *p
 }
 
 /* A JSON call that must answer 2xx: 0 with *out, else an exit code. */
-static int api(json_t **out, const char *method, const char *path, json_t *req, const char *what)
+int api(json_t **out, const char *method, const char *path, json_t *req, const char *what)
 {
 	long status = 0;
 	int rc = api_raw(out, &status, method, path, req);
@@ -380,7 +367,7 @@ static int api(json_t **out, const char *method, const char *path, json_t *req, 
  * Is argv[*i] the option `name` taking a value ("--name V" or "--name=V")?
  * 1 and *val when it is, 0 when not, -1 when the value is missing.
  */
-static int opt_value(const char *name, int argc, char **argv, int *i, const char **val)
+int opt_value(const char *name, int argc, char **argv, int *i, const char **val)
 {
 	size_t n = strlen(name);
 	if (strncmp(argv[*i], name, n))
@@ -397,7 +384,7 @@ static int opt_value(const char *name, int argc, char **argv, int *i, const char
 	return 1;
 }
 
-static int is_option(const char *a)
+int is_option(const char *a)
 {
 	return a[0] == '-' && a[1] != '\0';
 }
@@ -778,13 +765,28 @@ static int cmd_show(int argc, char **argv)
 	struct table t = { 8, 3, STRVEC_INIT };
 	json_t *run = NULL, *stage, *job;
 	char id[64], created[32], dur[32];
+	const char *which = NULL;
+	int rc, tests = 0, findings = 0;
 	size_t i, k;
-	int rc;
 
-	if (argc != 2 || is_option(argv[1]))
-		return usage_error("show", argc < 2 ? "which run?" : "unexpected argument '%s'", argv[argc - 1]);
-	if ((rc = get_run(&run, argv[1])) != 0)
+	for (int a = 1; a < argc; a++) {
+		if (!strcmp(argv[a], "--tests"))
+			tests = 1;
+		else if (!strcmp(argv[a], "--findings"))
+			findings = 1;
+		else if (is_option(argv[a]) || which)
+			return usage_error("show", "unexpected argument '%s'", argv[a]);
+		else
+			which = argv[a];
+	}
+	if (!which)
+		return usage_error("show", "which run?");
+	if ((rc = get_run(&run, which)) != 0)
 		return rc;
+	if (tests || findings) {
+		rc = show_reports(id_text(id, sizeof(id), json_object_get(run, "id")), tests, findings);
+		goto out;
+	}
 	if (ctl.json) {
 		print_json(run);
 		goto out;
@@ -1382,7 +1384,7 @@ static const struct cmd commands[] = {
 	{ "trigger", cmd_trigger, "trigger REPO REF [--wait]",
 	  "run REPO's pipeline at REF (branch, tag, full ref or commit id)" },
 	{ "runs", cmd_runs, "runs [--limit N] [--pipeline P] [--state S]", "list runs, newest first" },
-	{ "show", cmd_show, "show RUN", "a run with its stages and jobs" },
+	{ "show", cmd_show, "show RUN [--tests] [--findings]", "a run with its stages and jobs; its test results or analysis findings" },
 	{ "logs", cmd_logs, "logs RUN [JOB] [-f]", "print job logs (JOB: id or name); -f follows them live" },
 	{ "cancel", cmd_cancel, "cancel RUN", "cancel a run" },
 	{ "agents", cmd_agents, "agents", "list agents" },
@@ -1390,6 +1392,16 @@ static const struct cmd commands[] = {
 	  "check a release's signatures, digests and provenance (or one MCUboot image)" },
 	{ "artifacts", cmd_artifacts, "artifacts ls RUN | artifacts get DIGEST|RUN/NAME -o FILE",
 	  "list a run's artifacts; download one, checked against its sha256" },
+	{ "releases", cmd_releases, "releases", "list releases with their state and rollout" },
+	{ "rollout", cmd_rollout, "rollout status RELEASE", "steps, exposure, holds and gate verdicts with bounds" },
+	{ "promote", cmd_promote, "promote RELEASE [--to STAGE|--skip-step] --reason TEXT",
+	  "approve a waiting stage, or advance now (operator)" },
+	{ "rollback", cmd_rollback, "rollback RELEASE [--reissue] --reason TEXT",
+	  "halt the release and send devices back (or roll forward with --reissue)" },
+	{ "pause", cmd_pause, "pause RELEASE --reason TEXT", "stop a rollout's expansion" },
+	{ "resume", cmd_resume, "resume RELEASE --reason TEXT", "continue a paused rollout" },
+	{ "gates", cmd_gates, "gates RELEASE", "every gate evaluation: inputs, bounds, verdict" },
+	{ "audit", cmd_audit, "audit [--release RELEASE]", "who did what, when and why" },
 	{ "version", cmd_version, "version", "versions of otactl and the daemon" },
 	{ "help", cmd_help, "help [COMMAND]", "this text" },
 };
@@ -1431,7 +1443,7 @@ static void cmd_usage(FILE *f, const struct cmd *c, int summaries)
 	}
 }
 
-static int usage_error(const char *cmd, const char *fmt, ...)
+int usage_error(const char *cmd, const char *fmt, ...)
 {
 	const struct cmd *c = cmd ? cmd_find(cmd) : NULL;
 	va_list ap;

@@ -149,9 +149,9 @@ static int on_progress(void *p, curl_off_t dltotal, curl_off_t dlnow,
  * A handle with the options every call shares: method, URL, token, timeouts.
  * *hdrs receives the header list to free after the transfer.
  */
-static CURL *easy_new(struct curl_slist **hdrs, char *errbuf, const char *method,
-		      const char *url, const char *token, const char *content_type,
-		      long timeout_ms)
+static CURL *easy_new_ex(struct curl_slist **hdrs, char *errbuf, const char *method,
+			 const char *url, const char *token, const char *content_type,
+			 long timeout_ms, const char *const *extra)
 {
 	CURL *h = curl_easy_init();
 	struct curl_slist *l = NULL;
@@ -186,9 +186,18 @@ static CURL *easy_new(struct curl_slist **hdrs, char *errbuf, const char *method
 		free(ct);
 	}
 	l = curl_slist_append(l, "Expect:");
+	for (size_t i = 0; extra && extra[i]; i++)
+		l = curl_slist_append(l, extra[i]);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, l);
 	*hdrs = l;
 	return h;
+}
+
+static CURL *easy_new(struct curl_slist **hdrs, char *errbuf, const char *method,
+		      const char *url, const char *token, const char *content_type,
+		      long timeout_ms)
+{
+	return easy_new_ex(hdrs, errbuf, method, url, token, content_type, timeout_ms, NULL);
 }
 
 /* The URL without its query, for error messages. */
@@ -234,13 +243,20 @@ int httpc_request(struct httpc_response *out, const char *method, const char *ur
 		  const char *token, const char *content_type, const void *body,
 		  size_t len, long timeout_ms)
 {
+	return httpc_request_ex(out, method, url, token, content_type, body, len, timeout_ms, NULL);
+}
+
+int httpc_request_ex(struct httpc_response *out, const char *method, const char *url,
+		     const char *token, const char *content_type, const void *body,
+		     size_t len, long timeout_ms, const char *const *headers)
+{
 	char errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *hdrs = NULL;
 	CURL *h;
 	int rc;
 
 	httpc_response_init(out);
-	h = easy_new(&hdrs, errbuf, method, url, token, content_type, timeout_ms);
+	h = easy_new_ex(&hdrs, errbuf, method, url, token, content_type, timeout_ms, headers);
 	if (!h) {
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
@@ -382,6 +398,12 @@ out:
 int httpc_json(json_t **out, long *status, const char *method, const char *url,
 	       const char *token, json_t *req, long timeout_ms)
 {
+	return httpc_json_ex(out, status, method, url, token, req, timeout_ms, NULL);
+}
+
+int httpc_json_ex(json_t **out, long *status, const char *method, const char *url,
+		  const char *token, const json_t *req, long timeout_ms, const char *const *headers)
+{
 	struct httpc_response r;
 	char *body = NULL;
 	json_error_t jerr;
@@ -391,8 +413,8 @@ int httpc_json(json_t **out, long *status, const char *method, const char *url,
 	*status = 0;
 	if (req)
 		body = json_dumps(req, JSON_COMPACT);
-	rc = httpc_request(&r, method, url, token, body ? "application/json" : NULL,
-			   body, body ? strlen(body) : 0, timeout_ms);
+	rc = httpc_request_ex(&r, method, url, token, body ? "application/json" : NULL,
+			      body, body ? strlen(body) : 0, timeout_ms, headers);
 	if (rc < 0)
 		goto out;
 	*status = r.status;

@@ -94,6 +94,12 @@ int httpc_download(struct httpc_response *out, const char *url, const char *toke
  */
 int httpc_json(json_t **out, long *status, const char *method, const char *url,
 	       const char *token, json_t *req, long timeout_ms);
+/* The same two with extra header lines ("Name: value", NULL-terminated). */
+int httpc_request_ex(struct httpc_response *out, const char *method, const char *url,
+		     const char *token, const char *content_type, const void *body,
+		     size_t len, long timeout_ms, const char *const *headers);
+int httpc_json_ex(json_t **out, long *status, const char *method, const char *url,
+		  const char *token, const json_t *req, long timeout_ms, const char *const *headers);
 
 /*
  * Follow a text/event-stream (Server-Sent Events) response from a GET of

@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "pipeline.h"
 #include "logstore.h"
+#include "reports.h"
 #include "web.h"
 
 /* ---- replies ---------------------------------------------------------- */
@@ -93,6 +94,14 @@ int64_t api_query_int(struct api_req *r, const char *key)
 }
 
 /* ---- handlers that are not reads or agent protocol -------------------- */
+
+/* Who the token is: the page shows actions only to operators. */
+static enum MHD_Result get_whoami(struct api *a, struct api_req *r)
+{
+	(void)a;
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss}", "name", r->actor[0] ? r->actor : "anonymous", "role",
+							 auth_role_name(r->role)));
+}
 
 static enum MHD_Result get_health(struct api *a, struct api_req *r)
 {
@@ -218,11 +227,13 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 
 static const struct api_route routes[] = {
 	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL },
+	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL },
 	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL },
 	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL },
 	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL },
 	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL },
 	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL },
+	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL },
 	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL },
 	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL },
 	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL },
@@ -232,6 +243,14 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL },
 	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL },
 	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL },
+	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL },
+	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL },
+	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL },
+	{ "POST", "/api/v1/releases/:id/rollback", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL },
+	{ "POST", "/api/v1/releases/:id/pause", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL },
+	{ "POST", "/api/v1/releases/:id/resume", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL },
+	{ "GET", "/api/v1/rollouts", ROLE_VIEWER, BODY_NONE, api_get_rollouts, NULL },
+	{ "GET", "/api/v1/audit", ROLE_VIEWER, BODY_NONE, api_get_audit, NULL },
 	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL },
 	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL },
 	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL },
@@ -250,6 +269,9 @@ static const struct api_route routes[] = {
 	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_AGENT, BODY_ARTIFACT, api_agent_artifact,
 	  api_agent_artifact_precheck },
 	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_AGENT, BODY_JSON, api_agent_finish, NULL },
+	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_AGENT, BODY_REPORT, api_agent_report, NULL },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_AGENT, BODY_NONE, api_agent_inputs, NULL },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_AGENT, BODY_NONE, api_agent_input, NULL },
 };
 
 /* Match url against pattern; ":id" matches a positive decimal number,
@@ -318,14 +340,14 @@ static const struct api_route *route_find(const char *method, const char *url, i
 	return NULL;
 }
 
-static enum auth_role request_role(struct MHD_Connection *conn, const char *method)
+static enum auth_role request_role(struct MHD_Connection *conn, const char *method, char *actor, size_t n)
 {
 	const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
 	if (!h && !strcmp(method, "GET")) {
 		/* Browsers' EventSource cannot send headers: reads may carry the
 		 * token as ?access_token= (never logged; GET only). */
 		const char *q = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "access_token");
-		enum auth_role role = q ? auth_check(q) : ROLE_NONE;
+		enum auth_role role = q ? auth_identify(q, actor, n) : ROLE_NONE;
 		return role == ROLE_AGENT ? ROLE_NONE : role;
 	}
 	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
@@ -333,7 +355,7 @@ static enum auth_role request_role(struct MHD_Connection *conn, const char *meth
 	h += 7;
 	while (*h == ' ')
 		h++;
-	return auth_check(h);
+	return auth_identify(h, actor, n);
 }
 
 static size_t body_cap(enum body_kind k)
@@ -343,6 +365,7 @@ static size_t body_cap(enum body_kind k)
 	case BODY_RAW: return API_MAX_LOG_CHUNK;
 	case BODY_ARTIFACT: return (size_t)artifact_max_size();
 	case BODY_HOOK: return API_MAX_HOOK_BODY;
+	case BODY_REPORT: return REPORT_MAX_BYTES;
 	default: return 64 * 1024;
 	}
 }
@@ -367,7 +390,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 		return status == MHD_HTTP_NOT_FOUND
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)
 			       : api_reply_error(r, status, "%s is not allowed on %s", method, r->url);
-	r->role = request_role(r->conn, method);
+	r->role = request_role(r->conn, method, r->actor, sizeof(r->actor));
 	if (r->route->need != ROLE_NONE) {
 		int anonymous_ok = r->route->need == ROLE_VIEWER && a->cfg.anonymous_read;
 		if (r->role == ROLE_NONE && !anonymous_ok)

@@ -24,6 +24,7 @@ struct api_config {
 	struct sources *sources;
 	int anonymous_read;
 	int64_t lease_ms, heartbeat_ms;
+	struct updsrv *updsrv;       /* fleet state for rollout views (may be NULL) */
 };
 
 struct api;

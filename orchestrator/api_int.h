@@ -22,6 +22,7 @@ enum body_kind {
 	BODY_RAW,       /* raw bytes kept in memory (log chunks, lint) */
 	BODY_ARTIFACT,  /* streamed to the artifact store */
 	BODY_HOOK,      /* raw webhook payload, capped at API_MAX_HOOK_BODY */
+	BODY_REPORT,    /* raw report file in memory, capped at REPORT_MAX_BYTES */
 };
 
 struct api_req;
@@ -47,6 +48,7 @@ struct api_req {
 	char sha[65];              /* the :sha in the pattern, if any */
 	char sha40[41];            /* the :commit in the pattern, if any */
 	enum auth_role role;
+	char actor[64];            /* the token's name, for the audit log */
 	struct buf body;
 	json_t *json;              /* parsed BODY_JSON */
 	struct artifact_upload *upload;
@@ -91,10 +93,23 @@ enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r);
 enum MHD_Result api_get_commit(struct api *a, struct api_req *r);
 int api_attempt_current(int64_t job, int64_t attempt);
 
+/* api_reports.c */
+enum MHD_Result api_agent_report(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r);
+enum MHD_Result api_agent_input(struct api *a, struct api_req *r);
+enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r);
+
 /* api_release.c */
 enum MHD_Result api_get_releases(struct api *a, struct api_req *r);
 enum MHD_Result api_get_release(struct api *a, struct api_req *r);
 enum MHD_Result api_get_keys(struct api *a, struct api_req *r);
+
+/* api_rollout.c */
+enum MHD_Result api_get_rollout(struct api *a, struct api_req *r);
+enum MHD_Result api_get_rollouts(struct api *a, struct api_req *r);
+enum MHD_Result api_get_gates(struct api *a, struct api_req *r);
+enum MHD_Result api_get_audit(struct api *a, struct api_req *r);
+enum MHD_Result api_post_rollout_action(struct api *a, struct api_req *r);
 
 /* api_read.c */
 enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r);

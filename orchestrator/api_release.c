@@ -19,11 +19,11 @@
 #include "keys.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
-		     " envelope_artifact, provenance_artifact, created_at"
+		     " envelope_artifact, provenance_artifact, created_at, state, COALESCE(rollback_to, 0), reissue_of"
 
 static json_t *release_json(sqlite3_stmt *st)
 {
-	return json_pack("{sI sI ss ss ss sI ss sI sI sI sI}", "id", (json_int_t)store_col_int(st, 0),
+	json_t *j = json_pack("{sI sI ss ss ss sI ss sI sI sI sI}", "id", (json_int_t)store_col_int(st, 0),
 			 "run_id", (json_int_t)store_col_int(st, 1), "product", store_col_text(st, 2),
 			 "version", store_col_text(st, 3), "branch", store_col_text(st, 4),
 			 "security_counter", (json_int_t)store_col_int(st, 5), "key_id", store_col_text(st, 6),
@@ -31,6 +31,11 @@ static json_t *release_json(sqlite3_stmt *st)
 			 "envelope_artifact", (json_int_t)store_col_int(st, 8),
 			 "provenance_artifact", (json_int_t)store_col_int(st, 9),
 			 "created_at", (json_int_t)store_col_int(st, 10));
+	json_object_set_new(j, "state", json_string(store_col_text(st, 11)));
+	json_object_set_new(j, "rollback_to", json_integer(store_col_int(st, 12)));
+	if (sqlite3_column_type(st, 13) != SQLITE_NULL)
+		json_object_set_new(j, "reissue_of", json_integer(store_col_int(st, 13)));
+	return j;
 }
 
 enum MHD_Result api_get_releases(struct api *a, struct api_req *r)

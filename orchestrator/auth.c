@@ -120,9 +120,16 @@ int auth_create(struct store *db, const char *name, enum auth_role role, char **
 
 enum auth_role auth_check(const char *token)
 {
+	return auth_identify(token, NULL, 0);
+}
+
+enum auth_role auth_identify(const char *token, char *name, size_t n)
+{
 	unsigned char h[32];
 	enum auth_role role = ROLE_NONE;
 
+	if (name && n)
+		name[0] = '\0';
 	if (!token || !*token)
 		return ROLE_NONE;
 	sha256(token, h);
@@ -130,8 +137,11 @@ enum auth_role auth_check(const char *token)
 	/* Compare against every entry, whatever matched, in constant time. */
 	for (size_t i = 0; i < g_ntokens; i++) {
 		int eq = CRYPTO_memcmp(h, g_tokens[i].hash, 32) == 0;
-		if (eq && g_tokens[i].role > role)
+		if (eq && g_tokens[i].role > role) {
 			role = g_tokens[i].role;
+			if (name && n)
+				snprintf(name, n, "%s", g_tokens[i].name);
+		}
 	}
 	pthread_rwlock_unlock(&g_lock);
 	return role;

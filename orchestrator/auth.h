@@ -11,6 +11,8 @@
 #ifndef OTA_AUTH_H
 #define OTA_AUTH_H
 
+#include <stddef.h>
+
 #include "store.h"
 
 enum auth_role {
@@ -31,6 +33,8 @@ void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role
 int auth_create(struct store *db, const char *name, enum auth_role role, char **token);
 /* Role of the presented token (ROLE_NONE when unknown or NULL). */
 enum auth_role auth_check(const char *token);
+/* The same, also giving the token's name (for the audit log) in name[n]. */
+enum auth_role auth_identify(const char *token, char *name, size_t n);
 /* Does `have` allow an action that needs `need`?  Agents only do agent work. */
 int auth_allows(enum auth_role have, enum auth_role need);
 

@@ -30,6 +30,11 @@ void config_defaults(struct otacd_config *c)
 	c->secrets = json_object();
 	c->keys = json_object();
 	c->tokens = json_array();
+	c->device_listen = xstrdup("127.0.0.1:8471");
+	c->device_metrics_public = 1;
+	c->poll_ms = 6LL * 3600 * 1000;
+	c->update_server = xstrdup("builtin");
+	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
 }
 
 static void repo_release(struct repo_cfg *r)
@@ -66,6 +71,12 @@ void config_release(struct otacd_config *c)
 	json_decref(c->secrets);
 	json_decref(c->keys);
 	json_decref(c->tokens);
+	free(c->device_listen);
+	free(c->fleet_key);
+	free(c->update_server);
+	free(c->update_server_url);
+	free(c->update_server_token);
+	free(c->prometheus_url);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -303,6 +314,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
+		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
+		"update_server_url", "update_server_token", "prometheus_url",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -357,6 +370,24 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_repos(x, v);
 		else if (!strcmp(key, "keys"))
 			rc = get_keys(x, v);
+		else if (!strcmp(key, "device_listen"))
+			rc = get_string(x, v, key, &c->device_listen);
+		else if (!strcmp(key, "fleet_key"))
+			rc = get_string(x, v, key, &c->fleet_key);
+		else if (!strcmp(key, "device_metrics_public"))
+			rc = get_bool(x, v, key, &c->device_metrics_public);
+		else if (!strcmp(key, "poll_interval"))
+			rc = get_duration(x, v, key, &c->poll_ms);
+		else if (!strcmp(key, "update_server")) {
+			if ((rc = get_string(x, v, key, &c->update_server)) == 0 && strcmp(c->update_server, "builtin") &&
+			    strcmp(c->update_server, "http"))
+				rc = cfg_err(x, v, "'%s' must be builtin or http", key);
+		} else if (!strcmp(key, "update_server_url"))
+			rc = get_string(x, v, key, &c->update_server_url);
+		else if (!strcmp(key, "update_server_token"))
+			rc = get_string(x, v, key, &c->update_server_token);
+		else if (!strcmp(key, "prometheus_url"))
+			rc = get_string(x, v, key, &c->prometheus_url);
 		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];

@@ -40,6 +40,15 @@ struct otacd_config {
 	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"} */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
 	size_t nrepos;
+	/* the fleet (docs/update-server.md) */
+	char *device_listen;            /* built-in device API, default 127.0.0.1:8471 ("" or "off": none) */
+	char *fleet_key;                /* devices' shared key; NULL: a random one per start (see main.c) */
+	int device_metrics_public;      /* GET /metrics without a token (default 1) */
+	int64_t poll_ms;                /* devices' check-in interval, default 6 h (otacd time) */
+	char *update_server;            /* adapter: "builtin" (default) or "http" */
+	char *update_server_url;        /* http adapter: base URL */
+	char *update_server_token;      /* http adapter: bearer token */
+	char *prometheus_url;           /* gates with provider: prometheus, default http://127.0.0.1:9090 */
 };
 
 /* The repository called name, or NULL. */

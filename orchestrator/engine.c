@@ -30,6 +30,9 @@
 #include "artifact.h"
 #include "clock.h"
 #include "logstore.h"
+#include "engine_int.h"
+#include "rollout.h"
+#include "../stages/reports_kind.h"
 
 struct qjob {
 	int64_t id;
@@ -60,6 +63,9 @@ struct engine {
 	 * the commit would let it read the old state and sleep again. */
 	int changed_work;           /* a job became claimable */
 	int changed_state;          /* a job or run changed state */
+	int changed_rollout;        /* a rollout started or changed: wake the controller */
+	void (*rollout_hook)(void *);  /* called after such a commit (rollout_controller_kick) */
+	void *rollout_hook_arg;
 	struct strvec dead_objects; /* artifact objects to delete once committed */
 	struct strvec started_inproc; /* "JOB ATTEMPT" of in-daemon jobs to hand over once committed */
 
@@ -262,8 +268,12 @@ struct stagerow {
 
 static int advance_run(struct engine *e, int64_t run_id);
 
-/* Start an in-daemon job: running at once on the stage worker (agent 0). */
-static int start_inproc(struct engine *e, int64_t job)
+/*
+ * Mark a job running inside otacd (agent 0).  Jobs for the stage worker
+ * get a deadline (their timeout); rollouts (no_deadline) run as long as
+ * their plan says and are timed by the rollout controller instead.
+ */
+static int mark_inproc_running(struct engine *e, int64_t job, int no_deadline, int *attempt_out)
 {
 	sqlite3_stmt *st = STMT(e, "SELECT run_id, attempt + 1, spec FROM jobs WHERE id = ?");
 	int64_t run = 0, timeout = 0, real = clock_real_ms(), now = clock_now_ms();
@@ -283,7 +293,10 @@ static int start_inproc(struct engine *e, int64_t job)
 	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = 0, lease_expires = NULL, deadline = ?,"
 		     " started_at = ? WHERE id = ?");
 	sqlite3_bind_int(st, 1, attempt);
-	sqlite3_bind_int64(st, 2, real + (timeout > 0 ? timeout : e->cfg.default_timeout_ms));
+	if (no_deadline)
+		sqlite3_bind_null(st, 2);
+	else
+		sqlite3_bind_int64(st, 2, real + (timeout > 0 ? timeout : e->cfg.default_timeout_ms));
 	sqlite3_bind_int64(st, 3, now);
 	sqlite3_bind_int64(st, 4, job);
 	if ((rc = store_step_done(e->db, st)) < 0)
@@ -295,8 +308,24 @@ static int start_inproc(struct engine *e, int64_t job)
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	event(e, run, job, "job.running", json_pack("{si ss}", "attempt", attempt, "agent", "otacd"));
-	strvec_pushf(&e->started_inproc, "%" PRId64 " %d", job, attempt);
 	e->changed_state = 1;
+	*attempt_out = attempt;
+	return 0;
+}
+
+/* Start an in-daemon job: running at once on the stage worker, or as a
+ * rollout handed to the rollout controller. */
+static int start_inproc(struct engine *e, int64_t job, const struct stage_kind *kind)
+{
+	int attempt, rc;
+
+	if ((rc = mark_inproc_running(e, job, kind->rollout, &attempt)) < 0)
+		return rc;
+	if (kind->rollout) {
+		e->changed_rollout = 1;
+		return rollout_job_start(e, job);
+	}
+	strvec_pushf(&e->started_inproc, "%" PRId64 " %d", job, attempt);
 	return 0;
 }
 
@@ -305,6 +334,7 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	sqlite3_stmt *st = STMT(e, "SELECT j.id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
 				   " WHERE j.stage_id = ? AND j.state = 'queued' ORDER BY j.id");
 	int64_t inproc[256];
+	const struct stage_kind *inkind[256];
 	size_t ninproc = 0;
 	int rc, any = 0;
 
@@ -313,9 +343,11 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	sqlite3_bind_int64(st, 1, stage_id);
 	while ((rc = store_step_row(e->db, st)) == 1) {
 		const struct stage_kind *kind = stage_kind_find(store_col_text(st, 2), NULL);
-		if (kind && kind->run) {
-			if (ninproc < OTA_ARRAY_SIZE(inproc))
+		if (kind && (kind->run || kind->rollout)) {
+			if (ninproc < OTA_ARRAY_SIZE(inproc)) {
+				inkind[ninproc] = kind;
 				inproc[ninproc++] = store_col_int(st, 0);
+			}
 			continue;
 		}
 		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
@@ -330,7 +362,7 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	if (any)
 		e->changed_work = 1;
 	for (size_t i = 0; i < ninproc && rc >= 0; i++)
-		rc = start_inproc(e, inproc[i]);
+		rc = start_inproc(e, inproc[i], inkind[i]);
 	return rc < 0 ? rc : 0;
 }
 
@@ -613,18 +645,56 @@ static int retry_on(const json_t *spec, const char *failure)
  * Record the end of the running attempt of j and decide what happens next:
  * pass, retry (back to the queue) or fail.  Caller holds the transaction.
  */
+static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
+			  const char **state_out);
+
+/* The kind's verdict, given the attempt's stored reports (and the baseline
+ * run's, for `baseline:`); *message may replace r->message. */
+static int attempt_verdict(struct engine *e, struct jobrow *j, const struct stage_kind *kind,
+			   const struct job_result *r, char **message)
+{
+	json_t *reports = NULL, *baseline = NULL;
+	struct verdict_input in = { 0 };
+	int failed;
+
+	if (rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
+				&in.baseline_run) < 0)
+		fprintf(stderr, "otacd: engine: job %" PRId64 ": cannot load its reports: %s\n", j->id, ota_error_last());
+	in.reports = reports ? reports : json_array();
+	in.baseline = baseline;
+	failed = kind->verdict(j->spec, r, &in, message);
+	if (!reports)
+		json_decref((json_t *)in.reports);
+	json_decref(reports);
+	json_decref(baseline);
+	return failed;
+}
+
 static int attempt_done(struct engine *e, struct jobrow *j, const struct job_result *r, const char **state_out)
 {
 	const struct stage_kind *kind = stage_kind_find(j->kind, NULL);
+	struct job_result rv = *r;
+	char *message = NULL;
+	int failed = r->failure_kind != NULL, rc;
+
+	if (kind && kind->verdict) {
+		failed = attempt_verdict(e, j, kind, r, &message);
+		if (message)
+			rv.message = message;
+	}
+	rc = attempt_record(e, j, &rv, failed, state_out);
+	free(message);
+	return rc;
+}
+
+static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
+			  const char **state_out)
+{
 	const char *failure = r->failure_kind;
 	int64_t now = clock_now_ms();
-	int failed, rc;
+	int rc;
 	sqlite3_stmt *st;
 
-	if (kind && kind->verdict)
-		failed = kind->verdict(j->spec, r);
-	else
-		failed = failure != NULL;
 	if (failed && !failure)
 		failure = "script";
 
@@ -807,7 +877,9 @@ static void run_call(struct engine *e, struct call *c)
 		notifier_bump(&e->work);
 	if (e->changed_state)
 		notifier_bump(logstore_changes());
-	e->changed_work = e->changed_state = 0;
+	if (e->changed_rollout && c->rc >= 0 && e->rollout_hook)
+		e->rollout_hook(e->rollout_hook_arg);
+	e->changed_work = e->changed_state = e->changed_rollout = 0;
 	e->next_due = compute_next_due(e);
 }
 
@@ -1029,7 +1101,7 @@ static int do_release_record(struct engine *e, void *arg)
 	if ((rc = release_rules(e->db, r->product, r->branch, r->version, r->security_counter, r->run_id)) < 0)
 		return rc;
 	st = STMT(e, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, manifest_artifact,"
-		     " envelope_artifact, provenance_artifact, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)");
+		     " envelope_artifact, provenance_artifact, created_at, state, reissue_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)");
 	sqlite3_bind_int64(st, 1, r->run_id);
 	sqlite3_bind_text(st, 2, r->product, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, r->version, -1, SQLITE_STATIC);
@@ -1040,9 +1112,23 @@ static int do_release_record(struct engine *e, void *arg)
 	sqlite3_bind_int64(st, 8, r->envelope_artifact);
 	sqlite3_bind_int64(st, 9, r->provenance_artifact);
 	sqlite3_bind_int64(st, 10, clock_now_ms());
+	sqlite3_bind_text(st, 11, r->reissue_of ? "reissue" : "created", -1, SQLITE_STATIC);
+	if (r->reissue_of)
+		sqlite3_bind_int64(st, 12, r->reissue_of);
+	else
+		sqlite3_bind_null(st, 12);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	a->id = sqlite3_last_insert_rowid(store_db(e->db));
+	if (r->reissue_for) {
+		/* the halted release's devices roll forward to this one */
+		st = STMT(e, "UPDATE releases SET state = 'rolled_back', rollback_to = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, a->id);
+		sqlite3_bind_int64(st, 2, r->reissue_for);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+		e->changed_rollout = 1;
+	}
 	for (size_t i = 0; i < r->nkeep; i++) {
 		st = STMT(e, "UPDATE artifacts SET released = 1 WHERE id = ?");
 		sqlite3_bind_int64(st, 1, r->keep[i]);
@@ -1176,7 +1262,8 @@ static int recover(struct engine *e, void *arg)
 	}
 	{
 		/* in-daemon jobs that were running when otacd died run again */
-		sqlite3_stmt *in = STMT(e, "SELECT id, attempt FROM jobs WHERE state = 'running' AND agent_id = 0");
+		sqlite3_stmt *in = STMT(e, "SELECT id, attempt FROM jobs WHERE state = 'running' AND agent_id = 0"
+					     " AND id NOT IN (SELECT job_id FROM rollouts)");
 		if (!in)
 			return OTA_ERROR;
 		while (store_step_row(e->db, in) == 1)
@@ -1607,6 +1694,8 @@ static int do_cancel(struct engine *e, void *arg)
 			event(e, a->run_id, ids[i], "job.final", json_pack("{ss}", "state", "canceled"));
 		}
 	} while (n == OTA_ARRAY_SIZE(ids));
+	if ((rc = rollout_on_run_canceled(e, a->run_id)) < 0)
+		goto out;
 	st = STMT(e, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ? AND state IN ('queued','running')");
 	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_int64(st, 2, a->run_id);
@@ -2006,4 +2095,59 @@ int engine_artifact_add(struct engine *e, int64_t job_id, int attempt, const str
 	if (rc == 0)
 		*artifact_id = args.id;
 	return rc;
+}
+
+/* ---- for the engine's own modules (engine_int.h) ------------------------ */
+
+struct store *engine_store(struct engine *e)
+{
+	return e->db;
+}
+
+int engine_exec(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
+{
+	return engine_call(e, fn, arg);
+}
+
+int engine_job_complete(struct engine *e, int64_t job_id, const struct job_result *r, const char **state)
+{
+	struct jobrow j;
+	const char *st = NULL;
+	int rc;
+
+	if ((rc = job_load(e, job_id, &j)) < 0)
+		return rc;
+	if (strcmp(j.state, "running") != 0) {
+		job_release(&j);
+		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s, not running", job_id, j.state);
+	}
+	rc = attempt_done(e, &j, r, &st);
+	job_release(&j);
+	if (state)
+		*state = st;
+	return rc;
+}
+
+void engine_emit(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
+{
+	event(e, run, job, kind, detail);
+	e->changed_state = 1;
+}
+
+void engine_rollout_changed(struct engine *e)
+{
+	e->changed_rollout = 1;
+}
+
+void engine_set_rollout_hook(struct engine *e, void (*fn)(void *), void *arg)
+{
+	pthread_mutex_lock(&e->lock);
+	e->rollout_hook = fn;
+	e->rollout_hook_arg = arg;
+	pthread_mutex_unlock(&e->lock);
+}
+
+const struct engine_config *engine_cfg(struct engine *e)
+{
+	return &e->cfg;
 }

@@ -135,6 +135,8 @@ struct release_record {
 	int64_t manifest_artifact, envelope_artifact, provenance_artifact;
 	const int64_t *keep;          /* artifact ids kept forever (inputs and outputs) */
 	size_t nkeep;
+	int64_t reissue_of;           /* a re-signed copy of this release (rollback --reissue), 0 if none */
+	int64_t reissue_for;          /* ... made to replace this (halted) release */
 };
 /*
  * Record a release.  Refused (OTA_ECONFLICT, with the reason) when its

@@ -28,6 +28,9 @@
 #include "clock.h"
 #include "config.h"
 #include "engine.h"
+#include "fleet.h"
+#include "rollout.h"
+#include "updsrv.h"
 #include "gitsrc.h"
 #include "localagents.h"
 #include "logstore.h"
@@ -43,6 +46,7 @@ static const char usage[] =
 	"  --config FILE       YAML configuration (docs/config.md)\n"
 	"  --local-agents N    agents otacd starts itself (2)\n"
 	"  --time-scale X      run otacd's clock X times faster (1)\n"
+	"  --device-listen HOST:PORT  built-in update server's device API (127.0.0.1:8471; off: none)\n"
 	"  --check FILE        validate a pipeline file and exit\n"
 	"  --version, --help\n";
 
@@ -127,6 +131,67 @@ out:
 	return rc;
 }
 
+/*
+ * The update server: the built-in one (fleet + device API on its own
+ * listener) unless the configuration names an external one.  Devices need
+ * a stable fleet key: without one in the configuration, one is made on
+ * first start and kept in STATE/fleet.key.
+ */
+static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us)
+{
+	struct fleet_config fc = { 0 };
+	char *db = NULL, *keyfile = NULL;
+	struct buf key = BUF_INIT;
+	int rc = 0;
+
+	if (!strcmp(cfg->update_server, "http")) {
+		if (!cfg->update_server_url)
+			return ota_error_set(OTA_EINVAL, "update_server: http needs update_server_url");
+		return updsrv_http(us, cfg->update_server_url, cfg->update_server_token);
+	}
+	keyfile = xasprintf("%s/fleet.key", cfg->state_dir);
+	if (!cfg->fleet_key) {
+		if (ota_read_file(&key, keyfile, 4096) == 0 && key.len >= 32) {
+			while (key.len && (key.ptr[key.len - 1] == '\n' || key.ptr[key.len - 1] == '\r'))
+				key.ptr[--key.len] = 0;
+			cfg->fleet_key = xstrdup(buf_cstr(&key));
+		} else {
+			char fresh[65];
+			if ((rc = ota_random_hex(fresh, 32)) < 0 ||
+			    (rc = ota_write_file_atomic(keyfile, fresh, strlen(fresh), 0600)) < 0)
+				goto out;
+			cfg->fleet_key = xstrdup(fresh);
+		}
+	}
+	db = xasprintf("%s/fleet.db", cfg->state_dir);
+	fc.db_path = db;
+	fc.fleet_key = cfg->fleet_key;
+	fc.poll_ms = cfg->poll_ms;
+	if ((rc = fleet_open(fleet, &fc)) < 0 || (rc = updsrv_builtin(us, *fleet)) < 0)
+		goto out;
+	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
+		char *path, *line;
+		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
+			goto out;
+		path = xasprintf("%s/otacd-device.url", cfg->state_dir);
+		{
+			const char *colon = strrchr(cfg->device_listen, ':');
+			int host_len = colon ? (int)(colon - cfg->device_listen) : 9;
+			line = xasprintf("http://%.*s:%d\n", host_len, colon ? cfg->device_listen : "127.0.0.1",
+					 devapi_port(*devapi));
+		}
+		ota_write_file_atomic(path, line, strlen(line), 0600);
+		fprintf(stderr, "otacd: device API on %s", line);
+		free(line);
+		free(path);
+	}
+out:
+	buf_release(&key);
+	free(keyfile);
+	free(db);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -135,13 +200,14 @@ int main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "local-agents", required_argument, NULL, 'a' },
 		{ "time-scale", required_argument, NULL, 't' },
+		{ "device-listen", required_argument, NULL, 'D' },
 		{ "check", required_argument, NULL, 'k' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct otacd_config cfg;
-	const char *config_file = NULL, *state_dir = NULL, *listen = NULL;
+	const char *config_file = NULL, *state_dir = NULL, *listen = NULL, *device_listen = NULL;
 	int local_agents = -1, opt, lockfd = -1, status = 1;
 	double time_scale = 0;
 	struct store *db = NULL;
@@ -149,6 +215,10 @@ int main(int argc, char **argv)
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
+	struct fleet *fleet = NULL;
+	struct devapi *devapi = NULL;
+	struct updsrv *us = NULL;
+	struct rollout_controller *rollouts = NULL;
 	struct engine_config ecfg = { 0 };
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL, local_token[65];
@@ -161,6 +231,7 @@ int main(int argc, char **argv)
 		switch (opt) {
 		case 's': state_dir = optarg; break;
 		case 'l': listen = optarg; break;
+		case 'D': device_listen = optarg; break;
 		case 'c': config_file = optarg; break;
 		case 'a':
 			local_agents = (int)strtol(optarg, &end, 10);
@@ -200,6 +271,10 @@ int main(int argc, char **argv)
 	if (listen) {
 		free(cfg.listen);
 		cfg.listen = xstrdup(listen);
+	}
+	if (device_listen) {
+		free(cfg.device_listen);
+		cfg.device_listen = xstrdup(device_listen);
 	}
 	if (local_agents >= 0)
 		cfg.local_agents = local_agents;
@@ -250,6 +325,8 @@ int main(int argc, char **argv)
 		goto fail;
 	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
 		goto fail;
+	if (start_fleet(&cfg, &fleet, &devapi, &us) < 0 || rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
+		goto fail;
 
 	acfg.listen = cfg.listen;
 	acfg.engine = engine;
@@ -258,6 +335,7 @@ int main(int argc, char **argv)
 	acfg.anonymous_read = cfg.anonymous_read;
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
+	acfg.updsrv = us;
 	if (api_start(&api, &acfg) < 0)
 		goto fail;
 	{
@@ -297,6 +375,11 @@ fail:
 out:
 	localagents_stop(agents);
 	api_stop(api);
+	rollout_controller_stop(rollouts);
+	devapi_stop(devapi);
+	if (us)
+		us->free(us);
+	fleet_close(fleet);
 	sources_stop(sources);
 	engine_stop(engine);
 	gitsrc_shutdown();

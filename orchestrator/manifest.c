@@ -21,6 +21,8 @@ static const struct field top[] = {
 	{ "run", INT, 1 },           { "git", OBJ, 1 },            { "built_at", STR, 1 },
 	{ "builders", ARR, 1 },      { "hardware", ARR, 1 },       { "min_bootloader", STR_OR_NULL, 0 },
 	{ "security_counter", INT, 1 }, { "key_id", STR, 1 },      { "images", ARR, 1 },
+	{ "dependencies", ARR, 0 },  /* toolchain versions: [{command, version}] */
+	{ "reissue_of", OBJ, 0 },    /* rollback --reissue: {release, run} re-signed */
 };
 
 static const struct field git[] = {

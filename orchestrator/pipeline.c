@@ -17,6 +17,7 @@
  */
 #include "pipeline.h"
 #include "pipeline_int.h"
+#include "gate.h"
 #include "../stages/stage.h"
 
 #include <stdarg.h>
@@ -323,6 +324,41 @@ static void check_graph(struct pl_ctx *c)
 
 /* ---- schema: top level --------------------------------------------------- */
 
+/*
+ * Top-level `gates`: NAME -> spec.  Each spec is kept as JSON for the
+ * soak/rollout stages that name it (copied into their jobs) and checked
+ * by gate_spec_parse, so a typo in a gate fails at lint time, at the
+ * gate's line.
+ */
+static void parse_gates(struct pl_ctx *c, yaml_node_t *n)
+{
+	struct walker *w = &c->w;
+	struct map m = MAP_INIT;
+
+	if (pw_expect_map(w, n, "'gates'") < 0)
+		return;
+	pw_map_collect(w, n, &m, 1, 0);
+	c->p->gates = json_object();
+	for (size_t i = 0; i < m.n; i++) {
+		struct gate_spec g;
+		char err[256];
+		json_t *v = pw_to_json(w, m.v[i].v, 0);
+		if (!v)
+			continue;
+		if (!json_is_object(v)) {
+			pw_diag(w, pos_of(m.v[i].v), "gate '%s' must be a mapping (metric, max/min ...)", m.v[i].key);
+			json_decref(v);
+			continue;
+		}
+		if (gate_spec_parse(v, m.v[i].key, &g, err, sizeof(err)) < 0)
+			pw_diag(w, pos_of(m.v[i].v), "%s", err);
+		else
+			gate_spec_release(&g);
+		json_object_set_new(c->p->gates, m.v[i].key, v);
+	}
+	pw_map_release(&m);
+}
+
 static const char *const top_keys[] = {
 	"name", "on", "env", "concurrency", "stages", "gates", "version", NULL
 };
@@ -395,8 +431,7 @@ static void parse_top(struct pl_ctx *c, yaml_node_t *root)
 	if ((pr = pw_get(&m, "concurrency")))
 		pw_get_string(w, pr->v, "'concurrency'", W_NONEMPTY, &p->concurrency);
 	if ((pr = pw_get(&m, "gates")))
-		pw_diag(w, pos_of(pr->k),
-			"key 'gates' belongs to metric gates (soak/rollout stages), which this version of otacd does not provide yet");
+		parse_gates(c, pr->v);
 	if ((pr = pw_get(&m, "version")))
 		pw_diag(w, pos_of(pr->k),
 			"key 'version' is reserved for future pipeline format versions; this version of otacd reads only the format without it");
@@ -583,6 +618,7 @@ void pipeline_free(struct pipeline *p)
 	filter_release(&p->on_push);
 	kvlist_release(&p->env);
 	free(p->concurrency);
+	json_decref(p->gates);
 	free(p);
 }
 

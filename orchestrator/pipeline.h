@@ -132,6 +132,7 @@ struct pipeline {
 	char *concurrency;                   /* group name, NULL if none */
 	struct pl_stage *stages;
 	size_t nstages;
+	json_t *gates;                       /* top-level `gates`: object NAME -> spec (NULL if none) */
 };
 
 /* Most jobs one stage's matrix may expand to. */

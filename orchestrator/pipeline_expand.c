@@ -199,6 +199,57 @@ static json_t *jsubst(const char *s, const struct pl_stage *st, const size_t *ch
 	return j;
 }
 
+/* A kind's keys with ${{ matrix.* }} substituted in every string. */
+static json_t *extra_subst(const json_t *v, const struct pl_stage *st, const size_t *choice)
+{
+	json_t *out, *x;
+	const char *k;
+	size_t i;
+
+	if (json_is_string(v))
+		return jsubst(json_string_value(v), st, choice);
+	if (json_is_array(v)) {
+		out = json_array();
+		json_array_foreach(v, i, x) {
+			json_t *y = extra_subst(x, st, choice);
+			if (!y) {
+				json_decref(out);
+				return NULL;
+			}
+			json_array_append_new(out, y);
+		}
+		return out;
+	}
+	if (json_is_object(v)) {
+		out = json_object();
+		json_object_foreach((json_t *)v, k, x) {
+			json_t *y = extra_subst(x, st, choice);
+			if (!y) {
+				json_decref(out);
+				return NULL;
+			}
+			json_object_set_new(out, k, y);
+		}
+		return out;
+	}
+	return json_deep_copy(v);
+}
+
+/* The specs of the gates a stage names, from the pipeline's `gates`, so
+ * the job carries everything its rollout needs. */
+static json_t *gate_specs(const struct pipeline *p, const json_t *extra)
+{
+	json_t *out = json_object(), *names = json_object_get(extra, "gates"), *n;
+	size_t i;
+
+	json_array_foreach(names, i, n) {
+		json_t *spec = p && p->gates ? json_object_get(p->gates, json_string_value(n)) : NULL;
+		if (spec)
+			json_object_set_new(out, json_string_value(n), json_deep_copy(spec));
+	}
+	return out;
+}
+
 /* A step without a name is shown as its command's first line. */
 static json_t *step_title(const char *run)
 {
@@ -309,7 +360,12 @@ static json_t *job_new(const struct pipeline *p, const struct pl_stage *st, cons
 	json_object_set_new(job, "retry", job_retry(&st->retry));
 	json_object_set_new(job, "artifacts", arts);
 	json_object_set_new(job, "kind", jstr(st->kind ? st->kind : "command"));
-	json_object_set_new(job, "extra", st->extra ? json_deep_copy(st->extra) : json_object());
+	{
+		json_t *extra = st->extra ? extra_subst(st->extra, st, choice) : json_object();
+		if (extra && json_object_get(extra, "gates"))
+			json_object_set_new(extra, "gate_specs", gate_specs(p, extra));
+		bad |= put(job, "extra", extra);
+	}
 	if (bad) {
 		json_decref(job);
 		return NULL;

@@ -111,6 +111,41 @@ static const char *const migrations[] = {
 	"  security_counter INTEGER NOT NULL, key_id TEXT NOT NULL,"
 	"  manifest_artifact INTEGER, envelope_artifact INTEGER, provenance_artifact INTEGER,"
 	"  created_at INTEGER NOT NULL, UNIQUE(product, version));",
+	/* 5: rollouts (soak and rollout stages), their gate evaluations, the
+	 * audit log; a release's fleet state.  Times are otacd ms. */
+	"ALTER TABLE releases ADD COLUMN state TEXT NOT NULL DEFAULT 'created';"
+	"ALTER TABLE releases ADD COLUMN rollback_to INTEGER;"
+	"ALTER TABLE releases ADD COLUMN reissue_of INTEGER;"
+	"CREATE TABLE rollouts ("
+	"  id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL UNIQUE REFERENCES jobs(id),"
+	"  run_id INTEGER NOT NULL, release_id INTEGER NOT NULL REFERENCES releases(id),"
+	"  stage TEXT NOT NULL, kind TEXT NOT NULL, spec TEXT NOT NULL,"
+	"  state TEXT NOT NULL, step INTEGER NOT NULL DEFAULT 0, percent_bp INTEGER NOT NULL DEFAULT 0,"
+	"  step_started_at INTEGER, hold_until INTEGER, extend_until INTEGER,"
+	"  errors INTEGER NOT NULL DEFAULT 0, breaches TEXT, reason TEXT, seq INTEGER NOT NULL DEFAULT 0,"
+	"  created_at INTEGER NOT NULL, finished_at INTEGER);"
+	"CREATE INDEX rollouts_release ON rollouts(release_id);"
+	"CREATE TABLE gate_evals ("
+	"  id INTEGER PRIMARY KEY, rollout_id INTEGER NOT NULL REFERENCES rollouts(id),"
+	"  step INTEGER NOT NULL, gate TEXT NOT NULL, at INTEGER NOT NULL, verdict TEXT NOT NULL,"
+	"  estimate REAL, lo REAL, hi REAL, n INTEGER, detail TEXT);"
+	"CREATE INDEX gate_evals_rollout ON gate_evals(rollout_id, id);"
+	"CREATE TABLE audit ("
+	"  id INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,"
+	"  release_id INTEGER, rollout_id INTEGER, reason TEXT, detail TEXT);",
+	/* 6: test and analysis reports (JUnit, cppcheck, SARIF, toolchain), one
+	 * row per uploaded file of a job attempt; summary and body are JSON
+	 * (orchestrator/reports.h) */
+	"CREATE TABLE reports ("
+	"  id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id),"
+	"  job_id INTEGER NOT NULL REFERENCES jobs(id), attempt INTEGER NOT NULL,"
+	"  format TEXT NOT NULL, name TEXT NOT NULL, summary TEXT NOT NULL, body TEXT NOT NULL,"
+	"  created_at INTEGER NOT NULL, UNIQUE(job_id, attempt, format, name));"
+	"CREATE INDEX reports_by_run ON reports(run_id, job_id);",
+	/* 7: the status page's filtered run lists (pipeline + state, branch)
+	 * walk an index instead of the whole table */
+	"CREATE INDEX IF NOT EXISTS runs_pipeline_state ON runs(pipeline, state, id);"
+	"CREATE INDEX IF NOT EXISTS runs_ref ON runs(ref, id);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

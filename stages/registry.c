@@ -13,23 +13,40 @@
 #include <string.h>
 
 extern const struct stage_kind stage_kind_command;
+extern const struct stage_kind stage_kind_build;
+extern const struct stage_kind stage_kind_test;
+extern const struct stage_kind stage_kind_analysis;
+extern const struct stage_kind stage_kind_hil;
 extern const struct stage_kind stage_kind_release;
+extern const struct stage_kind stage_kind_soak;
+extern const struct stage_kind stage_kind_rollout;
 
 static const struct stage_kind *const available[] = {
 	&stage_kind_command,
+	&stage_kind_build,
+	&stage_kind_test,
+	&stage_kind_analysis,
+	&stage_kind_hil,
 	&stage_kind_release,
+	&stage_kind_soak,
+	&stage_kind_rollout,
 };
 
 static const char *const available_names[] = {
 	"command",
+	"build",
+	"test",
+	"analysis",
+	"hil",
 	"release",
+	"soak",
+	"rollout",
 	NULL,
 };
 _Static_assert(OTA_ARRAY_SIZE(available) + 1 == OTA_ARRAY_SIZE(available_names),
 	       "available_names must list every available kind");
 
 static const char *const planned[] = {
-	"build", "test", "analysis", "hil", "soak", "rollout",
 	NULL,
 };
 

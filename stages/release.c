@@ -43,7 +43,11 @@
 #define BUILD_TYPE "https://otacd.dev/release/v1"
 #define BUILDER_ID "https://otacd.dev/otacd"
 
-static const char *const release_keys[] = { "version", "security_counter", "key", "min_bootloader", "product", NULL };
+/* reissue_of / reissue_for are set by otacd itself for `otactl rollback
+ * --reissue` (orchestrator/rollout.c): re-sign release reissue_of's build
+ * as a new version to replace release reissue_for. */
+static const char *const release_keys[] = { "version", "security_counter", "key", "min_bootloader", "product",
+					    "reissue_of", "reissue_for", NULL };
 
 static int release_validate(const struct pipeline *p, const struct pl_stage *st, struct pl_diags *d)
 {
@@ -183,12 +187,50 @@ struct image {
 	int64_t size;
 };
 
+#define RELEASE_MAX_TOOLCHAIN 16
+
+/* [{command, version}] from the "toolchain" reports of run's latest
+ * attempts (stages/build.c), each distinct pair once. */
+static json_t *release_toolchain(struct store *db, int64_t run)
+{
+	sqlite3_stmt *st = db ? store_stmt(db, "SELECT rp.body FROM reports rp JOIN jobs j ON j.id = rp.job_id AND"
+					   " j.attempt = rp.attempt WHERE rp.run_id = ? AND rp.format = 'toolchain' ORDER BY rp.id")
+			      : NULL;
+	json_t *out = json_array();
+
+	if (!st)
+		return out;
+	sqlite3_bind_int64(st, 1, run);
+	while (store_step_row(db, st) == 1) {
+		json_t *body = json_loads(store_col_text(st, 0), 0, NULL), *c, *have;
+		size_t i, k;
+		json_array_foreach(json_object_get(body, "commands"), i, c) {
+			const char *cmd = json_string_value(json_object_get(c, "command"));
+			const char *ver = json_string_value(json_object_get(c, "version"));
+			int seen = 0;
+			if (!cmd || !ver)
+				continue;
+			json_array_foreach(out, k, have)
+				seen |= !strcmp(json_string_value(json_object_get(have, "command")), cmd) &&
+					!strcmp(json_string_value(json_object_get(have, "version")), ver);
+			if (!seen && json_array_size(out) < RELEASE_MAX_TOOLCHAIN)
+				json_array_append_new(out, json_pack("{ss ss}", "command", cmd, "version", ver));
+		}
+		json_decref(body);
+	}
+	sqlite3_reset(st);
+	return out;
+}
+
 static int release_run(const struct stage_ctx *c, struct job_result *r)
 {
 	json_t *extra = json_object_get(c->job, "extra");
 	const char *keyname = json_string_value(json_object_get(extra, "key"));
 	int64_t counter = json_integer_value(json_object_get(extra, "security_counter"));
 	const char *min_boot = json_string_value(json_object_get(extra, "min_bootloader"));
+	int64_t reissue_of = json_integer_value(json_object_get(extra, "reissue_of"));
+	int64_t reissue_for = json_integer_value(json_object_get(extra, "reissue_for"));
+	int64_t source_run = c->run_id;
 	struct run_info ri;
 	struct sign_key *key = NULL;
 	struct image *img = NULL;
@@ -196,6 +238,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	struct store *db;
 	sqlite3_stmt *st;
 	json_t *kcfg, *manifest = NULL, *images = NULL, *hardware = NULL, *builders = NULL, *env = NULL, *stmt = NULL;
+	json_t *toolchain = NULL;
 	char *version = NULL, *product = NULL, *branch = NULL, *text = NULL;
 	char msha[65], esha[65], psha[65];
 	int64_t mid = 0, eid = 0, pid = 0, release_id = 0;
@@ -204,8 +247,24 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	uint32_t build;
 	int rc = 0;
 
-	if (load_run(c->run_id, &ri) < 0)
-		return fail(r, c, "run %" PRId64 " not found", c->run_id);
+	/* A reissue signs the images of an earlier release's run again, and
+	 * its manifest names that run's commit: the code is the same. */
+	if (reissue_of) {
+		db = store_reader();
+		st = db ? store_stmt(db, "SELECT run_id FROM releases WHERE id = ?") : NULL;
+		if (!st)
+			return fail(r, c, "database unavailable");
+		sqlite3_bind_int64(st, 1, reissue_of);
+		if (store_step_row(db, st) == 1)
+			source_run = store_col_int(st, 0);
+		sqlite3_reset(st);
+		if (!source_run)
+			return fail(r, c, "release %" PRId64 " to reissue not found", reissue_of);
+		stage_log(c, "reissue of release %" PRId64 " (run %" PRId64 ") for release %" PRId64, reissue_of, source_run,
+			  reissue_for);
+	}
+	if (load_run(source_run, &ri) < 0)
+		return fail(r, c, "run %" PRId64 " not found", source_run);
 	product = xstrdup(json_string_value(json_object_get(extra, "product")) ? json_string_value(json_object_get(extra, "product"))
 										  : ri.pipeline);
 	/* the version: from the pipeline, or from a tag vX.Y.Z */
@@ -243,12 +302,13 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	/* the images: the run's typed artifacts, made by other stages */
 	db = store_reader();
 	st = db ? store_stmt(db, "SELECT id, name, sha256, size, type, hardware FROM artifacts WHERE run_id = ? AND job_id != ?"
-				 " AND type IS NOT NULL ORDER BY id") : NULL;
+				 " AND type IS NOT NULL AND job_id NOT IN (SELECT j.id FROM jobs j JOIN stages s ON"
+				 " s.id = j.stage_id WHERE j.run_id = artifacts.run_id AND s.kind = 'release') ORDER BY id") : NULL;
 	if (!st) {
 		rc = OTA_ERROR;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, c->run_id);
+	sqlite3_bind_int64(st, 1, source_run);
 	sqlite3_bind_int64(st, 2, c->job_id);
 	while (store_step_row(db, st) == 1) {
 		img = xrealloc(img, (nimg + 1) * sizeof(*img));
@@ -315,6 +375,9 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		json_array_append_new(builders, json_string(store_col_text(st, 0)));
 	sqlite3_reset(st);
 
+	/* dependencies: the toolchain versions the run's build jobs recorded */
+	toolchain = release_toolchain(db, source_run);
+
 	{
 		char when[32], vfull[64];
 		clock_format(when, clock_now_ms());
@@ -325,6 +388,11 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 				     "built_at", when, "builders", builders, "hardware", hardware, "min_bootloader", min_boot,
 				     "security_counter", (json_int_t)counter, "key_id", sign_key_id(key), "images", images);
 		builders = hardware = images = NULL;
+		if (manifest && json_array_size(toolchain))
+			json_object_set(manifest, "dependencies", toolchain);
+		if (manifest && reissue_of)
+			json_object_set_new(manifest, "reissue_of", json_pack("{sI sI}", "release", (json_int_t)reissue_of,
+									     "run", (json_int_t)source_run));
 	}
 	if (!manifest) {
 		fail(r, c, "cannot build the manifest");
@@ -356,13 +424,17 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	/* provenance: subjects are the images and the manifest */
 	{
 		struct slsa_subject *subj = xcalloc(nimg + 1, sizeof(*subj));
-		struct slsa_dep deps[3];
+		struct slsa_dep deps[3 + RELEASE_MAX_TOOLCHAIN];
+		struct strvec tool_uris = STRVEC_INIT;
 		size_t ndeps = 0;
 		char pipeline_sha[65], *git_uri = NULL, *stext;
 		struct slsa_input in = { 0 };
 		struct sign_key *keys[1] = { key };
 		json_t *ext = json_pack("{ss ss sI}", "pipeline", ri.pipeline, "ref", ri.ref ? ri.ref : "", "security_counter",
 					(json_int_t)counter);
+		if (reissue_of)
+			json_object_set_new(ext, "reissue_of", json_pack("{sI sI sI}", "release", (json_int_t)reissue_of, "run",
+									 (json_int_t)source_run, "replaces", (json_int_t)reissue_for));
 
 		for (size_t i = 0; i < nimg; i++) {
 			subj[i].name = json_string_value(json_object_get(json_array_get(json_object_get(manifest, "images"), i), "name"));
@@ -376,6 +448,12 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 			deps[ndeps++] = (struct slsa_dep){ git_uri, NULL, "gitCommit", ri.commit };
 		}
 		deps[ndeps++] = (struct slsa_dep){ NULL, ri.file ? ri.file : "pipeline.yml", "sha256", pipeline_sha };
+		for (size_t i = 0; i < json_array_size(toolchain) && i < RELEASE_MAX_TOOLCHAIN; i++) {
+			json_t *t = json_array_get(toolchain, i);
+			strvec_pushf(&tool_uris, "toolchain:%s", json_string_value(json_object_get(t, "command")));
+			deps[ndeps++] = (struct slsa_dep){ tool_uris.v[tool_uris.n - 1],
+							   json_string_value(json_object_get(t, "version")), NULL, NULL };
+		}
 		in.subjects = subj;
 		in.nsubjects = nimg + 1;
 		in.build_type = BUILD_TYPE;
@@ -435,6 +513,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		json_decref(ext);
 		free(git_uri);
 		free(subj);
+		strvec_clear(&tool_uris);
 		if (rc < 0) {
 			fail(r, c, "cannot build the provenance: %s", ota_error_last());
 			goto out;
@@ -476,6 +555,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		rec.provenance_artifact = pid;
 		rec.keep = keep;
 		rec.nkeep = nkeep;
+		rec.reissue_of = reissue_of;
+		rec.reissue_for = reissue_for;
 		rc = engine_release_record(c->engine, &rec, &release_id);
 		free(keep);
 		if (rc < 0) {
@@ -498,6 +579,7 @@ out:
 	json_decref(images);
 	json_decref(hardware);
 	json_decref(builders);
+	json_decref(toolchain);
 	json_decref(env);
 	json_decref(stmt);
 	free(text);

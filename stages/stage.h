@@ -6,7 +6,7 @@
  * the keys listed in `keys` as JSON in pl_stage.extra; the engine asks the
  * kind for a job's verdict when the job's agent reports back.
  *
- * One file per kind lives in this folder (command.c, later build.c, test.c,
+ * One file per kind lives in this folder (command.c, build.c, test.c,
  * analysis.c, hil.c, release.c, soak.c, rollout.c) and registry.c lists them.
  * Kinds that are planned but not built into this version are still known by
  * name, so a pipeline that uses them gets a clear "not available" message
@@ -23,6 +23,19 @@ struct job_result {
 	int exit_code;             /* of the last step run; -1 if none ran */
 	const char *failure_kind;  /* NULL on success, else "script", "timeout", "infra", "canceled" */
 	const char *message;       /* short human reason, may be NULL */
+};
+
+/* What the engine hands a verdict besides the agent's result (engine thread). */
+struct verdict_input {
+	/* The attempt's stored reports, oldest first (never NULL):
+	 * [{"format": "junit"|"cppcheck"|"sarif"|"toolchain", "name": N, "body": {...}}],
+	 * body as orchestrator/reports.h describes. */
+	const json_t *reports;
+	/* For a stage with `baseline: BRANCH`: the report bodies of the same
+	 * stage in the last passed run of the pipeline on refs/heads/BRANCH;
+	 * NULL when there is no such run (or no baseline). */
+	const json_t *baseline;
+	int64_t baseline_run;       /* that run's id, 0 if none */
 };
 
 struct otacd_config;
@@ -56,8 +69,11 @@ struct stage_kind {
 	/* Verdict for one finished attempt: 0 passed, 1 failed.  May be NULL:
 	 * then a job passes exactly when failure_kind is NULL.  job_spec is the
 	 * job's JSON from pipeline_expand_stage() (the engine does not keep the
-	 * parsed pipeline, so anything a kind needs must be in the spec). */
-	int (*verdict)(const json_t *job_spec, const struct job_result *r);
+	 * parsed pipeline, so anything a kind needs must be in the spec); in
+	 * holds the reports the attempt uploaded.  A kind may set *message
+	 * (malloc'd) to replace r->message as the job's reason. */
+	int (*verdict)(const json_t *job_spec, const struct job_result *r, const struct verdict_input *in,
+		       char **message);
 	/*
 	 * Kinds with no agent work (release; later soak, rollout) do it here,
 	 * on otacd's stage worker thread; NULL for kinds whose steps run on
@@ -66,6 +82,12 @@ struct stage_kind {
 	 * engine re-runs an in-daemon job that was running when otacd died.
 	 */
 	int (*run)(const struct stage_ctx *ctx, struct job_result *r);
+	/*
+	 * Set for soak and rollout: the job is a rollout that the rollout
+	 * controller drives for as long as its plan says (hours to days), not
+	 * work for an agent or the stage worker (orchestrator/rollout.h).
+	 */
+	int rollout;
 };
 
 /* The kind called name, or NULL.  *planned is set to 1 when the name is a

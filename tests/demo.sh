@@ -27,9 +27,13 @@ cat > "$state/demo-config.yml" <<EOT
 keys:
   demo: { spec: $(cd "$state" && pwd)/demo-key.pem }
 EOT
-"$bin/otacd" --state-dir "$state" --listen "${url#http://}" --config "$state/demo-config.yml" 2>> "$state/otacd.log" &
+# --time-scale 3600: jobs run in real time, but an hour of a rollout's holds
+# takes a second, so the 30-hour walk below is over in about a minute.
+"$bin/otacd" --state-dir "$state" --listen "${url#http://}" --config "$state/demo-config.yml" \
+	--time-scale 3600 2>> "$state/otacd.log" &
 daemon=$!
-trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
+sim=
+trap 'kill $sim $daemon 2>/dev/null; wait $daemon 2>/dev/null' EXIT INT TERM
 
 i=0
 until curl -s -o /dev/null "$url/api/v1/health"; do
@@ -38,6 +42,14 @@ until curl -s -o /dev/null "$url/api/v1/health"; do
 	kill -0 $daemon 2>/dev/null || { echo "demo: otacd exited" >&2; exit 1; }
 	sleep 0.1
 done
+
+# A fleet of 5,000 simulated devices (A/B slots, MCUboot signature checks,
+# reports), polling otacd's built-in update server.
+openssl pkey -in "$state/demo-key.pem" -pubout -out "$state/demo-key.pub" 2>/dev/null
+"$bin/otacd-fleetsim" --url "$(cat "$state/otacd-device.url")" --fleet-key "$(cat "$state/fleet.key")" \
+	--key "$state/demo-key.pub" --product hello --devices 5000 --seed 1 --start-version 0.0.1 \
+	--duration 3600 > "$state/fleetsim.log" 2>&1 &
+sim=$!
 
 export OTACD_URL="$url"
 export OTACD_TOKEN="$(cat "$state/admin.token")"
@@ -55,7 +67,7 @@ echo "== otactl trigger pipelines/hello-release.yml --ref $tag"
 run=$("$ctl" trigger pipelines/hello-release.yml --ref "$tag")
 echo "run $run"
 echo
-echo "== otactl logs $run -f   (live, as the agents run the jobs)"
+echo "== otactl logs $run -f   (live: the agents run the jobs, then otacd walks the rollout)"
 "$ctl" logs "$run" -f
 echo
 echo "== otactl show $run"
@@ -68,6 +80,18 @@ release=$(curl -s -H "Authorization: Bearer $OTACD_TOKEN" "$url/api/v1/releases"
 echo "== otactl verify $release   (signatures, digests, provenance; offline checks)"
 "$ctl" verify "$release"
 echo
+echo "== otactl rollout status $release   (where the release is in the fleet)"
+"$ctl" rollout status "$release"
+echo
+echo "== otactl gates $release | tail -4   (every gate check is stored with its bounds)"
+"$ctl" gates "$release" | tail -4
+echo
+echo "== otactl audit --release $release"
+"$ctl" audit --release "$release"
+echo
+echo "== the simulated fleet (otacd-fleetsim)"
+tail -1 "$state/fleetsim.log"
+echo
 echo "== agents"
 "$ctl" agents
 cat <<EOT
@@ -78,9 +102,8 @@ Where to look:
   CLI           OTACD_TOKEN=\$(cat $state/admin.token) $ctl runs
   daemon log    $state/otacd.log
   state         $state (SQLite database, logs, artifacts)
-
-Rollouts of a release (staging soak, canary, production rings) arrive with
-the soak and rollout stage kinds.
+  device API    $(cat "$state/otacd-device.url")/metrics (Prometheus text)
+  roll back     $ctl rollback $release --reason "why"
 EOT
 if [ -t 0 ]; then
 	echo

@@ -87,6 +87,8 @@ int h_start(struct daemon *d, const char *const *args)
 		strvec_push(&argv, "--config");
 		strvec_push(&argv, d->config);
 	}
+	strvec_push(&argv, "--device-listen");
+	strvec_push(&argv, d->device_listen ? d->device_listen : "127.0.0.1:0");
 	for (i = 0; args && args[i]; i++)
 		strvec_push(&argv, args[i]);
 
@@ -131,6 +133,24 @@ int h_start(struct daemon *d, const char *const *args)
 		}
 		h_msleep(10);
 	}
+	{
+		/* the device API (written before the main API's URL file) */
+		char *f = xasprintf("%s/otacd-device.url", state);
+		if (ota_read_file(&b, f, 4096) == 0) {
+			char *nl = strchr(b.ptr, '\n');
+			if (nl)
+				*nl = '\0';
+			free(d->device_url);
+			d->device_url = buf_detach(&b);
+		}
+		free(f);
+		f = xasprintf("%s/fleet.key", state);
+		if (ota_read_file(&b, f, 4096) == 0) {
+			free(d->fleet_key);
+			d->fleet_key = buf_detach(&b);
+		}
+		free(f);
+	}
 	free(urlfile);
 	free(state);
 	free(log);
@@ -159,6 +179,9 @@ void h_cleanup(struct daemon *d)
 	free(d->token);
 	free(d->config);
 	free(d->listen);
+	free(d->device_listen);
+	free(d->device_url);
+	free(d->fleet_key);
 	memset(d, 0, sizeof(*d));
 }
 

@@ -20,6 +20,9 @@ struct daemon {
 	char *token;      /* admin token */
 	char *config;     /* config file path or NULL */
 	char *listen;     /* HOST:PORT to listen on; NULL: 127.0.0.1:0 */
+	char *device_listen;  /* the device API's HOST:PORT; NULL: 127.0.0.1:0 */
+	char *device_url;     /* http://127.0.0.1:PORT of the device API */
+	char *fleet_key;      /* the fleet key otacd made (STATE/fleet.key) */
 };
 
 /* A loopback HOST:PORT that was free a moment ago (for restarts that must

@@ -355,8 +355,10 @@ static const struct bad_case bad_cases[] = {
 	  "p.yml:2:9: 'stages' must be a list of stages, got a mapping" },
 	{ "concurrency_must_be_a_string", "name: p\nconcurrency: [a]\n" "stages: [ { name: a, steps: [x] } ]\n",
 	  "p.yml:2:14: 'concurrency' must be a string, got a list" },
-	{ "gates_key_is_not_provided_yet", "name: p\ngates: {}\nstages: [ { name: a, steps: [x] } ]\n",
-	  "p.yml:2:1: key 'gates' belongs to metric gates (soak/rollout stages), which this version of otacd does not provide yet" },
+	{ "gate_without_condition_is_refused", "name: p\ngates: { g: { metric: crash_rate } }\nstages: [ { name: a, steps: [x] } ]\n",
+	  "p.yml:2:13: gate 'g': needs one of max, min, max_increase (or baseline: previous)" },
+	{ "gate_must_be_a_mapping", "name: p\ngates: { g: 3 }\nstages: [ { name: a, steps: [x] } ]\n",
+	  "p.yml:2:13: gate 'g' must be a mapping (metric, max/min ...)" },
 	{ "version_key_is_reserved", "version: 2\nname: p\nstages: [ { name: a, steps: [x] } ]\n",
 	  "p.yml:1:1: key 'version' is reserved for future pipeline format versions" },
 	{ "duplicate_top_level_key_names_the_first", "name: p\nname: q\nstages: [ { name: a, steps: [x] } ]\n",
@@ -389,12 +391,12 @@ static const struct bad_case bad_cases[] = {
 	  "p.yml:4:13: duplicate stage name 'a' (first defined at line 3)" },
 	{ "duplicate_key_in_a_stage_names_the_first", HEAD "  - name: a\n    steps: [x]\n    steps: [y]\n",
 	  "p.yml:5:5: duplicate key 'steps' (first at line 4)" },
-	{ "unknown_kind_suggests_a_planned_kind", HEAD "  - { name: a, kind: biuld, steps: [x] }\n",
+	{ "unknown_kind_suggests_a_close_kind", HEAD "  - { name: a, kind: biuld, steps: [x] }\n",
 	  "p.yml:3:22: unknown stage kind 'biuld' (did you mean 'build'?)" },
 	{ "unknown_kind_far_from_any_lists_the_available_ones", HEAD "  - { name: a, kind: xyzzy, steps: [x] }\n",
-	  "p.yml:3:22: unknown stage kind 'xyzzy' (available: command, release)" },
-	{ "planned_kind_is_not_available_yet", HEAD "  - { name: soak, kind: soak, key: x }\n",
-	  "p.yml:3:25: stage kind 'soak' is not available in this version of otacd (available: command, release)" },
+	  "p.yml:3:22: unknown stage kind 'xyzzy' (available: command, build, test, analysis, hil, release, soak, rollout)" },
+	{ "test_kind_needs_a_junit_report", HEAD "  - { name: t, kind: test, steps: [x] }\n",
+	  "p.yml:3:5: test stage 't' needs reports: {junit: PATH}" },
 	{ "command_stage_needs_steps", HEAD "  - name: a\n",
 	  "p.yml:3:5: stage 'a' has no 'steps' (kind 'command' runs at least one)" },
 	{ "steps_must_not_be_empty", HEAD "  - name: a\n    steps: []\n",
@@ -653,9 +655,9 @@ static void long_expressions_are_cut_at_a_utf8_boundary_in_messages(void **state
 	free(msgs);
 }
 
-static void unknown_keys_of_unavailable_kinds_are_not_reported(void **state)
+static void unknown_keys_of_unknown_kinds_are_not_reported(void **state)
 {
-	char *msgs = parse_bad(HEAD "  - { name: soak, kind: soak, security_counter: 3 }\n");
+	char *msgs = parse_bad(HEAD "  - { name: rig, kind: hill, security_counter: 3 }\n");
 
 	assert_null(strstr(msgs, "security_counter"));
 	assert_null(strstr(msgs, "has no 'steps'"));
@@ -1049,14 +1051,28 @@ static void registry_knows_available_and_planned_kinds(void **state)
 	assert_int_equal(planned, 0);
 	assert_false(k->runs_steps);
 	assert_non_null(k->run);
-	assert_null(stage_kind_find("soak", &planned));
-	assert_int_equal(planned, 1);
+	k = stage_kind_find("hil", &planned);
+	assert_non_null(k);
+	assert_int_equal(planned, 0);
+	assert_true(k->runs_steps);
+	assert_non_null(k->verdict);
+	assert_null(stage_kind_planned_names()[0]);
+	k = stage_kind_find("rollout", &planned);
+	assert_non_null(k);
+	assert_true(k->rollout);
+	assert_false(k->runs_steps);
 	assert_null(stage_kind_find("nonsense", &planned));
 	assert_int_equal(planned, 0);
 	assert_null(stage_kind_find("nonsense", NULL));
 	assert_string_equal(names[0], "command");
-	assert_string_equal(names[1], "release");
-	assert_null(names[2]);
+	assert_string_equal(names[1], "build");
+	assert_string_equal(names[2], "test");
+	assert_string_equal(names[3], "analysis");
+	assert_string_equal(names[4], "hil");
+	assert_string_equal(names[5], "release");
+	assert_string_equal(names[6], "soak");
+	assert_string_equal(names[7], "rollout");
+	assert_null(names[8]);
 	for (const char *const *pl = stage_kind_planned_names(); *pl; pl++)
 		assert_null(stage_kind_find(*pl, NULL));
 }
@@ -1078,7 +1094,8 @@ static int parse_file(const char *path, struct pipeline **p, struct pl_diags *d,
 
 static void example_pipelines_validate(void **state)
 {
-	static const char *const files[] = { "pipelines/hello.yml" };
+	static const char *const files[] = { "pipelines/hello.yml", "pipelines/hello-release.yml",
+					     "pipelines/firmware-release.yml" };
 
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(files); i++) {
 		char *path = src_path(files[i]);
@@ -1190,7 +1207,7 @@ int main(void)
 		cmocka_unit_test(diags_format_prefixes_file_line_and_column),
 		cmocka_unit_test(long_values_are_cut_at_a_utf8_boundary_in_messages),
 		cmocka_unit_test(long_expressions_are_cut_at_a_utf8_boundary_in_messages),
-		cmocka_unit_test(unknown_keys_of_unavailable_kinds_are_not_reported),
+		cmocka_unit_test(unknown_keys_of_unknown_kinds_are_not_reported),
 		cmocka_unit_test(alias_bomb_is_rejected_without_expanding_it),
 		cmocka_unit_test(self_referencing_alias_is_a_type_error_not_a_loop),
 		cmocka_unit_test(broken_matrix_does_not_also_report_its_expressions),

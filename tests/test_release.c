@@ -158,6 +158,61 @@ static void release_is_signed_and_verifies_with_otactl_openssl_and_imgtool(void 
 	h_cleanup(&d);
 }
 
+/* The toolchain a `build` stage recorded is in the manifest's
+ * dependencies and the provenance's resolvedDependencies, and the release
+ * still verifies. */
+static void build_toolchain_versions_reach_manifest_and_provenance(void **state)
+{
+	struct daemon d;
+	struct buf out = BUF_INIT, text = BUF_INIT;
+	char *otactl = h_bin("otactl"), *path;
+	const char *y = "name: fw\nstages:\n"
+			"  - name: build\n    kind: build\n    toolchain: [\"cc --version\"]\n"
+			"    steps: [ { run: 'head -c 3000 /dev/zero > app.bin' } ]\n"
+			"    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: k1 }\n";
+	int64_t run;
+	json_t *env, *stmt;
+	(void)state;
+	start(&d, "  k1: { spec: @DIR@/k1.pem }\n");
+	run = h_trigger(&d, y);
+	assert_string_equal(h_wait_run(&d, run, 30000), "passed");
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s verify 1", otactl, d.url, d.token), 0);
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get 1/release/manifest.json -o m.json && "
+				    "%s --url %s --token %s artifacts get 1/release/provenance.dsse.json -o p.json",
+			      d.dir, otactl, d.url, d.token, otactl, d.url, d.token), 0);
+	path = xasprintf("%s/m.json", d.dir);
+	assert_int_equal(ota_read_file(&text, path, 1 << 20), 0);
+	assert_non_null(strstr(buf_cstr(&text), "\"dependencies\""));
+	assert_non_null(strstr(buf_cstr(&text), "cc --version"));
+	free(path);
+	path = xasprintf("%s/p.json", d.dir);
+	assert_int_equal(ota_read_file(&text, path, 1 << 20), 0);
+	env = json_loadb(text.ptr, text.len, 0, NULL);
+	assert_non_null(env);
+	{
+		struct buf payload = BUF_INIT;
+		const char *p64 = json_string_value(json_object_get(env, "payload"));
+		assert_int_equal(dsse_base64_decode(&payload, p64, strlen(p64)), 0);
+		stmt = json_loadb(payload.ptr, payload.len, 0, NULL);
+		assert_non_null(stmt);
+		buf_release(&payload);
+	}
+	{
+		char *dump = json_dumps(json_object_get(json_object_get(json_object_get(stmt, "predicate"), "buildDefinition"),
+							"resolvedDependencies"), 0);
+		assert_non_null(strstr(dump, "cc --version"));
+		free(dump);
+	}
+	json_decref(stmt);
+	json_decref(env);
+	free(path);
+	free(otactl);
+	buf_release(&out);
+	buf_release(&text);
+	h_cleanup(&d);
+}
+
 static void tampering_with_an_image_or_the_manifest_fails_verification(void **state)
 {
 	struct daemon d;
@@ -282,6 +337,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(release_is_signed_and_verifies_with_otactl_openssl_and_imgtool),
+		cmocka_unit_test(build_toolchain_versions_reach_manifest_and_provenance),
 		cmocka_unit_test(tampering_with_an_image_or_the_manifest_fails_verification),
 		cmocka_unit_test(lower_security_counter_and_older_version_are_refused),
 		cmocka_unit_test(releases_signed_before_and_after_a_key_rotation_both_verify),

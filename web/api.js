@@ -42,6 +42,7 @@ export function token() {
 export function setToken(t) {
   if (t) localStorage.setItem(KEY, t);
   else localStorage.removeItem(KEY);
+  me = null;
 }
 
 function headers() {
@@ -107,4 +108,54 @@ export async function download(path, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60000);
   return { size: blob.size, sha256: r.headers.get('X-Sha256') };
+}
+
+// POST a JSON body (an action: cancel, promote, rollback, pause, resume).
+// Any answer but 2xx throws an HttpError carrying otacd's own reason (409
+// "the rollout is not paused", 403 "this token may not do that"), so the
+// caller can show it where the action was asked for.  A 401/403 here does
+// not show the token form: the token still reads; it just may not act.
+export async function postJSON(path, body) {
+  let r;
+  try {
+    r = await fetch(path, {
+      method: 'POST',
+      headers: { ...headers(), 'Content-Type': 'application/json' },
+      body: JSON.stringify(body || {}),
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw new Error('cannot reach otacd (' + path + '): ' + e.message);
+  }
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!r.ok) {
+    const why = (data && data.error) || text.slice(0, 300) || r.statusText;
+    throw new HttpError(r.status, 'HTTP ' + r.status + ': ' + why);
+  }
+  return data;
+}
+
+// Who the token is: GET /api/v1/whoami -> {name, role}.  Asked once per
+// token.  An otacd without that route (404) or a failed request counts as a
+// viewer: the page then shows no action buttons (the API would refuse the
+// actions anyway).
+let me = null;
+export async function whoami() {
+  const t = token();
+  if (me && me.token === t) return me.answer;
+  let answer = { name: '', role: 'viewer' };
+  try {
+    answer = await getJSON('/api/v1/whoami');
+  } catch (e) {
+    if (e instanceof AuthError) throw e;
+  }
+  me = { token: t, answer };
+  return answer;
+}
+
+// Whether a role may act on runs and rollouts (docs/api.md: operator, admin).
+export function mayAct(who) {
+  return !!who && (who.role === 'operator' || who.role === 'admin');
 }

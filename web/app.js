@@ -92,6 +92,8 @@ function makeCtx(route) {
       reportError(source, err);
     },
     ok(source = 'view') { clearError(source); },
+    // re-read the view soon (a poll, or after an action), debounced like events
+    refreshSoon() { if (ctx.alive && current && current.ctx === ctx) scheduleRefresh(); },
   };
   return ctx;
 }

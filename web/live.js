@@ -22,7 +22,7 @@ import { streamURL } from './api.js';
 const KINDS = ['run.created', 'run.state', 'run.final', 'stage.state', 'job.running', 'job.retry', 'job.final',
   'job.state', 'artifact.added', 'artifact.expired', 'release.created', 'agent.registered', 'agent.state',
   'delivery.received', 'delivery.created', 'delivery.state', 'delivery.final', 'delivery.done', 'delivery.failed',
-  'delivery.ignored', 'rollout.created', 'rollout.state', 'rollout.step', 'rollout.final', 'gate.result'];
+  'delivery.ignored', 'rollout.changed', 'rollout.created', 'rollout.state', 'rollout.step', 'rollout.final', 'gate.result'];
 const RETRY_MS = 2000;
 
 const chan = typeof BroadcastChannel === 'function' ? new BroadcastChannel('otacd-events') : null;

@@ -1,11 +1,16 @@
-// overview.js - #/ : recent runs (filters, older pages) and releases.
+// overview.js - #/ : what is rolling out now (anything paused or waiting
+// for approval highlighted), recent runs (filters, older pages) and
+// releases.
 //
 // Filters and the page position live in the address (#/?pipeline=hello&
 // state=failed&before=120, and limit=N for the page size, 50 by default),
 // so a filtered view can be bookmarked and the back button works.
 
 import { getJSON } from './api.js';
-import { badge, durationNode, firstLine, h, replaceKeepingFocus, shortId, shortRef, table, tableWrap, timeAgo } from './util.js';
+import { badge, countdownNode, durationNode, firstLine, h, replaceKeepingFocus, shortId, shortRef, table, tableWrap, timeAgo } from './util.js';
+
+// Rollout states that need a person.
+const NEEDS_PERSON = { paused: 'paused: needs a person', waiting_approval: 'waiting for approval' };
 
 const STATES = ['', 'queued', 'blocked', 'running', 'passed', 'failed', 'canceled', 'skipped'];
 const PAGE = 50;
@@ -34,10 +39,13 @@ export class OverviewView {
     this.runsBox = h('div', { class: 'runs-box' });
     this.attention = h('p', { class: 'attention', hidden: true, 'aria-live': 'polite' });
     this.releasesBox = h('div', { class: 'releases-box' });
+    this.rolloutsBox = h('div', { class: 'rollouts-box' });
     this.form = this.filterForm();
     this.ctx.main.replaceChildren(
+      h('h1', { class: 'sr-only' }, 'Overview'),
+      h('section', { 'aria-labelledby': 'ro-now-h', class: 'rolling-now' }, h('h2', { id: 'ro-now-h' }, 'Rolling out now'), this.rolloutsBox),
       h('section', { 'aria-labelledby': 'runs-h' },
-        h('div', { class: 'title-row' }, h('h1', { id: 'runs-h' }, 'Runs')),
+        h('div', { class: 'title-row' }, h('h2', { id: 'runs-h' }, 'Runs')),
         this.form, this.attention, this.runsBox),
       h('section', { 'aria-labelledby': 'rel-h' }, h('h2', { id: 'rel-h' }, 'Releases'), this.releasesBox));
     getJSON('/api/v1/pipelines').then((p) => {
@@ -83,10 +91,43 @@ export class OverviewView {
   }
 
   async refresh() {
-    const [runs, releases] = await Promise.all([getJSON(this.runsPath()), getJSON('/api/v1/releases')]);
+    const [runs, releases, rollouts] = await Promise.all([getJSON(this.runsPath()), getJSON('/api/v1/releases'),
+      getJSON('/api/v1/rollouts')]);
     if (!this.ctx.alive) return;
+    this.renderRollouts(rollouts);
     this.renderRuns(runs);
     this.renderReleases(releases);
+    if (!this.rendered) {
+      this.rendered = true;
+      performance.mark('otacd-overview-rendered');
+    }
+  }
+
+  renderRollouts(list) {
+    if (!list.length) {
+      replaceKeepingFocus(this.rolloutsBox, [h('p', { class: 'empty' }, 'Nothing is rolling out.')]);
+      return;
+    }
+    const stuck = list.filter((r) => NEEDS_PERSON[r.state]);
+    const rows = list.map((r) => {
+      const need = NEEDS_PERSON[r.state];
+      return h('tr', { 'data-rollout-id': r.id, 'data-release-id': r.release, 'data-state': r.state, class: need ? 'needs-person' : null },
+        h('td', null, h('a', { href: '#/releases/' + r.release, 'data-key': 'ro-' + r.id }, r.version)),
+        h('td', null, r.product),
+        h('td', null, r.stage, h('span', { class: 'muted' }, ' (' + r.kind + ')')),
+        h('td', null, badge(r.state), need ? h('span', { class: 'sr-only' }, ' (needs a person)') : null),
+        h('td', { class: 'num' }, String((r.step || 0) + 1)),
+        h('td', { class: 'num' }, ((r.percent_bp || 0) / 100) + ' %'),
+        h('td', { class: 'num' }, r.state === 'holding' && r.hold_until ? countdownNode(r.hold_until, 'hold over') : '—'),
+        h('td', { class: 'opt reason' }, r.reason || ''));
+    });
+    replaceKeepingFocus(this.rolloutsBox, [
+      stuck.length ? h('p', { class: 'attention has-blocked', 'data-stuck': stuck.length },
+        stuck.length + (stuck.length === 1 ? ' rollout needs' : ' rollouts need') + ' a person: ' +
+        stuck.map((r) => r.product + ' ' + r.version + ' ' + r.stage + ' (' + NEEDS_PERSON[r.state] + ')').join(', ')) : null,
+      tableWrap(table(['Release', 'Product', 'Stage', 'State', { text: 'Step', class: 'num' }, { text: 'Exposure', class: 'num' },
+        { text: 'Hold left', class: 'num' }, { text: 'Reason', class: 'opt' }], rows, 'rollouts'), 'Rolling out now'),
+    ]);
   }
 
   renderRuns(data) {
@@ -161,7 +202,7 @@ export class OverviewView {
   }
 
   wants(ev) {
-    return /^(run|release|stage|job\.final|job\.running)/.test(ev.kind || '');
+    return /^(run|release|rollout|stage|job\.final|job\.running)/.test(ev.kind || '');
   }
 
   destroy() {}

@@ -1,8 +1,10 @@
-// release.js - #/releases/ID : a signed release, its artifacts and its
-// manifest (release/manifest.json, fetched as an artifact and shown both
-// as tables and as the raw JSON).
+// release.js - #/releases/ID : a signed release: its rollout (stages and
+// steps, fleet, gate charts, verdicts, audit log and actions; rollout.js),
+// its manifest (release/manifest.json, fetched as an artifact and shown
+// both as tables and as the raw JSON) and its artifacts.
 
 import { getJSON } from './api.js';
+import { RolloutPanel, rolloutEventFor } from './rollout.js';
 import { artifactTable } from './run.js';
 import { facts, fmtBytes, fmtTime, h, replaceKeepingFocus, table, tableWrap } from './util.js';
 
@@ -11,6 +13,9 @@ export class ReleaseView {
     this.ctx = ctx;
     this.id = ctx.route.id;
     this.manifestFor = 0;
+    this.runId = 0;
+    this.rollout = new RolloutPanel(ctx, this.id);
+    this.rollout.onPoll = () => this.ctx.refreshSoon();
   }
 
   async load() {
@@ -19,7 +24,7 @@ export class ReleaseView {
     this.manifestBox = h('div');
     this.artsBox = h('div');
     this.crumbs = h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Runs'), ' › ', 'release ' + this.id);
-    this.ctx.main.replaceChildren(this.crumbs, this.head,
+    this.ctx.main.replaceChildren(this.crumbs, this.head, this.rollout.box,
       h('section', { 'aria-labelledby': 'man-h' }, h('h2', { id: 'man-h' }, 'Manifest'), this.manifestBox),
       h('section', { 'aria-labelledby': 'rarts-h' }, h('h2', { id: 'rarts-h' }, 'Artifacts'), this.artsBox));
     await this.refresh();
@@ -27,6 +32,9 @@ export class ReleaseView {
 
   async refresh() {
     const rel = await getJSON('/api/v1/releases/' + this.id);
+    if (!this.ctx.alive) return;
+    this.runId = rel.run_id;
+    await this.rollout.refresh(rel);
     if (!this.ctx.alive) return;
     this.ctx.title(rel.product + ' ' + rel.version);
     this.crumbs.replaceChildren(h('a', { href: '#/' }, 'Runs'), ' › ',
@@ -89,8 +97,11 @@ export class ReleaseView {
   }
 
   wants(ev) {
-    return (ev.kind || '').startsWith('release') || ev.kind === 'artifact.expired';
+    return (ev.kind || '').startsWith('release') || ev.kind === 'artifact.expired' ||
+      rolloutEventFor(ev, this.id, this.runId);
   }
 
-  destroy() {}
+  destroy() {
+    this.rollout.destroy();
+  }
 }

@@ -1,8 +1,11 @@
 // run.js - #/runs/ID : a run's header, its stage graph, its jobs and its
 // artifacts (downloadable; the download goes through fetch because it
-// needs the token).
+// needs the token).  An operator's token also gets "Cancel run…" while the
+// run is not finished (POST /api/v1/runs/ID/cancel, behind the reason and
+// confirmation dialog).
 
-import { download, getJSON } from './api.js';
+import { download, getJSON, mayAct, postJSON, whoami } from './api.js';
+import { askAction } from './dialog.js';
 import { drawDag, jobLabel } from './dag.js';
 import { clearError, reportError } from './status.js';
 import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
@@ -69,11 +72,13 @@ export class RunView {
   }
 
   async refresh() {
-    const [run, arts] = await Promise.all([
+    const [run, arts, me] = await Promise.all([
       getJSON('/api/v1/runs/' + this.id),
       getJSON('/api/v1/runs/' + this.id + '/artifacts'),
+      whoami(),
     ]);
     if (!this.ctx.alive) return;
+    this.me = me;
     this.ctx.title('Run #' + run.id + ' ' + run.pipeline + ' (' + run.state + ')');
     this.renderHead(run);
     replaceKeepingFocus(this.dagBox, [drawDag(run.stages || [])]);
@@ -91,7 +96,11 @@ export class RunView {
     if (run.pusher) trigger.push(' by ' + run.pusher);
     if (run.delivery) trigger.push(' (delivery ' + run.delivery + ')');
     replaceKeepingFocus(this.head, [
-      h('div', { class: 'title-row' }, h('h1', null, 'Run #' + run.id + ' ', h('span', { class: 'pl' }, run.pipeline)), badge(run.state)),
+      h('div', { class: 'title-row' }, h('h1', null, 'Run #' + run.id + ' ', h('span', { class: 'pl' }, run.pipeline)), badge(run.state),
+        mayAct(this.me) && ['queued', 'running', 'blocked'].includes(run.state)
+          ? h('button', { type: 'button', class: 'act danger', 'data-action': 'cancel', 'data-key': 'act-cancel', onclick: () => this.cancel(run) }, 'Cancel run…')
+          : null),
+      this.note || null,
       facts([
         ['Ref', run.ref ? h('span', { title: run.ref }, shortRef(run.ref)) : ''],
         ['Commit', commit],
@@ -105,6 +114,17 @@ export class RunView {
       run.error ? h('pre', { class: 'run-error', role: 'note' }, run.error) : null,
       run.state === 'blocked' ? h('p', { class: 'attention has-blocked' }, 'Blocked: an older run of concurrency group “' + run.concurrency + '” is still running.') : null,
     ]);
+  }
+
+  async cancel(run) {
+    const answer = await askAction({
+      action: 'cancel', title: 'Cancel run #' + run.id, confirm: 'Cancel run', danger: true,
+      text: 'Stop run #' + run.id + ' (' + run.pipeline + '): running jobs are killed, queued ones never start.',
+      act: (reason) => postJSON('/api/v1/runs/' + run.id + '/cancel', { reason }),
+    });
+    if (answer === null || !this.ctx.alive) return;
+    this.note = h('p', { class: 'action-note', role: 'status' }, 'Cancel requested; the run is now ' + (answer.state || 'canceling') + '.');
+    this.ctx.refreshSoon();
   }
 
   renderJobs(run) {

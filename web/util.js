@@ -40,7 +40,7 @@ const clock = { base: Date.now(), at: Date.now(), scale: 1 };
 export function setServerClock(time, scale) {
   clock.base = time;
   clock.at = Date.now();
-  clock.scale = scale > 0 ? scale : 1;
+  if (scale !== undefined) clock.scale = scale > 0 ? scale : 1;   // else: keep health's scale
 }
 export function serverNow() {
   return clock.base + (Date.now() - clock.at) * clock.scale;
@@ -71,11 +71,28 @@ export function durationNode(started, finished) {
   return el;
 }
 
+// A countdown to an otacd time (a rollout hold): "3h 12m", then `over`.
+export function countdownNode(until, over = 'over') {
+  const el = h('span', { class: 'countdown', 'data-until': until, 'data-over': over });
+  el.textContent = until > serverNow() ? fmtDuration(until - serverNow()) : over;
+  return el;
+}
+
 export function tickDurations() {
+  const now = serverNow();
   for (const el of document.querySelectorAll('[data-since]'))
-    el.textContent = fmtDuration(serverNow() - Number(el.dataset.since));
+    el.textContent = fmtDuration(now - Number(el.dataset.since));
   for (const el of document.querySelectorAll('[data-ago]'))
     el.textContent = ago(Number(el.dataset.ago));
+  for (const el of document.querySelectorAll('[data-until]')) {
+    const left = Number(el.dataset.until) - now;
+    el.textContent = left > 0 ? fmtDuration(left) : el.dataset.over || 'over';
+  }
+  // progress bars of holds: data-from, data-to (otacd ms)
+  for (const el of document.querySelectorAll('[data-from][data-to]')) {
+    const from = Number(el.dataset.from), to = Number(el.dataset.to);
+    el.style.width = (to > from ? Math.max(0, Math.min(1, (now - from) / (to - from))) * 100 : 100).toFixed(1) + '%';
+  }
 }
 
 export function fmtTime(ms) {
@@ -123,15 +140,28 @@ export function firstLine(text) {
 
 const STATES = new Set(['queued', 'running', 'passed', 'failed', 'canceled', 'skipped', 'blocked',
   'idle', 'busy', 'offline', 'lost']);
+// Rollout, release and gate states borrow the colours of run states; the
+// ones that need a person (paused, waiting for approval) look "blocked".
+const ALIAS = {
+  starting: 'running', holding: 'running', rolling: 'running', reissuing: 'running',
+  waiting_approval: 'blocked', paused: 'blocked', halted: 'failed', waiting_window: 'queued',
+  created: 'queued', released: 'passed', rolled_back: 'failed', pass: 'passed', fail: 'failed',
+  inconclusive: 'queued', error: 'failed',
+};
+
+function colourOf(st) {
+  if (STATES.has(st)) return st;
+  return ALIAS[st] || 'other';
+}
 
 // A state badge: the word is always shown (colour is never the only cue).
 export function badge(state) {
   const st = String(state || 'unknown');
-  return h('span', { class: 'badge st-' + (STATES.has(st) ? st : 'other') }, st);
+  return h('span', { class: 'badge st-' + colourOf(st), 'data-state': st }, st.replace(/_/g, ' '));
 }
 
 export function stateClass(state) {
-  return 'st-' + (STATES.has(state) ? state : 'other');
+  return 'st-' + colourOf(state);
 }
 
 // A definition list from [label, value] pairs, skipping empty values.

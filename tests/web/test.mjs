@@ -1,12 +1,16 @@
 // test.mjs - the status page in a real browser against the real daemon.
 //
 // Starts $OTACD_BIN/otacd on loopback (two local agents, a file signing key,
-// a viewer token), drives Debian's headless Chromium with playwright-core,
-// and checks what a person would see: runs appearing live, the stage
-// graph, logs streaming with colours and without markup injection, 100k
-// lines staying responsive, recovery from a daemon restart, the token form,
-// releases, agents, phone layout and keyboard use.  Screenshots of every
-// view go to $OTACD_TEST_OUT (default /tmp/otacd-web-shots).
+// a viewer token, --time-scale 3600 so an hour of holds takes a second) and
+// $OTACD_BIN/otacd-fleetsim (500 simulated devices), drives Debian's
+// headless Chromium with playwright-core, and checks what a person would
+// see: runs appearing live, the stage graph, logs streaming with colours and
+// without markup injection, 100k lines staying responsive, a rollout
+// advancing with its gate charts, actions (promote, resume, cancel) from the
+// page with an admin token and their audit entries, no actions for a viewer
+// and forged requests refused, recovery from a daemon restart, the token
+// form, releases, agents, phone layout and keyboard use.  Screenshots of
+// every view go to $OTACD_TEST_OUT (default /tmp/otacd-web-shots).
 //
 //   cd tests/web && npm ci && OTACD_BIN=../../build/bin node test.mjs
 //
@@ -30,9 +34,14 @@ const T0 = Date.now();
 const state = fs.mkdtempSync(path.join(os.tmpdir(), 'otacd-web-'));
 const VIEWER = crypto.randomBytes(16).toString('hex');
 let daemon = null;
+let fleet = null;
 let browser = null;
 let url = '';
 let listen = '127.0.0.1:0';
+let deviceListen = '127.0.0.1:0';
+let deviceURL = '';
+const TIME_SCALE = '3600';
+const DEVICES = '500';
 let admin = '';
 const results = [];
 const problems = [];     // page errors, CSP violations, dialogs: each fails the run at the end
@@ -45,8 +54,9 @@ function log(...a) {
 // ---- the daemon ---------------------------------------------------------------
 
 function writeConfig() {
-  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
   fs.writeFileSync(path.join(state, 'web-key.pem'), privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+  fs.writeFileSync(path.join(state, 'web-key.pub'), publicKey.export({ type: 'spki', format: 'pem' }));
   fs.writeFileSync(path.join(state, 'web-config.yml'),
     `keys:\n  demo: { spec: ${path.join(state, 'web-key.pem')} }\n` +
     `tokens:\n  - { name: status-page, role: viewer, token: "${VIEWER}" }\n`);
@@ -60,8 +70,8 @@ async function startDaemon() {
   const urlFile = path.join(state, 'otacd.url');
   fs.rmSync(urlFile, { force: true });
   const err = fs.openSync(path.join(state, 'otacd.log'), 'a');
-  daemon = spawn(path.join(BIN, 'otacd'), ['--state-dir', state, '--listen', listen, '--local-agents', '2',
-    '--config', path.join(state, 'web-config.yml')], { stdio: ['ignore', 'ignore', err] });
+  daemon = spawn(path.join(BIN, 'otacd'), ['--state-dir', state, '--listen', listen, '--device-listen', deviceListen, '--local-agents', '2',
+    '--time-scale', TIME_SCALE, '--config', path.join(state, 'web-config.yml')], { stdio: ['ignore', 'ignore', err] });
   fs.closeSync(err);
   let exited = null;
   daemon.once('exit', (code, sig) => { exited = code ?? sig; });
@@ -79,6 +89,27 @@ async function startDaemon() {
   if (!url) throw new Error('otacd did not write ' + urlFile);
   admin = fs.readFileSync(path.join(state, 'admin.token'), 'utf8').trim();
   listen = new URL(url).host;
+  // the same ports after a restart, so the page and the fleet find it again
+  deviceURL = fs.readFileSync(path.join(state, 'otacd-device.url'), 'utf8').trim();
+  deviceListen = new URL(deviceURL).host;
+}
+
+// The simulated fleet: devices of product "fw" checking in with otacd's
+// built-in update server, verifying images with the test's public key.
+function startFleet() {
+  const out = fs.openSync(path.join(state, 'fleetsim.log'), 'a');
+  fleet = spawn(path.join(BIN, 'otacd-fleetsim'), ['--url', deviceURL, '--devices', DEVICES, '--seed', '7',
+    '--key', path.join(state, 'web-key.pub'), '--fleet-key', '@' + path.join(state, 'fleet.key'), '--product', 'fw',
+    '--duration', '600', '--quiet'], { stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+}
+
+async function stopFleet() {
+  if (!fleet || fleet.exitCode !== null || fleet.signalCode) return;
+  const p = new Promise((r) => fleet.once('exit', r));
+  fleet.kill('SIGTERM');
+  await Promise.race([p, sleep(12000)]);
+  if (fleet.exitCode === null && !fleet.signalCode) fleet.kill('SIGKILL');
 }
 
 async function stopDaemon(signal = 'SIGKILL') {
@@ -118,6 +149,22 @@ async function waitRun(id, ms = 30000) {
     if (Date.now() > until) throw new Error(`run ${id} still ${run.state}`);
     await sleep(200);
   }
+}
+
+async function waitRelease(runId, ms = 60000) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const rel = (await api('GET', '/api/v1/releases')).find((r) => r.run_id === runId);
+    if (rel) return rel;
+    const run = await api('GET', '/api/v1/runs/' + runId);
+    if (['failed', 'canceled'].includes(run.state)) throw new Error(`run ${runId} ${run.state} without a release: ${run.error || ''}`);
+    if (Date.now() > until) throw new Error(`no release from run ${runId} (${run.state})`);
+    await sleep(200);
+  }
+}
+
+async function rolloutOf(release) {
+  return api('GET', '/api/v1/releases/' + release + '/rollout');
 }
 
 function jobOf(run, stage) {
@@ -161,6 +208,36 @@ stages:
   - name: tick
     steps:
       - run: for i in $(seq 1 30); do echo tick $i; sleep 0.2; done
+`;
+
+// A release of product "fw" walked through the simulated fleet: a canary of
+// two steps (the first holds 20 otacd hours = 20 s, so the page sees it
+// advance; the second 30 days, so the test promotes past it), then a
+// production stage that waits for approval.  The commit-message-like step
+// name carries markup to check escaping in the gate and audit views too.
+const FW = `name: fw
+stages:
+  - name: build
+    matrix: { board: [mps2-an385, mps2-an386] }
+    steps:
+      - run: "printf 'fw 1.1.0 %s' '\${{ matrix.board }}' > app.bin && head -c 3000 /dev/zero >> app.bin"
+    artifacts:
+      - { path: app.bin, name: 'app-\${{ matrix.board }}.bin', type: application, hardware: '\${{ matrix.board }}' }
+  - { name: release, kind: release, needs: [build], version: "1.1.0", security_counter: 1, key: demo }
+  - name: canary
+    kind: rollout
+    needs: [release]
+    steps: [ { percent: 10, hold: 20h }, { percent: 30, hold: 30d } ]
+    gates: [crash_free, boots]
+  - name: production
+    kind: rollout
+    needs: [canary]
+    approval: required
+    steps: [ { percent: 100, hold: 30d } ]
+    gates: [crash_free, boots]
+gates:
+  crash_free: { metric: crash_rate, max: 0.3, min_devices: 10 }
+  boots: { metric: boot_success_rate, min: 0.7, min_devices: 10 }
 `;
 
 // ---- the checks -------------------------------------------------------------------
@@ -215,7 +292,8 @@ async function main() {
   assert(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
   writeConfig();
   await startDaemon();
-  log('otacd at', url, 'state', state);
+  startFleet();
+  log('otacd at', url, 'devices at', deviceURL, 'state', state);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
@@ -373,11 +451,8 @@ async function main() {
   await step('release page shows the manifest and downloads an image', async () => {
     const yaml = fs.readFileSync(path.join(here, '../../pipelines/hello-release.yml'), 'utf8');
     relRun = await trigger(yaml, 'hello-release.yml', 'refs/tags/v0.1.7');
-    const done = await waitRun(relRun, 60000);
-    assert(done.state === 'passed', 'the release run ' + done.state);
-    const rels = await api('GET', '/api/v1/releases');
-    const rel = rels.find((r) => r.run_id === relRun);
-    assert(rel, 'no release for run ' + relRun);
+    // the run goes on into its soak and canary stages: wait for the release only
+    const rel = await waitRelease(relRun, 60000);
     const detail = await api('GET', '/api/v1/releases/' + rel.id);
     await page.goto(`${url}/#/`);
     await page.locator(`tr[data-release-id="${rel.id}"] a`).first().click();
@@ -399,9 +474,10 @@ async function main() {
     // its run: edges that skip a column (build -> release) are drawn too
     await page.goto(`${url}/#/runs/${relRun}`);
     await page.locator('svg.dag path.edge[data-from="build"][data-to="release"]').waitFor();
-    assert(await page.locator('svg.dag path.edge').count() === 4, 'the release run should have 4 edges');
+    assert(await page.locator('svg.dag path.edge[data-from="release"][data-to="staging"]').count() === 1, 'no edge release -> staging');
     await shot(page, '02-run-release');
   }, page);
+
 
   await step('agents page lists the agents', async () => {
     await page.goto(`${url}/#/agents`);
@@ -439,6 +515,154 @@ async function main() {
     await page.locator('nav.pager a', { hasText: 'Newest' }).click();
     await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
   }, page);
+
+  // ---- rollouts ----------------------------------------------------------------
+  let fwRun = 0, fwRel = 0;
+  const opPage = watch(await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage(), 'operator');
+  await step('a rollout advances on the release page without a reload', async () => {
+    fwRun = await trigger(FW, 'fw.yml', 'refs/heads/main');
+    fwRel = (await waitRelease(fwRun, 60000)).id;
+    await page.goto(`${url}/#/releases/${fwRel}`);
+    await page.locator('.rollout-stage[data-stage="canary"]').waitFor({ timeout: 20000 });
+    await page.evaluate(() => { window.__noReload = 3; });
+    const ro = (await rolloutOf(fwRel)).rollouts[0];
+    assert(ro && ro.step === 0, 'the canary is already past its first step: ' + JSON.stringify(ro));
+    // the current step is marked and its hold counts down in otacd time
+    await page.locator('.rollout-stage[data-stage="canary"] li.step.current[data-step="0"]').waitFor();
+    const cd = page.locator('.rollout-stage[data-stage="canary"] .countdown').first();
+    const c1 = await cd.textContent();
+    await page.waitForFunction(([sel, was]) => {
+      const el = document.querySelector(sel);
+      return el && el.textContent !== was;
+    }, ['.rollout-stage[data-stage="canary"] .countdown', c1], { timeout: 5000 });
+    await shot(page, '14-rollout-step1');
+    // devices take it, gates pass after the hold: the page moves to step 2 by itself
+    await page.locator('.rollout-stage[data-stage="canary"][data-step="1"] li.step.current[data-step="1"]').waitFor({ timeout: 90000 });
+    await page.locator('.rollout-stage[data-stage="canary"] li.step.done[data-step="0"]').waitFor();
+    assert(await page.evaluate(() => window.__noReload) === 3, 'the page was reloaded');
+    // fleet counters from the devices' reports
+    await page.waitForFunction(() => {
+      const dd = document.querySelector('[data-kpi="Offered"] dd');
+      return dd && Number(dd.textContent) > 0;
+    }, null, { timeout: 20000 });
+    assert(await page.locator('table.versions tr[data-version="1.1.0"]').count() === 1, 'no devices-per-version row for 1.1.0');
+  }, page);
+
+  await step('gate charts draw the metric, its band and threshold', async () => {
+    for (const g of ['crash_free', 'boots']) {
+      const chart = page.locator(`svg.gate-chart[data-gate="${g}"]`);
+      await chart.waitFor();
+      await page.waitForFunction((name) => document.querySelectorAll(`svg.gate-chart[data-gate="${name}"] circle.pt`).length > 0, g, { timeout: 10000 });
+      assert(await chart.locator('path.band').count() === 1, g + ': no confidence band');
+      assert(await chart.locator('path.estimate').count() === 1, g + ': no estimate line');
+      assert(await chart.locator('line.threshold').count() === 1, g + ': no threshold line');
+    }
+    assert(await page.locator('svg.gate-chart[data-gate="crash_free"] .threshold-label', { hasText: 'max 0.3' }).count() === 1, 'crash_free threshold label');
+    assert(await page.locator('table.verdicts tbody tr').count() > 0, 'the verdict history is empty');
+    assert(await page.locator('table.verdicts .badge[data-state="pass"]').count() > 0, 'no passing verdict in the history');
+    await shot(page, '15-rollout-gates');
+  }, page);
+
+  await step('a viewer sees no action buttons and forged actions are refused', async () => {
+    assert(await page.locator('.actions button').count() === 0, 'the viewer sees action buttons');
+    const codes = await page.evaluate(async ([rel, viewer]) => {
+      const post = async (hdrs) => (await fetch(`/api/v1/releases/${rel}/promote`, { method: 'POST',
+        headers: { 'Content-Type': 'application/json', ...hdrs }, body: JSON.stringify({ reason: 'forged', skip_step: true }) })).status;
+      return [await post({ Authorization: 'Bearer ' + viewer }), await post({}),
+        await post({ Authorization: 'Bearer not-a-token-at-all' })];
+    }, [fwRel, VIEWER]);
+    assert(codes[0] === 403, 'viewer promote answered ' + codes[0]);
+    assert(codes[1] === 401, 'anonymous promote answered ' + codes[1]);
+    assert(codes[2] === 401, 'bad-token promote answered ' + codes[2]);
+    const ro = (await rolloutOf(fwRel)).rollouts[0];
+    assert(ro.step === 1 && ro.state === 'holding', 'a refused request changed the rollout: ' + ro.state + ' step ' + ro.step);
+    const audit = await api('GET', '/api/v1/audit?release=' + fwRel);
+    assert(!audit.some((a) => a.reason === 'forged'), 'a refused request is in the audit log');
+  }, page);
+
+  await step('an operator promotes from the page and the audit log shows it', async () => {
+    await opPage.goto(`${url}/#token=${admin}`);
+    await opPage.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    await opPage.goto(`${url}/#/releases/${fwRel}`);
+    const promote = opPage.locator('.actions button[data-action="promote"]');
+    await promote.waitFor({ timeout: 10000 });
+    // a refused action shows otacd's reason in the dialog (nothing is paused)
+    await opPage.locator('.actions button[data-action="resume"]').click();
+    let dlg = opPage.locator('dialog.action-dialog[open]');
+    await dlg.waitFor();
+    await dlg.locator('textarea').fill('try resume');
+    await dlg.locator('button[data-confirm]').click();
+    await dlg.locator('.dialog-error', { hasText: '409' }).waitFor({ timeout: 5000 });
+    await shot(opPage, '16-dialog-error');
+    await opPage.keyboard.press('Escape');
+    await dlg.waitFor({ state: 'detached' });
+    assert(await opPage.evaluate(() => document.activeElement && document.activeElement.dataset.action) === 'resume',
+      'focus did not return to the button that opened the dialog');
+    // keyboard: focus stays inside the dialog; an empty reason is refused by the page
+    await promote.focus();
+    await opPage.keyboard.press('Enter');
+    dlg = opPage.locator('dialog.action-dialog[open]');
+    await dlg.waitFor();
+    assert(await opPage.evaluate(() => document.activeElement && document.activeElement.tagName) === 'TEXTAREA', 'focus is not in the reason field');
+    for (let i = 0; i < 8; i++) {
+      await opPage.keyboard.press('Tab');
+      assert(await opPage.evaluate(() => !!document.activeElement && !!document.activeElement.closest('dialog[open]')), 'Tab left the dialog');
+    }
+    await dlg.locator('button[data-confirm]').click();
+    await dlg.locator('.dialog-error', { hasText: 'reason is required' }).waitFor();
+    const reason = 'canary looks fine <script>alert(2)</script>';
+    await dlg.locator('textarea').fill(reason);
+    await dlg.locator('input[name="skip_step"]').check();
+    await shot(opPage, '17-dialog-promote');
+    await dlg.locator('button[data-confirm]').click();
+    await dlg.waitFor({ state: 'detached', timeout: 10000 });
+    // the canary passes; production waits for approval, highlighted
+    await opPage.locator('.rollout-stage[data-stage="production"][data-state="waiting_approval"]').waitFor({ timeout: 20000 });
+    const row = opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'canary looks fine' });
+    await row.waitFor({ timeout: 10000 });
+    assert((await row.locator('td.reason').textContent()) === reason, 'the reason is not shown as text');
+    assert(await opPage.locator('table.audit script').count() === 0, 'markup from a reason became an element');
+    const audit = await api('GET', '/api/v1/audit?release=' + fwRel);
+    const entry = audit.find((a) => a.action === 'promote' && a.reason === reason);
+    assert(entry, 'the promote is not in the audit log: ' + JSON.stringify(audit.slice(0, 3)));
+    assert((await row.locator('td').nth(1).textContent()) === entry.actor, 'the actor shown differs from the API');
+    await shot(opPage, '18-rollout-promoted');
+  }, opPage);
+
+  await step('overview shows the rollout and highlights what waits for approval', async () => {
+    await page.goto(`${url}/#/`);
+    const row = page.locator('table.rollouts tr.needs-person[data-release-id="' + fwRel + '"][data-state="waiting_approval"]');
+    await row.waitFor({ timeout: 10000 });
+    await page.locator('.rolling-now .attention', { hasText: 'waiting for approval' }).waitFor();
+    await shot(page, '01-overview-rollouts');
+    // approve from the operator's page; the viewer's overview follows without a reload
+    await page.evaluate(() => { window.__noReload = 4; });
+    await opPage.locator('.actions button[data-action="promote"]').click();
+    const dlg = opPage.locator('dialog.action-dialog[open]');
+    await dlg.locator('textarea').fill('approved for production');
+    await dlg.locator('button[data-confirm]').click();
+    await dlg.waitFor({ state: 'detached', timeout: 10000 });
+    await page.locator('table.rollouts tr[data-release-id="' + fwRel + '"][data-state="holding"]', { hasText: 'production' }).waitFor({ timeout: 15000 });
+    assert(await page.locator('table.rollouts tr.needs-person[data-release-id="' + fwRel + '"]').count() === 0, 'still highlighted after approval');
+    assert(await page.evaluate(() => window.__noReload) === 4, 'the page was reloaded');
+    await opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'approved for production' }).waitFor({ timeout: 10000 });
+  }, page);
+
+  await step('an operator cancels a run from the run page', async () => {
+    const id = await trigger(TICKS.replace('seq 1 30', 'seq 1 300'), 'ticks.yml', 'refs/heads/cancel-me');
+    await page.goto(`${url}/#/runs/${id}`);
+    await page.locator('.run-head').waitFor();
+    assert(await page.locator('button[data-action="cancel"]').count() === 0, 'the viewer sees a cancel button');
+    await opPage.goto(`${url}/#/runs/${id}`);
+    await opPage.locator('button[data-action="cancel"]').click();
+    const dlg = opPage.locator('dialog.action-dialog[open]');
+    await dlg.locator('textarea').fill('not needed');
+    await dlg.locator('button[data-confirm]').click();
+    await dlg.waitFor({ state: 'detached', timeout: 10000 });
+    await opPage.locator('.run-head .badge', { hasText: 'canceled' }).waitFor({ timeout: 15000 });
+    assert(await opPage.locator('button[data-action="cancel"]').count() === 0, 'cancel still offered for a canceled run');
+  }, opPage);
+
 
   await step('daemon restart: reconnecting, then live again', async () => {
     const ticks = await trigger(TICKS, 'ticks.yml', 'refs/heads/main');
@@ -508,6 +732,12 @@ async function main() {
     await logLine(p, /bold green/);
     assert(await overflow() <= 1, `log page is ${await overflow()} px wider than the phone`);
     await shot(p, '13-phone-log');
+    if (fwRel) {
+      await p.goto(`${url}/#/releases/${fwRel}`);
+      await p.locator('svg.gate-chart circle.pt').first().waitFor({ timeout: 10000 });
+      assert(await overflow() <= 1, `release page is ${await overflow()} px wider than the phone`);
+      await shot(p, '19-phone-rollout');
+    }
     await phone.close();
   });
 
@@ -518,6 +748,7 @@ async function main() {
 
 async function cleanup() {
   try { if (browser) await browser.close(); } catch { /* gone */ }
+  await stopFleet();
   await stopDaemon('SIGTERM');
   await stopDaemon('SIGKILL');
 }

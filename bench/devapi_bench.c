@@ -1,0 +1,212 @@
+/*
+ * devapi_bench.c - throughput of the built-in update server's device API.
+ *
+ * Opens a fleet (fleet.db in a temporary directory) and its device listener
+ * in this process on 127.0.0.1:0, exposes a release, registers 100,000
+ * devices, then runs wrk (64 connections, 2 threads) with the scripts in
+ * bench/wrk/:
+ *
+ *   checkin.lua   check-ins with a random device id (1M id space), hardware
+ *                 and tags per request;
+ *   reports.lua   report batches of 100 events about registered devices;
+ *
+ * and, for comparison, checkin.lua against a trivial libmicrohttpd server
+ * with the same threading that answers a constant small JSON (the
+ * baseline: what the HTTP layer alone costs).  Prints requests/s (events/s
+ * for reports) with p50/p99 latency.  Figures only, nothing asserted.
+ *
+ *   devapi_bench [SECONDS]      (default 5; scripts from $OTACD_SRC/bench/wrk
+ *                                or ./bench/wrk)
+ */
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "../orchestrator/fleet.h"
+
+#define KEY "bench-fleet-key-0123456789abcdef"
+
+struct wrk_result {
+	double rps, p50_ms, p99_ms;
+	long errors;
+};
+
+static double to_ms(double v, const char *unit)
+{
+	if (!strcmp(unit, "us"))
+		return v / 1000;
+	if (!strcmp(unit, "s"))
+		return v * 1000;
+	if (!strcmp(unit, "m"))
+		return v * 60000;
+	return v;
+}
+
+static int run_wrk(struct wrk_result *out, const char *script, int port, const char *path, int seconds)
+{
+	char *cmd = xasprintf("FLEET_KEY=%s wrk -t2 -c64 -d%ds --latency -s %s http://127.0.0.1:%d%s 2>&1", KEY,
+			      seconds, script, port, path);
+	char line[512];
+	FILE *p = popen(cmd, "r");
+	int rc = 0;
+
+	memset(out, 0, sizeof(*out));
+	free(cmd);
+	if (!p)
+		return ota_error_set(OTA_ERROR, "cannot run wrk");
+	while (fgets(line, sizeof(line), p)) {
+		double v;
+		char unit[8];
+		long n;
+		if (sscanf(line, "Requests/sec: %lf", &v) == 1)
+			out->rps = v;
+		else if (sscanf(line, " 50%% %lf%7[a-z]", &v, unit) == 2)
+			out->p50_ms = to_ms(v, unit);
+		else if (sscanf(line, " 99%% %lf%7[a-z]", &v, unit) == 2)
+			out->p99_ms = to_ms(v, unit);
+		else if (sscanf(line, " Non-2xx or 3xx responses: %ld", &n) == 1)
+			out->errors += n;
+		else if (strstr(line, "Socket errors"))
+			fprintf(stderr, "wrk: %s", line);
+	}
+	if (pclose(p) != 0)
+		rc = ota_error_set(OTA_ERROR, "wrk failed (is /usr/bin/wrk installed?)");
+	return rc;
+}
+
+/* The baseline server: a constant answer, same threading as devapi.c. */
+static enum MHD_Result constant(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+				const char *version, const char *data, size_t *size, void **con_cls)
+{
+	static const char answer[] = "{\"now\":1796000000000,\"time_scale\":1.0,\"next_poll_ms\":21600000,\"offer\":null}";
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	(void)cls;
+	(void)url;
+	(void)method;
+	(void)version;
+	(void)data;
+	if (!*con_cls) {
+		*con_cls = (void *)1;
+		return MHD_YES;
+	}
+	if (*size) {
+		*size = 0;
+		return MHD_YES;
+	}
+	r = MHD_create_response_from_buffer(sizeof(answer) - 1, (void *)answer, MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static void print(const char *what, const struct wrk_result *r, double mult, const char *unit)
+{
+	printf("%-10s %10.0f %s  p50 %7.2f ms  p99 %7.2f ms%s\n", what, r->rps * mult, unit, r->p50_ms, r->p99_ms,
+	       r->errors ? "  (non-2xx answers!)" : "");
+}
+
+int main(int argc, char **argv)
+{
+	int seconds = argc > 1 ? atoi(argv[1]) : 5;
+	const char *src = getenv("OTACD_SRC");
+	char dir[] = "/tmp/devapi_bench.XXXXXX";
+	char *db = NULL, *checkin_lua = NULL, *reports_lua = NULL, *rm = NULL;
+	struct fleet *f = NULL;
+	struct devapi *api = NULL;
+	struct MHD_Daemon *base = NULL;
+	struct fleet_config cfg = { NULL, KEY, 6 * 3600 * 1000LL };
+	struct fleet_image imgs[] = {
+		{ "mps2-an385", "1111111111111111111111111111111111111111111111111111111111111111", "application", 100000 },
+		{ "nrf52840dk", "2222222222222222222222222222222222222222222222222222222222222222", "application", 100000 },
+	};
+	json_t *cohort = json_pack("{s[ss]}", "region", "eu", "us");
+	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, "1.0.0", imgs, 2, 1, "bench", 1000, NULL, 0, NULL, 0 };
+	struct wrk_result rc_checkin, rc_base, rc_reports;
+	int rc = 1;
+
+	if (seconds <= 0)
+		seconds = 5;
+	x.cohort = cohort;
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		goto out;
+	}
+	db = xasprintf("%s/fleet.db", dir);
+	checkin_lua = xasprintf("%s/bench/wrk/checkin.lua", src ? src : ".");
+	reports_lua = xasprintf("%s/bench/wrk/reports.lua", src ? src : ".");
+	if (access(checkin_lua, R_OK) || access(reports_lua, R_OK)) {
+		fprintf(stderr, "devapi_bench: cannot read %s (set OTACD_SRC)\n", checkin_lua);
+		goto out;
+	}
+	cfg.db_path = db;
+	if (fleet_open(&f, &cfg) < 0 || fleet_set_exposure(f, &x) < 0 ||
+	    devapi_start(&api, f, "127.0.0.1:0", 1) < 0) {
+		fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
+		goto out;
+	}
+	/* register the devices reports.lua talks about */
+	for (int i = 0; i < 100000; i++) {
+		char id[32];
+		json_t *body, *ans = NULL;
+		snprintf(id, sizeof(id), "dev-%07d", i);
+		body = json_pack("{ss ss ss ss ss si s{ss ss}}", "device", id, "product", "sensor-node", "hardware",
+				 i % 2 ? "mps2-an385" : "nrf52840dk", "bootloader", "1.2.0", "version", "1.4.0",
+				 "security_counter", 3, "tags", "region", i % 3 ? "eu" : "us", "tier", "standard");
+		if (fleet_checkin(f, body, &ans) < 0) {
+			fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
+			json_decref(body);
+			goto out;
+		}
+		json_decref(body);
+		json_decref(ans);
+	}
+	base = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+				constant, NULL, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)2, MHD_OPTION_CONNECTION_LIMIT,
+				(unsigned)20000, MHD_OPTION_END);
+	if (!base) {
+		fprintf(stderr, "devapi_bench: cannot start the baseline server\n");
+		goto out;
+	}
+
+	printf("devapi bench: wrk -t2 -c64 -d%ds on %ld CPUs\n", seconds, sysconf(_SC_NPROCESSORS_ONLN));
+	if (run_wrk(&rc_base, checkin_lua, MHD_get_daemon_info(base, MHD_DAEMON_INFO_BIND_PORT)->port,
+		    "/device/v1/checkin", seconds) < 0 ||
+	    run_wrk(&rc_checkin, checkin_lua, devapi_port(api), "/device/v1/checkin", seconds) < 0 ||
+	    run_wrk(&rc_reports, reports_lua, devapi_port(api), "/device/v1/reports", seconds) < 0) {
+		fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
+		goto out;
+	}
+	print("baseline", &rc_base, 1, "req/s   ");
+	print("check-in", &rc_checkin, 1, "req/s   ");
+	printf("%-10s %10.2f (check-in / baseline)\n", "ratio", rc_base.rps > 0 ? rc_checkin.rps / rc_base.rps : 0);
+	print("reports", &rc_reports, 100, "events/s");
+	print("(batches)", &rc_reports, 1, "req/s   ");
+	{
+		struct fleet_agg a;
+		fleet_aggregate(f, "sensor-node", "1.5.0", "*", &a);
+		printf("aggregate 1.5.0/*: offered %lld, reporting %lld, crashes %lld\n", (long long)a.offered,
+		       (long long)a.reporting, (long long)a.crashes);
+	}
+	rc = rc_checkin.errors || rc_reports.errors || rc_base.errors;
+out:
+	if (base)
+		MHD_stop_daemon(base);
+	devapi_stop(api);
+	fleet_close(f);
+	json_decref(cohort);
+	if (db) {
+		rm = xasprintf("rm -rf '%s'", dir);
+		if (system(rm) != 0)
+			fprintf(stderr, "cannot remove %s\n", dir);
+	}
+	free(rm);
+	free(db);
+	free(checkin_lua);
+	free(reports_lua);
+	return rc;
+}

@@ -1,0 +1,154 @@
+/*
+ * main.c - sensor-node: sample, frame, report over UART, answer commands.
+ *
+ * Boot sequence, as hil/hil.py expects it on UART0:
+ *
+ *     sensor-node 1.4.0 counter=3 board=mps2-an385
+ *     FRAME A507...        (BOOT_FRAMES sample frames, CRC-checked)
+ *     SELFTEST PASS        (or "SELFTEST FAIL <check>")
+ *     READY
+ *
+ * SysTick fires SAMPLE_HZ times a second; its handler reads the (simulated)
+ * sensor into the ring buffer.  main() drains the ring, keeping the newest
+ * sample, and answers one-letter commands terminated by a newline:
+ * "v" the version line, "s" a frame of the newest sample, "t" the
+ * self-test again.  Between ticks the core sleeps in WFI, so an idle QEMU
+ * costs no CPU.
+ */
+#include <stdint.h>
+
+#include "frame.h"
+#include "mps2.h"
+#include "ringbuf.h"
+#include "selftest.h"
+#include "sensor.h"
+#include "uart.h"
+#include "version.h"
+
+#define SAMPLE_HZ   50u
+#define BOOT_FRAMES 4u
+#define LINE_MAX    16u
+
+void SysTick_Handler(void);
+
+static struct ringbuf ring;
+static struct sensor sensor;
+
+/* Interrupt context: the only producer of the ring. */
+void SysTick_Handler(void)
+{
+	struct sample s;
+
+	sensor_sample(&sensor, &s);
+	(void)ringbuf_push(&ring, &s);
+}
+
+static void wait_for_interrupt(void)
+{
+	__asm__ volatile("wfi" ::: "memory");
+}
+
+static void emit_frame(const struct sample *s)
+{
+	uint8_t payload[SAMPLE_PAYLOAD_LEN], frame[FRAME_MAX];
+	char hex[2 * FRAME_MAX + 1];
+	int n;
+
+	sample_pack(payload, s);
+	n = frame_encode(frame, sizeof(frame), payload, sizeof(payload));
+	if (n < 0 || frame_to_hex(hex, sizeof(hex), frame, (size_t)n) < 0) {
+		uart_putline("ERR frame");
+		return;
+	}
+	uart_puts("FRAME ");
+	uart_putline(hex);
+}
+
+static void report_selftest(void)
+{
+	const char *failed = selftest_run();
+
+	if (failed) {
+		uart_puts("SELFTEST FAIL ");
+		uart_putline(failed);
+	} else {
+		uart_putline("SELFTEST PASS");
+	}
+}
+
+static void handle_command(const char *line, const struct sample *latest)
+{
+	if (line[0] == '\0')
+		return;
+	if (line[1] != '\0') {
+		uart_putline("ERR unknown command");
+		return;
+	}
+	switch (line[0]) {
+	case 'v':
+		uart_putline(SENSOR_VERSION_LINE);
+		break;
+	case 's':
+		emit_frame(latest);
+		break;
+	case 't':
+		report_selftest();
+		break;
+	default:
+		uart_putline("ERR unknown command");
+		break;
+	}
+}
+
+int main(void)
+{
+	struct sample latest = { 0, 0 };
+	char line[LINE_MAX];
+	unsigned len = 0, boot_frames = 0;
+
+#ifdef SENSOR_BREAK_HANG
+	/* BREAK=hang: wait for a sensor that never answers, before any output,
+	 * so a HIL run sees nothing and must time out. */
+	for (;;)
+		wait_for_interrupt();
+#endif
+	uart_init();
+	uart_putline(SENSOR_VERSION_LINE);
+#ifdef SENSOR_BUILD_STAMP
+	/* INJECT_TIMESTAMP=1: a deliberately non-reproducible build */
+	uart_putline("build-stamp=" SENSOR_BUILD_STAMP);
+#endif
+	ringbuf_init(&ring);
+	sensor_init(&sensor);
+	SYST_RVR = MPS2_SYSCLK_HZ / SAMPLE_HZ - 1u;
+	SYST_CVR = 0;
+	SYST_CSR = SYST_CSR_CLKSOURCE | SYST_CSR_TICKINT | SYST_CSR_ENABLE;
+
+	while (boot_frames < BOOT_FRAMES) {
+		if (ringbuf_pop(&ring, &latest) == 0) {
+			emit_frame(&latest);
+			boot_frames++;
+		} else {
+			wait_for_interrupt();
+		}
+	}
+	report_selftest();
+	uart_putline("READY");
+
+	for (;;) {
+		int c;
+
+		while (ringbuf_pop(&ring, &latest) == 0)
+			;
+		while ((c = uart_getc()) >= 0) {
+			if (c == '\n' || c == '\r') {
+				line[len] = '\0';
+				handle_command(line, &latest);
+				len = 0;
+			} else if (len < LINE_MAX - 1u) {
+				line[len++] = (char)c;
+			}
+		}
+		wait_for_interrupt();
+	}
+}

@@ -1,0 +1,37 @@
+/*
+ * mps2.h - the few registers of the MPS2 boards (AN385 Cortex-M3, AN386
+ * Cortex-M4) the firmware touches: CMSDK APB UART0 and the core's SysTick.
+ * Both boards have the same memory map, so one header serves both.
+ */
+#ifndef SENSOR_MPS2_H
+#define SENSOR_MPS2_H
+
+#include <stdint.h>
+
+#define MPS2_SYSCLK_HZ 25000000u /* FPGA system clock, also QEMU's */
+
+#define REG32(addr) (*(volatile uint32_t *)(uintptr_t)(addr))
+
+/* CMSDK APB UART0 */
+#define UART0_BASE     0x40004000u
+#define UART0_DATA     REG32(UART0_BASE + 0x00u)
+#define UART0_STATE    REG32(UART0_BASE + 0x04u)
+#define UART0_CTRL     REG32(UART0_BASE + 0x08u)
+#define UART0_BAUDDIV  REG32(UART0_BASE + 0x10u)
+#define UART_STATE_TXFULL 0x1u
+#define UART_STATE_RXFULL 0x2u
+#define UART_CTRL_TXEN    0x1u
+#define UART_CTRL_RXEN    0x2u
+
+/* SysTick (ARMv7-M system control space) */
+#define SYST_CSR REG32(0xE000E010u)
+#define SYST_RVR REG32(0xE000E014u)
+#define SYST_CVR REG32(0xE000E018u)
+#define SYST_CSR_ENABLE    0x1u
+#define SYST_CSR_TICKINT   0x2u
+#define SYST_CSR_CLKSOURCE 0x4u /* processor clock */
+
+/* Coprocessor access control, to turn the Cortex-M4's FPU on */
+#define SCB_CPACR REG32(0xE000ED88u)
+
+#endif

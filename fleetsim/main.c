@@ -1,0 +1,309 @@
+/*
+ * main.c - otacd-fleetsim: the command line, keys, profile, signals and the
+ * Prometheus /metrics listener around the event loop in run.c.
+ *
+ * The simulator plays thousands to a million devices against an update
+ * server speaking docs/update-server.md (otacd's built-in one, usually), so
+ * a rollout can be watched end to end: offers, downloads, test boots,
+ * reverts, health reports.  docs/fleetsim.md describes the model and the
+ * output.  The metrics listener is libmicrohttpd on its own thread; it only
+ * copies the text the loop refreshes once a second.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "../common/httpc.h"
+#include "../common/util.h"
+#include "../orchestrator/keys.h"
+#include "run.h"
+#include "sim.h"
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop_flag = 1;
+}
+
+static void usage(FILE *f)
+{
+	fputs("usage: otacd-fleetsim --url DEVICE_URL --devices N --seed S --key PUB.pem [--key ...]\n"
+	      "         --fleet-key KEY|@FILE [--profile FILE] [--product P]\n"
+	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
+	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
+	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
+	      "         [--shared-downloads] [--quiet]\n"
+	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
+}
+
+static int parse_u64(const char *opt, const char *s, uint64_t max, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || *s == '-' || v > max)
+		return ota_error_set(OTA_EINVAL, "%s: '%s' is not a number in 0..%llu", opt, s,
+				     (unsigned long long)max);
+	*out = v;
+	return 0;
+}
+
+static int load_key(EVP_PKEY **out, const char *path)
+{
+	struct buf pem = BUF_INIT;
+	int rc;
+
+	if ((rc = ota_read_file(&pem, path, 1 << 20)) ||
+	    (rc = pubkey_load_pem(out, pem.ptr, pem.len)))
+		ota_error_prefix("--key %s: ", path);
+	buf_release(&pem);
+	return rc;
+}
+
+static enum MHD_Result on_metrics(void *cls, struct MHD_Connection *c, const char *url,
+				  const char *method, const char *version, const char *data,
+				  size_t *data_size, void **con_cls)
+{
+	struct fleetsim *fs = cls;
+	struct MHD_Response *r;
+	enum MHD_Result ret;
+	int found = !strcmp(url, "/metrics");
+	char *text;
+
+	if (strcmp(method, "GET") && strcmp(method, "HEAD"))
+		return MHD_NO;
+	text = found ? fleetsim_metrics_snapshot(fs) : xstrdup("not found\n");
+	r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	MHD_add_response_header(r, "Content-Type", found ? "text/plain; version=0.0.4" : "text/plain");
+	ret = MHD_queue_response(c, found ? MHD_HTTP_OK : MHD_HTTP_NOT_FOUND, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static int metrics_start(struct MHD_Daemon **out, const char *listen, struct fleetsim *fs)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *ai = NULL;
+	const char *colon = strrchr(listen, ':');
+	char *host = NULL;
+	const union MHD_DaemonInfo *info;
+	int rc = 0;
+
+	*out = NULL;
+	if (!colon || colon == listen) {
+		rc = ota_error_set(OTA_EINVAL, "--metrics-listen: '%s' is not HOST:PORT", listen);
+		goto out;
+	}
+	host = xstrndup(listen, (size_t)(colon - listen));
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = 0;
+	}
+	if (getaddrinfo(host, colon + 1, &hints, &ai) || !ai) {
+		rc = ota_error_set(OTA_EINVAL, "--metrics-listen: cannot resolve '%s'", listen);
+		goto out;
+	}
+	*out = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+				(ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
+				0, NULL, NULL, on_metrics, fs, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+				MHD_OPTION_END);
+	if (!*out) {
+		rc = ota_error_set(OTA_ERROR, "--metrics-listen: cannot listen on %s", listen);
+		goto out;
+	}
+	info = MHD_get_daemon_info(*out, MHD_DAEMON_INFO_BIND_PORT);
+	fprintf(stderr, "fleetsim: metrics on http://%s:%u/metrics\n", listen[0] == '[' ?
+		listen : host, info ? info->port : 0);
+out:
+	if (ai)
+		freeaddrinfo(ai);
+	free(host);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "url", required_argument, NULL, 'u' },
+		{ "devices", required_argument, NULL, 'n' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "profile", required_argument, NULL, 'p' },
+		{ "key", required_argument, NULL, 'k' },
+		{ "fleet-key", required_argument, NULL, 'f' },
+		{ "product", required_argument, NULL, 'P' },
+		{ "duration", required_argument, NULL, 'd' },
+		{ "until", required_argument, NULL, 'U' },
+		{ "metrics-listen", required_argument, NULL, 'm' },
+		{ "stats", required_argument, NULL, 'S' },
+		{ "start-version", required_argument, NULL, 'V' },
+		{ "start-counter", required_argument, NULL, 'C' },
+		{ "concurrency", required_argument, NULL, 'c' },
+		{ "report-every", required_argument, NULL, 'r' },
+		{ "shared-downloads", no_argument, NULL, 'D' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256 };
+	struct sim_profile profile = { 0 };
+	struct buf text = BUF_INIT, keyfile = BUF_INIT;
+	const char *profile_path = NULL, *metrics_listen = NULL;
+	char *until = NULL, *fleet_key = NULL;
+	EVP_PKEY **keys = NULL;
+	size_t nkeys = 0;
+	struct fleetsim *fs = NULL;
+	struct MHD_Daemon *mhd = NULL;
+	struct sigaction sa = { .sa_handler = on_signal };
+	int have_seed = 0, opt, rc = 0;
+	uint64_t n;
+
+	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'u': o.url = optarg; break;
+		case 'n':
+			if ((rc = parse_u64("--devices", optarg, 16000000, &n)))
+				goto out;
+			o.devices = (uint32_t)n;
+			break;
+		case 's':
+			if ((rc = parse_u64("--seed", optarg, UINT64_MAX, &o.seed)))
+				goto out;
+			have_seed = 1;
+			break;
+		case 'p': profile_path = optarg; break;
+		case 'k':
+			keys = xrealloc(keys, (nkeys + 1) * sizeof(*keys));
+			if ((rc = load_key(&keys[nkeys], optarg)))
+				goto out;
+			nkeys++;
+			break;
+		case 'f':
+			free(fleet_key);
+			if (optarg[0] == '@') {
+				buf_clear(&keyfile);
+				if ((rc = ota_read_file(&keyfile, optarg + 1, 4096))) {
+					ota_error_prefix("--fleet-key: ");
+					goto out;
+				}
+				while (keyfile.len && strchr("\r\n \t", keyfile.ptr[keyfile.len - 1]))
+					keyfile.ptr[--keyfile.len] = 0;
+				fleet_key = xstrdup(keyfile.ptr);
+			} else {
+				fleet_key = xstrdup(optarg);
+			}
+			break;
+		case 'P': o.product = optarg; break;
+		case 'd': {
+			char *end;
+
+			o.duration_s = strtod(optarg, &end);
+			if (end == optarg || *end || o.duration_s < 0) {
+				rc = ota_error_set(OTA_EINVAL, "--duration: '%s' is not seconds", optarg);
+				goto out;
+			}
+			break;
+		}
+		case 'U': {
+			char *colon, *end;
+
+			free(until);
+			until = xstrdup(optarg);
+			colon = strrchr(until, ':');
+			if (!colon || colon == until) {
+				rc = ota_error_set(OTA_EINVAL, "--until: '%s' is not VERSION:FRACTION", optarg);
+				goto out;
+			}
+			*colon = 0;
+			o.until_fraction = strtod(colon + 1, &end);
+			if (end == colon + 1 || *end || o.until_fraction < 0 || o.until_fraction > 1) {
+				rc = ota_error_set(OTA_EINVAL, "--until: fraction '%s' is not in [0, 1]",
+						   colon + 1);
+				goto out;
+			}
+			o.until_version = until;
+			break;
+		}
+		case 'm': metrics_listen = optarg; break;
+		case 'S': o.stats_path = optarg; break;
+		case 'V': o.start_version = optarg; break;
+		case 'C':
+			if ((rc = parse_u64("--start-counter", optarg, UINT32_MAX, &n)))
+				goto out;
+			o.start_counter = (uint32_t)n;
+			break;
+		case 'c':
+			if ((rc = parse_u64("--concurrency", optarg, 100000, &n)))
+				goto out;
+			o.concurrency = n ? (unsigned)n : 1;
+			break;
+		case 'r': {
+			int64_t ms;
+
+			if ((rc = ota_parse_duration_ms(optarg, &ms)) || ms <= 0) {
+				rc = ota_error_set(OTA_EINVAL, "--report-every: '%s' is not a duration",
+						   optarg);
+				goto out;
+			}
+			o.report_every_ms = ms;
+			break;
+		}
+		case 'D': o.shared_downloads = 1; break;
+		case 'q': o.quiet = 1; break;
+		case 'h': usage(stdout); goto out;
+		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
+		}
+	}
+	if (optind < argc || !o.url || !o.devices || !have_seed || !nkeys || !fleet_key) {
+		usage(stderr);
+		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key and --fleet-key are required");
+		goto out;
+	}
+	o.fleet_key = fleet_key;
+	if (profile_path) {
+		if ((rc = ota_read_file(&text, profile_path, 16 << 20))) {
+			ota_error_prefix("--profile: ");
+			goto out;
+		}
+		rc = sim_profile_parse(&profile, text.ptr, text.len, profile_path);
+	} else {
+		rc = sim_profile_parse(&profile, NULL, 0, "default profile");
+	}
+	if (rc)
+		goto out;
+	if ((rc = httpc_global_init()))
+		goto out;
+	if ((rc = fleetsim_new(&fs, &o, &profile, keys, nkeys)))
+		goto out;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (metrics_listen && (rc = metrics_start(&mhd, metrics_listen, fs)))
+		goto out;
+	rc = fleetsim_run(fs, &stop_flag);
+out:
+	if (rc)
+		fprintf(stderr, "otacd-fleetsim: %s\n", ota_error_last());
+	if (mhd)
+		MHD_stop_daemon(mhd);
+	fleetsim_free(fs);
+	for (size_t k = 0; k < nkeys; k++)
+		EVP_PKEY_free(keys[k]);
+	free(keys);
+	sim_profile_release(&profile);
+	buf_release(&text);
+	buf_release(&keyfile);
+	free(until);
+	free(fleet_key);
+	return rc ? 1 : 0;
+}

@@ -1,0 +1,1525 @@
+/*
+ * run.c - otacd-fleetsim's event loop: thousands to a million devices, one
+ * thread, speaking docs/update-server.md to an update server.
+ *
+ * Why one thread: a device is 40 bytes of state (sim.h) and a few entries
+ * in an event heap, so a million of them cost memory, not threads.  The loop
+ * pops every event that is due in otacd time (poll, heartbeat, end of a
+ * test boot, start of a download), starts at most `concurrency` device
+ * requests on one libcurl multi handle, and handles answers as they
+ * complete.  Time: each check-in answer carries otacd `now` and
+ * `time_scale`; the loop maps real time to otacd time through the latest
+ * answer (never backwards), so polls, reports and boot outcomes follow the
+ * server's clock, scaled.
+ *
+ * Start: device 0 checks in first (the probe); its answer gives the time and
+ * the poll interval, and every other device's first poll is spread uniformly
+ * over that interval.  Then each device polls again after the answer's
+ * next_poll_ms.
+ *
+ * Update flow: offer -> sim_offer_check -> the device downloads the image
+ * (Range resume after a cut) -> the digest must be the offered sha256 ->
+ * the image's verdict (verified once per image by a separate fetch, see
+ * sim_imgcache_verify) and counter decide -> download + install reports ->
+ * a test boot of BOOT_MS -> boot_fail / revert / boot_ok.  With
+ * --shared-downloads the verification fetch is the only download.
+ *
+ * Reports of all devices are batched (REPORT_BATCH per POST, a few POSTs in
+ * flight); a batch that fails to send is retried, one rejected with 4xx is
+ * counted and dropped.  Counts, the summary line, the stats file and the
+ * Prometheus text are all computed here (docs/fleetsim.md).
+ */
+#include "run.h"
+
+#include <curl/curl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define BOOT_MS (2 * 60 * 1000)                 /* a test boot: two otacd minutes */
+#define DEFAULT_POLL_MS (6LL * 3600 * 1000)
+#define REPORT_BATCH 500
+#define REPORT_INFLIGHT 4
+#define REPORT_FLUSH_REAL_MS 200
+#define REPORT_QUEUE_MAX 20000                   /* batches kept while the server is away */
+#define ANSWER_MAX (1u << 20)
+#define IMAGE_MAX ((size_t)64 << 20)
+#define SUMMARY_REAL_MS 10000
+#define METRICS_REAL_MS 1000
+#define FETCH_TRIES 5
+#define WARN_MAX 50
+#define LOUD_MAX 20                              /* downgrade / incompatible lines printed */
+#define SALT_FIRST_POLL 101
+#define SALT_FIRST_HB 102
+#define SALT_BATTERY 103
+
+enum xkind { X_CHECKIN, X_DOWNLOAD, X_FETCH, X_REPORTS };
+
+struct xfer {
+	CURL *e;
+	enum xkind kind;
+	int busy;
+	uint32_t dev;
+	uint32_t image;              /* 1-based */
+	struct sim_download *dl;     /* X_DOWNLOAD (the device's), X_FETCH (own) */
+	struct sim_download fetch;
+	struct buf keep;             /* X_FETCH: the image bytes */
+	struct buf body;             /* answer (or error body) */
+	struct buf req;
+	int nreports;
+	int64_t range_start;
+	int started, body_is_data, failed, flaky_abort, probe;
+	char err[CURL_ERROR_SIZE];
+};
+
+struct vstat {
+	int64_t devices, offered, ever_ran, confirmed, crashes;
+	double hours, battery;
+	uint64_t *offered_bits, *ran_bits;
+	uint64_t vhash;
+	struct sim_rates *rates;     /* per hardware index, computed once */
+};
+
+struct batch {
+	char *body;
+	int n;
+};
+
+struct fleetsim {
+	struct fleetsim_opts o;
+	const struct sim_profile *p;
+	struct sim_imgcache images;
+	struct sim_versions versions;
+	struct vstat *vs;
+	size_t nvs;
+	struct sim_heap heap;
+	struct sim_device *dev;
+	uint32_t ndev;
+	uint64_t rng;
+	char *base, *checkin_url, *reports_url;
+	struct curl_slist *hdr_json, *hdr_auth;
+	char *product_json;
+	char **hw_json, **bl_json, *tag_json[SIM_MAX_TAGS][SIM_MAX_CHOICES];
+	char *tagkey_json[SIM_MAX_TAGS];
+
+	/* downloads in flight or partial, by 1-based slot */
+	struct sim_download **dls;
+	uint32_t ndls, capdls;
+	uint32_t *dlfree;
+	uint32_t ndlfree;
+
+	CURLM *multi;
+	struct xfer **xs;            /* every transfer ever made; idle ones are reused */
+	size_t nxs;
+	unsigned dev_active;         /* device transfers in flight (check-ins, downloads) */
+	unsigned reports_inflight;
+
+	int time_known;
+	int64_t anchor_otacd, anchor_real, last_now, t0;
+	double scale;
+	int64_t poll_ms;
+	int probe_inflight;
+	int64_t probe_retry_real;
+	int fatal;
+
+	struct buf pending;
+	int npending;
+	int64_t pending_since_real;
+	struct batch *q;             /* sealed batches, q[qhead..qn) */
+	size_t qhead, qn, qcap;
+	int64_t retry_at_real;
+
+	struct {
+		int64_t installed, confirmed, reverted, boot_failed, refused,
+			refused_lower_counter, refused_bad_signature, incompatible_offers,
+			skipped_failed, downloads, resumed_downloads, cut_downloads, reports_sent,
+			reports_rejected, reports_dropped, checkins, requests_failed,
+			flaky_aborts, heartbeats;
+	} c;
+
+	int64_t *printed;            /* devices per version at the last summary line */
+	size_t nprinted;
+	int64_t start_real, last_print_real, last_metrics_real;
+	int until_reached;
+	unsigned warned;
+	pthread_mutex_t mlock;
+	char *metrics;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static int64_t real_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void warn(struct fleetsim *fs, const char *fmt, ...) OTA_PRINTF(2, 3);
+static void warn(struct fleetsim *fs, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (fs->warned++ >= WARN_MAX) {
+		if (fs->warned == WARN_MAX + 2)
+			fprintf(stderr, "fleetsim: further warnings suppressed\n");
+		return;
+	}
+	va_start(ap, fmt);
+	fputs("fleetsim: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+static char *json_quote(const char *s)
+{
+	json_t *j = json_string(s);
+	char *out = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+
+	json_decref(j);
+	return out ? out : xstrdup("\"\"");
+}
+
+/* otacd ms now: anchored at the latest answer, never backwards. */
+static int64_t fs_now(struct fleetsim *fs)
+{
+	int64_t t;
+
+	if (!fs->time_known)
+		return 0;
+	t = fs->anchor_otacd + (int64_t)((double)(real_ms() - fs->anchor_real) * fs->scale);
+	if (t < fs->last_now)
+		t = fs->last_now;
+	fs->last_now = t;
+	return t;
+}
+
+static void time_update(struct fleetsim *fs, int64_t now, double scale)
+{
+	fs->anchor_otacd = now;
+	fs->anchor_real = real_ms();
+	fs->scale = scale > 0 ? scale : 1.0;
+	if (!fs->time_known) {
+		fs->time_known = 1;
+		fs->t0 = now;
+		fs->last_now = now;
+	}
+}
+
+static int version_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (!n || n > 64)
+		return 0;
+	for (; *s; s++)
+		if (!(('0' <= *s && *s <= '9') || ('a' <= *s && *s <= 'z') ||
+		      ('A' <= *s && *s <= 'Z') || strchr(".+-_~", *s)))
+			return 0;
+	return 1;
+}
+
+/* Interned index of version s with its stats slot, or -1. */
+static int version_idx(struct fleetsim *fs, const char *s)
+{
+	int i;
+
+	if (!version_ok(s))
+		return ota_error_set(OTA_EINVAL, "bad version string");
+	i = sim_version_intern(&fs->versions, s);
+	if (i < 0)
+		return i;
+	if ((size_t)i >= fs->nvs) {
+		size_t n = fs->versions.n;
+
+		fs->vs = xrealloc(fs->vs, n * sizeof(*fs->vs));
+		memset(fs->vs + fs->nvs, 0, (n - fs->nvs) * sizeof(*fs->vs));
+		for (size_t k = fs->nvs; k < n; k++)
+			fs->vs[k].vhash = sim_fnv1a64(fs->versions.names[k]);
+		fs->nvs = n;
+	}
+	return i;
+}
+
+static const struct sim_rates *rates(struct fleetsim *fs, uint16_t v, uint8_t hw)
+{
+	struct vstat *s = &fs->vs[v];
+
+	if (!s->rates) {
+		s->rates = xcalloc(fs->p->hardware.n, sizeof(*s->rates));
+		for (size_t h = 0; h < fs->p->hardware.n; h++)
+			sim_profile_rates(fs->p, fs->versions.names[v], fs->p->hardware.names[h],
+					  &s->rates[h]);
+	}
+	return &s->rates[hw];
+}
+
+static int bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i)
+{
+	if (!*bits)
+		*bits = xcalloc(fs->ndev / 64 + 1, sizeof(uint64_t));
+	if ((*bits)[i / 64] & (1ull << (i % 64)))
+		return 0;
+	(*bits)[i / 64] |= 1ull << (i % 64);
+	return 1;
+}
+
+/* ---- reports ------------------------------------------------------------ */
+
+static void batch_seal(struct fleetsim *fs)
+{
+	struct buf b = BUF_INIT;
+
+	if (!fs->npending)
+		return;
+	buf_puts(&b, "{\"reports\":[");
+	buf_put(&b, fs->pending.ptr, fs->pending.len);
+	buf_puts(&b, "]}");
+	if (fs->qn - fs->qhead >= REPORT_QUEUE_MAX) {
+		fs->c.reports_dropped += fs->q[fs->qhead].n;
+		free(fs->q[fs->qhead].body);
+		fs->qhead++;
+	}
+	if (fs->qn == fs->qcap) {
+		if (fs->qhead) {
+			memmove(fs->q, fs->q + fs->qhead, (fs->qn - fs->qhead) * sizeof(*fs->q));
+			fs->qn -= fs->qhead;
+			fs->qhead = 0;
+		}
+		if (fs->qn == fs->qcap) {
+			fs->qcap = fs->qcap ? fs->qcap * 2 : 64;
+			fs->q = xrealloc(fs->q, fs->qcap * sizeof(*fs->q));
+		}
+	}
+	fs->q[fs->qn++] = (struct batch){ buf_detach(&b), fs->npending };
+	buf_clear(&fs->pending);
+	fs->npending = 0;
+}
+
+/* Queue one report of device i about version v; extra is more JSON members. */
+static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *event, int64_t at,
+		   const char *extra)
+{
+	char id[16];
+
+	if ((fs->dev[i].flags & SIM_F_SILENT) || !(fs->dev[i].flags & SIM_F_STARTED))
+		return;
+	sim_device_id(id, sizeof(id), i);
+	if (fs->npending)
+		buf_putc(&fs->pending, ',');
+	else
+		fs->pending_since_real = real_ms();
+	buf_printf(&fs->pending, "{\"device\":\"%s\",\"version\":\"%s\",\"event\":\"%s\",\"at\":%" PRId64 "%s}",
+		   id, fs->versions.names[v], event, at, extra ? extra : "");
+	if (++fs->npending >= REPORT_BATCH)
+		batch_seal(fs);
+}
+
+/* ---- transfers ---------------------------------------------------------- */
+
+static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
+{
+	struct xfer *x = ud;
+	size_t n = sz * nm;
+
+	if (n >= 5 && !strncmp(p, "HTTP/", 5)) {
+		x->range_start = -1;
+	} else if (n > 14 && !strncasecmp(p, "Content-Range:", 14)) {
+		char line[128];
+		long long a;
+
+		snprintf(line, sizeof(line), "%.*s", (int)(n < 127 ? n : 127), p + 14);
+		if (sscanf(line, " bytes %lld-", &a) == 1)
+			x->range_start = a;
+	}
+	return n;
+}
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
+{
+	struct xfer *x = ud;
+	size_t n = sz * nm;
+
+	if (x->flaky_abort)
+		return 0;               /* the device loses the answer */
+	if (x->dl && !x->started) {
+		long st = 0;
+
+		curl_easy_getinfo(x->e, CURLINFO_RESPONSE_CODE, &st);
+		x->started = 1;
+		if (st == 200 || st == 206) {
+			if (sim_download_response(x->dl, st, x->range_start)) {
+				x->failed = 1;
+				buf_puts(&x->body, ota_error_last());
+				return 0;
+			}
+			x->body_is_data = 1;
+		}
+	}
+	if (x->body_is_data)
+		return sim_download_data(x->dl, p, n);
+	if (buf_put(&x->body, p, n))
+		return 0;
+	return n;
+}
+
+static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *url)
+{
+	struct xfer *x = NULL;
+
+	for (size_t k = 0; k < fs->nxs; k++)
+		if (!fs->xs[k]->busy) {
+			x = fs->xs[k];
+			curl_easy_reset(x->e);
+			break;
+		}
+	if (!x) {
+		x = xcalloc(1, sizeof(*x));
+		x->e = curl_easy_init();
+		if (!x->e) {
+			free(x);
+			return NULL;
+		}
+		buf_init(&x->body, ANSWER_MAX);
+		buf_init(&x->req, BUF_NOLIMIT);
+		fs->xs = xrealloc(fs->xs, (fs->nxs + 1) * sizeof(*fs->xs));
+		fs->xs[fs->nxs++] = x;
+	}
+	x->kind = kind;
+	x->busy = 1;
+	x->dl = NULL;
+	x->nreports = 0;
+	x->range_start = -1;
+	x->started = x->body_is_data = x->failed = x->flaky_abort = x->probe = 0;
+	x->err[0] = 0;
+	buf_clear(&x->body);
+	buf_clear(&x->req);
+	curl_easy_setopt(x->e, CURLOPT_URL, url);
+	curl_easy_setopt(x->e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(x->e, CURLOPT_ERRORBUFFER, x->err);
+	curl_easy_setopt(x->e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(x->e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(x->e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(x->e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+	curl_easy_setopt(x->e, CURLOPT_TIMEOUT_MS, kind == X_CHECKIN ? 60000L : 600000L);
+	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, kind == X_CHECKIN || kind == X_REPORTS ?
+			 fs->hdr_json : fs->hdr_auth);
+	return x;
+}
+
+static void xfer_post(struct xfer *x)
+{
+	curl_easy_setopt(x->e, CURLOPT_POSTFIELDS, x->req.ptr);
+	curl_easy_setopt(x->e, CURLOPT_POSTFIELDSIZE, (long)x->req.len);
+}
+
+static int xfer_start(struct fleetsim *fs, struct xfer *x)
+{
+	if (curl_multi_add_handle(fs->multi, x->e) != CURLM_OK) {
+		x->busy = 0;
+		return ota_error_set(OTA_ERROR, "curl_multi_add_handle failed");
+	}
+	if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
+		fs->dev_active++;
+	else if (x->kind == X_REPORTS)
+		fs->reports_inflight++;
+	return 0;
+}
+
+static void xfer_end(struct fleetsim *fs, struct xfer *x)
+{
+	curl_multi_remove_handle(fs->multi, x->e);
+	if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
+		fs->dev_active--;
+	else if (x->kind == X_REPORTS)
+		fs->reports_inflight--;
+	x->busy = 0;
+}
+
+/* After the answer was handled: what only a fetch owns. */
+static void xfer_recycle(struct xfer *x)
+{
+	if (x->kind == X_FETCH) {
+		sim_download_release(&x->fetch);
+		buf_release(&x->keep);
+	}
+	x->dl = NULL;
+	x->busy = 0;
+}
+
+static void reports_pump(struct fleetsim *fs, int force)
+{
+	int64_t rn = real_ms();
+
+	if (fs->npending && (force || rn - fs->pending_since_real >= REPORT_FLUSH_REAL_MS))
+		batch_seal(fs);
+	while (fs->qhead < fs->qn && fs->reports_inflight < REPORT_INFLIGHT &&
+	       rn >= fs->retry_at_real) {
+		struct xfer *x = xfer_new(fs, X_REPORTS, fs->reports_url);
+		struct batch *b = &fs->q[fs->qhead];
+
+		if (!x)
+			return;
+		buf_puts(&x->req, b->body);
+		x->nreports = b->n;
+		xfer_post(x);
+		if (xfer_start(fs, x))
+			return;
+		free(b->body);
+		fs->qhead++;
+	}
+}
+
+static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+{
+	if (rc == CURLE_OK && st == 200) {
+		fs->c.reports_sent += x->nreports;
+		return;
+	}
+	if (rc == CURLE_OK && st >= 400 && st < 500) {
+		fs->c.reports_rejected += x->nreports;
+		warn(fs, "report batch of %d rejected (%ld): %.300s", x->nreports, st,
+		     buf_cstr(&x->body));
+		return;
+	}
+	/* server away or failing: put the batch back at the head and retry */
+	warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
+	     rc ? x->err : buf_cstr(&x->body));
+	if (fs->qhead == 0) {
+		if (fs->qn == fs->qcap) {
+			fs->qcap = fs->qcap ? fs->qcap * 2 : 64;
+			fs->q = xrealloc(fs->q, fs->qcap * sizeof(*fs->q));
+		}
+		memmove(fs->q + 1, fs->q, fs->qn * sizeof(*fs->q));
+		fs->qn++;
+		fs->qhead = 1;
+	}
+	fs->q[--fs->qhead] = (struct batch){ xstrdup(x->req.ptr), x->nreports };
+	fs->retry_at_real = real_ms() + 1000;
+}
+
+/* ---- device flow -------------------------------------------------------- */
+
+static void drop_download(struct fleetsim *fs, uint32_t i)
+{
+	struct sim_device *d = &fs->dev[i];
+
+	if (!d->dl)
+		return;
+	sim_download_release(fs->dls[d->dl - 1]);
+	free(fs->dls[d->dl - 1]);
+	fs->dls[d->dl - 1] = NULL;
+	fs->dlfree[fs->ndlfree++] = d->dl;
+	d->dl = 0;
+}
+
+static struct sim_download *get_download(struct fleetsim *fs, uint32_t i, uint32_t image)
+{
+	struct sim_device *d = &fs->dev[i];
+	uint32_t slot;
+
+	if (d->dl && fs->dls[d->dl - 1]->image != image)
+		drop_download(fs, i);
+	if (d->dl)
+		return fs->dls[d->dl - 1];
+	if (fs->ndlfree) {
+		slot = fs->dlfree[--fs->ndlfree];
+	} else {
+		if (fs->ndls == fs->capdls) {
+			fs->capdls = fs->capdls ? fs->capdls * 2 : 256;
+			fs->dls = xrealloc(fs->dls, fs->capdls * sizeof(*fs->dls));
+			fs->dlfree = xrealloc(fs->dlfree, fs->capdls * sizeof(*fs->dlfree));
+		}
+		slot = ++fs->ndls;
+	}
+	fs->dls[slot - 1] = xcalloc(1, sizeof(struct sim_download));
+	if (sim_download_init(fs->dls[slot - 1], i, image)) {
+		free(fs->dls[slot - 1]);
+		fs->dls[slot - 1] = NULL;
+		fs->dlfree[fs->ndlfree++] = slot;
+		return NULL;
+	}
+	d->dl = slot;
+	return fs->dls[slot - 1];
+}
+
+static void refuse(struct fleetsim *fs, uint32_t i, uint16_t v, enum sim_verdict why,
+		   int64_t now, int64_t counter)
+{
+	struct sim_device *d = &fs->dev[i];
+	char id[16];
+
+	fs->c.refused++;
+	sim_device_id(id, sizeof(id), i);
+	switch (why) {
+	case SIM_REFUSE_LOWER_COUNTER:
+		if (fs->c.refused_lower_counter++ < LOUD_MAX)
+			fprintf(stderr, "fleetsim: DOWNGRADE OFFERED: %s holds security counter %u, "
+				"offered %s with counter %" PRId64 "; refused\n", id, d->counter,
+				fs->versions.names[v], counter);
+		break;
+	case SIM_REFUSE_INCOMPATIBLE:
+		if (fs->c.incompatible_offers++ < LOUD_MAX)
+			fprintf(stderr, "fleetsim: INCOMPATIBLE OFFER: %s (%s, bootloader %s) "
+				"offered %s; refused\n", id, fs->p->hardware.names[d->hw],
+				fs->p->bootloader.names[d->bl], fs->versions.names[v]);
+		break;
+	default:
+		fs->c.refused_bad_signature++;
+		break;
+	}
+	report(fs, i, v, "refused", now, NULL);
+	d->image = 0;
+	d->flags &= (uint8_t)~SIM_F_WAITING;
+	drop_download(fs, i);
+}
+
+static void fetch_start(struct fleetsim *fs, uint32_t image);
+
+/* The device has the image's bytes (or shares them) and its verdict is known. */
+static void image_ready(struct fleetsim *fs, uint32_t i, int64_t now)
+{
+	struct sim_device *d = &fs->dev[i];
+	struct sim_image *img = fs->images.v[d->image - 1];
+	enum sim_verdict v = sim_image_check(d->counter, img);
+
+	d->flags &= (uint8_t)~SIM_F_WAITING;
+	drop_download(fs, i);
+	if (v != SIM_ACCEPT) {
+		d->failed_image = d->image;     /* not downloaded again */
+		refuse(fs, i, d->new_version, v, now, img->counter);
+		return;
+	}
+	report(fs, i, d->new_version, "download", now, NULL);
+	report(fs, i, d->new_version, "install", now, NULL);
+	fs->c.installed++;
+	d->flags |= SIM_F_TESTING;
+	sim_heap_push(&fs->heap, now + BOOT_MS, i, SIM_EV_BOOT);
+}
+
+/* Proceed when the verdict is known, else wait for the fetch. */
+static void image_wait(struct fleetsim *fs, uint32_t i, int64_t now)
+{
+	struct sim_device *d = &fs->dev[i];
+	struct sim_image *img = fs->images.v[d->image - 1];
+
+	if (img->state == SIM_IMG_OK || img->state == SIM_IMG_BAD) {
+		image_ready(fs, i, now);
+		return;
+	}
+	if (img->state == SIM_IMG_UNKNOWN)
+		fetch_start(fs, d->image);
+	if (img->state != SIM_IMG_FETCHING) {     /* could not even start */
+		d->image = 0;
+		return;
+	}
+	d->flags |= SIM_F_WAITING;
+	sim_image_add_waiter(img, i);
+}
+
+static void fetch_start(struct fleetsim *fs, uint32_t image)
+{
+	struct sim_image *img = fs->images.v[image - 1];
+	struct xfer *x;
+
+	if (img->state != SIM_IMG_UNKNOWN || !img->url)
+		return;
+	x = xfer_new(fs, X_FETCH, img->url);
+	if (!x)
+		return;
+	x->image = image;
+	if (sim_download_init(&x->fetch, UINT32_MAX, image)) {
+		x->busy = 0;
+		return;
+	}
+	buf_init(&x->keep, IMAGE_MAX);
+	x->fetch.keep = &x->keep;
+	x->dl = &x->fetch;
+	if (xfer_start(fs, x)) {
+		sim_download_release(&x->fetch);
+		buf_release(&x->keep);
+		return;
+	}
+	img->state = SIM_IMG_FETCHING;
+}
+
+static void fetch_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+{
+	struct sim_image *img = fs->images.v[x->image - 1];
+	int64_t now = fs_now(fs);
+
+	img->state = SIM_IMG_UNKNOWN;
+	if (rc == CURLE_OK && !x->failed && st == 200) {
+		if (sim_imgcache_verify(&fs->images, img, x->keep.ptr, x->keep.len))
+			fprintf(stderr, "fleetsim: IMAGE REFUSED: %s\n", ota_error_last());
+		if (fs->o.shared_downloads)
+			fs->c.downloads++;
+	} else {
+		img->fetch_failures++;
+		warn(fs, "fetching image %.12s failed (%s)", img->sha256,
+		     rc ? x->err : buf_cstr(&x->body));
+	}
+	for (size_t k = 0; k < img->nwaiters; k++) {
+		uint32_t i = img->waiters[k];
+		struct sim_device *d = &fs->dev[i];
+
+		if (!(d->flags & SIM_F_WAITING) || d->image != x->image)
+			continue;
+		if (img->state == SIM_IMG_OK || img->state == SIM_IMG_BAD) {
+			image_ready(fs, i, now);
+		} else {
+			d->flags &= (uint8_t)~SIM_F_WAITING;    /* tries again on its next poll */
+			d->image = 0;
+		}
+	}
+	img->nwaiters = 0;
+}
+
+static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t now)
+{
+	struct sim_device *d = &fs->dev[i];
+	json_t *image = json_object_get(offer, "image");
+	const char *version = json_string_value(json_object_get(offer, "version"));
+	const char *sha = json_string_value(json_object_get(image, "sha256"));
+	const char *url = json_string_value(json_object_get(image, "url"));
+	json_t *jc = json_object_get(offer, "security_counter");
+	struct sim_offer of = { 0 };
+	struct sim_self self;
+	struct sim_image *img;
+	enum sim_verdict verdict;
+	long ii;
+	int v;
+
+	if (!version || !sha || !url || (v = version_idx(fs, version)) < 0 ||
+	    (ii = sim_imgcache_find(&fs->images, sha, 1)) < 0) {
+		warn(fs, "malformed offer to dev-%06u (version, image.sha256, image.url)", i);
+		return;
+	}
+	img = fs->images.v[ii];
+	if (!img->url)
+		img->url = url[0] == '/' ? xasprintf("%s%s", fs->base, url) : xstrdup(url);
+	if (!img->size)
+		img->size = json_integer_value(json_object_get(image, "size"));
+	if (d->flags & (SIM_F_TESTING | SIM_F_WAITING))
+		return;                 /* busy installing something */
+	of.version = version;
+	of.counter = json_is_integer(jc) ? json_integer_value(jc) : -1;
+	of.hardware = json_string_value(json_object_get(image, "hardware"));
+	if (!of.hardware)
+		of.hardware = json_string_value(json_object_get(offer, "hardware"));
+	of.min_bootloader = json_string_value(json_object_get(offer, "min_bootloader"));
+	of.image = (uint32_t)ii + 1;
+	self.version = fs->versions.names[d->version];
+	self.hardware = fs->p->hardware.names[d->hw];
+	self.bootloader = fs->p->bootloader.names[d->bl];
+	self.counter = d->counter;
+	self.failed_image = d->failed_image;
+	verdict = sim_offer_check(&self, &of);
+	if (verdict == SIM_SAME_VERSION)
+		return;
+	if (bit_set(fs, &fs->vs[v].offered_bits, i))
+		fs->vs[v].offered++;
+	switch (verdict) {
+	case SIM_SKIP_FAILED:
+		fs->c.skipped_failed++;
+		drop_download(fs, i);
+		return;
+	case SIM_REFUSE_LOWER_COUNTER:
+	case SIM_REFUSE_INCOMPATIBLE:
+		refuse(fs, i, (uint16_t)v, verdict, now, of.counter);
+		return;
+	default:
+		break;
+	}
+	d->image = (uint32_t)ii + 1;
+	d->new_version = (uint16_t)v;
+	if (img->state == SIM_IMG_UNKNOWN)
+		fetch_start(fs, d->image);
+	if (fs->o.shared_downloads) {
+		image_wait(fs, i, now);
+		return;
+	}
+	if (d->dl && fs->dls[d->dl - 1]->image != d->image)
+		drop_download(fs, i);
+	sim_heap_push(&fs->heap, now, i, SIM_EV_RESUME);
+}
+
+static void checkin_start(struct fleetsim *fs, uint32_t i)
+{
+	struct sim_device *d = &fs->dev[i];
+	struct xfer *x = xfer_new(fs, X_CHECKIN, fs->checkin_url);
+	char id[16];
+
+	if (!x)
+		return;
+	sim_device_id(id, sizeof(id), i);
+	buf_printf(&x->req, "{\"device\":\"%s\",\"product\":%s,\"hardware\":%s,\"bootloader\":%s,"
+		   "\"version\":\"%s\",\"security_counter\":%u,\"slot\":\"%s\",\"tags\":{",
+		   id, fs->product_json, fs->hw_json[d->hw], fs->bl_json[d->bl],
+		   fs->versions.names[d->version], d->counter,
+		   d->flags & SIM_F_TESTING ? "testing" : "confirmed");
+	for (size_t t = 0; t < fs->p->ntags; t++)
+		buf_printf(&x->req, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
+			   fs->tag_json[t][d->tags[t]]);
+	buf_puts(&x->req, "}}");
+	xfer_post(x);
+	x->dev = i;
+	x->probe = !fs->time_known;
+	if (!x->probe && (d->flags & SIM_F_FLAKY) && sim_randu(&fs->rng) < fs->p->flaky_fail)
+		x->flaky_abort = 1;
+	if (xfer_start(fs, x))
+		return;
+	d->flags |= SIM_F_BUSY;
+}
+
+static void start_fleet(struct fleetsim *fs, int64_t now, int64_t interval)
+{
+	for (uint32_t i = 0; i < fs->ndev; i++) {
+		if (i)
+			sim_heap_push(&fs->heap,
+				      now + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_POLL)) *
+						      (double)interval), i, SIM_EV_POLL);
+	}
+}
+
+static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+{
+	uint32_t i = x->dev;
+	json_t *ans = NULL, *jnow, *jscale, *jnext, *offer;
+	int64_t now, next;
+
+	fs->dev[i].flags &= (uint8_t)~SIM_F_BUSY;
+	if (rc == CURLE_OK && st == 200)
+		ans = json_loadb(x->body.ptr ? x->body.ptr : "", x->body.len, 0, NULL);
+	jnow = json_object_get(ans, "now");
+	jscale = json_object_get(ans, "time_scale");
+	jnext = json_object_get(ans, "next_poll_ms");
+	if (!json_is_integer(jnow) || !json_is_number(jscale) || !json_is_integer(jnext)) {
+		fs->c.requests_failed++;
+		if (x->flaky_abort)
+			fs->c.flaky_aborts++;
+		else if (rc != CURLE_OK)
+			warn(fs, "check-in of dev-%06u: %s", i, x->err);
+		else
+			warn(fs, "check-in of dev-%06u: %ld %.300s", i, st, buf_cstr(&x->body));
+		if (x->probe) {
+			fs->probe_inflight = 0;
+			fs->probe_retry_real = real_ms() + 1000;
+			if (st == 400 || st == 401 || st == 403 || st == 404) {
+				fprintf(stderr, "fleetsim: the server refuses check-ins (%ld): %.300s\n", st,
+					buf_cstr(&x->body));
+				fs->fatal = 1;
+			}
+		} else {
+			sim_heap_push(&fs->heap, fs_now(fs) + fs->poll_ms, i, SIM_EV_POLL);
+		}
+		goto out;
+	}
+	time_update(fs, json_integer_value(jnow), json_number_value(jscale));
+	next = json_integer_value(jnext);
+	if (next < 1000)
+		next = 1000;
+	fs->poll_ms = next;
+	fs->c.checkins++;
+	now = fs_now(fs);
+	if (x->probe) {
+		fs->probe_inflight = 0;
+		start_fleet(fs, now, next);
+	}
+	sim_heap_push(&fs->heap, now + next, i, SIM_EV_POLL);
+	if (!(fs->dev[i].flags & SIM_F_STARTED)) {
+		/* the server knows the device now: its reports may start */
+		fs->dev[i].flags |= SIM_F_STARTED;
+		fs->dev[i].last_report_ms = now;
+		if (!(fs->dev[i].flags & SIM_F_SILENT))
+			sim_heap_push(&fs->heap,
+				      now + 1 + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_HB)) *
+							  (double)fs->o.report_every_ms),
+				      i, SIM_EV_HEARTBEAT);
+	}
+	offer = json_object_get(ans, "offer");
+	if (json_is_object(offer))
+		handle_offer(fs, i, offer, now);
+	else if (!(fs->dev[i].flags & (SIM_F_TESTING | SIM_F_WAITING)))
+		drop_download(fs, i);
+out:
+	json_decref(ans);
+}
+
+static void download_start(struct fleetsim *fs, uint32_t i)
+{
+	struct sim_device *d = &fs->dev[i];
+	struct sim_image *img;
+	struct sim_download *dl;
+	struct xfer *x;
+	char range[48];
+
+	if (!d->image || (d->flags & (SIM_F_BUSY | SIM_F_TESTING | SIM_F_WAITING)))
+		return;
+	img = fs->images.v[d->image - 1];
+	dl = get_download(fs, i, d->image);
+	if (!dl || !(x = xfer_new(fs, X_DOWNLOAD, img->url)))
+		return;
+	dl->cut = 0;
+	if ((d->flags & SIM_F_FLAKY) && img->size > 1 && (uint64_t)img->size - dl->offset > 1 &&
+	    sim_randu(&fs->rng) < fs->p->flaky_fail)
+		dl->cut = dl->offset + 1 + sim_rand(&fs->rng) % ((uint64_t)img->size - dl->offset - 1);
+	sim_download_range(dl, range, sizeof(range));
+	if (range[0])
+		curl_easy_setopt(x->e, CURLOPT_RANGE, range + strlen("bytes="));
+	x->dev = i;
+	x->image = d->image;
+	x->dl = dl;
+	if (xfer_start(fs, x))
+		return;
+	d->flags |= SIM_F_BUSY;
+}
+
+static void download_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+{
+	uint32_t i = x->dev;
+	struct sim_device *d = &fs->dev[i];
+	struct sim_download *dl = x->dl;
+	struct sim_image *img = fs->images.v[x->image - 1];
+	int64_t now = fs_now(fs);
+	char hex[65];
+
+	d->flags &= (uint8_t)~SIM_F_BUSY;
+	if (rc != CURLE_OK || x->failed || (st != 200 && st != 206)) {
+		if (dl->cut_hit) {
+			fs->c.cut_downloads++;  /* resumes on the next offer */
+		} else {
+			fs->c.requests_failed++;
+			warn(fs, "download of %.12s by dev-%06u: %s", img->sha256, i,
+			     rc && !x->failed ? x->err : buf_cstr(&x->body));
+			if (st == 404)
+				drop_download(fs, i);
+		}
+		d->image = 0;
+		return;
+	}
+	if (sim_download_digest(dl, hex) || strcmp(hex, img->sha256)) {
+		warn(fs, "dev-%06u downloaded %.12s but its bytes hash to %.12s", i, img->sha256,
+		     hex);
+		d->failed_image = d->image;
+		refuse(fs, i, d->new_version, SIM_REFUSE_BAD_SIGNATURE, now, -1);
+		return;
+	}
+	fs->c.downloads++;
+	if (dl->resumes)
+		fs->c.resumed_downloads++;
+	drop_download(fs, i);
+	image_wait(fs, i, now);
+}
+
+static void boot_end(struct fleetsim *fs, uint32_t i, int64_t now);
+static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedule);
+
+static void check_until(struct fleetsim *fs)
+{
+	int k;
+
+	if (!fs->o.until_version)
+		return;
+	for (k = 0; k < (int)fs->versions.n; k++)
+		if (!strcmp(fs->versions.names[k], fs->o.until_version))
+			break;
+	if (k < (int)fs->versions.n &&
+	    (double)fs->vs[k].devices >= fs->o.until_fraction * (double)fs->ndev)
+		fs->until_reached = 1;
+}
+
+static void boot_end(struct fleetsim *fs, uint32_t i, int64_t now)
+{
+	struct sim_device *d = &fs->dev[i];
+	uint16_t v = d->new_version, old = d->version;
+	const struct sim_rates *r;
+	struct sim_image *img;
+
+	if (!(d->flags & SIM_F_TESTING) || !d->image)
+		return;
+	d->flags &= (uint8_t)~SIM_F_TESTING;
+	img = fs->images.v[d->image - 1];
+	r = rates(fs, v, d->hw);
+	if (sim_randu(&fs->rng) < r->boot_fail_rate) {
+		fs->c.boot_failed++;
+		report(fs, i, v, "boot_fail", now, NULL);
+		d->failed_image = d->image;
+	} else if ((sim_unit(sim_hash(fs->o.seed, i, fs->vs[v].vhash)) < r->crash_rate &&
+		    sim_randu(&fs->rng) < 0.5) ||
+		   sim_randu(&fs->rng) < r->revert_rate) {
+		fs->c.reverted++;
+		report(fs, i, v, "revert", now, NULL);
+		d->failed_image = d->image;
+	} else {
+		heartbeat(fs, i, now, 0);       /* close the old version's uptime */
+		fs->vs[old].devices--;
+		fs->vs[v].devices++;
+		d->version = v;
+		d->counter = img->counter;
+		fs->c.confirmed++;
+		fs->vs[v].confirmed++;
+		if (bit_set(fs, &fs->vs[v].ran_bits, i))
+			fs->vs[v].ever_ran++;
+		report(fs, i, v, "boot_ok", now, NULL);
+		check_until(fs);
+	}
+	d->image = 0;
+}
+
+static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedule)
+{
+	struct sim_device *d = &fs->dev[i];
+	struct vstat *s = &fs->vs[d->version];
+	const struct sim_rates *r;
+	double hours, battery;
+	unsigned crashes = 0;
+	int64_t up;
+	char extra[160];
+
+	if (d->flags & SIM_F_SILENT)
+		return;
+	if (reschedule)
+		sim_heap_push(&fs->heap, now + fs->o.report_every_ms, i, SIM_EV_HEARTBEAT);
+	up = now - d->last_report_ms;
+	if (up <= 0)
+		return;
+	d->last_report_ms = now;
+	hours = (double)up / 3.6e6;
+	r = rates(fs, d->version, d->hw);
+	if (sim_unit(sim_hash(fs->o.seed, i, s->vhash)) < r->crash_rate)
+		crashes = sim_poisson(&fs->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
+	battery = r->battery_mah_per_day * hours / 24.0 *
+		  (0.9 + 0.2 * sim_unit(sim_hash(fs->o.seed, i, SALT_BATTERY)));
+	snprintf(extra, sizeof(extra),
+		 ",\"uptime_s\":%" PRId64 ",\"crashes\":%u,\"battery_mah\":%.4f,\"rssi\":%d",
+		 up / 1000, crashes, battery,
+		 -(40 + d->rssi_base) + (int)(sim_rand(&fs->rng) % 7) - 3);
+	report(fs, i, d->version, "heartbeat", now, extra);
+	s->crashes += crashes;
+	s->hours += hours;
+	s->battery += battery;
+	fs->c.heartbeats++;
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+/* Pop due events; returns 1 when it stopped on its budget (more is due). */
+static int process_events(struct fleetsim *fs)
+{
+	int64_t now = fs_now(fs);
+	const struct sim_event *top;
+	struct sim_event ev;
+	int budget = 20000;
+
+	while ((top = sim_heap_peek(&fs->heap)) && top->at <= now) {
+		if (budget-- <= 0)
+			return 1;
+		if ((top->kind == SIM_EV_POLL || top->kind == SIM_EV_RESUME) &&
+		    fs->dev_active >= fs->o.concurrency)
+			return 0;
+		sim_heap_pop(&fs->heap, &ev);
+		switch (ev.kind) {
+		case SIM_EV_POLL:
+			if (fs->dev[ev.dev].flags & SIM_F_BUSY)
+				sim_heap_push(&fs->heap, now + fs->poll_ms, ev.dev, SIM_EV_POLL);
+			else
+				checkin_start(fs, ev.dev);
+			break;
+		case SIM_EV_RESUME:
+			download_start(fs, ev.dev);
+			break;
+		case SIM_EV_HEARTBEAT:
+			heartbeat(fs, ev.dev, now, 1);
+			break;
+		case SIM_EV_BOOT:
+			boot_end(fs, ev.dev, now);
+			break;
+		}
+	}
+	return 0;
+}
+
+static void drain_done(struct fleetsim *fs)
+{
+	CURLMsg *m;
+	int left;
+
+	while ((m = curl_multi_info_read(fs->multi, &left))) {
+		struct xfer *x = NULL;
+		long st = 0;
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+		curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &st);
+		CURLcode rc = m->data.result;
+		xfer_end(fs, x);        /* stays readable until reused below */
+		x->busy = 1;
+		switch (x->kind) {
+		case X_CHECKIN: checkin_done(fs, x, rc, st); break;
+		case X_DOWNLOAD: download_done(fs, x, rc, st); break;
+		case X_FETCH: fetch_done(fs, x, rc, st); break;
+		case X_REPORTS: reports_done(fs, x, rc, st); break;
+		}
+		xfer_recycle(x);
+	}
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static int cmp_vidx(const void *a, const void *b, void *ctx)
+{
+	struct fleetsim *fs = ctx;
+
+	return sim_version_cmp(fs->versions.names[*(const int *)a],
+			       fs->versions.names[*(const int *)b]);
+}
+
+static int *sorted_versions(struct fleetsim *fs)
+{
+	int *idx = xmalloc((fs->versions.n + 1) * sizeof(int));
+
+	for (size_t k = 0; k < fs->versions.n; k++)
+		idx[k] = (int)k;
+	qsort_r(idx, fs->versions.n, sizeof(int), cmp_vidx, fs);
+	return idx;
+}
+
+static void print_summary(struct fleetsim *fs, const char *word)
+{
+	int64_t el = fs->time_known ? (fs_now(fs) - fs->t0) / 60000 : 0;
+	int64_t offered = 0;
+	int *idx = sorted_versions(fs);
+	struct buf b = BUF_INIT;
+
+	buf_printf(&b, "fleetsim%s%s t=+%" PRId64 "h%02" PRId64 "m devices=%u", word ? " " : "",
+		   word ? word : "", el / 60, el % 60, fs->ndev);
+	for (size_t k = 0; k < fs->versions.n; k++) {
+		offered += fs->vs[idx[k]].offered;
+		if (fs->vs[idx[k]].devices)
+			buf_printf(&b, " %s=%" PRId64, fs->versions.names[idx[k]],
+				   fs->vs[idx[k]].devices);
+	}
+	buf_printf(&b, " offered=%" PRId64 " installed=%" PRId64 " confirmed=%" PRId64
+		   " reverted=%" PRId64 " boot_failed=%" PRId64 " refused=%" PRId64
+		   " downloads=%" PRId64 " reports=%" PRId64 "\n",
+		   offered, fs->c.installed, fs->c.confirmed, fs->c.reverted, fs->c.boot_failed,
+		   fs->c.refused, fs->c.downloads, fs->c.reports_sent);
+	if (fs->c.refused_lower_counter || fs->c.incompatible_offers)
+		buf_printf(&b, "fleetsim%s%s SERVER FAULTS: refused_lower_counter=%" PRId64
+			   " incompatible_offers=%" PRId64 "\n", word ? " " : "", word ? word : "",
+			   fs->c.refused_lower_counter, fs->c.incompatible_offers);
+	fputs(buf_cstr(&b), stdout);
+	fflush(stdout);
+	buf_release(&b);
+	free(idx);
+	fs->printed = xrealloc(fs->printed, (fs->versions.n + 1) * sizeof(*fs->printed));
+	for (size_t k = fs->nprinted; k < fs->versions.n; k++)
+		fs->printed[k] = 0;
+	fs->nprinted = fs->versions.n;
+	for (size_t k = 0; k < fs->versions.n; k++)
+		fs->printed[k] = fs->vs[k].devices;
+	fs->last_print_real = real_ms();
+}
+
+static void metrics_build(struct fleetsim *fs, struct buf *b)
+{
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} counters[] = {
+#define C(f, h) { #f, h, offsetof(struct fleetsim, c.f) }
+		C(installed, "Images installed (test boots started)."),
+		C(confirmed, "Test boots confirmed (boot_ok)."),
+		C(reverted, "Test boots reverted by a crash or watchdog."),
+		C(boot_failed, "Test boots that failed outright."),
+		C(refused, "Offers or images refused, every reason."),
+		C(refused_lower_counter, "Offers refused for a security counter below the held one (must stay 0)."),
+		C(refused_bad_signature, "Images refused for a bad signature or digest."),
+		C(incompatible_offers, "Offers for hardware or a bootloader the device does not fit (must stay 0)."),
+		C(downloads, "Completed image downloads."),
+		C(resumed_downloads, "Completed downloads that resumed with a Range request."),
+		C(reports_sent, "Reports accepted by the server."),
+		C(reports_rejected, "Reports in batches the server rejected."),
+		C(checkins, "Successful check-ins."),
+		C(requests_failed, "Requests that failed (flaky devices included)."),
+#undef C
+	};
+	int *idx = sorted_versions(fs);
+
+	buf_puts(b, "# HELP fleetsim_devices Simulated devices per running version.\n"
+		    "# TYPE fleetsim_devices gauge\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_devices{version=\"%s\"} %" PRId64 "\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].devices);
+	buf_puts(b, "# HELP fleetsim_ever_ran Distinct devices that ever booted and confirmed a version.\n"
+		    "# TYPE fleetsim_ever_ran gauge\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_ever_ran{version=\"%s\"} %" PRId64 "\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].ever_ran);
+	buf_puts(b, "# HELP fleetsim_offered_devices Distinct devices offered a version.\n"
+		    "# TYPE fleetsim_offered_devices gauge\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_offered_devices{version=\"%s\"} %" PRId64 "\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].offered);
+	buf_puts(b, "# HELP fleetsim_crashes_total Crashes reported in heartbeats per version.\n"
+		    "# TYPE fleetsim_crashes_total counter\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_crashes_total{version=\"%s\"} %" PRId64 "\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].crashes);
+	buf_puts(b, "# HELP fleetsim_device_hours_total Device-hours reported per version.\n"
+		    "# TYPE fleetsim_device_hours_total counter\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_device_hours_total{version=\"%s\"} %.3f\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].hours);
+	buf_puts(b, "# HELP fleetsim_battery_mah_total Battery used (mAh) reported per version.\n"
+		    "# TYPE fleetsim_battery_mah_total counter\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		buf_printf(b, "fleetsim_battery_mah_total{version=\"%s\"} %.3f\n",
+			   fs->versions.names[idx[k]], fs->vs[idx[k]].battery);
+	buf_puts(b, "# HELP fleetsim_battery_mah_per_day Mean battery use per device-day on a release.\n"
+		    "# TYPE fleetsim_battery_mah_per_day gauge\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		if (fs->vs[idx[k]].hours > 0)
+			buf_printf(b, "fleetsim_battery_mah_per_day{release=\"%s\"} %.4f\n",
+				   fs->versions.names[idx[k]],
+				   fs->vs[idx[k]].battery / fs->vs[idx[k]].hours * 24.0);
+	buf_puts(b, "# HELP fleetsim_crashes_per_device_hour Crashes per device-hour on a release.\n"
+		    "# TYPE fleetsim_crashes_per_device_hour gauge\n");
+	for (size_t k = 0; k < fs->versions.n; k++)
+		if (fs->vs[idx[k]].hours > 0)
+			buf_printf(b, "fleetsim_crashes_per_device_hour{release=\"%s\"} %.6f\n",
+				   fs->versions.names[idx[k]],
+				   (double)fs->vs[idx[k]].crashes / fs->vs[idx[k]].hours);
+	for (size_t k = 0; k < OTA_ARRAY_SIZE(counters); k++)
+		buf_printf(b, "# HELP fleetsim_%s_total %s\n# TYPE fleetsim_%s_total counter\n"
+			   "fleetsim_%s_total %" PRId64 "\n", counters[k].name, counters[k].help,
+			   counters[k].name, counters[k].name,
+			   *(const int64_t *)((const char *)fs + counters[k].off));
+	buf_printf(b, "# HELP fleetsim_otacd_time_seconds otacd time as the simulator follows it.\n"
+		      "# TYPE fleetsim_otacd_time_seconds gauge\nfleetsim_otacd_time_seconds %.3f\n"
+		      "# HELP fleetsim_time_scale otacd seconds per real second.\n"
+		      "# TYPE fleetsim_time_scale gauge\nfleetsim_time_scale %g\n",
+		   (double)fs_now(fs) / 1000.0, fs->time_known ? fs->scale : 0.0);
+	free(idx);
+}
+
+char *fleetsim_metrics_snapshot(struct fleetsim *fs)
+{
+	char *s;
+
+	pthread_mutex_lock(&fs->mlock);
+	s = xstrdup(fs->metrics ? fs->metrics : "");
+	pthread_mutex_unlock(&fs->mlock);
+	return s;
+}
+
+static void output_tick(struct fleetsim *fs, int64_t rn)
+{
+	int64_t step = fs->ndev / 100 ? fs->ndev / 100 : 1;
+	int changed = 0;
+
+	if (rn - fs->last_metrics_real >= METRICS_REAL_MS) {
+		struct buf b = BUF_INIT;
+		char *old;
+
+		metrics_build(fs, &b);
+		pthread_mutex_lock(&fs->mlock);
+		old = fs->metrics;
+		fs->metrics = buf_detach(&b);
+		pthread_mutex_unlock(&fs->mlock);
+		free(old);
+		fs->last_metrics_real = rn;
+	}
+	if (!fs->time_known || fs->o.quiet)
+		return;
+	for (size_t k = 0; k < fs->versions.n && !changed; k++) {
+		int64_t before = k < fs->nprinted ? fs->printed[k] : 0;
+
+		changed = llabs(fs->vs[k].devices - before) >= step;
+	}
+	if (changed || rn - fs->last_print_real >= SUMMARY_REAL_MS)
+		print_summary(fs, NULL);
+}
+
+static int write_stats(struct fleetsim *fs)
+{
+	json_t *st = json_object(), *versions = json_object(), *ever = json_object(),
+	       *offered = json_object(), *images = json_object();
+	int *idx = sorted_versions(fs);
+	char *text = NULL;
+	int rc;
+
+	for (size_t k = 0; k < fs->versions.n; k++) {
+		struct vstat *s = &fs->vs[idx[k]];
+		const char *name = fs->versions.names[idx[k]];
+
+		if (s->devices)
+			json_object_set_new(versions, name, json_integer(s->devices));
+		if (s->ever_ran)
+			json_object_set_new(ever, name, json_integer(s->ever_ran));
+		if (s->offered)
+			json_object_set_new(offered, name, json_integer(s->offered));
+	}
+	for (size_t k = 0; k < fs->images.n; k++) {
+		struct sim_image *img = fs->images.v[k];
+
+		json_object_set_new(images, img->sha256,
+				    json_pack("{s:s, s:I, s:s?}", "state",
+					      img->state == SIM_IMG_OK ? "ok" :
+					      img->state == SIM_IMG_BAD ? "refused" : "unknown",
+					      "security_counter", (json_int_t)img->counter,
+					      "error", img->error));
+	}
+	json_object_set_new(st, "devices", json_integer(fs->ndev));
+	json_object_set_new(st, "versions", versions);
+	json_object_set_new(st, "ever_ran", ever);
+	json_object_set_new(st, "offered", offered);
+#define S(f) json_object_set_new(st, #f, json_integer(fs->c.f))
+	S(installed); S(confirmed); S(reverted); S(boot_failed); S(refused);
+	S(refused_lower_counter); S(refused_bad_signature); S(incompatible_offers);
+	S(skipped_failed); S(downloads); S(resumed_downloads); S(cut_downloads);
+	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
+	S(requests_failed); S(flaky_aborts); S(heartbeats);
+#undef S
+	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
+	json_object_set_new(st, "images", images);
+	json_object_set_new(st, "otacd_elapsed_ms",
+			    json_integer(fs->time_known ? fs_now(fs) - fs->t0 : 0));
+	json_object_set_new(st, "until_reached", json_boolean(fs->until_reached));
+	text = json_dumps(st, JSON_INDENT(2));
+	rc = text ? ota_write_file_atomic(fs->o.stats_path, text, strlen(text), 0644)
+		  : ota_error_set(OTA_ERROR, "cannot encode the stats");
+	if (rc)
+		ota_error_prefix("%s: ", fs->o.stats_path);
+	free(text);
+	free(idx);
+	json_decref(st);
+	return rc;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
+		 const struct sim_profile *profile, EVP_PKEY **keys, size_t nkeys)
+{
+	struct fleetsim *fs = xcalloc(1, sizeof(*fs));
+	char *h;
+	int rc = 0, v;
+
+	*out = NULL;
+	fs->o = *o;
+	fs->p = profile;
+	if (!fs->o.product)
+		fs->o.product = "sensor-node";
+	if (!fs->o.start_version)
+		fs->o.start_version = "1.0.0";
+	if (!fs->o.concurrency)
+		fs->o.concurrency = 256;
+	if (fs->o.report_every_ms <= 0)
+		fs->o.report_every_ms = 3600 * 1000;
+	if (!o->url || !o->devices) {
+		rc = ota_error_set(OTA_EINVAL, "--url and --devices are required");
+		goto out;
+	}
+	pthread_mutex_init(&fs->mlock, NULL);
+	buf_init(&fs->pending, BUF_NOLIMIT);
+	sim_imgcache_init(&fs->images, keys, nkeys);
+	fs->rng = sim_mix64(o->seed ^ 0x5eed);
+	fs->poll_ms = DEFAULT_POLL_MS;
+	fs->base = xstrdup(o->url);
+	while (*fs->base && fs->base[strlen(fs->base) - 1] == '/')
+		fs->base[strlen(fs->base) - 1] = 0;
+	fs->checkin_url = xasprintf("%s/device/v1/checkin", fs->base);
+	fs->reports_url = xasprintf("%s/device/v1/reports", fs->base);
+	h = xasprintf("Authorization: Bearer %s", o->fleet_key ? o->fleet_key : "");
+	fs->hdr_auth = curl_slist_append(NULL, h);
+	fs->hdr_json = curl_slist_append(NULL, h);
+	fs->hdr_json = curl_slist_append(fs->hdr_json, "Content-Type: application/json");
+	fs->hdr_json = curl_slist_append(fs->hdr_json, "Expect:");
+	free(h);
+	fs->product_json = json_quote(fs->o.product);
+	fs->hw_json = xcalloc(profile->hardware.n, sizeof(char *));
+	for (size_t k = 0; k < profile->hardware.n; k++)
+		fs->hw_json[k] = json_quote(profile->hardware.names[k]);
+	fs->bl_json = xcalloc(profile->bootloader.n, sizeof(char *));
+	for (size_t k = 0; k < profile->bootloader.n; k++)
+		fs->bl_json[k] = json_quote(profile->bootloader.names[k]);
+	for (size_t t = 0; t < profile->ntags; t++) {
+		fs->tagkey_json[t] = json_quote(profile->tag_keys[t]);
+		for (size_t k = 0; k < profile->tags[t].n; k++)
+			fs->tag_json[t][k] = json_quote(profile->tags[t].names[k]);
+	}
+	if ((v = version_idx(fs, fs->o.start_version)) < 0) {
+		rc = ota_error_set(OTA_EINVAL, "--start-version: bad version '%s'",
+				   fs->o.start_version);
+		goto out;
+	}
+	fs->ndev = o->devices;
+	fs->dev = xcalloc(fs->ndev, sizeof(*fs->dev));
+	for (uint32_t i = 0; i < fs->ndev; i++) {
+		sim_device_init(&fs->dev[i], profile, o->seed, i);
+		fs->dev[i].version = (uint16_t)v;
+		fs->dev[i].counter = o->start_counter;
+		bit_set(fs, &fs->vs[v].ran_bits, i);
+	}
+	fs->vs[v].devices = fs->ndev;
+	fs->vs[v].ever_ran = fs->ndev;
+	fs->multi = curl_multi_init();
+	if (!fs->multi) {
+		rc = ota_error_set(OTA_ERROR, "curl_multi_init failed");
+		goto out;
+	}
+	curl_multi_setopt(fs->multi, CURLMOPT_MAXCONNECTS, (long)fs->o.concurrency + 16);
+	*out = fs;
+	fs = NULL;
+out:
+	fleetsim_free(fs);
+	return rc;
+}
+
+void fleetsim_free(struct fleetsim *fs)
+{
+	if (!fs)
+		return;
+	for (size_t k = 0; k < fs->nxs; k++) {
+		if (fs->xs[k]->busy) {
+			curl_multi_remove_handle(fs->multi, fs->xs[k]->e);
+			if (fs->xs[k]->kind == X_FETCH) {
+				sim_download_release(&fs->xs[k]->fetch);
+				buf_release(&fs->xs[k]->keep);
+			}
+		}
+		curl_easy_cleanup(fs->xs[k]->e);
+		buf_release(&fs->xs[k]->body);
+		buf_release(&fs->xs[k]->req);
+		free(fs->xs[k]);
+	}
+	free(fs->xs);
+	if (fs->multi)
+		curl_multi_cleanup(fs->multi);
+	for (uint32_t k = 0; k < fs->ndls; k++)
+		if (fs->dls[k]) {
+			sim_download_release(fs->dls[k]);
+			free(fs->dls[k]);
+		}
+	free(fs->dls);
+	free(fs->dlfree);
+	for (size_t k = 0; k < fs->nvs; k++) {
+		free(fs->vs[k].offered_bits);
+		free(fs->vs[k].ran_bits);
+		free(fs->vs[k].rates);
+	}
+	free(fs->vs);
+	for (size_t k = fs->qhead; k < fs->qn; k++)
+		free(fs->q[k].body);
+	free(fs->q);
+	buf_release(&fs->pending);
+	sim_versions_release(&fs->versions);
+	sim_imgcache_release(&fs->images);
+	sim_heap_release(&fs->heap);
+	free(fs->dev);
+	if (fs->p) {
+		for (size_t k = 0; fs->hw_json && k < fs->p->hardware.n; k++)
+			free(fs->hw_json[k]);
+		for (size_t k = 0; fs->bl_json && k < fs->p->bootloader.n; k++)
+			free(fs->bl_json[k]);
+		for (size_t t = 0; t < fs->p->ntags; t++) {
+			free(fs->tagkey_json[t]);
+			for (size_t k = 0; k < fs->p->tags[t].n; k++)
+				free(fs->tag_json[t][k]);
+		}
+	}
+	free(fs->hw_json);
+	free(fs->bl_json);
+	free(fs->product_json);
+	curl_slist_free_all(fs->hdr_auth);
+	curl_slist_free_all(fs->hdr_json);
+	free(fs->base);
+	free(fs->checkin_url);
+	free(fs->reports_url);
+	free(fs->printed);
+	free(fs->metrics);
+	pthread_mutex_destroy(&fs->mlock);
+	free(fs);
+}
+
+int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
+{
+	int64_t deadline;
+	int rc = 0;
+
+	fs->start_real = fs->last_print_real = real_ms();
+	fs->last_metrics_real = fs->start_real - METRICS_REAL_MS;
+	check_until(fs);
+	while (!*stop && !fs->fatal && !fs->until_reached) {
+		int64_t rn = real_ms();
+		int more = 0, running = 0, timeout = 100;
+		const struct sim_event *top;
+
+		if (fs->o.duration_s > 0 && rn - fs->start_real >= (int64_t)(fs->o.duration_s * 1000))
+			break;
+		if (!fs->time_known && !fs->probe_inflight && rn >= fs->probe_retry_real) {
+			fs->probe_inflight = 1;
+			checkin_start(fs, 0);
+		}
+		if (fs->time_known)
+			more = process_events(fs);
+		reports_pump(fs, 0);
+		curl_multi_perform(fs->multi, &running);
+		drain_done(fs);
+		output_tick(fs, rn);
+		if (more) {
+			timeout = 0;
+		} else if (fs->time_known && (top = sim_heap_peek(&fs->heap))) {
+			int64_t now = fs_now(fs);
+
+			if (top->at > now) {
+				double wait = (double)(top->at - now) / fs->scale;
+				if (wait < timeout)
+					timeout = (int)wait + 1;
+			}
+		}
+		if (fs->npending && timeout > REPORT_FLUSH_REAL_MS / 2)
+			timeout = REPORT_FLUSH_REAL_MS / 2;
+		curl_multi_poll(fs->multi, NULL, 0, timeout, NULL);
+	}
+	/* drop device requests in flight, send the reports still queued */
+	for (size_t k = 0; k < fs->nxs; k++) {
+		struct xfer *x = fs->xs[k];
+
+		if (x->busy && x->kind != X_REPORTS) {
+			xfer_end(fs, x);
+			if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
+				fs->dev[x->dev].flags &= (uint8_t)~SIM_F_BUSY;
+			xfer_recycle(x);
+		}
+	}
+	deadline = real_ms() + 10000;
+	reports_pump(fs, 1);
+	while ((fs->qhead < fs->qn || fs->reports_inflight) && real_ms() < deadline) {
+		int running = 0;
+
+		curl_multi_perform(fs->multi, &running);
+		drain_done(fs);
+		reports_pump(fs, 1);
+		curl_multi_poll(fs->multi, NULL, 0, 50, NULL);
+	}
+	print_summary(fs, "final");
+	if (fs->o.stats_path && (rc = write_stats(fs)))
+		fprintf(stderr, "fleetsim: %s\n", ota_error_last());
+	if (fs->fatal && !rc)
+		rc = ota_error_set(OTA_EAUTH, "the server refused the fleet's check-ins");
+	return rc;
+}

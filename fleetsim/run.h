@@ -1,0 +1,51 @@
+/*
+ * run.h - the simulator's event loop (run.c), used by main.c.
+ *
+ * One thread runs everything: an event heap in otacd time decides when each
+ * device polls, reports or finishes a test boot, and a libcurl multi handle
+ * carries up to `concurrency` requests at once.  The only other thread is
+ * libmicrohttpd's, which serves the text fleetsim_metrics_snapshot() hands
+ * out (a copy made under a mutex once a second by the loop).
+ */
+#ifndef OTA_FLEETSIM_RUN_H
+#define OTA_FLEETSIM_RUN_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "sim.h"
+
+struct fleetsim_opts {
+	const char *url;             /* device API base: http://HOST:PORT */
+	uint32_t devices;
+	uint64_t seed;
+	const char *product;         /* default "sensor-node" */
+	const char *fleet_key;
+	double duration_s;           /* real seconds; 0: no limit */
+	const char *until_version;   /* stop when this version runs on until_fraction */
+	double until_fraction;
+	const char *start_version;   /* "1.0.0" */
+	uint32_t start_counter;      /* 1 */
+	unsigned concurrency;        /* 256 */
+	int64_t report_every_ms;     /* otacd ms between heartbeats (3600 s) */
+	int shared_downloads;        /* one download per image instead of one per device */
+	const char *stats_path;      /* JSON written at exit, or NULL */
+	int quiet;                   /* no summary lines */
+};
+
+struct fleetsim;
+
+/* Build the fleet (devices drawn from the seed); profile and keys are
+ * borrowed and must outlive the simulator. */
+int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
+		 const struct sim_profile *profile, EVP_PKEY **keys, size_t nkeys);
+/* Run until the duration is over, --until is reached or *stop is set.
+ * 0 on a normal end; an error when the server refuses the fleet (401, 400
+ * on the first check-in).  Writes the stats file when asked. */
+int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop);
+void fleetsim_free(struct fleetsim *fs);
+
+/* The latest Prometheus text (new string, caller frees).  Any thread. */
+char *fleetsim_metrics_snapshot(struct fleetsim *fs);
+
+#endif

@@ -1,0 +1,355 @@
+/*
+ * api_reports.c - test and analysis reports over HTTP, and a job's inputs.
+ *
+ *   PUT /api/v1/agent/jobs/ID/reports?attempt=N&format=F&name=FILE   (agent)
+ *       one report file (junit, cppcheck, sarif; or "toolchain", a JSON
+ *       {commands: [{command, version}]} the agent builds itself), at most
+ *       REPORT_MAX_BYTES.  Parsed here with report_parse(); a bad file is a
+ *       400 naming it (the agent fails the job with that message), a good
+ *       one is stored with the attempt through the engine: 201 {id, summary}.
+ *   GET /api/v1/agent/jobs/ID/inputs?attempt=N                        (agent)
+ *       the artifacts the job receives: those of the passed jobs of the
+ *       stages its stage needs, only the job's board's when its kind has
+ *       `board:` -> [{name, sha256, size, hardware}]
+ *   GET /api/v1/agent/jobs/ID/inputs/SHA?attempt=N                    (agent)
+ *       the bytes of one of them.
+ *   GET /api/v1/runs/ID/reports                                       (viewer)
+ *       [{id, job, job_name, stage, attempt, format, name, summary,
+ *         tests | findings | commands}]
+ *
+ * Parsing runs on the HTTP thread (it can take a while for a big file and
+ * needs no state); only the insert goes through the engine thread, inside
+ * its transaction, and only while the attempt is running, so a report of
+ * an attempt that lost its lease is refused (409) like its artifacts.
+ */
+#include "api_int.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "engine_int.h"
+#include "reports.h"
+
+#define TOOLCHAIN_MAX_COMMANDS 64
+#define TOOLCHAIN_MAX_TEXT 1024
+
+/* ---- upload --------------------------------------------------------------- */
+
+static int toolchain_parse(json_t **out, const void *data, size_t len, const char *name)
+{
+	json_error_t err;
+	json_t *doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err), *cmds, *c;
+	size_t i;
+
+	*out = NULL;
+	if (!doc)
+		return ota_error_set(OTA_EINVAL, "%s:%d: invalid JSON: %s", name, err.line, err.text);
+	cmds = json_object_get(doc, "commands");
+	if (!json_is_array(cmds) || json_array_size(cmds) > TOOLCHAIN_MAX_COMMANDS)
+		goto bad;
+	json_array_foreach(cmds, i, c) {
+		json_t *cmd = json_object_get(c, "command"), *ver = json_object_get(c, "version");
+		if (!json_is_string(cmd) || !json_is_string(ver) || strlen(json_string_value(cmd)) > TOOLCHAIN_MAX_TEXT ||
+		    strlen(json_string_value(ver)) > TOOLCHAIN_MAX_TEXT)
+			goto bad;
+	}
+	*out = json_pack("{ss ss sO}", "format", "toolchain", "name", name, "commands", cmds);
+	json_decref(doc);
+	return 0;
+bad:
+	json_decref(doc);
+	return ota_error_set(OTA_EINVAL, "%s: a toolchain report is {\"commands\": [{\"command\": S, \"version\": S}]}"
+			     " (at most %d)", name, TOOLCHAIN_MAX_COMMANDS);
+}
+
+/* The counts of a parsed report, for listings. */
+static json_t *report_summary(const json_t *body, const char *format)
+{
+	static const char *const junit_keys[] = { "tests", "passed", "failures", "errors", "skipped", "time" };
+	json_t *s = json_object();
+
+	if (!strcmp(format, "junit")) {
+		for (size_t i = 0; i < OTA_ARRAY_SIZE(junit_keys); i++) {
+			json_t *v = json_object_get(body, junit_keys[i]);
+			json_object_set(s, junit_keys[i], v ? v : json_integer(0));
+		}
+	} else if (!strcmp(format, "toolchain")) {
+		json_object_set_new(s, "commands", json_integer((json_int_t)json_array_size(json_object_get(body, "commands"))));
+	} else {
+		json_t *c = json_object_get(body, "counts");
+		json_object_set_new(s, "counts", c ? json_deep_copy(c) : json_object());
+		json_object_set_new(s, "findings", json_integer((json_int_t)json_array_size(json_object_get(body, "findings"))));
+	}
+	return s;
+}
+
+struct report_add {
+	int64_t job_id;
+	int attempt;
+	const char *format, *name;
+	const char *summary, *body;
+	int64_t id;
+};
+
+/* Engine thread, inside its transaction. */
+static int do_report_add(struct engine *e, void *arg)
+{
+	struct report_add *a = arg;
+	struct store *db = engine_store(e);
+	sqlite3_stmt *st = store_stmt(db, "SELECT run_id, state, attempt FROM jobs WHERE id = ?");
+	int64_t run = 0;
+	int rc, running = 0;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, a->job_id);
+	if ((rc = store_step_row(db, st)) == 1) {
+		run = store_col_int(st, 0);
+		running = !strcmp(store_col_text(st, 1), "running") && store_col_int(st, 2) == a->attempt;
+	}
+	sqlite3_reset(st);
+	if (rc < 0)
+		return rc;
+	if (!running)
+		return ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
+	st = store_stmt(db, "INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
+			    " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, format, name) DO UPDATE SET"
+			    " summary = excluded.summary, body = excluded.body");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, run);
+	sqlite3_bind_int64(st, 2, a->job_id);
+	sqlite3_bind_int(st, 3, a->attempt);
+	sqlite3_bind_text(st, 4, a->format, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, a->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, a->summary, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 7, a->body, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 8, clock_now_ms());
+	if ((rc = store_step_done(db, st)) < 0)
+		return rc;
+	a->id = sqlite3_last_insert_rowid(store_db(db));
+	engine_emit(e, run, a->job_id, "report.added",
+		    json_pack("{ss ss so}", "format", a->format, "name", a->name, "summary", json_loads(a->summary, 0, NULL)));
+	return 0;
+}
+
+static int report_name_valid(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+	if (n == 0 || n > 512)
+		return 0;
+	for (const char *p = s; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			return 0;
+	return 1;
+}
+
+enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
+{
+	const char *format = api_query(r, "format"), *name = api_query(r, "name");
+	int64_t attempt = api_query_int(r, "attempt");
+	json_t *body = NULL, *summary = NULL;
+	struct report_add add = { 0 };
+	char *stext = NULL, *btext = NULL;
+	enum MHD_Result ret;
+	int rc;
+
+	if (attempt <= 0 || !format || !report_name_valid(name))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N, format=junit|cppcheck|sarif|toolchain"
+				       " and name=FILE");
+	if (!report_format_known(format) && strcmp(format, "toolchain") != 0)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "unknown report format '%s' (junit, cppcheck, sarif,"
+				       " toolchain)", format);
+	if (!api_attempt_current(r->id, attempt))
+		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
+				       attempt, r->id);
+	rc = !strcmp(format, "toolchain") ? toolchain_parse(&body, r->body.ptr ? r->body.ptr : "", r->body.len, name)
+					   : report_parse(&body, format, r->body.ptr ? r->body.ptr : "", r->body.len, name);
+	if (rc < 0)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad %s report: %s", format, ota_error_last());
+	summary = report_summary(body, format);
+	stext = json_dumps(summary, JSON_COMPACT);
+	btext = json_dumps(body, JSON_COMPACT);
+	add = (struct report_add){ r->id, (int)attempt, format, name, stext, btext, 0 };
+	rc = engine_exec(a->cfg.engine, do_report_add, &add);
+	ret = rc < 0 ? api_reply_rc(r, rc)
+		     : api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI sO}", "id", (json_int_t)add.id, "summary", summary));
+	json_decref(body);
+	json_decref(summary);
+	free(stext);
+	free(btext);
+	return ret;
+}
+
+/* ---- inputs ----------------------------------------------------------------- */
+
+/* The job's inputs: [{name, sha256, size, hardware}]. */
+static int inputs_list(struct store *s, int64_t job, json_t **out)
+{
+	sqlite3_stmt *st = store_stmt(s, "SELECT spec FROM jobs WHERE id = ?");
+	json_t *spec = NULL;
+	const char *board;
+	int rc;
+
+	*out = NULL;
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, job);
+	if ((rc = store_step_row(s, st)) == 1)
+		spec = json_loads(store_col_text(st, 0), 0, NULL);
+	sqlite3_reset(st);
+	if (rc < 0)
+		return rc;
+	if (!spec)
+		return ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", job);
+	board = json_string_value(json_object_get(json_object_get(spec, "extra"), "board"));
+	st = store_stmt(s, "SELECT a.name, a.sha256, a.size, a.hardware FROM artifacts a"
+			   " JOIN jobs j ON j.id = a.job_id AND j.attempt = a.attempt AND j.state = 'passed'"
+			   " JOIN stages s ON s.id = j.stage_id"
+			   " WHERE j.run_id = (SELECT run_id FROM jobs WHERE id = ?1)"
+			   " AND s.name IN (SELECT value FROM json_each((SELECT st.needs FROM jobs jj"
+			   "   JOIN stages st ON st.id = jj.stage_id WHERE jj.id = ?1)))"
+			   " AND (?2 IS NULL OR a.hardware = ?2) ORDER BY a.id");
+	if (!st) {
+		json_decref(spec);
+		return OTA_ERROR;
+	}
+	sqlite3_bind_int64(st, 1, job);
+	if (board)
+		sqlite3_bind_text(st, 2, board, -1, SQLITE_TRANSIENT);
+	*out = json_array();
+	while ((rc = store_step_row(s, st)) == 1) {
+		const char *hw = store_col_text(st, 3);
+		json_array_append_new(*out, json_pack("{ss ss sI so}", "name", store_col_text(st, 0), "sha256",
+						       store_col_text(st, 1), "size", (json_int_t)store_col_int(st, 2),
+						       "hardware", hw ? json_string(hw) : json_null()));
+	}
+	sqlite3_reset(st);
+	json_decref(spec);
+	if (rc < 0) {
+		json_decref(*out);
+		*out = NULL;
+		return rc;
+	}
+	return 0;
+}
+
+enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r)
+{
+	int64_t attempt = api_query_int(r, "attempt");
+	struct store *s = store_reader();
+	json_t *list = NULL;
+	int rc;
+
+	(void)a;
+	if (attempt <= 0)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
+	if (!api_attempt_current(r->id, attempt))
+		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
+				       attempt, r->id);
+	if (!s)
+		return api_reply_rc(r, OTA_ERROR);
+	if ((rc = inputs_list(s, r->id, &list)) < 0)
+		return api_reply_rc(r, rc);
+	return api_reply_json(r, MHD_HTTP_OK, list);
+}
+
+static ssize_t input_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	ssize_t n;
+	(void)pos;
+	n = artifact_backend()->read(cls, buf, max);
+	if (n == 0)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	return n < 0 ? MHD_CONTENT_READER_END_WITH_ERROR : n;
+}
+
+static void input_close_cb(void *cls)
+{
+	artifact_backend()->close(cls);
+}
+
+enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
+{
+	int64_t attempt = api_query_int(r, "attempt");
+	struct store *s = store_reader();
+	struct artifact_backend *b = artifact_backend();
+	struct artifact_reader *rd = NULL;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	json_t *list = NULL, *in;
+	int64_t size = 0;
+	int rc, found = 0;
+	size_t i;
+
+	(void)a;
+	if (attempt <= 0)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
+	if (!api_attempt_current(r->id, attempt))
+		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
+				       attempt, r->id);
+	if (!s)
+		return api_reply_rc(r, OTA_ERROR);
+	if ((rc = inputs_list(s, r->id, &list)) < 0)
+		return api_reply_rc(r, rc);
+	json_array_foreach(list, i, in)
+		found |= !strcmp(json_string_value(json_object_get(in, "sha256")), r->sha);
+	json_decref(list);
+	if (!found)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "%s is not an input of job %" PRId64, r->sha, r->id);
+	if (b->get(b, r->sha, &rd, &size) < 0)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "%s", ota_error_last());
+	resp = MHD_create_response_from_callback((uint64_t)size, 64 * 1024, input_read_cb, rd, input_close_cb);
+	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+	MHD_add_response_header(resp, "X-Sha256", r->sha);
+	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* ---- reading ------------------------------------------------------------------ */
+
+enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
+{
+	struct store *s = store_reader();
+	sqlite3_stmt *st;
+	json_t *arr;
+	int rc, found = 0;
+
+	(void)a;
+	if (!s)
+		return api_reply_rc(r, OTA_ERROR);
+	st = store_stmt(s, "SELECT 1 FROM runs WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	found = store_step_row(s, st) == 1;
+	sqlite3_reset(st);
+	if (!found)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
+	st = store_stmt(s, "SELECT rp.id, rp.job_id, j.name, s.name, rp.attempt, rp.format, rp.name, rp.summary, rp.body,"
+			   " j.attempt FROM reports rp JOIN jobs j ON j.id = rp.job_id JOIN stages s ON s.id = j.stage_id"
+			   " WHERE rp.run_id = ? ORDER BY rp.job_id, rp.attempt, rp.id");
+	sqlite3_bind_int64(st, 1, r->id);
+	arr = json_array();
+	while ((rc = store_step_row(s, st)) == 1) {
+		const char *format = store_col_text(st, 5);
+		json_t *body = json_loads(store_col_text(st, 8), 0, NULL), *summary = json_loads(store_col_text(st, 7), 0, NULL);
+		const char *key = !strcmp(format, "junit") ? "cases" : !strcmp(format, "toolchain") ? "commands" : "findings";
+		json_t *items = json_object_get(body, key);
+		json_t *o = json_pack("{sI sI ss ss si ss ss so sb}", "id", (json_int_t)store_col_int(st, 0), "job",
+				      (json_int_t)store_col_int(st, 1), "job_name", store_col_text(st, 2), "stage",
+				      store_col_text(st, 3), "attempt", (int)store_col_int(st, 4), "format", format, "name",
+				      store_col_text(st, 6), "summary", summary ? summary : json_object(), "latest",
+				      store_col_int(st, 4) == store_col_int(st, 9));
+		json_object_set_new(o, !strcmp(format, "junit") ? "tests" : key, items ? json_incref(items) : json_array());
+		json_array_append_new(arr, o);
+		json_decref(body);
+	}
+	sqlite3_reset(st);
+	if (rc < 0) {
+		json_decref(arr);
+		return api_reply_rc(r, rc);
+	}
+	return api_reply_json(r, MHD_HTTP_OK, arr);
+}

@@ -1,0 +1,548 @@
+/*
+ * devapi.c - the device-facing HTTP listener of the built-in update server
+ * (docs/update-server.md): check-ins, report batches, image downloads and
+ * Prometheus metrics, on its own libmicrohttpd daemon.
+ *
+ * Devices are many and their requests small, so this listener does not use
+ * a thread per connection like the main API: a small pool of threads each
+ * runs an epoll loop over its share of the connections.  Nothing in a
+ * handler may block for long, so a report batch is validated in the
+ * handler, handed to the fleet's writer (fleet_report_async) and the
+ * connection suspended; the writer's done callback resumes it after the
+ * commit and the handler then sends the answer.  Check-ins are answered
+ * from memory.  Images stream from the artifact store through a response
+ * callback (with Range support).
+ *
+ * Tokens are never logged or echoed.
+ */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "../common/util.h"
+#include "artifact.h"
+#include "fleet.h"
+
+#define DEVAPI_BODY_MAX ((size_t)1 << 20)
+/* A body over the cap is read and dropped up to this size, so the client
+ * sees the 413 rather than a reset while it is still sending. */
+#define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
+
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS };
+
+struct devapi {
+	struct MHD_Daemon *mhd;
+	struct fleet *f;
+	int port, metrics_public;
+	/* guards inflight, stopping and every request's batch state below */
+	pthread_mutex_t mu;
+	int inflight;      /* report batches handed to the writer, not done */
+	int stopping;      /* devapi_stop: no new batches */
+};
+
+struct dreq {
+	enum route route;
+	struct buf body;
+	int too_big, answered_early;
+	size_t received;
+	char *token;
+	/* report batches: set by the writer's done callback */
+	struct devapi *api;
+	struct MHD_Connection *conn;
+	int submitted, done, suspended, rc, accepted;   /* under api->mu */
+	char err[512];
+};
+
+/* ---- replies -------------------------------------------------------------- */
+
+static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, const char *type, char *data, size_t len)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+	if (!resp) {
+		free(data);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", type);
+	ret = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	if (!text)
+		text = xstrdup("{}");
+	return reply_text(c, status, "application/json", text, strlen(text));
+}
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...) OTA_PRINTF(3, 4);
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return reply_json(c, status, json_pack("{ss}", "error", msg));
+}
+
+static unsigned status_of(int rc)
+{
+	switch (rc) {
+	case OTA_EINVAL: return MHD_HTTP_BAD_REQUEST;
+	case OTA_ENOTFOUND: return MHD_HTTP_NOT_FOUND;
+	case OTA_ETOOBIG: return MHD_HTTP_CONTENT_TOO_LARGE;
+	case OTA_EAUTH: return MHD_HTTP_UNAUTHORIZED;
+	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+}
+
+/* ---- routes ----------------------------------------------------------------- */
+
+static json_t *parse_body(struct MHD_Connection *c, struct dreq *r, enum MHD_Result *ret)
+{
+	json_error_t err;
+	json_t *j = json_loadb(r->body.ptr ? r->body.ptr : "", r->body.len, JSON_REJECT_DUPLICATES, &err);
+	if (!j)
+		*ret = reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid JSON at line %d column %d: %s", err.line, err.column,
+				   err.text);
+	else if (!json_is_object(j)) {
+		json_decref(j);
+		j = NULL;
+		*ret = reply_error(c, MHD_HTTP_BAD_REQUEST, "the body must be a JSON object");
+	}
+	return j;
+}
+
+static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	enum MHD_Result ret = MHD_NO;
+	json_t *body = parse_body(c, r, &ret), *answer = NULL, *dev;
+	int rc, fk;
+	if (!body)
+		return ret;
+	dev = json_object_get(body, "device");
+	if (fleet_auth(a->f, r->token, json_is_string(dev) ? json_string_value(dev) : NULL, &fk) < 0)
+		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+	else if ((rc = fleet_checkin(a->f, body, &answer)) < 0)
+		ret = reply_error(c, status_of(rc), "%s", ota_error_last());
+	else
+		ret = reply_json(c, MHD_HTTP_OK, answer);
+	json_decref(body);
+	return ret;
+}
+
+/* The writer's callback (writer thread): record the outcome, resume.  r
+ * is not touched after the unlock: the connection may complete at once. */
+static void report_done(void *ctx, int rc)
+{
+	struct dreq *r = ctx;
+	struct devapi *a = r->api;
+	pthread_mutex_lock(&a->mu);
+	r->done = 1;
+	r->rc = rc;
+	if (rc < 0)
+		snprintf(r->err, sizeof(r->err), "%s", ota_error_last());
+	a->inflight--;
+	if (r->suspended) {
+		r->suspended = 0;
+		MHD_resume_connection(r->conn);
+	}
+	pthread_mutex_unlock(&a->mu);
+}
+
+static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
+{
+	if (r->rc < 0)
+		return reply_error(c, status_of(r->rc), "%s", r->err);
+	return reply_json(c, MHD_HTTP_OK, json_pack("{si}", "accepted", r->accepted));
+}
+
+static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	enum MHD_Result ret = MHD_NO;
+	json_t *body, *reports, *first;
+	const char *dev = NULL;
+	int rc, fk, done;
+
+	if (r->submitted) { /* resumed by report_done */
+		pthread_mutex_lock(&a->mu);
+		done = r->done;
+		pthread_mutex_unlock(&a->mu);
+		return done ? report_answer(c, r) : MHD_YES;
+	}
+	if (!(body = parse_body(c, r, &ret)))
+		return ret;
+	/* a device token names its device through the batch's first report */
+	reports = json_object_get(body, "reports");
+	first = json_is_array(reports) ? json_array_get(reports, 0) : NULL;
+	if (json_is_object(first) && json_is_string(json_object_get(first, "device")))
+		dev = json_string_value(json_object_get(first, "device"));
+	if (fleet_auth(a->f, r->token, dev, &fk) < 0) {
+		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+		goto out;
+	}
+	r->api = a;
+	r->conn = c;
+	pthread_mutex_lock(&a->mu);
+	if (a->stopping) {
+		pthread_mutex_unlock(&a->mu);
+		ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+		goto out;
+	}
+	a->inflight++;
+	pthread_mutex_unlock(&a->mu);
+	r->submitted = 1;
+	rc = fleet_report_async(a->f, body, fk ? NULL : dev, &r->accepted, report_done, r);
+	if (rc < 0) {
+		pthread_mutex_lock(&a->mu);
+		a->inflight--;
+		pthread_mutex_unlock(&a->mu);
+		r->rc = rc;
+		snprintf(r->err, sizeof(r->err), "%s", ota_error_last());
+		r->done = 1;
+		ret = report_answer(c, r);
+		goto out;
+	}
+	pthread_mutex_lock(&a->mu);
+	done = r->done;
+	if (!done) {
+		r->suspended = 1;
+		MHD_suspend_connection(c);
+	}
+	pthread_mutex_unlock(&a->mu);
+	/* done already: answer now; else report_done resumes us */
+	ret = done ? report_answer(c, r) : MHD_YES;
+out:
+	json_decref(body);
+	return ret;
+}
+
+static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	char *text = NULL;
+	size_t len = 0;
+	int fk = 0;
+	if (!a->metrics_public && (fleet_auth(a->f, r->token, NULL, &fk) < 0 || !fk))
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+	if (fleet_metrics_text(a->f, &text, &len) < 0)
+		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
+	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+/* Streams [pos, pos+len) of an artifact; the reader is positioned at
+ * `skip` bytes before the first call. */
+struct image_stream {
+	struct artifact_backend *be;
+	struct artifact_reader *rd;
+	int64_t skip;
+};
+
+static ssize_t image_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct image_stream *st = cls;
+	ssize_t n;
+	(void)pos;
+	while (st->skip > 0) {
+		char tmp[16384];
+		size_t want = st->skip < (int64_t)sizeof(tmp) ? (size_t)st->skip : sizeof(tmp);
+		n = st->be->read(st->rd, tmp, want);
+		if (n <= 0)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+		st->skip -= n;
+	}
+	n = st->be->read(st->rd, out, max);
+	if (n < 0)
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void image_free(void *cls)
+{
+	struct image_stream *st = cls;
+	st->be->close(st->rd);
+	free(st);
+}
+
+/* Parses "bytes=A-B", "bytes=A-", "bytes=-N" against size.  1: a range in
+ * [*from, *to], 0: no usable Range header (serve everything), -1: 416. */
+static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
+{
+	char *end;
+	long long a, b;
+	if (!h || strncmp(h, "bytes=", 6) || strchr(h, ','))
+		return 0;
+	h += 6;
+	if (*h == '-') {
+		b = strtoll(h + 1, &end, 10);
+		if (end == h + 1 || *end || b <= 0)
+			return b == 0 && end != h + 1 && !*end ? -1 : 0;
+		*from = b >= size ? 0 : size - b;
+		*to = size - 1;
+		return size > 0 ? 1 : -1;
+	}
+	a = strtoll(h, &end, 10);
+	if (end == h || *end != '-' || a < 0)
+		return 0;
+	h = end + 1;
+	if (*h) {
+		b = strtoll(h, &end, 10);
+		if (*end || b < a)
+			return 0;
+	} else {
+		b = size - 1;
+	}
+	if (a >= size)
+		return -1;
+	*from = a;
+	*to = b >= size ? size - 1 : b;
+	return 1;
+}
+
+static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
+{
+	struct artifact_backend *be = artifact_backend();
+	struct artifact_reader *rd = NULL;
+	struct image_stream *st;
+	struct MHD_Response *resp;
+	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
+	int64_t size = 0, from = 0, to = 0;
+	enum MHD_Result ret;
+	int fk, rg;
+
+	if (!dev)
+		dev = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "device");
+	if (fleet_auth(a->f, r->token, dev, &fk) < 0)
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha) || !be || be->get(be, sha, &rd, &size) < 0)
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
+	rg = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), size, &from, &to);
+	if (rg < 0) {
+		char *cr = xasprintf("bytes */%" PRId64, size);
+		be->close(rd);
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+		MHD_add_response_header(resp, "Content-Range", cr);
+		free(cr);
+		ret = MHD_queue_response(c, MHD_HTTP_RANGE_NOT_SATISFIABLE, resp);
+		MHD_destroy_response(resp);
+		return ret;
+	}
+	if (rg == 0) {
+		from = 0;
+		to = size - 1;
+	}
+	st = xcalloc(1, sizeof(*st));
+	st->be = be;
+	st->rd = rd;
+	st->skip = from;
+	resp = MHD_create_response_from_callback((uint64_t)(to - from + 1), 64 * 1024, image_read, st, image_free);
+	if (!resp) {
+		image_free(st);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+	MHD_add_response_header(resp, "Accept-Ranges", "bytes");
+	if (rg > 0) {
+		char *cr = xasprintf("bytes %" PRId64 "-%" PRId64 "/%" PRId64, from, to, size);
+		MHD_add_response_header(resp, "Content-Range", cr);
+		free(cr);
+	}
+	ret = MHD_queue_response(c, rg > 0 ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* ---- the access handler ----------------------------------------------------- */
+
+static enum route route_of(const char *method, const char *url, unsigned *bad)
+{
+	int post = !strcmp(method, "POST"), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+	*bad = 0;
+	if (!strcmp(url, "/device/v1/checkin") || !strcmp(url, "/device/v1/reports")) {
+		if (!post)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return url[11] == 'c' ? R_CHECKIN : R_REPORTS;
+	}
+	if (!strncmp(url, "/device/v1/images/", 18) || !strcmp(url, "/metrics")) {
+		if (!get)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return url[1] == 'm' ? R_METRICS : R_IMAGE;
+	}
+	*bad = MHD_HTTP_NOT_FOUND;
+	return R_NONE;
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+	struct devapi *a = cls;
+	struct dreq *r = *con_cls;
+	(void)version;
+
+	if (!r) {
+		const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+		unsigned bad;
+		r = xcalloc(1, sizeof(*r));
+		*con_cls = r;
+		r->route = route_of(method, url, &bad);
+		buf_init(&r->body, DEVAPI_BODY_MAX);
+		if (auth && !strncasecmp(auth, "Bearer ", 7))
+			r->token = xstrdup(auth + 7);
+		if (bad) {
+			r->answered_early = 1;
+			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
+		}
+		if (!r->token && !(r->route == R_METRICS && a->metrics_public)) {
+			r->answered_early = 1;
+			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+		}
+		if (cl && strtoull(cl, NULL, 10) > DEVAPI_DISCARD_MAX) {
+			r->answered_early = 1;
+			return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
+		}
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		r->received += *upload_size;
+		if (!r->too_big && !r->answered_early && buf_put(&r->body, upload_data, *upload_size) < 0) {
+			r->too_big = 1;
+			buf_release(&r->body);
+		}
+		*upload_size = 0;
+		return r->received > DEVAPI_DISCARD_MAX ? MHD_NO : MHD_YES;
+	}
+	if (r->answered_early)
+		return MHD_YES;
+	if (r->too_big)
+		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
+	switch (r->route) {
+	case R_CHECKIN: return do_checkin(a, c, r);
+	case R_REPORTS: return do_reports(a, c, r);
+	case R_METRICS: return do_metrics(a, c, r);
+	case R_IMAGE: return do_image(a, c, r, url + 18);
+	default: return MHD_NO;
+	}
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	struct dreq *r = *con_cls;
+	(void)cls;
+	(void)c;
+	(void)toe;
+	if (!r)
+		return;
+	buf_release(&r->body);
+	if (r->token) {
+		explicit_bzero(r->token, strlen(r->token));
+		free(r->token);
+	}
+	free(r);
+	*con_cls = NULL;
+}
+
+/* ---- start / stop ------------------------------------------------------------ */
+
+static int parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+	char host[256];
+	const char *colon = strrchr(addr, ':');
+	struct addrinfo hints = { 0 }, *res = NULL;
+	int rc;
+
+	if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host))
+		return ota_error_set(OTA_EINVAL, "device listen address '%s' must be HOST:PORT", addr);
+	memcpy(host, addr, (size_t)(colon - addr));
+	host[colon - addr] = '\0';
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = '\0';
+	}
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0)
+		return ota_error_set(OTA_EINVAL, "cannot resolve device listen address '%s': %s", addr, gai_strerror(rc));
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	freeaddrinfo(res);
+	return 0;
+}
+
+int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public)
+{
+	struct devapi *a = xcalloc(1, sizeof(*a));
+	struct sockaddr_storage ss;
+	const union MHD_DaemonInfo *info;
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned pool = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (unsigned)ncpu;
+	int rc;
+
+	*out = NULL;
+	if ((rc = parse_addr(addr, &ss)) < 0) {
+		free(a);
+		return rc;
+	}
+	if (ss.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	a->f = f;
+	a->metrics_public = metrics_public;
+	pthread_mutex_init(&a->mu, NULL);
+	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
+				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
+				  MHD_OPTION_THREAD_POOL_SIZE, pool,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  MHD_OPTION_END);
+	if (!a->mhd) {
+		pthread_mutex_destroy(&a->mu);
+		free(a);
+		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", addr);
+	}
+	info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_BIND_PORT);
+	a->port = info ? info->port : 0;
+	*out = a;
+	return 0;
+}
+
+int devapi_port(const struct devapi *d)
+{
+	return d->port;
+}
+
+void devapi_stop(struct devapi *d)
+{
+	if (!d)
+		return;
+	/* MHD must not be stopped with connections still suspended: refuse
+	 * new batches, then let the writer finish (and resume) the others */
+	pthread_mutex_lock(&d->mu);
+	d->stopping = 1;
+	pthread_mutex_unlock(&d->mu);
+	for (;;) {
+		int n;
+		pthread_mutex_lock(&d->mu);
+		n = d->inflight;
+		pthread_mutex_unlock(&d->mu);
+		if (!n)
+			break;
+		usleep(1000);
+	}
+	MHD_stop_daemon(d->mhd);
+	pthread_mutex_destroy(&d->mu);
+	free(d);
+}

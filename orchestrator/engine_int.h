@@ -1,0 +1,29 @@
+/*
+ * engine_int.h - what the engine lends to modules that run on its thread.
+ *
+ * The rollout module (rollout.c) keeps its state in the same database and
+ * changes it only on the engine thread, inside the engine's transactions:
+ * its functions are either called by the engine (rollout_job_start) or
+ * run through engine_exec.  Nothing here is for HTTP handlers.
+ */
+#ifndef OTA_ENGINE_INT_H
+#define OTA_ENGINE_INT_H
+
+#include "engine.h"
+
+/* The writer connection: engine thread only. */
+struct store *engine_store(struct engine *e);
+/* Run fn on the engine thread inside one transaction (like every public
+ * engine call) and return its result. */
+int engine_exec(struct engine *e, int (*fn)(struct engine *, void *), void *arg);
+/* Engine thread: finish a running job's attempt as if its agent reported r. */
+int engine_job_complete(struct engine *e, int64_t job_id, const struct job_result *r, const char **state);
+/* Engine thread: write an event (shown live on the page). */
+void engine_emit(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail);
+/* Engine thread: a rollout changed; the hook runs after the commit. */
+void engine_rollout_changed(struct engine *e);
+/* The function called after a commit that changed a rollout. */
+void engine_set_rollout_hook(struct engine *e, void (*fn)(void *), void *arg);
+const struct engine_config *engine_cfg(struct engine *e);
+
+#endif

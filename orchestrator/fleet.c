@@ -1,0 +1,1090 @@
+/*
+ * fleet.c - the built-in update server's memory: devices, aggregates,
+ * exposures, and the check-in decision (see fleet.h and
+ * docs/update-server.md).
+ *
+ * Everything a check-in touches lives in memory so that a check-in costs a
+ * few hash lookups and no SQLite:
+ *
+ *   - strings that repeat across devices (products, versions, hardware,
+ *     bootloaders, "key=value" tags) are interned once (struct intern, a
+ *     read-mostly table under a rwlock) and compared by pointer afterwards;
+ *   - devices sit in 64 shards, each a chained hash table under its own
+ *     mutex.  A device keeps, for a few versions, the flags that make the
+ *     distinct counters distinct (offered, download, boot_ok, reporting,
+ *     crashed ...); they are reset when its running version changes;
+ *   - aggregates are keyed by interned (product, version, cohort) pointers
+ *     in a table under a rwlock that only grows; their counters are updated
+ *     with atomics, so a check-in that adds a device takes only read locks;
+ *   - exposures are a small array, newest release first, under a rwlock.
+ *
+ * Lock order: exposures -> one device shard -> aggregate table -> intern
+ * table.  Nothing takes a shard while holding a later lock.
+ *
+ * Persistence is fleet_store.c: its writer thread applies report batches
+ * (validated here, in the caller's thread), writes changed devices and
+ * aggregates, and commits, all in one transaction per group of batches.
+ */
+#include "fleet_int.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "clock.h"
+
+/* ---- hashing and validation ------------------------------------------ */
+
+uint64_t fleet_fnv(const void *p, size_t n, uint64_t h)
+{
+	const unsigned char *s = p;
+	for (size_t i = 0; i < n; i++) {
+		h ^= s[i];
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+int fleet_cohort_slot(const char *salt, const char *device)
+{
+	uint64_t h = FLEET_FNV_BASIS;
+	h = fleet_fnv(salt, strlen(salt), h);
+	h = fleet_fnv(":", 1, h);
+	h = fleet_fnv(device, strlen(device), h);
+	return (int)(h % 10000);
+}
+
+static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
+{
+	size_t n = 0;
+	for (; s[n]; n++) {
+		if (n >= max)
+			return 0;
+		if (!isalnum((unsigned char)s[n]) && !strchr(extra, s[n]))
+			return 0;
+	}
+	return n >= min;
+}
+
+int fleet_device_id_valid(const char *s)
+{
+	return charset_ok(s, 1, 64, "._:-");
+}
+
+int fleet_name_valid(const char *s)
+{
+	return charset_ok(s, 1, 128, "._:/+@-");
+}
+
+int fleet_version_valid(const char *s)
+{
+	return isdigit((unsigned char)s[0]) && charset_ok(s, 1, 64, ".+_-");
+}
+
+int fleet_xyz_parse(const char *s, uint32_t out[3])
+{
+	for (int i = 0; i < 3; i++) {
+		char *end;
+		unsigned long v;
+		if (!isdigit((unsigned char)*s))
+			return OTA_EINVAL;
+		v = strtoul(s, &end, 10);
+		if (v > UINT32_MAX || end - s > 10)
+			return OTA_EINVAL;
+		out[i] = (uint32_t)v;
+		if (i < 2 && *end != '.')
+			return OTA_EINVAL;
+		s = end + (i < 2);
+		if (i == 2 && *end)
+			return OTA_EINVAL;
+	}
+	return 0;
+}
+
+static int xyz_cmp(const uint32_t a[3], const uint32_t b[3])
+{
+	for (int i = 0; i < 3; i++)
+		if (a[i] != b[i])
+			return a[i] < b[i] ? -1 : 1;
+	return 0;
+}
+
+/* ---- interned strings --------------------------------------------------- */
+
+static const char *intern_find_locked(struct intern *t, const char *s, size_t len, uint64_t h)
+{
+	if (!t->cap)
+		return NULL;
+	for (size_t i = h & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+		const char *x = t->slot[i];
+		if (!x)
+			return NULL;
+		if (!strncmp(x, s, len) && !x[len])
+			return x;
+	}
+}
+
+const char *fleet_intern_find(struct fleet *f, const char *s)
+{
+	size_t len = strlen(s);
+	const char *r;
+	pthread_rwlock_rdlock(&f->intern.lock);
+	r = intern_find_locked(&f->intern, s, len, fleet_fnv(s, len, FLEET_FNV_BASIS));
+	pthread_rwlock_unlock(&f->intern.lock);
+	return r;
+}
+
+const char *fleet_intern(struct fleet *f, const char *s, size_t len)
+{
+	struct intern *t = &f->intern;
+	uint64_t h = fleet_fnv(s, len, FLEET_FNV_BASIS);
+	const char *r;
+
+	pthread_rwlock_rdlock(&t->lock);
+	r = intern_find_locked(t, s, len, h);
+	pthread_rwlock_unlock(&t->lock);
+	if (r)
+		return r;
+	pthread_rwlock_wrlock(&t->lock);
+	if ((r = intern_find_locked(t, s, len, h)))
+		goto out;
+	if ((t->n + 1) * 2 > t->cap) {
+		size_t ncap = t->cap ? t->cap * 2 : 1024;
+		char **ns = xcalloc(ncap, sizeof(*ns));
+		for (size_t i = 0; i < t->cap; i++) {
+			size_t j;
+			if (!t->slot[i])
+				continue;
+			j = fleet_fnv(t->slot[i], strlen(t->slot[i]), FLEET_FNV_BASIS) & (ncap - 1);
+			while (ns[j])
+				j = (j + 1) & (ncap - 1);
+			ns[j] = t->slot[i];
+		}
+		free(t->slot);
+		t->slot = ns;
+		t->cap = ncap;
+	}
+	{
+		size_t j = h & (t->cap - 1);
+		while (t->slot[j])
+			j = (j + 1) & (t->cap - 1);
+		t->slot[j] = xstrndup(s, len);
+		t->n++;
+		r = t->slot[j];
+	}
+out:
+	pthread_rwlock_unlock(&t->lock);
+	return r;
+}
+
+/* ---- aggregates --------------------------------------------------------- */
+
+static size_t agg_hash(const char *p, const char *v, const char *c)
+{
+	uint64_t h = (uintptr_t)p * 0x9e3779b97f4a7c15ULL;
+	h ^= (uintptr_t)v * 0xc2b2ae3d27d4eb4fULL;
+	h ^= (uintptr_t)c * 0x165667b19e3779f9ULL;
+	return (size_t)(h ^ (h >> 29));
+}
+
+static struct agg *agg_find_locked(struct fleet *f, const char *p, const char *v, const char *c)
+{
+	if (!f->agg_nb)
+		return NULL;
+	for (struct agg *a = f->agg_b[agg_hash(p, v, c) & (f->agg_nb - 1)]; a; a = a->next)
+		if (a->product == p && a->version == v && a->cohort == c)
+			return a;
+	return NULL;
+}
+
+struct agg *fleet_agg_get(struct fleet *f, const char *p, const char *v, const char *c)
+{
+	struct agg *a;
+	pthread_rwlock_rdlock(&f->agg_lock);
+	a = agg_find_locked(f, p, v, c);
+	pthread_rwlock_unlock(&f->agg_lock);
+	if (a)
+		return a;
+	pthread_rwlock_wrlock(&f->agg_lock);
+	if ((a = agg_find_locked(f, p, v, c)))
+		goto out;
+	if (f->agg_n + 1 > f->agg_nb) {
+		size_t nb = f->agg_nb ? f->agg_nb * 2 : 256;
+		struct agg **b = xcalloc(nb, sizeof(*b));
+		for (struct agg *x = f->agg_all; x; x = x->all_next) {
+			size_t i = agg_hash(x->product, x->version, x->cohort) & (nb - 1);
+			x->next = b[i];
+			b[i] = x;
+		}
+		free(f->agg_b);
+		f->agg_b = b;
+		f->agg_nb = nb;
+	}
+	a = xcalloc(1, sizeof(*a));
+	a->product = p;
+	a->version = v;
+	a->cohort = c;
+	a->next = f->agg_b[agg_hash(p, v, c) & (f->agg_nb - 1)];
+	f->agg_b[agg_hash(p, v, c) & (f->agg_nb - 1)] = a;
+	a->all_next = f->agg_all;
+	f->agg_all = a;
+	f->agg_n++;
+out:
+	pthread_rwlock_unlock(&f->agg_lock);
+	return a;
+}
+
+void fleet_agg_mark(struct fleet *f, struct agg *a)
+{
+	if (__atomic_exchange_n(&a->dirty, 1, __ATOMIC_ACQ_REL))
+		return;
+	pthread_mutex_lock(&f->agg_dirty_mu);
+	a->dirty_next = f->agg_dirty;
+	f->agg_dirty = a;
+	pthread_mutex_unlock(&f->agg_dirty_mu);
+}
+
+/* Add delta to the int64 field at byte offset off of every aggregate of
+ * (product, version) the device's cohorts name ("*" and each tag). */
+void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark)
+{
+	for (int i = -1; i < (int)d->ntags; i++) {
+		struct agg *a = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
+		__atomic_fetch_add((int64_t *)((char *)&a->v + off), delta, __ATOMIC_RELAXED);
+		if (mark)
+			fleet_agg_mark(f, a);
+	}
+}
+
+static void agg_snapshot(const struct agg *a, struct fleet_agg *out)
+{
+	out->devices = __atomic_load_n(&a->v.devices, __ATOMIC_RELAXED);
+	out->offered = __atomic_load_n(&a->v.offered, __ATOMIC_RELAXED);
+	out->downloads = __atomic_load_n(&a->v.downloads, __ATOMIC_RELAXED);
+	out->installs = __atomic_load_n(&a->v.installs, __ATOMIC_RELAXED);
+	out->boot_ok = __atomic_load_n(&a->v.boot_ok, __ATOMIC_RELAXED);
+	out->boot_fail = __atomic_load_n(&a->v.boot_fail, __ATOMIC_RELAXED);
+	out->reverts = __atomic_load_n(&a->v.reverts, __ATOMIC_RELAXED);
+	out->reporting = __atomic_load_n(&a->v.reporting, __ATOMIC_RELAXED);
+	out->crashed = __atomic_load_n(&a->v.crashed, __ATOMIC_RELAXED);
+	out->crashes = __atomic_load_n(&a->v.crashes, __ATOMIC_RELAXED);
+	__atomic_load(&a->v.device_hours, &out->device_hours, __ATOMIC_RELAXED);
+	__atomic_load(&a->v.battery_mah, &out->battery_mah, __ATOMIC_RELAXED);
+}
+
+void fleet_agg_read(const struct agg *a, struct fleet_agg *out)
+{
+	agg_snapshot(a, out);
+}
+
+int fleet_aggregate(struct fleet *f, const char *product, const char *version, const char *cohort,
+		    struct fleet_agg *out)
+{
+	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version);
+	const char *c = fleet_intern_find(f, cohort);
+	struct agg *a = NULL;
+
+	memset(out, 0, sizeof(*out));
+	if (!p || !v || !c)
+		return 0;
+	pthread_rwlock_rdlock(&f->agg_lock);
+	if ((a = agg_find_locked(f, p, v, c)))
+		agg_snapshot(a, out);
+	pthread_rwlock_unlock(&f->agg_lock);
+	return 0;
+}
+
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
+		   struct fleet_agg *out)
+{
+	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version);
+	const char *c = fleet_intern_find(f, cohort);
+
+	memset(out, 0, sizeof(*out));
+	if (!p || !c)
+		return 0;
+	pthread_rwlock_rdlock(&f->agg_lock);
+	for (struct agg *a = f->agg_all; a; a = a->all_next) {
+		struct fleet_agg x;
+		if (a->product != p || a->cohort != c || a->version == v)
+			continue;
+		agg_snapshot(a, &x);
+		out->devices += x.devices;
+		out->offered += x.offered;
+		out->downloads += x.downloads;
+		out->installs += x.installs;
+		out->boot_ok += x.boot_ok;
+		out->boot_fail += x.boot_fail;
+		out->reverts += x.reverts;
+		out->reporting += x.reporting;
+		out->crashed += x.crashed;
+		out->crashes += x.crashes;
+		out->device_hours += x.device_hours;
+		out->battery_mah += x.battery_mah;
+	}
+	pthread_rwlock_unlock(&f->agg_lock);
+	return 0;
+}
+
+json_t *fleet_versions(struct fleet *f, const char *product)
+{
+	const char *p = fleet_intern_find(f, product);
+	json_t *o = json_object();
+	if (!p)
+		return o;
+	pthread_rwlock_rdlock(&f->agg_lock);
+	for (struct agg *a = f->agg_all; a; a = a->all_next) {
+		int64_t n;
+		if (a->product != p || a->cohort != f->star)
+			continue;
+		n = __atomic_load_n(&a->v.devices, __ATOMIC_RELAXED);
+		if (n > 0)
+			json_object_set_new(o, a->version, json_integer(n));
+	}
+	pthread_rwlock_unlock(&f->agg_lock);
+	return o;
+}
+
+/* ---- devices ------------------------------------------------------------ */
+
+struct shard *fleet_shard(struct fleet *f, uint64_t h)
+{
+	return &f->shards[h >> (64 - FLEET_SHARD_BITS)];
+}
+
+struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_t h)
+{
+	if (!s->nb)
+		return NULL;
+	for (struct device *d = s->b[h & (s->nb - 1)]; d; d = d->next)
+		if (d->hash == h && !strcmp(d->id, id))
+			return d;
+	return NULL;
+}
+
+struct device *fleet_device_new_locked(struct shard *s, const char *id, uint64_t h)
+{
+	size_t len = strlen(id);
+	struct device *d = xcalloc(1, sizeof(*d) + len + 1);
+	memcpy(d->id, id, len + 1);
+	d->hash = h;
+	if (s->n + 1 > s->nb) {
+		size_t nb = s->nb ? s->nb * 2 : 64;
+		struct device **b = xcalloc(nb, sizeof(*b));
+		for (size_t i = 0; i < s->nb; i++) {
+			struct device *x = s->b[i], *next;
+			for (; x; x = next) {
+				next = x->next;
+				x->next = b[x->hash & (nb - 1)];
+				b[x->hash & (nb - 1)] = x;
+			}
+		}
+		free(s->b);
+		s->b = b;
+		s->nb = nb;
+	}
+	d->next = s->b[h & (s->nb - 1)];
+	s->b[h & (s->nb - 1)] = d;
+	s->n++;
+	return d;
+}
+
+void fleet_device_mark_locked(struct shard *s, struct device *d)
+{
+	if (d->dirty)
+		return;
+	d->dirty = 1;
+	d->dirty_next = s->dirty;
+	s->dirty = d;
+}
+
+/* The flag slot for version v (created, evicting the oldest slot that is
+ * not the running version, when absent). */
+struct vflag *fleet_vflag(struct device *d, const char *v)
+{
+	int victim = -1;
+	for (int i = 0; i < FLEET_NVFLAGS; i++) {
+		if (d->vf[i].version == v)
+			return &d->vf[i];
+		if (!d->vf[i].version && victim < 0)
+			victim = i;
+	}
+	if (victim < 0) {
+		/* all used: drop slot 0 (the oldest) unless it is the running version */
+		int drop = d->vf[0].version == d->version ? 1 : 0;
+		memmove(&d->vf[drop], &d->vf[drop + 1], (FLEET_NVFLAGS - drop - 1) * sizeof(d->vf[0]));
+		victim = FLEET_NVFLAGS - 1;
+	}
+	d->vf[victim].version = v;
+	d->vf[victim].flags = 0;
+	return &d->vf[victim];
+}
+
+/* The device now runs version v: move its `devices` count and forget the
+ * flags of every other version. */
+void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v)
+{
+	struct vflag keep = { NULL, 0 };
+	if (d->version == v)
+		return;
+	if (d->version)
+		fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), -1, 0);
+	for (int i = 0; i < FLEET_NVFLAGS; i++)
+		if (d->vf[i].version == v)
+			keep = d->vf[i];
+	memset(d->vf, 0, sizeof(d->vf));
+	d->vf[0] = keep;
+	d->version = v;
+	fleet_agg_add(f, d, v, offsetof(struct fleet_agg, devices), 1, 0);
+}
+
+static int tags_equal(const struct device *d, const char *const *tags, size_t n)
+{
+	if (d->ntags != n)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (d->tags[i] != tags[i])
+			return 0;
+	return 1;
+}
+
+void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n)
+{
+	free(d->tags);
+	d->tags = n ? xmalloc(n * sizeof(*tags)) : NULL;
+	if (n)
+		memcpy(d->tags, tags, n * sizeof(*tags));
+	d->ntags = (uint8_t)n;
+}
+
+static int cmp_ptr_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* ---- exposures ---------------------------------------------------------- */
+
+static void exposure_free(struct exposure *x)
+{
+	if (!x)
+		return;
+	for (size_t i = 0; i < x->nimages; i++) {
+		free(x->images[i].sha256);
+		free(x->images[i].type);
+		free(x->images[i].url);
+	}
+	free(x->images);
+	for (size_t k = 0; k < x->nsegs; k++) {
+		for (size_t i = 0; i < x->segs[k].ncohort; i++)
+			free(x->segs[k].cohort[i].values);
+		free(x->segs[k].cohort);
+	}
+	free(x->segs);
+	free(x->salt);
+	free(x);
+}
+
+static int segment_compile(struct fleet *f, struct exp_segment *sg, const json_t *cohort, int bp)
+{
+	const char *key;
+	json_t *vals;
+
+	sg->bp = bp < 0 ? 0 : bp > 10000 ? 10000 : bp;
+	if (!cohort || json_is_null(cohort))
+		return 0;
+	if (!json_is_object(cohort))
+		return ota_error_set(OTA_EINVAL, "exposure: cohort must be an object");
+	sg->cohort = xcalloc(json_object_size(cohort) + 1, sizeof(*sg->cohort));
+	json_object_foreach((json_t *)cohort, key, vals) {
+		struct cohort_key *ck = &sg->cohort[sg->ncohort++];
+		size_t j;
+		json_t *v;
+		if (!json_is_array(vals))
+			return ota_error_set(OTA_EINVAL, "exposure: cohort.%s must be a list", key);
+		ck->values = xcalloc(json_array_size(vals) + 1, sizeof(*ck->values));
+		json_array_foreach(vals, j, v) {
+			char *kv;
+			if (!json_is_string(v))
+				return ota_error_set(OTA_EINVAL, "exposure: cohort.%s[%zu] must be a string", key, j);
+			kv = xasprintf("%s=%s", key, json_string_value(v));
+			ck->values[ck->nvalues++] = fleet_intern(f, kv, strlen(kv));
+			free(kv);
+		}
+	}
+	return 0;
+}
+
+int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
+{
+	struct exposure *x = xcalloc(1, sizeof(*x));
+	size_t i;
+	int rc = 0;
+
+	if (!in->product || !fleet_name_valid(in->product)) {
+		rc = ota_error_set(OTA_EINVAL, "exposure: bad product");
+		goto out;
+	}
+	if (!in->version || !fleet_version_valid(in->version)) {
+		rc = ota_error_set(OTA_EINVAL, "exposure: bad version");
+		goto out;
+	}
+	if (in->min_bootloader && *in->min_bootloader) {
+		if (fleet_xyz_parse(in->min_bootloader, x->min_bl) < 0) {
+			rc = ota_error_set(OTA_EINVAL, "exposure: min_bootloader '%s' is not X.Y.Z", in->min_bootloader);
+			goto out;
+		}
+		x->has_min_bl = 1;
+	}
+	x->release_id = in->release_id;
+	x->product = fleet_intern(f, in->product, strlen(in->product));
+	x->version = fleet_intern(f, in->version, strlen(in->version));
+	x->counter = in->security_counter;
+	x->active = in->active;
+	x->salt = xstrdup(in->salt ? in->salt : "");
+	x->rollback_to = in->rollback_to;
+	x->images = xcalloc(in->nimages ? in->nimages : 1, sizeof(*x->images));
+	for (i = 0; i < in->nimages; i++) {
+		const struct fleet_image *im = &in->images[i];
+		if (!im->hardware || !im->sha256 || !artifact_digest_valid(im->sha256)) {
+			rc = ota_error_set(OTA_EINVAL, "exposure: images[%zu] needs hardware and a sha256", i);
+			goto out;
+		}
+		x->images[i].hardware = fleet_intern(f, im->hardware, strlen(im->hardware));
+		x->images[i].sha256 = xstrdup(im->sha256);
+		x->images[i].type = xstrdup(im->type ? im->type : "application");
+		x->images[i].size = im->size;
+		x->images[i].url = xasprintf("/device/v1/images/%s", im->sha256);
+		x->nimages++;
+	}
+	x->nsegs = in->nsegments ? in->nsegments : 1;
+	x->segs = xcalloc(x->nsegs, sizeof(*x->segs));
+	for (i = 0; i < x->nsegs; i++) {
+		rc = in->nsegments ? segment_compile(f, &x->segs[i], in->segments[i].cohort, in->segments[i].basis_points)
+				   : segment_compile(f, &x->segs[i], in->cohort, in->basis_points);
+		if (rc < 0)
+			goto out;
+	}
+
+	pthread_rwlock_wrlock(&f->exp_lock);
+	for (i = 0; i < f->nexp; i++)
+		if (f->exp[i]->release_id == x->release_id)
+			break;
+	if (i < f->nexp) {
+		exposure_free(f->exp[i]);
+		f->exp[i] = x;
+	} else {
+		f->exp = xrealloc(f->exp, (f->nexp + 1) * sizeof(*f->exp));
+		/* keep newest (highest release id) first */
+		for (i = f->nexp; i > 0 && f->exp[i - 1]->release_id < x->release_id; i--)
+			f->exp[i] = f->exp[i - 1];
+		f->exp[i] = x;
+		f->nexp++;
+	}
+	pthread_rwlock_unlock(&f->exp_lock);
+	x = NULL;
+out:
+	exposure_free(x);
+	return rc;
+}
+
+void fleet_remove_exposure(struct fleet *f, int64_t release_id)
+{
+	pthread_rwlock_wrlock(&f->exp_lock);
+	for (size_t i = 0; i < f->nexp; i++) {
+		if (f->exp[i]->release_id != release_id)
+			continue;
+		exposure_free(f->exp[i]);
+		memmove(&f->exp[i], &f->exp[i + 1], (f->nexp - i - 1) * sizeof(*f->exp));
+		f->nexp--;
+		break;
+	}
+	pthread_rwlock_unlock(&f->exp_lock);
+}
+
+int fleet_image_known(struct fleet *f, const char *sha256)
+{
+	int known = 0;
+	pthread_rwlock_rdlock(&f->exp_lock);
+	for (size_t i = 0; i < f->nexp && !known; i++)
+		for (size_t j = 0; j < f->exp[i]->nimages && !known; j++)
+			known = !strcmp(f->exp[i]->images[j].sha256, sha256);
+	pthread_rwlock_unlock(&f->exp_lock);
+	return known;
+}
+
+void fleet_exposures_free(struct fleet *f)
+{
+	for (size_t i = 0; i < f->nexp; i++)
+		exposure_free(f->exp[i]);
+	free(f->exp);
+	f->exp = NULL;
+	f->nexp = 0;
+}
+
+/* ---- the check-in decision ---------------------------------------------- */
+
+/* The image of x for d, when x fits d (hardware, bootloader, counter). */
+static const struct exp_image *exposure_fits(const struct exposure *x, const struct device *d)
+{
+	if (x->counter < d->counter)
+		return NULL;
+	if (x->has_min_bl && xyz_cmp(x->min_bl, d->bl) > 0)
+		return NULL;
+	for (size_t i = 0; i < x->nimages; i++)
+		if (x->images[i].hardware == d->hardware)
+			return &x->images[i];
+	return NULL;
+}
+
+static int segment_match(const struct exp_segment *sg, const struct device *d)
+{
+	for (size_t k = 0; k < sg->ncohort; k++) {
+		int hit = 0;
+		for (size_t t = 0; t < d->ntags && !hit; t++)
+			for (size_t v = 0; v < sg->cohort[k].nvalues && !hit; v++)
+				hit = d->tags[t] == sg->cohort[k].values[v];
+		if (!hit)
+			return 0;
+	}
+	return 1;
+}
+
+/* Is d in x's exposure: in some segment, by tags and by slot? */
+static int exposed(const struct exposure *x, const struct device *d)
+{
+	int slot = -1;
+	for (size_t k = 0; k < x->nsegs; k++) {
+		if (!x->segs[k].bp || !segment_match(&x->segs[k], d))
+			continue;
+		if (slot < 0)
+			slot = fleet_cohort_slot(x->salt, d->id);
+		if (slot < x->segs[k].bp)
+			return 1;
+	}
+	return 0;
+}
+
+/* Called with exp_lock held for reading and d's shard locked. */
+static const struct exposure *decide(struct fleet *f, const struct device *d, const struct exp_image **img,
+				     int *rollback)
+{
+	*rollback = 0;
+	for (size_t i = 0; i < f->nexp; i++) {
+		const struct exposure *x = f->exp[i], *t = NULL;
+		if (x->product != d->product || x->version != d->version || !x->rollback_to)
+			continue;
+		for (size_t j = 0; j < f->nexp && !t; j++)
+			if (f->exp[j]->release_id == x->rollback_to)
+				t = f->exp[j];
+		if (!t || t->product != d->product || t->version == d->version || !(*img = exposure_fits(t, d)))
+			return NULL;
+		*rollback = 1;
+		return t;
+	}
+	for (size_t i = 0; i < f->nexp; i++) {
+		const struct exposure *x = f->exp[i];
+		if (x->product != d->product)
+			continue;
+		if (x->version == d->version)
+			return NULL; /* nothing newer applies: it runs this one */
+		if (!x->active || !(*img = exposure_fits(x, d)) || !exposed(x, d))
+			continue;
+		return x;
+	}
+	return NULL;
+}
+
+static int field_str(const json_t *body, const char *name, const char **out, int (*valid)(const char *),
+		     const char *what)
+{
+	json_t *v = json_object_get(body, name);
+	if (!v)
+		return ota_error_set(OTA_EINVAL, "%s: missing", name);
+	if (!json_is_string(v))
+		return ota_error_set(OTA_EINVAL, "%s: must be a string", name);
+	*out = json_string_value(v);
+	if (valid && !valid(*out))
+		return ota_error_set(OTA_EINVAL, "%s: must be %s", name, what);
+	return 0;
+}
+
+static int bl_valid(const char *s)
+{
+	uint32_t v[3];
+	return fleet_xyz_parse(s, v) == 0;
+}
+
+static int64_t jitter(const char *id, int64_t now, int64_t poll)
+{
+	uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+	int64_t j;
+	h = fleet_fnv(&now, sizeof(now), h);
+	j = (int64_t)(h % 2001) - 1000; /* -1000..1000 per 10000: +-10 % */
+	return poll + poll * j / 10000;
+}
+
+int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
+{
+	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *key;
+	const char *tags[FLEET_MAX_TAGS];
+	size_t ntags = 0;
+	uint32_t bl[3];
+	json_t *v, *jtags, *offer = NULL;
+	int64_t counter, now = clock_now_ms();
+	uint64_t h;
+	struct shard *s;
+	struct device *d;
+	const struct exposure *x;
+	const struct exp_image *img = NULL;
+	int rc, rollback, changed = 0;
+
+	*answer = NULL;
+	if (!json_is_object(body))
+		return ota_error_set(OTA_EINVAL, "the body must be a JSON object");
+	if ((rc = field_str(body, "device", &id, fleet_device_id_valid, "1..64 characters [A-Za-z0-9._:-]")) < 0 ||
+	    (rc = field_str(body, "product", &product, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
+	    (rc = field_str(body, "hardware", &hardware, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
+	    (rc = field_str(body, "bootloader", &bootloader, bl_valid, "X.Y.Z")) < 0 ||
+	    (rc = field_str(body, "version", &version, fleet_version_valid,
+			    "a version (1..64 characters [0-9A-Za-z.+_-], starting with a digit)")) < 0)
+		return rc;
+	fleet_xyz_parse(bootloader, bl);
+	v = json_object_get(body, "security_counter");
+	if (!v)
+		return ota_error_set(OTA_EINVAL, "security_counter: missing");
+	if (!json_is_integer(v) || json_integer_value(v) < 0)
+		return ota_error_set(OTA_EINVAL, "security_counter: must be an integer >= 0");
+	counter = json_integer_value(v);
+	if ((v = json_object_get(body, "slot")) &&
+	    (!json_is_string(v) || (strcmp(json_string_value(v), "confirmed") && strcmp(json_string_value(v), "testing"))))
+		return ota_error_set(OTA_EINVAL, "slot: must be \"confirmed\" or \"testing\"");
+	if ((jtags = json_object_get(body, "tags")) && !json_is_null(jtags)) {
+		if (!json_is_object(jtags))
+			return ota_error_set(OTA_EINVAL, "tags: must be an object of strings");
+		if (json_object_size(jtags) > FLEET_MAX_TAGS)
+			return ota_error_set(OTA_EINVAL, "tags: at most %d tags", FLEET_MAX_TAGS);
+		json_object_foreach(jtags, key, v) {
+			char kv[300];
+			int n;
+			if (!json_is_string(v) || !fleet_name_valid(json_string_value(v)))
+				return ota_error_set(OTA_EINVAL, "tags.%.64s: must be 1..128 characters [A-Za-z0-9._:/+@-]", key);
+			if (!charset_ok(key, 1, 64, "._-"))
+				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
+			n = snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
+			tags[ntags++] = fleet_intern(f, kv, (size_t)n);
+		}
+		qsort(tags, ntags, sizeof(tags[0]), cmp_ptr_str);
+	}
+	product = fleet_intern(f, product, strlen(product));
+	hardware = fleet_intern(f, hardware, strlen(hardware));
+	bootloader = fleet_intern(f, bootloader, strlen(bootloader));
+	version = fleet_intern(f, version, strlen(version));
+
+	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+	s = fleet_shard(f, h);
+	pthread_rwlock_rdlock(&f->exp_lock);
+	pthread_mutex_lock(&s->mu);
+	if (!(d = fleet_device_find_locked(s, id, h))) {
+		d = fleet_device_new_locked(s, id, h);
+		d->product = product;
+		fleet_device_set_tags_locked(d, tags, ntags);
+		fleet_device_set_version_locked(f, d, version);
+		changed = 1;
+	} else if (d->product != product || !tags_equal(d, tags, ntags)) {
+		/* regroup: its cohorts changed, so move its `devices` count */
+		fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), -1, 0);
+		if (d->product != product)
+			memset(d->vf, 0, sizeof(d->vf));
+		d->product = product;
+		fleet_device_set_tags_locked(d, tags, ntags);
+		fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), 1, 0);
+		fleet_device_set_version_locked(f, d, version);
+		changed = 1;
+	} else if (d->version != version) {
+		fleet_device_set_version_locked(f, d, version);
+		changed = 1;
+	}
+	if (d->hardware != hardware || d->bootloader != bootloader || d->counter != counter) {
+		d->hardware = hardware;
+		d->bootloader = bootloader;
+		memcpy(d->bl, bl, sizeof(bl));
+		d->counter = counter;
+		changed = 1;
+	}
+	/* last_seen alone is written behind at most once per poll interval / 4 */
+	if (changed || now - d->last_seen_written >= f->cfg_poll_ms / 4) {
+		d->last_seen_written = now;
+		changed = 1;
+	}
+	d->last_seen = now;
+	x = decide(f, d, &img, &rollback);
+	if (x) {
+		struct vflag *vf = fleet_vflag(d, x->version);
+		if (!(vf->flags & FL_OFFERED)) {
+			vf->flags |= FL_OFFERED;
+			fleet_agg_add(f, d, x->version, offsetof(struct fleet_agg, offered), 1, 1);
+			changed = 1;
+		}
+	}
+	if (changed)
+		fleet_device_mark_locked(s, d);
+	pthread_mutex_unlock(&s->mu);
+	if (x) {
+		/* what the image needs, so a device can check the server too */
+		offer = json_pack("{sI ss sI s{ss ss sI ss ss} ss}", "release", (json_int_t)x->release_id, "version",
+				  x->version, "security_counter", (json_int_t)x->counter, "image", "url", img->url,
+				  "sha256", img->sha256, "size", (json_int_t)img->size, "type", img->type, "hardware",
+				  img->hardware, "reason", rollback ? "rollback" : "rollout");
+		if (offer && x->has_min_bl) {
+			char mb[48];
+			snprintf(mb, sizeof(mb), "%u.%u.%u", x->min_bl[0], x->min_bl[1], x->min_bl[2]);
+			json_object_set_new(offer, "min_bootloader", json_string(mb));
+		}
+	}
+	pthread_rwlock_unlock(&f->exp_lock);
+	*answer = json_pack("{sI sf sI so}", "now", (json_int_t)now, "time_scale", clock_scale(), "next_poll_ms",
+			    (json_int_t)jitter(id, now, f->cfg_poll_ms), "offer", offer ? offer : json_null());
+	return 0;
+}
+
+/* ---- authentication ----------------------------------------------------- */
+
+int fleet_auth(struct fleet *f, const char *token, const char *device_id, int *is_fleet_key)
+{
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	char hex[2 * EVP_MAX_MD_SIZE + 1];
+	size_t tlen;
+
+	*is_fleet_key = 0;
+	if (!f->fleet_key || !token)
+		return ota_error_set(OTA_EAUTH, "missing or wrong token");
+	tlen = strlen(token);
+	if (tlen == f->fleet_key_len && CRYPTO_memcmp(token, f->fleet_key, tlen) == 0) {
+		*is_fleet_key = 1;
+		return 0;
+	}
+	if (!device_id || tlen != 64)
+		return ota_error_set(OTA_EAUTH, "missing or wrong token");
+	if (!HMAC(EVP_sha256(), f->fleet_key, (int)f->fleet_key_len, (const unsigned char *)device_id,
+		  strlen(device_id), mac, &maclen) || maclen != 32)
+		return ota_error_set(OTA_ERROR, "HMAC failed");
+	ota_hex(hex, mac, maclen);
+	if (CRYPTO_memcmp(hex, token, 64) != 0)
+		return ota_error_set(OTA_EAUTH, "missing or wrong token");
+	return 0;
+}
+
+/* ---- reports: validation ------------------------------------------------ */
+
+static const char *const event_names[] = { "download", "install", "boot_ok", "boot_fail", "revert", "heartbeat",
+					   "refused" };
+
+static int num_field(const json_t *r, size_t i, const char *name, int integer, int nonneg, double *out)
+{
+	json_t *v = json_object_get(r, name);
+	double x;
+	*out = 0;
+	if (!v || json_is_null(v))
+		return 0;
+	if (integer ? !json_is_integer(v) : !json_is_number(v))
+		return ota_error_set(OTA_EINVAL, "reports[%zu].%s: must be %s", i, name,
+				     integer ? "an integer" : "a number");
+	x = json_number_value(v);
+	if (!isfinite(x) || (nonneg && x < 0))
+		return ota_error_set(OTA_EINVAL, "reports[%zu].%s: must be a finite number >= 0", i, name);
+	*out = x;
+	return 0;
+}
+
+int fleet_report_async(struct fleet *f, const json_t *body, const char *device_only, int *accepted,
+		       void (*done)(void *ctx, int rc), void *ctx)
+{
+	json_t *arr, *r;
+	struct batch *b = NULL;
+	size_t i, n;
+	int rc = 0;
+
+	*accepted = 0;
+	if (!json_is_object(body) || !json_is_array(arr = json_object_get(body, "reports")))
+		return ota_error_set(OTA_EINVAL, "reports: must be a list");
+	n = json_array_size(arr);
+	if (n > FLEET_MAX_REPORTS)
+		return ota_error_set(OTA_EINVAL, "reports: at most %d reports per batch (got %zu)", FLEET_MAX_REPORTS, n);
+	b = xcalloc(1, sizeof(*b) + n * sizeof(b->r[0]));
+	json_array_foreach(arr, i, r) {
+		struct report *rep = &b->r[i];
+		const char *id, *ver, *ev;
+		double crashes, x;
+		uint64_t h;
+		struct shard *s;
+		size_t e;
+		json_t *v;
+
+		if (!json_is_object(r)) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu]: must be an object", i);
+			goto out;
+		}
+		if (!(v = json_object_get(r, "device")) || !json_is_string(v) ||
+		    !fleet_device_id_valid(id = json_string_value(v))) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].device: %s", i,
+					   v ? "must be 1..64 characters [A-Za-z0-9._:-]" : "missing");
+			goto out;
+		}
+		if (device_only && strcmp(device_only, id)) {
+			rc = ota_error_set(OTA_EAUTH, "reports[%zu].device: a device token only reports about its own device", i);
+			goto out;
+		}
+		if (!(v = json_object_get(r, "version")) || !json_is_string(v) ||
+		    !fleet_version_valid(ver = json_string_value(v))) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].version: %s", i,
+					   v ? "must be a version (1..64 characters [0-9A-Za-z.+_-], starting with a digit)"
+					     : "missing");
+			goto out;
+		}
+		if (!(v = json_object_get(r, "event")) || !json_is_string(v)) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].event: %s", i, v ? "must be a string" : "missing");
+			goto out;
+		}
+		ev = json_string_value(v);
+		for (e = 0; e < OTA_ARRAY_SIZE(event_names) && strcmp(event_names[e], ev); e++)
+			;
+		if (e == OTA_ARRAY_SIZE(event_names)) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].event: unknown event '%.64s'", i, ev);
+			goto out;
+		}
+		if ((rc = num_field(r, i, "at", 1, 1, &x)) < 0 || (rc = num_field(r, i, "uptime_s", 0, 1, &rep->uptime_s)) < 0 ||
+		    (rc = num_field(r, i, "crashes", 1, 1, &crashes)) < 0 ||
+		    (rc = num_field(r, i, "battery_mah", 0, 1, &rep->battery_mah)) < 0 ||
+		    (rc = num_field(r, i, "rssi", 0, 0, &x)) < 0)
+			goto out;
+		rep->crashes = (int64_t)crashes;
+		rep->event = (int)e;
+		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+		s = fleet_shard(f, h);
+		pthread_mutex_lock(&s->mu);
+		rep->dev = fleet_device_find_locked(s, id, h);
+		pthread_mutex_unlock(&s->mu);
+		if (!rep->dev) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
+			goto out;
+		}
+		rep->version = ver; /* interned below, once the batch is known good */
+	}
+	for (i = 0; i < n; i++)
+		b->r[i].version = fleet_intern(f, b->r[i].version, strlen(b->r[i].version));
+	b->n = n;
+	b->done = done;
+	b->ctx = ctx;
+	*accepted = (int)n;
+	fleet_store_submit(f, b);
+	b = NULL;
+out:
+	free(b);
+	return rc;
+}
+
+struct sync_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done, rc;
+	char msg[512];
+};
+
+static void sync_done(void *ctx, int rc)
+{
+	struct sync_wait *w = ctx;
+	pthread_mutex_lock(&w->mu);
+	w->done = 1;
+	w->rc = rc;
+	if (rc < 0)
+		snprintf(w->msg, sizeof(w->msg), "%s", ota_error_last());
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+int fleet_report(struct fleet *f, const json_t *body, const char *device_only, int *accepted)
+{
+	struct sync_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
+	int rc = fleet_report_async(f, body, device_only, accepted, sync_done, &w);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	pthread_mutex_destroy(&w.mu);
+	pthread_cond_destroy(&w.cond);
+	if (w.rc < 0) {
+		*accepted = 0;
+		return ota_error_set(w.rc, "%s", w.msg);
+	}
+	return 0;
+}
+
+/* ---- Prometheus text ---------------------------------------------------- */
+
+static const struct {
+	const char *name, *type, *help;
+	size_t off;
+	int real;
+} metric_defs[] = {
+	{ "otacd_fleet_devices", "gauge", "Devices whose current version is this one.", offsetof(struct fleet_agg, devices), 0 },
+	{ "otacd_fleet_offered", "gauge", "Distinct devices offered this version.", offsetof(struct fleet_agg, offered), 0 },
+	{ "otacd_fleet_downloads", "gauge", "Distinct devices that downloaded this version.", offsetof(struct fleet_agg, downloads), 0 },
+	{ "otacd_fleet_installs", "gauge", "Distinct devices that installed this version.", offsetof(struct fleet_agg, installs), 0 },
+	{ "otacd_fleet_boot_ok", "gauge", "Distinct devices that booted and confirmed this version.", offsetof(struct fleet_agg, boot_ok), 0 },
+	{ "otacd_fleet_boot_fail", "gauge", "Distinct devices that failed to boot this version.", offsetof(struct fleet_agg, boot_fail), 0 },
+	{ "otacd_fleet_reverts", "gauge", "Distinct devices that reverted this version.", offsetof(struct fleet_agg, reverts), 0 },
+	{ "otacd_fleet_reporting", "gauge", "Distinct devices that reported about this version.", offsetof(struct fleet_agg, reporting), 0 },
+	{ "otacd_fleet_crashed", "gauge", "Distinct devices with at least one crash on this version.", offsetof(struct fleet_agg, crashed), 0 },
+	{ "otacd_fleet_crashes_total", "counter", "Crashes reported on this version.", offsetof(struct fleet_agg, crashes), 0 },
+	{ "otacd_fleet_device_hours_total", "counter", "Device-hours of uptime reported on this version.", offsetof(struct fleet_agg, device_hours), 1 },
+	{ "otacd_fleet_battery_mah_total", "counter", "Battery mAh used on this version.", offsetof(struct fleet_agg, battery_mah), 1 },
+};
+
+int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
+{
+	struct buf b = BUF_INIT;
+	struct agg **all = NULL;
+	struct fleet_agg *vals = NULL;
+	size_t n = 0;
+
+	pthread_rwlock_rdlock(&f->agg_lock);
+	all = xmalloc((f->agg_n + 1) * sizeof(*all));
+	vals = xmalloc((f->agg_n + 1) * sizeof(*vals));
+	for (struct agg *a = f->agg_all; a; a = a->all_next) {
+		all[n] = a;
+		agg_snapshot(a, &vals[n]);
+		n++;
+	}
+	pthread_rwlock_unlock(&f->agg_lock);
+	for (size_t m = 0; m < OTA_ARRAY_SIZE(metric_defs); m++) {
+		buf_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", metric_defs[m].name, metric_defs[m].help,
+			   metric_defs[m].name, metric_defs[m].type);
+		for (size_t i = 0; i < n; i++) {
+			const char *p = (const char *)&vals[i] + metric_defs[m].off;
+			/* label values are from validated charsets: no quote, backslash or newline */
+			buf_printf(&b, "%s{product=\"%s\",version=\"%s\",cohort=\"%s\"} ", metric_defs[m].name,
+				   all[i]->product, all[i]->version, all[i]->cohort);
+			if (metric_defs[m].real)
+				buf_printf(&b, "%.17g\n", *(const double *)(const void *)p);
+			else
+				buf_printf(&b, "%" PRId64 "\n", *(const int64_t *)(const void *)p);
+		}
+	}
+	free(all);
+	free(vals);
+	*len = b.len;
+	*out = buf_detach(&b);
+	if (!*out)
+		*out = xstrdup("");
+	return 0;
+}

@@ -1,0 +1,149 @@
+/*
+ * fleet.h - the built-in update server's view of the device fleet.
+ *
+ * The `builtin` update-server adapter keeps here, in memory, every device
+ * that checked in (its variant, bootloader, version, counter, tags and what
+ * it reported about its current version) and the aggregates the gates read:
+ * counts per (product, version, cohort), where cohort is "*" or one
+ * "key=value" tag.  Gates never read raw reports, so a gate evaluation costs
+ * the same with 100 devices or 1M.
+ *
+ * Persistence: a SQLite file of its own (STATE/fleet.db), written only by
+ * the fleet's writer thread.  A report batch is answered only once the
+ * writer has committed it (group commit: every waiting batch in one
+ * transaction), so an accepted report survives a SIGKILL.  Device rows
+ * changed by check-ins are written behind, at most a second later (losing
+ * a last-seen time in a crash is harmless; the device checks in again).
+ *
+ * Exposures (which release is offered to whom) are desired state set by
+ * the rollout controller (orchestrator/rollout.c) through the builtin
+ * adapter; they are not persisted here: the controller sets all of them
+ * again from the orchestrator's database at start.  Setting the same
+ * exposure twice is harmless.
+ *
+ * Threads: every function is safe to call from any thread.  Check-ins take
+ * a read lock on exposures and a lock on one device-table shard.
+ *
+ * The wire format is docs/update-server.md; devapi.c is the HTTP side.
+ */
+#ifndef OTA_FLEET_H
+#define OTA_FLEET_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct fleet;
+
+struct fleet_image {
+	const char *hardware;   /* variant this image is for */
+	const char *sha256;     /* of the signed image (an artifact) */
+	const char *type;       /* "application", ... */
+	int64_t size;
+};
+
+/* One part of a release's exposure: devices matching cohort (NULL: all)
+ * whose slot is below basis_points. */
+struct fleet_segment {
+	const json_t *cohort;                /* {"tag": ["v1","v2"]} or NULL */
+	int basis_points;                    /* 0..10000 */
+};
+
+/* Desired offer state for one release.  Strings are copied. */
+struct fleet_exposure {
+	int64_t release_id;
+	const char *product, *version;
+	int64_t security_counter;
+	const char *min_bootloader;          /* "X.Y.Z" or NULL */
+	const struct fleet_image *images;    /* one per hardware variant */
+	size_t nimages;
+	int active;                          /* 1: offer to the cohort; 0: halted, no new offers */
+	const char *salt;                    /* cohort hash salt, fixed per rollout */
+	int basis_points;                    /* 0..10000: percent x 100 */
+	const json_t *cohort;                /* {"tag": ["v1","v2"]} or NULL: every device */
+	int64_t rollback_to;                 /* devices running this release are offered that one (0: none) */
+	/* When nsegments > 0 these replace cohort/basis_points: a device is
+	 * exposed when it is in any segment (a soak's staging group, then
+	 * rings of a rollout, each at its own percentage). */
+	const struct fleet_segment *segments;
+	size_t nsegments;
+};
+
+/* Counters for one (product, version, cohort); see docs/update-server.md. */
+struct fleet_agg {
+	int64_t devices;         /* devices whose current version is this one */
+	int64_t offered;
+	int64_t downloads, installs;
+	int64_t boot_ok, boot_fail, reverts;
+	int64_t reporting;       /* distinct devices that reported about this version */
+	int64_t crashed;         /* distinct devices with >= 1 crash on this version */
+	int64_t crashes;
+	double device_hours;
+	double battery_mah;
+};
+
+struct fleet_config {
+	const char *db_path;       /* STATE/fleet.db */
+	const char *fleet_key;     /* NULL: devices cannot authenticate (device API refuses all) */
+	int64_t poll_ms;           /* check-in interval in otacd ms (default 6 h) */
+};
+
+int fleet_open(struct fleet **out, const struct fleet_config *cfg);
+void fleet_close(struct fleet *f);
+
+/* Replace the exposure of x->release_id (or add it). */
+int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *x);
+void fleet_remove_exposure(struct fleet *f, int64_t release_id);
+
+/* Is sha256 an image of some exposure (may it be served to devices)? */
+int fleet_image_known(struct fleet *f, const char *sha256);
+
+/*
+ * The aggregate for (product, version, cohort).  cohort "*" for all
+ * devices.  An unknown key gives all zeros and 0.
+ */
+int fleet_aggregate(struct fleet *f, const char *product, const char *version, const char *cohort,
+		    struct fleet_agg *out);
+/* The sum over every version of product except `version` (the baseline:
+ * devices not running the release under test), for one cohort. */
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
+		   struct fleet_agg *out);
+/* Devices of product per version, for the rollout views: JSON object
+ * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
+json_t *fleet_versions(struct fleet *f, const char *product);
+
+/* ---- the device API's entry points (devapi.c calls these) --------------- */
+
+/*
+ * Check a bearer token for device_id (NULL for batch calls authenticated by
+ * the fleet key only).  Sets *is_fleet_key.  Constant time.  0 or OTA_EAUTH.
+ */
+int fleet_auth(struct fleet *f, const char *token, const char *device_id, int *is_fleet_key);
+/* Handle a parsed check-in body; *answer is the JSON answer (new ref).
+ * OTA_EINVAL with the message naming the field on a malformed body. */
+int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
+/* Validate and durably record a report batch.  device_only: when not NULL,
+ * every report must be about that device.  *accepted is the count.
+ * OTA_EINVAL (message "reports[i].field: ...") records nothing. */
+int fleet_report(struct fleet *f, const json_t *body, const char *device_only, int *accepted);
+/*
+ * The same, for event-driven servers: the batch is validated now (a
+ * negative code, nothing recorded, done never called) and on 0 it is queued
+ * for the writer, which calls done(ctx, rc) from its own thread once the
+ * batch is committed (rc 0) or failed; done may run before this returns.
+ */
+int fleet_report_async(struct fleet *f, const json_t *body, const char *device_only, int *accepted,
+		       void (*done)(void *ctx, int rc), void *ctx);
+/* Prometheus text exposition of every aggregate (new buffer in *out). */
+int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
+
+/* The device listener (devapi.c): serves docs/update-server.md on addr
+ * ("HOST:PORT"), images from the artifact store. */
+struct devapi;
+int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public);
+int devapi_port(const struct devapi *d);
+void devapi_stop(struct devapi *d);
+
+/* fnv1a64(salt ":" device) mod 10000: a device's place in cohorts. */
+int fleet_cohort_slot(const char *salt, const char *device);
+
+#endif

@@ -1,0 +1,190 @@
+/*
+ * fleet_int.h - what fleet.c (memory, check-ins, validation) and
+ * fleet_store.c (fleet.db, the writer thread) share.  Not an API: see
+ * fleet.h.
+ */
+#ifndef OTA_FLEET_INT_H
+#define OTA_FLEET_INT_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/util.h"
+#include "artifact.h"
+#include "fleet.h"
+
+#define FLEET_SHARD_BITS 6              /* 64 device shards */
+#define FLEET_NSHARDS (1 << FLEET_SHARD_BITS)
+#define FLEET_NVFLAGS 4                 /* versions a device keeps flags for */
+#define FLEET_MAX_TAGS 16
+#define FLEET_MAX_REPORTS 1000
+#define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
+
+/* Per-(device, version) flags behind the distinct counters. */
+enum {
+	FL_OFFERED = 1 << 0,
+	FL_DOWNLOAD = 1 << 1,
+	FL_INSTALL = 1 << 2,
+	FL_BOOT_OK = 1 << 3,
+	FL_BOOT_FAIL = 1 << 4,
+	FL_REVERT = 1 << 5,
+	FL_REPORTING = 1 << 6,
+	FL_CRASHED = 1 << 7,
+};
+
+/* Report events, in the order of fleet.c's event_names. */
+enum { EV_DOWNLOAD, EV_INSTALL, EV_BOOT_OK, EV_BOOT_FAIL, EV_REVERT, EV_HEARTBEAT, EV_REFUSED };
+
+struct vflag {
+	const char *version;   /* interned; NULL: unused slot */
+	uint32_t flags;
+};
+
+/* A device.  Every field but next is guarded by its shard's mutex; the
+ * struct itself lives until fleet_close, so pointers to it stay valid. */
+struct device {
+	struct device *next;          /* hash chain */
+	struct device *dirty_next;    /* shard's dirty list, when dirty */
+	uint64_t hash;
+	const char *product, *hardware, *bootloader, *version;   /* interned */
+	uint32_t bl[3];
+	int64_t counter, last_seen, last_seen_written;
+	const char **tags;            /* interned "key=value", sorted */
+	uint8_t ntags;
+	uint8_t dirty;
+	struct vflag vf[FLEET_NVFLAGS];
+	char id[];
+};
+
+struct shard {
+	pthread_mutex_t mu;
+	struct device **b;
+	size_t nb, n;
+	struct device *dirty;
+};
+
+/* One aggregate; counters are updated with atomics, the strings and the
+ * chain never change once it is in the table. */
+struct agg {
+	struct agg *next, *all_next;
+	const char *product, *version, *cohort;   /* interned */
+	struct fleet_agg v;
+	int dirty;                 /* atomic: on f->agg_dirty */
+	struct agg *dirty_next;
+};
+
+struct intern {
+	pthread_rwlock_t lock;
+	char **slot;     /* open addressing, power of two */
+	size_t cap, n;
+};
+
+struct exp_image {
+	const char *hardware;      /* interned */
+	char *sha256, *type, *url;
+	int64_t size;
+};
+
+struct cohort_key {
+	const char **values;       /* interned "key=value" */
+	size_t nvalues;
+};
+
+/* Devices matching every cohort key whose slot is below bp. */
+struct exp_segment {
+	struct cohort_key *cohort;
+	size_t ncohort;
+	int bp;
+};
+
+struct exposure {
+	int64_t release_id;
+	const char *product, *version;   /* interned */
+	int64_t counter;
+	int has_min_bl;
+	uint32_t min_bl[3];
+	struct exp_image *images;
+	size_t nimages;
+	int active;
+	char *salt;
+	struct exp_segment *segs;   /* exposed: in any segment */
+	size_t nsegs;
+	int64_t rollback_to;
+};
+
+struct report {
+	struct device *dev;
+	const char *version;       /* interned */
+	int event;
+	int64_t crashes;
+	double uptime_s, battery_mah;
+};
+
+/* A validated report batch waiting for the writer. */
+struct batch {
+	struct batch *next;
+	void (*done)(void *ctx, int rc);
+	void *ctx;
+	size_t n;
+	struct report r[];
+};
+
+struct fleet {
+	char *fleet_key;
+	size_t fleet_key_len;
+	int64_t cfg_poll_ms;
+	const char *star;          /* interned "*" */
+
+	struct intern intern;
+	struct shard shards[FLEET_NSHARDS];
+
+	pthread_rwlock_t agg_lock;
+	struct agg **agg_b, *agg_all;
+	size_t agg_nb, agg_n;
+	pthread_mutex_t agg_dirty_mu;
+	struct agg *agg_dirty;
+
+	pthread_rwlock_t exp_lock;
+	struct exposure **exp;     /* newest release first */
+	size_t nexp;
+
+	/* fleet_store.c: the writer thread owns db */
+	sqlite3 *db;
+	sqlite3_stmt *st_dev, *st_agg;
+	int64_t log_rows;          /* rows in device_log not yet merged */
+	pthread_t writer;
+	pthread_mutex_t q_mu;
+	pthread_cond_t q_cond;
+	struct batch *q_head, **q_tail;
+	int stop;
+};
+
+uint64_t fleet_fnv(const void *p, size_t n, uint64_t h);
+int fleet_device_id_valid(const char *s);
+int fleet_name_valid(const char *s);
+int fleet_version_valid(const char *s);
+int fleet_xyz_parse(const char *s, uint32_t out[3]);
+
+const char *fleet_intern(struct fleet *f, const char *s, size_t len);
+const char *fleet_intern_find(struct fleet *f, const char *s);
+
+struct agg *fleet_agg_get(struct fleet *f, const char *p, const char *v, const char *c);
+void fleet_agg_mark(struct fleet *f, struct agg *a);
+void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark);
+void fleet_agg_read(const struct agg *a, struct fleet_agg *out);
+
+struct shard *fleet_shard(struct fleet *f, uint64_t h);
+struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_t h);
+struct device *fleet_device_new_locked(struct shard *s, const char *id, uint64_t h);
+void fleet_device_mark_locked(struct shard *s, struct device *d);
+struct vflag *fleet_vflag(struct device *d, const char *v);
+void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
+void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
+void fleet_exposures_free(struct fleet *f);
+
+/* fleet_store.c */
+void fleet_store_submit(struct fleet *f, struct batch *b);
+
+#endif

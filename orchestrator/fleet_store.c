@@ -1,0 +1,590 @@
+/*
+ * fleet_store.c - fleet.db and the fleet's writer thread.
+ *
+ * The writer thread is the only user of the SQLite connection.  It wakes
+ * when report batches are queued (fleet_store_submit) or every 250 ms, and
+ * then runs one round in one transaction:
+ *
+ *   1. apply every queued batch to the in-memory devices and aggregates
+ *      (batches were validated by the caller, so applying cannot fail);
+ *   2. write every dirty device row and every dirty aggregate row (changes
+ *      from these batches and from check-ins since the last round);
+ *   3. COMMIT, then call each batch's done callback.
+ *
+ * So a batch's answer is sent only after the commit that contains it
+ * (group commit: batches that arrive while a round commits go together in
+ * the next one), and check-in changes reach the disk within ~250 ms.  The
+ * database is WAL with synchronous=NORMAL: a commit survives the process
+ * being killed (not a power cut, which may lose the last commits).
+ *
+ * Device rows are appended to device_log (rowid order, so a round writes
+ * a few sequential pages however scattered its devices are) rather than
+ * updated in place in the devices table, whose pages a round of random
+ * devices would nearly all rewrite.  Once the log passes LOG_MERGE_AT rows
+ * each round folds its oldest LOG_MERGE_CHUNK rows into devices (one pass
+ * over the table for many rows), and fleet_open folds all of it.  The
+ * current row of a device is its last log row, else its devices row.
+ *
+ * `devices` per aggregate is not stored: fleet_open recounts it from the
+ * device rows.  Every other counter is stored as is, so after a restart the
+ * aggregates are those of the last commit.
+ */
+#include "fleet_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char schema[] =
+	"CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, product TEXT NOT NULL, hardware TEXT NOT NULL,"
+	" bootloader TEXT NOT NULL, version TEXT NOT NULL, counter INTEGER NOT NULL, tags TEXT NOT NULL,"
+	" flags TEXT NOT NULL, last_seen INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS device_log(id TEXT NOT NULL, product TEXT NOT NULL, hardware TEXT NOT NULL,"
+	" bootloader TEXT NOT NULL, version TEXT NOT NULL, counter INTEGER NOT NULL, tags TEXT NOT NULL,"
+	" flags TEXT NOT NULL, last_seen INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS aggs(product TEXT NOT NULL, version TEXT NOT NULL, cohort TEXT NOT NULL,"
+	" offered INTEGER NOT NULL, downloads INTEGER NOT NULL, installs INTEGER NOT NULL, boot_ok INTEGER NOT NULL,"
+	" boot_fail INTEGER NOT NULL, reverts INTEGER NOT NULL, reporting INTEGER NOT NULL, crashed INTEGER NOT NULL,"
+	" crashes INTEGER NOT NULL, device_hours REAL NOT NULL, battery_mah REAL NOT NULL,"
+	" PRIMARY KEY(product, version, cohort)) WITHOUT ROWID;";
+
+#define LOG_MERGE_AT 200000
+#define LOG_MERGE_CHUNK 25000
+#define DEVICE_COLS "id, product, hardware, bootloader, version, counter, tags, flags, last_seen"
+
+static int db_err(struct fleet *f, const char *what)
+{
+	return ota_error_set(OTA_ERROR, "fleet.db: %s: %s", what, sqlite3_errmsg(f->db));
+}
+
+static int exec(struct fleet *f, const char *sql)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(f->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		int rc = ota_error_set(OTA_ERROR, "fleet.db: %s", msg ? msg : "error");
+		sqlite3_free(msg);
+		return rc;
+	}
+	return 0;
+}
+
+/* ---- applying a report ------------------------------------------------- */
+
+static void add_real(double *p, double delta)
+{
+	double v;
+	__atomic_load(p, &v, __ATOMIC_RELAXED);
+	v += delta;
+	__atomic_store(p, &v, __ATOMIC_RELAXED);   /* the writer is the only one adding */
+}
+
+static void apply_report(struct fleet *f, const struct report *r)
+{
+	static const struct {
+		uint32_t flag;
+		size_t off;
+	} distinct[] = {
+		{ FL_DOWNLOAD, offsetof(struct fleet_agg, downloads) },
+		{ FL_INSTALL, offsetof(struct fleet_agg, installs) },
+		{ FL_BOOT_OK, offsetof(struct fleet_agg, boot_ok) },
+		{ FL_BOOT_FAIL, offsetof(struct fleet_agg, boot_fail) },
+		{ FL_REVERT, offsetof(struct fleet_agg, reverts) },
+		{ FL_REPORTING, offsetof(struct fleet_agg, reporting) },
+		{ FL_CRASHED, offsetof(struct fleet_agg, crashed) },
+	};
+	static const uint32_t event_flag[] = { FL_DOWNLOAD, FL_INSTALL, FL_BOOT_OK, FL_BOOT_FAIL, FL_REVERT, 0, 0 };
+	struct device *d = r->dev;
+	struct shard *s = fleet_shard(f, d->hash);
+	struct vflag *vf;
+	uint32_t add, fresh;
+
+	pthread_mutex_lock(&s->mu);
+	/* boot_ok and heartbeat say what the device runs now */
+	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version)
+		fleet_device_set_version_locked(f, d, r->version);
+	vf = fleet_vflag(d, r->version);
+	add = FL_REPORTING | event_flag[r->event] | (r->crashes > 0 ? FL_CRASHED : 0);
+	fresh = add & ~vf->flags;
+	vf->flags |= add;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(distinct); i++)
+		if (fresh & distinct[i].flag)
+			fleet_agg_add(f, d, r->version, distinct[i].off, 1, 1);
+	if (r->crashes || r->uptime_s > 0 || r->battery_mah > 0) {
+		for (int i = -1; i < (int)d->ntags; i++) {
+			struct agg *a = fleet_agg_get(f, d->product, r->version, i < 0 ? f->star : d->tags[i]);
+			__atomic_fetch_add(&a->v.crashes, r->crashes, __ATOMIC_RELAXED);
+			add_real(&a->v.device_hours, r->uptime_s / 3600.0);
+			add_real(&a->v.battery_mah, r->battery_mah);
+			fleet_agg_mark(f, a);
+		}
+	}
+	fleet_device_mark_locked(s, d);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- writing rows ------------------------------------------------------- */
+
+struct devrow {
+	const char *id, *product, *hardware, *bootloader, *version;
+	int64_t counter, last_seen;
+	size_t tags_off, flags_off;   /* into the round's text buffer */
+};
+
+static int flush_devices(struct fleet *f)
+{
+	struct devrow *rows = NULL;
+	size_t nrows = 0, cap = 0;
+	struct buf text = BUF_INIT;
+	int rc = 0;
+
+	for (int k = 0; k < FLEET_NSHARDS && rc == 0; k++) {
+		struct shard *s = &f->shards[k];
+		struct device *d, *next;
+		nrows = 0;
+		buf_clear(&text);
+		pthread_mutex_lock(&s->mu);
+		for (d = s->dirty; d; d = next) {
+			struct devrow *row;
+			next = d->dirty_next;
+			d->dirty = 0;
+			d->dirty_next = NULL;
+			if (nrows == cap) {
+				cap = cap ? cap * 2 : 256;
+				rows = xrealloc(rows, cap * sizeof(*rows));
+			}
+			row = &rows[nrows++];
+			row->id = d->id; /* devices live until fleet_close */
+			row->product = d->product;
+			row->hardware = d->hardware;
+			row->bootloader = d->bootloader;
+			row->version = d->version;
+			row->counter = d->counter;
+			row->last_seen = d->last_seen;
+			row->tags_off = text.len;
+			for (size_t i = 0; i < d->ntags; i++)
+				buf_printf(&text, "%s\n", d->tags[i]);
+			buf_putc(&text, '\0');
+			row->flags_off = text.len;
+			for (int i = 0; i < FLEET_NVFLAGS; i++)
+				if (d->vf[i].version)
+					buf_printf(&text, "%s %u\n", d->vf[i].version, (unsigned)d->vf[i].flags);
+			buf_putc(&text, '\0');
+		}
+		s->dirty = NULL;
+		pthread_mutex_unlock(&s->mu);
+		for (size_t i = 0; i < nrows; i++) {
+			sqlite3_stmt *st = f->st_dev;
+			sqlite3_reset(st);
+			sqlite3_bind_text(st, 1, rows[i].id, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 2, rows[i].product, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 3, rows[i].hardware, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 4, rows[i].bootloader, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 5, rows[i].version, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 6, rows[i].counter);
+			sqlite3_bind_text(st, 7, text.ptr + rows[i].tags_off, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 8, text.ptr + rows[i].flags_off, -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 9, rows[i].last_seen);
+			if (sqlite3_step(st) != SQLITE_DONE) {
+				rc = db_err(f, "write device");
+				break;
+			}
+			f->log_rows++;
+		}
+	}
+	free(rows);
+	buf_release(&text);
+	return rc;
+}
+
+static int flush_aggs(struct fleet *f)
+{
+	struct agg *a, *next;
+	int rc = 0;
+
+	pthread_mutex_lock(&f->agg_dirty_mu);
+	a = f->agg_dirty;
+	f->agg_dirty = NULL;
+	pthread_mutex_unlock(&f->agg_dirty_mu);
+	for (; a; a = next) {
+		sqlite3_stmt *st = f->st_agg;
+		struct fleet_agg v;
+		next = a->dirty_next;
+		/* clear first: a change after the read below marks it again */
+		__atomic_store_n(&a->dirty, 0, __ATOMIC_SEQ_CST);
+		if (rc < 0)
+			continue;
+		fleet_agg_read(a, &v);
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, a->product, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a->version, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, a->cohort, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, v.offered);
+		sqlite3_bind_int64(st, 5, v.downloads);
+		sqlite3_bind_int64(st, 6, v.installs);
+		sqlite3_bind_int64(st, 7, v.boot_ok);
+		sqlite3_bind_int64(st, 8, v.boot_fail);
+		sqlite3_bind_int64(st, 9, v.reverts);
+		sqlite3_bind_int64(st, 10, v.reporting);
+		sqlite3_bind_int64(st, 11, v.crashed);
+		sqlite3_bind_int64(st, 12, v.crashes);
+		sqlite3_bind_double(st, 13, v.device_hours);
+		sqlite3_bind_double(st, 14, v.battery_mah);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = db_err(f, "write aggregate");
+	}
+	return rc;
+}
+
+/* Fold the oldest n rows of device_log (all when n < 0) into devices. */
+static int merge_log(struct fleet *f, int64_t n)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t upto = 0;
+	int rc = 0;
+
+	if (sqlite3_prepare_v2(f->db, n < 0 ? "SELECT max(rowid) FROM device_log"
+					    : "SELECT rowid FROM device_log ORDER BY rowid LIMIT 1 OFFSET ?",
+			       -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(f, "merge device log");
+		goto out;
+	}
+	if (n >= 0)
+		sqlite3_bind_int64(st, 1, n - 1);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		upto = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (upto <= 0)
+		goto out;
+	if (sqlite3_prepare_v2(f->db, "INSERT OR REPLACE INTO devices(" DEVICE_COLS ") SELECT " DEVICE_COLS
+				      " FROM device_log WHERE rowid <= ?1 ORDER BY rowid", -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(f, "merge device log");
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, upto);
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = db_err(f, "merge device log");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	if (sqlite3_prepare_v2(f->db, "DELETE FROM device_log WHERE rowid <= ?1", -1, &st, NULL) != SQLITE_OK) {
+		st = NULL;
+		rc = db_err(f, "merge device log");
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, upto);
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = db_err(f, "merge device log");
+		goto out;
+	}
+	f->log_rows -= sqlite3_changes(f->db);
+	if (f->log_rows < 0)
+		f->log_rows = 0;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* One round: apply batches, write what changed, commit. */
+static int round_commit(struct fleet *f, struct batch *batches)
+{
+	int rc;
+	if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
+		return rc;
+	for (struct batch *b = batches; b; b = b->next)
+		for (size_t i = 0; i < b->n; i++)
+			apply_report(f, &b->r[i]);
+	if ((rc = flush_devices(f)) < 0 || (rc = flush_aggs(f)) < 0 ||
+	    (f->log_rows >= LOG_MERGE_AT && (rc = merge_log(f, LOG_MERGE_CHUNK)) < 0) || (rc = exec(f, "COMMIT")) < 0) {
+		exec(f, "ROLLBACK");
+		return rc;
+	}
+	return 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct fleet *f = arg;
+	for (;;) {
+		struct batch *batches, *next;
+		int stop, rc;
+		pthread_mutex_lock(&f->q_mu);
+		if (!f->q_head && !f->stop) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 250 * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
+		}
+		batches = f->q_head;
+		f->q_head = NULL;
+		f->q_tail = &f->q_head;
+		stop = f->stop;
+		pthread_mutex_unlock(&f->q_mu);
+
+		rc = round_commit(f, batches);
+		for (; batches; batches = next) {
+			next = batches->next;
+			if (rc < 0)
+				ota_error_set(rc, "%s", ota_error_last());
+			batches->done(batches->ctx, rc);
+			free(batches);
+		}
+		if (stop) {
+			pthread_mutex_lock(&f->q_mu);
+			stop = !f->q_head;
+			pthread_mutex_unlock(&f->q_mu);
+			if (stop)
+				break;
+		}
+	}
+	return NULL;
+}
+
+void fleet_store_submit(struct fleet *f, struct batch *b)
+{
+	b->next = NULL;
+	pthread_mutex_lock(&f->q_mu);
+	if (f->stop) { /* closing: the writer may be gone */
+		pthread_mutex_unlock(&f->q_mu);
+		ota_error_set(OTA_ERROR, "the fleet is closing");
+		b->done(b->ctx, OTA_ERROR);
+		free(b);
+		return;
+	}
+	*f->q_tail = b;
+	f->q_tail = &b->next;
+	pthread_cond_signal(&f->q_cond);
+	pthread_mutex_unlock(&f->q_mu);
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static const char *col_intern(struct fleet *f, sqlite3_stmt *st, int col)
+{
+	const char *s = (const char *)sqlite3_column_text(st, col);
+	return fleet_intern(f, s ? s : "", s ? strlen(s) : 0);
+}
+
+static int load(struct fleet *f)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = 0, step;
+
+	if (sqlite3_prepare_v2(f->db,
+			       "SELECT product, version, cohort, offered, downloads, installs, boot_ok, boot_fail,"
+			       " reverts, reporting, crashed, crashes, device_hours, battery_mah FROM aggs",
+			       -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(f, "read aggregates");
+		goto out;
+	}
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		struct agg *a = fleet_agg_get(f, col_intern(f, st, 0), col_intern(f, st, 1), col_intern(f, st, 2));
+		a->v.offered = sqlite3_column_int64(st, 3);
+		a->v.downloads = sqlite3_column_int64(st, 4);
+		a->v.installs = sqlite3_column_int64(st, 5);
+		a->v.boot_ok = sqlite3_column_int64(st, 6);
+		a->v.boot_fail = sqlite3_column_int64(st, 7);
+		a->v.reverts = sqlite3_column_int64(st, 8);
+		a->v.reporting = sqlite3_column_int64(st, 9);
+		a->v.crashed = sqlite3_column_int64(st, 10);
+		a->v.crashes = sqlite3_column_int64(st, 11);
+		a->v.device_hours = sqlite3_column_double(st, 12);
+		a->v.battery_mah = sqlite3_column_double(st, 13);
+	}
+	if (step != SQLITE_DONE) {
+		rc = db_err(f, "read aggregates");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+
+	for (int pass = 0; pass < 2; pass++) {
+	if (sqlite3_prepare_v2(f->db, pass ? "SELECT " DEVICE_COLS " FROM device_log ORDER BY rowid"
+					   : "SELECT " DEVICE_COLS " FROM devices",
+			       -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(f, "read devices");
+		goto out;
+	}
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(st, 0);
+		const char *tags_text = (const char *)sqlite3_column_text(st, 6);
+		const char *flags_text = (const char *)sqlite3_column_text(st, 7);
+		const char *tags[FLEET_MAX_TAGS];
+		size_t ntags = 0;
+		uint64_t h;
+		struct shard *s;
+		struct device *d;
+		int nvf = 0;
+
+		if (!id || !fleet_device_id_valid(id))
+			continue;
+		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+		s = fleet_shard(f, h);
+		if (!(d = fleet_device_find_locked(s, id, h)))
+			d = fleet_device_new_locked(s, id, h);
+		d->product = col_intern(f, st, 1);
+		d->hardware = col_intern(f, st, 2);
+		d->bootloader = col_intern(f, st, 3);
+		if (fleet_xyz_parse(d->bootloader, d->bl) < 0)
+			memset(d->bl, 0, sizeof(d->bl));
+		d->counter = sqlite3_column_int64(st, 5);
+		d->last_seen = d->last_seen_written = sqlite3_column_int64(st, 8);
+		for (const char *p = tags_text ? tags_text : ""; *p && ntags < FLEET_MAX_TAGS;) {
+			const char *nl = strchr(p, '\n');
+			size_t len = nl ? (size_t)(nl - p) : strlen(p);
+			tags[ntags++] = fleet_intern(f, p, len);
+			p += len + (nl != NULL);
+		}
+		fleet_device_set_tags_locked(d, tags, ntags);
+		d->version = col_intern(f, st, 4); /* `devices` is counted below */
+		memset(d->vf, 0, sizeof(d->vf));
+		for (const char *p = flags_text ? flags_text : ""; *p && nvf < FLEET_NVFLAGS;) {
+			const char *sp = strchr(p, ' ');
+			char *end;
+			if (!sp)
+				break;
+			d->vf[nvf].version = fleet_intern(f, p, (size_t)(sp - p));
+			d->vf[nvf].flags = (uint32_t)strtoul(sp + 1, &end, 10);
+			nvf++;
+			p = *end == '\n' ? end + 1 : end;
+			if (end == sp + 1)
+				break;
+		}
+	}
+	if (step != SQLITE_DONE) {
+		rc = db_err(f, "read devices");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	}
+	for (int k = 0; k < FLEET_NSHARDS; k++)
+		for (size_t i = 0; i < f->shards[k].nb; i++)
+			for (struct device *d = f->shards[k].b[i]; d; d = d->next)
+				fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), 1, 0);
+	/* start with an empty log */
+	if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
+		goto out;
+	if ((rc = merge_log(f, -1)) < 0 || (rc = exec(f, "COMMIT")) < 0)
+		exec(f, "ROLLBACK");
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static void fleet_free(struct fleet *f)
+{
+	for (int k = 0; k < FLEET_NSHARDS; k++) {
+		struct shard *s = &f->shards[k];
+		for (size_t i = 0; i < s->nb; i++) {
+			struct device *d = s->b[i], *next;
+			for (; d; d = next) {
+				next = d->next;
+				free(d->tags);
+				free(d);
+			}
+		}
+		free(s->b);
+		pthread_mutex_destroy(&s->mu);
+	}
+	for (struct agg *a = f->agg_all, *next; a; a = next) {
+		next = a->all_next;
+		free(a);
+	}
+	free(f->agg_b);
+	for (size_t i = 0; i < f->intern.cap; i++)
+		free(f->intern.slot[i]);
+	free(f->intern.slot);
+	fleet_exposures_free(f);
+	sqlite3_finalize(f->st_dev);
+	sqlite3_finalize(f->st_agg);
+	if (f->db)
+		sqlite3_close(f->db);
+	pthread_rwlock_destroy(&f->intern.lock);
+	pthread_rwlock_destroy(&f->agg_lock);
+	pthread_rwlock_destroy(&f->exp_lock);
+	pthread_mutex_destroy(&f->agg_dirty_mu);
+	pthread_mutex_destroy(&f->q_mu);
+	pthread_cond_destroy(&f->q_cond);
+	free(f->fleet_key);
+	free(f);
+}
+
+int fleet_open(struct fleet **out, const struct fleet_config *cfg)
+{
+	struct fleet *f = xcalloc(1, sizeof(*f));
+	int rc = 0;
+
+	*out = NULL;
+	pthread_rwlock_init(&f->intern.lock, NULL);
+	pthread_rwlock_init(&f->agg_lock, NULL);
+	pthread_rwlock_init(&f->exp_lock, NULL);
+	pthread_mutex_init(&f->agg_dirty_mu, NULL);
+	pthread_mutex_init(&f->q_mu, NULL);
+	pthread_cond_init(&f->q_cond, NULL);
+	for (int k = 0; k < FLEET_NSHARDS; k++)
+		pthread_mutex_init(&f->shards[k].mu, NULL);
+	f->q_tail = &f->q_head;
+	if (cfg->fleet_key && *cfg->fleet_key) {
+		f->fleet_key = xstrdup(cfg->fleet_key);
+		f->fleet_key_len = strlen(cfg->fleet_key);
+	}
+	f->cfg_poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : 6 * 3600 * 1000LL;
+	f->star = fleet_intern(f, "*", 1);
+
+	if (!cfg->db_path) {
+		rc = ota_error_set(OTA_EINVAL, "fleet: no database path");
+		goto out;
+	}
+	if (sqlite3_open_v2(cfg->db_path, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+			    NULL) != SQLITE_OK) {
+		rc = ota_error_set(OTA_ERROR, "cannot open %s: %s", cfg->db_path, f->db ? sqlite3_errmsg(f->db) : "out of memory");
+		goto out;
+	}
+	sqlite3_busy_timeout(f->db, 5000);
+	if ((rc = exec(f, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-32768;"
+			  " PRAGMA mmap_size=268435456;")) < 0 || (rc = exec(f, schema)) < 0 ||
+	    (rc = load(f)) < 0)
+		goto out;
+	if (sqlite3_prepare_v3(f->db,
+			       "INSERT INTO device_log(" DEVICE_COLS ") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			       -1, SQLITE_PREPARE_PERSISTENT, &f->st_dev, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(f->db,
+			       "INSERT OR REPLACE INTO aggs(product, version, cohort, offered, downloads, installs, boot_ok,"
+			       " boot_fail, reverts, reporting, crashed, crashes, device_hours, battery_mah)"
+			       " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			       -1, SQLITE_PREPARE_PERSISTENT, &f->st_agg, NULL) != SQLITE_OK) {
+		rc = db_err(f, "prepare");
+		goto out;
+	}
+	if (pthread_create(&f->writer, NULL, writer_main, f) != 0) {
+		rc = ota_error_set(OTA_ERROR, "fleet: cannot start the writer thread");
+		goto out;
+	}
+	*out = f;
+	f = NULL;
+out:
+	if (f)
+		fleet_free(f);
+	return rc;
+}
+
+void fleet_close(struct fleet *f)
+{
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->q_mu);
+	f->stop = 1;
+	pthread_cond_signal(&f->q_cond);
+	pthread_mutex_unlock(&f->q_mu);
+	pthread_join(f->writer, NULL);
+	fleet_free(f);
+}

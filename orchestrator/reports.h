@@ -1,0 +1,56 @@
+/*
+ * reports.h - test and analysis reports: JUnit XML, cppcheck XML, SARIF.
+ *
+ * Jobs of kind test, hil and analysis upload the report files their
+ * pipeline names (`reports: {junit: "build/test/report-*.xml"}`); these parsers
+ * turn each file into one JSON document that the engine stores with the
+ * job and the API, CLI and page show.  XML goes through libxml2 with
+ * network access, entity substitution and DTD loading off, so hostile
+ * documents (billion laughs, external entities) are rejected, not
+ * expanded; SARIF is JSON (jansson).
+ *
+ * The JSON shapes (every string may be absent when the report has none):
+ *
+ *   junit:    {"format":"junit", "name":NAME,
+ *              "tests":N, "passed":N, "failures":N, "errors":N, "skipped":N, "time":SECONDS,
+ *              "cases":[{"suite":S, "classname":C, "name":N, "time":SECONDS,
+ *                        "status":"passed"|"failed"|"error"|"skipped",
+ *                        "message":M, "output":TEXT}]}
+ *              counts are recomputed from the cases (nested <testsuite>s
+ *              flattened), not trusted from attributes.
+ *
+ *   cppcheck, sarif:
+ *             {"format":"cppcheck"|"sarif", "name":NAME,
+ *              "counts":{"error":N, "warning":N, ...},      per severity
+ *              "findings":[{"rule":R, "severity":S, "file":F, "line":N,
+ *                           "column":N, "message":M, "fingerprint":HEX}]}
+ *              cppcheck severities are kept (error, warning, style,
+ *              performance, portability, information); SARIF levels map
+ *              to error, warning, note, none (absent level: warning).
+ *              fingerprint = sha256 hex of rule NUL file NUL message, so a
+ *              finding keeps its identity when lines move (baseline mode).
+ */
+#ifndef OTA_REPORTS_H
+#define OTA_REPORTS_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* Largest report accepted (bytes). */
+#define REPORT_MAX_BYTES (64 * 1024 * 1024)
+
+/*
+ * Parse data (len bytes) in `format` ("junit", "cppcheck", "sarif") into
+ * *out (new reference).  name is the file name, kept in the result and
+ * used in messages.  OTA_EINVAL with a message naming the file and, where
+ * libxml2 gives one, the line: "hil.xml:3: unknown element <tset>".
+ */
+int report_parse(json_t **out, const char *format, const void *data, size_t len, const char *name);
+int report_parse_junit(json_t **out, const void *data, size_t len, const char *name);
+int report_parse_cppcheck(json_t **out, const void *data, size_t len, const char *name);
+int report_parse_sarif(json_t **out, const void *data, size_t len, const char *name);
+
+/* Is format one of the names above? */
+int report_format_known(const char *format);
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * updsrv.h - the update-server adapter interface.
+ *
+ * The rollout controller tells an update server what to offer and asks it
+ * how the fleet is doing, through this struct of function pointers, picked
+ * by name from the configuration (`update_server: {adapter: builtin|http}`).
+ * docs/update-server.md is the contract.
+ *
+ * The issue's operations map onto two calls, both declarative:
+ *   publish, set who is offered (percent, cohorts), halt, re-point
+ *        -> apply(): the complete desired exposure of one release
+ *   read metrics per release and cohort
+ *        -> metrics()
+ * Applying the same exposure twice is harmless, so a daemon killed between
+ * deciding and applying simply applies again after restart; the http
+ * adapter also sends the rollout's sequence number as Idempotency-Key.
+ */
+#ifndef OTA_UPDSRV_H
+#define OTA_UPDSRV_H
+
+#include <jansson.h>
+
+#include "fleet.h"
+
+struct updsrv {
+	const char *name;
+	/* Make the server offer exactly what `exposure` (one element of
+	 * rollout_exposures(), see rollout.h) says. */
+	int (*apply)(struct updsrv *u, const json_t *exposure);
+	/* Aggregates of (product, version, cohort) and of the baseline: the
+	 * same cohort on every other version.  baseline may be NULL. */
+	int (*metrics)(struct updsrv *u, const char *product, const char *version, const char *cohort,
+		       struct fleet_agg *canary, struct fleet_agg *baseline);
+	/* Devices per version: {"1.4.0": 812, ...} (new ref) or NULL. */
+	json_t *(*versions)(struct updsrv *u, const char *product);
+	void (*free)(struct updsrv *u);
+};
+
+/* otacd's own device API (fleet.h); f is borrowed. */
+int updsrv_builtin(struct updsrv **out, struct fleet *f);
+/* An external server at base_url speaking the control API. */
+int updsrv_http(struct updsrv **out, const char *base_url, const char *token);
+
+#endif
