@@ -191,7 +191,7 @@ static int input_get(const struct sw_job *j, const char *dir, const json_t *in, 
 	}
 	url = xasprintf("%s/api/v1/agent/jobs/%s/inputs/%s?attempt=%lld", j->url, j->job_id_url, sha, j->attempt);
 	for (int t = 1;; t++) {
-		struct httpc_response r;
+		struct httpc_response r = { 0 };
 		int hrc;
 		rewind(f);
 		if (ftruncate(fileno(f), 0) < 0)

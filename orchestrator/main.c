@@ -292,9 +292,23 @@ int main(int argc, char **argv)
 		goto fail;
 	path = xasprintf("%s/otacd.lock", cfg.state_dir);
 	lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (lockfd < 0 || flock(lockfd, LOCK_EX | LOCK_NB) < 0) {
-		ota_error_set(OTA_ERROR, "%s is in use by another otacd", cfg.state_dir);
-		goto fail;
+	{
+		/* A restart right after a kill may find the old process still
+		 * exiting (flushing to disk): wait for it a little. */
+		int locked = 0;
+		for (int tries = 0; lockfd >= 0 && tries < 150; tries++) {
+			if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) {
+				locked = 1;
+				break;
+			}
+			if (errno != EWOULDBLOCK)
+				break;
+			usleep(100 * 1000);
+		}
+		if (!locked) {
+			ota_error_set(OTA_ERROR, "%s is in use by another otacd", cfg.state_dir);
+			goto fail;
+		}
 	}
 	free(path);
 	path = xasprintf("%s/otacd.db", cfg.state_dir);

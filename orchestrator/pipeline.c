@@ -352,8 +352,7 @@ static void parse_gates(struct pl_ctx *c, yaml_node_t *n)
 		}
 		if (gate_spec_parse(v, m.v[i].key, &g, err, sizeof(err)) < 0)
 			pw_diag(w, pos_of(m.v[i].v), "%s", err);
-		else
-			gate_spec_release(&g);
+		gate_spec_release(&g);
 		json_object_set_new(c->p->gates, m.v[i].key, v);
 	}
 	pw_map_release(&m);

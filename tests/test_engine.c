@@ -65,7 +65,7 @@ static void dag_runs_stages_in_dependency_order(void **state)
 	int64_t run = h_trigger(d, yaml);
 	char *path = xasprintf("%s/marks", d->dir), *marks;
 
-	assert_string_equal(h_wait_run(d, run, 20000), "passed");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	marks = read_text(path);
 	/* a first, d last, b and c in between in either order */
 	assert_true(!strcmp(marks, "a\nb\nc\nd\n") || !strcmp(marks, "a\nc\nb\nd\n"));
@@ -86,7 +86,7 @@ static void failed_stage_skips_its_dependents_but_not_independent_stages(void **
 		"  - { name: lint, steps: [ { run: 'echo lint ok' } ] }\n");
 	json_t *r;
 
-	assert_string_equal(h_wait_run(d, run, 20000), "failed");
+	assert_string_equal(h_wait_run(d, run, 60000), "failed");
 	r = h_run(d, run);
 	assert_string_equal(job_state(r, "build"), "failed");
 	assert_int_equal(json_integer_value(json_object_get(h_job(r, "build"), "exit_code")), 3);
@@ -123,7 +123,7 @@ static void failing_job_is_retried_by_its_policy_and_passes(void **state)
 	int64_t run = h_trigger(d, yaml);
 	json_t *r;
 
-	assert_string_equal(h_wait_run(d, run, 20000), "passed");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	r = h_run(d, run);
 	assert_int_equal(json_integer_value(json_object_get(h_job(r, "flaky"), "attempt")), 2);
 	json_decref(r);
@@ -135,7 +135,7 @@ static void job_without_retry_fails_on_first_script_failure(void **state)
 	struct daemon *d = *state;
 	int64_t run = h_trigger(d, "name: once\nstages:\n  - { name: x, steps: [ { run: 'exit 1' } ] }\n");
 	json_t *r;
-	assert_string_equal(h_wait_run(d, run, 20000), "failed");
+	assert_string_equal(h_wait_run(d, run, 60000), "failed");
 	r = h_run(d, run);
 	assert_int_equal(json_integer_value(json_object_get(h_job(r, "x"), "attempt")), 1);
 	json_decref(r);
@@ -258,7 +258,7 @@ static void when_filter_skips_stage_and_its_dependents_for_other_refs(void **sta
 
 	assert_int_equal(h_post(d, "/api/v1/runs", req, &ans), 201);
 	run = json_integer_value(json_object_get(ans, "id"));
-	assert_string_equal(h_wait_run(d, run, 20000), "passed");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	r = h_run(d, run);
 	/* the skipped stage's dependents are skipped too, and the run passes */
 	json_array_foreach(json_object_get(r, "stages"), i, s) {
@@ -281,7 +281,7 @@ static void matrix_expands_into_one_job_per_combination(void **state)
 		"    matrix: { board: [an385, an386], mode: [debug, release] }\n"
 		"    steps: [ { run: 'echo building ${{ matrix.board }} $MATRIX_MODE' } ]\n");
 	json_t *r, *stage;
-	assert_string_equal(h_wait_run(d, run, 20000), "passed");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	r = h_run(d, run);
 	stage = json_array_get(json_object_get(r, "stages"), 0);
 	assert_int_equal(json_array_size(json_object_get(stage, "jobs")), 4);
@@ -298,7 +298,7 @@ static void secrets_reach_the_job_but_are_masked_in_its_log(void **state)
 	char *url;
 	struct buf out = BUF_INIT;
 
-	assert_string_equal(h_wait_run(d, run, 20000), "passed");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	r = h_run(d, run);
 	url = xasprintf("%s/api/v1/jobs/%lld/log", d->url,
 			(long long)json_integer_value(json_object_get(h_job(r, "s"), "id")));

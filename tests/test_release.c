@@ -186,6 +186,7 @@ static void build_toolchain_versions_reach_manifest_and_provenance(void **state)
 	assert_non_null(strstr(buf_cstr(&text), "\"dependencies\""));
 	assert_non_null(strstr(buf_cstr(&text), "cc --version"));
 	free(path);
+	buf_release(&text);
 	path = xasprintf("%s/p.json", d.dir);
 	assert_int_equal(ota_read_file(&text, path, 1 << 20), 0);
 	env = json_loadb(text.ptr, text.len, 0, NULL);
