@@ -6,7 +6,7 @@
 #   make asan       the whole suite under AddressSanitizer + UBSan
 #   make bench      benchmarks (figures printed, nothing asserted)
 #   make fuzz       libFuzzer targets (clang), a short run each
-#   make deps       apt-get install the Debian packages we link
+#   make deps       apt-get install the Debian packages we link (DEPS=all: the test tools too)
 #   make lint       cppcheck on our own code
 #   make format     clang-format in place
 #
@@ -18,7 +18,9 @@ DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
              softhsm2 libengine-pkcs11-openssl opensc
-DEB_EXTRA := clang cppcheck
+# for the tests, not the demo: firmware cross builds and HIL, real peers
+DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
+             prometheus chromium wrk
 
 CC        ?= cc
 BUILD     ?= build
@@ -142,7 +144,7 @@ fuzz: $(FUZZ_TARGETS)
 	done
 
 deps:
-	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEB_PKGS) $(if $(filter all,$(DEPS)),$(DEB_EXTRA)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
