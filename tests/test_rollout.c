@@ -439,6 +439,40 @@ static void release_nobody_reports_on_stays_inconclusive_then_pauses(void **stat
 	free(y);
 }
 
+static void failing_provider_is_retried_then_pauses_the_rollout(void **state)
+{
+	struct world w = { 0 };
+	char *dead = h_free_listen();   /* nothing listens there */
+	char *gates = xasprintf("  uptime: { provider: http, url: \"http://%s/metrics.json\", json_path: value, min: 1,"
+				" error_limit: 3 }\n", dead);
+	char *y = pipeline("1.1.0", 1,
+			   "  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			   "    steps: [ {percent: 10, hold: 48h} ]\n    check_interval: 30m\n    gates: [uptime]\n", gates);
+	int64_t run;
+	json_t *st, *ro;
+
+	(void)state;
+	world_start(&w, "3600", NULL);
+	run = h_trigger(&w.d, y);
+	for (int waited = 0; waited < 60000; waited += 200) {
+		if (h_sql_int(&w.d, "SELECT COUNT(*) FROM rollouts WHERE state = 'paused'"))
+			break;
+		h_msleep(200);
+	}
+	st = rollout_status(&w.d, release_of(&w.d, run, 1000));
+	ro = json_array_get(json_object_get(st, "rollouts"), 0);
+	/* paused, not failed: a provider that errors never rolls a release back */
+	assert_string_equal(json_string_value(json_object_get(ro, "state")), "paused");
+	assert_non_null(strstr(json_string_value(json_object_get(ro, "reason")), "3 consecutive provider errors"));
+	assert_int_equal(json_integer_value(json_object_get(ro, "step")), 0);
+	assert_string_equal(json_string_value(json_object_get(st, "state")), "rolling");
+	json_decref(st);
+	world_stop(&w);
+	free(dead);
+	free(gates);
+	free(y);
+}
+
 /* The offers a set of probe devices get right now (a bitmap as a string). */
 static char *probe_offers(struct daemon *d, int n)
 {
@@ -587,6 +621,7 @@ int main(void)
 		cmocka_unit_test(rollback_across_a_counter_bump_needs_reissue_and_rolls_forward),
 		cmocka_unit_test(no_device_is_offered_an_image_it_cannot_take),
 		cmocka_unit_test(release_nobody_reports_on_stays_inconclusive_then_pauses),
+		cmocka_unit_test(failing_provider_is_retried_then_pauses_the_rollout),
 		cmocka_unit_test(daemon_killed_mid_hold_resumes_with_the_same_step_and_devices),
 		cmocka_unit_test(prometheus_gate_decides_from_a_real_prometheus_scraping_the_fleet),
 	};
