@@ -49,29 +49,51 @@ static char *sibling_binary(const char *name)
 	return xasprintf("%s/%s", self, name);
 }
 
+/*
+ * Start one agent.  otacd has many threads, so between fork() and exec the
+ * child may only make async-signal-safe calls: another thread may have
+ * held the allocator's lock (or stdio's) at the instant of the fork, and
+ * the child would wait on it forever, holding copies of otacd's lock file
+ * and sockets.  So argv and the environment are built here, before the
+ * fork, and the child only resets its signal mask and calls execve.
+ */
 static pid_t spawn(struct localagents *la, int idx)
 {
-	char name[32], ppid[32], *dir;
+	extern char **environ;
+	char name[32], *dir;
+	struct strvec env = STRVEC_INIT;
 	pid_t pid;
 
 	snprintf(name, sizeof(name), "local-%d", idx + 1);
-	snprintf(ppid, sizeof(ppid), "%ld", (long)getpid());
 	dir = xasprintf("%s/%s", la->workdir, name);
 	ota_mkdir_p(dir, 0700);
-	pid = fork();
-	if (pid == 0) {
+	for (char **e = environ; *e; e++)
+		if (strncmp(*e, "OTACD_AGENT_", 12) != 0)
+			strvec_push(&env, *e);
+	strvec_pushf(&env, "OTACD_AGENT_TOKEN=%s", la->token);
+	strvec_push(&env, "OTACD_AGENT_PARENT_DEATH=1");
+	strvec_pushf(&env, "OTACD_AGENT_PARENT_PID=%ld", (long)getpid());
+	{
 		char *argv[] = { la->agent_path, "--url", la->url, "--name", name, "--labels", la->labels,
 				 "--workdir", dir, NULL };
-		sigset_t none;
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		setenv("OTACD_AGENT_TOKEN", la->token, 1);
-		setenv("OTACD_AGENT_PARENT_DEATH", "1", 1);
-		setenv("OTACD_AGENT_PARENT_PID", ppid, 1);
-		execv(la->agent_path, argv);
-		fprintf(stderr, "otacd: cannot start %s: %s\n", la->agent_path, strerror(errno));
-		_exit(127);
+		static const char failed[] = "otacd: cannot start the local agent (otacd-agent)\n";
+		pid = fork();
+		if (pid == 0) {
+			sigset_t none;
+			sigemptyset(&none);
+			sigprocmask(SIG_SETMASK, &none, NULL);
+			execve(la->agent_path, argv, env.v);
+			if (write(2, failed, sizeof(failed) - 1) < 0) {
+				/* nothing more to do */
+			}
+			_exit(127);
+		}
 	}
+	/* the token's copy in env */
+	for (size_t i = 0; i < env.n; i++)
+		if (!strncmp(env.v[i], "OTACD_AGENT_TOKEN=", 18))
+			memset(env.v[i], 0, strlen(env.v[i]));
+	strvec_clear(&env);
 	free(dir);
 	return pid;
 }

@@ -8,7 +8,7 @@ import { download, getJSON, mayAct, postJSON, whoami } from './api.js';
 import { askAction } from './dialog.js';
 import { drawDag, jobLabel } from './dag.js';
 import { clearError, reportError } from './status.js';
-import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
+import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, morph, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
 
 export function basename(name) {
   return String(name).split('/').pop() || 'artifact';
@@ -71,17 +71,26 @@ export class RunView {
     await this.refresh();
   }
 
+  // load() and the debounced refreshes may overlap: only the answers of
+  // the latest refresh are drawn, so an older snapshot never overwrites a
+  // newer one.
   async refresh() {
+    const seq = this.seq = (this.seq || 0) + 1;
     const [run, arts, me] = await Promise.all([
       getJSON('/api/v1/runs/' + this.id),
       getJSON('/api/v1/runs/' + this.id + '/artifacts'),
       whoami(),
     ]);
-    if (!this.ctx.alive) return;
+    if (!this.ctx.alive || seq !== this.seq) return;
     this.me = me;
     this.ctx.title('Run #' + run.id + ' ' + run.pipeline + ' (' + run.state + ')');
     this.renderHead(run);
-    replaceKeepingFocus(this.dagBox, [drawDag(run.stages || [])]);
+    // the graph is updated in place: its boxes and links stay the same
+    // elements while the run goes on
+    const dag = drawDag(run.stages || []);
+    const old = this.dagBox.querySelector('svg.dag');
+    if (old) morph(old, dag);
+    else replaceKeepingFocus(this.dagBox, [dag]);
     this.renderJobs(run);
     replaceKeepingFocus(this.artsBox, arts.length ? [artifactTable(arts, true)] : [h('p', { class: 'empty' }, 'No artifacts (yet).')]);
   }

@@ -199,3 +199,32 @@ export function replaceKeepingFocus(el, nodes) {
     if (again) again.focus({ preventScroll: true });
   }
 }
+
+// Make the element `el` look like `next` (a freshly built copy of it) by
+// changing only what differs, so that elements that stay keep their
+// identity: a graph redrawn on every event would otherwise be a new tree
+// each time, losing hover and focus and detaching whatever a person (or a
+// test) is pointing at.  Children are matched by position; a child whose
+// tag or identity (data-stage, data-job, data-from, data-to) changed is
+// replaced whole.  Only for trees without event listeners (they are not
+// carried over).  Returns the node that is in the document afterwards.
+const IDENTITY = ['data-stage', 'data-job', 'data-from', 'data-to'];
+export function morph(el, next) {
+  const same = el.nodeType === next.nodeType && el.nodeName === next.nodeName &&
+    (el.nodeType !== Node.ELEMENT_NODE ||
+     (el.namespaceURI === next.namespaceURI && IDENTITY.every((a) => el.getAttribute(a) === next.getAttribute(a))));
+  if (!same) {
+    el.replaceWith(next);
+    return next;
+  }
+  if (el.nodeType !== Node.ELEMENT_NODE) {
+    if (el.nodeValue !== next.nodeValue) el.nodeValue = next.nodeValue;
+    return el;
+  }
+  for (const a of [...el.attributes]) if (!next.hasAttribute(a.name)) el.removeAttribute(a.name);
+  for (const a of [...next.attributes]) if (el.getAttribute(a.name) !== a.value) el.setAttribute(a.name, a.value);
+  const was = [...el.childNodes], now = [...next.childNodes];
+  now.forEach((c, i) => { if (i < was.length) morph(was[i], c); else el.append(c); });
+  for (let i = now.length; i < was.length; i++) was[i].remove();
+  return el;
+}

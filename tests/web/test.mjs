@@ -2,7 +2,7 @@
 //
 // Starts $OTACD_BIN/otacd on loopback (two local agents, a file signing key,
 // a viewer token, --time-scale 3600 so an hour of holds takes a second) and
-// $OTACD_BIN/otacd-fleetsim (500 simulated devices), drives Debian's
+// $OTACD_BIN/otacd-fleetsim (500 simulated devices, 300 with OTACD_SLOW=1), drives Debian's
 // headless Chromium with playwright-core, and checks what a person would
 // see: runs appearing live, the stage graph, logs streaming with colours and
 // without markup injection, 100k lines staying responsive, a rollout
@@ -28,12 +28,18 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const BIN = path.resolve(process.env.OTACD_BIN || path.join(here, '../../build/bin'));
 const OUT = path.resolve(process.env.OTACD_TEST_OUT || '/tmp/otacd-web-shots');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const DEADLINE_MS = Number(process.env.OTACD_WEB_DEADLINE_MS || 240000);
+// OTACD_SLOW=1 (set by `make asan`): the daemon and the simulator are
+// sanitizer builds, several times slower, on a busy machine.  Every wait is
+// then SLOW times longer and the fleet smaller; what is checked is the same.
+const SLOW = process.env.OTACD_SLOW === '1' ? 3 : 1;
+const T = (ms) => ms * SLOW;
+const DEADLINE_MS = Number(process.env.OTACD_WEB_DEADLINE_MS || T(240000));
 const T0 = Date.now();
 
 const state = fs.mkdtempSync(path.join(os.tmpdir(), 'otacd-web-'));
 const VIEWER = crypto.randomBytes(16).toString('hex');
 let daemon = null;
+const groups = [];       // process groups of every otacd started (it and its children)
 let fleet = null;
 let browser = null;
 let url = '';
@@ -41,7 +47,9 @@ let listen = '127.0.0.1:0';
 let deviceListen = '127.0.0.1:0';
 let deviceURL = '';
 const TIME_SCALE = '3600';
-const DEVICES = '500';
+// the canary's 10 % must be enough devices for the gates to decide (with 20
+// they stay inconclusive); fewer connections for a sanitizer build
+const DEVICES = SLOW > 1 ? '300' : '500';
 let admin = '';
 const results = [];
 const problems = [];     // page errors, CSP violations, dialogs: each fails the run at the end
@@ -69,24 +77,29 @@ async function sleep(ms) {
 async function startDaemon() {
   const urlFile = path.join(state, 'otacd.url');
   fs.rmSync(urlFile, { force: true });
+  url = '';
   const err = fs.openSync(path.join(state, 'otacd.log'), 'a');
+  // its own process group, so that cleanup() can end everything it started
   daemon = spawn(path.join(BIN, 'otacd'), ['--state-dir', state, '--listen', listen, '--device-listen', deviceListen, '--local-agents', '2',
-    '--time-scale', TIME_SCALE, '--config', path.join(state, 'web-config.yml')], { stdio: ['ignore', 'ignore', err] });
+    '--time-scale', TIME_SCALE, '--config', path.join(state, 'web-config.yml')], { stdio: ['ignore', 'ignore', err], detached: true });
   fs.closeSync(err);
   let exited = null;
   daemon.once('exit', (code, sig) => { exited = code ?? sig; });
-  for (let i = 0; i < 200; i++) {
+  groups.push(daemon.pid);
+  // otacd may wait up to 15 s for the state directory's lock after a kill
+  const until = Date.now() + T(30000);
+  for (;;) {
     if (exited !== null) throw new Error('otacd exited (' + exited + '): ' + tail());
     if (fs.existsSync(urlFile)) {
-      url = fs.readFileSync(urlFile, 'utf8').trim();
+      const u = fs.readFileSync(urlFile, 'utf8').trim();
       try {
-        const r = await fetch(url + '/api/v1/health');
-        if (r.ok) break;
+        const r = await fetch(u + '/api/v1/health', { signal: AbortSignal.timeout(5000) });
+        if (r.ok) { url = u; break; }
       } catch { /* not yet */ }
     }
+    if (Date.now() > until) throw new Error('otacd did not answer on ' + urlFile + ' in ' + T(30000) + ' ms: ' + tail());
     await sleep(50);
   }
-  if (!url) throw new Error('otacd did not write ' + urlFile);
   admin = fs.readFileSync(path.join(state, 'admin.token'), 'utf8').trim();
   listen = new URL(url).host;
   // the same ports after a restart, so the page and the fleet find it again
@@ -119,6 +132,13 @@ async function stopDaemon(signal = 'SIGKILL') {
   await Promise.race([p, sleep(10000)]);
 }
 
+// A browser context whose waits (navigation, locators) default to T(30 s).
+async function newContext(opts) {
+  const c = await browser.newContext(opts);
+  c.setDefaultTimeout(T(30000));
+  return c;
+}
+
 function tail() {
   try {
     return fs.readFileSync(path.join(state, 'otacd.log'), 'utf8').split('\n').slice(-25).join('\n');
@@ -141,7 +161,7 @@ async function trigger(yaml, file, ref) {
   return r.id;
 }
 
-async function waitRun(id, ms = 30000) {
+async function waitRun(id, ms = T(30000)) {
   const until = Date.now() + ms;
   for (;;) {
     const run = await api('GET', '/api/v1/runs/' + id);
@@ -151,7 +171,7 @@ async function waitRun(id, ms = 30000) {
   }
 }
 
-async function waitRelease(runId, ms = 60000) {
+async function waitRelease(runId, ms = T(60000)) {
   const until = Date.now() + ms;
   for (;;) {
     const rel = (await api('GET', '/api/v1/releases')).find((r) => r.run_id === runId);
@@ -278,7 +298,7 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(OUT, name + '.png'), fullPage: true });
 }
 
-async function logLine(page, re, ms = 10000) {
+async function logLine(page, re, ms = T(10000)) {
   await page.locator('.log-line .lt', { hasText: re }).first().waitFor({ timeout: ms });
 }
 
@@ -299,13 +319,13 @@ async function main() {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
       '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-dev-shm-usage'],
   });
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
+  const ctx = await newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
   const page = watch(await ctx.newPage(), 'overview');
   let runA = 0, slowJob = 0, coloursJob = 0, bulkJob = 0;
 
   await step('token from the address is kept and removed from it', async () => {
     await page.goto(`${url}/#token=${VIEWER}`);
-    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: T(10000) });
     await page.locator('.runs-box .empty, .runs-box table').first().waitFor();
     assert(!page.url().includes('token='), 'the token is still in the address: ' + page.url());
     assert(await page.evaluate(() => localStorage.getItem('otacd-token')) === VIEWER, 'token not in localStorage');
@@ -315,7 +335,7 @@ async function main() {
     await page.evaluate(() => { window.__noReload = 1; });
     runA = await trigger(WEB_DEMO, 'web-demo.yml', 'refs/heads/feature/<i>x</i>');
     const row = page.locator(`tr[data-run-id="${runA}"]`);
-    await row.waitFor({ timeout: 10000 });
+    await row.waitFor({ timeout: T(10000) });
     assert(await page.evaluate(() => window.__noReload) === 1, 'the page was reloaded');
     const ref = await row.locator('td.ref').textContent();
     assert(ref === 'feature/<i>x</i>', 'the ref is not shown as text: ' + ref);
@@ -341,14 +361,14 @@ async function main() {
     assert(t15 - t3 > 1000, `line 15 came only ${t15 - t3} ms after line 3`);
     await shot(logPage, '03-log-streaming');
     await logLine(logPage, /^line 20$/);
-    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: 10000 });
-    await logPage.locator('.job-head .badge', { hasText: 'passed' }).waitFor({ timeout: 5000 });
+    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: T(10000) });
+    await logPage.locator('.job-head .badge', { hasText: 'passed' }).waitFor({ timeout: T(5000) });
   }, logPage);
 
   await step('clicking a line number links to that line', async () => {
     await logPage.locator('.log-line#L3 a.ln').click();
     await logPage.waitForFunction((id) => location.hash === `#/jobs/${id}/log/L3`, slowJob);
-    await logPage.locator('.log-line.sel#L3').waitFor({ timeout: 3000 });
+    await logPage.locator('.log-line.sel#L3').waitFor({ timeout: T(3000) });
   }, logPage);
 
   await step('run page draws the stage graph and updates it live', async () => {
@@ -364,9 +384,13 @@ async function main() {
     assert(await after.locator('a.job').count() === 2, 'the matrix stage should list 2 jobs');
     const x = async (name) => (await page.locator(`svg.dag g.stage[data-stage="${name}"]`).boundingBox()).x;
     assert(await x('after') > await x('slow'), 'a stage is not right of what it needs');
-    // the run page follows the run: "after" passes without a reload
-    await page.locator('svg.dag g.stage[data-stage="after"][data-state="passed"]').waitFor({ timeout: 20000 });
-    await page.locator('.run-head .badge', { hasText: 'passed' }).waitFor({ timeout: 20000 });
+    // the run page follows the run: "after" passes without a reload, its
+    // box updated in place (the same element, not a new graph each time)
+    const box = await page.locator('svg.dag g.stage[data-stage="slow"]').elementHandle();
+    await page.locator('svg.dag g.stage[data-stage="after"][data-state="passed"]').waitFor({ timeout: T(20000) });
+    await page.locator('.run-head .badge', { hasText: 'passed' }).waitFor({ timeout: T(20000) });
+    assert(await box.evaluate((e) => e.isConnected), 'the graph was redrawn as new elements, not updated');
+    await box.dispose();
     assert(await page.evaluate(() => window.__noReload) === 1, 'the page was reloaded');
     await shot(page, '02-run-demo');
   }, page);
@@ -416,7 +440,7 @@ async function main() {
       while (performance.now() - t < 150) { /* block */ }
       setTimeout(r, 100);
     }, 0)));
-    await page.waitForFunction(() => window.__longest >= 140, null, { timeout: 2000 });
+    await page.waitForFunction(() => window.__longest >= 140, null, { timeout: T(2000) });
     await page.evaluate(() => { window.__longest = 0; });
     // the log has the agent's echo of the command first: count from the API
     const text = await (await fetch(`${url}/api/v1/jobs/${bulkJob}/log`, { headers: { Authorization: 'Bearer ' + admin } })).text();
@@ -429,22 +453,22 @@ async function main() {
     await page.waitForFunction((n) => {
       const l = document.querySelector('.log');
       return l && l.dataset.lines === String(n) && l.dataset.busy === '0';
-    }, lines.length, { timeout: 20000 });
+    }, lines.length, { timeout: T(20000) });
     const took = Date.now() - t;
     const longest = await page.evaluate(() => window.__longest);
     log(`     ${lines.length} lines shown in ${took} ms, longest task ${Math.round(longest)} ms`);
-    await logLine(page, /^row 100000$/, 5000);
+    await logLine(page, /^row 100000$/, T(5000));
     const nodes = await page.locator('.log-line').count();
     assert(nodes < 400, `${nodes} line elements in the DOM (not virtualised)`);
     assert(longest < 1500, `the page was blocked for ${Math.round(longest)} ms`);
     // a line anchor scrolls to and marks its line
     await page.evaluate(([id, n]) => { location.hash = `#/jobs/${id}/log/L${n}`; }, [bulkJob, n50k]);
-    await page.locator(`.log-line.sel#L${n50k} .lt`, { hasText: /^row 50000$/ }).waitFor({ timeout: 5000 });
+    await page.locator(`.log-line.sel#L${n50k} .lt`, { hasText: /^row 50000$/ }).waitFor({ timeout: T(5000) });
     assert(await page.locator(`.log-line#L${n50k}`).isVisible(), 'line 50000 is not in view');
     await shot(page, '05-log-100k');
     // opening the address of a line directly works too
     await page.goto(`${url}/#/jobs/${bulkJob}/log/L${n50k + 49990}`);
-    await page.locator(`.log-line.sel#L${n50k + 49990} .lt`, { hasText: /^row 99990$/ }).waitFor({ timeout: 20000 });
+    await page.locator(`.log-line.sel#L${n50k + 49990} .lt`, { hasText: /^row 99990$/ }).waitFor({ timeout: T(20000) });
   }, page);
 
   let relRun = 0;
@@ -452,7 +476,7 @@ async function main() {
     const yaml = fs.readFileSync(path.join(here, '../../pipelines/hello-release.yml'), 'utf8');
     relRun = await trigger(yaml, 'hello-release.yml', 'refs/tags/v0.1.7');
     // the run goes on into its soak and canary stages: wait for the release only
-    const rel = await waitRelease(relRun, 60000);
+    const rel = await waitRelease(relRun);
     const detail = await api('GET', '/api/v1/releases/' + rel.id);
     await page.goto(`${url}/#/`);
     await page.locator(`tr[data-release-id="${rel.id}"] a`).first().click();
@@ -518,12 +542,12 @@ async function main() {
 
   // ---- rollouts ----------------------------------------------------------------
   let fwRun = 0, fwRel = 0;
-  const opPage = watch(await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage(), 'operator');
+  const opPage = watch(await (await newContext({ viewport: { width: 1280, height: 900 } })).newPage(), 'operator');
   await step('a rollout advances on the release page without a reload', async () => {
     fwRun = await trigger(FW, 'fw.yml', 'refs/heads/main');
-    fwRel = (await waitRelease(fwRun, 60000)).id;
+    fwRel = (await waitRelease(fwRun)).id;
     await page.goto(`${url}/#/releases/${fwRel}`);
-    await page.locator('.rollout-stage[data-stage="canary"]').waitFor({ timeout: 20000 });
+    await page.locator('.rollout-stage[data-stage="canary"]').waitFor({ timeout: T(20000) });
     await page.evaluate(() => { window.__noReload = 3; });
     const ro = (await rolloutOf(fwRel)).rollouts[0];
     assert(ro && ro.step === 0, 'the canary is already past its first step: ' + JSON.stringify(ro));
@@ -534,17 +558,17 @@ async function main() {
     await page.waitForFunction(([sel, was]) => {
       const el = document.querySelector(sel);
       return el && el.textContent !== was;
-    }, ['.rollout-stage[data-stage="canary"] .countdown', c1], { timeout: 5000 });
+    }, ['.rollout-stage[data-stage="canary"] .countdown', c1], { timeout: T(5000) });
     await shot(page, '14-rollout-step1');
     // devices take it, gates pass after the hold: the page moves to step 2 by itself
-    await page.locator('.rollout-stage[data-stage="canary"][data-step="1"] li.step.current[data-step="1"]').waitFor({ timeout: 90000 });
+    await page.locator('.rollout-stage[data-stage="canary"][data-step="1"] li.step.current[data-step="1"]').waitFor({ timeout: T(90000) });
     await page.locator('.rollout-stage[data-stage="canary"] li.step.done[data-step="0"]').waitFor();
     assert(await page.evaluate(() => window.__noReload) === 3, 'the page was reloaded');
     // fleet counters from the devices' reports
     await page.waitForFunction(() => {
       const dd = document.querySelector('[data-kpi="Offered"] dd');
       return dd && Number(dd.textContent) > 0;
-    }, null, { timeout: 20000 });
+    }, null, { timeout: T(20000) });
     assert(await page.locator('table.versions tr[data-version="1.1.0"]').count() === 1, 'no devices-per-version row for 1.1.0');
   }, page);
 
@@ -552,7 +576,7 @@ async function main() {
     for (const g of ['crash_free', 'boots']) {
       const chart = page.locator(`svg.gate-chart[data-gate="${g}"]`);
       await chart.waitFor();
-      await page.waitForFunction((name) => document.querySelectorAll(`svg.gate-chart[data-gate="${name}"] circle.pt`).length > 0, g, { timeout: 10000 });
+      await page.waitForFunction((name) => document.querySelectorAll(`svg.gate-chart[data-gate="${name}"] circle.pt`).length > 0, g, { timeout: T(10000) });
       assert(await chart.locator('path.band').count() === 1, g + ': no confidence band');
       assert(await chart.locator('path.estimate').count() === 1, g + ': no estimate line');
       assert(await chart.locator('line.threshold').count() === 1, g + ': no threshold line');
@@ -582,17 +606,17 @@ async function main() {
 
   await step('an operator promotes from the page and the audit log shows it', async () => {
     await opPage.goto(`${url}/#token=${admin}`);
-    await opPage.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    await opPage.locator('#conn[data-state="live"]').waitFor({ timeout: T(10000) });
     await opPage.goto(`${url}/#/releases/${fwRel}`);
     const promote = opPage.locator('.actions button[data-action="promote"]');
-    await promote.waitFor({ timeout: 10000 });
+    await promote.waitFor({ timeout: T(10000) });
     // a refused action shows otacd's reason in the dialog (nothing is paused)
     await opPage.locator('.actions button[data-action="resume"]').click();
     let dlg = opPage.locator('dialog.action-dialog[open]');
     await dlg.waitFor();
     await dlg.locator('textarea').fill('try resume');
     await dlg.locator('button[data-confirm]').click();
-    await dlg.locator('.dialog-error', { hasText: '409' }).waitFor({ timeout: 5000 });
+    await dlg.locator('.dialog-error', { hasText: '409' }).waitFor({ timeout: T(5000) });
     await shot(opPage, '16-dialog-error');
     await opPage.keyboard.press('Escape');
     await dlg.waitFor({ state: 'detached' });
@@ -615,11 +639,11 @@ async function main() {
     await dlg.locator('input[name="skip_step"]').check();
     await shot(opPage, '17-dialog-promote');
     await dlg.locator('button[data-confirm]').click();
-    await dlg.waitFor({ state: 'detached', timeout: 10000 });
+    await dlg.waitFor({ state: 'detached', timeout: T(10000) });
     // the canary passes; production waits for approval, highlighted
-    await opPage.locator('.rollout-stage[data-stage="production"][data-state="waiting_approval"]').waitFor({ timeout: 20000 });
+    await opPage.locator('.rollout-stage[data-stage="production"][data-state="waiting_approval"]').waitFor({ timeout: T(20000) });
     const row = opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'canary looks fine' });
-    await row.waitFor({ timeout: 10000 });
+    await row.waitFor({ timeout: T(10000) });
     assert((await row.locator('td.reason').textContent()) === reason, 'the reason is not shown as text');
     assert(await opPage.locator('table.audit script').count() === 0, 'markup from a reason became an element');
     const audit = await api('GET', '/api/v1/audit?release=' + fwRel);
@@ -632,7 +656,7 @@ async function main() {
   await step('overview shows the rollout and highlights what waits for approval', async () => {
     await page.goto(`${url}/#/`);
     const row = page.locator('table.rollouts tr.needs-person[data-release-id="' + fwRel + '"][data-state="waiting_approval"]');
-    await row.waitFor({ timeout: 10000 });
+    await row.waitFor({ timeout: T(10000) });
     await page.locator('.rolling-now .attention', { hasText: 'waiting for approval' }).waitFor();
     await shot(page, '01-overview-rollouts');
     // approve from the operator's page; the viewer's overview follows without a reload
@@ -641,11 +665,11 @@ async function main() {
     const dlg = opPage.locator('dialog.action-dialog[open]');
     await dlg.locator('textarea').fill('approved for production');
     await dlg.locator('button[data-confirm]').click();
-    await dlg.waitFor({ state: 'detached', timeout: 10000 });
-    await page.locator('table.rollouts tr[data-release-id="' + fwRel + '"][data-state="holding"]', { hasText: 'production' }).waitFor({ timeout: 15000 });
+    await dlg.waitFor({ state: 'detached', timeout: T(10000) });
+    await page.locator('table.rollouts tr[data-release-id="' + fwRel + '"][data-state="holding"]', { hasText: 'production' }).waitFor({ timeout: T(15000) });
     assert(await page.locator('table.rollouts tr.needs-person[data-release-id="' + fwRel + '"]').count() === 0, 'still highlighted after approval');
     assert(await page.evaluate(() => window.__noReload) === 4, 'the page was reloaded');
-    await opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'approved for production' }).waitFor({ timeout: 10000 });
+    await opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'approved for production' }).waitFor({ timeout: T(10000) });
   }, page);
 
   await step('an operator cancels a run from the run page', async () => {
@@ -658,8 +682,8 @@ async function main() {
     const dlg = opPage.locator('dialog.action-dialog[open]');
     await dlg.locator('textarea').fill('not needed');
     await dlg.locator('button[data-confirm]').click();
-    await dlg.waitFor({ state: 'detached', timeout: 10000 });
-    await opPage.locator('.run-head .badge', { hasText: 'canceled' }).waitFor({ timeout: 15000 });
+    await dlg.waitFor({ state: 'detached', timeout: T(10000) });
+    await opPage.locator('.run-head .badge', { hasText: 'canceled' }).waitFor({ timeout: T(15000) });
     assert(await opPage.locator('button[data-action="cancel"]').count() === 0, 'cancel still offered for a canceled run');
   }, opPage);
 
@@ -673,22 +697,22 @@ async function main() {
     await page.locator(`tr[data-run-id="${ticks}"]`).waitFor();
     await page.evaluate(() => { window.__noReload = 2; });
     await stopDaemon('SIGKILL');
-    await page.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: 10000 });
+    await page.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: T(10000) });
     // the other tab has no stream of its own: it hears the state from this one
-    await logPage.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: 5000 });
-    await logPage.locator('#log-stream', { hasText: 'reconnecting' }).waitFor({ timeout: 10000 });
+    await logPage.locator('#conn[data-state="down"]', { hasText: 'reconnecting' }).waitFor({ timeout: T(5000) });
+    await logPage.locator('#log-stream', { hasText: 'reconnecting' }).waitFor({ timeout: T(10000) });
     await shot(page, '06-reconnecting');
     await startDaemon();
-    await page.locator('#conn[data-state="live"]').waitFor({ timeout: 15000 });
-    await logPage.locator('#conn[data-state="live"]').waitFor({ timeout: 5000 });
+    await page.locator('#conn[data-state="live"]').waitFor({ timeout: T(15000) });
+    await logPage.locator('#conn[data-state="live"]').waitFor({ timeout: T(5000) });
     const b = await trigger(AFTER_RESTART, 'after-restart.yml', 'refs/heads/main');
-    await page.locator(`tr[data-run-id="${b}"]`).waitFor({ timeout: 10000 });
+    await page.locator(`tr[data-run-id="${b}"]`).waitFor({ timeout: T(10000) });
     assert(await page.evaluate(() => window.__noReload) === 2, 'the page was reloaded');
-    await page.locator(`tr[data-run-id="${b}"] .badge`, { hasText: 'passed' }).waitFor({ timeout: 15000 });
+    await page.locator(`tr[data-run-id="${b}"] .badge`, { hasText: 'passed' }).waitFor({ timeout: T(15000) });
     await shot(page, '07-recovered');
     // the killed job is retried; the log page follows the new attempt to its end
-    await logLine(logPage, /^tick 30$/, 30000);
-    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: 10000 });
+    await logLine(logPage, /^tick 30$/, T(30000));
+    await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: T(10000) });
     const job = await api('GET', '/api/v1/jobs/' + tickJob);
     assert(job.attempt >= 2, 'the job was not retried (attempt ' + job.attempt + ')');
     assert(await logPage.locator('.attempts a', { hasText: String(job.attempt) }).count() === 1, 'attempt links missing');
@@ -696,31 +720,31 @@ async function main() {
 
   await step('network errors are shown, not swallowed', async () => {
     await page.goto(`${url}/#/runs/999999`);
-    await page.locator('#errors', { hasText: '404' }).waitFor({ timeout: 5000 });
+    await page.locator('#errors', { hasText: '404' }).waitFor({ timeout: T(5000) });
   }, page);
 
   await step('without a token the page asks for one', async () => {
-    const anon = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const anon = await newContext({ viewport: { width: 1280, height: 860 } });
     const p = watch(await anon.newPage(), 'anonymous');
     await p.goto(`${url}/`);
-    await p.locator('#token-form').waitFor({ timeout: 10000 });
+    await p.locator('#token-form').waitFor({ timeout: T(10000) });
     await shot(p, '08-token-form');
     await p.locator('#token-input').fill(VIEWER);
     await p.locator('#token-form button[type="submit"]').click();
-    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: 10000 });
-    await p.locator('#conn[data-state="live"]').waitFor({ timeout: 10000 });
+    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: T(10000) });
+    await p.locator('#conn[data-state="live"]').waitFor({ timeout: T(10000) });
     // a wrong token is refused with the same form
     await p.goto(`${url}/#token=not-a-valid-token-at-all`);
     await p.reload();
-    await p.locator('#token-form', { hasText: 'refused' }).waitFor({ timeout: 10000 });
+    await p.locator('#token-form', { hasText: 'refused' }).waitFor({ timeout: T(10000) });
     await anon.close();
   });
 
   await step('phone layout: no sideways scrolling, readable views', async () => {
-    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+    const phone = await newContext({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
     const p = watch(await phone.newPage(), 'phone');
     await p.goto(`${url}/#token=${VIEWER}`);
-    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: 10000 });
+    await p.locator(`tr[data-run-id="${runA}"]`).waitFor({ timeout: T(10000) });
     const overflow = async () => p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert(await overflow() <= 1, `overview is ${await overflow()} px wider than the phone`);
     await shot(p, '11-phone-overview');
@@ -734,7 +758,7 @@ async function main() {
     await shot(p, '13-phone-log');
     if (fwRel) {
       await p.goto(`${url}/#/releases/${fwRel}`);
-      await p.locator('svg.gate-chart circle.pt').first().waitFor({ timeout: 10000 });
+      await p.locator('svg.gate-chart circle.pt').first().waitFor({ timeout: T(10000) });
       assert(await overflow() <= 1, `release page is ${await overflow()} px wider than the phone`);
       await shot(p, '19-phone-rollout');
     }
@@ -751,6 +775,10 @@ async function cleanup() {
   await stopFleet();
   await stopDaemon('SIGTERM');
   await stopDaemon('SIGKILL');
+  // whatever otacd started and left behind (agents, their jobs) ends too
+  for (const g of groups) {
+    try { process.kill(-g, 'SIGKILL'); } catch { /* none left */ }
+  }
 }
 
 const watchdog = setTimeout(async () => {
@@ -759,6 +787,17 @@ const watchdog = setTimeout(async () => {
   await cleanup();
   report();
 }, DEADLINE_MS);
+
+// Stopped from outside (a timeout, ^C): end the daemon, its children and
+// the fleet anyway.
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.once(sig, async () => {
+    log('stopped by', sig);
+    results.push({ name: 'stopped by ' + sig, ok: false });
+    await cleanup();
+    report();
+  });
+}
 
 function report() {
   clearTimeout(watchdog);
