@@ -86,6 +86,40 @@ static int quote_len(const char *s, size_t max)
 	return (int)n;
 }
 
+/* Replace every byte that is not part of a valid UTF-8 sequence (and
+ * control characters) with '?', in place: libxml2's messages may quote
+ * names from a document that is not valid UTF-8. */
+static void utf8_scrub(char *s)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (*p) {
+		size_t need = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0;
+		size_t i;
+		if (need == 1) {
+			if (*p < 0x20 && *p != '\t')
+				*p = '?';
+			p++;
+			continue;
+		}
+		for (i = 1; need && i < need; i++)
+			if ((p[i] & 0xC0) != 0x80)
+				need = 0;
+		/* overlong 2-byte forms and surrogates are invalid too */
+		if (need == 2 && *p < 0xC2)
+			need = 0;
+		if (need == 3 && ((*p == 0xE0 && p[1] < 0xA0) || (*p == 0xED && p[1] >= 0xA0)))
+			need = 0;
+		if (need == 4 && ((*p == 0xF0 && p[1] < 0x90) || *p > 0xF4 || (*p == 0xF4 && p[1] >= 0x90)))
+			need = 0;
+		if (!need) {
+			*p++ = '?';
+			continue;
+		}
+		p += need;
+	}
+}
+
 static int check_size(size_t len, const char *name)
 {
 	if (len > REPORT_MAX_BYTES)
@@ -240,10 +274,14 @@ static void guard_error(void *data, xmlErrorPtr e)
 
 	if (!g || g->error[0] || !e || e->level < XML_ERR_ERROR || !e->message)
 		return;
-	n = quote_len(e->message, sizeof(g->error) - 1);
-	while (n > 0 && (e->message[n - 1] == '\n' || e->message[n - 1] == ' '))
+	/* the first line only: libxml2 may append a quote of the input */
+	n = (int)strcspn(e->message, "\n");
+	if (n > (int)sizeof(g->error) - 1)
+		n = (int)sizeof(g->error) - 1;
+	while (n > 0 && e->message[n - 1] == ' ')
 		n--;
 	snprintf(g->error, sizeof(g->error), "%.*s", n, e->message);
+	utf8_scrub(g->error);
 	g->error_line = e->line > 0 ? e->line : 1;
 }
 
@@ -930,6 +968,8 @@ int report_parse_sarif(json_t **out, const void *data, size_t len, const char *n
 	pthread_once(&init_once, init);
 	doc = json_loadb(len ? data : "", len, 0, &jerr);
 	if (!doc) {
+		jerr.text[sizeof(jerr.text) - 1] = '\0';
+		utf8_scrub(jerr.text);   /* jansson may quote the offending bytes */
 		rc = ota_error_set(OTA_EINVAL, "%s:%d: %.*s", name, jerr.line > 0 ? jerr.line : 1,
 				   quote_len(jerr.text, sizeof(jerr.text)), jerr.text);
 		goto out;
