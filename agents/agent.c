@@ -783,28 +783,6 @@ static void job_env(struct strvec *env, struct job *j)
 
 /* ---- artifacts ------------------------------------------------------ */
 
-static int sha256_file(char out[65], FILE *f)
-{
-	unsigned char buf[65536], md[EVP_MAX_MD_SIZE];
-	unsigned int mdlen = 0;
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	int rc = OTA_ERROR;
-	size_t n;
-
-	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
-		goto out;
-	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
-		if (!EVP_DigestUpdate(ctx, buf, n))
-			goto out;
-	if (ferror(f) || !EVP_DigestFinal_ex(ctx, md, &mdlen))
-		goto out;
-	ota_hex(out, md, mdlen);
-	rc = 0;
-out:
-	EVP_MD_CTX_free(ctx);
-	return rc;
-}
-
 /* Upload one file; OUT_OK, OUT_LOST, or OUT_INFRA with *msg set. */
 static enum outcome artifact_upload(struct job *j, const char *path, const char *name,
 				    json_t *art, char **msg)
@@ -818,7 +796,7 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 	struct stat st;
 	long backoff = 0;
 
-	if (!f || fstat(fileno(f), &st) < 0 || sha256_file(sha, f) < 0) {
+	if (!f || fstat(fileno(f), &st) < 0 || agent_sha256_file(sha, f) < 0) {
 		*msg = xasprintf("cannot read artifact %s: %s", name, strerror(errno));
 		goto out;
 	}

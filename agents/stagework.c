@@ -63,7 +63,7 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int sha256_fd(char out[65], FILE *f)
+int agent_sha256_file(char out[65], FILE *f)
 {
 	unsigned char buf[65536], md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
@@ -91,7 +91,7 @@ static int sha256_path(char out[65], const char *path)
 	int rc;
 	if (!f)
 		return ota_error_set(OTA_ERROR, "cannot read %s: %s", path, strerror(errno));
-	rc = sha256_fd(out, f);
+	rc = agent_sha256_file(out, f);
 	fclose(f);
 	return rc;
 }
@@ -218,7 +218,7 @@ static int input_get(const struct sw_job *j, const char *dir, const json_t *in, 
 	}
 	if (rc == 0) {
 		rewind(f);
-		if (sha256_fd(got, f) < 0 || strcmp(got, sha) != 0) {
+		if (agent_sha256_file(got, f) < 0 || strcmp(got, sha) != 0) {
 			free(*msg);
 			*msg = xasprintf("input %s arrived damaged (sha256 %.16s…, expected %.16s…)", name, got, sha);
 			rc = SW_INFRA;

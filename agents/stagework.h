@@ -17,6 +17,7 @@
 #define OTA_STAGEWORK_H
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdint.h>
 
 struct sw_job {
@@ -52,5 +53,8 @@ int sw_digests(json_t **out, const char *ws, const json_t *artifacts);
 
 /* SW_FAIL with "not reproducible: NAME A vs B; ..." when the two differ. */
 int sw_digests_compare(const json_t *first, const json_t *second, char **msg);
+
+/* SHA-256 of f from its current position, lowercase hex (shared with agent.c). */
+int agent_sha256_file(char out[65], FILE *f);
 
 #endif

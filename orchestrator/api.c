@@ -474,7 +474,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
 	*con_cls = NULL;
 }
 
-static int parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
+int api_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char host[256];
 	const char *colon = strrchr(listen, ':');
@@ -509,7 +509,7 @@ int api_start(struct api **out, const struct api_config *cfg)
 	int rc;
 
 	a->cfg = *cfg;
-	if ((rc = parse_listen(cfg->listen, &ss, &sslen)) < 0) {
+	if ((rc = api_parse_listen(cfg->listen, &ss, &sslen)) < 0) {
 		free(a);
 		return rc;
 	}

@@ -10,6 +10,8 @@
 #ifndef OTA_API_H
 #define OTA_API_H
 
+#include <sys/socket.h>
+
 #include <stdint.h>
 
 #include "engine.h"
@@ -30,6 +32,10 @@ struct api_config {
 struct api;
 
 int api_start(struct api **out, const struct api_config *cfg);
+/* "HOST:PORT" (HOST may be [v6]) resolved for bind(); OTA_EINVAL with the reason.
+ * Also used by the device listener (devapi.c). */
+struct sockaddr_storage;
+int api_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len);
 /* The port actually bound. */
 int api_port(const struct api *a);
 void api_stop(struct api *a);

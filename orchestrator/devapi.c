@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "api.h"
 #include "artifact.h"
 #include "fleet.h"
 
@@ -455,34 +456,11 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 
 /* ---- start / stop ------------------------------------------------------------ */
 
-static int parse_addr(const char *addr, struct sockaddr_storage *ss)
-{
-	char host[256];
-	const char *colon = strrchr(addr, ':');
-	struct addrinfo hints = { 0 }, *res = NULL;
-	int rc;
-
-	if (!colon || colon == addr || (size_t)(colon - addr) >= sizeof(host))
-		return ota_error_set(OTA_EINVAL, "device listen address '%s' must be HOST:PORT", addr);
-	memcpy(host, addr, (size_t)(colon - addr));
-	host[colon - addr] = '\0';
-	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-		memmove(host, host + 1, strlen(host));
-		host[strlen(host) - 1] = '\0';
-	}
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_NUMERICSERV;
-	if ((rc = getaddrinfo(host, colon + 1, &hints, &res)) != 0)
-		return ota_error_set(OTA_EINVAL, "cannot resolve device listen address '%s': %s", addr, gai_strerror(rc));
-	memcpy(ss, res->ai_addr, res->ai_addrlen);
-	freeaddrinfo(res);
-	return 0;
-}
-
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public)
 {
 	struct devapi *a = xcalloc(1, sizeof(*a));
 	struct sockaddr_storage ss;
+	socklen_t sslen;
 	const union MHD_DaemonInfo *info;
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -490,7 +468,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	int rc;
 
 	*out = NULL;
-	if ((rc = parse_addr(addr, &ss)) < 0) {
+	if ((rc = api_parse_listen(addr, &ss, &sslen)) < 0) {
 		free(a);
 		return rc;
 	}
