@@ -38,9 +38,13 @@ struct api_route {
 	/* Called on the first callback, before the body, for early checks
 	 * (e.g. artifact name): return non-zero after queueing a response. */
 	int (*precheck)(struct api *a, struct api_req *r);
+	/* 1: the answer comes from the database alone and is the same for
+	 * every reader, so it is kept until the next commit (api_cache.c) */
+	int cached;
 };
 
 struct api_req {
+	struct api *api;
 	struct MHD_Connection *conn;
 	const struct api_route *route;
 	const char *url;
@@ -56,10 +60,12 @@ struct api_req {
 	int failed;                /* an error was already decided */
 	int status;
 	char error[512];
+	struct api_cache_slot *cache_slot;   /* the slot this request builds */
 };
 
 struct api {
 	struct MHD_Daemon *mhd;
+	struct api_cache *cache;
 	struct api_config cfg;
 	int port;
 	volatile int stopping;
@@ -73,6 +79,19 @@ enum MHD_Result api_reply_rc(struct api_req *r, int rc);
 const char *api_query(struct api_req *r, const char *key);
 /* Parse a non-negative integer query parameter; -1 if absent, -2 if invalid. */
 int64_t api_query_int(struct api_req *r, const char *key);
+
+/* api_cache.c: answers of `cached` routes, one per URL and query */
+#define API_CACHE_SLOTS 64
+struct api_cache *api_cache_new(void);
+void api_cache_free(struct api_cache *c);
+/* Before the handler: queue the kept answer (*answered = 1), or wait for
+ * the thread building it, or claim the slot so that this request's answer
+ * is kept (r->cache_slot). */
+enum MHD_Result api_cache_begin(struct api *a, struct api_req *r, int *answered);
+/* On queueing r's answer: 1 if the cache now owns resp's reference. */
+int api_cache_keep(struct api *a, struct api_req *r, unsigned status, struct MHD_Response *resp);
+/* The request ended without an answer: free its claim. */
+void api_cache_abandon(struct api *a, struct api_req *r);
 
 /* api_agent.c */
 enum MHD_Result api_agent_register(struct api *a, struct api_req *r);

@@ -13,6 +13,7 @@
 #include "store.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,6 +150,7 @@ static const char *const migrations[] = {
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t g_generation = 1;
 static char *g_db_path;
 static pthread_key_t g_reader_key;
 static pthread_once_t g_reader_once = PTHREAD_ONCE_INIT;
@@ -166,6 +168,27 @@ static int configure(sqlite3 *db, int readonly)
 		return rc;
 	}
 	return 0;
+}
+
+/*
+ * Called by SQLite after every commit on a writer connection, once the
+ * commit is visible to readers and the write lock released: the moment a
+ * cached answer built from the old data becomes stale (store_generation()).
+ * Registering it replaces SQLite's own auto-checkpoint hook, so it also
+ * checkpoints the way that hook does (passively, every 1,000 WAL pages).
+ */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	(void)arg;
+	atomic_fetch_add(&g_generation, 1);
+	if (pages >= 1000)
+		sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	return SQLITE_OK;
+}
+
+uint64_t store_generation(void)
+{
+	return atomic_load(&g_generation);
 }
 
 static int open_conn(struct store **out, const char *path, int readonly)
@@ -187,6 +210,8 @@ static int open_conn(struct store **out, const char *path, int readonly)
 		free(s);
 		return rc;
 	}
+	if (!readonly)
+		sqlite3_wal_hook(s->db, on_wal_commit, NULL);
 	s->path = xstrdup(path);
 	*out = s;
 	return 0;

@@ -49,6 +49,13 @@ int store_meta_set(struct store *s, const char *key, const char *value);
  */
 struct store *store_reader(void);
 
+/*
+ * A number that changes after every commit to the database, read before a
+ * read transaction starts: an answer computed from a snapshot taken after
+ * store_generation() returned G stays valid as long as it still returns G.
+ */
+uint64_t store_generation(void);
+
 /* Column helpers: a NULL column reads as NULL / 0. */
 const char *store_col_text(sqlite3_stmt *st, int col);
 int64_t store_col_int(sqlite3_stmt *st, int col);

@@ -3,6 +3,7 @@
  * protocol's guarantees, spoken over real HTTP to a real otacd (no local
  * agents: the test plays the agent itself, so it controls every request).
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -344,6 +345,89 @@ static void query_token_is_accepted_for_reads_only(void **state)
 	free(path);
 }
 
+/* Readers hammering the cached list routes while runs are created. */
+struct hammer {
+	struct daemon *d;
+	volatile int stop;
+	int answers, regressions, errors;
+};
+
+static void *hammer_lists(void *arg)
+{
+	struct hammer *h = arg;
+	char *runs = xasprintf("%s/api/v1/runs?limit=5", h->d->url), *pipes = xasprintf("%s/api/v1/pipelines", h->d->url);
+	int64_t newest = 0, counted = 0;
+
+	while (!h->stop) {
+		json_t *ans = NULL;
+		long status = 0;
+		int64_t id, n;
+		if (httpc_json(&ans, &status, "GET", runs, h->d->token, NULL, 20000) < 0 || status != 200) {
+			h->errors++;
+		} else {
+			/* what one client sees never goes back in time */
+			id = json_integer_value(json_object_get(json_array_get(json_object_get(ans, "runs"), 0), "id"));
+			h->regressions += id < newest;
+			newest = id;
+			h->answers++;
+		}
+		json_decref(ans);
+		ans = NULL;
+		if (httpc_json(&ans, &status, "GET", pipes, h->d->token, NULL, 20000) < 0 || status != 200) {
+			h->errors++;
+		} else {
+			n = json_integer_value(json_object_get(json_array_get(ans, 0), "runs"));
+			h->regressions += n < counted;
+			counted = n;
+			h->answers++;
+		}
+		json_decref(ans);
+	}
+	free(runs);
+	free(pipes);
+	return NULL;
+}
+
+static void list_answers_change_with_every_commit(void **state)
+{
+	struct daemon *d = *state;
+	struct hammer h = { .d = d };
+	pthread_t th[6];
+	json_t *ans = NULL, *empty = json_object();
+	char *path;
+	int64_t id = 0;
+
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(th); i++)
+		pthread_create(&th[i], NULL, hammer_lists, &h);
+	for (int i = 1; i <= 25; i++) {
+		id = h_trigger(d, simple_pipeline);
+		/* the answer after the commit has it, though the same URL was
+		 * being answered from the cache a moment before */
+		assert_int_equal(h_get(d, "/api/v1/runs?limit=5", &ans), 200);
+		assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(ans, "runs"), 0), "id")), id);
+		json_decref(ans);
+		assert_int_equal(h_get(d, "/api/v1/pipelines", &ans), 200);
+		assert_int_equal(json_integer_value(json_object_get(json_array_get(ans, 0), "runs")), i);
+		json_decref(ans);
+	}
+	/* a change of state, not only a new row */
+	path = xasprintf("/api/v1/runs/%lld/cancel", (long long)id);
+	assert_int_equal(h_post(d, path, empty, NULL), 200);
+	assert_int_equal(h_get(d, "/api/v1/runs?limit=1", &ans), 200);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(ans, "runs"), 0), "state")),
+			    "canceled");
+	json_decref(ans);
+	h.stop = 1;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(th); i++)
+		pthread_join(th[i], NULL);
+	print_message("%d answers to 6 readers, %d went back in time, %d failed\n", h.answers, h.regressions, h.errors);
+	assert_true(h.answers > 50);
+	assert_int_equal(h.regressions, 0);
+	assert_int_equal(h.errors, 0);
+	json_decref(empty);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -362,6 +446,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(event_stream_replays_from_an_id_and_follows_live, setup, teardown),
 		cmocka_unit_test_setup_teardown(query_token_is_accepted_for_reads_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(run_pages_end_where_the_runs_end, setup, teardown),
+		cmocka_unit_test_setup_teardown(list_answers_change_with_every_commit, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
