@@ -1020,29 +1020,41 @@ static int cmd_artifacts(int argc, char **argv)
 static int cmd_cancel(int argc, char **argv)
 {
 	json_t *req, *ans = NULL;
+	const char *run = NULL, *reason = NULL;
 	char *e, *path;
 	long status = 0;
 	int rc;
 
-	if (argc != 2 || is_option(argv[1]))
-		return usage_error("cancel", argc < 2 ? "which run?" : "unexpected argument '%s'", argv[argc - 1]);
-	e = httpc_escape(argv[1]);
+	for (int i = 1; i < argc; i++) {
+		int r = opt_value("--reason", argc, argv, &i, &reason);
+		if (r < 0)
+			return usage_error("cancel", "--reason needs a text");
+		if (r > 0)
+			continue;
+		if (run || is_option(argv[i]))
+			return usage_error("cancel", "unexpected argument '%s'", argv[i]);
+		run = argv[i];
+	}
+	if (!run)
+		return usage_error("cancel", "which run?");
+	e = httpc_escape(run);
 	path = xasprintf("/api/v1/runs/%s/cancel", e);
-	req = json_object();
+	/* the reason goes into the audit log with the token's name */
+	req = reason ? json_pack("{ss}", "reason", reason) : json_object();
 	rc = api_raw(&ans, &status, "POST", path, req);
 	if (rc)
 		goto out;
 	if (status == 409) {
-		fprintf(stderr, "otactl: run %s has already finished\n", argv[1]);
+		fprintf(stderr, "otactl: run %s has already finished\n", run);
 		rc = EXIT_FAIL;
 	} else if (status < 200 || status >= 300) {
-		char *what = xasprintf("cannot cancel run %s", argv[1]);
+		char *what = xasprintf("cannot cancel run %s", run);
 		rc = api_fail(status, ans, what);
 		free(what);
 	} else if (ctl.json) {
 		print_json(ans);
 	} else {
-		printf("run %s ", argv[1]);
+		printf("run %s ", run);
 		print_state(stdout, str_or(ans, "state", "canceled"), 0);
 		putchar('\n');
 	}
@@ -1386,7 +1398,7 @@ static const struct cmd commands[] = {
 	{ "runs", cmd_runs, "runs [--limit N] [--pipeline P] [--state S]", "list runs, newest first" },
 	{ "show", cmd_show, "show RUN [--tests] [--findings]", "a run with its stages and jobs; its test results or analysis findings" },
 	{ "logs", cmd_logs, "logs RUN [JOB] [-f]", "print job logs (JOB: id or name); -f follows them live" },
-	{ "cancel", cmd_cancel, "cancel RUN", "cancel a run" },
+	{ "cancel", cmd_cancel, "cancel RUN [--reason TEXT]", "cancel a run (audited)" },
 	{ "agents", cmd_agents, "agents", "list agents" },
 	{ "verify", cmd_verify, "verify RELEASE [--key PUB.pem]... | verify IMAGE --key PUB.pem",
 	  "check a release's signatures, digests and provenance (or one MCUboot image)" },

@@ -273,10 +273,16 @@ int cmd_audit(int argc, char **argv)
 	} else {
 		printf("%-19s %-14s %-14s %-9s %s\n", "AT", "WHO", "ACTION", "RELEASE", "WHY");
 		json_array_foreach(ans, i, x) {
-			char when[32];
+			char when[32], what[32];
+			json_t *run = json_object_get(json_object_get(x, "detail"), "run");
 			fmt_time(when, int_or(x, "at", 0));
-			printf("%-19s %-14s %-14s %-9s %s\n", when, str_or(x, "actor", ""), str_or(x, "action", ""),
-			       str_or(x, "version", ""), str_or(x, "reason", ""));
+			/* a release's version, or the run an action was about (cancel) */
+			if (json_is_integer(run) && !json_is_string(json_object_get(x, "version")))
+				snprintf(what, sizeof(what), "run %lld", (long long)json_integer_value(run));
+			else
+				snprintf(what, sizeof(what), "%s", str_or(x, "version", ""));
+			printf("%-19s %-14s %-14s %-9s %s\n", when, str_or(x, "actor", ""), str_or(x, "action", ""), what,
+			       str_or(x, "reason", ""));
 		}
 	}
 	json_decref(ans);

@@ -188,7 +188,12 @@ static enum MHD_Result post_run(struct api *a, struct api_req *r)
 
 static enum MHD_Result post_cancel(struct api *a, struct api_req *r)
 {
-	int rc = engine_cancel_run(a->cfg.engine, r->id);
+	json_t *reason = json_object_get(r->json, "reason");
+	int rc;
+
+	if (reason && !json_is_string(reason))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "reason must be a string");
+	rc = engine_cancel_run(a->cfg.engine, r->id, r->actor[0] ? r->actor : "anonymous", json_string_value(reason));
 	if (rc < 0)
 		return api_reply_rc(r, rc);
 	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI ss}", "id", (json_int_t)r->id, "state", "canceled"));

@@ -143,9 +143,10 @@ enum MHD_Result api_get_audit(struct api *a, struct api_req *r)
 	sqlite3_bind_int64(st, 2, release);
 	while (store_step_row(db, st) == 1) {
 		json_t *d = store_col_text(st, 8) ? json_loads(store_col_text(st, 8), 0, NULL) : NULL;
-		json_array_append_new(out, json_pack("{sI sI ss ss sI so? so? ss so}", "id", (json_int_t)store_col_int(st, 0),
+		json_array_append_new(out, json_pack("{sI sI ss ss so? so? so? ss so}", "id", (json_int_t)store_col_int(st, 0),
 						     "at", (json_int_t)store_col_int(st, 1), "actor", store_col_text(st, 2),
-						     "action", store_col_text(st, 3), "release", (json_int_t)store_col_int(st, 4),
+						     "action", store_col_text(st, 3), "release", sqlite3_column_type(st, 4) == SQLITE_NULL ? NULL
+								: json_integer(store_col_int(st, 4)),
 						     "version", store_col_text(st, 5) ? json_string(store_col_text(st, 5)) : NULL,
 						     "rollout", sqlite3_column_type(st, 6) == SQLITE_NULL ? NULL
 								: json_integer(store_col_int(st, 6)),

@@ -1650,6 +1650,7 @@ int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
 
 struct cancel_args {
 	int64_t run_id;
+	const char *actor, *reason;
 };
 
 static int do_cancel(struct engine *e, void *arg)
@@ -1701,16 +1702,52 @@ static int do_cancel(struct engine *e, void *arg)
 	sqlite3_bind_int64(st, 2, a->run_id);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
-	rc = finish_run(e, a->run_id, "canceled", concurrency, "canceled by user");
+	if ((rc = finish_run(e, a->run_id, "canceled", concurrency, "canceled by user")) < 0)
+		goto out;
+	rc = engine_audit(e, a->actor, "cancel", 0, 0, a->reason, json_pack("{sI}", "run", (json_int_t)a->run_id));
 out:
 	free(concurrency);
 	return rc;
 }
 
-int engine_cancel_run(struct engine *e, int64_t run_id)
+int engine_cancel_run(struct engine *e, int64_t run_id, const char *actor, const char *reason)
 {
-	struct cancel_args a = { run_id };
+	struct cancel_args a = { run_id, actor, reason };
 	return engine_call(e, do_cancel, &a);
+}
+
+int engine_audit(struct engine *e, const char *actor, const char *action, int64_t release, int64_t rollout,
+		 const char *reason, json_t *detail)
+{
+	sqlite3_stmt *st = STMT(e, "INSERT INTO audit(at, actor, action, release_id, rollout_id, reason, detail)"
+				   " VALUES (?,?,?,?,?,?,?)");
+	char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+	int rc;
+
+	json_decref(detail);
+	if (!st) {
+		free(d);
+		return OTA_ERROR;
+	}
+	sqlite3_bind_int64(st, 1, clock_now_ms());
+	sqlite3_bind_text(st, 2, actor ? actor : "", -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
+	if (release)
+		sqlite3_bind_int64(st, 4, release);
+	else
+		sqlite3_bind_null(st, 4);
+	if (rollout)
+		sqlite3_bind_int64(st, 5, rollout);
+	else
+		sqlite3_bind_null(st, 5);
+	sqlite3_bind_text(st, 6, reason ? reason : "", -1, SQLITE_STATIC);
+	if (d)
+		sqlite3_bind_text(st, 7, d, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(st, 7);
+	rc = store_step_done(engine_store(e), st);
+	free(d);
+	return rc;
 }
 
 struct register_args {

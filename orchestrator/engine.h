@@ -102,7 +102,9 @@ int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id,
 int engine_delivery_done(struct engine *e, int64_t id, const char *reason);
 
 /* OTA_ENOTFOUND, or OTA_ECONFLICT when the run already finished. */
-int engine_cancel_run(struct engine *e, int64_t run_id);
+/* Cancel a run that has not finished; audited as `cancel` by actor (the
+ * token's name) with reason (may be NULL). */
+int engine_cancel_run(struct engine *e, int64_t run_id, const char *actor, const char *reason);
 
 int engine_agent_register(struct engine *e, const char *name, const json_t *labels,
 			  int local, int64_t *agent_id);

@@ -20,6 +20,11 @@ int engine_exec(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
 int engine_job_complete(struct engine *e, int64_t job_id, const struct job_result *r, const char **state);
 /* Engine thread: write an event (shown live on the page). */
 void engine_emit(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail);
+/* Engine thread: an audit log entry (who did what and why) in the current
+ * transaction; release and rollout 0 when it is about neither.  Takes
+ * detail. */
+int engine_audit(struct engine *e, const char *actor, const char *action, int64_t release, int64_t rollout,
+		 const char *reason, json_t *detail);
 /* Engine thread: a rollout changed; the hook runs after the commit. */
 void engine_rollout_changed(struct engine *e);
 /* The function called after a commit that changed a rollout. */

@@ -256,37 +256,6 @@ out:
 
 #define STMT(e, sql) store_stmt(engine_store(e), sql)
 
-static int audit(struct engine *e, const char *actor, const char *action, int64_t release, int64_t rollout,
-		 const char *reason, json_t *detail)
-{
-	sqlite3_stmt *st = STMT(e, "INSERT INTO audit(at, actor, action, release_id, rollout_id, reason, detail)"
-				   " VALUES (?,?,?,?,?,?,?)");
-	char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
-	int rc;
-
-	json_decref(detail);
-	if (!st) {
-		free(d);
-		return OTA_ERROR;
-	}
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_text(st, 2, actor, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, release);
-	if (rollout)
-		sqlite3_bind_int64(st, 5, rollout);
-	else
-		sqlite3_bind_null(st, 5);
-	sqlite3_bind_text(st, 6, reason ? reason : "", -1, SQLITE_STATIC);
-	if (d)
-		sqlite3_bind_text(st, 7, d, -1, SQLITE_TRANSIENT);
-	else
-		sqlite3_bind_null(st, 7);
-	rc = store_step_done(engine_store(e), st);
-	free(d);
-	return rc;
-}
-
 int rollout_load(struct store *db, int64_t id, struct rollout_row *r)
 {
 	sqlite3_stmt *st = store_stmt(db, "SELECT ro.job_id, ro.run_id, ro.release_id, ro.stage, ro.kind, ro.spec, ro.state,"
@@ -658,7 +627,7 @@ int rollout_do_activate(struct engine *e, int64_t id)
 			 r.version, r.security_counter, r.product, high);
 		rc = fail_rollout(e, &r, "failed", why);
 		if (rc >= 0)
-			rc = audit(e, "otacd", "refuse", r.release_id, r.id, why, NULL);
+			rc = engine_audit(e, "otacd", "refuse", r.release_id, r.id, why, NULL);
 		goto done;
 	}
 	if (!strcmp(r.release_state, "created") &&
@@ -668,12 +637,12 @@ int rollout_do_activate(struct engine *e, int64_t id)
 		snprintf(r.state, sizeof(r.state), "waiting_approval");
 		rc = save(e, &r, "waiting for an operator's promote (approval: required)");
 		if (rc >= 0)
-			rc = audit(e, "otacd", "wait_approval", r.release_id, r.id, "approval: required", NULL);
+			rc = engine_audit(e, "otacd", "wait_approval", r.release_id, r.id, "approval: required", NULL);
 		goto done;
 	}
 	enter_step(e, &r, 0, now);
 	if ((rc = save(e, &r, NULL)) >= 0)
-		rc = audit(e, "otacd", "start", r.release_id, r.id, "stage started",
+		rc = engine_audit(e, "otacd", "start", r.release_id, r.id, "stage started",
 			   json_pack("{ss si}", "stage", r.stage, "percent_bp", r.bp));
 done:
 	rollout_row_release(&r);
@@ -796,7 +765,7 @@ static int halt_and_roll_back(struct engine *e, struct rollout_row *r, const cha
 		return rc;
 	if ((rc = stop_siblings(e, r, "canceled", msg)) < 0)
 		return rc;
-	if ((rc = audit(e, actor, !strcmp(state, "failed") ? "auto_rollback" : "rollback", r->release_id, r->id, msg,
+	if ((rc = engine_audit(e, actor, !strcmp(state, "failed") ? "auto_rollback" : "rollback", r->release_id, r->id, msg,
 			json_pack("{ss sI ss}", "version", r->version, "rollback_to", (json_int_t)(good && good_counter >= r->security_counter ? good : 0),
 				  "stage", r->stage))) < 0)
 		return rc;
@@ -840,7 +809,7 @@ int rollout_do_decide(struct engine *e, const struct rollout_decision *d)
 	case DECIDE_WINDOW_OPEN:
 		enter_step(e, &r, r.step, now);
 		if ((rc = save(e, &r, NULL)) >= 0)
-			rc = audit(e, "otacd", "step", r.release_id, r.id, "window opened", json_pack("{si si}", "step", r.step, "percent_bp", r.bp));
+			rc = engine_audit(e, "otacd", "step", r.release_id, r.id, "window opened", json_pack("{si si}", "step", r.step, "percent_bp", r.bp));
 		break;
 	case DECIDE_ADVANCE: {
 		const json_t *cur = plan_step(&r, r.step);
@@ -850,14 +819,14 @@ int rollout_do_decide(struct engine *e, const struct rollout_decision *d)
 				break;
 			if (step_is_everyone(cur) && (rc = set_release_state(e, r.release_id, "released", 0)) < 0)
 				break;
-			if ((rc = audit(e, "otacd", "stage_passed", r.release_id, r.id, d->reason,
+			if ((rc = engine_audit(e, "otacd", "stage_passed", r.release_id, r.id, d->reason,
 					json_pack("{ss}", "stage", r.stage))) < 0)
 				break;
 			rc = finish_job(e, &r, 1, d->reason);
 		} else {
 			enter_step(e, &r, r.step + 1, now);
 			if ((rc = save(e, &r, d->reason)) >= 0)
-				rc = audit(e, "otacd", "promote", r.release_id, r.id, d->reason,
+				rc = engine_audit(e, "otacd", "promote", r.release_id, r.id, d->reason,
 					   json_pack("{si si}", "step", r.step, "percent_bp", r.bp));
 		}
 		break;
@@ -865,7 +834,7 @@ int rollout_do_decide(struct engine *e, const struct rollout_decision *d)
 	case DECIDE_PAUSE:
 		snprintf(r.state, sizeof(r.state), "paused");
 		if ((rc = save(e, &r, d->reason)) >= 0)
-			rc = audit(e, "otacd", "pause", r.release_id, r.id, d->reason, NULL);
+			rc = engine_audit(e, "otacd", "pause", r.release_id, r.id, d->reason, NULL);
 		break;
 	case DECIDE_FAIL:
 		rc = halt_and_roll_back(e, &r, "otacd", "failed", d->reason, NULL);
@@ -996,7 +965,7 @@ static int do_act(struct engine *e, void *arg)
 			rc = set_release_state(e, r.release_id, good && gc >= r.security_counter ? "rolled_back" : "halted",
 					       good && gc >= r.security_counter ? good : 0);
 			if (rc >= 0)
-				rc = audit(e, a->actor, "rollback", r.release_id, r.id, a->reason,
+				rc = engine_audit(e, a->actor, "rollback", r.release_id, r.id, a->reason,
 					   json_pack("{sI}", "rollback_to", (json_int_t)good));
 			engine_rollout_changed(e);
 			x->detail = json_pack("{ss sI}", "state", "rolled_back", "rollback_to", (json_int_t)good);
@@ -1017,7 +986,7 @@ static int do_act(struct engine *e, void *arg)
 		snprintf(r.state, sizeof(r.state), "paused");
 		snprintf(msg, sizeof(msg), "paused by %s: %s", a->actor, a->reason);
 		if ((rc = save(e, &r, msg)) >= 0)
-			rc = audit(e, a->actor, "pause", r.release_id, r.id, a->reason, NULL);
+			rc = engine_audit(e, a->actor, "pause", r.release_id, r.id, a->reason, NULL);
 	} else if (!strcmp(a->action, "resume")) {
 		if (strcmp(r.state, "paused") != 0) {
 			rc = ota_error_set(OTA_ECONFLICT, "rollout of %s (stage %s) is %s, not paused", r.version, r.stage, r.state);
@@ -1030,7 +999,7 @@ static int do_act(struct engine *e, void *arg)
 		r.errors = 0;
 		snprintf(msg, sizeof(msg), "resumed by %s: %s", a->actor, a->reason);
 		if ((rc = save(e, &r, msg)) >= 0)
-			rc = audit(e, a->actor, "resume", r.release_id, r.id, a->reason, NULL);
+			rc = engine_audit(e, a->actor, "resume", r.release_id, r.id, a->reason, NULL);
 	} else if (!strcmp(a->action, "promote")) {
 		if (!strcmp(r.state, "starting")) {
 			rc = ota_error_set(OTA_ECONFLICT, "the rollout of stage %s is starting; try again in a moment", r.stage);
@@ -1045,7 +1014,7 @@ static int do_act(struct engine *e, void *arg)
 			snprintf(r.state, sizeof(r.state), "passed");
 			snprintf(msg, sizeof(msg), "promoted to %s by %s: %s", a->to_stage, a->actor, a->reason);
 			if ((rc = save(e, &r, msg)) < 0 ||
-			    (rc = audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
+			    (rc = engine_audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
 					json_pack("{ss ss}", "from", r.stage, "to", a->to_stage))) < 0)
 				goto out;
 			rc = finish_job(e, &r, 1, msg);
@@ -1062,7 +1031,7 @@ static int do_act(struct engine *e, void *arg)
 				if ((rc = save(e, &r, msg)) < 0 ||
 				    (step_is_everyone(plan_step(&r, r.step)) &&
 				     (rc = set_release_state(e, r.release_id, "released", 0)) < 0) ||
-				    (rc = audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
+				    (rc = engine_audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
 						json_pack("{ss}", "skipped", "last step"))) < 0)
 					goto out;
 				rc = finish_job(e, &r, 1, msg);
@@ -1084,7 +1053,7 @@ static int do_act(struct engine *e, void *arg)
 			goto out;
 		}
 		if ((rc = save(e, &r, msg)) >= 0)
-			rc = audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
+			rc = engine_audit(e, a->actor, "promote", r.release_id, r.id, a->reason,
 				   json_pack("{si si}", "step", r.step, "percent_bp", r.bp));
 	} else {
 		rc = ota_error_set(OTA_EINVAL, "unknown action '%s'", a->action);
@@ -1104,7 +1073,7 @@ struct reissue_done {
 static int do_reissue_recorded(struct engine *e, void *arg)
 {
 	struct reissue_done *x = arg;
-	return audit(e, x->a->actor, "reissue", x->a->release_id, 0, x->a->reason,
+	return engine_audit(e, x->a->actor, "reissue", x->a->release_id, 0, x->a->reason,
 		     json_pack("{sI}", "run", (json_int_t)x->run_id));
 }
 

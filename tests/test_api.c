@@ -428,6 +428,32 @@ static void list_answers_change_with_every_commit(void **state)
 	free(path);
 }
 
+static void cancel_is_audited_with_who_and_why(void **state)
+{
+	struct daemon *d = *state;
+	int64_t run = h_trigger(d, simple_pipeline);
+	char *path = xasprintf("/api/v1/runs/%lld/cancel", (long long)run);
+	static const char bad[] = "{\"reason\": 42}", good[] = "{\"reason\": \"pushed to the wrong branch\"}";
+	json_t *ans = NULL, *entry;
+
+	/* a reason that is not text: refused, nothing canceled */
+	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", bad, strlen(bad), NULL), 400);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM runs WHERE state = 'canceled'"), 0);
+	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 200);
+	assert_int_equal(h_get(d, "/api/v1/audit", &ans), 200);
+	entry = json_array_get(ans, 0);
+	assert_string_equal(json_string_value(json_object_get(entry, "action")), "cancel");
+	assert_string_equal(json_string_value(json_object_get(entry, "actor")), "ci");
+	assert_string_equal(json_string_value(json_object_get(entry, "reason")), "pushed to the wrong branch");
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(entry, "detail"), "run")), run);
+	assert_true(json_is_null(json_object_get(entry, "release")));
+	json_decref(ans);
+	/* a second cancel is a conflict and audits nothing */
+	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 409);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM audit"), 1);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -447,6 +473,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(query_token_is_accepted_for_reads_only, setup, teardown),
 		cmocka_unit_test_setup_teardown(run_pages_end_where_the_runs_end, setup, teardown),
 		cmocka_unit_test_setup_teardown(list_answers_change_with_every_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(cancel_is_audited_with_who_and_why, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
