@@ -63,6 +63,43 @@ static void identical_artifacts_are_stored_once_and_download_intact(void **state
 	h_cleanup(&d);
 }
 
+/* Bigger than the receiving side's hash blocks (common/hashpipe.h), and not
+ * a multiple of them: the stored digest is the file's, the bytes are kept. */
+static void upload_of_many_hash_blocks_is_stored_intact(void **state)
+{
+	struct daemon d;
+	const char *const args[] = { "--local-agents", "1", NULL };
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *file, *sql;
+	int64_t run;
+
+	(void)state;
+	h_init(&d, NULL);
+	h_start(&d, args);
+	run = h_trigger(&d, "name: big\nstages:\n  - name: build\n"
+			    "    steps: [ { run: 'mkdir -p out; head -c 3300007 /dev/urandom > out/big.bin;"
+			    " sha256sum out/big.bin | cut -c1-64 > out/big.sha' } ]\n"
+			    "    artifacts: [ { path: out/big.bin }, { path: out/big.sha } ]\n");
+	assert_string_equal(h_wait_run(&d, run, 20000), "passed");
+	file = xasprintf("%s/got.sha", d.dir);
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s artifacts get %lld/out/big.sha -o %s && cat %s", otactl, d.url,
+			      d.token, (long long)run, file, file), 0);
+	assert_int_equal(out.len, 65);
+	/* the digest otacd computed is the one sha256sum computed on the agent */
+	sql = xasprintf("SELECT COUNT(*) FROM artifacts WHERE name = 'out/big.bin' AND size = 3300007 AND sha256 = '%.64s'",
+			buf_cstr(&out));
+	assert_int_equal(h_sql_int(&d, sql), 1);
+	free(file);
+	file = xasprintf("%s/got.bin", d.dir);
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s artifacts get %lld/out/big.bin -o %s && sha256sum < %s | cut -c1-64 | cmp - %s/got.sha",
+			      otactl, d.url, d.token, (long long)run, file, file, d.dir), 0);
+	free(sql);
+	free(file);
+	free(otactl);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
 /* Register as an agent and take the one queued job; returns its id. */
 static int64_t take_job(struct daemon *d)
 {
@@ -186,6 +223,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(identical_artifacts_are_stored_once_and_download_intact),
+		cmocka_unit_test(upload_of_many_hash_blocks_is_stored_intact),
 		cmocka_unit_test(upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds),
 		cmocka_unit_test(run_over_its_artifact_budget_is_refused),
 		cmocka_unit_test(unreleased_artifacts_expire_and_released_ones_stay),

@@ -1,7 +1,7 @@
 /*
  * test_util.c - the small building blocks: capped buffers, durations,
  * did-you-mean, atomic files, the scaled clock, the store's migrations, token
- * checks, artifact names and the log store's offset rules.
+ * checks, artifact names, the log store's offset rules and the hash pipe.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +13,9 @@
 #include <sys/stat.h>
 #include <cmocka.h>
 
+#include <openssl/sha.h>
+
+#include "../common/hashpipe.h"
 #include "../common/util.h"
 #include "../orchestrator/artifact.h"
 #include "../orchestrator/auth.h"
@@ -170,6 +173,69 @@ static void log_store_appends_only_new_bytes_and_caps(void **state)
 	free(dir);
 }
 
+/* Feed n pseudo-random bytes through a hashpipe in odd-sized pieces. */
+static void hashpipe_digest(const unsigned char *data, size_t n, unsigned char md[32])
+{
+	struct hashpipe *h;
+	char *block = NULL;
+	size_t fill = 0, off = 0;
+
+	assert_int_equal(hashpipe_new(&h), 0);
+	while (off < n) {
+		size_t piece = n - off < 7919 ? n - off : 7919;
+		while (piece) {
+			size_t take;
+			if (!block)
+				block = hashpipe_block(h);
+			take = HASHPIPE_BLOCK - fill < piece ? HASHPIPE_BLOCK - fill : piece;
+			memcpy(block + fill, data + off, take);
+			fill += take;
+			off += take;
+			piece -= take;
+			if (fill == HASHPIPE_BLOCK) {
+				hashpipe_submit(h, fill, 0);
+				block = NULL;
+				fill = 0;
+			}
+		}
+	}
+	if (!block)
+		block = hashpipe_block(h);
+	hashpipe_submit(h, fill, 1);
+	hashpipe_final(h, md);
+	hashpipe_free(h);
+}
+
+static void hashpipe_matches_one_shot_sha256_at_every_block_boundary(void **state)
+{
+	const size_t B = HASHPIPE_BLOCK;
+	const size_t sizes[] = { 0, 1, B - 1, B, B + 1, 2 * B, HASHPIPE_BLOCKS * B, (HASHPIPE_BLOCKS + 1) * B + 7,
+				 3 * HASHPIPE_BLOCKS * B + 12345 };
+	size_t max = sizes[OTA_ARRAY_SIZE(sizes) - 1];
+	unsigned char *data = xmalloc(max), want[32], got[32];
+	uint32_t x = 2463534242u;
+	struct hashpipe *h;
+
+	(void)state;
+	for (size_t i = 0; i < max; i++) {
+		x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+		data[i] = (unsigned char)x;
+	}
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(sizes); i++) {
+		SHA256(data, sizes[i], want);
+		hashpipe_digest(data, sizes[i], got);
+		assert_memory_equal(got, want, 32);
+	}
+	/* abandoned halfway (an upload cut off): freeing stops the worker */
+	assert_int_equal(hashpipe_new(&h), 0);
+	for (int i = 0; i < 3; i++) {
+		memset(hashpipe_block(h), i, B);
+		hashpipe_submit(h, B, 0);
+	}
+	hashpipe_free(h);
+	free(data);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -181,6 +247,7 @@ int main(void)
 		cmocka_unit_test(tokens_are_checked_by_hash_and_role),
 		cmocka_unit_test(artifact_names_must_stay_inside_the_store),
 		cmocka_unit_test(log_store_appends_only_new_bytes_and_caps),
+		cmocka_unit_test(hashpipe_matches_one_shot_sha256_at_every_block_boundary),
 	};
 	return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }
