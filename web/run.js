@@ -1,12 +1,15 @@
-// run.js - #/runs/ID : a run's header, its stage graph, its jobs and its
-// artifacts (downloadable; the download goes through fetch because it
-// needs the token).  An operator's token also gets "Cancel run…" while the
+// run.js - #/runs/ID : a run's header (the commit linked to its
+// repository when that is a web address), its stage graph, its jobs, its
+// test, HIL and analysis results (reports.js) and its artifacts
+// (downloadable; the download goes through fetch because it needs the
+// token).  An operator's token also gets "Cancel run…" while the
 // run is not finished (POST /api/v1/runs/ID/cancel, behind the reason and
 // confirmation dialog).
 
 import { download, getJSON, mayAct, postJSON, whoami } from './api.js';
 import { askAction } from './dialog.js';
 import { drawDag, jobLabel } from './dag.js';
+import { reportsView } from './reports.js';
 import { clearError, reportError } from './status.js';
 import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, morph, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
 
@@ -50,6 +53,23 @@ export function artifactTable(arts, withJob) {
   return tableWrap(table(head, rows, 'artifacts'), 'Artifacts');
 }
 
+// The commit's page in its repository's web interface, when the
+// repository is a web address: GitHub, Gitea and Forgejo serve
+// REPO/commit/ID, and GitLab redirects it to REPO/-/commit/ID.  Local
+// paths and ssh addresses have no page.
+export function commitUrl(repo, commit) {
+  if (!repo || !commit || !/^https?:\/\/[^\s]+$/.test(repo)) return null;
+  return repo.replace(/\.git$/, '').replace(/\/+$/, '') + '/commit/' + encodeURIComponent(commit);
+}
+
+// The Jobs table's note: how a job failed and the engine's message (for a
+// test or analysis verdict, it names the failures).
+function jobNote(j) {
+  if (!j.failure) return j.message || '';
+  const how = j.failure + (j.exit_code !== null && j.exit_code !== undefined ? ' (exit ' + j.exit_code + ')' : '');
+  return j.message && j.message !== j.failure ? how + ': ' + j.message : how;
+}
+
 export class RunView {
   constructor(ctx) {
     this.ctx = ctx;
@@ -61,12 +81,14 @@ export class RunView {
     this.head = h('div', { class: 'run-head' });
     this.dagBox = h('div', { class: 'dag-wrap', tabindex: '-1' });
     this.jobsBox = h('div');
+    this.reportsBox = h('div', { class: 'reports' });
     this.artsBox = h('div');
     this.ctx.main.replaceChildren(
       h('nav', { class: 'crumbs', 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Runs'), ' › ', 'Run #' + this.id),
       this.head,
       h('section', { 'aria-labelledby': 'stages-h' }, h('h2', { id: 'stages-h' }, 'Stages'), this.dagBox),
       h('section', { 'aria-labelledby': 'jobs-h' }, h('h2', { id: 'jobs-h' }, 'Jobs'), this.jobsBox),
+      h('section', { 'aria-labelledby': 'reports-h' }, h('h2', { id: 'reports-h' }, 'Tests and analysis'), this.reportsBox),
       h('section', { 'aria-labelledby': 'arts-h' }, h('h2', { id: 'arts-h' }, 'Artifacts'), this.artsBox));
     await this.refresh();
   }
@@ -76,9 +98,10 @@ export class RunView {
   // newer one.
   async refresh() {
     const seq = this.seq = (this.seq || 0) + 1;
-    const [run, arts, me] = await Promise.all([
+    const [run, arts, reports, me] = await Promise.all([
       getJSON('/api/v1/runs/' + this.id),
       getJSON('/api/v1/runs/' + this.id + '/artifacts'),
+      getJSON('/api/v1/runs/' + this.id + '/reports'),
       whoami(),
     ]);
     if (!this.ctx.alive || seq !== this.seq) return;
@@ -92,12 +115,15 @@ export class RunView {
     if (old) morph(old, dag);
     else replaceKeepingFocus(this.dagBox, [dag]);
     this.renderJobs(run);
+    replaceKeepingFocus(this.reportsBox, reportsView(reports, run.stages));
     replaceKeepingFocus(this.artsBox, arts.length ? [artifactTable(arts, true)] : [h('p', { class: 'empty' }, 'No artifacts (yet).')]);
   }
 
   renderHead(run) {
+    const link = commitUrl(run.repo, run.commit);
+    const id = h('code', { title: run.commit }, shortId(run.commit || '', 10));
     const commit = run.commit
-      ? h('span', null, h('code', { title: run.commit }, shortId(run.commit, 10)),
+      ? h('span', null, link ? h('a', { href: link, rel: 'noopener noreferrer', target: '_blank', 'data-key': 'commit-link' }, id) : id,
         run.message ? h('span', { class: 'msg' }, ' ' + firstLine(run.message)) : null,
         run.author ? h('span', { class: 'muted' }, ' — ' + run.author) : null)
       : null;
@@ -147,7 +173,7 @@ export class RunView {
           h('td', { class: 'num' }, j.attempt ? j.attempt + '/' + j.max_attempts : ''),
           h('td', { class: 'opt' }, j.agent || ''),
           h('td', { class: 'num' }, durationNode(j.started_at, j.finished_at)),
-          h('td', { class: 'opt' }, j.failure ? j.failure + (j.exit_code !== null ? ' (exit ' + j.exit_code + ')' : '') : (j.message || ''))));
+          h('td', { class: 'opt' }, jobNote(j))));
       }
     }
     replaceKeepingFocus(this.jobsBox, [tableWrap(table(['Stage', 'Job', 'State', { text: 'Attempt', class: 'num' },

@@ -4,7 +4,7 @@
 // a viewer token, --time-scale 3600 so an hour of holds takes a second) and
 // $OTACD_BIN/otacd-fleetsim (500 simulated devices, 300 with OTACD_SLOW=1), drives Debian's
 // headless Chromium with playwright-core, and checks what a person would
-// see: runs appearing live, the stage graph, logs streaming with colours and
+// see: runs appearing live, the stage graph, test/HIL/analysis results, logs streaming with colours and
 // without markup injection, 100k lines staying responsive, a rollout
 // advancing with its gate charts, actions (promote, resume, cancel) from the
 // page with an admin token and their audit entries, no actions for a viewer
@@ -228,6 +228,38 @@ stages:
   - name: tick
     steps:
       - run: for i in $(seq 1 30); do echo tick $i; sleep 0.2; done
+`;
+
+// Test, HIL and analysis stages whose reports the run page shows; a
+// failure message carries markup, which must stay text.
+const CHECKED = `name: checked
+stages:
+  - name: unit
+    kind: test
+    steps:
+      - run: |
+          mkdir -p out
+          cat > out/unit.xml <<'EOF'
+          <testsuite name="unit"><testcase classname="crc" name="matches"/><testcase classname="crc" name="breaks"><failure message="expected &lt;script&gt;alert(3)&lt;/script&gt;">got 0x29b2</failure></testcase><testcase classname="ring" name="wraps"/></testsuite>
+          EOF
+    reports: { junit: out/unit.xml }
+  - name: lint
+    kind: analysis
+    thresholds: { error: 5 }
+    steps:
+      - run: |
+          mkdir -p out
+          cat > out/cppcheck.xml <<'EOF'
+          <?xml version="1.0"?><results version="2"><cppcheck version="2.10"/><errors><error id="arrayIndexOutOfBounds" severity="error" msg="Array 'buf[4]' accessed at index 4"><location file="src/ring.c" line="12" column="3"/></error><error id="unusedVariable" severity="style" msg="Unused variable: n"><location file="src/crc.c" line="40"/></error></errors></results>
+          EOF
+    reports: { cppcheck: out/cppcheck.xml }
+  - name: rig
+    kind: hil
+    steps:
+      - run: |
+          mkdir -p out
+          echo '<testsuite name="hil"><testcase classname="uart" name="banner"/><testcase classname="uart" name="crc_frames"/></testsuite>' > out/hil.xml
+    reports: { junit: out/hil.xml }
 `;
 
 // A release of product "fw" walked through the simulated fleet: a canary of
@@ -672,6 +704,37 @@ async function main() {
     await opPage.locator('table.audit tr[data-action="promote"]', { hasText: 'approved for production' }).waitFor({ timeout: T(10000) });
   }, page);
 
+  await step('run page shows test, HIL and analysis results', async () => {
+    const id = await trigger(CHECKED, 'checked.yml', 'refs/heads/main');
+    const run = await waitRun(id);
+    assert(run.state === 'failed', 'the failing unit test should fail the run, it is ' + run.state);
+    await page.goto(`${url}/#/runs/${id}`);
+    const unit = page.locator('.report[data-format="junit"]', { hasText: 'unit' }).first();
+    await unit.waitFor({ timeout: T(10000) });
+    assert((await unit.locator('.report-bad').textContent()) === '3 tests: 2 passed, 1 failed', 'unit counts: ' + await unit.locator('.report-bad').textContent());
+    const failed = unit.locator('table.cases tr[data-case]');
+    assert(await failed.count() === 1, 'one failed case expected');
+    assert((await failed.locator('td').first().textContent()) === 'crc.breaks', 'the failed case is not named');
+    assert((await failed.locator('pre.case-msg').textContent()).includes('expected <script>alert(3)</script>'), 'the failure message is not shown as text');
+    assert(await page.locator('.reports script').count() === 0, 'markup from a test message became an element');
+    const hil = page.locator('.report[data-format="junit"]', { hasText: 'HIL' });
+    assert((await hil.locator('.report-ok').textContent()) === '2 tests: 2 passed', 'the HIL results are not shown');
+    const lint = page.locator('.report[data-format="cppcheck"]');
+    assert((await lint.locator('.report-bad').textContent()) === '1 error, 1 style', 'finding counts: ' + await lint.locator('.report-bad').textContent());
+    const first = lint.locator('table.findings tr[data-finding="0"] td');
+    assert((await first.nth(1).textContent()) === 'arrayIndexOutOfBounds' && (await first.nth(2).textContent()) === 'src/ring.c:12',
+      'the finding row does not name the rule and place');
+    await shot(page, '20-run-reports');
+    // commits link to their repository's page only for web addresses
+    const links = await page.evaluate(async () => {
+      const { commitUrl } = await import('/run.js');
+      return [commitUrl('https://github.com/acme/fw.git', 'abc123'), commitUrl('https://gitea.example/acme/fw/', 'abc123'),
+        commitUrl('/srv/git/fw.git', 'abc123'), commitUrl('git@github.com:acme/fw.git', 'abc123')];
+    });
+    assert(JSON.stringify(links) === JSON.stringify(['https://github.com/acme/fw/commit/abc123',
+      'https://gitea.example/acme/fw/commit/abc123', null, null]), 'commit links: ' + JSON.stringify(links));
+  }, page);
+
   await step('an operator cancels a run from the run page', async () => {
     const id = await trigger(TICKS.replace('seq 1 30', 'seq 1 300'), 'ticks.yml', 'refs/heads/cancel-me');
     await page.goto(`${url}/#/runs/${id}`);
@@ -685,6 +748,10 @@ async function main() {
     await dlg.waitFor({ state: 'detached', timeout: T(10000) });
     await opPage.locator('.run-head .badge', { hasText: 'canceled' }).waitFor({ timeout: T(15000) });
     assert(await opPage.locator('button[data-action="cancel"]').count() === 0, 'cancel still offered for a canceled run');
+    // the reason is audited with the token's name
+    const audit = await api('GET', '/api/v1/audit');
+    const entry = audit.find((a) => a.action === 'cancel' && a.detail && a.detail.run === id);
+    assert(entry && entry.reason === 'not needed', 'the cancel is not in the audit log: ' + JSON.stringify(audit.slice(0, 3)));
   }, opPage);
 
 
