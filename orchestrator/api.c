@@ -249,6 +249,7 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL, 0 },
 	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL, 1 },
 	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL, 0 },
+	{ "GET", "/api/v1/releases/:id/verification", ROLE_VIEWER, BODY_NONE, api_get_release_verification, NULL, 0 },
 	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL, 0 },
 	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL, 1 },
 	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },

@@ -121,6 +121,7 @@ enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r);
 /* api_release.c */
 enum MHD_Result api_get_releases(struct api *a, struct api_req *r);
 enum MHD_Result api_get_release(struct api *a, struct api_req *r);
+enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r);
 enum MHD_Result api_get_keys(struct api *a, struct api_req *r);
 
 /* api_rollout.c */

@@ -3,6 +3,10 @@
  *
  *   GET /api/v1/releases            newest first
  *   GET /api/v1/releases/ID         the release, its manifest and artifacts
+ *   GET /api/v1/releases/ID/verification
+ *                                   relverify's checks, from the database, the
+ *                                   artifact store and the mirrors, with the
+ *                                   configured keys' public halves
  *   GET /api/v1/keys                configured signing keys' public halves
  *
  * Everything needed to verify a release offline (otactl verify) is
@@ -15,8 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "artifact.h"
 #include "config.h"
+#include "gitsrc.h"
 #include "keys.h"
+#include "relverify.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
 		     " envelope_artifact, provenance_artifact, created_at, state, COALESCE(rollback_to, 0), reissue_of"
@@ -55,25 +62,21 @@ enum MHD_Result api_get_releases(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
-enum MHD_Result api_get_release(struct api *a, struct api_req *r)
+/* The release as GET /api/v1/releases/ID shows it, NULL if there is none. */
+static json_t *release_load(struct store *db, int64_t id)
 {
-	struct store *db = store_reader();
-	json_t *rel = NULL, *arts = json_array();
-	sqlite3_stmt *st;
+	json_t *rel = NULL, *arts;
+	sqlite3_stmt *st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases WHERE id = ?");
 
-	(void)a;
-	if (!db || !(st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases WHERE id = ?"))) {
-		json_decref(arts);
-		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
-	}
-	sqlite3_bind_int64(st, 1, r->id);
+	if (!st)
+		return NULL;
+	sqlite3_bind_int64(st, 1, id);
 	if (store_step_row(db, st) == 1)
 		rel = release_json(st);
 	sqlite3_reset(st);
-	if (!rel) {
-		json_decref(arts);
-		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
-	}
+	if (!rel)
+		return NULL;
+	arts = json_array();
 	st = store_stmt(db, "SELECT a.id, a.name, a.sha256, a.size, a.type, a.hardware FROM artifacts a"
 			    " JOIN jobs j ON j.id = a.job_id JOIN stages s ON s.id = j.stage_id"
 			    " WHERE a.run_id = ? AND s.kind = 'release' ORDER BY a.id");
@@ -85,7 +88,135 @@ enum MHD_Result api_get_release(struct api *a, struct api_req *r)
 						      "hardware", store_col_text(st, 5)));
 	sqlite3_reset(st);
 	json_object_set_new(rel, "artifacts", arts);
+	return rel;
+}
+
+enum MHD_Result api_get_release(struct api *a, struct api_req *r)
+{
+	struct store *db = store_reader();
+	json_t *rel;
+
+	(void)a;
+	if (!db)
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
+	if (!(rel = release_load(db, r->id)))
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
 	return api_reply_json(r, MHD_HTTP_OK, rel);
+}
+
+/* ---- verification: relverify's sources, read in-process ---------------------- */
+
+struct local_src {
+	struct api *api;
+	struct store *db;
+};
+
+static int src_release(void *arg, const char *id, struct buf *out)
+{
+	struct local_src *ls = arg;
+	json_t *rel = release_load(ls->db, strtoll(id, NULL, 10));
+	char *text;
+
+	if (!rel)
+		return ota_error_set(OTA_ENOTFOUND, "release %s not found", id);
+	text = json_dumps(rel, JSON_COMPACT);
+	json_decref(rel);
+	buf_clear(out);
+	buf_put(out, text, strlen(text));
+	free(text);
+	return 0;
+}
+
+/* An artifact's bytes by row id: its digest from the database, its bytes
+ * from the store (capped at the store's own size limit). */
+static int src_artifact(void *arg, int64_t id, struct buf *out)
+{
+	struct local_src *ls = arg;
+	struct artifact_backend *b = artifact_backend();
+	struct artifact_reader *rd = NULL;
+	sqlite3_stmt *st = store_stmt(ls->db, "SELECT sha256 FROM artifacts WHERE id = ?");
+	char sha[65] = "", chunk[65536];
+	int64_t size = 0;
+	ssize_t n;
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, id);
+	if (store_step_row(ls->db, st) == 1)
+		snprintf(sha, sizeof(sha), "%s", store_col_text(st, 0));
+	sqlite3_reset(st);
+	if (!sha[0])
+		return ota_error_set(OTA_ENOTFOUND, "artifact %lld not found", (long long)id);
+	if ((rc = b->get(b, sha, &rd, &size)) < 0)
+		return rc;
+	buf_release(out);
+	buf_init(out, (size_t)artifact_max_size());
+	while ((n = b->read(rd, chunk, sizeof(chunk))) > 0)
+		if (buf_put(out, chunk, (size_t)n) < 0)
+			break;
+	b->close(rd);
+	if (n < 0 || (int64_t)out->len != size)
+		return ota_error_set(OTA_ERROR, "artifact %lld: cannot read %s from the store", (long long)id, sha);
+	return 0;
+}
+
+static int src_commit(void *arg, const char *name, const char *commit, struct buf *out)
+{
+	struct local_src *ls = arg;
+	const struct repo_cfg *repo = config_repo_find(ls->api->cfg.config, name);
+	struct gitsrc_commit c;
+	char *text;
+
+	if (!repo)
+		return ota_error_set(OTA_ENOTFOUND, "repository '%s' is not configured in otacd", name);
+	if (gitsrc_resolve(&repo->git, commit, &c) < 0)
+		return ota_error_set(OTA_ENOTFOUND, "commit %s is not in the mirror of %s", commit, name);
+	text = xasprintf("{\"tree\": \"%s\"}", c.tree);
+	gitsrc_commit_release(&c);
+	buf_clear(out);
+	buf_put(out, text, strlen(text));
+	free(text);
+	return 0;
+}
+
+/* The configured keys' public halves: what GET /api/v1/keys publishes. */
+static void trusted_keys(const struct otacd_config *cfg, struct relverify_keys *keys)
+{
+	const char *name;
+	json_t *k;
+
+	json_object_foreach(cfg->keys, name, k) {
+		struct sign_key *key = NULL;
+		struct buf pem = BUF_INIT;
+		if (sign_key_load(&key, json_string_value(json_object_get(k, "spec")),
+				  json_string_value(json_object_get(k, "pin"))) < 0)
+			continue;
+		if (sign_key_public_pem(key, &pem) == 0)
+			relverify_keys_add_pem(keys, pem.ptr, pem.len);
+		buf_release(&pem);
+		sign_key_free(key);
+	}
+}
+
+enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
+{
+	struct local_src ls = { a, store_reader() };
+	const struct relverify_src src = { src_release, src_artifact, src_commit, &ls };
+	struct relverify_keys keys = { { 0 }, { { 0 } }, 0 };
+	json_t *ans = NULL;
+	char id[24];
+	int rc;
+
+	if (!ls.db)
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
+	snprintf(id, sizeof(id), "%" PRId64, r->id);
+	trusted_keys(a->cfg.config, &keys);
+	rc = relverify_release(&ans, &src, &keys, id);
+	relverify_keys_release(&keys);
+	if (rc < 0)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
+	return api_reply_json(r, MHD_HTTP_OK, ans);
 }
 
 enum MHD_Result api_get_keys(struct api *a, struct api_req *r)

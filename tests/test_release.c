@@ -214,6 +214,34 @@ static void build_toolchain_versions_reach_manifest_and_provenance(void **state)
 	h_cleanup(&d);
 }
 
+/* GET /api/v1/releases/1/verification: its "ok"; when failed_image is
+ * given, the one failed check must be that image's. */
+static int verification_ok(struct daemon *d, const char *failed_image)
+{
+	json_t *ans = NULL, *c;
+	size_t i, failed = 0, n;
+	int ok;
+
+	assert_int_equal(h_get(d, "/api/v1/releases/1/verification", &ans), 200);
+	ok = json_is_true(json_object_get(ans, "ok"));
+	n = json_array_size(json_object_get(ans, "checks"));
+	assert_true(n >= 5); /* manifest signature and schema, images, provenance */
+	json_array_foreach(json_object_get(ans, "checks"), i, c) {
+		if (json_is_true(json_object_get(c, "ok")))
+			continue;
+		failed++;
+		if (failed_image) {
+			assert_string_equal(json_string_value(json_object_get(c, "step")), "image");
+			assert_string_equal(json_string_value(json_object_get(c, "name")), failed_image);
+		}
+	}
+	assert_int_equal(ok, failed == 0);
+	if (failed_image)
+		assert_int_equal(failed, 1);
+	json_decref(ans);
+	return ok;
+}
+
 static void tampering_with_an_image_or_the_manifest_fails_verification(void **state)
 {
 	struct daemon d;
@@ -224,6 +252,8 @@ static void tampering_with_an_image_or_the_manifest_fails_verification(void **st
 	start(&d, "  k1: { spec: @DIR@/k1.pem }\n");
 	release_run(&d, "1.0.0", 3, "k1", &st);
 	assert_string_equal(st, "passed");
+	/* the daemon's own check (the page's Verification section) passes ... */
+	assert_true(verification_ok(&d, NULL));
 	/* flip one byte of a signed image where it is stored */
 	assert_int_equal(h_sh(&out, "cd %s/state/artifacts/sha256 && sha=$(sqlite3 %s/state/otacd.db \"SELECT sha256 FROM artifacts"
 				    " WHERE name LIKE 'release/an386/%%'\"); f=$(echo $sha | cut -c1-2)/$sha; "
@@ -231,6 +261,8 @@ static void tampering_with_an_image_or_the_manifest_fails_verification(void **st
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s verify 1", otactl, d.url, d.token), 1);
 	assert_non_null(strstr(buf_cstr(&out), "FAIL  release/an386/app-an386.bin.signed.bin: sha256"));
 	assert_non_null(strstr(buf_cstr(&out), "release does NOT verify"));
+	/* ... and now fails on that image, and only on it */
+	assert_false(verification_ok(&d, "release/an386/app-an386.bin.signed.bin"));
 	/* and one byte of the manifest */
 	assert_int_equal(h_sh(&out, "cd %s/state/artifacts/sha256 && sha=$(sqlite3 %s/state/otacd.db \"SELECT sha256 FROM artifacts"
 				    " WHERE name = 'release/manifest.json'\"); f=$(echo $sha | cut -c1-2)/$sha; "

@@ -390,7 +390,10 @@ async function main() {
     const t15 = Date.now();
     const ended = await logPage.locator('#log-stream').textContent();
     assert(!(await hasLine(logPage, /^line 20$/)) && !/ended/.test(ended), 'the job had ended by line 15: ' + ended);
-    assert(t15 - t3 > 1000, `line 15 came only ${t15 - t3} ms after line 3`);
+    // (no wall-clock bound between the two: on a loaded machine the page may
+    // see line 3 late; that line 15 was absent then and the job still
+    // running at line 15 is what shows the lines arrived as printed)
+    log(`line 15 came ${t15 - t3} ms after line 3`);
     await shot(logPage, '03-log-streaming');
     await logLine(logPage, /^line 20$/);
     await logPage.locator('#log-stream', { hasText: 'ended: passed' }).waitFor({ timeout: T(10000) });
@@ -525,6 +528,16 @@ async function main() {
     const sha = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
     assert(sha === img.sha256, 'downloaded bytes have sha256 ' + sha);
     assert(dl.suggestedFilename() === path.basename(img.name), 'download named ' + dl.suggestedFilename());
+    // verification: the chain from commit to images, every link checked
+    await page.locator('.verification p[data-verified="yes"]').waitFor({ timeout: T(15000) });
+    assert(await page.locator(`ol.chain > li[data-step="build"] .chk`).count() === 0, "the build run is shown as checked");
+    for (const link of ['images', 'manifest', 'provenance'])
+      assert(await page.locator(`ol.chain > li[data-step="${link}"][data-state="ok"]`).count() === 1, link + ' is not shown verified');
+    const manifest = await api('GET', '/api/v1/artifacts/' + detail.manifest_artifact);
+    const verified = await page.locator('ol.chain ul.chain-images li[data-state="ok"]').count();
+    assert(manifest.images.length >= 2 && verified === manifest.images.length,
+      `${verified} of the manifest's ${manifest.images.length} images shown verified`);
+    assert(await page.locator('table.checks tr.row-failed').count() === 0, 'a check failed on a good release');
     await page.locator('details summary', { hasText: 'manifest.json' }).click();
     await shot(page, '09-release');
     // its run: edges that skip a column (build -> release) are drawn too
