@@ -1,9 +1,31 @@
-// agents.js - #/agents : every agent, its labels, state, current job and
-// when otacd last heard from it.  "lost" (no word for a minute) has no event
+// agents.js - #/agents : the HIL rigs, busy or free, then every agent, its
+// labels, state, current job and when otacd last heard from it.  A rig is an
+// agent carrying the label `hil` or a `board=NAME` label (docs/stages.md).  "lost" (no word for a minute) has no event
 // of its own, so this view also re-reads every 10 s.
 
 import { getJSON } from './api.js';
 import { badge, h, replaceKeepingFocus, table, tableWrap, timeAgo } from './util.js';
+
+function isRig(a) {
+  return (a.labels || []).some((l) => l === 'hil' || l.startsWith('board='));
+}
+
+// One line per rig: its board, busy (with the job) or free, or lost.
+function rigsView(agents) {
+  const rigs = agents.filter(isRig);
+  if (!rigs.length) return h('p', { class: 'muted rigs' }, 'No HIL rigs (agents labelled hil or board=NAME).');
+  const busy = rigs.filter((a) => a.state === 'busy').length;
+  const free = rigs.filter((a) => a.state === 'idle').length;
+  return h('section', { class: 'rigs', 'aria-labelledby': 'rigs-h' },
+    h('h2', { id: 'rigs-h' }, 'HIL rigs: ' + busy + ' busy, ' + free + ' free' + (rigs.length - busy - free ? ', ' + (rigs.length - busy - free) + ' lost' : '')),
+    h('ul', { class: 'rig-list' }, rigs.map((a) => {
+      const board = (a.labels || []).find((l) => l.startsWith('board='));
+      return h('li', { 'data-rig': a.name, 'data-state': a.state },
+        h('strong', null, board ? board.slice(6) : a.name), ' ', h('span', { class: 'muted' }, a.name), ' ',
+        a.state === 'busy' ? badge('busy') : a.state === 'idle' ? badge('free') : badge(a.state),
+        a.current_job ? [' ', h('a', { href: '#/jobs/' + a.current_job + '/log' }, 'job ' + a.current_job)] : null);
+    })));
+}
 
 export class AgentsView {
   constructor(ctx) {
@@ -32,7 +54,8 @@ export class AgentsView {
       h('td', null, h('ul', { class: 'chips' }, (a.labels || []).map((l) => h('li', null, l)))),
       h('td', null, a.current_job ? h('a', { href: '#/jobs/' + a.current_job + '/log', 'data-key': 'agent-job-' + a.id }, 'job ' + a.current_job) : h('span', { class: 'muted' }, '—')),
       h('td', null, timeAgo(a.last_seen))));
-    replaceKeepingFocus(this.box, [tableWrap(table(['Agent', 'State', 'Labels', 'Current job', 'Last seen'], rows, 'agents'), 'Agents')]);
+    replaceKeepingFocus(this.box, [rigsView(agents),
+      tableWrap(table(['Agent', 'State', 'Labels', 'Current job', 'Last seen'], rows, 'agents'), 'Agents')]);
   }
 
   wants(ev) {

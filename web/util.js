@@ -143,7 +143,7 @@ const STATES = new Set(['queued', 'running', 'passed', 'failed', 'canceled', 'sk
 // Rollout, release and gate states borrow the colours of run states; the
 // ones that need a person (paused, waiting for approval) look "blocked".
 const ALIAS = {
-  starting: 'running', holding: 'running', rolling: 'running', reissuing: 'running',
+  free: 'idle', starting: 'running', holding: 'running', rolling: 'running', reissuing: 'running',
   waiting_approval: 'blocked', paused: 'blocked', halted: 'failed', waiting_window: 'queued',
   created: 'queued', released: 'passed', rolled_back: 'failed', pass: 'passed', fail: 'failed',
   inconclusive: 'queued', error: 'failed',

@@ -548,14 +548,6 @@ async function main() {
   }, page);
 
 
-  await step('agents page lists the agents', async () => {
-    await page.goto(`${url}/#/agents`);
-    await page.locator('tr[data-agent="local-1"]').waitFor();
-    await page.locator('tr[data-agent="local-2"]').waitFor();
-    assert(await page.locator('tr[data-agent="local-1"] .chips li', { hasText: 'local' }).count() === 1, 'labels missing');
-    await shot(page, '10-agents');
-  }, page);
-
   await step('overview screenshot', async () => {
     await page.goto(`${url}/#/`);
     await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
@@ -583,6 +575,38 @@ async function main() {
     assert(await page.locator('tr.run-row').count() === 1, 'a page of 1 shows more rows');
     await page.locator('nav.pager a', { hasText: 'Newest' }).click();
     await page.locator(`tr[data-run-id="${relRun}"]`).waitFor();
+  }, page);
+
+  await step('agents page lists the agents and shows a rig busy, then free', async () => {
+    // a HIL rig: an agent of its own with the board's labels
+    const rigLog = fs.openSync(path.join(state, 'rig.log'), 'a');
+    const rig = spawn(path.join(BIN, 'otacd-agent'), ['--url', url, '--name', 'rig-an385', '--labels', 'hil,board=mps2-an385',
+      '--workdir', path.join(state, 'rig-work')], { stdio: ['ignore', rigLog, rigLog], detached: true,
+      env: { ...process.env, OTACD_AGENT_TOKEN: admin } });
+    fs.closeSync(rigLog);
+    groups.push(rig.pid);
+    await page.goto(`${url}/#/agents`);
+    await page.locator('tr[data-agent="local-1"]').waitFor();
+    await page.locator('tr[data-agent="local-2"]').waitFor();
+    assert(await page.locator('tr[data-agent="local-1"] .chips li', { hasText: 'local' }).count() === 1, 'labels missing');
+    await page.locator('.rigs li[data-rig="rig-an385"][data-state="idle"]', { hasText: 'free' }).waitFor({ timeout: T(15000) });
+    assert(await page.locator('.rigs li[data-rig="local-1"]').count() === 0, 'a local agent is listed as a rig');
+    const id = await trigger(`name: on-rig
+stages:
+  - name: hil
+    agent: { labels: [hil, board=mps2-an385] }
+    steps: [ { run: 'sleep 3' } ]
+`, 'on-rig.yml', 'refs/heads/main');
+    const busy = page.locator('.rigs li[data-rig="rig-an385"][data-state="busy"]');
+    await busy.waitFor({ timeout: T(15000) });
+    assert((await page.locator('#rigs-h').textContent()).startsWith('HIL rigs: 1 busy, 0 free'), 'rig counts: ' + await page.locator('#rigs-h').textContent());
+    const job = jobOf(await api('GET', '/api/v1/runs/' + id), 'hil').id;
+    assert(await busy.locator(`a[href="#/jobs/${job}/log"]`).count() === 1, 'the busy rig does not link its job');
+    await shot(page, '10-agents');
+    await waitRun(id);
+    await page.locator('.rigs li[data-rig="rig-an385"][data-state="idle"]').waitFor({ timeout: T(15000) });
+    // the rig leaves, so that the later steps' jobs run on the local agents
+    try { process.kill(-rig.pid, 'SIGTERM'); } catch { /* gone */ }
   }, page);
 
   // ---- rollouts ----------------------------------------------------------------
