@@ -34,10 +34,49 @@ char *h_tmpdir(void)
 	return dir;
 }
 
+/* OTACD_BIN (make check sets it), else build/bin made absolute: tests
+ * run commands from other directories. */
 char *h_bin(const char *name)
 {
 	const char *bin = getenv("OTACD_BIN");
-	return xasprintf("%s/%s", bin ? bin : "build/bin", name);
+	char *abs = bin ? NULL : realpath("build/bin", NULL), *out;
+	out = xasprintf("%s/%s", bin ? bin : abs ? abs : "build/bin", name);
+	free(abs);
+	return out;
+}
+
+/*
+ * Every process the harness started.  A test that fails half-way leaves
+ * through cmocka's longjmp, past its h_cleanup(); at exit whatever is still
+ * running is killed, a daemon with its process group (its local agents and
+ * their jobs).  Only children not yet reaped are touched, so a pid that
+ * was reused by someone else is never signalled.
+ */
+static struct { pid_t pid; int group; } g_started[512];
+static size_t g_nstarted;
+
+static void kill_leftovers(void)
+{
+	for (size_t i = 0; i < g_nstarted; i++) {
+		pid_t p = g_started[i].pid;
+		if (waitpid(p, NULL, WNOHANG) != 0)
+			continue; /* reaped already, or just exited */
+		kill(g_started[i].group ? -p : p, SIGKILL);
+		waitpid(p, NULL, 0);
+	}
+}
+
+static void remember(pid_t pid, int group)
+{
+	if (pid <= 0)
+		return;
+	if (!g_nstarted)
+		atexit(kill_leftovers);
+	if (g_nstarted < OTA_ARRAY_SIZE(g_started)) {
+		g_started[g_nstarted].pid = pid;
+		g_started[g_nstarted].group = group;
+		g_nstarted++;
+	}
 }
 
 void h_msleep(int ms)
@@ -103,6 +142,7 @@ int h_start(struct daemon *d, const char *const *args)
 		execv(otacd, argv.v);
 		_exit(127);
 	}
+	remember(d->pid, 1);
 	strvec_clear(&argv);
 	for (i = 0; i < 1000; i++) {
 		if (ota_read_file(&b, urlfile, 4096) == 0) {
@@ -285,6 +325,7 @@ pid_t h_agent(struct daemon *d, const char *name, const char *labels)
 		      "--workdir", work, (char *)NULL);
 		_exit(127);
 	}
+	remember(pid, 0);
 	free(agent);
 	free(work);
 	free(log);
