@@ -83,10 +83,22 @@ static int verify_image_file(struct ctx *c, const char *path)
 }
 
 /* relverify's sources, over the daemon's API */
-static int src_release(void *arg, const char *id, struct buf *out)
+static int get_json(struct ctx *c, const char *path, json_t **out)
+{
+	struct buf body = BUF_INIT;
+	json_error_t err;
+	int rc = get(c, path, &body);
+
+	if (rc == 0 && !(*out = json_loadb(body.ptr, body.len, 0, &err)))
+		rc = ota_error_set(OTA_ERROR, "GET %s: not JSON: %s", path, err.text);
+	buf_release(&body);
+	return rc;
+}
+
+static int src_release(void *arg, const char *id, json_t **out)
 {
 	char *path = xasprintf("/api/v1/releases/%s", id);
-	int rc = get(arg, path, out);
+	int rc = get_json(arg, path, out);
 	free(path);
 	return rc;
 }
@@ -99,11 +111,11 @@ static int src_artifact(void *arg, int64_t id, struct buf *out)
 	return rc;
 }
 
-static int src_commit(void *arg, const char *repo, const char *commit, struct buf *out)
+static int src_commit(void *arg, const char *repo, const char *commit, json_t **out)
 {
 	char *erepo = httpc_escape(repo), *ecommit = httpc_escape(commit);
 	char *path = xasprintf("/api/v1/commits/%s?repo=%s", ecommit, erepo);
-	int rc = get(arg, path, out);
+	int rc = get_json(arg, path, out);
 	free(path);
 	free(erepo);
 	free(ecommit);

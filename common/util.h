@@ -112,6 +112,8 @@ int ota_mkdir_p(const char *path, int mode);
 
 /* Lowercase hex of n bytes into out (2n+1 bytes). */
 void ota_hex(char *out, const unsigned char *in, size_t n);
+/* SHA-256 of len bytes as 64 lowercase hex digits. */
+void ota_sha256_hex(const void *data, size_t len, char out[65]);
 /* Random bytes from the OS, as lowercase hex (2n chars). */
 int ota_random_hex(char *out, size_t nbytes);
 

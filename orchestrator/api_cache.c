@@ -79,31 +79,32 @@ void api_cache_free(struct api_cache *c)
 	free(c);
 }
 
+struct key_build {
+	struct buf b;
+	int args;
+};
+
 static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-	struct buf *b = cls;
+	struct key_build *k = cls;
 	(void)kind;
-	if (!strcmp(key, "access_token"))
-		return MHD_YES; /* who asks, not what */
-	buf_printf(b, "%s%s=%s", b->len ? "&" : "?", key, value ? value : "");
+	if (strcmp(key, "access_token") != 0) /* who asks, not what */
+		buf_printf(&k->b, "%c%s=%s", k->args++ ? '&' : '?', key, value ? value : "");
 	return MHD_YES;
 }
 
-/* The URL and its query arguments in the order given; the path is in
- * front, so no query can make two paths collide. */
+/* The URL and then its query arguments in the order given, so no query can
+ * make two paths collide.  The buffer has no cap, so every argument is in
+ * the key (a capped one would drop the arguments past the cap and let two
+ * queries share an answer); the request line is bounded already, by
+ * libmicrohttpd's connection pool. */
 static char *cache_key(struct api_req *r)
 {
-	struct buf q, k;
-	char *out;
+	struct key_build k = { BUF_INIT, 0 };
 
-	buf_init(&q, 4096);
-	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_arg, &q);
-	buf_init(&k, 8192);
-	buf_printf(&k, "%s%.*s", r->url, (int)q.len, q.len ? q.ptr : "");
-	out = xstrndup(k.ptr, k.len);
-	buf_release(&q);
-	buf_release(&k);
-	return out;
+	buf_printf(&k.b, "%s", r->url);
+	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_arg, &k);
+	return buf_detach(&k.b);
 }
 
 static struct api_cache_slot *find(struct api_cache *c, const char *key)

@@ -104,6 +104,35 @@ enum MHD_Result api_get_release(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, rel);
 }
 
+/* The configured signing keys' public halves: [{name, id, alg, public_pem}],
+ * or {name, error} for a key that does not load. */
+static json_t *public_keys(const struct otacd_config *cfg)
+{
+	json_t *arr = json_array(), *k;
+	const char *name;
+
+	json_object_foreach(cfg->keys, name, k) {
+		struct sign_key *key = NULL;
+		struct buf pem = BUF_INIT;
+		if (sign_key_load(&key, json_string_value(json_object_get(k, "spec")),
+				  json_string_value(json_object_get(k, "pin"))) < 0) {
+			json_array_append_new(arr, json_pack("{ss ss}", "name", name, "error", ota_error_last()));
+			continue;
+		}
+		sign_key_public_pem(key, &pem);
+		json_array_append_new(arr, json_pack("{ss ss ss ss}", "name", name, "id", sign_key_id(key), "alg",
+						     sign_alg_name(sign_key_alg(key)), "public_pem", buf_cstr(&pem)));
+		buf_release(&pem);
+		sign_key_free(key);
+	}
+	return arr;
+}
+
+enum MHD_Result api_get_keys(struct api *a, struct api_req *r)
+{
+	return api_reply_json(r, MHD_HTTP_OK, public_keys(a->cfg.config));
+}
+
 /* ---- verification: relverify's sources, read in-process ---------------------- */
 
 struct local_src {
@@ -111,19 +140,11 @@ struct local_src {
 	struct store *db;
 };
 
-static int src_release(void *arg, const char *id, struct buf *out)
+static int src_release(void *arg, const char *id, json_t **out)
 {
 	struct local_src *ls = arg;
-	json_t *rel = release_load(ls->db, strtoll(id, NULL, 10));
-	char *text;
-
-	if (!rel)
+	if (!(*out = release_load(ls->db, strtoll(id, NULL, 10))))
 		return ota_error_set(OTA_ENOTFOUND, "release %s not found", id);
-	text = json_dumps(rel, JSON_COMPACT);
-	json_decref(rel);
-	buf_clear(out);
-	buf_put(out, text, strlen(text));
-	free(text);
 	return 0;
 }
 
@@ -161,42 +182,33 @@ static int src_artifact(void *arg, int64_t id, struct buf *out)
 	return 0;
 }
 
-static int src_commit(void *arg, const char *name, const char *commit, struct buf *out)
+static int src_commit(void *arg, const char *name, const char *commit, json_t **out)
 {
 	struct local_src *ls = arg;
 	const struct repo_cfg *repo = config_repo_find(ls->api->cfg.config, name);
 	struct gitsrc_commit c;
-	char *text;
 
 	if (!repo)
 		return ota_error_set(OTA_ENOTFOUND, "repository '%s' is not configured in otacd", name);
 	if (gitsrc_resolve(&repo->git, commit, &c) < 0)
 		return ota_error_set(OTA_ENOTFOUND, "commit %s is not in the mirror of %s", commit, name);
-	text = xasprintf("{\"tree\": \"%s\"}", c.tree);
+	*out = json_pack("{ss ss}", "commit", c.id, "tree", c.tree);
 	gitsrc_commit_release(&c);
-	buf_clear(out);
-	buf_put(out, text, strlen(text));
-	free(text);
 	return 0;
 }
 
-/* The configured keys' public halves: what GET /api/v1/keys publishes. */
+/* Trust what GET /api/v1/keys publishes, as `otactl verify` does. */
 static void trusted_keys(const struct otacd_config *cfg, struct relverify_keys *keys)
 {
-	const char *name;
-	json_t *k;
+	json_t *arr = public_keys(cfg), *k;
+	size_t i;
 
-	json_object_foreach(cfg->keys, name, k) {
-		struct sign_key *key = NULL;
-		struct buf pem = BUF_INIT;
-		if (sign_key_load(&key, json_string_value(json_object_get(k, "spec")),
-				  json_string_value(json_object_get(k, "pin"))) < 0)
-			continue;
-		if (sign_key_public_pem(key, &pem) == 0)
-			relverify_keys_add_pem(keys, pem.ptr, pem.len);
-		buf_release(&pem);
-		sign_key_free(key);
+	json_array_foreach(arr, i, k) {
+		const char *pem = json_string_value(json_object_get(k, "public_pem"));
+		if (pem)
+			relverify_keys_add_pem(keys, pem, strlen(pem));
 	}
+	json_decref(arr);
 }
 
 enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
@@ -219,25 +231,3 @@ enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, ans);
 }
 
-enum MHD_Result api_get_keys(struct api *a, struct api_req *r)
-{
-	const struct otacd_config *cfg = a->cfg.config;
-	json_t *arr = json_array(), *k;
-	const char *name;
-
-	json_object_foreach(cfg->keys, name, k) {
-		struct sign_key *key = NULL;
-		struct buf pem = BUF_INIT;
-		if (sign_key_load(&key, json_string_value(json_object_get(k, "spec")),
-				  json_string_value(json_object_get(k, "pin"))) < 0) {
-			json_array_append_new(arr, json_pack("{ss ss}", "name", name, "error", ota_error_last()));
-			continue;
-		}
-		sign_key_public_pem(key, &pem);
-		json_array_append_new(arr, json_pack("{ss ss ss ss}", "name", name, "id", sign_key_id(key), "alg",
-						     sign_alg_name(sign_key_alg(key)), "public_pem", buf_cstr(&pem)));
-		buf_release(&pem);
-		sign_key_free(key);
-	}
-	return api_reply_json(r, MHD_HTTP_OK, arr);
-}

@@ -43,14 +43,6 @@ static EVP_PKEY *key_by_id(const struct relverify_keys *k, const char *id)
 	return NULL;
 }
 
-static void sha256_hex(const void *p, size_t n, char out[65])
-{
-	unsigned char md[32];
-	unsigned int len = 32;
-	EVP_Digest(p, n, md, &len, EVP_sha256(), NULL);
-	ota_hex(out, md, 32);
-}
-
 struct walk {
 	json_t *checks;
 	int failed;
@@ -82,12 +74,11 @@ static void check_commit(struct walk *w, const struct relverify_src *src, const 
 	const char *commit = json_string_value(json_object_get(g, "commit"));
 	const char *repo = json_string_value(json_object_get(g, "repo"));
 	const char *tree = json_string_value(json_object_get(g, "tree"));
-	struct buf ans = BUF_INIT;
 	json_t *cj = NULL;
 
 	if (!commit || !repo)
 		return; /* a release from a pipeline run without a repository */
-	if (src->commit(src->arg, repo, commit, &ans) < 0 || !(cj = json_loadb(ans.ptr, ans.len, 0, NULL)))
+	if (src->commit(src->arg, repo, commit, &cj) < 0)
 		check(w, "commit", NULL, 0, "commit %.12s: not found in the mirror of %s (%s)", commit, repo,
 		      ota_error_last());
 	else if (tree && strcmp(str(cj, "tree"), tree))
@@ -95,7 +86,6 @@ static void check_commit(struct walk *w, const struct relverify_src *src, const 
 	else
 		check(w, "commit", NULL, 1, "commit %.12s exists in the mirror of %s, tree matches", commit, repo);
 	json_decref(cj);
-	buf_release(&ans);
 }
 
 static void check_image(struct walk *w, const struct relverify_src *src, const struct relverify_keys *keys,
@@ -120,7 +110,7 @@ static void check_image(struct walk *w, const struct relverify_src *src, const s
 		check(w, "image", name, 0, "%s: %s", name, ota_error_last());
 		goto out;
 	}
-	sha256_hex(bytes.ptr, bytes.len, sha);
+	ota_sha256_hex(bytes.ptr, bytes.len, sha);
 	if (strcmp(sha, str(img, "sha256")) != 0 || (json_int_t)bytes.len != json_integer_value(json_object_get(img, "size")))
 		check(w, "image", name, 0, "%s: sha256 %s does not match the manifest", name, sha);
 	else if (!key || mcuboot_verify(&info, bytes.ptr, bytes.len, key) < 0)
@@ -155,7 +145,7 @@ static void check_provenance(struct walk *w, const struct relverify_src *src, co
 		char msha[65];
 
 		check(w, "provenance", NULL, 1, "provenance signature (key %.16s), SLSA v1 statement", keyid);
-		sha256_hex(manifest->ptr ? manifest->ptr : "", manifest->len, msha);
+		ota_sha256_hex(manifest->ptr ? manifest->ptr : "", manifest->len, msha);
 		json_array_foreach(subjects, k, s) {
 			const char *sn = json_string_value(json_object_get(s, "name"));
 			const char *sd = json_string_value(json_object_get(json_object_get(s, "digest"), "sha256"));
@@ -177,17 +167,16 @@ static void check_provenance(struct walk *w, const struct relverify_src *src, co
 int relverify_release(json_t **out, const struct relverify_src *src, const struct relverify_keys *keys,
 		      const char *id)
 {
-	struct buf rel = BUF_INIT, manifest = BUF_INIT, env = BUF_INIT, payload = BUF_INIT;
+	struct buf manifest = BUF_INIT, env = BUF_INIT, payload = BUF_INIT;
 	struct walk w = { json_array(), 0 };
 	json_t *r = NULL, *m = NULL, *e = NULL, *img;
 	char keyid[65] = "";
 	const char *mkey;
 	size_t i;
 
-	if (src->release(src->arg, id, &rel) < 0 || !(r = json_loadb(rel.ptr, rel.len, 0, NULL))) {
+	if (src->release(src->arg, id, &r) < 0) {
 		int rc = ota_error_set(OTA_ENOTFOUND, "cannot read release %s: %s", id, ota_error_last());
 		json_decref(w.checks);
-		buf_release(&rel);
 		return rc;
 	}
 
@@ -228,7 +217,6 @@ done:
 	json_decref(r);
 	json_decref(m);
 	json_decref(e);
-	buf_release(&rel);
 	buf_release(&manifest);
 	buf_release(&env);
 	buf_release(&payload);

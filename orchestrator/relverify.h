@@ -42,13 +42,13 @@ int relverify_keys_add_pem(struct relverify_keys *k, const char *pem, size_t len
 void relverify_keys_release(struct relverify_keys *k);
 
 struct relverify_src {
-	/* The release as GET /api/v1/releases/ID answers it (JSON). */
-	int (*release)(void *arg, const char *id, struct buf *out);
+	/* The release as GET /api/v1/releases/ID answers it (new reference). */
+	int (*release)(void *arg, const char *id, json_t **out);
 	/* An artifact's bytes by its id; OTA_ENOTFOUND if absent. */
 	int (*artifact)(void *arg, int64_t id, struct buf *out);
 	/* The commit in repo's mirror as GET /api/v1/commits/ID answers it
-	 * (JSON with "tree"); OTA_ENOTFOUND if it is not there. */
-	int (*commit)(void *arg, const char *repo, const char *commit, struct buf *out);
+	 * (new reference, with "tree"); OTA_ENOTFOUND if it is not there. */
+	int (*commit)(void *arg, const char *repo, const char *commit, json_t **out);
 	void *arg;
 };
 

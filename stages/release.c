@@ -172,14 +172,6 @@ static int fail(struct job_result *r, const struct stage_ctx *c, const char *fmt
 	return 0;
 }
 
-static void sha256_hex(const void *data, size_t len, char out[65])
-{
-	unsigned char md[32];
-	unsigned int n = 32;
-	EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-	ota_hex(out, md, 32);
-}
-
 struct image {
 	int64_t in_id, out_id;
 	char *name, *type, *hw;
@@ -442,7 +434,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		}
 		subj[nimg].name = "release/manifest.json";
 		subj[nimg].sha256 = msha;
-		sha256_hex(ri.yaml ? ri.yaml : "", ri.yaml ? strlen(ri.yaml) : 0, pipeline_sha);
+		ota_sha256_hex(ri.yaml ? ri.yaml : "", ri.yaml ? strlen(ri.yaml) : 0, pipeline_sha);
 		if (ri.commit) {
 			git_uri = xasprintf("git+%s@%s", ri.repo ? ri.repo : "repository", ri.ref ? ri.ref : "");
 			deps[ndeps++] = (struct slsa_dep){ git_uri, NULL, "gitCommit", ri.commit };
@@ -485,7 +477,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 					char lsha[65];
 					/* the byproduct is the job's log, identified by its digest */
 					logstore_read(store_col_int(q, 5), (int)store_col_int(q, 6), 0, (size_t)64 << 20, &log);
-					sha256_hex(log.ptr ? log.ptr : "", log.len, lsha);
+					ota_sha256_hex(log.ptr ? log.ptr : "", log.len, lsha);
 					json_object_set_new(ann, "log_sha256", json_string(lsha));
 					buf_release(&log);
 					strvec_pushf(&names, "job/%s/%s", store_col_text(q, 0), store_col_text(q, 1));

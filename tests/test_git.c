@@ -477,6 +477,19 @@ static void release_from_a_push_names_its_commit_and_verifies_against_the_mirror
 		free(want);
 	}
 	assert_non_null(strstr(buf_cstr(&out), "release 1: fw 2.3.4"));
+	/* the daemon's own verification (the release page) finds the commit
+	 * in its mirror too */
+	{
+		json_t *ans = NULL, *c;
+		size_t i, commits = 0;
+		assert_int_equal(h_get(&g.d, "/api/v1/releases/1/verification", &ans), 200);
+		assert_true(json_is_true(json_object_get(ans, "ok")));
+		json_array_foreach(json_object_get(ans, "checks"), i, c)
+			commits += !strcmp(json_string_value(json_object_get(c, "step")), "commit") &&
+				   json_is_true(json_object_get(c, "ok"));
+		assert_int_equal(commits, 1);
+		json_decref(ans);
+	}
 	json_decref(runs);
 	h_sh(&out, "rm -rf %s", key);
 	free(head);
