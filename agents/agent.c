@@ -17,7 +17,8 @@
  *     runner then kills the process group) and lost leases (409: kill and
  *     drop the job without finishing it);
  *   - the log sender ships output every 100 ms or 64 KiB.  Output is masked
- *     for secrets line by line on its way into the send queue, and queued
+ *     for secrets (common/mask.h: the values, their lines, base64 and URL
+ *     forms, across any cut) on its way into the send queue, and queued
  *     bytes are dropped only once the daemon acknowledges them, so a dropped
  *     connection or a daemon restart loses nothing (416 tells where to
  *     resume).
@@ -28,6 +29,7 @@
  * retried until the daemon acknowledges it.
  */
 #include "../common/httpc.h"
+#include "../common/mask.h"
 #include "../common/util.h"
 #include "source.h"
 #include "stagework.h"
@@ -104,7 +106,7 @@ struct job {
 	int64_t deadline;       /* monotonic ms, 0: none */
 	int64_t timeout_ms;
 	int64_t max_log;        /* 0: no limit */
-	struct strvec secrets;  /* values to mask, longest first */
+	struct mask_set *mask;  /* the job's secret values, their lines and encodings */
 	int bol;                /* the log is at the start of a line */
 
 	pthread_mutex_t mu;
@@ -115,6 +117,7 @@ struct job {
 	int hb_stop;
 	int log_closed;         /* no more output: the sender drains and exits */
 	struct buf line;        /* output since the last newline, not yet masked */
+	struct mask_stream ms;  /* masks line bytes on their way into q */
 	int64_t line_since;
 	struct buf q;           /* masked bytes not yet acknowledged */
 	uint64_t q_off;         /* log offset of q.ptr[0] */
@@ -300,30 +303,18 @@ out:
 
 /* ---- log: masking, queueing, sending ------------------------------- */
 
-/* Append p[0..n) to q with every secret replaced by "***" (holds j->mu). */
-static void log_queue(struct job *j, const char *p, size_t n)
+/* Append p[0..n) to q masked (holds j->mu); last: the end of the log. */
+static void log_queue(struct job *j, const char *p, size_t n, int last)
 {
 	struct buf masked = BUF_INIT;
-	const char *src = p;
-	size_t len = n;
+	const char *src;
+	size_t len;
 
-	if (j->secrets.n) {
-		for (size_t i = 0; i < n;) {
-			size_t k;
-			for (k = 0; k < j->secrets.n; k++) {
-				size_t sl = strlen(j->secrets.v[k]);
-				if (sl <= n - i && p[i] == j->secrets.v[k][0] && !memcmp(p + i, j->secrets.v[k], sl)) {
-					buf_put(&masked, "***", 3);
-					i += sl;
-					break;
-				}
-			}
-			if (k == j->secrets.n)
-				buf_putc(&masked, p[i++]);
-		}
-		src = buf_cstr(&masked);
-		len = masked.len;
-	}
+	mask_stream_feed(&j->ms, p, n, &masked);
+	if (last)
+		mask_stream_flush(&j->ms, &masked);
+	src = buf_cstr(&masked);
+	len = masked.len;
 	if (j->max_log > 0) {
 		/* A little past the cap, so the daemon sees there was more and
 		 * writes its truncation notice; the rest is dropped here. */
@@ -333,6 +324,8 @@ static void log_queue(struct job *j, const char *p, size_t n)
 	/* If the queue is full while the daemon is away, the overflow is lost. */
 	if (len)
 		buf_put(&j->q, src, len);
+	if (masked.ptr)
+		memset(masked.ptr, 0, masked.len);
 	buf_release(&masked);
 	if (j->q.len >= LOG_FLUSH_BYTES)
 		pthread_cond_broadcast(&j->cv);
@@ -352,7 +345,7 @@ static void log_flush_lines(struct job *j, int all)
 		n = j->line.len;
 	if (!n)
 		return;
-	log_queue(j, j->line.ptr, n);
+	log_queue(j, j->line.ptr, n, 0);
 	memmove(j->line.ptr, j->line.ptr + n, j->line.len - n);
 	j->line.len -= n;
 	j->line.ptr[j->line.len] = '\0';
@@ -422,6 +415,8 @@ static void *log_sender(void *arg)
 			break;
 		if (j->log_closed || now_ms() - j->line_since >= LINE_HOLD_MS)
 			log_flush_lines(j, 1);
+		if (j->log_closed && mask_stream_held(&j->ms))
+			log_queue(j, "", 0, 1);
 		if (!j->q.len) {
 			if (j->log_closed)
 				break;
@@ -1228,12 +1223,6 @@ static void job_log_header(struct job *j, const char *run)
 	buf_release(&b);
 }
 
-static int by_length_desc(const void *x, const void *y)
-{
-	size_t a = strlen(*(char *const *)x), b = strlen(*(char *const *)y);
-	return a < b ? 1 : a > b ? -1 : 0;
-}
-
 /* Run one JOB_SPEC to the end; 0 when it passed. */
 static int job_run(struct agent *a, json_t *spec)
 {
@@ -1270,11 +1259,17 @@ static int job_run(struct agent *a, json_t *spec)
 	j.deadline = j.timeout_ms > 0 ? now_ms() + j.timeout_ms : 0;
 	v = json_object_get(spec, "max_log_bytes");
 	j.max_log = json_is_integer(v) ? json_integer_value(v) : 0;
-	json_object_foreach(json_object_get(spec, "secrets"), k, v)
-		if (json_is_string(v) && strlen(json_string_value(v)) >= 3)
-			strvec_push(&j.secrets, json_string_value(v));
-	if (j.secrets.n)
-		qsort(j.secrets.v, j.secrets.n, sizeof(char *), by_length_desc);
+	{
+		struct strvec sv = STRVEC_INIT;
+		json_object_foreach(json_object_get(spec, "secrets"), k, v)
+			if (json_is_string(v))
+				strvec_push(&sv, json_string_value(v));
+		j.mask = mask_set_new((const char *const *)sv.v, sv.n);
+		for (size_t i = 0; i < sv.n; i++)
+			memset(sv.v[i], 0, strlen(sv.v[i]));
+		strvec_clear(&sv);
+	}
+	mask_stream_init(&j.ms, j.mask, 0);
 	wsname = xasprintf("job-%s-%" JSON_INTEGER_FORMAT, j.id, j.attempt);
 	for (char *p = wsname; *p; p++)
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
@@ -1336,6 +1331,8 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_join(log_thread, NULL);
 	if (why != OUT_LOST && j.lost)
 		why = OUT_LOST;
+	if (msg)
+		mask_string(j.mask, msg); /* an artifact name or a step's text may hold a secret */
 	if (why == OUT_STOPPED) {
 		pthread_mutex_lock(&j.mu);
 		j.hb_stop = 1;
@@ -1365,7 +1362,8 @@ static int job_run(struct agent *a, json_t *spec)
 	if (!getenv("OTACD_AGENT_KEEP_WORKSPACE"))
 		rm_rf(j.ws);
 	strvec_clear(&env);
-	strvec_clear(&j.secrets);
+	mask_stream_release(&j.ms);
+	mask_set_free(j.mask);
 	buf_release(&j.line);
 	buf_release(&j.q);
 	pthread_cond_destroy(&j.cv);

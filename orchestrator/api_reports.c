@@ -28,8 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/mask.h"
 #include "clock.h"
 #include "engine_int.h"
+#include "logstore.h"
 #include "reports.h"
 
 #define TOOLCHAIN_MAX_COMMANDS 64
@@ -146,6 +148,28 @@ static int report_name_valid(const char *s)
 	return 1;
 }
 
+/* Mask every string of a parsed report (messages, output, names) in place. */
+static void mask_json(const struct mask_set *m, json_t *v)
+{
+	const char *key;
+	json_t *x;
+	size_t i;
+
+	if (json_is_object(v)) {
+		json_object_foreach(v, key, x)
+			mask_json(m, x);
+	} else if (json_is_array(v)) {
+		json_array_foreach(v, i, x)
+			mask_json(m, x);
+	} else if (json_is_string(v)) {
+		struct buf b = BUF_INIT;
+		if (mask_buffer(m, json_string_value(v), json_string_length(v), &b) == 0 &&
+		    memcmp(b.ptr, json_string_value(v), b.len) != 0)
+			json_string_setn(v, b.ptr, b.len);
+		buf_release(&b);
+	}
+}
+
 enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 {
 	const char *format = api_query(r, "format"), *name = api_query(r, "name");
@@ -167,8 +191,15 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 				       attempt, r->id);
 	rc = !strcmp(format, "toolchain") ? toolchain_parse(&body, r->body.ptr ? r->body.ptr : "", r->body.len, name)
 					   : report_parse(&body, format, r->body.ptr ? r->body.ptr : "", r->body.len, name);
-	if (rc < 0)
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad %s report: %s", format, ota_error_last());
+	if (rc < 0) {
+		char *msg = xstrdup(ota_error_last()); /* libxml2's text may quote the file */
+		mask_string(logstore_mask(), msg);
+		ret = api_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad %s report: %s", format, msg);
+		free(msg);
+		return ret;
+	}
+	if (mask_set_count(logstore_mask()))
+		mask_json(logstore_mask(), body);
 	summary = report_summary(body, format);
 	stext = json_dumps(summary, JSON_COMPACT);
 	btext = json_dumps(body, JSON_COMPACT);

@@ -29,6 +29,7 @@
 
 #include "artifact.h"
 #include "clock.h"
+#include "../common/mask.h"
 #include "logstore.h"
 #include "engine_int.h"
 #include "rollout.h"
@@ -677,11 +678,16 @@ static int attempt_done(struct engine *e, struct jobrow *j, const struct job_res
 	char *message = NULL;
 	int failed = r->failure_kind != NULL, rc;
 
+	logstore_end(j->id, j->attempt); /* the log is complete: write what masking held back */
 	if (kind && kind->verdict) {
 		failed = attempt_verdict(e, j, kind, r, &message);
 		if (message)
 			rv.message = message;
 	}
+	if (rv.message && !message) /* a message may quote a step's output */
+		rv.message = message = xstrdup(rv.message);
+	if (message)
+		mask_string(logstore_mask(), message);
 	rc = attempt_record(e, j, &rv, failed, state_out);
 	free(message);
 	return rc;

@@ -4,8 +4,19 @@
  * Appends are serialised by one mutex: they are short writes to page cache,
  * and one lock keeps the offset check and the write atomic with respect to a
  * resent chunk arriving on another connection.
+ *
+ * Masking: with a mask set (every secret of the configuration), each
+ * running attempt has a mask stream (common/mask.h) in memory.  Bytes go
+ * through it before the file; the few bytes it holds back (a possible
+ * start of a secret) count as received, so the agent's offsets are
+ * file size + held bytes.  logstore_end() writes the held bytes when the
+ * attempt ends.  After a daemon restart the held bytes are gone (the agent
+ * resends from the file's size after a 416); the new stream is opened
+ * `resumed`, so a log that goes on mid-secret is masked from its start.
  */
 #include "logstore.h"
+
+#include "../common/mask.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +31,29 @@ static char *g_dir;
 static int64_t g_max = 4 << 20;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct notifier g_changes;
+static struct mask_set *g_mask;
+
+/* The mask stream of one attempt whose log is being written (under g_lock). */
+struct lstream {
+	int64_t job;
+	int attempt;
+	struct mask_stream ms;
+	struct lstream *next;
+};
+static struct lstream *g_streams;
+
+void logstore_set_mask(struct mask_set *set)
+{
+	pthread_mutex_lock(&g_lock);
+	mask_set_free(g_mask);
+	g_mask = set;
+	pthread_mutex_unlock(&g_lock);
+}
+
+const struct mask_set *logstore_mask(void)
+{
+	return g_mask;
+}
 
 int logstore_init(const char *state_dir, int64_t max_bytes)
 {
@@ -71,36 +105,42 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
-int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
-		    size_t len, int64_t *size)
+static struct lstream *stream_get(int64_t job, int attempt, int64_t cur, int create)
 {
-	char *path = log_path(job, attempt);
-	char *dir = NULL;
-	const char *p = data;
-	int64_t cur, skip;
+	struct lstream *ls;
+	for (ls = g_streams; ls; ls = ls->next)
+		if (ls->job == job && ls->attempt == attempt)
+			return ls;
+	if (!create || !g_mask || !mask_set_count(g_mask))
+		return NULL;
+	ls = xcalloc(1, sizeof(*ls));
+	ls->job = job;
+	ls->attempt = attempt;
+	mask_stream_init(&ls->ms, g_mask, cur > 0);
+	ls->next = g_streams;
+	g_streams = ls;
+	return ls;
+}
+
+static void stream_drop(struct lstream *ls)
+{
+	for (struct lstream **pp = &g_streams; *pp; pp = &(*pp)->next)
+		if (*pp == ls) {
+			*pp = ls->next;
+			break;
+		}
+	mask_stream_release(&ls->ms);
+	free(ls);
+}
+
+/* Append masked bytes at the end of the file (size cur), honouring the cap. */
+static int write_capped(int64_t job, int attempt, int64_t cur, const char *p, size_t len)
+{
+	char *path = log_path(job, attempt), *dir = NULL;
 	int fd = -1, rc = 0;
 
-	pthread_mutex_lock(&g_lock);
-	cur = logstore_size(job, attempt);
-	if (cur >= g_max) {
-		/* Truncated: accept and drop, so the agent moves on. */
-		*size = offset + (int64_t)len;
+	if (!len || cur >= g_max)
 		goto out;
-	}
-	if (offset > cur) {
-		*size = cur;
-		rc = ota_error_set(OTA_ECONFLICT, "chunk starts at %" PRId64 " but the log has %" PRId64 " bytes",
-				   offset, cur);
-		goto out;
-	}
-	skip = cur - offset;
-	if (skip >= (int64_t)len) {
-		*size = cur; /* a resend of bytes we already have */
-		goto out;
-	}
-	p += skip;
-	len -= (size_t)skip;
-
 	dir = xasprintf("%s/%" PRId64, g_dir, job);
 	if ((rc = ota_mkdir_p(dir, 0700)) < 0)
 		goto out;
@@ -114,22 +154,87 @@ int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 		char notice[128];
 		int n = snprintf(notice, sizeof(notice),
 				 "\n[otacd: log truncated at %" PRId64 " bytes]\n", g_max);
-		if ((rc = write_all(fd, p, keep)) < 0 || (rc = write_all(fd, notice, (size_t)n)) < 0)
-			goto out;
-		*size = offset + (int64_t)skip + (int64_t)len;
+		if ((rc = write_all(fd, p, keep)) == 0)
+			rc = write_all(fd, notice, (size_t)n);
 	} else {
-		if ((rc = write_all(fd, p, len)) < 0)
-			goto out;
-		*size = cur + (int64_t)len;
+		rc = write_all(fd, p, len);
 	}
 out:
 	if (fd >= 0)
 		close(fd);
+	free(dir);
+	free(path);
+	return rc;
+}
+
+int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
+		    size_t len, int64_t *size)
+{
+	struct buf masked = BUF_INIT;
+	struct lstream *ls;
+	const char *p = data;
+	int64_t cur, received, skip;
+	int rc = 0;
+
+	pthread_mutex_lock(&g_lock);
+	cur = logstore_size(job, attempt);
+	if (cur >= g_max) {
+		/* Truncated: accept and drop, so the agent moves on. */
+		*size = offset + (int64_t)len;
+		goto out;
+	}
+	ls = stream_get(job, attempt, cur, 1);
+	received = cur + (ls ? (int64_t)mask_stream_held(&ls->ms) : 0);
+	if (offset > received) {
+		*size = received;
+		rc = ota_error_set(OTA_ECONFLICT, "chunk starts at %" PRId64 " but the log has %" PRId64 " bytes",
+				   offset, received);
+		goto out;
+	}
+	skip = received - offset;
+	if (skip >= (int64_t)len) {
+		*size = received; /* a resend of bytes we already have */
+		goto out;
+	}
+	p += skip;
+	len -= (size_t)skip;
+	if (ls) {
+		if ((rc = mask_stream_feed(&ls->ms, p, len, &masked)) < 0)
+			goto out;
+		rc = write_capped(job, attempt, cur, masked.ptr, masked.len);
+	} else {
+		rc = write_capped(job, attempt, cur, p, len);
+	}
+	if (rc < 0)
+		goto out;
+	*size = received + (int64_t)len;
+out:
 	pthread_mutex_unlock(&g_lock);
 	if (rc == 0)
 		notifier_bump(&g_changes);
-	free(dir);
-	free(path);
+	if (masked.ptr)
+		memset(masked.ptr, 0, masked.len);
+	buf_release(&masked);
+	return rc;
+}
+
+int logstore_end(int64_t job, int attempt)
+{
+	struct buf masked = BUF_INIT;
+	struct lstream *ls;
+	int rc = 0;
+
+	pthread_mutex_lock(&g_lock);
+	ls = stream_get(job, attempt, 0, 0);
+	if (ls) {
+		if ((rc = mask_stream_flush(&ls->ms, &masked)) == 0)
+			rc = write_capped(job, attempt, logstore_size(job, attempt), masked.ptr, masked.len);
+		stream_drop(ls);
+	}
+	pthread_mutex_unlock(&g_lock);
+	if (ls)
+		notifier_bump(&g_changes);
+	buf_release(&masked);
 	return rc;
 }
 

@@ -8,6 +8,11 @@
  * resend from there.  The file's size is the truth; there is no separate
  * index to get out of step after a crash.
  *
+ * Secrets: with a mask set (logstore_set_mask) every byte is masked before
+ * it is written (common/mask.h); a few bytes that may start a secret are
+ * held back in memory until the next chunk or logstore_end().  The sizes
+ * this module reports to agents count those bytes as received.
+ *
  * Each log is capped (max_bytes); past the cap the store writes one notice
  * and accepts (drops) everything after it.  Followers wait on
  * logstore_changes(), which is bumped on every append and by the engine on
@@ -32,6 +37,16 @@ int64_t logstore_max_bytes(void);
  */
 int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 		    size_t len, int64_t *size);
+/*
+ * The attempt's log is complete (finished, given up): write the bytes held
+ * back for masking and forget its stream.
+ */
+int logstore_end(int64_t job, int attempt);
+/* Mask every log, report and message with set (owned; NULL: none). */
+struct mask_set;
+void logstore_set_mask(struct mask_set *set);
+/* The daemon's mask set, or NULL (borrowed). */
+const struct mask_set *logstore_mask(void);
 /* Current size (0 if no log yet). */
 int64_t logstore_size(int64_t job, int attempt);
 /* Read up to max bytes from offset into out (appended). */

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/mask.h"
 #include "../common/util.h"
 #include "api.h"
 #include "artifact.h"
@@ -318,6 +319,18 @@ int main(int argc, char **argv)
 	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
 	    artifact_store_init(cfg.state_dir, cfg.max_artifact_size) < 0)
 		goto fail;
+	{
+		/* Every configured secret is masked in every log, report and
+		 * message, whether or not the job named it. */
+		struct strvec sv = STRVEC_INIT;
+		const char *name;
+		json_t *v;
+		json_object_foreach(cfg.secrets, name, v)
+			if (json_is_string(v))
+				strvec_push(&sv, json_string_value(v));
+		logstore_set_mask(mask_set_new((const char *const *)sv.v, sv.n));
+		strvec_clear(&sv);
+	}
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
 	json_array_foreach(cfg.tokens, i, t)
