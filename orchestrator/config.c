@@ -5,6 +5,7 @@
  * directly: one mapping of known keys, each checked for its type.
  */
 #include "config.h"
+#include "yamlbound.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -410,6 +411,14 @@ int config_load(struct otacd_config *c, const char *path)
 
 	if ((rc = ota_read_file(&text, path, 1 << 20)) < 0)
 		return rc;
+	{
+		struct yaml_bound_err be;
+		if (yaml_bounds_check(text.ptr, text.len, YAML_MAX_DEPTH, YAML_MAX_NODES, &be) < 0) {
+			rc = ota_error_set(OTA_EINVAL, "%s:%d:%d: the file is %s", path, be.line, be.col, be.msg);
+			buf_release(&text);
+			return rc;
+		}
+	}
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_string(&parser, (const unsigned char *)text.ptr, text.len);
 	if (!yaml_parser_load(&parser, &doc)) {

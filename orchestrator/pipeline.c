@@ -17,6 +17,7 @@
  */
 #include "pipeline.h"
 #include "pipeline_int.h"
+#include "yamlbound.h"
 #include "gate.h"
 #include "../stages/stage.h"
 
@@ -518,6 +519,14 @@ int pipeline_parse(struct pipeline **out, const char *file, const char *text,
 	c.p = xcalloc(1, sizeof(*c.p));
 	c.p->file = xstrdup(file && *file ? file : diags->file);
 
+	{
+		struct yaml_bound_err be;
+		if (yaml_bounds_check(text, text ? len : 0, YAML_MAX_DEPTH, YAML_MAX_NODES, &be) < 0) {
+			pl_diag_add(diags, (struct pl_pos){ be.line, be.col }, "the document is %s (hostile or generated?)",
+				    be.msg);
+			goto done;
+		}
+	}
 	if (!yaml_parser_initialize(&parser)) {
 		pl_diag_add(diags, (struct pl_pos){ 1, 1 }, "out of memory while reading YAML");
 		goto done;

@@ -19,7 +19,12 @@
  * cases and findings are appended to jansson arrays, so a parse is linear
  * in the size of the document.  libxml2's own limits bound the walk: at
  * most 256 levels of nesting and 10 MB per text node (no XML_PARSE_HUGE),
- * so the recursion over nested <testsuite>s is bounded too.
+ * so the recursion over nested <testsuite>s is bounded too.  Before libxml2
+ * sees a byte, xml_bounds() scans the markup once (linear, no allocation)
+ * and refuses an element with more than REPORT_XML_MAX_ATTRS attributes or
+ * nesting deeper than REPORT_XML_MAX_DEPTH: libxml2 2.9 checks an element's
+ * attributes for duplicates pairwise, so 200,000 attributes on one element
+ * cost minutes of CPU.
  *
  * SARIF is loaded with jansson and walked with a type check on every member
  * read; a wrong type names its JSON path ("runs[0].results[3].message:
@@ -326,6 +331,94 @@ static int dtd_has_entities(xmlDocPtr doc)
  * numbers right past 65535, XML_PARSE_COMPACT saves an allocation per
  * short text node.
  */
+/* Skip to just past the first occurrence of end (or to len). */
+static size_t skip_past(const char *p, size_t len, size_t i, const char *end)
+{
+	const char *hit = memmem(p + i, len - i, end, strlen(end));
+	return hit ? (size_t)(hit - p) + strlen(end) : len;
+}
+
+/*
+ * Refuse documents with an element of too many attributes or too deep a
+ * nesting, by a scan of the markup alone (comments, CDATA, processing
+ * instructions and declarations skipped; quoted values honoured).  Not a
+ * well-formedness check: libxml2 does that afterwards.
+ */
+static int xml_bounds(const char *p, size_t len, const char *name)
+{
+	size_t i = 0, at = 0;
+	int depth = 0, attrs = 0;
+	const char *why = NULL;
+
+	while (i < len && !why) {
+		const char *lt = memchr(p + i, '<', len - i);
+		if (!lt)
+			break;
+		i = (size_t)(lt - p);
+		at = i;
+		if (len - i >= 4 && !memcmp(p + i, "<!--", 4)) {
+			i = skip_past(p, len, i + 4, "-->");
+		} else if (len - i >= 9 && !memcmp(p + i, "<![CDATA[", 9)) {
+			i = skip_past(p, len, i + 9, "]]>");
+		} else if (len - i >= 2 && p[i + 1] == '?') {
+			i = skip_past(p, len, i + 2, "?>");
+		} else if (len - i >= 2 && p[i + 1] == '!') {
+			int bracket = 0;
+			char q = 0;
+			for (i += 2; i < len; i++) {
+				if (q) {
+					q = p[i] == q ? 0 : q;
+				} else if (p[i] == '"' || p[i] == '\'') {
+					q = p[i];
+				} else if (p[i] == '[') {
+					bracket++;
+				} else if (p[i] == ']') {
+					bracket--;
+				} else if (p[i] == '>' && bracket <= 0) {
+					break;
+				}
+			}
+			i++;
+		} else if (len - i >= 2 && p[i + 1] == '/') {
+			depth--;
+			i = skip_past(p, len, i + 2, ">");
+		} else {
+			char q = 0;
+			attrs = 0;
+			for (i++; i < len; i++) {
+				if (q)
+					q = p[i] == q ? 0 : q;
+				else if (p[i] == '"' || p[i] == '\'')
+					q = p[i];
+				else if (p[i] == '=')
+					attrs++;
+				else if (p[i] == '>')
+					break;
+			}
+			if (i < len && p[i - 1] != '/')
+				depth++;
+			i++;
+			if (attrs > REPORT_XML_MAX_ATTRS)
+				why = "an element with more than " OTA_STR(REPORT_XML_MAX_ATTRS) " attributes";
+			else if (depth > REPORT_XML_MAX_DEPTH)
+				why = "elements nested more than " OTA_STR(REPORT_XML_MAX_DEPTH) " levels deep";
+		}
+	}
+	if (why) {
+		int line = 1, col = 1;
+		for (size_t k = 0; k < at; k++) {
+			if (p[k] == '\n') {
+				line++;
+				col = 1;
+			} else if (((unsigned char)p[k] & 0xc0) != 0x80) {
+				col++;
+			}
+		}
+		return ota_error_set(OTA_EINVAL, "%s:%d:%d: %s (refused before parsing)", name, line, col, why);
+	}
+	return 0;
+}
+
 static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *name)
 {
 	struct xml_guard guard = { 0 };
@@ -336,7 +429,7 @@ static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *na
 	int rc = OTA_EINVAL;
 
 	*out = NULL;
-	if ((rc = check_size(len, name)) < 0)
+	if ((rc = check_size(len, name)) < 0 || (rc = xml_bounds(data, len, name)) < 0)
 		goto out;
 	rc = OTA_EINVAL;
 	pthread_once(&init_once, init);

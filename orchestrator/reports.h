@@ -36,6 +36,12 @@
 #include <jansson.h>
 #include <stddef.h>
 
+/* Bounds checked before libxml2 parses an XML report (docs/security.md). */
+#define REPORT_XML_MAX_ATTRS 256
+#define REPORT_XML_MAX_DEPTH 256
+#define OTA_STR_(x) #x
+#define OTA_STR(x) OTA_STR_(x)
+
 /* Largest report accepted (bytes). */
 #define REPORT_MAX_BYTES (64 * 1024 * 1024)
 

@@ -12,6 +12,12 @@
  * job credential that bypasses the agent's own masking, chunk by chunk and
  * across a daemon restart.  Every check reads the log both through the API
  * and from the file on disk.
+ *
+ * Hostile documents (docs/security.md, "Hostile load and hostile
+ * documents"): YAML nested 100,000 deep or with too many nodes, XML with
+ * 200,000 attributes on one element or nested too deep, refused with a
+ * file:line:column message before libyaml or libxml2 builds anything, as
+ * units and through the real daemon's POST /lint and report upload.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -28,7 +34,10 @@
 #include "../common/httpc.h"
 #include "../common/mask.h"
 #include "../common/util.h"
+#include "../orchestrator/config.h"
 #include "../orchestrator/logstore.h"
+#include "../orchestrator/pipeline.h"
+#include "../orchestrator/reports.h"
 #include "harness.h"
 
 /* '/', '+', ' ' and '=' make the URL and base64 forms differ from the value. */
@@ -284,8 +293,11 @@ static void log_store_masks_across_chunks_and_counts_held_bytes_as_received(void
 
 /* ---- end to end ---------------------------------------------------------------- */
 
+#define VIEWER_TOKEN "viewer-token-0123456789abcdef"
+
 static const char *const config =
 	"lease: 3s\nheartbeat: 500ms\n"
+	"tokens:\n  - { name: viewer, role: viewer, token: " VIEWER_TOKEN " }\n"
 	"secrets:\n"
 	"  DEPLOY_KEY: '" SECRET "'\n"
 	"  SIGN_PEM: |-\n"
@@ -603,6 +615,178 @@ static void a_secret_cut_by_a_daemon_restart_is_still_masked(void **state)
 	json_decref(job);
 }
 
+
+/* ---- hostile documents ------------------------------------------------------- */
+
+static char *deep_flow_yaml(int levels)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "name: p\nstages: ");
+	for (int i = 0; i < levels; i++)
+		buf_putc(&b, '[');
+	for (int i = 0; i < levels; i++)
+		buf_putc(&b, ']');
+	buf_putc(&b, '\n');
+	return buf_detach(&b);
+}
+
+static char *deep_block_yaml(int levels)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "name: p\nstages:\n");
+	for (int i = 0; i < levels; i++) {
+		for (int k = 0; k < i; k++)
+			buf_puts(&b, "  ");
+		buf_puts(&b, "- \n");
+	}
+	return buf_detach(&b);
+}
+
+static char *many_nodes_yaml(int n)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "name: p\nstages:\n  - { name: a, steps: [x], env: { A: [");
+	for (int i = 0; i < n; i++)
+		buf_puts(&b, "1,");
+	buf_puts(&b, "1] } }\n");
+	return buf_detach(&b);
+}
+
+static char *many_attrs_xml(int n)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "<?xml version=\"1.0\"?>\n<testsuite name=\"s\">\n  <testcase name=\"c\"");
+	for (int i = 0; i < n; i++)
+		buf_printf(&b, " a%d=\"x\"", i);
+	buf_puts(&b, "/>\n</testsuite>\n");
+	return buf_detach(&b);
+}
+
+static char *deep_xml(int levels)
+{
+	struct buf b = BUF_INIT;
+	buf_puts(&b, "<testsuites>\n");
+	for (int i = 0; i < levels; i++)
+		buf_puts(&b, "<testsuite name=\"a>b\">");
+	for (int i = 0; i < levels; i++)
+		buf_puts(&b, "</testsuite>");
+	buf_puts(&b, "\n</testsuites>\n");
+	return buf_detach(&b);
+}
+
+static void pipeline_parse_refuses(const char *yaml, const char *want)
+{
+	struct pipeline *p = NULL;
+	struct pl_diags d;
+	pl_diags_init(&d, "p.yml");
+	assert_int_equal(pipeline_parse(&p, "p.yml", yaml, strlen(yaml), &d), OTA_EINVAL);
+	assert_null(p);
+	if (!strstr(ota_error_last(), want))
+		fail_msg("'%s' does not say '%s'", ota_error_last(), want);
+	pl_diags_release(&d);
+}
+
+static void yaml_nested_too_deep_or_too_big_is_refused_with_its_position(void **state)
+{
+	char *flow = deep_flow_yaml(100000), *block = deep_block_yaml(200), *big = many_nodes_yaml(200001);
+	char *ok = deep_flow_yaml(20), *dir = h_tmpdir(), *cfg = xasprintf("%s/otacd.yml", dir);
+	struct otacd_config c;
+
+	(void)state;
+	pipeline_parse_refuses(flow, "p.yml:2:72: the document is nested more than 64 levels deep");
+	pipeline_parse_refuses(block, "p.yml:66:127: ");
+	pipeline_parse_refuses(block, "nested more than 64 levels deep");
+	pipeline_parse_refuses(big, "more than 200000 nodes");
+	/* a merely odd document gets the usual checks, not this one */
+	{
+		struct pipeline *p = NULL;
+		struct pl_diags d;
+		pl_diags_init(&d, "p.yml");
+		assert_int_equal(pipeline_parse(&p, "p.yml", ok, strlen(ok), &d), OTA_EINVAL);
+		assert_null(strstr(ota_error_last(), "levels deep"));
+		pl_diags_release(&d);
+	}
+	/* the server config too */
+	{
+		char *deep_cfg = xasprintf("secrets: %s", flow + strlen("name: p\nstages: "));
+		assert_int_equal(ota_write_file_atomic(cfg, deep_cfg, strlen(deep_cfg), 0600), 0);
+		config_defaults(&c);
+		assert_int_equal(config_load(&c, cfg), OTA_EINVAL);
+		if (!strstr(ota_error_last(), "otacd.yml:1:73: the file is nested more than 64 levels deep"))
+			fail_msg("%s", ota_error_last());
+		config_release(&c);
+		free(deep_cfg);
+	}
+	free(flow);
+	free(block);
+	free(big);
+	free(ok);
+	free(cfg);
+	free(dir);
+}
+
+static void xml_with_too_many_attributes_or_levels_is_refused_before_parsing(void **state)
+{
+	char *attrs = many_attrs_xml(200000), *deep = deep_xml(300), *fine = many_attrs_xml(200);
+	json_t *out = NULL;
+
+	(void)state;
+	assert_int_equal(report_parse(&out, "junit", attrs, strlen(attrs), "r.xml"), OTA_EINVAL);
+	assert_string_equal(ota_error_last(), "r.xml:3:3: an element with more than 256 attributes (refused before parsing)");
+	assert_int_equal(report_parse(&out, "cppcheck", deep, strlen(deep), "c.xml"), OTA_EINVAL);
+	assert_non_null(strstr(ota_error_last(), "c.xml:2:"));
+	assert_non_null(strstr(ota_error_last(), "nested more than 256 levels deep"));
+	/* under the bounds: parsed as usual ('>' inside a quoted value is no tag end) */
+	assert_int_equal(report_parse(&out, "junit", fine, strlen(fine), "r.xml"), 0);
+	assert_int_equal(json_integer_value(json_object_get(out, "tests")), 1);
+	json_decref(out);
+	out = NULL;
+	free(deep);
+	deep = deep_xml(100);
+	assert_int_equal(report_parse(&out, "junit", deep, strlen(deep), "r.xml"), 0);
+	json_decref(out);
+	free(attrs);
+	free(deep);
+	free(fine);
+}
+
+static void hostile_documents_are_refused_by_the_daemon(void **state)
+{
+	struct daemon *d = *state;
+	char *flow = deep_flow_yaml(100000), *attrs = many_attrs_xml(200000), *path;
+	struct buf body = BUF_INIT;
+	int64_t agent;
+	json_t *job;
+
+	/* a viewer's lint: refused with the position, and the daemon still answers */
+	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", flow, strlen(flow),
+			     &body), 200);
+	assert_non_null(strstr(buf_cstr(&body), "\"ok\":false"));
+	assert_non_null(strstr(buf_cstr(&body), "p.yml:2:72: the document is nested more than 64 levels deep"));
+	/* a trigger of the same is refused and stores nothing */
+	{
+		json_t *req = json_pack("{ss}", "pipeline", flow), *ans = NULL;
+		assert_int_equal(h_post(d, "/api/v1/runs", req, &ans), 422);
+		json_decref(req);
+		json_decref(ans);
+		assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM runs"), 0);
+	}
+	/* a report with 200,000 attributes on one element */
+	h_trigger(d, "name: raw\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
+	job = take_job(d, &agent);
+	path = xasprintf("/api/v1/agent/jobs/%lld/reports?attempt=1&format=junit&name=r.xml",
+			 (long long)json_integer_value(json_object_get(job, "job_id")));
+	assert_int_equal(raw(d, "PUT", path, job_token(d, job), "application/xml", attrs, strlen(attrs), &body), 400);
+	assert_non_null(strstr(buf_cstr(&body), "r.xml:3:3: an element with more than 256 attributes"));
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM reports"), 0);
+	assert_int_equal(raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, &body), 200);
+	free(path);
+	json_decref(job);
+	buf_release(&body);
+	free(flow);
+	free(attrs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -619,6 +803,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(raw_client_bypassing_the_agent_cannot_store_a_secret, setup_raw, teardown),
 		cmocka_unit_test_setup_teardown(raw_report_upload_is_masked, setup_raw, teardown),
 		cmocka_unit_test_setup_teardown(a_secret_cut_by_a_daemon_restart_is_still_masked, setup_raw, teardown),
+		cmocka_unit_test(yaml_nested_too_deep_or_too_big_is_refused_with_its_position),
+		cmocka_unit_test(xml_with_too_many_attributes_or_levels_is_refused_before_parsing),
+		cmocka_unit_test_setup_teardown(hostile_documents_are_refused_by_the_daemon, setup_raw, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
