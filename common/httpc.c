@@ -169,6 +169,12 @@ static CURL *easy_new_ex(struct curl_slist **hdrs, char *errbuf, const char *met
 	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
 	curl_easy_setopt(h, CURLOPT_USERAGENT, "otacd-httpc/1");
+	/* http and https only, redirects never followed (and, should a caller
+	 * ever turn them on, never to another scheme): no gopher://, file://,
+	 * dict:// ... from a URL someone else wrote */
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	if (strcmp(method, "GET") && strcmp(method, "POST"))
 		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 	if (!strcmp(method, "HEAD"))

@@ -36,6 +36,7 @@ void config_defaults(struct otacd_config *c)
 	c->poll_ms = 6LL * 3600 * 1000;
 	c->update_server = xstrdup("builtin");
 	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
+	c->providers = json_object();
 }
 
 static void repo_release(struct repo_cfg *r)
@@ -78,6 +79,7 @@ void config_release(struct otacd_config *c)
 	free(c->update_server_url);
 	free(c->update_server_token);
 	free(c->prometheus_url);
+	json_decref(c->providers);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -183,6 +185,57 @@ static int get_tokens(struct cfg_ctx *x, yaml_node_t *n)
 			auth_sha256_hex(token, hex);
 		json_array_append_new(x->c->tokens, json_pack("{ss ss ss}", "name", name, "role", role,
 							      "sha256", token ? hex : hash));
+	}
+	return 0;
+}
+
+static int http_url(const char *s)
+{
+	return s && (!strncmp(s, "http://", 7) || !strncmp(s, "https://", 8)) && !strpbrk(s, " \t\r\n");
+}
+
+/* providers: NAME -> {kind: prometheus|http, url: http(s)://..., token: ...} */
+static int get_providers(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping NAME: {kind, url, token}", "providers");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		const char *name = scalar(k), *kind = NULL, *url = NULL, *token = NULL;
+		yaml_node_pair_t *q;
+		json_t *def;
+
+		if (!name || !*name || strlen(name) > 64 ||
+		    strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != strlen(name) ||
+		    !strcmp(name, "builtin"))
+			return cfg_err(x, k, "provider name '%s' must be letters, digits, '_' or '-' (and not builtin)",
+				       name ? name : "");
+		if (v->type != YAML_MAPPING_NODE)
+			return cfg_err(x, v, "provider '%s' must be a mapping {kind, url, token}", name);
+		for (q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+			yaml_node_t *qk = yaml_document_get_node(x->doc, q->key);
+			const char *ks = scalar(qk) ? scalar(qk) : "", *vs = scalar(yaml_document_get_node(x->doc, q->value));
+			if (!vs)
+				return cfg_err(x, qk, "provider key '%s' must be a string", ks);
+			if (!strcmp(ks, "kind"))
+				kind = vs;
+			else if (!strcmp(ks, "url"))
+				url = vs;
+			else if (!strcmp(ks, "token"))
+				token = vs;
+			else
+				return cfg_err(x, qk, "unknown provider key '%s' (expected kind, url, token)", ks);
+		}
+		if (!kind || (strcmp(kind, "prometheus") && strcmp(kind, "http")))
+			return cfg_err(x, v, "provider '%s' needs kind: prometheus or kind: http", name);
+		if (!http_url(url))
+			return cfg_err(x, v, "provider '%s' needs a url starting with http:// or https://", name);
+		def = json_pack("{ss ss}", "kind", kind, "url", url);
+		if (token)
+			json_object_set_new(def, "token", json_string(token));
+		json_object_set_new(x->c->providers, name, def);
 	}
 	return 0;
 }
@@ -316,7 +369,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
-		"update_server_url", "update_server_token", "prometheus_url",
+		"update_server_url", "update_server_token", "prometheus_url", "providers",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -387,8 +440,12 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_string(x, v, key, &c->update_server_url);
 		else if (!strcmp(key, "update_server_token"))
 			rc = get_string(x, v, key, &c->update_server_token);
-		else if (!strcmp(key, "prometheus_url"))
-			rc = get_string(x, v, key, &c->prometheus_url);
+		else if (!strcmp(key, "prometheus_url")) {
+			if ((rc = get_string(x, v, key, &c->prometheus_url)) == 0 && *c->prometheus_url &&
+			    !http_url(c->prometheus_url))
+				rc = cfg_err(x, v, "'%s' must start with http:// or https://", key);
+		} else if (!strcmp(key, "providers"))
+			rc = get_providers(x, v);
 		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];

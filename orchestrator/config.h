@@ -48,7 +48,8 @@ struct otacd_config {
 	char *update_server;            /* adapter: "builtin" (default) or "http" */
 	char *update_server_url;        /* http adapter: base URL */
 	char *update_server_token;      /* http adapter: bearer token */
-	char *prometheus_url;           /* gates with provider: prometheus, default http://127.0.0.1:9090 */
+	char *prometheus_url;           /* the provider `prometheus` unless `providers` defines it, default http://127.0.0.1:9090 */
+	json_t *providers;              /* metric providers: object NAME -> {"kind", "url", "token"?} */
 };
 
 /* The repository called name, or NULL. */

@@ -29,6 +29,8 @@
 
 #include "artifact.h"
 #include "clock.h"
+#include "config.h"
+#include "gate.h"
 #include "../common/mask.h"
 #include "logstore.h"
 #include "engine_int.h"
@@ -1492,6 +1494,21 @@ static int build_plan(struct engine *e, const struct pipeline *p, const char *re
 	json_t *plan = json_array();
 	int rc = 0;
 
+	if (p->gates && e->cfg.config) {
+		/* gates name providers of the server config (docs/security.md, outbound requests) */
+		const char *gname;
+		json_t *gv;
+		json_object_foreach(p->gates, gname, gv) {
+			struct gate_spec g;
+			char err[256];
+			if (gate_spec_parse(gv, gname, &g, err, sizeof(err)) == 0 &&
+			    gate_provider_check(&g, e->cfg.config->providers, e->cfg.config->prometheus_url) < 0) {
+				snprintf(err, sizeof(err), "%s", ota_error_last());
+				pl_diag_add(diags, (struct pl_pos){ 1, 1 }, "%s", err); /* gates keep no position */
+			}
+			gate_spec_release(&g);
+		}
+	}
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct pl_stage *s = &p->stages[i];
 		json_t *jobs = NULL, *needs = json_array(), *job;

@@ -48,7 +48,11 @@ static const char *const gate_keys[] = {
 	"baseline", "min_devices", "alpha", "failure_limit", "error_limit",
 };
 
-static const char *const provider_names[] = { "builtin", "prometheus", "http" };
+static int provider_name_valid(const char *s)
+{
+	size_t n = strlen(s);
+	return n > 0 && n <= 64 && strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
 
 int gate_metric_lookup(const char *name)
 {
@@ -218,42 +222,46 @@ int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, 
 	if ((rc = want_string(obj, "metric", out->name, err, errlen)) < 0 ||
 	    (rc = want_string(obj, "provider", out->name, err, errlen)) < 0 ||
 	    (rc = want_string(obj, "query", out->name, err, errlen)) < 0 ||
-	    (rc = want_string(obj, "url", out->name, err, errlen)) < 0 ||
 	    (rc = want_string(obj, "json_path", out->name, err, errlen)) < 0)
 		goto out;
+	if (json_object_get(obj, "url")) {
+		/* Where the daemon sends requests is the server's decision (SSRF). */
+		rc = spec_error(err, errlen, out->name,
+				"'url' is not accepted in a pipeline: define the endpoint as a provider in "
+				"otacd's configuration (providers:) and name it with provider: NAME");
+		goto out;
+	}
 	out->metric = opt_string(obj, "metric");
 	out->query = opt_string(obj, "query");
-	out->url = opt_string(obj, "url");
 	out->json_path = opt_string(obj, "json_path");
 
-	/* provider: explicit, or implied by query / url */
+	/* provider: builtin, or the name of a configured provider; its kind
+	 * follows from the keys (query: prometheus, else http) and is checked
+	 * against the configuration when the gate is queried or triggered */
 	s = json_string_value(json_object_get(obj, "provider"));
-	if (s) {
-		size_t i;
-		for (i = 0; i < OTA_ARRAY_SIZE(provider_names); i++)
-			if (strcmp(s, provider_names[i]) == 0)
-				break;
-		if (i == OTA_ARRAY_SIZE(provider_names)) {
-			const char *dym = ota_did_you_mean(s, provider_names,
-							   OTA_ARRAY_SIZE(provider_names));
+	if (s && strcmp(s, "builtin") != 0) {
+		if (!provider_name_valid(s)) {
 			rc = spec_error(err, errlen, out->name,
-					"unknown provider '%s'%s%s%s (builtin, prometheus or http)", s,
-					dym ? " (did you mean '" : "", dym ? dym : "", dym ? "'?)" : "");
+					"provider '%s' must be builtin or the name of a provider in otacd's "
+					"configuration (letters, digits, '_', '-')", s);
 			goto out;
 		}
-		out->provider = (enum gate_provider)i;
-	} else if (out->query) {
+		out->provider_name = xstrdup(s);
+		out->provider = out->query ? GATE_PROVIDER_PROMETHEUS : GATE_PROVIDER_HTTP;
+	} else if (!s && out->query) {
+		out->provider_name = xstrdup("prometheus");
 		out->provider = GATE_PROVIDER_PROMETHEUS;
-	} else if (out->url) {
-		out->provider = GATE_PROVIDER_HTTP;
+	} else if (!s && out->json_path) {
+		rc = spec_error(err, errlen, out->name, "json_path needs provider: NAME (an http provider "
+				"from otacd's configuration)%s", "");
+		goto out;
 	}
 
 	switch (out->provider) {
 	case GATE_PROVIDER_BUILTIN:
-		if (out->query || out->url || out->json_path) {
-			rc = spec_error(err, errlen, out->name, "%s is only for provider %s",
-					out->query ? "query" : out->url ? "url" : "json_path",
-					out->query ? "prometheus" : "http");
+		if (out->query || out->json_path) {
+			rc = spec_error(err, errlen, out->name, "%s is only for a %s provider",
+					out->query ? "query" : "json_path", out->query ? "prometheus" : "http");
 			goto out;
 		}
 		if (!out->metric) {
@@ -278,25 +286,13 @@ int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, 
 		out->metric_id = (enum gate_metric)gate_metric_lookup(out->metric);
 		break;
 	case GATE_PROVIDER_PROMETHEUS:
-		if (!out->query) {
-			rc = spec_error(err, errlen, out->name, "provider prometheus needs a query");
-			goto out;
-		}
-		if (out->url || out->json_path) {
-			rc = spec_error(err, errlen, out->name, "%s is only for provider http",
-					out->url ? "url" : "json_path");
+		if (out->json_path) {
+			rc = spec_error(err, errlen, out->name, "json_path is only for http providers; "
+					"a prometheus gate has a query%s", "");
 			goto out;
 		}
 		break;
 	case GATE_PROVIDER_HTTP:
-		if (!out->url) {
-			rc = spec_error(err, errlen, out->name, "provider http needs a url");
-			goto out;
-		}
-		if (out->query) {
-			rc = spec_error(err, errlen, out->name, "query is only for provider prometheus");
-			goto out;
-		}
 		if (out->json_path && path_walk(NULL, out->json_path, 1, NULL) < 0) {
 			rc = spec_error(err, errlen, out->name,
 					"json_path '%s' is not a path like data.value or a.b[0].c",
@@ -398,7 +394,7 @@ void gate_spec_release(struct gate_spec *g)
 	free(g->name);
 	free(g->metric);
 	free(g->query);
-	free(g->url);
+	free(g->provider_name);
 	free(g->json_path);
 	memset(g, 0, sizeof(*g));
 }
@@ -835,7 +831,8 @@ static int number_string(const char *s, double *out)
 	return 0;
 }
 
-int gate_query_prometheus(const char *base_url, const char *query, double *value)
+static int query_prometheus(const char *base_url, const char *token, const char *query, double *value,
+			    int *unreachable)
 {
 	struct httpc_response resp;
 	json_t *root = NULL, *data, *result, *sample = NULL, *v;
@@ -849,7 +846,8 @@ int gate_query_prometheus(const char *base_url, const char *query, double *value
 	while (blen > 0 && base_url[blen - 1] == '/')
 		blen--;
 	url = xasprintf("%.*s/api/v1/query?query=%s", (int)blen, base_url, esc);
-	rc = httpc_request(&resp, "GET", url, NULL, NULL, NULL, 0, GATE_QUERY_TIMEOUT_MS);
+	rc = httpc_request(&resp, "GET", url, token, NULL, NULL, 0, GATE_QUERY_TIMEOUT_MS);
+	*unreachable = rc < 0;
 	if (rc < 0) {
 		ota_error_prefix("prometheus %.*s: ", (int)blen, base_url);
 		goto out;
@@ -909,6 +907,12 @@ out:
 	free(url);
 	free(esc);
 	return rc;
+}
+
+int gate_query_prometheus(const char *base_url, const char *query, double *value)
+{
+	int unreachable;
+	return query_prometheus(base_url, NULL, query, value, &unreachable);
 }
 
 /*
@@ -984,7 +988,8 @@ int gate_json_path_number(const json_t *root, const char *json_path, double *val
 	return ota_error_set(OTA_EINVAL, "json_path '%s': the value is not a number", path);
 }
 
-int gate_query_http(const char *url, const char *json_path, double *value)
+static int query_http(const char *url, const char *token, const char *json_path, double *value,
+		      int *unreachable)
 {
 	struct httpc_response resp;
 	json_t *root = NULL;
@@ -992,7 +997,8 @@ int gate_query_http(const char *url, const char *json_path, double *value)
 	int rc;
 
 	*value = NAN;
-	rc = httpc_request(&resp, "GET", url, NULL, NULL, NULL, 0, GATE_QUERY_TIMEOUT_MS);
+	rc = httpc_request(&resp, "GET", url, token, NULL, NULL, 0, GATE_QUERY_TIMEOUT_MS);
+	*unreachable = rc < 0;
 	if (rc < 0) {
 		ota_error_prefix("GET %s: ", url);
 		goto out;
@@ -1016,33 +1022,85 @@ out:
 	return rc;
 }
 
-int gate_query(const struct gate_spec *g, const char *prometheus_url,
-	       const struct gate_vars *vars, double *value)
+int gate_query_http(const char *url, const char *json_path, double *value)
 {
-	char *s = NULL;
+	int unreachable;
+	return query_http(url, NULL, json_path, value, &unreachable);
+}
+
+int gate_provider_find(struct gate_provider_def *out, const json_t *providers, const char *prometheus_url,
+		       const char *name)
+{
+	const json_t *p = providers ? json_object_get(providers, name ? name : "") : NULL;
+	const char *kind;
+
+	memset(out, 0, sizeof(*out));
+	if (!p && name && !strcmp(name, "prometheus") && prometheus_url && *prometheus_url) {
+		out->name = "prometheus";
+		out->kind = GATE_PROVIDER_PROMETHEUS;
+		out->url = prometheus_url;
+		return 0;
+	}
+	if (!p)
+		return ota_error_set(OTA_ENOTFOUND, "provider '%s' is not defined in otacd's configuration (providers:)",
+				     name ? name : "");
+	kind = json_string_value(json_object_get(p, "kind"));
+	out->name = name;
+	out->kind = kind && !strcmp(kind, "http") ? GATE_PROVIDER_HTTP : GATE_PROVIDER_PROMETHEUS;
+	out->url = json_string_value(json_object_get(p, "url"));
+	out->token = json_string_value(json_object_get(p, "token"));
+	return 0;
+}
+
+int gate_provider_check(const struct gate_spec *g, const json_t *providers, const char *prometheus_url)
+{
+	struct gate_provider_def def;
 	int rc;
 
+	if (g->provider == GATE_PROVIDER_BUILTIN)
+		return 0;
+	if ((rc = gate_provider_find(&def, providers, prometheus_url, g->provider_name)) < 0) {
+		ota_error_prefix("gate '%s'", g->name);
+		return rc;
+	}
+	if (def.kind != g->provider)
+		return ota_error_set(OTA_EINVAL, "gate '%s': provider '%s' is a%s provider: %s", g->name,
+				     g->provider_name, def.kind == GATE_PROVIDER_HTTP ? "n http" : " prometheus",
+				     def.kind == GATE_PROVIDER_HTTP ? "give json_path, not query" : "give a query");
+	return 0;
+}
+
+int gate_query(const struct gate_spec *g, const json_t *providers, const char *prometheus_url,
+	       const struct gate_vars *vars, double *value)
+{
+	struct gate_provider_def def;
+	char *s = NULL;
+	int rc, unreachable = 0;
+
 	*value = NAN;
-	switch (g->provider) {
-	case GATE_PROVIDER_PROMETHEUS:
-		if (!prometheus_url || !*prometheus_url) {
-			rc = ota_error_set(OTA_EINVAL, "gate '%s': provider prometheus needs a "
-					   "Prometheus URL in the configuration", g->name);
-			goto out;
-		}
-		s = gate_expand(g->query, vars, GATE_EXPAND_PROMQL);
-		rc = gate_query_prometheus(prometheus_url, s, value);
-		break;
-	case GATE_PROVIDER_HTTP:
-		s = gate_expand(g->url, vars, GATE_EXPAND_URL);
-		rc = gate_query_http(s, g->json_path, value);
-		break;
-	default:
+	if (g->provider == GATE_PROVIDER_BUILTIN) {
 		rc = ota_error_set(OTA_EINVAL, "gate '%s': builtin metrics are not queried", g->name);
 		goto out;
 	}
-	if (rc < 0)
-		ota_error_prefix("gate '%s': ", g->name);
+	if ((rc = gate_provider_check(g, providers, prometheus_url)) < 0)
+		goto out;
+	gate_provider_find(&def, providers, prometheus_url, g->provider_name);
+	if (def.kind == GATE_PROVIDER_PROMETHEUS) {
+		s = gate_expand(g->query, vars, GATE_EXPAND_PROMQL);
+		rc = query_prometheus(def.url, def.token, s, value, &unreachable);
+	} else {
+		s = gate_expand(def.url, vars, GATE_EXPAND_URL);
+		rc = query_http(s, def.token, g->json_path, value, &unreachable);
+	}
+	if (rc < 0 && rc != OTA_ENOTFOUND) {
+		/* The details (addresses, statuses, bodies) go to the daemon's log
+		 * only: a pipeline must not learn about the network through them. */
+		fprintf(stderr, "otacd: gate '%s': provider '%s': %s\n", g->name, def.name, ota_error_last());
+		rc = ota_error_set(rc, "gate '%s': provider '%s' %s", g->name, def.name,
+				   unreachable ? "unreachable" : "gave a bad answer");
+	} else if (rc == OTA_ENOTFOUND) {
+		rc = ota_error_set(rc, "gate '%s': provider '%s' has no data", g->name, def.name);
+	}
 out:
 	free(s);
 	return rc;

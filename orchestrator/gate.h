@@ -74,7 +74,7 @@ struct gate_spec {
 	enum gate_kind kind;
 	enum gate_provider provider;
 	char *query;                 /* prometheus: PromQL with $release ... */
-	char *url;                   /* http: URL with $release ... */
+	char *provider_name;         /* configured provider (NULL: builtin) */
 	char *json_path;             /* http: "data.value", "a.b[0].c"; NULL: the body is the number */
 	int has_max, has_min, has_max_increase;
 	double max, min, max_increase;   /* max_increase relative: 0.1 = +10% */
@@ -193,10 +193,30 @@ int gate_query_http(const char *url, const char *json_path, double *value);
 int gate_json_path_number(const json_t *root, const char *json_path, double *value);
 
 /*
- * Query the gate's external provider with vars substituted (prometheus_url
- * is the configured Prometheus base URL).  OTA_EINVAL for builtin gates.
+ * Metric providers are defined by name in the server config (`providers:`
+ * NAME -> {kind: prometheus|http, url, token}; `prometheus_url` is the
+ * provider called `prometheus` unless `providers:` defines one); a
+ * pipeline's gate only names one, so where the daemon sends requests is
+ * never up to a pipeline.  def's strings are borrowed from providers.
  */
-int gate_query(const struct gate_spec *g, const char *prometheus_url,
+struct gate_provider_def {
+	const char *name;
+	enum gate_provider kind;     /* GATE_PROVIDER_PROMETHEUS or GATE_PROVIDER_HTTP */
+	const char *url;             /* prometheus: base URL; http: URL with $release ... */
+	const char *token;           /* bearer token or NULL */
+};
+int gate_provider_find(struct gate_provider_def *out, const json_t *providers, const char *prometheus_url,
+		       const char *name);
+/* The gate's provider exists and is of the kind its keys need (OTA_EINVAL / OTA_ENOTFOUND). */
+int gate_provider_check(const struct gate_spec *g, const json_t *providers, const char *prometheus_url);
+
+/*
+ * Query the gate's provider with vars substituted.  OTA_EINVAL for builtin
+ * gates.  Failures read only "gate 'G': provider 'P' unreachable" or "...
+ * gave a bad answer" (OTA_ENOTFOUND: "has no data"); the details go to the
+ * daemon's stderr.
+ */
+int gate_query(const struct gate_spec *g, const json_t *providers, const char *prometheus_url,
 	       const struct gate_vars *vars, double *value);
 
 #endif

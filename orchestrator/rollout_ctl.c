@@ -289,7 +289,8 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 			struct gate_vars vars = { r->version, r->version, r->product, cohort };
 			double value = NAN;
 			int prior = (int)json_integer_value(json_object_get(breaches, gname));
-			rc2 = gate_query(&g, rc->cfg && rc->cfg->prometheus_url ? rc->cfg->prometheus_url : "http://127.0.0.1:9090",
+			rc2 = gate_query(&g, rc->cfg ? rc->cfg->providers : NULL,
+					 rc->cfg && rc->cfg->prometheus_url ? rc->cfg->prometheus_url : "http://127.0.0.1:9090",
 					 &vars, &value);
 			if (rc2 == OTA_ENOTFOUND) {
 				/* no data is neither pass nor fail, and not an error */

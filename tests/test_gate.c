@@ -284,11 +284,13 @@ static void spec_parses_percentages_strings_and_defaults(void **state)
 	assert_true(g.baseline);
 	gate_spec_release(&g);
 
-	/* a query alone implies prometheus, a url alone http */
+	/* a query alone implies the provider called prometheus; a named
+	 * provider without a query is an http one */
 	spec(&g, "q", "{\"query\":\"up\",\"min\":1}");
 	assert_int_equal(g.provider, GATE_PROVIDER_PROMETHEUS);
+	assert_string_equal(g.provider_name, "prometheus");
 	gate_spec_release(&g);
-	spec(&g, "h", "{\"url\":\"http://x/y\",\"json_path\":\"a.b[0].c\",\"max\":3,"
+	spec(&g, "h", "{\"provider\":\"metrics\",\"json_path\":\"a.b[0].c\",\"max\":3,"
 	     "\"failure_limit\":1,\"error_limit\":\"2\",\"alpha\":0.05}");
 	assert_int_equal(g.provider, GATE_PROVIDER_HTTP);
 	assert_int_equal(g.failure_limit, 1);
@@ -320,11 +322,13 @@ static void spec_errors_name_the_gate_and_the_problem(void **state)
 	assert_non_null(strstr(err, "alpha must be"));
 	spec_err("{\"metric\":\"crash_rate\",\"max\":0.1,\"min_devices\":-3}", err, sizeof(err));
 	assert_non_null(strstr(err, "min_devices must be a whole number"));
-	spec_err("{\"provider\":\"prometeus\",\"query\":\"up\",\"max\":1}", err, sizeof(err));
-	assert_non_null(strstr(err, "unknown provider 'prometeus' (did you mean 'prometheus'?)"));
-	spec_err("{\"provider\":\"prometheus\",\"max\":1}", err, sizeof(err));
-	assert_non_null(strstr(err, "provider prometheus needs a query"));
-	spec_err("{\"url\":\"http://x\",\"json_path\":\"a..b\",\"max\":1}", err, sizeof(err));
+	spec_err("{\"url\":\"gopher://127.0.0.1:25/x\",\"max\":1}", err, sizeof(err));
+	assert_non_null(strstr(err, "gate 'crash_free': 'url' is not accepted in a pipeline"));
+	spec_err("{\"provider\":\"http://x\",\"max\":1}", err, sizeof(err));
+	assert_non_null(strstr(err, "must be builtin or the name of a provider"));
+	spec_err("{\"json_path\":\"a.b\",\"max\":1}", err, sizeof(err));
+	assert_non_null(strstr(err, "json_path needs provider: NAME"));
+	spec_err("{\"provider\":\"m\",\"json_path\":\"a..b\",\"max\":1}", err, sizeof(err));
 	assert_non_null(strstr(err, "json_path 'a..b' is not a path"));
 	spec_err("{\"max\":1}", err, sizeof(err));
 	assert_non_null(strstr(err, "needs a metric"));
@@ -691,15 +695,32 @@ static void http_provider_reads_a_number_at_a_json_path(void **state)
 	assert_non_null(strstr(ota_error_last(), "HTTP 500"));
 	free(url);
 
-	/* through the spec, with $release in the URL */
-	url = xasprintf("{\"url\":\"http://127.0.0.1:%d/$release\",\"json_path\":\"data.value\","
-			"\"max\":2}", port);
-	spec(&g, "h", url);
-	vars.release = "v";
-	assert_int_equal(gate_query(&g, NULL, &vars, &v), 0);
-	assert_float_equal(v, 1.5, 0);
-	free(url);
-	gate_spec_release(&g);
+	/* through the spec naming a configured provider, with $release in its URL */
+	{
+		json_t *providers = json_pack("{s{ss}}", "metrics", "kind", "http");
+		url = xasprintf("http://127.0.0.1:%d/$release", port);
+		json_object_set_new(json_object_get(providers, "metrics"), "url", json_string(url));
+		free(url);
+		spec(&g, "h", "{\"provider\":\"metrics\",\"json_path\":\"data.value\",\"max\":2}");
+		vars.release = "v";
+		assert_int_equal(gate_query(&g, providers, NULL, &vars, &v), 0);
+		assert_float_equal(v, 1.5, 0);
+		/* the run learns only "bad answer": no status, no address */
+		vars.release = "boom";
+		assert_int_equal(gate_query(&g, providers, NULL, &vars, &v), OTA_ERROR);
+		assert_string_equal(ota_error_last(), "gate 'h': provider 'metrics' gave a bad answer");
+		gate_spec_release(&g);
+		/* a provider not in the config, or of the other kind */
+		spec(&g, "h", "{\"provider\":\"nope\",\"json_path\":\"data.value\",\"max\":2}");
+		assert_int_equal(gate_query(&g, providers, NULL, &vars, &v), OTA_ENOTFOUND);
+		assert_non_null(strstr(ota_error_last(), "provider 'nope' is not defined in otacd's configuration"));
+		gate_spec_release(&g);
+		spec(&g, "h", "{\"provider\":\"metrics\",\"query\":\"up\",\"max\":2}");
+		assert_int_equal(gate_provider_check(&g, providers, NULL), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "provider 'metrics' is an http provider"));
+		gate_spec_release(&g);
+		json_decref(providers);
+	}
 	MHD_stop_daemon(d);
 }
 
@@ -711,6 +732,16 @@ static void http_provider_reports_an_unreachable_server(void **state)
 	url = xasprintf("http://%s/v", listen);
 	assert_true(gate_query_http(url, "data.value", &v) < 0);
 	assert_true(isnan(v));
+	{
+		/* through a gate: "unreachable", without the address */
+		struct gate_spec g;
+		json_t *providers = json_pack("{s{ss ss}}", "metrics", "kind", "http", "url", url);
+		spec(&g, "h", "{\"provider\":\"metrics\",\"max\":2}");
+		assert_true(gate_query(&g, providers, NULL, NULL, &v) < 0);
+		assert_string_equal(ota_error_last(), "gate 'h': provider 'metrics' unreachable");
+		gate_spec_release(&g);
+		json_decref(providers);
+	}
 	free(url);
 	free(listen);
 }
@@ -855,11 +886,28 @@ static void prometheus_provider_queries_a_real_prometheus(void **state)
 	/* the spec's query with $release, judged against its limit */
 	spec(&g, "battery", "{\"provider\":\"prometheus\","
 	     "\"query\":\"avg(battery_mah_per_day{release=\\\"$release\\\"})\",\"max\":50}");
-	assert_int_equal(gate_query(&g, p->url, &vars, &v), 0);
+	assert_int_equal(gate_query(&g, NULL, p->url, &vars, &v), 0); /* prometheus_url is `prometheus` */
 	assert_float_equal(v, 42.5, 0);
 	gate_judge_value(&g, v, NAN, 1, 0, &e);
 	assert_int_equal(e.verdict, GATE_PASS);
 	gate_spec_release(&g);
+
+	/* a provider named in the server config */
+	{
+		json_t *providers = json_pack("{s{ss ss}}", "prom", "kind", "prometheus", "url", p->url);
+		spec(&g, "battery", "{\"provider\":\"prom\","
+		     "\"query\":\"avg(battery_mah_per_day{release=\\\"$release\\\"})\",\"max\":50}");
+		v = NAN;
+		assert_int_equal(gate_query(&g, providers, NULL, &vars, &v), 0);
+		assert_float_equal(v, 42.5, 0);
+		/* a bad query: the run sees "bad answer", Prometheus's text stays in the daemon's log */
+		gate_spec_release(&g);
+		spec(&g, "battery", "{\"provider\":\"prom\",\"query\":\"sum(x\",\"max\":50}");
+		assert_int_equal(gate_query(&g, providers, NULL, &vars, &v), OTA_EINVAL);
+		assert_string_equal(ota_error_last(), "gate 'battery': provider 'prom' gave a bad answer");
+		gate_spec_release(&g);
+		json_decref(providers);
+	}
 }
 
 int main(void)

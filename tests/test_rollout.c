@@ -468,8 +468,8 @@ static void failing_provider_is_retried_then_pauses_the_rollout(void **state)
 {
 	struct world w = { 0 };
 	char *dead = h_free_listen();   /* nothing listens there */
-	char *gates = xasprintf("  uptime: { provider: http, url: \"http://%s/metrics.json\", json_path: value, min: 1,"
-				" error_limit: 3 }\n", dead);
+	char *providers = xasprintf("providers:\n  uptime_src: { kind: http, url: \"http://%s/metrics.json\" }\n", dead);
+	char *gates = xstrdup("  uptime: { provider: uptime_src, json_path: value, min: 1, error_limit: 3 }\n");
 	char *y = pipeline("1.1.0", 1,
 			   "  - name: canary\n    kind: rollout\n    needs: [release]\n"
 			   "    steps: [ {percent: 10, hold: 48h} ]\n    check_interval: 30m\n    gates: [uptime]\n", gates);
@@ -477,7 +477,7 @@ static void failing_provider_is_retried_then_pauses_the_rollout(void **state)
 	json_t *st, *ro;
 
 	(void)state;
-	world_start(&w, "3600", NULL);
+	world_start(&w, "3600", providers);
 	run = h_trigger(&w.d, y);
 	for (int waited = 0; waited < 60000; waited += 200) {
 		if (h_sql_int(&w.d, "SELECT COUNT(*) FROM rollouts WHERE state = 'paused'"))
@@ -494,6 +494,7 @@ static void failing_provider_is_retried_then_pauses_the_rollout(void **state)
 	json_decref(st);
 	world_stop(&w);
 	free(dead);
+	free(providers);
 	free(gates);
 	free(y);
 }

@@ -18,6 +18,12 @@
  * 200,000 attributes on one element or nested too deep, refused with a
  * file:line:column message before libyaml or libxml2 builds anything, as
  * units and through the real daemon's POST /lint and report upload.
+ *
+ * Outbound requests (docs/security.md, "Outbound requests"): a gate URL in
+ * pipeline YAML is refused; providers come from the server config, http and
+ * https only, redirects never followed; a run learns "unreachable" or "bad
+ * answer", never a status or an address.  A raw TCP listener stands in for
+ * the local service an attacker aims at and proves no byte reached it.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -29,12 +35,20 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <openssl/evp.h>
 
 #include "../common/httpc.h"
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "../orchestrator/config.h"
+#include "../orchestrator/gate.h"
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/pipeline.h"
 #include "../orchestrator/reports.h"
@@ -787,6 +801,136 @@ static void hostile_documents_are_refused_by_the_daemon(void **state)
 	free(attrs);
 }
 
+/* ---- outbound requests ---------------------------------------------------------- */
+
+/* A TCP listener on 127.0.0.1 that nobody should ever connect to. */
+static int victim_listen(int *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	assert_true(fd >= 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 8), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+static void assert_victim_untouched(int fd)
+{
+	int c = accept(fd, NULL, NULL);
+	if (c >= 0) {
+		close(c);
+		fail_msg("something connected to the victim port");
+	}
+	assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+	close(fd);
+}
+
+static enum MHD_Result redirect_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+					const char *version, const char *data, size_t *size, void **ptr)
+{
+	const char *to = cls;
+	struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result ret;
+	(void)url, (void)method, (void)version, (void)data, (void)size, (void)ptr;
+	MHD_add_response_header(r, "Location", to);
+	ret = MHD_queue_response(c, MHD_HTTP_FOUND, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static void gopher_and_redirects_never_reach_another_service(void **state)
+{
+	int vport, fd = victim_listen(&vport);
+	char *gopher = xasprintf("gopher://127.0.0.1:%d/_HELO%%20evil%%0D%%0A", vport);
+	char *elsewhere = xasprintf("http://127.0.0.2:%d/steal", vport);
+	char *dir = h_tmpdir(), *cfgpath = xasprintf("%s/otacd.yml", dir), *cfg, *url;
+	struct MHD_Daemon *mhd;
+	struct gate_spec g;
+	char err[256];
+	json_t *providers, *spec;
+	double v;
+
+	(void)state;
+	/* libcurl refuses the scheme before any connection */
+	assert_true(gate_query_http(gopher, NULL, &v) < 0);
+	assert_non_null(strstr(ota_error_last(), "gopher"));
+	/* the server config refuses such a provider too */
+	cfg = xasprintf("providers:\n  evil: { kind: http, url: '%s' }\n", gopher);
+	assert_int_equal(ota_write_file_atomic(cfgpath, cfg, strlen(cfg), 0600), 0);
+	{
+		struct otacd_config c;
+		config_defaults(&c);
+		assert_int_equal(config_load(&c, cfgpath), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "provider 'evil' needs a url starting with http:// or https://"));
+		config_release(&c);
+	}
+	/* a provider that answers with a redirect to another host: not followed */
+	mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, redirect_handler, elsewhere,
+			       MHD_OPTION_END);
+	assert_non_null(mhd);
+	url = xasprintf("http://127.0.0.1:%u/v",
+			(unsigned)MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_BIND_PORT)->port);
+	providers = json_pack("{s{ss ss}}", "metrics", "kind", "http", "url", url);
+	spec = json_pack("{ss ss si}", "provider", "metrics", "json_path", "value", "max", 1);
+	assert_int_equal(gate_spec_parse(spec, "g", &g, err, sizeof(err)), 0);
+	assert_true(gate_query(&g, providers, NULL, NULL, &v) < 0);
+	/* the run's text names neither the status nor an address */
+	assert_string_equal(ota_error_last(), "gate 'g': provider 'metrics' gave a bad answer");
+	gate_spec_release(&g);
+	MHD_stop_daemon(mhd);
+	assert_victim_untouched(fd);
+	json_decref(providers);
+	json_decref(spec);
+	free(url);
+	free(cfg);
+	free(cfgpath);
+	free(dir);
+	free(gopher);
+	free(elsewhere);
+}
+
+static void a_gate_url_in_pipeline_yaml_is_refused_by_the_daemon(void **state)
+{
+	struct daemon *d = *state;
+	int vport, fd = victim_listen(&vport);
+	char *yaml = xasprintf("name: p\nstages:\n  - { name: a, steps: [ { run: 'true' } ] }\n"
+			       "gates:\n  probe: { url: 'gopher://127.0.0.1:%d/_PING', json_path: x, max: 1 }\n", vport);
+	const char *unknown = "name: p\nstages:\n  - { name: a, steps: [ { run: 'true' } ] }\n"
+			      "gates:\n  probe: { provider: intranet, json_path: x, max: 1 }\n";
+	struct buf body = BUF_INIT;
+	json_t *req, *ans = NULL;
+	char *text;
+
+	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", yaml, strlen(yaml),
+			     &body), 200);
+	assert_non_null(strstr(buf_cstr(&body), "p.yml:5:10: gate 'probe': 'url' is not accepted in a pipeline"));
+	req = json_pack("{ss}", "pipeline", yaml);
+	assert_int_equal(h_post(d, "/api/v1/runs", req, &ans), 422);
+	text = json_dumps(ans, 0);
+	assert_non_null(strstr(text, "'url' is not accepted in a pipeline"));
+	free(text);
+	json_decref(req);
+	json_decref(ans);
+	/* a provider name the server does not define */
+	req = json_pack("{ss}", "pipeline", unknown);
+	ans = NULL;
+	assert_int_equal(h_post(d, "/api/v1/runs", req, &ans), 422);
+	text = json_dumps(ans, 0);
+	if (!strstr(text, "gate 'probe': provider 'intranet' is not defined in otacd's configuration"))
+		fail_msg("%s", text);
+	free(text);
+	json_decref(req);
+	json_decref(ans);
+	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM runs"), 0);
+	assert_victim_untouched(fd);
+	buf_release(&body);
+	free(yaml);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -806,6 +950,8 @@ int main(void)
 		cmocka_unit_test(yaml_nested_too_deep_or_too_big_is_refused_with_its_position),
 		cmocka_unit_test(xml_with_too_many_attributes_or_levels_is_refused_before_parsing),
 		cmocka_unit_test_setup_teardown(hostile_documents_are_refused_by_the_daemon, setup_raw, teardown),
+		cmocka_unit_test(gopher_and_redirects_never_reach_another_service),
+		cmocka_unit_test_setup_teardown(a_gate_url_in_pipeline_yaml_is_refused_by_the_daemon, setup_raw, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
