@@ -471,7 +471,8 @@ int config_load(struct otacd_config *c, const char *path)
 	{
 		struct yaml_bound_err be;
 		if (yaml_bounds_check(text.ptr, text.len, YAML_MAX_DEPTH, YAML_MAX_NODES, &be) < 0) {
-			rc = ota_error_set(OTA_EINVAL, "%s:%d:%d: the file is %s", path, be.line, be.col, be.msg);
+			rc = ota_error_set(OTA_EINVAL, "%s:%d:%d: the file %s; refused before loading", path, be.line,
+					   be.col, be.msg);
 			buf_release(&text);
 			return rc;
 		}

@@ -522,7 +522,7 @@ int pipeline_parse(struct pipeline **out, const char *file, const char *text,
 	{
 		struct yaml_bound_err be;
 		if (yaml_bounds_check(text, text ? len : 0, YAML_MAX_DEPTH, YAML_MAX_NODES, &be) < 0) {
-			pl_diag_add(diags, (struct pl_pos){ be.line, be.col }, "the document is %s (hostile or generated?)",
+			pl_diag_add(diags, (struct pl_pos){ be.line, be.col }, "the document %s; refused before loading",
 				    be.msg);
 			goto done;
 		}

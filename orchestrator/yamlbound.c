@@ -30,7 +30,7 @@ int yaml_bounds_check(const char *text, size_t len, int max_depth, size_t max_no
 		case YAML_MAPPING_START_EVENT:
 			nodes++;
 			if (++depth > max_depth) {
-				snprintf(err->msg, sizeof(err->msg), "nested more than %d levels deep", max_depth);
+				snprintf(err->msg, sizeof(err->msg), "is nested more than %d levels deep", max_depth);
 				rc = OTA_ETOOBIG;
 			}
 			break;
@@ -49,7 +49,7 @@ int yaml_bounds_check(const char *text, size_t len, int max_depth, size_t max_no
 			break;
 		}
 		if (rc == 0 && nodes > max_nodes) {
-			snprintf(err->msg, sizeof(err->msg), "more than %zu nodes", max_nodes);
+			snprintf(err->msg, sizeof(err->msg), "has more than %zu nodes", max_nodes);
 			rc = OTA_ETOOBIG;
 		}
 		if (rc) {
