@@ -343,6 +343,18 @@ int main(int argc, char **argv)
 		goto fail;
 
 	acfg.listen = cfg.listen;
+	/* local agents get the reserved path by default: a loopback listener
+	 * of their own ("off": none, they share the API's) */
+	if (!strcmp(cfg.agent_listen, "off"))
+		acfg.agent_listen = NULL;
+	else if (cfg.agent_listen[0])
+		acfg.agent_listen = cfg.agent_listen;
+	else
+		acfg.agent_listen = cfg.local_agents > 0 ? "127.0.0.1:0" : NULL;
+	acfg.request_timeout_ms = cfg.request_timeout_ms;
+	acfg.max_connections = (unsigned)cfg.max_connections;
+	acfg.max_per_client = (unsigned)cfg.max_connections_per_client;
+	acfg.threads = (unsigned)cfg.http_threads;
 	acfg.engine = engine;
 	acfg.config = &cfg;
 	acfg.sources = sources;
@@ -369,13 +381,17 @@ int main(int argc, char **argv)
 	}
 	if (cfg.local_agents > 0) {
 		char *workdir = xasprintf("%s/work", cfg.state_dir);
-		int rc = localagents_start(&agents, cfg.local_agents, url, local_token, &cfg.local_labels, workdir);
+		char *agent_url = api_agent_port(api) ? xasprintf("http://127.0.0.1:%d", api_agent_port(api)) : xstrdup(url);
+		int rc = localagents_start(&agents, cfg.local_agents, agent_url, local_token, &cfg.local_labels, workdir);
+		free(agent_url);
 		free(workdir);
 		if (rc < 0)
 			goto fail;
 	}
 	fprintf(stderr, "otacd %s: listening on %s (state %s, %d local agents, time scale %g)\n", OTACD_VERSION, url,
 		cfg.state_dir, cfg.local_agents, clock_scale());
+	if (api_agent_port(api))
+		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
 
 	{
 		int sig = 0;
