@@ -617,7 +617,7 @@ int api_start(struct api **out, const struct api_config *cfg)
 	if (!a->cfg.max_connections)
 		a->cfg.max_connections = 10000;
 	if (!a->cfg.max_per_client)
-		a->cfg.max_per_client = 64;
+		a->cfg.max_per_client = 128;
 	raise_fd_limit((rlim_t)a->cfg.max_connections * 2 + 1024);
 	a->cache = api_cache_new();
 	if ((rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||

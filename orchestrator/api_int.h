@@ -10,6 +10,7 @@
 
 #include "../common/notify.h"
 #include "api.h"
+#include "api_wait.h"
 #include "artifact.h"
 #include "auth.h"
 
@@ -42,16 +43,6 @@ struct api_route {
 	/* 1: the answer comes from the database alone and is the same for
 	 * every reader, so it is kept until the next commit (api_cache.c) */
 	int cached;
-};
-
-/* A request or stream waiting without a thread (api_wait.c). */
-struct api_park {
-	struct api_park *next;
-	struct MHD_Connection *conn;
-	struct notifier *n;
-	uint64_t gen;
-	int64_t deadline;          /* clock_mono_ms() */
-	int parked;
 };
 
 struct api_req {
@@ -119,29 +110,11 @@ int api_cache_keep(struct api *a, struct api_req *r, unsigned status, struct MHD
 /* The request ended without an answer: free its claim. */
 void api_cache_abandon(struct api *a, struct api_req *r);
 
-/* api_wait.c: parked requests and the header deadline */
-struct api_waiter;
-int api_waiter_start(struct api_waiter **out, int64_t request_timeout_ms);
-/* Wake the waiter on every bump of n (a notifier that parked requests use). */
-int api_waiter_watch(struct api_waiter *w, struct notifier *n);
-/* Suspend conn until n's generation differs from gen or deadline passes;
- * -1 (nothing suspended) once the server is stopping.  Call from the
- * access handler or a content reader only (libmicrohttpd's rule). */
-int api_park(struct api_waiter *w, struct api_park *p, struct MHD_Connection *conn, struct notifier *n,
-	     uint64_t gen, int64_t deadline);
+/* api_wait.c (the waiter itself: api_wait.h) */
 /* Park request r; on resume libmicrohttpd calls the access handler again
  * and fn runs instead of the route's handler.  fn looks at the state again
  * and answers or parks again; it must answer when r->api->stopping. */
 enum MHD_Result api_wait(struct api_req *r, struct notifier *n, uint64_t gen, int64_t deadline, api_handler fn);
-/* Refuse new parks and resume every parked connection (before MHD_stop_daemon). */
-void api_waiter_drain(struct api_waiter *w);
-void api_waiter_stop(struct api_waiter *w);
-/* MHD_OPTION_NOTIFY_CONNECTION, and the handler's start (busy = 1) and
- * end (0): the header deadline runs while a connection is not busy. */
-void api_conn_notify(struct api_waiter *w, struct MHD_Connection *conn, void **socket_context,
-		     enum MHD_ConnectionNotificationCode code);
-void api_conn_busy(struct api_waiter *w, struct MHD_Connection *conn, int busy);
-
 /* api_agent.c */
 enum MHD_Result api_agent_register(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_request(struct api *a, struct api_req *r);

@@ -19,7 +19,7 @@ void config_defaults(struct otacd_config *c)
 	c->agent_listen = xstrdup("");
 	c->request_timeout_ms = 10000;
 	c->max_connections = 10000;
-	c->max_connections_per_client = 64;
+	c->max_connections_per_client = 128;
 	c->state_dir = xstrdup("./otacd-state");
 	c->local_agents = 2;
 	strvec_push(&c->local_labels, "local");

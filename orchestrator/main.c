@@ -171,6 +171,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		goto out;
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
+		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->max_connections_per_client);
 		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);

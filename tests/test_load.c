@@ -399,9 +399,53 @@ static void three_hundred_live_event_streams_hold_no_thread(void **state)
 	h_cleanup(&d);
 }
 
+/* Both listeners: a request whose header trickles in a byte every 0.5 s
+ * is closed at request_timeout (2 s here), although bytes keep arriving;
+ * a complete request on another connection meanwhile is answered. */
+static void a_trickled_header_is_cut_at_the_deadline_on_the_api_and_device_listeners(void **state)
+{
+	struct daemon d;
+	const char *const args[] = { "--local-agents", "0", NULL };
+	int port[2], fd[2];
+	int64_t opened[2], lived[2] = { -1, -1 };
+
+	(void)state;
+	h_init(&d, "request_timeout: 2s\n");
+	h_start(&d, args);
+	port[0] = url_port(d.url);
+	port[1] = url_port(d.device_url);
+	for (int k = 0; k < 2; k++) {
+		fd[k] = connect_from("127.0.0.40", port[k], 0);
+		assert_true(fd[k] >= 0);
+		opened[k] = mono_ms();
+		assert_true(send(fd[k], "GET /api/v1/health HTTP/1.1\r\nX-Slow: ", 38, MSG_NOSIGNAL) == 38);
+	}
+	/* at most 40 half-second ticks (20 s) */
+	for (int tick = 0; tick < 40 && (lived[0] < 0 || lived[1] < 0); tick++) {
+		for (int k = 0; k < 2; k++) {
+			if (lived[k] >= 0)
+				continue;
+			if (closed_by_server(fd[k], 0) || send(fd[k], "a", 1, MSG_NOSIGNAL) < 0)
+				lived[k] = mono_ms() - opened[k];
+		}
+		if (tick == 2)
+			assert_true(probe_health(d.url));
+		h_msleep(500);
+	}
+	fprintf(stderr, "# trickled headers closed after %lld ms (API) and %lld ms (devices)\n", (long long)lived[0],
+		(long long)lived[1]);
+	for (int k = 0; k < 2; k++) {
+		assert_true(lived[k] >= 0);    /* closed, although bytes kept coming */
+		assert_true(lived[k] >= 1900); /* by the deadline, not before */
+		close(fd[k]);
+	}
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(a_trickled_header_is_cut_at_the_deadline_on_the_api_and_device_listeners),
 		cmocka_unit_test(one_client_address_cannot_hold_more_than_its_cap),
 		cmocka_unit_test(the_agents_listener_serves_the_agent_protocol_only),
 		cmocka_unit_test(three_hundred_live_event_streams_hold_no_thread),
