@@ -76,7 +76,7 @@ api=$url
 
 # the trivial server: its port on the first line; it stops when its stdin closes
 mkfifo "$tmp/trivial.in"
-"$bin/load-bench" trivial < "$tmp/trivial.in" > "$tmp/trivial.port" &
+"$bin/load-bench" trivial < "$tmp/trivial.in" > "$tmp/trivial.port" 2>/dev/null &
 tpid=$!
 pids="$pids $tpid"
 exec 9> "$tmp/trivial.in"

@@ -30,7 +30,10 @@
 #include "api_int.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -64,6 +67,8 @@ struct api_waiter {
 	pthread_mutex_t conn_lock;
 	struct api_conn *conns;        /* under conn_lock */
 	size_t nconns;
+	uint64_t cut, cut_logged;      /* under conn_lock: connections cut by the deadline */
+	int64_t cut_log_at;
 	struct notifier *watched[4];
 	size_t nwatched;
 };
@@ -111,8 +116,16 @@ static void sweep(struct api_waiter *w, int64_t now)
 	for (struct api_conn *c = w->conns; c; c = c->next) {
 		if (!c->busy && !c->shut && now - c->since >= w->request_timeout_ms) {
 			c->shut = 1;
+			w->cut++;
 			shutdown(c->fd, SHUT_RDWR);
 		}
+	}
+	/* one line per 10 s at most, however many are cut */
+	if (w->cut != w->cut_logged && now >= w->cut_log_at) {
+		fprintf(stderr, "otacd: closed %" PRIu64 " connection(s) whose request was not complete within %" PRId64 " ms\n",
+			w->cut - w->cut_logged, w->request_timeout_ms);
+		w->cut_logged = w->cut;
+		w->cut_log_at = now + 10000;
 	}
 	pthread_mutex_unlock(&w->conn_lock);
 }
@@ -233,6 +246,16 @@ void api_waiter_stop(struct api_waiter *w)
 }
 
 /* ---- connection tracking (libmicrohttpd callbacks) ---------------------- */
+
+void api_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	(void)cls;
+	/* every connection cut by the deadline or the client would be a line:
+	 * the sweeper's summary says it once */
+	if (strstr(fmt, "incomplete request") || strstr(fmt, "closed by remote"))
+		return;
+	vfprintf(stderr, fmt, ap);
+}
 
 void api_conn_notify(struct api_waiter *w, struct MHD_Connection *conn, void **socket_context,
 		     enum MHD_ConnectionNotificationCode code)

@@ -7,6 +7,7 @@
 #ifndef OTA_API_WAIT_H
 #define OTA_API_WAIT_H
 
+#include <stdarg.h>
 #include <stdint.h>
 
 #include <microhttpd.h>
@@ -40,5 +41,7 @@ void api_waiter_stop(struct api_waiter *w);
 void api_conn_notify(struct api_waiter *w, struct MHD_Connection *conn, void **socket_context,
 		     enum MHD_ConnectionNotificationCode code);
 void api_conn_busy(struct api_waiter *w, struct MHD_Connection *conn, int busy);
+/* MHD_OPTION_EXTERNAL_LOGGER: stderr, without a line per dropped client. */
+void api_mhd_log(void *cls, const char *fmt, va_list ap);
 
 #endif

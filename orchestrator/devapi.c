@@ -505,6 +505,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
 				  MHD_OPTION_NOTIFY_CONNECTION, conn_notify, a,
+				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL,
 				  MHD_OPTION_THREAD_POOL_SIZE, pool,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
