@@ -193,6 +193,18 @@ out:
 	return rc;
 }
 
+/* The URL local agents use for the agents' listener: its host (loopback
+ * for a wildcard address) and the port it bound. */
+static char *agent_listener_url(const char *listen, int port)
+{
+	const char *colon = strrchr(listen, ':');
+	int host_len = colon ? (int)(colon - listen) : 0;
+	if (!colon || (host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4)) ||
+	    host_len == 0)
+		return xasprintf("http://127.0.0.1:%d", port);
+	return xasprintf("http://%.*s:%d", host_len, listen, port);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -382,7 +394,7 @@ int main(int argc, char **argv)
 	}
 	if (cfg.local_agents > 0) {
 		char *workdir = xasprintf("%s/work", cfg.state_dir);
-		char *agent_url = api_agent_port(api) ? xasprintf("http://127.0.0.1:%d", api_agent_port(api)) : xstrdup(url);
+		char *agent_url = api_agent_port(api) ? agent_listener_url(acfg.agent_listen, api_agent_port(api)) : xstrdup(url);
 		int rc = localagents_start(&agents, cfg.local_agents, agent_url, local_token, &cfg.local_labels, workdir);
 		free(agent_url);
 		free(workdir);
