@@ -580,10 +580,10 @@ static int listener_start(struct api_listener *l, struct api *a, const char *lis
 	l->api = a;
 	l->agents_only = agents_only;
 	l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, l,
+				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, l,
 				  MHD_OPTION_NOTIFY_CONNECTION, conn_notify, l,
-				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL,
 				  MHD_OPTION_THREAD_POOL_SIZE, pool,
 				  /* an idle timeout for stalled bodies and answers; the
 				   * header deadline is api_wait.c's */

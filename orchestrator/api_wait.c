@@ -252,7 +252,8 @@ void api_mhd_log(void *cls, const char *fmt, va_list ap)
 	(void)cls;
 	/* every connection cut by the deadline or the client would be a line:
 	 * the sweeper's summary says it once */
-	if (strstr(fmt, "incomplete request") || strstr(fmt, "closed by remote"))
+	if (strstr(fmt, "incomplete request") || strstr(fmt, "closed by remote") ||
+	    strstr(fmt, "closed when reading request"))
 		return;
 	vfprintf(stderr, fmt, ap);
 }

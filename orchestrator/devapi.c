@@ -502,10 +502,10 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	}
 	pthread_mutex_init(&a->mu, NULL);
 	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
+				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
 				  MHD_OPTION_NOTIFY_CONNECTION, conn_notify, a,
-				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL,
 				  MHD_OPTION_THREAD_POOL_SIZE, pool,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
