@@ -3,9 +3,10 @@
  * (docs/update-server.md): check-ins, report batches, image downloads and
  * Prometheus metrics, on its own libmicrohttpd daemon.
  *
- * Devices are many and their requests small, so this listener does not use
- * a thread per connection like the main API: a small pool of threads each
- * runs an epoll loop over its share of the connections.  Nothing in a
+ * Devices are many and their requests small, so, like the main API, a
+ * small pool of threads each runs an epoll loop over its share of the
+ * connections, with the same header deadline and per-client cap
+ * (api_wait.h).  Nothing in a
  * handler may block for long, so a report batch is validated in the
  * handler, handed to the fleet's writer (fleet_report_async) and the
  * connection suspended; the writer's done callback resumes it after the
