@@ -21,3 +21,6 @@ sh bench/web.sh "$OTACD_BIN" 10000
 echo
 echo "== sample firmware pipeline: otacd vs the same commands by hand"
 sh bench/firmware.sh "$OTACD_BIN" 3
+echo
+echo "== the API under hostile load: p50/p99 at 64 connections, with and without 1,000 slow clients (wrk)"
+sh bench/load.sh "$OTACD_BIN" 10000

@@ -14,6 +14,10 @@ void notifier_init(struct notifier *n)
 	pthread_cond_init(&n->cond, &attr);
 	pthread_condattr_destroy(&attr);
 	n->gen = 0;
+	for (int i = 0; i < NOTIFIER_MAX_HOOKS; i++) {
+		n->hook[i] = NULL;
+		n->hook_arg[i] = NULL;
+	}
 }
 
 void notifier_destroy(struct notifier *n)
@@ -36,6 +40,37 @@ void notifier_bump(struct notifier *n)
 	pthread_mutex_lock(&n->lock);
 	n->gen++;
 	pthread_cond_broadcast(&n->cond);
+	/* under the lock, so that a hook is never called after its unhook */
+	for (int i = 0; i < NOTIFIER_MAX_HOOKS; i++)
+		if (n->hook[i])
+			n->hook[i](n->hook_arg[i]);
+	pthread_mutex_unlock(&n->lock);
+}
+
+int notifier_hook(struct notifier *n, void (*fn)(void *arg), void *arg)
+{
+	int rc = -1;
+	pthread_mutex_lock(&n->lock);
+	for (int i = 0; i < NOTIFIER_MAX_HOOKS && rc < 0; i++) {
+		if (!n->hook[i]) {
+			n->hook[i] = fn;
+			n->hook_arg[i] = arg;
+			rc = 0;
+		}
+	}
+	pthread_mutex_unlock(&n->lock);
+	return rc;
+}
+
+void notifier_unhook(struct notifier *n, void (*fn)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&n->lock);
+	for (int i = 0; i < NOTIFIER_MAX_HOOKS; i++) {
+		if (n->hook[i] == fn && n->hook_arg[i] == arg) {
+			n->hook[i] = NULL;
+			n->hook_arg[i] = NULL;
+		}
+	}
 	pthread_mutex_unlock(&n->lock);
 }
 

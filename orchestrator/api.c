@@ -10,6 +10,13 @@
  * chunk (appended to a capped buffer or streamed into the artifact store),
  * then once with no data, when the route's handler runs.  A request that
  * fails any check changes nothing.
+ *
+ * The server is event-driven (libmicrohttpd's epoll thread pool): a
+ * handler that has to wait parks its connection with api_wait() and is
+ * called again, through r->resume, when what it waits for changed
+ * (api_wait.c).  The agents may have a listener of their own
+ * (agent_listen), which serves the agent protocol only, so that a flood of
+ * other clients on the main listener never stalls job pickup.
  */
 #include "api_int.h"
 
@@ -21,12 +28,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "../common/util.h"
 #include "clock.h"
 #include "pipeline.h"
 #include "logstore.h"
 #include "reports.h"
+#include "sources.h"
 #include "web.h"
 
 /* ---- replies ---------------------------------------------------------- */
@@ -394,6 +404,12 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	const char *cl;
 
 	r->route = route_find(method, r->url, &r->id, r->sha, r->sha40, &status);
+	if (r->route && r->listener->agents_only && strncmp(r->route->pattern, "/api/v1/agent/", 14) != 0 &&
+	    r->route->handler != get_health) {
+		r->route = NULL;
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "this listener serves the agent protocol only: %s %s",
+				       method, r->url);
+	}
 	if (!r->route)
 		return status == MHD_HTTP_NOT_FOUND
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)
@@ -422,14 +438,18 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
-	struct api *a = cls;
+	const struct api_listener *l = cls;
+	struct api *a = l->api;
 	struct api_req *r = *con_cls;
 
 	(void)version;
 	if (!r) {
 		enum MHD_Result ret;
+		/* the header is complete: the header deadline stops here */
+		api_conn_busy(a->waiter, conn, 1);
 		r = xcalloc(1, sizeof(*r));
 		r->api = a;
+		r->listener = l;
 		r->conn = conn;
 		r->url = url;
 		*con_cls = r;
@@ -452,6 +472,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		}
 		*upload_size = 0;
 		return MHD_YES;
+	}
+	if (r->resume) {
+		/* resumed after api_wait() */
+		api_handler fn = r->resume;
+		r->resume = NULL;
+		return fn(a, r);
 	}
 	if (r->too_big)
 		return api_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
@@ -482,11 +508,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-	(void)cls;
-	(void)conn;
+	const struct api_listener *l = cls;
 	(void)toe;
 	req_free(*con_cls);
 	*con_cls = NULL;
+	/* the next request on this connection gets a new header deadline */
+	api_conn_busy(l->api->waiter, conn, 0);
+}
+
+static void conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+			enum MHD_ConnectionNotificationCode code)
+{
+	const struct api_listener *l = cls;
+	api_conn_notify(l->api->waiter, conn, socket_context, code);
 }
 
 int api_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len)
@@ -514,30 +548,49 @@ int api_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t 
 	return 0;
 }
 
-int api_start(struct api **out, const struct api_config *cfg)
+/* Each connection is a descriptor: let the process have as many as the
+ * listeners may hold (up to the hard limit), plus room for the rest. */
+static void raise_fd_limit(rlim_t want)
 {
-	struct api *a = xcalloc(1, sizeof(*a));
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+	setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+static int listener_start(struct api_listener *l, struct api *a, const char *listen, int agents_only)
+{
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	const union MHD_DaemonInfo *info;
-	/* poll(), not select(): the device API may hold thousands of sockets, and
-	 * select() cannot watch a descriptor numbered 1024 or more */
-	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+	/* epoll: thousands of sockets on a few threads; suspend/resume: waits
+	 * park instead of holding a thread (api_wait.c) */
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned pool = a->cfg.threads ? a->cfg.threads : ncpu < 4 ? 4 : ncpu > 16 ? 16 : (unsigned)ncpu;
 	int rc;
 
-	a->cfg = *cfg;
-	if ((rc = api_parse_listen(cfg->listen, &ss, &sslen)) < 0) {
-		free(a);
+	if ((rc = api_parse_listen(listen, &ss, &sslen)) < 0)
 		return rc;
-	}
-	a->cache = api_cache_new();
+	if (agents_only)
+		pool = pool > 2 ? 2 : pool;
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
-	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
+	l->api = a;
+	l->agents_only = agents_only;
+	l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, l,
+				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
+				  MHD_OPTION_NOTIFY_COMPLETED, completed, l,
+				  MHD_OPTION_NOTIFY_CONNECTION, conn_notify, l,
+				  MHD_OPTION_THREAD_POOL_SIZE, pool,
+				  /* an idle timeout for stalled bodies and answers; the
+				   * header deadline is api_wait.c's */
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+				  MHD_OPTION_CONNECTION_LIMIT, a->cfg.max_connections,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, a->cfg.max_per_client,
+				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  /* Upload chunks are at most the pool's free space, so a
 				   * bigger pool means fewer callbacks per artifact; but MHD
 				   * zeroes the whole pool after every request on a kept-alive
@@ -547,20 +600,49 @@ int api_start(struct api **out, const struct api_config *cfg)
 				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				  MHD_OPTION_END);
-	if (!a->mhd) {
-		api_cache_free(a->cache);
-		free(a);
-		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", cfg->listen);
+	if (!l->mhd)
+		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", listen);
+	info = MHD_get_daemon_info(l->mhd, MHD_DAEMON_INFO_BIND_PORT);
+	l->port = info ? info->port : 0;
+	return 0;
+}
+
+int api_start(struct api **out, const struct api_config *cfg)
+{
+	struct api *a = xcalloc(1, sizeof(*a));
+	int rc;
+
+	*out = NULL;
+	a->cfg = *cfg;
+	if (!a->cfg.request_timeout_ms)
+		a->cfg.request_timeout_ms = 10000;
+	if (!a->cfg.max_connections)
+		a->cfg.max_connections = 10000;
+	if (!a->cfg.max_per_client)
+		a->cfg.max_per_client = 128;
+	raise_fd_limit((rlim_t)a->cfg.max_connections * 2 + 1024);
+	a->cache = api_cache_new();
+	if ((rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
+	    (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0 ||
+	    (rc = api_waiter_watch(a->waiter, logstore_changes())) < 0 ||
+	    (cfg->sources && (rc = api_waiter_watch(a->waiter, sources_done(cfg->sources))) < 0) ||
+	    (rc = listener_start(&a->main, a, cfg->listen, 0)) < 0 ||
+	    (cfg->agent_listen && *cfg->agent_listen && (rc = listener_start(&a->agents, a, cfg->agent_listen, 1)) < 0)) {
+		api_stop(a);
+		return rc;
 	}
-	info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_BIND_PORT);
-	a->port = info ? info->port : 0;
 	*out = a;
 	return 0;
 }
 
 int api_port(const struct api *a)
 {
-	return a->port;
+	return a->main.port;
+}
+
+int api_agent_port(const struct api *a)
+{
+	return a->agents.port;
 }
 
 void api_stop(struct api *a)
@@ -568,9 +650,14 @@ void api_stop(struct api *a)
 	if (!a)
 		return;
 	a->stopping = 1;
-	notifier_bump(engine_work(a->cfg.engine));
-	notifier_bump(logstore_changes());
-	MHD_stop_daemon(a->mhd);
+	/* every parked request answers (it sees `stopping`) before the
+	 * listeners stop: libmicrohttpd must not stop with one suspended */
+	api_waiter_drain(a->waiter);
+	if (a->agents.mhd)
+		MHD_stop_daemon(a->agents.mhd);
+	if (a->main.mhd)
+		MHD_stop_daemon(a->main.mhd);
+	api_waiter_stop(a->waiter);
 	api_cache_free(a->cache);
 	free(a);
 }

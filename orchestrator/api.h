@@ -1,8 +1,11 @@
 /*
  * api.h - otacd's HTTP server: the JSON API, the agent protocol, the page.
  *
- * libmicrohttpd in thread-per-connection mode: a handler may block (an
- * agent's long poll, a live log follower) without holding up anyone else.
+ * libmicrohttpd's epoll thread pool: a few threads serve every connection,
+ * so a handler never sleeps; what waits (an agent's long poll, a live log
+ * follower, a webhook waiting for the source worker) parks its suspended
+ * connection with the waiter thread (api_wait.c), which also shuts down
+ * connections whose request is not complete within request_timeout.
  * Handlers read through their thread's reader connection (store_reader())
  * and change state only through the engine (engine.h).  docs/api.md is the
  * reference for every route.
@@ -21,6 +24,11 @@ struct sources;
 
 struct api_config {
 	const char *listen;          /* HOST:PORT; port 0 picks a free one */
+	const char *agent_listen;    /* the agents' own listener, or NULL/"" for none */
+	int64_t request_timeout_ms;  /* a request's header must be complete within this */
+	unsigned max_connections;    /* per listener */
+	unsigned max_per_client;     /* connections per client address */
+	unsigned threads;            /* the thread pool's size; 0: from the CPU count */
 	struct engine *engine;
 	const struct otacd_config *config;   /* repositories, for webhooks and sources */
 	struct sources *sources;
@@ -38,6 +46,8 @@ struct sockaddr_storage;
 int api_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *len);
 /* The port actually bound. */
 int api_port(const struct api *a);
+/* The agents' listener's port, 0 without one. */
+int api_agent_port(const struct api *a);
 void api_stop(struct api *a);
 
 #endif

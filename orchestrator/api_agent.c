@@ -6,8 +6,8 @@
  * the engine; this file only checks input and translates to HTTP.
  *
  * The long poll: read the dispatch queue's generation, try to claim, and if
- * nothing matched, sleep until the generation moves (a job became
- * claimable) or the agent's wait runs out.  A job is therefore picked up
+ * nothing matched, park the request (no thread held) until the generation
+ * moves (a job became claimable) or the agent's wait runs out.  A job is therefore picked up
  * within the time of one engine round trip, not a poll interval.
  */
 #include "api_int.h"
@@ -73,14 +73,34 @@ enum MHD_Result api_agent_register(struct api *a, struct api_req *r)
 							"heartbeat_ms", (json_int_t)a->cfg.heartbeat_ms));
 }
 
+/* One look at the dispatch queue: the job, or park until the queue's
+ * generation moves or the agent's wait runs out (api_wait.c); the request
+ * holds no thread while parked. */
+static enum MHD_Result request_poll(struct api *a, struct api_req *r)
+{
+	struct notifier *work = engine_work(a->cfg.engine);
+	uint64_t gen = notifier_gen(work);
+	json_t *job = NULL;
+	int rc;
+
+	if (a->stopping)
+		return api_reply_json(r, MHD_HTTP_NO_CONTENT, json_object());
+	rc = engine_claim(a->cfg.engine, r->wait_arg, &job);
+	if (rc < 0)
+		return api_reply_rc(r, rc);
+	if (job)
+		return api_reply_json(r, MHD_HTTP_OK, job);
+	if (clock_mono_ms() >= r->wait_deadline)
+		return api_reply_json(r, MHD_HTTP_NO_CONTENT, json_object());
+	return api_wait(r, work, gen, r->wait_deadline, request_poll);
+}
+
 enum MHD_Result api_agent_request(struct api *a, struct api_req *r)
 {
 	int bad = 0;
 	int64_t agent = json_int_field(r->json, "agent_id", &bad);
 	json_t *wait = json_object_get(r->json, "wait_ms");
 	int64_t wait_ms = json_is_integer(wait) ? json_integer_value(wait) : 25000;
-	int64_t deadline;
-	struct notifier *work = engine_work(a->cfg.engine);
 
 	if (bad)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'agent_id' must be an integer");
@@ -88,22 +108,9 @@ enum MHD_Result api_agent_request(struct api *a, struct api_req *r)
 		wait_ms = 0;
 	if (wait_ms > 60000)
 		wait_ms = 60000;
-	deadline = clock_mono_ms() + wait_ms;
-	while (!a->stopping) {
-		uint64_t gen = notifier_gen(work);
-		json_t *job = NULL;
-		int64_t left;
-		int rc = engine_claim(a->cfg.engine, agent, &job);
-		if (rc < 0)
-			return api_reply_rc(r, rc);
-		if (job)
-			return api_reply_json(r, MHD_HTTP_OK, job);
-		left = deadline - clock_mono_ms();
-		if (left <= 0)
-			break;
-		notifier_wait(work, gen, left);
-	}
-	return api_reply_json(r, MHD_HTTP_NO_CONTENT, json_object());
+	r->wait_arg = agent;
+	r->wait_deadline = clock_mono_ms() + wait_ms;
+	return request_poll(a, r);
 }
 
 enum MHD_Result api_agent_heartbeat(struct api *a, struct api_req *r)

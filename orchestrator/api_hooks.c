@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "gitsrc.h"
 #include "sources.h"
@@ -43,6 +44,36 @@ static json_t *outcome_json(int64_t delivery, const struct source_outcome *o)
 	else
 		json_object_set_new(j, "reason", json_string(o->reason));
 	return j;
+}
+
+enum { WAIT_HOOK = 1, WAIT_TRIGGER = 2 };
+
+/* Parked until the source worker records delivery r->wait_arg's outcome
+ * or r->wait_deadline passes (api_wait.c); then answers as the webhook
+ * (202 with the outcome) or the trigger (201 with the run) route does. */
+static enum MHD_Result outcome_wait(struct api *a, struct api_req *r)
+{
+	struct source_outcome o = { 0 };
+	struct notifier *n = sources_done(a->cfg.sources);
+	uint64_t gen = notifier_gen(n);
+	int rc = sources_outcome(r->wait_arg, &o);
+
+	if (rc == 0 && !o.done && !a->stopping && clock_mono_ms() < r->wait_deadline)
+		return api_wait(r, n, gen, r->wait_deadline, outcome_wait);
+	if (r->wait_kind == WAIT_TRIGGER && o.done && o.run_id)
+		return api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI sI}", "id", (json_int_t)o.run_id,
+								     "delivery", (json_int_t)r->wait_arg));
+	return api_reply_json(r, MHD_HTTP_ACCEPTED, outcome_json(r->wait_arg, &o));
+}
+
+static enum MHD_Result outcome_after(struct api *a, struct api_req *r, int64_t id, const char *repo, int kind,
+				     int64_t wait_ms)
+{
+	sources_enqueue(a->cfg.sources, id, repo);
+	r->wait_arg = id;
+	r->wait_kind = kind;
+	r->wait_deadline = clock_mono_ms() + wait_ms;
+	return outcome_wait(a, r);
 }
 
 static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provider p)
@@ -137,9 +168,8 @@ static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provi
 		free(why);
 		goto out_ev;
 	}
-	/* 4. the slow part, within the sender's patience */
-	sources_submit(a->cfg.sources, id, ev.repo, WEBHOOK_WAIT_MS, &o);
-	ret = api_reply_json(r, MHD_HTTP_ACCEPTED, outcome_json(id, &o));
+	/* 4. the slow part, within the sender's patience (parked, not blocking) */
+	ret = outcome_after(a, r, id, ev.repo, WAIT_HOOK, WEBHOOK_WAIT_MS);
 out_ev:
 	push_event_release(&ev);
 out:
@@ -166,7 +196,6 @@ enum MHD_Result api_post_trigger(struct api *a, struct api_req *r)
 {
 	json_t *repo = json_object_get(r->json, "repo"), *ref = json_object_get(r->json, "ref");
 	struct delivery d = { 0 };
-	struct source_outcome o;
 	char token[33];
 	int64_t id = 0;
 	int duplicate = 0, rc;
@@ -185,11 +214,7 @@ enum MHD_Result api_post_trigger(struct api *a, struct api_req *r)
 	d.pusher = auth_role_name(r->role);
 	if ((rc = engine_delivery_add(a->cfg.engine, &d, &id, &duplicate)) < 0)
 		return api_reply_rc(r, rc);
-	sources_submit(a->cfg.sources, id, d.repo, TRIGGER_WAIT_MS, &o);
-	if (o.done && o.run_id)
-		return api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI sI}", "id", (json_int_t)o.run_id,
-								     "delivery", (json_int_t)id));
-	return api_reply_json(r, MHD_HTTP_ACCEPTED, outcome_json(id, &o));
+	return outcome_after(a, r, id, d.repo, WAIT_TRIGGER, TRIGGER_WAIT_MS);
 }
 
 enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r)

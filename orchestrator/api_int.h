@@ -8,7 +8,9 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "../common/notify.h"
 #include "api.h"
+#include "api_wait.h"
 #include "artifact.h"
 #include "auth.h"
 
@@ -45,6 +47,7 @@ struct api_route {
 
 struct api_req {
 	struct api *api;
+	const struct api_listener *listener;
 	struct MHD_Connection *conn;
 	const struct api_route *route;
 	const char *url;
@@ -61,13 +64,27 @@ struct api_req {
 	int status;
 	char error[512];
 	struct api_cache_slot *cache_slot;   /* the slot this request builds */
+	/* a parked request: called instead of the route's handler on resume */
+	api_handler resume;
+	struct api_park park;
+	int64_t wait_deadline;     /* the handler's own deadline (clock_mono_ms) */
+	int64_t wait_arg;          /* what it waits for (an id) */
+	int wait_kind;
+};
+
+/* One listening socket: the API, or the agents' own (agent_listen). */
+struct api_listener {
+	struct api *api;
+	struct MHD_Daemon *mhd;
+	int agents_only;           /* only the agent protocol and health */
+	int port;
 };
 
 struct api {
-	struct MHD_Daemon *mhd;
+	struct api_listener main, agents;
+	struct api_waiter *waiter;
 	struct api_cache *cache;
 	struct api_config cfg;
-	int port;
 	volatile int stopping;
 };
 
@@ -93,6 +110,11 @@ int api_cache_keep(struct api *a, struct api_req *r, unsigned status, struct MHD
 /* The request ended without an answer: free its claim. */
 void api_cache_abandon(struct api *a, struct api_req *r);
 
+/* api_wait.c (the waiter itself: api_wait.h) */
+/* Park request r; on resume libmicrohttpd calls the access handler again
+ * and fn runs instead of the route's handler.  fn looks at the state again
+ * and answers or parks again; it must answer when r->api->stopping. */
+enum MHD_Result api_wait(struct api_req *r, struct notifier *n, uint64_t gen, int64_t deadline, api_handler fn);
 /* api_agent.c */
 enum MHD_Result api_agent_register(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_request(struct api *a, struct api_req *r);

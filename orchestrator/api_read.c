@@ -6,8 +6,8 @@
  * read-only connection that WAL lets proceed while the engine writes.
  *
  * Live logs are Server-Sent Events produced by a libmicrohttpd content
- * callback.  The connection has its own thread, so the callback may block:
- * it waits on the log store's notifier for new bytes or a state change,
+ * callback.  The callback never blocks: with nothing new it parks the
+ * connection on the log store's notifier for new bytes or a state change,
  * sending a keepalive comment every 15 s.  Each event's id is the offset
  * after its bytes, so a client resumes exactly where it stopped.
  */
@@ -458,16 +458,23 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 /* ---- Server-Sent Events ---------------------------------------------------- */
 
 /*
- * One SSE response: produce() fills `pending` with the next event(s),
- * blocking until there is something (it may block: the connection has its
- * own thread); a negative return ends the stream.  The libmicrohttpd
- * callback below drains `pending` into the connection.
+ * One SSE response: produce() fills `pending` with the next event(s), or
+ * leaves it empty and says in *seen which generation of the log store's
+ * notifier it looked at; a negative return ends the stream.  The
+ * libmicrohttpd callback below drains `pending` into the connection; when
+ * there is nothing to send it parks the connection (api_wait.c) until the
+ * notifier moves or a keepalive is due, and returns 0: no thread waits.
  */
+#define SSE_KEEPALIVE_MS 15000
+
 struct sse {
 	struct api *api;
+	struct MHD_Connection *conn;
+	struct api_park park;
+	int64_t keepalive_at;      /* clock_mono_ms() */
 	struct buf pending;
 	size_t sent;
-	int (*produce)(struct sse *s);
+	int (*produce)(struct sse *s, uint64_t *seen);
 	void (*free)(struct sse *s);
 };
 
@@ -478,10 +485,22 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
 
 	(void)pos;
 	if (x->sent == x->pending.len) {
+		uint64_t seen = 0;
+		int64_t now;
 		buf_clear(&x->pending);
 		x->sent = 0;
-		if (x->produce(x) < 0 || x->pending.len == 0)
+		if (x->api->stopping || x->produce(x, &seen) < 0)
 			return MHD_CONTENT_READER_END_OF_STREAM;
+		now = clock_mono_ms();
+		if (x->pending.len == 0) {
+			if (now < x->keepalive_at) {
+				if (api_park(x->api->waiter, &x->park, x->conn, logstore_changes(), seen, x->keepalive_at) < 0)
+					return MHD_CONTENT_READER_END_OF_STREAM;
+				return 0; /* suspended: called again on resume */
+			}
+			buf_puts(&x->pending, ": keepalive\n\n");
+		}
+		x->keepalive_at = now + SSE_KEEPALIVE_MS;
 	}
 	n = x->pending.len - x->sent;
 	if (n > max)
@@ -503,6 +522,8 @@ static enum MHD_Result sse_reply(struct api_req *r, struct sse *x)
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
+	x->conn = r->conn;
+	x->keepalive_at = clock_mono_ms() + SSE_KEEPALIVE_MS;
 	buf_init(&x->pending, BUF_NOLIMIT);
 	buf_puts(&x->pending, "retry: 1000\n\n");
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_read, x, sse_free);
@@ -603,13 +624,13 @@ static void sse_event(struct logsse *x, const char *event, const char *id, json_
 	json_decref(data);
 }
 
-/* Fill pending with the next log event(s); blocks until there is something. */
-static int log_produce(struct sse *base)
+/* Fill pending with the next log event(s), if there are any. */
+static int log_produce(struct sse *base, uint64_t *seen)
 {
 	struct logsse *x = (struct logsse *)base;
 	if (x->ended)
 		return -1;
-	for (;;) {
+	{
 		struct notifier *n = logstore_changes();
 		uint64_t gen = notifier_gen(n);
 		struct log_job job;
@@ -653,10 +674,8 @@ static int log_produce(struct sse *base)
 			x->ended = 1;
 			return 0;
 		}
-		if (notifier_wait(n, gen, 15000) == gen) {
-			buf_puts(&x->base.pending, ": keepalive\n\n");
-			return 0;
-		}
+		*seen = gen;
+		return 0;
 	}
 }
 
@@ -730,10 +749,10 @@ struct evstream {
 	int64_t after;
 };
 
-static int ev_produce(struct sse *base)
+static int ev_produce(struct sse *base, uint64_t *seen)
 {
 	struct evstream *x = (struct evstream *)base;
-	for (;;) {
+	{
 		struct notifier *n = logstore_changes();
 		uint64_t gen = notifier_gen(n);
 		struct store *db = store_reader();
@@ -765,10 +784,8 @@ static int ev_produce(struct sse *base)
 		sqlite3_reset(st);
 		if (any)
 			return 0;
-		if (notifier_wait(n, gen, 15000) == gen) {
-			buf_puts(&x->base.pending, ": keepalive\n\n");
-			return 0;
-		}
+		*seen = gen;
+		return 0;
 	}
 }
 

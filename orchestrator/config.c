@@ -17,6 +17,10 @@ void config_defaults(struct otacd_config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->listen = xstrdup("127.0.0.1:8470");
+	c->agent_listen = xstrdup("");
+	c->request_timeout_ms = 10000;
+	c->max_connections = 10000;
+	c->max_connections_per_client = 128;
 	c->state_dir = xstrdup("./otacd-state");
 	c->local_agents = 2;
 	strvec_push(&c->local_labels, "local");
@@ -74,6 +78,7 @@ void config_release(struct otacd_config *c)
 	json_decref(c->keys);
 	json_decref(c->tokens);
 	free(c->device_listen);
+	free(c->agent_listen);
 	free(c->fleet_key);
 	free(c->update_server);
 	free(c->update_server_url);
@@ -369,7 +374,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
-		"update_server_url", "update_server_token", "prometheus_url", "providers",
+		"update_server_url", "update_server_token", "prometheus_url", "providers", "agent_listen", "request_timeout",
+		"max_connections", "max_connections_per_client", "http_threads",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -385,7 +391,19 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 
 		if (!strcmp(key, "listen"))
 			rc = get_string(x, v, key, &c->listen);
-		else if (!strcmp(key, "state_dir"))
+		else if (!strcmp(key, "agent_listen"))
+			rc = get_string(x, v, key, &c->agent_listen);
+		else if (!strcmp(key, "request_timeout")) {
+			if ((rc = get_duration(x, v, key, &c->request_timeout_ms)) == 0 && c->request_timeout_ms < 1000)
+				rc = cfg_err(x, v, "'%s' must be at least 1s", key);
+		} else if (!strcmp(key, "max_connections"))
+			rc = get_int(x, v, key, &c->max_connections, 16);
+		else if (!strcmp(key, "max_connections_per_client"))
+			rc = get_int(x, v, key, &c->max_connections_per_client, 1);
+		else if (!strcmp(key, "http_threads")) {
+			if ((rc = get_int(x, v, key, &c->http_threads, 0)) == 0 && c->http_threads > 64)
+				rc = cfg_err(x, v, "'%s' must be at most 64", key);
+		} else if (!strcmp(key, "state_dir"))
 			rc = get_string(x, v, key, &c->state_dir);
 		else if (!strcmp(key, "local_agents")) {
 			if ((rc = get_int(x, v, key, &n, 0)) == 0)

@@ -23,6 +23,12 @@ struct repo_cfg {
 
 struct otacd_config {
 	char *listen;                   /* HOST:PORT, default 127.0.0.1:8470 */
+	/* HTTP under hostile load (docs/config.md) */
+	char *agent_listen;             /* the agents' own listener; "" (default): 127.0.0.1:0 when local agents run */
+	int64_t request_timeout_ms;     /* a request's header must be complete within this, default 10 s */
+	int64_t max_connections;        /* per listener, default 10000 */
+	int64_t max_connections_per_client;  /* per client address, default 128 */
+	int64_t http_threads;           /* the HTTP thread pool, default 0: from the CPU count */
 	char *state_dir;                /* default ./otacd-state */
 	int local_agents;               /* default 2 */
 	struct strvec local_labels;     /* default: local */

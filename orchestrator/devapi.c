@@ -3,9 +3,10 @@
  * (docs/update-server.md): check-ins, report batches, image downloads and
  * Prometheus metrics, on its own libmicrohttpd daemon.
  *
- * Devices are many and their requests small, so this listener does not use
- * a thread per connection like the main API: a small pool of threads each
- * runs an epoll loop over its share of the connections.  Nothing in a
+ * Devices are many and their requests small, so, like the main API, a
+ * small pool of threads each runs an epoll loop over its share of the
+ * connections, with the same header deadline and per-client cap
+ * (api_wait.h).  Nothing in a
  * handler may block for long, so a report batch is validated in the
  * handler, handed to the fleet's writer (fleet_report_async) and the
  * connection suspended; the writer's done callback resumes it after the
@@ -29,6 +30,7 @@
 
 #include "../common/util.h"
 #include "api.h"
+#include "api_wait.h"
 #include "artifact.h"
 #include "fleet.h"
 
@@ -41,6 +43,7 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS };
 
 struct devapi {
 	struct MHD_Daemon *mhd;
+	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
 	struct fleet *f;
 	int port, metrics_public;
 	/* guards inflight, stopping and every request's batch state below */
@@ -395,6 +398,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
 		unsigned bad;
+		api_conn_busy(a->waiter, c, 1); /* the header is complete */
 		r = xcalloc(1, sizeof(*r));
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
@@ -439,10 +443,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 
 static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
+	struct devapi *a = cls;
 	struct dreq *r = *con_cls;
-	(void)cls;
-	(void)c;
 	(void)toe;
+	api_conn_busy(a->waiter, c, 0); /* the next request's header deadline starts */
 	if (!r)
 		return;
 	buf_release(&r->body);
@@ -454,7 +458,24 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	*con_cls = NULL;
 }
 
+static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+			enum MHD_ConnectionNotificationCode code)
+{
+	struct devapi *a = cls;
+	api_conn_notify(a->waiter, c, socket_context, code);
+}
+
 /* ---- start / stop ------------------------------------------------------------ */
+
+/* the same protections as the API's listener (docs/config.md) */
+static int64_t limit_request_timeout_ms = 10000;
+static unsigned limit_per_client = 128;
+
+void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client)
+{
+	limit_request_timeout_ms = request_timeout_ms;
+	limit_per_client = max_per_client;
+}
 
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public)
 {
@@ -476,18 +497,26 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 		flags |= MHD_USE_IPv6;
 	a->f = f;
 	a->metrics_public = metrics_public;
+	if ((rc = api_waiter_start(&a->waiter, limit_request_timeout_ms)) < 0) {
+		free(a);
+		return rc;
+	}
 	pthread_mutex_init(&a->mu, NULL);
 	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
+				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 				  MHD_OPTION_NOTIFY_COMPLETED, completed, a,
+				  MHD_OPTION_NOTIFY_CONNECTION, conn_notify, a,
 				  MHD_OPTION_THREAD_POOL_SIZE, pool,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)20000,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit_per_client,
 				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
 		pthread_mutex_destroy(&a->mu);
+		api_waiter_stop(a->waiter);
 		free(a);
 		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", addr);
 	}
@@ -521,6 +550,7 @@ void devapi_stop(struct devapi *d)
 		usleep(1000);
 	}
 	MHD_stop_daemon(d->mhd);
+	api_waiter_stop(d->waiter);
 	pthread_mutex_destroy(&d->mu);
 	free(d);
 }

@@ -141,6 +141,10 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
 struct devapi;
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public);
 int devapi_port(const struct devapi *d);
+/* The header deadline and per-client cap for listeners started after this
+ * call (default 10 s and 128; main.c passes request_timeout and
+ * max_connections_per_client). */
+void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
 void devapi_stop(struct devapi *d);
 
 /* fnv1a64(salt ":" device) mod 10000: a device's place in cohorts. */

@@ -172,6 +172,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		goto out;
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
+		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->max_connections_per_client);
 		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);
@@ -191,6 +192,18 @@ out:
 	free(keyfile);
 	free(db);
 	return rc;
+}
+
+/* The URL local agents use for the agents' listener: its host (loopback
+ * for a wildcard address) and the port it bound. */
+static char *agent_listener_url(const char *listen, int port)
+{
+	const char *colon = strrchr(listen, ':');
+	int host_len = colon ? (int)(colon - listen) : 0;
+	if (!colon || (host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4)) ||
+	    host_len == 0)
+		return xasprintf("http://127.0.0.1:%d", port);
+	return xasprintf("http://%.*s:%d", host_len, listen, port);
 }
 
 int main(int argc, char **argv)
@@ -356,6 +369,18 @@ int main(int argc, char **argv)
 		goto fail;
 
 	acfg.listen = cfg.listen;
+	/* local agents get the reserved path by default: a loopback listener
+	 * of their own ("off": none, they share the API's) */
+	if (!strcmp(cfg.agent_listen, "off"))
+		acfg.agent_listen = NULL;
+	else if (cfg.agent_listen[0])
+		acfg.agent_listen = cfg.agent_listen;
+	else
+		acfg.agent_listen = cfg.local_agents > 0 ? "127.0.0.1:0" : NULL;
+	acfg.request_timeout_ms = cfg.request_timeout_ms;
+	acfg.max_connections = (unsigned)cfg.max_connections;
+	acfg.max_per_client = (unsigned)cfg.max_connections_per_client;
+	acfg.threads = (unsigned)cfg.http_threads;
 	acfg.engine = engine;
 	acfg.config = &cfg;
 	acfg.sources = sources;
@@ -382,13 +407,17 @@ int main(int argc, char **argv)
 	}
 	if (cfg.local_agents > 0) {
 		char *workdir = xasprintf("%s/work", cfg.state_dir);
-		int rc = localagents_start(&agents, cfg.local_agents, url, local_token, &cfg.local_labels, workdir);
+		char *agent_url = api_agent_port(api) ? agent_listener_url(acfg.agent_listen, api_agent_port(api)) : xstrdup(url);
+		int rc = localagents_start(&agents, cfg.local_agents, agent_url, local_token, &cfg.local_labels, workdir);
+		free(agent_url);
 		free(workdir);
 		if (rc < 0)
 			goto fail;
 	}
 	fprintf(stderr, "otacd %s: listening on %s (state %s, %d local agents, time scale %g)\n", OTACD_VERSION, url,
 		cfg.state_dir, cfg.local_agents, clock_scale());
+	if (api_agent_port(api))
+		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
 
 	{
 		int sig = 0;

@@ -298,7 +298,7 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static void enqueue(struct sources *s, int64_t id, const char *repo)
+void sources_enqueue(struct sources *s, int64_t id, const char *repo)
 {
 	pthread_mutex_lock(&s->lock);
 	for (size_t i = 0; i < s->n; i++) {
@@ -318,18 +318,9 @@ static void enqueue(struct sources *s, int64_t id, const char *repo)
 	pthread_mutex_unlock(&s->lock);
 }
 
-int sources_submit(struct sources *s, int64_t id, const char *repo, int64_t wait_ms, struct source_outcome *out)
+struct notifier *sources_done(struct sources *s)
 {
-	int64_t deadline = clock_mono_ms() + wait_ms;
-	enqueue(s, id, repo);
-	for (;;) {
-		uint64_t gen = notifier_gen(&s->done);
-		int rc = sources_outcome(id, out);
-		int64_t left = deadline - clock_mono_ms();
-		if (rc < 0 || out->done || left <= 0 || s->stopping)
-			return rc;
-		notifier_wait(&s->done, gen, left);
-	}
+	return &s->done;
 }
 
 int sources_start(struct sources **out, struct engine *e, const struct otacd_config *cfg, int threads)
@@ -346,7 +337,7 @@ int sources_start(struct sources **out, struct engine *e, const struct otacd_con
 	/* deliveries a crash left pending, in arrival order */
 	if (db && (st = store_stmt(db, "SELECT id, repo FROM deliveries WHERE state = 'pending' ORDER BY id"))) {
 		while (store_step_row(db, st) == 1)
-			enqueue(s, store_col_int(st, 0), store_col_text(st, 1));
+			sources_enqueue(s, store_col_int(st, 0), store_col_text(st, 1));
 		sqlite3_reset(st);
 	}
 	s->nthreads = threads > 0 ? threads : 2;

@@ -30,8 +30,11 @@ struct source_outcome {
 	char reason[512];     /* why no run, when done and run_id == 0 */
 };
 
-/* Queue delivery id (of repo) and wait up to wait_ms for its outcome. */
-int sources_submit(struct sources *s, int64_t id, const char *repo, int64_t wait_ms, struct source_outcome *out);
+/* Queue delivery id (of repo) without waiting; the done notifier moves
+ * whenever a delivery's outcome is recorded (the HTTP server parks
+ * webhook answers on it). */
+void sources_enqueue(struct sources *s, int64_t id, const char *repo);
+struct notifier *sources_done(struct sources *s);
 /* Read a delivery's outcome from the database. */
 int sources_outcome(int64_t id, struct source_outcome *out);
 
