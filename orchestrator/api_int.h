@@ -61,6 +61,9 @@ struct api_req {
 	int status;
 	char error[512];
 	struct api_cache_slot *cache_slot;   /* the slot this request builds */
+	/* job routes (ROLE_JOB), set by api_job_auth from the job token */
+	int64_t attempt, agent_id;
+	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
 };
 
 struct api {
@@ -99,6 +102,13 @@ enum MHD_Result api_agent_request(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_heartbeat(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_log(struct api *a, struct api_req *r);
 int api_agent_artifact_precheck(struct api *a, struct api_req *r);
+/* Before the body of a job route (need ROLE_JOB): the bearer must be the
+ * job token of this job's current attempt; sets r->attempt, r->agent_id,
+ * r->actor.  0, or 1 after queueing 401/403/409 (r->failed set). */
+int api_job_auth(struct api *a, struct api_req *r);
+/* api_agents.c: registered agents (admin) */
+enum MHD_Result api_post_agent(struct api *a, struct api_req *r);
+enum MHD_Result api_post_agent_revoke(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_finish(struct api *a, struct api_req *r);
 
