@@ -156,7 +156,10 @@ static int proc_stat(const char *pid, long *pgrp, unsigned long long *start)
 		return -1;
 	n = (int)read(fd, buf, sizeof(buf) - 1);
 	close(fd);
-	if (n <= 0 || !(p = strrchr((buf[n] = '\0', buf), ')')))
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	if (!(p = strrchr(buf, ')')))
 		return -1;
 	/* after ") " comes field 3 */
 	for (field = 3, p += 2; *p && field < 22; field++) {

@@ -450,7 +450,7 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 		json_object_set_new(o, "current_job", busy ? json_integer(store_col_int(st, 5)) : json_null());
 		json_object_set_new(o, "state", json_string(store_col_text(st, 8) ? "revoked"
 							     : busy ? "busy"
-							     : last == 0 ? "never seen"
+							     : last == 0 ? "new"
 							     : (now - last) > 60000 * clock_scale() ? "lost" : "idle"));
 		/* how it proves who it is: registered (`otactl agents add`), local, or a config-file token */
 		json_object_set_new(o, "kind", json_string(store_col_int(st, 9) ? "registered"

@@ -469,6 +469,13 @@ static void killed_agent_leaves_no_step_running_when_the_retry_starts(void **sta
 		h_msleep(50);
 	}
 	assert_non_null(strstr(buf_cstr(&out), "bg1 "));
+	{
+		struct buf alog = BUF_INIT;
+		h_sh(&alog, "cat '%s/agent-rig-k1.log'", d->dir);
+		if (!strstr(buf_cstr(&alog), "own PID"))
+			print_message("no PID namespaces on this host: the setsid grandchild will outlive the agent\n");
+		buf_release(&alog);
+	}
 	kill(a1, SIGKILL);
 	waitpid(a1, NULL, 0);
 	killed_at = now_ms();
@@ -505,6 +512,65 @@ static void killed_agent_leaves_no_step_running_when_the_retry_starts(void **sta
 	buf_release(&out);
 	free(yaml);
 	free(file);
+}
+
+/* The fallback without namespaces: the step outlives a SIGKILLed agent,
+ * but the agent restarted on the same work directory kills it before it
+ * asks for work, so the retry still never overlaps it. */
+static void restarted_agent_kills_what_a_process_group_step_left(void **state)
+{
+	struct daemon *d = *state;
+	char *file = xasprintf("%s/heartbeats", d->dir), *yaml, *t = h_agent_add(d, "rig-p", "hil");
+	struct buf out = BUF_INIT;
+	int64_t run, killed_at, f1 = 0, f2, l1;
+	pid_t a;
+
+	yaml = xasprintf("name: p\nenv: { HB: \"%s\" }\nstages:\n  - name: flash\n    agent: { labels: [hil] }\n"
+			 "    steps:\n      - run: |\n"
+			 "          if [ \"$OTACD_ATTEMPT\" = 1 ]; then\n"
+			 "            while :; do echo \"a1 $(date +%%s%%3N)\" >> $HB; sleep 0.1; done\n"
+			 "          fi\n"
+			 "          echo \"a2 $(date +%%s%%3N)\" >> $HB\n",
+			 file);
+	setenv("OTACD_AGENT_CONTAIN", "pgroup", 1);
+	a = h_agent_with(d, "rig-p", "hil", t);
+	unsetenv("OTACD_AGENT_CONTAIN");
+	run = h_trigger(d, yaml);
+	for (int i = 0; i < 300; i++) {
+		if (ota_read_file(&out, file, 1 << 20) == 0 && stamps(buf_cstr(&out), "a1", &f1) && now_ms() - f1 > 300)
+			break;
+		buf_clear(&out);
+		h_msleep(50);
+	}
+	assert_true(f1 > 0);
+	kill(a, SIGKILL);
+	waitpid(a, NULL, 0);
+	killed_at = now_ms();
+	h_msleep(600);
+	buf_clear(&out);
+	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
+	/* in this mode the step did outlive its agent... */
+	assert_true(stamps(buf_cstr(&out), "a1", &f1) > killed_at + 300);
+	setenv("OTACD_AGENT_CONTAIN", "pgroup", 1);
+	a = h_agent_with(d, "rig-p", "hil", t);
+	unsetenv("OTACD_AGENT_CONTAIN");
+	assert_string_equal(h_wait_run(d, run, 30000), "passed");
+	h_msleep(400);
+	buf_clear(&out);
+	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
+	l1 = stamps(buf_cstr(&out), "a1", &f1);
+	stamps(buf_cstr(&out), "a2", &f2);
+	/* ...until the restarted agent killed it, before the retry ran */
+	assert_true(f2 > 0 && l1 < f2);
+	h_sh(&out, "cat '%s/agent-rig-p.log'", d->dir);
+	assert_non_null(strstr(buf_cstr(&out), "steps run in a process group (OTACD_AGENT_CONTAIN=pgroup)"));
+	assert_non_null(strstr(buf_cstr(&out), "left by a step of the previous agent"));
+	kill(a, SIGTERM);
+	waitpid(a, NULL, 0);
+	buf_release(&out);
+	free(yaml);
+	free(file);
+	free(t);
 }
 
 static void artifact_names_that_are_not_plain_paths_are_refused(void **state)
@@ -614,6 +680,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(step_cannot_read_the_agent_token, setup, teardown),
 		cmocka_unit_test_setup_teardown(killed_agent_leaves_no_step_running_when_the_retry_starts, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(restarted_agent_kills_what_a_process_group_step_left, setup, teardown),
 		cmocka_unit_test_setup_teardown(artifact_names_that_are_not_plain_paths_are_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(agent_refuses_a_control_character_in_an_artifact_name, setup, teardown),
 		cmocka_unit_test(local_agents_have_their_own_tokens_out_of_sight),
