@@ -231,7 +231,8 @@ static int agent_register(struct agent *a)
 
 		for (size_t i = 0; i < a->labels.n; i++)
 			json_array_append_new(labels, json_string(a->labels.v[i]));
-		json_object_set_new(req, "name", json_string(a->name));
+		if (a->name) /* checked by the daemon against the token's agent */
+			json_object_set_new(req, "name", json_string(a->name));
 		json_object_set_new(req, "labels", labels);
 		if (a->local)
 			json_object_set_new(req, "local", json_true());
@@ -246,7 +247,9 @@ static int agent_register(struct agent *a)
 			a->lease_ms = json_is_integer(l) ? (long)json_integer_value(l) : 30000;
 			a->heartbeat_ms = json_is_integer(h) && json_integer_value(h) > 0
 				? (long)json_integer_value(h) : 5000;
-			say("%s registered as agent %s with %s", a->name, a->id_str, a->url);
+			if (!a->name && json_is_string(json_object_get(ans, "name")))
+				a->name = xstrdup(json_string_value(json_object_get(ans, "name")));
+			say("%s registered as agent %s with %s", a->name ? a->name : "?", a->id_str, a->url);
 			json_decref(ans);
 			return 0;
 		}
@@ -1380,7 +1383,8 @@ static void usage(FILE *f)
 	      "  --token TOKEN   the token itself (default $OTACD_AGENT_TOKEN); both are\n"
 	      "                  wiped from this process's memory, but prefer a file\n"
 	      "  --workdir DIR   where workspaces are made (default ./otacd-agent-work)\n"
-	      "  --name NAME     agent name (default HOSTNAME-PID)\n"
+	      "  --name NAME     agent name (default: the one its token was registered as;\n"
+	      "                  if given, it must be that name)\n"
 	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n", f);
 }
 
@@ -1473,7 +1477,6 @@ int main(int argc, char **argv)
 	struct agent a;
 	struct sigaction sa;
 	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e;
-	char host[256];
 	long backoff = 0;
 	int c, rc = 0;
 
@@ -1524,12 +1527,7 @@ int main(int argc, char **argv)
 	a.url = xstrdup(url && *url ? url : DEFAULT_URL);
 	while (strlen(a.url) > 1 && a.url[strlen(a.url) - 1] == '/')
 		a.url[strlen(a.url) - 1] = '\0';
-	if (!a.name) {
-		if (gethostname(host, sizeof(host)) < 0)
-			snprintf(host, sizeof(host), "agent");
-		host[sizeof(host) - 1] = '\0';
-		a.name = xasprintf("%s-%ld", host, (long)getpid());
-	}
+	/* without --name the agent is whatever its token names (the daemon says) */
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;

@@ -123,7 +123,7 @@ enum MHD_Result api_agent_register(struct api *a, struct api_req *r)
 	json_decref(labels);
 	if (rc < 0)
 		return api_reply_rc(r, rc);
-	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI sI sI}", "agent_id", (json_int_t)id,
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI ss sI sI}", "agent_id", (json_int_t)id, "name", r->actor,
 							"lease_ms", (json_int_t)a->cfg.lease_ms,
 							"heartbeat_ms", (json_int_t)a->cfg.heartbeat_ms));
 }
