@@ -21,6 +21,7 @@
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <fcntl.h>
 #include <cmocka.h>
 
 #include "../common/httpc.h"
@@ -635,6 +636,49 @@ static void agent_refuses_a_control_character_in_an_artifact_name(void **state)
 	buf_release(&log);
 }
 
+/* The remote agent's usual set-up: `otactl agents add` into a 0600 file,
+ * `otacd-agent --token-file` without --name: it is the agent its token names. */
+static void agent_with_a_token_file_is_the_agent_its_token_names(void **state)
+{
+	struct daemon *d = *state;
+	char *otactl = h_bin("otactl"), *agent = h_bin("otacd-agent");
+	char *tokfile = xasprintf("%s/rig-f.token", d->dir), *work = xasprintf("%s/work-f", d->dir);
+	char *log = xasprintf("%s/agent-f.log", d->dir);
+	struct buf out = BUF_INIT;
+	json_t *r;
+	int64_t run;
+	pid_t pid;
+
+	assert_int_equal(h_sh(&out, "(umask 077; OTACD_URL=%s OTACD_TOKEN=%s %s agents add rig-f --labels hil > %s)",
+			      d->url, d->token, otactl, tokfile), 0);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execl(agent, agent, "--url", d->url, "--token-file", tokfile, "--labels", "hil", "--workdir", work,
+		      (char *)NULL);
+		_exit(127);
+	}
+	run = h_trigger(d, hil_pipeline);
+	assert_string_equal(h_wait_run(d, run, 30000), "passed");
+	r = h_run(d, run);
+	assert_string_equal(json_string_value(json_object_get(h_job(r, "flash"), "agent")), "rig-f");
+	json_decref(r);
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+	h_sh(&out, "cat '%s'", log);
+	assert_non_null(strstr(buf_cstr(&out), "rig-f registered as agent"));
+	buf_release(&out);
+	free(otactl);
+	free(agent);
+	free(tokfile);
+	free(work);
+	free(log);
+}
+
 /* Local agents: each its own identity, its token neither in its
  * environment nor on its command line. */
 static void local_agents_have_their_own_tokens_out_of_sight(void **state)
@@ -683,6 +727,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(restarted_agent_kills_what_a_process_group_step_left, setup, teardown),
 		cmocka_unit_test_setup_teardown(artifact_names_that_are_not_plain_paths_are_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(agent_refuses_a_control_character_in_an_artifact_name, setup, teardown),
+		cmocka_unit_test_setup_teardown(agent_with_a_token_file_is_the_agent_its_token_names, setup, teardown),
 		cmocka_unit_test(local_agents_have_their_own_tokens_out_of_sight),
 	};
 	return cmocka_run_group_tests_name("agentauth", tests, NULL, NULL);
