@@ -855,7 +855,7 @@ static int agents_ls(void)
 		if (json_is_array(reg))
 			labels_text(&bound, reg);
 		else
-			buf_puts(&bound, "(config)");
+			buf_puts(&bound, !strcmp(str_or(ag, "kind", ""), "local") ? "(local labels)" : "(as configured)");
 		fmt_time(seen, sizeof(seen), int_or(ag, "last_seen", 0));
 		table_row(&t, id_text(id, sizeof(id), json_object_get(ag, "id")), str_or(ag, "name", "-"),
 			  str_or(ag, "kind", "-"), str_or(ag, "state", "-"),

@@ -207,7 +207,9 @@ static void other_agent_cannot_touch_a_job_it_does_not_hold(void **state)
 		assert_int_equal(raw(d, "PUT", p, job_token(ja), "mine\n", 5, NULL), 200);
 		free(p);
 		p = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)job_id(ja));
-		assert_int_equal(h_call_as(d, job_token(ja), "POST", p, json_pack("{si}", "exit_code", 0), &ans), 200);
+		req = json_pack("{si}", "exit_code", 0);
+		assert_int_equal(h_call_as(d, job_token(ja), "POST", p, req, &ans), 200);
+		json_decref(req);
 		assert_string_equal(json_string_value(json_object_get(ans, "state")), "passed");
 		json_decref(ans);
 		free(p);
@@ -344,7 +346,11 @@ static void stale_attempt_job_token_is_refused_after_lease_expiry_and_retry(void
 	free(p);
 	/* a finished attempt's token is refused too */
 	p = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)job_id(j2));
-	assert_int_equal(h_call_as(d, job_token(j2), "POST", p, json_pack("{si}", "exit_code", 0), NULL), 200);
+	{
+		json_t *fin = json_pack("{si}", "exit_code", 0);
+		assert_int_equal(h_call_as(d, job_token(j2), "POST", p, fin, NULL), 200);
+		json_decref(fin);
+	}
 	free(p);
 	try_job_routes(d, job_id(j2), job_token(j2), st);
 	for (int i = 0; i < 7; i++)
@@ -466,7 +472,7 @@ static void killed_agent_leaves_no_step_running_when_the_retry_starts(void **sta
 		if (ota_read_file(&out, file, 1 << 20) == 0 && strstr(buf_cstr(&out), "bg1 ") &&
 		    stamps(buf_cstr(&out), "a1", &f1) && f1 && now_ms() - f1 > 500)
 			break;
-		buf_clear(&out);
+		buf_release(&out);
 		h_msleep(50);
 	}
 	assert_non_null(strstr(buf_cstr(&out), "bg1 "));
@@ -483,7 +489,7 @@ static void killed_agent_leaves_no_step_running_when_the_retry_starts(void **sta
 	a2 = h_agent(d, "rig-k2", "hil");
 	assert_string_equal(h_wait_run(d, run, 30000), "passed");
 	h_msleep(500); /* anything still alive would write more */
-	buf_clear(&out);
+	buf_release(&out); /* ota_read_file starts a new buffer */
 	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
 	l1 = stamps(buf_cstr(&out), "a1", &f1);
 	l1bg = stamps(buf_cstr(&out), "bg1", &f1bg);
@@ -540,7 +546,7 @@ static void restarted_agent_kills_what_a_process_group_step_left(void **state)
 	for (int i = 0; i < 300; i++) {
 		if (ota_read_file(&out, file, 1 << 20) == 0 && stamps(buf_cstr(&out), "a1", &f1) && now_ms() - f1 > 300)
 			break;
-		buf_clear(&out);
+		buf_release(&out);
 		h_msleep(50);
 	}
 	assert_true(f1 > 0);
@@ -548,7 +554,7 @@ static void restarted_agent_kills_what_a_process_group_step_left(void **state)
 	waitpid(a, NULL, 0);
 	killed_at = now_ms();
 	h_msleep(600);
-	buf_clear(&out);
+	buf_release(&out); /* ota_read_file starts a new buffer */
 	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
 	/* in this mode the step did outlive its agent... */
 	assert_true(stamps(buf_cstr(&out), "a1", &f1) > killed_at + 300);
@@ -557,7 +563,7 @@ static void restarted_agent_kills_what_a_process_group_step_left(void **state)
 	unsetenv("OTACD_AGENT_CONTAIN");
 	assert_string_equal(h_wait_run(d, run, 30000), "passed");
 	h_msleep(400);
-	buf_clear(&out);
+	buf_release(&out); /* ota_read_file starts a new buffer */
 	assert_int_equal(ota_read_file(&out, file, 1 << 20), 0);
 	l1 = stamps(buf_cstr(&out), "a1", &f1);
 	stamps(buf_cstr(&out), "a2", &f2);
