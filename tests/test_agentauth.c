@@ -509,8 +509,10 @@ static void killed_agent_leaves_no_step_running_when_the_retry_starts(void **sta
 	assert_true(l1 < f2 && l1bg < f2);
 	/* the killed attempt is recorded as lost */
 	{
+		/* ...and closed, so its job token (only its hash is stored) is
+		 * refused like any stale attempt's (stale_attempt_job_token_...) */
 		char *sql = xasprintf("SELECT COUNT(*) FROM job_attempts WHERE attempt = 1 AND failure = 'infra'"
-				      " AND message LIKE '%%lost%%'");
+				      " AND message LIKE '%%lost%%' AND token_hash IS NOT NULL AND finished_at IS NOT NULL");
 		assert_int_equal(h_sql_int(d, sql), 1);
 		free(sql);
 	}
