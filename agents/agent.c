@@ -10,8 +10,16 @@
  * the commit's tree unpacked into it when the run comes from git (the
  * daemon serves a tar, streamed to an unlinked temporary file, retried on
  * 404/5xx/network errors, extracted by source.c), then each step as
- * `/bin/sh -e -c RUN` in its own process group, its
- * stdout+stderr read from one pipe with poll().  Two helper threads live for
+ * `/bin/sh -e -c RUN`, contained so it cannot outlive the agent or the
+ * attempt (contain.c: its own PID namespace, or a process group), its
+ * stdout+stderr read from one pipe with poll().
+ *
+ * Credentials: the agent's token (from a pipe, a file, the environment or
+ * argv; the last two are wiped from this process's memory at start) and
+ * each attempt's job token (from the claim; every call about that job uses
+ * it) never reach a step: steps get an environment built from scratch, and
+ * the agent is not dumpable, so a step of the same uid cannot read its
+ * memory or /proc/PID/environ.  Two helper threads live for
  * the length of a job:
  *   - the heartbeat thread extends the lease and learns about cancels (the
  *     runner then kills the process group) and lost leases (409: kill and
@@ -31,6 +39,7 @@
 #include "../common/httpc.h"
 #include "../common/mask.h"
 #include "../common/util.h"
+#include "contain.h"
 #include "source.h"
 #include "stagework.h"
 
@@ -43,7 +52,6 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,9 +95,7 @@ struct agent {
 	struct strvec labels;
 	int once;
 	int local;              /* started by otacd itself */
-	int id_is_int;          /* agent_id as the daemon gave it */
-	json_int_t id_int;
-	char *id_str;
+	char *id_str;           /* agent_id as the daemon gave it (for messages) */
 	long lease_ms, heartbeat_ms;
 };
 
@@ -102,6 +108,7 @@ struct job {
 	char id[64];            /* for messages */
 	char *id_url;           /* escaped, for URL paths */
 	json_int_t attempt;
+	char *token;            /* this attempt's job token: every call about the job */
 	char *ws;               /* workspace, absolute */
 	int64_t deadline;       /* monotonic ms, 0: none */
 	int64_t timeout_ms;
@@ -187,11 +194,6 @@ static void job_wait(struct job *j, long ms)
 	pthread_cond_timedwait(&j->cv, &j->mu, &ts);
 }
 
-static json_t *agent_id_json(const struct agent *a)
-{
-	return a->id_is_int ? json_integer(a->id_int) : json_string(a->id_str);
-}
-
 /* Text of a JSON scalar (env values, matrix values, ids). */
 static char *scalar_text(const json_t *v)
 {
@@ -231,7 +233,8 @@ static int agent_register(struct agent *a)
 
 		for (size_t i = 0; i < a->labels.n; i++)
 			json_array_append_new(labels, json_string(a->labels.v[i]));
-		json_object_set_new(req, "name", json_string(a->name));
+		if (a->name) /* checked by the daemon against the token's agent */
+			json_object_set_new(req, "name", json_string(a->name));
 		json_object_set_new(req, "labels", labels);
 		if (a->local)
 			json_object_set_new(req, "local", json_true());
@@ -242,13 +245,13 @@ static int agent_register(struct agent *a)
 		if (!rc && status == 200 && (json_is_integer(id) || json_is_string(id))) {
 			json_t *l = json_object_get(ans, "lease_ms"), *h = json_object_get(ans, "heartbeat_ms");
 			free(a->id_str);
-			a->id_is_int = json_is_integer(id);
-			a->id_int = a->id_is_int ? json_integer_value(id) : 0;
 			a->id_str = scalar_text(id);
 			a->lease_ms = json_is_integer(l) ? (long)json_integer_value(l) : 30000;
 			a->heartbeat_ms = json_is_integer(h) && json_integer_value(h) > 0
 				? (long)json_integer_value(h) : 5000;
-			say("%s registered as agent %s with %s", a->name, a->id_str, a->url);
+			if (!a->name && json_is_string(json_object_get(ans, "name")))
+				a->name = xstrdup(json_string_value(json_object_get(ans, "name")));
+			say("%s registered as agent %s with %s", a->name ? a->name : "?", a->id_str, a->url);
 			json_decref(ans);
 			return 0;
 		}
@@ -281,7 +284,6 @@ static int agent_request_job(json_t **out, struct agent *a)
 	int rc;
 
 	*out = NULL;
-	json_object_set_new(req, "agent_id", agent_id_json(a));
 	json_object_set_new(req, "wait_ms", json_integer(LONGPOLL_WAIT_MS));
 	rc = httpc_json(&ans, &status, "POST", url, a->token, req, LONGPOLL_TIMEOUT_MS);
 	if (rc < 0)
@@ -430,7 +432,7 @@ static void *log_sender(void *arg)
 
 		url = xasprintf("%s/api/v1/agent/jobs/%s/log?attempt=%" JSON_INTEGER_FORMAT "&offset=%llu",
 				j->a->url, j->id_url, j->attempt, (unsigned long long)off);
-		rc = httpc_request(&r, "PUT", url, j->a->token, "application/octet-stream", chunk, n,
+		rc = httpc_request(&r, "PUT", url, j->token, "application/octet-stream", chunk, n,
 				   REQUEST_TIMEOUT_MS);
 		free(url);
 		free(chunk);
@@ -453,7 +455,7 @@ static void *log_sender(void *arg)
 				j->q_off = s; /* the daemon lost bytes we no longer have */
 		} else if (r.status == 413 && chunk_max > 1024) {
 			chunk_max /= 2;
-		} else if (r.status == 409 || r.status == 404) {
+		} else if (r.status == 409 || r.status == 404 || r.status == 401 || r.status == 403) {
 			j->lost = 1;
 			pthread_cond_broadcast(&j->cv);
 		} else {
@@ -489,10 +491,9 @@ static void *heartbeat(void *arg)
 			break;
 		pthread_mutex_unlock(&j->mu);
 		req = json_object();
-		json_object_set_new(req, "agent_id", agent_id_json(j->a));
 		json_object_set_new(req, "attempt", json_integer(j->attempt));
 		url = xasprintf("%s/api/v1/agent/jobs/%s/heartbeat", j->a->url, j->id_url);
-		rc = httpc_json(&ans, &status, "POST", url, j->a->token, req, REQUEST_TIMEOUT_MS);
+		rc = httpc_json(&ans, &status, "POST", url, j->token, req, REQUEST_TIMEOUT_MS);
 		free(url);
 		json_decref(req);
 		pthread_mutex_lock(&j->mu);
@@ -504,7 +505,8 @@ static void *heartbeat(void *arg)
 				j->cancel = 1;
 				pthread_cond_broadcast(&j->cv);
 			}
-		} else if (status == 409 || status == 404 || status == 401) {
+		} else if (status == 409 || status == 404 || status == 401 || status == 403) {
+			/* the attempt is over, or the agent was revoked: stop the step */
 			j->lost = 1;
 			pthread_cond_broadcast(&j->cv);
 		}
@@ -574,7 +576,7 @@ static int drain(struct job *j, int fd, size_t max)
  */
 static enum outcome step_run(struct job *j, const char *run, char **envp, int *exit_code)
 {
-	char *argv[] = { "sh", "-e", "-c", (char *)run, NULL };
+	char *argv[] = { "/bin/sh", "-e", "-c", (char *)run, NULL };
 	enum outcome why = OUT_OK;
 	int pfd[2] = { -1, -1 }, devnull = -1, pidfd = -1, status = 0, exited = 0;
 	int64_t term_at = 0;
@@ -588,38 +590,13 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 		goto out;
 	}
 	/*
-	 * posix_spawn (vfork-style in glibc) rather than fork: the agent maps
-	 * libcurl and OpenSSL, and copying its page tables for every step
-	 * costs milliseconds of pickup latency.  The child gets its own
-	 * process group (so the whole tree can be killed), default signal
-	 * handling, /dev/null as stdin, the pipe as stdout+stderr, and the
-	 * workspace as its directory.
+	 * contain.c starts the step where it can be killed as a whole: a PID
+	 * namespace whose init dies with the agent, or a process group (either
+	 * way pid leads a process group), with /dev/null as stdin, the pipe as
+	 * stdout+stderr and the workspace as its directory.
 	 */
 	{
-		posix_spawnattr_t attr;
-		posix_spawn_file_actions_t fa;
-		sigset_t none, defaults;
-		int err;
-
-		sigemptyset(&none);
-		sigemptyset(&defaults);
-		sigaddset(&defaults, SIGPIPE);
-		sigaddset(&defaults, SIGTERM);
-		sigaddset(&defaults, SIGINT);
-		sigaddset(&defaults, SIGCHLD);
-		posix_spawnattr_init(&attr);
-		posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-		posix_spawnattr_setpgroup(&attr, 0);
-		posix_spawnattr_setsigmask(&attr, &none);
-		posix_spawnattr_setsigdefault(&attr, &defaults);
-		posix_spawn_file_actions_init(&fa);
-		posix_spawn_file_actions_adddup2(&fa, devnull, 0);
-		posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
-		posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
-		posix_spawn_file_actions_addchdir_np(&fa, j->ws);
-		err = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, envp);
-		posix_spawn_file_actions_destroy(&fa);
-		posix_spawnattr_destroy(&attr);
+		int err = contain_spawn(&pid, argv, envp, devnull, pfd[1], j->ws);
 		if (err) {
 			log_printf(j, C_ERR "cannot start the step in %s: %s" C_OFF "\n", j->ws, strerror(err));
 			why = OUT_INFRA;
@@ -627,7 +604,6 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 			goto out;
 		}
 	}
-	setpgid(pid, pid); /* also in the parent: no window before killpg works */
 	running_pgid = pid;
 	close(pfd[1]);
 	pfd[1] = -1;
@@ -676,6 +652,7 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 	}
 	killpg_quiet(pid, SIGKILL); /* leftovers such as `sleep 1000 &` */
 	running_pgid = 0;
+	contain_done();
 	if (WIFEXITED(status))
 		*exit_code = WEXITSTATUS(status);
 	else if (WIFSIGNALED(status))
@@ -785,12 +762,18 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 	const char *type = json_string_value(json_object_get(art, "type"));
 	const char *hw = json_string_value(json_object_get(art, "hardware"));
 	char *ename = httpc_escape(name), *etype = type ? httpc_escape(type) : NULL;
-	char *ehw = hw ? httpc_escape(hw) : NULL, *url = NULL, sha[65];
+	char *ehw = hw ? httpc_escape(hw) : NULL, *url = NULL, sha[65], why_name[128];
 	enum outcome why = OUT_INFRA;
 	FILE *f = fopen(path, "rb");
 	struct stat st;
 	long backoff = 0;
 
+	/* the daemon's own rule (common/util.c): refused here, with the reason */
+	if (ota_artifact_name_check(name, strlen(name), why_name, sizeof(why_name)) < 0) {
+		*msg = xasprintf("artifact name '%s' refused: %s", name, why_name);
+		why = OUT_SCRIPT;
+		goto out;
+	}
 	if (!f || fstat(fileno(f), &st) < 0 || agent_sha256_file(sha, f) < 0) {
 		*msg = xasprintf("cannot read artifact %s: %s", name, strerror(errno));
 		goto out;
@@ -802,7 +785,7 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 		struct httpc_response r;
 		int rc;
 		rewind(f);
-		rc = httpc_upload(&r, "PUT", url, j->a->token, NULL, f, (size_t)st.st_size,
+		rc = httpc_upload(&r, "PUT", url, j->token, NULL, f, (size_t)st.st_size,
 				  300000 + (long)(st.st_size / 1000));
 		if (!rc && (r.status == 200 || r.status == 201)) {
 			log_printf(j, "uploaded %s (%lld bytes, sha256 %.12s)\n", name, (long long)st.st_size, sha);
@@ -881,8 +864,8 @@ static enum outcome artifacts_collect(struct job *j, char **msg)
 				char *real = realpath(g.gl_pathv[k], NULL), *aname;
 				const char *rel = g.gl_pathv[k] + strlen(j->ws);
 				struct stat st;
-				while (*rel == '/')
-					rel++;
+				while (*rel == '/' || !strncmp(rel, "./", 2))
+					rel += *rel == '/' ? 1 : 2;
 				if (!real || strncmp(real, wsreal, wl) || real[wl] != '/' ||
 				    stat(real, &st) < 0 || !S_ISREG(st.st_mode)) {
 					if (real && (strncmp(real, wsreal, wl) || real[wl] != '/'))
@@ -966,7 +949,7 @@ static enum outcome job_checkout(struct job *j, char **msg)
 
 	if (!json_is_object(src))
 		return OUT_OK;
-	/* A path on the daemon: the agent token is never sent anywhere else. */
+	/* A path on the daemon: the job token is never sent anywhere else. */
 	if (!path || path[0] != '/') {
 		*msg = path ? xasprintf("cannot fetch the source: its url '%s' is not a path on the daemon", path)
 			    : xstrdup("cannot fetch the source: the job spec has no source url");
@@ -998,7 +981,7 @@ static enum outcome job_checkout(struct job *j, char **msg)
 			*msg = xasprintf("cannot fetch the source: %s", strerror(errno));
 			goto out;
 		}
-		rc = httpc_download(&r, url, j->a->token, f, SOURCE_MAX_BYTES, timeout);
+		rc = httpc_download(&r, url, j->token, f, SOURCE_MAX_BYTES, timeout);
 		if (!rc && r.status == 200) {
 			httpc_response_release(&r);
 			break;
@@ -1049,7 +1032,7 @@ static void sw_log(void *arg, const char *line)
 
 static struct sw_job sw_job_of(struct job *j, char **envp)
 {
-	return (struct sw_job){ j->a->url, j->a->token, j->id_url, j->attempt, j->ws, envp, sw_log, j };
+	return (struct sw_job){ j->a->url, j->token, j->id_url, j->attempt, j->ws, envp, sw_log, j };
 }
 
 static enum outcome sw_outcome(int rc)
@@ -1178,7 +1161,6 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 	long backoff = 0;
 	int rc = OTA_ERROR;
 
-	json_object_set_new(req, "agent_id", agent_id_json(j->a));
 	json_object_set_new(req, "attempt", json_integer(j->attempt));
 	json_object_set_new(req, "exit_code", json_integer(exit_code));
 	json_object_set_new(req, "failure", failure ? json_string(failure) : json_null());
@@ -1186,7 +1168,7 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 	for (int t = 0; tries == 0 || t < tries; t++) {
 		json_t *ans = NULL;
 		long status = 0;
-		int r = httpc_json(&ans, &status, "POST", url, j->a->token, req, timeout_ms);
+		int r = httpc_json(&ans, &status, "POST", url, j->token, req, timeout_ms);
 		json_decref(ans);
 		if (!r && ((status >= 200 && status < 300) || status == 409)) {
 			rc = 0;
@@ -1254,6 +1236,11 @@ static int job_run(struct agent *a, json_t *spec)
 	j.id_url = httpc_escape(j.id);
 	v = json_object_get(spec, "attempt");
 	j.attempt = json_is_integer(v) ? json_integer_value(v) : 1;
+	/* The attempt's credential: kept here only, out of the spec that the
+	 * rest of the job (and its steps' environment) is built from. */
+	v = json_object_get(spec, "job_token");
+	j.token = xstrdup(json_is_string(v) ? json_string_value(v) : a->token);
+	json_object_del(spec, "job_token");
 	v = json_object_get(spec, "timeout_ms");
 	j.timeout_ms = json_is_integer(v) ? json_integer_value(v) : 0;
 	j.deadline = j.timeout_ms > 0 ? now_ms() + j.timeout_ms : 0;
@@ -1370,6 +1357,8 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_mutex_destroy(&j.mu);
 	free(j.ws);
 	free(j.id_url);
+	memset(j.token, 0, strlen(j.token));
+	free(j.token);
 	free(msg);
 	json_decref(first_build);
 	return rc;
@@ -1379,17 +1368,72 @@ static int job_run(struct agent *a, json_t *spec)
 
 static void usage(FILE *f)
 {
-	fputs("usage: otacd-agent [--url URL] [--token TOKEN] [--labels a,b,key=value]\n"
-	      "                   [--workdir DIR] [--name NAME] [--once]\n"
+	fputs("usage: otacd-agent [--url URL] [--token-file FILE | --token-fd N | --token TOKEN]\n"
+	      "                   [--labels a,b,key=value] [--workdir DIR] [--name NAME] [--once]\n"
 	      "\n"
 	      "Runs otacd jobs.  Registers with the daemon at URL (default $OTACD_URL or\n"
 	      DEFAULT_URL "), long-polls for jobs whose labels are all among\n"
 	      "--labels, runs each in DIR/job-ID-ATTEMPT and reports back.\n"
 	      "\n"
-	      "  --token TOKEN   agent token (default $OTACD_AGENT_TOKEN)\n"
+	      "  --token-file F  read the agent token (`otactl agents add`) from file F\n"
+	      "  --token-fd N    read it from descriptor N (to its end) and close N\n"
+	      "  --token TOKEN   the token itself (default $OTACD_AGENT_TOKEN); both are\n"
+	      "                  wiped from this process's memory, but prefer a file\n"
 	      "  --workdir DIR   where workspaces are made (default ./otacd-agent-work)\n"
-	      "  --name NAME     agent name (default HOSTNAME-PID)\n"
+	      "  --name NAME     agent name (default: the one its token was registered as;\n"
+	      "                  if given, it must be that name)\n"
 	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n", f);
+}
+
+/* The token in the environment variable name, then wiped where it was:
+ * /proc/PID/environ shows the environment block exec gave us, so the
+ * bytes themselves are overwritten, not just the variable unset. */
+static char *token_from_env(const char *name)
+{
+	char *v = getenv(name), *tok;
+	if (!v)
+		return NULL;
+	tok = xstrdup(v);
+	memset(v, 'x', strlen(v));
+	unsetenv(name);
+	return tok;
+}
+
+/* The token from a file (e.g. 0600, written by the operator) or a
+ * descriptor (local agents: a pipe from otacd); surrounding space trimmed. */
+static char *token_read(const char *path, int fd)
+{
+	struct buf b = BUF_INIT;
+	char *tok = NULL, *p, *e;
+	int rc = 0;
+
+	if (path) {
+		rc = ota_read_file(&b, path, 4096);
+	} else if (fd >= 0) {
+		char tmp[256];
+		ssize_t n;
+		buf_init(&b, 4096);
+		while ((n = read(fd, tmp, sizeof(tmp))) > 0 || (n < 0 && errno == EINTR))
+			if (n > 0 && (rc = buf_put(&b, tmp, (size_t)n)) < 0)
+				break;
+		close(fd);
+	} else {
+		rc = ota_error_set(OTA_EINVAL, "no such descriptor");
+	}
+	if (rc == 0) {
+		for (p = (char *)buf_cstr(&b); *p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'; p++)
+			;
+		for (e = p + strlen(p); e > p && (e[-1] == ' ' || e[-1] == '\n' || e[-1] == '\r' || e[-1] == '\t'); e--)
+			;
+		if (e > p)
+			tok = xstrndup(p, (size_t)(e - p));
+		else
+			ota_error_set(OTA_EINVAL, "it is empty");
+	}
+	if (b.ptr)
+		memset(b.ptr, 0, b.len);
+	buf_release(&b);
+	return tok;
 }
 
 static void split_labels(struct strvec *out, const char *s)
@@ -1418,6 +1462,8 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "url", required_argument, NULL, 'u' },
 		{ "token", required_argument, NULL, 't' },
+		{ "token-file", required_argument, NULL, 'T' },
+		{ "token-fd", required_argument, NULL, 'F' },
 		{ "labels", required_argument, NULL, 'l' },
 		{ "workdir", required_argument, NULL, 'w' },
 		{ "name", required_argument, NULL, 'n' },
@@ -1428,18 +1474,33 @@ int main(int argc, char **argv)
 	struct agent a;
 	struct sigaction sa;
 	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e;
-	char host[256];
 	long backoff = 0;
 	int c, rc = 0;
 
+	/* The namespace init of a step (contain.c): nothing else of the agent. */
+	if (argc > 2 && !strcmp(argv[1], "--reaper") && !strcmp(argv[2], "--"))
+		return contain_reaper_main(argv + 3);
+	/* Not dumpable: a step of the same uid cannot read this process's
+	 * memory or /proc/PID/environ (steps are exec'd, and so dumpable). */
+	prctl(PR_SET_DUMPABLE, 0);
 	memset(&a, 0, sizeof(a));
-	a.token = getenv("OTACD_AGENT_TOKEN") ? xstrdup(getenv("OTACD_AGENT_TOKEN")) : NULL;
+	a.token = token_from_env("OTACD_AGENT_TOKEN");
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'u': url = optarg; break;
 		case 't':
 			free(a.token);
 			a.token = xstrdup(optarg);
+			memset(optarg, 'x', strlen(optarg)); /* out of /proc/PID/cmdline */
+			break;
+		case 'T':
+		case 'F':
+			free(a.token);
+			if (!(a.token = token_read(c == 'T' ? optarg : NULL, c == 'F' ? atoi(optarg) : -1))) {
+				say("cannot read the token from %s %s: %s", c == 'T' ? "file" : "descriptor", optarg,
+				    ota_error_last());
+				return 2;
+			}
 			break;
 		case 'l': split_labels(&a.labels, optarg); break;
 		case 'w': workdir = optarg; break;
@@ -1457,18 +1518,13 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!a.token || !*a.token) {
-		say("no token: pass --token or set OTACD_AGENT_TOKEN");
+		say("no token: pass --token-file, --token-fd or --token, or set OTACD_AGENT_TOKEN");
 		return 2;
 	}
 	a.url = xstrdup(url && *url ? url : DEFAULT_URL);
 	while (strlen(a.url) > 1 && a.url[strlen(a.url) - 1] == '/')
 		a.url[strlen(a.url) - 1] = '\0';
-	if (!a.name) {
-		if (gethostname(host, sizeof(host)) < 0)
-			snprintf(host, sizeof(host), "agent");
-		host[sizeof(host) - 1] = '\0';
-		a.name = xasprintf("%s-%ld", host, (long)getpid());
-	}
+	/* without --name the agent is whatever its token names (the daemon says) */
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
@@ -1488,6 +1544,7 @@ int main(int argc, char **argv)
 		say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
 		return 1;
 	}
+	say("%s", contain_init(a.workdir));
 	if (httpc_global_init() < 0) {
 		say("%s", ota_error_last());
 		return 1;
@@ -1529,6 +1586,7 @@ out:
 	httpc_global_cleanup();
 	strvec_clear(&a.labels);
 	free(a.url);
+	memset(a.token, 0, strlen(a.token));
 	free(a.token);
 	free(a.name);
 	free(a.workdir);

@@ -210,7 +210,7 @@ static int input_get(const struct sw_job *j, const char *dir, const json_t *in, 
 			*msg = xasprintf("cannot download input %s: %s", name, why);
 			free(why);
 		}
-		rc = !hrc && r.status == 409 ? SW_LOST : SW_INFRA;
+		rc = !hrc && (r.status == 409 || r.status == 403) ? SW_LOST : SW_INFRA;
 		httpc_response_release(&r);
 		if (rc == SW_LOST || t >= UPLOAD_TRIES)
 			goto out;
@@ -257,7 +257,7 @@ int sw_inputs_fetch(const struct sw_job *j, const char *dir, int *count, char **
 		rc = httpc_json(&list, &status, "GET", url, j->token, NULL, REQUEST_TIMEOUT_MS);
 		if (!rc && status == 200 && json_is_array(list))
 			break;
-		if (!rc && status == 409) {
+		if (!rc && (status == 409 || status == 403)) {
 			rc = SW_LOST;
 			goto out;
 		}
@@ -322,7 +322,7 @@ static int report_put(const struct sw_job *j, const char *format, const char *na
 			*msg = r.status == 400 || r.status == 413 ? t2 : xasprintf("uploading report %s failed: %s", name, t2);
 			if (*msg != t2)
 				free(t2);
-			rc = r.status == 409 ? SW_LOST : (r.status == 400 || r.status == 413) ? SW_FAIL : SW_INFRA;
+			rc = r.status == 409 || r.status == 403 ? SW_LOST : (r.status == 400 || r.status == 413) ? SW_FAIL : SW_INFRA;
 		}
 		httpc_response_release(&r);
 		if (rc == SW_LOST || rc == SW_FAIL)

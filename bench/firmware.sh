@@ -39,10 +39,16 @@ daemon=$!
 while [ ! -s "$work/state/otacd.url" ]; do sleep 0.05; done
 url=$(cat "$work/state/otacd.url")
 token=$(cat "$work/state/admin.token")
-"$bin/otacd-agent" --url "$url" --token "$token" --name rig-an385 --labels hil,board=mps2-an385 \
+# each rig its own agent identity (a token file, mode 0600)
+(umask 077
+ OTACD_URL="$url" OTACD_TOKEN="$token" "$bin/otactl" agents add rig-an385 --labels hil,board=mps2-an385 \
+	> "$work/rig1.token" 2>/dev/null
+ OTACD_URL="$url" OTACD_TOKEN="$token" "$bin/otactl" agents add rig-an386 --labels hil,board=mps2-an386 \
+	> "$work/rig2.token" 2>/dev/null)
+"$bin/otacd-agent" --url "$url" --token-file "$work/rig1.token" --name rig-an385 --labels hil,board=mps2-an385 \
 	--workdir "$work/rig1" 2>>"$work/rigs.log" &
 rig1=$!
-"$bin/otacd-agent" --url "$url" --token "$token" --name rig-an386 --labels hil,board=mps2-an386 \
+"$bin/otacd-agent" --url "$url" --token-file "$work/rig2.token" --name rig-an386 --labels hil,board=mps2-an386 \
 	--workdir "$work/rig2" 2>>"$work/rigs.log" &
 rig2=$!
 export OTACD_URL="$url" OTACD_TOKEN="$token"

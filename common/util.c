@@ -469,3 +469,35 @@ int ota_random_hex(char *out, size_t nbytes)
 	ota_hex(out, raw, nbytes);
 	return 0;
 }
+
+int ota_artifact_name_check(const char *name, size_t len, char *why, size_t n)
+{
+	const char *reason = NULL;
+	size_t i, start = 0;
+
+	if (!name || len == 0 || len > 255)
+		reason = "it must be 1 to 255 bytes long";
+	else if (memchr(name, '\0', len))
+		reason = "it contains a NUL byte";
+	else if (name[0] == '/')
+		reason = "it must be a relative path";
+	for (i = 0; !reason && i < len; i++)
+		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+			reason = "it contains a control character";
+		else if (name[i] == '\\')
+			reason = "it contains a backslash";
+	for (i = 0; !reason && i <= len; i++) {
+		if (i < len && name[i] != '/')
+			continue;
+		if (i == start)
+			reason = "it has an empty path component";
+		else if ((i - start == 1 && name[start] == '.') || (i - start == 2 && !memcmp(name + start, "..", 2)))
+			reason = "it has a '.' or '..' component";
+		start = i + 1;
+	}
+	if (!reason)
+		return 0;
+	if (why && n)
+		snprintf(why, n, "%s", reason);
+	return OTA_EINVAL;
+}

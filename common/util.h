@@ -117,4 +117,14 @@ void ota_sha256_hex(const void *data, size_t len, char out[65]);
 /* Random bytes from the OS, as lowercase hex (2n chars). */
 int ota_random_hex(char *out, size_t nbytes);
 
+/*
+ * The one rule for artifact names, shared by the daemon (which refuses an
+ * upload) and the agent (which refuses before uploading): a relative path
+ * of 1-255 bytes, len bytes long (so an embedded NUL, as in "fw.bin%00.txt",
+ * is caught), no control characters (0x00-0x1f, 0x7f) or backslash, no
+ * leading '/', no empty, "." or ".." component.  0, or OTA_EINVAL with the
+ * reason in why[n].
+ */
+int ota_artifact_name_check(const char *name, size_t len, char *why, size_t n);
+
 #endif

@@ -278,17 +278,21 @@ static const struct api_route routes[] = {
 	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL, 0 },
 	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
 	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_AGENT, BODY_NONE, api_agent_source, NULL, 0 },
+	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0 },
+	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0 },
+	/* the agent protocol: register and request take the agent's token,
+	 * every route of one job that attempt's job token (api_job_auth) */
 	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0 },
 	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_AGENT, BODY_JSON, api_agent_heartbeat, NULL, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_AGENT, BODY_RAW, api_agent_log, NULL, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_AGENT, BODY_ARTIFACT, api_agent_artifact,
+	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_JOB, BODY_NONE, api_agent_source, NULL, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_JOB, BODY_JSON, api_agent_heartbeat, NULL, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_JOB, BODY_RAW, api_agent_log, NULL, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_JOB, BODY_ARTIFACT, api_agent_artifact,
 	  api_agent_artifact_precheck, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_AGENT, BODY_JSON, api_agent_finish, NULL, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_AGENT, BODY_REPORT, api_agent_report, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_AGENT, BODY_NONE, api_agent_inputs, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_AGENT, BODY_NONE, api_agent_input, NULL, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_JOB, BODY_JSON, api_agent_finish, NULL, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_JOB, BODY_REPORT, api_agent_report, NULL, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_JOB, BODY_NONE, api_agent_inputs, NULL, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_JOB, BODY_NONE, api_agent_input, NULL, 0 },
 };
 
 /* Match url against pattern; ":id" matches a positive decimal number,
@@ -394,6 +398,7 @@ static void req_free(struct api_req *r)
 	api_cache_abandon(r->api, r);
 	buf_release(&r->body);
 	json_decref(r->json);
+	json_decref(r->agent_labels);
 	artifact_upload_abort(r->upload);
 	free(r);
 }
@@ -415,7 +420,10 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 			       ? api_reply_error(r, status, "no such route: %s %s", method, r->url)
 			       : api_reply_error(r, status, "%s is not allowed on %s", method, r->url);
 	r->role = request_role(r->conn, method, r->actor, sizeof(r->actor));
-	if (r->route->need != ROLE_NONE) {
+	if (r->route->need == ROLE_JOB) {
+		if (api_job_auth(a, r))
+			return MHD_YES; /* it queued its own answer */
+	} else if (r->route->need != ROLE_NONE) {
 		int anonymous_ok = r->route->need == ROLE_VIEWER && a->cfg.anonymous_read;
 		if (r->role == ROLE_NONE && !anonymous_ok)
 			return api_reply_error(r, MHD_HTTP_UNAUTHORIZED, "missing or invalid bearer token");

@@ -250,7 +250,7 @@ enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r)
 
 enum MHD_Result api_agent_source(struct api *a, struct api_req *r)
 {
-	int64_t attempt = api_query_int(r, "attempt");
+	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
 	struct store *db = store_reader();
 	const struct repo_cfg *repo = NULL;
 	char *commit = NULL, *tar = NULL, *repo_name = NULL;
@@ -260,8 +260,6 @@ enum MHD_Result api_agent_source(struct api *a, struct api_req *r)
 	struct stat sb;
 	int fd;
 
-	if (attempt <= 0)
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);

@@ -70,6 +70,9 @@ struct api_req {
 	int64_t wait_deadline;     /* the handler's own deadline (clock_mono_ms) */
 	int64_t wait_arg;          /* what it waits for (an id) */
 	int wait_kind;
+	/* job routes (ROLE_JOB), set by api_job_auth from the job token */
+	int64_t attempt, agent_id;
+	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
 };
 
 /* One listening socket: the API, or the agents' own (agent_listen). */
@@ -121,6 +124,13 @@ enum MHD_Result api_agent_request(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_heartbeat(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_log(struct api *a, struct api_req *r);
 int api_agent_artifact_precheck(struct api *a, struct api_req *r);
+/* Before the body of a job route (need ROLE_JOB): the bearer must be the
+ * job token of this job's current attempt; sets r->attempt, r->agent_id,
+ * r->actor.  0, or 1 after queueing 401/403/409 (r->failed set). */
+int api_job_auth(struct api *a, struct api_req *r);
+/* api_agents.c: registered agents (admin) */
+enum MHD_Result api_post_agent(struct api *a, struct api_req *r);
+enum MHD_Result api_post_agent_revoke(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_finish(struct api *a, struct api_req *r);
 

@@ -435,7 +435,8 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 		json_decref(arr);
 		return MHD_YES;
 	}
-	st = store_stmt(s, "SELECT a.id, a.name, a.labels, a.local, a.last_seen, a.current_job, j.state"
+	st = store_stmt(s, "SELECT a.id, a.name, a.labels, a.local, a.last_seen, a.current_job, j.state,"
+			   " a.allowed_labels, a.revoked_at, a.token_hash IS NOT NULL OR a.revoked_at IS NOT NULL"
 			   " FROM agents a LEFT JOIN jobs j ON j.id = a.current_job ORDER BY a.id");
 	while (store_step_row(s, st) == 1) {
 		json_t *o = json_object();
@@ -447,8 +448,15 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 		json_object_set_new(o, "local", json_boolean(store_col_int(st, 3)));
 		json_object_set_new(o, "last_seen", json_integer(last));
 		json_object_set_new(o, "current_job", busy ? json_integer(store_col_int(st, 5)) : json_null());
-		json_object_set_new(o, "state", json_string(busy ? "busy"
+		json_object_set_new(o, "state", json_string(store_col_text(st, 8) ? "revoked"
+							     : busy ? "busy"
+							     : last == 0 ? "new"
 							     : (now - last) > 60000 * clock_scale() ? "lost" : "idle"));
+		/* how it proves who it is: registered (`otactl agents add`), local, or a config-file token */
+		json_object_set_new(o, "kind", json_string(store_col_int(st, 9) ? "registered"
+							   : store_col_int(st, 3) ? "local" : "config"));
+		json_object_set_new(o, "registered_labels",
+				    store_col_text(st, 7) ? json_loads(store_col_text(st, 7), 0, NULL) : json_null());
 		json_array_append_new(arr, o);
 	}
 	sqlite3_reset(st);

@@ -1,17 +1,17 @@
 /*
  * api_reports.c - test and analysis reports over HTTP, and a job's inputs.
  *
- *   PUT /api/v1/agent/jobs/ID/reports?attempt=N&format=F&name=FILE   (agent)
+ *   PUT /api/v1/agent/jobs/ID/reports?format=F&name=FILE             (job token)
  *       one report file (junit, cppcheck, sarif; or "toolchain", a JSON
  *       {commands: [{command, version}]} the agent builds itself), at most
  *       REPORT_MAX_BYTES.  Parsed here with report_parse(); a bad file is a
  *       400 naming it (the agent fails the job with that message), a good
  *       one is stored with the attempt through the engine: 201 {id, summary}.
- *   GET /api/v1/agent/jobs/ID/inputs?attempt=N                        (agent)
+ *   GET /api/v1/agent/jobs/ID/inputs                                  (job token)
  *       the artifacts the job receives: those of the passed jobs of the
  *       stages its stage needs, only the job's board's when its kind has
  *       `board:` -> [{name, sha256, size, hardware}]
- *   GET /api/v1/agent/jobs/ID/inputs/SHA?attempt=N                    (agent)
+ *   GET /api/v1/agent/jobs/ID/inputs/SHA                              (job token)
  *       the bytes of one of them.
  *   GET /api/v1/runs/ID/reports                                       (viewer)
  *       [{id, job, job_name, stage, attempt, format, name, summary,
@@ -173,15 +173,15 @@ static void mask_json(const struct mask_set *m, json_t *v)
 enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 {
 	const char *format = api_query(r, "format"), *name = api_query(r, "name");
-	int64_t attempt = api_query_int(r, "attempt");
+	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
 	json_t *body = NULL, *summary = NULL;
 	struct report_add add = { 0 };
 	char *stext = NULL, *btext = NULL;
 	enum MHD_Result ret;
 	int rc;
 
-	if (attempt <= 0 || !format || !report_name_valid(name))
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N, format=junit|cppcheck|sarif|toolchain"
+	if (!format || !report_name_valid(name))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs format=junit|cppcheck|sarif|toolchain"
 				       " and name=FILE");
 	if (!report_format_known(format) && strcmp(format, "toolchain") != 0)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "unknown report format '%s' (junit, cppcheck, sarif,"
@@ -269,14 +269,12 @@ static int inputs_list(struct store *s, int64_t job, json_t **out)
 
 enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r)
 {
-	int64_t attempt = api_query_int(r, "attempt");
+	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
 	struct store *s = store_reader();
 	json_t *list = NULL;
 	int rc;
 
 	(void)a;
-	if (attempt <= 0)
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);
@@ -304,7 +302,7 @@ static void input_close_cb(void *cls)
 
 enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
 {
-	int64_t attempt = api_query_int(r, "attempt");
+	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
 	struct store *s = store_reader();
 	struct artifact_backend *b = artifact_backend();
 	struct artifact_reader *rd = NULL;
@@ -316,8 +314,6 @@ enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
 	size_t i;
 
 	(void)a;
-	if (attempt <= 0)
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs attempt=N");
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);

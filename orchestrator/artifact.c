@@ -147,21 +147,5 @@ int artifact_digest_valid(const char *s)
 
 int artifact_name_valid(const char *name)
 {
-	size_t len = strlen(name);
-	const char *p;
-
-	if (len == 0 || len > 255 || name[0] == '/')
-		return 0;
-	for (p = name; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '\\')
-			return 0;
-	for (p = name; p; p = strchr(p, '/')) {
-		if (*p == '/')
-			p++;
-		if (!strncmp(p, "..", 2) && (p[2] == '/' || p[2] == '\0'))
-			return 0;
-		if (*p == '/' || *p == '\0')
-			return 0; /* empty component */
-	}
-	return 1;
+	return name && ota_artifact_name_check(name, strlen(name), NULL, 0) == 0;
 }

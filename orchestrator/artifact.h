@@ -66,9 +66,8 @@ void artifact_upload_abort(struct artifact_upload *u);
 /* Is s 64 lowercase hex characters? */
 int artifact_digest_valid(const char *s);
 
-/* Is name a safe relative artifact name (no "..", no leading "/", no
- * control characters or backslashes, no empty components, at most 255
- * bytes)? */
+/* Is the C string name a safe artifact name (ota_artifact_name_check in
+ * common/util.h: the one rule the agent applies too)? */
 int artifact_name_valid(const char *name);
 
 #endif

@@ -16,6 +16,8 @@ struct token_entry {
 	char *name;
 	unsigned char hash[32];
 	enum auth_role role;
+	json_t *labels;         /* agents: the labels it may claim; NULL: any */
+	unsigned flags;         /* AUTH_AGENT_* */
 };
 
 static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
@@ -58,15 +60,73 @@ static int unhex(const char *hex, unsigned char out[32])
 	return 0;
 }
 
-static void add_entry(const char *name, const unsigned char hash[32], enum auth_role role)
+static void add_entry_full(const char *name, const unsigned char hash[32], enum auth_role role,
+			   const json_t *labels, unsigned flags)
 {
 	pthread_rwlock_wrlock(&g_lock);
 	g_tokens = xrealloc(g_tokens, (g_ntokens + 1) * sizeof(*g_tokens));
 	g_tokens[g_ntokens].name = xstrdup(name);
 	memcpy(g_tokens[g_ntokens].hash, hash, 32);
 	g_tokens[g_ntokens].role = role;
+	g_tokens[g_ntokens].labels = labels ? json_deep_copy(labels) : NULL;
+	g_tokens[g_ntokens].flags = flags;
 	g_ntokens++;
 	pthread_rwlock_unlock(&g_lock);
+}
+
+static void add_entry(const char *name, const unsigned char hash[32], enum auth_role role)
+{
+	add_entry_full(name, hash, role, NULL, 0);
+}
+
+void auth_add_agent(const char *name, const char *token, const char *sha256_hex, const json_t *labels,
+		    unsigned flags)
+{
+	unsigned char h[32];
+	if (token)
+		sha256(token, h);
+	else if (!sha256_hex || unhex(sha256_hex, h) < 0)
+		return;
+	add_entry_full(name, h, ROLE_AGENT, labels, flags);
+}
+
+int auth_remove(const char *name)
+{
+	size_t i, n = 0;
+	pthread_rwlock_wrlock(&g_lock);
+	for (i = 0; i < g_ntokens; i++) {
+		if (!strcmp(g_tokens[i].name, name)) {
+			free(g_tokens[i].name);
+			json_decref(g_tokens[i].labels);
+			continue;
+		}
+		g_tokens[n++] = g_tokens[i];
+	}
+	i = g_ntokens - n;
+	g_ntokens = n;
+	pthread_rwlock_unlock(&g_lock);
+	return i ? 0 : OTA_ENOTFOUND;
+}
+
+int auth_agent_info(const char *name, json_t **labels, unsigned *flags, enum auth_role *role)
+{
+	int found = 0;
+	if (labels)
+		*labels = NULL;
+	pthread_rwlock_rdlock(&g_lock);
+	for (size_t i = 0; i < g_ntokens && !found; i++) {
+		if (strcmp(g_tokens[i].name, name) != 0)
+			continue;
+		found = 1;
+		if (labels && g_tokens[i].labels)
+			*labels = json_deep_copy(g_tokens[i].labels);
+		if (flags)
+			*flags = g_tokens[i].flags;
+		if (role)
+			*role = g_tokens[i].role;
+	}
+	pthread_rwlock_unlock(&g_lock);
+	return found;
 }
 
 void auth_add_memory(const char *name, const char *token, enum auth_role role)
@@ -91,6 +151,20 @@ int auth_load(struct store *db)
 		return OTA_ERROR;
 	while ((rc = store_step_row(db, st)) == 1)
 		auth_add_hash(store_col_text(st, 0), store_col_text(st, 1), auth_role_parse(store_col_text(st, 2)));
+	sqlite3_reset(st);
+	if (rc < 0)
+		return rc;
+	/* agents registered with `otactl agents add` (and not revoked) */
+	st = store_stmt(db, "SELECT name, token_hash, allowed_labels FROM agents"
+			    " WHERE token_hash IS NOT NULL AND revoked_at IS NULL");
+	if (!st)
+		return OTA_ERROR;
+	while ((rc = store_step_row(db, st)) == 1) {
+		json_t *labels = json_loads(store_col_text(st, 2) ? store_col_text(st, 2) : "[]", 0, NULL);
+		auth_add_agent(store_col_text(st, 0), NULL, store_col_text(st, 1), labels ? labels : json_array(),
+			       AUTH_AGENT_REGISTERED);
+		json_decref(labels);
+	}
 	sqlite3_reset(st);
 	return rc < 0 ? rc : 0;
 }
@@ -149,10 +223,14 @@ enum auth_role auth_identify(const char *token, char *name, size_t n)
 
 int auth_allows(enum auth_role have, enum auth_role need)
 {
-	if (have == ROLE_ADMIN)
-		return 1;
+	/* Agent work needs an agent's own identity (admins included: an admin
+	 * token names no agent), job routes a job token (api_job_auth). */
 	if (need == ROLE_AGENT)
 		return have == ROLE_AGENT;
+	if (need == ROLE_JOB)
+		return 0;
+	if (have == ROLE_ADMIN)
+		return 1;
 	if (have == ROLE_AGENT)
 		return 0;
 	return have >= need;
@@ -165,6 +243,7 @@ const char *auth_role_name(enum auth_role r)
 	case ROLE_AGENT: return "agent";
 	case ROLE_OPERATOR: return "operator";
 	case ROLE_ADMIN: return "admin";
+	case ROLE_JOB: return "job";
 	default: return "none";
 	}
 }

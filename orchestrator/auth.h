@@ -11,6 +11,7 @@
 #ifndef OTA_AUTH_H
 #define OTA_AUTH_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "store.h"
@@ -21,7 +22,13 @@ enum auth_role {
 	ROLE_AGENT = 2,
 	ROLE_OPERATOR = 3,
 	ROLE_ADMIN = 4,
+	/* not a token's role: routes that take a job token (api_job_auth) */
+	ROLE_JOB = 5,
 };
+
+/* What kind of agent a token names (auth_agent_info). */
+#define AUTH_AGENT_LOCAL 1u       /* started by otacd; its token lives in memory only */
+#define AUTH_AGENT_REGISTERED 2u  /* `otactl agents add`: in the agents table, revocable */
 
 /* Load the tokens table; must be called before auth_check. */
 int auth_load(struct store *db);
@@ -29,13 +36,23 @@ int auth_load(struct store *db);
 void auth_add_memory(const char *name, const char *token, enum auth_role role);
 /* Add a token by its SHA-256 hex (from the config file). */
 void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role);
+/* Add an agent's token (plain token, or else its SHA-256 hex) with the
+ * labels it may claim (NULL: any label) and AUTH_AGENT_* flags. */
+void auth_add_agent(const char *name, const char *token, const char *sha256_hex, const json_t *labels,
+		    unsigned flags);
+/* Forget every token of that name at once (revocation); OTA_ENOTFOUND if none. */
+int auth_remove(const char *name);
+/* 1 if a token of that name is known: its labels bound (a new reference,
+ * NULL when unbounded), AUTH_AGENT_* flags and role (each may be NULL). */
+int auth_agent_info(const char *name, json_t **labels, unsigned *flags, enum auth_role *role);
 /* Create a token, store its hash in the database and return it (caller frees). */
 int auth_create(struct store *db, const char *name, enum auth_role role, char **token);
 /* Role of the presented token (ROLE_NONE when unknown or NULL). */
 enum auth_role auth_check(const char *token);
 /* The same, also giving the token's name (for the audit log) in name[n]. */
 enum auth_role auth_identify(const char *token, char *name, size_t n);
-/* Does `have` allow an action that needs `need`?  Agents only do agent work. */
+/* Does `have` allow an action that needs `need`?  Agents only do agent
+ * work, and only agents do (an admin token names no agent). */
 int auth_allows(enum auth_role have, enum auth_role need);
 
 const char *auth_role_name(enum auth_role r);

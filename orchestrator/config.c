@@ -161,6 +161,7 @@ static int get_tokens(struct cfg_ctx *x, yaml_node_t *n)
 		const char *name = NULL, *role = NULL, *token = NULL, *hash = NULL;
 		char hex[65];
 		yaml_node_pair_t *p;
+		json_t *labels = NULL, *entry;
 		if (t->type != YAML_MAPPING_NODE)
 			return cfg_err(x, t, "a token must be a mapping {name, role, token | sha256}%s", "");
 		for (p = t->data.mapping.pairs.start; p < t->data.mapping.pairs.top; p++) {
@@ -175,21 +176,47 @@ static int get_tokens(struct cfg_ctx *x, yaml_node_t *n)
 				token = scalar(v);
 			else if (!strcmp(ks, "sha256"))
 				hash = scalar(v);
-			else
-				return cfg_err(x, k, "unknown token key '%s' (expected name, role, token, sha256)", ks);
+			else if (!strcmp(ks, "labels") && v->type == YAML_SEQUENCE_NODE) {
+				/* an agent token's registered labels: it claims nothing outside them */
+				yaml_node_item_t *li;
+				json_decref(labels);
+				labels = json_array();
+				for (li = v->data.sequence.items.start; li < v->data.sequence.items.top; li++) {
+					const char *l = scalar(yaml_document_get_node(x->doc, *li));
+					if (!l || !*l || strpbrk(l, " ,\t")) {
+						json_decref(labels);
+						return cfg_err(x, v, "'labels' of token '%s' must be words without spaces or commas",
+							       name ? name : "?");
+					}
+					json_array_append_new(labels, json_string(l));
+				}
+			} else {
+				json_decref(labels);
+				return cfg_err(x, k, "unknown token key '%s' (expected name, role, token, sha256, labels)", ks);
+			}
 		}
-		if (!name || !role || (!token && !hash))
+		if (labels && (!role || strcmp(role, "agent") != 0)) {
+			json_decref(labels);
+			return cfg_err(x, t, "only a token of role agent has 'labels'%s", "");
+		}
+		if (!name || !role || (!token && !hash)) {
+			json_decref(labels);
 			return cfg_err(x, t, "a token needs name, role and token or sha256%s", "");
+		}
 		if (auth_role_parse(role) == ROLE_NONE)
 			return cfg_err(x, t, "unknown role '%s' (expected viewer, operator, agent, admin)", role);
-		if (token && strlen(token) < 16)
-			return cfg_err(x, t, "token for '%s' is too short (at least 16 characters)", name);
-		if (hash && (strlen(hash) != 64 || strspn(hash, "0123456789abcdef") != 64))
-			return cfg_err(x, t, "sha256 for '%s' must be 64 lowercase hex digits", name);
+		if ((token && strlen(token) < 16) || (hash && (strlen(hash) != 64 || strspn(hash, "0123456789abcdef") != 64))) {
+			json_decref(labels);
+			return token && strlen(token) < 16
+				       ? cfg_err(x, t, "token for '%s' is too short (at least 16 characters)", name)
+				       : cfg_err(x, t, "sha256 for '%s' must be 64 lowercase hex digits", name);
+		}
 		if (token)
 			auth_sha256_hex(token, hex);
-		json_array_append_new(x->c->tokens, json_pack("{ss ss ss}", "name", name, "role", role,
-							      "sha256", token ? hex : hash));
+		entry = json_pack("{ss ss ss}", "name", name, "role", role, "sha256", token ? hex : hash);
+		if (labels)
+			json_object_set_new(entry, "labels", labels);
+		json_array_append_new(x->c->tokens, entry);
 	}
 	return 0;
 }

@@ -27,7 +27,10 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+
 #include "artifact.h"
+#include "auth.h"
 #include "clock.h"
 #include "config.h"
 #include "gate.h"
@@ -1822,8 +1825,25 @@ int engine_agent_register(struct engine *e, const char *name, const json_t *labe
 
 struct claim_args {
 	int64_t agent_id;
+	const json_t *allowed;   /* labels the agent may claim; NULL: any */
 	json_t *job;
 };
+
+/* Keep only the labels that are also in allowed (the agent's registered
+ * labels): an agent never claims a job outside them, whatever it announced. */
+static void labels_bound(json_t *labels, const json_t *allowed)
+{
+	size_t i = 0;
+	while (allowed && i < json_array_size(labels)) {
+		json_t *one = json_pack("[O]", json_array_get(labels, i));
+		int ok = labels_match(one, allowed);
+		json_decref(one);
+		if (ok)
+			i++;
+		else
+			json_array_remove(labels, i);
+	}
+}
 
 static json_t *job_payload(struct engine *e, const struct jobrow *j)
 {
@@ -1866,10 +1886,11 @@ static json_t *job_payload(struct engine *e, const struct jobrow *j)
 static int do_claim(struct engine *e, void *arg)
 {
 	struct claim_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT labels FROM agents WHERE id = ?");
+	sqlite3_stmt *st = STMT(e, "SELECT labels FROM agents WHERE id = ? AND revoked_at IS NULL");
 	json_t *labels = NULL;
 	struct jobrow j = { 0 };
 	int64_t real = clock_real_ms(), now = clock_now_ms(), timeout;
+	char token[65] = "", token_hash[65];
 	int rc;
 	size_t i;
 
@@ -1880,6 +1901,7 @@ static int do_claim(struct engine *e, void *arg)
 	sqlite3_reset(st);
 	if (rc <= 0 || !labels)
 		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "agent %" PRId64 " is not registered", a->agent_id);
+	labels_bound(labels, a->allowed);
 
 	/* An agent asking for work holds none: release a job it still owns. */
 	if ((rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
@@ -1912,11 +1934,17 @@ static int do_claim(struct engine *e, void *arg)
 	sqlite3_bind_int64(st, 6, j.id);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
-	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at) VALUES (?,?,?,?)");
+	/* The attempt's job token: only its hash is kept (in the attempt's row,
+	 * so a restarted daemon still knows it); the agent gets it once. */
+	if ((rc = ota_random_hex(token, 32)) < 0)
+		goto out;
+	auth_sha256_hex(token, token_hash);
+	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, token_hash) VALUES (?,?,?,?,?)");
 	sqlite3_bind_int64(st, 1, j.id);
 	sqlite3_bind_int(st, 2, j.attempt);
 	sqlite3_bind_int64(st, 3, a->agent_id);
 	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_text(st, 5, token_hash, -1, SQLITE_STATIC);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
 	st = STMT(e, "UPDATE agents SET current_job = ? WHERE id = ?");
@@ -1927,15 +1955,17 @@ static int do_claim(struct engine *e, void *arg)
 	event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
 	e->changed_state = 1;
 	a->job = job_payload(e, &j);
+	json_object_set_new(a->job, "job_token", json_string(token));
 out:
+	OPENSSL_cleanse(token, sizeof(token));
 	job_release(&j);
 	json_decref(labels);
 	return rc;
 }
 
-int engine_claim(struct engine *e, int64_t agent_id, json_t **job)
+int engine_claim(struct engine *e, int64_t agent_id, const json_t *allowed, json_t **job)
 {
-	struct claim_args a = { agent_id, NULL };
+	struct claim_args a = { agent_id, allowed, NULL };
 	int rc = engine_call(e, do_claim, &a);
 	if (rc < 0) {
 		json_decref(a.job);
@@ -2158,6 +2188,11 @@ int engine_artifact_add(struct engine *e, int64_t job_id, int attempt, const str
 }
 
 /* ---- for the engine's own modules (engine_int.h) ------------------------ */
+
+int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+{
+	return release_agent_job(e, agent_id, why);
+}
 
 struct store *engine_store(struct engine *e)
 {

@@ -108,8 +108,11 @@ int engine_cancel_run(struct engine *e, int64_t run_id, const char *actor, const
 
 int engine_agent_register(struct engine *e, const char *name, const json_t *labels,
 			  int local, int64_t *agent_id);
-/* Hand the oldest matching queued job to the agent; *job is NULL if none. */
-int engine_claim(struct engine *e, int64_t agent_id, json_t **job);
+/* Hand the oldest matching queued job to the agent; *job is NULL if none.
+ * Only the agent's labels that are also in allowed count (NULL: all of
+ * them).  The job carries "job_token", the attempt's credential (only its
+ * SHA-256 is stored, in job_attempts.token_hash). */
+int engine_claim(struct engine *e, int64_t agent_id, const json_t *allowed, json_t **job);
 /* Generation of the dispatch queue: bumped whenever a job becomes claimable. */
 struct notifier *engine_work(struct engine *e);
 /* OTA_ECONFLICT when the lease is gone; *cancel set when the job was canceled. */

@@ -30,5 +30,8 @@ void engine_rollout_changed(struct engine *e);
 /* The function called after a commit that changed a rollout. */
 void engine_set_rollout_hook(struct engine *e, void (*fn)(void *), void *arg);
 const struct engine_config *engine_cfg(struct engine *e);
+/* Engine thread: give up the job an agent holds (an infra failure, retried
+ * if the job has infra retries left); why is the attempt's message. */
+int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why);
 
 #endif

@@ -13,11 +13,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "auth.h"
 #include "clock.h"
 
 struct slot {
 	pid_t pid;
 	int64_t started;      /* mono ms */
+	char token[65];       /* this agent's own token (memory only) */
 };
 
 struct localagents {
@@ -25,7 +31,6 @@ struct localagents {
 	struct slot *slots;
 	char *agent_path;
 	char *url;
-	char *token;
 	char *labels;
 	char *workdir;
 	pthread_t thread;
@@ -55,33 +60,50 @@ static char *sibling_binary(const char *name)
  * held the allocator's lock (or stdio's) at the instant of the fork, and
  * the child would wait on it forever, holding copies of otacd's lock file
  * and sockets.  So argv and the environment are built here, before the
- * fork, and the child only resets its signal mask and calls execve.
+ * fork, and the child only resets its signal mask, moves the token pipe to
+ * fd 3 and calls execve.
+ *
+ * The agent's token never is in its environment or argv (a job step could
+ * read /proc/PID/environ or cmdline): it is written into a pipe before the
+ * fork, the agent reads it from fd 3 (--token-fd 3) and closes it.
  */
 static pid_t spawn(struct localagents *la, int idx)
 {
 	extern char **environ;
 	char name[32], *dir;
 	struct strvec env = STRVEC_INIT;
-	pid_t pid;
+	int tp[2] = { -1, -1 };
+	size_t tlen = strlen(la->slots[idx].token);
+	pid_t pid = -1;
 
 	snprintf(name, sizeof(name), "local-%d", idx + 1);
 	dir = xasprintf("%s/%s", la->workdir, name);
 	ota_mkdir_p(dir, 0700);
+	/* the token (64 bytes) fits a pipe's buffer: written before the fork */
+	if (pipe2(tp, O_CLOEXEC) < 0 || write(tp[1], la->slots[idx].token, tlen) != (ssize_t)tlen) {
+		fprintf(stderr, "otacd: cannot hand local agent %d its token\n", idx + 1);
+		goto out;
+	}
+	close(tp[1]);
+	tp[1] = -1;
 	for (char **e = environ; *e; e++)
 		if (strncmp(*e, "OTACD_AGENT_", 12) != 0)
 			strvec_push(&env, *e);
-	strvec_pushf(&env, "OTACD_AGENT_TOKEN=%s", la->token);
 	strvec_push(&env, "OTACD_AGENT_PARENT_DEATH=1");
 	strvec_pushf(&env, "OTACD_AGENT_PARENT_PID=%ld", (long)getpid());
 	{
 		char *argv[] = { la->agent_path, "--url", la->url, "--name", name, "--labels", la->labels,
-				 "--workdir", dir, NULL };
+				 "--workdir", dir, "--token-fd", "3", NULL };
 		static const char failed[] = "otacd: cannot start the local agent (otacd-agent)\n";
 		pid = fork();
 		if (pid == 0) {
 			sigset_t none;
 			sigemptyset(&none);
 			sigprocmask(SIG_SETMASK, &none, NULL);
+			/* dup2 clears close-on-exec on fd 3; if the pipe already is
+			 * fd 3, clear it by hand */
+			if (tp[0] == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(tp[0], 3) < 0)
+				_exit(127);
 			execve(la->agent_path, argv, env.v);
 			if (write(2, failed, sizeof(failed) - 1) < 0) {
 				/* nothing more to do */
@@ -89,10 +111,11 @@ static pid_t spawn(struct localagents *la, int idx)
 			_exit(127);
 		}
 	}
-	/* the token's copy in env */
-	for (size_t i = 0; i < env.n; i++)
-		if (!strncmp(env.v[i], "OTACD_AGENT_TOKEN=", 18))
-			memset(env.v[i], 0, strlen(env.v[i]));
+out:
+	if (tp[0] >= 0)
+		close(tp[0]);
+	if (tp[1] >= 0)
+		close(tp[1]);
 	strvec_clear(&env);
 	free(dir);
 	return pid;
@@ -132,24 +155,37 @@ static void *supervise(void *arg)
 	return NULL;
 }
 
-int localagents_start(struct localagents **out, int n, const char *url, const char *token,
-		      const struct strvec *labels, const char *workdir)
+int localagents_start(struct localagents **out, int n, const char *url, const struct strvec *labels,
+		      const char *workdir)
 {
 	struct localagents *la = xcalloc(1, sizeof(*la));
 	struct buf l = BUF_INIT;
+	json_t *bound = json_array();
 
 	for (size_t i = 0; i < labels->n; i++) {
 		if (i)
 			buf_putc(&l, ',');
 		buf_puts(&l, labels->v[i]);
+		json_array_append_new(bound, json_string(labels->v[i]));
 	}
 	la->n = n;
 	la->slots = xcalloc((size_t)(n ? n : 1), sizeof(*la->slots));
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
+		char name[32];
 		la->slots[i].started = clock_mono_ms() - 1000;
+		/* each local agent its own identity, bound to the local labels */
+		if (ota_random_hex(la->slots[i].token, 32) < 0) {
+			json_decref(bound);
+			buf_release(&l);
+			localagents_stop(la);
+			return OTA_ERROR;
+		}
+		snprintf(name, sizeof(name), "local-%d", i + 1);
+		auth_add_agent(name, la->slots[i].token, NULL, bound, AUTH_AGENT_LOCAL);
+	}
+	json_decref(bound);
 	la->agent_path = sibling_binary("otacd-agent");
 	la->url = xstrdup(url);
-	la->token = xstrdup(token);
 	la->labels = buf_detach(&l);
 	la->workdir = xstrdup(workdir);
 	pthread_mutex_init(&la->lock, NULL);
@@ -183,12 +219,11 @@ void localagents_stop(struct localagents *la)
 	for (int i = 0; i < la->n; i++)
 		if (la->slots[i].pid > 0)
 			waitpid(la->slots[i].pid, NULL, 0);
+	for (int i = 0; i < la->n; i++)
+		OPENSSL_cleanse(la->slots[i].token, sizeof(la->slots[i].token));
 	free(la->slots);
 	free(la->agent_path);
 	free(la->url);
-	if (la->token)
-		memset(la->token, 0, strlen(la->token));
-	free(la->token);
 	free(la->labels);
 	free(la->workdir);
 	pthread_mutex_destroy(&la->lock);

@@ -2,8 +2,10 @@
  * localagents.h - the agents otacd starts for itself.
  *
  * So that one machine works out of the box, otacd runs N otacd-agent
- * processes (found next to its own binary) that connect back over loopback
- * with an agent token that exists only in memory.  They use the same HTTP
+ * processes (found next to its own binary) that connect back over loopback,
+ * each as agent local-N with its own token, which exists only in memory
+ * and reaches the agent through a pipe (never its environment or argv);
+ * local agents may claim only the local labels.  They use the same HTTP
  * protocol as remote agents.  Each is started with PR_SET_PDEATHSIG so it
  * dies with the daemon (and takes its job's process group with it); a
  * supervisor thread restarts any that exit, after a short back-off.
@@ -15,8 +17,8 @@
 
 struct localagents;
 
-int localagents_start(struct localagents **out, int n, const char *url, const char *token,
-		      const struct strvec *labels, const char *workdir);
+int localagents_start(struct localagents **out, int n, const char *url, const struct strvec *labels,
+		      const char *workdir);
 void localagents_stop(struct localagents *la);
 
 #endif

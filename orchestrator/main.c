@@ -235,7 +235,7 @@ int main(int argc, char **argv)
 	struct rollout_controller *rollouts = NULL;
 	struct engine_config ecfg = { 0 };
 	struct api_config acfg = { 0 };
-	char *path = NULL, *url = NULL, local_token[65];
+	char *path = NULL, *url = NULL;
 	char *end;
 	size_t i;
 	json_t *t;
@@ -346,13 +346,17 @@ int main(int argc, char **argv)
 	}
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
-	json_array_foreach(cfg.tokens, i, t)
-		auth_add_hash(json_string_value(json_object_get(t, "name")),
-			      json_string_value(json_object_get(t, "sha256")),
-			      auth_role_parse(json_string_value(json_object_get(t, "role"))));
-	if (ota_random_hex(local_token, 32) < 0)
-		goto fail;
-	auth_add_memory("local-agents", local_token, ROLE_AGENT);
+	json_array_foreach(cfg.tokens, i, t) {
+		enum auth_role role = auth_role_parse(json_string_value(json_object_get(t, "role")));
+		const char *name = json_string_value(json_object_get(t, "name"));
+		const char *hash = json_string_value(json_object_get(t, "sha256"));
+		/* an agent token of the config file is an agent of that name,
+		 * bound to its `labels:` when it has them */
+		if (role == ROLE_AGENT)
+			auth_add_agent(name, NULL, hash, json_object_get(t, "labels"), 0);
+		else
+			auth_add_hash(name, hash, role);
+	}
 
 	ecfg.lease_ms = cfg.lease_ms;
 	ecfg.heartbeat_ms = cfg.heartbeat_ms;
@@ -408,7 +412,7 @@ int main(int argc, char **argv)
 	if (cfg.local_agents > 0) {
 		char *workdir = xasprintf("%s/work", cfg.state_dir);
 		char *agent_url = api_agent_port(api) ? agent_listener_url(acfg.agent_listen, api_agent_port(api)) : xstrdup(url);
-		int rc = localagents_start(&agents, cfg.local_agents, agent_url, local_token, &cfg.local_labels, workdir);
+		int rc = localagents_start(&agents, cfg.local_agents, agent_url, &cfg.local_labels, workdir);
 		free(agent_url);
 		free(workdir);
 		if (rc < 0)

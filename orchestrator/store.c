@@ -147,6 +147,15 @@ static const char *const migrations[] = {
 	 * walk an index instead of the whole table */
 	"CREATE INDEX IF NOT EXISTS runs_pipeline_state ON runs(pipeline, state, id);"
 	"CREATE INDEX IF NOT EXISTS runs_ref ON runs(ref, id);",
+	/* 8 (issue 12, part 2: agent and job identities): agents registered by
+	 * `otactl agents add` keep their token's SHA-256 and the labels they
+	 * may claim; each claimed attempt keeps its job token's SHA-256, so a
+	 * restarted daemon still knows which attempt a job token belongs to */
+	"ALTER TABLE agents ADD COLUMN token_hash TEXT;"
+	"ALTER TABLE agents ADD COLUMN allowed_labels TEXT;"
+	"ALTER TABLE agents ADD COLUMN revoked_at INTEGER;"
+	"ALTER TABLE job_attempts ADD COLUMN token_hash TEXT;"
+	"CREATE UNIQUE INDEX job_attempts_token ON job_attempts(token_hash);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

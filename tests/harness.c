@@ -225,12 +225,13 @@ void h_cleanup(struct daemon *d)
 	memset(d, 0, sizeof(*d));
 }
 
-static long call(struct daemon *d, const char *method, const char *path, json_t *body, json_t **out)
+static long call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
+		    json_t **out)
 {
 	char *url = xasprintf("%s%s", d->url, path);
 	long status = 0;
 	json_t *ans = NULL;
-	int rc = httpc_json(&ans, &status, method, url, d->token, body, 30000);
+	int rc = httpc_json(&ans, &status, method, url, token, body, 30000);
 	free(url);
 	if (rc < 0)
 		status = -1;
@@ -239,6 +240,17 @@ static long call(struct daemon *d, const char *method, const char *path, json_t 
 	else
 		json_decref(ans);
 	return status;
+}
+
+static long call(struct daemon *d, const char *method, const char *path, json_t *body, json_t **out)
+{
+	return call_as(d, d->token, method, path, body, out);
+}
+
+long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
+	       json_t **out)
+{
+	return call_as(d, token, method, path, body, out);
 }
 
 long h_get(struct daemon *d, const char *path, json_t **out)
@@ -308,7 +320,57 @@ json_t *h_job(json_t *run, const char *name)
 	return NULL;
 }
 
+/* Tokens of the agents this process registered, so that an agent started
+ * again under the same name (a restart) gets its token back. */
+static struct {
+	char *dir, *name, *token;
+} g_agent_tokens[64];
+
+char *h_agent_add(struct daemon *d, const char *name, const char *labels)
+{
+	json_t *req = json_pack("{ss s[]}", "name", name, "labels"), *ans = NULL;
+	const char *s = labels ? labels : "test";
+	char *token = NULL;
+	long status;
+	size_t i;
+
+	for (i = 0; i < OTA_ARRAY_SIZE(g_agent_tokens) && g_agent_tokens[i].dir; i++)
+		if (!strcmp(g_agent_tokens[i].dir, d->dir) && !strcmp(g_agent_tokens[i].name, name))
+			return xstrdup(g_agent_tokens[i].token);
+	while (*s) {
+		size_t n = strcspn(s, ",");
+		if (n)
+			json_array_append_new(json_object_get(req, "labels"), json_stringn(s, n));
+		s += n;
+		if (*s == ',')
+			s++;
+	}
+	status = h_post(d, "/api/v1/agents", req, &ans);
+	if (status == 201 && json_is_string(json_object_get(ans, "token"))) {
+		token = xstrdup(json_string_value(json_object_get(ans, "token")));
+		if (i < OTA_ARRAY_SIZE(g_agent_tokens)) {
+			g_agent_tokens[i].dir = xstrdup(d->dir);
+			g_agent_tokens[i].name = xstrdup(name);
+			g_agent_tokens[i].token = xstrdup(token);
+		}
+	}
+	json_decref(req);
+	json_decref(ans);
+	return token;
+}
+
 pid_t h_agent(struct daemon *d, const char *name, const char *labels)
+{
+	char *token = h_agent_add(d, name, labels);
+	pid_t pid;
+	if (!token)
+		fail_msg("cannot register agent %s", name);
+	pid = h_agent_with(d, name, labels, token);
+	free(token);
+	return pid;
+}
+
+pid_t h_agent_with(struct daemon *d, const char *name, const char *labels, const char *token)
 {
 	char *agent = h_bin("otacd-agent");
 	char *work = xasprintf("%s/work-%s", d->dir, name);
@@ -320,7 +382,7 @@ pid_t h_agent(struct daemon *d, const char *name, const char *labels)
 			dup2(fd, 2);
 			dup2(fd, 1);
 		}
-		setenv("OTACD_AGENT_TOKEN", d->token, 1);
+		setenv("OTACD_AGENT_TOKEN", token, 1);
 		execl(agent, agent, "--url", d->url, "--name", name, "--labels", labels ? labels : "test",
 		      "--workdir", work, (char *)NULL);
 		_exit(127);

@@ -56,8 +56,17 @@ json_t *h_run(struct daemon *d, int64_t run);
 /* The first job of the run whose name is name. */
 json_t *h_job(json_t *run, const char *name);
 
-/* Start otacd-agent against d with the admin token. */
+/* Register agent name with labels ("a,b") through POST /api/v1/agents and
+ * return its token (caller frees); the same token again for a name this
+ * test process registered before; NULL when the daemon refused. */
+char *h_agent_add(struct daemon *d, const char *name, const char *labels);
+/* Register (h_agent_add) and start otacd-agent with its own token. */
 pid_t h_agent(struct daemon *d, const char *name, const char *labels);
+/* Start otacd-agent with token (in $OTACD_AGENT_TOKEN). */
+pid_t h_agent_with(struct daemon *d, const char *name, const char *labels, const char *token);
+/* A JSON API call with another token; returns the HTTP status. */
+long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
+	       json_t **out);
 
 /* Run a command line with sh -c, capture stdout+stderr; returns exit status. */
 int h_sh(struct buf *out, const char *fmt, ...) OTA_PRINTF(2, 3);

@@ -147,18 +147,26 @@ static void invalid_pipeline_gets_422_with_file_line_column(void **state)
 	json_decref(req);
 }
 
-/* Register as an agent and take the one queued job. */
+/* Register an agent and take the one queued job (with its job token). */
 static json_t *take_job(struct daemon *d, int64_t *agent)
 {
-	json_t *ans = NULL, *req = json_pack("{ss s[s]}", "name", "tester", "labels", "test");
-	assert_int_equal(h_post(d, "/api/v1/agent/register", req, &ans), 200);
+	char *token = h_agent_add(d, "tester", "test");
+	json_t *ans = NULL, *req = json_pack("{s[s]}", "labels", "test");
+	assert_non_null(token);
+	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/register", req, &ans), 200);
 	*agent = json_integer_value(json_object_get(ans, "agent_id"));
 	json_decref(ans);
 	json_decref(req);
-	req = json_pack("{sI si}", "agent_id", (json_int_t)*agent, "wait_ms", 5000);
-	assert_int_equal(h_post(d, "/api/v1/agent/jobs/request", req, &ans), 200);
+	req = json_pack("{si}", "wait_ms", 5000);
+	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans), 200);
 	json_decref(req);
+	free(token);
 	return ans;
+}
+
+static const char *jtok(json_t *job)
+{
+	return json_string_value(json_object_get(job, "job_token"));
 }
 
 static void log_chunks_resume_without_loss_or_duplication(void **state)
@@ -172,16 +180,16 @@ static void log_chunks_resume_without_loss_or_duplication(void **state)
 
 	(void)run;
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello ", 6, &body), 200);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello ", 6, &body), 200);
 	free(path);
 	/* a chunk that starts past the end: 416 with the size to resume from */
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=20", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "lost", 4, &body), 416);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "lost", 4, &body), 416);
 	assert_non_null(strstr(buf_cstr(&body), "\"size\":6"));
 	free(path);
 	/* a resend overlapping what arrived: only the new part is appended */
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello world\n", 12, &body), 200);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello world\n", 12, &body), 200);
 	free(path);
 	path = xasprintf("/api/v1/jobs/%lld/log", (long long)id);
 	assert_int_equal(raw(d, "GET", path, d->token, NULL, NULL, 0, &body), 200);
@@ -199,17 +207,19 @@ static void finish_is_recorded_exactly_once(void **state)
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	char *path = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)id);
 
-	req = json_pack("{sI si si sn}", "agent_id", (json_int_t)agent, "attempt", 1, "exit_code", 0, "failure");
-	assert_int_equal(h_post(d, path, req, &ans), 200);
+	(void)agent;
+	/* a report naming another attempt than its job token's is refused */
+	req = json_pack("{si si}", "attempt", 7, "exit_code", 1);
+	assert_int_equal(h_call_as(d, jtok(job), "POST", path, req, NULL), 409);
+	json_decref(req);
+	req = json_pack("{si si sn}", "attempt", 1, "exit_code", 0, "failure");
+	assert_int_equal(h_call_as(d, jtok(job), "POST", path, req, &ans), 200);
 	assert_string_equal(json_string_value(json_object_get(ans, "state")), "passed");
 	json_decref(ans);
-	/* the same report again changes nothing */
-	assert_int_equal(h_post(d, path, req, &ans), 200);
+	/* the same report again changes nothing: the attempt is over (409,
+	 * which the agent takes as "recorded") */
+	assert_int_equal(h_call_as(d, jtok(job), "POST", path, req, &ans), 409);
 	json_decref(ans);
-	json_decref(req);
-	/* a report for an attempt that never ran is refused */
-	req = json_pack("{sI si si}", "agent_id", (json_int_t)agent, "attempt", 7, "exit_code", 1);
-	assert_int_equal(h_post(d, path, req, NULL), 409);
 	json_decref(req);
 	assert_string_equal(h_wait_run(d, run, 5000), "passed");
 	{
@@ -236,8 +246,9 @@ static void expired_lease_requeues_the_job_and_refuses_the_old_attempt(void **st
 	assert_string_equal(json_string_value(json_object_get(ans, "state")), "queued");
 	assert_string_equal(json_string_value(json_object_get(ans, "failure")), "infra");
 	json_decref(ans);
-	req = json_pack("{sI si}", "agent_id", (json_int_t)agent, "attempt", 1);
-	assert_int_equal(h_post(d, hb, req, NULL), 409);
+	(void)agent;
+	req = json_pack("{si}", "attempt", 1);
+	assert_int_equal(h_call_as(d, jtok(job), "POST", hb, req, NULL), 409);
 	json_decref(req);
 	free(hb);
 	free(jobpath);
@@ -257,16 +268,16 @@ static void artifact_with_wrong_digest_is_refused_and_not_stored(void **state)
 	(void)run;
 	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=app.bin&sha256=%s", (long long)id,
 			 sha_of_hello);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hellO", 5, NULL), 400);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hellO", 5, NULL), 400);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 0);
 	assert_int_equal(h_sh(&out, "find '%s/state/artifacts' -type f | wc -l", d->dir), 0);
 	assert_int_equal(atoi(buf_cstr(&out)), 0);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello", 5, NULL), 201);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 201);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
 	free(path);
 	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=../../etc/passwd&sha256=%s", (long long)id,
 			 sha_of_hello);
-	assert_int_equal(raw(d, "PUT", path, d->token, "application/octet-stream", "hello", 5, NULL), 400);
+	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 400);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
 	free(path);
 	buf_release(&out);

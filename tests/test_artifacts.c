@@ -100,20 +100,23 @@ static void upload_of_many_hash_blocks_is_stored_intact(void **state)
 	h_cleanup(&d);
 }
 
-/* Register as an agent and take the one queued job; returns its id. */
-static int64_t take_job(struct daemon *d)
+/* Register an agent and take the one queued job; returns its id, *token
+ * the attempt's job token (caller frees). */
+static int64_t take_job(struct daemon *d, char **token)
 {
-	json_t *ans = NULL, *req = json_pack("{ss s[]}", "name", "tester", "labels");
-	int64_t agent, job;
-	assert_int_equal(h_post(d, "/api/v1/agent/register", req, &ans), 200);
-	agent = json_integer_value(json_object_get(ans, "agent_id"));
-	json_decref(ans);
+	char *agent = h_agent_add(d, "tester", "");
+	json_t *ans = NULL, *req = json_pack("{s[]}", "labels");
+	int64_t job;
+	assert_non_null(agent);
+	assert_int_equal(h_call_as(d, agent, "POST", "/api/v1/agent/register", req, NULL), 200);
 	json_decref(req);
-	req = json_pack("{sI si}", "agent_id", (json_int_t)agent, "wait_ms", 5000);
-	assert_int_equal(h_post(d, "/api/v1/agent/jobs/request", req, &ans), 200);
+	req = json_pack("{si}", "wait_ms", 5000);
+	assert_int_equal(h_call_as(d, agent, "POST", "/api/v1/agent/jobs/request", req, &ans), 200);
 	job = json_integer_value(json_object_get(ans, "job_id"));
+	*token = xstrdup(json_string_value(json_object_get(ans, "job_token")));
 	json_decref(req);
 	json_decref(ans);
+	free(agent);
 	return job;
 }
 
@@ -122,13 +125,13 @@ static void upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds(void **st
 	struct daemon d;
 	const char *const args[] = { "--local-agents", "0", NULL };
 	struct buf out = BUF_INIT;
-	char *blob, *url;
+	char *blob, *url, *tok;
 	int64_t job;
 	(void)state;
 	h_init(&d, NULL);
 	h_start(&d, args);
 	h_trigger(&d, "name: a\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
-	job = take_job(&d);
+	job = take_job(&d, &tok);
 	blob = xasprintf("%s/blob", d.dir);
 	h_sh(&out, "head -c 2000000 /dev/urandom > %s", blob);
 	url = xasprintf("%s/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=fw.bin&sha256=$(sha256sum %s | cut -c1-64)",
@@ -136,7 +139,7 @@ static void upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds(void **st
 
 	/* the client gives up halfway */
 	h_sh(&out, "timeout -s KILL 1 curl -s -X PUT --limit-rate 500K -H 'Authorization: Bearer %s' "
-		   "--data-binary @%s \"%s\"", d.token, blob, url);
+		   "--data-binary @%s \"%s\"", tok, blob, url);
 	for (int i = 0; i < 50 && count_files(&d, "tmp"); i++)
 		h_msleep(100);
 	assert_int_equal(count_files(&d, "tmp"), 0);
@@ -145,7 +148,7 @@ static void upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds(void **st
 
 	/* the daemon dies halfway */
 	h_sh(&out, "(curl -s -X PUT --limit-rate 500K -H 'Authorization: Bearer %s' --data-binary @%s \"%s\" >/dev/null 2>&1 &) ; sleep 1",
-	     d.token, blob, url);
+	     tok, blob, url);
 	assert_int_equal(count_files(&d, "tmp"), 1); /* half-way there */
 	h_kill(&d, SIGKILL);
 	assert_int_equal(count_files(&d, "sha256"), 0);
@@ -158,12 +161,13 @@ static void upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds(void **st
 	url = xasprintf("%s/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=fw.bin&sha256=$(sha256sum %s | cut -c1-64)",
 			d.url, (long long)job, blob);
 	assert_int_equal(h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Authorization: Bearer %s' "
-				    "--data-binary @%s \"%s\"", d.token, blob, url), 0);
+				    "--data-binary @%s \"%s\"", tok, blob, url), 0);
 	assert_string_equal(buf_cstr(&out), "201");
 	assert_int_equal(count_files(&d, "sha256"), 1);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM artifacts"), 1);
 	free(url);
 	free(blob);
+	free(tok);
 	buf_release(&out);
 	h_cleanup(&d);
 }
@@ -174,20 +178,22 @@ static void run_over_its_artifact_budget_is_refused(void **state)
 	const char *const args[] = { "--local-agents", "0", NULL };
 	struct buf out = BUF_INIT;
 	int64_t job;
+	char *tok;
 	(void)state;
 	h_init(&d, "max_run_artifacts: 1000\n");
 	h_start(&d, args);
 	h_trigger(&d, "name: a\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
-	job = take_job(&d);
+	job = take_job(&d, &tok);
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(h_sh(&out, "f=%s/p%d; head -c 600 /dev/urandom > $f; curl -s -w ' %%{http_code}' -X PUT "
 					    "-H 'Authorization: Bearer %s' --data-binary @$f "
 					    "\"%s/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=p%d&sha256=$(sha256sum $f | cut -c1-64)\"",
-				      d.dir, i, d.token, d.url, (long long)job, i), 0);
+				      d.dir, i, tok, d.url, (long long)job, i), 0);
 		assert_non_null(strstr(buf_cstr(&out), i == 0 ? " 201" : " 413"));
 	}
 	assert_non_null(strstr(buf_cstr(&out), "over its limit"));
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM artifacts"), 1);
+	free(tok);
 	buf_release(&out);
 	h_cleanup(&d);
 }

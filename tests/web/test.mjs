@@ -578,11 +578,12 @@ async function main() {
   }, page);
 
   await step('agents page lists the agents and shows a rig busy, then free', async () => {
-    // a HIL rig: an agent of its own with the board's labels
+    // a HIL rig: an agent of its own (registered, with its own token) with the board's labels
+    const reg = await api('POST', '/api/v1/agents', { name: 'rig-an385', labels: ['hil', 'board=mps2-an385'] });
     const rigLog = fs.openSync(path.join(state, 'rig.log'), 'a');
     const rig = spawn(path.join(BIN, 'otacd-agent'), ['--url', url, '--name', 'rig-an385', '--labels', 'hil,board=mps2-an385',
       '--workdir', path.join(state, 'rig-work')], { stdio: ['ignore', rigLog, rigLog], detached: true,
-      env: { ...process.env, OTACD_AGENT_TOKEN: admin } });
+      env: { ...process.env, OTACD_AGENT_TOKEN: reg.token } });
     fs.closeSync(rigLog);
     groups.push(rig.pid);
     await page.goto(`${url}/#/agents`);
