@@ -462,25 +462,28 @@ static void a_junit_failure_message_and_the_job_message_are_masked(void **state)
 	json_decref(r);
 }
 
-/* Register as an agent and take the one queued job. */
+/* Register an agent and take the one queued job (with its job token). */
 static json_t *take_job(struct daemon *d, int64_t *agent)
 {
-	json_t *ans = NULL, *req = json_pack("{ss s[s]}", "name", "raw", "labels", "test");
-	assert_int_equal(h_post(d, "/api/v1/agent/register", req, &ans), 200);
+	char *token = h_agent_add(d, "raw", "test");
+	json_t *ans = NULL, *req = json_pack("{s[s]}", "labels", "test");
+	assert_non_null(token);
+	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/register", req, &ans), 200);
 	*agent = json_integer_value(json_object_get(ans, "agent_id"));
 	json_decref(ans);
 	json_decref(req);
-	req = json_pack("{sI si}", "agent_id", (json_int_t)*agent, "wait_ms", 5000);
-	assert_int_equal(h_post(d, "/api/v1/agent/jobs/request", req, &ans), 200);
+	req = json_pack("{si}", "wait_ms", 5000);
+	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans), 200);
 	json_decref(req);
+	free(token);
 	return ans;
 }
 
-/* The credential a job route takes: the attempt's job token when the daemon hands one out. */
+/* The credential every job route takes: the attempt's job token. */
 static const char *job_token(struct daemon *d, json_t *job)
 {
-	const char *t = json_string_value(json_object_get(job, "token"));
-	return t ? t : d->token;
+	(void)d;
+	return json_string_value(json_object_get(job, "job_token"));
 }
 
 static long put_log(struct daemon *d, json_t *job, size_t off, const char *data, size_t len, struct buf *ans)
