@@ -300,7 +300,7 @@ static void the_agents_listener_serves_the_agent_protocol_only(void **state)
 {
 	struct daemon d;
 	const char *const args[] = { "--local-agents", "0", NULL };
-	char *listen = h_free_listen(), *cfg, *agent_url, *main_url, *u;
+	char *listen = h_free_listen(), *cfg, *agent_url, *main_url, *u, *token;
 	json_t *ans = NULL;
 	long status = 0;
 	pid_t agent;
@@ -325,11 +325,14 @@ static void the_agents_listener_serves_the_agent_protocol_only(void **state)
 	json_decref(ans);
 	free(u);
 
-	/* an agent pointed at it gets jobs */
+	/* an agent registered on the API and pointed at it gets jobs */
+	token = h_agent_add(&d, "reserved-path", "test");
+	assert_non_null(token);
 	main_url = d.url;
 	d.url = agent_url;
-	agent = h_agent(&d, "reserved-path", "test");
+	agent = h_agent_with(&d, "reserved-path", "test", token);
 	d.url = main_url;
+	free(token);
 	run = h_trigger(&d, "name: reserved\nstages:\n  - { name: a, steps: [ { run: 'echo via the agents listener' } ] }\n");
 	assert_string_equal(h_wait_run(&d, run, 60000), "passed");
 	kill(agent, SIGTERM);
