@@ -20,7 +20,8 @@ enum auth_role {
 	ROLE_VIEWER = 1,
 	ROLE_AGENT = 2,
 	ROLE_OPERATOR = 3,
-	ROLE_ADMIN = 4,
+	ROLE_RELEASE = 4,   /* an operator who may also release from uploaded pipelines (orchestrator/policy.h) */
+	ROLE_ADMIN = 5,
 };
 
 /* Load the tokens table; must be called before auth_check. */

@@ -147,6 +147,12 @@ static const char *const migrations[] = {
 	 * walk an index instead of the whole table */
 	"CREATE INDEX IF NOT EXISTS runs_pipeline_state ON runs(pipeline, state, id);"
 	"CREATE INDEX IF NOT EXISTS runs_ref ON runs(ref, id);",
+	/* 8 (issue 12 part 1, protected refs and release policy): a run's
+	 * trust, decided by the server when the run is created
+	 * (orchestrator/policy.h); who approved a rollout waiting for approval */
+	"ALTER TABLE runs ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE runs ADD COLUMN trust_reason TEXT;"
+	"ALTER TABLE rollouts ADD COLUMN approved_by TEXT;",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
