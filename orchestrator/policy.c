@@ -388,34 +388,30 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
 			json_array_foreach(products, k, prod) {
 				const char *name = json_string_value(prod), *g;
 				json_t *e = policy_product(c, name), *spec;
-				json_object_foreach(json_object_get(e, "required_gates"), g, spec)
-					if (!names_gate(st, g))
+				json_object_foreach(json_object_get(e, "required_gates"), g, spec) {
+					json_t *mine = p->gates ? json_object_get(p->gates, g) : NULL;
+					if (!names_gate(st, g)) {
 						pl_diag_add(d, st->pos,
 							    "%s stage '%s' must include gate '%s', which product %s requires"
 							    " of every soak and rollout (products.%s.required_gates)",
 							    st->kind, st->name, g, name, name);
+					} else if (mine && !json_equal(mine, spec)) {
+						/* a required gate means the server's definition */
+						char *want = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
+						pl_diag_add(d, st->pos,
+							    "%s stage '%s': gate '%s' is required by product %s and defined by"
+							    " the server as %s; the pipeline may not redefine it"
+							    " (products.%s.required_gates)",
+							    st->kind, st->name, g, name, want ? want : "?", name);
+						free(want);
+					}
+				}
 				if (needs_approval(e, st, why, sizeof(why)) && !has_approval(st))
 					pl_diag_add(d, st->pos, "%s stage '%s' needs approval: required for product %s: %s",
 						    st->kind, st->name, name, why);
 				json_decref(e);
 			}
 		}
-	}
-	/* a required gate means the server's definition, whatever the file says */
-	json_array_foreach(products, k, prod) {
-		const char *name = json_string_value(prod), *g;
-		json_t *e = policy_product(c, name), *spec, *mine;
-		json_object_foreach(json_object_get(e, "required_gates"), g, spec) {
-			if ((mine = p->gates ? json_object_get(p->gates, g) : NULL) && !json_equal(mine, spec)) {
-				char *want = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
-				pl_diag_add(d, (struct pl_pos){ 0, 0 },
-					    "gate '%s' is required by product %s and defined by the server as %s; the"
-					    " pipeline may not redefine it (products.%s.required_gates)",
-					    g, name, want ? want : "?", name);
-				free(want);
-			}
-		}
-		json_decref(e);
 	}
 	json_decref(products);
 	return (int)(d->n - before);
