@@ -21,6 +21,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/pipeline.h"
+#include "../orchestrator/policy.h"
 #include "otactl.h"
 #include "verify.h"
 
@@ -417,7 +418,12 @@ static int cmd_lint(int argc, char **argv)
 				printf("%s: %s\n", argv[i], ota_error_last());
 			bad = 1;
 		} else {
+			struct strvec w = STRVEC_INIT;
 			printf("%s: ok\n", argv[i]);
+			policy_lint(p, &w);
+			for (size_t k = 0; k < w.n; k++)
+				printf("%s: warning: %s\n", argv[i], w.v[k]);
+			strvec_clear(&w);
 		}
 		pipeline_free(p);
 		pl_diags_release(&d);
