@@ -477,6 +477,17 @@ static void production_needs_two_distinct_approvers(void **state)
 	assert_int_equal(act(&g.d, ALICE_TOKEN, rel, "promote", &ans), 200);
 	json_decref(ans);
 	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM rollouts WHERE state = 'waiting_approval'"), 1);
+	/* a daemon killed now keeps the approval and the run's trust */
+	{
+		const char *const args[] = { "--local-agents", "2", NULL };
+		json_t *run;
+		h_kill(&g.d, SIGKILL);
+		assert_int_equal(h_start(&g.d, args), 0);
+		run = h_run(&g.d, h_sql_int(&g.d, "SELECT run_id FROM rollouts"));
+		assert_true(json_is_true(json_object_get(run, "protected")));
+		assert_non_null(strstr(json_string_value(json_object_get(run, "trust_reason")), "uploaded by admin (role admin)"));
+		json_decref(run);
+	}
 	/* alice again: counts once, refused with why */
 	assert_int_equal(act(&g.d, ALICE_TOKEN, rel, "promote", &ans), 409);
 	assert_non_null(strstr(json_string_value(json_object_get(ans, "error")), "alice already approved"));
