@@ -559,6 +559,10 @@ static int trigger_file(const char *file, const char *ref, int wait)
 	if (status == 422) {
 		print_invalid(ans, file, 0);
 		rc = EXIT_FAIL;
+	} else if (status == 403 && json_array_size(json_object_get(ans, "errors"))) {
+		/* refused by the release policy: every reason */
+		print_invalid(ans, file, 1);
+		rc = EXIT_FAIL;
 	} else if (status < 200 || status >= 300) {
 		rc = api_fail(status, ans, "cannot start the run");
 	} else {

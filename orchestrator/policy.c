@@ -209,12 +209,14 @@ out:
 json_t *policy_product(const struct otacd_config *c, const char *product)
 {
 	json_t *e = c && product ? json_object_get(c->products, product) : NULL;
-	json_t *def = NULL;
+	json_t *def = NULL, *none;
 	char err[64];
 
 	if (e)
 		return json_incref(e);
-	policy_product_parse(json_object(), &def, err, sizeof(err)); /* every default */
+	none = json_object();
+	policy_product_parse(none, &def, err, sizeof(err)); /* every default */
+	json_decref(none);
 	return def;
 }
 

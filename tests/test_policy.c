@@ -337,11 +337,20 @@ static void operator_upload_runs_unprotected_release_role_and_admin_release(void
 	(void)state;
 	setup_env(&g, "", 0);
 
-	/* an operator's upload: accepted, but unprotected: no secret, no release */
+	/* an operator's `otactl trigger FILE`: accepted, but unprotected: no
+	 * secret, no release */
 	y = xasprintf(upload_release, "1.0.0", 1);
-	assert_int_equal(upload(&g.d, OPS_TOKEN, y, &ans), 201);
-	id = json_integer_value(json_object_get(ans, "id"));
-	json_decref(ans);
+	{
+		struct buf out = BUF_INIT;
+		char *file = xasprintf("%s/upload.yml", g.base), *otactl = h_bin("otactl");
+		assert_int_equal(ota_write_file_atomic(file, y, strlen(y), 0644), 0);
+		assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger %s", otactl, g.d.url, OPS_TOKEN, file), 0);
+		id = strtoll(buf_cstr(&out), NULL, 10);
+		assert_true(id > 0);
+		free(otactl);
+		free(file);
+		buf_release(&out);
+	}
 	h_wait_run(&g.d, id, 30000);
 	run = h_run(&g.d, id);
 	assert_true(json_is_false(json_object_get(run, "protected")));
@@ -432,6 +441,20 @@ static void protected_pipeline_asking_for_more_than_its_product_policy_is_refuse
 		      "    approvals: { above_percent: 5, stages: [production], count: 2 }\n", 0);
 
 	refused_before_it_runs(&g, fw_pipeline("other", 1, gates, rollout1), "key 'other' may not sign product fw");
+	/* the same through `otactl trigger FILE`: exit 1 and the reason */
+	{
+		struct buf out = BUF_INIT;
+		char *file = xasprintf("%s/bad.yml", g.base), *otactl = h_bin("otactl");
+		y = fw_pipeline("other", 1, gates, rollout1);
+		assert_int_equal(ota_write_file_atomic(file, y, strlen(y), 0644), 0);
+		assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger %s", otactl, g.d.url, g.d.token, file), 1);
+		assert_non_null(strstr(buf_cstr(&out), "refused by the release policy"));
+		assert_non_null(strstr(buf_cstr(&out), "key 'other' may not sign product fw"));
+		free(y);
+		free(otactl);
+		free(file);
+		buf_release(&out);
+	}
 	refused_before_it_runs(&g, fw_pipeline("release", 5, gates, rollout1), "security_counter 5 is more than +1");
 	refused_before_it_runs(&g, fw_pipeline("release", 4294967295LL, gates, rollout1), "more than +1");
 	refused_before_it_runs(&g, fw_pipeline("release", 1, "", nogate), "must include gate 'crash_free'");
