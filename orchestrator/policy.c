@@ -111,7 +111,8 @@ static int strings_ok(const json_t *v)
 
 int policy_product_parse(const json_t *raw, json_t **out, char *err, size_t n)
 {
-	static const char *const known[] = { "keys", "refs", "max_counter_increase", "required_gates", "approvals", NULL };
+	static const char *const known[] = { "keys", "refs", "repositories", "max_counter_increase", "required_gates",
+					     "approvals", NULL };
 	json_t *e = NULL, *v, *x;
 	const char *k;
 	int rc = OTA_EINVAL;
@@ -126,11 +127,12 @@ int policy_product_parse(const json_t *raw, json_t **out, char *err, size_t n)
 		while (known[i] && strcmp(known[i], k))
 			i++;
 		if (!known[i]) {
-			snprintf(err, n, "unknown key '%s' (expected keys, refs, max_counter_increase, required_gates, approvals)", k);
+			snprintf(err, n, "unknown key '%s' (expected keys, refs, repositories, max_counter_increase,"
+				 " required_gates, approvals)", k);
 			return OTA_EINVAL;
 		}
 	}
-	e = json_pack("{sn sn si so s{so sn si}}", "keys", "refs", "max_counter_increase", 1, "required_gates",
+	e = json_pack("{sn sn sn si so s{so sn si}}", "keys", "refs", "repositories", "max_counter_increase", 1, "required_gates",
 		      json_object(), "approvals", "stages", json_array(), "above_percent", "count", 1);
 	if ((v = json_object_get(raw, "keys"))) {
 		if (!strings_ok(v)) {
@@ -138,6 +140,13 @@ int policy_product_parse(const json_t *raw, json_t **out, char *err, size_t n)
 			goto out;
 		}
 		json_object_set(e, "keys", v);
+	}
+	if ((v = json_object_get(raw, "repositories"))) {
+		if (!strings_ok(v)) {
+			snprintf(err, n, "repositories must be a list of repository names from repositories:");
+			goto out;
+		}
+		json_object_set(e, "repositories", v);
 	}
 	if ((v = json_object_get(raw, "refs"))) {
 		json_t *b = json_object_get(v, "branches"), *t = json_object_get(v, "tags");
@@ -288,6 +297,21 @@ static int key_allowed(const struct otacd_config *c, const json_t *e, const char
 	return OTA_EPERM;
 }
 
+/* Uploads (no repository) are judged by their role, not here. */
+static int repo_allowed(const json_t *e, const char *product, const char *repo, char *why, size_t n)
+{
+	const json_t *repos = json_object_get(e, "repositories");
+	size_t i;
+	json_t *r;
+	if (!repo || !json_is_array(repos))
+		return 0;
+	json_array_foreach(repos, i, r)
+		if (!strcmp(json_string_value(r), repo))
+			return 0;
+	snprintf(why, n, "repository %s may not release product %s (products.%s.repositories)", repo, product, product);
+	return OTA_EPERM;
+}
+
 static int refs_allowed(const json_t *e, const char *product, const char *ref, char *why, size_t n)
 {
 	const json_t *refs = json_object_get(e, "refs");
@@ -312,10 +336,10 @@ static int needs_approval(const json_t *e, const struct pl_stage *st, char *why,
 	if (!json_is_number(above))
 		return 0;
 	if (is_kind(st, "soak")) {
-		/* a soak exposes its whole cohort */
-		snprintf(why, n, "a soak exposes 100%% of its cohort, above approvals.above_percent %g",
+		/* a soak exposes its whole cohort: without one, the whole fleet */
+		snprintf(why, n, "a soak without a cohort exposes the whole fleet, above approvals.above_percent %g",
 			 json_number_value(above));
-		return 100 > json_number_value(above);
+		return !json_object_get(st->extra, "cohort") && 100 > json_number_value(above);
 	}
 	steps = json_object_get(st->extra, "steps");
 	json_array_foreach(steps, i, s) {
@@ -372,7 +396,6 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
 	size_t before = d->n, k;
 	char why[512];
 
-	(void)repo;
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct pl_stage *st = &p->stages[i];
 		if (is_kind(st, "release")) {
@@ -382,6 +405,8 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
 			if (key_allowed(c, e, name, json_string_value(json_object_get(st->extra, "key")), why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
 			if (refs_allowed(e, name, ref, why, sizeof(why)) < 0)
+				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
+			if (repo_allowed(e, name, repo, why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
 			if (json_is_integer(sc) && counter_allowed(db, name, e, json_integer_value(sc), why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
@@ -471,9 +496,9 @@ int policy_run_protected(struct store *db, int64_t run_id)
 int policy_release_allowed(const struct otacd_config *c, struct store *db, int64_t run_id, const char *product,
 			   const char *key, int64_t counter)
 {
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT protected, COALESCE(trust_reason, ''), ref, trigger FROM runs"
+	sqlite3_stmt *st = db ? store_stmt(db, "SELECT protected, COALESCE(trust_reason, ''), ref, trigger, repo FROM runs"
 					       " WHERE id = ?") : NULL;
-	char why[512] = "", ref[256] = "", reason[256] = "";
+	char why[512] = "", ref[256] = "", reason[256] = "", repo[256] = "";
 	int prot = 0, reissue = 0, rc;
 	json_t *e;
 
@@ -485,6 +510,7 @@ int policy_release_allowed(const struct otacd_config *c, struct store *db, int64
 		snprintf(reason, sizeof(reason), "%s", store_col_text(st, 1));
 		snprintf(ref, sizeof(ref), "%s", store_col_text(st, 2) ? store_col_text(st, 2) : "");
 		reissue = store_col_text(st, 3) && !strcmp(store_col_text(st, 3), "reissue");
+		snprintf(repo, sizeof(repo), "%s", store_col_text(st, 4) ? store_col_text(st, 4) : "");
 	}
 	sqlite3_reset(st);
 	if (rc != 1)
@@ -495,6 +521,7 @@ int policy_release_allowed(const struct otacd_config *c, struct store *db, int64
 	e = policy_product(c, product);
 	if (key_allowed(c, e, product, key, why, sizeof(why)) < 0 ||
 	    (!reissue && refs_allowed(e, product, ref, why, sizeof(why)) < 0) ||
+	    repo_allowed(e, product, repo[0] ? repo : NULL, why, sizeof(why)) < 0 ||
 	    counter_allowed(db, product, e, counter, why, sizeof(why)) < 0)
 		rc = ota_error_set(OTA_EPERM, "refused by the release policy: %s", why);
 	else

@@ -22,7 +22,7 @@
  *    loads a key: defence in depth, not only at trigger time.
  * 3. A protected run's pipeline is held to its product's entry in the
  *    server's `products:` (never the pipeline's YAML): the keys that may
- *    sign it, the refs that may release it, the largest security-counter
+ *    sign it, the refs (and repositories) that may release it, the largest security-counter
  *    increase over the product's highest released counter (default 1; a
  *    product's first release counts from 0), the gates every soak and
  *    rollout of it must name (with the server's definition: the pipeline
@@ -62,6 +62,7 @@ void policy_trust(const struct otacd_config *c, const char *repo, const char *re
  * Check and normalise one `products:` entry read from the configuration
  * (raw, as JSON).  *out gets the entry with every default filled in:
  *   { "keys": [..] | null, "refs": {"branches": [..], "tags": [..]} | null,
+ *     "repositories": [..] | null,
  *     "max_counter_increase": N, "required_gates": {NAME: spec},
  *     "approvals": {"stages": [..], "above_percent": X | null, "count": N} }
  * On error returns OTA_EINVAL with the reason in err.

@@ -250,7 +250,8 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	char *log, *y;
 	int64_t id;
 	(void)state;
-	setup_env(&g, "products:\n  fw: { keys: [release] }\n", 1);
+	setup_env(&g, "products:\n  fw: { keys: [release], repositories: [" REPO "] }\n"
+		      "  gadget: { repositories: [acme/gadget] }\n", 1);
 
 	/* the attack: a push of feature/untrusted */
 	assert_int_equal(git(&g, &out, "checkout -q -b feature/untrusted"), 0);
@@ -299,6 +300,22 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	assert_int_equal(json_array_size(json_object_get(full, "stages")), 0);
 	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM audit WHERE action = 'policy_refused'"
 				      " AND reason LIKE '%key ''other'' may not sign%'"), 1);
+	json_decref(full);
+	json_decref(run);
+
+	/* main of this repository releasing another repository's product: refused */
+	commit_file(&g, ".otacd/pipeline.yml",
+		    "name: gadget\nstages:\n  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
+		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+		    "  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: release }\n",
+		    "release another product");
+	push(&g, "main");
+	run = last_repo_run(&g);
+	id = json_integer_value(json_object_get(run, "id"));
+	assert_string_equal(h_wait_run(&g.d, id, 10000), "failed");
+	full = h_run(&g.d, id);
+	assert_non_null(strstr(json_string_value(json_object_get(full, "error")),
+			       "repository " REPO " may not release product gadget"));
 	json_decref(full);
 	json_decref(run);
 
