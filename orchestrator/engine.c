@@ -1465,10 +1465,8 @@ static int do_trigger(struct engine *e, void *arg)
 	struct trigger_args *a = arg;
 	sqlite3_stmt *st;
 	size_t i, k;
-	json_t *stage, *job;
+	json_t *stage, *job, *held = json_array();
 	int rc;
-
-	json_t *held = json_array();
 
 	if ((rc = insert_run(e, a->req, &a->trust, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0) {
 		json_decref(held);

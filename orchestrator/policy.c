@@ -398,6 +398,8 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
 
 	for (size_t i = 0; i < p->nstages; i++) {
 		const struct pl_stage *st = &p->stages[i];
+		if (st->when.set && !pipeline_filter_match(&st->when, ref))
+			continue; /* skipped on this ref: it asks for nothing */
 		if (is_kind(st, "release")) {
 			const char *name = policy_stage_product(p, st);
 			json_t *e = policy_product(c, name);
