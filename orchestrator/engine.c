@@ -1626,7 +1626,8 @@ int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run
 		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
 	a.p = p;
 	policy_trust(e->cfg.config, r.repo, r.ref, r.trigger, r.role, r.actor, &a.trust);
-	if (a.trust.protected_run && policy_check_pipeline(e->cfg.config, store_reader(), p, r.repo, r.ref, diags) > 0) {
+	if (a.trust.protected_run && policy_check_pipeline(e->cfg.config, store_reader(), p, r.repo, r.ref, r.trigger,
+									diags) > 0) {
 		struct refusal_args ra = { &r, diags, a.trust.reason };
 		if ((rc = engine_call(e, do_refusal, &ra)) < 0)
 			goto out;

@@ -390,8 +390,10 @@ static json_t *released_products(const struct pipeline *p)
 }
 
 int policy_check_pipeline(const struct otacd_config *c, struct store *db, const struct pipeline *p,
-			  const char *repo, const char *ref, struct pl_diags *d)
+			  const char *repo, const char *ref, const char *trigger, struct pl_diags *d)
 {
+	/* a reissue re-signs a build released from an allowed ref before */
+	int reissue = trigger && !strcmp(trigger, "reissue");
 	json_t *products = released_products(p), *prod;
 	size_t before = d->n, k;
 	char why[512];
@@ -406,7 +408,7 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
 			json_t *sc = json_object_get(st->extra, "security_counter");
 			if (key_allowed(c, e, name, json_string_value(json_object_get(st->extra, "key")), why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
-			if (refs_allowed(e, name, ref, why, sizeof(why)) < 0)
+			if (!reissue && refs_allowed(e, name, ref, why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);
 			if (repo_allowed(e, name, repo, why, sizeof(why)) < 0)
 				pl_diag_add(d, st->pos, "release stage '%s': %s", st->name, why);

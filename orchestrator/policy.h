@@ -77,11 +77,12 @@ const char *policy_stage_product(const struct pipeline *p, const struct pl_stage
 
 /*
  * Hold a protected run's pipeline to its products' policy: every request
- * for more than the policy allows becomes a diagnostic.  db: a connection
+ * for more than the policy allows becomes a diagnostic (a reissue's ref is
+ * not checked: it re-signs a released build).  db: a connection
  * to read the products' released counters.  Returns the number added.
  */
 int policy_check_pipeline(const struct otacd_config *c, struct store *db, const struct pipeline *p,
-			  const char *repo, const char *ref, struct pl_diags *d);
+			  const char *repo, const char *ref, const char *trigger, struct pl_diags *d);
 
 /*
  * Fill in what the policy decides in a soak or rollout job's spec: the
