@@ -27,7 +27,9 @@
  *    product's first release counts from 0), the gates every soak and
  *    rollout of it must name (with the server's definition: the pipeline
  *    may not redefine them), and the stages that need approval (named
- *    stages, steps above a percentage) with how many distinct approvers.
+ *    stages, rollout steps above a percentage, a soak without a cohort)
+ *    with how many distinct approvers.  Stages that `when` skips on the
+ *    run's ref are not checked: they ask for nothing.
  *    A product without an entry gets the default: any configured key,
  *    protected refs only, +1, no required gates, no required approval.
  *    A pipeline that asks for less is refused before it runs.
