@@ -768,6 +768,10 @@ static void show_source(const json_t *run)
 	}
 	show_field("author", str_or(run, "author", NULL));
 	show_field("pusher", str_or(run, "pusher", NULL));
+	/* the server's decision: secrets, keys and rollouts only when protected */
+	if (json_object_get(run, "protected"))
+		printf("  trust    %s: %s\n", json_is_true(json_object_get(run, "protected")) ? "protected" : "unprotected",
+		       str_or(run, "trust_reason", ""));
 }
 
 static int cmd_show(int argc, char **argv)

@@ -373,6 +373,15 @@ static void operator_upload_runs_unprotected_release_role_and_admin_release(void
 	assert_true(json_is_false(json_object_get(run, "protected")));
 	assert_non_null(strstr(json_string_value(json_object_get(run, "trust_reason")), "uploaded by ops (role operator)"));
 	assert_string_equal(json_string_value(json_object_get(stage_of(run, "release"), "state")), "skipped");
+	{
+		/* otactl show says so too */
+		struct buf out = BUF_INIT;
+		char *otactl = h_bin("otactl");
+		assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld", otactl, g.d.url, OPS_TOKEN, (long long)id), 0);
+		assert_non_null(strstr(buf_cstr(&out), "trust    unprotected: uploaded by ops (role operator)"));
+		free(otactl);
+		buf_release(&out);
+	}
 	log = job_log(&g.d, run, "build");
 	assert_non_null(strstr(log, "len=0"));
 	free(log);
