@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "harness.h"
 
@@ -563,6 +564,60 @@ static void production_needs_two_distinct_approvers(void **state)
 	teardown_env(&g);
 }
 
+/* Write the daemon's database behind its back (what a bug in the
+ * trigger-time decision, or a run from before the rule, would leave). */
+static void sql_write(struct daemon *d, const char *sql)
+{
+	char *path = xasprintf("%s/state/otacd.db", d->dir);
+	sqlite3 *db = NULL;
+	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+	sqlite3_busy_timeout(db, 10000);
+	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	free(path);
+}
+
+static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(void **state)
+{
+	struct gitenv g;
+	json_t *run;
+	char *y, *log;
+	int64_t id;
+	(void)state;
+	setup_env(&g, "", 0);
+	y = xasprintf("name: fw\nstages:\n"
+		      "  - { name: wait, steps: [ { run: 'while [ ! -f %s/go ]; do sleep 0.1; done' } ] }\n"
+		      "  - name: build\n    needs: [wait]\n    secrets: [DEPLOY_KEY]\n"
+		      "    steps: [ { run: 'echo \"len=${#DEPLOY_KEY}\"; head -c 2000 /dev/urandom > app.bin' } ]\n"
+		      "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+		      "  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: release }\n",
+		      g.base);
+	id = h_trigger(&g.d, y); /* the admin's upload: protected when created */
+	free(y);
+	for (int i = 0; i < 400 && !h_sql_int(&g.d, "SELECT COUNT(*) FROM jobs WHERE name = 'wait' AND state = 'running'"); i++)
+		h_msleep(50);
+	sql_write(&g.d, "UPDATE runs SET protected = 0");
+	{
+		struct buf out = BUF_INIT;
+		assert_int_equal(h_sh(&out, "touch %s/go", g.base), 0);
+		buf_release(&out);
+	}
+	assert_string_equal(h_wait_run(&g.d, id, 30000), "failed");
+	run = h_run(&g.d, id);
+	/* the job handed out after the change carried no secret */
+	log = job_log(&g.d, run, "build");
+	assert_non_null(strstr(log, "len=0"));
+	free(log);
+	/* the release stage refused to start: no key loaded, no release */
+	assert_non_null(strstr(json_string_value(json_object_get(h_job(run, "release"), "message")),
+			       "this run is not protected"));
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM releases"), 0);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM audit WHERE action = 'policy_refused'"
+				      " AND detail LIKE '%\"stage\":\"release\"%'"), 1);
+	json_decref(run);
+	teardown_env(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -570,6 +625,7 @@ int main(void)
 		cmocka_unit_test(operator_upload_runs_unprotected_release_role_and_admin_release),
 		cmocka_unit_test(protected_pipeline_asking_for_more_than_its_product_policy_is_refused),
 		cmocka_unit_test(production_needs_two_distinct_approvers),
+		cmocka_unit_test(an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
