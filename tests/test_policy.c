@@ -615,6 +615,38 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM audit WHERE action = 'policy_refused'"
 				      " AND detail LIKE '%\"stage\":\"release\"%'"), 1);
 	json_decref(run);
+
+	/* the release stage checks the counter step again right before it
+	 * loads the key: a step allowed at trigger time (+1 over release 1)
+	 * but not any more when it signs (release 1 gone) is refused */
+	y = xasprintf(upload_release, "1.0.0", 1);
+	assert_string_equal(h_wait_run(&g.d, h_trigger(&g.d, y), 30000), "passed");
+	free(y);
+	y = xasprintf("name: fw\nstages:\n"
+		      "  - { name: wait, steps: [ { run: 'while [ ! -f %s/go2 ]; do sleep 0.1; done' } ] }\n"
+		      "  - name: build\n    needs: [wait]\n"
+		      "    steps: [ { run: 'head -c 2000 /dev/urandom > app.bin' } ]\n"
+		      "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+		      "  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 2, key: release }\n",
+		      g.base);
+	id = h_trigger(&g.d, y);
+	free(y);
+	for (int i = 0; i < 400 && !h_sql_int(&g.d, "SELECT COUNT(*) FROM jobs WHERE name = 'wait' AND state = 'running'"); i++)
+		h_msleep(50);
+	sql_write(&g.d, "DELETE FROM releases");
+	{
+		struct buf out = BUF_INIT;
+		assert_int_equal(h_sh(&out, "touch %s/go2", g.base), 0);
+		buf_release(&out);
+	}
+	assert_string_equal(h_wait_run(&g.d, id, 30000), "failed");
+	run = h_run(&g.d, id);
+	assert_non_null(strstr(json_string_value(json_object_get(h_job(run, "release"), "message")),
+			       "refused by the release policy: security_counter 2 is more than +1"));
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM releases"), 0);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM audit WHERE action = 'policy_refused'"
+				      " AND detail LIKE '%\"product\":\"fw\"%'"), 1);
+	json_decref(run);
 	teardown_env(&g);
 }
 
