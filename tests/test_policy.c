@@ -254,6 +254,19 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	setup_env(&g, "products:\n  fw: { keys: [release], repositories: [" REPO "] }\n"
 		      "  gadget: { repositories: [acme/gadget] }\n", 1);
 
+	/* lint (the daemon's, read-only) warns about what only protected runs do */
+	{
+		struct buf ans = BUF_INIT;
+		char *file = xasprintf("%s/attack.yml", g.base);
+		assert_int_equal(ota_write_file_atomic(file, attack, strlen(attack), 0644), 0);
+		assert_int_equal(h_sh(&ans, "curl -sf -H 'Authorization: Bearer %s' --data-binary @%s %s/api/v1/lint", OPS_TOKEN,
+				      file, g.d.url), 0);
+		assert_non_null(strstr(buf_cstr(&ans), "release stage 'release' runs only on protected refs"));
+		assert_non_null(strstr(buf_cstr(&ans), "stage 'build' uses secrets, which only protected runs receive"));
+		free(file);
+		buf_release(&ans);
+	}
+
 	/* the attack: a push of feature/untrusted */
 	assert_int_equal(git(&g, &out, "checkout -q -b feature/untrusted"), 0);
 	commit_file(&g, ".otacd/pipeline.yml", attack, "ship it");
