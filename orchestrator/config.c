@@ -543,6 +543,26 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 	return rc;
 }
 
+/* Products name keys and repositories defined anywhere in the file. */
+static int check_products(const struct otacd_config *c, const char *path)
+{
+	const char *name;
+	json_t *e, *v;
+	size_t i;
+
+	json_object_foreach(c->products, name, e) {
+		json_array_foreach(json_object_get(e, "keys"), i, v)
+			if (!json_object_get(c->keys, json_string_value(v)))
+				return ota_error_set(OTA_EINVAL, "%s: products.%s.keys: key '%s' is not defined in keys:", path,
+						     name, json_string_value(v));
+		json_array_foreach(json_object_get(e, "repositories"), i, v)
+			if (!config_repo_find(c, json_string_value(v)))
+				return ota_error_set(OTA_EINVAL, "%s: products.%s.repositories: '%s' is not in repositories:",
+						     path, name, json_string_value(v));
+	}
+	return 0;
+}
+
 int config_load(struct otacd_config *c, const char *path)
 {
 	struct buf text = BUF_INIT;
@@ -566,6 +586,8 @@ int config_load(struct otacd_config *c, const char *path)
 	root = yaml_document_get_root_node(&doc);
 	if (root)
 		rc = apply(&x, root);
+	if (rc == 0)
+		rc = check_products(c, path);
 	yaml_document_delete(&doc);
 	yaml_parser_delete(&parser);
 	buf_release(&text);

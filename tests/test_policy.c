@@ -251,7 +251,9 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	char *log, *y;
 	int64_t id;
 	(void)state;
-	setup_env(&g, "products:\n  fw: { keys: [release], repositories: [" REPO "] }\n"
+	/* a second repository (never pushed to) owns product gadget */
+	setup_env(&g, "  - { name: acme/gadget, url: \"/nonexistent/gadget.git\" }\n"
+		      "products:\n  fw: { keys: [release], repositories: [" REPO "] }\n"
 		      "  gadget: { repositories: [acme/gadget] }\n", 1);
 
 	/* lint (the daemon's, read-only) warns about what only protected runs do */
@@ -663,6 +665,36 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 	teardown_env(&g);
 }
 
+/* A policy the server cannot honour is a configuration error: otacd
+ * refuses to start and says where. */
+static void bad_release_policy_configuration_refuses_to_start(void **state)
+{
+	static const struct { const char *yaml, *says; } cases[] = {
+		{ "products:\n  fw: { keys: [nope] }\n", "products.fw.keys: key 'nope' is not defined in keys:" },
+		{ "products:\n  fw: { kyes: [nope] }\n", "product 'fw': unknown key 'kyes'" },
+		{ "products:\n  fw: { max_counter_increase: -1 }\n", "max_counter_increase must be an integer" },
+		{ "products:\n  fw: { approvals: { count: 0 } }\n", "approvals.count must be an integer 1..10" },
+		{ "products:\n  fw: { required_gates: { g: { metric: nope } } }\n", "required_gates.g:" },
+		{ "products:\n  fw: { repositories: [acme/none] }\n", "products.fw.repositories: 'acme/none' is not in repositories:" },
+		{ "repositories:\n  - { name: a/b, url: /x, protected: { branch: [main] } }\n", "unknown key 'branch' in protected" },
+	};
+	char *dir = h_tmpdir(), *otacd = h_bin("otacd");
+	struct buf out = BUF_INIT;
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *cfg = xasprintf("%s/c%zu.yml", dir, i);
+		assert_int_equal(ota_write_file_atomic(cfg, cases[i].yaml, strlen(cases[i].yaml), 0600), 0);
+		if (h_sh(&out, "%s --config %s --state-dir %s/s%zu --listen 127.0.0.1:0 --device-listen off", otacd, cfg, dir,
+			 i) == 0 || !strstr(buf_cstr(&out), cases[i].says))
+			fail_msg("case %zu: expected a refusal saying \"%s\", got: %s", i, cases[i].says, buf_cstr(&out));
+		free(cfg);
+	}
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(otacd);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -671,6 +703,7 @@ int main(void)
 		cmocka_unit_test(protected_pipeline_asking_for_more_than_its_product_policy_is_refused),
 		cmocka_unit_test(production_needs_two_distinct_approvers),
 		cmocka_unit_test(an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger),
+		cmocka_unit_test(bad_release_policy_configuration_refuses_to_start),
 	};
 	return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
