@@ -119,7 +119,7 @@ int policy_product_parse(const json_t *raw, json_t **out, char *err, size_t n)
 
 	*out = NULL;
 	if (!json_is_object(raw)) {
-		snprintf(err, n, "must be a mapping {keys, refs, max_counter_increase, required_gates, approvals}");
+		snprintf(err, n, "must be a mapping {keys, refs, repositories, max_counter_increase, required_gates, approvals}");
 		return OTA_EINVAL;
 	}
 	json_object_foreach((json_t *)raw, k, v) {
@@ -469,7 +469,7 @@ void policy_apply_job(const struct otacd_config *c, const struct pipeline *p, co
 			if (names_gate(st, g))
 				json_object_set_new(specs, g, json_deep_copy(spec));
 		}
-		if (needs_approval(e, st, why, sizeof(why))) {
+		if (needs_approval(e, st, why, sizeof(why)) || has_approval(st)) {
 			int64_t n = json_integer_value(json_object_get(json_object_get(e, "approvals"), "count"));
 			if (n > approvals)
 				approvals = n;

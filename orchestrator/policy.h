@@ -90,7 +90,7 @@ int policy_check_pipeline(const struct otacd_config *c, struct store *db, const 
  * Fill in what the policy decides in a soak or rollout job's spec: the
  * server's definition of every required gate (replacing the pipeline's),
  * and extra.approvals, the number of distinct approvers its start needs
- * (only when the policy requires approval).
+ * (approvals.count, for every stage of the product that waits for approval).
  */
 void policy_apply_job(const struct otacd_config *c, const struct pipeline *p, const struct pl_stage *st,
 		      json_t *job);

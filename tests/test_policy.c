@@ -527,7 +527,7 @@ static void production_needs_two_distinct_approvers(void **state)
 	char *y;
 	int64_t rel;
 	(void)state;
-	setup_env(&g, "products:\n  fw: { approvals: { stages: [production], count: 2 } }\n", 0);
+	setup_env(&g, "products:\n  fw: { approvals: { count: 2 } }\n", 0);
 	y = fw_pipeline("release", 1, "",
 			"  - { name: production, kind: rollout, needs: [release], approval: required,"
 			" steps: [ { percent: 1, hold: 1h } ] }\n");
