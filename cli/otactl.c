@@ -21,6 +21,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/pipeline.h"
+#include "../orchestrator/policy.h"
 #include "otactl.h"
 #include "verify.h"
 
@@ -417,7 +418,12 @@ static int cmd_lint(int argc, char **argv)
 				printf("%s: %s\n", argv[i], ota_error_last());
 			bad = 1;
 		} else {
+			struct strvec w = STRVEC_INIT;
 			printf("%s: ok\n", argv[i]);
+			policy_lint(p, &w);
+			for (size_t k = 0; k < w.n; k++)
+				printf("%s: warning: %s\n", argv[i], w.v[k]);
+			strvec_clear(&w);
 		}
 		pipeline_free(p);
 		pl_diags_release(&d);
@@ -552,6 +558,10 @@ static int trigger_file(const char *file, const char *ref, int wait)
 		goto out;
 	if (status == 422) {
 		print_invalid(ans, file, 0);
+		rc = EXIT_FAIL;
+	} else if (status == 403 && json_array_size(json_object_get(ans, "errors"))) {
+		/* refused by the release policy: every reason */
+		print_invalid(ans, file, 1);
 		rc = EXIT_FAIL;
 	} else if (status < 200 || status >= 300) {
 		rc = api_fail(status, ans, "cannot start the run");
@@ -758,6 +768,10 @@ static void show_source(const json_t *run)
 	}
 	show_field("author", str_or(run, "author", NULL));
 	show_field("pusher", str_or(run, "pusher", NULL));
+	/* the server's decision: secrets, keys and rollouts only when protected */
+	if (json_object_get(run, "protected"))
+		printf("  trust    %s: %s\n", json_is_true(json_object_get(run, "protected")) ? "protected" : "unprotected",
+		       str_or(run, "trust_reason", ""));
 }
 
 static int cmd_show(int argc, char **argv)

@@ -30,6 +30,7 @@ enum {
 	OTA_ETOOBIG = -5,    /* a size cap was hit */
 	OTA_EAUTH = -6,      /* missing or wrong credentials */
 	OTA_ENOMEM = -7,
+	OTA_EPERM = -8,      /* refused by policy (orchestrator/policy.h) */
 };
 
 #define OTA_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))

@@ -34,6 +34,7 @@
 #include "../common/util.h"
 #include "clock.h"
 #include "pipeline.h"
+#include "policy.h"
 #include "logstore.h"
 #include "reports.h"
 #include "sources.h"
@@ -81,6 +82,7 @@ enum MHD_Result api_reply_rc(struct api_req *r, int rc)
 	case OTA_ECONFLICT: status = MHD_HTTP_CONFLICT; break;
 	case OTA_ETOOBIG: status = MHD_HTTP_CONTENT_TOO_LARGE; break;
 	case OTA_EAUTH: status = MHD_HTTP_UNAUTHORIZED; break;
+	case OTA_EPERM: status = MHD_HTTP_FORBIDDEN; break;
 	default: status = MHD_HTTP_INTERNAL_SERVER_ERROR; break;
 	}
 	return api_reply_error(r, status, "%s", ota_error_last());
@@ -141,9 +143,16 @@ static enum MHD_Result post_lint(struct api *a, struct api_req *r)
 
 	(void)a;
 	pl_diags_init(&d, file ? file : "pipeline.yml");
-	if (pipeline_parse(&p, d.file, buf_cstr(&r->body), r->body.len, &d) == 0)
-		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb so}", "ok", 1, "errors", json_array()));
-	else
+	if (pipeline_parse(&p, d.file, buf_cstr(&r->body), r->body.len, &d) == 0) {
+		struct strvec w = STRVEC_INIT;
+		json_t *warnings = json_array();
+		policy_lint(p, &w);
+		for (size_t i = 0; i < w.n; i++)
+			json_array_append_new(warnings, json_string(w.v[i]));
+		strvec_clear(&w);
+		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb so so}", "ok", 1, "errors", json_array(), "warnings",
+							       warnings));
+	} else
 		ret = api_reply_json(r, MHD_HTTP_OK, json_pack("{sb so}", "ok", 0, "errors", diags_json(&d)));
 	pipeline_free(p);
 	pl_diags_release(&d);
@@ -175,6 +184,8 @@ static enum MHD_Result post_run(struct api *a, struct api_req *r)
 	t.ref = opt_string(r->json, "ref", &bad);
 	t.commit = opt_string(r->json, "commit", &bad);
 	t.trigger = "api";
+	t.role = r->role;
+	t.actor = r->actor[0] ? r->actor : "anonymous";
 	if (bad || !t.yaml)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST,
 				       "body must be {\"pipeline\": YAML text, \"file\"?, \"ref\"?, \"commit\"?} with string values");
@@ -188,6 +199,9 @@ static enum MHD_Result post_run(struct api *a, struct api_req *r)
 	if (rc == OTA_EINVAL && d.n)
 		ret = api_reply_json(r, MHD_HTTP_UNPROCESSABLE_CONTENT,
 				     json_pack("{ss so}", "error", "the pipeline does not validate", "errors", diags_json(&d)));
+	else if (rc == OTA_EPERM && d.n)
+		ret = api_reply_json(r, MHD_HTTP_FORBIDDEN,
+				     json_pack("{ss so}", "error", "refused by the release policy", "errors", diags_json(&d)));
 	else if (rc < 0)
 		ret = api_reply_rc(r, rc);
 	else

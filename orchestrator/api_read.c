@@ -46,7 +46,7 @@ static struct store *reader(struct api_req *r)
 }
 
 #define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at," \
-		 " error, repo, tree_id, author, committer, message, pusher, delivery_id"
+		 " error, repo, tree_id, author, committer, message, pusher, delivery_id, protected, trust_reason"
 
 static json_t *run_json(sqlite3_stmt *st)
 {
@@ -70,6 +70,8 @@ static json_t *run_json(sqlite3_stmt *st)
 	set_text_or_null(o, "message", st, 16);
 	set_text_or_null(o, "pusher", st, 17);
 	set_int_or_null(o, "delivery", st, 18);
+	json_object_set_new(o, "protected", json_boolean(store_col_int(st, 19)));
+	set_text_or_null(o, "trust_reason", st, 20);
 	return o;
 }
 
@@ -238,7 +240,8 @@ enum MHD_Result api_get_run(struct api *a, struct api_req *r)
 		json_decref(stages);
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
 	}
-	st = store_stmt(s, "SELECT id, name, kind, state, needs, started_at, finished_at FROM stages WHERE run_id = ? ORDER BY idx");
+	st = store_stmt(s, "SELECT id, name, kind, state, needs, started_at, finished_at, when_filter FROM stages"
+			   " WHERE run_id = ? ORDER BY idx");
 	sqlite3_bind_int64(st, 1, r->id);
 	while (store_step_row(s, st) == 1) {
 		json_t *stage = json_object();
@@ -249,6 +252,9 @@ enum MHD_Result api_get_run(struct api *a, struct api_req *r)
 		json_object_set_new(stage, "needs", json_loads(store_col_text(st, 4), 0, NULL));
 		set_int_or_null(stage, "started_at", st, 5);
 		set_int_or_null(stage, "finished_at", st, 6);
+		/* held back by the release policy: the reason (policy.h) */
+		if (store_col_text(st, 7) && strcmp(store_col_text(st, 7), "no-match") != 0)
+			set_text_or_null(stage, "skip_reason", st, 7);
 		json_object_set_new(stage, "jobs", json_array());
 		json_array_append_new(stages, stage);
 	}

@@ -242,6 +242,7 @@ const char *auth_role_name(enum auth_role r)
 	case ROLE_VIEWER: return "viewer";
 	case ROLE_AGENT: return "agent";
 	case ROLE_OPERATOR: return "operator";
+	case ROLE_RELEASE: return "release";
 	case ROLE_ADMIN: return "admin";
 	case ROLE_JOB: return "job";
 	default: return "none";
@@ -258,6 +259,8 @@ enum auth_role auth_role_parse(const char *s)
 		return ROLE_AGENT;
 	if (!strcmp(s, "operator"))
 		return ROLE_OPERATOR;
+	if (!strcmp(s, "release"))
+		return ROLE_RELEASE;
 	if (!strcmp(s, "admin"))
 		return ROLE_ADMIN;
 	return ROLE_NONE;

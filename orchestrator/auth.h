@@ -21,9 +21,10 @@ enum auth_role {
 	ROLE_VIEWER = 1,
 	ROLE_AGENT = 2,
 	ROLE_OPERATOR = 3,
-	ROLE_ADMIN = 4,
+	ROLE_RELEASE = 4,   /* an operator who may also release from uploaded pipelines (orchestrator/policy.h) */
+	ROLE_ADMIN = 5,
 	/* not a token's role: routes that take a job token (api_job_auth) */
-	ROLE_JOB = 5,
+	ROLE_JOB = 6,
 };
 
 /* What kind of agent a token names (auth_agent_info). */

@@ -12,6 +12,7 @@
 #include <yaml.h>
 
 #include "auth.h"
+#include "policy.h"
 
 void config_defaults(struct otacd_config *c)
 {
@@ -34,6 +35,7 @@ void config_defaults(struct otacd_config *c)
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
 	c->secrets = json_object();
 	c->keys = json_object();
+	c->products = json_object();
 	c->tokens = json_array();
 	c->device_listen = xstrdup("127.0.0.1:8471");
 	c->device_metrics_public = 1;
@@ -56,6 +58,9 @@ static void repo_release(struct repo_cfg *r)
 		memset(r->secret, 0, strlen(r->secret));
 	free(r->secret);
 	free(r->pipeline);
+	free(r->default_branch);
+	strvec_clear(&r->protect.branches);
+	strvec_clear(&r->protect.tags);
 }
 
 const struct repo_cfg *config_repo_find(const struct otacd_config *c, const char *name)
@@ -76,6 +81,7 @@ void config_release(struct otacd_config *c)
 	strvec_clear(&c->local_labels);
 	json_decref(c->secrets);
 	json_decref(c->keys);
+	json_decref(c->products);
 	json_decref(c->tokens);
 	free(c->device_listen);
 	free(c->agent_listen);
@@ -204,7 +210,7 @@ static int get_tokens(struct cfg_ctx *x, yaml_node_t *n)
 			return cfg_err(x, t, "a token needs name, role and token or sha256%s", "");
 		}
 		if (auth_role_parse(role) == ROLE_NONE)
-			return cfg_err(x, t, "unknown role '%s' (expected viewer, operator, agent, admin)", role);
+			return cfg_err(x, t, "unknown role '%s' (expected viewer, operator, release, agent, admin)", role);
 		if ((token && strlen(token) < 16) || (hash && (strlen(hash) != 64 || strspn(hash, "0123456789abcdef") != 64))) {
 			json_decref(labels);
 			return token && strlen(token) < 16
@@ -339,9 +345,134 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
+/* A list of strings into v (appended). */
+static int get_strings(struct cfg_ctx *x, yaml_node_t *n, const char *key, struct strvec *v)
+{
+	yaml_node_item_t *it;
+	if (n->type != YAML_SEQUENCE_NODE)
+		return cfg_err(x, n, "'%s' must be a list of strings", key);
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+		yaml_node_t *s = yaml_document_get_node(x->doc, *it);
+		if (!scalar(s) || !*scalar(s))
+			return cfg_err(x, s ? s : n, "'%s' must be a list of non-empty strings", key);
+		strvec_push(v, scalar(s));
+	}
+	return 0;
+}
+
+/* protected: { branches: [globs], tags: [globs] } */
+static int get_protected(struct cfg_ctx *x, yaml_node_t *n, struct pl_filter *f)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping {branches: [globs], tags: [globs]}", "protected");
+	strvec_clear(&f->branches);
+	strvec_clear(&f->tags);
+	f->set = 1;
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		const char *ks = scalar(k) ? scalar(k) : "";
+		int rc;
+		if (!strcmp(ks, "branches"))
+			rc = get_strings(x, v, "protected.branches", &f->branches);
+		else if (!strcmp(ks, "tags"))
+			rc = get_strings(x, v, "protected.tags", &f->tags);
+		else
+			rc = cfg_err(x, k, "unknown key '%s' in protected (expected branches, tags)", ks);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Any YAML value as JSON, plain scalars typed the way pipelines type them
+ * (so a gate written the same way in both compares equal). */
+static json_t *to_json(struct cfg_ctx *x, yaml_node_t *n, int depth)
+{
+	json_t *j = NULL;
+	if (!n || depth > 16)
+		return NULL;
+	if (n->type == YAML_SCALAR_NODE) {
+		const char *s = scalar(n);
+		char *end;
+		if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+			return json_string(s);
+		if (!strcmp(s, "true"))
+			return json_true();
+		if (!strcmp(s, "false"))
+			return json_false();
+		if (!strcmp(s, "null") || !strcmp(s, "~") || !*s)
+			return json_null();
+		if (strspn(s, "+-0123456789") == strlen(s)) {
+			long long v = strtoll(s, &end, 10);
+			if (!*end)
+				return json_integer(v);
+		}
+		if (strspn(s, "+-0123456789.eE") == strlen(s) && strpbrk(s, "0123456789")) {
+			double v = strtod(s, &end);
+			if (!*end)
+				return json_real(v);
+		}
+		return json_string(s);
+	}
+	if (n->type == YAML_SEQUENCE_NODE) {
+		j = json_array();
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+			json_t *v = to_json(x, yaml_document_get_node(x->doc, *it), depth + 1);
+			if (!v) {
+				json_decref(j);
+				return NULL;
+			}
+			json_array_append_new(j, v);
+		}
+		return j;
+	}
+	if (n->type == YAML_MAPPING_NODE) {
+		j = json_object();
+		for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+			const char *k = scalar(yaml_document_get_node(x->doc, p->key));
+			json_t *v = k ? to_json(x, yaml_document_get_node(x->doc, p->value), depth + 1) : NULL;
+			if (!v) {
+				json_decref(j);
+				return NULL;
+			}
+			json_object_set_new(j, k, v);
+		}
+	}
+	return j;
+}
+
+/* products: { NAME: { keys, refs, max_counter_increase, required_gates, approvals } } */
+static int get_products(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping NAME: {keys, refs, max_counter_increase, ...}", "products");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
+		json_t *raw, *norm = NULL;
+		char err[384], msg[512];
+		if (!scalar(k) || !*scalar(k))
+			return cfg_err(x, k, "a product name must be a string%s", "");
+		if (!(raw = to_json(x, v, 0)))
+			return cfg_err(x, v, "product '%s' is nested too deep or malformed", scalar(k));
+		if (policy_product_parse(raw, &norm, err, sizeof(err)) < 0) {
+			json_decref(raw);
+			snprintf(msg, sizeof(msg), "product '%s': %s", scalar(k), err);
+			return cfg_err(x, v, "%s", msg);
+		}
+		json_decref(raw);
+		json_object_set_new(x->c->products, scalar(k), norm);
+	}
+	return 0;
+}
+
 static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 {
-	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline" };
+	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline",
+					    "default_branch", "protected" };
 	yaml_node_item_t *it;
 
 	if (n->type != YAML_SEQUENCE_NODE)
@@ -365,8 +496,11 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 				    : !strcmp(ks, "token") ? (char **)&r.git.token
 				    : !strcmp(ks, "username") ? (char **)&r.git.username
 				    : !strcmp(ks, "ssh_key") ? (char **)&r.git.ssh_key
-				    : !strcmp(ks, "pipeline") ? &r.pipeline : NULL;
-			if (!slot) {
+				    : !strcmp(ks, "pipeline") ? &r.pipeline
+				    : !strcmp(ks, "default_branch") ? &r.default_branch : NULL;
+			if (!strcmp(ks, "protected")) {
+				rc = get_protected(x, v, &r.protect);
+			} else if (!slot) {
 				const char *hint = ota_did_you_mean(ks, keys, OTA_ARRAY_SIZE(keys));
 				char msg[256];
 				snprintf(msg, sizeof(msg), "unknown repository key '%s'%s%s%s", ks,
@@ -388,6 +522,14 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 		}
 		if (!r.pipeline)
 			r.pipeline = xstrdup(".otacd/pipeline.yml");
+		if (!r.default_branch)
+			r.default_branch = xstrdup("main");
+		if (!r.protect.set) {
+			/* the default branch and release tags (docs/config.md) */
+			r.protect.set = 1;
+			strvec_push(&r.protect.branches, r.default_branch);
+			strvec_push(&r.protect.tags, "v*");
+		}
 		x->c->repos = xrealloc(x->c->repos, (x->c->nrepos + 1) * sizeof(r));
 		x->c->repos[x->c->nrepos++] = r;
 	}
@@ -401,7 +543,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
-		"update_server_url", "update_server_token", "prometheus_url", "providers", "agent_listen", "request_timeout",
+		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "http_threads",
 	};
 	struct otacd_config *c = x->c;
@@ -469,6 +611,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_repos(x, v);
 		else if (!strcmp(key, "keys"))
 			rc = get_keys(x, v);
+		else if (!strcmp(key, "products"))
+			rc = get_products(x, v);
 		else if (!strcmp(key, "device_listen"))
 			rc = get_string(x, v, key, &c->device_listen);
 		else if (!strcmp(key, "fleet_key"))
@@ -500,6 +644,26 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		}
 	}
 	return rc;
+}
+
+/* Products name keys and repositories defined anywhere in the file. */
+static int check_products(const struct otacd_config *c, const char *path)
+{
+	const char *name;
+	json_t *e, *v;
+	size_t i;
+
+	json_object_foreach(c->products, name, e) {
+		json_array_foreach(json_object_get(e, "keys"), i, v)
+			if (!json_object_get(c->keys, json_string_value(v)))
+				return ota_error_set(OTA_EINVAL, "%s: products.%s.keys: key '%s' is not defined in keys:", path,
+						     name, json_string_value(v));
+		json_array_foreach(json_object_get(e, "repositories"), i, v)
+			if (!config_repo_find(c, json_string_value(v)))
+				return ota_error_set(OTA_EINVAL, "%s: products.%s.repositories: '%s' is not in repositories:",
+						     path, name, json_string_value(v));
+	}
+	return 0;
 }
 
 int config_load(struct otacd_config *c, const char *path)
@@ -534,6 +698,8 @@ int config_load(struct otacd_config *c, const char *path)
 	root = yaml_document_get_root_node(&doc);
 	if (root)
 		rc = apply(&x, root);
+	if (rc == 0)
+		rc = check_products(c, path);
 	yaml_document_delete(&doc);
 	yaml_parser_delete(&parser);
 	buf_release(&text);

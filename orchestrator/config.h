@@ -13,12 +13,15 @@
 
 #include "../common/util.h"
 #include "gitsrc.h"
+#include "pipeline.h"
 
 /* A repository otacd builds from (docs/config.md, "repositories"). */
 struct repo_cfg {
 	struct gitsrc_repo git;         /* name, url, credentials */
 	char *secret;                   /* webhook secret (HMAC key / GitLab token) */
 	char *pipeline;                 /* path of the pipeline file in the tree */
+	char *default_branch;           /* default "main" */
+	struct pl_filter protect;       /* protected refs; default: default_branch and tags v* (policy.h) */
 };
 
 struct otacd_config {
@@ -44,6 +47,7 @@ struct otacd_config {
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
 	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"} */
+	json_t *products;               /* release policy: object NAME -> normalised entry (policy.h) */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
 	size_t nrepos;
 	/* the fleet (docs/update-server.md) */

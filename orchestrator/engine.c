@@ -37,6 +37,7 @@
 #include "../common/mask.h"
 #include "logstore.h"
 #include "engine_int.h"
+#include "policy.h"
 #include "rollout.h"
 #include "../stages/reports_kind.h"
 
@@ -270,6 +271,7 @@ struct stagerow {
 	char state[16];
 	json_t *needs;
 	int skip_by_when;
+	char *held;         /* skipped by the release policy: why (policy.h) */
 };
 
 static int advance_run(struct engine *e, int64_t run_id);
@@ -327,6 +329,25 @@ static int start_inproc(struct engine *e, int64_t job, const struct stage_kind *
 
 	if ((rc = mark_inproc_running(e, job, kind->rollout, &attempt)) < 0)
 		return rc;
+	if (kind->rollout || !strcmp(kind->name, "release")) {
+		/* keys and the fleet only for protected runs, checked again here */
+		sqlite3_stmt *st = STMT(e, "SELECT run_id FROM jobs WHERE id = ?");
+		int64_t run = 0;
+		sqlite3_bind_int64(st, 1, job);
+		if (store_step_row(e->db, st) == 1)
+			run = store_col_int(st, 0);
+		sqlite3_reset(st);
+		if ((rc = policy_run_protected(e->db, run)) == 0) {
+			struct job_result res = { 1, "script", "refused: this run is not protected (docs/security.md)" };
+			if ((rc = engine_audit(e, "otacd", "policy_refused", 0, 0, res.message,
+					       json_pack("{sI sI ss}", "run", (json_int_t)run, "job", (json_int_t)job, "stage",
+							 kind->name))) < 0)
+				return rc;
+			return engine_job_complete(e, job, &res, NULL);
+		}
+		if (rc < 0)
+			return rc;
+	}
 	if (kind->rollout) {
 		e->changed_rollout = 1;
 		return rollout_job_start(e, job);
@@ -461,6 +482,8 @@ static int load_stages(struct engine *e, int64_t run_id, struct stagerow **out, 
 		if (!v[cnt].needs)
 			v[cnt].needs = json_array();
 		v[cnt].skip_by_when = sqlite3_column_type(st, 4) != SQLITE_NULL;
+		if (v[cnt].skip_by_when && strcmp(store_col_text(st, 4), "no-match") != 0)
+			v[cnt].held = xstrdup(store_col_text(st, 4));
 		cnt++;
 	}
 	sqlite3_reset(st);
@@ -471,8 +494,10 @@ static int load_stages(struct engine *e, int64_t run_id, struct stagerow **out, 
 
 static void free_stages(struct stagerow *v, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		json_decref(v[i].needs);
+		free(v[i].held);
+	}
 	free(v);
 }
 
@@ -593,7 +618,10 @@ static int advance_run(struct engine *e, int64_t run_id)
 					if (engine_state_final(dep->state))
 						bad = dep->name;
 				}
-				if (bad) {
+				if (s->held) {
+					rc = stage_set(e, s, run_id, "skipped", s->held);
+					changed = 1;
+				} else if (bad) {
 					char *why = xasprintf("needs '%s', which did not pass", bad);
 					rc = stage_set(e, s, run_id, "skipped", why);
 					free(why);
@@ -1379,8 +1407,8 @@ static void bind_opt(sqlite3_stmt *st, int col, const char *s)
 }
 
 /* Insert a run row and close the delivery it answers, if any. */
-static int insert_run(struct engine *e, const struct trigger_req *req, const char *name, const char *concurrency,
-		      const char *state, const char *error, int64_t *run_id)
+static int insert_run(struct engine *e, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t *run_id)
 {
 	int64_t now = clock_now_ms();
 	int final = engine_state_final(state);
@@ -1388,8 +1416,8 @@ static int insert_run(struct engine *e, const struct trigger_req *req, const cha
 	int rc;
 
 	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
-		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id)"
-		     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id,"
+		     " protected, trust_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
 	if (!st)
 		return OTA_ERROR;
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -1414,6 +1442,8 @@ static int insert_run(struct engine *e, const struct trigger_req *req, const cha
 	bind_opt(st, 18, req->pusher);
 	if (req->delivery_id)
 		sqlite3_bind_int64(st, 19, req->delivery_id);
+	sqlite3_bind_int(st, 20, trust->protected_run);
+	sqlite3_bind_text(st, 21, trust->reason, -1, SQLITE_STATIC);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
@@ -1436,7 +1466,8 @@ static int insert_run(struct engine *e, const struct trigger_req *req, const cha
 struct trigger_args {
 	const struct trigger_req *req;
 	const struct pipeline *p;
-	json_t *plan;       /* [{name, kind, needs, skip, jobs:[spec…]}] */
+	json_t *plan;       /* [{name, kind, needs, skip, skip_reason?, jobs:[spec…]}] */
+	struct policy_trust trust;
 	int64_t run_id;
 };
 
@@ -1445,11 +1476,13 @@ static int do_trigger(struct engine *e, void *arg)
 	struct trigger_args *a = arg;
 	sqlite3_stmt *st;
 	size_t i, k;
-	json_t *stage, *job;
+	json_t *stage, *job, *held = json_array();
 	int rc;
 
-	if ((rc = insert_run(e, a->req, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0)
+	if ((rc = insert_run(e, a->req, &a->trust, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0) {
+		json_decref(held);
 		return rc;
+	}
 
 	json_array_foreach(a->plan, i, stage) {
 		int64_t stage_id;
@@ -1461,11 +1494,18 @@ static int do_trigger(struct engine *e, void *arg)
 		sqlite3_bind_text(st, 3, json_string_value(json_object_get(stage, "name")), -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")), -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 5, needs, -1, SQLITE_TRANSIENT);
-		if (json_is_true(json_object_get(stage, "skip")))
+		if (json_string_value(json_object_get(stage, "skip_reason"))) {
+			/* skipped by the release policy: the reason is the filter */
+			sqlite3_bind_text(st, 6, json_string_value(json_object_get(stage, "skip_reason")), -1, SQLITE_STATIC);
+			json_array_append(held, json_object_get(stage, "name"));
+		} else if (json_is_true(json_object_get(stage, "skip"))) {
 			sqlite3_bind_text(st, 6, "no-match", -1, SQLITE_STATIC);
+		}
 		free(needs);
-		if ((rc = store_step_done(e->db, st)) < 0)
+		if ((rc = store_step_done(e->db, st)) < 0) {
+			json_decref(held);
 			return rc;
+		}
 		stage_id = sqlite3_last_insert_rowid(store_db(e->db));
 
 		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
@@ -1482,17 +1522,29 @@ static int do_trigger(struct engine *e, void *arg)
 			sqlite3_bind_int(st, 7, json_object_get(retry, "infra")
 						    ? (int)json_integer_value(json_object_get(retry, "infra")) : 2);
 			free(spec);
-			if ((rc = store_step_done(e->db, st)) < 0)
+			if ((rc = store_step_done(e->db, st)) < 0) {
+				json_decref(held);
 				return rc;
+			}
 		}
 	}
+	/* stages the policy holds back are refusals too: audited */
+	if (json_array_size(held) &&
+	    (rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd",
+			       "policy_skip", 0, 0, a->trust.reason,
+			       json_pack("{sI ss ss* sO}", "run", (json_int_t)a->run_id, "ref", a->req->ref, "repo",
+					 a->req->repo, "stages", held))) < 0) {
+		json_decref(held);
+		return rc;
+	}
+	json_decref(held);
 	return advance_run(e, a->run_id);
 }
 
 /* Build the run plan in the caller's thread: parsing and expansion need no
  * engine state and should not hold up the engine thread. */
-static int build_plan(struct engine *e, const struct pipeline *p, const char *ref, json_t **out,
-		      struct pl_diags *diags)
+static int build_plan(struct engine *e, const struct pipeline *p, const char *ref, const struct policy_trust *trust,
+		      json_t **out, struct pl_diags *diags)
 {
 	json_t *plan = json_array();
 	int rc = 0;
@@ -1532,12 +1584,19 @@ static int build_plan(struct engine *e, const struct pipeline *p, const char *re
 			if (!t || json_integer_value(t) <= 0)
 				json_object_set_new(job, "timeout_ms", json_integer(e->cfg.default_timeout_ms));
 			json_object_set_new(job, "stage", json_string(s->name));
+			policy_apply_job(e->cfg.config, p, s, job);
 		}
 		for (size_t n = 0; n < s->needs.n; n++)
 			json_array_append_new(needs, json_string(s->needs.v[n]));
 		json_array_append_new(plan, json_pack("{ss ss so sb so}", "name", s->name, "kind", s->kind,
 						      "needs", needs, "skip",
 						      s->when.set && !pipeline_filter_match(&s->when, ref), "jobs", jobs));
+		if (!trust->protected_run && s->kind &&
+		    (!strcmp(s->kind, "release") || !strcmp(s->kind, "soak") || !strcmp(s->kind, "rollout"))) {
+			char *why = xasprintf("not a protected run: %s", trust->reason);
+			json_object_set_new(json_array_get(plan, json_array_size(plan) - 1), "skip_reason", json_string(why));
+			free(why);
+		}
 	}
 	if (diags->n) {
 		json_decref(plan);
@@ -1560,17 +1619,48 @@ static struct trigger_req trigger_defaults(const struct trigger_req *req)
 	return r;
 }
 
+struct refusal_args {
+	const struct trigger_req *req;
+	const struct pl_diags *diags;
+	const char *trust;
+};
+
+/* A pipeline refused by the release policy: the audit log says who, what, why. */
+static int do_refusal(struct engine *e, void *arg)
+{
+	struct refusal_args *a = arg;
+	struct buf text = BUF_INIT;
+	int rc;
+
+	pl_diags_format(a->diags, &text);
+	rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd", "policy_refused",
+			  0, 0, buf_cstr(&text),
+			  json_pack("{ss ss* ss ss* ss}", "ref", a->req->ref, "repo", a->req->repo, "trigger",
+				    a->req->trigger, "commit", a->req->commit, "trust", a->trust));
+	buf_release(&text);
+	return rc;
+}
+
 int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
 {
 	struct trigger_req r = trigger_defaults(req);
 	struct pipeline *p = NULL;
-	struct trigger_args a = { &r, NULL, NULL, 0 };
+	struct trigger_args a = { &r, NULL, NULL, { 0, "" }, 0 };
 	int rc;
 
 	if ((rc = pipeline_parse(&p, r.file, r.yaml, r.len, diags)) < 0)
 		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
 	a.p = p;
-	if ((rc = build_plan(e, p, r.ref, &a.plan, diags)) < 0) {
+	policy_trust(e->cfg.config, r.repo, r.ref, r.trigger, r.role, r.actor, &a.trust);
+	if (a.trust.protected_run && policy_check_pipeline(e->cfg.config, store_reader(), p, r.repo, r.ref, r.trigger,
+									diags) > 0) {
+		struct refusal_args ra = { &r, diags, a.trust.reason };
+		if ((rc = engine_call(e, do_refusal, &ra)) < 0)
+			goto out;
+		rc = ota_error_set(OTA_EPERM, "%s: refused by the release policy", r.file);
+		goto out;
+	}
+	if ((rc = build_plan(e, p, r.ref, &a.trust, &a.plan, diags)) < 0) {
 		rc = ota_error_set(OTA_EINVAL, "%s: pipeline cannot run here", r.file);
 		goto out;
 	}
@@ -1591,7 +1681,9 @@ struct failed_run_args {
 static int do_failed_run(struct engine *e, void *arg)
 {
 	struct failed_run_args *a = arg;
-	return insert_run(e, a->req, a->name, NULL, "failed", a->error, &a->run_id);
+	struct policy_trust t;
+	policy_trust(e->cfg.config, a->req->repo, a->req->ref, a->req->trigger, a->req->role, a->req->actor, &t);
+	return insert_run(e, a->req, &t, a->name, NULL, "failed", a->error, &a->run_id);
 }
 
 int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
@@ -1850,7 +1942,9 @@ static json_t *job_payload(struct engine *e, const struct jobrow *j)
 	json_t *out = json_deep_copy(j->spec), *secrets = json_object(), *names, *name;
 	size_t i;
 
-	names = json_object_get(j->spec, "secrets");
+	/* Secrets go only to protected runs, decided when the run was made
+	 * and checked again here, where they leave the daemon (policy.h). */
+	names = policy_run_protected(e->db, j->run_id) == 1 ? json_object_get(j->spec, "secrets") : NULL;
 	json_array_foreach(names, i, name) {
 		json_t *v = e->cfg.secrets ? json_object_get(e->cfg.secrets, json_string_value(name)) : NULL;
 		if (v)

@@ -30,6 +30,7 @@
 #include "../common/notify.h"
 #include "../common/util.h"
 #include "../stages/stage.h"
+#include "auth.h"
 #include "pipeline.h"
 #include "store.h"
 
@@ -64,12 +65,19 @@ struct trigger_req {
 	const char *message;
 	const char *pusher;
 	int64_t delivery_id;     /* the delivery this run answers (0: none) */
+	/* Who uploaded it (uploads only): decides its trust (policy.h). */
+	enum auth_role role;
+	const char *actor;       /* the token's name */
 };
 
 /*
  * Validate and create a run.  On a pipeline that does not validate returns
  * OTA_EINVAL with every problem in diags (diags must be initialised by the
- * caller) and stores nothing.
+ * caller) and stores nothing.  The run's trust is decided here from where
+ * it came from (orchestrator/policy.h) and stored with it; a protected
+ * run whose pipeline asks for more than the release policy allows returns
+ * OTA_EPERM with every reason in diags, stores nothing and is audited
+ * (`policy_refused`).
  */
 int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id,
 		   struct pl_diags *diags);

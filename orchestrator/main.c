@@ -36,6 +36,7 @@
 #include "localagents.h"
 #include "logstore.h"
 #include "pipeline.h"
+#include "policy.h"
 #include "sources.h"
 #include "store.h"
 
@@ -70,7 +71,12 @@ static int check_pipeline(const char *path)
 		fputs(buf_cstr(&out), stderr);
 		buf_release(&out);
 	} else {
+		struct strvec w = STRVEC_INIT;
 		printf("%s: ok (%zu stages)\n", path, p->nstages);
+		policy_lint(p, &w);
+		for (size_t i = 0; i < w.n; i++)
+			printf("%s: warning: %s\n", path, w.v[i]);
+		strvec_clear(&w);
 	}
 	pipeline_free(p);
 	pl_diags_release(&d);

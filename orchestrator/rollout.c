@@ -119,10 +119,12 @@ static int window_of(const json_t *v, json_t **out)
 	return 0;
 }
 
+/* gate_specs and approvals are set by otacd (pipeline_expand.c, policy.c),
+ * never by the pipeline file: the stage kinds do not accept them. */
 static const char *const soak_keys[] = { "cohort", "duration", "gates", "approval", "max_extension", "check_interval",
-					 "gate_specs", NULL };
+					 "gate_specs", "approvals", NULL };
 static const char *const rollout_keys[] = { "steps", "rings", "cohort", "gates", "approval", "window", "max_extension",
-					    "check_interval", "gate_specs", NULL };
+					    "check_interval", "gate_specs", "approvals", NULL };
 
 int rollout_plan_from_extra(const char *kind, const json_t *extra, json_t **out)
 {
@@ -234,9 +236,11 @@ int rollout_plan_from_extra(const char *kind, const json_t *extra, json_t **out)
 		if ((x = json_object_get(extra, "window")) && window_of(x, &window) < 0)
 			goto out;
 	}
-	*out = json_pack("{ss so s[] so sb sI sI so}", "kind", kind, "plan", plan, "gates", "gate_specs",
+	*out = json_pack("{ss so s[] so sb sI sI sI so}", "kind", kind, "plan", plan, "gates", "gate_specs",
 			 json_object_get(extra, "gate_specs") ? json_deep_copy(json_object_get(extra, "gate_specs")) : json_object(),
 			 "approval", approval && (json_is_true(approval) || json_is_string(approval)),
+			 "approvals", (json_int_t)(json_integer_value(json_object_get(extra, "approvals")) > 1
+						   ? json_integer_value(json_object_get(extra, "approvals")) : 1),
 			 "max_extension_ms", (json_int_t)(max_ext >= 0 ? max_ext : longest),
 			 "check_ms", (json_int_t)check, "window", window ? window : json_null());
 	plan = NULL;
@@ -899,6 +903,68 @@ static int release_exists(struct engine *e, int64_t id, char state[32])
 	return rc < 0 ? rc : 0;
 }
 
+/*
+ * One approval of a rollout waiting for approval.  Its plan says how many
+ * distinct approvers it needs (`approvals`, from the product's policy;
+ * default 1); approvers are token names, kept in rollouts.approved_by, so
+ * a second approval by the same name counts once (refused, with why).
+ * *done is set when this approval is the last one needed.
+ */
+static int record_approval(struct engine *e, struct rollout_row *r, const char *actor, struct act_args *x, int *done)
+{
+	int64_t need = json_integer_value(json_object_get(r->spec, "approvals"));
+	sqlite3_stmt *st;
+	json_t *by = NULL, *v;
+	char *text = NULL, msg[512];
+	size_t i;
+	int rc = 0;
+
+	*done = 0;
+	if (need <= 1) {
+		*done = 1;
+		return 0;
+	}
+	st = STMT(e, "SELECT approved_by FROM rollouts WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	if (store_step_row(engine_store(e), st) == 1 && store_col_text(st, 0))
+		by = json_loads(store_col_text(st, 0), 0, NULL);
+	sqlite3_reset(st);
+	if (!json_is_array(by)) {
+		json_decref(by);
+		by = json_array();
+	}
+	json_array_foreach(by, i, v)
+		if (!strcmp(json_string_value(v), actor)) {
+			rc = ota_error_set(OTA_ECONFLICT, "%s already approved stage %s (%zu of %" PRId64 " approvals): the"
+					   " next approval must come from someone else", actor, r->stage,
+					   json_array_size(by), need);
+			goto out;
+		}
+	json_array_append_new(by, json_string(actor));
+	text = json_dumps(by, JSON_COMPACT);
+	st = STMT(e, "UPDATE rollouts SET approved_by = ? WHERE id = ?");
+	sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 2, r->id);
+	if ((rc = store_step_done(engine_store(e), st)) < 0)
+		goto out;
+	if ((int64_t)json_array_size(by) >= need) {
+		*done = 1;
+		goto out;
+	}
+	snprintf(msg, sizeof(msg), "approved by %s (%zu of %" PRId64 "): waiting for another approver", actor,
+		 json_array_size(by), need);
+	if ((rc = save(e, r, msg)) < 0 ||
+	    (rc = engine_audit(e, actor, "approve", r->release_id, r->id, msg,
+			       json_pack("{ss sO sI}", "stage", r->stage, "approved_by", by, "needed", (json_int_t)need))) < 0)
+		goto out;
+	x->detail = json_pack("{ss sI sI}", "state", r->state, "approvals", (json_int_t)json_array_size(by), "needed",
+			      (json_int_t)need);
+out:
+	free(text);
+	json_decref(by);
+	return rc;
+}
+
 static int do_act(struct engine *e, void *arg)
 {
 	struct act_args *x = arg;
@@ -1005,6 +1071,12 @@ static int do_act(struct engine *e, void *arg)
 			rc = ota_error_set(OTA_ECONFLICT, "the rollout of stage %s is starting; try again in a moment", r.stage);
 			goto out;
 		}
+		if (a->to_stage && !strcmp(r.state, "waiting_approval") &&
+		    json_integer_value(json_object_get(r.spec, "approvals")) > 1) {
+			rc = ota_error_set(OTA_ECONFLICT, "stage %s waits for %" PRId64 " distinct approvals: promote it"
+					   " without --to", r.stage, (int64_t)json_integer_value(json_object_get(r.spec, "approvals")));
+			goto out;
+		}
 		if (a->to_stage) {
 			/* pass every rollout of the release up to the named stage */
 			if (!strcmp(a->to_stage, r.stage)) {
@@ -1022,6 +1094,9 @@ static int do_act(struct engine *e, void *arg)
 			goto out;
 		}
 		if (!strcmp(r.state, "waiting_approval")) {
+			int done = 0;
+			if ((rc = record_approval(e, &r, a->actor, x, &done)) < 0 || !done)
+				goto out;
 			enter_step(e, &r, 0, now);
 			snprintf(msg, sizeof(msg), "approved by %s: %s", a->actor, a->reason);
 		} else if (a->skip_step || !strcmp(r.state, "paused") || !strcmp(r.state, "waiting_window")) {

@@ -236,7 +236,7 @@ static void process(struct sources *s, int64_t id)
 		if (gitsrc_archive(&repo->git, c.id, &tar) < 0)
 			fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", id, ota_error_last());
 		free(tar);
-	} else if (rc == OTA_EINVAL && diags.n) {
+	} else if ((rc == OTA_EINVAL || rc == OTA_EPERM) && diags.n) {
 		struct buf text = BUF_INIT;
 		pl_diags_format(&diags, &text);
 		fail_run(s, &req, p->name, buf_cstr(&text));

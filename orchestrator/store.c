@@ -156,6 +156,12 @@ static const char *const migrations[] = {
 	"ALTER TABLE agents ADD COLUMN revoked_at INTEGER;"
 	"ALTER TABLE job_attempts ADD COLUMN token_hash TEXT;"
 	"CREATE UNIQUE INDEX job_attempts_token ON job_attempts(token_hash);",
+	/* 9 (issue 12 part 1, protected refs and release policy): a run's
+	 * trust, decided by the server when the run is created
+	 * (orchestrator/policy.h); who approved a rollout waiting for approval */
+	"ALTER TABLE runs ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE runs ADD COLUMN trust_reason TEXT;"
+	"ALTER TABLE rollouts ADD COLUMN approved_by TEXT;",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

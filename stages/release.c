@@ -32,9 +32,11 @@
 #include "../orchestrator/clock.h"
 #include "../orchestrator/config.h"
 #include "../orchestrator/engine.h"
+#include "../orchestrator/engine_int.h"
 #include "../orchestrator/keys.h"
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/policy.h"
 #include "../orchestrator/provenance.h"
 #include "../orchestrator/store.h"
 
@@ -214,6 +216,20 @@ static json_t *release_toolchain(struct store *db, int64_t run)
 	return out;
 }
 
+struct refusal {
+	const struct stage_ctx *c;
+	const char *product;
+	char why[512];
+};
+
+/* Engine thread: the refusal goes to the audit log. */
+static int audit_refusal(struct engine *e, void *arg)
+{
+	struct refusal *x = arg;
+	return engine_audit(e, "otacd", "policy_refused", 0, 0, x->why,
+			    json_pack("{sI ss}", "run", (json_int_t)x->c->run_id, "product", x->product));
+}
+
 static int release_run(const struct stage_ctx *c, struct job_result *r)
 {
 	json_t *extra = json_object_get(c->job, "extra");
@@ -275,6 +291,17 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	stage_log(c, "release %s %s+%u (security counter %" PRId64 ", branch %s)", product, version, build, counter, branch);
 	if (release_check(product, branch, version, counter) < 0) {
 		fail(r, c, "%s", ota_error_last());
+		goto out;
+	}
+
+	/* the release policy, checked again where the key is handed out:
+	 * the run's stored trust, the product's keys, refs and counter */
+	if (policy_release_allowed(c->config, store_reader(), c->run_id, product, keyname, counter) < 0) {
+		struct refusal x = { c, product, "" };
+		snprintf(x.why, sizeof(x.why), "%s", ota_error_last());
+		fail(r, c, "%s", x.why);
+		if (engine_exec(c->engine, audit_refusal, &x) < 0)
+			stage_log(c, "audit: %s", ota_error_last());
 		goto out;
 	}
 

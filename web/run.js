@@ -142,6 +142,8 @@ export class RunView {
         ['Repository', run.repo],
         ['Pipeline file', run.file],
         ['Trigger', trigger.join('')],
+        ['Trust', run.protected === undefined ? null
+          : h('span', { title: run.trust_reason || '' }, (run.protected ? 'protected: ' : 'unprotected: ') + (run.trust_reason || ''))],
         ['Created', fmtTime(run.created_at)],
         ['Duration', run.started_at ? durationNode(run.started_at, run.finished_at) : 'not started'],
         ['Concurrency', run.concurrency],
