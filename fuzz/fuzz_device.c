@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!body)
 		return 0;
 	if (data[0] & 1) {
-		fleet_report(fleet, body, (data[0] & 2) ? "dev-1" : NULL, &accepted);
+		fleet_report(fleet, body, (data[0] & 2) ? "0123456789abcdef0123456789abcdef" : fleet_trusted_caller, &accepted);
 	} else if (fleet_checkin(fleet, body, &answer) == 0) {
 		json_decref(answer);
 	}

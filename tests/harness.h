@@ -56,6 +56,11 @@ json_t *h_run(struct daemon *d, int64_t run);
 /* The first job of the run whose name is name. */
 json_t *h_job(json_t *run, const char *name);
 
+/* Register devices prefix-0000 .. prefix-(n-1) with the fleet key (POST
+ * /device/v1/register); returns their credentials (n strings, caller
+ * frees each and the array), fails the test on an error. */
+char **h_register_devices(struct daemon *d, const char *prefix, int n);
+
 /* Start otacd-agent against d with the admin token. */
 pid_t h_agent(struct daemon *d, const char *name, const char *labels);
 
