@@ -1,7 +1,7 @@
 /*
  * devapi.c - the device-facing HTTP listener of the built-in update server
  * (docs/update-server.md): check-ins, report batches, image downloads and
- * Prometheus metrics, on its own libmicrohttpd daemon.
+ * Prometheus metrics, device registration, on its own libmicrohttpd daemon.
  *
  * Devices are many and their requests small, so this listener does not use
  * a thread per connection like the main API: a small pool of threads each
@@ -13,6 +13,10 @@
  * from memory.  Images stream from the artifact store through a response
  * callback (with Range support).
  *
+ * Identity: registrations (POST /device/v1/register) and the audit read
+ * need the fleet key; every other device route authenticates the device
+ * through fleet_device_auth (report batches: per report, in the fleet).
+ * Registrations go through the fleet's writer like report batches.
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>

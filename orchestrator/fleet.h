@@ -24,6 +24,11 @@
  * Threads: every function is safe to call from any thread.  Check-ins take
  * a read lock on exposures and a lock on one device-table shard.
  *
+ * Identity (fleet_auth.c): devices are registered with the fleet key and
+ * get their own credential; every check-in, report and download is
+ * checked against it, and reports are credited within per-device bounds
+ * (fleet_int.h), so no handful of devices outweighs a canary.
+ *
  * The wire format is docs/update-server.md; devapi.c is the HTTP side.
  */
 #ifndef OTA_FLEET_H
