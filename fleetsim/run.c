@@ -1505,7 +1505,8 @@ static int unhex16(const char *s, uint8_t out[16])
  * Register every simulated device with the fleet key (POST
  * /device/v1/register, REGISTER_BATCH ids a request) and keep the
  * credentials the server mints; a refusal by the registration rate limit
- * (429) is waited out as its Retry-After says.
+ * (429) is waited out as its Retry-After says, and a request larger than
+ * the server's burst (429 without Retry-After) is split.
  */
 #define REGISTER_BATCH 10000
 static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
@@ -1516,6 +1517,7 @@ static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
 	struct curl_slist *hdr;
 	struct buf req = BUF_INIT;
 	int64_t t0 = real_ms();
+	uint32_t batch = REGISTER_BATCH;
 	int rc = 0;
 
 	h = xasprintf("Authorization: Bearer %s", fs->o.fleet_key ? fs->o.fleet_key : "");
@@ -1529,7 +1531,7 @@ static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		goto out;
 	}
 	for (uint32_t first = 0; first < fs->ndev && rc == 0 && !*stop;) {
-		uint32_t n = fs->ndev - first < REGISTER_BATCH ? fs->ndev - first : REGISTER_BATCH;
+		uint32_t n = fs->ndev - first < batch ? fs->ndev - first : batch;
 		long st = 0;
 		CURLcode cc;
 		json_t *ans, *creds;
@@ -1566,6 +1568,10 @@ static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		if (st == 429) {
 			curl_off_t wait = 0;
 			curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &wait);
+			if (wait <= 0 && n > 1) {
+				batch = n / 2;   /* more than the server's burst: smaller requests */
+				continue;
+			}
 			if (wait <= 0) {
 				rc = ota_error_set(OTA_ERROR, "the server refuses to register %u devices: %.300s", n,
 						   buf_cstr(&x.body));
