@@ -169,7 +169,9 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 	}
 	url = xasprintf("%s/device/v1/register", d.device_url);
 	{
-		char *body = json_dumps(json_pack("{so}", "devices", ids), JSON_COMPACT);
+		json_t *req = json_pack("{so}", "devices", ids);
+		char *body = json_dumps(req, JSON_COMPACT);
+		json_decref(req);
 		assert_int_equal(httpc_request(&r, "POST", url, d.fleet_key, "application/json", body, strlen(body), 30000), 0);
 		assert_int_equal(r.status, 429);
 		free(body);
@@ -182,7 +184,9 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 		json_array_append_new(ids, json_string(id));
 	}
 	{
-		char *body = json_dumps(json_pack("{so}", "devices", ids), JSON_COMPACT), *ra = NULL;
+		json_t *req = json_pack("{so}", "devices", ids);
+		char *body = json_dumps(req, JSON_COMPACT), *ra = NULL;
+		json_decref(req);
 		assert_int_equal(httpc_request(&r, "POST", url, d.fleet_key, "application/json", body, strlen(body), 30000), 0);
 		assert_int_equal(r.status, 429);
 		assert_int_equal(httpc_response_header(&ra, &r, "Retry-After"), 0);
