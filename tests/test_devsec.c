@@ -243,6 +243,60 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 	h_cleanup(&d);
 }
 
+/* otacd-fleetsim provisions its devices through the real endpoint, within
+ * the limit: a request past the burst is split, a 429 waited out. */
+static void fleetsim_registers_its_fleet_within_the_limit(void **state)
+{
+	struct daemon d;
+	const char *const args[] = { "--time-scale", "3600", NULL };
+	char *bin, *log, *url;
+	json_t *ans = NULL;
+	long status = 0;
+	pid_t sim;
+	double n = 0;
+
+	(void)state;
+	struct buf out = BUF_INIT;
+	char *key;
+
+	h_init(&d, "device_register_burst: 300\ndevice_register_rate: 200\n");
+	assert_int_equal(h_start(&d, args), 0);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out k.pub", d.dir), 0);
+	buf_release(&out);
+	key = xasprintf("%s/k.pub", d.dir);
+	bin = h_bin("otacd-fleetsim");
+	log = xasprintf("%s/sim.log", d.dir);
+	sim = fork();
+	if (sim == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--url", d.device_url, "--devices", "700", "--seed", "3", "--key", key, "--fleet-key",
+		      d.fleet_key, "--product", "fw", "--start-version", "1.0.0", "--duration", "120", (char *)NULL);
+		_exit(127);
+	}
+	for (int waited = 0; waited < 60000 && n < 700; waited += 250) {
+		h_msleep(250);
+		n = series(&d, "otacd_fleet_devices", "product=\"fw\",version=\"1.0.0\",cohort=\"*\"");
+	}
+	kill(sim, SIGTERM);
+	waitpid(sim, NULL, 0);
+	assert_int_equal((int)n, 700);   /* every device registered and checked in */
+	url = xasprintf("%s/device/v1/registrations", d.device_url);
+	assert_int_equal(httpc_json(&ans, &status, "GET", url, d.fleet_key, NULL, 10000), 0);
+	assert_int_equal(status, 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "devices")), 700);
+	assert_true(json_array_size(json_object_get(ans, "batches")) >= 3);   /* at most 300 a request */
+	assert_true(json_integer_value(json_object_get(ans, "refused")) > 0);  /* it met the limit */
+	json_decref(ans);
+	free(url);
+	free(bin);
+	free(log);
+	free(key);
+	h_cleanup(&d);
+}
+
 /* ---- reports -------------------------------------------------------------- */
 
 static void reports_need_an_offered_or_running_version_and_stay_within_bounds(void **state)
@@ -678,6 +732,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(fleet_key_only_provisions_and_registrations_are_limited_and_audited),
+		cmocka_unit_test(fleetsim_registers_its_fleet_within_the_limit),
 		cmocka_unit_test(reports_need_an_offered_or_running_version_and_stay_within_bounds),
 		cmocka_unit_test(tag_values_beyond_the_cap_are_refused_and_metrics_stay_small),
 		cmocka_unit_test(image_is_served_only_to_devices_it_was_offered),
