@@ -3,12 +3,14 @@
  *
  * Opens a fleet (fleet.db in a temporary directory) and its device listener
  * in this process on 127.0.0.1:0, exposes a release, registers 100,000
- * devices, then runs wrk (64 connections, 2 threads) with the scripts in
- * bench/wrk/:
+ * devices (fleet_register: the credentials go to a file wrk's scripts
+ * read, CREDS), checks them in, then runs wrk (64 connections, 2 threads)
+ * with the scripts in bench/wrk/:
  *
- *   checkin.lua   check-ins with a random device id (1M id space), hardware
- *                 and tags per request;
- *   reports.lua   report batches of 100 events about registered devices;
+ *   checkin.lua   check-ins of a random registered device, hardware and
+ *                 tags per request, with its credential;
+ *   reports.lua   report batches of 100 events about random registered
+ *                 devices (the version they run), each with its credential;
  *
  * and, for comparison, checkin.lua against a trivial libmicrohttpd server
  * with the same threading that answers a constant small JSON (the
@@ -28,6 +30,10 @@
 #include "../orchestrator/fleet.h"
 
 #define KEY "bench-fleet-key-0123456789abcdef"
+#define SECRET "bench-device-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
+#define NDEV 100000
+
+static const char *creds_path;   /* one credential per line, line i: dev-%07d */
 
 struct wrk_result {
 	double rps, p50_ms, p99_ms;
@@ -47,7 +53,7 @@ static double to_ms(double v, const char *unit)
 
 static int run_wrk(struct wrk_result *out, const char *script, int port, const char *path, int seconds)
 {
-	char *cmd = xasprintf("FLEET_KEY=%s wrk -t2 -c64 -d%ds --latency -s %s http://127.0.0.1:%d%s 2>&1", KEY,
+	char *cmd = xasprintf("CREDS=%s wrk -t2 -c64 -d%ds --latency -s %s http://127.0.0.1:%d%s 2>&1", creds_path,
 			      seconds, script, port, path);
 	char line[512];
 	FILE *p = popen(cmd, "r");
@@ -119,7 +125,9 @@ int main(int argc, char **argv)
 	struct fleet *f = NULL;
 	struct devapi *api = NULL;
 	struct MHD_Daemon *base = NULL;
-	struct fleet_config cfg = { NULL, KEY, 6 * 3600 * 1000LL };
+	struct fleet_config cfg = { .fleet_key = KEY, .device_secret = SECRET, .poll_ms = 6 * 3600 * 1000LL };
+	char *credfile = NULL;
+	FILE *cf = NULL;
 	struct fleet_image imgs[] = {
 		{ "mps2-an385", "1111111111111111111111111111111111111111111111111111111111111111", "application", 100000 },
 		{ "nrf52840dk", "2222222222222222222222222222222222222222222222222222222222222222", "application", 100000 },
@@ -149,8 +157,30 @@ int main(int argc, char **argv)
 		fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
 		goto out;
 	}
-	/* register the devices reports.lua talks about */
-	for (int i = 0; i < 100000; i++) {
+	/* register the devices the scripts talk about, keep their credentials */
+	credfile = xasprintf("%s/creds.txt", dir);
+	creds_path = credfile;
+	if (!(cf = fopen(credfile, "w"))) {
+		perror(credfile);
+		goto out;
+	}
+	for (int first = 0; first < NDEV; first += 10000) {
+		static char ids[10000][32], creds[10000][33];
+		const char *idp[10000];
+		for (int i = 0; i < 10000; i++) {
+			snprintf(ids[i], sizeof(ids[i]), "dev-%07d", first + i);
+			idp[i] = ids[i];
+		}
+		if (fleet_register(f, idp, 10000, "bench", creds) < 0) {
+			fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
+			goto out;
+		}
+		for (int i = 0; i < 10000; i++)
+			fprintf(cf, "%s\n", creds[i]);
+	}
+	fclose(cf);
+	cf = NULL;
+	for (int i = 0; i < NDEV; i++) {
 		char id[32];
 		json_t *body, *ans = NULL;
 		snprintf(id, sizeof(id), "dev-%07d", i);
@@ -188,8 +218,8 @@ int main(int argc, char **argv)
 	print("(batches)", &rc_reports, 1, "req/s   ");
 	{
 		struct fleet_agg a;
-		fleet_aggregate(f, "sensor-node", "1.5.0", "*", &a);
-		printf("aggregate 1.5.0/*: offered %lld, reporting %lld, crashes %lld\n", (long long)a.offered,
+		fleet_aggregate(f, "sensor-node", "1.4.0", "*", &a);
+		printf("aggregate 1.4.0/*: offered %lld, reporting %lld, crashes %lld\n", (long long)a.offered,
 		       (long long)a.reporting, (long long)a.crashes);
 	}
 	rc = rc_checkin.errors || rc_reports.errors || rc_base.errors;
@@ -204,6 +234,9 @@ out:
 		if (system(rm) != 0)
 			fprintf(stderr, "cannot remove %s\n", dir);
 	}
+	if (cf)
+		fclose(cf);
+	free(credfile);
 	free(rm);
 	free(db);
 	free(checkin_lua);

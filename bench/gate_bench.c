@@ -231,7 +231,7 @@ static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 			fl.n++;
 			pthread_mutex_unlock(&fl.mu);
 			*nreports += (int64_t)json_array_size(arr);
-			if ((rc = fleet_report_async(f, body, NULL, &accepted, batch_done, &fl)) < 0) {
+			if ((rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, batch_done, &fl)) < 0) {
 				batch_done(&fl, rc);
 				goto out;
 			}
@@ -308,7 +308,7 @@ int main(int argc, char **argv)
 	uint32_t ndev = argc > 1 ? (uint32_t)strtoul(argv[1], NULL, 10) : 1000000;
 	size_t iters = argc > 2 ? strtoul(argv[2], NULL, 10) : 20000, raw_iters;
 	char tmpl[] = "/tmp/gate-bench-XXXXXX";
-	struct fleet_config cfg = { NULL, NULL, 6 * 3600 * 1000LL };
+	struct fleet_config cfg = { .poll_ms = 6 * 3600 * 1000LL };
 	struct fleet *f = NULL;
 	struct gate_spec specs[NGATES];
 	json_t *docs[NGATES];

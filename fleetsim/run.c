@@ -41,6 +41,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #define BOOT_MS (2 * 60 * 1000)                 /* a test boot: two otacd minutes */
 #define DEFAULT_POLL_MS (6LL * 3600 * 1000)
@@ -72,6 +73,7 @@ struct xfer {
 	struct buf keep;             /* X_FETCH: the image bytes */
 	struct buf body;             /* answer (or error body) */
 	struct buf req;
+	struct curl_slist *hdrs;     /* this request's headers (the device's credential) */
 	int nreports;
 	int64_t range_start;
 	int started, body_is_data, failed, flaky_abort, probe;
@@ -100,6 +102,7 @@ struct fleetsim {
 	size_t nvs;
 	struct sim_heap heap;
 	struct sim_device *dev;
+	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
 	uint32_t ndev;
 	uint64_t rng;
 	char *base, *checkin_url, *reports_url;
@@ -308,17 +311,19 @@ static void batch_seal(struct fleetsim *fs)
 static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *event, int64_t at,
 		   const char *extra)
 {
-	char id[16];
+	char id[16], hex[2 * sizeof(fs->cred[0]) + 1];
 
 	if ((fs->dev[i].flags & SIM_F_SILENT) || !(fs->dev[i].flags & SIM_F_STARTED))
 		return;
 	sim_device_id(id, sizeof(id), i);
+	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
 	if (fs->npending)
 		buf_putc(&fs->pending, ',');
 	else
 		fs->pending_since_real = real_ms();
-	buf_printf(&fs->pending, "{\"device\":\"%s\",\"version\":\"%s\",\"event\":\"%s\",\"at\":%" PRId64 "%s}",
-		   id, fs->versions.names[v], event, at, extra ? extra : "");
+	/* one batch carries many devices' reports, each with its credential */
+	buf_printf(&fs->pending, "{\"device\":\"%s\",\"credential\":\"%s\",\"version\":\"%s\",\"event\":\"%s\","
+		   "\"at\":%" PRId64 "%s}", id, hex, fs->versions.names[v], event, at, extra ? extra : "");
 	if (++fs->npending >= REPORT_BATCH)
 		batch_seal(fs);
 }
@@ -412,9 +417,28 @@ static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *u
 	curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(x->e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
 	curl_easy_setopt(x->e, CURLOPT_TIMEOUT_MS, kind == X_CHECKIN ? 60000L : 600000L);
-	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, kind == X_CHECKIN || kind == X_REPORTS ?
-			 fs->hdr_json : fs->hdr_auth);
+	curl_slist_free_all(x->hdrs);
+	x->hdrs = NULL;
+	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, kind == X_REPORTS ? fs->hdr_json : fs->hdr_auth);
 	return x;
+}
+
+/* The request is device i's: its credential and id in the headers. */
+static void xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i)
+{
+	char line[128], hex[2 * sizeof(fs->cred[0]) + 1], id[16];
+
+	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
+	sim_device_id(id, sizeof(id), i);
+	snprintf(line, sizeof(line), "Authorization: Bearer %s", hex);
+	x->hdrs = curl_slist_append(NULL, line);
+	snprintf(line, sizeof(line), "X-Device-Id: %s", id);
+	x->hdrs = curl_slist_append(x->hdrs, line);
+	if (x->kind == X_CHECKIN) {
+		x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/json");
+		x->hdrs = curl_slist_append(x->hdrs, "Expect:");
+	}
+	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, x->hdrs);
 }
 
 static void xfer_post(struct xfer *x)
@@ -584,7 +608,7 @@ static void refuse(struct fleetsim *fs, uint32_t i, uint16_t v, enum sim_verdict
 	drop_download(fs, i);
 }
 
-static void fetch_start(struct fleetsim *fs, uint32_t image);
+static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i);
 
 /* The device has the image's bytes (or shares them) and its verdict is known. */
 static void image_ready(struct fleetsim *fs, uint32_t i, int64_t now)
@@ -618,7 +642,7 @@ static void image_wait(struct fleetsim *fs, uint32_t i, int64_t now)
 		return;
 	}
 	if (img->state == SIM_IMG_UNKNOWN)
-		fetch_start(fs, d->image);
+		fetch_start(fs, d->image, i);
 	if (img->state != SIM_IMG_FETCHING) {     /* could not even start */
 		d->image = 0;
 		return;
@@ -627,7 +651,9 @@ static void image_wait(struct fleetsim *fs, uint32_t i, int64_t now)
 	sim_image_add_waiter(img, i);
 }
 
-static void fetch_start(struct fleetsim *fs, uint32_t image)
+/* The verification fetch of an image, as device i (one it was offered to:
+ * the server serves an image only to those). */
+static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 {
 	struct sim_image *img = fs->images.v[image - 1];
 	struct xfer *x;
@@ -637,6 +663,7 @@ static void fetch_start(struct fleetsim *fs, uint32_t image)
 	x = xfer_new(fs, X_FETCH, img->url);
 	if (!x)
 		return;
+	xfer_as_device(fs, x, i);
 	x->image = image;
 	if (sim_download_init(&x->fetch, UINT32_MAX, image)) {
 		x->busy = 0;
@@ -744,7 +771,7 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 	d->image = (uint32_t)ii + 1;
 	d->new_version = (uint16_t)v;
 	if (img->state == SIM_IMG_UNKNOWN)
-		fetch_start(fs, d->image);
+		fetch_start(fs, d->image, i);
 	if (fs->o.shared_downloads) {
 		image_wait(fs, i, now);
 		return;
@@ -773,6 +800,7 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 			   fs->tag_json[t][d->tags[t]]);
 	buf_puts(&x->req, "}}");
 	xfer_post(x);
+	xfer_as_device(fs, x, i);
 	x->dev = i;
 	x->probe = !fs->time_known;
 	if (!x->probe && (d->flags & SIM_F_FLAKY) && sim_randu(&fs->rng) < fs->p->flaky_fail)
@@ -874,6 +902,7 @@ static void download_start(struct fleetsim *fs, uint32_t i)
 	if ((d->flags & SIM_F_FLAKY) && img->size > 1 && (uint64_t)img->size - dl->offset > 1 &&
 	    sim_randu(&fs->rng) < fs->p->flaky_fail)
 		dl->cut = dl->offset + 1 + sim_rand(&fs->rng) % ((uint64_t)img->size - dl->offset - 1);
+	xfer_as_device(fs, x, i);
 	sim_download_range(dl, range, sizeof(range));
 	if (range[0])
 		curl_easy_setopt(x->e, CURLOPT_RANGE, range + strlen("bytes="));
@@ -1343,12 +1372,13 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		fs->base[strlen(fs->base) - 1] = 0;
 	fs->checkin_url = xasprintf("%s/device/v1/checkin", fs->base);
 	fs->reports_url = xasprintf("%s/device/v1/reports", fs->base);
+	/* the fleet key only registers the devices (register_fleet); requests
+	 * carry the devices' own credentials */
 	h = xasprintf("Authorization: Bearer %s", o->fleet_key ? o->fleet_key : "");
 	fs->hdr_auth = curl_slist_append(NULL, h);
-	fs->hdr_json = curl_slist_append(NULL, h);
-	fs->hdr_json = curl_slist_append(fs->hdr_json, "Content-Type: application/json");
-	fs->hdr_json = curl_slist_append(fs->hdr_json, "Expect:");
 	free(h);
+	fs->hdr_json = curl_slist_append(NULL, "Content-Type: application/json");
+	fs->hdr_json = curl_slist_append(fs->hdr_json, "Expect:");
 	fs->product_json = json_quote(fs->o.product);
 	fs->hw_json = xcalloc(profile->hardware.n, sizeof(char *));
 	for (size_t k = 0; k < profile->hardware.n; k++)
@@ -1368,6 +1398,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 	}
 	fs->ndev = o->devices;
 	fs->dev = xcalloc(fs->ndev, sizeof(*fs->dev));
+	fs->cred = xcalloc(fs->ndev, sizeof(*fs->cred));
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		sim_device_init(&fs->dev[i], profile, o->seed, i);
 		fs->dev[i].version = (uint16_t)v;
@@ -1402,6 +1433,7 @@ void fleetsim_free(struct fleetsim *fs)
 			}
 		}
 		curl_easy_cleanup(fs->xs[k]->e);
+		curl_slist_free_all(fs->xs[k]->hdrs);
 		buf_release(&fs->xs[k]->body);
 		buf_release(&fs->xs[k]->req);
 		free(fs->xs[k]);
@@ -1430,6 +1462,7 @@ void fleetsim_free(struct fleetsim *fs)
 	sim_imgcache_release(&fs->images);
 	sim_heap_release(&fs->heap);
 	free(fs->dev);
+	free(fs->cred);
 	if (fs->p) {
 		for (size_t k = 0; fs->hw_json && k < fs->p->hardware.n; k++)
 			free(fs->hw_json[k]);
@@ -1455,10 +1488,130 @@ void fleetsim_free(struct fleetsim *fs)
 	free(fs);
 }
 
+/* ---- provisioning ------------------------------------------------------- */
+
+static int unhex16(const char *s, uint8_t out[16])
+{
+	for (int k = 0; k < 16; k++) {
+		unsigned v;
+		if (!s[2 * k] || !s[2 * k + 1] || sscanf(s + 2 * k, "%2x", &v) != 1)
+			return -1;
+		out[k] = (uint8_t)v;
+	}
+	return s[32] ? -1 : 0;
+}
+
+/*
+ * Register every simulated device with the fleet key (POST
+ * /device/v1/register, REGISTER_BATCH ids a request) and keep the
+ * credentials the server mints; a refusal by the registration rate limit
+ * (429) is waited out as its Retry-After says, and a request larger than
+ * the server's burst (429 without Retry-After) is split.
+ */
+#define REGISTER_BATCH 10000
+static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
+{
+	CURL *e = curl_easy_init();
+	struct xfer x = { 0 };
+	char *url = xasprintf("%s/device/v1/register", fs->base), *h;
+	struct curl_slist *hdr;
+	struct buf req = BUF_INIT;
+	int64_t t0 = real_ms();
+	uint32_t batch = REGISTER_BATCH;
+	int rc = 0;
+
+	h = xasprintf("Authorization: Bearer %s", fs->o.fleet_key ? fs->o.fleet_key : "");
+	hdr = curl_slist_append(NULL, h);
+	free(h);
+	hdr = curl_slist_append(hdr, "Content-Type: application/json");
+	hdr = curl_slist_append(hdr, "Expect:");
+	buf_init(&x.body, 4u << 20);
+	if (!e) {
+		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
+		goto out;
+	}
+	for (uint32_t first = 0; first < fs->ndev && rc == 0 && !*stop;) {
+		uint32_t n = fs->ndev - first < batch ? fs->ndev - first : batch;
+		long st = 0;
+		CURLcode cc;
+		json_t *ans, *creds;
+		char id[16];
+
+		buf_clear(&req);
+		buf_puts(&req, "{\"devices\":[");
+		for (uint32_t i = 0; i < n; i++) {
+			sim_device_id(id, sizeof(id), first + i);
+			buf_printf(&req, "%s\"%s\"", i ? "," : "", id);
+		}
+		buf_puts(&req, "]}");
+		buf_clear(&x.body);
+		curl_easy_reset(e);
+		curl_easy_setopt(e, CURLOPT_URL, url);
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.ptr);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)req.len);
+		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+		curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
+		curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x.err);
+		curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 120000L);
+		cc = curl_easy_perform(e);
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+		if (cc != CURLE_OK) {
+			/* the server may not be up yet: try again shortly */
+			if (fs->o.duration_s > 0 && real_ms() - t0 >= (int64_t)(fs->o.duration_s * 1000))
+				break;
+			warn(fs, "registering devices: %s", x.err);
+			sleep(1);
+			continue;
+		}
+		if (st == 429) {
+			curl_off_t wait = 0;
+			curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &wait);
+			if (wait <= 0 && n > 1) {
+				batch = n / 2;   /* more than the server's burst: smaller requests */
+				continue;
+			}
+			if (wait <= 0) {
+				rc = ota_error_set(OTA_ERROR, "the server refuses to register %u devices: %.300s", n,
+						   buf_cstr(&x.body));
+				break;
+			}
+			fprintf(stderr, "fleetsim: registration rate limit: waiting %lds\n", (long)wait);
+			sleep((unsigned)wait);
+			continue;
+		}
+		ans = st == 200 ? json_loadb(x.body.ptr ? x.body.ptr : "", x.body.len, 0, NULL) : NULL;
+		creds = json_object_get(ans, "credentials");
+		if (!json_is_array(creds) || json_array_size(creds) != n) {
+			rc = ota_error_set(OTA_ERROR, "registering devices: %ld %.300s", st, buf_cstr(&x.body));
+			json_decref(ans);
+			break;
+		}
+		for (uint32_t i = 0; i < n && rc == 0; i++) {
+			const char *c = json_string_value(json_array_get(creds, i));
+			if (!c || unhex16(c, fs->cred[first + i]) < 0)
+				rc = ota_error_set(OTA_ERROR, "registering devices: credentials[%u] is not 32 hex digits", i);
+		}
+		json_decref(ans);
+		first += n;
+	}
+out:
+	curl_easy_cleanup(e);
+	curl_slist_free_all(hdr);
+	buf_release(&x.body);
+	buf_release(&req);
+	free(url);
+	return rc;
+}
+
 int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 {
 	int64_t deadline;
 	int rc = 0;
+
+	if ((rc = register_fleet(fs, stop)) < 0)
+		return rc;
 
 	fs->start_real = fs->last_print_real = real_ms();
 	fs->last_metrics_real = fs->start_real - METRICS_REAL_MS;

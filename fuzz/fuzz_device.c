@@ -16,6 +16,7 @@
 
 static struct fleet *fleet;
 static char *db_path;   /* kept for the life of the process */
+static char cred[1][33];   /* dev-1's credential: reports about it pass authentication */
 
 static void setup(void)
 {
@@ -30,9 +31,15 @@ static void setup(void)
 	db_path = xasprintf("%s/fleet.db", dir);
 	c.db_path = db_path;
 	c.fleet_key = "fuzz-fleet-key-0123456789abcdef";
+	c.device_secret = "fuzz-device-secret-0123456789abcdef0123456789abcdef0123456789abcdef";
 	c.poll_ms = 3600000;
 	if (fleet_open(&fleet, &c) < 0)
 		abort();
+	{
+		const char *ids[] = { "dev-1" };
+		if (fleet_register(fleet, ids, 1, "fuzz", cred) < 0)
+			abort();
+	}
 	x.release_id = 1;
 	x.product = "fw";
 	x.version = "1.1.0";
@@ -59,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!body)
 		return 0;
 	if (data[0] & 1) {
-		fleet_report(fleet, body, (data[0] & 2) ? "dev-1" : NULL, &accepted);
+		/* as dev-1 (authentication, version rule, bounds) or trusted */
+		fleet_report(fleet, body, (data[0] & 2) ? cred[0] : fleet_trusted_caller, &accepted);
 	} else if (fleet_checkin(fleet, body, &answer) == 0) {
 		json_decref(answer);
 	}

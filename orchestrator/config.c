@@ -40,6 +40,10 @@ void config_defaults(struct otacd_config *c)
 	c->device_listen = xstrdup("127.0.0.1:8471");
 	c->device_metrics_public = 1;
 	c->poll_ms = 6LL * 3600 * 1000;
+	c->device_register_rate = 10;
+	c->device_register_burst = 10000;
+	c->device_tag_cap = 256;
+	c->device_name_cap = 1024;
 	c->update_server = xstrdup("builtin");
 	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
 	c->providers = json_object();
@@ -85,6 +89,7 @@ void config_release(struct otacd_config *c)
 	json_decref(c->tokens);
 	free(c->device_listen);
 	free(c->agent_listen);
+	json_decref(c->device_tags);
 	free(c->fleet_key);
 	free(c->update_server);
 	free(c->update_server_url);
@@ -305,6 +310,35 @@ static int get_labels(struct cfg_ctx *x, yaml_node_t *n)
 		if (!scalar(v))
 			return cfg_err(x, v, "'%s' must be a list of strings", "local_agent_labels");
 		strvec_push(&x->c->local_labels, scalar(v));
+	}
+	return 0;
+}
+
+/* device_tags: { KEY: [VALUE, ...] }: the only device tags accepted */
+static int get_device_tags(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must map tag keys to lists of values", "device_tags");
+	json_decref(x->c->device_tags);
+	x->c->device_tags = json_object();
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key), *v = yaml_document_get_node(x->doc, p->value);
+		json_t *vals = json_array();
+		yaml_node_item_t *it;
+		if (!scalar(k) || v->type != YAML_SEQUENCE_NODE) {
+			json_decref(vals);
+			return cfg_err(x, v, "'%s' must map tag keys to lists of values", "device_tags");
+		}
+		for (it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+			yaml_node_t *e = yaml_document_get_node(x->doc, *it);
+			if (!scalar(e)) {
+				json_decref(vals);
+				return cfg_err(x, e, "'%s' values must be strings", "device_tags");
+			}
+			json_array_append_new(vals, json_string(scalar(e)));
+		}
+		json_object_set_new(x->c->device_tags, scalar(k), vals);
 	}
 	return 0;
 }
@@ -544,7 +578,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
-		"max_connections", "max_connections_per_client", "http_threads",
+		"max_connections", "max_connections_per_client", "http_threads", "device_register_rate",
+		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -621,6 +656,16 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_bool(x, v, key, &c->device_metrics_public);
 		else if (!strcmp(key, "poll_interval"))
 			rc = get_duration(x, v, key, &c->poll_ms);
+		else if (!strcmp(key, "device_register_rate"))
+			rc = get_int(x, v, key, &c->device_register_rate, 1);
+		else if (!strcmp(key, "device_register_burst"))
+			rc = get_int(x, v, key, &c->device_register_burst, 1);
+		else if (!strcmp(key, "device_tag_cap"))
+			rc = get_int(x, v, key, &c->device_tag_cap, 1);
+		else if (!strcmp(key, "device_name_cap"))
+			rc = get_int(x, v, key, &c->device_name_cap, 1);
+		else if (!strcmp(key, "device_tags"))
+			rc = get_device_tags(x, v);
 		else if (!strcmp(key, "update_server")) {
 			if ((rc = get_string(x, v, key, &c->update_server)) == 0 && strcmp(c->update_server, "builtin") &&
 			    strcmp(c->update_server, "http"))

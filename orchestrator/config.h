@@ -55,6 +55,11 @@ struct otacd_config {
 	char *fleet_key;                /* devices' shared key; NULL: a random one per start (see main.c) */
 	int device_metrics_public;      /* GET /metrics without a token (default 1) */
 	int64_t poll_ms;                /* devices' check-in interval, default 6 h (otacd time) */
+	int64_t device_register_rate;   /* device registrations per second, default 10 */
+	int64_t device_register_burst;  /* registrations at once, default 10000 */
+	json_t *device_tags;            /* tag allowlist {key: [values]} or NULL */
+	int64_t device_tag_cap;         /* distinct tags without an allowlist, default 256 */
+	int64_t device_name_cap;        /* distinct products/versions/hardware/bootloaders, default 1024 */
 	char *update_server;            /* adapter: "builtin" (default) or "http" */
 	char *update_server_url;        /* http adapter: base URL */
 	char *update_server_token;      /* http adapter: bearer token */

@@ -1,7 +1,7 @@
 /*
  * devapi.c - the device-facing HTTP listener of the built-in update server
  * (docs/update-server.md): check-ins, report batches, image downloads and
- * Prometheus metrics, on its own libmicrohttpd daemon.
+ * Prometheus metrics, device registration, on its own libmicrohttpd daemon.
  *
  * Devices are many and their requests small, so, like the main API, a
  * small pool of threads each runs an epoll loop over its share of the
@@ -14,6 +14,10 @@
  * from memory.  Images stream from the artifact store through a response
  * callback (with Range support).
  *
+ * Identity: registrations (POST /device/v1/register) and the audit read
+ * need the fleet key; every other device route authenticates the device
+ * through fleet_device_auth (report batches: per report, in the fleet).
+ * Registrations go through the fleet's writer like report batches.
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>
@@ -39,7 +43,7 @@
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
 
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS };
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS };
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -63,6 +67,7 @@ struct dreq {
 	struct MHD_Connection *conn;
 	int submitted, done, suspended, rc, accepted;   /* under api->mu */
 	char err[512];
+	struct fleet_reg *reg;   /* a registration handed to the writer */
 };
 
 /* ---- replies -------------------------------------------------------------- */
@@ -108,6 +113,7 @@ static unsigned status_of(int rc)
 	case OTA_ENOTFOUND: return MHD_HTTP_NOT_FOUND;
 	case OTA_ETOOBIG: return MHD_HTTP_CONTENT_TOO_LARGE;
 	case OTA_EAUTH: return MHD_HTTP_UNAUTHORIZED;
+	case OTA_ECONFLICT: return MHD_HTTP_TOO_MANY_REQUESTS;
 	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
 }
@@ -133,12 +139,12 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 {
 	enum MHD_Result ret = MHD_NO;
 	json_t *body = parse_body(c, r, &ret), *answer = NULL, *dev;
-	int rc, fk;
+	int rc;
 	if (!body)
 		return ret;
 	dev = json_object_get(body, "device");
-	if (fleet_auth(a->f, r->token, json_is_string(dev) ? json_string_value(dev) : NULL, &fk) < 0)
-		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
+	if (fleet_device_auth(a->f, json_is_string(dev) ? json_string_value(dev) : NULL, r->token) < 0)
+		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
 	else if ((rc = fleet_checkin(a->f, body, &answer)) < 0)
 		ret = reply_error(c, status_of(rc), "%s", ota_error_last());
 	else
@@ -170,15 +176,32 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 {
 	if (r->rc < 0)
 		return reply_error(c, status_of(r->rc), "%s", r->err);
+	if (r->reg)
+		return reply_json(c, MHD_HTTP_OK, fleet_register_answer(r->api->f, r->reg));
 	return reply_json(c, MHD_HTTP_OK, json_pack("{si}", "accepted", r->accepted));
 }
 
+static const char *peer_of(struct MHD_Connection *c, char *out, size_t n)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+	snprintf(out, n, "?");
+	if (sa && sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)n);
+	else if (sa && sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)n);
+	return out;
+}
+
+/* Report batches and registrations: validated here, committed by the
+ * fleet's writer, answered when it is done (the connection suspended in
+ * between). */
 static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
+	char peer[64];
 	enum MHD_Result ret = MHD_NO;
-	json_t *body, *reports, *first;
-	const char *dev = NULL;
-	int rc, fk, done;
+	json_t *body;
+	int rc, done;
 
 	if (r->submitted) { /* resumed by report_done */
 		pthread_mutex_lock(&a->mu);
@@ -188,15 +211,38 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	}
 	if (!(body = parse_body(c, r, &ret)))
 		return ret;
-	/* a device token names its device through the batch's first report */
-	reports = json_object_get(body, "reports");
-	first = json_is_array(reports) ? json_array_get(reports, 0) : NULL;
-	if (json_is_object(first) && json_is_string(json_object_get(first, "device")))
-		dev = json_string_value(json_object_get(first, "device"));
-	if (fleet_auth(a->f, r->token, dev, &fk) < 0) {
-		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
-		goto out;
+	if (r->route == R_REGISTER) {
+		json_t *ids = json_object_get(body, "devices");
+		int64_t retry = 0;
+		if (fleet_provision_auth(a->f, r->token) < 0) {
+			ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "registration needs the fleet key");
+			goto out;
+		}
+		if (json_is_array(ids) && json_array_size(ids) > 0 && json_array_size(ids) <= 10000 &&
+		    fleet_register_admit(a->f, json_array_size(ids), &retry) < 0) {
+			char msg[256], ra[32];
+			struct MHD_Response *resp;
+			char *text;
+			snprintf(msg, sizeof(msg), "%s", ota_error_last());
+			fprintf(stderr, "otacd: device registration refused (%s) from %s\n", msg, peer_of(c, peer, sizeof(peer)));
+			{
+				json_t *o = json_pack("{ss}", "error", msg);
+				text = json_dumps(o, JSON_COMPACT);
+				json_decref(o);
+			}
+			resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+			MHD_add_response_header(resp, "Content-Type", "application/json");
+			if (retry > 0) {
+				snprintf(ra, sizeof(ra), "%lld", (long long)((retry + 999) / 1000));
+				MHD_add_response_header(resp, "Retry-After", ra);
+			}
+			ret = MHD_queue_response(c, MHD_HTTP_TOO_MANY_REQUESTS, resp);
+			MHD_destroy_response(resp);
+			goto out;
+		}
 	}
+	/* each report is authenticated by fleet_report_async, with its own
+	 * credential or the request's (one device's) */
 	r->api = a;
 	r->conn = c;
 	pthread_mutex_lock(&a->mu);
@@ -208,7 +254,8 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	a->inflight++;
 	pthread_mutex_unlock(&a->mu);
 	r->submitted = 1;
-	rc = fleet_report_async(a->f, body, fk ? NULL : dev, &r->accepted, report_done, r);
+	rc = r->route == R_REGISTER ? fleet_register_async(a->f, body, peer_of(c, peer, sizeof(peer)), &r->reg, report_done, r)
+				    : fleet_report_async(a->f, body, r->token ? r->token : "", &r->accepted, report_done, r);
 	if (rc < 0) {
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
@@ -237,12 +284,18 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 {
 	char *text = NULL;
 	size_t len = 0;
-	int fk = 0;
-	if (!a->metrics_public && (fleet_auth(a->f, r->token, NULL, &fk) < 0 || !fk))
+	if (!a->metrics_public && fleet_provision_auth(a->f, r->token) < 0)
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 	if (fleet_metrics_text(a->f, &text, &len) < 0)
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+static enum MHD_Result do_registrations(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	if (fleet_provision_auth(a->f, r->token) < 0)
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "the registration audit needs the fleet key");
+	return reply_json(c, MHD_HTTP_OK, fleet_registrations(a->f, 100));
 }
 
 /* Streams [pos, pos+len) of an artifact; the reader is positioned at
@@ -323,13 +376,18 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
 	int64_t size = 0, from = 0, to = 0;
 	enum MHD_Result ret;
-	int fk, rg;
+	int rg;
 
 	if (!dev)
 		dev = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "device");
-	if (fleet_auth(a->f, r->token, dev, &fk) < 0)
-		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
-	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha) || !be || be->get(be, sha, &rd, &size) < 0)
+	if (fleet_device_auth(a->f, dev, r->token) < 0)
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
+	/* only to a device it was offered to (its product, hardware, an offer) */
+	if (!fleet_image_allowed(a->f, sha, dev))
+		return reply_error(c, MHD_HTTP_FORBIDDEN, "this image was not offered to device '%s'", dev);
+	if (!be || be->get(be, sha, &rd, &size) < 0)
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	rg = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), size, &from, &to);
 	if (rg < 0) {
@@ -373,10 +431,16 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 {
 	int post = !strcmp(method, "POST"), get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
 	*bad = 0;
-	if (!strcmp(url, "/device/v1/checkin") || !strcmp(url, "/device/v1/reports")) {
+	if (!strcmp(url, "/device/v1/checkin") || !strcmp(url, "/device/v1/reports") ||
+	    !strcmp(url, "/device/v1/register")) {
 		if (!post)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
-		return url[11] == 'c' ? R_CHECKIN : R_REPORTS;
+		return url[11] == 'c' ? R_CHECKIN : url[13] == 'p' ? R_REPORTS : R_REGISTER;
+	}
+	if (!strcmp(url, "/device/v1/registrations")) {
+		if (!get)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return R_REGISTRATIONS;
 	}
 	if (!strncmp(url, "/device/v1/images/", 18) || !strcmp(url, "/metrics")) {
 		if (!get)
@@ -409,7 +473,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			r->answered_early = 1;
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
 		}
-		if (!r->token && !(r->route == R_METRICS && a->metrics_public)) {
+		/* a report batch may carry a credential per report instead */
+		if (!r->token && !(r->route == R_METRICS && a->metrics_public) && r->route != R_REPORTS) {
 			r->answered_early = 1;
 			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 		}
@@ -434,7 +499,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
 	switch (r->route) {
 	case R_CHECKIN: return do_checkin(a, c, r);
-	case R_REPORTS: return do_reports(a, c, r);
+	case R_REPORTS:
+	case R_REGISTER: return do_reports(a, c, r);
+	case R_REGISTRATIONS: return do_registrations(a, c, r);
 	case R_METRICS: return do_metrics(a, c, r);
 	case R_IMAGE: return do_image(a, c, r, url + 18);
 	default: return MHD_NO;
@@ -450,6 +517,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	if (!r)
 		return;
 	buf_release(&r->body);
+	fleet_reg_free(r->reg);
 	if (r->token) {
 		explicit_bzero(r->token, strlen(r->token));
 		free(r->token);

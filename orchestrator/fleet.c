@@ -34,10 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-
 #include "clock.h"
 
 /* ---- hashing and validation ------------------------------------------ */
@@ -352,6 +348,113 @@ json_t *fleet_versions(struct fleet *f, const char *product)
 	return o;
 }
 
+/* ---- label admission ----------------------------------------------------- */
+
+/*
+ * Every string a device names that becomes an aggregate label or an
+ * interned string (tags, products, versions, hardware, bootloaders) must be
+ * admitted first: already admitted, or allowed by the tag allowlist, or
+ * under the cap of its kind.  So 2,000 check-ins with fresh tag values are
+ * refused after the cap instead of growing /metrics and memory.
+ */
+static size_t adm_slot(const struct fleet *f, const char *p)
+{
+	uint64_t h = (uintptr_t)p * 0x9e3779b97f4a7c15ULL;
+	return (size_t)(h ^ (h >> 31)) & (f->adm_cap - 1);
+}
+
+static int adm_has_locked(const struct fleet *f, const char *p)
+{
+	if (!f->adm_cap)
+		return 0;
+	for (size_t i = adm_slot(f, p);; i = (i + 1) & (f->adm_cap - 1)) {
+		if (!f->adm[i])
+			return 0;
+		if (f->adm[i] == p)
+			return 1;
+	}
+}
+
+static void adm_add_locked(struct fleet *f, const char *p)
+{
+	if ((f->adm_n + 1) * 2 > f->adm_cap) {
+		size_t ncap = f->adm_cap ? f->adm_cap * 2 : 256, ocap = f->adm_cap;
+		const char **old = f->adm;
+		f->adm = xcalloc(ncap, sizeof(*f->adm));
+		f->adm_cap = ncap;
+		for (size_t i = 0; i < ocap; i++) {
+			size_t j;
+			if (!old[i])
+				continue;
+			for (j = adm_slot(f, old[i]); f->adm[j]; j = (j + 1) & (ncap - 1))
+				;
+			f->adm[j] = old[i];
+		}
+		free(old);
+	}
+	for (size_t j = adm_slot(f, p);; j = (j + 1) & (f->adm_cap - 1))
+		if (!f->adm[j]) {
+			f->adm[j] = p;
+			f->adm_n++;
+			return;
+		}
+}
+
+/* A trusted string (an exposure's, or one loaded from fleet.db): admitted
+ * without the cap (load counts it). */
+void fleet_admit_known(struct fleet *f, const char *p, int tag, int count)
+{
+	pthread_mutex_lock(&f->adm_mu);
+	if (!adm_has_locked(f, p)) {
+		adm_add_locked(f, p);
+		if (count)
+			*(tag ? &f->n_tags : &f->n_names) += 1;
+	}
+	pthread_mutex_unlock(&f->adm_mu);
+}
+
+/* Is the tag "key=value" on the allowlist? */
+static int tag_allowed(const struct fleet *f, const char *key, const char *value)
+{
+	json_t *vals = json_object_get(f->tag_allow, key), *v;
+	size_t i;
+	json_array_foreach(vals, i, v)
+		if (json_is_string(v) && !strcmp(json_string_value(v), value))
+			return 1;
+	return 0;
+}
+
+/* Admit the device-supplied string s (for a tag: "key=value" with key and
+ * value given too) and intern it.  OTA_EINVAL naming what when refused. */
+static int admit(struct fleet *f, const char *s, const char *key, const char *value, const char *what,
+		 const char **out)
+{
+	const char *p = fleet_intern_find(f, s);
+	int tag = key != NULL, rc = 0;
+
+	*out = NULL;
+	if (tag && f->tag_allow && !tag_allowed(f, key, value))
+		return ota_error_set(OTA_EINVAL, "tags.%.64s: '%.128s' is not on the device tag allowlist (device_tags)", key,
+				     value);
+	pthread_mutex_lock(&f->adm_mu);
+	if (p && adm_has_locked(f, p))
+		goto out;
+	if (!(tag && f->tag_allow) && (tag ? f->n_tags >= f->tag_cap : f->n_names >= f->name_cap)) {
+		rc = ota_error_set(OTA_EINVAL, "%s: '%.128s' would be a new %s beyond the fleet's cap of %" PRId64 " (%s)",
+				   what, s, tag ? "tag" : "name", tag ? f->tag_cap : f->name_cap,
+				   tag ? "device_tag_cap" : "device_name_cap");
+		goto out;
+	}
+	p = fleet_intern(f, s, strlen(s));
+	adm_add_locked(f, p);
+	*(tag ? &f->n_tags : &f->n_names) += 1;
+out:
+	pthread_mutex_unlock(&f->adm_mu);
+	if (rc == 0)
+		*out = p;
+	return rc;
+}
+
 /* ---- devices ------------------------------------------------------------ */
 
 struct shard *fleet_shard(struct fleet *f, uint64_t h)
@@ -545,6 +648,8 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 	x->release_id = in->release_id;
 	x->product = fleet_intern(f, in->product, strlen(in->product));
 	x->version = fleet_intern(f, in->version, strlen(in->version));
+	fleet_admit_known(f, x->product, 0, 0);
+	fleet_admit_known(f, x->version, 0, 0);
 	x->counter = in->security_counter;
 	x->active = in->active;
 	x->salt = xstrdup(in->salt ? in->salt : "");
@@ -617,6 +722,37 @@ int fleet_image_known(struct fleet *f, const char *sha256)
 			known = !strcmp(f->exp[i]->images[j].sha256, sha256);
 	pthread_rwlock_unlock(&f->exp_lock);
 	return known;
+}
+
+/* The flags of version v, when d keeps any (never creates a slot). */
+static uint32_t vflags_of(const struct device *d, const char *v)
+{
+	for (int i = 0; i < FLEET_NVFLAGS; i++)
+		if (d->vf[i].version == v)
+			return d->vf[i].flags;
+	return 0;
+}
+
+int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_id)
+{
+	uint64_t h = fleet_fnv(device_id, strlen(device_id), FLEET_FNV_BASIS);
+	struct shard *s = fleet_shard(f, h);
+	const struct device *d;
+	int ok = 0;
+
+	pthread_rwlock_rdlock(&f->exp_lock);
+	pthread_mutex_lock(&s->mu);
+	d = fleet_device_find_locked(s, device_id, h);
+	for (size_t i = 0; d && i < f->nexp && !ok; i++) {
+		const struct exposure *x = f->exp[i];
+		if (x->product != d->product || !(vflags_of(d, x->version) & FL_OFFERED))
+			continue;
+		for (size_t j = 0; j < x->nimages && !ok; j++)
+			ok = x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256);
+	}
+	pthread_mutex_unlock(&s->mu);
+	pthread_rwlock_unlock(&f->exp_lock);
+	return ok;
 }
 
 void fleet_exposures_free(struct fleet *f)
@@ -771,21 +907,24 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 		if (json_object_size(jtags) > FLEET_MAX_TAGS)
 			return ota_error_set(OTA_EINVAL, "tags: at most %d tags", FLEET_MAX_TAGS);
 		json_object_foreach(jtags, key, v) {
-			char kv[300];
-			int n;
+			char kv[300], what[80];
 			if (!json_is_string(v) || !fleet_name_valid(json_string_value(v)))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: must be 1..128 characters [A-Za-z0-9._:/+@-]", key);
 			if (!charset_ok(key, 1, 64, "._-"))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
-			n = snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
-			tags[ntags++] = fleet_intern(f, kv, (size_t)n);
+			snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
+			snprintf(what, sizeof(what), "tags.%.64s", key);
+			if ((rc = admit(f, kv, key, json_string_value(v), what, &tags[ntags])) < 0)
+				return rc;
+			ntags++;
 		}
 		qsort(tags, ntags, sizeof(tags[0]), cmp_ptr_str);
 	}
-	product = fleet_intern(f, product, strlen(product));
-	hardware = fleet_intern(f, hardware, strlen(hardware));
-	bootloader = fleet_intern(f, bootloader, strlen(bootloader));
-	version = fleet_intern(f, version, strlen(version));
+	if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
+	    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
+	    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
+	    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
+		return rc;
 
 	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
@@ -793,6 +932,8 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 	pthread_mutex_lock(&s->mu);
 	if (!(d = fleet_device_find_locked(s, id, h))) {
 		d = fleet_device_new_locked(s, id, h);
+		/* bounds: a device first seen may claim one poll interval of uptime */
+		d->uptime_until = now - f->cfg_poll_ms;
 		d->product = product;
 		fleet_device_set_tags_locked(d, tags, ntags);
 		fleet_device_set_version_locked(f, d, version);
@@ -854,34 +995,6 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 	return 0;
 }
 
-/* ---- authentication ----------------------------------------------------- */
-
-int fleet_auth(struct fleet *f, const char *token, const char *device_id, int *is_fleet_key)
-{
-	unsigned char mac[EVP_MAX_MD_SIZE];
-	unsigned int maclen = 0;
-	char hex[2 * EVP_MAX_MD_SIZE + 1];
-	size_t tlen;
-
-	*is_fleet_key = 0;
-	if (!f->fleet_key || !token)
-		return ota_error_set(OTA_EAUTH, "missing or wrong token");
-	tlen = strlen(token);
-	if (tlen == f->fleet_key_len && CRYPTO_memcmp(token, f->fleet_key, tlen) == 0) {
-		*is_fleet_key = 1;
-		return 0;
-	}
-	if (!device_id || tlen != 64)
-		return ota_error_set(OTA_EAUTH, "missing or wrong token");
-	if (!HMAC(EVP_sha256(), f->fleet_key, (int)f->fleet_key_len, (const unsigned char *)device_id,
-		  strlen(device_id), mac, &maclen) || maclen != 32)
-		return ota_error_set(OTA_ERROR, "HMAC failed");
-	ota_hex(hex, mac, maclen);
-	if (CRYPTO_memcmp(hex, token, 64) != 0)
-		return ota_error_set(OTA_EAUTH, "missing or wrong token");
-	return 0;
-}
-
 /* ---- reports: validation ------------------------------------------------ */
 
 static const char *const event_names[] = { "download", "install", "boot_ok", "boot_fail", "revert", "heartbeat",
@@ -904,13 +1017,67 @@ static int num_field(const json_t *r, size_t i, const char *name, int integer, i
 	return 0;
 }
 
-int fleet_report_async(struct fleet *f, const json_t *body, const char *device_only, int *accepted,
+/* Is a report about version v (interned, or NULL: never seen) one d may
+ * make: v was offered to it, or it runs v and v is not a version being
+ * rolled out to its product (those count only from devices offered them,
+ * so devices cannot join a canary by claiming its version).  Called with
+ * exp_lock held for reading and d's shard locked. */
+static int report_version_ok(const struct fleet *f, const struct device *d, const char *v)
+{
+	if (!v)
+		return 0;
+	if (vflags_of(d, v) & FL_OFFERED)
+		return 1;
+	if (d->version != v)
+		return 0;
+	for (size_t i = 0; i < f->nexp; i++)
+		if (f->exp[i]->product == d->product && f->exp[i]->version == v)
+			return 0;
+	return 1;
+}
+
+/* Credit a validated report within its device's bounds (see fleet_int.h):
+ * uptime up to the otacd time since the device's previous credit, crashes
+ * from the device's bucket (filled by credited uptime), battery up to
+ * FLEET_MAX_MA over the credited uptime. */
+static void report_credit(struct fleet *f, struct report *rep, int64_t now)
+{
+	struct device *d = rep->dev;
+	struct shard *s = fleet_shard(f, d->hash);
+	double avail, up, claimed = (double)rep->crashes, c;
+
+	pthread_mutex_lock(&s->mu);
+	if (d->credit_version != rep->version) {
+		/* a version's uptime starts when the device reports about it
+		 * (the first-seen allowance only for the version it runs) */
+		if ((d->credit_version || rep->version != d->version) && d->uptime_until < now)
+			d->uptime_until = now;
+		d->credit_version = rep->version;
+	}
+	avail = (double)(now - d->uptime_until) / 1000.0;
+	up = rep->uptime_s < avail ? rep->uptime_s : avail > 0 ? avail : 0;
+	d->uptime_until += (int64_t)(up * 1000.0);
+	d->crash_budget += up / 3600.0 * FLEET_CRASH_PER_HOUR;
+	if (d->crash_budget > FLEET_CRASH_BURST)
+		d->crash_budget = FLEET_CRASH_BURST;
+	c = claimed < d->crash_budget ? claimed : (double)(int64_t)d->crash_budget;
+	d->crash_budget -= c;
+	pthread_mutex_unlock(&s->mu);
+	rep->uptime_s = up;
+	rep->crashes = (int64_t)c;
+	if (rep->battery_mah > up / 3600.0 * FLEET_MAX_MA)
+		rep->battery_mah = up / 3600.0 * FLEET_MAX_MA;
+}
+
+int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted,
 		       void (*done)(void *ctx, int rc), void *ctx)
 {
 	json_t *arr, *r;
 	struct batch *b = NULL;
+	const char *authed_id = NULL, *authed_cred = NULL;
 	size_t i, n;
-	int rc = 0;
+	int64_t now = clock_now_ms();
+	int rc = 0, trusted = token == fleet_trusted_caller;
 
 	*accepted = 0;
 	if (!json_is_object(body) || !json_is_array(arr = json_object_get(body, "reports")))
@@ -921,12 +1088,13 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *device_o
 	b = xcalloc(1, sizeof(*b) + n * sizeof(b->r[0]));
 	json_array_foreach(arr, i, r) {
 		struct report *rep = &b->r[i];
-		const char *id, *ver, *ev;
+		const char *id, *ver, *ev, *cred;
 		double crashes, x;
 		uint64_t h;
 		struct shard *s;
 		size_t e;
 		json_t *v;
+		int ok;
 
 		if (!json_is_object(r)) {
 			rc = ota_error_set(OTA_EINVAL, "reports[%zu]: must be an object", i);
@@ -938,9 +1106,22 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *device_o
 					   v ? "must be 1..64 characters [A-Za-z0-9._:-]" : "missing");
 			goto out;
 		}
-		if (device_only && strcmp(device_only, id)) {
-			rc = ota_error_set(OTA_EAUTH, "reports[%zu].device: a device token only reports about its own device", i);
+		/* every report is its device's: its own credential, else the request's */
+		v = json_object_get(r, "credential");
+		if (v && !json_is_string(v)) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].credential: must be a string", i);
 			goto out;
+		}
+		cred = v ? json_string_value(v) : trusted ? NULL : token;
+		if ((!trusted || v) && !(authed_id && authed_cred == cred && !strcmp(authed_id, id))) {
+			if ((rc = fleet_device_auth(f, id, cred)) < 0) {
+				char why[256];
+				snprintf(why, sizeof(why), "%s", ota_error_last());
+				rc = ota_error_set(OTA_EAUTH, "reports[%zu]: %s", i, why);
+				goto out;
+			}
+			authed_id = id;
+			authed_cred = cred;
 		}
 		if (!(v = json_object_get(r, "version")) || !json_is_string(v) ||
 		    !fleet_version_valid(ver = json_string_value(v))) {
@@ -965,21 +1146,49 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *device_o
 		    (rc = num_field(r, i, "battery_mah", 0, 1, &rep->battery_mah)) < 0 ||
 		    (rc = num_field(r, i, "rssi", 0, 0, &x)) < 0)
 			goto out;
+		if (rep->uptime_s > FLEET_UPTIME_MAX_S) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].uptime_s: at most %.0f (a year) per report", i,
+					   FLEET_UPTIME_MAX_S);
+			goto out;
+		}
+		if (crashes > FLEET_CRASHES_MAX) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].crashes: at most %d per report", i, FLEET_CRASHES_MAX);
+			goto out;
+		}
+		if (rep->battery_mah > FLEET_UPTIME_MAX_S / 3600.0 * FLEET_MAX_MA) {
+			rc = ota_error_set(OTA_EINVAL, "reports[%zu].battery_mah: at most %.0f per report", i,
+					   FLEET_UPTIME_MAX_S / 3600.0 * FLEET_MAX_MA);
+			goto out;
+		}
 		rep->crashes = (int64_t)crashes;
+		rep->crashed = crashes > 0;
 		rep->event = (int)e;
 		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		s = fleet_shard(f, h);
+		pthread_rwlock_rdlock(&f->exp_lock);
 		pthread_mutex_lock(&s->mu);
 		rep->dev = fleet_device_find_locked(s, id, h);
+		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
 		pthread_mutex_unlock(&s->mu);
+		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
 			rc = ota_error_set(OTA_EINVAL, "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
 			goto out;
 		}
+		if (!ok) {
+			rc = ota_error_set(OTA_EINVAL,
+					   "reports[%zu].version: device '%s' was not offered %.64s (reports are accepted"
+					   " for a version the device was offered, or runs outside a rollout)",
+					   i, id, ver);
+			goto out;
+		}
 		rep->version = ver; /* interned below, once the batch is known good */
 	}
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
 		b->r[i].version = fleet_intern(f, b->r[i].version, strlen(b->r[i].version));
+		if (!trusted)
+			report_credit(f, &b->r[i], now);
+	}
 	b->n = n;
 	b->done = done;
 	b->ctx = ctx;
@@ -1010,10 +1219,10 @@ static void sync_done(void *ctx, int rc)
 	pthread_mutex_unlock(&w->mu);
 }
 
-int fleet_report(struct fleet *f, const json_t *body, const char *device_only, int *accepted)
+int fleet_report(struct fleet *f, const json_t *body, const char *token, int *accepted)
 {
 	struct sync_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
-	int rc = fleet_report_async(f, body, device_only, accepted, sync_done, &w);
+	int rc = fleet_report_async(f, body, token, accepted, sync_done, &w);
 	if (rc < 0)
 		return rc;
 	pthread_mutex_lock(&w.mu);

@@ -24,6 +24,11 @@
  * Threads: every function is safe to call from any thread.  Check-ins take
  * a read lock on exposures and a lock on one device-table shard.
  *
+ * Identity (fleet_auth.c): devices are registered with the fleet key and
+ * get their own credential; every check-in, report and download is
+ * checked against it, and reports are credited within per-device bounds
+ * (fleet_int.h), so no handful of devices outweighs a canary.
+ *
  * The wire format is docs/update-server.md; devapi.c is the HTTP side.
  */
 #ifndef OTA_FLEET_H
@@ -83,8 +88,15 @@ struct fleet_agg {
 
 struct fleet_config {
 	const char *db_path;       /* STATE/fleet.db */
-	const char *fleet_key;     /* NULL: devices cannot authenticate (device API refuses all) */
+	const char *fleet_key;     /* provisioning key; NULL: nobody can register devices */
+	const char *device_secret; /* >= 32 hex chars, server only (STATE/device.secret);
+				      NULL: no device can authenticate */
 	int64_t poll_ms;           /* check-in interval in otacd ms (default 6 h) */
+	double register_rate;      /* registrations per real second (default 10) */
+	int64_t register_burst;    /* bucket size in devices (default 10000) */
+	const json_t *tag_allow;   /* {"key": ["value", ...]}: the only tags accepted; NULL: tag_cap */
+	int64_t tag_cap;           /* distinct "key=value" tags without an allowlist (default 256) */
+	int64_t name_cap;          /* distinct products, versions, hardware, bootloaders devices name (default 1024) */
 };
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg);
@@ -114,25 +126,67 @@ json_t *fleet_versions(struct fleet *f, const char *product);
 /* ---- the device API's entry points (devapi.c calls these) --------------- */
 
 /*
- * Check a bearer token for device_id (NULL for batch calls authenticated by
- * the fleet key only).  Sets *is_fleet_key.  Constant time.  0 or OTA_EAUTH.
+ * Identity (fleet_auth.c).  The one place a device's credential is
+ * checked: a later mTLS identity replaces the body, not the callers.
+ * fleet_device_auth: is credential the current one of registered device_id?
+ * Constant time.  0 or OTA_EAUTH (message says why: unregistered, the fleet
+ * key used as a device credential, wrong).
+ * fleet_provision_auth: is token the fleet key?  0 or OTA_EAUTH.
  */
-int fleet_auth(struct fleet *f, const char *token, const char *device_id, int *is_fleet_key);
+int fleet_device_auth(struct fleet *f, const char *device_id, const char *credential);
+int fleet_provision_auth(struct fleet *f, const char *token);
+
+/*
+ * Registration (provisioning).  fleet_register_admit takes n devices from
+ * the rate limit: 0, or OTA_ECONFLICT with *retry_ms (real ms) when the
+ * bucket is short (nothing taken).  fleet_register_async validates a body
+ * {"devices": ["id", ...]} (1..10000 distinct ids) into *out and queues it
+ * for the writer, which gives every id a new credential generation (the
+ * old credential of an id registered before stops working), writes one
+ * audit row and calls done(ctx, rc) after the commit.  Then
+ * fleet_register_answer gives {"registered": n, "credentials": [..]} in
+ * the order of the ids.  fleet_reg_free frees *out after done.
+ */
+struct fleet_reg;
+int fleet_register_admit(struct fleet *f, size_t n, int64_t *retry_ms);
+int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
+			 void (*done)(void *ctx, int rc), void *ctx);
+json_t *fleet_register_answer(struct fleet *f, const struct fleet_reg *reg);
+void fleet_reg_free(struct fleet_reg *reg);
+/* The same, synchronously, for in-process callers (tests, benchmarks): no
+ * rate limit.  creds: n x 33 bytes (hex + NUL), may be NULL. */
+int fleet_register(struct fleet *f, const char *const *ids, size_t n, const char *peer, char (*creds)[33]);
+/* The audit trail: {"total": devices registered, "refused": devices refused
+ * by the rate limit since start, "batches": [{at, count, first, last, peer}]
+ * (newest first, at most limit)}.  New reference. */
+json_t *fleet_registrations(struct fleet *f, int limit);
+
 /* Handle a parsed check-in body; *answer is the JSON answer (new ref).
- * OTA_EINVAL with the message naming the field on a malformed body. */
+ * The caller has authenticated the body's device.  OTA_EINVAL with the
+ * message naming the field on a malformed body. */
 int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
-/* Validate and durably record a report batch.  device_only: when not NULL,
- * every report must be about that device.  *accepted is the count.
- * OTA_EINVAL (message "reports[i].field: ...") records nothing. */
-int fleet_report(struct fleet *f, const json_t *body, const char *device_only, int *accepted);
+/* In-process callers that vouch for every report (tests and benchmarks of
+ * the aggregation itself) pass this as the token of fleet_report(_async):
+ * no authentication, no version rule, no bounds.  The device API never
+ * does. */
+extern const char fleet_trusted_caller[];
+/* Validate and durably record a report batch.  Every report is
+ * authenticated: by its own "credential" field, else by token (the
+ * request's bearer credential) for its device.  *accepted is the count.
+ * OTA_EINVAL (message "reports[i].field: ...") or OTA_EAUTH records
+ * nothing. */
+int fleet_report(struct fleet *f, const json_t *body, const char *token, int *accepted);
 /*
  * The same, for event-driven servers: the batch is validated now (a
  * negative code, nothing recorded, done never called) and on 0 it is queued
  * for the writer, which calls done(ctx, rc) from its own thread once the
  * batch is committed (rc 0) or failed; done may run before this returns.
  */
-int fleet_report_async(struct fleet *f, const json_t *body, const char *device_only, int *accepted,
+int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted,
 		       void (*done)(void *ctx, int rc), void *ctx);
+/* May device_id (authenticated) download image sha256: is it the image of
+ * an exposure of its product and hardware that it was offered?  1 or 0. */
+int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_id);
 /* Prometheus text exposition of every aggregate (new buffer in *out). */
 int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
 

@@ -21,6 +21,23 @@
 #define FLEET_MAX_TAGS 16
 #define FLEET_MAX_REPORTS 1000
 #define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
+#define FLEET_CRED_BYTES 16             /* a device credential: 128 bits, 32 hex characters */
+#define FLEET_MAX_REGISTER 10000        /* devices per registration request */
+
+/* Weight bounds of one device (docs/update-server.md, "Bounds").  Uptime
+ * is credited up to the otacd time since the device's previous credit (a
+ * device first seen may claim one poll interval about the version it runs;
+ * a report about another version starts its clock afresh).  Crashes are
+ * credited from a bucket that fills with credited uptime, CRASH_PER_HOUR
+ * per device-hour up to CRASH_BURST: a device in a crash loop weighs like
+ * a device that crashes now and then, and no device adds crashes without
+ * adding exposure, so a handful of devices cannot outweigh a canary.
+ * Battery is credited up to MAX_MA mA over the credited uptime. */
+#define FLEET_UPTIME_MAX_S (366.0 * 86400)   /* larger uptime_s is refused */
+#define FLEET_CRASHES_MAX 1000000            /* larger crashes is refused */
+#define FLEET_CRASH_BURST 2.0
+#define FLEET_CRASH_PER_HOUR 0.25
+#define FLEET_MAX_MA 1000.0
 
 /* Per-(device, version) flags behind the distinct counters. */
 enum {
@@ -55,6 +72,19 @@ struct device {
 	uint8_t ntags;
 	uint8_t dirty;
 	struct vflag vf[FLEET_NVFLAGS];
+	/* weight bounds (memory only): uptime is credited up to uptime_until
+	 * (otacd ms) for credit_version; crash credit in crash_budget */
+	int64_t uptime_until;
+	const char *credit_version;
+	double crash_budget;
+	char id[];
+};
+
+/* A registered device id and the generation of its credential. */
+struct reg {
+	struct reg *next;
+	uint64_t hash;
+	uint32_t gen;
 	char id[];
 };
 
@@ -63,6 +93,8 @@ struct shard {
 	struct device **b;
 	size_t nb, n;
 	struct device *dirty;
+	struct reg **rb;              /* registered ids (fleet_auth.c) */
+	size_t rnb, rn;
 };
 
 /* One aggregate; counters are updated with atomics, the strings and the
@@ -118,15 +150,28 @@ struct report {
 	struct device *dev;
 	const char *version;       /* interned */
 	int event;
-	int64_t crashes;
+	int crashed;               /* it claimed crashes (the distinct `crashed` flag) */
+	int64_t crashes;           /* credited, within the device's bounds */
 	double uptime_s, battery_mah;
 };
 
-/* A validated report batch waiting for the writer. */
+/* A registration waiting for the writer (fleet_auth.c): the writer gives
+ * each id its next generation, stores it and one audit row. */
+struct fleet_reg {
+	size_t n;
+	char **ids;
+	uint32_t *gens;            /* set by the writer */
+	char peer[64];
+	int64_t at;                /* otacd ms */
+};
+
+/* A validated report batch (or, with reg set, a registration) waiting for
+ * the writer. */
 struct batch {
 	struct batch *next;
 	void (*done)(void *ctx, int rc);
 	void *ctx;
+	struct fleet_reg *reg;     /* borrowed: owned by the caller */
 	size_t n;
 	struct report r[];
 };
@@ -134,7 +179,24 @@ struct batch {
 struct fleet {
 	char *fleet_key;
 	size_t fleet_key_len;
+	unsigned char secret[32];  /* device credentials: HMAC key, server only */
+	int has_secret;
+	char *db_path;
 	int64_t cfg_poll_ms;
+
+	/* registration rate limit: a token bucket in devices (real time) */
+	pthread_mutex_t reg_mu;
+	double reg_rate, reg_burst, reg_tokens;
+	int64_t reg_at;
+	int64_t reg_refused;       /* devices refused by the limit since start */
+
+	/* label admission (fleet.c): device-supplied strings that may name an
+	 * aggregate or be interned; bounded so /metrics and memory are */
+	pthread_mutex_t adm_mu;
+	const char **adm;          /* open addressing set of interned pointers */
+	size_t adm_cap, adm_n;
+	int64_t n_tags, n_names, tag_cap, name_cap;
+	json_t *tag_allow;         /* {"key": ["v", ...]} or NULL */
 	const char *star;          /* interned "*" */
 
 	struct intern intern;
@@ -169,6 +231,7 @@ int fleet_xyz_parse(const char *s, uint32_t out[3]);
 
 const char *fleet_intern(struct fleet *f, const char *s, size_t len);
 const char *fleet_intern_find(struct fleet *f, const char *s);
+void fleet_admit_known(struct fleet *f, const char *p, int tag, int count);
 
 struct agg *fleet_agg_get(struct fleet *f, const char *p, const char *v, const char *c);
 void fleet_agg_mark(struct fleet *f, struct agg *a);
@@ -186,5 +249,10 @@ void fleet_exposures_free(struct fleet *f);
 
 /* fleet_store.c */
 void fleet_store_submit(struct fleet *f, struct batch *b);
+
+/* fleet_auth.c: the registry (shard-locked), used by the writer and load */
+struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
+struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h);
+void fleet_reg_free_shard(struct shard *s);
 
 #endif

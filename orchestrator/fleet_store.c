@@ -37,6 +37,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "clock.h"
+
 static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, product TEXT NOT NULL, hardware TEXT NOT NULL,"
 	" bootloader TEXT NOT NULL, version TEXT NOT NULL, counter INTEGER NOT NULL, tags TEXT NOT NULL,"
@@ -48,7 +53,12 @@ static const char schema[] =
 	" offered INTEGER NOT NULL, downloads INTEGER NOT NULL, installs INTEGER NOT NULL, boot_ok INTEGER NOT NULL,"
 	" boot_fail INTEGER NOT NULL, reverts INTEGER NOT NULL, reporting INTEGER NOT NULL, crashed INTEGER NOT NULL,"
 	" crashes INTEGER NOT NULL, device_hours REAL NOT NULL, battery_mah REAL NOT NULL,"
-	" PRIMARY KEY(product, version, cohort)) WITHOUT ROWID;";
+	" PRIMARY KEY(product, version, cohort)) WITHOUT ROWID;"
+	/* fleet_auth.c: registered devices and the registration audit trail */
+	"CREATE TABLE IF NOT EXISTS registered(id TEXT PRIMARY KEY, gen INTEGER NOT NULL, at INTEGER NOT NULL)"
+	" WITHOUT ROWID;"
+	"CREATE TABLE IF NOT EXISTS registrations(at INTEGER NOT NULL, count INTEGER NOT NULL, first TEXT NOT NULL,"
+	" last TEXT NOT NULL, peer TEXT NOT NULL);";
 
 #define LOG_MERGE_AT 200000
 #define LOG_MERGE_CHUNK 25000
@@ -105,7 +115,7 @@ static void apply_report(struct fleet *f, const struct report *r)
 	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version)
 		fleet_device_set_version_locked(f, d, r->version);
 	vf = fleet_vflag(d, r->version);
-	add = FL_REPORTING | event_flag[r->event] | (r->crashes > 0 ? FL_CRASHED : 0);
+	add = FL_REPORTING | event_flag[r->event] | (r->crashed ? FL_CRASHED : 0);
 	fresh = add & ~vf->flags;
 	vf->flags |= add;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(distinct); i++)
@@ -287,15 +297,65 @@ out:
 	return rc;
 }
 
+/* A registration: every id moves to its next generation (memory and
+ * `registered`), one audit row for the request. */
+static int apply_registration(struct fleet *f, struct fleet_reg *reg)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = 0;
+
+	if (sqlite3_prepare_v2(f->db, "INSERT OR REPLACE INTO registered(id, gen, at) VALUES(?, ?, ?)", -1, &st, NULL) !=
+	    SQLITE_OK)
+		return db_err(f, "register");
+	for (size_t i = 0; i < reg->n && rc == 0; i++) {
+		const char *id = reg->ids[i];
+		uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+		struct shard *s = fleet_shard(f, h);
+		struct reg *r;
+		pthread_mutex_lock(&s->mu);
+		if (!(r = fleet_reg_find_locked(s, id, h)))
+			r = fleet_reg_new_locked(s, id, h);
+		reg->gens[i] = ++r->gen;
+		pthread_mutex_unlock(&s->mu);
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, reg->gens[i]);
+		sqlite3_bind_int64(st, 3, reg->at);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = db_err(f, "register");
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc == 0 && sqlite3_prepare_v2(f->db, "INSERT INTO registrations(at, count, first, last, peer) VALUES(?, ?, ?, ?, ?)",
+					  -1, &st, NULL) != SQLITE_OK)
+		return db_err(f, "register");
+	if (rc == 0) {
+		sqlite3_bind_int64(st, 1, reg->at);
+		sqlite3_bind_int64(st, 2, (int64_t)reg->n);
+		sqlite3_bind_text(st, 3, reg->ids[0], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, reg->ids[reg->n - 1], -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, reg->peer, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = db_err(f, "register");
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
 /* One round: apply batches, write what changed, commit. */
 static int round_commit(struct fleet *f, struct batch *batches)
 {
 	int rc;
 	if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
 		return rc;
-	for (struct batch *b = batches; b; b = b->next)
+	for (struct batch *b = batches; b; b = b->next) {
+		if (b->reg && (rc = apply_registration(f, b->reg)) < 0) {
+			exec(f, "ROLLBACK");
+			return rc;
+		}
 		for (size_t i = 0; i < b->n; i++)
 			apply_report(f, &b->r[i]);
+	}
 	if ((rc = flush_devices(f)) < 0 || (rc = flush_aggs(f)) < 0 ||
 	    (f->log_rows >= LOG_MERGE_AT && (rc = merge_log(f, LOG_MERGE_CHUNK)) < 0) || (rc = exec(f, "COMMIT")) < 0) {
 		exec(f, "ROLLBACK");
@@ -443,6 +503,13 @@ static int load(struct fleet *f)
 		}
 		fleet_device_set_tags_locked(d, tags, ntags);
 		d->version = col_intern(f, st, 4); /* `devices` is counted below */
+		/* what devices named before counts towards the caps */
+		fleet_admit_known(f, d->product, 0, 1);
+		fleet_admit_known(f, d->hardware, 0, 1);
+		fleet_admit_known(f, d->bootloader, 0, 1);
+		fleet_admit_known(f, d->version, 0, 1);
+		for (size_t t = 0; t < ntags; t++)
+			fleet_admit_known(f, tags[t], 1, 1);
 		memset(d->vf, 0, sizeof(d->vf));
 		for (const char *p = flags_text ? flags_text : ""; *p && nvf < FLEET_NVFLAGS;) {
 			const char *sp = strchr(p, ' ');
@@ -464,10 +531,39 @@ static int load(struct fleet *f)
 	sqlite3_finalize(st);
 	st = NULL;
 	}
-	for (int k = 0; k < FLEET_NSHARDS; k++)
-		for (size_t i = 0; i < f->shards[k].nb; i++)
-			for (struct device *d = f->shards[k].b[i]; d; d = d->next)
-				fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), 1, 0);
+	if (sqlite3_prepare_v2(f->db, "SELECT id, gen FROM registered", -1, &st, NULL) != SQLITE_OK) {
+		rc = db_err(f, "read registrations");
+		goto out;
+	}
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *id = (const char *)sqlite3_column_text(st, 0);
+		uint64_t h;
+		struct shard *s;
+		struct reg *r;
+		if (!id || !fleet_device_id_valid(id))
+			continue;
+		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+		s = fleet_shard(f, h);
+		if (!(r = fleet_reg_find_locked(s, id, h)))
+			r = fleet_reg_new_locked(s, id, h);
+		r->gen = (uint32_t)sqlite3_column_int64(st, 1);
+	}
+	if (step != SQLITE_DONE) {
+		rc = db_err(f, "read registrations");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	{
+		/* bounds start afresh: a device may claim one poll interval */
+		int64_t now = clock_now_ms();
+		for (int k = 0; k < FLEET_NSHARDS; k++)
+			for (size_t i = 0; i < f->shards[k].nb; i++)
+				for (struct device *d = f->shards[k].b[i]; d; d = d->next) {
+					fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), 1, 0);
+					d->uptime_until = now - f->cfg_poll_ms;
+				}
+	}
 	/* start with an empty log */
 	if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
 		goto out;
@@ -493,6 +589,7 @@ static void fleet_free(struct fleet *f)
 			}
 		}
 		free(s->b);
+		fleet_reg_free_shard(s);
 		pthread_mutex_destroy(&s->mu);
 	}
 	for (struct agg *a = f->agg_all, *next; a; a = next) {
@@ -514,6 +611,14 @@ static void fleet_free(struct fleet *f)
 	pthread_mutex_destroy(&f->agg_dirty_mu);
 	pthread_mutex_destroy(&f->q_mu);
 	pthread_cond_destroy(&f->q_cond);
+	pthread_mutex_destroy(&f->reg_mu);
+	pthread_mutex_destroy(&f->adm_mu);
+	free(f->adm);
+	json_decref(f->tag_allow);
+	free(f->db_path);
+	if (f->fleet_key)
+		OPENSSL_cleanse(f->fleet_key, f->fleet_key_len);
+	OPENSSL_cleanse(f->secret, sizeof(f->secret));
 	free(f->fleet_key);
 	free(f);
 }
@@ -539,11 +644,36 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	}
 	f->cfg_poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : 6 * 3600 * 1000LL;
 	f->star = fleet_intern(f, "*", 1);
+	pthread_mutex_init(&f->reg_mu, NULL);
+	pthread_mutex_init(&f->adm_mu, NULL);
+	f->reg_rate = cfg->register_rate > 0 ? cfg->register_rate : 10.0;
+	f->reg_burst = cfg->register_burst > 0 ? (double)cfg->register_burst : 10000.0;
+	f->reg_tokens = f->reg_burst;
+	f->reg_at = clock_mono_ms();
+	f->tag_cap = cfg->tag_cap > 0 ? cfg->tag_cap : 256;
+	f->name_cap = cfg->name_cap > 0 ? cfg->name_cap : 1024;
+	if (cfg->tag_allow && json_object_size(cfg->tag_allow))
+		f->tag_allow = json_deep_copy(cfg->tag_allow);
+	if (cfg->device_secret) {
+		size_t n = strlen(cfg->device_secret);
+		if (n < 2 * sizeof(f->secret)) {
+			rc = ota_error_set(OTA_EINVAL, "fleet: the device secret must be at least %zu hex characters",
+					   2 * sizeof(f->secret));
+			goto out;
+		}
+		/* the secret's text is the key material: hash it to the key size */
+		if (!EVP_Digest(cfg->device_secret, n, f->secret, NULL, EVP_sha256(), NULL)) {
+			rc = ota_error_set(OTA_ERROR, "fleet: cannot derive the device key");
+			goto out;
+		}
+		f->has_secret = 1;
+	}
 
 	if (!cfg->db_path) {
 		rc = ota_error_set(OTA_EINVAL, "fleet: no database path");
 		goto out;
 	}
+	f->db_path = xstrdup(cfg->db_path);
 	if (sqlite3_open_v2(cfg->db_path, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 			    NULL) != SQLITE_OK) {
 		rc = ota_error_set(OTA_ERROR, "cannot open %s: %s", cfg->db_path, f->db ? sqlite3_errmsg(f->db) : "out of memory");
@@ -587,4 +717,47 @@ void fleet_close(struct fleet *f)
 	pthread_mutex_unlock(&f->q_mu);
 	pthread_join(f->writer, NULL);
 	fleet_free(f);
+}
+
+/* ---- the registration audit trail --------------------------------------- */
+
+json_t *fleet_registrations(struct fleet *f, int limit)
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	json_t *batches = json_array(), *o;
+	int64_t total = 0, refused, devices = 0;
+
+	/* a connection of its own: the writer owns f->db (WAL lets both read) */
+	if (sqlite3_open_v2(f->db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+		sqlite3_busy_timeout(db, 5000);
+		if (sqlite3_prepare_v2(db, "SELECT coalesce(sum(count), 0) FROM registrations", -1, &st, NULL) == SQLITE_OK &&
+		    sqlite3_step(st) == SQLITE_ROW)
+			total = sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
+		st = NULL;
+		if (sqlite3_prepare_v2(db, "SELECT at, count, first, last, peer FROM registrations ORDER BY rowid DESC LIMIT ?",
+				       -1, &st, NULL) == SQLITE_OK) {
+			sqlite3_bind_int(st, 1, limit);
+			while (sqlite3_step(st) == SQLITE_ROW)
+				json_array_append_new(batches, json_pack("{sI sI ss ss ss}", "at", (json_int_t)sqlite3_column_int64(st, 0),
+									 "count", (json_int_t)sqlite3_column_int64(st, 1),
+									 "first", (const char *)sqlite3_column_text(st, 2),
+									 "last", (const char *)sqlite3_column_text(st, 3),
+									 "peer", (const char *)sqlite3_column_text(st, 4)));
+		}
+		sqlite3_finalize(st);
+	}
+	sqlite3_close(db);
+	for (int k = 0; k < FLEET_NSHARDS; k++) {
+		pthread_mutex_lock(&f->shards[k].mu);
+		devices += (int64_t)f->shards[k].rn;
+		pthread_mutex_unlock(&f->shards[k].mu);
+	}
+	pthread_mutex_lock(&f->reg_mu);
+	refused = f->reg_refused;
+	pthread_mutex_unlock(&f->reg_mu);
+	o = json_pack("{sI sI sI so}", "devices", (json_int_t)devices, "total", (json_int_t)total, "refused",
+		      (json_int_t)refused, "batches", batches);
+	return o;
 }

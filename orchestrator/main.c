@@ -147,7 +147,7 @@ out:
 static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us)
 {
 	struct fleet_config fc = { 0 };
-	char *db = NULL, *keyfile = NULL;
+	char *db = NULL, *keyfile = NULL, *secretfile = NULL, *secret = NULL;
 	struct buf key = BUF_INIT;
 	int rc = 0;
 
@@ -170,10 +170,31 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 			cfg->fleet_key = xstrdup(fresh);
 		}
 	}
+	/* the server-only key of device credentials, made on first start */
+	secretfile = xasprintf("%s/device.secret", cfg->state_dir);
+	buf_clear(&key);
+	if (ota_read_file(&key, secretfile, 4096) == 0 && key.len >= 64) {
+		while (key.len && (key.ptr[key.len - 1] == '\n' || key.ptr[key.len - 1] == '\r'))
+			key.ptr[--key.len] = 0;
+		secret = xstrdup(buf_cstr(&key));
+	} else {
+		char fresh[65];
+		if ((rc = ota_random_hex(fresh, 32)) < 0 ||
+		    (rc = ota_write_file_atomic(secretfile, fresh, strlen(fresh), 0600)) < 0)
+			goto out;
+		secret = xstrdup(fresh);
+		explicit_bzero(fresh, sizeof(fresh));
+	}
 	db = xasprintf("%s/fleet.db", cfg->state_dir);
 	fc.db_path = db;
 	fc.fleet_key = cfg->fleet_key;
+	fc.device_secret = secret;
 	fc.poll_ms = cfg->poll_ms;
+	fc.register_rate = (double)cfg->device_register_rate;
+	fc.register_burst = cfg->device_register_burst;
+	fc.tag_allow = cfg->device_tags;
+	fc.tag_cap = cfg->device_tag_cap;
+	fc.name_cap = cfg->device_name_cap;
 	if ((rc = fleet_open(fleet, &fc)) < 0 || (rc = updsrv_builtin(us, *fleet)) < 0)
 		goto out;
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
@@ -194,7 +215,13 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		free(path);
 	}
 out:
+	if (key.ptr)
+		explicit_bzero(key.ptr, key.len);
 	buf_release(&key);
+	if (secret)
+		explicit_bzero(secret, strlen(secret));
+	free(secret);
+	free(secretfile);
 	free(keyfile);
 	free(db);
 	return rc;

@@ -454,3 +454,29 @@ char *h_free_listen(void)
 	close(fd);
 	return xasprintf("127.0.0.1:%d", ntohs(sa.sin_port));
 }
+
+char **h_register_devices(struct daemon *d, const char *prefix, int n)
+{
+	char *url = xasprintf("%s/device/v1/register", d->device_url);
+	json_t *ids = json_array(), *req, *ans = NULL, *creds;
+	char **out = xcalloc((size_t)n + 1, sizeof(*out));
+	long status = 0;
+
+	for (int i = 0; i < n; i++) {
+		char id[64];
+		snprintf(id, sizeof(id), "%s-%04d", prefix, i);
+		json_array_append_new(ids, json_string(id));
+	}
+	req = json_pack("{so}", "devices", ids);
+	assert_int_equal(httpc_json(&ans, &status, "POST", url, d->fleet_key, req, 30000), 0);
+	if (status != 200)
+		fail_msg("registering %d devices: %ld %s", n, status, httpc_json_error(ans));
+	creds = json_object_get(ans, "credentials");
+	assert_int_equal(json_array_size(creds), n);
+	for (int i = 0; i < n; i++)
+		out[i] = xstrdup(json_string_value(json_array_get(creds, i)));
+	json_decref(ans);
+	json_decref(req);
+	free(url);
+	return out;
+}

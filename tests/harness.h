@@ -56,6 +56,11 @@ json_t *h_run(struct daemon *d, int64_t run);
 /* The first job of the run whose name is name. */
 json_t *h_job(json_t *run, const char *name);
 
+/* Register devices prefix-0000 .. prefix-(n-1) with the fleet key (POST
+ * /device/v1/register); returns their credentials (n strings, caller
+ * frees each and the array), fails the test on an error. */
+char **h_register_devices(struct daemon *d, const char *prefix, int n);
+
 /* Register agent name with labels ("a,b") through POST /api/v1/agents and
  * return its token (caller frees); the same token again for a name this
  * test process registered before; NULL when the daemon refused. */

@@ -467,6 +467,46 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned code, const char
 	return ret;
 }
 
+/* The fake server's credential of a device: a hash of its id. */
+static void fake_cred(const char *id, char out[33])
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (const char *p = id ? id : ""; *p; p++)
+		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+	snprintf(out, 33, "%016llx%016llx", (unsigned long long)h, (unsigned long long)(h * 31 + 7));
+}
+
+/* A request carries the credential of the device it is about: the check-in's
+ * device, the download's X-Device-Id, each report's "credential". */
+static int fake_authorized(struct req *rq, const char *url, const char *auth, const char *xdev)
+{
+	json_t *b, *r;
+	size_t k;
+	char cr[33], want[48];
+	int ok = 1;
+
+	if (!strncmp(url, "/device/v1/images/", 18)) {
+		fake_cred(xdev, cr);
+		snprintf(want, sizeof(want), "Bearer %s", cr);
+		return xdev && auth && !strcmp(auth, want);
+	}
+	b = json_loadb(buf_cstr(&rq->body), rq->body.len, 0, NULL);
+	if (!strcmp(url, "/device/v1/checkin")) {
+		fake_cred(json_string_value(json_object_get(b, "device")), cr);
+		snprintf(want, sizeof(want), "Bearer %s", cr);
+		ok = auth && !strcmp(auth, want);
+	} else if (!strcmp(url, "/device/v1/reports")) {
+		json_array_foreach(json_object_get(b, "reports"), k, r) {
+			const char *got = json_string_value(json_object_get(r, "credential"));
+			fake_cred(json_string_value(json_object_get(r, "device")), cr);
+			if (!got || strcmp(got, cr))
+				ok = 0;
+		}
+	}
+	json_decref(b);
+	return ok;
+}
+
 static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const char *url,
 				    const char *method, const char *version, const char *data,
 				    size_t *size, void **con_cls)
@@ -487,7 +527,34 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
 		*size = 0;
 		return MHD_YES;
 	}
-	if (!auth || strcmp(auth, "Bearer fleet-secret")) {
+	/* the contract of docs/update-server.md: the fleet key registers
+	 * devices; every other request carries a device's credential */
+	if (!strcmp(method, "POST") && !strcmp(url, "/device/v1/register")) {
+		json_t *b = json_loadb(buf_cstr(&rq->body), rq->body.len, 0, NULL), *ids = json_object_get(b, "devices");
+		json_t *creds = json_array(), *v, *ans;
+		size_t k;
+		char *text, cr[33];
+		if (!auth || strcmp(auth, "Bearer fleet-secret")) {
+			json_decref(b);
+			json_decref(creds);
+			pthread_mutex_lock(&f->lock);
+			f->bad_auth++;
+			pthread_mutex_unlock(&f->lock);
+			return reply(c, 401, "application/json", "{\"error\":\"token\"}", 17, NULL);
+		}
+		json_array_foreach(ids, k, v) {
+			fake_cred(json_string_value(v), cr);
+			json_array_append_new(creds, json_string(cr));
+		}
+		ans = json_pack("{sI so}", "registered", (json_int_t)json_array_size(ids), "credentials", creds);
+		text = json_dumps(ans, JSON_COMPACT);
+		ret = reply(c, 200, "application/json", text, strlen(text), NULL);
+		free(text);
+		json_decref(ans);
+		json_decref(b);
+		return ret;
+	}
+	if (!fake_authorized(rq, url, auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id"))) {
 		pthread_mutex_lock(&f->lock);
 		f->bad_auth++;
 		pthread_mutex_unlock(&f->lock);

@@ -44,7 +44,8 @@ static void world_start(struct world *w, const char *scale, const char *extra_co
 	h_init(&w->d, NULL);
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
 				    " && openssl pkey -in key.pem -pubout -out key.pub", w->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n"
+	/* the simulated fleets register 20,000 devices at once */
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\ndevice_register_burst: 100000\n"
 			"tokens:\n  - { name: dashboard, role: viewer, token: \"" VIEWER_TOKEN "\" }\n%s",
 			w->d.dir, extra_config ? extra_config : "");
 	w->d.config = xasprintf("%s/config.yml", w->d.dir);
@@ -504,6 +505,7 @@ static char *probe_offers(struct daemon *d, int n)
 {
 	struct buf out = BUF_INIT;
 	char *url = xasprintf("%s/device/v1/checkin", d->device_url);
+	char **creds = h_register_devices(d, "probe", n);   /* again: fresh credentials */
 	for (int i = 0; i < n; i++) {
 		char body[512];
 		json_t *ans = NULL;
@@ -512,12 +514,14 @@ static char *probe_offers(struct daemon *d, int n)
 		snprintf(body, sizeof(body), "probe-%04d", i);
 		req = json_pack("{ss ss ss ss ss si ss}", "device", body, "product", "fw", "hardware", "mps2-an385",
 				"bootloader", "1.2.0", "version", "1.0.0", "security_counter", 0, "slot", "confirmed");
-		assert_int_equal(httpc_json(&ans, &status, "POST", url, d->fleet_key, req, 10000), 0);
+		assert_int_equal(httpc_json(&ans, &status, "POST", url, creds[i], req, 10000), 0);
+		free(creds[i]);
 		assert_int_equal(status, 200);
 		buf_putc(&out, json_is_object(json_object_get(ans, "offer")) ? '1' : '0');
 		json_decref(ans);
 		json_decref(req);
 	}
+	free(creds);
 	free(url);
 	return buf_detach(&out);
 }

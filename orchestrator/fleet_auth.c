@@ -1,0 +1,317 @@
+/*
+ * fleet_auth.c - who a device is: registration (provisioning with the fleet
+ * key) and the per-device credential every check-in, report and download
+ * carries (docs/update-server.md, "Authentication").
+ *
+ * A credential is the first 128 bits, in hex, of
+ * HMAC-SHA256(secret, "otacd-device-v1:" id ":" generation), where secret
+ * is a server-only key (STATE/device.secret) and generation a per-device
+ * counter kept in fleet.db.  The fleet key cannot compute it; only the
+ * registration endpoint mints it, and registering an id again moves its
+ * generation on, which revokes the old credential.  Checking one costs a
+ * shard lookup and one HMAC: no table of tokens, nothing hashed per
+ * device in memory beyond its generation.
+ *
+ * Registrations are rate-limited (a token bucket counted in devices, real
+ * time) and audited: one row per accepted registration request in
+ * fleet.db's `registrations` (count, first and last id, peer), not one per
+ * device, so a factory provisioning a million devices writes a hundred rows.
+ *
+ * The registry sits in the device shards (struct shard.rb), under the
+ * shard's mutex; the writer thread (fleet_store.c) moves generations on.
+ */
+#include "fleet_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "clock.h"
+
+const char fleet_trusted_caller[] = "(in-process caller)";
+
+/* ---- the registry ------------------------------------------------------- */
+
+struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h)
+{
+	if (!s->rnb)
+		return NULL;
+	for (struct reg *r = s->rb[h & (s->rnb - 1)]; r; r = r->next)
+		if (r->hash == h && !strcmp(r->id, id))
+			return r;
+	return NULL;
+}
+
+struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
+{
+	size_t len = strlen(id);
+	struct reg *r = xcalloc(1, sizeof(*r) + len + 1);
+	memcpy(r->id, id, len + 1);
+	r->hash = h;
+	if (s->rn + 1 > s->rnb) {
+		size_t nb = s->rnb ? s->rnb * 2 : 64;
+		struct reg **b = xcalloc(nb, sizeof(*b));
+		for (size_t i = 0; i < s->rnb; i++) {
+			struct reg *x = s->rb[i], *next;
+			for (; x; x = next) {
+				next = x->next;
+				x->next = b[x->hash & (nb - 1)];
+				b[x->hash & (nb - 1)] = x;
+			}
+		}
+		free(s->rb);
+		s->rb = b;
+		s->rnb = nb;
+	}
+	r->next = s->rb[h & (s->rnb - 1)];
+	s->rb[h & (s->rnb - 1)] = r;
+	s->rn++;
+	return r;
+}
+
+void fleet_reg_free_shard(struct shard *s)
+{
+	for (size_t i = 0; i < s->rnb; i++) {
+		struct reg *r = s->rb[i], *next;
+		for (; r; r = next) {
+			next = r->next;
+			free(r);
+		}
+	}
+	free(s->rb);
+	s->rb = NULL;
+	s->rnb = s->rn = 0;
+}
+
+/* ---- credentials -------------------------------------------------------- */
+
+static int credential(const struct fleet *f, const char *id, uint32_t gen, char out[2 * FLEET_CRED_BYTES + 1])
+{
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	char msg[128];
+	int n = snprintf(msg, sizeof(msg), "otacd-device-v1:%s:%u", id, (unsigned)gen);
+
+	if (n < 0 || (size_t)n >= sizeof(msg))
+		return ota_error_set(OTA_EINVAL, "device id too long");
+	if (!HMAC(EVP_sha256(), f->secret, (int)sizeof(f->secret), (const unsigned char *)msg, (size_t)n, mac, &maclen) ||
+	    maclen < FLEET_CRED_BYTES)
+		return ota_error_set(OTA_ERROR, "HMAC failed");
+	ota_hex(out, mac, FLEET_CRED_BYTES);
+	OPENSSL_cleanse(mac, sizeof(mac));
+	return 0;
+}
+
+int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
+{
+	char want[2 * FLEET_CRED_BYTES + 1];
+	uint64_t h;
+	struct shard *s;
+	struct reg *r;
+	uint32_t gen = 0;
+	int rc = 0;
+
+	if (!f->has_secret || !cred || !device_id || !fleet_device_id_valid(device_id))
+		return ota_error_set(OTA_EAUTH, "missing or wrong credential");
+	if (f->fleet_key && strlen(cred) == f->fleet_key_len && CRYPTO_memcmp(cred, f->fleet_key, f->fleet_key_len) == 0)
+		return ota_error_set(OTA_EAUTH, "the fleet key is for provisioning only (POST /device/v1/register); "
+						"devices use their own credential");
+	h = fleet_fnv(device_id, strlen(device_id), FLEET_FNV_BASIS);
+	s = fleet_shard(f, h);
+	pthread_mutex_lock(&s->mu);
+	if ((r = fleet_reg_find_locked(s, device_id, h)))
+		gen = r->gen;
+	pthread_mutex_unlock(&s->mu);
+	if (!r)
+		return ota_error_set(OTA_EAUTH, "device '%s' is not registered", device_id);
+	if ((rc = credential(f, device_id, gen, want)) < 0)
+		return rc;
+	if (strlen(cred) != 2 * FLEET_CRED_BYTES || CRYPTO_memcmp(cred, want, 2 * FLEET_CRED_BYTES) != 0)
+		rc = ota_error_set(OTA_EAUTH, "missing or wrong credential");
+	OPENSSL_cleanse(want, sizeof(want));
+	return rc;
+}
+
+int fleet_provision_auth(struct fleet *f, const char *token)
+{
+	if (!f->fleet_key || !token || strlen(token) != f->fleet_key_len ||
+	    CRYPTO_memcmp(token, f->fleet_key, f->fleet_key_len) != 0)
+		return ota_error_set(OTA_EAUTH, "missing or wrong fleet key");
+	return 0;
+}
+
+/* ---- registration ------------------------------------------------------- */
+
+int fleet_register_admit(struct fleet *f, size_t n, int64_t *retry_ms)
+{
+	int64_t now = clock_mono_ms();
+	int rc = 0;
+
+	*retry_ms = 0;
+	pthread_mutex_lock(&f->reg_mu);
+	f->reg_tokens += (double)(now - f->reg_at) / 1000.0 * f->reg_rate;
+	if (f->reg_tokens > f->reg_burst)
+		f->reg_tokens = f->reg_burst;
+	f->reg_at = now;
+	if ((double)n <= f->reg_tokens) {
+		f->reg_tokens -= (double)n;
+	} else {
+		double missing = (double)n - f->reg_tokens;
+		f->reg_refused += (int64_t)n;
+		*retry_ms = (double)n > f->reg_burst || f->reg_rate <= 0 ? -1 : (int64_t)(missing / f->reg_rate * 1000.0) + 1;
+		rc = ota_error_set(OTA_ECONFLICT,
+				   (double)n > f->reg_burst ? "registration limit: %zu devices exceed the burst of %.0f"
+							    : "registration limit: %zu devices, %.0f available now",
+				   n, (double)n > f->reg_burst ? f->reg_burst : f->reg_tokens);
+	}
+	pthread_mutex_unlock(&f->reg_mu);
+	return rc;
+}
+
+void fleet_reg_free(struct fleet_reg *reg)
+{
+	if (!reg)
+		return;
+	for (size_t i = 0; i < reg->n; i++)
+		free(reg->ids[i]);
+	free(reg->ids);
+	free(reg->gens);
+	free(reg);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int reg_build(struct fleet *f, const char *const *ids, size_t n, const char *peer, struct fleet_reg **out)
+{
+	struct fleet_reg *reg;
+	char **sorted = NULL;
+	int rc = 0;
+
+	*out = NULL;
+	if (!f->has_secret)
+		return ota_error_set(OTA_ERROR, "no device secret: devices cannot be registered");
+	if (n == 0 || n > FLEET_MAX_REGISTER)
+		return ota_error_set(OTA_EINVAL, "devices: 1..%d device ids per request (got %zu)", FLEET_MAX_REGISTER, n);
+	reg = xcalloc(1, sizeof(*reg));
+	reg->ids = xcalloc(n, sizeof(*reg->ids));
+	reg->gens = xcalloc(n, sizeof(*reg->gens));
+	for (size_t i = 0; i < n; i++) {
+		if (!ids[i] || !fleet_device_id_valid(ids[i])) {
+			rc = ota_error_set(OTA_EINVAL, "devices[%zu]: must be 1..64 characters [A-Za-z0-9._:-]", i);
+			goto out;
+		}
+		reg->ids[reg->n++] = xstrdup(ids[i]);
+	}
+	sorted = xmalloc(n * sizeof(*sorted));
+	memcpy(sorted, reg->ids, n * sizeof(*sorted));
+	qsort(sorted, n, sizeof(*sorted), cmp_str);
+	for (size_t i = 1; i < n; i++)
+		if (!strcmp(sorted[i - 1], sorted[i])) {
+			rc = ota_error_set(OTA_EINVAL, "devices: '%s' is listed twice", sorted[i]);
+			goto out;
+		}
+	snprintf(reg->peer, sizeof(reg->peer), "%s", peer ? peer : "");
+	reg->at = clock_now_ms();
+	*out = reg;
+	reg = NULL;
+out:
+	free(sorted);
+	fleet_reg_free(reg);
+	return rc;
+}
+
+int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
+			 void (*done)(void *ctx, int rc), void *ctx)
+{
+	json_t *arr = json_is_object(body) ? json_object_get(body, "devices") : NULL;
+	const char **ids = NULL;
+	struct batch *b;
+	size_t i;
+	json_t *v;
+	int rc;
+
+	*out = NULL;
+	if (!json_is_array(arr))
+		return ota_error_set(OTA_EINVAL, "devices: must be a list of device ids");
+	ids = xcalloc(json_array_size(arr) + 1, sizeof(*ids));
+	json_array_foreach(arr, i, v) {
+		if (!json_is_string(v)) {
+			free(ids);
+			return ota_error_set(OTA_EINVAL, "devices[%zu]: must be a string", i);
+		}
+		ids[i] = json_string_value(v);
+	}
+	rc = reg_build(f, ids, json_array_size(arr), peer, out);
+	free(ids);
+	if (rc < 0)
+		return rc;
+	b = xcalloc(1, sizeof(*b));
+	b->reg = *out;
+	b->done = done;
+	b->ctx = ctx;
+	fleet_store_submit(f, b);
+	return 0;
+}
+
+json_t *fleet_register_answer(struct fleet *f, const struct fleet_reg *reg)
+{
+	json_t *creds = json_array();
+	for (size_t i = 0; i < reg->n; i++) {
+		char c[2 * FLEET_CRED_BYTES + 1];
+		if (credential(f, reg->ids[i], reg->gens[i], c) < 0)
+			c[0] = 0;
+		json_array_append_new(creds, json_string(c));
+		OPENSSL_cleanse(c, sizeof(c));
+	}
+	return json_pack("{sI so}", "registered", (json_int_t)reg->n, "credentials", creds);
+}
+
+struct reg_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done, rc;
+};
+
+static void reg_wait_done(void *ctx, int rc)
+{
+	struct reg_wait *w = ctx;
+	pthread_mutex_lock(&w->mu);
+	w->done = 1;
+	w->rc = rc;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+}
+
+int fleet_register(struct fleet *f, const char *const *ids, size_t n, const char *peer, char (*creds)[33])
+{
+	struct reg_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct fleet_reg *reg = NULL;
+	struct batch *b;
+	int rc;
+
+	if ((rc = reg_build(f, ids, n, peer, &reg)) < 0)
+		return rc;
+	b = xcalloc(1, sizeof(*b));
+	b->reg = reg;
+	b->done = reg_wait_done;
+	b->ctx = &w;
+	fleet_store_submit(f, b);
+	pthread_mutex_lock(&w.mu);
+	while (!w.done)
+		pthread_cond_wait(&w.cond, &w.mu);
+	pthread_mutex_unlock(&w.mu);
+	rc = w.rc;
+	for (size_t i = 0; rc == 0 && creds && i < n; i++)
+		rc = credential(f, reg->ids[i], reg->gens[i], creds[i]);
+	fleet_reg_free(reg);
+	pthread_mutex_destroy(&w.mu);
+	pthread_cond_destroy(&w.cond);
+	return rc;
+}
