@@ -43,7 +43,7 @@ endif
 
 # Library code shared by the programs and the tests (everything but mains).
 LIB_SRC  := $(wildcard common/*.c) $(wildcard stages/*.c) \
-            $(filter-out orchestrator/main.c,$(wildcard orchestrator/*.c))
+            $(filter-out orchestrator/main.c,$(wildcard orchestrator/*.c)) $(wildcard orchestrator/*/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/web/assets.o
 LIB      := $(BUILD)/libota.a
 

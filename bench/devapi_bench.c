@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "../orchestrator/fleet.h"
+#include "../orchestrator/fleet/fleet.h"
 
 #define KEY "bench-fleet-key-0123456789abcdef"
 #define SECRET "bench-device-secret-0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "../orchestrator/fleet.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/gate.h"
 
 #define PRODUCT "sensor-node"

@@ -18,7 +18,7 @@
 
 #include "../common/mask.h"
 #include "../common/util.h"
-#include "../orchestrator/pipeline.h"
+#include "../orchestrator/pipeline/pipeline.h"
 #include "../orchestrator/reports.h"
 
 static double now_ms(void)

@@ -62,7 +62,7 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn, const char
 static int trivial(void)
 {
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned pool = ncpu < 4 ? 4 : ncpu > 16 ? 16 : (unsigned)ncpu;   /* as orchestrator/api.c */
+	unsigned pool = ncpu < 4 ? 4 : ncpu > 16 ? 16 : (unsigned)ncpu;   /* as orchestrator/api/api.c */
 	struct MHD_Daemon *d;
 	const union MHD_DaemonInfo *info;
 	char c;

@@ -62,7 +62,7 @@
 
 #include "../common/util.h"
 #include "../fleetsim/sim.h"
-#include "../orchestrator/fleet.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/gate.h"
 #include "../orchestrator/gatestat.h"
 

@@ -20,7 +20,7 @@
 #      law), so p99 < 10 ms needs > 6,400 requests/s on this machine;
 #      "alone" tells service time from queueing.
 #   3. the same for two lists while runs are created (a few a second), so that
-#      the answers kept between commits (orchestrator/api_cache.c) are
+#      the answers kept between commits (orchestrator/api/api_cache.c) are
 #      rebuilt all the time: what a busy day looks like.
 #
 # and prints the figures and the ratio RUNS / baseline.  Needs sqlite3, wrk,

@@ -14,13 +14,13 @@
  * to the exit codes documented in usage: 3 when the daemon cannot be
  * reached, 4 when it refuses our credentials, 5 for an unknown object.
  * `lint` is the exception: it runs the daemon's own parser locally
- * (orchestrator/pipeline.h), so it works without a daemon.  Live logs use
+ * (orchestrator/pipeline/pipeline.h), so it works without a daemon.  Live logs use
  * Server-Sent Events and resume from the last offset when the connection
  * drops.
  */
 #include "../common/httpc.h"
 #include "../common/util.h"
-#include "../orchestrator/pipeline.h"
+#include "../orchestrator/pipeline/pipeline.h"
 #include "../orchestrator/policy.h"
 #include "otactl.h"
 #include "verify.h"

@@ -22,7 +22,7 @@ struct notifier {
 	/* called after each bump, under the lock (so a hook must not touch
 	 * this notifier; it should only wake its loop), by the bumping thread:
 	 * lets an event loop that cannot sleep on the condition variable
-	 * (the HTTP server's parked requests, orchestrator/api_wait.c) learn
+	 * (the HTTP server's parked requests, orchestrator/api/api_wait.c) learn
 	 * of the change */
 	void (*hook[NOTIFIER_MAX_HOOKS])(void *arg);
 	void *hook_arg[NOTIFIER_MAX_HOOKS];

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
-#include "../orchestrator/fleet.h"
+#include "../orchestrator/fleet/fleet.h"
 
 static struct fleet *fleet;
 static char *db_path;   /* kept for the life of the process */

@@ -5,7 +5,7 @@
  * directly: one mapping of known keys, each checked for its type.
  */
 #include "config.h"
-#include "yamlbound.h"
+#include "pipeline/yamlbound.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +22,7 @@ void config_defaults(struct otacd_config *c)
 	c->request_timeout_ms = 10000;
 	c->max_connections = 10000;
 	c->max_connections_per_client = 128;
+	c->device_max_connections_per_client = 4096;
 	c->state_dir = xstrdup("./otacd-state");
 	c->local_agents = 2;
 	strvec_push(&c->local_labels, "local");
@@ -578,7 +579,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
-		"max_connections", "max_connections_per_client", "http_threads", "device_register_rate",
+		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
 		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
 	};
 	struct otacd_config *c = x->c;
@@ -604,6 +605,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_int(x, v, key, &c->max_connections, 16);
 		else if (!strcmp(key, "max_connections_per_client"))
 			rc = get_int(x, v, key, &c->max_connections_per_client, 1);
+		else if (!strcmp(key, "device_max_connections_per_client"))
+			rc = get_int(x, v, key, &c->device_max_connections_per_client, 1);
 		else if (!strcmp(key, "http_threads")) {
 			if ((rc = get_int(x, v, key, &c->http_threads, 0)) == 0 && c->http_threads > 64)
 				rc = cfg_err(x, v, "'%s' must be at most 64", key);

@@ -13,7 +13,7 @@
 
 #include "../common/util.h"
 #include "gitsrc.h"
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 
 /* A repository otacd builds from (docs/config.md, "repositories"). */
 struct repo_cfg {
@@ -31,6 +31,7 @@ struct otacd_config {
 	int64_t request_timeout_ms;     /* a request's header must be complete within this, default 10 s */
 	int64_t max_connections;        /* per listener, default 10000 */
 	int64_t max_connections_per_client;  /* per client address, default 128 */
+	int64_t device_max_connections_per_client;  /* the device API's, default 4096 (devices share NAT addresses) */
 	int64_t http_threads;           /* the HTTP thread pool, default 0: from the CPU count */
 	char *state_dir;                /* default ./otacd-state */
 	int local_agents;               /* default 2 */

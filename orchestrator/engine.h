@@ -31,7 +31,7 @@
 #include "../common/util.h"
 #include "../stages/stage.h"
 #include "auth.h"
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 #include "store.h"
 
 struct engine_config {

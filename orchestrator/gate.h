@@ -34,7 +34,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "fleet.h"
+#include "fleet/fleet.h"
 
 #define GATE_QUERY_TIMEOUT_MS 5000
 

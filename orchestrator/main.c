@@ -23,19 +23,19 @@
 
 #include "../common/mask.h"
 #include "../common/util.h"
-#include "api.h"
+#include "api/api.h"
 #include "artifact.h"
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
 #include "engine.h"
-#include "fleet.h"
+#include "fleet/fleet.h"
 #include "rollout.h"
 #include "updsrv.h"
 #include "gitsrc.h"
 #include "localagents.h"
 #include "logstore.h"
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 #include "policy.h"
 #include "sources.h"
 #include "store.h"
@@ -199,7 +199,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		goto out;
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
-		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->max_connections_per_client);
+		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
 		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);

@@ -42,7 +42,7 @@
 #include <stdint.h>
 
 #include "auth.h"
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 #include "store.h"
 
 struct otacd_config;

@@ -19,7 +19,7 @@
 #include "../common/notify.h"
 #include "clock.h"
 #include "gitsrc.h"
-#include "pipeline.h"
+#include "pipeline/pipeline.h"
 #include "store.h"
 
 struct item {

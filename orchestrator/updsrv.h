@@ -20,7 +20,7 @@
 
 #include <jansson.h>
 
-#include "fleet.h"
+#include "fleet/fleet.h"
 
 struct updsrv {
 	const char *name;

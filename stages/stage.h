@@ -16,7 +16,7 @@
 #define OTA_STAGE_H
 
 #include <jansson.h>
-#include "../orchestrator/pipeline.h"
+#include "../orchestrator/pipeline/pipeline.h"
 
 /* What an agent reported for one job attempt. */
 struct job_result {

@@ -25,7 +25,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/artifact.h"
-#include "../orchestrator/fleet.h"
+#include "../orchestrator/fleet/fleet.h"
 
 #define KEY "fleet-key-for-tests-0123456789"
 #define SECRET "device-secret-for-tests-0123456789abcdef0123456789abcdef0123456789"

@@ -50,7 +50,7 @@
 #include "../orchestrator/config.h"
 #include "../orchestrator/gate.h"
 #include "../orchestrator/logstore.h"
-#include "../orchestrator/pipeline.h"
+#include "../orchestrator/pipeline/pipeline.h"
 #include "../orchestrator/reports.h"
 #include "harness.h"
 

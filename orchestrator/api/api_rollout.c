@@ -18,8 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "rollout.h"
-#include "updsrv.h"
+#include "../rollout.h"
+#include "../updsrv.h"
 
 enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 {

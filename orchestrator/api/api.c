@@ -31,14 +31,14 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "../common/util.h"
-#include "clock.h"
-#include "pipeline.h"
-#include "policy.h"
-#include "logstore.h"
-#include "reports.h"
-#include "sources.h"
-#include "web.h"
+#include "../../common/util.h"
+#include "../clock.h"
+#include "../pipeline/pipeline.h"
+#include "../policy.h"
+#include "../logstore.h"
+#include "../reports.h"
+#include "../sources.h"
+#include "../web.h"
 
 /* ---- replies ---------------------------------------------------------- */
 

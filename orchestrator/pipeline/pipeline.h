@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <jansson.h>
 
-#include "../common/util.h"
+#include "../../common/util.h"
 
 struct stage_kind;
 

@@ -30,7 +30,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "clock.h"
+#include "../clock.h"
 
 const char fleet_trusted_caller[] = "(in-process caller)";
 

@@ -14,7 +14,7 @@
 
 #include <openssl/crypto.h>
 
-#include "agentreg.h"
+#include "../agentreg.h"
 
 enum MHD_Result api_post_agent(struct api *a, struct api_req *r)
 {

@@ -20,8 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "logstore.h"
+#include "../clock.h"
+#include "../logstore.h"
 
 static void set_int_or_null(json_t *o, const char *key, sqlite3_stmt *st, int col)
 {

@@ -12,7 +12,7 @@
  * the axes the stage defines.  Checks across stages are in pipeline.c.
  */
 #include "pipeline_int.h"
-#include "../stages/stage.h"
+#include "../../stages/stage.h"
 
 #include <stdio.h>
 #include <stdlib.h>

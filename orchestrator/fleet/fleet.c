@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
+#include "../clock.h"
 
 /* ---- hashing and validation ------------------------------------------ */
 

@@ -28,11 +28,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/mask.h"
-#include "clock.h"
-#include "engine_int.h"
-#include "logstore.h"
-#include "reports.h"
+#include "../../common/mask.h"
+#include "../clock.h"
+#include "../engine_int.h"
+#include "../logstore.h"
+#include "../reports.h"
 
 #define TOOLCHAIN_MAX_COMMANDS 64
 #define TOOLCHAIN_MAX_TEXT 1024

@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#include "engine.h"
+#include "../engine.h"
 
 struct otacd_config;
 struct sources;

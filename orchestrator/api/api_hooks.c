@@ -20,11 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "config.h"
-#include "gitsrc.h"
-#include "sources.h"
-#include "webhook.h"
+#include "../clock.h"
+#include "../config.h"
+#include "../gitsrc.h"
+#include "../sources.h"
+#include "../webhook.h"
 
 #define WEBHOOK_WAIT_MS 5000
 #define TRIGGER_WAIT_MS 60000

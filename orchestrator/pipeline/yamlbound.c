@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <yaml.h>
 
-#include "../common/util.h"
+#include "../../common/util.h"
 
 int yaml_bounds_check(const char *text, size_t len, int max_depth, size_t max_nodes, struct yaml_bound_err *err)
 {

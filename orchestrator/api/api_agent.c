@@ -29,8 +29,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "clock.h"
-#include "logstore.h"
+#include "../clock.h"
+#include "../logstore.h"
 
 static int name_valid(const char *s)
 {

@@ -19,11 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "artifact.h"
-#include "config.h"
-#include "gitsrc.h"
-#include "keys.h"
-#include "relverify.h"
+#include "../artifact.h"
+#include "../config.h"
+#include "../gitsrc.h"
+#include "../keys.h"
+#include "../relverify.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
 		     " envelope_artifact, provenance_artifact, created_at, state, COALESCE(rollback_to, 0), reissue_of"

@@ -40,7 +40,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "clock.h"
+#include "../clock.h"
 
 static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, product TEXT NOT NULL, hardware TEXT NOT NULL,"

@@ -11,8 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../common/util.h"
-#include "artifact.h"
+#include "../../common/util.h"
+#include "../artifact.h"
 #include "fleet.h"
 
 #define FLEET_SHARD_BITS 6              /* 64 device shards */

@@ -32,8 +32,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/util.h"
-#include "store.h"
+#include "../../common/util.h"
+#include "../store.h"
 
 #define CACHE_WAIT_MS 2000   /* give up waiting for a slow build after this */
 

@@ -12,7 +12,7 @@
 
 #include <microhttpd.h>
 
-#include "../common/notify.h"
+#include "../../common/notify.h"
 
 /* A request or stream waiting without a thread (api_wait.c). */
 struct api_park {

@@ -8,11 +8,11 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
-#include "../common/notify.h"
+#include "../../common/notify.h"
 #include "api.h"
 #include "api_wait.h"
-#include "artifact.h"
-#include "auth.h"
+#include "../artifact.h"
+#include "../auth.h"
 
 #define API_MAX_JSON_BODY (1 << 20)
 #define API_MAX_LOG_CHUNK (1 << 20)

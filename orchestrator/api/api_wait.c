@@ -40,9 +40,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "../common/util.h"
-#include "clock.h"
-#include "logstore.h"
+#include "../../common/util.h"
+#include "../clock.h"
+#include "../logstore.h"
 
 /* how often the header deadline is checked at most */
 #define SWEEP_MS 250

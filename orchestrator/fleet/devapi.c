@@ -32,10 +32,10 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "../common/util.h"
-#include "api.h"
-#include "api_wait.h"
-#include "artifact.h"
+#include "../../common/util.h"
+#include "../api/api.h"
+#include "../api/api_wait.h"
+#include "../artifact.h"
 #include "fleet.h"
 
 #define DEVAPI_BODY_MAX ((size_t)1 << 20)

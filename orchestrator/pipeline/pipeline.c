@@ -18,8 +18,8 @@
 #include "pipeline.h"
 #include "pipeline_int.h"
 #include "yamlbound.h"
-#include "gate.h"
-#include "../stages/stage.h"
+#include "../gate.h"
+#include "../../stages/stage.h"
 
 #include <stdarg.h>
 #include <stdio.h>
