@@ -143,7 +143,8 @@ export function drawDag(stages) {
     });
     g.append(
       s('title', null, st.name + ' (' + (st.kind || 'command') + '): ' + st.state +
-        (st.needs && st.needs.length ? '; needs ' + st.needs.join(', ') : '')),
+        (st.needs && st.needs.length ? '; needs ' + st.needs.join(', ') : '') +
+        (st.skip_reason ? '; ' + st.skip_reason : '')),
       s('rect', { class: 'box', width: BOX_W, height: p.h, rx: 6 }),
       s('path', { class: 'head', d: `M0,6 a6,6 0 0 1 6,-6 h${BOX_W - 12} a6,6 0 0 1 6,6 v${HEAD_H - 6} h-${BOX_W} z` }),
       s('text', { class: 'stage-name', x: 10, y: 21 }, fit(st.name, BOX_W - 100)),

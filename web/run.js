@@ -175,7 +175,7 @@ export class RunView {
           h('td', { class: 'num' }, j.attempt ? j.attempt + '/' + j.max_attempts : ''),
           h('td', { class: 'opt' }, j.agent || ''),
           h('td', { class: 'num' }, durationNode(j.started_at, j.finished_at)),
-          h('td', { class: 'opt' }, jobNote(j))));
+          h('td', { class: 'opt' }, j.state === 'skipped' && st.skip_reason ? st.skip_reason : jobNote(j))));
       }
     }
     replaceKeepingFocus(this.jobsBox, [tableWrap(table(['Stage', 'Job', 'State', { text: 'Attempt', class: 'num' },
