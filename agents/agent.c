@@ -24,12 +24,12 @@
  *   - the heartbeat thread extends the lease and learns about cancels (the
  *     runner then kills the process group) and lost leases (409: kill and
  *     drop the job without finishing it);
- *   - the log sender ships output every 100 ms or 64 KiB.  Output is masked
- *     for secrets (common/mask.h: the values, their lines, base64 and URL
- *     forms, across any cut) on its way into the send queue, and queued
- *     bytes are dropped only once the daemon acknowledges them, so a dropped
- *     connection or a daemon restart loses nothing (416 tells where to
- *     resume).
+ *   - the log sender (logsend.c) ships output every 100 ms or 64 KiB.
+ *     Output is masked for secrets (common/mask.h: the values, their lines,
+ *     base64 and URL forms, across any cut) on its way into the send queue,
+ *     and queued bytes are dropped only once the daemon acknowledges them,
+ *     so a dropped connection or a daemon restart loses nothing (416 tells
+ *     where to resume).
  * Thread ownership: struct job's fields under `mu` are shared (the runner
  * writes output and closes the log, the threads set cancel/lost); the rest
  * of struct job belongs to the main thread.  After the steps, artifacts are
@@ -39,6 +39,7 @@
 #include "../common/httpc.h"
 #include "../common/mask.h"
 #include "../common/util.h"
+#include "agent.h"
 #include "contain.h"
 #include "source.h"
 #include "stagework.h"
@@ -67,15 +68,8 @@
 #define DEFAULT_URL "http://127.0.0.1:8470"
 #define LONGPOLL_WAIT_MS 25000
 #define LONGPOLL_TIMEOUT_MS 35000
-#define REQUEST_TIMEOUT_MS 15000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
-#define LOG_FLUSH_MS 100
-#define LOG_FLUSH_BYTES (64 * 1024)
-#define LOG_CHUNK_MAX (256 * 1024)
-#define LINE_HOLD_MS 1000
-#define LINE_HOLD_BYTES 8192
-#define LOG_QUEUE_MAX ((size_t)256 << 20)
 #define KILL_GRACE_MS 5000
 #define UPLOAD_TRIES 4
 #define SOURCE_TRIES 4
@@ -87,61 +81,20 @@
 #define C_ERR "\033[1;31m"
 #define C_OFF "\033[0m"
 
-struct agent {
-	char *url;              /* without a trailing '/' */
-	char *token;
-	char *name;
-	char *workdir;          /* absolute */
-	struct strvec labels;
-	int once;
-	int local;              /* started by otacd itself */
-	char *id_str;           /* agent_id as the daemon gave it (for messages) */
-	long lease_ms, heartbeat_ms;
-};
-
 /* Why a job (or a step) ended. */
 enum outcome { OUT_OK, OUT_SCRIPT, OUT_TIMEOUT, OUT_CANCELED, OUT_INFRA, OUT_LOST, OUT_STOPPED };
 
-struct job {
-	struct agent *a;
-	json_t *spec;
-	char id[64];            /* for messages */
-	char *id_url;           /* escaped, for URL paths */
-	json_int_t attempt;
-	char *token;            /* this attempt's job token: every call about the job */
-	char *ws;               /* workspace, absolute */
-	int64_t deadline;       /* monotonic ms, 0: none */
-	int64_t timeout_ms;
-	int64_t max_log;        /* 0: no limit */
-	struct mask_set *mask;  /* the job's secret values, their lines and encodings */
-	int bol;                /* the log is at the start of a line */
-
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	/* --- guarded by mu --- */
-	int cancel;             /* the daemon canceled the job */
-	int lost;               /* the lease is gone: drop the job */
-	int hb_stop;
-	int log_closed;         /* no more output: the sender drains and exits */
-	struct buf line;        /* output since the last newline, not yet masked */
-	struct mask_stream ms;  /* masks line bytes on their way into q */
-	int64_t line_since;
-	struct buf q;           /* masked bytes not yet acknowledged */
-	uint64_t q_off;         /* log offset of q.ptr[0] */
-};
-
-static volatile sig_atomic_t stop_flag;
+volatile sig_atomic_t agent_stop_flag;
 static volatile sig_atomic_t running_pgid;
 
 static void on_signal(int sig)
 {
-	stop_flag = 1;
+	agent_stop_flag = 1;
 	if (running_pgid > 0)
 		kill(-(pid_t)running_pgid, SIGKILL);
 }
 
-static void say(const char *fmt, ...) OTA_PRINTF(1, 2);
-static void say(const char *fmt, ...)
+void agent_say(const char *fmt, ...)
 {
 	va_list ap;
 	fputs("otacd-agent: ", stderr);
@@ -151,7 +104,7 @@ static void say(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-static int64_t now_ms(void)
+int64_t agent_now_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -161,9 +114,9 @@ static int64_t now_ms(void)
 /* Sleep, waking early when the agent is told to stop. */
 static void sleep_ms(long ms)
 {
-	int64_t end = now_ms() + ms;
-	while (!stop_flag) {
-		int64_t left = end - now_ms();
+	int64_t end = agent_now_ms() + ms;
+	while (!agent_stop_flag) {
+		int64_t left = end - agent_now_ms();
 		struct timespec ts;
 		if (left <= 0)
 			break;
@@ -181,7 +134,7 @@ static long backoff_next(long cur)
 }
 
 /* Wait on j->cv for at most ms (caller holds j->mu). */
-static void job_wait(struct job *j, long ms)
+void agent_job_wait(struct job *j, long ms)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -208,17 +161,6 @@ static char *scalar_text(const json_t *v)
 	return xstrdup("");
 }
 
-static int answer_size(const struct httpc_response *r, uint64_t *out)
-{
-	json_t *j = json_loadb(buf_cstr(&r->body), r->body.len, 0, NULL);
-	json_t *s = json_object_get(j, "size");
-	int rc = json_is_integer(s) && json_integer_value(s) >= 0 ? 0 : OTA_EINVAL;
-	if (!rc)
-		*out = (uint64_t)json_integer_value(s);
-	json_decref(j);
-	return rc;
-}
-
 /* ---- registration and job requests --------------------------------- */
 
 static int agent_register(struct agent *a)
@@ -226,7 +168,7 @@ static int agent_register(struct agent *a)
 	long backoff = 0;
 	int warned = 0, rc = OTA_ERROR;
 
-	while (!stop_flag) {
+	while (!agent_stop_flag) {
 		json_t *req = json_object(), *labels = json_array(), *ans = NULL, *id;
 		char *url = xasprintf("%s/api/v1/agent/register", a->url);
 		long status = 0;
@@ -251,7 +193,7 @@ static int agent_register(struct agent *a)
 				? (long)json_integer_value(h) : 5000;
 			if (!a->name && json_is_string(json_object_get(ans, "name")))
 				a->name = xstrdup(json_string_value(json_object_get(ans, "name")));
-			say("%s registered as agent %s with %s", a->name ? a->name : "?", a->id_str, a->url);
+			agent_say("%s registered as agent %s with %s", a->name ? a->name : "?", a->id_str, a->url);
 			json_decref(ans);
 			return 0;
 		}
@@ -263,7 +205,7 @@ static int agent_register(struct agent *a)
 			return rc;
 		}
 		if (!warned++)
-			say("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
+			agent_say("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
 		json_decref(ans);
 		backoff = backoff_next(backoff);
 		sleep_ms(backoff);
@@ -303,171 +245,6 @@ out:
 	return rc;
 }
 
-/* ---- log: masking, queueing, sending ------------------------------- */
-
-/* Append p[0..n) to q masked (holds j->mu); last: the end of the log. */
-static void log_queue(struct job *j, const char *p, size_t n, int last)
-{
-	struct buf masked = BUF_INIT;
-	const char *src;
-	size_t len;
-
-	mask_stream_feed(&j->ms, p, n, &masked);
-	if (last)
-		mask_stream_flush(&j->ms, &masked);
-	src = buf_cstr(&masked);
-	len = masked.len;
-	if (j->max_log > 0) {
-		/* A little past the cap, so the daemon sees there was more and
-		 * writes its truncation notice; the rest is dropped here. */
-		uint64_t limit = (uint64_t)j->max_log + 1024, end = j->q_off + j->q.len;
-		len = end >= limit ? 0 : len > limit - end ? (size_t)(limit - end) : len;
-	}
-	/* If the queue is full while the daemon is away, the overflow is lost. */
-	if (len)
-		buf_put(&j->q, src, len);
-	if (masked.ptr)
-		memset(masked.ptr, 0, masked.len);
-	buf_release(&masked);
-	if (j->q.len >= LOG_FLUSH_BYTES)
-		pthread_cond_broadcast(&j->cv);
-}
-
-/* Move complete lines (or all of a held partial line when `all`) to q. */
-static void log_flush_lines(struct job *j, int all)
-{
-	char *nl;
-	size_t n;
-
-	if (!j->line.len)
-		return;
-	nl = memrchr(j->line.ptr, '\n', j->line.len);
-	n = nl ? (size_t)(nl - j->line.ptr) + 1 : 0;
-	if (all || j->line.len - n >= LINE_HOLD_BYTES)
-		n = j->line.len;
-	if (!n)
-		return;
-	log_queue(j, j->line.ptr, n, 0);
-	memmove(j->line.ptr, j->line.ptr + n, j->line.len - n);
-	j->line.len -= n;
-	j->line.ptr[j->line.len] = '\0';
-	j->line_since = now_ms();
-}
-
-static void log_write(struct job *j, const void *p, size_t n)
-{
-	if (!n)
-		return;
-	j->bol = ((const char *)p)[n - 1] == '\n';
-	pthread_mutex_lock(&j->mu);
-	if (!j->line.len)
-		j->line_since = now_ms();
-	buf_put(&j->line, p, n);
-	log_flush_lines(j, 0);
-	pthread_mutex_unlock(&j->mu);
-}
-
-static void log_printf(struct job *j, const char *fmt, ...) OTA_PRINTF(2, 3);
-static void log_printf(struct job *j, const char *fmt, ...)
-{
-	struct buf b = BUF_INIT;
-	va_list ap;
-	if (!j->bol)
-		buf_putc(&b, '\n'); /* the agent's notes start on a line of their own */
-	va_start(ap, fmt);
-	buf_vprintf(&b, fmt, ap);
-	va_end(ap);
-	log_write(j, buf_cstr(&b), b.len);
-	buf_release(&b);
-}
-
-/* The daemon holds everything before offset s (holds j->mu). */
-static void log_ack(struct job *j, uint64_t s)
-{
-	size_t drop;
-	if (s <= j->q_off)
-		return;
-	drop = s - j->q_off > j->q.len ? j->q.len : (size_t)(s - j->q_off);
-	memmove(j->q.ptr, j->q.ptr + drop, j->q.len - drop);
-	j->q.len -= drop;
-	j->q.ptr[j->q.len] = '\0';
-	j->q_off += drop;
-}
-
-static void *log_sender(void *arg)
-{
-	struct job *j = arg;
-	size_t chunk_max = LOG_CHUNK_MAX;
-	long backoff = 0;
-	int warned = 0;
-
-	pthread_mutex_lock(&j->mu);
-	for (;;) {
-		struct httpc_response r;
-		uint64_t off, s = 0;
-		char *chunk, *url;
-		size_t n;
-		int rc;
-
-		if (backoff)
-			job_wait(j, backoff);
-		else if (!j->log_closed && j->q.len < LOG_FLUSH_BYTES)
-			job_wait(j, LOG_FLUSH_MS);
-		if (j->lost || stop_flag)
-			break;
-		if (j->log_closed || now_ms() - j->line_since >= LINE_HOLD_MS)
-			log_flush_lines(j, 1);
-		if (j->log_closed && mask_stream_held(&j->ms))
-			log_queue(j, "", 0, 1);
-		if (!j->q.len) {
-			if (j->log_closed)
-				break;
-			continue;
-		}
-		n = j->q.len < chunk_max ? j->q.len : chunk_max;
-		chunk = xmalloc(n);
-		memcpy(chunk, j->q.ptr, n);
-		off = j->q_off;
-		pthread_mutex_unlock(&j->mu);
-
-		url = xasprintf("%s/api/v1/agent/jobs/%s/log?attempt=%" JSON_INTEGER_FORMAT "&offset=%llu",
-				j->a->url, j->id_url, j->attempt, (unsigned long long)off);
-		rc = httpc_request(&r, "PUT", url, j->token, "application/octet-stream", chunk, n,
-				   REQUEST_TIMEOUT_MS);
-		free(url);
-		free(chunk);
-
-		pthread_mutex_lock(&j->mu);
-		backoff = 0;
-		if (rc < 0 || r.status >= 500) {
-			if (!warned++)
-				say("job %s: log upload failing (%s), buffering", j->id,
-				    rc < 0 ? ota_error_last() : "server error");
-			backoff = 500;
-		} else if (r.status == 200) {
-			/* The daemon took the chunk (maybe cutting it at its cap). */
-			log_ack(j, off + n);
-			warned = 0;
-		} else if (r.status == 416 && !answer_size(&r, &s)) {
-			if (s >= j->q_off)
-				log_ack(j, s);
-			else
-				j->q_off = s; /* the daemon lost bytes we no longer have */
-		} else if (r.status == 413 && chunk_max > 1024) {
-			chunk_max /= 2;
-		} else if (r.status == 409 || r.status == 404 || r.status == 401 || r.status == 403) {
-			j->lost = 1;
-			pthread_cond_broadcast(&j->cv);
-		} else {
-			say("job %s: log chunk refused (HTTP %ld), dropping %zu bytes", j->id, r.status, n);
-			log_ack(j, off + n);
-		}
-		httpc_response_release(&r);
-	}
-	pthread_mutex_unlock(&j->mu);
-	return NULL;
-}
-
 /* ---- heartbeat ------------------------------------------------------ */
 
 static void *heartbeat(void *arg)
@@ -477,7 +254,7 @@ static void *heartbeat(void *arg)
 
 	pthread_mutex_lock(&j->mu);
 	for (;;) {
-		int64_t next = now_ms() + wait;
+		int64_t next = agent_now_ms() + wait;
 		json_t *req, *ans = NULL;
 		long status = 0;
 		char *url;
@@ -485,9 +262,9 @@ static void *heartbeat(void *arg)
 
 		/* The condition variable is shared with the log sender, so a
 		 * wake-up is not yet the time to beat. */
-		while (!j->hb_stop && !j->lost && !stop_flag && now_ms() < next)
-			job_wait(j, (long)(next - now_ms()));
-		if (j->hb_stop || j->lost || stop_flag)
+		while (!j->hb_stop && !j->lost && !agent_stop_flag && agent_now_ms() < next)
+			agent_job_wait(j, (long)(next - agent_now_ms()));
+		if (j->hb_stop || j->lost || agent_stop_flag)
 			break;
 		pthread_mutex_unlock(&j->mu);
 		req = json_object();
@@ -558,7 +335,7 @@ static int drain(struct job *j, int fd, size_t max)
 	for (;;) {
 		ssize_t n = read(fd, tmp, sizeof(tmp));
 		if (n > 0) {
-			log_write(j, tmp, (size_t)n);
+			logsend_write(j, tmp, (size_t)n);
 			total += (size_t)n;
 			if (total >= max)
 				return 0;
@@ -585,7 +362,7 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 	*exit_code = -1;
 	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (devnull < 0 || pipe2(pfd, O_CLOEXEC) < 0) {
-		log_printf(j, C_ERR "cannot set up the step: %s" C_OFF "\n", strerror(errno));
+		logsend_printf(j, C_ERR "cannot set up the step: %s" C_OFF "\n", strerror(errno));
 		why = OUT_INFRA;
 		goto out;
 	}
@@ -598,7 +375,7 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 	{
 		int err = contain_spawn(&pid, argv, envp, devnull, pfd[1], j->ws);
 		if (err) {
-			log_printf(j, C_ERR "cannot start the step in %s: %s" C_OFF "\n", j->ws, strerror(err));
+			logsend_printf(j, C_ERR "cannot start the step in %s: %s" C_OFF "\n", j->ws, strerror(err));
 			why = OUT_INFRA;
 			pid = -1;
 			goto out;
@@ -638,8 +415,8 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 		cancel = j->cancel;
 		lost = j->lost;
 		pthread_mutex_unlock(&j->mu);
-		now = now_ms();
-		if ((lost || stop_flag) && why != OUT_LOST && why != OUT_STOPPED) {
+		now = agent_now_ms();
+		if ((lost || agent_stop_flag) && why != OUT_LOST && why != OUT_STOPPED) {
 			why = lost ? OUT_LOST : OUT_STOPPED;
 			killpg_quiet(pid, SIGKILL);
 		} else if (!term_at && (cancel || (j->deadline && now >= j->deadline))) {
@@ -659,7 +436,7 @@ static enum outcome step_run(struct job *j, const char *run, char **envp, int *e
 		*exit_code = 128 + WTERMSIG(status);
 	/* A step killed because the agent is stopping (SIGTERM, or the
 	 * daemon that started us died) did not fail: the job is not done. */
-	if (why == OUT_OK && stop_flag)
+	if (why == OUT_OK && agent_stop_flag)
 		why = OUT_STOPPED;
 	if (why == OUT_OK && *exit_code != 0)
 		why = OUT_SCRIPT;
@@ -781,14 +558,14 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 	url = xasprintf("%s/api/v1/agent/jobs/%s/artifacts?attempt=%" JSON_INTEGER_FORMAT
 			"&name=%s&sha256=%s%s%s%s%s", j->a->url, j->id_url, j->attempt, ename, sha,
 			etype ? "&type=" : "", etype ? etype : "", ehw ? "&hardware=" : "", ehw ? ehw : "");
-	for (int try = 1; try <= UPLOAD_TRIES && !stop_flag; try++) {
+	for (int try = 1; try <= UPLOAD_TRIES && !agent_stop_flag; try++) {
 		struct httpc_response r;
 		int rc;
 		rewind(f);
 		rc = httpc_upload(&r, "PUT", url, j->token, NULL, f, (size_t)st.st_size,
 				  300000 + (long)(st.st_size / 1000));
 		if (!rc && (r.status == 200 || r.status == 201)) {
-			log_printf(j, "uploaded %s (%lld bytes, sha256 %.12s)\n", name, (long long)st.st_size, sha);
+			logsend_printf(j, "uploaded %s (%lld bytes, sha256 %.12s)\n", name, (long long)st.st_size, sha);
 			httpc_response_release(&r);
 			why = OUT_OK;
 			goto out;
@@ -869,7 +646,7 @@ static enum outcome artifacts_collect(struct job *j, char **msg)
 				if (!real || strncmp(real, wsreal, wl) || real[wl] != '/' ||
 				    stat(real, &st) < 0 || !S_ISREG(st.st_mode)) {
 					if (real && (strncmp(real, wsreal, wl) || real[wl] != '/'))
-						log_printf(j, "skipping %s: it points outside the workspace\n", rel);
+						logsend_printf(j, "skipping %s: it points outside the workspace\n", rel);
 					free(real);
 					continue;
 				}
@@ -916,11 +693,11 @@ static enum outcome job_interrupted(struct job *j)
 	pthread_mutex_lock(&j->mu);
 	if (j->lost)
 		why = OUT_LOST;
-	else if (stop_flag)
+	else if (agent_stop_flag)
 		why = OUT_STOPPED;
 	else if (j->cancel)
 		why = OUT_CANCELED;
-	else if (j->deadline && now_ms() >= j->deadline)
+	else if (j->deadline && agent_now_ms() >= j->deadline)
 		why = OUT_TIMEOUT;
 	pthread_mutex_unlock(&j->mu);
 	return why;
@@ -972,7 +749,7 @@ static enum outcome job_checkout(struct job *j, char **msg)
 		int rc, retry;
 
 		if (j->deadline) {
-			int64_t left = j->deadline - now_ms();
+			int64_t left = j->deadline - agent_now_ms();
 			if (left < timeout)
 				timeout = left > 1 ? (long)left : 1;
 		}
@@ -1000,7 +777,7 @@ static enum outcome job_checkout(struct job *j, char **msg)
 			*msg = xasprintf("cannot fetch the source: %s", err);
 			goto out;
 		}
-		log_printf(j, "cannot fetch the source (%s), retrying in %lds\n", err, backoff / 1000);
+		logsend_printf(j, "cannot fetch the source (%s), retrying in %lds\n", err, backoff / 1000);
 		sleep_ms(backoff);
 		backoff *= 2;
 	}
@@ -1009,7 +786,7 @@ static enum outcome job_checkout(struct job *j, char **msg)
 		*msg = xasprintf("cannot extract the source: %s", ota_error_last());
 		goto out;
 	}
-	log_printf(j, "checked out %s at %.12s (%s)\n", repo ? repo : "the source",
+	logsend_printf(j, "checked out %s at %.12s (%s)\n", repo ? repo : "the source",
 		   commit ? commit : "?", ref ? ref : "?");
 	why = OUT_OK;
 out:
@@ -1027,7 +804,7 @@ static void job_log_header(struct job *j, const char *run);
 
 static void sw_log(void *arg, const char *line)
 {
-	log_printf(arg, "%s\n", line);
+	logsend_printf(arg, "%s\n", line);
 }
 
 static struct sw_job sw_job_of(struct job *j, char **envp)
@@ -1052,7 +829,7 @@ static enum outcome steps_run(struct job *j, json_t *steps, char **envp, int *ex
 		const char *sname = json_string_value(json_object_get(step, "name"));
 		if (!run)
 			continue;
-		if (j->deadline && now_ms() >= j->deadline)
+		if (j->deadline && agent_now_ms() >= j->deadline)
 			return OUT_TIMEOUT;
 		job_log_header(j, run);
 		why = step_run(j, run, envp, exit_code);
@@ -1082,7 +859,7 @@ static enum outcome job_inputs(struct job *j, struct strvec *env, char **msg)
 	sw = sw_job_of(j, env->v);
 	rc = sw_inputs_fetch(&sw, dir, &n, msg);
 	if (!rc)
-		log_printf(j, "%d input%s in %s\n", n, n == 1 ? "" : "s", dir);
+		logsend_printf(j, "%d input%s in %s\n", n, n == 1 ? "" : "s", dir);
 	free(dir);
 	return sw_outcome(rc);
 }
@@ -1096,7 +873,7 @@ static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec 
 	if (why != OUT_OK)
 		return why;
 	sw_digests(digests, j->ws, json_object_get(j->spec, "artifacts"));
-	log_printf(j, C_HEAD "reproducible: first build done (%zu artifacts), building again in a clean workspace"
+	logsend_printf(j, C_HEAD "reproducible: first build done (%zu artifacts), building again in a clean workspace"
 		   C_OFF "\n", json_object_size(*digests));
 	if (rm_rf(j->ws) < 0 || ota_mkdir_p(j->ws, 0755) < 0) {
 		*msg = xasprintf("cannot clean the workspace: %s", ota_error_last());
@@ -1115,7 +892,7 @@ static enum outcome job_compare_builds(struct job *j, json_t *first, char **msg)
 	sw_digests(&second, j->ws, json_object_get(j->spec, "artifacts"));
 	why = sw_outcome(sw_digests_compare(first, second, msg));
 	if (why == OUT_OK)
-		log_printf(j, "reproducible: both builds gave identical artifacts (%zu)\n", json_object_size(second));
+		logsend_printf(j, "reproducible: both builds gave identical artifacts (%zu)\n", json_object_size(second));
 	json_decref(second);
 	return why;
 }
@@ -1144,7 +921,7 @@ static enum outcome job_stage_after(struct job *j, enum outcome why, char **envp
 			*msg = m;
 			m = NULL;
 		} else {
-			log_printf(j, "%s\n", m);
+			logsend_printf(j, "%s\n", m);
 		}
 	}
 	free(m);
@@ -1175,10 +952,10 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 			break;
 		}
 		if (!r && status >= 400 && status < 500 && status != 408 && status != 429) {
-			say("job %s: finish refused (HTTP %ld)", j->id, status);
+			agent_say("job %s: finish refused (HTTP %ld)", j->id, status);
 			break;
 		}
-		if (stop_flag && tries == 0)
+		if (agent_stop_flag && tries == 0)
 			break;
 		backoff = backoff_next(backoff);
 		sleep_ms(backoff);
@@ -1201,7 +978,7 @@ static void job_log_header(struct job *j, const char *run)
 	while (b.len && b.ptr[b.len - 1] == '\n')
 		b.ptr[--b.len] = '\0';
 	buf_puts(&b, C_OFF "\n");
-	log_write(j, b.ptr, b.len);
+	logsend_write(j, b.ptr, b.len);
 	buf_release(&b);
 }
 
@@ -1243,7 +1020,7 @@ static int job_run(struct agent *a, json_t *spec)
 	json_object_del(spec, "job_token");
 	v = json_object_get(spec, "timeout_ms");
 	j.timeout_ms = json_is_integer(v) ? json_integer_value(v) : 0;
-	j.deadline = j.timeout_ms > 0 ? now_ms() + j.timeout_ms : 0;
+	j.deadline = j.timeout_ms > 0 ? agent_now_ms() + j.timeout_ms : 0;
 	v = json_object_get(spec, "max_log_bytes");
 	j.max_log = json_is_integer(v) ? json_integer_value(v) : 0;
 	{
@@ -1272,7 +1049,7 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_cond_init(&j.cv, &ca);
 	pthread_condattr_destroy(&ca);
 
-	say("job %s attempt %" JSON_INTEGER_FORMAT " (%s) started", j.id, j.attempt, name ? name : "?");
+	agent_say("job %s attempt %" JSON_INTEGER_FORMAT " (%s) started", j.id, j.attempt, name ? name : "?");
 	/* Helper threads leave SIGTERM/SIGINT to the main thread, whose
 	 * poll() they interrupt. */
 	sigemptyset(&block);
@@ -1280,7 +1057,7 @@ static int job_run(struct agent *a, json_t *spec)
 	sigaddset(&block, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	pthread_create(&hb_thread, NULL, heartbeat, &j);
-	pthread_create(&log_thread, NULL, log_sender, &j);
+	pthread_create(&log_thread, NULL, logsend_thread, &j);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 
 	if (rm_rf(j.ws) < 0 || ota_mkdir_p(j.ws, 0755) < 0) {
@@ -1309,7 +1086,7 @@ static int job_run(struct agent *a, json_t *spec)
 	if (why == OUT_STOPPED && !msg)
 		msg = xstrdup("the agent was stopped");
 	if (msg)
-		log_printf(&j, C_ERR "%s" C_OFF "\n", msg);
+		logsend_printf(&j, C_ERR "%s" C_OFF "\n", msg);
 
 	pthread_mutex_lock(&j.mu);
 	j.log_closed = 1;
@@ -1339,11 +1116,11 @@ static int job_run(struct agent *a, json_t *spec)
 		pthread_join(hb_thread, NULL);
 	}
 	if (why == OUT_OK)
-		say("job %s attempt %" JSON_INTEGER_FORMAT " finished: passed", j.id, j.attempt);
+		agent_say("job %s attempt %" JSON_INTEGER_FORMAT " finished: passed", j.id, j.attempt);
 	else if (why == OUT_LOST)
-		say("job %s attempt %" JSON_INTEGER_FORMAT " dropped: the daemon gave its lease away", j.id, j.attempt);
+		agent_say("job %s attempt %" JSON_INTEGER_FORMAT " dropped: the daemon gave its lease away", j.id, j.attempt);
 	else
-		say("job %s attempt %" JSON_INTEGER_FORMAT " finished: failed (%s)", j.id, j.attempt, failure_names[why]);
+		agent_say("job %s attempt %" JSON_INTEGER_FORMAT " finished: failed (%s)", j.id, j.attempt, failure_names[why]);
 	rc = why == OUT_OK ? 0 : OTA_ERROR;
 
 	if (!getenv("OTACD_AGENT_KEEP_WORKSPACE"))
@@ -1497,7 +1274,7 @@ int main(int argc, char **argv)
 		case 'F':
 			free(a.token);
 			if (!(a.token = token_read(c == 'T' ? optarg : NULL, c == 'F' ? atoi(optarg) : -1))) {
-				say("cannot read the token from %s %s: %s", c == 'T' ? "file" : "descriptor", optarg,
+				agent_say("cannot read the token from %s %s: %s", c == 'T' ? "file" : "descriptor", optarg,
 				    ota_error_last());
 				return 2;
 			}
@@ -1518,7 +1295,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (!a.token || !*a.token) {
-		say("no token: pass --token-file, --token-fd or --token, or set OTACD_AGENT_TOKEN");
+		agent_say("no token: pass --token-file, --token-fd or --token, or set OTACD_AGENT_TOKEN");
 		return 2;
 	}
 	a.url = xstrdup(url && *url ? url : DEFAULT_URL);
@@ -1541,23 +1318,23 @@ int main(int argc, char **argv)
 	}
 
 	if (ota_mkdir_p(workdir, 0755) < 0 || !(a.workdir = realpath(workdir, NULL))) {
-		say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
+		agent_say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
 		return 1;
 	}
-	say("%s", contain_init(a.workdir));
+	agent_say("%s", contain_init(a.workdir));
 	if (httpc_global_init() < 0) {
-		say("%s", ota_error_last());
+		agent_say("%s", ota_error_last());
 		return 1;
 	}
-	httpc_set_abort_flag(&stop_flag);
+	httpc_set_abort_flag(&agent_stop_flag);
 
 	if (agent_register(&a) < 0) {
-		if (!stop_flag)
-			say("%s", ota_error_last());
-		rc = stop_flag ? 0 : 1;
+		if (!agent_stop_flag)
+			agent_say("%s", ota_error_last());
+		rc = agent_stop_flag ? 0 : 1;
 		goto out;
 	}
-	while (!stop_flag) {
+	while (!agent_stop_flag) {
 		json_t *spec = NULL;
 		int r = agent_request_job(&spec, &a);
 		if (!r && spec) {
@@ -1570,17 +1347,17 @@ int main(int argc, char **argv)
 			backoff = 0;
 		} else if (r == OTA_ENOTFOUND) {
 			if (agent_register(&a) < 0) {
-				if (!stop_flag)
-					say("%s", ota_error_last());
-				rc = stop_flag ? 0 : 1;
+				if (!agent_stop_flag)
+					agent_say("%s", ota_error_last());
+				rc = agent_stop_flag ? 0 : 1;
 				break;
 			}
-		} else if (!stop_flag) {
+		} else if (!agent_stop_flag) {
 			backoff = backoff_next(backoff);
 			sleep_ms(backoff);
 		}
 	}
-	if (stop_flag)
+	if (agent_stop_flag)
 		rc = 0; /* asked to stop: a clean exit */
 out:
 	httpc_global_cleanup();

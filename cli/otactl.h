@@ -28,7 +28,41 @@ struct otactl_ctl {
 };
 extern struct otactl_ctl ctl;
 
+/* Limits of one request: its timeout, how long a command waiting on the
+ * daemon keeps retrying while it is unreachable, the biggest pipeline file. */
+#define REQUEST_TIMEOUT_MS 30000
+#define UNREACHABLE_GIVE_UP_MS 120000
+#define PIPELINE_MAX ((size_t)1 << 20)
+
+/* The abbreviated commit id shown everywhere (as in the agent's log). */
+#define SHORT_COMMIT 12
+
+/* A table printed with columns padded to their widest cell; the column
+ * `state_col` is coloured by state. */
+struct ctl_table {
+	size_t ncols;
+	int state_col;
+	struct strvec cells;
+};
+void ctl_table_row(struct ctl_table *t, ...);
+void ctl_table_print(struct ctl_table *t);
+
 int usage_error(const char *cmd, const char *fmt, ...) OTA_PRINTF(2, 3);
+int64_t ctl_now_ms(void);
+void ctl_sleep_ms(long ms);
+/* Text of an id or other scalar into out. */
+const char *ctl_id_text(char *out, size_t n, const json_t *v);
+void ctl_fmt_time(char *out, size_t n, int64_t ms);
+/* Duration between started_at and finished_at of a run or job. */
+void ctl_obj_duration(char *out, size_t n, const json_t *o);
+const char *ctl_short_ref(const char *ref);
+/* The first line of s for a terminal, at most max bytes; caller frees. */
+char *ctl_one_line(const char *s, size_t max);
+int ctl_state_final(const char *s);
+/* Prints why the daemon cannot be reached; EXIT_UNREACHABLE. */
+int ctl_unreachable(void);
+/* GET a run (id as given on the command line); 0 with *out or an exit code. */
+int ctl_get_run(json_t **out, const char *run);
 const char *str_or(const json_t *obj, const char *key, const char *dflt);
 int64_t int_or(const json_t *obj, const char *key, int64_t dflt);
 void print_state(FILE *f, const char *s, int width);
@@ -43,6 +77,17 @@ int api(json_t **out, const char *method, const char *path, json_t *req, const c
 /* "--name V" / "--name=V" at argv[*i]: 1 and *val, 0 if not it, -1 if V is missing. */
 int opt_value(const char *name, int argc, char **argv, int *i, const char **val);
 
+/* cli/runs.c */
+int cmd_trigger(int argc, char **argv);
+int cmd_runs(int argc, char **argv);
+int cmd_show(int argc, char **argv);
+int cmd_cancel(int argc, char **argv);
+/* cli/logs.c */
+int cmd_logs(int argc, char **argv);
+/* cli/agents.c */
+int cmd_agents(int argc, char **argv);
+/* cli/artifacts.c */
+int cmd_artifacts(int argc, char **argv);
 /* cli/rollout.c */
 int cmd_releases(int argc, char **argv);
 int cmd_rollout(int argc, char **argv);

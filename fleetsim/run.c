@@ -26,10 +26,12 @@
  *
  * Reports of all devices are batched (REPORT_BATCH per POST, a few POSTs in
  * flight); a batch that fails to send is retried, one rejected with 4xx is
- * counted and dropped.  Counts, the summary line, the stats file and the
- * Prometheus text are all computed here (docs/fleetsim.md).
+ * counted and dropped.  Counts are kept here; the summary line, the stats
+ * file and the Prometheus text are made from them in output.c
+ * (docs/fleetsim.md), and the fleet is registered before the loop starts
+ * by provision.c.  The state all three share is in run_int.h.
  */
-#include "run.h"
+#include "run_int.h"
 
 #include <curl/curl.h>
 #include <inttypes.h>
@@ -51,8 +53,6 @@
 #define REPORT_QUEUE_MAX 20000                   /* batches kept while the server is away */
 #define ANSWER_MAX (1u << 20)
 #define IMAGE_MAX ((size_t)64 << 20)
-#define SUMMARY_REAL_MS 10000
-#define METRICS_REAL_MS 1000
 #define FETCH_TRIES 5
 #define WARN_MAX 50
 #define LOUD_MAX 20                              /* downgrade / incompatible lines printed */
@@ -60,104 +60,9 @@
 #define SALT_FIRST_HB 102
 #define SALT_BATTERY 103
 
-enum xkind { X_CHECKIN, X_DOWNLOAD, X_FETCH, X_REPORTS };
-
-struct xfer {
-	CURL *e;
-	enum xkind kind;
-	int busy;
-	uint32_t dev;
-	uint32_t image;              /* 1-based */
-	struct sim_download *dl;     /* X_DOWNLOAD (the device's), X_FETCH (own) */
-	struct sim_download fetch;
-	struct buf keep;             /* X_FETCH: the image bytes */
-	struct buf body;             /* answer (or error body) */
-	struct buf req;
-	struct curl_slist *hdrs;     /* this request's headers (the device's credential) */
-	int nreports;
-	int64_t range_start;
-	int started, body_is_data, failed, flaky_abort, probe;
-	char err[CURL_ERROR_SIZE];
-};
-
-struct vstat {
-	int64_t devices, offered, ever_ran, confirmed, crashes;
-	double hours, battery;
-	uint64_t *offered_bits, *ran_bits;
-	uint64_t vhash;
-	struct sim_rates *rates;     /* per hardware index, computed once */
-};
-
-struct batch {
-	char *body;
-	int n;
-};
-
-struct fleetsim {
-	struct fleetsim_opts o;
-	const struct sim_profile *p;
-	struct sim_imgcache images;
-	struct sim_versions versions;
-	struct vstat *vs;
-	size_t nvs;
-	struct sim_heap heap;
-	struct sim_device *dev;
-	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
-	uint32_t ndev;
-	uint64_t rng;
-	char *base, *checkin_url, *reports_url;
-	struct curl_slist *hdr_json, *hdr_auth;
-	char *product_json;
-	char **hw_json, **bl_json, *tag_json[SIM_MAX_TAGS][SIM_MAX_CHOICES];
-	char *tagkey_json[SIM_MAX_TAGS];
-
-	/* downloads in flight or partial, by 1-based slot */
-	struct sim_download **dls;
-	uint32_t ndls, capdls;
-	uint32_t *dlfree;
-	uint32_t ndlfree;
-
-	CURLM *multi;
-	struct xfer **xs;            /* every transfer ever made; idle ones are reused */
-	size_t nxs;
-	unsigned dev_active;         /* device transfers in flight (check-ins, downloads) */
-	unsigned reports_inflight;
-
-	int time_known;
-	int64_t anchor_otacd, anchor_real, last_now, t0;
-	double scale;
-	int64_t poll_ms;
-	int probe_inflight;
-	int64_t probe_retry_real;
-	int fatal;
-
-	struct buf pending;
-	int npending;
-	int64_t pending_since_real;
-	struct batch *q;             /* sealed batches, q[qhead..qn) */
-	size_t qhead, qn, qcap;
-	int64_t retry_at_real;
-
-	struct {
-		int64_t installed, confirmed, reverted, boot_failed, refused,
-			refused_lower_counter, refused_bad_signature, incompatible_offers,
-			skipped_failed, downloads, resumed_downloads, cut_downloads, reports_sent,
-			reports_rejected, reports_dropped, checkins, requests_failed,
-			flaky_aborts, heartbeats;
-	} c;
-
-	int64_t *printed;            /* devices per version at the last summary line */
-	size_t nprinted;
-	int64_t start_real, last_print_real, last_metrics_real;
-	int until_reached;
-	unsigned warned;
-	pthread_mutex_t mlock;
-	char *metrics;
-};
-
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t real_ms(void)
+int64_t fs_real_ms(void)
 {
 	struct timespec ts;
 
@@ -165,8 +70,7 @@ static int64_t real_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void warn(struct fleetsim *fs, const char *fmt, ...) OTA_PRINTF(2, 3);
-static void warn(struct fleetsim *fs, const char *fmt, ...)
+void fs_warn(struct fleetsim *fs, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -191,14 +95,13 @@ static char *json_quote(const char *s)
 	return out ? out : xstrdup("\"\"");
 }
 
-/* otacd ms now: anchored at the latest answer, never backwards. */
-static int64_t fs_now(struct fleetsim *fs)
+int64_t fs_now(struct fleetsim *fs)
 {
 	int64_t t;
 
 	if (!fs->time_known)
 		return 0;
-	t = fs->anchor_otacd + (int64_t)((double)(real_ms() - fs->anchor_real) * fs->scale);
+	t = fs->anchor_otacd + (int64_t)((double)(fs_real_ms() - fs->anchor_real) * fs->scale);
 	if (t < fs->last_now)
 		t = fs->last_now;
 	fs->last_now = t;
@@ -208,7 +111,7 @@ static int64_t fs_now(struct fleetsim *fs)
 static void time_update(struct fleetsim *fs, int64_t now, double scale)
 {
 	fs->anchor_otacd = now;
-	fs->anchor_real = real_ms();
+	fs->anchor_real = fs_real_ms();
 	fs->scale = scale > 0 ? scale : 1.0;
 	if (!fs->time_known) {
 		fs->time_known = 1;
@@ -320,7 +223,7 @@ static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *even
 	if (fs->npending)
 		buf_putc(&fs->pending, ',');
 	else
-		fs->pending_since_real = real_ms();
+		fs->pending_since_real = fs_real_ms();
 	/* one batch carries many devices' reports, each with its credential */
 	buf_printf(&fs->pending, "{\"device\":\"%s\",\"credential\":\"%s\",\"version\":\"%s\",\"event\":\"%s\","
 		   "\"at\":%" PRId64 "%s}", id, hex, fs->versions.names[v], event, at, extra ? extra : "");
@@ -348,7 +251,7 @@ static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
-static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
+size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud)
 {
 	struct xfer *x = ud;
 	size_t n = sz * nm;
@@ -411,7 +314,7 @@ static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *u
 	curl_easy_setopt(x->e, CURLOPT_PRIVATE, x);
 	curl_easy_setopt(x->e, CURLOPT_ERRORBUFFER, x->err);
 	curl_easy_setopt(x->e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, fs_on_body);
 	curl_easy_setopt(x->e, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(x->e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x);
@@ -483,7 +386,7 @@ static void xfer_recycle(struct xfer *x)
 
 static void reports_pump(struct fleetsim *fs, int force)
 {
-	int64_t rn = real_ms();
+	int64_t rn = fs_real_ms();
 
 	if (fs->npending && (force || rn - fs->pending_since_real >= REPORT_FLUSH_REAL_MS))
 		batch_seal(fs);
@@ -512,12 +415,12 @@ static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 	}
 	if (rc == CURLE_OK && st >= 400 && st < 500) {
 		fs->c.reports_rejected += x->nreports;
-		warn(fs, "report batch of %d rejected (%ld): %.300s", x->nreports, st,
+		fs_warn(fs, "report batch of %d rejected (%ld): %.300s", x->nreports, st,
 		     buf_cstr(&x->body));
 		return;
 	}
 	/* server away or failing: put the batch back at the head and retry */
-	warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
+	fs_warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
 	     rc ? x->err : buf_cstr(&x->body));
 	if (fs->qhead == 0) {
 		if (fs->qn == fs->qcap) {
@@ -529,7 +432,7 @@ static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		fs->qhead = 1;
 	}
 	fs->q[--fs->qhead] = (struct batch){ xstrdup(x->req.ptr), x->nreports };
-	fs->retry_at_real = real_ms() + 1000;
+	fs->retry_at_real = fs_real_ms() + 1000;
 }
 
 /* ---- device flow -------------------------------------------------------- */
@@ -693,7 +596,7 @@ static void fetch_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st
 			fs->c.downloads++;
 	} else {
 		img->fetch_failures++;
-		warn(fs, "fetching image %.12s failed (%s)", img->sha256,
+		fs_warn(fs, "fetching image %.12s failed (%s)", img->sha256,
 		     rc ? x->err : buf_cstr(&x->body));
 	}
 	for (size_t k = 0; k < img->nwaiters; k++) {
@@ -729,7 +632,7 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 
 	if (!version || !sha || !url || (v = version_idx(fs, version)) < 0 ||
 	    (ii = sim_imgcache_find(&fs->images, sha, 1)) < 0) {
-		warn(fs, "malformed offer to dev-%06u (version, image.sha256, image.url)", i);
+		fs_warn(fs, "malformed offer to dev-%06u (version, image.sha256, image.url)", i);
 		return;
 	}
 	img = fs->images.v[ii];
@@ -837,12 +740,12 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		if (x->flaky_abort)
 			fs->c.flaky_aborts++;
 		else if (rc != CURLE_OK)
-			warn(fs, "check-in of dev-%06u: %s", i, x->err);
+			fs_warn(fs, "check-in of dev-%06u: %s", i, x->err);
 		else
-			warn(fs, "check-in of dev-%06u: %ld %.300s", i, st, buf_cstr(&x->body));
+			fs_warn(fs, "check-in of dev-%06u: %ld %.300s", i, st, buf_cstr(&x->body));
 		if (x->probe) {
 			fs->probe_inflight = 0;
-			fs->probe_retry_real = real_ms() + 1000;
+			fs->probe_retry_real = fs_real_ms() + 1000;
 			if (st == 400 || st == 401 || st == 403 || st == 404) {
 				fprintf(stderr, "fleetsim: the server refuses check-ins (%ld): %.300s\n", st,
 					buf_cstr(&x->body));
@@ -929,7 +832,7 @@ static void download_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long
 			fs->c.cut_downloads++;  /* resumes on the next offer */
 		} else {
 			fs->c.requests_failed++;
-			warn(fs, "download of %.12s by dev-%06u: %s", img->sha256, i,
+			fs_warn(fs, "download of %.12s by dev-%06u: %s", img->sha256, i,
 			     rc && !x->failed ? x->err : buf_cstr(&x->body));
 			if (st == 404)
 				drop_download(fs, i);
@@ -938,7 +841,7 @@ static void download_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long
 		return;
 	}
 	if (sim_download_digest(dl, hex) || strcmp(hex, img->sha256)) {
-		warn(fs, "dev-%06u downloaded %.12s but its bytes hash to %.12s", i, img->sha256,
+		fs_warn(fs, "dev-%06u downloaded %.12s but its bytes hash to %.12s", i, img->sha256,
 		     hex);
 		d->failed_image = d->image;
 		refuse(fs, i, d->new_version, SIM_REFUSE_BAD_SIGNATURE, now, -1);
@@ -1105,239 +1008,6 @@ static void drain_done(struct fleetsim *fs)
 	}
 }
 
-/* ---- output ------------------------------------------------------------- */
-
-static int cmp_vidx(const void *a, const void *b, void *ctx)
-{
-	struct fleetsim *fs = ctx;
-
-	return sim_version_cmp(fs->versions.names[*(const int *)a],
-			       fs->versions.names[*(const int *)b]);
-}
-
-static int *sorted_versions(struct fleetsim *fs)
-{
-	int *idx = xmalloc((fs->versions.n + 1) * sizeof(int));
-
-	for (size_t k = 0; k < fs->versions.n; k++)
-		idx[k] = (int)k;
-	qsort_r(idx, fs->versions.n, sizeof(int), cmp_vidx, fs);
-	return idx;
-}
-
-static void print_summary(struct fleetsim *fs, const char *word)
-{
-	int64_t el = fs->time_known ? (fs_now(fs) - fs->t0) / 60000 : 0;
-	int64_t offered = 0;
-	int *idx = sorted_versions(fs);
-	struct buf b = BUF_INIT;
-
-	buf_printf(&b, "fleetsim%s%s t=+%" PRId64 "h%02" PRId64 "m devices=%u", word ? " " : "",
-		   word ? word : "", el / 60, el % 60, fs->ndev);
-	for (size_t k = 0; k < fs->versions.n; k++) {
-		offered += fs->vs[idx[k]].offered;
-		if (fs->vs[idx[k]].devices)
-			buf_printf(&b, " %s=%" PRId64, fs->versions.names[idx[k]],
-				   fs->vs[idx[k]].devices);
-	}
-	buf_printf(&b, " offered=%" PRId64 " installed=%" PRId64 " confirmed=%" PRId64
-		   " reverted=%" PRId64 " boot_failed=%" PRId64 " refused=%" PRId64
-		   " downloads=%" PRId64 " reports=%" PRId64 "\n",
-		   offered, fs->c.installed, fs->c.confirmed, fs->c.reverted, fs->c.boot_failed,
-		   fs->c.refused, fs->c.downloads, fs->c.reports_sent);
-	if (fs->c.refused_lower_counter || fs->c.incompatible_offers)
-		buf_printf(&b, "fleetsim%s%s SERVER FAULTS: refused_lower_counter=%" PRId64
-			   " incompatible_offers=%" PRId64 "\n", word ? " " : "", word ? word : "",
-			   fs->c.refused_lower_counter, fs->c.incompatible_offers);
-	fputs(buf_cstr(&b), stdout);
-	fflush(stdout);
-	buf_release(&b);
-	free(idx);
-	fs->printed = xrealloc(fs->printed, (fs->versions.n + 1) * sizeof(*fs->printed));
-	for (size_t k = fs->nprinted; k < fs->versions.n; k++)
-		fs->printed[k] = 0;
-	fs->nprinted = fs->versions.n;
-	for (size_t k = 0; k < fs->versions.n; k++)
-		fs->printed[k] = fs->vs[k].devices;
-	fs->last_print_real = real_ms();
-}
-
-static void metrics_build(struct fleetsim *fs, struct buf *b)
-{
-	static const struct {
-		const char *name, *help;
-		size_t off;
-	} counters[] = {
-#define C(f, h) { #f, h, offsetof(struct fleetsim, c.f) }
-		C(installed, "Images installed (test boots started)."),
-		C(confirmed, "Test boots confirmed (boot_ok)."),
-		C(reverted, "Test boots reverted by a crash or watchdog."),
-		C(boot_failed, "Test boots that failed outright."),
-		C(refused, "Offers or images refused, every reason."),
-		C(refused_lower_counter, "Offers refused for a security counter below the held one (must stay 0)."),
-		C(refused_bad_signature, "Images refused for a bad signature or digest."),
-		C(incompatible_offers, "Offers for hardware or a bootloader the device does not fit (must stay 0)."),
-		C(downloads, "Completed image downloads."),
-		C(resumed_downloads, "Completed downloads that resumed with a Range request."),
-		C(reports_sent, "Reports accepted by the server."),
-		C(reports_rejected, "Reports in batches the server rejected."),
-		C(checkins, "Successful check-ins."),
-		C(requests_failed, "Requests that failed (flaky devices included)."),
-#undef C
-	};
-	int *idx = sorted_versions(fs);
-
-	buf_puts(b, "# HELP fleetsim_devices Simulated devices per running version.\n"
-		    "# TYPE fleetsim_devices gauge\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_devices{version=\"%s\"} %" PRId64 "\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].devices);
-	buf_puts(b, "# HELP fleetsim_ever_ran Distinct devices that ever booted and confirmed a version.\n"
-		    "# TYPE fleetsim_ever_ran gauge\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_ever_ran{version=\"%s\"} %" PRId64 "\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].ever_ran);
-	buf_puts(b, "# HELP fleetsim_offered_devices Distinct devices offered a version.\n"
-		    "# TYPE fleetsim_offered_devices gauge\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_offered_devices{version=\"%s\"} %" PRId64 "\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].offered);
-	buf_puts(b, "# HELP fleetsim_crashes_total Crashes reported in heartbeats per version.\n"
-		    "# TYPE fleetsim_crashes_total counter\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_crashes_total{version=\"%s\"} %" PRId64 "\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].crashes);
-	buf_puts(b, "# HELP fleetsim_device_hours_total Device-hours reported per version.\n"
-		    "# TYPE fleetsim_device_hours_total counter\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_device_hours_total{version=\"%s\"} %.3f\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].hours);
-	buf_puts(b, "# HELP fleetsim_battery_mah_total Battery used (mAh) reported per version.\n"
-		    "# TYPE fleetsim_battery_mah_total counter\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		buf_printf(b, "fleetsim_battery_mah_total{version=\"%s\"} %.3f\n",
-			   fs->versions.names[idx[k]], fs->vs[idx[k]].battery);
-	buf_puts(b, "# HELP fleetsim_battery_mah_per_day Mean battery use per device-day on a release.\n"
-		    "# TYPE fleetsim_battery_mah_per_day gauge\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		if (fs->vs[idx[k]].hours > 0)
-			buf_printf(b, "fleetsim_battery_mah_per_day{release=\"%s\"} %.4f\n",
-				   fs->versions.names[idx[k]],
-				   fs->vs[idx[k]].battery / fs->vs[idx[k]].hours * 24.0);
-	buf_puts(b, "# HELP fleetsim_crashes_per_device_hour Crashes per device-hour on a release.\n"
-		    "# TYPE fleetsim_crashes_per_device_hour gauge\n");
-	for (size_t k = 0; k < fs->versions.n; k++)
-		if (fs->vs[idx[k]].hours > 0)
-			buf_printf(b, "fleetsim_crashes_per_device_hour{release=\"%s\"} %.6f\n",
-				   fs->versions.names[idx[k]],
-				   (double)fs->vs[idx[k]].crashes / fs->vs[idx[k]].hours);
-	for (size_t k = 0; k < OTA_ARRAY_SIZE(counters); k++)
-		buf_printf(b, "# HELP fleetsim_%s_total %s\n# TYPE fleetsim_%s_total counter\n"
-			   "fleetsim_%s_total %" PRId64 "\n", counters[k].name, counters[k].help,
-			   counters[k].name, counters[k].name,
-			   *(const int64_t *)((const char *)fs + counters[k].off));
-	buf_printf(b, "# HELP fleetsim_otacd_time_seconds otacd time as the simulator follows it.\n"
-		      "# TYPE fleetsim_otacd_time_seconds gauge\nfleetsim_otacd_time_seconds %.3f\n"
-		      "# HELP fleetsim_time_scale otacd seconds per real second.\n"
-		      "# TYPE fleetsim_time_scale gauge\nfleetsim_time_scale %g\n",
-		   (double)fs_now(fs) / 1000.0, fs->time_known ? fs->scale : 0.0);
-	free(idx);
-}
-
-char *fleetsim_metrics_snapshot(struct fleetsim *fs)
-{
-	char *s;
-
-	pthread_mutex_lock(&fs->mlock);
-	s = xstrdup(fs->metrics ? fs->metrics : "");
-	pthread_mutex_unlock(&fs->mlock);
-	return s;
-}
-
-static void output_tick(struct fleetsim *fs, int64_t rn)
-{
-	int64_t step = fs->ndev / 100 ? fs->ndev / 100 : 1;
-	int changed = 0;
-
-	if (rn - fs->last_metrics_real >= METRICS_REAL_MS) {
-		struct buf b = BUF_INIT;
-		char *old;
-
-		metrics_build(fs, &b);
-		pthread_mutex_lock(&fs->mlock);
-		old = fs->metrics;
-		fs->metrics = buf_detach(&b);
-		pthread_mutex_unlock(&fs->mlock);
-		free(old);
-		fs->last_metrics_real = rn;
-	}
-	if (!fs->time_known || fs->o.quiet)
-		return;
-	for (size_t k = 0; k < fs->versions.n && !changed; k++) {
-		int64_t before = k < fs->nprinted ? fs->printed[k] : 0;
-
-		changed = llabs(fs->vs[k].devices - before) >= step;
-	}
-	if (changed || rn - fs->last_print_real >= SUMMARY_REAL_MS)
-		print_summary(fs, NULL);
-}
-
-static int write_stats(struct fleetsim *fs)
-{
-	json_t *st = json_object(), *versions = json_object(), *ever = json_object(),
-	       *offered = json_object(), *images = json_object();
-	int *idx = sorted_versions(fs);
-	char *text = NULL;
-	int rc;
-
-	for (size_t k = 0; k < fs->versions.n; k++) {
-		struct vstat *s = &fs->vs[idx[k]];
-		const char *name = fs->versions.names[idx[k]];
-
-		if (s->devices)
-			json_object_set_new(versions, name, json_integer(s->devices));
-		if (s->ever_ran)
-			json_object_set_new(ever, name, json_integer(s->ever_ran));
-		if (s->offered)
-			json_object_set_new(offered, name, json_integer(s->offered));
-	}
-	for (size_t k = 0; k < fs->images.n; k++) {
-		struct sim_image *img = fs->images.v[k];
-
-		json_object_set_new(images, img->sha256,
-				    json_pack("{s:s, s:I, s:s?}", "state",
-					      img->state == SIM_IMG_OK ? "ok" :
-					      img->state == SIM_IMG_BAD ? "refused" : "unknown",
-					      "security_counter", (json_int_t)img->counter,
-					      "error", img->error));
-	}
-	json_object_set_new(st, "devices", json_integer(fs->ndev));
-	json_object_set_new(st, "versions", versions);
-	json_object_set_new(st, "ever_ran", ever);
-	json_object_set_new(st, "offered", offered);
-#define S(f) json_object_set_new(st, #f, json_integer(fs->c.f))
-	S(installed); S(confirmed); S(reverted); S(boot_failed); S(refused);
-	S(refused_lower_counter); S(refused_bad_signature); S(incompatible_offers);
-	S(skipped_failed); S(downloads); S(resumed_downloads); S(cut_downloads);
-	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
-	S(requests_failed); S(flaky_aborts); S(heartbeats);
-#undef S
-	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
-	json_object_set_new(st, "images", images);
-	json_object_set_new(st, "otacd_elapsed_ms",
-			    json_integer(fs->time_known ? fs_now(fs) - fs->t0 : 0));
-	json_object_set_new(st, "until_reached", json_boolean(fs->until_reached));
-	text = json_dumps(st, JSON_INDENT(2));
-	rc = text ? ota_write_file_atomic(fs->o.stats_path, text, strlen(text), 0644)
-		  : ota_error_set(OTA_ERROR, "cannot encode the stats");
-	if (rc)
-		ota_error_prefix("%s: ", fs->o.stats_path);
-	free(text);
-	free(idx);
-	json_decref(st);
-	return rc;
-}
-
 /* ---- lifecycle ---------------------------------------------------------- */
 
 int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
@@ -1372,7 +1042,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		fs->base[strlen(fs->base) - 1] = 0;
 	fs->checkin_url = xasprintf("%s/device/v1/checkin", fs->base);
 	fs->reports_url = xasprintf("%s/device/v1/reports", fs->base);
-	/* the fleet key only registers the devices (register_fleet); requests
+	/* the fleet key only registers the devices (fs_register_fleet); requests
 	 * carry the devices' own credentials */
 	h = xasprintf("Authorization: Bearer %s", o->fleet_key ? o->fleet_key : "");
 	fs->hdr_auth = curl_slist_append(NULL, h);
@@ -1488,136 +1158,19 @@ void fleetsim_free(struct fleetsim *fs)
 	free(fs);
 }
 
-/* ---- provisioning ------------------------------------------------------- */
-
-static int unhex16(const char *s, uint8_t out[16])
-{
-	for (int k = 0; k < 16; k++) {
-		unsigned v;
-		if (!s[2 * k] || !s[2 * k + 1] || sscanf(s + 2 * k, "%2x", &v) != 1)
-			return -1;
-		out[k] = (uint8_t)v;
-	}
-	return s[32] ? -1 : 0;
-}
-
-/*
- * Register every simulated device with the fleet key (POST
- * /device/v1/register, REGISTER_BATCH ids a request) and keep the
- * credentials the server mints; a refusal by the registration rate limit
- * (429) is waited out as its Retry-After says, and a request larger than
- * the server's burst (429 without Retry-After) is split.
- */
-#define REGISTER_BATCH 10000
-static int register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
-{
-	CURL *e = curl_easy_init();
-	struct xfer x = { 0 };
-	char *url = xasprintf("%s/device/v1/register", fs->base), *h;
-	struct curl_slist *hdr;
-	struct buf req = BUF_INIT;
-	int64_t t0 = real_ms();
-	uint32_t batch = REGISTER_BATCH;
-	int rc = 0;
-
-	h = xasprintf("Authorization: Bearer %s", fs->o.fleet_key ? fs->o.fleet_key : "");
-	hdr = curl_slist_append(NULL, h);
-	free(h);
-	hdr = curl_slist_append(hdr, "Content-Type: application/json");
-	hdr = curl_slist_append(hdr, "Expect:");
-	buf_init(&x.body, 4u << 20);
-	if (!e) {
-		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
-		goto out;
-	}
-	for (uint32_t first = 0; first < fs->ndev && rc == 0 && !*stop;) {
-		uint32_t n = fs->ndev - first < batch ? fs->ndev - first : batch;
-		long st = 0;
-		CURLcode cc;
-		json_t *ans, *creds;
-		char id[16];
-
-		buf_clear(&req);
-		buf_puts(&req, "{\"devices\":[");
-		for (uint32_t i = 0; i < n; i++) {
-			sim_device_id(id, sizeof(id), first + i);
-			buf_printf(&req, "%s\"%s\"", i ? "," : "", id);
-		}
-		buf_puts(&req, "]}");
-		buf_clear(&x.body);
-		curl_easy_reset(e);
-		curl_easy_setopt(e, CURLOPT_URL, url);
-		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, req.ptr);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)req.len);
-		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-		curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
-		curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x.err);
-		curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 120000L);
-		cc = curl_easy_perform(e);
-		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
-		if (cc != CURLE_OK) {
-			/* the server may not be up yet: try again shortly */
-			if (fs->o.duration_s > 0 && real_ms() - t0 >= (int64_t)(fs->o.duration_s * 1000))
-				break;
-			warn(fs, "registering devices: %s", x.err);
-			sleep(1);
-			continue;
-		}
-		if (st == 429) {
-			curl_off_t wait = 0;
-			curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &wait);
-			if (wait <= 0 && n > 1) {
-				batch = n / 2;   /* more than the server's burst: smaller requests */
-				continue;
-			}
-			if (wait <= 0) {
-				rc = ota_error_set(OTA_ERROR, "the server refuses to register %u devices: %.300s", n,
-						   buf_cstr(&x.body));
-				break;
-			}
-			fprintf(stderr, "fleetsim: registration rate limit: waiting %lds\n", (long)wait);
-			sleep((unsigned)wait);
-			continue;
-		}
-		ans = st == 200 ? json_loadb(x.body.ptr ? x.body.ptr : "", x.body.len, 0, NULL) : NULL;
-		creds = json_object_get(ans, "credentials");
-		if (!json_is_array(creds) || json_array_size(creds) != n) {
-			rc = ota_error_set(OTA_ERROR, "registering devices: %ld %.300s", st, buf_cstr(&x.body));
-			json_decref(ans);
-			break;
-		}
-		for (uint32_t i = 0; i < n && rc == 0; i++) {
-			const char *c = json_string_value(json_array_get(creds, i));
-			if (!c || unhex16(c, fs->cred[first + i]) < 0)
-				rc = ota_error_set(OTA_ERROR, "registering devices: credentials[%u] is not 32 hex digits", i);
-		}
-		json_decref(ans);
-		first += n;
-	}
-out:
-	curl_easy_cleanup(e);
-	curl_slist_free_all(hdr);
-	buf_release(&x.body);
-	buf_release(&req);
-	free(url);
-	return rc;
-}
-
 int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 {
 	int64_t deadline;
 	int rc = 0;
 
-	if ((rc = register_fleet(fs, stop)) < 0)
+	if ((rc = fs_register_fleet(fs, stop)) < 0)
 		return rc;
 
-	fs->start_real = fs->last_print_real = real_ms();
+	fs->start_real = fs->last_print_real = fs_real_ms();
 	fs->last_metrics_real = fs->start_real - METRICS_REAL_MS;
 	check_until(fs);
 	while (!*stop && !fs->fatal && !fs->until_reached) {
-		int64_t rn = real_ms();
+		int64_t rn = fs_real_ms();
 		int more = 0, running = 0, timeout = 100;
 		const struct sim_event *top;
 
@@ -1632,7 +1185,7 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		reports_pump(fs, 0);
 		curl_multi_perform(fs->multi, &running);
 		drain_done(fs);
-		output_tick(fs, rn);
+		fs_output_tick(fs, rn);
 		if (more) {
 			timeout = 0;
 		} else if (fs->time_known && (top = sim_heap_peek(&fs->heap))) {
@@ -1659,9 +1212,9 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 			xfer_recycle(x);
 		}
 	}
-	deadline = real_ms() + 10000;
+	deadline = fs_real_ms() + 10000;
 	reports_pump(fs, 1);
-	while ((fs->qhead < fs->qn || fs->reports_inflight) && real_ms() < deadline) {
+	while ((fs->qhead < fs->qn || fs->reports_inflight) && fs_real_ms() < deadline) {
 		int running = 0;
 
 		curl_multi_perform(fs->multi, &running);
@@ -1669,8 +1222,8 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		reports_pump(fs, 1);
 		curl_multi_poll(fs->multi, NULL, 0, 50, NULL);
 	}
-	print_summary(fs, "final");
-	if (fs->o.stats_path && (rc = write_stats(fs)))
+	fs_print_summary(fs, "final");
+	if (fs->o.stats_path && (rc = fs_write_stats(fs)))
 		fprintf(stderr, "fleetsim: %s\n", ota_error_last());
 	if (fs->fatal && !rc)
 		rc = ota_error_set(OTA_EAUTH, "the server refused the fleet's check-ins");

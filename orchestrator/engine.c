@@ -16,6 +16,12 @@
  * Every job state change is also written to the events table; the final
  * state of a job is written there exactly once ("job.final"), which tests
  * use to prove nothing finished twice.
+ *
+ * This file holds the thread, the command queue, the dispatch queue, run
+ * and stage progression, the stage worker and recovery.  The commands live
+ * beside it and share its state through engine_core.h: engine_jobs.c
+ * (attempts, claims, leases, finishes, artifacts), engine_runs.c (triggers,
+ * deliveries, cancels), engine_release.c (releases, the audit log).
  */
 #include "engine.h"
 
@@ -27,68 +33,12 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/crypto.h>
-
 #include "artifact.h"
-#include "auth.h"
 #include "clock.h"
-#include "config.h"
-#include "gate.h"
-#include "../common/mask.h"
 #include "logstore.h"
-#include "engine_int.h"
+#include "engine_core.h"
 #include "policy.h"
 #include "rollout.h"
-#include "../stages/reports_kind.h"
-
-struct qjob {
-	int64_t id;
-	json_t *labels;  /* array of strings (owned reference) */
-};
-
-struct call {
-	int (*fn)(struct engine *e, void *arg);
-	void *arg;
-	int rc;
-	int done;
-	char err[1024];
-	struct call *next;
-};
-
-struct engine {
-	struct store *db;
-	struct engine_config cfg;
-	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;        /* a call was queued, or stop */
-	pthread_cond_t done_cond;   /* a call finished */
-	struct call *head, *tail;
-	int stopping;
-	int64_t next_due;           /* wall-clock ms of the next lease/deadline */
-
-	/* Set by a command, acted on after its COMMIT: waking a waiter before
-	 * the commit would let it read the old state and sleep again. */
-	int changed_work;           /* a job became claimable */
-	int changed_state;          /* a job or run changed state */
-	int changed_rollout;        /* a rollout started or changed: wake the controller */
-	void (*rollout_hook)(void *);  /* called after such a commit (rollout_controller_kick) */
-	void *rollout_hook_arg;
-	struct strvec dead_objects; /* artifact objects to delete once committed */
-	struct strvec started_inproc; /* "JOB ATTEMPT" of in-daemon jobs to hand over once committed */
-
-	/* The stage worker: runs in-daemon stage kinds (stage_kind.run). */
-	pthread_t inproc_thread;
-	pthread_mutex_t inproc_lock;
-	pthread_cond_t inproc_cond;
-	struct strvec inproc_queue;   /* guarded by inproc_lock */
-	int inproc_stop;
-	int64_t next_gc;            /* monotonic ms of the next artifact expiry pass */
-
-	/* engine thread only */
-	struct qjob *queue;
-	size_t nqueue, capqueue;
-	struct notifier work;
-};
 
 int engine_state_final(const char *s)
 {
@@ -96,11 +46,9 @@ int engine_state_final(const char *s)
 	       !strcmp(s, "skipped");
 }
 
-/* ---- small SQL helpers (engine thread) ----------------------------- */
+/* ---- events (engine thread) ------------------------------------------ */
 
-#define STMT(e, sql) store_stmt((e)->db, sql)
-
-static void event(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
+void eng_event(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
 {
 	sqlite3_stmt *st = STMT(e, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?,?,?,?,?)");
 	char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
@@ -123,7 +71,7 @@ static void event(struct engine *e, int64_t run, int64_t job, const char *kind, 
 
 /* ---- dispatch queue ------------------------------------------------- */
 
-static void queue_add(struct engine *e, int64_t job, json_t *labels)
+void eng_queue_add(struct engine *e, int64_t job, json_t *labels)
 {
 	size_t i;
 	if (e->nqueue == e->capqueue) {
@@ -139,7 +87,7 @@ static void queue_add(struct engine *e, int64_t job, json_t *labels)
 	e->nqueue++;
 }
 
-static void queue_remove(struct engine *e, int64_t job)
+void eng_queue_remove(struct engine *e, int64_t job)
 {
 	for (size_t i = 0; i < e->nqueue; i++) {
 		if (e->queue[i].id == job) {
@@ -173,7 +121,7 @@ static int queue_rebuild(struct engine *e)
 		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
 		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
 		json_t *empty = json_array();
-		queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		eng_queue_add(e, store_col_int(st, 0), labels ? labels : empty);
 		json_decref(empty);
 		json_decref(spec);
 	}
@@ -181,36 +129,7 @@ static int queue_rebuild(struct engine *e)
 	return rc < 0 ? rc : 0;
 }
 
-static int labels_match(const json_t *need, const json_t *have)
-{
-	size_t i, j;
-	json_t *n, *h;
-	json_array_foreach(need, i, n) {
-		int found = 0;
-		json_array_foreach(have, j, h) {
-			if (json_equal(n, h)) {
-				found = 1;
-				break;
-			}
-		}
-		if (!found)
-			return 0;
-	}
-	return 1;
-}
-
-/* ---- loading rows ---------------------------------------------------- */
-
-struct jobrow {
-	int64_t id, run_id, stage_id, agent_id;
-	int attempt, retries_left, infra_left;
-	char state[16];
-	char stage_name[256];
-	char kind[64];
-	json_t *spec;
-};
-
-static int job_load(struct engine *e, int64_t id, struct jobrow *j)
+int eng_job_load(struct engine *e, int64_t id, struct jobrow *j)
 {
 	sqlite3_stmt *st = STMT(e,
 		"SELECT j.run_id, j.stage_id, COALESCE(j.agent_id, 0), j.attempt, j.retries_left,"
@@ -246,7 +165,7 @@ static int job_load(struct engine *e, int64_t id, struct jobrow *j)
 	return 0;
 }
 
-static void job_release(struct jobrow *j)
+void eng_job_release(struct jobrow *j)
 {
 	json_decref(j->spec);
 	j->spec = NULL;
@@ -274,7 +193,6 @@ struct stagerow {
 	char *held;         /* skipped by the release policy: why (policy.h) */
 };
 
-static int advance_run(struct engine *e, int64_t run_id);
 
 /*
  * Mark a job running inside otacd (agent 0).  Jobs for the stage worker
@@ -315,7 +233,7 @@ static int mark_inproc_running(struct engine *e, int64_t job, int no_deadline, i
 	sqlite3_bind_int64(st, 3, now);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
-	event(e, run, job, "job.running", json_pack("{si ss}", "attempt", attempt, "agent", "otacd"));
+	eng_event(e, run, job, "job.running", json_pack("{si ss}", "attempt", attempt, "agent", "otacd"));
 	e->changed_state = 1;
 	*attempt_out = attempt;
 	return 0;
@@ -380,7 +298,7 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
 		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
 		json_t *empty = json_array();
-		queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		eng_queue_add(e, store_col_int(st, 0), labels ? labels : empty);
 		json_decref(empty);
 		json_decref(spec);
 		any = 1;
@@ -425,7 +343,7 @@ static const char *stage_outcome(struct engine *e, int64_t stage_id, int *rc)
 	return canceled ? "canceled" : "failed";
 }
 
-static int finish_run(struct engine *e, int64_t run_id, const char *state, const char *concurrency,
+int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const char *concurrency,
 		      const char *error)
 {
 	sqlite3_stmt *st = STMT(e, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error) WHERE id = ?");
@@ -440,7 +358,7 @@ static int finish_run(struct engine *e, int64_t run_id, const char *state, const
 	sqlite3_bind_int64(st, 4, run_id);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
-	event(e, run_id, 0, "run.final", json_pack("{ss}", "state", state));
+	eng_event(e, run_id, 0, "run.final", json_pack("{ss}", "state", state));
 	e->changed_state = 1;
 
 	/* Let the next run waiting on the same concurrency group go. */
@@ -454,7 +372,7 @@ static int finish_run(struct engine *e, int64_t run_id, const char *state, const
 			next = store_col_int(st, 0);
 		sqlite3_reset(st);
 		if (next)
-			return advance_run(e, next);
+			return eng_advance_run(e, next);
 	}
 	return 0;
 }
@@ -531,7 +449,7 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
 		if ((rc = store_step_done(e->db, st)) < 0)
 			return rc;
 	}
-	event(e, run_id, 0, "stage.state", json_pack("{ss ss ss*}", "stage", s->name, "state", state, "reason", why));
+	eng_event(e, run_id, 0, "stage.state", json_pack("{ss ss ss*}", "stage", s->name, "state", state, "reason", why));
 	return 0;
 }
 
@@ -540,7 +458,7 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
  * only acts on what the database says, so recovery simply calls it for every
  * unfinished run.
  */
-static int advance_run(struct engine *e, int64_t run_id)
+int eng_advance_run(struct engine *e, int64_t run_id)
 {
 	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
 	char state[16] = "", *concurrency = NULL;
@@ -585,7 +503,7 @@ static int advance_run(struct engine *e, int64_t run_id)
 						rc = OTA_ERROR;
 						goto out;
 					}
-					event(e, run_id, 0, "run.state", json_pack("{ss ss}", "state", "blocked",
+					eng_event(e, run_id, 0, "run.state", json_pack("{ss ss}", "state", "blocked",
 										  "reason", "waiting for concurrency group"));
 				}
 				goto out;
@@ -594,7 +512,7 @@ static int advance_run(struct engine *e, int64_t run_id)
 		if ((rc = set_state(e, "UPDATE runs SET state = ?, started_at = ? WHERE id = ?", run_id, "running",
 				    clock_now_ms())) < 0)
 			goto out;
-		event(e, run_id, 0, "run.state", json_pack("{ss}", "state", "running"));
+		eng_event(e, run_id, 0, "run.state", json_pack("{ss}", "state", "running"));
 	}
 
 	if ((rc = load_stages(e, run_id, &stages, &nstages)) < 0)
@@ -655,174 +573,10 @@ static int advance_run(struct engine *e, int64_t run_id)
 			any_failed = 1;
 	}
 	if (all_final)
-		rc = finish_run(e, run_id, any_failed ? "failed" : "passed", concurrency, NULL);
+		rc = eng_finish_run(e, run_id, any_failed ? "failed" : "passed", concurrency, NULL);
 out:
 	free_stages(stages, nstages);
 	free(concurrency);
-	return rc;
-}
-
-/* ---- attempts -------------------------------------------------------- */
-
-static int retry_on(const json_t *spec, const char *failure)
-{
-	json_t *on = json_object_get(json_object_get(spec, "retry"), "on");
-	size_t i;
-	json_t *v;
-	json_array_foreach(on, i, v)
-		if (json_is_string(v) && !strcmp(json_string_value(v), failure))
-			return 1;
-	return 0;
-}
-
-/*
- * Record the end of the running attempt of j and decide what happens next:
- * pass, retry (back to the queue) or fail.  Caller holds the transaction.
- */
-static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
-			  const char **state_out);
-
-/* The kind's verdict, given the attempt's stored reports (and the baseline
- * run's, for `baseline:`); *message may replace r->message. */
-static int attempt_verdict(struct engine *e, struct jobrow *j, const struct stage_kind *kind,
-			   const struct job_result *r, char **message)
-{
-	json_t *reports = NULL, *baseline = NULL;
-	struct verdict_input in = { 0 };
-	int failed;
-
-	if (rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
-				&in.baseline_run) < 0)
-		fprintf(stderr, "otacd: engine: job %" PRId64 ": cannot load its reports: %s\n", j->id, ota_error_last());
-	in.reports = reports ? reports : json_array();
-	in.baseline = baseline;
-	failed = kind->verdict(j->spec, r, &in, message);
-	if (!reports)
-		json_decref((json_t *)in.reports);
-	json_decref(reports);
-	json_decref(baseline);
-	return failed;
-}
-
-static int attempt_done(struct engine *e, struct jobrow *j, const struct job_result *r, const char **state_out)
-{
-	const struct stage_kind *kind = stage_kind_find(j->kind, NULL);
-	struct job_result rv = *r;
-	char *message = NULL;
-	int failed = r->failure_kind != NULL, rc;
-
-	logstore_end(j->id, j->attempt); /* the log is complete: write what masking held back */
-	if (kind && kind->verdict) {
-		failed = attempt_verdict(e, j, kind, r, &message);
-		if (message)
-			rv.message = message;
-	}
-	if (rv.message && !message) /* a message may quote a step's output */
-		rv.message = message = xstrdup(rv.message);
-	if (message)
-		mask_string(logstore_mask(), message);
-	rc = attempt_record(e, j, &rv, failed, state_out);
-	free(message);
-	return rc;
-}
-
-static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
-			  const char **state_out)
-{
-	const char *failure = r->failure_kind;
-	int64_t now = clock_now_ms();
-	int rc;
-	sqlite3_stmt *st;
-
-	if (failed && !failure)
-		failure = "script";
-
-	st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = ?, message = ? "
-		     "WHERE job_id = ? AND attempt = ?");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int(st, 2, r->exit_code);
-	if (failure)
-		sqlite3_bind_text(st, 3, failure, -1, SQLITE_STATIC);
-	if (r->message)
-		sqlite3_bind_text(st, 4, r->message, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 5, j->id);
-	sqlite3_bind_int(st, 6, j->attempt);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-
-	st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
-	sqlite3_bind_int64(st, 1, j->agent_id);
-	sqlite3_bind_int64(st, 2, j->id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-
-	if (failed && strcmp(failure, "canceled") != 0) {
-		int use_infra = !strcmp(failure, "infra") && j->infra_left > 0;
-		int use_count = !use_infra && retry_on(j->spec, failure) && j->retries_left > 0;
-		if (use_infra || use_count) {
-			st = STMT(e, "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires = NULL,"
-				     " deadline = NULL, exit_code = ?, failure = ?, message = ?,"
-				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ? WHERE id = ?");
-			sqlite3_bind_int(st, 1, r->exit_code);
-			sqlite3_bind_text(st, 2, failure, -1, SQLITE_STATIC);
-			if (r->message)
-				sqlite3_bind_text(st, 3, r->message, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int(st, 4, use_infra);
-			sqlite3_bind_int(st, 5, use_count);
-			sqlite3_bind_int64(st, 6, j->id);
-			if ((rc = store_step_done(e->db, st)) < 0)
-				return rc;
-			event(e, j->run_id, j->id, "job.retry",
-			      json_pack("{si ss ss*}", "attempt", j->attempt, "failure", failure, "message", r->message));
-			queue_add(e, j->id, json_object_get(j->spec, "labels"));
-			e->changed_work = 1;
-			e->changed_state = 1;
-			*state_out = "queued";
-			return 0;
-		}
-	}
-
-	*state_out = !failed ? "passed" : (failure && !strcmp(failure, "canceled")) ? "canceled" : "failed";
-	st = STMT(e, "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, failure = ?, message = ?,"
-		     " lease_expires = NULL, deadline = NULL WHERE id = ?");
-	sqlite3_bind_text(st, 1, *state_out, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now);
-	sqlite3_bind_int(st, 3, r->exit_code);
-	if (failure)
-		sqlite3_bind_text(st, 4, failure, -1, SQLITE_STATIC);
-	if (r->message)
-		sqlite3_bind_text(st, 5, r->message, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 6, j->id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	event(e, j->run_id, j->id, "job.final",
-	      json_pack("{ss si ss*}", "state", *state_out, "attempt", j->attempt, "failure", failure));
-	e->changed_state = 1;
-	return advance_run(e, j->run_id);
-}
-
-/* Give up the job an agent holds (the agent restarted or was lost). */
-static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
-{
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'");
-	int64_t ids[16];
-	size_t n = 0;
-	int rc = 0;
-
-	sqlite3_bind_int64(st, 1, agent_id);
-	while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
-		ids[n++] = store_col_int(st, 0);
-	sqlite3_reset(st);
-	for (size_t i = 0; i < n && rc == 0; i++) {
-		struct jobrow j;
-		const char *state;
-		struct job_result r = { -1, "infra", why };
-		if ((rc = job_load(e, ids[i], &j)) == 0)
-			rc = attempt_done(e, &j, &r, &state);
-		job_release(&j);
-	}
 	return rc;
 }
 
@@ -865,15 +619,15 @@ static int tick(struct engine *e, void *arg)
 		const char *state;
 		char msg[160];
 		struct job_result r = { -1, lost[i] ? "infra" : "timeout", msg };
-		if ((rc = job_load(e, ids[i], &j)) < 0)
+		if ((rc = eng_job_load(e, ids[i], &j)) < 0)
 			break;
 		if (lost[i])
 			snprintf(msg, sizeof(msg), "agent %" PRId64 " lost: no heartbeat for %" PRId64 " ms",
 				 j.agent_id, e->cfg.lease_ms);
 		else
 			snprintf(msg, sizeof(msg), "job exceeded its timeout and its agent did not report");
-		rc = attempt_done(e, &j, &r, &state);
-		job_release(&j);
+		rc = eng_attempt_done(e, &j, &r, &state);
+		eng_job_release(&j);
 	}
 	return rc;
 }
@@ -959,7 +713,7 @@ static int do_gc(struct engine *e, void *arg)
 		sqlite3_reset(st);
 		if (!still_used && !strvec_contains(&e->dead_objects, shas.v[i]))
 			strvec_push(&e->dead_objects, shas.v[i]);
-		event(e, runs[i], 0, "artifact.expired", json_pack("{sI ss}", "artifact", (json_int_t)ids[i],
+		eng_event(e, runs[i], 0, "artifact.expired", json_pack("{sI ss}", "artifact", (json_int_t)ids[i],
 								   "sha256", shas.v[i]));
 	}
 	*removed = (int)n;
@@ -1035,7 +789,7 @@ static void *engine_main(void *arg)
 	return NULL;
 }
 
-static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
+int engine_call(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
 {
 	struct call c = { fn, arg, 0, 0, "", NULL };
 
@@ -1057,137 +811,6 @@ static int engine_call(struct engine *e, int (*fn)(struct engine *, void *), voi
 	if (c.rc < 0)
 		ota_error_set(c.rc, "%s", c.err);
 	return c.rc;
-}
-
-int release_version_cmp(const char *a, const char *b)
-{
-	for (int i = 0; i < 3; i++) {
-		long x = strtol(a, (char **)&a, 10), y = strtol(b, (char **)&b, 10);
-		if (x != y)
-			return x < y ? -1 : 1;
-		if (*a == '.')
-			a++;
-		if (*b == '.')
-			b++;
-	}
-	return 0;
-}
-
-/* The anti-rollback and version rules, on connection db. */
-static int release_rules(struct store *db, const char *product, const char *branch, const char *version,
-			 int64_t counter, int64_t skip_run)
-{
-	sqlite3_stmt *st = store_stmt(db, "SELECT security_counter, version, run_id FROM releases WHERE product = ?"
-					  " AND run_id != ? ORDER BY security_counter DESC LIMIT 1");
-	int rc;
-
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, skip_run);
-	if ((rc = store_step_row(db, st)) == 1 && store_col_int(st, 0) > counter) {
-		rc = ota_error_set(OTA_ECONFLICT,
-				   "security counter %" PRId64 " is lower than %" PRId64 " (release %s of %s): devices that "
-				   "hold %" PRId64 " refuse it; release with security_counter >= %" PRId64,
-				   counter, store_col_int(st, 0), store_col_text(st, 1), product, store_col_int(st, 0),
-				   store_col_int(st, 0));
-		sqlite3_reset(st);
-		return rc;
-	}
-	sqlite3_reset(st);
-	st = store_stmt(db, "SELECT version FROM releases WHERE product = ? AND branch = ? AND run_id != ?"
-			    " ORDER BY id DESC LIMIT 1");
-	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, branch, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, skip_run);
-	if ((rc = store_step_row(db, st)) == 1 && release_version_cmp(version, store_col_text(st, 0)) <= 0) {
-		rc = ota_error_set(OTA_ECONFLICT, "version %s is not greater than %s, the last release of %s on %s",
-				   version, store_col_text(st, 0), product, branch);
-		sqlite3_reset(st);
-		return rc;
-	}
-	sqlite3_reset(st);
-	return rc < 0 ? rc : 0;
-}
-
-int release_check(const char *product, const char *branch, const char *version, int64_t security_counter)
-{
-	struct store *db = store_reader();
-	if (!db)
-		return ota_error_set(OTA_ERROR, "database unavailable");
-	return release_rules(db, product, branch, version, security_counter, 0);
-}
-
-struct release_args {
-	const struct release_record *r;
-	int64_t id;
-};
-
-static int do_release_record(struct engine *e, void *arg)
-{
-	struct release_args *a = arg;
-	const struct release_record *r = a->r;
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM releases WHERE run_id = ?");
-	int rc;
-
-	sqlite3_bind_int64(st, 1, r->run_id);
-	rc = store_step_row(e->db, st);
-	if (rc == 1)
-		a->id = store_col_int(st, 0);
-	sqlite3_reset(st);
-	if (rc != 0)
-		return rc < 0 ? rc : 0; /* recorded before a crash: done */
-	if ((rc = release_rules(e->db, r->product, r->branch, r->version, r->security_counter, r->run_id)) < 0)
-		return rc;
-	st = STMT(e, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, manifest_artifact,"
-		     " envelope_artifact, provenance_artifact, created_at, state, reissue_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)");
-	sqlite3_bind_int64(st, 1, r->run_id);
-	sqlite3_bind_text(st, 2, r->product, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, r->version, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, r->branch, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, r->security_counter);
-	sqlite3_bind_text(st, 6, r->key_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 7, r->manifest_artifact);
-	sqlite3_bind_int64(st, 8, r->envelope_artifact);
-	sqlite3_bind_int64(st, 9, r->provenance_artifact);
-	sqlite3_bind_int64(st, 10, clock_now_ms());
-	sqlite3_bind_text(st, 11, r->reissue_of ? "reissue" : "created", -1, SQLITE_STATIC);
-	if (r->reissue_of)
-		sqlite3_bind_int64(st, 12, r->reissue_of);
-	else
-		sqlite3_bind_null(st, 12);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	a->id = sqlite3_last_insert_rowid(store_db(e->db));
-	if (r->reissue_for) {
-		/* the halted release's devices roll forward to this one */
-		st = STMT(e, "UPDATE releases SET state = 'rolled_back', rollback_to = ? WHERE id = ?");
-		sqlite3_bind_int64(st, 1, a->id);
-		sqlite3_bind_int64(st, 2, r->reissue_for);
-		if ((rc = store_step_done(e->db, st)) < 0)
-			return rc;
-		e->changed_rollout = 1;
-	}
-	for (size_t i = 0; i < r->nkeep; i++) {
-		st = STMT(e, "UPDATE artifacts SET released = 1 WHERE id = ?");
-		sqlite3_bind_int64(st, 1, r->keep[i]);
-		if ((rc = store_step_done(e->db, st)) < 0)
-			return rc;
-	}
-	event(e, r->run_id, 0, "release.created", json_pack("{sI ss ss sI ss}", "release", (json_int_t)a->id,
-								"product", r->product, "version", r->version,
-								"security_counter", (json_int_t)r->security_counter,
-								"key", r->key_id));
-	return 0;
-}
-
-int engine_release_record(struct engine *e, const struct release_record *r, int64_t *release_id)
-{
-	struct release_args a = { r, 0 };
-	int rc = engine_call(e, do_release_record, &a);
-	if (rc == 0)
-		*release_id = a.id;
-	return rc;
 }
 
 int engine_artifact_gc(struct engine *e, int *removed)
@@ -1320,7 +943,7 @@ static int recover(struct engine *e, void *arg)
 	}
 	sqlite3_reset(st);
 	for (size_t i = 0; i < n && rc >= 0; i++)
-		rc = advance_run(e, ids[i]);
+		rc = eng_advance_run(e, ids[i]);
 	free(ids);
 	return rc < 0 ? rc : 0;
 }
@@ -1398,896 +1021,6 @@ struct notifier *engine_work(struct engine *e)
 	return &e->work;
 }
 
-/* ---- commands -------------------------------------------------------------- */
-
-static void bind_opt(sqlite3_stmt *st, int col, const char *s)
-{
-	if (s)
-		sqlite3_bind_text(st, col, s, -1, SQLITE_STATIC);
-}
-
-/* Insert a run row and close the delivery it answers, if any. */
-static int insert_run(struct engine *e, const struct trigger_req *req, const struct policy_trust *trust,
-		      const char *name, const char *concurrency, const char *state, const char *error, int64_t *run_id)
-{
-	int64_t now = clock_now_ms();
-	int final = engine_state_final(state);
-	sqlite3_stmt *st;
-	int rc;
-
-	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
-		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id,"
-		     " protected, trust_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, req->file, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, req->yaml ? req->yaml : "", req->yaml ? (int)req->len : 0, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, req->ref, -1, SQLITE_STATIC);
-	bind_opt(st, 5, req->commit);
-	sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
-	bind_opt(st, 7, concurrency);
-	sqlite3_bind_text(st, 8, req->trigger, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 9, now);
-	if (final) {
-		sqlite3_bind_int64(st, 10, now);
-		sqlite3_bind_int64(st, 11, now);
-	}
-	bind_opt(st, 12, error);
-	bind_opt(st, 13, req->repo);
-	bind_opt(st, 14, req->tree);
-	bind_opt(st, 15, req->author);
-	bind_opt(st, 16, req->committer);
-	bind_opt(st, 17, req->message);
-	bind_opt(st, 18, req->pusher);
-	if (req->delivery_id)
-		sqlite3_bind_int64(st, 19, req->delivery_id);
-	sqlite3_bind_int(st, 20, trust->protected_run);
-	sqlite3_bind_text(st, 21, trust->reason, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
-	if (req->delivery_id) {
-		st = STMT(e, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?");
-		sqlite3_bind_int64(st, 1, *run_id);
-		sqlite3_bind_int64(st, 2, req->delivery_id);
-		if ((rc = store_step_done(e->db, st)) < 0)
-			return rc;
-	}
-	event(e, *run_id, 0, "run.created", json_pack("{ss ss ss ss*}", "pipeline", name, "ref", req->ref,
-						      "trigger", req->trigger, "commit", req->commit));
-	if (final) {
-		event(e, *run_id, 0, "run.final", json_pack("{ss ss*}", "state", state, "error", error));
-		e->changed_state = 1;
-	}
-	return 0;
-}
-
-struct trigger_args {
-	const struct trigger_req *req;
-	const struct pipeline *p;
-	json_t *plan;       /* [{name, kind, needs, skip, skip_reason?, jobs:[spec…]}] */
-	struct policy_trust trust;
-	int64_t run_id;
-};
-
-static int do_trigger(struct engine *e, void *arg)
-{
-	struct trigger_args *a = arg;
-	sqlite3_stmt *st;
-	size_t i, k;
-	json_t *stage, *job, *held = json_array();
-	int rc;
-
-	if ((rc = insert_run(e, a->req, &a->trust, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0) {
-		json_decref(held);
-		return rc;
-	}
-
-	json_array_foreach(a->plan, i, stage) {
-		int64_t stage_id;
-		char *needs = json_dumps(json_object_get(stage, "needs"), JSON_COMPACT);
-		st = STMT(e, "INSERT INTO stages(run_id, idx, name, kind, state, needs, when_filter)"
-			     " VALUES (?,?,?,?, 'queued', ?, ?)");
-		sqlite3_bind_int64(st, 1, a->run_id);
-		sqlite3_bind_int(st, 2, (int)i);
-		sqlite3_bind_text(st, 3, json_string_value(json_object_get(stage, "name")), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 5, needs, -1, SQLITE_TRANSIENT);
-		if (json_string_value(json_object_get(stage, "skip_reason"))) {
-			/* skipped by the release policy: the reason is the filter */
-			sqlite3_bind_text(st, 6, json_string_value(json_object_get(stage, "skip_reason")), -1, SQLITE_STATIC);
-			json_array_append(held, json_object_get(stage, "name"));
-		} else if (json_is_true(json_object_get(stage, "skip"))) {
-			sqlite3_bind_text(st, 6, "no-match", -1, SQLITE_STATIC);
-		}
-		free(needs);
-		if ((rc = store_step_done(e->db, st)) < 0) {
-			json_decref(held);
-			return rc;
-		}
-		stage_id = sqlite3_last_insert_rowid(store_db(e->db));
-
-		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
-			json_t *retry = json_object_get(job, "retry");
-			char *spec = json_dumps(job, JSON_COMPACT);
-			st = STMT(e, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
-				     " VALUES (?,?,?,?,?, 'queued', ?, ?)");
-			sqlite3_bind_int64(st, 1, a->run_id);
-			sqlite3_bind_int64(st, 2, stage_id);
-			sqlite3_bind_int(st, 3, (int)k);
-			sqlite3_bind_text(st, 4, json_string_value(json_object_get(job, "name")), -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 5, spec, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int(st, 6, (int)json_integer_value(json_object_get(retry, "count")));
-			sqlite3_bind_int(st, 7, json_object_get(retry, "infra")
-						    ? (int)json_integer_value(json_object_get(retry, "infra")) : 2);
-			free(spec);
-			if ((rc = store_step_done(e->db, st)) < 0) {
-				json_decref(held);
-				return rc;
-			}
-		}
-	}
-	/* stages the policy holds back are refusals too: audited */
-	if (json_array_size(held) &&
-	    (rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd",
-			       "policy_skip", 0, 0, a->trust.reason,
-			       json_pack("{sI ss ss* sO}", "run", (json_int_t)a->run_id, "ref", a->req->ref, "repo",
-					 a->req->repo, "stages", held))) < 0) {
-		json_decref(held);
-		return rc;
-	}
-	json_decref(held);
-	return advance_run(e, a->run_id);
-}
-
-/* Build the run plan in the caller's thread: parsing and expansion need no
- * engine state and should not hold up the engine thread. */
-static int build_plan(struct engine *e, const struct pipeline *p, const char *ref, const struct policy_trust *trust,
-		      json_t **out, struct pl_diags *diags)
-{
-	json_t *plan = json_array();
-	int rc = 0;
-
-	if (p->gates && e->cfg.config) {
-		/* gates name providers of the server config (docs/security.md, outbound requests) */
-		const char *gname;
-		json_t *gv;
-		json_object_foreach(p->gates, gname, gv) {
-			struct gate_spec g;
-			char err[256];
-			if (gate_spec_parse(gv, gname, &g, err, sizeof(err)) == 0 &&
-			    gate_provider_check(&g, e->cfg.config->providers, e->cfg.config->prometheus_url) < 0) {
-				snprintf(err, sizeof(err), "%s", ota_error_last());
-				pl_diag_add(diags, (struct pl_pos){ 1, 1 }, "%s", err); /* gates keep no position */
-			}
-			gate_spec_release(&g);
-		}
-	}
-	for (size_t i = 0; i < p->nstages; i++) {
-		const struct pl_stage *s = &p->stages[i];
-		json_t *jobs = NULL, *needs = json_array(), *job;
-		size_t k;
-
-		for (size_t n = 0; n < s->secrets.n; n++) {
-			if (!e->cfg.secrets || !json_object_get(e->cfg.secrets, s->secrets.v[n]))
-				pl_diag_add(diags, s->pos, "stage '%s' uses secret '%s', which is not defined in otacd's configuration",
-					    s->name, s->secrets.v[n]);
-		}
-		if ((rc = pipeline_expand_stage(p, s, &jobs)) < 0) {
-			pl_diag_add(diags, s->pos, "%s", ota_error_last());
-			json_decref(needs);
-			continue;
-		}
-		json_array_foreach(jobs, k, job) {
-			json_t *t = json_object_get(job, "timeout_ms");
-			if (!t || json_integer_value(t) <= 0)
-				json_object_set_new(job, "timeout_ms", json_integer(e->cfg.default_timeout_ms));
-			json_object_set_new(job, "stage", json_string(s->name));
-			policy_apply_job(e->cfg.config, p, s, job);
-		}
-		for (size_t n = 0; n < s->needs.n; n++)
-			json_array_append_new(needs, json_string(s->needs.v[n]));
-		json_array_append_new(plan, json_pack("{ss ss so sb so}", "name", s->name, "kind", s->kind,
-						      "needs", needs, "skip",
-						      s->when.set && !pipeline_filter_match(&s->when, ref), "jobs", jobs));
-		if (!trust->protected_run && s->kind &&
-		    (!strcmp(s->kind, "release") || !strcmp(s->kind, "soak") || !strcmp(s->kind, "rollout"))) {
-			char *why = xasprintf("not a protected run: %s", trust->reason);
-			json_object_set_new(json_array_get(plan, json_array_size(plan) - 1), "skip_reason", json_string(why));
-			free(why);
-		}
-	}
-	if (diags->n) {
-		json_decref(plan);
-		return OTA_EINVAL;
-	}
-	*out = plan;
-	return 0;
-}
-
-/* A trigger request with its defaults filled in. */
-static struct trigger_req trigger_defaults(const struct trigger_req *req)
-{
-	struct trigger_req r = *req;
-	if (!r.ref || !*r.ref)
-		r.ref = "refs/heads/main";
-	if (!r.trigger)
-		r.trigger = "api";
-	if (!r.file)
-		r.file = "pipeline.yml";
-	return r;
-}
-
-struct refusal_args {
-	const struct trigger_req *req;
-	const struct pl_diags *diags;
-	const char *trust;
-};
-
-/* A pipeline refused by the release policy: the audit log says who, what, why. */
-static int do_refusal(struct engine *e, void *arg)
-{
-	struct refusal_args *a = arg;
-	struct buf text = BUF_INIT;
-	int rc;
-
-	pl_diags_format(a->diags, &text);
-	rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd", "policy_refused",
-			  0, 0, buf_cstr(&text),
-			  json_pack("{ss ss* ss ss* ss}", "ref", a->req->ref, "repo", a->req->repo, "trigger",
-				    a->req->trigger, "commit", a->req->commit, "trust", a->trust));
-	buf_release(&text);
-	return rc;
-}
-
-int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
-{
-	struct trigger_req r = trigger_defaults(req);
-	struct pipeline *p = NULL;
-	struct trigger_args a = { &r, NULL, NULL, { 0, "" }, 0 };
-	int rc;
-
-	if ((rc = pipeline_parse(&p, r.file, r.yaml, r.len, diags)) < 0)
-		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
-	a.p = p;
-	policy_trust(e->cfg.config, r.repo, r.ref, r.trigger, r.role, r.actor, &a.trust);
-	if (a.trust.protected_run && policy_check_pipeline(e->cfg.config, store_reader(), p, r.repo, r.ref, r.trigger,
-									diags) > 0) {
-		struct refusal_args ra = { &r, diags, a.trust.reason };
-		if ((rc = engine_call(e, do_refusal, &ra)) < 0)
-			goto out;
-		rc = ota_error_set(OTA_EPERM, "%s: refused by the release policy", r.file);
-		goto out;
-	}
-	if ((rc = build_plan(e, p, r.ref, &a.trust, &a.plan, diags)) < 0) {
-		rc = ota_error_set(OTA_EINVAL, "%s: pipeline cannot run here", r.file);
-		goto out;
-	}
-	if ((rc = engine_call(e, do_trigger, &a)) == 0)
-		*run_id = a.run_id;
-out:
-	json_decref(a.plan);
-	pipeline_free(p);
-	return rc;
-}
-
-struct failed_run_args {
-	const struct trigger_req *req;
-	const char *name, *error;
-	int64_t run_id;
-};
-
-static int do_failed_run(struct engine *e, void *arg)
-{
-	struct failed_run_args *a = arg;
-	struct policy_trust t;
-	policy_trust(e->cfg.config, a->req->repo, a->req->ref, a->req->trigger, a->req->role, a->req->actor, &t);
-	return insert_run(e, a->req, &t, a->name, NULL, "failed", a->error, &a->run_id);
-}
-
-int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
-			     const char *error, int64_t *run_id)
-{
-	struct trigger_req r = trigger_defaults(req);
-	struct failed_run_args a = { &r, name, error, 0 };
-	int rc;
-
-	if ((rc = engine_call(e, do_failed_run, &a)) == 0)
-		*run_id = a.run_id;
-	return rc;
-}
-
-struct delivery_args {
-	const struct delivery *d;
-	const char *reason;
-	int64_t id;
-	int duplicate;
-};
-
-static int do_delivery_add(struct engine *e, void *arg)
-{
-	struct delivery_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM deliveries WHERE provider = ? AND delivery = ?");
-	int rc;
-
-	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
-	rc = store_step_row(e->db, st);
-	if (rc == 1)
-		a->id = store_col_int(st, 0);
-	sqlite3_reset(st);
-	if (rc < 0)
-		return rc;
-	if (rc == 1) {
-		a->duplicate = 1;
-		return 0;
-	}
-	st = STMT(e, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
-		     " received_at, state) VALUES (?,?,?,?,?,?,?,?,?, 'pending')");
-	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->d->repo, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, a->d->ref, -1, SQLITE_STATIC);
-	bind_opt(st, 5, a->d->before);
-	bind_opt(st, 6, a->d->after);
-	sqlite3_bind_int(st, 7, a->d->forced);
-	bind_opt(st, 8, a->d->pusher);
-	sqlite3_bind_int64(st, 9, clock_now_ms());
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	a->id = sqlite3_last_insert_rowid(store_db(e->db));
-	return 0;
-}
-
-int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate)
-{
-	struct delivery_args a = { d, NULL, 0, 0 };
-	int rc = engine_call(e, do_delivery_add, &a);
-	if (rc == 0) {
-		*id = a.id;
-		*duplicate = a.duplicate;
-	}
-	return rc;
-}
-
-static int do_delivery_done(struct engine *e, void *arg)
-{
-	struct delivery_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "UPDATE deliveries SET state = 'done', reason = ? WHERE id = ? AND state = 'pending'");
-	sqlite3_bind_text(st, 1, a->reason, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, a->id);
-	return store_step_done(e->db, st);
-}
-
-int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
-{
-	struct delivery_args a = { NULL, reason, id, 0 };
-	return engine_call(e, do_delivery_done, &a);
-}
-
-struct cancel_args {
-	int64_t run_id;
-	const char *actor, *reason;
-};
-
-static int do_cancel(struct engine *e, void *arg)
-{
-	struct cancel_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
-	char state[16] = "", *concurrency = NULL;
-	int64_t now = clock_now_ms(), ids[256];
-	size_t n = 0;
-	int rc;
-
-	sqlite3_bind_int64(st, 1, a->run_id);
-	rc = store_step_row(e->db, st);
-	if (rc == 1) {
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
-		if (store_col_text(st, 1))
-			concurrency = xstrdup(store_col_text(st, 1));
-	}
-	sqlite3_reset(st);
-	if (rc <= 0)
-		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", a->run_id);
-	if (engine_state_final(state)) {
-		free(concurrency);
-		return ota_error_set(OTA_ECONFLICT, "run %" PRId64 " already finished (%s)", a->run_id, state);
-	}
-	/* Queued jobs leave the dispatch queue; running ones learn on their next heartbeat. */
-	do {
-		n = 0;
-		st = STMT(e, "SELECT id FROM jobs WHERE run_id = ? AND state IN ('queued','running') LIMIT 256");
-		sqlite3_bind_int64(st, 1, a->run_id);
-		while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
-			ids[n++] = store_col_int(st, 0);
-		sqlite3_reset(st);
-		for (size_t i = 0; i < n; i++) {
-			queue_remove(e, ids[i]);
-			st = STMT(e, "UPDATE jobs SET state = 'canceled', finished_at = ?, failure = 'canceled',"
-				     " message = 'run canceled', lease_expires = NULL, deadline = NULL WHERE id = ?");
-			sqlite3_bind_int64(st, 1, now);
-			sqlite3_bind_int64(st, 2, ids[i]);
-			if ((rc = store_step_done(e->db, st)) < 0)
-				goto out;
-			event(e, a->run_id, ids[i], "job.final", json_pack("{ss}", "state", "canceled"));
-		}
-	} while (n == OTA_ARRAY_SIZE(ids));
-	if ((rc = rollout_on_run_canceled(e, a->run_id)) < 0)
-		goto out;
-	st = STMT(e, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ? AND state IN ('queued','running')");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int64(st, 2, a->run_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-	if ((rc = finish_run(e, a->run_id, "canceled", concurrency, "canceled by user")) < 0)
-		goto out;
-	rc = engine_audit(e, a->actor, "cancel", 0, 0, a->reason, json_pack("{sI}", "run", (json_int_t)a->run_id));
-out:
-	free(concurrency);
-	return rc;
-}
-
-int engine_cancel_run(struct engine *e, int64_t run_id, const char *actor, const char *reason)
-{
-	struct cancel_args a = { run_id, actor, reason };
-	return engine_call(e, do_cancel, &a);
-}
-
-int engine_audit(struct engine *e, const char *actor, const char *action, int64_t release, int64_t rollout,
-		 const char *reason, json_t *detail)
-{
-	sqlite3_stmt *st = STMT(e, "INSERT INTO audit(at, actor, action, release_id, rollout_id, reason, detail)"
-				   " VALUES (?,?,?,?,?,?,?)");
-	char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
-	int rc;
-
-	json_decref(detail);
-	if (!st) {
-		free(d);
-		return OTA_ERROR;
-	}
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_text(st, 2, actor ? actor : "", -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, action, -1, SQLITE_STATIC);
-	if (release)
-		sqlite3_bind_int64(st, 4, release);
-	else
-		sqlite3_bind_null(st, 4);
-	if (rollout)
-		sqlite3_bind_int64(st, 5, rollout);
-	else
-		sqlite3_bind_null(st, 5);
-	sqlite3_bind_text(st, 6, reason ? reason : "", -1, SQLITE_STATIC);
-	if (d)
-		sqlite3_bind_text(st, 7, d, -1, SQLITE_TRANSIENT);
-	else
-		sqlite3_bind_null(st, 7);
-	rc = store_step_done(engine_store(e), st);
-	free(d);
-	return rc;
-}
-
-struct register_args {
-	const char *name;
-	const json_t *labels;
-	int local;
-	int64_t agent_id;
-};
-
-static int do_register(struct engine *e, void *arg)
-{
-	struct register_args *a = arg;
-	char *labels = json_dumps(a->labels, JSON_COMPACT);
-	int64_t now = clock_now_ms();
-	sqlite3_stmt *st;
-	int rc;
-
-	st = STMT(e, "INSERT INTO agents(name, labels, local, registered_at, last_seen) VALUES (?,?,?,?,?)"
-		     " ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, local = excluded.local,"
-		     " registered_at = excluded.registered_at, last_seen = excluded.last_seen");
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, labels, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int(st, 3, a->local);
-	sqlite3_bind_int64(st, 4, now);
-	sqlite3_bind_int64(st, 5, now);
-	free(labels);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	st = STMT(e, "SELECT id FROM agents WHERE name = ?");
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	rc = store_step_row(e->db, st);
-	a->agent_id = rc == 1 ? store_col_int(st, 0) : 0;
-	sqlite3_reset(st);
-	if (rc != 1)
-		return rc < 0 ? rc : ota_error_set(OTA_ERROR, "agent registration lost");
-	event(e, 0, 0, "agent.registered", json_pack("{ss sI}", "name", a->name, "agent", (json_int_t)a->agent_id));
-	/* A registering agent has restarted: whatever it held is gone. */
-	return release_agent_job(e, a->agent_id, "agent restarted while running this job");
-}
-
-int engine_agent_register(struct engine *e, const char *name, const json_t *labels, int local, int64_t *agent_id)
-{
-	struct register_args a = { name, labels, local, 0 };
-	int rc = engine_call(e, do_register, &a);
-	if (rc == 0)
-		*agent_id = a.agent_id;
-	return rc;
-}
-
-struct claim_args {
-	int64_t agent_id;
-	const json_t *allowed;   /* labels the agent may claim; NULL: any */
-	json_t *job;
-};
-
-/* Keep only the labels that are also in allowed (the agent's registered
- * labels): an agent never claims a job outside them, whatever it announced. */
-static void labels_bound(json_t *labels, const json_t *allowed)
-{
-	size_t i = 0;
-	while (allowed && i < json_array_size(labels)) {
-		json_t *one = json_pack("[O]", json_array_get(labels, i));
-		int ok = labels_match(one, allowed);
-		json_decref(one);
-		if (ok)
-			i++;
-		else
-			json_array_remove(labels, i);
-	}
-}
-
-static json_t *job_payload(struct engine *e, const struct jobrow *j)
-{
-	json_t *out = json_deep_copy(j->spec), *secrets = json_object(), *names, *name;
-	size_t i;
-
-	/* Secrets go only to protected runs, decided when the run was made
-	 * and checked again here, where they leave the daemon (policy.h). */
-	names = policy_run_protected(e->db, j->run_id) == 1 ? json_object_get(j->spec, "secrets") : NULL;
-	json_array_foreach(names, i, name) {
-		json_t *v = e->cfg.secrets ? json_object_get(e->cfg.secrets, json_string_value(name)) : NULL;
-		if (v)
-			json_object_set(secrets, json_string_value(name), v);
-	}
-	json_object_set_new(out, "secrets", secrets);
-	json_object_set_new(out, "job_id", json_integer(j->id));
-	json_object_set_new(out, "attempt", json_integer(j->attempt));
-	json_object_set_new(out, "run_id", json_integer(j->run_id));
-	json_object_set_new(out, "stage", json_string(j->stage_name));
-	json_object_set_new(out, "max_log_bytes", json_integer(logstore_max_bytes()));
-
-	/* Where the code comes from: the agent fetches the tree from us. */
-	{
-		sqlite3_stmt *st = STMT(e, "SELECT ref, repo, commit_id, tree_id FROM runs WHERE id = ?");
-		sqlite3_bind_int64(st, 1, j->run_id);
-		if (store_step_row(e->db, st) == 1) {
-			json_object_set_new(out, "ref", json_string(store_col_text(st, 0)));
-			if (store_col_text(st, 1) && store_col_text(st, 2)) {
-				char *url = xasprintf("/api/v1/agent/jobs/%" PRId64 "/source?attempt=%d", j->id, j->attempt);
-				json_object_set_new(out, "source",
-						    json_pack("{ss ss ss ss* ss}", "url", url, "repo", store_col_text(st, 1),
-							      "commit", store_col_text(st, 2), "tree", store_col_text(st, 3),
-							      "ref", store_col_text(st, 0)));
-				free(url);
-			}
-		}
-		sqlite3_reset(st);
-	}
-	return out;
-}
-
-static int do_claim(struct engine *e, void *arg)
-{
-	struct claim_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT labels FROM agents WHERE id = ? AND revoked_at IS NULL");
-	json_t *labels = NULL;
-	struct jobrow j = { 0 };
-	int64_t real = clock_real_ms(), now = clock_now_ms(), timeout;
-	char token[65] = "", token_hash[65];
-	int rc;
-	size_t i;
-
-	sqlite3_bind_int64(st, 1, a->agent_id);
-	rc = store_step_row(e->db, st);
-	if (rc == 1)
-		labels = json_loads(store_col_text(st, 0), 0, NULL);
-	sqlite3_reset(st);
-	if (rc <= 0 || !labels)
-		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "agent %" PRId64 " is not registered", a->agent_id);
-	labels_bound(labels, a->allowed);
-
-	/* An agent asking for work holds none: release a job it still owns. */
-	if ((rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
-		goto out;
-	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int64(st, 2, a->agent_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-
-	for (i = 0; i < e->nqueue; i++)
-		if (labels_match(e->queue[i].labels, labels))
-			break;
-	if (i == e->nqueue)
-		goto out; /* nothing for this agent */
-
-	if ((rc = job_load(e, e->queue[i].id, &j)) < 0)
-		goto out;
-	queue_remove(e, j.id);
-	j.attempt++;
-	j.agent_id = a->agent_id;
-	timeout = json_integer_value(json_object_get(j.spec, "timeout_ms"));
-	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = ?, lease_expires = ?, deadline = ?,"
-		     " started_at = ?, finished_at = NULL WHERE id = ? AND state = 'queued'");
-	sqlite3_bind_int(st, 1, j.attempt);
-	sqlite3_bind_int64(st, 2, a->agent_id);
-	sqlite3_bind_int64(st, 3, real + e->cfg.lease_ms);
-	sqlite3_bind_int64(st, 4, real + timeout + e->cfg.lease_ms);
-	sqlite3_bind_int64(st, 5, now);
-	sqlite3_bind_int64(st, 6, j.id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-	/* The attempt's job token: only its hash is kept (in the attempt's row,
-	 * so a restarted daemon still knows it); the agent gets it once. */
-	if ((rc = ota_random_hex(token, 32)) < 0)
-		goto out;
-	auth_sha256_hex(token, token_hash);
-	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, token_hash) VALUES (?,?,?,?,?)");
-	sqlite3_bind_int64(st, 1, j.id);
-	sqlite3_bind_int(st, 2, j.attempt);
-	sqlite3_bind_int64(st, 3, a->agent_id);
-	sqlite3_bind_int64(st, 4, now);
-	sqlite3_bind_text(st, 5, token_hash, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-	st = STMT(e, "UPDATE agents SET current_job = ? WHERE id = ?");
-	sqlite3_bind_int64(st, 1, j.id);
-	sqlite3_bind_int64(st, 2, a->agent_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-	event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
-	e->changed_state = 1;
-	a->job = job_payload(e, &j);
-	json_object_set_new(a->job, "job_token", json_string(token));
-out:
-	OPENSSL_cleanse(token, sizeof(token));
-	job_release(&j);
-	json_decref(labels);
-	return rc;
-}
-
-int engine_claim(struct engine *e, int64_t agent_id, const json_t *allowed, json_t **job)
-{
-	struct claim_args a = { agent_id, allowed, NULL };
-	int rc = engine_call(e, do_claim, &a);
-	if (rc < 0) {
-		json_decref(a.job);
-		return rc;
-	}
-	*job = a.job;
-	return 0;
-}
-
-struct heartbeat_args {
-	int64_t agent_id, job_id;
-	int attempt;
-	int cancel;
-};
-
-static int do_heartbeat(struct engine *e, void *arg)
-{
-	struct heartbeat_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT state, attempt, COALESCE(agent_id, 0) FROM jobs WHERE id = ?");
-	char state[16] = "";
-	int attempt = 0, rc;
-	int64_t agent = 0;
-
-	sqlite3_bind_int64(st, 1, a->job_id);
-	rc = store_step_row(e->db, st);
-	if (rc == 1) {
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
-		attempt = (int)store_col_int(st, 1);
-		agent = store_col_int(st, 2);
-	}
-	sqlite3_reset(st);
-	if (rc <= 0)
-		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", a->job_id);
-	if (attempt != a->attempt || agent != a->agent_id)
-		return ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not leased to this agent",
-				     a->attempt, a->job_id);
-	if (!strcmp(state, "canceled")) {
-		a->cancel = 1;
-		return 0;
-	}
-	if (strcmp(state, "running") != 0)
-		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, state);
-	st = STMT(e, "UPDATE jobs SET lease_expires = ? WHERE id = ?");
-	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
-	sqlite3_bind_int64(st, 2, a->job_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_int64(st, 2, a->agent_id);
-	return store_step_done(e->db, st);
-}
-
-int engine_heartbeat(struct engine *e, int64_t agent_id, int64_t job_id, int attempt, int *cancel)
-{
-	struct heartbeat_args a = { agent_id, job_id, attempt, 0 };
-	int rc = engine_call(e, do_heartbeat, &a);
-	*cancel = a.cancel;
-	return rc;
-}
-
-struct finish_args {
-	int64_t agent_id, job_id;
-	int attempt;
-	const struct job_result *r;
-	const char *state;
-};
-
-static const char *static_state(const char *s)
-{
-	static const char *const states[] = { "queued", "running", "passed", "failed", "canceled", "skipped", "blocked" };
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(states); i++)
-		if (!strcmp(states[i], s))
-			return states[i];
-	return "unknown";
-}
-
-static int do_finish(struct engine *e, void *arg)
-{
-	struct finish_args *a = arg;
-	struct jobrow j;
-	sqlite3_stmt *st;
-	int rc, attempt_open = 0;
-
-	if ((rc = job_load(e, a->job_id, &j)) < 0)
-		return rc;
-	st = STMT(e, "SELECT finished_at IS NULL FROM job_attempts WHERE job_id = ? AND attempt = ? AND agent_id = ?");
-	sqlite3_bind_int64(st, 1, a->job_id);
-	sqlite3_bind_int(st, 2, a->attempt);
-	sqlite3_bind_int64(st, 3, a->agent_id);
-	rc = store_step_row(e->db, st);
-	if (rc == 1)
-		attempt_open = (int)store_col_int(st, 0);
-	sqlite3_reset(st);
-	if (rc < 0)
-		goto out;
-	if (rc == 0) {
-		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " was not leased to this agent",
-				   a->attempt, a->job_id);
-		goto out;
-	}
-	rc = 0;
-	if (!attempt_open) {
-		/* Already recorded (a resent finish, or a lease that expired first). */
-		a->state = static_state(j.state);
-		if (j.attempt != a->attempt || !strcmp(j.state, "running"))
-			rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " already ended", a->attempt, a->job_id);
-		goto out;
-	}
-	if (!strcmp(j.state, "canceled")) {
-		/* The run was canceled while this attempt ran: just close the attempt. */
-		st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = 'canceled' WHERE job_id = ? AND attempt = ?");
-		sqlite3_bind_int64(st, 1, clock_now_ms());
-		sqlite3_bind_int(st, 2, a->r->exit_code);
-		sqlite3_bind_int64(st, 3, a->job_id);
-		sqlite3_bind_int(st, 4, a->attempt);
-		if ((rc = store_step_done(e->db, st)) < 0)
-			goto out;
-		st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
-		sqlite3_bind_int64(st, 1, a->agent_id);
-		sqlite3_bind_int64(st, 2, a->job_id);
-		rc = store_step_done(e->db, st);
-		a->state = "canceled";
-		goto out;
-	}
-	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
-		rc = ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, j.state);
-		goto out;
-	}
-	rc = attempt_done(e, &j, a->r, &a->state);
-out:
-	job_release(&j);
-	return rc;
-}
-
-int engine_finish(struct engine *e, int64_t agent_id, int64_t job_id, int attempt,
-		  const struct job_result *r, const char **state)
-{
-	struct finish_args a = { agent_id, job_id, attempt, r, NULL };
-	int rc = engine_call(e, do_finish, &a);
-	if (a.state)
-		*state = a.state;
-	return rc;
-}
-
-struct artifact_args {
-	int64_t job_id;
-	int attempt;
-	const struct artifact_info *info;
-	int64_t id;
-};
-
-static int do_artifact_add(struct engine *e, void *arg)
-{
-	struct artifact_args *a = arg;
-	struct jobrow j;
-	sqlite3_stmt *st;
-	int rc;
-
-	if ((rc = job_load(e, a->job_id, &j)) < 0)
-		return rc;
-	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
-		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
-		goto out;
-	}
-	if (e->cfg.max_run_artifact_bytes > 0) {
-		int64_t used = 0;
-		st = STMT(e, "SELECT COALESCE(SUM(size), 0) FROM artifacts WHERE run_id = ? AND NOT (job_id = ? AND attempt = ? AND name = ?)");
-		sqlite3_bind_int64(st, 1, j.run_id);
-		sqlite3_bind_int64(st, 2, j.id);
-		sqlite3_bind_int(st, 3, a->attempt);
-		sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
-		if (store_step_row(e->db, st) == 1)
-			used = store_col_int(st, 0);
-		sqlite3_reset(st);
-		if (used + a->info->size > e->cfg.max_run_artifact_bytes) {
-			rc = ota_error_set(OTA_ETOOBIG, "run %" PRId64 " would hold %" PRId64 " bytes of artifacts, over its limit of %" PRId64,
-					   j.run_id, used + a->info->size, e->cfg.max_run_artifact_bytes);
-			goto out;
-		}
-	}
-	st = STMT(e, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, type, hardware, created_at)"
-		     " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, name) DO UPDATE SET"
-		     " sha256 = excluded.sha256, size = excluded.size, type = excluded.type, hardware = excluded.hardware");
-	sqlite3_bind_int64(st, 1, j.run_id);
-	sqlite3_bind_int64(st, 2, j.id);
-	sqlite3_bind_int(st, 3, a->attempt);
-	sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, a->info->sha256, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 6, a->info->size);
-	if (a->info->type)
-		sqlite3_bind_text(st, 7, a->info->type, -1, SQLITE_STATIC);
-	if (a->info->hardware)
-		sqlite3_bind_text(st, 8, a->info->hardware, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 9, clock_now_ms());
-	if ((rc = store_step_done(e->db, st)) < 0)
-		goto out;
-	st = STMT(e, "SELECT id FROM artifacts WHERE job_id = ? AND attempt = ? AND name = ?");
-	sqlite3_bind_int64(st, 1, j.id);
-	sqlite3_bind_int(st, 2, a->attempt);
-	sqlite3_bind_text(st, 3, a->info->name, -1, SQLITE_STATIC);
-	if (store_step_row(e->db, st) == 1)
-		a->id = store_col_int(st, 0);
-	sqlite3_reset(st);
-	event(e, j.run_id, j.id, "artifact.added", json_pack("{ss ss sI}", "name", a->info->name, "sha256",
-							      a->info->sha256, "size", (json_int_t)a->info->size));
-out:
-	job_release(&j);
-	return rc;
-}
-
-int engine_artifact_add(struct engine *e, int64_t job_id, int attempt, const struct artifact_info *a,
-			int64_t *artifact_id)
-{
-	struct artifact_args args = { job_id, attempt, a, 0 };
-	int rc = engine_call(e, do_artifact_add, &args);
-	if (rc == 0)
-		*artifact_id = args.id;
-	return rc;
-}
-
-/* ---- for the engine's own modules (engine_int.h) ------------------------ */
-
-int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why)
-{
-	return release_agent_job(e, agent_id, why);
-}
-
 struct store *engine_store(struct engine *e)
 {
 	return e->db;
@@ -2298,28 +1031,9 @@ int engine_exec(struct engine *e, int (*fn)(struct engine *, void *), void *arg)
 	return engine_call(e, fn, arg);
 }
 
-int engine_job_complete(struct engine *e, int64_t job_id, const struct job_result *r, const char **state)
-{
-	struct jobrow j;
-	const char *st = NULL;
-	int rc;
-
-	if ((rc = job_load(e, job_id, &j)) < 0)
-		return rc;
-	if (strcmp(j.state, "running") != 0) {
-		job_release(&j);
-		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s, not running", job_id, j.state);
-	}
-	rc = attempt_done(e, &j, r, &st);
-	job_release(&j);
-	if (state)
-		*state = st;
-	return rc;
-}
-
 void engine_emit(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
 {
-	event(e, run, job, kind, detail);
+	eng_event(e, run, job, kind, detail);
 	e->changed_state = 1;
 }
 

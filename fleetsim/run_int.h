@@ -1,0 +1,137 @@
+/*
+ * run_int.h - the simulator's state, shared by the files of its event loop:
+ * run.c (the loop, transfers, the device flow), output.c (summary lines,
+ * Prometheus text, the stats file) and provision.c (registering the fleet).
+ * Everything here belongs to the loop's thread, except `metrics`, which is
+ * guarded by `mlock` (run.h).  main.c uses run.h, not this.
+ */
+#ifndef OTA_FLEETSIM_RUN_INT_H
+#define OTA_FLEETSIM_RUN_INT_H
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+
+#include "run.h"
+
+#define METRICS_REAL_MS 1000
+
+enum xkind { X_CHECKIN, X_DOWNLOAD, X_FETCH, X_REPORTS };
+
+struct xfer {
+	CURL *e;
+	enum xkind kind;
+	int busy;
+	uint32_t dev;
+	uint32_t image;              /* 1-based */
+	struct sim_download *dl;     /* X_DOWNLOAD (the device's), X_FETCH (own) */
+	struct sim_download fetch;
+	struct buf keep;             /* X_FETCH: the image bytes */
+	struct buf body;             /* answer (or error body) */
+	struct buf req;
+	struct curl_slist *hdrs;     /* this request's headers (the device's credential) */
+	int nreports;
+	int64_t range_start;
+	int started, body_is_data, failed, flaky_abort, probe;
+	char err[CURL_ERROR_SIZE];
+};
+
+struct vstat {
+	int64_t devices, offered, ever_ran, confirmed, crashes;
+	double hours, battery;
+	uint64_t *offered_bits, *ran_bits;
+	uint64_t vhash;
+	struct sim_rates *rates;     /* per hardware index, computed once */
+};
+
+struct batch {
+	char *body;
+	int n;
+};
+
+struct fleetsim {
+	struct fleetsim_opts o;
+	const struct sim_profile *p;
+	struct sim_imgcache images;
+	struct sim_versions versions;
+	struct vstat *vs;
+	size_t nvs;
+	struct sim_heap heap;
+	struct sim_device *dev;
+	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
+	uint32_t ndev;
+	uint64_t rng;
+	char *base, *checkin_url, *reports_url;
+	struct curl_slist *hdr_json, *hdr_auth;
+	char *product_json;
+	char **hw_json, **bl_json, *tag_json[SIM_MAX_TAGS][SIM_MAX_CHOICES];
+	char *tagkey_json[SIM_MAX_TAGS];
+
+	/* downloads in flight or partial, by 1-based slot */
+	struct sim_download **dls;
+	uint32_t ndls, capdls;
+	uint32_t *dlfree;
+	uint32_t ndlfree;
+
+	CURLM *multi;
+	struct xfer **xs;            /* every transfer ever made; idle ones are reused */
+	size_t nxs;
+	unsigned dev_active;         /* device transfers in flight (check-ins, downloads) */
+	unsigned reports_inflight;
+
+	int time_known;
+	int64_t anchor_otacd, anchor_real, last_now, t0;
+	double scale;
+	int64_t poll_ms;
+	int probe_inflight;
+	int64_t probe_retry_real;
+	int fatal;
+
+	struct buf pending;
+	int npending;
+	int64_t pending_since_real;
+	struct batch *q;             /* sealed batches, q[qhead..qn) */
+	size_t qhead, qn, qcap;
+	int64_t retry_at_real;
+
+	struct {
+		int64_t installed, confirmed, reverted, boot_failed, refused,
+			refused_lower_counter, refused_bad_signature, incompatible_offers,
+			skipped_failed, downloads, resumed_downloads, cut_downloads, reports_sent,
+			reports_rejected, reports_dropped, checkins, requests_failed,
+			flaky_aborts, heartbeats;
+	} c;
+
+	int64_t *printed;            /* devices per version at the last summary line */
+	size_t nprinted;
+	int64_t start_real, last_print_real, last_metrics_real;
+	int until_reached;
+	unsigned warned;
+	pthread_mutex_t mlock;
+	char *metrics;
+};
+
+/* Monotonic real milliseconds. */
+int64_t fs_real_ms(void);
+/* A warning on stderr, at most WARN_MAX of them, then one that says so. */
+void fs_warn(struct fleetsim *fs, const char *fmt, ...) OTA_PRINTF(2, 3);
+/* otacd ms now: anchored at the latest answer, never backwards. */
+int64_t fs_now(struct fleetsim *fs);
+/* libcurl's write callback for a struct xfer (ud): the answer into x->body,
+ * or the image into its download. */
+size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud);
+
+/* output.c: a summary line (word: "final" at the end, else NULL); the
+ * periodic output (Prometheus text every METRICS_REAL_MS, a summary line
+ * when the versions moved or every so often), rn being fs_real_ms(); the
+ * stats file (o.stats_path) at exit. */
+void fs_print_summary(struct fleetsim *fs, const char *word);
+void fs_output_tick(struct fleetsim *fs, int64_t rn);
+int fs_write_stats(struct fleetsim *fs);
+
+/* provision.c: register every device and keep its credential; stops early
+ * on *stop. */
+int fs_register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop);
+
+#endif

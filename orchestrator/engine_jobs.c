@@ -1,0 +1,658 @@
+/*
+ * engine_jobs.c - a job's attempts, from an agent's claim to its result.
+ *
+ * Why apart from engine.c: this is the agent-facing half of the engine.
+ * Agents register, claim a queued job whose labels they carry (bounded by
+ * the labels they registered with), keep its lease alive with heartbeats,
+ * upload artifacts and report a result; in-daemon jobs report through
+ * engine_job_complete.  Each of these is a command run on the engine thread
+ * inside one transaction (engine_call, engine_core.h).
+ *
+ * How it works.  A claim takes the oldest matching job off the dispatch
+ * queue, starts attempt n+1 with a lease and a deadline and hands the agent
+ * a one-time job token (only its hash is stored).  The end of an attempt
+ * (a finish, a lost lease, a timeout, an agent restart) goes through
+ * eng_attempt_done: the stage kind's verdict, then pass, retry (back on the
+ * queue, counted against retries or infra retries) or fail, and the run
+ * moves on (eng_advance_run).  A finish for an attempt already recorded is
+ * answered with the recorded state, so a resent finish is harmless.
+ */
+#include "engine.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "auth.h"
+#include "clock.h"
+#include "../common/mask.h"
+#include "logstore.h"
+#include "engine_core.h"
+#include "policy.h"
+#include "../stages/reports_kind.h"
+
+/* ---- attempts -------------------------------------------------------- */
+
+static int retry_on(const json_t *spec, const char *failure)
+{
+	json_t *on = json_object_get(json_object_get(spec, "retry"), "on");
+	size_t i;
+	json_t *v;
+	json_array_foreach(on, i, v)
+		if (json_is_string(v) && !strcmp(json_string_value(v), failure))
+			return 1;
+	return 0;
+}
+
+/*
+ * Record the end of the running attempt of j and decide what happens next:
+ * pass, retry (back to the queue) or fail.  Caller holds the transaction.
+ */
+static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
+			  const char **state_out);
+
+/* The kind's verdict, given the attempt's stored reports (and the baseline
+ * run's, for `baseline:`); *message may replace r->message. */
+static int attempt_verdict(struct engine *e, struct jobrow *j, const struct stage_kind *kind,
+			   const struct job_result *r, char **message)
+{
+	json_t *reports = NULL, *baseline = NULL;
+	struct verdict_input in = { 0 };
+	int failed;
+
+	if (rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
+				&in.baseline_run) < 0)
+		fprintf(stderr, "otacd: engine: job %" PRId64 ": cannot load its reports: %s\n", j->id, ota_error_last());
+	in.reports = reports ? reports : json_array();
+	in.baseline = baseline;
+	failed = kind->verdict(j->spec, r, &in, message);
+	if (!reports)
+		json_decref((json_t *)in.reports);
+	json_decref(reports);
+	json_decref(baseline);
+	return failed;
+}
+
+int eng_attempt_done(struct engine *e, struct jobrow *j, const struct job_result *r, const char **state_out)
+{
+	const struct stage_kind *kind = stage_kind_find(j->kind, NULL);
+	struct job_result rv = *r;
+	char *message = NULL;
+	int failed = r->failure_kind != NULL, rc;
+
+	logstore_end(j->id, j->attempt); /* the log is complete: write what masking held back */
+	if (kind && kind->verdict) {
+		failed = attempt_verdict(e, j, kind, r, &message);
+		if (message)
+			rv.message = message;
+	}
+	if (rv.message && !message) /* a message may quote a step's output */
+		rv.message = message = xstrdup(rv.message);
+	if (message)
+		mask_string(logstore_mask(), message);
+	rc = attempt_record(e, j, &rv, failed, state_out);
+	free(message);
+	return rc;
+}
+
+static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
+			  const char **state_out)
+{
+	const char *failure = r->failure_kind;
+	int64_t now = clock_now_ms();
+	int rc;
+	sqlite3_stmt *st;
+
+	if (failed && !failure)
+		failure = "script";
+
+	st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = ?, message = ? "
+		     "WHERE job_id = ? AND attempt = ?");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int(st, 2, r->exit_code);
+	if (failure)
+		sqlite3_bind_text(st, 3, failure, -1, SQLITE_STATIC);
+	if (r->message)
+		sqlite3_bind_text(st, 4, r->message, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 5, j->id);
+	sqlite3_bind_int(st, 6, j->attempt);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+
+	st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
+	sqlite3_bind_int64(st, 1, j->agent_id);
+	sqlite3_bind_int64(st, 2, j->id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+
+	if (failed && strcmp(failure, "canceled") != 0) {
+		int use_infra = !strcmp(failure, "infra") && j->infra_left > 0;
+		int use_count = !use_infra && retry_on(j->spec, failure) && j->retries_left > 0;
+		if (use_infra || use_count) {
+			st = STMT(e, "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires = NULL,"
+				     " deadline = NULL, exit_code = ?, failure = ?, message = ?,"
+				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ? WHERE id = ?");
+			sqlite3_bind_int(st, 1, r->exit_code);
+			sqlite3_bind_text(st, 2, failure, -1, SQLITE_STATIC);
+			if (r->message)
+				sqlite3_bind_text(st, 3, r->message, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int(st, 4, use_infra);
+			sqlite3_bind_int(st, 5, use_count);
+			sqlite3_bind_int64(st, 6, j->id);
+			if ((rc = store_step_done(e->db, st)) < 0)
+				return rc;
+			eng_event(e, j->run_id, j->id, "job.retry",
+			      json_pack("{si ss ss*}", "attempt", j->attempt, "failure", failure, "message", r->message));
+			eng_queue_add(e, j->id, json_object_get(j->spec, "labels"));
+			e->changed_work = 1;
+			e->changed_state = 1;
+			*state_out = "queued";
+			return 0;
+		}
+	}
+
+	*state_out = !failed ? "passed" : (failure && !strcmp(failure, "canceled")) ? "canceled" : "failed";
+	st = STMT(e, "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, failure = ?, message = ?,"
+		     " lease_expires = NULL, deadline = NULL WHERE id = ?");
+	sqlite3_bind_text(st, 1, *state_out, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, now);
+	sqlite3_bind_int(st, 3, r->exit_code);
+	if (failure)
+		sqlite3_bind_text(st, 4, failure, -1, SQLITE_STATIC);
+	if (r->message)
+		sqlite3_bind_text(st, 5, r->message, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(st, 6, j->id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	eng_event(e, j->run_id, j->id, "job.final",
+	      json_pack("{ss si ss*}", "state", *state_out, "attempt", j->attempt, "failure", failure));
+	e->changed_state = 1;
+	return eng_advance_run(e, j->run_id);
+}
+
+/* Give up the job an agent holds (the agent restarted or was lost). */
+static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'");
+	int64_t ids[16];
+	size_t n = 0;
+	int rc = 0;
+
+	sqlite3_bind_int64(st, 1, agent_id);
+	while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
+		ids[n++] = store_col_int(st, 0);
+	sqlite3_reset(st);
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		struct jobrow j;
+		const char *state;
+		struct job_result r = { -1, "infra", why };
+		if ((rc = eng_job_load(e, ids[i], &j)) == 0)
+			rc = eng_attempt_done(e, &j, &r, &state);
+		eng_job_release(&j);
+	}
+	return rc;
+}
+
+/* ---- agents: registration, claims, leases ------------------------------- */
+
+static int labels_match(const json_t *need, const json_t *have)
+{
+	size_t i, j;
+	json_t *n, *h;
+	json_array_foreach(need, i, n) {
+		int found = 0;
+		json_array_foreach(have, j, h) {
+			if (json_equal(n, h)) {
+				found = 1;
+				break;
+			}
+		}
+		if (!found)
+			return 0;
+	}
+	return 1;
+}
+
+struct register_args {
+	const char *name;
+	const json_t *labels;
+	int local;
+	int64_t agent_id;
+};
+
+static int do_register(struct engine *e, void *arg)
+{
+	struct register_args *a = arg;
+	char *labels = json_dumps(a->labels, JSON_COMPACT);
+	int64_t now = clock_now_ms();
+	sqlite3_stmt *st;
+	int rc;
+
+	st = STMT(e, "INSERT INTO agents(name, labels, local, registered_at, last_seen) VALUES (?,?,?,?,?)"
+		     " ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, local = excluded.local,"
+		     " registered_at = excluded.registered_at, last_seen = excluded.last_seen");
+	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, labels, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_int(st, 3, a->local);
+	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_int64(st, 5, now);
+	free(labels);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	st = STMT(e, "SELECT id FROM agents WHERE name = ?");
+	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+	rc = store_step_row(e->db, st);
+	a->agent_id = rc == 1 ? store_col_int(st, 0) : 0;
+	sqlite3_reset(st);
+	if (rc != 1)
+		return rc < 0 ? rc : ota_error_set(OTA_ERROR, "agent registration lost");
+	eng_event(e, 0, 0, "agent.registered", json_pack("{ss sI}", "name", a->name, "agent", (json_int_t)a->agent_id));
+	/* A registering agent has restarted: whatever it held is gone. */
+	return release_agent_job(e, a->agent_id, "agent restarted while running this job");
+}
+
+int engine_agent_register(struct engine *e, const char *name, const json_t *labels, int local, int64_t *agent_id)
+{
+	struct register_args a = { name, labels, local, 0 };
+	int rc = engine_call(e, do_register, &a);
+	if (rc == 0)
+		*agent_id = a.agent_id;
+	return rc;
+}
+
+struct claim_args {
+	int64_t agent_id;
+	const json_t *allowed;   /* labels the agent may claim; NULL: any */
+	json_t *job;
+};
+
+/* Keep only the labels that are also in allowed (the agent's registered
+ * labels): an agent never claims a job outside them, whatever it announced. */
+static void labels_bound(json_t *labels, const json_t *allowed)
+{
+	size_t i = 0;
+	while (allowed && i < json_array_size(labels)) {
+		json_t *one = json_pack("[O]", json_array_get(labels, i));
+		int ok = labels_match(one, allowed);
+		json_decref(one);
+		if (ok)
+			i++;
+		else
+			json_array_remove(labels, i);
+	}
+}
+
+static json_t *job_payload(struct engine *e, const struct jobrow *j)
+{
+	json_t *out = json_deep_copy(j->spec), *secrets = json_object(), *names, *name;
+	size_t i;
+
+	/* Secrets go only to protected runs, decided when the run was made
+	 * and checked again here, where they leave the daemon (policy.h). */
+	names = policy_run_protected(e->db, j->run_id) == 1 ? json_object_get(j->spec, "secrets") : NULL;
+	json_array_foreach(names, i, name) {
+		json_t *v = e->cfg.secrets ? json_object_get(e->cfg.secrets, json_string_value(name)) : NULL;
+		if (v)
+			json_object_set(secrets, json_string_value(name), v);
+	}
+	json_object_set_new(out, "secrets", secrets);
+	json_object_set_new(out, "job_id", json_integer(j->id));
+	json_object_set_new(out, "attempt", json_integer(j->attempt));
+	json_object_set_new(out, "run_id", json_integer(j->run_id));
+	json_object_set_new(out, "stage", json_string(j->stage_name));
+	json_object_set_new(out, "max_log_bytes", json_integer(logstore_max_bytes()));
+
+	/* Where the code comes from: the agent fetches the tree from us. */
+	{
+		sqlite3_stmt *st = STMT(e, "SELECT ref, repo, commit_id, tree_id FROM runs WHERE id = ?");
+		sqlite3_bind_int64(st, 1, j->run_id);
+		if (store_step_row(e->db, st) == 1) {
+			json_object_set_new(out, "ref", json_string(store_col_text(st, 0)));
+			if (store_col_text(st, 1) && store_col_text(st, 2)) {
+				char *url = xasprintf("/api/v1/agent/jobs/%" PRId64 "/source?attempt=%d", j->id, j->attempt);
+				json_object_set_new(out, "source",
+						    json_pack("{ss ss ss ss* ss}", "url", url, "repo", store_col_text(st, 1),
+							      "commit", store_col_text(st, 2), "tree", store_col_text(st, 3),
+							      "ref", store_col_text(st, 0)));
+				free(url);
+			}
+		}
+		sqlite3_reset(st);
+	}
+	return out;
+}
+
+static int do_claim(struct engine *e, void *arg)
+{
+	struct claim_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT labels FROM agents WHERE id = ? AND revoked_at IS NULL");
+	json_t *labels = NULL;
+	struct jobrow j = { 0 };
+	int64_t real = clock_real_ms(), now = clock_now_ms(), timeout;
+	char token[65] = "", token_hash[65];
+	int rc;
+	size_t i;
+
+	sqlite3_bind_int64(st, 1, a->agent_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		labels = json_loads(store_col_text(st, 0), 0, NULL);
+	sqlite3_reset(st);
+	if (rc <= 0 || !labels)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "agent %" PRId64 " is not registered", a->agent_id);
+	labels_bound(labels, a->allowed);
+
+	/* An agent asking for work holds none: release a job it still owns. */
+	if ((rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
+		goto out;
+	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+
+	for (i = 0; i < e->nqueue; i++)
+		if (labels_match(e->queue[i].labels, labels))
+			break;
+	if (i == e->nqueue)
+		goto out; /* nothing for this agent */
+
+	if ((rc = eng_job_load(e, e->queue[i].id, &j)) < 0)
+		goto out;
+	eng_queue_remove(e, j.id);
+	j.attempt++;
+	j.agent_id = a->agent_id;
+	timeout = json_integer_value(json_object_get(j.spec, "timeout_ms"));
+	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = ?, lease_expires = ?, deadline = ?,"
+		     " started_at = ?, finished_at = NULL WHERE id = ? AND state = 'queued'");
+	sqlite3_bind_int(st, 1, j.attempt);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	sqlite3_bind_int64(st, 3, real + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 4, real + timeout + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 5, now);
+	sqlite3_bind_int64(st, 6, j.id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	/* The attempt's job token: only its hash is kept (in the attempt's row,
+	 * so a restarted daemon still knows it); the agent gets it once. */
+	if ((rc = ota_random_hex(token, 32)) < 0)
+		goto out;
+	auth_sha256_hex(token, token_hash);
+	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, token_hash) VALUES (?,?,?,?,?)");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int(st, 2, j.attempt);
+	sqlite3_bind_int64(st, 3, a->agent_id);
+	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_text(st, 5, token_hash, -1, SQLITE_STATIC);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	st = STMT(e, "UPDATE agents SET current_job = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	eng_event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
+	e->changed_state = 1;
+	a->job = job_payload(e, &j);
+	json_object_set_new(a->job, "job_token", json_string(token));
+out:
+	OPENSSL_cleanse(token, sizeof(token));
+	eng_job_release(&j);
+	json_decref(labels);
+	return rc;
+}
+
+int engine_claim(struct engine *e, int64_t agent_id, const json_t *allowed, json_t **job)
+{
+	struct claim_args a = { agent_id, allowed, NULL };
+	int rc = engine_call(e, do_claim, &a);
+	if (rc < 0) {
+		json_decref(a.job);
+		return rc;
+	}
+	*job = a.job;
+	return 0;
+}
+
+struct heartbeat_args {
+	int64_t agent_id, job_id;
+	int attempt;
+	int cancel;
+};
+
+static int do_heartbeat(struct engine *e, void *arg)
+{
+	struct heartbeat_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT state, attempt, COALESCE(agent_id, 0) FROM jobs WHERE id = ?");
+	char state[16] = "";
+	int attempt = 0, rc;
+	int64_t agent = 0;
+
+	sqlite3_bind_int64(st, 1, a->job_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1) {
+		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
+		attempt = (int)store_col_int(st, 1);
+		agent = store_col_int(st, 2);
+	}
+	sqlite3_reset(st);
+	if (rc <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", a->job_id);
+	if (attempt != a->attempt || agent != a->agent_id)
+		return ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not leased to this agent",
+				     a->attempt, a->job_id);
+	if (!strcmp(state, "canceled")) {
+		a->cancel = 1;
+		return 0;
+	}
+	if (strcmp(state, "running") != 0)
+		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, state);
+	st = STMT(e, "UPDATE jobs SET lease_expires = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
+	sqlite3_bind_int64(st, 2, a->job_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	st = STMT(e, "UPDATE agents SET last_seen = ? WHERE id = ?");
+	sqlite3_bind_int64(st, 1, clock_now_ms());
+	sqlite3_bind_int64(st, 2, a->agent_id);
+	return store_step_done(e->db, st);
+}
+
+int engine_heartbeat(struct engine *e, int64_t agent_id, int64_t job_id, int attempt, int *cancel)
+{
+	struct heartbeat_args a = { agent_id, job_id, attempt, 0 };
+	int rc = engine_call(e, do_heartbeat, &a);
+	*cancel = a.cancel;
+	return rc;
+}
+
+struct finish_args {
+	int64_t agent_id, job_id;
+	int attempt;
+	const struct job_result *r;
+	const char *state;
+};
+
+static const char *static_state(const char *s)
+{
+	static const char *const states[] = { "queued", "running", "passed", "failed", "canceled", "skipped", "blocked" };
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(states); i++)
+		if (!strcmp(states[i], s))
+			return states[i];
+	return "unknown";
+}
+
+static int do_finish(struct engine *e, void *arg)
+{
+	struct finish_args *a = arg;
+	struct jobrow j;
+	sqlite3_stmt *st;
+	int rc, attempt_open = 0;
+
+	if ((rc = eng_job_load(e, a->job_id, &j)) < 0)
+		return rc;
+	st = STMT(e, "SELECT finished_at IS NULL FROM job_attempts WHERE job_id = ? AND attempt = ? AND agent_id = ?");
+	sqlite3_bind_int64(st, 1, a->job_id);
+	sqlite3_bind_int(st, 2, a->attempt);
+	sqlite3_bind_int64(st, 3, a->agent_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		attempt_open = (int)store_col_int(st, 0);
+	sqlite3_reset(st);
+	if (rc < 0)
+		goto out;
+	if (rc == 0) {
+		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " was not leased to this agent",
+				   a->attempt, a->job_id);
+		goto out;
+	}
+	rc = 0;
+	if (!attempt_open) {
+		/* Already recorded (a resent finish, or a lease that expired first). */
+		a->state = static_state(j.state);
+		if (j.attempt != a->attempt || !strcmp(j.state, "running"))
+			rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " already ended", a->attempt, a->job_id);
+		goto out;
+	}
+	if (!strcmp(j.state, "canceled")) {
+		/* The run was canceled while this attempt ran: just close the attempt. */
+		st = STMT(e, "UPDATE job_attempts SET finished_at = ?, exit_code = ?, failure = 'canceled' WHERE job_id = ? AND attempt = ?");
+		sqlite3_bind_int64(st, 1, clock_now_ms());
+		sqlite3_bind_int(st, 2, a->r->exit_code);
+		sqlite3_bind_int64(st, 3, a->job_id);
+		sqlite3_bind_int(st, 4, a->attempt);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			goto out;
+		st = STMT(e, "UPDATE agents SET current_job = NULL WHERE id = ? AND current_job = ?");
+		sqlite3_bind_int64(st, 1, a->agent_id);
+		sqlite3_bind_int64(st, 2, a->job_id);
+		rc = store_step_done(e->db, st);
+		a->state = "canceled";
+		goto out;
+	}
+	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
+		rc = ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s", a->job_id, j.state);
+		goto out;
+	}
+	rc = eng_attempt_done(e, &j, a->r, &a->state);
+out:
+	eng_job_release(&j);
+	return rc;
+}
+
+int engine_finish(struct engine *e, int64_t agent_id, int64_t job_id, int attempt,
+		  const struct job_result *r, const char **state)
+{
+	struct finish_args a = { agent_id, job_id, attempt, r, NULL };
+	int rc = engine_call(e, do_finish, &a);
+	if (a.state)
+		*state = a.state;
+	return rc;
+}
+
+struct artifact_args {
+	int64_t job_id;
+	int attempt;
+	const struct artifact_info *info;
+	int64_t id;
+};
+
+static int do_artifact_add(struct engine *e, void *arg)
+{
+	struct artifact_args *a = arg;
+	struct jobrow j;
+	sqlite3_stmt *st;
+	int rc;
+
+	if ((rc = eng_job_load(e, a->job_id, &j)) < 0)
+		return rc;
+	if (strcmp(j.state, "running") != 0 || j.attempt != a->attempt) {
+		rc = ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
+		goto out;
+	}
+	if (e->cfg.max_run_artifact_bytes > 0) {
+		int64_t used = 0;
+		st = STMT(e, "SELECT COALESCE(SUM(size), 0) FROM artifacts WHERE run_id = ? AND NOT (job_id = ? AND attempt = ? AND name = ?)");
+		sqlite3_bind_int64(st, 1, j.run_id);
+		sqlite3_bind_int64(st, 2, j.id);
+		sqlite3_bind_int(st, 3, a->attempt);
+		sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
+		if (store_step_row(e->db, st) == 1)
+			used = store_col_int(st, 0);
+		sqlite3_reset(st);
+		if (used + a->info->size > e->cfg.max_run_artifact_bytes) {
+			rc = ota_error_set(OTA_ETOOBIG, "run %" PRId64 " would hold %" PRId64 " bytes of artifacts, over its limit of %" PRId64,
+					   j.run_id, used + a->info->size, e->cfg.max_run_artifact_bytes);
+			goto out;
+		}
+	}
+	st = STMT(e, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, type, hardware, created_at)"
+		     " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, name) DO UPDATE SET"
+		     " sha256 = excluded.sha256, size = excluded.size, type = excluded.type, hardware = excluded.hardware");
+	sqlite3_bind_int64(st, 1, j.run_id);
+	sqlite3_bind_int64(st, 2, j.id);
+	sqlite3_bind_int(st, 3, a->attempt);
+	sqlite3_bind_text(st, 4, a->info->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 5, a->info->sha256, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, a->info->size);
+	if (a->info->type)
+		sqlite3_bind_text(st, 7, a->info->type, -1, SQLITE_STATIC);
+	if (a->info->hardware)
+		sqlite3_bind_text(st, 8, a->info->hardware, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, clock_now_ms());
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	st = STMT(e, "SELECT id FROM artifacts WHERE job_id = ? AND attempt = ? AND name = ?");
+	sqlite3_bind_int64(st, 1, j.id);
+	sqlite3_bind_int(st, 2, a->attempt);
+	sqlite3_bind_text(st, 3, a->info->name, -1, SQLITE_STATIC);
+	if (store_step_row(e->db, st) == 1)
+		a->id = store_col_int(st, 0);
+	sqlite3_reset(st);
+	eng_event(e, j.run_id, j.id, "artifact.added", json_pack("{ss ss sI}", "name", a->info->name, "sha256",
+							      a->info->sha256, "size", (json_int_t)a->info->size));
+out:
+	eng_job_release(&j);
+	return rc;
+}
+
+int engine_artifact_add(struct engine *e, int64_t job_id, int attempt, const struct artifact_info *a,
+			int64_t *artifact_id)
+{
+	struct artifact_args args = { job_id, attempt, a, 0 };
+	int rc = engine_call(e, do_artifact_add, &args);
+	if (rc == 0)
+		*artifact_id = args.id;
+	return rc;
+}
+
+/* ---- for the engine's own modules (engine_int.h) ------------------------ */
+
+int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+{
+	return release_agent_job(e, agent_id, why);
+}
+
+int engine_job_complete(struct engine *e, int64_t job_id, const struct job_result *r, const char **state)
+{
+	struct jobrow j;
+	const char *st = NULL;
+	int rc;
+
+	if ((rc = eng_job_load(e, job_id, &j)) < 0)
+		return rc;
+	if (strcmp(j.state, "running") != 0) {
+		eng_job_release(&j);
+		return ota_error_set(OTA_ECONFLICT, "job %" PRId64 " is %s, not running", job_id, j.state);
+	}
+	rc = eng_attempt_done(e, &j, r, &st);
+	eng_job_release(&j);
+	if (state)
+		*state = st;
+	return rc;
+}

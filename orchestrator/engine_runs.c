@@ -1,0 +1,465 @@
+/*
+ * engine_runs.c - making runs and ending them early.
+ *
+ * Why apart from engine.c: these commands create and cancel runs rather
+ * than move them; they are what the webhook, the API and otactl call.
+ *
+ * How it works.  engine_trigger parses the pipeline and builds the run plan
+ * (stages and their expanded jobs) in the caller's thread, checks it
+ * against the release policy, then inserts the run, its stages and jobs
+ * on the engine thread in one transaction and advances it.  A push that
+ * cannot start a run is still answered by a failed run
+ * (engine_record_failed_run), and a refusal by the policy is audited.
+ * Webhook deliveries are recorded once per provider and delivery id, and
+ * closed by the run they caused.  A cancel finishes queued and running
+ * jobs at once; agents holding one learn it on their next heartbeat.
+ */
+#include "engine.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "config.h"
+#include "gate.h"
+#include "engine_core.h"
+#include "policy.h"
+#include "rollout.h"
+
+/* ---- commands -------------------------------------------------------------- */
+
+static void bind_opt(sqlite3_stmt *st, int col, const char *s)
+{
+	if (s)
+		sqlite3_bind_text(st, col, s, -1, SQLITE_STATIC);
+}
+
+/* Insert a run row and close the delivery it answers, if any. */
+static int insert_run(struct engine *e, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t *run_id)
+{
+	int64_t now = clock_now_ms();
+	int final = engine_state_final(state);
+	sqlite3_stmt *st;
+	int rc;
+
+	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
+		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id,"
+		     " protected, trust_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, req->file, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, req->yaml ? req->yaml : "", req->yaml ? (int)req->len : 0, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, req->ref, -1, SQLITE_STATIC);
+	bind_opt(st, 5, req->commit);
+	sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
+	bind_opt(st, 7, concurrency);
+	sqlite3_bind_text(st, 8, req->trigger, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 9, now);
+	if (final) {
+		sqlite3_bind_int64(st, 10, now);
+		sqlite3_bind_int64(st, 11, now);
+	}
+	bind_opt(st, 12, error);
+	bind_opt(st, 13, req->repo);
+	bind_opt(st, 14, req->tree);
+	bind_opt(st, 15, req->author);
+	bind_opt(st, 16, req->committer);
+	bind_opt(st, 17, req->message);
+	bind_opt(st, 18, req->pusher);
+	if (req->delivery_id)
+		sqlite3_bind_int64(st, 19, req->delivery_id);
+	sqlite3_bind_int(st, 20, trust->protected_run);
+	sqlite3_bind_text(st, 21, trust->reason, -1, SQLITE_STATIC);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
+	if (req->delivery_id) {
+		st = STMT(e, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, *run_id);
+		sqlite3_bind_int64(st, 2, req->delivery_id);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+	}
+	eng_event(e, *run_id, 0, "run.created", json_pack("{ss ss ss ss*}", "pipeline", name, "ref", req->ref,
+						      "trigger", req->trigger, "commit", req->commit));
+	if (final) {
+		eng_event(e, *run_id, 0, "run.final", json_pack("{ss ss*}", "state", state, "error", error));
+		e->changed_state = 1;
+	}
+	return 0;
+}
+
+struct trigger_args {
+	const struct trigger_req *req;
+	const struct pipeline *p;
+	json_t *plan;       /* [{name, kind, needs, skip, skip_reason?, jobs:[spec…]}] */
+	struct policy_trust trust;
+	int64_t run_id;
+};
+
+static int do_trigger(struct engine *e, void *arg)
+{
+	struct trigger_args *a = arg;
+	sqlite3_stmt *st;
+	size_t i, k;
+	json_t *stage, *job, *held = json_array();
+	int rc;
+
+	if ((rc = insert_run(e, a->req, &a->trust, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0) {
+		json_decref(held);
+		return rc;
+	}
+
+	json_array_foreach(a->plan, i, stage) {
+		int64_t stage_id;
+		char *needs = json_dumps(json_object_get(stage, "needs"), JSON_COMPACT);
+		st = STMT(e, "INSERT INTO stages(run_id, idx, name, kind, state, needs, when_filter)"
+			     " VALUES (?,?,?,?, 'queued', ?, ?)");
+		sqlite3_bind_int64(st, 1, a->run_id);
+		sqlite3_bind_int(st, 2, (int)i);
+		sqlite3_bind_text(st, 3, json_string_value(json_object_get(stage, "name")), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")), -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, needs, -1, SQLITE_TRANSIENT);
+		if (json_string_value(json_object_get(stage, "skip_reason"))) {
+			/* skipped by the release policy: the reason is the filter */
+			sqlite3_bind_text(st, 6, json_string_value(json_object_get(stage, "skip_reason")), -1, SQLITE_STATIC);
+			json_array_append(held, json_object_get(stage, "name"));
+		} else if (json_is_true(json_object_get(stage, "skip"))) {
+			sqlite3_bind_text(st, 6, "no-match", -1, SQLITE_STATIC);
+		}
+		free(needs);
+		if ((rc = store_step_done(e->db, st)) < 0) {
+			json_decref(held);
+			return rc;
+		}
+		stage_id = sqlite3_last_insert_rowid(store_db(e->db));
+
+		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+			json_t *retry = json_object_get(job, "retry");
+			char *spec = json_dumps(job, JSON_COMPACT);
+			st = STMT(e, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
+				     " VALUES (?,?,?,?,?, 'queued', ?, ?)");
+			sqlite3_bind_int64(st, 1, a->run_id);
+			sqlite3_bind_int64(st, 2, stage_id);
+			sqlite3_bind_int(st, 3, (int)k);
+			sqlite3_bind_text(st, 4, json_string_value(json_object_get(job, "name")), -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 5, spec, -1, SQLITE_TRANSIENT);
+			sqlite3_bind_int(st, 6, (int)json_integer_value(json_object_get(retry, "count")));
+			sqlite3_bind_int(st, 7, json_object_get(retry, "infra")
+						    ? (int)json_integer_value(json_object_get(retry, "infra")) : 2);
+			free(spec);
+			if ((rc = store_step_done(e->db, st)) < 0) {
+				json_decref(held);
+				return rc;
+			}
+		}
+	}
+	/* stages the policy holds back are refusals too: audited */
+	if (json_array_size(held) &&
+	    (rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd",
+			       "policy_skip", 0, 0, a->trust.reason,
+			       json_pack("{sI ss ss* sO}", "run", (json_int_t)a->run_id, "ref", a->req->ref, "repo",
+					 a->req->repo, "stages", held))) < 0) {
+		json_decref(held);
+		return rc;
+	}
+	json_decref(held);
+	return eng_advance_run(e, a->run_id);
+}
+
+/* Build the run plan in the caller's thread: parsing and expansion need no
+ * engine state and should not hold up the engine thread. */
+static int build_plan(struct engine *e, const struct pipeline *p, const char *ref, const struct policy_trust *trust,
+		      json_t **out, struct pl_diags *diags)
+{
+	json_t *plan = json_array();
+	int rc = 0;
+
+	if (p->gates && e->cfg.config) {
+		/* gates name providers of the server config (docs/security.md, outbound requests) */
+		const char *gname;
+		json_t *gv;
+		json_object_foreach(p->gates, gname, gv) {
+			struct gate_spec g;
+			char err[256];
+			if (gate_spec_parse(gv, gname, &g, err, sizeof(err)) == 0 &&
+			    gate_provider_check(&g, e->cfg.config->providers, e->cfg.config->prometheus_url) < 0) {
+				snprintf(err, sizeof(err), "%s", ota_error_last());
+				pl_diag_add(diags, (struct pl_pos){ 1, 1 }, "%s", err); /* gates keep no position */
+			}
+			gate_spec_release(&g);
+		}
+	}
+	for (size_t i = 0; i < p->nstages; i++) {
+		const struct pl_stage *s = &p->stages[i];
+		json_t *jobs = NULL, *needs = json_array(), *job;
+		size_t k;
+
+		for (size_t n = 0; n < s->secrets.n; n++) {
+			if (!e->cfg.secrets || !json_object_get(e->cfg.secrets, s->secrets.v[n]))
+				pl_diag_add(diags, s->pos, "stage '%s' uses secret '%s', which is not defined in otacd's configuration",
+					    s->name, s->secrets.v[n]);
+		}
+		if ((rc = pipeline_expand_stage(p, s, &jobs)) < 0) {
+			pl_diag_add(diags, s->pos, "%s", ota_error_last());
+			json_decref(needs);
+			continue;
+		}
+		json_array_foreach(jobs, k, job) {
+			json_t *t = json_object_get(job, "timeout_ms");
+			if (!t || json_integer_value(t) <= 0)
+				json_object_set_new(job, "timeout_ms", json_integer(e->cfg.default_timeout_ms));
+			json_object_set_new(job, "stage", json_string(s->name));
+			policy_apply_job(e->cfg.config, p, s, job);
+		}
+		for (size_t n = 0; n < s->needs.n; n++)
+			json_array_append_new(needs, json_string(s->needs.v[n]));
+		json_array_append_new(plan, json_pack("{ss ss so sb so}", "name", s->name, "kind", s->kind,
+						      "needs", needs, "skip",
+						      s->when.set && !pipeline_filter_match(&s->when, ref), "jobs", jobs));
+		if (!trust->protected_run && s->kind &&
+		    (!strcmp(s->kind, "release") || !strcmp(s->kind, "soak") || !strcmp(s->kind, "rollout"))) {
+			char *why = xasprintf("not a protected run: %s", trust->reason);
+			json_object_set_new(json_array_get(plan, json_array_size(plan) - 1), "skip_reason", json_string(why));
+			free(why);
+		}
+	}
+	if (diags->n) {
+		json_decref(plan);
+		return OTA_EINVAL;
+	}
+	*out = plan;
+	return 0;
+}
+
+/* A trigger request with its defaults filled in. */
+static struct trigger_req trigger_defaults(const struct trigger_req *req)
+{
+	struct trigger_req r = *req;
+	if (!r.ref || !*r.ref)
+		r.ref = "refs/heads/main";
+	if (!r.trigger)
+		r.trigger = "api";
+	if (!r.file)
+		r.file = "pipeline.yml";
+	return r;
+}
+
+struct refusal_args {
+	const struct trigger_req *req;
+	const struct pl_diags *diags;
+	const char *trust;
+};
+
+/* A pipeline refused by the release policy: the audit log says who, what, why. */
+static int do_refusal(struct engine *e, void *arg)
+{
+	struct refusal_args *a = arg;
+	struct buf text = BUF_INIT;
+	int rc;
+
+	pl_diags_format(a->diags, &text);
+	rc = engine_audit(e, a->req->actor ? a->req->actor : a->req->pusher ? a->req->pusher : "otacd", "policy_refused",
+			  0, 0, buf_cstr(&text),
+			  json_pack("{ss ss* ss ss* ss}", "ref", a->req->ref, "repo", a->req->repo, "trigger",
+				    a->req->trigger, "commit", a->req->commit, "trust", a->trust));
+	buf_release(&text);
+	return rc;
+}
+
+int engine_trigger(struct engine *e, const struct trigger_req *req, int64_t *run_id, struct pl_diags *diags)
+{
+	struct trigger_req r = trigger_defaults(req);
+	struct pipeline *p = NULL;
+	struct trigger_args a = { &r, NULL, NULL, { 0, "" }, 0 };
+	int rc;
+
+	if ((rc = pipeline_parse(&p, r.file, r.yaml, r.len, diags)) < 0)
+		return ota_error_set(OTA_EINVAL, "%s: pipeline does not validate", r.file);
+	a.p = p;
+	policy_trust(e->cfg.config, r.repo, r.ref, r.trigger, r.role, r.actor, &a.trust);
+	if (a.trust.protected_run && policy_check_pipeline(e->cfg.config, store_reader(), p, r.repo, r.ref, r.trigger,
+									diags) > 0) {
+		struct refusal_args ra = { &r, diags, a.trust.reason };
+		if ((rc = engine_call(e, do_refusal, &ra)) < 0)
+			goto out;
+		rc = ota_error_set(OTA_EPERM, "%s: refused by the release policy", r.file);
+		goto out;
+	}
+	if ((rc = build_plan(e, p, r.ref, &a.trust, &a.plan, diags)) < 0) {
+		rc = ota_error_set(OTA_EINVAL, "%s: pipeline cannot run here", r.file);
+		goto out;
+	}
+	if ((rc = engine_call(e, do_trigger, &a)) == 0)
+		*run_id = a.run_id;
+out:
+	json_decref(a.plan);
+	pipeline_free(p);
+	return rc;
+}
+
+struct failed_run_args {
+	const struct trigger_req *req;
+	const char *name, *error;
+	int64_t run_id;
+};
+
+static int do_failed_run(struct engine *e, void *arg)
+{
+	struct failed_run_args *a = arg;
+	struct policy_trust t;
+	policy_trust(e->cfg.config, a->req->repo, a->req->ref, a->req->trigger, a->req->role, a->req->actor, &t);
+	return insert_run(e, a->req, &t, a->name, NULL, "failed", a->error, &a->run_id);
+}
+
+int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,
+			     const char *error, int64_t *run_id)
+{
+	struct trigger_req r = trigger_defaults(req);
+	struct failed_run_args a = { &r, name, error, 0 };
+	int rc;
+
+	if ((rc = engine_call(e, do_failed_run, &a)) == 0)
+		*run_id = a.run_id;
+	return rc;
+}
+
+struct delivery_args {
+	const struct delivery *d;
+	const char *reason;
+	int64_t id;
+	int duplicate;
+};
+
+static int do_delivery_add(struct engine *e, void *arg)
+{
+	struct delivery_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT id FROM deliveries WHERE provider = ? AND delivery = ?");
+	int rc;
+
+	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
+	rc = store_step_row(e->db, st);
+	if (rc == 1)
+		a->id = store_col_int(st, 0);
+	sqlite3_reset(st);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		a->duplicate = 1;
+		return 0;
+	}
+	st = STMT(e, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
+		     " received_at, state) VALUES (?,?,?,?,?,?,?,?,?, 'pending')");
+	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, a->d->repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, a->d->ref, -1, SQLITE_STATIC);
+	bind_opt(st, 5, a->d->before);
+	bind_opt(st, 6, a->d->after);
+	sqlite3_bind_int(st, 7, a->d->forced);
+	bind_opt(st, 8, a->d->pusher);
+	sqlite3_bind_int64(st, 9, clock_now_ms());
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	a->id = sqlite3_last_insert_rowid(store_db(e->db));
+	return 0;
+}
+
+int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate)
+{
+	struct delivery_args a = { d, NULL, 0, 0 };
+	int rc = engine_call(e, do_delivery_add, &a);
+	if (rc == 0) {
+		*id = a.id;
+		*duplicate = a.duplicate;
+	}
+	return rc;
+}
+
+static int do_delivery_done(struct engine *e, void *arg)
+{
+	struct delivery_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "UPDATE deliveries SET state = 'done', reason = ? WHERE id = ? AND state = 'pending'");
+	sqlite3_bind_text(st, 1, a->reason, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, a->id);
+	return store_step_done(e->db, st);
+}
+
+int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
+{
+	struct delivery_args a = { NULL, reason, id, 0 };
+	return engine_call(e, do_delivery_done, &a);
+}
+
+struct cancel_args {
+	int64_t run_id;
+	const char *actor, *reason;
+};
+
+static int do_cancel(struct engine *e, void *arg)
+{
+	struct cancel_args *a = arg;
+	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
+	char state[16] = "", *concurrency = NULL;
+	int64_t now = clock_now_ms(), ids[256];
+	size_t n = 0;
+	int rc;
+
+	sqlite3_bind_int64(st, 1, a->run_id);
+	rc = store_step_row(e->db, st);
+	if (rc == 1) {
+		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
+		if (store_col_text(st, 1))
+			concurrency = xstrdup(store_col_text(st, 1));
+	}
+	sqlite3_reset(st);
+	if (rc <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", a->run_id);
+	if (engine_state_final(state)) {
+		free(concurrency);
+		return ota_error_set(OTA_ECONFLICT, "run %" PRId64 " already finished (%s)", a->run_id, state);
+	}
+	/* Queued jobs leave the dispatch queue; running ones learn on their next heartbeat. */
+	do {
+		n = 0;
+		st = STMT(e, "SELECT id FROM jobs WHERE run_id = ? AND state IN ('queued','running') LIMIT 256");
+		sqlite3_bind_int64(st, 1, a->run_id);
+		while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
+			ids[n++] = store_col_int(st, 0);
+		sqlite3_reset(st);
+		for (size_t i = 0; i < n; i++) {
+			eng_queue_remove(e, ids[i]);
+			st = STMT(e, "UPDATE jobs SET state = 'canceled', finished_at = ?, failure = 'canceled',"
+				     " message = 'run canceled', lease_expires = NULL, deadline = NULL WHERE id = ?");
+			sqlite3_bind_int64(st, 1, now);
+			sqlite3_bind_int64(st, 2, ids[i]);
+			if ((rc = store_step_done(e->db, st)) < 0)
+				goto out;
+			eng_event(e, a->run_id, ids[i], "job.final", json_pack("{ss}", "state", "canceled"));
+		}
+	} while (n == OTA_ARRAY_SIZE(ids));
+	if ((rc = rollout_on_run_canceled(e, a->run_id)) < 0)
+		goto out;
+	st = STMT(e, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ? AND state IN ('queued','running')");
+	sqlite3_bind_int64(st, 1, now);
+	sqlite3_bind_int64(st, 2, a->run_id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		goto out;
+	if ((rc = eng_finish_run(e, a->run_id, "canceled", concurrency, "canceled by user")) < 0)
+		goto out;
+	rc = engine_audit(e, a->actor, "cancel", 0, 0, a->reason, json_pack("{sI}", "run", (json_int_t)a->run_id));
+out:
+	free(concurrency);
+	return rc;
+}
+
+int engine_cancel_run(struct engine *e, int64_t run_id, const char *actor, const char *reason)
+{
+	struct cancel_args a = { run_id, actor, reason };
+	return engine_call(e, do_cancel, &a);
+}
