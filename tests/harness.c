@@ -480,3 +480,48 @@ char **h_register_devices(struct daemon *d, const char *prefix, int n)
 	free(url);
 	return out;
 }
+
+long h_raw(struct daemon *d, const char *method, const char *path, const char *token, const char *ctype,
+	   const void *data, size_t len, struct buf *body)
+{
+	struct httpc_response resp;
+	char *url = xasprintf("%s%s", d->url, path);
+	int rc = httpc_request(&resp, method, url, token, ctype, data, len, 20000);
+	long status = rc < 0 ? -1 : resp.status;
+
+	free(url);
+	if (body) {
+		buf_clear(body);
+		if (rc == 0)
+			buf_put(body, resp.body.ptr ? resp.body.ptr : "", resp.body.len);
+	}
+	if (rc == 0)
+		httpc_response_release(&resp);
+	return status;
+}
+
+json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64_t *agent_id)
+{
+	char *token = h_agent_add(d, name, labels);
+	json_t *ans = NULL, *req = json_object(), *ls = json_array();
+	char *copy = xstrdup(labels), *save = NULL;
+
+	if (!token)
+		fail_msg("cannot register agent %s", name);
+	for (char *l = strtok_r(copy, ",", &save); l; l = strtok_r(NULL, ",", &save))
+		json_array_append_new(ls, json_string(l));
+	free(copy);
+	json_object_set_new(req, "labels", ls);
+	if (h_call_as(d, token, "POST", "/api/v1/agent/register", req, &ans) != 200)
+		fail_msg("agent %s could not register", name);
+	*agent_id = json_integer_value(json_object_get(ans, "agent_id"));
+	json_decref(ans);
+	json_decref(req);
+	ans = NULL;
+	req = json_pack("{si}", "wait_ms", 5000);
+	if (h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans) != 200)
+		fail_msg("agent %s got no job", name);
+	json_decref(req);
+	free(token);
+	return ans;
+}

@@ -69,6 +69,15 @@ char *h_agent_add(struct daemon *d, const char *name, const char *labels);
 pid_t h_agent(struct daemon *d, const char *name, const char *labels);
 /* Start otacd-agent with token (in $OTACD_AGENT_TOKEN). */
 pid_t h_agent_with(struct daemon *d, const char *name, const char *labels, const char *token);
+/* A raw request to d's API with token (NULL: none) and a body of len bytes
+ * of type ctype; returns the HTTP status (-1: no answer), the body in *body
+ * if wanted. */
+long h_raw(struct daemon *d, const char *method, const char *path, const char *token, const char *ctype,
+	   const void *data, size_t len, struct buf *body);
+/* Register agent name with labels (h_agent_add), then take one job as it
+ * (waiting up to 5 s; fails the test when none comes): the claim's answer
+ * (job_id, attempt, job_token, spec ...); the agent's id in *agent_id. */
+json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64_t *agent_id);
 /* A JSON API call with another token; returns the HTTP status. */
 long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
 	       json_t **out);

@@ -60,26 +60,6 @@ static int64_t now_ms(void)
 	return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-/* A raw request with token; returns the status, the body in *body if wanted. */
-static long raw(struct daemon *d, const char *method, const char *path, const char *token, const void *data,
-		size_t len, struct buf *body)
-{
-	struct httpc_response resp;
-	char *url = xasprintf("%s%s", d->url, path);
-	long status;
-	int rc = httpc_request(&resp, method, url, token, "application/octet-stream", data, len, 20000);
-	free(url);
-	status = rc < 0 ? -1 : resp.status;
-	if (body) {
-		buf_clear(body);
-		if (rc == 0)
-			buf_put(body, resp.body.ptr ? resp.body.ptr : "", resp.body.len);
-	}
-	if (rc == 0)
-		httpc_response_release(&resp);
-	return status;
-}
-
 /* Register name (an agent token from h_agent_add) and claim a job; returns
  * the job (with job_token) or NULL when none came within wait_ms. */
 static json_t *claim(struct daemon *d, const char *token, const char *labels_json, int wait_ms)
@@ -120,26 +100,26 @@ static void try_job_routes(struct daemon *d, int64_t id, const char *token, long
 	char *p;
 
 	p = xasprintf("/api/v1/agent/jobs/%lld/log?offset=0", (long long)id);
-	st[0] = raw(d, "PUT", p, token, "forged line\n", 12, NULL);
+	st[0] = h_raw(d, "PUT", p, token, "application/octet-stream", "forged line\n", 12, NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/artifacts?name=app.bin&type=application&sha256=%s", (long long)id,
 		      sha_of_x);
-	st[1] = raw(d, "PUT", p, token, "x", 1, NULL);
+	st[1] = h_raw(d, "PUT", p, token, "application/octet-stream", "x", 1, NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/reports?format=junit&name=r.xml", (long long)id);
-	st[2] = raw(d, "PUT", p, token, junit, strlen(junit), NULL);
+	st[2] = h_raw(d, "PUT", p, token, "application/octet-stream", junit, strlen(junit), NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/heartbeat", (long long)id);
-	st[3] = raw(d, "POST", p, token, "{}", 2, NULL);
+	st[3] = h_raw(d, "POST", p, token, "application/octet-stream", "{}", 2, NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)id);
-	st[4] = raw(d, "POST", p, token, "{\"exit_code\":0}", 15, NULL);
+	st[4] = h_raw(d, "POST", p, token, "application/octet-stream", "{\"exit_code\":0}", 15, NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/source", (long long)id);
-	st[5] = raw(d, "GET", p, token, NULL, 0, NULL);
+	st[5] = h_raw(d, "GET", p, token, "application/octet-stream", NULL, 0, NULL);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/inputs", (long long)id);
-	st[6] = raw(d, "GET", p, token, NULL, 0, NULL);
+	st[6] = h_raw(d, "GET", p, token, "application/octet-stream", NULL, 0, NULL);
 	free(p);
 }
 
@@ -160,7 +140,7 @@ static void assert_nothing_written(struct daemon *d, int64_t id)
 static void log_text(struct daemon *d, int64_t id, struct buf *out)
 {
 	char *p = xasprintf("/api/v1/jobs/%lld/log", (long long)id);
-	assert_int_equal(raw(d, "GET", p, d->token, NULL, 0, out), 200);
+	assert_int_equal(h_raw(d, "GET", p, d->token, "application/octet-stream", NULL, 0, out), 200);
 	free(p);
 }
 
@@ -204,7 +184,7 @@ static void other_agent_cannot_touch_a_job_it_does_not_hold(void **state)
 	/* rig-a's own job token works */
 	{
 		char *p = xasprintf("/api/v1/agent/jobs/%lld/log?offset=0", (long long)job_id(ja));
-		assert_int_equal(raw(d, "PUT", p, job_token(ja), "mine\n", 5, NULL), 200);
+		assert_int_equal(h_raw(d, "PUT", p, job_token(ja), "application/octet-stream", "mine\n", 5, NULL), 200);
 		free(p);
 		p = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)job_id(ja));
 		req = json_pack("{si}", "exit_code", 0);
@@ -303,7 +283,7 @@ static void revoked_agent_is_refused_at_once_and_its_job_retried(void **state)
 	assert_int_equal(json_integer_value(json_object_get(job, "attempt")), 2);
 	/* adding an agent is for admins only, and a taken name is refused */
 	p = xasprintf("{\"name\":\"x\",\"labels\":[]}");
-	assert_int_equal(raw(d, "POST", "/api/v1/agents", t, p, strlen(p), NULL), 401);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/agents", t, "application/octet-stream", p, strlen(p), NULL), 401);
 	free(p);
 	req = json_pack("{ss s[]}", "name", "rig-r", "labels");
 	assert_int_equal(h_post(d, "/api/v1/agents", req, NULL), 409);
@@ -339,10 +319,10 @@ static void stale_attempt_job_token_is_refused_after_lease_expiry_and_retry(void
 	assert_nothing_written(d, job_id(j1));
 	/* the current attempt's token works, and says which attempt it is */
 	p = xasprintf("/api/v1/agent/jobs/%lld/log?offset=0", (long long)job_id(j2));
-	assert_int_equal(raw(d, "PUT", p, job_token(j2), "second\n", 7, NULL), 200);
+	assert_int_equal(h_raw(d, "PUT", p, job_token(j2), "application/octet-stream", "second\n", 7, NULL), 200);
 	free(p);
 	p = xasprintf("/api/v1/agent/jobs/%lld/log?offset=7&attempt=1", (long long)job_id(j2));
-	assert_int_equal(raw(d, "PUT", p, job_token(j2), "x\n", 2, NULL), 409);
+	assert_int_equal(h_raw(d, "PUT", p, job_token(j2), "application/octet-stream", "x\n", 2, NULL), 409);
 	free(p);
 	/* a finished attempt's token is refused too */
 	p = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)job_id(j2));
@@ -607,13 +587,13 @@ static void artifact_names_that_are_not_plain_paths_are_refused(void **state)
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(bad); i++) {
 		p = xasprintf("/api/v1/agent/jobs/%lld/artifacts?name=%s&sha256=%s", (long long)job_id(job), bad[i],
 			      sha_of_x);
-		assert_int_equal(raw(d, "PUT", p, job_token(job), "x", 1, &body), 400);
+		assert_int_equal(h_raw(d, "PUT", p, job_token(job), "application/octet-stream", "x", 1, &body), 400);
 		assert_non_null(strstr(buf_cstr(&body), "artifact name refused"));
 		free(p);
 	}
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 0);
 	p = xasprintf("/api/v1/agent/jobs/%lld/artifacts?name=fw.bin&sha256=%s", (long long)job_id(job), sha_of_x);
-	assert_int_equal(raw(d, "PUT", p, job_token(job), "x", 1, NULL), 201);
+	assert_int_equal(h_raw(d, "PUT", p, job_token(job), "application/octet-stream", "x", 1, NULL), 201);
 	free(p);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts WHERE name = 'fw.bin'"), 1);
 	json_decref(job);

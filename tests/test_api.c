@@ -44,24 +44,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* A raw request; returns the status, body in *body if wanted. */
-static long raw(struct daemon *d, const char *method, const char *path, const char *token, const char *ctype,
-		const void *data, size_t len, struct buf *body)
-{
-	struct httpc_response resp;
-	char *url = xasprintf("%s%s", d->url, path);
-	long status;
-	int rc = httpc_request(&resp, method, url, token, ctype, data, len, 20000);
-	free(url);
-	status = rc < 0 ? -1 : resp.status;
-	if (body) {
-		buf_clear(body);
-		buf_put(body, buf_cstr(&resp.body), resp.body.len);
-	}
-	httpc_response_release(&resp);
-	return status;
-}
-
 static int64_t count_runs(struct daemon *d)
 {
 	return h_sql_int(d, "SELECT COUNT(*) FROM runs");
@@ -71,28 +53,28 @@ static void state_changing_calls_need_a_token(void **state)
 {
 	struct daemon *d = *state;
 	const char *body = "{\"pipeline\":\"name: p\\nstages: [ { name: a, steps: [ { run: 'true' } ] } ]\\n\"}";
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", NULL, "application/json", body, strlen(body), NULL), 401);
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", "wrong-token-000000000000", "application/json", body,
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", NULL, "application/json", body, strlen(body), NULL), 401);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", "wrong-token-000000000000", "application/json", body,
 			     strlen(body), NULL), 401);
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", VIEWER_TOKEN, "application/json", body, strlen(body), NULL), 403);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", VIEWER_TOKEN, "application/json", body, strlen(body), NULL), 403);
 	assert_int_equal(count_runs(d), 0);
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", OPERATOR_TOKEN, "application/json", body, strlen(body), NULL), 201);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", OPERATOR_TOKEN, "application/json", body, strlen(body), NULL), 201);
 	assert_int_equal(count_runs(d), 1);
 }
 
 static void reads_need_a_viewer_token_by_default(void **state)
 {
 	struct daemon *d = *state;
-	assert_int_equal(raw(d, "GET", "/api/v1/runs", NULL, NULL, NULL, 0, NULL), 401);
-	assert_int_equal(raw(d, "GET", "/api/v1/runs", VIEWER_TOKEN, NULL, NULL, 0, NULL), 200);
-	assert_int_equal(raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, NULL), 200);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/runs", NULL, NULL, NULL, 0, NULL), 401);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/runs", VIEWER_TOKEN, NULL, NULL, 0, NULL), 200);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, NULL), 200);
 }
 
 static void agent_protocol_refuses_non_agent_tokens(void **state)
 {
 	struct daemon *d = *state;
 	const char *body = "{\"name\":\"x\",\"labels\":[]}";
-	assert_int_equal(raw(d, "POST", "/api/v1/agent/register", OPERATOR_TOKEN, "application/json", body,
+	assert_int_equal(h_raw(d, "POST", "/api/v1/agent/register", OPERATOR_TOKEN, "application/json", body,
 			     strlen(body), NULL), 403);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM agents"), 0);
 }
@@ -105,7 +87,7 @@ static void oversized_body_gets_413_and_stores_nothing(void **state)
 	memset(big, ' ', n);
 	big[0] = '{';
 	big[n - 1] = '}';
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", big, n, NULL), 413);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", d->token, "application/json", big, n, NULL), 413);
 	assert_int_equal(count_runs(d), 0);
 	free(big);
 }
@@ -113,20 +95,20 @@ static void oversized_body_gets_413_and_stores_nothing(void **state)
 static void unknown_routes_and_methods_are_404_and_405(void **state)
 {
 	struct daemon *d = *state;
-	assert_int_equal(raw(d, "GET", "/api/v1/nope", d->token, NULL, NULL, 0, NULL), 404);
-	assert_int_equal(raw(d, "GET", "/api/v1/runs/abc", d->token, NULL, NULL, 0, NULL), 404);
-	assert_int_equal(raw(d, "GET", "/api/v1/runs/999", d->token, NULL, NULL, 0, NULL), 404);
-	assert_int_equal(raw(d, "DELETE", "/api/v1/runs", d->token, NULL, NULL, 0, NULL), 405);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/nope", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/runs/abc", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/runs/999", d->token, NULL, NULL, 0, NULL), 404);
+	assert_int_equal(h_raw(d, "DELETE", "/api/v1/runs", d->token, NULL, NULL, 0, NULL), 405);
 }
 
 static void invalid_json_gets_400_with_the_position(void **state)
 {
 	struct daemon *d = *state;
 	struct buf body = BUF_INIT;
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": ", 13, &body), 400);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": ", 13, &body), 400);
 	assert_non_null(strstr(buf_cstr(&body), "invalid JSON"));
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "[1]", 3, &body), 400);
-	assert_int_equal(raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": 5}", 15, &body), 400);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", d->token, "application/json", "[1]", 3, &body), 400);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/runs", d->token, "application/json", "{\"pipeline\": 5}", 15, &body), 400);
 	assert_int_equal(count_runs(d), 0);
 	buf_release(&body);
 }
@@ -147,23 +129,6 @@ static void invalid_pipeline_gets_422_with_file_line_column(void **state)
 	json_decref(req);
 }
 
-/* Register an agent and take the one queued job (with its job token). */
-static json_t *take_job(struct daemon *d, int64_t *agent)
-{
-	char *token = h_agent_add(d, "tester", "test");
-	json_t *ans = NULL, *req = json_pack("{s[s]}", "labels", "test");
-	assert_non_null(token);
-	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/register", req, &ans), 200);
-	*agent = json_integer_value(json_object_get(ans, "agent_id"));
-	json_decref(ans);
-	json_decref(req);
-	req = json_pack("{si}", "wait_ms", 5000);
-	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans), 200);
-	json_decref(req);
-	free(token);
-	return ans;
-}
-
 static const char *jtok(json_t *job)
 {
 	return json_string_value(json_object_get(job, "job_token"));
@@ -173,26 +138,26 @@ static void log_chunks_resume_without_loss_or_duplication(void **state)
 {
 	struct daemon *d = *state;
 	int64_t agent, run = h_trigger(d, simple_pipeline);
-	json_t *job = take_job(d, &agent);
+	json_t *job = h_take_job(d, "tester", "test", &agent);
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	struct buf body = BUF_INIT;
 	char *path;
 
 	(void)run;
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello ", 6, &body), 200);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello ", 6, &body), 200);
 	free(path);
 	/* a chunk that starts past the end: 416 with the size to resume from */
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=20", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "lost", 4, &body), 416);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "lost", 4, &body), 416);
 	assert_non_null(strstr(buf_cstr(&body), "\"size\":6"));
 	free(path);
 	/* a resend overlapping what arrived: only the new part is appended */
 	path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=1&offset=0", (long long)id);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello world\n", 12, &body), 200);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello world\n", 12, &body), 200);
 	free(path);
 	path = xasprintf("/api/v1/jobs/%lld/log", (long long)id);
-	assert_int_equal(raw(d, "GET", path, d->token, NULL, NULL, 0, &body), 200);
+	assert_int_equal(h_raw(d, "GET", path, d->token, NULL, NULL, 0, &body), 200);
 	assert_string_equal(buf_cstr(&body), "hello world\n");
 	free(path);
 	buf_release(&body);
@@ -203,7 +168,7 @@ static void finish_is_recorded_exactly_once(void **state)
 {
 	struct daemon *d = *state;
 	int64_t agent, run = h_trigger(d, simple_pipeline);
-	json_t *job = take_job(d, &agent), *ans = NULL, *req;
+	json_t *job = h_take_job(d, "tester", "test", &agent), *ans = NULL, *req;
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	char *path = xasprintf("/api/v1/agent/jobs/%lld/finish", (long long)id);
 
@@ -235,7 +200,7 @@ static void expired_lease_requeues_the_job_and_refuses_the_old_attempt(void **st
 {
 	struct daemon *d = *state;
 	int64_t agent, run = h_trigger(d, simple_pipeline);
-	json_t *job = take_job(d, &agent), *req, *ans = NULL;
+	json_t *job = h_take_job(d, "tester", "test", &agent), *req, *ans = NULL;
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	char *hb = xasprintf("/api/v1/agent/jobs/%lld/heartbeat", (long long)id);
 	char *jobpath = xasprintf("/api/v1/jobs/%lld", (long long)id);
@@ -259,7 +224,7 @@ static void artifact_with_wrong_digest_is_refused_and_not_stored(void **state)
 {
 	struct daemon *d = *state;
 	int64_t agent, run = h_trigger(d, simple_pipeline);
-	json_t *job = take_job(d, &agent);
+	json_t *job = h_take_job(d, "tester", "test", &agent);
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	const char *sha_of_hello = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 	char *path;
@@ -268,16 +233,16 @@ static void artifact_with_wrong_digest_is_refused_and_not_stored(void **state)
 	(void)run;
 	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=app.bin&sha256=%s", (long long)id,
 			 sha_of_hello);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hellO", 5, NULL), 400);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "hellO", 5, NULL), 400);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 0);
 	assert_int_equal(h_sh(&out, "find '%s/state/artifacts' -type f | wc -l", d->dir), 0);
 	assert_int_equal(atoi(buf_cstr(&out)), 0);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 201);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 201);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
 	free(path);
 	path = xasprintf("/api/v1/agent/jobs/%lld/artifacts?attempt=1&name=../../etc/passwd&sha256=%s", (long long)id,
 			 sha_of_hello);
-	assert_int_equal(raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 400);
+	assert_int_equal(h_raw(d, "PUT", path, jtok(job), "application/octet-stream", "hello", 5, NULL), 400);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM artifacts"), 1);
 	free(path);
 	buf_release(&out);
@@ -290,7 +255,7 @@ static void lint_reports_every_problem(void **state)
 	struct buf body = BUF_INIT;
 	const char *yaml = "name: p\nstages:\n  - { name: a, kind: biuld, steps: [ { run: x } ] }\n"
 			   "  - { name: b, needs: [zz], steps: [ { run: x } ] }\n";
-	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", d->token, "application/yaml", yaml, strlen(yaml), &body), 200);
+	assert_int_equal(h_raw(d, "POST", "/api/v1/lint?file=p.yml", d->token, "application/yaml", yaml, strlen(yaml), &body), 200);
 	assert_non_null(strstr(buf_cstr(&body), "\"ok\":false"));
 	assert_non_null(strstr(buf_cstr(&body), "p.yml:3:"));
 	assert_non_null(strstr(buf_cstr(&body), "p.yml:4:"));
@@ -350,9 +315,9 @@ static void query_token_is_accepted_for_reads_only(void **state)
 {
 	struct daemon *d = *state;
 	char *path = xasprintf("/api/v1/runs?access_token=%s", d->token);
-	assert_int_equal(raw(d, "GET", path, NULL, NULL, NULL, 0, NULL), 200);
-	assert_int_equal(raw(d, "POST", path, NULL, "application/json", "{}", 2, NULL), 401);
-	assert_int_equal(raw(d, "GET", "/api/v1/runs?access_token=nope-nope-nope-nope", NULL, NULL, NULL, 0, NULL), 401);
+	assert_int_equal(h_raw(d, "GET", path, NULL, NULL, NULL, 0, NULL), 200);
+	assert_int_equal(h_raw(d, "POST", path, NULL, "application/json", "{}", 2, NULL), 401);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/runs?access_token=nope-nope-nope-nope", NULL, NULL, NULL, 0, NULL), 401);
 	free(path);
 }
 
@@ -457,9 +422,9 @@ static void cancel_is_audited_with_who_and_why(void **state)
 	json_t *ans = NULL, *entry;
 
 	/* a reason that is not text: refused, nothing canceled */
-	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", bad, strlen(bad), NULL), 400);
+	assert_int_equal(h_raw(d, "POST", path, OPERATOR_TOKEN, "application/json", bad, strlen(bad), NULL), 400);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM runs WHERE state = 'canceled'"), 0);
-	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 200);
+	assert_int_equal(h_raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 200);
 	assert_int_equal(h_get(d, "/api/v1/audit", &ans), 200);
 	entry = json_array_get(ans, 0);
 	assert_string_equal(json_string_value(json_object_get(entry, "action")), "cancel");
@@ -469,7 +434,7 @@ static void cancel_is_audited_with_who_and_why(void **state)
 	assert_true(json_is_null(json_object_get(entry, "release")));
 	json_decref(ans);
 	/* a second cancel is a conflict and audits nothing */
-	assert_int_equal(raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 409);
+	assert_int_equal(h_raw(d, "POST", path, OPERATOR_TOKEN, "application/json", good, strlen(good), NULL), 409);
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM audit"), 1);
 	free(path);
 }

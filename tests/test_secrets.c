@@ -348,23 +348,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static long raw(struct daemon *d, const char *method, const char *path, const char *token, const char *ctype,
-		const void *data, size_t len, struct buf *body)
-{
-	struct httpc_response resp;
-	char *url = xasprintf("%s%s", d->url, path);
-	long status;
-	int rc = httpc_request(&resp, method, url, token, ctype, data, len, 20000);
-	free(url);
-	status = rc < 0 ? -1 : resp.status;
-	if (body) {
-		buf_clear(body);
-		buf_put(body, buf_cstr(&resp.body), resp.body.len);
-	}
-	httpc_response_release(&resp);
-	return status;
-}
-
 /* The job's log through the API and from disk; both checked, the API's returned. */
 static void job_log(struct daemon *d, int64_t job, int attempt, struct buf *api)
 {
@@ -372,7 +355,7 @@ static void job_log(struct daemon *d, int64_t job, int attempt, struct buf *api)
 	char *path = xasprintf("/api/v1/jobs/%lld/log?attempt=%d", (long long)job, attempt);
 	char *file = xasprintf("%s/state/logs/%lld/%d.log", d->dir, (long long)job, attempt);
 
-	assert_int_equal(raw(d, "GET", path, d->token, NULL, NULL, 0, api), 200);
+	assert_int_equal(h_raw(d, "GET", path, d->token, NULL, NULL, 0, api), 200);
 	assert_int_equal(ota_read_file(&disk, file, 1 << 24), 0);
 	assert_int_equal(disk.len, api->len);
 	assert_memory_equal(disk.ptr, api->ptr, disk.len);
@@ -462,23 +445,6 @@ static void a_junit_failure_message_and_the_job_message_are_masked(void **state)
 	json_decref(r);
 }
 
-/* Register an agent and take the one queued job (with its job token). */
-static json_t *take_job(struct daemon *d, int64_t *agent)
-{
-	char *token = h_agent_add(d, "raw", "test");
-	json_t *ans = NULL, *req = json_pack("{s[s]}", "labels", "test");
-	assert_non_null(token);
-	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/register", req, &ans), 200);
-	*agent = json_integer_value(json_object_get(ans, "agent_id"));
-	json_decref(ans);
-	json_decref(req);
-	req = json_pack("{si}", "wait_ms", 5000);
-	assert_int_equal(h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans), 200);
-	json_decref(req);
-	free(token);
-	return ans;
-}
-
 /* The credential every job route takes: the attempt's job token. */
 static const char *job_token(struct daemon *d, json_t *job)
 {
@@ -491,7 +457,7 @@ static long put_log(struct daemon *d, json_t *job, size_t off, const char *data,
 	char *path = xasprintf("/api/v1/agent/jobs/%lld/log?attempt=%lld&offset=%zu",
 			       (long long)json_integer_value(json_object_get(job, "job_id")),
 			       (long long)json_integer_value(json_object_get(job, "attempt")), off);
-	long st = raw(d, "PUT", path, job_token(d, job), "application/octet-stream", data, len, ans);
+	long st = h_raw(d, "PUT", path, job_token(d, job), "application/octet-stream", data, len, ans);
 	free(path);
 	return st;
 }
@@ -506,7 +472,7 @@ static void finish(struct daemon *d, json_t *job, int64_t agent, const char *mes
 	struct buf ans = BUF_INIT;
 
 	text = json_dumps(body, JSON_COMPACT);
-	assert_int_equal(raw(d, "POST", path, job_token(d, job), "application/json", text, strlen(text), &ans), 200);
+	assert_int_equal(h_raw(d, "POST", path, job_token(d, job), "application/json", text, strlen(text), &ans), 200);
 	buf_release(&ans);
 	free(text);
 	json_decref(body);
@@ -517,7 +483,7 @@ static void raw_client_bypassing_the_agent_cannot_store_a_secret(void **state)
 {
 	struct daemon *d = *state;
 	int64_t agent, run = h_trigger(d, "name: raw\nstages:\n  - { name: s, secrets: [DEPLOY_KEY], steps: [ { run: 'true' } ] }\n");
-	json_t *job = take_job(d, &agent), *r;
+	json_t *job = h_take_job(d, "raw", "test", &agent), *r;
 	int64_t id = json_integer_value(json_object_get(job, "job_id"));
 	char *t = sample_text(), *tail = xasprintf("last -----BEGIN TEST KE");
 	size_t n = strlen(t), off = 0, step = 1;
@@ -578,10 +544,10 @@ static void raw_report_upload_is_masked(void **state)
 	struct buf ans = BUF_INIT;
 	int64_t run = h_trigger(d, "name: raw\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
 
-	job = take_job(d, &agent);
+	job = h_take_job(d, "raw", "test", &agent);
 	path = xasprintf("/api/v1/agent/jobs/%lld/reports?attempt=1&format=junit&name=r.xml",
 			 (long long)json_integer_value(json_object_get(job, "job_id")));
-	assert_int_equal(raw(d, "PUT", path, job_token(d, job), "application/xml", xml, strlen(xml), &ans), 201);
+	assert_int_equal(h_raw(d, "PUT", path, job_token(d, job), "application/xml", xml, strlen(xml), &ans), 201);
 	free(path);
 	path = xasprintf("/api/v1/runs/%lld/reports", (long long)run);
 	assert_int_equal(h_get(d, path, &reports), 200);
@@ -607,7 +573,7 @@ static void a_secret_cut_by_a_daemon_restart_is_still_masked(void **state)
 	int64_t id;
 
 	h_trigger(d, "name: raw\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
-	job = take_job(d, &agent);
+	job = h_take_job(d, "raw", "test", &agent);
 	id = json_integer_value(json_object_get(job, "job_id"));
 	assert_int_equal(put_log(d, job, 0, first, strlen(first), &ans), 200);
 	h_kill(d, SIGKILL);
@@ -776,7 +742,7 @@ static void hostile_documents_are_refused_by_the_daemon(void **state)
 	json_t *job;
 
 	/* a viewer's lint: refused with the position, and the daemon still answers */
-	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", flow, strlen(flow),
+	assert_int_equal(h_raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", flow, strlen(flow),
 			     &body), 200);
 	assert_non_null(strstr(buf_cstr(&body), "\"ok\":false"));
 	assert_non_null(strstr(buf_cstr(&body), "p.yml:2:72: the document is nested more than 64 levels deep"));
@@ -790,13 +756,13 @@ static void hostile_documents_are_refused_by_the_daemon(void **state)
 	}
 	/* a report with 200,000 attributes on one element */
 	h_trigger(d, "name: raw\nstages:\n  - { name: s, steps: [ { run: 'true' } ] }\n");
-	job = take_job(d, &agent);
+	job = h_take_job(d, "raw", "test", &agent);
 	path = xasprintf("/api/v1/agent/jobs/%lld/reports?attempt=1&format=junit&name=r.xml",
 			 (long long)json_integer_value(json_object_get(job, "job_id")));
-	assert_int_equal(raw(d, "PUT", path, job_token(d, job), "application/xml", attrs, strlen(attrs), &body), 400);
+	assert_int_equal(h_raw(d, "PUT", path, job_token(d, job), "application/xml", attrs, strlen(attrs), &body), 400);
 	assert_non_null(strstr(buf_cstr(&body), "r.xml:3:3: an element with more than 256 attributes"));
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM reports"), 0);
-	assert_int_equal(raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, &body), 200);
+	assert_int_equal(h_raw(d, "GET", "/api/v1/health", NULL, NULL, NULL, 0, &body), 200);
 	free(path);
 	json_decref(job);
 	buf_release(&body);
@@ -908,7 +874,7 @@ static void a_gate_url_in_pipeline_yaml_is_refused_by_the_daemon(void **state)
 	json_t *req, *ans = NULL;
 	char *text;
 
-	assert_int_equal(raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", yaml, strlen(yaml),
+	assert_int_equal(h_raw(d, "POST", "/api/v1/lint?file=p.yml", VIEWER_TOKEN, "application/yaml", yaml, strlen(yaml),
 			     &body), 200);
 	assert_non_null(strstr(buf_cstr(&body), "p.yml:5:10: gate 'probe': 'url' is not accepted in a pipeline"));
 	req = json_pack("{ss}", "pipeline", yaml);
