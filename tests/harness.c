@@ -525,3 +525,42 @@ json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64
 	free(token);
 	return ans;
 }
+
+int h_git(const char *work, struct buf *out, const char *fmt, ...)
+{
+	struct buf cmd = BUF_INIT;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	buf_vprintf(&cmd, fmt, ap);
+	va_end(ap);
+	rc = h_sh(out, "cd %s && git -c user.name=Tester -c user.email=tester@example.com %s", work, buf_cstr(&cmd));
+	buf_release(&cmd);
+	return rc;
+}
+
+void h_git_commit_file(const char *work, const char *path, const char *content, const char *msg)
+{
+	struct buf out = BUF_INIT;
+	char *full = xasprintf("%s/%s", work, path);
+	char *dir = xstrdup(full);
+
+	*strrchr(dir, '/') = '\0';
+	ota_mkdir_p(dir, 0755);
+	if (ota_write_file_atomic(full, content, strlen(content), 0644) != 0)
+		fail_msg("cannot write %s", full);
+	if (h_git(work, &out, "add -A && git -c user.name=Tester -c user.email=tester@example.com commit -q -m '%s'", msg) != 0)
+		fail_msg("git commit: %s", buf_cstr(&out));
+	free(dir);
+	free(full);
+	buf_release(&out);
+}
+
+void h_git_push(const char *work, const char *args)
+{
+	struct buf out = BUF_INIT;
+	if (h_git(work, &out, "push -q origin %s", args) != 0)
+		fail_msg("git push %s: %s", args, buf_cstr(&out));
+	buf_release(&out);
+}

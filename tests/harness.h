@@ -85,6 +85,13 @@ long h_call_as(struct daemon *d, const char *token, const char *method, const ch
 /* Run a command line with sh -c, capture stdout+stderr; returns exit status. */
 int h_sh(struct buf *out, const char *fmt, ...) OTA_PRINTF(2, 3);
 
+/* git in the working clone work (as Tester), output in out; returns the exit status. */
+int h_git(const char *work, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
+/* Write path (creating its folders) in work and commit everything with msg. */
+void h_git_commit_file(const char *work, const char *path, const char *content, const char *msg);
+/* git push -q origin ARGS from work; fails the test when git does. */
+void h_git_push(const char *work, const char *args);
+
 /* One integer from an SQL query on the daemon's database (read-only). */
 int64_t h_sql_int(struct daemon *d, const char *sql);
 

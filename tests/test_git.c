@@ -37,49 +37,12 @@ struct gitenv {
 	const char *provider;
 };
 
-static int git(struct gitenv *g, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int git(struct gitenv *g, struct buf *out, const char *fmt, ...)
-{
-	struct buf cmd = BUF_INIT;
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	buf_vprintf(&cmd, fmt, ap);
-	va_end(ap);
-	rc = h_sh(out, "cd %s && git -c user.name=Tester -c user.email=tester@example.com %s", g->work, buf_cstr(&cmd));
-	buf_release(&cmd);
-	return rc;
-}
-
 static char *rev(struct gitenv *g, const char *what)
 {
 	struct buf out = BUF_INIT;
-	assert_int_equal(git(g, &out, "rev-parse %s", what), 0);
+	assert_int_equal(h_git(g->work, &out, "rev-parse %s", what), 0);
 	out.ptr[strcspn(out.ptr, "\n")] = '\0';
 	return buf_detach(&out);
-}
-
-static void commit_file(struct gitenv *g, const char *path, const char *content, const char *msg)
-{
-	struct buf out = BUF_INIT;
-	char *full = xasprintf("%s/%s", g->work, path);
-	char *dir = xstrdup(full);
-	*strrchr(dir, '/') = '\0';
-	ota_mkdir_p(dir, 0755);
-	assert_int_equal(ota_write_file_atomic(full, content, strlen(content), 0644), 0);
-	if (git(g, &out, "add -A && git -c user.name=Tester -c user.email=tester@example.com commit -q -m '%s'", msg) != 0)
-		fail_msg("git commit: %s", buf_cstr(&out));
-	free(dir);
-	free(full);
-	buf_release(&out);
-}
-
-static void push(struct gitenv *g, const char *args)
-{
-	struct buf out = BUF_INIT;
-	if (git(g, &out, "push -q origin %s", args) != 0)
-		fail_msg("git push %s: %s", args, buf_cstr(&out));
-	buf_release(&out);
 }
 
 static void setup_env_extra(struct gitenv *g, const char *provider, const char *extra_config);
@@ -112,8 +75,8 @@ static void setup_env_extra(struct gitenv *g, const char *provider, const char *
 	assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=%s OTACD_HOOK_SECRET=%s "
 				    "OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s exec %s\\n' > %s && chmod +x %s",
 			      g->d.url, provider, SECRET, REPO, g->hooklog, src, hook, hook), 0);
-	commit_file(g, ".otacd/pipeline.yml", pipeline, "add pipeline");
-	commit_file(g, "src/main.c", "int main(void) { return 0; } /* v1 */\n", "first");
+	h_git_commit_file(g->work, ".otacd/pipeline.yml", pipeline, "add pipeline");
+	h_git_commit_file(g->work, "src/main.c", "int main(void) { return 0; } /* v1 */\n", "first");
 	free(hook);
 	free(config);
 	free(src);
@@ -172,7 +135,7 @@ static void push_runs_the_pipeline_at_the_pushed_commit(const char *provider)
 	char *head, *tree, *log;
 
 	setup_env(&g, provider);
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	head = rev(&g, "HEAD");
 	tree = rev(&g, "HEAD^{tree}");
 	runs = repo_runs(&g);
@@ -226,7 +189,7 @@ static void redelivered_webhook_starts_one_run(void **state)
 	json_t *runs;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	/* resend the exact request the hook sent */
 	assert_int_equal(h_sh(&out, "set --; while IFS= read -r h; do set -- \"$@\" -H \"$h\"; done < %s.headers; "
 				    "curl -s -w ' %%{http_code}' -H 'Content-Type: application/json' \"$@\" --data-binary @%s.body %s/hooks/github",
@@ -247,7 +210,7 @@ static void forged_signature_gets_401_and_records_nothing(void **state)
 	struct buf out = BUF_INIT;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	/* the same body with a signature made with another secret; and none */
 	assert_int_equal(h_sh(&out, "sig=$(openssl dgst -sha256 -hmac wrong-secret-000000 -r < %s.body | cut -d' ' -f1); "
 				    "curl -s -o /dev/null -w '%%{http_code}' -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: forged-1' "
@@ -271,11 +234,11 @@ static void deleted_branch_and_unfiltered_branch_start_nothing_but_matching_tag_
 	char *log;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
-	push(&g, "main:feature/x");          /* not in on.push.branches */
-	push(&g, ":feature/x");              /* deletion */
-	assert_int_equal(git(&g, &out, "tag v1.0.0"), 0);
-	push(&g, "v1.0.0");                  /* matches tags: [v*] */
+	h_git_push(g.work, "main");
+	h_git_push(g.work, "main:feature/x");          /* not in on.push.branches */
+	h_git_push(g.work, ":feature/x");              /* deletion */
+	assert_int_equal(h_git(g.work, &out, "tag v1.0.0"), 0);
+	h_git_push(g.work, "v1.0.0");                  /* matches tags: [v*] */
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 2);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 1), "ref")), "refs/tags/v1.0.0");
@@ -296,8 +259,8 @@ static void broken_pipeline_gives_a_failed_run_naming_file_line_column(void **st
 	const char *error;
 	(void)state;
 	setup_env(&g, "github");
-	commit_file(&g, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    stpes: [ { run: x } ]\n", "break it");
-	push(&g, "main");
+	h_git_commit_file(g.work, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    stpes: [ { run: x } ]\n", "break it");
+	h_git_push(g.work, "main");
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 1);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 0), "state")), "failed");
@@ -318,19 +281,19 @@ static void force_push_and_rapid_pushes_each_get_a_run_in_order(void **state)
 	int n = 0;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	commits[n++] = rev(&g, "HEAD");
 	/* rewrite history and force-push */
-	assert_int_equal(git(&g, &out, "commit -q --amend -m 'first, amended'"), 0);
-	push(&g, "+main");
+	assert_int_equal(h_git(g.work, &out, "commit -q --amend -m 'first, amended'"), 0);
+	h_git_push(g.work, "+main");
 	commits[n++] = rev(&g, "HEAD");
 	/* ten pushes as fast as git can make them */
 	for (int i = 0; i < 10; i++) {
 		char content[64], msg[32];
 		snprintf(content, sizeof(content), "int main(void) { return %d; }\n", i);
 		snprintf(msg, sizeof(msg), "rapid %d", i);
-		commit_file(&g, "src/main.c", content, msg);
-		push(&g, "main");
+		h_git_commit_file(g.work, "src/main.c", content, msg);
+		h_git_push(g.work, "main");
 		commits[n++] = rev(&g, "HEAD");
 	}
 	runs = repo_runs(&g);
@@ -371,7 +334,7 @@ static void webhook_edge_cases_get_clear_answers_and_change_nothing(void **state
 	const char *error;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	file = xasprintf("%s.edge", g.hooklog);
 
 	/* ping: 200 */
@@ -430,7 +393,7 @@ static void otactl_triggers_a_repository_ref_without_a_webhook(void **state)
 	json_t *run;
 	(void)state;
 	setup_env(&g, "github");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	head = rev(&g, "HEAD");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger " REPO " main --wait", otactl, g.d.url, g.d.token), 0);
 	run = h_run(&g.d, 2);
@@ -459,13 +422,13 @@ static void release_from_a_push_names_its_commit_and_verifies_against_the_mirror
 	assert_int_equal(h_sh(&out, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s/k.pem", key), 0);
 	extra = xasprintf("keys:\n  rel: { spec: %s/k.pem }\n", key);
 	setup_env_extra(&g, "github", extra);
-	commit_file(&g, ".otacd/pipeline.yml",
+	h_git_commit_file(g.work, ".otacd/pipeline.yml",
 		    "name: fw\non: { push: { tags: [\"v*\"] } }\nstages:\n"
 		    "  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
 		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		    "  - { name: release, kind: release, needs: [build], security_counter: 1, key: rel }\n", "release pipeline");
-	assert_int_equal(git(&g, &out, "tag v2.3.4"), 0);
-	push(&g, "main v2.3.4");
+	assert_int_equal(h_git(g.work, &out, "tag v2.3.4"), 0);
+	h_git_push(g.work, "main v2.3.4");
 	head = rev(&g, "HEAD");
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 1);

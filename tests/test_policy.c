@@ -45,43 +45,6 @@ struct gitenv {
 	char *work;
 };
 
-static int git(struct gitenv *g, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int git(struct gitenv *g, struct buf *out, const char *fmt, ...)
-{
-	struct buf cmd = BUF_INIT;
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	buf_vprintf(&cmd, fmt, ap);
-	va_end(ap);
-	rc = h_sh(out, "cd %s && git -c user.name=Tester -c user.email=tester@example.com %s", g->work, buf_cstr(&cmd));
-	buf_release(&cmd);
-	return rc;
-}
-
-static void commit_file(struct gitenv *g, const char *path, const char *content, const char *msg)
-{
-	struct buf out = BUF_INIT;
-	char *full = xasprintf("%s/%s", g->work, path);
-	char *dir = xstrdup(full);
-	*strrchr(dir, '/') = '\0';
-	ota_mkdir_p(dir, 0755);
-	assert_int_equal(ota_write_file_atomic(full, content, strlen(content), 0644), 0);
-	if (git(g, &out, "add -A && git -c user.name=Tester -c user.email=tester@example.com commit -q -m '%s'", msg) != 0)
-		fail_msg("git commit: %s", buf_cstr(&out));
-	free(dir);
-	free(full);
-	buf_release(&out);
-}
-
-static void push(struct gitenv *g, const char *args)
-{
-	struct buf out = BUF_INIT;
-	if (git(g, &out, "push -q origin %s", args) != 0)
-		fail_msg("git push %s: %s", args, buf_cstr(&out));
-	buf_release(&out);
-}
-
 static void keygen(const char *dir, const char *name)
 {
 	struct buf out = BUF_INIT;
@@ -124,7 +87,7 @@ static void setup_env(struct gitenv *g, const char *extra_config, int with_git)
 		assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=github "
 					    "OTACD_HOOK_SECRET=%s OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s/hook.log exec %s\\n' > %s"
 					    " && chmod +x %s", g->d.url, SECRET, REPO, g->base, src, hook, hook), 0);
-		commit_file(g, "src/main.c", "int main(void) { return 0; }\n", "first");
+		h_git_commit_file(g->work, "src/main.c", "int main(void) { return 0; }\n", "first");
 		free(hook);
 	}
 	free(config);
@@ -270,9 +233,9 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	}
 
 	/* the attack: a push of feature/untrusted */
-	assert_int_equal(git(&g, &out, "checkout -q -b feature/untrusted"), 0);
-	commit_file(&g, ".otacd/pipeline.yml", attack, "ship it");
-	push(&g, "feature/untrusted");
+	assert_int_equal(h_git(g.work, &out, "checkout -q -b feature/untrusted"), 0);
+	h_git_commit_file(g.work, ".otacd/pipeline.yml", attack, "ship it");
+	h_git_push(g.work, "feature/untrusted");
 	run = last_repo_run(&g);
 	assert_non_null(run);
 	id = json_integer_value(json_object_get(run, "id"));
@@ -303,11 +266,11 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	json_decref(run);
 
 	/* main, asking for a key the product may not use: a failed run with the reason */
-	assert_int_equal(git(&g, &out, "checkout -q main"), 0);
+	assert_int_equal(h_git(g.work, &out, "checkout -q main"), 0);
 	y = xasprintf(legit, "other");
-	commit_file(&g, ".otacd/pipeline.yml", y, "release with the wrong key");
+	h_git_commit_file(g.work, ".otacd/pipeline.yml", y, "release with the wrong key");
 	free(y);
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 10000), "failed");
@@ -320,12 +283,12 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	json_decref(run);
 
 	/* main of this repository releasing another repository's product: refused */
-	commit_file(&g, ".otacd/pipeline.yml",
+	h_git_commit_file(g.work, ".otacd/pipeline.yml",
 		    "name: gadget\nstages:\n  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
 		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		    "  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: release }\n",
 		    "release another product");
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 10000), "failed");
@@ -337,9 +300,9 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 
 	/* and main's legitimate release is not locked out by anti-rollback */
 	y = xasprintf(legit, "release");
-	commit_file(&g, ".otacd/pipeline.yml", y, "release");
+	h_git_commit_file(g.work, ".otacd/pipeline.yml", y, "release");
 	free(y);
-	push(&g, "main");
+	h_git_push(g.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 30000), "passed");
