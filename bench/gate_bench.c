@@ -218,7 +218,7 @@ static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 {
 	static const char *const boot_event[] = { "boot_ok", "revert", "boot_fail" };
 	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
-	json_t *body = NULL, *arr = NULL;
+	json_t *body = NULL, *arr = NULL, *refused = NULL;
 	char id[32];
 	int rc = 0, accepted;
 
@@ -231,10 +231,12 @@ static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 			fl.n++;
 			pthread_mutex_unlock(&fl.mu);
 			*nreports += (int64_t)json_array_size(arr);
-			if ((rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, batch_done, &fl)) < 0) {
+			if ((rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, batch_done, &fl)) < 0) {
+				json_decref(refused);
 				batch_done(&fl, rc);
 				goto out;
 			}
+			json_decref(refused);
 			json_decref(body);
 			body = arr = NULL;
 		}

@@ -49,6 +49,8 @@
 #define DEFAULT_POLL_MS (6LL * 3600 * 1000)
 #define REPORT_BATCH 500
 #define REPORT_INFLIGHT 4
+/* sends of a report the server refused as retryable (unknown device) */
+#define REPORT_TRIES 5
 #define REPORT_FLUSH_REAL_MS 200
 #define REPORT_QUEUE_MAX 20000                   /* batches kept while the server is away */
 #define ANSWER_MAX (1u << 20)
@@ -205,7 +207,7 @@ static void batch_seal(struct fleetsim *fs)
 			fs->q = xrealloc(fs->q, fs->qcap * sizeof(*fs->q));
 		}
 	}
-	fs->q[fs->qn++] = (struct batch){ buf_detach(&b), fs->npending };
+	fs->q[fs->qn++] = (struct batch){ buf_detach(&b), fs->npending, 0 };
 	buf_clear(&fs->pending);
 	fs->npending = 0;
 }
@@ -399,6 +401,7 @@ static void reports_pump(struct fleetsim *fs, int force)
 			return;
 		buf_puts(&x->req, b->body);
 		x->nreports = b->n;
+		x->tries = b->tries;
 		xfer_post(x);
 		if (xfer_start(fs, x))
 			return;
@@ -407,21 +410,9 @@ static void reports_pump(struct fleetsim *fs, int force)
 	}
 }
 
-static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+/* Put a batch back at the head of the queue, sent again in a second. */
+static void requeue_front(struct fleetsim *fs, char *body, int n, int tries)
 {
-	if (rc == CURLE_OK && st == 200) {
-		fs->c.reports_sent += x->nreports;
-		return;
-	}
-	if (rc == CURLE_OK && st >= 400 && st < 500) {
-		fs->c.reports_rejected += x->nreports;
-		fs_warn(fs, "report batch of %d rejected (%ld): %.300s", x->nreports, st,
-		     buf_cstr(&x->body));
-		return;
-	}
-	/* server away or failing: put the batch back at the head and retry */
-	fs_warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
-	     rc ? x->err : buf_cstr(&x->body));
 	if (fs->qhead == 0) {
 		if (fs->qn == fs->qcap) {
 			fs->qcap = fs->qcap ? fs->qcap * 2 : 64;
@@ -431,8 +422,79 @@ static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		fs->qn++;
 		fs->qhead = 1;
 	}
-	fs->q[--fs->qhead] = (struct batch){ xstrdup(x->req.ptr), x->nreports };
+	fs->q[--fs->qhead] = (struct batch){ body, n, tries };
 	fs->retry_at_real = fs_real_ms() + 1000;
+}
+
+/* The answer lists refused reports (docs/update-server.md): the others
+ * were recorded when the status is 200; refused ones marked retry are sent
+ * again (up to REPORT_TRIES sends), the rest dropped.  0 if handled. */
+static int reports_refused(struct fleetsim *fs, struct xfer *x, long st)
+{
+	json_t *ans, *refused, *req = NULL, *reps, *keep = NULL, *it;
+	size_t k;
+	int rc = -1, nrefused, nkeep;
+
+	if (!x->body.ptr || !memmem(x->body.ptr, x->body.len, "\"refused\"", 9))
+		return -1; /* the usual answer: {"accepted": n} */
+	ans = json_loadb(x->body.ptr, x->body.len, 0, NULL);
+	refused = json_object_get(ans, "refused");
+
+	if (!json_is_array(refused) || !json_array_size(refused) ||
+	    !(req = json_loads(x->req.ptr ? x->req.ptr : "", 0, NULL)) || !json_is_array(reps = json_object_get(req, "reports")))
+		goto out;
+	keep = json_array();
+	nrefused = (int)json_array_size(refused);
+	json_array_foreach(refused, k, it) {
+		json_t *r = json_array_get(reps, (size_t)json_integer_value(json_object_get(it, "index")));
+		if (!r)
+			continue;
+		if (!json_is_true(json_object_get(it, "retry")))
+			fs->c.reports_rejected++;
+		else if (x->tries + 1 >= REPORT_TRIES)
+			fs->c.reports_dropped++;
+		else
+			json_array_append(keep, r);
+	}
+	if (st == 200)
+		fs->c.reports_sent += x->nreports - nrefused;
+	nkeep = (int)json_array_size(keep);
+	fs_warn(fs, "report batch of %d: %d refused (%d to send again): %.200s", x->nreports, nrefused, nkeep,
+		json_string_value(json_object_get(json_array_get(refused, 0), "error")));
+	if (nkeep) {
+		json_t *o = json_pack("{sO}", "reports", keep);
+		char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+		json_decref(o);
+		if (body)
+			requeue_front(fs, body, nkeep, x->tries + 1);
+	}
+	rc = 0;
+out:
+	json_decref(keep);
+	json_decref(req);
+	json_decref(ans);
+	return rc;
+}
+
+static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
+{
+	if (rc == CURLE_OK && (st == 200 || (st >= 400 && st < 500)) && reports_refused(fs, x, st) == 0)
+		return;
+	if (rc == CURLE_OK && st == 200) {
+		fs->c.reports_sent += x->nreports;
+		return;
+	}
+	if (rc == CURLE_OK && st >= 400 && st < 500) {
+		/* malformed or not authenticated: refused whole, never valid */
+		fs->c.reports_rejected += x->nreports;
+		fs_warn(fs, "report batch of %d rejected (%ld): %.300s", x->nreports, st,
+		     buf_cstr(&x->body));
+		return;
+	}
+	/* server away or failing: put the batch back at the head and retry */
+	fs_warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
+	     rc ? x->err : buf_cstr(&x->body));
+	requeue_front(fs, xstrdup(x->req.ptr), x->nreports, x->tries);
 }
 
 /* ---- device flow -------------------------------------------------------- */

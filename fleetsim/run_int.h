@@ -32,6 +32,7 @@ struct xfer {
 	struct buf req;
 	struct curl_slist *hdrs;     /* this request's headers (the device's credential) */
 	int nreports;
+	int tries;                   /* a report batch's earlier sends */
 	int64_t range_start;
 	int started, body_is_data, failed, flaky_abort, probe;
 	char err[CURL_ERROR_SIZE];
@@ -48,6 +49,7 @@ struct vstat {
 struct batch {
 	char *body;
 	int n;
+	int tries;     /* times sent already (refused reports sent again) */
 };
 
 struct fleetsim {

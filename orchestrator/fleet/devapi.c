@@ -68,6 +68,8 @@ struct dreq {
 	int submitted, done, suspended, rc, accepted;   /* under api->mu */
 	char err[512];
 	struct fleet_reg *reg;   /* a registration handed to the writer */
+	json_t *answer;          /* a check-in's answer, sent once committed */
+	json_t *refused;         /* a report batch's refused reports */
 };
 
 /* ---- replies -------------------------------------------------------------- */
@@ -135,20 +137,60 @@ static json_t *parse_body(struct MHD_Connection *c, struct dreq *r, enum MHD_Res
 	return j;
 }
 
+static void report_done(void *ctx, int rc);
+static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r);
+
+/* A check-in that changes its device is answered once the writer has
+ * committed the change (the connection suspended in between, as for
+ * report batches); any other is answered at once. */
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
-	json_t *body = parse_body(c, r, &ret), *answer = NULL, *dev;
-	int rc;
-	if (!body)
+	json_t *body, *answer = NULL, *dev;
+	int rc, done;
+
+	if (r->submitted) { /* resumed by report_done */
+		pthread_mutex_lock(&a->mu);
+		done = r->done;
+		pthread_mutex_unlock(&a->mu);
+		return done ? report_answer(c, r) : MHD_YES;
+	}
+	if (!(body = parse_body(c, r, &ret)))
 		return ret;
 	dev = json_object_get(body, "device");
-	if (fleet_device_auth(a->f, json_is_string(dev) ? json_string_value(dev) : NULL, r->token) < 0)
+	if (fleet_device_auth(a->f, json_is_string(dev) ? json_string_value(dev) : NULL, r->token) < 0) {
 		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
-	else if ((rc = fleet_checkin(a->f, body, &answer)) < 0)
-		ret = reply_error(c, status_of(rc), "%s", ota_error_last());
-	else
-		ret = reply_json(c, MHD_HTTP_OK, answer);
+		goto out;
+	}
+	r->api = a;
+	r->conn = c;
+	pthread_mutex_lock(&a->mu);
+	if (a->stopping) {
+		pthread_mutex_unlock(&a->mu);
+		ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+		goto out;
+	}
+	a->inflight++;
+	pthread_mutex_unlock(&a->mu);
+	r->submitted = 1;
+	rc = fleet_checkin_async(a->f, body, &answer, report_done, r);
+	if (rc <= 0) { /* answered now: nothing for the writer */
+		pthread_mutex_lock(&a->mu);
+		a->inflight--;
+		pthread_mutex_unlock(&a->mu);
+		ret = rc < 0 ? reply_error(c, status_of(rc), "%s", ota_error_last()) : reply_json(c, MHD_HTTP_OK, answer);
+		goto out;
+	}
+	pthread_mutex_lock(&a->mu);
+	r->answer = answer; /* report_done takes a->mu too: set before it reads */
+	done = r->done;
+	if (!done) {
+		r->suspended = 1;
+		MHD_suspend_connection(c);
+	}
+	pthread_mutex_unlock(&a->mu);
+	ret = done ? report_answer(c, r) : MHD_YES;
+out:
 	json_decref(body);
 	return ret;
 }
@@ -174,11 +216,24 @@ static void report_done(void *ctx, int rc)
 
 static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 {
+	json_t *answer;
+	if (r->rc < 0 && r->refused && r->route == R_REPORTS) { /* every report refused */
+		answer = json_pack("{ss sO}", "error", r->err, "refused", r->refused);
+		return reply_json(c, status_of(r->rc), answer);
+	}
 	if (r->rc < 0)
 		return reply_error(c, status_of(r->rc), "%s", r->err);
+	if (r->route == R_CHECKIN) {
+		answer = r->answer;
+		r->answer = NULL;
+		return reply_json(c, MHD_HTTP_OK, answer);
+	}
 	if (r->reg)
 		return reply_json(c, MHD_HTTP_OK, fleet_register_answer(r->api->f, r->reg));
-	return reply_json(c, MHD_HTTP_OK, json_pack("{si}", "accepted", r->accepted));
+	answer = json_pack("{si}", "accepted", r->accepted);
+	if (r->refused)
+		json_object_set(answer, "refused", r->refused);
+	return reply_json(c, MHD_HTTP_OK, answer);
 }
 
 static const char *peer_of(struct MHD_Connection *c, char *out, size_t n)
@@ -255,7 +310,8 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	pthread_mutex_unlock(&a->mu);
 	r->submitted = 1;
 	rc = r->route == R_REGISTER ? fleet_register_async(a->f, body, peer_of(c, peer, sizeof(peer)), &r->reg, report_done, r)
-				    : fleet_report_async(a->f, body, r->token ? r->token : "", &r->accepted, report_done, r);
+				    : fleet_report_async(a->f, body, r->token ? r->token : "", &r->accepted, &r->refused,
+							 report_done, r);
 	if (rc < 0) {
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
@@ -518,6 +574,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 		return;
 	buf_release(&r->body);
 	fleet_reg_free(r->reg);
+	json_decref(r->answer);
+	json_decref(r->refused);
 	if (r->token) {
 		explicit_bzero(r->token, strlen(r->token));
 		free(r->token);

@@ -30,6 +30,7 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,25 +260,52 @@ void fleet_agg_add(struct fleet *f, const struct device *d, const char *version,
 	}
 }
 
+static void agg_load(const struct fleet_agg *v, struct fleet_agg *out)
+{
+	out->devices = __atomic_load_n(&v->devices, __ATOMIC_RELAXED);
+	out->offered = __atomic_load_n(&v->offered, __ATOMIC_RELAXED);
+	out->downloads = __atomic_load_n(&v->downloads, __ATOMIC_RELAXED);
+	out->installs = __atomic_load_n(&v->installs, __ATOMIC_RELAXED);
+	out->boot_ok = __atomic_load_n(&v->boot_ok, __ATOMIC_RELAXED);
+	out->boot_fail = __atomic_load_n(&v->boot_fail, __ATOMIC_RELAXED);
+	out->reverts = __atomic_load_n(&v->reverts, __ATOMIC_RELAXED);
+	out->reporting = __atomic_load_n(&v->reporting, __ATOMIC_RELAXED);
+	out->crashed = __atomic_load_n(&v->crashed, __ATOMIC_RELAXED);
+	out->crashes = __atomic_load_n(&v->crashes, __ATOMIC_RELAXED);
+	__atomic_load(&v->device_hours, &out->device_hours, __ATOMIC_RELAXED);
+	__atomic_load(&v->battery_mah, &out->battery_mah, __ATOMIC_RELAXED);
+}
+
+/* What readers (gates, the API, /metrics) see: the committed counters. */
 static void agg_snapshot(const struct agg *a, struct fleet_agg *out)
 {
+	agg_load(&a->c, out);
 	out->devices = __atomic_load_n(&a->v.devices, __ATOMIC_RELAXED);
-	out->offered = __atomic_load_n(&a->v.offered, __ATOMIC_RELAXED);
-	out->downloads = __atomic_load_n(&a->v.downloads, __ATOMIC_RELAXED);
-	out->installs = __atomic_load_n(&a->v.installs, __ATOMIC_RELAXED);
-	out->boot_ok = __atomic_load_n(&a->v.boot_ok, __ATOMIC_RELAXED);
-	out->boot_fail = __atomic_load_n(&a->v.boot_fail, __ATOMIC_RELAXED);
-	out->reverts = __atomic_load_n(&a->v.reverts, __ATOMIC_RELAXED);
-	out->reporting = __atomic_load_n(&a->v.reporting, __ATOMIC_RELAXED);
-	out->crashed = __atomic_load_n(&a->v.crashed, __ATOMIC_RELAXED);
-	out->crashes = __atomic_load_n(&a->v.crashes, __ATOMIC_RELAXED);
-	__atomic_load(&a->v.device_hours, &out->device_hours, __ATOMIC_RELAXED);
-	__atomic_load(&a->v.battery_mah, &out->battery_mah, __ATOMIC_RELAXED);
 }
 
 void fleet_agg_read(const struct agg *a, struct fleet_agg *out)
 {
-	agg_snapshot(a, out);
+	agg_load(&a->v, out);
+}
+
+void fleet_agg_publish(struct fleet *f, struct agg *a, int ok)
+{
+	const struct fleet_agg *p = &a->pend;
+	if (!ok) {
+		fleet_agg_mark(f, a);
+		return;
+	}
+	__atomic_store_n(&a->c.offered, p->offered, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.downloads, p->downloads, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.installs, p->installs, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.boot_ok, p->boot_ok, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.boot_fail, p->boot_fail, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.reverts, p->reverts, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.reporting, p->reporting, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.crashed, p->crashed, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->c.crashes, p->crashes, __ATOMIC_RELAXED);
+	__atomic_store(&a->c.device_hours, &p->device_hours, __ATOMIC_RELAXED);
+	__atomic_store(&a->c.battery_mah, &p->battery_mah, __ATOMIC_RELAXED);
 }
 
 int fleet_aggregate(struct fleet *f, const char *product, const char *version, const char *cohort,
@@ -866,7 +894,8 @@ static int64_t jitter(const char *id, int64_t now, int64_t poll)
 	return poll + poll * j / 10000;
 }
 
-int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
+int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
+			void *ctx)
 {
 	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *key;
 	const char *tags[FLEET_MAX_TAGS];
@@ -879,7 +908,7 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 	struct device *d;
 	const struct exposure *x;
 	const struct exp_image *img = NULL;
-	int rc, rollback, changed = 0;
+	int rc, rollback, changed = 0, durable = 0;
 
 	*answer = NULL;
 	if (!json_is_object(body))
@@ -960,6 +989,9 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 		changed = 1;
 	}
 	/* last_seen alone is written behind at most once per poll interval / 4 */
+	/* a new device, or one whose row or counters change: answered once
+	 * durable (below); last_seen alone is written behind */
+	durable = changed;
 	if (changed || now - d->last_seen_written >= f->cfg_poll_ms / 4) {
 		d->last_seen_written = now;
 		changed = 1;
@@ -971,7 +1003,7 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 		if (!(vf->flags & FL_OFFERED)) {
 			vf->flags |= FL_OFFERED;
 			fleet_agg_add(f, d, x->version, offsetof(struct fleet_agg, offered), 1, 1);
-			changed = 1;
+			changed = durable = 1;
 		}
 	}
 	if (changed)
@@ -992,7 +1024,17 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 	pthread_rwlock_unlock(&f->exp_lock);
 	*answer = json_pack("{sI sf sI so}", "now", (json_int_t)now, "time_scale", clock_scale(), "next_poll_ms",
 			    (json_int_t)jitter(id, now, f->cfg_poll_ms), "offer", offer ? offer : json_null());
-	return 0;
+	if (!durable)
+		return 0;
+	/* the commit that follows this submission writes the device's row and
+	 * its counters (marked dirty above, before the batch was queued) */
+	{
+		struct batch *b = xcalloc(1, sizeof(*b));
+		b->done = done;
+		b->ctx = ctx;
+		fleet_store_submit(f, b);
+	}
+	return 1;
 }
 
 /* ---- reports: validation ------------------------------------------------ */
@@ -1069,17 +1111,36 @@ static void report_credit(struct fleet *f, struct report *rep, int64_t now)
 		rep->battery_mah = up / 3600.0 * FLEET_MAX_MA;
 }
 
-int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted,
+/* A report the fleet's state refuses (the rest of its batch goes on). */
+static void refuse(json_t **refused, size_t i, int retry, char *first, size_t firstn, const char *fmt, ...)
+	OTA_PRINTF(6, 7);
+static void refuse(json_t **refused, size_t i, int retry, char *first, size_t firstn, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (!*refused) {
+		*refused = json_array();
+		snprintf(first, firstn, "%s", msg);
+	}
+	json_array_append_new(*refused, json_pack("{sI ss sb}", "index", (json_int_t)i, "error", msg, "retry", retry));
+}
+
+int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx)
 {
 	json_t *arr, *r;
 	struct batch *b = NULL;
 	const char *authed_id = NULL, *authed_cred = NULL;
-	size_t i, n;
+	char first[512];
+	size_t i, n, k;
 	int64_t now = clock_now_ms();
-	int rc = 0, trusted = token == fleet_trusted_caller;
+	int rc = 0, trusted = token == fleet_trusted_caller, all_refused = 0;
 
 	*accepted = 0;
+	*refused = NULL;
 	if (!json_is_object(body) || !json_is_array(arr = json_object_get(body, "reports")))
 		return ota_error_set(OTA_EINVAL, "reports: must be a list");
 	n = json_array_size(arr);
@@ -1172,23 +1233,37 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
-			rc = ota_error_set(OTA_EINVAL, "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
-			goto out;
+			/* retry: it may not have checked in yet (or that check-in
+			 * failed); it checks in, then sends the report again */
+			refuse(refused, i, 1, first, sizeof(first),
+			       "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
+			continue;
 		}
 		if (!ok) {
-			rc = ota_error_set(OTA_EINVAL,
-					   "reports[%zu].version: device '%s' was not offered %.64s (reports are accepted"
-					   " for a version the device was offered, or runs outside a rollout)",
-					   i, id, ver);
-			goto out;
+			refuse(refused, i, 0, first, sizeof(first),
+			       "reports[%zu].version: device '%s' was not offered %.64s (reports are accepted"
+			       " for a version the device was offered, or runs outside a rollout)",
+			       i, id, ver);
+			rep->dev = NULL;
+			continue;
 		}
 		rep->version = ver; /* interned below, once the batch is known good */
 	}
-	for (i = 0; i < n; i++) {
+	/* well formed and authenticated: keep the reports the fleet accepts */
+	for (i = k = 0; i < n; i++)
+		if (b->r[i].dev)
+			b->r[k++] = b->r[i];
+	if (!k && *refused) { /* nothing to record: the first refusal is the answer */
+		all_refused = 1;
+		rc = ota_error_set(OTA_EINVAL, "%s", first);
+		goto out;
+	}
+	for (i = 0; i < k; i++) {
 		b->r[i].version = fleet_intern(f, b->r[i].version, strlen(b->r[i].version));
 		if (!trusted)
 			report_credit(f, &b->r[i], now);
 	}
+	n = k;
 	b->n = n;
 	b->done = done;
 	b->ctx = ctx;
@@ -1197,6 +1272,10 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
 	b = NULL;
 out:
 	free(b);
+	if (rc < 0 && !all_refused) { /* a malformed batch: refused whole, no list */
+		json_decref(*refused);
+		*refused = NULL;
+	}
 	return rc;
 }
 
@@ -1219,23 +1298,42 @@ static void sync_done(void *ctx, int rc)
 	pthread_mutex_unlock(&w->mu);
 }
 
+/* Wait for the writer's done callback; its code (and message). */
+static int sync_finish(struct sync_wait *w)
+{
+	pthread_mutex_lock(&w->mu);
+	while (!w->done)
+		pthread_cond_wait(&w->cond, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cond);
+	return w->rc < 0 ? ota_error_set(w->rc, "%s", w->msg) : 0;
+}
+
 int fleet_report(struct fleet *f, const json_t *body, const char *token, int *accepted)
 {
 	struct sync_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
-	int rc = fleet_report_async(f, body, token, accepted, sync_done, &w);
+	json_t *refused = NULL;
+	int rc = fleet_report_async(f, body, token, accepted, &refused, sync_done, &w);
+	json_decref(refused);
 	if (rc < 0)
 		return rc;
-	pthread_mutex_lock(&w.mu);
-	while (!w.done)
-		pthread_cond_wait(&w.cond, &w.mu);
-	pthread_mutex_unlock(&w.mu);
-	pthread_mutex_destroy(&w.mu);
-	pthread_cond_destroy(&w.cond);
-	if (w.rc < 0) {
+	if ((rc = sync_finish(&w)) < 0)
 		*accepted = 0;
-		return ota_error_set(w.rc, "%s", w.msg);
+	return rc;
+}
+
+int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
+{
+	struct sync_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
+	int rc = fleet_checkin_async(f, body, answer, sync_done, &w);
+	if (rc <= 0)
+		return rc;
+	if ((rc = sync_finish(&w)) < 0) {
+		json_decref(*answer);
+		*answer = NULL;
 	}
-	return 0;
+	return rc;
 }
 
 /* ---- Prometheus text ---------------------------------------------------- */

@@ -163,8 +163,17 @@ json_t *fleet_registrations(struct fleet *f, int limit);
 
 /* Handle a parsed check-in body; *answer is the JSON answer (new ref).
  * The caller has authenticated the body's device.  OTA_EINVAL with the
- * message naming the field on a malformed body. */
+ * message naming the field on a malformed body.  A check-in that registers
+ * or changes its device (first check-in, new version, tags, counter, an
+ * offer made) returns only once that change is committed. */
 int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
+/* The same, for event-driven servers: < 0 an error (no answer), 0 answer
+ * now, 1 the change was queued for the writer, which calls done(ctx, rc)
+ * from its own thread once it is committed (rc 0: send *answer) or failed
+ * (the caller frees *answer and answers the error); done may run before
+ * this returns. */
+int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
+			void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never
@@ -172,17 +181,24 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
 extern const char fleet_trusted_caller[];
 /* Validate and durably record a report batch.  Every report is
  * authenticated: by its own "credential" field, else by token (the
- * request's bearer credential) for its device.  *accepted is the count.
- * OTA_EINVAL (message "reports[i].field: ...") or OTA_EAUTH records
- * nothing. */
+ * request's bearer credential) for its device.  A malformed batch or one
+ * with a report that fails authentication is refused whole: OTA_EINVAL
+ * (message "reports[i].field: ...") or OTA_EAUTH, nothing recorded.  In a
+ * well-formed batch, reports the fleet's state refuses (unknown device:
+ * retryable once it has checked in; a version it was not offered: never)
+ * are left out and the others recorded; *accepted is their count.  The
+ * sync form discards the refusal list. */
 int fleet_report(struct fleet *f, const json_t *body, const char *token, int *accepted);
 /*
  * The same, for event-driven servers: the batch is validated now (a
  * negative code, nothing recorded, done never called) and on 0 it is queued
  * for the writer, which calls done(ctx, rc) from its own thread once the
  * batch is committed (rc 0) or failed; done may run before this returns.
+ * *refused (new reference or NULL) lists the refused reports as
+ * [{"index", "error", "retry"}], also when every report was refused (then
+ * OTA_EINVAL with the first one's message).
  */
-int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted,
+int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
  * an exposure of its product and hardware that it was offered?  1 or 0. */

@@ -102,9 +102,15 @@ struct shard {
 struct agg {
 	struct agg *next, *all_next;
 	const char *product, *version, *cohort;   /* interned */
-	struct fleet_agg v;
+	struct fleet_agg v;        /* live: what the next commit writes */
+	/* the counters of the last commit (atomics, written by the writer):
+	 * what readers see, so no reader sees a count a restart would undo
+	 * (`devices` is read live from v) */
+	struct fleet_agg c;
+	struct fleet_agg pend;     /* writer only: written, not yet committed */
 	int dirty;                 /* atomic: on f->agg_dirty */
 	struct agg *dirty_next;
+	struct agg *flushed_next;  /* writer only: on f->agg_flushed */
 };
 
 struct intern {
@@ -207,6 +213,7 @@ struct fleet {
 	size_t agg_nb, agg_n;
 	pthread_mutex_t agg_dirty_mu;
 	struct agg *agg_dirty;
+	struct agg *agg_flushed;   /* writer only: written this round */
 
 	pthread_rwlock_t exp_lock;
 	struct exposure **exp;     /* newest release first */
@@ -237,6 +244,9 @@ struct agg *fleet_agg_get(struct fleet *f, const char *p, const char *v, const c
 void fleet_agg_mark(struct fleet *f, struct agg *a);
 void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark);
 void fleet_agg_read(const struct agg *a, struct fleet_agg *out);
+/* The writer, after a commit (ok) or a rollback: publish what it wrote as
+ * the committed counters, or mark them to be written again. */
+void fleet_agg_publish(struct fleet *f, struct agg *a, int ok);
 
 struct shard *fleet_shard(struct fleet *f, uint64_t h);
 struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_t h);

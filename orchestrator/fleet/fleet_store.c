@@ -13,7 +13,9 @@
  *
  * So a batch's answer is sent only after the commit that contains it
  * (group commit: batches that arrive while a round commits go together in
- * the next one), and check-in changes reach the disk within ~250 ms.  The
+ * the next one).  A check-in that changes its device queues an empty batch
+ * after marking the device row dirty and waits for it the same way; a
+ * check-in that only moves last_seen is written behind within ~250 ms.  The
  * database is WAL with synchronous=NORMAL: a commit survives the process
  * being killed (not a power cut, which may lose the last commits).
  *
@@ -27,7 +29,10 @@
  *
  * `devices` per aggregate is not stored: fleet_open recounts it from the
  * device rows.  Every other counter is stored as is, so after a restart the
- * aggregates are those of the last commit.
+ * aggregates are those of the last commit.  Readers (gates, the API,
+ * /metrics) see each aggregate's committed copy (struct agg's c, set after
+ * COMMIT), never a count a kill could undo: counters never go backwards
+ * across a restart.
  */
 #include "fleet_int.h"
 
@@ -226,6 +231,9 @@ static int flush_aggs(struct fleet *f)
 		if (rc < 0)
 			continue;
 		fleet_agg_read(a, &v);
+		a->pend = v;
+		a->flushed_next = f->agg_flushed;
+		f->agg_flushed = a;
 		sqlite3_reset(st);
 		sqlite3_bind_text(st, 1, a->product, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, a->version, -1, SQLITE_STATIC);
@@ -342,6 +350,17 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 	return rc;
 }
 
+/* After the round: the aggregates it wrote become what readers see (ok),
+ * or are marked to be written again (rolled back). */
+static void publish_aggs(struct fleet *f, int ok)
+{
+	struct agg *a, *next;
+	for (a = f->agg_flushed, f->agg_flushed = NULL; a; a = next) {
+		next = a->flushed_next;
+		fleet_agg_publish(f, a, ok);
+	}
+}
+
 /* One round: apply batches, write what changed, commit. */
 static int round_commit(struct fleet *f, struct batch *batches)
 {
@@ -359,8 +378,10 @@ static int round_commit(struct fleet *f, struct batch *batches)
 	if ((rc = flush_devices(f)) < 0 || (rc = flush_aggs(f)) < 0 ||
 	    (f->log_rows >= LOG_MERGE_AT && (rc = merge_log(f, LOG_MERGE_CHUNK)) < 0) || (rc = exec(f, "COMMIT")) < 0) {
 		exec(f, "ROLLBACK");
+		publish_aggs(f, 0);
 		return rc;
 	}
+	publish_aggs(f, 1);
 	return 0;
 }
 
@@ -456,6 +477,7 @@ static int load(struct fleet *f)
 		a->v.crashes = sqlite3_column_int64(st, 11);
 		a->v.device_hours = sqlite3_column_double(st, 12);
 		a->v.battery_mah = sqlite3_column_double(st, 13);
+		a->c = a->v; /* what is on disk is committed */
 	}
 	if (step != SQLITE_DONE) {
 		rc = db_err(f, "read aggregates");

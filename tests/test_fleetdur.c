@@ -1,0 +1,360 @@
+/*
+ * test_fleetdur.c - nothing the device API acknowledged is lost (issue 19,
+ * part 1), shown against the real otacd with kills aimed at the window:
+ *
+ *   - a check-in that registers or changes a device is answered only once
+ *     committed: SIGKILL right after the 200, restart, and the device's next
+ *     report is accepted (the device and its version are known);
+ *   - one bad report no longer drops its batch: the valid ones are recorded,
+ *     the answer names each refused one (index, reason, whether to retry);
+ *   - the counters the API and /metrics show never go backwards across a
+ *     kill and restart.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <unistd.h>
+
+#include "../common/httpc.h"
+#include "harness.h"
+
+/* ---- device-side helpers ------------------------------------------------ */
+
+static long dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
+{
+	char *url = xasprintf("%s%s", d->device_url, path);
+	long status = 0;
+	json_t *a = NULL;
+	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
+	json_decref(req);
+	free(url);
+	if (ans)
+		*ans = a;
+	else
+		json_decref(a);
+	return status;
+}
+
+static long checkin(struct daemon *d, const char *id, const char *token, const char *version, json_t **ans)
+{
+	json_t *req = json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", "mps2-an385",
+				"bootloader", "1.2.0", "version", version, "security_counter", 0, "slot", "confirmed");
+	return dev_post(d, "/device/v1/checkin", token, req, ans);
+}
+
+/* One report object of device id, carrying its own credential. */
+static json_t *rep(const char *id, const char *cred, const char *version, const char *event)
+{
+	return json_pack("{ss ss ss ss si}", "device", id, "credential", cred, "version", version, "event", event,
+			 "uptime_s", 60);
+}
+
+static long send_reports(struct daemon *d, json_t *list, json_t **ans)
+{
+	return dev_post(d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), ans);
+}
+
+static char *metrics(struct daemon *d)
+{
+	char *url = xasprintf("%s/metrics", d->device_url);
+	struct httpc_response r = { 0 };
+	char *text;
+	assert_int_equal(httpc_request(&r, "GET", url, NULL, NULL, NULL, 0, 30000), 0);
+	assert_int_equal(r.status, 200);
+	text = xstrdup(buf_cstr(&r.body));
+	httpc_response_release(&r);
+	free(url);
+	return text;
+}
+
+/* The value of name{product="fw",version=v,cohort="*"} in /metrics (0 when absent). */
+static double series(struct daemon *d, const char *name, const char *v)
+{
+	char *text = metrics(d), *key = xasprintf("%s{product=\"fw\",version=\"%s\",cohort=\"*\"} ", name, v);
+	char *p = strstr(text, key);
+	double x = p ? strtod(p + strlen(key), NULL) : 0;
+	free(key);
+	free(text);
+	return x;
+}
+
+static void free_creds(char **c)
+{
+	for (size_t i = 0; c && c[i]; i++)
+		free(c[i]);
+	free(c);
+}
+
+static void restart(struct daemon *d, const char *const *args)
+{
+	h_kill(d, SIGKILL);
+	assert_int_equal(h_start(d, args), 0);
+}
+
+/* ---- check-ins ------------------------------------------------------------ */
+
+/* The reproduction of the issue: 200 to a first check-in, SIGKILL within
+ * milliseconds, restart: the device's next report was "unknown device". */
+static void acknowledged_checkins_survive_sigkill(void **state)
+{
+	struct daemon d;
+	char **c;
+	json_t *ans = NULL;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, NULL), 0);
+	c = h_register_devices(&d, "dur", 8);
+	for (int i = 0; i < 6; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "dur-%04d", i);
+		assert_int_equal(checkin(&d, id, c[i], "1.0.0", NULL), 200);
+		restart(&d, NULL);   /* killed right after the answer */
+		assert_int_equal(send_reports(&d, json_pack("[o]", rep(id, c[i], "1.0.0", "heartbeat")), &ans), 200);
+		assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 1);
+		assert_null(json_object_get(ans, "refused"));
+		json_decref(ans);
+		assert_int_equal((int)series(&d, "otacd_fleet_devices", "1.0.0"), i + 1);
+	}
+	/* a changed version: the report about the new one is the device's own
+	 * version only if the change was kept */
+	for (int i = 0; i < 3; i++) {
+		char id[32], v[16];
+		snprintf(id, sizeof(id), "dur-%04d", i);
+		snprintf(v, sizeof(v), "1.0.%d", i + 1);
+		assert_int_equal(checkin(&d, id, c[i], v, NULL), 200);
+		restart(&d, NULL);
+		assert_int_equal(send_reports(&d, json_pack("[o]", rep(id, c[i], v, "heartbeat")), &ans), 200);
+		assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 1);
+		json_decref(ans);
+		assert_int_equal((int)series(&d, "otacd_fleet_devices", v), 1);
+	}
+	assert_int_equal((int)series(&d, "otacd_fleet_devices", "1.0.0"), 3);
+	free_creds(c);
+	h_cleanup(&d);
+}
+
+/* ---- mixed batches ----------------------------------------------------------- */
+
+static void check_refused(json_t *ans, size_t k, int index, int retry, const char *msg)
+{
+	json_t *it = json_array_get(json_object_get(ans, "refused"), k);
+	assert_non_null(it);
+	assert_int_equal(json_integer_value(json_object_get(it, "index")), index);
+	assert_int_equal(json_is_true(json_object_get(it, "retry")), retry);
+	assert_non_null(strstr(json_string_value(json_object_get(it, "error")), msg));
+}
+
+static void a_bad_report_does_not_drop_its_batch(void **state)
+{
+	struct daemon d;
+	char **c;
+	json_t *ans = NULL;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, NULL), 0);
+	c = h_register_devices(&d, "mix", 3);
+	assert_int_equal(checkin(&d, "mix-0000", c[0], "1.0.0", NULL), 200);
+	assert_int_equal(checkin(&d, "mix-0001", c[1], "1.0.0", NULL), 200);
+
+	/* mix-0002 never checked in; 9.9.9 was never offered */
+	assert_int_equal(send_reports(&d,
+				      json_pack("[oooo]", rep("mix-0000", c[0], "1.0.0", "heartbeat"),
+						rep("mix-0002", c[2], "1.0.0", "heartbeat"),
+						rep("mix-0001", c[1], "9.9.9", "boot_ok"),
+						rep("mix-0001", c[1], "1.0.0", "heartbeat")),
+				      &ans),
+			 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 2);
+	assert_int_equal(json_array_size(json_object_get(ans, "refused")), 2);
+	check_refused(ans, 0, 1, 1, "unknown device 'mix-0002'");
+	check_refused(ans, 1, 2, 0, "was not offered 9.9.9");
+	json_decref(ans);
+	assert_int_equal((int)series(&d, "otacd_fleet_reporting", "1.0.0"), 2);
+	assert_int_equal((int)series(&d, "otacd_fleet_reporting", "9.9.9"), 0);
+
+	/* the retryable one, after its check-in, is accepted */
+	assert_int_equal(checkin(&d, "mix-0002", c[2], "1.0.0", NULL), 200);
+	assert_int_equal(send_reports(&d, json_pack("[o]", rep("mix-0002", c[2], "1.0.0", "heartbeat")), &ans), 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 1);
+	json_decref(ans);
+	assert_int_equal((int)series(&d, "otacd_fleet_reporting", "1.0.0"), 3);
+
+	/* every report refused: 400, the first refusal's message, the list */
+	assert_int_equal(send_reports(&d, json_pack("[oo]", rep("mix-0001", c[1], "9.9.9", "boot_ok"),
+						  rep("mix-0000", c[0], "8.8.8", "boot_ok")),
+				      &ans),
+			 400);
+	assert_non_null(strstr(httpc_json_error(ans), "reports[0].version"));
+	assert_int_equal(json_array_size(json_object_get(ans, "refused")), 2);
+	check_refused(ans, 1, 1, 0, "was not offered 8.8.8");
+	json_decref(ans);
+
+	/* malformed or not authenticated: refused whole, nothing recorded */
+	{
+		json_t *bad = rep("mix-0001", c[1], "1.0.0", "bot_ok");
+		assert_int_equal(send_reports(&d, json_pack("[oo]", rep("mix-0000", c[0], "1.0.0", "install"), bad), &ans),
+				 400);
+		assert_non_null(strstr(httpc_json_error(ans), "reports[1].event"));
+		assert_null(json_object_get(ans, "refused"));
+		json_decref(ans);
+		assert_int_equal(send_reports(&d, json_pack("[oo]", rep("mix-0000", c[0], "1.0.0", "install"),
+							  rep("mix-0001", c[0], "1.0.0", "install")),
+					      &ans),
+				 401);
+		json_decref(ans);
+		assert_int_equal((int)series(&d, "otacd_fleet_installs", "1.0.0"), 0);
+	}
+	free_creds(c);
+	h_cleanup(&d);
+}
+
+/* ---- counters across kills ----------------------------------------------------- */
+
+static const char *const COUNTERS[] = { "devices", "offered", "downloads", "installs", "confirmed", "reporting" };
+static const char *const SERIES[] = { "otacd_fleet_devices", "otacd_fleet_offered", "otacd_fleet_downloads",
+				      "otacd_fleet_installs", "otacd_fleet_boot_ok", "otacd_fleet_reporting" };
+
+struct counts {
+	int64_t api[6];
+	double m[6];
+};
+
+static void read_counts(struct daemon *d, int64_t rel, struct counts *out)
+{
+	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)rel);
+	json_t *ro = NULL, *fl;
+	assert_int_equal(h_get(d, path, &ro), 200);
+	fl = json_object_get(ro, "fleet");
+	assert_non_null(fl);
+	for (size_t k = 0; k < OTA_ARRAY_SIZE(COUNTERS); k++) {
+		out->api[k] = json_integer_value(json_object_get(fl, COUNTERS[k]));
+		out->m[k] = series(d, SERIES[k], "1.1.0");
+	}
+	json_decref(ro);
+	free(path);
+}
+
+static int64_t release_of(struct daemon *d, int64_t run)
+{
+	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
+	int64_t id = 0;
+	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	free(sql);
+	return id;
+}
+
+static void counters_never_go_backwards_across_kills(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", "--time-scale", "3600", NULL };
+	const char *y = "name: fw\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 2000 /dev/zero >> app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 0, key: test }\n"
+			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char *cfg, **c;
+	int64_t run, rel;
+	struct counts before, after;
+	int offered = 0;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem",
+			      d.dir),
+			 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n", d.dir);
+	d.config = xasprintf("%s/config.yml", d.dir);
+	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
+	/* the device API keeps its address across restarts */
+	d.device_listen = h_free_listen();
+	assert_int_equal(h_start(&d, args), 0);
+	c = h_register_devices(&d, "cnt", 12);
+	for (int i = 0; i < 12; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "cnt-%04d", i);
+		assert_int_equal(checkin(&d, id, c[i], "1.0.0", NULL), 200);
+	}
+	run = h_trigger(&d, y);
+	rel = release_of(&d, run);
+	assert_true(rel > 0);
+	{
+		char *sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'",
+				      (long long)rel);
+		for (int waited = 0; waited < 60000 && !h_sql_int(&d, sql); waited += 100)
+			h_msleep(100);
+		assert_true(h_sql_int(&d, sql) > 0);
+		free(sql);
+	}
+	/* each round: 3 devices are offered 1.1.0 and report their way to a
+	 * confirmed boot; the counters read, then a kill right after the last
+	 * answer (a check-in that made an offer), restart, read again */
+	for (int round = 0; round < 4; round++) {
+		for (int i = round * 3; i < round * 3 + 3; i++) {
+			char id[32];
+			json_t *ans = NULL;
+			snprintf(id, sizeof(id), "cnt-%04d", i);
+			/* after a restart the rollout's exposure comes back with the
+			 * scheduler: a device checks in until it is offered 1.1.0 */
+			for (int tries = 0; tries < 100; tries++) {
+				int got;
+				assert_int_equal(checkin(&d, id, c[i], "1.0.0", &ans), 200);
+				got = json_is_object(json_object_get(ans, "offer"));
+				json_decref(ans);
+				if (got) {
+					offered++;
+					break;
+				}
+				h_msleep(100);
+			}
+			if (i == round * 3 + 2)
+				break;   /* the last device only checks in: the kill follows its offer */
+			assert_int_equal(send_reports(&d, json_pack("[ooo]", rep(id, c[i], "1.1.0", "download"),
+								  rep(id, c[i], "1.1.0", "install"),
+								  rep(id, c[i], "1.1.0", "boot_ok")),
+						      NULL),
+					 200);
+		}
+		read_counts(&d, rel, &before);
+		restart(&d, args);
+		read_counts(&d, rel, &after);
+		for (size_t k = 0; k < OTA_ARRAY_SIZE(COUNTERS); k++) {
+			if (after.api[k] < before.api[k] || after.m[k] < before.m[k])
+				fail_msg("round %d: %s went from %lld (metrics %g) to %lld (metrics %g) across a kill", round,
+					 COUNTERS[k], (long long)before.api[k], before.m[k], (long long)after.api[k],
+					 after.m[k]);
+		}
+		/* the offer just answered counts */
+		assert_int_equal(after.api[1], offered);
+		assert_int_equal((int64_t)after.m[1], offered);
+	}
+	assert_int_equal(offered, 12);
+	assert_int_equal(after.api[4], 8);   /* confirmed: 2 per round */
+	free_creds(c);
+	free(cfg);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(acknowledged_checkins_survive_sigkill),
+		cmocka_unit_test(a_bad_report_does_not_drop_its_batch),
+		cmocka_unit_test(counters_never_go_backwards_across_kills),
+	};
+	httpc_global_init();
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
