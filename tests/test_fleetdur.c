@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../common/httpc.h"
@@ -348,12 +350,75 @@ static void counters_never_go_backwards_across_kills(void **state)
 	h_cleanup(&d);
 }
 
+/* ---- a fleet across kills ------------------------------------------------------ */
+
+/* otacd-fleetsim's 300 devices check in and send heartbeats (one per second
+ * of real time) while otacd is SIGKILLed three times: the simulator resends
+ * what got no answer, and no report is refused or dropped. */
+static void a_fleet_loses_no_report_across_kills(void **state)
+{
+	const char *const args[] = { "--time-scale", "3600", NULL };
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char *bin, *log, *key, *stats;
+	json_t *st;
+	pid_t sim;
+	int status = 0;
+
+	(void)state;
+	h_init(&d, NULL);
+	d.device_listen = h_free_listen();
+	assert_int_equal(h_start(&d, args), 0);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out k.pub",
+			      d.dir),
+			 0);
+	key = xasprintf("%s/k.pub", d.dir);
+	bin = h_bin("otacd-fleetsim");
+	log = xasprintf("%s/sim.log", d.dir);
+	stats = xasprintf("%s/stats.json", d.dir);
+	sim = fork();
+	if (sim == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--url", d.device_url, "--devices", "300", "--seed", "5", "--key", key, "--fleet-key",
+		      d.fleet_key, "--product", "fw", "--start-version", "1.0.0", "--report-every", "1h", "--duration",
+		      "24", "--stats", stats, (char *)NULL);
+		_exit(127);
+	}
+	for (int k = 0; k < 3; k++) {
+		h_msleep(5000);
+		restart(&d, args);
+	}
+	assert_int_equal(waitpid(sim, &status, 0), sim);
+	buf_clear(&out);
+	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
+	st = json_loadb(out.ptr, out.len, 0, NULL);
+	assert_non_null(st);
+	assert_true(json_integer_value(json_object_get(st, "reports_sent")) > 300);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_rejected")), 0);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_dropped")), 0);
+	assert_int_equal((int)series(&d, "otacd_fleet_devices", "1.0.0"), 300);
+	/* a device whose first check-in met a kill starts reporting a poll
+	 * later, so the last few may not have reported yet when the run ends */
+	assert_true(series(&d, "otacd_fleet_reporting", "1.0.0") >= 285);
+	json_decref(st);
+	free(bin);
+	free(log);
+	free(key);
+	free(stats);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(acknowledged_checkins_survive_sigkill),
 		cmocka_unit_test(a_bad_report_does_not_drop_its_batch),
 		cmocka_unit_test(counters_never_go_backwards_across_kills),
+		cmocka_unit_test(a_fleet_loses_no_report_across_kills),
 	};
 	httpc_global_init();
 	return cmocka_run_group_tests(tests, NULL, NULL);
