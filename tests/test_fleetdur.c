@@ -20,6 +20,8 @@
 #include <string.h>
 #include <cmocka.h>
 #include <fcntl.h>
+#include <microhttpd.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -412,6 +414,182 @@ static void a_fleet_loses_no_report_across_kills(void **state)
 	h_cleanup(&d);
 }
 
+/* ---- otacd-fleetsim and refused reports ----------------------------------------- */
+
+/* A device API that refuses, in every batch, the first send of each report
+ * of devices dev-..0 as retryable (an unknown device) and every report of
+ * devices dev-..1 for good (a version not offered), as the answer of
+ * docs/update-server.md lists them; it counts what it sees. */
+struct refuser {
+	struct MHD_Daemon *d;
+	pthread_mutex_t lock;
+	char **seen;                /* retryable reports refused once (their JSON) */
+	size_t nseen;
+	int accepted, refused_retry, refused_never, resent_accepted, batches;
+};
+
+struct rreq {
+	struct buf body;
+};
+
+static enum MHD_Result rreply(struct MHD_Connection *c, unsigned code, const char *text)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+	enum MHD_Result ret;
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	ret = MHD_queue_response(c, code, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result refuser_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+				       const char *version, const char *data, size_t *size, void **con_cls)
+{
+	struct refuser *f = cls;
+	struct rreq *rq = *con_cls;
+	json_t *b, *ans = NULL, *r;
+	char *text;
+	size_t k;
+	enum MHD_Result ret;
+
+	(void)version;
+	if (!rq) {
+		rq = xcalloc(1, sizeof(*rq));
+		buf_init(&rq->body, 1 << 20);
+		*con_cls = rq;
+		return MHD_YES;
+	}
+	if (*size) {
+		buf_put(&rq->body, data, *size);
+		*size = 0;
+		return MHD_YES;
+	}
+	b = json_loadb(rq->body.ptr ? rq->body.ptr : "", rq->body.len, 0, NULL);
+	if (!strcmp(method, "POST") && !strcmp(url, "/device/v1/register")) {
+		json_t *creds = json_array();
+		for (k = 0; k < json_array_size(json_object_get(b, "devices")); k++)
+			json_array_append_new(creds, json_string("00112233445566778899aabbccddeeff"));
+		ans = json_pack("{sI so}", "registered", (json_int_t)json_array_size(creds), "credentials", creds);
+	} else if (!strcmp(method, "POST") && !strcmp(url, "/device/v1/checkin")) {
+		ans = json_pack("{sI sf sI sn}", "now", (json_int_t)1796000000000LL, "time_scale", 3600.0, "next_poll_ms",
+				(json_int_t)3600000, "offer");
+	} else if (!strcmp(method, "POST") && !strcmp(url, "/device/v1/reports")) {
+		json_t *refused = json_array();
+		int accepted = 0;
+		pthread_mutex_lock(&f->lock);
+		f->batches++;
+		json_array_foreach(json_object_get(b, "reports"), k, r) {
+			const char *id = json_string_value(json_object_get(r, "device"));
+			char last = id && *id ? id[strlen(id) - 1] : 0;
+			char *one = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
+			size_t i;
+			for (i = 0; i < f->nseen && strcmp(f->seen[i], one); i++)
+				;
+			if (last == '1') {
+				f->refused_never++;
+				json_array_append_new(refused, json_pack("{sI ss sb}", "index", (json_int_t)k, "error",
+									 "not offered", "retry", 0));
+			} else if (last == '0' && i == f->nseen) {
+				f->seen = xrealloc(f->seen, (f->nseen + 1) * sizeof(*f->seen));
+				f->seen[f->nseen++] = one;
+				one = NULL;
+				f->refused_retry++;
+				json_array_append_new(refused, json_pack("{sI ss sb}", "index", (json_int_t)k, "error",
+									 "unknown device", "retry", 1));
+			} else {
+				accepted++;
+				if (last == '0')
+					f->resent_accepted++;
+			}
+			free(one);
+		}
+		f->accepted += accepted;
+		pthread_mutex_unlock(&f->lock);
+		ans = json_pack("{si so}", "accepted", accepted, "refused", refused);
+	}
+	json_decref(b);
+	if (!ans)
+		return rreply(c, 404, "{\"error\":\"no\"}");
+	text = json_dumps(ans, JSON_COMPACT);
+	json_decref(ans);
+	ret = rreply(c, 200, text);
+	free(text);
+	return ret;
+}
+
+static void refuser_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	struct rreq *rq = *con_cls;
+	(void)cls;
+	(void)c;
+	(void)toe;
+	if (rq) {
+		buf_release(&rq->body);
+		free(rq);
+	}
+	*con_cls = NULL;
+}
+
+static void fleetsim_resends_retryable_refusals_and_drops_the_rest(void **state)
+{
+	struct refuser f = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	const union MHD_DaemonInfo *info;
+	char *dir = h_tmpdir(), *bin = h_bin("otacd-fleetsim"), *key, *stats, *url, *log;
+	struct buf out = BUF_INIT;
+	json_t *st;
+	pid_t sim;
+	int status = 0;
+
+	(void)state;
+	f.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
+			       refuser_handler, &f, MHD_OPTION_NOTIFY_COMPLETED, refuser_done, &f, MHD_OPTION_END);
+	assert_non_null(f.d);
+	info = MHD_get_daemon_info(f.d, MHD_DAEMON_INFO_BIND_PORT);
+	url = xasprintf("http://127.0.0.1:%u", (unsigned)info->port);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out k.pub",
+			      dir),
+			 0);
+	key = xasprintf("%s/k.pub", dir);
+	stats = xasprintf("%s/stats.json", dir);
+	log = xasprintf("%s/sim.log", dir);
+	sim = fork();
+	if (sim == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--url", url, "--devices", "30", "--seed", "7", "--key", key, "--fleet-key", "k",
+		      "--product", "fw", "--start-version", "1.0.0", "--report-every", "1h", "--duration", "6", "--stats",
+		      stats, (char *)NULL);
+		_exit(127);
+	}
+	assert_int_equal(waitpid(sim, &status, 0), sim);
+	buf_clear(&out);
+	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
+	st = json_loadb(out.ptr, out.len, 0, NULL);
+	assert_non_null(st);
+	MHD_stop_daemon(f.d);
+	assert_true(f.refused_retry > 0 && f.refused_never > 0);
+	/* every retryable refusal was sent again and accepted, none dropped */
+	assert_int_equal(f.resent_accepted, f.refused_retry);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_dropped")), 0);
+	/* the others were dropped, not sent again */
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_rejected")), f.refused_never);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_sent")), f.accepted);
+	json_decref(st);
+	for (size_t i = 0; i < f.nseen; i++)
+		free(f.seen[i]);
+	free(f.seen);
+	h_sh(&out, "rm -rf '%s'", dir);
+	buf_release(&out);
+	free(dir);
+	free(bin);
+	free(key);
+	free(stats);
+	free(url);
+	free(log);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -419,6 +597,7 @@ int main(void)
 		cmocka_unit_test(a_bad_report_does_not_drop_its_batch),
 		cmocka_unit_test(counters_never_go_backwards_across_kills),
 		cmocka_unit_test(a_fleet_loses_no_report_across_kills),
+		cmocka_unit_test(fleetsim_resends_retryable_refusals_and_drops_the_rest),
 	};
 	httpc_global_init();
 	return cmocka_run_group_tests(tests, NULL, NULL);
