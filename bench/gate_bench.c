@@ -177,10 +177,13 @@ static void wait_below(struct flight *fl, int limit)
 	pthread_mutex_unlock(&fl->mu);
 }
 
+/* Check n devices in: asynchronously, each first check-in waits for a
+ * commit (many in flight, so the writer commits them in groups). */
 static int checkin_all(struct fleet *f, uint32_t n)
 {
 	static const char *const region[] = { "eu", "us", "apac" };
 	static const char *const hw[] = { "mps2-an385", "mps2-an386" };
+	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
 	char id[32];
 	int rc = 0;
 
@@ -194,13 +197,22 @@ static int checkin_all(struct fleet *f, uint32_t n)
 				 hw[i % 2], "bootloader", "1.2.0", "version", d.canary ? NEW : OLD,
 				 "security_counter", (json_int_t)3, "tags", "region", region[i % 3], "tier",
 				 i % 10 == 0 ? "beta" : "standard");
-		rc = fleet_checkin(f, body, &answer);
+		wait_below(&fl, 10000);
+		pthread_mutex_lock(&fl.mu);
+		fl.n++;
+		pthread_mutex_unlock(&fl.mu);
+		rc = fleet_checkin_async(f, body, &answer, batch_done, &fl);
+		if (rc <= 0)
+			batch_done(&fl, rc);
 		json_decref(body);
 		json_decref(answer);
 		if (rc < 0)
-			return rc;
+			break;
 	}
-	return 0;
+	wait_below(&fl, 0);
+	if (rc >= 0 && fl.failed)
+		rc = ota_error_set(OTA_ERROR, "%d check-ins failed to commit", fl.failed);
+	return rc < 0 ? rc : 0;
 }
 
 static void add_report(json_t *arr, const char *id, const char *version, const char *event, const struct draw *d)
