@@ -10,8 +10,10 @@
  * handler may block for long, so a report batch is validated in the
  * handler, handed to the fleet's writer (fleet_report_async) and the
  * connection suspended; the writer's done callback resumes it after the
- * commit and the handler then sends the answer.  Check-ins are answered
- * from memory.  Images stream from the artifact store through a response
+ * commit and the handler then sends the answer.  A check-in is decided
+ * from memory; one that changes its device (fleet_checkin_async) waits the
+ * same way for the commit that holds the change, any other is answered at
+ * once.  Images stream from the artifact store through a response
  * callback (with Range support).
  *
  * Identity: registrations (POST /device/v1/register) and the audit read
