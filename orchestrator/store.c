@@ -164,6 +164,14 @@ static const char *const migrations[] = {
 	"ALTER TABLE runs ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;"
 	"ALTER TABLE runs ADD COLUMN trust_reason TEXT;"
 	"ALTER TABLE rollouts ADD COLUMN approved_by TEXT;",
+	/* 10 (issue 19 part 4, retrying a request after a lost answer): the
+	 * first answer to each Idempotency-Key of a token (orchestrator/idem.h);
+	 * status 0 while its request runs */
+	"CREATE TABLE idempotency ("
+	"  actor TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,"
+	"  status INTEGER NOT NULL, body TEXT, instance TEXT NOT NULL,"
+	"  created_at INTEGER NOT NULL, PRIMARY KEY(actor, key));"
+	"CREATE INDEX idempotency_by_age ON idempotency(created_at);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -20,8 +20,12 @@
  * between copying the main file and the WAL) is not a state any crash can
  * produce and is discarded, detected by the WAL header (salts) changing.
  */
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -279,10 +283,234 @@ static void acknowledged_changes_survive_a_power_cut(void **state)
 	h_cleanup(&d);
 }
 
+
+/* ---- Idempotency-Key ---------------------------------------------------- */
+
+#define OPERATOR_TOKEN "operator-token-0123456789abcdef"
+
+/* POST path with body and key (NULL: none) as token; the status, the
+ * answer's "id" in *id (0 without one), the Idempotent-Replayed header in
+ * *replayed. */
+static long post_key(struct daemon *d, const char *token, const char *path, const char *body, const char *key,
+		     int64_t *id, int *replayed)
+{
+	struct httpc_response resp;
+	char *url = xasprintf("%s%s", d->url, path), *h = key ? xasprintf("Idempotency-Key: %s", key) : NULL;
+	const char *headers[2] = { h, NULL };
+	char *flag = NULL;
+	long status;
+	assert_int_equal(httpc_request_ex(&resp, "POST", url, token, "application/json", body, strlen(body), 20000,
+					  headers), 0);
+	status = resp.status;
+	*id = 0;
+	if (status < 300) {
+		json_t *ans = json_loadb(resp.body.ptr, resp.body.len, 0, NULL);
+		assert_non_null(ans);
+		*id = json_integer_value(json_object_get(ans, "id"));
+		json_decref(ans);
+	}
+	*replayed = httpc_response_header(&flag, &resp, "Idempotent-Replayed") == 0 && !strcmp(flag, "true");
+	free(flag);
+	httpc_response_release(&resp);
+	free(h);
+	free(url);
+	return status;
+}
+
+static const char run_body[] = "{\"pipeline\":\"name: p\\nstages:\\n  - { name: one, steps: [ { run: 'true' } ] }\\n\"}";
+static const char other_body[] = "{\"pipeline\":\"name: q\\nstages:\\n  - { name: one, steps: [ { run: 'true' } ] }\\n\"}";
+
+static void a_retried_request_changes_nothing_twice(void **state)
+{
+	(void)state;
+	struct daemon d = { 0 };
+	int64_t id, again;
+	int replayed;
+
+	h_init(&d, "tokens:\n  - { name: ci, role: operator, token: " OPERATOR_TOKEN " }\n");
+	h_start(&d, no_agents);
+
+	/* the same POST twice with one key: one run, the same answer */
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", run_body, "key-1", &id, &replayed), 201);
+	assert_true(id > 0);
+	assert_false(replayed);
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", run_body, "key-1", &again, &replayed), 201);
+	assert_true(replayed);
+	assert_int_equal(again, id);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 1);
+
+	/* across a daemon killed and restarted */
+	h_kill(&d, SIGKILL);
+	assert_int_equal(h_start(&d, no_agents), 0);
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", run_body, "key-1", &again, &replayed), 201);
+	assert_true(replayed);
+	assert_int_equal(again, id);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 1);
+
+	/* another body under the same key: refused, nothing created */
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", other_body, "key-1", &again, &replayed), 422);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 1);
+	/* a malformed key: refused */
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", run_body, "two words", &again, &replayed), 400);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 1);
+
+	/* keys belong to their token: another token's key-1 is a new request */
+	assert_int_equal(post_key(&d, OPERATOR_TOKEN, "/api/v1/runs", run_body, "key-1", &again, &replayed), 201);
+	assert_false(replayed);
+	assert_true(again != id);
+	/* without a key every POST acts */
+	assert_int_equal(post_key(&d, d.token, "/api/v1/runs", run_body, NULL, &again, &replayed), 201);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 3);
+
+	/* cancel: the retry gets the first answer and writes no second event */
+	char *path = xasprintf("/api/v1/runs/%lld/cancel", (long long)id);
+	assert_int_equal(post_key(&d, d.token, path, "{}", "cancel-1", &again, &replayed), 200);
+	int64_t events = h_sql_int(&d, "SELECT COUNT(*) FROM events");
+	assert_int_equal(post_key(&d, d.token, path, "{}", "cancel-1", &again, &replayed), 200);
+	assert_true(replayed);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM events"), events);
+	/* the key of the run trigger on the cancel path: another request */
+	assert_int_equal(post_key(&d, d.token, path, "{}", "key-1", &again, &replayed), 422);
+	free(path);
+	h_cleanup(&d);
+}
+
+/*
+ * A proxy between otactl and otacd that forwards the first request and
+ * drops its answer (closes both connections when the daemon starts to
+ * answer), then relays every later connection untouched.
+ */
+struct proxy {
+	int listen_fd, port, upstream_port;
+	volatile int stop;
+	int connections;
+	pthread_t thread;
+};
+
+static int connect_port(int port)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+static void relay(int client, int server, int drop_answer)
+{
+	struct pollfd p[2] = { { client, POLLIN, 0 }, { server, POLLIN, 0 } };
+	char block[16384];
+	for (;;) {
+		if (poll(p, 2, 200) < 0)
+			break;
+		if (p[0].revents) {
+			ssize_t n = read(client, block, sizeof(block));
+			if (n <= 0 || write(server, block, (size_t)n) != n)
+				break;
+		}
+		if (p[1].revents) {
+			ssize_t n = read(server, block, sizeof(block));
+			if (n <= 0 || drop_answer || write(client, block, (size_t)n) != n)
+				break;
+		}
+	}
+}
+
+static void *proxy_main(void *arg)
+{
+	struct proxy *px = arg;
+	while (!px->stop) {
+		struct pollfd p = { px->listen_fd, POLLIN, 0 };
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		int client = accept(px->listen_fd, NULL, NULL), server;
+		if (client < 0)
+			continue;
+		server = connect_port(px->upstream_port);
+		if (server >= 0) {
+			relay(client, server, px->connections == 0);
+			close(server);
+		}
+		px->connections++;
+		close(client);
+	}
+	return NULL;
+}
+
+static void proxy_start(struct proxy *px, const char *upstream_url)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sa);
+	const char *colon = strrchr(upstream_url, ':');
+	assert_non_null(colon);
+	px->upstream_port = atoi(colon + 1);
+	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(px->listen_fd, 8), 0);
+	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
+	px->port = ntohs(sa.sin_port);
+	assert_int_equal(pthread_create(&px->thread, NULL, proxy_main, px), 0);
+}
+
+static void otactl_retries_through_a_lost_answer(void **state)
+{
+	(void)state;
+	struct daemon d = { 0 };
+	struct proxy px = { 0 };
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *file;
+	const char *yaml = "name: p\nstages:\n  - { name: one, steps: [ { run: 'true' } ] }\n";
+
+	h_init(&d, NULL);
+	d.listen = h_free_listen(); /* the restart below keeps the address */
+	h_start(&d, no_agents);
+	file = xasprintf("%s/p.yml", d.dir);
+	assert_int_equal(ota_write_file_atomic(file, yaml, strlen(yaml), 0644), 0);
+	proxy_start(&px, d.url);
+
+	/* the first answer is lost: otactl retries with its key and prints
+	 * the run the first attempt created; exactly one run exists */
+	assert_int_equal(h_sh(&out, "%s --url http://127.0.0.1:%d --token %s trigger %s", otactl, px.port, d.token,
+			      file), 0);
+	print_message("otactl: %s", buf_cstr(&out));
+	assert_non_null(strstr(buf_cstr(&out), "retrying"));
+	assert_true(px.connections >= 2);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 1);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM idempotency WHERE status = 201"), 1);
+
+	/* without the proxy, a daemon restarted while otactl retries: otactl
+	 * waits it out and acts once */
+	h_kill(&d, SIGKILL);
+	{
+		char *cmd = xasprintf("%s --url %s --token %s trigger %s", otactl, d.url, d.token, file);
+		FILE *p = popen(cmd, "r");
+		assert_non_null(p);
+		h_msleep(600);
+		assert_int_equal(h_start(&d, no_agents), 0);
+		assert_int_equal(pclose(p), 0);
+		free(cmd);
+	}
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 2);
+
+	px.stop = 1;
+	pthread_join(px.thread, NULL);
+	close(px.listen_fd);
+	free(file);
+	free(otactl);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(acknowledged_changes_survive_a_power_cut),
+		cmocka_unit_test(a_retried_request_changes_nothing_twice),
+		cmocka_unit_test(otactl_retries_through_a_lost_answer),
 	};
 	httpc_global_init();
 	return cmocka_run_group_tests(tests, NULL, NULL);

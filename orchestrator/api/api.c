@@ -33,6 +33,7 @@
 
 #include "../../common/util.h"
 #include "../clock.h"
+#include "../idem.h"
 #include "../pipeline/pipeline.h"
 #include "../policy.h"
 #include "../logstore.h"
@@ -44,8 +45,25 @@
 
 static enum MHD_Result queue(struct api_req *r, unsigned status, const char *type, char *data, size_t len)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	struct MHD_Response *resp;
 	enum MHD_Result ret;
+
+	if (r->idem_key) {
+		/* the answer is on the disk before the client can see it; a
+		 * 5xx is no definite answer: a retry runs the request again */
+		int rc = status >= 500 ? idem_forget(r->api->cfg.engine, r->actor, r->idem_key)
+				       : idem_finish(r->api->cfg.engine, r->actor, r->idem_key, (int)status, data, len);
+		free(r->idem_key);
+		r->idem_key = NULL;
+		if (rc < 0 && status < 500) {
+			free(data);
+			data = xasprintf("{\"error\":\"the answer could not be recorded for its Idempotency-Key: %s\"}",
+					 "retry with the same key");
+			len = strlen(data);
+			status = MHD_HTTP_SERVICE_UNAVAILABLE;
+		}
+	}
+	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	ret = MHD_queue_response(r->conn, status, resp);
@@ -256,57 +274,57 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct api_route routes[] = {
-	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL, 0 },
-	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL, 0 },
-	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL, 1 },
-	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL, 1 },
-	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL, 0 },
-	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL, 0 },
-	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL, 0 },
-	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL, 0 },
-	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL, 0 },
-	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL, 0 },
-	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL, 0 },
-	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL, 0 },
-	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL, 0 },
-	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL, 0 },
-	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL, 0 },
-	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL, 1 },
-	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL, 0 },
-	{ "GET", "/api/v1/releases/:id/verification", ROLE_VIEWER, BODY_NONE, api_get_release_verification, NULL, 0 },
-	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL, 0 },
-	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL, 1 },
-	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
-	{ "POST", "/api/v1/releases/:id/rollback", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
-	{ "POST", "/api/v1/releases/:id/pause", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
-	{ "POST", "/api/v1/releases/:id/resume", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
-	{ "GET", "/api/v1/rollouts", ROLE_VIEWER, BODY_NONE, api_get_rollouts, NULL, 1 },
-	{ "GET", "/api/v1/audit", ROLE_VIEWER, BODY_NONE, api_get_audit, NULL, 1 },
-	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL, 0 },
-	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL, 0 },
-	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0 },
-	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0 },
-	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL, 0 },
+	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL, 0, 0 },
+	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL, 0, 0 },
+	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL, 1, 0 },
+	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL, 1, 0 },
+	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL, 0, 1 },
+	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL, 0, 0 },
+	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL, 0, 0 },
+	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL, 0, 0 },
+	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL, 0, 1 },
+	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL, 0, 0 },
+	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL, 0, 0 },
+	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL, 0, 0 },
+	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL, 0, 0 },
+	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL, 0, 0 },
+	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL, 0, 0 },
+	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL, 1, 0 },
+	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL, 0, 0 },
+	{ "GET", "/api/v1/releases/:id/verification", ROLE_VIEWER, BODY_NONE, api_get_release_verification, NULL, 0, 0 },
+	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL, 0, 0 },
+	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL, 1, 0 },
+	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
+	{ "POST", "/api/v1/releases/:id/rollback", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
+	{ "POST", "/api/v1/releases/:id/pause", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
+	{ "POST", "/api/v1/releases/:id/resume", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
+	{ "GET", "/api/v1/rollouts", ROLE_VIEWER, BODY_NONE, api_get_rollouts, NULL, 1, 0 },
+	{ "GET", "/api/v1/audit", ROLE_VIEWER, BODY_NONE, api_get_audit, NULL, 1, 0 },
+	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL, 0, 0 },
+	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL, 0, 0 },
+	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0, 1 },
+	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0, 0 },
+	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL, 0, 0 },
 	/* webhooks authenticate by signature, not by bearer token */
-	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL, 0 },
-	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL, 0 },
-	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
-	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
-	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0 },
-	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0 },
+	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL, 0, 0 },
+	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL, 0, 0 },
+	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0, 0 },
+	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0, 0 },
+	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0, 0 },
+	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0, 0 },
 	/* the agent protocol: register and request take the agent's token,
 	 * every route of one job that attempt's job token (api_job_auth) */
-	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0 },
-	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_JOB, BODY_NONE, api_agent_source, NULL, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_JOB, BODY_JSON, api_agent_heartbeat, NULL, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_JOB, BODY_RAW, api_agent_log, NULL, 0 },
+	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0, 0 },
+	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL, 0, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_JOB, BODY_NONE, api_agent_source, NULL, 0, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_JOB, BODY_JSON, api_agent_heartbeat, NULL, 0, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_JOB, BODY_RAW, api_agent_log, NULL, 0, 0 },
 	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_JOB, BODY_ARTIFACT, api_agent_artifact,
-	  api_agent_artifact_precheck, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_JOB, BODY_JSON, api_agent_finish, NULL, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_JOB, BODY_REPORT, api_agent_report, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_JOB, BODY_NONE, api_agent_inputs, NULL, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_JOB, BODY_NONE, api_agent_input, NULL, 0 },
+	  api_agent_artifact_precheck, 0, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_JOB, BODY_JSON, api_agent_finish, NULL, 0, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_JOB, BODY_REPORT, api_agent_report, NULL, 0, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_JOB, BODY_NONE, api_agent_inputs, NULL, 0, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_JOB, BODY_NONE, api_agent_input, NULL, 0, 0 },
 };
 
 /* Match url against pattern; ":id" matches a positive decimal number,
@@ -354,7 +372,7 @@ static int route_match(const char *pattern, const char *url, int64_t *id, char s
 	return *pattern == '\0' && (*url == '\0' || !strcmp(url, "/"));
 }
 
-static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL, 0 };
+static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL, 0, 0 };
 
 /* Finds the route; *status is 404 or 405 when none fits. */
 static const struct api_route *route_find(const char *method, const char *url, int64_t *id, char sha[65],
@@ -410,6 +428,12 @@ static void req_free(struct api_req *r)
 	if (!r)
 		return;
 	api_cache_abandon(r->api, r);
+	if (r->idem_key) {
+		/* ended without an answer (the client went away): the request
+		 * may run again */
+		idem_forget(r->api->cfg.engine, r->actor, r->idem_key);
+		free(r->idem_key);
+	}
 	buf_release(&r->body);
 	json_decref(r->json);
 	json_decref(r->agent_labels);
@@ -455,6 +479,67 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
 		return api_reply_rc(r, OTA_ERROR);
 	return MHD_YES;
+}
+
+/*
+ * The Idempotency-Key of a route that honours one (docs/api.md): answer
+ * from the record (*answered = 1), or reserve the key so that queue()
+ * records this request's answer (r->idem_key).
+ */
+static enum MHD_Result idem_check(struct api *a, struct api_req *r, const char *method, int *answered)
+{
+	const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+	char fp[65], *body = NULL;
+	enum idem_state state;
+	int status = 0, rc;
+	enum MHD_Result ret = MHD_NO;
+
+	*answered = 1;
+	if (!key) {
+		*answered = 0;
+		return MHD_NO;
+	}
+	if (!idem_key_valid(key))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST,
+				       "Idempotency-Key must be 1-%d printable characters without spaces", IDEM_MAX_KEY);
+	idem_fingerprint(method, r->url, r->body.ptr, r->body.len, fp);
+	rc = idem_begin(a->cfg.engine, r->actor, key, fp, &state, &status, &body);
+	if (rc < 0)
+		return api_reply_rc(r, rc);
+	switch (state) {
+	case IDEM_NEW:
+		r->idem_key = xstrdup(key);
+		*answered = 0;
+		break;
+	case IDEM_REPLAY: {
+		size_t len = strlen(body);
+		struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+		body = NULL;
+		MHD_add_response_header(resp, "Content-Type", "application/json");
+		MHD_add_response_header(resp, "Cache-Control", "no-store");
+		MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+		ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+		MHD_destroy_response(resp);
+		break;
+	}
+	case IDEM_MISMATCH:
+		ret = api_reply_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				      "Idempotency-Key %s was used for another request (method, path or body differ);"
+				      " use a new key for a new request", key);
+		break;
+	case IDEM_IN_PROGRESS:
+		ret = api_reply_error(r, MHD_HTTP_CONFLICT,
+				      "the request with Idempotency-Key %s is still running; retry in a moment", key);
+		break;
+	case IDEM_INTERRUPTED:
+		ret = api_reply_error(r, MHD_HTTP_CONFLICT,
+				      "the request with Idempotency-Key %s was interrupted by a restart of otacd before"
+				      " it answered: whether it took effect is unknown; check the state, then use a new key",
+				      key);
+		break;
+	}
+	free(body);
+	return ret;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -518,6 +603,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 			if (!json_is_object(r->json))
 				return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "the body must be a JSON object");
 		}
+	}
+	if (r->route->idempotent) {
+		int answered;
+		enum MHD_Result ret = idem_check(a, r, method, &answered);
+		if (answered)
+			return ret;
 	}
 	if (r->route->cached) {
 		int answered;

@@ -43,6 +43,8 @@ struct api_route {
 	/* 1: the answer comes from the database alone and is the same for
 	 * every reader, so it is kept until the next commit (api_cache.c) */
 	int cached;
+	/* 1: honours an Idempotency-Key header (orchestrator/idem.h) */
+	int idempotent;
 };
 
 struct api_req {
@@ -73,6 +75,7 @@ struct api_req {
 	/* job routes (ROLE_JOB), set by api_job_auth from the job token */
 	int64_t attempt, agent_id;
 	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
+	char *idem_key;            /* a reserved Idempotency-Key: keep the answer */
 };
 
 /* One listening socket: the API, or the agents' own (agent_listen). */
