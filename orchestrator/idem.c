@@ -7,7 +7,9 @@
  * sent, so an answer a client received is always on the disk.  A reserved
  * row of another instance means the daemon stopped while the request ran:
  * whether it changed anything is unknown, so the key is refused
- * (IDEM_INTERRUPTED) rather than run a second time.
+ * (IDEM_INTERRUPTED) rather than run a second time.  So is a reserved row
+ * whose request ran and then lost its client while it waited (instance
+ * cleared by idem_abandon).
  */
 #include "idem.h"
 
@@ -138,6 +140,12 @@ static int do_finish(struct engine *e, void *arg)
 	struct store *s = engine_store(e);
 	sqlite3_stmt *st;
 
+	if (a->status < 0) {
+		st = store_stmt(s, "UPDATE idempotency SET instance = '' WHERE actor = ? AND key = ? AND status = 0");
+		sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a->key, -1, SQLITE_STATIC);
+		return store_step_done(s, st);
+	}
 	if (a->status == 0) {
 		st = store_stmt(s, "DELETE FROM idempotency WHERE actor = ? AND key = ? AND status = 0");
 		sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
@@ -161,5 +169,11 @@ int idem_finish(struct engine *e, const char *actor, const char *key, int status
 int idem_forget(struct engine *e, const char *actor, const char *key)
 {
 	struct finish_args a = { actor, key, 0, NULL, 0 };
+	return engine_exec(e, do_finish, &a);
+}
+
+int idem_abandon(struct engine *e, const char *actor, const char *key)
+{
+	struct finish_args a = { actor, key, -1, NULL, 0 };
 	return engine_exec(e, do_finish, &a);
 }

@@ -23,7 +23,8 @@ enum idem_state {
 	IDEM_REPLAY,       /* answered before: *status and *body are that answer */
 	IDEM_MISMATCH,     /* the key was used for another request */
 	IDEM_IN_PROGRESS,  /* a request with this key is running now */
-	IDEM_INTERRUPTED,  /* its request was cut by a restart: outcome unknown */
+	IDEM_INTERRUPTED,  /* its request ran but never answered (a restart, or
+			      its client left while it waited): outcome unknown */
 };
 
 /* Is key a valid Idempotency-Key (1..IDEM_MAX_KEY printable ASCII, no
@@ -40,5 +41,8 @@ int idem_finish(struct engine *e, const char *actor, const char *key, int status
 /* Drop a reservation (the request failed without a definite answer: a
  * retry may run it again). */
 int idem_forget(struct engine *e, const char *actor, const char *key);
+/* The request ran but will not answer (its client went away while it
+ * waited): its outcome is unknown, later requests get IDEM_INTERRUPTED. */
+int idem_abandon(struct engine *e, const char *actor, const char *key);
 
 #endif

@@ -429,9 +429,13 @@ static void req_free(struct api_req *r)
 		return;
 	api_cache_abandon(r->api, r);
 	if (r->idem_key) {
-		/* ended without an answer (the client went away): the request
-		 * may run again */
-		idem_forget(r->api->cfg.engine, r->actor, r->idem_key);
+		/* ended without an answer (the client went away): before its
+		 * handler ran, nothing happened and a retry may run it; after
+		 * (it was parked), its outcome is unknown */
+		if (r->idem_ran)
+			idem_abandon(r->api->cfg.engine, r->actor, r->idem_key);
+		else
+			idem_forget(r->api->cfg.engine, r->actor, r->idem_key);
 		free(r->idem_key);
 	}
 	buf_release(&r->body);
@@ -533,8 +537,9 @@ static enum MHD_Result idem_check(struct api *a, struct api_req *r, const char *
 		break;
 	case IDEM_INTERRUPTED:
 		ret = api_reply_error(r, MHD_HTTP_CONFLICT,
-				      "the request with Idempotency-Key %s was interrupted by a restart of otacd before"
-				      " it answered: whether it took effect is unknown; check the state, then use a new key",
+				      "the request with Idempotency-Key %s was interrupted before it answered (otacd"
+				      " restarted, or its client went away while it waited): whether it took effect is"
+				      " unknown; check the state, then use a new key",
 				      key);
 		break;
 	}
@@ -616,6 +621,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		if (answered)
 			return ret;
 	}
+	r->idem_ran = r->idem_key != NULL;
 	return r->route->handler(a, r);
 }
 
