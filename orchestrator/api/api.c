@@ -274,57 +274,57 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 /* ---- routing ------------------------------------------------------------ */
 
 static const struct api_route routes[] = {
-	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL, 0, 0 },
-	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL, 0, 0 },
-	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL, 1, 0 },
-	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL, 1, 0 },
-	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL, 0, 1 },
-	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL, 0, 0 },
-	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL, 0, 0 },
-	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL, 0, 0 },
-	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL, 0, 1 },
-	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL, 0, 0 },
-	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL, 0, 0 },
-	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL, 0, 0 },
-	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL, 0, 0 },
-	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL, 0, 0 },
-	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL, 0, 0 },
-	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL, 1, 0 },
-	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL, 0, 0 },
-	{ "GET", "/api/v1/releases/:id/verification", ROLE_VIEWER, BODY_NONE, api_get_release_verification, NULL, 0, 0 },
-	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL, 0, 0 },
-	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL, 1, 0 },
-	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
-	{ "POST", "/api/v1/releases/:id/rollback", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
-	{ "POST", "/api/v1/releases/:id/pause", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
-	{ "POST", "/api/v1/releases/:id/resume", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0, 1 },
-	{ "GET", "/api/v1/rollouts", ROLE_VIEWER, BODY_NONE, api_get_rollouts, NULL, 1, 0 },
-	{ "GET", "/api/v1/audit", ROLE_VIEWER, BODY_NONE, api_get_audit, NULL, 1, 0 },
-	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL, 0, 0 },
-	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL, 0, 0 },
-	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0, 1 },
-	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0, 0 },
-	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL, 0, 0 },
+	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL, 0 },
+	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL, 0 },
+	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL, 1 },
+	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL, 1 },
+	{ "POST", "/api/v1/runs", ROLE_OPERATOR, BODY_JSON, post_run, NULL, 0 },
+	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL, 0 },
+	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL, 0 },
+	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL, 0 },
+	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL, 0 },
+	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL, 0 },
+	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL, 0 },
+	{ "GET", "/api/v1/artifacts/:id", ROLE_VIEWER, BODY_NONE, api_get_artifact, NULL, 0 },
+	{ "GET", "/api/v1/artifacts/sha256/:sha", ROLE_VIEWER, BODY_NONE, api_get_object, NULL, 0 },
+	{ "GET", "/api/v1/agents", ROLE_VIEWER, BODY_NONE, api_get_agents, NULL, 0 },
+	{ "GET", "/api/v1/events", ROLE_VIEWER, BODY_NONE, api_get_events, NULL, 0 },
+	{ "GET", "/api/v1/releases", ROLE_VIEWER, BODY_NONE, api_get_releases, NULL, 1 },
+	{ "GET", "/api/v1/releases/:id", ROLE_VIEWER, BODY_NONE, api_get_release, NULL, 0 },
+	{ "GET", "/api/v1/releases/:id/verification", ROLE_VIEWER, BODY_NONE, api_get_release_verification, NULL, 0 },
+	{ "GET", "/api/v1/releases/:id/rollout", ROLE_VIEWER, BODY_NONE, api_get_rollout, NULL, 0 },
+	{ "GET", "/api/v1/releases/:id/gates", ROLE_VIEWER, BODY_NONE, api_get_gates, NULL, 1 },
+	{ "POST", "/api/v1/releases/:id/promote", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
+	{ "POST", "/api/v1/releases/:id/rollback", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
+	{ "POST", "/api/v1/releases/:id/pause", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
+	{ "POST", "/api/v1/releases/:id/resume", ROLE_OPERATOR, BODY_JSON, api_post_rollout_action, NULL, 0 },
+	{ "GET", "/api/v1/rollouts", ROLE_VIEWER, BODY_NONE, api_get_rollouts, NULL, 1 },
+	{ "GET", "/api/v1/audit", ROLE_VIEWER, BODY_NONE, api_get_audit, NULL, 1 },
+	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL, 0 },
+	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL, 0 },
+	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0 },
+	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0 },
+	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL, 0 },
 	/* webhooks authenticate by signature, not by bearer token */
-	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL, 0, 0 },
-	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL, 0, 0 },
-	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0, 0 },
-	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0, 0 },
-	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0, 0 },
-	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0, 0 },
+	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL, 0 },
+	{ "POST", "/hooks/gitlab", ROLE_NONE, BODY_HOOK, api_hook_gitlab, NULL, 0 },
+	{ "POST", "/hooks/gitea", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
+	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
+	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0 },
+	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0 },
 	/* the agent protocol: register and request take the agent's token,
 	 * every route of one job that attempt's job token (api_job_auth) */
-	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0, 0 },
-	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL, 0, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_JOB, BODY_NONE, api_agent_source, NULL, 0, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_JOB, BODY_JSON, api_agent_heartbeat, NULL, 0, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_JOB, BODY_RAW, api_agent_log, NULL, 0, 0 },
+	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0 },
+	{ "POST", "/api/v1/agent/jobs/request", ROLE_AGENT, BODY_JSON, api_agent_request, NULL, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/source", ROLE_JOB, BODY_NONE, api_agent_source, NULL, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/heartbeat", ROLE_JOB, BODY_JSON, api_agent_heartbeat, NULL, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/log", ROLE_JOB, BODY_RAW, api_agent_log, NULL, 0 },
 	{ "PUT", "/api/v1/agent/jobs/:id/artifacts", ROLE_JOB, BODY_ARTIFACT, api_agent_artifact,
-	  api_agent_artifact_precheck, 0, 0 },
-	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_JOB, BODY_JSON, api_agent_finish, NULL, 0, 0 },
-	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_JOB, BODY_REPORT, api_agent_report, NULL, 0, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_JOB, BODY_NONE, api_agent_inputs, NULL, 0, 0 },
-	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_JOB, BODY_NONE, api_agent_input, NULL, 0, 0 },
+	  api_agent_artifact_precheck, 0 },
+	{ "POST", "/api/v1/agent/jobs/:id/finish", ROLE_JOB, BODY_JSON, api_agent_finish, NULL, 0 },
+	{ "PUT", "/api/v1/agent/jobs/:id/reports", ROLE_JOB, BODY_REPORT, api_agent_report, NULL, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs", ROLE_JOB, BODY_NONE, api_agent_inputs, NULL, 0 },
+	{ "GET", "/api/v1/agent/jobs/:id/inputs/:sha", ROLE_JOB, BODY_NONE, api_agent_input, NULL, 0 },
 };
 
 /* Match url against pattern; ":id" matches a positive decimal number,
@@ -372,7 +372,7 @@ static int route_match(const char *pattern, const char *url, int64_t *id, char s
 	return *pattern == '\0' && (*url == '\0' || !strcmp(url, "/"));
 }
 
-static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL, 0, 0 };
+static const struct api_route asset_route = { "GET", "/", ROLE_NONE, BODY_NONE, get_asset, NULL, 0 };
 
 /* Finds the route; *status is 404 or 405 when none fits. */
 static const struct api_route *route_find(const char *method, const char *url, int64_t *id, char sha[65],
@@ -483,6 +483,15 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
 		return api_reply_rc(r, OTA_ERROR);
 	return MHD_YES;
+}
+
+/* The routes that honour an Idempotency-Key: the state-changing calls a
+ * script may retry (docs/api.md). */
+static int route_idempotent(const struct api_route *route)
+{
+	return !strcmp(route->method, "POST") &&
+	       (route->handler == post_run || route->handler == post_cancel ||
+		route->handler == api_post_rollout_action || route->handler == api_post_trigger);
 }
 
 /*
@@ -609,7 +618,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 				return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "the body must be a JSON object");
 		}
 	}
-	if (r->route->idempotent) {
+	if (route_idempotent(r->route)) {
 		int answered;
 		enum MHD_Result ret = idem_check(a, r, method, &answered);
 		if (answered)

@@ -43,8 +43,6 @@ struct api_route {
 	/* 1: the answer comes from the database alone and is the same for
 	 * every reader, so it is kept until the next commit (api_cache.c) */
 	int cached;
-	/* 1: honours an Idempotency-Key header (orchestrator/idem.h) */
-	int idempotent;
 };
 
 struct api_req {
