@@ -10,6 +10,9 @@ echo
 echo "== device API: check-ins and report batches under wrk (64 connections)"
 "$OTACD_BIN/devapi-bench" 5
 echo
+echo "== durability: synchronous=FULL (the daemon's) against NORMAL, same run, same disk"
+"$OTACD_BIN/sync-bench"
+echo
 echo "== gate evaluation with 1M devices aggregated"
 "$OTACD_BIN/gate-bench" ${GATE_BENCH_ARGS:-1000000 20000}
 echo

@@ -324,12 +324,57 @@ int ctl_unreachable(void)
 	return EXIT_UNREACHABLE;
 }
 
-/* One JSON call; *status is set, and so is *out (may be NULL).  Returns 0,
- * or EXIT_UNREACHABLE after printing why. */
+/*
+ * One JSON call; *status is set, and so is *out (may be NULL).  Returns 0,
+ * or EXIT_UNREACHABLE after printing why.
+ *
+ * A call that changes state and that otacd de-duplicates (run triggers,
+ * cancel, promote, rollback, pause, resume) carries an Idempotency-Key (random per
+ * invocation, numbered per call) and is sent again with the same key when
+ * no answer came back (connection refused or cut, timeout: the daemon
+ * restarting): otacd then answers with the first answer if the first
+ * attempt took effect, so a retry never acts twice (docs/api.md).
+ */
+/* Does otacd honour an Idempotency-Key on this call (docs/api.md)? */
+static int idempotent_call(const char *method, const char *path)
+{
+	static const char *const suffix[] = { "/cancel", "/promote", "/rollback", "/pause", "/resume" };
+	if (strcmp(method, "POST"))
+		return 0;
+	if (!strcmp(path, "/api/v1/runs") || !strcmp(path, "/api/v1/triggers"))
+		return 1;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(suffix); i++) {
+		size_t n = strlen(path), m = strlen(suffix[i]);
+		if (n > m && !strcmp(path + n - m, suffix[i]) &&
+		    (!strncmp(path, "/api/v1/runs/", 13) || !strncmp(path, "/api/v1/releases/", 17)))
+			return 1;
+	}
+	return 0;
+}
+
 int api_raw(json_t **out, long *status, const char *method, const char *path, json_t *req)
 {
-	char *url = xasprintf("%s%s", ctl.url, path);
-	int rc = httpc_json(out, status, method, url, ctl.token, req, REQUEST_TIMEOUT_MS);
+	static const int backoff_ms[] = { 250, 500, 1000, 2000, 4000, 8000 };
+	static char invocation[33];
+	static int ncalls;
+	char *url = xasprintf("%s%s", ctl.url, path), *header = NULL;
+	const char *headers[2] = { NULL, NULL };
+	int rc;
+
+	if (idempotent_call(method, path)) {
+		if (!invocation[0] && ota_random_hex(invocation, 16) < 0)
+			snprintf(invocation, sizeof(invocation), "%ld-%ld", (long)getpid(), (long)time(NULL));
+		header = xasprintf("Idempotency-Key: otactl-%s-%d", invocation, ++ncalls);
+		headers[0] = header;
+	}
+	rc = httpc_json_ex(out, status, method, url, ctl.token, req, REQUEST_TIMEOUT_MS, headers);
+	for (size_t i = 0; header && rc < 0 && rc != OTA_EINVAL && i < OTA_ARRAY_SIZE(backoff_ms); i++) {
+		fprintf(stderr, "otactl: no answer from otacd (%s); retrying in %d ms with the same Idempotency-Key\n",
+			ota_error_last(), backoff_ms[i]);
+		usleep((useconds_t)backoff_ms[i] * 1000);
+		rc = httpc_json_ex(out, status, method, url, ctl.token, req, REQUEST_TIMEOUT_MS, headers);
+	}
+	free(header);
 	free(url);
 	if (rc == OTA_EINVAL) {
 		fprintf(stderr, "otactl: %s\n", ota_error_last());

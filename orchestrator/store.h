@@ -56,6 +56,16 @@ struct store *store_reader(void);
  */
 uint64_t store_generation(void);
 
+/*
+ * Durability of writer connections opened from now on (otacd.db and
+ * fleet.db): FULL (the default; a commit is on the disk when it returns,
+ * power cuts included) or, with full 0, NORMAL (a commit survives the
+ * process being killed, not an OS crash).  Only the benchmark comparing
+ * the two lowers it.  store_sync_pragma() is the matching PRAGMA.
+ */
+void store_set_synchronous(int full);
+const char *store_sync_pragma(void);
+
 /* Column helpers: a NULL column reads as NULL / 0. */
 const char *store_col_text(sqlite3_stmt *st, int col);
 int64_t store_col_int(sqlite3_stmt *st, int col);

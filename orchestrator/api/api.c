@@ -33,6 +33,7 @@
 
 #include "../../common/util.h"
 #include "../clock.h"
+#include "../idem.h"
 #include "../pipeline/pipeline.h"
 #include "../policy.h"
 #include "../logstore.h"
@@ -44,8 +45,25 @@
 
 static enum MHD_Result queue(struct api_req *r, unsigned status, const char *type, char *data, size_t len)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+	struct MHD_Response *resp;
 	enum MHD_Result ret;
+
+	if (r->idem_key) {
+		/* the answer is on the disk before the client can see it; a
+		 * 5xx is no definite answer: a retry runs the request again */
+		int rc = status >= 500 ? idem_forget(r->api->cfg.engine, r->actor, r->idem_key)
+				       : idem_finish(r->api->cfg.engine, r->actor, r->idem_key, (int)status, data, len);
+		free(r->idem_key);
+		r->idem_key = NULL;
+		if (rc < 0 && status < 500) {
+			free(data);
+			data = xasprintf("{\"error\":\"the answer could not be recorded for its Idempotency-Key: %s\"}",
+					 "retry with the same key");
+			len = strlen(data);
+			status = MHD_HTTP_SERVICE_UNAVAILABLE;
+		}
+	}
+	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	ret = MHD_queue_response(r->conn, status, resp);
@@ -410,6 +428,16 @@ static void req_free(struct api_req *r)
 	if (!r)
 		return;
 	api_cache_abandon(r->api, r);
+	if (r->idem_key) {
+		/* ended without an answer (the client went away): before its
+		 * handler ran, nothing happened and a retry may run it; after
+		 * (it was parked), its outcome is unknown */
+		if (r->idem_ran)
+			idem_abandon(r->api->cfg.engine, r->actor, r->idem_key);
+		else
+			idem_forget(r->api->cfg.engine, r->actor, r->idem_key);
+		free(r->idem_key);
+	}
 	buf_release(&r->body);
 	json_decref(r->json);
 	json_decref(r->agent_labels);
@@ -455,6 +483,77 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
 		return api_reply_rc(r, OTA_ERROR);
 	return MHD_YES;
+}
+
+/* The routes that honour an Idempotency-Key: the state-changing calls a
+ * script may retry (docs/api.md). */
+static int route_idempotent(const struct api_route *route)
+{
+	return !strcmp(route->method, "POST") &&
+	       (route->handler == post_run || route->handler == post_cancel ||
+		route->handler == api_post_rollout_action || route->handler == api_post_trigger);
+}
+
+/*
+ * The Idempotency-Key of a route that honours one (docs/api.md): answer
+ * from the record (*answered = 1), or reserve the key so that queue()
+ * records this request's answer (r->idem_key).
+ */
+static enum MHD_Result idem_check(struct api *a, struct api_req *r, const char *method, int *answered)
+{
+	const char *key = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Idempotency-Key");
+	char fp[65], *body = NULL;
+	enum idem_state state;
+	int status = 0, rc;
+	enum MHD_Result ret = MHD_NO;
+
+	*answered = 1;
+	if (!key) {
+		*answered = 0;
+		return MHD_NO;
+	}
+	if (!idem_key_valid(key))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST,
+				       "Idempotency-Key must be 1-%d printable characters without spaces", IDEM_MAX_KEY);
+	idem_fingerprint(method, r->url, r->body.ptr, r->body.len, fp);
+	rc = idem_begin(a->cfg.engine, r->actor, key, fp, &state, &status, &body);
+	if (rc < 0)
+		return api_reply_rc(r, rc);
+	switch (state) {
+	case IDEM_NEW:
+		r->idem_key = xstrdup(key);
+		*answered = 0;
+		break;
+	case IDEM_REPLAY: {
+		size_t len = strlen(body);
+		struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+		body = NULL;
+		MHD_add_response_header(resp, "Content-Type", "application/json");
+		MHD_add_response_header(resp, "Cache-Control", "no-store");
+		MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+		ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+		MHD_destroy_response(resp);
+		break;
+	}
+	case IDEM_MISMATCH:
+		ret = api_reply_error(r, MHD_HTTP_UNPROCESSABLE_CONTENT,
+				      "Idempotency-Key %s was used for another request (method, path or body differ);"
+				      " use a new key for a new request", key);
+		break;
+	case IDEM_IN_PROGRESS:
+		ret = api_reply_error(r, MHD_HTTP_CONFLICT,
+				      "the request with Idempotency-Key %s is still running; retry in a moment", key);
+		break;
+	case IDEM_INTERRUPTED:
+		ret = api_reply_error(r, MHD_HTTP_CONFLICT,
+				      "the request with Idempotency-Key %s was interrupted before it answered (otacd"
+				      " restarted, or its client went away while it waited): whether it took effect is"
+				      " unknown; check the state, then use a new key",
+				      key);
+		break;
+	}
+	free(body);
+	return ret;
 }
 
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -519,12 +618,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 				return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "the body must be a JSON object");
 		}
 	}
+	if (route_idempotent(r->route)) {
+		int answered;
+		enum MHD_Result ret = idem_check(a, r, method, &answered);
+		if (answered)
+			return ret;
+	}
 	if (r->route->cached) {
 		int answered;
 		enum MHD_Result ret = api_cache_begin(a, r, &answered);
 		if (answered)
 			return ret;
 	}
+	r->idem_ran = r->idem_key != NULL;
 	return r->route->handler(a, r);
 }
 

@@ -73,6 +73,8 @@ struct api_req {
 	/* job routes (ROLE_JOB), set by api_job_auth from the job token */
 	int64_t attempt, agent_id;
 	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
+	char *idem_key;            /* a reserved Idempotency-Key: keep the answer */
+	int idem_ran;              /* the handler of that request has run */
 };
 
 /* One listening socket: the API, or the agents' own (agent_listen). */

@@ -46,6 +46,7 @@
 #include <openssl/evp.h>
 
 #include "../clock.h"
+#include "../store.h"
 
 static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, product TEXT NOT NULL, hardware TEXT NOT NULL,"
@@ -702,8 +703,8 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		goto out;
 	}
 	sqlite3_busy_timeout(f->db, 5000);
-	if ((rc = exec(f, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA cache_size=-32768;"
-			  " PRAGMA mmap_size=268435456;")) < 0 || (rc = exec(f, schema)) < 0 ||
+	if ((rc = exec(f, "PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;")) < 0 ||
+	    (rc = exec(f, store_sync_pragma())) < 0 || (rc = exec(f, schema)) < 0 ||
 	    (rc = load(f)) < 0)
 		goto out;
 	if (sqlite3_prepare_v3(f->db,
