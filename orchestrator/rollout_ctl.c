@@ -243,6 +243,38 @@ static void step_cohort(const json_t *step, char *out, size_t n)
 			snprintf(out, n, "%s=%s", k, json_string_value(json_array_get(v, 0)));
 }
 
+/*
+ * A step's own evidence.  The aggregates are the release's running totals,
+ * so a later step could pass on the earlier steps' devices alone.  The
+ * sample at the step's first check is kept (in the row's per-step
+ * `breaches`, cleared when a step is entered, so it survives a restart as
+ * "@n:GATE"); a pass also needs min_devices more since then: devices (or
+ * boots) that reported during this step, which are mostly the ones it
+ * exposed.  Counting from the first check rather than the exact entry is
+ * conservative: it can only ask for more.
+ */
+static void step_evidence(const struct gate_spec *g, const char *gname, json_t *breaches, struct gate_eval *ev)
+{
+	char key[96];
+	const json_t *v;
+	int64_t start, fresh;
+
+	snprintf(key, sizeof(key), "@n:%s", gname);
+	if (!(v = json_object_get(breaches, key))) {
+		json_object_set_new(breaches, key, json_integer(ev->n));
+		v = json_object_get(breaches, key);
+	}
+	start = json_integer_value(v);
+	fresh = ev->n - start;
+	if (ev->verdict == GATE_PASS && fresh < g->min_devices) {
+		size_t len = strlen(ev->reason);
+		ev->verdict = GATE_INCONCLUSIVE;
+		snprintf(ev->reason + len, sizeof(ev->reason) - len,
+			 "; but only %" PRId64 " of them reported during this step (min_devices %" PRId64
+			 " of the step's own): inconclusive", fresh > 0 ? fresh : 0, g->min_devices);
+	}
+}
+
 static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 {
 	int64_t now = clock_now_ms();
@@ -285,6 +317,7 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 				continue;
 			}
 			gate_judge(&g, &canary, g.baseline ? &base : NULL, hold_elapsed, &ev);
+			step_evidence(&g, gname, breaches, &ev);
 		} else {
 			struct gate_vars vars = { r->version, r->version, r->product, cohort };
 			double value = NAN;

@@ -4,11 +4,14 @@
  *
  * - a release waiting for approval whose security counter fell below what
  *   devices were offered meanwhile is refused at approval (real daemon);
+ * - a step cannot pass on the earlier steps' devices alone: its verdict
+ *   needs min_devices reporting during the step (real daemon and fleetsim);
  * - the cohort bucketing hash spreads devices like chance does (in-process:
  *   the hash is a pure function, a unit test is the honest level).
  */
 #include <math.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
@@ -30,7 +36,7 @@ static void daemon_start(struct daemon *d)
 	h_init(d, NULL);
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
 				    " && openssl pkey -in key.pem -pubout -out key.pub", d->dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n", d->dir);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\ndevice_register_burst: 100000\n", d->dir);
 	d->config = xasprintf("%s/config.yml", d->dir);
 	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
 	assert_int_equal(h_start(d, args), 0);
@@ -119,10 +125,92 @@ static void approval_rechecks_the_security_counter(void **state)
 	(void)run_new;
 }
 
+/* Start otacd-fleetsim with n healthy devices on 1.0.0 (counter 0). */
+static pid_t sim_start(struct daemon *d, int n)
+{
+	char *bin = h_bin("otacd-fleetsim"), *prof = xasprintf("%s/profile.json", d->dir);
+	char *key = xasprintf("%s/key.pub", d->dir), *log = xasprintf("%s/sim.log", d->dir);
+	char *stats = xasprintf("%s/stats.json", d->dir), devices[16];
+	pid_t pid;
+
+	snprintf(devices, sizeof(devices), "%d", n);
+	assert_int_equal(ota_write_file_atomic(prof, "{}", 2, 0600), 0);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--url", d->device_url, "--devices", devices, "--seed", "7", "--key", key, "--fleet-key",
+		      d->fleet_key, "--product", "fw", "--profile", prof, "--start-version", "1.0.0", "--start-counter", "0",
+		      "--duration", "900", "--stats", stats, (char *)NULL);
+		_exit(127);
+	}
+	free(bin);
+	free(prof);
+	free(key);
+	free(log);
+	free(stats);
+	return pid;
+}
+
+static void sim_stop(pid_t pid)
+{
+	int status;
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+}
+
+/*
+ * 50 % then 100 %.  The 50 % step's devices alone are far more than the
+ * gate's min_devices; the fleet goes silent the moment the 100 % step
+ * starts, so that step has no evidence of its own.  Before: it passed on
+ * the running total.  Now: inconclusive, then paused for a human.
+ */
+static void a_step_needs_evidence_from_its_own_devices(void **state)
+{
+	struct daemon d;
+	char *y = xasprintf("name: fw\nstages:\n"
+			    "  - name: build\n"
+			    "    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 3000 /dev/zero >> app.bin\" } ]\n"
+			    "    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			    "  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 0, key: test }\n"
+			    "  - { name: canary, kind: rollout, needs: [release], max_extension: 4h,"
+			    " steps: [ {percent: 50, hold: 12h}, {percent: 100, hold: 2h} ], gates: [boots] }\n"
+			    "gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 60 }\n");
+	int64_t run;
+	pid_t sim;
+
+	(void)state;
+	daemon_start(&d);
+	sim = sim_start(&d, 600);
+	run = h_trigger(&d, y);
+	assert_int_equal(wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE step = 1", 120000), 1);
+	sim_stop(sim);
+	/* the earlier step passed on plenty of its own boots */
+	assert_true(h_sql_int(&d, "SELECT MAX(n) FROM gate_evals WHERE step = 0 AND verdict = 'pass'") >= 60);
+	assert_int_equal(wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE state IN ('paused','passed')", 60000), 1);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM rollouts WHERE state = 'paused' AND step = 1"), 1);
+	/* the 100 % step saw the earlier boots (well over min_devices) and still did not pass */
+	assert_true(h_sql_int(&d, "SELECT MAX(n) FROM gate_evals WHERE step = 1") >= 60);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND verdict = 'pass'"), 0);
+	assert_true(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND detail LIKE '%reported during this step%'") > 0);
+	assert_int_equal(h_sql_int(&d, "SELECT state = 'rolling' FROM releases WHERE version = '1.1.0'"), 1);
+	{
+		json_t *r = h_run(&d, run);
+		assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
+		json_decref(r);
+	}
+	h_cleanup(&d);
+	free(y);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(approval_rechecks_the_security_counter),
+		cmocka_unit_test(a_step_needs_evidence_from_its_own_devices),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
