@@ -6,6 +6,8 @@
  *   devices were offered meanwhile is refused at approval (real daemon);
  * - a step cannot pass on the earlier steps' devices alone: its verdict
  *   needs min_devices reporting during the step (real daemon and fleetsim);
+ * - a halt withdraws outstanding offers: a device offered before the halt
+ *   cannot finish its download and its next check-in offers nothing;
  * - the cohort bucketing hash spreads devices like chance does (in-process:
  *   the hash is a pure function, a unit test is the honest level).
  */
@@ -23,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "harness.h"
@@ -206,11 +209,98 @@ static void a_step_needs_evidence_from_its_own_devices(void **state)
 	free(y);
 }
 
+static json_t *checkin(struct daemon *d, const char *cred)
+{
+	char *url = xasprintf("%s/device/v1/checkin", d->device_url);
+	json_t *req = json_pack("{ss ss ss ss ss si ss}", "device", "probe-0000", "product", "fw", "hardware", "mps2-an385",
+				"bootloader", "1.2.0", "version", "1.0.0", "security_counter", 0, "slot", "confirmed");
+	json_t *ans = NULL;
+	long status = 0;
+	assert_int_equal(httpc_json(&ans, &status, "POST", url, cred, req, 10000), 0);
+	assert_int_equal(status, 200);
+	json_decref(req);
+	free(url);
+	return ans;
+}
+
+/* GET the image (bytes from..) as probe-0000; the HTTP status. */
+static long fetch_image(struct daemon *d, const char *cred, const char *path, int from)
+{
+	struct buf out = BUF_INIT;
+	long st;
+	assert_int_equal(h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -r %d- -H 'Authorization: Bearer %s'"
+				    " -H 'X-Device-Id: probe-0000' '%s%s'", from, cred, d->device_url, path), 0);
+	st = strtol(buf_cstr(&out), NULL, 10);
+	buf_release(&out);
+	return st;
+}
+
+/*
+ * A device is offered the release and starts downloading; the release is
+ * halted before it finishes.  The rest of the download is refused (410)
+ * and its next check-in offers nothing: it never installs the halted image.
+ */
+static void a_halt_withdraws_outstanding_offers(void **state)
+{
+	struct daemon d;
+	char *y = pipeline("1.1.0", 0,
+			   "  - { name: canary, kind: rollout, needs: [release], steps: [ {percent: 100, hold: 48h} ],"
+			   " gates: [uptime] }\n");
+	char **cred;
+	char *img = NULL, *path;
+	json_t *ans, *req;
+	int64_t rel;
+
+	(void)state;
+	daemon_start(&d);
+	cred = h_register_devices(&d, "probe", 1);
+	h_trigger(&d, y);
+	assert_int_equal(wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding'", 60000), 1);
+	rel = h_sql_int(&d, "SELECT id FROM releases WHERE version = '1.1.0'");
+	/* the exposure reaches the update server asynchronously */
+	for (int waited = 0; waited < 30000 && !img; waited += 100) {
+		ans = checkin(&d, cred[0]);
+		if (json_is_object(json_object_get(ans, "offer")))
+			img = xstrdup(json_string_value(json_object_get(json_object_get(json_object_get(ans, "offer"), "image"), "url")));
+		json_decref(ans);
+		if (!img)
+			h_msleep(100);
+	}
+	assert_non_null(img);
+	assert_int_equal(fetch_image(&d, cred[0], img, 0), 206);   /* downloading (a range) */
+
+	path = xasprintf("/api/v1/releases/%lld/rollback", (long long)rel);
+	req = json_pack("{ss}", "reason", "crash reports from the field");
+	ans = NULL;
+	assert_int_equal(h_post(&d, path, req, &ans), 200);
+	json_decref(ans);
+	assert_int_equal(h_sql_int(&d, "SELECT state = 'halted' FROM releases WHERE version = '1.1.0'"), 1);
+	/* the rest of the download is refused once the halt reached the update server */
+	{
+		long st = 0;
+		for (int waited = 0; waited < 30000 && (st = fetch_image(&d, cred[0], img, 1000)) != 410; waited += 100)
+			h_msleep(100);
+		assert_int_equal(st, 410);
+	}
+	ans = checkin(&d, cred[0]);
+	assert_true(json_is_null(json_object_get(ans, "offer")));
+	json_decref(ans);
+	assert_int_equal(fetch_image(&d, cred[0], img, 0), 410);
+	json_decref(req);
+	free(path);
+	free(img);
+	free(cred[0]);
+	free(cred);
+	h_cleanup(&d);
+	free(y);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(approval_rechecks_the_security_counter),
 		cmocka_unit_test(a_step_needs_evidence_from_its_own_devices),
+		cmocka_unit_test(a_halt_withdraws_outstanding_offers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

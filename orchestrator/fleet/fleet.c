@@ -743,12 +743,18 @@ int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_
 	pthread_rwlock_rdlock(&f->exp_lock);
 	pthread_mutex_lock(&s->mu);
 	d = fleet_device_find_locked(s, device_id, h);
-	for (size_t i = 0; d && i < f->nexp && !ok; i++) {
+	for (size_t i = 0; d && i < f->nexp && ok != 1; i++) {
 		const struct exposure *x = f->exp[i];
+		int stands = x->active;
 		if (x->product != d->product || !(vflags_of(d, x->version) & FL_OFFERED))
 			continue;
-		for (size_t j = 0; j < x->nimages && !ok; j++)
-			ok = x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256);
+		/* a halt withdraws outstanding offers: only a rollback target of
+		 * an inactive release is still served */
+		for (size_t k = 0; k < f->nexp && !stands; k++)
+			stands = f->exp[k]->rollback_to == x->release_id;
+		for (size_t j = 0; j < x->nimages && ok != 1; j++)
+			if (x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256))
+				ok = stands ? 1 : -1;
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&f->exp_lock);

@@ -185,7 +185,9 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted,
 		       void (*done)(void *ctx, int rc), void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
- * an exposure of its product and hardware that it was offered?  1 or 0. */
+ * an exposure of its product and hardware that it was offered, and does
+ * the offer still stand?  1 yes, 0 never offered, -1 withdrawn (the release
+ * was halted or rolled back and the image is no rollback target). */
 int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_id);
 /* Prometheus text exposition of every aggregate (new buffer in *out). */
 int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
