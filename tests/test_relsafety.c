@@ -8,6 +8,8 @@
  *   needs min_devices reporting during the step (real daemon and fleetsim);
  * - a halt withdraws outstanding offers: a device offered before the halt
  *   cannot finish its download and its next check-in offers nothing;
+ * - the baseline is the previous good release, not every other version
+ *   (in-process with the fleet module);
  * - the cohort bucketing hash spreads devices like chance does (in-process:
  *   the hash is a pure function, a unit test is the honest level).
  */
@@ -295,12 +297,61 @@ static void a_halt_withdraws_outstanding_offers(void **state)
 	free(y);
 }
 
+static void fleet_device(struct fleet *f, const char *id, const char *version)
+{
+	json_t *body = json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", "mps2-an385",
+				 "bootloader", "1.2.0", "version", version, "security_counter", 0, "slot", "confirmed");
+	json_t *ans = NULL;
+	assert_int_equal(fleet_checkin(f, body, &ans), 0);
+	json_decref(ans);
+	json_decref(body);
+}
+
+/*
+ * 6 devices still on the factory image 1.0.0, 4 on the previous good
+ * release 1.1.0, 5 stuck on 1.2.0 (rolled back), 2 on the canary 1.3.0.
+ * The baseline was the sum of 15; now it is the previous good release's 4
+ * (or, with no good release known, the installed base's 6).
+ */
+static void baseline_is_the_previous_good_release(void **state)
+{
+	char *dir = h_tmpdir(), *db = xasprintf("%s/fleet.db", dir);
+	struct fleet_config cfg = { .poll_ms = 6 * 3600 * 1000LL };
+	struct fleet *f = NULL;
+	struct fleet_agg base;
+	char id[32];
+
+	(void)state;
+	cfg.db_path = db;
+	assert_int_equal(fleet_open(&f, &cfg), 0);
+	for (int i = 0; i < 17; i++) {
+		snprintf(id, sizeof(id), "dev-%02d", i);
+		fleet_device(f, id, i < 6 ? "1.0.0" : i < 10 ? "1.1.0" : i < 15 ? "1.2.0" : "1.3.0");
+	}
+	assert_int_equal(fleet_baseline(f, "fw", "1.3.0", "1.1.0", "*", &base), 0);
+	assert_int_equal(base.devices, 4);
+	assert_int_equal(fleet_baseline(f, "fw", "1.3.0", NULL, "*", &base), 0);
+	assert_int_equal(base.devices, 6);
+	/* the canary itself is never its own baseline */
+	assert_int_equal(fleet_baseline(f, "fw", "1.0.0", NULL, "*", &base), 0);
+	assert_int_equal(base.devices, 5);
+	fleet_close(f);
+	{
+		struct buf out = BUF_INIT;
+		h_sh(&out, "rm -rf '%s'", dir);
+		buf_release(&out);
+	}
+	free(db);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(approval_rechecks_the_security_counter),
 		cmocka_unit_test(a_step_needs_evidence_from_its_own_devices),
 		cmocka_unit_test(a_halt_withdraws_outstanding_offers),
+		cmocka_unit_test(baseline_is_the_previous_good_release),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,7 +53,7 @@ enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 		json_t *versions = a->cfg.updsrv->versions(a->cfg.updsrv, product);
 		if (versions)
 			json_object_set_new(out, "fleet_versions", versions);
-		if (a->cfg.updsrv->metrics(a->cfg.updsrv, product, version, "*", &agg, NULL) == 0)
+		if (a->cfg.updsrv->metrics(a->cfg.updsrv, product, version, "*", NULL, &agg, NULL) == 0)
 			json_object_set_new(out, "fleet",
 					    json_pack("{sI sI sI sI sI sI sI sI sI sI sf}", "devices", (json_int_t)agg.devices,
 						      "offered", (json_int_t)agg.offered, "downloads", (json_int_t)agg.downloads,

@@ -297,36 +297,31 @@ int fleet_aggregate(struct fleet *f, const char *product, const char *version, c
 	return 0;
 }
 
-int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
-		   struct fleet_agg *out)
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
+		   const char *cohort, struct fleet_agg *out)
 {
-	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version);
-	const char *c = fleet_intern_find(f, cohort);
+	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version), *best = NULL;
+	int64_t most = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (!p || !c)
+	if (previous)
+		return fleet_aggregate(f, product, previous, cohort, out);
+	if (!p)
 		return 0;
 	pthread_rwlock_rdlock(&f->agg_lock);
 	for (struct agg *a = f->agg_all; a; a = a->all_next) {
-		struct fleet_agg x;
-		if (a->product != p || a->cohort != c || a->version == v)
+		int64_t n;
+		if (a->product != p || a->cohort != f->star || a->version == v)
 			continue;
-		agg_snapshot(a, &x);
-		out->devices += x.devices;
-		out->offered += x.offered;
-		out->downloads += x.downloads;
-		out->installs += x.installs;
-		out->boot_ok += x.boot_ok;
-		out->boot_fail += x.boot_fail;
-		out->reverts += x.reverts;
-		out->reporting += x.reporting;
-		out->crashed += x.crashed;
-		out->crashes += x.crashes;
-		out->device_hours += x.device_hours;
-		out->battery_mah += x.battery_mah;
+		n = __atomic_load_n(&a->v.devices, __ATOMIC_RELAXED);
+		if (n > most || (n == most && best && strcmp(a->version, best) > 0)) {
+			most = n;
+			best = a->version;
+		}
 	}
 	pthread_rwlock_unlock(&f->agg_lock);
-	return 0;
+	/* interned strings live as long as the fleet */
+	return best ? fleet_aggregate(f, product, best, cohort, out) : 0;
 }
 
 json_t *fleet_versions(struct fleet *f, const char *product)

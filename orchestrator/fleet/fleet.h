@@ -115,10 +115,13 @@ int fleet_image_known(struct fleet *f, const char *sha256);
  */
 int fleet_aggregate(struct fleet *f, const char *product, const char *version, const char *cohort,
 		    struct fleet_agg *out);
-/* The sum over every version of product except `version` (the baseline:
- * devices not running the release under test), for one cohort. */
-int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
-		   struct fleet_agg *out);
+/* The baseline for `version`, for one cohort: the devices on `previous`
+ * (the previous good release's version).  previous NULL (no good release
+ * known, e.g. a fleet still on its factory image): the other version most
+ * devices of product run.  Never a sum over history: a rolled-back
+ * release's devices are not a baseline. */
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
+		   const char *cohort, struct fleet_agg *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);
