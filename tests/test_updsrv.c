@@ -190,7 +190,7 @@ static void adapter_puts_desired_state_with_token_and_idempotency_key(void **sta
 	assert_string_equal(json_string_value(json_object_get(exp, "version")), "1.5.0");
 	json_decref(exp);
 	/* metrics come back as aggregates */
-	assert_int_equal(us->metrics(us, "fw", "1.5.0", "*", &canary, &base), 0);
+	assert_int_equal(us->metrics(us, "fw", "1.5.0", "*", "1.4.0", &canary, &base), 0);
 	assert_int_equal(canary.boot_ok, 500);
 	assert_int_equal(base.reporting, 9500);
 	us->free(us);
