@@ -10,7 +10,8 @@
  *   cannot finish its download and its next check-in offers nothing;
  * - the baseline is the previous good release, not every other version
  *   (in-process with the fleet module);
- * - the cohort bucketing hash spreads devices like chance does (in-process:
+ * - the cohort bucketing hash spreads devices like chance does, over many
+ *   salts, for the device ids fleets really use (in-process:
  *   the hash is a pure function, a unit test is the honest level).
  */
 #include <math.h>
@@ -345,6 +346,71 @@ static void baseline_is_the_previous_good_release(void **state)
 	free(dir);
 }
 
+/* A release salt: 16 hex digits, as the first of a manifest digest. */
+static void salt_of(int i, char out[17])
+{
+	uint64_t z = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ULL;
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	z ^= z >> 31;
+	snprintf(out, 17, "%016llx", (unsigned long long)z);
+}
+
+/*
+ * 100,000 devices named like fleetsim's (dev-000000 ...), 60 salts.  For
+ * each salt: the 1 % cohort's size (slot < 100), and a chi-square of the
+ * 100 one-percent buckets.  Chance gives cohort sizes with variance
+ * n p (1 - p) = 990 (sd 31.5), and chi-square 99 on average (sd 14).  The
+ * issue saw 843..1,129 over 30 salts: about twice chance's spread.  The
+ * bounds below are far (> 4 sd of their own sampling error) from both.
+ */
+static void cohort_hash_spreads_like_chance(void **state)
+{
+	enum { DEVICES = 100000, SALTS = 60, BINS = 100 };
+	static int bins[BINS];
+	double sum = 0, sumsq = 0, chi_mean = 0, var_ratio;
+	int lo = DEVICES, hi = 0;
+	char salt[17], id[16];
+
+	(void)state;
+	for (int s = 0; s < SALTS; s++) {
+		int cohort = 0;
+		double chi = 0;
+		memset(bins, 0, sizeof(bins));
+		salt_of(s, salt);
+		for (int i = 0; i < DEVICES; i++) {
+			int slot;
+			snprintf(id, sizeof(id), "dev-%06d", i);
+			slot = fleet_cohort_slot(salt, id);
+			assert_true(slot >= 0 && slot < 10000);
+			bins[slot / 100]++;
+			cohort += slot < 100;
+		}
+		for (int b = 0; b < BINS; b++)
+			chi += (bins[b] - DEVICES / BINS) * (double)(bins[b] - DEVICES / BINS) / (DEVICES / BINS);
+		chi_mean += chi / SALTS;
+		sum += cohort;
+		sumsq += (double)cohort * cohort;
+		if (cohort < lo)
+			lo = cohort;
+		if (cohort > hi)
+			hi = cohort;
+	}
+	{
+		double mean = sum / SALTS, var = (sumsq - SALTS * mean * mean) / (SALTS - 1);
+		var_ratio = var / (DEVICES * 0.01 * 0.99);
+		print_message("1%% cohorts over %d salts: %d..%d, mean %.1f, variance %.2f x binomial;"
+			      " mean chi-square of 100 buckets %.1f (chance: 99)\n", SALTS, lo, hi, mean, var_ratio, chi_mean);
+		assert_true(fabs(mean - 1000) < 4 * 31.5 / sqrt(SALTS));
+	}
+	/* the sample variance ratio has sd sqrt(2 / 59) = 0.18 under chance */
+	assert_true(var_ratio < 1.75);
+	assert_true(var_ratio > 0.3);
+	/* the mean of 60 chi-squares (99 dof) has sd 14 / sqrt(60) = 1.8 */
+	assert_true(chi_mean < 99 + 8);
+	assert_true(chi_mean > 99 - 8);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -352,6 +418,7 @@ int main(void)
 		cmocka_unit_test(a_step_needs_evidence_from_its_own_devices),
 		cmocka_unit_test(a_halt_withdraws_outstanding_offers),
 		cmocka_unit_test(baseline_is_the_previous_good_release),
+		cmocka_unit_test(cohort_hash_spreads_like_chance),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -206,7 +206,7 @@ int devapi_port(const struct devapi *d);
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
 void devapi_stop(struct devapi *d);
 
-/* fnv1a64(salt ":" device) mod 10000: a device's place in cohorts. */
+/* fmix64(fnv1a64(salt ":" device)) mod 10000: a device's place in cohorts. */
 int fleet_cohort_slot(const char *salt, const char *device);
 
 #endif
