@@ -10,6 +10,8 @@
  *   cannot finish its download and its next check-in offers nothing;
  * - the baseline is the previous good release, not every other version
  *   (in-process with the fleet module);
+ * - lint warns when a gate cannot be proven at a step's expected device
+ *   count (real daemon and fleetsim);
  * - the cohort bucketing hash spreads devices like chance does, over many
  *   salts, for the device ids fleets really use (in-process:
  *   the hash is a pure function, a unit test is the honest level).
@@ -31,6 +33,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
+#include "../orchestrator/gate.h"
 #include "harness.h"
 
 static void daemon_start(struct daemon *d)
@@ -411,6 +414,59 @@ static void cohort_hash_spreads_like_chance(void **state)
 	assert_true(chi_mean > 99 - 8);
 }
 
+/*
+ * The docs' example gate `boot_success_rate min 0.995` needs ~1,800
+ * failure-free boots; on a 300-device fleet no step can prove it, and a
+ * loose crash gate with min_devices 20 cannot pass at 1 % (3 devices).
+ */
+static void lint_warns_when_a_gate_cannot_be_proven_at_a_step(void **state)
+{
+	struct daemon d;
+	const char *y = "name: fw\nstages:\n"
+			"  - { name: build, steps: [ { run: 'true' } ] }\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 0, key: test }\n"
+			"  - { name: canary, kind: rollout, needs: [release], steps: [ {percent: 1, hold: 6h}, {percent: 100, hold: 6h} ],"
+			" gates: [boots, crash_free] }\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.995 }\n"
+			"  crash_free: { metric: crash_rate, max: 0.2, min_devices: 20 }\n";
+	struct gate_spec g;
+	json_t *spec;
+	char err[256], *text = NULL;
+	int64_t need;
+	pid_t sim;
+
+	(void)state;
+	spec = json_pack("{ss sf}", "metric", "boot_success_rate", "min", 0.995);
+	assert_int_equal(gate_spec_parse(spec, "boots", &g, err, sizeof(err)), 0);
+	need = gate_min_sample(&g);
+	print_message("boot_success_rate min 0.995 needs %lld failure-free boots\n", (long long)need);
+	assert_true(need > 1000 && need < 3000);
+	gate_spec_release(&g);
+	json_decref(spec);
+
+	daemon_start(&d);
+	sim = sim_start(&d, 300);
+	/* lint reads the fleet the update server knows */
+	for (int waited = 0; waited < 60000; waited += 200) {
+		struct buf body = BUF_INIT;
+		assert_int_equal(h_raw(&d, "POST", "/api/v1/lint?file=p.yml", d.token, "application/yaml", y, strlen(y), &body),
+				 200);
+		free(text);
+		text = buf_detach(&body);
+		if (strstr(text, "of fw's 300 devices"))
+			break;
+		h_msleep(200);
+	}
+	sim_stop(sim);
+	print_message("%s\n", text);
+	assert_non_null(strstr(text, "stage 'canary' step 1 (1 %): gate 'boots'"));
+	assert_non_null(strstr(text, "stage 'canary' step 2 (100 %): gate 'boots'"));
+	assert_non_null(strstr(text, "stage 'canary' step 1 (1 %): gate 'crash_free' needs at least 25"));
+	assert_null(strstr(text, "stage 'canary' step 2 (100 %): gate 'crash_free'"));
+	free(text);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -419,6 +475,7 @@ int main(void)
 		cmocka_unit_test(a_halt_withdraws_outstanding_offers),
 		cmocka_unit_test(baseline_is_the_previous_good_release),
 		cmocka_unit_test(cohort_hash_spreads_like_chance),
+		cmocka_unit_test(lint_warns_when_a_gate_cannot_be_proven_at_a_step),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
