@@ -308,7 +308,7 @@ static int evaluate(struct fleet *f, struct gate_spec *specs, json_t **docs, int
 		}
 		fleet_aggregate(f, PRODUCT, NEW, "*", &canary);
 		if (sp->baseline)
-			fleet_baseline(f, PRODUCT, NEW, "*", &base);
+			fleet_baseline(f, PRODUCT, NEW, OLD, "*", &base);
 		gate_judge(sp, &canary, sp->baseline ? &base : NULL, 1, &ev);
 		sum += (int)ev.verdict;
 		if (parse)
@@ -379,7 +379,7 @@ int main(int argc, char **argv)
 		struct fleet_agg c, b;
 		struct gate_eval ev;
 		fleet_aggregate(f, PRODUCT, NEW, "*", &c);
-		fleet_baseline(f, PRODUCT, NEW, "*", &b);
+		fleet_baseline(f, PRODUCT, NEW, OLD, "*", &b);
 		printf("  canary %s: devices %lld reporting %lld crashed %lld crashes %lld device-hours %.0f; baseline devices %lld\n",
 		       NEW, (long long)c.devices, (long long)c.reporting, (long long)c.crashed, (long long)c.crashes,
 		       c.device_hours, (long long)b.devices);

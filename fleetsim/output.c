@@ -99,6 +99,7 @@ static void metrics_build(struct fleetsim *fs, struct buf *b)
 		C(reports_rejected, "Reports in batches the server rejected."),
 		C(checkins, "Successful check-ins."),
 		C(requests_failed, "Requests that failed (flaky devices included)."),
+		C(withdrawn_downloads, "Downloads dropped because the server withdrew the offer (410: release halted)."),
 #undef C
 	};
 	int *idx = sorted_versions(fs);
@@ -236,7 +237,7 @@ int fs_write_stats(struct fleetsim *fs)
 	S(refused_lower_counter); S(refused_bad_signature); S(incompatible_offers);
 	S(skipped_failed); S(downloads); S(resumed_downloads); S(cut_downloads);
 	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
-	S(requests_failed); S(flaky_aborts); S(heartbeats);
+	S(requests_failed); S(flaky_aborts); S(heartbeats); S(withdrawn_downloads);
 #undef S
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
 	json_object_set_new(st, "images", images);

@@ -892,6 +892,9 @@ static void download_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long
 	if (rc != CURLE_OK || x->failed || (st != 200 && st != 206)) {
 		if (dl->cut_hit) {
 			fs->c.cut_downloads++;  /* resumes on the next offer */
+		} else if (st == 410) {
+			fs->c.withdrawn_downloads++;    /* the release was halted */
+			drop_download(fs, i);
 		} else {
 			fs->c.requests_failed++;
 			fs_warn(fs, "download of %.12s by dev-%06u: %s", img->sha256, i,

@@ -102,7 +102,7 @@ struct fleetsim {
 			refused_lower_counter, refused_bad_signature, incompatible_offers,
 			skipped_failed, downloads, resumed_downloads, cut_downloads, reports_sent,
 			reports_rejected, reports_dropped, checkins, requests_failed,
-			flaky_aborts, heartbeats;
+			flaky_aborts, heartbeats, withdrawn_downloads;
 	} c;
 
 	int64_t *printed;            /* devices per version at the last summary line */

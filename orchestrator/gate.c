@@ -494,6 +494,35 @@ static void prop_prior(const struct gate_spec *g, double *a, double *b)
 
 /* The prior of a rate's sequence: exponential with mean the gate's limit
  * (or 0.01 per device-hour when the gate has none). */
+static int perfect_sample_passes(const struct gate_spec *g, int64_t n, double alpha, double pa, double pb)
+{
+	int64_t k = g->metric_id == GATE_METRIC_BOOT_SUCCESS_RATE ? n : 0;
+	double lo, hi;
+	gatestat_prop_cs(k, n, alpha, pa, pb, &lo, &hi);
+	return (!g->has_max || hi < g->max) && (!g->has_min || lo > g->min);
+}
+
+int64_t gate_min_sample(const struct gate_spec *g)
+{
+	double alpha, pa, pb;
+	int64_t lo = 1, hi = 100000000;
+
+	if (g->provider != GATE_PROVIDER_BUILTIN || g->kind != GATE_KIND_PROPORTION || (!g->has_max && !g->has_min))
+		return g->min_devices;
+	alpha = g->alpha / nconditions(g);
+	prop_prior(g, &pa, &pb);
+	if (!perfect_sample_passes(g, hi, alpha, pa, pb))
+		return -1;
+	while (lo < hi) {
+		int64_t mid = lo + (hi - lo) / 2;
+		if (perfect_sample_passes(g, mid, alpha, pa, pb))
+			hi = mid;
+		else
+			lo = mid + 1;
+	}
+	return lo > g->min_devices ? lo : g->min_devices;
+}
+
 static double rate_prior_mean(const struct gate_spec *g)
 {
 	double m = g->has_max ? g->max : g->has_min ? g->min : 0.01;

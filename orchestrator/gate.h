@@ -95,6 +95,16 @@ int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, 
 		    size_t errlen);
 void gate_spec_release(struct gate_spec *g);
 
+/*
+ * Sizing: the smallest sample (devices, or boots) with which a builtin
+ * proportion gate could pass at all, when every device is perfect (no
+ * crash, every boot confirmed): its bounds are proven only from there on,
+ * and never before min_devices.  E.g. boot_success_rate min 0.995 at the
+ * default alpha needs about 1,800 failure-free boots.  Other gates: their
+ * min_devices.  -1 when no sample up to 10^8 proves it (e.g. max: 0).
+ */
+int64_t gate_min_sample(const struct gate_spec *g);
+
 /* The metric for a builtin name, or -1 (GATE_METRIC_EXTERNAL is not builtin). */
 int gate_metric_lookup(const char *name);
 

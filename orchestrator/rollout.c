@@ -634,9 +634,8 @@ int rollout_do_activate(struct engine *e, int64_t id)
 			rc = engine_audit(e, "otacd", "refuse", r.release_id, r.id, why, NULL);
 		goto done;
 	}
-	if (!strcmp(r.release_state, "created") &&
-	    (rc = set_release_state(e, r.release_id, "rolling", 0)) < 0)
-		goto done;
+	/* a release waiting for approval has offered nothing: it stays
+	 * 'created' (and does not count as offered) until approved */
 	if (json_is_true(json_object_get(r.spec, "approval"))) {
 		snprintf(r.state, sizeof(r.state), "waiting_approval");
 		rc = save(e, &r, "waiting for an operator's promote (approval: required)");
@@ -644,6 +643,9 @@ int rollout_do_activate(struct engine *e, int64_t id)
 			rc = engine_audit(e, "otacd", "wait_approval", r.release_id, r.id, "approval: required", NULL);
 		goto done;
 	}
+	if (!strcmp(r.release_state, "created") &&
+	    (rc = set_release_state(e, r.release_id, "rolling", 0)) < 0)
+		goto done;
 	enter_step(e, &r, 0, now);
 	if ((rc = save(e, &r, NULL)) >= 0)
 		rc = engine_audit(e, "otacd", "start", r.release_id, r.id, "stage started",
@@ -874,6 +876,8 @@ struct act_args {
 	json_t *detail;
 	/* for --reissue, filled by the first call */
 	char *reissue_yaml;
+	/* set when a promote was refused after failing the stage */
+	char refused[600];
 };
 
 /* The release's current rollout: the oldest active one. */
@@ -1095,7 +1099,23 @@ static int do_act(struct engine *e, void *arg)
 		}
 		if (!strcmp(r.state, "waiting_approval")) {
 			int done = 0;
+			int64_t high = highest_offered_counter(e, r.product, r.release_id);
+			if (r.security_counter < high) {
+				/* anti-rollback at approval: while this stage waited, a
+				 * newer counter reached devices; they would refuse it */
+				snprintf(msg, sizeof(msg),
+					 "anti-rollback: release %s has security counter %" PRId64 ", but devices of %s"
+					 " have already been offered counter %" PRId64 "; they would refuse it",
+					 r.version, r.security_counter, r.product, high);
+				if ((rc = fail_rollout(e, &r, "failed", msg)) >= 0 &&
+				    (rc = engine_audit(e, a->actor, "refuse", r.release_id, r.id, msg, NULL)) >= 0)
+					snprintf(x->refused, sizeof(x->refused), "refused: %s", msg);
+				goto out;
+			}
 			if ((rc = record_approval(e, &r, a->actor, x, &done)) < 0 || !done)
+				goto out;
+			if (!strcmp(r.release_state, "created") &&
+			    (rc = set_release_state(e, r.release_id, "rolling", 0)) < 0)
 				goto out;
 			enter_step(e, &r, 0, now);
 			snprintf(msg, sizeof(msg), "approved by %s: %s", a->actor, a->reason);
@@ -1154,7 +1174,7 @@ static int do_reissue_recorded(struct engine *e, void *arg)
 
 int rollout_act(struct engine *e, const struct rollout_action *a, json_t **detail)
 {
-	struct act_args x = { a, NULL, NULL };
+	struct act_args x = { .a = a };
 	int rc;
 
 	if (detail)
@@ -1163,6 +1183,11 @@ int rollout_act(struct engine *e, const struct rollout_action *a, json_t **detai
 		return ota_error_set(OTA_EINVAL, "a reason is required (--reason)");
 	if ((rc = engine_exec(e, do_act, &x)) < 0)
 		return rc;
+	if (x.refused[0]) {
+		/* the stage's failure is committed; the operator gets why */
+		json_decref(x.detail);
+		return ota_error_set(OTA_ECONFLICT, "%s", x.refused);
+	}
 	if (x.reissue_yaml) {
 		/* Roll forward: sign the last good build again as a new release
 		 * with the current counter; once recorded it becomes this

@@ -26,7 +26,7 @@
  * these rows alone (rollout_exposures), so applying it again after a crash
  * is harmless, and every decision bumps rollouts.seq, which the http
  * adapter sends as the idempotency key.  A device is in a step when
- * fnv1a64(release salt ":" device) mod 10000 < percent_bp; the salt is
+ * fmix64(fnv1a64(release salt ":" device)) mod 10000 < percent_bp; the salt is
  * derived from the release's manifest digest, so it never changes and each
  * release samples different devices.
  *

@@ -243,6 +243,56 @@ static void step_cohort(const json_t *step, char *out, size_t n)
 			snprintf(out, n, "%s=%s", k, json_string_value(json_array_get(v, 0)));
 }
 
+/*
+ * A step's own evidence.  The aggregates are the release's running totals,
+ * so a later step could pass on the earlier steps' devices alone.  The
+ * sample at the step's first check is kept (in the row's per-step
+ * `breaches`, cleared when a step is entered, so it survives a restart as
+ * "@n:GATE"); a pass also needs min_devices more since then: devices (or
+ * boots) that reported during this step, which are mostly the ones it
+ * exposed.  Counting from the first check rather than the exact entry is
+ * conservative: it can only ask for more.
+ */
+static void step_evidence(const struct gate_spec *g, const char *gname, json_t *breaches, struct gate_eval *ev)
+{
+	char key[96];
+	const json_t *v;
+	int64_t start, fresh;
+
+	snprintf(key, sizeof(key), "@n:%s", gname);
+	if (!(v = json_object_get(breaches, key))) {
+		json_object_set_new(breaches, key, json_integer(ev->n));
+		v = json_object_get(breaches, key);
+	}
+	start = json_integer_value(v);
+	fresh = ev->n - start;
+	if (ev->verdict == GATE_PASS && fresh < g->min_devices) {
+		size_t len = strlen(ev->reason);
+		ev->verdict = GATE_INCONCLUSIVE;
+		snprintf(ev->reason + len, sizeof(ev->reason) - len,
+			 "; but only %" PRId64 " of them reported during this step (min_devices %" PRId64
+			 " of the step's own): inconclusive", fresh > 0 ? fresh : 0, g->min_devices);
+	}
+}
+
+/* The previous good release's version (the baseline): the newest earlier
+ * release of the product that reached the whole fleet, or a reissue, as
+ * for a rollback (rollout.c, last_good).  "" when there is none. */
+static void previous_good(const struct rollout_row *r, char *out, size_t n)
+{
+	struct store *db = store_reader();
+	sqlite3_stmt *st = db ? store_stmt(db, "SELECT version FROM releases WHERE product = ? AND id < ?"
+					   " AND state IN ('released','reissue') ORDER BY id DESC LIMIT 1") : NULL;
+	out[0] = 0;
+	if (!st)
+		return;
+	sqlite3_bind_text(st, 1, r->product, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, r->release_id);
+	if (store_step_row(db, st) == 1)
+		snprintf(out, n, "%s", store_col_text(st, 0));
+	sqlite3_reset(st);
+}
+
 static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 {
 	int64_t now = clock_now_ms();
@@ -252,10 +302,11 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 	json_t *evals = json_array(), *breaches = json_deep_copy(r->breaches), *name;
 	struct rollout_decision d = { r->id, r->seq, DECIDE_NOTHING, NULL, NULL, r->errors, NULL };
 	struct buf why = BUF_INIT, fails = BUF_INIT, errs = BUF_INIT;
-	char cohort[128];
+	char cohort[128], prev[64];
 	size_t i;
 
 	step_cohort(step, cohort, sizeof(cohort));
+	previous_good(r, prev, sizeof(prev));
 	json_array_foreach(gates, i, name) {
 		const char *gname = json_string_value(name);
 		struct gate_spec g;
@@ -276,7 +327,8 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 			struct fleet_agg canary, base;
 			memset(&canary, 0, sizeof(canary));
 			memset(&base, 0, sizeof(base));
-			rc2 = rc->us->metrics(rc->us, r->product, r->version, cohort, &canary, g.baseline ? &base : NULL);
+			rc2 = rc->us->metrics(rc->us, r->product, r->version, cohort, prev[0] ? prev : NULL, &canary,
+					      g.baseline ? &base : NULL);
 			if (rc2 < 0) {
 				any_error = 1;
 				buf_printf(&errs, "%s%s: %s", errs.len ? "; " : "", gname, ota_error_last());
@@ -285,6 +337,7 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 				continue;
 			}
 			gate_judge(&g, &canary, g.baseline ? &base : NULL, hold_elapsed, &ev);
+			step_evidence(&g, gname, breaches, &ev);
 		} else {
 			struct gate_vars vars = { r->version, r->version, r->product, cohort };
 			double value = NAN;
@@ -313,6 +366,8 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 			json_t *j = gate_eval_to_json(&ev);
 			json_object_set_new(j, "gate", json_string(gname));
 			json_object_set_new(j, "cohort", json_string(cohort));
+			if (g.baseline)
+				json_object_set_new(j, "baseline_version", prev[0] ? json_string(prev) : json_null());
 			json_array_append_new(evals, j);
 		}
 		if (ev.verdict == GATE_FAIL) {

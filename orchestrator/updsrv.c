@@ -80,12 +80,12 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 }
 
 static int builtin_metrics(struct updsrv *u, const char *product, const char *version, const char *cohort,
-			   struct fleet_agg *canary, struct fleet_agg *baseline)
+			   const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline)
 {
 	struct builtin *b = (struct builtin *)u;
 	int rc = fleet_aggregate(b->f, product, version, cohort, canary);
 	if (rc >= 0 && baseline)
-		rc = fleet_baseline(b->f, product, version, cohort, baseline);
+		rc = fleet_baseline(b->f, product, version, previous, cohort, baseline);
 	return rc;
 }
 
@@ -180,11 +180,13 @@ static void agg_from_json(const json_t *j, struct fleet_agg *a)
 }
 
 static int remote_metrics(struct updsrv *u, const char *product, const char *version, const char *cohort,
-			  struct fleet_agg *canary, struct fleet_agg *baseline)
+			  const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline)
 {
 	struct remote *r = (struct remote *)u;
 	char *p = curl_escape_dup(product), *v = curl_escape_dup(version), *c = curl_escape_dup(cohort);
-	char *url = xasprintf("%s/control/v1/metrics?product=%s&version=%s&cohort=%s", r->url, p, v, c);
+	char *b = curl_escape_dup(previous ? previous : "");
+	char *url = xasprintf("%s/control/v1/metrics?product=%s&version=%s&cohort=%s%s%s", r->url, p, v, c,
+			      previous ? "&baseline_version=" : "", previous ? b : "");
 	json_t *answer = NULL;
 	long status = 0;
 	int rc = httpc_json(&answer, &status, "GET", url, r->token, NULL, 10000);
@@ -201,6 +203,7 @@ static int remote_metrics(struct updsrv *u, const char *product, const char *ver
 	free(p);
 	free(v);
 	free(c);
+	free(b);
 	return rc;
 }
 

@@ -28,9 +28,11 @@ struct updsrv {
 	 * rollout_exposures(), see rollout.h) says. */
 	int (*apply)(struct updsrv *u, const json_t *exposure);
 	/* Aggregates of (product, version, cohort) and of the baseline: the
-	 * same cohort on every other version.  baseline may be NULL. */
+	 * same cohort on the previous good release's version `previous`
+	 * (NULL: none known; fleet_baseline says what then).  baseline may be
+	 * NULL. */
 	int (*metrics)(struct updsrv *u, const char *product, const char *version, const char *cohort,
-		       struct fleet_agg *canary, struct fleet_agg *baseline);
+		       const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline);
 	/* Devices per version: {"1.4.0": 812, ...} (new ref) or NULL. */
 	json_t *(*versions)(struct updsrv *u, const char *product);
 	void (*free)(struct updsrv *u);

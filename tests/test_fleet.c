@@ -403,7 +403,7 @@ static void reports_update_aggregates_exactly(void **state)
 	assert_int_equal(agg(e, "1.5.0", "region=us").boot_fail, 1);
 	assert_int_equal(agg(e, "1.5.0", "tier=standard").reporting, 3);
 	assert_true(agg(e, "1.4.0", "*").device_hours == 0.5);
-	assert_int_equal(fleet_baseline(e->f, "sensor-node", "1.5.0", "*", &base), 0);
+	assert_int_equal(fleet_baseline(e->f, "sensor-node", "1.5.0", NULL, "*", &base), 0);
 	assert_int_equal(base.devices, 2);
 	assert_int_equal(base.reporting, 1);
 	{

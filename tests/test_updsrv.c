@@ -29,7 +29,8 @@ static struct {
 	json_t *puts;         /* [{path, key, body}] */
 	json_t *exposures;    /* path -> body (the latest) */
 	int unauthorized;
-} seen = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0 };
+	int metrics_calls;
+} seen = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, 0 };
 
 struct upload {
 	struct buf body;
@@ -81,10 +82,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return reply(c, 200, "{}");
 	}
 	if (!strcmp(url, "/control/v1/metrics")) {
-		/* a healthy canary: 500 devices booted, none crashed */
-		return reply(c, 200, "{\"canary\": {\"devices\": 500, \"offered\": 500, \"boot_ok\": 500, \"reporting\": 500,"
-				     " \"device_hours\": 3000}, \"baseline\": {\"devices\": 9500, \"reporting\": 9500,"
-				     " \"device_hours\": 57000}}");
+		/* a healthy canary: 500 devices booted, none crashed, and 50
+		 * more at every look (a step needs boots of its own) */
+		char text[512];
+		int n;
+		pthread_mutex_lock(&seen.lock);
+		n = 500 + 50 * seen.metrics_calls++;
+		pthread_mutex_unlock(&seen.lock);
+		snprintf(text, sizeof(text), "{\"canary\": {\"devices\": %d, \"offered\": %d, \"boot_ok\": %d, \"reporting\": %d,"
+			 " \"device_hours\": 3000}, \"baseline\": {\"devices\": 9500, \"reporting\": 9500,"
+			 " \"device_hours\": 57000}}", n, n, n, n);
+		return reply(c, 200, text);
 	}
 	return reply(c, 404, "{\"error\":\"no such path\"}");
 }
@@ -182,7 +190,7 @@ static void adapter_puts_desired_state_with_token_and_idempotency_key(void **sta
 	assert_string_equal(json_string_value(json_object_get(exp, "version")), "1.5.0");
 	json_decref(exp);
 	/* metrics come back as aggregates */
-	assert_int_equal(us->metrics(us, "fw", "1.5.0", "*", &canary, &base), 0);
+	assert_int_equal(us->metrics(us, "fw", "1.5.0", "*", "1.4.0", &canary, &base), 0);
 	assert_int_equal(canary.boot_ok, 500);
 	assert_int_equal(base.reporting, 9500);
 	us->free(us);

@@ -159,12 +159,12 @@ static enum MHD_Result post_lint(struct api *a, struct api_req *r)
 	const char *file = api_query(r, "file");
 	enum MHD_Result ret;
 
-	(void)a;
 	pl_diags_init(&d, file ? file : "pipeline.yml");
 	if (pipeline_parse(&p, d.file, buf_cstr(&r->body), r->body.len, &d) == 0) {
 		struct strvec w = STRVEC_INIT;
 		json_t *warnings = json_array();
 		policy_lint(p, &w);
+		api_lint_gate_sizing(a, p, &w);
 		for (size_t i = 0; i < w.n; i++)
 			json_array_append_new(warnings, json_string(w.v[i]));
 		strvec_clear(&w);

@@ -176,5 +176,10 @@ enum MHD_Result api_get_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_get_agents(struct api *a, struct api_req *r);
 enum MHD_Result api_get_object(struct api *a, struct api_req *r);
 enum MHD_Result api_get_events(struct api *a, struct api_req *r);
+/* Lint warnings for gates that cannot be proven at a step's expected
+ * device count (the fleet's devices of the product x the step's percent). */
+struct pipeline;
+struct strvec;
+void api_lint_gate_sizing(struct api *a, const struct pipeline *p, struct strvec *w);
 
 #endif

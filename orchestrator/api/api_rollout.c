@@ -18,8 +18,75 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../gate.h"
+#include "../pipeline/pipeline.h"
 #include "../rollout.h"
 #include "../updsrv.h"
+
+/* Devices of product the update server knows (0: unknown). */
+static int64_t fleet_size(struct api *a, const char *product)
+{
+	json_t *v = a->cfg.updsrv ? a->cfg.updsrv->versions(a->cfg.updsrv, product) : NULL, *n;
+	const char *k;
+	int64_t total = 0;
+	json_object_foreach(v, k, n)
+		total += json_integer_value(n);
+	json_decref(v);
+	return total;
+}
+
+void api_lint_gate_sizing(struct api *a, const struct pipeline *p, struct strvec *w)
+{
+	const char *product = p->name;
+	int64_t fleet;
+
+	for (size_t i = 0; i < p->nstages; i++)
+		if (!strcmp(p->stages[i].kind, "release") && json_is_string(json_object_get(p->stages[i].extra, "product")))
+			product = json_string_value(json_object_get(p->stages[i].extra, "product"));
+	fleet = product ? fleet_size(a, product) : 0;
+	for (size_t i = 0; i < p->nstages; i++) {
+		const struct pl_stage *st = &p->stages[i];
+		const json_t *steps = json_object_get(st->extra, "steps"), *name;
+		size_t gi;
+		if (strcmp(st->kind, "soak") != 0 && strcmp(st->kind, "rollout") != 0)
+			continue;
+		json_array_foreach(json_object_get(st->extra, "gates"), gi, name) {
+			struct gate_spec g;
+			char err[256];
+			int64_t need;
+			size_t si;
+			const json_t *s;
+			if (!json_is_string(name) ||
+			    gate_spec_parse(json_object_get(p->gates, json_string_value(name)), json_string_value(name), &g, err,
+					    sizeof(err)) < 0) {
+				gate_spec_release(&g);
+				continue;
+			}
+			need = gate_min_sample(&g);
+			if (need < 0) {
+				strvec_pushf(w, "stage '%s': gate '%s' can never pass: no sample proves its bound at alpha %g",
+					     st->name, g.name, g.alpha);
+			} else if (fleet > 0 && !json_array_size(steps)) {
+				if (fleet < need)
+					strvec_pushf(w, "stage '%s': gate '%s' needs at least %" PRId64 " devices (or boots), all"
+						     " perfect, to pass; %s has %" PRId64 " devices in all: it cannot pass"
+						     " (docs/rollout.md, \"Sizing gates\")", st->name, g.name, need, product, fleet);
+			} else if (fleet > 0) {
+				json_array_foreach(steps, si, s) {
+					double pct = json_number_value(json_object_get(s, "percent"));
+					int64_t expect = (int64_t)((double)fleet * pct / 100.0);
+					if (expect >= need)
+						continue;
+					strvec_pushf(w, "stage '%s' step %zu (%g %%): gate '%s' needs at least %" PRId64 " devices"
+						     " (or boots), all perfect, to pass; the step exposes about %" PRId64 " of %s's"
+						     " %" PRId64 " devices: it cannot pass there (docs/rollout.md, \"Sizing gates\")",
+						     st->name, si + 1, pct, g.name, need, expect, product, fleet);
+				}
+			}
+			gate_spec_release(&g);
+		}
+	}
+}
 
 enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 {
@@ -53,7 +120,7 @@ enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 		json_t *versions = a->cfg.updsrv->versions(a->cfg.updsrv, product);
 		if (versions)
 			json_object_set_new(out, "fleet_versions", versions);
-		if (a->cfg.updsrv->metrics(a->cfg.updsrv, product, version, "*", &agg, NULL) == 0)
+		if (a->cfg.updsrv->metrics(a->cfg.updsrv, product, version, "*", NULL, &agg, NULL) == 0)
 			json_object_set_new(out, "fleet",
 					    json_pack("{sI sI sI sI sI sI sI sI sI sI sf}", "devices", (json_int_t)agg.devices,
 						      "offered", (json_int_t)agg.offered, "downloads", (json_int_t)agg.downloads,

@@ -443,8 +443,11 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	/* only to a device it was offered to (its product, hardware, an offer) */
-	if (!fleet_image_allowed(a->f, sha, dev))
+	if ((rg = fleet_image_allowed(a->f, sha, dev)) == 0)
 		return reply_error(c, MHD_HTTP_FORBIDDEN, "this image was not offered to device '%s'", dev);
+	if (rg < 0)
+		return reply_error(c, MHD_HTTP_GONE, "the offer of this image was withdrawn (its release was halted):"
+				   " drop the download; check in for what to run");
 	if (!be || be->get(be, sha, &rd, &size) < 0)
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	rg = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), size, &from, &to);

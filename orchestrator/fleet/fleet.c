@@ -55,6 +55,16 @@ int fleet_cohort_slot(const char *salt, const char *device)
 	h = fleet_fnv(salt, strlen(salt), h);
 	h = fleet_fnv(":", 1, h);
 	h = fleet_fnv(device, strlen(device), h);
+	/* FNV-1a alone mixes its last bytes poorly into the low bits that
+	 * mod 10000 reads: ids differing only in their last digits (dev-000123)
+	 * gave 1 % cohorts ~3x the variance chance gives.  MurmurHash3's
+	 * 64-bit finalizer spreads every input bit over the word
+	 * (tests/test_relsafety.c, cohort_hash_spreads_like_chance). */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
 	return (int)(h % 10000);
 }
 
@@ -325,36 +335,31 @@ int fleet_aggregate(struct fleet *f, const char *product, const char *version, c
 	return 0;
 }
 
-int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
-		   struct fleet_agg *out)
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
+		   const char *cohort, struct fleet_agg *out)
 {
-	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version);
-	const char *c = fleet_intern_find(f, cohort);
+	const char *p = fleet_intern_find(f, product), *v = fleet_intern_find(f, version), *best = NULL;
+	int64_t most = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (!p || !c)
+	if (previous)
+		return fleet_aggregate(f, product, previous, cohort, out);
+	if (!p)
 		return 0;
 	pthread_rwlock_rdlock(&f->agg_lock);
 	for (struct agg *a = f->agg_all; a; a = a->all_next) {
-		struct fleet_agg x;
-		if (a->product != p || a->cohort != c || a->version == v)
+		int64_t n;
+		if (a->product != p || a->cohort != f->star || a->version == v)
 			continue;
-		agg_snapshot(a, &x);
-		out->devices += x.devices;
-		out->offered += x.offered;
-		out->downloads += x.downloads;
-		out->installs += x.installs;
-		out->boot_ok += x.boot_ok;
-		out->boot_fail += x.boot_fail;
-		out->reverts += x.reverts;
-		out->reporting += x.reporting;
-		out->crashed += x.crashed;
-		out->crashes += x.crashes;
-		out->device_hours += x.device_hours;
-		out->battery_mah += x.battery_mah;
+		n = __atomic_load_n(&a->v.devices, __ATOMIC_RELAXED);
+		if (n > most || (n == most && best && strcmp(a->version, best) > 0)) {
+			most = n;
+			best = a->version;
+		}
 	}
 	pthread_rwlock_unlock(&f->agg_lock);
-	return 0;
+	/* interned strings live as long as the fleet */
+	return best ? fleet_aggregate(f, product, best, cohort, out) : 0;
 }
 
 json_t *fleet_versions(struct fleet *f, const char *product)
@@ -771,12 +776,18 @@ int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_
 	pthread_rwlock_rdlock(&f->exp_lock);
 	pthread_mutex_lock(&s->mu);
 	d = fleet_device_find_locked(s, device_id, h);
-	for (size_t i = 0; d && i < f->nexp && !ok; i++) {
+	for (size_t i = 0; d && i < f->nexp && ok != 1; i++) {
 		const struct exposure *x = f->exp[i];
+		int stands = x->active;
 		if (x->product != d->product || !(vflags_of(d, x->version) & FL_OFFERED))
 			continue;
-		for (size_t j = 0; j < x->nimages && !ok; j++)
-			ok = x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256);
+		/* a halt withdraws outstanding offers: only a rollback target of
+		 * an inactive release is still served */
+		for (size_t k = 0; k < f->nexp && !stands; k++)
+			stands = f->exp[k]->rollback_to == x->release_id;
+		for (size_t j = 0; j < x->nimages && ok != 1; j++)
+			if (x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256))
+				ok = stands ? 1 : -1;
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&f->exp_lock);

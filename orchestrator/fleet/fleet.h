@@ -115,10 +115,13 @@ int fleet_image_known(struct fleet *f, const char *sha256);
  */
 int fleet_aggregate(struct fleet *f, const char *product, const char *version, const char *cohort,
 		    struct fleet_agg *out);
-/* The sum over every version of product except `version` (the baseline:
- * devices not running the release under test), for one cohort. */
-int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *cohort,
-		   struct fleet_agg *out);
+/* The baseline for `version`, for one cohort: the devices on `previous`
+ * (the previous good release's version).  previous NULL (no good release
+ * known, e.g. a fleet still on its factory image): the other version most
+ * devices of product run.  Never a sum over history: a rolled-back
+ * release's devices are not a baseline. */
+int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
+		   const char *cohort, struct fleet_agg *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);
@@ -201,7 +204,9 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
- * an exposure of its product and hardware that it was offered?  1 or 0. */
+ * an exposure of its product and hardware that it was offered, and does
+ * the offer still stand?  1 yes, 0 never offered, -1 withdrawn (the release
+ * was halted or rolled back and the image is no rollback target). */
 int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_id);
 /* Prometheus text exposition of every aggregate (new buffer in *out). */
 int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
@@ -217,7 +222,7 @@ int devapi_port(const struct devapi *d);
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
 void devapi_stop(struct devapi *d);
 
-/* fnv1a64(salt ":" device) mod 10000: a device's place in cohorts. */
+/* fmix64(fnv1a64(salt ":" device)) mod 10000: a device's place in cohorts. */
 int fleet_cohort_slot(const char *salt, const char *device);
 
 #endif
