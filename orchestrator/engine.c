@@ -632,6 +632,23 @@ static int tick(struct engine *e, void *arg)
 	return rc;
 }
 
+/*
+ * The engine thread was away for longer than it ever sleeps (the process
+ * was stopped, or a call hung on the disk): agents could not be heard
+ * meanwhile, so no lease may expire for that; each running job gets one
+ * full lease from now.
+ */
+static int stall_grace(struct engine *e, void *arg)
+{
+	sqlite3_stmt *st = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
+
+	(void)arg;
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
+	return store_step_done(e->db, st);
+}
+
 static void run_call(struct engine *e, struct call *c)
 {
 	ota_error_clear();
@@ -759,6 +776,17 @@ static void *engine_main(void *arg)
 		}
 		pthread_mutex_unlock(&e->lock);
 
+		{
+			/* the wait above is at most 5 s: a longer gap is a stall */
+			int64_t now = clock_real_ms();
+			if (e->awake_real && now - e->awake_real > 5000 + e->cfg.lease_ms / 2) {
+				struct call g = { stall_grace, NULL, 0, 0, "", NULL };
+				fprintf(stderr, "otacd: engine: stalled for %" PRId64 " ms; running jobs get a new lease\n",
+					now - e->awake_real);
+				run_call(e, &g);
+			}
+			e->awake_real = now;
+		}
 		if (c)
 			run_call(e, c);
 		if (clock_real_ms() >= e->next_due) {
@@ -912,8 +940,9 @@ static int recover(struct engine *e, void *arg)
 		return rc;
 	/* Agents kept working while we were down: give each running job one
 	 * full lease to be heard from again before calling its agent lost.
-	 * (Local agents died with the old daemon; when they re-register under
-	 * the same name their jobs are released at once.) */
+	 * (Local agents keep running too and are adopted (localagents.c); a
+	 * local agent that did not survive is started again, and when it
+	 * registers its job is released as a `daemon` failure.) */
 	{
 		sqlite3_stmt *up = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
 		if (!up)
@@ -955,6 +984,7 @@ int engine_start(struct engine **out, struct store *db, const struct engine_conf
 
 	e->db = db;
 	e->cfg = *cfg;
+	e->started_at = clock_now_ms();
 	if (e->cfg.lease_ms <= 0)
 		e->cfg.lease_ms = 30000;
 	if (e->cfg.heartbeat_ms <= 0)
