@@ -87,6 +87,24 @@ static int mint(struct localagents *la, int idx)
 	return 0;
 }
 
+/* Is pid in our own PID namespace?  A job step runs in a namespace of its
+ * own (contain.c): whatever it starts has two pids in /proc/PID/status. */
+static int same_pidns(pid_t pid)
+{
+	char *path = xasprintf("/proc/%ld/status", (long)pid);
+	struct buf b = BUF_INIT;
+	const char *ns;
+	int ok = 0;
+
+	if (ota_read_file(&b, path, 16384) == 0 && (ns = strstr(buf_cstr(&b), "\nNSpid:"))) {
+		long a, c;
+		ok = sscanf(ns + 8, "%ld %ld", &a, &c) == 1 && a == (long)pid;
+	}
+	buf_release(&b);
+	free(path);
+	return ok;
+}
+
 /* Is pid the otacd-agent of slot name?  (Its command line says so; a
  * zombie or a reused pid has another one.) */
 static int is_our_agent(const struct localagents *la, pid_t pid, const char *name)
@@ -117,35 +135,55 @@ static void record(struct localagents *la, int idx)
 	slot_name(name, sizeof(name), idx);
 	auth_sha256_hex(la->slots[idx].token, hash);
 	path = xasprintf("%s/%s", la->iddir, name);
-	line = xasprintf("%ld %s\n", (long)la->slots[idx].pid, hash);
+	line = xasprintf("%ld %s %s\n", (long)la->slots[idx].pid, hash, la->url);
 	if (ota_write_file_atomic(path, line, strlen(line), 0600) < 0)
 		fprintf(stderr, "otacd: cannot record local agent %d: %s\n", idx + 1, ota_error_last());
 	free(line);
 	free(path);
 }
 
+/* Stop a previous daemon's agent we cannot adopt (it could not reach us),
+ * before another starts on its work directory. */
+static void retire(struct localagents *la, pid_t pid, const char *name)
+{
+	fprintf(stderr, "otacd: %s (pid %ld) of the previous daemon uses another address: stopping it\n", name,
+		(long)pid);
+	kill(pid, SIGTERM);
+	for (int t = 0; t < 100 && is_our_agent(la, pid, name); t++)
+		usleep(100000);
+	if (is_our_agent(la, pid, name))
+		kill(pid, SIGKILL);
+}
+
 /*
  * A local agent of a previous daemon still running (it outlives the daemon,
  * see localagents.h): adopt it, under the token hash it was recorded with,
  * rather than start a second agent on its work directory.  1 if adopted.
+ * Only a process in our PID namespace whose command line is that agent's,
+ * recorded with the address it has now, is adopted.
  */
 static int adopt(struct localagents *la, int idx)
 {
-	char name[32], hash[65], *path;
+	char name[32], hash[65], url[512], *path;
 	struct buf b = BUF_INIT;
 	long pid = 0;
 	int ok = 0;
 
 	slot_name(name, sizeof(name), idx);
 	path = xasprintf("%s/%s", la->iddir, name);
-	if (ota_read_file(&b, path, 256) == 0 && sscanf(buf_cstr(&b), "%ld %64s", &pid, hash) == 2 &&
-	    strlen(hash) == 64 && strspn(hash, "0123456789abcdef") == 64 && is_our_agent(la, (pid_t)pid, name)) {
-		la->slots[idx].pid = (pid_t)pid;
-		la->slots[idx].adopted = 1;
-		la->slots[idx].token[0] = '\0';
-		auth_add_agent(name, NULL, hash, la->bound, AUTH_AGENT_LOCAL);
-		fprintf(stderr, "otacd: local agent %d (pid %ld) kept running: adopted\n", idx + 1, pid);
-		ok = 1;
+	if (ota_read_file(&b, path, 1024) == 0 && sscanf(buf_cstr(&b), "%ld %64s %511s", &pid, hash, url) == 3 &&
+	    strlen(hash) == 64 && strspn(hash, "0123456789abcdef") == 64 && same_pidns((pid_t)pid) &&
+	    is_our_agent(la, (pid_t)pid, name)) {
+		if (strcmp(url, la->url) != 0) {
+			retire(la, (pid_t)pid, name);
+		} else {
+			la->slots[idx].pid = (pid_t)pid;
+			la->slots[idx].adopted = 1;
+			la->slots[idx].token[0] = '\0';
+			auth_add_agent(name, NULL, hash, la->bound, AUTH_AGENT_LOCAL);
+			fprintf(stderr, "otacd: local agent %d (pid %ld) kept running: adopted\n", idx + 1, pid);
+			ok = 1;
+		}
 	}
 	buf_release(&b);
 	free(path);
