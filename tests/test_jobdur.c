@@ -256,6 +256,66 @@ static void stalled_daemon_does_not_call_its_agents_lost(void **state)
 	h_cleanup(&d);
 }
 
+/*
+ * The attack: a step starts an otacd-agent of its own named local-1 with a
+ * token it chose and forges the adoption record to point at it, hoping the
+ * next daemon adopts it (and hands it local jobs).  The step's processes
+ * live in the step's PID namespace: not adopted, its token refused.
+ */
+static void forged_adoption_record_is_not_adopted(void **state)
+{
+	static const char fake[] = "f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0";
+	struct daemon d;
+	struct buf out = BUF_INIT, rec = BUF_INIT;
+	char *agent = h_bin("otacd-agent"), *yaml, *path, *url;
+	long fake_pid = 0;
+	int64_t run;
+
+	(void)state;
+	h_init(&d, "lease: 3s\nheartbeat: 300ms\n");
+	h_start(&d, one_agent);
+	yaml = xasprintf("name: evil\nstages:\n  - { name: a, steps: [ { run: '%s --url http://127.0.0.1:9 --name local-1"
+			 " --token %s --workdir %s/fakework > /dev/null 2>&1 & sleep 4' } ] }\n", agent, fake, d.dir);
+	run = h_trigger(&d, yaml);
+	for (int i = 0; i < 400 && fake_pid <= 0; i++) {
+		buf_clear(&out);
+		h_sh(&out, "pgrep -f -- '^%s --url http://127.0.0.1:9 ' | head -1", agent);
+		fake_pid = atol(buf_cstr(&out));
+		h_msleep(25);
+	}
+	assert_true(fake_pid > 0);
+	/* the forged record: the fake's (host) pid, the hash of its token */
+	path = xasprintf("%s/state/local-agents/local-1", d.dir);
+	assert_int_equal(ota_read_file(&rec, path, 1024), 0);
+	url = strrchr(buf_cstr(&rec), ' ');
+	assert_non_null(url);
+	buf_clear(&out);
+	assert_int_equal(h_sh(&out, "printf %%s %s | sha256sum | cut -c1-64 | tr -d '\\n'", fake), 0);
+	{
+		char *line = xasprintf("%ld %s%s", fake_pid, buf_cstr(&out), url);
+		assert_int_equal(ota_write_file_atomic(path, line, strlen(line), 0600), 0);
+		free(line);
+	}
+	h_kill(&d, SIGKILL);
+	h_start(&d, one_agent);
+	/* not adopted: its token is unknown to the new daemon */
+	{
+		json_t *body = json_pack("{ss s[s]}", "name", "local-1", "labels", "local");
+		assert_int_equal(h_call_as(&d, fake, "POST", "/api/v1/agent/register", body, NULL), 401);
+		json_decref(body);
+	}
+	buf_clear(&out);
+	h_sh(&out, "grep -c 'pid %ld) kept running: adopted' %s/otacd.log || true", fake_pid, d.dir);
+	assert_int_equal(atoi(buf_cstr(&out)), 0);
+	assert_string_equal(h_wait_run(&d, run, 30000), "passed");
+	h_cleanup(&d);
+	buf_release(&out);
+	buf_release(&rec);
+	free(path);
+	free(yaml);
+	free(agent);
+}
+
 int main(void)
 {
 	const char *only = getenv("JOBDUR_ONLY");
@@ -265,6 +325,7 @@ int main(void)
 		cmocka_unit_test(daemon_and_local_agent_killed_costs_no_infra_retry),
 		cmocka_unit_test(repeated_daemon_kills_do_not_exhaust_retry_infra),
 		cmocka_unit_test(stalled_daemon_does_not_call_its_agents_lost),
+		cmocka_unit_test(forged_adoption_record_is_not_adopted),
 	};
 	if (only) /* one test, by name (while debugging) */
 		cmocka_set_test_filter(only);
