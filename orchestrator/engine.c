@@ -595,6 +595,8 @@ static int64_t compute_next_due(struct engine *e)
 	return due;
 }
 
+static int stall_grace(struct engine *e, void *arg);
+
 /* Fail every running attempt whose lease or deadline has passed. */
 static int tick(struct engine *e, void *arg)
 {
@@ -603,7 +605,11 @@ static int tick(struct engine *e, void *arg)
 	int64_t now = clock_real_ms(), ids[64];
 	int lost[64];
 	size_t n = 0;
-	int rc = 0;
+	int rc = 0, spared = 0;
+	/* While otacd could not commit (within the last lease), heartbeats
+	 * were refused by otacd's own fault: a lease that ran out then is not
+	 * an agent lost, and gets a new term instead. */
+	int own_fault = e->store_trouble_real && now - e->store_trouble_real <= e->cfg.lease_ms;
 
 	(void)arg;
 	if (!st)
@@ -619,6 +625,10 @@ static int tick(struct engine *e, void *arg)
 		const char *state;
 		char msg[160];
 		struct job_result r = { -1, lost[i] ? "infra" : "timeout", msg };
+		if (lost[i] && own_fault) {
+			spared = 1;
+			continue;
+		}
 		if ((rc = eng_job_load(e, ids[i], &j)) < 0)
 			break;
 		if (lost[i])
@@ -628,6 +638,10 @@ static int tick(struct engine *e, void *arg)
 			snprintf(msg, sizeof(msg), "job exceeded its timeout and its agent did not report");
 		rc = eng_attempt_done(e, &j, &r, &state);
 		eng_job_release(&j);
+	}
+	if (rc == 0 && spared) {
+		fprintf(stderr, "otacd: engine: leases ran out while the database could not commit; running jobs get a new lease\n");
+		rc = stall_grace(e, NULL);
 	}
 	return rc;
 }
@@ -654,6 +668,7 @@ static void run_call(struct engine *e, struct call *c)
 	ota_error_clear();
 	if (store_begin(e->db) < 0) {
 		c->rc = OTA_ERROR;
+		e->store_trouble_real = clock_real_ms();
 	} else {
 		c->rc = c->fn(e, c->arg);
 		if (c->rc < 0) {
@@ -664,6 +679,7 @@ static void run_call(struct engine *e, struct call *c)
 			store_rollback(e->db);
 			queue_rebuild(e);
 			c->rc = OTA_ERROR;
+			e->store_trouble_real = clock_real_ms(); /* a full disk, say */
 		}
 	}
 	if (c->rc < 0)

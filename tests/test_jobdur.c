@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -257,6 +258,55 @@ static void stalled_daemon_does_not_call_its_agents_lost(void **state)
 }
 
 /*
+ * The disk holding otacd's state fills up for longer than a lease: the
+ * agent's heartbeats fail (otacd cannot commit), but that is otacd's
+ * fault, so once the disk has room the attempt goes on and is not
+ * recorded lost.  Needs root (a small tmpfs); skipped otherwise.
+ */
+static void full_disk_does_not_call_healthy_agents_lost(void **state)
+{
+	struct daemon d;
+	char *mnt = h_tmpdir(), *old = getenv("TMPDIR") ? xstrdup(getenv("TMPDIR")) : NULL, *filler;
+	struct buf out = BUF_INIT;
+	int64_t run;
+
+	(void)state;
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=48m") < 0) {
+		fprintf(stderr, "jobdur: cannot mount a tmpfs (not root?): full-disk test skipped\n");
+		rmdir(mnt);
+		free(mnt);
+		free(old);
+		skip();
+	}
+	setenv("TMPDIR", mnt, 1);
+	h_init(&d, "lease: 1s\nheartbeat: 200ms\n");
+	if (old)
+		setenv("TMPDIR", old, 1);
+	else
+		unsetenv("TMPDIR");
+	h_start(&d, one_agent);
+	run = h_trigger(&d, "name: full\nstages:\n  - { name: a, retry: { infra: 0 }, steps: [ { run: 'sleep 6' } ] }\n");
+	for (int i = 0; i < 400; i++) {
+		if (h_sql_int(&d, "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND agent_id > 0") == 1)
+			break;
+		h_msleep(25);
+	}
+	filler = xasprintf("%s/filler", mnt);
+	h_sh(&out, "dd if=/dev/zero of=%s bs=1M count=64 2>/dev/null; true", filler);
+	h_msleep(3000); /* three leases without a commit */
+	unlink(filler);
+	assert_string_equal(h_wait_run(&d, run, 30000), "passed");
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM job_attempts"), 1);
+	h_cleanup(&d);
+	umount2(mnt, MNT_DETACH);
+	rmdir(mnt);
+	buf_release(&out);
+	free(filler);
+	free(mnt);
+	free(old);
+}
+
+/*
  * The attack: a step starts an otacd-agent of its own named local-1 with a
  * token it chose and forges the adoption record to point at it, hoping the
  * next daemon adopts it (and hands it local jobs).  The step's processes
@@ -326,6 +376,7 @@ int main(void)
 		cmocka_unit_test(repeated_daemon_kills_do_not_exhaust_retry_infra),
 		cmocka_unit_test(stalled_daemon_does_not_call_its_agents_lost),
 		cmocka_unit_test(forged_adoption_record_is_not_adopted),
+		cmocka_unit_test(full_disk_does_not_call_healthy_agents_lost),
 	};
 	if (only) /* one test, by name (while debugging) */
 		cmocka_set_test_filter(only);
