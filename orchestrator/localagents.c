@@ -131,13 +131,25 @@ static int is_our_agent(const struct localagents *la, pid_t pid, const char *nam
 /* Note which process holds which token, for the next daemon. */
 static void record(struct localagents *la, int idx)
 {
-	char name[32], hash[65], *path, *line;
+	char name[32], hash[65], *path, *line, *tmp;
+	int fd, ok;
 	slot_name(name, sizeof(name), idx);
 	auth_sha256_hex(la->slots[idx].token, hash);
 	path = xasprintf("%s/%s", la->iddir, name);
 	line = xasprintf("%ld %s %s\n", (long)la->slots[idx].pid, hash, la->url);
-	if (ota_write_file_atomic(path, line, strlen(line), 0600) < 0)
-		fprintf(stderr, "otacd: cannot record local agent %d: %s\n", idx + 1, ota_error_last());
+	tmp = xasprintf("%s.tmp", path);
+	/* Written before the agent can have registered (an exec and an HTTP
+	 * round trip away), so no fsync: the record matters only when the
+	 * agent outlived the daemon, and then the machine did not go down. */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ok = fd >= 0 && write(fd, line, strlen(line)) == (ssize_t)strlen(line);
+	if (fd >= 0 && close(fd) < 0)
+		ok = 0;
+	if (!ok || rename(tmp, path) < 0) {
+		fprintf(stderr, "otacd: cannot record local agent %d: %s\n", idx + 1, strerror(errno));
+		unlink(tmp);
+	}
+	free(tmp);
 	free(line);
 	free(path);
 }
@@ -174,9 +186,12 @@ static int adopt(struct localagents *la, int idx)
 	if (ota_read_file(&b, path, 1024) == 0 && sscanf(buf_cstr(&b), "%ld %64s %511s", &pid, hash, url) == 3 &&
 	    strlen(hash) == 64 && strspn(hash, "0123456789abcdef") == 64 && same_pidns((pid_t)pid) &&
 	    is_our_agent(la, (pid_t)pid, name)) {
-		if (strcmp(url, la->url) != 0) {
+		if (!la->url) { /* localagents_preload: its token only, for now */
+			auth_add_agent(name, NULL, hash, la->bound, AUTH_AGENT_LOCAL);
+		} else if (strcmp(url, la->url) != 0) {
 			retire(la, (pid_t)pid, name);
 		} else {
+			auth_remove(name); /* the preloaded entry */
 			la->slots[idx].pid = (pid_t)pid;
 			la->slots[idx].adopted = 1;
 			la->slots[idx].token[0] = '\0';
@@ -295,18 +310,43 @@ static void *supervise(void *arg)
 	return NULL;
 }
 
+static json_t *labels_json(const struct strvec *labels)
+{
+	json_t *bound = json_array();
+	for (size_t i = 0; i < labels->n; i++)
+		json_array_append_new(bound, json_string(labels->v[i]));
+	return bound;
+}
+
+void localagents_preload(int n, const struct strvec *labels, const char *state_dir)
+{
+	struct localagents la;
+
+	memset(&la, 0, sizeof(la));
+	la.bound = labels_json(labels);
+	la.agent_path = sibling_binary("otacd-agent");
+	la.iddir = xasprintf("%s/local-agents", state_dir);
+	la.n = n;
+	la.slots = xcalloc((size_t)(n ? n : 1), sizeof(*la.slots));
+	for (int i = 0; i < n; i++)
+		adopt(&la, i);
+	free(la.slots);
+	free(la.iddir);
+	free(la.agent_path);
+	json_decref(la.bound);
+}
+
 int localagents_start(struct localagents **out, int n, const char *url, const struct strvec *labels,
 		      const char *workdir, const char *state_dir)
 {
 	struct localagents *la = xcalloc(1, sizeof(*la));
 	struct buf l = BUF_INIT;
 
-	la->bound = json_array();
+	la->bound = labels_json(labels);
 	for (size_t i = 0; i < labels->n; i++) {
 		if (i)
 			buf_putc(&l, ',');
 		buf_puts(&l, labels->v[i]);
-		json_array_append_new(la->bound, json_string(labels->v[i]));
 	}
 	la->n = n;
 	la->slots = xcalloc((size_t)(n ? n : 1), sizeof(*la->slots));

@@ -26,6 +26,10 @@
 
 struct localagents;
 
+/* Before the API listens: accept the tokens of recorded local agents that
+ * still run (localagents_start then adopts them, or forgets the token), so
+ * that an agent's first call to the restarted daemon is not refused. */
+void localagents_preload(int n, const struct strvec *labels, const char *state_dir);
 int localagents_start(struct localagents **out, int n, const char *url, const struct strvec *labels,
 		      const char *workdir, const char *state_dir);
 void localagents_stop(struct localagents *la);

@@ -425,6 +425,8 @@ int main(int argc, char **argv)
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
 	acfg.updsrv = us;
+	if (cfg.local_agents > 0)
+		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
 	/* Local agents outlive a daemon restart (localagents.c): the default
 	 * agents' listener keeps the port it had, so they find the new daemon
 	 * where they left the old one (when it is taken: a new port, and the
