@@ -606,8 +606,8 @@ static int tick(struct engine *e, void *arg)
 	int lost[64];
 	size_t n = 0;
 	int rc = 0, spared = 0;
-	/* While otacd could not commit (within the last lease), heartbeats
-	 * were refused by otacd's own fault: a lease that ran out then is not
+	/* While otacd could not write for want of disk (within the last
+	 * lease), heartbeats were refused by otacd's own fault: a lease that ran out then is not
 	 * an agent lost, and gets a new term instead. */
 	int own_fault = e->store_trouble_real && now - e->store_trouble_real <= e->cfg.lease_ms;
 
@@ -663,23 +663,33 @@ static int stall_grace(struct engine *e, void *arg)
 	return store_step_done(e->db, st);
 }
 
+/* The database failed for want of disk (full, I/O error): otacd's fault,
+ * not its agents' (see tick).  Read before the rollback resets it. */
+static void note_store_trouble(struct engine *e)
+{
+	int ec = sqlite3_errcode(store_db(e->db)) & 0xff;
+	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN)
+		e->store_trouble_real = clock_real_ms();
+}
+
 static void run_call(struct engine *e, struct call *c)
 {
 	ota_error_clear();
 	if (store_begin(e->db) < 0) {
 		c->rc = OTA_ERROR;
-		e->store_trouble_real = clock_real_ms();
+		note_store_trouble(e);
 	} else {
 		c->rc = c->fn(e, c->arg);
 		if (c->rc < 0) {
+			note_store_trouble(e);
 			store_rollback(e->db);
 			/* The in-memory queue may have moved ahead of the database. */
 			queue_rebuild(e);
 		} else if (store_commit(e->db) < 0) {
+			note_store_trouble(e);
 			store_rollback(e->db);
 			queue_rebuild(e);
 			c->rc = OTA_ERROR;
-			e->store_trouble_real = clock_real_ms(); /* a full disk, say */
 		}
 	}
 	if (c->rc < 0)

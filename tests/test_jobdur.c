@@ -295,7 +295,13 @@ static void full_disk_does_not_call_healthy_agents_lost(void **state)
 	h_sh(&out, "dd if=/dev/zero of=%s bs=1M count=64 2>/dev/null; true", filler);
 	h_msleep(3000); /* three leases without a commit */
 	unlink(filler);
-	assert_string_equal(h_wait_run(&d, run, 30000), "passed");
+	if (strcmp(h_wait_run(&d, run, 30000), "passed") != 0) {
+		json_t *r = h_run(&d, run);
+		char *text = json_dumps(h_job(r, "a"), JSON_COMPACT);
+		fail_msg("the job did not pass: %s", text);
+		free(text);
+		json_decref(r);
+	}
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM job_attempts"), 1);
 	h_cleanup(&d);
 	umount2(mnt, MNT_DETACH);
