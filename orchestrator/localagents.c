@@ -34,7 +34,7 @@ struct localagents {
 	char *url;
 	char *labels;
 	char *workdir;
-	char *iddir;          /* STATE/local-agents: "PID SHA256(token)" per agent */
+	char *iddir;          /* STATE/local-agents: "PID SHA256(token) URL" per agent */
 	json_t *bound;        /* the local labels, which local agents may claim */
 	pthread_t thread;
 	pthread_mutex_t lock;
@@ -57,19 +57,6 @@ static char *sibling_binary(const char *name)
 	return xasprintf("%s/%s", self, name);
 }
 
-/*
- * Start one agent.  otacd has many threads, so between fork() and exec the
- * child may only make async-signal-safe calls: another thread may have
- * held the allocator's lock (or stdio's) at the instant of the fork, and
- * the child would wait on it forever, holding copies of otacd's lock file
- * and sockets.  So argv and the environment are built here, before the
- * fork, and the child only resets its signal mask, moves the token pipe to
- * fd 3 and calls execve.
- *
- * The agent's token never is in its environment or argv (a job step could
- * read /proc/PID/environ or cmdline): it is written into a pipe before the
- * fork, the agent reads it from fd 3 (--token-fd 3) and closes it.
- */
 static void slot_name(char *name, size_t n, int idx)
 {
 	snprintf(name, n, "local-%d", idx + 1);
@@ -205,6 +192,19 @@ static int adopt(struct localagents *la, int idx)
 	return ok;
 }
 
+/*
+ * Start one agent.  otacd has many threads, so between fork() and exec the
+ * child may only make async-signal-safe calls: another thread may have
+ * held the allocator's lock (or stdio's) at the instant of the fork, and
+ * the child would wait on it forever, holding copies of otacd's lock file
+ * and sockets.  So argv and the environment are built here, before the
+ * fork, and the child only resets its signal mask, moves the token pipe to
+ * fd 3 and calls execve.
+ *
+ * The agent's token never is in its environment or argv (a job step could
+ * read /proc/PID/environ or cmdline): it is written into a pipe before the
+ * fork, the agent reads it from fd 3 (--token-fd 3) and closes it.
+ */
 static pid_t spawn(struct localagents *la, int idx)
 {
 	extern char **environ;
