@@ -5,7 +5,8 @@
  * build box or HIL rig elsewhere, runs through this one program and the
  * agent protocol of docs/api.md, so local and remote agents behave alike.
  *
- * How: main() registers (retrying forever while the daemon is away), then
+ * How: main() registers (retrying while the daemon is away: forever, or for
+ * a local agent OTACD_AGENT_ORPHAN_MS, see agent_orphaned), then
  * long-polls for a job.  A job runs on the main thread: a fresh workspace,
  * the commit's tree unpacked into it when the run comes from git (the
  * daemon serves a tar, streamed to an unlinked temporary file, retried on
