@@ -429,8 +429,8 @@ int main(int argc, char **argv)
 		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
 	/* Local agents outlive a daemon restart (localagents.c): the default
 	 * agents' listener keeps the port it had, so they find the new daemon
-	 * where they left the old one (when it is taken: a new port, and the
-	 * agents, which cannot find it, exit and are started again). */
+	 * where they left the old one (when it is taken: a new port, and
+	 * localagents_start stops the old agents and starts new ones). */
 	free(path);
 	path = xasprintf("%s/agent-listen", cfg.state_dir);
 	if (acfg.agent_listen && !strcmp(acfg.agent_listen, "127.0.0.1:0")) {
