@@ -5,7 +5,8 @@
  * build box or HIL rig elsewhere, runs through this one program and the
  * agent protocol of docs/api.md, so local and remote agents behave alike.
  *
- * How: main() registers (retrying forever while the daemon is away), then
+ * How: main() registers (retrying while the daemon is away: forever, or for
+ * a local agent OTACD_AGENT_ORPHAN_MS, see agent_orphaned), then
  * long-polls for a job.  A job runs on the main thread: a fresh workspace,
  * the commit's tree unpacked into it when the run comes from git (the
  * daemon serves a tar, streamed to an unlinked temporary file, retried on
@@ -128,6 +129,32 @@ static void sleep_ms(long ms)
 	}
 }
 
+/*
+ * A local agent outlives a daemon restart (the new daemon adopts it), but
+ * not its daemon for good: unheard from for agent_orphan_ms (otacd gone
+ * for good, or restarted somewhere it cannot find), it stops.  Remote
+ * agents (agent_orphan_ms 0) wait for their daemon forever.
+ */
+static int64_t agent_contact_ms;  /* agent_now_ms() of the daemon's last answer */
+static long agent_orphan_ms;
+
+static void agent_heard(void)
+{
+	__atomic_store_n(&agent_contact_ms, agent_now_ms(), __ATOMIC_RELAXED);
+}
+
+/* 1 (and stop the agent) when the daemon has been away too long. */
+static int agent_orphaned(void)
+{
+	int64_t away = agent_now_ms() - __atomic_load_n(&agent_contact_ms, __ATOMIC_RELAXED);
+	if (agent_orphan_ms <= 0 || away <= agent_orphan_ms)
+		return 0;
+	if (!agent_stop_flag)
+		agent_say("no answer from otacd for %lld ms: a local agent without its daemon stops", (long long)away);
+	agent_stop_flag = 1;
+	return 1;
+}
+
 static long backoff_next(long cur)
 {
 	return cur < BACKOFF_MIN_MS ? BACKOFF_MIN_MS : cur * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : cur * 2;
@@ -194,6 +221,7 @@ static int agent_register(struct agent *a)
 			if (!a->name && json_is_string(json_object_get(ans, "name")))
 				a->name = xstrdup(json_string_value(json_object_get(ans, "name")));
 			agent_say("%s registered as agent %s with %s", a->name ? a->name : "?", a->id_str, a->url);
+			agent_heard();
 			json_decref(ans);
 			return 0;
 		}
@@ -207,6 +235,8 @@ static int agent_register(struct agent *a)
 		if (!warned++)
 			agent_say("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
 		json_decref(ans);
+		if (agent_orphaned())
+			break;
 		backoff = backoff_next(backoff);
 		sleep_ms(backoff);
 	}
@@ -230,6 +260,8 @@ static int agent_request_job(json_t **out, struct agent *a)
 	rc = httpc_json(&ans, &status, "POST", url, a->token, req, LONGPOLL_TIMEOUT_MS);
 	if (rc < 0)
 		goto out;
+	if (status < 500)
+		agent_heard();
 	if (status == 200 && json_is_object(ans)) {
 		*out = ans;
 		ans = NULL;
@@ -275,8 +307,12 @@ static void *heartbeat(void *arg)
 		json_decref(req);
 		pthread_mutex_lock(&j->mu);
 		wait = j->a->heartbeat_ms;
+		if (!rc && status < 500)
+			agent_heard();
 		if (rc < 0 || status >= 500) {
 			wait = wait > 1000 ? 1000 : wait; /* the daemon may be restarting */
+			if (agent_orphaned())
+				pthread_cond_broadcast(&j->cv);
 		} else if (status == 200) {
 			if (json_is_true(json_object_get(ans, "cancel")) && !j->cancel) {
 				j->cancel = 1;
@@ -947,6 +983,8 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 		long status = 0;
 		int r = httpc_json(&ans, &status, "POST", url, j->token, req, timeout_ms);
 		json_decref(ans);
+		if (!r && status < 500)
+			agent_heard();
 		if (!r && ((status >= 200 && status < 300) || status == 409)) {
 			rc = 0;
 			break;
@@ -955,7 +993,7 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 			agent_say("job %s: finish refused (HTTP %ld)", j->id, status);
 			break;
 		}
-		if (agent_stop_flag && tries == 0)
+		if ((agent_stop_flag || agent_orphaned()) && tries == 0)
 			break;
 		backoff = backoff_next(backoff);
 		sleep_ms(backoff);
@@ -1309,13 +1347,15 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if ((e = getenv("OTACD_AGENT_PARENT_DEATH")) && !strcmp(e, "1")) {
+	/* A local agent is not tied to its daemon's life (a restarted daemon
+	 * adopts it) but gives up on it after a while (agent_orphaned). */
+	if ((e = getenv("OTACD_AGENT_LOCAL")) && !strcmp(e, "1")) {
 		a.local = 1;
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		e = getenv("OTACD_AGENT_PARENT_PID");
-		if (e && atol(e) != (long)getppid())
-			return 0; /* the daemon died before prctl took effect */
+		agent_orphan_ms = 300000;
 	}
+	if ((e = getenv("OTACD_AGENT_ORPHAN_MS")) && atol(e) > 0)
+		agent_orphan_ms = atol(e);
+	agent_heard();
 
 	if (ota_mkdir_p(workdir, 0755) < 0 || !(a.workdir = realpath(workdir, NULL))) {
 		agent_say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
@@ -1352,7 +1392,7 @@ int main(int argc, char **argv)
 				rc = agent_stop_flag ? 0 : 1;
 				break;
 			}
-		} else if (!agent_stop_flag) {
+		} else if (!agent_stop_flag && !agent_orphaned()) {
 			backoff = backoff_next(backoff);
 			sleep_ms(backoff);
 		}

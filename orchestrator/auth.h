@@ -28,7 +28,7 @@ enum auth_role {
 };
 
 /* What kind of agent a token names (auth_agent_info). */
-#define AUTH_AGENT_LOCAL 1u       /* started by otacd; its token lives in memory only */
+#define AUTH_AGENT_LOCAL 1u       /* started by otacd (or adopted: known by its hash) */
 #define AUTH_AGENT_REGISTERED 2u  /* `otactl agents add`: in the agents table, revocable */
 
 /* Load the tokens table; must be called before auth_check. */

@@ -595,6 +595,8 @@ static int64_t compute_next_due(struct engine *e)
 	return due;
 }
 
+static int stall_grace(struct engine *e, void *arg);
+
 /* Fail every running attempt whose lease or deadline has passed. */
 static int tick(struct engine *e, void *arg)
 {
@@ -603,7 +605,11 @@ static int tick(struct engine *e, void *arg)
 	int64_t now = clock_real_ms(), ids[64];
 	int lost[64];
 	size_t n = 0;
-	int rc = 0;
+	int rc = 0, spared = 0;
+	/* While otacd could not write for want of disk (within the last
+	 * lease), heartbeats were refused by otacd's own fault: a lease that ran out then is not
+	 * an agent lost, and gets a new term instead. */
+	int own_fault = e->store_trouble_real && now - e->store_trouble_real <= e->cfg.lease_ms;
 
 	(void)arg;
 	if (!st)
@@ -619,6 +625,10 @@ static int tick(struct engine *e, void *arg)
 		const char *state;
 		char msg[160];
 		struct job_result r = { -1, lost[i] ? "infra" : "timeout", msg };
+		if (lost[i] && own_fault) {
+			spared = 1;
+			continue;
+		}
 		if ((rc = eng_job_load(e, ids[i], &j)) < 0)
 			break;
 		if (lost[i])
@@ -629,7 +639,37 @@ static int tick(struct engine *e, void *arg)
 		rc = eng_attempt_done(e, &j, &r, &state);
 		eng_job_release(&j);
 	}
+	if (rc == 0 && spared) {
+		fprintf(stderr, "otacd: engine: leases ran out while the database could not commit; running jobs get a new lease\n");
+		rc = stall_grace(e, NULL);
+	}
 	return rc;
+}
+
+/*
+ * The engine thread was away for longer than it ever sleeps (the process
+ * was stopped, or a call hung on the disk): agents could not be heard
+ * meanwhile, so no lease may expire for that; each running job gets one
+ * full lease from now.
+ */
+static int stall_grace(struct engine *e, void *arg)
+{
+	sqlite3_stmt *st = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
+
+	(void)arg;
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
+	return store_step_done(e->db, st);
+}
+
+/* The database failed for want of disk (full, I/O error): otacd's fault,
+ * not its agents' (see tick).  Read before the rollback resets it. */
+static void note_store_trouble(struct engine *e)
+{
+	int ec = sqlite3_errcode(store_db(e->db)) & 0xff;
+	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN)
+		e->store_trouble_real = clock_real_ms();
 }
 
 static void run_call(struct engine *e, struct call *c)
@@ -637,13 +677,16 @@ static void run_call(struct engine *e, struct call *c)
 	ota_error_clear();
 	if (store_begin(e->db) < 0) {
 		c->rc = OTA_ERROR;
+		note_store_trouble(e);
 	} else {
 		c->rc = c->fn(e, c->arg);
 		if (c->rc < 0) {
+			note_store_trouble(e);
 			store_rollback(e->db);
 			/* The in-memory queue may have moved ahead of the database. */
 			queue_rebuild(e);
 		} else if (store_commit(e->db) < 0) {
+			note_store_trouble(e);
 			store_rollback(e->db);
 			queue_rebuild(e);
 			c->rc = OTA_ERROR;
@@ -759,6 +802,17 @@ static void *engine_main(void *arg)
 		}
 		pthread_mutex_unlock(&e->lock);
 
+		{
+			/* the wait above is at most 5 s: a longer gap is a stall */
+			int64_t now = clock_real_ms();
+			if (e->awake_real && now - e->awake_real > 5000 + e->cfg.lease_ms / 2) {
+				struct call g = { stall_grace, NULL, 0, 0, "", NULL };
+				fprintf(stderr, "otacd: engine: stalled for %" PRId64 " ms; running jobs get a new lease\n",
+					now - e->awake_real);
+				run_call(e, &g);
+			}
+			e->awake_real = now;
+		}
 		if (c)
 			run_call(e, c);
 		if (clock_real_ms() >= e->next_due) {
@@ -912,8 +966,9 @@ static int recover(struct engine *e, void *arg)
 		return rc;
 	/* Agents kept working while we were down: give each running job one
 	 * full lease to be heard from again before calling its agent lost.
-	 * (Local agents died with the old daemon; when they re-register under
-	 * the same name their jobs are released at once.) */
+	 * (Local agents keep running too and are adopted (localagents.c); a
+	 * local agent that did not survive is started again, and when it
+	 * registers its job is released as a `daemon` failure.) */
 	{
 		sqlite3_stmt *up = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
 		if (!up)
@@ -955,6 +1010,7 @@ int engine_start(struct engine **out, struct store *db, const struct engine_conf
 
 	e->db = db;
 	e->cfg = *cfg;
+	e->started_at = clock_now_ms();
 	if (e->cfg.lease_ms <= 0)
 		e->cfg.lease_ms = 30000;
 	if (e->cfg.heartbeat_ms <= 0)

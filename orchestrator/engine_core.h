@@ -41,6 +41,9 @@ struct engine {
 	struct call *head, *tail;
 	int stopping;
 	int64_t next_due;           /* wall-clock ms of the next lease/deadline */
+	int64_t awake_real;         /* wall-clock ms the engine thread last woke (stall detection) */
+	int64_t started_at;         /* otacd time (clock_now_ms) this daemon started */
+	int64_t store_trouble_real; /* wall-clock ms a transaction last failed to begin or commit */
 
 	/* Set by a command, acted on after its COMMIT: waking a waiter before
 	 * the commit would let it read the old state and sleep again. */

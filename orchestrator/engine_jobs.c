@@ -131,9 +131,12 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 		return rc;
 
 	if (failed && strcmp(failure, "canceled") != 0) {
-		int use_infra = !strcmp(failure, "infra") && j->infra_left > 0;
-		int use_count = !use_infra && retry_on(j->spec, failure) && j->retries_left > 0;
-		if (use_infra || use_count) {
+		/* "daemon": the attempt was lost because otacd itself went away
+		 * or stalled; it is retried and counts against no budget. */
+		int use_daemon = !strcmp(failure, "daemon");
+		int use_infra = !use_daemon && !strcmp(failure, "infra") && j->infra_left > 0;
+		int use_count = !use_daemon && !use_infra && retry_on(j->spec, failure) && j->retries_left > 0;
+		if (use_daemon || use_infra || use_count) {
 			st = STMT(e, "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires = NULL,"
 				     " deadline = NULL, exit_code = ?, failure = ?, message = ?,"
 				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ? WHERE id = ?");
@@ -175,8 +178,9 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 	return eng_advance_run(e, j->run_id);
 }
 
-/* Give up the job an agent holds (the agent restarted or was lost). */
-static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+/* Give up the job an agent holds (the agent restarted or was lost);
+ * failure is "infra", or "daemon" when otacd's own restart lost it. */
+static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *failure, const char *why)
 {
 	sqlite3_stmt *st = STMT(e, "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'");
 	int64_t ids[16];
@@ -190,12 +194,17 @@ static int release_agent_job(struct engine *e, int64_t agent_id, const char *why
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct jobrow j;
 		const char *state;
-		struct job_result r = { -1, "infra", why };
+		struct job_result r = { -1, failure, why };
 		if ((rc = eng_job_load(e, ids[i], &j)) == 0)
 			rc = eng_attempt_done(e, &j, &r, &state);
 		eng_job_release(&j);
 	}
 	return rc;
+}
+
+static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
+{
+	return release_agent_job_as(e, agent_id, "infra", why);
 }
 
 /* ---- agents: registration, claims, leases ------------------------------- */
@@ -233,6 +242,20 @@ static int do_register(struct engine *e, void *arg)
 	sqlite3_stmt *st;
 	int rc;
 
+	/* A local agent registering for the first time since this daemon
+	 * started was started by it: the one before it (and its job) went
+	 * away with the previous daemon (a machine restart), not by its own
+	 * fault.  Read before the row is updated. */
+	int daemon_lost = 0;
+
+	if (a->local) {
+		st = STMT(e, "SELECT registered_at < ? FROM agents WHERE name = ?");
+		sqlite3_bind_int64(st, 1, e->started_at);
+		sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
+		if (store_step_row(e->db, st) == 1)
+			daemon_lost = (int)store_col_int(st, 0);
+		sqlite3_reset(st);
+	}
 	st = STMT(e, "INSERT INTO agents(name, labels, local, registered_at, last_seen) VALUES (?,?,?,?,?)"
 		     " ON CONFLICT(name) DO UPDATE SET labels = excluded.labels, local = excluded.local,"
 		     " registered_at = excluded.registered_at, last_seen = excluded.last_seen");
@@ -253,6 +276,9 @@ static int do_register(struct engine *e, void *arg)
 		return rc < 0 ? rc : ota_error_set(OTA_ERROR, "agent registration lost");
 	eng_event(e, 0, 0, "agent.registered", json_pack("{ss sI}", "name", a->name, "agent", (json_int_t)a->agent_id));
 	/* A registering agent has restarted: whatever it held is gone. */
+	if (daemon_lost)
+		return release_agent_job_as(e, a->agent_id, "daemon",
+					    "otacd restarted and its local agent with it while running this job");
 	return release_agent_job(e, a->agent_id, "agent restarted while running this job");
 }
 

@@ -425,8 +425,37 @@ int main(int argc, char **argv)
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
 	acfg.updsrv = us;
-	if (api_start(&api, &acfg) < 0)
+	if (cfg.local_agents > 0)
+		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
+	/* Local agents outlive a daemon restart (localagents.c): the default
+	 * agents' listener keeps the port it had, so they find the new daemon
+	 * where they left the old one (when it is taken: a new port, and
+	 * localagents_start stops the old agents and starts new ones). */
+	free(path);
+	path = xasprintf("%s/agent-listen", cfg.state_dir);
+	if (acfg.agent_listen && !strcmp(acfg.agent_listen, "127.0.0.1:0")) {
+		struct buf prev = BUF_INIT;
+		int port = ota_read_file(&prev, path, 64) == 0 ? atoi(buf_cstr(&prev)) : 0;
+		char *again = port > 0 && port < 65536 ? xasprintf("127.0.0.1:%d", port) : NULL;
+		buf_release(&prev);
+		if (again) {
+			acfg.agent_listen = again;
+			if (api_start(&api, &acfg) < 0) {
+				fprintf(stderr, "otacd: agents' listener: port %d is taken (%s); a new one\n", port,
+					ota_error_last());
+				api = NULL;
+			}
+			acfg.agent_listen = "127.0.0.1:0";
+			free(again);
+		}
+	}
+	if (!api && api_start(&api, &acfg) < 0)
 		goto fail;
+	if (api_agent_port(api)) {
+		char *line = xasprintf("%d\n", api_agent_port(api));
+		ota_write_file_atomic(path, line, strlen(line), 0600);
+		free(line);
+	}
 	{
 		const char *colon = strrchr(cfg.listen, ':');
 		int host_len = (int)(colon - cfg.listen);
@@ -445,7 +474,7 @@ int main(int argc, char **argv)
 	if (cfg.local_agents > 0) {
 		char *workdir = xasprintf("%s/work", cfg.state_dir);
 		char *agent_url = api_agent_port(api) ? agent_listener_url(acfg.agent_listen, api_agent_port(api)) : xstrdup(url);
-		int rc = localagents_start(&agents, cfg.local_agents, agent_url, &cfg.local_labels, workdir);
+		int rc = localagents_start(&agents, cfg.local_agents, agent_url, &cfg.local_labels, workdir, cfg.state_dir);
 		free(agent_url);
 		free(workdir);
 		if (rc < 0)

@@ -117,6 +117,8 @@ int h_start(struct daemon *d, const char *const *args)
 	int i;
 
 	unlink(urlfile);
+	/* local agents outlive a SIGKILLed daemon: in tests, not for long */
+	setenv("OTACD_AGENT_ORPHAN_MS", "30000", 0);
 	strvec_push(&argv, otacd);
 	strvec_push(&argv, "--state-dir");
 	strvec_push(&argv, state);

@@ -222,13 +222,13 @@ int api_job_auth(struct api *a, struct api_req *r)
 	struct store *s = store_reader();
 	sqlite3_stmt *st;
 	char hash[65], state[16] = "";
-	int64_t job = 0, attempt = 0, current = 0, lease = 0, ended = 0, q;
+	int64_t job = 0, attempt = 0, current = 0, ended = 0, q;
 	int rc, open = 0, revoked = 0;
 
 	if (!token)
 		return job_auth_refuse(r, MHD_HTTP_UNAUTHORIZED, "job routes need the job token of the attempt");
 	if (!s || !(st = store_stmt(s, "SELECT ja.job_id, ja.attempt, COALESCE(ja.agent_id, 0), ja.finished_at IS NULL,"
-					" j.attempt, j.state, COALESCE(j.lease_expires, 0), ag.revoked_at IS NOT NULL, ag.name,"
+					 " j.attempt, j.state, ag.revoked_at IS NOT NULL, ag.name,"
 					" COALESCE(j.finished_at, 0)"
 					" FROM job_attempts ja JOIN jobs j ON j.id = ja.job_id"
 					" LEFT JOIN agents ag ON ag.id = ja.agent_id WHERE ja.token_hash = ?")))
@@ -243,10 +243,9 @@ int api_job_auth(struct api *a, struct api_req *r)
 		open = (int)store_col_int(st, 3);
 		current = store_col_int(st, 4);
 		snprintf(state, sizeof(state), "%s", store_col_text(st, 5) ? store_col_text(st, 5) : "");
-		lease = store_col_int(st, 6);
-		revoked = (int)store_col_int(st, 7);
-		snprintf(r->actor, sizeof(r->actor), "%s", store_col_text(st, 8) ? store_col_text(st, 8) : "");
-		ended = store_col_int(st, 9);
+		revoked = (int)store_col_int(st, 6);
+		snprintf(r->actor, sizeof(r->actor), "%s", store_col_text(st, 7) ? store_col_text(st, 7) : "");
+		ended = store_col_int(st, 8);
 	}
 	sqlite3_reset(st);
 	if (rc < 0)
@@ -259,8 +258,11 @@ int api_job_auth(struct api *a, struct api_req *r)
 	if (job != r->id)
 		return job_auth_refuse(r, MHD_HTTP_FORBIDDEN, "this job token is not for job %" PRId64, r->id);
 	r->attempt = attempt;
+	/* A running attempt whose lease ran out is over once the engine
+	 * records it so (it moves the job on): not before, for a daemon that
+	 * was stopped or stalled gives running jobs a new lease first
+	 * (engine.c, stall_grace), and an agent that is heard from is not lost. */
 	if (!open || revoked || current != attempt || (strcmp(state, "running") && strcmp(state, "canceled")) ||
-	    (!strcmp(state, "running") && lease <= clock_real_ms()) ||
 	    /* a canceled attempt has one lease to stop and report */
 	    (!strcmp(state, "canceled") && (double)(clock_now_ms() - ended) / clock_scale() > (double)a->cfg.lease_ms))
 		return job_auth_refuse(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of this job is over", attempt);
