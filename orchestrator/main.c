@@ -172,7 +172,10 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	}
 	/* the server-only key of device credentials, made on first start */
 	secretfile = xasprintf("%s/device.secret", cfg->state_dir);
-	buf_clear(&key);
+	/* ota_read_file starts a fresh buffer: release the fleet key's first */
+	if (key.ptr)
+		explicit_bzero(key.ptr, key.len);
+	buf_release(&key);
 	if (ota_read_file(&key, secretfile, 4096) == 0 && key.len >= 64) {
 		while (key.len && (key.ptr[key.len - 1] == '\n' || key.ptr[key.len - 1] == '\r'))
 			key.ptr[--key.len] = 0;
