@@ -90,7 +90,7 @@ echo "== otactl audit --release $release"
 "$ctl" audit --release "$release"
 echo
 echo "== the simulated fleet (otacd-fleetsim)"
-tail -1 "$state/fleetsim.log"
+grep "^fleetsim t=\|^fleetsim final" "$state/fleetsim.log" | tail -1
 echo
 echo "== agents"
 "$ctl" agents
