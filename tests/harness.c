@@ -566,3 +566,19 @@ void h_git_push(const char *work, const char *args)
 		fail_msg("git push %s: %s", args, buf_cstr(&out));
 	buf_release(&out);
 }
+
+char *h_device_metrics(struct daemon *d, size_t *len)
+{
+	char *url = xasprintf("%s/metrics", d->device_url);
+	struct httpc_response r = { 0 };
+	char *text;
+
+	if (httpc_request(&r, "GET", url, NULL, NULL, NULL, 0, 30000) != 0 || r.status != 200)
+		fail_msg("GET %s failed", url);
+	if (len)
+		*len = r.body.len;
+	text = xstrdup(buf_cstr(&r.body));
+	httpc_response_release(&r);
+	free(url);
+	return text;
+}

@@ -78,6 +78,9 @@ long h_raw(struct daemon *d, const char *method, const char *path, const char *t
  * (waiting up to 5 s; fails the test when none comes): the claim's answer
  * (job_id, attempt, job_token, spec ...); the agent's id in *agent_id. */
 json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64_t *agent_id);
+/* The device listener's GET /metrics (Prometheus text; caller frees); its
+ * length in *len when len is not NULL.  Fails the test unless 200. */
+char *h_device_metrics(struct daemon *d, size_t *len);
 /* A JSON API call with another token; returns the HTTP status. */
 long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
 	       json_t **out);

@@ -70,25 +70,11 @@ static long report(struct daemon *d, const char *id, const char *token, const ch
 	return dev_post(d, "/device/v1/reports", token, json_pack("{s[o]}", "reports", r), ans);
 }
 
-static char *metrics(struct daemon *d, size_t *len)
-{
-	char *url = xasprintf("%s/metrics", d->device_url);
-	struct httpc_response r = { 0 };
-	char *text;
-	assert_int_equal(httpc_request(&r, "GET", url, NULL, NULL, NULL, 0, 30000), 0);
-	assert_int_equal(r.status, 200);
-	*len = r.body.len;
-	text = xstrdup(buf_cstr(&r.body));
-	httpc_response_release(&r);
-	free(url);
-	return text;
-}
-
 /* The value of the series "name{labels}" in the Prometheus text (0 when absent). */
 static double series(struct daemon *d, const char *name, const char *labels)
 {
 	size_t len;
-	char *text = metrics(d, &len), *key = xasprintf("%s{%s} ", name, labels), *p = strstr(text, key);
+	char *text = h_device_metrics(d, &len), *key = xasprintf("%s{%s} ", name, labels), *p = strstr(text, key);
 	double v = p ? strtod(p + strlen(key), NULL) : 0;
 	free(key);
 	free(text);
@@ -366,7 +352,7 @@ static void tag_values_beyond_the_cap_are_refused_and_metrics_stay_small(void **
 	assert_int_equal(h_start(&d, NULL), 0);
 	c = h_register_devices(&d, "dev", 300);
 	assert_int_equal(checkin(&d, "dev-0000", c[0], "fw", "1.0.0", json_pack("{ss}", "region", "eu"), NULL), 200);
-	free(metrics(&d, &before));
+	free(h_device_metrics(&d, &before));
 	/* the attack: check-ins with fresh tag values */
 	for (int i = 1; i < 300; i++) {
 		char v[32], id[32];
@@ -395,7 +381,7 @@ static void tag_values_beyond_the_cap_are_refused_and_metrics_stay_small(void **
 		ok += checkin(&d, id, c[i], "fw", v, NULL, NULL) == 200;
 	}
 	assert_true(ok < 30);
-	free(metrics(&d, &after));
+	free(h_device_metrics(&d, &after));
 	/* 20 tag cohorts and < 30 versions: bounded, not 300 x 12 series */
 	assert_true(after < before + 60 * 12 * 120);
 	free_creds(c);

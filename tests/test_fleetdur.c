@@ -64,23 +64,10 @@ static long send_reports(struct daemon *d, json_t *list, json_t **ans)
 	return dev_post(d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), ans);
 }
 
-static char *metrics(struct daemon *d)
-{
-	char *url = xasprintf("%s/metrics", d->device_url);
-	struct httpc_response r = { 0 };
-	char *text;
-	assert_int_equal(httpc_request(&r, "GET", url, NULL, NULL, NULL, 0, 30000), 0);
-	assert_int_equal(r.status, 200);
-	text = xstrdup(buf_cstr(&r.body));
-	httpc_response_release(&r);
-	free(url);
-	return text;
-}
-
 /* The value of name{product="fw",version=v,cohort="*"} in /metrics (0 when absent). */
 static double series(struct daemon *d, const char *name, const char *v)
 {
-	char *text = metrics(d), *key = xasprintf("%s{product=\"fw\",version=\"%s\",cohort=\"*\"} ", name, v);
+	char *text = h_device_metrics(d, NULL), *key = xasprintf("%s{product=\"fw\",version=\"%s\",cohort=\"*\"} ", name, v);
 	char *p = strstr(text, key);
 	double x = p ? strtod(p + strlen(key), NULL) : 0;
 	free(key);

@@ -145,6 +145,24 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r);
 /* A check-in that changes its device is answered once the writer has
  * committed the change (the connection suspended in between, as for
  * report batches); any other is answered at once. */
+/* Before handing a request to the fleet writer: count it in flight (so
+ * devapi_stop waits for its answer), or answer 503 once stopping. */
+static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq *r, enum MHD_Result *ret)
+{
+	r->api = a;
+	r->conn = c;
+	pthread_mutex_lock(&a->mu);
+	if (a->stopping) {
+		pthread_mutex_unlock(&a->mu);
+		*ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+		return -1;
+	}
+	a->inflight++;
+	pthread_mutex_unlock(&a->mu);
+	r->submitted = 1;
+	return 0;
+}
+
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
@@ -164,17 +182,8 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
 		goto out;
 	}
-	r->api = a;
-	r->conn = c;
-	pthread_mutex_lock(&a->mu);
-	if (a->stopping) {
-		pthread_mutex_unlock(&a->mu);
-		ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
-	}
-	a->inflight++;
-	pthread_mutex_unlock(&a->mu);
-	r->submitted = 1;
 	rc = fleet_checkin_async(a->f, body, &answer, report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
 		pthread_mutex_lock(&a->mu);
@@ -300,17 +309,8 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	}
 	/* each report is authenticated by fleet_report_async, with its own
 	 * credential or the request's (one device's) */
-	r->api = a;
-	r->conn = c;
-	pthread_mutex_lock(&a->mu);
-	if (a->stopping) {
-		pthread_mutex_unlock(&a->mu);
-		ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
+	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
-	}
-	a->inflight++;
-	pthread_mutex_unlock(&a->mu);
-	r->submitted = 1;
 	rc = r->route == R_REGISTER ? fleet_register_async(a->f, body, peer_of(c, peer, sizeof(peer)), &r->reg, report_done, r)
 				    : fleet_report_async(a->f, body, r->token ? r->token : "", &r->accepted, &r->refused,
 							 report_done, r);
