@@ -818,8 +818,13 @@ static void *engine_main(void *arg)
 		if (clock_real_ms() >= e->next_due) {
 			struct call t = { tick, NULL, 0, 0, "", NULL };
 			run_call(e, &t);
-			if (t.rc < 0)
+			if (t.rc < 0) {
+				/* the database cannot commit (a full disk): the
+				 * leases stay due, so try again in a second rather
+				 * than in a tight loop */
 				fprintf(stderr, "otacd: engine: %s\n", t.err);
+				e->next_due = clock_real_ms() + 1000;
+			}
 		}
 		if (e->cfg.artifact_retention_ms > 0 && clock_mono_ms() >= e->next_gc) {
 			int removed = 0;
