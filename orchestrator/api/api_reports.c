@@ -267,22 +267,33 @@ static int inputs_list(struct store *s, int64_t job, json_t **out)
 	return 0;
 }
 
-enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r)
+/* The inputs of the job whose current attempt holds r's job token (the
+ * attempt is the token's, see api_job_auth); NULL once *ret is queued. */
+static json_t *current_inputs(struct api_req *r, enum MHD_Result *ret)
 {
-	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
 	struct store *s = store_reader();
 	json_t *list = NULL;
-	int rc;
+	int rc = OTA_ERROR;
+
+	if (!api_attempt_current(r->id, r->attempt)) {
+		*ret = api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
+				       r->attempt, r->id);
+		return NULL;
+	}
+	if (!s || (rc = inputs_list(s, r->id, &list)) < 0) {
+		*ret = api_reply_rc(r, rc);
+		return NULL;
+	}
+	return list;
+}
+
+enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r)
+{
+	enum MHD_Result ret;
+	json_t *list = current_inputs(r, &ret);
 
 	(void)a;
-	if (!api_attempt_current(r->id, attempt))
-		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
-				       attempt, r->id);
-	if (!s)
-		return api_reply_rc(r, OTA_ERROR);
-	if ((rc = inputs_list(s, r->id, &list)) < 0)
-		return api_reply_rc(r, rc);
-	return api_reply_json(r, MHD_HTTP_OK, list);
+	return list ? api_reply_json(r, MHD_HTTP_OK, list) : ret;
 }
 
 static ssize_t input_read_cb(void *cls, uint64_t pos, char *buf, size_t max)
@@ -302,25 +313,18 @@ static void input_close_cb(void *cls)
 
 enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
 {
-	int64_t attempt = r->attempt; /* from the job token (api_job_auth) */
-	struct store *s = store_reader();
 	struct artifact_backend *b = artifact_backend();
 	struct artifact_reader *rd = NULL;
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
-	json_t *list = NULL, *in;
+	json_t *list = current_inputs(r, &ret), *in;
 	int64_t size = 0;
-	int rc, found = 0;
+	int found = 0;
 	size_t i;
 
 	(void)a;
-	if (!api_attempt_current(r->id, attempt))
-		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
-				       attempt, r->id);
-	if (!s)
-		return api_reply_rc(r, OTA_ERROR);
-	if ((rc = inputs_list(s, r->id, &list)) < 0)
-		return api_reply_rc(r, rc);
+	if (!list)
+		return ret;
 	json_array_foreach(list, i, in)
 		found |= !strcmp(json_string_value(json_object_get(in, "sha256")), r->sha);
 	json_decref(list);
