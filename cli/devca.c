@@ -360,7 +360,7 @@ static int dev_provision(int argc, char **argv)
 	rc = csr_file ? read_text(csr_file, FLEET_CA_CSR_MAX, &csr) : make_key_and_csr(id, &key, &csr);
 	if (rc)
 		goto out;
-	req = json_pack("{ss ss s?s sb}", "device", id, "csr", buf_cstr(&csr), "product", product, "replace", replace);
+	req = json_pack("{ss ss ss? sb}", "device", id, "csr", buf_cstr(&csr), "product", product, "replace", replace);
 	rc = api(&ans, "POST", "/api/v1/devices/provision", req, "cannot provision the device");
 	json_decref(req);
 	if (rc)
@@ -441,7 +441,7 @@ int cmd_devices(int argc, char **argv)
 			reason = val;
 		}
 		done = xasprintf("revoked device %s: its certificates are refused from now on", argv[2]);
-		rc = simple_post("/api/v1/devices/revoke", json_pack("{ss s?s}", "device", argv[2], "reason", reason),
+		rc = simple_post("/api/v1/devices/revoke", json_pack("{ss ss?}", "device", argv[2], "reason", reason),
 				 "cannot revoke the device", done);
 		free(done);
 		return rc;

@@ -27,6 +27,13 @@
 
 #include "../fleet/fleet_ca.h"
 
+/* A member, JSON null counting as absent. */
+static json_t *member(struct api_req *r, const char *key)
+{
+	json_t *v = json_object_get(r->json, key);
+	return json_is_null(v) ? NULL : v;
+}
+
 static const char *actor_of(struct api_req *r)
 {
 	return r->actor[0] ? r->actor : "admin";
@@ -50,8 +57,8 @@ enum MHD_Result api_get_devca(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_devca(struct api *a, struct api_req *r)
 {
-	json_t *cn = json_object_get(r->json, "cn"), *days = json_object_get(r->json, "days");
-	json_t *cert = json_object_get(r->json, "certificate"), *key = json_object_get(r->json, "key"), *info;
+	json_t *cn = member(r, "cn"), *days = member(r, "days");
+	json_t *cert = member(r, "certificate"), *key = member(r, "key"), *info;
 	enum MHD_Result ret;
 	int rc;
 
@@ -84,9 +91,9 @@ enum MHD_Result api_get_provisioners(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_provisioner(struct api *a, struct api_req *r)
 {
-	json_t *name = json_object_get(r->json, "name"), *prefix = json_object_get(r->json, "prefix");
-	json_t *max = json_object_get(r->json, "max"), *rate = json_object_get(r->json, "rate_per_min");
-	json_t *products = json_object_get(r->json, "products");
+	json_t *name = member(r, "name"), *prefix = member(r, "prefix");
+	json_t *max = member(r, "max"), *rate = member(r, "rate_per_min");
+	json_t *products = member(r, "products");
 	enum MHD_Result ret;
 	char *token = NULL;
 	int rc;
@@ -111,7 +118,7 @@ enum MHD_Result api_post_provisioner(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_provisioner_revoke(struct api *a, struct api_req *r)
 {
-	json_t *name = json_object_get(r->json, "name");
+	json_t *name = member(r, "name");
 	enum MHD_Result ret;
 	int rc;
 	if (need_ca(a, r, &ret) < 0)
@@ -125,8 +132,8 @@ enum MHD_Result api_post_provisioner_revoke(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_device_provision(struct api *a, struct api_req *r)
 {
-	json_t *dev = json_object_get(r->json, "device"), *csr = json_object_get(r->json, "csr");
-	json_t *product = json_object_get(r->json, "product"), *answer = NULL;
+	json_t *dev = member(r, "device"), *csr = member(r, "csr");
+	json_t *product = member(r, "product"), *answer = NULL;
 	struct fleet_ca_request rq = { 0 };
 	enum MHD_Result ret;
 	int64_t retry;
@@ -142,7 +149,7 @@ enum MHD_Result api_post_device_provision(struct api *a, struct api_req *r)
 	rq.csr_len = json_string_length(csr);
 	rq.actor = actor_of(r);
 	rq.peer = "api";
-	rq.replace = json_is_true(json_object_get(r->json, "replace"));
+	rq.replace = json_is_true(member(r, "replace"));
 	if ((rc = fleet_ca_provision(a->cfg.devca, &rq, &answer, &retry)) < 0)
 		return api_reply_rc(r, rc);
 	return api_reply_json(r, MHD_HTTP_CREATED, answer);
@@ -150,7 +157,7 @@ enum MHD_Result api_post_device_provision(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_device_revoke(struct api *a, struct api_req *r)
 {
-	json_t *dev = json_object_get(r->json, "device"), *reason = json_object_get(r->json, "reason");
+	json_t *dev = member(r, "device"), *reason = member(r, "reason");
 	enum MHD_Result ret;
 	int64_t n = 0;
 	int rc;
@@ -168,7 +175,7 @@ enum MHD_Result api_post_device_revoke(struct api *a, struct api_req *r)
 
 enum MHD_Result api_post_device_identify(struct api *a, struct api_req *r)
 {
-	json_t *pem = json_object_get(r->json, "certificate");
+	json_t *pem = member(r, "certificate");
 	unsigned char *der = NULL;
 	size_t len = 0;
 	char id[128], product[129];

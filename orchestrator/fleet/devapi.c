@@ -389,6 +389,8 @@ static enum MHD_Result do_provision(struct devapi *a, struct MHD_Connection *c, 
 	dev = json_object_get(body, "device");
 	csr = json_object_get(body, "csr");
 	product = json_object_get(body, "product");
+	if (json_is_null(product))
+		product = NULL;
 	if (!json_is_string(dev) || !json_is_string(csr) || (product && !json_is_string(product))) {
 		ret = reply_error(c, MHD_HTTP_BAD_REQUEST, "'device' and 'csr' (PEM) are needed, 'product' is a string");
 		goto out;

@@ -235,7 +235,7 @@ static int ca_set(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key)
 		return ota_error_set(OTA_ERROR, "cannot build the device CA's trust store");
 	}
 	/* an external CA may be an intermediate: it is the anchor itself */
-	X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN | X509_V_FLAG_X509_STRICT);
+	X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN);
 	pthread_rwlock_wrlock(&ca->lock);
 	X509_free(ca->cert);
 	EVP_PKEY_free(ca->key);
@@ -673,7 +673,9 @@ int fleet_ca_issue(struct fleet_ca *ca, void *csr, const char *device, const cha
 	    (rc = add_ext(ca->cert, x, NID_key_usage, "critical,digitalSignature")) < 0 ||
 	    (rc = add_ext(ca->cert, x, NID_ext_key_usage, "clientAuth")) < 0 ||
 	    (rc = add_ext(ca->cert, x, NID_subject_key_identifier, "hash")) < 0 ||
-	    (rc = add_ext(ca->cert, x, NID_authority_key_identifier, "keyid:always")) < 0)
+	    /* an imported CA may have no key identifier to point at */
+	    (X509_get0_subject_key_id(ca->cert) &&
+	     (rc = add_ext(ca->cert, x, NID_authority_key_identifier, "keyid:always")) < 0))
 		goto out;
 	if (!X509_sign(x, ca->key, sign_md(ca->key))) {
 		rc = ota_error_set(OTA_ERROR, "cannot sign the device certificate");
