@@ -476,7 +476,10 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	EVP_PKEY *ca_key, *k = new_key(), *fk = new_key();
 	(void)state;
 
-	h_init(&d, NULL);
+	/* an operator and a viewer besides the admin (docs/security.md roles) */
+	h_init(&d, "tokens:\n"
+		   "  - { name: ops, role: operator, token: operator-token-0123456789abcdef0123456789 }\n"
+		   "  - { name: watcher, role: viewer, token: viewer-token-0123456789abcdef0123456789ab }\n");
 	assert_int_equal(h_start(&d, NULL), 0);
 	assert_int_equal(otactl(&d, &out, "fleet ca init"), 0);
 	dir = xasprintf("%s/out", d.dir);
@@ -554,12 +557,32 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	x = make_cert(ca, ca_key, k, "dev-1", -3600, 86400, "clientAuth", 0);
 	assert_string_equal(identify_remote(&d, x, id, sizeof(id)), "revoked");
 	X509_free(x);
-	/* a viewer may not revoke: the route is an operator's */
+	/* roles: revoking is an operator's (it only takes trust away),
+	 * issuing and provisioners an admin's; a viewer may only look */
 	{
+		const char *op = "operator-token-0123456789abcdef0123456789";
+		const char *viewer = "viewer-token-0123456789abcdef0123456789ab";
+		char *csr = make_csr(k, NULL, 0);
 		json_t *ans = NULL;
-		assert_int_equal(h_call_as(&d, "not-a-token", "POST", "/api/v1/devices/revoke", json_pack("{ss}", "device", "dev-9"),
+		assert_int_equal(h_call_as(&d, viewer, "POST", "/api/v1/devices/revoke", json_pack("{ss}", "device", "dev-9"),
+					   &ans), 403);
+		json_decref(ans);
+		assert_int_equal(h_call_as(&d, NULL, "POST", "/api/v1/devices/revoke", json_pack("{ss}", "device", "dev-9"),
 					   &ans), 401);
 		json_decref(ans);
+		assert_int_equal(h_call_as(&d, op, "POST", "/api/v1/devices/provision",
+					   json_pack("{ss ss}", "device", "dev-9", "csr", csr), &ans), 403);
+		json_decref(ans);
+		assert_int_equal(h_call_as(&d, op, "POST", "/api/v1/fleet/provisioners",
+					   json_pack("{ss ss si}", "name", "p", "prefix", "", "max", 1), &ans), 403);
+		json_decref(ans);
+		assert_int_equal(h_call_as(&d, op, "POST", "/api/v1/fleet/ca", json_object(), &ans), 403);
+		json_decref(ans);
+		assert_int_equal(h_call_as(&d, op, "POST", "/api/v1/devices/revoke",
+					   json_pack("{ss ss}", "device", "dev-9", "reason", "lost"), &ans), 200);
+		json_decref(ans);
+		assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.revoke' AND actor = 'ops'"), 1);
+		free(csr);
 	}
 	h_kill(&d, SIGKILL);
 	assert_int_equal(h_start(&d, NULL), 0);
