@@ -1011,7 +1011,7 @@ void fleet_ca_metrics_text(struct fleet_ca *ca, struct buf *b)
 	for (int i = 0; i < RS_N; i++)
 		buf_printf(b, "otacd_device_cert_refused_total{reason=\"%s\"} %lld\n", reason_label[i],
 			   (long long)atomic_load(&ca->refused[i]));
-	buf_printf(b, "# HELP otacd_device_provision_total Device certificates requested from provisioners, by result.\n"
+	buf_printf(b, "# HELP otacd_device_provision_total Device certificates requested (factory provisioners and administrators), by result.\n"
 		      "# TYPE otacd_device_provision_total counter\n"
 		      "otacd_device_provision_total{result=\"issued\"} %lld\n"
 		      "otacd_device_provision_total{result=\"refused\"} %lld\n",
