@@ -389,6 +389,23 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	free(csr);
 	assert_int_equal(provision(&d, fab, "fab1-0002", "sensor", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", &ans, NULL), 400);
 	json_decref(ans);
+	{ /* a CSR past the 16 KiB cap is not even parsed */
+		char *big = xmalloc(20000);
+		memset(big, 'A', 19999);
+		big[19999] = 0;
+		assert_int_equal(provision(&d, fab, "fab1-0002", "sensor", big, &ans, NULL), 400);
+		assert_non_null(strstr(err_of(ans), "larger than"));
+		json_decref(ans);
+		free(big);
+	}
+	{ /* the route takes POST only */
+		char *url = xasprintf("%s/device/v1/provision", d.device_url);
+		struct httpc_response r = HTTPC_RESPONSE_INIT;
+		assert_int_equal(httpc_request(&r, "GET", url, fab, NULL, NULL, 0, 30000), 0);
+		assert_int_equal(r.status, 405);
+		httpc_response_release(&r);
+		free(url);
+	}
 	/* a second identity for a provisioned device: only an administrator */
 	csr = make_csr(k2, NULL, 0);
 	assert_int_equal(provision(&d, fab, "fab1-0001", "sensor", csr, &ans, NULL), 403);
@@ -422,8 +439,8 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.provision'"), 5);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.provision' AND actor = 'fab1'"
 				       " AND detail LIKE '%fab1-0001%' AND detail LIKE '%serial%'"), 1);
-	/* scope x3, bad signature, other CN, garbage, second identity, token device, count: 9; rate: 1 */
-	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.provision_refused' AND actor = 'fab1'"), 9);
+	/* scope x3, bad signature, other CN, garbage, too big, second identity, token device, count: 10; rate: 1 */
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.provision_refused' AND actor = 'fab1'"), 10);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.provision_refused' AND actor = 'slow'"
 				       " AND reason LIKE '%rate%'"), 1);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'provisioner.add'"), 2);
@@ -433,9 +450,9 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	/* counted on the device listener's /metrics */
 	assert_true(series(&d, "otacd_device_provision_total{result=\"issued\"} ") == 5);
 	/* refused: scope x3, wrong token, fleet key, admin token, 3 bad CSRs,
-	 * second identity, token device, count, rate (no token at all is
+	 * too big, second identity, token device, count, rate (no token at all is
 	 * answered before the route: not a provisioning attempt) */
-	assert_true(series(&d, "otacd_device_provision_total{result=\"refused\"} ") == 13);
+	assert_true(series(&d, "otacd_device_provision_total{result=\"refused\"} ") == 14);
 	assert_int_equal(otactl(&d, &out, "fleet provisioners"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "fab1-"));
 
