@@ -8,7 +8,7 @@
  *   fleet ca show [--out FILE]
  *   fleet provisioners [ls]
  *   fleet provisioners add NAME --prefix P --max N [--products a,b] [--rate N]
- *   fleet provisioners revoke NAME
+ *   fleet provisioners revoke NAME [--devices]
  *   devices provision ID [--csr FILE] [--product P] [--out DIR] [--replace]
  *   devices revoke ID [--reason TEXT]
  *   devices identify CERT
@@ -283,14 +283,16 @@ int cmd_fleet(int argc, char **argv)
 			return prov_ls();
 		if (!strcmp(argv[2], "add"))
 			return prov_add(argc, argv);
-		if (!strcmp(argv[2], "revoke") && argc == 4) {
-			char *done = xasprintf("revoked provisioner %s", argv[3]);
-			int rc = simple_post("/api/v1/fleet/provisioners/revoke", json_pack("{ss}", "name", argv[3]),
+		if (!strcmp(argv[2], "revoke") && (argc == 4 || (argc == 5 && !strcmp(argv[4], "--devices")))) {
+			char *done = xasprintf("revoked provisioner %s%s", argv[3],
+					       argc == 5 ? " and every device it provisioned" : "");
+			int rc = simple_post("/api/v1/fleet/provisioners/revoke",
+					     json_pack("{ss sb}", "name", argv[3], "devices", argc == 5),
 					     "cannot revoke the provisioner", done);
 			free(done);
 			return rc;
 		}
-		return usage_error("fleet", "fleet provisioners [ls] | add NAME ... | revoke NAME");
+		return usage_error("fleet", "fleet provisioners [ls] | add NAME ... | revoke NAME [--devices]");
 	}
 	return usage_error("fleet", "unknown subcommand (ca init|import|show, provisioners)");
 }

@@ -465,12 +465,19 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	assert_int_equal(provision(&d, slow, "slow-4", NULL, csr, &ans, NULL), 200);
 	cert = pem_cert(json_string_value(json_object_get(ans, "certificate")));
 	assert_int_equal(X509_verify(cert, X509_get0_pubkey(ca)), 1);
-	X509_free(cert);
 	json_decref(ans);
-	/* a revoked provisioner is refused at once */
-	assert_int_equal(otactl(&d, &out, "fleet provisioners revoke slow"), 0);
+	assert_null(identify_remote(&d, cert, cn, sizeof(cn)));
+	/* a leaked credential: revoked at once, and with --devices every
+	 * identity it minted (slow-1, slow-2, slow-4); fab1's stay */
+	assert_int_equal(otactl(&d, &out, "fleet provisioners revoke slow --devices"), 0);
 	assert_int_equal(provision(&d, slow, "slow-5", NULL, csr, &ans, NULL), 401);
 	json_decref(ans);
+	assert_string_equal(identify_remote(&d, cert, cn, sizeof(cn)), "revoked");
+	X509_free(cert);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM device_revocations WHERE device LIKE 'slow-%'"), 3);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM device_revocations WHERE device LIKE 'fab1-%'"), 0);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'provisioner.revoke'"
+				       " AND detail LIKE '%\"devices_revoked\":3%'"), 1);
 
 	free(csr);
 	free(fab);

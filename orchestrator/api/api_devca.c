@@ -7,7 +7,8 @@
  *   GET  /api/v1/fleet/provisioners         viewer  provisioning credentials (no tokens)
  *   POST /api/v1/fleet/provisioners         admin   {"name", "prefix", "max", "products"?, "rate_per_min"?}
  *                                                   -> 201 with the token, once
- *   POST /api/v1/fleet/provisioners/revoke  admin   {"name"}
+ *   POST /api/v1/fleet/provisioners/revoke  admin   {"name", "devices"?: true: and every
+ *                                                   device it provisioned}
  *   POST /api/v1/devices/provision          admin   {"device", "csr", "product"?, "replace"?}
  *   POST /api/v1/devices/revoke             operator {"device", "reason"?}
  *   POST /api/v1/devices/identify           viewer  {"certificate"}: would a device be
@@ -120,14 +121,17 @@ enum MHD_Result api_post_provisioner_revoke(struct api *a, struct api_req *r)
 {
 	json_t *name = member(r, "name");
 	enum MHD_Result ret;
+	int64_t n = 0;
 	int rc;
 	if (need_ca(a, r, &ret) < 0)
 		return ret;
 	if (!json_is_string(name))
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'name' must be a provisioner's name");
-	if ((rc = fleet_ca_prov_revoke(a->cfg.devca, json_string_value(name), actor_of(r))) < 0)
+	if ((rc = fleet_ca_prov_revoke(a->cfg.devca, json_string_value(name), json_is_true(member(r, "devices")),
+				       actor_of(r), &n)) < 0)
 		return api_reply_rc(r, rc);
-	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sO sb}", "name", name, "revoked", 1));
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sO sb sI}", "name", name, "revoked", 1, "devices_revoked",
+							 (json_int_t)n));
 }
 
 enum MHD_Result api_post_device_provision(struct api *a, struct api_req *r)

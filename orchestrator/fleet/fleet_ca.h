@@ -206,7 +206,9 @@ int fleet_ca_revoke(struct fleet_ca *ca, const char *device, const char *reason,
 /* Provisioners (admin): add returns the token once (*token, caller frees). */
 int fleet_ca_prov_add(struct fleet_ca *ca, const char *name, const char *prefix, const json_t *products,
 		      int64_t max, int64_t rate_per_min, const char *actor, char **token);
-int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, const char *actor);
+/* Revoke a provisioner at once; devices: also every device it provisioned
+ * (a leaked credential's identities), *revoked their number.  Audited. */
+int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, const char *actor, int64_t *revoked);
 /* [{name, prefix, products, max, issued, rate_per_min, created_at,
  *   created_by, revoked_at}].  New reference. */
 json_t *fleet_ca_prov_list(struct fleet_ca *ca);

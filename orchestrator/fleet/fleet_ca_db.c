@@ -461,6 +461,9 @@ int fleet_ca_prov_add(struct fleet_ca *ca, const char *name, const char *prefix,
 
 struct prev_args {
 	const char *name, *actor;
+	int devices;               /* also revoke every device it provisioned */
+	int64_t cutoff;
+	json_t *revoked;           /* out: the devices revoked */
 };
 
 static int do_prov_revoke(struct engine *e, void *arg)
@@ -468,29 +471,87 @@ static int do_prov_revoke(struct engine *e, void *arg)
 	struct prev_args *a = arg;
 	struct store *db = engine_store(e);
 	sqlite3_stmt *st = store_stmt(db, "UPDATE device_provisioners SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL");
+	int64_t now = clock_now_ms();
+	size_t i;
+	json_t *v;
 	int rc;
+
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_now_ms());
+	sqlite3_bind_int64(st, 1, now);
 	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
 	if ((rc = store_step_done(db, st)) < 0)
 		return rc;
-	if (sqlite3_changes(store_db(db)) == 0)
+	if (sqlite3_changes(store_db(db)) == 0 && !a->devices)
 		return ota_error_set(OTA_ENOTFOUND, "no active provisioner '%s'", a->name);
-	return engine_audit(e, a->actor, "provisioner.revoke", 0, 0, NULL, json_pack("{ss}", "provisioner", a->name));
+	if (a->devices) {
+		/* a leaked credential: every identity it minted goes too */
+		if (!(st = store_stmt(db, "SELECT DISTINCT device FROM device_certs WHERE provisioner = ?")))
+			return OTA_ERROR;
+		sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+		while ((rc = store_step_row(db, st)) == 1)
+			json_array_append_new(a->revoked, json_string(store_col_text(st, 0)));
+		sqlite3_reset(st);
+		if (rc < 0)
+			return rc;
+		st = store_stmt(db, "UPDATE device_certs SET revoked_at = ? WHERE provisioner = ? AND revoked_at IS NULL");
+		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
+		if ((rc = store_step_done(db, st)) < 0)
+			return rc;
+		json_array_foreach(a->revoked, i, v) {
+			st = store_stmt(db, "INSERT INTO device_revocations(device, cutoff, at, actor, reason) VALUES (?, ?, ?, ?, ?)"
+					    " ON CONFLICT(device) DO UPDATE SET cutoff = MAX(cutoff, excluded.cutoff),"
+					    " at = excluded.at, actor = excluded.actor, reason = excluded.reason");
+			sqlite3_bind_text(st, 1, json_string_value(v), -1, SQLITE_STATIC);
+			sqlite3_bind_int64(st, 2, a->cutoff);
+			sqlite3_bind_int64(st, 3, now);
+			sqlite3_bind_text(st, 4, a->actor, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 5, "its provisioner was revoked", -1, SQLITE_STATIC);
+			if ((rc = store_step_done(db, st)) < 0)
+				return rc;
+		}
+	}
+	return engine_audit(e, a->actor, "provisioner.revoke", 0, 0, NULL,
+			    json_pack("{ss sI}", "provisioner", a->name, "devices_revoked",
+				      (json_int_t)json_array_size(a->revoked)));
 }
 
-int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, const char *actor)
+int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, const char *actor, int64_t *revoked)
 {
-	struct prev_args a = { name, actor };
+	struct prev_args a = { name, actor, devices, (int64_t)time(NULL), json_array() };
+	struct store *rd = store_reader();
 	struct engine *e;
-	if (!prov_name_valid(name))
+	sqlite3_stmt *st;
+	size_t i;
+	json_t *v;
+	int rc;
+
+	*revoked = 0;
+	if (!prov_name_valid(name)) {
+		json_decref(a.revoked);
 		return ota_error_set(OTA_EINVAL, "name: not a provisioner's name");
-	if (!(e = engine_of(ca)))
+	}
+	if (!(e = engine_of(ca))) {
+		json_decref(a.revoked);
 		return OTA_ERROR;
-	/* memory first, as for devices: its next request is refused */
+	}
+	/* memory first, as for devices: its next request is refused, and so
+	 * are the devices it provisioned that the database knows now */
 	fleet_ca_prov_remove(ca, name);
-	return engine_exec(e, do_prov_revoke, &a);
+	if (devices && rd && (st = store_stmt(rd, "SELECT DISTINCT device FROM device_certs WHERE provisioner = ?"))) {
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		while (store_step_row(rd, st) == 1)
+			fleet_ca_revoke_mem(ca, store_col_text(st, 0), a.cutoff);
+		sqlite3_reset(st);
+	}
+	if ((rc = engine_exec(e, do_prov_revoke, &a)) == 0) {
+		json_array_foreach(a.revoked, i, v)
+			fleet_ca_revoke_mem(ca, json_string_value(v), a.cutoff);
+		*revoked = (int64_t)json_array_size(a.revoked);
+	}
+	json_decref(a.revoked);
+	return rc;
 }
 
 json_t *fleet_ca_prov_list(struct fleet_ca *ca)
