@@ -68,6 +68,25 @@ static const char *const reason_label[RS_N] = {
 	"bad_signature", "bad_id", "malformed", "no_ca",
 };
 
+/*
+ * Verified certificates, by SHA-256 of their DER: a device that sends its
+ * certificate with every request (or a TLS session resumed many times)
+ * pays the parse and the chain's ECDSA verification once.  A slot holds
+ * what the verification found; a hit is checked again against the clock
+ * (notBefore, notAfter) and the revocations, and is only trusted for the
+ * CA generation it was verified under.  Refusals are not kept.
+ * bench/devca_bench.c measures both paths.
+ */
+#define VCACHE_SLOTS 16384
+
+struct vslot {
+	unsigned char sha[32];
+	uint64_t gen;              /* the CA generation it was verified under; 0: empty */
+	int64_t nb, na;
+	char id[65];
+	char product[129];
+};
+
 struct prov {
 	char name[65];
 	char hash[65];
@@ -90,6 +109,12 @@ struct fleet_ca {
 	char *state_dir;
 	int64_t validity_ms;
 	pthread_mutex_t install_mu;
+	_Atomic uint64_t gen;     /* moves on whenever the CA changes */
+
+	/* verified certificates (vcache above) */
+	pthread_mutex_t vc_mu;
+	struct vslot *vc;
+	EVP_MD *sha256;           /* fetched once: a fetch per call takes locks */
 
 	/* revocations and provisioners: guarded by mu */
 	pthread_mutex_t mu;
@@ -245,6 +270,7 @@ static int ca_set(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key)
 	ca->key = key;
 	ca->store = st;
 	ca->cert_pem = pem;
+	atomic_fetch_add(&ca->gen, 1);
 	pthread_rwlock_unlock(&ca->lock);
 	return 0;
 }
@@ -294,6 +320,10 @@ int fleet_ca_open(struct fleet_ca **out, const struct fleet_ca_config *cfg)
 	pthread_rwlock_init(&ca->lock, NULL);
 	pthread_mutex_init(&ca->mu, NULL);
 	pthread_mutex_init(&ca->install_mu, NULL);
+	pthread_mutex_init(&ca->vc_mu, NULL);
+	ca->vc = xcalloc(VCACHE_SLOTS, sizeof(*ca->vc));
+	ca->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	atomic_store(&ca->gen, 1);
 	ca->revoked = json_object();
 	ca->state_dir = cfg->state_dir ? xstrdup(cfg->state_dir) : NULL;
 	ca->validity_ms = cfg->cert_validity_ms > 0 ? cfg->cert_validity_ms : FLEET_CA_DEFAULT_CERT_MS;
@@ -333,6 +363,9 @@ void fleet_ca_close(struct fleet_ca *ca)
 	pthread_rwlock_destroy(&ca->lock);
 	pthread_mutex_destroy(&ca->mu);
 	pthread_mutex_destroy(&ca->install_mu);
+	pthread_mutex_destroy(&ca->vc_mu);
+	free(ca->vc);
+	EVP_MD_free(ca->sha256);
 	free(ca);
 }
 
@@ -791,23 +824,92 @@ static int identify(struct fleet_ca *ca, X509 *x, char *id_out, size_t idlen, ch
 	return -1;
 }
 
+static struct vslot *vslot_of(struct fleet_ca *ca, const unsigned char sha[32])
+{
+	uint64_t h;
+	memcpy(&h, sha, sizeof(h));
+	return &ca->vc[h % VCACHE_SLOTS];
+}
+
+/* A verified certificate seen before: RS_* or -1 (accepted, id and product
+ * copied), or -2: not in the cache (or no longer valid there: verify). */
+static int vcache_lookup(struct fleet_ca *ca, const unsigned char sha[32], uint64_t gen, char *id_out, size_t idlen,
+			 char *product_out, size_t plen)
+{
+	struct vslot *v = vslot_of(ca, sha), e;
+	int64_t now = (int64_t)time(NULL), cutoff;
+
+	pthread_mutex_lock(&ca->vc_mu);
+	e = *v;
+	pthread_mutex_unlock(&ca->vc_mu);
+	if (e.gen != gen || memcmp(e.sha, sha, sizeof(e.sha)) || now < e.nb || now > e.na || strlen(e.id) >= idlen)
+		return -2;
+	cutoff = fleet_ca_revoked_at(ca, e.id);
+	if (cutoff && e.nb <= cutoff)
+		return RS_REVOKED;
+	memcpy(id_out, e.id, strlen(e.id) + 1);
+	if (product_out && plen && strlen(e.product) < plen)
+		memcpy(product_out, e.product, strlen(e.product) + 1);
+	return -1;
+}
+
+static void vcache_store(struct fleet_ca *ca, const unsigned char sha[32], uint64_t gen, X509 *x, const char *id,
+			 const char *product)
+{
+	struct vslot *v = vslot_of(ca, sha), e;
+	memset(&e, 0, sizeof(e));
+	if (strlen(id) >= sizeof(e.id) || (product && strlen(product) >= sizeof(e.product)))
+		return;
+	memcpy(e.sha, sha, sizeof(e.sha));
+	e.gen = gen;
+	e.nb = asn1_seconds(X509_get0_notBefore(x));
+	e.na = asn1_seconds(X509_get0_notAfter(x));
+	memcpy(e.id, id, strlen(id) + 1);
+	if (product)
+		memcpy(e.product, product, strlen(product) + 1);
+	pthread_mutex_lock(&ca->vc_mu);
+	*v = e;
+	pthread_mutex_unlock(&ca->vc_mu);
+}
+
 int fleet_ca_identify_ex(struct fleet_ca *ca, const unsigned char *der, size_t len, char *id_out, size_t idlen,
 			 char *product_out, size_t plen, int count, const char **why)
 {
 	const unsigned char *p = der;
+	unsigned char sha[32];
+	char product[129];
 	X509 *x = NULL;
-	int reason;
+	uint64_t gen = 0;
+	int reason = -2;
 
 	if (idlen)
 		id_out[0] = 0;
 	if (product_out && plen)
 		product_out[0] = 0;
-	if (!ca)
+	if (!ca) {
 		reason = RS_NO_CA;
-	else if (!der || len == 0 || len > 65536 || !(x = d2i_X509(NULL, &p, (long)len)) || p != der + len)
+	} else if (!der || len == 0 || len > 65536) {
 		reason = RS_MALFORMED;
-	else
-		reason = identify(ca, x, id_out, idlen, product_out, plen);
+	} else {
+		gen = atomic_load(&ca->gen); /* before verifying: a CA changed meanwhile makes the entry stale */
+		if (ca->sha256 && EVP_Digest(der, len, sha, NULL, ca->sha256, NULL))
+			reason = vcache_lookup(ca, sha, gen, id_out, idlen, product_out, plen);
+		else
+			gen = 0; /* no digest: verify, keep nothing */
+	}
+	if (reason == -2) {
+		if (!(x = d2i_X509(NULL, &p, (long)len)) || p != der + len) {
+			reason = RS_MALFORMED;
+		} else {
+			reason = identify(ca, x, id_out, idlen, product, sizeof(product));
+			if (reason < 0) {
+				if (gen)
+					vcache_store(ca, sha, gen, x, id_out, product);
+				if (product_out && plen && strlen(product) < plen)
+					memcpy(product_out, product, strlen(product) + 1);
+			}
+		}
+	}
 	X509_free(x);
 	ERR_clear_error();
 	if (reason < 0) {
