@@ -24,7 +24,7 @@ static struct fleet_ca *ca;
 static void setup(void)
 {
 	static char dir[] = "/tmp/otacd-fuzz-csr-XXXXXX";
-	struct fleet_ca_config c = { NULL, NULL, dir, 0 };
+	struct fleet_ca_config c = { .state_dir = dir };
 	if (!mkdtemp(dir) || fleet_ca_open(&ca, &c) < 0 || fleet_ca_install(ca, "fuzz CA", 30, NULL, NULL) < 0)
 		abort();
 }

@@ -95,6 +95,7 @@ void config_release(struct otacd_config *c)
 	json_decref(c->device_tags);
 	free(c->device_ca_cert);
 	free(c->device_ca_key);
+	strvec_clear(&c->device_ca_also);
 	free(c->fleet_key);
 	free(c->update_server);
 	free(c->update_server_url);
@@ -349,8 +350,11 @@ static int get_device_tags(struct cfg_ctx *x, yaml_node_t *n)
 }
 
 /* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "..." } } */
-/* device_ca: {cert: FILE, key: FILE}: the device CA (issue 13); no key:
- * an external CA otacd trusts but cannot issue with */
+static int get_strings(struct cfg_ctx *x, yaml_node_t *n, const char *key, struct strvec *v);
+
+/* device_ca: {cert: FILE, key: FILE, also_trust: [FILE]}: the device CA
+ * (issue 13); no key: an external CA otacd trusts but cannot issue with;
+ * also_trust: previous CAs still trusted for verification (a rollover) */
 static int get_device_ca(struct cfg_ctx *x, yaml_node_t *n)
 {
 	yaml_node_pair_t *p;
@@ -364,11 +368,15 @@ static int get_device_ca(struct cfg_ctx *x, yaml_node_t *n)
 			rc = get_string(x, v, "device_ca.cert", &x->c->device_ca_cert);
 		else if (!strcmp(key, "key"))
 			rc = get_string(x, v, "device_ca.key", &x->c->device_ca_key);
+		else if (!strcmp(key, "also_trust"))
+			rc = get_strings(x, v, "device_ca.also_trust", &x->c->device_ca_also);
 		else
-			rc = cfg_err(x, k, "unknown key '%s' in device_ca (cert, key)", key);
+			rc = cfg_err(x, k, "unknown key '%s' in device_ca (cert, key, also_trust)", key);
 	}
-	if (rc == 0 && !x->c->device_ca_cert)
-		rc = cfg_err(x, n, "'%s' needs cert", "device_ca");
+	if (rc == 0 && x->c->device_ca_key && !x->c->device_ca_cert)
+		rc = cfg_err(x, n, "'%s' has a key but no cert", "device_ca");
+	if (rc == 0 && !x->c->device_ca_cert && !x->c->device_ca_also.n)
+		rc = cfg_err(x, n, "'%s' needs cert (or also_trust)", "device_ca");
 	return rc;
 }
 

@@ -64,6 +64,7 @@ struct otacd_config {
 	/* device identity by certificate (issue 13, orchestrator/fleet/fleet_ca.h) */
 	char *device_ca_cert;           /* device_ca: {cert: FILE}: the CA; NULL: STATE/devca/ca.pem if there */
 	char *device_ca_key;            /* device_ca: {key: FILE}; NULL with a cert: external CA, verify only */
+	struct strvec device_ca_also;   /* device_ca: {also_trust: [FILE]}: more CAs, verify only (a rollover) */
 	int device_auth;                /* device_auth: token (default) | cert | both (enum fleet_auth_mode) */
 	int64_t device_cert_validity_ms;   /* device_cert_validity: certificates otacd issues, default 365d */
 	char *update_server;            /* adapter: "builtin" (default) or "http" */

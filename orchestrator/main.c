@@ -412,7 +412,8 @@ int main(int argc, char **argv)
 	/* the device CA (issue 13): STATE/devca or device_ca:, its provisioners and revocations */
 	{
 		struct fleet_ca_config cc = { cfg.device_ca_cert, cfg.device_ca_key, cfg.state_dir,
-					      cfg.device_cert_validity_ms };
+					      cfg.device_cert_validity_ms, (const char *const *)cfg.device_ca_also.v,
+					      cfg.device_ca_also.n };
 		if (fleet_ca_open(&devca, &cc) < 0 || fleet_ca_attach(devca, engine) < 0)
 			goto fail;
 		if (cfg.device_auth != FLEET_AUTH_TOKEN && !fleet_ca_state(devca))

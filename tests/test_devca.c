@@ -462,6 +462,10 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	assert_non_null(strstr(buf_cstr(&out), "device.provision"));
 	/* counted on the device listener's /metrics */
 	assert_true(series(&d, "otacd_device_provision_total{result=\"issued\"} ") == 5);
+	/* the identity counters are there for the TLS path (nothing verified yet) */
+	assert_true(series(&d, "otacd_device_cert_accepted_total ") == 0);
+	assert_true(series(&d, "otacd_device_cert_refused_total{reason=\"revoked\"} ") == 0);
+	assert_true(series(&d, "otacd_device_cert_refused_total{reason=\"foreign_ca\"} ") == 0);
 	/* refused: scope x3, wrong token, fleet key, admin token, 3 bad CSRs,
 	 * too big, second identity, token device, count, rate (no token at all is
 	 * answered before the route: not a provisioning attempt) */
@@ -655,7 +659,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 static void identify_counts_refusals_and_auth_cert_takes_the_device_from_the_certificate(void **state)
 {
 	char *dir = h_tmpdir(), *db = xasprintf("%s/fleet.db", dir), *pem, id[128];
-	struct fleet_ca_config cc = { NULL, NULL, dir, 0 };
+	struct fleet_ca_config cc = { .state_dir = dir };
 	struct fleet_config fc = { 0 };
 	struct fleet_ca *ca = NULL, *ext = NULL;
 	struct fleet *f = NULL;
@@ -722,7 +726,7 @@ static void identify_counts_refusals_and_auth_cert_takes_the_device_from_the_cer
 	/* fleet_auth_cert: the device is the certificate's */
 	{
 		struct fleet_ca *ca2 = NULL;
-		struct fleet_ca_config c2 = { NULL, NULL, dir, 0 };
+		struct fleet_ca_config c2 = { .state_dir = dir };
 		assert_int_equal(fleet_ca_open(&ca2, &c2), 0); /* the same CA, no revocation */
 		fc.db_path = db;
 		fc.device_secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -754,7 +758,7 @@ static void identify_counts_refusals_and_auth_cert_takes_the_device_from_the_cer
 
 	/* an external CA: trusted, but otacd cannot issue */
 	{
-		struct fleet_ca_config ce = { NULL, NULL, NULL, 0 };
+		struct fleet_ca_config ce = { 0 };
 		char *p = xasprintf("%s/devca/ca.pem", dir);
 		ce.cert_file = p;
 		assert_int_equal(fleet_ca_open(&ext, &ce), 0);
@@ -802,9 +806,10 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 {
 	struct daemon d, e;
 	struct buf out = BUF_INIT;
-	EVP_PKEY *ek = new_key(), *other = new_key(), *k = new_key();
+	EVP_PKEY *ek = new_key(), *other = new_key(), *k = new_key(), *ok = new_key();
 	X509 *eca = make_cert(NULL, ek, ek, "Factory CA", -60, 86400 * 365, NULL, 1), *leaf;
-	char *cfg, *capath, *keypath, *pem, *csr, id[128];
+	X509 *oca = make_cert(NULL, ok, ok, "Factory CA 2019", -86400, 86400 * 30, NULL, 1);
+	char *cfg, *capath, *oldpath, *keypath, *pem, *csr, id[128];
 	json_t *ans = NULL;
 	FILE *f;
 	(void)state;
@@ -815,7 +820,12 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	pem = cert_pem(eca);
 	assert_int_equal(ota_write_file_atomic(capath, pem, strlen(pem), 0644), 0);
 	free(pem);
-	cfg = xasprintf("device_auth: cert\ndevice_ca: { cert: %s }\n", capath);
+	/* and the CA before it, still trusted while devices move over (a rollover) */
+	oldpath = xasprintf("%s/old-ca.pem", d.dir);
+	pem = cert_pem(oca);
+	assert_int_equal(ota_write_file_atomic(oldpath, pem, strlen(pem), 0644), 0);
+	free(pem);
+	cfg = xasprintf("device_auth: cert\ndevice_ca: { cert: %s, also_trust: [%s] }\n", capath, oldpath);
 	d.config = xasprintf("%s/config.yml", d.dir);
 	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
 	free(cfg);
@@ -823,7 +833,23 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	assert_int_equal(h_get(&d, "/api/v1/fleet/ca", &ans), 200);
 	assert_true(json_is_true(json_object_get(ans, "external")));
 	assert_false(json_is_true(json_object_get(ans, "can_issue")));
+	assert_int_equal(json_array_size(json_object_get(ans, "also_trusted")), 1);
 	json_decref(ans);
+	/* the old CA's devices are accepted; a CA not listed is still foreign */
+	leaf = make_cert(oca, ok, k, "old-1", -60, 86400, "clientAuth", 0);
+	assert_null(identify_remote(&d, leaf, id, sizeof(id)));
+	assert_string_equal(id, "old-1");
+	X509_free(leaf);
+	leaf = make_cert(oca, other, k, "old-2", -60, 86400, "clientAuth", 0);
+	assert_string_equal(identify_remote(&d, leaf, id, sizeof(id)), "bad signature");
+	X509_free(leaf);
+	{
+		X509 *third = make_cert(NULL, other, other, "Third CA", -60, 86400, NULL, 1);
+		leaf = make_cert(third, other, k, "ext-3", -60, 86400, "clientAuth", 0);
+		assert_string_equal(identify_remote(&d, leaf, id, sizeof(id)), "foreign CA");
+		X509_free(leaf);
+		X509_free(third);
+	}
 	/* its certificates are accepted ... */
 	leaf = make_cert(eca, ek, k, "ext-1", -60, 86400, "clientAuth", 0);
 	assert_null(identify_remote(&d, leaf, id, sizeof(id)));
@@ -879,8 +905,11 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	}
 	free(csr);
 	free(capath);
+	free(oldpath);
 	free(keypath);
 	X509_free(eca);
+	X509_free(oca);
+	EVP_PKEY_free(ok);
 	EVP_PKEY_free(ek);
 	EVP_PKEY_free(other);
 	EVP_PKEY_free(k);

@@ -105,6 +105,8 @@ struct fleet_ca {
 	EVP_PKEY *key;            /* NULL: verify only */
 	X509_STORE *store;
 	char *cert_pem;
+	X509 **also;              /* device_ca.also_trust: verify only (a rollover) */
+	size_t nalso;
 	int configured;           /* the config names the CA: no init/import */
 	char *state_dir;
 	int64_t validity_ms;
@@ -252,7 +254,10 @@ static int ca_set(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key)
 {
 	X509_STORE *st = X509_STORE_new();
 	char *pem = pem_of_cert(cert);
-	if (!st || !pem || X509_STORE_add_cert(st, cert) != 1) {
+	int ok = st && pem && X509_STORE_add_cert(st, cert) == 1;
+	for (size_t i = 0; ok && i < ca->nalso; i++)
+		ok = X509_STORE_add_cert(st, ca->also[i]) == 1;
+	if (!ok) {
 		X509_STORE_free(st);
 		free(pem);
 		X509_free(cert);
@@ -327,7 +332,23 @@ int fleet_ca_open(struct fleet_ca **out, const struct fleet_ca_config *cfg)
 	ca->revoked = json_object();
 	ca->state_dir = cfg->state_dir ? xstrdup(cfg->state_dir) : NULL;
 	ca->validity_ms = cfg->cert_validity_ms > 0 ? cfg->cert_validity_ms : FLEET_CA_DEFAULT_CERT_MS;
-	if (cfg->cert_file) {
+	for (size_t i = 0; rc == 0 && i < cfg->nalso_trust; i++) {
+		struct buf b = BUF_INIT;
+		X509 *x = NULL;
+		if ((rc = ota_read_file(&b, cfg->also_trust[i], 1 << 20)) < 0)
+			rc = ota_error_set(rc, "device_ca.also_trust: cannot read %s", cfg->also_trust[i]);
+		else if (!(x = cert_from_pem(b.ptr, b.len)))
+			rc = ota_error_set(OTA_EINVAL, "device_ca.also_trust: %s holds no PEM certificate", cfg->also_trust[i]);
+		else if ((rc = check_ca_pair(x, NULL, cfg->also_trust[i])) == 0) {
+			ca->also = xrealloc(ca->also, (ca->nalso + 1) * sizeof(*ca->also));
+			ca->also[ca->nalso++] = x;
+			x = NULL;
+		}
+		X509_free(x);
+		buf_release(&b);
+	}
+	if (rc < 0) {
+	} else if (cfg->cert_file) {
 		ca->configured = 1;
 		rc = load_files(ca, cfg->cert_file, cfg->key_file);
 	} else if (ca->state_dir) {
@@ -353,6 +374,9 @@ void fleet_ca_close(struct fleet_ca *ca)
 	EVP_PKEY_free(ca->key);
 	X509_STORE_free(ca->store);
 	free(ca->cert_pem);
+	for (size_t i = 0; i < ca->nalso; i++)
+		X509_free(ca->also[i]);
+	free(ca->also);
 	free(ca->state_dir);
 	json_decref(ca->revoked);
 	for (size_t i = 0; i < ca->nprovs; i++) {
@@ -400,6 +424,21 @@ json_t *fleet_ca_info(struct fleet_ca *ca)
 		json_object_set_new(o, "sha256", json_string(hex));
 		json_object_set_new(o, "certificate", json_string(ca->cert_pem));
 		OPENSSL_free(subj);
+	}
+	if (ca->nalso) {
+		json_t *a = json_array();
+		for (size_t i = 0; i < ca->nalso; i++) {
+			char *subj = X509_NAME_oneline(X509_get_subject_name(ca->also[i]), NULL, 0);
+			unsigned char md[EVP_MAX_MD_SIZE];
+			unsigned int mdlen = 0;
+			char hex[2 * EVP_MAX_MD_SIZE + 1];
+			X509_digest(ca->also[i], EVP_sha256(), md, &mdlen);
+			ota_hex(hex, md, mdlen);
+			json_array_append_new(a, json_pack("{ss ss sI}", "subject", subj ? subj : "", "sha256", hex, "not_after",
+							   (json_int_t)asn1_seconds(X509_get0_notAfter(ca->also[i]))));
+			OPENSSL_free(subj);
+		}
+		json_object_set_new(o, "also_trusted", a);
 	}
 	pthread_rwlock_unlock(&ca->lock);
 	return o;
@@ -769,6 +808,17 @@ static int verify_reason(int err)
 	}
 }
 
+/* Is x one of the trusted CA certificates themselves?  (lock held) */
+static int is_anchor(const struct fleet_ca *ca, X509 *x)
+{
+	if (X509_cmp(x, ca->cert) == 0)
+		return 1;
+	for (size_t i = 0; i < ca->nalso; i++)
+		if (X509_cmp(x, ca->also[i]) == 0)
+			return 1;
+	return 0;
+}
+
 static int identify(struct fleet_ca *ca, X509 *x, char *id_out, size_t idlen, char *product_out, size_t plen)
 {
 	X509_STORE_CTX *ctx = NULL;
@@ -783,7 +833,7 @@ static int identify(struct fleet_ca *ca, X509 *x, char *id_out, size_t idlen, ch
 		return RS_NO_CA;
 	}
 	/* self-signed: its own issuer, whatever the store holds */
-	if (X509_check_issued(x, x) == X509_V_OK && X509_cmp(x, ca->cert) != 0)
+	if (X509_check_issued(x, x) == X509_V_OK && !is_anchor(ca, x))
 		reason = RS_SELF_SIGNED;
 	else if (!(ctx = X509_STORE_CTX_new()) || X509_STORE_CTX_init(ctx, ca->store, x, NULL) != 1)
 		reason = RS_MALFORMED;

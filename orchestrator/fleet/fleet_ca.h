@@ -55,6 +55,10 @@ struct fleet_ca_config {
 	const char *key_file;    /* its key (PEM); NULL with cert_file set: verify only (external CA) */
 	const char *state_dir;   /* STATE: where `fleet ca init` / `import` write devca/ca.{pem,key} */
 	int64_t cert_validity_ms;   /* device certificates (default FLEET_CA_DEFAULT_CERT_MS) */
+	/* more CA certificates trusted for verification only: the previous CA
+	 * during a rollover (devices re-provisioned under the new one) */
+	const char *const *also_trust;
+	size_t nalso_trust;
 };
 
 /* Open: loads the CA named by cfg (none is fine: no CA yet).  A configured
