@@ -454,8 +454,10 @@ static int write_pair(const char *dir, X509 *cert, EVP_PKEY *key)
 	long n = 0;
 	int rc = 0;
 
-	if (access(cpath, F_OK) == 0 || access(kpath, F_OK) == 0) {
-		rc = ota_error_set(OTA_ECONFLICT, "a device CA exists already in %s (ca.pem / ca.key)", dir);
+	/* ca.pem decides: a ca.key alone is what a crash between the two
+	 * writes below leaves, and is replaced */
+	if (access(cpath, F_OK) == 0) {
+		rc = ota_error_set(OTA_ECONFLICT, "a device CA exists already in %s (ca.pem)", dir);
 		goto out;
 	}
 	if (!cpem || !b || !PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) ||
