@@ -535,6 +535,23 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	path = xasprintf("%s/dev-1.crt", dir);
 	good = file_cert(path);
 	free(path);
+	/* with the device's own CSR: only the certificate comes back, no key */
+	{
+		char *csr = make_csr(k, "dev-3", 0), *csrfile = xasprintf("%s/dev-3.csr", d.dir);
+		X509 *c3;
+		assert_int_equal(ota_write_file_atomic(csrfile, csr, strlen(csr), 0644), 0);
+		assert_int_equal(otactl(&d, &out, "devices provision dev-3 --csr %s --product sensor --out %s", csrfile, dir), 0);
+		path = xasprintf("%s/dev-3.key", dir);
+		assert_int_not_equal(access(path, F_OK), 0);
+		free(path);
+		path = xasprintf("%s/dev-3.crt", dir);
+		c3 = file_cert(path);
+		free(path);
+		assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(c3), k), 1);
+		X509_free(c3);
+		free(csr);
+		free(csrfile);
+	}
 	/* a device with a valid certificate is not provisioned twice by accident */
 	assert_int_not_equal(otactl(&d, &out, "devices provision dev-1 --out %s", dir), 0);
 	assert_non_null(strstr(buf_cstr(&out), "valid certificate"));
