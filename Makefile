@@ -141,7 +141,12 @@ $(BIN)/load-bench: $(BUILD)/obj/bench/load_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
+# issue 13: what a device certificate check costs against an HMAC credential
+$(BIN)/devca-bench: $(BUILD)/obj/bench/devca_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench: $(PROGS) $(BIN)/devca-bench $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
        $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 

@@ -27,3 +27,7 @@ sh bench/firmware.sh "$OTACD_BIN" 3
 echo
 echo "== the API under hostile load: p50/p99 at 64 connections, with and without 1,000 slow clients (wrk)"
 sh bench/load.sh "$OTACD_BIN" 10000
+echo
+# issue 13, device certificates
+echo "== device identity: client certificate check against the HMAC credential check, same run"
+"$OTACD_BIN/devca-bench" ${DEVCA_BENCH_ARGS:-2000 2}

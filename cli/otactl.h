@@ -97,6 +97,9 @@ int cmd_pause(int argc, char **argv);
 int cmd_resume(int argc, char **argv);
 int cmd_gates(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+/* cli/devca.c: the device CA, provisioners, device certificates (issue 13) */
+int cmd_fleet(int argc, char **argv);
+int cmd_devices(int argc, char **argv);
 /* reports.c: `show RUN --tests / --findings` (run_id as the API names it). */
 int show_reports(const char *run_id, int tests, int findings);
 

@@ -5,6 +5,7 @@
  * directly: one mapping of known keys, each checked for its type.
  */
 #include "config.h"
+#include "fleet/fleet_ca.h"
 #include "pipeline/yamlbound.h"
 
 #include <stdlib.h>
@@ -45,6 +46,7 @@ void config_defaults(struct otacd_config *c)
 	c->device_register_burst = 10000;
 	c->device_tag_cap = 256;
 	c->device_name_cap = 1024;
+	c->device_cert_validity_ms = 365LL * 86400 * 1000;
 	c->update_server = xstrdup("builtin");
 	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
 	c->providers = json_object();
@@ -91,6 +93,9 @@ void config_release(struct otacd_config *c)
 	free(c->device_listen);
 	free(c->agent_listen);
 	json_decref(c->device_tags);
+	free(c->device_ca_cert);
+	free(c->device_ca_key);
+	strvec_clear(&c->device_ca_also);
 	free(c->fleet_key);
 	free(c->update_server);
 	free(c->update_server_url);
@@ -345,6 +350,36 @@ static int get_device_tags(struct cfg_ctx *x, yaml_node_t *n)
 }
 
 /* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "..." } } */
+static int get_strings(struct cfg_ctx *x, yaml_node_t *n, const char *key, struct strvec *v);
+
+/* device_ca: {cert: FILE, key: FILE, also_trust: [FILE]}: the device CA
+ * (issue 13); no key: an external CA otacd trusts but cannot issue with;
+ * also_trust: previous CAs still trusted for verification (a rollover) */
+static int get_device_ca(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	int rc = 0;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping {cert: FILE, key: FILE}", "device_ca");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top && rc == 0; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key), *v = yaml_document_get_node(x->doc, p->value);
+		const char *key = scalar(k) ? scalar(k) : "";
+		if (!strcmp(key, "cert"))
+			rc = get_string(x, v, "device_ca.cert", &x->c->device_ca_cert);
+		else if (!strcmp(key, "key"))
+			rc = get_string(x, v, "device_ca.key", &x->c->device_ca_key);
+		else if (!strcmp(key, "also_trust"))
+			rc = get_strings(x, v, "device_ca.also_trust", &x->c->device_ca_also);
+		else
+			rc = cfg_err(x, k, "unknown key '%s' in device_ca (cert, key, also_trust)", key);
+	}
+	if (rc == 0 && x->c->device_ca_key && !x->c->device_ca_cert)
+		rc = cfg_err(x, n, "'%s' has a key but no cert", "device_ca");
+	if (rc == 0 && !x->c->device_ca_cert && !x->c->device_ca_also.n)
+		rc = cfg_err(x, n, "'%s' needs cert (or also_trust)", "device_ca");
+	return rc;
+}
+
 static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 {
 	yaml_node_pair_t *p;
@@ -581,6 +616,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
 		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
+		/* issue 13, device certificates */
+		"device_ca", "device_auth", "device_cert_validity",
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -669,6 +706,15 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_int(x, v, key, &c->device_name_cap, 1);
 		else if (!strcmp(key, "device_tags"))
 			rc = get_device_tags(x, v);
+		/* issue 13, device identity by certificate (docs/config.md) */
+		else if (!strcmp(key, "device_ca"))
+			rc = get_device_ca(x, v);
+		else if (!strcmp(key, "device_auth")) {
+			const char *m = scalar(v);
+			if (!m || (c->device_auth = fleet_auth_mode_parse(m)) < 0)
+				rc = cfg_err(x, v, "'%s' must be token, cert or both", key);
+		} else if (!strcmp(key, "device_cert_validity"))
+			rc = get_duration(x, v, key, &c->device_cert_validity_ms);
 		else if (!strcmp(key, "update_server")) {
 			if ((rc = get_string(x, v, key, &c->update_server)) == 0 && strcmp(c->update_server, "builtin") &&
 			    strcmp(c->update_server, "http"))

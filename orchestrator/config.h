@@ -61,6 +61,12 @@ struct otacd_config {
 	json_t *device_tags;            /* tag allowlist {key: [values]} or NULL */
 	int64_t device_tag_cap;         /* distinct tags without an allowlist, default 256 */
 	int64_t device_name_cap;        /* distinct products/versions/hardware/bootloaders, default 1024 */
+	/* device identity by certificate (issue 13, orchestrator/fleet/fleet_ca.h) */
+	char *device_ca_cert;           /* device_ca: {cert: FILE}: the CA; NULL: STATE/devca/ca.pem if there */
+	char *device_ca_key;            /* device_ca: {key: FILE}; NULL with a cert: external CA, verify only */
+	struct strvec device_ca_also;   /* device_ca: {also_trust: [FILE]}: more CAs, verify only (a rollover) */
+	int device_auth;                /* device_auth: token (default) | cert | both (enum fleet_auth_mode) */
+	int64_t device_cert_validity_ms;   /* device_cert_validity: certificates otacd issues, default 365d */
 	char *update_server;            /* adapter: "builtin" (default) or "http" */
 	char *update_server_url;        /* http adapter: base URL */
 	char *update_server_token;      /* http adapter: bearer token */

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "engine.h"
 #include "fleet/fleet.h"
+#include "fleet/fleet_ca.h"
 #include "rollout.h"
 #include "updsrv.h"
 #include "gitsrc.h"
@@ -144,7 +145,8 @@ out:
  * a stable fleet key: without one in the configuration, one is made on
  * first start and kept in STATE/fleet.key.
  */
-static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us)
+static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us,
+		       struct fleet_ca *devca)
 {
 	struct fleet_config fc = { 0 };
 	char *db = NULL, *keyfile = NULL, *secretfile = NULL, *secret = NULL;
@@ -200,6 +202,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	fc.name_cap = cfg->device_name_cap;
 	if ((rc = fleet_open(fleet, &fc)) < 0 || (rc = updsrv_builtin(us, *fleet)) < 0)
 		goto out;
+	fleet_set_ca(*fleet, devca, cfg->device_auth); /* issue 13: before devices can ask */
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
@@ -269,6 +272,7 @@ int main(int argc, char **argv)
 	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
 	struct rollout_controller *rollouts = NULL;
+	struct fleet_ca *devca = NULL;
 	struct engine_config ecfg = { 0 };
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL;
@@ -405,7 +409,18 @@ int main(int argc, char **argv)
 		goto fail;
 	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
 		goto fail;
-	if (start_fleet(&cfg, &fleet, &devapi, &us) < 0 || rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
+	/* the device CA (issue 13): STATE/devca or device_ca:, its provisioners and revocations */
+	{
+		struct fleet_ca_config cc = { cfg.device_ca_cert, cfg.device_ca_key, cfg.state_dir,
+					      cfg.device_cert_validity_ms, (const char *const *)cfg.device_ca_also.v,
+					      cfg.device_ca_also.n };
+		if (fleet_ca_open(&devca, &cc) < 0 || fleet_ca_attach(devca, engine) < 0)
+			goto fail;
+		if (cfg.device_auth != FLEET_AUTH_TOKEN && !fleet_ca_state(devca))
+			fprintf(stderr, "otacd: device_auth: %s without a device CA: no device can authenticate by"
+					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
+	}
+	if (start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
 	acfg.listen = cfg.listen;
@@ -428,6 +443,7 @@ int main(int argc, char **argv)
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
 	acfg.updsrv = us;
+	acfg.devca = devca;
 	if (cfg.local_agents > 0)
 		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
 	/* Local agents outlive a daemon restart (localagents.c): the default
@@ -505,6 +521,7 @@ out:
 	if (us)
 		us->free(us);
 	fleet_close(fleet);
+	fleet_ca_close(devca);
 	sources_stop(sources);
 	engine_stop(engine);
 	gitsrc_shutdown();

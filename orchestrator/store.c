@@ -172,6 +172,22 @@ static const char *const migrations[] = {
 	"  status INTEGER NOT NULL, body TEXT, instance TEXT NOT NULL,"
 	"  created_at INTEGER NOT NULL, PRIMARY KEY(actor, key));"
 	"CREATE INDEX idempotency_by_age ON idempotency(created_at);",
+	/* 11 (issue 13, device identity by certificate): provisioning
+	 * credentials (token SHA-256, scope, count), the device certificates
+	 * otacd issued, and revoked devices (orchestrator/fleet/fleet_ca.h) */
+	"CREATE TABLE device_provisioners ("
+	"  name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,"
+	"  products TEXT, max_devices INTEGER NOT NULL, issued INTEGER NOT NULL DEFAULT 0,"
+	"  rate_per_min INTEGER NOT NULL, created_at INTEGER NOT NULL, created_by TEXT NOT NULL,"
+	"  revoked_at INTEGER);"
+	"CREATE TABLE device_certs ("
+	"  serial TEXT PRIMARY KEY, device TEXT NOT NULL, product TEXT, provisioner TEXT,"
+	"  not_before INTEGER NOT NULL, not_after INTEGER NOT NULL, issued_at INTEGER NOT NULL,"
+	"  revoked_at INTEGER, pem TEXT NOT NULL);"
+	"CREATE INDEX device_certs_by_device ON device_certs(device);"
+	"CREATE TABLE device_revocations ("
+	"  device TEXT PRIMARY KEY, cutoff INTEGER NOT NULL, at INTEGER NOT NULL,"
+	"  actor TEXT NOT NULL, reason TEXT);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

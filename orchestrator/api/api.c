@@ -312,6 +312,15 @@ static const struct api_route routes[] = {
 	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
 	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0 },
 	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0 },
+	/* the device CA, provisioners, device certificates (issue 13, api_devca.c) */
+	{ "GET", "/api/v1/fleet/ca", ROLE_VIEWER, BODY_NONE, api_get_devca, NULL, 0 },
+	{ "POST", "/api/v1/fleet/ca", ROLE_ADMIN, BODY_JSON, api_post_devca, NULL, 0 },
+	{ "GET", "/api/v1/fleet/provisioners", ROLE_VIEWER, BODY_NONE, api_get_provisioners, NULL, 0 },
+	{ "POST", "/api/v1/fleet/provisioners", ROLE_ADMIN, BODY_JSON, api_post_provisioner, NULL, 0 },
+	{ "POST", "/api/v1/fleet/provisioners/revoke", ROLE_ADMIN, BODY_JSON, api_post_provisioner_revoke, NULL, 0 },
+	{ "POST", "/api/v1/devices/provision", ROLE_ADMIN, BODY_JSON, api_post_device_provision, NULL, 0 },
+	{ "POST", "/api/v1/devices/revoke", ROLE_OPERATOR, BODY_JSON, api_post_device_revoke, NULL, 0 },
+	{ "POST", "/api/v1/devices/identify", ROLE_VIEWER, BODY_JSON, api_post_device_identify, NULL, 0 },
 	/* the agent protocol: register and request take the agent's token,
 	 * every route of one job that attempt's job token (api_job_auth) */
 	{ "POST", "/api/v1/agent/register", ROLE_AGENT, BODY_JSON, api_agent_register, NULL, 0 },

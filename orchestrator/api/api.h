@@ -21,6 +21,7 @@
 
 struct otacd_config;
 struct sources;
+struct fleet_ca;
 
 struct api_config {
 	const char *listen;          /* HOST:PORT; port 0 picks a free one */
@@ -35,6 +36,7 @@ struct api_config {
 	int anonymous_read;
 	int64_t lease_ms, heartbeat_ms;
 	struct updsrv *updsrv;       /* fleet state for rollout views (may be NULL) */
+	struct fleet_ca *devca;      /* the device CA (issue 13; may be NULL) */
 };
 
 struct api;

@@ -133,6 +133,15 @@ int api_job_auth(struct api *a, struct api_req *r);
 /* api_agents.c: registered agents (admin) */
 enum MHD_Result api_post_agent(struct api *a, struct api_req *r);
 enum MHD_Result api_post_agent_revoke(struct api *a, struct api_req *r);
+/* api_devca.c: the device CA, provisioners, device certificates (issue 13) */
+enum MHD_Result api_get_devca(struct api *a, struct api_req *r);
+enum MHD_Result api_post_devca(struct api *a, struct api_req *r);
+enum MHD_Result api_get_provisioners(struct api *a, struct api_req *r);
+enum MHD_Result api_post_provisioner(struct api *a, struct api_req *r);
+enum MHD_Result api_post_provisioner_revoke(struct api *a, struct api_req *r);
+enum MHD_Result api_post_device_provision(struct api *a, struct api_req *r);
+enum MHD_Result api_post_device_revoke(struct api *a, struct api_req *r);
+enum MHD_Result api_post_device_identify(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_artifact(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_finish(struct api *a, struct api_req *r);
 

@@ -20,6 +20,9 @@
  * need the fleet key; every other device route authenticates the device
  * through fleet_device_auth (report batches: per report, in the fleet).
  * Registrations go through the fleet's writer like report batches.
+ * Certificates (issue 13): POST /device/v1/provision takes a
+ * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
+ * CA's counters.
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>
@@ -39,13 +42,14 @@
 #include "../api/api_wait.h"
 #include "../artifact.h"
 #include "fleet.h"
+#include "fleet_ca.h"
 
 #define DEVAPI_BODY_MAX ((size_t)1 << 20)
 /* A body over the cap is read and dropped up to this size, so the client
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
 
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS };
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION };
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -118,6 +122,7 @@ static unsigned status_of(int rc)
 	case OTA_ETOOBIG: return MHD_HTTP_CONTENT_TOO_LARGE;
 	case OTA_EAUTH: return MHD_HTTP_UNAUTHORIZED;
 	case OTA_ECONFLICT: return MHD_HTTP_TOO_MANY_REQUESTS;
+	case OTA_EPERM: return MHD_HTTP_FORBIDDEN;
 	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
 }
@@ -346,6 +351,14 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 	if (fleet_metrics_text(a->f, &text, &len) < 0)
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
+	if (fleet_get_ca(a->f)) { /* device certificates (issue 13) */
+		struct buf b = BUF_INIT;
+		buf_put(&b, text, len);
+		fleet_ca_metrics_text(fleet_get_ca(a->f), &b);
+		free(text);
+		len = b.len;
+		text = buf_detach(&b);
+	}
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
 }
 
@@ -354,6 +367,66 @@ static enum MHD_Result do_registrations(struct devapi *a, struct MHD_Connection 
 	if (fleet_provision_auth(a->f, r->token) < 0)
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "the registration audit needs the fleet key");
 	return reply_json(c, MHD_HTTP_OK, fleet_registrations(a->f, 100));
+}
+
+/* Factory provisioning (issue 13, fleet_ca.h): a provisioner's token and
+ * {"device", "csr", "product"?} in, a device certificate out.  Rare, so it
+ * waits on this thread for the engine's transaction, one at a time (a
+ * second one meanwhile is told to retry: check-ins keep their threads). */
+static pthread_mutex_t provision_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static enum MHD_Result do_provision(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	struct fleet_ca_request rq = { 0 };
+	json_t *body, *dev, *csr, *product, *answer = NULL;
+	enum MHD_Result ret = MHD_NO;
+	char peer[64];
+	int64_t retry = 0;
+	int rc;
+
+	if (!(body = parse_body(c, r, &ret)))
+		return ret;
+	dev = json_object_get(body, "device");
+	csr = json_object_get(body, "csr");
+	product = json_object_get(body, "product");
+	if (json_is_null(product))
+		product = NULL;
+	if (!json_is_string(dev) || !json_is_string(csr) || (product && !json_is_string(product))) {
+		ret = reply_error(c, MHD_HTTP_BAD_REQUEST, "'device' and 'csr' (PEM) are needed, 'product' is a string");
+		goto out;
+	}
+	rq.device = json_string_value(dev);
+	rq.product = json_string_value(product);
+	rq.csr_pem = json_string_value(csr);
+	rq.csr_len = json_string_length(csr);
+	rq.token = r->token;
+	rq.peer = peer_of(c, peer, sizeof(peer));
+	rq.token_registered = fleet_device_registered(a->f, rq.device);
+	if (pthread_mutex_trylock(&provision_mu) != 0) {
+		ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "another provisioning is running: retry");
+		goto out;
+	}
+	rc = fleet_ca_provision(fleet_get_ca(a->f), &rq, &answer, &retry);
+	pthread_mutex_unlock(&provision_mu);
+	if (rc < 0 && retry > 0) {
+		struct MHD_Response *resp;
+		json_t *o = json_pack("{ss}", "error", ota_error_last());
+		char *text = json_dumps(o, JSON_COMPACT), ra[32];
+		json_decref(o);
+		resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+		MHD_add_response_header(resp, "Content-Type", "application/json");
+		snprintf(ra, sizeof(ra), "%lld", (long long)retry);
+		MHD_add_response_header(resp, "Retry-After", ra);
+		ret = MHD_queue_response(c, MHD_HTTP_TOO_MANY_REQUESTS, resp);
+		MHD_destroy_response(resp);
+	} else if (rc < 0) {
+		ret = reply_error(c, rc == OTA_ENOTFOUND ? MHD_HTTP_SERVICE_UNAVAILABLE : status_of(rc), "%s", ota_error_last());
+	} else {
+		ret = reply_json(c, MHD_HTTP_OK, answer);
+	}
+out:
+	json_decref(body);
+	return ret;
 }
 
 /* Streams [pos, pos+len) of an artifact; the reader is positioned at
@@ -498,6 +571,11 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
 		return url[11] == 'c' ? R_CHECKIN : url[13] == 'p' ? R_REPORTS : R_REGISTER;
 	}
+	if (!strcmp(url, "/device/v1/provision")) { /* issue 13: factory provisioning */
+		if (!post)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return R_PROVISION;
+	}
 	if (!strcmp(url, "/device/v1/registrations")) {
 		if (!get)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
@@ -563,6 +641,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	case R_REPORTS:
 	case R_REGISTER: return do_reports(a, c, r);
 	case R_REGISTRATIONS: return do_registrations(a, c, r);
+	case R_PROVISION: return do_provision(a, c, r);
 	case R_METRICS: return do_metrics(a, c, r);
 	case R_IMAGE: return do_image(a, c, r, url + 18);
 	default: return MHD_NO;

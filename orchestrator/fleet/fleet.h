@@ -140,6 +140,27 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *creden
 int fleet_provision_auth(struct fleet *f, const char *token);
 
 /*
+ * Device certificates (issue 13, fleet_ca.h).  fleet_set_ca: the device CA
+ * (borrowed; NULL: none) and how devices authenticate (enum
+ * fleet_auth_mode: token, cert or both; fleet_device_auth refuses tokens
+ * when it is cert).  fleet_auth_cert is the certificate path of device
+ * authentication: der is the client certificate the TLS handshake verified
+ * (devapi takes it from tls_peer_cert_der, never from a header or body: a
+ * certificate is public, only the handshake proves the key).  0 with the
+ * device id in id_out, or OTA_EAUTH: the fleet takes tokens only, the
+ * certificate is refused (fleet_ca_identify: revoked, expired, foreign CA,
+ * ...; counted on /metrics), or claimed (the body's "device", may be NULL)
+ * or claimed_product (may be NULL) is not what the certificate names.
+ * fleet_device_registered: has id a token credential (registered)?
+ */
+struct fleet_ca;
+void fleet_set_ca(struct fleet *f, struct fleet_ca *ca, int auth_mode);
+struct fleet_ca *fleet_get_ca(struct fleet *f);
+int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		    const char *claimed_product, char *id_out, size_t idlen);
+int fleet_device_registered(struct fleet *f, const char *id);
+
+/*
  * Registration (provisioning).  fleet_register_admit takes n devices from
  * the rate limit: 0, or OTA_ECONFLICT with *retry_ms (real ms) when the
  * bucket is short (nothing taken).  fleet_register_async validates a body

@@ -17,6 +17,11 @@
  * fleet.db's `registrations` (count, first and last id, peer), not one per
  * device, so a factory provisioning a million devices writes a hundred rows.
  *
+ * Devices with a client certificate (issue 13) are named by it:
+ * fleet_auth_cert, below, asks the device CA (fleet_ca.c) which device a
+ * certificate verified by the TLS handshake names.  Which of the two a
+ * fleet accepts is config (device_auth: token | cert | both).
+ *
  * The registry sits in the device shards (struct shard.rb), under the
  * shard's mutex; the writer thread (fleet_store.c) moves generations on.
  */
@@ -31,6 +36,7 @@
 #include <openssl/hmac.h>
 
 #include "../clock.h"
+#include "fleet_ca.h"
 
 const char fleet_trusted_caller[] = "(in-process caller)";
 
@@ -115,6 +121,9 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 	uint32_t gen = 0;
 	int rc = 0;
 
+	if (f->auth_mode == FLEET_AUTH_CERT)
+		return ota_error_set(OTA_EAUTH, "this fleet authenticates devices by certificate (device_auth: cert):"
+						" connect with the device's client certificate");
 	if (!f->has_secret || !cred || !device_id || !fleet_device_id_valid(device_id))
 		return ota_error_set(OTA_EAUTH, "missing or wrong credential");
 	if (f->fleet_key && strlen(cred) == f->fleet_key_len && CRYPTO_memcmp(cred, f->fleet_key, f->fleet_key_len) == 0)
@@ -314,4 +323,64 @@ int fleet_register(struct fleet *f, const char *const *ids, size_t n, const char
 	pthread_mutex_destroy(&w.mu);
 	pthread_cond_destroy(&w.cond);
 	return rc;
+}
+
+/* ---- device certificates (issue 13) --------------------------------------- */
+
+void fleet_set_ca(struct fleet *f, struct fleet_ca *ca, int auth_mode)
+{
+	f->ca = ca;
+	f->auth_mode = auth_mode;
+}
+
+struct fleet_ca *fleet_get_ca(struct fleet *f)
+{
+	return f->ca;
+}
+
+int fleet_device_registered(struct fleet *f, const char *id)
+{
+	uint64_t h;
+	struct shard *s;
+	int yes;
+	if (!id || !fleet_device_id_valid(id))
+		return 0;
+	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+	s = fleet_shard(f, h);
+	pthread_mutex_lock(&s->mu);
+	yes = fleet_reg_find_locked(s, id, h) != NULL;
+	pthread_mutex_unlock(&s->mu);
+	return yes;
+}
+
+/*
+ * The certificate path of device authentication.  The lead wires it into
+ * devapi.c once the TLS listener exposes the verified client certificate
+ * (tls_peer_cert_der): with a certificate, the device is the one it names
+ * and a body naming another is refused; without one, fleet_device_auth.
+ */
+int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		    const char *claimed_product, char *id_out, size_t idlen)
+{
+	char product[129];
+	const char *why = NULL;
+	int rc;
+
+	if (idlen)
+		id_out[0] = 0;
+	if (f->auth_mode == FLEET_AUTH_TOKEN)
+		return ota_error_set(OTA_EAUTH, "this fleet authenticates devices by token (device_auth: token)");
+	if ((rc = fleet_ca_identify_ex(f->ca, der, len, id_out, idlen, product, sizeof(product), 1, &why)) < 0)
+		return rc;
+	if (claimed && strcmp(claimed, id_out)) {
+		rc = ota_error_set(OTA_EAUTH, "the client certificate is device '%s''s, not '%s''s", id_out, claimed);
+		id_out[0] = 0;
+		return rc;
+	}
+	if (product[0] && claimed_product && strcmp(claimed_product, product)) {
+		rc = ota_error_set(OTA_EAUTH, "device '%s''s certificate is for product '%s'", id_out, product);
+		id_out[0] = 0;
+		return rc;
+	}
+	return 0;
 }

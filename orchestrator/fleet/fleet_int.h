@@ -228,6 +228,10 @@ struct fleet {
 	pthread_cond_t q_cond;
 	struct batch *q_head, **q_tail;
 	int stop;
+
+	/* device certificates (issue 13; fleet_set_ca, fleet_auth_cert) */
+	struct fleet_ca *ca;
+	int auth_mode;             /* enum fleet_auth_mode */
 };
 
 uint64_t fleet_fnv(const void *p, size_t n, uint64_t h);
