@@ -38,6 +38,7 @@
 #include "../api/api.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
+#include "../tls/tls.h"
 #include "fleet.h"
 
 #define DEVAPI_BODY_MAX ((size_t)1 << 20)
@@ -589,10 +590,14 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	*con_cls = NULL;
 }
 
+static struct tls_server *limit_tls;   /* issue 13: devapi_set_tls */
+
 static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
 			enum MHD_ConnectionNotificationCode code)
 {
 	struct devapi *a = cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED)
+		tls_server_conn_started(limit_tls, c);
 	api_conn_notify(a->waiter, c, socket_context, code);
 }
 
@@ -601,6 +606,11 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 /* the same protections as the API's listener (docs/config.md) */
 static int64_t limit_request_timeout_ms = 10000;
 static unsigned limit_per_client = 128;
+
+void devapi_set_tls(struct tls_server *t)
+{
+	limit_tls = t;
+}
 
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client)
 {
@@ -617,6 +627,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned pool = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (unsigned)ncpu;
+	struct MHD_OptionItem tlsopts[TLS_MHD_OPTIONS_MAX];
 	int rc;
 
 	*out = NULL;
@@ -626,6 +637,8 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	}
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	flags |= tls_server_mhd_options(limit_tls, tlsopts);
+	tls_warn_if_plain("device", addr, (struct sockaddr *)&ss, limit_tls);
 	a->f = f;
 	a->metrics_public = metrics_public;
 	if ((rc = api_waiter_start(&a->waiter, limit_request_timeout_ms)) < 0) {
@@ -644,6 +657,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit_per_client,
 				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  MHD_OPTION_ARRAY, tlsopts,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
 		pthread_mutex_destroy(&a->mu);
