@@ -141,8 +141,13 @@ $(BIN)/load-bench: $(BUILD)/obj/bench/load_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# issue 13: check-ins over TLS (resumed, full) against plain HTTP
+$(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
-       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench
+       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))

@@ -27,3 +27,7 @@ sh bench/firmware.sh "$OTACD_BIN" 3
 echo
 echo "== the API under hostile load: p50/p99 at 64 connections, with and without 1,000 slow clients (wrk)"
 sh bench/load.sh "$OTACD_BIN" 10000
+echo
+# issue 13, TLS
+echo "== device check-ins over TLS (full and resumed handshakes, kept-alive) against plain HTTP, same run"
+"$OTACD_BIN/tls-bench" 5

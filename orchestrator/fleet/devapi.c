@@ -53,6 +53,7 @@ struct devapi {
 	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
 	struct fleet *f;
 	int port, metrics_public;
+	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
 	/* guards inflight, stopping and every request's batch state below */
 	pthread_mutex_t mu;
 	int inflight;      /* report batches handed to the writer, not done */
@@ -597,7 +598,7 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 {
 	struct devapi *a = cls;
 	if (code == MHD_CONNECTION_NOTIFY_STARTED)
-		tls_server_conn_started(limit_tls, c);
+		tls_server_conn_started(a->tls, c);
 	api_conn_notify(a->waiter, c, socket_context, code);
 }
 
@@ -640,6 +641,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	flags |= tls_server_mhd_options(limit_tls, tlsopts);
 	tls_warn_if_plain("device", addr, (struct sockaddr *)&ss, limit_tls);
 	a->f = f;
+	a->tls = limit_tls;
 	a->metrics_public = metrics_public;
 	if ((rc = api_waiter_start(&a->waiter, limit_request_timeout_ms)) < 0) {
 		free(a);
