@@ -378,13 +378,15 @@ static void client_certificate_of_the_trusted_ca_reaches_the_handler(void **stat
 	struct MHD_Daemon *mhd;
 	struct buf out = BUF_INIT, want = BUF_INIT;
 	char *cert = xasprintf("%s/srv.pem", e->pki), *key = xasprintf("%s/srv.key", e->pki);
+	char *hook_ca = xasprintf("%s/hook-ca.pem", e->pki);
 	unsigned long before = tls_client_cert_refusals();
 	unsigned flags;
 	int port;
 
 	f.cert = cert;
 	f.key = key;
-	f.client_ca = e->ca;
+	f.client_ca = hook_ca;
+	assert_int_equal(h_sh(&out, "cp '%s' '%s'", e->ca, hook_ca), 0);
 	assert_int_equal(tls_server_new(&t, "hook", &f), 0);
 	flags = tls_server_mhd_options(t, opts);
 	assert_int_equal(flags, MHD_USE_TLS);
@@ -408,15 +410,38 @@ static void client_certificate_of_the_trusted_ca_reaches_the_handler(void **stat
 	assert_true(tls_client_cert_refusals() >= before + 2);
 	assert_int_equal(h_sh(&out, "curl -sS --cacert '%s' https://127.0.0.1:%d/", e->ca, port), 0);
 	assert_string_equal(buf_cstr(&out), "none -3");
+	/* a resumed session (no certificate sent again) still names the device */
+	for (int v = 2; v <= 3; v++) {
+		h_sh(&out, "cd %s && printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -ign_eof -tls1_%d -connect"
+			   " 127.0.0.1:%d -CAfile ca.pem -cert dev-ca.pem -key dev-ca.key -sess_out sess%d.pem >/dev/null 2>&1;"
+			   " printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -ign_eof -tls1_%d -connect 127.0.0.1:%d"
+			   " -CAfile ca.pem -sess_in sess%d.pem 2>&1 | grep -E '^Reused,|^[0-9a-f]{64}'",
+		     e->pki, v, port, v, v, port, v);
+		assert_non_null(strstr(buf_cstr(&out), "Reused,"));
+		assert_non_null(strstr(buf_cstr(&out), want.ptr));
+	}
+	/* the client CA changes (reload): a session resumed from before is
+	 * checked again and the handler gets OTA_EAUTH, not the certificate */
+	assert_int_equal(h_sh(&out, "cp %s/evil.pem '%s'", e->pki, hook_ca), 0);
+	assert_int_equal(tls_server_reload(t), 0);
+	h_sh(&out, "cd %s && printf 'GET / HTTP/1.0\r\n\r\n' | openssl s_client -ign_eof -tls1_3 -connect 127.0.0.1:%d"
+		   " -CAfile ca.pem -sess_in sess3.pem 2>&1 | grep -E '^Reused,|none'", e->pki, port);
+	assert_non_null(strstr(buf_cstr(&out), "Reused,"));
+	assert_non_null(strstr(buf_cstr(&out), "none -6"));
+	/* and a new handshake with that certificate now fails */
+	assert_int_not_equal(h_sh(&out, "curl -sS --cacert '%s' --cert %s/dev-ca.pem --key %s/dev-ca.key"
+					" https://127.0.0.1:%d/", e->ca, e->pki, e->pki, port), 0);
 	MHD_stop_daemon(mhd);
 	tls_server_free(t);
 	buf_release(&out);
 	buf_release(&want);
 	free(cert);
 	free(key);
+	free(hook_ca);
 }
 
-/* A bad tls: block stops otacd at start with the reason. */
+/* A bad tls: block stops otacd at start with the reason; a listener off
+ * loopback without TLS is warned about. */
 static void a_bad_tls_configuration_is_refused_at_start(void **state)
 {
 	struct tls_env *e = *state;
@@ -431,6 +456,10 @@ static void a_bad_tls_configuration_is_refused_at_start(void **state)
 				    " timeout 10 %s --config b.yml --state-dir st --local-agents 0 --listen 127.0.0.1:0"
 				    " --device-listen off", dir, e->pki, e->pki, otacd), 1);
 	assert_non_null(strstr(buf_cstr(&out), "is not the key of the certificate"));
+	/* a listener off loopback without TLS: a warning at start */
+	h_sh(&out, "cd %s && timeout 3 %s --state-dir st2 --local-agents 0 --listen 0.0.0.0:0 --device-listen off",
+	     dir, otacd);
+	assert_non_null(strstr(buf_cstr(&out), "warning: the API listener on 0.0.0.0:0 is not loopback and has no TLS"));
 	h_sh(&out, "rm -rf '%s'", dir);
 	buf_release(&out);
 	free(otacd);
