@@ -14,13 +14,11 @@
  *     tls-full      TCP + full TLS handshake (no session cache)
  *     tls-resumed   TCP + resumed TLS handshake (session tickets, one
  *                   libcurl share of SSL sessions: CURLSH_SHARE SSL_SESSION)
- *     tls12-full, tls12-resumed   the same two with TLS 1.2 at most.  otacd
- *                   resumes TLS 1.2 by session tickets only (libmicrohttpd
- *                   keeps no session-ID cache) and libcurl's OpenSSL
- *                   backend asks for no ticket below TLS 1.3, so these
- *                   two show what a curl-based TLS 1.2 device gets: full
- *                   handshakes (the "resumed" count says so).  A TLS 1.3
- *                   resumption still does ECDHE; it skips the certificate,
+ *     tls12-full, tls12-resumed   the same two with TLS 1.2 at most
+ *                   (libcurl's OpenSSL backend sends no ticket below 1.3:
+ *                   this resumes through otacd's session-ID cache).  A
+ *                   TLS 1.2 resumption skips the key exchange too; a TLS
+ *                   1.3 one still does ECDHE and skips the certificate,
  *                   its signature and its verification.
  *   kept-alive connections (a busy gateway):
  *     plain-ka, tls-ka

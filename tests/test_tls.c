@@ -140,7 +140,22 @@ static int teardown(void **state)
 
 /* ---- the listeners serve TLS, clients verify ----------------------------------- */
 
-static void daemon_serves_https_urls_and_tls12_and_13(void **state)
+/* Of three GETs of the device listener's /metrics with openssl s_client
+ * opts, each offering the session of the one before: how many resumed. */
+static int resumed(struct tls_env *e, const char *opts)
+{
+	struct buf out = BUF_INIT;
+	int n;
+	h_sh(&out, "cd %s && rm -f s.pem && for i in 1 2 3; do printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' |"
+		   " openssl s_client -ign_eof %s -connect 127.0.0.1:%d -CAfile ca.pem -sess_out s.pem"
+		   " $(test -f s.pem && echo -sess_in s.pem) 2>/dev/null; done | grep -c '^Reused,'",
+	     e->pki, opts, e->dport);
+	n = atoi(buf_cstr(&out));
+	buf_release(&out);
+	return n;
+}
+
+static void daemon_serves_https_urls_tls12_and_13_and_resumes_sessions(void **state)
 {
 	struct tls_env *e = *state;
 	struct buf out = BUF_INIT;
@@ -155,6 +170,12 @@ static void daemon_serves_https_urls_and_tls12_and_13(void **state)
 	assert_non_null(strstr(buf_cstr(&out), " 200"));
 	assert_int_equal(h_sh(&out, "curl -sS --cacert '%s' -w ' %%{http_code}' %s/metrics", e->ca, e->d.device_url), 0);
 	assert_non_null(strstr(buf_cstr(&out), " 200"));
+	/* sessions resume: three connections in a row, each offering the
+	 * session of the one before (TLS 1.3 tickets; TLS 1.2 tickets, and
+	 * session IDs for a client that sends no ticket) */
+	assert_int_equal(resumed(e, "-tls1_3"), 2);
+	assert_int_equal(resumed(e, "-tls1_2"), 2);
+	assert_int_equal(resumed(e, "-tls1_2 -no_ticket"), 2);
 	buf_release(&out);
 }
 
@@ -587,7 +608,7 @@ static void sighup_swaps_the_certificate_and_a_bad_file_keeps_the_old_one(void *
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(daemon_serves_https_urls_and_tls12_and_13),
+		cmocka_unit_test(daemon_serves_https_urls_tls12_and_13_and_resumes_sessions),
 		cmocka_unit_test(otactl_works_with_cacert_and_refuses_a_foreign_ca_or_wrong_host),
 		cmocka_unit_test(an_agent_runs_a_job_over_tls),
 		cmocka_unit_test(an_agent_with_a_foreign_ca_takes_no_job),

@@ -19,8 +19,9 @@
  * Per connection (MHD_CONNECTION_NOTIFY_STARTED, before any byte of the
  * handshake is read) we attach the listener to the session
  * (gnutls_db_set_ptr: MHD uses no session cache, so the slot is free),
- * enable session tickets with the listener's ticket key (resumption: one
- * round trip and no signature for a device checking in again), and, with a
+ * enable session tickets with the listener's ticket key and a bounded
+ * session-ID cache (resumption: one round trip and no signature for a
+ * device checking in again, TLS 1.3 or 1.2), and, with a
  * client CA, ask for a client certificate and install a verify callback
  * that fails the handshake when a presented certificate does not chain to
  * the CA.  A device without a certificate still connects (token auth).
@@ -41,6 +42,17 @@
 
 #define TLS_FILE_MAX ((size_t)1 << 20)
 #define TLS_CHAIN_MAX 16
+/* The TLS 1.2 session-ID cache: a fixed table, a new session overwrites
+ * whatever shared its slot (memory stays bounded, a flood only evicts). */
+#define SESS_SLOTS 8192
+#define SESS_KEY_MAX 64
+#define SESS_DATA_MAX 8192
+
+struct sess_slot {
+	unsigned char key[SESS_KEY_MAX];
+	unsigned klen;
+	gnutls_datum_t data;
+};
 
 /* One generation of a listener's certificate, key and client CA. */
 struct tls_creds {
@@ -58,6 +70,8 @@ struct tls_server {
 	pthread_mutex_t mu;                  /* guards cur */
 	struct tls_creds *cur;
 	gnutls_datum_t ticket_key;
+	pthread_mutex_t smu;                 /* guards sess */
+	struct sess_slot *sess;              /* SESS_SLOTS */
 	struct tls_server *next;             /* the registry */
 };
 
@@ -273,6 +287,8 @@ int tls_server_new(struct tls_server **out, const char *name, const struct tls_f
 	t->key_path = xstrdup(files->key);
 	t->ca_path = files->client_ca ? xstrdup(files->client_ca) : NULL;
 	pthread_mutex_init(&t->mu, NULL);
+	pthread_mutex_init(&t->smu, NULL);
+	t->sess = xcalloc(SESS_SLOTS, sizeof(*t->sess));
 	if ((rc = creds_load(&t->cur, t)) < 0 || (rc = gnutls_session_ticket_key_generate(&t->ticket_key)) < 0) {
 		if (rc < -100)
 			rc = ota_error_set(OTA_ERROR, "tls: %s", gnutls_strerror(rc));
@@ -304,6 +320,13 @@ void tls_server_free(struct tls_server *t)
 		explicit_bzero(t->ticket_key.data, t->ticket_key.size);
 		gnutls_free(t->ticket_key.data);
 	}
+	for (size_t i = 0; i < SESS_SLOTS; i++)
+		if (t->sess[i].data.data) {
+			explicit_bzero(t->sess[i].data.data, t->sess[i].data.size);
+			free(t->sess[i].data.data);
+		}
+	free(t->sess);
+	pthread_mutex_destroy(&t->smu);
 	pthread_mutex_destroy(&t->mu);
 	free(t->name);
 	free(t->cert_path);
@@ -438,6 +461,85 @@ unsigned tls_server_mhd_options(struct tls_server *t, struct MHD_OptionItem *opt
 	return t ? MHD_USE_TLS : 0;
 }
 
+/*
+ * TLS 1.2 resumption by session ID (clients that send no ticket, such as
+ * libcurl's OpenSSL backend below TLS 1.3).  GnuTLS hands the db pointer
+ * (the listener) to these; the data it stores holds the session's master
+ * secret, so a slot is wiped before it is reused.  GnuTLS checks a
+ * retrieved session's age itself.
+ */
+static struct sess_slot *sess_slot(struct tls_server *t, const gnutls_datum_t *key)
+{
+	uint32_t h = 2166136261u;
+	for (unsigned i = 0; i < key->size; i++)
+		h = (h ^ key->data[i]) * 16777619u;
+	return &t->sess[h % SESS_SLOTS];
+}
+
+static void slot_clear(struct sess_slot *sl)
+{
+	if (sl->data.data) {
+		explicit_bzero(sl->data.data, sl->data.size);
+		free(sl->data.data);
+	}
+	sl->data.data = NULL;
+	sl->data.size = 0;
+	sl->klen = 0;
+}
+
+static int sess_store(void *ptr, gnutls_datum_t key, gnutls_datum_t data)
+{
+	struct tls_server *t = ptr;
+	struct sess_slot *sl;
+
+	if (!t || key.size == 0 || key.size > SESS_KEY_MAX || data.size > SESS_DATA_MAX)
+		return -1;
+	sl = sess_slot(t, &key);
+	pthread_mutex_lock(&t->smu);
+	slot_clear(sl);
+	memcpy(sl->key, key.data, key.size);
+	sl->klen = key.size;
+	sl->data.data = xmalloc(data.size);
+	memcpy(sl->data.data, data.data, data.size);
+	sl->data.size = data.size;
+	pthread_mutex_unlock(&t->smu);
+	return 0;
+}
+
+static gnutls_datum_t sess_retrieve(void *ptr, gnutls_datum_t key)
+{
+	struct tls_server *t = ptr;
+	gnutls_datum_t r = { NULL, 0 };
+	struct sess_slot *sl;
+
+	if (!t || key.size == 0 || key.size > SESS_KEY_MAX)
+		return r;
+	sl = sess_slot(t, &key);
+	pthread_mutex_lock(&t->smu);
+	if (sl->klen == key.size && !memcmp(sl->key, key.data, key.size) && sl->data.data &&
+	    (r.data = gnutls_malloc(sl->data.size))) {
+		memcpy(r.data, sl->data.data, sl->data.size);
+		r.size = sl->data.size;
+	}
+	pthread_mutex_unlock(&t->smu);
+	return r;
+}
+
+static int sess_remove(void *ptr, gnutls_datum_t key)
+{
+	struct tls_server *t = ptr;
+	struct sess_slot *sl;
+
+	if (!t || key.size == 0 || key.size > SESS_KEY_MAX)
+		return -1;
+	sl = sess_slot(t, &key);
+	pthread_mutex_lock(&t->smu);
+	if (sl->klen == key.size && !memcmp(sl->key, key.data, key.size))
+		slot_clear(sl);
+	pthread_mutex_unlock(&t->smu);
+	return 0;
+}
+
 void tls_server_conn_started(struct tls_server *t, struct MHD_Connection *c)
 {
 	const union MHD_ConnectionInfo *ci;
@@ -447,6 +549,9 @@ void tls_server_conn_started(struct tls_server *t, struct MHD_Connection *c)
 		return;
 	s = (gnutls_session_t)ci->tls_session;
 	gnutls_db_set_ptr(s, t);
+	gnutls_db_set_store_function(s, sess_store);
+	gnutls_db_set_retrieve_function(s, sess_retrieve);
+	gnutls_db_set_remove_function(s, sess_remove);
 	gnutls_session_ticket_enable_server(s, &t->ticket_key);
 	if (t->ca_path) {
 		gnutls_certificate_server_set_request(s, GNUTLS_CERT_REQUEST);
