@@ -223,6 +223,8 @@ int main(int argc, char **argv)
 	db = xasprintf("%s/fleet.db", dir);
 	cfg.db_path = db;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
+	/* the daemon's defaults (request_timeout, device_max_connections_per_client) */
+	devapi_set_limits(10000, 4096);
 	if (fleet_open(&f, &cfg) < 0 || fleet_set_exposure(f, &x) < 0 || tls_server_new(&t, "bench", &files) < 0 ||
 	    devapi_start(&plain, f, "127.0.0.1:0", 1) < 0) {
 		fprintf(stderr, "tls_bench: %s\n", ota_error_last());

@@ -29,6 +29,7 @@
 #include "tls.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -548,6 +549,12 @@ void tls_server_conn_started(struct tls_server *t, struct MHD_Connection *c)
 	if (!t || !(ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION)) || !ci->tls_session)
 		return;
 	s = (gnutls_session_t)ci->tls_session;
+	/* a handshake flight is several writes: without TCP_NODELAY, Nagle
+	 * holds the later ones for the peer's delayed ACK (40 ms a handshake) */
+	if ((ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD)) && ci->connect_fd >= 0) {
+		int one = 1;
+		setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	gnutls_db_set_ptr(s, t);
 	gnutls_db_set_store_function(s, sess_store);
 	gnutls_db_set_retrieve_function(s, sess_retrieve);
