@@ -472,6 +472,12 @@ static void a_bad_tls_configuration_is_refused_at_start(void **state)
 	assert_int_equal(h_sh(&out, "cd %s && printf 'tls:\\n  cert: %s/srv.pem\\n' > a.yml && %s --config a.yml"
 				    " --state-dir st --local-agents 0 --listen 127.0.0.1:0", dir, e->pki, otacd), 2);
 	assert_non_null(strstr(buf_cstr(&out), "cert and key go together"));
+	assert_int_equal(h_sh(&out, "cd %s && printf 'tls:\\n  api: true\\n' > c.yml && %s --config c.yml"
+				    " --state-dir st --local-agents 0 --listen 127.0.0.1:0", dir, otacd), 2);
+	assert_non_null(strstr(buf_cstr(&out), "no cert and key"));
+	assert_int_equal(h_sh(&out, "cd %s && printf 'tls:\\n  cert: a\\n  key: b\\n  ciphers: x\\n' > d.yml &&"
+				    " %s --config d.yml --state-dir st --local-agents 0 --listen 127.0.0.1:0", dir, otacd), 2);
+	assert_non_null(strstr(buf_cstr(&out), "unknown key 'ciphers'"));
 	/* the key of another certificate */
 	assert_int_equal(h_sh(&out, "cd %s && printf 'tls:\\n  cert: %s/srv.pem\\n  key: %s/ca.key\\n' > b.yml &&"
 				    " timeout 10 %s --config b.yml --state-dir st --local-agents 0 --listen 127.0.0.1:0"

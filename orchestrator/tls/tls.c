@@ -131,6 +131,10 @@ int tls_config_check(const json_t *tls)
 		if (!json_object_get(v, "cert") && !json_object_get(tls, "cert"))
 			return ota_error_set(OTA_EINVAL, "%s: no cert (neither its own nor tls.cert)", where);
 	}
+	if (!json_object_get(tls, "cert") &&
+	    !json_object_get(json_object_get(tls, "api"), "cert") && !json_object_get(json_object_get(tls, "agents"), "cert") &&
+	    !json_object_get(json_object_get(tls, "devices"), "cert"))
+		return ota_error_set(OTA_EINVAL, "tls: no cert and key (tls.cert, or a listener's own)");
 	if (json_object_get(tls, "client_ca") && json_is_object(json_object_get(tls, "devices")) &&
 	    json_object_get(json_object_get(tls, "devices"), "client_ca"))
 		return ota_error_set(OTA_EINVAL, "tls: client_ca is given twice (tls.client_ca and tls.devices.client_ca)");
