@@ -294,9 +294,12 @@ int tls_server_new(struct tls_server **out, const char *name, const struct tls_f
 	pthread_mutex_init(&t->mu, NULL);
 	pthread_mutex_init(&t->smu, NULL);
 	t->sess = xcalloc(SESS_SLOTS, sizeof(*t->sess));
-	if ((rc = creds_load(&t->cur, t)) < 0 || (rc = gnutls_session_ticket_key_generate(&t->ticket_key)) < 0) {
-		if (rc < -100)
-			rc = ota_error_set(OTA_ERROR, "tls: %s", gnutls_strerror(rc));
+	if ((rc = creds_load(&t->cur, t)) < 0) {
+		tls_server_free(t);
+		return rc;
+	}
+	if ((rc = gnutls_session_ticket_key_generate(&t->ticket_key)) < 0) {
+		rc = ota_error_set(OTA_ERROR, "tls: session ticket key: %s", gnutls_strerror(rc));
 		t->ticket_key.data = NULL;
 		tls_server_free(t);
 		return rc;
