@@ -13,8 +13,8 @@
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0
-DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev \
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls
+DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
              softhsm2 libengine-pkcs11-openssl opensc
@@ -146,8 +146,13 @@ $(BIN)/devca-bench: $(BUILD)/obj/bench/devca_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-bench: $(PROGS) $(BIN)/devca-bench $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
-       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench
+# issue 13: check-ins over TLS (resumed, full) against plain HTTP
+$(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
+       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))

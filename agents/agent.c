@@ -1185,6 +1185,7 @@ static void usage(FILE *f)
 {
 	fputs("usage: otacd-agent [--url URL] [--token-file FILE | --token-fd N | --token TOKEN]\n"
 	      "                   [--labels a,b,key=value] [--workdir DIR] [--name NAME] [--once]\n"
+	      "                   [--cacert FILE]\n"
 	      "\n"
 	      "Runs otacd jobs.  Registers with the daemon at URL (default $OTACD_URL or\n"
 	      DEFAULT_URL "), long-polls for jobs whose labels are all among\n"
@@ -1197,7 +1198,9 @@ static void usage(FILE *f)
 	      "  --workdir DIR   where workspaces are made (default ./otacd-agent-work)\n"
 	      "  --name NAME     agent name (default: the one its token was registered as;\n"
 	      "                  if given, it must be that name)\n"
-	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n", f);
+	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n"
+	      "  --cacert FILE   verify an https:// daemon against the CA(s) in FILE\n"
+	      "                  (default $OTACD_CACERT, else the system's CAs)\n", f);
 }
 
 /* The token in the environment variable name, then wiped where it was:
@@ -1283,12 +1286,13 @@ int main(int argc, char **argv)
 		{ "workdir", required_argument, NULL, 'w' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "once", no_argument, NULL, '1' },
+		{ "cacert", required_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct agent a;
 	struct sigaction sa;
-	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e;
+	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e, *cacert = NULL;
 	long backoff = 0;
 	int c, rc = 0;
 
@@ -1324,6 +1328,7 @@ int main(int argc, char **argv)
 			a.name = xstrdup(optarg);
 			break;
 		case '1': a.once = 1; break;
+		case 'C': cacert = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -1366,6 +1371,8 @@ int main(int argc, char **argv)
 		agent_say("%s", ota_error_last());
 		return 1;
 	}
+	if (cacert)
+		httpc_set_cacert(cacert);
 	httpc_set_abort_flag(&agent_stop_flag);
 
 	if (agent_register(&a) < 0) {

@@ -31,3 +31,6 @@ echo
 # issue 13, device certificates
 echo "== device identity: client certificate check against the HMAC credential check, same run"
 "$OTACD_BIN/devca-bench" ${DEVCA_BENCH_ARGS:-2000 2}
+# issue 13, TLS
+echo "== device check-ins over TLS (full and resumed handshakes, kept-alive) against plain HTTP, same run"
+"$OTACD_BIN/tls-bench" 5

@@ -557,7 +557,7 @@ static const struct cmd *cmd_find(const char *name)
 
 static void usage(FILE *f)
 {
-	fputs("usage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n\ncommands:\n", f);
+	fputs("usage: otactl [--url URL] [--token TOKEN] [--cacert FILE] [--json] COMMAND [ARGS]\n\ncommands:\n", f);
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(commands); i++)
 		fprintf(f, "  %-44s %s\n", commands[i].usage, commands[i].summary);
 	fputs("\n"
@@ -565,6 +565,8 @@ static void usage(FILE *f)
 	      "through --url/--token, else OTACD_URL/OTACD_TOKEN, else the config file\n"
 	      "($OTACTL_CONFIG or ~/.config/otactl/config: lines `url = ...`, `token = ...`),\n"
 	      "else ./otacd-state/admin.token and " DEFAULT_URL ".\n"
+	      "An https:// daemon is verified against --cacert FILE (else $OTACD_CACERT,\n"
+	      "else the system's CAs); one that does not verify is unreachable.\n"
 	      "\n"
 	      "exit status: 0 ok, 1 failed (run failed, invalid pipeline, API error),\n"
 	      "2 usage error, 3 daemon unreachable, 4 authentication or permission\n"
@@ -596,7 +598,7 @@ int usage_error(const char *cmd, const char *fmt, ...)
 	if (c)
 		cmd_usage(stderr, c, 0);
 	else
-		fputs("usage: otactl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n", stderr);
+		fputs("usage: otactl [--url URL] [--token TOKEN] [--cacert FILE] [--json] COMMAND [ARGS]\n", stderr);
 	return EXIT_USAGE;
 }
 
@@ -616,6 +618,7 @@ int main(int argc, char **argv)
 {
 	struct strvec args = STRVEC_INIT;
 	const struct cmd *c;
+	const char *cacert = NULL;
 	int help = 0, rc;
 
 	strvec_push(&args, "otactl");
@@ -637,6 +640,10 @@ int main(int argc, char **argv)
 				return usage_error(NULL, "--token needs a value");
 			free(ctl.token);
 			ctl.token = xstrdup(v);
+		} else if ((r = opt_value("--cacert", argc, argv, &i, &v)) != 0) {
+			if (r < 0)
+				return usage_error(NULL, "--cacert needs a value");
+			cacert = v;
 		} else if (!strcmp(argv[i], "--json")) {
 			ctl.json = 1;
 		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -676,6 +683,8 @@ int main(int argc, char **argv)
 		strvec_clear(&args);
 		return EXIT_FAIL;
 	}
+	if (cacert)
+		httpc_set_cacert(cacert);
 	rc = c->fn((int)args.n - 1, args.v + 1);
 	fflush(stdout);
 	httpc_global_cleanup();

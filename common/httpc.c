@@ -19,6 +19,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -29,18 +30,30 @@
 #define CONNECT_TIMEOUT_MS 10000L
 
 static volatile sig_atomic_t *abort_flag;
+static char *cacert;   /* --cacert / $OTACD_CACERT, NULL: the system's CAs */
 
 int httpc_global_init(void)
 {
 	CURLcode c = curl_global_init(CURL_GLOBAL_DEFAULT);
+	const char *env = getenv("OTACD_CACERT");
 	if (c != CURLE_OK)
 		return ota_error_set(OTA_ERROR, "curl_global_init: %s", curl_easy_strerror(c));
+	if (env && *env && !cacert)
+		httpc_set_cacert(env);
 	return 0;
+}
+
+void httpc_set_cacert(const char *path)
+{
+	free(cacert);
+	cacert = path && *path ? xstrdup(path) : NULL;
 }
 
 void httpc_global_cleanup(void)
 {
 	curl_global_cleanup();
+	free(cacert);
+	cacert = NULL;
 }
 
 void httpc_set_abort_flag(volatile sig_atomic_t *flag)
@@ -175,6 +188,12 @@ static CURL *easy_new_ex(struct curl_slist **hdrs, char *errbuf, const char *met
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	/* https: the peer and its host name always verified, TLS 1.2 at least */
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	if (cacert)
+		curl_easy_setopt(h, CURLOPT_CAINFO, cacert);
 	if (strcmp(method, "GET") && strcmp(method, "POST"))
 		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 	if (!strcmp(method, "HEAD"))

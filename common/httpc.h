@@ -38,6 +38,16 @@ int httpc_global_init(void);
 void httpc_global_cleanup(void);
 
 /*
+ * Verify https:// servers against the CA certificate(s) in PEM file path
+ * (like curl --cacert) instead of the system's trust store; NULL: the
+ * system's.  A server whose certificate does not verify, or does not name
+ * the host of the URL, is refused (OTA_ERROR with curl's reason).
+ * httpc_global_init() takes $OTACD_CACERT as the default.  Call before
+ * starting threads.
+ */
+void httpc_set_cacert(const char *path);
+
+/*
  * When set, every transfer in progress (and every later one) is aborted
  * within about a second once *flag becomes non-zero.  Meant for a SIGTERM
  * handler's flag so a long poll does not delay shutdown.  NULL to unset.

@@ -40,7 +40,7 @@ static void usage(FILE *f)
 	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
-	      "         [--shared-downloads] [--quiet]\n"
+	      "         [--shared-downloads] [--quiet] [--cacert CA.pem]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -151,6 +151,7 @@ int main(int argc, char **argv)
 		{ "report-every", required_argument, NULL, 'r' },
 		{ "shared-downloads", no_argument, NULL, 'D' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "cacert", required_argument, NULL, 'A' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -259,6 +260,7 @@ int main(int argc, char **argv)
 		}
 		case 'D': o.shared_downloads = 1; break;
 		case 'q': o.quiet = 1; break;
+		case 'A': o.cacert = optarg; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}

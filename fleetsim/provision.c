@@ -83,8 +83,15 @@ int fs_register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x.err);
 		curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 120000L);
+		fs_tls_setopt(fs, e);
 		cc = curl_easy_perform(e);
 		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+		if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE) {
+			/* a server that is not who the CA says: never talk to it */
+			rc = ota_error_set(OTA_EAUTH, "refusing the device API at %s: %s", fs->base,
+					   x.err[0] ? x.err : curl_easy_strerror(cc));
+			break;
+		}
 		if (cc != CURLE_OK) {
 			/* the server may not be up yet: try again shortly */
 			if (fs->o.duration_s > 0 && fs_real_ms() - t0 >= (int64_t)(fs->o.duration_s * 1000))

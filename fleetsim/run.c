@@ -281,6 +281,17 @@ size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
+void fs_tls_setopt(struct fleetsim *fs, CURL *e)
+{
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	if (fs->o.cacert)
+		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
+	if (fs->share)
+		curl_easy_setopt(e, CURLOPT_SHARE, fs->share);
+}
+
 static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *url)
 {
 	struct xfer *x = NULL;
@@ -322,6 +333,7 @@ static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *u
 	curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x);
 	curl_easy_setopt(x->e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
 	curl_easy_setopt(x->e, CURLOPT_TIMEOUT_MS, kind == X_CHECKIN ? 60000L : 600000L);
+	fs_tls_setopt(fs, x->e);
 	curl_slist_free_all(x->hdrs);
 	x->hdrs = NULL;
 	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, kind == X_REPORTS ? fs->hdr_json : fs->hdr_auth);
@@ -1148,6 +1160,12 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		goto out;
 	}
 	curl_multi_setopt(fs->multi, CURLMOPT_MAXCONNECTS, (long)fs->o.concurrency + 16);
+	/* one thread drives every transfer: the share needs no lock callbacks */
+	if (!(fs->share = curl_share_init()) ||
+	    curl_share_setopt(fs->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+		rc = ota_error_set(OTA_ERROR, "curl_share_init failed");
+		goto out;
+	}
 	*out = fs;
 	fs = NULL;
 out:
@@ -1176,6 +1194,8 @@ void fleetsim_free(struct fleetsim *fs)
 	free(fs->xs);
 	if (fs->multi)
 		curl_multi_cleanup(fs->multi);
+	if (fs->share)
+		curl_share_cleanup(fs->share);
 	for (uint32_t k = 0; k < fs->ndls; k++)
 		if (fs->dls[k]) {
 			sim_download_release(fs->dls[k]);

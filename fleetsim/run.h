@@ -31,6 +31,7 @@ struct fleetsim_opts {
 	int shared_downloads;        /* one download per image instead of one per device */
 	const char *stats_path;      /* JSON written at exit, or NULL */
 	int quiet;                   /* no summary lines */
+	const char *cacert;          /* https: verify the server against this PEM CA file (NULL: system CAs) */
 };
 
 struct fleetsim;

@@ -77,6 +77,7 @@ struct fleetsim {
 	uint32_t ndlfree;
 
 	CURLM *multi;
+	CURLSH *share;               /* TLS sessions shared by every transfer (resumption) */
 	struct xfer **xs;            /* every transfer ever made; idle ones are reused */
 	size_t nxs;
 	unsigned dev_active;         /* device transfers in flight (check-ins, downloads) */
@@ -135,5 +136,7 @@ int fs_write_stats(struct fleetsim *fs);
 /* provision.c: register every device and keep its credential; stops early
  * on *stop. */
 int fs_register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop);
+/* https: verify the server (--cacert), TLS 1.2+, resume TLS sessions. */
+void fs_tls_setopt(struct fleetsim *fs, CURL *e);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "auth.h"
 #include "policy.h"
+#include "tls/tls.h"
 
 void config_defaults(struct otacd_config *c)
 {
@@ -101,6 +102,7 @@ void config_release(struct otacd_config *c)
 	free(c->update_server_url);
 	free(c->update_server_token);
 	free(c->prometheus_url);
+	json_decref(c->tls); /* issue 13, TLS */
 	json_decref(c->providers);
 	memset(c, 0, sizeof(*c));
 }
@@ -618,6 +620,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
 		/* issue 13, device certificates */
 		"device_ca", "device_auth", "device_cert_validity",
+		"tls", /* issue 13, TLS */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -729,7 +732,18 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				rc = cfg_err(x, v, "'%s' must start with http:// or https://", key);
 		} else if (!strcmp(key, "providers"))
 			rc = get_providers(x, v);
-		else {
+		else if (!strcmp(key, "tls")) { /* issue 13, TLS: checked by tls/tls.c */
+			json_t *raw = to_json(x, v, 0);
+			if (!raw || tls_config_check(raw) < 0) {
+				char msg[384];
+				snprintf(msg, sizeof(msg), "%s", raw ? ota_error_last() : "tls is nested too deep or malformed");
+				json_decref(raw);
+				rc = cfg_err(x, v, "%s", msg);
+			} else {
+				json_decref(c->tls);
+				c->tls = raw;
+			}
+		} else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];
 			snprintf(msg, sizeof(msg), "unknown key '%s'%s%s%s", key, hint ? " (did you mean '" : "",

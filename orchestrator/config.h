@@ -72,6 +72,8 @@ struct otacd_config {
 	char *update_server_token;      /* http adapter: bearer token */
 	char *prometheus_url;           /* the provider `prometheus` unless `providers` defines it, default http://127.0.0.1:9090 */
 	json_t *providers;              /* metric providers: object NAME -> {"kind", "url", "token"?} */
+	/* issue 13, TLS: the `tls:` block as checked JSON (tls/tls.h), NULL: plain HTTP */
+	json_t *tls;
 };
 
 /* The repository called name, or NULL. */

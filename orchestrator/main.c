@@ -40,6 +40,7 @@
 #include "policy.h"
 #include "sources.h"
 #include "store.h"
+#include "tls/tls.h"
 
 static const char usage[] =
 	"usage: otacd [options]\n"
@@ -145,6 +146,31 @@ out:
  * a stable fleet key: without one in the configuration, one is made on
  * first start and kept in STATE/fleet.key.
  */
+/* issue 13: the listeners' TLS (tls/tls.h), NULL: plain HTTP.  Reloaded
+ * on SIGHUP; freed after the listeners stopped. */
+static struct tls_server *tls_api, *tls_agents, *tls_devices;
+
+static int start_tls(const struct otacd_config *cfg)
+{
+	struct tls_files f;
+	int rc = 0;
+
+	if (!cfg->tls)
+		return 0;
+	tls_listener_files(&f, cfg->tls, "api");
+	if (f.cert && (rc = tls_server_new(&tls_api, "API", &f)) < 0)
+		return rc;
+	/* the implicit loopback listener of the local agents stays plain */
+	tls_listener_files(&f, cfg->tls, "agents");
+	if (f.cert && cfg->agent_listen[0] && strcmp(cfg->agent_listen, "off") &&
+	    (rc = tls_server_new(&tls_agents, "agents'", &f)) < 0)
+		return rc;
+	tls_listener_files(&f, cfg->tls, "devices");
+	if (f.cert && (rc = tls_server_new(&tls_devices, "device", &f)) < 0)
+		return rc;
+	return 0;
+}
+
 static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us,
 		       struct fleet_ca *devca)
 {
@@ -206,13 +232,15 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
+		devapi_set_tls(tls_devices);
 		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);
 		{
 			const char *colon = strrchr(cfg->device_listen, ':');
 			int host_len = colon ? (int)(colon - cfg->device_listen) : 9;
-			line = xasprintf("http://%.*s:%d\n", host_len, colon ? cfg->device_listen : "127.0.0.1",
+			line = xasprintf("%s://%.*s:%d\n", tls_devices ? "https" : "http", host_len,
+					 colon ? cfg->device_listen : "127.0.0.1",
 					 devapi_port(*devapi));
 		}
 		ota_write_file_atomic(path, line, strlen(line), 0600);
@@ -241,8 +269,8 @@ static char *agent_listener_url(const char *listen, int port)
 	int host_len = colon ? (int)(colon - listen) : 0;
 	if (!colon || (host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4)) ||
 	    host_len == 0)
-		return xasprintf("http://127.0.0.1:%d", port);
-	return xasprintf("http://%.*s:%d", host_len, listen, port);
+		return xasprintf("%s://127.0.0.1:%d", tls_agents ? "https" : "http", port);
+	return xasprintf("%s://%.*s:%d", tls_agents ? "https" : "http", host_len, listen, port);
 }
 
 int main(int argc, char **argv)
@@ -340,6 +368,7 @@ int main(int argc, char **argv)
 	sigemptyset(&stop_signals);
 	sigaddset(&stop_signals, SIGINT);
 	sigaddset(&stop_signals, SIGTERM);
+	sigaddset(&stop_signals, SIGHUP); /* reloads the TLS certificates */
 	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 	umask(077);
 	if (ota_mkdir_p(cfg.state_dir, 0700) < 0)
@@ -420,7 +449,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "otacd: device_auth: %s without a device CA: no device can authenticate by"
 					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
 	}
-	if (start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
+	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 ||
+	    rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
 	acfg.listen = cfg.listen;
@@ -444,6 +474,8 @@ int main(int argc, char **argv)
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
 	acfg.updsrv = us;
 	acfg.devca = devca;
+	acfg.tls = tls_api;
+	acfg.agent_tls = tls_agents;
 	if (cfg.local_agents > 0)
 		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
 	/* Local agents outlive a daemon restart (localagents.c): the default
@@ -481,7 +513,7 @@ int main(int argc, char **argv)
 		const char *host = cfg.listen;
 		if (host_len == 7 && !strncmp(host, "0.0.0.0", 7))
 			host = "127.0.0.1", host_len = 9;
-		url = xasprintf("http://%.*s:%d", host_len, host, api_port(api));
+		url = xasprintf("%s://%.*s:%d", tls_api ? "https" : "http", host_len, host, api_port(api));
 	}
 	free(path);
 	path = xasprintf("%s/otacd.url", cfg.state_dir);
@@ -506,7 +538,8 @@ int main(int argc, char **argv)
 
 	{
 		int sig = 0;
-		sigwait(&stop_signals, &sig);
+		while (sigwait(&stop_signals, &sig) == 0 && sig == SIGHUP)
+			tls_reload_all();
 	}
 	fprintf(stderr, "otacd: shutting down\n");
 	status = 0;
@@ -522,6 +555,9 @@ out:
 		us->free(us);
 	fleet_close(fleet);
 	fleet_ca_close(devca);
+	tls_server_free(tls_api);
+	tls_server_free(tls_agents);
+	tls_server_free(tls_devices);
 	sources_stop(sources);
 	engine_stop(engine);
 	gitsrc_shutdown();

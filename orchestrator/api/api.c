@@ -39,6 +39,7 @@
 #include "../logstore.h"
 #include "../reports.h"
 #include "../sources.h"
+#include "../tls/tls.h"
 #include "../web.h"
 
 /* ---- replies ---------------------------------------------------------- */
@@ -657,6 +658,8 @@ static void conn_notify(void *cls, struct MHD_Connection *conn, void **socket_co
 			enum MHD_ConnectionNotificationCode code)
 {
 	const struct api_listener *l = cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED)
+		tls_server_conn_started(l->tls, conn);
 	api_conn_notify(l->api->waiter, conn, socket_context, code);
 }
 
@@ -696,8 +699,10 @@ static void raise_fd_limit(rlim_t want)
 	setrlimit(RLIMIT_NOFILE, &rl);
 }
 
-static int listener_start(struct api_listener *l, struct api *a, const char *listen, int agents_only)
+static int listener_start(struct api_listener *l, struct api *a, const char *listen, int agents_only,
+			  struct tls_server *tls)
 {
+	struct MHD_OptionItem tlsopts[TLS_MHD_OPTIONS_MAX];
 	struct sockaddr_storage ss;
 	socklen_t sslen;
 	const union MHD_DaemonInfo *info;
@@ -716,6 +721,9 @@ static int listener_start(struct api_listener *l, struct api *a, const char *lis
 		flags |= MHD_USE_IPv6;
 	l->api = a;
 	l->agents_only = agents_only;
+	l->tls = tls;
+	flags |= tls_server_mhd_options(tls, tlsopts);
+	tls_warn_if_plain(agents_only ? "agents'" : "API", listen, (struct sockaddr *)&ss, tls);
 	l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, l,
 				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -736,6 +744,7 @@ static int listener_start(struct api_listener *l, struct api *a, const char *lis
 				   * compromise (docs/benchmarks.md). */
 				  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  MHD_OPTION_ARRAY, tlsopts,
 				  MHD_OPTION_END);
 	if (!l->mhd)
 		return ota_error_set(OTA_ERROR, "cannot listen on %s (address in use, or not allowed)", listen);
@@ -763,8 +772,8 @@ int api_start(struct api **out, const struct api_config *cfg)
 	    (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0 ||
 	    (rc = api_waiter_watch(a->waiter, logstore_changes())) < 0 ||
 	    (cfg->sources && (rc = api_waiter_watch(a->waiter, sources_done(cfg->sources))) < 0) ||
-	    (rc = listener_start(&a->main, a, cfg->listen, 0)) < 0 ||
-	    (cfg->agent_listen && *cfg->agent_listen && (rc = listener_start(&a->agents, a, cfg->agent_listen, 1)) < 0)) {
+	    (rc = listener_start(&a->main, a, cfg->listen, 0, cfg->tls)) < 0 ||
+	    (cfg->agent_listen && *cfg->agent_listen && (rc = listener_start(&a->agents, a, cfg->agent_listen, 1, cfg->agent_tls)) < 0)) {
 		api_stop(a);
 		return rc;
 	}

@@ -37,9 +37,12 @@ struct api_config {
 	int64_t lease_ms, heartbeat_ms;
 	struct updsrv *updsrv;       /* fleet state for rollout views (may be NULL) */
 	struct fleet_ca *devca;      /* the device CA (issue 13; may be NULL) */
+	struct tls_server *tls;      /* the main listener's TLS (tls/tls.h), NULL: plain HTTP */
+	struct tls_server *agent_tls; /* the agents' listener's */
 };
 
 struct api;
+struct tls_server;
 
 int api_start(struct api **out, const struct api_config *cfg);
 /* "HOST:PORT" (HOST may be [v6]) resolved for bind(); OTA_EINVAL with the reason.

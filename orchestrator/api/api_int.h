@@ -83,6 +83,7 @@ struct api_listener {
 	struct MHD_Daemon *mhd;
 	int agents_only;           /* only the agent protocol and health */
 	int port;
+	struct tls_server *tls;    /* NULL: plain HTTP */
 };
 
 struct api {

@@ -253,7 +253,10 @@ void api_mhd_log(void *cls, const char *fmt, va_list ap)
 	/* every connection cut by the deadline or the client would be a line:
 	 * the sweeper's summary says it once */
 	if (strstr(fmt, "incomplete request") || strstr(fmt, "closed by remote") ||
-	    strstr(fmt, "closed when reading request"))
+	    strstr(fmt, "closed when reading request") ||
+	    /* a failed TLS handshake (plain HTTP, a refused client
+	     * certificate, a flood) is the client's problem, not a log line */
+	    strstr(fmt, "handshake") || strstr(fmt, "TLS"))
 		return;
 	vfprintf(stderr, fmt, ap);
 }

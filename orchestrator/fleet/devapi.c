@@ -41,6 +41,7 @@
 #include "../api/api.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
+#include "../tls/tls.h"
 #include "fleet.h"
 #include "fleet_ca.h"
 
@@ -56,6 +57,7 @@ struct devapi {
 	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
 	struct fleet *f;
 	int port, metrics_public;
+	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
 	/* guards inflight, stopping and every request's batch state below */
 	pthread_mutex_t mu;
 	int inflight;      /* report batches handed to the writer, not done */
@@ -668,10 +670,14 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	*con_cls = NULL;
 }
 
+static struct tls_server *limit_tls;   /* issue 13: devapi_set_tls */
+
 static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
 			enum MHD_ConnectionNotificationCode code)
 {
 	struct devapi *a = cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED)
+		tls_server_conn_started(a->tls, c);
 	api_conn_notify(a->waiter, c, socket_context, code);
 }
 
@@ -680,6 +686,11 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 /* the same protections as the API's listener (docs/config.md) */
 static int64_t limit_request_timeout_ms = 10000;
 static unsigned limit_per_client = 128;
+
+void devapi_set_tls(struct tls_server *t)
+{
+	limit_tls = t;
+}
 
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client)
 {
@@ -696,6 +707,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned pool = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (unsigned)ncpu;
+	struct MHD_OptionItem tlsopts[TLS_MHD_OPTIONS_MAX];
 	int rc;
 
 	*out = NULL;
@@ -705,7 +717,10 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	}
 	if (ss.ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	flags |= tls_server_mhd_options(limit_tls, tlsopts);
+	tls_warn_if_plain("device", addr, (struct sockaddr *)&ss, limit_tls);
 	a->f = f;
+	a->tls = limit_tls;
 	a->metrics_public = metrics_public;
 	if ((rc = api_waiter_start(&a->waiter, limit_request_timeout_ms)) < 0) {
 		free(a);
@@ -723,6 +738,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, limit_per_client,
 				  MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
 				  MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+				  MHD_OPTION_ARRAY, tlsopts,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
 		pthread_mutex_destroy(&a->mu);

@@ -241,6 +241,10 @@ int devapi_port(const struct devapi *d);
  * call (default 10 s and 128; main.c passes request_timeout and
  * max_connections_per_client). */
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
+/* The device listener's TLS (tls/tls.h) for the next devapi_start; NULL:
+ * plain HTTP.  Borrowed: freed by the caller after devapi_stop. */
+struct tls_server;
+void devapi_set_tls(struct tls_server *t);
 void devapi_stop(struct devapi *d);
 
 /* fmix64(fnv1a64(salt ":" device)) mod 10000: a device's place in cohorts. */
