@@ -149,11 +149,14 @@ int fleet_provision_auth(struct fleet *f, const char *token);
  * audit row and calls done(ctx, rc) after the commit.  Then
  * fleet_register_answer gives {"registered": n, "credentials": [..]} in
  * the order of the ids.  fleet_reg_free frees *out after done.
+ * fleet_register_parse is its validation alone (nothing queued; the
+ * caller frees *out): the untrusted-body half, which fuzz/ drives.
  */
 struct fleet_reg;
 int fleet_register_admit(struct fleet *f, size_t n, int64_t *retry_ms);
 int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
 			 void (*done)(void *ctx, int rc), void *ctx);
+int fleet_register_parse(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out);
 json_t *fleet_register_answer(struct fleet *f, const struct fleet_reg *reg);
 void fleet_reg_free(struct fleet_reg *reg);
 /* The same, synchronously, for in-process callers (tests, benchmarks): no
