@@ -258,15 +258,78 @@ void fleet_agg_mark(struct fleet *f, struct agg *a)
 	pthread_mutex_unlock(&f->agg_dirty_mu);
 }
 
+void fleet_step_cohort(uint32_t gen, const char *cohort, char *out, size_t n)
+{
+	snprintf(out, n, "@%" PRIu32 "/%s", gen, cohort);
+}
+
+/* The step generation d's first offer of version was credited to (0:
+ * none).  d's shard is locked. */
+static uint32_t offer_gen(const struct device *d, const char *version)
+{
+	for (int i = 0; i < FLEET_NVFLAGS; i++)
+		if (d->vf[i].version == version)
+			return FL_GEN(d->vf[i].flags);
+	return 0;
+}
+
+/* The aggregates a device's counters for version go to: (product,
+ * version) of each of its cohorts ("*" and each tag), then, when a step
+ * exposed it, the same cohorts under "@GEN/" (fleet_step_cohort).  Step
+ * aggregates get no `devices` count (it moves down as well as up, and the
+ * step a device left is not worth tracking): only the counters that only
+ * grow.  d's shard is locked. */
+static size_t agg_targets(struct fleet *f, const struct device *d, const char *version, int with_steps,
+			  struct agg *out[2 * (FLEET_MAX_TAGS + 1)])
+{
+	uint32_t gen = with_steps ? offer_gen(d, version) : 0;
+	size_t n = 0;
+
+	for (int i = -1; i < (int)d->ntags; i++)
+		out[n++] = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
+	for (int i = -1; gen && i < (int)d->ntags; i++) {
+		char c[256];   /* "@" gen "/" and a tag of at most 193 */
+		const char *ic;
+		fleet_step_cohort(gen, i < 0 ? f->star : d->tags[i], c, sizeof(c));
+		ic = fleet_intern(f, c, strlen(c));
+		out[n++] = fleet_agg_get(f, d->product, version, ic);
+	}
+	return n;
+}
+
 /* Add delta to the int64 field at byte offset off of every aggregate of
- * (product, version) the device's cohorts name ("*" and each tag). */
+ * the device's counters for version (agg_targets). */
 void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark)
 {
-	for (int i = -1; i < (int)d->ntags; i++) {
-		struct agg *a = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
-		__atomic_fetch_add((int64_t *)((char *)&a->v + off), delta, __ATOMIC_RELAXED);
+	struct agg *t[2 * (FLEET_MAX_TAGS + 1)];
+	size_t n = agg_targets(f, d, version, off != offsetof(struct fleet_agg, devices), t);
+
+	for (size_t i = 0; i < n; i++) {
+		__atomic_fetch_add((int64_t *)((char *)&t[i]->v + off), delta, __ATOMIC_RELAXED);
 		if (mark)
-			fleet_agg_mark(f, a);
+			fleet_agg_mark(f, t[i]);
+	}
+}
+
+static void add_real(double *p, double delta)
+{
+	double v;
+	__atomic_load(p, &v, __ATOMIC_RELAXED);
+	v += delta;
+	__atomic_store(p, &v, __ATOMIC_RELAXED);   /* the writer is the only one adding */
+}
+
+void fleet_agg_add_usage(struct fleet *f, const struct device *d, const char *version, int64_t crashes, double hours,
+			 double mah)
+{
+	struct agg *t[2 * (FLEET_MAX_TAGS + 1)];
+	size_t n = agg_targets(f, d, version, 1, t);
+
+	for (size_t i = 0; i < n; i++) {
+		__atomic_fetch_add(&t[i]->v.crashes, crashes, __ATOMIC_RELAXED);
+		add_real(&t[i]->v.device_hours, hours);
+		add_real(&t[i]->v.battery_mah, mah);
+		fleet_agg_mark(f, t[i]);
 	}
 }
 
@@ -708,6 +771,12 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 				   : segment_compile(f, &x->segs[i], in->cohort, in->basis_points);
 		if (rc < 0)
 			goto out;
+		if (in->nsegments && in->segments[i].gen > (UINT32_MAX >> FL_GEN_SHIFT)) {
+			rc = ota_error_set(OTA_EINVAL, "exposure: segments[%zu]: step %" PRIu32 " does not fit the device flags",
+					   i, in->segments[i].gen);
+			goto out;
+		}
+		x->segs[i].gen = in->nsegments ? in->segments[i].gen : 0;
 	}
 
 	pthread_rwlock_wrlock(&f->exp_lock);
@@ -842,6 +911,23 @@ static int exposed(const struct exposure *x, const struct device *d)
 			slot = fleet_cohort_slot(x->salt, d->id);
 		if (slot < x->segs[k].bp)
 			return 1;
+	}
+	return 0;
+}
+
+/* The step a first offer of x to d is credited to: the gen of a segment
+ * now widening that exposes d (0: none, e.g. it was exposed by a finished
+ * ring's segment).  Called like exposed(). */
+static uint32_t exposure_gen(const struct exposure *x, const struct device *d)
+{
+	int slot = -1;
+	for (size_t k = 0; k < x->nsegs; k++) {
+		if (!x->segs[k].gen || !x->segs[k].bp || !segment_match(&x->segs[k], d))
+			continue;
+		if (slot < 0)
+			slot = fleet_cohort_slot(x->salt, d->id);
+		if (slot < x->segs[k].bp)
+			return x->segs[k].gen;
 	}
 	return 0;
 }
@@ -1012,7 +1098,9 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 	if (x) {
 		struct vflag *vf = fleet_vflag(d, x->version);
 		if (!(vf->flags & FL_OFFERED)) {
-			vf->flags |= FL_OFFERED;
+			/* credited to the step that exposed it, for good */
+			vf->flags = (vf->flags & ((1u << FL_GEN_SHIFT) - 1)) | FL_OFFERED |
+				    (rollback ? 0 : exposure_gen(x, d) << FL_GEN_SHIFT);
 			fleet_agg_add(f, d, x->version, offsetof(struct fleet_agg, offered), 1, 1);
 			changed = durable = 1;
 		}
@@ -1379,6 +1467,8 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
 	all = xmalloc((f->agg_n + 1) * sizeof(*all));
 	vals = xmalloc((f->agg_n + 1) * sizeof(*vals));
 	for (struct agg *a = f->agg_all; a; a = a->all_next) {
+		if (a->cohort[0] == '@')
+			continue;   /* a step's own devices: for gates, not dashboards */
 		all[n] = a;
 		agg_snapshot(a, &vals[n]);
 		n++;

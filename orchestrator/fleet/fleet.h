@@ -51,6 +51,12 @@ struct fleet_image {
 struct fleet_segment {
 	const json_t *cohort;                /* {"tag": ["v1","v2"]} or NULL */
 	int basis_points;                    /* 0..10000 */
+	/* The step now widening this segment (rollout_step_gen, < 2^24; 0:
+	 * none).  A device it exposes keeps the step of its first offer, and
+	 * its reports about the release are also counted in the aggregates
+	 * of cohort "@GEN/COHORT" (fleet_step_cohort): the evidence of the
+	 * devices that step exposed (docs/gates.md). */
+	uint32_t gen;
 };
 
 /* Desired offer state for one release.  Strings are copied. */
@@ -224,6 +230,10 @@ int devapi_port(const struct devapi *d);
  * max_connections_per_client). */
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
 void devapi_stop(struct devapi *d);
+
+/* The aggregate cohort of the devices first offered in step generation
+ * gen that are in cohort ("*" or "key=value"): "@GEN/COHORT". */
+void fleet_step_cohort(uint32_t gen, const char *cohort, char *out, size_t n);
 
 /* fmix64(fnv1a64(salt ":" device)) mod 10000: a device's place in cohorts. */
 int fleet_cohort_slot(const char *salt, const char *device);
