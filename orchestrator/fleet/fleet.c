@@ -273,6 +273,52 @@ static uint32_t offer_gen(const struct device *d, const char *version)
 	return 0;
 }
 
+/* This fleet's number, drawn on first use: never reused in the process,
+ * unlike its address, so a thread's cache cannot mistake a new fleet for
+ * a closed one. */
+static uint64_t fleet_instance(struct fleet *f)
+{
+	static uint64_t next;
+	uint64_t id = __atomic_load_n(&f->instance, __ATOMIC_ACQUIRE), zero = 0;
+	if (id)
+		return id;
+	id = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+	if (!__atomic_compare_exchange_n(&f->instance, &zero, id, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		id = zero;   /* another thread drew first */
+	return id;
+}
+
+/* A thread's cache of step aggregates: naming "@GEN/COHORT" costs a
+ * snprintf and two hash lookups under read locks on every report of a
+ * device a step exposed; an aggregate lives as long as its fleet, so a
+ * slot keyed by the fleet's instance, the interned strings and gen stays
+ * right. */
+struct step_slot {
+	uint64_t fleet;
+	const char *product, *version, *cohort;
+	uint32_t gen;
+	struct agg *a;
+};
+static __thread struct step_slot step_cache[256];
+
+static struct agg *step_agg(struct fleet *f, const char *p, const char *v, const char *c, uint32_t gen)
+{
+	uint64_t id = fleet_instance(f);
+	struct step_slot *s = &step_cache[(agg_hash(p, v, c) ^ (size_t)gen * 0x9e3779b97f4a7c15ULL) >> 3 & 255];
+	char name[256];   /* "@" gen "/" and a tag of at most 193 */
+
+	if (s->fleet == id && s->product == p && s->version == v && s->cohort == c && s->gen == gen)
+		return s->a;
+	fleet_step_cohort(gen, c, name, sizeof(name));
+	s->a = fleet_agg_get(f, p, v, fleet_intern(f, name, strlen(name)));
+	s->fleet = id;
+	s->product = p;
+	s->version = v;
+	s->cohort = c;
+	s->gen = gen;
+	return s->a;
+}
+
 /* The aggregates a device's counters for version go to: (product,
  * version) of each of its cohorts ("*" and each tag), then, when a step
  * exposed it, the same cohorts under "@GEN/" (fleet_step_cohort).  Step
@@ -287,13 +333,8 @@ static size_t agg_targets(struct fleet *f, const struct device *d, const char *v
 
 	for (int i = -1; i < (int)d->ntags; i++)
 		out[n++] = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
-	for (int i = -1; gen && i < (int)d->ntags; i++) {
-		char c[256];   /* "@" gen "/" and a tag of at most 193 */
-		const char *ic;
-		fleet_step_cohort(gen, i < 0 ? f->star : d->tags[i], c, sizeof(c));
-		ic = fleet_intern(f, c, strlen(c));
-		out[n++] = fleet_agg_get(f, d->product, version, ic);
-	}
+	for (int i = -1; gen && i < (int)d->ntags; i++)
+		out[n++] = step_agg(f, d->product, version, i < 0 ? f->star : d->tags[i], gen);
 	return n;
 }
 

@@ -214,6 +214,7 @@ struct fleet {
 	struct intern intern;
 	struct shard shards[FLEET_NSHARDS];
 
+	uint64_t instance;         /* atomic: this fleet's number in the process (0: not drawn yet) */
 	pthread_rwlock_t agg_lock;
 	struct agg **agg_b, *agg_all;
 	size_t agg_nb, agg_n;
