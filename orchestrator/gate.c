@@ -582,6 +582,13 @@ static void finish(struct gate_eval *out, struct buf *r, int any_fail, int all_p
 static void value_conditions(const struct gate_spec *g, double value, double baseline_value,
 			     struct gate_eval *out, struct buf *r, int *open);
 
+int64_t gate_sample_size(const struct gate_spec *g, const struct fleet_agg *a)
+{
+	struct counts c;
+	agg_counts(g, a, &c);
+	return c.devices;
+}
+
 int gate_judge(const struct gate_spec *g, const struct fleet_agg *canary,
 	       const struct fleet_agg *baseline, int hold_elapsed, struct gate_eval *out)
 {

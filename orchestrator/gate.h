@@ -145,6 +145,10 @@ struct gate_eval {
 int gate_judge(const struct gate_spec *g, const struct fleet_agg *canary,
 	       const struct fleet_agg *baseline, int hold_elapsed, struct gate_eval *out);
 
+/* The sample size of aggregate a that a builtin gate compares with
+ * min_devices (gate_eval.n): reporting devices, or boots. */
+int64_t gate_sample_size(const struct gate_spec *g, const struct fleet_agg *a);
+
 /*
  * Judge a single value from a provider.  baseline_value is NAN when there
  * is none (max_increase then stays inconclusive).  consecutive_breaches is

@@ -91,9 +91,16 @@ void rollout_controller_stop(struct rollout_controller *rc);
 /* Exposure of every release with a rollout, as the update server should
  * see it: array of {"release", "product", "version", "security_counter",
  * "min_bootloader", "images": [...], "active", "salt", "segments":
- * [{"cohort", "bp"}], "rollback_to", "seq"}.  Reads through db. */
+ * [{"cohort", "bp"}], "rollback_to", "seq"}; a segment of a step now widening
+ * also has "gen" (rollout_step_gen).  Reads through db. */
 struct store;
 int rollout_exposures(struct store *db, json_t **out);
+/* The step generation of a rollout's step: (rollout id mod 65536) x 256
+ * + step + 1 (steps past 254 share 255), fits the fleet's 24 bits.  The
+ * exposure's segment of that step carries it; a device keeps the one of
+ * its first offer, and gates read "@GEN/COHORT" for a step's own
+ * devices (docs/gates.md). */
+uint32_t rollout_step_gen(int64_t rollout_id, int step);
 
 /* For the API: a release's rollouts with plan, state, deadlines, last
  * gate verdicts (new ref), or NULL when the release has none. */

@@ -105,7 +105,7 @@ static void release_salt(struct store *db, int64_t manifest_artifact, char out[1
 
 /* The segments a rollout row contributes: every ring before the current
  * one at its last step, the current ring at the current percentage. */
-static void add_segments(json_t *segs, const char *state, int step, int bp, const json_t *plan)
+static void add_segments(json_t *segs, int64_t id, const char *state, int step, int bp, const json_t *plan)
 {
 	size_t n = json_array_size(plan);
 	int passed = !strcmp(state, "passed");
@@ -131,9 +131,17 @@ static void add_segments(json_t *segs, const char *state, int step, int bp, cons
 		} else {
 			break;
 		}
-		if (b > 0)
-			json_array_append_new(segs, json_pack("{sO si}", "cohort", json_object_get(s, "cohort"), "bp", b));
+		if (b <= 0)
+			continue;
+		/* the step now widening: first offers are credited to it (gen) */
+		json_array_append_new(segs, json_pack("{sO si sI}", "cohort", json_object_get(s, "cohort"), "bp", b, "gen",
+						      (json_int_t)(!passed && (int)i == step ? rollout_step_gen(id, step) : 0)));
 	}
+}
+
+uint32_t rollout_step_gen(int64_t rollout_id, int step)
+{
+	return (uint32_t)(rollout_id & 0xffff) << 8 | (uint32_t)(step + 1 < 255 ? step + 1 : 255);
 }
 
 int rollout_exposures(struct store *db, json_t **out)
@@ -181,12 +189,13 @@ int rollout_exposures(struct store *db, json_t **out)
 			json_object_set_new(x, "min_bootloader", json_is_string(json_object_get(m, "min_bootloader"))
 								      ? json_deep_copy(json_object_get(m, "min_bootloader")) : json_null());
 			json_decref(m);
-			st = store_stmt(db, "SELECT state, step, percent_bp, spec, seq FROM rollouts WHERE release_id = ? ORDER BY id");
+			st = store_stmt(db, "SELECT state, step, percent_bp, spec, seq, id FROM rollouts WHERE release_id = ?"
+					    " ORDER BY id");
 			sqlite3_bind_int64(st, 1, id);
 			while (store_step_row(db, st) == 1) {
 				json_t *spec = json_loads(store_col_text(st, 3), 0, NULL);
-				add_segments(segs, store_col_text(st, 0), (int)store_col_int(st, 1), (int)store_col_int(st, 2),
-					     json_object_get(spec, "plan"));
+				add_segments(segs, store_col_int(st, 5), store_col_text(st, 0), (int)store_col_int(st, 1),
+					     (int)store_col_int(st, 2), json_object_get(spec, "plan"));
 				seq += store_col_int(st, 4);
 				json_decref(spec);
 			}
@@ -245,34 +254,26 @@ static void step_cohort(const json_t *step, char *out, size_t n)
 
 /*
  * A step's own evidence.  The aggregates are the release's running totals,
- * so a later step could pass on the earlier steps' devices alone.  The
- * sample at the step's first check is kept (in the row's per-step
- * `breaches`, cleared when a step is entered, so it survives a restart as
- * "@n:GATE"); a pass also needs min_devices more since then: devices (or
- * boots) that reported during this step, which are mostly the ones it
- * exposed.  Counting from the first check rather than the exact entry is
- * conservative: it can only ask for more.
+ * so a later step could pass on the earlier steps' devices alone, even on
+ * reports they send during this step.  A device keeps the step generation
+ * of its first offer of the release (rollout_step_gen, carried by the
+ * exposure's segment of this step), and the update server counts its
+ * reports again under cohort "@GEN/COHORT": own is that aggregate for this
+ * step, the devices this step exposed.  A pass needs min_devices of them.  It is durable like
+ * any aggregate, so a restart changes nothing.
  */
-static void step_evidence(const struct gate_spec *g, const char *gname, json_t *breaches, struct gate_eval *ev)
+static int64_t step_evidence(const struct gate_spec *g, const struct fleet_agg *own, struct gate_eval *ev)
 {
-	char key[96];
-	const json_t *v;
-	int64_t start, fresh;
+	int64_t fresh = gate_sample_size(g, own);
 
-	snprintf(key, sizeof(key), "@n:%s", gname);
-	if (!(v = json_object_get(breaches, key))) {
-		json_object_set_new(breaches, key, json_integer(ev->n));
-		v = json_object_get(breaches, key);
-	}
-	start = json_integer_value(v);
-	fresh = ev->n - start;
 	if (ev->verdict == GATE_PASS && fresh < g->min_devices) {
 		size_t len = strlen(ev->reason);
 		ev->verdict = GATE_INCONCLUSIVE;
 		snprintf(ev->reason + len, sizeof(ev->reason) - len,
-			 "; but only %" PRId64 " of them reported during this step (min_devices %" PRId64
-			 " of the step's own): inconclusive", fresh > 0 ? fresh : 0, g->min_devices);
+			 "; but only %" PRId64 " of them were exposed in this step (min_devices %" PRId64
+			 " of the step's own): inconclusive", fresh, g->min_devices);
 	}
+	return fresh;
 }
 
 /* The previous good release's version (the baseline): the newest earlier
@@ -311,8 +312,9 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 		const char *gname = json_string_value(name);
 		struct gate_spec g;
 		struct gate_eval ev;
+		struct fleet_agg own;
 		char err[256];
-		int rc2;
+		int rc2, has_own = 0;
 
 		memset(&ev, 0, sizeof(ev));
 		if (gate_spec_parse(json_object_get(specs, gname), gname, &g, err, sizeof(err)) < 0) {
@@ -336,8 +338,21 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 				gate_spec_release(&g);
 				continue;
 			}
+			{
+				char own_cohort[192];
+				memset(&own, 0, sizeof(own));
+				fleet_step_cohort(rollout_step_gen(r->id, r->step), cohort, own_cohort, sizeof(own_cohort));
+				rc2 = rc->us->metrics(rc->us, r->product, r->version, own_cohort, NULL, &own, NULL);
+			}
+			if (rc2 < 0) {
+				any_error = 1;
+				buf_printf(&errs, "%s%s: %s", errs.len ? "; " : "", gname, ota_error_last());
+				all_pass = 0;
+				gate_spec_release(&g);
+				continue;
+			}
 			gate_judge(&g, &canary, g.baseline ? &base : NULL, hold_elapsed, &ev);
-			step_evidence(&g, gname, breaches, &ev);
+			has_own = 1;
 		} else {
 			struct gate_vars vars = { r->version, r->version, r->product, cohort };
 			double value = NAN;
@@ -363,8 +378,11 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 			}
 		}
 		{
+			int64_t step_n = has_own ? step_evidence(&g, &own, &ev) : -1;
 			json_t *j = gate_eval_to_json(&ev);
 			json_object_set_new(j, "gate", json_string(gname));
+			if (has_own)
+				json_object_set_new(j, "step_n", json_integer(step_n));
 			json_object_set_new(j, "cohort", json_string(cohort));
 			if (g.baseline)
 				json_object_set_new(j, "baseline_version", prev[0] ? json_string(prev) : json_null());

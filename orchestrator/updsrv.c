@@ -58,6 +58,7 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 		const json_t *c = json_object_get(v, "cohort");
 		seg[i].cohort = json_is_object(c) ? c : NULL;
 		seg[i].basis_points = (int)json_integer_value(json_object_get(v, "bp"));
+		seg[i].gen = (uint32_t)json_integer_value(json_object_get(v, "gen"));
 	}
 	fx.release_id = json_integer_value(json_object_get(x, "release"));
 	fx.product = json_string_value(json_object_get(x, "product"));

@@ -299,7 +299,7 @@ static void segments_expose_a_staging_group_and_a_ring(void **state)
 	struct env *e = *state;
 	struct fleet_image img[] = { { "mps2-an385", SHA_A, "application", 1000 } };
 	json_t *staging = json_pack("{s[s]}", "group", "staging"), *ans = NULL;
-	struct fleet_segment segs[] = { { NULL, 500 }, { NULL, 10000 } };
+	struct fleet_segment segs[] = { { NULL, 500, 0 }, { NULL, 10000, 0 } };
 	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, NULL, img, 1, 1, "salt-1", 0, NULL, 0, segs, 2 };
 	int ring = 0;
 

@@ -5,7 +5,9 @@
  * - a release waiting for approval whose security counter fell below what
  *   devices were offered meanwhile is refused at approval (real daemon);
  * - a step cannot pass on the earlier steps' devices alone: its verdict
- *   needs min_devices reporting during the step (real daemon and fleetsim);
+ *   needs min_devices of the devices it exposed (real daemon and fleetsim),
+ *   even while the earlier steps' devices keep reporting during it, across
+ *   a restart (real daemon, devices over HTTP);
  * - a halt withdraws outstanding offers: a device offered before the halt
  *   cannot finish its download and its next check-in offers nothing;
  * - the baseline is the previous good release, not every other version
@@ -204,7 +206,7 @@ static void a_step_needs_evidence_from_its_own_devices(void **state)
 	/* the 100 % step saw the earlier boots (well over min_devices) and still did not pass */
 	assert_true(h_sql_int(&d, "SELECT MAX(n) FROM gate_evals WHERE step = 1") >= 60);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND verdict = 'pass'"), 0);
-	assert_true(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND detail LIKE '%reported during this step%'") > 0);
+	assert_true(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND detail LIKE '%exposed in this step%'") > 0);
 	assert_int_equal(h_sql_int(&d, "SELECT state = 'rolling' FROM releases WHERE version = '1.1.0'"), 1);
 	{
 		json_t *r = h_run(&d, run);
@@ -296,6 +298,172 @@ static void a_halt_withdraws_outstanding_offers(void **state)
 	free(path);
 	free(img);
 	free(cred[0]);
+	free(cred);
+	h_cleanup(&d);
+	free(y);
+}
+
+/* ---- a step's own devices, over HTTP ------------------------------------- */
+
+#define OWN_N 400
+
+/* Check device i in on version; 1 when the answer offers 1.1.0. */
+static int own_checkin(struct daemon *d, char **cred, int i, const char *version)
+{
+	char *url = xasprintf("%s/device/v1/checkin", d->device_url), id[32];
+	json_t *req, *ans = NULL;
+	long status = 0;
+	int offered;
+
+	snprintf(id, sizeof(id), "dev-%04d", i);
+	req = json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", "mps2-an385", "bootloader",
+			"1.2.0", "version", version, "security_counter", 0, "slot", "confirmed");
+	assert_int_equal(httpc_json(&ans, &status, "POST", url, cred[i], req, 10000), 0);
+	assert_int_equal(status, 200);
+	offered = json_is_object(json_object_get(ans, "offer")) &&
+		  !strcmp(json_string_value(json_object_get(json_object_get(ans, "offer"), "version")) ?: "", "1.1.0");
+	json_decref(ans);
+	json_decref(req);
+	free(url);
+	return offered;
+}
+
+/* One report batch: every device i with pick[i] set reports events about
+ * 1.1.0, each with its own credential; the batch must be accepted. */
+static void own_report(struct daemon *d, char **cred, const char *pick, const char *const *events, size_t nev)
+{
+	char *url = xasprintf("%s/device/v1/reports", d->device_url);
+	json_t *reports = json_array(), *req, *ans = NULL;
+	long status = 0;
+
+	for (int i = 0; i < OWN_N; i++) {
+		char id[32];
+		if (!pick[i])
+			continue;
+		snprintf(id, sizeof(id), "dev-%04d", i);
+		for (size_t e = 0; e < nev; e++)
+			json_array_append_new(reports, json_pack("{ss ss ss ss sf}", "device", id, "credential", cred[i],
+								 "version", "1.1.0", "event", events[e], "uptime_s", 60.0));
+	}
+	req = json_pack("{so}", "reports", reports);
+	assert_int_equal(httpc_json(&ans, &status, "POST", url, NULL, req, 30000), 0);
+	if (status != 200)
+		fprintf(stderr, "report batch: HTTP %ld %s\n", status, json_string_value(json_object_get(ans, "error")));
+	assert_int_equal(status, 200);
+	json_decref(ans);
+	json_decref(req);
+	free(url);
+}
+
+/*
+ * 25 % then 100 %, min_devices 30.  The devices of the 25 % step (slots
+ * below 2500 under the release's salt, checked here) report their boots
+ * partly during their step and partly during the next one; the devices
+ * the 100 % step exposes check in, are offered the release, and stay
+ * silent.  A rule counting reports that arrive during a step passes the
+ * 100 % step on the 25 % step's late boots; the step's own evidence is
+ * zero, so it stays inconclusive, also after a SIGKILL and restart.  Once
+ * its own devices report their boots, it passes.
+ */
+static void a_step_passes_only_on_devices_it_exposed(void **state)
+{
+	static const char *const boot[] = { "download", "install", "boot_ok" };
+	static const char *const hb[] = { "heartbeat" };
+	const char *const args[] = { "--local-agents", "2", "--time-scale", "3600", NULL };
+	struct daemon d;
+	char *y = xasprintf("name: fw\nstages:\n"
+			    "  - name: build\n"
+			    "    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 3000 /dev/zero >> app.bin\" } ]\n"
+			    "    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			    "  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 0, key: test }\n"
+			    "  - { name: canary, kind: rollout, needs: [release], max_extension: 2000h,"
+			    " steps: [ {percent: 25, hold: 1h}, {percent: 100, hold: 1h} ], gates: [boots] }\n"
+			    "gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 30 }\n");
+	char **cred, a[OWN_N], early[OWN_N], late[OWN_N], b[OWN_N], salt[17], sql[256];
+	int na = 0, nearly = 0, nb = 0;
+	int64_t run;
+
+	(void)state;
+	daemon_start(&d);
+	cred = h_register_devices(&d, "dev", OWN_N);
+	for (int i = 0; i < OWN_N; i++)
+		assert_int_equal(own_checkin(&d, cred, i, "1.0.0"), 0);
+	run = h_trigger(&d, y);
+	assert_int_equal(wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 0", 120000), 1);
+
+	/* the 25 % step's devices: offered once the exposure reached the
+	 * update server; exactly the slots below 2500 */
+	for (int k = 0; k < 16; k++) {
+		snprintf(sql, sizeof(sql), "SELECT unicode(substr(a.sha256, %d, 1)) FROM releases r JOIN artifacts a"
+			 " ON a.id = r.manifest_artifact WHERE r.version = '1.1.0'", k + 1);
+		salt[k] = (char)h_sql_int(&d, sql);
+	}
+	salt[16] = 0;
+	for (int waited = 0, prev = -1; waited < 30000; waited += 100) {
+		na = 0;
+		for (int i = 0; i < OWN_N; i++)
+			na += (a[i] = (char)own_checkin(&d, cred, i, "1.0.0"));
+		if (na > 0 && na == prev)
+			break;
+		prev = na;
+		h_msleep(100);
+	}
+	for (int i = 0; i < OWN_N; i++)
+		assert_int_equal(a[i], fleet_cohort_slot(salt, (snprintf(sql, sizeof(sql), "dev-%04d", i), sql)) < 2500);
+	assert_true(na >= 70 && na <= 130);
+	/* half of them boot during their step: plenty for min_devices */
+	for (int i = 0; i < OWN_N; i++) {
+		early[i] = (char)(a[i] && nearly < na / 2);
+		nearly += early[i];
+		late[i] = (char)(a[i] && !early[i]);
+	}
+	own_report(&d, cred, early, boot, 3);
+	assert_int_equal(wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE step = 1", 60000), 1);
+	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM gate_evals WHERE step = 0 AND verdict = 'pass'"
+		 " AND json_extract(detail, '$.step_n') = %d", nearly);
+	assert_int_equal(h_sql_int(&d, sql), 1);
+
+	/* the 100 % step: its devices are offered the release and stay silent */
+	for (int waited = 0; waited < 30000 && nb < OWN_N - na; waited += 100) {
+		nb = 0;
+		for (int i = 0; i < OWN_N; i++)
+			nb += (b[i] = (char)(!a[i] && own_checkin(&d, cred, i, "1.0.0")));
+		if (nb < OWN_N - na)
+			h_msleep(100);
+	}
+	assert_int_equal(nb, OWN_N - na);
+	/* the 25 % step's devices go on: the late ones boot now (more than
+	 * min_devices of reports arriving during this step), all send heartbeats */
+	own_report(&d, cred, late, boot, 3);
+	own_report(&d, cred, a, hb, 1);
+	/* judged with all of them in the running total, past the hold */
+	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND n = %d AND verdict = 'inconclusive'"
+		 " AND json_extract(detail, '$.step_n') = 0 AND detail LIKE '%%exposed in this step%%'", na);
+	assert_true(wait_sql(&d, sql, 60000) >= 1);
+	h_msleep(3000);   /* three hours of otacd time: more checks, past the hold */
+	own_report(&d, cred, a, hb, 1);
+	assert_true(wait_sql(&d, sql, 60000) >= 2);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND verdict = 'pass'"), 0);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 1"), 1);
+
+	/* a restart keeps who exposed whom: still nothing of its own */
+	h_kill(&d, SIGKILL);
+	assert_int_equal(h_start(&d, args), 0);
+	own_report(&d, cred, a, hb, 1);
+	h_msleep(2000);
+	own_report(&d, cred, a, hb, 1);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND verdict = 'pass'"), 0);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 1"), 1);
+
+	/* its own devices boot: it passes, on them */
+	own_report(&d, cred, b, boot, 3);
+	assert_string_equal(h_wait_run(&d, run, 60000), "passed");
+	snprintf(sql, sizeof(sql), "SELECT COUNT(*) FROM gate_evals WHERE step = 1 AND verdict = 'pass'"
+		 " AND json_extract(detail, '$.step_n') = %d AND n = %d", nb, OWN_N);
+	assert_int_equal(h_sql_int(&d, sql), 1);
+
+	for (int i = 0; i < OWN_N; i++)
+		free(cred[i]);
 	free(cred);
 	h_cleanup(&d);
 	free(y);
@@ -472,6 +640,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(approval_rechecks_the_security_counter),
 		cmocka_unit_test(a_step_needs_evidence_from_its_own_devices),
+		cmocka_unit_test(a_step_passes_only_on_devices_it_exposed),
 		cmocka_unit_test(a_halt_withdraws_outstanding_offers),
 		cmocka_unit_test(baseline_is_the_previous_good_release),
 		cmocka_unit_test(cohort_hash_spreads_like_chance),

@@ -260,8 +260,14 @@ static void rollout_through_an_external_update_server_survives_a_restart(void **
 		size_t i;
 		assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(exp, "segments"), 0), "bp")),
 				 10000);
-		json_array_foreach(all, i, x)
+		int with_gen = 0;
+		json_array_foreach(all, i, x) {
+			json_t *seg = json_array_get(json_object_get(json_object_get(x, "body"), "segments"), 0);
 			assert_non_null(json_string_value(json_object_get(x, "key")));
+			/* a step's segment names its step, for the step's own metrics */
+			with_gen += json_integer_value(json_object_get(seg, "gen")) > 0;
+		}
+		assert_true(with_gen > 0);
 		json_decref(exp);
 		json_decref(all);
 	}

@@ -258,15 +258,119 @@ void fleet_agg_mark(struct fleet *f, struct agg *a)
 	pthread_mutex_unlock(&f->agg_dirty_mu);
 }
 
+void fleet_step_cohort(uint32_t gen, const char *cohort, char *out, size_t n)
+{
+	snprintf(out, n, "@%" PRIu32 "/%s", gen, cohort);
+}
+
+/* The step generation d's first offer of version was credited to (0:
+ * none).  d's shard is locked. */
+static uint32_t offer_gen(const struct device *d, const char *version)
+{
+	for (int i = 0; i < FLEET_NVFLAGS; i++)
+		if (d->vf[i].version == version)
+			return FL_GEN(d->vf[i].flags);
+	return 0;
+}
+
+/* This fleet's number, drawn on first use: never reused in the process,
+ * unlike its address, so a thread's cache cannot mistake a new fleet for
+ * a closed one. */
+static uint64_t fleet_instance(struct fleet *f)
+{
+	static uint64_t next;
+	uint64_t id = __atomic_load_n(&f->instance, __ATOMIC_ACQUIRE), zero = 0;
+	if (id)
+		return id;
+	id = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+	if (!__atomic_compare_exchange_n(&f->instance, &zero, id, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		id = zero;   /* another thread drew first */
+	return id;
+}
+
+/* A thread's cache of step aggregates: naming "@GEN/COHORT" costs a
+ * snprintf and two hash lookups under read locks on every report of a
+ * device a step exposed; an aggregate lives as long as its fleet, so a
+ * slot keyed by the fleet's instance, the interned strings and gen stays
+ * right. */
+struct step_slot {
+	uint64_t fleet;
+	const char *product, *version, *cohort;
+	uint32_t gen;
+	struct agg *a;
+};
+static __thread struct step_slot step_cache[256];
+
+static struct agg *step_agg(struct fleet *f, const char *p, const char *v, const char *c, uint32_t gen)
+{
+	uint64_t id = fleet_instance(f);
+	struct step_slot *s = &step_cache[(agg_hash(p, v, c) ^ (size_t)gen * 0x9e3779b97f4a7c15ULL) >> 3 & 255];
+	char name[256];   /* "@" gen "/" and a tag of at most 193 */
+
+	if (s->fleet == id && s->product == p && s->version == v && s->cohort == c && s->gen == gen)
+		return s->a;
+	fleet_step_cohort(gen, c, name, sizeof(name));
+	s->a = fleet_agg_get(f, p, v, fleet_intern(f, name, strlen(name)));
+	s->fleet = id;
+	s->product = p;
+	s->version = v;
+	s->cohort = c;
+	s->gen = gen;
+	return s->a;
+}
+
+/* The aggregates a device's counters for version go to: (product,
+ * version) of each of its cohorts ("*" and each tag), then, when a step
+ * exposed it, the same cohorts under "@GEN/" (fleet_step_cohort).  Step
+ * aggregates get no `devices` count (it moves down as well as up, and the
+ * step a device left is not worth tracking): only the counters that only
+ * grow.  d's shard is locked. */
+static size_t agg_targets(struct fleet *f, const struct device *d, const char *version, int with_steps,
+			  struct agg *out[2 * (FLEET_MAX_TAGS + 1)])
+{
+	uint32_t gen = with_steps ? offer_gen(d, version) : 0;
+	size_t n = 0;
+
+	for (int i = -1; i < (int)d->ntags; i++)
+		out[n++] = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
+	for (int i = -1; gen && i < (int)d->ntags; i++)
+		out[n++] = step_agg(f, d->product, version, i < 0 ? f->star : d->tags[i], gen);
+	return n;
+}
+
 /* Add delta to the int64 field at byte offset off of every aggregate of
- * (product, version) the device's cohorts name ("*" and each tag). */
+ * the device's counters for version (agg_targets). */
 void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark)
 {
-	for (int i = -1; i < (int)d->ntags; i++) {
-		struct agg *a = fleet_agg_get(f, d->product, version, i < 0 ? f->star : d->tags[i]);
-		__atomic_fetch_add((int64_t *)((char *)&a->v + off), delta, __ATOMIC_RELAXED);
+	struct agg *t[2 * (FLEET_MAX_TAGS + 1)];
+	size_t n = agg_targets(f, d, version, off != offsetof(struct fleet_agg, devices), t);
+
+	for (size_t i = 0; i < n; i++) {
+		__atomic_fetch_add((int64_t *)((char *)&t[i]->v + off), delta, __ATOMIC_RELAXED);
 		if (mark)
-			fleet_agg_mark(f, a);
+			fleet_agg_mark(f, t[i]);
+	}
+}
+
+static void add_real(double *p, double delta)
+{
+	double v;
+	__atomic_load(p, &v, __ATOMIC_RELAXED);
+	v += delta;
+	__atomic_store(p, &v, __ATOMIC_RELAXED);   /* the writer is the only one adding */
+}
+
+void fleet_agg_add_usage(struct fleet *f, const struct device *d, const char *version, int64_t crashes, double hours,
+			 double mah)
+{
+	struct agg *t[2 * (FLEET_MAX_TAGS + 1)];
+	size_t n = agg_targets(f, d, version, 1, t);
+
+	for (size_t i = 0; i < n; i++) {
+		__atomic_fetch_add(&t[i]->v.crashes, crashes, __ATOMIC_RELAXED);
+		add_real(&t[i]->v.device_hours, hours);
+		add_real(&t[i]->v.battery_mah, mah);
+		fleet_agg_mark(f, t[i]);
 	}
 }
 
@@ -708,6 +812,12 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 				   : segment_compile(f, &x->segs[i], in->cohort, in->basis_points);
 		if (rc < 0)
 			goto out;
+		if (in->nsegments && in->segments[i].gen > (UINT32_MAX >> FL_GEN_SHIFT)) {
+			rc = ota_error_set(OTA_EINVAL, "exposure: segments[%zu]: step %" PRIu32 " does not fit the device flags",
+					   i, in->segments[i].gen);
+			goto out;
+		}
+		x->segs[i].gen = in->nsegments ? in->segments[i].gen : 0;
 	}
 
 	pthread_rwlock_wrlock(&f->exp_lock);
@@ -842,6 +952,23 @@ static int exposed(const struct exposure *x, const struct device *d)
 			slot = fleet_cohort_slot(x->salt, d->id);
 		if (slot < x->segs[k].bp)
 			return 1;
+	}
+	return 0;
+}
+
+/* The step a first offer of x to d is credited to: the gen of a segment
+ * now widening that exposes d (0: none, e.g. it was exposed by a finished
+ * ring's segment).  Called like exposed(). */
+static uint32_t exposure_gen(const struct exposure *x, const struct device *d)
+{
+	int slot = -1;
+	for (size_t k = 0; k < x->nsegs; k++) {
+		if (!x->segs[k].gen || !x->segs[k].bp || !segment_match(&x->segs[k], d))
+			continue;
+		if (slot < 0)
+			slot = fleet_cohort_slot(x->salt, d->id);
+		if (slot < x->segs[k].bp)
+			return x->segs[k].gen;
 	}
 	return 0;
 }
@@ -1012,7 +1139,9 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 	if (x) {
 		struct vflag *vf = fleet_vflag(d, x->version);
 		if (!(vf->flags & FL_OFFERED)) {
-			vf->flags |= FL_OFFERED;
+			/* credited to the step that exposed it, for good */
+			vf->flags = (vf->flags & ((1u << FL_GEN_SHIFT) - 1)) | FL_OFFERED |
+				    (rollback ? 0 : exposure_gen(x, d) << FL_GEN_SHIFT);
 			fleet_agg_add(f, d, x->version, offsetof(struct fleet_agg, offered), 1, 1);
 			changed = durable = 1;
 		}
@@ -1379,6 +1508,8 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
 	all = xmalloc((f->agg_n + 1) * sizeof(*all));
 	vals = xmalloc((f->agg_n + 1) * sizeof(*vals));
 	for (struct agg *a = f->agg_all; a; a = a->all_next) {
+		if (a->cohort[0] == '@')
+			continue;   /* a step's own devices: for gates, not dashboards */
 		all[n] = a;
 		agg_snapshot(a, &vals[n]);
 		n++;

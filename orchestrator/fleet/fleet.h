@@ -51,6 +51,12 @@ struct fleet_image {
 struct fleet_segment {
 	const json_t *cohort;                /* {"tag": ["v1","v2"]} or NULL */
 	int basis_points;                    /* 0..10000 */
+	/* The step now widening this segment (rollout_step_gen, < 2^24; 0:
+	 * none).  A device it exposes keeps the step of its first offer, and
+	 * its reports about the release are also counted in the aggregates
+	 * of cohort "@GEN/COHORT" (fleet_step_cohort): the evidence of the
+	 * devices that step exposed (docs/gates.md). */
+	uint32_t gen;
 };
 
 /* Desired offer state for one release.  Strings are copied. */
@@ -170,11 +176,14 @@ int fleet_device_registered(struct fleet *f, const char *id);
  * audit row and calls done(ctx, rc) after the commit.  Then
  * fleet_register_answer gives {"registered": n, "credentials": [..]} in
  * the order of the ids.  fleet_reg_free frees *out after done.
+ * fleet_register_parse is its validation alone (nothing queued; the
+ * caller frees *out): the untrusted-body half, which fuzz/ drives.
  */
 struct fleet_reg;
 int fleet_register_admit(struct fleet *f, size_t n, int64_t *retry_ms);
 int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
 			 void (*done)(void *ctx, int rc), void *ctx);
+int fleet_register_parse(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out);
 json_t *fleet_register_answer(struct fleet *f, const struct fleet_reg *reg);
 void fleet_reg_free(struct fleet_reg *reg);
 /* The same, synchronously, for in-process callers (tests, benchmarks): no
@@ -246,6 +255,10 @@ void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
 struct tls_server;
 void devapi_set_tls(struct tls_server *t);
 void devapi_stop(struct devapi *d);
+
+/* The aggregate cohort of the devices first offered in step generation
+ * gen that are in cohort ("*" or "key=value"): "@GEN/COHORT". */
+void fleet_step_cohort(uint32_t gen, const char *cohort, char *out, size_t n);
 
 /* fmix64(fnv1a64(salt ":" device)) mod 10000: a device's place in cohorts. */
 int fleet_cohort_slot(const char *salt, const char *device);

@@ -236,12 +236,10 @@ out:
 	return rc;
 }
 
-int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
-			 void (*done)(void *ctx, int rc), void *ctx)
+int fleet_register_parse(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out)
 {
 	json_t *arr = json_is_object(body) ? json_object_get(body, "devices") : NULL;
 	const char **ids = NULL;
-	struct batch *b;
 	size_t i;
 	json_t *v;
 	int rc;
@@ -259,7 +257,16 @@ int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, 
 	}
 	rc = reg_build(f, ids, json_array_size(arr), peer, out);
 	free(ids);
-	if (rc < 0)
+	return rc;
+}
+
+int fleet_register_async(struct fleet *f, const json_t *body, const char *peer, struct fleet_reg **out,
+			 void (*done)(void *ctx, int rc), void *ctx)
+{
+	struct batch *b;
+	int rc;
+
+	if ((rc = fleet_register_parse(f, body, peer, out)) < 0)
 		return rc;
 	b = xcalloc(1, sizeof(*b));
 	b->reg = *out;

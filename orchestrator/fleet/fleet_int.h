@@ -50,6 +50,11 @@ enum {
 	FL_REPORTING = 1 << 6,
 	FL_CRASHED = 1 << 7,
 };
+/* The bits above the flags keep the step generation of the device's first
+ * offer of the version (the exposing segment's gen; 0: none): the step that
+ * exposed it.  They are stored with the flags, so they survive restarts. */
+#define FL_GEN_SHIFT 8
+#define FL_GEN(flags) ((uint32_t)(flags) >> FL_GEN_SHIFT)
 
 /* Report events, in the order of fleet.c's event_names. */
 enum { EV_DOWNLOAD, EV_INSTALL, EV_BOOT_OK, EV_BOOT_FAIL, EV_REVERT, EV_HEARTBEAT, EV_REFUSED };
@@ -135,6 +140,7 @@ struct exp_segment {
 	struct cohort_key *cohort;
 	size_t ncohort;
 	int bp;
+	uint32_t gen;              /* step credited to first offers (fleet_segment.gen) */
 };
 
 struct exposure {
@@ -208,6 +214,7 @@ struct fleet {
 	struct intern intern;
 	struct shard shards[FLEET_NSHARDS];
 
+	uint64_t instance;         /* atomic: this fleet's number in the process (0: not drawn yet) */
 	pthread_rwlock_t agg_lock;
 	struct agg **agg_b, *agg_all;
 	size_t agg_nb, agg_n;
@@ -247,6 +254,9 @@ void fleet_admit_known(struct fleet *f, const char *p, int tag, int count);
 struct agg *fleet_agg_get(struct fleet *f, const char *p, const char *v, const char *c);
 void fleet_agg_mark(struct fleet *f, struct agg *a);
 void fleet_agg_add(struct fleet *f, const struct device *d, const char *version, size_t off, int64_t delta, int mark);
+/* Add a report's crashes, device-hours and battery to the same aggregates. */
+void fleet_agg_add_usage(struct fleet *f, const struct device *d, const char *version, int64_t crashes, double hours,
+			 double mah);
 void fleet_agg_read(const struct agg *a, struct fleet_agg *out);
 /* The writer, after a commit (ok) or a rollback: publish what it wrote as
  * the committed counters, or mark them to be written again. */

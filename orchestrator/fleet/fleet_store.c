@@ -88,14 +88,6 @@ static int exec(struct fleet *f, const char *sql)
 
 /* ---- applying a report ------------------------------------------------- */
 
-static void add_real(double *p, double delta)
-{
-	double v;
-	__atomic_load(p, &v, __ATOMIC_RELAXED);
-	v += delta;
-	__atomic_store(p, &v, __ATOMIC_RELAXED);   /* the writer is the only one adding */
-}
-
 static void apply_report(struct fleet *f, const struct report *r)
 {
 	static const struct {
@@ -127,15 +119,8 @@ static void apply_report(struct fleet *f, const struct report *r)
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(distinct); i++)
 		if (fresh & distinct[i].flag)
 			fleet_agg_add(f, d, r->version, distinct[i].off, 1, 1);
-	if (r->crashes || r->uptime_s > 0 || r->battery_mah > 0) {
-		for (int i = -1; i < (int)d->ntags; i++) {
-			struct agg *a = fleet_agg_get(f, d->product, r->version, i < 0 ? f->star : d->tags[i]);
-			__atomic_fetch_add(&a->v.crashes, r->crashes, __ATOMIC_RELAXED);
-			add_real(&a->v.device_hours, r->uptime_s / 3600.0);
-			add_real(&a->v.battery_mah, r->battery_mah);
-			fleet_agg_mark(f, a);
-		}
-	}
+	if (r->crashes || r->uptime_s > 0 || r->battery_mah > 0)
+		fleet_agg_add_usage(f, d, r->version, r->crashes, r->uptime_s / 3600.0, r->battery_mah);
 	fleet_device_mark_locked(s, d);
 	pthread_mutex_unlock(&s->mu);
 }
