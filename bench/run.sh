@@ -27,3 +27,6 @@ sh bench/firmware.sh "$OTACD_BIN" 3
 echo
 echo "== the API under hostile load: p50/p99 at 64 connections, with and without 1,000 slow clients (wrk)"
 sh bench/load.sh "$OTACD_BIN" 10000
+echo
+echo "== fleet store: bytes written per accepted report at 1M devices, snapshot layout against the legacy one"
+"$OTACD_BIN/fleetstore-bench" ${FLEETSTORE_BENCH_ARGS:-1000000 6}
