@@ -478,6 +478,51 @@ static void a_legacy_fleet_db_is_migrated(void **state)
 	tmpdir_remove(dir);
 }
 
+/* A round whose commit fails (here a trigger another connection adds makes
+ * the log's insert fail, as a full disk would) answers its check-in with an
+ * error; the device's retry finds its state already in memory and is
+ * answered at once, so the rows the failed round wrote must be written by
+ * the next one: after a reopen the device is there, on its new version. */
+static void a_failed_commit_writes_its_rows_again(void **state)
+{
+	char *dir = tmpdir_new(), *db = xasprintf("%s/fleet.db", dir);
+	struct fleet *f;
+	sqlite3 *h = NULL;
+	json_t *answer = NULL, *body;
+	char *text;
+	size_t n;
+
+	(void)state;
+	default_snapshots();
+	f = open_fleet(db);
+	checkin(f, 1, "1.0.0", "eu", 1);
+	assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+	sqlite3_busy_timeout(h, 5000);
+	sql(h, "CREATE TABLE fail(x); INSERT INTO fail VALUES(1);"
+	       "CREATE TRIGGER fail_log BEFORE INSERT ON dev_log WHEN (SELECT count(*) FROM fail) > 0"
+	       " BEGIN SELECT RAISE(ABORT, 'injected failure'); END;");
+	body = json_pack("{ss ss ss ss ss si s{ss ss}}", "device", "st-00001", "product", "fw", "hardware", "rev-b",
+			 "bootloader", "1.0.0", "version", "1.1.0", "security_counter", 1, "tags", "region", "eu", "tier",
+			 "beta");
+	assert_true(fleet_checkin(f, body, &answer) < 0);   /* the round rolled back */
+	json_decref(answer);
+	answer = NULL;
+	sql(h, "DELETE FROM fail");
+	sqlite3_close(h);
+	assert_int_equal(fleet_checkin(f, body, &answer), 0);   /* the retry: nothing new in memory */
+	json_decref(answer);
+	json_decref(body);
+	fleet_close(f);
+	f = open_fleet(db);
+	text = dump_devices(f, &n);
+	assert_int_equal(n, 1);
+	assert_non_null(strstr(text, "st-00001 fw rev-b 1.0.0 1.1.0 1 "));
+	free(text);
+	fleet_close(f);
+	free(db);
+	tmpdir_remove(dir);
+}
+
 /* A damaged device chunk is an error naming fleet.db, not a partial fleet. */
 static void a_damaged_chunk_is_refused(void **state)
 {
@@ -509,6 +554,7 @@ int main(void)
 		cmocka_unit_test(a_small_fleet_keeps_its_log),
 		cmocka_unit_test(kills_during_snapshots_lose_nothing),
 		cmocka_unit_test(a_legacy_fleet_db_is_migrated),
+		cmocka_unit_test(a_failed_commit_writes_its_rows_again),
 		cmocka_unit_test(a_damaged_chunk_is_refused),
 	};
 	httpc_global_init();

@@ -234,6 +234,8 @@ struct fleet {
 	int build_shard;           /* the next shard it captures */
 	int64_t build_seq, build_bytes, build_log_bytes;
 	int64_t snapshots;         /* snapshots completed since open */
+	struct device **written;   /* devices whose rows this round wrote */
+	size_t nwritten, cap_written;
 	pthread_t writer;
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cond;

@@ -43,12 +43,12 @@ static void put_varint(struct buf *b, uint64_t v)
 
 static uint64_t zigzag(int64_t v)
 {
-	return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+	return v < 0 ? ~((uint64_t)v << 1) : (uint64_t)v << 1;
 }
 
 static int64_t unzigzag(uint64_t v)
 {
-	return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+	return v & 1 ? (int64_t)~(v >> 1) : (int64_t)(v >> 1);
 }
 
 void fleet_chunk_init(struct fleet_chunk *c)

@@ -113,7 +113,7 @@ static const char legacy_schema[] =
 #define DEVICE_COLS "id, product, hardware, bootloader, version, counter, tags, flags, last_seen"
 
 #define LOG_CHUNK 4096              /* device rows per dev_log BLOB */
-#define SNAP_ROUND_DEVICES 65536    /* a round captures shards until this many devices */
+#define SNAP_ROUND_DEVICES 16384    /* a round captures shards until this many devices */
 #define COMPACT_RATIO 2             /* a snapshot once the log is this many times its size */
 #define COMPACT_MIN_BYTES (4 << 20) /* ... and at least this large (OTACD_FLEET_COMPACT_BYTES) */
 
@@ -373,6 +373,11 @@ static int flush_devices(struct fleet *f)
 			d->dirty = 0;
 			d->dirty_next = NULL;
 			fleet_chunk_add(&log, d);
+			if (f->nwritten == f->cap_written) {
+				f->cap_written = f->cap_written ? 2 * f->cap_written : 1024;
+				f->written = xrealloc(f->written, f->cap_written * sizeof(*f->written));
+			}
+			f->written[f->nwritten++] = d;
 		}
 		s->dirty = NULL;
 		if (capture) {
@@ -401,9 +406,19 @@ static int flush_devices(struct fleet *f)
 }
 
 /* After the round: a snapshot it completed is the one in use (ok), or a
- * snapshot being built starts again later (rolled back). */
+ * snapshot being built starts again later (rolled back: the device rows it
+ * wrote are marked dirty again). */
 static void publish_snapshot(struct fleet *f, int ok)
 {
+	/* rows a rolled-back round wrote are written again by the next one */
+	for (size_t i = 0; !ok && i < f->nwritten; i++) {
+		struct device *d = f->written[i];
+		struct shard *s = fleet_shard(f, d->hash);
+		pthread_mutex_lock(&s->mu);
+		fleet_device_mark_locked(s, d);
+		pthread_mutex_unlock(&s->mu);
+	}
+	f->nwritten = 0;
 	if (!f->building)
 		return;
 	if (!ok) {
@@ -950,6 +965,7 @@ static void fleet_free(struct fleet *f)
 	fleet_exposures_free(f);
 	sqlite3_finalize(f->st_dev);
 	sqlite3_finalize(f->st_snap);
+	free(f->written);
 	sqlite3_finalize(f->st_agg);
 	if (f->db)
 		sqlite3_close(f->db);
