@@ -13,9 +13,9 @@
 #
 # Prints per layout: reports accepted and demanded (accepted + rejected +
 # dropped, from the simulator's --stats), bytes otacd wrote to disk
-# (/proc/PID/io write_bytes) per report accepted from the end of the first
-# poll interval (registrations and first check-ins are done: the steady
-# state) to the end, and the ratio snapshot/legacy.  Needs curl.  Nothing
+# (/proc/PID/io write_bytes) per report accepted from the moment every
+# device has checked in (and at least one poll interval passed:
+# registrations and first check-ins are over, the steady state) to the end, and the ratio snapshot/legacy.  Needs curl.  Nothing
 # asserted.
 set -eu
 bin=$(cd "${1:-build/bin}" && pwd)
@@ -66,10 +66,22 @@ run() {
 		--concurrency 512 --quiet --stats "$state.stats" --metrics-listen "127.0.0.1:$mport" >"$state.sim.log" 2>&1 &
 	sim=$!
 	pids="$pids $sim"
-	# the window starts once every device has checked in (one poll interval)
-	sleep "$warm"
-	w0=$(io $pid write_bytes)
-	r0=$(curl -sf "http://127.0.0.1:$mport/metrics" | awk '$1 == "fleetsim_reports_sent_total" { print $2 }')
+	# the window starts once every device has checked in: registrations
+	# and first check-ins are over (at least one poll interval)
+	t=0 w0= r0=
+	while [ $t -lt "$secs" ] && kill -0 $sim 2>/dev/null; do
+		sleep 1
+		t=$((t + 1))
+		m=$(curl -sf "http://127.0.0.1:$mport/metrics" || true)
+		c=$(echo "$m" | awk '$1 == "fleetsim_checkins_total" { print $2 }')
+		if [ $t -ge "$warm" ] && [ "${c:-0}" -ge "$devices" ]; then
+			w0=$(io $pid write_bytes)
+			r0=$(echo "$m" | awk '$1 == "fleetsim_reports_sent_total" { print $2 }')
+			break
+		fi
+	done
+	[ -n "$w0" ] || echo "  $1: the devices' first check-ins did not end within $secs s: no steady state measured" >&2
+	w0=${w0:-$(io $pid write_bytes)} r0=${r0:-0} steady=$t
 	wait $sim || true
 	w1=$(io $pid write_bytes)
 	kill $pid
@@ -80,9 +92,12 @@ run() {
 	acc=${acc:-0}
 	dem=$((acc + ${rej:-0} + ${drop:-0}))
 	bpr=$(awk -v w=$((w1 - w0)) -v a=$((acc - ${r0:-0})) 'BEGIN { printf "%.0f", (a > 0 ? w / a : 0) }')
-	awk -v l="$1" -v a="$acc" -v d="$dem" -v s="$secs" -v w=$((w1 - w0)) -v b="$bpr" -v n="$devices" 'BEGIN {
-		printf "  %-8s %d devices, %d s: %d reports accepted of %d demanded (%.3f), %.0f/s; after the first poll interval otacd wrote %.1f MB, %s bytes per accepted report\n",
-			l, n, s, a, d, (d > 0 ? a / d : 0), a / s, w / 1e6, b }'
+	awk -v l="$1" -v a="$acc" -v d="$dem" -v s="$secs" -v w=$((w1 - w0)) -v b="$bpr" -v n="$devices" -v t="$steady" \
+		-v r=$((acc - r0)) 'BEGIN {
+		f = "  %-8s %d devices, %d s: %d reports accepted of %d demanded (%.3f); all checked in after %d s,"
+		f = f " then %d reports at %.0f/s, otacd wrote %.1f MB: %s bytes per accepted report\n"
+		printf f,
+			l, n, s, a, d, (d > 0 ? a / d : 0), t, r, r / (s - t + 1e-9), w / 1e6, b }'
 }
 
 run snapshot
