@@ -5,7 +5,7 @@
 # The real otacd (no agents, time scale $FLEETSTORE_E2E_SCALE, default 300,
 # poll interval 6 h, registration limits raised) and otacd-fleetsim with
 # DEVICES (1,000,000) devices sending a heartbeat every otacd hour, for
-# SECONDS (180) real seconds: at scale 300 a million devices demand ~83,000
+# SECONDS (240) real seconds: at scale 300 a million devices demand ~83,000
 # reports/s and ~14,000 check-ins/s once all have checked in (their first
 # check-ins are spread over one poll interval: 72 s).  No release is
 # offered, so this is the fleet's steady state, not a rollout.  Run twice:
@@ -20,7 +20,7 @@
 set -eu
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-1000000}
-secs=${3:-180}
+secs=${3:-240}
 scale=${FLEETSTORE_E2E_SCALE:-300}
 warm=$(awk -v s="$scale" 'BEGIN { printf "%d", 6 * 3600 / s * 1.1 + 1 }')
 [ "$warm" -lt "$secs" ] || { echo "fleetstore_e2e.sh: SECONDS must exceed one poll interval ($warm s at scale $scale)" >&2; exit 2; }

@@ -32,4 +32,4 @@ echo "== fleet store: bytes written per accepted report at 1M devices, snapshot 
 "$OTACD_BIN/fleetstore-bench" ${FLEETSTORE_BENCH_ARGS:-1000000 6}
 echo
 echo "== fleet store behind the real device API: otacd + otacd-fleetsim, 1M devices at time scale 300, both layouts"
-sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 180}
+sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
