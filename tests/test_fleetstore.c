@@ -212,7 +212,7 @@ static void snapshots_keep_every_device_and_flag(void **state)
 	for (int phase = 0; phase < 6; phase++) {
 		/* reports: every event about 1.1.0, some with crashes and uptime */
 		for (int b = 0; b < 8; b++) {
-			json_t *list = json_array();
+			json_t *list = json_array(), *body;
 			int accepted = 0;
 			for (int k = 0; k < 100; k++) {
 				char id[32];
@@ -224,8 +224,10 @@ static void snapshots_keep_every_device_and_flag(void **state)
 					json_object_set_new(r, "crashes", json_integer(1 + rand_r(&seed) % 3));
 				json_array_append_new(list, r);
 			}
-			assert_int_equal(fleet_report(f, json_pack("{so}", "reports", list), fleet_trusted_caller, &accepted), 0);
+			body = json_pack("{so}", "reports", list);
+			assert_int_equal(fleet_report(f, body, fleet_trusted_caller, &accepted), 0);
 			assert_int_equal(accepted, 100);
+			json_decref(body);
 		}
 		/* check-ins that change their device: version, tags, counter */
 		for (int k = 0; k < 200; k++) {
