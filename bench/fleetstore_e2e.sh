@@ -43,7 +43,7 @@ device_register_rate: $devices
 EOF
 
 io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
-stat() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
+stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
 
 # run LAYOUT: one daemon and one simulator; sets acc, dem, bpr
 run() {
@@ -86,9 +86,9 @@ run() {
 	w1=$(io $pid write_bytes)
 	kill $pid
 	wait $pid 2>/dev/null || true
-	acc=$(stat "$state.stats" reports_sent)
-	rej=$(stat "$state.stats" reports_rejected)
-	drop=$(stat "$state.stats" reports_dropped)
+	acc=$(stat_of "$state.stats" reports_sent)
+	rej=$(stat_of "$state.stats" reports_rejected)
+	drop=$(stat_of "$state.stats" reports_dropped)
 	acc=${acc:-0}
 	dem=$((acc + ${rej:-0} + ${drop:-0}))
 	bpr=$(awk -v w=$((w1 - w0)) -v a=$((acc - ${r0:-0})) 'BEGIN { printf "%.0f", (a > 0 ? w / a : 0) }')
