@@ -125,6 +125,10 @@ $(BIN)/sync-bench: $(BUILD)/obj/bench/sync_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BIN)/fleetstore-bench: $(BUILD)/obj/bench/fleetstore_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BIN)/gate-bench: $(BUILD)/obj/bench/gate_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -152,7 +156,8 @@ $(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
-       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench
+       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
+       $(BIN)/fleetstore-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))

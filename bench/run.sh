@@ -34,3 +34,9 @@ echo "== device identity: client certificate check against the HMAC credential c
 # issue 13, TLS
 echo "== device check-ins over TLS (full and resumed handshakes, kept-alive) against plain HTTP, same run"
 "$OTACD_BIN/tls-bench" 5
+echo
+echo "== fleet store: bytes written per accepted report at 1M devices, snapshot layout against the legacy one"
+"$OTACD_BIN/fleetstore-bench" ${FLEETSTORE_BENCH_ARGS:-1000000 6}
+echo
+echo "== fleet store behind the real device API: otacd + otacd-fleetsim, 1M devices at time scale 300, both layouts"
+sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}

@@ -226,10 +226,23 @@ struct fleet {
 	struct exposure **exp;     /* newest release first */
 	size_t nexp;
 
-	/* fleet_store.c: the writer thread owns db */
+	/* fleet_store.c: the writer thread owns db and everything below */
 	sqlite3 *db;
-	sqlite3_stmt *st_dev, *st_agg;
-	int64_t log_rows;          /* rows in device_log not yet merged */
+	sqlite3_stmt *st_dev, *st_agg, *st_snap;
+	int legacy;                /* OTACD_FLEET_LAYOUT=legacy (benchmarks only) */
+	int64_t log_rows;          /* legacy: rows in device_log not yet merged */
+	int64_t snap_gen, snap_seq;   /* the snapshot in use and the last log seq it covers */
+	int64_t log_seq;           /* the last dev_log seq written */
+	int64_t log_bytes, snap_bytes;   /* dev_log bytes after snap_seq; the snapshot's */
+	int64_t compact_min, compact_ratio;   /* a snapshot once the log has compact_min bytes
+					       * and compact_ratio times the snapshot's */
+	int64_t snap_round;        /* devices a round captures for a snapshot (at least a shard) */
+	int building;              /* a new snapshot is being written, shard by shard */
+	int build_shard;           /* the next shard it captures */
+	int64_t build_seq, build_bytes, build_log_bytes;
+	int64_t snapshots;         /* snapshots completed since open */
+	struct device **written;   /* devices whose rows this round wrote */
+	size_t nwritten, cap_written;
 	pthread_t writer;
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cond;
@@ -273,6 +286,34 @@ void fleet_exposures_free(struct fleet *f);
 
 /* fleet_store.c */
 void fleet_store_submit(struct fleet *f, struct batch *b);
+
+/* fleet_rows.c: device rows packed many to a BLOB (format in fleet_rows.c).
+ * Encoding reads the devices, so the caller holds their shard locks. */
+struct fleet_chunk {
+	struct buf str, dev;
+	const char **keys;         /* interned pointer -> string index */
+	uint32_t *idx;
+	size_t cap, nstr, ndev;
+	const char *prev_id;
+	int64_t prev_seen;
+};
+
+struct fleet_row {
+	const char *id;            /* valid during the callback */
+	const char *product, *hardware, *bootloader, *version;   /* interned */
+	int64_t counter, last_seen;
+	const char *tags[FLEET_MAX_TAGS];
+	size_t ntags;
+	struct vflag vf[FLEET_NVFLAGS];
+	int nvf;
+};
+
+void fleet_chunk_init(struct fleet_chunk *c);
+void fleet_chunk_add(struct fleet_chunk *c, const struct device *d);
+/* The chunk's BLOB into out; the chunk is empty again. */
+void fleet_chunk_finish(struct fleet_chunk *c, struct buf *out);
+void fleet_chunk_release(struct fleet_chunk *c);
+int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(struct fleet *f, const struct fleet_row *row));
 
 /* fleet_auth.c: the registry (shard-locked), used by the writer and load */
 struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
