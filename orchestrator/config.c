@@ -97,6 +97,7 @@ void config_release(struct otacd_config *c)
 	free(c->update_server_token);
 	free(c->prometheus_url);
 	json_decref(c->providers);
+	free(c->trust_root);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -344,7 +345,7 @@ static int get_device_tags(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
-/* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "..." } } */
+/* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "...", certificate: "..." } } */
 static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 {
 	yaml_node_pair_t *p;
@@ -353,7 +354,8 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
 		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
-		const char *spec = NULL, *pin = NULL;
+		const char *spec = NULL, *pin = NULL, *cert = NULL;
+		json_t *e;
 		if (!scalar(k))
 			return cfg_err(x, k, "a key name must be a string%s", "");
 		if (scalar(v)) {
@@ -368,14 +370,20 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 					spec = scalar(vv);
 				else if (!strcmp(ks, "pin") && scalar(vv))
 					pin = scalar(vv);
+				else if (!strcmp(ks, "certificate") && scalar(vv))
+					cert = scalar(vv); /* issue 13: the key's certificate chain (PEM) */
 				else
-					return cfg_err(x, kk, "unknown or non-string key setting '%s' (expected spec, pin)", ks);
+					return cfg_err(x, kk, "unknown or non-string key setting '%s' (expected spec, pin, certificate)", ks);
 			}
 		}
 		if (!spec || !*spec)
 			return cfg_err(x, v, "key '%s' needs a spec: a PEM file or a pkcs11: URI", scalar(k));
-		json_object_set_new(x->c->keys, scalar(k), pin ? json_pack("{ss ss}", "spec", spec, "pin", pin)
-							      : json_pack("{ss}", "spec", spec));
+		e = json_pack("{ss}", "spec", spec);
+		if (pin)
+			json_object_set_new(e, "pin", json_string(pin));
+		if (cert)
+			json_object_set_new(e, "certificate", json_string(cert));
+		json_object_set_new(x->c->keys, scalar(k), e);
 	}
 	return 0;
 }
@@ -581,6 +589,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
 		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
+		"trust_root", /* issue 13, signing PKI */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;

@@ -38,6 +38,7 @@
 #include "../api/api.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
+#include "devapi_pki.h"
 #include "fleet.h"
 
 #define DEVAPI_BODY_MAX ((size_t)1 << 20)
@@ -45,7 +46,7 @@
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
 
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS };
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PKI };
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -486,6 +487,38 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	return ret;
 }
 
+/* issue 13: the revocation list and a release's signed manifest (devapi_pki.c),
+ * to an authenticated device */
+static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *url)
+{
+	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
+	struct buf out = BUF_INIT;
+	long long rel = 0;
+	char tail[16] = "";
+	int rc, n = 0;
+
+	if (fleet_device_auth(a->f, dev, r->token) < 0)
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	if (url[11] == 'r' && url[13] == 'v') {
+		rc = devapi_pki_revocations(&out);
+	} else if (sscanf(url + 20, "%lld/%15[a-z]%n", &rel, tail, &n) == 2 && !url[20 + n] && rel > 0 &&
+		   !strcmp(tail, "manifest")) {
+		rc = devapi_pki_manifest(rel, &out);
+	} else {
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	}
+	if (rc < 0) {
+		buf_release(&out);
+		return reply_error(c, rc == OTA_ENOTFOUND ? MHD_HTTP_NOT_FOUND : MHD_HTTP_INTERNAL_SERVER_ERROR, "%s",
+				   ota_error_last());
+	}
+	{
+		size_t len = out.len;
+		return reply_text(c, MHD_HTTP_OK, url[13] == 'v' ? "application/x-pem-file" : "application/json",
+				  buf_detach(&out), len);
+	}
+}
+
 /* ---- the access handler ----------------------------------------------------- */
 
 static enum route route_of(const char *method, const char *url, unsigned *bad)
@@ -502,6 +535,11 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 		if (!get)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
 		return R_REGISTRATIONS;
+	}
+	if (!strcmp(url, "/device/v1/revocations") || !strncmp(url, "/device/v1/releases/", 20)) {
+		if (!get)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return R_PKI; /* issue 13, devapi_pki.c */
 	}
 	if (!strncmp(url, "/device/v1/images/", 18) || !strcmp(url, "/metrics")) {
 		if (!get)
@@ -565,6 +603,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	case R_REGISTRATIONS: return do_registrations(a, c, r);
 	case R_METRICS: return do_metrics(a, c, r);
 	case R_IMAGE: return do_image(a, c, r, url + 18);
+	case R_PKI: return do_pki(a, c, r, url);
 	default: return MHD_NO;
 	}
 }
