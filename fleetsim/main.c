@@ -40,7 +40,7 @@ static void usage(FILE *f)
 	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
-	      "         [--shared-downloads] [--quiet]\n"
+	      "         [--shared-downloads] [--quiet] [--trust-root ROOT.crt.pem]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -151,6 +151,7 @@ int main(int argc, char **argv)
 		{ "report-every", required_argument, NULL, 'r' },
 		{ "shared-downloads", no_argument, NULL, 'D' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "trust-root", required_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -259,13 +260,14 @@ int main(int argc, char **argv)
 		}
 		case 'D': o.shared_downloads = 1; break;
 		case 'q': o.quiet = 1; break;
+		case 'T': o.trust_root = optarg; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}
 	}
-	if (optind < argc || !o.url || !o.devices || !have_seed || !nkeys || !fleet_key) {
+	if (optind < argc || !o.url || !o.devices || !have_seed || (!nkeys && !o.trust_root) || !fleet_key) {
 		usage(stderr);
-		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key and --fleet-key are required");
+		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key (or --trust-root) and --fleet-key are required");
 		goto out;
 	}
 	o.fleet_key = fleet_key;

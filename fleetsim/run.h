@@ -31,6 +31,8 @@ struct fleetsim_opts {
 	int shared_downloads;        /* one download per image instead of one per device */
 	const char *stats_path;      /* JSON written at exit, or NULL */
 	int quiet;                   /* no summary lines */
+	const char *trust_root;      /* issue 13: releases must chain to this root (trust.h);
+				      * the keys are then the bootloader's key slots */
 };
 
 struct fleetsim;
