@@ -692,6 +692,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				rc = cfg_err(x, v, "'%s' must start with http:// or https://", key);
 		} else if (!strcmp(key, "providers"))
 			rc = get_providers(x, v);
+		else if (!strcmp(key, "trust_root")) /* issue 13, signing PKI */
+			rc = get_string(x, v, key, &c->trust_root);
 		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];

@@ -169,7 +169,7 @@ enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "crl_pem: missing or not a string");
 	if ((rc = pki_trust_publish(pem, strlen(pem), &number)) < 0)
 		return api_reply_error(r, rc == OTA_ECONFLICT ? MHD_HTTP_CONFLICT
-					  : rc == OTA_EAUTH ? MHD_HTTP_FORBIDDEN : MHD_HTTP_BAD_REQUEST,
+					  : rc == OTA_EAUTH ? MHD_HTTP_UNPROCESSABLE_CONTENT : MHD_HTTP_BAD_REQUEST,
 				       "%s", ota_error_last());
 	fprintf(stderr, "otacd: revocation list %lld published by %s\n", (long long)number, r->actor);
 	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI}", "number", (json_int_t)number));
