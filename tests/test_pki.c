@@ -683,6 +683,12 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 		h_msleep(100);
 	assert_true(file_has(log, "revocation list 1 accepted"));
 	on3 = devices_on(&d, r3);
+	/* otacd itself no longer signs with b */
+	{
+		const char *st;
+		assert_int_equal(release_with(&d, "1.3.1", "b", &st), 0);
+		assert_string_equal(st, "failed");
+	}
 	/* now 1.3.0 is offered to everyone: nobody else installs it */
 	{
 		char *p = xasprintf("/api/v1/releases/%lld/promote", (long long)r3);
