@@ -531,6 +531,22 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 	assert_int_equal(st, 400);
 	json_decref(ans);
 
+	/* each publication and refusal is in the audit log, with who */
+	assert_int_equal(h_get(&d, "/api/v1/audit", &ans), 200);
+	{
+		json_t *e;
+		size_t i;
+		int published = 0, refused = 0;
+		json_array_foreach(ans, i, e) {
+			const char *act = json_string_value(json_object_get(e, "action"));
+			published += act && !strcmp(act, "revocations_published");
+			refused += act && !strcmp(act, "revocations_refused");
+		}
+		assert_int_equal(published, 1);
+		assert_int_equal(refused, 4);
+	}
+	json_decref(ans);
+
 	/* kept across a restart, served to devices, announced in check-ins */
 	h_kill(&d, SIGTERM);
 	start_daemon(&d, cfg);

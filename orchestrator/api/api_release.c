@@ -23,6 +23,7 @@
 #include "../config.h"
 #include "../gitsrc.h"
 #include "../keys.h"
+#include "../engine_int.h"
 #include "../pki.h"
 #include "../relverify.h"
 
@@ -157,22 +158,40 @@ enum MHD_Result api_get_trust(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, ans);
 }
 
-/* POST /api/v1/revocations {"crl_pem"}: publish a root-signed list (admin). */
+struct revocation_audit {
+	const char *actor, *action;
+	char why[512];
+	int64_t number;
+};
+
+/* Engine thread: one audit row per publication or refusal. */
+static int audit_revocations(struct engine *e, void *arg)
+{
+	struct revocation_audit *x = arg;
+	return engine_audit(e, x->actor, x->action, 0, 0, x->why, json_pack("{sI}", "number", (json_int_t)x->number));
+}
+
+/* POST /api/v1/revocations {"crl_pem"}: publish a root-signed list (admin);
+ * published and refused lists are audited. */
 enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
 {
 	const char *pem = json_string_value(json_object_get(r->json, "crl_pem"));
-	int64_t number = 0;
+	struct revocation_audit x = { r->actor, "revocations_published", "", 0 };
 	int rc;
 
-	(void)a;
 	if (!pem)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "crl_pem: missing or not a string");
-	if ((rc = pki_trust_publish(pem, strlen(pem), &number)) < 0)
+	rc = pki_trust_publish(pem, strlen(pem), &x.number);
+	if (rc < 0)
+		x.action = "revocations_refused";
+	snprintf(x.why, sizeof(x.why), "%s", rc < 0 ? ota_error_last() : "revocation list published");
+	if (engine_exec(a->cfg.engine, audit_revocations, &x) < 0)
+		fprintf(stderr, "otacd: audit: %s\n", ota_error_last());
+	if (rc < 0)
 		return api_reply_error(r, rc == OTA_ECONFLICT ? MHD_HTTP_CONFLICT
 					  : rc == OTA_EAUTH ? MHD_HTTP_UNPROCESSABLE_CONTENT : MHD_HTTP_BAD_REQUEST,
-				       "%s", ota_error_last());
-	fprintf(stderr, "otacd: revocation list %lld published by %s\n", (long long)number, r->actor);
-	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI}", "number", (json_int_t)number));
+				       "%s", x.why);
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI}", "number", (json_int_t)x.number));
 }
 
 /* ---- verification: relverify's sources, read in-process ---------------------- */
