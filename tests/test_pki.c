@@ -789,6 +789,97 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	h_cleanup(&d);
 }
 
+/*
+ * A server without trust_root signs with whatever certificate it was
+ * given; devices holding the root refuse: a self-signed "signing
+ * certificate", and a correctly certified key that is not in their
+ * bootloader's key slots (installing would leave them unbootable).
+ */
+static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", "--time-scale", "3600", NULL };
+	struct daemon d;
+	char *cfg, *y, *log, *stats, *bin, *root, *ka;
+	int64_t r1, r2;
+	pid_t sim;
+	int status;
+	json_t *s, *img;
+	const char *k;
+	int selfsigned = 0, brick = 0;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
+	make_bad_certs(d.dir);
+	make_key(d.dir, "a");
+	make_key(d.dir, "unslotted");
+	certify(d.dir, "root", "a", NULL);
+	certify(d.dir, "root", "unslotted", NULL);
+	cfg = xasprintf("keys:\n  selfsigned: { spec: %s/selfsigned.pem, certificate: %s/selfsigned.crt }\n"
+			"  unslotted: { spec: %s/unslotted.pem, certificate: %s/unslotted.crt }\n",
+			d.dir, d.dir, d.dir, d.dir);
+	d.config = xasprintf("%s/config.yml", d.dir);
+	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(&d, args), 0);
+	log = xasprintf("%s/sim.log", d.dir);
+	stats = xasprintf("%s/stats.json", d.dir);
+	root = xasprintf("%s/root/root.crt.pem", d.dir);
+	ka = xasprintf("%s/a.pub", d.dir);
+	bin = h_bin("otacd-fleetsim");
+	{
+		char *prof = xasprintf("%s/profile.json", d.dir);
+		assert_int_equal(ota_write_file_atomic(prof, CALM, strlen(CALM), 0600), 0);
+		sim = fork();
+		if (sim == 0) {
+			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			/* the bootloader holds key a only */
+			execl(bin, bin, "--url", d.device_url, "--devices", "200", "--seed", "5", "--trust-root", root, "--key",
+			      ka, "--fleet-key", d.fleet_key, "--product", "fw", "--profile", prof, "--start-version", "1.0.0",
+			      "--start-counter", "1", "--duration", "300", "--stats", stats, (char *)NULL);
+			_exit(127);
+		}
+		free(prof);
+	}
+	y = fleet_pipeline("1.1.0", 1, "selfsigned", "{percent: 100, hold: 1h}");
+	r1 = release_of_run(&d, h_trigger(&d, y));
+	free(y);
+	/* the devices judged it before the next release supersedes it */
+	for (int waited = 0; !file_has(log, "IMAGE REFUSED") && waited < 30000; waited += 100)
+		h_msleep(100);
+	assert_true(file_has(log, "self-signed"));
+	y = fleet_pipeline("1.2.0", 1, "unslotted", "{percent: 100, hold: 1h}");
+	r2 = release_of_run(&d, h_trigger(&d, y));
+	free(y);
+	assert_true(r1 > 0 && r2 > 0);
+	h_msleep(10000); /* over one poll interval: every device was offered them */
+	assert_int_equal(devices_on(&d, r1), 0);
+	assert_int_equal(devices_on(&d, r2), 0);
+	kill(sim, SIGTERM);
+	waitpid(sim, &status, 0);
+	s = json_load_file(stats, 0, NULL);
+	assert_non_null(s);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(s, "versions"), "1.0.0")), 200);
+	assert_true(json_integer_value(json_object_get(s, "refused_bad_signature")) >= 200);
+	assert_int_equal(json_integer_value(json_object_get(s, "installed")), 0);
+	json_object_foreach(json_object_get(s, "images"), k, img) {
+		const char *err = json_string_value(json_object_get(img, "error"));
+		selfsigned += err && strstr(err, "self-signed") != NULL;
+		brick += err && strstr(err, "the bootloader holds no slot for signing key") != NULL;
+	}
+	assert_int_equal(selfsigned, 1);
+	assert_int_equal(brick, 1);
+	json_decref(s);
+	free(log);
+	free(stats);
+	free(root);
+	free(ka);
+	free(bin);
+	free(cfg);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -797,6 +888,7 @@ int main(void)
 		cmocka_unit_test(release_signed_by_a_retired_key_still_verifies_by_its_chain),
 		cmocka_unit_test(releases_with_bad_chains_do_not_verify),
 		cmocka_unit_test(daemon_publishes_only_newer_root_signed_lists_and_keeps_them),
+		cmocka_unit_test(devices_refuse_bad_chains_and_keys_their_bootloader_lacks),
 		cmocka_unit_test(fleet_rotates_then_survives_a_key_compromise_and_recovers),
 	};
 	int rc;
