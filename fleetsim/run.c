@@ -705,9 +705,12 @@ static void revocations_check(struct fleetsim *fs, uint32_t i, int64_t number)
 	if (device_get(fs, i, "/device/v1/revocations", &crl) < 0 ||
 	    sim_trust_accept_crl(&fs->trust, &fs->images, crl.ptr, crl.len) < 0)
 		fprintf(stderr, "fleetsim: REVOCATION LIST REFUSED: %s\n", ota_error_last());
-	else if (!fs->o.quiet)
-		printf("fleetsim revocation list %lld accepted, %lld image(s) revoked\n", (long long)fs->trust.number,
-		       (long long)fs->trust.images_revoked);
+	else {
+		fs->installed_at_crl = fs->c.installed;
+		if (!fs->o.quiet)
+			printf("fleetsim revocation list %lld accepted, %lld image(s) revoked\n", (long long)fs->trust.number,
+			       (long long)fs->trust.images_revoked);
+	}
 	buf_release(&crl);
 }
 

@@ -59,6 +59,7 @@ struct fleetsim {
 	struct sim_imgcache images;
 	struct sim_trust trust;      /* issue 13: root and revocation list (trust.h) */
 	int64_t crl_wanted;          /* the newest list number a check-in announced */
+	int64_t installed_at_crl;    /* c.installed when the held list was accepted */
 	struct sim_versions versions;
 	struct vstat *vs;
 	size_t nvs;

@@ -516,9 +516,13 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish forged.pem", otactl_bin, d.url, d.token), 1);
 	assert_non_null(strstr(buf_cstr(&out), "not signed by the trust root"));
 	/* only an admin publishes */
-	st = h_call_as(&d, "nobody", "POST", "/api/v1/revocations", json_pack("{ss}", "crl_pem", "x"), &ans);
-	assert_int_equal(st, 401);
-	json_decref(ans);
+	{
+		json_t *req = json_pack("{ss}", "crl_pem", "x");
+		st = h_call_as(&d, "nobody-has-this-token", "POST", "/api/v1/revocations", req, &ans);
+		assert_int_equal(st, 401);
+		json_decref(req);
+		json_decref(ans);
+	}
 	/* list 2, then list 1 (older) and 2 again: refused */
 	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 0);
 	assert_non_null(strstr(buf_cstr(&out), "revocation list 2 published"));
@@ -526,10 +530,13 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 	assert_non_null(strstr(buf_cstr(&out), "not newer than the held list 2"));
 	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 1);
 	/* garbage */
-	st = h_post(&d, "/api/v1/revocations", json_pack("{ss}", "crl_pem", "-----BEGIN X509 CRL-----\nAA\n-----END X509 CRL-----\n"),
-		    &ans);
-	assert_int_equal(st, 400);
-	json_decref(ans);
+	{
+		json_t *req = json_pack("{ss}", "crl_pem", "-----BEGIN X509 CRL-----\nAA\n-----END X509 CRL-----\n");
+		st = h_post(&d, "/api/v1/revocations", req, &ans);
+		assert_int_equal(st, 400);
+		json_decref(req);
+		json_decref(ans);
+	}
 
 	/* each publication and refusal is in the audit log, with who */
 	assert_int_equal(h_get(&d, "/api/v1/audit", &ans), 200);
@@ -723,13 +730,13 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	{
 		char *p = xasprintf("/api/v1/releases/%lld/promote", (long long)r3);
 		json_t *ans = NULL;
-		assert_int_equal(h_post(&d, p, json_pack("{sb ss}", "skip_step", 1, "reason", "test: offer b's release to all"),
-					&ans), 200);
+		json_t *req = json_pack("{sb ss}", "skip_step", 1, "reason", "test: offer b's release to all");
+		assert_int_equal(h_post(&d, p, req, &ans), 200);
+		json_decref(req);
 		json_decref(ans);
 		free(p);
 	}
 	h_msleep(8000); /* more than one poll interval (6 otacd hours) */
-	assert_true(devices_on(&d, r3) <= on3);
 
 	/* recovery: the same code, re-signed with the fresh key c, reaches
 	 * every device; none is stuck (bricked) on the way */
@@ -743,7 +750,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	waitpid(sim, &status, 0);
 	s = json_load_file(stats, 0, NULL);
 	assert_non_null(s);
-	print_message("fleet: %lld devices ran b's 1.3.0 at the revocation, %lld ever; %lld refusals of bad signatures,"
+	print_message("fleet: %lld devices ran b's 1.3.0 at the revocation (server's count), %lld ever; %lld refusals of bad signatures,"
 		      " %lld image(s) revoked; %lld on c's 1.4.0\n", (long long)on3,
 		      (long long)json_integer_value(json_object_get(json_object_get(s, "ever_ran"), "1.3.0")),
 		      (long long)json_integer_value(json_object_get(s, "refused_bad_signature")),
@@ -754,7 +761,13 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	assert_int_equal(json_integer_value(json_object_get(s, "revocations_refused")), 0);
 	/* devices were offered b's 1.3.0 after the revocation and refused it */
 	assert_true(json_integer_value(json_object_get(s, "refused_bad_signature")) > 0);
-	assert_true(json_integer_value(json_object_get(json_object_get(s, "ever_ran"), "1.3.0")) <= on3);
+	/* since the list arrived, the only installs were c's 1.4.0, one per
+	 * device: nothing of b's installed after the revocation (devices that
+	 * had installed 1.3.0 before it may still have confirmed it) */
+	assert_int_equal(json_integer_value(json_object_get(s, "installed")) -
+				 json_integer_value(json_object_get(s, "installed_at_revocation")),
+			 FLEET);
+	assert_true(json_integer_value(json_object_get(json_object_get(s, "ever_ran"), "1.3.0")) < FLEET / 5);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(s, "versions"), "1.4.0")), FLEET);
 	/* b's images are refused with the reason, c's is good */
 	{
