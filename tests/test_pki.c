@@ -208,6 +208,7 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	json_decref(c);
 	X509_free(root);
 	X509_free(other);
+	sh_in(dir, NULL, "rm -rf %s", dir);
 	free(dir);
 }
 
@@ -273,6 +274,49 @@ static void revocation_lists_must_be_the_roots_and_newer_on_devices(void **state
 	free(crl1);
 	free(crl2);
 	free(forged);
+	sh_in(dir, NULL, "rm -rf %s", dir);
+	free(dir);
+}
+
+/* The root key in a token (SoftHSM2 standing in for the offline HSM): it
+ * never leaves it, and init, certify and revoke work through PKCS#11. */
+static void root_key_in_a_token_certifies_and_revokes(void **state)
+{
+	char *dir = h_tmpdir(), id[65];
+	struct buf out = BUF_INIT;
+	const char *uri = "'pkcs11:token=offline;object=root'";
+
+	(void)state;
+	if (access("/usr/lib/softhsm/libsofthsm2.so", R_OK) != 0)
+		fail_msg("needs SoftHSM2: apt-get install softhsm2 opensc libengine-pkcs11-openssl");
+	assert_int_equal(sh_in(dir, NULL, "mkdir -p tokens && printf 'directories.tokendir = %s/tokens\\nobjectstore.backend = file\\n'"
+				       " > softhsm2.conf", dir), 0);
+	{
+		char *conf = xasprintf("%s/softhsm2.conf", dir);
+		setenv("SOFTHSM2_CONF", conf, 1);
+		free(conf);
+	}
+	unsetenv("OTACD_PKCS11_MODULE");
+	assert_int_equal(sh_in(dir, NULL, "softhsm2-util --init-token --free --label offline --pin 1234 --so-pin 5678 >/dev/null"
+				       " && pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label offline --login --pin 1234"
+				       " --keypairgen --key-type EC:prime256v1 --label root --id 01 >/dev/null"), 0);
+	assert_int_equal(sh_in(dir, NULL, "%s keys root init root --key %s --pin 1234 --cn 'hsm root'", otactl_bin, uri), 0);
+	assert_int_not_equal(access("root/root.key.pem", F_OK), 0); /* no key file: it is in the token */
+	make_key(dir, "a");
+	assert_int_equal(sh_in(dir, NULL, "%s keys certify a.pub --root root --root-key %s --pin 1234 -o a.crt", otactl_bin, uri), 0);
+	/* OpenSSL's own verifier agrees */
+	assert_int_equal(sh_in(dir, &out, "openssl verify -x509_strict -CAfile root/root.crt.pem a.crt"), 0);
+	key_id(dir, "a", id);
+	assert_int_equal(sh_in(dir, NULL, "%s keys revoke %s --root root --root-key %s --pin 1234 --reason keyCompromise -o crl.pem",
+			       otactl_bin, id, uri), 0);
+	assert_int_equal(sh_in(dir, &out, "openssl verify -crl_check -CRLfile crl.pem -CAfile root/root.crt.pem a.crt"), 2);
+	assert_non_null(strstr(buf_cstr(&out), "certificate revoked"));
+	/* a wrong PIN signs nothing */
+	assert_int_not_equal(sh_in(dir, &out, "%s keys certify a.pub --root root --root-key %s --pin 9999 -o b.crt", otactl_bin, uri), 0);
+	assert_int_not_equal(access("b.crt", F_OK), 0);
+	unsetenv("SOFTHSM2_CONF");
+	buf_release(&out);
+	sh_in(dir, NULL, "rm -rf %s", dir);
 	free(dir);
 }
 
@@ -898,6 +942,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(chain_check_refuses_expired_future_misused_self_signed_and_foreign_certificates),
 		cmocka_unit_test(revocation_lists_must_be_the_roots_and_newer_on_devices),
+		cmocka_unit_test(root_key_in_a_token_certifies_and_revokes),
 		cmocka_unit_test(release_signed_by_a_retired_key_still_verifies_by_its_chain),
 		cmocka_unit_test(releases_with_bad_chains_do_not_verify),
 		cmocka_unit_test(daemon_publishes_only_newer_root_signed_lists_and_keeps_them),
