@@ -911,6 +911,22 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 	free(y);
 	assert_true(r1 > 0 && r2 > 0);
 	h_msleep(10000); /* over one poll interval: every device was offered them */
+	/* a signed manifest only goes to a device offered its release */
+	{
+		char **cred = h_register_devices(&d, "stranger", 1);
+		struct buf out = BUF_INIT;
+		assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
+					       " -H 'X-Device-Id: stranger-0000' %s/device/v1/releases/%lld/manifest", cred[0],
+				       d.device_url, (long long)r1), 0);
+		assert_string_equal(buf_cstr(&out), "403");
+		assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
+					       " -H 'X-Device-Id: stranger-0000' %s/device/v1/releases/999/manifest", cred[0],
+				       d.device_url), 0);
+		assert_string_equal(buf_cstr(&out), "404");
+		free(cred[0]);
+		free(cred);
+		buf_release(&out);
+	}
 	assert_int_equal(devices_on(&d, r1), 0);
 	assert_int_equal(devices_on(&d, r2), 0);
 	kill(sim, SIGTERM);

@@ -487,8 +487,19 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	return ret;
 }
 
+struct pki_offer {
+	struct fleet *f;
+	const char *dev;
+};
+
+static int pki_image_offered(void *arg, const char *sha)
+{
+	struct pki_offer *o = arg;
+	return fleet_image_allowed(o->f, sha, o->dev) != 0;
+}
+
 /* issue 13: the revocation list and a release's signed manifest (devapi_pki.c),
- * to an authenticated device */
+ * to an authenticated device; a manifest only to a device offered the release */
 static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *url)
 {
 	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
@@ -503,7 +514,12 @@ static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct
 		rc = devapi_pki_revocations(&out);
 	} else if (sscanf(url + 20, "%lld/%15[a-z]%n", &rel, tail, &n) == 2 && !url[20 + n] && rel > 0 &&
 		   !strcmp(tail, "manifest")) {
+		struct pki_offer o = { a->f, dev };
 		rc = devapi_pki_manifest(rel, &out);
+		if (rc == 0 && !devapi_pki_offered(&out, pki_image_offered, &o)) {
+			buf_release(&out);
+			return reply_error(c, MHD_HTTP_FORBIDDEN, "release %lld was not offered to device '%s'", rel, dev);
+		}
 	} else {
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint");
 	}

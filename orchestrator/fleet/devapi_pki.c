@@ -5,7 +5,8 @@
  *                                         list (PEM), 404 when none;
  *   GET /device/v1/releases/ID/manifest   the release's signed manifest
  *                                         (its DSSE envelope, which carries
- *                                         the signing chain).
+ *                                         the signing chain), only to a
+ *                                         device offered one of its images.
  *
  * devapi.c authenticates the device and replies; this file only reads.
  * Both bodies are signed (by the root, by the release key): a device
@@ -16,9 +17,11 @@
 #include "devapi_pki.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "../artifact.h"
 #include "../pki.h"
+#include "../provenance.h"
 #include "../store.h"
 
 int devapi_pki_revocations(struct buf *out)
@@ -60,4 +63,25 @@ int devapi_pki_manifest(int64_t release, struct buf *out)
 	if (n < 0 || (int64_t)out->len != size)
 		return ota_error_set(OTA_ERROR, "release %lld: cannot read its manifest", (long long)release);
 	return 0;
+}
+
+int devapi_pki_offered(const struct buf *env, int (*allowed)(void *arg, const char *sha256), void *arg)
+{
+	json_t *e = json_loadb(env->ptr ? env->ptr : "", env->len, 0, NULL), *m = NULL, *img;
+	const char *b64 = json_string_value(json_object_get(e, "payload"));
+	struct buf raw = BUF_INIT;
+	size_t i;
+	int ok = 0;
+
+	if (b64 && dsse_base64_decode(&raw, b64, strlen(b64)) == 0 &&
+	    (m = json_loadb(raw.ptr ? raw.ptr : "", raw.len, 0, NULL)) != NULL)
+		json_array_foreach(json_object_get(m, "images"), i, img) {
+			const char *sha = json_string_value(json_object_get(img, "sha256"));
+			if (!ok && sha && allowed(arg, sha))
+				ok = 1;
+		}
+	json_decref(e);
+	json_decref(m);
+	buf_release(&raw);
+	return ok;
 }

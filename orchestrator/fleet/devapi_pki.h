@@ -17,4 +17,8 @@ int devapi_pki_revocations(struct buf *out);
  * OTA_ENOTFOUND when there is no such release. */
 int devapi_pki_manifest(int64_t release, struct buf *out);
 
+/* 1 when allowed(arg, sha256) is non-zero for one of the images the
+ * envelope's manifest lists (the device was offered the release), else 0. */
+int devapi_pki_offered(const struct buf *env, int (*allowed)(void *arg, const char *sha256), void *arg);
+
 #endif
