@@ -35,38 +35,40 @@ struct kopts {
 
 static int parse(struct kopts *o, int argc, char **argv, const char *cmd)
 {
+	const struct {
+		const char *name;
+		const char **dst;
+	} opts[] = {
+		{ "--root", &o->root },        { "--root-key", &o->root_key }, { "--pin", &o->pin },
+		{ "--cn", &o->cn },            { "-o", &o->out },              { "--reason", &o->reason },
+		{ "--not-before", &o->not_before }, { "--not-after", &o->not_after }, { "--key", &o->key },
+	};
+
 	memset(o, 0, sizeof(*o));
 	o->days = -1;
 	for (int i = 1; i < argc; i++) {
 		const char *v = NULL;
-		int r = 0;
-		const char **slot = NULL;
-		static const char *const names[] = { "--root", "--root-key", "--pin", "--cn", "-o", "--reason",
-						     "--not-before", "--not-after", "--key", "--days" };
-		for (size_t k = 0; k < OTA_ARRAY_SIZE(names) && !r; k++) {
-			r = opt_value(names[k], argc, argv, &i, &v);
-			if (r > 0)
-				slot = k == 0 ? &o->root : k == 1 ? &o->root_key : k == 2 ? &o->pin : k == 3 ? &o->cn
-				     : k == 4 ? &o->out : k == 5 ? &o->reason : k == 6 ? &o->not_before
-				     : k == 7 ? &o->not_after : k == 8 ? &o->key : NULL;
-			if (r > 0 && k == 9) {
-				char *end = NULL;
-				long d = strtol(v, &end, 10);
-				if (*end || d < 1 || d > 36500)
-					return usage_error(cmd, "--days must be 1..36500");
-				o->days = (int)d;
-			}
+		int r = opt_value("--days", argc, argv, &i, &v);
+		if (r > 0) {
+			char *end = NULL;
+			long d = strtol(v, &end, 10);
+			if (*end || d < 1 || d > 36500)
+				return usage_error(cmd, "--days must be 1..36500");
+			o->days = (int)d;
+			continue;
 		}
+		for (size_t k = 0; k < OTA_ARRAY_SIZE(opts) && r == 0; k++)
+			if ((r = opt_value(opts[k].name, argc, argv, &i, &v)) > 0)
+				*opts[k].dst = v;
 		if (r < 0)
 			return usage_error(cmd, "%s needs a value", argv[i]);
-		if (slot)
-			*slot = v;
-		else if (r == 0 && is_option(argv[i]))
+		if (r > 0)
+			continue;
+		if (is_option(argv[i]))
 			return usage_error(cmd, "unknown option '%s'", argv[i]);
-		else if (r == 0 && o->npos < 2)
-			o->pos[o->npos++] = argv[i];
-		else if (r == 0)
+		if (o->npos == 2)
 			return usage_error(cmd, "unexpected argument '%s'", argv[i]);
+		o->pos[o->npos++] = argv[i];
 	}
 	return 0;
 }
@@ -195,7 +197,12 @@ static int certify(const struct kopts *o)
 		fail("keys certify");
 		goto out;
 	}
-	printf("certified key %s (serial %s) until %lld: %s\n", id, serial, (long long)na, o->out);
+	{
+		char until[32];
+		struct tm tm;
+		strftime(until, sizeof(until), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&na, &tm));
+		printf("certified key %s (serial %s) until %s: %s\n", id, serial, until, o->out);
+	}
 	rc = EXIT_OK;
 out:
 	X509_free(root);

@@ -277,6 +277,8 @@ int pki_certify(struct buf *out, const struct sign_key *root, X509 *root_cert, E
 		return ota_error_set(OTA_EINVAL, "the validity period is empty (not after <= not before)");
 	if (pki_cert_keyid(root_cert, rid) < 0 || strcmp(rid, sign_key_id(root)) != 0)
 		return ota_error_set(OTA_EINVAL, "the root key is not the key of the root certificate");
+	if (X509_cmp_time(X509_get0_notAfter(root_cert), &not_after) < 0)
+		return ota_error_set(OTA_EINVAL, "the certificate would outlive the root (shorten --days or --not-after)");
 	if ((rc = make_cert(&x, sign_key_pkey(root), root_cert, subject, cn, not_before, not_after, 0)) == 0)
 		rc = pki_cert_pem(x, out);
 	X509_free(x);

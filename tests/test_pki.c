@@ -459,6 +459,9 @@ static void release_signed_by_a_retired_key_still_verifies_by_its_chain(void **s
 	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin, d.url,
 			       d.token, (long long)r1), 0);
 	assert_non_null(strstr(buf_cstr(&out), "release verifies"));
+	/* ... or trusting the daemon's root (GET /api/v1/trust), as with its keys */
+	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld", otactl_bin, d.url, d.token, (long long)r1), 0);
+	assert_non_null(strstr(buf_cstr(&out), "chains to the trust root"));
 	/* the new key's release verifies the same way */
 	r2 = release_with(&d, "1.2.0", "b", &st);
 	assert_string_equal(st, "passed");
