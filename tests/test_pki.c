@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "../fleetsim/trust.h"
+#include "../orchestrator/manifest.h"
 #include "../orchestrator/pki.h"
 #include "harness.h"
 
@@ -197,6 +198,27 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	/* a chain padded with the real root does not help a foreign leaf */
 	assert_int_equal(sh_in(dir, NULL, "cat foreign.crt root/root.crt.pem > padded.crt"), 0);
 	expect_refused(root, dir, "padded.crt", now, NULL, "does not end at the trusted root");
+
+	/* the manifest's schema: a chain is 1 to 4 strings */
+	{
+		json_t *m = json_pack("{ss ss ss sI s{} ss s[] s[s] sI ss s[{ss ss ss sI}]}", "product", "fw", "version", "1.0.0",
+				      "build_version", "1.0.0+1", "run", (json_int_t)1, "git", "built_at",
+				      "2026-01-01T00:00:00Z", "builders", "hardware", "h", "security_counter", (json_int_t)1,
+				      "key_id", "k", "images", "name", "a", "type", "application", "sha256",
+				      "0000000000000000000000000000000000000000000000000000000000000000", "size", (json_int_t)1);
+		assert_non_null(m);
+		assert_int_equal(manifest_check(m), 0);
+		json_object_set_new(m, "signing_chain", json_pack("[i]", 1));
+		assert_int_equal(manifest_check(m), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "signing_chain[0] must be a PEM string"));
+		json_object_set_new(m, "signing_chain", json_array());
+		assert_int_equal(manifest_check(m), OTA_EINVAL);
+		json_object_set_new(m, "signing_chain", json_pack("[ssss s]", "a", "b", "c", "d", "e"));
+		assert_int_equal(manifest_check(m), OTA_EINVAL);
+		json_object_set_new(m, "signing_chain", json_pack("[s]", "pem"));
+		assert_int_equal(manifest_check(m), 0);
+		json_decref(m);
+	}
 
 	/* malformed chains are refused by name */
 	c = json_pack("[s]", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
