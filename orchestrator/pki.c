@@ -303,10 +303,13 @@ int pki_chain_from_pem(json_t **out, const void *text, size_t len)
 		if (!e)
 			break;
 		e += sizeof(end) - 1;
-		if (json_array_size(arr) == PKI_CHAIN_MAX || pki_cert_load(&x, b, (size_t)(e - b)) < 0) {
+		if (json_array_size(arr) == PKI_CHAIN_MAX) {
 			json_decref(arr);
-			return json_array_size(arr) == PKI_CHAIN_MAX ? ota_error_set(OTA_EINVAL, "more than %d certificates", PKI_CHAIN_MAX)
-								     : OTA_EINVAL;
+			return ota_error_set(OTA_EINVAL, "more than %d certificates", PKI_CHAIN_MAX);
+		}
+		if (pki_cert_load(&x, b, (size_t)(e - b)) < 0) {
+			json_decref(arr);
+			return OTA_EINVAL;
 		}
 		X509_free(x);
 		json_array_append_new(arr, json_sprintf("%.*s\n", (int)(e - b), b));

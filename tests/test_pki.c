@@ -199,6 +199,16 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	assert_int_equal(sh_in(dir, NULL, "cat foreign.crt root/root.crt.pem > padded.crt"), 0);
 	expect_refused(root, dir, "padded.crt", now, NULL, "does not end at the trusted root");
 
+	/* a chain file holds 1 to 4 certificates */
+	assert_int_equal(sh_in(dir, NULL, "cat good.crt good.crt good.crt good.crt good.crt > five.crt"), 0);
+	{
+		char *t = read_text(dir, "five.crt");
+		assert_int_equal(pki_chain_from_pem(&c, t, strlen(t)), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "more than 4 certificates"));
+		assert_int_equal(pki_chain_from_pem(&c, "no pem", 6), OTA_EINVAL);
+		free(t);
+	}
+
 	/* the manifest's schema: a chain is 1 to 4 strings */
 	{
 		json_t *m = json_pack("{ss ss ss sI s{} ss s[] s[s] sI ss s[{ss ss ss sI}]}", "product", "fw", "version", "1.0.0",
