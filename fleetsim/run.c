@@ -701,11 +701,13 @@ static void revocations_check(struct fleetsim *fs, uint32_t i, int64_t number)
 
 	if (!fs->trust.root || number <= fs->trust.number || number <= fs->crl_wanted)
 		return;
-	fs->crl_wanted = number;
-	if (device_get(fs, i, "/device/v1/revocations", &crl) < 0 ||
-	    sim_trust_accept_crl(&fs->trust, &fs->images, crl.ptr, crl.len) < 0)
+	fs->crl_wanted = number;       /* a refused list is not fetched again */
+	if (device_get(fs, i, "/device/v1/revocations", &crl) < 0) {
+		fs->crl_wanted = fs->trust.number; /* the next check-in tries again */
+		fs_warn(fs, "revocation list %lld: %s", (long long)number, ota_error_last());
+	} else if (sim_trust_accept_crl(&fs->trust, &fs->images, crl.ptr, crl.len) < 0) {
 		fprintf(stderr, "fleetsim: REVOCATION LIST REFUSED: %s\n", ota_error_last());
-	else {
+	} else {
 		fs->installed_at_crl = fs->c.installed;
 		if (!fs->o.quiet)
 			printf("fleetsim revocation list %lld accepted, %lld image(s) revoked\n", (long long)fs->trust.number,
