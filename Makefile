@@ -95,6 +95,11 @@ $(BIN)/test_fleetsim: $(BUILD)/obj/tests/test_fleetsim.o $(BUILD)/obj/fleetsim/s
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# The signing PKI's test also checks the devices' side (fleetsim/trust.c).
+$(BIN)/test_pki: $(BUILD)/obj/tests/test_pki.o $(BUILD)/obj/fleetsim/sim.o $(BUILD)/obj/fleetsim/trust.o $(TEST_SUPPORT) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 $(BIN)/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -100,6 +100,8 @@ int cmd_audit(int argc, char **argv);
 /* cli/devca.c: the device CA, provisioners, device certificates (issue 13) */
 int cmd_fleet(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
+/* cli/keys.c: the signing PKI (docs/security.md) */
+int cmd_keys(int argc, char **argv);
 /* reports.c: `show RUN --tests / --findings` (run_id as the API names it). */
 int show_reports(const char *run_id, int tests, int findings);
 

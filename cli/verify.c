@@ -6,8 +6,11 @@
  * status page shows: commit, manifest and its signature, every image,
  * provenance), reading the release, its artifacts and the commit over the
  * daemon's HTTP API; one line per check.  Trusted keys are the --key
- * files, else the daemon's published keys (GET /api/v1/keys).  Nothing is
- * trusted from the release itself.
+ * files, else the daemon's published keys (GET /api/v1/keys); with --root
+ * ROOT.crt.pem (or, with neither, the daemon's GET /api/v1/trust) a release's
+ * own signing chain is checked up to that root (orchestrator/pki.h), and
+ * the daemon's revocation list is applied when the root signed it.  Nothing
+ * is trusted from the release itself but what the root certified.
  */
 #include "verify.h"
 
@@ -18,6 +21,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/pki.h"
 #include "../orchestrator/relverify.h"
 
 struct ctx {
@@ -122,6 +126,30 @@ static int src_commit(void *arg, const char *repo, const char *commit, json_t **
 	return rc;
 }
 
+/*
+ * issue 13: without --root (and without --key), the daemon's trust root;
+ * the daemon's revocation list in any case, accepted only when it is signed
+ * by the root in use.
+ */
+static int trust_from_daemon(struct ctx *c, X509 **root, X509_CRL **crl)
+{
+	json_t *t = NULL;
+	const char *rp, *cp;
+	int64_t number = 0;
+	int rc = 0;
+
+	if (get_json(c, "/api/v1/trust", &t) < 0)
+		return 0; /* an older daemon: keys only */
+	rp = json_string_value(json_object_get(t, "root_pem"));
+	cp = json_string_value(json_object_get(t, "revocations_pem"));
+	if (!*root && !c->keys.n && rp && (rc = pki_root_load(root, rp, strlen(rp))) < 0)
+		ota_error_prefix("the daemon's trust root");
+	if (rc == 0 && *root && cp && (rc = pki_crl_load(crl, &number, cp, strlen(cp), *root)) < 0)
+		ota_error_prefix("the daemon's revocation list");
+	json_decref(t);
+	return rc;
+}
+
 static int verify_release(struct ctx *c, const char *id)
 {
 	const struct relverify_src src = { src_release, src_artifact, src_commit, c };
@@ -146,12 +174,16 @@ static int verify_release(struct ctx *c, const char *id)
 
 int otactl_verify(const char *url, const char *token, int argc, char **argv)
 {
-	struct ctx c = { url, token, { { 0 }, { { 0 } }, 0 }, 0 };
-	const char *what = NULL;
+	struct ctx c = { url, token, { { 0 }, { { 0 } }, 0, NULL, NULL }, 0 };
+	const char *what = NULL, *root_file = NULL;
+	X509 *root = NULL;
+	X509_CRL *crl = NULL;
 	int rc;
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--key") && i + 1 < argc) {
+		if (!strcmp(argv[i], "--root") && i + 1 < argc) {
+			root_file = argv[++i];
+		} else if (!strcmp(argv[i], "--key") && i + 1 < argc) {
 			struct buf pem = BUF_INIT;
 			if (ota_read_file(&pem, argv[++i], 1 << 20) < 0 || relverify_keys_add_pem(&c.keys, pem.ptr, pem.len) < 0) {
 				fprintf(stderr, "otactl: cannot load public key %s: %s\n", argv[i], ota_error_last());
@@ -170,7 +202,18 @@ int otactl_verify(const char *url, const char *token, int argc, char **argv)
 		fprintf(stderr, "usage: otactl verify RELEASE [--key PUB.pem]... | otactl verify IMAGE --key PUB.pem\n");
 		return 2;
 	}
-	if (!c.keys.n && strspn(what, "0123456789") == strlen(what)) {
+	if (root_file && pki_root_load_file(&root, root_file) < 0) {
+		fprintf(stderr, "otactl: cannot load the trust root: %s\n", ota_error_last());
+		return 2;
+	}
+	if (strspn(what, "0123456789") == strlen(what) && trust_from_daemon(&c, &root, &crl) < 0) {
+		fprintf(stderr, "otactl: %s\n", ota_error_last());
+		X509_free(root);
+		return 3;
+	}
+	c.keys.root = root;
+	c.keys.crl = crl;
+	if (!c.keys.n && !root && strspn(what, "0123456789") == strlen(what)) {
 		/* trust what the daemon publishes */
 		struct buf keys = BUF_INIT;
 		json_t *arr, *k;
@@ -187,11 +230,13 @@ int otactl_verify(const char *url, const char *token, int argc, char **argv)
 		json_decref(arr);
 		buf_release(&keys);
 	}
-	if (!c.keys.n) {
-		fprintf(stderr, "otactl: no public key to verify with: give --key PUB.pem\n");
+	if (!c.keys.n && !root) {
+		fprintf(stderr, "otactl: no public key to verify with: give --key PUB.pem or --root ROOT.crt.pem\n");
 		return 2;
 	}
 	rc = strspn(what, "0123456789") == strlen(what) ? verify_release(&c, what) : verify_image_file(&c, what);
 	relverify_keys_release(&c.keys);
+	X509_free(root);
+	X509_CRL_free(crl);
 	return rc;
 }

@@ -240,6 +240,13 @@ int fs_write_stats(struct fleetsim *fs)
 	S(requests_failed); S(flaky_aborts); S(heartbeats); S(withdrawn_downloads);
 #undef S
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
+	/* issue 13: the signing PKI on the devices' side (trust.h) */
+	json_object_set_new(st, "revocations", json_integer(fs->trust.number));
+	json_object_set_new(st, "revocations_accepted", json_integer(fs->trust.crl_accepted));
+	json_object_set_new(st, "revocations_refused", json_integer(fs->trust.crl_refused));
+	json_object_set_new(st, "images_revoked", json_integer(fs->trust.images_revoked));
+	json_object_set_new(st, "chain_refused", json_integer(fs->trust.chain_refused));
+	json_object_set_new(st, "installed_at_revocation", json_integer(fs->installed_at_crl));
 	json_object_set_new(st, "images", images);
 	json_object_set_new(st, "otacd_elapsed_ms",
 			    json_integer(fs->time_known ? fs_now(fs) - fs->t0 : 0));

@@ -34,6 +34,8 @@
 #include "run_int.h"
 
 #include <curl/curl.h>
+
+#include "../common/httpc.h"
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -641,6 +643,7 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 	if (!x)
 		return;
 	xfer_as_device(fs, x, i);
+	x->dev = i;     /* trust_verify fetches the manifest as this device */
 	x->image = image;
 	if (sim_download_init(&x->fetch, UINT32_MAX, image)) {
 		x->busy = 0;
@@ -657,6 +660,74 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 	img->state = SIM_IMG_FETCHING;
 }
 
+/*
+ * issue 13: a small GET as device i, outside the event loop (blocking).
+ * Used once per release (its signed manifest) and once per revocation
+ * list, so a whole run makes a handful of them.
+ */
+static int device_get(struct fleetsim *fs, uint32_t i, const char *path, struct buf *out)
+{
+	char hex[2 * sizeof(fs->cred[0]) + 1], id[16], xdev[64];
+	const char *const hdrs[] = { xdev, NULL };
+	struct httpc_response resp;
+	char *url = xasprintf("%s%s", fs->base, path);
+	int rc;
+
+	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
+	sim_device_id(id, sizeof(id), i);
+	snprintf(xdev, sizeof(xdev), "X-Device-Id: %s", id);
+	rc = httpc_request_ex(&resp, "GET", url, hex, NULL, NULL, 0, 30000, hdrs);
+	if (rc == 0 && resp.status != 200)
+		rc = ota_error_set(OTA_ERROR, "GET %s: HTTP %ld %.200s", path, resp.status, buf_cstr(&resp.body));
+	if (rc == 0) {
+		buf_release(out);
+		*out = resp.body;
+		buf_init(&resp.body, 0);
+	}
+	httpc_response_release(&resp);
+	free(url);
+	return rc;
+}
+
+/* The image's verdict by the signing PKI: its release's signed manifest
+ * from the server, then trust.c's checks. */
+static int trust_verify(struct fleetsim *fs, struct sim_image *img, struct xfer *x)
+{
+	struct buf env = BUF_INIT;
+	char *path = xasprintf("/device/v1/releases/%lld/manifest", (long long)img->release);
+	int rc;
+
+	if (img->release <= 0 || device_get(fs, x->dev, path, &env) < 0)
+		fs_warn(fs, "image %.12s: no signed manifest: %s", img->sha256, ota_error_last());
+	rc = sim_trust_verify_image(&fs->trust, &fs->images, img, x->keep.ptr, x->keep.len, env.ptr, env.len,
+				    fs->images.keys, fs->images.nkeys);
+	buf_release(&env);
+	free(path);
+	return rc;
+}
+
+/* A check-in announced revocation list `number`: fetch it once, as device i. */
+static void revocations_check(struct fleetsim *fs, uint32_t i, int64_t number)
+{
+	struct buf crl = BUF_INIT;
+
+	if (!fs->trust.root || number <= fs->trust.number || number <= fs->crl_wanted)
+		return;
+	fs->crl_wanted = number;       /* a refused list is not fetched again */
+	if (device_get(fs, i, "/device/v1/revocations", &crl) < 0) {
+		fs->crl_wanted = fs->trust.number; /* the next check-in tries again */
+		fs_warn(fs, "revocation list %lld: %s", (long long)number, ota_error_last());
+	} else if (sim_trust_accept_crl(&fs->trust, &fs->images, crl.ptr, crl.len) < 0) {
+		fprintf(stderr, "fleetsim: REVOCATION LIST REFUSED: %s\n", ota_error_last());
+	} else {
+		fs->installed_at_crl = fs->c.installed;
+		if (!fs->o.quiet)
+			printf("fleetsim revocation list %lld accepted, %lld image(s) revoked\n", (long long)fs->trust.number,
+			       (long long)fs->trust.images_revoked);
+	}
+	buf_release(&crl);
+}
+
 static void fetch_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
 {
 	struct sim_image *img = fs->images.v[x->image - 1];
@@ -664,7 +735,7 @@ static void fetch_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st
 
 	img->state = SIM_IMG_UNKNOWN;
 	if (rc == CURLE_OK && !x->failed && st == 200) {
-		if (sim_imgcache_verify(&fs->images, img, x->keep.ptr, x->keep.len))
+		if (fs->trust.root ? trust_verify(fs, img, x) : sim_imgcache_verify(&fs->images, img, x->keep.ptr, x->keep.len))
 			fprintf(stderr, "fleetsim: IMAGE REFUSED: %s\n", ota_error_last());
 		if (fs->o.shared_downloads)
 			fs->c.downloads++;
@@ -714,6 +785,8 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 		img->url = url[0] == '/' ? xasprintf("%s%s", fs->base, url) : xstrdup(url);
 	if (!img->size)
 		img->size = json_integer_value(json_object_get(image, "size"));
+	if (!img->release)
+		img->release = json_integer_value(json_object_get(offer, "release"));
 	if (d->flags & (SIM_F_TESTING | SIM_F_WAITING))
 		return;                 /* busy installing something */
 	of.version = version;
@@ -852,6 +925,8 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 							  (double)fs->o.report_every_ms),
 				      i, SIM_EV_HEARTBEAT);
 	}
+	if (json_is_integer(json_object_get(ans, "revocations")))
+		revocations_check(fs, i, json_integer_value(json_object_get(ans, "revocations")));
 	offer = json_object_get(ans, "offer");
 	if (json_is_object(offer))
 		handle_offer(fs, i, offer, now);
@@ -1112,6 +1187,10 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 	pthread_mutex_init(&fs->mlock, NULL);
 	buf_init(&fs->pending, BUF_NOLIMIT);
 	sim_imgcache_init(&fs->images, keys, nkeys);
+	if ((rc = sim_trust_init(&fs->trust, o->trust_root)) < 0) {
+		ota_error_prefix("--trust-root");
+		goto out;
+	}
 	fs->rng = sim_mix64(o->seed ^ 0x5eed);
 	fs->poll_ms = DEFAULT_POLL_MS;
 	fs->base = xstrdup(o->url);
@@ -1215,6 +1294,7 @@ void fleetsim_free(struct fleetsim *fs)
 	buf_release(&fs->pending);
 	sim_versions_release(&fs->versions);
 	sim_imgcache_release(&fs->images);
+	sim_trust_release(&fs->trust);
 	sim_heap_release(&fs->heap);
 	free(fs->dev);
 	free(fs->cred);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "run.h"
+#include "trust.h"
 
 #define METRICS_REAL_MS 1000
 
@@ -56,6 +57,9 @@ struct fleetsim {
 	struct fleetsim_opts o;
 	const struct sim_profile *p;
 	struct sim_imgcache images;
+	struct sim_trust trust;      /* issue 13: root and revocation list (trust.h) */
+	int64_t crl_wanted;          /* the newest list number a check-in announced */
+	int64_t installed_at_crl;    /* c.installed when the held list was accepted */
 	struct sim_versions versions;
 	struct vstat *vs;
 	size_t nvs;

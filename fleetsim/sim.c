@@ -555,6 +555,7 @@ void sim_imgcache_release(struct sim_imgcache *c)
 		free(c->v[i]->url);
 		free(c->v[i]->error);
 		free(c->v[i]->waiters);
+		json_decref(c->v[i]->chain);
 		free(c->v[i]);
 	}
 	free(c->v);
@@ -592,8 +593,19 @@ static int sha256_hex(const void *data, size_t len, char hex[65])
 	return 0;
 }
 
+void sim_image_refuse(struct sim_image *img, const char *why)
+{
+	image_bad(img, why);
+}
+
 int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const void *data,
 			size_t len)
+{
+	return sim_imgcache_verify_with(c, img, data, len, c->keys, c->nkeys);
+}
+
+int sim_imgcache_verify_with(struct sim_imgcache *c, struct sim_image *img, const void *data, size_t len,
+			     EVP_PKEY **keys, size_t nkeys)
 {
 	struct mcuboot_info info;
 	char hex[65];
@@ -614,10 +626,10 @@ int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const voi
 	memcpy(img->sha256, hex, 65);
 	c->verifications++;
 	rc = OTA_EINVAL;
-	if (!c->nkeys)
+	if (!nkeys)
 		buf_puts(&why, "no trusted key");
-	for (size_t i = 0; i < c->nkeys && rc; i++) {
-		rc = mcuboot_verify(&info, data, len, c->keys[i]);
+	for (size_t i = 0; i < nkeys && rc; i++) {
+		rc = mcuboot_verify(&info, data, len, keys[i]);
 		if (rc)
 			buf_printf(&why, "%skey %zu: %s", i ? "; " : "", i + 1, ota_error_last());
 	}

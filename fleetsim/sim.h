@@ -193,6 +193,9 @@ struct sim_image {
 	uint32_t *waiters;          /* devices waiting for the verdict */
 	size_t nwaiters, capwaiters;
 	unsigned fetch_failures;
+	int64_t release;            /* the offer's release id (0 unknown) */
+	json_t *chain;              /* issue 13: its signing chain once trusted (trust.c) */
+	int64_t signed_at;          /* the manifest's built_at, Unix seconds */
 };
 
 struct sim_imgcache {
@@ -216,6 +219,12 @@ long sim_imgcache_find(struct sim_imgcache *c, const char *sha256, int create);
  */
 int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const void *data,
 			size_t len);
+/* The same with the given keys instead of the cache's (trust.c: the
+ * release's certified key). */
+int sim_imgcache_verify_with(struct sim_imgcache *c, struct sim_image *img, const void *data, size_t len,
+			     EVP_PKEY **keys, size_t nkeys);
+/* Set img's verdict to refused, with the reason. */
+void sim_image_refuse(struct sim_image *img, const char *why);
 /* Content-addressed: the image entry for these bytes (by their SHA-256),
  * verified once.  *out borrowed.  0 OK, OTA_EINVAL refused. */
 int sim_imgcache_check(struct sim_imgcache *c, const void *data, size_t len,

@@ -104,6 +104,7 @@ void config_release(struct otacd_config *c)
 	free(c->prometheus_url);
 	json_decref(c->tls); /* issue 13, TLS */
 	json_decref(c->providers);
+	free(c->trust_root);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -351,7 +352,6 @@ static int get_device_tags(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
-/* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "..." } } */
 static int get_strings(struct cfg_ctx *x, yaml_node_t *n, const char *key, struct strvec *v);
 
 /* device_ca: {cert: FILE, key: FILE, also_trust: [FILE]}: the device CA
@@ -382,6 +382,7 @@ static int get_device_ca(struct cfg_ctx *x, yaml_node_t *n)
 	return rc;
 }
 
+/* keys: { NAME: "spec" } or { NAME: { spec: "...", pin: "...", certificate: "..." } } */
 static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 {
 	yaml_node_pair_t *p;
@@ -390,7 +391,8 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(x->doc, p->key);
 		yaml_node_t *v = yaml_document_get_node(x->doc, p->value);
-		const char *spec = NULL, *pin = NULL;
+		const char *spec = NULL, *pin = NULL, *cert = NULL;
+		json_t *e;
 		if (!scalar(k))
 			return cfg_err(x, k, "a key name must be a string%s", "");
 		if (scalar(v)) {
@@ -405,14 +407,20 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 					spec = scalar(vv);
 				else if (!strcmp(ks, "pin") && scalar(vv))
 					pin = scalar(vv);
+				else if (!strcmp(ks, "certificate") && scalar(vv))
+					cert = scalar(vv); /* issue 13: the key's certificate chain (PEM) */
 				else
-					return cfg_err(x, kk, "unknown or non-string key setting '%s' (expected spec, pin)", ks);
+					return cfg_err(x, kk, "unknown or non-string key setting '%s' (expected spec, pin, certificate)", ks);
 			}
 		}
 		if (!spec || !*spec)
 			return cfg_err(x, v, "key '%s' needs a spec: a PEM file or a pkcs11: URI", scalar(k));
-		json_object_set_new(x->c->keys, scalar(k), pin ? json_pack("{ss ss}", "spec", spec, "pin", pin)
-							      : json_pack("{ss}", "spec", spec));
+		e = json_pack("{ss}", "spec", spec);
+		if (pin)
+			json_object_set_new(e, "pin", json_string(pin));
+		if (cert)
+			json_object_set_new(e, "certificate", json_string(cert));
+		json_object_set_new(x->c->keys, scalar(k), e);
 	}
 	return 0;
 }
@@ -621,6 +629,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		/* issue 13, device certificates */
 		"device_ca", "device_auth", "device_cert_validity",
 		"tls", /* issue 13, TLS */
+		"trust_root", /* issue 13, signing PKI */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -743,7 +752,9 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				json_decref(c->tls);
 				c->tls = raw;
 			}
-		} else {
+		} else if (!strcmp(key, "trust_root")) /* issue 13, signing PKI */
+			rc = get_string(x, v, key, &c->trust_root);
+		else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];
 			snprintf(msg, sizeof(msg), "unknown key '%s'%s%s%s", key, hint ? " (did you mean '" : "",

@@ -47,7 +47,7 @@ struct otacd_config {
 	int64_t artifact_retention_ms;  /* unreleased artifacts, default 30 days */
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
-	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"} */
+	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"?, "certificate"?} */
 	json_t *products;               /* release policy: object NAME -> normalised entry (policy.h) */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
 	size_t nrepos;
@@ -74,6 +74,8 @@ struct otacd_config {
 	json_t *providers;              /* metric providers: object NAME -> {"kind", "url", "token"?} */
 	/* issue 13, TLS: the `tls:` block as checked JSON (tls/tls.h), NULL: plain HTTP */
 	json_t *tls;
+	/* issue 13, signing PKI (orchestrator/pki.h, docs/security.md) */
+	char *trust_root;               /* the release root certificate (PEM file) or NULL */
 };
 
 /* The repository called name, or NULL. */

@@ -37,6 +37,7 @@
 #include "localagents.h"
 #include "logstore.h"
 #include "pipeline/pipeline.h"
+#include "pki.h"
 #include "policy.h"
 #include "sources.h"
 #include "store.h"
@@ -415,6 +416,9 @@ int main(int argc, char **argv)
 	}
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
+	/* issue 13: the release root and the held revocation list */
+	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0)
+		goto fail;
 	json_array_foreach(cfg.tokens, i, t) {
 		enum auth_role role = auth_role_parse(json_string_value(json_object_get(t, "role")));
 		const char *name = json_string_value(json_object_get(t, "name"));
@@ -567,6 +571,7 @@ out:
 		close(lockfd);
 	free(path);
 	free(url);
+	pki_trust_close();
 	config_release(&cfg);
 	return status;
 }

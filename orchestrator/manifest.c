@@ -23,6 +23,7 @@ static const struct field top[] = {
 	{ "security_counter", INT, 1 }, { "key_id", STR, 1 },      { "images", ARR, 1 },
 	{ "dependencies", ARR, 0 },  /* toolchain versions: [{command, version}] */
 	{ "reissue_of", OBJ, 0 },    /* rollback --reissue: {release, run} re-signed */
+	{ "signing_chain", ARR, 0 }, /* issue 13: the signing key's certificates, PEM, leaf first (pki.h) */
 };
 
 static const struct field git[] = {
@@ -89,6 +90,11 @@ int manifest_check(const json_t *m)
 		if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
 			return ota_error_set(OTA_EINVAL, "manifest: %s.sha256 is not 64 lowercase hex digits", where);
 	}
+	json_array_foreach(json_object_get(m, "signing_chain"), i, v)
+		if (!json_is_string(v) || i >= 4)
+			return ota_error_set(OTA_EINVAL, "manifest: signing_chain[%zu] must be a PEM string (at most 4)", i);
+	if (json_object_get(m, "signing_chain") && !json_array_size(json_object_get(m, "signing_chain")))
+		return ota_error_set(OTA_EINVAL, "manifest: 'signing_chain' is empty");
 	json_array_foreach(json_object_get(m, "hardware"), i, v)
 		if (!json_is_string(v))
 			return ota_error_set(OTA_EINVAL, "manifest: hardware[%zu] must be a string", i);

@@ -15,6 +15,7 @@
 #include "keys.h"
 #include "manifest.h"
 #include "mcuboot.h"
+#include "pki.h"
 #include "provenance.h"
 
 int relverify_keys_add_pem(struct relverify_keys *k, const char *pem, size_t len)
@@ -164,9 +165,51 @@ static void check_provenance(struct walk *w, const struct relverify_src *src, co
 	buf_release(&payload);
 }
 
-int relverify_release(json_t **out, const struct relverify_src *src, const struct relverify_keys *keys,
+/*
+ * The trusted keys for this release: the given ones, plus the leaf of the
+ * manifest's signing chain when it ends at the root.  The manifest is read
+ * unverified here; the envelope's signature by that leaf is what makes it
+ * the signed one (checked next, against the stored bytes).
+ */
+static void release_keys(struct walk *w, const struct relverify_keys *keys, const struct buf *manifest,
+			 struct relverify_keys *eff)
+{
+	json_t *m = keys->root ? json_loadb(manifest->ptr ? manifest->ptr : "", manifest->len, 0, NULL) : NULL;
+	json_t *chain = json_object_get(m, "signing_chain");
+	EVP_PKEY *leaf = NULL;
+	char keyid[65] = "";
+	time_t at = 0;
+
+	for (size_t i = 0; i < keys->n; i++) {
+		EVP_PKEY_up_ref(keys->key[i]);
+		eff->key[i] = keys->key[i];
+		memcpy(eff->id[i], keys->id[i], sizeof(eff->id[i]));
+	}
+	eff->n = keys->n;
+	if (!chain)
+		goto out;
+	if (pki_parse_time(json_string_value(json_object_get(m, "built_at")), &at) < 0 ||
+	    pki_chain_verify(&leaf, keyid, keys->root, chain, at, keys->crl) < 0) {
+		check(w, "manifest", NULL, 0, "%s", ota_error_last());
+		goto out;
+	}
+	check(w, "manifest", NULL, 1, "signing certificate of key %.16s chains to the trust root (valid at %s, codeSigning%s)",
+	      keyid, json_string_value(json_object_get(m, "built_at")), keys->crl ? ", not revoked" : "");
+	if (eff->n == RELVERIFY_MAX_KEYS)
+		EVP_PKEY_free(eff->key[--eff->n]);
+	eff->key[eff->n] = leaf;
+	memcpy(eff->id[eff->n++], keyid, sizeof(keyid));
+	leaf = NULL;
+out:
+	EVP_PKEY_free(leaf);
+	json_decref(m);
+}
+
+int relverify_release(json_t **out, const struct relverify_src *src, const struct relverify_keys *given,
 		      const char *id)
 {
+	struct relverify_keys eff = { { 0 }, { { 0 } }, 0, NULL, NULL };
+	const struct relverify_keys *keys = &eff;
 	struct buf manifest = BUF_INIT, env = BUF_INIT, payload = BUF_INIT;
 	struct walk w = { json_array(), 0 };
 	json_t *r = NULL, *m = NULL, *e = NULL, *img;
@@ -183,6 +226,7 @@ int relverify_release(json_t **out, const struct relverify_src *src, const struc
 	/* the manifest and its envelope */
 	if (src->artifact(src->arg, json_integer_value(json_object_get(r, "manifest_artifact")), &manifest) < 0)
 		check(&w, "manifest", NULL, 0, "manifest: %s", ota_error_last());
+	release_keys(&w, given, &manifest, &eff);
 	if (src->artifact(src->arg, json_integer_value(json_object_get(r, "envelope_artifact")), &env) < 0 ||
 	    !(e = json_loadb(env.ptr, env.len, 0, NULL)))
 		check(&w, "manifest", NULL, 0, "manifest envelope: cannot read it");
@@ -220,5 +264,6 @@ done:
 	buf_release(&manifest);
 	buf_release(&env);
 	buf_release(&payload);
+	relverify_keys_release(&eff);
 	return w.failed;
 }

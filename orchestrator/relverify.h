@@ -6,7 +6,9 @@
  * The checks, in the order of the chain from commit to images:
  *   commit      the manifest's commit exists in the repository's mirror,
  *               with the manifest's tree;
- *   manifest    the manifest's DSSE envelope is signed by a trusted key and
+ *   manifest    the manifest's signing chain, when there is one and a root
+ *               is given, ends at the root (else the key must be given);
+ *               the manifest's DSSE envelope is signed by a trusted key and
  *               carries exactly the stored manifest; its fields are the
  *               documented ones; the key it names is trusted;
  *   image       each image's bytes have the manifest's sha256 and size, and
@@ -25,6 +27,7 @@
 
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <stdint.h>
 
 #include "../common/util.h"
@@ -35,6 +38,12 @@ struct relverify_keys {
 	EVP_PKEY *key[RELVERIFY_MAX_KEYS];
 	char id[RELVERIFY_MAX_KEYS][65];
 	size_t n;
+	/* issue 13 (pki.h), both borrowed and optional: with a root, a
+	 * manifest's "signing_chain" that ends at it (valid at the manifest's
+	 * built_at, right key usage, not listed in crl) makes its leaf key
+	 * trusted for that release, configured or not. */
+	X509 *root;
+	const X509_CRL *crl;
 };
 
 /* Trust a public key (PEM); OTA_EINVAL if it does not load. */

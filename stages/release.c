@@ -36,6 +36,7 @@
 #include "../orchestrator/keys.h"
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/pki.h"
 #include "../orchestrator/policy.h"
 #include "../orchestrator/provenance.h"
 #include "../orchestrator/store.h"
@@ -230,6 +231,57 @@ static int audit_refusal(struct engine *e, void *arg)
 			    json_pack("{sI ss}", "run", (json_int_t)x->c->run_id, "product", x->product));
 }
 
+/*
+ * issue 13: the key's certificate chain (keys.NAME.certificate), checked
+ * before anything is signed: its leaf must certify this very key and, when
+ * otacd has a trust_root, chain to it now, with the right key usage and
+ * not revoked.  *out stays NULL for a key without a certificate.
+ */
+static int signing_chain(const json_t *kcfg, const struct sign_key *key, time_t at, json_t **out)
+{
+	const char *path = json_string_value(json_object_get(kcfg, "certificate"));
+	struct buf pem = BUF_INIT;
+	X509 *leaf = NULL;
+	X509_CRL *crl = NULL;
+	char id[65] = "";
+	int rc;
+
+	*out = NULL;
+	if (!path) {
+		if (pki_trust_root())
+			return ota_error_set(OTA_EPERM, "otacd has a trust_root: the signing key needs a certificate"
+					     " (keys.NAME.certificate, made with `otactl keys certify`)");
+		return 0;
+	}
+	if ((rc = ota_read_file(&pem, path, PKI_CHAIN_MAX * PKI_CERT_MAX)) < 0 ||
+	    (rc = pki_chain_from_pem(out, pem.ptr, pem.len)) < 0) {
+		ota_error_prefix("certificate %s", path);
+		goto out;
+	}
+	{
+		const char *first = json_string_value(json_array_get(*out, 0));
+		if ((rc = pki_cert_load(&leaf, first, strlen(first))) < 0 || (rc = pki_cert_keyid(leaf, id)) < 0)
+			goto out;
+	}
+	if (strcmp(id, sign_key_id(key)) != 0) {
+		rc = ota_error_set(OTA_EINVAL, "certificate %s certifies key %.16s, not the signing key %.16s", path, id,
+				   sign_key_id(key));
+		goto out;
+	}
+	crl = pki_trust_crl();
+	if (pki_trust_root() && (rc = pki_chain_verify(NULL, NULL, pki_trust_root(), *out, at, crl)) < 0)
+		ota_error_prefix("certificate %s", path);
+out:
+	if (rc < 0) {
+		json_decref(*out);
+		*out = NULL;
+	}
+	X509_CRL_free(crl);
+	X509_free(leaf);
+	buf_release(&pem);
+	return rc;
+}
+
 static int release_run(const struct stage_ctx *c, struct job_result *r)
 {
 	json_t *extra = json_object_get(c->job, "extra");
@@ -246,7 +298,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	struct store *db;
 	sqlite3_stmt *st;
 	json_t *kcfg, *manifest = NULL, *images = NULL, *hardware = NULL, *builders = NULL, *env = NULL, *stmt = NULL;
-	json_t *toolchain = NULL;
+	json_t *toolchain = NULL, *chain = NULL;
+	int64_t signed_ms = clock_now_ms();
 	char *version = NULL, *product = NULL, *branch = NULL, *text = NULL;
 	char msha[65], esha[65], psha[65];
 	int64_t mid = 0, eid = 0, pid = 0, release_id = 0;
@@ -317,6 +370,12 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		goto out;
 	}
 	stage_log(c, "signing with key '%s' (%s, id %.16s)", keyname, sign_alg_name(sign_key_alg(key)), sign_key_id(key));
+	if (signing_chain(kcfg, key, (time_t)(signed_ms / 1000), &chain) < 0) {
+		fail(r, c, "signing key '%s': %s", keyname, ota_error_last());
+		goto out;
+	}
+	if (chain)
+		stage_log(c, "certificate chain of %zu certificate(s) goes into the manifest", json_array_size(chain));
 
 	/* the images: the run's typed artifacts, made by other stages */
 	db = store_reader();
@@ -399,7 +458,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 
 	{
 		char when[32], vfull[64];
-		clock_format(when, clock_now_ms());
+		clock_format(when, signed_ms);
 		snprintf(vfull, sizeof(vfull), "%s+%u", version, build);
 		manifest = json_pack("{ss ss ss sI s{ss? ss? ss? ss?} ss so so ss? sI ss so}", "product", product, "version", version,
 				     "build_version", vfull, "run", (json_int_t)c->run_id, "git", "repo", ri.repo,
@@ -409,6 +468,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		builders = hardware = images = NULL;
 		if (manifest && json_array_size(toolchain))
 			json_object_set(manifest, "dependencies", toolchain);
+		if (manifest && chain)
+			json_object_set(manifest, "signing_chain", chain);
 		if (manifest && reissue_of)
 			json_object_set_new(manifest, "reissue_of", json_pack("{sI sI}", "release", (json_int_t)reissue_of,
 									     "run", (json_int_t)source_run));
@@ -595,6 +656,7 @@ out:
 	}
 	free(img);
 	json_decref(manifest);
+	json_decref(chain);
 	json_decref(images);
 	json_decref(hardware);
 	json_decref(builders);

@@ -167,6 +167,8 @@ enum MHD_Result api_get_releases(struct api *a, struct api_req *r);
 enum MHD_Result api_get_release(struct api *a, struct api_req *r);
 enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r);
 enum MHD_Result api_get_keys(struct api *a, struct api_req *r);
+enum MHD_Result api_get_trust(struct api *a, struct api_req *r);         /* issue 13 */
+enum MHD_Result api_post_revocations(struct api *a, struct api_req *r);  /* issue 13 */
 
 /* api_rollout.c */
 enum MHD_Result api_get_rollout(struct api *a, struct api_req *r);

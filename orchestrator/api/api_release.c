@@ -23,6 +23,8 @@
 #include "../config.h"
 #include "../gitsrc.h"
 #include "../keys.h"
+#include "../engine_int.h"
+#include "../pki.h"
 #include "../relverify.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
@@ -133,6 +135,65 @@ enum MHD_Result api_get_keys(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, public_keys(a->cfg.config));
 }
 
+/* ---- issue 13: the trust root and its revocation list ------------------------ */
+
+/* GET /api/v1/trust: the root certificate and the held revocation list, for
+ * `otactl verify` (a list is checked against the root the caller holds). */
+enum MHD_Result api_get_trust(struct api *a, struct api_req *r)
+{
+	struct buf root = BUF_INIT, crl = BUF_INIT;
+	X509_CRL *c = pki_trust_crl();
+	json_t *ans;
+
+	(void)a;
+	if (pki_trust_root())
+		pki_cert_pem(pki_trust_root(), &root);
+	if (c)
+		pki_crl_pem(c, &crl);
+	ans = json_pack("{s:s? s:s? s:I}", "root_pem", root.len ? buf_cstr(&root) : NULL, "revocations_pem",
+			crl.len ? buf_cstr(&crl) : NULL, "revocations_number", (json_int_t)pki_trust_crl_number());
+	X509_CRL_free(c);
+	buf_release(&root);
+	buf_release(&crl);
+	return api_reply_json(r, MHD_HTTP_OK, ans);
+}
+
+struct revocation_audit {
+	const char *actor, *action;
+	char why[512];
+	int64_t number;
+};
+
+/* Engine thread: one audit row per publication or refusal. */
+static int audit_revocations(struct engine *e, void *arg)
+{
+	struct revocation_audit *x = arg;
+	return engine_audit(e, x->actor, x->action, 0, 0, x->why, json_pack("{sI}", "number", (json_int_t)x->number));
+}
+
+/* POST /api/v1/revocations {"crl_pem"}: publish a root-signed list (admin);
+ * published and refused lists are audited. */
+enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
+{
+	const char *pem = json_string_value(json_object_get(r->json, "crl_pem"));
+	struct revocation_audit x = { r->actor, "revocations_published", "", 0 };
+	int rc;
+
+	if (!pem)
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "crl_pem: missing or not a string");
+	rc = pki_trust_publish(pem, strlen(pem), &x.number);
+	if (rc < 0)
+		x.action = "revocations_refused";
+	snprintf(x.why, sizeof(x.why), "%s", rc < 0 ? ota_error_last() : "revocation list published");
+	if (engine_exec(a->cfg.engine, audit_revocations, &x) < 0)
+		fprintf(stderr, "otacd: audit: %s\n", ota_error_last());
+	if (rc < 0)
+		return api_reply_error(r, rc == OTA_ECONFLICT ? MHD_HTTP_CONFLICT
+					  : rc == OTA_EAUTH ? MHD_HTTP_UNPROCESSABLE_CONTENT : MHD_HTTP_BAD_REQUEST,
+				       "%s", x.why);
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{sI}", "number", (json_int_t)x.number));
+}
+
 /* ---- verification: relverify's sources, read in-process ---------------------- */
 
 struct local_src {
@@ -215,7 +276,8 @@ enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
 {
 	struct local_src ls = { a, store_reader() };
 	const struct relverify_src src = { src_release, src_artifact, src_commit, &ls };
-	struct relverify_keys keys = { { 0 }, { { 0 } }, 0 };
+	struct relverify_keys keys = { { 0 }, { { 0 } }, 0, NULL, NULL };
+	X509_CRL *crl;
 	json_t *ans = NULL;
 	char id[24];
 	int rc;
@@ -224,8 +286,11 @@ enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	snprintf(id, sizeof(id), "%" PRId64, r->id);
 	trusted_keys(a->cfg.config, &keys);
+	keys.root = pki_trust_root();
+	keys.crl = crl = pki_trust_crl();
 	rc = relverify_release(&ans, &src, &keys, id);
 	relverify_keys_release(&keys);
+	X509_CRL_free(crl);
 	if (rc < 0)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
 	return api_reply_json(r, MHD_HTTP_OK, ans);

@@ -42,6 +42,7 @@
 #include "../api/api_wait.h"
 #include "../artifact.h"
 #include "../tls/tls.h"
+#include "devapi_pki.h"
 #include "fleet.h"
 #include "fleet_ca.h"
 
@@ -50,7 +51,7 @@
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
 
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION };
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION, R_PKI };
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -561,6 +562,54 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	return ret;
 }
 
+struct pki_offer {
+	struct fleet *f;
+	const char *dev;
+};
+
+static int pki_image_offered(void *arg, const char *sha)
+{
+	struct pki_offer *o = arg;
+	return fleet_image_allowed(o->f, sha, o->dev) != 0;
+}
+
+/* issue 13: the revocation list and a release's signed manifest (devapi_pki.c),
+ * to an authenticated device; a manifest only to a device offered the release */
+static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *url)
+{
+	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
+	struct buf out = BUF_INIT;
+	long long rel = 0;
+	char tail[16] = "";
+	int rc, n = 0;
+
+	if (fleet_device_auth(a->f, dev, r->token) < 0)
+		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	if (url[11] == 'r' && url[13] == 'v') {
+		rc = devapi_pki_revocations(&out);
+	} else if (sscanf(url + 20, "%lld/%15[a-z]%n", &rel, tail, &n) == 2 && !url[20 + n] && rel > 0 &&
+		   !strcmp(tail, "manifest")) {
+		struct pki_offer o = { a->f, dev };
+		rc = devapi_pki_manifest(rel, &out);
+		if (rc == 0 && !devapi_pki_offered(&out, pki_image_offered, &o)) {
+			buf_release(&out);
+			return reply_error(c, MHD_HTTP_FORBIDDEN, "release %lld was not offered to device '%s'", rel, dev);
+		}
+	} else {
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint");
+	}
+	if (rc < 0) {
+		buf_release(&out);
+		return reply_error(c, rc == OTA_ENOTFOUND ? MHD_HTTP_NOT_FOUND : MHD_HTTP_INTERNAL_SERVER_ERROR, "%s",
+				   ota_error_last());
+	}
+	{
+		size_t len = out.len;
+		return reply_text(c, MHD_HTTP_OK, url[13] == 'v' ? "application/x-pem-file" : "application/json",
+				  buf_detach(&out), len);
+	}
+}
+
 /* ---- the access handler ----------------------------------------------------- */
 
 static enum route route_of(const char *method, const char *url, unsigned *bad)
@@ -582,6 +631,11 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 		if (!get)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
 		return R_REGISTRATIONS;
+	}
+	if (!strcmp(url, "/device/v1/revocations") || !strncmp(url, "/device/v1/releases/", 20)) {
+		if (!get)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return R_PKI; /* issue 13, devapi_pki.c */
 	}
 	if (!strncmp(url, "/device/v1/images/", 18) || !strcmp(url, "/metrics")) {
 		if (!get)
@@ -646,6 +700,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	case R_PROVISION: return do_provision(a, c, r);
 	case R_METRICS: return do_metrics(a, c, r);
 	case R_IMAGE: return do_image(a, c, r, url + 18);
+	case R_PKI: return do_pki(a, c, r, url);
 	default: return MHD_NO;
 	}
 }

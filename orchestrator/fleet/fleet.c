@@ -25,6 +25,7 @@
  * (validated here, in the caller's thread), writes changed devices and
  * aggregates, and commits, all in one transaction per group of batches.
  */
+#include "../pki.h"
 #include "fleet_int.h"
 
 #include <ctype.h>
@@ -1164,6 +1165,10 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 	pthread_rwlock_unlock(&f->exp_lock);
 	*answer = json_pack("{sI sf sI so}", "now", (json_int_t)now, "time_scale", clock_scale(), "next_poll_ms",
 			    (json_int_t)jitter(id, now, f->cfg_poll_ms), "offer", offer ? offer : json_null());
+	/* issue 13: the held revocation list's number; a device fetches
+	 * GET /device/v1/revocations when it is above the one it holds */
+	if (*answer && pki_trust_crl_number() > 0)
+		json_object_set_new(*answer, "revocations", json_integer((json_int_t)pki_trust_crl_number()));
 	if (!durable)
 		return 0;
 	/* the commit that follows this submission writes the device's row and
