@@ -63,6 +63,8 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 			return EXIT_REBOOT;
 		if (rc < 0 && wait < 1000)
 			wait = 1000;
+		if (wait < port_linux_throttle_ms(p))
+			wait = port_linux_throttle_ms(p);
 		while (wait > 0 && !stop) {
 			uint32_t slice = wait < 100 ? wait : 100;
 			struct timespec ts = { 0, (long)slice * 1000000L };
@@ -77,8 +79,10 @@ static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 {
 	static struct otadev d;
 	const struct otadev_hooks *h = port_linux_hooks();
-	struct otadev_image img;
+	struct otadev_image img, img2;
 	struct otadev_trailer pt, st;
+	int valid2;
+	static const uint8_t zero[32];
 	char hx[65], nh[65], buf[1024];
 	const char *why = "";
 	int n, valid, i;
@@ -93,24 +97,23 @@ static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 	}
 	valid = otadev_image_parse(&img, h, p, 0, cfg->slot_size - 432, (uint8_t *)buf, sizeof(buf)) == 0 &&
 		otadev_image_verify(&img, h, p, 0, cfg->keys, cfg->nkeys, (uint8_t *)buf, sizeof(buf), &why) == 0;
+	valid2 = otadev_image_parse(&img2, h, p, 1, cfg->slot_size - 432, (uint8_t *)buf, sizeof(buf)) == 0 &&
+		 otadev_image_verify(&img2, h, p, 1, cfg->keys, cfg->nkeys, (uint8_t *)buf, sizeof(buf), &why) == 0;
 	otadev_trailer_read(&pt, h, p, 0, cfg->slot_size);
 	otadev_trailer_read(&st, h, p, 1, cfg->slot_size);
 	hex(hx, img.sha256, 32);
 	hex(nh, d.rec.new_hash, 32);
 	printf("{\"record\": %s, \"phase\": \"%s\", \"version\": \"%s\", \"security_counter\": %u,"
-	       " \"queued\": %u, \"next_seq\": %u, \"dl_offset\": %u, \"offer\": \"%s\", \"new_hash\": \"%s\","
+	       " \"queued\": %u, \"next_seq\": %u, \"refused_image\": %s, \"dl_offset\": %u, \"offer\": \"%s\", \"new_hash\": \"%s\","
 	       " \"primary\": {\"valid\": %s, \"hash\": \"%s\", \"version\": \"%u.%u.%u\", \"counter\": %u,"
 	       " \"magic\": %d, \"image_ok\": %d, \"copy_done\": %d},"
 	       " \"secondary\": {\"magic\": %d, \"image_ok\": %d, \"valid\": %s}}\n",
 	       n == (int)sizeof(d.rec) ? "true" : "false", otadev_phase_name(d.rec.phase), d.rec.version,
-	       d.rec.security_counter, d.rec.nq, d.rec.next_seq, d.rec.dl_offset, d.rec.offer.version, nh,
+	       d.rec.security_counter, d.rec.nq, d.rec.next_seq,
+	       memcmp(d.rec.refused_sha, zero, 32) ? "true" : "false", d.rec.dl_offset, d.rec.offer.version, nh,
 	       valid ? "true" : "false", hx, img.major, img.minor, img.revision,
 	       img.has_counter ? img.security_counter : 0, pt.magic, pt.image_ok, pt.copy_done, st.magic, st.image_ok,
-	       otadev_image_parse(&img, h, p, 1, cfg->slot_size - 432, (uint8_t *)buf, sizeof(buf)) == 0 &&
-			       otadev_image_verify(&img, h, p, 1, cfg->keys, cfg->nkeys, (uint8_t *)buf, sizeof(buf),
-						   &why) == 0
-		       ? "true"
-		       : "false");
+	       valid2 ? "true" : "false");
 	return 0;
 }
 

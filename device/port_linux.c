@@ -28,6 +28,7 @@ struct port_linux {
 	char *slot_path[2], *state_path, *health_check, *status_file, *cacert;
 	int fd[2];
 	int sync;
+	uint32_t throttle_ms;
 	unsigned char *keyder[OTADEV_KEYS_MAX];
 	EVP_MD_CTX *md;
 	CURL *curl;
@@ -166,7 +167,7 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		STR("status_file", status_file) STR("cacert", cacert)
 		NUM("slot_size", cfg.slot_size) NUM("sector_size", cfg.sector_size) NUM("poll_ms", cfg.poll_ms)
 		NUM("heartbeat_ms", cfg.heartbeat_ms) NUM("backoff_base_ms", cfg.backoff_base_ms)
-		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
+		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("throttle_ms", throttle_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
 		else if (!strcmp(k, "min_battery"))
 			p->cfg.min_battery_pct = atoi(v);
 		else if (!strcmp(k, "avoid_metered"))
@@ -250,6 +251,11 @@ void port_linux_close(struct port_linux *p)
 int port_linux_reboot_requested(const struct port_linux *p)
 {
 	return p->reboot;
+}
+
+uint32_t port_linux_throttle_ms(const struct port_linux *p)
+{
+	return p->throttle_ms;
 }
 
 /* ---- hooks ----------------------------------------------------------------- */

@@ -22,6 +22,9 @@ void port_linux_close(struct port_linux *p);
 const struct otadev_hooks *port_linux_hooks(void);
 /* Set by the reboot hook. */
 int port_linux_reboot_requested(const struct port_linux *p);
+/* The config's throttle_ms: a pause after every step (a slow link or CPU;
+ * tests use it to spread kills over a whole update). */
+uint32_t port_linux_throttle_ms(const struct port_linux *p);
 /* Erase a whole slot (0xff) and write image at its start (factory flash). */
 int port_linux_flash_image(struct port_linux *p, int slot, const char *image_path);
 /* The simulated bootloader: MCUboot's swap decision from the trailers,

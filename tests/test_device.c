@@ -884,8 +884,378 @@ static void state_fits_the_documented_ram_budget(void **state)
 
 /* ---- end to end ----------------------------------------------------------------- */
 
-/*E2E*/
-#define E2E_TESTS
+/* ---- end to end: real otacd, real otacd-device processes ----------------------- */
+
+struct e2e {
+	struct daemon d;
+	char **cred;
+	int n;
+	char *factory;      /* factory image (1.0.0) signed with the device's trusted key */
+	int64_t release;
+};
+
+static struct e2e fleet;
+
+static int64_t e2e_release_of(struct daemon *d, int64_t run)
+{
+	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
+	int64_t id = 0;
+	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	free(sql);
+	return id;
+}
+
+/* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
+ * signed with trusted (the device's key); release 1.1.0 of fw signed with
+ * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
+static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trusted)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	const char *y = "name: fw\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
+			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+	struct buf out = BUF_INIT, img;
+	struct mcuboot_sign_opts o;
+	char *cfg, *path;
+	EVP_PKEY *k;
+	FILE *f;
+	int64_t run;
+
+	h_init(&e->d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -out key.pub"
+				    " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
+				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n", e->d.dir);
+	e->d.config = xasprintf("%s/config.yml", e->d.dir);
+	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(&e->d, args), 0);
+	e->cred = h_register_devices(&e->d, prefix, n);
+	e->n = n;
+	/* the factory image */
+	path = xasprintf("%s/%s.pem", e->d.dir, trusted);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	free(path);
+	assert_non_null(k);
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	buf_init(&img, 1 << 20);
+	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
+	EVP_PKEY_free(k);
+	e->factory = xasprintf("%s/factory.img", e->d.dir);
+	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
+	buf_release(&img);
+	run = h_trigger(&e->d, y);
+	e->release = e2e_release_of(&e->d, run);
+	assert_true(e->release > 0);
+	free(cfg);
+	buf_release(&out);
+}
+
+static void e2e_stop(struct e2e *e)
+{
+	for (int i = 0; i < e->n; i++)
+		free(e->cred[i]);
+	free(e->cred);
+	free(e->factory);
+	h_cleanup(&e->d);
+	memset(e, 0, sizeof(*e));
+}
+
+/* DIR/ID/device.conf for device i, flashed with the factory image. */
+static char *device_setup(struct e2e *e, const char *prefix, int i, const char *trusted, const char *health)
+{
+	char *dir = xasprintf("%s/%s-%04d", e->d.dir, prefix, i);
+	char *conf = xasprintf("%s/device.conf", dir);
+	char *bin = h_bin("otacd-device");
+	char *text = xasprintf("# otacd-device test config\nurl = %s\ndevice = %s-%04d\ncredential = %s\nproduct = fw\n"
+			       "hardware = " HW "\nbootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\n"
+			       "state = %s/state\nkey = %s/%s.pub\nslot_size = 65536\nsector_size = 4096\n"
+			       "health_check = %s\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 10\n",
+			       e->d.device_url, prefix, i, e->cred[i], dir, dir, dir, e->d.dir, trusted,
+			       health ? health : "");
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "mkdir -p %s", dir), 0);
+	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
+	free(dir);
+	free(bin);
+	free(text);
+	buf_release(&out);
+	return conf;
+}
+
+/* The device's life: boot (the simulated MCUboot), run, on exit 10 again. */
+static pid_t device_loop(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
+				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
+	char *log = xasprintf("%s.log", conf);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		setpgid(0, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	free(bin);
+	free(script);
+	free(log);
+	return pid;
+}
+
+static void loop_stop(pid_t pid)
+{
+	int st;
+	kill(-pid, SIGTERM);
+	waitpid(pid, &st, 0);
+}
+
+static json_t *device_status(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	struct buf out = BUF_INIT;
+	json_t *j;
+	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, conf), 0);
+	j = json_loads(buf_cstr(&out), 0, NULL);
+	assert_non_null(j);
+	free(bin);
+	buf_release(&out);
+	return j;
+}
+
+static const char *js(json_t *o, const char *path1, const char *path2)
+{
+	json_t *x = json_object_get(o, path1);
+	if (path2)
+		x = json_object_get(x, path2);
+	return json_is_string(x) ? json_string_value(x) : "";
+}
+
+static int64_t ji(json_t *o, const char *path1, const char *path2)
+{
+	json_t *x = json_object_get(o, path1);
+	if (path2)
+		x = json_object_get(x, path2);
+	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
+}
+
+static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
+{
+	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
+	json_t *st = NULL;
+	int64_t v;
+	assert_int_equal(h_get(d, path, &st), 200);
+	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
+	json_decref(st);
+	free(path);
+	return v;
+}
+
+#define E2E_DEVICES 3
+
+static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
+{
+	struct e2e *e = &fleet;
+	pid_t pids[E2E_DEVICES];
+	char *conf[E2E_DEVICES];
+	int64_t ok = 0;
+	(void)state;
+	e2e_start(e, "dev", E2E_DEVICES, "key");
+	for (int i = 0; i < E2E_DEVICES; i++) {
+		conf[i] = device_setup(e, "dev", i, "key", "true");
+		pids[i] = device_loop(conf[i]);
+	}
+	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
+	     waited += 200)
+		h_msleep(200);
+	assert_int_equal(ok, E2E_DEVICES);
+	h_msleep(500);
+	for (int i = 0; i < E2E_DEVICES; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		assert_string_equal(js(s, "version", NULL), "1.1.0");
+		assert_string_equal(js(s, "phase", NULL), "idle");
+		assert_int_equal(ji(s, "security_counter", NULL), 1);
+		assert_int_equal(ji(s, "primary", "valid"), 1);
+		assert_string_equal(js(s, "primary", "version"), "1.1.0");
+		assert_int_equal(ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_int_equal(fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
+	assert_int_equal(fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
+	assert_int_equal(fleet_count(&e->d, e->release, "reverted"), 0);
+	assert_int_equal(fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
+}
+
+static int torture_cycles(void)
+{
+	const char *s = getenv("OTADEV_TORTURE_CYCLES");
+	return s && atoi(s) > 0 ? atoi(s) : 20;
+}
+
+/*
+ * SIGKILL (power loss) at random instants: each cycle flashes a device with
+ * the factory image (a fresh unit with the same id) and runs otacd-device
+ * until it is settled, killing it after a random delay each time; every
+ * kill is followed by the simulated MCUboot (the "reboot") and the
+ * invariants: the primary slot holds a verified image, and a secondary
+ * marked bootable verifies.  A kill during the test boot reverts (and the
+ * device then declines that image); every other cycle lands on 1.1.0.
+ */
+static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(void **state)
+{
+	struct e2e *e = &fleet;
+	char *conf, *bin = h_bin("otacd-device"), *log;
+	int cycles = torture_cycles(), landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
+	unsigned seed = 12345;
+	(void)state;
+	conf = device_setup(e, "dev", 0, "key", "true");
+	log = xasprintf("%s.torture.log", conf);
+	for (int c = 0; c < cycles; c++) {
+		struct buf out = BUF_INIT;
+		int done = 0;
+		char *statefile = xasprintf("%s/dev-0000/state", e->d.dir);
+		unlink(statefile);
+		free(statefile);
+		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
+		for (int attempt = 0; !done; attempt++) {
+			pid_t pid;
+			int st, delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
+			json_t *s;
+			assert_true(attempt < 100);
+			pid = fork();
+			if (pid == 0) {
+				int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+				dup2(fd, 1);
+				dup2(fd, 2);
+				execl(bin, bin, "-c", conf, "run", (char *)NULL);
+				_exit(127);
+			}
+			h_msleep(delay);
+			if (waitpid(pid, &st, WNOHANG) == 0) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &st, 0);
+				kills++;
+				/* where the cut landed: the record's phase (idle with the
+				 * update not begun or already done counts as idle) */
+				s = device_status(conf);
+				for (int p = 0; p <= OTADEV_TESTING; p++)
+					if (!strcmp(js(s, "phase", NULL), otadev_phase_name(p)))
+						at[p]++;
+				json_decref(s);
+			} else {
+				assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
+			}
+			/* the reboot: MCUboot's decision; a valid primary image must remain */
+			buf_clear(&out);
+			assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
+			s = device_status(conf);
+			assert_int_equal(ji(s, "primary", "valid"), 1);
+			if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
+				assert_int_equal(ji(s, "secondary", "valid"), 1);
+			assert_true(ji(s, "security_counter", NULL) <= 1);
+			if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "queued", NULL) == 0 && ji(s, "record", NULL)) {
+				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+					landed++;
+					done = 1;
+				} else if (ji(s, "refused_image", NULL)) {
+					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+					reverted++;
+					done = 1;
+				}
+			}
+			json_decref(s);
+		}
+		buf_release(&out);
+	}
+	print_message("torture: %d update cycles, %d SIGKILLs (in idle %d, downloading %d, installing %d, rebooting %d,"
+		      " testing %d): %d landed, %d reverted by the bootloader\n", cycles, kills, at[0], at[1], at[2], at[3],
+		      at[4], landed, reverted);
+	assert_int_equal(landed + reverted, cycles);
+	assert_true(landed > 0);
+	assert_true(kills >= cycles);
+	free(conf);
+	free(log);
+	free(bin);
+}
+
+/* A release signed by a key the devices no longer trust (revoked): every
+ * device downloads it, refuses it, and never marks it bootable. */
+static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void **state)
+{
+	struct e2e e;
+	pid_t pids[2];
+	char *conf[2];
+	(void)state;
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e, "rev", 2, "other");
+	for (int i = 0; i < 2; i++) {
+		conf[i] = device_setup(&e, "rev", i, "other", NULL);
+		pids[i] = device_loop(conf[i]);
+	}
+	/* both check in, are offered 1.1.0, fetch it, and refuse it */
+	for (int waited = 0; waited < 30000; waited += 200) {
+		int refused = 0;
+		for (int i = 0; i < 2; i++) {
+			json_t *s = device_status(conf[i]);
+			refused += (int)ji(s, "refused_image", NULL) && ji(s, "queued", NULL) == 0;
+			json_decref(s);
+		}
+		if (refused == 2)
+			break;
+		h_msleep(200);
+	}
+	h_msleep(1500);
+	for (int i = 0; i < 2; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		if (strcmp(js(s, "version", NULL), "1.0.0")) {
+			struct buf out = BUF_INIT;
+			h_sh(&out, "cat %s.log; %s", conf[i], json_dumps(s, 0));
+			print_message("%s\n", buf_cstr(&out));
+		}
+		assert_int_equal(ji(s, "refused_image", NULL), 1);
+		assert_string_equal(js(s, "version", NULL), "1.0.0");
+		assert_string_equal(js(s, "primary", "version"), "1.0.0");
+		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_true(fleet_count(&e.d, e.release, "offered") >= 2);
+	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), 0);
+	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
+	e2e_stop(&e);
+}
+
+static void e2e_teardown_fleet(void **state)
+{
+	(void)state;
+	e2e_stop(&fleet);
+}
+
+#define E2E_TESTS                                                                             \
+	cmocka_unit_test(release_rolls_out_to_otacd_device_processes_that_confirm_and_report),  \
+	cmocka_unit_test(sigkill_at_random_points_across_update_cycles_keeps_the_invariants), \
+	cmocka_unit_test(e2e_teardown_fleet),                                                  \
+	cmocka_unit_test(release_signed_by_an_untrusted_key_is_refused_by_every_device),
 
 int main(void)
 {
