@@ -740,11 +740,14 @@ static int send_reports(struct otadev *d, uint64_t now)
 		return OTADEV_ENET;
 	}
 	d->report_errors = 0;
+	/* 200: acknowledged, except refusals marked retry; 400 with a refused
+	 * list: the same; any other 4xx, or a 400 without one, refused the batch
+	 * whole as malformed: resending it cannot help */
 	if (otadev_reports_parse(&accepted, &retry, &dropm, rs.body, rs.len, d->tokens, OTADEV_TOKENS) < 0 ||
-	    (rs.status != 200 && !retry && !dropm))
-		retry = 0, dropm = 0xffffffffu;     /* refused whole as malformed: resending cannot help */
-	if (rs.status != 200 && (retry || dropm) && rs.status != 400)
-		retry = 0xffffffffu;
+	    (rs.status != 200 && (rs.status != 400 || (!retry && !dropm)))) {
+		say(d, "report batch refused as malformed; dropped", NULL);
+		retry = 0;
+	}
 	for (i = n; i-- > 0;) {
 		if (retry & (1u << i)) {
 			if (++d->rec.q[i].tries >= REPORT_TRIES)

@@ -980,12 +980,20 @@ static char *device_setup(struct e2e *e, const char *prefix, int i, const char *
 	char *text = xasprintf("# otacd-device test config\nurl = %s\ndevice = %s-%04d\ncredential = %s\nproduct = fw\n"
 			       "hardware = " HW "\nbootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\n"
 			       "state = %s/state\nkey = %s/%s.pub\nslot_size = 65536\nsector_size = 4096\n"
-			       "health_check = %s\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 10\n",
+			       "health_check = %s\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 10\n"
+			       "heartbeat_ms = 1500\nstatus_file = %s/power\n",
 			       e->d.device_url, prefix, i, e->cred[i], dir, dir, dir, e->d.dir, trusted,
-			       health ? health : "");
+			       health ? health : "", dir);
+	char *power = xasprintf("%s/power", dir);
 	struct buf out = BUF_INIT;
 	assert_int_equal(h_sh(&out, "mkdir -p %s", dir), 0);
 	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+	/* on battery, 80 % (above the default 20 % threshold) */
+	{
+		const char *p = "battery = 80\nexternal_power = 0\nrssi = -71\n";
+		assert_int_equal(ota_write_file_atomic(power, p, strlen(p), 0600), 0);
+	}
+	free(power);
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
 	free(dir);
 	free(bin);
@@ -1083,7 +1091,21 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	     waited += 200)
 		h_msleep(200);
 	assert_int_equal(ok, E2E_DEVICES);
-	h_msleep(500);
+	/* heartbeats about 1.1.0 were accepted: uptime is credited to it */
+	{
+		char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)e->release);
+		double hours = 0;
+		for (int waited = 0; waited < 15000 && hours <= 0; waited += 300) {
+			json_t *st = NULL;
+			assert_int_equal(h_get(&e->d, path, &st), 200);
+			hours = json_number_value(json_object_get(json_object_get(st, "fleet"), "device_hours"));
+			json_decref(st);
+			if (hours <= 0)
+				h_msleep(300);
+		}
+		assert_true(hours > 0);
+		free(path);
+	}
 	for (int i = 0; i < E2E_DEVICES; i++) {
 		json_t *s;
 		loop_stop(pids[i]);
@@ -1094,6 +1116,8 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 		assert_int_equal(ji(s, "primary", "valid"), 1);
 		assert_string_equal(js(s, "primary", "version"), "1.1.0");
 		assert_int_equal(ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
+		assert_true(ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
+		assert_true(ji(s, "next_seq", NULL) >= 4);   /* download, install, boot_ok, heartbeats */
 		json_decref(s);
 		free(conf[i]);
 	}
