@@ -34,3 +34,7 @@ echo "== device identity: client certificate check against the HMAC credential c
 # issue 13, TLS
 echo "== device check-ins over TLS (full and resumed handshakes, kept-alive) against plain HTTP, same run"
 "$OTACD_BIN/tls-bench" 5
+# issue 14, the device core
+echo
+echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
+sh bench/device_footprint.sh
