@@ -306,8 +306,10 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 			return OTADEV_EIO;
 	}
 	loaded = rec_load(d);
-	if (loaded && d->rec.phase == OTADEV_DOWNLOADING && d->rec.dl_offset)
+	if (loaded && d->rec.phase == OTADEV_DOWNLOADING && d->rec.dl_offset) {
 		d->n_downloads_resumed++;
+		say(d, "resuming the download at its persisted offset: ", d->rec.offer.version);
+	}
 	if ((rc = otadev_image_parse(&img, h, ctx, 0, usable(d), (uint8_t *)d->io, sizeof(d->io))) < 0) {
 		say(d, "primary slot: no valid MCUboot image", NULL);
 		return rc;

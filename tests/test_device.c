@@ -1209,6 +1209,15 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 		}
 		buf_release(&out);
 	}
+	{
+		/* downloads cut by a kill resumed (Range from the persisted offset) */
+		struct buf out = BUF_INIT;
+		h_sh(&out, "grep -c 'resuming the download' %s", log);
+		print_message("torture: %d downloads resumed after a kill\n", atoi(buf_cstr(&out)));
+		if (at[OTADEV_DOWNLOADING] > 0)
+			assert_true(atoi(buf_cstr(&out)) > 0);
+		buf_release(&out);
+	}
 	print_message("torture: %d update cycles, %d SIGKILLs (in idle %d, downloading %d, installing %d, rebooting %d,"
 		      " testing %d): %d landed, %d reverted by the bootloader\n", cycles, kills, at[0], at[1], at[2], at[3],
 		      at[4], landed, reverted);
@@ -1269,6 +1278,41 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	e2e_stop(&e);
 }
 
+/* A release whose self-test fails on the devices: each test-boots it, does
+ * not confirm, is reverted by the (simulated) MCUboot and says so; otacd
+ * counts the reverts and no device ends on it. */
+static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state)
+{
+	struct e2e e;
+	pid_t pids[2];
+	char *conf[2];
+	int64_t reverted = 0;
+	(void)state;
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e, "bad", 2, "key");
+	for (int i = 0; i < 2; i++) {
+		conf[i] = device_setup(&e, "bad", i, "key", "false");
+		pids[i] = device_loop(conf[i]);
+	}
+	for (int waited = 0; waited < 60000 && (reverted = fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
+		h_msleep(200);
+	assert_int_equal(reverted, 2);
+	for (int i = 0; i < 2; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		assert_string_equal(js(s, "version", NULL), "1.0.0");
+		assert_string_equal(js(s, "primary", "version"), "1.0.0");
+		assert_int_equal(ji(s, "primary", "valid"), 1);
+		assert_int_equal(ji(s, "refused_image", NULL), 1);   /* not taken again */
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 2);
+	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	e2e_stop(&e);
+}
+
 static void e2e_teardown_fleet(void **state)
 {
 	(void)state;
@@ -1279,7 +1323,8 @@ static void e2e_teardown_fleet(void **state)
 	cmocka_unit_test(release_rolls_out_to_otacd_device_processes_that_confirm_and_report),  \
 	cmocka_unit_test(sigkill_at_random_points_across_update_cycles_keeps_the_invariants), \
 	cmocka_unit_test(e2e_teardown_fleet),                                                  \
-	cmocka_unit_test(release_signed_by_an_untrusted_key_is_refused_by_every_device),
+	cmocka_unit_test(release_signed_by_an_untrusted_key_is_refused_by_every_device),    \
+	cmocka_unit_test(unconfirmed_test_boot_is_reverted_and_reported_to_otacd),
 
 int main(void)
 {
