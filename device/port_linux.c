@@ -25,7 +25,7 @@
 struct port_linux {
 	struct otadev_config cfg;
 	char *url, *device, *credential, *product, *hardware, *bootloader, *tags;
-	char *slot_path[2], *state_path, *health_check, *status_file, *cacert;
+	char *slot_path[2], *state_path, *health_check, *status_file, *cacert, *client_cert, *client_key;
 	int fd[2];
 	int sync;
 	uint32_t throttle_ms;
@@ -164,7 +164,8 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		STR("url", url) STR("device", device) STR("credential", credential) STR("product", product)
 		STR("hardware", hardware) STR("bootloader", bootloader) STR("primary", slot_path[0])
 		STR("secondary", slot_path[1]) STR("state", state_path) STR("health_check", health_check)
-		STR("status_file", status_file) STR("cacert", cacert)
+		STR("status_file", status_file) STR("cacert", cacert) STR("client_cert", client_cert)
+		STR("client_key", client_key)
 		NUM("slot_size", cfg.slot_size) NUM("sector_size", cfg.sector_size) NUM("poll_ms", cfg.poll_ms)
 		NUM("heartbeat_ms", cfg.heartbeat_ms) NUM("backoff_base_ms", cfg.backoff_base_ms)
 		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("throttle_ms", throttle_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
@@ -245,6 +246,8 @@ void port_linux_close(struct port_linux *p)
 	free(p->health_check);
 	free(p->status_file);
 	free(p->cacert);
+	free(p->client_cert);
+	free(p->client_key);
 	free(p);
 }
 
@@ -325,6 +328,11 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	curl_easy_setopt(p->curl, CURLOPT_HEADERDATA, &s);
 	if (p->cacert)
 		curl_easy_setopt(p->curl, CURLOPT_CAINFO, p->cacert);
+	if (p->client_cert) {
+		/* the device's certificate: its identity on a listener with client_ca */
+		curl_easy_setopt(p->curl, CURLOPT_SSLCERT, p->client_cert);
+		curl_easy_setopt(p->curl, CURLOPT_SSLKEY, p->client_key ? p->client_key : p->client_cert);
+	}
 	if (rq->body) {
 		curl_easy_setopt(p->curl, CURLOPT_POSTFIELDS, rq->body);
 		curl_easy_setopt(p->curl, CURLOPT_POSTFIELDSIZE, (long)rq->body_len);
