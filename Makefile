@@ -17,7 +17,7 @@ PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson liba
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk
@@ -47,7 +47,15 @@ LIB_SRC  := $(wildcard common/*.c) $(wildcard stages/*.c) \
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/web/assets.o
 LIB      := $(BUILD)/libota.a
 
-PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim
+# issue 14: libotadev, the device core: portable C99, no OS headers, its own flags
+DEV_CORE_SRC := $(filter-out device/port_%.c device/main.c,$(wildcard device/*.c))
+DEV_CORE_OBJ := $(DEV_CORE_SRC:%.c=$(BUILD)/obj/%.o)
+DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o
+LIBOTADEV    := $(BUILD)/libotadev.a
+DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
+                -Wno-sign-conversion $(filter -fsanitize% -fno-%,$(CFLAGS))
+
+PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
@@ -69,6 +77,23 @@ $(BUILD)/obj/web/assets.c: $(WEB_FILES) web/embed.sh
 
 $(BUILD)/obj/web/assets.o: $(BUILD)/obj/web/assets.c
 	$(CC) $(CFLAGS) -I. -c -o $@ $<
+
+$(DEV_CORE_OBJ): $(BUILD)/obj/device/%.o: device/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(DEV_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(LIBOTADEV): $(DEV_CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN)/otacd-device: $(BUILD)/obj/device/main.o $(DEV_PORT_OBJ) $(LIBOTADEV)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# the device tests link the core (in-memory hooks) and the Linux port
+$(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -192,7 +217,7 @@ demo: deps
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim
+	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim device
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

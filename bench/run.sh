@@ -40,3 +40,7 @@ echo "== fleet store: bytes written per accepted report at 1M devices, snapshot 
 echo
 echo "== fleet store behind the real device API: otacd + otacd-fleetsim, 1M devices at time scale 300, both layouts"
 sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
+# issue 14, the device core
+echo
+echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
+sh bench/device_footprint.sh

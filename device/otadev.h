@@ -1,0 +1,290 @@
+/*
+ * otadev.h - libotadev, the device side of an otacd update (issue 14).
+ *
+ * Portable C99, no heap, no OS headers: everything a platform does (HTTP,
+ * flash, crypto, clock, persistent state, power and network status,
+ * reboot, self-test) is one struct of hooks the port fills in
+ * (device/port_linux.c for embedded Linux).  The caller owns the state
+ * (struct otadev, a few KB, docs/device.md "Budgets") and drives it:
+ *
+ *     otadev_init(&d, &hooks, hctx, &cfg);     once, at every boot
+ *     for (;;) { otadev_step(&d, &wait_ms); sleep(wait_ms); }
+ *
+ * Each step does one bounded unit of work (a check-in, one download chunk,
+ * a verification, a report batch ...) and says how long to wait.  Every
+ * step may be cut by a power loss at any instant; the persistent record
+ * (struct otadev_record) is written at each point that must survive, and
+ * the MCUboot trailer's boot magic is written last, after verification, so
+ * the bootloader never sees a partial or unverified image as pending.
+ *
+ * Return codes: 0 or a negative OTADEV_E*.  The last message is in
+ * d->err (a fixed buffer).
+ */
+#ifndef OTADEV_H
+#define OTADEV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define OTADEV_EIO -1        /* a hook failed (flash, persistent state) */
+#define OTADEV_EINVAL -2     /* bad input (answer, image, config) */
+#define OTADEV_ENET -3       /* transport error or an unexpected HTTP status */
+#define OTADEV_EVERIFY -4    /* an image failed verification */
+#define OTADEV_ENOSPC -5     /* does not fit a caller's buffer or the slot */
+
+/* ---- sizes (compile-time; override with -D) ---------------------------- */
+#ifndef OTADEV_IO_MAX
+#define OTADEV_IO_MAX 2048   /* HTTP answers, request bodies, flash chunks */
+#endif
+#ifndef OTADEV_TOKENS
+#define OTADEV_TOKENS 64     /* jsmn tokens for a check-in answer */
+#endif
+#ifndef OTADEV_QUEUE
+#define OTADEV_QUEUE 8       /* reports kept until acknowledged */
+#endif
+#define OTADEV_VERSION_MAX 32
+#define OTADEV_URL_MAX 128
+#define OTADEV_KEYS_MAX 4    /* trusted signing keys */
+
+/* ---- hooks ---------------------------------------------------------------- */
+
+struct otadev_http_req {
+	const char *method;          /* "GET" | "POST" */
+	const char *path;            /* "/device/v1/checkin": relative to the server */
+	const char *device;          /* X-Device-Id */
+	const char *credential;      /* Authorization: Bearer */
+	const char *body;            /* JSON body (POST) or NULL */
+	size_t body_len;
+	long range_start, range_end; /* Range: bytes=start-end (inclusive); -1: no Range */
+};
+
+struct otadev_http_resp {
+	int status;                  /* HTTP status; 0: no answer */
+	char *body;                  /* caller's buffer */
+	size_t cap, len;             /* answers longer than cap are an error (status 0) */
+	long range_total;            /* Content-Range total, -1 unknown */
+};
+
+struct otadev_status {
+	int battery_pct;             /* 0..100 */
+	int external_power;          /* on mains/USB: battery does not matter */
+	int metered;                 /* the current link is metered (cellular) */
+	int rssi;                    /* dBm, connectivity report */
+	uint32_t battery_mah_used;   /* cumulative since manufacture (wraps) */
+	uint32_t crashes;            /* cumulative crashes/watchdog resets */
+};
+
+enum otadev_sig { OTADEV_SIG_ECDSA_P256 = 0x22, OTADEV_SIG_ED25519 = 0x24 };
+
+struct otadev_hooks {
+	/* transport: one request, blocking; 0 with resp->status set, <0: no answer */
+	int (*http)(void *ctx, const struct otadev_http_req *req, struct otadev_http_resp *resp);
+	/* slot flash: slot 0 primary (running), 1 secondary (download target) */
+	int (*flash_read)(void *ctx, int slot, uint32_t off, void *buf, uint32_t len);
+	int (*flash_write)(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len);
+	int (*flash_erase)(void *ctx, int slot, uint32_t off, uint32_t len); /* sector aligned */
+	/* crypto: one SHA-256 at a time; verify a signature over a 32-byte digest
+	 * with a public key given as DER SubjectPublicKeyInfo */
+	int (*sha256_begin)(void *ctx);
+	int (*sha256_update)(void *ctx, const void *data, size_t len);
+	int (*sha256_end)(void *ctx, uint8_t out[32]);
+	int (*verify)(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len,
+		      const uint8_t digest[32], const uint8_t *sig, size_t sig_len); /* 0: valid */
+	/* clock: monotonic milliseconds; random for jitter */
+	uint64_t (*now_ms)(void *ctx);
+	uint32_t (*random)(void *ctx);
+	/* persistent state: a small record, written atomically (all or nothing) */
+	int (*persist_read)(void *ctx, void *buf, size_t cap);      /* bytes read, 0 none, <0 error */
+	int (*persist_write)(void *ctx, const void *buf, size_t len);
+	/* power and network */
+	void (*status)(void *ctx, struct otadev_status *out);
+	/* run the application's self-test on a test boot: 0 healthy */
+	int (*selftest)(void *ctx);
+	/* reboot now (the port may return: the caller then stops stepping) */
+	void (*reboot)(void *ctx);
+	/* optional: a line for the log */
+	void (*log)(void *ctx, const char *msg);
+};
+
+/* ---- configuration (borrowed; must outlive the state) --------------------- */
+
+struct otadev_key {
+	const uint8_t *der;          /* SubjectPublicKeyInfo */
+	size_t len;
+	uint8_t hash[32];            /* filled by otadev_init: SHA-256(der), MCUboot's KEYHASH */
+};
+
+struct otadev_config {
+	const char *device, *credential, *product, *hardware, *bootloader;
+	const char *tags;            /* pre-rendered JSON object members ("\"region\":\"eu\"") or NULL */
+	struct otadev_key keys[OTADEV_KEYS_MAX];
+	int nkeys;
+	uint32_t slot_size, sector_size;
+	uint32_t trailer_size;       /* 0: 432, imgtool's default (swap, align 1, 128 sectors) */
+	uint32_t poll_ms;            /* fallback check-in interval (real ms) without a server answer */
+	uint32_t backoff_base_ms, backoff_max_ms;    /* errors: full jitter, 0: 1 s / 10 min */
+	uint32_t heartbeat_ms;       /* real ms between heartbeats; 0: none */
+	int min_battery_pct;         /* download/install only above, or on external power */
+	int avoid_metered;           /* no download on a metered link */
+	uint32_t precondition_wait_ms; /* 0: 60 s */
+};
+
+/* ---- the persistent record ------------------------------------------------ */
+
+enum otadev_phase {
+	OTADEV_IDLE = 0,        /* running a confirmed image, nothing pending */
+	OTADEV_DOWNLOADING,     /* secondary slot being written; offset persisted per sector */
+	OTADEV_INSTALLING,      /* verified; trailer being written */
+	OTADEV_REBOOTING,       /* trailer written (test swap pending); reboot requested */
+	OTADEV_TESTING,         /* booted the new image, not confirmed */
+};
+
+enum otadev_event {
+	OTADEV_EV_DOWNLOAD = 1, OTADEV_EV_INSTALL, OTADEV_EV_BOOT_OK, OTADEV_EV_BOOT_FAIL,
+	OTADEV_EV_REVERT, OTADEV_EV_HEARTBEAT, OTADEV_EV_REFUSED,
+};
+
+struct otadev_report {
+	uint32_t seq;                /* per device, never reused: sent as "seq" */
+	uint8_t event, tries;
+	int16_t rssi;
+	uint32_t uptime_s, crashes, battery_uah;   /* battery in µAh (mAh x 1000) */
+	uint64_t at;                 /* otacd time, ms */
+	char version[OTADEV_VERSION_MAX];
+};
+
+struct otadev_offer {
+	uint32_t release, security_counter, size;
+	char version[OTADEV_VERSION_MAX];
+	char url[OTADEV_URL_MAX];
+	char hardware[OTADEV_VERSION_MAX];
+	char min_bootloader[16];
+	uint8_t sha256[32];          /* of the whole image file (the URL's name) */
+};
+
+struct otadev_record {
+	uint32_t magic, size, gen;
+	uint8_t phase, booted_new, bad_tries, pad;
+	char version[OTADEV_VERSION_MAX];     /* the confirmed, running version */
+	uint8_t cur_hash[32];                 /* its MCUboot SHA256 TLV */
+	uint32_t security_counter;            /* highest confirmed */
+	struct otadev_offer offer;            /* being downloaded / installed / tested */
+	uint8_t new_hash[32];                 /* the offer's SHA256 TLV once verified */
+	uint32_t new_counter;
+	uint32_t dl_offset;                   /* sector-aligned bytes safely in the slot */
+	uint8_t refused_sha[32];              /* do not download this image again */
+	uint32_t next_seq, nq;
+	uint32_t last_battery, last_crashes;
+	struct otadev_report q[OTADEV_QUEUE];
+	uint32_t crc;
+};
+
+/* ---- MCUboot image and trailer (otadev_mcuboot.c) ------------------------- */
+
+struct otadev_image {
+	uint32_t header_size, image_size, protected_size, signed_len, tlv_end;
+	uint8_t major, minor;
+	uint16_t revision;
+	uint32_t build;
+	int has_counter;
+	uint32_t security_counter;
+	uint8_t sha256[32], keyhash[32];
+	uint8_t sig[80];
+	uint32_t sig_len;
+	int sig_type;                /* 0 none, enum otadev_sig */
+};
+
+/* MCUboot's trailer (bootutil_public.h), BOOT_MAX_ALIGN 8: from the slot end,
+ * magic [-16,0), image_ok at -24, copy_done at -32, swap_info at -40, swap_size at -48. */
+#define OTADEV_TR_MAGIC 16u
+#define OTADEV_TR_IMAGE_OK 24u
+#define OTADEV_TR_COPY_DONE 32u
+#define OTADEV_TR_SWAP_INFO 40u
+#define OTADEV_TR_SWAP_SIZE 48u
+
+enum otadev_swap { OTADEV_SWAP_NONE = 1, OTADEV_SWAP_TEST = 2, OTADEV_SWAP_PERM = 3,
+		   OTADEV_SWAP_REVERT = 4, OTADEV_SWAP_FAIL = 5 };
+enum otadev_magic { OTADEV_MAGIC_GOOD = 1, OTADEV_MAGIC_BAD = 2, OTADEV_MAGIC_UNSET = 3 };
+enum otadev_flag { OTADEV_FLAG_SET = 1, OTADEV_FLAG_BAD = 2, OTADEV_FLAG_UNSET = 3 };
+
+struct otadev_trailer {
+	int magic, image_ok, copy_done; /* enum otadev_magic / otadev_flag */
+	uint8_t swap_info;
+};
+
+extern const uint8_t otadev_boot_magic[16];
+
+/* Parse the image at the start of slot (header, protected and unprotected
+ * TLVs), reading through the flash hook with buf (cap >= 64). */
+int otadev_image_parse(struct otadev_image *out, const struct otadev_hooks *h, void *ctx, int slot,
+		       uint32_t slot_size, uint8_t *buf, size_t cap);
+/* Hash the signed region, compare with the SHA256 TLV, find key by KEYHASH
+ * among keys and verify the signature.  0 or OTADEV_EVERIFY (why in why). */
+int otadev_image_verify(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
+			const struct otadev_key *keys, int nkeys, uint8_t *buf, size_t cap,
+			const char **why);
+int otadev_trailer_read(struct otadev_trailer *out, const struct otadev_hooks *h, void *ctx, int slot,
+			uint32_t slot_size);
+/* Mark slot 1 for a test swap (permanent: 0) the way boot_set_pending does:
+ * swap_info, (image_ok), then the magic last. */
+int otadev_trailer_set_pending(const struct otadev_hooks *h, void *ctx, uint32_t slot_size, int permanent);
+/* boot_set_confirmed: image_ok = 1 in the primary slot's trailer. */
+int otadev_trailer_confirm(const struct otadev_hooks *h, void *ctx, uint32_t slot_size);
+/* MCUboot's boot_swap_type() from the two trailers. */
+int otadev_swap_type(const struct otadev_trailer *primary, const struct otadev_trailer *secondary);
+
+/* ---- check-in answers and report batches (otadev_json.c) ------------------ */
+
+struct otadev_checkin {
+	uint64_t now;                /* otacd time, ms */
+	double time_scale;
+	uint64_t next_poll_ms;       /* otacd ms; 0 when absent */
+	int has_offer;
+	struct otadev_offer offer;
+};
+
+/* Parse a check-in answer of len bytes (no heap; tokens from the caller). */
+int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len, void *tokens,
+			 size_t ntokens);
+/* The "refused" list of a report answer: bit i of *retry_mask set when
+ * report i is refused with retry:true, of *drop_mask when retry:false. */
+int otadev_reports_parse(uint32_t *accepted, uint32_t *retry_mask, uint32_t *drop_mask, const char *js,
+			 size_t len, void *tokens, size_t ntokens);
+const char *otadev_event_name(int ev);
+
+/* ---- the state machine ---------------------------------------------------- */
+
+struct otadev {
+	const struct otadev_hooks *h;
+	void *ctx;
+	const struct otadev_config *cfg;
+	struct otadev_record rec;
+	uint64_t next_checkin, next_report, next_work, last_heartbeat;
+	uint64_t server_now, server_mono;     /* last answer's otacd time at our monotonic ms */
+	double time_scale;
+	uint32_t errors;                      /* consecutive failures: backoff exponent */
+	uint32_t report_errors;
+	int offer_seen;                       /* the current check-in still offers rec.offer */
+	int reboot_requested;
+	int checked_in;
+	char err[128];
+	char io[OTADEV_IO_MAX];
+	char io2[OTADEV_IO_MAX];
+	uint32_t tokens[OTADEV_TOKENS * 5];   /* jsmntok_t storage, parent links */
+	/* counters for tests and logs */
+	uint32_t n_checkins, n_downloads_resumed, n_refused, n_reports_sent;
+};
+
+/* Load the record (or start a fresh one from the primary slot), decide what
+ * the last boot was (test boot of a new image, a revert, a normal boot)
+ * and queue the matching reports.  Call at every start. */
+int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const struct otadev_config *cfg);
+/* One unit of work; *wait_ms: how long until the next step is useful. */
+int otadev_step(struct otadev *d, uint32_t *wait_ms);
+/* Delay of the n-th retry (n >= 1): full jitter, uniform in [0, min(max, base*2^n)). */
+uint32_t otadev_backoff(const struct otadev *d, uint32_t n);
+/* Serialise/parse the record with its CRC (exposed for tests). */
+uint32_t otadev_crc32(const void *p, size_t n);
+const char *otadev_phase_name(int phase);
+
+#endif

@@ -1,0 +1,1423 @@
+/*
+ * test_device.c - libotadev (device/) and otacd-device (issue 14).
+ *
+ * Unit tests run the real state machine on in-memory hooks: two slots of
+ * simulated NOR flash, a record that is written whole or not at all, a
+ * clock the test advances, an update server in the test that speaks the
+ * device API (and misbehaves on demand: corrupt bytes, hostile offers,
+ * lost acknowledgements), a power cut after any number of flash or record
+ * writes (a longjmp out of the hook), and a simulated MCUboot applying
+ * the swap decision of the trailers.  Each invariant of docs/device.md has
+ * its test here.
+ *
+ * The end-to-end tests start the real otacd (tests/harness.c) with a
+ * pipeline release and a rollout, and real otacd-device processes that
+ * download, verify, test-boot, confirm and report; the torture test kills
+ * otacd-device with SIGKILL at random instants across
+ * $OTADEV_TORTURE_CYCLES update cycles (default 20) and checks the
+ * invariants after every "reboot".
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../device/otadev.h"
+#include "../orchestrator/mcuboot.h"
+#include "../common/httpc.h"
+#include "harness.h"
+
+#define SLOT (64 * 1024)
+#define SECTOR 4096
+#define HW "mps2-an385"
+
+/* ---- the in-memory device and server -------------------------------------- */
+
+struct world {
+	uint8_t slot[2][SLOT];
+	uint8_t rec[sizeof(struct otadev_record)];
+	size_t rec_len;
+	/* power: mutating hook calls left before the cut; -1 none */
+	long budget;
+	int partial;                  /* a cut flash write leaves half of its bytes */
+	jmp_buf jb;
+	uint64_t now;
+	uint32_t rng;
+	struct otadev_status st;
+	int selftest_rc, reboots;
+	EVP_MD_CTX *md;
+	/* the server */
+	int offer_on, image_status, corrupt_left, ack_drop_left, reports_status;
+	struct buf img;
+	char sha_hex[65], offer_version[32], offer_hw[32];
+	uint32_t offer_counter;
+	long bytes_served;
+	uint32_t seen[512];
+	int nseen;
+	int counts[8], raw[8];        /* per event: by distinct seq / every receipt */
+	uint32_t last_seq[8];
+	/* the device */
+	struct otadev_config cfg;
+	unsigned char *keyder[2];
+	struct otadev d;
+};
+
+static void cut_point(struct world *w)
+{
+	if (w->budget >= 0 && w->budget-- == 0)
+		longjmp(w->jb, 1);
+}
+
+static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
+{
+	struct world *w = ctx;
+	rs->len = 0;
+	rs->range_total = -1;
+	if (!strcmp(rq->path, "/device/v1/checkin")) {
+		int n;
+		json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL);
+		assert_non_null(req);
+		assert_string_equal(json_string_value(json_object_get(req, "device")), "dev-1");
+		json_decref(req);
+		if (w->offer_on)
+			n = snprintf(rs->body, rs->cap,
+				     "{\"now\": %llu, \"time_scale\": 1.0, \"next_poll_ms\": 1000, \"extra\": [1, {\"a\": 2}],"
+				     " \"offer\": {\"release\": 3, \"version\": \"%s\", \"security_counter\": %u,"
+				     " \"image\": {\"url\": \"/device/v1/images/%s\", \"sha256\": \"%s\", \"size\": %zu,"
+				     " \"type\": \"application\", \"hardware\": \"%s\"}, \"reason\": \"rollout\"}}",
+				     (unsigned long long)(1796000000000ull + w->now), w->offer_version, w->offer_counter,
+				     w->sha_hex, w->sha_hex, w->img.len, w->offer_hw);
+		else
+			n = snprintf(rs->body, rs->cap, "{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000,"
+				     " \"offer\": null}", (unsigned long long)(1796000000000ull + w->now));
+		rs->len = (size_t)n;
+		rs->status = 200;
+		return 0;
+	}
+	if (!strncmp(rq->path, "/device/v1/images/", 18)) {
+		size_t a = (size_t)rq->range_start, b = (size_t)rq->range_end;
+		rs->status = w->image_status ? w->image_status : 206;
+		if (rs->status != 206)
+			return 0;
+		assert_true(rq->range_start >= 0 && a <= b && b < w->img.len && b - a + 1 <= rs->cap);
+		memcpy(rs->body, w->img.ptr + a, b - a + 1);
+		rs->len = b - a + 1;
+		rs->range_total = (long)w->img.len;
+		w->bytes_served += (long)rs->len;
+		if (w->corrupt_left > 0 && a == 0) {
+			w->corrupt_left--;
+			rs->body[rs->len / 2] ^= 0x40;
+		}
+		return 0;
+	}
+	if (!strcmp(rq->path, "/device/v1/reports")) {
+		json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL), *r;
+		size_t i;
+		assert_non_null(req);
+		json_array_foreach(json_object_get(req, "reports"), i, r) {
+			const char *ev = json_string_value(json_object_get(r, "event"));
+			uint32_t seq = (uint32_t)json_integer_value(json_object_get(r, "seq"));
+			int e, k, dup = 0;
+			assert_non_null(ev);
+			assert_true(seq > 0);
+			for (e = 1; e <= OTADEV_EV_REFUSED && strcmp(otadev_event_name(e), ev); e++)
+				;
+			assert_true(e <= OTADEV_EV_REFUSED);
+			w->raw[e]++;
+			for (k = 0; k < w->nseen; k++)
+				dup |= w->seen[k] == seq;
+			if (!dup && w->nseen < 512) {
+				/* the proposed server rule: a (device, seq) counts once */
+				w->seen[w->nseen++] = seq;
+				w->counts[e]++;
+				w->last_seq[e] = seq;
+			}
+		}
+		json_decref(req);
+		if (w->ack_drop_left > 0) {
+			w->ack_drop_left--;
+			return -1;          /* recorded, but the answer is lost */
+		}
+		rs->status = w->reports_status ? w->reports_status : 200;
+		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
+					   json_array_size(json_object_get(req, "reports")));
+		return 0;
+	}
+	rs->status = 404;
+	return 0;
+}
+
+static int m_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off > SLOT || len > SLOT - off)
+		return -1;
+	memcpy(buf, w->slot[slot] + off, len);
+	return 0;
+}
+
+static int m_write(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off > SLOT || len > SLOT - off)
+		return -1;
+	if (w->budget == 0 && w->partial)
+		memcpy(w->slot[slot] + off, buf, len / 2);   /* torn write */
+	cut_point(w);
+	for (uint32_t i = 0; i < len; i++)
+		w->slot[slot][off + i] &= ((const uint8_t *)buf)[i];   /* NOR: bits only go 1 -> 0 */
+	return 0;
+}
+
+static int m_erase(void *ctx, int slot, uint32_t off, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off % SECTOR || off > SLOT)
+		return -1;
+	if (len > SLOT - off)
+		len = SLOT - off;
+	cut_point(w);
+	memset(w->slot[slot] + off, 0xff, len);
+	return 0;
+}
+
+static int m_sha_begin(void *ctx)
+{
+	struct world *w = ctx;
+	return EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) == 1 ? 0 : -1;
+}
+
+static int m_sha_update(void *ctx, const void *p, size_t n)
+{
+	struct world *w = ctx;
+	return EVP_DigestUpdate(w->md, p, n) == 1 ? 0 : -1;
+}
+
+static int m_sha_end(void *ctx, uint8_t out[32])
+{
+	struct world *w = ctx;
+	return EVP_DigestFinal_ex(w->md, out, NULL) == 1 ? 0 : -1;
+}
+
+static int m_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
+		    const uint8_t *sig, size_t sig_len)
+{
+	const unsigned char *kp = key;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
+	EVP_PKEY_CTX *pc = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
+	int ok = type == OTADEV_SIG_ECDSA_P256 && pc && EVP_PKEY_verify_init(pc) == 1 &&
+		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 && EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
+	(void)ctx;
+	EVP_PKEY_CTX_free(pc);
+	EVP_PKEY_free(k);
+	return ok ? 0 : -1;
+}
+
+static uint64_t m_now(void *ctx)
+{
+	return ((struct world *)ctx)->now;
+}
+
+static uint32_t m_random(void *ctx)
+{
+	struct world *w = ctx;
+	w->rng ^= w->rng << 13;
+	w->rng ^= w->rng >> 17;
+	w->rng ^= w->rng << 5;
+	return w->rng;
+}
+
+static int m_persist_read(void *ctx, void *buf, size_t cap)
+{
+	struct world *w = ctx;
+	if (w->rec_len > cap)
+		return -1;
+	memcpy(buf, w->rec, w->rec_len);
+	return (int)w->rec_len;
+}
+
+static int m_persist_write(void *ctx, const void *buf, size_t len)
+{
+	struct world *w = ctx;
+	cut_point(w);   /* before: the record is all old or all new */
+	assert_true(len <= sizeof(w->rec));
+	memcpy(w->rec, buf, len);
+	w->rec_len = len;
+	return 0;
+}
+
+static void m_status(void *ctx, struct otadev_status *out)
+{
+	*out = ((struct world *)ctx)->st;
+}
+
+static int m_selftest(void *ctx)
+{
+	return ((struct world *)ctx)->selftest_rc;
+}
+
+static void m_reboot(void *ctx)
+{
+	((struct world *)ctx)->reboots++;
+}
+
+static const struct otadev_hooks HOOKS = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+};
+
+/* ---- keys and images -------------------------------------------------------- */
+
+static EVP_PKEY *key_good, *key_other;
+
+static EVP_PKEY *new_key(void)
+{
+	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_non_null(k);
+	return k;
+}
+
+static void sign_image(struct buf *out, EVP_PKEY *key, const char *version, uint32_t counter, size_t body)
+{
+	struct mcuboot_sign_opts o;
+	char *bin = malloc(body);
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse(version, &o.major, &o.minor, &o.revision, &o.build), 0);
+	o.has_security_counter = 1;
+	o.security_counter = counter;
+	for (size_t i = 0; i < body; i++)
+		bin[i] = (char)(i * 7 + version[2]);
+	buf_init(out, 1 << 20);
+	assert_int_equal(mcuboot_sign(out, bin, body, key, &o), 0);
+	free(bin);
+}
+
+static void world_offer(struct world *w, const struct buf *img, const char *version, uint32_t counter, const char *hw)
+{
+	unsigned char sha[32];
+	buf_release(&w->img);
+	buf_init(&w->img, 1 << 20);
+	buf_put(&w->img, img->ptr, img->len);
+	EVP_Digest(img->ptr, img->len, sha, NULL, EVP_sha256(), NULL);
+	ota_hex(w->sha_hex, sha, 32);
+	snprintf(w->offer_version, sizeof(w->offer_version), "%s", version);
+	snprintf(w->offer_hw, sizeof(w->offer_hw), "%s", hw);
+	w->offer_counter = counter;
+	w->offer_on = 1;
+}
+
+static struct world *world_new(uint32_t factory_counter)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	struct buf f;
+	unsigned char *der = NULL;
+	int n;
+
+	w->md = EVP_MD_CTX_new();
+	w->budget = -1;
+	w->rng = 0x12345678u;
+	w->now = 1000;
+	w->st.battery_pct = 80;
+	buf_init(&w->img, 1 << 20);
+	memset(w->slot, 0xff, sizeof(w->slot));
+	sign_image(&f, key_good, "1.0.0", factory_counter, 3000);
+	memcpy(w->slot[0], f.ptr, f.len);
+	buf_release(&f);
+	n = i2d_PUBKEY(key_good, &der);
+	assert_true(n > 0);
+	w->keyder[0] = der;
+	w->cfg.device = "dev-1";
+	w->cfg.credential = "00112233445566778899aabbccddeeff";
+	w->cfg.product = "fw";
+	w->cfg.hardware = HW;
+	w->cfg.bootloader = "1.2.0";
+	w->cfg.tags = "\"group\":\"staging\"";
+	w->cfg.keys[0].der = der;
+	w->cfg.keys[0].len = (size_t)n;
+	EVP_Digest(der, (size_t)n, w->cfg.keys[0].hash, NULL, EVP_sha256(), NULL);
+	w->cfg.nkeys = 1;
+	w->cfg.slot_size = SLOT;
+	w->cfg.sector_size = SECTOR;
+	w->cfg.min_battery_pct = 20;
+	w->cfg.heartbeat_ms = 0;
+	return w;
+}
+
+static void world_free(struct world *w)
+{
+	EVP_MD_CTX_free(w->md);
+	buf_release(&w->img);
+	OPENSSL_free(w->keyder[0]);
+	free(w);
+}
+
+/* The simulated MCUboot (as port_linux_boot, on the in-memory slots). */
+static const char *mem_boot(struct world *w)
+{
+	struct otadev_trailer pt, st;
+	struct otadev_image img;
+	uint8_t buf[512];
+	const char *why;
+	int type, valid;
+
+	assert_int_equal(otadev_trailer_read(&pt, &HOOKS, w, 0, SLOT), 0);
+	assert_int_equal(otadev_trailer_read(&st, &HOOKS, w, 1, SLOT), 0);
+	type = otadev_swap_type(&pt, &st);
+	if (type == OTADEV_SWAP_NONE)
+		return "none";
+	if (type != OTADEV_SWAP_REVERT) {
+		valid = otadev_image_parse(&img, &HOOKS, w, 1, SLOT - 432, buf, sizeof(buf)) == 0 &&
+			otadev_image_verify(&img, &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+		if (!valid) {
+			memset(w->slot[1], 0xff, SLOT);
+			return "fail";
+		}
+	}
+	{
+		static uint8_t a[SLOT];
+		memcpy(a, w->slot[0], SLOT);
+		memcpy(w->slot[0], w->slot[1], SLOT);
+		memcpy(w->slot[1], a, SLOT);
+		memset(w->slot[0] + SLOT - 432, 0xff, 432);
+		memset(w->slot[1] + SLOT - 432, 0xff, 432);
+		memcpy(w->slot[0] + SLOT - 16, otadev_boot_magic, 16);
+		w->slot[0][SLOT - OTADEV_TR_COPY_DONE] = 1;
+		w->slot[0][SLOT - OTADEV_TR_SWAP_INFO] = (uint8_t)type;
+		if (type != OTADEV_SWAP_TEST)
+			w->slot[0][SLOT - OTADEV_TR_IMAGE_OK] = 1;
+	}
+	return type == OTADEV_SWAP_TEST ? "test" : type == OTADEV_SWAP_PERM ? "perm" : "revert";
+}
+
+/* Does slot hold an image that verifies with the device's keys? */
+static int slot_verifies(struct world *w, int slot, uint32_t *counter)
+{
+	struct otadev_image img;
+	uint8_t buf[512];
+	const char *why;
+	int ok = otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) == 0 &&
+		 otadev_image_verify(&img, &HOOKS, w, slot, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+	if (counter)
+		*counter = img.security_counter;
+	return ok;
+}
+
+/* The invariants of docs/device.md that hold at every instant. */
+static void check_invariants(struct world *w, uint32_t min_counter)
+{
+	struct otadev_trailer st;
+	uint32_t c = 0;
+	/* 1. a bootable verified image in the primary slot */
+	assert_true(slot_verifies(w, 0, NULL));
+	/* 2. the secondary is marked bootable only when it verified, with a counter >= held */
+	assert_int_equal(otadev_trailer_read(&st, &HOOKS, w, 1, SLOT), 0);
+	if (st.magic == OTADEV_MAGIC_GOOD) {
+		assert_true(slot_verifies(w, 1, &c));
+		assert_true(c >= min_counter);
+	}
+}
+
+/* Start the device (otadev_init) and step it: returns 1 when it asked for a
+ * reboot, 2 when the power was cut, 0 after max_steps. */
+static int run(struct world *w, int max_steps)
+{
+	uint32_t wait;
+	int rc;
+	w->d.reboot_requested = 0;
+	if (setjmp(w->jb))
+		return 2;
+	rc = otadev_init(&w->d, &HOOKS, w, &w->cfg);
+	assert_int_equal(rc, 0);
+	for (int i = 0; i < max_steps; i++) {
+		rc = otadev_step(&w->d, &wait);
+		assert_true(rc >= 0);
+		if (w->d.reboot_requested)
+			return 1;
+		w->now += wait ? wait : 1;
+	}
+	return 0;
+}
+
+/* Power on, run until settled (idle, nothing queued) through reboots. */
+static void settle(struct world *w, int rounds)
+{
+	for (int i = 0; i < rounds; i++) {
+		int r;
+		mem_boot(w);
+		r = run(w, 200);
+		if (r == 0 && w->d.rec.phase == OTADEV_IDLE && w->d.rec.nq == 0)
+			return;
+	}
+}
+
+/* ---- unit tests -------------------------------------------------------------- */
+
+static void checkin_answer_parser_reads_offers_and_refuses_malformed_answers(void **state)
+{
+	uint32_t tok[OTADEV_TOKENS * 5];
+	struct otadev_checkin c;
+	char sha[65];
+	char good[1024];
+	(void)state;
+	memset(sha, 'a', 64);
+	sha[64] = 0;
+	snprintf(good, sizeof(good),
+		 "{\"now\": 1796000000000, \"time_scale\": 3600.0, \"next_poll_ms\": 21600000, \"offer\": {\"release\": 7,"
+		 " \"version\": \"1.5.0\", \"security_counter\": 3, \"image\": {\"url\": \"/device/v1/images/%s\","
+		 " \"sha256\": \"%s\", \"size\": 123456, \"type\": \"application\", \"hardware\": \"mps2-an385\"},"
+		 " \"min_bootloader\": \"1.2.0\", \"reason\": \"rollout\"}}", sha, sha);
+	assert_int_equal(otadev_checkin_parse(&c, good, strlen(good), tok, OTADEV_TOKENS), 0);
+	assert_true(c.has_offer);
+	assert_true(c.now == 1796000000000ull && c.next_poll_ms == 21600000 && c.time_scale == 3600.0);
+	assert_string_equal(c.offer.version, "1.5.0");
+	assert_int_equal(c.offer.size, 123456);
+	assert_int_equal(c.offer.security_counter, 3);
+	assert_int_equal(c.offer.sha256[0], 0xaa);
+	assert_string_equal(c.offer.min_bootloader, "1.2.0");
+	assert_int_equal(otadev_checkin_parse(&c, "{\"now\":1,\"offer\":null}", 22, tok, OTADEV_TOKENS), 0);
+	assert_false(c.has_offer);
+	/* malformed: each refused, nothing half-filled is used */
+	{
+		const char *bad[] = {
+			"", "[]", "{\"now\": -1}", "{\"now\": 1e3}", "{\"now\": 99999999999999999999999}",
+			"{\"time_scale\": 0}", "{\"offer\": 5}", "{\"offer\": {\"version\": \"1.0\"}}",
+			"{\"offer\": {\"release\":1,\"version\":\"1\",\"security_counter\":1,\"image\":{\"url\":\"/x\","
+			"\"sha256\":\"zz\",\"size\":1,\"hardware\":\"h\"}}}",
+			"{\"offer\": {\"release\":1,\"version\":\"1\\\"x\",\"security_counter\":1}}",
+			"{\"now\": 1", "{\"now\" 1}", NULL,
+		};
+		for (int i = 0; bad[i]; i++)
+			assert_true(otadev_checkin_parse(&c, bad[i], strlen(bad[i]), tok, OTADEV_TOKENS) < 0);
+	}
+	/* more tokens than the device has: refused, no overflow */
+	{
+		char big[4096];
+		size_t n = 0;
+		n += (size_t)snprintf(big + n, sizeof(big) - n, "{\"x\": [");
+		for (int i = 0; i < 200; i++)
+			n += (size_t)snprintf(big + n, sizeof(big) - n, "%s1", i ? "," : "");
+		n += (size_t)snprintf(big + n, sizeof(big) - n, "]}");
+		assert_true(otadev_checkin_parse(&c, big, n, tok, OTADEV_TOKENS) < 0);
+	}
+}
+
+static void trailer_layout_and_swap_decision_match_mcuboot(void **state)
+{
+	struct world *w = world_new(0);
+	struct otadev_trailer p, s;
+	(void)state;
+	/* imgtool --pad --confirm: image_ok at end-24, magic in the last 16 */
+	{
+		struct buf img;
+		struct mcuboot_sign_opts o;
+		memset(&o, 0, sizeof(o));
+		o.slot_size = SLOT;
+		buf_init(&img, 1 << 20);
+		assert_int_equal(mcuboot_sign(&img, "abc", 3, key_good, &o), 0);
+		memcpy(w->slot[1], img.ptr, SLOT);
+		assert_int_equal(otadev_trailer_read(&s, &HOOKS, w, 1, SLOT), 0);
+		assert_int_equal(s.magic, OTADEV_MAGIC_GOOD);
+		assert_int_equal(s.image_ok, OTADEV_FLAG_UNSET);
+		o.confirm = 1;
+		buf_clear(&img);
+		assert_int_equal(mcuboot_sign(&img, "abc", 3, key_good, &o), 0);
+		memcpy(w->slot[1], img.ptr, SLOT);
+		assert_int_equal(otadev_trailer_read(&s, &HOOKS, w, 1, SLOT), 0);
+		assert_int_equal(s.image_ok, OTADEV_FLAG_SET);
+		buf_release(&img);
+	}
+	memset(w->slot[1], 0xff, SLOT);
+	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 0), 0);
+	assert_memory_equal(w->slot[1] + SLOT - 16, otadev_boot_magic, 16);
+	assert_int_equal(w->slot[1][SLOT - 40], OTADEV_SWAP_TEST);
+	assert_int_equal(w->slot[1][SLOT - 24], 0xff);
+	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
+	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
+	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_TEST);
+	memset(w->slot[1] + SLOT - 48, 0xff, 48);
+	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 1), 0);
+	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
+	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_PERM);
+	/* after a test swap, without a confirm: revert; after the confirm: none */
+	memset(w->slot[1] + SLOT - 48, 0xff, 48);
+	memcpy(w->slot[0] + SLOT - 16, otadev_boot_magic, 16);
+	w->slot[0][SLOT - 32] = 1;
+	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
+	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
+	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_REVERT);
+	assert_int_equal(otadev_trailer_confirm(&HOOKS, w, SLOT), 0);
+	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
+	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_NONE);
+	/* a half-written magic is not a pending image */
+	memset(w->slot[1] + SLOT - 48, 0xff, 48);
+	memcpy(w->slot[1] + SLOT - 16, otadev_boot_magic, 8);
+	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
+	assert_int_equal(s.magic, OTADEV_MAGIC_BAD);
+	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_NONE);
+	world_free(w);
+}
+
+static void offered_image_is_downloaded_verified_test_booted_confirmed_and_reported(void **state)
+{
+	struct world *w = world_new(1);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 2, 9000);
+	world_offer(w, &img, "1.1.0", 2, HW);
+	assert_int_equal(run(w, 100), 1);           /* download, verify, trailer, reboot */
+	check_invariants(w, 1);
+	assert_string_equal(mem_boot(w), "test");
+	assert_int_equal(run(w, 50), 0);            /* test boot: self-test, confirm, reports */
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->d.rec.security_counter, 2);
+	assert_int_equal(w->d.rec.nq, 0);
+	assert_string_equal(mem_boot(w), "none");   /* confirmed: stays */
+	check_invariants(w, 2);
+	assert_int_equal(w->counts[OTADEV_EV_DOWNLOAD], 1);
+	assert_int_equal(w->counts[OTADEV_EV_INSTALL], 1);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_int_equal(w->counts[OTADEV_EV_REFUSED], 0);
+	assert_int_equal(w->bytes_served, (long)img.len);
+	buf_release(&img);
+	world_free(w);
+}
+
+/* Each hostile or broken offer is refused before the trailer is written. */
+static void bad_images_are_refused_before_anything_is_marked_bootable(void **state)
+{
+	struct {
+		const char *name;
+		EVP_PKEY **key;
+		uint32_t counter, offer_counter;
+		const char *hw;
+		int tamper, corrupt;
+	} cases[] = {
+		{ "untrusted (revoked) key", &key_other, 5, 5, HW, 0, 0 },
+		{ "lower signed counter", &key_good, 2, 5, HW, 0, 0 },
+		{ "wrong hardware", &key_good, 5, 5, "mps2-an386", 0, 0 },
+		{ "tampered, digest matching", &key_good, 5, 5, HW, 1, 0 },
+		{ "corrupt in transit every time", &key_good, 5, 5, HW, 0, 99 },
+		{ "truncated", &key_good, 5, 5, HW, 2, 0 },
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct world *w = world_new(3);
+		struct buf img;
+		uint8_t before[SLOT];
+		print_message("case: %s\n", cases[i].name);
+		sign_image(&img, *cases[i].key, "1.1.0", cases[i].counter, 5000);
+		if (cases[i].tamper == 1)
+			img.ptr[600] ^= 1;
+		if (cases[i].tamper == 2)
+			img.len -= 40;
+		world_offer(w, &img, "1.1.0", cases[i].offer_counter, cases[i].hw);
+		w->corrupt_left = cases[i].corrupt;
+		memcpy(before, w->slot[0], SLOT);
+		for (int round = 0; round < 4; round++) {
+			assert_int_equal(run(w, 300), 0);   /* never asks for a reboot */
+			check_invariants(w, 3);
+			assert_string_equal(mem_boot(w), "none");
+		}
+		assert_memory_equal(before, w->slot[0], SLOT);
+		assert_string_equal(w->d.rec.version, "1.0.0");
+		assert_int_equal(w->counts[OTADEV_EV_REFUSED], 1);  /* once, not per check-in */
+		assert_int_equal(w->counts[OTADEV_EV_INSTALL], 0);
+		buf_release(&img);
+		world_free(w);
+	}
+}
+
+static void transit_corruption_is_downloaded_again(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 9000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	w->corrupt_left = 1;
+	settle(w, 5);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->bytes_served, 2 * (long)img.len);
+	assert_int_equal(w->counts[OTADEV_EV_REFUSED], 0);
+	buf_release(&img);
+	world_free(w);
+}
+
+static void failed_self_test_is_reverted_by_the_bootloader_and_reported(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 9000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	assert_int_equal(run(w, 100), 1);
+	assert_string_equal(mem_boot(w), "test");
+	w->selftest_rc = -1;
+	assert_int_equal(run(w, 10), 1);            /* self-test fails: reboot unconfirmed */
+	assert_string_equal(mem_boot(w), "revert");
+	w->selftest_rc = 0;
+	assert_int_equal(run(w, 100), 0);
+	assert_string_equal(w->d.rec.version, "1.0.0");
+	assert_int_equal(w->counts[OTADEV_EV_REVERT], 1);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	assert_string_equal(mem_boot(w), "none");   /* the revert was made permanent */
+	check_invariants(w, 0);
+	/* the same image is not taken again (a new release has a new digest) */
+	assert_int_equal(w->counts[OTADEV_EV_INSTALL], 1);
+	buf_release(&img);
+	world_free(w);
+}
+
+static void interrupted_download_resumes_at_the_persisted_offset(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	long total;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 40000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	/* cut after the 6th sector's record write: 5 sectors are safe */
+	/* first start's record, trailer erase, record; then per sector an erase,
+	 * two 2 KiB writes and a record: cut at the 6th sector's second write */
+	w->budget = 3 + 4 * 5 + 2;
+	w->partial = 1;
+	assert_int_equal(run(w, 200), 2);
+	assert_int_equal(w->d.rec.phase, OTADEV_DOWNLOADING);
+	w->budget = -1;
+	total = w->bytes_served;
+	assert_true(total > 4 * SECTOR);
+	assert_int_equal(run(w, 200), 1);
+	assert_int_equal(w->d.n_downloads_resumed, 1);
+	/* at most one sector (the one being written at the cut) is fetched twice */
+	assert_true(w->bytes_served <= (long)img.len + SECTOR);
+	settle(w, 3);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	buf_release(&img);
+	world_free(w);
+}
+
+static void lost_acknowledgement_resends_the_same_sequence_and_never_double_counts(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	uint32_t seq;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 9000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	assert_int_equal(run(w, 100), 1);
+	mem_boot(w);
+	w->ack_drop_left = 3;   /* the server records three batches but no answer arrives */
+	assert_int_equal(run(w, 200), 0);
+	assert_int_equal(w->d.rec.nq, 0);
+	assert_true(w->raw[OTADEV_EV_BOOT_OK] >= 2);     /* sent again ... */
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);  /* ... counted once by its seq */
+	assert_int_equal(w->counts[OTADEV_EV_DOWNLOAD], 1);
+	seq = w->last_seq[OTADEV_EV_BOOT_OK];
+	/* and across a power cut right after the send, before the ack is recorded */
+	w->cfg.heartbeat_ms = 1000;
+	w->ack_drop_left = 0;
+	w->budget = 1;                 /* heartbeat's record write, then cut at the ack's */
+	assert_int_equal(run(w, 100), 2);
+	w->budget = -1;
+	assert_int_equal(run(w, 3), 0);
+	assert_true(w->raw[OTADEV_EV_HEARTBEAT] >= 2);
+	assert_int_equal(w->counts[OTADEV_EV_HEARTBEAT] + 0, w->counts[OTADEV_EV_HEARTBEAT]);
+	{
+		/* every heartbeat seq was counted once: raw receipts exceed distinct ones */
+		int distinct = w->counts[OTADEV_EV_HEARTBEAT];
+		assert_true(distinct >= 1 && distinct < w->raw[OTADEV_EV_HEARTBEAT]);
+	}
+	assert_true(w->last_seq[OTADEV_EV_HEARTBEAT] > seq);
+	buf_release(&img);
+	world_free(w);
+}
+
+static void preconditions_hold_the_download_and_the_install(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 9000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	w->st.battery_pct = 10;       /* below 20 %, no external power */
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->bytes_served, 0);
+	w->st.external_power = 1;     /* plugged in: the battery does not matter */
+	w->cfg.avoid_metered = 1;
+	w->st.metered = 1;
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->bytes_served, 0);
+	w->st.metered = 0;
+	assert_int_equal(run(w, 200), 1);
+	assert_int_equal(w->bytes_served, (long)img.len);
+	buf_release(&img);
+	world_free(w);
+}
+
+static void withdrawn_offer_drops_the_download(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 0, 30000);
+	world_offer(w, &img, "1.1.0", 0, HW);
+	w->image_status = 410;        /* halted: the image is gone */
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	/* halted mid-download: the next check-in says offer null */
+	w->image_status = 0;
+	w->budget = 2 + 2 * 2 + 1;
+	assert_int_equal(run(w, 50), 2);
+	w->budget = -1;
+	w->offer_on = 0;
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	assert_true(w->bytes_served < (long)img.len);
+	check_invariants(w, 0);
+	buf_release(&img);
+	world_free(w);
+}
+
+static void backoff_is_full_jitter_under_an_exponential_cap(void **state)
+{
+	struct world *w = world_new(0);
+	uint32_t maxseen[12] = { 0 };
+	(void)state;
+	w->cfg.backoff_base_ms = 1000;
+	w->cfg.backoff_max_ms = 60000;
+	assert_int_equal(otadev_init(&w->d, &HOOKS, w, &w->cfg), 0);
+	for (uint32_t n = 1; n < 12; n++)
+		for (int i = 0; i < 2000; i++) {
+			uint32_t b = otadev_backoff(&w->d, n);
+			uint32_t cap = 1000u << n < 60000u ? 1000u << n : 60000u;
+			assert_true(b < cap);
+			if (b > maxseen[n])
+				maxseen[n] = b;
+		}
+	/* full jitter: the draws reach the top of each cap */
+	for (uint32_t n = 1; n < 12; n++) {
+		uint32_t cap = 1000u << n < 60000u ? 1000u << n : 60000u;
+		assert_true(maxseen[n] > cap * 9 / 10);
+	}
+	world_free(w);
+}
+
+/*
+ * A power cut after every possible number of flash and record writes of a
+ * whole update (download, verify, trailer, reboot, test boot, confirm,
+ * reports), torn flash writes included: after each cut the simulated
+ * MCUboot runs, the invariants hold, and the device ends confirmed on the
+ * new image with each outcome reported once.
+ */
+static void power_cut_at_every_write_keeps_every_invariant(void **state)
+{
+	struct buf img;
+	long k, ops;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 4, 9000);
+	/* count the mutating operations of an uncut update */
+	{
+		struct world *w = world_new(1);
+		world_offer(w, &img, "1.1.0", 4, HW);
+		w->budget = 1000000;
+		settle(w, 5);
+		ops = 1000000 - w->budget;
+		assert_string_equal(w->d.rec.version, "1.1.0");
+		world_free(w);
+	}
+	for (k = 0; k < ops; k++) {
+		struct world *w = world_new(1);
+		int done = 0;
+		world_offer(w, &img, "1.1.0", 4, HW);
+		w->budget = k;
+		w->partial = (int)(k & 1);
+
+		for (int round = 0; round < 12 && !done; round++) {
+			int r;
+			mem_boot(w);
+			check_invariants(w, w->d.rec.security_counter);
+			r = run(w, 300);
+			if (r == 2)
+				w->budget = -1;
+			check_invariants(w, 1);
+			done = r == 0 && w->d.rec.phase == OTADEV_IDLE && w->d.rec.nq == 0;
+		}
+		assert_true(done);
+		/* a cut during the test boot before the confirm reverts (the image
+		 * is then refused, not retried); otherwise the update lands */
+		if (!strcmp(w->d.rec.version, "1.1.0")) {
+			assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+			assert_int_equal(w->d.rec.security_counter, 4);
+		} else {
+			assert_string_equal(w->d.rec.version, "1.0.0");
+			assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+			assert_int_equal(w->counts[OTADEV_EV_REVERT] + w->counts[OTADEV_EV_BOOT_FAIL], 1);
+		}
+		assert_true(w->counts[OTADEV_EV_DOWNLOAD] <= 1 && w->counts[OTADEV_EV_INSTALL] <= 1);
+		world_free(w);
+	}
+	print_message("power cut at each of %ld writes of an update: invariants held\n", ops);
+	buf_release(&img);
+}
+
+static void state_fits_the_documented_ram_budget(void **state)
+{
+	(void)state;
+	print_message("sizeof(struct otadev) = %zu, record = %zu\n", sizeof(struct otadev), sizeof(struct otadev_record));
+	/* docs/device.md: under 8 KiB of RAM with the default sizes, a record under 1 KiB */
+	assert_true(sizeof(struct otadev) < 8192);
+	assert_true(sizeof(struct otadev_record) < 1024);
+}
+
+/* ---- end to end ----------------------------------------------------------------- */
+
+/* ---- end to end: real otacd, real otacd-device processes ----------------------- */
+
+struct e2e {
+	struct daemon d;
+	char **cred;
+	int n;
+	char *factory;      /* factory image (1.0.0) signed with the device's trusted key */
+	int64_t release;
+};
+
+static struct e2e fleet;
+
+static int64_t e2e_release_of(struct daemon *d, int64_t run)
+{
+	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
+	int64_t id = 0;
+	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	free(sql);
+	return id;
+}
+
+/* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
+ * signed with trusted (the device's key); release 1.1.0 of fw signed with
+ * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
+static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	const char *y = "name: fw\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
+			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+	struct buf out = BUF_INIT, img;
+	struct mcuboot_sign_opts o;
+	char *cfg, *path;
+	EVP_PKEY *k;
+	FILE *f;
+	int64_t run;
+
+	h_init(&e->d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -out key.pub"
+				    " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
+				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n%s", e->d.dir, extra_cfg ? extra_cfg : "");
+	e->d.config = xasprintf("%s/config.yml", e->d.dir);
+	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(&e->d, args), 0);
+	e->cred = h_register_devices(&e->d, prefix, n);
+	e->n = n;
+	/* the factory image */
+	path = xasprintf("%s/%s.pem", e->d.dir, trusted);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	free(path);
+	assert_non_null(k);
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	buf_init(&img, 1 << 20);
+	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
+	EVP_PKEY_free(k);
+	e->factory = xasprintf("%s/factory.img", e->d.dir);
+	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
+	buf_release(&img);
+	run = h_trigger(&e->d, y);
+	e->release = e2e_release_of(&e->d, run);
+	assert_true(e->release > 0);
+	free(cfg);
+	buf_release(&out);
+}
+
+static void e2e_stop(struct e2e *e)
+{
+	for (int i = 0; i < e->n; i++)
+		free(e->cred[i]);
+	free(e->cred);
+	free(e->factory);
+	h_cleanup(&e->d);
+	memset(e, 0, sizeof(*e));
+}
+
+/* DIR/ID/device.conf for device i, flashed with the factory image. */
+static char *device_setup(struct e2e *e, const char *prefix, int i, const char *trusted, const char *health)
+{
+	char *dir = xasprintf("%s/%s-%04d", e->d.dir, prefix, i);
+	char *conf = xasprintf("%s/device.conf", dir);
+	char *bin = h_bin("otacd-device");
+	char *text = xasprintf("# otacd-device test config\nurl = %s\ndevice = %s-%04d\ncredential = %s\nproduct = fw\n"
+			       "hardware = " HW "\nbootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\n"
+			       "state = %s/state\nkey = %s/%s.pub\nslot_size = 65536\nsector_size = 4096\n"
+			       "health_check = %s\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 10\n"
+			       "heartbeat_ms = 1500\nstatus_file = %s/power\n",
+			       e->d.device_url, prefix, i, e->cred[i], dir, dir, dir, e->d.dir, trusted,
+			       health ? health : "", dir);
+	char *power = xasprintf("%s/power", dir);
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "mkdir -p %s", dir), 0);
+	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+	/* on battery, 80 % (above the default 20 % threshold) */
+	{
+		const char *p = "battery = 80\nexternal_power = 0\nrssi = -71\n";
+		assert_int_equal(ota_write_file_atomic(power, p, strlen(p), 0600), 0);
+	}
+	free(power);
+	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
+	free(dir);
+	free(bin);
+	free(text);
+	buf_release(&out);
+	return conf;
+}
+
+/* The device's life: boot (the simulated MCUboot), run, on exit 10 again. */
+static pid_t device_loop(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
+				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
+	char *log = xasprintf("%s.log", conf);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		setpgid(0, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	free(bin);
+	free(script);
+	free(log);
+	return pid;
+}
+
+static void loop_stop(pid_t pid)
+{
+	int st;
+	kill(-pid, SIGTERM);
+	waitpid(pid, &st, 0);
+}
+
+static json_t *device_status(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	struct buf out = BUF_INIT;
+	json_t *j;
+	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, conf), 0);
+	j = json_loads(buf_cstr(&out), 0, NULL);
+	assert_non_null(j);
+	free(bin);
+	buf_release(&out);
+	return j;
+}
+
+static const char *js(json_t *o, const char *path1, const char *path2)
+{
+	json_t *x = json_object_get(o, path1);
+	if (path2)
+		x = json_object_get(x, path2);
+	return json_is_string(x) ? json_string_value(x) : "";
+}
+
+static int64_t ji(json_t *o, const char *path1, const char *path2)
+{
+	json_t *x = json_object_get(o, path1);
+	if (path2)
+		x = json_object_get(x, path2);
+	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
+}
+
+static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
+{
+	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
+	json_t *st = NULL;
+	int64_t v;
+	assert_int_equal(h_get(d, path, &st), 200);
+	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
+	json_decref(st);
+	free(path);
+	return v;
+}
+
+#define E2E_DEVICES 3
+
+static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
+{
+	struct e2e *e = &fleet;
+	pid_t pids[E2E_DEVICES];
+	char *conf[E2E_DEVICES];
+	int64_t ok = 0;
+	(void)state;
+	e2e_start(e, "dev", E2E_DEVICES, "key", NULL);
+	for (int i = 0; i < E2E_DEVICES; i++) {
+		conf[i] = device_setup(e, "dev", i, "key", "true");
+		pids[i] = device_loop(conf[i]);
+	}
+	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
+	     waited += 200)
+		h_msleep(200);
+	assert_int_equal(ok, E2E_DEVICES);
+	/* heartbeats about 1.1.0 were accepted: uptime is credited to it */
+	{
+		char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)e->release);
+		double hours = 0;
+		for (int waited = 0; waited < 15000 && hours <= 0; waited += 300) {
+			json_t *st = NULL;
+			assert_int_equal(h_get(&e->d, path, &st), 200);
+			hours = json_number_value(json_object_get(json_object_get(st, "fleet"), "device_hours"));
+			json_decref(st);
+			if (hours <= 0)
+				h_msleep(300);
+		}
+		assert_true(hours > 0);
+		free(path);
+	}
+	for (int i = 0; i < E2E_DEVICES; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		assert_string_equal(js(s, "version", NULL), "1.1.0");
+		assert_string_equal(js(s, "phase", NULL), "idle");
+		assert_int_equal(ji(s, "security_counter", NULL), 1);
+		assert_int_equal(ji(s, "primary", "valid"), 1);
+		assert_string_equal(js(s, "primary", "version"), "1.1.0");
+		assert_int_equal(ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
+		assert_true(ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
+		assert_true(ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_int_equal(fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
+	assert_int_equal(fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
+	assert_int_equal(fleet_count(&e->d, e->release, "reverted"), 0);
+	assert_int_equal(fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
+}
+
+static int torture_cycles(void)
+{
+	const char *s = getenv("OTADEV_TORTURE_CYCLES");
+	return s && atoi(s) > 0 ? atoi(s) : 20;
+}
+
+/*
+ * SIGKILL (power loss) at random instants: each cycle flashes a device with
+ * the factory image (a fresh unit with the same id) and runs otacd-device
+ * until it is settled, killing it after a random delay each time; every
+ * kill is followed by the simulated MCUboot (the "reboot") and the
+ * invariants: the primary slot holds a verified image, and a secondary
+ * marked bootable verifies.  A kill during the test boot reverts (and the
+ * device then declines that image); every other cycle lands on 1.1.0.
+ */
+static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(void **state)
+{
+	struct e2e *e = &fleet;
+	char *conf, *bin = h_bin("otacd-device"), *log;
+	int cycles = torture_cycles(), landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
+	unsigned seed = 12345;
+	(void)state;
+	conf = device_setup(e, "dev", 0, "key", "true");
+	log = xasprintf("%s.torture.log", conf);
+	for (int c = 0; c < cycles; c++) {
+		struct buf out = BUF_INIT;
+		int done = 0;
+		char *statefile = xasprintf("%s/dev-0000/state", e->d.dir);
+		unlink(statefile);
+		free(statefile);
+		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
+		for (int attempt = 0; !done; attempt++) {
+			pid_t pid;
+			int st, delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
+			json_t *s;
+			assert_true(attempt < 100);
+			pid = fork();
+			if (pid == 0) {
+				int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+				dup2(fd, 1);
+				dup2(fd, 2);
+				execl(bin, bin, "-c", conf, "run", (char *)NULL);
+				_exit(127);
+			}
+			h_msleep(delay);
+			if (waitpid(pid, &st, WNOHANG) == 0) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &st, 0);
+				kills++;
+				/* where the cut landed: the record's phase (idle with the
+				 * update not begun or already done counts as idle) */
+				s = device_status(conf);
+				for (int p = 0; p <= OTADEV_TESTING; p++)
+					if (!strcmp(js(s, "phase", NULL), otadev_phase_name(p)))
+						at[p]++;
+				json_decref(s);
+			} else {
+				assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
+			}
+			/* the reboot: MCUboot's decision; a valid primary image must remain */
+			buf_clear(&out);
+			assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
+			s = device_status(conf);
+			assert_int_equal(ji(s, "primary", "valid"), 1);
+			if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
+				assert_int_equal(ji(s, "secondary", "valid"), 1);
+			assert_true(ji(s, "security_counter", NULL) <= 1);
+			if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "queued", NULL) == 0 && ji(s, "record", NULL)) {
+				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+					landed++;
+					done = 1;
+				} else if (ji(s, "refused_image", NULL)) {
+					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+					reverted++;
+					done = 1;
+				}
+			}
+			json_decref(s);
+		}
+		buf_release(&out);
+	}
+	{
+		/* downloads cut by a kill resumed (Range from the persisted offset) */
+		struct buf out = BUF_INIT;
+		h_sh(&out, "grep -c 'resuming the download' %s", log);
+		print_message("torture: %d downloads resumed after a kill\n", atoi(buf_cstr(&out)));
+		if (at[OTADEV_DOWNLOADING] > 0)
+			assert_true(atoi(buf_cstr(&out)) > 0);
+		buf_release(&out);
+	}
+	print_message("torture: %d update cycles, %d SIGKILLs (in idle %d, downloading %d, installing %d, rebooting %d,"
+		      " testing %d): %d landed, %d reverted by the bootloader\n", cycles, kills, at[0], at[1], at[2], at[3],
+		      at[4], landed, reverted);
+	assert_int_equal(landed + reverted, cycles);
+	assert_true(landed > 0);
+	assert_true(kills >= cycles);
+	free(conf);
+	free(log);
+	free(bin);
+}
+
+/* A release signed by a key the devices no longer trust (revoked): every
+ * device downloads it, refuses it, and never marks it bootable. */
+static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void **state)
+{
+	struct e2e e;
+	pid_t pids[2];
+	char *conf[2];
+	(void)state;
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e, "rev", 2, "other", NULL);
+	for (int i = 0; i < 2; i++) {
+		conf[i] = device_setup(&e, "rev", i, "other", NULL);
+		pids[i] = device_loop(conf[i]);
+	}
+	/* both check in, are offered 1.1.0, fetch it, and refuse it */
+	for (int waited = 0; waited < 30000; waited += 200) {
+		int refused = 0;
+		for (int i = 0; i < 2; i++) {
+			json_t *s = device_status(conf[i]);
+			refused += (int)ji(s, "refused_image", NULL) && ji(s, "queued", NULL) == 0;
+			json_decref(s);
+		}
+		if (refused == 2)
+			break;
+		h_msleep(200);
+	}
+	h_msleep(1500);
+	for (int i = 0; i < 2; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		if (strcmp(js(s, "version", NULL), "1.0.0")) {
+			struct buf out = BUF_INIT;
+			h_sh(&out, "cat %s.log; %s", conf[i], json_dumps(s, 0));
+			print_message("%s\n", buf_cstr(&out));
+		}
+		assert_int_equal(ji(s, "refused_image", NULL), 1);
+		assert_string_equal(js(s, "version", NULL), "1.0.0");
+		assert_string_equal(js(s, "primary", "version"), "1.0.0");
+		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_true(fleet_count(&e.d, e.release, "offered") >= 2);
+	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), 0);
+	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
+	e2e_stop(&e);
+}
+
+/* A release whose self-test fails on the devices: each test-boots it, does
+ * not confirm, is reverted by the (simulated) MCUboot and says so; otacd
+ * counts the reverts and no device ends on it. */
+static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state)
+{
+	struct e2e e;
+	pid_t pids[2];
+	char *conf[2];
+	int64_t reverted = 0;
+	(void)state;
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e, "bad", 2, "key", NULL);
+	for (int i = 0; i < 2; i++) {
+		conf[i] = device_setup(&e, "bad", i, "key", "false");
+		pids[i] = device_loop(conf[i]);
+	}
+	for (int waited = 0; waited < 60000 && (reverted = fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
+		h_msleep(200);
+	assert_int_equal(reverted, 2);
+	for (int i = 0; i < 2; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		assert_string_equal(js(s, "version", NULL), "1.0.0");
+		assert_string_equal(js(s, "primary", "version"), "1.0.0");
+		assert_int_equal(ji(s, "primary", "valid"), 1);
+		assert_int_equal(ji(s, "refused_image", NULL), 1);   /* not taken again */
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 2);
+	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	e2e_stop(&e);
+}
+
+/*
+ * The device API over TLS with a client certificate: otacd's device
+ * listener asks for one chaining to the test CA (tls.client_ca); the device
+ * with its certificate updates, a device presenting a certificate of a
+ * foreign CA (with a valid credential) is refused at the handshake and is
+ * never even offered the image.
+ * Runs last: it points the harness's HTTP client at the test CA.
+ */
+static void device_speaks_tls_with_its_client_certificate(void **state)
+{
+	struct e2e e;
+	struct buf out = BUF_INIT;
+	char *pki = h_tmpdir(), *extra, *ca, *conf[2];
+	pid_t pids[2];
+	int64_t ok = 0;
+	(void)state;
+	assert_int_equal(h_sh(&out,
+			      "cd '%s' && set -e;"
+			      "N='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes';"
+			      "openssl req -x509 $N -keyout ca.key -out ca.pem -days 2 -subj /CN=device-test-ca;"
+			      "openssl req $N -keyout srv.key -out srv.csr -subj /CN=otacd-test;"
+			      "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext;"
+			      "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -set_serial 0x1001 -days 2"
+			      " -extfile srv.ext -out srv.pem;"
+			      "printf 'extendedKeyUsage=clientAuth\\nkeyUsage=digitalSignature\\n' > dev.ext;"
+			      "openssl req $N -keyout dev.key -out dev.csr -subj /CN=tls-0000;"
+			      "openssl x509 -req -in dev.csr -CA ca.pem -CAkey ca.key -set_serial 7 -days 2"
+			      " -extfile dev.ext -out dev.pem;"
+			      "openssl req -x509 $N -keyout evil.key -out evil.pem -days 2 -subj /CN=evil-ca;"
+			      "openssl req $N -keyout bad.key -out bad.csr -subj /CN=tls-0001;"
+			      "openssl x509 -req -in bad.csr -CA evil.pem -CAkey evil.key -set_serial 8 -days 2"
+			      " -extfile dev.ext -out bad.pem",
+			      pki), 0);
+	ca = xasprintf("%s/ca.pem", pki);
+	httpc_set_cacert(ca);
+	setenv("OTACD_CACERT", ca, 1);
+	extra = xasprintf("tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s\n", pki, pki, ca);
+	memset(&e, 0, sizeof(e));
+	e2e_start(&e, "tls", 2, "key", extra);
+	assert_int_equal(strncmp(e.d.device_url, "https://", 8), 0);
+	for (int i = 0; i < 2; i++) {
+		char *more;
+		conf[i] = device_setup(&e, "tls", i, "key", "true");
+		more = i == 0 ? xasprintf("cacert = %s\nclient_cert = %s/dev.pem\nclient_key = %s/dev.key\n", ca, pki, pki)
+			      : xasprintf("cacert = %s\nclient_cert = %s/bad.pem\nclient_key = %s/bad.key\n", ca, pki, pki);
+		buf_clear(&out);
+		assert_int_equal(h_sh(&out, "printf '%%s' '%s' >> %s", more, conf[i]), 0);
+		free(more);
+		pids[i] = device_loop(conf[i]);
+	}
+	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
+		h_msleep(200);
+	assert_int_equal(ok, 1);
+	h_msleep(1000);
+	for (int i = 0; i < 2; i++) {
+		json_t *s;
+		loop_stop(pids[i]);
+		s = device_status(conf[i]);
+		assert_string_equal(js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
+		json_decref(s);
+		free(conf[i]);
+	}
+	assert_int_equal(fleet_count(&e.d, e.release, "offered"), 1);
+	e2e_stop(&e);
+	h_sh(&out, "rm -rf '%s'", pki);
+	buf_release(&out);
+	free(extra);
+	free(ca);
+	free(pki);
+}
+
+static void e2e_teardown_fleet(void **state)
+{
+	(void)state;
+	e2e_stop(&fleet);
+}
+
+#define E2E_TESTS                                                                             \
+	cmocka_unit_test(release_rolls_out_to_otacd_device_processes_that_confirm_and_report),  \
+	cmocka_unit_test(sigkill_at_random_points_across_update_cycles_keeps_the_invariants), \
+	cmocka_unit_test(e2e_teardown_fleet),                                                  \
+	cmocka_unit_test(release_signed_by_an_untrusted_key_is_refused_by_every_device),    \
+	cmocka_unit_test(unconfirmed_test_boot_is_reverted_and_reported_to_otacd),          \
+	cmocka_unit_test(device_speaks_tls_with_its_client_certificate),
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(checkin_answer_parser_reads_offers_and_refuses_malformed_answers),
+		cmocka_unit_test(trailer_layout_and_swap_decision_match_mcuboot),
+		cmocka_unit_test(offered_image_is_downloaded_verified_test_booted_confirmed_and_reported),
+		cmocka_unit_test(bad_images_are_refused_before_anything_is_marked_bootable),
+		cmocka_unit_test(transit_corruption_is_downloaded_again),
+		cmocka_unit_test(failed_self_test_is_reverted_by_the_bootloader_and_reported),
+		cmocka_unit_test(interrupted_download_resumes_at_the_persisted_offset),
+		cmocka_unit_test(lost_acknowledgement_resends_the_same_sequence_and_never_double_counts),
+		cmocka_unit_test(preconditions_hold_the_download_and_the_install),
+		cmocka_unit_test(withdrawn_offer_drops_the_download),
+		cmocka_unit_test(backoff_is_full_jitter_under_an_exponential_cap),
+		cmocka_unit_test(power_cut_at_every_write_keeps_every_invariant),
+		cmocka_unit_test(state_fits_the_documented_ram_budget),
+		E2E_TESTS
+	};
+	key_good = new_key();
+	key_other = new_key();
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
