@@ -177,6 +177,11 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
  * this returns. */
 int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
 			void *ctx);
+/* The same with the answer as JSON text in answer (cap bytes, at least
+ * FLEET_ANSWER_MAX): what the device API sends, with no JSON tree built. */
+#define FLEET_ANSWER_MAX 4096
+int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
+			     void (*done)(void *ctx, int rc), void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never

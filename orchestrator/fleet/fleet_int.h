@@ -6,6 +6,7 @@
 #ifndef OTA_FLEET_INT_H
 #define OTA_FLEET_INT_H
 
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stddef.h>
@@ -23,6 +24,7 @@
 #define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
 #define FLEET_CRED_BYTES 16             /* a device credential: 128 bits, 32 hex characters */
 #define FLEET_MAX_REGISTER 10000        /* devices per registration request */
+#define FLEET_MAC_POOL 32               /* keyed HMAC contexts kept for reuse */
 
 /* Weight bounds of one device (docs/update-server.md, "Bounds").  Uptime
  * is credited up to the otacd time since the device's previous credit (a
@@ -123,6 +125,8 @@ struct exp_image {
 	const char *hardware;      /* interned */
 	char *sha256, *type, *url;
 	int64_t size;
+	char *offer[2];            /* the check-in answer's "offer", JSON text:
+				    * [0] a rollout, [1] a rollback */
 };
 
 struct cohort_key {
@@ -187,6 +191,12 @@ struct fleet {
 	size_t fleet_key_len;
 	unsigned char secret[32];  /* device credentials: HMAC key, server only */
 	int has_secret;
+	/* fleet_auth.c: HMAC contexts keyed with secret, ready for reuse (a
+	 * credential check re-inits one instead of fetching SHA-256 and
+	 * hashing the key again); under mac_mu */
+	pthread_mutex_t mac_mu;
+	EVP_MAC_CTX *mac_pool[FLEET_MAC_POOL];
+	int mac_n;
 	char *db_path;
 	int64_t cfg_poll_ms;
 
@@ -198,7 +208,7 @@ struct fleet {
 
 	/* label admission (fleet.c): device-supplied strings that may name an
 	 * aggregate or be interned; bounded so /metrics and memory are */
-	pthread_mutex_t adm_mu;
+	pthread_rwlock_t adm_lock;
 	const char **adm;          /* open addressing set of interned pointers */
 	size_t adm_cap, adm_n;
 	int64_t n_tags, n_names, tag_cap, name_cap;
@@ -264,5 +274,6 @@ void fleet_store_submit(struct fleet *f, struct batch *b);
 struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h);
 void fleet_reg_free_shard(struct shard *s);
+void fleet_auth_release(struct fleet *f);   /* the HMAC contexts (fleet_free) */
 
 #endif

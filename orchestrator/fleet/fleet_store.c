@@ -635,7 +635,9 @@ static void fleet_free(struct fleet *f)
 	pthread_mutex_destroy(&f->q_mu);
 	pthread_cond_destroy(&f->q_cond);
 	pthread_mutex_destroy(&f->reg_mu);
-	pthread_mutex_destroy(&f->adm_mu);
+	fleet_auth_release(f);
+	pthread_mutex_destroy(&f->mac_mu);
+	pthread_rwlock_destroy(&f->adm_lock);
 	free(f->adm);
 	json_decref(f->tag_allow);
 	free(f->db_path);
@@ -668,7 +670,8 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	f->cfg_poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : 6 * 3600 * 1000LL;
 	f->star = fleet_intern(f, "*", 1);
 	pthread_mutex_init(&f->reg_mu, NULL);
-	pthread_mutex_init(&f->adm_mu, NULL);
+	pthread_mutex_init(&f->mac_mu, NULL);
+	pthread_rwlock_init(&f->adm_lock, NULL);
 	f->reg_rate = cfg->register_rate > 0 ? cfg->register_rate : 10.0;
 	f->reg_burst = cfg->register_burst > 0 ? (double)cfg->register_burst : 10000.0;
 	f->reg_tokens = f->reg_burst;
