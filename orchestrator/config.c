@@ -48,6 +48,7 @@ void config_defaults(struct otacd_config *c)
 	c->update_server = xstrdup("builtin");
 	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
 	c->providers = json_object();
+	c->gate_max_lag_ms = 60000; /* issue 19 part 5: evidence lag */
 }
 
 static void repo_release(struct repo_cfg *r)
@@ -581,6 +582,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
 		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
+		"gate_max_lag", /* issue 19 part 5: evidence lag */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -683,7 +685,11 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				rc = cfg_err(x, v, "'%s' must start with http:// or https://", key);
 		} else if (!strcmp(key, "providers"))
 			rc = get_providers(x, v);
-		else {
+		/* issue 19 part 5: evidence lag */
+		else if (!strcmp(key, "gate_max_lag")) {
+			if ((rc = get_duration(x, v, key, &c->gate_max_lag_ms)) == 0 && c->gate_max_lag_ms < 1000)
+				rc = cfg_err(x, v, "'%s' must be at least 1s", key);
+		} else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];
 			snprintf(msg, sizeof(msg), "unknown key '%s'%s%s%s", key, hint ? " (did you mean '" : "",

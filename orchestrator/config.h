@@ -66,6 +66,10 @@ struct otacd_config {
 	char *update_server_token;      /* http adapter: bearer token */
 	char *prometheus_url;           /* the provider `prometheus` unless `providers` defines it, default http://127.0.0.1:9090 */
 	json_t *providers;              /* metric providers: object NAME -> {"kind", "url", "token"?} */
+	/* issue 19 part 5 (evidence lag): a builtin gate never passes while the
+	 * fleet's committed aggregates lag accepted reports by more than this
+	 * (real ms, default 60 s; docs/gates.md) */
+	int64_t gate_max_lag_ms;
 };
 
 /* The repository called name, or NULL. */

@@ -1459,6 +1459,13 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
 				buf_printf(&b, "%" PRId64 "\n", *(const int64_t *)(const void *)p);
 		}
 	}
+	{
+		struct fleet_lag lag;
+		fleet_lag(f, &lag);
+		buf_printf(&b, "# HELP otacd_fleet_lag_seconds Age of the oldest accepted report not yet in the committed"
+			   " aggregates (0: none pending).\n# TYPE otacd_fleet_lag_seconds gauge\notacd_fleet_lag_seconds %.3f\n",
+			   (double)lag.lag_ms / 1000.0);
+	}
 	free(all);
 	free(vals);
 	*len = b.len;

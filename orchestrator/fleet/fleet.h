@@ -122,6 +122,20 @@ int fleet_aggregate(struct fleet *f, const char *product, const char *version, c
  * release's devices are not a baseline. */
 int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
 		   const char *cohort, struct fleet_agg *out);
+/*
+ * How far the aggregates readers see (the committed ones) lag what otacd
+ * has accepted.  lag_ms: real milliseconds since the oldest report batch
+ * or device change that was accepted (validated and queued for the writer)
+ * but is not committed yet; 0 when nothing is pending.  since_commit_ms:
+ * real ms since the writer's last commit (-1: none since open).  Reports a
+ * device has not sent yet are not covered: they sit in the device's retry
+ * queue (docs/update-server.md, "Evidence lag").  Gates read this before
+ * the aggregates (rollout_ctl.c) and do not pass above gate_max_lag.
+ */
+struct fleet_lag {
+	int64_t lag_ms, since_commit_ms;
+};
+void fleet_lag(struct fleet *f, struct fleet_lag *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);

@@ -179,6 +179,7 @@ struct fleet_reg {
  * the writer. */
 struct batch {
 	struct batch *next;
+	int64_t at;                /* real (monotonic) ms it was queued: the lag */
 	void (*done)(void *ctx, int rc);
 	void *ctx;
 	struct fleet_reg *reg;     /* borrowed: owned by the caller */
@@ -238,6 +239,11 @@ struct fleet {
 	pthread_cond_t q_cond;
 	struct batch *q_head, **q_tail;
 	int stop;
+	/* how stale the committed aggregates are (fleet_lag): the queue time
+	 * of the oldest batch taken by the writer and not yet committed (0:
+	 * none; set under q_mu, kept across a failed commit) and the time of
+	 * the last commit, monotonic ms, atomics */
+	int64_t lag_oldest, last_commit;
 };
 
 uint64_t fleet_fnv(const void *p, size_t n, uint64_t h);

@@ -41,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -386,9 +387,26 @@ static int round_commit(struct fleet *f, struct batch *batches)
 	return 0;
 }
 
+/* Tests only: while the file named by OTACD_TEST_FLEET_STALL_FILE exists,
+ * the writer does not commit (a writer lagging behind its devices, for
+ * tests/test_staleness.c).  Never set in production. */
+static void test_stall(struct fleet *f, const char *path)
+{
+	while (path && access(path, F_OK) == 0) {
+		int stop;
+		pthread_mutex_lock(&f->q_mu);
+		stop = f->stop;
+		pthread_mutex_unlock(&f->q_mu);
+		if (stop)
+			break;
+		usleep(20000);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
+	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
 	for (;;) {
 		struct batch *batches, *next;
 		int stop, rc;
@@ -407,9 +425,16 @@ static void *writer_main(void *arg)
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
 		stop = f->stop;
+		if (batches && (!f->lag_oldest || batches->at < f->lag_oldest)) /* FIFO: the head is the oldest */
+			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&f->q_mu);
 
+		test_stall(f, stall);
 		rc = round_commit(f, batches);
+		if (rc == 0) { /* published: nothing taken is pending any more */
+			__atomic_store_n(&f->last_commit, clock_mono_ms(), __ATOMIC_RELAXED);
+			__atomic_store_n(&f->lag_oldest, 0, __ATOMIC_RELAXED);
+		}
 		for (; batches; batches = next) {
 			next = batches->next;
 			if (rc < 0)
@@ -428,9 +453,23 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+void fleet_lag(struct fleet *f, struct fleet_lag *out)
+{
+	int64_t now = clock_mono_ms(), oldest, last;
+	pthread_mutex_lock(&f->q_mu);
+	oldest = __atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED);
+	if (f->q_head && (!oldest || f->q_head->at < oldest))
+		oldest = f->q_head->at;
+	pthread_mutex_unlock(&f->q_mu);
+	last = __atomic_load_n(&f->last_commit, __ATOMIC_RELAXED);
+	out->lag_ms = oldest ? now - oldest : 0;
+	out->since_commit_ms = last ? now - last : -1;
+}
+
 void fleet_store_submit(struct fleet *f, struct batch *b)
 {
 	b->next = NULL;
+	b->at = clock_mono_ms();
 	pthread_mutex_lock(&f->q_mu);
 	if (f->stop) { /* closing: the writer may be gone */
 		pthread_mutex_unlock(&f->q_mu);
