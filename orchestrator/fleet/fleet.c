@@ -1293,6 +1293,7 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
 		pthread_mutex_lock(&s->mu);
 		rep->dev = fleet_device_find_locked(s, id, h);
 		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
+		rep->was = rep->dev ? rep->dev->version : NULL;
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {

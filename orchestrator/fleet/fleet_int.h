@@ -159,6 +159,10 @@ struct exposure {
 struct report {
 	struct device *dev;
 	const char *version;       /* interned */
+	const char *was;           /* the device's version when the report was
+				    * validated: the writer moves the device to
+				    * `version` (boot_ok, heartbeat) only if nothing
+				    * moved it since (a newer check-in wins) */
 	int event;
 	int crashed;               /* it claimed crashes (the distinct `crashed` flag) */
 	int64_t crashes;           /* credited, within the device's bounds */

@@ -118,8 +118,11 @@ static void apply_report(struct fleet *f, const struct report *r)
 	uint32_t add, fresh;
 
 	pthread_mutex_lock(&s->mu);
-	/* boot_ok and heartbeat say what the device runs now */
-	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version)
+	/* boot_ok and heartbeat say what the device runs now, unless its
+	 * version moved after they were validated: a check-in (or a report)
+	 * newer than them said otherwise, and moving the device back would
+	 * drop its flags for the version it runs, the offer among them */
+	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version && d->version == r->was)
 		fleet_device_set_version_locked(f, d, r->version);
 	vf = fleet_vflag(d, r->version);
 	add = FL_REPORTING | event_flag[r->event] | (r->crashed ? FL_CRASHED : 0);
