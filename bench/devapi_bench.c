@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../common/util.h"
@@ -43,7 +44,16 @@ static const char *creds_path;   /* one credential per line, line i: dev-%07d */
 struct wrk_result {
 	double rps, p50_ms, p99_ms;
 	long errors;
+	double requests, cpu_us;   /* requests served; this process's CPU meanwhile */
+	double wrk_cpu_us;         /* wrk's (the clients') CPU */
 };
+
+static double cpu_now_us(int who)
+{
+	struct rusage ru;
+	getrusage(who, &ru);
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 
 static double to_ms(double v, const char *unit)
 {
@@ -62,6 +72,7 @@ static int run_wrk(struct wrk_result *out, const char *script, const char *mode,
 	char *cmd = xasprintf("CHECKIN=%s CREDS=%s wrk -t2 -c64 -d%ds --latency -s %s http://127.0.0.1:%d%s 2>&1", mode,
 			      creds_path, seconds, script, port, path);
 	char line[512];
+	double cpu0 = cpu_now_us(RUSAGE_SELF), wrk0 = cpu_now_us(RUSAGE_CHILDREN);
 	FILE *p = popen(cmd, "r");
 	int rc = 0;
 
@@ -73,8 +84,11 @@ static int run_wrk(struct wrk_result *out, const char *script, const char *mode,
 		double v;
 		char unit[8];
 		long n;
+		int consumed;
 		if (sscanf(line, "Requests/sec: %lf", &v) == 1)
 			out->rps = v;
+		else if ((consumed = 0, sscanf(line, " %lf requests in%n", &v, &consumed)) == 1 && consumed > 0)
+			out->requests = v;
 		else if (sscanf(line, " 50%% %lf%7[a-z]", &v, unit) == 2)
 			out->p50_ms = to_ms(v, unit);
 		else if (sscanf(line, " 99%% %lf%7[a-z]", &v, unit) == 2)
@@ -86,6 +100,8 @@ static int run_wrk(struct wrk_result *out, const char *script, const char *mode,
 	}
 	if (pclose(p) != 0)
 		rc = ota_error_set(OTA_ERROR, "wrk failed (is /usr/bin/wrk installed?)");
+	out->cpu_us = cpu_now_us(RUSAGE_SELF) - cpu0;
+	out->wrk_cpu_us = cpu_now_us(RUSAGE_CHILDREN) - wrk0;
 	return rc;
 }
 
@@ -117,10 +133,16 @@ static enum MHD_Result constant(void *cls, struct MHD_Connection *c, const char 
 	return ret;
 }
 
+static double cpu_per_req(const struct wrk_result *r)
+{
+	return r->requests > 0 ? r->cpu_us / r->requests : 0;
+}
+
 static void print(const char *what, const struct wrk_result *r, double mult, const char *unit)
 {
-	printf("%-10s %10.0f %s  p50 %7.2f ms  p99 %7.2f ms%s\n", what, r->rps * mult, unit, r->p50_ms, r->p99_ms,
-	       r->errors ? "  (non-2xx answers!)" : "");
+	printf("%-10s %10.0f %s  p50 %7.2f ms  p99 %7.2f ms  CPU/req server %6.1f us, wrk %5.1f us%s\n", what,
+	       r->rps * mult, unit, r->p50_ms, r->p99_ms, cpu_per_req(r),
+	       r->requests > 0 ? r->wrk_cpu_us / r->requests : 0, r->errors ? "  (non-2xx answers!)" : "");
 }
 
 int main(int argc, char **argv)
@@ -232,6 +254,10 @@ int main(int argc, char **argv)
 	print("check-in", &rc_checkin, 1, "req/s   ");
 	printf("%-10s %10.2f (check-in / baseline; target >= 0.8)\n", "ratio",
 	       rc_base.rps > 0 ? rc_checkin.rps / rc_base.rps : 0);
+	/* on a shared machine requests/s follow the neighbours' load; the
+	 * server's own CPU per request does not */
+	printf("%-10s %10.2f (baseline / check-in server CPU per request)\n", "cpu ratio",
+	       cpu_per_req(&rc_checkin) > 0 ? cpu_per_req(&rc_base) / cpu_per_req(&rc_checkin) : 0);
 	print("changing", &rc_change, 1, "req/s   ");
 	printf("%-10s %10s (check-ins that change their device: answered once committed)\n", "", "");
 	print("reports", &rc_reports, 100, "events/s");

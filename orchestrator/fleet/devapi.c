@@ -231,7 +231,7 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 {
 	enum MHD_Result ret = MHD_NO;
 	char answer[FLEET_ANSWER_MAX];
-	json_t *body, *dev;
+	json_t *body;
 	int rc, done;
 
 	if (r->submitted) { /* resumed by report_done */
@@ -242,14 +242,10 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 	}
 	if (!(body = parse_body(c, r, &ret)))
 		return ret;
-	dev = json_object_get(body, "device");
-	if (fleet_device_auth(a->f, json_is_string(dev) ? json_string_value(dev) : NULL, r->token) < 0) {
-		ret = reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
-		goto out;
-	}
 	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
-	rc = fleet_checkin_text_async(a->f, body, answer, sizeof(answer), report_done, r);
+	/* authenticated first (401, nothing done), then decided */
+	rc = fleet_checkin_auth_text_async(a->f, body, r->token, answer, sizeof(answer), report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;

@@ -964,8 +964,10 @@ static const char *scale_text(void)
 	return text;
 }
 
-int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
-			     void (*done)(void *ctx, int rc), void *ctx)
+/* A check-in; reg: the device's registry entry when the caller
+ * authenticated it (its cached device saves a lookup), else NULL. */
+static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *answer, size_t cap,
+		   void (*done)(void *ctx, int rc), void *ctx)
 {
 	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *key;
 	const char *tags[FLEET_MAX_TAGS];
@@ -1030,7 +1032,8 @@ int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, 
 	s = fleet_shard(f, h);
 	pthread_rwlock_rdlock(&f->exp_lock);
 	pthread_mutex_lock(&s->mu);
-	if (!(d = fleet_device_find_locked(s, id, h))) {
+	d = reg && reg->dev ? reg->dev : fleet_device_find_locked(s, id, h);
+	if (!d) {
 		d = fleet_device_new_locked(s, id, h);
 		/* bounds: a device first seen may claim one poll interval of uptime */
 		d->uptime_until = now - f->cfg_poll_ms;
@@ -1068,6 +1071,8 @@ int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, 
 		changed = 1;
 	}
 	d->last_seen = now;
+	if (reg)
+		reg->dev = d;
 	x = decide(f, d, &img, &rollback);
 	if (x) {
 		struct vflag *vf = fleet_vflag(d, x->version);
@@ -1385,6 +1390,23 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
 	if ((rc = sync_finish(&w)) < 0)
 		*accepted = 0;
 	return rc;
+}
+
+int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
+			     void (*done)(void *ctx, int rc), void *ctx)
+{
+	return checkin(f, body, NULL, answer, cap, done, ctx);
+}
+
+int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
+				  void (*done)(void *ctx, int rc), void *ctx)
+{
+	json_t *dev = json_object_get(body, "device");
+	struct reg *reg;
+	int rc = fleet_device_auth_reg(f, json_is_string(dev) ? json_string_value(dev) : NULL, token, &reg);
+	if (cap)
+		answer[0] = 0;
+	return rc < 0 ? rc : checkin(f, body, reg, answer, cap, done, ctx);
 }
 
 int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),

@@ -196,6 +196,11 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 #define FLEET_ANSWER_MAX 4096
 int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
 			     void (*done)(void *ctx, int rc), void *ctx);
+/* The same for a check-in that arrived with credential token: the body's
+ * device is authenticated first (fleet_device_auth: OTA_EAUTH, nothing
+ * done) and looked up once for both.  What the device API calls. */
+int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
+				  void (*done)(void *ctx, int rc), void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never

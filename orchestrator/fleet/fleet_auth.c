@@ -138,16 +138,26 @@ static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	size_t maclen = 0;
-	char msg[128];
-	int n = snprintf(msg, sizeof(msg), "otacd-device-v1:%s:%u", id, (unsigned)gen);
+	static const char prefix[] = "otacd-device-v1:";
+	char msg[128], num[16];
+	size_t idlen = strlen(id), nlen = 0, n;
 	EVP_MAC_CTX *c;
 
-	if (n < 0 || (size_t)n >= sizeof(msg))
+	/* "otacd-device-v1:" id ":" gen, without printf (a check per request) */
+	do
+		num[sizeof(num) - 1 - nlen++] = (char)('0' + gen % 10);
+	while ((gen /= 10) && nlen < sizeof(num));
+	n = sizeof(prefix) - 1 + idlen + 1 + nlen;
+	if (n >= sizeof(msg))
 		return ota_error_set(OTA_EINVAL, "device id too long");
+	memcpy(msg, prefix, sizeof(prefix) - 1);
+	memcpy(msg + sizeof(prefix) - 1, id, idlen);
+	msg[sizeof(prefix) - 1 + idlen] = ':';
+	memcpy(msg + sizeof(prefix) + idlen, num + sizeof(num) - nlen, nlen);
 	if (!(c = mac_take(f)))
 		return ota_error_set(OTA_ERROR, "HMAC failed");
 	/* init without a key: the context starts over with the key it holds */
-	if (!EVP_MAC_init(c, NULL, 0, NULL) || !EVP_MAC_update(c, (const unsigned char *)msg, (size_t)n) ||
+	if (!EVP_MAC_init(c, NULL, 0, NULL) || !EVP_MAC_update(c, (const unsigned char *)msg, n) ||
 	    !EVP_MAC_final(c, mac, &maclen, sizeof(mac)) || maclen < FLEET_CRED_BYTES) {
 		EVP_MAC_CTX_free(c);
 		return ota_error_set(OTA_ERROR, "HMAC failed");
@@ -160,6 +170,12 @@ static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 
 
 int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 {
+	struct reg *r;
+	return fleet_device_auth_reg(f, device_id, cred, &r);
+}
+
+int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out)
+{
 	char want[2 * FLEET_CRED_BYTES + 1];
 	uint64_t h;
 	struct shard *s;
@@ -167,6 +183,7 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 	uint32_t gen = 0;
 	int rc = 0;
 
+	*out = NULL;
 	if (!f->has_secret || !cred || !device_id || !fleet_device_id_valid(device_id))
 		return ota_error_set(OTA_EAUTH, "missing or wrong credential");
 	if (f->fleet_key && strlen(cred) == f->fleet_key_len && CRYPTO_memcmp(cred, f->fleet_key, f->fleet_key_len) == 0)
@@ -184,6 +201,8 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 		return rc;
 	if (strlen(cred) != 2 * FLEET_CRED_BYTES || CRYPTO_memcmp(cred, want, 2 * FLEET_CRED_BYTES) != 0)
 		rc = ota_error_set(OTA_EAUTH, "missing or wrong credential");
+	else
+		*out = r;
 	OPENSSL_cleanse(want, sizeof(want));
 	return rc;
 }

@@ -87,6 +87,9 @@ struct reg {
 	struct reg *next;
 	uint64_t hash;
 	uint32_t gen;
+	struct device *dev;           /* its device once it checked in (a cache:
+				       * an authenticated check-in looks it up
+				       * once); under the shard's mutex */
 	char id[];
 };
 
@@ -285,5 +288,8 @@ struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h);
 void fleet_reg_free_shard(struct shard *s);
 void fleet_auth_release(struct fleet *f);   /* the HMAC contexts (fleet_free) */
+/* fleet_device_auth, and the device's registry entry (lives until
+ * fleet_close) in *out */
+int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out);
 
 #endif
