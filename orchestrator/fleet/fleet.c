@@ -964,6 +964,57 @@ static const char *scale_text(void)
 	return text;
 }
 
+/* A known device checking in as it did before (the common case): its
+ * interned strings, admitted when it first named them, stand for the
+ * body's, so the check-in skips admission and interning (and their locks).
+ * 1 when product, hardware, bootloader, version and (without a tag
+ * allowlist, which is checked per tag) the tags all match; then the
+ * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
+static int as_before(struct fleet *f, const struct reg *reg, const char **product, const char **hardware,
+		     const char **bootloader, const char **version, json_t *jtags, const char **tags, size_t *ntags)
+{
+	struct shard *s;
+	const struct device *d;
+	int same = 0;
+
+	if (!reg)
+		return 0;
+	s = fleet_shard(f, reg->hash);
+	pthread_mutex_lock(&s->mu);
+	d = reg->dev;
+	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
+	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {
+		size_t n = json_is_object(jtags) ? json_object_size(jtags) : 0;
+		const char *key;
+		json_t *v;
+		same = n == d->ntags && (!n || !f->tag_allow);
+		/* keys are unique (JSON_REJECT_DUPLICATES) and so are the device's
+		 * tags: the same count and each found is the same set */
+		json_object_foreach(same && n ? jtags : NULL, key, v) {
+			size_t kl = strlen(key);
+			int hit = 0;
+			for (size_t i = 0; i < d->ntags && !hit; i++)
+				hit = !strncmp(d->tags[i], key, kl) && d->tags[i][kl] == '=' &&
+				      !strcmp(d->tags[i] + kl + 1, json_string_value(v));
+			if (!hit) {
+				same = 0;
+				break;
+			}
+		}
+		if (same) {
+			*product = d->product;
+			*hardware = d->hardware;
+			*bootloader = d->bootloader;
+			*version = d->version;
+			if (n)
+				memcpy(tags, d->tags, n * sizeof(*tags));
+			*ntags = n;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return same;
+}
+
 /* A check-in; reg: the device's registry entry when the caller
  * authenticated it (its cached device saves a lookup), else NULL. */
 static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *answer, size_t cap,
@@ -1010,23 +1061,27 @@ static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *a
 		if (json_object_size(jtags) > FLEET_MAX_TAGS)
 			return ota_error_set(OTA_EINVAL, "tags: at most %d tags", FLEET_MAX_TAGS);
 		json_object_foreach(jtags, key, v) {
-			char kv[300];
 			if (!json_is_string(v) || !fleet_name_valid(json_string_value(v)))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: must be 1..128 characters [A-Za-z0-9._:/+@-]", key);
 			if (!charset_ok(key, 1, 64, "._-"))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
+		}
+	}
+	if (!as_before(f, reg, &product, &hardware, &bootloader, &version, jtags, tags, &ntags)) {
+		json_object_foreach(json_is_object(jtags) ? jtags : NULL, key, v) {
+			char kv[300];
 			snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
 			if ((rc = admit(f, kv, key, json_string_value(v), NULL, &tags[ntags])) < 0)
 				return rc;
 			ntags++;
 		}
 		qsort(tags, ntags, sizeof(tags[0]), cmp_ptr_str);
+		if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
+		    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
+		    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
+		    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
+			return rc;
 	}
-	if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
-	    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
-	    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
-	    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
-		return rc;
 
 	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
