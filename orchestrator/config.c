@@ -51,6 +51,7 @@ void config_defaults(struct otacd_config *c)
 	c->update_server = xstrdup("builtin");
 	c->prometheus_url = xstrdup("http://127.0.0.1:9090");
 	c->providers = json_object();
+	c->gate_max_lag_ms = 60000; /* issue 19 part 5: evidence lag */
 }
 
 static void repo_release(struct repo_cfg *r)
@@ -630,6 +631,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"device_ca", "device_auth", "device_cert_validity",
 		"tls", /* issue 13, TLS */
 		"trust_root", /* issue 13, signing PKI */
+		"gate_max_lag", /* issue 19 part 5: evidence lag */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -754,7 +756,11 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			}
 		} else if (!strcmp(key, "trust_root")) /* issue 13, signing PKI */
 			rc = get_string(x, v, key, &c->trust_root);
-		else {
+		/* issue 19 part 5: evidence lag */
+		else if (!strcmp(key, "gate_max_lag")) {
+			if ((rc = get_duration(x, v, key, &c->gate_max_lag_ms)) == 0 && c->gate_max_lag_ms < 1000)
+				rc = cfg_err(x, v, "'%s' must be at least 1s", key);
+		} else {
 			const char *hint = ota_did_you_mean(key, keys, OTA_ARRAY_SIZE(keys));
 			char msg[256];
 			snprintf(msg, sizeof(msg), "unknown key '%s'%s%s%s", key, hint ? " (did you mean '" : "",

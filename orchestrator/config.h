@@ -76,6 +76,10 @@ struct otacd_config {
 	json_t *tls;
 	/* issue 13, signing PKI (orchestrator/pki.h, docs/security.md) */
 	char *trust_root;               /* the release root certificate (PEM file) or NULL */
+	/* issue 19 part 5 (evidence lag): a builtin gate never passes while the
+	 * fleet's committed aggregates lag accepted reports by more than this
+	 * (real ms, default 60 s; docs/gates.md) */
+	int64_t gate_max_lag_ms;
 };
 
 /* The repository called name, or NULL. */

@@ -276,6 +276,27 @@ static int64_t step_evidence(const struct gate_spec *g, const struct fleet_agg *
 	return fresh;
 }
 
+/*
+ * Evidence lag (issue 19 part 5): the fleet's committed aggregates trail
+ * the reports otacd has accepted while its writer catches up, so a pass
+ * may rest on a count far behind the fleet's.  lag is read before the
+ * aggregates (conservative: anything pending then is missing from them);
+ * a pass on evidence older than gate_max_lag becomes inconclusive (the
+ * step extends, then pauses, as for any inconclusive gate).  A fail
+ * stands: counters only grow, so a breach seen late is still a breach.
+ */
+static void evidence_lag(const struct rollout_controller *rc, const struct fleet_lag *lag, struct gate_eval *ev)
+{
+	int64_t max = rc->cfg && rc->cfg->gate_max_lag_ms > 0 ? rc->cfg->gate_max_lag_ms : 60000;
+	size_t len = strlen(ev->reason);
+	if (lag->lag_ms < 0 || lag->lag_ms <= max || ev->verdict != GATE_PASS)
+		return;
+	ev->verdict = GATE_INCONCLUSIVE;
+	snprintf(ev->reason + len, sizeof(ev->reason) - len,
+		 "; but the fleet's aggregates lag accepted reports by %.1fs (gate_max_lag %.0fs): inconclusive",
+		 (double)lag->lag_ms / 1000.0, (double)max / 1000.0);
+}
+
 /* The previous good release's version (the baseline): the newest earlier
  * release of the product that reached the whole fleet, or a reissue, as
  * for a rollback (rollout.c, last_good).  "" when there is none. */
@@ -303,9 +324,12 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 	json_t *evals = json_array(), *breaches = json_deep_copy(r->breaches), *name;
 	struct rollout_decision d = { r->id, r->seq, DECIDE_NOTHING, NULL, NULL, r->errors, NULL };
 	struct buf why = BUF_INIT, fails = BUF_INIT, errs = BUF_INIT;
+	struct fleet_lag lag = { -1, -1 };
 	char cohort[128], prev[64];
 	size_t i;
 
+	if (rc->us->lag) /* before any aggregate is read (evidence_lag) */
+		rc->us->lag(rc->us, &lag);
 	step_cohort(step, cohort, sizeof(cohort));
 	previous_good(r, prev, sizeof(prev));
 	json_array_foreach(gates, i, name) {
@@ -379,13 +403,20 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 		}
 		{
 			int64_t step_n = has_own ? step_evidence(&g, &own, &ev) : -1;
-			json_t *j = gate_eval_to_json(&ev);
+			json_t *j;
+			if (has_own) /* builtin: not on aggregates that lag the fleet */
+				evidence_lag(rc, &lag, &ev);
+			j = gate_eval_to_json(&ev);
 			json_object_set_new(j, "gate", json_string(gname));
 			if (has_own)
 				json_object_set_new(j, "step_n", json_integer(step_n));
 			json_object_set_new(j, "cohort", json_string(cohort));
 			if (g.baseline)
 				json_object_set_new(j, "baseline_version", prev[0] ? json_string(prev) : json_null());
+			if (g.provider == GATE_PROVIDER_BUILTIN && lag.lag_ms >= 0) { /* the evidence's age */
+				json_object_set_new(j, "lag_ms", json_integer(lag.lag_ms));
+				json_object_set_new(j, "since_commit_ms", json_integer(lag.since_commit_ms));
+			}
 			json_array_append_new(evals, j);
 		}
 		if (ev.verdict == GATE_FAIL) {

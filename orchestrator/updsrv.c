@@ -90,6 +90,11 @@ static int builtin_metrics(struct updsrv *u, const char *product, const char *ve
 	return rc;
 }
 
+static void builtin_lag(struct updsrv *u, struct fleet_lag *out)
+{
+	fleet_lag(((struct builtin *)u)->f, out);
+}
+
 static json_t *builtin_versions(struct updsrv *u, const char *product)
 {
 	return fleet_versions(((struct builtin *)u)->f, product);
@@ -106,6 +111,7 @@ int updsrv_builtin(struct updsrv **out, struct fleet *f)
 	b->base.name = "builtin";
 	b->base.apply = builtin_apply;
 	b->base.metrics = builtin_metrics;
+	b->base.lag = builtin_lag;
 	b->base.versions = builtin_versions;
 	b->base.free = builtin_free;
 	b->f = f;

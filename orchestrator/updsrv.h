@@ -33,6 +33,9 @@ struct updsrv {
 	 * NULL. */
 	int (*metrics)(struct updsrv *u, const char *product, const char *version, const char *cohort,
 		       const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline);
+	/* How stale metrics() is (fleet.h, fleet_lag); NULL when the adapter
+	 * cannot tell (http: the external server's own business). */
+	void (*lag)(struct updsrv *u, struct fleet_lag *out);
 	/* Devices per version: {"1.4.0": 812, ...} (new ref) or NULL. */
 	json_t *(*versions)(struct updsrv *u, const char *product);
 	void (*free)(struct updsrv *u);

@@ -1,8 +1,12 @@
 -- checkin.lua - wrk script: POST /device/v1/checkin as a random registered
--- device (its credential from the file $CREDS, line i for dev-%07d i-1),
--- hardware variant and region per request (bench/devapi_bench.c runs it).
+-- device (its credential from the file $CREDS, line i for dev-%07d i-1).
+-- CHECKIN=steady (default): the device's own hardware and tags, as
+-- bench/devapi_bench.c checked it in (what a fleet's polls look like: the
+-- device changes nothing); CHECKIN=change: hardware and region drawn per
+-- request, so most check-ins change their device and wait for its commit.
 local creds = {}
 for line in io.lines(os.getenv("CREDS")) do creds[#creds + 1] = line end
+local change = os.getenv("CHECKIN") == "change"
 local hw = { "mps2-an385", "nrf52840dk", "stm32f746-disco" }
 local regions = { "eu", "us", "apac" }
 local tiers = { "standard", "premium" }
@@ -20,9 +24,17 @@ end
 function request()
    local i = math.random(0, #creds - 1)
    local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. creds[i + 1] }
+   local h, r, t
+   if change then
+      h, r, t = hw[math.random(#hw)], regions[math.random(#regions)], tiers[math.random(#tiers)]
+   else -- as devapi_bench.c checked dev-i in
+      h = i % 2 == 1 and "mps2-an385" or "nrf52840dk"
+      r = i % 3 ~= 0 and "eu" or "us"
+      t = "standard"
+   end
    local body = string.format(
       '{"device":"dev-%07d","product":"sensor-node","hardware":"%s","bootloader":"1.2.0",' ..
       '"version":"1.4.0","security_counter":3,"slot":"confirmed","tags":{"region":"%s","tier":"%s"}}',
-      i, hw[math.random(#hw)], regions[math.random(#regions)], tiers[math.random(#tiers)])
+      i, h, r, t)
    return wrk.format("POST", "/device/v1/checkin", headers, body)
 end

@@ -542,13 +542,13 @@ static void adm_add_locked(struct fleet *f, const char *p)
  * without the cap (load counts it). */
 void fleet_admit_known(struct fleet *f, const char *p, int tag, int count)
 {
-	pthread_mutex_lock(&f->adm_mu);
+	pthread_rwlock_wrlock(&f->adm_lock);
 	if (!adm_has_locked(f, p)) {
 		adm_add_locked(f, p);
 		if (count)
 			*(tag ? &f->n_tags : &f->n_names) += 1;
 	}
-	pthread_mutex_unlock(&f->adm_mu);
+	pthread_rwlock_unlock(&f->adm_lock);
 }
 
 /* Is the tag "key=value" on the allowlist? */
@@ -563,31 +563,45 @@ static int tag_allowed(const struct fleet *f, const char *key, const char *value
 }
 
 /* Admit the device-supplied string s (for a tag: "key=value" with key and
- * value given too) and intern it.  OTA_EINVAL naming what when refused. */
+ * value given too) and intern it.  OTA_EINVAL naming what (a tag: its key)
+ * when refused.  Admitted strings are the common case (every check-in of a
+ * known device): found under read locks only. */
 static int admit(struct fleet *f, const char *s, const char *key, const char *value, const char *what,
 		 const char **out)
 {
 	const char *p = fleet_intern_find(f, s);
-	int tag = key != NULL, rc = 0;
+	int tag = key != NULL, rc = 0, known;
 
 	*out = NULL;
 	if (tag && f->tag_allow && !tag_allowed(f, key, value))
 		return ota_error_set(OTA_EINVAL, "tags.%.64s: '%.128s' is not on the device tag allowlist (device_tags)", key,
 				     value);
-	pthread_mutex_lock(&f->adm_mu);
+	if (p) {
+		pthread_rwlock_rdlock(&f->adm_lock);
+		known = adm_has_locked(f, p);
+		pthread_rwlock_unlock(&f->adm_lock);
+		if (known) {
+			*out = p;
+			return 0;
+		}
+	}
+	pthread_rwlock_wrlock(&f->adm_lock);
 	if (p && adm_has_locked(f, p))
 		goto out;
 	if (!(tag && f->tag_allow) && (tag ? f->n_tags >= f->tag_cap : f->n_names >= f->name_cap)) {
-		rc = ota_error_set(OTA_EINVAL, "%s: '%.128s' would be a new %s beyond the fleet's cap of %" PRId64 " (%s)",
-				   what, s, tag ? "tag" : "name", tag ? f->tag_cap : f->name_cap,
-				   tag ? "device_tag_cap" : "device_name_cap");
+		if (tag)
+			rc = ota_error_set(OTA_EINVAL, "tags.%.64s: '%.128s' would be a new tag beyond the fleet's cap of %" PRId64
+					   " (device_tag_cap)", key, s, f->tag_cap);
+		else
+			rc = ota_error_set(OTA_EINVAL, "%s: '%.128s' would be a new name beyond the fleet's cap of %" PRId64
+					   " (device_name_cap)", what, s, f->name_cap);
 		goto out;
 	}
 	p = fleet_intern(f, s, strlen(s));
 	adm_add_locked(f, p);
 	*(tag ? &f->n_tags : &f->n_names) += 1;
 out:
-	pthread_mutex_unlock(&f->adm_mu);
+	pthread_rwlock_unlock(&f->adm_lock);
 	if (rc == 0)
 		*out = p;
 	return rc;
@@ -720,6 +734,8 @@ static void exposure_free(struct exposure *x)
 		free(x->images[i].sha256);
 		free(x->images[i].type);
 		free(x->images[i].url);
+		free(x->images[i].offer[0]);
+		free(x->images[i].offer[1]);
 	}
 	free(x->images);
 	for (size_t k = 0; k < x->nsegs; k++) {
@@ -758,6 +774,29 @@ static int segment_compile(struct fleet *f, struct exp_segment *sg, const json_t
 			ck->values[ck->nvalues++] = fleet_intern(f, kv, strlen(kv));
 			free(kv);
 		}
+	}
+	return 0;
+}
+
+/* The offer of image img of x, as check-in answers carry it (JSON text,
+ * made once here so that a check-in only copies it). */
+static int offer_compile(const struct exposure *x, struct exp_image *img)
+{
+	for (int k = 0; k < 2; k++) {
+		/* what the image needs, so a device can check the server too */
+		json_t *o = json_pack("{sI ss sI s{ss ss sI ss ss} ss}", "release", (json_int_t)x->release_id, "version",
+				      x->version, "security_counter", (json_int_t)x->counter, "image", "url", img->url,
+				      "sha256", img->sha256, "size", (json_int_t)img->size, "type", img->type, "hardware",
+				      img->hardware, "reason", k ? "rollback" : "rollout");
+		if (o && x->has_min_bl) {
+			char mb[48];
+			snprintf(mb, sizeof(mb), "%u.%u.%u", x->min_bl[0], x->min_bl[1], x->min_bl[2]);
+			json_object_set_new(o, "min_bootloader", json_string(mb));
+		}
+		img->offer[k] = o ? json_dumps(o, JSON_COMPACT) : NULL;
+		json_decref(o);
+		if (!img->offer[k] || strlen(img->offer[k]) > FLEET_ANSWER_MAX / 2)
+			return ota_error_set(OTA_EINVAL, "exposure: image type too long");
 	}
 	return 0;
 }
@@ -805,6 +844,8 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 		x->images[i].size = im->size;
 		x->images[i].url = xasprintf("/device/v1/images/%s", im->sha256);
 		x->nimages++;
+		if ((rc = offer_compile(x, &x->images[i])) < 0)
+			goto out;
 	}
 	x->nsegs = in->nsegments ? in->nsegments : 1;
 	x->segs = xcalloc(x->nsegs, sizeof(*x->segs));
@@ -1033,23 +1074,97 @@ static int64_t jitter(const char *id, int64_t now, int64_t poll)
 	return poll + poll * j / 10000;
 }
 
-int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
-			void *ctx)
+/* time_scale as jansson writes a real ("1.0", never "1": devices read a
+ * real), made again only when the scale changes (per thread: no lock) */
+static const char *scale_text(void)
+{
+	static __thread double last = -1;
+	static __thread char text[40];
+	double now = clock_scale();
+	if (now != last) {
+		json_t *j = json_real(now);
+		char *t = json_dumps(j, JSON_ENCODE_ANY);
+		snprintf(text, sizeof(text), "%s", t ? t : "1.0");
+		free(t);
+		json_decref(j);
+		last = now;
+	}
+	return text;
+}
+
+/* A known device checking in as it did before (the common case): its
+ * interned strings, admitted when it first named them, stand for the
+ * body's, so the check-in skips admission and interning (and their locks).
+ * 1 when product, hardware, bootloader, version and (without a tag
+ * allowlist, which is checked per tag) the tags all match; then the
+ * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
+static int as_before(struct fleet *f, const struct reg *reg, const char **product, const char **hardware,
+		     const char **bootloader, const char **version, json_t *jtags, const char **tags, size_t *ntags)
+{
+	struct shard *s;
+	const struct device *d;
+	int same = 0;
+
+	if (!reg)
+		return 0;
+	s = fleet_shard(f, reg->hash);
+	pthread_mutex_lock(&s->mu);
+	d = reg->dev;
+	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
+	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {
+		size_t n = json_is_object(jtags) ? json_object_size(jtags) : 0;
+		const char *key;
+		json_t *v;
+		same = n == d->ntags && (!n || !f->tag_allow);
+		/* keys are unique (JSON_REJECT_DUPLICATES) and so are the device's
+		 * tags: the same count and each found is the same set */
+		json_object_foreach(same && n ? jtags : NULL, key, v) {
+			size_t kl = strlen(key);
+			int hit = 0;
+			for (size_t i = 0; i < d->ntags && !hit; i++)
+				hit = !strncmp(d->tags[i], key, kl) && d->tags[i][kl] == '=' &&
+				      !strcmp(d->tags[i] + kl + 1, json_string_value(v));
+			if (!hit) {
+				same = 0;
+				break;
+			}
+		}
+		if (same) {
+			*product = d->product;
+			*hardware = d->hardware;
+			*bootloader = d->bootloader;
+			*version = d->version;
+			if (n)
+				memcpy(tags, d->tags, n * sizeof(*tags));
+			*ntags = n;
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+	return same;
+}
+
+/* A check-in; reg: the device's registry entry when the caller
+ * authenticated it (its cached device saves a lookup), else NULL. */
+static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *answer, size_t cap,
+		   void (*done)(void *ctx, int rc), void *ctx)
 {
 	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *key;
 	const char *tags[FLEET_MAX_TAGS];
 	size_t ntags = 0;
 	uint32_t bl[3];
-	json_t *v, *jtags, *offer = NULL;
-	int64_t counter, now = clock_now_ms();
+	json_t *v, *jtags;
+	const char *offer = NULL;
+	char revocations[48] = "";
+	int64_t counter, crl, now = clock_now_ms();
 	uint64_t h;
 	struct shard *s;
 	struct device *d;
 	const struct exposure *x;
 	const struct exp_image *img = NULL;
-	int rc, rollback, changed = 0, durable = 0;
+	int rc, rollback, changed = 0, durable = 0, n;
 
-	*answer = NULL;
+	if (cap)
+		answer[0] = 0;
 	if (!json_is_object(body))
 		return ota_error_set(OTA_EINVAL, "the body must be a JSON object");
 	if ((rc = field_str(body, "device", &id, fleet_device_id_valid, "1..64 characters [A-Za-z0-9._:-]")) < 0 ||
@@ -1075,30 +1190,34 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 		if (json_object_size(jtags) > FLEET_MAX_TAGS)
 			return ota_error_set(OTA_EINVAL, "tags: at most %d tags", FLEET_MAX_TAGS);
 		json_object_foreach(jtags, key, v) {
-			char kv[300], what[80];
 			if (!json_is_string(v) || !fleet_name_valid(json_string_value(v)))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: must be 1..128 characters [A-Za-z0-9._:/+@-]", key);
 			if (!charset_ok(key, 1, 64, "._-"))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
+		}
+	}
+	if (!as_before(f, reg, &product, &hardware, &bootloader, &version, jtags, tags, &ntags)) {
+		json_object_foreach(json_is_object(jtags) ? jtags : NULL, key, v) {
+			char kv[300];
 			snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
-			snprintf(what, sizeof(what), "tags.%.64s", key);
-			if ((rc = admit(f, kv, key, json_string_value(v), what, &tags[ntags])) < 0)
+			if ((rc = admit(f, kv, key, json_string_value(v), NULL, &tags[ntags])) < 0)
 				return rc;
 			ntags++;
 		}
 		qsort(tags, ntags, sizeof(tags[0]), cmp_ptr_str);
+		if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
+		    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
+		    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
+		    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
+			return rc;
 	}
-	if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
-	    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
-	    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
-	    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
-		return rc;
 
 	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	pthread_rwlock_rdlock(&f->exp_lock);
 	pthread_mutex_lock(&s->mu);
-	if (!(d = fleet_device_find_locked(s, id, h))) {
+	d = reg && reg->dev ? reg->dev : fleet_device_find_locked(s, id, h);
+	if (!d) {
 		d = fleet_device_new_locked(s, id, h);
 		/* bounds: a device first seen may claim one poll interval of uptime */
 		d->uptime_until = now - f->cfg_poll_ms;
@@ -1136,6 +1255,8 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 		changed = 1;
 	}
 	d->last_seen = now;
+	if (reg)
+		reg->dev = d;
 	x = decide(f, d, &img, &rollback);
 	if (x) {
 		struct vflag *vf = fleet_vflag(d, x->version);
@@ -1150,25 +1271,18 @@ int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, vo
 	if (changed)
 		fleet_device_mark_locked(s, d);
 	pthread_mutex_unlock(&s->mu);
-	if (x) {
-		/* what the image needs, so a device can check the server too */
-		offer = json_pack("{sI ss sI s{ss ss sI ss ss} ss}", "release", (json_int_t)x->release_id, "version",
-				  x->version, "security_counter", (json_int_t)x->counter, "image", "url", img->url,
-				  "sha256", img->sha256, "size", (json_int_t)img->size, "type", img->type, "hardware",
-				  img->hardware, "reason", rollback ? "rollback" : "rollout");
-		if (offer && x->has_min_bl) {
-			char mb[48];
-			snprintf(mb, sizeof(mb), "%u.%u.%u", x->min_bl[0], x->min_bl[1], x->min_bl[2]);
-			json_object_set_new(offer, "min_bootloader", json_string(mb));
-		}
-	}
-	pthread_rwlock_unlock(&f->exp_lock);
-	*answer = json_pack("{sI sf sI so}", "now", (json_int_t)now, "time_scale", clock_scale(), "next_poll_ms",
-			    (json_int_t)jitter(id, now, f->cfg_poll_ms), "offer", offer ? offer : json_null());
+	offer = x ? img->offer[rollback ? 1 : 0] : "null";
+	/* the offer's text lives with the exposure: copied under exp_lock */
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */
-	if (*answer && pki_trust_crl_number() > 0)
-		json_object_set_new(*answer, "revocations", json_integer((json_int_t)pki_trust_crl_number()));
+	crl = pki_trust_crl_number();
+	if (crl > 0)
+		snprintf(revocations, sizeof(revocations), ",\"revocations\":%" PRId64, crl);
+	n = snprintf(answer, cap, "{\"now\":%" PRId64 ",\"time_scale\":%s,\"next_poll_ms\":%" PRId64 ",\"offer\":%s%s}",
+		     now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, revocations);
+	pthread_rwlock_unlock(&f->exp_lock);
+	if (n < 0 || (size_t)n >= cap) /* FLEET_ANSWER_MAX holds any (offer_compile) */
+		return ota_error_set(OTA_ERROR, "check-in answer larger than %zu bytes", cap);
 	if (!durable)
 		return 0;
 	/* the commit that follows this submission writes the device's row and
@@ -1375,6 +1489,7 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
 		pthread_mutex_lock(&s->mu);
 		rep->dev = fleet_device_find_locked(s, id, h);
 		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
+		rep->was = rep->dev ? rep->dev->version : NULL;
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
@@ -1468,6 +1583,32 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
 	return rc;
 }
 
+int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
+			     void (*done)(void *ctx, int rc), void *ctx)
+{
+	return checkin(f, body, NULL, answer, cap, done, ctx);
+}
+
+int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
+				  void (*done)(void *ctx, int rc), void *ctx)
+{
+	json_t *dev = json_object_get(body, "device");
+	struct reg *reg;
+	int rc = fleet_device_auth_reg(f, json_is_string(dev) ? json_string_value(dev) : NULL, token, &reg);
+	if (cap)
+		answer[0] = 0;
+	return rc < 0 ? rc : checkin(f, body, reg, answer, cap, done, ctx);
+}
+
+int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
+			void *ctx)
+{
+	char text[FLEET_ANSWER_MAX];
+	int rc = fleet_checkin_text_async(f, body, text, sizeof(text), done, ctx);
+	*answer = rc < 0 ? NULL : json_loads(text, 0, NULL);
+	return rc;
+}
+
 int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer)
 {
 	struct sync_wait w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, "" };
@@ -1533,6 +1674,13 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
 			else
 				buf_printf(&b, "%" PRId64 "\n", *(const int64_t *)(const void *)p);
 		}
+	}
+	{
+		struct fleet_lag lag;
+		fleet_lag(f, &lag);
+		buf_printf(&b, "# HELP otacd_fleet_lag_seconds Age of the oldest accepted report not yet in the committed"
+			   " aggregates (0: none pending).\n# TYPE otacd_fleet_lag_seconds gauge\notacd_fleet_lag_seconds %.3f\n",
+			   (double)lag.lag_ms / 1000.0);
 	}
 	free(all);
 	free(vals);

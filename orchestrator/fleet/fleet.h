@@ -128,6 +128,20 @@ int fleet_aggregate(struct fleet *f, const char *product, const char *version, c
  * release's devices are not a baseline. */
 int fleet_baseline(struct fleet *f, const char *product, const char *version, const char *previous,
 		   const char *cohort, struct fleet_agg *out);
+/*
+ * How far the aggregates readers see (the committed ones) lag what otacd
+ * has accepted.  lag_ms: real milliseconds since the oldest report batch
+ * or device change that was accepted (validated and queued for the writer)
+ * but is not committed yet; 0 when nothing is pending.  since_commit_ms:
+ * real ms since the writer's last commit (-1: none since open).  Reports a
+ * device has not sent yet are not covered: they sit in the device's retry
+ * queue (docs/update-server.md, "Evidence lag").  Gates read this before
+ * the aggregates (rollout_ctl.c) and do not pass above gate_max_lag.
+ */
+struct fleet_lag {
+	int64_t lag_ms, since_commit_ms;
+};
+void fleet_lag(struct fleet *f, struct fleet_lag *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);
@@ -207,6 +221,16 @@ int fleet_checkin(struct fleet *f, const json_t *body, json_t **answer);
  * this returns. */
 int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),
 			void *ctx);
+/* The same with the answer as JSON text in answer (cap bytes, at least
+ * FLEET_ANSWER_MAX): what the device API sends, with no JSON tree built. */
+#define FLEET_ANSWER_MAX 4096
+int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
+			     void (*done)(void *ctx, int rc), void *ctx);
+/* The same for a check-in that arrived with credential token: the body's
+ * device is authenticated first (fleet_device_auth: OTA_EAUTH, nothing
+ * done) and looked up once for both.  What the device API calls. */
+int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
+				  void (*done)(void *ctx, int rc), void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never

@@ -33,7 +33,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
 
 #include "../clock.h"
 #include "fleet_ca.h"
@@ -95,24 +95,92 @@ void fleet_reg_free_shard(struct shard *s)
 
 /* ---- credentials -------------------------------------------------------- */
 
-static int credential(const struct fleet *f, const char *id, uint32_t gen, char out[2 * FLEET_CRED_BYTES + 1])
+/* A context keyed with the fleet's secret: one from the pool, else a new
+ * one (HMAC-SHA256 fetched and keyed: the cost the pool saves per check). */
+static EVP_MAC_CTX *mac_take(struct fleet *f)
+{
+	EVP_MAC_CTX *c = NULL;
+	EVP_MAC *mac;
+	OSSL_PARAM params[2];
+
+	pthread_mutex_lock(&f->mac_mu);
+	if (f->mac_n > 0)
+		c = f->mac_pool[--f->mac_n];
+	pthread_mutex_unlock(&f->mac_mu);
+	if (c)
+		return c;
+	if (!(mac = EVP_MAC_fetch(NULL, "HMAC", NULL)))
+		return NULL;
+	c = EVP_MAC_CTX_new(mac);
+	EVP_MAC_free(mac);
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (c && !EVP_MAC_init(c, f->secret, sizeof(f->secret), params)) {
+		EVP_MAC_CTX_free(c);
+		c = NULL;
+	}
+	return c;
+}
+
+static void mac_give(struct fleet *f, EVP_MAC_CTX *c)
+{
+	pthread_mutex_lock(&f->mac_mu);
+	if (f->mac_n < FLEET_MAC_POOL) {
+		f->mac_pool[f->mac_n++] = c;
+		c = NULL;
+	}
+	pthread_mutex_unlock(&f->mac_mu);
+	EVP_MAC_CTX_free(c);
+}
+
+void fleet_auth_release(struct fleet *f)
+{
+	for (int i = 0; i < f->mac_n; i++)
+		EVP_MAC_CTX_free(f->mac_pool[i]);
+	f->mac_n = 0;
+}
+
+static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 * FLEET_CRED_BYTES + 1])
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
-	unsigned int maclen = 0;
-	char msg[128];
-	int n = snprintf(msg, sizeof(msg), "otacd-device-v1:%s:%u", id, (unsigned)gen);
+	size_t maclen = 0;
+	static const char prefix[] = "otacd-device-v1:";
+	char msg[128], num[16];
+	size_t idlen = strlen(id), nlen = 0, n;
+	EVP_MAC_CTX *c;
 
-	if (n < 0 || (size_t)n >= sizeof(msg))
+	/* "otacd-device-v1:" id ":" gen, without printf (a check per request) */
+	do
+		num[sizeof(num) - 1 - nlen++] = (char)('0' + gen % 10);
+	while ((gen /= 10) && nlen < sizeof(num));
+	n = sizeof(prefix) - 1 + idlen + 1 + nlen;
+	if (n >= sizeof(msg))
 		return ota_error_set(OTA_EINVAL, "device id too long");
-	if (!HMAC(EVP_sha256(), f->secret, (int)sizeof(f->secret), (const unsigned char *)msg, (size_t)n, mac, &maclen) ||
-	    maclen < FLEET_CRED_BYTES)
+	memcpy(msg, prefix, sizeof(prefix) - 1);
+	memcpy(msg + sizeof(prefix) - 1, id, idlen);
+	msg[sizeof(prefix) - 1 + idlen] = ':';
+	memcpy(msg + sizeof(prefix) + idlen, num + sizeof(num) - nlen, nlen);
+	if (!(c = mac_take(f)))
 		return ota_error_set(OTA_ERROR, "HMAC failed");
+	/* init without a key: the context starts over with the key it holds */
+	if (!EVP_MAC_init(c, NULL, 0, NULL) || !EVP_MAC_update(c, (const unsigned char *)msg, n) ||
+	    !EVP_MAC_final(c, mac, &maclen, sizeof(mac)) || maclen < FLEET_CRED_BYTES) {
+		EVP_MAC_CTX_free(c);
+		return ota_error_set(OTA_ERROR, "HMAC failed");
+	}
+	mac_give(f, c);
 	ota_hex(out, mac, FLEET_CRED_BYTES);
 	OPENSSL_cleanse(mac, sizeof(mac));
 	return 0;
 }
 
 int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
+{
+	struct reg *r;
+	return fleet_device_auth_reg(f, device_id, cred, &r);
+}
+
+int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out)
 {
 	char want[2 * FLEET_CRED_BYTES + 1];
 	uint64_t h;
@@ -121,6 +189,7 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 	uint32_t gen = 0;
 	int rc = 0;
 
+	*out = NULL;
 	if (f->auth_mode == FLEET_AUTH_CERT)
 		return ota_error_set(OTA_EAUTH, "this fleet authenticates devices by certificate (device_auth: cert):"
 						" connect with the device's client certificate");
@@ -141,6 +210,8 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 		return rc;
 	if (strlen(cred) != 2 * FLEET_CRED_BYTES || CRYPTO_memcmp(cred, want, 2 * FLEET_CRED_BYTES) != 0)
 		rc = ota_error_set(OTA_EAUTH, "missing or wrong credential");
+	else
+		*out = r;
 	OPENSSL_cleanse(want, sizeof(want));
 	return rc;
 }

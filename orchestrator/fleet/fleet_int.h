@@ -6,6 +6,7 @@
 #ifndef OTA_FLEET_INT_H
 #define OTA_FLEET_INT_H
 
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stddef.h>
@@ -23,6 +24,7 @@
 #define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
 #define FLEET_CRED_BYTES 16             /* a device credential: 128 bits, 32 hex characters */
 #define FLEET_MAX_REGISTER 10000        /* devices per registration request */
+#define FLEET_MAC_POOL 32               /* keyed HMAC contexts kept for reuse */
 
 /* Weight bounds of one device (docs/update-server.md, "Bounds").  Uptime
  * is credited up to the otacd time since the device's previous credit (a
@@ -90,6 +92,9 @@ struct reg {
 	struct reg *next;
 	uint64_t hash;
 	uint32_t gen;
+	struct device *dev;           /* its device once it checked in (a cache:
+				       * an authenticated check-in looks it up
+				       * once); under the shard's mutex */
 	char id[];
 };
 
@@ -128,6 +133,8 @@ struct exp_image {
 	const char *hardware;      /* interned */
 	char *sha256, *type, *url;
 	int64_t size;
+	char *offer[2];            /* the check-in answer's "offer", JSON text:
+				    * [0] a rollout, [1] a rollback */
 };
 
 struct cohort_key {
@@ -161,6 +168,10 @@ struct exposure {
 struct report {
 	struct device *dev;
 	const char *version;       /* interned */
+	const char *was;           /* the device's version when the report was
+				    * validated: the writer moves the device to
+				    * `version` (boot_ok, heartbeat) only if nothing
+				    * moved it since (a newer check-in wins) */
 	int event;
 	int crashed;               /* it claimed crashes (the distinct `crashed` flag) */
 	int64_t crashes;           /* credited, within the device's bounds */
@@ -181,6 +192,7 @@ struct fleet_reg {
  * the writer. */
 struct batch {
 	struct batch *next;
+	int64_t at;                /* real (monotonic) ms it was queued: the lag */
 	void (*done)(void *ctx, int rc);
 	void *ctx;
 	struct fleet_reg *reg;     /* borrowed: owned by the caller */
@@ -193,6 +205,12 @@ struct fleet {
 	size_t fleet_key_len;
 	unsigned char secret[32];  /* device credentials: HMAC key, server only */
 	int has_secret;
+	/* fleet_auth.c: HMAC contexts keyed with secret, ready for reuse (a
+	 * credential check re-inits one instead of fetching SHA-256 and
+	 * hashing the key again); under mac_mu */
+	pthread_mutex_t mac_mu;
+	EVP_MAC_CTX *mac_pool[FLEET_MAC_POOL];
+	int mac_n;
 	char *db_path;
 	int64_t cfg_poll_ms;
 
@@ -204,7 +222,7 @@ struct fleet {
 
 	/* label admission (fleet.c): device-supplied strings that may name an
 	 * aggregate or be interned; bounded so /metrics and memory are */
-	pthread_mutex_t adm_mu;
+	pthread_rwlock_t adm_lock;
 	const char **adm;          /* open addressing set of interned pointers */
 	size_t adm_cap, adm_n;
 	int64_t n_tags, n_names, tag_cap, name_cap;
@@ -252,6 +270,11 @@ struct fleet {
 	/* device certificates (issue 13; fleet_set_ca, fleet_auth_cert) */
 	struct fleet_ca *ca;
 	int auth_mode;             /* enum fleet_auth_mode */
+	/* how stale the committed aggregates are (fleet_lag): the queue time
+	 * of the oldest batch taken by the writer and not yet committed (0:
+	 * none; set under q_mu, kept across a failed commit) and the time of
+	 * the last commit, monotonic ms, atomics */
+	int64_t lag_oldest, last_commit;
 };
 
 uint64_t fleet_fnv(const void *p, size_t n, uint64_t h);
@@ -319,5 +342,9 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h);
 void fleet_reg_free_shard(struct shard *s);
+void fleet_auth_release(struct fleet *f);   /* the HMAC contexts (fleet_free) */
+/* fleet_device_auth, and the device's registry entry (lives until
+ * fleet_close) in *out */
+int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out);
 
 #endif

@@ -72,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -156,8 +157,11 @@ static void apply_report(struct fleet *f, const struct report *r)
 	uint32_t add, fresh;
 
 	pthread_mutex_lock(&s->mu);
-	/* boot_ok and heartbeat say what the device runs now */
-	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version)
+	/* boot_ok and heartbeat say what the device runs now, unless its
+	 * version moved after they were validated: a check-in (or a report)
+	 * newer than them said otherwise, and moving the device back would
+	 * drop its flags for the version it runs, the offer among them */
+	if ((r->event == EV_BOOT_OK || r->event == EV_HEARTBEAT) && d->version != r->version && d->version == r->was)
 		fleet_device_set_version_locked(f, d, r->version);
 	vf = fleet_vflag(d, r->version);
 	add = FL_REPORTING | event_flag[r->event] | (r->crashed ? FL_CRASHED : 0);
@@ -599,9 +603,26 @@ static int round_commit(struct fleet *f, struct batch *batches)
 	return 0;
 }
 
+/* Tests only: while the file named by OTACD_TEST_FLEET_STALL_FILE exists,
+ * the writer does not commit (a writer lagging behind its devices, for
+ * tests/test_staleness.c).  Never set in production. */
+static void test_stall(struct fleet *f, const char *path)
+{
+	while (path && access(path, F_OK) == 0) {
+		int stop;
+		pthread_mutex_lock(&f->q_mu);
+		stop = f->stop;
+		pthread_mutex_unlock(&f->q_mu);
+		if (stop)
+			break;
+		usleep(20000);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
+	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
 	for (;;) {
 		struct batch *batches, *next;
 		int stop, rc;
@@ -620,9 +641,16 @@ static void *writer_main(void *arg)
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
 		stop = f->stop;
+		if (batches && (!f->lag_oldest || batches->at < f->lag_oldest)) /* FIFO: the head is the oldest */
+			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&f->q_mu);
 
+		test_stall(f, stall);
 		rc = round_commit(f, batches);
+		if (rc == 0) { /* published: nothing taken is pending any more */
+			__atomic_store_n(&f->last_commit, clock_mono_ms(), __ATOMIC_RELAXED);
+			__atomic_store_n(&f->lag_oldest, 0, __ATOMIC_RELAXED);
+		}
 		for (; batches; batches = next) {
 			next = batches->next;
 			if (rc < 0)
@@ -641,9 +669,23 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+void fleet_lag(struct fleet *f, struct fleet_lag *out)
+{
+	int64_t now = clock_mono_ms(), oldest, last;
+	pthread_mutex_lock(&f->q_mu);
+	oldest = __atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED);
+	if (f->q_head && (!oldest || f->q_head->at < oldest))
+		oldest = f->q_head->at;
+	pthread_mutex_unlock(&f->q_mu);
+	last = __atomic_load_n(&f->last_commit, __ATOMIC_RELAXED);
+	out->lag_ms = oldest ? now - oldest : 0;
+	out->since_commit_ms = last ? now - last : -1;
+}
+
 void fleet_store_submit(struct fleet *f, struct batch *b)
 {
 	b->next = NULL;
+	b->at = clock_mono_ms();
 	pthread_mutex_lock(&f->q_mu);
 	if (f->stop) { /* closing: the writer may be gone */
 		pthread_mutex_unlock(&f->q_mu);
@@ -961,7 +1003,9 @@ static void fleet_free(struct fleet *f)
 	pthread_mutex_destroy(&f->q_mu);
 	pthread_cond_destroy(&f->q_cond);
 	pthread_mutex_destroy(&f->reg_mu);
-	pthread_mutex_destroy(&f->adm_mu);
+	fleet_auth_release(f);
+	pthread_mutex_destroy(&f->mac_mu);
+	pthread_rwlock_destroy(&f->adm_lock);
 	free(f->adm);
 	json_decref(f->tag_allow);
 	free(f->db_path);
@@ -994,7 +1038,8 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	f->cfg_poll_ms = cfg->poll_ms > 0 ? cfg->poll_ms : 6 * 3600 * 1000LL;
 	f->star = fleet_intern(f, "*", 1);
 	pthread_mutex_init(&f->reg_mu, NULL);
-	pthread_mutex_init(&f->adm_mu, NULL);
+	pthread_mutex_init(&f->mac_mu, NULL);
+	pthread_rwlock_init(&f->adm_lock, NULL);
 	f->reg_rate = cfg->register_rate > 0 ? cfg->register_rate : 10.0;
 	f->reg_burst = cfg->register_burst > 0 ? (double)cfg->register_burst : 10000.0;
 	f->reg_tokens = f->reg_burst;
