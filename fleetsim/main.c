@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <getopt.h>
 #include <microhttpd.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/keys.h"
+#include "../orchestrator/mcuboot_enc.h"
 #include "run.h"
 #include "sim.h"
 
@@ -40,7 +43,7 @@ static void usage(FILE *f)
 	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
-	      "         [--shared-downloads] [--quiet] [--cacert CA.pem]\n"
+	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--enc-key DEVICE_PRIV.pem]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -67,6 +70,24 @@ static int load_key(EVP_PKEY **out, const char *path)
 	    (rc = pubkey_load_pem(out, pem.ptr, pem.len)))
 		ota_error_prefix("--key %s: ", path);
 	buf_release(&pem);
+	return rc;
+}
+
+/* --enc-key: the device's private key for encrypted images (EC P-256 or
+ * X25519 PEM), which on a real device lives only in the bootloader. */
+static int load_enc_key(EVP_PKEY **out, const char *path)
+{
+	enum mcuboot_enc e;
+	BIO *bio = BIO_new_file(path, "r");
+	int rc = 0;
+
+	*out = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	ERR_clear_error();
+	if (!*out)
+		rc = ota_error_set(OTA_EINVAL, "--enc-key %s: cannot read a PEM private key", path);
+	else if ((rc = mcuboot_enc_scheme(*out, &e)))
+		ota_error_prefix("--enc-key %s: ", path);
 	return rc;
 }
 
@@ -152,6 +173,7 @@ int main(int argc, char **argv)
 		{ "shared-downloads", no_argument, NULL, 'D' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "cacert", required_argument, NULL, 'A' },
+		{ "enc-key", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -160,7 +182,7 @@ int main(int argc, char **argv)
 	struct buf text = BUF_INIT, keyfile = BUF_INIT;
 	const char *profile_path = NULL, *metrics_listen = NULL;
 	char *until = NULL, *fleet_key = NULL;
-	EVP_PKEY **keys = NULL;
+	EVP_PKEY **keys = NULL, *enc_key = NULL;
 	size_t nkeys = 0;
 	struct fleetsim *fs = NULL;
 	struct MHD_Daemon *mhd = NULL;
@@ -182,6 +204,12 @@ int main(int argc, char **argv)
 			have_seed = 1;
 			break;
 		case 'p': profile_path = optarg; break;
+		case 'E':
+			EVP_PKEY_free(enc_key);
+			if ((rc = load_enc_key(&enc_key, optarg)))
+				goto out;
+			o.enc_key = enc_key;
+			break;
 		case 'k':
 			keys = xrealloc(keys, (nkeys + 1) * sizeof(*keys));
 			if ((rc = load_key(&keys[nkeys], optarg)))
@@ -302,6 +330,7 @@ out:
 	for (size_t k = 0; k < nkeys; k++)
 		EVP_PKEY_free(keys[k]);
 	free(keys);
+	EVP_PKEY_free(enc_key);
 	sim_profile_release(&profile);
 	buf_release(&text);
 	buf_release(&keyfile);

@@ -1112,6 +1112,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 	pthread_mutex_init(&fs->mlock, NULL);
 	buf_init(&fs->pending, BUF_NOLIMIT);
 	sim_imgcache_init(&fs->images, keys, nkeys);
+	fs->images.enc_key = o->enc_key;
 	fs->rng = sim_mix64(o->seed ^ 0x5eed);
 	fs->poll_ms = DEFAULT_POLL_MS;
 	fs->base = xstrdup(o->url);

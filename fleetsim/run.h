@@ -32,6 +32,7 @@ struct fleetsim_opts {
 	const char *stats_path;      /* JSON written at exit, or NULL */
 	int quiet;                   /* no summary lines */
 	const char *cacert;          /* https: verify the server against this PEM CA file (NULL: system CAs) */
+	EVP_PKEY *enc_key;           /* borrowed: private key for encrypted images (--enc-key), or NULL */
 };
 
 struct fleetsim;

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/mcuboot_enc.h"
 
 /* ---- hashing and random numbers ---------------------------------------- */
 
@@ -597,7 +598,7 @@ int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const voi
 {
 	struct mcuboot_info info;
 	char hex[65];
-	struct buf why = BUF_INIT;
+	struct buf why = BUF_INIT, plain = BUF_INIT;
 	int rc = OTA_EINVAL;
 
 	if (img->state == SIM_IMG_OK)
@@ -613,6 +614,23 @@ int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const voi
 	}
 	memcpy(img->sha256, hex, 65);
 	c->verifications++;
+	/* An encrypted image is decrypted with the device key first (as
+	 * MCUboot does); the signature is over the plaintext. */
+	if (mcuboot_parse(&info, data, len) == 0 && (info.flags & (MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256))) {
+		if (!c->enc_key) {
+			image_bad(img, "the image is encrypted and this device has no decryption key");
+			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);
+			goto out;
+		}
+		if (mcuboot_decrypt(&plain, data, len, c->enc_key) < 0) {
+			buf_printf(&why, "decryption: %s", ota_error_last());
+			image_bad(img, buf_cstr(&why));
+			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);
+			goto out;
+		}
+		data = plain.ptr;
+		len = plain.len;
+	}
 	rc = OTA_EINVAL;
 	if (!c->nkeys)
 		buf_puts(&why, "no trusted key");
@@ -636,6 +654,7 @@ int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const voi
 	rc = 0;
 out:
 	buf_release(&why);
+	buf_release(&plain);
 	return rc;
 }
 

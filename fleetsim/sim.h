@@ -201,6 +201,7 @@ struct sim_imgcache {
 	EVP_PKEY **keys;            /* borrowed: the trusted public keys */
 	size_t nkeys;
 	uint64_t verifications;     /* mcuboot_verify runs (one per distinct image) */
+	EVP_PKEY *enc_key;          /* borrowed: the device's decryption key (--enc-key), or NULL */
 };
 
 void sim_imgcache_init(struct sim_imgcache *c, EVP_PKEY **keys, size_t nkeys);
