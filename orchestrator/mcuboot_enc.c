@@ -23,6 +23,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/kdf.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 #include <string.h>
@@ -77,6 +78,40 @@ int mcuboot_enc_scheme(EVP_PKEY *key, enum mcuboot_enc *out)
 	return ota_error_set(OTA_EINVAL, "encryption key is %s%s%s; MCUboot encryption here needs an EC P-256 "
 			     "(ECIES-P256) or X25519 (ECIES-X25519) key", EVP_PKEY_get0_type_name(key)
 			     ? EVP_PKEY_get0_type_name(key) : "unknown", *group ? " " : "", group);
+}
+
+int mcuboot_enc_pubkey_load(EVP_PKEY **out, const char *path)
+{
+	struct buf pem = BUF_INIT;
+	enum mcuboot_enc e;
+	BIO *bio = NULL;
+	int rc;
+
+	*out = NULL;
+	if ((rc = ota_read_file(&pem, path, 64 << 10)) < 0)
+		goto out;
+	if (memmem(pem.ptr, pem.len, "PRIVATE KEY-----", 16)) {
+		rc = ota_error_set(OTA_EINVAL, "%s holds a private key; only the device's public key belongs "
+				   "on the server", path);
+		goto out;
+	}
+	bio = BIO_new_mem_buf(pem.ptr, (int)pem.len);
+	*out = bio ? PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL) : NULL;
+	ERR_clear_error();
+	if (!*out) {
+		rc = ota_error_set(OTA_EINVAL, "%s: not a PEM \"PUBLIC KEY\"", path);
+		goto out;
+	}
+	if ((rc = mcuboot_enc_scheme(*out, &e)) < 0)
+		ota_error_prefix("%s: ", path);
+out:
+	if (rc < 0) {
+		EVP_PKEY_free(*out);
+		*out = NULL;
+	}
+	BIO_free(bio);
+	buf_release(&pem);
+	return rc;
 }
 
 int mcuboot_enc_key_id(EVP_PKEY *key, char hex[65])

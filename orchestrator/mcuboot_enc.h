@@ -50,6 +50,11 @@ const char *mcuboot_enc_name(enum mcuboot_enc e);
  * X25519; OTA_EINVAL for any other key. */
 int mcuboot_enc_scheme(EVP_PKEY *key, enum mcuboot_enc *out);
 
+/* Read a device PUBLIC key (PEM file, at most 64 KiB) for encrypting
+ * images: EC P-256 or X25519.  A private key is refused: on the server
+ * side only the public half may exist. */
+int mcuboot_enc_pubkey_load(EVP_PKEY **out, const char *path);
+
 /* Hex SHA-256 of the key's DER SubjectPublicKeyInfo: the id the manifest
  * names the device key class by. */
 int mcuboot_enc_key_id(EVP_PKEY *key, char hex[65]);

@@ -556,6 +556,297 @@ static void imgtool_verifies_our_images_after_decryption(void **state)
 	free(ip);
 }
 
+/* ---- end to end: a pipeline release to a fleet ------------------------------ */
+
+static void daemon_start(struct daemon *d, const char *enc_pub)
+{
+	const char *const args[] = { "--local-agents", "2", "--time-scale", "3600", NULL };
+	char *cfg;
+
+	h_init(d, NULL);
+	cfg = xasprintf("keys:\n  test: { spec: %s }\n"
+			"encryption_keys:\n  an385: %s\n  wrongly-private: %s\n"
+			"device_register_burst: 100000\n",
+			F.priv_pem[K_SIGN_ED], enc_pub, F.priv_pem[K_DEV_EC]);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(d, args), 0);
+	free(cfg);
+}
+
+static int64_t wait_sql(struct daemon *d, const char *sql, int timeout_ms)
+{
+	int64_t v = 0;
+	for (int waited = 0; waited < timeout_ms && !(v = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	return v;
+}
+
+/* Run otacd-fleetsim to its end: n devices on 1.0.0, the device key (NULL:
+ * none); its stats JSON. */
+static json_t *sim_run(struct daemon *d, int n, const char *enc_key, const char *duration, const char *until)
+{
+	char *bin = h_bin("otacd-fleetsim"), *prof = xasprintf("%s/profile.json", d->dir);
+	char *log = xasprintf("%s/sim.log", d->dir), *stats = xasprintf("%s/stats.json", d->dir), devices[16];
+	json_t *st;
+	pid_t pid;
+	int status = 0;
+
+	snprintf(devices, sizeof(devices), "%d", n);
+	/* one hardware variant (the one the release encrypts for), no random
+	 * boot failures or crashes: what is measured is the key */
+	static const char profile[] = "{\"hardware\": {\"mps2-an385\": 1}, \"default\": {\"crash_rate\": 0, "
+				      "\"boot_fail_rate\": 0, \"revert_rate\": 0}}";
+	assert_int_equal(ota_write_file_atomic(prof, profile, strlen(profile), 0600), 0);
+	unlink(stats);
+	pid = fork();
+	if (pid == 0) {
+		const char *argv[32];
+		int k = 0;
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		argv[k++] = bin;
+		argv[k++] = "--url"; argv[k++] = d->device_url;
+		argv[k++] = "--devices"; argv[k++] = devices;
+		argv[k++] = "--seed"; argv[k++] = "7";
+		argv[k++] = "--key"; argv[k++] = F.pub_pem[K_SIGN_ED];
+		argv[k++] = "--fleet-key"; argv[k++] = d->fleet_key;
+		argv[k++] = "--product"; argv[k++] = "fw";
+		argv[k++] = "--profile"; argv[k++] = prof;
+		argv[k++] = "--start-version"; argv[k++] = "1.0.0";
+		argv[k++] = "--start-counter"; argv[k++] = "0";
+		argv[k++] = "--stats"; argv[k++] = stats;
+		argv[k++] = "--quiet";
+		if (enc_key) {
+			argv[k++] = "--enc-key";
+			argv[k++] = enc_key;
+		}
+		argv[k++] = "--duration";
+		argv[k++] = duration;
+		if (until) {
+			argv[k++] = "--until";
+			argv[k++] = until;
+		}
+		argv[k] = NULL;
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	assert_true(pid > 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	st = json_load_file(stats, 0, NULL);
+	if (!st) {
+		struct buf out = BUF_INIT;
+		h_sh(&out, "tail -20 %s", log);
+		fail_msg("fleetsim wrote no stats (status %d): %s", status, buf_cstr(&out));
+	}
+	free(bin);
+	free(prof);
+	free(log);
+	free(stats);
+	return st;
+}
+
+static int64_t jint(const json_t *o, const char *k)
+{
+	return json_integer_value(json_object_get(o, k));
+}
+
+/* The only image in the stats: its state and error. */
+static const char *sim_image_state(const json_t *st, const char **error)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(json_object_get(st, "images"), k, v) {
+		*error = json_string_value(json_object_get(v, "error"));
+		return json_string_value(json_object_get(v, "state"));
+	}
+	*error = NULL;
+	return "none";
+}
+
+/*
+ * A pipeline release with `encrypt:` for the devices' hardware variant
+ * (X25519, AES-256): the manifest names the key class, the stored image is
+ * ciphertext; fleetsim devices with another device key, or none, refuse it
+ * and install nothing; 300 devices holding the key install it.
+ */
+static void encrypted_release_installs_only_on_devices_with_the_key(void **state)
+{
+	struct daemon d;
+	const char *y = "name: fw\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"head -c 20000 /dev/urandom > app.bin && printf 'FIRMWARE-IN-CLEAR' >> app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test,\n"
+			"      encrypt: { cipher: aes256, hardware: { mps2-an385: an385 } } }\n"
+			"  - { name: canary, kind: rollout, needs: [release], steps: [ {percent: 100, hold: 48h} ] }\n";
+	json_t *st, *rel = NULL, *man, *img;
+	struct buf out = BUF_INIT, bytes = BUF_INIT, plain = BUF_INIT;
+	const char *err = NULL;
+	char id[65], *path;
+	int64_t run, art;
+	struct mcuboot_info info;
+	(void)state;
+	daemon_start(&d, F.pub_pem[K_DEV_X]);
+	run = h_trigger(&d, y);
+	assert_true(run > 0);
+	if (!wait_sql(&d, "SELECT COUNT(*) FROM rollouts WHERE state IN ('holding', 'rolling')", 120000)) {
+		json_t *r = h_run(&d, run);
+		char *t = json_dumps(r, 0);
+		fail_msg("no rollout started: %s", t);
+	}
+
+	/* the manifest names the key class; the stored image is ciphertext */
+	assert_int_equal(h_get(&d, "/api/v1/releases/1", &rel), 200);
+	path = xasprintf("%s/api/v1/artifacts/%lld", d.url, (long long)jint(rel, "manifest_artifact"));
+	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' '%s'", d.token, path), 0);
+	free(path);
+	man = json_loads(buf_cstr(&out), 0, NULL);
+	assert_non_null(man);
+	img = json_array_get(json_object_get(man, "images"), 0);
+	assert_non_null(img);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "scheme")), "ecies-x25519");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "cipher")), "aes256");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "key")), "an385");
+	assert_int_equal(mcuboot_enc_key_id(F.pub[K_DEV_X], id), 0);
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "key_id")), id);
+	art = h_sql_int(&d, "SELECT id FROM artifacts WHERE name LIKE 'release/%.signed.bin'");
+	assert_true(art > 0);
+	path = xasprintf("%s/api/v1/artifacts/%lld", d.url, (long long)art);
+	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' -o %s/dl.bin '%s'", d.token, d.dir, path), 0);
+	free(path);
+	path = xasprintf("%s/dl.bin", d.dir);
+	assert_int_equal(ota_read_file(&bytes, path, 1 << 20), 0);
+	free(path);
+	assert_null(memmem(bytes.ptr, bytes.len, "FIRMWARE-IN-CLEAR", 17));
+	assert_int_equal(mcuboot_parse(&info, bytes.ptr, bytes.len), 0);
+	assert_int_equal(info.flags & MCUBOOT_F_ENC_AES256, MCUBOOT_F_ENC_AES256);
+	assert_int_equal(mcuboot_decrypt(&plain, bytes.ptr, bytes.len, F.priv[K_DEV_X]), 0);
+	assert_non_null(memmem(plain.ptr, plain.len, "FIRMWARE-IN-CLEAR", 17));
+	assert_int_equal(mcuboot_verify(NULL, plain.ptr, plain.len, F.pub[K_SIGN_ED]), 0);
+
+	/* devices holding another X25519 key: the MAC fails, nothing installs */
+	st = sim_run(&d, 100, F.priv_pem[K_DEV_X2], "10", NULL);
+	assert_true(jint(st, "offered") > 0 || jint(st, "refused") > 0);
+	assert_int_equal(jint(st, "installed"), 0);
+	assert_string_equal(sim_image_state(st, &err), "refused");
+	assert_non_null(err);
+	assert_non_null(strstr(err, "MAC of the wrapped image key does not verify"));
+	json_decref(st);
+	/* devices without a decryption key */
+	st = sim_run(&d, 50, NULL, "8", NULL);
+	assert_int_equal(jint(st, "installed"), 0);
+	assert_string_equal(sim_image_state(st, &err), "refused");
+	assert_non_null(strstr(err, "no decryption key"));
+	json_decref(st);
+
+	/* 300 devices with the key install it */
+	st = sim_run(&d, 300, F.priv_pem[K_DEV_X], "120", "1.1.0:1.0");
+	assert_string_equal(sim_image_state(st, &err), "ok");
+	assert_true(jint(st, "installed") >= 300);
+	assert_int_equal(jint(st, "refused_bad_signature"), 0);
+	if (jint(json_object_get(st, "versions"), "1.1.0") != 300) {
+		char *t = json_dumps(json_object_get(st, "versions"), 0);
+		fail_msg("versions at the end: %s", t);
+	}
+	json_decref(st);
+
+	/* the daemon's own release check and otactl verify: the signature
+	 * checks out over the sealed image */
+	json_decref(rel);
+	assert_int_equal(h_get(&d, "/api/v1/releases/1/verification", &rel), 200);
+	if (!json_is_true(json_object_get(rel, "ok"))) {
+		char *t = json_dumps(rel, 0);
+		fail_msg("release verification: %s", t);
+	}
+	path = h_bin("otactl");
+	if (h_sh(&out, "%s --url %s --token %s verify %s/dl.bin --key %s", path, d.url, d.token, d.dir,
+		 F.pub_pem[K_SIGN_ED]) != 0)
+		fail_msg("otactl verify: %s", buf_cstr(&out));
+	free(path);
+	json_decref(rel);
+	json_decref(man);
+	buf_release(&out);
+	buf_release(&bytes);
+	buf_release(&plain);
+	h_cleanup(&d);
+}
+
+/* Bad `encrypt:` settings: refused when the pipeline is read, or the
+ * release fails with the reason and records nothing. */
+static void bad_encrypt_settings_are_refused(void **state)
+{
+	static const struct {
+		const char *enc, *want;
+	} bad[] = {
+		{ "{ key: an385, cipher: aes192 }", "encrypt.cipher must be aes128 or aes256" },
+		{ "{ cipher: aes128 }", "encrypt needs key" },
+		{ "{ key: an385, colour: blue }", "unknown key 'colour' in encrypt" },
+		{ "an385", "encrypt must be a mapping" },
+	};
+	static const struct {
+		const char *enc, *want;
+	} fails[] = {
+		{ "{ key: nosuch }", "encryption key 'nosuch' is not configured" },
+		{ "{ key: wrongly-private }", "only the device's public key belongs on the server" },
+		{ "{ hardware: { other-board: an385 } }", "no key for hardware variant 'mps2-an385'" },
+	};
+	struct daemon d;
+	json_t *r;
+	(void)state;
+	daemon_start(&d, F.pub_pem[K_DEV_X]);
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(bad); i++) {
+		char *y = xasprintf("name: fw\nstages:\n"
+				    "  - { name: build, steps: [ { run: \"echo x > app.bin\" } ],"
+				    " artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ] }\n"
+				    "  - { name: release, kind: release, needs: [build], version: \"1.1.%zu\", security_counter: 1,"
+				    " key: test, encrypt: %s }\n", i, bad[i].enc);
+		json_t *body = json_pack("{ss ss}", "pipeline", y, "file", "test.yml"), *ans = NULL;
+		char *t;
+		long stc = h_post(&d, "/api/v1/runs", body, &ans);
+		t = json_dumps(ans, 0);
+		assert_int_equal(stc, 422);
+		if (!strstr(t, bad[i].want))
+			fail_msg("%s: expected \"%s\", got %s", bad[i].enc, bad[i].want, t);
+		free(t);
+		json_decref(ans);
+		json_decref(body);
+		free(y);
+	}
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(fails); i++) {
+		char *y = xasprintf("name: fw\nstages:\n"
+				    "  - { name: build, steps: [ { run: \"echo x > app.bin\" } ],"
+				    " artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ] }\n"
+				    "  - { name: release, kind: release, needs: [build], version: \"1.2.%zu\", security_counter: 1,"
+				    " key: test, encrypt: %s }\n", i, fails[i].enc);
+		int64_t run = h_trigger(&d, y);
+		const char *end = h_wait_run(&d, run, 60000);
+		char *t;
+		assert_string_equal(end, "failed");
+		r = h_run(&d, run);
+		t = json_dumps(h_job(r, "release"), 0);
+		if (!strstr(t, fails[i].want)) {
+			json_t *lg = NULL;
+			char *lp = xasprintf("/api/v1/jobs/%lld/log",
+					     (long long)json_integer_value(json_object_get(h_job(r, "release"), "id")));
+			struct buf lb = BUF_INIT;
+			h_sh(&lb, "curl -s '%s%s'", d.url, lp);
+			if (!strstr(buf_cstr(&lb), fails[i].want))
+				fail_msg("%s: expected \"%s\" in the job or its log: %s / %s", fails[i].enc, fails[i].want,
+					 t, buf_cstr(&lb));
+			buf_release(&lb);
+			free(lp);
+			json_decref(lg);
+		}
+		free(t);
+		json_decref(r);
+		free(y);
+	}
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM releases"), 0);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -569,6 +860,8 @@ int main(void)
 		cmocka_unit_test(openssl_cli_decrypts_our_images),
 		cmocka_unit_test(imgtool_encrypted_images_decrypt_here_and_match_ours),
 		cmocka_unit_test(imgtool_verifies_our_images_after_decryption),
+		cmocka_unit_test(bad_encrypt_settings_are_refused),
+		cmocka_unit_test(encrypted_release_installs_only_on_devices_with_the_key),
 	};
 	return cmocka_run_group_tests(tests, keys_setup, keys_teardown);
 }
