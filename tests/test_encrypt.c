@@ -565,9 +565,9 @@ static void daemon_start(struct daemon *d, const char *enc_pub)
 
 	h_init(d, NULL);
 	cfg = xasprintf("keys:\n  test: { spec: %s }\n"
-			"encryption_keys:\n  an385: %s\n  wrongly-private: %s\n"
+			"encryption_keys:\n  an385: %s\n  fleet: %s\n  wrongly-private: %s\n"
 			"device_register_burst: 100000\n",
-			F.priv_pem[K_SIGN_ED], enc_pub, F.priv_pem[K_DEV_EC]);
+			F.priv_pem[K_SIGN_ED], enc_pub, F.pub_pem[K_DEV_EC], F.priv_pem[K_DEV_EC]);
 	d->config = xasprintf("%s/config.yml", d->dir);
 	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
 	assert_int_equal(h_start(d, args), 0);
@@ -676,10 +676,12 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 	struct daemon d;
 	const char *y = "name: fw\nstages:\n"
 			"  - name: build\n"
-			"    steps: [ { run: \"head -c 20000 /dev/urandom > app.bin && printf 'FIRMWARE-IN-CLEAR' >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			"    steps: [ { run: \"head -c 20000 /dev/urandom > app.bin && printf 'FIRMWARE-IN-CLEAR' >> app.bin"
+			" && cp app.bin app386.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 },\n"
+			"                 { path: app386.bin, name: app386.bin, type: application, hardware: mps2-an386 } ]\n"
 			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test,\n"
-			"      encrypt: { cipher: aes256, hardware: { mps2-an385: an385 } } }\n"
+			"      encrypt: { key: fleet, cipher: aes256, hardware: { mps2-an385: an385 } } }\n"
 			"  - { name: canary, kind: rollout, needs: [release], steps: [ {percent: 100, hold: 48h} ] }\n";
 	json_t *st, *rel = NULL, *man, *img;
 	struct buf out = BUF_INIT, bytes = BUF_INIT, plain = BUF_INIT;
@@ -704,14 +706,33 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 	free(path);
 	man = json_loads(buf_cstr(&out), 0, NULL);
 	assert_non_null(man);
+	/* per hardware variant: an385 has its own X25519 key, the rest the P-256 default */
+	assert_int_equal(json_array_size(json_object_get(man, "images")), 2);
+	img = json_array_get(json_object_get(man, "images"), 1);
+	assert_string_equal(json_string_value(json_object_get(img, "hardware")), "mps2-an386");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "scheme")), "ecies-p256");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "key")), "fleet");
+	art = h_sql_int(&d, "SELECT id FROM artifacts WHERE name = 'release/mps2-an386/app386.bin.signed.bin'");
+	assert_true(art > 0);
+	path = xasprintf("%s/api/v1/artifacts/%lld", d.url, (long long)art);
+	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' '%s' > %s/dl386.bin", d.token, path, d.dir), 0);
+	free(path);
+	path = xasprintf("%s/dl386.bin", d.dir);
+	assert_int_equal(ota_read_file(&bytes, path, 1 << 20), 0);
+	free(path);
+	assert_int_not_equal(mcuboot_decrypt(&plain, bytes.ptr, bytes.len, F.priv[K_DEV_X]), 0);
+	assert_int_equal(mcuboot_decrypt(&plain, bytes.ptr, bytes.len, F.priv[K_DEV_EC]), 0);
+	assert_int_equal(mcuboot_verify(NULL, plain.ptr, plain.len, F.pub[K_SIGN_ED]), 0);
+	buf_clear(&bytes);
+	buf_clear(&out);
 	img = json_array_get(json_object_get(man, "images"), 0);
-	assert_non_null(img);
+	assert_string_equal(json_string_value(json_object_get(img, "hardware")), "mps2-an385");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "scheme")), "ecies-x25519");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "cipher")), "aes256");
 	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "key")), "an385");
 	assert_int_equal(mcuboot_enc_key_id(F.pub[K_DEV_X], id), 0);
 	assert_string_equal(json_string_value(json_object_get(json_object_get(img, "encryption"), "key_id")), id);
-	art = h_sql_int(&d, "SELECT id FROM artifacts WHERE name LIKE 'release/%.signed.bin'");
+	art = h_sql_int(&d, "SELECT id FROM artifacts WHERE name = 'release/mps2-an385/app.bin.signed.bin'");
 	assert_true(art > 0);
 	path = xasprintf("%s/api/v1/artifacts/%lld", d.url, (long long)art);
 	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' -o %s/dl.bin '%s'", d.token, d.dir, path), 0);
