@@ -43,7 +43,7 @@ static void usage(FILE *f)
 	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
-	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--enc-key DEVICE_PRIV.pem]\n"
+	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--enc-key [HW=]PRIV.pem]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -182,8 +182,9 @@ int main(int argc, char **argv)
 	struct buf text = BUF_INIT, keyfile = BUF_INIT;
 	const char *profile_path = NULL, *metrics_listen = NULL;
 	char *until = NULL, *fleet_key = NULL;
-	EVP_PKEY **keys = NULL, *enc_key = NULL;
-	size_t nkeys = 0;
+	EVP_PKEY **keys = NULL;
+	struct sim_enc_key *enc = NULL;
+	size_t nkeys = 0, nenc = 0;
 	struct fleetsim *fs = NULL;
 	struct MHD_Daemon *mhd = NULL;
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -204,12 +205,23 @@ int main(int argc, char **argv)
 			have_seed = 1;
 			break;
 		case 'p': profile_path = optarg; break;
-		case 'E':
-			EVP_PKEY_free(enc_key);
-			if ((rc = load_enc_key(&enc_key, optarg)))
+		case 'E': {
+			/* [HARDWARE=]FILE */
+			const char *eq = strchr(optarg, '='), *file = optarg;
+			enc = xrealloc(enc, (nenc + 1) * sizeof(*enc));
+			enc[nenc].hardware = NULL;
+			if (eq && eq > optarg && !memchr(optarg, '/', (size_t)(eq - optarg))) {
+				enc[nenc].hardware = xstrndup(optarg, (size_t)(eq - optarg));
+				file = eq + 1;
+			}
+			rc = load_enc_key(&enc[nenc].key, file);
+			nenc++;
+			if (rc)
 				goto out;
-			o.enc_key = enc_key;
+			o.enc = enc;
+			o.nenc = nenc;
 			break;
+		}
 		case 'k':
 			keys = xrealloc(keys, (nkeys + 1) * sizeof(*keys));
 			if ((rc = load_key(&keys[nkeys], optarg)))
@@ -330,7 +342,11 @@ out:
 	for (size_t k = 0; k < nkeys; k++)
 		EVP_PKEY_free(keys[k]);
 	free(keys);
-	EVP_PKEY_free(enc_key);
+	for (size_t k = 0; k < nenc; k++) {
+		EVP_PKEY_free(enc[k].key);
+		free((char *)enc[k].hardware);
+	}
+	free(enc);
 	sim_profile_release(&profile);
 	buf_release(&text);
 	buf_release(&keyfile);

@@ -32,7 +32,8 @@ struct fleetsim_opts {
 	const char *stats_path;      /* JSON written at exit, or NULL */
 	int quiet;                   /* no summary lines */
 	const char *cacert;          /* https: verify the server against this PEM CA file (NULL: system CAs) */
-	EVP_PKEY *enc_key;           /* borrowed: private key for encrypted images (--enc-key), or NULL */
+	const struct sim_enc_key *enc;  /* borrowed: private keys for encrypted images (--enc-key) */
+	size_t nenc;
 };
 
 struct fleetsim;

@@ -617,12 +617,19 @@ int sim_imgcache_verify(struct sim_imgcache *c, struct sim_image *img, const voi
 	/* An encrypted image is decrypted with the device key first (as
 	 * MCUboot does); the signature is over the plaintext. */
 	if (mcuboot_parse(&info, data, len) == 0 && (info.flags & (MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256))) {
-		if (!c->enc_key) {
+		EVP_PKEY *key = NULL;
+		for (size_t k = 0; k < c->nenc && !key; k++)
+			if (c->enc[k].hardware && img->hardware && !strcmp(c->enc[k].hardware, img->hardware))
+				key = c->enc[k].key;
+		for (size_t k = 0; k < c->nenc && !key; k++)
+			if (!c->enc[k].hardware)
+				key = c->enc[k].key;
+		if (!key) {
 			image_bad(img, "the image is encrypted and this device has no decryption key");
 			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);
 			goto out;
 		}
-		if (mcuboot_decrypt(&plain, data, len, c->enc_key) < 0) {
+		if (mcuboot_decrypt(&plain, data, len, key) < 0) {
 			buf_printf(&why, "decryption: %s", ota_error_last());
 			image_bad(img, buf_cstr(&why));
 			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);

@@ -101,7 +101,8 @@ struct mcuboot_info {
  * sizes, the protected area (present exactly when the header says so, with
  * the header's length), the unprotected area, every entry inside its area,
  * the lengths of the known entries, one SHA256 TLV, KEYHASH before the
- * signature.  Unknown TLV types are skipped.  Bytes after the TLV areas
+ * signature.  The encryption key TLV (0x30..0x34) is recorded in enc_*
+ * (a second one is refused).  Unknown TLV types are skipped.  Bytes after the TLV areas
  * (slot padding, trailer) are ignored.
  */
 int mcuboot_parse(struct mcuboot_info *out, const void *img, size_t len);

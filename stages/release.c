@@ -16,6 +16,10 @@
  * enforces anti-rollback (no counter below one already released for the
  * product) and increasing versions per branch.
  *
+ * With `encrypt:` (issue 13) each image's body is encrypted for a device
+ * public key from `encryption_keys:` chosen by its hardware variant, and
+ * the manifest says which key class (mcuboot_enc.h).
+ *
  * Keys: `key:` names an entry of otacd's configuration (`keys:`), whose
  * spec is a PEM file or a PKCS#11 URI; a pipeline never carries a key path
  * or PIN.  Re-running after a crash is safe: uploads are content-addressed

@@ -441,7 +441,7 @@ static void openssl_cli_decrypts_our_images(void **state)
 			 (size_t)info.header_size + 1, (size_t)info.image_size, c->bits,
 			 (size_t)info.header_size + info.image_size + 1) != 0)
 			fail_msg("case %zu: openssl CLI unwrap failed: %s", ci, buf_cstr(&out));
-		buf_clear(&plain);
+		buf_release(&plain);
 		free(imgp);
 		imgp = xasprintf("%s/plain.bin", d);
 		assert_int_equal(ota_read_file(&plain, imgp, 1 << 20), 0);
@@ -482,7 +482,7 @@ static void imgtool_encrypted_images_decrypt_here_and_match_ours(void **state)
 		if (h_sh(&out, "/usr/bin/python3 %s sign -k %s -E %s --encrypt-keylen %d %s %s %s", imgtool(),
 			 F.priv_pem[c->sign], F.pub_pem[c->dev], c->bits, sign_args, in, ip) != 0)
 			fail_msg("imgtool sign -E: %s", buf_cstr(&out));
-		buf_clear(&theirs);
+		buf_release(&theirs);
 		assert_int_equal(ota_read_file(&theirs, ip, 1 << 22), 0);
 		assert_int_equal(mcuboot_parse(&ti, theirs.ptr, theirs.len), 0);
 		assert_int_equal(ti.enc_type, c->tlv_type);
@@ -584,7 +584,8 @@ static int64_t wait_sql(struct daemon *d, const char *sql, int timeout_ms)
 
 /* Run otacd-fleetsim to its end: n devices on 1.0.0, the device key (NULL:
  * none); its stats JSON. */
-static json_t *sim_run(struct daemon *d, int n, const char *enc_key, const char *duration, const char *until)
+static json_t *sim_run(struct daemon *d, int n, const char *enc1, const char *enc2, const char *duration,
+		       const char *until)
 {
 	char *bin = h_bin("otacd-fleetsim"), *prof = xasprintf("%s/profile.json", d->dir);
 	char *log = xasprintf("%s/sim.log", d->dir), *stats = xasprintf("%s/stats.json", d->dir), devices[16];
@@ -593,9 +594,9 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc_key, const char 
 	int status = 0;
 
 	snprintf(devices, sizeof(devices), "%d", n);
-	/* one hardware variant (the one the release encrypts for), no random
-	 * boot failures or crashes: what is measured is the key */
-	static const char profile[] = "{\"hardware\": {\"mps2-an385\": 1}, \"default\": {\"crash_rate\": 0, "
+	/* the two hardware variants the release encrypts for, no random boot
+	 * failures or crashes: what is measured is the key */
+	static const char profile[] = "{\"hardware\": {\"mps2-an385\": 1, \"mps2-an386\": 1}, \"default\": {\"crash_rate\": 0, "
 				      "\"boot_fail_rate\": 0, \"revert_rate\": 0}}";
 	assert_int_equal(ota_write_file_atomic(prof, profile, strlen(profile), 0600), 0);
 	unlink(stats);
@@ -618,9 +619,13 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc_key, const char 
 		argv[k++] = "--start-counter"; argv[k++] = "0";
 		argv[k++] = "--stats"; argv[k++] = stats;
 		argv[k++] = "--quiet";
-		if (enc_key) {
+		if (enc1) {
 			argv[k++] = "--enc-key";
-			argv[k++] = enc_key;
+			argv[k++] = enc1;
+		}
+		if (enc2) {
+			argv[k++] = "--enc-key";
+			argv[k++] = enc2;
 		}
 		argv[k++] = "--duration";
 		argv[k++] = duration;
@@ -635,10 +640,10 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc_key, const char 
 	assert_true(pid > 0);
 	assert_int_equal(waitpid(pid, &status, 0), pid);
 	st = json_load_file(stats, 0, NULL);
-	if (!st) {
+	if (!st || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
 		struct buf out = BUF_INIT;
 		h_sh(&out, "tail -20 %s", log);
-		fail_msg("fleetsim wrote no stats (status %d): %s", status, buf_cstr(&out));
+		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
 	}
 	free(bin);
 	free(prof);
@@ -652,24 +657,32 @@ static int64_t jint(const json_t *o, const char *k)
 	return json_integer_value(json_object_get(o, k));
 }
 
-/* The only image in the stats: its state and error. */
-static const char *sim_image_state(const json_t *st, const char **error)
+/* Both images of the release (one per variant) have this state, and
+ * each one's error contains one of the two strings (NULL: no error). */
+static void sim_images_are(const json_t *st, const char *state, const char *err1, const char *err2)
 {
-	const char *k;
+	const char *k, *e;
 	json_t *v;
+	char *t = json_dumps(json_object_get(st, "images"), 0);
+	if (json_object_size(json_object_get(st, "images")) != 2)
+		fail_msg("expected the release's two images in the stats: %s", t);
 	json_object_foreach(json_object_get(st, "images"), k, v) {
-		*error = json_string_value(json_object_get(v, "error"));
-		return json_string_value(json_object_get(v, "state"));
+		e = json_string_value(json_object_get(v, "error"));
+		if (strcmp(json_string_value(json_object_get(v, "state")), state) ||
+		    (err1 && (!e || (!strstr(e, err1) && !(err2 && strstr(e, err2))))))
+			fail_msg("image %.12s: expected %s (%s / %s): %s", k, state, err1 ? err1 : "",
+				 err2 ? err2 : "", t);
 	}
-	*error = NULL;
-	return "none";
+	free(t);
 }
 
 /*
- * A pipeline release with `encrypt:` for the devices' hardware variant
- * (X25519, AES-256): the manifest names the key class, the stored image is
- * ciphertext; fleetsim devices with another device key, or none, refuse it
- * and install nothing; 300 devices holding the key install it.
+ * A pipeline release with `encrypt:` per hardware variant (mps2-an385: its
+ * own X25519 key; others: the P-256 default), AES-256: the manifest names
+ * each image's key class, the stored images are ciphertext; fleetsim
+ * devices with another device key, a key of the other scheme, or none,
+ * refuse them and install nothing; 300 devices of both variants holding
+ * their variant's key install them.
  */
 static void encrypted_release_installs_only_on_devices_with_the_key(void **state)
 {
@@ -685,8 +698,7 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 			"  - { name: canary, kind: rollout, needs: [release], steps: [ {percent: 100, hold: 48h} ] }\n";
 	json_t *st, *rel = NULL, *man, *img;
 	struct buf out = BUF_INIT, bytes = BUF_INIT, plain = BUF_INIT;
-	const char *err = NULL;
-	char id[65], *path;
+	char id[65], *path, *e1, *e2;
 	int64_t run, art;
 	struct mcuboot_info info;
 	(void)state;
@@ -723,7 +735,7 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 	assert_int_not_equal(mcuboot_decrypt(&plain, bytes.ptr, bytes.len, F.priv[K_DEV_X]), 0);
 	assert_int_equal(mcuboot_decrypt(&plain, bytes.ptr, bytes.len, F.priv[K_DEV_EC]), 0);
 	assert_int_equal(mcuboot_verify(NULL, plain.ptr, plain.len, F.pub[K_SIGN_ED]), 0);
-	buf_clear(&bytes);
+	buf_release(&bytes);
 	buf_clear(&out);
 	img = json_array_get(json_object_get(man, "images"), 0);
 	assert_string_equal(json_string_value(json_object_get(img, "hardware")), "mps2-an385");
@@ -747,24 +759,31 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 	assert_non_null(memmem(plain.ptr, plain.len, "FIRMWARE-IN-CLEAR", 17));
 	assert_int_equal(mcuboot_verify(NULL, plain.ptr, plain.len, F.pub[K_SIGN_ED]), 0);
 
-	/* devices holding another X25519 key: the MAC fails, nothing installs */
-	st = sim_run(&d, 100, F.priv_pem[K_DEV_X2], "10", NULL);
-	assert_true(jint(st, "offered") > 0 || jint(st, "refused") > 0);
+	/* devices holding other keys: an385 another X25519 key (the MAC
+	 * fails), an386 the an385 X25519 key (the wrong scheme, P-256 was
+	 * asked for); nothing installs */
+	e1 = xasprintf("mps2-an385=%s", F.priv_pem[K_DEV_X2]);
+	e2 = xasprintf("mps2-an386=%s", F.priv_pem[K_DEV_X]);
+	st = sim_run(&d, 100, e1, e2, "10", NULL);
+	assert_true(jint(st, "refused") > 0);
 	assert_int_equal(jint(st, "installed"), 0);
-	assert_string_equal(sim_image_state(st, &err), "refused");
-	assert_non_null(err);
-	assert_non_null(strstr(err, "MAC of the wrapped image key does not verify"));
+	sim_images_are(st, "refused", "MAC of the wrapped image key does not verify", "wrapped for ecies-p256");
 	json_decref(st);
+	free(e1);
+	free(e2);
 	/* devices without a decryption key */
-	st = sim_run(&d, 50, NULL, "8", NULL);
+	st = sim_run(&d, 50, NULL, NULL, "8", NULL);
 	assert_int_equal(jint(st, "installed"), 0);
-	assert_string_equal(sim_image_state(st, &err), "refused");
-	assert_non_null(strstr(err, "no decryption key"));
+	sim_images_are(st, "refused", "no decryption key", NULL);
 	json_decref(st);
 
-	/* 300 devices with the key install it */
-	st = sim_run(&d, 300, F.priv_pem[K_DEV_X], "120", "1.1.0:1.0");
-	assert_string_equal(sim_image_state(st, &err), "ok");
+	/* 300 devices, each variant with its key, install it */
+	e1 = xasprintf("mps2-an385=%s", F.priv_pem[K_DEV_X]);
+	e2 = xasprintf("mps2-an386=%s", F.priv_pem[K_DEV_EC]);
+	st = sim_run(&d, 300, e1, e2, "120", "1.1.0:1.0");
+	free(e1);
+	free(e2);
+	sim_images_are(st, "ok", NULL, NULL);
 	assert_true(jint(st, "installed") >= 300);
 	assert_int_equal(jint(st, "refused_bad_signature"), 0);
 	if (jint(json_object_get(st, "versions"), "1.1.0") != 300) {
