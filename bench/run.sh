@@ -34,3 +34,6 @@ echo "== device identity: client certificate check against the HMAC credential c
 # issue 13, TLS
 echo "== device check-ins over TLS (full and resumed handshakes, kept-alive) against plain HTTP, same run"
 "$OTACD_BIN/tls-bench" 5
+# issue 13, encrypted images
+echo "== MCUboot image encryption: signing and device decrypt+verify against a clear image, same run"
+"$OTACD_BIN/enc-bench" ${ENC_BENCH_ARGS:-1024 20}
