@@ -44,3 +44,6 @@ sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
 echo
 echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
 sh bench/device_footprint.sh
+# issue 13, encrypted images
+echo "== MCUboot image encryption: signing and device decrypt+verify against a clear image, same run"
+"$OTACD_BIN/enc-bench" ${ENC_BENCH_ARGS:-1024 20}

@@ -76,7 +76,7 @@ static int verify_image_file(struct ctx *c, const char *path)
 		return 1;
 	}
 	for (size_t i = 0; i < c->keys.n && !ok; i++)
-		ok = mcuboot_verify(&info, img.ptr, img.len, c->keys.key[i]) == 0;
+		ok = mcuboot_verify_sealed(&info, img.ptr, img.len, c->keys.key[i]) == 0;
 	if (ok)
 		report(c, 1, "%s: MCUboot image %u.%u.%u+%u, security counter %u, signature valid", path, info.major,
 		       info.minor, info.revision, info.build, info.security_counter);

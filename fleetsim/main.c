@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <getopt.h>
 #include <microhttpd.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/keys.h"
+#include "../orchestrator/mcuboot_enc.h"
 #include "run.h"
 #include "sim.h"
 
@@ -40,8 +43,8 @@ static void usage(FILE *f)
 	      "         [--duration REAL_SECONDS] [--until VERSION:FRACTION]\n"
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
-	      "         [--shared-downloads] [--quiet] [--cacert CA.pem]\n"
-	      "         [--shared-downloads] [--quiet] [--trust-root ROOT.crt.pem]\n"
+	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--trust-root ROOT.crt.pem]\n"
+	      "         [--enc-key [HW=]PRIV.pem]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -68,6 +71,24 @@ static int load_key(EVP_PKEY **out, const char *path)
 	    (rc = pubkey_load_pem(out, pem.ptr, pem.len)))
 		ota_error_prefix("--key %s: ", path);
 	buf_release(&pem);
+	return rc;
+}
+
+/* --enc-key: the device's private key for encrypted images (EC P-256 or
+ * X25519 PEM), which on a real device lives only in the bootloader. */
+static int load_enc_key(EVP_PKEY **out, const char *path)
+{
+	enum mcuboot_enc e;
+	BIO *bio = BIO_new_file(path, "r");
+	int rc = 0;
+
+	*out = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+	BIO_free(bio);
+	ERR_clear_error();
+	if (!*out)
+		rc = ota_error_set(OTA_EINVAL, "--enc-key %s: cannot read a PEM private key", path);
+	else if ((rc = mcuboot_enc_scheme(*out, &e)))
+		ota_error_prefix("--enc-key %s: ", path);
 	return rc;
 }
 
@@ -154,6 +175,7 @@ int main(int argc, char **argv)
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "cacert", required_argument, NULL, 'A' },
 		{ "trust-root", required_argument, NULL, 'T' },
+		{ "enc-key", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -163,7 +185,8 @@ int main(int argc, char **argv)
 	const char *profile_path = NULL, *metrics_listen = NULL;
 	char *until = NULL, *fleet_key = NULL;
 	EVP_PKEY **keys = NULL;
-	size_t nkeys = 0;
+	struct sim_enc_key *enc = NULL;
+	size_t nkeys = 0, nenc = 0;
 	struct fleetsim *fs = NULL;
 	struct MHD_Daemon *mhd = NULL;
 	struct sigaction sa = { .sa_handler = on_signal };
@@ -184,6 +207,23 @@ int main(int argc, char **argv)
 			have_seed = 1;
 			break;
 		case 'p': profile_path = optarg; break;
+		case 'E': {
+			/* [HARDWARE=]FILE */
+			const char *eq = strchr(optarg, '='), *file = optarg;
+			enc = xrealloc(enc, (nenc + 1) * sizeof(*enc));
+			enc[nenc].hardware = NULL;
+			if (eq && eq > optarg && !memchr(optarg, '/', (size_t)(eq - optarg))) {
+				enc[nenc].hardware = xstrndup(optarg, (size_t)(eq - optarg));
+				file = eq + 1;
+			}
+			rc = load_enc_key(&enc[nenc].key, file);
+			nenc++;
+			if (rc)
+				goto out;
+			o.enc = enc;
+			o.nenc = nenc;
+			break;
+		}
 		case 'k':
 			keys = xrealloc(keys, (nkeys + 1) * sizeof(*keys));
 			if ((rc = load_key(&keys[nkeys], optarg)))
@@ -305,6 +345,11 @@ out:
 	for (size_t k = 0; k < nkeys; k++)
 		EVP_PKEY_free(keys[k]);
 	free(keys);
+	for (size_t k = 0; k < nenc; k++) {
+		EVP_PKEY_free(enc[k].key);
+		free((char *)enc[k].hardware);
+	}
+	free(enc);
 	sim_profile_release(&profile);
 	buf_release(&text);
 	buf_release(&keyfile);

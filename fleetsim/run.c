@@ -820,6 +820,8 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 	}
 	d->image = (uint32_t)ii + 1;
 	d->new_version = (uint16_t)v;
+	if (!img->hardware)
+		img->hardware = self.hardware;  /* an image is for one variant: its devices' key decrypts it */
 	if (img->state == SIM_IMG_UNKNOWN)
 		fetch_start(fs, d->image, i);
 	if (fs->o.shared_downloads) {
@@ -1191,6 +1193,8 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		ota_error_prefix("--trust-root");
 		goto out;
 	}
+	fs->images.enc = o->enc;
+	fs->images.nenc = o->nenc;
 	fs->rng = sim_mix64(o->seed ^ 0x5eed);
 	fs->poll_ms = DEFAULT_POLL_MS;
 	fs->base = xstrdup(o->url);

@@ -34,6 +34,8 @@ struct fleetsim_opts {
 	const char *cacert;          /* https: verify the server against this PEM CA file (NULL: system CAs) */
 	const char *trust_root;      /* issue 13: releases must chain to this root (trust.h);
 				      * the keys are then the bootloader's key slots */
+	const struct sim_enc_key *enc;  /* borrowed: private keys for encrypted images (--enc-key) */
+	size_t nenc;
 };
 
 struct fleetsim;

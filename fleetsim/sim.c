@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/mcuboot_enc.h"
 
 /* ---- hashing and random numbers ---------------------------------------- */
 
@@ -609,7 +610,7 @@ int sim_imgcache_verify_with(struct sim_imgcache *c, struct sim_image *img, cons
 {
 	struct mcuboot_info info;
 	char hex[65];
-	struct buf why = BUF_INIT;
+	struct buf why = BUF_INIT, plain = BUF_INIT;
 	int rc = OTA_EINVAL;
 
 	if (img->state == SIM_IMG_OK)
@@ -625,6 +626,30 @@ int sim_imgcache_verify_with(struct sim_imgcache *c, struct sim_image *img, cons
 	}
 	memcpy(img->sha256, hex, 65);
 	c->verifications++;
+	/* An encrypted image is decrypted with the device key first (as
+	 * MCUboot does); the signature is over the plaintext. */
+	if (mcuboot_parse(&info, data, len) == 0 && (info.flags & (MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256))) {
+		EVP_PKEY *key = NULL;
+		for (size_t k = 0; k < c->nenc && !key; k++)
+			if (c->enc[k].hardware && img->hardware && !strcmp(c->enc[k].hardware, img->hardware))
+				key = c->enc[k].key;
+		for (size_t k = 0; k < c->nenc && !key; k++)
+			if (!c->enc[k].hardware)
+				key = c->enc[k].key;
+		if (!key) {
+			image_bad(img, "the image is encrypted and this device has no decryption key");
+			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);
+			goto out;
+		}
+		if (mcuboot_decrypt(&plain, data, len, key) < 0) {
+			buf_printf(&why, "decryption: %s", ota_error_last());
+			image_bad(img, buf_cstr(&why));
+			rc = ota_error_set(OTA_EINVAL, "image %.12s: %s", img->sha256, img->error);
+			goto out;
+		}
+		data = plain.ptr;
+		len = plain.len;
+	}
 	rc = OTA_EINVAL;
 	if (!nkeys)
 		buf_puts(&why, "no trusted key");
@@ -648,6 +673,7 @@ int sim_imgcache_verify_with(struct sim_imgcache *c, struct sim_image *img, cons
 	rc = 0;
 out:
 	buf_release(&why);
+	buf_release(&plain);
 	return rc;
 }
 

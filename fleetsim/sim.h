@@ -196,6 +196,13 @@ struct sim_image {
 	int64_t release;            /* the offer's release id (0 unknown) */
 	json_t *chain;              /* issue 13: its signing chain once trusted (trust.c) */
 	int64_t signed_at;          /* the manifest's built_at, Unix seconds */
+	const char *hardware;       /* borrowed: the variant of the device that fetched it (picks the --enc-key) */
+};
+
+/* A device decryption key (--enc-key [HARDWARE=]FILE); hardware NULL: any. */
+struct sim_enc_key {
+	const char *hardware;
+	EVP_PKEY *key;
 };
 
 struct sim_imgcache {
@@ -204,6 +211,8 @@ struct sim_imgcache {
 	EVP_PKEY **keys;            /* borrowed: the trusted public keys */
 	size_t nkeys;
 	uint64_t verifications;     /* mcuboot_verify runs (one per distinct image) */
+	const struct sim_enc_key *enc;  /* borrowed: the devices' decryption keys (--enc-key) */
+	size_t nenc;
 };
 
 void sim_imgcache_init(struct sim_imgcache *c, EVP_PKEY **keys, size_t nkeys);
@@ -212,8 +221,10 @@ void sim_imgcache_release(struct sim_imgcache *c);
 long sim_imgcache_find(struct sim_imgcache *c, const char *sha256, int create);
 /*
  * Verify the bytes of image img once: their SHA-256 must be img->sha256
- * (when set), mcuboot_verify must pass with one of the trusted keys; the
- * verdict (SIM_IMG_OK with the counter and version, or SIM_IMG_BAD with the
+ * (when set), mcuboot_verify must pass with one of the trusted keys (an
+ * encrypted image is first decrypted, as MCUboot does, with the enc key of
+ * img->hardware, else the one for any hardware; without one, or with
+ * another key, it is BAD); the verdict (SIM_IMG_OK with the counter and version, or SIM_IMG_BAD with the
  * reason) is kept.  Returns 0 for OK, OTA_EINVAL for BAD.  An image that
  * already has a verdict is not verified again.
  */

@@ -38,6 +38,7 @@ void config_defaults(struct otacd_config *c)
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
 	c->secrets = json_object();
 	c->keys = json_object();
+	c->encryption_keys = json_object(); /* issue 13, encrypted images */
 	c->products = json_object();
 	c->tokens = json_array();
 	c->device_listen = xstrdup("127.0.0.1:8471");
@@ -90,6 +91,7 @@ void config_release(struct otacd_config *c)
 	strvec_clear(&c->local_labels);
 	json_decref(c->secrets);
 	json_decref(c->keys);
+	json_decref(c->encryption_keys);
 	json_decref(c->products);
 	json_decref(c->tokens);
 	free(c->device_listen);
@@ -426,6 +428,24 @@ static int get_keys(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
+/* issue 13, encrypted images: encryption_keys: { NAME: DEVICE_PUBLIC.pem },
+ * each an EC P-256 or X25519 public key (the devices hold the private
+ * half); a release stage's `encrypt:` names them. */
+static int get_encryption_keys(struct cfg_ctx *x, yaml_node_t *n)
+{
+	yaml_node_pair_t *p;
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping NAME: PUBLIC_KEY.pem", "encryption_keys");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key), *v = yaml_document_get_node(x->doc, p->value);
+		if (!scalar(k) || !scalar(v) || !*scalar(v))
+			return cfg_err(x, v, "encryption_keys: '%s' must name a PEM public key file",
+				       scalar(k) ? scalar(k) : "?");
+		json_object_set_new(x->c->encryption_keys, scalar(k), json_string(scalar(v)));
+	}
+	return 0;
+}
+
 /* A list of strings into v (appended). */
 static int get_strings(struct cfg_ctx *x, yaml_node_t *n, const char *key, struct strvec *v)
 {
@@ -632,6 +652,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"tls", /* issue 13, TLS */
 		"trust_root", /* issue 13, signing PKI */
 		"gate_max_lag", /* issue 19 part 5: evidence lag */
+		"encryption_keys", /* issue 13, encrypted images */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -743,6 +764,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				rc = cfg_err(x, v, "'%s' must start with http:// or https://", key);
 		} else if (!strcmp(key, "providers"))
 			rc = get_providers(x, v);
+		else if (!strcmp(key, "encryption_keys")) /* issue 13, encrypted images */
+			rc = get_encryption_keys(x, v);
 		else if (!strcmp(key, "tls")) { /* issue 13, TLS: checked by tls/tls.c */
 			json_t *raw = to_json(x, v, 0);
 			if (!raw || tls_config_check(raw) < 0) {

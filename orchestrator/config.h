@@ -48,6 +48,7 @@ struct otacd_config {
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
 	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"?, "certificate"?} */
+	json_t *encryption_keys;        /* issue 13, encrypted images: NAME -> device public key PEM path */
 	json_t *products;               /* release policy: object NAME -> normalised entry (policy.h) */
 	struct repo_cfg *repos;         /* repositories (webhooks, git sources) */
 	size_t nrepos;

@@ -32,6 +32,12 @@ static const struct field git[] = {
 
 static const struct field image[] = {
 	{ "name", STR, 1 }, { "type", STR, 1 }, { "hardware", STR_OR_NULL, 0 }, { "sha256", STR, 1 }, { "size", INT, 1 },
+	{ "encryption", OBJ, 0 }, /* issue 13, encrypted images: the device key class */
+};
+
+/* issue 13, encrypted images: which device key an image needs */
+static const struct field encryption[] = {
+	{ "scheme", STR, 1 }, { "cipher", STR, 1 }, { "key", STR, 1 }, { "key_id", STR, 1 },
 };
 
 static int kind_ok(const json_t *v, enum kind k)
@@ -89,6 +95,19 @@ int manifest_check(const json_t *m)
 		sha = json_string_value(json_object_get(v, "sha256"));
 		if (strlen(sha) != 64 || strspn(sha, "0123456789abcdef") != 64)
 			return ota_error_set(OTA_EINVAL, "manifest: %s.sha256 is not 64 lowercase hex digits", where);
+		if (json_object_get(v, "encryption")) {
+			const json_t *e = json_object_get(v, "encryption");
+			const char *sc = json_string_value(json_object_get(e, "scheme"));
+			const char *ci = json_string_value(json_object_get(e, "cipher"));
+			char ewhere[48];
+			snprintf(ewhere, sizeof(ewhere), "%s.encryption", where);
+			if ((rc = check(e, encryption, OTA_ARRAY_SIZE(encryption), ewhere)) < 0)
+				return rc;
+			if ((strcmp(sc, "ecies-p256") && strcmp(sc, "ecies-x25519")) ||
+			    (strcmp(ci, "aes128") && strcmp(ci, "aes256")))
+				return ota_error_set(OTA_EINVAL, "manifest: %s: scheme must be ecies-p256 or ecies-x25519, "
+						     "cipher aes128 or aes256", ewhere);
+		}
 	}
 	json_array_foreach(json_object_get(m, "signing_chain"), i, v)
 		if (!json_is_string(v) || i >= 4)

@@ -22,6 +22,7 @@
  * written here: hashing, signing and verifying are OpenSSL 3's.
  */
 #include "mcuboot.h"
+#include "mcuboot_enc.h"
 
 #include <inttypes.h>
 #include <openssl/crypto.h>
@@ -324,11 +325,13 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 {
 	static const struct mcuboot_sign_opts defaults;
 	unsigned char hdr[MCUBOOT_HEADER_MIN], info[TLV_INFO_SIZE], digest[32], keyhash[32];
-	unsigned char sig[SIG_MAX], cnt[4];
+	unsigned char sig[SIG_MAX], cnt[4], aeskey[32], enctlv[MCUBOOT_ENC_TLV_MAX];
 	enum mcuboot_sig type = MCUBOOT_SIG_NONE;
 	EVP_PKEY *pub = NULL;
-	size_t siglen = sizeof(sig), unprot;
+	size_t siglen = sizeof(sig), unprot, enclen = 0, keylen = 0, pad = 0, trailer = MCUBOOT_TRAILER_SIZE;
 	uint32_t hsize, prot = 0, flags;
+	unsigned enctype = 0;
+	enum mcuboot_enc scheme;
 	int rc;
 
 	buf_clear(out);
@@ -348,15 +351,50 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 	rc = key_inspect(key, &type, keyhash, &pub);
 	if (rc < 0)
 		goto out;
+	flags = o->flags | (o->load_addr ? MCUBOOT_F_RAM_LOAD : 0);
+	if (o->enc_key) {
+		/* imgtool -E: the body is zero-padded to whole AES blocks
+		 * before it is hashed, the key wrapped for the device. */
+		if (o->enc_bits != 0 && o->enc_bits != 128 && o->enc_bits != 256) {
+			rc = ota_error_set(OTA_EINVAL, "AES-%u: MCUboot encrypts with AES-128 or AES-256",
+					   o->enc_bits);
+			goto out;
+		}
+		/* imgtool refuses other pairs: an MCUboot build has one EC
+		 * implementation (P-256 signing goes with ECIES-P256), and
+		 * RSA signing with RSA-OAEP, which otacd does not write. */
+		if ((rc = mcuboot_enc_scheme(o->enc_key, &scheme)) < 0)
+			goto out;
+		if ((type == MCUBOOT_SIG_ECDSA_P256 && scheme != MCUBOOT_ENC_EC256) ||
+		    type == MCUBOOT_SIG_RSA2048) {
+			rc = ota_error_set(OTA_EINVAL, "a %s signing key cannot go with %s encryption "
+					   "(MCUboot and imgtool pair ECDSA P-256 with ECIES-P256; "
+					   "Ed25519 with either)", mcuboot_sig_name(type),
+					   mcuboot_enc_name(scheme));
+			goto out;
+		}
+		keylen = o->enc_bits == 256 ? 32 : 16;
+		pad = (16 - len % 16) % 16;
+		if (len > UINT32_MAX - pad) {
+			rc = ota_error_set(OTA_EINVAL, "firmware is %zu bytes; padded to AES blocks it "
+					   "exceeds an MCUboot body's 4294967295", len);
+			goto out;
+		}
+		rc = mcuboot_enc_wrap(o->enc_key, keylen, aeskey, enctlv, &enclen, &enctype);
+		if (rc < 0)
+			goto out;
+		flags = (flags & ~(MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256)) |
+			(keylen == 32 ? MCUBOOT_F_ENC_AES256 : MCUBOOT_F_ENC_AES128);
+		trailer += MCUBOOT_ENC_TRAILER_EXTRA;
+	}
 
 	if (o->has_security_counter)
 		prot = TLV_INFO_SIZE + TLV_HDR_SIZE + 4;
-	flags = o->flags | (o->load_addr ? MCUBOOT_F_RAM_LOAD : 0);
 	put32(hdr, MCUBOOT_IMAGE_MAGIC);
 	put32(hdr + 4, o->load_addr);
 	put16(hdr + 8, hsize);
 	put16(hdr + 10, prot);
-	put32(hdr + 12, (uint32_t)len);
+	put32(hdr + 12, (uint32_t)(len + pad));
 	put32(hdr + 16, flags);
 	hdr[20] = o->major;
 	hdr[21] = o->minor;
@@ -365,7 +403,7 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 	put32(hdr + 28, 0);
 	if ((rc = put_checked(out, hdr, sizeof(hdr))) < 0 ||
 	    (rc = put_fill(out, 0xff, hsize - MCUBOOT_HEADER_MIN)) < 0 ||
-	    (rc = put_checked(out, bin, len)) < 0)
+	    (rc = put_checked(out, bin, len)) < 0 || (rc = put_fill(out, 0, pad)) < 0)
 		goto out;
 	if (prot) {
 		put16(info, TLV_PROT_INFO_MAGIC);
@@ -386,7 +424,7 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 		goto out;
 	}
 
-	unprot = TLV_INFO_SIZE + 2 * (TLV_HDR_SIZE + 32) + TLV_HDR_SIZE + siglen;
+	unprot = TLV_INFO_SIZE + 2 * (TLV_HDR_SIZE + 32) + TLV_HDR_SIZE + siglen + (enclen ? TLV_HDR_SIZE + enclen : 0);
 	put16(info, TLV_INFO_MAGIC);
 	put16(info + 2, (uint32_t)unprot);
 	if ((rc = put_checked(out, info, sizeof(info))) < 0 ||
@@ -394,14 +432,18 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 	    (rc = put_tlv(out, TLV_KEYHASH, keyhash, 32)) < 0 ||
 	    (rc = put_tlv(out, sig_tlv_type(type), sig, siglen)) < 0)
 		goto out;
+	/* The key TLV follows the signature, then the body is encrypted:
+	 * the hash and the signature are over the plaintext (MCUboot). */
+	if (enclen && ((rc = put_tlv(out, enctype, enctlv, enclen)) < 0 ||
+		       (rc = mcuboot_enc_ctr(aeskey, keylen, (unsigned char *)out->ptr + hsize, len + pad)) < 0))
+		goto out;
 
 	if (o->slot_size) {
 		size_t used = out->len;
-		if (o->slot_size < MCUBOOT_TRAILER_SIZE ||
-		    used > o->slot_size - MCUBOOT_TRAILER_SIZE) {
-			rc = ota_error_set(OTA_EINVAL, "image (%zu bytes) + trailer (%u bytes) "
+		if (o->slot_size < trailer || used > o->slot_size - trailer) {
+			rc = ota_error_set(OTA_EINVAL, "image (%zu bytes) + trailer (%zu bytes) "
 					   "exceeds the slot size %" PRIu32, used,
-					   MCUBOOT_TRAILER_SIZE, o->slot_size);
+					   trailer, o->slot_size);
 			goto out;
 		}
 		/* 0xff up to the boot magic, image_ok 8 bytes before it. */
@@ -414,6 +456,7 @@ int mcuboot_sign(struct buf *out, const void *bin, size_t len, EVP_PKEY *key,
 out:
 	if (rc < 0)
 		buf_clear(out);
+	OPENSSL_cleanse(aeskey, sizeof(aeskey));
 	EVP_PKEY_free(pub);
 	return rc;
 }
@@ -544,6 +587,19 @@ static int walk_unprotected(struct mcuboot_info *in, const unsigned char *p, siz
 		case TLV_RSA3072:
 			return ota_error_set(OTA_EINVAL, "TLV 0x23 at offset %zu is an RSA-3072 "
 					     "signature, which otacd does not handle", pos);
+		case MCUBOOT_TLV_ENC_RSA:
+		case MCUBOOT_TLV_ENC_KW:
+		case MCUBOOT_TLV_ENC_EC256:
+		case MCUBOOT_TLV_ENC_X25519:
+		case MCUBOOT_TLV_ENC_X25519_SHA512:
+			if (in->enc_type)
+				return ota_error_set(OTA_EINVAL, "second encryption key TLV 0x%02x at "
+						     "offset %zu (first: 0x%02x)", type, pos,
+						     in->enc_type);
+			in->enc_type = type;
+			in->enc_off = v;
+			in->enc_len = l;
+			break;
 		default:
 			break;  /* encryption keys, vendor TLVs */
 		}
@@ -680,7 +736,7 @@ out:
 
 /* ---- verification -------------------------------------------------- */
 
-int mcuboot_verify(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub)
+static int verify_image(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub, int sealed)
 {
 	const unsigned char *p = img;
 	struct mcuboot_info in;
@@ -697,7 +753,15 @@ int mcuboot_verify(struct mcuboot_info *out, const void *img, size_t len, EVP_PK
 		rc = ota_error_set(OTA_EINVAL, "image is not signed: no signature TLV");
 		goto out;
 	}
-	EVP_Digest(p, in.signed_len, digest, NULL, EVP_sha256(), NULL);
+	sealed = sealed && (in.flags & (MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256));
+	if (sealed && !in.enc_type) {
+		rc = ota_error_set(OTA_EINVAL, "image is flagged encrypted but has no encryption key TLV");
+		goto out;
+	}
+	if (sealed)
+		memcpy(digest, in.sha256, 32); /* the body is ciphertext: the device hashes it */
+	else
+		EVP_Digest(p, in.signed_len, digest, NULL, EVP_sha256(), NULL);
 	if (CRYPTO_memcmp(digest, in.sha256, 32) != 0) {
 		ota_hex(have, digest, 32);
 		ota_hex(want, in.sha256, 32);
@@ -734,6 +798,16 @@ out:
 		*out = in;
 	EVP_PKEY_free(plain);
 	return rc;
+}
+
+int mcuboot_verify(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub)
+{
+	return verify_image(out, img, len, pub, 0);
+}
+
+int mcuboot_verify_sealed(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub)
+{
+	return verify_image(out, img, len, pub, 1);
 }
 
 /* ---- versions ------------------------------------------------------ */

@@ -55,6 +55,9 @@ struct mcuboot_sign_opts {
 	uint32_t slot_size;        /* 0: no trailer; else pad to slot_size with 0xff and end
 				    * with the boot magic (imgtool -S slot_size --pad) */
 	int confirm;               /* with slot_size: image_ok = 0x01 (imgtool --confirm) */
+	EVP_PKEY *enc_key;         /* non-NULL: encrypt the body for this device public key
+				    * (EC P-256 or X25519; imgtool -E), see mcuboot_enc.h */
+	unsigned enc_bits;         /* with enc_key: 128 (0 means 128) or 256 (--encrypt-keylen) */
 };
 
 /*
@@ -89,6 +92,8 @@ struct mcuboot_info {
 	size_t signed_len;            /* header + body + protected TLVs: the hashed region */
 	size_t sig_off, sig_len;      /* the signature TLV's value in the image (0 when unsigned) */
 	size_t tlv_end;               /* end of the unprotected TLV area; slot padding follows */
+	unsigned enc_type;            /* encryption key TLV type 0x30..0x34, 0 when none */
+	size_t enc_off, enc_len;      /* its value in the image */
 };
 
 /*
@@ -96,7 +101,8 @@ struct mcuboot_info {
  * sizes, the protected area (present exactly when the header says so, with
  * the header's length), the unprotected area, every entry inside its area,
  * the lengths of the known entries, one SHA256 TLV, KEYHASH before the
- * signature.  Unknown TLV types are skipped.  Bytes after the TLV areas
+ * signature.  The encryption key TLV (0x30..0x34) is recorded in enc_*
+ * (a second one is refused).  Unknown TLV types are skipped.  Bytes after the TLV areas
  * (slot padding, trailer) are ignored.
  */
 int mcuboot_parse(struct mcuboot_info *out, const void *img, size_t len);
@@ -108,6 +114,17 @@ int mcuboot_parse(struct mcuboot_info *out, const void *img, size_t len);
  * says which check failed.  out may be NULL.
  */
 int mcuboot_verify(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub);
+
+/*
+ * For whoever holds an encrypted image but not the device key (otacd's
+ * release checks, otactl verify): when the header has an ENCRYPTED flag,
+ * check the structure, that a key TLV is there, the key hash and that the
+ * signature verifies over the SHA256 TLV; the body cannot be hashed (it is
+ * ciphertext), so that binding is the device's check after mcuboot_decrypt
+ * (the artifact's own digest is in the signed manifest).  Images without
+ * the flag get the full mcuboot_verify().
+ */
+int mcuboot_verify_sealed(struct mcuboot_info *out, const void *img, size_t len, EVP_PKEY *pub);
 
 /* SHA-256 of the public key in the form MCUboot's KEYHASH uses: DER
  * SubjectPublicKeyInfo for EC and Ed25519, PKCS#1 RSAPublicKey for RSA. */

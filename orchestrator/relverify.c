@@ -114,14 +114,15 @@ static void check_image(struct walk *w, const struct relverify_src *src, const s
 	ota_sha256_hex(bytes.ptr, bytes.len, sha);
 	if (strcmp(sha, str(img, "sha256")) != 0 || (json_int_t)bytes.len != json_integer_value(json_object_get(img, "size")))
 		check(w, "image", name, 0, "%s: sha256 %s does not match the manifest", name, sha);
-	else if (!key || mcuboot_verify(&info, bytes.ptr, bytes.len, key) < 0)
+	else if (!key || mcuboot_verify_sealed(&info, bytes.ptr, bytes.len, key) < 0)
 		check(w, "image", name, 0, "%s: %s", name, key ? ota_error_last() : "no trusted key to check it");
 	else if (!info.has_security_counter ||
 		 (json_int_t)info.security_counter != json_integer_value(json_object_get(m, "security_counter")))
 		check(w, "image", name, 0, "%s: security counter %u differs from the manifest's", name, info.security_counter);
 	else
-		check(w, "image", name, 1, "%s: digest, MCUboot signature, version %u.%u.%u+%u, counter %u", name, info.major,
-		      info.minor, info.revision, info.build, info.security_counter);
+		check(w, "image", name, 1, "%s: digest, MCUboot signature, version %u.%u.%u+%u, counter %u%s", name, info.major,
+		      info.minor, info.revision, info.build, info.security_counter,
+		      info.enc_type ? " (encrypted: the device checks the body's hash after decrypting)" : "");
 out:
 	buf_release(&bytes);
 }

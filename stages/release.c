@@ -16,6 +16,10 @@
  * enforces anti-rollback (no counter below one already released for the
  * product) and increasing versions per branch.
  *
+ * With `encrypt:` (issue 13) each image's body is encrypted for a device
+ * public key from `encryption_keys:` chosen by its hardware variant, and
+ * the manifest says which key class (mcuboot_enc.h).
+ *
  * Keys: `key:` names an entry of otacd's configuration (`keys:`), whose
  * spec is a PEM file or a PKCS#11 URI; a pipeline never carries a key path
  * or PIN.  Re-running after a crash is safe: uploads are content-addressed
@@ -37,6 +41,7 @@
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/pki.h"
+#include "../orchestrator/mcuboot_enc.h"
 #include "../orchestrator/policy.h"
 #include "../orchestrator/provenance.h"
 #include "../orchestrator/store.h"
@@ -50,7 +55,69 @@
  * --reissue` (orchestrator/rollout.c): re-sign release reissue_of's build
  * as a new version to replace release reissue_for. */
 static const char *const release_keys[] = { "version", "security_counter", "key", "min_bootloader", "product",
-					    "reissue_of", "reissue_for", NULL };
+					    "reissue_of", "reissue_for", "encrypt", NULL };
+
+/* encrypt: { key: NAME, cipher: aes128|aes256, hardware: { VARIANT: NAME } }
+ * (issue 13): NAMEs are otacd's encryption_keys (device public keys);
+ * an image of a listed hardware variant uses that variant's key, any other
+ * image `key`; an image with neither fails the release. */
+static void encrypt_validate(const struct pl_stage *st, const json_t *e, struct pl_diags *d)
+{
+	const json_t *hw = json_object_get(e, "hardware"), *cipher = json_object_get(e, "cipher"), *v;
+	const char *k;
+
+	if (!json_is_object(e)) {
+		pl_diag_add(d, st->pos, "release stage '%s': encrypt must be a mapping {key, cipher, hardware}", st->name);
+		return;
+	}
+	json_object_foreach((json_t *)e, k, v)
+		if (strcmp(k, "key") && strcmp(k, "cipher") && strcmp(k, "hardware"))
+			pl_diag_add(d, st->pos, "release stage '%s': unknown key '%s' in encrypt (key, cipher, hardware)",
+				    st->name, k);
+	if (json_object_get(e, "key") && (!json_is_string(json_object_get(e, "key")) ||
+					  !*json_string_value(json_object_get(e, "key"))))
+		pl_diag_add(d, st->pos, "release stage '%s': encrypt.key must name an entry of otacd's encryption_keys",
+			    st->name);
+	if (cipher && (!json_is_string(cipher) || (strcmp(json_string_value(cipher), "aes128") &&
+						   strcmp(json_string_value(cipher), "aes256"))))
+		pl_diag_add(d, st->pos, "release stage '%s': encrypt.cipher must be aes128 or aes256", st->name);
+	if (hw && !json_is_object(hw))
+		pl_diag_add(d, st->pos, "release stage '%s': encrypt.hardware must map hardware variants to key names",
+			    st->name);
+	json_object_foreach((json_t *)hw, k, v)
+		if (!json_is_string(v) || !*json_string_value(v))
+			pl_diag_add(d, st->pos, "release stage '%s': encrypt.hardware.%s must name an encryption key",
+				    st->name, k);
+	if (!json_object_get(e, "key") && !json_object_size(hw))
+		pl_diag_add(d, st->pos, "release stage '%s': encrypt needs key (or hardware: {VARIANT: key})", st->name);
+}
+
+/* The device public key image hw is encrypted for (NULL *key: none asked). */
+static int encrypt_key_for(const struct stage_ctx *c, const json_t *e, const char *hw, EVP_PKEY **key,
+			   const char **name)
+{
+	const char *path;
+
+	*key = NULL;
+	*name = NULL;
+	if (!e)
+		return 0;
+	*name = hw ? json_string_value(json_object_get(json_object_get(e, "hardware"), hw)) : NULL;
+	if (!*name)
+		*name = json_string_value(json_object_get(e, "key"));
+	if (!*name)
+		return ota_error_set(OTA_EINVAL, "encrypt: no key for hardware variant '%s' (add it under "
+				     "encrypt.hardware or set encrypt.key)", hw ? hw : "(none)");
+	path = c->config ? json_string_value(json_object_get(c->config->encryption_keys, *name)) : NULL;
+	if (!path)
+		return ota_error_set(OTA_EINVAL, "encryption key '%s' is not configured in otacd "
+				     "(encryption_keys: in the configuration)", *name);
+	if (mcuboot_enc_pubkey_load(key, path) < 0) {
+		ota_error_prefix("encryption key '%s': ", *name);
+		return OTA_EINVAL;
+	}
+	return 0;
+}
 
 static int release_validate(const struct pipeline *p, const struct pl_stage *st, struct pl_diags *d)
 {
@@ -70,6 +137,8 @@ static int release_validate(const struct pipeline *p, const struct pl_stage *st,
 		pl_diag_add(d, st->pos, "release stage '%s': version must look like 1.4.0", st->name);
 	if (mb && (!json_is_string(mb) || mcuboot_version_parse(json_string_value(mb), &a, &b, &c, &n) < 0))
 		pl_diag_add(d, st->pos, "release stage '%s': min_bootloader must look like 2.0.0", st->name);
+	if (json_object_get(st->extra, "encrypt"))
+		encrypt_validate(st, json_object_get(st->extra, "encrypt"), d);
 	return 0;
 }
 
@@ -409,6 +478,11 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	for (size_t i = 0; i < nimg; i++) {
 		struct buf raw = BUF_INIT, signed_img = BUF_INIT;
 		struct mcuboot_sign_opts o = { 0 };
+		const json_t *enc = json_object_get(extra, "encrypt");
+		const char *enc_name = NULL, *cipher = json_string_value(json_object_get(enc, "cipher"));
+		EVP_PKEY *enc_key = NULL;
+		json_t *ij;
+		char enc_id[65] = "";
 		char *name = xasprintf("release/%s%s%s.signed.bin", img[i].hw ? img[i].hw : "", img[i].hw ? "/" : "",
 				       strrchr(img[i].name, '/') ? strrchr(img[i].name, '/') + 1 : img[i].name);
 		o.major = maj;
@@ -417,20 +491,36 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		o.build = build;
 		o.has_security_counter = 1;
 		o.security_counter = (uint32_t)counter;
+		o.enc_bits = cipher && !strcmp(cipher, "aes256") ? 256 : 128;
 		buf_init(&signed_img, (size_t)artifact_max_size() + 4096);
-		if ((rc = read_object(img[i].sha, &raw)) < 0 ||
+		if ((rc = encrypt_key_for(c, enc, img[i].hw, &enc_key, &enc_name)) == 0 && enc_key)
+			rc = mcuboot_enc_key_id(enc_key, enc_id);
+		o.enc_key = enc_key;
+		if (rc < 0 || (rc = read_object(img[i].sha, &raw)) < 0 ||
 		    (rc = mcuboot_sign(&signed_img, raw.ptr ? raw.ptr : "", raw.len, sign_key_pkey(key), &o)) < 0 ||
 		    (rc = put(c, name, img[i].type, img[i].hw, signed_img.ptr, signed_img.len, &img[i].out_id, img[i].sha)) < 0) {
 			fail(r, c, "cannot sign %s: %s", img[i].name, ota_error_last());
 			buf_release(&raw);
 			buf_release(&signed_img);
+			EVP_PKEY_free(enc_key);
 			free(name);
 			goto out;
 		}
 		img[i].size = (int64_t)signed_img.len;
-		stage_log(c, "signed %s -> %s (%zu bytes, sha256 %.16s)", img[i].name, name, signed_img.len, img[i].sha);
-		json_array_append_new(images, json_pack("{ss ss ss? ss sI}", "name", name, "type", img[i].type, "hardware",
-							img[i].hw, "sha256", img[i].sha, "size", (json_int_t)img[i].size));
+		stage_log(c, "signed %s -> %s (%zu bytes, sha256 %.16s)%s%s%s", img[i].name, name, signed_img.len, img[i].sha,
+			  enc_key ? ", encrypted for device key '" : "", enc_key ? enc_name : "", enc_key ? "'" : "");
+		ij = json_pack("{ss ss ss? ss sI}", "name", name, "type", img[i].type, "hardware", img[i].hw, "sha256",
+			       img[i].sha, "size", (json_int_t)img[i].size);
+		/* the key class the device needs: scheme, cipher, which key */
+		if (ij && enc_key) {
+			enum mcuboot_enc scheme = MCUBOOT_ENC_NONE;
+			mcuboot_enc_scheme(enc_key, &scheme);
+			json_object_set_new(ij, "encryption", json_pack("{ss ss ss ss}", "scheme", mcuboot_enc_name(scheme),
+									"cipher", o.enc_bits == 256 ? "aes256" : "aes128",
+									"key", enc_name, "key_id", enc_id));
+		}
+		json_array_append_new(images, ij);
+		EVP_PKEY_free(enc_key);
 		if (img[i].hw) {
 			size_t k;
 			json_t *h;
