@@ -147,7 +147,9 @@ static unsigned status_of(int rc)
 /* ---- the check-in parse arena ---------------------------------------------- */
 
 /*
- * A check-in body is a dozen small JSON values that live for one handler
+ * Check-in bodies are read by fleet_ckbody_parse (jsmn, no allocation);
+ * the few it leaves to jansson (reals, arrays, malformed JSON) are parsed
+ * here.  Such a body is a dozen small JSON values that live for one handler
  * call, and malloc/free of them was a fifth of a check-in's cost.  So
  * jansson's allocator (json_set_alloc_funcs, set once) hands out memory
  * from a per-thread buffer while, and only while, this thread parses a
