@@ -22,10 +22,16 @@
  * and the ratio of check-ins to the baseline (issue 19's target: >= 0.8).
  * Figures only, nothing asserted.
  *
- *   devapi_bench [SECONDS]      (default 5; scripts from $OTACD_SRC/bench/wrk
- *                                or ./bench/wrk)
+ *   devapi_bench [SECONDS [ROUNDS]]   (default 5 s, 1 round; scripts from
+ *                                      $OTACD_SRC/bench/wrk or ./bench/wrk)
+ *
+ * ROUNDS > 1 alternates baseline and check-in runs that many times (the
+ * ratio of each pair, then the median: neighbours' load on a shared
+ * machine moves both sides of a pair alike).  DEVAPI_BENCH_ONLY=checkin
+ * stops after those rounds (profiling: perf record -p during them).
  */
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +44,7 @@
 #define KEY "bench-fleet-key-0123456789abcdef"
 #define SECRET "bench-device-secret-0123456789abcdef0123456789abcdef0123456789abcdef"
 #define NDEV 100000
+#define MAX_ROUNDS 32
 
 static const char *creds_path;   /* one credential per line, line i: dev-%07d */
 
@@ -133,6 +140,29 @@ static enum MHD_Result constant(void *cls, struct MHD_Connection *c, const char 
 	return ret;
 }
 
+/* the setup's first check-ins, answered by the writer once committed */
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int pending, failed;
+} setup_wait = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+
+static void setup_done(void *ctx, int rc)
+{
+	(void)ctx;
+	pthread_mutex_lock(&setup_wait.mu);
+	setup_wait.pending--;
+	setup_wait.failed += rc < 0;
+	pthread_cond_signal(&setup_wait.cond);
+	pthread_mutex_unlock(&setup_wait.mu);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
 static double cpu_per_req(const struct wrk_result *r)
 {
 	return r->requests > 0 ? r->cpu_us / r->requests : 0;
@@ -147,7 +177,10 @@ static void print(const char *what, const struct wrk_result *r, double mult, con
 
 int main(int argc, char **argv)
 {
-	int seconds = argc > 1 ? atoi(argv[1]) : 5;
+	int seconds = argc > 1 ? atoi(argv[1]) : 5, rounds = argc > 2 ? atoi(argv[2]) : 1;
+	const char *only = getenv("DEVAPI_BENCH_ONLY");
+	double ratio[MAX_ROUNDS], cpu_ratio[MAX_ROUNDS];
+	long errors = 0;
 	const char *src = getenv("OTACD_SRC");
 	char dir[] = "/tmp/devapi_bench.XXXXXX";
 	char *db = NULL, *checkin_lua = NULL, *reports_lua = NULL, *rm = NULL;
@@ -168,6 +201,8 @@ int main(int argc, char **argv)
 
 	if (seconds <= 0)
 		seconds = 5;
+	if (rounds < 1 || rounds > MAX_ROUNDS)
+		rounds = 1;
 	setvbuf(stdout, NULL, _IOLBF, 0); /* progress as it happens (perf record -p aims by it) */
 	x.cohort = cohort;
 	if (!mkdtemp(dir)) {
@@ -210,20 +245,34 @@ int main(int argc, char **argv)
 	}
 	fclose(cf);
 	cf = NULL;
+	/* their first check-ins, queued together (group commits), awaited */
 	for (int i = 0; i < NDEV; i++) {
-		char id[32];
-		json_t *body, *ans = NULL;
+		char id[32], text[FLEET_ANSWER_MAX];
+		json_t *body;
+		int rci;
 		snprintf(id, sizeof(id), "dev-%07d", i);
 		body = json_pack("{ss ss ss ss ss si s{ss ss}}", "device", id, "product", "sensor-node", "hardware",
 				 i % 2 ? "mps2-an385" : "nrf52840dk", "bootloader", "1.2.0", "version", "1.4.0",
 				 "security_counter", 3, "tags", "region", i % 3 ? "eu" : "us", "tier", "standard");
-		if (fleet_checkin(f, body, &ans) < 0) {
+		pthread_mutex_lock(&setup_wait.mu);
+		setup_wait.pending++;
+		pthread_mutex_unlock(&setup_wait.mu);
+		rci = fleet_checkin_text_async(f, body, text, sizeof(text), setup_done, &setup_wait);
+		json_decref(body);
+		if (rci <= 0)
+			setup_done(&setup_wait, rci);
+		if (rci < 0) {
 			fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
-			json_decref(body);
 			goto out;
 		}
-		json_decref(body);
-		json_decref(ans);
+	}
+	pthread_mutex_lock(&setup_wait.mu);
+	while (setup_wait.pending)
+		pthread_cond_wait(&setup_wait.cond, &setup_wait.mu);
+	pthread_mutex_unlock(&setup_wait.mu);
+	if (setup_wait.failed) {
+		fprintf(stderr, "devapi_bench: %d first check-ins failed\n", setup_wait.failed);
+		goto out;
 	}
 	{
 		/* devapi_start's: the same flags, pool size and limits */
@@ -241,23 +290,45 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
-	printf("devapi bench: wrk -t2 -c64 -d%ds on %ld CPUs\n", seconds, sysconf(_SC_NPROCESSORS_ONLN));
-	if (run_wrk(&rc_base, checkin_lua, "steady", MHD_get_daemon_info(base, MHD_DAEMON_INFO_BIND_PORT)->port,
-		    "/device/v1/checkin", seconds) < 0 ||
-	    run_wrk(&rc_checkin, checkin_lua, "steady", devapi_port(api), "/device/v1/checkin", seconds) < 0 ||
-	    run_wrk(&rc_change, checkin_lua, "change", devapi_port(api), "/device/v1/checkin", seconds) < 0 ||
+	printf("devapi bench: wrk -t2 -c64 -d%ds on %ld CPUs, %d alternating baseline/check-in round%s\n", seconds,
+	       sysconf(_SC_NPROCESSORS_ONLN), rounds, rounds > 1 ? "s" : "");
+	/* baseline and check-in alternate, so both see the same neighbours */
+	for (int i = 0; i < rounds; i++) {
+		if (run_wrk(&rc_base, checkin_lua, "steady", MHD_get_daemon_info(base, MHD_DAEMON_INFO_BIND_PORT)->port,
+			    "/device/v1/checkin", seconds) < 0 ||
+		    run_wrk(&rc_checkin, checkin_lua, "steady", devapi_port(api), "/device/v1/checkin", seconds) < 0) {
+			fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
+			goto out;
+		}
+		ratio[i] = rc_base.rps > 0 ? rc_checkin.rps / rc_base.rps : 0;
+		/* on a shared machine requests/s follow the neighbours' load; the
+		 * server's own CPU per request does not */
+		cpu_ratio[i] = cpu_per_req(&rc_checkin) > 0 ? cpu_per_req(&rc_base) / cpu_per_req(&rc_checkin) : 0;
+		if (rounds > 1)
+			printf("round %d\n", i + 1);
+		print("baseline", &rc_base, 1, "req/s   ");
+		print("check-in", &rc_checkin, 1, "req/s   ");
+		printf("%-10s %10.2f (check-in / baseline; target >= 0.8)\n", "ratio", ratio[i]);
+		printf("%-10s %10.2f (baseline / check-in server CPU per request)\n", "cpu ratio", cpu_ratio[i]);
+		errors += rc_base.errors + rc_checkin.errors;
+	}
+	if (rounds > 1) {
+		qsort(ratio, (size_t)rounds, sizeof(ratio[0]), cmp_double);
+		qsort(cpu_ratio, (size_t)rounds, sizeof(cpu_ratio[0]), cmp_double);
+		printf("%-10s %10.2f (median of %d; min %.2f, max %.2f)\n", "ratio", ratio[rounds / 2], rounds, ratio[0],
+		       ratio[rounds - 1]);
+		printf("%-10s %10.2f (median of %d; min %.2f, max %.2f)\n", "cpu ratio", cpu_ratio[rounds / 2], rounds,
+		       cpu_ratio[0], cpu_ratio[rounds - 1]);
+	}
+	if (only && !strcmp(only, "checkin")) {
+		rc = errors != 0;
+		goto out;
+	}
+	if (run_wrk(&rc_change, checkin_lua, "change", devapi_port(api), "/device/v1/checkin", seconds) < 0 ||
 	    run_wrk(&rc_reports, reports_lua, "steady", devapi_port(api), "/device/v1/reports", seconds) < 0) {
 		fprintf(stderr, "devapi_bench: %s\n", ota_error_last());
 		goto out;
 	}
-	print("baseline", &rc_base, 1, "req/s   ");
-	print("check-in", &rc_checkin, 1, "req/s   ");
-	printf("%-10s %10.2f (check-in / baseline; target >= 0.8)\n", "ratio",
-	       rc_base.rps > 0 ? rc_checkin.rps / rc_base.rps : 0);
-	/* on a shared machine requests/s follow the neighbours' load; the
-	 * server's own CPU per request does not */
-	printf("%-10s %10.2f (baseline / check-in server CPU per request)\n", "cpu ratio",
-	       cpu_per_req(&rc_checkin) > 0 ? cpu_per_req(&rc_base) / cpu_per_req(&rc_checkin) : 0);
 	print("changing", &rc_change, 1, "req/s   ");
 	printf("%-10s %10s (check-ins that change their device: answered once committed)\n", "", "");
 	print("reports", &rc_reports, 100, "events/s");
@@ -268,7 +339,7 @@ int main(int argc, char **argv)
 		printf("aggregate 1.4.0/*: offered %lld, reporting %lld, crashes %lld\n", (long long)a.offered,
 		       (long long)a.reporting, (long long)a.crashes);
 	}
-	rc = rc_checkin.errors || rc_change.errors || rc_reports.errors || rc_base.errors;
+	rc = errors || rc_change.errors || rc_reports.errors;
 out:
 	if (base)
 		MHD_stop_daemon(base);

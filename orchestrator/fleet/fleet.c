@@ -26,6 +26,7 @@
  * aggregates, and commits, all in one transaction per group of batches.
  */
 #include "../pki.h"
+#include "fleet_ckbody.h"
 #include "fleet_int.h"
 
 #include <ctype.h>
@@ -80,6 +81,8 @@ static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
 	}
 	return n >= min;
 }
+
+_Static_assert(FLEET_CKBODY_TAGS == FLEET_MAX_TAGS, "a check-in body holds every tag a device may have");
 
 int fleet_device_id_valid(const char *s)
 {
@@ -1045,17 +1048,17 @@ static const struct exposure *decide(struct fleet *f, const struct device *d, co
 	return NULL;
 }
 
-static int field_str(const json_t *body, const char *name, const char **out, int (*valid)(const char *),
+static int field_str(const struct fleet_ckbody *b, int which, const char **out, int (*valid)(const char *),
 		     const char *what)
 {
-	json_t *v = json_object_get(body, name);
-	if (!v)
-		return ota_error_set(OTA_EINVAL, "%s: missing", name);
-	if (!json_is_string(v))
-		return ota_error_set(OTA_EINVAL, "%s: must be a string", name);
-	*out = json_string_value(v);
+	static const char *const names[FCK_NSTR] = { "device", "product", "hardware", "bootloader", "version", "slot" };
+	if (b->kind[which] == FCK_ABSENT)
+		return ota_error_set(OTA_EINVAL, "%s: missing", names[which]);
+	if (b->kind[which] != FCK_STRING)
+		return ota_error_set(OTA_EINVAL, "%s: must be a string", names[which]);
+	*out = b->str[which];
 	if (valid && !valid(*out))
-		return ota_error_set(OTA_EINVAL, "%s: must be %s", name, what);
+		return ota_error_set(OTA_EINVAL, "%s: must be %s", names[which], what);
 	return 0;
 }
 
@@ -1099,7 +1102,8 @@ static const char *scale_text(void)
  * allowlist, which is checked per tag) the tags all match; then the
  * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
 static int as_before(struct fleet *f, const struct reg *reg, const char **product, const char **hardware,
-		     const char **bootloader, const char **version, json_t *jtags, const char **tags, size_t *ntags)
+		     const char **bootloader, const char **version, const struct fleet_ckbody *b, const char **tags,
+		     size_t *ntags)
 {
 	struct shard *s;
 	const struct device *d;
@@ -1112,22 +1116,18 @@ static int as_before(struct fleet *f, const struct reg *reg, const char **produc
 	d = reg->dev;
 	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
 	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {
-		size_t n = json_is_object(jtags) ? json_object_size(jtags) : 0;
-		const char *key;
-		json_t *v;
+		size_t n = b->tags_kind == FCK_OBJECT ? b->ntags : 0;
 		same = n == d->ntags && (!n || !f->tag_allow);
-		/* keys are unique (JSON_REJECT_DUPLICATES) and so are the device's
-		 * tags: the same count and each found is the same set */
-		json_object_foreach(same && n ? jtags : NULL, key, v) {
+		/* keys are unique (duplicates are refused) and so are the
+		 * device's tags: the same count and each found is the same set */
+		for (size_t k = 0; same && k < n; k++) {
+			const char *key = b->tag_key[k];
 			size_t kl = strlen(key);
 			int hit = 0;
 			for (size_t i = 0; i < d->ntags && !hit; i++)
 				hit = !strncmp(d->tags[i], key, kl) && d->tags[i][kl] == '=' &&
-				      !strcmp(d->tags[i] + kl + 1, json_string_value(v));
-			if (!hit) {
-				same = 0;
-				break;
-			}
+				      !strcmp(d->tags[i] + kl + 1, b->tag_val[k]);
+			same = hit;
 		}
 		if (same) {
 			*product = d->product;
@@ -1145,14 +1145,13 @@ static int as_before(struct fleet *f, const struct reg *reg, const char **produc
 
 /* A check-in; reg: the device's registry entry when the caller
  * authenticated it (its cached device saves a lookup), else NULL. */
-static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *answer, size_t cap,
+static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *reg, char *answer, size_t cap,
 		   void (*done)(void *ctx, int rc), void *ctx)
 {
-	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *key;
+	const char *id = NULL, *product = NULL, *hardware = NULL, *bootloader = NULL, *version = NULL, *slot;
 	const char *tags[FLEET_MAX_TAGS];
 	size_t ntags = 0;
 	uint32_t bl[3];
-	json_t *v, *jtags;
 	const char *offer = NULL;
 	char revocations[48] = "";
 	int64_t counter, crl, now = clock_now_ms();
@@ -1165,42 +1164,43 @@ static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *a
 
 	if (cap)
 		answer[0] = 0;
-	if (!json_is_object(body))
+	if (!b->is_object)
 		return ota_error_set(OTA_EINVAL, "the body must be a JSON object");
-	if ((rc = field_str(body, "device", &id, fleet_device_id_valid, "1..64 characters [A-Za-z0-9._:-]")) < 0 ||
-	    (rc = field_str(body, "product", &product, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
-	    (rc = field_str(body, "hardware", &hardware, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
-	    (rc = field_str(body, "bootloader", &bootloader, bl_valid, "X.Y.Z")) < 0 ||
-	    (rc = field_str(body, "version", &version, fleet_version_valid,
+	if ((rc = field_str(b, FCK_DEVICE, &id, fleet_device_id_valid, "1..64 characters [A-Za-z0-9._:-]")) < 0 ||
+	    (rc = field_str(b, FCK_PRODUCT, &product, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
+	    (rc = field_str(b, FCK_HARDWARE, &hardware, fleet_name_valid, "1..128 characters [A-Za-z0-9._:/+@-]")) < 0 ||
+	    (rc = field_str(b, FCK_BOOTLOADER, &bootloader, bl_valid, "X.Y.Z")) < 0 ||
+	    (rc = field_str(b, FCK_VERSION, &version, fleet_version_valid,
 			    "a version (1..64 characters [0-9A-Za-z.+_-], starting with a digit)")) < 0)
 		return rc;
 	fleet_xyz_parse(bootloader, bl);
-	v = json_object_get(body, "security_counter");
-	if (!v)
+	if (b->counter_kind == FCK_ABSENT)
 		return ota_error_set(OTA_EINVAL, "security_counter: missing");
-	if (!json_is_integer(v) || json_integer_value(v) < 0)
+	if (b->counter_kind != FCK_INTEGER || b->counter < 0)
 		return ota_error_set(OTA_EINVAL, "security_counter: must be an integer >= 0");
-	counter = json_integer_value(v);
-	if ((v = json_object_get(body, "slot")) &&
-	    (!json_is_string(v) || (strcmp(json_string_value(v), "confirmed") && strcmp(json_string_value(v), "testing"))))
+	counter = b->counter;
+	slot = b->str[FCK_SLOT];
+	if (b->kind[FCK_SLOT] != FCK_ABSENT &&
+	    (b->kind[FCK_SLOT] != FCK_STRING || (strcmp(slot, "confirmed") && strcmp(slot, "testing"))))
 		return ota_error_set(OTA_EINVAL, "slot: must be \"confirmed\" or \"testing\"");
-	if ((jtags = json_object_get(body, "tags")) && !json_is_null(jtags)) {
-		if (!json_is_object(jtags))
+	if (b->tags_kind != FCK_ABSENT && b->tags_kind != FCK_NULL) {
+		if (b->tags_kind != FCK_OBJECT)
 			return ota_error_set(OTA_EINVAL, "tags: must be an object of strings");
-		if (json_object_size(jtags) > FLEET_MAX_TAGS)
+		if (b->ntags > FLEET_MAX_TAGS)
 			return ota_error_set(OTA_EINVAL, "tags: at most %d tags", FLEET_MAX_TAGS);
-		json_object_foreach(jtags, key, v) {
-			if (!json_is_string(v) || !fleet_name_valid(json_string_value(v)))
+		for (size_t i = 0; i < b->ntags; i++) {
+			const char *key = b->tag_key[i];
+			if (!b->tag_val[i] || !fleet_name_valid(b->tag_val[i]))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: must be 1..128 characters [A-Za-z0-9._:/+@-]", key);
 			if (!charset_ok(key, 1, 64, "._-"))
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
 		}
 	}
-	if (!as_before(f, reg, &product, &hardware, &bootloader, &version, jtags, tags, &ntags)) {
-		json_object_foreach(json_is_object(jtags) ? jtags : NULL, key, v) {
+	if (!as_before(f, reg, &product, &hardware, &bootloader, &version, b, tags, &ntags)) {
+		for (size_t i = 0; b->tags_kind == FCK_OBJECT && i < b->ntags; i++) {
 			char kv[300];
-			snprintf(kv, sizeof(kv), "%s=%s", key, json_string_value(v));
-			if ((rc = admit(f, kv, key, json_string_value(v), NULL, &tags[ntags])) < 0)
+			snprintf(kv, sizeof(kv), "%s=%s", b->tag_key[i], b->tag_val[i]);
+			if ((rc = admit(f, kv, b->tag_key[i], b->tag_val[i], NULL, &tags[ntags])) < 0)
 				return rc;
 			ntags++;
 		}
@@ -1288,10 +1288,10 @@ static int checkin(struct fleet *f, const json_t *body, struct reg *reg, char *a
 	/* the commit that follows this submission writes the device's row and
 	 * its counters (marked dirty above, before the batch was queued) */
 	{
-		struct batch *b = xcalloc(1, sizeof(*b));
-		b->done = done;
-		b->ctx = ctx;
-		fleet_store_submit(f, b);
+		struct batch *bt = xcalloc(1, sizeof(*bt));
+		bt->done = done;
+		bt->ctx = ctx;
+		fleet_store_submit(f, bt);
 	}
 	return 1;
 }
@@ -1586,18 +1586,28 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
 int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, size_t cap,
 			     void (*done)(void *ctx, int rc), void *ctx)
 {
-	return checkin(f, body, NULL, answer, cap, done, ctx);
+	struct fleet_ckbody b;
+	fleet_ckbody_from_json(&b, body);
+	return checkin(f, &b, NULL, answer, cap, done, ctx);
+}
+
+int fleet_checkin_body_async(struct fleet *f, const struct fleet_ckbody *b, const char *token, char *answer,
+			     size_t cap, void (*done)(void *ctx, int rc), void *ctx)
+{
+	struct reg *reg;
+	int rc = fleet_device_auth_reg(f, b->is_object && b->kind[FCK_DEVICE] == FCK_STRING ? b->str[FCK_DEVICE] : NULL,
+				       token, &reg);
+	if (cap)
+		answer[0] = 0;
+	return rc < 0 ? rc : checkin(f, b, reg, answer, cap, done, ctx);
 }
 
 int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
 				  void (*done)(void *ctx, int rc), void *ctx)
 {
-	json_t *dev = json_object_get(body, "device");
-	struct reg *reg;
-	int rc = fleet_device_auth_reg(f, json_is_string(dev) ? json_string_value(dev) : NULL, token, &reg);
-	if (cap)
-		answer[0] = 0;
-	return rc < 0 ? rc : checkin(f, body, reg, answer, cap, done, ctx);
+	struct fleet_ckbody b;
+	fleet_ckbody_from_json(&b, body);
+	return fleet_checkin_body_async(f, &b, token, answer, cap, done, ctx);
 }
 
 int fleet_checkin_async(struct fleet *f, const json_t *body, json_t **answer, void (*done)(void *ctx, int rc),

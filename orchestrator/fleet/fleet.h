@@ -231,6 +231,11 @@ int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, 
  * done) and looked up once for both.  What the device API calls. */
 int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const char *token, char *answer, size_t cap,
 				  void (*done)(void *ctx, int rc), void *ctx);
+/* The same from a body already read into its fields (fleet_ckbody.h: the
+ * device API reads check-in bodies without jansson). */
+struct fleet_ckbody;
+int fleet_checkin_body_async(struct fleet *f, const struct fleet_ckbody *b, const char *token, char *answer,
+			     size_t cap, void (*done)(void *ctx, int rc), void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never
