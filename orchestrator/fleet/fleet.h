@@ -176,6 +176,7 @@ int fleet_provision_auth(struct fleet *f, const char *token);
 struct fleet_ca;
 void fleet_set_ca(struct fleet *f, struct fleet_ca *ca, int auth_mode);
 struct fleet_ca *fleet_get_ca(struct fleet *f);
+int fleet_get_auth_mode(const struct fleet *f); /* enum fleet_auth_mode */
 int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
 		    const char *claimed_product, char *id_out, size_t idlen);
 int fleet_device_registered(struct fleet *f, const char *id);
@@ -257,6 +258,13 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
  */
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx);
+/* The same for a batch whose request was authenticated by a client
+ * certificate (issue 13): cert_device (not NULL) is the certificate's
+ * device, every report must be its (else OTA_EPERM, the batch refused,
+ * counted as "wrong_device"); credentials are not consulted.  NULL:
+ * fleet_report_async. */
+int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *token, const char *cert_device,
+			   int *accepted, json_t **refused, void (*done)(void *ctx, int rc), void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
  * an exposure of its product and hardware that it was offered, and does
  * the offer still stand?  1 yes, 0 never offered, -1 withdrawn (the release

@@ -416,6 +416,11 @@ struct fleet_ca *fleet_get_ca(struct fleet *f)
 	return f->ca;
 }
 
+int fleet_get_auth_mode(const struct fleet *f)
+{
+	return f->auth_mode;
+}
+
 int fleet_device_registered(struct fleet *f, const char *id)
 {
 	uint64_t h;
