@@ -437,10 +437,10 @@ int fleet_device_registered(struct fleet *f, const char *id)
 }
 
 /*
- * The certificate path of device authentication.  The lead wires it into
- * devapi.c once the TLS listener exposes the verified client certificate
- * (tls_peer_cert_der): with a certificate, the device is the one it names
- * and a body naming another is refused; without one, fleet_device_auth.
+ * The certificate path of device authentication.  devapi.c calls it on
+ * every device request with the verified client certificate
+ * (tls_peer_cert_der, cert_identify) and refuses a request naming another
+ * device itself (403); without a certificate, fleet_device_auth.
  */
 int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
 		    const char *claimed_product, char *id_out, size_t idlen)
