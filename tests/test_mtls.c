@@ -160,11 +160,12 @@ static struct {
 	struct daemon d;
 	char *pki, *srvca, *prov;
 	char *creds_tok;  /* a token-registered device's credential (tok-0000) */
+	char *simprov;    /* otacd-fleetsim's provisioner (dev-*) */
 } g;
 
 static void write_config(const char *mode)
 {
-	char *yaml = xasprintf("device_auth: %s\ntls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n"
+	char *yaml = xasprintf("poll_interval: 1s\ndevice_auth: %s\ntls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n"
 			       "  client_ca: %s/state/devca/ca.pem\n", mode, g.pki, g.pki, g.d.dir);
 	assert_int_equal(ota_write_file_atomic(g.d.config, yaml, strlen(yaml), 0600), 0);
 	free(yaml);
@@ -318,7 +319,9 @@ static int setup(void **state)
 		 "openssl req -x509 $N -keyout evil.key -out evil.pem -days 2 -subj /CN=evil-ca;"
 		 "openssl req $N -keyout foreign.key -out foreign.csr -subj /CN=mt-0001;"
 		 "openssl x509 -req -in foreign.csr -CA evil.pem -CAkey evil.key -set_serial 8 -days 2"
-		 " -extfile dev.ext -out foreign.pem",
+		 " -extfile dev.ext -out foreign.pem;"
+		 "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem;"
+		 "openssl pkey -in k.pem -pubout -out k.pub",
 		 g.pki) != 0) {
 		fprintf(stderr, "%s\n", buf_cstr(&out));
 		return -1;
@@ -334,6 +337,8 @@ static int setup(void **state)
 	assert_int_equal(otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30"), 0);
 	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add fab --prefix mt- --max 100 --rate 1000"), 0);
 	g.prov = token_line(&out);
+	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add sim --prefix dev- --max 100000 --rate 100000"), 0);
+	g.simprov = token_line(&out);
 	creds = h_register_devices(&g.d, "tok", 1);
 	g.creds_tok = creds[0];
 	free(creds);
@@ -358,6 +363,7 @@ static int teardown(void **state)
 	free(g.srvca);
 	free(g.prov);
 	free(g.creds_tok);
+	free(g.simprov);
 	return 0;
 }
 
@@ -395,6 +401,49 @@ static void provisioned_device_checks_in_reports_and_fetches_by_certificate_and_
 	dev_close(&v);
 	free(cert);
 	free(key);
+}
+
+static int64_t metric(const char *text, const char *name, const char *version)
+{
+	char *needle = xasprintf("%s{product=\"fw\",version=\"%s\",cohort=\"*\"} ", name, version);
+	const char *p = strstr(text, needle);
+	int64_t v = p ? strtoll(p + strlen(needle), NULL, 10) : -1;
+	free(needle);
+	return v;
+}
+
+/* otacd-fleetsim --provisioner: each simulated device makes its key, gets
+ * its certificate by CSR and checks in and reports over mTLS (no token in
+ * any request: the fleet is device_auth: cert). */
+static void fleetsim_devices_provisioned_by_csr_check_in_and_report_over_mtls(void **state)
+{
+	char *bin = h_bin("otacd-fleetsim"), *stats = xasprintf("%s/stats.json", g.d.dir), *m;
+	double accepted = series(&g.d, "otacd_device_cert_accepted_total ");
+	struct buf out = BUF_INIT;
+	json_t *st;
+	(void)state;
+
+	assert_int_equal(h_sh(&out, "%s --url %s --devices 40 --seed 3 --key %s/k.pub --provisioner '%s' --product fw"
+				    " --start-version 1.0.0 --report-every 1s --duration 6 --stats %s --cacert '%s' --quiet",
+			      bin, g.d.device_url, g.pki, g.simprov, stats, g.srvca), 0);
+	buf_release(&out);
+	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
+	st = json_loadb(out.ptr, out.len, 0, NULL);
+	assert_non_null(st);
+	assert_true(json_integer_value(json_object_get(st, "checkins")) >= 40);
+	assert_true(json_integer_value(json_object_get(st, "reports_sent")) >= 40);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_rejected")), 0);
+	json_decref(st);
+	m = h_device_metrics(&g.d, NULL);
+	assert_int_equal(metric(m, "otacd_fleet_devices", "1.0.0"), 40);
+	free(m);
+	/* every request was a certificate's: 40 issued, each used */
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM device_certs WHERE device LIKE 'dev-%'"), 40);
+	assert_true(series(&g.d, "otacd_device_cert_accepted_total ") >= accepted + 80);
+	assert_true(series(&g.d, "otacd_device_cert_refused_total{reason=\"wrong_device\"} ") == 0);
+	buf_release(&out);
+	free(bin);
+	free(stats);
 }
 
 static void certificate_of_device_a_naming_device_b_is_refused_and_counted(void **state)
@@ -536,6 +585,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(provisioned_device_checks_in_reports_and_fetches_by_certificate_and_tokens_are_refused),
+		cmocka_unit_test(fleetsim_devices_provisioned_by_csr_check_in_and_report_over_mtls),
 		cmocka_unit_test(certificate_of_device_a_naming_device_b_is_refused_and_counted),
 		cmocka_unit_test(foreign_and_expired_certificates_fail_the_handshake_and_are_counted),
 		cmocka_unit_test(revoked_device_is_refused_at_its_next_request_on_a_kept_and_a_resumed_connection),
