@@ -44,3 +44,7 @@ sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
 echo
 echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
 sh bench/device_footprint.sh
+# issue 13, device identity by certificate (s5-mtls)
+echo
+echo "== otacd-fleetsim check-ins over mTLS (device certificates) against tokens over TLS, same run"
+sh bench/mtls_fleetsim.sh "$OTACD_BIN" ${MTLS_FLEETSIM_ARGS:-3000 20}
