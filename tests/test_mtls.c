@@ -8,7 +8,10 @@
  *     for images and the revocation list with its certificate alone; a
  *     token is refused;
  *   - a certificate of device A naming device B (check-in body, report,
- *     X-Device-Id) is refused 403 and counted (reason wrong_device);
+ *     X-Device-Id), or another product than its own, is refused 403 and
+ *     counted (reason wrong_device);
+ *   - otacd-fleetsim --provisioner: simulated devices provisioned by CSR
+ *     check in and report over mTLS;
  *   - after `otactl devices revoke ID` the device's next request is refused
  *     on the kept-alive connection and on a resumed session, and counted;
  *   - a certificate of a foreign CA, and an expired one of the device CA,
@@ -464,8 +467,14 @@ static void certificate_of_device_a_naming_device_b_is_refused_and_counted(void 
 	assert_int_equal(dev_req(&v, "/device/v1/images/0000000000000000000000000000000000000000000000000000000000000000",
 				 NULL, "mt-0002", NULL, 0), 403);
 	assert_int_equal(dev_req(&v, "/device/v1/revocations", NULL, "mt-0002", NULL, 0), 403);
-	/* nothing of the refused batch was recorded: mt-0001 has one report */
-	assert_true(series(&g.d, "otacd_device_cert_refused_total{reason=\"wrong_device\"} ") == before + 4);
+	/* its certificate is for product sensor (OU): not another product */
+	{
+		json_t *b = checkin_body("mt-0001");
+		json_object_set_new(b, "product", json_string("gateway"));
+		assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, b, 0), 403);
+		assert_non_null(strstr(buf_cstr(&v.body), "for product 'sensor'"));
+	}
+	assert_true(series(&g.d, "otacd_device_cert_refused_total{reason=\"wrong_device\"} ") == before + 5);
 	dev_close(&v);
 	free(cert);
 	free(key);

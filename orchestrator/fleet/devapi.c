@@ -74,6 +74,7 @@ struct dreq {
 	/* issue 13: the device the verified client certificate names (empty:
 	 * no certificate; token authentication) */
 	char cert_dev[129];
+	char cert_product[129];  /* its product (OU), "" if none */
 	/* report batches: set by the writer's done callback */
 	struct devapi *api;
 	struct MHD_Connection *conn;
@@ -144,6 +145,19 @@ static unsigned status_of(int rc)
 	case OTA_EPERM: return MHD_HTTP_FORBIDDEN;
 	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
+}
+
+/* issue 13: a certificate issued for one product (its OU) does not check
+ * in as another: 403, counted as wrong_device.  1 when refused. */
+static int cert_product_refused(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *claimed,
+				enum MHD_Result *ret)
+{
+	if (!claimed || !r->cert_product[0] || !strcmp(claimed, r->cert_product))
+		return 0;
+	fleet_ca_count_wrong_device(fleet_get_ca(a->f));
+	*ret = reply_error(c, MHD_HTTP_FORBIDDEN, "device '%s''s certificate is for product '%s', not '%s'", r->cert_dev,
+			   r->cert_product, claimed);
+	return 1;
 }
 
 /* ---- the check-in parse arena ---------------------------------------------- */
@@ -269,7 +283,8 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
 	/* authenticated first (401, nothing done), then decided */
-	if (r->cert_dev[0] && cert_claim_refused(a, c, r, json_string_value(json_object_get(body, "device")), &ret)) {
+	if (r->cert_dev[0] && (cert_claim_refused(a, c, r, json_string_value(json_object_get(body, "device")), &ret) ||
+			       cert_product_refused(a, c, r, json_string_value(json_object_get(body, "product")), &ret))) {
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
 		pthread_mutex_unlock(&a->mu);
@@ -733,7 +748,8 @@ static int cert_identify(struct devapi *a, struct MHD_Connection *c, struct dreq
 	if (rc == OTA_ENOTFOUND)
 		return 0;
 	if (rc == 0)
-		rc = fleet_auth_cert(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev));
+		rc = fleet_auth_cert_ex(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev), r->cert_product,
+					sizeof(r->cert_product));
 	free(der);
 	return rc;
 }

@@ -180,6 +180,10 @@ int fleet_get_auth_mode(const struct fleet *f); /* enum fleet_auth_mode */
 int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
 		    const char *claimed_product, char *id_out, size_t idlen);
 int fleet_device_registered(struct fleet *f, const char *id);
+/* The same, with the certificate's product (its OU; "" if none) in
+ * product (plen bytes). */
+int fleet_auth_cert_ex(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		       const char *claimed_product, char *id_out, size_t idlen, char *product, size_t plen);
 
 /*
  * Registration (provisioning).  fleet_register_admit takes n devices from

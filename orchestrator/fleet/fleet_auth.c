@@ -446,14 +446,22 @@ int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const
 		    const char *claimed_product, char *id_out, size_t idlen)
 {
 	char product[129];
+	return fleet_auth_cert_ex(f, der, len, claimed, claimed_product, id_out, idlen, product, sizeof(product));
+}
+
+int fleet_auth_cert_ex(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		       const char *claimed_product, char *id_out, size_t idlen, char *product, size_t plen)
+{
 	const char *why = NULL;
 	int rc;
 
 	if (idlen)
 		id_out[0] = 0;
+	if (plen)
+		product[0] = 0;
 	if (f->auth_mode == FLEET_AUTH_TOKEN)
 		return ota_error_set(OTA_EAUTH, "this fleet authenticates devices by token (device_auth: token)");
-	if ((rc = fleet_ca_identify_ex(f->ca, der, len, id_out, idlen, product, sizeof(product), 1, &why)) < 0)
+	if ((rc = fleet_ca_identify_ex(f->ca, der, len, id_out, idlen, product, plen, 1, &why)) < 0)
 		return rc;
 	if (claimed && strcmp(claimed, id_out)) {
 		rc = ota_error_set(OTA_EAUTH, "the client certificate is device '%s''s, not '%s''s", id_out, claimed);
