@@ -18,7 +18,9 @@
  *
  * Identity: registrations (POST /device/v1/register) and the audit read
  * need the fleet key; every other device route authenticates the device
- * through fleet_device_auth (report batches: per report, in the fleet).
+ * through fleet_device_auth (report batches: per report, in the fleet),
+ * or, with device_auth cert or both and a client certificate, through
+ * fleet_auth_cert on every request (cert_identify; issue 13).
  * Registrations go through the fleet's writer like report batches.
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
@@ -234,7 +236,8 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r);
 /* issue 13: a request authenticated by certificate that names another
  * device (body "device", X-Device-Id, ?device=) is refused, 403, counted.
  * 1 when refused (*ret is the answer). */
-static int cert_claim_refused(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *claimed, enum MHD_Result *ret)
+static int cert_claim_refused(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *claimed,
+			      enum MHD_Result *ret)
 {
 	if (!claimed || !strcmp(claimed, r->cert_dev))
 		return 0;
