@@ -337,7 +337,8 @@ static int setup(void **state)
 	h_init(&g.d, "device_auth: cert\n");
 	assert_int_equal(h_start(&g.d, NULL), 0);
 	/* a token device, registered with the fleet key while tokens are the way in */
-	assert_int_equal(otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30"), 0);
+	if (otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30") != 0)
+		fail_msg("otactl fleet ca init: %s (daemon in %s)", buf_cstr(&out), g.d.dir);
 	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add fab --prefix mt- --max 100 --rate 1000"), 0);
 	g.prov = token_line(&out);
 	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add sim --prefix dev- --max 100000 --rate 100000"), 0);
