@@ -47,3 +47,7 @@ sh bench/device_footprint.sh
 # issue 13, encrypted images
 echo "== MCUboot image encryption: signing and device decrypt+verify against a clear image, same run"
 "$OTACD_BIN/enc-bench" ${ENC_BENCH_ARGS:-1024 20}
+# issue 13, device identity by certificate (s5-mtls)
+echo
+echo "== otacd-fleetsim check-ins over mTLS (device certificates) against tokens over TLS, same run"
+sh bench/mtls_fleetsim.sh "$OTACD_BIN" ${MTLS_FLEETSIM_ARGS:-3000 20}

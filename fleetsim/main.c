@@ -44,7 +44,7 @@ static void usage(FILE *f)
 	      "         [--metrics-listen HOST:PORT] [--stats FILE] [--start-version 1.0.0]\n"
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
 	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--trust-root ROOT.crt.pem]\n"
-	      "         [--enc-key [HW=]PRIV.pem]\n"
+	      "         [--enc-key [HW=]PRIV.pem] [--provisioner TOKEN]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -174,6 +174,7 @@ int main(int argc, char **argv)
 		{ "shared-downloads", no_argument, NULL, 'D' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "cacert", required_argument, NULL, 'A' },
+		{ "provisioner", required_argument, NULL, 'X' },
 		{ "trust-root", required_argument, NULL, 'T' },
 		{ "enc-key", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
@@ -303,14 +304,16 @@ int main(int argc, char **argv)
 		case 'D': o.shared_downloads = 1; break;
 		case 'q': o.quiet = 1; break;
 		case 'A': o.cacert = optarg; break;
+		case 'X': o.provisioner = optarg; break;
 		case 'T': o.trust_root = optarg; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}
 	}
-	if (optind < argc || !o.url || !o.devices || !have_seed || (!nkeys && !o.trust_root) || !fleet_key) {
+	if (optind < argc || !o.url || !o.devices || !have_seed || (!nkeys && !o.trust_root) ||
+	    (!fleet_key && !o.provisioner)) {
 		usage(stderr);
-		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key (or --trust-root) and --fleet-key are required");
+		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key (or --trust-root) and --fleet-key (or --provisioner) are required");
 		goto out;
 	}
 	o.fleet_key = fleet_key;

@@ -18,6 +18,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 static int unhex16(const char *s, uint8_t out[16])
 {
 	for (int k = 0; k < 16; k++) {
@@ -136,6 +141,154 @@ out:
 	curl_slist_free_all(hdr);
 	buf_release(&x.body);
 	buf_release(&req);
+	free(url);
+	return rc;
+}
+
+/* ---- issue 13: client certificates (--provisioner) ------------------------- */
+
+/* A PEM of what write puts into a memory BIO, as a curl blob. */
+static int pem_blob(struct curl_blob *out, EVP_PKEY *k, X509_REQ *req)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data;
+	long n;
+	int ok = b && (k ? PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL) : PEM_write_bio_X509_REQ(b, req));
+	if (!ok || (n = BIO_get_mem_data(b, &data)) <= 0) {
+		BIO_free(b);
+		return ota_error_set(OTA_ERROR, "PEM encoding failed");
+	}
+	out->data = xmalloc((size_t)n + 1);
+	memcpy(out->data, data, (size_t)n);
+	((char *)out->data)[n] = 0;
+	out->len = (size_t)n;
+	out->flags = CURL_BLOB_NOCOPY;
+	BIO_free(b);
+	return 0;
+}
+
+/* Device i's key (into fs->key[i]) and CSR (PEM, into csr). */
+static int make_key_and_csr(struct fleetsim *fs, uint32_t i, struct curl_blob *csr)
+{
+	EVP_PKEY *k = EVP_EC_gen("P-256");
+	X509_REQ *r = X509_REQ_new();
+	X509_NAME *n = X509_NAME_new();
+	char id[16];
+	int rc = 0;
+
+	sim_device_id(id, sizeof(id), i);
+	if (!k || !r || !n || !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)id, -1, -1, 0) ||
+	    !X509_REQ_set_subject_name(r, n) || !X509_REQ_set_pubkey(r, k) || X509_REQ_sign(r, k, EVP_sha256()) <= 0) {
+		rc = ota_error_set(OTA_ERROR, "device %s: cannot make its key and CSR", id);
+		goto out;
+	}
+	if ((rc = pem_blob(&fs->key[i], k, NULL)) < 0 || (rc = pem_blob(csr, NULL, r)) < 0)
+		goto out;
+out:
+	X509_NAME_free(n);
+	X509_REQ_free(r);
+	EVP_PKEY_free(k);
+	return rc;
+}
+
+/*
+ * Every device makes its own P-256 key and posts a CSR with the
+ * provisioner token (POST /device/v1/provision, one at a time as a factory
+ * line would); the certificate answered is its client certificate for the
+ * run.  A 429 (the provisioner's --rate) is waited out as Retry-After says,
+ * a 503 (another provisioning in progress) retried at once.
+ */
+int fs_provision_certs(struct fleetsim *fs, volatile sig_atomic_t *stop)
+{
+	CURL *e = curl_easy_init();
+	struct xfer x = { 0 };
+	char *url = xasprintf("%s/device/v1/provision", fs->base), *h;
+	struct curl_slist *hdr;
+	int64_t t0 = fs_real_ms();
+	int rc = 0;
+
+	fs->cert = xcalloc(fs->ndev, sizeof(*fs->cert));
+	fs->key = xcalloc(fs->ndev, sizeof(*fs->key));
+	h = xasprintf("Authorization: Bearer %s", fs->o.provisioner);
+	hdr = curl_slist_append(NULL, h);
+	explicit_bzero(h, strlen(h));
+	free(h);
+	hdr = curl_slist_append(hdr, "Content-Type: application/json");
+	hdr = curl_slist_append(hdr, "Expect:");
+	buf_init(&x.body, 1u << 20);
+	if (!e) {
+		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
+		goto out;
+	}
+	for (uint32_t i = 0; i < fs->ndev && rc == 0 && !*stop;) {
+		struct curl_blob csr = { 0 };
+		json_t *req, *ans;
+		const char *pem;
+		char id[16], *body;
+		long st = 0;
+		CURLcode cc;
+
+		sim_device_id(id, sizeof(id), i);
+		free(fs->key[i].data); /* a retry makes a new key: nothing was issued for the old one */
+		fs->key[i].data = NULL;
+		if ((rc = make_key_and_csr(fs, i, &csr)) < 0)
+			break;
+		req = json_pack("{ss ss ss}", "device", id, "csr", (const char *)csr.data, "product", fs->o.product);
+		body = json_dumps(req, JSON_COMPACT);
+		json_decref(req);
+		free(csr.data);
+		buf_clear(&x.body);
+		curl_easy_reset(e);
+		curl_easy_setopt(e, CURLOPT_URL, url);
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+		curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fs_on_body);
+		curl_easy_setopt(e, CURLOPT_WRITEDATA, &x);
+		curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x.err);
+		curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 60000L);
+		fs_tls_setopt(fs, e);
+		cc = curl_easy_perform(e);
+		free(body);
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+		if (cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE) {
+			rc = ota_error_set(OTA_EAUTH, "refusing the device API at %s: %s", fs->base,
+					   x.err[0] ? x.err : curl_easy_strerror(cc));
+			break;
+		}
+		if (cc != CURLE_OK || st == 503) {
+			if (fs->o.duration_s > 0 && fs_real_ms() - t0 >= (int64_t)(fs->o.duration_s * 1000))
+				break;
+			if (cc != CURLE_OK) {
+				fs_warn(fs, "provisioning devices: %s", x.err);
+				sleep(1);
+			}
+			continue;
+		}
+		if (st == 429) {
+			curl_off_t wait = 0;
+			curl_easy_getinfo(e, CURLINFO_RETRY_AFTER, &wait);
+			fprintf(stderr, "fleetsim: provisioning rate limit: waiting %lds\n", (long)(wait > 0 ? wait : 1));
+			sleep(wait > 0 ? (unsigned)wait : 1);
+			continue;
+		}
+		ans = st == 200 ? json_loadb(x.body.ptr ? x.body.ptr : "", x.body.len, 0, NULL) : NULL;
+		if (!(pem = json_string_value(json_object_get(ans, "certificate")))) {
+			rc = ota_error_set(OTA_ERROR, "provisioning device %s: %ld %.300s", id, st, buf_cstr(&x.body));
+			json_decref(ans);
+			break;
+		}
+		fs->cert[i].data = xstrdup(pem);
+		fs->cert[i].len = strlen(pem);
+		fs->cert[i].flags = CURL_BLOB_NOCOPY;
+		json_decref(ans);
+		i++;
+	}
+out:
+	curl_easy_cleanup(e);
+	curl_slist_free_all(hdr);
+	buf_release(&x.body);
 	free(url);
 	return rc;
 }

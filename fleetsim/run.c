@@ -209,7 +209,7 @@ static void batch_seal(struct fleetsim *fs)
 			fs->q = xrealloc(fs->q, fs->qcap * sizeof(*fs->q));
 		}
 	}
-	fs->q[fs->qn++] = (struct batch){ buf_detach(&b), fs->npending, 0 };
+	fs->q[fs->qn++] = (struct batch){ buf_detach(&b), fs->npending, 0, fs->pending_dev };
 	buf_clear(&fs->pending);
 	fs->npending = 0;
 }
@@ -224,13 +224,21 @@ static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *even
 		return;
 	sim_device_id(id, sizeof(id), i);
 	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
+	if (fs->cert && fs->npending && fs->pending_dev != i + 1)
+		batch_seal(fs); /* mTLS: a batch is its device's (its certificate) */
+	if (fs->cert)
+		fs->pending_dev = i + 1;
 	if (fs->npending)
 		buf_putc(&fs->pending, ',');
 	else
 		fs->pending_since_real = fs_real_ms();
 	/* one batch carries many devices' reports, each with its credential */
-	buf_printf(&fs->pending, "{\"device\":\"%s\",\"credential\":\"%s\",\"version\":\"%s\",\"event\":\"%s\","
-		   "\"at\":%" PRId64 "%s}", id, hex, fs->versions.names[v], event, at, extra ? extra : "");
+	if (fs->cert)
+		buf_printf(&fs->pending, "{\"device\":\"%s\",\"version\":\"%s\",\"event\":\"%s\",\"at\":%" PRId64 "%s}",
+			   id, fs->versions.names[v], event, at, extra ? extra : "");
+	else
+		buf_printf(&fs->pending, "{\"device\":\"%s\",\"credential\":\"%s\",\"version\":\"%s\",\"event\":\"%s\","
+			   "\"at\":%" PRId64 "%s}", id, hex, fs->versions.names[v], event, at, extra ? extra : "");
 	if (++fs->npending >= REPORT_BATCH)
 		batch_seal(fs);
 }
@@ -283,6 +291,16 @@ size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
+void fs_client_cert(struct fleetsim *fs, CURL *e, uint32_t i)
+{
+	if (!fs->cert)
+		return;
+	curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &fs->cert[i]);
+	curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+	curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &fs->key[i]);
+	curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+}
+
 void fs_tls_setopt(struct fleetsim *fs, CURL *e)
 {
 	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -290,7 +308,7 @@ void fs_tls_setopt(struct fleetsim *fs, CURL *e)
 	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	if (fs->o.cacert)
 		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
-	if (fs->share)
+	if (fs->share && !fs->cert) /* mTLS: a session is one device's */
 		curl_easy_setopt(e, CURLOPT_SHARE, fs->share);
 }
 
@@ -349,8 +367,12 @@ static void xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i)
 
 	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
 	sim_device_id(id, sizeof(id), i);
-	snprintf(line, sizeof(line), "Authorization: Bearer %s", hex);
-	x->hdrs = curl_slist_append(NULL, line);
+	if (fs->cert) { /* mTLS: the certificate is the identity */
+		fs_client_cert(fs, x->e, i);
+	} else {
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", hex);
+		x->hdrs = curl_slist_append(NULL, line);
+	}
 	snprintf(line, sizeof(line), "X-Device-Id: %s", id);
 	x->hdrs = curl_slist_append(x->hdrs, line);
 	if (x->kind == X_CHECKIN) {
@@ -416,6 +438,9 @@ static void reports_pump(struct fleetsim *fs, int force)
 		buf_puts(&x->req, b->body);
 		x->nreports = b->n;
 		x->tries = b->tries;
+		x->dev = b->dev;
+		if (b->dev)
+			fs_client_cert(fs, x->e, b->dev - 1);
 		xfer_post(x);
 		if (xfer_start(fs, x))
 			return;
@@ -425,7 +450,7 @@ static void reports_pump(struct fleetsim *fs, int force)
 }
 
 /* Put a batch back at the head of the queue, sent again in a second. */
-static void requeue_front(struct fleetsim *fs, char *body, int n, int tries)
+static void requeue_front(struct fleetsim *fs, char *body, int n, int tries, uint32_t dev)
 {
 	if (fs->qhead == 0) {
 		if (fs->qn == fs->qcap) {
@@ -436,7 +461,7 @@ static void requeue_front(struct fleetsim *fs, char *body, int n, int tries)
 		fs->qn++;
 		fs->qhead = 1;
 	}
-	fs->q[--fs->qhead] = (struct batch){ body, n, tries };
+	fs->q[--fs->qhead] = (struct batch){ body, n, tries, dev };
 	fs->retry_at_real = fs_real_ms() + 1000;
 }
 
@@ -480,7 +505,7 @@ static int reports_refused(struct fleetsim *fs, struct xfer *x, long st)
 		char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
 		json_decref(o);
 		if (body)
-			requeue_front(fs, body, nkeep, x->tries + 1);
+			requeue_front(fs, body, nkeep, x->tries + 1, x->dev);
 	}
 	rc = 0;
 out:
@@ -508,7 +533,7 @@ static void reports_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 	/* server away or failing: put the batch back at the head and retry */
 	fs_warn(fs, "report batch of %d not sent (%s), retrying", x->nreports,
 	     rc ? x->err : buf_cstr(&x->body));
-	requeue_front(fs, xstrdup(x->req.ptr), x->nreports, x->tries);
+	requeue_front(fs, xstrdup(x->req.ptr), x->nreports, x->tries, x->dev);
 }
 
 /* ---- device flow -------------------------------------------------------- */
@@ -660,6 +685,43 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 	img->state = SIM_IMG_FETCHING;
 }
 
+static size_t cert_get_body(char *p, size_t sz, size_t nm, void *ud)
+{
+	return buf_put(ud, p, sz * nm) < 0 ? 0 : sz * nm;
+}
+
+/* device_get over mTLS: device i's certificate, no token. */
+static int cert_get(struct fleetsim *fs, uint32_t i, const char *url, struct buf *out)
+{
+	CURL *e = curl_easy_init();
+	struct buf b = BUF_INIT;
+	long st = 0;
+	CURLcode cc;
+	int rc = 0;
+
+	if (!e)
+		return ota_error_set(OTA_ERROR, "curl_easy_init failed");
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, cert_get_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
+	fs_tls_setopt(fs, e);
+	fs_client_cert(fs, e, i);
+	if ((cc = curl_easy_perform(e)) != CURLE_OK)
+		rc = ota_error_set(OTA_ERROR, ": %s", curl_easy_strerror(cc));
+	else if (curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st), st != 200)
+		rc = ota_error_set(OTA_ERROR, ": HTTP %ld %.200s", st, buf_cstr(&b));
+	if (rc == 0) {
+		buf_release(out);
+		*out = b;
+	} else {
+		buf_release(&b);
+	}
+	curl_easy_cleanup(e);
+	return rc;
+}
+
 /*
  * issue 13: a small GET as device i, outside the event loop (blocking).
  * Used once per release (its signed manifest) and once per revocation
@@ -676,6 +738,13 @@ static int device_get(struct fleetsim *fs, uint32_t i, const char *path, struct 
 	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
 	sim_device_id(id, sizeof(id), i);
 	snprintf(xdev, sizeof(xdev), "X-Device-Id: %s", id);
+	if (fs->cert) { /* mTLS: as the device, by its certificate */
+		rc = cert_get(fs, i, url, out);
+		if (rc < 0)
+			ota_error_prefix("GET %s", path);
+		free(url);
+		return rc;
+	}
 	rc = httpc_request_ex(&resp, "GET", url, hex, NULL, NULL, 0, 30000, hdrs);
 	if (rc == 0 && resp.status != 200)
 		rc = ota_error_set(OTA_ERROR, "GET %s: HTTP %ld %.200s", path, resp.status, buf_cstr(&resp.body));
@@ -1302,6 +1371,14 @@ void fleetsim_free(struct fleetsim *fs)
 	sim_heap_release(&fs->heap);
 	free(fs->dev);
 	free(fs->cred);
+	for (uint32_t i = 0; fs->cert && i < fs->ndev; i++) {
+		free(fs->cert[i].data);
+		if (fs->key[i].data)
+			explicit_bzero(fs->key[i].data, fs->key[i].len);
+		free(fs->key[i].data);
+	}
+	free(fs->cert);
+	free(fs->key);
 	if (fs->p) {
 		for (size_t k = 0; fs->hw_json && k < fs->p->hardware.n; k++)
 			free(fs->hw_json[k]);
@@ -1332,7 +1409,7 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 	int64_t deadline;
 	int rc = 0;
 
-	if ((rc = fs_register_fleet(fs, stop)) < 0)
+	if ((rc = fs->o.provisioner ? fs_provision_certs(fs, stop) : fs_register_fleet(fs, stop)) < 0)
 		return rc;
 
 	fs->start_real = fs->last_print_real = fs_real_ms();

@@ -32,6 +32,8 @@ struct fleetsim_opts {
 	const char *stats_path;      /* JSON written at exit, or NULL */
 	int quiet;                   /* no summary lines */
 	const char *cacert;          /* https: verify the server against this PEM CA file (NULL: system CAs) */
+	const char *provisioner;     /* issue 13: provision each device a client certificate with this
+				      * provisioner token and speak mTLS (NULL: tokens, the fleet key) */
 	const char *trust_root;      /* issue 13: releases must chain to this root (trust.h);
 				      * the keys are then the bootloader's key slots */
 	const struct sim_enc_key *enc;  /* borrowed: private keys for encrypted images (--enc-key) */

@@ -51,6 +51,7 @@ struct batch {
 	char *body;
 	int n;
 	int tries;     /* times sent already (refused reports sent again) */
+	uint32_t dev;  /* mTLS: 1 + the one device of the batch (0: tokens) */
 };
 
 struct fleetsim {
@@ -66,6 +67,8 @@ struct fleetsim {
 	struct sim_heap heap;
 	struct sim_device *dev;
 	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
+	struct curl_blob *cert, *key; /* --provisioner: each device's certificate and key (PEM), or NULL */
+	uint32_t pending_dev;        /* mTLS: 1 + the device of the pending reports */
 	uint32_t ndev;
 	uint64_t rng;
 	char *base, *checkin_url, *reports_url;
@@ -140,6 +143,11 @@ int fs_write_stats(struct fleetsim *fs);
 /* provision.c: register every device and keep its credential; stops early
  * on *stop. */
 int fs_register_fleet(struct fleetsim *fs, volatile sig_atomic_t *stop);
+/* provision.c (issue 13, --provisioner): each device makes a P-256 key and
+ * gets a client certificate for it (POST /device/v1/provision). */
+int fs_provision_certs(struct fleetsim *fs, volatile sig_atomic_t *stop);
+/* mTLS: e speaks as device i (its certificate and key); no-op with tokens. */
+void fs_client_cert(struct fleetsim *fs, CURL *e, uint32_t i);
 /* https: verify the server (--cacert), TLS 1.2+, resume TLS sessions. */
 void fs_tls_setopt(struct fleetsim *fs, CURL *e);
 

@@ -1350,14 +1350,27 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 	ca = xasprintf("%s/ca.pem", pki);
 	httpc_set_cacert(ca);
 	setenv("OTACD_CACERT", ca, 1);
-	extra = xasprintf("tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s\n", pki, pki, ca);
+	/* issue 13: the test CA is also the fleet's device CA and the fleet
+	 * takes certificates only (device_auth: cert): the device's token is
+	 * not what gets it in */
+	extra = xasprintf("tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s\n"
+			  "device_ca:\n  cert: %s\n  key: %s/ca.key\ndevice_auth: cert\n", pki, pki, ca, ca, pki);
 	memset(&e, 0, sizeof(e));
 	e2e_start(&e, "tls", 2, "key", extra);
 	assert_int_equal(strncmp(e.d.device_url, "https://", 8), 0);
+	/* device 0's key and certificate made by `otactl devices provision`
+	 * (POST /api/v1/devices/provision, the device CA issues) */
+	{
+		char *otactl = h_bin("otactl");
+		assert_int_equal(h_sh(&out, "OTACD_URL=%s OTACD_TOKEN=%s %s devices provision tls-0000 --product fw --out %s/prov",
+				      e.d.url, e.d.token, otactl, pki), 0);
+		free(otactl);
+	}
 	for (int i = 0; i < 2; i++) {
 		char *more;
 		conf[i] = device_setup(&e, "tls", i, "key", "true");
-		more = i == 0 ? xasprintf("cacert = %s\nclient_cert = %s/dev.pem\nclient_key = %s/dev.key\n", ca, pki, pki)
+		more = i == 0 ? xasprintf("cacert = %s\nclient_cert = %s/prov/tls-0000.crt\nclient_key = %s/prov/tls-0000.key\n",
+					  ca, pki, pki)
 			      : xasprintf("cacert = %s\nclient_cert = %s/bad.pem\nclient_key = %s/bad.key\n", ca, pki, pki);
 		buf_clear(&out);
 		assert_int_equal(h_sh(&out, "printf '%%s' '%s' >> %s", more, conf[i]), 0);

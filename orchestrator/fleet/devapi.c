@@ -18,7 +18,9 @@
  *
  * Identity: registrations (POST /device/v1/register) and the audit read
  * need the fleet key; every other device route authenticates the device
- * through fleet_device_auth (report batches: per report, in the fleet).
+ * through fleet_device_auth (report batches: per report, in the fleet),
+ * or, with device_auth cert or both and a client certificate, through
+ * fleet_auth_cert on every request (cert_identify; issue 13).
  * Registrations go through the fleet's writer like report batches.
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
@@ -72,6 +74,10 @@ struct dreq {
 	int too_big, answered_early;
 	size_t received;
 	char *token;
+	/* issue 13: the device the verified client certificate names (empty:
+	 * no certificate; token authentication) */
+	char cert_dev[129];
+	char cert_product[129];  /* its product (OU), "" if none */
 	/* report batches: set by the writer's done callback */
 	struct devapi *api;
 	struct MHD_Connection *conn;
@@ -142,6 +148,19 @@ static unsigned status_of(int rc)
 	case OTA_EPERM: return MHD_HTTP_FORBIDDEN;
 	default: return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
+}
+
+/* issue 13: a certificate issued for one product (its OU) does not check
+ * in as another: 403, counted as wrong_device.  1 when refused. */
+static int cert_product_refused(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *claimed,
+				enum MHD_Result *ret)
+{
+	if (!claimed || !r->cert_product[0] || !strcmp(claimed, r->cert_product))
+		return 0;
+	fleet_ca_count_wrong_device(fleet_get_ca(a->f));
+	*ret = reply_error(c, MHD_HTTP_FORBIDDEN, "device '%s''s certificate is for product '%s', not '%s'", r->cert_dev,
+			   r->cert_product, claimed);
+	return 1;
 }
 
 /* ---- the check-in parse arena ---------------------------------------------- */
@@ -217,6 +236,20 @@ static json_t *parse_body(struct MHD_Connection *c, struct dreq *r, enum MHD_Res
 static void report_done(void *ctx, int rc);
 static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r);
 
+/* issue 13: a request authenticated by certificate that names another
+ * device (body "device", X-Device-Id, ?device=) is refused, 403, counted.
+ * 1 when refused (*ret is the answer). */
+static int cert_claim_refused(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *claimed,
+			      enum MHD_Result *ret)
+{
+	if (!claimed || !strcmp(claimed, r->cert_dev))
+		return 0;
+	fleet_ca_count_wrong_device(fleet_get_ca(a->f));
+	*ret = reply_error(c, MHD_HTTP_FORBIDDEN, "the client certificate is device '%s''s, not '%s''s", r->cert_dev,
+			   claimed);
+	return 1;
+}
+
 /* A check-in that changes its device is answered once the writer has
  * committed the change (the connection suspended in between, as for
  * report batches); any other is answered at once. */
@@ -262,7 +295,15 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
 	/* authenticated first (401, nothing done), then decided */
-	rc = fleet_checkin_body_async(a->f, &ck, r->token, answer, sizeof(answer), report_done, r);
+	if (r->cert_dev[0] && (cert_claim_refused(a, c, r, fleet_ckbody_str(&ck, FCK_DEVICE), &ret) ||
+			       cert_product_refused(a, c, r, fleet_ckbody_str(&ck, FCK_PRODUCT), &ret))) {
+		pthread_mutex_lock(&a->mu);
+		a->inflight--;
+		pthread_mutex_unlock(&a->mu);
+		goto out;
+	}
+	rc = r->cert_dev[0] ? fleet_checkin_body_trusted_async(a->f, &ck, answer, sizeof(answer), report_done, r)
+			    : fleet_checkin_body_async(a->f, &ck, r->token, answer, sizeof(answer), report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
@@ -388,8 +429,9 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	if (submit_begin(a, c, r, &ret) < 0)
 		goto out;
 	rc = r->route == R_REGISTER ? fleet_register_async(a->f, body, peer_of(c, peer, sizeof(peer)), &r->reg, report_done, r)
-				    : fleet_report_async(a->f, body, r->token ? r->token : "", &r->accepted, &r->refused,
-							 report_done, r);
+				    : fleet_report_dev_async(a->f, body, r->token ? r->token : "",
+							     r->cert_dev[0] ? r->cert_dev : NULL, &r->accepted,
+							     &r->refused, report_done, r);
 	if (rc < 0) {
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
@@ -426,6 +468,16 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		struct buf b = BUF_INIT;
 		buf_put(&b, text, len);
 		fleet_ca_metrics_text(fleet_get_ca(a->f), &b);
+		free(text);
+		len = b.len;
+		text = buf_detach(&b);
+	}
+	if (a->tls) { /* issue 13: handshakes refused for their client certificate */
+		struct buf b = BUF_INIT;
+		buf_put(&b, text, len);
+		buf_printf(&b, "# HELP otacd_tls_client_cert_refusals_total TLS handshakes refused because of the"
+			       " client certificate.\n# TYPE otacd_tls_client_cert_refusals_total counter\n"
+			       "otacd_tls_client_cert_refusals_total %lu\n", tls_client_cert_refusals());
 		free(text);
 		len = b.len;
 		text = buf_detach(&b);
@@ -582,8 +634,13 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 
 	if (!dev)
 		dev = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "device");
-	if (fleet_device_auth(a->f, dev, r->token) < 0)
+	if (r->cert_dev[0]) { /* issue 13: the certificate's device */
+		if (cert_claim_refused(a, c, r, dev, &ret))
+			return ret;
+		dev = r->cert_dev;
+	} else if (fleet_device_auth(a->f, dev, r->token) < 0) {
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	}
 	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	/* only to a device it was offered to (its product, hardware, an offer) */
@@ -650,9 +707,15 @@ static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct
 	long long rel = 0;
 	char tail[16] = "";
 	int rc, n = 0;
+	enum MHD_Result ret;
 
-	if (fleet_device_auth(a->f, dev, r->token) < 0)
+	if (r->cert_dev[0]) { /* issue 13: the certificate's device */
+		if (cert_claim_refused(a, c, r, dev, &ret))
+			return ret;
+		dev = r->cert_dev;
+	} else if (fleet_device_auth(a->f, dev, r->token) < 0) {
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	}
 	if (url[11] == 'r' && url[13] == 'v') {
 		rc = devapi_pki_revocations(&out);
 	} else if (sscanf(url + 20, "%lld/%15[a-z]%n", &rel, tail, &n) == 2 && !url[20 + n] && rel > 0 &&
@@ -679,6 +742,29 @@ static enum MHD_Result do_pki(struct devapi *a, struct MHD_Connection *c, struct
 }
 
 /* ---- the access handler ----------------------------------------------------- */
+
+/*
+ * issue 13: the device of the connection's verified client certificate,
+ * into r->cert_dev, decided by the device CA (fleet_auth_cert: revoked,
+ * expired, another CA's, or a fleet that takes tokens only: OTA_EAUTH,
+ * counted there).  0 also without a certificate (cert_dev empty: the token
+ * path, which refuses tokens under device_auth: cert).  Under device_auth:
+ * token it is not called: a certificate there is only the TLS listener's
+ * business (client_ca), the token decides.
+ */
+static int cert_identify(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	unsigned char *der = NULL;
+	size_t len = 0;
+	int rc = tls_peer_cert_der(c, &der, &len);
+	if (rc == OTA_ENOTFOUND)
+		return 0;
+	if (rc == 0)
+		rc = fleet_auth_cert_ex(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev), r->cert_product,
+					sizeof(r->cert_product));
+	free(der);
+	return rc;
+}
 
 static enum route route_of(const char *method, const char *url, unsigned *bad)
 {
@@ -736,8 +822,18 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			r->answered_early = 1;
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
 		}
+		/* issue 13: a client certificate names the device (every request:
+		 * a revocation holds at the next one, resumed session or not) */
+		if (a->tls && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
+		    (r->route == R_CHECKIN || r->route == R_REPORTS || r->route == R_IMAGE || r->route == R_PKI)) {
+			int crc = cert_identify(a, c, r);
+			if (crc < 0) {
+				r->answered_early = 1;
+				return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+			}
+		}
 		/* a report batch may carry a credential per report instead */
-		if (!r->token && !(r->route == R_METRICS && a->metrics_public) && r->route != R_REPORTS) {
+		if (!r->token && !r->cert_dev[0] && !(r->route == R_METRICS && a->metrics_public) && r->route != R_REPORTS) {
 			r->answered_early = 1;
 			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 		}

@@ -28,6 +28,7 @@
 #include "../pki.h"
 #include "fleet_ckbody.h"
 #include "fleet_int.h"
+#include "fleet_ca.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -1390,6 +1391,12 @@ static void refuse(json_t **refused, size_t i, int retry, char *first, size_t fi
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx)
 {
+	return fleet_report_dev_async(f, body, token, NULL, accepted, refused, done, ctx);
+}
+
+int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *token, const char *cert_device,
+			   int *accepted, json_t **refused, void (*done)(void *ctx, int rc), void *ctx)
+{
 	json_t *arr, *r;
 	struct batch *b = NULL;
 	const char *authed_id = NULL, *authed_cred = NULL;
@@ -1433,7 +1440,14 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
 			goto out;
 		}
 		cred = v ? json_string_value(v) : trusted ? NULL : token;
-		if ((!trusted || v) && !(authed_id && authed_cred == cred && !strcmp(authed_id, id))) {
+		if (cert_device) { /* issue 13: the client certificate's device, no other */
+			if (strcmp(cert_device, id)) {
+				fleet_ca_count_wrong_device(f->ca);
+				rc = ota_error_set(OTA_EPERM, "reports[%zu]: the client certificate is device '%s''s, not '%s''s",
+						   i, cert_device, id);
+				goto out;
+			}
+		} else if ((!trusted || v) && !(authed_id && authed_cred == cred && !strcmp(authed_id, id))) {
 			if ((rc = fleet_device_auth(f, id, cred)) < 0) {
 				char why[256];
 				snprintf(why, sizeof(why), "%s", ota_error_last());
@@ -1588,7 +1602,13 @@ int fleet_checkin_text_async(struct fleet *f, const json_t *body, char *answer, 
 {
 	struct fleet_ckbody b;
 	fleet_ckbody_from_json(&b, body);
-	return checkin(f, &b, NULL, answer, cap, done, ctx);
+	return fleet_checkin_body_trusted_async(f, &b, answer, cap, done, ctx);
+}
+
+int fleet_checkin_body_trusted_async(struct fleet *f, const struct fleet_ckbody *b, char *answer, size_t cap,
+				     void (*done)(void *ctx, int rc), void *ctx)
+{
+	return checkin(f, b, NULL, answer, cap, done, ctx);
 }
 
 int fleet_checkin_body_async(struct fleet *f, const struct fleet_ckbody *b, const char *token, char *answer,

@@ -176,9 +176,14 @@ int fleet_provision_auth(struct fleet *f, const char *token);
 struct fleet_ca;
 void fleet_set_ca(struct fleet *f, struct fleet_ca *ca, int auth_mode);
 struct fleet_ca *fleet_get_ca(struct fleet *f);
+int fleet_get_auth_mode(const struct fleet *f); /* enum fleet_auth_mode */
 int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
 		    const char *claimed_product, char *id_out, size_t idlen);
 int fleet_device_registered(struct fleet *f, const char *id);
+/* The same, with the certificate's product (its OU; "" if none) in
+ * product (plen bytes). */
+int fleet_auth_cert_ex(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		       const char *claimed_product, char *id_out, size_t idlen, char *product, size_t plen);
 
 /*
  * Registration (provisioning).  fleet_register_admit takes n devices from
@@ -236,6 +241,10 @@ int fleet_checkin_auth_text_async(struct fleet *f, const json_t *body, const cha
 struct fleet_ckbody;
 int fleet_checkin_body_async(struct fleet *f, const struct fleet_ckbody *b, const char *token, char *answer,
 			     size_t cap, void (*done)(void *ctx, int rc), void *ctx);
+/* The same for a device the caller authenticated otherwise (its client
+ * certificate, devapi.c, which also checked the body names that device). */
+int fleet_checkin_body_trusted_async(struct fleet *f, const struct fleet_ckbody *b, char *answer, size_t cap,
+				     void (*done)(void *ctx, int rc), void *ctx);
 /* In-process callers that vouch for every report (tests and benchmarks of
  * the aggregation itself) pass this as the token of fleet_report(_async):
  * no authentication, no version rule, no bounds.  The device API never
@@ -262,6 +271,13 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
  */
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx);
+/* The same for a batch whose request was authenticated by a client
+ * certificate (issue 13): cert_device (not NULL) is the certificate's
+ * device, every report must be its (else OTA_EPERM, the batch refused,
+ * counted as "wrong_device"); credentials are not consulted.  NULL:
+ * fleet_report_async. */
+int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *token, const char *cert_device,
+			   int *accepted, json_t **refused, void (*done)(void *ctx, int rc), void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
  * an exposure of its product and hardware that it was offered, and does
  * the offer still stand?  1 yes, 0 never offered, -1 withdrawn (the release

@@ -421,6 +421,11 @@ struct fleet_ca *fleet_get_ca(struct fleet *f)
 	return f->ca;
 }
 
+int fleet_get_auth_mode(const struct fleet *f)
+{
+	return f->auth_mode;
+}
+
 int fleet_device_registered(struct fleet *f, const char *id)
 {
 	uint64_t h;
@@ -437,23 +442,31 @@ int fleet_device_registered(struct fleet *f, const char *id)
 }
 
 /*
- * The certificate path of device authentication.  The lead wires it into
- * devapi.c once the TLS listener exposes the verified client certificate
- * (tls_peer_cert_der): with a certificate, the device is the one it names
- * and a body naming another is refused; without one, fleet_device_auth.
+ * The certificate path of device authentication.  devapi.c calls it on
+ * every device request with the verified client certificate
+ * (tls_peer_cert_der, cert_identify) and refuses a request naming another
+ * device itself (403); without a certificate, fleet_device_auth.
  */
 int fleet_auth_cert(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
 		    const char *claimed_product, char *id_out, size_t idlen)
 {
 	char product[129];
+	return fleet_auth_cert_ex(f, der, len, claimed, claimed_product, id_out, idlen, product, sizeof(product));
+}
+
+int fleet_auth_cert_ex(struct fleet *f, const unsigned char *der, size_t len, const char *claimed,
+		       const char *claimed_product, char *id_out, size_t idlen, char *product, size_t plen)
+{
 	const char *why = NULL;
 	int rc;
 
 	if (idlen)
 		id_out[0] = 0;
+	if (plen)
+		product[0] = 0;
 	if (f->auth_mode == FLEET_AUTH_TOKEN)
 		return ota_error_set(OTA_EAUTH, "this fleet authenticates devices by token (device_auth: token)");
-	if ((rc = fleet_ca_identify_ex(f->ca, der, len, id_out, idlen, product, sizeof(product), 1, &why)) < 0)
+	if ((rc = fleet_ca_identify_ex(f->ca, der, len, id_out, idlen, product, plen, 1, &why)) < 0)
 		return rc;
 	if (claimed && strcmp(claimed, id_out)) {
 		rc = ota_error_set(OTA_EAUTH, "the client certificate is device '%s''s, not '%s''s", id_out, claimed);

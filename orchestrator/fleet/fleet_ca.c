@@ -57,15 +57,16 @@ enum {
 	RS_BAD_ID,
 	RS_MALFORMED,
 	RS_NO_CA,
+	RS_WRONG_DEVICE, /* a request naming another device (fleet_ca_count_wrong_device) */
 	RS_N
 };
 static const char *const reason_text[RS_N] = {
 	"revoked", "expired", "not yet valid", "foreign CA", "self-signed", "wrong key usage",
-	"bad signature", "bad device id", "malformed", "no device CA",
+	"bad signature", "bad device id", "malformed", "no device CA", "another device's",
 };
 static const char *const reason_label[RS_N] = {
 	"revoked", "expired", "not_yet_valid", "foreign_ca", "self_signed", "wrong_usage",
-	"bad_signature", "bad_id", "malformed", "no_ca",
+	"bad_signature", "bad_id", "malformed", "no_ca", "wrong_device",
 };
 
 /*
@@ -1150,6 +1151,12 @@ int fleet_ca_prov_rate_audit(struct fleet_ca *ca, const char *name)
 	}
 	pthread_mutex_unlock(&ca->mu);
 	return yes;
+}
+
+void fleet_ca_count_wrong_device(struct fleet_ca *ca)
+{
+	if (ca)
+		atomic_fetch_add(&ca->refused[RS_WRONG_DEVICE], 1);
 }
 
 void fleet_ca_metrics_text(struct fleet_ca *ca, struct buf *b)

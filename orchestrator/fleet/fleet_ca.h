@@ -171,6 +171,9 @@ void fleet_ca_count_provision(struct fleet_ca *ca, int issued);
 /* Prometheus text of the counters, appended to b (struct buf *). */
 struct buf;
 void fleet_ca_metrics_text(struct fleet_ca *ca, struct buf *b);
+/* Count a request whose valid certificate names another device than the
+ * request does (reason "wrong_device"; devapi.c).  NULL ca: no-op. */
+void fleet_ca_count_wrong_device(struct fleet_ca *ca);
 
 /* ---- durable state (fleet_ca_db.c; engine thread through engine_exec) ---- */
 

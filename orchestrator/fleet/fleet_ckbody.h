@@ -65,6 +65,13 @@ int fleet_ckbody_parse(struct fleet_ckbody *out, const char *body, size_t len);
  * Strings are borrowed from body, which must outlive *out. */
 void fleet_ckbody_from_json(struct fleet_ckbody *out, const json_t *body);
 
+/* String field i (FCK_DEVICE, ...) when the body is an object holding a
+ * string there, else NULL. */
+static inline const char *fleet_ckbody_str(const struct fleet_ckbody *b, int i)
+{
+	return b->is_object && b->kind[i] == FCK_STRING ? b->str[i] : NULL;
+}
+
 /* 1 when both hold the same fields (the tests' and the fuzzer's check). */
 int fleet_ckbody_equal(const struct fleet_ckbody *a, const struct fleet_ckbody *b);
 
