@@ -84,6 +84,7 @@ struct device {
 	int64_t uptime_until;
 	const char *credit_version;
 	double crash_budget;
+	uint64_t seq;                 /* highest report seq applied (report seq) */
 	char id[];
 };
 
@@ -176,6 +177,8 @@ struct report {
 	int crashed;               /* it claimed crashes (the distinct `crashed` flag) */
 	int64_t crashes;           /* credited, within the device's bounds */
 	double uptime_s, battery_mah;
+	uint64_t seq;              /* the device's report number, 0: none; the
+				    * writer applies it only above dev->seq */
 };
 
 /* A registration waiting for the writer (fleet_auth.c): the writer gives
@@ -329,6 +332,7 @@ struct fleet_row {
 	size_t ntags;
 	struct vflag vf[FLEET_NVFLAGS];
 	int nvf;
+	uint64_t seq;              /* highest report seq applied (0 in format 1) */
 };
 
 void fleet_chunk_init(struct fleet_chunk *c);
