@@ -332,6 +332,20 @@ static void resend_across_sigkill_is_counted_once(void **state)
 	read_counters(&d, after);
 	assert_counters_equal(before, after);
 
+	/* the window's gaps survive too: 20..23 applied, kill, then the
+	 * skipped 10..13 are applied once */
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("kil-0000", c[0], 20), &ans), 200);
+	assert_null(json_object_get(ans, "duplicate"));
+	json_decref(ans);
+	h_kill(&d, SIGKILL);
+	assert_int_equal(h_start(&d, NULL), 0);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("kil-0000", c[0], 10), &ans), 200);
+	assert_null(json_object_get(ans, "duplicate"));
+	json_decref(ans);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("kil-0000", c[0], 10), &ans), 200);
+	check_duplicates(ans, 4);
+	json_decref(ans);
+
 	/* 2. killed while the writer holds the batch (validated, not
 	 * committed): the device has no answer; after the restart its resend
 	 * is applied, exactly once */
@@ -426,6 +440,22 @@ static void out_of_range_or_malformed_seq_is_refused(void **state)
 	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 4);
 	assert_null(json_object_get(ans, "refused"));
 	json_decref(ans);
+	b = update_batch("bad-0000", c[0], (1 << 20) - 3);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
+	check_duplicates(ans, 4);
+	json_decref(ans);
+	/* out of order within the window: a skipped seq is applied once when
+	 * it comes, then it is a duplicate */
+	b = update_batch("bad-0000", c[0], (1 << 20) - 13);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 4);
+	assert_null(json_object_get(ans, "duplicate"));
+	json_decref(ans);
+	b = update_batch("bad-0000", c[0], (1 << 20) - 13);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
+	check_duplicates(ans, 4);
+	json_decref(ans);
+	/* more than 63 below the highest: too old to tell, never applied */
 	b = update_batch("bad-0000", c[0], 5);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
 	check_duplicates(ans, 4);
@@ -454,7 +484,7 @@ static void put_s(struct buf *b, const char *s)
 }
 
 /* One device row in chunk format 1 (fleet_rows.c before report seq) or 2. */
-static void old_chunk(struct buf *b, int format, uint64_t seq)
+static void old_chunk(struct buf *b, int format, uint64_t seq, uint64_t gaps)
 {
 	buf_clear(b);
 	buf_putc(b, (char)format);
@@ -478,8 +508,10 @@ static void old_chunk(struct buf *b, int format, uint64_t seq)
 	put_v(b, 1); /* one version flag */
 	put_v(b, 3);
 	put_v(b, 5);
-	if (format == 2)
+	if (format == 2) {
 		put_v(b, seq);
+		put_v(b, gaps);
+	}
 }
 
 static struct fleet_row got;
@@ -503,7 +535,7 @@ static void rows_written_before_seq_still_load(void **state)
 
 	(void)state;
 	assert_int_equal(fleet_open(&f, &cfg), 0);
-	old_chunk(&b, 1, 0);
+	old_chunk(&b, 1, 0, 0);
 	assert_int_equal(fleet_chunk_decode(f, b.ptr, b.len, on_row), 0);
 	assert_int_equal(ngot, 1);
 	assert_string_equal(got_id, "old-0001");
@@ -514,16 +546,18 @@ static void rows_written_before_seq_still_load(void **state)
 	assert_int_equal(got.nvf, 1);
 	assert_int_equal(got.vf[0].flags, 5);
 	assert_int_equal(got.seq, 0);
+	assert_int_equal(got.seq_gaps, 0);
 
 	ngot = 0;
-	old_chunk(&b, 2, 123456789);
+	old_chunk(&b, 2, 123456789, 6);
 	assert_int_equal(fleet_chunk_decode(f, b.ptr, b.len, on_row), 0);
 	assert_int_equal(ngot, 1);
 	assert_int_equal(got.seq, 123456789);
+	assert_int_equal(got.seq_gaps, 6);
 	assert_int_equal(got.vf[0].flags, 5);
 
 	/* format 2 without its seq is damaged, format 3 unknown */
-	old_chunk(&b, 1, 0);
+	old_chunk(&b, 1, 0, 0);
 	((char *)b.ptr)[0] = 2;
 	assert_true(fleet_chunk_decode(f, b.ptr, b.len, on_row) < 0);
 	((char *)b.ptr)[0] = 3;
@@ -535,10 +569,53 @@ static void rows_written_before_seq_still_load(void **state)
 	free(dir);
 }
 
+/* The anti-replay window against a model that remembers every seq: over
+ * random orders and resends, a seq is applied at most once, and every
+ * seq within 63 of the highest is applied when it first comes. */
+static void seq_window_applies_each_seq_at_most_once(void **state)
+{
+	enum { N = 4000 };
+	static unsigned char applied[N + 200];
+	unsigned rnd = 12345;
+
+	(void)state;
+	for (int round = 0; round < 50; round++) {
+		uint64_t hi = 0, gaps = 0, top = 0;
+		memset(applied, 0, sizeof(applied));
+		for (int i = 0; i < N; i++) {
+			uint64_t s;
+			rnd = rnd * 1103515245u + 12345u;
+			/* mostly the next ones, some resends and reorderings
+			 * within 80 of the top, some skips ahead */
+			switch ((rnd >> 16) % 8) {
+			case 0: case 1: case 2: case 3: s = top + 1 + (rnd >> 8) % 3; break;
+			case 4: case 5: s = top > 80 ? top - (rnd >> 8) % 80 : 1 + (rnd >> 8) % (top + 1); break;
+			case 6: s = top + 1 + (rnd >> 8) % 70; break;
+			default: s = top ? top : 1; break;
+			}
+			if (s >= N + 200)
+				break;
+			if (fleet_seq_seen(hi, gaps, s)) {
+				/* seen: applied before, or too old to tell */
+				assert_true(applied[s] || hi - s >= 64);
+			} else {
+				assert_false(applied[s]);
+				applied[s] = 1;
+				fleet_seq_mark(&hi, &gaps, s);
+			}
+			if (s > top)
+				top = s;
+			assert_int_equal(hi, top);
+			assert_true(applied[s] || hi - s >= 64);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(rows_written_before_seq_still_load),
+		cmocka_unit_test(seq_window_applies_each_seq_at_most_once),
 		cmocka_unit_test(out_of_range_or_malformed_seq_is_refused),
 		cmocka_unit_test(batch_resent_after_a_lost_answer_is_counted_once),
 		cmocka_unit_test(resend_across_sigkill_is_counted_once),

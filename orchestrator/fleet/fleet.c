@@ -1432,7 +1432,7 @@ int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *toke
 		struct report *rep = &b->r[i];
 		const char *id, *ver, *ev, *cred;
 		double crashes, x;
-		uint64_t h, dseq = 0;
+		uint64_t h, dseq = 0, dgaps = 0;
 		struct shard *s;
 		size_t e;
 		json_t *v;
@@ -1518,6 +1518,7 @@ int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *toke
 		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
 		rep->was = rep->dev ? rep->dev->version : NULL;
 		dseq = rep->dev ? rep->dev->seq : 0;
+		dgaps = rep->dev ? rep->dev->seq_gaps : 0;
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
@@ -1527,7 +1528,7 @@ int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *toke
 			       "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
 			continue;
 		}
-		if (rep->seq && rep->seq <= dseq) {
+		if (rep->seq && fleet_seq_seen(dseq, dgaps, rep->seq)) {
 			/* applied before (its answer was lost): acknowledged,
 			 * not applied again (the writer checks once more) */
 			if (!dups)

@@ -16,9 +16,10 @@
  *     varint  last_seen minus the previous device's (zigzag)
  *     varint  ntags, then each tag's string index
  *     varint  number of version flags, then each: version index, flags
- *     varint  the highest report seq applied (format 2 only; format 1
- *             rows, written before report seq existed, load with 0:
- *             their reports carried none)
+ *     varint  the highest report seq applied, then its window's gaps
+ *             (fleet_seq_mark; 0 for a device that sends in order) (format
+ *             2 only; format 1 rows, written before report seq existed,
+ *             load with 0, 0: their reports carried none)
  *
  * Varints are LEB128.  Decoding checks every length against the chunk and
  * refuses a chunk that does not parse exactly (fleet_chunk_decode < 0).
@@ -147,6 +148,7 @@ void fleet_chunk_add(struct fleet_chunk *c, const struct device *d)
 			put_varint(&c->dev, d->vf[i].flags);
 		}
 	put_varint(&c->dev, d->seq);
+	put_varint(&c->dev, d->seq_gaps);
 	c->prev_id = d->id;   /* devices live until fleet_close */
 	c->prev_seen = d->last_seen;
 	c->ndev++;
@@ -263,8 +265,10 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 			row.vf[i].flags = (uint32_t)get_varint(&r);
 		}
 		row.nvf = (int)nv;
-		if (format >= CHUNK_FORMAT)
+		if (format >= CHUNK_FORMAT) {
 			row.seq = get_varint(&r);
+			row.seq_gaps = get_varint(&r);
+		}
 		if (r.bad) {
 			rc = damaged();
 			goto out;

@@ -157,17 +157,17 @@ static void apply_report(struct fleet *f, const struct report *r)
 	uint32_t add, fresh;
 
 	pthread_mutex_lock(&s->mu);
-	/* report seq: a report numbered at or below what its device's last
-	 * applied report carried was applied already (a resend whose answer
-	 * was lost, or a copy still in flight when the first was applied):
-	 * nothing again.  The seq is written with the device's row in this
-	 * round's transaction, with the counters it guards. */
+	/* report seq: a report its device has had applied (a resend whose
+	 * answer was lost, or a copy still in flight when the first was
+	 * applied) changes nothing again.  The seq is written with the
+	 * device's row in this round's transaction, with the counters it
+	 * guards. */
 	if (r->seq) {
-		if (r->seq <= d->seq) {
+		if (fleet_seq_seen(d->seq, d->seq_gaps, r->seq)) {
 			pthread_mutex_unlock(&s->mu);
 			return;
 		}
-		d->seq = r->seq;
+		fleet_seq_mark(&d->seq, &d->seq_gaps, r->seq);
 	}
 	/* boot_ok and heartbeat say what the device runs now, unless its
 	 * version moved after they were validated: a check-in (or a report)
@@ -753,6 +753,7 @@ static void load_row(struct fleet *f, const struct fleet_row *row)
 	memset(d->vf, 0, sizeof(d->vf));
 	memcpy(d->vf, row->vf, (size_t)row->nvf * sizeof(row->vf[0]));
 	d->seq = row->seq;
+	d->seq_gaps = row->seq_gaps;
 }
 
 /* The layout before the snapshot: the devices table, then device_log in
