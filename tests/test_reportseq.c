@@ -415,10 +415,13 @@ static void out_of_range_or_malformed_seq_is_refused(void **state)
 	assert_int_equal(h_start(&d, NULL), 0);
 	c = h_register_devices(&d, "bad", 1);
 	assert_int_equal(checkin(&d, "bad-0000", c[0], "1.0.0"), 200);
+	/* the first seq sets the base: 1..4 */
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("bad-0000", c[0], 1), &ans), 200);
+	json_decref(ans);
 	read_counters(&d, before);
 
-	/* far ahead of the last applied (0), a string, a fraction, 0 */
-	b = update_batch("bad-0000", c[0], (1 << 20) + 1);
+	/* far ahead of the last applied (4), a string, a fraction, 0 */
+	b = update_batch("bad-0000", c[0], 4 + (1 << 20) + 1);
 	list = json_object_get(b, "reports");
 	json_object_set_new(json_array_get(list, 1), "seq", json_string("7"));
 	json_object_set_new(json_array_get(list, 2), "seq", json_real(2.5));
@@ -435,29 +438,39 @@ static void out_of_range_or_malformed_seq_is_refused(void **state)
 
 	/* the bound is relative to the last applied: up to 2^20 ahead is
 	 * accepted, and a lower seq is a duplicate after that */
-	b = update_batch("bad-0000", c[0], (1 << 20) - 3);
+	b = update_batch("bad-0000", c[0], 4 + (1 << 20) - 3);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
 	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 4);
 	assert_null(json_object_get(ans, "refused"));
 	json_decref(ans);
-	b = update_batch("bad-0000", c[0], (1 << 20) - 3);
+	b = update_batch("bad-0000", c[0], 4 + (1 << 20) - 3);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
 	check_duplicates(ans, 4);
 	json_decref(ans);
 	/* out of order within the window: a skipped seq is applied once when
 	 * it comes, then it is a duplicate */
-	b = update_batch("bad-0000", c[0], (1 << 20) - 13);
+	b = update_batch("bad-0000", c[0], 4 + (1 << 20) - 13);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
 	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 4);
 	assert_null(json_object_get(ans, "duplicate"));
 	json_decref(ans);
-	b = update_batch("bad-0000", c[0], (1 << 20) - 13);
+	b = update_batch("bad-0000", c[0], 4 + (1 << 20) - 13);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
 	check_duplicates(ans, 4);
 	json_decref(ans);
 	/* more than 63 below the highest: too old to tell, never applied */
 	b = update_batch("bad-0000", c[0], 5);
 	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", b, &ans), 200);
+	check_duplicates(ans, 4);
+	json_decref(ans);
+	/* registered again (a factory reset): its numbering restarts */
+	free_creds(c);
+	c = h_register_devices(&d, "bad", 1);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("bad-0000", c[0], 1), &ans), 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 4);
+	assert_null(json_object_get(ans, "duplicate"));
+	json_decref(ans);
+	assert_int_equal(dev_post_url(d.device_url, "/device/v1/reports", update_batch("bad-0000", c[0], 1), &ans), 200);
 	check_duplicates(ans, 4);
 	json_decref(ans);
 	free_creds(c);

@@ -1538,7 +1538,7 @@ int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *toke
 			rep->dev = NULL;
 			continue;
 		}
-		if (rep->seq > dseq + FLEET_SEQ_AHEAD_MAX) {
+		if (dseq && rep->seq > dseq + FLEET_SEQ_AHEAD_MAX) { /* the first sets the base */
 			refuse(refused, i, 0, first, sizeof(first),
 			       "reports[%zu].seq: %" PRIu64 " is more than %d ahead of device '%s''s last"
 			       " applied report (%" PRIu64 ")",

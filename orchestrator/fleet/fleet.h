@@ -262,7 +262,8 @@ int fleet_report_async(struct fleet *f, const json_t *body, const char *token, i
  * is at or below the highest its device has had applied is acknowledged
  * (counted in *accepted) and not applied again; *duplicate (new reference
  * or NULL) lists their indexes.  A seq more than FLEET_SEQ_AHEAD_MAX above
- * it, or not an integer >= 1, is refused (retry false).
+ * it (once the device has one), or not an integer >= 1, is refused (retry
+ * false).
  */
 #define FLEET_SEQ_AHEAD_MAX (1 << 20)
 int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,

@@ -543,10 +543,18 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 		uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		struct shard *s = fleet_shard(f, h);
 		struct reg *r;
+		struct device *d;
 		pthread_mutex_lock(&s->mu);
 		if (!(r = fleet_reg_find_locked(s, id, h)))
 			r = fleet_reg_new_locked(s, id, h);
 		reg->gens[i] = ++r->gen;
+		/* a device provisioned again (a factory reset, a new
+		 * simulator run) numbers its reports afresh: its report seq
+		 * restarts, in this round's commit with its new credential */
+		if ((d = r->dev ? r->dev : fleet_device_find_locked(s, id, h)) && (d->seq || d->seq_gaps)) {
+			d->seq = d->seq_gaps = 0;
+			fleet_device_mark_locked(s, d);
+		}
 		pthread_mutex_unlock(&s->mu);
 		sqlite3_reset(st);
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
