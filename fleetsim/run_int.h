@@ -66,6 +66,8 @@ struct fleetsim {
 	struct sim_heap heap;
 	struct sim_device *dev;
 	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
+	uint32_t *seq;               /* each device's last report seq (docs/update-server.md):
+				      * a resent report keeps its number, so otacd counts it once */
 	uint32_t ndev;
 	uint64_t rng;
 	char *base, *checkin_url, *reports_url;

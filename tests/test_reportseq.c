@@ -25,7 +25,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -624,6 +627,236 @@ static void seq_window_applies_each_seq_at_most_once(void **state)
 	}
 }
 
+/* ---- otacd-fleetsim through a proxy that loses report answers ------------- */
+
+/* A threaded proxy that keeps every byte devices sent and drops the
+ * answer to the first `drops` report requests (then closes the
+ * connection), so otacd-fleetsim resends batches otacd applied. */
+struct tproxy {
+	int listen_fd, port, upstream_port;
+	volatile int stop;
+	pthread_mutex_t mu;
+	int drops, dropped, open;
+	struct buf sent;             /* everything the devices sent */
+	pthread_t thread;
+};
+
+struct tconn {
+	struct tproxy *px;
+	int client;
+};
+
+static void *tconn_main(void *arg)
+{
+	struct tconn *c = arg;
+	struct tproxy *px = c->px;
+	int server = connect_port(px->upstream_port), drop = 0;
+	struct buf mine = BUF_INIT;  /* this connection's bytes, kept whole */
+	struct pollfd p[2] = { { c->client, POLLIN, 0 }, { server, POLLIN, 0 } };
+	char block[16384];
+
+	while (server >= 0 && !px->stop) {
+		if (poll(p, 2, 200) < 0)
+			break;
+		if (p[0].revents) {
+			ssize_t n = read(c->client, block, sizeof(block));
+			if (n <= 0)
+				break;
+			buf_put(&mine, block, (size_t)n);
+			pthread_mutex_lock(&px->mu);
+			if (!drop && px->dropped < px->drops && memmem(block, (size_t)n, "POST /device/v1/reports", 23)) {
+				drop = 1;
+				px->dropped++;
+			}
+			pthread_mutex_unlock(&px->mu);
+			if (write(server, block, (size_t)n) != n)
+				break;
+		}
+		if (p[1].revents) {
+			ssize_t n = read(server, block, sizeof(block));
+			if (n <= 0 || drop || write(c->client, block, (size_t)n) != n)
+				break;
+		}
+	}
+	if (server >= 0)
+		close(server);
+	close(c->client);
+	pthread_mutex_lock(&px->mu);
+	buf_put(&px->sent, mine.ptr ? mine.ptr : "", mine.len);
+	buf_putc(&px->sent, '\n');
+	px->open--;
+	pthread_mutex_unlock(&px->mu);
+	buf_release(&mine);
+	free(c);
+	return NULL;
+}
+
+static void *tproxy_main(void *arg)
+{
+	struct tproxy *px = arg;
+	while (!px->stop) {
+		struct pollfd p = { px->listen_fd, POLLIN, 0 };
+		struct tconn *c;
+		pthread_t t;
+		int client;
+		if (poll(&p, 1, 100) <= 0 || (client = accept(px->listen_fd, NULL, NULL)) < 0)
+			continue;
+		c = xcalloc(1, sizeof(*c));
+		c->px = px;
+		c->client = client;
+		pthread_mutex_lock(&px->mu);
+		px->open++;
+		pthread_mutex_unlock(&px->mu);
+		if (pthread_create(&t, NULL, tconn_main, c) != 0) {
+			close(client);
+			free(c);
+			pthread_mutex_lock(&px->mu);
+			px->open--;
+			pthread_mutex_unlock(&px->mu);
+			continue;
+		}
+		pthread_detach(t);
+	}
+	return NULL;
+}
+
+/* Sum what the devices claimed in heartbeats, each report once (by device,
+ * event and time), checking that every copy of a report carries the same
+ * seq. */
+static void claimed_once(const struct buf *sent, double *hours, int64_t *crashes, int *resent)
+{
+	json_t *seen = json_object();
+	const char *p = sent->ptr, *end = sent->ptr + sent->len;
+	*hours = 0;
+	*crashes = 0;
+	*resent = 0;
+	while (p < end && (p = memmem(p, (size_t)(end - p), "{\"reports\":[", 12))) {
+		json_t *body = json_loadb(p, (size_t)(end - p), JSON_DISABLE_EOF_CHECK, NULL), *r;
+		size_t i;
+		p++;
+		if (!body)
+			continue; /* cut by the buffer's end */
+		json_array_foreach(json_object_get(body, "reports"), i, r) {
+			char key[160];
+			json_t *seq = json_object_get(r, "seq"), *first;
+			assert_true(json_is_integer(seq));
+			snprintf(key, sizeof(key), "%s/%s/%" JSON_INTEGER_FORMAT,
+				 json_string_value(json_object_get(r, "device")),
+				 json_string_value(json_object_get(r, "event")), json_integer_value(json_object_get(r, "at")));
+			if ((first = json_object_get(seen, key))) {
+				assert_int_equal(json_integer_value(first), json_integer_value(seq));
+				(*resent)++;
+				continue;
+			}
+			json_object_set(seen, key, seq);
+			if (!strcmp(json_string_value(json_object_get(r, "event")), "heartbeat")) {
+				*hours += json_number_value(json_object_get(r, "uptime_s")) / 3600.0;
+				*crashes += json_integer_value(json_object_get(r, "crashes"));
+			}
+		}
+		json_decref(body);
+	}
+	json_decref(seen);
+}
+
+static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
+{
+	const char *const args[] = { "--time-scale", "3600", NULL };
+	struct daemon d;
+	struct tproxy px = { .mu = PTHREAD_MUTEX_INITIALIZER, .drops = 3 };
+	struct buf out = BUF_INIT;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sa);
+	char *bin, *key, *stats, *url, *log;
+	double hours, server_hours, server_crashes;
+	int64_t crashes;
+	int resent, status = 0;
+	json_t *st;
+	pid_t sim;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, args), 0);
+	buf_init(&px.sent, BUF_NOLIMIT);
+	px.upstream_port = atoi(strrchr(d.device_url, ':') + 1);
+	px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(px.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(px.listen_fd, 64), 0);
+	assert_int_equal(getsockname(px.listen_fd, (struct sockaddr *)&sa, &len), 0);
+	px.port = ntohs(sa.sin_port);
+	assert_int_equal(pthread_create(&px.thread, NULL, tproxy_main, &px), 0);
+
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out k.pub",
+			      d.dir),
+			 0);
+	key = xasprintf("%s/k.pub", d.dir);
+	bin = h_bin("otacd-fleetsim");
+	stats = xasprintf("%s/stats.json", d.dir);
+	log = xasprintf("%s/sim.log", d.dir);
+	url = xasprintf("http://127.0.0.1:%d", px.port);
+	sim = fork();
+	if (sim == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--url", url, "--devices", "60", "--seed", "9", "--key", key, "--fleet-key", d.fleet_key,
+		      "--product", "fw", "--start-version", "1.0.0", "--report-every", "1h", "--duration", "8", "--stats",
+		      stats, (char *)NULL);
+		_exit(127);
+	}
+	assert_int_equal(waitpid(sim, &status, 0), sim);
+	px.stop = 1;
+	pthread_join(px.thread, NULL);
+	for (int waited = 0; waited < 5000; waited += 20) {
+		int open_now;
+		pthread_mutex_lock(&px.mu);
+		open_now = px.open;
+		pthread_mutex_unlock(&px.mu);
+		if (!open_now)
+			break;
+		h_msleep(20);
+	}
+	close(px.listen_fd);
+	assert_int_equal(px.dropped, 3);
+
+	buf_release(&out);
+	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
+	st = json_loadb(out.ptr, out.len, 0, NULL);
+	assert_non_null(st);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_rejected")), 0);
+	assert_int_equal(json_integer_value(json_object_get(st, "reports_dropped")), 0);
+	json_decref(st);
+
+	/* the lost answers made the simulator resend applied batches, with
+	 * the same seq; otacd credited each report at most once */
+	claimed_once(&px.sent, &hours, &crashes, &resent);
+	{
+		double v[NCOUNTERS];
+		read_counters(&d, v);
+		server_hours = v[5];
+		server_crashes = v[6];
+	}
+	print_message("fleetsim: %d reports resent; claimed %.3f h, %" PRId64 " crashes; otacd %.3f h, %.0f crashes\n",
+		      resent, hours, crashes, server_hours, server_crashes);
+	assert_true(resent > 0);
+	assert_true(hours > 0);
+	assert_true(server_hours > 0);
+	assert_true(server_hours <= hours + 1e-6);
+	assert_true(server_crashes <= (double)crashes);
+
+	pthread_mutex_destroy(&px.mu);
+	buf_release(&px.sent);
+	buf_release(&out);
+	free(bin);
+	free(key);
+	free(stats);
+	free(url);
+	free(log);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -632,6 +865,7 @@ int main(void)
 		cmocka_unit_test(out_of_range_or_malformed_seq_is_refused),
 		cmocka_unit_test(batch_resent_after_a_lost_answer_is_counted_once),
 		cmocka_unit_test(resend_across_sigkill_is_counted_once),
+		cmocka_unit_test(fleetsim_resends_with_the_same_seq_and_is_counted_once),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
