@@ -32,7 +32,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
 #include "../common/httpc.h"
+#include "../orchestrator/mcuboot.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_int.h"
 #include "harness.h"
@@ -720,12 +724,44 @@ static void *tproxy_main(void *arg)
 	return NULL;
 }
 
+static void tproxy_start(struct tproxy *px, const char *upstream_url)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t len = sizeof(sa);
+	buf_init(&px->sent, BUF_NOLIMIT);
+	px->upstream_port = atoi(strrchr(upstream_url, ':') + 1);
+	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(px->listen_fd, 64), 0);
+	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
+	px->port = ntohs(sa.sin_port);
+	assert_int_equal(pthread_create(&px->thread, NULL, tproxy_main, px), 0);
+}
+
+/* Stop accepting, wait for the open connections to end. */
+static void tproxy_stop(struct tproxy *px)
+{
+	px->stop = 1;
+	pthread_join(px->thread, NULL);
+	for (int waited = 0; waited < 5000; waited += 20) {
+		int open_now;
+		pthread_mutex_lock(&px->mu);
+		open_now = px->open;
+		pthread_mutex_unlock(&px->mu);
+		if (!open_now)
+			break;
+		h_msleep(20);
+	}
+	close(px->listen_fd);
+}
+
 /* Sum what the devices claimed in heartbeats, each report once (by device,
  * event and time), checking that every copy of a report carries the same
  * seq. */
 static void claimed_once(const struct buf *sent, double *hours, int64_t *crashes, int *resent)
 {
-	json_t *seen = json_object();
+	json_t *seen = json_object(), *byseq = json_object();
 	const char *p = sent->ptr, *end = sent->ptr + sent->len;
 	*hours = 0;
 	*crashes = 0;
@@ -737,18 +773,25 @@ static void claimed_once(const struct buf *sent, double *hours, int64_t *crashes
 		if (!body)
 			continue; /* cut by the buffer's end */
 		json_array_foreach(json_object_get(body, "reports"), i, r) {
-			char key[160];
-			json_t *seq = json_object_get(r, "seq"), *first;
+			char key[160], key2[120];
+			json_t *seq = json_object_get(r, "seq"), *first, *copy;
 			assert_true(json_is_integer(seq));
 			snprintf(key, sizeof(key), "%s/%s/%" JSON_INTEGER_FORMAT,
 				 json_string_value(json_object_get(r, "device")),
 				 json_string_value(json_object_get(r, "event")), json_integer_value(json_object_get(r, "at")));
-			if ((first = json_object_get(seen, key))) {
+			/* the same report always has the same seq, and a seq is
+			 * always the same report */
+			if ((first = json_object_get(seen, key)))
 				assert_int_equal(json_integer_value(first), json_integer_value(seq));
+			snprintf(key2, sizeof(key2), "%s#%" JSON_INTEGER_FORMAT,
+				 json_string_value(json_object_get(r, "device")), json_integer_value(seq));
+			if ((copy = json_object_get(byseq, key2))) {
+				assert_true(json_equal(copy, r));
 				(*resent)++;
 				continue;
 			}
 			json_object_set(seen, key, seq);
+			json_object_set(byseq, key2, r);
 			if (!strcmp(json_string_value(json_object_get(r, "event")), "heartbeat")) {
 				*hours += json_number_value(json_object_get(r, "uptime_s")) / 3600.0;
 				*crashes += json_integer_value(json_object_get(r, "crashes"));
@@ -757,6 +800,7 @@ static void claimed_once(const struct buf *sent, double *hours, int64_t *crashes
 		json_decref(body);
 	}
 	json_decref(seen);
+	json_decref(byseq);
 }
 
 static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
@@ -765,8 +809,6 @@ static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
 	struct daemon d;
 	struct tproxy px = { .mu = PTHREAD_MUTEX_INITIALIZER, .drops = 3 };
 	struct buf out = BUF_INIT;
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
 	char *bin, *key, *stats, *url, *log;
 	double hours, server_hours, server_crashes;
 	int64_t crashes;
@@ -777,15 +819,7 @@ static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
 	(void)state;
 	h_init(&d, NULL);
 	assert_int_equal(h_start(&d, args), 0);
-	buf_init(&px.sent, BUF_NOLIMIT);
-	px.upstream_port = atoi(strrchr(d.device_url, ':') + 1);
-	px.listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px.listen_fd, 64), 0);
-	assert_int_equal(getsockname(px.listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px.port = ntohs(sa.sin_port);
-	assert_int_equal(pthread_create(&px.thread, NULL, tproxy_main, &px), 0);
+	tproxy_start(&px, d.device_url);
 
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
 				    " && openssl pkey -in k.pem -pubout -out k.pub",
@@ -807,18 +841,7 @@ static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
 		_exit(127);
 	}
 	assert_int_equal(waitpid(sim, &status, 0), sim);
-	px.stop = 1;
-	pthread_join(px.thread, NULL);
-	for (int waited = 0; waited < 5000; waited += 20) {
-		int open_now;
-		pthread_mutex_lock(&px.mu);
-		open_now = px.open;
-		pthread_mutex_unlock(&px.mu);
-		if (!open_now)
-			break;
-		h_msleep(20);
-	}
-	close(px.listen_fd);
+	tproxy_stop(&px);
 	assert_int_equal(px.dropped, 3);
 
 	buf_release(&out);
@@ -857,6 +880,108 @@ static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
 	h_cleanup(&d);
 }
 
+/* ---- otacd-device (libotadev) against the real otacd ------------------------- */
+
+#define HW "mps2-an385"
+
+/* Two otacd-device processes whose first report answers are lost on the
+ * way back: libotadev resends the same reports with the same seq, and
+ * otacd credits each once (what test_device.c's fake server assumes). */
+static void otacd_device_resends_after_lost_answers_are_counted_once(void **state)
+{
+	const char *const args[] = { "--time-scale", "3600", NULL };
+	struct daemon d;
+	struct tproxy px = { .mu = PTHREAD_MUTEX_INITIALIZER, .drops = 2 };
+	struct buf out = BUF_INIT, img;
+	struct mcuboot_sign_opts o;
+	char **c, *bin = h_bin("otacd-device"), *factory, *path, *url;
+	pid_t pid[2];
+	double hours, v[NCOUNTERS];
+	int64_t crashes;
+	int resent;
+	EVP_PKEY *k;
+	FILE *f;
+
+	(void)state;
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, args), 0); /* heartbeats of ~40 otacd minutes */
+	c = h_register_devices(&d, "od", 2);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -out key.pub", d.dir), 0);
+	path = xasprintf("%s/key.pem", d.dir);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	free(path);
+	assert_non_null(k);
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	buf_init(&img, 1 << 20);
+	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
+	EVP_PKEY_free(k);
+	factory = xasprintf("%s/factory.img", d.dir);
+	assert_int_equal(ota_write_file_atomic(factory, img.ptr, img.len, 0600), 0);
+	buf_release(&img);
+	tproxy_start(&px, d.device_url);
+	url = xasprintf("http://127.0.0.1:%d", px.port);
+
+	for (int i = 0; i < 2; i++) {
+		char *dir = xasprintf("%s/od-%04d", d.dir, i), *conf = xasprintf("%s/device.conf", dir);
+		char *text = xasprintf("url = %s\ndevice = od-%04d\ncredential = %s\nproduct = fw\nhardware = " HW
+				       "\nbootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\nstate = %s/state\n"
+				       "key = %s/key.pub\nslot_size = 65536\nsector_size = 4096\nsync = 0\n"
+				       "backoff_base_ms = 200\nbackoff_max_ms = 1000\nthrottle_ms = 10\nheartbeat_ms = 700\n",
+				       url, i, c[i], dir, dir, dir, d.dir);
+		char *log = xasprintf("%s.log", conf);
+		assert_int_equal(h_sh(&out, "mkdir -p %s", dir), 0);
+		assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+		assert_int_equal(h_sh(&out, "%s -c %s flash %s && %s -c %s boot", bin, conf, factory, bin, conf), 0);
+		pid[i] = fork();
+		if (pid[i] == 0) {
+			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			execl(bin, bin, "-c", conf, "run", (char *)NULL);
+			_exit(127);
+		}
+		free(dir);
+		free(conf);
+		free(text);
+		free(log);
+	}
+	/* heartbeats for a while; both first answers lost, then resent */
+	for (int waited = 0; waited < 20000 && px.dropped < 2; waited += 100)
+		h_msleep(100);
+	h_msleep(6000);
+	for (int i = 0; i < 2; i++) {
+		int st;
+		kill(pid[i], SIGTERM);
+		waitpid(pid[i], &st, 0);
+	}
+	h_msleep(500); /* the last answered batch is committed before its answer */
+	tproxy_stop(&px);
+	assert_int_equal(px.dropped, 2);
+
+	claimed_once(&px.sent, &hours, &crashes, &resent);
+	read_counters(&d, v);
+	print_message("otacd-device: %d reports resent; claimed %.4f h; otacd %.4f h, %.0f reporting\n", resent, hours,
+		      v[5], v[3]);
+	assert_true(resent > 0);
+	assert_true(v[3] == 2); /* both devices reported */
+	assert_true(v[5] > 0);
+	assert_true(v[5] <= hours + 1e-6);
+
+	pthread_mutex_destroy(&px.mu);
+	buf_release(&px.sent);
+	buf_release(&out);
+	free_creds(c);
+	free(factory);
+	free(url);
+	free(bin);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -866,6 +991,7 @@ int main(void)
 		cmocka_unit_test(batch_resent_after_a_lost_answer_is_counted_once),
 		cmocka_unit_test(resend_across_sigkill_is_counted_once),
 		cmocka_unit_test(fleetsim_resends_with_the_same_seq_and_is_counted_once),
+		cmocka_unit_test(otacd_device_resends_after_lost_answers_are_counted_once),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
