@@ -221,7 +221,9 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 	tab = xcalloc(nstr ? nstr : 1, sizeof(*tab));
 	for (uint64_t i = 0; i < nstr; i++) {
 		uint64_t len = get_varint(&r);
-		if (r.bad || len > (uint64_t)(r.end - r.p)) {
+		/* a NUL inside would make the interned string shorter than
+		 * its length (fuzz_rows found it) */
+		if (r.bad || len > (uint64_t)(r.end - r.p) || memchr(r.p, 0, len)) {
 			rc = damaged();
 			goto out;
 		}
