@@ -232,13 +232,18 @@ static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *even
 		buf_putc(&fs->pending, ',');
 	else
 		fs->pending_since_real = fs_real_ms();
-	/* one batch carries many devices' reports, each with its credential */
+	/* one batch carries many devices' reports, each with its credential
+	 * (mTLS: none, the batch is the certificate's device's) and its
+	 * number: the body is sent again as it is after a lost answer, and
+	 * refused reports marked retry are copied from it, so a report keeps
+	 * its seq however often it is sent */
 	if (fs->cert)
-		buf_printf(&fs->pending, "{\"device\":\"%s\",\"version\":\"%s\",\"event\":\"%s\",\"at\":%" PRId64 "%s}",
-			   id, fs->versions.names[v], event, at, extra ? extra : "");
+		buf_printf(&fs->pending, "{\"device\":\"%s\",\"version\":\"%s\",\"event\":\"%s\",\"at\":%" PRId64
+			   ",\"seq\":%" PRIu32 "%s}", id, fs->versions.names[v], event, at, ++fs->seq[i], extra ? extra : "");
 	else
 		buf_printf(&fs->pending, "{\"device\":\"%s\",\"credential\":\"%s\",\"version\":\"%s\",\"event\":\"%s\","
-			   "\"at\":%" PRId64 "%s}", id, hex, fs->versions.names[v], event, at, extra ? extra : "");
+			   "\"at\":%" PRId64 ",\"seq\":%" PRIu32 "%s}", id, hex, fs->versions.names[v], event, at,
+			   ++fs->seq[i], extra ? extra : "");
 	if (++fs->npending >= REPORT_BATCH)
 		batch_seal(fs);
 }
@@ -1298,6 +1303,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 	fs->ndev = o->devices;
 	fs->dev = xcalloc(fs->ndev, sizeof(*fs->dev));
 	fs->cred = xcalloc(fs->ndev, sizeof(*fs->cred));
+	fs->seq = xcalloc(fs->ndev, sizeof(*fs->seq));
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		sim_device_init(&fs->dev[i], profile, o->seed, i);
 		fs->dev[i].version = (uint16_t)v;
@@ -1379,6 +1385,7 @@ void fleetsim_free(struct fleetsim *fs)
 	}
 	free(fs->cert);
 	free(fs->key);
+	free(fs->seq);
 	if (fs->p) {
 		for (size_t k = 0; fs->hw_json && k < fs->p->hardware.n; k++)
 			free(fs->hw_json[k]);

@@ -69,6 +69,8 @@ struct fleetsim {
 	uint8_t (*cred)[16];         /* each device's credential (registered at start) */
 	struct curl_blob *cert, *key; /* --provisioner: each device's certificate and key (PEM), or NULL */
 	uint32_t pending_dev;        /* mTLS: 1 + the device of the pending reports */
+	uint32_t *seq;               /* each device's last report seq (docs/update-server.md):
+				      * a resent report keeps its number, so otacd counts it once */
 	uint32_t ndev;
 	uint64_t rng;
 	char *base, *checkin_url, *reports_url;

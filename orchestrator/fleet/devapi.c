@@ -86,6 +86,7 @@ struct dreq {
 	struct fleet_reg *reg;   /* a registration handed to the writer */
 	char *answer;            /* a check-in's answer (JSON text), sent once committed */
 	json_t *refused;         /* a report batch's refused reports */
+	json_t *duplicate;       /* its reports applied before (report seq) */
 };
 
 /* ---- replies -------------------------------------------------------------- */
@@ -361,6 +362,8 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 	answer = json_pack("{si}", "accepted", r->accepted);
 	if (r->refused)
 		json_object_set(answer, "refused", r->refused);
+	if (r->duplicate)
+		json_object_set(answer, "duplicate", r->duplicate);
 	return reply_json(c, MHD_HTTP_OK, answer);
 }
 
@@ -431,7 +434,7 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 	rc = r->route == R_REGISTER ? fleet_register_async(a->f, body, peer_of(c, peer, sizeof(peer)), &r->reg, report_done, r)
 				    : fleet_report_dev_async(a->f, body, r->token ? r->token : "",
 							     r->cert_dev[0] ? r->cert_dev : NULL, &r->accepted,
-							     &r->refused, report_done, r);
+							     &r->refused, &r->duplicate, report_done, r);
 	if (rc < 0) {
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
@@ -881,6 +884,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	fleet_reg_free(r->reg);
 	free(r->answer);
 	json_decref(r->refused);
+	json_decref(r->duplicate);
 	if (r->token) {
 		explicit_bzero(r->token, strlen(r->token));
 		free(r->token);

@@ -1388,25 +1388,48 @@ static void refuse(json_t **refused, size_t i, int retry, char *first, size_t fi
 	json_array_append_new(*refused, json_pack("{sI ss sb}", "index", (json_int_t)i, "error", msg, "retry", retry));
 }
 
+/* A report's "seq" into *seq (0: none); < 0 when it is not an integer in
+ * 1..2^63-1. */
+static int report_seq(const json_t *r, uint64_t *seq)
+{
+	const json_t *v = json_object_get(r, "seq");
+	*seq = 0;
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 1)
+		return -1;
+	*seq = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx)
 {
-	return fleet_report_dev_async(f, body, token, NULL, accepted, refused, done, ctx);
+	return fleet_report_dev_async(f, body, token, NULL, accepted, refused, NULL, done, ctx);
+}
+
+int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
+			   json_t **duplicate, void (*done)(void *ctx, int rc), void *ctx)
+{
+	return fleet_report_dev_async(f, body, token, NULL, accepted, refused, duplicate, done, ctx);
 }
 
 int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *token, const char *cert_device,
-			   int *accepted, json_t **refused, void (*done)(void *ctx, int rc), void *ctx)
+			   int *accepted, json_t **refused, json_t **duplicate, void (*done)(void *ctx, int rc),
+			   void *ctx)
 {
-	json_t *arr, *r;
+	json_t *arr, *r, *dups = NULL;
 	struct batch *b = NULL;
 	const char *authed_id = NULL, *authed_cred = NULL;
 	char first[512];
 	size_t i, n, k;
 	int64_t now = clock_now_ms();
-	int rc = 0, trusted = token == fleet_trusted_caller, all_refused = 0;
+	int rc = 0, trusted = token == fleet_trusted_caller, all_refused = 0, ndup = 0;
 
 	*accepted = 0;
 	*refused = NULL;
+	if (duplicate)
+		*duplicate = NULL;
 	if (!json_is_object(body) || !json_is_array(arr = json_object_get(body, "reports")))
 		return ota_error_set(OTA_EINVAL, "reports: must be a list");
 	n = json_array_size(arr);
@@ -1417,7 +1440,7 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 		struct report *rep = &b->r[i];
 		const char *id, *ver, *ev, *cred;
 		double crashes, x;
-		uint64_t h;
+		uint64_t h, dseq = 0, dgaps = 0;
 		struct shard *s;
 		size_t e;
 		json_t *v;
@@ -1497,6 +1520,11 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 		rep->crashes = (int64_t)crashes;
 		rep->crashed = crashes > 0;
 		rep->event = (int)e;
+		if (report_seq(r, &rep->seq) < 0) {
+			refuse(refused, i, 0, first, sizeof(first),
+			       "reports[%zu].seq: must be an integer from 1 to 2^63-1 (the device's report number)", i);
+			continue;
+		}
 		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		s = fleet_shard(f, h);
 		pthread_rwlock_rdlock(&f->exp_lock);
@@ -1504,6 +1532,8 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 		rep->dev = fleet_device_find_locked(s, id, h);
 		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
 		rep->was = rep->dev ? rep->dev->version : NULL;
+		dseq = rep->dev ? rep->dev->seq : 0;
+		dgaps = rep->dev ? rep->dev->seq_gaps : 0;
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
@@ -1511,6 +1541,24 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 			 * failed); it checks in, then sends the report again */
 			refuse(refused, i, 1, first, sizeof(first),
 			       "reports[%zu].device: unknown device '%s' (it must check in first)", i, id);
+			continue;
+		}
+		if (rep->seq && fleet_seq_seen(dseq, dgaps, rep->seq)) {
+			/* applied before (its answer was lost): acknowledged,
+			 * not applied again (the writer checks once more) */
+			if (!dups)
+				dups = json_array();
+			json_array_append_new(dups, json_integer((json_int_t)i));
+			ndup++;
+			rep->dev = NULL;
+			continue;
+		}
+		if (dseq && rep->seq > dseq + FLEET_SEQ_AHEAD_MAX) { /* the first sets the base */
+			refuse(refused, i, 0, first, sizeof(first),
+			       "reports[%zu].seq: %" PRIu64 " is more than %d ahead of device '%s''s last"
+			       " applied report (%" PRIu64 ")",
+			       i, rep->seq, FLEET_SEQ_AHEAD_MAX, id, dseq);
+			rep->dev = NULL;
 			continue;
 		}
 		if (!ok) {
@@ -1527,7 +1575,7 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 	for (i = k = 0; i < n; i++)
 		if (b->r[i].dev)
 			b->r[k++] = b->r[i];
-	if (!k && *refused) { /* nothing to record: the first refusal is the answer */
+	if (!k && !ndup && *refused) { /* nothing to record: the first refusal is the answer */
 		all_refused = 1;
 		rc = ota_error_set(OTA_EINVAL, "%s", first);
 		goto out;
@@ -1541,11 +1589,18 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 	b->n = n;
 	b->done = done;
 	b->ctx = ctx;
-	*accepted = (int)n;
+	/* duplicates count as accepted (the same answer as the first time);
+	 * a batch of only duplicates still waits for a commit */
+	*accepted = (int)n + ndup;
+	if (duplicate) {
+		*duplicate = dups;
+		dups = NULL;
+	}
 	fleet_store_submit(f, b);
 	b = NULL;
 out:
 	free(b);
+	json_decref(dups);
 	if (rc < 0 && !all_refused) { /* a malformed batch: refused whole, no list */
 		json_decref(*refused);
 		*refused = NULL;

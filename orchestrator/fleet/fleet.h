@@ -271,13 +271,25 @@ int fleet_report(struct fleet *f, const json_t *body, const char *token, int *ac
  */
 int fleet_report_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
 		       void (*done)(void *ctx, int rc), void *ctx);
+/*
+ * The same, with report seq (docs/update-server.md): a report whose "seq"
+ * is at or below the highest its device has had applied is acknowledged
+ * (counted in *accepted) and not applied again; *duplicate (new reference
+ * or NULL) lists their indexes.  A seq more than FLEET_SEQ_AHEAD_MAX above
+ * it (once the device has one), or not an integer >= 1, is refused (retry
+ * false).
+ */
+#define FLEET_SEQ_AHEAD_MAX (1 << 20)
+int fleet_report_dup_async(struct fleet *f, const json_t *body, const char *token, int *accepted, json_t **refused,
+			   json_t **duplicate, void (*done)(void *ctx, int rc), void *ctx);
 /* The same for a batch whose request was authenticated by a client
  * certificate (issue 13): cert_device (not NULL) is the certificate's
  * device, every report must be its (else OTA_EPERM, the batch refused,
  * counted as "wrong_device"); credentials are not consulted.  NULL:
- * fleet_report_async. */
+ * fleet_report_dup_async.  duplicate may be NULL. */
 int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *token, const char *cert_device,
-			   int *accepted, json_t **refused, void (*done)(void *ctx, int rc), void *ctx);
+			   int *accepted, json_t **refused, json_t **duplicate, void (*done)(void *ctx, int rc),
+			   void *ctx);
 /* May device_id (authenticated) download image sha256: is it the image of
  * an exposure of its product and hardware that it was offered, and does
  * the offer still stand?  1 yes, 0 never offered, -1 withdrawn (the release

@@ -84,6 +84,9 @@ struct device {
 	int64_t uptime_until;
 	const char *credit_version;
 	double crash_budget;
+	/* report seq (docs/update-server.md): the highest applied, and which
+	 * of the 63 below it were not (fleet_seq_*) */
+	uint64_t seq, seq_gaps;
 	char id[];
 };
 
@@ -176,6 +179,8 @@ struct report {
 	int crashed;               /* it claimed crashes (the distinct `crashed` flag) */
 	int64_t crashes;           /* credited, within the device's bounds */
 	double uptime_s, battery_mah;
+	uint64_t seq;              /* the device's report number, 0: none; the
+				    * writer applies it only above dev->seq */
 };
 
 /* A registration waiting for the writer (fleet_auth.c): the writer gives
@@ -307,6 +312,27 @@ void fleet_device_set_version_locked(struct fleet *f, struct device *d, const ch
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
 void fleet_exposures_free(struct fleet *f);
 
+/* Report seq, an anti-replay window (as IPsec's): hi is the highest seq
+ * applied, bit k of gaps says seq hi-k (k 1..63) was skipped, not applied.
+ * Has seq s been applied (or is it too old to tell: more than 63 below
+ * hi)?  Under the device's shard lock. */
+static inline int fleet_seq_seen(uint64_t hi, uint64_t gaps, uint64_t s)
+{
+	return s <= hi && (hi - s >= 64 || !((gaps >> (hi - s)) & 1));
+}
+
+/* Record s (not fleet_seq_seen) as applied. */
+static inline void fleet_seq_mark(uint64_t *hi, uint64_t *gaps, uint64_t s)
+{
+	if (s > *hi) {
+		uint64_t shift = s - *hi, m = shift - 1 < 63 ? shift - 1 : 63;
+		*gaps = (shift >= 64 ? 0 : *gaps << shift) | (((1ULL << m) - 1) << 1);
+		*hi = s;
+	} else {
+		*gaps &= ~(1ULL << (*hi - s));
+	}
+}
+
 /* fleet_store.c */
 void fleet_store_submit(struct fleet *f, struct batch *b);
 
@@ -329,6 +355,7 @@ struct fleet_row {
 	size_t ntags;
 	struct vflag vf[FLEET_NVFLAGS];
 	int nvf;
+	uint64_t seq, seq_gaps;    /* struct device's (0 in format 1) */
 };
 
 void fleet_chunk_init(struct fleet_chunk *c);

@@ -5,7 +5,7 @@
  * A chunk is one BLOB holding the rows of many devices, about 20-30 bytes
  * each instead of ~150 as nine text columns:
  *
- *   byte    format (1)
+ *   byte    format (2; 1 is read too)
  *   varint  nstrings, then each: varint length, bytes
  *           (a table local to the chunk: product, hardware, bootloader,
  *           versions and tags are written once per chunk, then by index)
@@ -16,6 +16,10 @@
  *     varint  last_seen minus the previous device's (zigzag)
  *     varint  ntags, then each tag's string index
  *     varint  number of version flags, then each: version index, flags
+ *     varint  the highest report seq applied, then its window's gaps
+ *             (fleet_seq_mark; 0 for a device that sends in order) (format
+ *             2 only; format 1 rows, written before report seq existed,
+ *             load with 0, 0: their reports carried none)
  *
  * Varints are LEB128.  Decoding checks every length against the chunk and
  * refuses a chunk that does not parse exactly (fleet_chunk_decode < 0).
@@ -24,7 +28,8 @@
 
 #include <string.h>
 
-#define CHUNK_FORMAT 1
+#define CHUNK_FORMAT 2
+#define CHUNK_FORMAT_NOSEQ 1 /* before report seq */
 #define ID_MAX 64   /* fleet_device_id_valid */
 
 static void put_varint(struct buf *b, uint64_t v)
@@ -142,6 +147,8 @@ void fleet_chunk_add(struct fleet_chunk *c, const struct device *d)
 			put_varint(&c->dev, str_index(c, d->vf[i].version));
 			put_varint(&c->dev, d->vf[i].flags);
 		}
+	put_varint(&c->dev, d->seq);
+	put_varint(&c->dev, d->seq_gaps);
 	c->prev_id = d->id;   /* devices live until fleet_close */
 	c->prev_seen = d->last_seen;
 	c->ndev++;
@@ -202,9 +209,9 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 	char id[ID_MAX + 1];
 	size_t idlen = 0;
 	int64_t seen = 0;
-	int rc = 0;
+	int rc = 0, format;
 
-	if (n < 1 || *r.p++ != CHUNK_FORMAT)
+	if (n < 1 || ((format = *r.p++) != CHUNK_FORMAT && format != CHUNK_FORMAT_NOSEQ))
 		return ota_error_set(OTA_ERROR, "fleet.db: a device chunk of an unknown format");
 	nstr = get_varint(&r);
 	if (r.bad || nstr > (uint64_t)(r.end - r.p)) {
@@ -214,7 +221,9 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 	tab = xcalloc(nstr ? nstr : 1, sizeof(*tab));
 	for (uint64_t i = 0; i < nstr; i++) {
 		uint64_t len = get_varint(&r);
-		if (r.bad || len > (uint64_t)(r.end - r.p)) {
+		/* a NUL inside would make the interned string shorter than
+		 * its length (fuzz_rows found it) */
+		if (r.bad || len > (uint64_t)(r.end - r.p) || memchr(r.p, 0, len)) {
 			rc = damaged();
 			goto out;
 		}
@@ -258,6 +267,10 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 			row.vf[i].flags = (uint32_t)get_varint(&r);
 		}
 		row.nvf = (int)nv;
+		if (format >= CHUNK_FORMAT) {
+			row.seq = get_varint(&r);
+			row.seq_gaps = get_varint(&r);
+		}
 		if (r.bad) {
 			rc = damaged();
 			goto out;

@@ -157,6 +157,18 @@ static void apply_report(struct fleet *f, const struct report *r)
 	uint32_t add, fresh;
 
 	pthread_mutex_lock(&s->mu);
+	/* report seq: a report its device has had applied (a resend whose
+	 * answer was lost, or a copy still in flight when the first was
+	 * applied) changes nothing again.  The seq is written with the
+	 * device's row in this round's transaction, with the counters it
+	 * guards. */
+	if (r->seq) {
+		if (fleet_seq_seen(d->seq, d->seq_gaps, r->seq)) {
+			pthread_mutex_unlock(&s->mu);
+			return;
+		}
+		fleet_seq_mark(&d->seq, &d->seq_gaps, r->seq);
+	}
 	/* boot_ok and heartbeat say what the device runs now, unless its
 	 * version moved after they were validated: a check-in (or a report)
 	 * newer than them said otherwise, and moving the device back would
@@ -531,10 +543,18 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 		uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		struct shard *s = fleet_shard(f, h);
 		struct reg *r;
+		struct device *d;
 		pthread_mutex_lock(&s->mu);
 		if (!(r = fleet_reg_find_locked(s, id, h)))
 			r = fleet_reg_new_locked(s, id, h);
 		reg->gens[i] = ++r->gen;
+		/* a device provisioned again (a factory reset, a new
+		 * simulator run) numbers its reports afresh: its report seq
+		 * restarts, in this round's commit with its new credential */
+		if ((d = r->dev ? r->dev : fleet_device_find_locked(s, id, h)) && (d->seq || d->seq_gaps)) {
+			d->seq = d->seq_gaps = 0;
+			fleet_device_mark_locked(s, d);
+		}
 		pthread_mutex_unlock(&s->mu);
 		sqlite3_reset(st);
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -740,6 +760,8 @@ static void load_row(struct fleet *f, const struct fleet_row *row)
 		fleet_admit_known(f, row->tags[t], 1, 1);
 	memset(d->vf, 0, sizeof(d->vf));
 	memcpy(d->vf, row->vf, (size_t)row->nvf * sizeof(row->vf[0]));
+	d->seq = row->seq;
+	d->seq_gaps = row->seq_gaps;
 }
 
 /* The layout before the snapshot: the devices table, then device_log in
