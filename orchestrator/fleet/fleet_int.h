@@ -1,7 +1,7 @@
 /*
- * fleet_int.h - what fleet.c (memory, check-ins, validation) and
- * fleet_store.c (fleet.db, the writer thread) share.  Not an API: see
- * fleet.h.
+ * fleet_int.h - what fleet.c (memory, check-ins, validation),
+ * fleet_report.c (report batches) and fleet_store.c (fleet.db, the writer
+ * thread) share.  Not an API: see fleet.h.
  */
 #ifndef OTA_FLEET_INT_H
 #define OTA_FLEET_INT_H
@@ -58,7 +58,7 @@ enum {
 #define FL_GEN_SHIFT 8
 #define FL_GEN(flags) ((uint32_t)(flags) >> FL_GEN_SHIFT)
 
-/* Report events, in the order of fleet.c's event_names. */
+/* Report events, in the order of fleet_report.c's event_names. */
 enum { EV_DOWNLOAD, EV_INSTALL, EV_BOOT_OK, EV_BOOT_FAIL, EV_REVERT, EV_HEARTBEAT, EV_REFUSED };
 
 struct vflag {
@@ -311,6 +311,20 @@ struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
 void fleet_exposures_free(struct fleet *f);
+/* The flags of version v, when d keeps any (never creates a slot). */
+uint32_t fleet_vflags_of(const struct device *d, const char *v);
+
+/* A synchronous caller waiting for the writer's done callback (fleet_report,
+ * fleet_checkin): fleet_sync_done is the callback, fleet_sync_finish waits
+ * for it and returns its code (and message). */
+struct fleet_sync {
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	int done, rc;
+	char msg[512];
+};
+void fleet_sync_done(void *ctx, int rc);
+int fleet_sync_finish(struct fleet_sync *w);
 
 /* Report seq, an anti-replay window (as IPsec's): hi is the highest seq
  * applied, bit k of gaps says seq hi-k (k 1..63) was skipped, not applied.
