@@ -44,3 +44,7 @@ sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
 echo
 echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
 sh bench/device_footprint.sh
+# issue 19 part 5, the 1M-device rollout
+echo
+echo "== rollout to 1M devices behind the real otacd: reports accepted/demanded, bytes per report, gate lag, check-ins vs trivial handler"
+sh bench/rollout_1m.sh "$OTACD_BIN" ${ROLLOUT_1M_ARGS:-1000000}
