@@ -84,6 +84,10 @@ struct device {
 	int64_t uptime_until;
 	const char *credit_version;
 	double crash_budget;
+	/* the version it ran before (memory only): a report about it sent
+	 * before the device's check-in with the new version may arrive after
+	 * it (issue 19 part 5, the 1M-device rollout) */
+	const char *prev_version;
 	char id[];
 };
 
