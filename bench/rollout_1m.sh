@@ -167,6 +167,8 @@ EOF
 	rej=$(stat_of "$state.stats" reports_rejected)
 	drop=$(stat_of "$state.stats" reports_dropped)
 	conf=$(stat_of "$state.stats" confirmed)
+	hb=$(stat_of "$state.stats" heartbeats)
+	oms=$(stat_of "$state.stats" otacd_elapsed_ms)
 	acc=${acc:-0}
 	dem=$((acc + ${rej:-0} + ${drop:-0}))
 	bpr=$(awk -v w="$w" -v a="$acc" 'BEGIN { printf "%.0f", (a > 0 ? w / a : 0) }')
@@ -200,12 +202,17 @@ EOF
 	awk -v l="$label" -v n="$n" -v a="$acc" -v d="$dem" -v r="${rej:-0}" -v x="${drop:-0}" -v w="$w" -v b="$bpr" \
 		-v wall="$wall" -v run=$(awk -v a="$t0" -v b="$end" 'BEGIN { printf "%.0f", b - a }') -v conf="${conf:-0}" \
 		-v ld="$lagd" -v ld50="$lagd50" -v ls="$lags" -v ls50="$lags50" -v gn="$gn" -v gl="$glag" -v gl50="$glag50" \
-		-v gb="$gbad" -v fin="$final" 'BEGIN {
+		-v gb="$gbad" -v fin="$final" -v hb="${hb:-0}" -v oms="${oms:-0}" 'BEGIN {
 		split(fin, f, " ")
 		printf "  %s: %d devices, run %d s, rollout (trigger to the last step passed) %s s, %d confirmed 1.1.0 (committed boot_ok %d)\n",
 			l, n, run, wall, conf, f[3]
 		printf "    reports accepted %d of %d demanded (%.4f; rejected %d, dropped %d)  target: all  %s\n",
 			a, d, (d > 0 ? a / d : 0), r, x, (a == d && a > 0 ? "PASS" : "MISS")
+		# the model: a heartbeat per device per otacd hour from its first
+		# check-in, those spread over the first 6 h poll interval
+		h = oms / 3600000; m = n * (h > 6 ? h - 3 : h * h / 12)
+		printf "    heartbeats produced by the simulator %d of ~%d the model demands (%.2f) in %.1f otacd hours\n",
+			hb, m, (m > 0 ? hb / m : 0), h
 		printf "    otacd wrote %.1f MB: %d bytes per accepted report  target: <= 200  %s\n",
 			w / 1e6, b, (b <= 200 && a > 0 ? "PASS" : "MISS")
 		printf "    confirmations - committed boot_ok: max %s devices, p50 %s; max %s s, p50 %s s behind the devices\n",
