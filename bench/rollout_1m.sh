@@ -7,8 +7,9 @@
 # raised, a PEM signing key) and otacd-fleetsim with DEVICES devices on
 # 1.0.0.  `otactl trigger` runs a pipeline (a two-board build, a release
 # stage signing 1.1.0, a rollout 1 % / 10 % / 100 % with 1 h holds and the
-# builtin gates boots and crash_free); the simulator runs until 99 % of the
-# fleet confirmed 1.1.0 (or ROLLOUT_TIMEOUT real seconds, default 1800).
+# builtin gates boots and crash_free); the simulator runs until 98 % of the
+# fleet confirmed 1.1.0 (~1 % never does: failed test boots, reverts, devices
+# not offered yet) (or ROLLOUT_TIMEOUT real seconds, default 1800).
 # Once a second it samples the devices' confirmations (the simulator's
 # /metrics) and the fleet's committed boot_ok count for 1.1.0 (otacd's
 # device /metrics, what the gates read).  Prints, each with its target:
@@ -122,7 +123,7 @@ EOF
 	mport=$((20000 + ($$ + ${#label}) % 20000))
 	t0=$(date +%s.%N)
 	nice "$bin/otacd-fleetsim" --url "$dev" --devices "$n" --seed 1 --key "$tmp/k.pub" --fleet-key "@$state/fleet.key" \
-		--product bench --start-version 1.0.0 --report-every 1h --until 1.1.0:0.99 --duration "$timeout" \
+		--product bench --start-version 1.0.0 --report-every 1h --until 1.1.0:0.98 --duration "$timeout" \
 		--shared-downloads --concurrency 512 --quiet --stats "$state.stats" --metrics-listen "127.0.0.1:$mport" \
 		>"$state.sim.log" 2>&1 &
 	sim=$!
