@@ -51,3 +51,7 @@ echo "== MCUboot image encryption: signing and device decrypt+verify against a c
 echo
 echo "== otacd-fleetsim check-ins over mTLS (device certificates) against tokens over TLS, same run"
 sh bench/mtls_fleetsim.sh "$OTACD_BIN" ${MTLS_FLEETSIM_ARGS:-3000 20}
+# issue 19 part 5, the 1M-device rollout
+echo
+echo "== rollout to 1M devices behind the real otacd: reports accepted/demanded, bytes per report, gate lag, check-ins vs trivial handler"
+sh bench/rollout_1m.sh "$OTACD_BIN" ${ROLLOUT_1M_ARGS:-1000000}

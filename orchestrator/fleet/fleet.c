@@ -697,6 +697,7 @@ void fleet_device_set_version_locked(struct fleet *f, struct device *d, const ch
 			keep = d->vf[i];
 	memset(d->vf, 0, sizeof(d->vf));
 	d->vf[0] = keep;
+	d->prev_version = d->version;
 	d->version = v;
 	fleet_agg_add(f, d, v, offsetof(struct fleet_agg, devices), 1, 0);
 }

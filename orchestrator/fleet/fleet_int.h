@@ -87,6 +87,10 @@ struct device {
 	/* report seq (docs/update-server.md): the highest applied, and which
 	 * of the 63 below it were not (fleet_seq_*) */
 	uint64_t seq, seq_gaps;
+	/* the version it ran before (memory only): a report about it sent
+	 * before the device's check-in with the new version may arrive after
+	 * it (issue 19 part 5, the 1M-device rollout) */
+	const char *prev_version;
 	char id[];
 };
 

@@ -47,17 +47,18 @@ static int num_field(const json_t *r, size_t i, const char *name, int integer, i
 }
 
 /* Is a report about version v (interned, or NULL: never seen) one d may
- * make: v was offered to it, or it runs v and v is not a version being
- * rolled out to its product (those count only from devices offered them,
- * so devices cannot join a canary by claiming its version).  Called with
- * exp_lock held for reading and d's shard locked. */
+ * make: v was offered to it, or it runs v (or ran it just before: a report
+ * sent before its check-in with the new version can arrive after it) and v
+ * is not a version being rolled out to its product (those count only from
+ * devices offered them, so devices cannot join a canary by claiming its
+ * version).  Called with exp_lock held for reading and d's shard locked. */
 static int report_version_ok(const struct fleet *f, const struct device *d, const char *v)
 {
 	if (!v)
 		return 0;
 	if (fleet_vflags_of(d, v) & FL_OFFERED)
 		return 1;
-	if (d->version != v)
+	if (d->version != v && d->prev_version != v)
 		return 0;
 	for (size_t i = 0; i < f->nexp; i++)
 		if (f->exp[i]->product == d->product && f->exp[i]->version == v)
@@ -147,7 +148,7 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 {
 	json_t *arr, *r, *dups = NULL;
 	struct batch *b = NULL;
-	const char *authed_id = NULL, *authed_cred = NULL;
+	const char *authed_id = NULL, *authed_cred = NULL, *iv;
 	char first[512];
 	size_t i, n, k;
 	int64_t now = clock_now_ms();
@@ -257,10 +258,15 @@ int fleet_report_dev_async(struct fleet *f, const json_t *body, const char *toke
 		pthread_rwlock_rdlock(&f->exp_lock);
 		pthread_mutex_lock(&s->mu);
 		rep->dev = fleet_device_find_locked(s, id, h);
-		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, fleet_intern_find(f, ver)));
+		iv = fleet_intern_find(f, ver);
+		ok = rep->dev && (trusted || report_version_ok(f, rep->dev, iv));
 		rep->was = rep->dev ? rep->dev->version : NULL;
 		dseq = rep->dev ? rep->dev->seq : 0;
 		dgaps = rep->dev ? rep->dev->seq_gaps : 0;
+		/* a late report about the version it ran before (not offered it
+		 * again: a rollback) never moves it back */
+		if (rep->dev && iv && rep->dev->prev_version == iv && !(fleet_vflags_of(rep->dev, iv) & FL_OFFERED))
+			rep->was = iv;
 		pthread_mutex_unlock(&s->mu);
 		pthread_rwlock_unlock(&f->exp_lock);
 		if (!rep->dev) {
