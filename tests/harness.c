@@ -582,3 +582,18 @@ char *h_device_metrics(struct daemon *d, size_t *len)
 	free(url);
 	return text;
 }
+
+long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
+{
+	char *url = xasprintf("%s%s", d->device_url, path);
+	long status = 0;
+	json_t *a = NULL;
+	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
+	json_decref(req);
+	free(url);
+	if (ans)
+		*ans = a;
+	else
+		json_decref(a);
+	return status;
+}

@@ -81,6 +81,9 @@ json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64
 /* The device listener's GET /metrics (Prometheus text; caller frees); its
  * length in *len when len is not NULL.  Fails the test unless 200. */
 char *h_device_metrics(struct daemon *d, size_t *len);
+/* POST req (taken) to the device API's path with token; the HTTP status
+ * (the request itself must not fail), the answer in *ans when ans. */
+long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans);
 /* A JSON API call with another token; returns the HTTP status. */
 long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
 	       json_t **out);

@@ -33,21 +33,6 @@
 
 /* ---- device-side helpers ------------------------------------------------ */
 
-static long dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
-{
-	char *url = xasprintf("%s%s", d->device_url, path);
-	long status = 0;
-	json_t *a = NULL;
-	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
-	json_decref(req);
-	free(url);
-	if (ans)
-		*ans = a;
-	else
-		json_decref(a);
-	return status;
-}
-
 static long checkin(struct daemon *d, const char *id, const char *token, const char *product, const char *version,
 		    json_t *tags, json_t **ans)
 {
@@ -55,7 +40,7 @@ static long checkin(struct daemon *d, const char *id, const char *token, const c
 				"bootloader", "1.2.0", "version", version, "security_counter", 0, "slot", "confirmed");
 	if (tags)
 		json_object_set_new(req, "tags", tags);
-	return dev_post(d, "/device/v1/checkin", token, req, ans);
+	return h_dev_post(d, "/device/v1/checkin", token, req, ans);
 }
 
 /* One report (extra: more members, may be NULL), with the request's token. */
@@ -67,7 +52,7 @@ static long report(struct daemon *d, const char *id, const char *token, const ch
 		json_object_update(r, extra);
 		json_decref(extra);
 	}
-	return dev_post(d, "/device/v1/reports", token, json_pack("{s[o]}", "reports", r), ans);
+	return h_dev_post(d, "/device/v1/reports", token, json_pack("{s[o]}", "reports", r), ans);
 }
 
 /* The value of the series "name{labels}" in the Prometheus text (0 when absent). */
@@ -119,7 +104,7 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 	assert_non_null(strstr(err_of(ans), "not registered"));
 	json_decref(ans);
 	/* registering needs the fleet key */
-	assert_int_equal(dev_post(&d, "/device/v1/register", "not-the-key", json_pack("{s[s]}", "devices", "x"), NULL), 401);
+	assert_int_equal(h_dev_post(&d, "/device/v1/register", "not-the-key", json_pack("{s[s]}", "devices", "x"), NULL), 401);
 
 	creds = h_register_devices(&d, "dev", 40);
 	assert_int_equal(strlen(creds[0]), 32);
@@ -128,7 +113,7 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 	assert_int_equal(checkin(&d, "dev-0001", creds[0], "fw", "1.0.0", NULL, NULL), 401);
 	/* a report batch may carry other devices' reports only with their credentials */
 	assert_int_equal(checkin(&d, "dev-0001", creds[1], "fw", "1.0.0", NULL, NULL), 200);
-	assert_int_equal(dev_post(&d, "/device/v1/reports", creds[0],
+	assert_int_equal(h_dev_post(&d, "/device/v1/reports", creds[0],
 				  json_pack("{s[{ss ss ss}{ss ss ss}]}", "reports", "device", "dev-0000", "version", "1.0.0",
 					    "event", "heartbeat", "device", "dev-0001", "version", "1.0.0", "event",
 					    "heartbeat"),
@@ -136,7 +121,7 @@ static void fleet_key_only_provisions_and_registrations_are_limited_and_audited(
 			 401);
 	assert_non_null(strstr(err_of(ans), "reports[1]"));
 	json_decref(ans);
-	assert_int_equal(dev_post(&d, "/device/v1/reports", NULL,
+	assert_int_equal(h_dev_post(&d, "/device/v1/reports", NULL,
 				  json_pack("{s[{ss ss ss ss}{ss ss ss ss}]}", "reports", "device", "dev-0000", "credential",
 					    creds[0], "version", "1.0.0", "event", "heartbeat", "device", "dev-0001",
 					    "credential", creds[1], "version", "1.0.0", "event", "heartbeat"),

@@ -30,26 +30,11 @@
 
 /* ---- device-side helpers ------------------------------------------------ */
 
-static long dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
-{
-	char *url = xasprintf("%s%s", d->device_url, path);
-	long status = 0;
-	json_t *a = NULL;
-	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
-	json_decref(req);
-	free(url);
-	if (ans)
-		*ans = a;
-	else
-		json_decref(a);
-	return status;
-}
-
 static long checkin(struct daemon *d, const char *id, const char *token, const char *version, json_t **ans)
 {
 	json_t *req = json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", "mps2-an385",
 				"bootloader", "1.2.0", "version", version, "security_counter", 0, "slot", "confirmed");
-	return dev_post(d, "/device/v1/checkin", token, req, ans);
+	return h_dev_post(d, "/device/v1/checkin", token, req, ans);
 }
 
 /* One report object of device id, carrying its own credential. */
@@ -61,7 +46,7 @@ static json_t *rep(const char *id, const char *cred, const char *version, const 
 
 static long send_reports(struct daemon *d, json_t *list, json_t **ans)
 {
-	return dev_post(d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), ans);
+	return h_dev_post(d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), ans);
 }
 
 /* The value of name{product="fw",version=v,cohort="*"} in /metrics (0 when absent). */

@@ -283,21 +283,6 @@ static void a_small_fleet_keeps_its_log(void **state)
 
 #define KDEV 120
 
-static long dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
-{
-	char *url = xasprintf("%s%s", d->device_url, path);
-	long status = 0;
-	json_t *a = NULL;
-	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
-	json_decref(req);
-	free(url);
-	if (ans)
-		*ans = a;
-	else
-		json_decref(a);
-	return status;
-}
-
 /* The real otacd forced to write snapshots all the time is SIGKILLed at a
  * random moment after an acknowledged batch, 12 times; after each kill the
  * fleet.db it left is opened here and every device's flags and the
@@ -324,7 +309,7 @@ static void kills_during_snapshots_lose_nothing(void **state)
 	for (int i = 0; i < KDEV; i++) {
 		char id[32];
 		snprintf(id, sizeof(id), "kd-%04d", i);
-		assert_int_equal(dev_post(&d, "/device/v1/checkin", c[i],
+		assert_int_equal(h_dev_post(&d, "/device/v1/checkin", c[i],
 					  json_pack("{ss ss ss ss ss si}", "device", id, "product", "fw", "hardware", "hw",
 						    "bootloader", "1.0.0", "version", "1.0.0", "security_counter", 0),
 					  NULL),
@@ -348,7 +333,7 @@ static void kills_during_snapshots_lose_nothing(void **state)
 								      "version", "1.0.0", "event", events[e], "uptime_s", 60));
 				add[i] |= flag_of[e] | FL_REPORTING;
 			}
-			assert_int_equal(dev_post(&d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), &ans),
+			assert_int_equal(h_dev_post(&d, "/device/v1/reports", NULL, json_pack("{so}", "reports", list), &ans),
 					 200);
 			assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 10);
 			json_decref(ans);

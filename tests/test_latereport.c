@@ -24,24 +24,9 @@
 #include "../common/httpc.h"
 #include "harness.h"
 
-static long dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
-{
-	char *url = xasprintf("%s%s", d->device_url, path);
-	long status = 0;
-	json_t *a = NULL;
-	assert_int_equal(httpc_json(&a, &status, "POST", url, token, req, 30000), 0);
-	json_decref(req);
-	free(url);
-	if (ans)
-		*ans = a;
-	else
-		json_decref(a);
-	return status;
-}
-
 static long checkin(struct daemon *d, const char *id, const char *token, const char *version)
 {
-	return dev_post(d, "/device/v1/checkin", token,
+	return h_dev_post(d, "/device/v1/checkin", token,
 			json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", "mps2-an385",
 				  "bootloader", "1.2.0", "version", version, "security_counter", 0, "slot", "confirmed"),
 			NULL);
@@ -52,7 +37,7 @@ static long heartbeat(struct daemon *d, const char *id, const char *token, const
 		      size_t len)
 {
 	json_t *ans = NULL;
-	long st = dev_post(d, "/device/v1/reports", token,
+	long st = h_dev_post(d, "/device/v1/reports", token,
 			   json_pack("{s[{ss ss ss si}]}", "reports", "device", id, "version", version, "event",
 				     "heartbeat", "uptime_s", 600),
 			   &ans);
