@@ -597,3 +597,16 @@ long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *r
 		json_decref(a);
 	return status;
 }
+
+char *h_token_line(struct buf *b)
+{
+	const char *s = buf_cstr(b);
+	while (*s) {
+		size_t n = strcspn(s, "\n");
+		if (n == 64 && strspn(s, "0123456789abcdef") == 64)
+			return xstrndup(s, n);
+		s += n + (s[n] == '\n');
+	}
+	fail_msg("no token in: %s", buf_cstr(b));
+	return NULL;
+}

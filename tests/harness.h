@@ -84,6 +84,9 @@ char *h_device_metrics(struct daemon *d, size_t *len);
 /* POST req (taken) to the device API's path with token; the HTTP status
  * (the request itself must not fail), the answer in *ans when ans. */
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans);
+/* The token a command printed: its line of 64 hex digits (stderr may be
+ * mixed in); fails the test when there is none. */
+char *h_token_line(struct buf *b);
 /* A JSON API call with another token; returns the HTTP status. */
 long h_call_as(struct daemon *d, const char *token, const char *method, const char *path, json_t *body,
 	       json_t **out);

@@ -271,20 +271,6 @@ static double series(struct daemon *d, const char *key)
 	return v;
 }
 
-/* The token otactl printed: the line of 64 hex digits (stderr is mixed in). */
-static char *token_line(struct buf *b)
-{
-	const char *s = buf_cstr(b);
-	while (*s) {
-		size_t n = strcspn(s, "\n");
-		if (n == 64 && strspn(s, "0123456789abcdef") == 64)
-			return xstrndup(s, n);
-		s += n + (s[n] == '\n');
-	}
-	fail_msg("no token in: %s", buf_cstr(b));
-	return NULL;
-}
-
 /* ---- tests ---------------------------------------------------------------------- */
 
 static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void **state)
@@ -322,10 +308,10 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	/* provisioners: a factory line scoped to fab1-* of product sensor, 3
 	 * certificates; a slow one at 2 a minute */
 	assert_int_equal(otactl(&d, &out, "fleet provisioners add fab1 --prefix fab1- --max 3 --products sensor --rate 100"), 0);
-	fab = token_line(&out);
+	fab = h_token_line(&out);
 	assert_int_equal(strlen(fab), 64);
 	assert_int_equal(otactl(&d, &out, "fleet provisioners add slow --prefix slow- --max 100 --rate 2"), 0);
-	slow = token_line(&out);
+	slow = h_token_line(&out);
 	assert_int_not_equal(otactl(&d, &out, "fleet provisioners add fab1 --prefix x --max 1"), 0); /* taken */
 	/* stored hashed: the token itself is nowhere in the database */
 	ota_sha256_hex(fab, strlen(fab), sha);

@@ -123,19 +123,6 @@ static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
 	return rc;
 }
 
-static char *token_line(struct buf *b)
-{
-	const char *s = buf_cstr(b);
-	while (*s) {
-		size_t n = strcspn(s, "\n");
-		if (n == 64 && strspn(s, "0123456789abcdef") == 64)
-			return xstrndup(s, n);
-		s += n + (s[n] == '\n');
-	}
-	fail_msg("no token in: %s", buf_cstr(b));
-	return NULL;
-}
-
 static double series(struct daemon *d, const char *key);
 
 /* A counter, once it reached want (the server counts a refused handshake
@@ -340,9 +327,9 @@ static int setup(void **state)
 	if (otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30") != 0)
 		fail_msg("otactl fleet ca init: %s (daemon in %s)", buf_cstr(&out), g.d.dir);
 	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add fab --prefix mt- --max 100 --rate 1000"), 0);
-	g.prov = token_line(&out);
+	g.prov = h_token_line(&out);
 	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add sim --prefix dev- --max 100000 --rate 100000"), 0);
-	g.simprov = token_line(&out);
+	g.simprov = h_token_line(&out);
 	creds = h_register_devices(&g.d, "tok", 1);
 	g.creds_tok = creds[0];
 	free(creds);
