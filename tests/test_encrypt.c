@@ -472,10 +472,13 @@ static void imgtool_encrypted_images_decrypt_here_and_match_ours(void **state)
 {
 	struct buf img = BUF_INIT, out = BUF_INIT, theirs = BUF_INIT, tp = BUF_INIT, op = BUF_INIT;
 	struct mcuboot_info ti, oi;
-	unsigned char *fw = firmware(5001, 7);
-	char *in = xasprintf("%s/fw.bin", F.dir), *ip = xasprintf("%s/theirs.bin", F.dir);
+	unsigned char *fw;
+	char *in, *ip;
 	(void)state;
-	NEED_IMGTOOL();
+	NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
+	fw = firmware(5001, 7);
+	in = xasprintf("%s/fw.bin", F.dir);
+	ip = xasprintf("%s/theirs.bin", F.dir);
 	write_bytes(in, fw, 5001);
 	for (size_t ci = 0; ci < OTA_ARRAY_SIZE(cases); ci++) {
 		const struct ecase *c = &cases[ci];
@@ -525,11 +528,14 @@ static void imgtool_encrypted_images_decrypt_here_and_match_ours(void **state)
 static void imgtool_verifies_our_images_after_decryption(void **state)
 {
 	struct buf img = BUF_INIT, out = BUF_INIT, plain = BUF_INIT;
-	unsigned char *fw = firmware(5001, 8);
-	char *p = xasprintf("%s/ours.bin", F.dir), *in = xasprintf("%s/fw8.bin", F.dir);
-	char *ip = xasprintf("%s/theirs8.bin", F.dir);
+	unsigned char *fw;
+	char *p, *in, *ip;
 	(void)state;
-	NEED_IMGTOOL();
+	NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
+	fw = firmware(5001, 8);
+	p = xasprintf("%s/ours.bin", F.dir);
+	in = xasprintf("%s/fw8.bin", F.dir);
+	ip = xasprintf("%s/theirs8.bin", F.dir);
 	write_bytes(in, fw, 5001);
 	for (size_t ci = 0; ci < OTA_ARRAY_SIZE(cases); ci++) {
 		const struct ecase *c = &cases[ci];

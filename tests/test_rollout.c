@@ -284,7 +284,10 @@ static void bad_release_is_halted_at_one_percent_and_devices_are_sent_back(void 
 		skip();
 	run = h_trigger(&w->d, y);
 	rel = release_of(&w->d, run, T(30000));
-	assert_string_equal(h_wait_run(&w->d, run, T(240000)), "failed");
+	/* the 1 % step's crashes take a while to prove under ASan on a loaded
+	 * machine (once 8 min was not enough): the wait is generous, the
+	 * verdict is not */
+	assert_string_equal(h_wait_run(&w->d, run, T(480000)), "failed");
 	st = rollout_status(&w->d, rel);
 	ro = json_array_get(json_object_get(st, "rollouts"), 0);
 	assert_string_equal(json_string_value(json_object_get(ro, "state")), "failed");
