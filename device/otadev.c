@@ -428,9 +428,28 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 	return rec_save(d);
 }
 
-static int checkin(struct otadev *d, uint64_t now)
+/* POST the JSON in w to the device API's path as this device; the answer
+ * lands in d->io (rs).  The transport hook's result. */
+static int post_json(struct otadev *d, const char *path, const struct jw *w, struct otadev_http_resp *rs)
 {
 	struct otadev_http_req rq;
+
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "POST";
+	rq.path = path;
+	rq.device = d->cfg->device;
+	rq.credential = d->cfg->credential;
+	rq.body = w->p;
+	rq.body_len = w->len;
+	rq.range_start = rq.range_end = -1;
+	memset(rs, 0, sizeof(*rs));
+	rs->body = d->io;
+	rs->cap = sizeof(d->io) - 1;
+	return d->h->http(d->ctx, &rq, rs);
+}
+
+static int checkin(struct otadev *d, uint64_t now)
+{
 	struct otadev_http_resp rs;
 	struct otadev_checkin ans;
 	struct jw w;
@@ -461,19 +480,8 @@ static int checkin(struct otadev *d, uint64_t now)
 	jw_raw(&w, "}");
 	if (w.over)
 		return OTADEV_ENOSPC;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "POST";
-	rq.path = "/device/v1/checkin";
-	rq.device = d->cfg->device;
-	rq.credential = d->cfg->credential;
-	rq.body = w.p;
-	rq.body_len = w.len;
-	rq.range_start = rq.range_end = -1;
-	memset(&rs, 0, sizeof(rs));
-	rs.body = d->io;
-	rs.cap = sizeof(d->io) - 1;
 	d->n_checkins++;
-	if (d->h->http(d->ctx, &rq, &rs) < 0 || rs.status != 200 ||
+	if (post_json(d, "/device/v1/checkin", &w, &rs) < 0 || rs.status != 200 ||
 	    otadev_checkin_parse(&ans, rs.body, rs.len, d->tokens, OTADEV_TOKENS) < 0) {
 		d->errors++;
 		d->next_checkin = now + otadev_backoff(d, d->errors);
@@ -666,7 +674,6 @@ static void drop(struct otadev *d, uint32_t i)
 
 static int send_reports(struct otadev *d, uint64_t now)
 {
-	struct otadev_http_req rq;
 	struct otadev_http_resp rs;
 	uint32_t n = d->rec.nq, i, accepted, retry, dropm;
 	struct jw w;
@@ -720,18 +727,7 @@ static int send_reports(struct otadev *d, uint64_t now)
 	jw_raw(&w, "]}");
 	if (w.over || n == 0)
 		return OTADEV_ENOSPC;
-	memset(&rq, 0, sizeof(rq));
-	rq.method = "POST";
-	rq.path = "/device/v1/reports";
-	rq.device = d->cfg->device;
-	rq.credential = d->cfg->credential;
-	rq.body = w.p;
-	rq.body_len = w.len;
-	rq.range_start = rq.range_end = -1;
-	memset(&rs, 0, sizeof(rs));
-	rs.body = d->io;
-	rs.cap = sizeof(d->io) - 1;
-	rc = d->h->http(d->ctx, &rq, &rs);
+	rc = post_json(d, "/device/v1/reports", &w, &rs);
 	d->n_reports_sent += n;
 	if (rc < 0 || rs.status == 0 || rs.status >= 500 || rs.status == 401 || rs.status == 403 ||
 	    rs.status == 429) {
