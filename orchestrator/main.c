@@ -36,6 +36,7 @@
 #include "gitsrc.h"
 #include "localagents.h"
 #include "logstore.h"
+#include "mcuboot_enc.h"
 #include "pipeline/pipeline.h"
 #include "pki.h"
 #include "policy.h"
@@ -419,6 +420,20 @@ int main(int argc, char **argv)
 	/* issue 13: the release root and the held revocation list */
 	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0)
 		goto fail;
+	/* issue 13: a bad encryption key stops otacd here, not the first
+	 * release stage that names it hours later */
+	{
+		const char *name;
+		json_t *v;
+		json_object_foreach(cfg.encryption_keys, name, v) {
+			EVP_PKEY *k = NULL;
+			if (mcuboot_enc_pubkey_load(&k, json_string_value(v)) < 0) {
+				ota_error_prefix("encryption_keys.%s: ", name);
+				goto fail;
+			}
+			EVP_PKEY_free(k);
+		}
+	}
 	json_array_foreach(cfg.tokens, i, t) {
 		enum auth_role role = auth_role_parse(json_string_value(json_object_get(t, "role")));
 		const char *name = json_string_value(json_object_get(t, "name"));

@@ -571,9 +571,9 @@ static void daemon_start(struct daemon *d, const char *enc_pub)
 
 	h_init(d, NULL);
 	cfg = xasprintf("keys:\n  test: { spec: %s }\n"
-			"encryption_keys:\n  an385: %s\n  fleet: %s\n  wrongly-private: %s\n"
+			"encryption_keys:\n  an385: %s\n  fleet: %s\n"
 			"device_register_burst: 100000\n",
-			F.priv_pem[K_SIGN_ED], enc_pub, F.pub_pem[K_DEV_EC], F.priv_pem[K_DEV_EC]);
+			F.priv_pem[K_SIGN_ED], enc_pub, F.pub_pem[K_DEV_EC]);
 	d->config = xasprintf("%s/config.yml", d->dir);
 	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
 	assert_int_equal(h_start(d, args), 0);
@@ -835,7 +835,6 @@ static void bad_encrypt_settings_are_refused(void **state)
 		const char *enc, *want;
 	} fails[] = {
 		{ "{ key: nosuch }", "encryption key 'nosuch' is not configured" },
-		{ "{ key: wrongly-private }", "only the device's public key belongs on the server" },
 		{ "{ hardware: { other-board: an385 } }", "no key for hardware variant 'mps2-an385'" },
 	};
 	struct daemon d;
@@ -893,6 +892,42 @@ static void bad_encrypt_settings_are_refused(void **state)
 	h_cleanup(&d);
 }
 
+/* A configured encryption key otacd cannot use stops it at start, saying
+ * which one and why: a private key (it belongs on the device only), a
+ * missing file, something that is not a PEM public key, a signing-only
+ * curve.  Found then, not when a release stage first names it. */
+static void a_bad_encryption_key_refuses_the_start(void **state)
+{
+	char *dir = h_tmpdir(), *otacd = h_bin("otacd"), *junk = xasprintf("%s/junk.pem", dir);
+	struct {
+		const char *file, *says;
+	} bad[] = {
+		{ F.priv_pem[K_DEV_EC], "only the device's public key belongs on the server" },
+		{ "/nonexistent/key.pem", "/nonexistent/key.pem" },
+		{ junk, "not a PEM \"PUBLIC KEY\"" },
+		{ F.pub_pem[K_SIGN_ED], "encryption_keys.k:" },
+	};
+	struct buf out = BUF_INIT;
+	(void)state;
+	assert_int_equal(ota_write_file_atomic(junk, "hello\n", 6, 0600), 0);
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(bad); i++) {
+		char *cfg = xasprintf("%s/c%zu.yml", dir, i), *y = xasprintf("encryption_keys:\n  k: %s\n", bad[i].file);
+		assert_int_equal(ota_write_file_atomic(cfg, y, strlen(y), 0600), 0);
+		if (h_sh(&out, "%s --config %s --state-dir %s/s%zu --listen 127.0.0.1:0 --device-listen off 2>&1", otacd,
+			 cfg, dir, i) == 0 || !strstr(buf_cstr(&out), bad[i].says) ||
+		    !strstr(buf_cstr(&out), "encryption_keys.k"))
+			fail_msg("case %zu: expected a refusal naming encryption_keys.k and saying \"%s\", got: %s", i,
+				 bad[i].says, buf_cstr(&out));
+		free(cfg);
+		free(y);
+	}
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(junk);
+	free(otacd);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -907,6 +942,7 @@ int main(void)
 		cmocka_unit_test(imgtool_encrypted_images_decrypt_here_and_match_ours),
 		cmocka_unit_test(imgtool_verifies_our_images_after_decryption),
 		cmocka_unit_test(bad_encrypt_settings_are_refused),
+		cmocka_unit_test(a_bad_encryption_key_refuses_the_start),
 		cmocka_unit_test(encrypted_release_installs_only_on_devices_with_the_key),
 	};
 	return cmocka_run_group_tests(tests, keys_setup, keys_teardown);
