@@ -125,7 +125,7 @@ static void error_code(const struct s3_req *q, char *out, size_t cap)
 static char *object_url(struct s3 *s, const char *sha256)
 {
 	return sha256 ? xasprintf("%s/%s/sha256/%s", s->endpoint, s->bucket, sha256)
-		      : xasprintf("%s/%s", s->endpoint, s->bucket);
+		      : xasprintf("%s/%s?max-keys=0", s->endpoint, s->bucket); /* an empty listing */
 }
 
 /*
@@ -504,10 +504,10 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 	if ((rc = ota_mkdir_p(s->spool, 0700)) < 0)
 		goto fail;
 	/* the bucket must answer to these credentials now, not at the first release */
-	if ((rc = request(s, "HEAD", NULL, &q, -1, 0)) < 0)
+	if ((rc = request(s, "GET", NULL, &q, -1, 0)) < 0)
 		goto fail;
 	if (q.status != 200) {
-		rc = status_error(s, "HEAD", NULL, &q);
+		rc = status_error(s, "GET", NULL, &q);
 		goto fail;
 	}
 	*out = &s->base;
