@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../orchestrator/artifact.h"
+#include "../orchestrator/artifact/origin.h"
 #include "../orchestrator/mcuboot.h"
 #include "harness.h"
 
@@ -90,6 +91,14 @@ static char *tool(const char *env, const char *fallback)
 		return p;
 	free(p);
 	return NULL;
+}
+
+static void rmdir_rf(char *dir)
+{
+	struct buf out = BUF_INIT;
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(dir);
 }
 
 /* ---- s3rver --------------------------------------------------------------- */
@@ -211,6 +220,54 @@ static void presign_matches_the_documented_sigv4_example(void **state)
 	free(url);
 }
 
+static void image_origin_config_is_checked(void **state)
+{
+	char *dir = h_tmpdir(), *url, *tok = xasprintf("%s/tok", dir);
+	char out[1024];
+	const char *offer = "{\"image\":{\"url\":\"/device/v1/images/"
+			    "0000000000000000000000000000000000000000000000000000000000000000\"}}";
+	json_t *c;
+	(void)state;
+	assert_int_equal(artifact_store_init(dir, 1 << 20), 0);
+#define BAD(json, what)                                                      \
+	do {                                                                 \
+		c = json_loads(json, 0, NULL);                               \
+		assert_int_equal(origin_configure(c), OTA_EINVAL);           \
+		assert_non_null(strstr(ota_error_last(), what));             \
+		json_decref(c);                                              \
+	} while (0)
+	BAD("{\"kind\": \"ftp\"}", "unknown kind");
+	BAD("{\"kind\": \"cdn\"}", "needs url");
+	BAD("{\"kind\": \"cdn\", \"url\": \"http://x/\\\"a\"}", "needs url");
+	BAD("{\"kind\": \"s3\"}", "needs artifact_store backend s3");
+	BAD("{\"kind\": \"cdn\", \"url\": \"http://x\", \"ttl\": 5}", "ttl");
+	BAD("{\"kynd\": \"cdn\"}", "unknown key");
+	/* a short token would be guessable */
+	assert_int_equal(ota_write_file_atomic(tok, "short\n", 6, 0600), 0);
+	c = json_pack("{ss ss ss}", "kind", "cdn", "url", "https://cdn.example/fw/", "token_file", tok);
+	assert_int_equal(origin_configure(c), OTA_EINVAL);
+	json_decref(c);
+	/* cdn: URL/SHA, no pull token: the pull endpoint is off */
+	c = json_pack("{ss ss}", "kind", "cdn", "url", "https://cdn.example/fw/");
+	assert_int_equal(origin_configure(c), 0);
+	url = origin_image_url("ab");
+	assert_string_equal(url, "https://cdn.example/fw/ab");
+	free(url);
+	assert_int_equal(origin_pull_allowed(TOKEN), 0);
+	assert_ptr_equal(origin_offer_text(out, sizeof(out), offer, "00"), offer);
+	json_decref(c);
+	/* the default: the device API, offers unchanged */
+	assert_int_equal(origin_configure(NULL), 0);
+	url = origin_image_url("ab");
+	assert_string_equal(url, "/device/v1/images/ab");
+	free(url);
+	origin_shutdown();
+	artifact_store_shutdown();
+	free(tok);
+	rmdir_rf(dir);
+#undef BAD
+}
+
 /* ---- the S3 backend against s3rver ------------------------------------------- */
 
 static void s3_store_keeps_deduplicates_and_checks_every_object(void **state)
@@ -282,7 +339,7 @@ static void s3_store_keeps_deduplicates_and_checks_every_object(void **state)
 	free(obj);
 	free(before);
 	s3_stop(&s);
-	free(dir);
+	rmdir_rf(dir);
 	free(bin);
 	buf_release(&got);
 	buf_release(&data);
@@ -336,7 +393,7 @@ static void s3_store_refuses_wrong_credentials_with_a_clear_error(void **state)
 	free(after);
 	free(bad);
 	s3_stop(&s);
-	free(dir);
+	rmdir_rf(dir);
 	free(bin);
 }
 
@@ -378,7 +435,7 @@ static void presigned_urls_serve_ranges_and_expire(void **state)
 	artifact_store_shutdown();
 	json_decref(cfg);
 	s3_stop(&s);
-	free(dir);
+	rmdir_rf(dir);
 	free(bin);
 	buf_release(&out);
 	buf_release(&data);
@@ -877,6 +934,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(presign_matches_the_documented_sigv4_example),
+		cmocka_unit_test(image_origin_config_is_checked),
 		cmocka_unit_test(s3_store_keeps_deduplicates_and_checks_every_object),
 		cmocka_unit_test(s3_store_refuses_wrong_credentials_with_a_clear_error),
 		cmocka_unit_test(presigned_urls_serve_ranges_and_expire),
