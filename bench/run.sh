@@ -55,3 +55,7 @@ sh bench/mtls_fleetsim.sh "$OTACD_BIN" ${MTLS_FLEETSIM_ARGS:-3000 20}
 echo
 echo "== rollout to 1M devices behind the real otacd: reports accepted/demanded, bytes per report, gate lag, check-ins vs trivial handler"
 sh bench/rollout_1m.sh "$OTACD_BIN" ${ROLLOUT_1M_ARGS:-1000000}
+# issue 15, object storage and CDN origin
+echo
+echo "== image bytes of one rollout served by otacd, the origin (S3, s3rver) and the cache (nginx), against otacd alone"
+sh bench/origin.sh "$OTACD_BIN" ${ORIGIN_ARGS:-20000}

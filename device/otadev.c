@@ -414,8 +414,9 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 		why = "needs a newer bootloader";
 	else if (o->size > usable(d) || o->size < 64)
 		why = "image does not fit the slot";
-	else if (strncmp(o->url, "/device/v1/images/", 18))
-		why = "image URL outside the device API";
+	else if (strncmp(o->url, "/device/v1/images/", 18) && strncmp(o->url, "https://", 8) &&
+		 strncmp(o->url, "http://", 7))
+		why = "image URL neither on the device API nor absolute (a CDN or object store)";
 	if (why)
 		return refuse(d, why);
 	if (erase_trailer(d) < 0)

@@ -43,7 +43,9 @@
 #define OTADEV_QUEUE 8       /* reports kept until acknowledged */
 #endif
 #define OTADEV_VERSION_MAX 32
-#define OTADEV_URL_MAX 128
+#ifndef OTADEV_URL_MAX
+#define OTADEV_URL_MAX 128   /* a CDN's URL fits; a presigned S3 URL needs ~512 (docs/delivery.md) */
+#endif
 #define OTADEV_KEYS_MAX 4    /* trusted signing keys */
 
 /* ---- hooks ---------------------------------------------------------------- */

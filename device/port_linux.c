@@ -293,6 +293,15 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
 	return n;
 }
 
+/* The URL of a request: a path on the device API, or an offer's absolute
+ * image URL (a CDN or object store, issue 15).  Returns 1 when absolute. */
+static int resolve_url(char *out, size_t cap, const char *base, const char *path)
+{
+	int abs = !strncmp(path, "https://", 8) || !strncmp(path, "http://", 7);
+	snprintf(out, cap, "%s%s", abs ? "" : base, path);
+	return abs;
+}
+
 static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
 	struct port_linux *p = ctx;
@@ -305,11 +314,13 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	rs->len = 0;
 	rs->status = 0;
 	rs->range_total = -1;
-	snprintf(url, sizeof(url), "%s%s", p->url, rq->path);
-	snprintf(line, sizeof(line), "Authorization: Bearer %s", rq->credential);
-	hdr = curl_slist_append(hdr, line);
-	snprintf(line, sizeof(line), "X-Device-Id: %s", rq->device);
-	hdr = curl_slist_append(hdr, line);
+	if (!resolve_url(url, sizeof(url), p->url, rq->path)) {
+		/* on the device API: the device's identity; never sent to a CDN */
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", rq->credential);
+		hdr = curl_slist_append(hdr, line);
+		snprintf(line, sizeof(line), "X-Device-Id: %s", rq->device);
+		hdr = curl_slist_append(hdr, line);
+	}
 	if (rq->body)
 		hdr = curl_slist_append(hdr, "Content-Type: application/json");
 	if (rq->range_start >= 0) {

@@ -365,10 +365,18 @@ static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *u
 	return x;
 }
 
-/* The request is device i's: its credential and id in the headers. */
-static void xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i)
+/* The request is device i's: its credential and id in the headers, unless
+ * url is an image's absolute URL off the device API (a CDN or object store,
+ * issue 15): that gets no credential at all. */
+static void xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i, const char *url)
 {
 	char line[128], hex[2 * sizeof(fs->cred[0]) + 1], id[16];
+	size_t nb = strlen(fs->base);
+
+	if (url && (strncmp(url, fs->base, nb) || url[nb] != '/')) {
+		curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, NULL);
+		return;
+	}
 
 	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
 	sim_device_id(id, sizeof(id), i);
@@ -672,7 +680,7 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 	x = xfer_new(fs, X_FETCH, img->url);
 	if (!x)
 		return;
-	xfer_as_device(fs, x, i);
+	xfer_as_device(fs, x, i, img->url);
 	x->dev = i;     /* trust_verify fetches the manifest as this device */
 	x->image = image;
 	if (sim_download_init(&x->fetch, UINT32_MAX, image)) {
@@ -855,8 +863,10 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 		return;
 	}
 	img = fs->images.v[ii];
-	if (!img->url)
+	if (!img->url || (url[0] != '/' && strcmp(img->url, url))) { /* a presigned URL is renewed */
+		free(img->url);
 		img->url = url[0] == '/' ? xasprintf("%s%s", fs->base, url) : xstrdup(url);
+	}
 	if (!img->size)
 		img->size = json_integer_value(json_object_get(image, "size"));
 	if (!img->release)
@@ -926,7 +936,7 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 			   fs->tag_json[t][d->tags[t]]);
 	buf_puts(&x->req, "}}");
 	xfer_post(x);
-	xfer_as_device(fs, x, i);
+	xfer_as_device(fs, x, i, NULL);
 	x->dev = i;
 	x->probe = !fs->time_known;
 	if (!x->probe && (d->flags & SIM_F_FLAKY) && sim_randu(&fs->rng) < fs->p->flaky_fail)
@@ -1030,7 +1040,7 @@ static void download_start(struct fleetsim *fs, uint32_t i)
 	if ((d->flags & SIM_F_FLAKY) && img->size > 1 && (uint64_t)img->size - dl->offset > 1 &&
 	    sim_randu(&fs->rng) < fs->p->flaky_fail)
 		dl->cut = dl->offset + 1 + sim_rand(&fs->rng) % ((uint64_t)img->size - dl->offset - 1);
-	xfer_as_device(fs, x, i);
+	xfer_as_device(fs, x, i, img->url);
 	sim_download_range(dl, range, sizeof(range));
 	if (range[0])
 		curl_easy_setopt(x->e, CURLOPT_RANGE, range + strlen("bytes="));

@@ -5,11 +5,12 @@
  * hashes uploads, enforces the size cap and checks the digest the agent
  * declared; where the bytes live is a backend's business (struct
  * artifact_backend below: put / get / stat / delete), picked by name at
- * start.  The local backend (artifact_local.c) keeps objects at
+ * start from the config's artifact_store block.  The backends live in
+ * orchestrator/artifact/, one file each: local.c keeps objects at
  * STATE/artifacts/sha256/AB/ABCDEF…, writing through a temporary file that
  * is fsynced and renamed, so a crash or a bad upload never leaves a partial
- * object visible.  An S3-compatible backend (libcurl's AWS SigV4) can be
- * added as another struct without touching callers.
+ * object visible; s3.c keeps them in an S3-compatible bucket (libcurl's AWS
+ * SigV4) and checks every object's digest as it reads it.
  *
  * Which artifacts belong to which job, and whether a release keeps them, is
  * recorded in the database by the engine; this module only holds bytes.
@@ -20,6 +21,9 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include <time.h>
+
+struct json_t;
 
 struct artifact_writer;   /* a backend's object being written */
 struct artifact_reader;   /* a backend's object being read */
@@ -41,11 +45,31 @@ struct artifact_backend {
 	void (*free)(struct artifact_backend *b);
 };
 
-/* The local-disk backend rooted at STATE/artifacts (artifact_local.c). */
+/* The local-disk backend rooted at STATE/artifacts (artifact/local.c). */
 int artifact_local_backend(struct artifact_backend **out, const char *state_dir);
 
-/* Open the store with backend "local" (the only one so far). */
+/* The S3 backend (artifact/s3.c; docs/config.md, artifact_store). */
+struct artifact_s3_config {
+	const char *endpoint;          /* http(s)://host[:port][/prefix] */
+	const char *bucket;
+	const char *region;            /* default us-east-1 */
+	const char *credentials_file;  /* "ACCESS_KEY_ID:SECRET"; NULL: OTACD_S3_ACCESS_KEY_ID and
+					* OTACD_S3_SECRET_ACCESS_KEY from the environment */
+};
+/* Checks the bucket answers to the credentials (OTA_EAUTH if refused). */
+int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, const struct artifact_s3_config *cfg);
+/* A presigned GET URL of object sha256, valid ttl_s seconds from now (b must
+ * be the s3 backend).  The lower-level form signs any host and path. */
+int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha256, int64_t ttl_s, time_t now);
+char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
+			      const char *akid, const char *secret, time_t now, int64_t ttl_s);
+
+/* Open the store with backend "local". */
 int artifact_store_init(const char *state_dir, int64_t max_size);
+/* Open the store from the config's artifact_store block (NULL: local);
+ * the block is checked here: {backend: local|s3, endpoint, bucket, region,
+ * credentials_file}. */
+int artifact_store_open(const char *state_dir, int64_t max_size, const struct json_t *cfg);
 void artifact_store_shutdown(void);
 struct artifact_backend *artifact_backend(void);
 int64_t artifact_max_size(void);

@@ -106,6 +106,8 @@ void config_release(struct otacd_config *c)
 	free(c->update_server_token);
 	free(c->prometheus_url);
 	json_decref(c->tls); /* issue 13, TLS */
+	json_decref(c->artifact_store); /* issue 15 */
+	json_decref(c->image_origin);
 	json_decref(c->providers);
 	free(c->trust_root);
 	memset(c, 0, sizeof(*c));
@@ -653,6 +655,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"trust_root", /* issue 13, signing PKI */
 		"gate_max_lag", /* issue 19 part 5: evidence lag */
 		"encryption_keys", /* issue 13, encrypted images */
+		"artifact_store", "image_origin", /* issue 15: object storage and CDN origin */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -776,6 +779,17 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			} else {
 				json_decref(c->tls);
 				c->tls = raw;
+			}
+		} else if (!strcmp(key, "artifact_store") || !strcmp(key, "image_origin")) {
+			/* issue 15: checked when opened (artifact/artifact.c, artifact/origin.c) */
+			json_t *raw = to_json(x, v, 0);
+			json_t **slot = key[0] == 'a' ? &c->artifact_store : &c->image_origin;
+			if (!json_is_object(raw)) {
+				json_decref(raw);
+				rc = cfg_err(x, v, "'%s' must be a mapping", key);
+			} else {
+				json_decref(*slot);
+				*slot = raw;
 			}
 		} else if (!strcmp(key, "trust_root")) /* issue 13, signing PKI */
 			rc = get_string(x, v, key, &c->trust_root);

@@ -75,6 +75,10 @@ struct otacd_config {
 	json_t *providers;              /* metric providers: object NAME -> {"kind", "url", "token"?} */
 	/* issue 13, TLS: the `tls:` block as checked JSON (tls/tls.h), NULL: plain HTTP */
 	json_t *tls;
+	/* issue 15: artifact_store {backend, endpoint, bucket, region, credentials_file}
+	 * and image_origin {kind, url, ttl, token_file}, checked when opened */
+	json_t *artifact_store;
+	json_t *image_origin;
 	/* issue 13, signing PKI (orchestrator/pki.h, docs/security.md) */
 	char *trust_root;               /* the release root certificate (PEM file) or NULL */
 	/* issue 19 part 5 (evidence lag): a builtin gate never passes while the

@@ -25,6 +25,7 @@
 #include "../common/util.h"
 #include "api/api.h"
 #include "artifact.h"
+#include "artifact/origin.h"
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
@@ -401,7 +402,8 @@ int main(int argc, char **argv)
 		goto fail;
 	clock_setup(db, cfg.time_scale);
 	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
-	    artifact_store_init(cfg.state_dir, cfg.max_artifact_size) < 0)
+	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
+	    origin_configure(cfg.image_origin) < 0) /* issue 15 */
 		goto fail;
 	{
 		/* Every configured secret is masked in every log, report and

@@ -43,6 +43,7 @@
 #include "../api/api.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
+#include "../artifact/origin.h"
 #include "../tls/tls.h"
 #include "devapi_pki.h"
 #include "fleet.h"
@@ -54,7 +55,10 @@
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
 
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION, R_PKI };
+enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION, R_PKI, R_ORIGIN };
+
+/* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
+static _Atomic uint64_t g_image_bytes;
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -485,6 +489,16 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		len = b.len;
 		text = buf_detach(&b);
 	}
+	{ /* issue 15: what otacd itself served, whatever origin offers name */
+		struct buf b = BUF_INIT;
+		buf_put(&b, text, len);
+		buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
+			       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
+			   (unsigned long long)g_image_bytes);
+		free(text);
+		len = b.len;
+		text = buf_detach(&b);
+	}
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
 }
 
@@ -579,6 +593,7 @@ static ssize_t image_read(void *cls, uint64_t pos, char *out, size_t max)
 	n = st->be->read(st->rd, out, max);
 	if (n < 0)
 		return MHD_CONTENT_READER_END_WITH_ERROR;
+	g_image_bytes += (uint64_t)n;
 	return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
@@ -624,14 +639,11 @@ static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
 	return 1;
 }
 
+static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha);
+
 static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
 {
-	struct artifact_backend *be = artifact_backend();
-	struct artifact_reader *rd = NULL;
-	struct image_stream *st;
-	struct MHD_Response *resp;
 	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
-	int64_t size = 0, from = 0, to = 0;
 	enum MHD_Result ret;
 	int rg;
 
@@ -652,6 +664,20 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	if (rg < 0)
 		return reply_error(c, MHD_HTTP_GONE, "the offer of this image was withdrawn (its release was halted):"
 				   " drop the download; check in for what to run");
+	return serve_image(c, sha);
+}
+
+/* The bytes of image sha, whole or the Range asked for. */
+static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha)
+{
+	struct artifact_backend *be = artifact_backend();
+	struct artifact_reader *rd = NULL;
+	struct image_stream *st;
+	struct MHD_Response *resp;
+	int64_t size = 0, from = 0, to = 0;
+	enum MHD_Result ret;
+	int rg;
+
 	if (!be || be->get(be, sha, &rd, &size) < 0)
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	rg = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"), size, &from, &to);
@@ -688,6 +714,18 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	ret = MHD_queue_response(c, rg > 0 ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+/* issue 15: a CDN pulls an image it caches (artifact/origin.h): its own
+ * token, and only images a current release offers.  The CDN is untrusted
+ * all the same: devices check digest and signature. */
+static enum MHD_Result do_origin(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
+{
+	if (!origin_pull_allowed(r->token))
+		return reply_error(c, MHD_HTTP_FORBIDDEN, "no origin pull with this token (image_origin.token_file)");
+	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
+	return serve_image(c, sha);
 }
 
 struct pki_offer {
@@ -794,6 +832,11 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
 		return R_PKI; /* issue 13, devapi_pki.c */
 	}
+	if (!strncmp(url, "/device/v1/origin/", 18)) { /* issue 15: a CDN's pulls */
+		if (!get)
+			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
+		return R_ORIGIN;
+	}
 	if (!strncmp(url, "/device/v1/images/", 18) || !strcmp(url, "/metrics")) {
 		if (!get)
 			*bad = MHD_HTTP_METHOD_NOT_ALLOWED;
@@ -867,6 +910,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	case R_PROVISION: return do_provision(a, c, r);
 	case R_METRICS: return do_metrics(a, c, r);
 	case R_IMAGE: return do_image(a, c, r, url + 18);
+	case R_ORIGIN: return do_origin(a, c, r, url + 18);
 	case R_PKI: return do_pki(a, c, r, url);
 	default: return MHD_NO;
 	}

@@ -26,6 +26,7 @@
  * aggregates, and commits, all in one transaction per group of batches.
  */
 #include "../pki.h"
+#include "../artifact/origin.h"
 #include "fleet_ckbody.h"
 #include "fleet_int.h"
 
@@ -844,7 +845,7 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 		x->images[i].sha256 = xstrdup(im->sha256);
 		x->images[i].type = xstrdup(im->type ? im->type : "application");
 		x->images[i].size = im->size;
-		x->images[i].url = xasprintf("/device/v1/images/%s", im->sha256);
+		x->images[i].url = origin_image_url(im->sha256); /* issue 15: the configured origin */
 		x->nimages++;
 		if ((rc = offer_compile(x, &x->images[i])) < 0)
 			goto out;
@@ -1153,6 +1154,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	uint32_t bl[3];
 	const char *offer = NULL;
 	char revocations[48] = "";
+	char presigned[FLEET_ANSWER_MAX / 2 + 1024];
 	int64_t counter, crl, now = clock_now_ms();
 	uint64_t h;
 	struct shard *s;
@@ -1271,6 +1273,8 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 		fleet_device_mark_locked(s, d);
 	pthread_mutex_unlock(&s->mu);
 	offer = x ? img->offer[rollback ? 1 : 0] : "null";
+	if (x) /* issue 15: a presigned S3 URL is made per check-in */
+		offer = origin_offer_text(presigned, sizeof(presigned), offer, img->sha256);
 	/* the offer's text lives with the exposure: copied under exp_lock */
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */

@@ -6,7 +6,7 @@
  * place and the directory fsynced, so an object is either whole or absent.
  * Temporary files left by a crash are removed when the backend opens.
  */
-#include "artifact.h"
+#include "../artifact.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../common/util.h"
+#include "../../common/util.h"
 
 struct local {
 	struct artifact_backend base;

@@ -7,13 +7,14 @@
  * the pipe's worker, so that receiving, writing and hashing overlap (on
  * one thread, hashing was half of an upload's time: docs/benchmarks.md).
  */
-#include "artifact.h"
+#include "../artifact.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/hashpipe.h"
-#include "../common/util.h"
+#include "../../common/hashpipe.h"
+#include "../../common/util.h"
 
 static struct artifact_backend *g_backend;
 static int64_t g_max = 256 << 20;
@@ -32,6 +33,35 @@ int artifact_store_init(const char *state_dir, int64_t max_size)
 	if (max_size > 0)
 		g_max = max_size;
 	return artifact_local_backend(&g_backend, state_dir);
+}
+
+int artifact_store_open(const char *state_dir, int64_t max_size, const json_t *cfg)
+{
+	const char *backend = cfg ? json_string_value(json_object_get(cfg, "backend")) : NULL;
+	struct artifact_s3_config s3 = { 0 };
+	const char *k;
+	json_t *v;
+
+	if (!cfg || !backend || !strcmp(backend, "local")) {
+		if (cfg && json_object_size(cfg) > (backend ? 1u : 0u))
+			return ota_error_set(OTA_EINVAL, "artifact_store: backend local takes no other keys");
+		return artifact_store_init(state_dir, max_size);
+	}
+	if (strcmp(backend, "s3"))
+		return ota_error_set(OTA_EINVAL, "artifact_store: unknown backend '%s' (local, s3)", backend);
+	json_object_foreach((json_t *)cfg, k, v) {
+		const char **slot = !strcmp(k, "endpoint") ? &s3.endpoint : !strcmp(k, "bucket") ? &s3.bucket
+				  : !strcmp(k, "region") ? &s3.region : !strcmp(k, "credentials_file") ? &s3.credentials_file
+				  : !strcmp(k, "backend") ? &backend : NULL;
+		if (!slot || !json_is_string(v))
+			return ota_error_set(OTA_EINVAL, "artifact_store: %s '%s' (endpoint, bucket, region, credentials_file: strings)",
+					     slot ? "bad value for" : "unknown key", k);
+		*slot = json_string_value(v);
+	}
+	artifact_store_shutdown();
+	if (max_size > 0)
+		g_max = max_size;
+	return artifact_s3_backend(&g_backend, state_dir, &s3);
 }
 
 void artifact_store_shutdown(void)

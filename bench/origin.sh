@@ -1,0 +1,173 @@
+#!/bin/sh
+# origin.sh BINDIR [DEVICES] - who serves the image bytes of one rollout
+# (issue 15): otacd itself, the origin, the cache.
+#
+# One rollout (1 % / 10 % / 100 %, 1 h holds at time scale 600, polls every
+# 1 h) of a two-board release to DEVICES (20,000) otacd-fleetsim devices, each
+# downloading its own image (no --shared-downloads; flaky devices resume with
+# Range), twice in this invocation:
+#
+#   baseline  image_origin otacd: every byte from otacd's device API;
+#   cdn       artifact_store s3 (s3rver, from npm) as the origin, nginx with
+#             proxy_cache in front of it as the CDN, image_origin cdn.
+#
+# Prints, per run: devices confirmed, bytes otacd sent
+# (otacd_image_bytes_served_total), bytes the origin sent (nginx's
+# $upstream_response_length, misses only), bytes the cache sent
+# ($body_bytes_sent), cache hits / misses; then otacd's bytes cdn/baseline.
+# Needs nginx (nginx-light) and s3rver (~/.cache/otacd-npm or
+# $OTACD_S3RVER); skips with a message without them.  Figures only.
+set -eu
+bin=$(cd "${1:-build/bin}" && pwd)
+devices=${2:-20000}
+timeout=${ORIGIN_TIMEOUT:-900}
+s3rver=${OTACD_S3RVER:-$HOME/.cache/otacd-npm/node_modules/.bin/s3rver}
+nginx=${OTACD_NGINX:-/usr/sbin/nginx}
+if [ ! -x "$s3rver" ] || [ ! -x "$nginx" ]; then
+	echo "  SKIP: needs nginx ($nginx) and s3rver ($s3rver): see .ci/run"
+	exit 0
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-origin-XXXXXX")
+chmod 0711 "$tmp"
+pids=""
+cleanup() {
+	for p in $pids; do kill "$p" 2>/dev/null || true; done
+	for p in $pids; do wait "$p" 2>/dev/null || true; done
+	[ -n "${ORIGIN_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitport() { i=0; until curl -s -o /dev/null "http://127.0.0.1:$1/"; do i=$((i + 1)); [ $i -lt 200 ] || return 1; sleep 0.1; done; }
+
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
+openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+cat >"$tmp/rollout.yml" <<'EOF'
+name: bench
+stages:
+  - name: build
+    matrix:
+      board: [mps2-an385, mps2-an386]
+    timeout: 2m
+    steps:
+      - name: firmware
+        run: |
+          mkdir -p "build/${{ matrix.board }}"
+          head -c 65536 /dev/urandom > "build/${{ matrix.board }}/fw.bin"
+    artifacts:
+      - path: "build/${{ matrix.board }}/fw.bin"
+        name: "fw-${{ matrix.board }}"
+        type: application
+        hardware: "${{ matrix.board }}"
+  - name: release
+    kind: release
+    needs: [build]
+    security_counter: 1
+    key: bench
+  - name: fleet
+    kind: rollout
+    needs: [release]
+    steps:
+      - { percent: 1, hold: 1h }
+      - { percent: 10, hold: 1h }
+      - { percent: 100, hold: 1h }
+EOF
+stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
+metric() { awk -v k="$2" 'index($0, k) == 1 { v = $NF } END { printf "%.0f\n", v + 0 }' "$1"; }
+
+# s3rver (the origin) and nginx (the cache) for the cdn run
+s3p=$(port)
+mkdir -p "$tmp/s3" "$tmp/ngx/tmp" "$tmp/ngx/cache"
+chmod -R 0777 "$tmp/ngx"
+"$s3rver" -d "$tmp/s3" -a 127.0.0.1 -p "$s3p" --configure-bucket otacd --silent >"$tmp/s3rver.log" 2>&1 &
+pids="$pids $!"
+waitport "$s3p" || { echo "origin.sh: s3rver did not start" >&2; exit 1; }
+echo "S3RVER:S3RVER" >"$tmp/s3.cred"
+ngp=$(port)
+user=""
+[ "$(id -u)" = 0 ] && user="user nobody nogroup;"
+cat >"$tmp/ngx/nginx.conf" <<EOF
+$user
+daemon off;
+worker_processes 1;
+pid $tmp/ngx/nginx.pid;
+error_log $tmp/ngx/error.log;
+events { worker_connections 4096; }
+http {
+  log_format cache '\$status \$upstream_cache_status \$body_bytes_sent \$upstream_response_length';
+  access_log $tmp/ngx/access.log cache;
+  client_body_temp_path $tmp/ngx/tmp/body; proxy_temp_path $tmp/ngx/tmp/proxy;
+  fastcgi_temp_path $tmp/ngx/tmp/fcgi; uwsgi_temp_path $tmp/ngx/tmp/uwsgi; scgi_temp_path $tmp/ngx/tmp/scgi;
+  proxy_cache_path $tmp/ngx/cache levels=1:2 keys_zone=img:4m max_size=1g inactive=1h use_temp_path=off;
+  server {
+    listen 127.0.0.1:$ngp;
+    location /img/ {
+      proxy_pass http://127.0.0.1:$s3p/otacd/sha256/;
+      proxy_cache img; proxy_cache_key \$uri; proxy_cache_valid 200 1h; proxy_cache_lock on;
+      add_header X-Cache-Status \$upstream_cache_status always;
+    }
+  }
+}
+EOF
+"$nginx" -p "$tmp/ngx" -c "$tmp/ngx/nginx.conf" -e stderr >"$tmp/ngx/stderr.log" 2>&1 &
+pids="$pids $!"
+waitport "$ngp" || { echo "origin.sh: nginx did not start: $(cat "$tmp/ngx/stderr.log")" >&2; exit 1; }
+
+# run LABEL EXTRA_CONFIG: one daemon, one simulator, one rollout
+run() {
+	label=$1
+	state="$tmp/$label"
+	mkdir -p "$state"
+	cat >"$tmp/$label.yml" <<EOF
+time_scale: 600
+poll_interval: 1h
+device_register_burst: $devices
+device_register_rate: $devices
+keys:
+  bench: { spec: $tmp/k.pem }
+$2
+EOF
+	nice "$bin/otacd" --config "$tmp/$label.yml" --state-dir "$state" --listen 127.0.0.1:0 \
+		--device-listen 127.0.0.1:0 2>>"$state.log" &
+	pid=$!
+	pids="$pids $pid"
+	i=0
+	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ] && [ -s "$state/otacd.url" ]; do
+		i=$((i + 1))
+		[ $i -lt 400 ] || { echo "origin.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
+		sleep 0.05
+	done
+	dev=$(cat "$state/otacd-device.url")
+	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
+	: >"$tmp/ngx/access.log"
+	t0=$(date +%s.%N)
+	nice "$bin/otacd-fleetsim" --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
+		--fleet-key "@$state/fleet.key" --product bench --start-version 1.0.0 --report-every 1h \
+		--until 1.1.0:0.95 --duration "$timeout" --concurrency 256 --quiet --stats "$state.stats" \
+		>"$state.sim.log" 2>&1 &
+	sim=$!
+	pids="$pids $sim"
+	"$bin/otactl" trigger "$tmp/rollout.yml" --ref refs/tags/v1.1.0 >"$state.trigger" 2>&1 ||
+		{ echo "origin.sh: trigger failed: $(cat "$state.trigger")" >&2; exit 1; }
+	wait $sim || true
+	wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+	curl -sf "$dev/metrics" >"$state.metrics" || : >"$state.metrics"
+	kill $pid
+	wait $pid 2>/dev/null || true
+	conf=$(stat_of "$state.stats" confirmed)
+	dls=$(stat_of "$state.stats" downloads)
+	served=$(metric "$state.metrics" "otacd_image_bytes_served_total ")
+	# nginx: origin bytes on misses, bytes sent, hits and misses
+	set -- $(awk '{ sent += $3; if ($2 == "MISS" || $2 == "EXPIRED") { miss++; if ($4 ~ /^[0-9]+$/) orig += $4 }
+		else if ($2 == "HIT") hit++ } END { printf "%.0f %.0f %d %d\n", orig, sent, hit, miss }' "$tmp/ngx/access.log")
+	orig=$1 cache=$2 hits=$3 miss=$4
+	if [ "$label" = baseline ]; then orig=$served cache=0 hits=0 miss=0; fi
+	printf "  %-8s %6s devices, %6s confirmed, %6s downloads in %4ss: otacd sent %12s B, origin %12s B, cache %12s B (%s hits, %s misses)\n" \
+		"$label" "$devices" "${conf:-0}" "${dls:-0}" "$wall" "$served" "$orig" "$cache" "$hits" "$miss"
+	eval "served_$label=$served"
+}
+
+run baseline ""
+run cdn "artifact_store: { backend: s3, endpoint: \"http://127.0.0.1:$s3p\", bucket: otacd, credentials_file: $tmp/s3.cred }
+image_origin: { kind: cdn, url: \"http://127.0.0.1:$ngp/img\" }"
+awk -v b="$served_baseline" -v c="$served_cdn" 'BEGIN {
+	printf "  image bytes otacd itself sent, cdn / baseline: %s / %s = %.6f\n", c, b, (b > 0 ? c / b : 0) }'

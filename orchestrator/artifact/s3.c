@@ -1,0 +1,614 @@
+/*
+ * s3.c - the S3-compatible artifact backend (libcurl, AWS SigV4).
+ *
+ * Objects live at ENDPOINT/BUCKET/sha256/<hex> (path-style addressing, which
+ * every S3-compatible server accepts).  Each request is signed by libcurl's
+ * CURLOPT_AWS_SIGV4 with the payload marked UNSIGNED-PAYLOAD (the bytes are
+ * content-addressed: their digest is the key).
+ *
+ *  - put: the upload is spooled to STATE/artifacts/s3-tmp (so a failed or
+ *    oversized upload never reaches the bucket), then committed with a HEAD
+ *    (already there: deduplicated, nothing is sent) and a PUT.  S3 makes an
+ *    object visible only once its PUT completes, so a crash mid-PUT leaves
+ *    nothing half-written under the key.
+ *  - get: the object is fetched into an unlinked temporary file while its
+ *    SHA-256 is computed; bytes that do not hash to their key (a corrupt or
+ *    replaced object) are refused before any caller sees one byte.
+ *  - presign: time-limited GET URLs for devices (SigV4 query signing with
+ *    OpenSSL's HMAC: libcurl signs headers, it cannot presign a URL).
+ *
+ * Credentials come from a file or the environment (artifact.h) and appear in
+ * no message or log: errors name the bucket, the key and S3's error code.
+ * Each call uses its own curl handle, so any thread may call.
+ */
+#include "../artifact.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../common/util.h"
+
+struct s3 {
+	struct artifact_backend base;
+	char *endpoint, *bucket, *region, *akid, *secret;
+	char *sigv4;     /* "aws:amz:REGION:s3" */
+	char *userpwd;   /* "AKID:SECRET" for libcurl */
+	char *host;      /* Host header value (host[:port]) for presigning */
+	char *spool;     /* STATE/artifacts/s3-tmp */
+};
+
+struct artifact_writer {
+	struct s3 *s;
+	char *tmp;
+	int fd;
+};
+
+struct artifact_reader {
+	int fd;
+};
+
+/* The answer of one request: status, a capped error body, a sink. */
+struct s3_req {
+	long status;
+	char err[512];       /* the start of an error body (S3's XML) */
+	size_t errlen;
+	int fd;              /* GET: bytes go here (when status is 200/206) */
+	EVP_MD_CTX *md;      /* GET: hashed as they arrive */
+	int write_failed;
+	curl_off_t length;   /* HEAD: Content-Length */
+};
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
+{
+	struct s3_req *q = ud;
+	size_t n = sz * nm;
+	if (q->fd >= 0 && (q->status == 200 || q->status == 206)) {
+		size_t off = 0;
+		while (off < n) {
+			ssize_t w = write(q->fd, p + off, n - off);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w < 0) {
+				q->write_failed = 1;
+				return 0;
+			}
+			off += (size_t)w;
+		}
+		if (q->md)
+			EVP_DigestUpdate(q->md, p, n);
+		return n;
+	}
+	if (q->errlen < sizeof(q->err) - 1) {
+		size_t k = sizeof(q->err) - 1 - q->errlen < n ? sizeof(q->err) - 1 - q->errlen : n;
+		memcpy(q->err + q->errlen, p, k);
+		q->errlen += k;
+		q->err[q->errlen] = 0;
+	}
+	return n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
+{
+	struct s3_req *q = ud;
+	if (nm * sz > 12 && !strncmp(p, "HTTP/", 5)) { /* each response's status line */
+		const char *sp = memchr(p, ' ', nm * sz);
+		if (sp)
+			q->status = strtol(sp + 1, NULL, 10);
+	}
+	return sz * nm;
+}
+
+/* S3's error code from an XML error body: <Code>Word</Code>, letters only
+ * (the body is the server's; nothing else of it is repeated). */
+static void error_code(const struct s3_req *q, char *out, size_t cap)
+{
+	const char *c = strstr(q->err, "<Code>");
+	size_t n = 0;
+	out[0] = 0;
+	if (!c)
+		return;
+	c += 6;
+	while (n + 1 < cap && ((c[n] >= 'A' && c[n] <= 'Z') || (c[n] >= 'a' && c[n] <= 'z')))
+		n++, out[n - 1] = c[n - 1];
+	out[n] = 0;
+}
+
+static char *object_url(struct s3 *s, const char *sha256)
+{
+	return sha256 ? xasprintf("%s/%s/sha256/%s", s->endpoint, s->bucket, sha256)
+		      : xasprintf("%s/%s?max-keys=0", s->endpoint, s->bucket); /* an empty listing */
+}
+
+/*
+ * One signed request: method on the object sha256 (NULL: the bucket).
+ * upload_fd >= 0: PUT its bytes (upload_size of them).
+ */
+static int request(struct s3 *s, const char *method, const char *sha256, struct s3_req *q, int upload_fd,
+		   int64_t upload_size)
+{
+	CURL *e = curl_easy_init();
+	struct curl_slist *hdr = NULL;
+	char *url = object_url(s, sha256), cerr[CURL_ERROR_SIZE] = "";
+	FILE *up = NULL;
+	CURLcode cc;
+	int rc = 0;
+
+	q->status = 0;
+	q->errlen = 0;
+	q->err[0] = 0;
+	if (!e) {
+		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
+		goto out;
+	}
+	hdr = curl_slist_append(hdr, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+	hdr = curl_slist_append(hdr, "Expect:");
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+	curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s->sigv4);
+	curl_easy_setopt(e, CURLOPT_USERPWD, s->userpwd);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 60L);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, cerr);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, q);
+	if (!strcmp(method, "HEAD"))
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	else if (!strcmp(method, "PUT")) {
+		int dfd = dup(upload_fd);
+		if (dfd < 0 || lseek(dfd, 0, SEEK_SET) < 0 || !(up = fdopen(dfd, "rb"))) {
+			if (dfd >= 0)
+				close(dfd);
+			rc = ota_error_set(OTA_ERROR, "cannot reread the spooled upload: %s", strerror(errno));
+			goto out;
+		}
+		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(e, CURLOPT_READDATA, up);
+		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)upload_size);
+	} else if (strcmp(method, "GET"))
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	cc = curl_easy_perform(e);
+	if (cc != CURLE_OK) {
+		rc = ota_error_set(OTA_ERROR, "S3 %s %s/sha256/%s: %s", method, s->bucket, sha256 ? sha256 : "",
+				   cerr[0] ? cerr : curl_easy_strerror(cc));
+		goto out;
+	}
+	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &q->status);
+	curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &q->length);
+out:
+	if (up)
+		fclose(up);
+	curl_slist_free_all(hdr);
+	curl_easy_cleanup(e);
+	free(url);
+	return rc;
+}
+
+/* The error for an unexpected status: S3's code named, credentials never. */
+static int status_error(struct s3 *s, const char *what, const char *sha256, const struct s3_req *q)
+{
+	char code[48];
+	error_code(q, code, sizeof(code));
+	if (q->status == 403 || q->status == 401)
+		return ota_error_set(OTA_EAUTH, "S3 refused the credentials for bucket '%s' (%s %s: HTTP %ld %s)",
+				     s->bucket, what, sha256 ? sha256 : "the bucket", q->status, code[0] ? code : "");
+	if (q->status == 404)
+		return ota_error_set(OTA_ENOTFOUND, "S3: %s %s: not found in bucket '%s' (%s)", what,
+				     sha256 ? sha256 : "the bucket", s->bucket, code[0] ? code : "NoSuchKey");
+	return ota_error_set(OTA_ERROR, "S3: %s %s in bucket '%s': HTTP %ld %s", what, sha256 ? sha256 : "",
+			     s->bucket, q->status, code);
+}
+
+static int put_begin(struct artifact_backend *b, struct artifact_writer **out)
+{
+	struct s3 *s = (struct s3 *)b;
+	struct artifact_writer *w = xcalloc(1, sizeof(*w));
+
+	w->s = s;
+	w->tmp = xasprintf("%s/upload-XXXXXX", s->spool);
+	w->fd = mkostemp(w->tmp, O_CLOEXEC);
+	if (w->fd < 0) {
+		int rc = ota_error_set(OTA_ERROR, "cannot create a spool file: %s", strerror(errno));
+		free(w->tmp);
+		free(w);
+		return rc;
+	}
+	unlink(w->tmp); /* nothing to sweep after a crash */
+	*out = w;
+	return 0;
+}
+
+static int put_write(struct artifact_writer *w, const void *data, size_t len)
+{
+	const char *p = data;
+	while (len) {
+		ssize_t n = write(w->fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return ota_error_set(OTA_ERROR, "spool write failed: %s", strerror(errno));
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void put_abort(struct artifact_writer *w)
+{
+	if (!w)
+		return;
+	close(w->fd);
+	free(w->tmp);
+	free(w);
+}
+
+static int put_commit(struct artifact_writer *w, const char *sha256)
+{
+	struct s3_req q = { .fd = -1 };
+	struct stat sb;
+	int rc;
+
+	if ((rc = request(w->s, "HEAD", sha256, &q, -1, 0)) < 0)
+		goto out;
+	if (q.status == 200)
+		goto out; /* already stored: deduplicated */
+	if (q.status != 404) {
+		rc = status_error(w->s, "HEAD", sha256, &q);
+		goto out;
+	}
+	if (fstat(w->fd, &sb) < 0) {
+		rc = ota_error_set(OTA_ERROR, "spool: %s", strerror(errno));
+		goto out;
+	}
+	if ((rc = request(w->s, "PUT", sha256, &q, w->fd, (int64_t)sb.st_size)) < 0)
+		goto out;
+	if (q.status != 200)
+		rc = status_error(w->s, "PUT", sha256, &q);
+out:
+	put_abort(w);
+	return rc;
+}
+
+static int get(struct artifact_backend *b, const char *sha256, struct artifact_reader **out, int64_t *size)
+{
+	struct s3 *s = (struct s3 *)b;
+	struct s3_req q = { .fd = -1 };
+	unsigned char md[32];
+	char hex[65], *tmp = NULL;
+	struct stat sb;
+	int rc;
+
+	if (!artifact_digest_valid(sha256))
+		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
+	tmp = xasprintf("%s/get-XXXXXX", s->spool);
+	q.fd = mkostemp(tmp, O_CLOEXEC);
+	if (q.fd < 0) {
+		rc = ota_error_set(OTA_ERROR, "cannot create a spool file: %s", strerror(errno));
+		goto out;
+	}
+	unlink(tmp);
+	if (!(q.md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(q.md, EVP_sha256(), NULL)) {
+		rc = ota_error_set(OTA_ENOMEM, "EVP_MD_CTX_new failed");
+		goto out;
+	}
+	if ((rc = request(s, "GET", sha256, &q, -1, 0)) < 0)
+		goto out;
+	if (q.status != 200) {
+		rc = status_error(s, "GET", sha256, &q);
+		goto out;
+	}
+	if (q.write_failed) {
+		rc = ota_error_set(OTA_ERROR, "spool write failed: %s", strerror(errno));
+		goto out;
+	}
+	EVP_DigestFinal_ex(q.md, md, NULL);
+	ota_hex(hex, md, sizeof(md));
+	if (strcmp(hex, sha256)) {
+		rc = ota_error_set(OTA_ERROR, "S3 object sha256/%s in bucket '%s' is corrupt: its bytes hash to %s",
+				   sha256, s->bucket, hex);
+		goto out;
+	}
+	if (fstat(q.fd, &sb) < 0 || lseek(q.fd, 0, SEEK_SET) < 0) {
+		rc = ota_error_set(OTA_ERROR, "spool: %s", strerror(errno));
+		goto out;
+	}
+	*out = xcalloc(1, sizeof(**out));
+	(*out)->fd = q.fd;
+	q.fd = -1;
+	*size = (int64_t)sb.st_size;
+out:
+	if (q.fd >= 0)
+		close(q.fd);
+	EVP_MD_CTX_free(q.md);
+	free(tmp);
+	return rc;
+}
+
+static ssize_t rd(struct artifact_reader *r, void *buf, size_t len)
+{
+	ssize_t n;
+	do
+		n = read(r->fd, buf, len);
+	while (n < 0 && errno == EINTR);
+	return n;
+}
+
+static void rclose(struct artifact_reader *r)
+{
+	if (!r)
+		return;
+	close(r->fd);
+	free(r);
+}
+
+static int st(struct artifact_backend *b, const char *sha256, int64_t *size)
+{
+	struct s3 *s = (struct s3 *)b;
+	struct s3_req q = { .fd = -1 };
+	int rc;
+
+	if (!artifact_digest_valid(sha256))
+		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
+	if ((rc = request(s, "HEAD", sha256, &q, -1, 0)) < 0)
+		return rc;
+	if (q.status != 200)
+		return status_error(s, "HEAD", sha256, &q);
+	*size = (int64_t)q.length;
+	return 0;
+}
+
+static int rm(struct artifact_backend *b, const char *sha256)
+{
+	struct s3 *s = (struct s3 *)b;
+	struct s3_req q = { .fd = -1 };
+	int rc;
+
+	if (!artifact_digest_valid(sha256))
+		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
+	if ((rc = request(s, "DELETE", sha256, &q, -1, 0)) < 0)
+		return rc;
+	if (q.status != 204 && q.status != 200 && q.status != 404)
+		return status_error(s, "DELETE", sha256, &q);
+	return 0;
+}
+
+static void sfree(struct artifact_backend *b)
+{
+	struct s3 *s = (struct s3 *)b;
+	if (!s)
+		return;
+	free(s->endpoint);
+	free(s->bucket);
+	free(s->region);
+	free(s->akid);
+	if (s->secret)
+		OPENSSL_cleanse(s->secret, strlen(s->secret));
+	free(s->secret);
+	if (s->userpwd)
+		OPENSSL_cleanse(s->userpwd, strlen(s->userpwd));
+	free(s->userpwd);
+	free(s->sigv4);
+	free(s->host);
+	free(s->spool);
+	free(s);
+}
+
+/* "AKID:SECRET" on the first line of a file, or the environment. */
+static int load_credentials(struct s3 *s, const char *file)
+{
+	if (file) {
+		struct buf b;
+		char *colon, *nl;
+		int rc;
+		buf_init(&b, 4096);
+		if ((rc = ota_read_file(&b, file, 4096)) < 0) {
+			buf_release(&b);
+			return ota_error_set(rc, "artifact_store: cannot read credentials_file %s", file);
+		}
+		buf_putc(&b, 0);
+		nl = strpbrk(b.ptr, "\r\n");
+		if (nl)
+			*nl = 0;
+		colon = strchr(b.ptr, ':');
+		if (colon && colon != b.ptr && colon[1]) {
+			*colon = 0;
+			s->akid = xstrdup(b.ptr);
+			s->secret = xstrdup(colon + 1);
+		}
+		OPENSSL_cleanse(b.ptr, b.len);
+		buf_release(&b);
+		if (!s->akid)
+			return ota_error_set(OTA_EINVAL, "artifact_store: credentials_file %s: want ACCESS_KEY_ID:SECRET on its first line",
+					     file);
+		return 0;
+	}
+	if (getenv("OTACD_S3_ACCESS_KEY_ID") && getenv("OTACD_S3_SECRET_ACCESS_KEY") &&
+	    *getenv("OTACD_S3_ACCESS_KEY_ID") && *getenv("OTACD_S3_SECRET_ACCESS_KEY")) {
+		s->akid = xstrdup(getenv("OTACD_S3_ACCESS_KEY_ID"));
+		s->secret = xstrdup(getenv("OTACD_S3_SECRET_ACCESS_KEY"));
+		return 0;
+	}
+	return ota_error_set(OTA_EINVAL, "artifact_store: s3 needs credentials_file or OTACD_S3_ACCESS_KEY_ID and "
+					 "OTACD_S3_SECRET_ACCESS_KEY in the environment");
+}
+
+/* host[:port] of the endpoint, as a client sends it in Host. */
+static char *endpoint_host(const char *endpoint)
+{
+	CURLU *u = curl_url();
+	char *host = NULL, *port = NULL, *out = NULL;
+	if (u && curl_url_set(u, CURLUPART_URL, endpoint, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
+			out = xasprintf("%s:%s", host, port);
+		else
+			out = xstrdup(host);
+	}
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return out;
+}
+
+int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, const struct artifact_s3_config *cfg)
+{
+	struct s3 *s = xcalloc(1, sizeof(*s));
+	struct s3_req q = { .fd = -1 };
+	size_t n;
+	int rc;
+
+	s->base.name = "s3";
+	s->base.put_begin = put_begin;
+	s->base.put_write = put_write;
+	s->base.put_commit = put_commit;
+	s->base.put_abort = put_abort;
+	s->base.get = get;
+	s->base.read = rd;
+	s->base.close = rclose;
+	s->base.stat = st;
+	s->base.remove = rm;
+	s->base.free = sfree;
+	if (!cfg->endpoint || strncmp(cfg->endpoint, "http", 4) || !cfg->bucket || !*cfg->bucket ||
+	    strspn(cfg->bucket, "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(cfg->bucket)) {
+		rc = ota_error_set(OTA_EINVAL, "artifact_store: s3 needs an http(s) endpoint and a bucket name "
+					       "(lowercase letters, digits, '.', '-')");
+		goto fail;
+	}
+	s->endpoint = xstrdup(cfg->endpoint);
+	n = strlen(s->endpoint);
+	while (n && s->endpoint[n - 1] == '/')
+		s->endpoint[--n] = 0;
+	s->bucket = xstrdup(cfg->bucket);
+	s->region = xstrdup(cfg->region && *cfg->region ? cfg->region : "us-east-1");
+	if (!(s->host = endpoint_host(s->endpoint))) {
+		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint '%s' is not a URL", s->endpoint);
+		goto fail;
+	}
+	if ((rc = load_credentials(s, cfg->credentials_file)) < 0)
+		goto fail;
+	s->sigv4 = xasprintf("aws:amz:%s:s3", s->region);
+	s->userpwd = xasprintf("%s:%s", s->akid, s->secret);
+	s->spool = xasprintf("%s/artifacts/s3-tmp", state_dir);
+	if ((rc = ota_mkdir_p(s->spool, 0700)) < 0)
+		goto fail;
+	/* the bucket must answer to these credentials now, not at the first release */
+	if ((rc = request(s, "GET", NULL, &q, -1, 0)) < 0)
+		goto fail;
+	if (q.status != 200) {
+		rc = status_error(s, "GET", NULL, &q);
+		goto fail;
+	}
+	*out = &s->base;
+	return 0;
+fail:
+	sfree(&s->base);
+	return rc;
+}
+
+/* ---- presigned GET URLs (SigV4 query authentication) --------------------- */
+
+static void hmac(unsigned char out[32], const void *key, size_t klen, const char *msg)
+{
+	unsigned int n = 32;
+	HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)msg, strlen(msg), out, &n);
+}
+
+static void sha256_hex(char out[65], const char *msg)
+{
+	unsigned char md[32];
+	EVP_Digest(msg, strlen(msg), md, NULL, EVP_sha256(), NULL);
+	ota_hex(out, md, sizeof(md));
+}
+
+/* RFC 3986 unreserved characters stay, everything else %XX (SigV4's rule). */
+static char *uri_encode(const char *s, int keep_slash)
+{
+	struct buf b;
+	buf_init(&b, BUF_NOLIMIT);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+		    c == '_' || c == '.' || c == '~' || (keep_slash && c == '/'))
+			buf_putc(&b, (char)c);
+		else
+			buf_printf(&b, "%%%02X", c);
+	}
+	return buf_detach(&b);
+}
+
+char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
+			      const char *akid, const char *secret, time_t now, int64_t ttl_s)
+{
+	char amzdate[17], date[9], canon_hash[65], sig[65], *cred, *query, *canon, *sts, *key, *url, *epath;
+	unsigned char k1[32], k2[32], k3[32], k4[32], s[32];
+	struct tm tm;
+
+	gmtime_r(&now, &tm);
+	strftime(amzdate, sizeof(amzdate), "%Y%m%dT%H%M%SZ", &tm);
+	strftime(date, sizeof(date), "%Y%m%d", &tm);
+	{
+		char *c = xasprintf("%s/%s/%s/s3/aws4_request", akid, date, region);
+		cred = uri_encode(c, 0);
+		free(c);
+	}
+	epath = uri_encode(path, 1);
+	query = xasprintf("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=%s&X-Amz-Date=%s&X-Amz-Expires=%lld"
+			  "&X-Amz-SignedHeaders=host",
+			  cred, amzdate, (long long)ttl_s);
+	canon = xasprintf("GET\n%s\n%s\nhost:%s\n\nhost\nUNSIGNED-PAYLOAD", epath, query, host);
+	sha256_hex(canon_hash, canon);
+	sts = xasprintf("AWS4-HMAC-SHA256\n%s\n%s/%s/s3/aws4_request\n%s", amzdate, date, region, canon_hash);
+	key = xasprintf("AWS4%s", secret);
+	hmac(k1, key, strlen(key), date);
+	hmac(k2, k1, 32, region);
+	hmac(k3, k2, 32, "s3");
+	hmac(k4, k3, 32, "aws4_request");
+	hmac(s, k4, 32, sts);
+	ota_hex(sig, s, sizeof(s));
+	url = xasprintf("%s%s?%s&X-Amz-Signature=%s", scheme_host, epath, query, sig);
+	OPENSSL_cleanse(key, strlen(key));
+	OPENSSL_cleanse(k1, sizeof(k1));
+	OPENSSL_cleanse(k4, sizeof(k4));
+	free(key);
+	free(cred);
+	free(epath);
+	free(query);
+	free(canon);
+	free(sts);
+	return url;
+}
+
+int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha256, int64_t ttl_s, time_t now)
+{
+	struct s3 *s = (struct s3 *)b;
+	char *path, *base;
+	const char *slash;
+
+	if (!b || strcmp(b->name, "s3"))
+		return ota_error_set(OTA_EINVAL, "image_origin s3 needs artifact_store backend s3");
+	if (!artifact_digest_valid(sha256))
+		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
+	if (ttl_s < 1 || ttl_s > 604800)
+		return ota_error_set(OTA_EINVAL, "a presigned URL lives 1 s to 7 days");
+	/* the endpoint may carry a path prefix: it is part of the signed path */
+	slash = strstr(s->endpoint, "://");
+	slash = slash ? strchr(slash + 3, '/') : NULL;
+	base = slash ? xasprintf("%.*s", (int)(slash - s->endpoint), s->endpoint) : xstrdup(s->endpoint);
+	path = xasprintf("%s/%s/sha256/%s", slash ? slash : "", s->bucket, sha256);
+	*out = artifact_s3_presign_raw(base, s->host, path, s->region, s->akid, s->secret, now, ttl_s);
+	free(base);
+	free(path);
+	return 0;
+}
