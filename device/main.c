@@ -51,7 +51,7 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 	sa.sa_handler = on_term;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
-	if ((rc = otadev_init(&d, port_linux_hooks(), p, cfg)) < 0) {
+	if ((rc = otadev_init(&d, port_linux_hooks(p), p, cfg)) < 0) {
 		fprintf(stderr, "otacd-device: %s\n", d.err[0] ? d.err : "start failed");
 		return 1;
 	}
@@ -78,7 +78,7 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 {
 	static struct otadev d;
-	const struct otadev_hooks *h = port_linux_hooks();
+	const struct otadev_hooks *h = port_linux_hooks(p);
 	struct otadev_image img, img2;
 	struct otadev_trailer pt, st;
 	int valid2;
