@@ -267,24 +267,28 @@ static int erase_trailer(struct otadev *d)
 	return d->h->flash_erase(d->ctx, 1, start, d->cfg->slot_size - start) < 0 ? OTADEV_EIO : 0;
 }
 
-/* The running image's bootloader state: confirmed, or on trial (a test
- * boot not confirmed yet).  The boot_testing hook's answer, else MCUboot's
- * primary trailer: image_ok; a test swap leaves magic and copy_done set. */
-static int boot_state(struct otadev *d, int *confirmed, int *on_trial)
+/* The running image's bootloader state: confirmed, on trial (a test boot
+ * not confirmed yet), or a test boot of slot 1 still pending (the reboot
+ * has not happened).  The boot_testing hook's answer, else MCUboot's
+ * trailers: image_ok; a test swap leaves magic and copy_done set. */
+static int boot_state(struct otadev *d, int *confirmed, int *on_trial, int *pending)
 {
-	struct otadev_trailer pt;
+	struct otadev_trailer pt, st;
 	int rc;
 	if (d->h->boot_testing) {
 		if ((rc = d->h->boot_testing(d->ctx)) < 0)
 			return OTADEV_EIO;
-		*confirmed = !rc;
-		*on_trial = rc;
+		*confirmed = rc != 1;
+		*on_trial = rc == 1;
+		*pending = rc == 2;
 		return 0;
 	}
-	if ((rc = otadev_trailer_read(&pt, d->h, d->ctx, 0, d->cfg->slot_size)) < 0)
+	if ((rc = otadev_trailer_read(&pt, d->h, d->ctx, 0, d->cfg->slot_size)) < 0 ||
+	    (rc = otadev_trailer_read(&st, d->h, d->ctx, 1, d->cfg->slot_size)) < 0)
 		return rc;
 	*confirmed = pt.image_ok == OTADEV_FLAG_SET;
 	*on_trial = pt.magic == OTADEV_MAGIC_GOOD && pt.copy_done == OTADEV_FLAG_SET && pt.image_ok == OTADEV_FLAG_UNSET;
+	*pending = otadev_swap_type(&pt, &st) == OTADEV_SWAP_TEST;
 	return 0;
 }
 
@@ -308,7 +312,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 {
 	struct otadev_image img;
 	struct otadev_status st;
-	int i, rc, loaded, running_new, running_cur, confirmed, on_trial;
+	int i, rc, loaded, running_new, running_cur, confirmed, on_trial, pending;
 
 	memset(d, 0, sizeof(*d));
 	d->h = h;
@@ -336,7 +340,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		say(d, "primary slot: no valid MCUboot image", NULL);
 		return rc;
 	}
-	if ((rc = boot_state(d, &confirmed, &on_trial)) < 0)
+	if ((rc = boot_state(d, &confirmed, &on_trial, &pending)) < 0)
 		return rc;
 	h->status(ctx, &st);
 	if (!loaded) {
@@ -359,6 +363,12 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		}
 		/* a second start in TESTING without a confirm: MCUboot would have
 		 * reverted; with a bootloader that did not, run the self-test again */
+		return 0;
+	}
+	if (running_cur && d->rec.phase == OTADEV_REBOOTING && pending) {
+		/* restarted, not rebooted (a crash under a supervisor): the mark
+		 * is still there; reboot into it rather than call it a failure */
+		say(d, "test boot still pending; rebooting into ", d->rec.offer.version);
 		return 0;
 	}
 	if (running_cur && (d->rec.phase == OTADEV_REBOOTING || d->rec.phase == OTADEV_TESTING)) {

@@ -121,8 +121,8 @@ static void uboot_marks_move_the_slot_variable_and_the_bootcount(void **state)
 	assert_int_equal(e.bootcount, 0);
 	assert_int_equal(e.bootlimit, 2);
 	assert_env(conf, "bootcmd", "run otacd_boot");   /* the rest of the environment is kept */
-	/* still running a (not rebooted yet): not on trial; booted b: on trial */
-	assert_int_equal(uboot_testing(&u, 0, err, sizeof(err)), 0);
+	/* still running a (not rebooted yet): pending; booted b: on trial */
+	assert_int_equal(uboot_testing(&u, 0, err, sizeof(err)), 2);
 	assert_int_equal(uboot_testing(&u, 1, err, sizeof(err)), 1);
 	/* a confirm from the slot the variable does not name is refused */
 	assert_int_equal(uboot_mark(&u, 0, OTADEV_MARK_CONFIRM, err, sizeof(err)), -1);
@@ -304,6 +304,7 @@ static void rig_stop(struct rig *r)
 
 struct udev {
 	char *dir, *conf, *fw_conf, *cmdline, *log;
+	int mcuboot;         /* the slot-file MCUboot simulation instead of U-Boot */
 };
 
 /* Device i on U-Boot: an environment (slot a, bootlimit), a kernel command
@@ -314,7 +315,7 @@ static void udev_setup(struct udev *u, struct rig *r, int i, const char *health,
 {
 	struct buf out = BUF_INIT;
 	char *bin = h_bin("otacd-device"), *text, *vars;
-	u->dir = xasprintf("%s/u-%04d", r->d.dir, i);
+	u->dir = xasprintf("%s/u-%04d", r->d.dir, i);   /* u->mcuboot set by the caller */
 	u->conf = xasprintf("%s/device.conf", u->dir);
 	u->cmdline = xasprintf("%s/cmdline", u->dir);
 	u->log = xasprintf("%s/device.log", u->dir);
@@ -323,12 +324,13 @@ static void udev_setup(struct udev *u, struct rig *r, int i, const char *health,
 			 "bootcmd=run otacd_boot\n", bootlimit);
 	u->fw_conf = env_make(u->dir, vars, redundant);
 	text = xasprintf("url = %s\ndevice = u-%04d\ncredential = %s\nproduct = fw\nhardware = " HW "\n"
-			 "bootloader = 2023.1.0\nboot = uboot\nslot_a = %s%s\nslot_b = %s%s\n"
+			 "bootloader = 2023.1.0\nboot = %s\n%s = %s%s\n%s = %s%s\n"
 			 "fw_env_config = %s\nuboot_cmdline = %s\nuboot_bootlimit = %d\n"
 			 "state = %s/state\nkey = %s/key.pub\nslot_size = 65536\nsector_size = 4096\n"
 			 "health_check = %s\nsync = 1\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n",
-			 r->d.device_url, i, r->cred[i], slot_a ? "" : u->dir, slot_a ? slot_a : "/slot_a",
-			 slot_b ? "" : u->dir, slot_b ? slot_b : "/slot_b", u->fw_conf, u->cmdline, bootlimit, u->dir,
+			 r->d.device_url, i, r->cred[i], u->mcuboot ? "mcuboot" : "uboot",
+			 u->mcuboot ? "primary" : "slot_a", slot_a ? "" : u->dir, slot_a ? slot_a : "/slot_a",
+			 u->mcuboot ? "secondary" : "slot_b", slot_b ? "" : u->dir, slot_b ? slot_b : "/slot_b", u->fw_conf, u->cmdline, bootlimit, u->dir,
 			 r->d.dir, health);
 	assert_int_equal(ota_write_file_atomic(u->conf, text, strlen(text), 0600), 0);
 	if (h_sh(&out, "%s -c %s flash %s", bin, u->conf, r->factory) != 0)
@@ -353,8 +355,10 @@ static void udev_free(struct udev *u)
 static pid_t udev_loop(const struct udev *u)
 {
 	char *bin = h_bin("otacd-device"), *boot = src_path("tests/uboot_boot.sh");
-	char *script = xasprintf("while :; do %s %s %s || exit 3; %s -c %s run; rc=$?;"
-				 " [ $rc -eq 10 ] || exit $rc; done", boot, u->fw_conf, u->cmdline, bin, u->conf);
+	char *script = u->mcuboot ? xasprintf("while :; do %s -c %s boot || exit 3; %s -c %s run; rc=$?;"
+					      " [ $rc -eq 10 ] || exit $rc; done", bin, u->conf, bin, u->conf)
+				  : xasprintf("while :; do %s %s %s || exit 3; %s -c %s run; rc=$?;"
+					      " [ $rc -eq 10 ] || exit $rc; done", boot, u->fw_conf, u->cmdline, bin, u->conf);
 	pid_t pid = fork();
 	if (pid == 0) {
 		int fd = open(u->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -453,7 +457,7 @@ static int count_lines(const char *path, const char *line)
 static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(void **state)
 {
 	struct rig *r = &R;
-	struct udev u;
+	struct udev u = { 0 };
 	json_t *s;
 	pid_t pid;
 	(void)state;
@@ -488,7 +492,7 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **state)
 {
 	struct rig *r = &R;
-	struct udev u;
+	struct udev u = { 0 };
 	json_t *s;
 	pid_t pid;
 	(void)state;
@@ -518,7 +522,7 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 {
 	struct rig *r = &R;
-	struct udev u;
+	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
 	char *bin = h_bin("otacd-device"), *env0, *before, *after;
 	size_t n1, n2;
@@ -543,6 +547,48 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 	buf_release(&out);
 	udev_free(&u);
 	rig_stop(r);
+}
+
+/* Killed (or crashed and restarted by systemd) after the mark and before
+ * the reboot: the next start finds the mark still pending and asks for the
+ * reboot again, instead of calling it a failed boot and refusing the image.
+ * Both backends; then the bootloader runs and the update lands. */
+static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
+{
+	struct rig *r = &R;
+	struct buf out = BUF_INIT;
+	char *bin = h_bin("otacd-device");
+	pid_t pid;
+	(void)state;
+	rig_start(r, "u", 2);
+	for (int i = 0; i < 2; i++) {
+		struct udev u = { 0 };
+		json_t *s;
+		memset(&u, 0, sizeof(u));
+		u.mcuboot = i == 1;
+		udev_setup(&u, r, i, "true", 3, 0, NULL, NULL);
+		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
+		s = udev_status(&u);
+		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		json_decref(s);
+		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
+		assert_non_null(strstr(buf_cstr(&out), "test boot still pending"));
+		s = udev_status(&u);
+		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		assert_false(json_is_true(json_object_get(s, "refused_image")));
+		json_decref(s);
+		if (!u.mcuboot)
+			assert_env(u.fw_conf, "otacd_slot", "b");
+		pid = udev_loop(&u);
+		assert_int_equal(wait_count(r, "confirmed", i + 1), i + 1);
+		loop_stop(pid);
+		udev_free(&u);
+	}
+	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 2);
+	assert_int_equal(fleet_count(&r->d, r->release, "reverted"), 0);
+	rig_stop(r);
+	free(bin);
+	buf_release(&out);
 }
 
 /* ---- block devices: real loop devices ------------------------------------------ */
@@ -593,7 +639,7 @@ static int loops_teardown(void **state)
 static void block_device_slots_on_loop_devices_take_an_update(void **state)
 {
 	struct rig *r = &R;
-	struct udev u;
+	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
 	char *dir = h_tmpdir(), *fa = xasprintf("%s/a.img", dir), *fb = xasprintf("%s/b.img", dir);
 	char *fc = xasprintf("%s/c.img", dir), *conf, *bin = h_bin("otacd-device");
@@ -739,6 +785,7 @@ int main(void)
 		cmocka_unit_test_teardown(uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount,
 					  e2e_teardown),
 		cmocka_unit_test_teardown(uboot_boot_loop_is_reverted_by_the_bootcount_and_reported, e2e_teardown),
+		cmocka_unit_test_teardown(restart_without_a_reboot_keeps_the_pending_test_boot, e2e_teardown),
 		cmocka_unit_test_teardown(block_device_slots_on_loop_devices_take_an_update, loops_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -251,5 +251,7 @@ int uboot_testing(const struct uboot *u, int booted, char *err, size_t cap)
 	struct uboot_env e;
 	if (uboot_env_read(u, &e, err, cap) < 0)
 		return -1;
-	return e.upgrade_available && e.slot == booted;
+	if (!e.upgrade_available)
+		return 0;
+	return e.slot == booted ? 1 : 2;
 }

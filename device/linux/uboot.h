@@ -10,6 +10,8 @@
  *   confirm  fw_setenv upgrade_available 0 bootcount 0
  *   cancel   the variable back on the booted slot, no upgrade pending
  *   on trial upgrade_available = 1 and SLOT names the booted slot
+ *   pending  upgrade_available = 1 and SLOT names the other slot (marked,
+ *            not rebooted yet)
  *
  * The booted slot is what the kernel was told (otacd.slot=a|b on its
  * command line), never the variable: between the test mark and the reboot
