@@ -100,11 +100,25 @@ out:
 	return rc;
 }
 
+/* otacd.slot=a|b as a word of a kernel command line: 0, 1, or -1. */
+static int cmdline_slot(const char *line)
+{
+	const char *p;
+	for (p = line; (p = strstr(p, "otacd.slot=")); p++) {
+		if (p != line && p[-1] != ' ')
+			continue;
+		if ((p[11] == 'a' || p[11] == 'b') && (!p[12] || strchr(" \n", p[12])))
+			return p[11] - 'a';
+	}
+	return -1;
+}
+
 int uboot_booted(const struct uboot *u, char *err, size_t cap)
 {
-	char line[4096], *p;
+	char line[4096];
 	FILE *f = fopen(u->cmdline, "r");
 	size_t n;
+	int slot;
 	if (!f) {
 		snprintf(err, cap, "%s: %s", u->cmdline, strerror(errno));
 		return -1;
@@ -112,14 +126,9 @@ int uboot_booted(const struct uboot *u, char *err, size_t cap)
 	n = fread(line, 1, sizeof(line) - 1, f);
 	fclose(f);
 	line[n] = 0;
-	for (p = line; (p = strstr(p, "otacd.slot=")); p++) {
-		if (p != line && p[-1] != ' ')
-			continue;
-		if ((p[11] == 'a' || p[11] == 'b') && (!p[12] || strchr(" \n", p[12])))
-			return p[11] - 'a';
-	}
-	snprintf(err, cap, "%s: no otacd.slot=a|b (the boot script passes it in bootargs)", u->cmdline);
-	return -1;
+	if ((slot = cmdline_slot(line)) < 0)
+		snprintf(err, cap, "%s: no otacd.slot=a|b (the boot script passes it in bootargs)", u->cmdline);
+	return slot;
 }
 
 static int number(const char *v, uint32_t *out)
@@ -137,24 +146,18 @@ static int number(const char *v, uint32_t *out)
 	return 0;
 }
 
-int uboot_env_read(const struct uboot *u, struct uboot_env *out, char *err, size_t cap)
+/* fw_printenv's answer for the four names (buf, modified): exactly four
+ * lines "name=value" in order, the values in range. */
+static int env_parse(const struct uboot *u, char *buf, struct uboot_env *out, char *err, size_t cap)
 {
-	char *argv[] = { "fw_printenv", "-c", (char *)u->fw_config, (char *)u->slot_var, "upgrade_available",
-			 "bootcount", "bootlimit", NULL };
-	char buf[OUT_MAX], ebuf[512], *line, *save = NULL;
-	int rc, i = 0;
+	const char *names[4] = { u->slot_var, "upgrade_available", "bootcount", "bootlimit" };
+	char *line, *save = NULL;
 	uint32_t ua = 0;
+	int i = 0;
 
 	memset(out, 0, sizeof(*out));
-	rc = run(argv, buf, sizeof(buf), ebuf, sizeof(ebuf));
-	if (rc != 0 || ebuf[0]) {
-		ebuf[strcspn(ebuf, "\n")] = 0;
-		snprintf(err, cap, "U-Boot environment (%s) refused: fw_printenv %s%d%s%s", u->fw_config,
-			 rc < 0 ? "failed " : "exit ", rc, ebuf[0] ? ": " : "", ebuf);
-		return -1;
-	}
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++) {
-		const char *name = i < 4 ? argv[3 + i] : "";
+		const char *name = i < 4 ? names[i] : "";
 		size_t nl = strlen(name);
 		const char *v = line + nl + 1;
 		int ok = i < 4 && !strncmp(line, name, nl) && line[nl] == '=';
@@ -177,6 +180,24 @@ int uboot_env_read(const struct uboot *u, struct uboot_env *out, char *err, size
 		return -1;
 	}
 	return 0;
+}
+
+int uboot_env_read(const struct uboot *u, struct uboot_env *out, char *err, size_t cap)
+{
+	char *argv[] = { "fw_printenv", "-c", (char *)u->fw_config, (char *)u->slot_var, "upgrade_available",
+			 "bootcount", "bootlimit", NULL };
+	char buf[OUT_MAX], ebuf[512];
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = run(argv, buf, sizeof(buf), ebuf, sizeof(ebuf));
+	if (rc != 0 || ebuf[0]) {
+		ebuf[strcspn(ebuf, "\n")] = 0;
+		snprintf(err, cap, "U-Boot environment (%s) refused: fw_printenv %s%d%s%s", u->fw_config,
+			 rc < 0 ? "failed " : "exit ", rc, ebuf[0] ? ": " : "", ebuf);
+		return -1;
+	}
+	return env_parse(u, buf, out, err, cap);
 }
 
 int uboot_env_write(const struct uboot *u, const struct uboot_env *env, char *err, size_t cap)
