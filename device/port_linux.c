@@ -33,7 +33,7 @@ struct port_linux {
 	struct slot slot[2];         /* physical: primary/secondary, or U-Boot's a/b */
 	struct uboot uboot;
 	int use_uboot, booted;       /* U-Boot: the slot the kernel was booted from (a 0, b 1) */
-	int sync;
+	int sync, direct;
 	uint32_t throttle_ms;
 	unsigned char *keyder[OTADEV_KEYS_MAX];
 	EVP_MD_CTX *md;
@@ -114,7 +114,8 @@ static char *render_tags(const char *v)
 static int open_slot(struct port_linux *p, int slot)
 {
 	char err[512];
-	if (slot_open(&p->slot[slot], p->slot_path[slot], p->cfg.slot_size, p->cfg.sector_size, p->sync, err,
+	unsigned flags = (p->sync ? SLOT_SYNC : 0) | (p->direct ? SLOT_DIRECT : 0);
+	if (slot_open(&p->slot[slot], p->slot_path[slot], p->cfg.slot_size, p->cfg.sector_size, flags, err,
 		      sizeof(err)) < 0) {
 		fprintf(stderr, "otacd-device: slot: %s\n", err);
 		return -1;
@@ -155,6 +156,7 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 	}
 	p->slot[0].fd = p->slot[1].fd = -1;
 	p->sync = 1;
+	p->direct = 1;
 	p->cfg.slot_size = 65536;
 	p->cfg.sector_size = 4096;
 	p->cfg.min_battery_pct = 20;
@@ -193,6 +195,8 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 			p->cfg.avoid_metered = !strcmp(v, "1") || !strcmp(v, "true");
 		else if (!strcmp(k, "sync"))
 			p->sync = !strcmp(v, "1") || !strcmp(v, "true");
+		else if (!strcmp(k, "direct"))
+			p->direct = !strcmp(v, "1") || !strcmp(v, "true");
 		else if (!strcmp(k, "key")) {
 			if (load_key(p, v) < 0)
 				ok = 0;

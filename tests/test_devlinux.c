@@ -305,6 +305,7 @@ static void rig_stop(struct rig *r)
 struct udev {
 	char *dir, *conf, *fw_conf, *cmdline, *log;
 	int mcuboot;         /* the slot-file MCUboot simulation instead of U-Boot */
+	const char *extra;   /* more config lines */
 };
 
 /* Device i on U-Boot: an environment (slot a, bootlimit), a kernel command
@@ -327,11 +328,11 @@ static void udev_setup(struct udev *u, struct rig *r, int i, const char *health,
 			 "bootloader = 2023.1.0\nboot = %s\n%s = %s%s\n%s = %s%s\n"
 			 "fw_env_config = %s\nuboot_cmdline = %s\nuboot_bootlimit = %d\n"
 			 "state = %s/state\nkey = %s/key.pub\nslot_size = 65536\nsector_size = 4096\n"
-			 "health_check = %s\nsync = 1\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n",
+			 "health_check = %s\nsync = 1\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\n%s",
 			 r->d.device_url, i, r->cred[i], u->mcuboot ? "mcuboot" : "uboot",
 			 u->mcuboot ? "primary" : "slot_a", slot_a ? "" : u->dir, slot_a ? slot_a : "/slot_a",
 			 u->mcuboot ? "secondary" : "slot_b", slot_b ? "" : u->dir, slot_b ? slot_b : "/slot_b", u->fw_conf, u->cmdline, bootlimit, u->dir,
-			 r->d.dir, health);
+			 r->d.dir, health, u->extra ? u->extra : "");
 	assert_int_equal(ota_write_file_atomic(u->conf, text, strlen(text), 0600), 0);
 	if (h_sh(&out, "%s -c %s flash %s", bin, u->conf, r->factory) != 0)
 		fail_msg("flash: %s", buf_cstr(&out));
@@ -639,32 +640,45 @@ static int loops_teardown(void **state)
 static void block_device_slots_on_loop_devices_take_an_update(void **state)
 {
 	struct rig *r = &R;
-	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
-	char *dir = h_tmpdir(), *fa = xasprintf("%s/a.img", dir), *fb = xasprintf("%s/b.img", dir);
-	char *fc = xasprintf("%s/c.img", dir), *conf, *bin = h_bin("otacd-device");
-	json_t *s;
-	pid_t pid;
+	char *dir = h_tmpdir(), *fc = xasprintf("%s/c.img", dir), *conf, *bin = h_bin("otacd-device");
 	(void)state;
-	if (!(loops[0] = loop_attach(fa, 0)) || !(loops[1] = loop_attach(fb, 0))) {
-		fprintf(stderr, "# losetup does not work here (needs root and /dev/loop-control): skipped\n");
-		skip();
+	/* U-Boot with O_DIRECT (the default), then MCUboot through the page cache */
+	for (int v = 0; v < 2; v++) {
+		char *fa = xasprintf("%s/a%d.img", dir, v), *fb = xasprintf("%s/b%d.img", dir, v);
+		struct udev u = { 0 };
+		json_t *s;
+		pid_t pid;
+		if (!(loops[0] = loop_attach(fa, 0)) || !(loops[1] = loop_attach(fb, 0))) {
+			fprintf(stderr, "# losetup does not work here (needs root and /dev/loop-control): skipped\n");
+			skip();
+		}
+		if (!v)
+			rig_start(r, "u", 2);
+		u.mcuboot = v;
+		u.extra = v ? "direct = 0\n" : "";
+		udev_setup(&u, r, v, "true", 3, 0, loops[0], loops[1]);
+		pid = udev_loop(&u);
+		assert_int_equal(wait_count(r, "confirmed", v + 1), v + 1);
+		loop_stop(pid);
+		if (!v)
+			assert_env(u.fw_conf, "otacd_slot", "b");
+		s = udev_status(&u);
+		assert_string_equal(js(s, "primary", "version"), "1.1.0");
+		json_decref(s);
+		/* on the medium: the image otacd served is in b (U-Boot) or, after
+		 * the swap, in a (MCUboot); the factory image in the other */
+		assert_int_equal(h_sh(&out, "losetup -d %s && losetup -d %s && grep -c 'fw 1.1.0' %s"
+					    " && grep -c 'factory firmware 1.0.0' %s",
+				      loops[0], loops[1], v ? fa : fb, v ? fb : fa),
+				 0);
+		free(loops[0]);
+		free(loops[1]);
+		loops[0] = loops[1] = NULL;
+		udev_free(&u);
+		free(fa);
+		free(fb);
 	}
-	rig_start(r, "u", 1);
-	udev_setup(&u, r, 0, "true", 3, 0, loops[0], loops[1]);
-	pid = udev_loop(&u);
-	assert_int_equal(wait_count(r, "confirmed", 1), 1);
-	loop_stop(pid);
-	assert_env(u.fw_conf, "otacd_slot", "b");
-	s = udev_status(&u);
-	assert_string_equal(js(s, "primary", "version"), "1.1.0");
-	json_decref(s);
-	/* on the medium: the image otacd served is at the start of b's file */
-	assert_int_equal(h_sh(&out, "losetup -d %s && losetup -d %s && grep -c 'fw 1.1.0' %s", loops[0], loops[1], fb),
-			 0);
-	free(loops[0]);
-	free(loops[1]);
-	loops[0] = loops[1] = NULL;
 	/* 4096-byte logical sectors cannot be erased by 2048-byte sectors */
 	if ((loops[2] = loop_attach(fc, 4096))) {
 		conf = xasprintf("%s/c.conf", dir);
@@ -680,10 +694,7 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 	}
 	loops_detach(NULL);
 	h_sh(&out, "rm -rf %s", dir);
-	udev_free(&u);
 	rig_stop(r);
-	free(fa);
-	free(fb);
 	free(fc);
 	free(dir);
 	free(bin);

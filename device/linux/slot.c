@@ -5,10 +5,10 @@
  * The kind is what the path is: a regular file (created if missing), a
  * block device (eMMC / SD partitions, loop devices in the tests), or a
  * character device that answers MEMGETINFO (/dev/mtdN).  Anything else is
- * refused.  Block devices are written through the page cache and synced
- * with fdatasync rather than opened O_DIRECT: the core writes single
- * trailer bytes and 2 KiB chunks, which O_DIRECT would turn into
- * read-modify-write of aligned bounce buffers, for the same durability.
+ * refused.  A block device opened O_DIRECT (SLOT_DIRECT) takes only
+ * whole logical sectors from aligned memory: the core writes single
+ * trailer bytes and 2 KiB chunks, so every access goes through one aligned
+ * bounce buffer, reading the sectors a write only partly covers first.
  */
 #include "slot.h"
 
@@ -17,10 +17,13 @@
 #include <linux/fs.h>
 #include <mtd/mtd-user.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define BOUNCE 65536u   /* a multiple of every logical sector size (512, 4096) */
 
 const char *slot_kind_name(enum slot_kind k)
 {
@@ -68,7 +71,7 @@ static int fill_ff(int fd, uint64_t from, uint64_t to)
 	return 0;
 }
 
-int slot_open(struct slot *out, const char *path, uint32_t size, uint32_t sector_size, int sync, char *err,
+int slot_open(struct slot *out, const char *path, uint32_t size, uint32_t sector_size, unsigned flags, char *err,
 	      size_t cap)
 {
 	struct mtd_info_user mi;
@@ -79,7 +82,7 @@ int slot_open(struct slot *out, const char *path, uint32_t size, uint32_t sector
 	memset(out, 0, sizeof(*out));
 	out->size = size;
 	out->sector_size = sector_size;
-	out->sync = sync;
+	out->flags = flags;
 	out->fd = open(path, O_RDWR | O_CLOEXEC);
 	if (out->fd < 0 && errno == ENOENT)
 		out->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -109,6 +112,20 @@ int slot_open(struct slot *out, const char *path, uint32_t size, uint32_t sector
 			goto fail;
 		}
 		out->erase_size = (uint32_t)lbs;
+		if (flags & SLOT_DIRECT) {
+			int fd = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+			void *b = NULL;
+			if (fd < 0 || BOUNCE % (uint32_t)lbs || posix_memalign(&b, BOUNCE, BOUNCE)) {
+				snprintf(err, cap, "%s: O_DIRECT: %s (direct = 0 to go through the page cache)", path,
+					 strerror(fd < 0 ? errno : EINVAL));
+				if (fd >= 0)
+					close(fd);
+				goto fail;
+			}
+			close(out->fd);
+			out->fd = fd;
+			out->bounce = b;
+		}
 		return 0;
 	}
 	if (S_ISCHR(st.st_mode) && ioctl(out->fd, MEMGETINFO, &mi) == 0) {
@@ -129,26 +146,58 @@ void slot_close(struct slot *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
+	free(s->bounce);
+	s->bounce = NULL;
+}
+
+/* O_DIRECT: [off, off+len) through the bounce buffer in whole logical
+ * sectors; a write reads the sectors it covers only in part first.  from
+ * is the data to write (NULL: 0xff), or to receives what was read. */
+static int direct_io(struct slot *s, uint64_t off, uint64_t len, const unsigned char *from, unsigned char *to)
+{
+	uint64_t bs = s->erase_size, pos = off / bs * bs, end = (off + len + bs - 1) / bs * bs;
+	while (pos < end) {
+		uint64_t n = end - pos < BOUNCE ? end - pos : BOUNCE;
+		uint64_t a = pos > off ? pos : off, b = pos + n < off + len ? pos + n : off + len;
+		int whole = a == pos && b == pos + n;
+		if ((to || !whole) && pread(s->fd, s->bounce, n, (off_t)pos) != (ssize_t)n)
+			return -1;
+		if (to) {
+			memcpy(to + (a - off), s->bounce + (a - pos), b - a);
+		} else {
+			if (from)
+				memcpy(s->bounce + (a - pos), from + (a - off), b - a);
+			else
+				memset(s->bounce + (a - pos), 0xff, b - a);
+			if (pwrite(s->fd, s->bounce, n, (off_t)pos) != (ssize_t)n)
+				return -1;
+		}
+		pos += n;
+	}
+	return 0;
 }
 
 int slot_read(struct slot *s, uint32_t off, void *buf, uint32_t len)
 {
 	if (off > s->size || len > s->size - off)
 		return -1;
+	if (s->bounce)
+		return direct_io(s, off, len, NULL, buf);
 	return pread(s->fd, buf, len, off) == (ssize_t)len ? 0 : -1;
 }
 
 static int settle(struct slot *s)
 {
-	/* MTD programs synchronously (and mtdchar has no fsync) */
-	return s->sync && s->kind != SLOT_MTD && fdatasync(s->fd) < 0 ? -1 : 0;
+	/* MTD programs synchronously (and mtdchar has no fsync); O_DIRECT
+	 * still leaves the data in the device's volatile cache */
+	return (s->flags & SLOT_SYNC) && s->kind != SLOT_MTD && fdatasync(s->fd) < 0 ? -1 : 0;
 }
 
 int slot_write(struct slot *s, uint32_t off, const void *buf, uint32_t len)
 {
 	if (off > s->size || len > s->size - off)
 		return -1;
-	if (pwrite(s->fd, buf, len, off) != (ssize_t)len)
+	if (s->bounce ? direct_io(s, off, len, buf, NULL) < 0 : pwrite(s->fd, buf, len, off) != (ssize_t)len)
 		return -1;
 	return settle(s);
 }
@@ -168,7 +217,7 @@ int slot_erase(struct slot *s, uint32_t off, uint32_t len)
 		e.length = len;
 		return ioctl(s->fd, MEMERASE, &e) < 0 ? -1 : 0;
 	}
-	if (fill_ff(s->fd, off, (uint64_t)off + len) < 0)
+	if (s->bounce ? direct_io(s, off, len, NULL, NULL) < 0 : fill_ff(s->fd, off, (uint64_t)off + len) < 0)
 		return -1;
 	return settle(s);
 }
