@@ -86,7 +86,7 @@ static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 	static const uint8_t zero[32];
 	char hx[65], nh[65], buf[1024];
 	const char *why = "";
-	int n, valid, i;
+	int n, valid, i, booted = port_linux_booted(p);
 
 	memset(&d, 0, sizeof(d));
 	n = h->persist_read(p, &d.rec, sizeof(d.rec));
@@ -108,13 +108,13 @@ static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 	       " \"queued\": %u, \"next_seq\": %u, \"refused_image\": %s, \"dl_offset\": %u, \"offer\": \"%s\", \"new_hash\": \"%s\","
 	       " \"primary\": {\"valid\": %s, \"hash\": \"%s\", \"version\": \"%u.%u.%u\", \"counter\": %u,"
 	       " \"magic\": %d, \"image_ok\": %d, \"copy_done\": %d},"
-	       " \"secondary\": {\"magic\": %d, \"image_ok\": %d, \"valid\": %s}}\n",
+	       " \"secondary\": {\"magic\": %d, \"image_ok\": %d, \"valid\": %s}, \"boot\": \"%s\"}\n",
 	       n == (int)sizeof(d.rec) ? "true" : "false", otadev_phase_name(d.rec.phase), d.rec.version,
 	       d.rec.security_counter, d.rec.nq, d.rec.next_seq,
 	       memcmp(d.rec.refused_sha, zero, 32) ? "true" : "false", d.rec.dl_offset, d.rec.offer.version, nh,
 	       valid ? "true" : "false", hx, img.major, img.minor, img.revision,
 	       img.has_counter ? img.security_counter : 0, pt.magic, pt.image_ok, pt.copy_done, st.magic, st.image_ok,
-	       valid2 ? "true" : "false");
+	       valid2 ? "true" : "false", booted < 0 ? "mcuboot" : booted ? "uboot: booted b" : "uboot: booted a");
 	return 0;
 }
 

@@ -284,6 +284,11 @@ void port_linux_close(struct port_linux *p)
 	free(p);
 }
 
+int port_linux_booted(const struct port_linux *p)
+{
+	return p->use_uboot ? p->booted : -1;
+}
+
 int port_linux_reboot_requested(const struct port_linux *p)
 {
 	return p->reboot;

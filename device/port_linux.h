@@ -22,6 +22,8 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 void port_linux_close(struct port_linux *p);
 /* The hooks for p's backend (boot = mcuboot | uboot). */
 const struct otadev_hooks *port_linux_hooks(const struct port_linux *p);
+/* boot = uboot: the slot the system was booted from (0 a, 1 b); -1 with MCUboot. */
+int port_linux_booted(const struct port_linux *p);
 /* Set by the reboot hook. */
 int port_linux_reboot_requested(const struct port_linux *p);
 /* The config's throttle_ms: a pause after every step (a slow link or CPU;

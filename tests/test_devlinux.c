@@ -475,6 +475,7 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 	assert_true(count_lines(u.log, "boot b") >= 1);
 	assert_int_equal(count_lines(u.log, "altboot a") + count_lines(u.log, "altboot b"), 0);
 	s = udev_status(&u);   /* booted b: the core's slot 0 is b */
+	assert_string_equal(js(s, "boot", NULL), "uboot: booted b");
 	assert_string_equal(js(s, "version", NULL), "1.1.0");
 	assert_string_equal(js(s, "phase", NULL), "idle");
 	assert_string_equal(js(s, "primary", "version"), "1.1.0");
