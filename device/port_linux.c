@@ -133,6 +133,11 @@ static int open_uboot(struct port_linux *p, const char *conf_path)
 	}
 	p->uboot.fw_config = p->fw_env_config;
 	p->uboot.slot_var = p->uboot_slot_var ? p->uboot_slot_var : "otacd_slot";
+	if (!*p->uboot.slot_var || strspn(p->uboot.slot_var, "abcdefghijklmnopqrstuvwxyz"
+							 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(p->uboot.slot_var)) {
+		fprintf(stderr, "otacd-device: %s: uboot_slot_var: letters, digits and _ only\n", conf_path);
+		return -1;
+	}
 	p->uboot.cmdline = p->uboot_cmdline ? p->uboot_cmdline : "/proc/cmdline";
 	if (!p->uboot.bootlimit)
 		p->uboot.bootlimit = 3;
@@ -150,11 +155,12 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 	char line[1024];
 	int lineno = 0, ok = 1;
 
+	if (p)
+		p->slot[0].fd = p->slot[1].fd = -1;
 	if (!p || !f) {
 		fprintf(stderr, "otacd-device: %s: %s\n", conf_path, strerror(errno));
 		goto fail;
 	}
-	p->slot[0].fd = p->slot[1].fd = -1;
 	p->sync = 1;
 	p->direct = 1;
 	p->cfg.slot_size = 65536;
