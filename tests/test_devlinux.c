@@ -520,7 +520,8 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 }
 
 /* otacd-device refuses to start on an environment with a bad CRC, and
- * leaves it as it was; without otacd.slot= on the command line, too. */
+ * leaves it as it was; without otacd.slot= on the command line, or with a
+ * slot variable name that fw_printenv would take for an option, too. */
 static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 {
 	struct rig *r = &R;
@@ -541,6 +542,10 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 	assert_true(n1 == n2 && !memcmp(before, after, n1));
 	assert_int_equal(h_sh(&out, "echo 'console=ttyS0' > %s && %s -c %s run", u.cmdline, bin, u.conf), 1);
 	assert_non_null(strstr(buf_cstr(&out), "no otacd.slot"));
+	/* the variable's name is an argument of fw_printenv: no options */
+	assert_int_equal(h_sh(&out, "echo 'otacd.slot=a' > %s && echo 'uboot_slot_var = -f' >> %s && %s -c %s check",
+			      u.cmdline, u.conf, bin, u.conf), 1);
+	assert_non_null(strstr(buf_cstr(&out), "uboot_slot_var"));
 	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 0);
 	free(before);
 	free(after);
