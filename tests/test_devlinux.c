@@ -598,6 +598,93 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 	buf_release(&out);
 }
 
+/* SIGKILL otacd-device at random instants across update cycles on U-Boot
+ * (redundant environment), each kill followed by the emulated U-Boot's
+ * power-on: the booted slot always holds a valid image, and while a trial
+ * is on (upgrade_available = 1) the slot altbootcmd would return to does
+ * too.  $OTADEV_UBOOT_CYCLES cycles (default 8). */
+static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state)
+{
+	struct rig *r = &R;
+	struct udev u = { 0 };
+	struct buf out = BUF_INIT;
+	char *bin = h_bin("otacd-device"), *boot = src_path("tests/uboot_boot.sh"), *statefile;
+	const char *env = getenv("OTADEV_UBOOT_CYCLES");
+	int cycles = env && atoi(env) > 0 ? atoi(env) : 8, landed = 0, reverted = 0, kills = 0;
+	unsigned seed = 4242;
+	(void)state;
+	rig_start(r, "u", 1);
+	u.extra = "throttle_ms = 10\n";
+	udev_setup(&u, r, 0, "true", 3, 1, NULL, NULL);
+	statefile = xasprintf("%s/state", u.dir);
+	for (int c = 0; c < cycles; c++) {
+		int done = 0;
+		/* the factory state: slot a, nothing on trial, no record */
+		unlink(statefile);
+		assert_int_equal(h_sh(&out, "fw_setenv -c %s otacd_slot a upgrade_available 0 bootcount 0"
+					    " && echo 'otacd.slot=a' > %s && %s -c %s flash %s",
+				      u.fw_conf, u.cmdline, bin, u.conf, r->factory), 0);
+		for (int attempt = 0; !done; attempt++) {
+			int st, delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
+			pid_t pid;
+			json_t *s;
+			assert_true(attempt < 100);
+			pid = fork();
+			if (pid == 0) {
+				int fd = open(u.log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+				dup2(fd, 1);
+				dup2(fd, 2);
+				execl(bin, bin, "-c", u.conf, "run", (char *)NULL);
+				_exit(127);
+			}
+			h_msleep(delay);
+			if (waitpid(pid, &st, WNOHANG) == 0) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &st, 0);
+				kills++;
+			} else {
+				assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
+			}
+			/* the power-on */
+			if (h_sh(&out, "%s %s %s", boot, u.fw_conf, u.cmdline) != 0)
+				fail_msg("emulated U-Boot: %s", buf_cstr(&out));
+			s = udev_status(&u);
+			assert_true(json_is_true(json_object_get(json_object_get(s, "primary"), "valid")));
+			{
+				char *ua = env_get(u.fw_conf, "upgrade_available");
+				if (!strcmp(ua, "1"))
+					assert_true(json_is_true(json_object_get(json_object_get(s, "secondary"), "valid")));
+				free(ua);
+			}
+			if (!strcmp(js(s, "phase", NULL), "idle") &&
+			    json_integer_value(json_object_get(s, "queued")) == 0 &&
+			    json_is_true(json_object_get(s, "record"))) {
+				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+					landed++;
+					done = 1;
+				} else if (json_is_true(json_object_get(s, "refused_image"))) {
+					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+					reverted++;
+					done = 1;
+				}
+			}
+			json_decref(s);
+		}
+	}
+	print_message("uboot torture: %d update cycles, %d SIGKILLs: %d landed, %d reverted by the bootcount\n",
+		      cycles, kills, landed, reverted);
+	assert_int_equal(landed + reverted, cycles);
+	assert_true(landed > 0);
+	assert_true(kills >= cycles);
+	rig_stop(r);
+	udev_free(&u);
+	free(statefile);
+	free(bin);
+	free(boot);
+	buf_release(&out);
+}
+
 /* ---- block devices: real loop devices ------------------------------------------ */
 
 static char *loop_attach(const char *file, int sector)
@@ -803,6 +890,7 @@ int main(void)
 					  e2e_teardown),
 		cmocka_unit_test_teardown(uboot_boot_loop_is_reverted_by_the_bootcount_and_reported, e2e_teardown),
 		cmocka_unit_test_teardown(restart_without_a_reboot_keeps_the_pending_test_boot, e2e_teardown),
+		cmocka_unit_test_teardown(sigkill_at_random_points_on_uboot_keeps_a_bootable_slot, e2e_teardown),
 		cmocka_unit_test_teardown(block_device_slots_on_loop_devices_take_an_update, loops_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
