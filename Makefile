@@ -20,7 +20,7 @@ DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev li
              softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
-             prometheus chromium wrk nginx-light
+             prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd
 
 CC        ?= cc
 BUILD     ?= build
@@ -50,7 +50,7 @@ LIB      := $(BUILD)/libota.a
 # issue 14: libotadev, the device core: portable C99, no OS headers, its own flags
 DEV_CORE_SRC := $(filter-out device/port_%.c device/main.c,$(wildcard device/*.c))
 DEV_CORE_OBJ := $(DEV_CORE_SRC:%.c=$(BUILD)/obj/%.o)
-DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o
+DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard device/linux/*.c))
 LIBOTADEV    := $(BUILD)/libotadev.a
 DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
                 -Wno-sign-conversion $(filter -fsanitize% -fno-%,$(CFLAGS))
@@ -92,6 +92,10 @@ $(BIN)/otacd-device: $(BUILD)/obj/device/main.o $(DEV_PORT_OBJ) $(LIBOTADEV)
 
 # the device tests link the core (in-memory hooks) and the Linux port
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(BIN)/test_devlinux: $(BUILD)/obj/tests/test_devlinux.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 

@@ -9,6 +9,7 @@
  *                                 decision of the trailers (test/perm/revert)
  *   otacd-device -c CONF flash IMAGE   factory: write IMAGE to the primary slot
  *   otacd-device -c CONF status   the record and the slots as JSON
+ *   otacd-device -c CONF check    the config parses, keys load, slots open
  */
 #include "port_linux.h"
 
@@ -51,7 +52,7 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 	sa.sa_handler = on_term;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
-	if ((rc = otadev_init(&d, port_linux_hooks(), p, cfg)) < 0) {
+	if ((rc = otadev_init(&d, port_linux_hooks(p), p, cfg)) < 0) {
 		fprintf(stderr, "otacd-device: %s\n", d.err[0] ? d.err : "start failed");
 		return 1;
 	}
@@ -78,14 +79,14 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 {
 	static struct otadev d;
-	const struct otadev_hooks *h = port_linux_hooks();
+	const struct otadev_hooks *h = port_linux_hooks(p);
 	struct otadev_image img, img2;
 	struct otadev_trailer pt, st;
 	int valid2;
 	static const uint8_t zero[32];
 	char hx[65], nh[65], buf[1024];
 	const char *why = "";
-	int n, valid, i;
+	int n, valid, i, booted = port_linux_booted(p);
 
 	memset(&d, 0, sizeof(d));
 	n = h->persist_read(p, &d.rec, sizeof(d.rec));
@@ -107,19 +108,19 @@ static int cmd_status(struct port_linux *p, const struct otadev_config *cfg)
 	       " \"queued\": %u, \"next_seq\": %u, \"refused_image\": %s, \"dl_offset\": %u, \"offer\": \"%s\", \"new_hash\": \"%s\","
 	       " \"primary\": {\"valid\": %s, \"hash\": \"%s\", \"version\": \"%u.%u.%u\", \"counter\": %u,"
 	       " \"magic\": %d, \"image_ok\": %d, \"copy_done\": %d},"
-	       " \"secondary\": {\"magic\": %d, \"image_ok\": %d, \"valid\": %s}}\n",
+	       " \"secondary\": {\"magic\": %d, \"image_ok\": %d, \"valid\": %s}, \"boot\": \"%s\"}\n",
 	       n == (int)sizeof(d.rec) ? "true" : "false", otadev_phase_name(d.rec.phase), d.rec.version,
 	       d.rec.security_counter, d.rec.nq, d.rec.next_seq,
 	       memcmp(d.rec.refused_sha, zero, 32) ? "true" : "false", d.rec.dl_offset, d.rec.offer.version, nh,
 	       valid ? "true" : "false", hx, img.major, img.minor, img.revision,
 	       img.has_counter ? img.security_counter : 0, pt.magic, pt.image_ok, pt.copy_done, st.magic, st.image_ok,
-	       valid2 ? "true" : "false");
+	       valid2 ? "true" : "false", booted < 0 ? "mcuboot" : booted ? "uboot: booted b" : "uboot: booted a");
 	return 0;
 }
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: otacd-device -c CONFIG run | boot | flash IMAGE | status\n");
+	fprintf(stderr, "usage: otacd-device -c CONFIG run | boot | flash IMAGE | status | check\n");
 }
 
 int main(int argc, char **argv)
@@ -158,6 +159,9 @@ int main(int argc, char **argv)
 			fprintf(stderr, "otacd-device: flash: cannot write %s to the primary slot\n", argv[i]);
 	} else if (!strcmp(cmd, "status")) {
 		rc = cmd_status(p, cfg);
+	} else if (!strcmp(cmd, "check")) {
+		printf("%s: ok\n", conf);
+		rc = 0;
 	} else {
 		usage();
 	}

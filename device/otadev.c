@@ -262,7 +262,34 @@ static int erase_trailer(struct otadev *d)
 {
 	uint32_t ss = d->cfg->sector_size, t = d->cfg->slot_size - usable(d);
 	uint32_t start = (d->cfg->slot_size - t) / ss * ss;
+	if (d->h->boot_mark && d->h->boot_mark(d->ctx, OTADEV_MARK_CANCEL) < 0)
+		return OTADEV_EIO;
 	return d->h->flash_erase(d->ctx, 1, start, d->cfg->slot_size - start) < 0 ? OTADEV_EIO : 0;
+}
+
+/* The running image's bootloader state: confirmed, on trial (a test boot
+ * not confirmed yet), or a test boot of slot 1 still pending (the reboot
+ * has not happened).  The boot_testing hook's answer, else MCUboot's
+ * trailers: image_ok; a test swap leaves magic and copy_done set. */
+static int boot_state(struct otadev *d, int *confirmed, int *on_trial, int *pending)
+{
+	struct otadev_trailer pt, st;
+	int rc;
+	if (d->h->boot_testing) {
+		if ((rc = d->h->boot_testing(d->ctx)) < 0)
+			return OTADEV_EIO;
+		*confirmed = rc != 1;
+		*on_trial = rc == 1;
+		*pending = rc == 2;
+		return 0;
+	}
+	if ((rc = otadev_trailer_read(&pt, d->h, d->ctx, 0, d->cfg->slot_size)) < 0 ||
+	    (rc = otadev_trailer_read(&st, d->h, d->ctx, 1, d->cfg->slot_size)) < 0)
+		return rc;
+	*confirmed = pt.image_ok == OTADEV_FLAG_SET;
+	*on_trial = pt.magic == OTADEV_MAGIC_GOOD && pt.copy_done == OTADEV_FLAG_SET && pt.image_ok == OTADEV_FLAG_UNSET;
+	*pending = otadev_swap_type(&pt, &st) == OTADEV_SWAP_TEST;
+	return 0;
 }
 
 /* ---- boot: reconcile the record with the slots ----------------------------- */
@@ -284,9 +311,8 @@ static int finish_confirm(struct otadev *d)
 int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const struct otadev_config *cfg)
 {
 	struct otadev_image img;
-	struct otadev_trailer pt;
 	struct otadev_status st;
-	int i, rc, loaded, running_new, running_cur;
+	int i, rc, loaded, running_new, running_cur, confirmed, on_trial, pending;
 
 	memset(d, 0, sizeof(*d));
 	d->h = h;
@@ -314,7 +340,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		say(d, "primary slot: no valid MCUboot image", NULL);
 		return rc;
 	}
-	if ((rc = otadev_trailer_read(&pt, h, ctx, 0, cfg->slot_size)) < 0)
+	if ((rc = boot_state(d, &confirmed, &on_trial, &pending)) < 0)
 		return rc;
 	h->status(ctx, &st);
 	if (!loaded) {
@@ -327,7 +353,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 	running_new = d->rec.phase >= OTADEV_INSTALLING && !memcmp(img.sha256, d->rec.new_hash, 32);
 	running_cur = !memcmp(img.sha256, d->rec.cur_hash, 32);
 	if (running_new) {
-		if (pt.image_ok == OTADEV_FLAG_SET)
+		if (confirmed)
 			return finish_confirm(d);   /* confirmed, cut before the record said so */
 		if (d->rec.phase != OTADEV_TESTING || !d->rec.booted_new) {
 			d->rec.phase = OTADEV_TESTING;
@@ -337,6 +363,12 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		}
 		/* a second start in TESTING without a confirm: MCUboot would have
 		 * reverted; with a bootloader that did not, run the self-test again */
+		return 0;
+	}
+	if (running_cur && d->rec.phase == OTADEV_REBOOTING && pending) {
+		/* restarted, not rebooted (a crash under a supervisor): the mark
+		 * is still there; reboot into it rather than call it a failure */
+		say(d, "test boot still pending; rebooting into ", d->rec.offer.version);
 		return 0;
 	}
 	if (running_cur && (d->rec.phase == OTADEV_REBOOTING || d->rec.phase == OTADEV_TESTING)) {
@@ -353,7 +385,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		/* an image the record does not know (first start, a permanent swap or a
 		 * reflash): adopt it; a test boot of it still needs its self-test */
 		version_of(d->rec.version, sizeof(d->rec.version), &img);
-		if (pt.magic == OTADEV_MAGIC_GOOD && pt.copy_done == OTADEV_FLAG_SET && pt.image_ok == OTADEV_FLAG_UNSET) {
+		if (on_trial) {
 			memcpy(d->rec.new_hash, img.sha256, 32);
 			d->rec.new_counter = img.has_counter ? img.security_counter : 0;
 			copy(d->rec.offer.version, sizeof(d->rec.offer.version), d->rec.version);
@@ -639,7 +671,8 @@ static int install(struct otadev *d)
 	}
 	if (!preconditions(d, 0))
 		return 1;
-	if (otadev_trailer_set_pending(d->h, d->ctx, d->cfg->slot_size, 0) < 0)
+	if (d->h->boot_mark ? d->h->boot_mark(d->ctx, OTADEV_MARK_TEST) < 0
+			    : otadev_trailer_set_pending(d->h, d->ctx, d->cfg->slot_size, 0) < 0)
 		return OTADEV_EIO;
 	d->rec.phase = OTADEV_REBOOTING;
 	d->rec.booted_new = 0;
@@ -774,7 +807,11 @@ int otadev_step(struct otadev *d, uint32_t *wait_ms)
 		d->last_heartbeat = now ? now : 1;
 	if (d->rec.phase == OTADEV_TESTING) {
 		if (d->h->selftest(d->ctx) == 0) {
-			if ((rc = otadev_trailer_confirm(d->h, d->ctx, d->cfg->slot_size)) < 0)
+			if (d->h->boot_mark)
+				rc = d->h->boot_mark(d->ctx, OTADEV_MARK_CONFIRM) < 0 ? OTADEV_EIO : 0;
+			else
+				rc = otadev_trailer_confirm(d->h, d->ctx, d->cfg->slot_size);
+			if (rc < 0)
 				return rc;
 			rc = finish_confirm(d);
 		} else {

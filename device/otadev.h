@@ -106,7 +106,18 @@ struct otadev_hooks {
 	void (*reboot)(void *ctx);
 	/* optional: a line for the log */
 	void (*log)(void *ctx, const char *msg);
+	/* optional: a bootloader that does not read MCUboot's trailer (U-Boot's
+	 * bootcount, docs/device.md).  NULL: the trailer in the slots.
+	 * boot_mark: OTADEV_MARK_CANCEL before a download (nothing points at
+	 * slot 1), _TEST once slot 1 is verified (boot it once, on trial),
+	 * _CONFIRM after the self-test (keep the running image); 0 or <0.
+	 * boot_testing: 1 when the running image is on trial, 2 when slot 1 is
+	 * marked for a test boot that has not happened yet, 0 neither, <0. */
+	int (*boot_mark)(void *ctx, int mark);
+	int (*boot_testing)(void *ctx);
 };
+
+enum otadev_mark { OTADEV_MARK_CANCEL = 1, OTADEV_MARK_TEST, OTADEV_MARK_CONFIRM };
 
 /* ---- configuration (borrowed; must outlive the state) --------------------- */
 

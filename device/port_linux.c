@@ -9,6 +9,9 @@
  */
 #include "port_linux.h"
 
+#include "linux/slot.h"
+#include "linux/uboot.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +29,11 @@ struct port_linux {
 	struct otadev_config cfg;
 	char *url, *device, *credential, *product, *hardware, *bootloader, *tags;
 	char *slot_path[2], *state_path, *health_check, *status_file, *cacert, *client_cert, *client_key;
-	int fd[2];
-	int sync;
+	char *boot, *fw_env_config, *uboot_slot_var, *uboot_cmdline, *reboot_command;
+	struct slot slot[2];         /* physical: primary/secondary, or U-Boot's a/b */
+	struct uboot uboot;
+	int use_uboot, booted;       /* U-Boot: the slot the kernel was booted from (a 0, b 1) */
+	int sync, direct;
 	uint32_t throttle_ms;
 	unsigned char *keyder[OTADEV_KEYS_MAX];
 	EVP_MD_CTX *md;
@@ -107,22 +113,37 @@ static char *render_tags(const char *v)
 
 static int open_slot(struct port_linux *p, int slot)
 {
-	struct stat st;
-	p->fd[slot] = open(p->slot_path[slot], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (p->fd[slot] < 0 || fstat(p->fd[slot], &st) < 0) {
-		fprintf(stderr, "otacd-device: slot %s: %s\n", p->slot_path[slot], strerror(errno));
+	char err[512];
+	unsigned flags = (p->sync ? SLOT_SYNC : 0) | (p->direct ? SLOT_DIRECT : 0);
+	if (slot_open(&p->slot[slot], p->slot_path[slot], p->cfg.slot_size, p->cfg.sector_size, flags, err,
+		      sizeof(err)) < 0) {
+		fprintf(stderr, "otacd-device: slot: %s\n", err);
 		return -1;
 	}
-	if ((uint64_t)st.st_size < p->cfg.slot_size) {
-		/* a new slot file is erased flash */
-		unsigned char ff[4096];
-		off_t off;
-		memset(ff, 0xff, sizeof(ff));
-		for (off = st.st_size; off < (off_t)p->cfg.slot_size; off += (off_t)sizeof(ff)) {
-			size_t n = p->cfg.slot_size - (size_t)off < sizeof(ff) ? p->cfg.slot_size - (size_t)off : sizeof(ff);
-			if (pwrite(p->fd[slot], ff, n, off) != (ssize_t)n)
-				return -1;
-		}
+	return 0;
+}
+
+/* boot = uboot: the U-Boot environment's tools and the booted slot */
+static int open_uboot(struct port_linux *p, const char *conf_path)
+{
+	char err[512];
+	if (!p->fw_env_config) {
+		fprintf(stderr, "otacd-device: %s: boot = uboot needs fw_env_config\n", conf_path);
+		return -1;
+	}
+	p->uboot.fw_config = p->fw_env_config;
+	p->uboot.slot_var = p->uboot_slot_var ? p->uboot_slot_var : "otacd_slot";
+	if (!*p->uboot.slot_var || strspn(p->uboot.slot_var, "abcdefghijklmnopqrstuvwxyz"
+							 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != strlen(p->uboot.slot_var)) {
+		fprintf(stderr, "otacd-device: %s: uboot_slot_var: letters, digits and _ only\n", conf_path);
+		return -1;
+	}
+	p->uboot.cmdline = p->uboot_cmdline ? p->uboot_cmdline : "/proc/cmdline";
+	if (!p->uboot.bootlimit)
+		p->uboot.bootlimit = 3;
+	if ((p->booted = uboot_booted(&p->uboot, err, sizeof(err))) < 0) {
+		fprintf(stderr, "otacd-device: %s\n", err);
+		return -1;
 	}
 	return 0;
 }
@@ -134,12 +155,14 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 	char line[1024];
 	int lineno = 0, ok = 1;
 
+	if (p)
+		p->slot[0].fd = p->slot[1].fd = -1;
 	if (!p || !f) {
 		fprintf(stderr, "otacd-device: %s: %s\n", conf_path, strerror(errno));
 		goto fail;
 	}
-	p->fd[0] = p->fd[1] = -1;
 	p->sync = 1;
+	p->direct = 1;
 	p->cfg.slot_size = 65536;
 	p->cfg.sector_size = 4096;
 	p->cfg.min_battery_pct = 20;
@@ -165,7 +188,10 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		STR("hardware", hardware) STR("bootloader", bootloader) STR("primary", slot_path[0])
 		STR("secondary", slot_path[1]) STR("state", state_path) STR("health_check", health_check)
 		STR("status_file", status_file) STR("cacert", cacert) STR("client_cert", client_cert)
-		STR("client_key", client_key)
+		STR("client_key", client_key) STR("boot", boot) STR("fw_env_config", fw_env_config)
+		STR("uboot_slot_var", uboot_slot_var) STR("uboot_cmdline", uboot_cmdline) STR("slot_a", slot_path[0])
+		STR("slot_b", slot_path[1]) STR("reboot_command", reboot_command)
+		NUM("uboot_bootlimit", uboot.bootlimit)
 		NUM("slot_size", cfg.slot_size) NUM("sector_size", cfg.sector_size) NUM("poll_ms", cfg.poll_ms)
 		NUM("heartbeat_ms", cfg.heartbeat_ms) NUM("backoff_base_ms", cfg.backoff_base_ms)
 		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("throttle_ms", throttle_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
@@ -175,6 +201,8 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 			p->cfg.avoid_metered = !strcmp(v, "1") || !strcmp(v, "true");
 		else if (!strcmp(k, "sync"))
 			p->sync = !strcmp(v, "1") || !strcmp(v, "true");
+		else if (!strcmp(k, "direct"))
+			p->direct = !strcmp(v, "1") || !strcmp(v, "true");
 		else if (!strcmp(k, "key")) {
 			if (load_key(p, v) < 0)
 				ok = 0;
@@ -197,10 +225,17 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		goto fail;
 	if (!p->url || !p->device || !p->credential || !p->product || !p->hardware || !p->slot_path[0] ||
 	    !p->slot_path[1] || !p->state_path || !p->cfg.nkeys) {
-		fprintf(stderr, "otacd-device: %s: url, device, credential, product, hardware, primary, "
-				"secondary, state and key are required\n", conf_path);
+		fprintf(stderr, "otacd-device: %s: url, device, credential, product, hardware, primary and "
+				"secondary (slot_a and slot_b), state and key are required\n", conf_path);
 		goto fail;
 	}
+	if (p->boot && strcmp(p->boot, "mcuboot") && strcmp(p->boot, "uboot")) {
+		fprintf(stderr, "otacd-device: %s: boot = mcuboot | uboot\n", conf_path);
+		goto fail;
+	}
+	p->use_uboot = p->boot && !strcmp(p->boot, "uboot");
+	if (p->use_uboot && open_uboot(p, conf_path) < 0)
+		goto fail;
 	if (!p->bootloader)
 		p->bootloader = dupstr("0.0.0");
 	p->cfg.device = p->device;
@@ -226,8 +261,7 @@ void port_linux_close(struct port_linux *p)
 	if (!p)
 		return;
 	for (i = 0; i < 2; i++) {
-		if (p->fd[i] >= 0)
-			close(p->fd[i]);
+		slot_close(&p->slot[i]);
 		free(p->slot_path[i]);
 	}
 	for (i = 0; i < OTADEV_KEYS_MAX; i++)
@@ -248,7 +282,17 @@ void port_linux_close(struct port_linux *p)
 	free(p->cacert);
 	free(p->client_cert);
 	free(p->client_key);
+	free(p->boot);
+	free(p->fw_env_config);
+	free(p->uboot_slot_var);
+	free(p->uboot_cmdline);
+	free(p->reboot_command);
 	free(p);
+}
+
+int port_linux_booted(const struct port_linux *p)
+{
+	return p->use_uboot ? p->booted : -1;
 }
 
 int port_linux_reboot_requested(const struct port_linux *p)
@@ -357,41 +401,29 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	return 0;
 }
 
+/* The core's slot 0 is the running image: MCUboot's primary, or the
+ * slot U-Boot booted; slot 1 the other one. */
+static struct slot *slot_of(struct port_linux *p, int slot)
+{
+	return slot < 0 || slot > 1 ? NULL : &p->slot[slot ^ p->booted];
+}
+
 static int h_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
 {
-	struct port_linux *p = ctx;
-	if (slot < 0 || slot > 1 || off > p->cfg.slot_size || len > p->cfg.slot_size - off)
-		return -1;
-	return pread(p->fd[slot], buf, len, off) == (ssize_t)len ? 0 : -1;
+	struct slot *s = slot_of(ctx, slot);
+	return s ? slot_read(s, off, buf, len) : -1;
 }
 
 static int h_write(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len)
 {
-	struct port_linux *p = ctx;
-	if (slot < 0 || slot > 1 || off > p->cfg.slot_size || len > p->cfg.slot_size - off)
-		return -1;
-	if (pwrite(p->fd[slot], buf, len, off) != (ssize_t)len)
-		return -1;
-	return p->sync && fdatasync(p->fd[slot]) < 0 ? -1 : 0;
+	struct slot *s = slot_of(ctx, slot);
+	return s ? slot_write(s, off, buf, len) : -1;
 }
 
 static int h_erase(void *ctx, int slot, uint32_t off, uint32_t len)
 {
-	struct port_linux *p = ctx;
-	unsigned char ff[4096];
-	uint32_t done = 0;
-	if (slot < 0 || slot > 1 || off % p->cfg.sector_size || off > p->cfg.slot_size)
-		return -1;
-	if (len > p->cfg.slot_size - off)
-		len = p->cfg.slot_size - off;
-	memset(ff, 0xff, sizeof(ff));
-	while (done < len) {
-		uint32_t n = len - done < sizeof(ff) ? len - done : (uint32_t)sizeof(ff);
-		if (pwrite(p->fd[slot], ff, n, off + done) != (ssize_t)n)
-			return -1;
-		done += n;
-	}
-	return p->sync && fdatasync(p->fd[slot]) < 0 ? -1 : 0;
+	struct slot *s = slot_of(ctx, slot);
+	return s ? slot_erase(s, off, len) : -1;
 }
 
 static int h_sha_begin(void *ctx)
@@ -532,6 +564,29 @@ static void h_reboot(void *ctx)
 {
 	struct port_linux *p = ctx;
 	p->reboot = 1;
+	if (p->reboot_command && *p->reboot_command && system(p->reboot_command) != 0)
+		fprintf(stderr, "otacd-device %s: reboot_command failed\n", p->device);
+}
+
+static int h_boot_mark(void *ctx, int mark)
+{
+	struct port_linux *p = ctx;
+	char err[512];
+	if (uboot_mark(&p->uboot, p->booted, mark, err, sizeof(err)) < 0) {
+		fprintf(stderr, "otacd-device %s: %s\n", p->device, err);
+		return -1;
+	}
+	return 0;
+}
+
+static int h_boot_testing(void *ctx)
+{
+	struct port_linux *p = ctx;
+	char err[512];
+	int rc = uboot_testing(&p->uboot, p->booted, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "otacd-device %s: %s\n", p->device, err);
+	return rc;
 }
 
 static void h_log(void *ctx, const char *msg)
@@ -540,28 +595,32 @@ static void h_log(void *ctx, const char *msg)
 	fprintf(stderr, "otacd-device %s: %s\n", p->device, msg);
 }
 
-static const struct otadev_hooks hooks = {
-	.http = h_http,
-	.flash_read = h_read,
-	.flash_write = h_write,
-	.flash_erase = h_erase,
-	.sha256_begin = h_sha_begin,
-	.sha256_update = h_sha_update,
-	.sha256_end = h_sha_end,
-	.verify = h_verify,
-	.now_ms = h_now,
-	.random = h_random,
-	.persist_read = h_persist_read,
-	.persist_write = h_persist_write,
-	.status = h_status,
-	.selftest = h_selftest,
-	.reboot = h_reboot,
-	.log = h_log,
-};
+#define HOOKS_COMMON                            \
+	.http = h_http,                         \
+	.flash_read = h_read,                   \
+	.flash_write = h_write,                 \
+	.flash_erase = h_erase,                 \
+	.sha256_begin = h_sha_begin,            \
+	.sha256_update = h_sha_update,          \
+	.sha256_end = h_sha_end,                \
+	.verify = h_verify,                     \
+	.now_ms = h_now,                        \
+	.random = h_random,                     \
+	.persist_read = h_persist_read,         \
+	.persist_write = h_persist_write,       \
+	.status = h_status,                     \
+	.selftest = h_selftest,                 \
+	.reboot = h_reboot,                     \
+	.log = h_log
 
-const struct otadev_hooks *port_linux_hooks(void)
+/* MCUboot reads the trailer the core writes; U-Boot reads its environment */
+static const struct otadev_hooks hooks = { HOOKS_COMMON };
+static const struct otadev_hooks hooks_uboot = { HOOKS_COMMON, .boot_mark = h_boot_mark,
+						 .boot_testing = h_boot_testing };
+
+const struct otadev_hooks *port_linux_hooks(const struct port_linux *p)
 {
-	return &hooks;
+	return p->use_uboot ? &hooks_uboot : &hooks;
 }
 
 int port_linux_flash_image(struct port_linux *p, int slot, const char *image_path)
@@ -623,8 +682,8 @@ static int do_swap(struct port_linux *p, int type)
 		b[s - OTADEV_TR_IMAGE_OK] = 0x01;   /* a revert is made permanent, as MCUboot does */
 	/* the bootloader is not under the torture: MCUboot's swap status makes
 	 * its own swap restartable on hardware */
-	if (pwrite(p->fd[0], b, s, 0) != (ssize_t)s || pwrite(p->fd[1], a, s, 0) != (ssize_t)s ||
-	    fdatasync(p->fd[0]) < 0 || fdatasync(p->fd[1]) < 0)
+	if (slot_erase(&p->slot[0], 0, s) < 0 || slot_write(&p->slot[0], 0, b, s) < 0 ||
+	    slot_erase(&p->slot[1], 0, s) < 0 || slot_write(&p->slot[1], 0, a, s) < 0)
 		goto out;
 	rc = 0;
 out:
@@ -638,6 +697,11 @@ int port_linux_boot(struct port_linux *p, const char **decision)
 	struct otadev_trailer pt, st;
 	int type;
 
+	*decision = "none";
+	if (p->use_uboot) {
+		fprintf(stderr, "otacd-device: boot = uboot: U-Boot decides (docs/device.md)\n");
+		return -1;
+	}
 	if (otadev_trailer_read(&pt, &hooks, p, 0, p->cfg.slot_size) < 0 ||
 	    otadev_trailer_read(&st, &hooks, p, 1, p->cfg.slot_size) < 0)
 		return -1;

@@ -1,8 +1,9 @@
 /*
  * port_linux.h - libotadev's hooks on embedded Linux (otacd-device).
  *
- * Slots are files (a block device or an MTD partition later: the same
- * pread/pwrite with an erase that writes 0xff), the persistent record is a
+ * Slots are files, block devices or MTD partitions (linux/slot.c), the
+ * swap/confirm backend MCUboot's trailer or U-Boot's environment
+ * (linux/uboot.c, boot = uboot), the persistent record is a
  * file replaced atomically (write, fsync, rename), HTTP(S) is libcurl with
  * Range, crypto is OpenSSL, the self-test is a shell command (exit 0:
  * healthy), power and network status come from an optional status file.
@@ -19,7 +20,10 @@ struct port_linux;
  * *cfg (it points into the port).  NULL with a message on stderr. */
 struct port_linux *port_linux_open(const char *conf_path, struct otadev_config **cfg);
 void port_linux_close(struct port_linux *p);
-const struct otadev_hooks *port_linux_hooks(void);
+/* The hooks for p's backend (boot = mcuboot | uboot). */
+const struct otadev_hooks *port_linux_hooks(const struct port_linux *p);
+/* boot = uboot: the slot the system was booted from (0 a, 1 b); -1 with MCUboot. */
+int port_linux_booted(const struct port_linux *p);
 /* Set by the reboot hook. */
 int port_linux_reboot_requested(const struct port_linux *p);
 /* The config's throttle_ms: a pause after every step (a slow link or CPU;
