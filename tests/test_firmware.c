@@ -46,15 +46,20 @@ static char *src_path(const char *rel)
 	return xasprintf("%s/%s", root && *root ? root : ".", rel);
 }
 
-/* A copy of the example without build output, in the daemon's directory. */
+/* A copy of the example without build output, in the daemon's directory,
+ * laid out as a firmware repository: libotadev (otacd's device/ core) as
+ * the submodule lib/otadev that its Makefile looks for first. */
 static char *example_copy(struct daemon *d)
 {
-	char *from = src_path("examples/sensor-node"), *to = xasprintf("%s/sensor-node", d->dir);
+	char *from = src_path("examples/sensor-node"), *core = src_path("device"),
+	     *to = xasprintf("%s/sensor-node", d->dir);
 	struct buf out = BUF_INIT;
-	assert_int_equal(h_sh(&out, "mkdir -p '%s' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)",
-			      to, from, to), 0);
+	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
+				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
+			      to, from, to, core, core, to), 0);
 	buf_release(&out);
 	free(from);
+	free(core);
 	return to;
 }
 

@@ -62,32 +62,40 @@ static struct otadev ota;
 static struct otadev_config cfg;
 static struct sha256 sha;
 static char device_id[ID_MAX] = "sensor-node-" SENSOR_BOARD, credential[ID_MAX];
-static volatile uint32_t ms_lo, ms_hi;
+static volatile uint64_t uptime_ms;
 static uint64_t next_step;
 static uint32_t rnd;
 static int ota_on, link_up;
 
+/* Writes go through a volatile pointer (a flash controller's data
+ * register on a real part); reads are plain memory-mapped reads. */
 static volatile uint8_t *flash_at(uint32_t off)
 {
 	return (volatile uint8_t *)(uintptr_t)(FLASH_BASE + off);
+}
+
+static const uint8_t *flash_rd(uint32_t off)
+{
+	return (const uint8_t *)(uintptr_t)(FLASH_BASE + off);
 }
 
 /* ---- clock ---------------------------------------------------------------- */
 
 void ota_port_tick(void)
 {
-	if (++ms_lo == 0)
-		ms_hi++;
+	uptime_ms++;
 }
 
+/* A 64-bit read is two loads on a Cortex-M: mask SysTick around it. */
 uint64_t ota_port_now_ms(void)
 {
-	uint32_t hi, lo;
-	do {
-		hi = ms_hi;
-		lo = ms_lo;
-	} while (hi != ms_hi);
-	return (uint64_t)hi << 32 | lo;
+	uint32_t primask;
+	uint64_t v;
+
+	__asm__ volatile("mrs %0, primask\n\tcpsid i" : "=r"(primask)::"memory");
+	v = uptime_ms;
+	__asm__ volatile("msr primask, %0" ::"r"(primask) : "memory");
+	return v;
 }
 
 static uint64_t h_now(void *ctx)
@@ -100,7 +108,7 @@ static uint32_t h_random(void *ctx)
 {
 	(void)ctx;
 	if (!rnd)
-		rnd = (SYST_CVR ^ ms_lo ^ 0x9e3779b9u) | 1u;
+		rnd = (SYST_CVR ^ (uint32_t)ota_port_now_ms() ^ 0x9e3779b9u) | 1u;
 	rnd ^= rnd << 13;
 	rnd ^= rnd >> 17;
 	rnd ^= rnd << 5;
@@ -144,14 +152,12 @@ static int slot_range(int slot, uint32_t off, uint32_t len, uint32_t *abs)
 
 static int h_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
 {
-	uint32_t a, i;
-	uint8_t *out = buf;
+	uint32_t a;
 
 	(void)ctx;
 	if (slot_range(slot, off, len, &a) < 0)
 		return -1;
-	for (i = 0; i < len; i++)
-		out[i] = flash_at(a)[i];
+	memcpy(buf, flash_rd(a), len);
 	return 0;
 }
 
@@ -173,15 +179,13 @@ static int h_erase(void *ctx, int slot, uint32_t off, uint32_t len)
 
 /* ---- persistent state: A/B sectors ----------------------------------------- */
 
-static uint32_t copy_crc(const struct state_hdr *h, const volatile uint8_t *rec)
+static uint32_t copy_crc(const struct state_hdr *h, const uint8_t *rec)
 {
 	static uint8_t tmp[sizeof(struct otadev_record) + 8];
-	uint32_t i;
 
 	memcpy(tmp, &h->seq, 4);
 	memcpy(tmp + 4, &h->len, 4);
-	for (i = 0; i < h->len; i++)
-		tmp[8 + i] = rec[i];
+	memcpy(tmp + 8, rec, h->len);
 	return otadev_crc32(tmp, 8 + h->len);
 }
 
@@ -193,10 +197,8 @@ static int state_newest(struct state_hdr *out)
 
 	for (s = 0; s < STATE_SECTORS; s++) {
 		struct state_hdr h;
-		const volatile uint8_t *p = flash_at(STATE_OFF + s * FLASH_SECTOR);
-		uint32_t i;
-		for (i = 0; i < sizeof(h); i++)
-			((uint8_t *)&h)[i] = p[i];
+		const uint8_t *p = flash_rd(STATE_OFF + s * FLASH_SECTOR);
+		memcpy(&h, p, sizeof(h));
 		if (h.magic != STATE_MAGIC || h.len > sizeof(struct otadev_record) ||
 		    h.crc != copy_crc(&h, p + sizeof(h)))
 			continue;
@@ -212,15 +214,13 @@ static int h_persist_read(void *ctx, void *buf, size_t cap)
 {
 	struct state_hdr h;
 	int s = state_newest(&h);
-	uint32_t i;
 
 	(void)ctx;
 	if (s < 0)
 		return 0;
 	if (h.len > cap)
 		return -1;
-	for (i = 0; i < h.len; i++)
-		((uint8_t *)buf)[i] = flash_at(STATE_OFF + (uint32_t)s * FLASH_SECTOR + sizeof(h))[i];
+	memcpy(buf, flash_rd(STATE_OFF + (uint32_t)s * FLASH_SECTOR + sizeof(h)), h.len);
 	return (int)h.len;
 }
 
@@ -238,7 +238,7 @@ static int h_persist_write(void *ctx, const void *buf, size_t len)
 	h.len = (uint32_t)len;
 	if (raw_erase(off, FLASH_SECTOR) < 0 || raw_write(off + sizeof(h), buf, h.len) < 0)
 		return -1;
-	h.crc = copy_crc(&h, flash_at(off + sizeof(h)));
+	h.crc = copy_crc(&h, flash_rd(off + sizeof(h)));
 	/* the header last: until it is complete this copy is invalid */
 	return raw_write(off, (const uint8_t *)&h, sizeof(h));
 }
@@ -355,7 +355,6 @@ static int h_http(void *ctx, const struct otadev_http_req *req, struct otadev_ht
 	static const char hex[] = "0123456789abcdef";
 	char line[OTADEV_URL_MAX + 2 * ID_MAX + 48];
 	size_t i, n;
-	int c, hi, lo;
 
 	(void)ctx;
 	resp->status = 0;
@@ -375,6 +374,7 @@ static int h_http(void *ctx, const struct otadev_http_req *req, struct otadev_ht
 	uart1_putc('\n');
 
 	for (n = 0;;) {
+		int c;
 		if ((c = link_getc(n ? LINK_BYTE_MS : LINK_FIRST_MS)) < 0)
 			return -1;
 		if (c == '\n')
@@ -389,6 +389,7 @@ static int h_http(void *ctx, const struct otadev_http_req *req, struct otadev_ht
 		return -1;
 	}
 	for (i = 0; i < n; i++) {
+		int hi, lo;
 		if ((hi = link_hexval(link_getc(LINK_BYTE_MS))) < 0 || (lo = link_hexval(link_getc(LINK_BYTE_MS))) < 0) {
 			resp->status = 0;
 			return -1;
@@ -434,7 +435,7 @@ static void provision(void)
 	int in_val = 0;
 
 	for (i = 0; i < FLASH_SECTOR; i++) {
-		uint8_t c = flash_at(PROV_OFF)[i];
+		uint8_t c = flash_rd(PROV_OFF)[i];
 		if (c == 0xff || c == 0)
 			break;
 		if (c == '\n') {
@@ -488,7 +489,7 @@ static void put_u32(uint32_t v)
 		t[--i] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v);
-	uart_puts(t);
+	uart_puts(t + i);
 }
 
 static void print_status(const char *lead)
@@ -523,8 +524,6 @@ void ota_port_print_status(void)
 
 void ota_port_init(void)
 {
-	int rc;
-
 	uart1_init();
 	provision();
 	cfg.device = device_id;
@@ -542,7 +541,7 @@ void ota_port_init(void)
 	cfg.backoff_max_ms = 600000;
 	cfg.heartbeat_ms = 3600000;
 	cfg.min_battery_pct = 20;
-	if ((rc = otadev_init(&ota, &hooks, NULL, &cfg)) < 0) {
+	if (otadev_init(&ota, &hooks, NULL, &cfg) < 0) {
 		uart_puts("OTA off: ");
 		uart_putline(ota.err[0] ? ota.err : "init failed");
 		return;

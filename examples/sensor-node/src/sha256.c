@@ -24,7 +24,7 @@ static const uint32_t K[64] = {
 
 static void compress(uint32_t h[8], const uint8_t p[64])
 {
-	uint32_t w[16], v[8], t1, t2;
+	uint32_t w[16], v[8];
 	int i;
 
 	for (i = 0; i < 8; i++)
@@ -38,9 +38,9 @@ static void compress(uint32_t h[8], const uint8_t p[64])
 			uint32_t s0 = ROR(a, 7) ^ ROR(a, 18) ^ (a >> 3), s1 = ROR(b, 17) ^ ROR(b, 19) ^ (b >> 10);
 			w[i & 15] += s0 + w[(i - 7) & 15] + s1;
 		}
-		t1 = v[7] + (ROR(v[4], 6) ^ ROR(v[4], 11) ^ ROR(v[4], 25)) + ((v[4] & v[5]) ^ (~v[4] & v[6])) + K[i] +
+		uint32_t t1 = v[7] + (ROR(v[4], 6) ^ ROR(v[4], 11) ^ ROR(v[4], 25)) + ((v[4] & v[5]) ^ (~v[4] & v[6])) + K[i] +
 		     w[i & 15];
-		t2 = (ROR(v[0], 2) ^ ROR(v[0], 13) ^ ROR(v[0], 22)) + ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
+		uint32_t t2 = (ROR(v[0], 2) ^ ROR(v[0], 13) ^ ROR(v[0], 22)) + ((v[0] & v[1]) ^ (v[0] & v[2]) ^ (v[1] & v[2]));
 		v[7] = v[6];
 		v[6] = v[5];
 		v[5] = v[4];
