@@ -140,14 +140,29 @@ static void flash_get(const char *path, long off, void *p, size_t len)
 }
 
 /* Boot the board on the flash file, feed UART0 the shell words of input
- * (printf/sleep), collect UART0 into out.  QEMU ends with the input. */
-static void boot(struct buf *out, const char *board, const char *elf, const char *flash, const char *input)
+ * (printf/sleep), collect UART0 into out; QEMU is stopped after secs (a
+ * little more than the input takes). */
+static void boot(struct buf *out, const char *board, const char *elf, const char *flash, const char *input, int secs)
 {
 	buf_clear(out);
-	assert_int_equal(h_sh(out, "(%s) | timeout 20 qemu-system-arm -M %s,memory-backend=fl"
+	assert_int_equal(h_sh(out, "(%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
 				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on"
 				   " -nographic -monitor none -serial stdio -serial null -kernel %s 2>&1 | tr -d '\\r'; true",
-			      input, board, flash, elf), 0);
+			      input, secs, board, flash, elf), 0);
+}
+
+/* The same with UART1 on a socket that hil/bridge.py connects to otacd. */
+static void boot_bridged(struct buf *out, const char *board, const char *elf, const char *flash, const char *input,
+			 int secs, const char *dir, const char *url)
+{
+	char *bridge = src_path("examples/sensor-node/hil/bridge.py");
+	buf_clear(out);
+	assert_int_equal(h_sh(out, "{ (%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
+				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on -nographic -monitor none"
+				   " -serial stdio -serial unix:%s/uart1.sock,server=on,wait=on -kernel %s 2>&1 | tr -d '\\r'; } &"
+				   " python3 %s %s/uart1.sock %s; wait",
+			      input, secs, board, flash, dir, elf, bridge, dir, url), 0);
+	free(bridge);
 }
 
 static void must_have(const char *board, const char *transcript, const char *line)
@@ -156,40 +171,48 @@ static void must_have(const char *board, const char *transcript, const char *lin
 		fail_msg("%s: no \"%s\" on UART0:\n%s", board, line, transcript);
 }
 
-static void qemu_boot_confirms_the_test_boot_and_keeps_the_record_across_a_reset(void **state)
+static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_otacd_over_the_uart_bridge(void **state)
 {
-	static const char prov[] = "device=qemu-sensor-1\ncredential=tok-qemu-1\n";
+	const char *const args[] = { NULL };
+	struct daemon d;
+	char **cred;
 
 	(void)state;
 	if (tools_missing())
 		skip();
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, args), 0);
+	cred = h_register_devices(&d, "qemu-sensor", (int)OTA_ARRAY_SIZE(boards));
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(boards); i++) {
 		const char *b = boards[i];
 		char *dir = h_tmpdir(), *fw = build_board(dir, b), *bin = xasprintf("%s/build/%s/app.bin", fw, b),
 		     *elf = xasprintf("%s/build/%s/app.elf", fw, b), *flash = xasprintf("%s/flash.img", dir), *boot2;
 		unsigned char *slot = malloc(SLOT_SIZE), tr[64], st[16];
+		char *prov = xasprintf("device=qemu-sensor-%04zu\ncredential=%s\n", i, cred[i]),
+		     *dev = xasprintf("OTA provisioned device=qemu-sensor-%04zu\n", i);
 		struct buf out = BUF_INIT;
 
 		assert_non_null(slot);
 		/* the factory: 1.3.0 (counter 2) confirmed, the device's identity */
 		slot_image(slot, bin, 3, 2, 1);
 		flash_put(flash, 0, slot, SLOT_SIZE);
-		flash_put(flash, PROV_OFF, prov, sizeof(prov) - 1);
-		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1");
-		must_have(b, out.ptr, "OTA provisioned device=qemu-sensor-1\n");
+		flash_put(flash, PROV_OFF, prov, strlen(prov));
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1", 4);
+		must_have(b, out.ptr, dev);
 		must_have(b, out.ptr, "OTA init phase=idle version=1.3.0 counter=2 gen=1 queued=0 image_ok=set\n");
 
 		/* power off; MCUboot's test swap puts 1.4.0 (counter 3) in the
 		 * primary slot, unconfirmed; the state sectors stay */
 		slot_image(slot, bin, 4, 3, 0);
 		flash_put(flash, 0, slot, SLOT_SIZE);
-		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1; printf 'r\\n'; sleep 2; printf 'o\\n'; sleep 1");
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1; printf 'r\\n'; sleep 2; printf 'o\\n'; sleep 1", 7);
 		/* the record from flash: a test boot of an image it did not know;
 		 * the self-test passes, image_ok is written, boot_ok queued */
 		must_have(b, out.ptr, "OTA init phase=testing version=1.4.0 counter=2 gen=2 queued=0 image_ok=unset\n");
 		must_have(b, out.ptr, "OTA confirmed 1.4.0\n");
-		must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 gen=3 queued=1 image_ok=set\nREBOOT\n");
+		must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 gen=3 queued=1 image_ok=set\n");
 		/* after SYSRESETREQ (same QEMU, RAM kept only in the flash map) */
+		must_have(b, out.ptr, "REBOOT\n");
 		boot2 = strstr(out.ptr, "REBOOT\n");
 		must_have(b, boot2, "sensor-node 1.4.0 counter=3 board=");
 		must_have(b, boot2, "OTA init phase=idle version=1.4.0 counter=3 gen=3 queued=1 image_ok=set\n");
@@ -207,6 +230,14 @@ static void qemu_boot_confirms_the_test_boot_and_keeps_the_record_across_a_reset
 		assert_memory_equal(st, "1ATS", 4);   /* STATE_MAGIC, little-endian */
 		assert_int_equal(st[4], 3);           /* sequence 3 */
 
+		/* UART1 bridged to the real otacd: the check-in and the report
+		 * batch go through it, otacd's acknowledgement empties the queue */
+		boot_bridged(&out, b, elf, flash, "sleep 3; printf 'o\\n'; sleep 1", 5, dir, d.device_url);
+		must_have(b, out.ptr, "OTA link up\n");
+		must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
+		must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
+		must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 gen=4 queued=0 image_ok=set\n");
+
 		assert_int_equal(h_sh(&out, "rm -rf '%s'", dir), 0);
 		buf_release(&out);
 		free(slot);
@@ -215,14 +246,19 @@ static void qemu_boot_confirms_the_test_boot_and_keeps_the_record_across_a_reset
 		free(flash);
 		free(fw);
 		free(dir);
+		free(prov);
+		free(dev);
+		free(cred[i]);
 	}
+	free(cred);
+	h_cleanup(&d);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(firmware_links_libotadev_for_both_boards),
-		cmocka_unit_test(qemu_boot_confirms_the_test_boot_and_keeps_the_record_across_a_reset),
+		cmocka_unit_test(qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_otacd_over_the_uart_bridge),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -41,7 +41,7 @@ static void put_num(struct line *l, long v)
 	} while (u);
 	if (v < 0)
 		t[--i] = '-';
-	put(l, t, 0);
+	put(l, t + i, 0);
 }
 
 int link_req_line(char *out, size_t cap, const struct otadev_http_req *req)
