@@ -80,9 +80,9 @@ int link_hexval(int c)
 	return -1;
 }
 
-/* A decimal at *s (a leading '-' when neg_ok), at most 9 digits, then a
- * space or the end. */
-static int num(const char **s, long *out, int neg_ok)
+/* A decimal at *s (a leading '-' when neg_ok), at most 9 digits, then
+ * the character sep; *s moves past sep. */
+static int num(const char **s, long *out, int neg_ok, char sep)
 {
 	const char *p = *s;
 	long v = 0;
@@ -96,10 +96,10 @@ static int num(const char **s, long *out, int neg_ok)
 		v = v * 10 + (*p++ - '0');
 		digits++;
 	}
-	if (!digits || (*p != ' ' && *p != '\0'))
+	if (!digits || *p != sep)
 		return -1;
 	*out = neg ? -v : v;
-	*s = *p == ' ' ? p + 1 : p;
+	*s = sep ? p + 1 : p;
 	return 0;
 }
 
@@ -111,8 +111,7 @@ int link_rsp_line(const char *line, int *status, long *total, size_t *len, size_
 	if (strncmp(p, "RSP ", 4) != 0)
 		return -1;
 	p += 4;
-	if (num(&p, &st, 0) < 0 || *p == '\0' || num(&p, &tot, 1) < 0 || *p == '\0' || num(&p, &n, 0) < 0 ||
-	    *p != '\0')
+	if (num(&p, &st, 0, ' ') < 0 || num(&p, &tot, 1, ' ') < 0 || num(&p, &n, 0, '\0') < 0)
 		return -1;
 	if (st > 999 || tot < -1 || (size_t)n > cap)
 		return -1;
