@@ -207,9 +207,9 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 		json_t *s = json_object_get(rep, "summary");
 		if (!strcmp(jstr(rep, "stage"), "unit-tests") && !strcmp(jstr(rep, "format"), "junit")) {
 			junit_unit++;
-			assert_int_equal(jint(s, "tests"), 26);
+			assert_int_equal(jint(s, "tests"), 28);
 			assert_int_equal(jint(s, "failures") + jint(s, "errors"), 0);
-			assert_int_equal(json_array_size(json_object_get(rep, "tests")), 26);
+			assert_int_equal(json_array_size(json_object_get(rep, "tests")), 28);
 		} else if (!strcmp(jstr(rep, "stage"), "hil")) {
 			junit_hil++;
 			assert_string_equal(jstr(rep, "format"), "junit");
@@ -248,7 +248,7 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 
 	/* and the CLI shows them */
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, d.url, d.token, (long long)id), 0);
-	assert_non_null(strstr(buf_cstr(&out), "26 tests, 26 passed"));
+	assert_non_null(strstr(buf_cstr(&out), "28 tests, 28 passed"));
 	assert_non_null(strstr(buf_cstr(&out), "5 tests, 5 passed"));
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --findings", otactl, d.url, d.token, (long long)id), 0);
 	assert_non_null(strstr(buf_cstr(&out), "static-analysis"));
@@ -292,7 +292,7 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	run = broken_run(&d, src, "  BREAK: unit\n", "    timeout: 2m\n");
 	job = h_job(run, "unit-tests");
 	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "1 of 26 tests failed: crc16_matches_ccitt_false_check_value"));
+	assert_non_null(strstr(jstr(job, "message"), "1 of 28 tests failed: crc16_matches_ccitt_false_check_value"));
 	assert_string_equal(jstr(h_job(run, "static-analysis"), "state"), "passed");
 	assert_string_equal(jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "passed");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, d.url, d.token,

@@ -1,8 +1,9 @@
 /*
  * ota_link.c - the text of the UART1 update link (see ota_link.h).
  *
- * Only building the request line and checking the answer's header live
- * here, so the host unit tests cover them; src/ota_port.c moves the bytes.
+ * Only building the request line, checking the answer's header and reading
+ * the provisioning sector live here, so the host unit tests and
+ * fuzz/fuzz_sensorlink.c cover them; src/ota_port.c moves the bytes.
  */
 #include "ota_link.h"
 
@@ -119,4 +120,46 @@ int link_rsp_line(const char *line, int *status, long *total, size_t *len, size_
 	*total = tot;
 	*len = (size_t)n;
 	return 0;
+}
+
+int link_prov_parse(const uint8_t *p, size_t n, char *dev, char *cred, size_t cap)
+{
+	char key[16], *val = NULL;
+	size_t i, kn = 0, vn = 0;
+	int in_val = 0, got_dev = 0;
+
+	dev[0] = cred[0] = '\0';
+	for (i = 0; i < n && p[i] != 0xff && p[i] != 0; i++) {
+		uint8_t c = p[i];
+		if (c == '\n') {
+			if (!in_val || !vn)
+				return -1;
+			val[vn] = '\0';
+			got_dev |= val == dev;
+			in_val = 0;
+			kn = vn = 0;
+		} else if (!in_val && c == '=') {
+			key[kn] = '\0';
+			if (!strcmp(key, "device"))
+				val = dev;
+			else if (!strcmp(key, "credential"))
+				val = cred;
+			else
+				return -1;
+			if (val[0])
+				return -1; /* a second line for the same key */
+			in_val = 1;
+		} else if (c <= ' ' || c >= 0x7f) {
+			return -1;
+		} else if (in_val) {
+			if (vn + 1 >= cap)
+				return -1;
+			val[vn++] = (char)c;
+		} else {
+			if (kn + 1 >= sizeof(key))
+				return -1;
+			key[kn++] = (char)c;
+		}
+	}
+	return in_val || kn || !got_dev ? -1 : 0;
 }

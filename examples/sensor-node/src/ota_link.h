@@ -39,4 +39,11 @@ int link_rsp_line(const char *line, int *status, long *total, size_t *len, size_
 /* 0..15 for a hex digit, -1 otherwise. */
 int link_hexval(int c);
 
+/* The provisioning sector (n bytes): "device=ID\n" and optionally
+ * "credential=TOKEN\n", ended by the first 0xff or NUL byte (erased
+ * flash).  Values are printable words shorter than cap.  0 with both
+ * written (cred "" when absent), -1 for anything else (no device, an
+ * unknown key, a torn line): the sector is then ignored whole. */
+int link_prov_parse(const uint8_t *p, size_t n, char *dev, char *cred, size_t cap);
+
 #endif

@@ -425,53 +425,12 @@ static const struct otadev_hooks hooks = {
 
 /* ---- provisioning, init, loop ----------------------------------------------- */
 
-/* "key=value\n" lines in the provisioning sector, up to the first 0xff or
- * NUL; values are printable words.  A malformed sector is ignored whole. */
+/* The identity a factory wrote into the provisioning sector. */
 static void provision(void)
 {
-	char dev[ID_MAX] = "", cred[ID_MAX] = "", key[16], *val = NULL;
-	size_t kn = 0, vn = 0;
-	uint32_t i;
-	int in_val = 0;
+	char dev[ID_MAX], cred[ID_MAX];
 
-	for (i = 0; i < FLASH_SECTOR; i++) {
-		uint8_t c = flash_rd(PROV_OFF)[i];
-		if (c == 0xff || c == 0)
-			break;
-		if (c == '\n') {
-			if (!in_val || !vn)
-				return;
-			val[vn] = '\0';
-			in_val = 0;
-			kn = vn = 0;
-			continue;
-		}
-		if (!in_val && c == '=') {
-			key[kn] = '\0';
-			if (!strcmp(key, "device"))
-				val = dev;
-			else if (!strcmp(key, "credential"))
-				val = cred;
-			else
-				return;
-			in_val = 1;
-			continue;
-		}
-		if (c <= ' ' || c >= 0x7f)
-			return;
-		if (in_val) {
-			if (vn + 1 >= ID_MAX)
-				return;
-			val[vn++] = (char)c;
-		} else {
-			if (kn + 1 >= sizeof(key))
-				return;
-			key[kn++] = (char)c;
-		}
-	}
-	if (in_val || kn)
-		return;
-	if (dev[0]) {
+	if (link_prov_parse(flash_rd(PROV_OFF), FLASH_SECTOR, dev, cred, ID_MAX) == 0) {
 		memcpy(device_id, dev, sizeof(dev));
 		memcpy(credential, cred, sizeof(cred));
 		uart_puts("OTA provisioned device=");

@@ -457,6 +457,33 @@ static void link_hex_digits_only(void)
 	CHECK(link_hexval('g') == -1 && link_hexval(' ') == -1 && link_hexval(-1) == -1 && link_hexval('\n') == -1);
 }
 
+static void link_provisioning_sector_gives_the_identity(void)
+{
+	static const uint8_t ok[] = "device=qemu-1\ncredential=tok-1\n\xff\xff";
+	char dev[16], cred[16];
+
+	CHECK(link_prov_parse(ok, sizeof(ok), dev, cred, sizeof(dev)) == 0);
+	CHECK_EQ_STR(dev, "qemu-1");
+	CHECK_EQ_STR(cred, "tok-1");
+	CHECK(link_prov_parse((const uint8_t *)"device=d\n", 9, dev, cred, sizeof(dev)) == 0);
+	CHECK_EQ_STR(cred, "");
+}
+
+static void link_provisioning_sector_refuses_anything_else(void)
+{
+	static const char *const bad[] = {
+		"", "\xff", "credential=t\n", "device=d", "device=\n", "device=a b\n", "device=d\nkey=k\n",
+		"device=d\ndevice=e\n", "device=0123456789abcdef\n", "=d\n", "device=d\n\n", "dev", "device=d\x01\n",
+	};
+	char dev[16], cred[16];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (link_prov_parse((const uint8_t *)bad[i], strlen(bad[i]), dev, cred, sizeof(dev)) != -1) {
+			fail_at(__FILE__, __LINE__, "accepted \"%s\"", bad[i]);
+			return;
+		}
+}
+
 /* ---- table, report ---------------------------------------------------- */
 
 #define TEST(suite, fn) { suite, #fn, fn }
@@ -491,6 +518,8 @@ static const struct test {
 	TEST("ota_link", link_request_line_refuses_fields_that_break_the_line),
 	TEST("ota_link", link_answer_header_is_parsed_strictly),
 	TEST("ota_link", link_hex_digits_only),
+	TEST("ota_link", link_provisioning_sector_gives_the_identity),
+	TEST("ota_link", link_provisioning_sector_refuses_anything_else),
 };
 
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
