@@ -228,7 +228,7 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 		assert_int_equal(tr[48], 0x77);
 		assert_int_equal(tr[49], 0xc2);
 		assert_memory_equal(st, "1ATS", 4);   /* STATE_MAGIC, little-endian */
-		assert_int_equal(st[4], 3);           /* sequence 3 */
+		assert_int_equal(st[8], 3);           /* sequence 3 (after magic and crc) */
 
 		/* UART1 bridged to the real otacd: the check-in and the report
 		 * batch go through it, otacd's acknowledgement empties the queue */

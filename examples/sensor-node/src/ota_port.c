@@ -44,7 +44,8 @@
 #define ID_MAX 64u
 
 struct state_hdr {
-	uint32_t magic, seq, len, crc; /* crc over seq, len and the record */
+	uint32_t magic, crc;           /* written last, magic last of all */
+	uint32_t seq, len;             /* crc: CRC-32 of seq, len and the record */
 };
 
 /* A development key (EC P-256, SubjectPublicKeyInfo DER); a product puts
@@ -179,14 +180,10 @@ static int h_erase(void *ctx, int slot, uint32_t off, uint32_t len)
 
 /* ---- persistent state: A/B sectors ----------------------------------------- */
 
-static uint32_t copy_crc(const struct state_hdr *h, const uint8_t *rec)
+/* The CRC of a copy at off: seq, len and the record lie contiguous in flash. */
+static uint32_t copy_crc(uint32_t off, uint32_t len)
 {
-	static uint8_t tmp[sizeof(struct otadev_record) + 8];
-
-	memcpy(tmp, &h->seq, 4);
-	memcpy(tmp + 4, &h->len, 4);
-	memcpy(tmp + 8, rec, h->len);
-	return otadev_crc32(tmp, 8 + h->len);
+	return otadev_crc32(flash_rd(off + 8), 8 + len);
 }
 
 /* The sector (0/1) holding the newest valid copy, or -1; its header in *out. */
@@ -200,7 +197,7 @@ static int state_newest(struct state_hdr *out)
 		const uint8_t *p = flash_rd(STATE_OFF + s * FLASH_SECTOR);
 		memcpy(&h, p, sizeof(h));
 		if (h.magic != STATE_MAGIC || h.len > sizeof(struct otadev_record) ||
-		    h.crc != copy_crc(&h, p + sizeof(h)))
+		    h.crc != copy_crc(STATE_OFF + s * FLASH_SECTOR, h.len))
 			continue;
 		if (best < 0 || h.seq > out->seq) {
 			*out = h;
@@ -236,11 +233,15 @@ static int h_persist_write(void *ctx, const void *buf, size_t len)
 	h.magic = STATE_MAGIC;
 	h.seq = s < 0 ? 1 : cur.seq + 1;
 	h.len = (uint32_t)len;
-	if (raw_erase(off, FLASH_SECTOR) < 0 || raw_write(off + sizeof(h), buf, h.len) < 0)
+	if (raw_erase(off, FLASH_SECTOR) < 0 || raw_write(off + 8, (const uint8_t *)&h.seq, 4) < 0 ||
+	    raw_write(off + 12, (const uint8_t *)&h.len, 4) < 0 ||
+	    raw_write(off + sizeof(h), buf, h.len) < 0)
 		return -1;
-	h.crc = copy_crc(&h, flash_rd(off + sizeof(h)));
-	/* the header last: until it is complete this copy is invalid */
-	return raw_write(off, (const uint8_t *)&h, sizeof(h));
+	h.crc = copy_crc(off, h.len);
+	/* crc, then the magic: until both are there this copy is invalid */
+	if (raw_write(off + 4, (const uint8_t *)&h.crc, 4) < 0)
+		return -1;
+	return raw_write(off, (const uint8_t *)&h.magic, 4);
 }
 
 /* ---- crypto ----------------------------------------------------------------- */
