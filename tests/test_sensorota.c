@@ -232,7 +232,7 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 
 		/* UART1 bridged to the real otacd: the check-in and the report
 		 * batch go through it, otacd's acknowledgement empties the queue */
-		boot_bridged(&out, b, elf, flash, "sleep 3; printf 'o\\n'; sleep 1", 5, dir, d.device_url);
+		boot_bridged(&out, b, elf, flash, "sleep 4; printf 'o\\n'; sleep 1", 6, dir, d.device_url);
 		must_have(b, out.ptr, "OTA link up\n");
 		must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
 		must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
@@ -254,11 +254,104 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 	h_cleanup(&d);
 }
 
+/*
+ * A real release offered to the QEMU device: the check-in's offer, the
+ * Range downloads into the secondary slot (RAM-backed flash) and the file's
+ * SHA-256 all run on the emulated Cortex-M through the UART bridge; the
+ * image is signed by the key compiled in (make TRUSTED_KEY=), so the core
+ * reaches the signature hook, which on this board refuses (no verifier):
+ * nothing is marked bootable and otacd gets the refusal report.
+ */
+static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_without_a_verifier(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	const char *b = "mps2-an385";
+	const char *y = "name: sensor-node\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"head -c 20000 /dev/urandom > app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.5.0\", security_counter: 4, key: test }\n"
+			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov, *sql;
+	unsigned char *slot;
+	int64_t release = 0;
+
+	(void)state;
+	if (tools_missing())
+		skip();
+	h_init(&d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
+			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
+	d.config = xasprintf("%s/config.yml", d.dir);
+	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(&d, args), 0);
+	cred = h_register_devices(&d, "qemu-dl", 1);
+
+	/* the firmware trusting the release key */
+	fw = xasprintf("%s/fw", d.dir);
+	free(build_board(d.dir, b));
+	assert_int_equal(h_sh(&out, "make -s -C '%s' BOARD=%s TRUSTED_KEY='%s/key.der'", fw, b, d.dir), 0);
+	bin = xasprintf("%s/build/%s/app.bin", fw, b);
+	elf = xasprintf("%s/build/%s/app.elf", fw, b);
+	flash = xasprintf("%s/flash.img", d.dir);
+	slot = malloc(SLOT_SIZE);
+	assert_non_null(slot);
+	slot_image(slot, bin, 4, 3, 1);   /* 1.4.0, counter 3, confirmed */
+	flash_put(flash, 0, slot, SLOT_SIZE);
+	prov = xasprintf("device=qemu-dl-0000\ncredential=%s\n", cred[0]);
+	flash_put(flash, PROV_OFF, prov, strlen(prov));
+
+	/* release 1.5.0 (counter 4) for this board, rolled out to 100 % */
+	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)",
+			(long long)h_trigger(&d, y));
+	for (int waited = 0; waited < 60000 && !(release = h_sql_int(&d, sql)); waited += 100)
+		h_msleep(100);
+	assert_true(release > 0);
+
+	boot_bridged(&out, b, elf, flash, "sleep 14; printf 'o\\n'; sleep 1", 16, d.dir, d.device_url);
+	must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
+	must_have(b, out.ptr, "bridge: GET /device/v1/");
+	must_have(b, out.ptr, "-> 206 (2048 bytes)");
+	must_have(b, out.ptr, "OTA verify: no signature verifier on this board; refused\n");
+	must_have(b, out.ptr, "OTA refused the offer: signature does not verify\n");
+	/* the only report: the refusal (bridge and UART lines interleave freely) */
+	must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
+	/* still on 1.4.0, nothing pending, the refusal acknowledged */
+	must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 ");
+	must_have(b, out.ptr, " queued=0 image_ok=set\n");
+	/* the image is in the secondary slot (MCUboot's header magic), its
+	 * trailer never got the boot magic */
+	flash_get(flash, SLOT_SIZE, slot, SLOT_SIZE);
+	assert_memory_equal(slot, "\x3d\xb8\xf3\x96", 4);
+	for (unsigned i = SLOT_SIZE - 48; i < SLOT_SIZE; i++)
+		assert_int_equal(slot[i], 0xff);
+
+	free(sql);
+	free(prov);
+	free(slot);
+	free(flash);
+	free(elf);
+	free(bin);
+	free(fw);
+	free(cfg);
+	free(cred[0]);
+	free(cred);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(firmware_links_libotadev_for_both_boards),
 		cmocka_unit_test(qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_otacd_over_the_uart_bridge),
+		cmocka_unit_test(qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_without_a_verifier),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,6 +26,7 @@
 
 #define LINK_FIRST_MS 8000u /* for the bridge's HTTP round trip */
 #define LINK_BYTE_MS 1000u  /* between two bytes of an answer */
+#define LINK_HELLO_MS 5u    /* between two bytes of "BRIDGE 1" */
 #define LINK_LINE_MAX 64u   /* "RSP ..." header line */
 
 /* The request line (without the body) into out; -1 when it does not fit or

@@ -325,14 +325,16 @@ static int link_getc(uint32_t ms)
 	return c;
 }
 
-/* Watch for the bridge's "BRIDGE 1" line (no waiting). */
-static void link_watch(void)
+/* Watch for the bridge's "BRIDGE 1" line, waiting up to ms between two
+ * bytes (the UART holds one byte at a time; QEMU hands over the next one
+ * only after the firmware read the last). */
+static void link_watch(uint32_t ms)
 {
 	static const char hello[] = "BRIDGE 1\n";
 	static unsigned matched;
 	int c;
 
-	while (!link_up && (c = uart1_getc()) >= 0) {
+	while (!link_up && (c = link_getc(ms)) >= 0) {
 		matched = c == hello[matched] ? matched + 1 : c == hello[0];
 		if (matched == sizeof(hello) - 1) {
 			link_up = 1;
@@ -351,7 +353,7 @@ static int h_http(void *ctx, const struct otadev_http_req *req, struct otadev_ht
 	resp->status = 0;
 	resp->len = 0;
 	resp->range_total = -1;
-	link_watch();
+	link_watch(LINK_HELLO_MS);
 	if (!link_up || link_req_line(line, sizeof(line), req) < 0)
 		return -1;
 	while (uart1_getc() >= 0)
@@ -507,7 +509,7 @@ void ota_port_poll(void)
 
 	if (!ota_on)
 		return;
-	link_watch();
+	link_watch(0);
 	if (now < next_step)
 		return;
 	if (otadev_step(&ota, &wait) < 0) {
