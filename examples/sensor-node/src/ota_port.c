@@ -5,10 +5,10 @@
  *              backs it with a file); NOR rules are enforced: erase by
  *              4 KiB sector to 0xff, a write that would set a bit is
  *              refused (on real NOR it would corrupt silently)
- * persistent   two sectors, A/B: a copy is header + record, the header
- *   state      (magic, sequence, length, CRC) written last after the
- *              record; the valid copy with the higher sequence wins, so a
- *              power cut mid-write leaves the previous copy
+ * persistent   two sectors, A/B: the older one is erased, then sequence,
+ *   state      length and record are written, then their CRC-32, then the
+ *              magic last; the valid copy with the higher sequence wins,
+ *              so a power cut mid-write leaves the previous copy
  * clock        SysTick at 1 kHz; random: xorshift seeded from SysTick's
  *              counter (jitter only, no secret depends on it)
  * crypto       SHA-256: src/sha256.c.  Signature verify: none on this
@@ -26,7 +26,6 @@
  *              device is "sensor-node-<board>" with no credential
  */
 #include "ota_port.h"
-#include "trusted_key.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -37,6 +36,7 @@
 #include "otadev.h"
 #include "selftest.h"
 #include "sha256.h"
+#include "trusted_key.h"
 #include "uart.h"
 #include "version.h"
 
