@@ -205,6 +205,8 @@ $(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(BUILD)/obj/web/assets.c
 	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
 	    -DOTACD_VERSION='"$(VERSION)"' $(PKG_CFLAGS) -I. -o $@ $< $(LIB_SRC) \
 	    $(BUILD)/obj/web/assets.c $(PKG_LIBS) -lpthread -lm
+# the sample firmware's link parser includes libotadev's header
+$(BUILD)/fuzz/fuzz_sensorlink: PKG_CFLAGS += -Idevice
 fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
 	  n=$$(basename $$t); mkdir -p $(BUILD)/fuzz/corpus-$$n; \

@@ -39,3 +39,24 @@ for cfg in "-Os|" "-O2|" "-Os|-DOTADEV_IO_MAX=512 -DOTADEV_TOKENS=48 -DOTADEV_QU
 	printf '%-44s %8d %6.2f %8d %6.2f\n' "$opt ${defs:-(defaults)}" "$1" \
 		"$(echo "$1 / $base_text" | bc -l)" "$2" "$(echo "$2 / $base_ram" | bc -l)"
 done
+
+# The whole sample firmware (examples/sensor-node) with libotadev on its MCU
+# hooks, as linked (-Os, --gc-sections), per board: the image's flash and
+# RAM, and what of it the update agent takes: the core's and the port's
+# code (their objects before the linker drops unused sections: an upper
+# bound), the state (struct otadev, symbol "ota").
+if command -v arm-none-eabi-gcc >/dev/null && [ -r /usr/include/jsmn.h ]; then
+	mkdir -p "$tmp/fw"
+	(cd "$src/examples/sensor-node" && tar -cf - --exclude=./build .) | (cd "$tmp/fw" && tar -xf -)
+	printf '\n%-28s %8s %6s %8s %10s %10s %8s\n' "sensor-node firmware" "flash B" "data B" "bss B" \
+		"core code" "port code" "state B"
+	for b in mps2-an385 mps2-an386; do
+		make -s -C "$tmp/fw" BOARD=$b OTADEV="$(cd "$src/device" && pwd)" >/dev/null
+		o="$tmp/fw/build/$b"
+		set -- $(arm-none-eabi-size "$o/app.elf" | awk 'NR==2 {print $1, $2, $3}')
+		core=$(arm-none-eabi-size "$o"/obj/otadev/*.o | awk 'NR>1 {t += $1} END {print t}')
+		port=$(arm-none-eabi-size "$o/obj/ota_port.o" "$o/obj/ota_link.o" "$o/obj/sha256.o" | awk 'NR>1 {t += $1} END {print t}')
+		state=$(arm-none-eabi-nm -S "$o/app.elf" | awk '$4 == "ota" {print $2}')
+		printf '%-28s %8d %6d %8d %10d %10d %8d\n' "$b" "$1" "$2" "$3" "$core" "$port" "$((0x$state))"
+	done
+fi

@@ -27,9 +27,9 @@ now_ms() { date +%s%3N; }
 
 # The pipeline without release and rollout, every stage starting with a copy
 # of the example's sources (jobs of an uploaded pipeline get no checkout).
-awk -v src="$ex" '
+awk -v src="$ex" -v core="$src/device" '
 	/^  # --- release/ { exit }
-	/^stages:/ { print "env:\n  SRC: \"" src "\"\nstages:"; next }
+	/^stages:/ { print "env:\n  SRC: \"" src "\"\n  OTADEV: \"" core "\"\nstages:"; next }
 	/^    steps:$/ { print; getline; sub(/- run: /, "- run: cp -R \"$SRC/.\" .\n      - run: "); print; next }
 	{ print }' "$ex/.otacd/pipeline.yml" > "$work/pipeline.yml"
 

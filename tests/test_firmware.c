@@ -46,15 +46,20 @@ static char *src_path(const char *rel)
 	return xasprintf("%s/%s", root && *root ? root : ".", rel);
 }
 
-/* A copy of the example without build output, in the daemon's directory. */
+/* A copy of the example without build output, in the daemon's directory,
+ * laid out as a firmware repository: libotadev (otacd's device/ core) as
+ * the submodule lib/otadev that its Makefile looks for first. */
 static char *example_copy(struct daemon *d)
 {
-	char *from = src_path("examples/sensor-node"), *to = xasprintf("%s/sensor-node", d->dir);
+	char *from = src_path("examples/sensor-node"), *core = src_path("device"),
+	     *to = xasprintf("%s/sensor-node", d->dir);
 	struct buf out = BUF_INIT;
-	assert_int_equal(h_sh(&out, "mkdir -p '%s' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)",
-			      to, from, to), 0);
+	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
+				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
+			      to, from, to, core, core, to), 0);
 	buf_release(&out);
 	free(from);
+	free(core);
 	return to;
 }
 
@@ -202,9 +207,9 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 		json_t *s = json_object_get(rep, "summary");
 		if (!strcmp(jstr(rep, "stage"), "unit-tests") && !strcmp(jstr(rep, "format"), "junit")) {
 			junit_unit++;
-			assert_int_equal(jint(s, "tests"), 19);
+			assert_int_equal(jint(s, "tests"), 28);
 			assert_int_equal(jint(s, "failures") + jint(s, "errors"), 0);
-			assert_int_equal(json_array_size(json_object_get(rep, "tests")), 19);
+			assert_int_equal(json_array_size(json_object_get(rep, "tests")), 28);
 		} else if (!strcmp(jstr(rep, "stage"), "hil")) {
 			junit_hil++;
 			assert_string_equal(jstr(rep, "format"), "junit");
@@ -243,7 +248,7 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 
 	/* and the CLI shows them */
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, d.url, d.token, (long long)id), 0);
-	assert_non_null(strstr(buf_cstr(&out), "19 tests, 19 passed"));
+	assert_non_null(strstr(buf_cstr(&out), "28 tests, 28 passed"));
 	assert_non_null(strstr(buf_cstr(&out), "5 tests, 5 passed"));
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --findings", otactl, d.url, d.token, (long long)id), 0);
 	assert_non_null(strstr(buf_cstr(&out), "static-analysis"));
@@ -287,7 +292,7 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	run = broken_run(&d, src, "  BREAK: unit\n", "    timeout: 2m\n");
 	job = h_job(run, "unit-tests");
 	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "1 of 19 tests failed: crc16_matches_ccitt_false_check_value"));
+	assert_non_null(strstr(jstr(job, "message"), "1 of 28 tests failed: crc16_matches_ccitt_false_check_value"));
 	assert_string_equal(jstr(h_job(run, "static-analysis"), "state"), "passed");
 	assert_string_equal(jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "passed");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, d.url, d.token,

@@ -16,6 +16,12 @@ if [ -z "$work" ]; then
 	trap 'rm -rf "$work"' EXIT
 fi
 boards="mps2-an385 mps2-an386"
+# libotadev: the firmware repository's submodule, or otacd's device/ when
+# the example runs inside otacd's tree (the copies below lose ../../device)
+if [ -z "${OTADEV:-}" ] && [ ! -d "$src/lib/otadev" ] && [ -d "$src/../../device" ]; then
+	OTADEV=$(CDPATH='' cd -- "$src/../../device" && pwd)
+	export OTADEV
+fi
 
 # a clean workspace: the sources without build output
 checkout() {

@@ -8,23 +8,30 @@
  *     SELFTEST PASS        (or "SELFTEST FAIL <check>")
  *     READY
  *
- * SysTick fires SAMPLE_HZ times a second; its handler reads the (simulated)
- * sensor into the ring buffer.  main() drains the ring, keeping the newest
- * sample, and answers one-letter commands terminated by a newline:
- * "v" the version line, "s" a frame of the newest sample, "t" the
- * self-test again.  Between ticks the core sleeps in WFI, so an idle QEMU
+ * with "OTA ..." lines of the update agent (src/ota_port.c) among them:
+ * "OTA init phase=..." after the version line, or "OTA off: why" when the
+ * primary slot holds no MCUboot image (QEMU without the rig's flash file).
+ *
+ * SysTick fires every millisecond (libotadev's clock) and SAMPLE_HZ times a
+ * second its handler reads the (simulated) sensor into the ring buffer.
+ * main() drains the ring, keeping the newest sample, steps libotadev when
+ * it is due, and answers one-letter commands terminated by a newline:
+ * "v" the version line, "s" a frame of the next sample, "t" the
+ * self-test again, "o" the update agent's state, "r" reboot (SYSRESETREQ).  Between ticks the core sleeps in WFI, so an idle QEMU
  * costs no CPU.
  */
 #include <stdint.h>
 
 #include "frame.h"
 #include "mps2.h"
+#include "ota_port.h"
 #include "ringbuf.h"
 #include "selftest.h"
 #include "sensor.h"
 #include "uart.h"
 #include "version.h"
 
+#define TICK_HZ     1000u /* SysTick: libotadev's millisecond clock */
 #define SAMPLE_HZ   50u
 #define BOOT_FRAMES 4u
 #define LINE_MAX    16u
@@ -34,11 +41,16 @@ void SysTick_Handler(void);
 static struct ringbuf ring;
 static struct sensor sensor;
 
-/* Interrupt context: the only producer of the ring. */
+/* Interrupt context: the clock, and the only producer of the ring. */
 void SysTick_Handler(void)
 {
+	static unsigned ticks;
 	struct sample s;
 
+	ota_port_tick();
+	if (++ticks < TICK_HZ / SAMPLE_HZ)
+		return;
+	ticks = 0;
 	sensor_sample(&sensor, &s);
 	(void)ringbuf_push(&ring, &s);
 }
@@ -76,7 +88,7 @@ static void report_selftest(void)
 	}
 }
 
-static void handle_command(const char *line, const struct sample *latest)
+static void handle_command(const char *line, struct sample *latest)
 {
 	if (line[0] == '\0')
 		return;
@@ -89,11 +101,21 @@ static void handle_command(const char *line, const struct sample *latest)
 		uart_putline(SENSOR_VERSION_LINE);
 		break;
 	case 's':
+		/* the next sample, so the reply is always newer than the last
+		 * one sent (the tick is faster than the sampling) */
+		while (ringbuf_pop(&ring, latest) != 0)
+			wait_for_interrupt();
 		emit_frame(latest);
 		break;
 	case 't':
 		report_selftest();
 		break;
+	case 'o':
+		ota_port_print_status();
+		break;
+	case 'r':
+		uart_putline("REBOOT");
+		ota_port_reboot();
 	default:
 		uart_putline("ERR unknown command");
 		break;
@@ -118,9 +140,10 @@ int main(void)
 	/* INJECT_TIMESTAMP=1: a deliberately non-reproducible build */
 	uart_putline("build-stamp=" SENSOR_BUILD_STAMP);
 #endif
+	ota_port_init();
 	ringbuf_init(&ring);
 	sensor_init(&sensor);
-	SYST_RVR = MPS2_SYSCLK_HZ / SAMPLE_HZ - 1u;
+	SYST_RVR = MPS2_SYSCLK_HZ / TICK_HZ - 1u;
 	SYST_CVR = 0;
 	SYST_CSR = SYST_CSR_CLKSOURCE | SYST_CSR_TICKINT | SYST_CSR_ENABLE;
 
@@ -149,6 +172,7 @@ int main(void)
 				line[len++] = (char)c;
 			}
 		}
+		ota_port_poll();
 		wait_for_interrupt();
 	}
 }

@@ -1,5 +1,5 @@
 /*
- * uart.c - CMSDK APB UART0, polled (see uart.h).
+ * uart.c - CMSDK APB UART0 and UART1, polled (see uart.h).
  *
  * QEMU ignores the baud rate but, like the real IP, transmits nothing unless
  * BAUDDIV is at least 16, so it is set to what the 25 MHz board needs.
@@ -10,18 +10,35 @@
 
 #define BAUD 115200u
 
+static void init(uint32_t base)
+{
+	UART_CTRL(base) = 0;
+	UART_BAUDDIV(base) = MPS2_SYSCLK_HZ / BAUD;
+	UART_CTRL(base) = UART_CTRL_TXEN | UART_CTRL_RXEN;
+}
+
+static void putc_on(uint32_t base, char c)
+{
+	while (UART_STATE(base) & UART_STATE_TXFULL)
+		;
+	UART_DATA(base) = (uint8_t)c;
+}
+
+static int getc_on(uint32_t base)
+{
+	if (!(UART_STATE(base) & UART_STATE_RXFULL))
+		return -1;
+	return (int)(UART_DATA(base) & 0xFFu);
+}
+
 void uart_init(void)
 {
-	UART0_CTRL = 0;
-	UART0_BAUDDIV = MPS2_SYSCLK_HZ / BAUD;
-	UART0_CTRL = UART_CTRL_TXEN | UART_CTRL_RXEN;
+	init(UART0_BASE);
 }
 
 void uart_putc(char c)
 {
-	while (UART0_STATE & UART_STATE_TXFULL)
-		;
-	UART0_DATA = (uint8_t)c;
+	putc_on(UART0_BASE, c);
 }
 
 void uart_puts(const char *s)
@@ -38,7 +55,20 @@ void uart_putline(const char *s)
 
 int uart_getc(void)
 {
-	if (!(UART0_STATE & UART_STATE_RXFULL))
-		return -1;
-	return (int)(UART0_DATA & 0xFFu);
+	return getc_on(UART0_BASE);
+}
+
+void uart1_init(void)
+{
+	init(UART1_BASE);
+}
+
+void uart1_putc(char c)
+{
+	putc_on(UART1_BASE, c);
+}
+
+int uart1_getc(void)
+{
+	return getc_on(UART1_BASE);
 }

@@ -1,5 +1,5 @@
 /*
- * uart.h - polled driver for the CMSDK APB UART0 of the MPS2 boards.
+ * uart.h - polled driver for the CMSDK APB UART0 and UART1 of the MPS2 boards.
  *
  * Transmit waits for room; receive never waits.  Lines end in "\r\n" on the
  * wire so a terminal shows them properly.
@@ -20,5 +20,11 @@ void uart_putline(const char *s);
 
 /* A received byte 0..255, or -1 when none is waiting. */
 int uart_getc(void);
+
+/* UART1, the update link to the rig's bridge (src/ota_link.c): the same
+ * polled driver, raw bytes. */
+void uart1_init(void);
+void uart1_putc(char c);
+int uart1_getc(void);
 
 #endif

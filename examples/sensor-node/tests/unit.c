@@ -1,8 +1,8 @@
 /*
  * unit.c - host unit tests of the firmware's logic, with a JUnit report.
  *
- * The ring buffer, CRC, frame format, simulated sensor and self-test are
- * plain C, so they are compiled for the host and tested here; the hardware
+ * The ring buffer, CRC, frame format, simulated sensor, self-test, SHA-256
+ * and the update link's text are plain C, so they are compiled for the host and tested here; the hardware
  * parts (UART, SysTick, start-up) are exercised by the HIL test instead.
  *
  * The runner is deliberately tiny: a table of test functions grouped by
@@ -25,9 +25,11 @@
 
 #include "crc16.h"
 #include "frame.h"
+#include "ota_link.h"
 #include "ringbuf.h"
 #include "selftest.h"
 #include "sensor.h"
+#include "sha256.h"
 
 #ifdef SENSOR_BREAK_UNIT
 #define CRC_CHECK_VALUE 0x29B2u /* wrong on purpose */
@@ -68,6 +70,15 @@ static void fail_at(const char *file, int line, const char *fmt, ...)
 				got_, (unsigned long long)got_, want_, (unsigned long long)want_);   \
 			return;                                                                      \
 		}                                                                                    \
+	} while (0)
+
+#define CHECK_EQ_STR(got, want)                                                           \
+	do {                                                                              \
+		if (strcmp((got), (want)) != 0) {                                         \
+			fail_at(__FILE__, __LINE__, "%s is \"%s\", expected \"%s\"", #got, \
+				(got), (want));                                           \
+			return;                                                           \
+		}                                                                         \
 	} while (0)
 
 /* ---- crc16 ------------------------------------------------------------ */
@@ -328,6 +339,151 @@ static void selftest_passes_on_the_shipped_logic(void)
 		fail_at(__FILE__, __LINE__, "self-test check '%s' failed", failed);
 }
 
+/* ---- sha256 (FIPS 180-4 examples, NIST CAVP) --------------------------- */
+
+static void sha256_hex(char out[65], const void *data, size_t len, size_t piece)
+{
+	struct sha256 s;
+	uint8_t d[32];
+	const uint8_t *p = data;
+
+	sha256_begin(&s);
+	for (size_t off = 0; off < len; off += piece)
+		sha256_update(&s, p + off, len - off < piece ? len - off : piece);
+	sha256_end(&s, d);
+	for (int i = 0; i < 32; i++)
+		sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void sha256_of_fips_examples(void)
+{
+	static const char two_blocks[] = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	char h[65];
+
+	sha256_hex(h, "", 0, 1);
+	CHECK(strcmp(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+	sha256_hex(h, "abc", 3, 3);
+	CHECK(strcmp(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+	sha256_hex(h, two_blocks, strlen(two_blocks), 64);
+	CHECK(strcmp(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0);
+}
+
+static void sha256_of_a_million_a_in_odd_pieces(void)
+{
+	static char a[1000000];
+	char h[65];
+
+	memset(a, 'a', sizeof(a));
+	sha256_hex(h, a, sizeof(a), 4093);
+	CHECK(strcmp(h, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0") == 0);
+}
+
+/* Lengths around the padding boundary (55, 56, 63, 64 bytes), one byte at
+ * a time against one call. */
+static void sha256_in_pieces_equals_one_pass(void)
+{
+	uint8_t buf[130];
+	char one[65], bytes[65];
+
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 7 + 1);
+	for (size_t n = 50; n <= sizeof(buf); n++) {
+		sha256_hex(one, buf, n, n ? n : 1);
+		sha256_hex(bytes, buf, n, 1);
+		CHECK_EQ_STR(one, bytes);
+	}
+}
+
+/* ---- ota_link: the UART1 wire ------------------------------------------ */
+
+static void link_request_line_carries_method_range_body_length_and_identity(void)
+{
+	struct otadev_http_req r = { "GET", "/device/v1/images/ab.bin", "dev-1", "tok", NULL, 0, 4096, 8191 };
+	char line[160];
+
+	CHECK(link_req_line(line, sizeof(line), &r) == 0);
+	CHECK_EQ_STR(line, "REQ GET 4096 8191 0 /device/v1/images/ab.bin dev-1 tok\n");
+	r.method = "POST";
+	r.body = "{}";
+	r.body_len = 2;
+	r.range_start = r.range_end = -1;
+	r.credential = NULL;
+	CHECK(link_req_line(line, sizeof(line), &r) == 0);
+	CHECK_EQ_STR(line, "REQ POST -1 -1 2 /device/v1/images/ab.bin dev-1 -\n");
+}
+
+static void link_request_line_refuses_fields_that_break_the_line(void)
+{
+	struct otadev_http_req r = { "POST", "/device/v1/checkin", "dev 1", "tok", NULL, 0, -1, -1 };
+	char line[160];
+
+	CHECK(link_req_line(line, sizeof(line), &r) == -1);
+	r.device = "dev-1";
+	r.credential = "tok\nREQ";
+	CHECK(link_req_line(line, sizeof(line), &r) == -1);
+	r.credential = "tok";
+	CHECK(link_req_line(line, 20, &r) == -1); /* does not fit */
+	r.path = "";
+	CHECK(link_req_line(line, sizeof(line), &r) == -1);
+}
+
+static void link_answer_header_is_parsed_strictly(void)
+{
+	int st = -5;
+	long total = -5;
+	size_t len = 99;
+
+	CHECK(link_rsp_line("RSP 206 65536 4096", &st, &total, &len, 4096) == 0);
+	CHECK(st == 206 && total == 65536 && len == 4096);
+	CHECK(link_rsp_line("RSP 200 -1 0", &st, &total, &len, 4096) == 0);
+	CHECK(st == 200 && total == -1 && len == 0);
+	/* every malformed header is refused, nothing written */
+	st = -5;
+	static const char *const bad[] = {
+		"", "RSP", "RSP 200", "RSP 200 -1", "RSP 200 -1 4097", "RSP 1000 -1 0", "RSP -200 -1 0",
+		"RSP 200 -2 0", "RSP 200 -1 0 ", "RSP 200 -1 0 extra", "RSP  200 -1 0", "rsp 200 -1 0",
+		"RSP 200 -1 0x10", "RSP 200 -1 9999999999", "RSP 2a0 -1 0", "REQ 200 -1 0",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (link_rsp_line(bad[i], &st, &total, &len, 4096) != -1 || st != -5) {
+			fail_at(__FILE__, __LINE__, "accepted %s", bad[i]);
+			return;
+		}
+}
+
+static void link_hex_digits_only(void)
+{
+	CHECK(link_hexval('0') == 0 && link_hexval('9') == 9 && link_hexval('a') == 10 && link_hexval('F') == 15);
+	CHECK(link_hexval('g') == -1 && link_hexval(' ') == -1 && link_hexval(-1) == -1 && link_hexval('\n') == -1);
+}
+
+static void link_provisioning_sector_gives_the_identity(void)
+{
+	static const uint8_t ok[] = "device=qemu-1\ncredential=tok-1\n\xff\xff";
+	char dev[16], cred[16];
+
+	CHECK(link_prov_parse(ok, sizeof(ok), dev, cred, sizeof(dev)) == 0);
+	CHECK_EQ_STR(dev, "qemu-1");
+	CHECK_EQ_STR(cred, "tok-1");
+	CHECK(link_prov_parse((const uint8_t *)"device=d\n", 9, dev, cred, sizeof(dev)) == 0);
+	CHECK_EQ_STR(cred, "");
+}
+
+static void link_provisioning_sector_refuses_anything_else(void)
+{
+	static const char *const bad[] = {
+		"", "\xff", "credential=t\n", "device=d", "device=\n", "device=a b\n", "device=d\nkey=k\n",
+		"device=d\ndevice=e\n", "device=0123456789abcdef\n", "=d\n", "device=d\n\n", "dev", "device=d\x01\n",
+	};
+	char dev[16], cred[16];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (link_prov_parse((const uint8_t *)bad[i], strlen(bad[i]), dev, cred, sizeof(dev)) != -1) {
+			fail_at(__FILE__, __LINE__, "accepted \"%s\"", bad[i]);
+			return;
+		}
+}
+
 /* ---- table, report ---------------------------------------------------- */
 
 #define TEST(suite, fn) { suite, #fn, fn }
@@ -355,6 +511,15 @@ static const struct test {
 	TEST("sensor", sensor_readings_stay_within_the_waveform_bounds),
 	TEST("sensor", sensor_lfsr_has_maximal_period),
 	TEST("selftest", selftest_passes_on_the_shipped_logic),
+	TEST("sha256", sha256_of_fips_examples),
+	TEST("sha256", sha256_of_a_million_a_in_odd_pieces),
+	TEST("sha256", sha256_in_pieces_equals_one_pass),
+	TEST("ota_link", link_request_line_carries_method_range_body_length_and_identity),
+	TEST("ota_link", link_request_line_refuses_fields_that_break_the_line),
+	TEST("ota_link", link_answer_header_is_parsed_strictly),
+	TEST("ota_link", link_hex_digits_only),
+	TEST("ota_link", link_provisioning_sector_gives_the_identity),
+	TEST("ota_link", link_provisioning_sector_refuses_anything_else),
 };
 
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))

@@ -1,0 +1,357 @@
+/*
+ * test_sensorota.c - the sample firmware with libotadev on its MCU hooks
+ * (examples/sensor-node, src/ota_port.c), built for both boards and booted
+ * in QEMU with its flash map backed by a file (docs/device-porting.md).
+ *
+ * The rig writes what a factory and MCUboot would leave in flash: the
+ * signed image of the same build in the primary slot with the trailer of
+ * a test boot after a swap (magic, copy_done set, image_ok unset) and a
+ * provisioning sector.  The firmware must then, on the emulated Cortex-M:
+ * read the (absent) record, start in TESTING, run its self-test, write
+ * image_ok into the primary trailer, persist the record in its A/B state
+ * sectors, reset itself through SCB AIRCR and, after the reset, read the
+ * record back from flash (same generation, the boot_ok report still
+ * queued: no link).  The file is checked afterwards byte by byte.
+ * Needs arm-none-eabi-gcc, qemu-system-arm and make; skipped without.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <openssl/evp.h>
+
+#include "harness.h"
+#include "../orchestrator/mcuboot.h"
+
+#define FLASH_SIZE (16u << 20)
+#define SLOT_SIZE 0x20000u
+#define STATE_OFF 0x41000u
+#define PROV_OFF 0x43000u
+
+static const char *const boards[] = { "mps2-an385", "mps2-an386" };
+
+static int tools_missing(void)
+{
+	struct buf out = BUF_INIT;
+	int missing = h_sh(&out, "command -v arm-none-eabi-gcc && command -v qemu-system-arm && command -v make") != 0;
+	if (missing)
+		fprintf(stderr, "test_sensorota: arm-none-eabi-gcc, qemu-system-arm or make missing: skipped\n");
+	buf_release(&out);
+	return missing;
+}
+
+static char *src_path(const char *rel)
+{
+	const char *root = getenv("OTACD_SRC");
+	return xasprintf("%s/%s", root && *root ? root : ".", rel);
+}
+
+/* The example as a firmware repository (libotadev at lib/otadev), built for
+ * one board; returns the copy's directory. */
+static char *build_board(const char *dir, const char *board)
+{
+	char *from = src_path("examples/sensor-node"), *core = src_path("device"), *to = xasprintf("%s/fw", dir);
+	struct buf out = BUF_INIT;
+	int rc;
+	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
+				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
+			      to, from, to, core, core, to), 0);
+	rc = h_sh(&out, "make -s -C '%s' BOARD=%s", to, board);
+	if (rc)
+		fail_msg("make BOARD=%s: %s", board, out.ptr);
+	free(from);
+	free(core);
+	buf_release(&out);
+	return to;
+}
+
+static void firmware_links_libotadev_for_both_boards(void **state)
+{
+	(void)state;
+	if (tools_missing())
+		skip();
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(boards); i++) {
+		char *dir = h_tmpdir(), *fw = build_board(dir, boards[i]);
+		struct buf out = BUF_INIT;
+		/* the core and the hooks are in the image, not garbage-collected */
+		assert_int_equal(h_sh(&out, "arm-none-eabi-nm '%s/build/%s/app.elf'", fw, boards[i]), 0);
+		for (const char *const *sym = (const char *const[]){ " otadev_init", " otadev_step", " otadev_image_verify",
+								      " otadev_trailer_confirm", " sha256_update", NULL };
+		     *sym; sym++)
+			if (!strstr(out.ptr, *sym))
+				fail_msg("%s: %s is not linked", boards[i], *sym);
+		assert_int_equal(h_sh(&out, "rm -rf '%s'", dir), 0);
+		buf_release(&out);
+		free(fw);
+		free(dir);
+	}
+}
+
+/* The signed image of bin (version 1.MINOR.0, counter) in a slot with a
+ * trailer: MCUboot's after a test swap (copy_done set, image_ok unset) or
+ * a confirmed one (image_ok set). */
+static void slot_image(unsigned char *slot, const char *bin_path, uint8_t minor, uint32_t counter, int confirmed)
+{
+	struct buf bin = BUF_INIT, img = BUF_INIT;
+	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	struct mcuboot_sign_opts o = { .major = 1, .minor = minor, .has_security_counter = 1,
+				       .security_counter = counter, .slot_size = SLOT_SIZE, .confirm = confirmed };
+
+	assert_non_null(k);
+	assert_int_equal(ota_read_file(&bin, bin_path, 1 << 20), 0);
+	assert_int_equal(mcuboot_sign(&img, bin.ptr, bin.len, k, &o), 0);
+	assert_int_equal(img.len, SLOT_SIZE);
+	memcpy(slot, img.ptr, img.len);
+	if (!confirmed)
+		slot[SLOT_SIZE - 32] = 0x01; /* copy_done: MCUboot swapped it in */
+	EVP_PKEY_free(k);
+	buf_release(&bin);
+	buf_release(&img);
+}
+
+/* Write len bytes at off of the flash file (created 0xff-filled first). */
+static void flash_put(const char *path, long off, const void *p, size_t len)
+{
+	FILE *f = fopen(path, "r+b");
+	if (!f) {
+		unsigned char *ff = malloc(FLASH_SIZE);
+		assert_non_null(ff);
+		memset(ff, 0xff, FLASH_SIZE);
+		assert_non_null(f = fopen(path, "w+b"));
+		assert_int_equal(fwrite(ff, 1, FLASH_SIZE, f), FLASH_SIZE);
+		free(ff);
+	}
+	assert_int_equal(fseek(f, off, SEEK_SET), 0);
+	assert_int_equal(fwrite(p, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+}
+
+static void flash_get(const char *path, long off, void *p, size_t len)
+{
+	FILE *f = fopen(path, "rb");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, off, SEEK_SET), 0);
+	assert_int_equal(fread(p, 1, len, f), len);
+	fclose(f);
+}
+
+/* Boot the board on the flash file, feed UART0 the shell words of input
+ * (printf/sleep), collect UART0 into out; QEMU is stopped after secs (a
+ * little more than the input takes). */
+static void boot(struct buf *out, const char *board, const char *elf, const char *flash, const char *input, int secs)
+{
+	buf_clear(out);
+	assert_int_equal(h_sh(out, "(%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
+				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on"
+				   " -nographic -monitor none -serial stdio -serial null -kernel %s 2>&1 | tr -d '\\r'; true",
+			      input, secs, board, flash, elf), 0);
+}
+
+/* The same with UART1 on a socket that hil/bridge.py connects to otacd. */
+static void boot_bridged(struct buf *out, const char *board, const char *elf, const char *flash, const char *input,
+			 int secs, const char *dir, const char *url)
+{
+	char *bridge = src_path("examples/sensor-node/hil/bridge.py");
+	buf_clear(out);
+	assert_int_equal(h_sh(out, "{ (%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
+				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on -nographic -monitor none"
+				   " -serial stdio -serial unix:%s/uart1.sock,server=on,wait=on -kernel %s 2>&1 | tr -d '\\r'; } &"
+				   " python3 %s %s/uart1.sock %s; wait",
+			      input, secs, board, flash, dir, elf, bridge, dir, url), 0);
+	free(bridge);
+}
+
+static void must_have(const char *board, const char *transcript, const char *line)
+{
+	if (!strstr(transcript, line))
+		fail_msg("%s: no \"%s\" on UART0:\n%s", board, line, transcript);
+}
+
+static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_otacd_over_the_uart_bridge(void **state)
+{
+	const char *const args[] = { NULL };
+	struct daemon d;
+	char **cred;
+
+	(void)state;
+	if (tools_missing())
+		skip();
+	h_init(&d, NULL);
+	assert_int_equal(h_start(&d, args), 0);
+	cred = h_register_devices(&d, "qemu-sensor", (int)OTA_ARRAY_SIZE(boards));
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(boards); i++) {
+		const char *b = boards[i];
+		char *dir = h_tmpdir(), *fw = build_board(dir, b), *bin = xasprintf("%s/build/%s/app.bin", fw, b),
+		     *elf = xasprintf("%s/build/%s/app.elf", fw, b), *flash = xasprintf("%s/flash.img", dir), *boot2;
+		unsigned char *slot = malloc(SLOT_SIZE), tr[64], st[16];
+		char *prov = xasprintf("device=qemu-sensor-%04zu\ncredential=%s\n", i, cred[i]),
+		     *dev = xasprintf("OTA provisioned device=qemu-sensor-%04zu\n", i);
+		struct buf out = BUF_INIT;
+
+		assert_non_null(slot);
+		/* the factory: 1.3.0 (counter 2) confirmed, the device's identity */
+		slot_image(slot, bin, 3, 2, 1);
+		flash_put(flash, 0, slot, SLOT_SIZE);
+		flash_put(flash, PROV_OFF, prov, strlen(prov));
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1", 4);
+		must_have(b, out.ptr, dev);
+		must_have(b, out.ptr, "OTA init phase=idle version=1.3.0 counter=2 gen=1 queued=0 image_ok=set\n");
+
+		/* power off; MCUboot's test swap puts 1.4.0 (counter 3) in the
+		 * primary slot, unconfirmed; the state sectors stay */
+		slot_image(slot, bin, 4, 3, 0);
+		flash_put(flash, 0, slot, SLOT_SIZE);
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1; printf 'r\\n'; sleep 2; printf 'o\\n'; sleep 1", 7);
+		/* the record from flash: a test boot of an image it did not know;
+		 * the self-test passes, image_ok is written, boot_ok queued */
+		must_have(b, out.ptr, "OTA init phase=testing version=1.4.0 counter=2 gen=2 queued=0 image_ok=unset\n");
+		must_have(b, out.ptr, "OTA confirmed 1.4.0\n");
+		must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 gen=3 queued=1 image_ok=set\n");
+		/* after SYSRESETREQ (same QEMU, RAM kept only in the flash map) */
+		must_have(b, out.ptr, "REBOOT\n");
+		boot2 = strstr(out.ptr, "REBOOT\n");
+		must_have(b, boot2, "sensor-node 1.4.0 counter=3 board=");
+		must_have(b, boot2, "OTA init phase=idle version=1.4.0 counter=3 gen=3 queued=1 image_ok=set\n");
+		must_have(b, boot2, "SELFTEST PASS\n");
+
+		/* and in the file: image_ok in the primary trailer (magic and
+		 * copy_done as MCUboot left them); the newest record copy, the
+		 * third write, back in the first state sector */
+		flash_get(flash, SLOT_SIZE - 64, tr, sizeof(tr));
+		flash_get(flash, STATE_OFF, st, sizeof(st));
+		assert_int_equal(tr[64 - 24], 0x01);
+		assert_int_equal(tr[64 - 32], 0x01);
+		assert_int_equal(tr[48], 0x77);
+		assert_int_equal(tr[49], 0xc2);
+		assert_memory_equal(st, "1ATS", 4);   /* STATE_MAGIC, little-endian */
+		assert_int_equal(st[8], 3);           /* sequence 3 (after magic and crc) */
+
+		/* UART1 bridged to the real otacd: the check-in and the report
+		 * batch go through it, otacd's acknowledgement empties the queue */
+		boot_bridged(&out, b, elf, flash, "sleep 4; printf 'o\\n'; sleep 1", 6, dir, d.device_url);
+		must_have(b, out.ptr, "OTA link up\n");
+		must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
+		must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
+		must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 gen=4 queued=0 image_ok=set\n");
+
+		assert_int_equal(h_sh(&out, "rm -rf '%s'", dir), 0);
+		buf_release(&out);
+		free(slot);
+		free(bin);
+		free(elf);
+		free(flash);
+		free(fw);
+		free(dir);
+		free(prov);
+		free(dev);
+		free(cred[i]);
+	}
+	free(cred);
+	h_cleanup(&d);
+}
+
+/*
+ * A real release offered to the QEMU device: the check-in's offer, the
+ * Range downloads into the secondary slot (RAM-backed flash) and the file's
+ * SHA-256 all run on the emulated Cortex-M through the UART bridge; the
+ * image is signed by the key compiled in (make TRUSTED_KEY=), so the core
+ * reaches the signature hook, which on this board refuses (no verifier):
+ * nothing is marked bootable and otacd gets the refusal report.
+ */
+static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_without_a_verifier(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	const char *b = "mps2-an385";
+	const char *y = "name: sensor-node\nstages:\n"
+			"  - name: build\n"
+			"    steps: [ { run: \"head -c 20000 /dev/urandom > app.bin\" } ]\n"
+			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			"  - { name: release, kind: release, needs: [build], version: \"1.5.0\", security_counter: 4, key: test }\n"
+			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov, *sql;
+	unsigned char *slot;
+	int64_t release = 0;
+
+	(void)state;
+	if (tools_missing())
+		skip();
+	h_init(&d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
+			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
+	d.config = xasprintf("%s/config.yml", d.dir);
+	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(&d, args), 0);
+	cred = h_register_devices(&d, "qemu-dl", 1);
+
+	/* the firmware trusting the release key */
+	fw = xasprintf("%s/fw", d.dir);
+	free(build_board(d.dir, b));
+	assert_int_equal(h_sh(&out, "make -s -C '%s' BOARD=%s TRUSTED_KEY='%s/key.der'", fw, b, d.dir), 0);
+	bin = xasprintf("%s/build/%s/app.bin", fw, b);
+	elf = xasprintf("%s/build/%s/app.elf", fw, b);
+	flash = xasprintf("%s/flash.img", d.dir);
+	slot = malloc(SLOT_SIZE);
+	assert_non_null(slot);
+	slot_image(slot, bin, 4, 3, 1);   /* 1.4.0, counter 3, confirmed */
+	flash_put(flash, 0, slot, SLOT_SIZE);
+	prov = xasprintf("device=qemu-dl-0000\ncredential=%s\n", cred[0]);
+	flash_put(flash, PROV_OFF, prov, strlen(prov));
+
+	/* release 1.5.0 (counter 4) for this board, rolled out to 100 % */
+	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)",
+			(long long)h_trigger(&d, y));
+	for (int waited = 0; waited < 60000 && !(release = h_sql_int(&d, sql)); waited += 100)
+		h_msleep(100);
+	assert_true(release > 0);
+
+	boot_bridged(&out, b, elf, flash, "sleep 14; printf 'o\\n'; sleep 1", 16, d.dir, d.device_url);
+	must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
+	must_have(b, out.ptr, "bridge: GET /device/v1/");
+	must_have(b, out.ptr, "-> 206 (2048 bytes)");
+	must_have(b, out.ptr, "OTA verify: no signature verifier on this board; refused\n");
+	must_have(b, out.ptr, "OTA refused the offer: signature does not verify\n");
+	/* the only report: the refusal (bridge and UART lines interleave freely) */
+	must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
+	/* still on 1.4.0, nothing pending, the refusal acknowledged */
+	must_have(b, out.ptr, "OTA phase=idle version=1.4.0 counter=3 ");
+	must_have(b, out.ptr, " queued=0 image_ok=set\n");
+	/* the image is in the secondary slot (MCUboot's header magic), its
+	 * trailer never got the boot magic */
+	flash_get(flash, SLOT_SIZE, slot, SLOT_SIZE);
+	assert_memory_equal(slot, "\x3d\xb8\xf3\x96", 4);
+	for (unsigned i = SLOT_SIZE - 48; i < SLOT_SIZE; i++)
+		assert_int_equal(slot[i], 0xff);
+
+	free(sql);
+	free(prov);
+	free(slot);
+	free(flash);
+	free(elf);
+	free(bin);
+	free(fw);
+	free(cfg);
+	free(cred[0]);
+	free(cred);
+	buf_release(&out);
+	h_cleanup(&d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(firmware_links_libotadev_for_both_boards),
+		cmocka_unit_test(qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_otacd_over_the_uart_bridge),
+		cmocka_unit_test(qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_without_a_verifier),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
