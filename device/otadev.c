@@ -344,9 +344,14 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 		return rc;
 	h->status(ctx, &st);
 	if (!loaded) {
+		/* first start: a confirmed image becomes the current one; one on
+		 * a test boot (MCUboot swapped it in before any record existed)
+		 * is adopted below, and needs its self-test and confirm first */
 		version_of(d->rec.version, sizeof(d->rec.version), &img);
-		memcpy(d->rec.cur_hash, img.sha256, 32);
-		d->rec.security_counter = img.has_counter ? img.security_counter : 0;
+		if (!on_trial) {
+			memcpy(d->rec.cur_hash, img.sha256, 32);
+			d->rec.security_counter = img.has_counter ? img.security_counter : 0;
+		}
 		d->rec.last_battery = st.battery_mah_used;
 		d->rec.last_crashes = st.crashes;
 	}

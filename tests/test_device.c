@@ -596,6 +596,31 @@ static void offered_image_is_downloaded_verified_test_booted_confirmed_and_repor
 	world_free(w);
 }
 
+/* First start with no record on an image MCUboot test-swapped in (a
+ * factory line that flashes the update before provisioning, a record
+ * lost): the core runs the self-test and confirms it, as after its own
+ * test boot, rather than adopting it as confirmed and leaving MCUboot to
+ * revert it at the next reset. */
+static void first_start_on_a_test_boot_runs_the_self_test_and_confirms(void **state)
+{
+	struct world *w = world_new(0);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 2, 9000);
+	memcpy(w->slot[1], img.ptr, img.len);
+	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 0), 0);
+	assert_string_equal(mem_boot(w), "test");
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->d.rec.security_counter, 2);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_string_equal(mem_boot(w), "none");   /* image_ok written: no revert */
+	check_invariants(w, 2);
+	buf_release(&img);
+	world_free(w);
+}
+
 /* Each hostile or broken offer is refused before the trailer is written. */
 static void bad_images_are_refused_before_anything_is_marked_bootable(void **state)
 {
@@ -1421,6 +1446,7 @@ int main(void)
 		cmocka_unit_test(bad_images_are_refused_before_anything_is_marked_bootable),
 		cmocka_unit_test(transit_corruption_is_downloaded_again),
 		cmocka_unit_test(failed_self_test_is_reverted_by_the_bootloader_and_reported),
+		cmocka_unit_test(first_start_on_a_test_boot_runs_the_self_test_and_confirms),
 		cmocka_unit_test(interrupted_download_resumes_at_the_persisted_offset),
 		cmocka_unit_test(lost_acknowledgement_resends_the_same_sequence_and_never_double_counts),
 		cmocka_unit_test(preconditions_hold_the_download_and_the_install),
