@@ -257,7 +257,7 @@ static jsmntok_t *tokens_after(char *buf, size_t used, size_t cap, unsigned *nto
 }
 
 int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
-			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32])
+			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *hardware)
 {
 	jsmntok_t *t;
 	jsmn_parser p;
@@ -365,11 +365,20 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 	if (images >= 0)
 		for (k = images + 1; k < skip(t, images, n); k = skip(t, k, n)) {
 			int m, me = skip(t, k, n);
+			int hit = 0, hw = -1;
 			if (t[k].type != JSMN_OBJECT)
 				return OTADEV_EINVAL;
-			for (m = k + 1; m + 1 < me; m = skip(t, m + 1, n))
+			for (m = k + 1; m + 1 < me; m = skip(t, m + 1, n)) {
 				if (eq(buf, &t[m], "sha256") && sha_matches(buf, &t[m + 1], want_sha))
-					out->has_image = 1;
+					hit = 1;
+				else if (eq(buf, &t[m], "hardware") && t[m + 1].type == JSMN_STRING)
+					hw = m + 1;
+			}
+			if (hit) {
+				out->has_image = 1;
+				/* the signed hardware variant (null: any) */
+				out->other_hardware |= hw >= 0 && hardware && !eq(buf, &t[hw], hardware);
+			}
 		}
 	if (chain >= 0)
 		for (k = chain + 1; k < skip(t, chain, n); k = skip(t, k, n)) {
@@ -458,7 +467,7 @@ int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf
 	if (st != 200)
 		return OTADEV_EVERIFY;
 	rc = otadev_manifest_parse(&m, digest, d->h, d->ctx, w + crl_len, len, cfg->work_len - crl_len,
-				   d->rec.offer.sha256);
+				   d->rec.offer.sha256, cfg->hardware);
 	if (rc == OTADEV_EIO)
 		return rc;
 	*why = rc == OTADEV_ENOSPC ? "the release's manifest does not fit the device's work buffer"
@@ -489,6 +498,9 @@ int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf
 	/* 5. the offered image is the release's */
 	*why = "the image is not one of its release's manifest";
 	if (!m.has_image)
+		return OTADEV_EVERIFY;
+	*why = "image for another hardware variant (the release's signed manifest says so)";
+	if (m.other_hardware)
 		return OTADEV_EVERIFY;
 	leaf->der = leaf_der;
 	leaf->len = klen;
