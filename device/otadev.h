@@ -312,9 +312,11 @@ struct otadev_manifest {
 	uint64_t built_at;
 	int has_image;               /* the wanted sha256 is one of images[] */
 	int other_hardware;          /* ... and its "hardware" is not the given one */
+	int other_product;           /* "product" is not the given one */
 };
 int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
-			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *hardware);
+			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *product,
+			  const char *hardware);
 /* PEM (one block of the given label, e.g. "X509 CRL") to DER in place; length or <0. */
 int otadev_pem_to_der(char *buf, size_t len, const char *label);
 

@@ -257,7 +257,7 @@ static jsmntok_t *tokens_after(char *buf, size_t used, size_t cap, unsigned *nto
 }
 
 int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
-			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *hardware)
+			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *product, const char *hardware)
 {
 	jsmntok_t *t;
 	jsmn_parser p;
@@ -359,6 +359,8 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 			built = k + 1;
 		else if (eq(buf, &t[k], "images") && t[k + 1].type == JSMN_ARRAY)
 			images = k + 1;
+		else if (eq(buf, &t[k], "product") && t[k + 1].type == JSMN_STRING)
+			out->other_product = !product || !eq(buf, &t[k + 1], product);
 	}
 	if (built < 0 || parse_time(buf + t[built].start, (size_t)(t[built].end - t[built].start), &out->built_at) < 0)
 		return OTADEV_EINVAL;
@@ -467,7 +469,7 @@ int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf
 	if (st != 200)
 		return OTADEV_EVERIFY;
 	rc = otadev_manifest_parse(&m, digest, d->h, d->ctx, w + crl_len, len, cfg->work_len - crl_len,
-				   d->rec.offer.sha256, cfg->hardware);
+				   d->rec.offer.sha256, cfg->product, cfg->hardware);
 	if (rc == OTADEV_EIO)
 		return rc;
 	*why = rc == OTADEV_ENOSPC ? "the release's manifest does not fit the device's work buffer"
@@ -498,6 +500,9 @@ int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf
 	/* 5. the offered image is the release's */
 	*why = "the image is not one of its release's manifest";
 	if (!m.has_image)
+		return OTADEV_EVERIFY;
+	*why = "image of another product (the release's signed manifest says so)";
+	if (m.other_product)
 		return OTADEV_EVERIFY;
 	*why = "image for another hardware variant (the release's signed manifest says so)";
 	if (m.other_hardware)

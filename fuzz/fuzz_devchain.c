@@ -64,7 +64,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		rc = otadev_pem_to_der(buf, size - 1, "X509 CRL");
 		if (rc > (int)(size - 1))
 			abort();
-	} else if (otadev_manifest_parse(&m, digest, &h, NULL, buf, size - 1, cap, want, "mps2-an385") == 0) {
+	} else if (otadev_manifest_parse(&m, digest, &h, NULL, buf, size - 1, cap, want, "fw", "mps2-an385") == 0) {
 		if (m.ncerts > OTADEV_CHAIN_CERTS || m.nsig > 2)
 			abort();
 		for (i = 0; i < m.ncerts; i++)
