@@ -451,6 +451,8 @@ static int torture_cycles(void)
 	return s && atoi(s) > 0 ? atoi(s) : 10;
 }
 
+static const char *const phase_name[] = { "idle", "downloading", "installing", "rebooting", "testing" };
+
 /* Lines of file with "refused the offer: ...why". */
 static int grep_count(const char *file, const char *why)
 {
@@ -464,6 +466,8 @@ static int grep_count(const char *file, const char *why)
 
 struct tally {
 	int kills, landed, reverted, refused[M_MODES], cycles[M_MODES];
+	int at[OTADEV_TESTING + 1];  /* kills by the record's phase */
+	int bad_at_install;          /* kills of a bad image's cycle past its download */
 };
 
 /*
@@ -509,6 +513,13 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			kill(pid, SIGKILL);
 			waitpid(pid, &st, 0);
 			t->kills++;
+			s = device_status(bin, conf);
+			for (int p = 0; p <= OTADEV_TESTING; p++)
+				if (!strcmp(js(s, "phase", NULL), phase_name[p]))
+					t->at[p]++;
+			if (mode != M_GOOD && !strcmp(js(s, "phase", NULL), "installing"))
+				t->bad_at_install++;
+			json_decref(s);
 		} else {
 			assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
 		}
@@ -732,6 +743,8 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		      cycles + 4, t.cycles[0], t.cycles[1], t.cycles[2], t.cycles[3], t.cycles[4], t.cycles[5], t.cycles[6],
 		      t.cycles[7], t.kills, t.landed, t.reverted, t.refused[1], t.refused[2], t.refused[3], t.refused[4],
 		      t.refused[5], t.refused[6], t.refused[7], m.altered);
+	print_message("devtorture: SIGKILLs in idle %d, downloading %d, installing %d (%d of them verifying a bad image),"
+		      " rebooting %d, testing %d\n", t.at[0], t.at[1], t.at[2], t.bad_at_install, t.at[3], t.at[4]);
 	assert_int_equal(t.landed + t.reverted, t.cycles[M_GOOD]);
 	if (t.cycles[M_GOOD] >= 2)   /* a kill in the test boot reverts (~5 % of cycles) */
 		assert_true(t.landed > 0);
