@@ -295,8 +295,8 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 		int m, me = skip(t, k, n);
 		if (t[k].type != JSMN_OBJECT)
 			return OTADEV_EINVAL;
-		for (m = k + 1; m + 1 < me; m = skip(t, m + 1, n))
-			if (eq(buf, &t[m], "sig") && t[m + 1].type == JSMN_STRING) {
+		for (m = k + 1; m + 1 < me && out->nsig < 2; m = skip(t, m + 1, n))
+			if (eq(buf, &t[m], "sig") && t[m + 1].type == JSMN_STRING) {   /* at most 2 in all */
 				long sl = b64_decode_in_place((uint8_t *)buf + t[m + 1].start,
 							      (size_t)(t[m + 1].end - t[m + 1].start));
 				if (sl < 8 || sl > 80)
