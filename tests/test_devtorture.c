@@ -50,18 +50,21 @@
 
 #include "../device/otadev.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/provenance.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
 
-enum mode { M_GOOD, M_CORRUPT, M_TRUNCATE, M_WRONGHW, M_LOWCOUNTER, M_REVOKED, M_WITHHELD, M_FORGED, M_MODES };
+enum mode { M_GOOD, M_CORRUPT, M_TRUNCATE, M_WRONGHW, M_LOWCOUNTER, M_REVOKED, M_WITHHELD, M_FORGED, M_TAMPERED,
+	    M_MODES };
 static const char *const mode_name[] = { "good", "corrupt", "truncate", "wronghw", "lowcounter", "revoked",
-					 "withheld", "forged" };
+					 "withheld", "forged", "tampered" };
 /* what the device must say when it refuses */
 static const char *const mode_why[] = {
 	"", "image digest does not match the offer", "not a well-formed MCUboot image",
 	"image for another hardware variant", "lower security counter", "signing certificate is revoked",
 	"the server withholds the revocation list", "the revocation list is not signed by the trust root",
+	"signature does not verify with the signing certificate",
 };
 
 /* ---- the mirror ---------------------------------------------------------------- */
@@ -294,6 +297,45 @@ static void mirror_add_file(struct mirror *m, const char *path, const struct buf
 	f->status = status;
 	m->nfiles++;
 	pthread_mutex_unlock(&m->mu);
+}
+
+/* Serve other bytes at path. */
+static void mirror_replace(struct mirror *m, const char *path, const struct buf *data)
+{
+	pthread_mutex_lock(&m->mu);
+	for (int i = 0; i < m->nfiles; i++)
+		if (!strcmp(m->files[i].path, path)) {
+			buf_clear(&m->files[i].data);
+			buf_put(&m->files[i].data, data->ptr, data->len);
+		}
+	pthread_mutex_unlock(&m->mu);
+}
+
+/* The envelope env with its payload edited (from -> to), signatures kept:
+ * what an attacker who edits a signed manifest serves. */
+static void tamper(struct buf *out, const struct buf *env, const char *from, const char *to)
+{
+	json_t *e = json_loadb(env->ptr, env->len, 0, NULL);
+	const char *b64 = json_string_value(json_object_get(e, "payload"));
+	struct buf raw = BUF_INIT, edited = BUF_INIT;
+	char *at, *enc, *text;
+	assert_non_null(b64);
+	assert_int_equal(dsse_base64_decode(&raw, b64, strlen(b64)), 0);
+	at = strstr(buf_cstr(&raw), from);
+	assert_non_null(at);
+	buf_put(&edited, raw.ptr, (size_t)(at - raw.ptr));
+	buf_puts(&edited, to);
+	buf_puts(&edited, at + strlen(from));
+	enc = dsse_base64_encode(edited.ptr, edited.len);
+	json_object_set_new(e, "payload", json_string(enc));
+	text = json_dumps(e, JSON_COMPACT);
+	buf_init(out, 1 << 20);
+	buf_puts(out, text);
+	free(text);
+	free(enc);
+	json_decref(e);
+	buf_release(&raw);
+	buf_release(&edited);
 }
 
 /* Stop serving the last file added. */
@@ -706,6 +748,20 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		cycle(bin, conf, dir, factory, mode, "1.1.0", &seed, &t);
 	}
 
+	/* the other board's release with its signed manifest edited to name
+	 * this board: the envelope's signature no longer verifies */
+	{
+		struct buf edited = BUF_INIT;
+		char *p = xasprintf("/device/v1/releases/%lld/manifest", (long long)r_hw.id);
+		tamper(&edited, &r_hw.envelope, "mps2-an386", HW);
+		mirror_replace(&m, p, &edited);
+		mirror_set(&m, M_TAMPERED, offer_json(r_hw.id, "1.0.10", 1, "/device/v1/images/mirror-hw", &r_hw.image));
+		cycle(bin, conf, dir, factory, M_TAMPERED, "", &seed, &t);
+		mirror_replace(&m, p, &r_hw.envelope);
+		buf_release(&edited);
+		free(p);
+	}
+
 	/* key a is compromised: revoked by the root, published on otacd */
 	assert_int_equal(sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem", otactl, ida), 0);
 	assert_int_equal(sh_in(d.dir, NULL, "%s --url %s --token %s keys publish crl.pem", otactl, d.url, d.token), 0);
@@ -736,13 +792,13 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		buf_release(&forged);
 	}
 
-	print_message("devtorture: %d cycles (good %d, corrupt %d, truncate %d, wronghw %d, lowcounter %d, revoked %d,"
-		      " withheld list %d, forged list %d), %d SIGKILLs: %d landed, %d reverted by the bootloader; refused"
-		      " corrupt %d, truncate %d, wronghw %d, lowcounter %d, revoked %d, withheld %d, forged %d;"
-		      " %d answers altered by the mirror\n",
-		      cycles + 4, t.cycles[0], t.cycles[1], t.cycles[2], t.cycles[3], t.cycles[4], t.cycles[5], t.cycles[6],
-		      t.cycles[7], t.kills, t.landed, t.reverted, t.refused[1], t.refused[2], t.refused[3], t.refused[4],
-		      t.refused[5], t.refused[6], t.refused[7], m.altered);
+	print_message("devtorture: %d cycles (good %d, corrupt %d, truncate %d, wronghw %d, lowcounter %d, tampered"
+		      " manifest %d, revoked %d, withheld list %d, forged list %d), %d SIGKILLs: %d landed, %d reverted by the"
+		      " bootloader; refused corrupt %d, truncate %d, wronghw %d, lowcounter %d, tampered %d, revoked %d,"
+		      " withheld %d, forged %d; %d answers altered by the mirror\n",
+		      cycles + 5, t.cycles[0], t.cycles[1], t.cycles[2], t.cycles[3], t.cycles[4], t.cycles[8], t.cycles[5],
+		      t.cycles[6], t.cycles[7], t.kills, t.landed, t.reverted, t.refused[1], t.refused[2], t.refused[3],
+		      t.refused[4], t.refused[8], t.refused[5], t.refused[6], t.refused[7], m.altered);
 	print_message("devtorture: SIGKILLs in idle %d, downloading %d, installing %d (%d of them verifying a bad image),"
 		      " rebooting %d, testing %d\n", t.at[0], t.at[1], t.at[2], t.bad_at_install, t.at[3], t.at[4]);
 	assert_int_equal(t.landed + t.reverted, t.cycles[M_GOOD]);
