@@ -727,8 +727,6 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		free(text);
 	}
 
-	if (getenv("DEVTORTURE_DEBUG"))
-		sleep(600);
 	/* before the revocation: good and bad images in turn */
 	for (int c = 0; c < cycles; c++) {
 		int mode = c % 5;
