@@ -28,6 +28,10 @@
  * attacker with a copy of old releases.  Cycles: $OTADEV_TORTURE_CYCLES
  * (default 10) before the revocation, then 2 after it.
  */
+/* the core's chain parser, compiled in (before cmocka.h, whose skip() macro it
+ * would collide with): no libotadev link for this test */
+#include "../device/otadev_chain.c"
+
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -48,7 +52,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../device/otadev.h"
+#include "../orchestrator/pki.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/provenance.h"
 #include "harness.h"
@@ -828,9 +832,132 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	h_cleanup(&d);
 }
 
+/* ---- the parser on otacd's own envelope ------------------------------------------- */
+
+static EVP_MD_CTX *md;
+
+static int o_begin(void *ctx)
+{
+	(void)ctx;
+	return EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 ? 0 : -1;
+}
+
+static int o_update(void *ctx, const void *p, size_t n)
+{
+	(void)ctx;
+	return EVP_DigestUpdate(md, p, n) == 1 ? 0 : -1;
+}
+
+static int o_end(void *ctx, uint8_t out[32])
+{
+	(void)ctx;
+	return EVP_DigestFinal_ex(md, out, NULL) == 1 ? 0 : -1;
+}
+
+/* Parse env (a copy) for image sha, product and hardware; 1 when the DSSE
+ * signature verifies with the leaf certificate's key over the digest. */
+static int parse_env(struct otadev_manifest *m, const struct buf *env, const uint8_t sha[32], const char *product,
+		     const char *hw, size_t room, int *rc)
+{
+	static const struct otadev_hooks h = { .sha256_begin = o_begin, .sha256_update = o_update, .sha256_end = o_end };
+	char *b = xmalloc(env->len + room);
+	uint8_t digest[32];
+	int ok = 0;
+
+	memcpy(b, env->ptr, env->len);
+	*rc = otadev_manifest_parse(m, digest, &h, NULL, b, env->len, env->len + room, sha, product, hw);
+	if (*rc == 0 && m->ncerts >= 1 && m->nsig >= 1) {
+		const unsigned char *q = m->cert[0];
+		X509 *x = d2i_X509(NULL, &q, (long)m->cert_len[0]);
+		EVP_PKEY_CTX *pc = x ? EVP_PKEY_CTX_new(X509_get0_pubkey(x), NULL) : NULL;
+		ok = pc && EVP_PKEY_verify_init(pc) == 1 && EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 &&
+		     EVP_PKEY_verify(pc, m->sig[0], m->sig_len[0], digest, 32) == 1;
+		EVP_PKEY_CTX_free(pc);
+		X509_free(x);
+	}
+	free(b);
+	return ok;
+}
+
+/*
+ * otadev_manifest_parse on an envelope otacd made (the fuzz seed, a
+ * release of fw for mps2-an385 with a one-certificate chain): the chain,
+ * built_at, the image and the signed digest come out right; an edited
+ * payload no longer verifies; other products and boards are flagged; too
+ * little room is ENOSPC; a cut envelope is refused.
+ */
+static void manifest_parser_reads_otacds_envelope_and_flags_edits(void **state)
+{
+	char *path = xasprintf("%s/fuzz/corpus/fuzz_devchain/manifest", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
+	struct buf file = BUF_INIT, env = BUF_INIT, edited = BUF_INIT, raw = BUF_INIT;
+	struct otadev_manifest m;
+	uint8_t sha[32], other[32];
+	json_t *e, *man;
+	time_t at;
+	int rc;
+
+	(void)state;
+	md = EVP_MD_CTX_new();
+	assert_int_equal(ota_read_file(&file, path, 1 << 20), 0);
+	buf_put(&env, file.ptr + 1, file.len - 1);   /* the fuzz selector byte */
+	e = json_loadb(env.ptr, env.len, 0, NULL);
+	assert_int_equal(dsse_base64_decode(&raw, json_string_value(json_object_get(e, "payload")),
+					    strlen(json_string_value(json_object_get(e, "payload")))), 0);
+	man = json_loadb(raw.ptr, raw.len, 0, NULL);
+	assert_non_null(man);
+	{
+		const char *hex = json_string_value(json_object_get(json_array_get(json_object_get(man, "images"), 0), "sha256"));
+		for (int i = 0; i < 32; i++) {
+			unsigned v;
+			sscanf(hex + 2 * i, "%2x", &v);
+			sha[i] = (uint8_t)v;
+		}
+	}
+	memset(other, 0x11, sizeof(other));
+	assert_int_equal(pki_parse_time(json_string_value(json_object_get(man, "built_at")), &at), 0);
+
+	assert_int_equal(parse_env(&m, &env, sha, "fw", HW, 4096, &rc), 1);
+	assert_int_equal(rc, 0);
+	assert_int_equal(m.ncerts, 1);
+	assert_int_equal(m.nsig, 1);
+	assert_int_equal((time_t)m.built_at, at);
+	assert_true(m.has_image);
+	assert_false(m.other_hardware);
+	assert_false(m.other_product);
+	/* the same envelope for another image, product, board */
+	parse_env(&m, &env, other, "fw", HW, 4096, &rc);
+	assert_int_equal(rc, 0);
+	assert_false(m.has_image);
+	parse_env(&m, &env, sha, "other-product", "mps2-an386", 4096, &rc);
+	assert_int_equal(rc, 0);
+	assert_true(m.other_product);
+	assert_true(m.other_hardware);
+	/* an edited payload (signatures kept) parses but no longer verifies */
+	tamper(&edited, &env, "\"fw\"", "\"fx\"");
+	assert_int_equal(parse_env(&m, &edited, sha, "fw", HW, 4096, &rc), 0);
+	assert_int_equal(rc, 0);
+	assert_true(m.other_product);
+	/* no room for the tokens; a cut envelope */
+	parse_env(&m, &env, sha, "fw", HW, 64, &rc);
+	assert_int_equal(rc, OTADEV_ENOSPC);
+	env.len -= 40;
+	parse_env(&m, &env, sha, "fw", HW, 4096, &rc);
+	assert_true(rc < 0);
+
+	json_decref(e);
+	json_decref(man);
+	buf_release(&file);
+	buf_release(&env);
+	buf_release(&edited);
+	buf_release(&raw);
+	EVP_MD_CTX_free(md);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(manifest_parser_reads_otacds_envelope_and_flags_edits),
 		cmocka_unit_test(sigkilled_devices_refuse_every_bad_image_before_it_is_bootable),
 	};
 	curl_global_init(CURL_GLOBAL_DEFAULT);
