@@ -588,8 +588,12 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			assert_string_not_equal(js(s, "phase", NULL), "rebooting");
 			assert_string_not_equal(js(s, "phase", NULL), "testing");
 			assert_string_equal(js(s, "primary", "version"), "1.0.0");
-			if (ji(s, "record", NULL))
+			if (ji(s, "record", NULL)) {
 				assert_string_equal(js(s, "version", NULL), "1.0.0");
+				/* nor was it ever recorded as verified */
+				assert_string_equal(js(s, "new_hash", NULL),
+						    "0000000000000000000000000000000000000000000000000000000000000000");
+			}
 		}
 		if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "record", NULL)) {
 			if (mode == M_GOOD && !strcmp(js(s, "version", NULL), good_version)) {
