@@ -774,6 +774,45 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	mirror_set(&m, M_GOOD, NULL);
 	for (int c = 0; c < 2; c++)
 		cycle(bin, conf, dir, factory, M_REVOKED, "", &seed, &t);
+	/* a list announced ("revocations": 1) but not served yet (404 to a
+	 * unit that holds none): the unit waits in `installing`, refuses
+	 * nothing, marks nothing; once the list is served it refuses */
+	{
+		char *statefile = xasprintf("%s/state", dir), *log = xasprintf("%s/cycle.log", dir);
+		int installing = 0, st;
+		pid_t pid;
+		json_t *s;
+		unlink(statefile);
+		unlink(log);
+		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, factory), 0);
+		mirror_add_file(&m, "/device/v1/revocations", NULL, 404);
+		pid = fork();
+		if (pid == 0) {
+			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			dup2(fd, 1);
+			dup2(fd, 2);
+			execl(bin, bin, "-c", conf, "run", (char *)NULL);
+			_exit(127);
+		}
+		for (int waited = 0; waited < 20000 && installing < 8; waited += 250) {
+			h_msleep(250);
+			s = device_status(bin, conf);
+			installing = !strcmp(js(s, "phase", NULL), "installing") ? installing + 1 : 0;
+			json_decref(s);
+		}
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		s = device_status(bin, conf);
+		assert_int_equal(installing, 8);   /* two seconds and more, still waiting */
+		assert_string_equal(js(s, "phase", NULL), "installing");
+		assert_int_equal(ji(s, "refused_image", NULL), 0);
+		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		json_decref(s);
+		mirror_drop_last(&m);
+		cycle(bin, conf, dir, NULL, M_REVOKED, "", &seed, &t);
+		free(statefile);
+		free(log);
+	}
 
 	/* the unit now holds revocation list 1 (its record): a mirror that
 	 * withholds the list, or serves one the root did not sign, gets the
@@ -802,7 +841,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		      " manifest %d, revoked %d, withheld list %d, forged list %d), %d SIGKILLs: %d landed, %d reverted by the"
 		      " bootloader; refused corrupt %d, truncate %d, wronghw %d, lowcounter %d, tampered %d, revoked %d,"
 		      " withheld %d, forged %d; %d answers altered by the mirror\n",
-		      cycles + 5, t.cycles[0], t.cycles[1], t.cycles[2], t.cycles[3], t.cycles[4], t.cycles[8], t.cycles[5],
+		      cycles + 6, t.cycles[0], t.cycles[1], t.cycles[2], t.cycles[3], t.cycles[4], t.cycles[8], t.cycles[5],
 		      t.cycles[6], t.cycles[7], t.kills, t.landed, t.reverted, t.refused[1], t.refused[2], t.refused[3],
 		      t.refused[4], t.refused[8], t.refused[5], t.refused[6], t.refused[7], m.altered);
 	print_message("devtorture: SIGKILLs in idle %d, downloading %d, installing %d (%d of them verifying a bad image),"
