@@ -50,7 +50,8 @@ LIB      := $(BUILD)/libota.a
 # issue 14: libotadev, the device core: portable C99, no OS headers, its own flags
 DEV_CORE_SRC := $(filter-out device/port_%.c device/main.c,$(wildcard device/*.c))
 DEV_CORE_OBJ := $(DEV_CORE_SRC:%.c=$(BUILD)/obj/%.o)
-DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard device/linux/*.c))
+DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o $(BUILD)/obj/device/port_linux_x509.o \
+                $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard device/linux/*.c))
 LIBOTADEV    := $(BUILD)/libotadev.a
 DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
                 -Wno-sign-conversion $(filter -fsanitize% -fno-%,$(CFLAGS))

@@ -13,7 +13,7 @@ printf '#include "otadev.h"\nchar otadev_ram[sizeof(struct otadev)];\n' > "$tmp/
 measure() { # CC ARCHFLAGS OPT DEFS -> "text ram"
 	cc=$1; arch=$2; opt=$3; defs=$4
 	text=0
-	for f in otadev otadev_json otadev_mcuboot; do
+	for f in otadev otadev_json otadev_mcuboot otadev_chain; do
 		$cc -std=c99 $arch $opt $defs -ffunction-sections -I"$tmp" -I"$src/device" -c "$src/device/$f.c" -o "$tmp/$f.o"
 		t=$(size "$tmp/$f.o" 2>/dev/null | awk 'NR==2 {print $1}')
 		[ -n "$t" ] || t=$(arm-none-eabi-size "$tmp/$f.o" | awk 'NR==2 {print $1}')

@@ -528,6 +528,7 @@ static int checkin(struct otadev *d, uint64_t now)
 	}
 	d->errors = 0;
 	d->checked_in = 1;
+	d->crl_announced = ans.revocations > 0xffffffffu ? 0xffffffffu : (uint32_t)ans.revocations;
 	d->server_now = ans.now;
 	d->server_mono = now;
 	d->time_scale = ans.time_scale;
@@ -652,8 +653,31 @@ static int install(struct otadev *d)
 		return rc;
 	if (rc < 0 || img.tlv_end > d->rec.offer.size)
 		return refuse(d, "not a well-formed MCUboot image");
-	rc = otadev_image_verify(&img, d->h, d->ctx, 1, d->cfg->keys, d->cfg->nkeys, (uint8_t *)d->io,
-				 sizeof(d->io), &why);
+	if (d->cfg->anchor_len) {
+		/* issue 13: the key is the release's certified signing key
+		 * (otadev_chain.c), and one of the bootloader's key slots */
+		struct otadev_key leaf;
+		uint8_t leaf_der[128];
+		int i;
+		rc = otadev_chain_verify(d, &leaf, leaf_der, sizeof(leaf_der), &why);
+		if (rc == OTADEV_ENET) {
+			d->errors++;
+			d->next_work = d->h->now_ms(d->ctx) + otadev_backoff(d, d->errors);
+			say(d, "signing chain: the server did not answer; backing off", NULL);
+			return rc;
+		}
+		if (rc == 0)
+			rc = otadev_image_verify(&img, d->h, d->ctx, 1, &leaf, 1, (uint8_t *)d->io, sizeof(d->io), &why);
+		for (i = 0; rc == 0 && i < d->cfg->nkeys && memcmp(d->cfg->keys[i].hash, leaf.hash, 32); i++)
+			;
+		if (rc == 0 && i == d->cfg->nkeys) {
+			why = "the bootloader holds no key slot for the signing key: installing would brick";
+			rc = OTADEV_EVERIFY;
+		}
+	} else {
+		rc = otadev_image_verify(&img, d->h, d->ctx, 1, d->cfg->keys, d->cfg->nkeys, (uint8_t *)d->io,
+					 sizeof(d->io), &why);
+	}
 	if (rc == OTADEV_EIO)
 		return rc;
 	if (rc < 0)

@@ -47,6 +47,7 @@
 #define OTADEV_URL_MAX 128   /* a CDN's URL fits; a presigned S3 URL needs ~512 (docs/delivery.md) */
 #endif
 #define OTADEV_KEYS_MAX 4    /* trusted signing keys */
+#define OTADEV_CHAIN_CERTS 4 /* certificates in a release's signing chain (pki.h PKI_CHAIN_MAX) */
 
 /* ---- hooks ---------------------------------------------------------------- */
 
@@ -77,6 +78,22 @@ struct otadev_status {
 };
 
 enum otadev_sig { OTADEV_SIG_ECDSA_P256 = 0x22, OTADEV_SIG_ED25519 = 0x24 };
+
+/* A signing chain to check (DER, leaf first, the anchor excluded) at time
+ * `at` (Unix seconds, the signed manifest's built_at) against the anchor
+ * (the root certificate, DER), with the revocation list crl (DER, or NULL).
+ * The leaf must be an end-entity certificate for codeSigning with the
+ * key usage digitalSignature only (the policy of orchestrator/pki.c). */
+struct otadev_x509_req {
+	const uint8_t *anchor;
+	size_t anchor_len;
+	const uint8_t *cert[OTADEV_CHAIN_CERTS];
+	size_t cert_len[OTADEV_CHAIN_CERTS];
+	int ncerts;
+	const uint8_t *crl;
+	size_t crl_len;
+	uint64_t at;
+};
 
 struct otadev_hooks {
 	/* transport: one request, blocking; 0 with resp->status set, <0: no answer */
@@ -115,6 +132,15 @@ struct otadev_hooks {
 	 * marked for a test boot that has not happened yet, 0 neither, <0. */
 	int (*boot_mark)(void *ctx, int mark);
 	int (*boot_testing)(void *ctx);
+	/* X.509, only with an anchor (otadev_chain.c; OpenSSL on Linux, mbedTLS's
+	 * x509 on an MCU that already speaks TLS with a device certificate):
+	 * verify a signing chain, *key gets the leaf's SubjectPublicKeyInfo
+	 * (0 valid, else a refusal with *why); verify a revocation list is the
+	 * anchor's and read its CRL number. */
+	int (*x509_chain)(void *ctx, const struct otadev_x509_req *req, uint8_t *key, size_t cap, size_t *key_len,
+			  const char **why);
+	int (*x509_crl)(void *ctx, const uint8_t *anchor, size_t anchor_len, const uint8_t *crl, size_t len,
+			uint64_t *number, const char **why);
 };
 
 enum otadev_mark { OTADEV_MARK_CANCEL = 1, OTADEV_MARK_TEST, OTADEV_MARK_CONFIRM };
@@ -140,6 +166,17 @@ struct otadev_config {
 	int min_battery_pct;         /* download/install only above, or on external power */
 	int avoid_metered;           /* no download on a metered link */
 	uint32_t precondition_wait_ms; /* 0: 60 s */
+	/* issue 13's signing PKI (otadev_chain.c): with an anchor (the root
+	 * certificate, DER), an image is taken only when its release's signed
+	 * manifest carries a chain to it, not revoked, and the image is signed
+	 * by that chain's leaf; keys[] are then the bootloader's key slots (the
+	 * leaf must be one of them).  work: the caller's scratch for the
+	 * manifest and the revocation list, used only while an image is
+	 * verified (may be shared with the application). */
+	const uint8_t *anchor;
+	size_t anchor_len;
+	uint8_t *work;
+	size_t work_len;
 };
 
 /* ---- the persistent record ------------------------------------------------ */
@@ -188,6 +225,7 @@ struct otadev_record {
 	uint8_t refused_sha[32];              /* do not download this image again */
 	uint32_t next_seq, nq;
 	uint32_t last_battery, last_crashes;
+	uint32_t crl_number;                  /* newest verified revocation list (issue 13) */
 	struct otadev_report q[OTADEV_QUEUE];
 	uint32_t crc;
 };
@@ -252,6 +290,7 @@ struct otadev_checkin {
 	uint64_t now;                /* otacd time, ms */
 	double time_scale;
 	uint64_t next_poll_ms;       /* otacd ms; 0 when absent */
+	uint64_t revocations;        /* the server's revocation list number; 0 none */
 	int has_offer;
 	struct otadev_offer offer;
 };
@@ -264,6 +303,35 @@ int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len,
 int otadev_reports_parse(uint32_t *accepted, uint32_t *retry_mask, uint32_t *drop_mask, const char *js,
 			 size_t len, void *tokens, size_t ntokens);
 const char *otadev_event_name(int ev);
+
+/* ---- the signing chain (otadev_chain.c) ---------------------------------- */
+
+struct otadev;
+/* With cfg->anchor: fetch the offered release's signed manifest (and the
+ * revocation list when one is held or announced), check the chain to the
+ * anchor, the manifest's DSSE signature by the leaf, that the offer's image
+ * is the manifest's; leaf gets the leaf key (der in leaf_der, cap >= 128).
+ * 0, OTADEV_EVERIFY (refuse: *why), OTADEV_ENET (try again later). */
+int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf_der, size_t cap, const char **why);
+/* The parts of a DSSE envelope holding a release manifest, decoded in place
+ * (exposed for fuzz/fuzz_devchain.c): *digest is SHA-256 of the PAE. */
+struct otadev_manifest {
+	const uint8_t *sig[2];
+	size_t sig_len[2];
+	int nsig;
+	const uint8_t *cert[OTADEV_CHAIN_CERTS];
+	size_t cert_len[OTADEV_CHAIN_CERTS];
+	int ncerts;
+	uint64_t built_at;
+	int has_image;               /* the wanted sha256 is one of images[] */
+	int other_hardware;          /* ... and its "hardware" is not the given one */
+	int other_product;           /* "product" is not the given one */
+};
+int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
+			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *product,
+			  const char *hardware);
+/* PEM (one block of the given label, e.g. "X509 CRL") to DER in place; length or <0. */
+int otadev_pem_to_der(char *buf, size_t len, const char *label);
 
 /* ---- the state machine ---------------------------------------------------- */
 
@@ -280,6 +348,7 @@ struct otadev {
 	int offer_seen;                       /* the current check-in still offers rec.offer */
 	int reboot_requested;
 	int checked_in;
+	uint32_t crl_announced;               /* the last check-in's "revocations" */
 	char err[128];
 	char io[OTADEV_IO_MAX];
 	char io2[OTADEV_IO_MAX];

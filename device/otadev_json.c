@@ -214,6 +214,8 @@ int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len,
 			rc = get_double(js, v, &out->time_scale);
 		else if (eq(js, &t[k], "next_poll_ms"))
 			rc = get_u64(js, v, &out->next_poll_ms);
+		else if (eq(js, &t[k], "revocations"))
+			rc = get_u64(js, v, &out->revocations);
 		else if (eq(js, &t[k], "offer") && v->type == JSMN_OBJECT) {
 			rc = parse_offer(&out->offer, js, t, k + 1, n);
 			out->has_offer = rc == 0;

@@ -8,6 +8,7 @@
  * leaves the old or the new record, never a torn one.
  */
 #include "port_linux.h"
+#include "port_linux_x509.h"
 
 #include "linux/slot.h"
 #include "linux/uboot.h"
@@ -36,6 +37,7 @@ struct port_linux {
 	int sync, direct;
 	uint32_t throttle_ms;
 	unsigned char *keyder[OTADEV_KEYS_MAX];
+	unsigned char *anchor;                 /* issue 13: the root certificate (DER) */
 	EVP_MD_CTX *md;
 	CURL *curl;
 	int reboot;
@@ -203,7 +205,12 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 			p->sync = !strcmp(v, "1") || !strcmp(v, "true");
 		else if (!strcmp(k, "direct"))
 			p->direct = !strcmp(v, "1") || !strcmp(v, "true");
-		else if (!strcmp(k, "key")) {
+		else if (!strcmp(k, "anchor")) {
+			OPENSSL_free(p->anchor);
+			if (port_linux_x509_load_anchor(v, &p->anchor, &p->cfg.anchor_len) < 0)
+				ok = 0;
+			p->cfg.anchor = p->anchor;
+		} else if (!strcmp(k, "key")) {
 			if (load_key(p, v) < 0)
 				ok = 0;
 		} else if (!strcmp(k, "tags")) {
@@ -244,6 +251,10 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 	p->cfg.hardware = p->hardware;
 	p->cfg.bootloader = p->bootloader;
 	p->cfg.tags = p->tags;
+	/* the signing chain's scratch (otadev_chain.c): the manifest and the list */
+	p->cfg.work_len = 16384;
+	if (!(p->cfg.work = malloc(p->cfg.work_len)))
+		goto fail;
 	if (open_slot(p, 0) < 0 || open_slot(p, 1) < 0 || !(p->md = EVP_MD_CTX_new()) || !(p->curl = curl_easy_init()))
 		goto fail;
 	*cfg = &p->cfg;
@@ -266,6 +277,8 @@ void port_linux_close(struct port_linux *p)
 	}
 	for (i = 0; i < OTADEV_KEYS_MAX; i++)
 		OPENSSL_free(p->keyder[i]);
+	OPENSSL_free(p->anchor);
+	free(p->cfg.work);
 	EVP_MD_CTX_free(p->md);
 	if (p->curl)
 		curl_easy_cleanup(p->curl);
@@ -604,6 +617,8 @@ static void h_log(void *ctx, const char *msg)
 	.sha256_update = h_sha_update,          \
 	.sha256_end = h_sha_end,                \
 	.verify = h_verify,                     \
+	.x509_chain = port_linux_x509_chain,   \
+	.x509_crl = port_linux_x509_crl,       \
 	.now_ms = h_now,                        \
 	.random = h_random,                     \
 	.persist_read = h_persist_read,         \
