@@ -201,12 +201,23 @@ bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BI
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))
-$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(BUILD)/obj/web/assets.c
+# the library is compiled once for all targets (instrumented, no main),
+# each target is its own file linked against it
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -D_GNU_SOURCE -DOTACD_VERSION='"$(VERSION)"' -I.
+FUZZ_LIB    := $(BUILD)/fuzz/libota.a
+FUZZ_OBJ    := $(LIB_SRC:%.c=$(BUILD)/fuzz/obj/%.o) $(BUILD)/fuzz/obj/web/assets.o
+$(BUILD)/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
-	    -DOTACD_VERSION='"$(VERSION)"' $(PKG_CFLAGS) -I. -o $@ $< $(LIB_SRC) \
-	    $(BUILD)/obj/web/assets.c $(PKG_LIBS) -lpthread -lm
-# the sample firmware's link parser includes libotadev's header
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined $(PKG_CFLAGS) -MMD -MP -c -o $@ $<
+$(BUILD)/fuzz/obj/web/assets.o: $(BUILD)/obj/web/assets.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+$(FUZZ_LIB): $(FUZZ_OBJ)
+	$(AR) rcs $@ $^
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(FUZZ_LIB)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -o $@ $< $(FUZZ_LIB) \
+	    $(PKG_LIBS) -lpthread -lm
+-include $(FUZZ_OBJ:.o=.d)
 $(BUILD)/fuzz/fuzz_sensorlink: PKG_CFLAGS += -Idevice
 fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
