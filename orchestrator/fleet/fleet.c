@@ -714,11 +714,18 @@ static int tags_equal(const struct device *d, const char *const *tags, size_t n)
 
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n)
 {
-	free(d->tags);
-	d->tags = n ? xmalloc(n * sizeof(*tags)) : NULL;
+	fleet_device_free_tags(d);
+	d->tags = !n ? NULL : n <= FLEET_TAGS_INLINE ? d->tags_inline : xmalloc(n * sizeof(*tags));
 	if (n)
 		memcpy(d->tags, tags, n * sizeof(*tags));
 	d->ntags = (uint8_t)n;
+}
+
+void fleet_device_free_tags(struct device *d)
+{
+	if (d->tags != d->tags_inline)
+		free(d->tags);
+	d->tags = NULL;
 }
 
 static int cmp_ptr_str(const void *a, const void *b)
@@ -1100,7 +1107,7 @@ static const char *scale_text(void)
  * 1 when product, hardware, bootloader, version and (without a tag
  * allowlist, which is checked per tag) the tags all match; then the
  * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
-static int as_before(struct fleet *f, const struct reg *reg, const char **product, const char **hardware,
+static int as_before(struct fleet *f, struct reg *reg, const char **product, const char **hardware,
 		     const char **bootloader, const char **version, const struct fleet_ckbody *b, const char **tags,
 		     size_t *ntags)
 {
@@ -1112,6 +1119,9 @@ static int as_before(struct fleet *f, const struct reg *reg, const char **produc
 		return 0;
 	s = fleet_shard(f, reg->hash);
 	pthread_mutex_lock(&s->mu);
+	/* the cache is filled at a device's first check-in since open */
+	if (!reg->dev)
+		reg->dev = fleet_device_find_locked(s, reg->id, reg->hash);
 	d = reg->dev;
 	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
 	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {

@@ -20,6 +20,7 @@
 #define FLEET_NSHARDS (1 << FLEET_SHARD_BITS)
 #define FLEET_NVFLAGS 4                 /* versions a device keeps flags for */
 #define FLEET_MAX_TAGS 16
+#define FLEET_TAGS_INLINE 4              /* tags a device holds without an allocation */
 #define FLEET_MAX_REPORTS 1000
 #define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
 #define FLEET_CRED_BYTES 16             /* a device credential: 128 bits, 32 hex characters */
@@ -75,7 +76,10 @@ struct device {
 	const char *product, *hardware, *bootloader, *version;   /* interned */
 	uint32_t bl[3];
 	int64_t counter, last_seen, last_seen_written;
-	const char **tags;            /* interned "key=value", sorted */
+	const char **tags;            /* interned "key=value", sorted: tags_inline
+				       * when they fit (no second cache miss per
+				       * check-in), else malloc'd */
+	const char *tags_inline[FLEET_TAGS_INLINE];
 	uint8_t ntags;
 	uint8_t dirty;
 	struct vflag vf[FLEET_NVFLAGS];
@@ -314,6 +318,8 @@ void fleet_device_mark_locked(struct shard *s, struct device *d);
 struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
+/* Frees d's tag array unless it is d's own tags_inline (d->tags NULL after). */
+void fleet_device_free_tags(struct device *d);
 void fleet_exposures_free(struct fleet *f);
 /* The flags of version v, when d keeps any (never creates a slot). */
 uint32_t fleet_vflags_of(const struct device *d, const char *v);
