@@ -103,9 +103,16 @@ struct reg {
 	struct reg *next;
 	uint64_t hash;
 	uint32_t gen;
+	uint32_t cred_gen;            /* cred holds generation cred_gen's credential */
 	struct device *dev;           /* its device once it checked in (a cache:
 				       * an authenticated check-in looks it up
 				       * once); under the shard's mutex */
+	/* the credential of generation cred_gen (when has_cred), as
+	 * credential() computes it: a device's every request compares its
+	 * token with this instead of computing the HMAC again (the secret
+	 * never changes while the fleet is open); under the shard's mutex */
+	unsigned char cred[FLEET_CRED_BYTES];
+	uint8_t has_cred;
 	char id[];
 };
 
