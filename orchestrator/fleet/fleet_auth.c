@@ -213,6 +213,11 @@ int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cr
 	h = fleet_fnv(device_id, strlen(device_id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	pthread_mutex_lock(&s->mu);
+	/* the device table's bucket, fetched alongside the registry's (both
+	 * misses in a large fleet: in parallel rather than one after the
+	 * other through r->dev) */
+	if (s->nb)
+		__builtin_prefetch(s->b[h & (s->nb - 1)]);
 	if ((r = fleet_reg_find_locked(s, device_id, h))) {
 		gen = r->gen;
 		/* computed at an earlier request of this generation */
