@@ -272,6 +272,8 @@ static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq 
 	return 0;
 }
 
+#define ID_FIRST "{\"device\":\""
+
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
@@ -285,6 +287,15 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		done = r->done;
 		pthread_mutex_unlock(&a->mu);
 		return done ? report_answer(c, r) : MHD_YES;
+	}
+	/* devices (libotadev) write the id first: its lookups' cache misses
+	 * are fetched while the body is parsed */
+	if (r->body.len > sizeof(ID_FIRST) - 1 && !memcmp(r->body.ptr, ID_FIRST, sizeof(ID_FIRST) - 1)) {
+		const char *id = r->body.ptr + sizeof(ID_FIRST) - 1;
+		size_t left = r->body.len - (sizeof(ID_FIRST) - 1);
+		const char *q = memchr(id, '"', left < 65 ? left : 65);
+		if (q)
+			fleet_checkin_prefetch(a->f, id, (size_t)(q - id));
 	}
 	/* jsmn, no allocation (fleet_ckbody.c); a body it leaves alone is
 	 * read by jansson, which also words a refusal as before */

@@ -52,6 +52,18 @@ struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h)
 	return NULL;
 }
 
+void fleet_checkin_prefetch(struct fleet *f, const char *id, size_t len)
+{
+	uint64_t h = fleet_fnv(id, len, FLEET_FNV_BASIS);
+	struct shard *s = fleet_shard(f, h);
+	pthread_mutex_lock(&s->mu);
+	if (s->rnb)
+		__builtin_prefetch(&s->rb[h & (s->rnb - 1)]);
+	if (s->nb)
+		__builtin_prefetch(&s->b[h & (s->nb - 1)]);
+	pthread_mutex_unlock(&s->mu);
+}
+
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
 {
 	size_t len = strlen(id);
