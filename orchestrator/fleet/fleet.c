@@ -1101,59 +1101,6 @@ static const char *scale_text(void)
 	return text;
 }
 
-/* A check-in's answer, appended by hand (printf's format parsing was a
- * tenth of a check-in's own cost): -1 when it does not fit in cap. */
-struct answer_text {
-	char *p;
-	size_t len, cap;
-};
-
-static void answer_put(struct answer_text *a, const char *s, size_t n)
-{
-	if (a->len <= a->cap && n < a->cap - a->len)
-		memcpy(a->p + a->len, s, n);
-	a->len += n;
-}
-
-static void answer_int(struct answer_text *a, int64_t v)
-{
-	char tmp[24];
-	size_t n = 0;
-	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-	do
-		tmp[sizeof(tmp) - 1 - n++] = (char)('0' + u % 10);
-	while ((u /= 10));
-	if (v < 0)
-		tmp[sizeof(tmp) - 1 - n++] = '-';
-	answer_put(a, tmp + sizeof(tmp) - n, n);
-}
-
-#define ANSWER_LIT(a, s) answer_put((a), (s), sizeof(s) - 1)
-
-/* {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C]} */
-static int answer_format(char *out, size_t cap, int64_t now, const char *scale, int64_t poll, const char *offer,
-			 int64_t crl)
-{
-	struct answer_text a = { out, 0, cap };
-	ANSWER_LIT(&a, "{\"now\":");
-	answer_int(&a, now);
-	ANSWER_LIT(&a, ",\"time_scale\":");
-	answer_put(&a, scale, strlen(scale));
-	ANSWER_LIT(&a, ",\"next_poll_ms\":");
-	answer_int(&a, poll);
-	ANSWER_LIT(&a, ",\"offer\":");
-	answer_put(&a, offer, strlen(offer));
-	if (crl > 0) {
-		ANSWER_LIT(&a, ",\"revocations\":");
-		answer_int(&a, crl);
-	}
-	ANSWER_LIT(&a, "}");
-	if (a.len >= cap)
-		return -1;
-	out[a.len] = 0;
-	return (int)a.len;
-}
-
 /* A known device checking in as it did before (the common case): its
  * interned strings, admitted when it first named them, stand for the
  * body's, so the check-in skips admission and interning (and their locks).
@@ -1337,7 +1284,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */
 	crl = pki_trust_crl_number();
-	n = answer_format(answer, cap, now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, crl);
+	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, crl);
 	pthread_rwlock_unlock(&f->exp_lock);
 	if (n < 0 || (size_t)n >= cap) /* FLEET_ANSWER_MAX holds any (offer_compile) */
 		return ota_error_set(OTA_ERROR, "check-in answer larger than %zu bytes", cap);

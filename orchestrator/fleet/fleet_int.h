@@ -325,6 +325,12 @@ void fleet_device_mark_locked(struct shard *s, struct device *d);
 struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
+/* A check-in's answer into out (cap bytes, NUL-terminated):
+ * {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C]}
+ * (revocations when crl > 0; scale and offer are JSON text).  Its length,
+ * or -1 when it does not fit (fleet_answer.c). */
+int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, int64_t poll, const char *offer,
+			int64_t crl);
 /* Frees d's tag array unless it is d's own tags_inline (d->tags NULL after). */
 void fleet_device_free_tags(struct device *d);
 void fleet_exposures_free(struct fleet *f);
