@@ -23,7 +23,8 @@
  * (bodies being received, answers being sent, parked long polls and
  * streams) are exempt.
  *
- * Locks: `lock` guards the parked list; `conn_lock` the connection list.
+ * Locks: `lock` guards the parked list; `conn_lock` the connection list
+ * (an entry's busy and since are atomics its pool thread sets per request).
  * Neither is held while taking the other.  Notifier hooks only write to the
  * eventfd, so they run safely under their notifier's lock.
  */
@@ -48,11 +49,14 @@
 #define SWEEP_MS 250
 
 struct api_conn {
-	struct api_conn *prev, *next;
+	struct api_conn *prev, *next;   /* under conn_lock */
 	int fd;
+	/* atomics: its own pool thread writes them at every request's start
+	 * and end (api_conn_busy, no lock: a request must not queue behind
+	 * the sweep or the other threads' requests), the sweeper reads them */
 	int64_t since;     /* accepted, or previous request completed (mono ms) */
 	int busy;          /* a request is in its handler */
-	int shut;          /* we shut it down already */
+	int shut;          /* we shut it down already (under conn_lock) */
 };
 
 struct api_waiter {
@@ -114,7 +118,8 @@ static void sweep(struct api_waiter *w, int64_t now)
 {
 	pthread_mutex_lock(&w->conn_lock);
 	for (struct api_conn *c = w->conns; c; c = c->next) {
-		if (!c->busy && !c->shut && now - c->since >= w->request_timeout_ms) {
+		if (!__atomic_load_n(&c->busy, __ATOMIC_ACQUIRE) && !c->shut &&
+		    now - __atomic_load_n(&c->since, __ATOMIC_RELAXED) >= w->request_timeout_ms) {
 			c->shut = 1;
 			w->cut++;
 			shutdown(c->fd, SHUT_RDWR);
@@ -308,13 +313,14 @@ static struct api_conn *conn_of(struct MHD_Connection *conn)
 void api_conn_busy(struct api_waiter *w, struct MHD_Connection *conn, int busy)
 {
 	struct api_conn *c = conn_of(conn);
+	(void)w;
 	if (!c)
 		return;
-	pthread_mutex_lock(&w->conn_lock);
-	c->busy = busy;
+	/* since before busy goes to 0: the sweeper never sees an idle
+	 * connection with the previous request's start time */
 	if (!busy)
-		c->since = clock_mono_ms();
-	pthread_mutex_unlock(&w->conn_lock);
+		__atomic_store_n(&c->since, clock_mono_ms(), __ATOMIC_RELAXED);
+	__atomic_store_n(&c->busy, busy, __ATOMIC_RELEASE);
 }
 
 /* ---- parking a request --------------------------------------------------- */

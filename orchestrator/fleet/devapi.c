@@ -276,6 +276,8 @@ static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq 
 	return 0;
 }
 
+#define ID_FIRST "{\"device\":\""
+
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
@@ -289,6 +291,15 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		done = r->done;
 		pthread_mutex_unlock(&a->mu);
 		return done ? report_answer(c, r) : MHD_YES;
+	}
+	/* devices (libotadev) write the id first: its lookups' cache misses
+	 * are fetched while the body is parsed */
+	if (r->body.len > sizeof(ID_FIRST) - 1 && !memcmp(r->body.ptr, ID_FIRST, sizeof(ID_FIRST) - 1)) {
+		const char *id = r->body.ptr + sizeof(ID_FIRST) - 1;
+		size_t left = r->body.len - (sizeof(ID_FIRST) - 1);
+		const char *q = memchr(id, '"', left < 65 ? left : 65);
+		if (q)
+			fleet_checkin_prefetch(a->f, id, (size_t)(q - id));
 	}
 	/* jsmn, no allocation (fleet_ckbody.c); a body it leaves alone is
 	 * read by jansson, which also words a refusal as before */
@@ -846,6 +857,62 @@ static enum route route_of(const char *method, const char *url, unsigned *bad)
 	return R_NONE;
 }
 
+/*
+ * Request state, recycled: each pool thread keeps the last one it freed
+ * (and its body buffer, when small) for its next request, instead of a
+ * calloc, a body malloc and their frees per request.  Kept in a
+ * thread-specific slot whose destructor frees it when the thread ends.
+ */
+#define DREQ_KEEP_BODY 4096
+
+static pthread_key_t dreq_key;
+static pthread_once_t dreq_once = PTHREAD_ONCE_INIT;
+
+static void dreq_destroy(void *p)
+{
+	struct dreq *r = p;
+	buf_release(&r->body);
+	free(r);
+}
+
+static void dreq_key_init(void)
+{
+	if (pthread_key_create(&dreq_key, dreq_destroy) != 0)
+		abort();
+}
+
+static struct dreq *dreq_new(void)
+{
+	struct dreq *r;
+	struct buf body;
+
+	pthread_once(&dreq_once, dreq_key_init);
+	if (!(r = pthread_getspecific(dreq_key))) {
+		r = xcalloc(1, sizeof(*r));
+		buf_init(&r->body, DEVAPI_BODY_MAX);
+		return r;
+	}
+	pthread_setspecific(dreq_key, NULL);
+	body = r->body;
+	memset(r, 0, sizeof(*r));
+	r->body = body; /* emptied by dreq_free */
+	r->body.max = DEVAPI_BODY_MAX;
+	return r;
+}
+
+/* After its owned members are released: r kept for this thread's next request, or freed. */
+static void dreq_free(struct dreq *r)
+{
+	pthread_once(&dreq_once, dreq_key_init);
+	if (r->body.cap > DREQ_KEEP_BODY || pthread_getspecific(dreq_key) || pthread_setspecific(dreq_key, r) != 0) {
+		dreq_destroy(r);
+		return;
+	}
+	r->body.len = 0;
+	if (r->body.ptr)
+		r->body.ptr[0] = 0;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
@@ -858,10 +925,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
 		unsigned bad;
 		api_conn_busy(a->waiter, c, 1); /* the header is complete */
-		r = xcalloc(1, sizeof(*r));
+		r = dreq_new();
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
-		buf_init(&r->body, DEVAPI_BODY_MAX);
 		if (auth && !strncasecmp(auth, "Bearer ", 7))
 			r->token = xstrdup(auth + 7);
 		if (bad) {
@@ -924,7 +990,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	api_conn_busy(a->waiter, c, 0); /* the next request's header deadline starts */
 	if (!r)
 		return;
-	buf_release(&r->body);
 	fleet_reg_free(r->reg);
 	free(r->answer);
 	json_decref(r->refused);
@@ -933,7 +998,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 		explicit_bzero(r->token, strlen(r->token));
 		free(r->token);
 	}
-	free(r);
+	dreq_free(r);
 	*con_cls = NULL;
 }
 

@@ -715,11 +715,18 @@ static int tags_equal(const struct device *d, const char *const *tags, size_t n)
 
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n)
 {
-	free(d->tags);
-	d->tags = n ? xmalloc(n * sizeof(*tags)) : NULL;
+	fleet_device_free_tags(d);
+	d->tags = !n ? NULL : n <= FLEET_TAGS_INLINE ? d->tags_inline : xmalloc(n * sizeof(*tags));
 	if (n)
 		memcpy(d->tags, tags, n * sizeof(*tags));
 	d->ntags = (uint8_t)n;
+}
+
+void fleet_device_free_tags(struct device *d)
+{
+	if (d->tags != d->tags_inline)
+		free(d->tags);
+	d->tags = NULL;
 }
 
 static int cmp_ptr_str(const void *a, const void *b)
@@ -1101,7 +1108,7 @@ static const char *scale_text(void)
  * 1 when product, hardware, bootloader, version and (without a tag
  * allowlist, which is checked per tag) the tags all match; then the
  * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
-static int as_before(struct fleet *f, const struct reg *reg, const char **product, const char **hardware,
+static int as_before(struct fleet *f, struct reg *reg, const char **product, const char **hardware,
 		     const char **bootloader, const char **version, const struct fleet_ckbody *b, const char **tags,
 		     size_t *ntags)
 {
@@ -1113,6 +1120,9 @@ static int as_before(struct fleet *f, const struct reg *reg, const char **produc
 		return 0;
 	s = fleet_shard(f, reg->hash);
 	pthread_mutex_lock(&s->mu);
+	/* the cache is filled at a device's first check-in since open */
+	if (!reg->dev)
+		reg->dev = fleet_device_find_locked(s, reg->id, reg->hash);
 	d = reg->dev;
 	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
 	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {
@@ -1153,7 +1163,6 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	size_t ntags = 0;
 	uint32_t bl[3];
 	const char *offer = NULL;
-	char revocations[48] = "";
 	char presigned[FLEET_ANSWER_MAX / 2 + 1024];
 	int64_t counter, crl, now = clock_now_ms();
 	uint64_t h;
@@ -1279,10 +1288,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */
 	crl = pki_trust_crl_number();
-	if (crl > 0)
-		snprintf(revocations, sizeof(revocations), ",\"revocations\":%" PRId64, crl);
-	n = snprintf(answer, cap, "{\"now\":%" PRId64 ",\"time_scale\":%s,\"next_poll_ms\":%" PRId64 ",\"offer\":%s%s}",
-		     now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, revocations);
+	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, crl);
 	pthread_rwlock_unlock(&f->exp_lock);
 	if (n < 0 || (size_t)n >= cap) /* FLEET_ANSWER_MAX holds any (offer_compile) */
 		return ota_error_set(OTA_ERROR, "check-in answer larger than %zu bytes", cap);

@@ -52,6 +52,18 @@ struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h)
 	return NULL;
 }
 
+void fleet_checkin_prefetch(struct fleet *f, const char *id, size_t len)
+{
+	uint64_t h = fleet_fnv(id, len, FLEET_FNV_BASIS);
+	struct shard *s = fleet_shard(f, h);
+	pthread_mutex_lock(&s->mu);
+	if (s->rnb)
+		__builtin_prefetch(&s->rb[h & (s->rnb - 1)]);
+	if (s->nb)
+		__builtin_prefetch(&s->b[h & (s->nb - 1)]);
+	pthread_mutex_unlock(&s->mu);
+}
+
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
 {
 	size_t len = strlen(id);
@@ -85,6 +97,7 @@ void fleet_reg_free_shard(struct shard *s)
 		struct reg *r = s->rb[i], *next;
 		for (; r; r = next) {
 			next = r->next;
+			OPENSSL_cleanse(r->cred, sizeof(r->cred));
 			free(r);
 		}
 	}
@@ -140,7 +153,7 @@ void fleet_auth_release(struct fleet *f)
 	f->mac_n = 0;
 }
 
-static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 * FLEET_CRED_BYTES + 1])
+static int credential_raw(struct fleet *f, const char *id, uint32_t gen, unsigned char out[FLEET_CRED_BYTES])
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	size_t maclen = 0;
@@ -169,9 +182,19 @@ static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 
 		return ota_error_set(OTA_ERROR, "HMAC failed");
 	}
 	mac_give(f, c);
-	ota_hex(out, mac, FLEET_CRED_BYTES);
+	memcpy(out, mac, FLEET_CRED_BYTES);
 	OPENSSL_cleanse(mac, sizeof(mac));
 	return 0;
+}
+
+static int credential(struct fleet *f, const char *id, uint32_t gen, char out[2 * FLEET_CRED_BYTES + 1])
+{
+	unsigned char raw[FLEET_CRED_BYTES];
+	int rc = credential_raw(f, id, gen, raw);
+	if (rc == 0)
+		ota_hex(out, raw, FLEET_CRED_BYTES);
+	OPENSSL_cleanse(raw, sizeof(raw));
+	return rc;
 }
 
 int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
@@ -183,11 +206,12 @@ int fleet_device_auth(struct fleet *f, const char *device_id, const char *cred)
 int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out)
 {
 	char want[2 * FLEET_CRED_BYTES + 1];
+	unsigned char raw[FLEET_CRED_BYTES];
 	uint64_t h;
 	struct shard *s;
 	struct reg *r;
 	uint32_t gen = 0;
-	int rc = 0;
+	int rc = 0, known = 0;
 
 	*out = NULL;
 	if (f->auth_mode == FLEET_AUTH_CERT)
@@ -201,22 +225,45 @@ int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cr
 	h = fleet_fnv(device_id, strlen(device_id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	pthread_mutex_lock(&s->mu);
+	/* the device table's bucket, fetched alongside the registry's (both
+	 * misses in a large fleet: in parallel rather than one after the
+	 * other through r->dev) */
+	if (s->nb)
+		__builtin_prefetch(s->b[h & (s->nb - 1)]);
 	if ((r = fleet_reg_find_locked(s, device_id, h))) {
 		gen = r->gen;
-		/* the check-in that follows reads its device: a cache miss in a
-		 * large fleet, fetched while the HMAC below runs */
+		/* computed at an earlier request of this generation */
+		if ((known = r->has_cred && r->cred_gen == gen))
+			memcpy(raw, r->cred, sizeof(raw));
+		/* the check-in that follows reads its device, every cache line
+		 * of it (tags, flags, id): misses in a large fleet, fetched
+		 * while the HMAC below runs */
 		if (r->dev)
-			__builtin_prefetch(r->dev);
+			for (size_t off = 0; off <= sizeof(struct device); off += 64)
+				__builtin_prefetch((const char *)r->dev + off);
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (!r)
 		return ota_error_set(OTA_EAUTH, "device '%s' is not registered", device_id);
-	if ((rc = credential(f, device_id, gen, want)) < 0)
-		return rc;
+	if (!known) {
+		if ((rc = credential_raw(f, device_id, gen, raw)) < 0)
+			return rc;
+		/* kept for the next request, unless the writer moved the
+		 * generation on meanwhile (a registration) */
+		pthread_mutex_lock(&s->mu);
+		if (r->gen == gen) {
+			memcpy(r->cred, raw, sizeof(raw));
+			r->cred_gen = gen;
+			r->has_cred = 1;
+		}
+		pthread_mutex_unlock(&s->mu);
+	}
+	ota_hex(want, raw, FLEET_CRED_BYTES);
 	if (strlen(cred) != 2 * FLEET_CRED_BYTES || CRYPTO_memcmp(cred, want, 2 * FLEET_CRED_BYTES) != 0)
 		rc = ota_error_set(OTA_EAUTH, "missing or wrong credential");
 	else
 		*out = r;
+	OPENSSL_cleanse(raw, sizeof(raw));
 	OPENSSL_cleanse(want, sizeof(want));
 	return rc;
 }

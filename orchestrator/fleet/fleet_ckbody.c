@@ -328,6 +328,26 @@ static int tags_parse(struct fleet_ckbody *out, const char *js, const jsmntok_t 
 	return 0;
 }
 
+/* Which member a decoded key (kl bytes, no NUL inside when it matches)
+ * names: by length first, one memcmp (a strcmp against every name was a
+ * tenth of the parse). */
+static int key_which(const char *key, size_t kl)
+{
+	static const struct {
+		const char *name;
+		size_t len;
+		int which;
+	} keys[] = {
+		{ "device", 6, FCK_DEVICE },         { "product", 7, FCK_PRODUCT }, { "hardware", 8, FCK_HARDWARE },
+		{ "bootloader", 10, FCK_BOOTLOADER }, { "version", 7, FCK_VERSION }, { "slot", 4, FCK_SLOT },
+		{ "security_counter", 16, KEY_COUNTER }, { "tags", 4, KEY_TAGS },
+	};
+	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+		if (keys[k].len == kl && !memcmp(key, keys[k].name, kl))
+			return keys[k].which;
+	return KEY_UNKNOWN;
+}
+
 int fleet_ckbody_parse(struct fleet_ckbody *out, const char *js, size_t len)
 {
 	jsmn_parser p;
@@ -365,13 +385,7 @@ int fleet_ckbody_parse(struct fleet_ckbody *out, const char *js, size_t len)
 		if (!gap(js, &pos, tok_begin(vt), ':') ||
 		    (kl = str_decode(js + kt->start, (size_t)(kt->end - kt->start), key, sizeof(key))) < 0)
 			return 1;
-		for (int f = 0; f < FCK_NSTR && which == KEY_UNKNOWN; f++)
-			if (!strcmp(key, str_names[f]))
-				which = f;
-		if (which == KEY_UNKNOWN && !strcmp(key, "security_counter"))
-			which = KEY_COUNTER;
-		else if (which == KEY_UNKNOWN && !strcmp(key, "tags"))
-			which = KEY_TAGS;
+		which = key_which(key, (size_t)kl);
 		if (which != KEY_UNKNOWN) {
 			if (seen & (1u << which))
 				return 1; /* a duplicate key */

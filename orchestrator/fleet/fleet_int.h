@@ -20,6 +20,7 @@
 #define FLEET_NSHARDS (1 << FLEET_SHARD_BITS)
 #define FLEET_NVFLAGS 4                 /* versions a device keeps flags for */
 #define FLEET_MAX_TAGS 16
+#define FLEET_TAGS_INLINE 4              /* tags a device holds without an allocation */
 #define FLEET_MAX_REPORTS 1000
 #define FLEET_FNV_BASIS 0xcbf29ce484222325ULL
 #define FLEET_CRED_BYTES 16             /* a device credential: 128 bits, 32 hex characters */
@@ -75,7 +76,10 @@ struct device {
 	const char *product, *hardware, *bootloader, *version;   /* interned */
 	uint32_t bl[3];
 	int64_t counter, last_seen, last_seen_written;
-	const char **tags;            /* interned "key=value", sorted */
+	const char **tags;            /* interned "key=value", sorted: tags_inline
+				       * when they fit (no second cache miss per
+				       * check-in), else malloc'd */
+	const char *tags_inline[FLEET_TAGS_INLINE];
 	uint8_t ntags;
 	uint8_t dirty;
 	struct vflag vf[FLEET_NVFLAGS];
@@ -99,9 +103,16 @@ struct reg {
 	struct reg *next;
 	uint64_t hash;
 	uint32_t gen;
+	uint32_t cred_gen;            /* cred holds generation cred_gen's credential */
 	struct device *dev;           /* its device once it checked in (a cache:
 				       * an authenticated check-in looks it up
 				       * once); under the shard's mutex */
+	/* the credential of generation cred_gen (when has_cred), as
+	 * credential() computes it: a device's every request compares its
+	 * token with this instead of computing the HMAC again (the secret
+	 * never changes while the fleet is open); under the shard's mutex */
+	unsigned char cred[FLEET_CRED_BYTES];
+	uint8_t has_cred;
 	char id[];
 };
 
@@ -314,6 +325,14 @@ void fleet_device_mark_locked(struct shard *s, struct device *d);
 struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
+/* A check-in's answer into out (cap bytes, NUL-terminated):
+ * {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C]}
+ * (revocations when crl > 0; scale and offer are JSON text).  Its length,
+ * or -1 when it does not fit (fleet_answer.c). */
+int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, int64_t poll, const char *offer,
+			int64_t crl);
+/* Frees d's tag array unless it is d's own tags_inline (d->tags NULL after). */
+void fleet_device_free_tags(struct device *d);
 void fleet_exposures_free(struct fleet *f);
 /* The flags of version v, when d keeps any (never creates a slot). */
 uint32_t fleet_vflags_of(const struct device *d, const char *v);

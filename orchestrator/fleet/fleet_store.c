@@ -995,7 +995,7 @@ static void fleet_free(struct fleet *f)
 			struct device *d = s->b[i], *next;
 			for (; d; d = next) {
 				next = d->next;
-				free(d->tags);
+				fleet_device_free_tags(d);
 				free(d);
 			}
 		}
