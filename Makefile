@@ -58,6 +58,9 @@ DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-un
 
 PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
+BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
+           $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
+           $(BIN)/fleetstore-bench $(BIN)/enc-bench
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
@@ -136,7 +139,9 @@ $(BIN)/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(LIB)
 
 # ---- tests ---------------------------------------------------------------
 # Every test binary gets the directory of the programs under test.
-check: $(PROGS) $(TESTS)
+# the benchmarks are built too (not run), so an API change that breaks one
+# fails here rather than in the next `make bench`
+check: $(PROGS) $(TESTS) $(BENCHES)
 	@OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh tests/run.sh $(TESTS)
 
 # OTACD_SLOW=1: tests that drive a browser or a simulated fleet allow for
@@ -195,9 +200,7 @@ $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
-       $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-       $(BIN)/fleetstore-bench $(BIN)/enc-bench
+bench: $(PROGS) $(BENCHES)
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))

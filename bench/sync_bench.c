@@ -113,7 +113,7 @@ static int bench_fleet(const char *dir, int ndev, int nrep, double *rate)
 	}
 	t0 = now_s();
 	for (int i = 0; i < nrep; i += BATCH) {
-		json_t *arr = json_array(), *body = json_pack("{so}", "reports", arr);
+		json_t *arr = json_array(), *body = json_pack("{so}", "reports", arr), *refused = NULL;
 		for (int j = i; j < i + BATCH && j < nrep; j++) {
 			snprintf(id, sizeof(id), "dev-%07d", j % ndev);
 			json_array_append_new(arr, json_pack("{ss ss ss sf}", "device", id, "version", "1.0.0", "event",
@@ -123,7 +123,9 @@ static int bench_fleet(const char *dir, int ndev, int nrep, double *rate)
 		pthread_mutex_lock(&fl.mu);
 		fl.n++;
 		pthread_mutex_unlock(&fl.mu);
-		rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, batch_done, &fl);
+		rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, batch_done, &fl);
+		json_decref(refused);
+		refused = NULL;
 		json_decref(body);
 		if (rc < 0) {
 			batch_done(&fl, rc);
