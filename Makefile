@@ -111,7 +111,7 @@ $(BIN)/otactl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(LIB)
+$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
