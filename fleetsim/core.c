@@ -597,6 +597,7 @@ static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
 						c->id, e->version, why);
 			} else {
 				fs->c.refused_bad_signature++;
+				fs_warn(fs, "%s refused %s: %s", c->id, e->version, why);
 			}
 			break;
 		}
@@ -730,6 +731,12 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 			k->hb_ms = (uint32_t)((double)fs->o.report_every_ms / k->scale);
 			if (!k->hb_ms)
 				k->hb_ms = 1;
+			/* the device's retry timers in otacd time: a minute up to an
+			 * hour of backoff, five minutes to wait for a precondition
+			 * (real-time values would stall a time-scaled fleet) */
+			k->base.backoff_base_ms = (uint32_t)(60000.0 / k->scale) + 20;
+			k->base.backoff_max_ms = (uint32_t)(3600000.0 / k->scale) + 2 * k->base.backoff_base_ms;
+			k->base.precondition_wait_ms = (uint32_t)(300000.0 / k->scale) + 50;
 		}
 		pthread_mutex_unlock(&k->lock);
 	}
@@ -870,6 +877,8 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 			return ota_error_set(OTA_EINVAL, "--key: cannot encode the public key");
 		k->base.keys[i].der = k->keyder[i];
 		k->base.keys[i].len = (size_t)n;
+		/* otadev_init fills it too, in the working copy; a resumed device needs it */
+		EVP_Digest(k->keyder[i], (size_t)n, k->base.keys[i].hash, NULL, EVP_sha256(), NULL);
 	}
 	k->base.nkeys = (int)fs->images.nkeys;
 	k->base.product = fs->o.product;
