@@ -190,9 +190,15 @@ $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# issue 14: libotadev's verification on the simulator's sparse flash
+$(BIN)/fscore-verify-bench: $(BUILD)/obj/bench/fscore_verify_bench.o $(BUILD)/obj/fleetsim/port_sim.o \
+			    $(BUILD)/obj/fleetsim/sim.o $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
        $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-       $(BIN)/fleetstore-bench $(BIN)/enc-bench
+       $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))
