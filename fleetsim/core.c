@@ -168,8 +168,13 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, &s);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_hdr);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, &s);
-	fs_tls_setopt(fs, e);
-	curl_easy_setopt(e, CURLOPT_SHARE, NULL);   /* the share is the loop thread's */
+	/* fs_tls_setopt's options without its share (the loop thread's; attaching
+	 * and detaching it per request leaks libcurl's own session cache) */
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	if (fs->o.cacert)
+		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
 	rs->len = 0;
 	rs->range_total = -1;
 	cc = curl_easy_perform(e);
