@@ -34,14 +34,14 @@ stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
 # run ENGINE [N]: sets ck rep hwm
 run() {
 	devices=${2:-$all}
-	state="$tmp/$1/state"
+	state="$tmp/$1-$devices/state"
 	mkdir -p "$state"
-	cat >"$tmp/$1/otacd.yml" <<EOF
+	cat >"$tmp/$1-$devices/otacd.yml" <<EOF
 poll_interval: 1s
 device_register_burst: $devices
 device_register_rate: $devices
 EOF
-	"$bin/otacd" --config "$tmp/$1/otacd.yml" --state-dir "$state" --listen 127.0.0.1:0 \
+	"$bin/otacd" --config "$tmp/$1-$devices/otacd.yml" --state-dir "$state" --listen 127.0.0.1:0 \
 		--device-listen 127.0.0.1:0 --local-agents 0 2>>"$tmp/$1.log" &
 	pid=$!
 	pids="$pids $pid"
@@ -53,7 +53,7 @@ EOF
 	done
 	"$bin/otacd-fleetsim" --engine "$1" --url "$(cat "$state/otacd-device.url")" --devices "$devices" --seed 1 \
 		--key "$tmp/k.pub" --fleet-key "@$state/fleet.key" --report-every 2s --duration "$secs" \
-		--concurrency 256 --quiet --stats "$tmp/$1.stats" >"$tmp/$1.sim.log" 2>&1 &
+		--concurrency 256 --quiet --stats "$tmp/$1-$devices.stats" >"$tmp/$1.sim.log" 2>&1 &
 	sim=$!
 	hwm=0
 	while kill -0 $sim 2>/dev/null; do
@@ -64,8 +64,8 @@ EOF
 	wait $sim || true
 	kill $pid
 	wait $pid 2>/dev/null || true
-	c=$(stat_of "$tmp/$1.stats" checkins)
-	r=$(stat_of "$tmp/$1.stats" reports_sent)
+	c=$(stat_of "$tmp/$1-$devices.stats" checkins)
+	r=$(stat_of "$tmp/$1-$devices.stats" reports_sent)
 	ck=$(awk -v c="${c:-0}" -v s="$secs" 'BEGIN { printf "%.0f", c / s }')
 	rep=$(awk -v c="${r:-0}" -v s="$secs" 'BEGIN { printf "%.0f", c / s }')
 	printf '  %-5s %d devices, %d s: check-ins %s/s of %d demanded (%.0f %%), reports %s/s of %d demanded (%.0f %%), peak RSS %d KB = %.0f B/device\n' \
@@ -73,11 +73,11 @@ EOF
 		"$rep" $((devices / 2)) "$(awk -v a="$rep" -v b="$devices" 'BEGIN { print 200 * a / b }')" \
 		"$hwm" "$(awk -v h="$hwm" -v n="$devices" 'BEGIN { print h * 1024 / n }')"
 	if [ "$1" = core ]; then
-		sb=$(stat_of "$tmp/$1.stats" state_bytes_per_device)
-		rb=$(stat_of "$tmp/$1.stats" record_bytes)
+		sb=$(stat_of "$tmp/$1-$devices.stats" state_bytes_per_device)
+		rb=$(stat_of "$tmp/$1-$devices.stats" record_bytes)
 		printf '        compact state per device: %s B of structs + %.1f B of encoded record (%d B unencoded), %s reboots\n' \
 			"${sb:-?}" "$(awk -v r="${rb:-0}" -v n="$devices" 'BEGIN { print r / n }')" 944 \
-			"$(stat_of "$tmp/$1.stats" reboots)"
+			"$(stat_of "$tmp/$1-$devices.stats" reboots)"
 	fi
 }
 

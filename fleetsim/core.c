@@ -683,12 +683,12 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 			fs->core.bricked++;
 		if (c->d.n_downloads_resumed)
 			fs->c.resumed_downloads++;
+		if (rc < 0)
+			fs_warn(fs, "%s does not start: %s", c->id, c->d.err);
 		pthread_mutex_unlock(&k->lock);
 		(void)type;
-		if (rc < 0) {
-			fs_warn(fs, "%s does not start: %s", c->id, c->d.err);
+		if (rc < 0)
 			return now + 3600000;
-		}
 		account(c, seq0, offer0);
 		d->flags |= PSIM_ON;
 	} else {
@@ -765,7 +765,9 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	d->report_errors = (uint8_t)(c->d.report_errors > 255 ? 255 : c->d.report_errors);
 	d->flags = (uint8_t)((d->flags & ~PSIM_CHECKED_IN) | (c->d.checked_in ? PSIM_CHECKED_IN : 0));
 	if (rc < 0) {
+		pthread_mutex_lock(&k->lock);
 		fs_warn(fs, "%s: %s", c->id, c->d.err);
+		pthread_mutex_unlock(&k->lock);
 		wait = 1000;
 	}
 	return now + (wait ? wait : 1);
