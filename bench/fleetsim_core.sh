@@ -11,7 +11,7 @@
 # and reports accepted a second against what the model demands (from the
 # simulator's --stats), the simulator's peak RSS (VmHWM), and memory per
 # device as the slope between this run and one of DEVICES/10 (fixed costs,
-# such as the core engine's 64 worker contexts and connections, cancel);
+# such as the core engine's worker contexts and connections, cancel);
 # for the core engine also the compact state per device (struct sizes +
 # the encoded records); then the ratios core/model.  Nothing asserted.
 set -eu

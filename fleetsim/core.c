@@ -6,7 +6,7 @@
  * Why this shape: a device's RAM context is transient, what persists is
  * its record and its flash.  So a device is a compact struct psim_dev (two
  * sparse slots, the record encoded against a template, a few RAM timers),
- * and W worker threads each own one working context (struct psim_ctx: the
+ * and W worker threads (--concurrency, at most 256) each own one working context (struct psim_ctx: the
  * 6.5 KB struct otadev, a libcurl handle kept alive).  An event heap in
  * device time (real ms since the start) says when each device's next step
  * is due; a worker pops it, loads the device into its context, runs
@@ -50,7 +50,7 @@
 #include "../orchestrator/mcuboot.h"
 #include "port_sim.h"
 
-#define WORKERS_MAX 64
+#define WORKERS_MAX 256
 #define STEPS_PER_EVENT 32
 #define OFF_MS 1000                    /* a power cut keeps a device off this long */
 #define IMAGE_MAX ((size_t)64 << 20)
