@@ -214,7 +214,7 @@ static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uin
 	int i, rc;
 
 	pthread_mutex_lock(&k->lock);
-	if ((i = image_slot(k, rq->path)) < 0) {
+	if ((i = image_slot(k, rq->path)) <= 0) {
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
