@@ -60,7 +60,7 @@ PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim 
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-           $(BIN)/fleetstore-bench $(BIN)/enc-bench
+           $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
@@ -119,7 +119,7 @@ $(BIN)/otactl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(LIB)
+$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -197,6 +197,12 @@ $(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
 
 # issue 13: encrypted images against clear ones (sign; device decrypt + verify)
 $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 14: libotadev's verification on the simulator's sparse flash
+$(BIN)/fscore-verify-bench: $(BUILD)/obj/bench/fscore_verify_bench.o $(BUILD)/obj/fleetsim/port_sim.o \
+			    $(BUILD)/obj/fleetsim/sim.o $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

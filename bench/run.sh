@@ -44,6 +44,11 @@ sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
 echo
 echo "== libotadev footprint per build configuration (flash, RAM), ratios to the default build"
 sh bench/device_footprint.sh
+# issue 14, the simulator on the device core
+echo "== otacd-fleetsim: the device model against every device running libotadev (--engine core), same run"
+sh bench/fleetsim_core.sh "$OTACD_BIN" ${FLEETSIM_CORE_ARGS:-20000 20}
+echo "== libotadev's image verification per simulated device (sparse flash rebuild, hash, ECDSA), with and without the memo"
+"$OTACD_BIN/fscore-verify-bench" ${FSCORE_VERIFY_ARGS:-64 2000}
 # issue 13, encrypted images
 echo "== MCUboot image encryption: signing and device decrypt+verify against a clear image, same run"
 "$OTACD_BIN/enc-bench" ${ENC_BENCH_ARGS:-1024 20}

@@ -45,6 +45,8 @@ static void usage(FILE *f)
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
 	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--trust-root ROOT.crt.pem]\n"
 	      "         [--enc-key [HW=]PRIV.pem] [--provisioner TOKEN]\n"
+	      "         [--engine model|core] [--fault-power-cut P] [--fault-corrupt P]\n"
+	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -58,6 +60,17 @@ static int parse_u64(const char *opt, const char *s, uint64_t max, uint64_t *out
 	if (errno || end == s || *end || *s == '-' || v > max)
 		return ota_error_set(OTA_EINVAL, "%s: '%s' is not a number in 0..%llu", opt, s,
 				     (unsigned long long)max);
+	*out = v;
+	return 0;
+}
+
+static int parse_fraction(const char *opt, const char *s, double *out)
+{
+	char *end;
+	double v = strtod(s, &end);
+
+	if (end == s || *end || !(v >= 0 && v <= 1))
+		return ota_error_set(OTA_EINVAL, "%s: '%s' is not a fraction in [0, 1]", opt, s);
 	*out = v;
 	return 0;
 }
@@ -177,6 +190,12 @@ int main(int argc, char **argv)
 		{ "provisioner", required_argument, NULL, 'X' },
 		{ "trust-root", required_argument, NULL, 'T' },
 		{ "enc-key", required_argument, NULL, 'E' },
+		{ "engine", required_argument, NULL, 1001 },
+		{ "fault-power-cut", required_argument, NULL, 1002 },
+		{ "fault-corrupt", required_argument, NULL, 1003 },
+		{ "fault-low-battery", required_argument, NULL, 1004 },
+		{ "fault-vanish", required_argument, NULL, 1005 },
+		{ "verify-every", no_argument, NULL, 1006 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -306,6 +325,32 @@ int main(int argc, char **argv)
 		case 'A': o.cacert = optarg; break;
 		case 'X': o.provisioner = optarg; break;
 		case 'T': o.trust_root = optarg; break;
+		case 1001:
+			if (strcmp(optarg, "core") && strcmp(optarg, "model")) {
+				rc = ota_error_set(OTA_EINVAL, "--engine: '%s' is not core or model", optarg);
+				goto out;
+			}
+			o.core = !strcmp(optarg, "core");
+			break;
+		case 1002: case 1003: case 1004:
+			if ((rc = parse_fraction(opt == 1002 ? "--fault-power-cut" : opt == 1003 ? "--fault-corrupt"
+						 : "--fault-low-battery", optarg,
+						 opt == 1002 ? &o.fault_power_cut : opt == 1003 ? &o.fault_corrupt
+						 : &o.fault_low_battery)))
+				goto out;
+			break;
+		case 1005: {
+			char *end;
+
+			o.vanish_at_s = strtod(optarg, &end);
+			if (end == optarg || *end != ':' || o.vanish_at_s < 0 ||
+			    (o.vanish_for_s = strtod(end + 1, &end), *end) || o.vanish_for_s <= 0) {
+				rc = ota_error_set(OTA_EINVAL, "--fault-vanish: '%s' is not AT:SECONDS", optarg);
+				goto out;
+			}
+			break;
+		}
+		case 1006: o.verify_every = 1; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}

@@ -248,6 +248,15 @@ int fs_write_stats(struct fleetsim *fs)
 	json_object_set_new(st, "chain_refused", json_integer(fs->trust.chain_refused));
 	json_object_set_new(st, "installed_at_revocation", json_integer(fs->installed_at_crl));
 	json_object_set_new(st, "images", images);
+	if (fs->o.core) {           /* issue 14: the devices ran libotadev (core.c) */
+		json_t *k = json_object();
+#define K(f) json_object_set_new(k, #f, json_integer(fs->core.f))
+		K(power_cuts); K(transit_corruptions); K(server_vanished); K(reboots); K(bricked);
+		K(unverified_pending); K(signature_checks); K(signature_memo_hits); K(record_bytes);
+		K(digest_retries); K(state_bytes_per_device);
+#undef K
+		json_object_set_new(st, "core", k);
+	}
 	json_object_set_new(st, "otacd_elapsed_ms",
 			    json_integer(fs->time_known ? fs_now(fs) - fs->t0 : 0));
 	json_object_set_new(st, "until_reached", json_boolean(fs->until_reached));

@@ -138,7 +138,7 @@ static int version_ok(const char *s)
 }
 
 /* Interned index of version s with its stats slot, or -1. */
-static int version_idx(struct fleetsim *fs, const char *s)
+int fs_version_idx(struct fleetsim *fs, const char *s)
 {
 	int i;
 
@@ -159,7 +159,7 @@ static int version_idx(struct fleetsim *fs, const char *s)
 	return i;
 }
 
-static const struct sim_rates *rates(struct fleetsim *fs, uint16_t v, uint8_t hw)
+const struct sim_rates *fs_rates(struct fleetsim *fs, uint16_t v, uint8_t hw)
 {
 	struct vstat *s = &fs->vs[v];
 
@@ -172,7 +172,7 @@ static const struct sim_rates *rates(struct fleetsim *fs, uint16_t v, uint8_t hw
 	return &s->rates[hw];
 }
 
-static int bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i)
+int fs_bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i)
 {
 	if (!*bits)
 		*bits = xcalloc(fs->ndev / 64 + 1, sizeof(uint64_t));
@@ -245,6 +245,20 @@ static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *even
 			   "\"at\":%" PRId64 ",\"seq\":%" PRIu32 "%s}", id, hex, fs->versions.names[v], event, at,
 			   ++fs->seq[i], extra ? extra : "");
 	if (++fs->npending >= REPORT_BATCH)
+		batch_seal(fs);
+}
+
+/* --engine core: n report objects (comma-separated JSON text, each with
+ * its credential and the seq its device gave it) from a device's batch. */
+void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n)
+{
+	if (fs->npending)
+		buf_putc(&fs->pending, ',');
+	else
+		fs->pending_since_real = fs_real_ms();
+	buf_put(&fs->pending, objs, len);
+	fs->npending += n;
+	if (fs->npending >= REPORT_BATCH)
 		batch_seal(fs);
 }
 
@@ -857,7 +871,7 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 	long ii;
 	int v;
 
-	if (!version || !sha || !url || (v = version_idx(fs, version)) < 0 ||
+	if (!version || !sha || !url || (v = fs_version_idx(fs, version)) < 0 ||
 	    (ii = sim_imgcache_find(&fs->images, sha, 1)) < 0) {
 		fs_warn(fs, "malformed offer to dev-%06u (version, image.sha256, image.url)", i);
 		return;
@@ -888,7 +902,7 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 	verdict = sim_offer_check(&self, &of);
 	if (verdict == SIM_SAME_VERSION)
 		return;
-	if (bit_set(fs, &fs->vs[v].offered_bits, i))
+	if (fs_bit_set(fs, &fs->vs[v].offered_bits, i))
 		fs->vs[v].offered++;
 	switch (verdict) {
 	case SIM_SKIP_FAILED:
@@ -1095,7 +1109,7 @@ static void download_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long
 static void boot_end(struct fleetsim *fs, uint32_t i, int64_t now);
 static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedule);
 
-static void check_until(struct fleetsim *fs)
+void fs_check_until(struct fleetsim *fs)
 {
 	int k;
 
@@ -1120,7 +1134,7 @@ static void boot_end(struct fleetsim *fs, uint32_t i, int64_t now)
 		return;
 	d->flags &= (uint8_t)~SIM_F_TESTING;
 	img = fs->images.v[d->image - 1];
-	r = rates(fs, v, d->hw);
+	r = fs_rates(fs, v, d->hw);
 	if (sim_randu(&fs->rng) < r->boot_fail_rate) {
 		fs->c.boot_failed++;
 		report(fs, i, v, "boot_fail", now, NULL);
@@ -1139,10 +1153,10 @@ static void boot_end(struct fleetsim *fs, uint32_t i, int64_t now)
 		d->counter = img->counter;
 		fs->c.confirmed++;
 		fs->vs[v].confirmed++;
-		if (bit_set(fs, &fs->vs[v].ran_bits, i))
+		if (fs_bit_set(fs, &fs->vs[v].ran_bits, i))
 			fs->vs[v].ever_ran++;
 		report(fs, i, v, "boot_ok", now, NULL);
-		check_until(fs);
+		fs_check_until(fs);
 	}
 	d->image = 0;
 }
@@ -1166,7 +1180,7 @@ static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedu
 		return;
 	d->last_report_ms = now;
 	hours = (double)up / 3.6e6;
-	r = rates(fs, d->version, d->hw);
+	r = fs_rates(fs, d->version, d->hw);
 	if (sim_unit(sim_hash(fs->o.seed, i, s->vhash)) < r->crash_rate)
 		crashes = sim_poisson(&fs->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
 	battery = r->battery_mah_per_day * hours / 24.0 *
@@ -1246,6 +1260,21 @@ static void drain_done(struct fleetsim *fs)
 	}
 }
 
+/* --engine core: the report batches' share of a loop pass. */
+void fs_reports_tick(struct fleetsim *fs, int force)
+{
+	int running = 0;
+
+	reports_pump(fs, force);
+	curl_multi_perform(fs->multi, &running);
+	drain_done(fs);
+}
+
+int fs_reports_busy(struct fleetsim *fs)
+{
+	return fs->npending || fs->qhead < fs->qn || fs->reports_inflight;
+}
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
@@ -1305,7 +1334,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		for (size_t k = 0; k < profile->tags[t].n; k++)
 			fs->tag_json[t][k] = json_quote(profile->tags[t].names[k]);
 	}
-	if ((v = version_idx(fs, fs->o.start_version)) < 0) {
+	if ((v = fs_version_idx(fs, fs->o.start_version)) < 0) {
 		rc = ota_error_set(OTA_EINVAL, "--start-version: bad version '%s'",
 				   fs->o.start_version);
 		goto out;
@@ -1318,7 +1347,7 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 		sim_device_init(&fs->dev[i], profile, o->seed, i);
 		fs->dev[i].version = (uint16_t)v;
 		fs->dev[i].counter = o->start_counter;
-		bit_set(fs, &fs->vs[v].ran_bits, i);
+		fs_bit_set(fs, &fs->vs[v].ran_bits, i);
 	}
 	fs->vs[v].devices = fs->ndev;
 	fs->vs[v].ever_ran = fs->ndev;
@@ -1428,10 +1457,12 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 
 	if ((rc = fs->o.provisioner ? fs_provision_certs(fs, stop) : fs_register_fleet(fs, stop)) < 0)
 		return rc;
+	if (fs->o.core)
+		return fs_core_run(fs, stop);
 
 	fs->start_real = fs->last_print_real = fs_real_ms();
 	fs->last_metrics_real = fs->start_real - METRICS_REAL_MS;
-	check_until(fs);
+	fs_check_until(fs);
 	while (!*stop && !fs->fatal && !fs->until_reached) {
 		int64_t rn = fs_real_ms();
 		int more = 0, running = 0, timeout = 100;

@@ -38,6 +38,13 @@ struct fleetsim_opts {
 				      * the keys are then the bootloader's key slots */
 	const struct sim_enc_key *enc;  /* borrowed: private keys for encrypted images (--enc-key) */
 	size_t nenc;
+	/* issue 14, --engine core: every device runs libotadev (core.c) */
+	int core;
+	double fault_power_cut;      /* fraction of downloads cut by a power loss at one byte */
+	double fault_corrupt;        /* fraction of downloads with one byte corrupted in transit */
+	double fault_low_battery;    /* fraction of devices starting on a low battery */
+	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
+	int verify_every;            /* no signature memo: every device checks every signature */
 };
 
 struct fleetsim;

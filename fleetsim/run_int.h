@@ -114,6 +114,12 @@ struct fleetsim {
 			reports_rejected, reports_dropped, checkins, requests_failed,
 			flaky_aborts, heartbeats, withdrawn_downloads;
 	} c;
+	struct {                     /* --engine core (core.c) */
+		int64_t power_cuts, transit_corruptions, server_vanished, reboots, bricked,
+			unverified_pending, signature_checks, signature_memo_hits, record_bytes,
+			digest_retries;
+		int64_t state_bytes_per_device;
+	} core;
 
 	int64_t *printed;            /* devices per version at the last summary line */
 	size_t nprinted;
@@ -141,6 +147,20 @@ size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud);
 void fs_print_summary(struct fleetsim *fs, const char *word);
 void fs_output_tick(struct fleetsim *fs, int64_t rn);
 int fs_write_stats(struct fleetsim *fs);
+
+/* run.c helpers core.c shares: the interned version (with its stats
+ * slot), the rates of version v on hardware hw, set bit i (1 if new),
+ * stop when --until is reached; a device batch's reports into the
+ * pending batch; the reports' share of a loop pass; reports still to go. */
+int fs_version_idx(struct fleetsim *fs, const char *s);
+const struct sim_rates *fs_rates(struct fleetsim *fs, uint16_t v, uint8_t hw);
+int fs_bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i);
+void fs_check_until(struct fleetsim *fs);
+void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n);
+void fs_reports_tick(struct fleetsim *fs, int force);
+int fs_reports_busy(struct fleetsim *fs);
+/* core.c (issue 14): the fleet on libotadev, after registration. */
+int fs_core_run(struct fleetsim *fs, volatile sig_atomic_t *stop);
 
 /* provision.c: register every device and keep its credential; stops early
  * on *stop. */

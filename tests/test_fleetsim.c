@@ -574,13 +574,15 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
 		ans = json_pack("{s:I, s:f, s:I, s:n}", "now",
 				(json_int_t)(f->t0 + (now_ms() - f->t0_real) * 1000), "time_scale", 1000.0,
 				"next_poll_ms", (json_int_t)60000, "offer");
+		/* the image is for the device's variant (otacd offers only such) */
 		if (ver && strcmp(ver, f->version))
 			json_object_set_new(ans, "offer",
-					    json_pack("{s:i, s:s, s:i, s:{s:s, s:s, s:I, s:s}, s:s}",
+					    json_pack("{s:i, s:s, s:i, s:{s:s, s:s, s:I, s:s, s:s}, s:s}",
 						      "release", 2, "version", f->version,
 						      "security_counter", f->declared_counter, "image",
 						      "url", img_url, "sha256", f->sha, "size",
 						      (json_int_t)f->image.len, "type", "application",
+						      "hardware", json_string_value(json_object_get(b, "hardware")),
 						      "reason", "rollout"));
 		text = json_dumps(ans, JSON_COMPACT);
 		ret = reply(c, 200, "application/json", text, strlen(text), NULL);
@@ -592,7 +594,7 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
 	}
 	if (!strcmp(method, "GET") && !strncmp(url, "/device/v1/images/", 18)) {
 		const char *range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
-		unsigned long long from = 0;
+		unsigned long long from = 0, to = 0;
 		char cr[96];
 
 		if (strcmp(url + 18, f->sha))
@@ -603,9 +605,12 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
 			pthread_mutex_unlock(&f->lock);
 			if (from >= f->image.len)
 				return reply(c, 416, "text/plain", "", 0, NULL);
-			snprintf(cr, sizeof(cr), "bytes %llu-%zu/%zu", from, f->image.len - 1, f->image.len);
+			/* bytes=a- or bytes=a-b (RFC 9110 14.1.2), b past the end is the end */
+			if (sscanf(range, "bytes=%*u-%llu", &to) != 1 || to >= f->image.len)
+				to = f->image.len - 1;
+			snprintf(cr, sizeof(cr), "bytes %llu-%llu/%zu", from, to, f->image.len);
 			return reply(c, 206, "application/octet-stream", f->image.ptr + from,
-				     f->image.len - from, cr);
+				     (size_t)(to - from + 1), cr);
 		}
 		pthread_mutex_lock(&f->lock);
 		f->full_gets++;
@@ -728,6 +733,10 @@ static int64_t st_int(json_t *st, const char *k)
 	return json_integer_value(json_object_get(st, k));
 }
 
+static const char *steady_profile =
+	"{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
+	" \"silent\": 0, \"flaky\": 0}";
+
 static const char *calm_profile =
 	"{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
 	" \"silent\": 0, \"flaky\": 0.5, \"flaky_fail\": 0.5}";
@@ -833,6 +842,127 @@ static void fleet_refuses_an_image_signed_by_an_untrusted_key(void **state)
 	fake_stop(&f);
 }
 
+
+/* ---- --engine core: the devices run libotadev (issue 14) ----------------------------- */
+
+static int64_t core_int(json_t *st, const char *k)
+{
+	return json_integer_value(json_object_get(json_object_get(st, "core"), k));
+}
+
+/* Every device runs the real state machine on simulated flash: the
+ * download (Range, resumed after power cuts at any byte of the transfer,
+ * the slot write or the trailer write), the digest (bytes corrupted in
+ * transit are downloaded again), the MCUboot signature and counter, the
+ * test boot through the simulated MCUboot, the confirm, the reports
+ * through the gateway.  No device is ever left without a bootable image,
+ * and no unverified image is ever pending. */
+static void core_fleet_updates_through_power_cuts_and_corrupt_transfers(void **state)
+{
+	struct fake f;
+	json_t *st;
+	int64_t confirmed;
+	(void)state;
+
+	fake_start(&f, K.priv, 2, 2);
+	st = run_fleetsim(&f, getenv("FLEETSIM_CORE_ARGS") ? getenv("FLEETSIM_CORE_ARGS") :
+			  "--engine core --until 1.1.0:0.9 --report-every 600 --fault-power-cut 0.6 "
+			  "--fault-corrupt 0.3", calm_profile);
+	if (getenv("FLEETSIM_TEST_VERBOSE"))
+		fprintf(stderr, "%s\n", json_dumps(st, JSON_INDENT(1)));
+	confirmed = st_int(st, "confirmed");
+	assert_true(json_is_true(json_object_get(st, "until_reached")));
+	assert_true(confirmed >= 36);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "versions"), "1.1.0")), confirmed);
+	assert_true(st_int(st, "installed") >= confirmed);
+	assert_true(st_int(st, "downloads") >= st_int(st, "installed"));
+	/* three corrupt downloads in a row are refused (digest), nothing else is */
+	assert_int_equal(st_int(st, "refused"), st_int(st, "refused_bad_signature"));
+	assert_int_equal(st_int(st, "refused_lower_counter"), 0);
+	assert_true(core_int(st, "power_cuts") > 0);
+	assert_true(st_int(st, "resumed_downloads") > 0);
+	assert_true(core_int(st, "transit_corruptions") > 0);
+	assert_true(core_int(st, "digest_retries") > 0);
+	assert_true(core_int(st, "signature_checks") >= 1);
+	assert_int_equal(core_int(st, "bricked"), 0);
+	assert_int_equal(core_int(st, "unverified_pending"), 0);
+	pthread_mutex_lock(&f.lock);
+	assert_int_equal(f.bad_auth, 0);
+	assert_true(f.range_gets > 0);
+	/* reports still queued in a device when the run stops are not sent */
+	assert_true(f.ev_boot_ok >= 30 && f.ev_boot_ok <= confirmed);
+	assert_int_equal(st_int(st, "reports_sent"),
+			 f.ev_boot_ok + f.ev_install + f.ev_download + f.ev_heartbeat + f.ev_refused);
+	assert_true(f.ev_install >= f.ev_boot_ok);
+	assert_true(f.ev_download >= f.ev_install);
+	assert_int_equal(f.ev_other, 0);
+	assert_true(f.ev_heartbeat > 0);
+	/* the gateway batches many devices' reports per POST */
+	assert_true(f.batches < f.ev_boot_ok + f.ev_install + f.ev_download);
+	pthread_mutex_unlock(&f.lock);
+	json_decref(st);
+	fake_stop(&f);
+}
+
+/* The core refuses a declared downgrade before downloading, a signed one
+ * after verifying, and an image signed by a key it does not trust. */
+static void core_fleet_refuses_downgrades_and_untrusted_images(void **state)
+{
+	struct fake f;
+	json_t *st;
+	(void)state;
+
+	fake_start(&f, K.priv, 1, 1);
+	st = run_fleetsim(&f, "--engine core --start-counter 3 --duration 3", steady_profile);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "versions"), "1.0.0")), 40);
+	assert_int_equal(st_int(st, "installed"), 0);
+	assert_int_equal(st_int(st, "refused_lower_counter"), 40);
+	assert_int_equal(st_int(st, "downloads"), 0);
+	json_decref(st);
+	fake_stop(&f);
+
+	fake_start(&f, K.priv, 1, 3);   /* declares 3, signed 1 */
+	st = run_fleetsim(&f, "--engine core --start-counter 3 --duration 3 --shared-downloads", steady_profile);
+	assert_int_equal(st_int(st, "installed"), 0);
+	assert_int_equal(st_int(st, "confirmed"), 0);
+	assert_int_equal(st_int(st, "refused_lower_counter"), 40);
+	assert_int_equal(core_int(st, "unverified_pending"), 0);
+	json_decref(st);
+	fake_stop(&f);
+
+	fake_start(&f, K.other_priv, 2, 2);
+	st = run_fleetsim(&f, "--engine core --duration 3 --shared-downloads --verify-every", steady_profile);
+	assert_int_equal(st_int(st, "installed"), 0);
+	assert_int_equal(st_int(st, "refused_bad_signature"), 40);
+	assert_int_equal(st_int(st, "refused_lower_counter"), 0);
+	/* shared downloads: fetched once; every device checked the signature itself */
+	assert_int_equal(st_int(st, "downloads"), 1);
+	pthread_mutex_lock(&f.lock);
+	assert_int_equal(f.full_gets, 1);
+	assert_int_equal(f.range_gets, 0);
+	assert_int_equal(f.ev_install, 0);
+	pthread_mutex_unlock(&f.lock);
+	json_decref(st);
+	fake_stop(&f);
+}
+
+/* The server vanishes for a second in the middle of the downloads: the
+ * devices back off and resume; all land, none bricked. */
+static void core_fleet_survives_a_server_that_vanishes_mid_download(void **state)
+{
+	struct fake f;
+	json_t *st;
+	(void)state;
+
+	fake_start(&f, K.priv, 2, 2);
+	st = run_fleetsim(&f, "--engine core --until 1.1.0:1.0 --fault-vanish 0.1:1", calm_profile);
+	assert_int_equal(st_int(st, "confirmed"), 40);
+	assert_true(core_int(st, "server_vanished") > 0);
+	assert_int_equal(core_int(st, "bricked"), 0);
+	json_decref(st);
+	fake_stop(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -847,6 +977,9 @@ int main(void)
 		cmocka_unit_test(fleet_updates_through_checkins_resumed_downloads_and_batched_reports),
 		cmocka_unit_test(fleet_refuses_a_downgrade_offer_and_never_installs_it),
 		cmocka_unit_test(fleet_refuses_an_image_signed_by_an_untrusted_key),
+		cmocka_unit_test(core_fleet_updates_through_power_cuts_and_corrupt_transfers),
+		cmocka_unit_test(core_fleet_refuses_downgrades_and_untrusted_images),
+		cmocka_unit_test(core_fleet_survives_a_server_that_vanishes_mid_download),
 	};
 	return cmocka_run_group_tests_name("fleetsim", tests, keys_setup, keys_teardown);
 }
