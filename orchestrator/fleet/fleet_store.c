@@ -13,7 +13,12 @@
  *
  * So a batch's answer is sent only after the commit that contains it
  * (group commit: batches that arrive while a round commits go together in
- * the next one).  A check-in that changes its device queues an empty batch
+ * the next one).  Rounds start at most every ROUND_MIN_MS unless
+ * ROUND_BATCHES batches wait: every commit rewrites a few pages (the log's
+ * last leaf, the aggregates, the header) and fsyncs them, so a stream of
+ * small rounds (check-ins that each change their device) would write
+ * kilobytes per batch; 1 KB pages (a new fleet.db) keep those few small
+ * too.  A check-in that changes its device queues an empty batch
  * after marking the device row dirty and waits for it the same way; a
  * check-in that only moves last_seen writes nothing: the device's next row
  * or the next snapshot holds it, and a snapshot starts once such a
@@ -124,6 +129,8 @@ static const char legacy_schema[] =
 #define SNAP_ROUND_DEVICES 16384    /* a round captures shards until this many devices */
 #define COMPACT_RATIO 2             /* a snapshot once the log is this many times its size */
 #define COMPACT_MIN_BYTES (4 << 20) /* ... and at least this large (OTACD_FLEET_COMPACT_BYTES) */
+#define ROUND_MIN_MS 10             /* a round at most this often (OTACD_FLEET_ROUND_MS) ... */
+#define ROUND_BATCHES 64            /* ... unless this many batches wait */
 
 static int db_err(struct fleet *f, const char *what)
 {
@@ -696,27 +703,41 @@ void fleet_store_seen(struct fleet *f, int64_t now)
 		__atomic_compare_exchange_n(&f->seen_pending, &none, now, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
+/* Wait on q_cond (q_mu held) for up to ms. */
+static void cond_wait_ms(struct fleet *f, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
+}
+
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
 	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
+	const char *rms = getenv("OTACD_FLEET_ROUND_MS");
+	int64_t round_ms = rms && *rms ? atoll(rms) : ROUND_MIN_MS, started = 0;
 	for (;;) {
 		struct batch *batches, *next;
 		int stop, rc;
 		pthread_mutex_lock(&f->q_mu);
-		if (!f->q_head && !f->stop) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 250 * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
-		}
+		if (!f->q_head && !f->stop)
+			cond_wait_ms(f, 250);
+		/* at most a round per round_ms unless ROUND_BATCHES wait: each
+		 * commit rewrites a few pages whatever it holds */
+		while (f->q_head && !f->stop && f->q_n < ROUND_BATCHES && clock_mono_ms() < started + round_ms)
+			cond_wait_ms(f, started + round_ms - clock_mono_ms());
+		started = clock_mono_ms();
 		batches = f->q_head;
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
+		f->q_n = 0;
 		stop = f->stop;
 		if (batches && (!f->lag_oldest || batches->at < f->lag_oldest)) /* FIFO: the head is the oldest */
 			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
@@ -775,6 +796,7 @@ void fleet_store_submit(struct fleet *f, struct batch *b)
 	}
 	*f->q_tail = b;
 	f->q_tail = &b->next;
+	f->q_n++;
 	pthread_cond_signal(&f->q_cond);
 	pthread_mutex_unlock(&f->q_mu);
 }
@@ -1168,11 +1190,16 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		}
 		f->snap_round = round && atoll(round) > 0 ? atoll(round) : SNAP_ROUND_DEVICES;
 	}
-	/* wal_autocheckpoint: a checkpoint every 32 MB of WAL, so a page that
-	 * many commits touch (the log's last page, the aggregates) is copied
-	 * to the database once per checkpoint rather than once per 4 MB */
-	if ((rc = exec(f, "PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;"
-			  " PRAGMA wal_autocheckpoint=8192; PRAGMA secure_delete=FAST;")) < 0 ||
+	/* page_size (a new file only): every commit rewrites a few pages
+	 * (the log's last leaf, the aggregates, the header), each a WAL frame
+	 * fsynced with the commit: 1 KB each rather than 4 KB.
+	 * wal_autocheckpoint: a checkpoint every 32 MB of WAL, so such a page
+	 * is copied to the database once per checkpoint rather than once per
+	 * 4 MB */
+	if ((rc = exec(f, "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768;"
+			  " PRAGMA mmap_size=268435456; PRAGMA secure_delete=FAST;")) < 0 ||
+	    (sqlite3_wal_autocheckpoint(f->db, (int)((32 << 20) / query_int(f, "PRAGMA page_size", 4096))) != SQLITE_OK &&
+	     (rc = db_err(f, "wal_autocheckpoint")) < 0) ||
 	    (rc = exec(f, store_sync_pragma())) < 0 || (rc = exec(f, schema)) < 0 ||
 	    (f->legacy && (rc = exec(f, legacy_schema)) < 0))
 		goto out;
