@@ -279,7 +279,7 @@ struct fleet {
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cond;
 	struct batch *q_head, **q_tail;
-	size_t q_n;                /* batches queued */
+	size_t q_n, q_reports;     /* batches and reports queued */
 	int stop;
 
 	/* device certificates (issue 13; fleet_set_ca, fleet_auth_cert) */

@@ -14,7 +14,7 @@
  * So a batch's answer is sent only after the commit that contains it
  * (group commit: batches that arrive while a round commits go together in
  * the next one).  Rounds start at most every ROUND_MIN_MS unless
- * ROUND_BATCHES batches wait: every commit rewrites a few pages (the log's
+ * ROUND_BATCHES batches or ROUND_REPORTS reports wait: every commit rewrites a few pages (the log's
  * last leaf, the aggregates, the header) and fsyncs them, so a stream of
  * small rounds (check-ins that each change their device) would write
  * kilobytes per batch; 1 KB pages (a new fleet.db) keep those few small
@@ -131,6 +131,7 @@ static const char legacy_schema[] =
 #define COMPACT_MIN_BYTES (4 << 20) /* ... and at least this large (OTACD_FLEET_COMPACT_BYTES) */
 #define ROUND_MIN_MS 10             /* a round at most this often (OTACD_FLEET_ROUND_MS) ... */
 #define ROUND_BATCHES 64            /* ... unless this many batches wait */
+#define ROUND_REPORTS 4096          /* ... or this many reports */
 
 static int db_err(struct fleet *f, const char *what)
 {
@@ -729,15 +730,17 @@ static void *writer_main(void *arg)
 		pthread_mutex_lock(&f->q_mu);
 		if (!f->q_head && !f->stop)
 			cond_wait_ms(f, 250);
-		/* at most a round per round_ms unless ROUND_BATCHES wait: each
-		 * commit rewrites a few pages whatever it holds */
-		while (f->q_head && !f->stop && f->q_n < ROUND_BATCHES && clock_mono_ms() < started + round_ms)
+		/* at most a round per round_ms unless ROUND_BATCHES or
+		 * ROUND_REPORTS wait: each commit rewrites a few pages whatever
+		 * it holds, so only rounds of little work are held back */
+		while (f->q_head && !f->stop && f->q_n < ROUND_BATCHES && f->q_reports < ROUND_REPORTS &&
+		       clock_mono_ms() < started + round_ms)
 			cond_wait_ms(f, started + round_ms - clock_mono_ms());
 		started = clock_mono_ms();
 		batches = f->q_head;
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
-		f->q_n = 0;
+		f->q_n = f->q_reports = 0;
 		stop = f->stop;
 		if (batches && (!f->lag_oldest || batches->at < f->lag_oldest)) /* FIFO: the head is the oldest */
 			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
@@ -797,6 +800,7 @@ void fleet_store_submit(struct fleet *f, struct batch *b)
 	*f->q_tail = b;
 	f->q_tail = &b->next;
 	f->q_n++;
+	f->q_reports += b->n;
 	pthread_cond_signal(&f->q_cond);
 	pthread_mutex_unlock(&f->q_mu);
 }
