@@ -65,7 +65,7 @@
  * snapshot, and every page is written once to the WAL and once by the
  * checkpoint (wal_autocheckpoint is 32 MB, so the pages every commit
  * touches, the log's last page and the aggregates, are copied once per
- * checkpoint): fleetstore-bench measures ~130 bytes to disk per report at
+ * checkpoint): fleetstore-bench measures ~70 bytes to disk per report at
  * a million devices against ~7,300 for the legacy layout.  A fleet.db of
  * the legacy layout (tables devices and device_log) is read that way once
  * and migrated to a first snapshot in one transaction.
