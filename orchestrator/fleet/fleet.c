@@ -1256,15 +1256,14 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 		d->counter = counter;
 		changed = 1;
 	}
-	/* last_seen alone is written behind at most once per poll interval / 4 */
 	/* a new device, or one whose row or counters change: answered once
-	 * durable (below); last_seen alone is written behind */
+	 * durable (below).  last_seen alone is never logged: the device's
+	 * next row or the next snapshot (started within one poll interval,
+	 * fleet_store.c) carries it */
 	durable = changed;
-	if (changed || now - d->last_seen_written >= f->cfg_poll_ms / 4) {
-		d->last_seen_written = now;
-		changed = 1;
-	}
 	d->last_seen = now;
+	if (!changed)
+		fleet_store_seen(f, now);
 	if (reg)
 		reg->dev = d;
 	x = decide(f, d, &img, &rollback);

@@ -75,7 +75,8 @@ struct device {
 	uint64_t hash;
 	const char *product, *hardware, *bootloader, *version;   /* interned */
 	uint32_t bl[3];
-	int64_t counter, last_seen, last_seen_written;
+	int64_t counter, last_seen;
+	int64_t last_seen_written;    /* the last_seen of its last row written (0: unknown) */
 	const char **tags;            /* interned "key=value", sorted: tags_inline
 				       * when they fit (no second cache miss per
 				       * check-in), else malloc'd */
@@ -278,6 +279,10 @@ struct fleet {
 	int building;              /* a new snapshot is being written, shard by shard */
 	int build_shard;           /* the next shard it captures */
 	int64_t build_seq, build_bytes, build_log_bytes;
+	/* check-ins that moved only last_seen (fleet_store_seen): the otacd
+	 * time of the oldest not yet in a row written (0: none; atomic), and
+	 * the value the snapshot being built took over */
+	int64_t seen_pending, build_seen;
 	int64_t snapshots;         /* snapshots completed since open */
 	struct device **written;   /* devices whose rows this round wrote */
 	size_t nwritten, cap_written;
@@ -285,6 +290,7 @@ struct fleet {
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cond;
 	struct batch *q_head, **q_tail;
+	size_t q_n, q_reports;     /* batches and reports queued */
 	int stop;
 
 	/* device certificates (issue 13; fleet_set_ca, fleet_auth_cert) */
@@ -372,6 +378,9 @@ static inline void fleet_seq_mark(uint64_t *hi, uint64_t *gaps, uint64_t s)
 
 /* fleet_store.c */
 void fleet_store_submit(struct fleet *f, struct batch *b);
+/* A check-in at now (otacd ms) moved only its device's last_seen: a
+ * snapshot starts within one poll interval to write it. */
+void fleet_store_seen(struct fleet *f, int64_t now);
 
 /* fleet_rows.c: device rows packed many to a BLOB (format in fleet_rows.c).
  * Encoding reads the devices, so the caller holds their shard locks. */

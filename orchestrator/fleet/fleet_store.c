@@ -13,11 +13,22 @@
  *
  * So a batch's answer is sent only after the commit that contains it
  * (group commit: batches that arrive while a round commits go together in
- * the next one).  A check-in that changes its device queues an empty batch
+ * the next one).  Rounds start at most every ROUND_MIN_MS unless
+ * ROUND_BATCHES batches or ROUND_REPORTS reports wait: every commit rewrites a few pages (the log's
+ * last leaf, the aggregates, the header) and fsyncs them, so a stream of
+ * small rounds (check-ins that each change their device) would write
+ * kilobytes per batch; 1 KB pages (a new fleet.db) keep those few small
+ * too.  A check-in that changes its device queues an empty batch
  * after marking the device row dirty and waits for it the same way; a
- * check-in that only moves last_seen is written behind within ~250 ms.  The
- * database is WAL with store_sync_pragma()'s synchronous (FULL: a commit
- * survives the process being killed and a power cut).
+ * check-in that only moves last_seen writes nothing: the device's next row
+ * or the next snapshot holds it, and a snapshot starts once such a
+ * last_seen is one poll interval old (fleet_store_seen; after a crash
+ * last_seen may be that much older, plus the snapshot's rounds; a clean
+ * stop logs them all, last_round).  The database is WAL with
+ * store_sync_pragma()'s synchronous (FULL: a commit survives the process
+ * being killed and a power cut) and secure_delete=FAST (Debian builds
+ * SQLite with it ON, which zero-fills every page a snapshot switch frees:
+ * the deleted log and snapshot would be written a second time).
  *
  * Device rows: writes proportional to what changed, never a random page
  * rewritten.  A device's row (everything fleet_open needs: product,
@@ -34,7 +45,8 @@
  * so no round stalls:
  *
  *   start   (round r0) S = the last seq written; rows of an aborted
- *           snapshot (gen > snap_gen) are deleted;
+ *           snapshot (gen > snap_gen) are deleted (a snapshot also
+ *           starts when a last_seen-only check-in is a poll interval old);
  *   capture (rounds r0..) shard k's dirty rows go to the log and all its
  *           devices to dev_snap(gen + 1) under one hold of the shard's
  *           lock, so the capture equals what the log holds then;
@@ -53,7 +65,7 @@
  * snapshot, and every page is written once to the WAL and once by the
  * checkpoint (wal_autocheckpoint is 32 MB, so the pages every commit
  * touches, the log's last page and the aggregates, are copied once per
- * checkpoint): fleetstore-bench measures ~130 bytes to disk per report at
+ * checkpoint): fleetstore-bench measures ~70 bytes to disk per report at
  * a million devices against ~7,300 for the legacy layout.  A fleet.db of
  * the legacy layout (tables devices and device_log) is read that way once
  * and migrated to a first snapshot in one transaction.
@@ -117,6 +129,9 @@ static const char legacy_schema[] =
 #define SNAP_ROUND_DEVICES 16384    /* a round captures shards until this many devices */
 #define COMPACT_RATIO 2             /* a snapshot once the log is this many times its size */
 #define COMPACT_MIN_BYTES (4 << 20) /* ... and at least this large (OTACD_FLEET_COMPACT_BYTES) */
+#define ROUND_MIN_MS 10             /* a round at most this often (OTACD_FLEET_ROUND_MS) ... */
+#define ROUND_BATCHES 64            /* ... unless this many batches wait */
+#define ROUND_REPORTS 4096          /* ... or this many reports */
 
 static int db_err(struct fleet *f, const char *what)
 {
@@ -214,6 +229,7 @@ static int legacy_flush_devices(struct fleet *f)
 			next = d->dirty_next;
 			d->dirty = 0;
 			d->dirty_next = NULL;
+			d->last_seen_written = d->last_seen;
 			if (nrows == cap) {
 				cap = cap ? cap * 2 : 256;
 				rows = xrealloc(rows, cap * sizeof(*rows));
@@ -323,11 +339,18 @@ static int snap_insert(struct fleet *f, int64_t gen, const struct buf *blob)
  * times: rows of an aborted one (a generation past snap_gen) go first. */
 static int snapshot_maybe_start(struct fleet *f)
 {
+	int64_t seen = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED);
 	int rc;
-	if (f->building || f->log_bytes < f->compact_min || f->log_bytes < f->compact_ratio * f->snap_bytes)
+	if (f->building)
+		return 0;
+	/* ... or once a last_seen that no row holds is a poll interval old */
+	if ((f->log_bytes < f->compact_min || f->log_bytes < f->compact_ratio * f->snap_bytes) &&
+	    (!seen || clock_now_ms() - seen < f->cfg_poll_ms))
 		return 0;
 	if ((rc = exec_int(f, "DELETE FROM dev_snap WHERE gen > ?", f->snap_gen)) < 0)
 		return rc;
+	/* every shard is captured after this: it holds every last_seen so far */
+	f->build_seen = __atomic_exchange_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
 	f->building = 1;
 	f->build_shard = 0;
 	f->build_seq = f->log_seq;
@@ -374,6 +397,7 @@ static int flush_devices(struct fleet *f)
 			d->dirty = 0;
 			d->dirty_next = NULL;
 			fleet_chunk_add(&log, d);
+			d->last_seen_written = d->last_seen;
 			if (f->nwritten == f->cap_written) {
 				f->cap_written = f->cap_written ? 2 * f->cap_written : 1024;
 				f->written = xrealloc(f->written, f->cap_written * sizeof(*f->written));
@@ -383,8 +407,10 @@ static int flush_devices(struct fleet *f)
 		s->dirty = NULL;
 		if (capture) {
 			for (size_t i = 0; i < s->nb; i++)
-				for (d = s->b[i]; d; d = d->next)
+				for (d = s->b[i]; d; d = d->next) {
 					fleet_chunk_add(&snap, d);
+					d->last_seen_written = d->last_seen;
+				}
 			captured += (int64_t)s->n;
 		}
 		pthread_mutex_unlock(&s->mu);
@@ -423,6 +449,19 @@ static void publish_snapshot(struct fleet *f, int ok)
 	if (!f->building)
 		return;
 	if (!ok) {
+		/* the last_seen it captured is not written after all: pending
+		 * again, and unknown to the last round (fleet_close) */
+		int64_t seen = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED);
+		if (f->build_seen && (!seen || f->build_seen < seen))
+			__atomic_store_n(&f->seen_pending, f->build_seen, __ATOMIC_RELAXED);
+		for (int k = 0; k < f->build_shard; k++) {
+			struct shard *s = &f->shards[k];
+			pthread_mutex_lock(&s->mu);
+			for (size_t i = 0; i < s->nb; i++)
+				for (struct device *d = s->b[i]; d; d = d->next)
+					d->last_seen_written = 0;
+			pthread_mutex_unlock(&s->mu);
+		}
 		f->building = 0;
 		return;
 	}
@@ -639,27 +678,69 @@ static void test_stall(struct fleet *f, const char *path)
 	}
 }
 
+/* Closing: the last_seen that only a snapshot would have written goes to
+ * the log, so a clean stop loses none. */
+static void last_round(struct fleet *f)
+{
+	if (!__atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED))
+		return;
+	for (int k = 0; k < FLEET_NSHARDS; k++) {
+		struct shard *s = &f->shards[k];
+		pthread_mutex_lock(&s->mu);
+		for (size_t i = 0; i < s->nb; i++)
+			for (struct device *d = s->b[i]; d; d = d->next)
+				if (d->last_seen != d->last_seen_written)
+					fleet_device_mark_locked(s, d);
+		pthread_mutex_unlock(&s->mu);
+	}
+	if (round_commit(f, NULL) == 0)
+		__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
+}
+
+void fleet_store_seen(struct fleet *f, int64_t now)
+{
+	int64_t none = 0;
+	if (!__atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED))
+		__atomic_compare_exchange_n(&f->seen_pending, &none, now, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
+/* Wait on q_cond (q_mu held) for up to ms. */
+static void cond_wait_ms(struct fleet *f, int64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
+}
+
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
 	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
+	const char *rms = getenv("OTACD_FLEET_ROUND_MS");
+	int64_t round_ms = rms && *rms ? atoll(rms) : ROUND_MIN_MS, started = 0;
 	for (;;) {
 		struct batch *batches, *next;
 		int stop, rc;
 		pthread_mutex_lock(&f->q_mu);
-		if (!f->q_head && !f->stop) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 250 * 1000000L;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
-		}
+		if (!f->q_head && !f->stop)
+			cond_wait_ms(f, 250);
+		/* at most a round per round_ms unless ROUND_BATCHES or
+		 * ROUND_REPORTS wait: each commit rewrites a few pages whatever
+		 * it holds, so only rounds of little work are held back */
+		while (f->q_head && !f->stop && f->q_n < ROUND_BATCHES && f->q_reports < ROUND_REPORTS &&
+		       clock_mono_ms() < started + round_ms)
+			cond_wait_ms(f, started + round_ms - clock_mono_ms());
+		started = clock_mono_ms();
 		batches = f->q_head;
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
+		f->q_n = f->q_reports = 0;
 		stop = f->stop;
 		if (batches && (!f->lag_oldest || batches->at < f->lag_oldest)) /* FIFO: the head is the oldest */
 			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
@@ -682,8 +763,10 @@ static void *writer_main(void *arg)
 			pthread_mutex_lock(&f->q_mu);
 			stop = !f->q_head;
 			pthread_mutex_unlock(&f->q_mu);
-			if (stop)
+			if (stop) {
+				last_round(f);
 				break;
+			}
 		}
 	}
 	return NULL;
@@ -716,6 +799,8 @@ void fleet_store_submit(struct fleet *f, struct batch *b)
 	}
 	*f->q_tail = b;
 	f->q_tail = &b->next;
+	f->q_n++;
+	f->q_reports += b->n;
 	pthread_cond_signal(&f->q_cond);
 	pthread_mutex_unlock(&f->q_mu);
 }
@@ -1109,11 +1194,16 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		}
 		f->snap_round = round && atoll(round) > 0 ? atoll(round) : SNAP_ROUND_DEVICES;
 	}
-	/* wal_autocheckpoint: a checkpoint every 32 MB of WAL, so a page that
-	 * many commits touch (the log's last page, the aggregates) is copied
-	 * to the database once per checkpoint rather than once per 4 MB */
-	if ((rc = exec(f, "PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768; PRAGMA mmap_size=268435456;"
-			  " PRAGMA wal_autocheckpoint=8192;")) < 0 ||
+	/* page_size (a new file only): every commit rewrites a few pages
+	 * (the log's last leaf, the aggregates, the header), each a WAL frame
+	 * fsynced with the commit: 1 KB each rather than 4 KB.
+	 * wal_autocheckpoint: a checkpoint every 32 MB of WAL, so such a page
+	 * is copied to the database once per checkpoint rather than once per
+	 * 4 MB */
+	if ((rc = exec(f, "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768;"
+			  " PRAGMA mmap_size=268435456; PRAGMA secure_delete=FAST;")) < 0 ||
+	    (sqlite3_wal_autocheckpoint(f->db, (int)((32 << 20) / query_int(f, "PRAGMA page_size", 4096))) != SQLITE_OK &&
+	     (rc = db_err(f, "wal_autocheckpoint")) < 0) ||
 	    (rc = exec(f, store_sync_pragma())) < 0 || (rc = exec(f, schema)) < 0 ||
 	    (f->legacy && (rc = exec(f, legacy_schema)) < 0))
 		goto out;
