@@ -26,6 +26,7 @@
 #include "api/api.h"
 #include "artifact.h"
 #include "artifact/origin.h"
+#include "push/push.h"
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
@@ -300,6 +301,7 @@ int main(int argc, char **argv)
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
 	struct fleet *fleet = NULL;
+	struct push *push = NULL; /* issue 15: MQTT hints */
 	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
 	struct rollout_controller *rollouts = NULL;
@@ -471,6 +473,7 @@ int main(int argc, char **argv)
 					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
 	}
 	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 ||
+	    push_open(&push, cfg.push) < 0 || (fleet_set_notify(fleet, push ? push_fleet_notify : NULL, push), 0) ||
 	    rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
@@ -571,6 +574,8 @@ out:
 	localagents_stop(agents);
 	api_stop(api);
 	rollout_controller_stop(rollouts);
+	fleet_set_notify(fleet, NULL, NULL);
+	push_close(push);
 	devapi_stop(devapi);
 	if (us)
 		us->free(us);
