@@ -46,8 +46,8 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 {
 	static struct otadev d;   /* a few KB: static, as on a device */
 	struct sigaction sa;
-	uint32_t wait;
-	int rc;
+	uint32_t wait, nudge_base = 0;
+	int rc, nudged = 0;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -63,6 +63,10 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 	while (!stop) {
 		uint32_t nudge;
 		rc = otadev_step(&d, &wait);
+		if (nudged && d.n_checkins != nudge_base) {
+			fprintf(stderr, "otacd-device: push: checked in early (check-in %u)\n", (unsigned)d.n_checkins);
+			nudged = 0;
+		}
 		if (rc < 0)
 			fprintf(stderr, "otacd-device: step: %s (%d)\n", d.err, rc);
 		if (port_linux_reboot_requested(p)) {
@@ -80,6 +84,8 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 			wait -= slice;
 			if (devpush_take(&nudge)) {
 				otadev_nudge(&d, nudge);
+				nudged = 1;
+				nudge_base = d.n_checkins;
 				break;
 			}
 		}

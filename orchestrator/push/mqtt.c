@@ -144,7 +144,8 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
 	(void)m;
 	if (rc == 0) {
 		if (p->outage_logged || p->last_refusal)
-			fprintf(stderr, "otacd: push: connected to %s\n", p->url);
+			fprintf(stderr, "otacd: push: connected to %s (%llu hints dropped so far)\n", p->url,
+				(unsigned long long)atomic_load(&p->dropped));
 		p->outage_logged = 0;
 		p->last_refusal = 0;
 		atomic_store(&p->connected, 1);
@@ -310,6 +311,9 @@ static int parse_url(struct push *p, const char *url)
 	} else {
 		return ota_error_set(OTA_EINVAL, "push: url '%s': want mqtt://HOST[:PORT] or mqtts://HOST[:PORT]", url);
 	}
+	if (strchr(rest, '/') || strchr(rest, '@'))
+		return ota_error_set(OTA_EINVAL, "push: url '%s': want mqtt://HOST[:PORT] (no path; credentials go in username"
+						 " and password_file)", url);
 	colon = strrchr(rest, ':');
 	if (colon && !strchr(colon, ']')) {
 		char *end;
@@ -321,8 +325,8 @@ static int parse_url(struct push *p, const char *url)
 	} else {
 		p->host = xstrdup(rest);
 	}
-	if (!*p->host || strchr(p->host, '/'))
-		return ota_error_set(OTA_EINVAL, "push: url '%s': want mqtt://HOST[:PORT] (no path)", url);
+	if (!*p->host)
+		return ota_error_set(OTA_EINVAL, "push: url '%s': no host", url);
 	p->url = xstrdup(url);
 	return 0;
 }
