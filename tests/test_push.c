@@ -358,13 +358,13 @@ static int64_t release_of(struct daemon *d, int64_t run)
 
 #define NDEV 3
 
-static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void **state)
+/* per_device_max < NDEV: one cohort hint on the hardware's topic instead */
+static void push_rollout(int per_device_max, const char *topic)
 {
 	char *bin = mosquitto_bin(), *cfg, *pwfile;
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	double t0, t1;
-	(void)state;
 	NEED_MOSQUITTO(bin);
 	broker_start(&b, bin, NDEV);
 	h_init(&e.d, NULL);
@@ -372,7 +372,7 @@ static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void
 	assert_int_equal(ota_write_file_atomic(pwfile, OTACD_PW "\n", strlen(OTACD_PW) + 1, 0600), 0);
 	/* a 1 h poll: only a hint can bring a device back within the test */
 	cfg = xasprintf("poll_interval: 1h\npush: { url: \"mqtt://127.0.0.1:%d\", username: otacd, password_file: %s,"
-			" window: 2, capacity: 100 }\n", b.port, pwfile);
+			" window: 2, capacity: 100, per_device_max: %d }\n", b.port, pwfile, per_device_max);
 	env_start(&e, NDEV, cfg);
 	for (int i = 0; i < NDEV; i++) {
 		char *mq = xasprintf("mqtt_url = mqtt://127.0.0.1:%d\nmqtt_password_file = %s/dev-%04d/mqtt.pw\n"
@@ -394,7 +394,7 @@ static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void
 	print_message("step open -> %d/%d devices on 1.1.0 in %.1f s (poll interval 3600 s)\n", NDEV, NDEV, t1 - t0);
 	assert_true(t1 - t0 < 60);
 	for (int i = 0; i < NDEV; i++) {
-		assert_true(dev_log_count(&e, i, "push: hint on otacd/fw/dev/dev-") >= 1);
+		assert_true(dev_log_count(&e, i, topic) >= 1);
 		assert_true(dev_log_count(&e, i, "push: checked in early") >= 1);
 	}
 	assert_int_equal(otacd_log_count(&e, "push: cannot reach"), 0);
@@ -404,6 +404,18 @@ static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void
 	free(pwfile);
 	free(cfg);
 	free(bin);
+}
+
+static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void **state)
+{
+	(void)state;
+	push_rollout(1000, "push: hint on otacd/fw/dev/dev-");
+}
+
+static void a_large_step_pushes_one_cohort_hint_per_hardware(void **state)
+{
+	(void)state;
+	push_rollout(1, "push: hint on otacd/fw/hw/" HW ";");
 }
 
 static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
@@ -577,6 +589,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(push_config_is_checked),
 		cmocka_unit_test(rollout_step_pushes_and_devices_check_in_long_before_their_poll),
+		cmocka_unit_test(a_large_step_pushes_one_cohort_hint_per_hardware),
 		cmocka_unit_test(broker_down_neither_stalls_otacd_nor_the_devices),
 		cmocka_unit_test(hostile_messages_cause_at_most_an_early_check_in),
 		cmocka_unit_test(wrong_broker_password_is_a_clear_error_and_otacd_keeps_running),
