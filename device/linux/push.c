@@ -103,33 +103,46 @@ static void ignore(const char *why, int len)
 		fprintf(stderr, "otacd-device: push: further ignored messages are not logged\n");
 }
 
-static void on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+/* A hint's jitter window: 0 and *window, or -1 with *why (ignore it). */
+static int hint_parse(const void *payload, int len, uint32_t *window, const char **why)
 {
 	json_t *j;
-	const json_t *w;
-	uint32_t window = g.window_ms, r = 0, delay;
+	const json_t *v, *w;
+	*window = g.window_ms;
+	if (len <= 0 || (uint32_t)len > g.payload_max) {
+		*why = "empty or larger than mqtt_payload_max";
+		return -1;
+	}
+	j = json_loadb(payload, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+	v = json_object_get(j, "v");
+	if (!json_is_object(j) || !json_is_integer(v) || json_integer_value(v) != 1) {
+		json_decref(j);
+		*why = "not a hint {\"v\": 1, ...}";
+		return -1;
+	}
+	w = json_object_get(j, "window_ms");
+	if (json_is_integer(w) && json_integer_value(w) > (json_int_t)*window)
+		*window = json_integer_value(w) > (json_int_t)g.window_max_ms ? g.window_max_ms
+									       : (uint32_t)json_integer_value(w);
+	json_decref(j);
+	return 0;
+}
+
+static void on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
+{
+	uint32_t window, r = 0, delay;
 	uint64_t now = mono_ms();
+	const char *why = NULL;
 	(void)m;
 	(void)obj;
 	if (!msg->topic || (strcmp(msg->topic, g.topic_dev) && strcmp(msg->topic, g.topic_hw))) {
 		ignore("not one of our topics", msg->payloadlen);
 		return;
 	}
-	if (msg->payloadlen <= 0 || (uint32_t)msg->payloadlen > g.payload_max) {
-		ignore("empty or larger than mqtt_payload_max", msg->payloadlen);
+	if (hint_parse(msg->payload, msg->payloadlen, &window, &why) < 0) {
+		ignore(why, msg->payloadlen);
 		return;
 	}
-	j = json_loadb(msg->payload, (size_t)msg->payloadlen, JSON_REJECT_DUPLICATES, NULL);
-	if (!json_is_object(j) || json_integer_value(json_object_get(j, "v")) != 1 ||
-	    !json_is_integer(json_object_get(j, "v"))) {
-		json_decref(j);
-		ignore("not a hint {\"v\": 1, ...}", msg->payloadlen);
-		return;
-	}
-	w = json_object_get(j, "window_ms");
-	if (json_is_integer(w) && json_integer_value(w) > (json_int_t)window)
-		window = json_integer_value(w) > (json_int_t)g.window_max_ms ? g.window_max_ms : (uint32_t)json_integer_value(w);
-	json_decref(j);
 	if (g.last_taken && now - g.last_taken < g.window_ms) {
 		ignore("a hint was taken less than mqtt_window_ms ago", msg->payloadlen);
 		return;
