@@ -105,6 +105,7 @@ struct broker {
 	pid_t pid;
 	int port;
 	char *dir;
+	int tls; /* set before broker_start: a TLS listener; dir/ca.pem its CA, dir/other-ca.pem another */
 };
 
 static char *mosquitto_bin(void)
@@ -137,6 +138,16 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	b->dir = h_tmpdir();
 	b->port = free_port();
 	buf_printf(&conf, "listener %d 127.0.0.1\npersistence false\nuser %s\n", b->port, pw ? pw->pw_name : "root");
+	if (b->tls) {
+		const char *req = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
+		assert_int_equal(h_sh(&out, "cd %s && %s -keyout ca.key -out ca.pem -subj /CN=push-test-ca 2>&1 &&"
+					    " %s -keyout other-ca.key -out other-ca.pem -subj /CN=push-test-ca 2>&1 &&"
+					    " openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key"
+					    " -out srv.csr -subj /CN=127.0.0.1 2>&1 && printf 'subjectAltName=IP:127.0.0.1\\n' > ext &&"
+					    " openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+					    " -extfile ext -out srv.pem 2>&1", b->dir, req, req), 0);
+		buf_printf(&conf, "cafile %s/ca.pem\ncertfile %s/srv.pem\nkeyfile %s/srv.key\n", b->dir, b->dir, b->dir);
+	}
 	if (ndev > 0) {
 		char *acl = xasprintf("user otacd\ntopic write otacd/#\n\npattern read otacd/+/dev/%%u\n"
 				      "pattern read otacd/+/hw/#\n");
@@ -359,24 +370,29 @@ static int64_t release_of(struct daemon *d, int64_t run)
 #define NDEV 3
 
 /* per_device_max < NDEV: one cohort hint on the hardware's topic instead */
-static void push_rollout(int per_device_max, const char *topic)
+static void push_rollout(int per_device_max, const char *topic, int tls)
 {
 	char *bin = mosquitto_bin(), *cfg, *pwfile;
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	double t0, t1;
+	char *cafile;
 	NEED_MOSQUITTO(bin);
+	b.tls = tls;
 	broker_start(&b, bin, NDEV);
+	cafile = xasprintf("%s/ca.pem", b.dir);
 	h_init(&e.d, NULL);
 	pwfile = xasprintf("%s/broker.pw", e.d.dir);
 	assert_int_equal(ota_write_file_atomic(pwfile, OTACD_PW "\n", strlen(OTACD_PW) + 1, 0600), 0);
 	/* a 1 h poll: only a hint can bring a device back within the test */
-	cfg = xasprintf("poll_interval: 1h\npush: { url: \"mqtt://127.0.0.1:%d\", username: otacd, password_file: %s,"
-			" window: 2, capacity: 100, per_device_max: %d }\n", b.port, pwfile, per_device_max);
+	cfg = xasprintf("poll_interval: 1h\npush: { url: \"%s://127.0.0.1:%d\", username: otacd, password_file: %s,"
+			" window: 2, capacity: 100, per_device_max: %d%s%s }\n", tls ? "mqtts" : "mqtt", b.port, pwfile,
+			per_device_max, tls ? ", cacert: " : "", tls ? cafile : "");
 	env_start(&e, NDEV, cfg);
 	for (int i = 0; i < NDEV; i++) {
-		char *mq = xasprintf("mqtt_url = mqtt://127.0.0.1:%d\nmqtt_password_file = %s/dev-%04d/mqtt.pw\n"
-				     "mqtt_window_ms = 1000\n", b.port, e.d.dir, i);
+		char *mq = xasprintf("mqtt_url = %s://127.0.0.1:%d\nmqtt_password_file = %s/dev-%04d/mqtt.pw\n"
+				     "mqtt_window_ms = 1000\n%s%s\n", tls ? "mqtts" : "mqtt", b.port, e.d.dir, i,
+				     tls ? "mqtt_cacert = " : "", tls ? cafile : "");
 		device_start(&e, i, mq);
 		free(mq);
 	}
@@ -401,6 +417,7 @@ static void push_rollout(int per_device_max, const char *topic)
 	assert_int_equal(otacd_log_count(&e, "refused the connection"), 0);
 	env_stop(&e);
 	broker_stop(&b);
+	free(cafile);
 	free(pwfile);
 	free(cfg);
 	free(bin);
@@ -409,13 +426,40 @@ static void push_rollout(int per_device_max, const char *topic)
 static void rollout_step_pushes_and_devices_check_in_long_before_their_poll(void **state)
 {
 	(void)state;
-	push_rollout(1000, "push: hint on otacd/fw/dev/dev-");
+	push_rollout(1000, "push: hint on otacd/fw/dev/dev-", 0);
 }
 
 static void a_large_step_pushes_one_cohort_hint_per_hardware(void **state)
 {
 	(void)state;
-	push_rollout(1, "push: hint on otacd/fw/hw/" HW ";");
+	push_rollout(1, "push: hint on otacd/fw/hw/" HW ";", 0);
+}
+
+static void push_over_tls_checks_the_brokers_certificate(void **state)
+{
+	char *bin = mosquitto_bin(), *cfg;
+	struct broker b = { 0 };
+	struct env e = { 0 };
+	(void)state;
+	NEED_MOSQUITTO(bin);
+	/* devices and otacd with the broker's CA: hints arrive */
+	push_rollout(1000, "push: hint on otacd/fw/dev/dev-", 1);
+	/* otacd with another CA of the same name: no connection, said clearly */
+	b.tls = 1;
+	broker_start(&b, bin, 0);
+	h_init(&e.d, NULL);
+	cfg = xasprintf("poll_interval: 1s\npush: { url: \"mqtts://127.0.0.1:%d\", cacert: %s/other-ca.pem }\n", b.port,
+			b.dir);
+	env_start(&e, 1, cfg);
+	for (int waited = 0; waited < 10000 && !otacd_log_count(&e, "push: cannot reach the broker"); waited += 100)
+		h_msleep(100);
+	assert_int_equal(otacd_log_count(&e, "push: cannot reach the broker"), 1);
+	assert_true(otacd_log_count(&e, "TLS") >= 1);
+	assert_int_equal(otacd_log_count(&e, "push: connected"), 0);
+	env_stop(&e);
+	broker_stop(&b);
+	free(cfg);
+	free(bin);
 }
 
 static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
@@ -590,6 +634,7 @@ int main(void)
 		cmocka_unit_test(push_config_is_checked),
 		cmocka_unit_test(rollout_step_pushes_and_devices_check_in_long_before_their_poll),
 		cmocka_unit_test(a_large_step_pushes_one_cohort_hint_per_hardware),
+		cmocka_unit_test(push_over_tls_checks_the_brokers_certificate),
 		cmocka_unit_test(broker_down_neither_stalls_otacd_nor_the_devices),
 		cmocka_unit_test(hostile_messages_cause_at_most_an_early_check_in),
 		cmocka_unit_test(wrong_broker_password_is_a_clear_error_and_otacd_keeps_running),
