@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/push/push.h"
 #include "harness.h"
 
@@ -628,10 +629,127 @@ static void push_config_is_checked(void **state)
 	assert_string_equal(esc, "acme%2Ffw%2Bx%23%25");
 }
 
+/* ---- the fleet's side: which devices a change names ------------------------ */
+
+static struct {
+	int calls, n, offer, withdrawn, rollback;
+	char first[32];
+} seen;
+
+static void record(void *ctx, const char *product, const struct fleet_change *c, size_t n)
+{
+	(void)ctx;
+	assert_string_equal(product, "fw");
+	seen.calls++;
+	seen.n += (int)n;
+	for (size_t i = 0; i < n; i++) {
+		seen.offer += !strcmp(c[i].reason, "offer");
+		seen.withdrawn += !strcmp(c[i].reason, "withdrawn");
+		seen.rollback += !strcmp(c[i].reason, "rollback");
+	}
+	snprintf(seen.first, sizeof(seen.first), "%s", n ? c[0].device : "");
+}
+
+static json_t *fleet_checkin_as(struct fleet *f, int i, const char *version)
+{
+	char id[32];
+	json_t *ans = NULL, *body;
+	snprintf(id, sizeof(id), "fd-%03d", i);
+	body = json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", i % 2 ? "rev-b" : "rev-a",
+			 "bootloader", "1.0.0", "version", version, "security_counter", 0, "slot", "confirmed");
+	assert_int_equal(fleet_checkin(f, body, &ans), 0);
+	json_decref(body);
+	return ans;
+}
+
+static void set_exposure(struct fleet *f, int64_t id, const char *version, int bp, int active, int64_t rollback_to)
+{
+	struct fleet_image img = { "rev-a", "", "application", 1000 };
+	struct fleet_exposure x = { 0 };
+	char sha[65];
+	memset(sha, id == 1 ? 'a' : 'b', 64);
+	sha[64] = 0;
+	img.sha256 = sha;
+	x.release_id = id;
+	x.product = "fw";
+	x.version = version;
+	x.images = &img;
+	x.nimages = 1;
+	x.active = active;
+	x.salt = "salt";
+	x.basis_points = bp;
+	x.rollback_to = rollback_to;
+	assert_int_equal(fleet_set_exposure(f, &x), 0);
+}
+
+static void fleet_names_offers_withdrawals_and_rollbacks_once(void **state)
+{
+	char *dir = h_tmpdir(), *db = xasprintf("%s/fleet.db", dir);
+	struct fleet_config cfg = { .db_path = db, .poll_ms = 6 * 3600 * 1000LL };
+	struct fleet *f = NULL;
+	int offered = 0, before;
+	(void)state;
+	assert_int_equal(fleet_open(&f, &cfg), 0);
+	for (int i = 0; i < 200; i++)
+		json_decref(fleet_checkin_as(f, i, "1.0.0"));
+	fleet_set_notify(f, record, NULL);
+
+	/* a 10 % step of release 1 (rev-a only): hints for exactly the devices offered */
+	set_exposure(f, 1, "1.1.0", 1000, 1, 0);
+	for (int i = 0; i < 200; i++) {
+		json_t *a = fleet_checkin_as(f, i, "1.0.0");
+		offered += json_is_object(json_object_get(a, "offer"));
+		json_decref(a);
+	}
+	print_message("10 %% step: %d hints, %d devices offered\n", seen.n, offered);
+	assert_int_equal(seen.calls, 1);
+	assert_true(offered > 0 && offered < 100);
+	assert_int_equal(seen.n, offered);
+	assert_int_equal(seen.offer, offered);
+	/* the same exposure again: nothing */
+	set_exposure(f, 1, "1.1.0", 1000, 1, 0);
+	assert_int_equal(seen.calls, 1);
+	/* widened to 50 %: only the newly exposed */
+	before = seen.n;
+	set_exposure(f, 1, "1.1.0", 5000, 1, 0);
+	offered = 0;
+	for (int i = 0; i < 200; i++) {
+		json_t *a = fleet_checkin_as(f, i, "1.0.0");
+		offered += json_is_object(json_object_get(a, "offer"));
+		json_decref(a);
+	}
+	assert_int_equal(seen.calls, 2);
+	assert_int_equal(seen.n, offered);
+	assert_int_equal(seen.offer, offered);
+	assert_true(seen.n > before);
+	/* halted: every device still offered hears it is withdrawn */
+	set_exposure(f, 1, "1.1.0", 5000, 0, 0);
+	assert_int_equal(seen.calls, 3);
+	assert_int_equal(seen.withdrawn, offered);
+	/* one device took 1.1.0; release 1 rolled back to release 2: that device is told */
+	json_decref(fleet_checkin_as(f, 0, "1.1.0"));
+	set_exposure(f, 2, "1.0.0", 0, 0, 0);
+	assert_int_equal(seen.calls, 3);
+	set_exposure(f, 1, "1.1.0", 5000, 0, 2);
+	assert_int_equal(seen.calls, 4);
+	assert_int_equal(seen.rollback, 1);
+	assert_string_equal(seen.first, "fd-000");
+	fleet_set_notify(f, NULL, NULL);
+	fleet_close(f);
+	{
+		struct buf out = BUF_INIT;
+		h_sh(&out, "rm -rf %s", dir);
+		buf_release(&out);
+	}
+	free(db);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(push_config_is_checked),
+		cmocka_unit_test(fleet_names_offers_withdrawals_and_rollbacks_once),
 		cmocka_unit_test(rollout_step_pushes_and_devices_check_in_long_before_their_poll),
 		cmocka_unit_test(a_large_step_pushes_one_cohort_hint_per_hardware),
 		cmocka_unit_test(push_over_tls_checks_the_brokers_certificate),

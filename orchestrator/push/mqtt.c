@@ -227,7 +227,7 @@ static void *publisher(void *arg)
 {
 	struct push *p = arg;
 	int64_t backoff = 1000;
-	int up = 0;
+	int up = 0, lrc;
 
 	while (!stopping(p)) {
 		if (!up) {
@@ -249,14 +249,16 @@ static void *publisher(void *arg)
 			}
 			up = 1;
 		}
-		/* CONNACK, PINGs and outgoing bytes */
-		if (mosquitto_loop(p->mosq, 50, 1) != MOSQ_ERR_SUCCESS || p->refused) {
+		/* the TLS handshake, CONNACK, PINGs and outgoing bytes */
+		if ((lrc = mosquitto_loop(p->mosq, 50, 1)) != MOSQ_ERR_SUCCESS || p->refused) {
+			int was = atomic_load(&p->connected);
 			atomic_store(&p->connected, 0);
 			mosquitto_disconnect(p->mosq);
 			up = 0;
 			if (!p->outage_logged)
-				fprintf(stderr, "otacd: push: lost the broker %s; hints are dropped (counted) until it is back\n",
-					p->url);
+				fprintf(stderr, "otacd: push: %s the broker %s: %s; hints are dropped (counted) and devices"
+						" poll until it is back\n", was ? "lost" : "cannot reach", p->url,
+					lrc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(lrc));
 			p->outage_logged = 1;
 			drain(p);
 			if (idle(p, backoff))
