@@ -191,13 +191,17 @@ $(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # issue 13: encrypted images against clear ones (sign; device decrypt + verify)
+$(BIN)/push-bench: $(BUILD)/obj/bench/push_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: $(PROGS) $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
        $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-       $(BIN)/fleetstore-bench $(BIN)/enc-bench
+       $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/push-bench
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 
 FUZZ_TARGETS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard fuzz/fuzz_*.c))
