@@ -17,6 +17,7 @@
 #include <mosquitto.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ struct push {
 	struct hint *ring;
 	size_t cap, head, n;
 	int stop;
+	int overflow_logged;     /* a full ring was logged (once per process) */
 	pthread_t thread;
 
 	/* publisher thread only */
@@ -80,6 +82,10 @@ static void enqueue_locked(struct push *p, char *topic, const char *payload)
 	struct hint *h;
 	if (p->n == p->cap) {
 		atomic_fetch_add(&p->dropped, 1);
+		if (!p->overflow_logged)
+			fprintf(stderr, "otacd: push: %zu hints are waiting (push.queue); more are dropped (counted) and"
+					" those devices poll\n", p->cap);
+		p->overflow_logged = 1;
 		free(topic);
 		return;
 	}
@@ -90,6 +96,12 @@ static void enqueue_locked(struct push *p, char *topic, const char *payload)
 	atomic_fetch_add(&p->queued, 1);
 }
 
+static int cmp_ptr(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t) * (const char *const *)a, y = (uintptr_t) * (const char *const *)b;
+	return x < y ? -1 : x > y;
+}
+
 void push_fleet_notify(void *ctx, const char *product, const struct fleet_change *c, size_t n)
 {
 	struct push *p = ctx;
@@ -98,7 +110,19 @@ void push_fleet_notify(void *ctx, const char *product, const struct fleet_change
 	int64_t window = (int64_t)n * 1000 / (p->capacity > 0 ? p->capacity : 1);
 	if (window < p->window_ms)
 		window = p->window_ms;
+	const char **hw = NULL;
+	size_t nhw = 0;
 	push_topic_escape(prod, sizeof(prod), product);
+	if (n > p->per_device_max) {
+		/* the distinct variants (interned: equal names are equal pointers) */
+		hw = xcalloc(n, sizeof(*hw));
+		for (size_t i = 0; i < n; i++)
+			hw[i] = c[i].hardware;
+		qsort(hw, n, sizeof(*hw), cmp_ptr);
+		for (size_t i = 0; i < n; i++)
+			if (!nhw || hw[nhw - 1] != hw[i])
+				hw[nhw++] = hw[i];
+	}
 	pthread_mutex_lock(&p->mu);
 	if (n <= p->per_device_max) {
 		for (size_t i = 0; i < n; i++) {
@@ -109,20 +133,16 @@ void push_fleet_notify(void *ctx, const char *product, const struct fleet_change
 	} else {
 		/* a cohort hint per hardware variant: every device of it checks
 		 * in within the window; those the step did not expose get no offer */
-		for (size_t i = 0; i < n; i++) {
-			size_t j;
-			for (j = 0; j < i && c[j].hardware != c[i].hardware; j++)
-				;
-			if (j < i)
-				continue; /* this variant was hinted (hardware names are interned) */
-			push_topic_escape(seg, sizeof(seg), c[i].hardware);
-			snprintf(payload, sizeof(payload), "{\"v\":1,\"reason\":\"%s\",\"window_ms\":%lld}", c[i].reason,
+		for (size_t i = 0; i < nhw; i++) {
+			push_topic_escape(seg, sizeof(seg), hw[i]);
+			snprintf(payload, sizeof(payload), "{\"v\":1,\"reason\":\"%s\",\"window_ms\":%lld}", c[0].reason,
 				 (long long)window);
 			enqueue_locked(p, xasprintf("%s/%s/hw/%s", p->prefix, prod, seg), payload);
 		}
 	}
 	pthread_cond_signal(&p->cv);
 	pthread_mutex_unlock(&p->mu);
+	free(hw);
 }
 
 void push_stats(struct push *p, struct push_stats *out)
@@ -168,10 +188,11 @@ static void on_disconnect(struct mosquitto *m, void *obj, int rc)
 	atomic_store(&p->connected, 0);
 }
 
-/* Take every queued hint: publish when connected, else count it dropped. */
-static void drain(struct push *p)
+/* Take queued hints, at most max (then mosquitto_loop writes them out):
+ * publish when connected, else count them dropped. */
+static void drain(struct push *p, size_t max)
 {
-	for (;;) {
+	for (size_t k = 0; k < max; k++) {
 		struct hint h;
 		int rc;
 		pthread_mutex_lock(&p->mu);
@@ -240,10 +261,10 @@ static void *publisher(void *arg)
 							"(counted) and devices poll until it is back\n",
 						p->url, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 				p->outage_logged = 1;
-				drain(p);
+				drain(p, SIZE_MAX);
 				if (idle(p, backoff))
 					break;
-				drain(p);
+				drain(p, SIZE_MAX);
 				backoff = backoff * 2 > 60000 ? 60000 : backoff * 2;
 				continue;
 			}
@@ -260,7 +281,7 @@ static void *publisher(void *arg)
 						" poll until it is back\n", was ? "lost" : "cannot reach", p->url,
 					lrc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(lrc));
 			p->outage_logged = 1;
-			drain(p);
+			drain(p, SIZE_MAX);
 			if (idle(p, backoff))
 				break;
 			backoff = backoff * 2 > 60000 ? 60000 : backoff * 2;
@@ -268,12 +289,12 @@ static void *publisher(void *arg)
 		}
 		if (atomic_load(&p->connected)) {
 			backoff = 1000;
-			drain(p);
+			drain(p, 1000);
 		}
 	}
 	if (up)
 		mosquitto_disconnect(p->mosq);
-	drain(p);
+	drain(p, SIZE_MAX);
 	return NULL;
 }
 
