@@ -8,14 +8,18 @@
  * window is taken.  The worst a hostile broker can do is one early
  * check-in per window, which the device's poll would make anyway.
  *
- * Threads: on_message runs on libmosquitto's thread and only writes the
- * pending delay (atomics); the main loop takes it (devpush_take).
+ * Threads: one thread of ours owns the mosquitto handle: it connects
+ * (again and again, with backoff, while the broker is away: a board may
+ * boot before its network) and runs mosquitto_loop; on_message runs there
+ * and only writes the pending delay (an atomic) that the main loop takes
+ * (devpush_take).
  */
 #include "push.h"
 
 #include <jansson.h>
 #include <mosquitto.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +39,9 @@ static struct {
 	uint64_t last_taken;            /* monotonic ms of the last hint taken (mosquitto's thread) */
 	unsigned ignored;
 	atomic_uint pending;            /* 1 + delay: a hint is waiting */
+	atomic_int stop;
+	pthread_t thread;
+	int started;
 } g = { .window_ms = 60000, .window_max_ms = 3600000, .payload_max = 256 };
 
 static uint64_t mono_ms(void)
@@ -183,11 +190,44 @@ static int read_password(char *out, size_t cap)
 	return *out ? 0 : -1;
 }
 
+static void nap(uint32_t ms)
+{
+	for (uint32_t t = 0; t < ms && !atomic_load(&g.stop); t += 100) {
+		struct timespec ts = { 0, 100 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* Connect, loop, and on any failure reconnect after 1 s .. 60 s; a broker
+ * that is away is said once per outage. */
+static void *loop(void *arg)
+{
+	uint32_t backoff = 1000;
+	int said = 0;
+	(void)arg;
+	while (!atomic_load(&g.stop)) {
+		int rc = mosquitto_connect(g.mosq, g.host, g.port, 60);
+		if (rc == MOSQ_ERR_SUCCESS) {
+			while (!atomic_load(&g.stop) && (rc = mosquitto_loop(g.mosq, 100, 1)) == MOSQ_ERR_SUCCESS)
+				backoff = 1000, said = 0;
+			mosquitto_disconnect(g.mosq);
+		}
+		if (atomic_load(&g.stop))
+			break;
+		if (!said)
+			fprintf(stderr, "otacd-device: push: broker %s:%d: %s; polling, retrying in the background\n", g.host,
+				g.port, mosquitto_strerror(rc));
+		said = 1;
+		nap(backoff);
+		backoff = backoff * 2 > 60000 ? 60000 : backoff * 2;
+	}
+	return NULL;
+}
+
 int devpush_start(const char *device, const char *product, const char *hardware)
 {
 	const char *rest, *colon;
 	char password[256];
-	int rc;
 
 	if (!g.url)
 		return 0;
@@ -238,15 +278,11 @@ int devpush_start(const char *device, const char *product, const char *hardware)
 		fprintf(stderr, "otacd-device: push: mqtt_cacert: cannot load\n");
 		return -1;
 	}
-	mosquitto_reconnect_delay_set(g.mosq, 1, 60, true);
-	/* a broker that is down now is retried by the loop; polling goes on */
-	if ((rc = mosquitto_connect_async(g.mosq, g.host, g.port, 60)) != MOSQ_ERR_SUCCESS)
-		fprintf(stderr, "otacd-device: push: %s:%d: %s; retrying in the background\n", g.host, g.port,
-			mosquitto_strerror(rc));
-	if (mosquitto_loop_start(g.mosq) != MOSQ_ERR_SUCCESS) {
+	if (pthread_create(&g.thread, NULL, loop, NULL) != 0) {
 		fprintf(stderr, "otacd-device: push: cannot start the MQTT thread\n");
 		return -1;
 	}
+	g.started = 1;
 	return 0;
 }
 
@@ -262,8 +298,10 @@ int devpush_take(uint32_t *delay_ms)
 void devpush_stop(void)
 {
 	if (g.mosq) {
-		mosquitto_disconnect(g.mosq);
-		mosquitto_loop_stop(g.mosq, true);
+		atomic_store(&g.stop, 1);
+		if (g.started)
+			pthread_join(g.thread, NULL);
+		g.started = 0;
 		mosquitto_destroy(g.mosq);
 		mosquitto_lib_cleanup();
 		g.mosq = NULL;
