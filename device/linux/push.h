@@ -10,8 +10,9 @@
  * topics is ignored, and at most one hint per window is taken.
  *
  * One subscriber per process (the configuration is process-wide, like
- * libmosquitto's own initialisation).  libmosquitto's thread receives;
- * the main loop takes the pending delay with devpush_take.
+ * libmosquitto's own initialisation).  A thread of its own connects,
+ * reconnects (1 s .. 60 s) and receives; the main loop takes the pending
+ * delay with devpush_take.
  */
 #ifndef OTADEV_LINUX_PUSH_H
 #define OTADEV_LINUX_PUSH_H
