@@ -472,9 +472,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "otacd: device_auth: %s without a device CA: no device can authenticate by"
 					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
 	}
-	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 ||
-	    push_open(&push, cfg.push) < 0 || (fleet_set_notify(fleet, push ? push_fleet_notify : NULL, push), 0) ||
-	    rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
+	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || push_open(&push, cfg.push) < 0)
+		goto fail;
+	if (push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
+		fleet_set_notify(fleet, push_fleet_notify, push);
+	if (rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
 	acfg.listen = cfg.listen;
