@@ -576,9 +576,9 @@ out:
 	localagents_stop(agents);
 	api_stop(api);
 	rollout_controller_stop(rollouts);
-	fleet_set_notify(fleet, NULL, NULL);
-	push_close(push);
 	devapi_stop(devapi);
+	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
+	push_close(push);
 	if (us)
 		us->free(us);
 	fleet_close(fleet);

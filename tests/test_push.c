@@ -357,6 +357,18 @@ static void wait_devices_on(struct env *e, const char *version, int64_t n, int t
 	assert_int_equal(devices_on(e, version), n);
 }
 
+/* A counter of the device listener's /metrics (-1: absent). */
+static int64_t metric(struct env *e, const char *name)
+{
+	char *m = h_device_metrics(&e->d, NULL), *needle = xasprintf("\n%s ", name), *p;
+	int64_t v = -1;
+	if (m && (p = strstr(m, needle)))
+		v = strtoll(p + strlen(needle), NULL, 10);
+	free(needle);
+	free(m);
+	return v;
+}
+
 static int64_t release_of(struct daemon *d, int64_t run)
 {
 	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
@@ -417,6 +429,9 @@ static void push_rollout(int per_device_max, const char *topic, int tls)
 	}
 	assert_int_equal(otacd_log_count(&e, "push: cannot reach"), 0);
 	assert_int_equal(otacd_log_count(&e, "refused the connection"), 0);
+	assert_int_equal(metric(&e, "otacd_push_connected"), 1);
+	assert_int_equal(metric(&e, "otacd_push_hints_dropped_total"), 0);
+	assert_true(metric(&e, "otacd_push_hints_published_total") >= (per_device_max >= NDEV ? NDEV : 1));
 	env_stop(&e);
 	broker_stop(&b);
 	free(cafile);
@@ -484,8 +499,11 @@ static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
 	for (int i = 0; i < NDEV; i++)
 		assert_int_equal(dev_log_count(&e, i, "push: hint"), 0);
-	/* said once, not once per hint or per reconnect */
+	/* said once, not once per hint or per reconnect; counted */
 	assert_int_equal(otacd_log_count(&e, "push: cannot reach the broker"), 1);
+	assert_int_equal(metric(&e, "otacd_push_connected"), 0);
+	assert_int_equal(metric(&e, "otacd_push_hints_published_total"), 0);
+	assert_int_equal(metric(&e, "otacd_push_hints_dropped_total"), NDEV);
 	{
 		json_t *h = NULL;
 		assert_int_equal(h_get(&e.d, "/api/v1/health", &h), 200);

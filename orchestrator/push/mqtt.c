@@ -145,6 +145,29 @@ void push_fleet_notify(void *ctx, const char *product, const struct fleet_change
 	free(hw);
 }
 
+/* the publisher /metrics reports: set by push_open, cleared by push_close
+ * (one per process) */
+static struct push *_Atomic g_push;
+
+void push_metrics_text(struct buf *b)
+{
+	struct push_stats st;
+	struct push *p = atomic_load(&g_push);
+	if (!p)
+		return;
+	push_stats(p, &st);
+	buf_printf(b, "# HELP otacd_push_hints_queued_total Push hints queued for the MQTT publisher.\n"
+		      "# TYPE otacd_push_hints_queued_total counter\notacd_push_hints_queued_total %llu\n"
+		      "# HELP otacd_push_hints_published_total Push hints handed to the MQTT broker.\n"
+		      "# TYPE otacd_push_hints_published_total counter\notacd_push_hints_published_total %llu\n"
+		      "# HELP otacd_push_hints_dropped_total Push hints dropped (queue full or broker away): devices poll.\n"
+		      "# TYPE otacd_push_hints_dropped_total counter\notacd_push_hints_dropped_total %llu\n"
+		      "# HELP otacd_push_connected 1 while otacd is connected to the MQTT broker.\n"
+		      "# TYPE otacd_push_connected gauge\notacd_push_connected %d\n",
+		   (unsigned long long)st.queued, (unsigned long long)st.published, (unsigned long long)st.dropped,
+		   st.connected);
+}
+
 void push_stats(struct push *p, struct push_stats *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -444,6 +467,7 @@ int push_open(struct push **out, const json_t *cfg)
 		goto fail;
 	}
 	*out = p;
+	atomic_store(&g_push, p);
 	return 0;
 fail:
 	if (p && p->mosq)
@@ -458,6 +482,8 @@ void push_close(struct push *p)
 {
 	if (!p)
 		return;
+	if (atomic_load(&g_push) == p)
+		atomic_store(&g_push, NULL);
 	if (p->mosq) {
 		pthread_mutex_lock(&p->mu);
 		p->stop = 1;

@@ -35,6 +35,11 @@ void push_close(struct push *p);
 /* A fleet_notify_fn: ctx is the struct push. */
 void push_fleet_notify(void *ctx, const char *product, const struct fleet_change *c, size_t n);
 void push_stats(struct push *p, struct push_stats *out);
+/* The Prometheus lines of the push_open'ed publisher (none when push is
+ * off): otacd_push_hints_{queued,published,dropped}_total and
+ * otacd_push_connected, for the device listener's /metrics. */
+struct buf;
+void push_metrics_text(struct buf *b);
 /* A topic segment: '/', '+', '#' and '%' as %2F, %2B, %23, %25 (product
  * names may hold '/' and '+'); out of cap bytes. */
 void push_topic_escape(char *out, size_t cap, const char *s);
