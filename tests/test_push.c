@@ -497,8 +497,12 @@ static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	/* the rollout proceeds and the devices update by polling */
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
-	for (int i = 0; i < NDEV; i++)
+	for (int i = 0; i < NDEV; i++) {
 		assert_int_equal(dev_log_count(&e, i, "push: hint"), 0);
+		/* once per outage and process: the run before the update and the one after its reboot */
+		assert_true(dev_log_count(&e, i, "retrying in the background") <= 2);
+		assert_true(h_pid_alive(e.pid[i]));
+	}
 	/* said once, not once per hint or per reconnect; counted */
 	assert_int_equal(otacd_log_count(&e, "push: cannot reach the broker"), 1);
 	assert_int_equal(metric(&e, "otacd_push_connected"), 0);

@@ -40,6 +40,7 @@ static struct {
 	unsigned ignored;
 	atomic_uint pending;            /* 1 + delay: a hint is waiting */
 	atomic_int stop;
+	atomic_int up;                  /* CONNACK accepted on this connection */
 	pthread_t thread;
 	int started;
 } g = { .window_ms = 60000, .window_max_ms = 3600000, .payload_max = 256 };
@@ -170,6 +171,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
 		fprintf(stderr, "otacd-device: push: broker refused: %s; polling only\n", mosquitto_connack_string(rc));
 		return;
 	}
+	atomic_store(&g.up, 1);
 	if (mosquitto_subscribe(m, NULL, g.topic_dev, 0) != MOSQ_ERR_SUCCESS ||
 	    mosquitto_subscribe(m, NULL, g.topic_hw, 0) != MOSQ_ERR_SUCCESS)
 		fprintf(stderr, "otacd-device: push: cannot subscribe; polling only\n");
@@ -206,10 +208,12 @@ static void *loop(void *arg)
 	int said = 0;
 	(void)arg;
 	while (!atomic_load(&g.stop)) {
-		int rc = mosquitto_connect(g.mosq, g.host, g.port, 60);
+		int rc = mosquitto_connect_async(g.mosq, g.host, g.port, 60); /* stop never waits on a TCP timeout */
 		if (rc == MOSQ_ERR_SUCCESS) {
 			while (!atomic_load(&g.stop) && (rc = mosquitto_loop(g.mosq, 100, 1)) == MOSQ_ERR_SUCCESS)
-				backoff = 1000, said = 0;
+				if (atomic_load(&g.up))
+					backoff = 1000, said = 0;
+			atomic_store(&g.up, 0);
 			mosquitto_disconnect(g.mosq);
 		}
 		if (atomic_load(&g.stop))

@@ -277,7 +277,8 @@ static void *publisher(void *arg)
 		if (!up) {
 			int rc;
 			p->refused = 0;
-			rc = mosquitto_connect(p->mosq, p->host, p->port, 30);
+			/* non-blocking: a black-holed broker must not hold up push_close */
+			rc = mosquitto_connect_async(p->mosq, p->host, p->port, 30);
 			if (rc != MOSQ_ERR_SUCCESS) {
 				if (!p->outage_logged)
 					fprintf(stderr, "otacd: push: cannot reach the broker %s: %s; hints are dropped "
