@@ -13,14 +13,14 @@
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
-             prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd
+             prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto
 
 CC        ?= cc
 BUILD     ?= build
@@ -60,7 +60,7 @@ PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim 
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-           $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench
+           $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench $(BIN)/push-bench
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
@@ -196,6 +196,10 @@ $(BIN)/tls-bench: $(BUILD)/obj/bench/tls_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # issue 13: encrypted images against clear ones (sign; device decrypt + verify)
+$(BIN)/push-bench: $(BUILD)/obj/bench/push_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

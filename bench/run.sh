@@ -64,3 +64,7 @@ sh bench/rollout_1m.sh "$OTACD_BIN" ${ROLLOUT_1M_ARGS:-1000000}
 echo
 echo "== image bytes of one rollout served by otacd, the origin (S3, s3rver) and the cache (nginx), against otacd alone"
 sh bench/origin.sh "$OTACD_BIN" ${ORIGIN_ARGS:-20000}
+# issue 15, push hints
+echo
+echo "== push hints: fleet_set_exposure per step with the MQTT notifier against none, same run"
+"$OTACD_BIN/push-bench" ${PUSH_BENCH_ARGS:-1000000}

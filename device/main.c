@@ -12,6 +12,7 @@
  *   otacd-device -c CONF check    the config parses, keys load, slots open
  */
 #include "port_linux.h"
+#include "linux/push.h"
 
 #include <curl/curl.h>
 #include <signal.h>
@@ -45,8 +46,8 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 {
 	static struct otadev d;   /* a few KB: static, as on a device */
 	struct sigaction sa;
-	uint32_t wait;
-	int rc;
+	uint32_t wait, nudge_base = 0;
+	int rc, nudged = 0;
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_term;
@@ -56,12 +57,22 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 		fprintf(stderr, "otacd-device: %s\n", d.err[0] ? d.err : "start failed");
 		return 1;
 	}
+	/* issue 15: hints from an MQTT broker, when configured (linux/push.c) */
+	if (devpush_start(cfg->device, cfg->product, cfg->hardware) < 0)
+		return 1;
 	while (!stop) {
+		uint32_t nudge;
 		rc = otadev_step(&d, &wait);
+		if (nudged && d.n_checkins != nudge_base) {
+			fprintf(stderr, "otacd-device: push: checked in early (check-in %u)\n", (unsigned)d.n_checkins);
+			nudged = 0;
+		}
 		if (rc < 0)
 			fprintf(stderr, "otacd-device: step: %s (%d)\n", d.err, rc);
-		if (port_linux_reboot_requested(p))
+		if (port_linux_reboot_requested(p)) {
+			devpush_stop();
 			return EXIT_REBOOT;
+		}
 		if (rc < 0 && wait < 1000)
 			wait = 1000;
 		if (wait < port_linux_throttle_ms(p))
@@ -71,8 +82,15 @@ static int cmd_run(struct port_linux *p, const struct otadev_config *cfg)
 			struct timespec ts = { 0, (long)slice * 1000000L };
 			nanosleep(&ts, NULL);
 			wait -= slice;
+			if (devpush_take(&nudge)) {
+				otadev_nudge(&d, nudge);
+				nudged = 1;
+				nudge_base = d.n_checkins;
+				break;
+			}
 		}
 	}
+	devpush_stop();
 	return 0;
 }
 

@@ -822,6 +822,13 @@ static int send_reports(struct otadev *d, uint64_t now)
 	return rec_save(d);
 }
 
+void otadev_nudge(struct otadev *d, uint32_t delay_ms)
+{
+	uint64_t at = d->h->now_ms(d->ctx) + delay_ms;
+	if (!d->errors && at < d->next_checkin)
+		d->next_checkin = at;
+}
+
 /* ---- the step ------------------------------------------------------------------- */
 
 int otadev_step(struct otadev *d, uint32_t *wait_ms)

@@ -363,6 +363,10 @@ struct otadev {
 int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const struct otadev_config *cfg);
 /* One unit of work; *wait_ms: how long until the next step is useful. */
 int otadev_step(struct otadev *d, uint32_t *wait_ms);
+/* issue 15, push: bring the next check-in forward to delay_ms from now (never
+ * later than it was; ignored while backing off after errors).  A hint from
+ * an untrusted channel may call it: it only makes a check-in earlier. */
+void otadev_nudge(struct otadev *d, uint32_t delay_ms);
 /* Delay of the n-th retry (n >= 1): full jitter, uniform in [0, min(max, base*2^n)). */
 uint32_t otadev_backoff(const struct otadev *d, uint32_t n);
 /* Serialise/parse the record with its CRC (exposed for tests). */

@@ -10,6 +10,7 @@
 #include "port_linux.h"
 #include "port_linux_x509.h"
 
+#include "linux/push.h"
 #include "linux/slot.h"
 #include "linux/uboot.h"
 
@@ -217,6 +218,11 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 			free(p->tags);
 			if (!(p->tags = render_tags(v))) {
 				fprintf(stderr, "otacd-device: %s:%d: tags: key=value[,key=value]\n", conf_path, lineno);
+				ok = 0;
+			}
+		} else if (!strncmp(k, "mqtt_", 5)) { /* issue 15, push: linux/push.c */
+			if (devpush_config(k, v) < 0) {
+				fprintf(stderr, "otacd-device: %s:%d: %s: bad value\n", conf_path, lineno, k);
 				ok = 0;
 			}
 		} else {

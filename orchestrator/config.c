@@ -108,6 +108,7 @@ void config_release(struct otacd_config *c)
 	json_decref(c->tls); /* issue 13, TLS */
 	json_decref(c->artifact_store); /* issue 15 */
 	json_decref(c->image_origin);
+	json_decref(c->push);
 	json_decref(c->providers);
 	free(c->trust_root);
 	memset(c, 0, sizeof(*c));
@@ -656,6 +657,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"gate_max_lag", /* issue 19 part 5: evidence lag */
 		"encryption_keys", /* issue 13, encrypted images */
 		"artifact_store", "image_origin", /* issue 15: object storage and CDN origin */
+		"push", /* issue 15: MQTT update hints */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -780,10 +782,10 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				json_decref(c->tls);
 				c->tls = raw;
 			}
-		} else if (!strcmp(key, "artifact_store") || !strcmp(key, "image_origin")) {
-			/* issue 15: checked when opened (artifact/artifact.c, artifact/origin.c) */
+		} else if (!strcmp(key, "artifact_store") || !strcmp(key, "image_origin") || !strcmp(key, "push")) {
+			/* issue 15: checked when opened (artifact/artifact.c, artifact/origin.c, push/mqtt.c) */
 			json_t *raw = to_json(x, v, 0);
-			json_t **slot = key[0] == 'a' ? &c->artifact_store : &c->image_origin;
+			json_t **slot = key[0] == 'a' ? &c->artifact_store : key[0] == 'i' ? &c->image_origin : &c->push;
 			if (!json_is_object(raw)) {
 				json_decref(raw);
 				rc = cfg_err(x, v, "'%s' must be a mapping", key);

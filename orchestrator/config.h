@@ -79,6 +79,7 @@ struct otacd_config {
 	 * and image_origin {kind, url, ttl, token_file}, checked when opened */
 	json_t *artifact_store;
 	json_t *image_origin;
+	json_t *push;  /* issue 15, push: {url, cacert, username, password_file, prefix, capacity, window, ...} (push/push.h) */
 	/* issue 13, signing PKI (orchestrator/pki.h, docs/security.md) */
 	char *trust_root;               /* the release root certificate (PEM file) or NULL */
 	/* issue 19 part 5 (evidence lag): a builtin gate never passes while the

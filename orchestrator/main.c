@@ -26,6 +26,7 @@
 #include "api/api.h"
 #include "artifact.h"
 #include "artifact/origin.h"
+#include "push/push.h"
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
@@ -300,6 +301,7 @@ int main(int argc, char **argv)
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
 	struct fleet *fleet = NULL;
+	struct push *push = NULL; /* issue 15: MQTT hints */
 	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
 	struct rollout_controller *rollouts = NULL;
@@ -470,8 +472,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "otacd: device_auth: %s without a device CA: no device can authenticate by"
 					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
 	}
-	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 ||
-	    rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
+	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || push_open(&push, cfg.push) < 0)
+		goto fail;
+	if (push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
+		fleet_set_notify(fleet, push_fleet_notify, push);
+	if (rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
 	acfg.listen = cfg.listen;
@@ -572,6 +577,8 @@ out:
 	api_stop(api);
 	rollout_controller_stop(rollouts);
 	devapi_stop(devapi);
+	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
+	push_close(push);
 	if (us)
 		us->free(us);
 	fleet_close(fleet);

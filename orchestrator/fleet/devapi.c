@@ -44,6 +44,7 @@
 #include "../api/api_wait.h"
 #include "../artifact.h"
 #include "../artifact/origin.h"
+#include "../push/push.h"
 #include "../tls/tls.h"
 #include "devapi_pki.h"
 #include "fleet.h"
@@ -506,6 +507,7 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
 			       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
 			   (unsigned long long)g_image_bytes);
+		push_metrics_text(&b); /* issue 15, push hints */
 		free(text);
 		len = b.len;
 		text = buf_detach(&b);

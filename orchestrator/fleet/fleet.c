@@ -811,9 +811,11 @@ static int offer_compile(const struct exposure *x, struct exp_image *img)
 	return 0;
 }
 
+static void notify_changes(struct fleet *f, const struct exposure *prev, int64_t release_id);
+
 int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 {
-	struct exposure *x = xcalloc(1, sizeof(*x));
+	struct exposure *x = xcalloc(1, sizeof(*x)), *prev = NULL;
 	size_t i;
 	int rc = 0;
 
@@ -877,7 +879,7 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 		if (f->exp[i]->release_id == x->release_id)
 			break;
 	if (i < f->nexp) {
-		exposure_free(f->exp[i]);
+		prev = f->exp[i]; /* freed after notify_changes */
 		f->exp[i] = x;
 	} else {
 		f->exp = xrealloc(f->exp, (f->nexp + 1) * sizeof(*f->exp));
@@ -888,9 +890,12 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 		f->nexp++;
 	}
 	pthread_rwlock_unlock(&f->exp_lock);
+	if (f->notify)
+		notify_changes(f, prev, x->release_id);
 	x = NULL;
 out:
 	exposure_free(x);
+	exposure_free(prev);
 	return rc;
 }
 
@@ -1053,6 +1058,73 @@ static const struct exposure *decide(struct fleet *f, const struct device *d, co
 		return x;
 	}
 	return NULL;
+}
+
+/* ---- push hints (issue 15) ------------------------------------------------ */
+
+void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx)
+{
+	if (!f)
+		return;
+	f->notify_ctx = ctx;
+	f->notify = fn;
+}
+
+/* Would x, on its own, offer d an update? */
+static int offers(const struct exposure *x, const struct device *d)
+{
+	return x && x->active && x->product == d->product && x->version != d->version && exposure_fits(x, d) &&
+	       exposed(x, d);
+}
+
+/* The devices whose offer changed from prev to the current exposure of
+ * release_id, judged on that release alone (other releases' exposures are
+ * ignored: a hint too many costs one check-in, one too few the poll). */
+static void notify_changes(struct fleet *f, const struct exposure *prev, int64_t release_id)
+{
+	struct fleet_change *c = NULL;
+	size_t n = 0, cap = 0;
+	const char *product = NULL;
+
+	pthread_rwlock_rdlock(&f->exp_lock);
+	for (size_t i = 0; i < f->nexp && !product; i++) {
+		const struct exposure *x = f->exp[i];
+		int rollback;
+		if (x->release_id != release_id)
+			continue;
+		product = x->product;
+		rollback = x->rollback_to && x->rollback_to != (prev ? prev->rollback_to : 0);
+		for (int k = 0; k < FLEET_NSHARDS; k++) {
+			struct shard *s = &f->shards[k];
+			pthread_mutex_lock(&s->mu);
+			for (size_t b = 0; b < s->nb; b++)
+				for (const struct device *d = s->b[b]; d; d = d->next) {
+					const char *why = NULL;
+					int now = offers(x, d), before = offers(prev, d);
+					if (rollback && d->product == x->product && d->version == x->version)
+						why = "rollback";
+					else if (now && !before)
+						why = "offer";
+					else if (before && !now)
+						why = "withdrawn";
+					if (!why)
+						continue;
+					if (n == cap) {
+						cap = cap ? cap * 2 : 64;
+						c = xrealloc(c, cap * sizeof(*c));
+					}
+					c[n].device = d->id; /* devices live until fleet_close */
+					c[n].hardware = d->hardware;
+					c[n].reason = why;
+					n++;
+				}
+			pthread_mutex_unlock(&s->mu);
+		}
+	}
+	pthread_rwlock_unlock(&f->exp_lock);
+	if (n)
+		f->notify(f->notify_ctx, product, c, n);
+	free(c);
 }
 
 static int field_str(const struct fleet_ckbody *b, int which, const char **out, int (*valid)(const char *),

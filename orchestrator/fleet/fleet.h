@@ -112,6 +112,18 @@ void fleet_close(struct fleet *f);
 int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *x);
 void fleet_remove_exposure(struct fleet *f, int64_t release_id);
 
+/* issue 15, push (orchestrator/push/push.h): after an exposure changes,
+ * the devices whose offer it changed: a release now offered to them
+ * ("offer"), taken back ("withdrawn", a halt) or a rollback offered to the
+ * devices running it ("rollback").  A hint only: the check-in decides.
+ * fn runs on the thread that set the exposure with no fleet lock held;
+ * the strings live until fleet_close.  fn NULL: none (the default). */
+struct fleet_change {
+	const char *device, *hardware, *reason;
+};
+typedef void (*fleet_notify_fn)(void *ctx, const char *product, const struct fleet_change *c, size_t n);
+void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx);
+
 /* Is sha256 an image of some exposure (may it be served to devices)? */
 int fleet_image_known(struct fleet *f, const char *sha256);
 

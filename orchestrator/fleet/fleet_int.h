@@ -222,6 +222,8 @@ struct batch {
 };
 
 struct fleet {
+	fleet_notify_fn notify; /* issue 15, push: fleet_set_notify */
+	void *notify_ctx;
 	char *fleet_key;
 	size_t fleet_key_len;
 	unsigned char secret[32];  /* device credentials: HMAC key, server only */
