@@ -897,8 +897,9 @@ static void core_fleet_updates_through_power_cuts_and_corrupt_transfers(void **s
 	assert_true(f.ev_download >= f.ev_install);
 	assert_int_equal(f.ev_other, 0);
 	assert_true(f.ev_heartbeat > 0);
-	/* the gateway batches many devices' reports per POST */
-	assert_true(f.batches < f.ev_boot_ok + f.ev_install + f.ev_download);
+	/* the gateway batches many devices' reports per POST (how many per
+	 * POST depends on timing: a report waits at most 200 ms for others) */
+	assert_true(f.batches < st_int(st, "reports_sent"));
 	pthread_mutex_unlock(&f.lock);
 	json_decref(st);
 	fake_stop(&f);
