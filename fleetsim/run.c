@@ -29,7 +29,9 @@
  * counted and dropped.  Counts are kept here; the summary line, the stats
  * file and the Prometheus text are made from them in output.c
  * (docs/fleetsim.md), and the fleet is registered before the loop starts
- * by provision.c.  The state all three share is in run_int.h.
+ * by provision.c.  The transfers themselves (a pool of libcurl handles, a
+ * device's headers, TLS) are xfer.c's.  The state they all share is in
+ * run_int.h.
  */
 #include "run_int.h"
 
@@ -55,7 +57,6 @@
 #define REPORT_TRIES 5
 #define REPORT_FLUSH_REAL_MS 200
 #define REPORT_QUEUE_MAX 20000                   /* batches kept while the server is away */
-#define ANSWER_MAX (1u << 20)
 #define IMAGE_MAX ((size_t)64 << 20)
 #define FETCH_TRIES 5
 #define WARN_MAX 50
@@ -262,193 +263,6 @@ void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n)
 		batch_seal(fs);
 }
 
-/* ---- transfers ---------------------------------------------------------- */
-
-static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
-{
-	struct xfer *x = ud;
-	size_t n = sz * nm;
-
-	if (n >= 5 && !strncmp(p, "HTTP/", 5)) {
-		x->range_start = -1;
-	} else if (n > 14 && !strncasecmp(p, "Content-Range:", 14)) {
-		char line[128];
-		long long a;
-
-		snprintf(line, sizeof(line), "%.*s", (int)(n < 127 ? n : 127), p + 14);
-		if (sscanf(line, " bytes %lld-", &a) == 1)
-			x->range_start = a;
-	}
-	return n;
-}
-
-size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud)
-{
-	struct xfer *x = ud;
-	size_t n = sz * nm;
-
-	if (x->flaky_abort)
-		return 0;               /* the device loses the answer */
-	if (x->dl && !x->started) {
-		long st = 0;
-
-		curl_easy_getinfo(x->e, CURLINFO_RESPONSE_CODE, &st);
-		x->started = 1;
-		if (st == 200 || st == 206) {
-			if (sim_download_response(x->dl, st, x->range_start)) {
-				x->failed = 1;
-				buf_puts(&x->body, ota_error_last());
-				return 0;
-			}
-			x->body_is_data = 1;
-		}
-	}
-	if (x->body_is_data)
-		return sim_download_data(x->dl, p, n);
-	if (buf_put(&x->body, p, n))
-		return 0;
-	return n;
-}
-
-void fs_client_cert(struct fleetsim *fs, CURL *e, uint32_t i)
-{
-	if (!fs->cert)
-		return;
-	curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &fs->cert[i]);
-	curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
-	curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &fs->key[i]);
-	curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
-}
-
-void fs_tls_setopt(struct fleetsim *fs, CURL *e)
-{
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-	if (fs->o.cacert)
-		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
-	if (fs->share && !fs->cert) /* mTLS: a session is one device's */
-		curl_easy_setopt(e, CURLOPT_SHARE, fs->share);
-}
-
-static struct xfer *xfer_new(struct fleetsim *fs, enum xkind kind, const char *url)
-{
-	struct xfer *x = NULL;
-
-	for (size_t k = 0; k < fs->nxs; k++)
-		if (!fs->xs[k]->busy) {
-			x = fs->xs[k];
-			curl_easy_reset(x->e);
-			break;
-		}
-	if (!x) {
-		x = xcalloc(1, sizeof(*x));
-		x->e = curl_easy_init();
-		if (!x->e) {
-			free(x);
-			return NULL;
-		}
-		buf_init(&x->body, ANSWER_MAX);
-		buf_init(&x->req, BUF_NOLIMIT);
-		fs->xs = xrealloc(fs->xs, (fs->nxs + 1) * sizeof(*fs->xs));
-		fs->xs[fs->nxs++] = x;
-	}
-	x->kind = kind;
-	x->busy = 1;
-	x->dl = NULL;
-	x->nreports = 0;
-	x->range_start = -1;
-	x->started = x->body_is_data = x->failed = x->flaky_abort = x->probe = 0;
-	x->err[0] = 0;
-	buf_clear(&x->body);
-	buf_clear(&x->req);
-	curl_easy_setopt(x->e, CURLOPT_URL, url);
-	curl_easy_setopt(x->e, CURLOPT_PRIVATE, x);
-	curl_easy_setopt(x->e, CURLOPT_ERRORBUFFER, x->err);
-	curl_easy_setopt(x->e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, fs_on_body);
-	curl_easy_setopt(x->e, CURLOPT_WRITEDATA, x);
-	curl_easy_setopt(x->e, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x);
-	curl_easy_setopt(x->e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-	curl_easy_setopt(x->e, CURLOPT_TIMEOUT_MS, kind == X_CHECKIN ? 60000L : 600000L);
-	fs_tls_setopt(fs, x->e);
-	curl_slist_free_all(x->hdrs);
-	x->hdrs = NULL;
-	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, kind == X_REPORTS ? fs->hdr_json : fs->hdr_auth);
-	return x;
-}
-
-/* The request is device i's: its credential and id in the headers, unless
- * url is an image's absolute URL off the device API (a CDN or object store,
- * issue 15): that gets no credential at all. */
-static void xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i, const char *url)
-{
-	char line[128], hex[2 * sizeof(fs->cred[0]) + 1], id[16];
-	size_t nb = strlen(fs->base);
-
-	if (url && (strncmp(url, fs->base, nb) || url[nb] != '/')) {
-		curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, NULL);
-		return;
-	}
-
-	ota_hex(hex, fs->cred[i], sizeof(fs->cred[0]));
-	sim_device_id(id, sizeof(id), i);
-	if (fs->cert) { /* mTLS: the certificate is the identity */
-		fs_client_cert(fs, x->e, i);
-	} else {
-		snprintf(line, sizeof(line), "Authorization: Bearer %s", hex);
-		x->hdrs = curl_slist_append(NULL, line);
-	}
-	snprintf(line, sizeof(line), "X-Device-Id: %s", id);
-	x->hdrs = curl_slist_append(x->hdrs, line);
-	if (x->kind == X_CHECKIN) {
-		x->hdrs = curl_slist_append(x->hdrs, "Content-Type: application/json");
-		x->hdrs = curl_slist_append(x->hdrs, "Expect:");
-	}
-	curl_easy_setopt(x->e, CURLOPT_HTTPHEADER, x->hdrs);
-}
-
-static void xfer_post(struct xfer *x)
-{
-	curl_easy_setopt(x->e, CURLOPT_POSTFIELDS, x->req.ptr);
-	curl_easy_setopt(x->e, CURLOPT_POSTFIELDSIZE, (long)x->req.len);
-}
-
-static int xfer_start(struct fleetsim *fs, struct xfer *x)
-{
-	if (curl_multi_add_handle(fs->multi, x->e) != CURLM_OK) {
-		x->busy = 0;
-		return ota_error_set(OTA_ERROR, "curl_multi_add_handle failed");
-	}
-	if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
-		fs->dev_active++;
-	else if (x->kind == X_REPORTS)
-		fs->reports_inflight++;
-	return 0;
-}
-
-static void xfer_end(struct fleetsim *fs, struct xfer *x)
-{
-	curl_multi_remove_handle(fs->multi, x->e);
-	if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
-		fs->dev_active--;
-	else if (x->kind == X_REPORTS)
-		fs->reports_inflight--;
-	x->busy = 0;
-}
-
-/* After the answer was handled: what only a fetch owns. */
-static void xfer_recycle(struct xfer *x)
-{
-	if (x->kind == X_FETCH) {
-		sim_download_release(&x->fetch);
-		buf_release(&x->keep);
-	}
-	x->dl = NULL;
-	x->busy = 0;
-}
-
 static void reports_pump(struct fleetsim *fs, int force)
 {
 	int64_t rn = fs_real_ms();
@@ -457,7 +271,7 @@ static void reports_pump(struct fleetsim *fs, int force)
 		batch_seal(fs);
 	while (fs->qhead < fs->qn && fs->reports_inflight < REPORT_INFLIGHT &&
 	       rn >= fs->retry_at_real) {
-		struct xfer *x = xfer_new(fs, X_REPORTS, fs->reports_url);
+		struct xfer *x = fs_xfer_new(fs, X_REPORTS, fs->reports_url);
 		struct batch *b = &fs->q[fs->qhead];
 
 		if (!x)
@@ -468,8 +282,8 @@ static void reports_pump(struct fleetsim *fs, int force)
 		x->dev = b->dev;
 		if (b->dev)
 			fs_client_cert(fs, x->e, b->dev - 1);
-		xfer_post(x);
-		if (xfer_start(fs, x))
+		fs_xfer_post(x);
+		if (fs_xfer_start(fs, x))
 			return;
 		free(b->body);
 		fs->qhead++;
@@ -691,10 +505,10 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 
 	if (img->state != SIM_IMG_UNKNOWN || !img->url)
 		return;
-	x = xfer_new(fs, X_FETCH, img->url);
+	x = fs_xfer_new(fs, X_FETCH, img->url);
 	if (!x)
 		return;
-	xfer_as_device(fs, x, i, img->url);
+	fs_xfer_as_device(fs, x, i, img->url);
 	x->dev = i;     /* trust_verify fetches the manifest as this device */
 	x->image = image;
 	if (sim_download_init(&x->fetch, UINT32_MAX, image)) {
@@ -704,7 +518,7 @@ static void fetch_start(struct fleetsim *fs, uint32_t image, uint32_t i)
 	buf_init(&x->keep, IMAGE_MAX);
 	x->fetch.keep = &x->keep;
 	x->dl = &x->fetch;
-	if (xfer_start(fs, x)) {
+	if (fs_xfer_start(fs, x)) {
 		sim_download_release(&x->fetch);
 		buf_release(&x->keep);
 		return;
@@ -934,7 +748,7 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 static void checkin_start(struct fleetsim *fs, uint32_t i)
 {
 	struct sim_device *d = &fs->dev[i];
-	struct xfer *x = xfer_new(fs, X_CHECKIN, fs->checkin_url);
+	struct xfer *x = fs_xfer_new(fs, X_CHECKIN, fs->checkin_url);
 	char id[16];
 
 	if (!x)
@@ -949,13 +763,13 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 		buf_printf(&x->req, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 			   fs->tag_json[t][d->tags[t]]);
 	buf_puts(&x->req, "}}");
-	xfer_post(x);
-	xfer_as_device(fs, x, i, NULL);
+	fs_xfer_post(x);
+	fs_xfer_as_device(fs, x, i, NULL);
 	x->dev = i;
 	x->probe = !fs->time_known;
 	if (!x->probe && (d->flags & SIM_F_FLAKY) && sim_randu(&fs->rng) < fs->p->flaky_fail)
 		x->flaky_abort = 1;
-	if (xfer_start(fs, x))
+	if (fs_xfer_start(fs, x))
 		return;
 	d->flags |= SIM_F_BUSY;
 }
@@ -1048,20 +862,20 @@ static void download_start(struct fleetsim *fs, uint32_t i)
 		return;
 	img = fs->images.v[d->image - 1];
 	dl = get_download(fs, i, d->image);
-	if (!dl || !(x = xfer_new(fs, X_DOWNLOAD, img->url)))
+	if (!dl || !(x = fs_xfer_new(fs, X_DOWNLOAD, img->url)))
 		return;
 	dl->cut = 0;
 	if ((d->flags & SIM_F_FLAKY) && img->size > 1 && (uint64_t)img->size - dl->offset > 1 &&
 	    sim_randu(&fs->rng) < fs->p->flaky_fail)
 		dl->cut = dl->offset + 1 + sim_rand(&fs->rng) % ((uint64_t)img->size - dl->offset - 1);
-	xfer_as_device(fs, x, i, img->url);
+	fs_xfer_as_device(fs, x, i, img->url);
 	sim_download_range(dl, range, sizeof(range));
 	if (range[0])
 		curl_easy_setopt(x->e, CURLOPT_RANGE, range + strlen("bytes="));
 	x->dev = i;
 	x->image = d->image;
 	x->dl = dl;
-	if (xfer_start(fs, x))
+	if (fs_xfer_start(fs, x))
 		return;
 	d->flags |= SIM_F_BUSY;
 }
@@ -1248,7 +1062,7 @@ static void drain_done(struct fleetsim *fs)
 		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
 		curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &st);
 		CURLcode rc = m->data.result;
-		xfer_end(fs, x);        /* stays readable until reused below */
+		fs_xfer_end(fs, x);        /* stays readable until reused below */
 		x->busy = 1;
 		switch (x->kind) {
 		case X_CHECKIN: checkin_done(fs, x, rc, st); break;
@@ -1256,7 +1070,7 @@ static void drain_done(struct fleetsim *fs)
 		case X_FETCH: fetch_done(fs, x, rc, st); break;
 		case X_REPORTS: reports_done(fs, x, rc, st); break;
 		}
-		xfer_recycle(x);
+		fs_xfer_recycle(x);
 	}
 }
 
@@ -1500,10 +1314,10 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		struct xfer *x = fs->xs[k];
 
 		if (x->busy && x->kind != X_REPORTS) {
-			xfer_end(fs, x);
+			fs_xfer_end(fs, x);
 			if (x->kind == X_CHECKIN || x->kind == X_DOWNLOAD)
 				fs->dev[x->dev].flags &= (uint8_t)~SIM_F_BUSY;
-			xfer_recycle(x);
+			fs_xfer_recycle(x);
 		}
 	}
 	deadline = fs_real_ms() + 10000;

@@ -1,7 +1,8 @@
 /*
  * run_int.h - the simulator's state, shared by the files of its event loop:
- * run.c (the loop, transfers, the device flow), output.c (summary lines,
- * Prometheus text, the stats file) and provision.c (registering the fleet).
+ * run.c (the loop, report batches, the device flow), xfer.c (transfers),
+ * output.c (summary lines, Prometheus text, the stats file) and provision.c
+ * (registering the fleet).
  * Everything here belongs to the loop's thread, except `metrics`, which is
  * guarded by `mlock` (run.h).  main.c uses run.h, not this.
  */
@@ -139,6 +140,20 @@ int64_t fs_now(struct fleetsim *fs);
 /* libcurl's write callback for a struct xfer (ud): the answer into x->body,
  * or the image into its download. */
 size_t fs_on_body(char *p, size_t sz, size_t nm, void *ud);
+
+/* xfer.c: the transfer pool.  fs_xfer_new: an idle transfer (or a new
+ * one) of kind to url, busy, with the fleet's headers (NULL when libcurl
+ * fails); fs_xfer_as_device: the request is device i's (no credential for
+ * an image URL off the device API); fs_xfer_post: POST x->req;
+ * fs_xfer_start: on the multi handle (negative, not busy, on failure);
+ * fs_xfer_end: off it, not busy; fs_xfer_recycle: after its answer was
+ * handled, free what only a fetch owns. */
+struct xfer *fs_xfer_new(struct fleetsim *fs, enum xkind kind, const char *url);
+void fs_xfer_as_device(struct fleetsim *fs, struct xfer *x, uint32_t i, const char *url);
+void fs_xfer_post(struct xfer *x);
+int fs_xfer_start(struct fleetsim *fs, struct xfer *x);
+void fs_xfer_end(struct fleetsim *fs, struct xfer *x);
+void fs_xfer_recycle(struct xfer *x);
 
 /* output.c: a summary line (word: "final" at the end, else NULL); the
  * periodic output (Prometheus text every METRICS_REAL_MS, a summary line

@@ -2,7 +2,7 @@
  * fleet_answer.c - a check-in's answer as the JSON text the device API
  * sends, appended by hand: printf's format parsing was a tenth of a
  * check-in's own cost (issue 19 part 5).  The offer's text is made once
- * per exposure (fleet.c, offer_compile); this only joins the pieces.
+ * per exposure (fleet_offer.c, offer_compile); this only joins the pieces.
  */
 #include "fleet_int.h"
 

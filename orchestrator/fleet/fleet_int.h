@@ -1,7 +1,8 @@
 /*
  * fleet_int.h - what fleet.c (memory, check-ins, validation),
- * fleet_report.c (report batches) and fleet_store.c (fleet.db, the writer
- * thread) share.  Not an API: see fleet.h.
+ * fleet_offer.c (exposures, the offer, push hints), fleet_report.c (report
+ * batches) and fleet_store.c (fleet.db, the writer thread) share.  Not an
+ * API: see fleet.h.
  */
 #ifndef OTA_FLEET_INT_H
 #define OTA_FLEET_INT_H
@@ -222,7 +223,7 @@ struct batch {
 };
 
 struct fleet {
-	fleet_notify_fn notify; /* issue 15, push: fleet_set_notify */
+	fleet_notify_fn notify; /* issue 15, push: fleet_set_notify (fleet_offer.c) */
 	void *notify_ctx;
 	char *fleet_key;
 	size_t fleet_key_len;
@@ -341,6 +342,15 @@ int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, i
 			int64_t crl);
 /* Frees d's tag array unless it is d's own tags_inline (d->tags NULL after). */
 void fleet_device_free_tags(struct device *d);
+
+/* fleet_offer.c: the exposures (f->exp) and the check-in decision.  Both
+ * are called with exp_lock held for reading and d's shard locked.
+ * fleet_decide: the exposure whose image (*img) d is offered (a rollback
+ * when *rollback), or NULL; fleet_exposure_gen: the step a first offer of
+ * x to d is credited to (0: none). */
+const struct exposure *fleet_decide(struct fleet *f, const struct device *d, const struct exp_image **img,
+				    int *rollback);
+uint32_t fleet_exposure_gen(const struct exposure *x, const struct device *d);
 void fleet_exposures_free(struct fleet *f);
 /* The flags of version v, when d keeps any (never creates a slot). */
 uint32_t fleet_vflags_of(const struct device *d, const char *v);
