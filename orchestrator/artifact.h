@@ -45,6 +45,12 @@ struct artifact_backend {
 	void (*free)(struct artifact_backend *b);
 };
 
+/* Both backends hand out an open file (the object, or its checked spool):
+ * a reader over fd (which it owns), and the read/close methods for it. */
+struct artifact_reader *artifact_fd_reader(int fd);
+ssize_t artifact_fd_read(struct artifact_reader *r, void *buf, size_t len);
+void artifact_fd_close(struct artifact_reader *r);
+
 /* The local-disk backend rooted at STATE/artifacts (artifact/local.c). */
 int artifact_local_backend(struct artifact_backend **out, const char *state_dir);
 

@@ -9,9 +9,11 @@
  */
 #include "../artifact.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../common/hashpipe.h"
 #include "../../common/util.h"
@@ -178,4 +180,34 @@ int artifact_digest_valid(const char *s)
 int artifact_name_valid(const char *name)
 {
 	return name && ota_artifact_name_check(name, strlen(name), NULL, 0) == 0;
+}
+
+/* ---- the file readers both backends hand out ---------------------------- */
+
+struct artifact_reader {
+	int fd;
+};
+
+struct artifact_reader *artifact_fd_reader(int fd)
+{
+	struct artifact_reader *r = xcalloc(1, sizeof(*r));
+	r->fd = fd;
+	return r;
+}
+
+ssize_t artifact_fd_read(struct artifact_reader *r, void *buf, size_t len)
+{
+	ssize_t n;
+	do
+		n = read(r->fd, buf, len);
+	while (n < 0 && errno == EINTR);
+	return n;
+}
+
+void artifact_fd_close(struct artifact_reader *r)
+{
+	if (!r)
+		return;
+	close(r->fd);
+	free(r);
 }

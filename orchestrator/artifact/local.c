@@ -35,10 +35,6 @@ struct artifact_writer {
  * little left to do (the upload's bytes reach the disk while it arrives). */
 #define WRITEBACK_STEP ((off_t)8 << 20)
 
-struct artifact_reader {
-	int fd;
-};
-
 static char *object_path(struct local *l, const char *sha256)
 {
 	return xasprintf("%s/sha256/%.2s/%s", l->root, sha256, sha256);
@@ -141,27 +137,9 @@ static int get(struct artifact_backend *b, const char *sha256, struct artifact_r
 			close(fd);
 		return ota_error_set(OTA_ENOTFOUND, "no object %s in the artifact store", sha256);
 	}
-	*out = xcalloc(1, sizeof(**out));
-	(*out)->fd = fd;
+	*out = artifact_fd_reader(fd);
 	*size = (int64_t)sb.st_size;
 	return 0;
-}
-
-static ssize_t rd(struct artifact_reader *r, void *buf, size_t len)
-{
-	ssize_t n;
-	do
-		n = read(r->fd, buf, len);
-	while (n < 0 && errno == EINTR);
-	return n;
-}
-
-static void rclose(struct artifact_reader *r)
-{
-	if (!r)
-		return;
-	close(r->fd);
-	free(r);
 }
 
 static int st(struct artifact_backend *b, const char *sha256, int64_t *size)
@@ -233,8 +211,8 @@ int artifact_local_backend(struct artifact_backend **out, const char *state_dir)
 	l->base.put_commit = put_commit;
 	l->base.put_abort = put_abort;
 	l->base.get = get;
-	l->base.read = rd;
-	l->base.close = rclose;
+	l->base.read = artifact_fd_read;
+	l->base.close = artifact_fd_close;
 	l->base.stat = st;
 	l->base.remove = rm;
 	l->base.free = lfree;

@@ -52,10 +52,6 @@ struct artifact_writer {
 	int fd;
 };
 
-struct artifact_reader {
-	int fd;
-};
-
 /* The answer of one request: status, a capped error body, a sink. */
 struct s3_req {
 	long status;
@@ -324,8 +320,7 @@ static int get(struct artifact_backend *b, const char *sha256, struct artifact_r
 		rc = ota_error_set(OTA_ERROR, "spool: %s", strerror(errno));
 		goto out;
 	}
-	*out = xcalloc(1, sizeof(**out));
-	(*out)->fd = q.fd;
+	*out = artifact_fd_reader(q.fd);
 	q.fd = -1;
 	*size = (int64_t)sb.st_size;
 out:
@@ -334,23 +329,6 @@ out:
 	EVP_MD_CTX_free(q.md);
 	free(tmp);
 	return rc;
-}
-
-static ssize_t rd(struct artifact_reader *r, void *buf, size_t len)
-{
-	ssize_t n;
-	do
-		n = read(r->fd, buf, len);
-	while (n < 0 && errno == EINTR);
-	return n;
-}
-
-static void rclose(struct artifact_reader *r)
-{
-	if (!r)
-		return;
-	close(r->fd);
-	free(r);
 }
 
 static int st(struct artifact_backend *b, const char *sha256, int64_t *size)
@@ -475,8 +453,8 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 	s->base.put_commit = put_commit;
 	s->base.put_abort = put_abort;
 	s->base.get = get;
-	s->base.read = rd;
-	s->base.close = rclose;
+	s->base.read = artifact_fd_read;
+	s->base.close = artifact_fd_close;
 	s->base.stat = st;
 	s->base.remove = rm;
 	s->base.free = sfree;
