@@ -36,6 +36,7 @@
 #include "../device/otadev.h"
 #include "../orchestrator/mcuboot.h"
 #include "../common/httpc.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define SLOT (64 * 1024)
@@ -1051,42 +1052,6 @@ static pid_t device_loop(const char *conf)
 	return pid;
 }
 
-static void loop_stop(pid_t pid)
-{
-	int st;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
-
-static json_t *device_status(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	struct buf out = BUF_INIT;
-	json_t *j;
-	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, conf), 0);
-	j = json_loads(buf_cstr(&out), 0, NULL);
-	assert_non_null(j);
-	free(bin);
-	buf_release(&out);
-	return j;
-}
-
-static const char *js(json_t *o, const char *path1, const char *path2)
-{
-	json_t *x = json_object_get(o, path1);
-	if (path2)
-		x = json_object_get(x, path2);
-	return json_is_string(x) ? json_string_value(x) : "";
-}
-
-static int64_t ji(json_t *o, const char *path1, const char *path2)
-{
-	json_t *x = json_object_get(o, path1);
-	if (path2)
-		x = json_object_get(x, path2);
-	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
-}
-
 static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
 {
 	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
@@ -1134,16 +1099,16 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	}
 	for (int i = 0; i < E2E_DEVICES; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), "1.1.0");
-		assert_string_equal(js(s, "phase", NULL), "idle");
-		assert_int_equal(ji(s, "security_counter", NULL), 1);
-		assert_int_equal(ji(s, "primary", "valid"), 1);
-		assert_string_equal(js(s, "primary", "version"), "1.1.0");
-		assert_int_equal(ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
-		assert_true(ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
-		assert_true(ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
+		assert_string_equal(dh_js(s, "phase", NULL), "idle");
+		assert_int_equal(dh_ji(s, "security_counter", NULL), 1);
+		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+		assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
+		assert_int_equal(dh_ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
+		assert_true(dh_ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
+		assert_true(dh_ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
 		json_decref(s);
 		free(conf[i]);
 	}
@@ -1204,9 +1169,9 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 				kills++;
 				/* where the cut landed: the record's phase (idle with the
 				 * update not begun or already done counts as idle) */
-				s = device_status(conf);
+				s = dh_device_status(NULL, conf);
 				for (int p = 0; p <= OTADEV_TESTING; p++)
-					if (!strcmp(js(s, "phase", NULL), otadev_phase_name(p)))
+					if (!strcmp(dh_js(s, "phase", NULL), otadev_phase_name(p)))
 						at[p]++;
 				json_decref(s);
 			} else {
@@ -1215,18 +1180,18 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 			/* the reboot: MCUboot's decision; a valid primary image must remain */
 			buf_clear(&out);
 			assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
-			s = device_status(conf);
-			assert_int_equal(ji(s, "primary", "valid"), 1);
-			if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
-				assert_int_equal(ji(s, "secondary", "valid"), 1);
-			assert_true(ji(s, "security_counter", NULL) <= 1);
-			if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "queued", NULL) == 0 && ji(s, "record", NULL)) {
-				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
-					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+			s = dh_device_status(NULL, conf);
+			assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+			if (dh_ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
+				assert_int_equal(dh_ji(s, "secondary", "valid"), 1);
+			assert_true(dh_ji(s, "security_counter", NULL) <= 1);
+			if (!strcmp(dh_js(s, "phase", NULL), "idle") && dh_ji(s, "queued", NULL) == 0 && dh_ji(s, "record", NULL)) {
+				if (!strcmp(dh_js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 					landed++;
 					done = 1;
-				} else if (ji(s, "refused_image", NULL)) {
-					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+				} else if (dh_ji(s, "refused_image", NULL)) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 					reverted++;
 					done = 1;
 				}
@@ -1273,8 +1238,8 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	for (int waited = 0; waited < 30000; waited += 200) {
 		int refused = 0;
 		for (int i = 0; i < 2; i++) {
-			json_t *s = device_status(conf[i]);
-			refused += (int)ji(s, "refused_image", NULL) && ji(s, "queued", NULL) == 0;
+			json_t *s = dh_device_status(NULL, conf[i]);
+			refused += (int)dh_ji(s, "refused_image", NULL) && dh_ji(s, "queued", NULL) == 0;
 			json_decref(s);
 		}
 		if (refused == 2)
@@ -1284,17 +1249,17 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	h_msleep(1500);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		if (strcmp(js(s, "version", NULL), "1.0.0")) {
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		if (strcmp(dh_js(s, "version", NULL), "1.0.0")) {
 			struct buf out = BUF_INIT;
 			h_sh(&out, "cat %s.log; %s", conf[i], json_dumps(s, 0));
 			print_message("%s\n", buf_cstr(&out));
 		}
-		assert_int_equal(ji(s, "refused_image", NULL), 1);
-		assert_string_equal(js(s, "version", NULL), "1.0.0");
-		assert_string_equal(js(s, "primary", "version"), "1.0.0");
-		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);
+		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
+		assert_true(dh_ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
 		json_decref(s);
 		free(conf[i]);
 	}
@@ -1325,12 +1290,12 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 	assert_int_equal(reverted, 2);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), "1.0.0");
-		assert_string_equal(js(s, "primary", "version"), "1.0.0");
-		assert_int_equal(ji(s, "primary", "valid"), 1);
-		assert_int_equal(ji(s, "refused_image", NULL), 1);   /* not taken again */
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
+		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);   /* not taken again */
 		json_decref(s);
 		free(conf[i]);
 	}
@@ -1408,9 +1373,9 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 	h_msleep(1000);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
 		json_decref(s);
 		free(conf[i]);
 	}

@@ -38,6 +38,7 @@
 #include "../device/linux/slot.h"
 #include "../device/linux/uboot.h"
 #include "../orchestrator/mcuboot.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
@@ -398,23 +399,7 @@ static int e2e_teardown(void **state)
 
 static json_t *udev_status(const struct udev *u)
 {
-	char *bin = h_bin("otacd-device");
-	struct buf out = BUF_INIT;
-	json_t *j;
-	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, u->conf), 0);
-	j = json_loads(buf_cstr(&out), 0, NULL);
-	assert_non_null(j);
-	free(bin);
-	buf_release(&out);
-	return j;
-}
-
-static const char *js(json_t *o, const char *a, const char *b)
-{
-	json_t *x = json_object_get(o, a);
-	if (b)
-		x = json_object_get(x, b);
-	return json_is_string(x) ? json_string_value(x) : "";
+	return dh_device_status(NULL, u->conf);
 }
 
 static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
@@ -475,10 +460,10 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 	assert_true(count_lines(u.log, "boot b") >= 1);
 	assert_int_equal(count_lines(u.log, "altboot a") + count_lines(u.log, "altboot b"), 0);
 	s = udev_status(&u);   /* booted b: the core's slot 0 is b */
-	assert_string_equal(js(s, "boot", NULL), "uboot: booted b");
-	assert_string_equal(js(s, "version", NULL), "1.1.0");
-	assert_string_equal(js(s, "phase", NULL), "idle");
-	assert_string_equal(js(s, "primary", "version"), "1.1.0");
+	assert_string_equal(dh_js(s, "boot", NULL), "uboot: booted b");
+	assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
+	assert_string_equal(dh_js(s, "phase", NULL), "idle");
+	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	assert_true(json_is_true(json_object_get(json_object_get(s, "primary"), "valid")));
 	json_decref(s);
 	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 1);
@@ -509,8 +494,8 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 	assert_env(u.fw_conf, "otacd_slot", "a");
 	assert_env(u.fw_conf, "upgrade_available", "0");
 	s = udev_status(&u);
-	assert_string_equal(js(s, "version", NULL), "1.0.0");
-	assert_string_equal(js(s, "primary", "version"), "1.0.0");
+	assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+	assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 	assert_true(json_is_true(json_object_get(s, "refused_image")));
 	json_decref(s);
 	assert_int_equal(fleet_count(&r->d, r->release, "confirmed"), 0);
@@ -576,12 +561,12 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 		udev_setup(&u, r, i, "true", 3, 0, NULL, NULL);
 		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
 		s = udev_status(&u);
-		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		assert_string_equal(dh_js(s, "phase", NULL), "rebooting");
 		json_decref(s);
 		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
 		assert_non_null(strstr(buf_cstr(&out), "test boot still pending"));
 		s = udev_status(&u);
-		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		assert_string_equal(dh_js(s, "phase", NULL), "rebooting");
 		assert_false(json_is_true(json_object_get(s, "refused_image")));
 		json_decref(s);
 		if (!u.mcuboot)
@@ -656,15 +641,15 @@ static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state
 					assert_true(json_is_true(json_object_get(json_object_get(s, "secondary"), "valid")));
 				free(ua);
 			}
-			if (!strcmp(js(s, "phase", NULL), "idle") &&
+			if (!strcmp(dh_js(s, "phase", NULL), "idle") &&
 			    json_integer_value(json_object_get(s, "queued")) == 0 &&
 			    json_is_true(json_object_get(s, "record"))) {
-				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
-					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+				if (!strcmp(dh_js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 					landed++;
 					done = 1;
 				} else if (json_is_true(json_object_get(s, "refused_image"))) {
-					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+					assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 					reverted++;
 					done = 1;
 				}
@@ -757,7 +742,7 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 		if (!v)
 			assert_env(u.fw_conf, "otacd_slot", "b");
 		s = udev_status(&u);
-		assert_string_equal(js(s, "primary", "version"), "1.1.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 		json_decref(s);
 		/* on the medium: the image otacd served is in b (U-Boot) or, after
 		 * the swap, in a (MCUboot); the factory image in the other */

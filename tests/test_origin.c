@@ -29,36 +29,13 @@
 #include "../orchestrator/artifact.h"
 #include "../orchestrator/artifact/origin.h"
 #include "../orchestrator/mcuboot.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
 #define TOKEN "cdn-pull-token-0123456789abcdef"
 
 /* ---- helpers: child processes ------------------------------------------- */
-
-static pid_t spawn(const char *log, char *const argv[])
-{
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	return pid;
-}
-
-static void stop(pid_t pid)
-{
-	int st;
-	if (pid <= 0)
-		return;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
 
 static int port_of(const char *listen)
 {
@@ -137,7 +114,7 @@ static void s3_start(struct s3srv *s, const char *bin, const char *base)
 	{
 		char *argv[] = { (char *)bin, "-d", s->dir, "-a", "127.0.0.1", "-p", port, "--configure-bucket", "otacd",
 				 "--silent", NULL };
-		s->pid = spawn(log, argv);
+		s->pid = dh_spawn(log, argv);
 	}
 	if (wait_http(port_of(listen)) < 0)
 		fail_msg("s3rver did not start; see %s", log);
@@ -152,7 +129,7 @@ static void s3_start(struct s3srv *s, const char *bin, const char *base)
 
 static void s3_stop(struct s3srv *s)
 {
-	stop(s->pid);
+	dh_stop(s->pid);
 	free(s->dir);
 	free(s->endpoint);
 	free(s->creds);
@@ -572,7 +549,7 @@ static pid_t device_loop(const char *conf)
 				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
 	char *log = xasprintf("%s.log", conf);
 	char *argv[] = { "/bin/sh", "-c", script, NULL };
-	pid_t pid = spawn(log, argv);
+	pid_t pid = dh_spawn(log, argv);
 	free(bin);
 	free(script);
 	free(log);
@@ -669,7 +646,7 @@ static void ngx_start(struct ngx *n, const char *bin, const char *base, const ch
 	log = xasprintf("%s/stderr.log", n->dir);
 	{
 		char *argv[] = { (char *)bin, "-p", n->dir, "-c", path, "-e", "stderr", NULL };
-		n->pid = spawn(log, argv);
+		n->pid = dh_spawn(log, argv);
 	}
 	if (wait_http(port_of(n->listen)) < 0)
 		fail_msg("nginx did not start; see %s", log);
@@ -681,7 +658,7 @@ static void ngx_start(struct ngx *n, const char *bin, const char *base, const ch
 
 static void ngx_stop(struct ngx *n)
 {
-	stop(n->pid);
+	dh_stop(n->pid);
 	free(n->dir);
 	free(n->listen);
 	memset(n, 0, sizeof(*n));
@@ -750,7 +727,7 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
 		h_msleep(200);
 	for (int i = 0; i < DEVICES; i++)
-		stop(pids[i]);
+		dh_stop(pids[i]);
 	assert_int_equal(ok, DEVICES);
 	for (int i = 0; i < DEVICES; i++) {
 		char *v = device_version(conf[i]);
@@ -830,7 +807,7 @@ static void altered_bytes_from_the_origin_are_refused_by_the_device(void **state
 			h_msleep(300);
 	}
 	h_msleep(500);
-	stop(pid);
+	dh_stop(pid);
 	assert_true(refused);
 	v = device_version(conf);
 	assert_string_equal(v, "1.0.0");   /* nothing marked bootable */

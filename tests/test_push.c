@@ -32,42 +32,11 @@
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/push/push.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
 #define OTACD_PW "otacd-broker-password-1"
-
-static pid_t spawn(const char *log, char *const argv[])
-{
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	return pid;
-}
-
-static void stop(pid_t pid)
-{
-	int st;
-	if (pid <= 0)
-		return;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
-
-static int free_port(void)
-{
-	char *l = h_free_listen();
-	int port = atoi(strrchr(l, ':') + 1);
-	free(l);
-	return port;
-}
 
 static int tcp_up(int port)
 {
@@ -138,7 +107,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	char *path, *log;
 	b->dir = h_tmpdir();
 	if (!b->port)
-		b->port = free_port();
+		b->port = dh_free_port();
 	buf_printf(&conf, "listener %d 127.0.0.1\npersistence false\nuser %s\n", b->port, pw ? pw->pw_name : "root");
 	if (b->tls) {
 		const char *req = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
@@ -169,7 +138,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	log = xasprintf("%s/mosquitto.log", b->dir);
 	{
 		char *argv[] = { (char *)bin, "-c", path, NULL };
-		b->pid = spawn(log, argv);
+		b->pid = dh_spawn(log, argv);
 	}
 	for (int waited = 0; waited < 10000 && !tcp_up(b->port); waited += 50)
 		h_msleep(50);
@@ -183,7 +152,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 
 static void broker_stop(struct broker *b)
 {
-	stop(b->pid);
+	dh_stop(b->pid);
 	if (b->dir) {
 		struct buf out = BUF_INIT;
 		h_sh(&out, "rm -rf %s", b->dir);
@@ -279,7 +248,7 @@ static void env_start(struct env *e, int n, const char *extra_cfg)
 static void env_stop(struct env *e)
 {
 	for (int i = 0; i < e->n; i++) {
-		stop(e->pid[i]);
+		dh_stop(e->pid[i]);
 		free(e->conf[i]);
 		free(e->cred[i]);
 	}
@@ -311,7 +280,7 @@ static void device_start(struct env *e, int i, const char *mqtt)
 	log = xasprintf("%s.log", e->conf[i]);
 	{
 		char *argv[] = { "/bin/sh", "-c", script, NULL };
-		e->pid[i] = spawn(log, argv);
+		e->pid[i] = dh_spawn(log, argv);
 	}
 	free(script);
 	free(log);
@@ -482,7 +451,7 @@ static void push_over_tls_checks_the_brokers_certificate(void **state)
 static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 {
 	struct env e = { 0 };
-	int port = free_port(); /* nothing listens there */
+	int port = dh_free_port(); /* nothing listens there */
 	char *cfg;
 	(void)state;
 	h_init(&e.d, NULL);
@@ -530,7 +499,7 @@ static void hostile_messages_cause_at_most_an_early_check_in(void **state)
 	env_start(&e, 1, "poll_interval: 1h\n");
 	/* the device starts before its broker (a board that boots before the
 	 * network): it polls, and subscribes once the broker is up */
-	b.port = free_port();
+	b.port = dh_free_port();
 	{
 		char *mq = xasprintf("mqtt_url = mqtt://127.0.0.1:%d\nmqtt_window_ms = 1500\nmqtt_window_max_ms = 3000\n"
 				     "mqtt_payload_max = 256\n", b.port);

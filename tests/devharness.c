@@ -1,0 +1,79 @@
+/*
+ * devharness.c - shared helpers for tests that run otacd-device and other
+ * child processes; see devharness.h.
+ */
+#include "devharness.h"
+
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+pid_t dh_spawn(const char *log, char *const argv[])
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		setpgid(0, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	return pid;
+}
+
+void dh_stop(pid_t pid)
+{
+	int st;
+	if (pid <= 0)
+		return;
+	kill(-pid, SIGTERM);
+	waitpid(pid, &st, 0);
+}
+
+int dh_free_port(void)
+{
+	char *l = h_free_listen();
+	int port = atoi(strrchr(l, ':') + 1);
+	free(l);
+	return port;
+}
+
+json_t *dh_device_status(const char *bin, const char *conf)
+{
+	char *own = bin ? NULL : h_bin("otacd-device");
+	struct buf out = BUF_INIT;
+	json_t *j;
+	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin ? bin : own, conf), 0);
+	j = json_loads(buf_cstr(&out), 0, NULL);
+	assert_non_null(j);
+	free(own);
+	buf_release(&out);
+	return j;
+}
+
+const char *dh_js(json_t *o, const char *k1, const char *k2)
+{
+	json_t *x = json_object_get(o, k1);
+	if (k2)
+		x = json_object_get(x, k2);
+	return json_is_string(x) ? json_string_value(x) : "";
+}
+
+int64_t dh_ji(json_t *o, const char *k1, const char *k2)
+{
+	json_t *x = json_object_get(o, k1);
+	if (k2)
+		x = json_object_get(x, k2);
+	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
+}

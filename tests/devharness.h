@@ -1,0 +1,30 @@
+/*
+ * devharness.h - shared pieces of the tests that run otacd-device and other
+ * child processes next to otacd: spawning and stopping process groups, free
+ * loopback ports, and reading otacd-device's status JSON.  Needs only
+ * harness.h and common/ (it is linked into every test binary).
+ */
+#ifndef OTA_DEVHARNESS_H
+#define OTA_DEVHARNESS_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Fork and exec argv[0] in its own process group, stdout and stderr
+ * appended to log; returns the child's pid. */
+pid_t dh_spawn(const char *log, char *const argv[]);
+/* SIGTERM pid's process group and wait for pid (pid <= 0: nothing). */
+void dh_stop(pid_t pid);
+/* A loopback TCP port that was free a moment ago. */
+int dh_free_port(void);
+
+/* `BIN -c CONF status` parsed (fails the test unless it exits 0 with JSON);
+ * bin NULL: $OTACD_BIN/otacd-device.  Caller decrefs. */
+json_t *dh_device_status(const char *bin, const char *conf);
+/* o[k1] (or o[k1][k2] when k2 is set) as a string, "" when not one. */
+const char *dh_js(json_t *o, const char *k1, const char *k2);
+/* The same as an integer (true 1, false 0). */
+int64_t dh_ji(json_t *o, const char *k1, const char *k2);
+
+#endif
