@@ -5,6 +5,7 @@
 #include "devharness.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +16,10 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "../orchestrator/mcuboot.h"
 #include "harness.h"
 
 pid_t dh_spawn(const char *log, char *const argv[])
@@ -76,4 +81,32 @@ int64_t dh_ji(json_t *o, const char *k1, const char *k2)
 	if (k2)
 		x = json_object_get(x, k2);
 	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
+}
+
+char *dh_factory_image(const char *dir, const char *key, int counter)
+{
+	char *path = xasprintf("%s/%s.pem", dir, key), *out;
+	struct mcuboot_sign_opts o;
+	struct buf img;
+	EVP_PKEY *k;
+	FILE *f = fopen(path, "r");
+
+	assert_non_null(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	free(path);
+	assert_non_null(k);
+	memset(&o, 0, sizeof(o));
+	if (counter >= 0) {
+		o.has_security_counter = 1;
+		o.security_counter = (uint32_t)counter;
+	}
+	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	buf_init(&img, 1 << 20);
+	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
+	EVP_PKEY_free(k);
+	out = xasprintf("%s/factory.img", dir);
+	assert_int_equal(ota_write_file_atomic(out, img.ptr, img.len, 0600), 0);
+	buf_release(&img);
+	return out;
 }

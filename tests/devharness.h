@@ -27,4 +27,9 @@ const char *dh_js(json_t *o, const char *k1, const char *k2);
 /* The same as an integer (true 1, false 0). */
 int64_t dh_ji(json_t *o, const char *k1, const char *k2);
 
+/* Sign the factory image "factory firmware 1.0.0" (MCUboot, version 1.0.0,
+ * security counter counter, none when < 0) with DIR/KEY.pem and write it to
+ * DIR/factory.img; returns that path (caller frees). */
+char *dh_factory_image(const char *dir, const char *key, int counter);
+
 #endif

@@ -947,11 +947,8 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
+	char *cfg;
 	int64_t run;
 
 	h_init(&e->d, NULL);
@@ -966,21 +963,7 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 	e->cred = h_register_devices(&e->d, prefix, n);
 	e->n = n;
 	/* the factory image */
-	path = xasprintf("%s/%s.pem", e->d.dir, trusted);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	e->factory = xasprintf("%s/factory.img", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
+	e->factory = dh_factory_image(e->d.dir, trusted, -1);
 	run = h_trigger(&e->d, y);
 	e->release = e2e_release_of(&e->d, run);
 	assert_true(e->release > 0);

@@ -251,11 +251,8 @@ static void rig_start(struct rig *r, const char *prefix, int n)
 			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
+	char *cfg;
 
 	memset(r, 0, sizeof(*r));
 	h_init(&r->d, NULL);
@@ -267,21 +264,7 @@ static void rig_start(struct rig *r, const char *prefix, int n)
 	assert_int_equal(h_start(&r->d, args), 0);
 	r->cred = h_register_devices(&r->d, prefix, n);
 	r->n = n;
-	path = xasprintf("%s/key.pem", r->d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	r->factory = xasprintf("%s/factory.img", r->d.dir);
-	assert_int_equal(ota_write_file_atomic(r->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
+	r->factory = dh_factory_image(r->d.dir, "key", -1);
 	r->release = release_of(&r->d, h_trigger(&r->d, y));
 	assert_true(r->release > 0);
 	free(cfg);

@@ -619,14 +619,11 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	struct daemon d;
 	struct mirror m;
 	struct rel r_old, r_hw, r_main, r_b;
-	struct buf out = BUF_INIT, trunc = BUF_INIT, img = BUF_INIT;
+	struct buf out = BUF_INIT, trunc = BUF_INIT;
 	struct tally t;
-	struct mcuboot_sign_opts o;
 	char *cfg, *bin = h_bin("otacd-device"), *otactl = h_bin("otactl"), *dir, *conf, *factory, **cred, ida[65];
 	int cycles = torture_cycles();
 	unsigned seed = 4242;
-	EVP_PKEY *k;
-	FILE *f;
 
 	(void)state;
 	memset(&t, 0, sizeof(t));
@@ -658,24 +655,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	release(&d, &r_main, "1.1.0", HW, 1, "a", 1);
 
 	/* the factory image 1.0.0, counter 1, signed by a */
-	{
-		char *p = xasprintf("%s/a.pem", d.dir);
-		f = fopen(p, "r");
-		free(p);
-	}
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	o.has_security_counter = 1;
-	o.security_counter = 1;
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	factory = xasprintf("%s/factory.img", d.dir);
-	assert_int_equal(ota_write_file_atomic(factory, img.ptr, img.len, 0600), 0);
+	factory = dh_factory_image(d.dir, "a", 1);
 
 	/* the mirror, and what it serves on its own */
 	mirror_start(&m, d.device_url);
@@ -833,7 +813,6 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	free(cred);
 	buf_release(&out);
 	buf_release(&trunc);
-	buf_release(&img);
 	buf_release(&r_old.image);
 	buf_release(&r_old.envelope);
 	buf_release(&r_hw.image);

@@ -213,11 +213,8 @@ static const char *pipeline_yaml =
 static void env_start(struct env *e, int n, const char *extra_cfg)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
+	char *cfg;
 
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
 				    " && openssl pkey -in key.pem -pubout -out key.pub", e->d.dir), 0);
@@ -227,20 +224,7 @@ static void env_start(struct env *e, int n, const char *extra_cfg)
 	assert_int_equal(h_start(&e->d, args), 0);
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
-	path = xasprintf("%s/key.pem", e->d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	e->factory = xasprintf("%s/factory.img", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
+	e->factory = dh_factory_image(e->d.dir, "key", -1);
 	free(cfg);
 	buf_release(&out);
 }
