@@ -110,3 +110,17 @@ char *dh_factory_image(const char *dir, const char *key, int counter)
 	buf_release(&img);
 	return out;
 }
+
+pid_t dh_device_loop(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
+				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
+	char *log = xasprintf("%s.log", conf);
+	char *argv[] = { "/bin/sh", "-c", script, NULL };
+	pid_t pid = dh_spawn(log, argv);
+	free(bin);
+	free(script);
+	free(log);
+	return pid;
+}

@@ -32,4 +32,9 @@ int64_t dh_ji(json_t *o, const char *k1, const char *k2);
  * DIR/factory.img; returns that path (caller frees). */
 char *dh_factory_image(const char *dir, const char *key, int counter);
 
+/* The device's life as a process group: `otacd-device -c CONF boot` (the
+ * simulated MCUboot), then `run`; on exit 10 again, any other exit ends it.
+ * Output goes to CONF.log.  Stop it with dh_stop. */
+pid_t dh_device_loop(const char *conf);
+
 #endif

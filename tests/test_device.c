@@ -1012,29 +1012,6 @@ static char *device_setup(struct e2e *e, const char *prefix, int i, const char *
 	return conf;
 }
 
-/* The device's life: boot (the simulated MCUboot), run, on exit 10 again. */
-static pid_t device_loop(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
-	char *log = xasprintf("%s.log", conf);
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	free(bin);
-	free(script);
-	free(log);
-	return pid;
-}
-
 static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
 {
 	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
@@ -1059,7 +1036,7 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	e2e_start(e, "dev", E2E_DEVICES, "key", NULL);
 	for (int i = 0; i < E2E_DEVICES; i++) {
 		conf[i] = device_setup(e, "dev", i, "key", "true");
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
 	     waited += 200)
@@ -1215,7 +1192,7 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	e2e_start(&e, "rev", 2, "other", NULL);
 	for (int i = 0; i < 2; i++) {
 		conf[i] = device_setup(&e, "rev", i, "other", NULL);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	/* both check in, are offered 1.1.0, fetch it, and refuse it */
 	for (int waited = 0; waited < 30000; waited += 200) {
@@ -1266,7 +1243,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 	e2e_start(&e, "bad", 2, "key", NULL);
 	for (int i = 0; i < 2; i++) {
 		conf[i] = device_setup(&e, "bad", i, "key", "false");
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	for (int waited = 0; waited < 60000 && (reverted = fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
 		h_msleep(200);
@@ -1348,7 +1325,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		buf_clear(&out);
 		assert_int_equal(h_sh(&out, "printf '%%s' '%s' >> %s", more, conf[i]), 0);
 		free(more);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
 		h_msleep(200);

@@ -526,20 +526,6 @@ static char *device_setup(struct e2e *e, int i)
 	return conf;
 }
 
-static pid_t device_loop(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
-	char *log = xasprintf("%s.log", conf);
-	char *argv[] = { "/bin/sh", "-c", script, NULL };
-	pid_t pid = dh_spawn(log, argv);
-	free(bin);
-	free(script);
-	free(log);
-	return pid;
-}
-
 static char *device_version(const char *conf)
 {
 	char *bin = h_bin("otacd-device");
@@ -706,7 +692,7 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 
 	for (int i = 0; i < DEVICES; i++) {
 		conf[i] = device_setup(&e, i);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
 		h_msleep(200);
@@ -783,7 +769,7 @@ static void altered_bytes_from_the_origin_are_refused_by_the_device(void **state
 	assert_int_equal(ota_write_file_atomic(file, img.ptr, img.len, 0644), 0);
 
 	conf = device_setup(&e, 0);
-	pid = device_loop(conf);
+	pid = dh_device_loop(conf);
 	log = xasprintf("%s.log", conf);
 	for (int waited = 0; waited < 60000 && !refused; waited += 300) {
 		refused = count_lines(log, "image digest does not match the offer") > 0;

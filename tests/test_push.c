@@ -253,21 +253,12 @@ static void device_start(struct env *e, int i, const char *mqtt)
 			       "state = %s/state\nkey = %s/key.pub\nslot_size = 65536\nsector_size = 4096\n"
 			       "health_check = true\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 1000\n%s",
 			       e->d.device_url, i, e->cred[i], dir, dir, dir, e->d.dir, mqtt ? mqtt : "");
-	char *script, *log;
 	struct buf out = BUF_INIT;
 	e->conf[i] = xasprintf("%s/device.conf", dir);
 	assert_int_equal(h_sh(&out, "mkdir -p %s && printf 'devpass-%d\\n' > %s/mqtt.pw", dir, i, dir), 0);
 	assert_int_equal(ota_write_file_atomic(e->conf[i], text, strlen(text), 0600), 0);
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, e->conf[i], e->factory), 0);
-	script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-			   " [ $rc -eq 10 ] || exit $rc; done", bin, e->conf[i], bin, e->conf[i]);
-	log = xasprintf("%s.log", e->conf[i]);
-	{
-		char *argv[] = { "/bin/sh", "-c", script, NULL };
-		e->pid[i] = dh_spawn(log, argv);
-	}
-	free(script);
-	free(log);
+	e->pid[i] = dh_device_loop(e->conf[i]);
 	free(dir);
 	free(bin);
 	free(text);
