@@ -124,3 +124,25 @@ pid_t dh_device_loop(const char *conf)
 	free(log);
 	return pid;
 }
+
+int64_t dh_release_of(struct daemon *d, int64_t run)
+{
+	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
+	int64_t id = 0;
+	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	free(sql);
+	return id;
+}
+
+int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what)
+{
+	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
+	json_t *st = NULL;
+	int64_t v;
+	assert_int_equal(h_get(d, path, &st), 200);
+	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
+	json_decref(st);
+	free(path);
+	return v;
+}

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "harness.h"
+
 /* Fork and exec argv[0] in its own process group, stdout and stderr
  * appended to log; returns the child's pid. */
 pid_t dh_spawn(const char *log, char *const argv[]);
@@ -36,5 +38,11 @@ char *dh_factory_image(const char *dir, const char *key, int counter);
  * simulated MCUboot), then `run`; on exit 10 again, any other exit ends it.
  * Output goes to CONF.log.  Stop it with dh_stop. */
 pid_t dh_device_loop(const char *conf);
+
+/* The id of the release run made, waiting up to 60 s for it (0: none). */
+int64_t dh_release_of(struct daemon *d, int64_t run);
+/* The release's rollout fleet counter what ("confirmed", "downloads" ...)
+ * from GET /api/v1/releases/ID/rollout (fails the test unless 200). */
+int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what);
 
 #endif

@@ -923,16 +923,6 @@ struct e2e {
 
 static struct e2e fleet;
 
-static int64_t e2e_release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
  * signed with trusted (the device's key); release 1.1.0 of fw signed with
  * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
@@ -965,7 +955,7 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 	/* the factory image */
 	e->factory = dh_factory_image(e->d.dir, trusted, -1);
 	run = h_trigger(&e->d, y);
-	e->release = e2e_release_of(&e->d, run);
+	e->release = dh_release_of(&e->d, run);
 	assert_true(e->release > 0);
 	free(cfg);
 	buf_release(&out);
@@ -1012,18 +1002,6 @@ static char *device_setup(struct e2e *e, const char *prefix, int i, const char *
 	return conf;
 }
 
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
-	return v;
-}
-
 #define E2E_DEVICES 3
 
 static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
@@ -1038,7 +1016,7 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 		conf[i] = device_setup(e, "dev", i, "key", "true");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
 	     waited += 200)
 		h_msleep(200);
 	assert_int_equal(ok, E2E_DEVICES);
@@ -1072,10 +1050,10 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
-	assert_int_equal(fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
-	assert_int_equal(fleet_count(&e->d, e->release, "reverted"), 0);
-	assert_int_equal(fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
 }
 
 static int torture_cycles(void)
@@ -1223,9 +1201,9 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_true(fleet_count(&e.d, e.release, "offered") >= 2);
-	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), 0);
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
+	assert_true(dh_fleet_count(&e.d, e.release, "offered") >= 2);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
 	e2e_stop(&e);
 }
 
@@ -1245,7 +1223,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 		conf[i] = device_setup(&e, "bad", i, "key", "false");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (reverted = fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
+	for (int waited = 0; waited < 60000 && (reverted = dh_fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
 		h_msleep(200);
 	assert_int_equal(reverted, 2);
 	for (int i = 0; i < 2; i++) {
@@ -1259,8 +1237,8 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 2);
-	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 2);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
 	e2e_stop(&e);
 }
 
@@ -1327,7 +1305,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		free(more);
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
 		h_msleep(200);
 	assert_int_equal(ok, 1);
 	h_msleep(1000);
@@ -1339,7 +1317,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e.d, e.release, "offered"), 1);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "offered"), 1);
 	e2e_stop(&e);
 	h_sh(&out, "rm -rf '%s'", pki);
 	buf_release(&out);

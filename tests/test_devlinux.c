@@ -228,16 +228,6 @@ struct rig {
 	int64_t release;
 };
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with release 1.1.0 (signed with key.pem, counter 1) rolled out to
  * 100 %; a factory image 1.0.0 signed with the same key. */
 static void rig_start(struct rig *r, const char *prefix, int n)
@@ -265,7 +255,7 @@ static void rig_start(struct rig *r, const char *prefix, int n)
 	r->cred = h_register_devices(&r->d, prefix, n);
 	r->n = n;
 	r->factory = dh_factory_image(r->d.dir, "key", -1);
-	r->release = release_of(&r->d, h_trigger(&r->d, y));
+	r->release = dh_release_of(&r->d, h_trigger(&r->d, y));
 	assert_true(r->release > 0);
 	free(cfg);
 	buf_release(&out);
@@ -385,22 +375,10 @@ static json_t *udev_status(const struct udev *u)
 	return dh_device_status(NULL, u->conf);
 }
 
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
-	return v;
-}
-
 static int64_t wait_count(struct rig *r, const char *what, int64_t want)
 {
 	int64_t v = 0;
-	for (int waited = 0; waited < 60000 && (v = fleet_count(&r->d, r->release, what)) < want; waited += 200)
+	for (int waited = 0; waited < 60000 && (v = dh_fleet_count(&r->d, r->release, what)) < want; waited += 200)
 		h_msleep(200);
 	return v;
 }
@@ -449,9 +427,9 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	assert_true(json_is_true(json_object_get(json_object_get(s, "primary"), "valid")));
 	json_decref(s);
-	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 1);
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 1);
-	assert_int_equal(fleet_count(&r->d, r->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "downloads"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
 	udev_free(&u);
 	rig_stop(r);
 }
@@ -481,8 +459,8 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 	assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 	assert_true(json_is_true(json_object_get(s, "refused_image")));
 	json_decref(s);
-	assert_int_equal(fleet_count(&r->d, r->release, "confirmed"), 0);
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
 	udev_free(&u);
 	rig_stop(r);
 }
@@ -514,7 +492,7 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 	assert_int_equal(h_sh(&out, "echo 'otacd.slot=a' > %s && echo 'uboot_slot_var = -f' >> %s && %s -c %s check",
 			      u.cmdline, u.conf, bin, u.conf), 1);
 	assert_non_null(strstr(buf_cstr(&out), "uboot_slot_var"));
-	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "downloads"), 0);
 	free(before);
 	free(after);
 	free(env0);
@@ -559,8 +537,8 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 		loop_stop(pid);
 		udev_free(&u);
 	}
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 2);
-	assert_int_equal(fleet_count(&r->d, r->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 2);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
 	rig_stop(r);
 	free(bin);
 	buf_release(&out);

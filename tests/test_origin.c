@@ -430,16 +430,6 @@ struct e2e {
 	int64_t size;
 };
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with extra_cfg, n devices, release 1.1.0 at 100 %; e->sha and
  * e->size from device 0's offer, whose image URL must start with url_prefix. */
 static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *url_prefix)
@@ -466,7 +456,7 @@ static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *u
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
 	e->factory = dh_factory_image(e->d.dir, "key", -1);
-	e->release = release_of(&e->d, h_trigger(&e->d, y));
+	e->release = dh_release_of(&e->d, h_trigger(&e->d, y));
 	assert_true(e->release > 0);
 	/* the offer device 0 gets */
 	for (int waited = 0; waited < 30000; waited += 200) {
@@ -539,18 +529,6 @@ static char *device_version(const char *conf)
 	json_decref(j);
 	free(bin);
 	buf_release(&out);
-	return v;
-}
-
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
 	return v;
 }
 
@@ -694,7 +672,7 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 		conf[i] = device_setup(&e, i);
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
 		h_msleep(200);
 	for (int i = 0; i < DEVICES; i++)
 		dh_stop(pids[i]);
@@ -725,7 +703,7 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 	assert_int_equal(image_bytes_served(&e.d), e.size);
 	assert_int_equal(count_lines(alog, " MISS "), 1);
 	assert_true(count_lines(alog, " HIT ") >= DEVICES);
-	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), DEVICES);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), DEVICES);
 
 	ngx_stop(&n);
 	e2e_stop(&e);
@@ -781,8 +759,8 @@ static void altered_bytes_from_the_origin_are_refused_by_the_device(void **state
 	assert_true(refused);
 	v = device_version(conf);
 	assert_string_equal(v, "1.0.0");   /* nothing marked bootable */
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
-	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
 	/* the same fleet through fleetsim: refused as well */
 	{
 		char *fs = h_bin("otacd-fleetsim"), *stats = xasprintf("%s/stats.json", e.d.dir);

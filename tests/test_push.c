@@ -313,16 +313,6 @@ static int64_t metric(struct env *e, const char *name)
 	return v;
 }
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* ---- tests ----------------------------------------------------------------- */
 
 #define NDEV 3
@@ -361,7 +351,7 @@ static void push_rollout(int per_device_max, const char *topic, int tls)
 			h_msleep(100);
 		assert_int_equal(dev_log_count(&e, i, "push: subscribed"), 1);
 	}
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	t0 = now_s(); /* the release exists: its rollout's step opens now */
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
 	t1 = now_s();
@@ -438,7 +428,7 @@ static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 		free(mq);
 	}
 	wait_devices_on(&e, "1.0.0", NDEV, 20000);
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	/* the rollout proceeds and the devices update by polling */
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
 	for (int i = 0; i < NDEV; i++) {
@@ -561,7 +551,7 @@ static void wrong_broker_password_is_a_clear_error_and_otacd_keeps_running(void 
 	/* the rollout still runs: a device on polling gets the release */
 	device_start(&e, 0, NULL);
 	wait_devices_on(&e, "1.0.0", 1, 20000);
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	wait_devices_on(&e, "1.1.0", 1, 60000);
 	env_stop(&e);
 	broker_stop(&b);
