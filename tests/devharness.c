@@ -146,3 +146,21 @@ int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what)
 	free(path);
 	return v;
 }
+
+void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...)
+{
+	struct buf out = BUF_INIT, cfg = BUF_INIT;
+	va_list ap;
+
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -out key.pub", d->dir), 0);
+	buf_printf(&cfg, "keys:\n  test: { spec: %s/key.pem }\n", d->dir);
+	va_start(ap, fmt);
+	buf_vprintf(&cfg, fmt, ap);
+	va_end(ap);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg.ptr, cfg.len, 0600), 0);
+	assert_int_equal(h_start(d, args), 0);
+	buf_release(&cfg);
+	buf_release(&out);
+}

@@ -45,4 +45,9 @@ int64_t dh_release_of(struct daemon *d, int64_t run);
  * from GET /api/v1/releases/ID/rollout (fails the test unless 200). */
 int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what);
 
+/* In d->dir (after h_init): make the P-256 release key key.pem (and
+ * key.pub), write config.yml = "keys: test: key.pem" plus the printf-style
+ * rest, and h_start otacd with args (fails the test on an error). */
+void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...) OTA_PRINTF(3, 4);
+
 #endif

@@ -938,18 +938,12 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
-	char *cfg;
 	int64_t run;
 
 	h_init(&e->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub"
-				    " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
+	dh_start_signing(&e->d, args, "poll_interval: 1s\n%s", extra_cfg ? extra_cfg : "");
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
 				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n%s", e->d.dir, extra_cfg ? extra_cfg : "");
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
 	e->cred = h_register_devices(&e->d, prefix, n);
 	e->n = n;
 	/* the factory image */
@@ -957,7 +951,6 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 	run = h_trigger(&e->d, y);
 	e->release = dh_release_of(&e->d, run);
 	assert_true(e->release > 0);
-	free(cfg);
 	buf_release(&out);
 }
 

@@ -242,22 +242,15 @@ static void rig_start(struct rig *r, const char *prefix, int n)
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
-	char *cfg;
 
 	memset(r, 0, sizeof(*r));
 	h_init(&r->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", r->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n", r->d.dir);
-	r->d.config = xasprintf("%s/config.yml", r->d.dir);
-	assert_int_equal(ota_write_file_atomic(r->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&r->d, args), 0);
+	dh_start_signing(&r->d, args, "poll_interval: 1s\n");
 	r->cred = h_register_devices(&r->d, prefix, n);
 	r->n = n;
 	r->factory = dh_factory_image(r->d.dir, "key", -1);
 	r->release = dh_release_of(&r->d, h_trigger(&r->d, y));
 	assert_true(r->release > 0);
-	free(cfg);
 	buf_release(&out);
 }
 

@@ -406,17 +406,10 @@ static void world_start(struct world *w, const char *extra_config)
 {
 	const char *const args[] = { "--local-agents", "2", "--time-scale", scale(), NULL };
 	struct buf out = BUF_INIT;
-	char *cfg;
 
 	h_init(&w->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", w->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n%s", w->d.dir, extra_config ? extra_config : "");
-	w->d.config = xasprintf("%s/config.yml", w->d.dir);
-	assert_int_equal(ota_write_file_atomic(w->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&w->d, args), 0);
+	dh_start_signing(&w->d, args, "%s", extra_config ? extra_config : "");
 	w->stats = xasprintf("%s/stats.json", w->d.dir);
-	free(cfg);
 	buf_release(&out);
 }
 

@@ -444,15 +444,9 @@ static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *u
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
-	char *cfg;
 	json_t *ans = NULL, *image;
 
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n%s", e->d.dir, extra_cfg);
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
+	dh_start_signing(&e->d, args, "poll_interval: 1s\n%s", extra_cfg);
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
 	e->factory = dh_factory_image(e->d.dir, "key", -1);
@@ -480,7 +474,6 @@ static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *u
 	e->size = json_integer_value(json_object_get(image, "size"));
 	assert_true(e->size > 40000);
 	json_decref(ans);
-	free(cfg);
 	buf_release(&out);
 }
 

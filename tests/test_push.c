@@ -214,18 +214,11 @@ static void env_start(struct env *e, int n, const char *extra_cfg)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
 	struct buf out = BUF_INIT;
-	char *cfg;
 
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n%s", e->d.dir, extra_cfg);
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
+	dh_start_signing(&e->d, args, "%s", extra_cfg);
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
 	e->factory = dh_factory_image(e->d.dir, "key", -1);
-	free(cfg);
 	buf_release(&out);
 }
 
