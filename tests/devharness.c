@@ -22,6 +22,15 @@
 #include "../orchestrator/mcuboot.h"
 #include "harness.h"
 
+const char dh_fw_release_yaml[] = "name: fw\nstages:\n"
+	"  - name: build\n"
+	"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
+	"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+	"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
+	"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+	"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+	"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+
 pid_t dh_spawn(const char *log, char *const argv[])
 {
 	pid_t pid = fork();

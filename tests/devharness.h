@@ -50,4 +50,9 @@ int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what);
  * rest, and h_start otacd with args (fails the test on an error). */
 void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...) OTA_PRINTF(3, 4);
 
+/* Pipeline fw: builds app.bin ("fw 1.1.0" + 40000 random bytes, hardware
+ * mps2-an385), releases it as 1.1.0 (security counter 1, key test) and
+ * rolls it out to 100 %, held (the boots gate needs 1000 devices). */
+extern const char dh_fw_release_yaml[];
+
 #endif

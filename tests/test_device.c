@@ -929,14 +929,6 @@ static struct e2e fleet;
 static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
 	int64_t run;
 
@@ -948,7 +940,7 @@ static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trus
 	e->n = n;
 	/* the factory image */
 	e->factory = dh_factory_image(e->d.dir, trusted, -1);
-	run = h_trigger(&e->d, y);
+	run = h_trigger(&e->d, dh_fw_release_yaml);
 	e->release = dh_release_of(&e->d, run);
 	assert_true(e->release > 0);
 	buf_release(&out);

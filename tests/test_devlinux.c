@@ -233,14 +233,6 @@ struct rig {
 static void rig_start(struct rig *r, const char *prefix, int n)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
 
 	memset(r, 0, sizeof(*r));
@@ -249,7 +241,7 @@ static void rig_start(struct rig *r, const char *prefix, int n)
 	r->cred = h_register_devices(&r->d, prefix, n);
 	r->n = n;
 	r->factory = dh_factory_image(r->d.dir, "key", -1);
-	r->release = dh_release_of(&r->d, h_trigger(&r->d, y));
+	r->release = dh_release_of(&r->d, h_trigger(&r->d, dh_fw_release_yaml));
 	assert_true(r->release > 0);
 	buf_release(&out);
 }

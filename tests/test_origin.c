@@ -435,14 +435,6 @@ struct e2e {
 static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *url_prefix)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct buf out = BUF_INIT;
 	json_t *ans = NULL, *image;
 
@@ -450,7 +442,7 @@ static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *u
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
 	e->factory = dh_factory_image(e->d.dir, "key", -1);
-	e->release = dh_release_of(&e->d, h_trigger(&e->d, y));
+	e->release = dh_release_of(&e->d, h_trigger(&e->d, dh_fw_release_yaml));
 	assert_true(e->release > 0);
 	/* the offer device 0 gets */
 	for (int waited = 0; waited < 30000; waited += 200) {
