@@ -36,6 +36,7 @@
 #include "../device/otadev.h"
 #include "../orchestrator/mcuboot.h"
 #include "../common/httpc.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define SLOT (64 * 1024)
@@ -922,68 +923,26 @@ struct e2e {
 
 static struct e2e fleet;
 
-static int64_t e2e_release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
  * signed with trusted (the device's key); release 1.1.0 of fw signed with
  * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
 static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
 	int64_t run;
 
 	h_init(&e->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub"
-				    " && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
+	dh_start_signing(&e->d, args, "poll_interval: 1s\n%s", extra_cfg ? extra_cfg : "");
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
 				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n%s", e->d.dir, extra_cfg ? extra_cfg : "");
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
 	e->cred = h_register_devices(&e->d, prefix, n);
 	e->n = n;
 	/* the factory image */
-	path = xasprintf("%s/%s.pem", e->d.dir, trusted);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	e->factory = xasprintf("%s/factory.img", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
-	run = h_trigger(&e->d, y);
-	e->release = e2e_release_of(&e->d, run);
+	e->factory = dh_factory_image(e->d.dir, trusted, -1);
+	run = h_trigger(&e->d, dh_fw_release_yaml);
+	e->release = dh_release_of(&e->d, run);
 	assert_true(e->release > 0);
-	free(cfg);
 	buf_release(&out);
 }
 
@@ -1028,77 +987,6 @@ static char *device_setup(struct e2e *e, const char *prefix, int i, const char *
 	return conf;
 }
 
-/* The device's life: boot (the simulated MCUboot), run, on exit 10 again. */
-static pid_t device_loop(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
-	char *log = xasprintf("%s.log", conf);
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	free(bin);
-	free(script);
-	free(log);
-	return pid;
-}
-
-static void loop_stop(pid_t pid)
-{
-	int st;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
-
-static json_t *device_status(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	struct buf out = BUF_INIT;
-	json_t *j;
-	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, conf), 0);
-	j = json_loads(buf_cstr(&out), 0, NULL);
-	assert_non_null(j);
-	free(bin);
-	buf_release(&out);
-	return j;
-}
-
-static const char *js(json_t *o, const char *path1, const char *path2)
-{
-	json_t *x = json_object_get(o, path1);
-	if (path2)
-		x = json_object_get(x, path2);
-	return json_is_string(x) ? json_string_value(x) : "";
-}
-
-static int64_t ji(json_t *o, const char *path1, const char *path2)
-{
-	json_t *x = json_object_get(o, path1);
-	if (path2)
-		x = json_object_get(x, path2);
-	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
-}
-
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
-	return v;
-}
-
 #define E2E_DEVICES 3
 
 static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
@@ -1111,9 +999,9 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	e2e_start(e, "dev", E2E_DEVICES, "key", NULL);
 	for (int i = 0; i < E2E_DEVICES; i++) {
 		conf[i] = device_setup(e, "dev", i, "key", "true");
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
 	     waited += 200)
 		h_msleep(200);
 	assert_int_equal(ok, E2E_DEVICES);
@@ -1134,23 +1022,23 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	}
 	for (int i = 0; i < E2E_DEVICES; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), "1.1.0");
-		assert_string_equal(js(s, "phase", NULL), "idle");
-		assert_int_equal(ji(s, "security_counter", NULL), 1);
-		assert_int_equal(ji(s, "primary", "valid"), 1);
-		assert_string_equal(js(s, "primary", "version"), "1.1.0");
-		assert_int_equal(ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
-		assert_true(ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
-		assert_true(ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
+		assert_string_equal(dh_js(s, "phase", NULL), "idle");
+		assert_int_equal(dh_ji(s, "security_counter", NULL), 1);
+		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+		assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
+		assert_int_equal(dh_ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
+		assert_true(dh_ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
+		assert_true(dh_ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
-	assert_int_equal(fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
-	assert_int_equal(fleet_count(&e->d, e->release, "reverted"), 0);
-	assert_int_equal(fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
 }
 
 static int torture_cycles(void)
@@ -1204,9 +1092,9 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 				kills++;
 				/* where the cut landed: the record's phase (idle with the
 				 * update not begun or already done counts as idle) */
-				s = device_status(conf);
+				s = dh_device_status(NULL, conf);
 				for (int p = 0; p <= OTADEV_TESTING; p++)
-					if (!strcmp(js(s, "phase", NULL), otadev_phase_name(p)))
+					if (!strcmp(dh_js(s, "phase", NULL), otadev_phase_name(p)))
 						at[p]++;
 				json_decref(s);
 			} else {
@@ -1215,18 +1103,18 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 			/* the reboot: MCUboot's decision; a valid primary image must remain */
 			buf_clear(&out);
 			assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
-			s = device_status(conf);
-			assert_int_equal(ji(s, "primary", "valid"), 1);
-			if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
-				assert_int_equal(ji(s, "secondary", "valid"), 1);
-			assert_true(ji(s, "security_counter", NULL) <= 1);
-			if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "queued", NULL) == 0 && ji(s, "record", NULL)) {
-				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
-					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+			s = dh_device_status(NULL, conf);
+			assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+			if (dh_ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
+				assert_int_equal(dh_ji(s, "secondary", "valid"), 1);
+			assert_true(dh_ji(s, "security_counter", NULL) <= 1);
+			if (!strcmp(dh_js(s, "phase", NULL), "idle") && dh_ji(s, "queued", NULL) == 0 && dh_ji(s, "record", NULL)) {
+				if (!strcmp(dh_js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 					landed++;
 					done = 1;
-				} else if (ji(s, "refused_image", NULL)) {
-					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+				} else if (dh_ji(s, "refused_image", NULL)) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 					reverted++;
 					done = 1;
 				}
@@ -1267,14 +1155,14 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	e2e_start(&e, "rev", 2, "other", NULL);
 	for (int i = 0; i < 2; i++) {
 		conf[i] = device_setup(&e, "rev", i, "other", NULL);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
 	/* both check in, are offered 1.1.0, fetch it, and refuse it */
 	for (int waited = 0; waited < 30000; waited += 200) {
 		int refused = 0;
 		for (int i = 0; i < 2; i++) {
-			json_t *s = device_status(conf[i]);
-			refused += (int)ji(s, "refused_image", NULL) && ji(s, "queued", NULL) == 0;
+			json_t *s = dh_device_status(NULL, conf[i]);
+			refused += (int)dh_ji(s, "refused_image", NULL) && dh_ji(s, "queued", NULL) == 0;
 			json_decref(s);
 		}
 		if (refused == 2)
@@ -1284,23 +1172,23 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	h_msleep(1500);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		if (strcmp(js(s, "version", NULL), "1.0.0")) {
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		if (strcmp(dh_js(s, "version", NULL), "1.0.0")) {
 			struct buf out = BUF_INIT;
 			h_sh(&out, "cat %s.log; %s", conf[i], json_dumps(s, 0));
 			print_message("%s\n", buf_cstr(&out));
 		}
-		assert_int_equal(ji(s, "refused_image", NULL), 1);
-		assert_string_equal(js(s, "version", NULL), "1.0.0");
-		assert_string_equal(js(s, "primary", "version"), "1.0.0");
-		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);
+		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
+		assert_true(dh_ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_true(fleet_count(&e.d, e.release, "offered") >= 2);
-	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), 0);
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
+	assert_true(dh_fleet_count(&e.d, e.release, "offered") >= 2);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
 	e2e_stop(&e);
 }
 
@@ -1318,24 +1206,24 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 	e2e_start(&e, "bad", 2, "key", NULL);
 	for (int i = 0; i < 2; i++) {
 		conf[i] = device_setup(&e, "bad", i, "key", "false");
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (reverted = fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
+	for (int waited = 0; waited < 60000 && (reverted = dh_fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
 		h_msleep(200);
 	assert_int_equal(reverted, 2);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), "1.0.0");
-		assert_string_equal(js(s, "primary", "version"), "1.0.0");
-		assert_int_equal(ji(s, "primary", "valid"), 1);
-		assert_int_equal(ji(s, "refused_image", NULL), 1);   /* not taken again */
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
+		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);   /* not taken again */
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 2);
-	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 2);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
 	e2e_stop(&e);
 }
 
@@ -1400,21 +1288,21 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		buf_clear(&out);
 		assert_int_equal(h_sh(&out, "printf '%%s' '%s' >> %s", more, conf[i]), 0);
 		free(more);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
 		h_msleep(200);
 	assert_int_equal(ok, 1);
 	h_msleep(1000);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
-		loop_stop(pids[i]);
-		s = device_status(conf[i]);
-		assert_string_equal(js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
+		dh_stop(pids[i]);
+		s = dh_device_status(NULL, conf[i]);
+		assert_string_equal(dh_js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
 		json_decref(s);
 		free(conf[i]);
 	}
-	assert_int_equal(fleet_count(&e.d, e.release, "offered"), 1);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "offered"), 1);
 	e2e_stop(&e);
 	h_sh(&out, "rm -rf '%s'", pki);
 	buf_release(&out);

@@ -38,6 +38,7 @@
 #include "../device/linux/slot.h"
 #include "../device/linux/uboot.h"
 #include "../orchestrator/mcuboot.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
@@ -227,63 +228,21 @@ struct rig {
 	int64_t release;
 };
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with release 1.1.0 (signed with key.pem, counter 1) rolled out to
  * 100 %; a factory image 1.0.0 signed with the same key. */
 static void rig_start(struct rig *r, const char *prefix, int n)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
 
 	memset(r, 0, sizeof(*r));
 	h_init(&r->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", r->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n", r->d.dir);
-	r->d.config = xasprintf("%s/config.yml", r->d.dir);
-	assert_int_equal(ota_write_file_atomic(r->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&r->d, args), 0);
+	dh_start_signing(&r->d, args, "poll_interval: 1s\n");
 	r->cred = h_register_devices(&r->d, prefix, n);
 	r->n = n;
-	path = xasprintf("%s/key.pem", r->d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	r->factory = xasprintf("%s/factory.img", r->d.dir);
-	assert_int_equal(ota_write_file_atomic(r->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
-	r->release = release_of(&r->d, h_trigger(&r->d, y));
+	r->factory = dh_factory_image(r->d.dir, "key", -1);
+	r->release = dh_release_of(&r->d, h_trigger(&r->d, dh_fw_release_yaml));
 	assert_true(r->release > 0);
-	free(cfg);
 	buf_release(&out);
 }
 
@@ -398,41 +357,13 @@ static int e2e_teardown(void **state)
 
 static json_t *udev_status(const struct udev *u)
 {
-	char *bin = h_bin("otacd-device");
-	struct buf out = BUF_INIT;
-	json_t *j;
-	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, u->conf), 0);
-	j = json_loads(buf_cstr(&out), 0, NULL);
-	assert_non_null(j);
-	free(bin);
-	buf_release(&out);
-	return j;
-}
-
-static const char *js(json_t *o, const char *a, const char *b)
-{
-	json_t *x = json_object_get(o, a);
-	if (b)
-		x = json_object_get(x, b);
-	return json_is_string(x) ? json_string_value(x) : "";
-}
-
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
-	return v;
+	return dh_device_status(NULL, u->conf);
 }
 
 static int64_t wait_count(struct rig *r, const char *what, int64_t want)
 {
 	int64_t v = 0;
-	for (int waited = 0; waited < 60000 && (v = fleet_count(&r->d, r->release, what)) < want; waited += 200)
+	for (int waited = 0; waited < 60000 && (v = dh_fleet_count(&r->d, r->release, what)) < want; waited += 200)
 		h_msleep(200);
 	return v;
 }
@@ -475,15 +406,15 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 	assert_true(count_lines(u.log, "boot b") >= 1);
 	assert_int_equal(count_lines(u.log, "altboot a") + count_lines(u.log, "altboot b"), 0);
 	s = udev_status(&u);   /* booted b: the core's slot 0 is b */
-	assert_string_equal(js(s, "boot", NULL), "uboot: booted b");
-	assert_string_equal(js(s, "version", NULL), "1.1.0");
-	assert_string_equal(js(s, "phase", NULL), "idle");
-	assert_string_equal(js(s, "primary", "version"), "1.1.0");
+	assert_string_equal(dh_js(s, "boot", NULL), "uboot: booted b");
+	assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
+	assert_string_equal(dh_js(s, "phase", NULL), "idle");
+	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	assert_true(json_is_true(json_object_get(json_object_get(s, "primary"), "valid")));
 	json_decref(s);
-	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 1);
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 1);
-	assert_int_equal(fleet_count(&r->d, r->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "downloads"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
 	udev_free(&u);
 	rig_stop(r);
 }
@@ -509,12 +440,12 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 	assert_env(u.fw_conf, "otacd_slot", "a");
 	assert_env(u.fw_conf, "upgrade_available", "0");
 	s = udev_status(&u);
-	assert_string_equal(js(s, "version", NULL), "1.0.0");
-	assert_string_equal(js(s, "primary", "version"), "1.0.0");
+	assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+	assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 	assert_true(json_is_true(json_object_get(s, "refused_image")));
 	json_decref(s);
-	assert_int_equal(fleet_count(&r->d, r->release, "confirmed"), 0);
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 1);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
 	udev_free(&u);
 	rig_stop(r);
 }
@@ -546,7 +477,7 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 	assert_int_equal(h_sh(&out, "echo 'otacd.slot=a' > %s && echo 'uboot_slot_var = -f' >> %s && %s -c %s check",
 			      u.cmdline, u.conf, bin, u.conf), 1);
 	assert_non_null(strstr(buf_cstr(&out), "uboot_slot_var"));
-	assert_int_equal(fleet_count(&r->d, r->release, "downloads"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "downloads"), 0);
 	free(before);
 	free(after);
 	free(env0);
@@ -576,12 +507,12 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 		udev_setup(&u, r, i, "true", 3, 0, NULL, NULL);
 		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
 		s = udev_status(&u);
-		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		assert_string_equal(dh_js(s, "phase", NULL), "rebooting");
 		json_decref(s);
 		assert_int_equal(h_sh(&out, "timeout 60 %s -c %s run", bin, u.conf), 10);
 		assert_non_null(strstr(buf_cstr(&out), "test boot still pending"));
 		s = udev_status(&u);
-		assert_string_equal(js(s, "phase", NULL), "rebooting");
+		assert_string_equal(dh_js(s, "phase", NULL), "rebooting");
 		assert_false(json_is_true(json_object_get(s, "refused_image")));
 		json_decref(s);
 		if (!u.mcuboot)
@@ -591,8 +522,8 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 		loop_stop(pid);
 		udev_free(&u);
 	}
-	assert_int_equal(fleet_count(&r->d, r->release, "installs"), 2);
-	assert_int_equal(fleet_count(&r->d, r->release, "reverted"), 0);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 2);
+	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
 	rig_stop(r);
 	free(bin);
 	buf_release(&out);
@@ -656,15 +587,15 @@ static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state
 					assert_true(json_is_true(json_object_get(json_object_get(s, "secondary"), "valid")));
 				free(ua);
 			}
-			if (!strcmp(js(s, "phase", NULL), "idle") &&
+			if (!strcmp(dh_js(s, "phase", NULL), "idle") &&
 			    json_integer_value(json_object_get(s, "queued")) == 0 &&
 			    json_is_true(json_object_get(s, "record"))) {
-				if (!strcmp(js(s, "version", NULL), "1.1.0")) {
-					assert_string_equal(js(s, "primary", "version"), "1.1.0");
+				if (!strcmp(dh_js(s, "version", NULL), "1.1.0")) {
+					assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 					landed++;
 					done = 1;
 				} else if (json_is_true(json_object_get(s, "refused_image"))) {
-					assert_string_equal(js(s, "primary", "version"), "1.0.0");
+					assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 					reverted++;
 					done = 1;
 				}
@@ -757,7 +688,7 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 		if (!v)
 			assert_env(u.fw_conf, "otacd_slot", "b");
 		s = udev_status(&u);
-		assert_string_equal(js(s, "primary", "version"), "1.1.0");
+		assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 		json_decref(s);
 		/* on the medium: the image otacd served is in b (U-Boot) or, after
 		 * the swap, in a (MCUboot); the factory image in the other */

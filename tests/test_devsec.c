@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "../common/httpc.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* ---- device-side helpers ------------------------------------------------ */
@@ -405,17 +406,10 @@ static void world_start(struct world *w, const char *extra_config)
 {
 	const char *const args[] = { "--local-agents", "2", "--time-scale", scale(), NULL };
 	struct buf out = BUF_INIT;
-	char *cfg;
 
 	h_init(&w->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", w->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n%s", w->d.dir, extra_config ? extra_config : "");
-	w->d.config = xasprintf("%s/config.yml", w->d.dir);
-	assert_int_equal(ota_write_file_atomic(w->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&w->d, args), 0);
+	dh_start_signing(&w->d, args, "%s", extra_config ? extra_config : "");
 	w->stats = xasprintf("%s/stats.json", w->d.dir);
-	free(cfg);
 	buf_release(&out);
 }
 
@@ -465,16 +459,6 @@ static char *pipeline(const char *name, const char *version, const char *stages,
 			 name, name, version, version, stages, gates);
 }
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 static void wait_rolling(struct daemon *d, int64_t rel)
 {
 	char *sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'", (long long)rel);
@@ -520,7 +504,7 @@ static void image_is_served_only_to_devices_it_was_offered(void **state)
 		assert_int_equal(checkin(&w.d, id, c[i], i < 50 ? "fw" : "other", "1.0.0", NULL, NULL), 200);
 	}
 	run = h_trigger(&w.d, y);
-	rel = release_of(&w.d, run);
+	rel = dh_release_of(&w.d, run);
 	assert_true(rel > 0);
 	wait_rolling(&w.d, rel);
 	for (int i = 0; i < 50; i++) {
@@ -622,7 +606,7 @@ static const char *hostile_until_done(struct world *w, int64_t run, char **creds
 		st = json_string_value(json_object_get(r, "state"));
 		if (st && (!strcmp(st, "passed") || !strcmp(st, "failed") || !strcmp(st, "canceled"))) {
 			json_t *ro = NULL;
-			char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release_of(&w->d, run));
+			char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)dh_release_of(&w->d, run));
 			free(last_rollout);
 			last_rollout = NULL;
 			if (h_get(&w->d, path, &ro) == 200)

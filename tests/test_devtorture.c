@@ -55,6 +55,7 @@
 #include "../orchestrator/pki.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/provenance.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
@@ -464,33 +465,6 @@ static char *offer_json(int64_t release, const char *version, int counter, const
 
 /* ---- the device ------------------------------------------------------------------------ */
 
-static json_t *device_status(const char *bin, const char *conf)
-{
-	struct buf out = BUF_INIT;
-	json_t *j;
-	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin, conf), 0);
-	j = json_loads(buf_cstr(&out), 0, NULL);
-	assert_non_null(j);
-	buf_release(&out);
-	return j;
-}
-
-static const char *js(json_t *o, const char *k1, const char *k2)
-{
-	json_t *x = json_object_get(o, k1);
-	if (k2)
-		x = json_object_get(x, k2);
-	return json_is_string(x) ? json_string_value(x) : "";
-}
-
-static int64_t ji(json_t *o, const char *k1, const char *k2)
-{
-	json_t *x = json_object_get(o, k1);
-	if (k2)
-		x = json_object_get(x, k2);
-	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
-}
-
 static int torture_cycles(void)
 {
 	const char *s = getenv("OTADEV_TORTURE_CYCLES");
@@ -541,7 +515,7 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 		json_t *s;
 
 		if (attempt == 150) {
-			s = device_status(bin, conf);
+			s = dh_device_status(bin, conf);
 			h_sh(&out, "cat %s", log);
 			print_error("%s: not settled: %s\n%s\n", mode_name[mode], json_dumps(s, 0), buf_cstr(&out));
 		}
@@ -559,11 +533,11 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			kill(pid, SIGKILL);
 			waitpid(pid, &st, 0);
 			t->kills++;
-			s = device_status(bin, conf);
+			s = dh_device_status(bin, conf);
 			for (int p = 0; p <= OTADEV_TESTING; p++)
-				if (!strcmp(js(s, "phase", NULL), phase_name[p]))
+				if (!strcmp(dh_js(s, "phase", NULL), phase_name[p]))
 					t->at[p]++;
-			if (mode != M_GOOD && !strcmp(js(s, "phase", NULL), "installing"))
+			if (mode != M_GOOD && !strcmp(dh_js(s, "phase", NULL), "installing"))
 				t->bad_at_install++;
 			json_decref(s);
 		} else {
@@ -571,38 +545,38 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 		}
 		/* the reboot: MCUboot's decision; then the invariants */
 		assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
-		s = device_status(bin, conf);
-		assert_int_equal(ji(s, "primary", "valid"), 1);
-		if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
-			assert_int_equal(ji(s, "secondary", "valid"), 1);
+		s = dh_device_status(bin, conf);
+		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
+		if (dh_ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
+			assert_int_equal(dh_ji(s, "secondary", "valid"), 1);
 		if (mode != M_GOOD) {
 			/* a bad image is never marked bootable: no pending magic, the
 			 * record never got past verification, 1.0.0 keeps running */
-			if (ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD || !strcmp(js(s, "phase", NULL), "rebooting") ||
-			    !strcmp(js(s, "phase", NULL), "testing") || strcmp(js(s, "primary", "version"), "1.0.0") ||
-			    (ji(s, "record", NULL) && strcmp(js(s, "version", NULL), "1.0.0"))) {
+			if (dh_ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD || !strcmp(dh_js(s, "phase", NULL), "rebooting") ||
+			    !strcmp(dh_js(s, "phase", NULL), "testing") || strcmp(dh_js(s, "primary", "version"), "1.0.0") ||
+			    (dh_ji(s, "record", NULL) && strcmp(dh_js(s, "version", NULL), "1.0.0"))) {
 				h_sh(&out, "cat %s", log);
 				print_error("%s: %s\n%s\n", mode_name[mode], json_dumps(s, 0), buf_cstr(&out));
 			}
-			assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
-			assert_string_not_equal(js(s, "phase", NULL), "rebooting");
-			assert_string_not_equal(js(s, "phase", NULL), "testing");
-			assert_string_equal(js(s, "primary", "version"), "1.0.0");
-			if (ji(s, "record", NULL)) {
-				assert_string_equal(js(s, "version", NULL), "1.0.0");
+			assert_true(dh_ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+			assert_string_not_equal(dh_js(s, "phase", NULL), "rebooting");
+			assert_string_not_equal(dh_js(s, "phase", NULL), "testing");
+			assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
+			if (dh_ji(s, "record", NULL)) {
+				assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
 				/* nor was it ever recorded as verified */
-				assert_string_equal(js(s, "new_hash", NULL),
+				assert_string_equal(dh_js(s, "new_hash", NULL),
 						    "0000000000000000000000000000000000000000000000000000000000000000");
 			}
 		}
-		if (!strcmp(js(s, "phase", NULL), "idle") && ji(s, "record", NULL)) {
-			if (mode == M_GOOD && !strcmp(js(s, "version", NULL), good_version)) {
-				assert_string_equal(js(s, "primary", "version"), good_version);
+		if (!strcmp(dh_js(s, "phase", NULL), "idle") && dh_ji(s, "record", NULL)) {
+			if (mode == M_GOOD && !strcmp(dh_js(s, "version", NULL), good_version)) {
+				assert_string_equal(dh_js(s, "primary", "version"), good_version);
 				t->landed++;
 				done = 1;
-			} else if (ji(s, "refused_image", NULL) && (factory || mode == M_GOOD ||
+			} else if (dh_ji(s, "refused_image", NULL) && (factory || mode == M_GOOD ||
 								     grep_count(log, mode_why[mode]) > 0)) {
-				assert_string_equal(js(s, "primary", "version"), "1.0.0");
+				assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
 				if (mode == M_GOOD) {
 					/* only the bootloader's revert (a kill in the test
 					 * boot) may leave a good image unconfirmed */
@@ -645,14 +619,11 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	struct daemon d;
 	struct mirror m;
 	struct rel r_old, r_hw, r_main, r_b;
-	struct buf out = BUF_INIT, trunc = BUF_INIT, img = BUF_INIT;
+	struct buf out = BUF_INIT, trunc = BUF_INIT;
 	struct tally t;
-	struct mcuboot_sign_opts o;
 	char *cfg, *bin = h_bin("otacd-device"), *otactl = h_bin("otactl"), *dir, *conf, *factory, **cred, ida[65];
 	int cycles = torture_cycles();
 	unsigned seed = 4242;
-	EVP_PKEY *k;
-	FILE *f;
 
 	(void)state;
 	memset(&t, 0, sizeof(t));
@@ -684,24 +655,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	release(&d, &r_main, "1.1.0", HW, 1, "a", 1);
 
 	/* the factory image 1.0.0, counter 1, signed by a */
-	{
-		char *p = xasprintf("%s/a.pem", d.dir);
-		f = fopen(p, "r");
-		free(p);
-	}
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	o.has_security_counter = 1;
-	o.security_counter = 1;
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	factory = xasprintf("%s/factory.img", d.dir);
-	assert_int_equal(ota_write_file_atomic(factory, img.ptr, img.len, 0600), 0);
+	factory = dh_factory_image(d.dir, "a", 1);
 
 	/* the mirror, and what it serves on its own */
 	mirror_start(&m, d.device_url);
@@ -796,17 +750,17 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		}
 		for (int waited = 0; waited < 20000 && installing < 8; waited += 250) {
 			h_msleep(250);
-			s = device_status(bin, conf);
-			installing = !strcmp(js(s, "phase", NULL), "installing") ? installing + 1 : 0;
+			s = dh_device_status(bin, conf);
+			installing = !strcmp(dh_js(s, "phase", NULL), "installing") ? installing + 1 : 0;
 			json_decref(s);
 		}
 		kill(pid, SIGKILL);
 		waitpid(pid, &st, 0);
-		s = device_status(bin, conf);
+		s = dh_device_status(bin, conf);
 		assert_int_equal(installing, 8);   /* two seconds and more, still waiting */
-		assert_string_equal(js(s, "phase", NULL), "installing");
-		assert_int_equal(ji(s, "refused_image", NULL), 0);
-		assert_true(ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
+		assert_string_equal(dh_js(s, "phase", NULL), "installing");
+		assert_int_equal(dh_ji(s, "refused_image", NULL), 0);
+		assert_true(dh_ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
 		json_decref(s);
 		mirror_drop_last(&m);
 		cycle(bin, conf, dir, NULL, M_REVOKED, "", &seed, &t);
@@ -859,7 +813,6 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	free(cred);
 	buf_release(&out);
 	buf_release(&trunc);
-	buf_release(&img);
 	buf_release(&r_old.image);
 	buf_release(&r_old.envelope);
 	buf_release(&r_hw.image);

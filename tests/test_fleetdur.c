@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "../common/httpc.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* ---- device-side helpers ------------------------------------------------ */
@@ -218,16 +219,6 @@ static void read_counts(struct daemon *d, int64_t rel, struct counts *out)
 	free(path);
 }
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 static void counters_never_go_backwards_across_kills(void **state)
 {
 	const char *const args[] = { "--local-agents", "1", "--time-scale", "3600", NULL };
@@ -264,7 +255,7 @@ static void counters_never_go_backwards_across_kills(void **state)
 		assert_int_equal(checkin(&d, id, c[i], "1.0.0", NULL), 200);
 	}
 	run = h_trigger(&d, y);
-	rel = release_of(&d, run);
+	rel = dh_release_of(&d, run);
 	assert_true(rel > 0);
 	{
 		char *sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'",

@@ -29,36 +29,13 @@
 #include "../orchestrator/artifact.h"
 #include "../orchestrator/artifact/origin.h"
 #include "../orchestrator/mcuboot.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
 #define TOKEN "cdn-pull-token-0123456789abcdef"
 
 /* ---- helpers: child processes ------------------------------------------- */
-
-static pid_t spawn(const char *log, char *const argv[])
-{
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	return pid;
-}
-
-static void stop(pid_t pid)
-{
-	int st;
-	if (pid <= 0)
-		return;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
 
 static int port_of(const char *listen)
 {
@@ -137,7 +114,7 @@ static void s3_start(struct s3srv *s, const char *bin, const char *base)
 	{
 		char *argv[] = { (char *)bin, "-d", s->dir, "-a", "127.0.0.1", "-p", port, "--configure-bucket", "otacd",
 				 "--silent", NULL };
-		s->pid = spawn(log, argv);
+		s->pid = dh_spawn(log, argv);
 	}
 	if (wait_http(port_of(listen)) < 0)
 		fail_msg("s3rver did not start; see %s", log);
@@ -152,7 +129,7 @@ static void s3_start(struct s3srv *s, const char *bin, const char *base)
 
 static void s3_stop(struct s3srv *s)
 {
-	stop(s->pid);
+	dh_stop(s->pid);
 	free(s->dir);
 	free(s->endpoint);
 	free(s->creds);
@@ -453,59 +430,19 @@ struct e2e {
 	int64_t size;
 };
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* otacd with extra_cfg, n devices, release 1.1.0 at 100 %; e->sha and
  * e->size from device 0's offer, whose image URL must start with url_prefix. */
 static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *url_prefix)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	const char *y = "name: fw\nstages:\n"
-			"  - name: build\n"
-			"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
-			"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
-			"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
-			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
-			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
-			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
+	struct buf out = BUF_INIT;
 	json_t *ans = NULL, *image;
-	EVP_PKEY *k;
-	FILE *f;
 
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n%s", e->d.dir, extra_cfg);
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
+	dh_start_signing(&e->d, args, "poll_interval: 1s\n%s", extra_cfg);
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
-	path = xasprintf("%s/key.pem", e->d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	e->factory = xasprintf("%s/factory.img", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
-	e->release = release_of(&e->d, h_trigger(&e->d, y));
+	e->factory = dh_factory_image(e->d.dir, "key", -1);
+	e->release = dh_release_of(&e->d, h_trigger(&e->d, dh_fw_release_yaml));
 	assert_true(e->release > 0);
 	/* the offer device 0 gets */
 	for (int waited = 0; waited < 30000; waited += 200) {
@@ -529,7 +466,6 @@ static void e2e_start(struct e2e *e, int n, const char *extra_cfg, const char *u
 	e->size = json_integer_value(json_object_get(image, "size"));
 	assert_true(e->size > 40000);
 	json_decref(ans);
-	free(cfg);
 	buf_release(&out);
 }
 
@@ -565,20 +501,6 @@ static char *device_setup(struct e2e *e, int i)
 	return conf;
 }
 
-static pid_t device_loop(const char *conf)
-{
-	char *bin = h_bin("otacd-device");
-	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
-	char *log = xasprintf("%s.log", conf);
-	char *argv[] = { "/bin/sh", "-c", script, NULL };
-	pid_t pid = spawn(log, argv);
-	free(bin);
-	free(script);
-	free(log);
-	return pid;
-}
-
 static char *device_version(const char *conf)
 {
 	char *bin = h_bin("otacd-device");
@@ -592,18 +514,6 @@ static char *device_version(const char *conf)
 	json_decref(j);
 	free(bin);
 	buf_release(&out);
-	return v;
-}
-
-static int64_t fleet_count(struct daemon *d, int64_t release, const char *what)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t v;
-	assert_int_equal(h_get(d, path, &st), 200);
-	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
-	json_decref(st);
-	free(path);
 	return v;
 }
 
@@ -669,7 +579,7 @@ static void ngx_start(struct ngx *n, const char *bin, const char *base, const ch
 	log = xasprintf("%s/stderr.log", n->dir);
 	{
 		char *argv[] = { (char *)bin, "-p", n->dir, "-c", path, "-e", "stderr", NULL };
-		n->pid = spawn(log, argv);
+		n->pid = dh_spawn(log, argv);
 	}
 	if (wait_http(port_of(n->listen)) < 0)
 		fail_msg("nginx did not start; see %s", log);
@@ -681,7 +591,7 @@ static void ngx_start(struct ngx *n, const char *bin, const char *base, const ch
 
 static void ngx_stop(struct ngx *n)
 {
-	stop(n->pid);
+	dh_stop(n->pid);
 	free(n->dir);
 	free(n->listen);
 	memset(n, 0, sizeof(*n));
@@ -745,12 +655,12 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 
 	for (int i = 0; i < DEVICES; i++) {
 		conf[i] = device_setup(&e, i);
-		pids[i] = device_loop(conf[i]);
+		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
+	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < DEVICES; waited += 200)
 		h_msleep(200);
 	for (int i = 0; i < DEVICES; i++)
-		stop(pids[i]);
+		dh_stop(pids[i]);
 	assert_int_equal(ok, DEVICES);
 	for (int i = 0; i < DEVICES; i++) {
 		char *v = device_version(conf[i]);
@@ -778,7 +688,7 @@ static void cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges(v
 	assert_int_equal(image_bytes_served(&e.d), e.size);
 	assert_int_equal(count_lines(alog, " MISS "), 1);
 	assert_true(count_lines(alog, " HIT ") >= DEVICES);
-	assert_int_equal(fleet_count(&e.d, e.release, "downloads"), DEVICES);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), DEVICES);
 
 	ngx_stop(&n);
 	e2e_stop(&e);
@@ -822,7 +732,7 @@ static void altered_bytes_from_the_origin_are_refused_by_the_device(void **state
 	assert_int_equal(ota_write_file_atomic(file, img.ptr, img.len, 0644), 0);
 
 	conf = device_setup(&e, 0);
-	pid = device_loop(conf);
+	pid = dh_device_loop(conf);
 	log = xasprintf("%s.log", conf);
 	for (int waited = 0; waited < 60000 && !refused; waited += 300) {
 		refused = count_lines(log, "image digest does not match the offer") > 0;
@@ -830,12 +740,12 @@ static void altered_bytes_from_the_origin_are_refused_by_the_device(void **state
 			h_msleep(300);
 	}
 	h_msleep(500);
-	stop(pid);
+	dh_stop(pid);
 	assert_true(refused);
 	v = device_version(conf);
 	assert_string_equal(v, "1.0.0");   /* nothing marked bootable */
-	assert_int_equal(fleet_count(&e.d, e.release, "installs"), 0);
-	assert_int_equal(fleet_count(&e.d, e.release, "confirmed"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
+	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
 	/* the same fleet through fleetsim: refused as well */
 	{
 		char *fs = h_bin("otacd-fleetsim"), *stats = xasprintf("%s/stats.json", e.d.dir);

@@ -27,6 +27,7 @@
 #include "../fleetsim/trust.h"
 #include "../orchestrator/manifest.h"
 #include "../orchestrator/pki.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* ---- material, made with otactl and openssl -------------------------------- */
@@ -680,16 +681,6 @@ static char *fleet_pipeline(const char *version, int counter, const char *key, c
 			 version, version, counter, key, steps);
 }
 
-static int64_t release_of_run(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 static int64_t devices_on(struct daemon *d, int64_t release)
 {
 	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
@@ -773,7 +764,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 
 	/* 1.1.0 by key a reaches everyone */
 	y = fleet_pipeline("1.1.0", 1, "a", "{percent: 100, hold: 1h}");
-	r1 = release_of_run(&d, h_trigger(&d, y));
+	r1 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r1 > 0);
 	assert_int_equal(wait_devices_on(&d, r1, FLEET, 60000), FLEET);
@@ -781,7 +772,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	/* rotation: 1.2.0 by key b, which no device was told about: it
 	 * chains to the root they trust */
 	y = fleet_pipeline("1.2.0", 1, "b", "{percent: 100, hold: 1h}");
-	r2 = release_of_run(&d, h_trigger(&d, y));
+	r2 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r2 > 0);
 	assert_int_equal(wait_devices_on(&d, r2, FLEET, 60000), FLEET);
@@ -789,7 +780,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	/* 1.3.0, also by b, starts at 10 % and holds there */
 	y = fleet_pipeline("1.3.0", 1, "b", "{percent: 10, hold: 1000h}, {percent: 100, hold: 1h}");
 	run3 = h_trigger(&d, y);
-	r3 = release_of_run(&d, run3);
+	r3 = dh_release_of(&d, run3);
 	free(y);
 	assert_true(r3 > 0);
 	assert_true(wait_devices_on(&d, r3, FLEET / 20, 60000) >= FLEET / 20);
@@ -820,7 +811,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	/* recovery: the same code, re-signed with the fresh key c, reaches
 	 * every device; none is stuck (bricked) on the way */
 	y = fleet_pipeline("1.4.0", 1, "c", "{percent: 100, hold: 1h}");
-	r4 = release_of_run(&d, h_trigger(&d, y));
+	r4 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r4 > 0);
 	assert_int_equal(wait_devices_on(&d, r4, FLEET, 60000), FLEET);
@@ -935,14 +926,14 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 		free(prof);
 	}
 	y = fleet_pipeline("1.1.0", 1, "selfsigned", "{percent: 100, hold: 1h}");
-	r1 = release_of_run(&d, h_trigger(&d, y));
+	r1 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	/* the devices judged it before the next release supersedes it */
 	for (int waited = 0; !file_has(log, "IMAGE REFUSED") && waited < 30000; waited += 100)
 		h_msleep(100);
 	assert_true(file_has(log, "self-signed"));
 	y = fleet_pipeline("1.2.0", 1, "unslotted", "{percent: 100, hold: 1h}");
-	r2 = release_of_run(&d, h_trigger(&d, y));
+	r2 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r1 > 0 && r2 > 0);
 	h_msleep(10000); /* over one poll interval: every device was offered them */

@@ -32,42 +32,11 @@
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/push/push.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define HW "mps2-an385"
 #define OTACD_PW "otacd-broker-password-1"
-
-static pid_t spawn(const char *log, char *const argv[])
-{
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	return pid;
-}
-
-static void stop(pid_t pid)
-{
-	int st;
-	if (pid <= 0)
-		return;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
-}
-
-static int free_port(void)
-{
-	char *l = h_free_listen();
-	int port = atoi(strrchr(l, ':') + 1);
-	free(l);
-	return port;
-}
 
 static int tcp_up(int port)
 {
@@ -138,7 +107,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	char *path, *log;
 	b->dir = h_tmpdir();
 	if (!b->port)
-		b->port = free_port();
+		b->port = dh_free_port();
 	buf_printf(&conf, "listener %d 127.0.0.1\npersistence false\nuser %s\n", b->port, pw ? pw->pw_name : "root");
 	if (b->tls) {
 		const char *req = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
@@ -169,7 +138,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	log = xasprintf("%s/mosquitto.log", b->dir);
 	{
 		char *argv[] = { (char *)bin, "-c", path, NULL };
-		b->pid = spawn(log, argv);
+		b->pid = dh_spawn(log, argv);
 	}
 	for (int waited = 0; waited < 10000 && !tcp_up(b->port); waited += 50)
 		h_msleep(50);
@@ -183,7 +152,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 
 static void broker_stop(struct broker *b)
 {
-	stop(b->pid);
+	dh_stop(b->pid);
 	if (b->dir) {
 		struct buf out = BUF_INIT;
 		h_sh(&out, "rm -rf %s", b->dir);
@@ -244,42 +213,19 @@ static const char *pipeline_yaml =
 static void env_start(struct env *e, int n, const char *extra_cfg)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char *cfg, *path;
-	EVP_PKEY *k;
-	FILE *f;
+	struct buf out = BUF_INIT;
 
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -out key.pub", e->d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n%s", e->d.dir, extra_cfg);
-	e->d.config = xasprintf("%s/config.yml", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&e->d, args), 0);
+	dh_start_signing(&e->d, args, "%s", extra_cfg);
 	e->cred = h_register_devices(&e->d, "dev", n);
 	e->n = n;
-	path = xasprintf("%s/key.pem", e->d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	e->factory = xasprintf("%s/factory.img", e->d.dir);
-	assert_int_equal(ota_write_file_atomic(e->factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
-	free(cfg);
+	e->factory = dh_factory_image(e->d.dir, "key", -1);
 	buf_release(&out);
 }
 
 static void env_stop(struct env *e)
 {
 	for (int i = 0; i < e->n; i++) {
-		stop(e->pid[i]);
+		dh_stop(e->pid[i]);
 		free(e->conf[i]);
 		free(e->cred[i]);
 	}
@@ -300,21 +246,12 @@ static void device_start(struct env *e, int i, const char *mqtt)
 			       "state = %s/state\nkey = %s/key.pub\nslot_size = 65536\nsector_size = 4096\n"
 			       "health_check = true\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 1000\n%s",
 			       e->d.device_url, i, e->cred[i], dir, dir, dir, e->d.dir, mqtt ? mqtt : "");
-	char *script, *log;
 	struct buf out = BUF_INIT;
 	e->conf[i] = xasprintf("%s/device.conf", dir);
 	assert_int_equal(h_sh(&out, "mkdir -p %s && printf 'devpass-%d\\n' > %s/mqtt.pw", dir, i, dir), 0);
 	assert_int_equal(ota_write_file_atomic(e->conf[i], text, strlen(text), 0600), 0);
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, e->conf[i], e->factory), 0);
-	script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
-			   " [ $rc -eq 10 ] || exit $rc; done", bin, e->conf[i], bin, e->conf[i]);
-	log = xasprintf("%s.log", e->conf[i]);
-	{
-		char *argv[] = { "/bin/sh", "-c", script, NULL };
-		e->pid[i] = spawn(log, argv);
-	}
-	free(script);
-	free(log);
+	e->pid[i] = dh_device_loop(e->conf[i]);
 	free(dir);
 	free(bin);
 	free(text);
@@ -369,16 +306,6 @@ static int64_t metric(struct env *e, const char *name)
 	return v;
 }
 
-static int64_t release_of(struct daemon *d, int64_t run)
-{
-	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	int64_t id = 0;
-	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
-	free(sql);
-	return id;
-}
-
 /* ---- tests ----------------------------------------------------------------- */
 
 #define NDEV 3
@@ -417,7 +344,7 @@ static void push_rollout(int per_device_max, const char *topic, int tls)
 			h_msleep(100);
 		assert_int_equal(dev_log_count(&e, i, "push: subscribed"), 1);
 	}
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	t0 = now_s(); /* the release exists: its rollout's step opens now */
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
 	t1 = now_s();
@@ -482,7 +409,7 @@ static void push_over_tls_checks_the_brokers_certificate(void **state)
 static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 {
 	struct env e = { 0 };
-	int port = free_port(); /* nothing listens there */
+	int port = dh_free_port(); /* nothing listens there */
 	char *cfg;
 	(void)state;
 	h_init(&e.d, NULL);
@@ -494,7 +421,7 @@ static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 		free(mq);
 	}
 	wait_devices_on(&e, "1.0.0", NDEV, 20000);
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	/* the rollout proceeds and the devices update by polling */
 	wait_devices_on(&e, "1.1.0", NDEV, 60000);
 	for (int i = 0; i < NDEV; i++) {
@@ -530,7 +457,7 @@ static void hostile_messages_cause_at_most_an_early_check_in(void **state)
 	env_start(&e, 1, "poll_interval: 1h\n");
 	/* the device starts before its broker (a board that boots before the
 	 * network): it polls, and subscribes once the broker is up */
-	b.port = free_port();
+	b.port = dh_free_port();
 	{
 		char *mq = xasprintf("mqtt_url = mqtt://127.0.0.1:%d\nmqtt_window_ms = 1500\nmqtt_window_max_ms = 3000\n"
 				     "mqtt_payload_max = 256\n", b.port);
@@ -617,7 +544,7 @@ static void wrong_broker_password_is_a_clear_error_and_otacd_keeps_running(void 
 	/* the rollout still runs: a device on polling gets the release */
 	device_start(&e, 0, NULL);
 	wait_devices_on(&e, "1.0.0", 1, 20000);
-	assert_true(release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, pipeline_yaml)) > 0);
 	wait_devices_on(&e, "1.1.0", 1, 60000);
 	env_stop(&e);
 	broker_stop(&b);

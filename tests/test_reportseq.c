@@ -39,6 +39,7 @@
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_int.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* otacd's clock at 36000x: a real second is ten hours of creditable
@@ -893,15 +894,12 @@ static void otacd_device_resends_after_lost_answers_are_counted_once(void **stat
 	const char *const args[] = { "--time-scale", "3600", NULL };
 	struct daemon d;
 	struct tproxy px = { .mu = PTHREAD_MUTEX_INITIALIZER, .drops = 2 };
-	struct buf out = BUF_INIT, img;
-	struct mcuboot_sign_opts o;
-	char **c, *bin = h_bin("otacd-device"), *factory, *path, *url;
+	struct buf out = BUF_INIT;
+	char **c, *bin = h_bin("otacd-device"), *factory, *url;
 	pid_t pid[2];
 	double hours, v[NCOUNTERS];
 	int64_t crashes;
 	int resent;
-	EVP_PKEY *k;
-	FILE *f;
 
 	(void)state;
 	h_init(&d, NULL);
@@ -909,21 +907,7 @@ static void otacd_device_resends_after_lost_answers_are_counted_once(void **stat
 	c = h_register_devices(&d, "od", 2);
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
 				    " && openssl pkey -in key.pem -pubout -out key.pub", d.dir), 0);
-	path = xasprintf("%s/key.pem", d.dir);
-	f = fopen(path, "r");
-	assert_non_null(f);
-	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	free(path);
-	assert_non_null(k);
-	memset(&o, 0, sizeof(o));
-	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
-	buf_init(&img, 1 << 20);
-	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
-	EVP_PKEY_free(k);
-	factory = xasprintf("%s/factory.img", d.dir);
-	assert_int_equal(ota_write_file_atomic(factory, img.ptr, img.len, 0600), 0);
-	buf_release(&img);
+	factory = dh_factory_image(d.dir, "key", -1);
 	tproxy_start(&px, d.device_url);
 	url = xasprintf("http://127.0.0.1:%d", px.port);
 

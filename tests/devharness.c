@@ -1,0 +1,175 @@
+/*
+ * devharness.c - shared helpers for tests that run otacd-device and other
+ * child processes; see devharness.h.
+ */
+#include "devharness.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "../orchestrator/mcuboot.h"
+#include "harness.h"
+
+const char dh_fw_release_yaml[] = "name: fw\nstages:\n"
+	"  - name: build\n"
+	"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 40000 /dev/urandom >> app.bin\" } ]\n"
+	"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+	"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
+	"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+	"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+	"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+
+pid_t dh_spawn(const char *log, char *const argv[])
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		setpgid(0, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	return pid;
+}
+
+void dh_stop(pid_t pid)
+{
+	int st;
+	if (pid <= 0)
+		return;
+	kill(-pid, SIGTERM);
+	waitpid(pid, &st, 0);
+}
+
+int dh_free_port(void)
+{
+	char *l = h_free_listen();
+	int port = atoi(strrchr(l, ':') + 1);
+	free(l);
+	return port;
+}
+
+json_t *dh_device_status(const char *bin, const char *conf)
+{
+	char *own = bin ? NULL : h_bin("otacd-device");
+	struct buf out = BUF_INIT;
+	json_t *j;
+	assert_int_equal(h_sh(&out, "%s -c %s status 2>/dev/null", bin ? bin : own, conf), 0);
+	j = json_loads(buf_cstr(&out), 0, NULL);
+	assert_non_null(j);
+	free(own);
+	buf_release(&out);
+	return j;
+}
+
+const char *dh_js(json_t *o, const char *k1, const char *k2)
+{
+	json_t *x = json_object_get(o, k1);
+	if (k2)
+		x = json_object_get(x, k2);
+	return json_is_string(x) ? json_string_value(x) : "";
+}
+
+int64_t dh_ji(json_t *o, const char *k1, const char *k2)
+{
+	json_t *x = json_object_get(o, k1);
+	if (k2)
+		x = json_object_get(x, k2);
+	return json_is_true(x) ? 1 : json_is_false(x) ? 0 : json_integer_value(x);
+}
+
+char *dh_factory_image(const char *dir, const char *key, int counter)
+{
+	char *path = xasprintf("%s/%s.pem", dir, key), *out;
+	struct mcuboot_sign_opts o;
+	struct buf img;
+	EVP_PKEY *k;
+	FILE *f = fopen(path, "r");
+
+	assert_non_null(f);
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	free(path);
+	assert_non_null(k);
+	memset(&o, 0, sizeof(o));
+	if (counter >= 0) {
+		o.has_security_counter = 1;
+		o.security_counter = (uint32_t)counter;
+	}
+	assert_int_equal(mcuboot_version_parse("1.0.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	buf_init(&img, 1 << 20);
+	assert_int_equal(mcuboot_sign(&img, "factory firmware 1.0.0", 22, k, &o), 0);
+	EVP_PKEY_free(k);
+	out = xasprintf("%s/factory.img", dir);
+	assert_int_equal(ota_write_file_atomic(out, img.ptr, img.len, 0600), 0);
+	buf_release(&img);
+	return out;
+}
+
+pid_t dh_device_loop(const char *conf)
+{
+	char *bin = h_bin("otacd-device");
+	char *script = xasprintf("while :; do %s -c %s boot >/dev/null || exit 3; %s -c %s run; rc=$?;"
+				 " [ $rc -eq 10 ] || exit $rc; done", bin, conf, bin, conf);
+	char *log = xasprintf("%s.log", conf);
+	char *argv[] = { "/bin/sh", "-c", script, NULL };
+	pid_t pid = dh_spawn(log, argv);
+	free(bin);
+	free(script);
+	free(log);
+	return pid;
+}
+
+int64_t dh_release_of(struct daemon *d, int64_t run)
+{
+	char *sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
+	int64_t id = 0;
+	for (int waited = 0; waited < 60000 && !(id = h_sql_int(d, sql)); waited += 100)
+		h_msleep(100);
+	free(sql);
+	return id;
+}
+
+int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what)
+{
+	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
+	json_t *st = NULL;
+	int64_t v;
+	assert_int_equal(h_get(d, path, &st), 200);
+	v = json_integer_value(json_object_get(json_object_get(st, "fleet"), what));
+	json_decref(st);
+	free(path);
+	return v;
+}
+
+void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...)
+{
+	struct buf out = BUF_INIT, cfg = BUF_INIT;
+	va_list ap;
+
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -out key.pub", d->dir), 0);
+	buf_printf(&cfg, "keys:\n  test: { spec: %s/key.pem }\n", d->dir);
+	va_start(ap, fmt);
+	buf_vprintf(&cfg, fmt, ap);
+	va_end(ap);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg.ptr, cfg.len, 0600), 0);
+	assert_int_equal(h_start(d, args), 0);
+	buf_release(&cfg);
+	buf_release(&out);
+}

@@ -1,0 +1,58 @@
+/*
+ * devharness.h - shared pieces of the tests that run otacd-device and other
+ * child processes next to otacd: spawning and stopping process groups, free
+ * loopback ports, and reading otacd-device's status JSON.  Needs only
+ * harness.h and common/ (it is linked into every test binary).
+ */
+#ifndef OTA_DEVHARNESS_H
+#define OTA_DEVHARNESS_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "harness.h"
+
+/* Fork and exec argv[0] in its own process group, stdout and stderr
+ * appended to log; returns the child's pid. */
+pid_t dh_spawn(const char *log, char *const argv[]);
+/* SIGTERM pid's process group and wait for pid (pid <= 0: nothing). */
+void dh_stop(pid_t pid);
+/* A loopback TCP port that was free a moment ago. */
+int dh_free_port(void);
+
+/* `BIN -c CONF status` parsed (fails the test unless it exits 0 with JSON);
+ * bin NULL: $OTACD_BIN/otacd-device.  Caller decrefs. */
+json_t *dh_device_status(const char *bin, const char *conf);
+/* o[k1] (or o[k1][k2] when k2 is set) as a string, "" when not one. */
+const char *dh_js(json_t *o, const char *k1, const char *k2);
+/* The same as an integer (true 1, false 0). */
+int64_t dh_ji(json_t *o, const char *k1, const char *k2);
+
+/* Sign the factory image "factory firmware 1.0.0" (MCUboot, version 1.0.0,
+ * security counter counter, none when < 0) with DIR/KEY.pem and write it to
+ * DIR/factory.img; returns that path (caller frees). */
+char *dh_factory_image(const char *dir, const char *key, int counter);
+
+/* The device's life as a process group: `otacd-device -c CONF boot` (the
+ * simulated MCUboot), then `run`; on exit 10 again, any other exit ends it.
+ * Output goes to CONF.log.  Stop it with dh_stop. */
+pid_t dh_device_loop(const char *conf);
+
+/* The id of the release run made, waiting up to 60 s for it (0: none). */
+int64_t dh_release_of(struct daemon *d, int64_t run);
+/* The release's rollout fleet counter what ("confirmed", "downloads" ...)
+ * from GET /api/v1/releases/ID/rollout (fails the test unless 200). */
+int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what);
+
+/* In d->dir (after h_init): make the P-256 release key key.pem (and
+ * key.pub), write config.yml = "keys: test: key.pem" plus the printf-style
+ * rest, and h_start otacd with args (fails the test on an error). */
+void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...) OTA_PRINTF(3, 4);
+
+/* Pipeline fw: builds app.bin ("fw 1.1.0" + 40000 random bytes, hardware
+ * mps2-an385), releases it as 1.1.0 (security counter 1, key test) and
+ * rolls it out to 100 %, held (the boots gate needs 1000 devices). */
+extern const char dh_fw_release_yaml[];
+
+#endif
