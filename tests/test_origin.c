@@ -383,6 +383,17 @@ static void s3_store_refuses_wrong_credentials_with_a_clear_error(void **state)
 	cfg = json_pack("{ss ss}", "backend", "s4", "bucket", "otacd");
 	assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
 	json_decref(cfg);
+	/* credentials in the endpoint would reach every presigned URL: refused, not repeated */
+	{
+		char *ep = xasprintf("http://S3RVER:very-secret-value@%s", strstr(s.endpoint, "://") + 3);
+		cfg = json_pack("{ss ss ss ss}", "backend", "s3", "endpoint", ep, "bucket", "otacd", "credentials_file",
+				s.creds);
+		assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "endpoint"));
+		assert_null(strstr(ota_error_last(), "very-secret-value"));
+		json_decref(cfg);
+		free(ep);
+	}
 	cfg = json_pack("{si ss}", "backend", 3, "bucket", "otacd");
 	assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
 	assert_non_null(strstr(ota_error_last(), "backend is a name"));

@@ -410,12 +410,17 @@ static int load_credentials(struct s3 *s, const char *file)
 					 "OTACD_S3_SECRET_ACCESS_KEY in the environment");
 }
 
-/* host[:port] of the endpoint, as a client sends it in Host. */
+/* host[:port] of the endpoint, as a client sends it in Host; NULL if it is
+ * no URL, or carries a user (credentials would reach every presigned URL),
+ * a query or a fragment. */
 static char *endpoint_host(const char *endpoint)
 {
 	CURLU *u = curl_url();
-	char *host = NULL, *port = NULL, *out = NULL;
+	char *host = NULL, *port = NULL, *out = NULL, *extra = NULL;
 	if (u && curl_url_set(u, CURLUPART_URL, endpoint, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_USER, &extra, 0) == CURLUE_NO_USER &&
+	    curl_url_get(u, CURLUPART_QUERY, &extra, 0) == CURLUE_NO_QUERY &&
+	    curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) == CURLUE_NO_FRAGMENT &&
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
 		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
 			out = xasprintf("%s:%s", host, port);
@@ -424,6 +429,7 @@ static char *endpoint_host(const char *endpoint)
 	}
 	curl_free(host);
 	curl_free(port);
+	curl_free(extra);
 	curl_url_cleanup(u);
 	return out;
 }
@@ -458,8 +464,9 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 		s->endpoint[--n] = 0;
 	s->bucket = xstrdup(cfg->bucket);
 	s->region = xstrdup(cfg->region && *cfg->region ? cfg->region : "us-east-1");
-	if (!(s->host = endpoint_host(s->endpoint))) {
-		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint '%s' is not a URL", s->endpoint);
+	if (!(s->host = endpoint_host(s->endpoint))) { /* not repeated: it may hold a password */
+		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint is not an http(s)://HOST[:PORT][/PREFIX] URL "
+					       "(credentials go in credentials_file)");
 		goto fail;
 	}
 	if ((rc = load_credentials(s, cfg->credentials_file)) < 0)
