@@ -18,6 +18,7 @@
 # Needs nginx (nginx-light) and s3rver (~/.cache/otacd-npm or
 # $OTACD_S3RVER); skips with a message without them.  Figures only.
 set -eu
+. "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-20000}
 timeout=${ORIGIN_TIMEOUT:-900}
@@ -41,38 +42,7 @@ waitport() { i=0; until curl -s -o /dev/null "http://127.0.0.1:$1/"; do i=$((i +
 
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
 openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
-cat >"$tmp/rollout.yml" <<'EOF'
-name: bench
-stages:
-  - name: build
-    matrix:
-      board: [mps2-an385, mps2-an386]
-    timeout: 2m
-    steps:
-      - name: firmware
-        run: |
-          mkdir -p "build/${{ matrix.board }}"
-          head -c 65536 /dev/urandom > "build/${{ matrix.board }}/fw.bin"
-    artifacts:
-      - path: "build/${{ matrix.board }}/fw.bin"
-        name: "fw-${{ matrix.board }}"
-        type: application
-        hardware: "${{ matrix.board }}"
-  - name: release
-    kind: release
-    needs: [build]
-    security_counter: 1
-    key: bench
-  - name: fleet
-    kind: rollout
-    needs: [release]
-    steps:
-      - { percent: 1, hold: 1h }
-      - { percent: 10, hold: 1h }
-      - { percent: 100, hold: 1h }
-EOF
-stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
-metric() { awk -v k="$2" 'index($0, k) == 1 { v = $NF } END { printf "%.0f\n", v + 0 }' "$1"; }
+bench_rollout_yml "$tmp/rollout.yml" /dev/urandom
 
 # s3rver (the origin) and nginx (the cache) for the cdn run
 s3p=$(port)

@@ -32,6 +32,7 @@
 # or DEVICES if smaller; 0 skips it), and the ratios.  Needs curl, openssl.
 # Figures only: PASS/MISS are printed, nothing exits non-zero for a MISS.
 set -eu
+. "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-1000000}
 scale=${ROLLOUT_SCALE:-300}
@@ -49,35 +50,8 @@ trap cleanup EXIT INT TERM
 
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
 openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
-cat >"$tmp/rollout.yml" <<'EOF'
-name: bench
-stages:
-  - name: build
-    matrix:
-      board: [mps2-an385, mps2-an386]
-    timeout: 2m
-    steps:
-      - name: firmware
-        run: |
-          mkdir -p "build/${{ matrix.board }}"
-          head -c 65536 /dev/zero > "build/${{ matrix.board }}/fw.bin"
-    artifacts:
-      - path: "build/${{ matrix.board }}/fw.bin"
-        name: "fw-${{ matrix.board }}"
-        type: application
-        hardware: "${{ matrix.board }}"
-  - name: release
-    kind: release
-    needs: [build]
-    security_counter: 1
-    key: bench
-  - name: fleet
-    kind: rollout
-    needs: [release]
-    steps:
-      - { percent: 1, hold: 1h }
-      - { percent: 10, hold: 1h }
-      - { percent: 100, hold: 1h }
+bench_rollout_yml "$tmp/rollout.yml" /dev/zero
+cat >>"$tmp/rollout.yml" <<'EOF'
     gates: [boots, crash_free]
 gates:
   boots:      { metric: boot_success_rate, min: 0.9, min_devices: 20 }
@@ -85,8 +59,6 @@ gates:
 EOF
 
 io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
-stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
-metric() { awk -v k="$2" 'index($0, k) == 1 { v = $NF } END { print v + 0 }' "$1"; }
 
 echo "  check-ins against the trivial handler (devapi-bench 5, same invocation):"
 : >"$tmp/devapi.txt"

@@ -69,6 +69,10 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha256, int64_t ttl_s, time_t now);
 char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
 			      const char *akid, const char *secret, time_t now, int64_t ttl_s);
+/* S3's error code from the start of an XML error body (NUL-terminated, the
+ * server's, untrusted): the letters after its first <Code>, at most cap - 1
+ * of them, else "". */
+void artifact_s3_error_code(char *out, size_t cap, const char *body);
 
 /* Open the store with backend "local". */
 int artifact_store_init(const char *state_dir, int64_t max_size);

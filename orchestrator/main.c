@@ -589,6 +589,7 @@ out:
 	sources_stop(sources);
 	engine_stop(engine);
 	gitsrc_shutdown();
+	origin_shutdown(); /* issue 15: its pull token wiped */
 	artifact_store_shutdown();
 	store_close(db);
 	if (lockfd >= 0)

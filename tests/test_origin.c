@@ -43,21 +43,24 @@ static int port_of(const char *listen)
 	return c ? atoi(c + 1) : 0;
 }
 
-/* Wait until http://127.0.0.1:port/ answers anything. */
-static int wait_http(int port)
+/* Start argv (output to log) and wait until http://127.0.0.1:port/ answers
+ * anything; a server that does not (in 20 s) fails the test. */
+static pid_t spawn_http(const char *log, char *const argv[], int port)
 {
 	struct buf out = BUF_INIT;
+	pid_t pid = dh_spawn(log, argv);
 	for (int waited = 0; waited < 20000; waited += 100) {
 		buf_clear(&out);
 		if (h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:%d/", port) == 0 &&
 		    strcmp(buf_cstr(&out), "000")) {
 			buf_release(&out);
-			return 0;
+			return pid;
 		}
 		h_msleep(100);
 	}
 	buf_release(&out);
-	return -1;
+	fail_msg("%s did not start; see %s", argv[0], log);
+	return pid;
 }
 
 static char *tool(const char *env, const char *fallback)
@@ -105,8 +108,8 @@ static char *s3rver_bin(void)
 /* s3rver on a free port with bucket "otacd", its data under base/s3. */
 static void s3_start(struct s3srv *s, const char *bin, const char *base)
 {
-	char *listen = h_free_listen(), *port = xasprintf("%d", port_of(listen));
-	char *log = xasprintf("%s/s3rver.log", base);
+	int p = dh_free_port();
+	char *port = xasprintf("%d", p), *log = xasprintf("%s/s3rver.log", base);
 	struct buf out = BUF_INIT;
 
 	s->dir = xasprintf("%s/s3", base);
@@ -114,14 +117,11 @@ static void s3_start(struct s3srv *s, const char *bin, const char *base)
 	{
 		char *argv[] = { (char *)bin, "-d", s->dir, "-a", "127.0.0.1", "-p", port, "--configure-bucket", "otacd",
 				 "--silent", NULL };
-		s->pid = dh_spawn(log, argv);
+		s->pid = spawn_http(log, argv, p);
 	}
-	if (wait_http(port_of(listen)) < 0)
-		fail_msg("s3rver did not start; see %s", log);
 	s->endpoint = xasprintf("http://127.0.0.1:%s", port);
 	s->creds = xasprintf("%s/s3.cred", base);
 	assert_int_equal(ota_write_file_atomic(s->creds, "S3RVER:S3RVER\n", 14, 0600), 0);
-	free(listen);
 	free(port);
 	free(log);
 	buf_release(&out);
@@ -195,6 +195,23 @@ static void presign_matches_the_documented_sigv4_example(void **state)
 				 "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
 				 "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404");
 	free(url);
+}
+
+/* S3's error body is the server's: only the letters of its <Code> are kept */
+static void s3_error_code_keeps_only_the_letters_of_a_hostile_body(void **state)
+{
+	char code[8];
+	(void)state;
+	artifact_s3_error_code(code, sizeof(code), "<Error><Code>NoSuchKey</Code></Error>");
+	assert_string_equal(code, "NoSuchK"); /* cut to the buffer */
+	artifact_s3_error_code(code, sizeof(code), "<Code>Bad\n<script>x</Code>");
+	assert_string_equal(code, "Bad");
+	artifact_s3_error_code(code, sizeof(code), "<Code>%s%n</Code>");
+	assert_string_equal(code, "");
+	artifact_s3_error_code(code, sizeof(code), "no XML at all <Code");
+	assert_string_equal(code, "");
+	artifact_s3_error_code(code, 1, "<Code>AccessDenied</Code>");
+	assert_string_equal(code, "");
 }
 
 static void image_origin_config_is_checked(void **state)
@@ -310,6 +327,10 @@ static void s3_store_keeps_deduplicates_and_checks_every_object(void **state)
 	buf_clear(&got);
 	assert_int_equal(fetch(sha, &got), 0);
 	assert_memory_equal(got.ptr, data.ptr, data.len);
+	/* no spool file left behind: not by the commits, the abort past the cap,
+	 * the corrupt or the missing read */
+	assert_int_equal(h_sh(&out, "ls -A %s/artifacts/s3-tmp | wc -l", dir), 0);
+	assert_int_equal(atoi(buf_cstr(&out)), 0);
 
 	artifact_store_shutdown();
 	json_decref(cfg);
@@ -361,6 +382,21 @@ static void s3_store_refuses_wrong_credentials_with_a_clear_error(void **state)
 	json_decref(cfg);
 	cfg = json_pack("{ss ss}", "backend", "s4", "bucket", "otacd");
 	assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
+	json_decref(cfg);
+	/* credentials in the endpoint would reach every presigned URL: refused, not repeated */
+	{
+		char *ep = xasprintf("http://S3RVER:very-secret-value@%s", strstr(s.endpoint, "://") + 3);
+		cfg = json_pack("{ss ss ss ss}", "backend", "s3", "endpoint", ep, "bucket", "otacd", "credentials_file",
+				s.creds);
+		assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "endpoint"));
+		assert_null(strstr(ota_error_last(), "very-secret-value"));
+		json_decref(cfg);
+		free(ep);
+	}
+	cfg = json_pack("{si ss}", "backend", 3, "bucket", "otacd");
+	assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), OTA_EINVAL);
+	assert_non_null(strstr(ota_error_last(), "backend is a name"));
 	json_decref(cfg);
 	/* nothing stored changed */
 	after = bucket_listing(&s);
@@ -579,10 +615,8 @@ static void ngx_start(struct ngx *n, const char *bin, const char *base, const ch
 	log = xasprintf("%s/stderr.log", n->dir);
 	{
 		char *argv[] = { (char *)bin, "-p", n->dir, "-c", path, "-e", "stderr", NULL };
-		n->pid = dh_spawn(log, argv);
+		n->pid = spawn_http(log, argv, port_of(n->listen));
 	}
-	if (wait_http(port_of(n->listen)) < 0)
-		fail_msg("nginx did not start; see %s", log);
 	free(conf);
 	free(path);
 	free(log);
@@ -844,6 +878,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(presign_matches_the_documented_sigv4_example),
+		cmocka_unit_test(s3_error_code_keeps_only_the_letters_of_a_hostile_body),
 		cmocka_unit_test(image_origin_config_is_checked),
 		cmocka_unit_test(s3_store_keeps_deduplicates_and_checks_every_object),
 		cmocka_unit_test(s3_store_refuses_wrong_credentials_with_a_clear_error),

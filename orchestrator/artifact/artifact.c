@@ -39,11 +39,14 @@ int artifact_store_init(const char *state_dir, int64_t max_size)
 
 int artifact_store_open(const char *state_dir, int64_t max_size, const json_t *cfg)
 {
-	const char *backend = cfg ? json_string_value(json_object_get(cfg, "backend")) : NULL;
+	json_t *bv = cfg ? json_object_get(cfg, "backend") : NULL;
+	const char *backend = json_string_value(bv);
 	struct artifact_s3_config s3 = { 0 };
 	const char *k;
 	json_t *v;
 
+	if (bv && !backend)
+		return ota_error_set(OTA_EINVAL, "artifact_store: backend is a name (local, s3)");
 	if (!cfg || !backend || !strcmp(backend, "local")) {
 		if (cfg && json_object_size(cfg) > (backend ? 1u : 0u))
 			return ota_error_set(OTA_EINVAL, "artifact_store: backend local takes no other keys");

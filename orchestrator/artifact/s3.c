@@ -54,12 +54,13 @@ struct artifact_writer {
 
 /* The answer of one request: status, a capped error body, a sink. */
 struct s3_req {
+	CURL *e;             /* the transfer (its status, as libcurl parsed it) */
 	long status;
 	char err[512];       /* the start of an error body (S3's XML) */
 	size_t errlen;
 	int fd;              /* GET: bytes go here (when status is 200/206) */
 	EVP_MD_CTX *md;      /* GET: hashed as they arrive */
-	int write_failed;
+	int write_errno;     /* the spool write that stopped the transfer */
 	curl_off_t length;   /* HEAD: Content-Length */
 };
 
@@ -67,6 +68,7 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 {
 	struct s3_req *q = ud;
 	size_t n = sz * nm;
+	curl_easy_getinfo(q->e, CURLINFO_RESPONSE_CODE, &q->status);
 	if (q->fd >= 0 && (q->status == 200 || q->status == 206)) {
 		size_t off = 0;
 		while (off < n) {
@@ -74,8 +76,8 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 			if (w < 0 && errno == EINTR)
 				continue;
 			if (w < 0) {
-				q->write_failed = 1;
-				return 0;
+				q->write_errno = errno;
+				return 0; /* stops the transfer: CURLE_WRITE_ERROR */
 			}
 			off += (size_t)w;
 		}
@@ -92,29 +94,15 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
-static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
+void artifact_s3_error_code(char *out, size_t cap, const char *body)
 {
-	struct s3_req *q = ud;
-	if (nm * sz > 12 && !strncmp(p, "HTTP/", 5)) { /* each response's status line */
-		const char *sp = memchr(p, ' ', nm * sz);
-		if (sp)
-			q->status = strtol(sp + 1, NULL, 10);
-	}
-	return sz * nm;
-}
-
-/* S3's error code from an XML error body: <Code>Word</Code>, letters only
- * (the body is the server's; nothing else of it is repeated). */
-static void error_code(const struct s3_req *q, char *out, size_t cap)
-{
-	const char *c = strstr(q->err, "<Code>");
+	const char *c = strstr(body, "<Code>");
 	size_t n = 0;
-	out[0] = 0;
-	if (!c)
+	if (!cap)
 		return;
-	c += 6;
-	while (n + 1 < cap && ((c[n] >= 'A' && c[n] <= 'Z') || (c[n] >= 'a' && c[n] <= 'z')))
-		n++, out[n - 1] = c[n - 1];
+	if (c)
+		for (c += 6; n + 1 < cap && ((c[n] >= 'A' && c[n] <= 'Z') || (c[n] >= 'a' && c[n] <= 'z')); n++)
+			out[n] = c[n];
 	out[n] = 0;
 }
 
@@ -138,9 +126,11 @@ static int request(struct s3 *s, const char *method, const char *sha256, struct 
 	CURLcode cc;
 	int rc = 0;
 
+	q->e = e;
 	q->status = 0;
 	q->errlen = 0;
 	q->err[0] = 0;
+	q->write_errno = 0;
 	if (!e) {
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
@@ -158,8 +148,6 @@ static int request(struct s3 *s, const char *method, const char *sha256, struct 
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, cerr);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(e, CURLOPT_HEADERDATA, q);
 	if (!strcmp(method, "HEAD"))
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else if (!strcmp(method, "PUT")) {
@@ -177,8 +165,9 @@ static int request(struct s3 *s, const char *method, const char *sha256, struct 
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	cc = curl_easy_perform(e);
 	if (cc != CURLE_OK) {
-		rc = ota_error_set(OTA_ERROR, "S3 %s %s/sha256/%s: %s", method, s->bucket, sha256 ? sha256 : "",
-				   cerr[0] ? cerr : curl_easy_strerror(cc));
+		rc = ota_error_set(OTA_ERROR, "S3 %s %s/sha256/%s: %s%s", method, s->bucket, sha256 ? sha256 : "",
+				   q->write_errno ? "spool write failed: " : "",
+				   q->write_errno ? strerror(q->write_errno) : cerr[0] ? cerr : curl_easy_strerror(cc));
 		goto out;
 	}
 	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &q->status);
@@ -188,6 +177,7 @@ out:
 		fclose(up);
 	curl_slist_free_all(hdr);
 	curl_easy_cleanup(e);
+	q->e = NULL;
 	free(url);
 	return rc;
 }
@@ -196,7 +186,7 @@ out:
 static int status_error(struct s3 *s, const char *what, const char *sha256, const struct s3_req *q)
 {
 	char code[48];
-	error_code(q, code, sizeof(code));
+	artifact_s3_error_code(code, sizeof(code), q->err);
 	if (q->status == 403 || q->status == 401)
 		return ota_error_set(OTA_EAUTH, "S3 refused the credentials for bucket '%s' (%s %s: HTTP %ld %s)",
 				     s->bucket, what, sha256 ? sha256 : "the bucket", q->status, code[0] ? code : "");
@@ -305,10 +295,6 @@ static int get(struct artifact_backend *b, const char *sha256, struct artifact_r
 		rc = status_error(s, "GET", sha256, &q);
 		goto out;
 	}
-	if (q.write_failed) {
-		rc = ota_error_set(OTA_ERROR, "spool write failed: %s", strerror(errno));
-		goto out;
-	}
 	EVP_DigestFinal_ex(q.md, md, NULL);
 	ota_hex(hex, md, sizeof(md));
 	if (strcmp(hex, sha256)) {
@@ -343,6 +329,8 @@ static int st(struct artifact_backend *b, const char *sha256, int64_t *size)
 		return rc;
 	if (q.status != 200)
 		return status_error(s, "HEAD", sha256, &q);
+	if (q.length < 0)
+		return ota_error_set(OTA_ERROR, "S3: HEAD %s in bucket '%s': no Content-Length", sha256, s->bucket);
 	*size = (int64_t)q.length;
 	return 0;
 }
@@ -422,12 +410,17 @@ static int load_credentials(struct s3 *s, const char *file)
 					 "OTACD_S3_SECRET_ACCESS_KEY in the environment");
 }
 
-/* host[:port] of the endpoint, as a client sends it in Host. */
+/* host[:port] of the endpoint, as a client sends it in Host; NULL if it is
+ * no URL, or carries a user (credentials would reach every presigned URL),
+ * a query or a fragment. */
 static char *endpoint_host(const char *endpoint)
 {
 	CURLU *u = curl_url();
-	char *host = NULL, *port = NULL, *out = NULL;
+	char *host = NULL, *port = NULL, *out = NULL, *extra = NULL;
 	if (u && curl_url_set(u, CURLUPART_URL, endpoint, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_USER, &extra, 0) == CURLUE_NO_USER &&
+	    curl_url_get(u, CURLUPART_QUERY, &extra, 0) == CURLUE_NO_QUERY &&
+	    curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) == CURLUE_NO_FRAGMENT &&
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
 		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
 			out = xasprintf("%s:%s", host, port);
@@ -436,6 +429,7 @@ static char *endpoint_host(const char *endpoint)
 	}
 	curl_free(host);
 	curl_free(port);
+	curl_free(extra);
 	curl_url_cleanup(u);
 	return out;
 }
@@ -470,8 +464,9 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 		s->endpoint[--n] = 0;
 	s->bucket = xstrdup(cfg->bucket);
 	s->region = xstrdup(cfg->region && *cfg->region ? cfg->region : "us-east-1");
-	if (!(s->host = endpoint_host(s->endpoint))) {
-		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint '%s' is not a URL", s->endpoint);
+	if (!(s->host = endpoint_host(s->endpoint))) { /* not repeated: it may hold a password */
+		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint is not an http(s)://HOST[:PORT][/PREFIX] URL "
+					       "(credentials go in credentials_file)");
 		goto fail;
 	}
 	if ((rc = load_credentials(s, cfg->credentials_file)) < 0)
@@ -558,6 +553,8 @@ char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const c
 	url = xasprintf("%s%s?%s&X-Amz-Signature=%s", scheme_host, epath, query, sig);
 	OPENSSL_cleanse(key, strlen(key));
 	OPENSSL_cleanse(k1, sizeof(k1));
+	OPENSSL_cleanse(k2, sizeof(k2));
+	OPENSSL_cleanse(k3, sizeof(k3));
 	OPENSSL_cleanse(k4, sizeof(k4));
 	free(key);
 	free(cred);

@@ -477,42 +477,28 @@ out:
 
 static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
+	struct buf b = BUF_INIT;
 	char *text = NULL;
 	size_t len = 0;
 	if (!a->metrics_public && fleet_provision_auth(a->f, r->token) < 0)
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 	if (fleet_metrics_text(a->f, &text, &len) < 0)
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
-	if (fleet_get_ca(a->f)) { /* device certificates (issue 13) */
-		struct buf b = BUF_INIT;
-		buf_put(&b, text, len);
+	buf_put(&b, text, len);
+	free(text);
+	if (fleet_get_ca(a->f)) /* device certificates (issue 13) */
 		fleet_ca_metrics_text(fleet_get_ca(a->f), &b);
-		free(text);
-		len = b.len;
-		text = buf_detach(&b);
-	}
-	if (a->tls) { /* issue 13: handshakes refused for their client certificate */
-		struct buf b = BUF_INIT;
-		buf_put(&b, text, len);
+	if (a->tls) /* issue 13: handshakes refused for their client certificate */
 		buf_printf(&b, "# HELP otacd_tls_client_cert_refusals_total TLS handshakes refused because of the"
 			       " client certificate.\n# TYPE otacd_tls_client_cert_refusals_total counter\n"
 			       "otacd_tls_client_cert_refusals_total %lu\n", tls_client_cert_refusals());
-		free(text);
-		len = b.len;
-		text = buf_detach(&b);
-	}
-	{ /* issue 15: what otacd itself served, whatever origin offers name */
-		struct buf b = BUF_INIT;
-		buf_put(&b, text, len);
-		buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
-			       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
-			   (unsigned long long)g_image_bytes);
-		push_metrics_text(&b); /* issue 15, push hints */
-		free(text);
-		len = b.len;
-		text = buf_detach(&b);
-	}
-	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", text, len);
+	/* issue 15: what otacd itself served, whatever origin offers name */
+	buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
+		       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
+		   (unsigned long long)g_image_bytes);
+	push_metrics_text(&b); /* issue 15, push hints */
+	len = b.len;
+	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf_detach(&b), len);
 }
 
 static enum MHD_Result do_registrations(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
