@@ -63,6 +63,12 @@ int dh_free_port(void)
 	return port;
 }
 
+int dh_env_count(const char *name, int dflt)
+{
+	const char *s = getenv(name);
+	return s && atoi(s) > 0 ? atoi(s) : dflt;
+}
+
 char *dh_src_path(const char *rel)
 {
 	const char *root = getenv("OTACD_SRC");
@@ -248,6 +254,14 @@ void dh_mhd_body_done(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 		free(rq);
 	}
 	*con_cls = NULL;
+}
+
+int64_t dh_fleet_wait(struct daemon *d, int64_t release, const char *what, int64_t want, int timeout_ms)
+{
+	int64_t v;
+	for (int waited = 0; (v = dh_fleet_count(d, release, what)) < want && waited < timeout_ms; waited += 200)
+		h_msleep(200);
+	return v;
 }
 
 void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...)

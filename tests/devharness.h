@@ -22,6 +22,9 @@ void dh_stop(pid_t pid);
 /* A loopback TCP port that was free a moment ago. */
 int dh_free_port(void);
 
+/* $name as a count when it is a positive number, else dflt. */
+int dh_env_count(const char *name, int dflt);
+
 /* $OTACD_SRC/rel (the source tree; "." when unset).  Caller frees. */
 char *dh_src_path(const char *rel);
 /* A copy of examples/sensor-node without its build output at DIR/NAME,
@@ -63,6 +66,8 @@ int64_t dh_release_of(struct daemon *d, int64_t run);
 /* The release's rollout fleet counter what ("confirmed", "downloads" ...)
  * from GET /api/v1/releases/ID/rollout (fails the test unless 200). */
 int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what);
+/* The same, polled until it reaches want or timeout_ms pass: its last value. */
+int64_t dh_fleet_wait(struct daemon *d, int64_t release, const char *what, int64_t want, int timeout_ms);
 
 /* Request bodies of a libmicrohttpd test server: call first in the access
  * handler; 1 while the body is still coming in (the handler returns

@@ -975,9 +975,7 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 		conf[i] = device_setup(e, "dev", i, "key", "true");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
-	     waited += 200)
-		h_msleep(200);
+	ok = dh_fleet_wait(&e->d, e->release, "confirmed", E2E_DEVICES, 60000);
 	assert_int_equal(ok, E2E_DEVICES);
 	/* heartbeats about 1.1.0 were accepted: uptime is credited to it */
 	{
@@ -1015,12 +1013,6 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	assert_int_equal(dh_fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
 }
 
-static int torture_cycles(void)
-{
-	const char *s = getenv("OTADEV_TORTURE_CYCLES");
-	return s && atoi(s) > 0 ? atoi(s) : 20;
-}
-
 /*
  * SIGKILL (power loss) at random instants: each cycle flashes a device with
  * the factory image (a fresh unit with the same id) and runs otacd-device
@@ -1034,7 +1026,8 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 {
 	struct dh_fleet *e = &fleet;
 	char *conf, *bin = h_bin("otacd-device"), *log;
-	int cycles = torture_cycles(), landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
+	int cycles = dh_env_count("OTADEV_TORTURE_CYCLES", 20);
+	int landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
 	unsigned seed = 12345;
 	(void)state;
 	conf = device_setup(e, "dev", 0, "key", "true");
@@ -1168,8 +1161,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 		conf[i] = device_setup(&e, "bad", i, "key", "false");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (reverted = dh_fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
-		h_msleep(200);
+	reverted = dh_fleet_wait(&e.d, e.release, "reverted", 2, 60000);
 	assert_int_equal(reverted, 2);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
@@ -1250,8 +1242,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		free(more);
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
-		h_msleep(200);
+	ok = dh_fleet_wait(&e.d, e.release, "confirmed", 1, 60000);
 	assert_int_equal(ok, 1);
 	h_msleep(1000);
 	for (int i = 0; i < 2; i++) {

@@ -318,19 +318,11 @@ static json_t *udev_status(const struct udev *u)
 	return dh_device_status(NULL, u->conf);
 }
 
-static int64_t wait_count(struct dh_fleet *r, const char *what, int64_t want)
-{
-	int64_t v = 0;
-	for (int waited = 0; waited < 60000 && (v = dh_fleet_count(&r->d, r->release, what)) < want; waited += 200)
-		h_msleep(200);
-	return v;
-}
-
 /* The device's life until the release's fleet counter what reaches want. */
 static void udev_loop_until(struct dh_fleet *r, const struct udev *u, const char *what, int64_t want)
 {
 	pid_t pid = udev_loop(u);
-	assert_int_equal(wait_count(r, what, want), want);
+	assert_int_equal(dh_fleet_wait(&r->d, r->release, what, want, 60000), want);
 	loop_stop(pid);
 }
 
@@ -497,8 +489,7 @@ static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state
 	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
 	char *bin = h_bin("otacd-device"), *boot = dh_src_path("tests/uboot_boot.sh"), *statefile;
-	const char *env = getenv("OTADEV_UBOOT_CYCLES");
-	int cycles = env && atoi(env) > 0 ? atoi(env) : 8, landed = 0, reverted = 0, kills = 0;
+	int cycles = dh_env_count("OTADEV_UBOOT_CYCLES", 8), landed = 0, reverted = 0, kills = 0;
 	unsigned seed = 4242;
 	(void)state;
 	rig_start(r, "u", 1);

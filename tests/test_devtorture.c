@@ -370,7 +370,7 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 		    const char *key, int rollout)
 {
 	char *y = xasprintf(PIPE, version, hw, version, counter, key, rollout ? ROLLOUT : "");
-	char *sql, *p;
+	char *p;
 	int64_t run = h_trigger(d, y), env_id;
 	json_t *rj = NULL, *a;
 	size_t i;
@@ -378,9 +378,7 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 
 	if (st)
 		assert_string_equal(st, "passed");
-	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	for (int waited = 0; waited < 60000 && !(r->id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
+	r->id = dh_release_of(d, run);
 	assert_true(r->id > 0);
 	p = xasprintf("/api/v1/releases/%lld", (long long)r->id);
 	assert_int_equal(h_get(d, p, &rj), 200);
@@ -398,7 +396,6 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 	assert_true(r->sha[0] && r->envelope.len > 0);
 	json_decref(rj);
 	free(p);
-	free(sql);
 	free(y);
 }
 
@@ -420,12 +417,6 @@ static char *offer_json(int64_t release, const char *version, int counter, const
 }
 
 /* ---- the device ------------------------------------------------------------------------ */
-
-static int torture_cycles(void)
-{
-	const char *s = getenv("OTADEV_TORTURE_CYCLES");
-	return s && atoi(s) > 0 ? atoi(s) : 10;
-}
 
 static const char *const phase_name[] = { "idle", "downloading", "installing", "rebooting", "testing" };
 
@@ -564,7 +555,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	struct buf out = BUF_INIT, trunc = BUF_INIT;
 	struct tally t;
 	char *cfg, *bin = h_bin("otacd-device"), *otactl = h_bin("otactl"), *dir, *conf, *factory, **cred, ida[65];
-	int cycles = torture_cycles();
+	int cycles = dh_env_count("OTADEV_TORTURE_CYCLES", 10);
 	unsigned seed = 4242;
 
 	(void)state;

@@ -662,26 +662,6 @@ static char *fleet_pipeline(const char *version, int counter, const char *key, c
 			 version, version, counter, key, steps);
 }
 
-static int64_t devices_on(struct daemon *d, int64_t release)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t n;
-	assert_int_equal(h_get(d, path, &st), 200);
-	n = json_integer_value(json_object_get(json_object_get(st, "fleet"), "devices"));
-	json_decref(st);
-	free(path);
-	return n;
-}
-
-static int64_t wait_devices_on(struct daemon *d, int64_t release, int64_t want, int timeout_ms)
-{
-	int64_t on = 0;
-	for (int waited = 0; (on = devices_on(d, release)) < want && waited < timeout_ms; waited += 250)
-		h_msleep(250);
-	return on;
-}
-
 static int file_has(const char *path, const char *needle)
 {
 	struct buf b = BUF_INIT;
@@ -748,7 +728,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r1 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r1 > 0);
-	assert_int_equal(wait_devices_on(&d, r1, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r1, "devices", FLEET, 60000), FLEET);
 
 	/* rotation: 1.2.0 by key b, which no device was told about: it
 	 * chains to the root they trust */
@@ -756,7 +736,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r2 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r2 > 0);
-	assert_int_equal(wait_devices_on(&d, r2, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r2, "devices", FLEET, 60000), FLEET);
 
 	/* 1.3.0, also by b, starts at 10 % and holds there */
 	y = fleet_pipeline("1.3.0", 1, "b", "{percent: 10, hold: 1000h}, {percent: 100, hold: 1h}");
@@ -764,7 +744,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r3 = dh_release_of(&d, run3);
 	free(y);
 	assert_true(r3 > 0);
-	assert_true(wait_devices_on(&d, r3, FLEET / 20, 60000) >= FLEET / 20);
+	assert_true(dh_fleet_wait(&d, r3, "devices", FLEET / 20, 60000) >= FLEET / 20);
 
 	/* compromise: b leaked.  Offline, the root revokes it; the list is
 	 * published; devices fetch it with their next check-in */
@@ -774,7 +754,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	for (int waited = 0; !file_has(log, "revocation list 1 accepted") && waited < 30000; waited += 100)
 		h_msleep(100);
 	assert_true(file_has(log, "revocation list 1 accepted"));
-	on3 = devices_on(&d, r3);
+	on3 = dh_fleet_count(&d, r3, "devices");
 	/* otacd itself no longer signs with b */
 	release_refused(&d, "1.3.1", "b", "is revoked (keyCompromise");
 	/* now 1.3.0 is offered to everyone: nobody else installs it */
@@ -795,7 +775,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r4 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r4 > 0);
-	assert_int_equal(wait_devices_on(&d, r4, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r4, "devices", FLEET, 60000), FLEET);
 
 	kill(sim, SIGTERM);
 	waitpid(sim, &status, 0);
@@ -934,8 +914,8 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 		free(cred);
 		buf_release(&out);
 	}
-	assert_int_equal(devices_on(&d, r1), 0);
-	assert_int_equal(devices_on(&d, r2), 0);
+	assert_int_equal(dh_fleet_count(&d, r1, "devices"), 0);
+	assert_int_equal(dh_fleet_count(&d, r2, "devices"), 0);
 	kill(sim, SIGTERM);
 	waitpid(sim, &status, 0);
 	s = json_load_file(stats, 0, NULL);

@@ -264,7 +264,7 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov, *sql;
+	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov;
 	unsigned char *slot;
 	int64_t release = 0;
 
@@ -296,10 +296,7 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	flash_put(flash, PROV_OFF, prov, strlen(prov));
 
 	/* release 1.5.0 (counter 4) for this board, rolled out to 100 % */
-	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)",
-			(long long)h_trigger(&d, y));
-	for (int waited = 0; waited < 60000 && !(release = h_sql_int(&d, sql)); waited += 100)
-		h_msleep(100);
+	release = dh_release_of(&d, h_trigger(&d, y));
 	assert_true(release > 0);
 
 	boot_bridged(&out, b, elf, flash, "sleep 14; printf 'o\\n'; sleep 1", 16, d.dir, d.device_url);
@@ -320,7 +317,6 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	for (unsigned i = SLOT_SIZE - 48; i < SLOT_SIZE; i++)
 		assert_int_equal(slot[i], 0xff);
 
-	free(sql);
 	free(prov);
 	free(slot);
 	free(flash);
