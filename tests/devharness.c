@@ -63,6 +63,70 @@ int dh_free_port(void)
 	return port;
 }
 
+int dh_env_count(const char *name, int dflt)
+{
+	const char *s = getenv(name);
+	return s && atoi(s) > 0 ? atoi(s) : dflt;
+}
+
+char *dh_src_path(const char *rel)
+{
+	const char *root = getenv("OTACD_SRC");
+	return xasprintf("%s/%s", root && *root ? root : ".", rel);
+}
+
+char *dh_sensor_node_copy(const char *dir, const char *name)
+{
+	char *from = dh_src_path("examples/sensor-node"), *core = dh_src_path("device");
+	char *to = xasprintf("%s/%s", dir, name);
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
+				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
+			      to, from, to, core, core, to), 0);
+	buf_release(&out);
+	free(from);
+	free(core);
+	return to;
+}
+
+int dh_sh_in(const char *dir, struct buf *out, const char *fmt, ...)
+{
+	struct buf cmd = BUF_INIT, tmp = BUF_INIT;
+	va_list ap;
+	int rc;
+
+	va_start(ap, fmt);
+	buf_vprintf(&cmd, fmt, ap);
+	va_end(ap);
+	rc = h_sh(out ? out : &tmp, "cd %s && { %s; }", dir, buf_cstr(&cmd));
+	if (rc != 0 && !out)
+		print_error("command failed (%d): %s\n%s\n", rc, buf_cstr(&cmd), buf_cstr(&tmp));
+	buf_release(&cmd);
+	buf_release(&tmp);
+	return rc;
+}
+
+pid_t dh_device_run(const char *bin, const char *conf, const char *log)
+{
+	char *argv[] = { (char *)bin, "-c", (char *)conf, "run", NULL };
+	return dh_spawn(log, argv);
+}
+
+int dh_device_run_killed(const char *bin, const char *conf, const char *log, int ms)
+{
+	pid_t pid = dh_device_run(bin, conf, log);
+	int st;
+
+	h_msleep(ms);
+	if (waitpid(pid, &st, WNOHANG) == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		return 1;
+	}
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
+	return 0;
+}
+
 json_t *dh_device_status(const char *bin, const char *conf)
 {
 	char *own = bin ? NULL : h_bin("otacd-device");
@@ -156,6 +220,50 @@ int64_t dh_fleet_count(struct daemon *d, int64_t release, const char *what)
 	return v;
 }
 
+struct dh_mhd_req {
+	struct buf body;
+};
+
+int dh_mhd_body(void **con_cls, const char *data, size_t *size, struct buf **body)
+{
+	struct dh_mhd_req *rq = *con_cls;
+
+	if (!rq) {
+		rq = xcalloc(1, sizeof(*rq));
+		buf_init(&rq->body, 1 << 20);
+		*con_cls = rq;
+		return 1;
+	}
+	if (*size) {
+		buf_put(&rq->body, data, *size);
+		*size = 0;
+		return 1;
+	}
+	*body = &rq->body;
+	return 0;
+}
+
+void dh_mhd_body_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
+{
+	struct dh_mhd_req *rq = *con_cls;
+	(void)cls;
+	(void)c;
+	(void)t;
+	if (rq) {
+		buf_release(&rq->body);
+		free(rq);
+	}
+	*con_cls = NULL;
+}
+
+int64_t dh_fleet_wait(struct daemon *d, int64_t release, const char *what, int64_t want, int timeout_ms)
+{
+	int64_t v;
+	for (int waited = 0; (v = dh_fleet_count(d, release, what)) < want && waited < timeout_ms; waited += 200)
+		h_msleep(200);
+	return v;
+}
+
 void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt, ...)
 {
 	struct buf out = BUF_INIT, cfg = BUF_INIT;
@@ -172,4 +280,37 @@ void dh_start_signing(struct daemon *d, const char *const *args, const char *fmt
 	assert_int_equal(h_start(d, args), 0);
 	buf_release(&cfg);
 	buf_release(&out);
+}
+
+void dh_fleet_start(struct dh_fleet *f, const char *prefix, int n, const char *trusted, const char *fmt, ...)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	struct buf cfg = BUF_INIT;
+	va_list ap;
+
+	va_start(ap, fmt);
+	buf_vprintf(&cfg, fmt, ap);
+	va_end(ap);
+	dh_start_signing(&f->d, args, "%s", buf_cstr(&cfg));
+	f->cred = h_register_devices(&f->d, prefix, n);
+	f->n = n;
+	f->factory = dh_factory_image(f->d.dir, trusted, -1);
+	buf_release(&cfg);
+}
+
+void dh_fleet_stop(struct dh_fleet *f)
+{
+	for (int i = 0; i < f->n; i++)
+		free(f->cred[i]);
+	free(f->cred);
+	free(f->factory);
+	h_cleanup(&f->d);
+	memset(f, 0, sizeof(*f));
+}
+
+int64_t dh_fw_release(struct daemon *d)
+{
+	int64_t id = dh_release_of(d, h_trigger(d, dh_fw_release_yaml));
+	assert_true(id > 0);
+	return id;
 }

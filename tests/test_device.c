@@ -913,51 +913,25 @@ static void state_fits_the_documented_ram_budget(void **state)
 
 /* ---- end to end: real otacd, real otacd-device processes ----------------------- */
 
-struct e2e {
-	struct daemon d;
-	char **cred;
-	int n;
-	char *factory;      /* factory image (1.0.0) signed with the device's trusted key */
-	int64_t release;
-};
-
-static struct e2e fleet;
+static struct dh_fleet fleet;
 
 /* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
  * signed with trusted (the device's key); release 1.1.0 of fw signed with
  * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
-static void e2e_start(struct e2e *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
+static void e2e_start(struct dh_fleet *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
 {
-	const char *const args[] = { "--local-agents", "1", NULL };
 	struct buf out = BUF_INIT;
-	int64_t run;
 
 	h_init(&e->d, NULL);
-	dh_start_signing(&e->d, args, "poll_interval: 1s\n%s", extra_cfg ? extra_cfg : "");
 	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
 				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
-	e->cred = h_register_devices(&e->d, prefix, n);
-	e->n = n;
-	/* the factory image */
-	e->factory = dh_factory_image(e->d.dir, trusted, -1);
-	run = h_trigger(&e->d, dh_fw_release_yaml);
-	e->release = dh_release_of(&e->d, run);
-	assert_true(e->release > 0);
+	dh_fleet_start(e, prefix, n, trusted, "poll_interval: 1s\n%s", extra_cfg ? extra_cfg : "");
+	e->release = dh_fw_release(&e->d);
 	buf_release(&out);
 }
 
-static void e2e_stop(struct e2e *e)
-{
-	for (int i = 0; i < e->n; i++)
-		free(e->cred[i]);
-	free(e->cred);
-	free(e->factory);
-	h_cleanup(&e->d);
-	memset(e, 0, sizeof(*e));
-}
-
 /* DIR/ID/device.conf for device i, flashed with the factory image. */
-static char *device_setup(struct e2e *e, const char *prefix, int i, const char *trusted, const char *health)
+static char *device_setup(struct dh_fleet *e, const char *prefix, int i, const char *trusted, const char *health)
 {
 	char *dir = xasprintf("%s/%s-%04d", e->d.dir, prefix, i);
 	char *conf = xasprintf("%s/device.conf", dir);
@@ -991,7 +965,7 @@ static char *device_setup(struct e2e *e, const char *prefix, int i, const char *
 
 static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
 {
-	struct e2e *e = &fleet;
+	struct dh_fleet *e = &fleet;
 	pid_t pids[E2E_DEVICES];
 	char *conf[E2E_DEVICES];
 	int64_t ok = 0;
@@ -1001,9 +975,7 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 		conf[i] = device_setup(e, "dev", i, "key", "true");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e->d, e->release, "confirmed")) < E2E_DEVICES;
-	     waited += 200)
-		h_msleep(200);
+	ok = dh_fleet_wait(&e->d, e->release, "confirmed", E2E_DEVICES, 60000);
 	assert_int_equal(ok, E2E_DEVICES);
 	/* heartbeats about 1.1.0 were accepted: uptime is credited to it */
 	{
@@ -1041,12 +1013,6 @@ static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(
 	assert_int_equal(dh_fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
 }
 
-static int torture_cycles(void)
-{
-	const char *s = getenv("OTADEV_TORTURE_CYCLES");
-	return s && atoi(s) > 0 ? atoi(s) : 20;
-}
-
 /*
  * SIGKILL (power loss) at random instants: each cycle flashes a device with
  * the factory image (a fresh unit with the same id) and runs otacd-device
@@ -1058,9 +1024,10 @@ static int torture_cycles(void)
  */
 static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(void **state)
 {
-	struct e2e *e = &fleet;
+	struct dh_fleet *e = &fleet;
 	char *conf, *bin = h_bin("otacd-device"), *log;
-	int cycles = torture_cycles(), landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
+	int cycles = dh_env_count("OTADEV_TORTURE_CYCLES", 20);
+	int landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
 	unsigned seed = 12345;
 	(void)state;
 	conf = device_setup(e, "dev", 0, "key", "true");
@@ -1073,22 +1040,10 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 		free(statefile);
 		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
 		for (int attempt = 0; !done; attempt++) {
-			pid_t pid;
-			int st, delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
+			int delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
 			json_t *s;
 			assert_true(attempt < 100);
-			pid = fork();
-			if (pid == 0) {
-				int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-				dup2(fd, 1);
-				dup2(fd, 2);
-				execl(bin, bin, "-c", conf, "run", (char *)NULL);
-				_exit(127);
-			}
-			h_msleep(delay);
-			if (waitpid(pid, &st, WNOHANG) == 0) {
-				kill(pid, SIGKILL);
-				waitpid(pid, &st, 0);
+			if (dh_device_run_killed(bin, conf, log, delay)) {
 				kills++;
 				/* where the cut landed: the record's phase (idle with the
 				 * update not begun or already done counts as idle) */
@@ -1097,8 +1052,6 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
 					if (!strcmp(dh_js(s, "phase", NULL), otadev_phase_name(p)))
 						at[p]++;
 				json_decref(s);
-			} else {
-				assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
 			}
 			/* the reboot: MCUboot's decision; a valid primary image must remain */
 			buf_clear(&out);
@@ -1147,7 +1100,7 @@ static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(v
  * device downloads it, refuses it, and never marks it bootable. */
 static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void **state)
 {
-	struct e2e e;
+	struct dh_fleet e;
 	pid_t pids[2];
 	char *conf[2];
 	(void)state;
@@ -1189,7 +1142,7 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
 	assert_true(dh_fleet_count(&e.d, e.release, "offered") >= 2);
 	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), 0);
 	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
-	e2e_stop(&e);
+	dh_fleet_stop(&e);
 }
 
 /* A release whose self-test fails on the devices: each test-boots it, does
@@ -1197,7 +1150,7 @@ static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void *
  * counts the reverts and no device ends on it. */
 static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state)
 {
-	struct e2e e;
+	struct dh_fleet e;
 	pid_t pids[2];
 	char *conf[2];
 	int64_t reverted = 0;
@@ -1208,8 +1161,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 		conf[i] = device_setup(&e, "bad", i, "key", "false");
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (reverted = dh_fleet_count(&e.d, e.release, "reverted")) < 2; waited += 200)
-		h_msleep(200);
+	reverted = dh_fleet_wait(&e.d, e.release, "reverted", 2, 60000);
 	assert_int_equal(reverted, 2);
 	for (int i = 0; i < 2; i++) {
 		json_t *s;
@@ -1224,7 +1176,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
 	}
 	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 2);
 	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
-	e2e_stop(&e);
+	dh_fleet_stop(&e);
 }
 
 /*
@@ -1237,7 +1189,7 @@ static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state
  */
 static void device_speaks_tls_with_its_client_certificate(void **state)
 {
-	struct e2e e;
+	struct dh_fleet e;
 	struct buf out = BUF_INIT;
 	char *pki = h_tmpdir(), *extra, *ca, *conf[2];
 	pid_t pids[2];
@@ -1290,8 +1242,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		free(more);
 		pids[i] = dh_device_loop(conf[i]);
 	}
-	for (int waited = 0; waited < 60000 && (ok = dh_fleet_count(&e.d, e.release, "confirmed")) < 1; waited += 200)
-		h_msleep(200);
+	ok = dh_fleet_wait(&e.d, e.release, "confirmed", 1, 60000);
 	assert_int_equal(ok, 1);
 	h_msleep(1000);
 	for (int i = 0; i < 2; i++) {
@@ -1303,7 +1254,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 		free(conf[i]);
 	}
 	assert_int_equal(dh_fleet_count(&e.d, e.release, "offered"), 1);
-	e2e_stop(&e);
+	dh_fleet_stop(&e);
 	h_sh(&out, "rm -rf '%s'", pki);
 	buf_release(&out);
 	free(extra);
@@ -1314,7 +1265,7 @@ static void device_speaks_tls_with_its_client_certificate(void **state)
 static void e2e_teardown_fleet(void **state)
 {
 	(void)state;
-	e2e_stop(&fleet);
+	dh_fleet_stop(&fleet);
 }
 
 #define E2E_TESTS                                                                             \

@@ -43,12 +43,6 @@
 
 #define HW "mps2-an385"
 
-static char *src_path(const char *rel)
-{
-	const char *s = getenv("OTACD_SRC");
-	return xasprintf("%s/%s", s && *s ? s : ".", rel);
-}
-
 static char *read_all(const char *path, size_t *len)
 {
 	struct buf b = BUF_INIT;
@@ -220,46 +214,20 @@ static void uboot_corrupt_or_foreign_environment_is_refused_and_never_written(vo
 
 /* ---- end to end: real otacd, otacd-device processes, the emulated U-Boot ------- */
 
-struct rig {
-	struct daemon d;
-	char **cred;
-	int n;
-	char *factory;
-	int64_t release;
-};
-
 /* otacd with release 1.1.0 (signed with key.pem, counter 1) rolled out to
  * 100 %; a factory image 1.0.0 signed with the same key. */
-static void rig_start(struct rig *r, const char *prefix, int n)
+static void rig_start(struct dh_fleet *r, const char *prefix, int n)
 {
-	const char *const args[] = { "--local-agents", "1", NULL };
-	struct buf out = BUF_INIT;
-
 	memset(r, 0, sizeof(*r));
 	h_init(&r->d, NULL);
-	dh_start_signing(&r->d, args, "poll_interval: 1s\n");
-	r->cred = h_register_devices(&r->d, prefix, n);
-	r->n = n;
-	r->factory = dh_factory_image(r->d.dir, "key", -1);
-	r->release = dh_release_of(&r->d, h_trigger(&r->d, dh_fw_release_yaml));
-	assert_true(r->release > 0);
-	buf_release(&out);
+	dh_fleet_start(r, prefix, n, "key", "poll_interval: 1s\n");
+	r->release = dh_fw_release(&r->d);
 }
 
 /* the end-to-end tests' otacd and device loop, stopped by the teardown
  * even when an assertion fails */
-static struct rig R;
+static struct dh_fleet R;
 static pid_t R_loop;
-
-static void rig_stop(struct rig *r)
-{
-	for (int i = 0; i < r->n; i++)
-		free(r->cred[i]);
-	free(r->cred);
-	free(r->factory);
-	h_cleanup(&r->d);
-	memset(r, 0, sizeof(*r));
-}
 
 struct udev {
 	char *dir, *conf, *fw_conf, *cmdline, *log;
@@ -270,7 +238,7 @@ struct udev {
 /* Device i on U-Boot: an environment (slot a, bootlimit), a kernel command
  * line naming a, the factory image in slot a.  Slots: files in its
  * directory, or the given paths (block devices). */
-static void udev_setup(struct udev *u, struct rig *r, int i, const char *health, int bootlimit, int redundant,
+static void udev_setup(struct udev *u, struct dh_fleet *r, int i, const char *health, int bootlimit, int redundant,
 		       const char *slot_a, const char *slot_b)
 {
 	struct buf out = BUF_INIT;
@@ -314,21 +282,13 @@ static void udev_free(struct udev *u)
  * reboot (back to the bootloader). */
 static pid_t udev_loop(const struct udev *u)
 {
-	char *bin = h_bin("otacd-device"), *boot = src_path("tests/uboot_boot.sh");
+	char *bin = h_bin("otacd-device"), *boot = dh_src_path("tests/uboot_boot.sh");
 	char *script = u->mcuboot ? xasprintf("while :; do %s -c %s boot || exit 3; %s -c %s run; rc=$?;"
 					      " [ $rc -eq 10 ] || exit $rc; done", bin, u->conf, bin, u->conf)
 				  : xasprintf("while :; do %s %s %s || exit 3; %s -c %s run; rc=$?;"
 					      " [ $rc -eq 10 ] || exit $rc; done", boot, u->fw_conf, u->cmdline, bin, u->conf);
-	pid_t pid = fork();
-	if (pid == 0) {
-		int fd = open(u->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		setpgid(0, 0);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl("/bin/sh", "sh", "-c", script, (char *)NULL);
-		_exit(127);
-	}
-	setpgid(pid, pid);
+	char *argv[] = { "/bin/sh", "-c", script, NULL };
+	pid_t pid = dh_spawn(u->log, argv);
 	R_loop = pid;
 	free(bin);
 	free(boot);
@@ -338,9 +298,7 @@ static pid_t udev_loop(const struct udev *u)
 
 static void loop_stop(pid_t pid)
 {
-	int st;
-	kill(-pid, SIGTERM);
-	waitpid(pid, &st, 0);
+	dh_stop(pid);
 	if (pid == R_loop)
 		R_loop = 0;
 }
@@ -351,7 +309,7 @@ static int e2e_teardown(void **state)
 	if (R_loop)
 		loop_stop(R_loop);
 	if (R.d.dir)
-		rig_stop(&R);
+		dh_fleet_stop(&R);
 	return 0;
 }
 
@@ -360,12 +318,12 @@ static json_t *udev_status(const struct udev *u)
 	return dh_device_status(NULL, u->conf);
 }
 
-static int64_t wait_count(struct rig *r, const char *what, int64_t want)
+/* The device's life until the release's fleet counter what reaches want. */
+static void udev_loop_until(struct dh_fleet *r, const struct udev *u, const char *what, int64_t want)
 {
-	int64_t v = 0;
-	for (int waited = 0; waited < 60000 && (v = dh_fleet_count(&r->d, r->release, what)) < want; waited += 200)
-		h_msleep(200);
-	return v;
+	pid_t pid = udev_loop(u);
+	assert_int_equal(dh_fleet_wait(&r->d, r->release, what, want, 60000), want);
+	loop_stop(pid);
 }
 
 static int count_lines(const char *path, const char *line)
@@ -388,16 +346,13 @@ static int count_lines(const char *path, const char *line)
  * by the health check: the environment ends on b with nothing on trial. */
 static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct udev u = { 0 };
 	json_t *s;
-	pid_t pid;
 	(void)state;
 	rig_start(r, "u", 1);
 	udev_setup(&u, r, 0, "true", 3, 1, NULL, NULL);
-	pid = udev_loop(&u);
-	assert_int_equal(wait_count(r, "confirmed", 1), 1);
-	loop_stop(pid);
+	udev_loop_until(r, &u, "confirmed", 1);
 	assert_env(u.fw_conf, "otacd_slot", "b");
 	assert_env(u.fw_conf, "upgrade_available", "0");
 	assert_env(u.fw_conf, "bootcount", "0");
@@ -416,7 +371,7 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
 	udev_free(&u);
-	rig_stop(r);
+	dh_fleet_stop(r);
 }
 
 /* A health check that always fails: U-Boot counts the boots of b; past
@@ -424,16 +379,13 @@ static void uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount(v
  * reports the revert and does not take the image again. */
 static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct udev u = { 0 };
 	json_t *s;
-	pid_t pid;
 	(void)state;
 	rig_start(r, "u", 1);
 	udev_setup(&u, r, 0, "false", 2, 0, NULL, NULL);
-	pid = udev_loop(&u);
-	assert_int_equal(wait_count(r, "reverted", 1), 1);
-	loop_stop(pid);
+	udev_loop_until(r, &u, "reverted", 1);
 	/* bootcount 1 and 2 boot b; 3 > bootlimit 2: altbootcmd, back on a */
 	assert_int_equal(count_lines(u.log, "boot b"), 2);
 	assert_int_equal(count_lines(u.log, "altboot a"), 1);
@@ -447,7 +399,7 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "confirmed"), 0);
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 1);
 	udev_free(&u);
-	rig_stop(r);
+	dh_fleet_stop(r);
 }
 
 /* otacd-device refuses to start on an environment with a bad CRC, and
@@ -455,7 +407,7 @@ static void uboot_boot_loop_is_reverted_by_the_bootcount_and_reported(void **sta
  * slot variable name that fw_printenv would take for an option, too. */
 static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
 	char *bin = h_bin("otacd-device"), *env0, *before, *after;
@@ -484,7 +436,7 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
 	free(bin);
 	buf_release(&out);
 	udev_free(&u);
-	rig_stop(r);
+	dh_fleet_stop(r);
 }
 
 /* Killed (or crashed and restarted by systemd) after the mark and before
@@ -493,10 +445,9 @@ static void otacd_device_refuses_a_corrupt_environment_at_start(void **state)
  * Both backends; then the bootloader runs and the update lands. */
 static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct buf out = BUF_INIT;
 	char *bin = h_bin("otacd-device");
-	pid_t pid;
 	(void)state;
 	rig_start(r, "u", 2);
 	for (int i = 0; i < 2; i++) {
@@ -517,14 +468,12 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
 		json_decref(s);
 		if (!u.mcuboot)
 			assert_env(u.fw_conf, "otacd_slot", "b");
-		pid = udev_loop(&u);
-		assert_int_equal(wait_count(r, "confirmed", i + 1), i + 1);
-		loop_stop(pid);
+		udev_loop_until(r, &u, "confirmed", i + 1);
 		udev_free(&u);
 	}
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "installs"), 2);
 	assert_int_equal(dh_fleet_count(&r->d, r->release, "reverted"), 0);
-	rig_stop(r);
+	dh_fleet_stop(r);
 	free(bin);
 	buf_release(&out);
 }
@@ -536,12 +485,11 @@ static void restart_without_a_reboot_keeps_the_pending_test_boot(void **state)
  * too.  $OTADEV_UBOOT_CYCLES cycles (default 8). */
 static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct udev u = { 0 };
 	struct buf out = BUF_INIT;
-	char *bin = h_bin("otacd-device"), *boot = src_path("tests/uboot_boot.sh"), *statefile;
-	const char *env = getenv("OTADEV_UBOOT_CYCLES");
-	int cycles = env && atoi(env) > 0 ? atoi(env) : 8, landed = 0, reverted = 0, kills = 0;
+	char *bin = h_bin("otacd-device"), *boot = dh_src_path("tests/uboot_boot.sh"), *statefile;
+	int cycles = dh_env_count("OTADEV_UBOOT_CYCLES", 8), landed = 0, reverted = 0, kills = 0;
 	unsigned seed = 4242;
 	(void)state;
 	rig_start(r, "u", 1);
@@ -556,26 +504,10 @@ static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state
 					    " && echo 'otacd.slot=a' > %s && %s -c %s flash %s",
 				      u.fw_conf, u.cmdline, bin, u.conf, r->factory), 0);
 		for (int attempt = 0; !done; attempt++) {
-			int st, delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
-			pid_t pid;
+			int delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
 			json_t *s;
 			assert_true(attempt < 100);
-			pid = fork();
-			if (pid == 0) {
-				int fd = open(u.log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-				dup2(fd, 1);
-				dup2(fd, 2);
-				execl(bin, bin, "-c", u.conf, "run", (char *)NULL);
-				_exit(127);
-			}
-			h_msleep(delay);
-			if (waitpid(pid, &st, WNOHANG) == 0) {
-				kill(pid, SIGKILL);
-				waitpid(pid, &st, 0);
-				kills++;
-			} else {
-				assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
-			}
+			kills += dh_device_run_killed(bin, u.conf, u.log, delay);
 			/* the power-on */
 			if (h_sh(&out, "%s %s %s", boot, u.fw_conf, u.cmdline) != 0)
 				fail_msg("emulated U-Boot: %s", buf_cstr(&out));
@@ -608,7 +540,7 @@ static void sigkill_at_random_points_on_uboot_keeps_a_bootable_slot(void **state
 	assert_int_equal(landed + reverted, cycles);
 	assert_true(landed > 0);
 	assert_true(kills >= cycles);
-	rig_stop(r);
+	dh_fleet_stop(r);
 	udev_free(&u);
 	free(statefile);
 	free(bin);
@@ -663,7 +595,7 @@ static int loops_teardown(void **state)
  * larger than sector_size is refused. */
 static void block_device_slots_on_loop_devices_take_an_update(void **state)
 {
-	struct rig *r = &R;
+	struct dh_fleet *r = &R;
 	struct buf out = BUF_INIT;
 	char *dir = h_tmpdir(), *fc = xasprintf("%s/c.img", dir), *conf, *bin = h_bin("otacd-device");
 	(void)state;
@@ -672,7 +604,6 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 		char *fa = xasprintf("%s/a%d.img", dir, v), *fb = xasprintf("%s/b%d.img", dir, v);
 		struct udev u = { 0 };
 		json_t *s;
-		pid_t pid;
 		if (!(loops[0] = loop_attach(fa, 0)) || !(loops[1] = loop_attach(fb, 0))) {
 			fprintf(stderr, "# losetup does not work here (needs root and /dev/loop-control): skipped\n");
 			skip();
@@ -682,9 +613,7 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 		u.mcuboot = v;
 		u.extra = v ? "direct = 0\n" : "";
 		udev_setup(&u, r, v, "true", 3, 0, loops[0], loops[1]);
-		pid = udev_loop(&u);
-		assert_int_equal(wait_count(r, "confirmed", v + 1), v + 1);
-		loop_stop(pid);
+		udev_loop_until(r, &u, "confirmed", v + 1);
 		if (!v)
 			assert_env(u.fw_conf, "otacd_slot", "b");
 		s = udev_status(&u);
@@ -718,7 +647,7 @@ static void block_device_slots_on_loop_devices_take_an_update(void **state)
 	}
 	loops_detach(NULL);
 	h_sh(&out, "rm -rf %s", dir);
-	rig_stop(r);
+	dh_fleet_stop(r);
 	free(fc);
 	free(dir);
 	free(bin);
@@ -767,8 +696,8 @@ static void mtd_slots_take_only_writable_nor_partitions_that_fit(void **state)
 static void systemd_unit_verifies_and_the_config_example_parses(void **state)
 {
 	struct buf out = BUF_INIT;
-	char *dir = h_tmpdir(), *unit = src_path("device/contrib/otacd-device.service");
-	char *example = src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
+	char *dir = h_tmpdir(), *unit = dh_src_path("device/contrib/otacd-device.service");
+	char *example = dh_src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
 	double exposure = 99;
 	const char *p;
 	(void)state;

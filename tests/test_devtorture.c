@@ -91,10 +91,6 @@ struct mirror {
 	int altered;                 /* answers changed by the mirror */
 };
 
-struct mreq {
-	struct buf body;
-};
-
 struct cresp {
 	struct buf body;
 	char content_range[96];
@@ -153,7 +149,7 @@ static enum MHD_Result mirror_handler(void *cls, struct MHD_Connection *c, const
 				      const char *version, const char *data, size_t *size, void **con_cls)
 {
 	struct mirror *m = cls;
-	struct mreq *rq = *con_cls;
+	struct buf *body;
 	struct curl_slist *hl = NULL;
 	struct cresp rs;
 	const char *hdr[] = { "Authorization", "X-Device-Id", "Range", "Content-Type" };
@@ -164,17 +160,8 @@ static enum MHD_Result mirror_handler(void *cls, struct MHD_Connection *c, const
 	int mode;
 
 	(void)version;
-	if (!rq) {
-		rq = xcalloc(1, sizeof(*rq));
-		buf_init(&rq->body, 1 << 20);
-		*con_cls = rq;
+	if (dh_mhd_body(con_cls, data, size, &body))
 		return MHD_YES;
-	}
-	if (*size) {
-		buf_put(&rq->body, data, *size);
-		*size = 0;
-		return MHD_YES;
-	}
 	pthread_mutex_lock(&m->mu);
 	mode = m->mode;
 	for (int i = 0; i < m->nfiles; i++)
@@ -207,8 +194,8 @@ static enum MHD_Result mirror_handler(void *cls, struct MHD_Connection *c, const
 	curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);   /* threads: no SIGALRM */
 	if (!strcmp(method, "POST")) {
 		curl_easy_setopt(cu, CURLOPT_POST, 1L);
-		curl_easy_setopt(cu, CURLOPT_POSTFIELDS, rq->body.ptr ? rq->body.ptr : "");
-		curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE, (long)rq->body.len);
+		curl_easy_setopt(cu, CURLOPT_POSTFIELDS, body->ptr ? body->ptr : "");
+		curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE, (long)body->len);
 	}
 	if (curl_easy_perform(cu) == CURLE_OK)
 		curl_easy_getinfo(cu, CURLINFO_RESPONSE_CODE, &status);
@@ -253,19 +240,6 @@ static enum MHD_Result mirror_handler(void *cls, struct MHD_Connection *c, const
 	return ret;
 }
 
-static void mirror_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
-{
-	struct mreq *rq = *con_cls;
-	(void)cls;
-	(void)c;
-	(void)t;
-	if (rq) {
-		buf_release(&rq->body);
-		free(rq);
-	}
-	*con_cls = NULL;
-}
-
 static void mirror_start(struct mirror *m, const char *upstream)
 {
 	const union MHD_DaemonInfo *info;
@@ -273,7 +247,7 @@ static void mirror_start(struct mirror *m, const char *upstream)
 	pthread_mutex_init(&m->mu, NULL);
 	m->upstream = xstrdup(upstream);
 	m->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-				  mirror_handler, m, MHD_OPTION_NOTIFY_COMPLETED, mirror_done, m, MHD_OPTION_END);
+				  mirror_handler, m, MHD_OPTION_NOTIFY_COMPLETED, dh_mhd_body_done, m, MHD_OPTION_END);
 	assert_non_null(m->mhd);
 	info = MHD_get_daemon_info(m->mhd, MHD_DAEMON_INFO_BIND_PORT);
 	m->url = xasprintf("http://127.0.0.1:%u", (unsigned)info->port);
@@ -364,24 +338,6 @@ static void mirror_stop(struct mirror *m)
 
 /* ---- otacd, its releases ------------------------------------------------------------ */
 
-static int sh_in(const char *dir, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int sh_in(const char *dir, struct buf *out, const char *fmt, ...)
-{
-	struct buf cmd = BUF_INIT, tmp = BUF_INIT;
-	va_list ap;
-	int rc;
-
-	va_start(ap, fmt);
-	buf_vprintf(&cmd, fmt, ap);
-	va_end(ap);
-	rc = h_sh(out ? out : &tmp, "cd %s && { %s; }", dir, buf_cstr(&cmd));
-	if (rc != 0 && !out)
-		print_error("command failed (%d): %s\n%s\n", rc, buf_cstr(&cmd), buf_cstr(&tmp));
-	buf_release(&cmd);
-	buf_release(&tmp);
-	return rc;
-}
-
 static const char *const PIPE = "name: fw\nstages:\n"
 	"  - name: build\n"
 	"    steps: [ { run: \"printf 'fw %s' > app.bin && head -c 30000 /dev/urandom >> app.bin\" } ]\n"
@@ -414,7 +370,7 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 		    const char *key, int rollout)
 {
 	char *y = xasprintf(PIPE, version, hw, version, counter, key, rollout ? ROLLOUT : "");
-	char *sql, *p;
+	char *p;
 	int64_t run = h_trigger(d, y), env_id;
 	json_t *rj = NULL, *a;
 	size_t i;
@@ -422,9 +378,7 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 
 	if (st)
 		assert_string_equal(st, "passed");
-	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)", (long long)run);
-	for (int waited = 0; waited < 60000 && !(r->id = h_sql_int(d, sql)); waited += 100)
-		h_msleep(100);
+	r->id = dh_release_of(d, run);
 	assert_true(r->id > 0);
 	p = xasprintf("/api/v1/releases/%lld", (long long)r->id);
 	assert_int_equal(h_get(d, p, &rj), 200);
@@ -442,7 +396,6 @@ static void release(struct daemon *d, struct rel *r, const char *version, const 
 	assert_true(r->sha[0] && r->envelope.len > 0);
 	json_decref(rj);
 	free(p);
-	free(sql);
 	free(y);
 }
 
@@ -464,12 +417,6 @@ static char *offer_json(int64_t release, const char *version, int counter, const
 }
 
 /* ---- the device ------------------------------------------------------------------------ */
-
-static int torture_cycles(void)
-{
-	const char *s = getenv("OTADEV_TORTURE_CYCLES");
-	return s && atoi(s) > 0 ? atoi(s) : 10;
-}
 
 static const char *const phase_name[] = { "idle", "downloading", "installing", "rebooting", "testing" };
 
@@ -510,8 +457,7 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 	}
 	t->cycles[mode]++;
 	for (int attempt = 0; !done; attempt++) {
-		int st, delay = (int)(rand_r(seed) % (unsigned)(200 + 25 * attempt));
-		pid_t pid;
+		int delay = (int)(rand_r(seed) % (unsigned)(200 + 25 * attempt));
 		json_t *s;
 
 		if (attempt == 150) {
@@ -520,18 +466,7 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			print_error("%s: not settled: %s\n%s\n", mode_name[mode], json_dumps(s, 0), buf_cstr(&out));
 		}
 		assert_true(attempt < 150);
-		pid = fork();
-		if (pid == 0) {
-			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-			dup2(fd, 1);
-			dup2(fd, 2);
-			execl(bin, bin, "-c", conf, "run", (char *)NULL);
-			_exit(127);
-		}
-		h_msleep(delay);
-		if (waitpid(pid, &st, WNOHANG) == 0) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
+		if (dh_device_run_killed(bin, conf, log, delay)) {
 			t->kills++;
 			s = dh_device_status(bin, conf);
 			for (int p = 0; p <= OTADEV_TESTING; p++)
@@ -540,8 +475,6 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			if (mode != M_GOOD && !strcmp(dh_js(s, "phase", NULL), "installing"))
 				t->bad_at_install++;
 			json_decref(s);
-		} else {
-			assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 10);
 		}
 		/* the reboot: MCUboot's decision; then the invariants */
 		assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
@@ -622,7 +555,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	struct buf out = BUF_INIT, trunc = BUF_INIT;
 	struct tally t;
 	char *cfg, *bin = h_bin("otacd-device"), *otactl = h_bin("otactl"), *dir, *conf, *factory, **cred, ida[65];
-	int cycles = torture_cycles();
+	int cycles = dh_env_count("OTADEV_TORTURE_CYCLES", 10);
 	unsigned seed = 4242;
 
 	(void)state;
@@ -633,12 +566,12 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	memset(&r_b, 0, sizeof(r_b));
 	h_init(&d, NULL);
 	/* the PKI: an offline root, signing keys a and b certified by it */
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root", otactl), 0);
 	for (const char *n = "a"; n; n = !strcmp(n, "a") ? "b" : NULL)
-		assert_int_equal(sh_in(d.dir, NULL, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s.pem"
+		assert_int_equal(dh_sh_in(d.dir, NULL, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s.pem"
 					       " 2>/dev/null && openssl pkey -in %s.pem -pubout -out %s.pub"
 					       " && %s keys certify %s.pub --root root -o %s.crt", n, n, n, otactl, n, n), 0);
-	assert_int_equal(sh_in(d.dir, &out, "openssl pkey -pubin -in a.pub -outform DER | sha256sum | cut -c1-64"), 0);
+	assert_int_equal(dh_sh_in(d.dir, &out, "openssl pkey -pubin -in a.pub -outform DER | sha256sum | cut -c1-64"), 0);
 	snprintf(ida, sizeof(ida), "%.64s", buf_cstr(&out));
 	cfg = xasprintf("trust_root: %s/root/root.crt.pem\npoll_interval: 1s\nkeys:\n"
 			"  a: { spec: %s/a.pem, certificate: %s/a.crt }\n  b: { spec: %s/b.pem, certificate: %s/b.crt }\n",
@@ -723,8 +656,8 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	}
 
 	/* key a is compromised: revoked by the root, published on otacd */
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem", otactl, ida), 0);
-	assert_int_equal(sh_in(d.dir, NULL, "%s --url %s --token %s keys publish crl.pem", otactl, d.url, d.token), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem", otactl, ida), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s --url %s --token %s keys publish crl.pem", otactl, d.url, d.token), 0);
 	mirror_set(&m, M_GOOD, NULL);
 	for (int c = 0; c < 2; c++)
 		cycle(bin, conf, dir, factory, M_REVOKED, "", &seed, &t);
@@ -740,14 +673,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		unlink(log);
 		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, factory), 0);
 		mirror_add_file(&m, "/device/v1/revocations", NULL, 404);
-		pid = fork();
-		if (pid == 0) {
-			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-			dup2(fd, 1);
-			dup2(fd, 2);
-			execl(bin, bin, "-c", conf, "run", (char *)NULL);
-			_exit(127);
-		}
+		pid = dh_device_run(bin, conf, log);
 		for (int waited = 0; waited < 20000 && installing < 8; waited += 250) {
 			h_msleep(250);
 			s = dh_device_status(bin, conf);
@@ -773,7 +699,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	 * next image refused (here otacd's old release, offered by the mirror) */
 	{
 		struct buf forged = BUF_INIT;
-		assert_int_equal(sh_in(d.dir, NULL, "%s keys root init other --cn other && %s keys certify a.pub --root other -o a-other.crt && %s keys revoke %s --root other"
+		assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init other --cn other && %s keys certify a.pub --root other -o a-other.crt && %s keys revoke %s --root other"
 					       " --reason keyCompromise -o forged.pem", otactl, otactl, otactl, ida), 0);
 		{
 			char *p = xasprintf("%s/forged.pem", d.dir);
@@ -884,7 +810,7 @@ static int parse_env(struct otadev_manifest *m, const struct buf *env, const uin
  */
 static void manifest_parser_reads_otacds_envelope_and_flags_edits(void **state)
 {
-	char *path = xasprintf("%s/fuzz/corpus/fuzz_devchain/manifest", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
+	char *path = dh_src_path("fuzz/corpus/fuzz_devchain/manifest");
 	struct buf file = BUF_INIT, env = BUF_INIT, edited = BUF_INIT, raw = BUF_INIT;
 	struct otadev_manifest m;
 	uint8_t sha[32], other[32];

@@ -391,10 +391,6 @@ struct refuser {
 	int accepted, refused_retry, refused_never, resent_accepted, batches;
 };
 
-struct rreq {
-	struct buf body;
-};
-
 static enum MHD_Result rreply(struct MHD_Connection *c, unsigned code, const char *text)
 {
 	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
@@ -409,25 +405,16 @@ static enum MHD_Result refuser_handler(void *cls, struct MHD_Connection *c, cons
 				       const char *version, const char *data, size_t *size, void **con_cls)
 {
 	struct refuser *f = cls;
-	struct rreq *rq = *con_cls;
+	struct buf *body;
 	json_t *b, *ans = NULL, *r;
 	char *text;
 	size_t k;
 	enum MHD_Result ret;
 
 	(void)version;
-	if (!rq) {
-		rq = xcalloc(1, sizeof(*rq));
-		buf_init(&rq->body, 1 << 20);
-		*con_cls = rq;
+	if (dh_mhd_body(con_cls, data, size, &body))
 		return MHD_YES;
-	}
-	if (*size) {
-		buf_put(&rq->body, data, *size);
-		*size = 0;
-		return MHD_YES;
-	}
-	b = json_loadb(rq->body.ptr ? rq->body.ptr : "", rq->body.len, 0, NULL);
+	b = json_loadb(body->ptr ? body->ptr : "", body->len, 0, NULL);
 	if (!strcmp(method, "POST") && !strcmp(url, "/device/v1/register")) {
 		json_t *creds = json_array();
 		for (k = 0; k < json_array_size(json_object_get(b, "devices")); k++)
@@ -480,19 +467,6 @@ static enum MHD_Result refuser_handler(void *cls, struct MHD_Connection *c, cons
 	return ret;
 }
 
-static void refuser_done(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
-{
-	struct rreq *rq = *con_cls;
-	(void)cls;
-	(void)c;
-	(void)toe;
-	if (rq) {
-		buf_release(&rq->body);
-		free(rq);
-	}
-	*con_cls = NULL;
-}
-
 static void fleetsim_resends_retryable_refusals_and_drops_the_rest(void **state)
 {
 	struct refuser f = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -505,7 +479,7 @@ static void fleetsim_resends_retryable_refusals_and_drops_the_rest(void **state)
 
 	(void)state;
 	f.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-			       refuser_handler, &f, MHD_OPTION_NOTIFY_COMPLETED, refuser_done, &f, MHD_OPTION_END);
+			       refuser_handler, &f, MHD_OPTION_NOTIFY_COMPLETED, dh_mhd_body_done, &f, MHD_OPTION_END);
 	assert_non_null(f.d);
 	info = MHD_get_daemon_info(f.d, MHD_DAEMON_INFO_BIND_PORT);
 	url = xasprintf("http://127.0.0.1:%u", (unsigned)info->port);

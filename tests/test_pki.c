@@ -34,29 +34,10 @@
 
 static char *otactl_bin;
 
-/* Run a shell command in dir; its output in out (may be NULL); exit status. */
-static int sh_in(const char *dir, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int sh_in(const char *dir, struct buf *out, const char *fmt, ...)
-{
-	struct buf cmd = BUF_INIT, tmp = BUF_INIT;
-	va_list ap;
-	int rc;
-
-	va_start(ap, fmt);
-	buf_vprintf(&cmd, fmt, ap);
-	va_end(ap);
-	rc = h_sh(out ? out : &tmp, "cd %s && { %s; }", dir, buf_cstr(&cmd));
-	if (rc != 0 && !out)
-		print_error("command failed (%d): %s\n%s\n", rc, buf_cstr(&cmd), buf_cstr(&tmp));
-	buf_release(&cmd);
-	buf_release(&tmp);
-	return rc;
-}
-
 /* name.pem (P-256 private key) and name.pub in dir. */
 static void make_key(const char *dir, const char *name)
 {
-	assert_int_equal(sh_in(dir, NULL, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s.pem"
+	assert_int_equal(dh_sh_in(dir, NULL, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s.pem"
 				       " 2>/dev/null && openssl pkey -in %s.pem -pubout -out %s.pub", name, name, name), 0);
 }
 
@@ -64,7 +45,7 @@ static void make_key(const char *dir, const char *name)
 static void key_id(const char *dir, const char *name, char out[65])
 {
 	struct buf b = BUF_INIT;
-	assert_int_equal(sh_in(dir, &b, "openssl pkey -pubin -in %s.pub -outform DER | sha256sum | cut -c1-64", name), 0);
+	assert_int_equal(dh_sh_in(dir, &b, "openssl pkey -pubin -in %s.pub -outform DER | sha256sum | cut -c1-64", name), 0);
 	assert_true(b.len >= 64);
 	memcpy(out, b.ptr, 64);
 	out[64] = 0;
@@ -74,7 +55,7 @@ static void key_id(const char *dir, const char *name, char out[65])
 /* `otactl keys certify name.pub --root root -o name.crt EXTRA`. */
 static void certify(const char *dir, const char *root, const char *name, const char *extra)
 {
-	assert_int_equal(sh_in(dir, NULL, "%s keys certify %s.pub --root %s -o %s.crt %s", otactl_bin, name, root, name,
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys certify %s.pub --root %s -o %s.crt %s", otactl_bin, name, root, name,
 			       extra ? extra : ""), 0);
 }
 
@@ -128,7 +109,7 @@ static void make_bad_certs(const char *dir)
 {
 	const char *ca = "-CA root/root.crt.pem -CAkey root/root.key.pem -days 30 -set_serial 7";
 
-	assert_int_equal(sh_in(dir, NULL, "%s keys root init other --cn 'another root'", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys root init other --cn 'another root'", otactl_bin), 0);
 	make_key(dir, "expired");
 	certify(dir, "root", "expired", "--not-before 2020-01-01T00:00:00Z --not-after 2021-01-01T00:00:00Z");
 	make_key(dir, "future");
@@ -136,16 +117,16 @@ static void make_bad_certs(const char *dir)
 	make_key(dir, "foreign");
 	certify(dir, "other", "foreign", NULL);
 	make_key(dir, "noeku");
-	assert_int_equal(sh_in(dir, NULL, "printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature\\n' > noeku.ext"
+	assert_int_equal(dh_sh_in(dir, NULL, "printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature\\n' > noeku.ext"
 				       " && openssl req -new -key noeku.pem -subj /CN=noeku -out noeku.csr"
 				       " && openssl x509 -req -in noeku.csr %s -extfile noeku.ext -out noeku.crt 2>/dev/null", ca), 0);
 	make_key(dir, "certsign");
-	assert_int_equal(sh_in(dir, NULL, "printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyCertSign\\n"
+	assert_int_equal(dh_sh_in(dir, NULL, "printf 'basicConstraints=critical,CA:FALSE\\nkeyUsage=critical,digitalSignature,keyCertSign\\n"
 				       "extendedKeyUsage=critical,codeSigning\\n' > certsign.ext"
 				       " && openssl req -new -key certsign.pem -subj /CN=certsign -out certsign.csr"
 				       " && openssl x509 -req -in certsign.csr %s -extfile certsign.ext -out certsign.crt 2>/dev/null", ca), 0);
 	make_key(dir, "selfsigned");
-	assert_int_equal(sh_in(dir, NULL, "openssl req -x509 -key selfsigned.pem -subj /CN=selfsigned -days 30"
+	assert_int_equal(dh_sh_in(dir, NULL, "openssl req -x509 -key selfsigned.pem -subj /CN=selfsigned -days 30"
 				       " -addext basicConstraints=critical,CA:FALSE -addext keyUsage=critical,digitalSignature"
 				       " -addext extendedKeyUsage=critical,codeSigning -out selfsigned.crt"), 0);
 }
@@ -162,9 +143,9 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	time_t now = time(NULL);
 
 	(void)state;
-	assert_int_equal(sh_in(dir, NULL, "%s keys root init root", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys root init root", otactl_bin), 0);
 	/* a second init does not overwrite the root */
-	assert_int_not_equal(sh_in(dir, NULL, "%s keys root init root 2>/dev/null", otactl_bin), 0);
+	assert_int_not_equal(dh_sh_in(dir, NULL, "%s keys root init root 2>/dev/null", otactl_bin), 0);
 	make_key(dir, "good");
 	certify(dir, "root", "good", "--days 30");
 	make_bad_certs(dir);
@@ -197,11 +178,11 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	expect_refused(root, dir, "foreign.crt", now, NULL, "does not end at the trusted root");
 	expect_refused(root, dir, "root/root.crt.pem", now, NULL, "self-signed");
 	/* a chain padded with the real root does not help a foreign leaf */
-	assert_int_equal(sh_in(dir, NULL, "cat foreign.crt root/root.crt.pem > padded.crt"), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "cat foreign.crt root/root.crt.pem > padded.crt"), 0);
 	expect_refused(root, dir, "padded.crt", now, NULL, "does not end at the trusted root");
 
 	/* a chain file holds 1 to 4 certificates */
-	assert_int_equal(sh_in(dir, NULL, "cat good.crt good.crt good.crt good.crt good.crt > five.crt"), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "cat good.crt good.crt good.crt good.crt good.crt > five.crt"), 0);
 	{
 		char *t = read_text(dir, "five.crt");
 		assert_int_equal(pki_chain_from_pem(&c, t, strlen(t)), OTA_EINVAL);
@@ -241,7 +222,7 @@ static void chain_check_refuses_expired_future_misused_self_signed_and_foreign_c
 	json_decref(c);
 	X509_free(root);
 	X509_free(other);
-	sh_in(dir, NULL, "rm -rf %s", dir);
+	dh_sh_in(dir, NULL, "rm -rf %s", dir);
 	free(dir);
 }
 
@@ -257,21 +238,21 @@ static void revocation_lists_must_be_the_roots_and_newer_on_devices(void **state
 	json_t *c;
 
 	(void)state;
-	assert_int_equal(sh_in(dir, NULL, "%s keys root init root && %s keys root init other", otactl_bin, otactl_bin), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys root init root && %s keys root init other", otactl_bin, otactl_bin), 0);
 	make_key(dir, "a");
 	make_key(dir, "b");
 	certify(dir, "root", "a", NULL);
 	certify(dir, "root", "b", NULL);
 	certify(dir, "other", "b", NULL); /* other's list will name b's serial there */
 	key_id(dir, "a", id);
-	assert_int_equal(sh_in(dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl1.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl1.pem", otactl_bin, id), 0);
 	key_id(dir, "b", id);
-	assert_int_equal(sh_in(dir, NULL, "%s keys revoke %s --root root --reason superseded -o crl2.pem", otactl_bin, id), 0);
-	assert_int_equal(sh_in(dir, NULL, "%s keys revoke %s --root other --reason keyCompromise -o forged.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys revoke %s --root root --reason superseded -o crl2.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys revoke %s --root other --reason keyCompromise -o forged.pem", otactl_bin, id), 0);
 	/* unknown keys and reasons are refused before anything is written */
-	assert_int_not_equal(sh_in(dir, NULL, "%s keys revoke 00000000000000000000 --root root --reason keyCompromise 2>/dev/null",
+	assert_int_not_equal(dh_sh_in(dir, NULL, "%s keys revoke 00000000000000000000 --root root --reason keyCompromise 2>/dev/null",
 				   otactl_bin), 0);
-	assert_int_not_equal(sh_in(dir, NULL, "%s keys revoke %s --root root --reason whim 2>/dev/null", otactl_bin, id), 0);
+	assert_int_not_equal(dh_sh_in(dir, NULL, "%s keys revoke %s --root root --reason whim 2>/dev/null", otactl_bin, id), 0);
 	crl1 = read_text(dir, "crl1.pem");
 	crl2 = read_text(dir, "crl2.pem");
 	forged = read_text(dir, "forged.pem");
@@ -307,7 +288,7 @@ static void revocation_lists_must_be_the_roots_and_newer_on_devices(void **state
 	free(crl1);
 	free(crl2);
 	free(forged);
-	sh_in(dir, NULL, "rm -rf %s", dir);
+	dh_sh_in(dir, NULL, "rm -rf %s", dir);
 	free(dir);
 }
 
@@ -322,7 +303,7 @@ static void root_key_in_a_token_certifies_and_revokes(void **state)
 	(void)state;
 	if (access("/usr/lib/softhsm/libsofthsm2.so", R_OK) != 0)
 		fail_msg("needs SoftHSM2: apt-get install softhsm2 opensc libengine-pkcs11-openssl");
-	assert_int_equal(sh_in(dir, NULL, "mkdir -p tokens && printf 'directories.tokendir = %s/tokens\\nobjectstore.backend = file\\n'"
+	assert_int_equal(dh_sh_in(dir, NULL, "mkdir -p tokens && printf 'directories.tokendir = %s/tokens\\nobjectstore.backend = file\\n'"
 				       " > softhsm2.conf", dir), 0);
 	{
 		char *conf = xasprintf("%s/softhsm2.conf", dir);
@@ -330,26 +311,26 @@ static void root_key_in_a_token_certifies_and_revokes(void **state)
 		free(conf);
 	}
 	unsetenv("OTACD_PKCS11_MODULE");
-	assert_int_equal(sh_in(dir, NULL, "softhsm2-util --init-token --free --label offline --pin 1234 --so-pin 5678 >/dev/null"
+	assert_int_equal(dh_sh_in(dir, NULL, "softhsm2-util --init-token --free --label offline --pin 1234 --so-pin 5678 >/dev/null"
 				       " && pkcs11-tool --module /usr/lib/softhsm/libsofthsm2.so --token-label offline --login --pin 1234"
 				       " --keypairgen --key-type EC:prime256v1 --label root --id 01 >/dev/null"), 0);
-	assert_int_equal(sh_in(dir, NULL, "%s keys root init root --key %s --pin 1234 --cn 'hsm root'", otactl_bin, uri), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys root init root --key %s --pin 1234 --cn 'hsm root'", otactl_bin, uri), 0);
 	assert_int_not_equal(access("root/root.key.pem", F_OK), 0); /* no key file: it is in the token */
 	make_key(dir, "a");
-	assert_int_equal(sh_in(dir, NULL, "%s keys certify a.pub --root root --root-key %s --pin 1234 -o a.crt", otactl_bin, uri), 0);
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys certify a.pub --root root --root-key %s --pin 1234 -o a.crt", otactl_bin, uri), 0);
 	/* OpenSSL's own verifier agrees */
-	assert_int_equal(sh_in(dir, &out, "openssl verify -x509_strict -CAfile root/root.crt.pem a.crt"), 0);
+	assert_int_equal(dh_sh_in(dir, &out, "openssl verify -x509_strict -CAfile root/root.crt.pem a.crt"), 0);
 	key_id(dir, "a", id);
-	assert_int_equal(sh_in(dir, NULL, "%s keys revoke %s --root root --root-key %s --pin 1234 --reason keyCompromise -o crl.pem",
+	assert_int_equal(dh_sh_in(dir, NULL, "%s keys revoke %s --root root --root-key %s --pin 1234 --reason keyCompromise -o crl.pem",
 			       otactl_bin, id, uri), 0);
-	assert_int_equal(sh_in(dir, &out, "openssl verify -crl_check -CRLfile crl.pem -CAfile root/root.crt.pem a.crt"), 2);
+	assert_int_equal(dh_sh_in(dir, &out, "openssl verify -crl_check -CRLfile crl.pem -CAfile root/root.crt.pem a.crt"), 2);
 	assert_non_null(strstr(buf_cstr(&out), "certificate revoked"));
 	/* a wrong PIN signs nothing */
-	assert_int_not_equal(sh_in(dir, &out, "%s keys certify a.pub --root root --root-key %s --pin 9999 -o b.crt", otactl_bin, uri), 0);
+	assert_int_not_equal(dh_sh_in(dir, &out, "%s keys certify a.pub --root root --root-key %s --pin 9999 -o b.crt", otactl_bin, uri), 0);
 	assert_int_not_equal(access("b.crt", F_OK), 0);
 	unsetenv("SOFTHSM2_CONF");
 	buf_release(&out);
-	sh_in(dir, NULL, "rm -rf %s", dir);
+	dh_sh_in(dir, NULL, "rm -rf %s", dir);
 	free(dir);
 }
 
@@ -438,7 +419,7 @@ static void release_signed_by_a_retired_key_still_verifies_by_its_chain(void **s
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
 	make_key(d.dir, "a");
 	make_key(d.dir, "b");
 	make_key(d.dir, "bare");
@@ -489,11 +470,11 @@ static void release_signed_by_a_retired_key_still_verifies_by_its_chain(void **s
 	assert_true(checks_mention(v, 1, "chains to the trust root"));
 	json_decref(v);
 	/* ... and with otactl, trusting the root file alone */
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin, d.url,
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin, d.url,
 			       d.token, (long long)r1), 0);
 	assert_non_null(strstr(buf_cstr(&out), "release verifies"));
 	/* ... or trusting the daemon's root (GET /api/v1/trust), as with its keys */
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld", otactl_bin, d.url, d.token, (long long)r1), 0);
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s verify %lld", otactl_bin, d.url, d.token, (long long)r1), 0);
 	assert_non_null(strstr(buf_cstr(&out), "chains to the trust root"));
 	/* the new key's release verifies the same way */
 	r2 = release_with(&d, "1.2.0", "b", &st);
@@ -511,7 +492,7 @@ static void release_signed_by_a_retired_key_still_verifies_by_its_chain(void **s
 	v = verification(&d, r1);
 	assert_false(json_is_true(json_object_get(v, "ok")));
 	json_decref(v);
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin, d.url,
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin, d.url,
 			       d.token, (long long)r1), 0);
 	buf_release(&out);
 	h_cleanup(&d);
@@ -535,7 +516,7 @@ static void releases_with_bad_chains_do_not_verify(void **state)
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
 	make_bad_certs(d.dir);
 	/* a daemon without a trust root signs whatever it is given (as a
 	 * compromised or misconfigured build server would) ... */
@@ -551,7 +532,7 @@ static void releases_with_bad_chains_do_not_verify(void **state)
 		rel = release_with(&d, version, bad[i].key, &st);
 		assert_string_equal(st, "passed");
 		/* ... and a verifier holding the root refuses each, saying why */
-		assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin,
+		assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s verify %lld --root root/root.crt.pem", otactl_bin,
 				       d.url, d.token, (long long)rel), 1);
 		if (!strstr(buf_cstr(&out), bad[i].why))
 			print_error("%s: %s\n", bad[i].key, buf_cstr(&out));
@@ -573,27 +554,27 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root && %s keys root init other", otactl_bin, otactl_bin), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root && %s keys root init other", otactl_bin, otactl_bin), 0);
 	make_key(d.dir, "a");
 	make_key(d.dir, "b");
 	certify(d.dir, "root", "a", NULL);
 	certify(d.dir, "root", "b", NULL);
 	certify(d.dir, "other", "a", NULL);
 	key_id(d.dir, "a", id);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl1.pem", otactl_bin, id), 0);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys revoke %s --root other --reason keyCompromise -o forged.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason keyCompromise -o crl1.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys revoke %s --root other --reason keyCompromise -o forged.pem", otactl_bin, id), 0);
 	key_id(d.dir, "b", id);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason superseded -o crl2.pem", otactl_bin, id), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys revoke %s --root root --reason superseded -o crl2.pem", otactl_bin, id), 0);
 	cfg = xasprintf("trust_root: %s/root/root.crt.pem\n", d.dir);
 	start_daemon(&d, cfg);
 	cred = h_register_devices(&d, "pki", 1);
 
 	/* nothing held yet: a device gets 404 */
-	assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
+	assert_int_equal(dh_sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
 				       " -H 'X-Device-Id: pki-0000' %s/device/v1/revocations", cred[0], d.device_url), 0);
 	assert_string_equal(buf_cstr(&out), "404");
 	/* a list signed by another key: refused, nothing changes */
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish forged.pem", otactl_bin, d.url, d.token), 1);
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s keys publish forged.pem", otactl_bin, d.url, d.token), 1);
 	assert_non_null(strstr(buf_cstr(&out), "not signed by the trust root"));
 	/* only an admin publishes */
 	{
@@ -604,11 +585,11 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 		json_decref(ans);
 	}
 	/* list 2, then list 1 (older) and 2 again: refused */
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 0);
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 0);
 	assert_non_null(strstr(buf_cstr(&out), "revocation list 2 published"));
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl1.pem", otactl_bin, d.url, d.token), 1);
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl1.pem", otactl_bin, d.url, d.token), 1);
 	assert_non_null(strstr(buf_cstr(&out), "not newer than the held list 2"));
-	assert_int_equal(sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 1);
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s --url %s --token %s keys publish crl2.pem", otactl_bin, d.url, d.token), 1);
 	/* garbage */
 	{
 		json_t *req = json_pack("{ss}", "crl_pem", "-----BEGIN X509 CRL-----\nAA\n-----END X509 CRL-----\n");
@@ -641,18 +622,18 @@ static void daemon_publishes_only_newer_root_signed_lists_and_keeps_them(void **
 	assert_int_equal(json_integer_value(json_object_get(ans, "revocations_number")), 2);
 	json_decref(ans);
 	{
-		assert_int_equal(sh_in(d.dir, &out, "curl -sf -H 'Authorization: Bearer %s' -H 'X-Device-Id: pki-0000' %s/device/v1/revocations"
+		assert_int_equal(dh_sh_in(d.dir, &out, "curl -sf -H 'Authorization: Bearer %s' -H 'X-Device-Id: pki-0000' %s/device/v1/revocations"
 					       " | openssl crl -noout -text", cred[0], d.device_url), 0);
 		assert_non_null(strstr(buf_cstr(&out), "CRL Number"));
 		assert_non_null(strstr(buf_cstr(&out), "Superseded"));
 		assert_non_null(strstr(buf_cstr(&out), "Key Compromise"));
-		assert_int_equal(sh_in(d.dir, &out, "curl -sf -H 'Authorization: Bearer %s' -H 'X-Device-Id: pki-0000'"
+		assert_int_equal(dh_sh_in(d.dir, &out, "curl -sf -H 'Authorization: Bearer %s' -H 'X-Device-Id: pki-0000'"
 					       " -d '{\"device\":\"pki-0000\",\"product\":\"fw\",\"hardware\":\"h\",\"bootloader\":\"1.0.0\","
 					       "\"version\":\"1.0.0\",\"security_counter\":1,\"slot\":\"confirmed\"}' %s/device/v1/checkin",
 				       cred[0], d.device_url), 0);
 		assert_non_null(strstr(buf_cstr(&out), "\"revocations\":2"));
 		/* a wrong credential gets nothing */
-		assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %032d'"
+		assert_int_equal(dh_sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %032d'"
 					       " -H 'X-Device-Id: pki-0000' %s/device/v1/revocations", 0, d.device_url), 0);
 		assert_string_equal(buf_cstr(&out), "401");
 	}
@@ -681,26 +662,6 @@ static char *fleet_pipeline(const char *version, int counter, const char *key, c
 			 version, version, counter, key, steps);
 }
 
-static int64_t devices_on(struct daemon *d, int64_t release)
-{
-	char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)release);
-	json_t *st = NULL;
-	int64_t n;
-	assert_int_equal(h_get(d, path, &st), 200);
-	n = json_integer_value(json_object_get(json_object_get(st, "fleet"), "devices"));
-	json_decref(st);
-	free(path);
-	return n;
-}
-
-static int64_t wait_devices_on(struct daemon *d, int64_t release, int64_t want, int timeout_ms)
-{
-	int64_t on = 0;
-	for (int waited = 0; (on = devices_on(d, release)) < want && waited < timeout_ms; waited += 250)
-		h_msleep(250);
-	return on;
-}
-
 static int file_has(const char *path, const char *needle)
 {
 	struct buf b = BUF_INIT;
@@ -725,7 +686,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	h_init(&d, NULL);
 	/* the offline side: a root and three signing keys; the devices'
 	 * bootloaders hold all three public keys in their key slots */
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
 	make_key(d.dir, "a");
 	make_key(d.dir, "b");
 	make_key(d.dir, "c");
@@ -767,7 +728,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r1 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r1 > 0);
-	assert_int_equal(wait_devices_on(&d, r1, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r1, "devices", FLEET, 60000), FLEET);
 
 	/* rotation: 1.2.0 by key b, which no device was told about: it
 	 * chains to the root they trust */
@@ -775,7 +736,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r2 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r2 > 0);
-	assert_int_equal(wait_devices_on(&d, r2, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r2, "devices", FLEET, 60000), FLEET);
 
 	/* 1.3.0, also by b, starts at 10 % and holds there */
 	y = fleet_pipeline("1.3.0", 1, "b", "{percent: 10, hold: 1000h}, {percent: 100, hold: 1h}");
@@ -783,17 +744,17 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r3 = dh_release_of(&d, run3);
 	free(y);
 	assert_true(r3 > 0);
-	assert_true(wait_devices_on(&d, r3, FLEET / 20, 60000) >= FLEET / 20);
+	assert_true(dh_fleet_wait(&d, r3, "devices", FLEET / 20, 60000) >= FLEET / 20);
 
 	/* compromise: b leaked.  Offline, the root revokes it; the list is
 	 * published; devices fetch it with their next check-in */
-	assert_int_equal(sh_in(d.dir, &out, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem"
+	assert_int_equal(dh_sh_in(d.dir, &out, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem"
 					     " && %s --url %s --token %s keys publish crl.pem",
 			       otactl_bin, idB, otactl_bin, d.url, d.token), 0);
 	for (int waited = 0; !file_has(log, "revocation list 1 accepted") && waited < 30000; waited += 100)
 		h_msleep(100);
 	assert_true(file_has(log, "revocation list 1 accepted"));
-	on3 = devices_on(&d, r3);
+	on3 = dh_fleet_count(&d, r3, "devices");
 	/* otacd itself no longer signs with b */
 	release_refused(&d, "1.3.1", "b", "is revoked (keyCompromise");
 	/* now 1.3.0 is offered to everyone: nobody else installs it */
@@ -814,7 +775,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	r4 = dh_release_of(&d, h_trigger(&d, y));
 	free(y);
 	assert_true(r4 > 0);
-	assert_int_equal(wait_devices_on(&d, r4, FLEET, 60000), FLEET);
+	assert_int_equal(dh_fleet_wait(&d, r4, "devices", FLEET, 60000), FLEET);
 
 	kill(sim, SIGTERM);
 	waitpid(sim, &status, 0);
@@ -892,7 +853,7 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
+	assert_int_equal(dh_sh_in(d.dir, NULL, "%s keys root init root", otactl_bin), 0);
 	make_bad_certs(d.dir);
 	make_key(d.dir, "a");
 	make_key(d.dir, "unslotted");
@@ -941,11 +902,11 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 	{
 		char **cred = h_register_devices(&d, "stranger", 1);
 		struct buf out = BUF_INIT;
-		assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
+		assert_int_equal(dh_sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
 					       " -H 'X-Device-Id: stranger-0000' %s/device/v1/releases/%lld/manifest", cred[0],
 				       d.device_url, (long long)r1), 0);
 		assert_string_equal(buf_cstr(&out), "403");
-		assert_int_equal(sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
+		assert_int_equal(dh_sh_in(d.dir, &out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s'"
 					       " -H 'X-Device-Id: stranger-0000' %s/device/v1/releases/999/manifest", cred[0],
 				       d.device_url), 0);
 		assert_string_equal(buf_cstr(&out), "404");
@@ -953,8 +914,8 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 		free(cred);
 		buf_release(&out);
 	}
-	assert_int_equal(devices_on(&d, r1), 0);
-	assert_int_equal(devices_on(&d, r2), 0);
+	assert_int_equal(dh_fleet_count(&d, r1, "devices"), 0);
+	assert_int_equal(dh_fleet_count(&d, r2, "devices"), 0);
 	kill(sim, SIGTERM);
 	waitpid(sim, &status, 0);
 	s = json_load_file(stats, 0, NULL);

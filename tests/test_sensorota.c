@@ -24,6 +24,7 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
+#include "devharness.h"
 #include "harness.h"
 #include "../orchestrator/mcuboot.h"
 
@@ -44,27 +45,14 @@ static int tools_missing(void)
 	return missing;
 }
 
-static char *src_path(const char *rel)
-{
-	const char *root = getenv("OTACD_SRC");
-	return xasprintf("%s/%s", root && *root ? root : ".", rel);
-}
-
 /* The example as a firmware repository (libotadev at lib/otadev), built for
  * one board; returns the copy's directory. */
 static char *build_board(const char *dir, const char *board)
 {
-	char *from = src_path("examples/sensor-node"), *core = src_path("device"), *to = xasprintf("%s/fw", dir);
+	char *to = dh_sensor_node_copy(dir, "fw");
 	struct buf out = BUF_INIT;
-	int rc;
-	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
-				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
-			      to, from, to, core, core, to), 0);
-	rc = h_sh(&out, "make -s -C '%s' BOARD=%s", to, board);
-	if (rc)
-		fail_msg("make BOARD=%s: %s", board, out.ptr);
-	free(from);
-	free(core);
+	if (h_sh(&out, "make -s -C '%s' BOARD=%s", to, board) != 0)
+		fail_msg("make BOARD=%s: %s", board, buf_cstr(&out));
 	buf_release(&out);
 	return to;
 }
@@ -155,7 +143,7 @@ static void boot(struct buf *out, const char *board, const char *elf, const char
 static void boot_bridged(struct buf *out, const char *board, const char *elf, const char *flash, const char *input,
 			 int secs, const char *dir, const char *url)
 {
-	char *bridge = src_path("examples/sensor-node/hil/bridge.py");
+	char *bridge = dh_src_path("examples/sensor-node/hil/bridge.py");
 	buf_clear(out);
 	assert_int_equal(h_sh(out, "{ (%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
 				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on -nographic -monitor none"
@@ -276,7 +264,7 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov, *sql;
+	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov;
 	unsigned char *slot;
 	int64_t release = 0;
 
@@ -308,10 +296,7 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	flash_put(flash, PROV_OFF, prov, strlen(prov));
 
 	/* release 1.5.0 (counter 4) for this board, rolled out to 100 % */
-	sql = xasprintf("SELECT COALESCE((SELECT id FROM releases WHERE run_id = %lld), 0)",
-			(long long)h_trigger(&d, y));
-	for (int waited = 0; waited < 60000 && !(release = h_sql_int(&d, sql)); waited += 100)
-		h_msleep(100);
+	release = dh_release_of(&d, h_trigger(&d, y));
 	assert_true(release > 0);
 
 	boot_bridged(&out, b, elf, flash, "sleep 14; printf 'o\\n'; sleep 1", 16, d.dir, d.device_url);
@@ -332,7 +317,6 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	for (unsigned i = SLOT_SIZE - 48; i < SLOT_SIZE; i++)
 		assert_int_equal(slot[i], 0xff);
 
-	free(sql);
 	free(prov);
 	free(slot);
 	free(flash);

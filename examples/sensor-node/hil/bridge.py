@@ -10,10 +10,10 @@ HTTP request as a line on UART1.  Run QEMU with
 connects to SOCKET, says "BRIDGE 1", and for every "REQ ..." line makes the
 real HTTP request to URL (otacd's device API) with the device's id and
 bearer credential, and writes the answer back as "RSP STATUS TOTAL LEN" and
-the body in hex.  A transport error is answered with status 0 (libotadev
-backs off).  One line per exchange goes to stdout:
-"bridge: POST /device/v1/checkin -> 200 (123 bytes)".  Exits when QEMU
-closes the socket.  python3's standard library only.
+the body in hex.  A transport error, or a request whose body line is torn,
+is answered with status 0 (libotadev backs off).  One line per exchange
+goes to stdout: "bridge: POST /device/v1/checkin -> 200 (123 bytes)".
+Exits when QEMU closes the socket.  python3's standard library only.
 
 The bridge is a wire, not a trust anchor: it sees the device's credential
 (as a modem would) but the firmware verifies every image itself.
@@ -74,15 +74,18 @@ def main():
             continue
         body_hex = f.readline().decode("ascii", "replace").strip()
         try:
-            body = bytes.fromhex(body_hex) if body_hex else None
+            body = bytes.fromhex(body_hex)
         except ValueError:
             body = None
-        if body is not None and len(body) != int(m.group(4)):
-            body = None
         method, path, headers = exchange(url, m)
+        if body is None or len(body) != int(m.group(4)):
+            # a torn body is not sent on (as an empty POST): no answer
+            print("bridge: %s %s: torn body, not sent" % (method, path), flush=True)
+            f.write(b"RSP 0 -1 0\n\n")
+            continue
         status, total, data = 0, -1, b""
         try:
-            req = urllib.request.Request(url + path, data=body if method == "POST" else None,
+            req = urllib.request.Request(url + path, data=body if method == "POST" and body else None,
                                          headers=headers, method=method)
             with urllib.request.urlopen(req, timeout=5) as r:
                 status, data = r.status, r.read(BODY_MAX + 1)

@@ -66,7 +66,7 @@ int frame_to_hex(char *out, size_t cap, const uint8_t *data, size_t n)
 	return (int)(2 * n);
 }
 
-static int hex_digit(char c)
+int frame_hexval(int c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -86,7 +86,7 @@ int frame_from_hex(uint8_t *out, size_t cap, const char *hex)
 	if (n / 2 > cap)
 		return FRAME_ESPACE;
 	for (size_t i = 0; i < n / 2; i++) {
-		int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+		int hi = frame_hexval(hex[2 * i]), lo = frame_hexval(hex[2 * i + 1]);
 
 		if (hi < 0 || lo < 0)
 			return FRAME_ELEN;

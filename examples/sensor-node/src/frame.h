@@ -52,6 +52,9 @@ int frame_decode(const uint8_t *in, size_t n, const uint8_t **payload, size_t *l
  * (2n), or FRAME_ESPACE when cap < 2n + 1. */
 int frame_to_hex(char *out, size_t cap, const uint8_t *data, size_t n);
 
+/* 0..15 for a hex digit (either case), -1 for any other c. */
+int frame_hexval(int c);
+
 /* Parse hex (either case, even length) into out: the number of bytes, or
  * FRAME_ELEN for bad hex, FRAME_ESPACE when it does not fit. */
 int frame_from_hex(uint8_t *out, size_t cap, const char *hex);

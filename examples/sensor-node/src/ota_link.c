@@ -70,17 +70,6 @@ int link_req_line(char *out, size_t cap, const struct otadev_http_req *req)
 	return l.bad || !*req->method || !*req->path || !*req->device ? -1 : 0;
 }
 
-int link_hexval(int c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* A decimal at *s (a leading '-' when neg_ok), at most 9 digits, then
  * the character sep; *s moves past sep. */
 static int num(const char **s, long *out, int neg_ok, char sep)

@@ -37,9 +37,6 @@ int link_req_line(char *out, size_t cap, const struct otadev_http_req *req);
  * 0 <= STATUS <= 999, TOTAL >= -1 and LEN <= cap. */
 int link_rsp_line(const char *line, int *status, long *total, size_t *len, size_t cap);
 
-/* 0..15 for a hex digit, -1 otherwise. */
-int link_hexval(int c);
-
 /* The provisioning sector (n bytes): "device=ID\n" and optionally
  * "credential=TOKEN\n", ended by the first 0xff or NUL byte (erased
  * flash).  Values are printable words shorter than cap.  0 with both

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "flashmap.h"
+#include "frame.h"
 #include "mps2.h"
 #include "ota_link.h"
 #include "otadev.h"
@@ -383,7 +384,7 @@ static int h_http(void *ctx, const struct otadev_http_req *req, struct otadev_ht
 	}
 	for (i = 0; i < n; i++) {
 		int hi, lo;
-		if ((hi = link_hexval(link_getc(LINK_BYTE_MS))) < 0 || (lo = link_hexval(link_getc(LINK_BYTE_MS))) < 0) {
+		if ((hi = frame_hexval(link_getc(LINK_BYTE_MS))) < 0 || (lo = frame_hexval(link_getc(LINK_BYTE_MS))) < 0) {
 			resp->status = 0;
 			return -1;
 		}

@@ -451,10 +451,10 @@ static void link_answer_header_is_parsed_strictly(void)
 		}
 }
 
-static void link_hex_digits_only(void)
+static void frame_hexval_takes_hex_digits_only(void)
 {
-	CHECK(link_hexval('0') == 0 && link_hexval('9') == 9 && link_hexval('a') == 10 && link_hexval('F') == 15);
-	CHECK(link_hexval('g') == -1 && link_hexval(' ') == -1 && link_hexval(-1) == -1 && link_hexval('\n') == -1);
+	CHECK(frame_hexval('0') == 0 && frame_hexval('9') == 9 && frame_hexval('a') == 10 && frame_hexval('F') == 15);
+	CHECK(frame_hexval('g') == -1 && frame_hexval(' ') == -1 && frame_hexval(-1) == -1 && frame_hexval('\n') == -1);
 }
 
 static void link_provisioning_sector_gives_the_identity(void)
@@ -517,7 +517,7 @@ static const struct test {
 	TEST("ota_link", link_request_line_carries_method_range_body_length_and_identity),
 	TEST("ota_link", link_request_line_refuses_fields_that_break_the_line),
 	TEST("ota_link", link_answer_header_is_parsed_strictly),
-	TEST("ota_link", link_hex_digits_only),
+	TEST("frame", frame_hexval_takes_hex_digits_only),
 	TEST("ota_link", link_provisioning_sector_gives_the_identity),
 	TEST("ota_link", link_provisioning_sector_refuses_anything_else),
 };
