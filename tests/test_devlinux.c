@@ -760,6 +760,10 @@ static void mtd_slots_take_only_writable_nor_partitions_that_fit(void **state)
 	/* a character device that does not answer MEMGETINFO */
 	assert_int_equal(slot_open(&s, "/dev/zero", 65536, 4096, 1, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "not a regular file, a block device or an MTD partition"));
+	/* a device that is not there is not created as a file in /dev */
+	assert_int_equal(slot_open(&s, "/dev/otacd-test-no-such-slot", 65536, 4096, 1, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "No such file or directory"));
+	assert_int_equal(access("/dev/otacd-test-no-such-slot", F_OK), -1);
 }
 
 /* ---- the systemd unit and the config example ------------------------------------- */
