@@ -44,8 +44,6 @@
 #define JSMN_STRICT
 #include <jsmn.h>
 
-#include "otadev_jsmn.h"
-
 #define TYPE_MAX 64
 
 /* ---- base64 and PEM, in place -------------------------------------------- */
@@ -194,6 +192,23 @@ static int parse_time(const char *s, size_t len, uint64_t *out)
 }
 
 /* ---- the envelope and the manifest ------------------------------------------- */
+
+static int eq(const char *js, const jsmntok_t *t, const char *s)
+{
+	size_t n = strlen(s);
+	return t->type == JSMN_STRING && (size_t)(t->end - t->start) == n && !memcmp(js + t->start, s, n);
+}
+
+/* Index of the token after the value at i (its whole subtree). */
+static int skip(const jsmntok_t *t, int i, int n)
+{
+	int end = i + 1, pending = t[i].size;
+	while (pending > 0 && end < n) {
+		pending += t[end].size - 1;
+		end++;
+	}
+	return end;
+}
 
 static int hexval(char c)
 {

@@ -20,10 +20,25 @@
 #define JSMN_PARENT_LINKS
 #include <jsmn.h>
 
-#include "otadev_jsmn.h"
-
 /* The caller's token storage holds OTADEV_TOKENS jsmntok_t (5 ints each). */
 typedef char otadev_tok_size_check[sizeof(jsmntok_t) <= 5 * sizeof(uint32_t) ? 1 : -1];
+
+static int eq(const char *js, const jsmntok_t *t, const char *s)
+{
+	size_t n = strlen(s);
+	return t->type == JSMN_STRING && (size_t)(t->end - t->start) == n && !memcmp(js + t->start, s, n);
+}
+
+/* Index of the token after the value at i (its whole subtree). */
+static int skip(const jsmntok_t *t, int i, int n)
+{
+	int end = i + 1, pending = t[i].size;
+	while (pending > 0 && end < n) {
+		pending += t[end].size - 1;
+		end++;
+	}
+	return end;
+}
 
 static int get_u64(const char *js, const jsmntok_t *t, uint64_t *out)
 {
