@@ -119,7 +119,7 @@ int otadev_pem_to_der(char *buf, size_t len, const char *label)
 	size_t lab = strlen(label);
 	long n;
 
-	if (lab > 24)
+	if (lab > sizeof(begin) - 11 - 6)   /* "-----BEGIN " label "-----" NUL */
 		return OTADEV_EINVAL;
 	memcpy(begin + 11, label, lab);
 	memcpy(begin + 11 + lab, "-----", 6);
@@ -246,37 +246,39 @@ static void dec(char *out, size_t v)
 	memcpy(out, t + i, (size_t)(24 - i));
 }
 
-/* Tokens live in buf past the text, aligned. */
-static jsmntok_t *tokens_after(char *buf, size_t used, size_t cap, unsigned *ntok)
+/* Parse the JSON object buf[0,len) into tokens placed in buf past its
+ * first used bytes (aligned, up to cap): the token count into *n, or
+ * OTADEV_ENOSPC (no room for the tokens), OTADEV_EINVAL (not an object). */
+static int parse_object(char *buf, size_t len, size_t used, size_t cap, jsmntok_t **out, int *n)
 {
 	size_t a = used + (sizeof(int) - (size_t)((uintptr_t)(buf + used) % sizeof(int))) % sizeof(int);
+	jsmn_parser p;
+
 	if (a >= cap || (cap - a) / sizeof(jsmntok_t) < 8)
-		return NULL;
-	*ntok = (unsigned)((cap - a) / sizeof(jsmntok_t));
-	return (jsmntok_t *)(void *)(buf + a);
+		return OTADEV_ENOSPC;
+	*out = (jsmntok_t *)(void *)(buf + a);
+	jsmn_init(&p);
+	*n = jsmn_parse(&p, buf, len, *out, (unsigned)((cap - a) / sizeof(jsmntok_t)));
+	if (*n == JSMN_ERROR_NOMEM)
+		return OTADEV_ENOSPC;
+	if (*n < 1 || (*out)[0].type != JSMN_OBJECT)
+		return OTADEV_EINVAL;
+	return 0;
 }
 
 int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
 			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *product, const char *hardware)
 {
 	jsmntok_t *t;
-	jsmn_parser p;
-	unsigned ntok;
-	int n, k, pay = -1, typ = -1, sigs = -1, chain = -1, built = -1, images = -1;
+	int rc, n, k, pay = -1, typ = -1, sigs = -1, chain = -1, built = -1, images = -1;
 	long plen;
 	char num[24];
 	uint8_t keep[2][80];
 	size_t tlen;
 
 	memset(out, 0, sizeof(*out));
-	if (!(t = tokens_after(buf, len, cap, &ntok)))
-		return OTADEV_ENOSPC;
-	jsmn_init(&p);
-	n = jsmn_parse(&p, buf, len, t, ntok);
-	if (n == JSMN_ERROR_NOMEM)
-		return OTADEV_ENOSPC;
-	if (n < 1 || t[0].type != JSMN_OBJECT)
-		return OTADEV_EINVAL;
+	if ((rc = parse_object(buf, len, len, cap, &t, &n)) < 0)
+		return rc;
 	for (k = 1; k + 1 < n; k = skip(t, k + 1, n)) {
 		if (eq(buf, &t[k], "payload") && t[k + 1].type == JSMN_STRING)
 			pay = k + 1;
@@ -342,16 +344,9 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 			out->sig[i] = (const uint8_t *)buf + used;
 			used += 80;
 		}
-		len = (size_t)plen;
-		if (!(t = tokens_after(buf, used, cap, &ntok)))
-			return OTADEV_ENOSPC;
+		if ((rc = parse_object(buf, (size_t)plen, used, cap, &t, &n)) < 0)
+			return rc;
 	}
-	jsmn_init(&p);
-	n = jsmn_parse(&p, buf, len, t, ntok);
-	if (n == JSMN_ERROR_NOMEM)
-		return OTADEV_ENOSPC;
-	if (n < 1 || t[0].type != JSMN_OBJECT)
-		return OTADEV_EINVAL;
 	for (k = 1; k + 1 < n; k = skip(t, k + 1, n)) {
 		if (eq(buf, &t[k], "signing_chain") && t[k + 1].type == JSMN_ARRAY)
 			chain = k + 1;

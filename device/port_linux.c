@@ -126,6 +126,16 @@ static int open_slot(struct port_linux *p, int slot)
 	return 0;
 }
 
+/* A config boolean: 1, 0, or -1 for anything else. */
+static int conf_bool(const char *v)
+{
+	if (!strcmp(v, "1") || !strcmp(v, "true"))
+		return 1;
+	if (!strcmp(v, "0") || !strcmp(v, "false"))
+		return 0;
+	return -1;
+}
+
 /* boot = uboot: the U-Boot environment's tools and the booted slot */
 static int open_uboot(struct port_linux *p, const char *conf_path)
 {
@@ -200,13 +210,20 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("throttle_ms", throttle_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
 		else if (!strcmp(k, "min_battery"))
 			p->cfg.min_battery_pct = atoi(v);
-		else if (!strcmp(k, "avoid_metered"))
-			p->cfg.avoid_metered = !strcmp(v, "1") || !strcmp(v, "true");
-		else if (!strcmp(k, "sync"))
-			p->sync = !strcmp(v, "1") || !strcmp(v, "true");
-		else if (!strcmp(k, "direct"))
-			p->direct = !strcmp(v, "1") || !strcmp(v, "true");
-		else if (!strcmp(k, "anchor")) {
+		else if (!strcmp(k, "avoid_metered") || !strcmp(k, "sync") || !strcmp(k, "direct")) {
+			/* "yes" must not quietly turn sync or O_DIRECT off */
+			int b = conf_bool(v);
+			if (b < 0) {
+				fprintf(stderr, "otacd-device: %s:%d: %s: 0, 1, false or true\n", conf_path, lineno, k);
+				ok = 0;
+			} else if (!strcmp(k, "avoid_metered")) {
+				p->cfg.avoid_metered = b;
+			} else if (!strcmp(k, "sync")) {
+				p->sync = b;
+			} else {
+				p->direct = b;
+			}
+		} else if (!strcmp(k, "anchor")) {
 			OPENSSL_free(p->anchor);
 			if (port_linux_x509_load_anchor(v, &p->anchor, &p->cfg.anchor_len) < 0)
 				ok = 0;

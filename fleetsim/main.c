@@ -332,11 +332,16 @@ int main(int argc, char **argv)
 			}
 			o.core = !strcmp(optarg, "core");
 			break;
-		case 1002: case 1003: case 1004:
-			if ((rc = parse_fraction(opt == 1002 ? "--fault-power-cut" : opt == 1003 ? "--fault-corrupt"
-						 : "--fault-low-battery", optarg,
-						 opt == 1002 ? &o.fault_power_cut : opt == 1003 ? &o.fault_corrupt
-						 : &o.fault_low_battery)))
+		case 1002:
+			if ((rc = parse_fraction("--fault-power-cut", optarg, &o.fault_power_cut)))
+				goto out;
+			break;
+		case 1003:
+			if ((rc = parse_fraction("--fault-corrupt", optarg, &o.fault_corrupt)))
+				goto out;
+			break;
+		case 1004:
+			if ((rc = parse_fraction("--fault-low-battery", optarg, &o.fault_low_battery)))
 				goto out;
 			break;
 		case 1005: {

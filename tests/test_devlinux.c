@@ -689,9 +689,53 @@ static void mtd_slots_take_only_writable_nor_partitions_that_fit(void **state)
 	/* a character device that does not answer MEMGETINFO */
 	assert_int_equal(slot_open(&s, "/dev/zero", 65536, 4096, 1, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "not a regular file, a block device or an MTD partition"));
+	/* a device that is not there is not created as a file in /dev */
+	assert_int_equal(slot_open(&s, "/dev/otacd-test-no-such-slot", 65536, 4096, 1, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "No such file or directory"));
+	assert_int_equal(access("/dev/otacd-test-no-such-slot", F_OK), -1);
 }
 
 /* ---- the systemd unit and the config example ------------------------------------- */
+
+/* dir/device.conf: the config example with its paths moved into dir. */
+static void example_conf(const char *dir, const char *example)
+{
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out release.pub"
+				    " && printf 'otacd_slot=a\\nupgrade_available=0\\nbootcount=0\\nbootlimit=3\\n' > env.txt"
+				    " && mkenvimage -s 0x4000 -o env.bin env.txt && echo \"$PWD/env.bin 0 0x4000\" > fw_env.config"
+				    " && echo 'otacd.slot=a' > cmdline"
+				    " && sed -e 's#/etc/otacd/release.pub#%s/release.pub#' -e 's#/dev/mmcblk0p\\([23]\\)#%s/slot\\1#'"
+				    " -e 's#/etc/fw_env.config#%s/fw_env.config#' -e 's#/proc/cmdline#%s/cmdline#'"
+				    " -e 's#^slot_size = .*#slot_size = 65536#' -e 's#/var/lib/otacd-device#%s#'"
+				    " -e '/^cacert\\|^client_/d' %s > device.conf",
+			      dir, dir, dir, dir, dir, dir, example), 0);
+	buf_release(&out);
+}
+
+/* A boolean the device cannot read is an error, not a quiet "off". */
+static void config_refuses_a_boolean_it_cannot_read(void **state)
+{
+	struct buf out = BUF_INIT;
+	char *dir = h_tmpdir(), *example = src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
+	static const char *const bad[] = { "direct = yes", "sync = on", "avoid_metered = 2" };
+	(void)state;
+	example_conf(dir, example);
+	if (h_sh(&out, "%s -c %s/device.conf check", bin, dir) != 0)
+		fail_msg("the config example: %s", buf_cstr(&out));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, bad[i]), 0);
+		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
+			fail_msg("'%s' accepted", bad[i]);
+		assert_non_null(strstr(buf_cstr(&out), ": 0, 1, false or true"));
+	}
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(dir);
+	free(example);
+	free(bin);
+}
 
 static void systemd_unit_verifies_and_the_config_example_parses(void **state)
 {
@@ -717,17 +761,8 @@ static void systemd_unit_verifies_and_the_config_example_parses(void **state)
 	exposure = strtod(p + 1, NULL);
 	fprintf(stderr, "# systemd-analyze security: exposure %.1f\n", exposure);
 	assert_true(exposure <= 3.0);   /* "OK" is below 5; the unit is sandboxed well below */
-	/* the config example: every key known; its paths moved into the temp dir */
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out release.pub"
-				    " && printf 'otacd_slot=a\\nupgrade_available=0\\nbootcount=0\\nbootlimit=3\\n' > env.txt"
-				    " && mkenvimage -s 0x4000 -o env.bin env.txt && echo \"$PWD/env.bin 0 0x4000\" > fw_env.config"
-				    " && echo 'otacd.slot=a' > cmdline"
-				    " && sed -e 's#/etc/otacd/release.pub#%s/release.pub#' -e 's#/dev/mmcblk0p\\([23]\\)#%s/slot\\1#'"
-				    " -e 's#/etc/fw_env.config#%s/fw_env.config#' -e 's#/proc/cmdline#%s/cmdline#'"
-				    " -e 's#^slot_size = .*#slot_size = 65536#' -e 's#/var/lib/otacd-device#%s#'"
-				    " -e '/^cacert\\|^client_/d' %s > device.conf",
-			      dir, dir, dir, dir, dir, dir, example), 0);
+	/* the config example: every key known */
+	example_conf(dir, example);
 	if (h_sh(&out, "%s -c %s/device.conf check", bin, dir) != 0)
 		fail_msg("the config example: %s", buf_cstr(&out));
 	h_sh(&out, "rm -rf %s", dir);
@@ -745,6 +780,7 @@ int main(void)
 		cmocka_unit_test(uboot_corrupt_or_foreign_environment_is_refused_and_never_written),
 		cmocka_unit_test(mtd_slots_take_only_writable_nor_partitions_that_fit),
 		cmocka_unit_test(systemd_unit_verifies_and_the_config_example_parses),
+		cmocka_unit_test(config_refuses_a_boolean_it_cannot_read),
 		cmocka_unit_test_teardown(otacd_device_refuses_a_corrupt_environment_at_start, e2e_teardown),
 		cmocka_unit_test_teardown(uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount,
 					  e2e_teardown),

@@ -273,10 +273,16 @@ int devpush_start(const char *device, const char *product, const char *hardware)
 		fprintf(stderr, "otacd-device: push: cannot read mqtt_password_file %s\n", g.password_file);
 		return -1;
 	}
-	if ((g.username || g.password_file) &&
-	    mosquitto_username_pw_set(g.mosq, g.username ? g.username : device, g.password_file ? password : NULL))
-		return -1;
-	memset(password, 0, sizeof(password));
+	if (g.username || g.password_file) {
+		int rc = mosquitto_username_pw_set(g.mosq, g.username ? g.username : device,
+						   g.password_file ? password : NULL);
+		memset(password, 0, sizeof(password));   /* mosquitto keeps its own copy */
+		if (rc != MOSQ_ERR_SUCCESS) {
+			fprintf(stderr, "otacd-device: push: mqtt_username / mqtt_password_file: %s\n",
+				mosquitto_strerror(rc));
+			return -1;
+		}
+	}
 	if ((g.tls || g.cacert) &&
 	    mosquitto_tls_set(g.mosq, g.cacert, g.cacert ? NULL : "/etc/ssl/certs", NULL, NULL, NULL) != MOSQ_ERR_SUCCESS) {
 		fprintf(stderr, "otacd-device: push: mqtt_cacert: cannot load\n");

@@ -84,7 +84,9 @@ int slot_open(struct slot *out, const char *path, uint32_t size, uint32_t sector
 	out->sector_size = sector_size;
 	out->flags = flags;
 	out->fd = open(path, O_RDWR | O_CLOEXEC);
-	if (out->fd < 0 && errno == ENOENT)
+	/* a missing slot file is created; a missing device (a typo, a card
+	 * not probed yet) must not become a file in /dev */
+	if (out->fd < 0 && errno == ENOENT && strncmp(path, "/dev/", 5))
 		out->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (out->fd < 0 || fstat(out->fd, &st) < 0) {
 		snprintf(err, cap, "%s: %s", path, strerror(errno));

@@ -8,7 +8,8 @@
  * lands as written, and with SLOT_SYNC a write or erase is on the medium
  * when the call returns (the core persists its progress right after).
  *
- *   file   created and extended with 0xff; pwrite, fdatasync
+ *   file   created (never under /dev/) and extended with 0xff; pwrite,
+ *          fdatasync
  *   block  BLKGETSIZE64 >= slot size, sector size a multiple of BLKSSZGET;
  *          with SLOT_DIRECT opened O_DIRECT (reads come from the medium,
  *          not the page cache: verification reads what was written),

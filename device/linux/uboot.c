@@ -208,9 +208,6 @@ int uboot_env_write(const struct uboot *u, const struct uboot_env *env, char *er
 	struct uboot_env now;
 	int rc;
 
-	/* fw_setenv over an unreadable environment would write its default */
-	if (uboot_env_read(u, &now, err, cap) < 0)
-		return -1;
 	snprintf(ua, sizeof(ua), "%d", env->upgrade_available ? 1 : 0);
 	snprintf(bc, sizeof(bc), "%u", env->bootcount);
 	snprintf(bl, sizeof(bl), "%u", env->bootlimit);
@@ -233,6 +230,8 @@ int uboot_env_write(const struct uboot *u, const struct uboot_env *env, char *er
 int uboot_mark(const struct uboot *u, int booted, int mark, char *err, size_t cap)
 {
 	struct uboot_env e;
+	/* also uboot_env_write's precondition: fw_setenv over an unreadable
+	 * environment would write its default */
 	if (uboot_env_read(u, &e, err, cap) < 0)
 		return -1;
 	switch (mark) {

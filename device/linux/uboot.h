@@ -44,7 +44,9 @@ int uboot_booted(const struct uboot *u, char *err, size_t cap);
 /* Read the four variables through fw_printenv; -1 with why (unreadable,
  * bad CRC, a warning, a value out of range). */
 int uboot_env_read(const struct uboot *u, struct uboot_env *out, char *err, size_t cap);
-/* Write them in one fw_setenv, then read them back; -1 with why. */
+/* Write them in one fw_setenv, then read them back; -1 with why.  Only
+ * over an environment just read (uboot_env_read): fw_setenv over an
+ * unreadable one would start from its default. */
 int uboot_env_write(const struct uboot *u, const struct uboot_env *env, char *err, size_t cap);
 /* libotadev's boot_mark and boot_testing for the booted slot. */
 int uboot_mark(const struct uboot *u, int booted, int mark, char *err, size_t cap);
