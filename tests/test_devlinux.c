@@ -718,7 +718,7 @@ static void example_conf(const char *dir, const char *example)
 static void config_refuses_a_boolean_it_cannot_read(void **state)
 {
 	struct buf out = BUF_INIT;
-	char *dir = h_tmpdir(), *example = src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
+	char *dir = h_tmpdir(), *example = dh_src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
 	static const char *const bad[] = { "direct = yes", "sync = on", "avoid_metered = 2" };
 	(void)state;
 	example_conf(dir, example);
