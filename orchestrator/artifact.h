@@ -65,10 +65,17 @@ struct artifact_s3_config {
 /* Checks the bucket answers to the credentials (OTA_EAUTH if refused). */
 int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, const struct artifact_s3_config *cfg);
 /* A presigned GET URL of object sha256, valid ttl_s seconds from now (b must
- * be the s3 backend).  The lower-level form signs any host and path. */
+ * be the s3 backend; any thread: the day's signing key is derived once and
+ * kept).  The lower-level form signs any host and path (path not encoded:
+ * each byte outside RFC 3986's unreserved set is %-encoded once); NULL if
+ * now is no date of years 0 to 9999. */
 int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha256, int64_t ttl_s, time_t now);
 char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
 			      const char *akid, const char *secret, time_t now, int64_t ttl_s);
+/* The Host header a client sends for endpoint, which presigned URLs sign:
+ * host[:port], the scheme's default port dropped (caller frees); NULL if
+ * the s3 backend would refuse the endpoint. */
+char *artifact_s3_host_header(const char *endpoint);
 /* S3's error code from the start of an XML error body (NUL-terminated, the
  * server's, untrusted): the letters after its first <Code>, at most cap - 1
  * of them, else "". */

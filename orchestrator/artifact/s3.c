@@ -28,6 +28,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,15 @@ struct s3 {
 	char *sigv4;     /* "aws:amz:REGION:s3" */
 	char *userpwd;   /* "AKID:SECRET" for libcurl */
 	char *host;      /* Host header value (host[:port]) for presigning */
+	char *origin;    /* scheme://host[:port] of the endpoint */
+	char *prefix;    /* the endpoint's path, decoded: "" or "/a prefix" */
 	char *spool;     /* STATE/artifacts/s3-tmp */
+	/* The SigV4 signing key depends only on the secret, the region and the
+	 * UTC day: derived once a day (four HMACs), not at every check-in.
+	 * Device-API threads presign concurrently: key_lock guards both. */
+	pthread_mutex_t key_lock;
+	char key_date[9];       /* YYYYMMDD the key is for; "" none yet */
+	unsigned char key[32];
 };
 
 struct artifact_writer {
@@ -367,7 +376,11 @@ static void sfree(struct artifact_backend *b)
 	free(s->userpwd);
 	free(s->sigv4);
 	free(s->host);
+	free(s->origin);
+	free(s->prefix);
 	free(s->spool);
+	OPENSSL_cleanse(s->key, sizeof(s->key));
+	pthread_mutex_destroy(&s->key_lock);
 	free(s);
 }
 
@@ -410,35 +423,105 @@ static int load_credentials(struct s3 *s, const char *file)
 					 "OTACD_S3_SECRET_ACCESS_KEY in the environment");
 }
 
-/* host[:port] of the endpoint, as a client sends it in Host; NULL if it is
- * no URL, or carries a user (credentials would reach every presigned URL),
- * a query or a fragment. */
-static char *endpoint_host(const char *endpoint)
+/* RFC 3986 unreserved characters stay, everything else %XX (SigV4's rule:
+ * S3 encodes each path segment once). */
+static char *uri_encode(const char *s, int keep_slash)
+{
+	struct buf b;
+	buf_init(&b, BUF_NOLIMIT);
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+		    c == '_' || c == '.' || c == '~' || (keep_slash && c == '/'))
+			buf_putc(&b, (char)c);
+		else
+			buf_printf(&b, "%%%02X", c);
+	}
+	return buf_detach(&b);
+}
+
+/* The parts of an endpoint URL that requests and presigned URLs are made
+ * of; -1 if it is no http(s) URL, or carries a user (credentials would
+ * reach every presigned URL), a query, a fragment, or control characters
+ * in its path once decoded. */
+struct endpoint {
+	char *host;   /* as clients send it in Host: the default port dropped,
+		       * as libcurl does, so presigning signs what is sent */
+	char *origin; /* scheme://host[:port] */
+	char *prefix; /* the path, %-decoded, no trailing '/': "" or "/a b" */
+};
+
+static void endpoint_release(struct endpoint *ep)
+{
+	free(ep->host);
+	free(ep->origin);
+	free(ep->prefix);
+	memset(ep, 0, sizeof(*ep));
+}
+
+static int has_control(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return 1;
+	return 0;
+}
+
+static int endpoint_parse(struct endpoint *ep, const char *url)
 {
 	CURLU *u = curl_url();
-	char *host = NULL, *port = NULL, *out = NULL, *extra = NULL;
-	if (u && curl_url_set(u, CURLUPART_URL, endpoint, 0) == CURLUE_OK &&
-	    curl_url_get(u, CURLUPART_USER, &extra, 0) == CURLUE_NO_USER &&
-	    curl_url_get(u, CURLUPART_QUERY, &extra, 0) == CURLUE_NO_QUERY &&
-	    curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) == CURLUE_NO_FRAGMENT &&
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
-			out = xasprintf("%s:%s", host, port);
-		else
-			out = xstrdup(host);
+	char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
+	int rc = -1;
+	size_t n;
+
+	memset(ep, 0, sizeof(*ep));
+	if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
+	    curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
+	    curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    (strcmp(scheme, "http") && strcmp(scheme, "https")) ||
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_PATH, &path, CURLU_URLDECODE) != CURLUE_OK || has_control(path))
+		goto out;
+	if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK &&
+	    !strcmp(port, strcmp(scheme, "https") ? "80" : "443")) {
+		curl_free(port); /* http://h:80 is sent as Host: h */
+		port = NULL;
 	}
+	ep->host = port ? xasprintf("%s:%s", host, port) : xstrdup(host);
+	ep->origin = xasprintf("%s://%s", scheme, ep->host);
+	n = strlen(path);
+	while (n && path[n - 1] == '/')
+		n--;
+	ep->prefix = xasprintf("%.*s", (int)n, path);
+	rc = 0;
+out:
+	curl_free(scheme);
 	curl_free(host);
 	curl_free(port);
+	curl_free(path);
 	curl_free(extra);
 	curl_url_cleanup(u);
-	return out;
+	return rc;
+}
+
+char *artifact_s3_host_header(const char *endpoint)
+{
+	struct endpoint ep;
+	char *host;
+	if (endpoint_parse(&ep, endpoint) < 0)
+		return NULL;
+	host = ep.host;
+	ep.host = NULL;
+	endpoint_release(&ep);
+	return host;
 }
 
 int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, const struct artifact_s3_config *cfg)
 {
 	struct s3 *s = xcalloc(1, sizeof(*s));
 	struct s3_req q = { .fd = -1 };
-	size_t n;
 	int rc;
 
 	s->base.name = "s3";
@@ -452,22 +535,31 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 	s->base.stat = st;
 	s->base.remove = rm;
 	s->base.free = sfree;
+	pthread_mutex_init(&s->key_lock, NULL);
 	if (!cfg->endpoint || strncmp(cfg->endpoint, "http", 4) || !cfg->bucket || !*cfg->bucket ||
 	    strspn(cfg->bucket, "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(cfg->bucket)) {
 		rc = ota_error_set(OTA_EINVAL, "artifact_store: s3 needs an http(s) endpoint and a bucket name "
 					       "(lowercase letters, digits, '.', '-')");
 		goto fail;
 	}
-	s->endpoint = xstrdup(cfg->endpoint);
-	n = strlen(s->endpoint);
-	while (n && s->endpoint[n - 1] == '/')
-		s->endpoint[--n] = 0;
 	s->bucket = xstrdup(cfg->bucket);
 	s->region = xstrdup(cfg->region && *cfg->region ? cfg->region : "us-east-1");
-	if (!(s->host = endpoint_host(s->endpoint))) { /* not repeated: it may hold a password */
-		rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint is not an http(s)://HOST[:PORT][/PREFIX] URL "
-					       "(credentials go in credentials_file)");
-		goto fail;
+	{
+		struct endpoint ep;
+		char *eprefix;
+		if (endpoint_parse(&ep, cfg->endpoint) < 0) { /* not repeated: it may hold a password */
+			rc = ota_error_set(OTA_EINVAL, "artifact_store: endpoint is not an http(s)://HOST[:PORT][/PREFIX] URL "
+						       "(credentials go in credentials_file)");
+			goto fail;
+		}
+		/* requests name the prefix in its canonical (SigV4) encoding, so
+		 * what libcurl signs, what S3 checks and what presign signs agree */
+		eprefix = uri_encode(ep.prefix, 1);
+		s->endpoint = xasprintf("%s%s", ep.origin, eprefix);
+		free(eprefix);
+		s->host = ep.host;
+		s->origin = ep.origin;
+		s->prefix = ep.prefix;
 	}
 	if ((rc = load_credentials(s, cfg->credentials_file)) < 0)
 		goto fail;
@@ -505,37 +597,42 @@ static void sha256_hex(char out[65], const char *msg)
 	ota_hex(out, md, sizeof(md));
 }
 
-/* RFC 3986 unreserved characters stay, everything else %XX (SigV4's rule). */
-static char *uri_encode(const char *s, int keep_slash)
+/* The request time as SigV4 writes it: YYYYMMDDTHHMMSSZ and YYYYMMDD. */
+static int utc_stamps(char amzdate[17], char date[9], time_t now)
 {
-	struct buf b;
-	buf_init(&b, BUF_NOLIMIT);
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-		    c == '_' || c == '.' || c == '~' || (keep_slash && c == '/'))
-			buf_putc(&b, (char)c);
-		else
-			buf_printf(&b, "%%%02X", c);
-	}
-	return buf_detach(&b);
+	struct tm tm;
+	if (!gmtime_r(&now, &tm) || !strftime(amzdate, 17, "%Y%m%dT%H%M%SZ", &tm) ||
+	    !strftime(date, 9, "%Y%m%d", &tm))
+		return ota_error_set(OTA_EINVAL, "presign: time %lld is not a date of years 0 to 9999", (long long)now);
+	return 0;
 }
 
-char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
-			      const char *akid, const char *secret, time_t now, int64_t ttl_s)
+static void signing_key(unsigned char out[32], const char *secret, const char *date, const char *region)
 {
-	char amzdate[17], date[9], canon_hash[65], sig[65], *cred, *query, *canon, *sts, *key, *url, *epath;
-	unsigned char k1[32], k2[32], k3[32], k4[32], s[32];
-	struct tm tm;
+	unsigned char k1[32], k2[32], k3[32];
+	char *key = xasprintf("AWS4%s", secret);
+	hmac(k1, key, strlen(key), date);
+	hmac(k2, k1, 32, region);
+	hmac(k3, k2, 32, "s3");
+	hmac(out, k3, 32, "aws4_request");
+	OPENSSL_cleanse(key, strlen(key));
+	OPENSSL_cleanse(k1, sizeof(k1));
+	OPENSSL_cleanse(k2, sizeof(k2));
+	OPENSSL_cleanse(k3, sizeof(k3));
+	free(key);
+}
 
-	gmtime_r(&now, &tm);
-	strftime(amzdate, sizeof(amzdate), "%Y%m%dT%H%M%SZ", &tm);
-	strftime(date, sizeof(date), "%Y%m%d", &tm);
-	{
-		char *c = xasprintf("%s/%s/%s/s3/aws4_request", akid, date, region);
-		cred = uri_encode(c, 0);
-		free(c);
-	}
+/* The presigned URL of path (not encoded) from the day's signing key. */
+static char *presign_with_key(const char *origin, const char *host, const char *path, const char *region,
+			      const char *akid, const unsigned char key[32], const char *amzdate, const char *date,
+			      int64_t ttl_s)
+{
+	char canon_hash[65], sig[65], *c, *cred, *query, *canon, *sts, *url, *epath;
+	unsigned char s[32];
+
+	c = xasprintf("%s/%s/%s/s3/aws4_request", akid, date, region);
+	cred = uri_encode(c, 0);
+	free(c);
 	epath = uri_encode(path, 1);
 	query = xasprintf("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=%s&X-Amz-Date=%s&X-Amz-Expires=%lld"
 			  "&X-Amz-SignedHeaders=host",
@@ -543,20 +640,9 @@ char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const c
 	canon = xasprintf("GET\n%s\n%s\nhost:%s\n\nhost\nUNSIGNED-PAYLOAD", epath, query, host);
 	sha256_hex(canon_hash, canon);
 	sts = xasprintf("AWS4-HMAC-SHA256\n%s\n%s/%s/s3/aws4_request\n%s", amzdate, date, region, canon_hash);
-	key = xasprintf("AWS4%s", secret);
-	hmac(k1, key, strlen(key), date);
-	hmac(k2, k1, 32, region);
-	hmac(k3, k2, 32, "s3");
-	hmac(k4, k3, 32, "aws4_request");
-	hmac(s, k4, 32, sts);
+	hmac(s, key, 32, sts);
 	ota_hex(sig, s, sizeof(s));
-	url = xasprintf("%s%s?%s&X-Amz-Signature=%s", scheme_host, epath, query, sig);
-	OPENSSL_cleanse(key, strlen(key));
-	OPENSSL_cleanse(k1, sizeof(k1));
-	OPENSSL_cleanse(k2, sizeof(k2));
-	OPENSSL_cleanse(k3, sizeof(k3));
-	OPENSSL_cleanse(k4, sizeof(k4));
-	free(key);
+	url = xasprintf("%s%s?%s&X-Amz-Signature=%s", origin, epath, query, sig);
 	free(cred);
 	free(epath);
 	free(query);
@@ -565,11 +651,26 @@ char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const c
 	return url;
 }
 
+char *artifact_s3_presign_raw(const char *scheme_host, const char *host, const char *path, const char *region,
+			      const char *akid, const char *secret, time_t now, int64_t ttl_s)
+{
+	char amzdate[17], date[9], *url;
+	unsigned char key[32];
+
+	if (utc_stamps(amzdate, date, now) < 0)
+		return NULL;
+	signing_key(key, secret, date, region);
+	url = presign_with_key(scheme_host, host, path, region, akid, key, amzdate, date, ttl_s);
+	OPENSSL_cleanse(key, sizeof(key));
+	return url;
+}
+
 int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha256, int64_t ttl_s, time_t now)
 {
 	struct s3 *s = (struct s3 *)b;
-	char *path, *base;
-	const char *slash;
+	char amzdate[17], date[9], *path;
+	unsigned char key[32];
+	int rc;
 
 	if (!b || strcmp(b->name, "s3"))
 		return ota_error_set(OTA_EINVAL, "image_origin s3 needs artifact_store backend s3");
@@ -577,13 +678,19 @@ int artifact_s3_presign(char **out, struct artifact_backend *b, const char *sha2
 		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
 	if (ttl_s < 1 || ttl_s > 604800)
 		return ota_error_set(OTA_EINVAL, "a presigned URL lives 1 s to 7 days");
-	/* the endpoint may carry a path prefix: it is part of the signed path */
-	slash = strstr(s->endpoint, "://");
-	slash = slash ? strchr(slash + 3, '/') : NULL;
-	base = slash ? xasprintf("%.*s", (int)(slash - s->endpoint), s->endpoint) : xstrdup(s->endpoint);
-	path = xasprintf("%s/%s/sha256/%s", slash ? slash : "", s->bucket, sha256);
-	*out = artifact_s3_presign_raw(base, s->host, path, s->region, s->akid, s->secret, now, ttl_s);
-	free(base);
+	if ((rc = utc_stamps(amzdate, date, now)) < 0)
+		return rc;
+	pthread_mutex_lock(&s->key_lock);
+	if (strcmp(s->key_date, date)) {
+		signing_key(s->key, s->secret, date, s->region);
+		memcpy(s->key_date, date, sizeof(s->key_date));
+	}
+	memcpy(key, s->key, sizeof(key));
+	pthread_mutex_unlock(&s->key_lock);
+	/* the endpoint's prefix is part of the signed path */
+	path = xasprintf("%s/%s/sha256/%s", s->prefix, s->bucket, sha256);
+	*out = presign_with_key(s->origin, s->host, path, s->region, s->akid, key, amzdate, date, ttl_s);
+	OPENSSL_cleanse(key, sizeof(key));
 	free(path);
 	return 0;
 }
