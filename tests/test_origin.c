@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -374,6 +375,52 @@ static void s3_store_keeps_deduplicates_and_checks_every_object(void **state)
 	free(bin);
 	buf_release(&got);
 	buf_release(&data);
+	buf_release(&out);
+}
+
+/* A crash between making a spool file and unlinking it leaves its name:
+ * swept at the next start, unless a process holds it locked (in use). */
+static void s3_store_sweeps_stale_spool_files_at_start_but_not_one_in_use(void **state)
+{
+	char *bin = s3rver_bin(), *dir, *spool, *stale[2], *inuse;
+	struct s3srv s = { 0 };
+	struct buf out = BUF_INIT;
+	json_t *cfg;
+	int fd;
+	(void)state;
+	NEED_S3RVER(bin);
+	dir = h_tmpdir();
+	s3_start(&s, bin, dir);
+	spool = xasprintf("%s/artifacts/s3-tmp", dir);
+	assert_int_equal(ota_mkdir_p(spool, 0700), 0);
+	stale[0] = xasprintf("%s/upload-AbC123", spool);
+	stale[1] = xasprintf("%s/get-XyZ789", spool);
+	inuse = xasprintf("%s/upload-InUse1", spool);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(ota_write_file_atomic(stale[i], "half an upload", 14, 0600), 0);
+	assert_int_equal(ota_write_file_atomic(inuse, "being written", 13, 0600), 0);
+	fd = open(inuse, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+
+	cfg = s3_cfg(&s, s.creds);
+	assert_int_equal(artifact_store_open(dir, 1 << 20, cfg), 0);
+	assert_int_equal(access(stale[0], F_OK), -1);
+	assert_int_equal(access(stale[1], F_OK), -1);
+	assert_int_equal(access(inuse, F_OK), 0);
+	assert_int_equal(h_sh(&out, "ls -A %s | wc -l", spool), 0);
+	assert_int_equal(atoi(buf_cstr(&out)), 1);
+
+	close(fd);
+	artifact_store_shutdown();
+	json_decref(cfg);
+	for (int i = 0; i < 2; i++)
+		free(stale[i]);
+	free(inuse);
+	free(spool);
+	s3_stop(&s);
+	rmdir_rf(dir);
+	free(bin);
 	buf_release(&out);
 }
 
@@ -1017,6 +1064,7 @@ int main(void)
 		cmocka_unit_test(s3_error_code_keeps_only_the_letters_of_a_hostile_body),
 		cmocka_unit_test(image_origin_config_is_checked),
 		cmocka_unit_test(s3_store_keeps_deduplicates_and_checks_every_object),
+		cmocka_unit_test(s3_store_sweeps_stale_spool_files_at_start_but_not_one_in_use),
 		cmocka_unit_test(s3_store_refuses_wrong_credentials_with_a_clear_error),
 		cmocka_unit_test(presigned_urls_serve_ranges_and_expire),
 		cmocka_unit_test(s3_endpoint_with_a_prefix_signs_and_presigns_it_encoded_once),

@@ -7,7 +7,9 @@
  * content-addressed: their digest is the key).
  *
  *  - put: the upload is spooled to STATE/artifacts/s3-tmp (so a failed or
- *    oversized upload never reaches the bucket), then committed with a HEAD
+ *    oversized upload never reaches the bucket; the spool file is unlinked
+ *    as soon as it is made, and what a crash in between leaves is swept at
+ *    start), then committed with a HEAD
  *    (already there: deduplicated, nothing is sent) and a PUT.  S3 makes an
  *    object visible only once its PUT completes, so a crash mid-PUT leaves
  *    nothing half-written under the key.
@@ -32,6 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,8 +61,7 @@ struct s3 {
 
 struct artifact_writer {
 	struct s3 *s;
-	char *tmp;
-	int fd;
+	int fd;   /* the spool file (already unlinked) */
 };
 
 /* The answer of one request: status, a capped error body, a sink. */
@@ -206,21 +209,63 @@ static int status_error(struct s3 *s, const char *what, const char *sha256, cons
 			     s->bucket, q->status, code);
 }
 
+/*
+ * An anonymous spool file (kind: "upload" or "get") in s->spool: made,
+ * locked and unlinked at once, so only a crash in between leaves a name,
+ * which spool_sweep removes at the next start.  The lock tells the sweep
+ * the file is in use; should it still win the race, it only unlinks what
+ * is about to be unlinked here.
+ */
+static int spool_open(struct s3 *s, const char *kind)
+{
+	char *tmp = xasprintf("%s/%s-XXXXXX", s->spool, kind);
+	int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		int rc = ota_error_set(OTA_ERROR, "cannot create a spool file in %s: %s", s->spool, strerror(errno));
+		free(tmp);
+		return rc;
+	}
+	flock(fd, LOCK_EX | LOCK_NB);
+	unlink(tmp);
+	free(tmp);
+	return fd;
+}
+
+/* Remove the spool files a crash left behind; one another process holds
+ * locked (in use) is left alone. */
+static void spool_sweep(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char *p;
+		int fd;
+		if (strncmp(e->d_name, "upload-", 7) && strncmp(e->d_name, "get-", 4))
+			continue;
+		p = xasprintf("%s/%s", dir, e->d_name);
+		fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+		if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+			unlink(p);
+		if (fd >= 0)
+			close(fd);
+		free(p);
+	}
+	closedir(d);
+}
+
 static int put_begin(struct artifact_backend *b, struct artifact_writer **out)
 {
 	struct s3 *s = (struct s3 *)b;
-	struct artifact_writer *w = xcalloc(1, sizeof(*w));
+	int fd = spool_open(s, "upload");
+	struct artifact_writer *w;
 
+	if (fd < 0)
+		return fd;
+	w = xcalloc(1, sizeof(*w));
 	w->s = s;
-	w->tmp = xasprintf("%s/upload-XXXXXX", s->spool);
-	w->fd = mkostemp(w->tmp, O_CLOEXEC);
-	if (w->fd < 0) {
-		int rc = ota_error_set(OTA_ERROR, "cannot create a spool file: %s", strerror(errno));
-		free(w->tmp);
-		free(w);
-		return rc;
-	}
-	unlink(w->tmp); /* nothing to sweep after a crash */
+	w->fd = fd;
 	*out = w;
 	return 0;
 }
@@ -245,7 +290,6 @@ static void put_abort(struct artifact_writer *w)
 	if (!w)
 		return;
 	close(w->fd);
-	free(w->tmp);
 	free(w);
 }
 
@@ -281,19 +325,14 @@ static int get(struct artifact_backend *b, const char *sha256, struct artifact_r
 	struct s3 *s = (struct s3 *)b;
 	struct s3_req q = { .fd = -1 };
 	unsigned char md[32];
-	char hex[65], *tmp = NULL;
+	char hex[65];
 	struct stat sb;
 	int rc;
 
 	if (!artifact_digest_valid(sha256))
 		return ota_error_set(OTA_EINVAL, "not a SHA-256 digest");
-	tmp = xasprintf("%s/get-XXXXXX", s->spool);
-	q.fd = mkostemp(tmp, O_CLOEXEC);
-	if (q.fd < 0) {
-		rc = ota_error_set(OTA_ERROR, "cannot create a spool file: %s", strerror(errno));
-		goto out;
-	}
-	unlink(tmp);
+	if ((q.fd = spool_open(s, "get")) < 0)
+		return q.fd;
 	if (!(q.md = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(q.md, EVP_sha256(), NULL)) {
 		rc = ota_error_set(OTA_ENOMEM, "EVP_MD_CTX_new failed");
 		goto out;
@@ -322,7 +361,6 @@ out:
 	if (q.fd >= 0)
 		close(q.fd);
 	EVP_MD_CTX_free(q.md);
-	free(tmp);
 	return rc;
 }
 
@@ -568,6 +606,7 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 	s->spool = xasprintf("%s/artifacts/s3-tmp", state_dir);
 	if ((rc = ota_mkdir_p(s->spool, 0700)) < 0)
 		goto fail;
+	spool_sweep(s->spool);
 	/* the bucket must answer to these credentials now, not at the first release */
 	if ((rc = request(s, "GET", NULL, &q, -1, 0)) < 0)
 		goto fail;
