@@ -14,6 +14,7 @@
 #include "linux/slot.h"
 #include "linux/uboot.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -136,6 +137,26 @@ static int conf_bool(const char *v)
 	return -1;
 }
 
+/* A config number: decimal or 0x hex, whole, unsigned, at most max.  "",
+ * a sign, trailing text or an overflow: -1 (strtoul would read "-1" as
+ * 4294967295 and "12ms" as 12). */
+static int conf_u32(const char *v, uint32_t max, uint32_t *out)
+{
+	int hex = v[0] == '0' && (v[1] == 'x' || v[1] == 'X');
+	const char *digits = hex ? v + 2 : v;
+	unsigned long long n;
+	char *end;
+
+	if (!(hex ? isxdigit((unsigned char)*digits) : isdigit((unsigned char)*digits)))
+		return -1;
+	errno = 0;
+	n = strtoull(digits, &end, hex ? 16 : 10);
+	if (errno || *end || n > max)
+		return -1;
+	*out = (uint32_t)n;
+	return 0;
+}
+
 /* boot = uboot: the U-Boot environment's tools and the booted slot */
 static int open_uboot(struct port_linux *p, const char *conf_path)
 {
@@ -181,6 +202,7 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 	p->cfg.min_battery_pct = 20;
 	while (fgets(line, sizeof(line), f)) {
 		char *k, *v, *eq;
+		uint32_t n;
 		lineno++;
 		k = trim(line);
 		if (!*k || *k == '#')
@@ -194,7 +216,15 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		k = trim(k);
 		v = trim(eq + 1);
 #define STR(name, field) else if (!strcmp(k, name)) { free(p->field); p->field = dupstr(v); }
-#define NUM(name, field) else if (!strcmp(k, name)) p->field = (uint32_t)strtoul(v, NULL, 0);
+#define NUM(name, field)                                                                                  \
+	else if (!strcmp(k, name)) {                                                                       \
+		if (conf_u32(v, UINT32_MAX, &n) < 0) {                                                     \
+			fprintf(stderr, "otacd-device: %s:%d: %s: want a whole number 0 to 4294967295 "    \
+					"(decimal or 0x hex), not '%s'\n", conf_path, lineno, k, v);             \
+			ok = 0;                                                                            \
+		} else                                                                                     \
+			p->field = n;                                                                      \
+	}
 		if (0) {
 		}
 		STR("url", url) STR("device", device) STR("credential", credential) STR("product", product)
@@ -208,8 +238,14 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		NUM("slot_size", cfg.slot_size) NUM("sector_size", cfg.sector_size) NUM("poll_ms", cfg.poll_ms)
 		NUM("heartbeat_ms", cfg.heartbeat_ms) NUM("backoff_base_ms", cfg.backoff_base_ms)
 		NUM("backoff_max_ms", cfg.backoff_max_ms) NUM("throttle_ms", throttle_ms) NUM("precondition_wait_ms", cfg.precondition_wait_ms)
-		else if (!strcmp(k, "min_battery"))
-			p->cfg.min_battery_pct = atoi(v);
+		else if (!strcmp(k, "min_battery")) {
+			if (conf_u32(v, 100, &n) < 0) {
+				fprintf(stderr, "otacd-device: %s:%d: min_battery: want a percentage 0 to 100, not '%s'\n",
+					conf_path, lineno, v);
+				ok = 0;
+			} else
+				p->cfg.min_battery_pct = (int)n;
+		}
 		else if (!strcmp(k, "avoid_metered") || !strcmp(k, "sync") || !strcmp(k, "direct")) {
 			/* "yes" must not quietly turn sync or O_DIRECT off */
 			int b = conf_bool(v);

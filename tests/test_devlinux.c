@@ -737,6 +737,43 @@ static void config_refuses_a_boolean_it_cannot_read(void **state)
 	free(bin);
 }
 
+/* A number the device cannot read whole is an error: strtoul read "-1" as
+ * 4294967295, "5s" as 5, "99999999999" as ULONG_MAX cut to 32 bits. */
+static void config_refuses_a_number_it_cannot_read(void **state)
+{
+	struct buf out = BUF_INIT;
+	char *dir = h_tmpdir(), *example = dh_src_path("device/contrib/device.conf.example"), *bin = h_bin("otacd-device");
+	static const char *const bad[] = { "poll_ms = -1",         "poll_ms = 5s",          "slot_size = 99999999999",
+					   "sector_size = ",       "heartbeat_ms = +10",    "backoff_max_ms = 0x",
+					   "throttle_ms = 1e3",    "uboot_bootlimit = 0x1FFFFFFFF" };
+	static const char *const good[] = { "poll_ms = 4294967295", "slot_size = 0x10000", "min_battery = 100" };
+	(void)state;
+	example_conf(dir, example);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, bad[i]), 0);
+		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
+			fail_msg("'%s' accepted", bad[i]);
+		assert_non_null(strstr(buf_cstr(&out), "want a whole number 0 to 4294967295"));
+	}
+	for (size_t i = 0; i < 3; i++) {
+		const char *pct = (const char *[]){ "min_battery = 101", "min_battery = -5", "min_battery = x" }[i];
+		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, pct), 0);
+		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
+			fail_msg("'%s' accepted", pct);
+		assert_non_null(strstr(buf_cstr(&out), "min_battery: want a percentage 0 to 100"));
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		assert_int_equal(h_sh(&out, "cd %s && cp device.conf ok.conf && echo '%s' >> ok.conf", dir, good[i]), 0);
+		if (h_sh(&out, "%s -c %s/ok.conf check 2>&1", bin, dir) != 0)
+			fail_msg("'%s' refused: %s", good[i], buf_cstr(&out));
+	}
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(dir);
+	free(example);
+	free(bin);
+}
+
 static void systemd_unit_verifies_and_the_config_example_parses(void **state)
 {
 	struct buf out = BUF_INIT;
@@ -781,6 +818,7 @@ int main(void)
 		cmocka_unit_test(mtd_slots_take_only_writable_nor_partitions_that_fit),
 		cmocka_unit_test(systemd_unit_verifies_and_the_config_example_parses),
 		cmocka_unit_test(config_refuses_a_boolean_it_cannot_read),
+		cmocka_unit_test(config_refuses_a_number_it_cannot_read),
 		cmocka_unit_test_teardown(otacd_device_refuses_a_corrupt_environment_at_start, e2e_teardown),
 		cmocka_unit_test_teardown(uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount,
 					  e2e_teardown),
@@ -789,5 +827,6 @@ int main(void)
 		cmocka_unit_test_teardown(sigkill_at_random_points_on_uboot_keeps_a_bootable_slot, e2e_teardown),
 		cmocka_unit_test_teardown(block_device_slots_on_loop_devices_take_an_update, loops_teardown),
 	};
+	cmocka_set_test_filter(getenv("DEVLINUX_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
