@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "../device/otadev.h"
+#include "../device/linux/push.h"
 #include "../device/linux/slot.h"
 #include "../device/linux/uboot.h"
 #include "../orchestrator/mcuboot.h"
@@ -774,6 +775,48 @@ static void config_refuses_a_number_it_cannot_read(void **state)
 	free(bin);
 }
 
+/* mqtt_url: an IPv6 literal in brackets is a host (atoi and strrchr(':')
+ * made "[::1]:1883" host "[::1]"); a port is digits 1 to 65535, whole. */
+static void config_mqtt_url_takes_ipv6_literals_and_refuses_bad_ports(void **state)
+{
+	static const struct {
+		const char *url, *host;
+		int port, tls;
+	} good[] = {
+		{ "mqtt://[::1]:1884", "::1", 1884, 0 },      { "mqtts://[fe80::1]", "fe80::1", 8883, 1 },
+		{ "mqtt://127.0.0.1", "127.0.0.1", 1883, 0 }, { "mqtts://broker.example:65535", "broker.example", 65535, 1 },
+	};
+	static const char *const bad[] = { "mqtt://h:0",        "mqtt://h:65536",   "mqtt://h:1883x", "mqtt://h:-1",
+					   "mqtt://h:",         "mqtt://h: 1883",   "mqtt://::1:1883", "mqtt://[::1",
+					   "mqtt://[::1]x",     "mqtt://[::1]:0",   "mqtt://[h/x]:1",  "mqtt://u:p@h:1883",
+					   "mqtt://h:1883/p",   "mqtt://",          "http://h:1883",   "mqtt://h:000001883" };
+	struct buf out = BUF_INIT;
+	char host[64], *dir = h_tmpdir(), *example = dh_src_path("device/contrib/device.conf.example");
+	char *bin = h_bin("otacd-device");
+	int port, tls;
+	(void)state;
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		assert_int_equal(devpush_parse_url(good[i].url, host, sizeof(host), &port, &tls), 0);
+		assert_string_equal(host, good[i].host);
+		assert_int_equal(port, good[i].port);
+		assert_int_equal(tls, good[i].tls);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (devpush_parse_url(bad[i], host, sizeof(host), &port, &tls) == 0)
+			fail_msg("'%s' accepted as host '%s' port %d", bad[i], host, port);
+	/* and refused by the config check, saying what it wants */
+	example_conf(dir, example);
+	assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo 'mqtt_url = mqtt://h:65536' >> bad.conf",
+			      dir), 0);
+	assert_true(h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) != 0);
+	assert_non_null(strstr(buf_cstr(&out), "a port 1 to 65535"));
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(dir);
+	free(example);
+	free(bin);
+}
+
 static void systemd_unit_verifies_and_the_config_example_parses(void **state)
 {
 	struct buf out = BUF_INIT;
@@ -819,6 +862,7 @@ int main(void)
 		cmocka_unit_test(systemd_unit_verifies_and_the_config_example_parses),
 		cmocka_unit_test(config_refuses_a_boolean_it_cannot_read),
 		cmocka_unit_test(config_refuses_a_number_it_cannot_read),
+		cmocka_unit_test(config_mqtt_url_takes_ipv6_literals_and_refuses_bad_ports),
 		cmocka_unit_test_teardown(otacd_device_refuses_a_corrupt_environment_at_start, e2e_teardown),
 		cmocka_unit_test_teardown(uboot_update_cycle_through_otacd_confirms_and_clears_the_bootcount,
 					  e2e_teardown),

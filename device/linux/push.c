@@ -69,10 +69,66 @@ static int set_num(uint32_t *slot, const char *v, uint32_t min, uint32_t max)
 	return 0;
 }
 
+int devpush_parse_url(const char *url, char *host, size_t cap, int *port, int *tls)
+{
+	const char *rest, *end, *p;
+	size_t n;
+	long num;
+
+	if (!strncmp(url, "mqtt://", 7)) {
+		rest = url + 7;
+		*port = 1883;
+		*tls = 0;
+	} else if (!strncmp(url, "mqtts://", 8)) {
+		rest = url + 8;
+		*port = 8883;
+		*tls = 1;
+	} else
+		return -1;
+	if (*rest == '[') { /* an IPv6 literal: [::1]:1883 */
+		if (!(end = strchr(rest, ']')))
+			return -1;
+		rest++;
+		n = (size_t)(end - rest);
+		p = end + 1;
+		if (strspn(rest, "0123456789abcdefABCDEF:.") < n)
+			return -1;
+	} else {
+		n = strcspn(rest, ":");
+		p = rest + n;
+		if (memchr(rest, '[', n) || memchr(rest, ']', n))
+			return -1;
+	}
+	/* no user, path or query: only HOST[:PORT] */
+	if (!n || n >= cap || strcspn(rest, "@/?# \t") < n)
+		return -1;
+	if (*p == ':') {
+		p++;
+		if (!*p || strspn(p, "0123456789") != strlen(p) || strlen(p) > 5)
+			return -1;
+		num = strtol(p, NULL, 10);
+		if (num < 1 || num > 65535)
+			return -1;
+		*port = (int)num;
+	} else if (*p)
+		return -1;
+	memcpy(host, rest, n);
+	host[n] = 0;
+	return 0;
+}
+
 int devpush_config(const char *key, const char *v)
 {
-	if (!strcmp(key, "mqtt_url"))
+	if (!strcmp(key, "mqtt_url")) {
+		char host[sizeof(g.host)];
+		int port, tls;
+		if (devpush_parse_url(v, host, sizeof(host), &port, &tls) < 0) {
+			fprintf(stderr, "otacd-device: push: mqtt_url: want mqtt://HOST[:PORT] or mqtts://HOST[:PORT] "
+					"(an IPv6 address in [ ], a port 1 to 65535)\n");
+			return -1;
+		}
 		return set_str(&g.url, v);
+	}
 	if (!strcmp(key, "mqtt_cacert"))
 		return set_str(&g.cacert, v);
 	if (!strcmp(key, "mqtt_username"))
@@ -230,28 +286,12 @@ static void *loop(void *arg)
 
 int devpush_start(const char *device, const char *product, const char *hardware)
 {
-	const char *rest, *colon;
 	char password[256];
 
 	if (!g.url)
 		return 0;
-	if (!strncmp(g.url, "mqtt://", 7)) {
-		rest = g.url + 7;
-		g.port = 1883;
-	} else if (!strncmp(g.url, "mqtts://", 8)) {
-		rest = g.url + 8;
-		g.port = 8883;
-		g.tls = 1;
-	} else {
+	if (devpush_parse_url(g.url, g.host, sizeof(g.host), &g.port, &g.tls) < 0) {
 		fprintf(stderr, "otacd-device: push: mqtt_url: want mqtt://HOST[:PORT] or mqtts://HOST[:PORT]\n");
-		return -1;
-	}
-	colon = strrchr(rest, ':');
-	snprintf(g.host, sizeof(g.host), "%.*s", colon ? (int)(colon - rest) : (int)strlen(rest), rest);
-	if (colon)
-		g.port = atoi(colon + 1);
-	if (!*g.host || g.port <= 0 || g.port > 65535) {
-		fprintf(stderr, "otacd-device: push: mqtt_url: bad host or port\n");
 		return -1;
 	}
 	snprintf(g.topic_dev, sizeof(g.topic_dev), "%s/", g.prefix ? g.prefix : "otacd");

@@ -17,8 +17,14 @@
 #ifndef OTADEV_LINUX_PUSH_H
 #define OTADEV_LINUX_PUSH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+/* mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (1883, 8883), HOST a name, an
+ * IPv4 address or an IPv6 one in brackets ([::1]:1883; host is written
+ * without them, as getaddrinfo takes it); no user, path or query; a port
+ * is 1 to 65535 in digits.  0, or -1 with nothing to trust in the outputs. */
+int devpush_parse_url(const char *url, char *host, size_t cap, int *port, int *tls);
 /* A `mqtt_*` config key: 0 taken, <0 a bad value or an unknown key. */
 int devpush_config(const char *key, const char *value);
 /* Connect and subscribe when mqtt_url was set (reconnecting in the
