@@ -31,6 +31,7 @@
 #include <mtd/mtd-user.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -156,6 +157,41 @@ static void uboot_marks_move_the_slot_variable_and_the_bootcount(void **state)
 /* Nothing is read from, or written over, an environment fw_printenv
  * cannot vouch for: a bad CRC (single copy), values this backend never
  * writes, a value smuggling a second line. */
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+/* A device daemon takes signals (timers, SIGCHLD, SIGTERM) while it waits
+ * for fw_printenv: each interrupts poll, read and waitpid, and must only
+ * resume them, never cut the answer short or hang. */
+static void uboot_reads_survive_a_storm_of_signals(void **state)
+{
+	char *dir = h_tmpdir(), err[512];
+	char *conf = env_make(dir, "otacd_slot=b\nupgrade_available=1\nbootcount=2\nbootlimit=3\n", 0);
+	struct uboot u = { conf, "otacd_slot", "/nonexistent", 3 };
+	struct sigaction sa = { .sa_handler = on_alarm }; /* no SA_RESTART: every call sees EINTR */
+	struct itimerval every = { { 0, 200 }, { 0, 200 } }, off = { { 0, 0 }, { 0, 0 } };
+	struct uboot_env e;
+	struct buf out = BUF_INIT;
+	(void)state;
+
+	assert_int_equal(sigaction(SIGALRM, &sa, NULL), 0);
+	assert_int_equal(setitimer(ITIMER_REAL, &every, NULL), 0);
+	for (int i = 0; i < 40; i++) {
+		if (uboot_env_read(&u, &e, err, sizeof(err)) != 0)
+			fail_msg("read %d under signals: %s", i, err);
+		assert_int_equal(e.slot, 1);
+		assert_int_equal(e.bootcount, 2);
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+	signal(SIGALRM, SIG_DFL);
+	h_sh(&out, "rm -rf %s", dir);
+	buf_release(&out);
+	free(conf);
+	free(dir);
+}
+
 static void uboot_corrupt_or_foreign_environment_is_refused_and_never_written(void **state)
 {
 	static const char *const foreign[] = {
@@ -857,6 +893,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(uboot_marks_move_the_slot_variable_and_the_bootcount),
+		cmocka_unit_test(uboot_reads_survive_a_storm_of_signals),
 		cmocka_unit_test(uboot_corrupt_or_foreign_environment_is_refused_and_never_written),
 		cmocka_unit_test(mtd_slots_take_only_writable_nor_partitions_that_fit),
 		cmocka_unit_test(systemd_unit_verifies_and_the_config_example_parses),

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,9 @@
 extern char **environ;
 
 /* Run argv; stdout into out (NUL-terminated), stderr into errbuf.  The
- * exit status, or -1 when the tool could not run or said too much. */
+ * exit status, or -1 when the tool could not run, said too much, or its
+ * output could not be waited for (poll failed: the tool is killed, errbuf
+ * says why).  Signals (EINTR) only resume the wait. */
 static int run(char *const argv[], char *out, size_t cap, char *errbuf, size_t ecap)
 {
 	posix_spawn_file_actions_t fa;
@@ -65,6 +68,11 @@ static int run(char *const argv[], char *out, size_t cap, char *errbuf, size_t e
 		if (poll(pf, 2, -1) < 0) {
 			if (errno == EINTR)
 				continue;
+			/* stop reading and stop the child too: left alone, it
+			 * could block on a full pipe and waitpid with it */
+			snprintf(errbuf, ecap, "%s: poll: %s", argv[0], strerror(errno));
+			kill(pid, SIGKILL);
+			over = 1;
 			break;
 		}
 		for (i = 0; i < 2; i++) {
