@@ -330,6 +330,35 @@ struct otadev_manifest {
 int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const struct otadev_hooks *h, void *ctx,
 			  char *buf, size_t len, size_t cap, const uint8_t want_sha[32], const char *product,
 			  const char *hardware);
+/* The one hex decoder of libotadev's parsers.  A digest on the wire is 64
+ * lowercase hex digits (docs/update-server.md, as otacd writes them); the
+ * offer and manifest parsers live in files fuzz targets build alone, hence
+ * static inline here rather than a function of one of them. */
+static inline int otadev_hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1; /* uppercase too: not the wire format */
+}
+
+/* hex[0, len) into out: 0, or OTADEV_EINVAL unless it is exactly 64
+ * lowercase hex digits. */
+static inline int otadev_sha256_from_hex(uint8_t out[32], const char *hex, size_t len)
+{
+	int i;
+	if (len != 64)
+		return OTADEV_EINVAL;
+	for (i = 0; i < 32; i++) {
+		int hi = otadev_hexval(hex[2 * i]), lo = otadev_hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return OTADEV_EINVAL;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
 /* PEM (one block of the given label, e.g. "X509 CRL") to DER in place; length or <0. */
 int otadev_pem_to_der(char *buf, size_t len, const char *label);
 

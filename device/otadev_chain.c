@@ -210,28 +210,14 @@ static int skip(const jsmntok_t *t, int i, int n)
 	return end;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
+/* Does the JSON string t name want?  Lowercase hex only, as everywhere on
+ * the wire: an uppercase digest is not taken as a match. */
 static int sha_matches(const char *js, const jsmntok_t *t, const uint8_t want[32])
 {
-	int i;
-	if (t->type != JSMN_STRING || t->end - t->start != 64)
-		return 0;
-	for (i = 0; i < 32; i++) {
-		int hi = hexval(js[t->start + 2 * i]), lo = hexval(js[t->start + 2 * i + 1]);
-		if (hi < 0 || lo < 0 || (uint8_t)(hi << 4 | lo) != want[i])
-			return 0;
-	}
-	return 1;
+	uint8_t got[32];
+	return t->type == JSMN_STRING &&
+	       otadev_sha256_from_hex(got, js + t->start, (size_t)(t->end - t->start)) == 0 &&
+	       memcmp(got, want, 32) == 0;
 }
 
 static void dec(char *out, size_t v)

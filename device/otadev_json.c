@@ -116,27 +116,11 @@ static int get_str(const char *js, const jsmntok_t *t, char *dst, size_t cap)
 	return 0;
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 static int get_sha(const char *js, const jsmntok_t *t, uint8_t out[32])
 {
-	int i;
-	if (t->type != JSMN_STRING || t->end - t->start != 64)
+	if (t->type != JSMN_STRING)
 		return OTADEV_EINVAL;
-	for (i = 0; i < 32; i++) {
-		int hi = hexval(js[t->start + 2 * i]), lo = hexval(js[t->start + 2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return OTADEV_EINVAL;
-		out[i] = (uint8_t)(hi << 4 | lo);
-	}
-	return 0;
+	return otadev_sha256_from_hex(out, js + t->start, (size_t)(t->end - t->start));
 }
 
 static int parse_image(struct otadev_offer *o, const char *js, const jsmntok_t *t, int i, int n, int *seen)

@@ -32,6 +32,7 @@
  * would collide with): no libotadev link for this test */
 #include "../device/otadev_chain.c"
 
+#include <ctype.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -859,6 +860,29 @@ static void manifest_parser_reads_otacds_envelope_and_flags_edits(void **state)
 	assert_int_equal(parse_env(&m, &edited, sha, "fw", HW, 4096, &rc), 0);
 	assert_int_equal(rc, 0);
 	assert_true(m.other_product);
+	/* the wire names digests in lowercase hex: the image in uppercase is
+	 * not this image (as an offer's uppercase sha256 is refused) */
+	{
+		json_t *up = json_deep_copy(e);
+		char *hex = strstr(buf_cstr(&raw), "\"sha256\": \"");
+		unsigned char *b64 = xmalloc(4 * raw.len / 3 + 8);
+		char *dump;
+		assert_non_null(hex);
+		hex += 11;
+		for (int i = 0; i < 64; i++)
+			hex[i] = (char)toupper((unsigned char)hex[i]);
+		EVP_EncodeBlock(b64, (const unsigned char *)raw.ptr, (int)raw.len);
+		json_object_set_new(up, "payload", json_string((char *)b64));
+		dump = json_dumps(up, JSON_COMPACT);
+		buf_clear(&edited);
+		buf_puts(&edited, dump);
+		parse_env(&m, &edited, sha, "fw", HW, 4096, &rc);
+		assert_int_equal(rc, 0);
+		assert_false(m.has_image);
+		free(dump);
+		free(b64);
+		json_decref(up);
+	}
 	/* no room for the tokens; a cut envelope */
 	parse_env(&m, &env, sha, "fw", HW, 64, &rc);
 	assert_int_equal(rc, OTADEV_ENOSPC);
@@ -884,5 +908,6 @@ int main(void)
 	};
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	signal(SIGPIPE, SIG_IGN);   /* a killed device's connection must not kill the mirror */
+	cmocka_set_test_filter(getenv("DEVTORTURE_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
