@@ -751,6 +751,27 @@ static void example_conf(const char *dir, const char *example)
 	buf_release(&out);
 }
 
+/* `check` of dir/device.conf with line appended (as dir/extra.conf): its
+ * exit status, its output in out. */
+static int check_with_line(const char *bin, const char *dir, const char *line, struct buf *out)
+{
+	assert_int_equal(h_sh(out, "cd %s && cp device.conf extra.conf && echo '%s' >> extra.conf", dir, line), 0);
+	return h_sh(out, "%s -c %s/extra.conf check 2>&1", bin, dir);
+}
+
+/* Each of lines, appended alone, makes `check` fail saying why. */
+static void assert_lines_refused(const char *bin, const char *dir, const char *const *lines, size_t n, const char *why)
+{
+	struct buf out = BUF_INIT;
+	for (size_t i = 0; i < n; i++) {
+		if (check_with_line(bin, dir, lines[i], &out) == 0)
+			fail_msg("'%s' accepted", lines[i]);
+		if (!strstr(buf_cstr(&out), why))
+			fail_msg("'%s': %s (want '%s')", lines[i], buf_cstr(&out), why);
+	}
+	buf_release(&out);
+}
+
 /* A boolean the device cannot read is an error, not a quiet "off". */
 static void config_refuses_a_boolean_it_cannot_read(void **state)
 {
@@ -761,12 +782,7 @@ static void config_refuses_a_boolean_it_cannot_read(void **state)
 	example_conf(dir, example);
 	if (h_sh(&out, "%s -c %s/device.conf check", bin, dir) != 0)
 		fail_msg("the config example: %s", buf_cstr(&out));
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, bad[i]), 0);
-		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
-			fail_msg("'%s' accepted", bad[i]);
-		assert_non_null(strstr(buf_cstr(&out), ": 0, 1, false or true"));
-	}
+	assert_lines_refused(bin, dir, bad, sizeof(bad) / sizeof(bad[0]), ": 0, 1, false or true");
 	h_sh(&out, "rm -rf %s", dir);
 	buf_release(&out);
 	free(dir);
@@ -783,25 +799,14 @@ static void config_refuses_a_number_it_cannot_read(void **state)
 	static const char *const bad[] = { "poll_ms = -1",         "poll_ms = 5s",          "slot_size = 99999999999",
 					   "sector_size = ",       "heartbeat_ms = +10",    "backoff_max_ms = 0x",
 					   "throttle_ms = 1e3",    "uboot_bootlimit = 0x1FFFFFFFF" };
+	static const char *const pct[] = { "min_battery = 101", "min_battery = -5", "min_battery = x" };
 	static const char *const good[] = { "poll_ms = 4294967295", "slot_size = 0x10000", "min_battery = 100" };
 	(void)state;
 	example_conf(dir, example);
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, bad[i]), 0);
-		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
-			fail_msg("'%s' accepted", bad[i]);
-		assert_non_null(strstr(buf_cstr(&out), "want a whole number 0 to 4294967295"));
-	}
-	for (size_t i = 0; i < 3; i++) {
-		const char *pct = (const char *[]){ "min_battery = 101", "min_battery = -5", "min_battery = x" }[i];
-		assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo '%s' >> bad.conf", dir, pct), 0);
-		if (h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) == 0)
-			fail_msg("'%s' accepted", pct);
-		assert_non_null(strstr(buf_cstr(&out), "min_battery: want a percentage 0 to 100"));
-	}
+	assert_lines_refused(bin, dir, bad, sizeof(bad) / sizeof(bad[0]), "want a whole number 0 to 4294967295");
+	assert_lines_refused(bin, dir, pct, sizeof(pct) / sizeof(pct[0]), "min_battery: want a percentage 0 to 100");
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-		assert_int_equal(h_sh(&out, "cd %s && cp device.conf ok.conf && echo '%s' >> ok.conf", dir, good[i]), 0);
-		if (h_sh(&out, "%s -c %s/ok.conf check 2>&1", bin, dir) != 0)
+		if (check_with_line(bin, dir, good[i], &out) != 0)
 			fail_msg("'%s' refused: %s", good[i], buf_cstr(&out));
 	}
 	h_sh(&out, "rm -rf %s", dir);
@@ -842,9 +847,7 @@ static void config_mqtt_url_takes_ipv6_literals_and_refuses_bad_ports(void **sta
 			fail_msg("'%s' accepted as host '%s' port %d", bad[i], host, port);
 	/* and refused by the config check, saying what it wants */
 	example_conf(dir, example);
-	assert_int_equal(h_sh(&out, "cd %s && cp device.conf bad.conf && echo 'mqtt_url = mqtt://h:65536' >> bad.conf",
-			      dir), 0);
-	assert_true(h_sh(&out, "%s -c %s/bad.conf check 2>&1", bin, dir) != 0);
+	assert_true(check_with_line(bin, dir, "mqtt_url = mqtt://h:65536", &out) != 0);
 	assert_non_null(strstr(buf_cstr(&out), "a port 1 to 65535"));
 	h_sh(&out, "rm -rf %s", dir);
 	buf_release(&out);
