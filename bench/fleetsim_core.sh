@@ -15,21 +15,13 @@
 # for the core engine also the compact state per device (struct sizes +
 # the encoded records); then the ratios core/model.  Nothing asserted.
 set -eu
+. "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 all=${2:-20000}
 secs=${3:-20}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-fscore-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin fscore
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
-stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
+bench_keypair "$tmp"
 
 # run ENGINE [N]: sets ck rep hwm
 run() {
@@ -45,12 +37,7 @@ EOF
 		--device-listen 127.0.0.1:0 --local-agents 0 2>>"$tmp/$1.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "fleetsim_core.sh: otacd did not start: $(tail -3 "$tmp/$1.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd fleetsim_core.sh "$tmp/$1.log" "$state/otacd-device.url" "$state/fleet.key"
 	"$bin/otacd-fleetsim" --engine "$1" --url "$(cat "$state/otacd-device.url")" --devices "$devices" --seed 1 \
 		--key "$tmp/k.pub" --fleet-key "@$state/fleet.key" --report-every 2s --duration "$secs" \
 		--concurrency 256 --quiet --stats "$tmp/$1-$devices.stats" >"$tmp/$1.sim.log" 2>&1 &

@@ -19,23 +19,16 @@
 # (FLEETSTORE_E2E_LEGACY=0 skips the legacy run).  Needs curl.  Nothing
 # asserted.
 set -eu
+. "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-1000000}
 secs=${3:-240}
 scale=${FLEETSTORE_E2E_SCALE:-300}
 warm=$(awk -v s="$scale" 'BEGIN { printf "%d", 6 * 3600 / s * 1.1 + 1 }')
 [ "$warm" -lt "$secs" ] || { echo "fleetstore_e2e.sh: SECONDS must exceed one poll interval ($warm s at scale $scale)" >&2; exit 2; }
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-fleete2e-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin fleete2e
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+bench_keypair "$tmp"
 cat >"$tmp/otacd.yml" <<EOF
 time_scale: $scale
 poll_interval: 6h
@@ -44,7 +37,6 @@ device_register_rate: $devices
 EOF
 
 io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io"; }
-stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
 
 # run LAYOUT: one daemon and one simulator; sets acc, dem, bpr
 run() {
@@ -55,12 +47,7 @@ run() {
 		--device-listen 127.0.0.1:0 --local-agents 0 2>>"$state.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "fleetstore_e2e.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd fleetstore_e2e.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key"
 	mport=$((20000 + ($$ + ${#1}) % 20000))
 	"$bin/otacd-fleetsim" --url "$(cat "$state/otacd-device.url")" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
 		--fleet-key "@$state/fleet.key" --product fw --report-every 1h --duration "$secs" --shared-downloads \

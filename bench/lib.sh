@@ -1,4 +1,42 @@
-# bench/lib.sh - helpers the rollout benchmarks share (sourced: . bench/lib.sh).
+# bench/lib.sh - helpers the benchmarks share (sourced: . bench/lib.sh).
+
+# bench_begin NAME [KEEP] - a fresh work directory $tmp (otacd-NAME-XXXXXX)
+# and an empty $pids; at exit every process in $pids is stopped and $tmp
+# removed (kept, and said so, when KEEP is not empty).  Put each background
+# process's pid in $pids.
+bench_begin() {
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-$1-XXXXXX")
+	pids=""
+	bench_keep=${2:-}
+	trap bench_cleanup EXIT INT TERM
+}
+bench_cleanup() {
+	for p in $pids; do kill "$p" 2>/dev/null || true; done
+	for p in $pids; do wait "$p" 2>/dev/null || true; done
+	if [ -n "$bench_keep" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
+}
+
+# bench_keypair DIR - a P-256 release signing key: DIR/k.pem, DIR/k.pub
+bench_keypair() {
+	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1/k.pem" 2>/dev/null
+	openssl pkey -in "$1/k.pem" -pubout -out "$1/k.pub" 2>/dev/null
+}
+
+# bench_wait_otacd WHO LOG FILE... - wait (20 s at most) until every FILE
+# (what otacd writes into its state directory once it serves) is non-empty;
+# else say "WHO: otacd did not start" with LOG's last lines and exit 1.
+bench_wait_otacd() {
+	who=$1 log=$2
+	shift 2
+	i=0
+	for f in "$@"; do
+		until [ -s "$f" ]; do
+			i=$((i + 1))
+			[ $i -lt 400 ] || { echo "$who: otacd did not start: $(tail -3 "$log")" >&2; exit 1; }
+			sleep 0.05
+		done
+	done
+}
 
 # bench_rollout_yml FILE FILL - the pipeline both rollout benchmarks trigger:
 # a two-board build (a 64 KiB fw.bin per board, its bytes from the file

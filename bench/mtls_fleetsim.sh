@@ -14,17 +14,11 @@
 # check-ins a second (from the simulator's --stats), the provisioning time,
 # and the ratio mTLS/token.  Nothing asserted.
 set -eu
+. "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-3000}
 secs=${3:-20}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-mtls-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin mtls
 
 (
 	cd "$tmp"
@@ -35,10 +29,8 @@ trap cleanup EXIT INT TERM
 	openssl req $N -keyout srv.key -out srv.csr -subj /CN=otacd-bench
 	printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >srv.ext
 	openssl x509 -req -in srv.csr -CA srvca.pem -CAkey srvca.key -set_serial 0x1001 -days 2 -extfile srv.ext -out srv.pem
-	openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem
-	openssl pkey -in k.pem -pubout -out k.pub
 ) >/dev/null 2>&1
-stat_of() { sed -n "s/.*\"$2\": *\([0-9]*\).*/\1/p" "$1" | head -1; }
+bench_keypair "$tmp"
 now_ms() { date +%s%3N; }
 
 # run MODE (cert | token): sets rate, prov_s
@@ -63,12 +55,7 @@ EOF
 		--listen 127.0.0.1:0 --device-listen 127.0.0.1:0 --local-agents 0 2>>"$tmp/$1.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/otacd.url" ] && [ -s "$state/admin.token" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "mtls_fleetsim.sh: otacd did not start: $(tail -3 "$tmp/$1.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd mtls_fleetsim.sh "$tmp/$1.log" "$state/otacd-device.url" "$state/otacd.url" "$state/admin.token"
 	if [ "$1" = cert ]; then
 		tok=$(OTACD_URL=$(cat "$state/otacd.url") OTACD_TOKEN=$(cat "$state/admin.token") OTACD_CACERT="$tmp/srvca.pem" \
 			"$bin/otactl" fleet provisioners add sim --prefix dev- --max "$devices" --rate 100000 2>/dev/null |

@@ -28,20 +28,12 @@ if [ ! -x "$s3rver" ] || [ ! -x "$nginx" ]; then
 	echo "  SKIP: needs nginx ($nginx) and s3rver ($s3rver): see .ci/run"
 	exit 0
 fi
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-origin-XXXXXX")
+bench_begin origin "${ORIGIN_KEEP:-}"
 chmod 0711 "$tmp"
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	[ -n "${ORIGIN_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 waitport() { i=0; until curl -s -o /dev/null "http://127.0.0.1:$1/"; do i=$((i + 1)); [ $i -lt 200 ] || return 1; sleep 0.1; done; }
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+bench_keypair "$tmp"
 bench_rollout_yml "$tmp/rollout.yml" /dev/urandom
 
 # s3rver (the origin) and nginx (the cache) for the cdn run
@@ -100,12 +92,7 @@ EOF
 		--device-listen 127.0.0.1:0 2>>"$state.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ] && [ -s "$state/otacd.url" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "origin.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd origin.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
 	dev=$(cat "$state/otacd-device.url")
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	: >"$tmp/ngx/access.log"

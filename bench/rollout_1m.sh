@@ -39,17 +39,9 @@ scale=${ROLLOUT_SCALE:-300}
 timeout=${ROLLOUT_TIMEOUT:-1800}
 base_n=${ROLLOUT_BASELINE_DEVICES:-$([ "$devices" -lt 100000 ] && echo "$devices" || echo 100000)}
 src=$(cd "$(dirname "$0")/.." && pwd)
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-rollout1m-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	[ -n "${ROLLOUT_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin rollout1m "${ROLLOUT_KEEP:-}"
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+bench_keypair "$tmp"
 bench_rollout_yml "$tmp/rollout.yml" /dev/zero
 cat >>"$tmp/rollout.yml" <<'EOF'
     gates: [boots, crash_free]
@@ -84,12 +76,7 @@ EOF
 		--device-listen 127.0.0.1:0 2>>"$state.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ] && [ -s "$state/otacd.url" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "rollout_1m.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd rollout_1m.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
 	dev=$(cat "$state/otacd-device.url")
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	mport=$((20000 + ($$ + ${#label}) % 20000))
