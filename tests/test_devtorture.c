@@ -419,7 +419,6 @@ static char *offer_json(int64_t release, const char *version, int counter, const
 
 /* ---- the device ------------------------------------------------------------------------ */
 
-static const char *const phase_name[] = { "idle", "downloading", "installing", "rebooting", "testing" };
 
 /* Lines of file with "refused the offer: ...why". */
 static int grep_count(const char *file, const char *why)
@@ -471,7 +470,7 @@ static void cycle(const char *bin, const char *conf, const char *dir, const char
 			t->kills++;
 			s = dh_device_status(bin, conf);
 			for (int p = 0; p <= OTADEV_TESTING; p++)
-				if (!strcmp(dh_js(s, "phase", NULL), phase_name[p]))
+				if (!strcmp(dh_js(s, "phase", NULL), otadev_phase_name(p)))
 					t->at[p]++;
 			if (mode != M_GOOD && !strcmp(dh_js(s, "phase", NULL), "installing"))
 				t->bad_at_install++;

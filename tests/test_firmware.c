@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <cmocka.h>
 
+#include "devharness.h"
 #include "harness.h"
 
 static int tools_missing(void)
@@ -38,29 +39,6 @@ static int tools_missing(void)
 		}
 	buf_release(&out);
 	return missing;
-}
-
-static char *src_path(const char *rel)
-{
-	const char *root = getenv("OTACD_SRC");
-	return xasprintf("%s/%s", root && *root ? root : ".", rel);
-}
-
-/* A copy of the example without build output, in the daemon's directory,
- * laid out as a firmware repository: libotadev (otacd's device/ core) as
- * the submodule lib/otadev that its Makefile looks for first. */
-static char *example_copy(struct daemon *d)
-{
-	char *from = src_path("examples/sensor-node"), *core = src_path("device"),
-	     *to = xasprintf("%s/sensor-node", d->dir);
-	struct buf out = BUF_INIT;
-	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
-				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
-			      to, from, to, core, core, to), 0);
-	buf_release(&out);
-	free(from);
-	free(core);
-	return to;
 }
 
 static void replace_all(struct buf *b, const char *text, const char *from, const char *to, int *count)
@@ -83,7 +61,7 @@ static void replace_all(struct buf *b, const char *text, const char *from, const
  */
 static char *firmware_yaml(const char *src, const char *env, const char *hil_timeout)
 {
-	char *path = src_path("examples/sensor-node/.otacd/pipeline.yml"), *cut, *head;
+	char *path = dh_src_path("examples/sensor-node/.otacd/pipeline.yml"), *cut, *head;
 	struct buf text = BUF_INIT, a = BUF_INIT, b = BUF_INIT, c = BUF_INIT;
 	int n;
 
@@ -167,7 +145,7 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 	if (tools_missing())
 		skip();
 	start(&d, NULL, rigs);
-	src = example_copy(&d);
+	src = dh_sensor_node_copy(d.dir, "sensor-node");
 	yaml = firmware_yaml(src, "", "    timeout: 2m\n");
 	id = h_trigger(&d, yaml);
 	assert_string_equal(h_wait_run(&d, id, 170000), "passed");
@@ -286,7 +264,7 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	if (tools_missing())
 		skip();
 	start(&d, NULL, rigs);
-	src = example_copy(&d);
+	src = dh_sensor_node_copy(d.dir, "sensor-node");
 
 	/* a failing unit test: named with its message, the other stages pass */
 	run = broken_run(&d, src, "  BREAK: unit\n", "    timeout: 2m\n");

@@ -23,6 +23,7 @@
 
 #include "../orchestrator/pipeline/pipeline.h"
 #include "../stages/stage.h"
+#include "devharness.h"
 
 #define FILE_NAME "p.yml"
 #define HEAD "name: p\nstages:\n"
@@ -1079,12 +1080,6 @@ static void registry_knows_available_and_planned_kinds(void **state)
 
 /* ---- fixture files ------------------------------------------------------- */
 
-static char *src_path(const char *rel)
-{
-	const char *root = getenv("OTACD_SRC");
-	return xasprintf("%s/%s", root && *root ? root : ".", rel);
-}
-
 static int parse_file(const char *path, struct pipeline **p, struct pl_diags *d, struct buf *text)
 {
 	assert_int_equal(ota_read_file(text, path, 1 << 20), 0);
@@ -1098,7 +1093,7 @@ static void example_pipelines_validate(void **state)
 					     "pipelines/firmware-release.yml" };
 
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(files); i++) {
-		char *path = src_path(files[i]);
+		char *path = dh_src_path(files[i]);
 		struct buf text = BUF_INIT, msg = BUF_INIT;
 		struct pipeline *p;
 		struct pl_diags d;
@@ -1137,7 +1132,7 @@ static void fixture_files_parse_or_fail_as_annotated(void **state)
 	int seen = 0;
 
 	for (size_t di = 0; di < 2; di++) {
-		char *dir = src_path(dirs[di]);
+		char *dir = dh_src_path(dirs[di]);
 		DIR *dh = opendir(dir);
 		struct dirent *de;
 
