@@ -26,6 +26,7 @@
 #include "../artifact.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -34,7 +35,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -225,7 +225,7 @@ static int spool_open(struct s3 *s, const char *kind)
 		free(tmp);
 		return rc;
 	}
-	flock(fd, LOCK_EX | LOCK_NB);
+	(void)flock(fd, LOCK_EX | LOCK_NB); /* a sweep holding it now only unlinks the name */
 	unlink(tmp);
 	free(tmp);
 	return fd;
