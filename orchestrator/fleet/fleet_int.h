@@ -280,6 +280,7 @@ struct fleet {
 					       * and compact_ratio times the snapshot's */
 	int64_t snap_round;        /* devices a round captures for a snapshot (at least a shard) */
 	int building;              /* a new snapshot is being written, shard by shard */
+	int closing;               /* the last round (fleet_close): no snapshot starts */
 	int build_shard;           /* the next shard it captures */
 	int64_t build_seq, build_bytes, build_log_bytes;
 	/* check-ins that moved only last_seen (fleet_store_seen): the otacd

@@ -341,7 +341,7 @@ static int snapshot_maybe_start(struct fleet *f)
 {
 	int64_t seen = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED);
 	int rc;
-	if (f->building)
+	if (f->building || f->closing)
 		return 0;
 	/* ... or once a last_seen that no row holds is a poll interval old */
 	if ((f->log_bytes < f->compact_min || f->log_bytes < f->compact_ratio * f->snap_bytes) &&
@@ -678,13 +678,29 @@ static void test_stall(struct fleet *f, const char *path)
 	}
 }
 
-/* Closing: the last_seen that only a snapshot would have written goes to
- * the log, so a clean stop loses none. */
+/* Closing.  A last_seen that no row holds lives only in memory until a
+ * snapshot captures it, so the last round writes them all:
+ *
+ *   - a snapshot being built took over every pending last_seen when it
+ *     started (seen_pending went to 0), and the shards it has not captured
+ *     yet hold them: the last round captures every shard left and switches
+ *     to it, as a round that reached shard 63 would (a half-written
+ *     snapshot is ignored on open, and with it those last_seen);
+ *   - last_seen moved since (seen_pending), in shards a snapshot will not
+ *     capture in this round, go to the log as rows.
+ *
+ * No new snapshot starts here: the rows are the cheaper write. */
 static void last_round(struct fleet *f)
 {
-	if (!__atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED))
+	int pending = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED) != 0;
+	int building = f->building;
+	int uncaptured = building ? f->build_shard : FLEET_NSHARDS;   /* shards below it: no capture now */
+
+	f->closing = 1;
+	if (!pending && !building)
 		return;
-	for (int k = 0; k < FLEET_NSHARDS; k++) {
+	f->snap_round = INT64_MAX;
+	for (int k = 0; pending && k < uncaptured; k++) {
 		struct shard *s = &f->shards[k];
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < s->nb; i++)
@@ -693,8 +709,12 @@ static void last_round(struct fleet *f)
 					fleet_device_mark_locked(s, d);
 		pthread_mutex_unlock(&s->mu);
 	}
-	if (round_commit(f, NULL) == 0)
-		__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
+	if (round_commit(f, NULL) < 0) {
+		fprintf(stderr, "otacd: fleet.db: the last round at close failed (%s): last_seen of devices that only"
+				" checked in since their last row may be older after the restart\n", ota_error_last());
+		return;
+	}
+	__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
 }
 
 void fleet_store_seen(struct fleet *f, int64_t now)
