@@ -219,8 +219,9 @@ static void a_clean_close_during_a_snapshot_keeps_last_seen(void **state)
 	struct fleet *f;
 
 	(void)state;
-	/* one shard a round: the snapshot spans 64 rounds (idle rounds come
-	 * every 250 ms), a window the SIGTERM below lands in */
+	/* a round captures one shard that has devices (and the empty ones
+	 * before it): the snapshot spans several idle rounds (one every
+	 * 250 ms), seconds the SIGTERM below lands in */
 	setenv("OTACD_FLEET_SNAPSHOT_ROUND", "1", 1);
 	h_init(&d, "poll_interval: 2s\n");
 	d.device_listen = h_free_listen();

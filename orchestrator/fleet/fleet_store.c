@@ -25,7 +25,8 @@
  * or the next snapshot holds it, and a snapshot starts once such a
  * last_seen is one poll interval old (fleet_store_seen; after a crash
  * last_seen may be that much older, plus the snapshot's rounds; a clean
- * stop logs them all, last_round).  The database is WAL with
+ * stop loses none: last_round finishes a snapshot being built and logs the
+ * rest).  The database is WAL with
  * store_sync_pragma()'s synchronous (FULL: a commit survives the process
  * being killed and a power cut) and secure_delete=FAST (Debian builds
  * SQLite with it ON, which zero-fills every page a snapshot switch frees:
@@ -697,13 +698,13 @@ static void last_round(struct fleet *f)
 {
 	int pending = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED) != 0;
 	int building = f->building;
-	int uncaptured = building ? f->build_shard : FLEET_NSHARDS;   /* shards below it: no capture now */
+	int first_capture = building ? f->build_shard : FLEET_NSHARDS;   /* the shards this round captures */
 
 	f->closing = 1;
 	if (!pending && !building)
 		return;
 	f->snap_round = INT64_MAX;
-	for (int k = 0; pending && k < uncaptured; k++) {
+	for (int k = 0; pending && k < first_capture; k++) {
 		struct shard *s = &f->shards[k];
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < s->nb; i++)
