@@ -21,7 +21,9 @@
  *     outlives, 63 waiting check-ins start no round and the 64th starts
  *     one at once, and 64 threads of changing check-ins commit in exactly
  *     one round per wave, no more than the same load unpaced
- *     (OTACD_FLEET_ROUND_MS=0); counted by fleet_store_stats and /metrics.
+ *     (OTACD_FLEET_ROUND_MS=0); 64 check-ins arriving behind a commit (held
+ *     by OTACD_TEST_FLEET_STALL_FILE) take 2 commits unpaced and 1 paced;
+ *     counted by fleet_store_stats and /metrics.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -703,6 +705,61 @@ static void round_pacing_groups_small_check_ins(void **state)
 	tmpdir_remove(dir);
 }
 
+/* 64 check-ins that arrive while the writer commits an earlier one (held
+ * by the tests-only stall file): unpaced, the earlier one is its own
+ * round and the 63 that waited the next, 2 commits; paced, the first one
+ * waits for the pace and the 64th starts one round for all, 1 commit. */
+static int64_t rounds_for_a_burst_behind_a_commit(const char *dir, const char *name, const char *pace)
+{
+	char *db = xasprintf("%s/%s.db", dir, name), *stall = xasprintf("%s/%s.stall", dir, name);
+	struct pacer p[PACE_THREADS];
+	struct fleet_store_stats st;
+	struct fleet *f;
+	int paced = strcmp(pace, "0") != 0;
+
+	assert_int_equal(ota_write_file_atomic(stall, "", 0, 0600), 0);
+	setenv("OTACD_FLEET_ROUND_MS", pace, 1);
+	setenv("OTACD_TEST_FLEET_STALL_FILE", stall, 1);
+	f = open_fleet(db);
+	unsetenv("OTACD_FLEET_ROUND_MS");
+	unsetenv("OTACD_TEST_FLEET_STALL_FILE");
+	/* the first: unpaced the writer takes it and stalls before its commit */
+	pacers_start(p, f, 0, 1, 1, 0);
+	for (int waited = 0; waited < 30000 && (paced ? queued(f) != 1 : !__atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED));
+	     waited += 10)
+		h_msleep(10);
+	/* then the other 63 */
+	pacers_start(p, f, 1, PACE_THREADS, 1, 0);
+	for (int waited = 0; waited < 30000 && (paced ? queued(f) != 0 || !__atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED)
+						     : queued(f) != PACE_THREADS - 1);
+	     waited += 10)
+		h_msleep(10);
+	assert_int_equal(queued(f), paced ? 0 : PACE_THREADS - 1);
+	assert_int_equal(unlink(stall), 0);
+	for (int i = 0; i < PACE_THREADS; i++)
+		pthread_join(p[i].t, NULL);
+	fleet_store_stats(f, &st);
+	fleet_close(f);
+	assert_int_equal(st.batches, PACE_THREADS);
+	free(db);
+	free(stall);
+	return st.rounds;
+}
+
+static void round_pacing_commits_a_burst_once(void **state)
+{
+	char *dir = tmpdir_new();
+	int64_t unpaced, paced;
+	(void)state;
+	unpaced = rounds_for_a_burst_behind_a_commit(dir, "unpaced", "0");
+	paced = rounds_for_a_burst_behind_a_commit(dir, "paced", "3600000");
+	print_message("64 check-ins behind a commit: %lld rounds unpaced, %lld paced\n", (long long)unpaced,
+		      (long long)paced);
+	assert_int_equal(unpaced, 2);
+	assert_int_equal(paced, 1);
+	tmpdir_remove(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -714,6 +771,7 @@ int main(void)
 		cmocka_unit_test(a_damaged_chunk_is_refused),
 		cmocka_unit_test(round_due_paces_small_rounds_only),
 		cmocka_unit_test(round_pacing_groups_small_check_ins),
+		cmocka_unit_test(round_pacing_commits_a_burst_once),
 	};
 	httpc_global_init();
 	cmocka_set_test_filter(getenv("X_ONLY"));

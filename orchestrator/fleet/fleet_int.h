@@ -279,6 +279,7 @@ struct fleet {
 	int64_t compact_min, compact_ratio;   /* a snapshot once the log has compact_min bytes
 					       * and compact_ratio times the snapshot's */
 	int64_t round_ms;          /* fleet_round_due's pace (OTACD_FLEET_ROUND_MS) */
+	char *stall_path;          /* OTACD_TEST_FLEET_STALL_FILE (tests only) */
 	int64_t snap_round;        /* devices a round captures for a snapshot (at least a shard) */
 	int building;              /* a new snapshot is being written, shard by shard */
 	int closing;               /* the last round (fleet_close): no snapshot starts */

@@ -667,8 +667,11 @@ static int round_commit(struct fleet *f, struct batch *batches)
 }
 
 /* Tests only: while the file named by OTACD_TEST_FLEET_STALL_FILE exists,
- * the writer does not commit (a writer lagging behind its devices, for
- * tests/test_staleness.c).  Never set in production. */
+ * the writer does not commit the batches it took (a writer lagging behind
+ * its devices, for tests/test_staleness.c; a commit in progress, for
+ * test_fleetstore.c's pacing).  Rounds with no batch are not held, so
+ * the first batch after the file appears is the one held.  Never set in
+ * production. */
 static void test_stall(struct fleet *f, const char *path)
 {
 	while (path && access(path, F_OK) == 0) {
@@ -751,7 +754,6 @@ int fleet_round_due(int64_t now, int64_t last_round, size_t batches, size_t repo
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
-	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
 	int64_t started = clock_mono_ms();   /* the pace counts from the writer's start, as from a round */
 	for (;;) {
 		struct batch *batches, *next;
@@ -774,7 +776,8 @@ static void *writer_main(void *arg)
 			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&f->q_mu);
 
-		test_stall(f, stall);
+		if (batches)
+			test_stall(f, f->stall_path);
 		rc = round_commit(f, batches);
 		if (rc == 0) { /* published: nothing taken is pending any more */
 			__atomic_store_n(&f->last_commit, clock_mono_ms(), __ATOMIC_RELAXED);
@@ -1159,6 +1162,7 @@ static void fleet_free(struct fleet *f)
 	free(f->adm);
 	json_decref(f->tag_allow);
 	free(f->db_path);
+	free(f->stall_path);
 	if (f->fleet_key)
 		OPENSSL_cleanse(f->fleet_key, f->fleet_key_len);
 	OPENSSL_cleanse(f->secret, sizeof(f->secret));
@@ -1227,7 +1231,7 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	{
 		/* knobs for tests and benchmarks (docs/update-server.md) */
 		const char *layout = getenv("OTACD_FLEET_LAYOUT"), *min = getenv("OTACD_FLEET_COMPACT_BYTES");
-		const char *round = getenv("OTACD_FLEET_SNAPSHOT_ROUND"), *pace = getenv("OTACD_FLEET_ROUND_MS");
+		const char *round = getenv("OTACD_FLEET_SNAPSHOT_ROUND"), *pace = getenv("OTACD_FLEET_ROUND_MS"), *stall;
 		f->legacy = layout && strcmp(layout, "legacy") == 0;
 		f->compact_min = COMPACT_MIN_BYTES;
 		f->compact_ratio = COMPACT_RATIO;
@@ -1237,6 +1241,8 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		}
 		f->snap_round = round && atoll(round) > 0 ? atoll(round) : SNAP_ROUND_DEVICES;
 		f->round_ms = pace && *pace ? atoll(pace) : FLEET_ROUND_MS;   /* 0: no pacing */
+		if ((stall = getenv("OTACD_TEST_FLEET_STALL_FILE")) && *stall)   /* tests only (test_stall) */
+			f->stall_path = xstrdup(stall);
 	}
 	/* page_size (a new file only): every commit rewrites a few pages
 	 * (the log's last leaf, the aggregates, the header), each a WAL frame
