@@ -60,7 +60,8 @@ PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim 
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
-           $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench $(BIN)/push-bench
+           $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench $(BIN)/push-bench \
+           $(BIN)/snapshot-bench
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
@@ -172,6 +173,10 @@ $(BIN)/sync-bench: $(BUILD)/obj/bench/sync_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/fleetstore-bench: $(BUILD)/obj/bench/fleetstore_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/snapshot-bench: $(BUILD)/obj/bench/snapshot_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

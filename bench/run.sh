@@ -38,6 +38,9 @@ echo
 echo "== fleet store: bytes written per accepted report at 1M devices, snapshot layout against the legacy one"
 "$OTACD_BIN/fleetstore-bench" ${FLEETSTORE_BENCH_ARGS:-1000000 6}
 echo
+echo "== fleet store: a device snapshot at 1M devices, and a clean stop in the middle of one against an idle close"
+"$OTACD_BIN/snapshot-bench" ${SNAPSHOT_BENCH_ARGS:-1000000}
+echo
 echo "== fleet store behind the real device API: otacd + otacd-fleetsim, 1M devices at time scale 300, both layouts"
 sh bench/fleetstore_e2e.sh "$OTACD_BIN" ${FLEETSTORE_E2E_ARGS:-1000000 240}
 # issue 14, the device core

@@ -488,6 +488,11 @@ static void malformed_batches_are_rejected_and_change_nothing(void **state)
 	after = agg(e, "1.5.0", "*");
 	assert_agg_equal(&before, &after);
 	assert_int_equal(fleet_metrics_text(e->f, &m2, &l2), 0);
+	/* the aggregates; the writer's own counters (last) move with the
+	 * registrations of the devices the bad batches name */
+	assert_non_null(strstr(m1, "# HELP otacd_fleet_rounds_total"));
+	*strstr(m1, "# HELP otacd_fleet_rounds_total") = 0;
+	*strstr(m2, "# HELP otacd_fleet_rounds_total") = 0;
 	assert_string_equal(m1, m2);
 	free(m1);
 	free(m2);

@@ -15,8 +15,17 @@
  *     aggregates are exactly what was acknowledged;
  *   - a fleet.db written by the legacy layout (one text row per device in
  *     `devices` and `device_log`, made here with sqlite3) opens with every
- *     device and flag, and is migrated: the legacy tables are gone.
+ *     device and flag, and is migrated: the legacy tables are gone;
+ *   - the writer's round pacing (fleet_round_due): a round at most every
+ *     pace unless 64 batches or 4,096 reports wait; with a pace no test
+ *     outlives, 63 waiting check-ins start no round and the 64th starts
+ *     one at once, and 64 threads of changing check-ins commit in exactly
+ *     one round per wave, no more than the same load unpaced
+ *     (OTACD_FLEET_ROUND_MS=0); 64 check-ins arriving behind a commit (held
+ *     by OTACD_TEST_FLEET_STALL_FILE) take 2 commits unpaced and 1 paced;
+ *     counted by fleet_store_stats and /metrics.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -534,6 +543,223 @@ static void a_damaged_chunk_is_refused(void **state)
 	tmpdir_remove(dir);
 }
 
+/* ---- round pacing --------------------------------------------------------------- */
+
+static void round_due_paces_small_rounds_only(void **state)
+{
+	(void)state;
+	/* within the pace, little waiting: no round yet */
+	assert_false(fleet_round_due(1005, 1000, 1, 1, 10));
+	assert_false(fleet_round_due(1009, 1000, FLEET_ROUND_BATCHES - 1, FLEET_ROUND_REPORTS - 1, 10));
+	/* the pace is over */
+	assert_true(fleet_round_due(1010, 1000, 1, 0, 10));
+	assert_true(fleet_round_due(5000, 1000, 1, 0, 10));
+	/* enough waits: at once, whatever the pace */
+	assert_true(fleet_round_due(1000, 1000, FLEET_ROUND_BATCHES, 0, 10));
+	assert_true(fleet_round_due(1000, 1000, 1, FLEET_ROUND_REPORTS, 10));
+	assert_true(fleet_round_due(1000, 1000, FLEET_ROUND_BATCHES, 0, 3600000));
+	assert_false(fleet_round_due(1000, 1000, FLEET_ROUND_BATCHES - 1, 0, 3600000));
+	/* OTACD_FLEET_ROUND_MS=0 (or less): no pacing */
+	assert_true(fleet_round_due(1000, 1000, 1, 0, 0));
+	assert_true(fleet_round_due(1000, 1000, 1, 0, -5));
+	/* exactly the pace after the last round: due */
+	assert_true(fleet_round_due(20, 10, 1, 0, 10));
+	/* the defaults the docs state */
+	assert_int_equal(FLEET_ROUND_MS, 10);
+	assert_int_equal(FLEET_ROUND_BATCHES, 64);
+	assert_int_equal(FLEET_ROUND_REPORTS, 4096);
+}
+
+#define PACE_THREADS FLEET_ROUND_BATCHES
+#define PACE_WAVES 8
+
+struct pacer {
+	struct fleet *f;
+	int id, waves, base;   /* versions 1.<base>.<wave>: each check-in a change */
+	pthread_t t;
+};
+
+/* waves check-ins of one device, each a change (its version moves), so
+ * each queues a batch and waits for the commit that holds it */
+static void *pacer_main(void *arg)
+{
+	struct pacer *p = arg;
+	for (int w = 0; w < p->waves; w++) {
+		char id[32], version[16];
+		json_t *answer = NULL, *body;
+		snprintf(id, sizeof(id), "pc-%03d", p->id);
+		snprintf(version, sizeof(version), "1.%d.%d", p->base, w);
+		body = json_pack("{ss ss ss ss ss si}", "device", id, "product", "fw", "hardware", "hw", "bootloader",
+				 "1.0.0", "version", version, "security_counter", 0);
+		if (fleet_checkin(p->f, body, &answer) != 0)
+			fprintf(stderr, "pacer %d: check-in %d failed: %s\n", p->id, w, ota_error_last());
+		json_decref(body);
+		json_decref(answer);
+	}
+	return NULL;
+}
+
+static void pacers_start(struct pacer *p, struct fleet *f, int from, int to, int waves, int base)
+{
+	for (int i = from; i < to; i++) {
+		p[i].f = f;
+		p[i].id = i;
+		p[i].waves = waves;
+		p[i].base = base;
+		assert_int_equal(pthread_create(&p[i].t, NULL, pacer_main, &p[i]), 0);
+	}
+}
+
+static size_t queued(struct fleet *f)
+{
+	size_t n;
+	pthread_mutex_lock(&f->q_mu);
+	n = f->q_n;
+	pthread_mutex_unlock(&f->q_mu);
+	return n;
+}
+
+/* PACE_THREADS threads, PACE_WAVES changing check-ins each: the rounds
+ * and batches committed. */
+static struct fleet_store_stats paced_load(struct fleet *f)
+{
+	struct pacer p[PACE_THREADS];
+	struct fleet_store_stats before, after;
+	fleet_store_stats(f, &before);
+	pacers_start(p, f, 0, PACE_THREADS, PACE_WAVES, 1);
+	for (int i = 0; i < PACE_THREADS; i++)
+		pthread_join(p[i].t, NULL);
+	fleet_store_stats(f, &after);
+	after.rounds -= before.rounds;
+	after.batches -= before.batches;
+	return after;
+}
+
+static void round_pacing_groups_small_check_ins(void **state)
+{
+	char *dir = tmpdir_new(), *db = xasprintf("%s/paced.db", dir), *db0 = xasprintf("%s/unpaced.db", dir);
+	struct pacer p[PACE_THREADS];
+	struct fleet_store_stats st, paced, unpaced;
+	struct fleet *f;
+	char *metrics;
+	size_t len;
+
+	(void)state;
+	/* a pace no test outlives: a round of batches starts only when
+	 * FLEET_ROUND_BATCHES wait (or at close) */
+	setenv("OTACD_FLEET_ROUND_MS", "3600000", 1);
+	f = open_fleet(db);
+	unsetenv("OTACD_FLEET_ROUND_MS");
+	/* 63 check-ins that change their device wait, and no round starts
+	 * for them (idle rounds of the writer go by meanwhile) */
+	pacers_start(p, f, 0, PACE_THREADS - 1, 1, 0);
+	for (int waited = 0; waited < 30000 && queued(f) < PACE_THREADS - 1; waited += 10)
+		h_msleep(10);
+	assert_int_equal(queued(f), PACE_THREADS - 1);
+	h_msleep(600);
+	fleet_store_stats(f, &st);
+	assert_int_equal(st.rounds, 0);
+	assert_int_equal(queued(f), PACE_THREADS - 1);
+	/* the 64th starts the round: all 64 answered by one commit */
+	pacers_start(p, f, PACE_THREADS - 1, PACE_THREADS, 1, 0);
+	for (int i = 0; i < PACE_THREADS; i++)
+		pthread_join(p[i].t, NULL);
+	fleet_store_stats(f, &st);
+	assert_int_equal(st.rounds, 1);
+	assert_int_equal(st.batches, PACE_THREADS);
+
+	/* 64 threads of changing check-ins: each wave is one round, as no
+	 * thread queues its next before the commit of its last */
+	paced = paced_load(f);
+	print_message("paced (1 h): %lld rounds for %lld batches\n", (long long)paced.rounds, (long long)paced.batches);
+	assert_int_equal(paced.batches, PACE_THREADS * PACE_WAVES);
+	assert_int_equal(paced.rounds, PACE_WAVES);
+	/* /metrics says the same */
+	assert_int_equal(fleet_metrics_text(f, &metrics, &len), 0);
+	{
+		char *want = xasprintf("\notacd_fleet_rounds_total %d\n", 1 + PACE_WAVES);
+		assert_non_null(strstr(metrics, want));
+		free(want);
+		want = xasprintf("\notacd_fleet_round_batches_total %d\n", PACE_THREADS * (1 + PACE_WAVES));
+		assert_non_null(strstr(metrics, want));
+		free(want);
+	}
+	free(metrics);
+	fleet_close(f);
+
+	/* the same load unpaced: a round takes whatever waits when the
+	 * writer comes round, so at least as many rounds for the same
+	 * batches (group commit alone often comes close: how close depends
+	 * on the machine, so only the paced count is exact) */
+	setenv("OTACD_FLEET_ROUND_MS", "0", 1);
+	f = open_fleet(db0);
+	unsetenv("OTACD_FLEET_ROUND_MS");
+	unpaced = paced_load(f);
+	fleet_close(f);
+	print_message("unpaced (OTACD_FLEET_ROUND_MS=0): %lld rounds for %lld batches\n", (long long)unpaced.rounds,
+		      (long long)unpaced.batches);
+	assert_int_equal(unpaced.batches, PACE_THREADS * PACE_WAVES);
+	assert_true(unpaced.rounds >= paced.rounds);
+	free(db);
+	free(db0);
+	tmpdir_remove(dir);
+}
+
+/* 64 check-ins that arrive while the writer commits an earlier one (held
+ * by the tests-only stall file): unpaced, the earlier one is its own
+ * round and the 63 that waited the next, 2 commits; paced, the first one
+ * waits for the pace and the 64th starts one round for all, 1 commit. */
+static int64_t rounds_for_a_burst_behind_a_commit(const char *dir, const char *name, const char *pace)
+{
+	char *db = xasprintf("%s/%s.db", dir, name), *stall = xasprintf("%s/%s.stall", dir, name);
+	struct pacer p[PACE_THREADS];
+	struct fleet_store_stats st;
+	struct fleet *f;
+	int paced = strcmp(pace, "0") != 0;
+
+	assert_int_equal(ota_write_file_atomic(stall, "", 0, 0600), 0);
+	setenv("OTACD_FLEET_ROUND_MS", pace, 1);
+	setenv("OTACD_TEST_FLEET_STALL_FILE", stall, 1);
+	f = open_fleet(db);
+	unsetenv("OTACD_FLEET_ROUND_MS");
+	unsetenv("OTACD_TEST_FLEET_STALL_FILE");
+	/* the first: unpaced the writer takes it and stalls before its commit */
+	pacers_start(p, f, 0, 1, 1, 0);
+	for (int waited = 0; waited < 30000 && (paced ? queued(f) != 1 : !__atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED));
+	     waited += 10)
+		h_msleep(10);
+	/* then the other 63 */
+	pacers_start(p, f, 1, PACE_THREADS, 1, 0);
+	for (int waited = 0; waited < 30000 && (paced ? queued(f) != 0 || !__atomic_load_n(&f->lag_oldest, __ATOMIC_RELAXED)
+						     : queued(f) != PACE_THREADS - 1);
+	     waited += 10)
+		h_msleep(10);
+	assert_int_equal(queued(f), paced ? 0 : PACE_THREADS - 1);
+	assert_int_equal(unlink(stall), 0);
+	for (int i = 0; i < PACE_THREADS; i++)
+		pthread_join(p[i].t, NULL);
+	fleet_store_stats(f, &st);
+	fleet_close(f);
+	assert_int_equal(st.batches, PACE_THREADS);
+	free(db);
+	free(stall);
+	return st.rounds;
+}
+
+static void round_pacing_commits_a_burst_once(void **state)
+{
+	char *dir = tmpdir_new();
+	int64_t unpaced, paced;
+	(void)state;
+	unpaced = rounds_for_a_burst_behind_a_commit(dir, "unpaced", "0");
+	paced = rounds_for_a_burst_behind_a_commit(dir, "paced", "3600000");
+	print_message("64 check-ins behind a commit: %lld rounds unpaced, %lld paced\n", (long long)unpaced,
+		      (long long)paced);
+	assert_int_equal(unpaced, 2);
+	assert_int_equal(paced, 1);
+	tmpdir_remove(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -543,7 +769,11 @@ int main(void)
 		cmocka_unit_test(a_legacy_fleet_db_is_migrated),
 		cmocka_unit_test(a_failed_commit_writes_its_rows_again),
 		cmocka_unit_test(a_damaged_chunk_is_refused),
+		cmocka_unit_test(round_due_paces_small_rounds_only),
+		cmocka_unit_test(round_pacing_groups_small_check_ins),
+		cmocka_unit_test(round_pacing_commits_a_burst_once),
 	};
 	httpc_global_init();
+	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

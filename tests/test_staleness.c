@@ -6,8 +6,8 @@
  * writer lags the reports otacd has accepted (a 1M-device run judged a
  * release on 42k confirmed devices while ~990k had confirmed).  The
  * daemon runs with OTACD_TEST_FLEET_STALL_FILE (tests only): while that
- * file exists the fleet's writer commits nothing, so a report accepted
- * then waits and the aggregates lag it.  The gate's evidence would pass
+ * file exists the fleet's writer commits none of the batches it takes, so
+ * a report accepted then waits and the aggregates lag it.  The gate's evidence would pass
  * (enough confirmed boots committed before, the hold over), yet while the
  * lag exceeds gate_max_lag every evaluation is inconclusive, says why and
  * records the lag; once the writer catches up the same gate passes.

@@ -1130,6 +1130,22 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len)
 			   " aggregates (0: none pending).\n# TYPE otacd_fleet_lag_seconds gauge\notacd_fleet_lag_seconds %.3f\n",
 			   (double)lag.lag_ms / 1000.0);
 	}
+	{
+		struct fleet_store_stats st;
+		fleet_store_stats(f, &st);
+		buf_printf(&b, "# HELP otacd_fleet_rounds_total fleet.db commits that carried queued batches (the writer's"
+			   " rounds).\n# TYPE otacd_fleet_rounds_total counter\notacd_fleet_rounds_total %" PRId64 "\n",
+			   st.rounds);
+		buf_printf(&b, "# HELP otacd_fleet_round_batches_total Batches (reports, registrations, device changes)"
+			   " those rounds committed.\n# TYPE otacd_fleet_round_batches_total counter\n"
+			   "otacd_fleet_round_batches_total %" PRId64 "\n", st.batches);
+		buf_printf(&b, "# HELP otacd_fleet_snapshots_total Device snapshots of fleet.db completed.\n"
+			   "# TYPE otacd_fleet_snapshots_total counter\notacd_fleet_snapshots_total %" PRId64 "\n",
+			   st.snapshots);
+		buf_printf(&b, "# HELP otacd_fleet_snapshot_last_seconds How long the last device snapshot took, from its"
+			   " start to the commit that made it current.\n# TYPE otacd_fleet_snapshot_last_seconds gauge\n"
+			   "otacd_fleet_snapshot_last_seconds %.3f\n", (double)st.snap_ms / 1000.0);
+	}
 	free(all);
 	free(vals);
 	*len = b.len;

@@ -154,6 +154,20 @@ struct fleet_lag {
 	int64_t lag_ms, since_commit_ms;
 };
 void fleet_lag(struct fleet *f, struct fleet_lag *out);
+/*
+ * The writer's work since open (fleet_store.c): rounds that committed
+ * queued batches (each one COMMIT, and one fsync), the batches they held
+ * (report batches, registrations, check-ins that changed a device), and
+ * device snapshots completed; the last one's time from its start to the
+ * commit that made it current (ms) and the commits it spanned.  Exported
+ * on /metrics as otacd_fleet_rounds_total, otacd_fleet_round_batches_total,
+ * otacd_fleet_snapshots_total and otacd_fleet_snapshot_last_seconds.
+ */
+struct fleet_store_stats {
+	int64_t rounds, batches, snapshots;
+	int64_t snap_ms, snap_rounds;
+};
+void fleet_store_stats(struct fleet *f, struct fleet_store_stats *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);

@@ -278,15 +278,21 @@ struct fleet {
 	int64_t log_bytes, snap_bytes;   /* dev_log bytes after snap_seq; the snapshot's */
 	int64_t compact_min, compact_ratio;   /* a snapshot once the log has compact_min bytes
 					       * and compact_ratio times the snapshot's */
+	int64_t round_ms;          /* fleet_round_due's pace (OTACD_FLEET_ROUND_MS) */
+	char *stall_path;          /* OTACD_TEST_FLEET_STALL_FILE (tests only) */
 	int64_t snap_round;        /* devices a round captures for a snapshot (at least a shard) */
 	int building;              /* a new snapshot is being written, shard by shard */
+	int closing;               /* the last round (fleet_close): no snapshot starts */
 	int build_shard;           /* the next shard it captures */
 	int64_t build_seq, build_bytes, build_log_bytes;
+	int64_t build_started, build_rounds;   /* monotonic ms it started; commits so far */
+	int64_t snap_ms, snap_rounds;          /* the last one completed: start to switch (atomics) */
 	/* check-ins that moved only last_seen (fleet_store_seen): the otacd
 	 * time of the oldest not yet in a row written (0: none; atomic), and
 	 * the value the snapshot being built took over */
 	int64_t seen_pending, build_seen;
-	int64_t snapshots;         /* snapshots completed since open */
+	int64_t snapshots;         /* snapshots completed since open (atomic: fleet_store_stats) */
+	int64_t rounds, round_batches;   /* rounds that committed batches, and those batches (atomics) */
 	struct device **written;   /* devices whose rows this round wrote */
 	size_t nwritten, cap_written;
 	pthread_t writer;
@@ -390,6 +396,19 @@ static inline void fleet_seq_mark(uint64_t *hi, uint64_t *gaps, uint64_t s)
 
 /* fleet_store.c */
 void fleet_store_submit(struct fleet *f, struct batch *b);
+/*
+ * The writer's round pacing: whether a round for the waiting batches may
+ * start at now (monotonic ms), the last one having started at last_round.
+ * A round at most every pace_ms (FLEET_ROUND_MS, OTACD_FLEET_ROUND_MS;
+ * 0 or less: no pacing) unless FLEET_ROUND_BATCHES batches or
+ * FLEET_ROUND_REPORTS reports wait: each commit rewrites and fsyncs a few
+ * pages whatever it holds, so only rounds of little work are held back.
+ * Pure: no clock, no lock.
+ */
+#define FLEET_ROUND_MS 10
+#define FLEET_ROUND_BATCHES 64
+#define FLEET_ROUND_REPORTS 4096
+int fleet_round_due(int64_t now, int64_t last_round, size_t batches, size_t reports, int64_t pace_ms);
 /* A check-in at now (otacd ms) moved only its device's last_seen: a
  * snapshot starts within one poll interval to write it. */
 void fleet_store_seen(struct fleet *f, int64_t now);

@@ -13,8 +13,9 @@
  *
  * So a batch's answer is sent only after the commit that contains it
  * (group commit: batches that arrive while a round commits go together in
- * the next one).  Rounds start at most every ROUND_MIN_MS unless
- * ROUND_BATCHES batches or ROUND_REPORTS reports wait: every commit rewrites a few pages (the log's
+ * the next one).  Rounds start at most every FLEET_ROUND_MS unless
+ * FLEET_ROUND_BATCHES batches or FLEET_ROUND_REPORTS reports wait
+ * (fleet_round_due): every commit rewrites a few pages (the log's
  * last leaf, the aggregates, the header) and fsyncs them, so a stream of
  * small rounds (check-ins that each change their device) would write
  * kilobytes per batch; 1 KB pages (a new fleet.db) keep those few small
@@ -24,7 +25,8 @@
  * or the next snapshot holds it, and a snapshot starts once such a
  * last_seen is one poll interval old (fleet_store_seen; after a crash
  * last_seen may be that much older, plus the snapshot's rounds; a clean
- * stop logs them all, last_round).  The database is WAL with
+ * stop loses none: last_round finishes a snapshot being built and logs the
+ * rest).  The database is WAL with
  * store_sync_pragma()'s synchronous (FULL: a commit survives the process
  * being killed and a power cut) and secure_delete=FAST (Debian builds
  * SQLite with it ON, which zero-fills every page a snapshot switch frees:
@@ -129,9 +131,6 @@ static const char legacy_schema[] =
 #define SNAP_ROUND_DEVICES 16384    /* a round captures shards until this many devices */
 #define COMPACT_RATIO 2             /* a snapshot once the log is this many times its size */
 #define COMPACT_MIN_BYTES (4 << 20) /* ... and at least this large (OTACD_FLEET_COMPACT_BYTES) */
-#define ROUND_MIN_MS 10             /* a round at most this often (OTACD_FLEET_ROUND_MS) ... */
-#define ROUND_BATCHES 64            /* ... unless this many batches wait */
-#define ROUND_REPORTS 4096          /* ... or this many reports */
 
 static int db_err(struct fleet *f, const char *what)
 {
@@ -341,7 +340,7 @@ static int snapshot_maybe_start(struct fleet *f)
 {
 	int64_t seen = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED);
 	int rc;
-	if (f->building)
+	if (f->building || f->closing)
 		return 0;
 	/* ... or once a last_seen that no row holds is a poll interval old */
 	if ((f->log_bytes < f->compact_min || f->log_bytes < f->compact_ratio * f->snap_bytes) &&
@@ -355,6 +354,8 @@ static int snapshot_maybe_start(struct fleet *f)
 	f->build_shard = 0;
 	f->build_seq = f->log_seq;
 	f->build_bytes = f->build_log_bytes = 0;
+	f->build_started = clock_mono_ms();
+	f->build_rounds = 0;
 	return 0;
 }
 
@@ -465,14 +466,17 @@ static void publish_snapshot(struct fleet *f, int ok)
 		f->building = 0;
 		return;
 	}
+	f->build_rounds++;
 	if (f->build_shard < FLEET_NSHARDS)
 		return;
 	f->building = 0;
+	__atomic_store_n(&f->snap_ms, clock_mono_ms() - f->build_started, __ATOMIC_RELAXED);
+	__atomic_store_n(&f->snap_rounds, f->build_rounds, __ATOMIC_RELAXED);
 	f->snap_gen++;
 	f->snap_seq = f->build_seq;
 	f->snap_bytes = f->build_bytes;
 	f->log_bytes = f->build_log_bytes;
-	f->snapshots++;
+	__atomic_add_fetch(&f->snapshots, 1, __ATOMIC_RELAXED);
 }
 
 static int flush_aggs(struct fleet *f)
@@ -663,8 +667,11 @@ static int round_commit(struct fleet *f, struct batch *batches)
 }
 
 /* Tests only: while the file named by OTACD_TEST_FLEET_STALL_FILE exists,
- * the writer does not commit (a writer lagging behind its devices, for
- * tests/test_staleness.c).  Never set in production. */
+ * the writer does not commit the batches it took (a writer lagging behind
+ * its devices, for tests/test_staleness.c; a commit in progress, for
+ * test_fleetstore.c's pacing).  Rounds with no batch are not held, so
+ * the first batch after the file appears is the one held.  Never set in
+ * production. */
 static void test_stall(struct fleet *f, const char *path)
 {
 	while (path && access(path, F_OK) == 0) {
@@ -678,13 +685,29 @@ static void test_stall(struct fleet *f, const char *path)
 	}
 }
 
-/* Closing: the last_seen that only a snapshot would have written goes to
- * the log, so a clean stop loses none. */
+/* Closing.  A last_seen that no row holds lives only in memory until a
+ * snapshot captures it, so the last round writes them all:
+ *
+ *   - a snapshot being built took over every pending last_seen when it
+ *     started (seen_pending went to 0), and the shards it has not captured
+ *     yet hold them: the last round captures every shard left and switches
+ *     to it, as a round that reached shard 63 would (a half-written
+ *     snapshot is ignored on open, and with it those last_seen);
+ *   - last_seen moved since (seen_pending), in shards a snapshot will not
+ *     capture in this round, go to the log as rows.
+ *
+ * No new snapshot starts here: the rows are the cheaper write. */
 static void last_round(struct fleet *f)
 {
-	if (!__atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED))
+	int pending = __atomic_load_n(&f->seen_pending, __ATOMIC_RELAXED) != 0;
+	int building = f->building;
+	int first_capture = building ? f->build_shard : FLEET_NSHARDS;   /* the shards this round captures */
+
+	f->closing = 1;
+	if (!pending && !building)
 		return;
-	for (int k = 0; k < FLEET_NSHARDS; k++) {
+	f->snap_round = INT64_MAX;
+	for (int k = 0; pending && k < first_capture; k++) {
 		struct shard *s = &f->shards[k];
 		pthread_mutex_lock(&s->mu);
 		for (size_t i = 0; i < s->nb; i++)
@@ -693,8 +716,12 @@ static void last_round(struct fleet *f)
 					fleet_device_mark_locked(s, d);
 		pthread_mutex_unlock(&s->mu);
 	}
-	if (round_commit(f, NULL) == 0)
-		__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
+	if (round_commit(f, NULL) < 0) {
+		fprintf(stderr, "otacd: fleet.db: the last round at close failed (%s): last_seen of devices that only"
+				" checked in since their last row may be older after the restart\n", ota_error_last());
+		return;
+	}
+	__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);
 }
 
 void fleet_store_seen(struct fleet *f, int64_t now)
@@ -718,26 +745,29 @@ static void cond_wait_ms(struct fleet *f, int64_t ms)
 	pthread_cond_timedwait(&f->q_cond, &f->q_mu, &ts);
 }
 
+int fleet_round_due(int64_t now, int64_t last_round, size_t batches, size_t reports, int64_t pace_ms)
+{
+	return pace_ms <= 0 || batches >= FLEET_ROUND_BATCHES || reports >= FLEET_ROUND_REPORTS ||
+	       now >= last_round + pace_ms;
+}
+
 static void *writer_main(void *arg)
 {
 	struct fleet *f = arg;
-	const char *stall = getenv("OTACD_TEST_FLEET_STALL_FILE");
-	const char *rms = getenv("OTACD_FLEET_ROUND_MS");
-	int64_t round_ms = rms && *rms ? atoll(rms) : ROUND_MIN_MS, started = 0;
+	int64_t started = clock_mono_ms();   /* the pace counts from the writer's start, as from a round */
 	for (;;) {
 		struct batch *batches, *next;
+		size_t nbatches;
 		int stop, rc;
 		pthread_mutex_lock(&f->q_mu);
 		if (!f->q_head && !f->stop)
 			cond_wait_ms(f, 250);
-		/* at most a round per round_ms unless ROUND_BATCHES or
-		 * ROUND_REPORTS wait: each commit rewrites a few pages whatever
-		 * it holds, so only rounds of little work are held back */
-		while (f->q_head && !f->stop && f->q_n < ROUND_BATCHES && f->q_reports < ROUND_REPORTS &&
-		       clock_mono_ms() < started + round_ms)
-			cond_wait_ms(f, started + round_ms - clock_mono_ms());
+		while (f->q_head && !f->stop &&
+		       !fleet_round_due(clock_mono_ms(), started, f->q_n, f->q_reports, f->round_ms))
+			cond_wait_ms(f, started + f->round_ms - clock_mono_ms());
 		started = clock_mono_ms();
 		batches = f->q_head;
+		nbatches = f->q_n;
 		f->q_head = NULL;
 		f->q_tail = &f->q_head;
 		f->q_n = f->q_reports = 0;
@@ -746,11 +776,16 @@ static void *writer_main(void *arg)
 			__atomic_store_n(&f->lag_oldest, batches->at, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&f->q_mu);
 
-		test_stall(f, stall);
+		if (batches)
+			test_stall(f, f->stall_path);
 		rc = round_commit(f, batches);
 		if (rc == 0) { /* published: nothing taken is pending any more */
 			__atomic_store_n(&f->last_commit, clock_mono_ms(), __ATOMIC_RELAXED);
 			__atomic_store_n(&f->lag_oldest, 0, __ATOMIC_RELAXED);
+			if (batches) {
+				__atomic_add_fetch(&f->rounds, 1, __ATOMIC_RELAXED);
+				__atomic_add_fetch(&f->round_batches, (int64_t)nbatches, __ATOMIC_RELAXED);
+			}
 		}
 		for (; batches; batches = next) {
 			next = batches->next;
@@ -783,6 +818,15 @@ void fleet_lag(struct fleet *f, struct fleet_lag *out)
 	last = __atomic_load_n(&f->last_commit, __ATOMIC_RELAXED);
 	out->lag_ms = oldest ? now - oldest : 0;
 	out->since_commit_ms = last ? now - last : -1;
+}
+
+void fleet_store_stats(struct fleet *f, struct fleet_store_stats *out)
+{
+	out->rounds = __atomic_load_n(&f->rounds, __ATOMIC_RELAXED);
+	out->batches = __atomic_load_n(&f->round_batches, __ATOMIC_RELAXED);
+	out->snapshots = __atomic_load_n(&f->snapshots, __ATOMIC_RELAXED);
+	out->snap_ms = __atomic_load_n(&f->snap_ms, __ATOMIC_RELAXED);
+	out->snap_rounds = __atomic_load_n(&f->snap_rounds, __ATOMIC_RELAXED);
 }
 
 void fleet_store_submit(struct fleet *f, struct batch *b)
@@ -969,6 +1013,8 @@ static int snapshot_all(struct fleet *f)
 	f->build_shard = 0;
 	f->build_seq = f->log_seq;
 	f->build_bytes = f->build_log_bytes = 0;
+	f->build_started = clock_mono_ms();
+	f->build_rounds = 0;
 	while (f->building && f->build_shard < FLEET_NSHARDS)
 		if ((rc = flush_devices(f)) < 0)
 			return rc;
@@ -1116,6 +1162,7 @@ static void fleet_free(struct fleet *f)
 	free(f->adm);
 	json_decref(f->tag_allow);
 	free(f->db_path);
+	free(f->stall_path);
 	if (f->fleet_key)
 		OPENSSL_cleanse(f->fleet_key, f->fleet_key_len);
 	OPENSSL_cleanse(f->secret, sizeof(f->secret));
@@ -1184,7 +1231,7 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	{
 		/* knobs for tests and benchmarks (docs/update-server.md) */
 		const char *layout = getenv("OTACD_FLEET_LAYOUT"), *min = getenv("OTACD_FLEET_COMPACT_BYTES");
-		const char *round = getenv("OTACD_FLEET_SNAPSHOT_ROUND");
+		const char *round = getenv("OTACD_FLEET_SNAPSHOT_ROUND"), *pace = getenv("OTACD_FLEET_ROUND_MS"), *stall;
 		f->legacy = layout && strcmp(layout, "legacy") == 0;
 		f->compact_min = COMPACT_MIN_BYTES;
 		f->compact_ratio = COMPACT_RATIO;
@@ -1193,6 +1240,9 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 			f->compact_ratio = 0;
 		}
 		f->snap_round = round && atoll(round) > 0 ? atoll(round) : SNAP_ROUND_DEVICES;
+		f->round_ms = pace && *pace ? atoll(pace) : FLEET_ROUND_MS;   /* 0: no pacing */
+		if ((stall = getenv("OTACD_TEST_FLEET_STALL_FILE")) && *stall)   /* tests only (test_stall) */
+			f->stall_path = xstrdup(stall);
 	}
 	/* page_size (a new file only): every commit rewrites a few pages
 	 * (the log's last leaf, the aggregates, the header), each a WAL frame

@@ -49,6 +49,8 @@ struct push {
 	int overflow_logged;     /* a full ring was logged (once per process) */
 	pthread_t thread;
 
+	int lib;                 /* mosquitto_lib_init called: push_close pairs it with a cleanup */
+
 	/* publisher thread only */
 	struct mosquitto *mosq;
 	int last_refusal;        /* the last CONNACK refusal logged (0 none) */
@@ -443,7 +445,11 @@ int push_open(struct push **out, const json_t *cfg)
 	if ((s = json_string_value(json_object_get(cfg, "cacert"))))
 		p->cacert = xstrdup(s);
 
-	mosquitto_lib_init();
+	if (mosquitto_lib_init() != MOSQ_ERR_SUCCESS) {
+		rc = ota_error_set(OTA_ERROR, "push: mosquitto_lib_init failed");
+		goto fail;
+	}
+	p->lib = 1;
 	if (!(p->mosq = mosquitto_new(p->client_id, true, p))) {
 		rc = ota_error_set(OTA_ERROR, "push: mosquitto_new: %s", strerror(errno));
 		goto fail;
@@ -471,6 +477,7 @@ int push_open(struct push **out, const json_t *cfg)
 	atomic_store(&g_push, p);
 	return 0;
 fail:
+	/* no publisher thread yet: push_close must not join one */
 	if (p && p->mosq)
 		mosquitto_destroy(p->mosq);
 	if (p)
@@ -492,8 +499,9 @@ void push_close(struct push *p)
 		pthread_mutex_unlock(&p->mu);
 		pthread_join(p->thread, NULL);
 		mosquitto_destroy(p->mosq);
-		mosquitto_lib_cleanup();
 	}
+	if (p->lib)
+		mosquitto_lib_cleanup();
 	for (size_t i = 0; i < p->n; i++)
 		free(p->ring[(p->head + i) % p->cap].topic);
 	free(p->ring);
