@@ -103,6 +103,11 @@ $(BIN)/test_devlinux: $(BUILD)/obj/tests/test_devlinux.o $(DEV_PORT_OBJ) $(TEST_
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# issue 15: delta updates, libotadev's VCDIFF decoder against xdelta3
+$(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
