@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #ifndef OTADEV_VCDIFF_BUF
-#define OTADEV_VCDIFF_BUF 128 /* bytes per patch cursor (3 of them) */
+#define OTADEV_VCDIFF_BUF 256 /* bytes per patch cursor (3 of them): one Range GET each refill */
 #endif
 #ifndef OTADEV_VCDIFF_OUT
 #define OTADEV_VCDIFF_OUT 512 /* output staged before a flash write */

@@ -27,8 +27,15 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <jansson.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include "../device/otadev.h"
 #include "../device/otadev_vcdiff.h"
+#include "../orchestrator/mcuboot.h"
+#include "../common/util.h"
 
 #define MAX_IMAGE (512 * 1024)
 
@@ -436,12 +443,450 @@ static void decoder_ram_is_small_and_fixed(void **state)
 {
 	(void)state;
 	printf("# struct otadev_vcdiff: %zu B\n", sizeof(struct otadev_vcdiff));
-	assert_true(sizeof(struct otadev_vcdiff) < 4608);
+	assert_true(sizeof(struct otadev_vcdiff) <= 4608);
+}
+
+/* ---- the update state machine with a delta (otadev.c) ------------------------------ *
+ *
+ * An in-memory device (NOR slots, a record, a clock) as in test_device.c,
+ * and a server whose check-in offers a signed image with a patch from the
+ * running one; the patch and the image are served by Range.  The patch can
+ * be corrupted, truncated, made from another base, or claim another base. */
+
+#define SLOT (128 * 1024)
+#define SECTOR 4096
+#define HW "mps2-an385"
+
+struct world {
+	uint8_t slot[2][SLOT];
+	uint8_t rec[sizeof(struct otadev_record)];
+	size_t rec_len;
+	long budget;          /* mutating hook calls before a power cut; -1 none */
+	jmp_buf jb;
+	uint64_t now;
+	uint32_t rng;
+	int reboots;
+	EVP_MD_CTX *md;
+	struct blob img, patch;
+	char sha_hex[65], patch_hex[65], base_hex[65];
+	long patch_size_claimed;
+	int flip_at;          /* >= 0: flip this patch byte when served */
+	long image_served, patch_served;
+	uint8_t work[16384] __attribute__((aligned(8)));
+	struct otadev_config cfg;
+	unsigned char *keyder;
+	struct otadev d;
+};
+
+static EVP_PKEY *key_good;
+
+static void cut_point(struct world *w)
+{
+	if (w->budget >= 0 && w->budget-- == 0)
+		longjmp(w->jb, 1);
+}
+
+static void serve_range(const struct otadev_http_req *rq, struct otadev_http_resp *rs, const struct blob *b,
+			size_t claimed, long *served, int flip_at)
+{
+	size_t a = (size_t)rq->range_start, e = (size_t)rq->range_end;
+	assert_true(rq->range_start >= 0 && a <= e && e - a + 1 <= rs->cap);
+	if (e >= b->n) {
+		rs->status = 416;
+		return;
+	}
+	memcpy(rs->body, b->p + a, e - a + 1);
+	if (flip_at >= 0 && (size_t)flip_at >= a && (size_t)flip_at <= e)
+		rs->body[flip_at - (long)a] ^= 0x20;
+	rs->len = e - a + 1;
+	rs->range_total = (long)claimed;
+	rs->status = 206;
+	*served += (long)rs->len;
+}
+
+static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
+{
+	struct world *w = ctx;
+	rs->len = 0;
+	rs->range_total = -1;
+	if (!strcmp(rq->path, "/device/v1/checkin")) {
+		char delta[512] = "";
+		if (w->patch.n)
+			snprintf(delta, sizeof(delta),
+				 ", \"delta\": {\"url\": \"/device/v1/patches/%s\", \"size\": %ld, \"sha256\": \"%s\","
+				 " \"base\": \"%s\"}", w->patch_hex, w->patch_size_claimed, w->patch_hex, w->base_hex);
+		rs->len = (size_t)snprintf(rs->body, rs->cap,
+			"{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000, \"offer\": {\"release\": 3,"
+			" \"version\": \"1.5.0\", \"security_counter\": 2, \"image\": {\"url\": \"/device/v1/images/%s\","
+			" \"sha256\": \"%s\", \"size\": %zu, \"hardware\": \"%s\"}%s}}",
+			(unsigned long long)(1796000000000ull + w->now), w->sha_hex, w->sha_hex, w->img.n, HW, delta);
+		rs->status = 200;
+		return 0;
+	}
+	if (!strncmp(rq->path, "/device/v1/images/", 18)) {
+		serve_range(rq, rs, &w->img, w->img.n, &w->image_served, -1);
+		return 0;
+	}
+	if (!strncmp(rq->path, "/device/v1/patches/", 19)) {
+		serve_range(rq, rs, &w->patch, (size_t)w->patch_size_claimed, &w->patch_served, w->flip_at);
+		return 0;
+	}
+	if (!strcmp(rq->path, "/device/v1/reports")) {
+		json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL);
+		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
+					   json_array_size(json_object_get(req, "reports")));
+		json_decref(req);
+		rs->status = 200;
+		return 0;
+	}
+	rs->status = 404;
+	return 0;
+}
+
+static int m_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off > SLOT || len > SLOT - off)
+		return -1;
+	memcpy(buf, w->slot[slot] + off, len);
+	return 0;
+}
+
+static int m_write(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off > SLOT || len > SLOT - off)
+		return -1;
+	cut_point(w);
+	for (uint32_t i = 0; i < len; i++)
+		w->slot[slot][off + i] &= ((const uint8_t *)buf)[i]; /* NOR: bits only go 1 -> 0 */
+	return 0;
+}
+
+static int m_erase(void *ctx, int slot, uint32_t off, uint32_t len)
+{
+	struct world *w = ctx;
+	if (off % SECTOR || off > SLOT)
+		return -1;
+	if (len > SLOT - off)
+		len = SLOT - off;
+	cut_point(w);
+	memset(w->slot[slot] + off, 0xff, len);
+	return 0;
+}
+
+static int m_sha_begin(void *ctx)
+{
+	return EVP_DigestInit_ex(((struct world *)ctx)->md, EVP_sha256(), NULL) == 1 ? 0 : -1;
+}
+
+static int m_sha_update(void *ctx, const void *p, size_t n)
+{
+	return EVP_DigestUpdate(((struct world *)ctx)->md, p, n) == 1 ? 0 : -1;
+}
+
+static int m_sha_end(void *ctx, uint8_t out[32])
+{
+	return EVP_DigestFinal_ex(((struct world *)ctx)->md, out, NULL) == 1 ? 0 : -1;
+}
+
+static int m_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
+		    const uint8_t *sig, size_t sig_len)
+{
+	const unsigned char *kp = key;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
+	EVP_PKEY_CTX *pc = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
+	int ok = type == OTADEV_SIG_ECDSA_P256 && pc && EVP_PKEY_verify_init(pc) == 1 &&
+		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 && EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
+	(void)ctx;
+	EVP_PKEY_CTX_free(pc);
+	EVP_PKEY_free(k);
+	return ok ? 0 : -1;
+}
+
+static uint64_t m_now(void *ctx)
+{
+	return ((struct world *)ctx)->now;
+}
+
+static uint32_t m_random(void *ctx)
+{
+	return rng_next(&((struct world *)ctx)->rng);
+}
+
+static int m_persist_read(void *ctx, void *buf, size_t cap)
+{
+	struct world *w = ctx;
+	if (w->rec_len > cap)
+		return -1;
+	memcpy(buf, w->rec, w->rec_len);
+	return (int)w->rec_len;
+}
+
+static int m_persist_write(void *ctx, const void *buf, size_t len)
+{
+	struct world *w = ctx;
+	cut_point(w);
+	memcpy(w->rec, buf, len);
+	w->rec_len = len;
+	return 0;
+}
+
+static void m_status(void *ctx, struct otadev_status *out)
+{
+	(void)ctx;
+	memset(out, 0, sizeof(*out));
+	out->battery_pct = 80;
+}
+
+static int m_selftest(void *ctx)
+{
+	(void)ctx;
+	return 0;
+}
+
+static void m_reboot(void *ctx)
+{
+	((struct world *)ctx)->reboots++;
+}
+
+static const struct otadev_hooks HOOKS = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+};
+
+/* An MCUboot image (the project's signer) of a firmware-shaped body. */
+static void signed_image(struct blob *out, const struct blob *body, const char *version, uint32_t counter)
+{
+	struct mcuboot_sign_opts o;
+	struct buf b;
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse(version, &o.major, &o.minor, &o.revision, &o.build), 0);
+	o.has_security_counter = 1;
+	o.security_counter = counter;
+	buf_init(&b, 1 << 20);
+	assert_int_equal(mcuboot_sign(&b, (const char *)body->p, body->n, key_good, &o), 0);
+	out->p = malloc(b.len);
+	out->n = b.len;
+	memcpy(out->p, b.ptr, b.len);
+	buf_release(&b);
+}
+
+static void hex_sha(char out[65], const uint8_t *p, size_t n)
+{
+	unsigned char sha[32];
+	EVP_Digest(p, n, sha, NULL, EVP_sha256(), NULL);
+	ota_hex(out, sha, 32);
+}
+
+/* Factory image 1.4.0 in slot 0; the server offers 1.5.0 with a patch
+ * from 'patch_base' (the factory image unless another is given). */
+static struct world *world_new(const struct blob *patch_base_body)
+{
+	struct world *w = calloc(1, sizeof(*w));
+	struct blob b1, b2, v1, v2, xd, base_img;
+	struct otadev_image parsed;
+	uint8_t tmp[512];
+	unsigned char *der = NULL;
+	int n;
+
+	w->md = EVP_MD_CTX_new();
+	w->budget = -1;
+	w->rng = 0x9e3779b9u;
+	w->now = 1000;
+	w->flip_at = -1;
+	memset(w->slot, 0xff, sizeof(w->slot));
+	synth_image(&b1, 42, 60 * 1024);
+	synth_release(&b1, &b2, 12 * 1024, 400, 5);
+	signed_image(&v1, &b1, "1.4.0", 1);
+	signed_image(&v2, &b2, "1.5.0", 2);
+	memcpy(w->slot[0], v1.p, v1.n);
+	w->img = v2;
+	hex_sha(w->sha_hex, v2.p, v2.n);
+	if (patch_base_body)
+		signed_image(&base_img, patch_base_body, "1.3.0", 1);
+	else
+		base_img = v1;
+	xdelta3_pair(&base_img, &v2, &w->patch, &xd);
+	free_blob(&xd);
+	if (patch_base_body)
+		free_blob(&base_img);
+	w->patch_size_claimed = (long)w->patch.n;
+	hex_sha(w->patch_hex, w->patch.p, w->patch.n);
+	/* "base": the running image's MCUboot SHA256 TLV, as the server knows it */
+	assert_int_equal(otadev_image_parse(&parsed, &HOOKS, w, 0, SLOT - 432, tmp, sizeof(tmp)), 0);
+	ota_hex(w->base_hex, parsed.sha256, 32);
+	n = i2d_PUBKEY(key_good, &der);
+	assert_true(n > 0);
+	w->keyder = der;
+	w->cfg.device = "dev-1";
+	w->cfg.credential = "00112233445566778899aabbccddeeff";
+	w->cfg.product = "fw";
+	w->cfg.hardware = HW;
+	w->cfg.bootloader = "1.2.0";
+	w->cfg.tags = "\"group\":\"staging\"";
+	w->cfg.keys[0].der = der;
+	w->cfg.keys[0].len = (size_t)n;
+	EVP_Digest(der, (size_t)n, w->cfg.keys[0].hash, NULL, EVP_sha256(), NULL);
+	w->cfg.nkeys = 1;
+	w->cfg.slot_size = SLOT;
+	w->cfg.sector_size = SECTOR;
+	w->cfg.min_battery_pct = 20;
+	w->cfg.work = w->work;
+	w->cfg.work_len = sizeof(w->work);
+	free_blob(&v1);
+	free_blob(&b1);
+	free_blob(&b2);
+	return w;
+}
+
+static void world_free(struct world *w)
+{
+	EVP_MD_CTX_free(w->md);
+	free_blob(&w->img);
+	free_blob(&w->patch);
+	OPENSSL_free(w->keyder);
+	free(w);
+}
+
+/* Start the device and step it until it asks for a reboot (1), the power
+ * is cut (2), or max_steps pass (0). */
+static int run_device(struct world *w, int max_steps)
+{
+	uint32_t wait;
+	int rc;
+	w->d.reboot_requested = 0;
+	if (setjmp(w->jb))
+		return 2;
+	assert_int_equal(otadev_init(&w->d, &HOOKS, w, &w->cfg), 0);
+	for (int i = 0; i < max_steps; i++) {
+		rc = otadev_step(&w->d, &wait);
+		assert_true(rc >= 0);
+		if (w->d.reboot_requested)
+			return 1;
+		w->now += wait ? wait : 1;
+	}
+	return 0;
+}
+
+/* The image waiting in slot 1 for its test boot is the offered one, byte
+ * for byte, and MCUboot's pending mark is set. */
+static void assert_offered_image_installed(struct world *w)
+{
+	struct otadev_trailer st;
+	assert_memory_equal(w->slot[1], w->img.p, w->img.n);
+	assert_int_equal(otadev_trailer_read(&st, &HOOKS, w, 1, SLOT), 0);
+	assert_int_equal(st.magic, OTADEV_MAGIC_GOOD);
+	assert_int_equal(w->d.rec.phase, OTADEV_REBOOTING);
+}
+
+static void offered_patch_rebuilds_the_signed_image_which_is_verified_and_installed(void **state)
+{
+	struct world *w = world_new(NULL);
+	(void)state;
+	assert_int_equal(run_device(w, 400), 1);
+	assert_offered_image_installed(w);
+	assert_int_equal(w->d.n_delta_applied, 1);
+	assert_int_equal(w->d.n_delta_fallbacks, 0);
+	assert_int_equal(w->image_served, 0);            /* not one byte of the full image */
+	assert_true(w->patch_served >= (long)w->patch.n);
+	assert_true(w->d.bytes_delta == (uint64_t)w->patch_served && w->d.bytes_full == 0);
+	printf("# image %zu B, patch %zu B, patch bytes fetched %ld (%.2f of the image)\n", w->img.n, w->patch.n,
+	       w->patch_served, (double)w->patch_served / (double)w->img.n);
+	world_free(w);
+}
+
+/* Each bad patch is caught (by the decoder, or by the digest of the
+ * rebuilt image) and the full image is fetched and installed instead. */
+static void assert_falls_back_to_the_full_image(struct world *w)
+{
+	assert_int_equal(run_device(w, 600), 1);
+	assert_offered_image_installed(w);
+	assert_int_equal(w->d.n_delta_fallbacks, 1);
+	assert_int_equal(w->d.n_delta_applied, 0);
+	assert_int_equal(w->image_served, (long)w->img.n);
+	assert_int_equal(w->d.bytes_full, w->img.n);
+	assert_int_equal(w->d.rec.bad_tries, 0);          /* a bad patch is not a bad image */
+	world_free(w);
+}
+
+static void corrupt_patch_falls_back_to_the_full_image(void **state)
+{
+	struct world *w = world_new(NULL);
+	(void)state;
+	w->flip_at = (int)(w->patch.n / 2);
+	assert_falls_back_to_the_full_image(w);
+}
+
+static void truncated_patch_falls_back_to_the_full_image(void **state)
+{
+	struct world *w = world_new(NULL);
+	(void)state;
+	w->patch.n = w->patch.n * 2 / 3;                  /* served and announced short */
+	w->patch_size_claimed = (long)w->patch.n;
+	assert_falls_back_to_the_full_image(w);
+}
+
+static void wrong_base_patch_falls_back_to_the_full_image(void **state)
+{
+	struct blob other;
+	struct world *w;
+	(void)state;
+	synth_image(&other, 43, 60 * 1024);               /* a patch from another image, claiming ours */
+	w = world_new(&other);
+	free_blob(&other);
+	assert_falls_back_to_the_full_image(w);
+}
+
+/* A patch for another running image is not even fetched. */
+static void patch_for_another_base_is_not_fetched(void **state)
+{
+	struct world *w = world_new(NULL);
+	(void)state;
+	w->base_hex[0] = w->base_hex[0] == '0' ? '1' : '0';
+	assert_int_equal(run_device(w, 400), 1);
+	assert_offered_image_installed(w);
+	assert_int_equal(w->patch_served, 0);
+	assert_int_equal(w->d.n_delta_fallbacks, 0);
+	assert_int_equal(w->image_served, (long)w->img.n);
+	world_free(w);
+}
+
+/* Power cuts while the patch is applied: the primary slot is untouched,
+ * nothing is marked bootable early, and the update lands. */
+static void power_cuts_during_a_delta_keep_the_primary_and_land(void **state)
+{
+	struct world *w = world_new(NULL);
+	uint8_t primary[SLOT];
+	int r = 2, cuts = 0;
+	(void)state;
+	memcpy(primary, w->slot[0], SLOT);
+	while (r == 2) {
+		struct otadev_trailer st;
+		w->budget = 3 + (long)(rng_next(&w->rng) % 60);
+		r = run_device(w, 600);
+		assert_memory_equal(w->slot[0], primary, SLOT);
+		assert_int_equal(otadev_trailer_read(&st, &HOOKS, w, 1, SLOT), 0);
+		if (r == 2) {
+			cuts++;
+			assert_true(st.magic != OTADEV_MAGIC_GOOD || !memcmp(w->slot[1], w->img.p, w->img.n));
+		}
+		assert_true(cuts < 200);
+	}
+	w->budget = -1;
+	assert_int_equal(r, 1);
+	assert_offered_image_installed(w);
+	printf("# %d power cuts; delta applied %u, fallbacks %u\n", cuts, w->d.n_delta_applied, w->d.n_delta_fallbacks);
+	world_free(w);
 }
 
 static int setup(void **state)
 {
 	(void)state;
+	key_good = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_non_null(key_good);
 	snprintf(workdir, sizeof(workdir), "/tmp/test_delta.XXXXXX");
 	assert_non_null(mkdtemp(workdir));
 	return 0;
@@ -451,6 +896,7 @@ static int teardown(void **state)
 {
 	char cmd[128];
 	(void)state;
+	EVP_PKEY_free(key_good);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", workdir);
 	return run(cmd);
 }
@@ -464,6 +910,12 @@ int main(void)
 		cmocka_unit_test(corrupt_truncated_and_wrong_base_patches_are_detected),
 		cmocka_unit_test(decoding_resumes_at_a_window_boundary_after_a_cut),
 		cmocka_unit_test(decoder_ram_is_small_and_fixed),
+		cmocka_unit_test(offered_patch_rebuilds_the_signed_image_which_is_verified_and_installed),
+		cmocka_unit_test(corrupt_patch_falls_back_to_the_full_image),
+		cmocka_unit_test(truncated_patch_falls_back_to_the_full_image),
+		cmocka_unit_test(wrong_base_patch_falls_back_to_the_full_image),
+		cmocka_unit_test(patch_for_another_base_is_not_fetched),
+		cmocka_unit_test(power_cuts_during_a_delta_keep_the_primary_and_land),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, setup, teardown);
