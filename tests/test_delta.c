@@ -26,6 +26,7 @@
 #include <cmocka.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 #include <jansson.h>
 
@@ -36,6 +37,7 @@
 #include "../device/otadev_vcdiff.h"
 #include "../orchestrator/mcuboot.h"
 #include "../common/util.h"
+#include "harness.h"
 
 #define MAX_IMAGE (512 * 1024)
 
@@ -882,6 +884,115 @@ static void power_cuts_during_a_delta_keep_the_primary_and_land(void **state)
 	world_free(w);
 }
 
+/* ---- the release stage makes the patches (stages/release_delta.c) ------------------- */
+
+static char *delta_pipeline(const char *version, const char *gen, const char *deltas)
+{
+	return xasprintf("name: fw\nstages:\n"
+			 "  - name: build\n"
+			 "    steps: [ { run: \"%s > app.bin\" } ]\n"
+			 "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
+			 "  - { name: release, kind: release, needs: [build], version: \"%s\", security_counter: 1, key: k1%s }\n",
+			 gen, version, deltas);
+}
+
+static void file_blob(const char *dir, const char *name, struct blob *out)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	assert_int_equal(read_file(p, out), 0);
+}
+
+static void release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_signed_image(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	struct blob v1, v2, patch;
+	char *otactl = h_bin("otactl"), *y, *cfg;
+	json_t *man, *dl;
+	int64_t run1, run2;
+	struct dev dv;
+	char err[128];
+	(void)state;
+
+	h_init(&d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k1.pem",
+			      d.dir), 0);
+	cfg = xasprintf("keys:\n  k1: { spec: %s/k1.pem }\n", d.dir);
+	free(d.config);
+	d.config = xasprintf("%s/config.yml", d.dir);
+	ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600);
+	free(cfg);
+	h_start(&d, args);
+
+	y = delta_pipeline("1.0.0", "seq 1 6000", "");
+	run1 = h_trigger(&d, y);
+	free(y);
+	assert_string_equal(h_wait_run(&d, run1, 30000), "passed");
+	/* 1.1.0: an inserted line shifts everything after it, one value changed;
+	 * 0.9.0 was never released: skipped with a log line */
+	y = delta_pipeline("1.1.0", "seq 1 6000 | sed -e 's/^2000$/2000\\\\nnew/' -e 's/^4444$/4445/'",
+			   ", deltas: { from: [1.0.0, 0.9.0] }");
+	run2 = h_trigger(&d, y);
+	free(y);
+	assert_string_equal(h_wait_run(&d, run2, 60000), "passed");
+
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get %lld/release/manifest.json -o man.json && "
+			      "%s --url %s --token %s artifacts get %lld/release/an385/app.bin.signed.bin -o v1.bin && "
+			      "%s --url %s --token %s artifacts get %lld/release/an385/app.bin.signed.bin -o v2.bin && "
+			      "%s --url %s --token %s artifacts get %lld/release/an385/app.bin.signed.bin.from-1.0.0.vcdiff -o p.vcdiff",
+			      d.dir, otactl, d.url, d.token, (long long)run2, otactl, d.url, d.token, (long long)run1, otactl,
+			      d.url, d.token, (long long)run2, otactl, d.url, d.token, (long long)run2), 0);
+	{
+		char p[512];
+		snprintf(p, sizeof(p), "%s/man.json", d.dir);
+		man = json_load_file(p, 0, NULL);
+	}
+	assert_non_null(man);
+	assert_int_equal(json_array_size(json_object_get(man, "deltas")), 1);
+	dl = json_array_get(json_object_get(man, "deltas"), 0);
+	assert_string_equal(json_string_value(json_object_get(dl, "from_version")), "1.0.0");
+	assert_string_equal(json_string_value(json_object_get(dl, "format")), "vcdiff");
+	assert_string_equal(json_string_value(json_object_get(dl, "hardware")), "an385");
+
+	file_blob(d.dir, "v1.bin", &v1);
+	file_blob(d.dir, "v2.bin", &v2);
+	file_blob(d.dir, "p.vcdiff", &patch);
+	{
+		char hex[65];
+		hex_sha(hex, patch.p, patch.n);
+		assert_string_equal(json_string_value(json_object_get(dl, "sha256")), hex);
+		hex_sha(hex, v2.p, v2.n);
+		assert_string_equal(json_string_value(json_object_get(dl, "to_sha256")), hex);
+		assert_int_equal(json_integer_value(json_object_get(dl, "size")), patch.n);
+	}
+	/* the device's decoder rebuilds the signed 1.1.0 from the signed 1.0.0 */
+	memset(&dv, 0, sizeof(dv));
+	dv.writes_left = -1;
+	assert_int_equal(decode(&dv, &v1, &patch, err, sizeof(err)), 0);
+	assert_int_equal(dv.written, v2.n);
+	assert_memory_equal(dv.target, v2.p, v2.n);
+	assert_true(patch.n * 4 < v2.n);
+	printf("# release patch: %zu B for a %zu B signed image\n", patch.n, v2.n);
+	/* the provenance names the patch; the release still verifies */
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get %lld/release/provenance.dsse.json -o prov.json && "
+			      "python3 -c \"import json,base64;print(base64.b64decode(json.load(open('prov.json'))['payload']).decode())\" "
+			      "| grep -c 'app.bin.signed.bin.from-1.0.0.vcdiff'", d.dir, otactl, d.url, d.token, (long long)run2), 0);
+	if (h_sh(&out, "%s --url %s --token %s verify %lld", otactl, d.url, d.token,
+		 (long long)h_sql_int(&d, "SELECT MAX(id) FROM releases")) != 0)
+		fail_msg("otactl verify: %s", buf_cstr(&out));
+	free(dv.target);
+	free_blob(&v1);
+	free_blob(&v2);
+	free_blob(&patch);
+	json_decref(man);
+	buf_release(&out);
+	free(otactl);
+	h_kill(&d, SIGTERM);
+	h_cleanup(&d);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -916,6 +1027,7 @@ int main(void)
 		cmocka_unit_test(wrong_base_patch_falls_back_to_the_full_image),
 		cmocka_unit_test(patch_for_another_base_is_not_fetched),
 		cmocka_unit_test(power_cuts_during_a_delta_keep_the_primary_and_land),
+		cmocka_unit_test(release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_signed_image),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, setup, teardown);
