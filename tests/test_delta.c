@@ -37,6 +37,7 @@
 #include "../device/otadev_vcdiff.h"
 #include "../orchestrator/mcuboot.h"
 #include "../common/util.h"
+#include "devharness.h"
 #include "harness.h"
 
 #define MAX_IMAGE (512 * 1024)
@@ -993,6 +994,112 @@ static void release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_s
 	h_cleanup(&d);
 }
 
+/* ---- end to end: otacd offers the patch, otacd-device applies it --------------------- */
+
+static const char *const fw_build_v1 = "seq 1 9000";
+static const char *const fw_build_v2 = "seq 1 9000 | sed -e 's/^3000$/3000\\\\nnew code/' -e 's/^7777$/7778/'";
+
+static char *fw_pipeline(const char *version, const char *gen, const char *extra)
+{
+	return xasprintf("name: fw\nstages:\n"
+			 "  - name: build\n"
+			 "    steps: [ { run: \"%s > app.bin\" } ]\n"
+			 "    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+			 "  - { name: release, kind: release, needs: [build], version: \"%s\", security_counter: 1, key: test%s }\n"
+			 "  - name: canary\n    kind: rollout\n    needs: [release]\n"
+			 "    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+			 "gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n",
+			 gen, version, extra);
+}
+
+static uint64_t device_metric(struct daemon *d, const char *name)
+{
+	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
+	uint64_t v = 0;
+	while (at && at > m && at[-1] != '\n')
+		at = strstr(at + 1, name);
+	if (at)
+		v = strtoull(at + strlen(name) + 1, NULL, 10);
+	free(m);
+	return v;
+}
+
+static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(void **state)
+{
+	struct dh_fleet f;
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *bin = h_bin("otacd-device"), *y, *conf, *text, *dir, *log;
+	int64_t rel1, rel2;
+	uint64_t full_bytes, delta_bytes;
+	struct blob v1, v2;
+	json_t *s;
+	pid_t pid;
+	(void)state;
+
+	memset(&f, 0, sizeof(f));
+	h_init(&f.d, NULL);
+	dh_fleet_start(&f, "dd", 1, "key", "poll_interval: 1s\n");
+	/* 1.0.0 released by otacd and running on the device (flashed at the factory) */
+	y = fw_pipeline("1.0.0", fw_build_v1, "");
+	rel1 = dh_release_of(&f.d, h_trigger(&f.d, y));
+	free(y);
+	assert_true(rel1 > 0);
+	dir = xasprintf("%s/dd-0000", f.d.dir);
+	conf = xasprintf("%s/device.conf", dir);
+	log = xasprintf("%s.log", conf);
+	assert_int_equal(h_sh(&out, "mkdir -p %s && cd %s && %s --url %s --token %s artifacts get "
+			      "%lld/release/mps2-an385/app.bin.signed.bin -o v1.img", dir, dir, otactl, f.d.url, f.d.token,
+			      (long long)h_sql_int(&f.d, "SELECT run_id FROM releases WHERE version = '1.0.0'")), 0);
+	text = xasprintf("url = %s\ndevice = dd-0000\ncredential = %s\nproduct = fw\nhardware = mps2-an385\n"
+			 "bootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\nstate = %s/state\n"
+			 "key = %s/key.pub\nslot_size = 65536\nsector_size = 4096\nhealth_check = true\nsync = 0\n"
+			 "backoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 5\n",
+			 f.d.device_url, f.cred[0], dir, dir, dir, f.d.dir);
+	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+	free(text);
+	assert_int_equal(h_sh(&out, "%s -c %s flash %s/v1.img", bin, conf, dir), 0);
+	pid = dh_device_loop(conf);
+	h_msleep(1500); /* a first check-in as 1.0.0 (nothing to offer) */
+
+	/* 1.1.0 with a patch from 1.0.0: the device fetches the patch, not the image */
+	full_bytes = device_metric(&f.d, "otacd_image_bytes_served_total");
+	y = fw_pipeline("1.1.0", fw_build_v2, ", deltas: { from: [1.0.0] }");
+	rel2 = dh_release_of(&f.d, h_trigger(&f.d, y));
+	free(y);
+	assert_true(rel2 > 0);
+	assert_int_equal(dh_fleet_wait(&f.d, rel2, "confirmed", 1, 60000), 1);
+	dh_stop(pid);
+	s = dh_device_status(NULL, conf);
+	assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
+	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
+	json_decref(s);
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get "
+			      "%lld/release/mps2-an385/app.bin.signed.bin -o v2.img", dir, otactl, f.d.url, f.d.token,
+			      (long long)h_sql_int(&f.d, "SELECT run_id FROM releases WHERE version = '1.1.0'")), 0);
+	file_blob(dir, "v1.img", &v1);
+	file_blob(dir, "v2.img", &v2);
+	delta_bytes = device_metric(&f.d, "otacd_delta_bytes_served_total");
+	full_bytes = device_metric(&f.d, "otacd_image_bytes_served_total") - full_bytes;
+	printf("# 1.1.0 (%zu B) landed with %llu patch bytes and %llu image bytes served\n", v2.n,
+	       (unsigned long long)delta_bytes, (unsigned long long)full_bytes);
+	if (full_bytes) {
+		h_sh(&out, "grep -i 'delta\\|update server' %s/otacd.log %s | tail -20", f.d.dir, log);
+		fprintf(stderr, "%s\n", buf_cstr(&out));
+	}
+	assert_int_equal(full_bytes, 0);
+	assert_true(delta_bytes > 0 && delta_bytes * 4 < v2.n);
+	assert_int_equal(h_sh(&out, "grep -c 'applying a delta' %s", log), 0);
+	free_blob(&v1);
+	free_blob(&v2);
+	free(dir);
+	free(conf);
+	free(log);
+	free(bin);
+	free(otactl);
+	buf_release(&out);
+	dh_fleet_stop(&f);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -1028,6 +1135,7 @@ int main(void)
 		cmocka_unit_test(patch_for_another_base_is_not_fetched),
 		cmocka_unit_test(power_cuts_during_a_delta_keep_the_primary_and_land),
 		cmocka_unit_test(release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_signed_image),
+		cmocka_unit_test(otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, setup, teardown);
