@@ -163,7 +163,8 @@ int release_deltas_make(const struct stage_ctx *c, const json_t *spec, const cha
 			const char *hw, const void *img, size_t len, const char *to_sha, struct release_deltas *out)
 {
 	const json_t *from = json_object_get(spec, "from"), *v;
-	char dir[] = "/tmp/otacd-delta.XXXXXX";
+	const char *tmp = getenv("TMPDIR");
+	char *dir;
 	size_t i;
 	int rc = 0;
 
@@ -171,8 +172,12 @@ int release_deltas_make(const struct stage_ctx *c, const json_t *spec, const cha
 		return 0;
 	if (!out->list)
 		out->list = json_array();
-	if (!mkdtemp(dir))
-		return ota_error_set(OTA_ERROR, "cannot make a temporary directory: %s", strerror(errno));
+	dir = xasprintf("%s/otacd-delta.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+	if (!mkdtemp(dir)) {
+		rc = ota_error_set(OTA_ERROR, "cannot make a temporary directory %s: %s", dir, strerror(errno));
+		free(dir);
+		return rc;
+	}
 	json_array_foreach(from, i, v) {
 		const char *ver = json_string_value(v);
 		struct buf old = BUF_INIT, patch = BUF_INIT;
@@ -211,6 +216,7 @@ int release_deltas_make(const struct stage_ctx *c, const json_t *spec, const cha
 			break;
 	}
 	rmdir(dir);
+	free(dir);
 	return rc;
 }
 
