@@ -8,6 +8,8 @@
  */
 #include "updsrv.h"
 
+#include <pthread.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,28 @@ static char *curl_escape_dup(const char *s)
 	char *e = curl_easy_escape(NULL, s ? s : "", 0), *out = xstrdup(e ? e : "");
 	curl_free(e);
 	return out;
+}
+
+/* ---- the current adapter (issue 15) ----------------------------------- */
+
+static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct updsrv *current;
+
+void updsrv_set_current(struct updsrv *u)
+{
+	pthread_mutex_lock(&current_mu);
+	current = u;
+	pthread_mutex_unlock(&current_mu);
+}
+
+json_t *updsrv_current_versions(const char *product)
+{
+	json_t *v = NULL;
+	pthread_mutex_lock(&current_mu);
+	if (current && current->versions)
+		v = current->versions(current, product);
+	pthread_mutex_unlock(&current_mu);
+	return v;
 }
 
 /* ---- builtin ------------------------------------------------------------- */

@@ -378,6 +378,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	struct sign_key *key = NULL;
 	struct image *img = NULL;
 	struct release_deltas deltas = { 0 };
+	json_t *delta_from = NULL;
 	size_t nimg = 0;
 	struct store *db;
 	sqlite3_stmt *st;
@@ -523,7 +524,9 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		}
 		img[i].size = (int64_t)signed_img.len;
 		/* issue 15: patches from the earlier versions the pipeline lists */
-		if (release_deltas_make(c, json_object_get(extra, "deltas"), product, name, img[i].hw, signed_img.ptr,
+		if (!delta_from && json_object_get(extra, "deltas"))
+			delta_from = release_deltas_sources(c, json_object_get(extra, "deltas"), product, version);
+		if (release_deltas_make(c, delta_from, product, name, img[i].hw, signed_img.ptr,
 					signed_img.len, img[i].sha, &deltas) < 0) {
 			fail(r, c, "%s", ota_error_last());
 			buf_release(&raw);
@@ -780,6 +783,7 @@ out:
 	}
 	free(img);
 	release_deltas_release(&deltas);
+	json_decref(delta_from);
 	json_decref(manifest);
 	json_decref(chain);
 	json_decref(images);

@@ -28,6 +28,7 @@
 #include "../orchestrator/artifact.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/store.h"
+#include "../orchestrator/updsrv.h"
 
 extern char **environ;
 
@@ -44,9 +45,19 @@ void release_deltas_validate(const struct pl_stage *st, const json_t *spec, stru
 		pl_diag_add(d, st->pos, "release stage '%s': deltas must be a mapping {from: [VERSION, ...]}", st->name);
 		return;
 	}
+	const json_t *installed = json_object_get(spec, "installed");
+
 	json_object_foreach((json_t *)spec, k, v)
-		if (strcmp(k, "from"))
-			pl_diag_add(d, st->pos, "release stage '%s': unknown key '%s' in deltas (from)", st->name, k);
+		if (strcmp(k, "from") && strcmp(k, "installed"))
+			pl_diag_add(d, st->pos, "release stage '%s': unknown key '%s' in deltas (from, installed)", st->name, k);
+	if (installed && (!json_is_integer(installed) || json_integer_value(installed) < 1 ||
+			  json_integer_value(installed) > RELEASE_DELTAS_MAX))
+		pl_diag_add(d, st->pos, "release stage '%s': deltas.installed must be 1..%d (the most installed versions)",
+			    st->name, RELEASE_DELTAS_MAX);
+	if (!from && !installed)
+		pl_diag_add(d, st->pos, "release stage '%s': deltas needs from: [VERSION, ...] or installed: N", st->name);
+	if (!from)
+		return;
 	if (!json_is_array(from) || !json_array_size(from) || json_array_size(from) > RELEASE_DELTAS_MAX) {
 		pl_diag_add(d, st->pos, "release stage '%s': deltas.from must list 1..%d earlier versions", st->name,
 			    RELEASE_DELTAS_MAX);
@@ -159,10 +170,66 @@ static int earlier_image(const char *product, const char *version, const char *n
 	return 0;
 }
 
-int release_deltas_make(const struct stage_ctx *c, const json_t *spec, const char *product, const char *name,
+static void add_version(json_t *list, const char *v, const char *skip)
+{
+	size_t i;
+	json_t *x;
+	if (!v || !strcmp(v, skip))
+		return;
+	json_array_foreach(list, i, x)
+		if (!strcmp(json_string_value(x), v))
+			return;
+	json_array_append_new(list, json_string(v));
+}
+
+json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, const char *product, const char *version)
+{
+	json_t *list = json_array(), *counts, *byver = json_object(), *v;
+	const char *k;
+	int64_t want = json_integer_value(json_object_get(spec, "installed"));
+	size_t i;
+
+	json_array_foreach(json_object_get(spec, "from"), i, v)
+		add_version(list, json_string_value(v), version);
+	if (want <= 0)
+		goto out;
+	if (!(counts = updsrv_current_versions(product))) {
+		stage_log(c, "deltas: the update server cannot say which versions are installed; only from: is used");
+		goto out;
+	}
+	/* "1.0.0+7" (a device flashed with the release's image) counts for 1.0.0 */
+	json_object_foreach(counts, k, v) {
+		char *base = xstrdup(k);
+		json_t *have;
+		base[strcspn(base, "+")] = '\0';
+		have = json_object_get(byver, base);
+		json_object_set_new(byver, base, json_integer(json_integer_value(have) + json_integer_value(v)));
+		free(base);
+	}
+	json_decref(counts);
+	for (; want > 0; want--) {
+		const char *best = NULL;
+		int64_t n = 0;
+		json_object_foreach(byver, k, v)
+			if (json_integer_value(v) > n && strcmp(k, version)) {
+				best = k;
+				n = json_integer_value(v);
+			}
+		if (!best)
+			break;
+		stage_log(c, "deltas: %s is installed on %" PRId64 " device(s)", best, n);
+		add_version(list, best, version);
+		json_object_set_new(byver, best, json_integer(0));
+	}
+out:
+	json_decref(byver);
+	return list;
+}
+
+int release_deltas_make(const struct stage_ctx *c, const json_t *from, const char *product, const char *name,
 			const char *hw, const void *img, size_t len, const char *to_sha, struct release_deltas *out)
 {
-	const json_t *from = json_object_get(spec, "from"), *v;
+	const json_t *v;
 	const char *tmp = getenv("TMPDIR");
 	char *dir;
 	size_t i;

@@ -1063,9 +1063,10 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 	pid = dh_device_loop(conf);
 	h_msleep(1500); /* a first check-in as 1.0.0 (nothing to offer) */
 
-	/* 1.1.0 with a patch from 1.0.0: the device fetches the patch, not the image */
+	/* 1.1.0 with a patch from the most installed version (1.0.0, reported as
+	 * 1.0.0+BUILD): the device fetches the patch, not the image */
 	full_bytes = device_metric(&f.d, "otacd_image_bytes_served_total");
-	y = fw_pipeline("1.1.0", fw_build_v2, ", deltas: { from: [1.0.0] }");
+	y = fw_pipeline("1.1.0", fw_build_v2, ", deltas: { installed: 1 }"); /* the fleet runs 1.0.0 */
 	rel2 = dh_release_of(&f.d, h_trigger(&f.d, y));
 	free(y);
 	assert_true(rel2 > 0);
