@@ -463,6 +463,7 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 	d->rec.dl_offset = 0;
 	d->rec.bad_tries = 0;
 	d->rec.delta_tries = 0;
+	d->delta_active = d->delta_used = 0; /* a patch starts over with its offer */
 	memset(d->rec.new_hash, 0, 32);
 	say(d, "downloading ", o->version);
 	return rec_save(d);

@@ -474,6 +474,7 @@ struct world {
 	char sha_hex[65], patch_hex[65], base_hex[65];
 	long patch_size_claimed;
 	int flip_at;          /* >= 0: flip this patch byte when served */
+	int withdrawn;        /* the check-in answers "offer": null */
 	long image_served, patch_served;
 	uint8_t work[16384] __attribute__((aligned(8)));
 	struct otadev_config cfg;
@@ -512,6 +513,12 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	struct world *w = ctx;
 	rs->len = 0;
 	rs->range_total = -1;
+	if (!strcmp(rq->path, "/device/v1/checkin") && w->withdrawn) {
+		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000,"
+					   " \"offer\": null}", (unsigned long long)(1796000000000ull + w->now));
+		rs->status = 200;
+		return 0;
+	}
 	if (!strcmp(rq->path, "/device/v1/checkin")) {
 		char delta[512] = "";
 		if (w->patch.n)
@@ -857,6 +864,44 @@ static void patch_for_another_base_is_not_fetched(void **state)
 	world_free(w);
 }
 
+/* An offer withdrawn while its patch is applied, then offered again: the
+ * patch starts over and the image lands whole. */
+static void withdrawn_offer_mid_patch_starts_the_patch_over(void **state)
+{
+	struct world *w = world_new(NULL);
+	uint32_t wait;
+	int i;
+	(void)state;
+	assert_int_equal(otadev_init(&w->d, &HOOKS, w, &w->cfg), 0);
+	for (i = 0; i < 400 && !w->d.delta_active; i++) {
+		assert_true(otadev_step(&w->d, &wait) >= 0);
+		w->now += wait ? wait : 1;
+	}
+	assert_true(w->d.delta_active);
+	assert_true(otadev_step(&w->d, &wait) >= 0); /* one more window */
+	assert_int_equal(w->d.rec.phase, OTADEV_DOWNLOADING);
+	w->withdrawn = 1;
+	w->d.next_checkin = w->now; /* the halt reaches the device at its next check-in, now */
+	for (i = 0; i < 400 && w->d.rec.phase != OTADEV_IDLE; i++) {
+		assert_true(otadev_step(&w->d, &wait) >= 0);
+		w->now += wait ? wait : 1;
+	}
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	w->withdrawn = 0;
+	w->d.next_checkin = w->now;
+	for (i = 0; i < 600 && !w->d.reboot_requested; i++) {
+		assert_true(otadev_step(&w->d, &wait) >= 0);
+		w->now += wait ? wait : 1;
+	}
+	assert_true(w->d.reboot_requested);
+	assert_offered_image_installed(w);
+	assert_int_equal(w->d.n_delta_applied, 1);
+	assert_int_equal(w->d.rec.delta_tries, 1);        /* started afresh with the new offer */
+	assert_true(w->patch_served > (long)w->patch.n);  /* the first windows fetched twice */
+	assert_int_equal(w->image_served, 0);
+	world_free(w);
+}
+
 /* Power cuts while the patch is applied: the primary slot is untouched,
  * nothing is marked bootable early, and the update lands. */
 static void power_cuts_during_a_delta_keep_the_primary_and_land(void **state)
@@ -1137,6 +1182,7 @@ int main(void)
 		cmocka_unit_test(wrong_base_patch_falls_back_to_the_full_image),
 		cmocka_unit_test(patch_for_another_base_is_not_fetched),
 		cmocka_unit_test(power_cuts_during_a_delta_keep_the_primary_and_land),
+		cmocka_unit_test(withdrawn_offer_mid_patch_starts_the_patch_over),
 		cmocka_unit_test(release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_signed_image),
 		cmocka_unit_test(otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it),
 	};
