@@ -95,6 +95,17 @@ $(BIN)/otacd-device: $(BUILD)/obj/device/main.o $(DEV_PORT_OBJ) $(LIBOTADEV)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# issue 15, delta updates: libotadev's VCDIFF decoder against xdelta3 (and
+# the whole path through otacd), and its apply time (bench/delta.sh)
+BENCHES += $(BIN)/delta-bench
+$(BIN)/delta-bench: $(BUILD)/obj/bench/delta_bench.o $(LIBOTADEV)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^
+
+$(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 # the device tests link the core (in-memory hooks) and the Linux port
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)

@@ -210,7 +210,7 @@ int main(int argc, char **argv)
 		{ "nrf52840dk", "2222222222222222222222222222222222222222222222222222222222222222", "application", 100000 },
 	};
 	json_t *cohort = json_pack("{s[ss]}", "region", "eu", "us");
-	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, "1.0.0", imgs, 2, 1, "bench", 1000, NULL, 0, NULL, 0 };
+	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, "1.0.0", imgs, 2, 1, "bench", 1000, NULL, 0, NULL, 0, NULL, 0 };
 	struct wrk_result rc_checkin, rc_change, rc_base, rc_reports;
 	int rc = 1;
 

@@ -71,3 +71,7 @@ sh bench/origin.sh "$OTACD_BIN" ${ORIGIN_ARGS:-20000}
 echo
 echo "== push hints: fleet_set_exposure per step with the MQTT notifier against none, same run"
 "$OTACD_BIN/push-bench" ${PUSH_BENCH_ARGS:-1000000}
+# issue 15, delta updates
+echo
+echo "== delta updates: patch size per format, libotadev apply time against a plain write, five sensor-node versions"
+sh bench/delta.sh "$OTACD_BIN"

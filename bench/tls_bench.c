@@ -194,7 +194,7 @@ int main(int argc, char **argv)
 		{ "mps2-an385", "1111111111111111111111111111111111111111111111111111111111111111", "application", 100000 },
 		{ "nrf52840dk", "2222222222222222222222222222222222222222222222222222222222222222", "application", 100000 },
 	};
-	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, "1.0.0", imgs, 2, 1, "bench", 1000, NULL, 0, NULL, 0 };
+	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, "1.0.0", imgs, 2, 1, "bench", 1000, NULL, 0, NULL, 0, NULL, 0 };
 	double rps[M_NMODES];
 	long errs[M_NMODES] = { 0 };
 	int rc = 1;

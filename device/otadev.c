@@ -25,6 +25,7 @@
  * Single-threaded; the caller owns struct otadev.  No heap, no stdio.
  */
 #include "otadev.h"
+#include "otadev_vcdiff.h"
 
 #include <string.h>
 
@@ -461,6 +462,8 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 	d->rec.phase = OTADEV_DOWNLOADING;
 	d->rec.dl_offset = 0;
 	d->rec.bad_tries = 0;
+	d->rec.delta_tries = 0;
+	d->delta_active = d->delta_used = 0; /* a patch starts over with its offer */
 	memset(d->rec.new_hash, 0, 32);
 	say(d, "downloading ", o->version);
 	return rec_save(d);
@@ -484,6 +487,19 @@ static int post_json(struct otadev *d, const char *path, const struct jw *w, str
 	rs->body = d->io;
 	rs->cap = sizeof(d->io) - 1;
 	return d->h->http(d->ctx, &rq, rs);
+}
+
+/* issue 15: keep the offer's patch (RAM only) for the image it rebuilds;
+ * a new image clears an earlier failure. */
+static void remember_delta(struct otadev *d, const struct otadev_checkin *ans)
+{
+	if (memcmp(d->delta_for, ans->offer.sha256, 32)) {
+		memcpy(d->delta_for, ans->offer.sha256, 32);
+		d->delta_failed = d->delta_active = 0;
+	}
+	d->has_delta = ans->has_delta;
+	if (ans->has_delta && !d->delta_active)
+		d->delta = ans->delta;
 }
 
 static int checkin(struct otadev *d, uint64_t now)
@@ -541,6 +557,8 @@ static int checkin(struct otadev *d, uint64_t now)
 		d->next_checkin = now + p - p / 10 + d->h->random(d->ctx) % (p / 5 + 1);
 	}
 	rc = 0;
+	if (ans.has_offer)
+		remember_delta(d, &ans);
 	if (d->rec.phase == OTADEV_IDLE && ans.has_offer)
 		rc = consider_offer(d, &ans.offer);
 	else if (d->rec.phase == OTADEV_DOWNLOADING &&
@@ -555,6 +573,143 @@ static int checkin(struct otadev *d, uint64_t now)
 	return rc;
 }
 
+/* ---- delta download (issue 15) ------------------------------------------------- *
+ *
+ * The patch is read through the decoder's three cursors (a window's data,
+ * instruction and address sections), each refill one Range GET of
+ * OTADEV_VCDIFF_BUF bytes, so each patch byte crosses the network about
+ * once.  The output goes in order into slot 1, each sector erased when the
+ * output reaches its start.  Only the attempt count is persisted
+ * (rec.delta_tries): a restart or a network error starts the patch again
+ * (it is small), DELTA_TRIES starts without success and any failure of the
+ * patch itself fall back to the full image, whose download resumes per
+ * sector.  The result is verified by install() exactly as a full
+ * download: the offer's digest of the whole file first. */
+
+#define DELTA_TRIES 3
+
+static int delta_patch_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	struct otadev *d = ctx;
+	struct otadev_http_req rq;
+	struct otadev_http_resp rs;
+
+	memset(&rq, 0, sizeof(rq));
+	rq.method = "GET";
+	rq.path = d->delta.url;
+	rq.device = d->cfg->device;
+	rq.credential = d->cfg->credential;
+	rq.range_start = (long)off;
+	rq.range_end = (long)(off + len - 1);
+	memset(&rs, 0, sizeof(rs));
+	rs.body = d->io2;
+	rs.cap = sizeof(d->io2);
+	if (len > sizeof(d->io2))
+		return -1;
+	if (d->h->http(d->ctx, &rq, &rs) < 0 || rs.status == 0 || rs.status >= 500) {
+		d->delta_net_err = 1;
+		return -1;
+	}
+	if ((rs.status != 206 && rs.status != 200) || rs.len != len ||
+	    (rs.range_total >= 0 && (uint32_t)rs.range_total != d->delta.size))
+		return -1; /* gone, or not the patch offered: fall back */
+	d->bytes_delta += len;
+	memcpy(buf, d->io2, len);
+	return 0;
+}
+
+static int delta_source_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	struct otadev *d = ctx;
+	return d->h->flash_read(d->ctx, 0, off, buf, (uint32_t)len);
+}
+
+static int delta_target_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	struct otadev *d = ctx;
+	return d->h->flash_read(d->ctx, 1, off, buf, (uint32_t)len);
+}
+
+static int delta_target_write(void *ctx, uint32_t off, const uint8_t *buf, size_t len)
+{
+	struct otadev *d = ctx;
+	uint32_t ss = d->cfg->sector_size, s = (off + ss - 1) / ss * ss;
+
+	for (; s < off + len; s += ss)
+		if (d->h->flash_erase(d->ctx, 1, s, ss) < 0)
+			return -1;
+	return d->h->flash_write(d->ctx, 1, off, buf, (uint32_t)len);
+}
+
+static const struct otadev_vcdiff_io delta_io = { delta_patch_read, delta_source_read, delta_target_read,
+						  delta_target_write, NULL };
+
+/* Whether the offer's patch applies here: it rebuilds the offered image
+ * from the image running, the decoder fits the work buffer, and it has
+ * not failed for this image. */
+static int delta_usable(const struct otadev *d)
+{
+	return d->has_delta && !d->delta_failed && d->rec.delta_tries < DELTA_TRIES && !memcmp(d->delta_for, d->rec.offer.sha256, 32) &&
+	       !memcmp(d->delta.base, d->rec.cur_hash, 32) && d->delta.size < d->rec.offer.size &&
+	       d->cfg->work && d->cfg->work_len >= sizeof(struct otadev_vcdiff) &&
+	       (uintptr_t)d->cfg->work % sizeof(uint64_t) == 0 &&
+	       (!strncmp(d->delta.url, "/device/v1/", 11) || !strncmp(d->delta.url, "https://", 8) ||
+		!strncmp(d->delta.url, "http://", 7));
+}
+
+static void delta_fall_back(struct otadev *d, const char *why)
+{
+	say(d, "delta update failed; fetching the full image: ", why);
+	d->delta_failed = 1;
+	d->delta_active = d->delta_used = 0;
+	d->n_delta_fallbacks++;
+	d->rec.dl_offset = 0;
+}
+
+static int download_delta(struct otadev *d, uint64_t now)
+{
+	struct otadev_vcdiff *v = (struct otadev_vcdiff *)(void *)d->cfg->work;
+	struct otadev_vcdiff_io io = delta_io;
+	int rc;
+
+	io.ctx = d;
+	if (!d->delta_active) {
+		if (d->rec.delta_tries >= DELTA_TRIES) {
+			delta_fall_back(d, "too many interrupted attempts");
+			return 0;
+		}
+		d->rec.delta_tries++;
+		if ((rc = rec_save(d)) < 0)
+			return rc;
+		otadev_vcdiff_begin(v, &io, d->delta.size, usable(d), usable(d), 0, 0);
+		d->delta_active = 1;
+		say(d, "applying a delta to ", d->rec.offer.version);
+	}
+	v->io = &io;              /* io lives on this frame: set again each step */
+	d->delta_net_err = 0;
+	rc = otadev_vcdiff_step(v);
+	v->io = NULL;
+	if (rc > 0)
+		return 0;
+	if (rc == 0 && v->out_off == d->rec.offer.size) {
+		d->delta_active = 0;
+		d->delta_used = 1;
+		d->errors = 0;
+		d->rec.dl_offset = d->rec.offer.size;
+		d->rec.phase = OTADEV_INSTALLING;
+		return rec_save(d);
+	}
+	if (rc < 0 && d->delta_net_err) {
+		d->delta_active = 0;
+		d->errors++;
+		d->next_work = now + otadev_backoff(d, d->errors);
+		say(d, "delta: no answer; backing off", NULL);
+		return OTADEV_ENET;
+	}
+	delta_fall_back(d, rc == 0 ? "patch output is not the offered size" : v->err);
+	return 0;
+}
+
 /* ---- download ----------------------------------------------------------------- */
 
 static int download_sector(struct otadev *d, uint64_t now)
@@ -562,6 +717,9 @@ static int download_sector(struct otadev *d, uint64_t now)
 	struct otadev_http_req rq;
 	struct otadev_http_resp rs;
 	uint32_t off = d->rec.dl_offset, ss = d->cfg->sector_size, end, n;
+
+	if (off == 0 && (d->delta_active || delta_usable(d)))
+		return download_delta(d, now);
 
 	if (off >= d->rec.offer.size) {
 		d->rec.phase = OTADEV_INSTALLING;
@@ -606,6 +764,7 @@ static int download_sector(struct otadev *d, uint64_t now)
 		}
 		if (d->h->flash_write(d->ctx, 1, off, d->io, n) < 0)
 			return OTADEV_EIO;
+		d->bytes_full += n;
 		off += n;
 	}
 	d->errors = 0;
@@ -638,6 +797,16 @@ static int install(struct otadev *d)
 	}
 	if (d->h->sha256_end(d->ctx, digest) < 0)
 		return OTADEV_EIO;
+	if (memcmp(digest, d->rec.offer.sha256, 32) && d->delta_used) {
+		/* the patch rebuilt something else (wrong base, bad patch) */
+		delta_fall_back(d, "the rebuilt image's digest does not match the offer");
+		d->rec.phase = OTADEV_DOWNLOADING;
+		return rec_save(d);
+	}
+	if (!memcmp(digest, d->rec.offer.sha256, 32) && d->delta_used) {
+		d->delta_used = 0;
+		d->n_delta_applied++;
+	}
 	if (memcmp(digest, d->rec.offer.sha256, 32)) {
 		if (++d->rec.bad_tries < BAD_DOWNLOADS) {
 			say(d, "download digest mismatch; downloading again: ", d->rec.offer.version);

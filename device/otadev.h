@@ -214,7 +214,8 @@ struct otadev_offer {
 
 struct otadev_record {
 	uint32_t magic, size, gen;
-	uint8_t phase, booted_new, bad_tries, pad;
+	uint8_t phase, booted_new, bad_tries;
+	uint8_t delta_tries;                  /* issue 15: patch attempts for rec.offer (was padding) */
 	char version[OTADEV_VERSION_MAX];     /* the confirmed, running version */
 	uint8_t cur_hash[32];                 /* its MCUboot SHA256 TLV */
 	uint32_t security_counter;            /* highest confirmed */
@@ -286,6 +287,16 @@ int otadev_swap_type(const struct otadev_trailer *primary, const struct otadev_t
 
 /* ---- check-in answers and report batches (otadev_json.c) ------------------ */
 
+/* issue 15: a VCDIFF patch from the running image to the offered one
+ * (docs/delivery.md "Delta updates").  Held in RAM only, never in the
+ * record: after a restart the next check-in names it again. */
+struct otadev_delta {
+	char url[OTADEV_URL_MAX];
+	uint32_t size;               /* bytes of the patch */
+	uint8_t sha256[32];          /* of the patch file (its content address) */
+	uint8_t base[32];            /* MCUboot SHA256 TLV of the image it applies to */
+};
+
 struct otadev_checkin {
 	uint64_t now;                /* otacd time, ms */
 	double time_scale;
@@ -293,6 +304,8 @@ struct otadev_checkin {
 	uint64_t revocations;        /* the server's revocation list number; 0 none */
 	int has_offer;
 	struct otadev_offer offer;
+	int has_delta;               /* the offer's optional "delta" member */
+	struct otadev_delta delta;
 };
 
 /* Parse a check-in answer of len bytes (no heap; tokens from the caller). */
@@ -382,8 +395,16 @@ struct otadev {
 	char io[OTADEV_IO_MAX];
 	char io2[OTADEV_IO_MAX];
 	uint32_t tokens[OTADEV_TOKENS * 5];   /* jsmntok_t storage, parent links */
+	/* issue 15: delta updates (otadev_vcdiff.c; the decoder's state lives
+	 * in cfg->work, unused while downloading).  RAM only: a restart falls
+	 * back to the start of the patch, or to the full image. */
+	struct otadev_delta delta;
+	uint8_t delta_for[32];                /* the offered image's sha256 it belongs to */
+	int has_delta, delta_failed, delta_active, delta_used, delta_net_err;
 	/* counters for tests and logs */
 	uint32_t n_checkins, n_downloads_resumed, n_refused, n_reports_sent;
+	uint32_t n_delta_applied, n_delta_fallbacks;
+	uint64_t bytes_full, bytes_delta;     /* image and patch bytes received */
 };
 
 /* Load the record (or start a fresh one from the primary slot), decide what

@@ -147,8 +147,35 @@ static int parse_image(struct otadev_offer *o, const char *js, const jsmntok_t *
 	return 0;
 }
 
-static int parse_offer(struct otadev_offer *o, const char *js, const jsmntok_t *t, int i, int n)
+/* issue 15: "delta": {url, size, sha256, base}, all required */
+static int parse_delta(struct otadev_delta *dl, const char *js, const jsmntok_t *t, int i, int n)
 {
+	int end = skip(t, i, n), k, seen = 0;
+	memset(dl, 0, sizeof(*dl));
+	if (t[i].type != JSMN_OBJECT)
+		return OTADEV_EINVAL;
+	for (k = i + 1; k < end; k = skip(t, k + 1, n)) {
+		const jsmntok_t *v = &t[k + 1];
+		int rc = 0;
+		if (k + 1 >= n)
+			return OTADEV_EINVAL;
+		if (eq(js, &t[k], "url"))
+			rc = get_str(js, v, dl->url, sizeof(dl->url)), seen |= 1;
+		else if (eq(js, &t[k], "size"))
+			rc = get_u32(js, v, &dl->size), seen |= 2;
+		else if (eq(js, &t[k], "sha256"))
+			rc = get_sha(js, v, dl->sha256), seen |= 4;
+		else if (eq(js, &t[k], "base"))
+			rc = get_sha(js, v, dl->base), seen |= 8;
+		if (rc < 0)
+			return rc;
+	}
+	return seen == 15 && dl->size > 0 ? 0 : OTADEV_EINVAL;
+}
+
+static int parse_offer(struct otadev_checkin *c, const char *js, const jsmntok_t *t, int i, int n)
+{
+	struct otadev_offer *o = &c->offer;
 	int end = skip(t, i, n), k, seen = 0;
 	memset(o, 0, sizeof(*o));
 	if (t[i].type != JSMN_OBJECT)
@@ -168,6 +195,10 @@ static int parse_offer(struct otadev_offer *o, const char *js, const jsmntok_t *
 			rc = get_str(js, v, o->min_bootloader, sizeof(o->min_bootloader));
 		else if (eq(js, &t[k], "image"))
 			rc = parse_image(o, js, t, k + 1, n, &seen);
+		else if (eq(js, &t[k], "delta") && v->type == JSMN_OBJECT) {
+			/* a malformed delta only loses the delta, never the offer */
+			c->has_delta = parse_delta(&c->delta, js, t, k + 1, n) == 0;
+		}
 		if (rc < 0)
 			return rc;
 	}
@@ -201,7 +232,7 @@ int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len,
 		else if (eq(js, &t[k], "revocations"))
 			rc = get_u64(js, v, &out->revocations);
 		else if (eq(js, &t[k], "offer") && v->type == JSMN_OBJECT) {
-			rc = parse_offer(&out->offer, js, t, k + 1, n);
+			rc = parse_offer(out, js, t, k + 1, n);
 			out->has_offer = rc == 0;
 		} else if (eq(js, &t[k], "offer") && !(v->type == JSMN_PRIMITIVE && js[v->start] == 'n'))
 			rc = OTADEV_EINVAL;

@@ -476,6 +476,7 @@ int main(int argc, char **argv)
 		goto fail;
 	if (push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
 		fleet_set_notify(fleet, push_fleet_notify, push);
+	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
 	if (rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
 
@@ -579,6 +580,7 @@ out:
 	devapi_stop(devapi);
 	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
 	push_close(push);
+	updsrv_set_current(NULL);
 	if (us)
 		us->free(us);
 	fleet_close(fleet);

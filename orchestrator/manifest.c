@@ -24,6 +24,7 @@ static const struct field top[] = {
 	{ "dependencies", ARR, 0 },  /* toolchain versions: [{command, version}] */
 	{ "reissue_of", OBJ, 0 },    /* rollback --reissue: {release, run} re-signed */
 	{ "signing_chain", ARR, 0 }, /* issue 13: the signing key's certificates, PEM, leaf first (pki.h) */
+	{ "deltas", ARR, 0 },        /* issue 15: patches from earlier releases (stages/release_delta.c) */
 };
 
 static const struct field git[] = {
@@ -34,6 +35,18 @@ static const struct field image[] = {
 	{ "name", STR, 1 }, { "type", STR, 1 }, { "hardware", STR_OR_NULL, 0 }, { "sha256", STR, 1 }, { "size", INT, 1 },
 	{ "encryption", OBJ, 0 }, /* issue 13, encrypted images: the device key class */
 };
+
+/* issue 15: a VCDIFF patch from an earlier release's image to one of these */
+static const struct field delta[] = {
+	{ "name", STR, 1 },         { "hardware", STR_OR_NULL, 0 }, { "to", STR, 1 },     { "to_sha256", STR, 1 },
+	{ "from_version", STR, 1 }, { "from_sha256", STR, 1 },      { "base", STR, 1 },   { "sha256", STR, 1 },
+	{ "size", INT, 1 },         { "format", STR, 1 },
+};
+
+static int is_sha(const char *s)
+{
+	return s && strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
+}
 
 /* issue 13, encrypted images: which device key an image needs */
 static const struct field encryption[] = {
@@ -117,5 +130,19 @@ int manifest_check(const json_t *m)
 	json_array_foreach(json_object_get(m, "hardware"), i, v)
 		if (!json_is_string(v))
 			return ota_error_set(OTA_EINVAL, "manifest: hardware[%zu] must be a string", i);
+	json_array_foreach(json_object_get(m, "deltas"), i, v) {
+		char where[32];
+		snprintf(where, sizeof(where), "deltas[%zu]", i);
+		if ((rc = check(v, delta, OTA_ARRAY_SIZE(delta), where)) < 0)
+			return rc;
+		if (!is_sha(json_string_value(json_object_get(v, "sha256"))) ||
+		    !is_sha(json_string_value(json_object_get(v, "to_sha256"))) ||
+		    !is_sha(json_string_value(json_object_get(v, "from_sha256"))) ||
+		    !is_sha(json_string_value(json_object_get(v, "base"))))
+			return ota_error_set(OTA_EINVAL, "manifest: %s: sha256, to_sha256, from_sha256 and base must be 64 "
+					     "lowercase hex digits", where);
+		if (strcmp(json_string_value(json_object_get(v, "format")), "vcdiff"))
+			return ota_error_set(OTA_EINVAL, "manifest: %s.format must be vcdiff", where);
+	}
 	return 0;
 }

@@ -144,6 +144,7 @@ static void check_provenance(struct walk *w, const struct relverify_src *src, co
 	} else {
 		json_t *subjects = json_object_get(stmt, "subject"), *s, *img;
 		size_t nimg = json_array_size(json_object_get(m, "images")), matched = 0, k, i;
+		size_t ndelta = json_array_size(json_object_get(m, "deltas"));
 		char msha[65];
 
 		check(w, "provenance", NULL, 1, "provenance signature (key %.16s), SLSA v1 statement", keyid);
@@ -156,9 +157,19 @@ static void check_provenance(struct walk *w, const struct relverify_src *src, co
 					matched++;
 			if (sn && sd && !strcmp(sn, "release/manifest.json") && !strcmp(sd, msha))
 				matched++;
+			/* issue 15: and the delta patches the manifest names */
+			json_array_foreach(json_object_get(m, "deltas"), i, img)
+				if (sn && sd && !strcmp(sn, str(img, "name")) && !strcmp(sd, str(img, "sha256")))
+					matched++;
 		}
-		check(w, "provenance", NULL, json_array_size(subjects) == nimg + 1 && matched == nimg + 1,
-		      "provenance subjects are the %zu image(s) and the manifest", nimg);
+		if (ndelta)
+			check(w, "provenance", NULL,
+			      json_array_size(subjects) == nimg + 1 + ndelta && matched == nimg + 1 + ndelta,
+			      "provenance subjects are the %zu image(s), the manifest and the %zu delta patch(es)", nimg,
+			      ndelta);
+		else
+			check(w, "provenance", NULL, json_array_size(subjects) == nimg + 1 && matched == nimg + 1,
+			      "provenance subjects are the %zu image(s) and the manifest", nimg);
 	}
 	json_decref(p);
 	json_decref(stmt);

@@ -186,6 +186,9 @@ int rollout_exposures(struct store *db, json_t **out)
 			json_object_set_new(x, "salt", json_string(salt));
 			json_object_set_new(x, "images", m && json_object_get(m, "images") ? json_deep_copy(json_object_get(m, "images"))
 											   : json_array());
+			/* issue 15: the patches from earlier versions */
+			if (json_array_size(json_object_get(m, "deltas")))
+				json_object_set_new(x, "deltas", json_deep_copy(json_object_get(m, "deltas")));
 			json_object_set_new(x, "min_bootloader", json_is_string(json_object_get(m, "min_bootloader"))
 								      ? json_deep_copy(json_object_get(m, "min_bootloader")) : json_null());
 			json_decref(m);

@@ -8,6 +8,8 @@
  */
 #include "updsrv.h"
 
+#include <pthread.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,28 @@ static char *curl_escape_dup(const char *s)
 	return out;
 }
 
+/* ---- the current adapter (issue 15) ----------------------------------- */
+
+static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct updsrv *current;
+
+void updsrv_set_current(struct updsrv *u)
+{
+	pthread_mutex_lock(&current_mu);
+	current = u;
+	pthread_mutex_unlock(&current_mu);
+}
+
+json_t *updsrv_current_versions(const char *product)
+{
+	json_t *v = NULL;
+	pthread_mutex_lock(&current_mu);
+	if (current && current->versions)
+		v = current->versions(current, product);
+	pthread_mutex_unlock(&current_mu);
+	return v;
+}
+
 /* ---- builtin ------------------------------------------------------------- */
 
 struct builtin {
@@ -39,6 +63,8 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 	const json_t *imgs = json_object_get(x, "images"), *segs = json_object_get(x, "segments"), *v;
 	struct fleet_image *img = xcalloc(json_array_size(imgs) + 1, sizeof(*img));
 	struct fleet_segment *seg = xcalloc(json_array_size(segs) + 1, sizeof(*seg));
+	const json_t *dls = json_object_get(x, "deltas");
+	struct fleet_delta *dl = xcalloc(json_array_size(dls) + 1, sizeof(*dl));
 	size_t i, n = 0;
 	int rc;
 
@@ -74,7 +100,18 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 	fx.rollback_to = json_integer_value(json_object_get(x, "rollback_to"));
 	fx.segments = seg;
 	fx.nsegments = json_array_size(segs);
+	json_array_foreach(dls, i, v) {
+		dl[i].hardware = json_string_value(json_object_get(v, "hardware"));
+		dl[i].to_sha256 = json_string_value(json_object_get(v, "to_sha256"));
+		dl[i].from_version = json_string_value(json_object_get(v, "from_version"));
+		dl[i].sha256 = json_string_value(json_object_get(v, "sha256"));
+		dl[i].base = json_string_value(json_object_get(v, "base"));
+		dl[i].size = json_integer_value(json_object_get(v, "size"));
+	}
+	fx.deltas = dl;
+	fx.ndeltas = json_array_size(dls);
 	rc = fleet_set_exposure(b->f, &fx);
+	free(dl);
 	free(img);
 	free(seg);
 	return rc;

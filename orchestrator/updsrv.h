@@ -41,6 +41,14 @@ struct updsrv {
 	void (*free)(struct updsrv *u);
 };
 
+/* issue 15: the daemon's update server for in-daemon stages (the release
+ * stage's `deltas: {installed: N}`).  updsrv_set_current(NULL) returns
+ * once no updsrv_current_versions call is running, so the adapter may be
+ * freed after it. */
+void updsrv_set_current(struct updsrv *u);
+/* u->versions of the current adapter; NULL when none or it cannot tell. */
+json_t *updsrv_current_versions(const char *product);
+
 /* otacd's own device API (fleet.h); f is borrowed. */
 int updsrv_builtin(struct updsrv **out, struct fleet *f);
 /* An external server at base_url speaking the control API. */

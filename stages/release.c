@@ -26,6 +26,7 @@
  * and the engine records one release per run.
  */
 #include "stage.h"
+#include "release_delta.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -55,7 +56,7 @@
  * --reissue` (orchestrator/rollout.c): re-sign release reissue_of's build
  * as a new version to replace release reissue_for. */
 static const char *const release_keys[] = { "version", "security_counter", "key", "min_bootloader", "product",
-					    "reissue_of", "reissue_for", "encrypt", NULL };
+					    "reissue_of", "reissue_for", "encrypt", "deltas", NULL };
 
 /* encrypt: { key: NAME, cipher: aes128|aes256, hardware: { VARIANT: NAME } }
  * (issue 13): NAMEs are otacd's encryption_keys (device public keys);
@@ -139,6 +140,8 @@ static int release_validate(const struct pipeline *p, const struct pl_stage *st,
 		pl_diag_add(d, st->pos, "release stage '%s': min_bootloader must look like 2.0.0", st->name);
 	if (json_object_get(st->extra, "encrypt"))
 		encrypt_validate(st, json_object_get(st->extra, "encrypt"), d);
+	if (json_object_get(st->extra, "deltas"))
+		release_deltas_validate(st, json_object_get(st->extra, "deltas"), d);
 	return 0;
 }
 
@@ -227,6 +230,17 @@ static int read_object(const char *sha, struct buf *out)
 	if (rc == 0 && (n < 0 || (int64_t)out->len != size))
 		rc = ota_error_set(OTA_ERROR, "artifact %s could not be read whole", sha);
 	return rc;
+}
+
+int release_put(const struct stage_ctx *c, const char *name, const char *type, const char *hw, const void *data,
+		size_t len, int64_t *id, char sha[65])
+{
+	return put(c, name, type, hw, data, len, id, sha);
+}
+
+int release_read_object(const char *sha, struct buf *out)
+{
+	return read_object(sha, out);
 }
 
 static int fail(struct job_result *r, const struct stage_ctx *c, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -363,6 +377,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	struct run_info ri;
 	struct sign_key *key = NULL;
 	struct image *img = NULL;
+	struct release_deltas deltas = { 0 };
+	json_t *delta_from = NULL;
 	size_t nimg = 0;
 	struct store *db;
 	sqlite3_stmt *st;
@@ -507,6 +523,18 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 			goto out;
 		}
 		img[i].size = (int64_t)signed_img.len;
+		/* issue 15: patches from the earlier versions the pipeline lists */
+		if (!delta_from && json_object_get(extra, "deltas"))
+			delta_from = release_deltas_sources(c, json_object_get(extra, "deltas"), product, version);
+		if (release_deltas_make(c, delta_from, product, name, img[i].hw, signed_img.ptr,
+					signed_img.len, img[i].sha, &deltas) < 0) {
+			fail(r, c, "%s", ota_error_last());
+			buf_release(&raw);
+			buf_release(&signed_img);
+			EVP_PKEY_free(enc_key);
+			free(name);
+			goto out;
+		}
 		stage_log(c, "signed %s -> %s (%zu bytes, sha256 %.16s)%s%s%s", img[i].name, name, signed_img.len, img[i].sha,
 			  enc_key ? ", encrypted for device key '" : "", enc_key ? enc_name : "", enc_key ? "'" : "");
 		ij = json_pack("{ss ss ss? ss sI}", "name", name, "type", img[i].type, "hardware", img[i].hw, "sha256",
@@ -558,6 +586,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		builders = hardware = images = NULL;
 		if (manifest && json_array_size(toolchain))
 			json_object_set(manifest, "dependencies", toolchain);
+		if (manifest && json_array_size(deltas.list))
+			json_object_set(manifest, "deltas", deltas.list);
 		if (manifest && chain)
 			json_object_set(manifest, "signing_chain", chain);
 		if (manifest && reissue_of)
@@ -593,7 +623,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 
 	/* provenance: subjects are the images and the manifest */
 	{
-		struct slsa_subject *subj = xcalloc(nimg + 1, sizeof(*subj));
+		size_t ndelta = json_array_size(deltas.list);
+		struct slsa_subject *subj = xcalloc(nimg + 1 + ndelta, sizeof(*subj));
 		struct slsa_dep deps[3 + RELEASE_MAX_TOOLCHAIN];
 		struct strvec tool_uris = STRVEC_INIT;
 		size_t ndeps = 0;
@@ -612,6 +643,10 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		}
 		subj[nimg].name = "release/manifest.json";
 		subj[nimg].sha256 = msha;
+		for (size_t i = 0; i < ndelta; i++) {
+			subj[nimg + 1 + i].name = json_string_value(json_object_get(json_array_get(deltas.list, i), "name"));
+			subj[nimg + 1 + i].sha256 = json_string_value(json_object_get(json_array_get(deltas.list, i), "sha256"));
+		}
 		ota_sha256_hex(ri.yaml ? ri.yaml : "", ri.yaml ? strlen(ri.yaml) : 0, pipeline_sha);
 		if (ri.commit) {
 			git_uri = xasprintf("git+%s@%s", ri.repo ? ri.repo : "repository", ri.ref ? ri.ref : "");
@@ -625,7 +660,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 							   json_string_value(json_object_get(t, "version")), NULL, NULL };
 		}
 		in.subjects = subj;
-		in.nsubjects = nimg + 1;
+		in.nsubjects = nimg + 1 + ndelta;
 		in.build_type = BUILD_TYPE;
 		in.external_parameters = ext;
 		in.deps = deps;
@@ -704,7 +739,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 
 	/* record it: anti-rollback and version rules are checked again, atomically */
 	{
-		int64_t *keep = xcalloc(nimg * 2 + 3, sizeof(int64_t));
+		int64_t *keep = xcalloc(nimg * 2 + 3 + deltas.n, sizeof(int64_t));
 		size_t nkeep = 0;
 		struct release_record rec = { 0 };
 		for (size_t i = 0; i < nimg; i++) {
@@ -714,6 +749,8 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		keep[nkeep++] = mid;
 		keep[nkeep++] = eid;
 		keep[nkeep++] = pid;
+		for (size_t i = 0; i < deltas.n; i++)
+			keep[nkeep++] = deltas.ids[i];
 		rec.run_id = c->run_id;
 		rec.product = product;
 		rec.version = version;
@@ -745,6 +782,8 @@ out:
 		free(img[i].hw);
 	}
 	free(img);
+	release_deltas_release(&deltas);
+	json_decref(delta_from);
 	json_decref(manifest);
 	json_decref(chain);
 	json_decref(images);

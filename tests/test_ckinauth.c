@@ -169,7 +169,7 @@ static void tags_past_the_inline_few_still_select_the_cohort(void **state)
 	struct env *e = *state;
 	struct fleet_image img[] = { { "mps2-an385", SHA_A, "application", 1000 } };
 	json_t *cohort = json_pack("{s[s]}", "t7", "v"); /* only a device with 8 tags has t7 */
-	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, NULL, img, 1, 1, "salt-1", 10000, NULL, 0, NULL, 0 };
+	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, NULL, img, 1, 1, "salt-1", 10000, NULL, 0, NULL, 0, NULL, 0 };
 	char c[33];
 	json_t *ans = NULL;
 	const int counts[] = { 8, 2, 0, 8, 1, 8 };

@@ -179,7 +179,7 @@ static void expose(struct env *e, int64_t id, const char *version, int counter, 
 {
 	struct fleet_image img[] = { { "mps2-an385", sha, "application", 1000 } };
 	json_t *cohort = json_pack("{s[ss]}", "region", "eu", "us");
-	struct fleet_exposure x = { id, "sensor-node", version, counter, min_bl, img, 1, active, "salt-1", bp, NULL, rollback_to, NULL, 0 };
+	struct fleet_exposure x = { id, "sensor-node", version, counter, min_bl, img, 1, active, "salt-1", bp, NULL, rollback_to, NULL, 0, NULL, 0 };
 	x.cohort = cohort;
 	assert_int_equal(fleet_set_exposure(e->f, &x), 0);
 	json_decref(cohort);
@@ -300,7 +300,7 @@ static void segments_expose_a_staging_group_and_a_ring(void **state)
 	struct fleet_image img[] = { { "mps2-an385", SHA_A, "application", 1000 } };
 	json_t *staging = json_pack("{s[s]}", "group", "staging"), *ans = NULL;
 	struct fleet_segment segs[] = { { NULL, 500, 0 }, { NULL, 10000, 0 } };
-	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, NULL, img, 1, 1, "salt-1", 0, NULL, 0, segs, 2 };
+	struct fleet_exposure x = { 7, "sensor-node", "1.5.0", 3, NULL, img, 1, 1, "salt-1", 0, NULL, 0, segs, 2, NULL, 0 };
 	int ring = 0;
 
 	segs[1].cohort = staging;

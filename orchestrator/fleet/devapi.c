@@ -60,6 +60,7 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REG
 
 /* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
 static _Atomic uint64_t g_image_bytes;
+static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -496,6 +497,9 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 	buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
 		       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
 		   (unsigned long long)g_image_bytes);
+	buf_printf(&b, "# HELP otacd_delta_bytes_served_total Delta patch bytes otacd sent (issue 15), apart from full images.\n"
+		       "# TYPE otacd_delta_bytes_served_total counter\notacd_delta_bytes_served_total %llu\n",
+		   (unsigned long long)g_delta_bytes);
 	push_metrics_text(&b); /* issue 15, push hints */
 	len = b.len;
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf_detach(&b), len);
@@ -574,6 +578,7 @@ struct image_stream {
 	struct artifact_backend *be;
 	struct artifact_reader *rd;
 	int64_t skip;
+	int delta;                 /* a delta patch (counted apart) */
 };
 
 static ssize_t image_read(void *cls, uint64_t pos, char *out, size_t max)
@@ -592,7 +597,10 @@ static ssize_t image_read(void *cls, uint64_t pos, char *out, size_t max)
 	n = st->be->read(st->rd, out, max);
 	if (n < 0)
 		return MHD_CONTENT_READER_END_WITH_ERROR;
-	g_image_bytes += (uint64_t)n;
+	if (st->delta)
+		g_delta_bytes += (uint64_t)n;
+	else
+		g_image_bytes += (uint64_t)n;
 	return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
@@ -638,13 +646,13 @@ static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
 	return 1;
 }
 
-static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha);
+static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta);
 
 static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
 {
 	const char *dev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Device-Id");
 	enum MHD_Result ret;
-	int rg;
+	int rg, known;
 
 	if (!dev)
 		dev = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "device");
@@ -655,7 +663,7 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	} else if (fleet_device_auth(a->f, dev, r->token) < 0) {
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
 	}
-	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
+	if (!artifact_digest_valid(sha) || !(known = fleet_image_known(a->f, sha)))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
 	/* only to a device it was offered to (its product, hardware, an offer) */
 	if ((rg = fleet_image_allowed(a->f, sha, dev)) == 0)
@@ -663,11 +671,11 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	if (rg < 0)
 		return reply_error(c, MHD_HTTP_GONE, "the offer of this image was withdrawn (its release was halted):"
 				   " drop the download; check in for what to run");
-	return serve_image(c, sha);
+	return serve_image(c, sha, known == 2);
 }
 
 /* The bytes of image sha, whole or the Range asked for. */
-static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha)
+static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta)
 {
 	struct artifact_backend *be = artifact_backend();
 	struct artifact_reader *rd = NULL;
@@ -698,6 +706,7 @@ static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha)
 	st->be = be;
 	st->rd = rd;
 	st->skip = from;
+	st->delta = delta;
 	resp = MHD_create_response_from_callback((uint64_t)(to - from + 1), 64 * 1024, image_read, st, image_free);
 	if (!resp) {
 		image_free(st);
@@ -720,11 +729,13 @@ static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha)
  * all the same: devices check digest and signature. */
 static enum MHD_Result do_origin(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
 {
+	int known;
+
 	if (!origin_pull_allowed(r->token))
 		return reply_error(c, MHD_HTTP_FORBIDDEN, "no origin pull with this token (image_origin.token_file)");
-	if (!artifact_digest_valid(sha) || !fleet_image_known(a->f, sha))
+	if (!artifact_digest_valid(sha) || !(known = fleet_image_known(a->f, sha)))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
-	return serve_image(c, sha);
+	return serve_image(c, sha, known == 2);
 }
 
 struct pki_offer {

@@ -964,6 +964,10 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 		fleet_device_mark_locked(s, d);
 	pthread_mutex_unlock(&s->mu);
 	offer = x ? img->offer[rollback ? 1 : 0] : "null";
+	/* issue 15: with a patch from the version the device runs */
+	for (size_t k = 0; x && k < img->ndeltas; k++)
+		if (exp_delta_applies(&img->deltas[k], d->version))
+			offer = img->deltas[k].offer[rollback ? 1 : 0];
 	if (x) /* issue 15: a presigned S3 URL is made per check-in */
 		offer = origin_offer_text(presigned, sizeof(presigned), offer, img->sha256);
 	/* the offer's text lives with the exposure: copied under exp_lock */

@@ -77,6 +77,18 @@ struct fleet_exposure {
 	 * rings of a rollout, each at its own percentage). */
 	const struct fleet_segment *segments;
 	size_t nsegments;
+	/* issue 15: patches to these images from earlier versions (the
+	 * manifest's `deltas`); a device running from_version is offered the
+	 * patch beside the image (docs/delivery.md "Delta updates") */
+	const struct fleet_delta *deltas;
+	size_t ndeltas;
+};
+
+struct fleet_delta {
+	const char *hardware, *to_sha256;    /* the image it rebuilds */
+	const char *from_version;            /* devices running this version */
+	const char *sha256, *base;           /* the patch; MCUboot SHA256 TLV of its base */
+	int64_t size;
 };
 
 /* Counters for one (product, version, cohort); see docs/update-server.md. */
@@ -124,7 +136,8 @@ struct fleet_change {
 typedef void (*fleet_notify_fn)(void *ctx, const char *product, const struct fleet_change *c, size_t n);
 void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx);
 
-/* Is sha256 an image of some exposure (may it be served to devices)? */
+/* Is sha256 an image of some exposure (may it be served to devices)?
+ * 1: an image, 2: a delta patch to one (issue 15), 0: neither. */
 int fleet_image_known(struct fleet *f, const char *sha256);
 
 /*

@@ -12,6 +12,7 @@
 #include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../../common/util.h"
 #include "../artifact.h"
@@ -149,12 +150,30 @@ struct intern {
 	size_t cap, n;
 };
 
+/* issue 15: the offer with a patch, for devices running from_version */
+struct exp_delta {
+	const char *from_version;  /* interned */
+	char *sha256;              /* of the patch (an artifact, served like an image) */
+	char *offer[2];            /* as exp_image.offer, with "delta" */
+};
+
+/* Does a device reporting version v run e's base?  v is the release's
+ * version, or the image's own with its build ("1.0.0+7": a device that
+ * was flashed with the release's image, not updated to it). */
+static inline int exp_delta_applies(const struct exp_delta *e, const char *v)
+{
+	size_t n = strlen(e->from_version);
+	return v && (v == e->from_version || (!strncmp(v, e->from_version, n) && v[n] == '+'));
+}
+
 struct exp_image {
 	const char *hardware;      /* interned */
 	char *sha256, *type, *url;
 	int64_t size;
 	char *offer[2];            /* the check-in answer's "offer", JSON text:
 				    * [0] a rollout, [1] a rollback */
+	struct exp_delta *deltas;
+	size_t ndeltas;
 };
 
 struct cohort_key {

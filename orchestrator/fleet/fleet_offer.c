@@ -40,6 +40,12 @@ static void exposure_free(struct exposure *x)
 		free(x->images[i].url);
 		free(x->images[i].offer[0]);
 		free(x->images[i].offer[1]);
+		for (size_t k = 0; k < x->images[i].ndeltas; k++) {
+			free(x->images[i].deltas[k].sha256);
+			free(x->images[i].deltas[k].offer[0]);
+			free(x->images[i].deltas[k].offer[1]);
+		}
+		free(x->images[i].deltas);
 	}
 	free(x->images);
 	for (size_t k = 0; k < x->nsegs; k++) {
@@ -105,6 +111,41 @@ static int offer_compile(const struct exposure *x, struct exp_image *img)
 	return 0;
 }
 
+/* issue 15: the offers of img with the patch dl (the image's offer text
+ * with a "delta" member; the patch is served like an image, from the
+ * same origin). */
+static int delta_compile(struct fleet *f, struct exp_image *img, const struct fleet_delta *dl)
+{
+	struct exp_delta *e;
+	char *url;
+	json_t *o;
+
+	if (!dl->from_version || !dl->sha256 || !artifact_digest_valid(dl->sha256) || !dl->base ||
+	    !artifact_digest_valid(dl->base) || dl->size <= 0)
+		return ota_error_set(OTA_EINVAL, "exposure: a delta needs from_version, sha256, base and size");
+	img->deltas = xrealloc(img->deltas, (img->ndeltas + 1) * sizeof(*img->deltas));
+	e = &img->deltas[img->ndeltas];
+	memset(e, 0, sizeof(*e));
+	e->from_version = fleet_intern(f, dl->from_version, strlen(dl->from_version));
+	e->sha256 = xstrdup(dl->sha256);
+	img->ndeltas++;
+	url = origin_image_url(dl->sha256);
+	o = json_pack("{ss sI ss ss}", "url", url, "size", (json_int_t)dl->size, "sha256", dl->sha256, "base", dl->base);
+	free(url);
+	for (int k = 0; k < 2 && o; k++) {
+		char *text = json_dumps(o, JSON_COMPACT);
+		size_t n = strlen(img->offer[k]);
+		e->offer[k] = xasprintf("%.*s,\"delta\":%s}", (int)(n - 1), img->offer[k], text ? text : "null");
+		free(text);
+		if (strlen(e->offer[k]) > FLEET_ANSWER_MAX / 2) {
+			json_decref(o);
+			return ota_error_set(OTA_EINVAL, "exposure: offer with a delta too long");
+		}
+	}
+	json_decref(o);
+	return 0;
+}
+
 static void notify_changes(struct fleet *f, const struct exposure *prev, int64_t release_id);
 
 int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
@@ -152,6 +193,11 @@ int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *in)
 		x->nimages++;
 		if ((rc = offer_compile(x, &x->images[i])) < 0)
 			goto out;
+		for (size_t k = 0; k < in->ndeltas; k++)
+			if (in->deltas[k].hardware && !strcmp(in->deltas[k].hardware, im->hardware) &&
+			    in->deltas[k].to_sha256 && !strcmp(in->deltas[k].to_sha256, im->sha256) &&
+			    (rc = delta_compile(f, &x->images[i], &in->deltas[k])) < 0)
+				goto out;
 	}
 	x->nsegs = in->nsegments ? in->nsegments : 1;
 	x->segs = xcalloc(x->nsegs, sizeof(*x->segs));
@@ -212,8 +258,11 @@ int fleet_image_known(struct fleet *f, const char *sha256)
 	int known = 0;
 	pthread_rwlock_rdlock(&f->exp_lock);
 	for (size_t i = 0; i < f->nexp && !known; i++)
-		for (size_t j = 0; j < f->exp[i]->nimages && !known; j++)
+		for (size_t j = 0; j < f->exp[i]->nimages && !known; j++) {
 			known = !strcmp(f->exp[i]->images[j].sha256, sha256);
+			for (size_t k = 0; k < f->exp[i]->images[j].ndeltas && !known; k++)
+				known = strcmp(f->exp[i]->images[j].deltas[k].sha256, sha256) ? 0 : 2;
+		}
 	pthread_rwlock_unlock(&f->exp_lock);
 	return known;
 }
@@ -237,9 +286,17 @@ int fleet_image_allowed(struct fleet *f, const char *sha256, const char *device_
 		 * an inactive release is still served */
 		for (size_t k = 0; k < f->nexp && !stands; k++)
 			stands = f->exp[k]->rollback_to == x->release_id;
-		for (size_t j = 0; j < x->nimages && ok != 1; j++)
-			if (x->images[j].hardware == d->hardware && !strcmp(x->images[j].sha256, sha256))
+		for (size_t j = 0; j < x->nimages && ok != 1; j++) {
+			if (x->images[j].hardware != d->hardware)
+				continue;
+			if (!strcmp(x->images[j].sha256, sha256))
 				ok = stands ? 1 : -1;
+			/* issue 15: a patch to that image, from the version the device runs */
+			for (size_t k = 0; k < x->images[j].ndeltas && ok != 1; k++)
+				if (exp_delta_applies(&x->images[j].deltas[k], d->version) &&
+				    !strcmp(x->images[j].deltas[k].sha256, sha256))
+					ok = stands ? 1 : -1;
+		}
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_rwlock_unlock(&f->exp_lock);
