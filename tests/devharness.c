@@ -80,8 +80,10 @@ char *dh_sensor_node_copy(const char *dir, const char *name)
 	char *from = dh_src_path("examples/sensor-node"), *core = dh_src_path("device");
 	char *to = xasprintf("%s/%s", dir, name);
 	struct buf out = BUF_INIT;
+	/* libotadev as a firmware repository vendors it: its sources and
+	 * headers (otadev*.c, otadev*.h), not the Linux port beside them */
 	assert_int_equal(h_sh(&out, "mkdir -p '%s/lib/otadev' && cd '%s' && tar -cf - --exclude=./build . | (cd '%s' && tar -xf -)"
-				    " && cp '%s'/otadev*.c '%s'/otadev.h '%s/lib/otadev/'",
+				    " && cp '%s'/otadev*.c '%s'/otadev*.h '%s/lib/otadev/'",
 			      to, from, to, core, core, to), 0);
 	buf_release(&out);
 	free(from);
