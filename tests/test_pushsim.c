@@ -189,7 +189,7 @@ struct measure {
 /* One run: otacd (push to port), the simulator (subscribing to port),
  * warm-up until every device checked in once, then the release and its
  * 100 % step, watched for run_s real seconds after the step opens. */
-static void run_step(struct measure *m, int port, int run_s)
+static void run_step(struct measure *m, const char *engine, int port, int run_s)
 {
 	struct daemon d = { 0 };
 	char *pwfile, *simpw, *cfg, *fs = h_bin("otacd-fleetsim"), *prof, *stats, *log, *url, *keyarg, *dur;
@@ -223,7 +223,7 @@ static void run_step(struct measure *m, int port, int run_s)
 		/* the devices' own window is 1 s: the hint's (sized to capacity) decides */
 		char *argv[] = { fs, "--url", d.device_url, "--devices", devices, "--seed", "7", "--key", keyarg,
 				 "--fleet-key", d.fleet_key, "--product", "fw", "--profile", prof, "--stats", stats,
-				 "--duration", dur, "--concurrency", "64", "--engine", "model", "--report-every", "1h",
+				 "--duration", dur, "--concurrency", "64", "--engine", (char *)engine, "--report-every", "1h",
 				 "--mqtt-url", url, "--mqtt-username", "fleetsim", "--mqtt-password-file", simpw,
 				 "--mqtt-window-ms", "1000", NULL };
 		sim = dh_spawn(log, argv);
@@ -294,26 +294,25 @@ static int64_t stat_int(json_t *st, const char *a, const char *b, const char *c)
 
 /* ---- tests ----------------------------------------------------------------- */
 
-static void pushed_step_reaches_its_cohort_within_the_window_at_capacity(void **state)
+static void pushed_step(const char *engine)
 {
 	char *bin = mosquitto_bin();
 	struct broker b = { 0 };
 	struct measure m = { 0 };
 	int64_t win_otacd = (int64_t)HINT_WINDOW_MS * SCALE, p95, p100, first_hint;
 	double poll_rate = (double)NDEV * SCALE / POLL_S;   /* the polling load, check-ins per real second */
-	(void)state;
 	if (!bin) {
 		print_message("SKIP: mosquitto not installed (apt-get install mosquitto)\n");
 		skip();
 	}
 	broker_start(&b, bin);
-	run_step(&m, b.port, 61);
+	run_step(&m, engine, b.port, 61);
 	p95 = stat_int(m.stats, "reach", "1.1.0", "p95_ms");
 	p100 = stat_int(m.stats, "reach", "1.1.0", "p100_ms");
 	first_hint = stat_int(m.stats, "push", "first_hint_ms", NULL);
-	print_message("push: step open -> 95 %% of %d checked in after %.0f s otacd (%.2f s real), 100 %% after %.2f s"
+	print_message("push (--engine %s): step open -> 95 %% of %d checked in after %.0f s otacd (%.2f s real), 100 %% after %.2f s"
 		      " real; hint window %d ms real; %lld hints received, %lld ignored, %lld check-ins brought forward\n",
-		      NDEV, (double)(p95 - m.opened_ms) / 1000, (double)(p95 - m.opened_ms) / 1000 / SCALE,
+		      engine, NDEV, (double)(p95 - m.opened_ms) / 1000, (double)(p95 - m.opened_ms) / 1000 / SCALE,
 		      (double)(p100 - m.opened_ms) / 1000 / SCALE, HINT_WINDOW_MS,
 		      (long long)stat_int(m.stats, "push", "hints_received", NULL),
 		      (long long)stat_int(m.stats, "push", "hints_ignored", NULL),
@@ -326,6 +325,7 @@ static void pushed_step_reaches_its_cohort_within_the_window_at_capacity(void **
 	assert_int_equal(stat_int(m.stats, "reach", "1.1.0", "devices"), NDEV);
 	assert_true(stat_int(m.stats, "push", "hints_received", NULL) >= 1);
 	assert_int_equal(stat_int(m.stats, "push", "hints_ignored", NULL), 0);
+	assert_true(stat_int(m.stats, "push", "checkins_brought_forward", NULL) > 0);
 	/* 95 % within the window from the hint: every device drew its delay in it */
 	assert_true(p95 - first_hint <= win_otacd);
 	/* the first minute: at most capacity plus the polling load */
@@ -335,13 +335,26 @@ static void pushed_step_reaches_its_cohort_within_the_window_at_capacity(void **
 	free(bin);
 }
 
+static void pushed_step_reaches_its_cohort_within_the_window_at_capacity(void **state)
+{
+	(void)state;
+	pushed_step("model");
+}
+
+/* every simulated device runs libotadev: the hint reaches it through otadev_nudge */
+static void pushed_step_reaches_devices_running_the_core_through_otadev_nudge(void **state)
+{
+	(void)state;
+	pushed_step("core");
+}
+
 static void without_a_broker_the_cohort_is_reached_by_polling_only(void **state)
 {
 	struct measure m = { 0 };
 	int64_t win_otacd = (int64_t)HINT_WINDOW_MS * SCALE, reached, p50;
 	(void)state;
 	/* nothing listens on this port: otacd and the simulator poll */
-	run_step(&m, dh_free_port(), POLL_S / SCALE + 5);
+	run_step(&m, "model", dh_free_port(), POLL_S / SCALE + 5);
 	reached = stat_int(m.stats, "reach", "1.1.0", "devices");
 	p50 = stat_int(m.stats, "reach", "1.1.0", "p50_ms");
 	print_message("polling: step open -> %lld of %d devices offered in %d s real; 50 %% after %.0f s otacd,"
@@ -360,6 +373,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(pushed_step_reaches_its_cohort_within_the_window_at_capacity),
+		cmocka_unit_test(pushed_step_reaches_devices_running_the_core_through_otadev_nudge),
 		cmocka_unit_test(without_a_broker_the_cohort_is_reached_by_polling_only),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
