@@ -68,3 +68,7 @@ sh bench/origin.sh "$OTACD_BIN" ${ORIGIN_ARGS:-20000}
 echo
 echo "== push hints: fleet_set_exposure per step with the MQTT notifier against none, same run"
 "$OTACD_BIN/push-bench" ${PUSH_BENCH_ARGS:-1000000}
+# issue 15, push hints measured with fleetsim
+echo
+echo "== push hints against 6 h polling (otacd-fleetsim --mqtt-url): time from a step opening to 95 % of its cohort, first-minute check-in rate vs capacity"
+sh bench/pushsim.sh "$OTACD_BIN" ${PUSHSIM_ARGS:-20000 500}
