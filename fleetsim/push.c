@@ -167,7 +167,7 @@ int fs_push_start(struct fs_push **out, const struct fs_push_opts *o, const char
 		  const char *const *hw, size_t nhw, uint32_t ndev)
 {
 	struct fs_push *p = xcalloc(1, sizeof(*p));
-	char host[256], base[TOPIC_MAX];
+	char host[256], base[TOPIC_MAX - 16];
 	int port = 0, tls = 0, rc;
 
 	*out = NULL;
@@ -195,6 +195,10 @@ int fs_push_start(struct fs_push **out, const struct fs_push_opts *o, const char
 	}
 	snprintf(base, sizeof(base), "%s/", o->prefix ? o->prefix : "otacd");
 	pushhint_topic_seg(base, sizeof(base), product);
+	if (strlen(base) + 5 >= sizeof(base)) {
+		rc = ota_error_set(OTA_EINVAL, "--mqtt-prefix / --product: the topic is too long");
+		goto out;
+	}
 	p->base_len = strlen(base) + 1;
 	snprintf(p->dev_topic, sizeof(p->dev_topic), "%s/dev/+", base);
 	snprintf(p->hw_topic, sizeof(p->hw_topic), "%s/hw/+", base);

@@ -1042,10 +1042,10 @@ static void push_one(struct fleetsim *fs, uint32_t i, const struct fs_hint *h, i
 	uint32_t delay;
 	int64_t at;
 
-	if (!fs_push_draw(fs->push, i, h, rn, &fs->rng, &delay))
-		return;
+	if (!fs->poll_at[i] || !fs_push_draw(fs->push, i, h, rn, &fs->rng, &delay))
+		return;                 /* not started yet: its first poll comes anyway */
 	at = now + (int64_t)((double)delay * fs->scale);
-	if (at < fs->poll_at[i]) {   /* never later than its poll; 0: not started yet */
+	if (at < fs->poll_at[i]) {   /* never later than its poll */
 		schedule_poll(fs, i, at);
 		fs->hints_taken++;
 	}
