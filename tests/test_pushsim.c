@@ -40,7 +40,7 @@
 #define NDEV 400
 #define SCALE 1440                 /* otacd ms per real ms: the 6 h poll is 15 s */
 #define POLL_S (6 * 3600)
-#define CAPACITY 100               /* push.capacity, check-ins per second */
+#define CAPACITY 50                /* push.capacity, check-ins per second: a window of 8 s */
 #define WINDOW_S 1                 /* push.window */
 #define OTACD_PW "otacd-broker-password-1"
 #define FLEETSIM_PW "fleetsim-broker-password-1"
