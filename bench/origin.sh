@@ -21,7 +21,7 @@ set -eu
 . "$(dirname "$0")/lib.sh"
 bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-20000}
-timeout=${ORIGIN_TIMEOUT:-900}
+timeout=${ORIGIN_TIMEOUT:-$((devices / 100 > 900 ? devices / 100 : 900))}
 s3rver=${OTACD_S3RVER:-$HOME/.cache/otacd-npm/node_modules/.bin/s3rver}
 nginx=${OTACD_NGINX:-/usr/sbin/nginx}
 if [ ! -x "$s3rver" ] || [ ! -x "$nginx" ]; then
@@ -97,7 +97,7 @@ EOF
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	: >"$tmp/ngx/access.log"
 	t0=$(date +%s.%N)
-	nice "$bin/otacd-fleetsim" --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
+	nice "$bin/otacd-fleetsim" --engine model --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
 		--fleet-key "@$state/fleet.key" --product bench --start-version 1.0.0 --report-every 1h \
 		--until 1.1.0:0.95 --duration "$timeout" --concurrency 256 --quiet --stats "$state.stats" \
 		>"$state.sim.log" 2>&1 &

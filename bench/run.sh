@@ -75,3 +75,7 @@ echo "== push hints: fleet_set_exposure per step with the MQTT notifier against 
 echo
 echo "== delta updates: patch size per format, libotadev apply time against a plain write, five sensor-node versions"
 sh bench/delta.sh "$OTACD_BIN"
+# issue 15, push hints measured with fleetsim
+echo
+echo "== push hints against 6 h polling (otacd-fleetsim --mqtt-url): time from a step opening to 95 % of its cohort, first-minute check-in rate vs capacity"
+sh bench/pushsim.sh "$OTACD_BIN" ${PUSHSIM_ARGS:-20000 500}

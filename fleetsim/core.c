@@ -78,7 +78,19 @@ struct core {
 	uint32_t hb_ms;
 	struct psim_ctx *ctx;
 	int nworkers;
+	/* issue 15, push: each device's one live heap event (-1: a worker runs
+	 * it) and the device ms of a check-in a hint asked for (0: none) */
+	int64_t *due;
+	uint64_t *nudge_at;
 };
+
+/* Device i is due at device ms at (k->lock held). */
+static void schedule(struct core *k, uint32_t i, int64_t at)
+{
+	if (k->due)
+		k->due[i] = at;
+	sim_heap_push(&k->heap, at, i, 0);
+}
 
 static uint64_t dev_now(struct core *k)
 {
@@ -572,8 +584,11 @@ static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
 	pthread_mutex_lock(&k->lock);
 	if (memcmp(r->offer.sha256, offer0, 32) && r->offer.version[0]) {
 		v = version_of_locked(k, r->offer.version);
-		if (fs_bit_set(fs, &fs->vs[v].offered_bits, i))
+		if (fs_bit_set(fs, &fs->vs[v].offered_bits, i)) {
 			fs->vs[v].offered++;
+			if (k->time_known)
+				fs_note_offer(fs, v, fs_now(fs));
+		}
 	}
 	for (uint32_t q = 0; q < r->nq; q++) {
 		const struct otadev_report *e = &r->q[q];
@@ -710,6 +725,11 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	c->d.server_now = k->server_now;
 	c->d.server_mono = k->server_mono;
 	c->d.time_scale = k->time_known ? k->scale : 1.0;
+	if (k->nudge_at && k->nudge_at[i]) {
+		/* a hint's check-in: the core decides (never later, not while backing off) */
+		otadev_nudge(&c->d, k->nudge_at[i] > now ? (uint32_t)(k->nudge_at[i] - now) : 0);
+		k->nudge_at[i] = 0;
+	}
 	pthread_mutex_unlock(&k->lock);
 	sn = c->d.server_now;
 	for (steps = 0; steps < STEPS_PER_EVENT; steps++) {
@@ -773,6 +793,55 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	return now + (wait ? wait : 1);
 }
 
+/* ---- push hints (issue 15) --------------------------------------------------------- */
+
+/* Device i takes hint h as otacd-device would (push.c) and asks its core
+ * for a check-in then, through otadev_nudge when it next runs (k->lock
+ * held).  Device time is real time, like the hint's window. */
+static void push_one(struct core *k, uint32_t i, const struct fs_hint *h, uint64_t now)
+{
+	struct fleetsim *fs = k->fs;
+	uint32_t delay;
+	uint64_t at;
+
+	if (!fs_push_draw(fs->push, i, h, fs_real_ms(), &fs->rng, &delay))
+		return;
+	at = now + delay;
+	if (k->nudge_at[i] && k->nudge_at[i] <= at)
+		return;
+	k->nudge_at[i] = at;
+	fs->hints_taken++;
+	if (k->due[i] >= 0 && (uint64_t)k->due[i] > at)
+		schedule(k, i, (int64_t)at);         /* else it runs now, or earlier anyway */
+}
+
+/* The hints received since the last pass, to the devices they name. */
+static void push_dispatch(struct core *k)
+{
+	struct fleetsim *fs = k->fs;
+	struct fs_hint h[256];
+	size_t n;
+
+	if (!fs->push || !k->time_known)
+		return;
+	while ((n = fs_push_take(fs->push, h, 256)) > 0) {
+		uint64_t now = dev_now(k);
+
+		if (!fs->first_hint_ms)
+			fs->first_hint_ms = fs_now(fs);
+		for (size_t j = 0; j < n; j++) {
+			if (h[j].hw < 0) {
+				push_one(k, h[j].dev, &h[j], now);
+				continue;
+			}
+			for (uint32_t i = 0; i < fs->ndev; i++)
+				if (fs->dev[i].hw == (uint8_t)h[j].hw)
+					push_one(k, i, &h[j], now);
+		}
+	}
+	pthread_cond_broadcast(&k->cond);
+}
+
 /* ---- workers and the loop -------------------------------------------------------------- */
 
 static void *worker(void *arg)
@@ -788,10 +857,16 @@ static void *worker(void *arg)
 		top = sim_heap_peek(&k->heap);
 		if (top && (uint64_t)top->at <= now) {
 			sim_heap_pop(&k->heap, &ev);
+			if (k->due && k->due[ev.dev] != ev.at)
+				continue;               /* a hint brought this device forward */
+			if (k->due)
+				k->due[ev.dev] = -1;
 			pthread_mutex_unlock(&k->lock);
 			next = run_device(c, ev.dev);
 			pthread_mutex_lock(&k->lock);
-			sim_heap_push(&k->heap, (int64_t)next, ev.dev, 0);
+			if (k->nudge_at && k->nudge_at[ev.dev] && k->nudge_at[ev.dev] < next)
+				next = k->nudge_at[ev.dev];   /* a hint came while it ran */
+			schedule(k, ev.dev, (int64_t)next);
 			continue;
 		} else {
 			struct timespec ts;
@@ -899,6 +974,10 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 	if ((rc = factory_image(k)) < 0)
 		return rc;
 	k->dev = xcalloc(fs->ndev, sizeof(*k->dev));
+	if (fs->push) {
+		k->due = xcalloc(fs->ndev, sizeof(*k->due));
+		k->nudge_at = xcalloc(fs->ndev, sizeof(*k->nudge_at));
+	}
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		struct psim_dev *d = &k->dev[i];
 		d->slot[0].img = 1;
@@ -934,6 +1013,8 @@ static void core_release(struct core *k)
 	for (int i = 0; i < OTADEV_KEYS_MAX; i++)
 		OPENSSL_free(k->keyder[i]);
 	sim_heap_release(&k->heap);
+	free(k->due);
+	free(k->nudge_at);
 	pthread_mutex_destroy(&k->lock);
 	pthread_mutex_destroy(&k->memo_lock);
 	pthread_cond_destroy(&k->cond);
@@ -960,15 +1041,14 @@ int fs_core_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 			struct timespec ts = { 0, 200 * 1000000 };
 			nanosleep(&ts, NULL);
 		} else {
-			sim_heap_push(&k.heap, (int64_t)next, 0, 0);
+			schedule(&k, 0, (int64_t)next);
 		}
 	}
 	if (k.time_known) {
 		for (uint32_t i = 1; i < fs->ndev; i++)
-			sim_heap_push(&k.heap,
-				      (int64_t)(dev_now(&k) + (uint64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_CORE_FIRST)) *
-									 (double)k.poll_real)),
-				      i, 0);
+			schedule(&k, i,
+				 (int64_t)(dev_now(&k) + (uint64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_CORE_FIRST)) *
+								    (double)k.poll_real)));
 		for (; nth < k.nworkers; nth++)
 			if (pthread_create(&th[nth], NULL, worker, &k.ctx[nth])) {
 				rc = ota_error_set(OTA_ERROR, "cannot start worker threads");
@@ -984,6 +1064,7 @@ int fs_core_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 			break;
 		if (!vanished(&k))
 			fs_reports_tick(fs, 0);
+		push_dispatch(&k);
 		fs->core.signature_checks = (int64_t)k.env.verifies;
 		fs->core.signature_memo_hits = (int64_t)k.env.verify_hits;
 		fs_output_tick(fs, rn);

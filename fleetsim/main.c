@@ -47,6 +47,9 @@ static void usage(FILE *f)
 	      "         [--enc-key [HW=]PRIV.pem] [--provisioner TOKEN]\n"
 	      "         [--engine model|core] [--fault-power-cut P] [--fault-corrupt P]\n"
 	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every]\n"
+	      "         [--mqtt-url mqtt[s]://HOST[:PORT] [--mqtt-cacert CA.pem] [--mqtt-username U]\n"
+	      "          [--mqtt-password-file F] [--mqtt-prefix otacd] [--mqtt-window-ms 60000]\n"
+	      "          [--mqtt-window-max-ms 3600000]]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -196,6 +199,13 @@ int main(int argc, char **argv)
 		{ "fault-low-battery", required_argument, NULL, 1004 },
 		{ "fault-vanish", required_argument, NULL, 1005 },
 		{ "verify-every", no_argument, NULL, 1006 },
+		{ "mqtt-url", required_argument, NULL, 1101 },
+		{ "mqtt-cacert", required_argument, NULL, 1102 },
+		{ "mqtt-username", required_argument, NULL, 1103 },
+		{ "mqtt-password-file", required_argument, NULL, 1104 },
+		{ "mqtt-prefix", required_argument, NULL, 1105 },
+		{ "mqtt-window-ms", required_argument, NULL, 1106 },
+		{ "mqtt-window-max-ms", required_argument, NULL, 1107 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -356,6 +366,23 @@ int main(int argc, char **argv)
 			break;
 		}
 		case 1006: o.verify_every = 1; break;
+		/* issue 15: push hints (push.h), the settings otacd-device has */
+		case 1101: o.push.url = optarg; break;
+		case 1102: o.push.cacert = optarg; break;
+		case 1103: o.push.username = optarg; break;
+		case 1104: o.push.password_file = optarg; break;
+		case 1105: o.push.prefix = optarg; break;
+		case 1106:
+		case 1107:
+			if ((rc = parse_u64(opt == 1106 ? "--mqtt-window-ms" : "--mqtt-window-max-ms", optarg, 86400000,
+					    &n)))
+				goto out;
+			if (!n) {
+				rc = ota_error_set(OTA_EINVAL, "--mqtt-window-ms / --mqtt-window-max-ms: 0 is no window");
+				goto out;
+			}
+			*(opt == 1106 ? &o.push.window_ms : &o.push.window_max_ms) = (uint32_t)n;
+			break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}

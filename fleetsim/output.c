@@ -199,10 +199,50 @@ void fs_output_tick(struct fleetsim *fs, int64_t rn)
 		fs_print_summary(fs, NULL);
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* issue 15: when the devices offered version s first saw the offer
+ * (otacd ms): the 50/95/100 % points of that cohort, and from the first
+ * push hint when one came (the step's opening as the devices learn it). */
+static json_t *reach_json(struct fleetsim *fs, struct vstat *s)
+{
+	size_t n = s->noffer_at;
+	int64_t p50, p95, p100;
+	json_t *j;
+
+	qsort(s->offer_at, n, sizeof(*s->offer_at), cmp_i64);
+	p50 = s->offer_at[(n - 1) / 2];
+	p95 = s->offer_at[(size_t)((double)(n - 1) * 0.95)];
+	p100 = s->offer_at[n - 1];
+	j = json_pack("{s:I, s:I, s:I, s:I, s:I}", "devices", (json_int_t)n, "first_ms", (json_int_t)s->offer_at[0],
+		      "p50_ms", (json_int_t)p50, "p95_ms", (json_int_t)p95, "p100_ms", (json_int_t)p100);
+	if (fs->first_hint_ms)
+		json_object_set_new(j, "from_first_hint_ms",
+				    json_pack("{s:I, s:I, s:I}", "p50", (json_int_t)(p50 - fs->first_hint_ms), "p95",
+					      (json_int_t)(p95 - fs->first_hint_ms), "p100",
+					      (json_int_t)(p100 - fs->first_hint_ms)));
+	return j;
+}
+
+static json_t *push_json(struct fleetsim *fs)
+{
+	int64_t received = 0, ignored = 0, skipped = 0;
+
+	fs_push_counts(fs->push, &received, &ignored, &skipped);
+	return json_pack("{s:I, s:I, s:I, s:I, s:I}", "hints_received", (json_int_t)received, "hints_ignored",
+			 (json_int_t)ignored, "hints_skipped", (json_int_t)skipped, "checkins_brought_forward",
+			 (json_int_t)fs->hints_taken, "first_hint_ms", (json_int_t)fs->first_hint_ms);
+}
+
 int fs_write_stats(struct fleetsim *fs)
 {
 	json_t *st = json_object(), *versions = json_object(), *ever = json_object(),
-	       *offered = json_object(), *images = json_object();
+	       *offered = json_object(), *images = json_object(), *reach = json_object();
 	int *idx = sorted_versions(fs);
 	char *text = NULL;
 	int rc;
@@ -217,6 +257,8 @@ int fs_write_stats(struct fleetsim *fs)
 			json_object_set_new(ever, name, json_integer(s->ever_ran));
 		if (s->offered)
 			json_object_set_new(offered, name, json_integer(s->offered));
+		if (s->noffer_at)
+			json_object_set_new(reach, name, reach_json(fs, s));
 	}
 	for (size_t k = 0; k < fs->images.n; k++) {
 		struct sim_image *img = fs->images.v[k];
@@ -232,6 +274,9 @@ int fs_write_stats(struct fleetsim *fs)
 	json_object_set_new(st, "versions", versions);
 	json_object_set_new(st, "ever_ran", ever);
 	json_object_set_new(st, "offered", offered);
+	json_object_set_new(st, "reach", reach);
+	if (fs->push)
+		json_object_set_new(st, "push", push_json(fs));
 #define S(f) json_object_set_new(st, #f, json_integer(fs->c.f))
 	S(installed); S(confirmed); S(reverted); S(boot_failed); S(refused);
 	S(refused_lower_counter); S(refused_bad_signature); S(incompatible_offers);

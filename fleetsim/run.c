@@ -183,6 +183,27 @@ int fs_bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i)
 	return 1;
 }
 
+void fs_note_offer(struct fleetsim *fs, int v, int64_t at)
+{
+	struct vstat *s = &fs->vs[v];
+
+	if (s->noffer_at == s->capoffer_at) {
+		s->capoffer_at = s->capoffer_at ? 2 * s->capoffer_at : 1024;
+		s->offer_at = xrealloc(s->offer_at, s->capoffer_at * sizeof(*s->offer_at));
+	}
+	s->offer_at[s->noffer_at++] = at;
+}
+
+/* Device i polls at otacd ms at.  With push, a hint may bring a poll
+ * forward: poll_at holds the one live event of each device, and
+ * process_events drops the others. */
+static void schedule_poll(struct fleetsim *fs, uint32_t i, int64_t at)
+{
+	if (fs->poll_at)
+		fs->poll_at[i] = at;
+	sim_heap_push(&fs->heap, at, i, SIM_EV_POLL);
+}
+
 /* ---- reports ------------------------------------------------------------ */
 
 static void batch_seal(struct fleetsim *fs)
@@ -716,8 +737,10 @@ static void handle_offer(struct fleetsim *fs, uint32_t i, json_t *offer, int64_t
 	verdict = sim_offer_check(&self, &of);
 	if (verdict == SIM_SAME_VERSION)
 		return;
-	if (fs_bit_set(fs, &fs->vs[v].offered_bits, i))
+	if (fs_bit_set(fs, &fs->vs[v].offered_bits, i)) {
 		fs->vs[v].offered++;
+		fs_note_offer(fs, v, now);
+	}
 	switch (verdict) {
 	case SIM_SKIP_FAILED:
 		fs->c.skipped_failed++;
@@ -778,9 +801,8 @@ static void start_fleet(struct fleetsim *fs, int64_t now, int64_t interval)
 {
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		if (i)
-			sim_heap_push(&fs->heap,
-				      now + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_POLL)) *
-						      (double)interval), i, SIM_EV_POLL);
+			schedule_poll(fs, i, now + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_POLL)) *
+							     (double)interval));
 	}
 }
 
@@ -813,7 +835,7 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 				fs->fatal = 1;
 			}
 		} else {
-			sim_heap_push(&fs->heap, fs_now(fs) + fs->poll_ms, i, SIM_EV_POLL);
+			schedule_poll(fs, i, fs_now(fs) + fs->poll_ms);
 		}
 		goto out;
 	}
@@ -828,7 +850,7 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		fs->probe_inflight = 0;
 		start_fleet(fs, now, next);
 	}
-	sim_heap_push(&fs->heap, now + next, i, SIM_EV_POLL);
+	schedule_poll(fs, i, now + next);
 	if (!(fs->dev[i].flags & SIM_F_STARTED)) {
 		/* the server knows the device now: its reports may start */
 		fs->dev[i].flags |= SIM_F_STARTED;
@@ -1010,6 +1032,50 @@ static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedu
 	fs->c.heartbeats++;
 }
 
+/* ---- push hints (issue 15) ---------------------------------------------- */
+
+/* Device i takes hint h as otacd-device would (push.c): at most one per
+ * window, a poll at a uniform instant within it.  The window is the
+ * server's real time (sized to its capacity), so it is scaled here. */
+static void push_one(struct fleetsim *fs, uint32_t i, const struct fs_hint *h, int64_t rn, int64_t now)
+{
+	uint32_t delay;
+	int64_t at;
+
+	if (!fs->poll_at[i] || !fs_push_draw(fs->push, i, h, rn, &fs->rng, &delay))
+		return;                 /* not started yet: its first poll comes anyway */
+	at = now + (int64_t)((double)delay * fs->scale);
+	if (at < fs->poll_at[i]) {   /* never later than its poll */
+		schedule_poll(fs, i, at);
+		fs->hints_taken++;
+	}
+}
+
+/* The hints received since the last pass, to the devices they name. */
+static void push_dispatch(struct fleetsim *fs)
+{
+	struct fs_hint h[256];
+	int64_t rn = fs_real_ms(), now;
+	size_t n;
+
+	if (!fs->push || !fs->time_known)
+		return;
+	now = fs_now(fs);
+	while ((n = fs_push_take(fs->push, h, 256)) > 0) {
+		if (!fs->first_hint_ms)
+			fs->first_hint_ms = now;
+		for (size_t k = 0; k < n; k++) {
+			if (h[k].hw < 0) {
+				push_one(fs, h[k].dev, &h[k], rn, now);
+				continue;
+			}
+			for (uint32_t i = 0; i < fs->ndev; i++)
+				if (fs->dev[i].hw == (uint8_t)h[k].hw)
+					push_one(fs, i, &h[k], rn, now);
+		}
+	}
+}
+
 /* ---- the loop ----------------------------------------------------------- */
 
 /* Pop due events; returns 1 when it stopped on its budget (more is due). */
@@ -1029,8 +1095,10 @@ static int process_events(struct fleetsim *fs)
 		sim_heap_pop(&fs->heap, &ev);
 		switch (ev.kind) {
 		case SIM_EV_POLL:
+			if (fs->poll_at && fs->poll_at[ev.dev] != ev.at)
+				break;          /* a hint brought this poll forward */
 			if (fs->dev[ev.dev].flags & SIM_F_BUSY)
-				sim_heap_push(&fs->heap, now + fs->poll_ms, ev.dev, SIM_EV_POLL);
+				schedule_poll(fs, ev.dev, now + fs->poll_ms);
 			else
 				checkin_start(fs, ev.dev);
 			break;
@@ -1165,6 +1233,12 @@ int fleetsim_new(struct fleetsim **out, const struct fleetsim_opts *o,
 	}
 	fs->vs[v].devices = fs->ndev;
 	fs->vs[v].ever_ran = fs->ndev;
+	if (o->push.url && !o->core)
+		fs->poll_at = xcalloc(fs->ndev, sizeof(*fs->poll_at));
+	if (o->push.url &&
+	    (rc = fs_push_start(&fs->push, &o->push, fs->o.product, (const char *const *)profile->hardware.names,
+				profile->hardware.n, fs->ndev)))
+		goto out;
 	fs->multi = curl_multi_init();
 	if (!fs->multi) {
 		rc = ota_error_set(OTA_ERROR, "curl_multi_init failed");
@@ -1188,6 +1262,8 @@ void fleetsim_free(struct fleetsim *fs)
 {
 	if (!fs)
 		return;
+	fs_push_free(fs->push);
+	free(fs->poll_at);
 	for (size_t k = 0; k < fs->nxs; k++) {
 		if (fs->xs[k]->busy) {
 			curl_multi_remove_handle(fs->multi, fs->xs[k]->e);
@@ -1216,6 +1292,7 @@ void fleetsim_free(struct fleetsim *fs)
 	free(fs->dlfree);
 	for (size_t k = 0; k < fs->nvs; k++) {
 		free(fs->vs[k].offered_bits);
+		free(fs->vs[k].offer_at);
 		free(fs->vs[k].ran_bits);
 		free(fs->vs[k].rates);
 	}
@@ -1288,6 +1365,7 @@ int fleetsim_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 			fs->probe_inflight = 1;
 			checkin_start(fs, 0);
 		}
+		push_dispatch(fs);
 		if (fs->time_known)
 			more = process_events(fs);
 		reports_pump(fs, 0);

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "push.h"
 #include "sim.h"
 
 struct fleetsim_opts {
@@ -45,6 +46,7 @@ struct fleetsim_opts {
 	double fault_low_battery;    /* fraction of devices starting on a low battery */
 	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
 	int verify_every;            /* no signature memo: every device checks every signature */
+	struct fs_push_opts push;    /* issue 15, --mqtt-url: push hints (push.h); url NULL: none */
 };
 
 struct fleetsim;

@@ -46,6 +46,8 @@ struct vstat {
 	uint64_t *offered_bits, *ran_bits;
 	uint64_t vhash;
 	struct sim_rates *rates;     /* per hardware index, computed once */
+	int64_t *offer_at;           /* otacd ms each device first saw this version offered */
+	size_t noffer_at, capoffer_at;
 };
 
 struct batch {
@@ -122,6 +124,11 @@ struct fleetsim {
 		int64_t state_bytes_per_device;
 	} core;
 
+	struct fs_push *push;        /* issue 15, --mqtt-url (push.c), or NULL */
+	int64_t *poll_at;            /* with push, model engine: each device's one live poll event */
+	int64_t first_hint_ms;       /* otacd ms of the first hint dispatched, 0: none */
+	int64_t hints_taken;         /* device check-ins a hint brought forward */
+
 	int64_t *printed;            /* devices per version at the last summary line */
 	size_t nprinted;
 	int64_t start_real, last_print_real, last_metrics_real;
@@ -171,6 +178,9 @@ int fs_version_idx(struct fleetsim *fs, const char *s);
 const struct sim_rates *fs_rates(struct fleetsim *fs, uint16_t v, uint8_t hw);
 int fs_bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i);
 void fs_check_until(struct fleetsim *fs);
+/* Device i was offered version v for the first time at otacd ms at (the
+ * stats' time from a step's opening to its cohort checked in). */
+void fs_note_offer(struct fleetsim *fs, int v, int64_t at);
 void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n);
 void fs_reports_tick(struct fleetsim *fs, int force);
 int fs_reports_busy(struct fleetsim *fs);

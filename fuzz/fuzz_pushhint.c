@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../device/linux/push.c"
+#include "../device/linux/pushhint.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -15,8 +15,8 @@
  * (devpush_take).
  */
 #include "push.h"
+#include "pushhint.h"
 
-#include <jansson.h>
 #include <mosquitto.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -146,19 +146,6 @@ int devpush_config(const char *key, const char *v)
 	return -1;
 }
 
-/* A topic segment as otacd writes it: '/', '+', '#', '%' escaped. */
-static void seg(char *out, size_t cap, const char *s)
-{
-	size_t o = strlen(out);
-	for (; *s && o + 4 < cap; s++) {
-		if (*s == '/' || *s == '+' || *s == '#' || *s == '%')
-			o += (size_t)snprintf(out + o, cap - o, "%%%02X", (unsigned char)*s);
-		else
-			out[o++] = *s;
-	}
-	out[o] = 0;
-}
-
 static void ignore(const char *why, int len)
 {
 	if (g.ignored < LOG_IGNORED_MAX)
@@ -170,26 +157,8 @@ static void ignore(const char *why, int len)
 /* A hint's jitter window: 0 and *window, or -1 with *why (ignore it). */
 static int hint_parse(const void *payload, int len, uint32_t *window, const char **why)
 {
-	json_t *j;
-	const json_t *v, *w;
-	*window = g.window_ms;
-	if (len <= 0 || (uint32_t)len > g.payload_max) {
-		*why = "empty or larger than mqtt_payload_max";
-		return -1;
-	}
-	j = json_loadb(payload, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
-	v = json_object_get(j, "v");
-	if (!json_is_object(j) || !json_is_integer(v) || json_integer_value(v) != 1) {
-		json_decref(j);
-		*why = "not a hint {\"v\": 1, ...}";
-		return -1;
-	}
-	w = json_object_get(j, "window_ms");
-	if (json_is_integer(w) && json_integer_value(w) > (json_int_t)*window)
-		*window = json_integer_value(w) > (json_int_t)g.window_max_ms ? g.window_max_ms
-									       : (uint32_t)json_integer_value(w);
-	json_decref(j);
-	return 0;
+	const struct pushhint_limits lim = { g.window_ms, g.window_max_ms, g.payload_max };
+	return pushhint_parse(&lim, payload, len, window, why);
 }
 
 static void on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg)
@@ -295,12 +264,12 @@ int devpush_start(const char *device, const char *product, const char *hardware)
 		return -1;
 	}
 	snprintf(g.topic_dev, sizeof(g.topic_dev), "%s/", g.prefix ? g.prefix : "otacd");
-	seg(g.topic_dev, sizeof(g.topic_dev), product);
+	pushhint_topic_seg(g.topic_dev, sizeof(g.topic_dev), product);
 	memcpy(g.topic_hw, g.topic_dev, sizeof(g.topic_hw));
 	strncat(g.topic_hw, "/hw/", sizeof(g.topic_hw) - strlen(g.topic_hw) - 1);
 	strncat(g.topic_dev, "/dev/", sizeof(g.topic_dev) - strlen(g.topic_dev) - 1);
-	seg(g.topic_dev, sizeof(g.topic_dev), device);
-	seg(g.topic_hw, sizeof(g.topic_hw), hardware);
+	pushhint_topic_seg(g.topic_dev, sizeof(g.topic_dev), device);
+	pushhint_topic_seg(g.topic_hw, sizeof(g.topic_hw), hardware);
 
 	mosquitto_lib_init();
 	if (!(g.mosq = mosquitto_new(device, true, NULL))) {

@@ -61,6 +61,7 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REG
 /* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
 static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
+static _Atomic uint64_t g_checkins;     /* issue 15: check-in requests taken (the rate push must bound) */
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -294,6 +295,7 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		pthread_mutex_unlock(&a->mu);
 		return done ? report_answer(c, r) : MHD_YES;
 	}
+	g_checkins++;
 	/* devices (libotadev) write the id first: its lookups' cache misses
 	 * are fetched while the body is parsed */
 	if (r->body.len > sizeof(ID_FIRST) - 1 && !memcmp(r->body.ptr, ID_FIRST, sizeof(ID_FIRST) - 1)) {
@@ -500,6 +502,9 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 	buf_printf(&b, "# HELP otacd_delta_bytes_served_total Delta patch bytes otacd sent (issue 15), apart from full images.\n"
 		       "# TYPE otacd_delta_bytes_served_total counter\notacd_delta_bytes_served_total %llu\n",
 		   (unsigned long long)g_delta_bytes);
+	buf_printf(&b, "# HELP otacd_device_checkins_total Check-in requests the device API took.\n"
+		       "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
+		   (unsigned long long)g_checkins);
 	push_metrics_text(&b); /* issue 15, push hints */
 	len = b.len;
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf_detach(&b), len);
