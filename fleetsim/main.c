@@ -196,6 +196,7 @@ int main(int argc, char **argv)
 		{ "fault-low-battery", required_argument, NULL, 1004 },
 		{ "fault-vanish", required_argument, NULL, 1005 },
 		{ "verify-every", no_argument, NULL, 1006 },
+		{ "herd", no_argument, NULL, 1150 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -356,6 +357,7 @@ int main(int argc, char **argv)
 			break;
 		}
 		case 1006: o.verify_every = 1; break;
+		case 1150: o.herd = 1; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}

@@ -45,6 +45,7 @@ struct fleetsim_opts {
 	double fault_low_battery;    /* fraction of devices starting on a low battery */
 	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
 	int verify_every;            /* no signature memo: every device checks every signature */
+	int herd;                    /* issue 15: every device's first poll at once (power restored) */
 };
 
 struct fleetsim;
