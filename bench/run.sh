@@ -68,3 +68,7 @@ sh bench/origin.sh "$OTACD_BIN" ${ORIGIN_ARGS:-20000}
 echo
 echo "== push hints: fleet_set_exposure per step with the MQTT notifier against none, same run"
 "$OTACD_BIN/push-bench" ${PUSH_BENCH_ARGS:-1000000}
+# issue 15, thundering-herd control
+echo
+echo "== a million devices at once (power restored) against a check-in capacity: rate vs capacity, time to serve all, against no admission"
+sh bench/admission.sh "$OTACD_BIN" ${ADMISSION_ARGS:-1000000}

@@ -46,7 +46,7 @@ static void usage(FILE *f)
 	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--trust-root ROOT.crt.pem]\n"
 	      "         [--enc-key [HW=]PRIV.pem] [--provisioner TOKEN]\n"
 	      "         [--engine model|core] [--fault-power-cut P] [--fault-corrupt P]\n"
-	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every]\n"
+	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every] [--herd]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 

@@ -878,6 +878,8 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		fs->dev[i].flags |= SIM_F_STARTED;
 		fs->c.served++;
 		fs->c.served_last_ms = now - fs->t0;
+		if (fs->o.herd && fs->c.served == fs->ndev)
+			fs->until_reached = 1; /* --herd: the run ends once the herd is served */
 		fs->dev[i].last_report_ms = now;
 		if (!(fs->dev[i].flags & SIM_F_SILENT))
 			sim_heap_push(&fs->heap,

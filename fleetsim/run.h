@@ -45,7 +45,8 @@ struct fleetsim_opts {
 	double fault_low_battery;    /* fraction of devices starting on a low battery */
 	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
 	int verify_every;            /* no signature memo: every device checks every signature */
-	int herd;                    /* issue 15: every device's first poll at once (power restored) */
+	int herd;                    /* issue 15: every device's first poll at once (power restored);
+				      * the run ends once every device was served */
 };
 
 struct fleetsim;
