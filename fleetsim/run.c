@@ -763,7 +763,10 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 		buf_printf(&x->req, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 			   fs->tag_json[t][d->tags[t]]);
 	buf_puts(&x->req, "}");
-	if (d->flags & SIM_F_DEFERRED) /* back at the server's turn (issue 15) */
+	/* back at the server's turn (issue 15); the model keeps no turn per
+	 * device (a few bytes each), so it names its poll time, which is the
+	 * turn plus the moment it drew in the window */
+	if (d->flags & SIM_F_DEFERRED)
 		buf_printf(&x->req, ",\"turn\":%" PRId64, fs_now(fs));
 	buf_puts(&x->req, "}");
 	fs_xfer_post(x);
@@ -821,6 +824,8 @@ static int checkin_deferred(struct fleetsim *fs, uint32_t i, const struct xfer *
 		fs->dev[i].deferrals++;
 	if (fs->dev[i].deferrals > fs->c.deferrals_max)
 		fs->c.deferrals_max = fs->dev[i].deferrals;
+	if (wait > fs->poll_ms) /* as libotadev: never longer than a poll interval */
+		wait = fs->poll_ms;
 	sim_heap_push(&fs->heap, fs_now(fs) + (wait > 0 ? wait : 1), i, SIM_EV_POLL);
 	return 1;
 }
