@@ -4,10 +4,10 @@
  *
  * The bucket is GCRA, the token bucket written as one number: tat, the
  * theoretical arrival time of the next check-in at capacity C.  A
- * check-in at time t is admitted when tat - t <= TOLERANCE (the bucket's
- * depth, C * TOLERANCE check-ins at once) and moves tat to max(tat, t) +
+ * check-in at time t is admitted when tat - t <= TOL (the bucket's
+ * depth, C * TOL check-ins at once) and moves tat to max(tat, t) +
  * 1/C; that is one compare-and-swap, no lock, on the hot path.  So in any
- * span of T otacd seconds at most C*T + C*TOLERANCE + 1 check-ins are
+ * span of T otacd seconds at most C*T + C*TOL + 1 check-ins are
  * admitted.
  *
  * A refused check-in gets a turn: horizon is the end of the queue of
@@ -19,10 +19,12 @@
  * served, a device coming back at its turn would find the bucket empty
  * and its turn would be lost (the herd served in far more than N/C).
  * The turn a device names is not authenticated: a device lying about it
- * jumps the queue, but the bucket still holds the rate at capacity.  The device
- * picks a moment in [turn, turn + TOLERANCE): full jitter over a window
- * the bucket's depth absorbs.  N devices at once are all served within
- * about N/C seconds (docs/delivery.md computes the bound).
+ * jumps the queue, but the bucket still holds the rate at capacity.  The
+ * device picks a moment in [turn, turn + TOL/2): full jitter over a
+ * window the bucket's depth absorbs, with the other half of the depth
+ * left for the request's way (a stream 1/C apart delayed by less than TOL
+ * always fits).  N devices at once are all served within about N/C
+ * seconds (docs/delivery.md computes the bound).
  *
  * Times are otacd nanoseconds (otacd time is scaled by time_scale: a
  * capacity is per otacd second, as polls are), kept in int64_t.
@@ -125,7 +127,7 @@ deferred:
 	turn = take_turn(now, tat);
 	out->turn_ms = (turn + NS_PER_MS - 1) / NS_PER_MS;
 	out->retry_after_ms = out->turn_ms - now_ms;
-	out->window_ms = g_tolerance_ns / NS_PER_MS;
+	out->window_ms = g_tolerance_ns / 2 / NS_PER_MS; /* half the depth: the other half absorbs the way there */
 	return 0;
 }
 
