@@ -79,3 +79,7 @@ sh bench/delta.sh "$OTACD_BIN"
 echo
 echo "== push hints against 6 h polling (otacd-fleetsim --mqtt-url): time from a step opening to 95 % of its cohort, first-minute check-in rate vs capacity"
 sh bench/pushsim.sh "$OTACD_BIN" ${PUSHSIM_ARGS:-20000 500}
+# issue 15, thundering-herd control
+echo
+echo "== a million devices at once (power restored) against a check-in capacity: rate vs capacity, time to serve all, against no admission"
+sh bench/admission.sh "$OTACD_BIN" ${ADMISSION_ARGS:-1000000}

@@ -502,6 +502,36 @@ static void remember_delta(struct otadev *d, const struct otadev_checkin *ans)
 		d->delta = ans->delta;
 }
 
+/*
+ * issue 15: a server over its check-in capacity answers 503 with our turn
+ * (docs/update-server.md).  Not an error: the backoff exponent stays, and
+ * the check-in is retried at a moment picked uniformly in the turn's
+ * window (full jitter over it), in real ms through the answer's time
+ * scale, never later than one poll interval or the backoff's cap.  A 503
+ * without a turn is an error as before (exponential backoff, full jitter).
+ * 1 when deferred.
+ */
+static int deferred(struct otadev *d, uint64_t now, const struct otadev_http_resp *rs)
+{
+	struct otadev_defer df;
+	uint64_t wait, cap;
+
+	if (otadev_defer_parse(&df, rs->body, rs->len, d->tokens, OTADEV_TOKENS) < 0)
+		return 0;
+	wait = df.retry_after_ms + (df.window_ms ? d->h->random(d->ctx) % df.window_ms : 0);
+	wait = (uint64_t)((double)wait / df.time_scale);
+	cap = d->cfg->poll_ms ? d->cfg->poll_ms : 3600000u;
+	if (d->cfg->backoff_max_ms > cap)
+		cap = d->cfg->backoff_max_ms;
+	if (wait > cap)
+		wait = cap;
+	d->next_checkin = d->deferred_until = now + (wait ? wait : 1);
+	d->turn = df.turn;
+	d->n_deferred++;
+	say(d, "check-in deferred: the server is over capacity", NULL);
+	return 1;
+}
+
 static int checkin(struct otadev *d, uint64_t now)
 {
 	struct otadev_http_resp rs;
@@ -531,11 +561,18 @@ static int checkin(struct otadev *d, uint64_t now)
 		jw_raw(&w, d->cfg->tags);
 		jw_raw(&w, "}");
 	}
+	if (d->turn) { /* back at the turn a server over capacity gave */
+		jw_raw(&w, ",\"turn\":");
+		jw_u64(&w, d->turn);
+	}
 	jw_raw(&w, "}");
 	if (w.over)
 		return OTADEV_ENOSPC;
 	d->n_checkins++;
-	if (post_json(d, "/device/v1/checkin", &w, &rs) < 0 || rs.status != 200 ||
+	rc = post_json(d, "/device/v1/checkin", &w, &rs);
+	if (rc == 0 && rs.status == 503 && deferred(d, now, &rs))
+		return OTADEV_ENET;
+	if (rc < 0 || rs.status != 200 ||
 	    otadev_checkin_parse(&ans, rs.body, rs.len, d->tokens, OTADEV_TOKENS) < 0) {
 		d->errors++;
 		d->next_checkin = now + otadev_backoff(d, d->errors);
@@ -543,6 +580,7 @@ static int checkin(struct otadev *d, uint64_t now)
 		return OTADEV_ENET;
 	}
 	d->errors = 0;
+	d->turn = 0;
 	d->checked_in = 1;
 	d->crl_announced = ans.revocations > 0xffffffffu ? 0xffffffffu : (uint32_t)ans.revocations;
 	d->server_now = ans.now;
@@ -994,7 +1032,7 @@ static int send_reports(struct otadev *d, uint64_t now)
 void otadev_nudge(struct otadev *d, uint32_t delay_ms)
 {
 	uint64_t at = d->h->now_ms(d->ctx) + delay_ms;
-	if (!d->errors && at < d->next_checkin)
+	if (!d->errors && at < d->next_checkin && at >= d->deferred_until)
 		d->next_checkin = at;
 }
 

@@ -308,6 +308,19 @@ struct otadev_checkin {
 	struct otadev_delta delta;
 };
 
+/* issue 15: a check-in the server deferred (503 over its check-in
+ * capacity, docs/update-server.md): come back at retry_after_ms otacd ms
+ * from now, at a moment picked uniformly in the window that follows. */
+struct otadev_defer {
+	uint64_t turn;               /* otacd time of the turn: said back in the next check-in */
+	uint64_t retry_after_ms;     /* otacd ms */
+	uint64_t window_ms;          /* otacd ms; 0: none given */
+	double time_scale;
+};
+
+/* Parse a deferral's body; OTADEV_EINVAL when it names no turn. */
+int otadev_defer_parse(struct otadev_defer *out, const char *js, size_t len, void *tokens, size_t ntokens);
+
 /* Parse a check-in answer of len bytes (no heap; tokens from the caller). */
 int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len, void *tokens,
 			 size_t ntokens);
@@ -391,6 +404,8 @@ struct otadev {
 	int reboot_requested;
 	int checked_in;
 	uint32_t crl_announced;               /* the last check-in's "revocations" */
+	uint64_t deferred_until;              /* issue 15: the server's turn for us (no nudge before) */
+	uint64_t turn;                        /* ... in otacd time, named in the next check-in; 0 none */
 	char err[128];
 	char io[OTADEV_IO_MAX];
 	char io2[OTADEV_IO_MAX];
@@ -405,6 +420,7 @@ struct otadev {
 	uint32_t n_checkins, n_downloads_resumed, n_refused, n_reports_sent;
 	uint32_t n_delta_applied, n_delta_fallbacks;
 	uint64_t bytes_full, bytes_delta;     /* image and patch bytes received */
+	uint32_t n_deferred;                  /* check-ins the server deferred (503 with a turn) */
 };
 
 /* Load the record (or start a fresh one from the primary slot), decide what
@@ -414,7 +430,8 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 /* One unit of work; *wait_ms: how long until the next step is useful. */
 int otadev_step(struct otadev *d, uint32_t *wait_ms);
 /* issue 15, push: bring the next check-in forward to delay_ms from now (never
- * later than it was; ignored while backing off after errors).  A hint from
+ * later than it was; ignored while backing off after errors or waiting for
+ * the turn a server over capacity gave).  A hint from
  * an untrusted channel may call it: it only makes a check-in earlier. */
 void otadev_nudge(struct otadev *d, uint32_t delay_ms);
 /* Delay of the n-th retry (n >= 1): full jitter, uniform in [0, min(max, base*2^n)). */

@@ -244,6 +244,39 @@ int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len,
 	return 0;
 }
 
+int otadev_defer_parse(struct otadev_defer *out, const char *js, size_t len, void *tokens, size_t ntokens)
+{
+	jsmntok_t *t = tokens;
+	jsmn_parser p;
+	int n, k, rc, seen = 0;
+
+	memset(out, 0, sizeof(*out));
+	out->time_scale = 1.0;
+	jsmn_init(&p);
+	n = jsmn_parse(&p, js, len, t, (unsigned)ntokens);
+	if (n < 1 || t[0].type != JSMN_OBJECT)
+		return OTADEV_EINVAL;
+	for (k = 1; k < n; k = skip(t, k + 1, n)) {
+		const jsmntok_t *v = &t[k + 1];
+		rc = 0;
+		if (k + 1 >= n || t[k].type != JSMN_STRING)
+			return OTADEV_EINVAL;
+		if (eq(js, &t[k], "retry_after_ms"))
+			rc = get_u64(js, v, &out->retry_after_ms), seen = 1;
+		else if (eq(js, &t[k], "turn"))
+			rc = get_u64(js, v, &out->turn);
+		else if (eq(js, &t[k], "retry_window_ms"))
+			rc = get_u64(js, v, &out->window_ms);
+		else if (eq(js, &t[k], "time_scale"))
+			rc = get_double(js, v, &out->time_scale);
+		if (rc < 0)
+			return rc;
+	}
+	if (!seen || !(out->time_scale > 0) || out->time_scale > 1e6)
+		return OTADEV_EINVAL;
+	return 0;
+}
+
 int otadev_reports_parse(uint32_t *accepted, uint32_t *retry_mask, uint32_t *drop_mask, const char *js,
 			 size_t len, void *tokens, size_t ntokens)
 {

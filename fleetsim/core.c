@@ -731,6 +731,13 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 		k->nudge_at[i] = 0;
 	}
 	pthread_mutex_unlock(&k->lock);
+	if (d->turn_lo && c->d.server_now && !c->d.turn) { /* issue 15: a turn is within an hour of now: its high bits are now's */
+		int64_t t = (int64_t)((c->d.server_now & ~(uint64_t)0xffffffffu) | d->turn_lo);
+		if (t - (int64_t)c->d.server_now > (int64_t)1 << 31)
+			t -= (int64_t)1 << 32;
+		c->d.turn = (uint64_t)t;
+		c->d.deferred_until = c->d.next_checkin;
+	}
 	sn = c->d.server_now;
 	for (steps = 0; steps < STEPS_PER_EVENT; steps++) {
 		seq0 = c->d.rec.next_seq;
@@ -781,6 +788,7 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	d->next_report = (uint32_t)c->d.next_report;
 	d->next_work = (uint32_t)c->d.next_work;
 	d->last_heartbeat = (uint32_t)c->d.last_heartbeat;
+	d->turn_lo = (uint32_t)c->d.turn;
 	d->errors = (uint8_t)(c->d.errors > 255 ? 255 : c->d.errors);
 	d->report_errors = (uint8_t)(c->d.report_errors > 255 ? 255 : c->d.report_errors);
 	d->flags = (uint8_t)((d->flags & ~PSIM_CHECKED_IN) | (c->d.checked_in ? PSIM_CHECKED_IN : 0));

@@ -50,6 +50,7 @@ static void usage(FILE *f)
 	      "         [--mqtt-url mqtt[s]://HOST[:PORT] [--mqtt-cacert CA.pem] [--mqtt-username U]\n"
 	      "          [--mqtt-password-file F] [--mqtt-prefix otacd] [--mqtt-window-ms 60000]\n"
 	      "          [--mqtt-window-max-ms 3600000]]\n"
+	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every] [--herd]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -206,6 +207,7 @@ int main(int argc, char **argv)
 		{ "mqtt-prefix", required_argument, NULL, 1105 },
 		{ "mqtt-window-ms", required_argument, NULL, 1106 },
 		{ "mqtt-window-max-ms", required_argument, NULL, 1107 },
+		{ "herd", no_argument, NULL, 1150 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -383,6 +385,7 @@ int main(int argc, char **argv)
 			}
 			*(opt == 1106 ? &o.push.window_ms : &o.push.window_max_ms) = (uint32_t)n;
 			break;
+		case 1150: o.herd = 1; break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}

@@ -98,6 +98,7 @@ static void metrics_build(struct fleetsim *fs, struct buf *b)
 		C(reports_sent, "Reports accepted by the server."),
 		C(reports_rejected, "Reports in batches the server rejected."),
 		C(checkins, "Successful check-ins."),
+		C(checkins_deferred, "Check-ins the server deferred over its capacity (503 with a turn)."),
 		C(requests_failed, "Requests that failed (flaky devices included)."),
 		C(withdrawn_downloads, "Downloads dropped because the server withdrew the offer (410: release halted)."),
 #undef C
@@ -283,6 +284,7 @@ int fs_write_stats(struct fleetsim *fs)
 	S(skipped_failed); S(downloads); S(resumed_downloads); S(cut_downloads);
 	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
 	S(requests_failed); S(flaky_aborts); S(heartbeats); S(withdrawn_downloads);
+	S(checkins_deferred); S(deferrals_max); S(served); S(served_last_ms);
 #undef S
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
 	/* issue 13: the signing PKI on the devices' side (trust.h) */

@@ -67,6 +67,7 @@ struct psim_dev {
 	uint32_t cut_at;             /* fault: 1 + the byte of the cut (0: none) */
 	uint32_t corrupt_at;         /* fault: 1 + the byte flipped in transit (0: none) */
 	uint32_t crashes, battery_mah, last_status;   /* cumulative, for the status hook */
+	uint32_t turn_lo;            /* issue 15: the low 32 bits of the turn a 503 gave (0: none) */
 };
 
 /* An image the devices were offered: the bytes are the server's, fetched once. */

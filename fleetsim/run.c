@@ -785,7 +785,13 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 	for (size_t t = 0; t < fs->p->ntags; t++)
 		buf_printf(&x->req, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 			   fs->tag_json[t][d->tags[t]]);
-	buf_puts(&x->req, "}}");
+	buf_puts(&x->req, "}");
+	/* back at the server's turn (issue 15); the model keeps no turn per
+	 * device (a few bytes each), so it names its poll time, which is the
+	 * turn plus the moment it drew in the window */
+	if (d->flags & SIM_F_DEFERRED)
+		buf_printf(&x->req, ",\"turn\":%" PRId64, fs_now(fs));
+	buf_puts(&x->req, "}");
 	fs_xfer_post(x);
 	fs_xfer_as_device(fs, x, i, NULL);
 	x->dev = i;
@@ -797,13 +803,53 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 	d->flags |= SIM_F_BUSY;
 }
 
+/* Every device's first poll, spread over one poll interval, or all at
+ * once with --herd (issue 15: a region's power restored). */
 static void start_fleet(struct fleetsim *fs, int64_t now, int64_t interval)
 {
+	if (fs->o.herd)
+		interval = 0;
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		if (i)
 			schedule_poll(fs, i, now + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_POLL)) *
 							     (double)interval));
 	}
+}
+
+/*
+ * issue 15: a server over its check-in capacity answers 503 with the
+ * device's turn (docs/update-server.md); the device comes back at a moment
+ * picked uniformly in the turn's window, as libotadev does.  1 when the
+ * answer was such a deferral (the next poll is queued).
+ */
+static int checkin_deferred(struct fleetsim *fs, uint32_t i, const struct xfer *x, CURLcode rc, long st)
+{
+	json_t *ans, *after, *window;
+	int64_t wait;
+
+	if (rc != CURLE_OK || st != 503 || x->probe)
+		return 0;
+	ans = json_loadb(x->body.ptr ? x->body.ptr : "", x->body.len, 0, NULL);
+	after = json_object_get(ans, "retry_after_ms");
+	window = json_object_get(ans, "retry_window_ms");
+	if (!json_is_integer(after) || json_integer_value(after) < 0) {
+		json_decref(ans);
+		return 0;
+	}
+	wait = json_integer_value(after);
+	if (json_is_integer(window) && json_integer_value(window) > 0)
+		wait += (int64_t)(sim_randu(&fs->rng) * (double)json_integer_value(window));
+	json_decref(ans);
+	fs->c.checkins_deferred++;
+	fs->dev[i].flags |= SIM_F_DEFERRED;
+	if (fs->dev[i].deferrals < UINT8_MAX)
+		fs->dev[i].deferrals++;
+	if (fs->dev[i].deferrals > fs->c.deferrals_max)
+		fs->c.deferrals_max = fs->dev[i].deferrals;
+	if (wait > fs->poll_ms) /* as libotadev: never longer than a poll interval */
+		wait = fs->poll_ms;
+	sim_heap_push(&fs->heap, fs_now(fs) + (wait > 0 ? wait : 1), i, SIM_EV_POLL);
+	return 1;
 }
 
 static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long st)
@@ -813,6 +859,8 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 	int64_t now, next;
 
 	fs->dev[i].flags &= (uint8_t)~SIM_F_BUSY;
+	if (checkin_deferred(fs, i, x, rc, st))
+		return;
 	if (rc == CURLE_OK && st == 200)
 		ans = json_loadb(x->body.ptr ? x->body.ptr : "", x->body.len, 0, NULL);
 	jnow = json_object_get(ans, "now");
@@ -839,6 +887,7 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 		}
 		goto out;
 	}
+	fs->dev[i].flags &= (uint8_t)~SIM_F_DEFERRED;
 	time_update(fs, json_integer_value(jnow), json_number_value(jscale));
 	next = json_integer_value(jnext);
 	if (next < 1000)
@@ -854,6 +903,10 @@ static void checkin_done(struct fleetsim *fs, struct xfer *x, CURLcode rc, long 
 	if (!(fs->dev[i].flags & SIM_F_STARTED)) {
 		/* the server knows the device now: its reports may start */
 		fs->dev[i].flags |= SIM_F_STARTED;
+		fs->c.served++;
+		fs->c.served_last_ms = now - fs->t0;
+		if (fs->o.herd && fs->c.served == fs->ndev)
+			fs->until_reached = 1; /* --herd: the run ends once the herd is served */
 		fs->dev[i].last_report_ms = now;
 		if (!(fs->dev[i].flags & SIM_F_SILENT))
 			sim_heap_push(&fs->heap,

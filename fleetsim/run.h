@@ -47,6 +47,8 @@ struct fleetsim_opts {
 	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
 	int verify_every;            /* no signature memo: every device checks every signature */
 	struct fs_push_opts push;    /* issue 15, --mqtt-url: push hints (push.h); url NULL: none */
+	int herd;                    /* issue 15: every device's first poll at once (power restored);
+				      * the run ends once every device was served */
 };
 
 struct fleetsim;

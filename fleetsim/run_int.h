@@ -116,6 +116,10 @@ struct fleetsim {
 			skipped_failed, downloads, resumed_downloads, cut_downloads, reports_sent,
 			reports_rejected, reports_dropped, checkins, requests_failed,
 			flaky_aborts, heartbeats, withdrawn_downloads;
+		/* issue 15, admission: check-ins deferred (503 with a turn), the
+		 * most one device had, devices served once and when the last was
+		 * (otacd ms after the first answer) */
+		int64_t checkins_deferred, deferrals_max, served, served_last_ms;
 	} c;
 	struct {                     /* --engine core (core.c) */
 		int64_t power_cuts, transit_corruptions, server_vanished, reboots, bricked,

@@ -107,6 +107,7 @@ enum {
 	SIM_F_TESTING = 0x08,       /* test-booting a new image */
 	SIM_F_WAITING = 0x10,       /* downloaded, waiting for the image's verdict */
 	SIM_F_STARTED = 0x20,       /* has checked in once: the server knows it, it may report */
+	SIM_F_DEFERRED = 0x40,      /* issue 15: its last check-in was deferred: the next names its turn */
 };
 
 /*
@@ -125,6 +126,7 @@ struct sim_device {
 	uint8_t tags[SIM_MAX_TAGS];
 	uint8_t flags;              /* SIM_F_* */
 	uint8_t rssi_base;          /* -(40 + rssi_base) dBm */
+	uint8_t deferrals;          /* issue 15: check-ins the server deferred (503), saturating */
 };
 
 /* Draw the attributes of device `index` from the seed: hardware, bootloader,

@@ -649,7 +649,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
-		"device_register_burst", "device_tags", "device_tag_cap", "device_name_cap",
+		"device_register_burst", "device_checkin_capacity", "device_tags", "device_tag_cap", "device_name_cap",
 		/* issue 13, device certificates */
 		"device_ca", "device_auth", "device_cert_validity",
 		"tls", /* issue 13, TLS */
@@ -740,6 +740,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_int(x, v, key, &c->device_register_rate, 1);
 		else if (!strcmp(key, "device_register_burst"))
 			rc = get_int(x, v, key, &c->device_register_burst, 1);
+		else if (!strcmp(key, "device_checkin_capacity")) /* issue 15: admission */
+			rc = get_int(x, v, key, &c->device_checkin_capacity, 0);
 		else if (!strcmp(key, "device_tag_cap"))
 			rc = get_int(x, v, key, &c->device_tag_cap, 1);
 		else if (!strcmp(key, "device_name_cap"))

@@ -59,6 +59,7 @@ struct otacd_config {
 	int64_t poll_ms;                /* devices' check-in interval, default 6 h (otacd time) */
 	int64_t device_register_rate;   /* device registrations per second, default 10 */
 	int64_t device_register_burst;  /* registrations at once, default 10000 */
+	int64_t device_checkin_capacity; /* check-ins per otacd second, 0: unlimited (issue 15) */
 	json_t *device_tags;            /* tag allowlist {key: [values]} or NULL */
 	int64_t device_tag_cap;         /* distinct tags without an allowlist, default 256 */
 	int64_t device_name_cap;        /* distinct products/versions/hardware/bootloaders, default 1024 */

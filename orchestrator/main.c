@@ -31,6 +31,7 @@
 #include "clock.h"
 #include "config.h"
 #include "engine.h"
+#include "fleet/admission.h"
 #include "fleet/fleet.h"
 #include "fleet/fleet_ca.h"
 #include "rollout.h"
@@ -236,6 +237,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
+		admission_configure(cfg->device_checkin_capacity);
 		devapi_set_tls(tls_devices);
 		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;

@@ -351,21 +351,24 @@ static void pushed_step_reaches_devices_running_the_core_through_otadev_nudge(vo
 static void without_a_broker_the_cohort_is_reached_by_polling_only(void **state)
 {
 	struct measure m = { 0 };
-	int64_t win_otacd = (int64_t)HINT_WINDOW_MS * SCALE, reached, p50;
+	int64_t win_otacd = (int64_t)HINT_WINDOW_MS * SCALE, reached, p50, p95;
 	(void)state;
 	/* nothing listens on this port: otacd and the simulator poll */
 	run_step(&m, "model", dh_free_port(), POLL_S / SCALE + 5);
 	reached = stat_int(m.stats, "reach", "1.1.0", "devices");
 	p50 = stat_int(m.stats, "reach", "1.1.0", "p50_ms");
+	p95 = stat_int(m.stats, "reach", "1.1.0", "p95_ms");
 	print_message("polling: step open -> %lld of %d devices offered in %d s real; 50 %% after %.0f s otacd,"
 		      " 95 %% after %.0f s otacd (poll interval %d s)\n", (long long)reached, NDEV, POLL_S / SCALE + 5,
 		      (double)(p50 - m.opened_ms) / 1000,
-		      (double)(stat_int(m.stats, "reach", "1.1.0", "p95_ms") - m.opened_ms) / 1000, POLL_S);
+		      (double)(p95 - m.opened_ms) / 1000, POLL_S);
 	assert_int_equal(stat_int(m.stats, "push", "hints_received", NULL), 0);
 	assert_int_equal(stat_int(m.stats, "push", "checkins_brought_forward", NULL), 0);
 	assert_int_equal(reached, NDEV);   /* the poll interval reached them all */
-	/* half of them came after the hint window would have closed */
-	assert_true(p50 - m.opened_ms > win_otacd);
+	/* polls spread over the interval: 95 % came long after the hint
+	 * window would have closed (~0.95 of POLL_S against a window of about
+	 * half of it; the median, ~0.5 of POLL_S, is too close to assert on) */
+	assert_true(p95 - m.opened_ms > win_otacd);
 	json_decref(m.stats);
 }
 

@@ -44,8 +44,10 @@
 #include "../api/api_wait.h"
 #include "../artifact.h"
 #include "../artifact/origin.h"
+#include "../clock.h"
 #include "../push/push.h"
 #include "../tls/tls.h"
+#include "admission.h"
 #include "devapi_pki.h"
 #include "fleet.h"
 #include "fleet_ca.h"
@@ -281,6 +283,57 @@ static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq 
 
 #define ID_FIRST "{\"device\":\""
 
+/*
+ * issue 15: a check-in over the configured capacity (admission.h) is
+ * answered 503 before its body is read or its device authenticated: the
+ * cheapest answer there is, and one that says nothing about the device's
+ * offer, so a device in the middle of a download keeps it (a 200 without
+ * an offer would withdraw it).  Retry-After is in real seconds for any
+ * HTTP client; the body gives the turn in otacd milliseconds, the window
+ * to pick a moment in and the time scale, for devices (libotadev,
+ * fleetsim) to honour it at the server's pace.
+ */
+/* The turn a check-in body names ("turn": otacd ms, a device back after a
+ * 503), found without parsing the body (admission comes first); 0 none.
+ * Read as a claim only: admission.c bounds what it can do. */
+static int64_t checkin_turn(const struct buf *body)
+{
+	static const char key[] = "\"turn\":";
+	const char *p = body->ptr && body->len > sizeof(key) ? memmem(body->ptr, body->len, key, sizeof(key) - 1) : NULL;
+	long long v = 0;
+	size_t i;
+
+	if (!p)
+		return 0;
+	/* digits only, at most 15 (the buffer holds a NUL after its bytes) */
+	for (i = sizeof(key) - 1; i < sizeof(key) - 1 + 15 && p[i] >= '0' && p[i] <= '9'; i++)
+		v = v * 10 + (p[i] - '0');
+	return v;
+}
+
+static enum MHD_Result reply_deferred(struct MHD_Connection *c, const struct admission_defer *d)
+{
+	double scale = clock_scale();
+	int64_t real_s = (int64_t)((double)d->retry_after_ms / scale / 1000.0) + 1;
+	char *text = xasprintf("{\"error\":\"over the server's check-in capacity: come back at your turn\","
+			       "\"turn\":%lld,\"retry_after_ms\":%lld,\"retry_window_ms\":%lld,\"time_scale\":%.17g}",
+			       (long long)d->turn_ms, (long long)d->retry_after_ms, (long long)d->window_ms, scale);
+	struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+	char ra[32];
+	enum MHD_Result ret;
+
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	snprintf(ra, sizeof(ra), "%lld", (long long)real_s);
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "Retry-After", ra);
+	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
@@ -296,6 +349,11 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		return done ? report_answer(c, r) : MHD_YES;
 	}
 	g_checkins++;
+	{
+		struct admission_defer wait;
+		if (!admission_checkin(clock_now_ms(), checkin_turn(&r->body), &wait))
+			return reply_deferred(c, &wait);
+	}
 	/* devices (libotadev) write the id first: its lookups' cache misses
 	 * are fetched while the body is parsed */
 	if (r->body.len > sizeof(ID_FIRST) - 1 && !memcmp(r->body.ptr, ID_FIRST, sizeof(ID_FIRST) - 1)) {
@@ -328,6 +386,8 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		pthread_mutex_lock(&a->mu);
 		a->inflight--;
 		pthread_mutex_unlock(&a->mu);
+		if (rc == OTA_EAUTH) /* a refused credential did no work */
+			admission_refund();
 		ret = rc < 0 ? reply_error(c, status_of(rc), "%s", ota_error_last())
 			     : reply_copy(c, MHD_HTTP_OK, answer, strlen(answer));
 		goto out;
@@ -506,6 +566,7 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		       "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
 		   (unsigned long long)g_checkins);
 	push_metrics_text(&b); /* issue 15, push hints */
+	admission_metrics_text(&b, clock_now_ms()); /* issue 15, check-in admission */
 	len = b.len;
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf_detach(&b), len);
 }
