@@ -56,12 +56,17 @@ void fleet_checkin_prefetch(struct fleet *f, const char *id, size_t len)
 {
 	uint64_t h = fleet_fnv(id, len, FLEET_FNV_BASIS);
 	struct shard *s = fleet_shard(f, h);
-	pthread_mutex_lock(&s->mu);
-	if (s->rnb)
-		__builtin_prefetch(&s->rb[h & (s->rnb - 1)]);
-	if (s->nb)
-		__builtin_prefetch(&s->b[h & (s->nb - 1)]);
-	pthread_mutex_unlock(&s->mu);
+	/* without the shard's lock (one lock round trip less per check-in):
+	 * the table and its size are loaded atomically (fleet_reg_new_locked
+	 * stores them so); when a resize races this they may not match, and
+	 * the prefetch then names a line of a freed or a larger table, which
+	 * a prefetch may (it never faults).  Only the registry's bucket: a
+	 * device's check-ins after its first read its device through the
+	 * registry entry (reg->dev), not the device table */
+	struct reg **rb = __atomic_load_n(&s->rb, __ATOMIC_RELAXED);
+	size_t rnb = __atomic_load_n(&s->rnb, __ATOMIC_RELAXED);
+	if (rnb)
+		__builtin_prefetch(&rb[h & (rnb - 1)]);
 }
 
 struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
@@ -82,8 +87,9 @@ struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
 			}
 		}
 		free(s->rb);
-		s->rb = b;
-		s->rnb = nb;
+		/* fleet_checkin_prefetch reads both without the lock */
+		__atomic_store_n(&s->rb, b, __ATOMIC_RELAXED);
+		__atomic_store_n(&s->rnb, nb, __ATOMIC_RELAXED);
 	}
 	r->next = s->rb[h & (s->rnb - 1)];
 	s->rb[h & (s->rnb - 1)] = r;
@@ -102,8 +108,9 @@ void fleet_reg_free_shard(struct shard *s)
 		}
 	}
 	free(s->rb);
-	s->rb = NULL;
-	s->rnb = s->rn = 0;
+	__atomic_store_n(&s->rb, NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->rnb, 0, __ATOMIC_RELAXED);
+	s->rn = 0;
 }
 
 /* ---- credentials -------------------------------------------------------- */
