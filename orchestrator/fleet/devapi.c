@@ -33,6 +33,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,9 +94,12 @@ struct dreq {
 	int submitted, done, suspended, rc, accepted;   /* under api->mu */
 	char err[512];
 	struct fleet_reg *reg;   /* a registration handed to the writer */
-	char *answer;            /* a check-in's answer (JSON text), sent once committed */
 	json_t *refused;         /* a report batch's refused reports */
 	json_t *duplicate;       /* its reports applied before (report seq) */
+	/* last (dreq_new does not clear it): a check-in's answer (JSON
+	 * text), sent from here without a copy (the request, recycled only
+	 * once complete, outlives its response) */
+	char answer[FLEET_ANSWER_MAX];
 };
 
 /* ---- replies -------------------------------------------------------------- */
@@ -114,10 +118,12 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, con
 	return ret;
 }
 
-/* A small answer from the caller's buffer (MHD copies it). */
-static enum MHD_Result reply_copy(struct MHD_Connection *c, unsigned status, const char *text, size_t len)
+/* A check-in's answer, r->answer, sent from there. */
+static enum MHD_Result reply_answer(struct MHD_Connection *c, struct dreq *r)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(strlen(r->answer), r->answer, MHD_RESPMEM_PERSISTENT);
+	unsigned status = MHD_HTTP_OK;
 	enum MHD_Result ret;
 	if (!resp)
 		return MHD_NO;
@@ -292,7 +298,6 @@ static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq 
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
-	char answer[FLEET_ANSWER_MAX];
 	struct fleet_ckbody ck;
 	json_t *body = NULL;
 	int rc, done;
@@ -327,16 +332,16 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 		submit_end(a);
 		goto out;
 	}
-	rc = r->cert_dev[0] ? fleet_checkin_body_trusted_async(a->f, &ck, answer, sizeof(answer), report_done, r)
-			    : fleet_checkin_body_async(a->f, &ck, r->token, answer, sizeof(answer), report_done, r);
+	rc = r->cert_dev[0] ? fleet_checkin_body_trusted_async(a->f, &ck, r->answer, sizeof(r->answer), report_done, r)
+			    : fleet_checkin_body_async(a->f, &ck, r->token, r->answer, sizeof(r->answer), report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
 		submit_end(a);
 		ret = rc < 0 ? reply_error(c, status_of(rc), "%s", ota_error_last())
-			     : reply_copy(c, MHD_HTTP_OK, answer, strlen(answer));
+			     : reply_answer(c, r);
 		goto out;
 	}
 	pthread_mutex_lock(&a->mu);
-	r->answer = xstrdup(answer); /* report_done takes a->mu too: set before it reads */
+	/* r->answer was written before the writer had the check-in */
 	done = r->done;
 	if (!done) {
 		r->suspended = 1;
@@ -379,7 +384,7 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 	if (r->rc < 0)
 		return reply_error(c, status_of(r->rc), "%s", r->err);
 	if (r->route == R_CHECKIN)
-		return reply_copy(c, MHD_HTTP_OK, r->answer, strlen(r->answer));
+		return reply_answer(c, r);
 	if (r->reg)
 		return reply_json(c, MHD_HTTP_OK, fleet_register_answer(r->api->f, r->reg));
 	answer = json_pack("{si}", "accepted", r->accepted);
@@ -887,7 +892,8 @@ static struct dreq *dreq_new(void)
 	}
 	pthread_setspecific(dreq_key, NULL);
 	body = r->body;
-	memset(r, 0, sizeof(*r));
+	memset(r, 0, offsetof(struct dreq, answer));
+	r->answer[0] = 0;
 	r->body = body; /* emptied by dreq_free */
 	r->body.max = DEVAPI_BODY_MAX;
 	return r;
@@ -984,7 +990,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	if (!r)
 		return;
 	fleet_reg_free(r->reg);
-	free(r->answer);
 	json_decref(r->refused);
 	json_decref(r->duplicate);
 	dreq_free(r);
