@@ -33,6 +33,7 @@
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,9 +72,11 @@ struct devapi {
 	struct fleet *f;
 	int port, metrics_public;
 	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
-	/* guards inflight, stopping and every request's batch state below */
+	/* guards every request's batch state below */
 	pthread_mutex_t mu;
-	int inflight;      /* report batches handed to the writer, not done */
+	/* atomics (every check-in counts itself in and out: a mutex there
+	 * was two lock round trips per check-in on one shared line) */
+	int inflight;      /* requests that may hand work to the writer, not done */
 	int stopping;      /* devapi_stop: no new batches */
 };
 
@@ -82,7 +85,9 @@ struct dreq {
 	struct buf body;
 	int too_big, answered_early;
 	size_t received;
-	char *token;
+	/* the Authorization header's token, in MHD's request headers (valid
+	 * until the request completes: no copy of the secret to wipe) */
+	const char *token;
 	/* issue 13: the device the verified client certificate names (empty:
 	 * no certificate; token authentication) */
 	char cert_dev[129];
@@ -93,9 +98,12 @@ struct dreq {
 	int submitted, done, suspended, rc, accepted;   /* under api->mu */
 	char err[512];
 	struct fleet_reg *reg;   /* a registration handed to the writer */
-	char *answer;            /* a check-in's answer (JSON text), sent once committed */
 	json_t *refused;         /* a report batch's refused reports */
 	json_t *duplicate;       /* its reports applied before (report seq) */
+	/* last (dreq_new does not clear it): a check-in's answer (JSON
+	 * text), sent from here without a copy (the request, recycled only
+	 * once complete, outlives its response) */
+	char answer[FLEET_ANSWER_MAX];
 };
 
 /* ---- replies -------------------------------------------------------------- */
@@ -114,10 +122,12 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, con
 	return ret;
 }
 
-/* A small answer from the caller's buffer (MHD copies it). */
-static enum MHD_Result reply_copy(struct MHD_Connection *c, unsigned status, const char *text, size_t len)
+/* A check-in's answer, r->answer, sent from there. */
+static enum MHD_Result reply_answer(struct MHD_Connection *c, struct dreq *r)
 {
-	struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)text, MHD_RESPMEM_MUST_COPY);
+	struct MHD_Response *resp =
+		MHD_create_response_from_buffer(strlen(r->answer), r->answer, MHD_RESPMEM_PERSISTENT);
+	unsigned status = MHD_HTTP_OK;
 	enum MHD_Result ret;
 	if (!resp)
 		return MHD_NO;
@@ -263,20 +273,26 @@ static int cert_claim_refused(struct devapi *a, struct MHD_Connection *c, struct
 /* A check-in that changes its device is answered once the writer has
  * committed the change (the connection suspended in between, as for
  * report batches); any other is answered at once. */
+/* A request counted by submit_begin is done with the writer. */
+static void submit_end(struct devapi *a)
+{
+	__atomic_sub_fetch(&a->inflight, 1, __ATOMIC_SEQ_CST);
+}
+
 /* Before handing a request to the fleet writer: count it in flight (so
  * devapi_stop waits for its answer), or answer 503 once stopping. */
 static int submit_begin(struct devapi *a, struct MHD_Connection *c, struct dreq *r, enum MHD_Result *ret)
 {
 	r->api = a;
 	r->conn = c;
-	pthread_mutex_lock(&a->mu);
-	if (a->stopping) {
-		pthread_mutex_unlock(&a->mu);
+	/* counted before stopping is read, as devapi_stop sets stopping
+	 * before it reads the count: one of the two sees the other */
+	__atomic_add_fetch(&a->inflight, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&a->stopping, __ATOMIC_SEQ_CST)) {
+		submit_end(a);
 		*ret = reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting down");
 		return -1;
 	}
-	a->inflight++;
-	pthread_mutex_unlock(&a->mu);
 	r->submitted = 1;
 	return 0;
 }
@@ -337,7 +353,6 @@ static enum MHD_Result reply_deferred(struct MHD_Connection *c, const struct adm
 static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	enum MHD_Result ret = MHD_NO;
-	char answer[FLEET_ANSWER_MAX];
 	struct fleet_ckbody ck;
 	json_t *body = NULL;
 	int rc, done;
@@ -375,25 +390,21 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 	/* authenticated first (401, nothing done), then decided */
 	if (r->cert_dev[0] && (cert_claim_refused(a, c, r, fleet_ckbody_str(&ck, FCK_DEVICE), &ret) ||
 			       cert_product_refused(a, c, r, fleet_ckbody_str(&ck, FCK_PRODUCT), &ret))) {
-		pthread_mutex_lock(&a->mu);
-		a->inflight--;
-		pthread_mutex_unlock(&a->mu);
+		submit_end(a);
 		goto out;
 	}
-	rc = r->cert_dev[0] ? fleet_checkin_body_trusted_async(a->f, &ck, answer, sizeof(answer), report_done, r)
-			    : fleet_checkin_body_async(a->f, &ck, r->token, answer, sizeof(answer), report_done, r);
+	rc = r->cert_dev[0] ? fleet_checkin_body_trusted_async(a->f, &ck, r->answer, sizeof(r->answer), report_done, r)
+			    : fleet_checkin_body_async(a->f, &ck, r->token, r->answer, sizeof(r->answer), report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
-		pthread_mutex_lock(&a->mu);
-		a->inflight--;
-		pthread_mutex_unlock(&a->mu);
+		submit_end(a);
 		if (rc == OTA_EAUTH) /* a refused credential did no work */
 			admission_refund();
 		ret = rc < 0 ? reply_error(c, status_of(rc), "%s", ota_error_last())
-			     : reply_copy(c, MHD_HTTP_OK, answer, strlen(answer));
+			     : reply_answer(c, r);
 		goto out;
 	}
 	pthread_mutex_lock(&a->mu);
-	r->answer = xstrdup(answer); /* report_done takes a->mu too: set before it reads */
+	/* r->answer was written before the writer had the check-in */
 	done = r->done;
 	if (!done) {
 		r->suspended = 1;
@@ -417,12 +428,13 @@ static void report_done(void *ctx, int rc)
 	r->rc = rc;
 	if (rc < 0)
 		snprintf(r->err, sizeof(r->err), "%s", ota_error_last());
-	a->inflight--;
 	if (r->suspended) {
 		r->suspended = 0;
 		MHD_resume_connection(r->conn);
 	}
 	pthread_mutex_unlock(&a->mu);
+	/* last: once the count is 0 devapi_stop frees a */
+	submit_end(a);
 }
 
 static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
@@ -435,7 +447,7 @@ static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 	if (r->rc < 0)
 		return reply_error(c, status_of(r->rc), "%s", r->err);
 	if (r->route == R_CHECKIN)
-		return reply_copy(c, MHD_HTTP_OK, r->answer, strlen(r->answer));
+		return reply_answer(c, r);
 	if (r->reg)
 		return reply_json(c, MHD_HTTP_OK, fleet_register_answer(r->api->f, r->reg));
 	answer = json_pack("{si}", "accepted", r->accepted);
@@ -515,9 +527,7 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 							     r->cert_dev[0] ? r->cert_dev : NULL, &r->accepted,
 							     &r->refused, &r->duplicate, report_done, r);
 	if (rc < 0) {
-		pthread_mutex_lock(&a->mu);
-		a->inflight--;
-		pthread_mutex_unlock(&a->mu);
+		submit_end(a);
 		r->rc = rc;
 		snprintf(r->err, sizeof(r->err), "%s", ota_error_last());
 		r->done = 1;
@@ -959,7 +969,8 @@ static struct dreq *dreq_new(void)
 	}
 	pthread_setspecific(dreq_key, NULL);
 	body = r->body;
-	memset(r, 0, sizeof(*r));
+	memset(r, 0, offsetof(struct dreq, answer));
+	r->answer[0] = 0;
 	r->body = body; /* emptied by dreq_free */
 	r->body.max = DEVAPI_BODY_MAX;
 	return r;
@@ -994,7 +1005,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
 		if (auth && !strncasecmp(auth, "Bearer ", 7))
-			r->token = xstrdup(auth + 7);
+			r->token = auth + 7;
 		if (bad) {
 			r->answered_early = 1;
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
@@ -1056,13 +1067,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	if (!r)
 		return;
 	fleet_reg_free(r->reg);
-	free(r->answer);
 	json_decref(r->refused);
 	json_decref(r->duplicate);
-	if (r->token) {
-		explicit_bzero(r->token, strlen(r->token));
-		free(r->token);
-	}
 	dreq_free(r);
 	*con_cls = NULL;
 }
@@ -1161,18 +1167,9 @@ void devapi_stop(struct devapi *d)
 		return;
 	/* MHD must not be stopped with connections still suspended: refuse
 	 * new batches, then let the writer finish (and resume) the others */
-	pthread_mutex_lock(&d->mu);
-	d->stopping = 1;
-	pthread_mutex_unlock(&d->mu);
-	for (;;) {
-		int n;
-		pthread_mutex_lock(&d->mu);
-		n = d->inflight;
-		pthread_mutex_unlock(&d->mu);
-		if (!n)
-			break;
+	__atomic_store_n(&d->stopping, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&d->inflight, __ATOMIC_SEQ_CST))
 		usleep(1000);
-	}
 	MHD_stop_daemon(d->mhd);
 	api_waiter_stop(d->waiter);
 	pthread_mutex_destroy(&d->mu);

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "../clock.h"
 
@@ -70,13 +71,20 @@ int fleet_cohort_slot(const char *salt, const char *device)
 	return (int)(h % 10000);
 }
 
+/* s is min..max characters of [A-Za-z0-9] and extra.  The letters and
+ * digits are tested by hand, as isalnum does in the "C" locale otacd runs
+ * in (every check-in checks five strings: the call and strchr per
+ * character showed in its profile). */
 static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
 {
 	size_t n = 0;
 	for (; s[n]; n++) {
+		unsigned c = (unsigned char)s[n];
 		if (n >= max)
 			return 0;
-		if (!isalnum((unsigned char)s[n]) && !strchr(extra, s[n]))
+		if ((c | 0x20) - 'a' < 26u || c - '0' < 10u)
+			continue;
+		if (!strchr(extra, (int)c))
 			return 0;
 	}
 	return n >= min;
@@ -602,6 +610,61 @@ out:
 	return rc;
 }
 
+/* ---- long-lived nodes ---------------------------------------------------- */
+
+/*
+ * Devices and registry entries live until fleet_close and every check-in
+ * reads one of each at random: in malloc's 4 KB pages a fleet of 100,000
+ * spreads them over ~10,000 pages, and each check-in paid TLB misses (a
+ * page walk, costly in a VM) on top of the cache misses (perf: the
+ * prefetches of a device stalled).  So they are carved from 2 MB chunks
+ * the kernel may back with huge pages (MADV_HUGEPAGE: Debian's THP setting
+ * is "madvise"), in whole cache lines (a node shares no line with
+ * another), and the chunks are freed at close.
+ */
+#define SLAB_CHUNK ((size_t)2 << 20)
+
+struct slab_chunk {
+	struct slab_chunk *next;
+};
+
+void *fleet_node_alloc(struct fleet *f, size_t size)
+{
+	char *p;
+	size = (size + 63) & ~(size_t)63;
+	pthread_mutex_lock(&f->slab_mu);
+	if (size > f->slab_left) {
+		size_t cap = (size + 64 + SLAB_CHUNK - 1) / SLAB_CHUNK * SLAB_CHUNK;
+		struct slab_chunk *c = aligned_alloc(SLAB_CHUNK, cap);
+		if (!c) {
+			fputs("fatal: out of memory\n", stderr); /* as xcalloc */
+			abort();
+		}
+		/* a hint: refused, the nodes only cost their TLB misses */
+		(void)madvise(c, cap, MADV_HUGEPAGE);
+		c->next = f->slab;
+		f->slab = c;
+		f->slab_cur = (char *)c + 64;
+		f->slab_left = cap - 64;
+	}
+	p = f->slab_cur;
+	f->slab_cur += size;
+	f->slab_left -= size;
+	pthread_mutex_unlock(&f->slab_mu);
+	return memset(p, 0, size);
+}
+
+void fleet_nodes_free(struct fleet *f)
+{
+	for (struct slab_chunk *c = f->slab, *next; c; c = next) {
+		next = c->next;
+		free(c);
+	}
+	f->slab = NULL;
+	f->slab_cur = NULL;
+	f->slab_left = 0;
+}
+
 /* ---- devices ------------------------------------------------------------ */
 
 struct shard *fleet_shard(struct fleet *f, uint64_t h)
@@ -619,10 +682,10 @@ struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_
 	return NULL;
 }
 
-struct device *fleet_device_new_locked(struct shard *s, const char *id, uint64_t h)
+struct device *fleet_device_new_locked(struct fleet *f, struct shard *s, const char *id, uint64_t h)
 {
 	size_t len = strlen(id);
-	struct device *d = xcalloc(1, sizeof(*d) + len + 1);
+	struct device *d = fleet_node_alloc(f, sizeof(*d) + len + 1);
 	memcpy(d->id, id, len + 1);
 	d->hash = h;
 	if (s->n + 1 > s->nb) {
@@ -758,11 +821,11 @@ static int bl_valid(const char *s)
 	return fleet_xyz_parse(s, v) == 0;
 }
 
-static int64_t jitter(const char *id, int64_t now, int64_t poll)
+/* id_hash: the device id's fleet_fnv (the check-in has it already) */
+static int64_t jitter(uint64_t id_hash, int64_t now, int64_t poll)
 {
-	uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+	uint64_t h = fleet_fnv(&now, sizeof(now), id_hash);
 	int64_t j;
-	h = fleet_fnv(&now, sizeof(now), h);
 	j = (int64_t)(h % 2001) - 1000; /* -1000..1000 per 10000: +-10 % */
 	return poll + poll * j / 10000;
 }
@@ -790,50 +853,72 @@ static const char *scale_text(void)
  * body's, so the check-in skips admission and interning (and their locks).
  * 1 when product, hardware, bootloader, version and (without a tag
  * allowlist, which is checked per tag) the tags all match; then the
- * pointers and the tags (tags, ntags) are the device's.  reg: see checkin(). */
-static int as_before(struct fleet *f, struct reg *reg, const char **product, const char **hardware,
-		     const char **bootloader, const char **version, const struct fleet_ckbody *b, const char **tags,
-		     size_t *ntags)
+ * pointers and the tags (tags, ntags) are the device's.  d may be NULL (a
+ * device not seen yet: 0); its shard is locked. */
+static int as_before_locked(struct fleet *f, const struct device *d, const char **product, const char **hardware,
+			    const char **bootloader, const char **version, const struct fleet_ckbody *b,
+			    const char **tags, size_t *ntags)
 {
-	struct shard *s;
-	const struct device *d;
-	int same = 0;
+	size_t n = b->tags_kind == FCK_OBJECT ? b->ntags : 0;
+	int same;
 
-	if (!reg)
+	if (!d || !d->product || !d->hardware || !d->bootloader || !d->version || strcmp(d->product, *product) ||
+	    strcmp(d->hardware, *hardware) || strcmp(d->bootloader, *bootloader) || strcmp(d->version, *version))
 		return 0;
-	s = fleet_shard(f, reg->hash);
-	pthread_mutex_lock(&s->mu);
-	/* the cache is filled at a device's first check-in since open */
-	if (!reg->dev)
-		reg->dev = fleet_device_find_locked(s, reg->id, reg->hash);
-	d = reg->dev;
-	if (d && d->product && d->hardware && d->bootloader && d->version && !strcmp(d->product, *product) &&
-	    !strcmp(d->hardware, *hardware) && !strcmp(d->bootloader, *bootloader) && !strcmp(d->version, *version)) {
-		size_t n = b->tags_kind == FCK_OBJECT ? b->ntags : 0;
-		same = n == d->ntags && (!n || !f->tag_allow);
-		/* keys are unique (duplicates are refused) and so are the
-		 * device's tags: the same count and each found is the same set */
-		for (size_t k = 0; same && k < n; k++) {
-			const char *key = b->tag_key[k];
-			size_t kl = strlen(key);
-			int hit = 0;
-			for (size_t i = 0; i < d->ntags && !hit; i++)
-				hit = !strncmp(d->tags[i], key, kl) && d->tags[i][kl] == '=' &&
-				      !strcmp(d->tags[i] + kl + 1, b->tag_val[k]);
-			same = hit;
-		}
-		if (same) {
-			*product = d->product;
-			*hardware = d->hardware;
-			*bootloader = d->bootloader;
-			*version = d->version;
-			if (n)
-				memcpy(tags, d->tags, n * sizeof(*tags));
-			*ntags = n;
-		}
+	same = n == d->ntags && (!n || !f->tag_allow);
+	/* keys are unique (duplicates are refused) and so are the device's
+	 * tags: the same count and each found is the same set */
+	for (size_t k = 0; same && k < n; k++) {
+		const char *key = b->tag_key[k];
+		size_t kl = strlen(key);
+		int hit = 0;
+		for (size_t i = 0; i < d->ntags && !hit; i++)
+			hit = !strncmp(d->tags[i], key, kl) && d->tags[i][kl] == '=' && !strcmp(d->tags[i] + kl + 1, b->tag_val[k]);
+		same = hit;
 	}
-	pthread_mutex_unlock(&s->mu);
-	return same;
+	if (!same)
+		return 0;
+	*product = d->product;
+	*hardware = d->hardware;
+	*bootloader = d->bootloader;
+	*version = d->version;
+	if (n)
+		memcpy(tags, d->tags, n * sizeof(*tags));
+	*ntags = n;
+	return 1;
+}
+
+/* The body's tags, product, hardware, bootloader and version admitted
+ * and interned (a device's first check-in, or one that changes them): no
+ * fleet lock held. */
+static int admit_body(struct fleet *f, const struct fleet_ckbody *b, const char **product, const char **hardware,
+		      const char **bootloader, const char **version, const char **tags, size_t *ntags)
+{
+	int rc;
+	*ntags = 0;
+	for (size_t i = 0; b->tags_kind == FCK_OBJECT && i < b->ntags; i++) {
+		char kv[300];
+		snprintf(kv, sizeof(kv), "%s=%s", b->tag_key[i], b->tag_val[i]);
+		if ((rc = admit(f, kv, b->tag_key[i], b->tag_val[i], NULL, &tags[*ntags])) < 0)
+			return rc;
+		(*ntags)++;
+	}
+	qsort(tags, *ntags, sizeof(tags[0]), cmp_ptr_str);
+	if ((rc = admit(f, *product, NULL, NULL, "product", product)) < 0 ||
+	    (rc = admit(f, *hardware, NULL, NULL, "hardware", hardware)) < 0 ||
+	    (rc = admit(f, *bootloader, NULL, NULL, "bootloader", bootloader)) < 0 ||
+	    (rc = admit(f, *version, NULL, NULL, "version", version)) < 0)
+		return rc;
+	return 0;
+}
+
+/* The device checking in, its shard locked: the registry entry's cache
+ * (filled at a device's first check-in since open) or the table's. */
+static struct device *device_locked(struct shard *s, struct reg *reg, const char *id, uint64_t h)
+{
+	if (reg && reg->dev)
+		return reg->dev;
+	return fleet_device_find_locked(s, id, h);
 }
 
 /* A check-in; reg: the device's registry entry when the caller
@@ -889,29 +974,26 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 				return ota_error_set(OTA_EINVAL, "tags.%.64s: keys are 1..64 characters [A-Za-z0-9._-]", key);
 		}
 	}
-	if (!as_before(f, reg, &product, &hardware, &bootloader, &version, b, tags, &ntags)) {
-		for (size_t i = 0; b->tags_kind == FCK_OBJECT && i < b->ntags; i++) {
-			char kv[300];
-			snprintf(kv, sizeof(kv), "%s=%s", b->tag_key[i], b->tag_val[i]);
-			if ((rc = admit(f, kv, b->tag_key[i], b->tag_val[i], NULL, &tags[ntags])) < 0)
-				return rc;
-			ntags++;
-		}
-		qsort(tags, ntags, sizeof(tags[0]), cmp_ptr_str);
-		if ((rc = admit(f, product, NULL, NULL, "product", &product)) < 0 ||
-		    (rc = admit(f, hardware, NULL, NULL, "hardware", &hardware)) < 0 ||
-		    (rc = admit(f, bootloader, NULL, NULL, "bootloader", &bootloader)) < 0 ||
-		    (rc = admit(f, version, NULL, NULL, "version", &version)) < 0)
-			return rc;
-	}
-
-	h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
+	/* one critical section for a known device checking in as before
+	 * (reg: its registry entry has its id's hash); admission and
+	 * interning otherwise, with the locks let go meanwhile (they take
+	 * later locks) */
+	h = reg ? reg->hash : fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	pthread_rwlock_rdlock(&f->exp_lock);
 	pthread_mutex_lock(&s->mu);
-	d = reg && reg->dev ? reg->dev : fleet_device_find_locked(s, id, h);
+	d = device_locked(s, reg, id, h);
+	if (!reg || !as_before_locked(f, d, &product, &hardware, &bootloader, &version, b, tags, &ntags)) {
+		pthread_mutex_unlock(&s->mu);
+		pthread_rwlock_unlock(&f->exp_lock);
+		if ((rc = admit_body(f, b, &product, &hardware, &bootloader, &version, tags, &ntags)) < 0)
+			return rc;
+		pthread_rwlock_rdlock(&f->exp_lock);
+		pthread_mutex_lock(&s->mu);
+		d = device_locked(s, reg, id, h);
+	}
 	if (!d) {
-		d = fleet_device_new_locked(s, id, h);
+		d = fleet_device_new_locked(f, s, id, h);
 		/* bounds: a device first seen may claim one poll interval of uptime */
 		d->uptime_until = now - f->cfg_poll_ms;
 		d->product = product;
@@ -974,7 +1056,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */
 	crl = pki_trust_crl_number();
-	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(id, now, f->cfg_poll_ms), offer, crl);
+	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(h, now, f->cfg_poll_ms), offer, crl);
 	pthread_rwlock_unlock(&f->exp_lock);
 	if (n < 0 || (size_t)n >= cap) /* FLEET_ANSWER_MAX holds any (offer_compile) */
 		return ota_error_set(OTA_ERROR, "check-in answer larger than %zu bytes", cap);

@@ -281,10 +281,9 @@ struct fleet_ckbody;
 int fleet_checkin_body_async(struct fleet *f, const struct fleet_ckbody *b, const char *token, char *answer,
 			     size_t cap, void (*done)(void *ctx, int rc), void *ctx);
 /* A hint before a check-in of device id (len bytes, as the raw body spells
- * it): fetches the buckets the check-in will read of the registry and the
- * device table into the cache while the caller parses the body (both are
- * cache misses in a large fleet).  Reads under the shard's lock, changes
- * nothing; a wrong id only fetches the wrong lines. */
+ * it): fetches the registry bucket the check-in will read into the cache
+ * while the caller parses the body (a cache miss in a large fleet).  Takes
+ * no lock, changes nothing; a wrong id only fetches the wrong line. */
 void fleet_checkin_prefetch(struct fleet *f, const char *id, size_t len);
 /* The same for a device the caller authenticated otherwise (its client
  * certificate, devapi.c, which also checked the body names that device). */

@@ -56,18 +56,23 @@ void fleet_checkin_prefetch(struct fleet *f, const char *id, size_t len)
 {
 	uint64_t h = fleet_fnv(id, len, FLEET_FNV_BASIS);
 	struct shard *s = fleet_shard(f, h);
-	pthread_mutex_lock(&s->mu);
-	if (s->rnb)
-		__builtin_prefetch(&s->rb[h & (s->rnb - 1)]);
-	if (s->nb)
-		__builtin_prefetch(&s->b[h & (s->nb - 1)]);
-	pthread_mutex_unlock(&s->mu);
+	/* without the shard's lock (one lock round trip less per check-in):
+	 * the table and its size are loaded atomically (fleet_reg_new_locked
+	 * stores them so); when a resize races this they may not match, and
+	 * the prefetch then names a line of a freed or a larger table, which
+	 * a prefetch may (it never faults).  Only the registry's bucket: a
+	 * device's check-ins after its first read its device through the
+	 * registry entry (reg->dev), not the device table */
+	struct reg **rb = __atomic_load_n(&s->rb, __ATOMIC_RELAXED);
+	size_t rnb = __atomic_load_n(&s->rnb, __ATOMIC_RELAXED);
+	if (rnb)
+		__builtin_prefetch(&rb[h & (rnb - 1)]);
 }
 
-struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
+struct reg *fleet_reg_new_locked(struct fleet *f, struct shard *s, const char *id, uint64_t h)
 {
 	size_t len = strlen(id);
-	struct reg *r = xcalloc(1, sizeof(*r) + len + 1);
+	struct reg *r = fleet_node_alloc(f, sizeof(*r) + len + 1);
 	memcpy(r->id, id, len + 1);
 	r->hash = h;
 	if (s->rn + 1 > s->rnb) {
@@ -82,8 +87,9 @@ struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h)
 			}
 		}
 		free(s->rb);
-		s->rb = b;
-		s->rnb = nb;
+		/* fleet_checkin_prefetch reads both without the lock */
+		__atomic_store_n(&s->rb, b, __ATOMIC_RELAXED);
+		__atomic_store_n(&s->rnb, nb, __ATOMIC_RELAXED);
 	}
 	r->next = s->rb[h & (s->rnb - 1)];
 	s->rb[h & (s->rnb - 1)] = r;
@@ -97,13 +103,13 @@ void fleet_reg_free_shard(struct shard *s)
 		struct reg *r = s->rb[i], *next;
 		for (; r; r = next) {
 			next = r->next;
-			OPENSSL_cleanse(r->cred, sizeof(r->cred));
-			free(r);
+			OPENSSL_cleanse(r->cred, sizeof(r->cred)); /* the node itself: fleet_nodes_free */
 		}
 	}
 	free(s->rb);
-	s->rb = NULL;
-	s->rnb = s->rn = 0;
+	__atomic_store_n(&s->rb, NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->rnb, 0, __ATOMIC_RELAXED);
+	s->rn = 0;
 }
 
 /* ---- credentials -------------------------------------------------------- */
@@ -225,11 +231,6 @@ int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cr
 	h = fleet_fnv(device_id, strlen(device_id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	pthread_mutex_lock(&s->mu);
-	/* the device table's bucket, fetched alongside the registry's (both
-	 * misses in a large fleet: in parallel rather than one after the
-	 * other through r->dev) */
-	if (s->nb)
-		__builtin_prefetch(s->b[h & (s->nb - 1)]);
 	if ((r = fleet_reg_find_locked(s, device_id, h))) {
 		gen = r->gen;
 		/* computed at an earlier request of this generation */
@@ -237,10 +238,15 @@ int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cr
 			memcpy(raw, r->cred, sizeof(raw));
 		/* the check-in that follows reads its device, every cache line
 		 * of it (tags, flags, id): misses in a large fleet, fetched
-		 * while the HMAC below runs */
+		 * while this finishes.  A device not cached yet is looked up in
+		 * the device table: its bucket's slot is fetched instead (only
+		 * fetched: loading the slot to fetch the device it names stalled
+		 * every check-in on a miss, for a lookup reg->dev saves) */
 		if (r->dev)
 			for (size_t off = 0; off <= sizeof(struct device); off += 64)
 				__builtin_prefetch((const char *)r->dev + off);
+		else if (s->nb)
+			__builtin_prefetch(&s->b[h & (s->nb - 1)]);
 	}
 	pthread_mutex_unlock(&s->mu);
 	if (!r)

@@ -149,6 +149,13 @@ static size_t utf8_put(uint32_t cp, char *u)
 	return 4;
 }
 
+/* A byte a JSON string holds as itself: printable ASCII but the backslash
+ * (the quote ends the token before it reaches here). */
+static int plain(unsigned char c)
+{
+	return c >= 0x20 && c < 0x80 && c != '\\';
+}
+
 /*
  * Decodes the JSON string s[0, n) (between its quotes) into dst, NUL
  * terminated, within cap bytes; dst NULL: only checks.  The decoded
@@ -161,15 +168,18 @@ static long str_decode(const char *s, size_t n, char *dst, size_t cap)
 	while (i < n) {
 		unsigned char c = (unsigned char)s[i];
 		char u[4];
-		size_t ul;
-		if (c >= 0x20 && c < 0x80 && c != '\\') { /* the common case */
+		size_t ul, run;
+		/* the common case: a run of printable ASCII, copied at once */
+		for (run = 0; i + run < n && plain((unsigned char)s[i + run]); run++)
+			;
+		if (run) {
 			if (dst) {
-				if (o + 1 >= cap)
+				if (o + run >= cap)
 					return -1;
-				dst[o] = (char)c;
+				memcpy(dst + o, s + i, run);
 			}
-			o++;
-			i++;
+			o += run;
+			i += run;
 			continue;
 		}
 		if (c < 0x20)

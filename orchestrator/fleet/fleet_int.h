@@ -120,12 +120,17 @@ struct reg {
 };
 
 struct shard {
-	pthread_mutex_t mu;
-	struct device **b;
-	size_t nb, n;
+	/* written at every lock and change: a cache line of its own (and not
+	 * a neighbour's), so the tables below stay in every core's cache */
+	_Alignas(64) pthread_mutex_t mu;
 	struct device *dirty;
+	size_t n, rn;
+	/* written only when a table grows (rb and rnb atomically: see
+	 * fleet_checkin_prefetch) */
+	_Alignas(64) struct device **b;
+	size_t nb;
 	struct reg **rb;              /* registered ids (fleet_auth.c) */
-	size_t rnb, rn;
+	size_t rnb;
 };
 
 /* One aggregate; counters are updated with atomics, the strings and the
@@ -258,6 +263,12 @@ struct fleet {
 	int64_t cfg_poll_ms;
 
 	/* registration rate limit: a token bucket in devices (real time) */
+	/* devices and registry entries: carved from huge-page chunks
+	 * (fleet_node_alloc), freed at close; slab_mu is a leaf lock */
+	pthread_mutex_t slab_mu;
+	struct slab_chunk *slab;
+	char *slab_cur;
+	size_t slab_left;
 	pthread_mutex_t reg_mu;
 	double reg_rate, reg_burst, reg_tokens;
 	int64_t reg_at;
@@ -354,7 +365,11 @@ void fleet_agg_publish(struct fleet *f, struct agg *a, int ok);
 
 struct shard *fleet_shard(struct fleet *f, uint64_t h);
 struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_t h);
-struct device *fleet_device_new_locked(struct shard *s, const char *id, uint64_t h);
+/* A zeroed node (a device or a registry entry) of size bytes in whole
+ * cache lines, living until fleet_close (fleet_nodes_free). */
+void *fleet_node_alloc(struct fleet *f, size_t size);
+void fleet_nodes_free(struct fleet *f);
+struct device *fleet_device_new_locked(struct fleet *f, struct shard *s, const char *id, uint64_t h);
 void fleet_device_mark_locked(struct shard *s, struct device *d);
 struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
@@ -463,7 +478,7 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 
 /* fleet_auth.c: the registry (shard-locked), used by the writer and load */
 struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
-struct reg *fleet_reg_new_locked(struct shard *s, const char *id, uint64_t h);
+struct reg *fleet_reg_new_locked(struct fleet *f, struct shard *s, const char *id, uint64_t h);
 void fleet_reg_free_shard(struct shard *s);
 void fleet_auth_release(struct fleet *f);   /* the HMAC contexts (fleet_free) */
 /* fleet_device_auth, and the device's registry entry (lives until

@@ -589,7 +589,7 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 		struct device *d;
 		pthread_mutex_lock(&s->mu);
 		if (!(r = fleet_reg_find_locked(s, id, h)))
-			r = fleet_reg_new_locked(s, id, h);
+			r = fleet_reg_new_locked(f, s, id, h);
 		reg->gens[i] = ++r->gen;
 		/* a device provisioned again (a factory reset, a new
 		 * simulator run) numbers its reports afresh: its report seq
@@ -870,7 +870,7 @@ static void load_row(struct fleet *f, const struct fleet_row *row)
 	h = fleet_fnv(row->id, strlen(row->id), FLEET_FNV_BASIS);
 	s = fleet_shard(f, h);
 	if (!(d = fleet_device_find_locked(s, row->id, h)))
-		d = fleet_device_new_locked(s, row->id, h);
+		d = fleet_device_new_locked(f, s, row->id, h);
 	d->product = row->product;
 	d->hardware = row->hardware;
 	d->bootloader = row->bootloader;
@@ -1075,7 +1075,7 @@ static int load(struct fleet *f)
 		h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		s = fleet_shard(f, h);
 		if (!(r = fleet_reg_find_locked(s, id, h)))
-			r = fleet_reg_new_locked(s, id, h);
+			r = fleet_reg_new_locked(f, s, id, h);
 		r->gen = (uint32_t)sqlite3_column_int64(st, 1);
 	}
 	if (step != SQLITE_DONE) {
@@ -1126,14 +1126,15 @@ static void fleet_free(struct fleet *f)
 			struct device *d = s->b[i], *next;
 			for (; d; d = next) {
 				next = d->next;
-				fleet_device_free_tags(d);
-				free(d);
+				fleet_device_free_tags(d); /* d itself: fleet_nodes_free */
 			}
 		}
 		free(s->b);
 		fleet_reg_free_shard(s);
 		pthread_mutex_destroy(&s->mu);
 	}
+	fleet_nodes_free(f);
+	pthread_mutex_destroy(&f->slab_mu);
 	for (struct agg *a = f->agg_all, *next; a; a = next) {
 		next = a->all_next;
 		free(a);
@@ -1170,9 +1171,20 @@ static void fleet_free(struct fleet *f)
 	free(f);
 }
 
+/* Zeroed, aligned as its shards need (struct shard: cache lines). */
+static struct fleet *fleet_alloc(void)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, _Alignof(struct fleet), sizeof(struct fleet)) != 0) {
+		fputs("fatal: out of memory\n", stderr); /* as xcalloc */
+		abort();
+	}
+	return memset(p, 0, sizeof(struct fleet));
+}
+
 int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 {
-	struct fleet *f = xcalloc(1, sizeof(*f));
+	struct fleet *f = fleet_alloc();
 	int rc = 0;
 
 	*out = NULL;
@@ -1181,6 +1193,7 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 	pthread_rwlock_init(&f->exp_lock, NULL);
 	pthread_mutex_init(&f->agg_dirty_mu, NULL);
 	pthread_mutex_init(&f->q_mu, NULL);
+	pthread_mutex_init(&f->slab_mu, NULL);
 	pthread_cond_init(&f->q_cond, NULL);
 	for (int k = 0; k < FLEET_NSHARDS; k++)
 		pthread_mutex_init(&f->shards[k].mu, NULL);
