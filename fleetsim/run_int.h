@@ -171,7 +171,8 @@ int fs_version_idx(struct fleetsim *fs, const char *s);
 const struct sim_rates *fs_rates(struct fleetsim *fs, uint16_t v, uint8_t hw);
 int fs_bit_set(struct fleetsim *fs, uint64_t **bits, uint32_t i);
 void fs_check_until(struct fleetsim *fs);
-void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n);
+/* ... from device dev's batch (mTLS: a batch holds one device's reports) */
+void fs_report_append(struct fleetsim *fs, uint32_t dev, const char *objs, size_t len, int n);
 void fs_reports_tick(struct fleetsim *fs, int force);
 int fs_reports_busy(struct fleetsim *fs);
 /* core.c (issue 14): the fleet on libotadev, after registration. */
