@@ -134,6 +134,13 @@ static size_t on_hdr(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
+/* An offer's URL: absolute (a CDN, a presigned S3 URL: docs/delivery.md)
+ * or relative to the device API. */
+static int absolute_url(const char *path)
+{
+	return !strncmp(path, "http://", 7) || !strncmp(path, "https://", 8);
+}
+
 /* One real request as the device; the answer into rs (or whole into all). */
 static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct otadev_http_resp *rs, struct buf *all)
 {
@@ -146,14 +153,19 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	CURLcode cc;
 
 	curl_easy_reset(e);
-	snprintf(line, sizeof(line), "%s%s", fs->base, rq->path);
-	curl_easy_setopt(e, CURLOPT_URL, line);
-	if (!fs->cert) {
-		snprintf(line, sizeof(line), "Authorization: Bearer %s", c->cred);
+	if (absolute_url(rq->path)) {
+		/* fetched as given, with no device credential (the model does the same) */
+		curl_easy_setopt(e, CURLOPT_URL, rq->path);
+	} else {
+		snprintf(line, sizeof(line), "%s%s", fs->base, rq->path);
+		curl_easy_setopt(e, CURLOPT_URL, line);
+		if (!fs->cert) {
+			snprintf(line, sizeof(line), "Authorization: Bearer %s", c->cred);
+			h = curl_slist_append(h, line);
+		}
+		snprintf(line, sizeof(line), "X-Device-Id: %s", c->id);
 		h = curl_slist_append(h, line);
 	}
-	snprintf(line, sizeof(line), "X-Device-Id: %s", c->id);
-	h = curl_slist_append(h, line);
 	if (rq->body) {
 		h = curl_slist_append(h, "Content-Type: application/json");
 		h = curl_slist_append(h, "Expect:");
@@ -179,7 +191,7 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	if (fs->o.cacert)
 		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
-	if (fs->cert) {
+	if (fs->cert && !absolute_url(rq->path)) {
 		/* mTLS: the certificate is the identity, and a connection or TLS
 		 * session is one device's: the handle's open connection carries
 		 * the last device's certificate, a resumed session would too */
@@ -202,16 +214,19 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	return 0;
 }
 
-static int image_slot(struct core *k, const char *path)
+/* The table entry of the image being downloaded: by the offer's SHA-256,
+ * since one image may come from many URLs (a presigned URL per offer). */
+static int image_slot(struct core *k, const char *path, const uint8_t sha[32])
 {
 	uint32_t i;
 
 	for (i = 0; i < k->env.nimg; i++)
-		if (!strcmp(k->env.img[i]->url, path))
+		if (!memcmp(k->env.img[i]->sha256, sha, 32))
 			return (int)i + 1;
 	if (k->env.nimg == PSIM_IMAGES_MAX)
 		return -1;
 	k->env.img[i] = xcalloc(1, sizeof(struct psim_image));
+	memcpy(k->env.img[i]->sha256, sha, 32);
 	snprintf(k->env.img[i]->url, sizeof(k->env.img[i]->url), "%s", path);
 	k->env.nimg++;
 	return (int)i + 1;
@@ -228,7 +243,7 @@ static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uin
 	int i, rc;
 
 	pthread_mutex_lock(&k->lock);
-	if ((i = image_slot(k, rq->path)) <= 0) {
+	if ((i = image_slot(k, rq->path, c->d.rec.offer.sha256)) <= 0) {
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
@@ -400,7 +415,7 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
-	if (!strncmp(rq->path, "/device/v1/images/", 18))
+	if (!strncmp(rq->path, "/device/v1/images/", 18) || absolute_url(rq->path))
 		return image_get(c, rq, rs);
 	rc = request(c, rq, rs, NULL);
 	if (!strcmp(rq->path, "/device/v1/checkin")) {
