@@ -861,6 +861,11 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 			if (k->base.backoff_base_ms > k->poll_real + 20)
 				k->base.backoff_base_ms = (uint32_t)k->poll_real + 20;
 			k->base.backoff_max_ms = (uint32_t)(3600000.0 / k->scale) + 2 * k->base.backoff_base_ms;
+			/* ... and at least the poll interval: a fleet whose server is
+			 * gone (a failed test leaves it running) retries no faster than
+			 * it polled, instead of the whole fleet every otacd hour */
+			if (k->base.backoff_max_ms < k->poll_real + 2 * k->base.backoff_base_ms)
+				k->base.backoff_max_ms = (uint32_t)k->poll_real + 2 * k->base.backoff_base_ms;
 			k->base.precondition_wait_ms = (uint32_t)(300000.0 / k->scale) + 50;
 		}
 		pthread_mutex_unlock(&k->lock);

@@ -242,13 +242,7 @@ static void good_release_walks_staging_and_canary_steps_to_the_whole_fleet(void 
 
 	(void)state;
 	world_start(w, fleet_scale(), NULL);
-	/* the model engine: 20,000 devices at time scale 3600 (a heartbeat a
-	 * real second from each) passed on --engine core once in 32 s, but
-	 * on this shared 2-core machine under load the core's 256 worker
-	 * threads starved otacd's engine thread and the canary never left
-	 * 1 %; the smaller fleets of the tests below run the core */
-	static const char *const model[] = { "--engine", "model", NULL };
-	sim_start(w, FLEET, PROFILE, "1.0.0", "0", model);
+	sim_start(w, FLEET, PROFILE, "1.0.0", "0", NULL);
 	run = h_trigger(&w->d, y);
 	rel = release_of(&w->d, run, T(30000));
 	assert_true(rel > 0);
