@@ -142,7 +142,9 @@ $(BIN)/otactl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(BUILD)/obj/device/linux/pushhint.o $(LIBOTADEV) $(LIB)
+# --engine core --trust-root: the devices' X.509 hooks are the Linux port's (OpenSSL)
+$(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(BUILD)/obj/device/port_linux_x509.o \
+		       $(BUILD)/obj/device/linux/pushhint.o $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

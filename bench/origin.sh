@@ -97,6 +97,8 @@ EOF
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	: >"$tmp/ngx/access.log"
 	t0=$(date +%s.%N)
+	# --engine model: whole-image downloads, as the runs in docs/benchmarks.md
+	# (the core engine downloads in 2 KiB Range GETs, a different origin load)
 	nice "$bin/otacd-fleetsim" --engine model --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
 		--fleet-key "@$state/fleet.key" --product bench --start-version 1.0.0 --report-every 1h \
 		--until 1.1.0:0.95 --duration "$timeout" --concurrency 256 --quiet --stats "$state.stats" \

@@ -2,7 +2,7 @@
 # pushsim.sh BINDIR [DEVICES] [CAPACITY] - push hints against 6 h polling,
 # measured with otacd-fleetsim (issue 15, "Push"; docs/delivery.md).
 #
-# DEVICES (20,000) otacd-fleetsim devices (--engine model, the default
+# DEVICES (20,000) otacd-fleetsim devices (--engine model, the fast model; the default
 # profile: two hardware variants), otacd with poll_interval 6h at time
 # scale SCALE, chosen so the polling load is ~POLL_RATE (200) check-ins
 # per real second: SCALE = POLL_RATE * 21600 / DEVICES (at a higher load

@@ -878,7 +878,7 @@ static int install(struct otadev *d)
 		for (i = 0; rc == 0 && i < d->cfg->nkeys && memcmp(d->cfg->keys[i].hash, leaf.hash, 32); i++)
 			;
 		if (rc == 0 && i == d->cfg->nkeys) {
-			why = "the bootloader holds no key slot for the signing key: installing would brick";
+			why = "the bootloader holds no slot for signing key: installing would brick";
 			rc = OTADEV_EVERIFY;
 		}
 	} else {

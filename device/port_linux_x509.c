@@ -35,6 +35,24 @@ int port_linux_x509_load_anchor(const char *path, unsigned char **der, size_t *l
 	return 0;
 }
 
+/* The refusal of a revoked certificate with the list's reason (the reasons
+ * otacd's `keys revoke --reason` writes, orchestrator/pki.c), so a device's
+ * log says why as otacd's verifier does; *why must be a static string. */
+static const char *revoked_why(X509_REVOKED *r)
+{
+	ASN1_ENUMERATED *e = r ? X509_REVOKED_get_ext_d2i(r, NID_crl_reason, NULL, NULL) : NULL;
+	long code = e ? ASN1_ENUMERATED_get(e) : CRL_REASON_UNSPECIFIED;
+
+	ASN1_ENUMERATED_free(e);
+	switch (code) {
+	case CRL_REASON_KEY_COMPROMISE: return "signing certificate is revoked (keyCompromise)";
+	case CRL_REASON_AFFILIATION_CHANGED: return "signing certificate is revoked (affiliationChanged)";
+	case CRL_REASON_SUPERSEDED: return "signing certificate is revoked (superseded)";
+	case CRL_REASON_CESSATION_OF_OPERATION: return "signing certificate is revoked (cessationOfOperation)";
+	default: return "signing certificate is revoked (unspecified)";
+	}
+}
+
 static X509 *cert_of(const uint8_t *p, size_t n)
 {
 	const unsigned char *q = p;
@@ -154,7 +172,7 @@ int port_linux_x509_chain(void *ctx, const struct otadev_x509_req *req, uint8_t 
 			if (X509_cmp(x, root) == 0)
 				continue;
 			if (X509_CRL_get0_by_cert(crl, &r, x) == 1) {
-				*why = "signing certificate is revoked";
+				*why = revoked_why(r);
 				goto out;
 			}
 		}

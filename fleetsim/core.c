@@ -47,6 +47,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "../device/port_linux_x509.h"
 #include "../orchestrator/mcuboot.h"
 #include "port_sim.h"
 
@@ -69,6 +70,7 @@ struct core {
 	int64_t real0;
 	struct otadev_config base;
 	uint8_t *keyder[OTADEV_KEYS_MAX];
+	uint8_t *anchor;             /* --trust-root: the root certificate, DER */
 	uint8_t tmpl[sizeof(struct otadev_record)];
 	int have_tmpl;
 	uint64_t server_now, server_mono;
@@ -144,6 +146,13 @@ static size_t on_hdr(char *p, size_t sz, size_t nm, void *ud)
 	return n;
 }
 
+/* An offer's URL: absolute (a CDN, a presigned S3 URL: docs/delivery.md)
+ * or relative to the device API. */
+static int absolute_url(const char *path)
+{
+	return !strncmp(path, "http://", 7) || !strncmp(path, "https://", 8);
+}
+
 /* One real request as the device; the answer into rs (or whole into all). */
 static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct otadev_http_resp *rs, struct buf *all)
 {
@@ -156,12 +165,19 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	CURLcode cc;
 
 	curl_easy_reset(e);
-	snprintf(line, sizeof(line), "%s%s", fs->base, rq->path);
-	curl_easy_setopt(e, CURLOPT_URL, line);
-	snprintf(line, sizeof(line), "Authorization: Bearer %s", c->cred);
-	h = curl_slist_append(h, line);
-	snprintf(line, sizeof(line), "X-Device-Id: %s", c->id);
-	h = curl_slist_append(h, line);
+	if (absolute_url(rq->path)) {
+		/* fetched as given, with no device credential (the model does the same) */
+		curl_easy_setopt(e, CURLOPT_URL, rq->path);
+	} else {
+		snprintf(line, sizeof(line), "%s%s", fs->base, rq->path);
+		curl_easy_setopt(e, CURLOPT_URL, line);
+		if (!fs->cert) {
+			snprintf(line, sizeof(line), "Authorization: Bearer %s", c->cred);
+			h = curl_slist_append(h, line);
+		}
+		snprintf(line, sizeof(line), "X-Device-Id: %s", c->id);
+		h = curl_slist_append(h, line);
+	}
 	if (rq->body) {
 		h = curl_slist_append(h, "Content-Type: application/json");
 		h = curl_slist_append(h, "Expect:");
@@ -187,6 +203,16 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	if (fs->o.cacert)
 		curl_easy_setopt(e, CURLOPT_CAINFO, fs->o.cacert);
+	if (fs->cert && !absolute_url(rq->path)) {
+		/* mTLS: the certificate is the identity, and a connection or TLS
+		 * session is one device's: the handle's open connection carries
+		 * the last device's certificate, a resumed session would too */
+		fs_client_cert(fs, e, c->idx);
+		curl_easy_setopt(e, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+		if (c->conn_dev != c->idx + 1)
+			curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+		c->conn_dev = c->idx + 1;
+	}
 	rs->len = 0;
 	rs->range_total = -1;
 	cc = curl_easy_perform(e);
@@ -200,16 +226,19 @@ static int request(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	return 0;
 }
 
-static int image_slot(struct core *k, const char *path)
+/* The table entry of the image being downloaded: by the offer's SHA-256,
+ * since one image may come from many URLs (a presigned URL per offer). */
+static int image_slot(struct core *k, const char *path, const uint8_t sha[32])
 {
 	uint32_t i;
 
 	for (i = 0; i < k->env.nimg; i++)
-		if (!strcmp(k->env.img[i]->url, path))
+		if (!memcmp(k->env.img[i]->sha256, sha, 32))
 			return (int)i + 1;
 	if (k->env.nimg == PSIM_IMAGES_MAX)
 		return -1;
 	k->env.img[i] = xcalloc(1, sizeof(struct psim_image));
+	memcpy(k->env.img[i]->sha256, sha, 32);
 	snprintf(k->env.img[i]->url, sizeof(k->env.img[i]->url), "%s", path);
 	k->env.nimg++;
 	return (int)i + 1;
@@ -226,7 +255,7 @@ static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uin
 	int i, rc;
 
 	pthread_mutex_lock(&k->lock);
-	if ((i = image_slot(k, rq->path)) <= 0) {
+	if ((i = image_slot(k, rq->path, c->d.rec.offer.sha256)) <= 0) {
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
@@ -331,7 +360,9 @@ static int image_get(struct psim_ctx *c, const struct otadev_http_req *rq, struc
 }
 
 /* The report gateway: the device's batch joins the fleet's shared batches,
- * each report with the device's credential; the gateway acknowledges. */
+ * each report with the device's credential (mTLS: no credential, and a
+ * batch is one device's, sent with its certificate); the gateway
+ * acknowledges. */
 static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
 	struct core *k = (struct core *)c->env;
@@ -339,7 +370,7 @@ static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	static const char open[] = "{\"reports\":[", tag[] = "{\"device\":";
 	const char *p, *end;
 	struct buf out = BUF_INIT;
-	int n = 0;
+	int n = 0, beats = 0;
 
 	if (!rq->body || rq->body_len < sizeof(open) + 1 || strncmp(rq->body, open, sizeof(open) - 1))
 		return -1;
@@ -350,14 +381,21 @@ static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 		const char *stop = q ? q : end;
 		if (strncmp(p, tag, sizeof(tag) - 1))
 			break;
-		buf_printf(&out, "%s{\"credential\":\"%s\",%.*s", n ? "," : "", c->cred,
-			   (int)(stop - p - 1), p + 1);
+		if (fs->cert)
+			buf_printf(&out, "%s{%.*s", n ? "," : "", (int)(stop - p - 1), p + 1);
+		else
+			buf_printf(&out, "%s{\"credential\":\"%s\",%.*s", n ? "," : "", c->cred,
+				   (int)(stop - p - 1), p + 1);
 		n++;
+		/* counted here, not from the queue: a step queues a heartbeat
+		 * and sends it at once, so account() never sees it queued */
+		beats += memmem(p, (size_t)(stop - p), "\"event\":\"heartbeat\"", 19) != NULL;
 		p = q ? q + 1 : end;
 	}
 	if (!(fs->dev[c->idx].flags & SIM_F_SILENT) && n) {
 		pthread_mutex_lock(&k->lock);
-		fs_report_append(fs, out.ptr, out.len, n);
+		fs_report_append(fs, c->idx, out.ptr, out.len, n);
+		fs->c.heartbeats += beats;
 		pthread_mutex_unlock(&k->lock);
 	}
 	buf_release(&out);
@@ -389,7 +427,7 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
-	if (!strncmp(rq->path, "/device/v1/images/", 18))
+	if (!strncmp(rq->path, "/device/v1/images/", 18) || absolute_url(rq->path))
 		return image_get(c, rq, rs);
 	rc = request(c, rq, rs, NULL);
 	if (!strcmp(rq->path, "/device/v1/checkin")) {
@@ -567,12 +605,68 @@ static const struct otadev_hooks hooks = {
 	.selftest = h_selftest,
 	.reboot = h_reboot,
 	.log = h_log,
+	.x509_chain = port_linux_x509_chain,   /* --trust-root: OpenSSL, as otacd-device */
+	.x509_crl = port_linux_x509_crl,
 };
 
 /* ---- one device's event ------------------------------------------------------------ */
 
-/* Count what a step did: the reports it queued, a new offer, a new version. */
-static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
+/* The fleet's view of an image a device judged (the stats' "images"):
+ * verified by a device (ok), or refused for what it is (bad signature,
+ * signing chain, revoked).  Called under k->lock. */
+static void image_verdict(struct psim_ctx *c, const struct otadev_offer *o, int ok, const char *why)
+{
+	struct fleetsim *fs = ((struct core *)c->env)->fs;
+	char hex[65];
+	long i;
+	struct sim_image *img;
+
+	ota_hex(hex, o->sha256, 32);
+	if ((i = sim_imgcache_find(&fs->images, hex, 1)) < 0)
+		return;
+	img = fs->images.v[i];
+	if (ok) {
+		if (img->state != SIM_IMG_BAD) {
+			img->state = SIM_IMG_OK;
+			img->counter = c->d.rec.new_counter;
+		}
+		return;
+	}
+	if (img->state == SIM_IMG_BAD)
+		return;
+	if (img->state == SIM_IMG_OK && strstr(why, "revoked"))
+		fs->trust.images_revoked++;     /* verified before, refused since */
+	if (fs->trust.root)
+		fs->trust.chain_refused++;
+	sim_image_refuse(img, why);
+	fprintf(stderr, "fleetsim: IMAGE REFUSED: %s (%s, first refused by %s): %s\n", hex, o->version, c->id, why);
+}
+
+/* --trust-root: a device took a newer revocation list (libotadev fetches it
+ * when it checks an image and one is held or announced).  The fleet's
+ * `revocations` is the newest list any device holds, and
+ * `installed_at_revocation` counts the installs checked without it: those
+ * before, and those of devices that had not heard of it yet (a device
+ * learns of a list at its next check-in).  Under k->lock. */
+static void crl_taken(struct psim_ctx *c, uint32_t number)
+{
+	struct fleetsim *fs = ((struct core *)c->env)->fs;
+
+	if (number <= fs->trust.number)
+		return;
+	fs->trust.number = number;
+	fs->trust.crl_accepted++;
+	if (fs->trust.crl_accepted == 1)
+		fs->installed_at_crl = fs->c.installed;
+	if (!fs->o.quiet) {
+		printf("fleetsim revocation list %u accepted (first by %s)\n", number, c->id);
+		fflush(stdout);
+	}
+}
+
+/* Count what a step did: the reports it queued, a new offer, a new
+ * version, a newer revocation list. */
+static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0, uint32_t crl0)
 {
 	struct core *k = (struct core *)c->env;
 	struct fleetsim *fs = k->fs;
@@ -582,6 +676,8 @@ static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
 	int v;
 
 	pthread_mutex_lock(&k->lock);
+	if (r->crl_number > crl0)
+		crl_taken(c, r->crl_number);
 	if (memcmp(r->offer.sha256, offer0, 32) && r->offer.version[0]) {
 		v = version_of_locked(k, r->offer.version);
 		if (fs_bit_set(fs, &fs->vs[v].offered_bits, i)) {
@@ -595,15 +691,21 @@ static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
 		if (e->seq <= seq0)
 			continue;
 		switch (e->event) {
-		case OTADEV_EV_DOWNLOAD: fs->c.downloads += !fs->o.shared_downloads; break;
-		case OTADEV_EV_INSTALL: fs->c.installed++; break;
+		case OTADEV_EV_DOWNLOAD:
+			fs->c.downloads += !fs->o.shared_downloads;
+			image_verdict(c, &r->offer, 1, NULL);
+			break;
+		case OTADEV_EV_INSTALL:
+			fs->c.installed++;
+			if (fs->trust.crl_accepted && r->crl_number < fs->trust.number)
+				fs->installed_at_crl++;   /* checked without the newest list */
+			break;
 		case OTADEV_EV_BOOT_OK:
 			fs->c.confirmed++;
 			fs->vs[version_of_locked(k, e->version)].confirmed++;
 			break;
 		case OTADEV_EV_BOOT_FAIL: fs->c.boot_failed++; break;
 		case OTADEV_EV_REVERT: fs->c.reverted++; break;
-		case OTADEV_EV_HEARTBEAT: fs->c.heartbeats++; break;
 		case OTADEV_EV_REFUSED: {
 			const char *why = c->why;
 			fs->c.refused++;
@@ -611,13 +713,21 @@ static void account(struct psim_ctx *c, uint32_t seq0, const uint8_t *offer0)
 				if (fs->c.refused_lower_counter++ < LOUD_MAX)
 					fprintf(stderr, "fleetsim: DOWNGRADE OFFERED: %s holds security counter %u, "
 						"offered %s; refused\n", c->id, r->security_counter, e->version);
-			} else if (strstr(why, "hardware") || strstr(why, "bootloader")) {
+			} else if (strstr(why, "hardware variant") || strstr(why, "newer bootloader")) {
 				if (fs->c.incompatible_offers++ < LOUD_MAX)
 					fprintf(stderr, "fleetsim: INCOMPATIBLE OFFER: %s offered %s: %s; refused\n",
 						c->id, e->version, why);
+			} else if (strstr(why, "revocation list")) {
+				fs->trust.crl_refused++;   /* withheld, older or not the root's */
+				fs_warn(fs, "%s refused %s: %s", c->id, e->version, why);
 			} else {
 				fs->c.refused_bad_signature++;
-				fs_warn(fs, "%s refused %s: %s", c->id, e->version, why);
+				/* a digest that came wrong three times, or the running
+				 * image offered again, is this device's, not the image's */
+				if (!strstr(why, "digest does not match") && !strstr(why, "the one running"))
+					image_verdict(c, &r->offer, 0, why);
+				else
+					fs_warn(fs, "%s refused %s: %s", c->id, e->version, why);
 			}
 			break;
 		}
@@ -655,6 +765,10 @@ static void fill_config(struct psim_ctx *c, uint32_t i)
 				      fs->tag_json[t][sd->tags[t]]);
 	c->cfg.tags = c->tags;
 	c->cfg.heartbeat_ms = (sd->flags & SIM_F_SILENT) ? 0 : k->hb_ms;
+	if (c->cfg.anchor_len) {
+		c->cfg.work = c->work;
+		c->cfg.work_len = PSIM_WORK;
+	}
 }
 
 /* Run device i's due work; returns when (device ms) it is due again. */
@@ -665,7 +779,7 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	struct psim_dev *d = &k->dev[i];
 	uint64_t now = dev_now(k), sn;
 	uint8_t offer0[32];
-	uint32_t wait = 1000, seq0;
+	uint32_t wait = 1000, seq0, crl0;
 	int rc = 0, steps;
 
 	c->dev = d;
@@ -688,6 +802,7 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 			     fs->dev[i].hw);
 		pthread_mutex_unlock(&k->lock);
 		seq0 = c->d.rec.next_seq;
+		crl0 = c->d.rec.crl_number;
 		memcpy(offer0, c->d.rec.offer.sha256, 32);
 		type = psim_boot(c, r->boot_fail_rate, &unverified);
 		rc = otadev_init(&c->d, &hooks, c, &c->cfg);
@@ -704,7 +819,7 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 		(void)type;
 		if (rc < 0)
 			return now + 3600000;
-		account(c, seq0, offer0);
+		account(c, seq0, offer0, crl0);
 		d->flags |= PSIM_ON;
 	} else {
 		memset(&c->d, 0, offsetof(struct otadev, err));
@@ -741,10 +856,11 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	sn = c->d.server_now;
 	for (steps = 0; steps < STEPS_PER_EVENT; steps++) {
 		seq0 = c->d.rec.next_seq;
+		crl0 = c->d.rec.crl_number;
 		memcpy(offer0, c->d.rec.offer.sha256, 32);
 		c->why[0] = 0;
 		rc = otadev_step(&c->d, &wait);
-		account(c, seq0, offer0);
+		account(c, seq0, offer0, crl0);
 		if (c->power_cut || c->rebooting || c->d.reboot_requested || rc < 0 || wait > 0)
 			break;
 	}
@@ -763,11 +879,20 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 			k->hb_ms = (uint32_t)((double)fs->o.report_every_ms / k->scale);
 			if (!k->hb_ms)
 				k->hb_ms = 1;
-			/* the device's retry timers in otacd time: a minute up to an
-			 * hour of backoff, five minutes to wait for a precondition
-			 * (real-time values would stall a time-scaled fleet) */
+			/* the device's retry timers in otacd time: a minute (or the
+			 * poll interval, when shorter: no retry comes later than the
+			 * next poll would) up to an hour of backoff, five minutes to
+			 * wait for a precondition (real-time values would stall a
+			 * time-scaled fleet) */
 			k->base.backoff_base_ms = (uint32_t)(60000.0 / k->scale) + 20;
+			if (k->base.backoff_base_ms > k->poll_real + 20)
+				k->base.backoff_base_ms = (uint32_t)k->poll_real + 20;
 			k->base.backoff_max_ms = (uint32_t)(3600000.0 / k->scale) + 2 * k->base.backoff_base_ms;
+			/* ... and at least the poll interval: a fleet whose server is
+			 * gone (a failed test leaves it running) retries no faster than
+			 * it polled, instead of the whole fleet every otacd hour */
+			if (k->base.backoff_max_ms < k->poll_real + 2 * k->base.backoff_base_ms)
+				k->base.backoff_max_ms = (uint32_t)k->poll_real + 2 * k->base.backoff_base_ms;
 			k->base.precondition_wait_ms = (uint32_t)(300000.0 / k->scale) + 50;
 		}
 		pthread_mutex_unlock(&k->lock);
@@ -899,12 +1024,15 @@ static int ctx_init(struct core *k, struct psim_ctx *c, int n)
 	c->rng = sim_mix64(k->fs->o.seed ^ (0xc0de0000ull + (uint64_t)n));
 	c->md = EVP_MD_CTX_new();
 	c->curl = curl_easy_init();
+	if (k->fs->o.trust_root)
+		c->work = xmalloc(PSIM_WORK);
 	return c->md && c->curl ? 0 : ota_error_set(OTA_ERROR, "out of memory");
 }
 
 static void ctx_release(struct psim_ctx *c)
 {
 	EVP_MD_CTX_free(c->md);
+	free(c->work);
 	if (c->curl)
 		curl_easy_cleanup(c->curl);
 }
@@ -956,11 +1084,21 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 	k->env.memo_lock = &k->memo_lock;
 	k->env.verify_every = fs->o.verify_every;
 	k->scale = 1.0;
+	/* with --trust-root too: libotadev installs only an image whose signing
+	 * key is one of the bootloader's key slots (--key) */
 	if (fs->images.nkeys < 1 || fs->images.nkeys > OTADEV_KEYS_MAX)
-		return ota_error_set(OTA_EINVAL, "--engine core needs 1 to %d --key", OTADEV_KEYS_MAX);
-	if (fs->o.provisioner || fs->o.trust_root || fs->o.nenc)
-		return ota_error_set(OTA_EINVAL, "--engine core does not speak --provisioner, --trust-root or "
-				     "--enc-key yet (docs/fleetsim.md)");
+		return ota_error_set(OTA_EINVAL, "--engine core needs 1 to %d --key (the bootloader's key slots)",
+				     OTADEV_KEYS_MAX);
+	if (fs->o.nenc)
+		return ota_error_set(OTA_EINVAL, "--enc-key: libotadev does not decrypt images (no MCUboot "
+				     "encrypted-image support); use --engine model (docs/fleetsim.md)");
+	if (fs->trust.root) {
+		int n = i2d_X509(fs->trust.root, &k->anchor);
+		if (n <= 0)
+			return ota_error_set(OTA_EINVAL, "--trust-root: cannot encode the root certificate");
+		k->base.anchor = k->anchor;
+		k->base.anchor_len = (size_t)n;
+	}
 	for (size_t i = 0; i < fs->images.nkeys; i++) {
 		int n = i2d_PUBKEY(fs->images.keys[i], &k->keyder[i]);
 		if (n <= 0)
@@ -1020,6 +1158,7 @@ static void core_release(struct core *k)
 	}
 	for (int i = 0; i < OTADEV_KEYS_MAX; i++)
 		OPENSSL_free(k->keyder[i]);
+	OPENSSL_free(k->anchor);
 	sim_heap_release(&k->heap);
 	free(k->due);
 	free(k->nudge_at);

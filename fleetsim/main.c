@@ -45,7 +45,7 @@ static void usage(FILE *f)
 	      "         [--start-counter 1] [--concurrency 256] [--report-every OTACD_SECONDS]\n"
 	      "         [--shared-downloads] [--quiet] [--cacert CA.pem] [--trust-root ROOT.crt.pem]\n"
 	      "         [--enc-key [HW=]PRIV.pem] [--provisioner TOKEN]\n"
-	      "         [--engine model|core] [--fault-power-cut P] [--fault-corrupt P]\n"
+	      "         [--engine core|model] [--fault-power-cut P] [--fault-corrupt P]\n"
 	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every]\n"
 	      "         [--mqtt-url mqtt[s]://HOST[:PORT] [--mqtt-cacert CA.pem] [--mqtt-username U]\n"
 	      "          [--mqtt-password-file F] [--mqtt-prefix otacd] [--mqtt-window-ms 60000]\n"
@@ -211,7 +211,9 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256 };
+	/* every device runs libotadev unless --engine model (the fast model
+	 * for runs too big for the core, docs/fleetsim.md) */
+	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256, .core = 1 };
 	struct sim_profile profile = { 0 };
 	struct buf text = BUF_INIT, keyfile = BUF_INIT;
 	const char *profile_path = NULL, *metrics_listen = NULL;

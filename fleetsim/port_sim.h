@@ -82,6 +82,7 @@ struct psim_image {
 
 #define PSIM_IMAGES_MAX 256
 #define PSIM_MEMO 64
+#define PSIM_WORK 16384           /* otadev_config.work: a CRL and a release manifest */
 
 /* The shared side port_sim.c needs (core.c embeds it): images by index
  * (entries never move once published) and the signature memo. */
@@ -108,6 +109,9 @@ struct psim_ctx {
 	int power_cut;               /* a fault cut the power: stop stepping, RAM is lost */
 	int rebooting;               /* the core asked for a reboot */
 	uint16_t dl_img;             /* image of the last image request (the slot's data) */
+	uint32_t conn_dev;           /* --provisioner: 1 + the device whose certificate the
+				      * handle's open connection carries (0: none) */
+	uint8_t *work;               /* --trust-root: the config's work buffer (PSIM_WORK) */
 	char id[16], cred[40], tags[256];
 	char why[128];               /* the last refusal's reason (the log hook) */
 	char scratch[OTADEV_IO_MAX + 64];

@@ -272,8 +272,12 @@ static void report(struct fleetsim *fs, uint32_t i, uint16_t v, const char *even
 
 /* --engine core: n report objects (comma-separated JSON text, each with
  * its credential and the seq its device gave it) from a device's batch. */
-void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n)
+void fs_report_append(struct fleetsim *fs, uint32_t dev, const char *objs, size_t len, int n)
 {
+	if (fs->cert && fs->npending && fs->pending_dev != dev + 1)
+		batch_seal(fs); /* mTLS: a batch is its device's (its certificate) */
+	if (fs->cert)
+		fs->pending_dev = dev + 1;
 	if (fs->npending)
 		buf_putc(&fs->pending, ',');
 	else

@@ -185,7 +185,8 @@ void fs_check_until(struct fleetsim *fs);
 /* Device i was offered version v for the first time at otacd ms at (the
  * stats' time from a step's opening to its cohort checked in). */
 void fs_note_offer(struct fleetsim *fs, int v, int64_t at);
-void fs_report_append(struct fleetsim *fs, const char *objs, size_t len, int n);
+/* ... from device dev's batch (mTLS: a batch holds one device's reports) */
+void fs_report_append(struct fleetsim *fs, uint32_t dev, const char *objs, size_t len, int n);
 void fs_reports_tick(struct fleetsim *fs, int force);
 int fs_reports_busy(struct fleetsim *fs);
 /* core.c (issue 14): the fleet on libotadev, after registration. */

@@ -608,12 +608,15 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc1, const char *en
 	unlink(stats);
 	pid = fork();
 	if (pid == 0) {
-		const char *argv[32];
+		const char *argv[40];
 		int k = 0;
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 		dup2(fd, 1);
 		dup2(fd, 2);
 		argv[k++] = bin;
+		/* the model engine: libotadev does not decrypt images, so
+		 * --engine core refuses --enc-key (docs/fleetsim.md) */
+		argv[k++] = "--engine"; argv[k++] = "model";
 		argv[k++] = "--url"; argv[k++] = d->device_url;
 		argv[k++] = "--devices"; argv[k++] = devices;
 		argv[k++] = "--seed"; argv[k++] = "7";

@@ -423,7 +423,8 @@ static void image_cache_verifies_each_image_once_and_refuses_a_flipped_byte(void
 	buf_release(&other);
 }
 
-/* ---- the binary against a fake update server ------------------------------ */
+/* ---- the binary against a fake update server (--engine model: the core engine
+ * has its own cases below, same checks with what a device does) ----------------- */
 
 struct fake {
 	pthread_mutex_t lock;
@@ -748,7 +749,7 @@ static void fleet_updates_through_checkins_resumed_downloads_and_batched_reports
 	(void)state;
 
 	fake_start(&f, K.priv, 2, 2);
-	st = run_fleetsim(&f, "--until 1.1.0:1.0 --report-every 600", calm_profile);
+	st = run_fleetsim(&f, "--engine model --until 1.1.0:1.0 --report-every 600", calm_profile);
 	assert_int_equal(st_int(st, "devices"), 40);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "versions"), "1.1.0")), 40);
 	assert_null(json_object_get(json_object_get(st, "versions"), "1.0.0"));
@@ -796,7 +797,7 @@ static void fleet_refuses_a_downgrade_offer_and_never_installs_it(void **state)
 
 	/* the offer declares counter 1 to devices holding 3: refused before downloading */
 	fake_start(&f, K.priv, 1, 1);
-	st = run_fleetsim(&f, "--start-counter 3 --duration 3", calm_profile);
+	st = run_fleetsim(&f, "--engine model --start-counter 3 --duration 3", calm_profile);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "versions"), "1.0.0")), 40);
 	assert_int_equal(st_int(st, "confirmed"), 0);
 	assert_int_equal(st_int(st, "installed"), 0);
@@ -811,7 +812,7 @@ static void fleet_refuses_a_downgrade_offer_and_never_installs_it(void **state)
 
 	/* the offer lies (declares 3) but the signed image says 1: refused after verifying */
 	fake_start(&f, K.priv, 1, 3);
-	st = run_fleetsim(&f, "--start-counter 3 --duration 3", calm_profile);
+	st = run_fleetsim(&f, "--engine model --start-counter 3 --duration 3", calm_profile);
 	assert_int_equal(st_int(st, "confirmed"), 0);
 	assert_int_equal(st_int(st, "installed"), 0);
 	assert_true(st_int(st, "refused_lower_counter") >= 40);
@@ -827,7 +828,7 @@ static void fleet_refuses_an_image_signed_by_an_untrusted_key(void **state)
 	(void)state;
 
 	fake_start(&f, K.other_priv, 2, 2);
-	st = run_fleetsim(&f, "--duration 3 --shared-downloads", calm_profile);
+	st = run_fleetsim(&f, "--engine model --duration 3 --shared-downloads", calm_profile);
 	assert_int_equal(st_int(st, "confirmed"), 0);
 	assert_int_equal(st_int(st, "installed"), 0);
 	assert_true(st_int(st, "refused_bad_signature") >= 40);

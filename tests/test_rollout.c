@@ -664,5 +664,7 @@ int main(void)
 		cmocka_unit_test(daemon_killed_mid_hold_resumes_with_the_same_step_and_devices),
 		cmocka_unit_test(prometheus_gate_decides_from_a_real_prometheus_scraping_the_fleet),
 	};
+	if (getenv("TEST_ROLLOUT_FILTER")) /* one test while working on it */
+		cmocka_set_test_filter(getenv("TEST_ROLLOUT_FILTER"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
