@@ -20,7 +20,8 @@ DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev li
              softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
-             prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto
+             prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \
+             xdelta3 bsdiff zstd
 
 CC        ?= cc
 BUILD     ?= build
