@@ -32,15 +32,23 @@ static double metric(struct daemon *d, const char *name)
 	return x;
 }
 
-/* One check-in as device id with its credential; the raw answer in *r. */
-static void checkin_raw(struct daemon *d, const char *id, const char *cred, struct httpc_response *r)
+/* One check-in as device id with its credential, naming turn when it is
+ * not NULL (its JSON text, as a device would); the raw answer in *r. */
+static void checkin_turn_raw(struct daemon *d, const char *id, const char *cred, const char *turn,
+			     struct httpc_response *r)
 {
 	char *url = xasprintf("%s/device/v1/checkin", d->device_url);
 	char *body = xasprintf("{\"device\":\"%s\",\"product\":\"fw\",\"hardware\":\"mps2-an385\",\"bootloader\":\"1.2.0\","
-			       "\"version\":\"1.0.0\",\"security_counter\":0,\"slot\":\"confirmed\"}", id);
+			       "\"version\":\"1.0.0\",\"security_counter\":0,\"slot\":\"confirmed\"%s%s}", id,
+			       turn ? ",\"turn\":" : "", turn ? turn : "");
 	assert_int_equal(httpc_request(r, "POST", url, cred, "application/json", body, strlen(body), 30000), 0);
 	free(body);
 	free(url);
+}
+
+static void checkin_raw(struct daemon *d, const char *id, const char *cred, struct httpc_response *r)
+{
+	checkin_turn_raw(d, id, cred, NULL, r);
 }
 
 static void free_creds(char **c)
@@ -92,6 +100,21 @@ static void checkins_over_capacity_get_503_with_a_turn_that_grows_with_the_backl
 		httpc_response_release(&r);
 	}
 	assert_true(last >= 4000);
+	/* a hostile turn (far future, the longest number read, 0) is no turn:
+	 * the device goes to the end of the queue like any newcomer */
+	{
+		static const char *const hostile[] = { "999999999999999", "99999999999999999999", "0", "-5" };
+		for (size_t i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++) {
+			checkin_turn_raw(&d, "dev-0001", creds[1], hostile[i], &r);
+			assert_int_equal(r.status, 503);
+			ans = json_loadb(r.body.ptr, r.body.len, 0, NULL);
+			assert_non_null(ans);
+			assert_true(json_integer_value(json_object_get(ans, "retry_after_ms")) > last);
+			last = json_integer_value(json_object_get(ans, "retry_after_ms"));
+			json_decref(ans);
+			httpc_response_release(&r);
+		}
+	}
 	/* reports are never deferred */
 	assert_int_equal(h_dev_post(&d, "/device/v1/reports", creds[0],
 				    json_pack("{s[{ss ss ss}]}", "reports", "device", "dev-0000", "version", "1.0.0", "event",
@@ -99,7 +122,7 @@ static void checkins_over_capacity_get_503_with_a_turn_that_grows_with_the_backl
 				    NULL),
 			 200);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_admitted_total"), 1);
-	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_deferred_total"), 5);
+	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_deferred_total"), 9);
 	assert_true(metric(&d, "otacd_devapi_checkin_backlog_seconds") > 0);
 	free_creds(creds);
 	h_cleanup(&d);

@@ -100,8 +100,12 @@ static int64_t take_turn(int64_t now, int64_t tat)
  * bucket's depth) and is not from long ago (a device away since). */
 static int turn_due(int64_t now, int64_t turn_ms)
 {
-	int64_t turn = turn_ms * NS_PER_MS;
-	return turn_ms > 0 && turn <= now + 2 * g_tolerance_ns && now - turn <= 3600 * NS_PER_S;
+	int64_t turn;
+
+	if (turn_ms <= 0 || turn_ms > INT64_MAX / NS_PER_MS)
+		return 0; /* none, or a device's number too big to be a time */
+	turn = turn_ms * NS_PER_MS;
+	return turn <= now + 2 * g_tolerance_ns && now - turn <= 3600 * NS_PER_S;
 }
 
 int admission_checkin(int64_t now_ms, int64_t turn_ms, struct admission_defer *out)
