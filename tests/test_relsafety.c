@@ -410,7 +410,11 @@ static void a_step_passes_only_on_devices_it_exposed(void **state)
 	}
 	for (int i = 0; i < OWN_N; i++)
 		assert_int_equal(a[i], fleet_cohort_slot(salt, (snprintf(sql, sizeof(sql), "dev-%04d", i), sql)) < 2500);
-	assert_true(na >= 70 && na <= 130);
+	/* how many that is comes from the release's salt (random, from the
+	 * manifest's digest): binomial(400, 0.25), sd 8.7.  At least 60, so
+	 * half of them meet min_devices; 60..140 is 4.6 sd each way (a
+	 * 70..130 band failed once in ~2,000 runs by chance) */
+	assert_true(na >= 60 && na <= 140);
 	/* half of them boot during their step: plenty for min_devices */
 	for (int i = 0; i < OWN_N; i++) {
 		early[i] = (char)(a[i] && nearly < na / 2);
