@@ -27,17 +27,9 @@ bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-1000000}
 scale=${ADMISSION_SCALE:-10}
 timeout=${ADMISSION_TIMEOUT:-1800}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-admission-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	[ -n "${ADMISSION_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin admission "${ADMISSION_KEEP:-}"
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+bench_keypair "$tmp"
 printf '{"default": {"crash_rate": 0, "boot_fail_rate": 0, "revert_rate": 0}, "silent": 0, "flaky": 0}\n' \
 	>"$tmp/profile.json"
 
@@ -58,12 +50,7 @@ EOF
 		--device-listen 127.0.0.1:0 2>>"$state.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "admission.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd admission.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key"
 	dev=$(cat "$state/otacd-device.url")
 	nice "$bin/otacd-fleetsim" --engine model --herd --url "$dev" --devices "$devices" --seed 1 \
 		--profile "$tmp/profile.json" --key "$tmp/k.pub" --fleet-key "@$state/fleet.key" --product bench \

@@ -39,6 +39,7 @@
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/gate.h"
+#include "flight.h"
 
 #define PRODUCT "sensor-node"
 #define OLD "1.4.0"
@@ -152,38 +153,13 @@ static double raw_evaluate(const struct rawdev *v, size_t n)
 
 /* ---- feeding the fleet -------------------------------------------------- */
 
-struct flight {
-	pthread_mutex_t mu;
-	pthread_cond_t cond;
-	int n, failed;
-};
-
-static void batch_done(void *ctx, int rc)
-{
-	struct flight *fl = ctx;
-	pthread_mutex_lock(&fl->mu);
-	fl->n--;
-	if (rc < 0)
-		fl->failed++;
-	pthread_cond_signal(&fl->cond);
-	pthread_mutex_unlock(&fl->mu);
-}
-
-static void wait_below(struct flight *fl, int limit)
-{
-	pthread_mutex_lock(&fl->mu);
-	while (fl->n > limit)
-		pthread_cond_wait(&fl->cond, &fl->mu);
-	pthread_mutex_unlock(&fl->mu);
-}
-
 /* Check n devices in: asynchronously, each first check-in waits for a
  * commit (many in flight, so the writer commits them in groups). */
 static int checkin_all(struct fleet *f, uint32_t n)
 {
 	static const char *const region[] = { "eu", "us", "apac" };
 	static const char *const hw[] = { "mps2-an385", "mps2-an386" };
-	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct flight fl = FLIGHT_INIT;
 	char id[32];
 	int rc = 0;
 
@@ -197,19 +173,16 @@ static int checkin_all(struct fleet *f, uint32_t n)
 				 hw[i % 2], "bootloader", "1.2.0", "version", d.canary ? NEW : OLD,
 				 "security_counter", (json_int_t)3, "tags", "region", region[i % 3], "tier",
 				 i % 10 == 0 ? "beta" : "standard");
-		wait_below(&fl, 10000);
-		pthread_mutex_lock(&fl.mu);
-		fl.n++;
-		pthread_mutex_unlock(&fl.mu);
-		rc = fleet_checkin_async(f, body, &answer, batch_done, &fl);
+		flight_take(&fl, 10001);
+		rc = fleet_checkin_async(f, body, &answer, flight_done, &fl);
 		if (rc <= 0)
-			batch_done(&fl, rc);
+			flight_done(&fl, rc);
 		json_decref(body);
 		json_decref(answer);
 		if (rc < 0)
 			break;
 	}
-	wait_below(&fl, 0);
+	flight_wait_all(&fl);
 	if (rc >= 0 && fl.failed)
 		rc = ota_error_set(OTA_ERROR, "%d check-ins failed to commit", fl.failed);
 	return rc < 0 ? rc : 0;
@@ -229,7 +202,7 @@ static void add_report(json_t *arr, const char *id, const char *version, const c
 static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 {
 	static const char *const boot_event[] = { "boot_ok", "revert", "boot_fail" };
-	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct flight fl = FLIGHT_INIT;
 	json_t *body = NULL, *arr = NULL, *refused = NULL;
 	char id[32];
 	int rc = 0, accepted;
@@ -238,14 +211,11 @@ static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 	for (uint32_t i = 0; i <= n; i++) {
 		struct draw d;
 		if (arr && (i == n || json_array_size(arr) + 2 > BATCH)) {
-			wait_below(&fl, IN_FLIGHT - 1);
-			pthread_mutex_lock(&fl.mu);
-			fl.n++;
-			pthread_mutex_unlock(&fl.mu);
+			flight_take(&fl, IN_FLIGHT);
 			*nreports += (int64_t)json_array_size(arr);
-			if ((rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, batch_done, &fl)) < 0) {
+			if ((rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, flight_done, &fl)) < 0) {
 				json_decref(refused);
-				batch_done(&fl, rc);
+				flight_done(&fl, rc);
 				goto out;
 			}
 			json_decref(refused);
@@ -267,7 +237,7 @@ static int report_all(struct fleet *f, uint32_t n, int64_t *nreports)
 	}
 out:
 	json_decref(body);
-	wait_below(&fl, 0);
+	flight_wait_all(&fl);
 	if (!rc && fl.failed)
 		rc = ota_error_set(OTA_ERROR, "%d report batches failed to commit", fl.failed);
 	return rc;

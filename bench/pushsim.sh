@@ -37,19 +37,11 @@ if [ ! -x "$mosq" ]; then
 fi
 scale=$(awk -v r="$poll_rate" -v n="$devices" 'BEGIN { s = int(r * 21600 / n); print (s < 1 ? 1 : s) }')
 window_ms=$(awk -v n="$devices" -v c="$capacity" 'BEGIN { w = int(n * 1000 / c); print (w < 1000 ? 1000 : w) }')
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/otacd-pushsim-XXXXXX")
-pids=""
-cleanup() {
-	for p in $pids; do kill "$p" 2>/dev/null || true; done
-	for p in $pids; do wait "$p" 2>/dev/null || true; done
-	[ -n "${PUSHSIM_KEEP:-}" ] && echo "kept $tmp" >&2 || rm -rf "$tmp"
-}
-trap cleanup EXIT INT TERM
+bench_begin pushsim "${PUSHSIM_KEEP:-}"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/k.pem" 2>/dev/null
-openssl pkey -in "$tmp/k.pem" -pubout -out "$tmp/k.pub" 2>/dev/null
+bench_keypair "$tmp"
 bench_rollout_yml "$tmp/rollout.yml" /dev/urandom
 # one step of 100 %, held: the cohort is the fleet
 sed -i '/- { percent: 1, hold: 1h }/d; /- { percent: 10, hold: 1h }/d; s/- { percent: 100, hold: 1h }/- { percent: 100, hold: 1000h }/' \
@@ -101,12 +93,7 @@ EOF
 		--device-listen 127.0.0.1:0 2>>"$state.log" &
 	pid=$!
 	pids="$pids $pid"
-	i=0
-	until [ -s "$state/otacd-device.url" ] && [ -s "$state/fleet.key" ] && [ -s "$state/otacd.url" ]; do
-		i=$((i + 1))
-		[ $i -lt 400 ] || { echo "pushsim.sh: otacd did not start: $(tail -3 "$state.log")" >&2; exit 1; }
-		sleep 0.05
-	done
+	bench_wait_otacd pushsim.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
 	dev=$(cat "$state/otacd-device.url")
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	nice "$bin/otacd-fleetsim" --engine model --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \

@@ -34,33 +34,10 @@
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_int.h"
+#include "flight.h"
 
 #define IN_FLIGHT 64
 #define POLL_MS 2000
-
-struct flight {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int n, failed;
-};
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void done(void *ctx, int rc)
-{
-	struct flight *fl = ctx;
-	pthread_mutex_lock(&fl->mu);
-	fl->n--;
-	if (rc < 0)
-		fl->failed++;
-	pthread_cond_broadcast(&fl->cv);
-	pthread_mutex_unlock(&fl->mu);
-}
 
 static void device_id(char *buf, size_t n, int i)
 {
@@ -70,7 +47,7 @@ static void device_id(char *buf, size_t n, int i)
 /* Every device checks in; seen (if not NULL) gets each answer's `now`. */
 static int checkin_all(struct fleet *f, int ndev, int64_t *seen)
 {
-	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct flight fl = FLIGHT_INIT;
 	char id[32];
 	int rc = 0;
 
@@ -80,23 +57,16 @@ static int checkin_all(struct fleet *f, int ndev, int64_t *seen)
 		body = json_pack("{ss ss ss ss ss sI}", "device", id, "product", "sensor-node", "hardware",
 				 i % 2 ? "rev-b" : "rev-a", "bootloader", "1.0.0", "version", "1.4.0", "security_counter",
 				 (json_int_t)1);
-		pthread_mutex_lock(&fl.mu);
-		while (fl.n >= IN_FLIGHT)
-			pthread_cond_wait(&fl.cv, &fl.mu);
-		fl.n++;
-		pthread_mutex_unlock(&fl.mu);
-		rc = fleet_checkin_async(f, body, &answer, done, &fl);
+		flight_take(&fl, IN_FLIGHT);
+		rc = fleet_checkin_async(f, body, &answer, flight_done, &fl);
 		if (rc <= 0)
-			done(&fl, rc);
+			flight_done(&fl, rc);
 		if (rc >= 0 && seen)
 			seen[i] = json_integer_value(json_object_get(answer, "now"));
 		json_decref(body);
 		json_decref(answer);
 	}
-	pthread_mutex_lock(&fl.mu);
-	while (fl.n > 0)
-		pthread_cond_wait(&fl.cv, &fl.mu);
-	pthread_mutex_unlock(&fl.mu);
+	flight_wait_all(&fl);
 	if (rc >= 0 && fl.failed)
 		rc = ota_error_set(OTA_ERROR, "%d check-ins failed to commit", fl.failed);
 	return rc < 0 ? rc : 0;
@@ -106,21 +76,21 @@ static struct fleet *open_fleet(const char *db, double *load_s)
 {
 	struct fleet_config cfg = { .db_path = db, .poll_ms = POLL_MS };
 	struct fleet *f = NULL;
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	if (fleet_open(&f, &cfg) < 0) {
 		fprintf(stderr, "snapshot-bench: %s\n", ota_error_last());
 		exit(1);
 	}
 	if (load_s)
-		*load_s = now_s() - t0;
+		*load_s = bench_now_s() - t0;
 	return f;
 }
 
 static double close_s(struct fleet *f)
 {
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	fleet_close(f);
-	return now_s() - t0;
+	return bench_now_s() - t0;
 }
 
 static int building(struct fleet *f, int *shard)
@@ -145,10 +115,10 @@ int main(int argc, char **argv)
 	}
 	db = xasprintf("%s/fleet.db", dir);
 	f = open_fleet(db, NULL);
-	t0 = now_s();
+	t0 = bench_now_s();
 	if (checkin_all(f, ndev, NULL) < 0)
 		goto fail;
-	t_checkin = now_s() - t0;
+	t_checkin = bench_now_s() - t0;
 	idle_close_s = close_s(f);
 	f = open_fleet(db, &load_s);
 	printf("%d devices: first check-ins %.1f s, close with nothing pending %.3f s, reopen %.2f s\n", ndev,
@@ -157,14 +127,14 @@ int main(int argc, char **argv)
 	/* 2: a snapshot on an idle writer */
 	if (checkin_all(f, ndev, NULL) < 0)
 		goto fail;
-	t0 = now_s();
+	t0 = bench_now_s();
 	do {
 		usleep(50000);
 		fleet_store_stats(f, &st);
 	} while (st.snapshots == 0);
 	printf("snapshot (idle writer, %lld devices a commit at most): %.2f s from start to switch, %lld commits;"
 	       " written %.1f s after the last_seen-only check-ins (poll interval %.1f s)\n",
-	       (long long)f->snap_round, (double)st.snap_ms / 1000.0, (long long)st.snap_rounds, now_s() - t0,
+	       (long long)f->snap_round, (double)st.snap_ms / 1000.0, (long long)st.snap_rounds, bench_now_s() - t0,
 	       POLL_MS / 1000.0);
 
 	/* 3: a clean stop in the middle of the next one */

@@ -26,41 +26,10 @@
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/store.h"
+#include "flight.h"
 
 #define BATCH 100
 #define IN_FLIGHT 8
-
-struct flight {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	int n, failed;
-};
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void batch_done(void *ctx, int rc)
-{
-	struct flight *fl = ctx;
-	pthread_mutex_lock(&fl->mu);
-	fl->n--;
-	if (rc < 0)
-		fl->failed++;
-	pthread_cond_broadcast(&fl->cv);
-	pthread_mutex_unlock(&fl->mu);
-}
-
-static void wait_below(struct flight *fl, int n)
-{
-	pthread_mutex_lock(&fl->mu);
-	while (fl->n > n)
-		pthread_cond_wait(&fl->cv, &fl->mu);
-	pthread_mutex_unlock(&fl->mu);
-}
 
 /* Commits per second of n single-statement transactions on otacd.db. */
 static int bench_store(const char *dir, int n, double *rate)
@@ -73,13 +42,13 @@ static int bench_store(const char *dir, int n, double *rate)
 
 	if ((rc = store_open(&s, path)) < 0)
 		goto out;
-	t0 = now_s();
+	t0 = bench_now_s();
 	for (int i = 0; i < n; i++) {
 		snprintf(val, sizeof(val), "%d", i);
 		if ((rc = store_meta_set(s, "bench", val)) < 0)
 			goto out;
 	}
-	*rate = n / (now_s() - t0);
+	*rate = n / (bench_now_s() - t0);
 out:
 	store_close(s);
 	free(path);
@@ -90,7 +59,7 @@ out:
 static int bench_fleet(const char *dir, int ndev, int nrep, double *rate)
 {
 	struct fleet_config cfg = { 0 };
-	struct flight fl = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+	struct flight fl = FLIGHT_INIT;
 	char *path = xasprintf("%s/fleet.db", dir);
 	struct fleet *f = NULL;
 	char id[32];
@@ -111,7 +80,7 @@ static int bench_fleet(const char *dir, int ndev, int nrep, double *rate)
 		if (rc < 0)
 			goto out;
 	}
-	t0 = now_s();
+	t0 = bench_now_s();
 	for (int i = 0; i < nrep; i += BATCH) {
 		json_t *arr = json_array(), *body = json_pack("{so}", "reports", arr), *refused = NULL;
 		for (int j = i; j < i + BATCH && j < nrep; j++) {
@@ -119,23 +88,20 @@ static int bench_fleet(const char *dir, int ndev, int nrep, double *rate)
 			json_array_append_new(arr, json_pack("{ss ss ss sf}", "device", id, "version", "1.0.0", "event",
 							     "heartbeat", "uptime_s", 60.0));
 		}
-		wait_below(&fl, IN_FLIGHT - 1);
-		pthread_mutex_lock(&fl.mu);
-		fl.n++;
-		pthread_mutex_unlock(&fl.mu);
-		rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, batch_done, &fl);
+		flight_take(&fl, IN_FLIGHT);
+		rc = fleet_report_async(f, body, fleet_trusted_caller, &accepted, &refused, flight_done, &fl);
 		json_decref(refused);
 		refused = NULL;
 		json_decref(body);
 		if (rc < 0) {
-			batch_done(&fl, rc);
+			flight_done(&fl, rc);
 			break;
 		}
 	}
-	wait_below(&fl, 0);
+	flight_wait_all(&fl);
 	if (rc >= 0 && fl.failed)
 		rc = ota_error_set(OTA_ERROR, "%d report batches failed", fl.failed);
-	*rate = nrep / (now_s() - t0);
+	*rate = nrep / (bench_now_s() - t0);
 out:
 	fleet_close(f);
 	free(path);

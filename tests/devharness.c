@@ -4,7 +4,10 @@
  */
 #include "devharness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -12,6 +15,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -315,4 +319,48 @@ int64_t dh_fw_release(struct daemon *d)
 	int64_t id = dh_release_of(d, h_trigger(d, dh_fw_release_yaml));
 	assert_true(id > 0);
 	return id;
+}
+
+int dh_tcp_up(int port)
+{
+	struct sockaddr_in sa = { 0 };
+	int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+	sa.sin_family = AF_INET;
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+char *dh_mosquitto_bin(void)
+{
+	const char *e = getenv("OTACD_MOSQUITTO");
+	char *p = xstrdup(e && *e ? e : "/usr/sbin/mosquitto");
+	if (access(p, X_OK) == 0)
+		return p;
+	free(p);
+	return NULL;
+}
+
+pid_t dh_mosquitto_spawn(const char *bin, const char *dir, int port, const char *conf_tail)
+{
+	struct passwd *pw = getpwuid(getuid());
+	char *conf = xasprintf("listener %d 127.0.0.1\npersistence false\nuser %s\n%s", port,
+			       pw ? pw->pw_name : "root", conf_tail);
+	char *path = xasprintf("%s/mosquitto.conf", dir), *log = xasprintf("%s/mosquitto.log", dir);
+	char *argv[] = { (char *)bin, "-c", path, NULL };
+	pid_t pid;
+
+	assert_int_equal(ota_write_file_atomic(path, conf, strlen(conf), 0600), 0);
+	pid = dh_spawn(log, argv);
+	for (int waited = 0; waited < 10000 && !dh_tcp_up(port); waited += 50)
+		h_msleep(50);
+	if (!dh_tcp_up(port))
+		fail_msg("mosquitto did not start; see %s", log);
+	free(conf);
+	free(path);
+	free(log);
+	return pid;
 }

@@ -21,6 +21,15 @@ pid_t dh_spawn(const char *log, char *const argv[]);
 void dh_stop(pid_t pid);
 /* A loopback TCP port that was free a moment ago. */
 int dh_free_port(void);
+/* 1 when something accepts TCP connections on 127.0.0.1:port. */
+int dh_tcp_up(int port);
+/* The mosquitto broker the push tests run: $OTACD_MOSQUITTO or Debian's
+ * /usr/sbin/mosquitto; NULL when it is not installed (the caller skips). */
+char *dh_mosquitto_bin(void);
+/* Start it on 127.0.0.1:port with dir/mosquitto.conf (no persistence,
+ * this user, then conf_tail: TLS, passwords, ACL) and wait until it
+ * listens; log in dir/mosquitto.log.  Stop it with dh_stop. */
+pid_t dh_mosquitto_spawn(const char *bin, const char *dir, int port, const char *conf_tail);
 
 /* $name as a count when it is a positive number, else dflt. */
 int dh_env_count(const char *name, int dflt);

@@ -422,24 +422,50 @@ int h_sh(struct buf *out, const char *fmt, ...)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-int64_t h_sql_int(struct daemon *d, const char *sql)
+/* Run sql read-only on d's database; take reads its first row, if any. */
+static void sql_first(struct daemon *d, const char *sql, void (*take)(sqlite3_stmt *st, void *out), void *out)
 {
 	char *path = xasprintf("%s/state/otacd.db", d->dir);
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
-	int64_t v = -1;
 
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
 	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
 		sqlite3_busy_timeout(db, 5000);
 		if (sqlite3_step(st) == SQLITE_ROW)
-			v = sqlite3_column_int64(st, 0);
+			take(st, out);
 	} else {
 		fail_msg("sql %s: %s", sql, db ? sqlite3_errmsg(db) : "open failed");
 	}
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	free(path);
+}
+
+static void take_int(sqlite3_stmt *st, void *out)
+{
+	*(int64_t *)out = sqlite3_column_int64(st, 0);
+}
+
+static void take_text(sqlite3_stmt *st, void *out)
+{
+	const char *t = (const char *)sqlite3_column_text(st, 0);
+	*(char **)out = t ? xstrdup(t) : NULL;
+}
+
+int64_t h_sql_int(struct daemon *d, const char *sql)
+{
+	int64_t v = -1;
+	sql_first(d, sql, take_int, &v);
+	return v;
+}
+
+char *h_sql_text(struct daemon *d, const char *sql)
+{
+	char *v = NULL;
+	sql_first(d, sql, take_text, &v);
+	if (!v)
+		fail_msg("sql %s: no row", sql);
 	return v;
 }
 

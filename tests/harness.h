@@ -103,6 +103,8 @@ void h_git_push(const char *work, const char *args);
 
 /* One integer from an SQL query on the daemon's database (read-only). */
 int64_t h_sql_int(struct daemon *d, const char *sql);
+/* The first row's first column as text (free it); no row fails the test. */
+char *h_sql_text(struct daemon *d, const char *sql);
 
 /* Sleep in the test (the tests may wait; the engine never does). */
 void h_msleep(int ms);

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -182,7 +181,7 @@ static void a_herd_is_served_at_capacity_and_every_device_within_the_bound(void 
 	/* no flaky devices: a failed request would poll again a poll interval later */
 	static const char steady[] = "{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
 				     " \"silent\": 0, \"flaky\": 0}";
-	char *cfg, *bin, *log, *key, *stats, *profile, devices[16];
+	char *cfg, *bin, *log, *key, *stats, *profile, devices[16], dur[32];
 	json_t *st;
 	pid_t sim;
 	int status = 0;
@@ -207,17 +206,13 @@ static void a_herd_is_served_at_capacity_and_every_device_within_the_bound(void 
 	stats = xasprintf("%s/stats.json", d.dir);
 	snprintf(devices, sizeof(devices), "%d", n);
 	/* real seconds: the bound is n/cap otacd seconds, scaled */
-	sim = fork();
-	if (sim == 0) {
-		char dur[32];
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-		snprintf(dur, sizeof(dur), "%.0f", bound_ms / 1000.0 / scale + 15);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl(bin, bin, "--engine", "model", "--herd", "--url", d.device_url, "--devices", devices, "--seed", "7",
-		      "--profile", profile, "--key", key, "--fleet-key", d.fleet_key, "--product", "fw", "--start-version", "1.0.0",
-		      "--report-every", "24h", "--duration", dur, "--stats", stats, (char *)NULL);
-		_exit(127);
+	snprintf(dur, sizeof(dur), "%.0f", bound_ms / 1000.0 / scale + 15);
+	{
+		char *argv[] = { bin, "--engine", "model", "--herd", "--url", d.device_url, "--devices", devices,
+				 "--seed", "7", "--profile", profile, "--key", key, "--fleet-key", d.fleet_key,
+				 "--product", "fw", "--start-version", "1.0.0", "--report-every", "24h",
+				 "--duration", dur, "--stats", stats, NULL };
+		sim = dh_spawn(log, argv);
 	}
 	assert_int_equal(waitpid(sim, &status, 0), sim);
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);

@@ -36,6 +36,7 @@
 #include "../device/otadev.h"
 #include "../device/otadev_vcdiff.h"
 #include "../orchestrator/mcuboot.h"
+#include "../common/httpc.h"
 #include "../common/util.h"
 #include "devharness.h"
 #include "harness.h"
@@ -841,11 +842,20 @@ static void truncated_patch_falls_back_to_the_full_image(void **state)
 
 static void wrong_base_patch_falls_back_to_the_full_image(void **state)
 {
-	struct blob other;
+	struct blob factory, other;
 	struct world *w;
 	(void)state;
-	synth_image(&other, 43, 60 * 1024);               /* a patch from another image, claiming ours */
+	/* A patch from another base, claiming ours: from the new release's own
+	 * body (a server that mixed versions up).  Its COPYs from the source
+	 * take the release's changed bytes from there, so on our older base
+	 * they rebuild something else, every time.  (A base unlike ours is no
+	 * test: its patch is nearly all ADDs, and what it copies, the MCUboot
+	 * header's layout, both bases share; the image it rebuilds may then be
+	 * right, and it is installed, verified, as it should be.) */
+	synth_image(&factory, 42, 60 * 1024);              /* as world_new makes them */
+	synth_release(&factory, &other, 12 * 1024, 400, 5);
 	w = world_new(&other);
+	free_blob(&factory);
 	free_blob(&other);
 	assert_falls_back_to_the_full_image(w);
 }
@@ -1137,6 +1147,19 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 	assert_int_equal(full_bytes, 0);
 	assert_true(delta_bytes > 0 && delta_bytes * 4 < v2.n);
 	assert_int_equal(h_sh(&out, "grep -c 'applying a delta' %s", log), 0);
+	/* the device no longer runs the patch's base: otacd refuses it the
+	 * patch (served only to a device offered the image and on its base) */
+	{
+		char *sha = h_sql_text(&f.d, "SELECT sha256 FROM artifacts WHERE name LIKE '%.vcdiff'");
+		char *url = xasprintf("%s/device/v1/images/%s?device=dd-0000", f.d.device_url, sha);
+		struct httpc_response r = { 0 };
+		assert_int_equal(httpc_request(&r, "GET", url, f.cred[0], NULL, NULL, 0, 30000), 0);
+		assert_int_equal(r.status, 403);
+		assert_int_equal(device_metric(&f.d, "otacd_delta_bytes_served_total"), delta_bytes);
+		httpc_response_release(&r);
+		free(url);
+		free(sha);
+	}
 	free_blob(&v1);
 	free_blob(&v2);
 	free(dir);

@@ -16,15 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <mosquitto.h>
-#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
-#include <pwd.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,19 +33,6 @@
 
 #define HW "mps2-an385"
 #define OTACD_PW "otacd-broker-password-1"
-
-static int tcp_up(int port)
-{
-	struct sockaddr_in sa = { 0 };
-	int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
 
 static int count_in(const char *file, const char *needle)
 {
@@ -78,16 +61,6 @@ struct broker {
 	int tls; /* set before broker_start: a TLS listener; dir/ca.pem its CA, dir/other-ca.pem another */
 };
 
-static char *mosquitto_bin(void)
-{
-	const char *e = getenv("OTACD_MOSQUITTO");
-	char *p = xstrdup(e && *e ? e : "/usr/sbin/mosquitto");
-	if (access(p, X_OK) == 0)
-		return p;
-	free(p);
-	return NULL;
-}
-
 #define NEED_MOSQUITTO(bin)                                                                      \
 	do {                                                                                     \
 		if (!(bin)) {                                                                    \
@@ -103,12 +76,10 @@ static char *mosquitto_bin(void)
 static void broker_start(struct broker *b, const char *bin, int ndev)
 {
 	struct buf conf = BUF_INIT, out = BUF_INIT;
-	struct passwd *pw = getpwuid(getuid());
-	char *path, *log;
+	char *path;
 	b->dir = h_tmpdir();
 	if (!b->port)
 		b->port = dh_free_port();
-	buf_printf(&conf, "listener %d 127.0.0.1\npersistence false\nuser %s\n", b->port, pw ? pw->pw_name : "root");
 	if (b->tls) {
 		const char *req = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
 		assert_int_equal(h_sh(&out, "cd %s && %s -keyout ca.key -out ca.pem -subj /CN=push-test-ca 2>&1 &&"
@@ -133,19 +104,7 @@ static void broker_start(struct broker *b, const char *bin, int ndev)
 	} else {
 		buf_printf(&conf, "allow_anonymous true\n");
 	}
-	path = xasprintf("%s/mosquitto.conf", b->dir);
-	assert_int_equal(ota_write_file_atomic(path, conf.ptr, conf.len, 0600), 0);
-	log = xasprintf("%s/mosquitto.log", b->dir);
-	{
-		char *argv[] = { (char *)bin, "-c", path, NULL };
-		b->pid = dh_spawn(log, argv);
-	}
-	for (int waited = 0; waited < 10000 && !tcp_up(b->port); waited += 50)
-		h_msleep(50);
-	if (!tcp_up(b->port))
-		fail_msg("mosquitto did not start; see %s", log);
-	free(path);
-	free(log);
+	b->pid = dh_mosquitto_spawn(bin, b->dir, b->port, buf_cstr(&conf));
 	buf_release(&conf);
 	buf_release(&out);
 }
@@ -323,7 +282,7 @@ static void assert_password_never_logged(struct env *e, const char *password)
 /* per_device_max < NDEV: one cohort hint on the hardware's topic instead */
 static void push_rollout(int per_device_max, const char *topic, int tls)
 {
-	char *bin = mosquitto_bin(), *cfg, *pwfile;
+	char *bin = dh_mosquitto_bin(), *cfg, *pwfile;
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	double t0, t1;
@@ -392,7 +351,7 @@ static void a_large_step_pushes_one_cohort_hint_per_hardware(void **state)
 
 static void push_over_tls_checks_the_brokers_certificate(void **state)
 {
-	char *bin = mosquitto_bin(), *cfg;
+	char *bin = dh_mosquitto_bin(), *cfg;
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	(void)state;
@@ -457,7 +416,7 @@ static void broker_down_neither_stalls_otacd_nor_the_devices(void **state)
 
 static void hostile_messages_cause_at_most_an_early_check_in(void **state)
 {
-	char *bin = mosquitto_bin(), *big, *deep, *topic = "otacd/fw/dev/dev-0000";
+	char *bin = dh_mosquitto_bin(), *big, *deep, *topic = "otacd/fw/dev/dev-0000";
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	const char *junk[] = { "garbage", "[]", "{\"v\":2}", "{\"v\":\"1\"}", "{\"v\":1,\"v\":1}", "{\"v\":1", "null" };
@@ -529,7 +488,7 @@ static void hostile_messages_cause_at_most_an_early_check_in(void **state)
 
 static void wrong_broker_password_is_a_clear_error_and_otacd_keeps_running(void **state)
 {
-	char *bin = mosquitto_bin(), *cfg, *pwfile;
+	char *bin = dh_mosquitto_bin(), *cfg, *pwfile;
 	struct broker b = { 0 };
 	struct env e = { 0 };
 	json_t *h = NULL;

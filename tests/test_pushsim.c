@@ -24,11 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <arpa/inet.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <pwd.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,19 +51,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int tcp_up(int port)
-{
-	struct sockaddr_in sa = { 0 };
-	int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
-	sa.sin_family = AF_INET;
-	sa.sin_port = htons((uint16_t)port);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
 /* ---- mosquitto: otacd writes PREFIX/#, the simulator's one user reads it ---- */
 
 struct broker {
@@ -76,23 +59,11 @@ struct broker {
 	char *dir;
 };
 
-static char *mosquitto_bin(void)
-{
-	const char *e = getenv("OTACD_MOSQUITTO");
-	char *p = xstrdup(e && *e ? e : "/usr/sbin/mosquitto");
-	if (access(p, X_OK) == 0)
-		return p;
-	free(p);
-	return NULL;
-}
-
 static void broker_start(struct broker *b, const char *bin)
 {
 	struct buf conf = BUF_INIT, out = BUF_INIT;
-	struct passwd *pw = getpwuid(getuid());
 	const char *acl = "user otacd\ntopic write otacd/#\n\nuser fleetsim\ntopic read otacd/#\n";
-	char *path, *log;
-	char *argv[4];
+	char *path;
 
 	b->dir = h_tmpdir();
 	b->port = dh_free_port();
@@ -101,19 +72,8 @@ static void broker_start(struct broker *b, const char *bin)
 	free(path);
 	assert_int_equal(h_sh(&out, "mosquitto_passwd -c -b %s/passwd otacd %s && mosquitto_passwd -b %s/passwd"
 				    " fleetsim %s", b->dir, OTACD_PW, b->dir, FLEETSIM_PW), 0);
-	buf_printf(&conf, "listener %d 127.0.0.1\npersistence false\nuser %s\nallow_anonymous false\n"
-			  "password_file %s/passwd\nacl_file %s/acl\n", b->port, pw ? pw->pw_name : "root", b->dir, b->dir);
-	path = xasprintf("%s/mosquitto.conf", b->dir);
-	assert_int_equal(ota_write_file_atomic(path, conf.ptr, conf.len, 0600), 0);
-	log = xasprintf("%s/mosquitto.log", b->dir);
-	argv[0] = (char *)bin, argv[1] = "-c", argv[2] = path, argv[3] = NULL;
-	b->pid = dh_spawn(log, argv);
-	for (int waited = 0; waited < 10000 && !tcp_up(b->port); waited += 50)
-		h_msleep(50);
-	if (!tcp_up(b->port))
-		fail_msg("mosquitto did not start; see %s", log);
-	free(path);
-	free(log);
+	buf_printf(&conf, "allow_anonymous false\npassword_file %s/passwd\nacl_file %s/acl\n", b->dir, b->dir);
+	b->pid = dh_mosquitto_spawn(bin, b->dir, b->port, buf_cstr(&conf));
 	buf_release(&conf);
 	buf_release(&out);
 }
@@ -296,7 +256,7 @@ static int64_t stat_int(json_t *st, const char *a, const char *b, const char *c)
 
 static void pushed_step(const char *engine)
 {
-	char *bin = mosquitto_bin();
+	char *bin = dh_mosquitto_bin();
 	struct broker b = { 0 };
 	struct measure m = { 0 };
 	int64_t win_otacd = (int64_t)HINT_WINDOW_MS * SCALE, p95, p100, first_hint;
