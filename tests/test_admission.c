@@ -122,6 +122,7 @@ static void checkins_over_capacity_get_503_with_a_turn_that_grows_with_the_backl
 			 200);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_admitted_total"), 1);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_deferred_total"), 9);
+	assert_int_equal((int)metric(&d, "otacd_device_checkins_total"), 10);
 	assert_true(metric(&d, "otacd_devapi_checkin_backlog_seconds") > 0);
 	free_creds(creds);
 	h_cleanup(&d);
@@ -146,9 +147,15 @@ static void without_a_capacity_no_checkin_is_deferred(void **state)
 		assert_int_equal(r.status, 200);
 		httpc_response_release(&r);
 	}
+	/* a wrong credential: refused, taken but not served */
+	checkin_raw(&d, "dev-0000", creds[1], &r);
+	assert_int_equal(r.status, 401);
+	httpc_response_release(&r);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkin_capacity"), 0);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_admitted_total"), 20);
 	assert_int_equal((int)metric(&d, "otacd_devapi_checkins_deferred_total"), 0);
+	/* one counter of check-ins taken: served, deferred and refused */
+	assert_int_equal((int)metric(&d, "otacd_device_checkins_total"), 21);
 	free_creds(creds);
 	h_cleanup(&d);
 }

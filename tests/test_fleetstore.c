@@ -25,6 +25,7 @@
  *     by OTACD_TEST_FLEET_STALL_FILE) take 2 commits unpaced and 1 paced;
  *     counted by fleet_store_stats and /metrics.
  */
+#include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -760,6 +761,40 @@ static void round_pacing_commits_a_burst_once(void **state)
 	tmpdir_remove(dir);
 }
 
+/*
+ * The device shard of sequential ids (dev-000000, dev-000001, ...): each
+ * shard's count within 5 standard deviations of what chance gives
+ * (binomial, 100,000 ids over 64 shards: 1,562.5 +- 5 x 39.2).  The ids
+ * are fixed, so the counts are too: the band says the spread is chance's,
+ * not that a draw may fail.  FNV-1a's top bits alone gave 790..2,300.
+ */
+static void shard_index_spreads_sequential_ids(void **state)
+{
+	enum { IDS = 100000 };
+	static const char *const forms[] = { "dev-%06d", "dev-%07d", "%d" };
+	double expect = (double)IDS / FLEET_NSHARDS, sd = sqrt(IDS * (1.0 / FLEET_NSHARDS) * (1 - 1.0 / FLEET_NSHARDS));
+
+	(void)state;
+	for (size_t f = 0; f < sizeof(forms) / sizeof(forms[0]); f++) {
+		int count[FLEET_NSHARDS] = { 0 }, lo = IDS, hi = 0;
+		char id[32];
+		for (int i = 0; i < IDS; i++) {
+			int k;
+			snprintf(id, sizeof(id), forms[f], i);
+			k = fleet_shard_index(fleet_fnv(id, strlen(id), FLEET_FNV_BASIS));
+			assert_true(k >= 0 && k < FLEET_NSHARDS);
+			count[k]++;
+		}
+		for (int k = 0; k < FLEET_NSHARDS; k++) {
+			lo = count[k] < lo ? count[k] : lo;
+			hi = count[k] > hi ? count[k] : hi;
+		}
+		print_message("ids %s: %d..%d a shard (chance: %.0f +- %.0f)\n", forms[f], lo, hi, expect, sd);
+		assert_true(lo >= expect - 5 * sd);
+		assert_true(hi <= expect + 5 * sd);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -772,6 +807,7 @@ int main(void)
 		cmocka_unit_test(round_due_paces_small_rounds_only),
 		cmocka_unit_test(round_pacing_groups_small_check_ins),
 		cmocka_unit_test(round_pacing_commits_a_burst_once),
+		cmocka_unit_test(shard_index_spreads_sequential_ids),
 	};
 	httpc_global_init();
 	cmocka_set_test_filter(getenv("X_ONLY"));

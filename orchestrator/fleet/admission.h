@@ -44,9 +44,14 @@ struct admission_defer {
  * admitted, 0 deferred (*out says when to come back). */
 int admission_checkin(int64_t now_ms, int64_t turn_ms, struct admission_defer *out);
 
-/* Give back an admitted check-in's token: the request was refused for
- * another reason (its credential), so it did no work. */
-void admission_refund(void);
+/* An admitted check-in's outcome, counted (every admitted check-in once):
+ * served (whatever it was answered), or refused for its credential, which
+ * did no work and gives its token back. */
+void admission_checkin_done(int credential_refused);
+
+/* Check-ins taken: served, deferred and refused for their credential
+ * (otacd_device_checkins_total). */
+uint64_t admission_checkins_taken(void);
 
 /* The counters as Prometheus text (otacd_devapi_checkin_*), at now_ms. */
 void admission_metrics_text(struct buf *b, int64_t now_ms);

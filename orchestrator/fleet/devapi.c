@@ -64,7 +64,6 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REG
 /* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
 static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
-static _Atomic uint64_t g_checkins;     /* issue 15: check-in requests taken (the rate push must bound) */
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -350,25 +349,16 @@ static enum MHD_Result reply_deferred(struct MHD_Connection *c, const struct adm
 	return ret;
 }
 
-static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+/* An admitted check-in: read, authenticated, decided, answered (now or
+ * once committed).  *credential_refused: 401 for its credential. */
+static enum MHD_Result checkin_admitted(struct devapi *a, struct MHD_Connection *c, struct dreq *r,
+					 int *credential_refused)
 {
 	enum MHD_Result ret = MHD_NO;
 	struct fleet_ckbody ck;
 	json_t *body = NULL;
 	int rc, done;
 
-	if (r->submitted) { /* resumed by report_done */
-		pthread_mutex_lock(&a->mu);
-		done = r->done;
-		pthread_mutex_unlock(&a->mu);
-		return done ? report_answer(c, r) : MHD_YES;
-	}
-	g_checkins++;
-	{
-		struct admission_defer wait;
-		if (!admission_checkin(clock_now_ms(), checkin_turn(&r->body), &wait))
-			return reply_deferred(c, &wait);
-	}
 	/* devices (libotadev) write the id first: its lookups' cache misses
 	 * are fetched while the body is parsed */
 	if (r->body.len > sizeof(ID_FIRST) - 1 && !memcmp(r->body.ptr, ID_FIRST, sizeof(ID_FIRST) - 1)) {
@@ -397,8 +387,7 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 			    : fleet_checkin_body_async(a->f, &ck, r->token, r->answer, sizeof(r->answer), report_done, r);
 	if (rc <= 0) { /* answered now: nothing for the writer */
 		submit_end(a);
-		if (rc == OTA_EAUTH) /* a refused credential did no work */
-			admission_refund();
+		*credential_refused = rc == OTA_EAUTH; /* a refused credential did no work */
 		ret = rc < 0 ? reply_error(c, status_of(rc), "%s", ota_error_last())
 			     : reply_answer(c, r);
 		goto out;
@@ -414,6 +403,27 @@ static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, st
 	ret = done ? report_answer(c, r) : MHD_YES;
 out:
 	json_decref(body);
+	return ret;
+}
+
+static enum MHD_Result do_checkin(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
+{
+	struct admission_defer wait;
+	enum MHD_Result ret;
+	int refused = 0, done;
+
+	if (r->submitted) { /* resumed by report_done */
+		pthread_mutex_lock(&a->mu);
+		done = r->done;
+		pthread_mutex_unlock(&a->mu);
+		return done ? report_answer(c, r) : MHD_YES;
+	}
+	/* without a capacity every check-in is admitted: neither the clock
+	 * nor the body's turn is read */
+	if (admission_capacity() && !admission_checkin(clock_now_ms(), checkin_turn(&r->body), &wait))
+		return reply_deferred(c, &wait);
+	ret = checkin_admitted(a, c, r, &refused);
+	admission_checkin_done(refused); /* the outcome counted once known */
 	return ret;
 }
 
@@ -572,9 +582,10 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 	buf_printf(&b, "# HELP otacd_delta_bytes_served_total Delta patch bytes otacd sent (issue 15), apart from full images.\n"
 		       "# TYPE otacd_delta_bytes_served_total counter\notacd_delta_bytes_served_total %llu\n",
 		   (unsigned long long)g_delta_bytes);
-	buf_printf(&b, "# HELP otacd_device_checkins_total Check-in requests the device API took.\n"
+	buf_printf(&b, "# HELP otacd_device_checkins_total Check-in requests the device API took (served, deferred,"
+		       " refused for their credential).\n"
 		       "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
-		   (unsigned long long)g_checkins);
+		   (unsigned long long)admission_checkins_taken());
 	push_metrics_text(&b); /* issue 15, push hints */
 	admission_metrics_text(&b, clock_now_ms()); /* issue 15, check-in admission */
 	len = b.len;
@@ -989,6 +1000,15 @@ static void dreq_free(struct dreq *r)
 		r->body.ptr[0] = 0;
 }
 
+/* A request header's value, or NULL (the name's length given: no strlen
+ * per lookup, two lookups per request). */
+static const char *header(struct MHD_Connection *c, const char *name, size_t len)
+{
+	const char *v = NULL;
+	size_t vlen;
+	return MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, name, len, &v, &vlen) == MHD_YES ? v : NULL;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
@@ -997,8 +1017,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	(void)version;
 
 	if (!r) {
-		const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+		const char *auth = header(c, "Authorization", sizeof("Authorization") - 1);
+		const char *cl = header(c, "Content-Length", sizeof("Content-Length") - 1);
 		unsigned bad;
 		api_conn_busy(a->waiter, c, 1); /* the header is complete */
 		r = dreq_new();

@@ -343,6 +343,8 @@ struct fleet {
 };
 
 uint64_t fleet_fnv(const void *p, size_t n, uint64_t h);
+/* A hash's bits mixed over the word (FNV-1a's top and low bits are weak). */
+uint64_t fleet_hash_mix(uint64_t h);
 int fleet_device_id_valid(const char *s);
 int fleet_name_valid(const char *s);
 int fleet_version_valid(const char *s);
@@ -363,6 +365,8 @@ void fleet_agg_read(const struct agg *a, struct fleet_agg *out);
  * the committed counters, or mark them to be written again. */
 void fleet_agg_publish(struct fleet *f, struct agg *a, int ok);
 
+/* The shard of a device id whose fleet_fnv is h: its lock and tables. */
+int fleet_shard_index(uint64_t h);
 struct shard *fleet_shard(struct fleet *f, uint64_t h);
 struct device *fleet_device_find_locked(struct shard *s, const char *id, uint64_t h);
 /* A zeroed node (a device or a registry entry) of size bytes in whole
