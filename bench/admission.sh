@@ -1,17 +1,18 @@
 #!/bin/sh
 # admission.sh BINDIR [DEVICES] - a region's power comes back: DEVICES
-# (1,000,000) simulated devices check in at once (otacd-fleetsim --herd,
-# the device model) against the real otacd (issue 15, thundering-herd
-# control; docs/delivery.md, "Admission").
+# (1,000,000) simulated devices check in at once (otacd-fleetsim --herd;
+# the device model, or libotadev with ADMISSION_ENGINE=core) against the
+# real otacd (issue 15, thundering-herd control; docs/delivery.md,
+# "Admission").
 #
 # First the baseline, the same herd without admission (capacity 0): how
 # long otacd takes to serve every device once and its rate, the mean over
 # the herd and the peak in one otacd second (otacd's own counters,
 # otacd_devapi_checkins_admitted_*).  Then the herd against
 # device_checkin_capacity C: ADMISSION_CAPACITY, or a quarter of the
-# baseline's mean rate (so the capacity, not the machine, is what binds,
-# and the one simulator can send the deferred back on time while the herd
-# still arrives).  Prints, for
+# baseline's mean rate (so the capacity, not the machine, is what binds:
+# the one simulator sends the herd's first check-ins and, before them, the
+# deferred devices whose turn has come).  Prints, for
 # the capacity run: the time to serve every device against the bound
 # docs/delivery.md computes (N/C plus the window; and D/C plus the window,
 # D the deferrals, which holds whatever turns were missed), the mean rate and the
@@ -27,6 +28,7 @@ bin=$(cd "${1:-build/bin}" && pwd)
 devices=${2:-1000000}
 scale=${ADMISSION_SCALE:-10}
 timeout=${ADMISSION_TIMEOUT:-1800}
+engine=${ADMISSION_ENGINE:-model}
 bench_begin admission "${ADMISSION_KEEP:-}"
 
 bench_keypair "$tmp"
@@ -52,7 +54,7 @@ EOF
 	pids="$pids $pid"
 	bench_wait_otacd admission.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key"
 	dev=$(cat "$state/otacd-device.url")
-	nice "$bin/otacd-fleetsim" --engine model --herd --url "$dev" --devices "$devices" --seed 1 \
+	nice "$bin/otacd-fleetsim" --engine "$engine" --herd --url "$dev" --devices "$devices" --seed 1 \
 		--profile "$tmp/profile.json" --key "$tmp/k.pub" --fleet-key "@$state/fleet.key" --product bench \
 		--start-version 1.0.0 --report-every 24h --duration "$timeout" --concurrency 512 --quiet \
 		--stats "$state.stats" >"$state.sim.log" 2>&1 || true
@@ -72,7 +74,7 @@ EOF
 
 rate() { awk -v n="$1" -v ms="$2" 'BEGIN { printf "%.0f", (ms > 0 ? n * 1000 / ms : 0) }'; }
 
-echo "  $devices devices at once, time scale $scale (otacd seconds; device model, one otacd per run)"
+echo "  $devices devices at once, time scale $scale (otacd seconds; fleetsim --engine $engine, one otacd per run)"
 run baseline 0
 b_served=$served b_last=$last b_failed=$failed b_peak=$peak
 b_rate=$(rate "$served" "$last")
@@ -80,9 +82,10 @@ echo "  baseline, no admission: served $b_served/$devices in $(awk -v m="$b_last
 	"mean $b_rate/s, peak second $b_peak, failed requests $b_failed"
 
 # a quarter of what the machine did: while the herd's first check-ins are
-# still arriving, the one simulator must also send the deferred devices
-# back on time, or they miss their turns (the simulator's limit, not the
-# devices')
+# still arriving, the same two cores run otacd and the simulator, which
+# must also send the deferred devices back on time (it sends them before
+# the rest of the herd), or they miss their turns (the machine's limit,
+# not the devices')
 cap=${ADMISSION_CAPACITY:-$((b_rate / 4))}
 [ "$cap" -ge 1 ] || cap=1
 run capacity "$cap"

@@ -84,6 +84,11 @@ struct core {
 	 * it) and the device ms of a check-in a hint asked for (0: none) */
 	int64_t *due;
 	uint64_t *nudge_at;
+	/* issue 15, --herd: the next device whose first step is still to run
+	 * (1 .. ndev-1; 0: none).  Workers take it only when no heap event is
+	 * due, so a deferred device whose turn has come goes before the rest
+	 * of the herd (herd_take) */
+	uint32_t herd_next;
 };
 
 /* Device i is due at device ms at (k->lock held). */
@@ -404,6 +409,50 @@ static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 	return 0;
 }
 
+/*
+ * What a check-in's answer was, for the stats: served (a 200; the first
+ * one of a device counts it served, and --herd ends once all are), deferred
+ * (issue 15: a 503 with a turn, which libotadev takes as a deferral, not a
+ * failure: the same parser decides here), or failed.
+ */
+static void checkin_count(struct psim_ctx *c, int rc, struct otadev_http_resp *rs)
+{
+	struct core *k = (struct core *)c->env;
+	struct fleetsim *fs = k->fs;
+	struct sim_device *sd = &fs->dev[c->idx];
+	uint32_t tokens[OTADEV_TOKENS * 5];
+	struct otadev_defer df;
+
+	pthread_mutex_lock(&k->lock);
+	if (rc == 0 && rs->status == 200) {
+		fs->c.checkins++;
+		if (!(sd->flags & SIM_F_STARTED)) {     /* only this device's worker writes its flags */
+			sd->flags |= SIM_F_STARTED;
+			fs->c.served++;
+			/* device 0's is the answer that starts the clock */
+			fs->c.served_last_ms = k->time_known ? fs_now(fs) - fs->t0 : 0;
+			if (fs->o.herd && fs->c.served == fs->ndev)
+				fs->until_reached = 1;
+		}
+	} else if (rc == 0 && rs->status == 503 &&
+		   otadev_defer_parse(&df, rs->body, rs->len, tokens, OTADEV_TOKENS) == 0) {
+		fs->c.checkins_deferred++;
+		if (sd->deferrals < UINT8_MAX)
+			sd->deferrals++;
+		if (sd->deferrals > fs->c.deferrals_max)
+			fs->c.deferrals_max = sd->deferrals;
+	} else {
+		fs->c.requests_failed++;
+		if (c->idx == 0 && !k->time_known && rc == 0 &&
+		    (rs->status == 400 || rs->status == 401 || rs->status == 403 || rs->status == 404)) {
+			fprintf(stderr, "fleetsim: the server refuses check-ins (%d): %.300s\n", rs->status,
+				rs->len < rs->cap ? (rs->body[rs->len] = 0, rs->body) : "");
+			fs->fatal = 1;
+		}
+	}
+	pthread_mutex_unlock(&k->lock);
+}
+
 static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
 	struct psim_ctx *c = ctx;
@@ -430,21 +479,8 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	if (!strncmp(rq->path, "/device/v1/images/", 18) || absolute_url(rq->path))
 		return image_get(c, rq, rs);
 	rc = request(c, rq, rs, NULL);
-	if (!strcmp(rq->path, "/device/v1/checkin")) {
-		pthread_mutex_lock(&k->lock);
-		if (rc == 0 && rs->status == 200) {
-			fs->c.checkins++;
-		} else {
-			fs->c.requests_failed++;
-			if (c->idx == 0 && !k->time_known && rc == 0 &&
-			    (rs->status == 400 || rs->status == 401 || rs->status == 403 || rs->status == 404)) {
-				fprintf(stderr, "fleetsim: the server refuses check-ins (%d): %.300s\n", rs->status,
-					rs->len < rs->cap ? (rs->body[rs->len] = 0, rs->body) : "");
-				fs->fatal = 1;
-			}
-		}
-		pthread_mutex_unlock(&k->lock);
-	}
+	if (!strcmp(rq->path, "/device/v1/checkin"))
+		checkin_count(c, rc, rs);
 	return rc;
 }
 
@@ -977,6 +1013,38 @@ static void push_dispatch(struct core *k)
 
 /* ---- workers and the loop -------------------------------------------------------------- */
 
+/*
+ * --herd (issue 15): the next device of the herd to start (k->lock held).
+ * All of them are due since the herd's instant, so in the heap they would
+ * come before every device the server deferred (its turn is later), and
+ * every turn given while the workers start the rest of the herd would be
+ * missed.  Real devices each come back on their own; here a worker takes
+ * a due event first and the herd only when none is due.
+ */
+static uint32_t herd_take(struct core *k)
+{
+	uint32_t i = k->herd_next;
+
+	if (++k->herd_next == k->fs->ndev)
+		k->herd_next = 0;
+	return i;
+}
+
+/* Wait for the next due event, at most 50 ms (k->lock held). */
+static void worker_wait(struct core *k, const struct sim_event *top, uint64_t now)
+{
+	struct timespec ts;
+	int64_t ms = top ? (int64_t)((uint64_t)top->at - now) : 50;
+
+	if (ms > 50)
+		ms = 50;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000;
+	ts.tv_sec += ts.tv_nsec / 1000000000;
+	ts.tv_nsec %= 1000000000;
+	pthread_cond_timedwait(&k->cond, &k->lock, &ts);
+}
+
 static void *worker(void *arg)
 {
 	struct psim_ctx *c = arg;
@@ -987,31 +1055,28 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&k->lock);
 	while (!k->quit) {
 		uint64_t now = dev_now(k), next;
+		uint32_t i;
+
 		top = sim_heap_peek(&k->heap);
 		if (top && (uint64_t)top->at <= now) {
 			sim_heap_pop(&k->heap, &ev);
 			if (k->due && k->due[ev.dev] != ev.at)
 				continue;               /* a hint brought this device forward */
-			if (k->due)
-				k->due[ev.dev] = -1;
-			pthread_mutex_unlock(&k->lock);
-			next = run_device(c, ev.dev);
-			pthread_mutex_lock(&k->lock);
-			if (k->nudge_at && k->nudge_at[ev.dev] && k->nudge_at[ev.dev] < next)
-				next = k->nudge_at[ev.dev];   /* a hint came while it ran */
-			schedule(k, ev.dev, (int64_t)next);
-			continue;
+			i = ev.dev;
+		} else if (k->herd_next) {
+			i = herd_take(k);
 		} else {
-			struct timespec ts;
-			int64_t ms = top ? (int64_t)((uint64_t)top->at - now) : 50;
-			if (ms > 50)
-				ms = 50;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += ms * 1000000;
-			ts.tv_sec += ts.tv_nsec / 1000000000;
-			ts.tv_nsec %= 1000000000;
-			pthread_cond_timedwait(&k->cond, &k->lock, &ts);
+			worker_wait(k, top, now);
+			continue;
 		}
+		if (k->due)
+			k->due[i] = -1;
+		pthread_mutex_unlock(&k->lock);
+		next = run_device(c, i);
+		pthread_mutex_lock(&k->lock);
+		if (k->nudge_at && k->nudge_at[i] && k->nudge_at[i] < next)
+			next = k->nudge_at[i];   /* a hint came while it ran */
+		schedule(k, i, (int64_t)next);
 	}
 	pthread_mutex_unlock(&k->lock);
 	return NULL;
@@ -1192,7 +1257,9 @@ int fs_core_run(struct fleetsim *fs, volatile sig_atomic_t *stop)
 		}
 	}
 	if (k.time_known) {
-		for (uint32_t i = 1; i < fs->ndev; i++)
+		if (fs->o.herd) /* every device at once, from herd_take */
+			k.herd_next = fs->ndev > 1 ? 1 : 0;
+		for (uint32_t i = 1; i < fs->ndev && !fs->o.herd; i++)
 			schedule(&k, i,
 				 (int64_t)(dev_now(&k) + (uint64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_CORE_FIRST)) *
 								    (double)k.poll_real)));

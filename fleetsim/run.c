@@ -808,11 +808,14 @@ static void checkin_start(struct fleetsim *fs, uint32_t i)
 }
 
 /* Every device's first poll, spread over one poll interval, or all at
- * once with --herd (issue 15: a region's power restored). */
+ * once with --herd (issue 15: a region's power restored): then they are
+ * all due now and go out from fs->herd_next (herd_send). */
 static void start_fleet(struct fleetsim *fs, int64_t now, int64_t interval)
 {
-	if (fs->o.herd)
-		interval = 0;
+	if (fs->o.herd) {
+		fs->herd_next = fs->ndev > 1 ? 1 : 0;
+		return;
+	}
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		if (i)
 			schedule_poll(fs, i, now + (int64_t)(sim_unit(sim_hash(fs->o.seed, i, SALT_FIRST_POLL)) *
@@ -1135,7 +1138,30 @@ static void push_dispatch(struct fleetsim *fs)
 
 /* ---- the loop ----------------------------------------------------------- */
 
-/* Pop due events; returns 1 when it stopped on its budget (more is due). */
+/*
+ * --herd (issue 15): the first check-ins still to send, into the slots the
+ * due events left.  Every one of them is due since the herd's instant, so
+ * in the heap they would all come before any device the server deferred
+ * (its turn is later): a million first check-ins take the one thread tens
+ * of real seconds to send, every turn given meanwhile would be missed, and
+ * the misses cascade.  Real devices each come back on their own; here the
+ * due events go first and the herd fills what is left.  1 when it stopped
+ * on its budget (more is due).
+ */
+static int herd_send(struct fleetsim *fs, int *budget)
+{
+	while (fs->herd_next && fs->dev_active < fs->o.concurrency) {
+		if ((*budget)-- <= 0)
+			return 1;
+		checkin_start(fs, fs->herd_next);
+		if (++fs->herd_next == fs->ndev)
+			fs->herd_next = 0;
+	}
+	return 0;
+}
+
+/* Pop due events, then send the herd (herd_send); returns 1 when it
+ * stopped on its budget (more is due). */
 static int process_events(struct fleetsim *fs)
 {
 	int64_t now = fs_now(fs);
@@ -1170,7 +1196,7 @@ static int process_events(struct fleetsim *fs)
 			break;
 		}
 	}
-	return 0;
+	return herd_send(fs, &budget);
 }
 
 static void drain_done(struct fleetsim *fs)

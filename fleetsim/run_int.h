@@ -128,6 +128,12 @@ struct fleetsim {
 		int64_t state_bytes_per_device;
 	} core;
 
+	/* issue 15, --herd: the next device whose first check-in is still to
+	 * send (1 .. ndev-1; 0: none, or not started).  The herd is sent from
+	 * this cursor with the slots the due events leave, not from the heap,
+	 * so a deferred device whose turn has come goes before the rest of
+	 * the herd (a turn is not missed because the simulator was busy) */
+	uint32_t herd_next;
 	struct fs_push *push;        /* issue 15, --mqtt-url (push.c), or NULL */
 	int64_t *poll_at;            /* with push, model engine: each device's one live poll event */
 	int64_t first_hint_ms;       /* otacd ms of the first hint dispatched, 0: none */
