@@ -1265,10 +1265,16 @@ static void devices_apply_patches_fetched_through_the_cdn_cache(void **state)
 	psize = h_sql_int(&e.d, "SELECT size FROM artifacts WHERE name LIKE '%.vcdiff'");
 	alog = xasprintf("%s/access.log", n.dir);
 	pat = xasprintf("/img/%s ", psha);
-	print_message("nginx: %d patch requests, %d MISS, %d HIT; otacd sent %lld patch and %lld image bytes (patch %lld B)\n",
-		      count_lines(alog, pat), count_lines(alog, " MISS "), count_lines(alog, " HIT "),
+	/* what the devices' patch fetches cost on the wire: body bytes nginx
+	 * sent for them (its log's last field) against the image's size */
+	h_sh(&out, "awk '$1 == \"/img/%s\" { n += $4 } END { printf \"%%d\", n }' %s", psha, alog);
+	print_message("nginx: %d patch requests, %d MISS, %d HIT, %s patch body bytes to 2 devices; otacd sent %lld patch"
+		      " and %lld image bytes (patch %lld B, image %lld B)\n",
+		      count_lines(alog, pat), count_lines(alog, " MISS "), count_lines(alog, " HIT "), buf_cstr(&out),
 		      (long long)devapi_counter(&e.d, "otacd_delta_bytes_served_total"),
-		      (long long)devapi_counter(&e.d, "otacd_image_bytes_served_total"), (long long)psize);
+		      (long long)devapi_counter(&e.d, "otacd_image_bytes_served_total"), (long long)psize,
+		      (long long)h_sql_int(&e.d, "SELECT size FROM artifacts WHERE name = 'release/" HW "/app.bin.signed.bin'"
+					       " ORDER BY id DESC LIMIT 1"));
 	assert_true(count_lines(alog, pat) >= 2);
 	assert_int_equal(count_lines(alog, " MISS "), 1);   /* the patch, pulled once */
 	assert_int_equal(devapi_counter(&e.d, "otacd_delta_bytes_served_total"), psize);
