@@ -39,12 +39,12 @@ void updsrv_set_current(struct updsrv *u)
 	pthread_mutex_unlock(&current_mu);
 }
 
-json_t *updsrv_current_versions(const char *product)
+json_t *updsrv_current_versions(const char *product, const char *hardware)
 {
 	json_t *v = NULL;
 	pthread_mutex_lock(&current_mu);
 	if (current && current->versions)
-		v = current->versions(current, product);
+		v = current->versions(current, product, hardware);
 	pthread_mutex_unlock(&current_mu);
 	return v;
 }
@@ -132,9 +132,10 @@ static void builtin_lag(struct updsrv *u, struct fleet_lag *out)
 	fleet_lag(((struct builtin *)u)->f, out);
 }
 
-static json_t *builtin_versions(struct updsrv *u, const char *product)
+static json_t *builtin_versions(struct updsrv *u, const char *product, const char *hardware)
 {
-	return fleet_versions(((struct builtin *)u)->f, product);
+	struct fleet *f = ((struct builtin *)u)->f;
+	return hardware ? fleet_versions_of_hardware(f, product, hardware) : fleet_versions(f, product);
 }
 
 static void builtin_free(struct updsrv *u)
@@ -251,10 +252,11 @@ static int remote_metrics(struct updsrv *u, const char *product, const char *ver
 	return rc;
 }
 
-static json_t *remote_versions(struct updsrv *u, const char *product)
+static json_t *remote_versions(struct updsrv *u, const char *product, const char *hardware)
 {
 	(void)u;
 	(void)product;
+	(void)hardware;
 	return NULL;
 }
 

@@ -36,8 +36,9 @@ struct updsrv {
 	/* How stale metrics() is (fleet.h, fleet_lag); NULL when the adapter
 	 * cannot tell (http: the external server's own business). */
 	void (*lag)(struct updsrv *u, struct fleet_lag *out);
-	/* Devices per version: {"1.4.0": 812, ...} (new ref) or NULL. */
-	json_t *(*versions)(struct updsrv *u, const char *product);
+	/* Devices per version: {"1.4.0": 812, ...} (new ref) or NULL; of
+	 * the whole product (hardware NULL) or of one hardware variant. */
+	json_t *(*versions)(struct updsrv *u, const char *product, const char *hardware);
 	void (*free)(struct updsrv *u);
 };
 
@@ -47,7 +48,7 @@ struct updsrv {
  * freed after it. */
 void updsrv_set_current(struct updsrv *u);
 /* u->versions of the current adapter; NULL when none or it cannot tell. */
-json_t *updsrv_current_versions(const char *product);
+json_t *updsrv_current_versions(const char *product, const char *hardware);
 
 /* otacd's own device API (fleet.h); f is borrowed. */
 int updsrv_builtin(struct updsrv **out, struct fleet *f);

@@ -523,9 +523,12 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 			goto out;
 		}
 		img[i].size = (int64_t)signed_img.len;
-		/* issue 15: patches from the earlier versions the pipeline lists */
-		if (!delta_from && json_object_get(extra, "deltas"))
-			delta_from = release_deltas_sources(c, json_object_get(extra, "deltas"), product, version);
+		/* issue 15: patches from the earlier versions the pipeline lists
+		 * and those most installed on this image's hardware variant */
+		json_decref(delta_from);
+		delta_from = json_object_get(extra, "deltas")
+				     ? release_deltas_sources(c, json_object_get(extra, "deltas"), product, version, img[i].hw)
+				     : NULL;
 		if (release_deltas_make(c, delta_from, product, name, img[i].hw, signed_img.ptr,
 					signed_img.len, img[i].sha, &deltas) < 0) {
 			fail(r, c, "%s", ota_error_last());

@@ -182,7 +182,8 @@ static void add_version(json_t *list, const char *v, const char *skip)
 	json_array_append_new(list, json_string(v));
 }
 
-json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, const char *product, const char *version)
+json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, const char *product, const char *version,
+			       const char *hardware)
 {
 	json_t *list = json_array(), *counts, *byver = json_object(), *v;
 	const char *k;
@@ -193,7 +194,9 @@ json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, co
 		add_version(list, json_string_value(v), version);
 	if (want <= 0)
 		goto out;
-	if (!(counts = updsrv_current_versions(product))) {
+	/* the variant's own devices: a patch only serves devices of the image's
+	 * hardware, and variants often run different versions */
+	if (!(counts = updsrv_current_versions(product, hardware))) {
 		stage_log(c, "deltas: the update server cannot say which versions are installed; only from: is used");
 		goto out;
 	}
@@ -210,14 +213,18 @@ json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, co
 	for (; want > 0; want--) {
 		const char *best = NULL;
 		int64_t n = 0;
+		/* ties: the greater version string, so the choice does not hang
+		 * on the order devices were walked in */
 		json_object_foreach(byver, k, v)
-			if (json_integer_value(v) > n && strcmp(k, version)) {
+			if (strcmp(k, version) && (json_integer_value(v) > n ||
+						   (n && json_integer_value(v) == n && strcmp(k, best) > 0))) {
 				best = k;
 				n = json_integer_value(v);
 			}
 		if (!best)
 			break;
-		stage_log(c, "deltas: %s is installed on %" PRId64 " device(s)", best, n);
+		stage_log(c, "deltas: %s is installed on %" PRId64 " device(s)%s%s", best, n, hardware ? " of " : "",
+			  hardware ? hardware : "");
 		add_version(list, best, version);
 		json_object_set_new(byver, best, json_integer(0));
 	}

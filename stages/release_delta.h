@@ -6,7 +6,8 @@
  * each signed image gets a VCDIFF patch (the real xdelta3, `-e -S none -A
  * -W 16384`) from the same image (same artifact name, so the same
  * hardware variant) of each listed earlier release of the product and of
- * the N versions most installed in the fleet now.  The patches are
+ * the N versions most installed now on the fleet's devices of that
+ * hardware variant.  The patches are
  * content-addressed artifacts of the release job, named in the manifest's
  * `deltas` and in the provenance's subjects.
  */
@@ -31,11 +32,13 @@ struct release_deltas {
 /* Pipeline check of `deltas:` (release_validate). */
 void release_deltas_validate(const struct pl_stage *st, const json_t *spec, struct pl_diags *d);
 
-/* The versions to make patches from: `from`, then the `installed` most
- * installed versions of product in the fleet (device counts from the
- * update server; a device's "1.0.0+7" counts for 1.0.0), without
+/* The versions to make patches from for an image of hardware variant
+ * hardware: `from`, then the `installed` versions most installed on that
+ * variant's devices (device counts from the update server; a device's
+ * "1.0.0+7" counts for 1.0.0; hardware NULL: the whole product's), without
  * `version` itself and without repeats.  New reference (an array). */
-json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, const char *product, const char *version);
+json_t *release_deltas_sources(const struct stage_ctx *c, const json_t *spec, const char *product, const char *version,
+			       const char *hardware);
 
 /* Patches to the signed image `name` (bytes img, len; to_sha its sha256)
  * from each version of `from` (release_deltas_sources) of product,

@@ -1171,6 +1171,129 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 	dh_fleet_stop(&f);
 }
 
+/* ---- installed: N per hardware variant ----------------------------------------- */
+
+/* Pipeline fw2 at version: a.bin for an385 and b.bin for an386 from the
+ * shell commands ga and gb, signed, rolled out to 100 % when deltas is set. */
+static char *variants_pipeline(const char *version, const char *ga, const char *gb, const char *deltas)
+{
+	return xasprintf("name: fw2\nstages:\n"
+			 "  - name: build\n"
+			 "    steps: [ { run: \"%s > a.bin && %s > b.bin\" } ]\n"
+			 "    artifacts: [ { path: a.bin, name: a.bin, type: application, hardware: an385 },\n"
+			 "                 { path: b.bin, name: b.bin, type: application, hardware: an386 } ]\n"
+			 "  - { name: release, kind: release, needs: [build], version: \"%s\", security_counter: 1, key: test%s }\n"
+			 "%s",
+			 ga, gb, version, deltas ? deltas : "",
+			 deltas ? "  - name: canary\n    kind: rollout\n    needs: [release]\n"
+				  "    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+				  "gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n"
+				: "");
+}
+
+/* A check-in of device id (credential cred) of hardware hw running version:
+ * the offer's delta's from-version as the patch's sha256, or NULL (new ref). */
+static json_t *checkin_offer(struct daemon *d, const char *id, const char *cred, const char *hw, const char *version)
+{
+	json_t *ans = NULL, *o;
+	assert_int_equal(h_dev_post(d, "/device/v1/checkin", cred,
+				    json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw2", "hardware", hw,
+					      "bootloader", "1.2.0", "version", version, "security_counter", 0, "slot",
+					      "confirmed"),
+				    &ans),
+			 200);
+	o = json_incref(json_object_get(ans, "offer"));
+	json_decref(ans);
+	if (json_is_null(o)) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* The fleet: three an385 devices on 1.0.0, two an386 devices on 1.1.0.
+ * Counted over the whole product the most installed version is 1.0.0;
+ * per variant it is 1.0.0 for an385 and 1.1.0 for an386, and each image
+ * of 1.2.0 gets its patch from its own variant's version. */
+static void installed_picks_the_most_installed_version_of_each_hardware_variant(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	static const char *const hw[5] = { "an385", "an385", "an385", "an386", "an386" };
+	static const char *const ver[5] = { "1.0.0", "1.0.0", "1.0.0", "1.1.0", "1.1.0" };
+	struct daemon d;
+	char **cred, *y;
+	json_t *man, *dl, *offer = NULL;
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl");
+	int64_t rel;
+	size_t i;
+	(void)state;
+
+	h_init(&d, NULL);
+	dh_start_signing(&d, args, "poll_interval: 1s\n");
+	cred = h_register_devices(&d, "dv", 5);
+	y = variants_pipeline("1.0.0", "seq 1 6000", "seq 2 6000", NULL);
+	assert_true(dh_release_of(&d, h_trigger(&d, y)) > 0);
+	free(y);
+	y = variants_pipeline("1.1.0", "seq 1 6001", "seq 2 6001", NULL);
+	assert_true(dh_release_of(&d, h_trigger(&d, y)) > 0);
+	free(y);
+	for (i = 0; i < 5; i++) {
+		char id[16];
+		snprintf(id, sizeof(id), "dv-%04zu", i);
+		json_decref(checkin_offer(&d, id, cred[i], hw[i], ver[i]));
+	}
+	y = variants_pipeline("1.2.0", "seq 1 6002", "seq 2 6002", ", deltas: { installed: 1 }");
+	rel = dh_release_of(&d, h_trigger(&d, y));
+	free(y);
+	assert_true(rel > 0);
+
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get %lld/release/manifest.json -o man.json",
+			      d.dir, otactl, d.url, d.token,
+			      (long long)h_sql_int(&d, "SELECT run_id FROM releases WHERE version = '1.2.0'")), 0);
+	{
+		char p[512];
+		snprintf(p, sizeof(p), "%s/man.json", d.dir);
+		man = json_load_file(p, 0, NULL);
+	}
+	assert_non_null(man);
+	{
+		char *text = json_dumps(json_object_get(man, "deltas"), JSON_COMPACT);
+		print_message("deltas: %s\n", text);
+		free(text);
+	}
+	assert_int_equal(json_array_size(json_object_get(man, "deltas")), 2);
+	json_array_foreach(json_object_get(man, "deltas"), i, dl) {
+		const char *h = json_string_value(json_object_get(dl, "hardware"));
+		assert_string_equal(json_string_value(json_object_get(dl, "from_version")),
+				    !strcmp(h, "an385") ? "1.0.0" : "1.1.0");
+	}
+	/* and each variant's devices are offered their patch */
+	for (int waited = 0; waited < 30000 && !offer; waited += 200)
+		if (!(offer = checkin_offer(&d, "dv-0003", cred[3], "an386", "1.1.0")))
+			h_msleep(200);
+	assert_non_null(offer);
+	assert_non_null(json_object_get(offer, "delta"));
+	json_decref(offer);
+	offer = checkin_offer(&d, "dv-0000", cred[0], "an385", "1.0.0");
+	assert_non_null(json_object_get(offer, "delta"));
+	json_decref(offer);
+	/* an an385 device on 1.1.0: no an385 patch from 1.1.0 was made */
+	offer = checkin_offer(&d, "dv-0001", cred[1], "an385", "1.1.0");
+	assert_non_null(offer);
+	assert_null(json_object_get(offer, "delta"));
+	json_decref(offer);
+
+	json_decref(man);
+	for (i = 0; i < 5; i++)
+		free(cred[i]);
+	free(cred);
+	free(otactl);
+	buf_release(&out);
+	h_kill(&d, SIGTERM);
+	h_cleanup(&d);
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -1208,6 +1331,7 @@ int main(void)
 		cmocka_unit_test(withdrawn_offer_mid_patch_starts_the_patch_over),
 		cmocka_unit_test(release_stage_makes_patches_named_in_the_manifest_that_rebuild_the_signed_image),
 		cmocka_unit_test(otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it),
+		cmocka_unit_test(installed_picks_the_most_installed_version_of_each_hardware_variant),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, setup, teardown);

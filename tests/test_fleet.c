@@ -360,6 +360,41 @@ static void rollback_offers_the_target_to_devices_running_the_halted_release(voi
 	json_decref(ans);
 }
 
+/* issue 15: the release stage's `deltas: {installed: N}` counts per
+ * hardware variant; a device that moves is counted where it is now. */
+static void versions_of_a_hardware_variant_count_only_its_devices(void **state)
+{
+	struct env *e = *state;
+	json_t *ans = NULL, *v;
+
+	checkin(e, "d1", "mps2-an385", "1.2.0", "1.4.0", 3, "eu", &ans);
+	checkin(e, "d2", "mps2-an385", "1.2.0", "1.4.0", 3, "us", &ans);
+	checkin(e, "d3", "mps2-an386", "1.2.0", "1.3.0", 3, "eu", &ans);
+	checkin(e, "d4", "mps2-an386", "1.2.0", "1.4.0+7", 3, "eu", &ans);
+	v = fleet_versions_of_hardware(e->f, "sensor-node", "mps2-an385");
+	assert_int_equal(json_object_size(v), 1);
+	assert_int_equal(json_integer_value(json_object_get(v, "1.4.0")), 2);
+	json_decref(v);
+	v = fleet_versions_of_hardware(e->f, "sensor-node", "mps2-an386");
+	assert_int_equal(json_object_size(v), 2);
+	assert_int_equal(json_integer_value(json_object_get(v, "1.3.0")), 1);
+	assert_int_equal(json_integer_value(json_object_get(v, "1.4.0+7")), 1);
+	json_decref(v);
+	v = fleet_versions_of_hardware(e->f, "sensor-node", "never-seen");
+	assert_int_equal(json_object_size(v), 0);
+	json_decref(v);
+	v = fleet_versions_of_hardware(e->f, "other-product", "mps2-an385");
+	assert_int_equal(json_object_size(v), 0);
+	json_decref(v);
+	/* d3 updated: the an386 count follows it */
+	checkin(e, "d3", "mps2-an386", "1.2.0", "1.4.0", 3, "eu", &ans);
+	v = fleet_versions_of_hardware(e->f, "sensor-node", "mps2-an386");
+	assert_null(json_object_get(v, "1.3.0"));
+	assert_int_equal(json_integer_value(json_object_get(v, "1.4.0")), 1);
+	json_decref(v);
+	json_decref(ans);
+}
+
 /* ---- reports ------------------------------------------------------------- */
 
 static void reports_update_aggregates_exactly(void **state)
@@ -855,6 +890,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(incompatible_devices_are_never_offered, setup, teardown),
 		cmocka_unit_test_setup_teardown(rollback_offers_the_target_to_devices_running_the_halted_release, setup, teardown),
 		cmocka_unit_test_setup_teardown(reports_update_aggregates_exactly, setup, teardown),
+		cmocka_unit_test_setup_teardown(versions_of_a_hardware_variant_count_only_its_devices, setup, teardown),
 		cmocka_unit_test_setup_teardown(malformed_batches_are_rejected_and_change_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(malformed_checkins_name_the_field, setup, teardown),
 		cmocka_unit_test_setup_teardown(oversized_body_is_413, setup, teardown),

@@ -282,7 +282,7 @@ static void image_origin_config_is_checked(void **state)
 	assert_string_equal(url, "https://cdn.example/fw/ab");
 	free(url);
 	assert_int_equal(origin_pull_allowed(TOKEN), 0);
-	assert_ptr_equal(origin_offer_text(out, sizeof(out), offer, "00"), offer);
+	assert_ptr_equal(origin_offer_text(out, sizeof(out), offer), offer);
 	json_decref(c);
 	/* the default: the device API, offers unchanged */
 	assert_int_equal(origin_configure(NULL), 0);
@@ -1058,6 +1058,238 @@ static void releases_publish_to_s3_and_devices_fetch_presigned_urls(void **state
 	buf_release(&out);
 }
 
+/* ---- delta patches through the origin (issue 15) ---------------------------- */
+
+/* Pipeline fw at version: app.bin from the shell command gen (hardware
+ * HW), signed; with a 100 % rollout when rollout is set. */
+static char *delta_yaml(const char *version, const char *gen, const char *deltas, int rollout)
+{
+	return xasprintf("name: fw\nstages:\n"
+			 "  - name: build\n"
+			 "    steps: [ { run: \"%s > app.bin\" } ]\n"
+			 "    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: " HW " } ]\n"
+			 "  - { name: release, kind: release, needs: [build], version: \"%s\", security_counter: 1, key: test%s }\n"
+			 "%s",
+			 gen, version, deltas,
+			 rollout ? "  - name: canary\n    kind: rollout\n    needs: [release]\n"
+				   "    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+				   "gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n"
+				 : "");
+}
+
+static const char *const delta_v1 = "seq 1 9000";
+static const char *const delta_v2 = "seq 1 9000 | sed -e 's/^3000$/3000\\\\nnew code/' -e 's/^7777$/7778/'";
+
+/* A device-API counter from /metrics (-1 when absent). */
+static int64_t devapi_counter(struct daemon *d, const char *name)
+{
+	char *m = h_device_metrics(d, NULL), *pat = xasprintf("\n%s ", name), *p;
+	int64_t v = -1;
+	if (m && (p = strstr(m, pat)))
+		v = strtoll(p + strlen(pat), NULL, 10);
+	free(pat);
+	free(m);
+	return v;
+}
+
+/* The signed image of release `version` into DIR/file (otactl). */
+static void release_image(struct daemon *d, const char *version, const char *file)
+{
+	struct buf out = BUF_INIT;
+	char *otactl = h_bin("otactl"), *sql = xasprintf("SELECT run_id FROM releases WHERE version = '%s'", version);
+	assert_int_equal(h_sh(&out, "cd %s && %s --url %s --token %s artifacts get %lld/release/" HW "/app.bin.signed.bin -o %s",
+			      d->dir, otactl, d->url, d->token, (long long)h_sql_int(d, sql), file), 0);
+	free(sql);
+	free(otactl);
+	buf_release(&out);
+}
+
+/* A check-in of device i as version: the answer's offer (new ref; NULL: none). */
+static json_t *offer_for(struct e2e *e, int i, const char *version)
+{
+	json_t *ans = NULL, *o;
+	char id[32];
+	snprintf(id, sizeof(id), "dev-%04d", i);
+	assert_int_equal(h_dev_post(&e->d, "/device/v1/checkin", e->cred[i],
+				    json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware", HW,
+					      "bootloader", "1.2.0", "version", version, "security_counter", 0, "slot",
+					      "confirmed"),
+				    &ans),
+			 200);
+	o = json_incref(json_object_get(ans, "offer"));
+	json_decref(ans);
+	if (json_is_null(o)) {
+		json_decref(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* With kind s3, a patch is an object in the bucket like the image, and the
+ * offer to a device on its base names a presigned URL of it: the bytes come
+ * from the store (Range too), none from otacd, and rebuild the new image
+ * with the real xdelta3 from the old one.  A device on another version gets
+ * no patch URL at all. */
+static void patches_are_published_to_s3_and_offered_as_presigned_urls(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	char *bin = s3rver_bin(), *listing, *prefix, *y;
+	struct s3srv s = { 0 };
+	struct e2e e = { 0 };
+	struct buf out = BUF_INIT, patch = BUF_INIT, tail = BUF_INIT;
+	json_t *offer = NULL, *delta;
+	const char *purl, *iurl, *psha;
+	int64_t rel2;
+	(void)state;
+	NEED_S3RVER(bin);
+	h_init(&e.d, NULL);
+	s3_start(&s, bin, e.d.dir);
+	dh_start_signing(&e.d, args,
+			 "poll_interval: 1s\n"
+			 "artifact_store: { backend: s3, endpoint: \"%s\", bucket: otacd, credentials_file: %s }\n"
+			 "image_origin: { kind: s3, ttl: 600 }\n",
+			 s.endpoint, s.creds);
+	e.cred = h_register_devices(&e.d, "dev", 2);
+	e.n = 2;
+	y = delta_yaml("1.0.0", delta_v1, "", 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, y)) > 0);
+	free(y);
+	y = delta_yaml("1.1.0", delta_v2, ", deltas: { from: [1.0.0] }", 1);
+	rel2 = dh_release_of(&e.d, h_trigger(&e.d, y));
+	free(y);
+	assert_true(rel2 > 0);
+	for (int waited = 0; waited < 30000 && !offer; waited += 200)
+		if (!(offer = offer_for(&e, 0, "1.0.0")))
+			h_msleep(200);
+	assert_non_null(offer);
+	delta = json_object_get(offer, "delta");
+	assert_non_null(delta);
+	purl = json_string_value(json_object_get(delta, "url"));
+	psha = json_string_value(json_object_get(delta, "sha256"));
+	iurl = json_string_value(json_object_get(json_object_get(offer, "image"), "url"));
+	print_message("patch url: %s\n", purl);
+	/* both URLs presigned, each naming its own object in the bucket */
+	prefix = xasprintf("%s/otacd/sha256/%s?", s.endpoint, psha);
+	assert_true(!strncmp(purl, prefix, strlen(prefix)));
+	assert_non_null(strstr(purl, "X-Amz-Signature="));
+	free(prefix);
+	prefix = xasprintf("%s/otacd/sha256/%s?",  s.endpoint,
+			   json_string_value(json_object_get(json_object_get(offer, "image"), "sha256")));
+	assert_true(!strncmp(iurl, prefix, strlen(prefix)));
+	free(prefix);
+	listing = bucket_listing(&s);
+	assert_non_null(strstr(listing, psha));
+
+	/* the patch from the store, whole and by Range; it rebuilds 1.1.0 */
+	assert_int_equal(h_sh(&patch, "curl -sf '%s'", purl), 0);
+	assert_int_equal(patch.len, (size_t)json_integer_value(json_object_get(delta, "size")));
+	assert_int_equal(h_sh(&tail, "curl -sf -r 10- '%s'", purl), 0);
+	assert_int_equal(tail.len, patch.len - 10);
+	assert_memory_equal(tail.ptr, patch.ptr + 10, tail.len);
+	release_image(&e.d, "1.0.0", "v1.img");
+	assert_int_equal(h_sh(&out, "cd %s && curl -sf '%s' -o p.vcdiff && curl -sf '%s' -o v2.img && "
+			      "test \"$(sha256sum < p.vcdiff | cut -c1-64)\" = %s && "
+			      "xdelta3 -d -f -s v1.img p.vcdiff rebuilt.img && cmp rebuilt.img v2.img",
+			      e.d.dir, purl, iurl, psha), 0);
+	assert_int_equal(devapi_counter(&e.d, "otacd_delta_bytes_served_total"), 0);
+	assert_int_equal(devapi_counter(&e.d, "otacd_image_bytes_served_total"), 0);
+	json_decref(offer);
+
+	/* a device on another version: the image, no patch */
+	offer = offer_for(&e, 1, "0.9.0");
+	assert_non_null(offer);
+	assert_null(json_object_get(offer, "delta"));
+	json_decref(offer);
+
+	e2e_stop(&e);
+	s3_stop(&s);
+	free(listing);
+	free(bin);
+	buf_release(&out);
+	buf_release(&patch);
+	buf_release(&tail);
+}
+
+/* With kind cdn, real otacd-device processes on 1.0.0 take 1.1.0 as a patch
+ * fetched by Range through nginx's proxy_cache: otacd sends the patch once
+ * (the cache's one miss) and no image byte; the devices rebuild, verify,
+ * test-boot and confirm. */
+static void devices_apply_patches_fetched_through_the_cdn_cache(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	char *bin = tool("OTACD_NGINX", "/usr/sbin/nginx"), *tokfile, *conf[2], *alog, *y, *psha, *pat;
+	struct e2e e = { 0 };
+	struct ngx n = { 0 };
+	struct buf out = BUF_INIT;
+	pid_t pids[2];
+	int64_t rel2, psize;
+	(void)state;
+	NEED_NGINX(bin);
+	h_init(&e.d, NULL);
+	n.listen = h_free_listen();
+	tokfile = xasprintf("%s/origin.token", e.d.dir);
+	assert_int_equal(ota_write_file_atomic(tokfile, TOKEN "\n", strlen(TOKEN) + 1, 0600), 0);
+	dh_start_signing(&e.d, args, "poll_interval: 1s\nimage_origin: { kind: cdn, url: \"http://%s/img/\", token_file: %s }\n",
+			 n.listen, tokfile);
+	ngx_start(&n, bin, e.d.dir, e.d.device_url);
+	e.cred = h_register_devices(&e.d, "dev", 2);
+	e.n = 2;
+	y = delta_yaml("1.0.0", delta_v1, "", 0);
+	assert_true(dh_release_of(&e.d, h_trigger(&e.d, y)) > 0);
+	free(y);
+	release_image(&e.d, "1.0.0", "v1.img");
+	e.factory = xasprintf("%s/v1.img", e.d.dir);
+	for (int i = 0; i < 2; i++) {
+		conf[i] = device_setup(&e, i);
+		pids[i] = dh_device_loop(conf[i]);
+	}
+	/* both devices known to run 1.0.0 before the release counts them */
+	for (int waited = 0; waited < 30000 && devapi_counter(&e.d, "otacd_device_checkins_total") < 2; waited += 200)
+		h_msleep(200);
+	y = delta_yaml("1.1.0", delta_v2, ", deltas: { installed: 1 }", 1);
+	rel2 = dh_release_of(&e.d, h_trigger(&e.d, y));
+	free(y);
+	assert_true(rel2 > 0);
+	assert_int_equal(dh_fleet_wait(&e.d, rel2, "confirmed", 2, 90000), 2);
+	for (int i = 0; i < 2; i++) {
+		char *v, *log = xasprintf("%s.log", conf[i]);
+		dh_stop(pids[i]);
+		v = device_version(conf[i]);
+		assert_string_equal(v, "1.1.0");
+		assert_true(count_lines(log, "applying a delta") >= 1);
+		free(v);
+		free(log);
+		free(conf[i]);
+	}
+	psha = h_sql_text(&e.d, "SELECT sha256 FROM artifacts WHERE name LIKE '%.vcdiff'");
+	psize = h_sql_int(&e.d, "SELECT size FROM artifacts WHERE name LIKE '%.vcdiff'");
+	alog = xasprintf("%s/access.log", n.dir);
+	pat = xasprintf("/img/%s ", psha);
+	/* what the devices' patch fetches cost on the wire: body bytes nginx
+	 * sent for them (its log's last field) against the image's size */
+	h_sh(&out, "awk '$1 == \"/img/%s\" { n += $4 } END { printf \"%%d\", n }' %s", psha, alog);
+	print_message("nginx: %d patch requests, %d MISS, %d HIT, %s patch body bytes to 2 devices; otacd sent %lld patch"
+		      " and %lld image bytes (patch %lld B, image %lld B)\n",
+		      count_lines(alog, pat), count_lines(alog, " MISS "), count_lines(alog, " HIT "), buf_cstr(&out),
+		      (long long)devapi_counter(&e.d, "otacd_delta_bytes_served_total"),
+		      (long long)devapi_counter(&e.d, "otacd_image_bytes_served_total"), (long long)psize,
+		      (long long)h_sql_int(&e.d, "SELECT size FROM artifacts WHERE name = 'release/" HW "/app.bin.signed.bin'"
+					       " ORDER BY id DESC LIMIT 1"));
+	assert_true(count_lines(alog, pat) >= 2);
+	assert_int_equal(count_lines(alog, " MISS "), 1);   /* the patch, pulled once */
+	assert_int_equal(devapi_counter(&e.d, "otacd_delta_bytes_served_total"), psize);
+	assert_int_equal(devapi_counter(&e.d, "otacd_image_bytes_served_total"), 0);
+
+	ngx_stop(&n);
+	e2e_stop(&e);
+	free(pat);
+	free(alog);
+	free(psha);
+	free(tokfile);
+	free(bin);
+	buf_release(&out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1074,6 +1306,8 @@ int main(void)
 		cmocka_unit_test(cdn_in_front_serves_every_device_from_its_cache_and_resumes_ranges),
 		cmocka_unit_test(altered_bytes_from_the_origin_are_refused_by_the_device),
 		cmocka_unit_test(releases_publish_to_s3_and_devices_fetch_presigned_urls),
+		cmocka_unit_test(patches_are_published_to_s3_and_offered_as_presigned_urls),
+		cmocka_unit_test(devices_apply_patches_fetched_through_the_cdn_cache),
 	};
 	cmocka_set_test_filter(getenv("ORIGIN_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,7 +26,7 @@
 /* Devices of product the update server knows (0: unknown). */
 static int64_t fleet_size(struct api *a, const char *product)
 {
-	json_t *v = a->cfg.updsrv ? a->cfg.updsrv->versions(a->cfg.updsrv, product) : NULL, *n;
+	json_t *v = a->cfg.updsrv ? a->cfg.updsrv->versions(a->cfg.updsrv, product, NULL) : NULL, *n;
 	const char *k;
 	int64_t total = 0;
 	json_object_foreach(v, k, n)
@@ -117,7 +117,7 @@ enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 			"rollouts", list ? list : json_array());
 	if (a->cfg.updsrv) {
 		struct fleet_agg agg;
-		json_t *versions = a->cfg.updsrv->versions(a->cfg.updsrv, product);
+		json_t *versions = a->cfg.updsrv->versions(a->cfg.updsrv, product, NULL);
 		if (versions)
 			json_object_set_new(out, "fleet_versions", versions);
 		if (a->cfg.updsrv->metrics(a->cfg.updsrv, product, version, "*", NULL, &agg, NULL) == 0)

@@ -109,20 +109,38 @@ char *origin_image_url(const char *sha256)
 	return xasprintf("/device/v1/images/%s", sha256);
 }
 
-const char *origin_offer_text(char *out, size_t cap, const char *offer, const char *sha256)
+/* The offer text is ours (offer_compile, delta_compile: json_dumps), so a
+ * `"url":"` here is a key, never inside a string (where a quote is
+ * escaped); each such URL on the device API names an object by its
+ * digest, which is also its name in the bucket. */
+const char *origin_offer_text(char *out, size_t cap, const char *offer)
 {
-	char pat[128], *url = NULL;
-	const char *at;
+	static const char pat[] = "\"url\":\"/device/v1/images/";
+	const size_t plen = sizeof(pat) - 1;
+	const char *from = offer, *at;
+	time_t now = time(NULL);
+	size_t len = 0;
 	int n;
 
-	if (g.kind != ORIGIN_S3 || !offer || !sha256)
+	if (g.kind != ORIGIN_S3 || !offer || !cap)
 		return offer;
-	snprintf(pat, sizeof(pat), "\"url\":\"/device/v1/images/%s\"", sha256);
-	if (!(at = strstr(offer, pat)) || artifact_s3_presign(&url, artifact_backend(), sha256, g.ttl, time(NULL)) < 0)
+	while ((at = strstr(from, pat))) {
+		char sha[65], *url = NULL;
+		snprintf(sha, sizeof(sha), "%.64s", at + plen);
+		if (!artifact_digest_valid(sha) || at[plen + 64] != '"' ||
+		    artifact_s3_presign(&url, artifact_backend(), sha, g.ttl, now) < 0)
+			return offer; /* all or nothing: the device-API paths stay */
+		n = snprintf(out + len, cap - len, "%.*s\"url\":\"%s\"", (int)(at - from), from, url);
+		free(url);
+		if (n < 0 || (size_t)n >= cap - len)
+			return offer;
+		len += (size_t)n;
+		from = at + plen + 65;
+	}
+	if (from == offer)
 		return offer;
-	n = snprintf(out, cap, "%.*s\"url\":\"%s\"%s", (int)(at - offer), offer, url, at + strlen(pat));
-	free(url);
-	return n > 0 && (size_t)n < cap ? out : offer;
+	n = snprintf(out + len, cap - len, "%s", from);
+	return n >= 0 && (size_t)n < cap - len ? out : offer;
 }
 
 int origin_pull_allowed(const char *token)

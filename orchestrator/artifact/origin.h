@@ -10,6 +10,9 @@
  *   kind s3: offers name a presigned GET URL of the object in the S3
  *        artifact store, valid `ttl` seconds, made at each check-in.
  *
+ * A delta's patch (issue 15) is an object like an image and follows the
+ * same origin: URL/PATCH_SHA on a CDN, a presigned URL of it in the bucket.
+ *
  * The origin is untrusted: devices check the image's digest and signature
  * whatever served it (docs/security.md).
  */
@@ -29,10 +32,12 @@ void origin_shutdown(void);
  * swaps in a fresh presigned URL at each check-in. */
 char *origin_image_url(const char *sha256);
 
-/* kind s3: copy the compiled offer text into out with its image URL
- * replaced by a presigned one.  Returns out, or offer itself when nothing
- * is replaced (another kind, or presigning failed: the device API path stays). */
-const char *origin_offer_text(char *out, size_t cap, const char *offer, const char *sha256);
+/* kind s3: copy the compiled offer text into out with each device-API
+ * URL in it (the image's, and a delta's patch: issue 15) replaced by a
+ * presigned one of the same object.  Returns out, or offer itself when
+ * nothing is replaced (another kind; or presigning failed or out is too
+ * small: then every device-API path stays, the image's and the patch's). */
+const char *origin_offer_text(char *out, size_t cap, const char *offer);
 
 /* May a CDN pull sha256 from /device/v1/origin/ with this bearer token?
  * 1 yes; 0 no (no token configured: the pull endpoint is off). */

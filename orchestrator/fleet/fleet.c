@@ -494,6 +494,46 @@ json_t *fleet_versions(struct fleet *f, const char *product)
 	return o;
 }
 
+/* Walks the device table (one shard locked at a time), counting by the
+ * interned version pointer: a product has a handful of versions, so a
+ * linear list beats a JSON lookup per device at a million devices. */
+json_t *fleet_versions_of_hardware(struct fleet *f, const char *product, const char *hardware)
+{
+	const char *p = fleet_intern_find(f, product), *hw = fleet_intern_find(f, hardware);
+	struct { const char *v; int64_t n; } *cnt = NULL;
+	size_t n = 0, cap = 0;
+	json_t *o = json_object();
+
+	if (!p || !hw)
+		return o;
+	for (int k = 0; k < FLEET_NSHARDS; k++) {
+		struct shard *s = &f->shards[k];
+		pthread_mutex_lock(&s->mu);
+		for (size_t b = 0; b < s->nb; b++)
+			for (const struct device *d = s->b[b]; d; d = d->next) {
+				size_t i = 0;
+				if (d->product != p || d->hardware != hw || !d->version)
+					continue;
+				while (i < n && cnt[i].v != d->version)
+					i++;
+				if (i == n) {
+					if (n == cap) {
+						cap = cap ? cap * 2 : 8;
+						cnt = xrealloc(cnt, cap * sizeof(*cnt));
+					}
+					cnt[n].v = d->version; /* interned: lives as long as the fleet */
+					cnt[n++].n = 0;
+				}
+				cnt[i].n++;
+			}
+		pthread_mutex_unlock(&s->mu);
+	}
+	for (size_t i = 0; i < n; i++)
+		json_object_set_new(o, cnt[i].v, json_integer(cnt[i].n));
+	free(cnt);
+	return o;
+}
+
 /* ---- label admission ----------------------------------------------------- */
 
 /*
@@ -946,7 +986,9 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	size_t ntags = 0;
 	uint32_t bl[3];
 	const char *offer = NULL;
-	char presigned[FLEET_ANSWER_MAX / 2 + 1024];
+	/* the offer with presigned URLs: whatever the answer's other members
+	 * leave (fleet_answer_format: ~120 bytes); a larger one keeps otacd's paths */
+	char presigned[FLEET_ANSWER_MAX - 256];
 	int64_t counter, crl, now = clock_now_ms();
 	uint64_t h;
 	struct shard *s;
@@ -1065,8 +1107,8 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	for (size_t k = 0; x && k < img->ndeltas; k++)
 		if (exp_delta_applies(&img->deltas[k], d->version))
 			offer = img->deltas[k].offer[rollback ? 1 : 0];
-	if (x) /* issue 15: a presigned S3 URL is made per check-in */
-		offer = origin_offer_text(presigned, sizeof(presigned), offer, img->sha256);
+	if (x) /* issue 15: presigned S3 URLs (the image's, the patch's) are made per check-in */
+		offer = origin_offer_text(presigned, sizeof(presigned), offer);
 	/* the offer's text lives with the exposure: copied under exp_lock */
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */

@@ -184,6 +184,12 @@ void fleet_store_stats(struct fleet *f, struct fleet_store_stats *out);
 /* Devices of product per version, for the rollout views: JSON object
  * {"1.4.0": 812, "1.5.0": 188}.  New reference. */
 json_t *fleet_versions(struct fleet *f, const char *product);
+/* issue 15: devices of product and hardware variant hardware per version
+ * they run, the same JSON shape (a device's "1.0.0+7" kept as it is).  A
+ * walk over the device table, for the release stage's `deltas:
+ * {installed: N}` (once per image of a release): ~O(devices).  New
+ * reference. */
+json_t *fleet_versions_of_hardware(struct fleet *f, const char *product, const char *hardware);
 
 /* ---- the device API's entry points (devapi.c calls these) --------------- */
 
