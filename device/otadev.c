@@ -437,7 +437,7 @@ static int refuse(struct otadev *d, const char *why)
 	return rec_save(d);
 }
 
-static int consider_offer(struct otadev *d, const struct otadev_offer *o)
+static int consider_offer(struct otadev *d, const struct otadev_offer *o, int url_too_long)
 {
 	const char *why = NULL;
 
@@ -452,6 +452,8 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 		why = "needs a newer bootloader";
 	else if (o->size > usable(d) || o->size < 64)
 		why = "image does not fit the slot";
+	else if (url_too_long)
+		why = "image URL longer than this build's OTADEV_URL_MAX (a presigned URL: build with a larger one)";
 	else if (strncmp(o->url, "/device/v1/images/", 18) && strncmp(o->url, "https://", 8) &&
 		 strncmp(o->url, "http://", 7))
 		why = "image URL neither on the device API nor absolute (a CDN or object store)";
@@ -598,15 +600,21 @@ static int checkin(struct otadev *d, uint64_t now)
 	if (ans.has_offer)
 		remember_delta(d, &ans);
 	if (d->rec.phase == OTADEV_IDLE && ans.has_offer)
-		rc = consider_offer(d, &ans.offer);
-	else if (d->rec.phase == OTADEV_DOWNLOADING &&
+		rc = consider_offer(d, &ans.offer, ans.url_too_long);
+	else if (d->rec.phase == OTADEV_DOWNLOADING && ans.has_offer && !ans.url_too_long &&
+		 !memcmp(ans.offer.sha256, d->rec.offer.sha256, 32) && strcmp(ans.offer.url, d->rec.offer.url)) {
+		/* the same image at a new URL (a presigned URL renewed at each
+		 * check-in): the rest of the download goes there, before the old
+		 * one expires; saved with the next sector */
+		copy(d->rec.offer.url, sizeof(d->rec.offer.url), ans.offer.url);
+	} else if (d->rec.phase == OTADEV_DOWNLOADING &&
 		 (!ans.has_offer || memcmp(ans.offer.sha256, d->rec.offer.sha256, 32))) {
 		/* a halt withdrew the offer (or a newer one replaced it): drop the download */
 		say(d, "offer withdrawn; download dropped: ", d->rec.offer.version);
 		d->rec.phase = OTADEV_IDLE;
 		rc = rec_save(d);
 		if (rc == 0 && ans.has_offer)
-			rc = consider_offer(d, &ans.offer);
+			rc = consider_offer(d, &ans.offer, ans.url_too_long);
 	}
 	return rc;
 }

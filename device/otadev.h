@@ -44,7 +44,10 @@
 #endif
 #define OTADEV_VERSION_MAX 32
 #ifndef OTADEV_URL_MAX
-#define OTADEV_URL_MAX 128   /* a CDN's URL fits; a presigned S3 URL needs ~512 (docs/delivery.md) */
+/* an image URL with its NUL: a presigned S3 URL is 351 B on the tests'
+ * s3rver and 449 B at AWS's longest names (test_origin measures both,
+ * docs/delivery.md); a longer one is refused, never truncated */
+#define OTADEV_URL_MAX 512
 #endif
 #define OTADEV_KEYS_MAX 4    /* trusted signing keys */
 #define OTADEV_CHAIN_CERTS 4 /* certificates in a release's signing chain (pki.h PKI_CHAIN_MAX) */
@@ -304,6 +307,7 @@ struct otadev_checkin {
 	uint64_t revocations;        /* the server's revocation list number; 0 none */
 	int has_offer;
 	struct otadev_offer offer;
+	int url_too_long;            /* the offer's image URL is longer than OTADEV_URL_MAX - 1: refused */
 	int has_delta;               /* the offer's optional "delta" member */
 	struct otadev_delta delta;
 };

@@ -43,6 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (strlen(c.offer.version) >= sizeof(c.offer.version) || strlen(c.offer.url) >= sizeof(c.offer.url) ||
 			    strlen(c.offer.hardware) >= sizeof(c.offer.hardware) || !(c.time_scale > 0))
 				abort();
+			/* a URL past OTADEV_URL_MAX is flagged with nothing copied, else copied whole */
+			if (c.url_too_long != !c.offer.url[0])
+				abort();
 			/* issue 15: a delta is whole (url, size > 0) or absent */
 			if (c.has_delta && (strlen(c.delta.url) >= sizeof(c.delta.url) || !c.delta.url[0] || !c.delta.size))
 				abort();
