@@ -34,7 +34,11 @@
 #include <unistd.h>
 
 #include "../device/otadev.h"
+#include "../device/port_linux_x509.h"
+#include "../orchestrator/keys.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/pki.h"
+#include "../orchestrator/provenance.h"
 #include "../common/httpc.h"
 #include "devharness.h"
 #include "harness.h"
@@ -63,6 +67,14 @@ struct world {
 	struct buf img;
 	char sha_hex[65], offer_version[32], offer_hw[32];
 	char offer_url[1024];         /* the offer's image URL; "" : /device/v1/images/SHA */
+	/* the signing PKI (issue 13), when cfg.anchor is set: release 3's
+	 * manifest envelope, the root's list (PEM, NULL: 404) and the number
+	 * check-ins announce (0: none) */
+	char *manifest, *crl;
+	unsigned announce;
+	const struct otadev_hooks *hooks;     /* NULL: HOOKS */
+	int checkin_down;                     /* check-ins get no answer */
+	uint8_t work[16384];
 	uint32_t offer_counter;
 	long bytes_served;
 	uint32_t seen[512];
@@ -93,18 +105,21 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		assert_non_null(req);
 		assert_string_equal(json_string_value(json_object_get(req, "device")), "dev-1");
 		json_decref(req);
+		if (w->checkin_down)
+			return -1;
 		if (w->offer_url[0])
 			snprintf(url, sizeof(url), "%s", w->offer_url);
 		else
 			snprintf(url, sizeof(url), "/device/v1/images/%s", w->sha_hex);
 		if (w->offer_on)
 			n = snprintf(rs->body, rs->cap,
-				     "{\"now\": %llu, \"time_scale\": 1.0, \"next_poll_ms\": 1000, \"extra\": [1, {\"a\": 2}],"
+				     "{\"now\": %llu, \"time_scale\": 1.0, \"next_poll_ms\": 1000, \"revocations\": %u,"
+				     " \"extra\": [1, {\"a\": 2}],"
 				     " \"offer\": {\"release\": 3, \"version\": \"%s\", \"security_counter\": %u,"
 				     " \"image\": {\"url\": \"%s\", \"sha256\": \"%s\", \"size\": %zu,"
 				     " \"type\": \"application\", \"hardware\": \"%s\"}, \"reason\": \"rollout\"}}",
-				     (unsigned long long)(1796000000000ull + w->now), w->offer_version, w->offer_counter,
-				     url, w->sha_hex, w->img.len, w->offer_hw);
+				     (unsigned long long)(1796000000000ull + w->now), w->announce, w->offer_version,
+				     w->offer_counter, url, w->sha_hex, w->img.len, w->offer_hw);
 		else
 			n = snprintf(rs->body, rs->cap, "{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000,"
 				     " \"offer\": null}", (unsigned long long)(1796000000000ull + w->now));
@@ -159,6 +174,16 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		rs->status = w->reports_status ? w->reports_status : 200;
 		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
 					   json_array_size(json_object_get(req, "reports")));
+		return 0;
+	}
+	if (!strcmp(rq->path, "/device/v1/revocations") || !strcmp(rq->path, "/device/v1/releases/3/manifest")) {
+		const char *body = !strcmp(rq->path, "/device/v1/revocations") ? w->crl : w->manifest;
+		rs->status = body ? 200 : 404;
+		if (body) {
+			assert_true(strlen(body) <= rs->cap);
+			memcpy(rs->body, body, strlen(body));
+			rs->len = strlen(body);
+		}
 		return 0;
 	}
 	rs->status = 404;
@@ -365,6 +390,8 @@ static struct world *world_new(uint32_t factory_counter)
 
 static void world_free(struct world *w)
 {
+	free(w->manifest);
+	free(w->crl);
 	EVP_MD_CTX_free(w->md);
 	buf_release(&w->img);
 	OPENSSL_free(w->keyder[0]);
@@ -446,7 +473,7 @@ static int run(struct world *w, int max_steps)
 	w->d.reboot_requested = 0;
 	if (setjmp(w->jb))
 		return 2;
-	rc = otadev_init(&w->d, &HOOKS, w, &w->cfg);
+	rc = otadev_init(&w->d, w->hooks ? w->hooks : &HOOKS, w, &w->cfg);
 	assert_int_equal(rc, 0);
 	for (int i = 0; i < max_steps; i++) {
 		rc = otadev_step(&w->d, &wait);
@@ -986,6 +1013,184 @@ static void state_fits_the_documented_ram_budget(void **state)
 	assert_true(sizeof(struct otadev_record) < 1536);
 }
 
+/* ---- the signing PKI on the in-memory device (issue 13) ------------------------ */
+
+static const struct otadev_hooks HOOKS_X509 = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+	.x509_chain = port_linux_x509_chain, .x509_crl = port_linux_x509_crl,
+};
+
+/* A root (orchestrator/pki.c), key_good certified by it as the release
+ * signing key, key_other as a second one. */
+struct pki_fix {
+	struct sign_key *root, *leaf_key;
+	X509 *root_cert, *leaf, *other;
+	char *leaf_pem;
+	unsigned char *anchor;
+	int anchor_len;
+};
+
+static X509 *certify(struct pki_fix *f, EVP_PKEY *key, const char *cn, char **pem_out)
+{
+	struct buf pem = BUF_INIT;
+	time_t now = time(NULL);
+	X509 *x = NULL;
+	if (pki_certify(&pem, f->root, f->root_cert, key, cn, now, now + 7 * 86400) < 0)
+		fail_msg("certify: %s", ota_error_last());
+	assert_int_equal(pki_cert_load(&x, pem.ptr, pem.len), 0);
+	if (pem_out)
+		*pem_out = xstrdup(buf_cstr(&pem));
+	buf_release(&pem);
+	return x;
+}
+
+static void pki_fix_init(struct pki_fix *f)
+{
+	char *dir = h_tmpdir(), *kp = xasprintf("%s/root.key.pem", dir), *cp = xasprintf("%s/root.crt.pem", dir);
+	char *lp = xasprintf("%s/leaf.pem", dir);
+	FILE *fp;
+	memset(f, 0, sizeof(*f));
+	assert_int_equal(pki_root_init(dir, "test release root", 30, NULL), 0);
+	assert_int_equal(sign_key_load(&f->root, kp, NULL), 0);
+	assert_int_equal(pki_root_load_file(&f->root_cert, cp), 0);
+	f->leaf = certify(f, key_good, "release key", &f->leaf_pem);
+	f->other = certify(f, key_other, "other key", NULL);
+	fp = fopen(lp, "w");
+	assert_non_null(fp);
+	assert_int_equal(PEM_write_PrivateKey(fp, key_good, NULL, NULL, 0, NULL, NULL), 1);
+	fclose(fp);
+	assert_int_equal(sign_key_load(&f->leaf_key, lp, NULL), 0);
+	f->anchor_len = i2d_X509(f->root_cert, &f->anchor);
+	assert_true(f->anchor_len > 0);
+	free(dir);
+	free(kp);
+	free(cp);
+	free(lp);
+}
+
+static void pki_fix_free(struct pki_fix *f)
+{
+	sign_key_free(f->root);
+	sign_key_free(f->leaf_key);
+	X509_free(f->root_cert);
+	X509_free(f->leaf);
+	X509_free(f->other);
+	free(f->leaf_pem);
+	OPENSSL_free(f->anchor);
+}
+
+/* Release 3's manifest envelope naming img, signed by the leaf. */
+static char *release_manifest(struct pki_fix *f, const struct buf *img)
+{
+	unsigned char sha[32];
+	char hex[65], at[32], *body, *out;
+	time_t now = time(NULL);
+	json_t *m, *env = NULL;
+	EVP_Digest(img->ptr, img->len, sha, NULL, EVP_sha256(), NULL);
+	ota_hex(hex, sha, 32);
+	strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+	m = json_pack("{s:s, s:s, s:[{s:s, s:s}], s:[s]}", "product", "fw", "built_at", at, "images", "sha256", hex,
+		      "hardware", HW, "signing_chain", f->leaf_pem);
+	assert_non_null(m);
+	body = json_dumps(m, JSON_COMPACT);
+	assert_int_equal(dsse_sign(&env, "application/vnd.otacd.manifest+json", body, strlen(body), &f->leaf_key, 1), 0);
+	out = json_dumps(env, JSON_COMPACT);
+	json_decref(m);
+	json_decref(env);
+	free(body);
+	return out;
+}
+
+/* The root's list (number 1) revoking cert. */
+static char *revocation_list(struct pki_fix *f, X509 *cert)
+{
+	struct buf pem = BUF_INIT;
+	char *out;
+	assert_int_equal(pki_crl_issue(&pem, f->root, f->root_cert, NULL, &cert, 1, pki_reason_code("keyCompromise")), 0);
+	out = xstrdup(buf_cstr(&pem));
+	buf_release(&pem);
+	return out;
+}
+
+/* A device with the root as its anchor, offered img (release 3), which
+ * it downloads, verifies against the chain and marks for a test boot. */
+static struct world *pki_world_in_test_boot(struct pki_fix *f, const struct buf *img)
+{
+	struct world *w = world_new(1);
+	w->hooks = &HOOKS_X509;
+	w->cfg.anchor = f->anchor;
+	w->cfg.anchor_len = (size_t)f->anchor_len;
+	w->cfg.work = w->work;
+	w->cfg.work_len = sizeof(w->work);
+	world_offer(w, img, "1.1.0", 2, HW);
+	w->manifest = release_manifest(f, img);
+	assert_int_equal(run(w, 100), 1);
+	assert_int_equal(w->d.rec.phase, OTADEV_REBOOTING);
+	assert_int_equal(w->d.rec.crl_number, 0);
+	assert_string_equal(mem_boot(w), "test");
+	return w;
+}
+
+/* docs/device.md "The signing chain": a revocation published while a
+ * device reboots into an image signed by the revoked key stops the
+ * confirm; the bootloader reverts it.  A newer list that does not revoke
+ * its key, or one learnt after a check-in that failed first, does not. */
+static void revocation_during_the_test_boot_stops_the_confirm(void **state)
+{
+	struct pki_fix f;
+	struct buf img;
+	struct world *w;
+	(void)state;
+	pki_fix_init(&f);
+	sign_image(&img, key_good, "1.1.0", 2, 9000);
+
+	w = pki_world_in_test_boot(&f, &img);
+	w->crl = revocation_list(&f, f.leaf);
+	w->announce = 1;
+	assert_int_equal(run(w, 50), 1);            /* checked in, chain refused: reboot unconfirmed */
+	assert_int_equal(w->d.rec.crl_number, 1);
+	assert_int_equal(run(w, 50), 1);            /* restarted, not rebooted: still not confirmed */
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	assert_string_equal(mem_boot(w), "revert");
+	assert_int_equal(run(w, 100), 0);
+	assert_string_equal(w->d.rec.version, "1.0.0");
+	assert_int_equal(w->counts[OTADEV_EV_REVERT], 1);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	assert_int_equal(w->d.rec.crl_number, 1);   /* kept: the list cannot be rolled back */
+	assert_string_equal(mem_boot(w), "none");
+	check_invariants(w, 1);
+	world_free(w);
+
+	/* a newer list that revokes another key: confirmed, its number kept */
+	w = pki_world_in_test_boot(&f, &img);
+	w->crl = revocation_list(&f, f.other);
+	w->announce = 1;
+	assert_int_equal(run(w, 50), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_int_equal(w->d.rec.crl_number, 1);
+	assert_string_equal(mem_boot(w), "none");
+	world_free(w);
+
+	/* no confirm before a check-in of the test boot; then confirmed */
+	w = pki_world_in_test_boot(&f, &img);
+	w->checkin_down = 1;
+	assert_int_equal(run(w, 30), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_TESTING);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	w->checkin_down = 0;
+	assert_int_equal(run(w, 100), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	world_free(w);
+
+	buf_release(&img);
+	pki_fix_free(&f);
+}
+
 /* ---- end to end ----------------------------------------------------------------- */
 
 /* ---- end to end: real otacd, real otacd-device processes ----------------------- */
@@ -1372,6 +1577,7 @@ int main(void)
 		cmocka_unit_test(state_fits_the_documented_ram_budget),
 		cmocka_unit_test(checkin_parser_flags_an_image_url_past_the_limit),
 		cmocka_unit_test(image_url_past_the_limit_is_refused_and_one_at_it_lands),
+		cmocka_unit_test(revocation_during_the_test_boot_stops_the_confirm),
 		E2E_TESTS
 	};
 	key_good = new_key();
