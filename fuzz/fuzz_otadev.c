@@ -59,7 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		slot_data = data + 1;
 		slot_len = size - 1;
 		if (otadev_image_parse(&img, &h, NULL, 0, (uint32_t)slot_len, buf, sizeof(buf)) == 0 &&
-		    (img.signed_len > slot_len || img.tlv_end > slot_len || img.sig_len > sizeof(img.sig)))
+		    (img.signed_len > slot_len || img.tlv_end > slot_len || img.sig_len > sizeof(img.sig) ||
+		     (img.enc_type && (img.enc_off > img.tlv_end || img.enc_len > img.tlv_end - img.enc_off)) ||
+		     (img.enc_keylen != 0 && img.enc_keylen != 16 && img.enc_keylen != 32)))
 			abort();
 		break;
 	}

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "../device/otadev.h"
+#include "../device/port_linux_enc.h"
 #include "../device/port_linux_x509.h"
 #include "../orchestrator/keys.h"
 #include "../orchestrator/mcuboot.h"
@@ -74,6 +75,8 @@ struct world {
 	unsigned announce;
 	const struct otadev_hooks *hooks;     /* NULL: HOOKS */
 	int checkin_down;                     /* check-ins get no answer */
+	EVP_PKEY *enc_priv;                   /* the device's decryption key (HOOKS_ENC) */
+	struct port_enc enc;
 	uint8_t work[16384];
 	uint32_t offer_counter;
 	long bytes_served;
@@ -398,6 +401,21 @@ static void world_free(struct world *w)
 	free(w);
 }
 
+/* An image with an ENCRYPTED flag in slot: its body through AES-CTR under
+ * the key its TLV wraps (CTR both ways), as MCUboot's swap does. */
+static void mem_crypt_body(struct world *w, int slot)
+{
+	struct otadev_image img;
+	uint8_t buf[512];
+	const char *why;
+	if (otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) < 0 || !img.enc_keylen)
+		return;
+	assert_int_equal(port_linux_enc_unwrap(&w->enc, w->enc_priv, (int)img.enc_type, w->slot[slot] + img.enc_off,
+					       img.enc_len, img.enc_keylen, &why), 0);
+	assert_int_equal(port_linux_enc_ctr(&w->enc, 0, w->slot[slot] + img.header_size, img.image_size), 0);
+	port_linux_enc_forget(&w->enc);
+}
+
 /* The simulated MCUboot (as port_linux_boot, on the in-memory slots). */
 static const char *mem_boot(struct world *w)
 {
@@ -414,7 +432,8 @@ static const char *mem_boot(struct world *w)
 		return "none";
 	if (type != OTADEV_SWAP_REVERT) {
 		valid = otadev_image_parse(&img, &HOOKS, w, 1, SLOT - 432, buf, sizeof(buf)) == 0 &&
-			otadev_image_verify(&img, &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+			otadev_image_verify(&img, w->hooks ? w->hooks : &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf,
+					    sizeof(buf), &why) == 0;
 		if (!valid) {
 			memset(w->slot[1], 0xff, SLOT);
 			return "fail";
@@ -432,6 +451,10 @@ static const char *mem_boot(struct world *w)
 		w->slot[0][SLOT - OTADEV_TR_SWAP_INFO] = (uint8_t)type;
 		if (type != OTADEV_SWAP_TEST)
 			w->slot[0][SLOT - OTADEV_TR_IMAGE_OK] = 1;
+		/* MCUboot keeps an encrypted image in clear in the primary
+		 * slot and encrypted in the secondary */
+		mem_crypt_body(w, 0);
+		mem_crypt_body(w, 1);
 	}
 	return type == OTADEV_SWAP_TEST ? "test" : type == OTADEV_SWAP_PERM ? "perm" : "revert";
 }
@@ -443,7 +466,8 @@ static int slot_verifies(struct world *w, int slot, uint32_t *counter)
 	uint8_t buf[512];
 	const char *why;
 	int ok = otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) == 0 &&
-		 otadev_image_verify(&img, &HOOKS, w, slot, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+		 otadev_image_verify(&img, w->hooks ? w->hooks : &HOOKS, w, slot, w->cfg.keys, w->cfg.nkeys, buf,
+				     sizeof(buf), &why) == 0;
 	if (counter)
 		*counter = img.security_counter;
 	return ok;
@@ -1191,6 +1215,105 @@ static void revocation_during_the_test_boot_stops_the_confirm(void **state)
 	pki_fix_free(&f);
 }
 
+/* ---- encrypted images (MCUboot's format as orchestrator/mcuboot_enc.c writes it) -- */
+
+static int m_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
+{
+	struct world *w = ctx;
+	if (!tlv) {
+		port_linux_enc_forget(&w->enc);
+		return 0;
+	}
+	return port_linux_enc_unwrap(&w->enc, w->enc_priv, type, tlv, len, keylen, why);
+}
+
+static int m_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	return port_linux_enc_ctr(&((struct world *)ctx)->enc, off, buf, len);
+}
+
+static const struct otadev_hooks HOOKS_ENC = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot, .enc_key = m_enc_key, .enc_ctr = m_enc_ctr,
+};
+
+/* 1.1.0 signed by key_good, its body AES-256-CTR under a key wrapped for dev (ECIES-P256). */
+static void sign_encrypted(struct buf *out, EVP_PKEY *dev)
+{
+	struct mcuboot_sign_opts o;
+	char bin[9000];
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse("1.1.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	o.has_security_counter = 1;
+	o.security_counter = 2;
+	o.enc_key = dev;
+	o.enc_bits = 256;
+	for (size_t i = 0; i < sizeof(bin); i++)
+		bin[i] = (char)(i * 13);
+	buf_init(out, 1 << 20);
+	assert_int_equal(mcuboot_sign(out, bin, sizeof(bin), key_good, &o), 0);
+}
+
+/* The device decrypts the secondary slot while it hashes it (the hash and
+ * signature are over the plaintext), so an encrypted image lands; a
+ * flipped ciphertext byte, another device's key or none are refused
+ * before anything is marked bootable. */
+static void encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be(void **state)
+{
+	EVP_PKEY *dev = new_key(), *other = new_key();
+	struct mcuboot_info info;
+	struct buf img, bad;
+	struct world *w;
+	static const struct { int tamper, key; const char *why; } refusals[] = {
+		{ 1, 1, "image hash mismatch" },
+		{ 0, 2, "MAC of the wrapped image key does not verify" },
+		{ 0, 0, "no decryption key" },
+	};
+	(void)state;
+	sign_encrypted(&img, dev);
+	assert_int_equal(mcuboot_parse(&info, img.ptr, img.len), 0);
+	assert_true(info.flags & MCUBOOT_F_ENC_AES256);
+
+	w = world_new(1);
+	w->hooks = &HOOKS_ENC;
+	w->enc_priv = dev;
+	world_offer(w, &img, "1.1.0", 2, HW);
+	assert_int_equal(run(w, 100), 1);
+	check_invariants(w, 1);                         /* the secondary verifies decrypted */
+	assert_string_equal(mem_boot(w), "test");
+	assert_int_equal(run(w, 50), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_string_equal(mem_boot(w), "none");
+	check_invariants(w, 2);
+	world_free(w);
+
+	for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+		w = world_new(1);
+		w->hooks = &HOOKS_ENC;
+		w->enc_priv = refusals[i].key == 1 ? dev : refusals[i].key == 2 ? other : NULL;
+		buf_init(&bad, 1 << 20);
+		buf_put(&bad, img.ptr, img.len);
+		if (refusals[i].tamper)
+			bad.ptr[info.header_size + 100] ^= 1;  /* the offer's digest is of these bytes */
+		world_offer(w, &bad, "1.1.0", 2, HW);
+		assert_int_equal(run(w, 100), 0);
+		assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+		assert_int_equal(w->counts[OTADEV_EV_REFUSED], 1);
+		assert_int_equal(w->counts[OTADEV_EV_INSTALL], 0);
+		if (!strstr(w->d.err, refusals[i].why))
+			fail_msg("case %zu: %s", i, w->d.err);
+		check_invariants(w, 1);
+		buf_release(&bad);
+		world_free(w);
+	}
+	buf_release(&img);
+	EVP_PKEY_free(dev);
+	EVP_PKEY_free(other);
+}
+
 /* ---- end to end ----------------------------------------------------------------- */
 
 /* ---- end to end: real otacd, real otacd-device processes ----------------------- */
@@ -1578,6 +1701,7 @@ int main(void)
 		cmocka_unit_test(checkin_parser_flags_an_image_url_past_the_limit),
 		cmocka_unit_test(image_url_past_the_limit_is_refused_and_one_at_it_lands),
 		cmocka_unit_test(revocation_during_the_test_boot_stops_the_confirm),
+		cmocka_unit_test(encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be),
 		E2E_TESTS
 	};
 	key_good = new_key();
