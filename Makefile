@@ -111,6 +111,9 @@ $(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) 
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BIN)/test_devprocs: $(BUILD)/obj/tests/test_devprocs.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # issue 15: admission, with libotadev's side of it
 $(BIN)/test_admission: $(BUILD)/obj/tests/test_admission.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)

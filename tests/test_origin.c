@@ -1059,7 +1059,7 @@ static void releases_publish_to_s3_and_devices_fetch_presigned_urls(void **state
 		buf_clear(&out);
 		/* the core engine: libotadev follows each offer's presigned URL */
 		if (h_sh(&out, "%s --engine core --url %s --devices 10 --seed 3 --key %s/key.pub --fleet-key %s --product fw --profile %s"
-			       " --stats %s --duration 30 --until 1.1.0:1.0 --concurrency 4 --quiet", fs, e.d.device_url,
+			       " --stats %s --duration 90 --until 1.1.0:1.0 --concurrency 4 --quiet", fs, e.d.device_url,
 			 e.d.dir, e.d.fleet_key, prof, stats) != 0)
 			fail_msg("otacd-fleetsim: %s", buf_cstr(&out));
 		st = json_load_file(stats, 0, NULL);
@@ -1068,11 +1068,13 @@ static void releases_publish_to_s3_and_devices_fetch_presigned_urls(void **state
 			      (long long)json_integer_value(json_object_get(st, "confirmed")),
 			      (long long)json_integer_value(json_object_get(st, "refused")),
 			      (long long)image_bytes_served(&e.d));
-		/* every device verified, installed and confirmed the image it
-		 * fetched from its presigned URL ("downloads" is counted from the
-		 * records, and may miss a report sent before a record was read) */
-		assert_int_equal(json_integer_value(json_object_get(st, "installed")), 10);
-		assert_int_equal(json_integer_value(json_object_get(st, "confirmed")), 10);
+		/* every device runs 1.1.0, confirmed, fetched from its presigned
+		 * URL (what --until waits for; the core engine's event counters,
+		 * "downloads", "installed" and "confirmed" have been seen one short
+		 * under load, docs/fleetsim.md) */
+		assert_true(json_is_true(json_object_get(st, "until_reached")));
+		assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "versions"), "1.1.0")), 10);
+		assert_true(json_integer_value(json_object_get(st, "installed")) >= 9);
 		assert_int_equal(json_integer_value(json_object_get(st, "refused")), 0);
 		assert_int_equal(image_bytes_served(&e.d), 0);   /* every byte came from the store */
 		json_decref(st);
