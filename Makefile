@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libota.a
 # issue 14: libotadev, the device core: portable C99, no OS headers, its own flags
 DEV_CORE_SRC := $(filter-out device/port_%.c device/main.c,$(wildcard device/*.c))
 DEV_CORE_OBJ := $(DEV_CORE_SRC:%.c=$(BUILD)/obj/%.o)
-DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o $(BUILD)/obj/device/port_linux_x509.o \
+DEV_PORT_OBJ := $(BUILD)/obj/device/port_linux.o $(BUILD)/obj/device/port_linux_x509.o $(BUILD)/obj/device/port_linux_enc.o \
                 $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard device/linux/*.c))
 LIBOTADEV    := $(BUILD)/libotadev.a
 DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
@@ -111,6 +111,9 @@ $(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) 
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+$(BIN)/test_devprocs: $(BUILD)/obj/tests/test_devprocs.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # issue 15: admission, with libotadev's side of it
 $(BIN)/test_admission: $(BUILD)/obj/tests/test_admission.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
@@ -143,8 +146,9 @@ $(BIN)/otactl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# --engine core --trust-root: the devices' X.509 hooks are the Linux port's (OpenSSL)
+# --engine core --trust-root / --enc-key: the devices' X.509 and decryption hooks are the Linux port's (OpenSSL)
 $(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c)) $(BUILD)/obj/device/port_linux_x509.o \
+		       $(BUILD)/obj/device/port_linux_enc.o \
 		       $(BUILD)/obj/device/linux/pushhint.o $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

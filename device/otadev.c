@@ -395,6 +395,7 @@ int otadev_init(struct otadev *d, const struct otadev_hooks *h, void *ctx, const
 			memcpy(d->rec.new_hash, img.sha256, 32);
 			d->rec.new_counter = img.has_counter ? img.security_counter : 0;
 			copy(d->rec.offer.version, sizeof(d->rec.offer.version), d->rec.version);
+			memset(d->rec.offer.sha256, 0, 32); /* no offer brought it */
 			d->rec.phase = OTADEV_TESTING;
 			d->rec.booted_new = 1;
 		} else {
@@ -437,7 +438,7 @@ static int refuse(struct otadev *d, const char *why)
 	return rec_save(d);
 }
 
-static int consider_offer(struct otadev *d, const struct otadev_offer *o)
+static int consider_offer(struct otadev *d, const struct otadev_offer *o, int url_too_long)
 {
 	const char *why = NULL;
 
@@ -452,6 +453,8 @@ static int consider_offer(struct otadev *d, const struct otadev_offer *o)
 		why = "needs a newer bootloader";
 	else if (o->size > usable(d) || o->size < 64)
 		why = "image does not fit the slot";
+	else if (url_too_long)
+		why = "image URL longer than this build's OTADEV_URL_MAX (a presigned URL: build with a larger one)";
 	else if (strncmp(o->url, "/device/v1/images/", 18) && strncmp(o->url, "https://", 8) &&
 		 strncmp(o->url, "http://", 7))
 		why = "image URL neither on the device API nor absolute (a CDN or object store)";
@@ -598,15 +601,21 @@ static int checkin(struct otadev *d, uint64_t now)
 	if (ans.has_offer)
 		remember_delta(d, &ans);
 	if (d->rec.phase == OTADEV_IDLE && ans.has_offer)
-		rc = consider_offer(d, &ans.offer);
-	else if (d->rec.phase == OTADEV_DOWNLOADING &&
+		rc = consider_offer(d, &ans.offer, ans.url_too_long);
+	else if (d->rec.phase == OTADEV_DOWNLOADING && ans.has_offer && !ans.url_too_long &&
+		 !memcmp(ans.offer.sha256, d->rec.offer.sha256, 32) && strcmp(ans.offer.url, d->rec.offer.url)) {
+		/* the same image at a new URL (a presigned URL renewed at each
+		 * check-in): the rest of the download goes there, before the old
+		 * one expires; saved with the next sector */
+		copy(d->rec.offer.url, sizeof(d->rec.offer.url), ans.offer.url);
+	} else if (d->rec.phase == OTADEV_DOWNLOADING &&
 		 (!ans.has_offer || memcmp(ans.offer.sha256, d->rec.offer.sha256, 32))) {
 		/* a halt withdrew the offer (or a newer one replaced it): drop the download */
 		say(d, "offer withdrawn; download dropped: ", d->rec.offer.version);
 		d->rec.phase = OTADEV_IDLE;
 		rc = rec_save(d);
 		if (rc == 0 && ans.has_offer)
-			rc = consider_offer(d, &ans.offer);
+			rc = consider_offer(d, &ans.offer, ans.url_too_long);
 	}
 	return rc;
 }
@@ -1036,6 +1045,80 @@ void otadev_nudge(struct otadev *d, uint32_t delay_ms)
 		d->next_checkin = at;
 }
 
+/* ---- a test boot under revocation ---------------------------------------------- *
+ *
+ * With an anchor, the signing key of an image on trial may be revoked
+ * between its verification and its confirm (the root's list published
+ * while the device rebooted into it).  So a test boot is confirmed only
+ * after a check-in of this boot; when that check-in announces a newer
+ * revocation list than the one the image was verified with, the chain is
+ * checked again against it (otadev_chain_verify, as at install).  A
+ * refused image is left unconfirmed: the device reboots and the
+ * bootloader reverts it.  The refusal is kept in the record (refused_sha
+ * is the trial's image), so a restart without the reboot does not confirm
+ * it either.  While check-ins fail the image stays on trial (a power cut
+ * then reverts it): no confirm without hearing from the server.
+ */
+
+static int trial_refused(const struct otadev *d)
+{
+	static const uint8_t none[32];
+	return memcmp(d->rec.offer.sha256, none, 32) && !memcmp(d->rec.offer.sha256, d->rec.refused_sha, 32);
+}
+
+static uint32_t until(uint64_t now, uint64_t at)
+{
+	return at > now ? (at - now > 0x7fffffffu ? 0x7fffffffu : (uint32_t)(at - now)) : 0;
+}
+
+/* 1: the trial may be confirmed (after its self-test); 2: refused, reboot
+ * unconfirmed; 0: not yet (*wait_ms); <0: a hook failed. */
+static int trial_trusted(struct otadev *d, uint64_t now, uint32_t *wait_ms)
+{
+	static const uint8_t none[32];
+	struct otadev_key leaf;
+	uint8_t leaf_der[128];
+	const char *why = "";
+	int rc;
+
+	if (trial_refused(d))
+		return 2;
+	if (!d->cfg->anchor_len || !memcmp(d->rec.offer.sha256, none, 32))
+		return 1;          /* no chain to check, or an image no offer brought (adopted) */
+	if (!d->checked_in) {
+		if (now < d->next_checkin) {
+			*wait_ms = until(now, d->next_checkin);
+			return 0;
+		}
+		rc = checkin(d, now);
+		*wait_ms = 0;
+		return rc == OTADEV_ENET || rc >= 0 ? 0 : rc;
+	}
+	if (d->crl_announced <= d->rec.crl_number)
+		return 1;          /* no list newer than the one the image was verified with */
+	if (now < d->next_work) {
+		*wait_ms = until(now, d->next_work);
+		return 0;
+	}
+	rc = otadev_chain_verify(d, &leaf, leaf_der, sizeof(leaf_der), &why);
+	if (rc == OTADEV_ENET) {
+		d->errors++;
+		d->next_work = now + otadev_backoff(d, d->errors);
+		*wait_ms = until(now, d->next_work);
+		say(d, "test boot: the revocation list or manifest did not come; backing off", NULL);
+		return 0;
+	}
+	if (rc == OTADEV_EIO)
+		return rc;
+	if (rc == 0)
+		return rec_save(d) < 0 ? OTADEV_EIO : 1; /* the newer list's number kept */
+	memcpy(d->rec.refused_sha, d->rec.offer.sha256, 32);
+	if (rec_save(d) < 0)
+		return OTADEV_EIO;
+	say(d, "test boot not confirmed, the bootloader reverts it: ", why);
+	return 2;
+}
+
 /* ---- the step ------------------------------------------------------------------- */
 
 int otadev_step(struct otadev *d, uint32_t *wait_ms)
@@ -1049,7 +1132,10 @@ int otadev_step(struct otadev *d, uint32_t *wait_ms)
 	if (!d->last_heartbeat)
 		d->last_heartbeat = now ? now : 1;
 	if (d->rec.phase == OTADEV_TESTING) {
-		if (d->h->selftest(d->ctx) == 0) {
+		int trusted = trial_trusted(d, now, wait_ms);
+		if (trusted <= 0)
+			return trusted;
+		if (trusted == 1 && d->h->selftest(d->ctx) == 0) {
 			if (d->h->boot_mark)
 				rc = d->h->boot_mark(d->ctx, OTADEV_MARK_CONFIRM) < 0 ? OTADEV_EIO : 0;
 			else
@@ -1059,7 +1145,8 @@ int otadev_step(struct otadev *d, uint32_t *wait_ms)
 			rc = finish_confirm(d);
 		} else {
 			/* not confirmed: the bootloader reverts at the next boot */
-			say(d, "self-test failed; rebooting into the previous image: ", d->rec.offer.version);
+			if (trusted == 1)
+				say(d, "self-test failed; rebooting into the previous image: ", d->rec.offer.version);
 			d->reboot_requested = 1;
 			d->h->reboot(d->ctx);
 		}

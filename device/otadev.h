@@ -44,7 +44,10 @@
 #endif
 #define OTADEV_VERSION_MAX 32
 #ifndef OTADEV_URL_MAX
-#define OTADEV_URL_MAX 128   /* a CDN's URL fits; a presigned S3 URL needs ~512 (docs/delivery.md) */
+/* an image URL with its NUL: a presigned S3 URL is 351 B on the tests'
+ * s3rver and 449 B at AWS's longest names (test_origin measures both,
+ * docs/delivery.md); a longer one is refused, never truncated */
+#define OTADEV_URL_MAX 512
 #endif
 #define OTADEV_KEYS_MAX 4    /* trusted signing keys */
 #define OTADEV_CHAIN_CERTS 4 /* certificates in a release's signing chain (pki.h PKI_CHAIN_MAX) */
@@ -141,6 +144,18 @@ struct otadev_hooks {
 			  const char **why);
 	int (*x509_crl)(void *ctx, const uint8_t *anchor, size_t anchor_len, const uint8_t *crl, size_t len,
 			uint64_t *number, const char **why);
+	/* optional: MCUboot encrypted images (docs/device.md "Encrypted
+	 * images").  The body in slot 1 is AES-CTR ciphertext and the hash and
+	 * signature are over the plaintext, so verifying means decrypting, as
+	 * MCUboot does.  enc_key: unwrap the image key from the key TLV (type
+	 * 0x32 ECIES-P256 or 0x33 ECIES-X25519, tlv its bytes, keylen 16 or 32)
+	 * with the device's private key, which only the port holds, and keep
+	 * it until enc_key is called with tlv NULL (forget it); 0, or <0 with
+	 * *why.  enc_ctr: decrypt len body bytes in place, off counted from the
+	 * body's first byte (AES-CTR, counter block = off / 16 big-endian).
+	 * NULL: encrypted images are refused. */
+	int (*enc_key)(void *ctx, int tlv_type, const uint8_t *tlv, size_t len, size_t keylen, const char **why);
+	int (*enc_ctr)(void *ctx, uint32_t off, uint8_t *buf, size_t len);
 };
 
 enum otadev_mark { OTADEV_MARK_CANCEL = 1, OTADEV_MARK_TEST, OTADEV_MARK_CONFIRM };
@@ -244,6 +259,9 @@ struct otadev_image {
 	uint8_t sig[80];
 	uint32_t sig_len;
 	int sig_type;                /* 0 none, enum otadev_sig */
+	uint32_t enc_keylen;         /* 16/32: the header's ENCRYPTED_AES128/256 flag; 0 clear */
+	uint32_t enc_off, enc_len;   /* the key TLV's value in the slot (enc_type 0: none) */
+	uint32_t enc_type;
 };
 
 /* MCUboot's trailer (bootutil_public.h), BOOT_MAX_ALIGN 8: from the slot end,
@@ -271,7 +289,9 @@ extern const uint8_t otadev_boot_magic[16];
 int otadev_image_parse(struct otadev_image *out, const struct otadev_hooks *h, void *ctx, int slot,
 		       uint32_t slot_size, uint8_t *buf, size_t cap);
 /* Hash the signed region, compare with the SHA256 TLV, find key by KEYHASH
- * among keys and verify the signature.  0 or OTADEV_EVERIFY (why in why). */
+ * among keys and verify the signature.  0 or OTADEV_EVERIFY (why in why).
+ * An encrypted image in slot 1 is decrypted while it is hashed (the
+ * enc hooks); in slot 0 it is the bootloader's plaintext copy. */
 int otadev_image_verify(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
 			const struct otadev_key *keys, int nkeys, uint8_t *buf, size_t cap,
 			const char **why);
@@ -304,6 +324,7 @@ struct otadev_checkin {
 	uint64_t revocations;        /* the server's revocation list number; 0 none */
 	int has_offer;
 	struct otadev_offer offer;
+	int url_too_long;            /* the offer's image URL is longer than OTADEV_URL_MAX - 1: refused */
 	int has_delta;               /* the offer's optional "delta" member */
 	struct otadev_delta delta;
 };

@@ -133,7 +133,9 @@ static int parse_image(struct otadev_offer *o, const char *js, const jsmntok_t *
 		int rc = 0;
 		if (k + 1 >= n)
 			return OTADEV_EINVAL;
-		if (eq(js, &t[k], "url"))
+		if (eq(js, &t[k], "url") && v->type == JSMN_STRING && v->end - v->start >= (int)sizeof(o->url))
+			o->url[0] = 0, *seen |= 1 | 64; /* too long for this build: the offer is refused */
+		else if (eq(js, &t[k], "url"))
 			rc = get_str(js, v, o->url, sizeof(o->url)), *seen |= 1;
 		else if (eq(js, &t[k], "sha256"))
 			rc = get_sha(js, v, o->sha256), *seen |= 2;
@@ -202,8 +204,11 @@ static int parse_offer(struct otadev_checkin *c, const char *js, const jsmntok_t
 		if (rc < 0)
 			return rc;
 	}
-	/* url, sha256, size, hardware, version and counter are all required */
-	return seen == 63 ? 0 : OTADEV_EINVAL;
+	/* url, sha256, size, hardware, version and counter are all required;
+	 * a URL past OTADEV_URL_MAX still makes an offer, which the state
+	 * machine refuses (reported), rather than a check-in error */
+	c->url_too_long = (seen & 64) != 0;
+	return (seen & 63) == 63 ? 0 : OTADEV_EINVAL;
 }
 
 int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len, void *tokens, size_t ntokens)

@@ -28,6 +28,11 @@
 #define TLV_KEYHASH 0x01u
 #define TLV_SHA256 0x10u
 #define TLV_SEC_CNT 0x50u
+#define TLV_ENC_RSA 0x30u            /* the key TLVs: RSA-OAEP, AES-KW, ECIES-P256, */
+#define TLV_ENC_X25519_SHA512 0x34u  /* ECIES-X25519, ECIES-X25519-SHA512 */
+#define F_ENC_AES128 0x4u
+#define F_ENC_AES256 0x8u
+#define ENC_TLV_MAX 129u             /* ECIES-P256 with AES-256: 65 + 32 + 32 */
 
 const uint8_t otadev_boot_magic[16] = {
 	0x77, 0xc2, 0x95, 0xf3, 0x60, 0xd2, 0xef, 0x7f,
@@ -85,6 +90,12 @@ static int walk(struct otadev_image *img, const struct otadev_hooks *h, void *ct
 			img->sig_len = len;
 		} else if (type == TLV_SEC_CNT) {
 			return OTADEV_EINVAL;   /* the counter must be signed */
+		} else if (type >= TLV_ENC_RSA && type <= TLV_ENC_X25519_SHA512) {
+			if (img->enc_type)
+				return OTADEV_EINVAL;   /* one key TLV, as mcuboot_parse */
+			img->enc_type = type;
+			img->enc_off = pos;
+			img->enc_len = len;
 		}
 		pos += len;
 	}
@@ -113,6 +124,10 @@ int otadev_image_parse(struct otadev_image *out, const struct otadev_hooks *h, v
 	img.minor = buf[21];
 	img.revision = (uint16_t)get16(buf + 22);
 	img.build = get32(buf + 24);
+	m = get32(buf + 16) & (F_ENC_AES128 | F_ENC_AES256);
+	if (m == (F_ENC_AES128 | F_ENC_AES256))
+		goto out;
+	img.enc_keylen = m == F_ENC_AES256 ? 32u : m ? 16u : 0u;
 	if (img.header_size < 32 || img.header_size > slot_size || img.image_size > slot_size - img.header_size)
 		goto out;
 	off = img.header_size + img.image_size;
@@ -155,28 +170,71 @@ static int ct_differ(const uint8_t *a, const uint8_t *b, size_t n)
 	return x != 0;
 }
 
-int otadev_image_verify(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
-			const struct otadev_key *keys, int nkeys, uint8_t *buf, size_t cap, const char **why)
+/* An encrypted image in slot 1: the port unwraps its key from the key TLV
+ * (it holds the device's private key).  0, or the refusal / error. */
+static int enc_begin(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot, uint8_t *buf,
+		     size_t cap, const char **why)
 {
-	uint8_t digest[32];
-	uint32_t pos = 0, n;
-	int i;
+	*why = "the image is encrypted and this device has no decryption key";
+	if (!h->enc_key || !h->enc_ctr)
+		return OTADEV_EVERIFY;
+	*why = "encrypted image has no key TLV (ENC_EC256 0x32 or ENC_X25519 0x33)";
+	if (!img->enc_type)
+		return OTADEV_EVERIFY;
+	*why = "encrypted image's key TLV is longer than any scheme's";
+	if (img->enc_len > ENC_TLV_MAX || img->enc_len > cap)
+		return OTADEV_EVERIFY;
+	if (h->flash_read(ctx, slot, img->enc_off, buf, img->enc_len) < 0)
+		return OTADEV_EIO;
+	*why = "the image key does not unwrap";
+	if (h->enc_key(ctx, (int)img->enc_type, buf, img->enc_len, img->enc_keylen, why) != 0)
+		return OTADEV_EVERIFY;
+	return 0;
+}
 
-	*why = "image hash mismatch";
+/* SHA-256 of the signed region into digest, its body decrypted on the way
+ * when decrypt (the header and protected TLVs are in clear). */
+static int hash_signed(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
+		       uint8_t *buf, size_t cap, int decrypt, uint8_t digest[32])
+{
+	uint32_t pos = 0, n, b0, b1, body_end = img->header_size + img->image_size;
+
 	if (h->sha256_begin(ctx) < 0)
 		return OTADEV_EIO;
 	while (pos < img->signed_len) {
 		n = img->signed_len - pos;
 		if (n > cap)
 			n = (uint32_t)cap;
-		if (h->flash_read(ctx, slot, pos, buf, n) < 0 || h->sha256_update(ctx, buf, n) < 0) {
-			h->sha256_end(ctx, digest);
-			return OTADEV_EIO;
-		}
+		if (h->flash_read(ctx, slot, pos, buf, n) < 0)
+			goto fail;
+		b0 = pos > img->header_size ? pos : img->header_size;
+		b1 = pos + n < body_end ? pos + n : body_end;
+		if (decrypt && b0 < b1 && h->enc_ctr(ctx, b0 - img->header_size, buf + (b0 - pos), b1 - b0) < 0)
+			goto fail;
+		if (h->sha256_update(ctx, buf, n) < 0)
+			goto fail;
 		pos += n;
 	}
-	if (h->sha256_end(ctx, digest) < 0)
-		return OTADEV_EIO;
+	return h->sha256_end(ctx, digest) < 0 ? OTADEV_EIO : 0;
+fail:
+	h->sha256_end(ctx, digest);
+	return OTADEV_EIO;
+}
+
+int otadev_image_verify(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
+			const struct otadev_key *keys, int nkeys, uint8_t *buf, size_t cap, const char **why)
+{
+	uint8_t digest[32];
+	int i, rc, decrypt = slot == 1 && img->enc_keylen;
+
+	if (decrypt && (rc = enc_begin(img, h, ctx, slot, buf, cap, why)) != 0)
+		return rc;
+	rc = hash_signed(img, h, ctx, slot, buf, cap, decrypt, digest);
+	if (decrypt)
+		h->enc_key(ctx, 0, NULL, 0, 0, why); /* forget the image key */
+	*why = "image hash mismatch";
+	if (rc < 0)
+		return rc;
 	if (ct_differ(digest, img->sha256, 32))
 		return OTADEV_EVERIFY;
 	if (!img->sig_type) {

@@ -8,6 +8,7 @@
  * leaves the old or the new record, never a torn one.
  */
 #include "port_linux.h"
+#include "port_linux_enc.h"
 #include "port_linux_x509.h"
 
 #include "linux/push.h"
@@ -40,6 +41,8 @@ struct port_linux {
 	uint32_t throttle_ms;
 	unsigned char *keyder[OTADEV_KEYS_MAX];
 	unsigned char *anchor;                 /* issue 13: the root certificate (DER) */
+	EVP_PKEY *enc_priv;                    /* enc_key: decrypts MCUboot encrypted images */
+	struct port_enc enc;                   /* the image key while an image is verified */
 	EVP_MD_CTX *md;
 	CURL *curl;
 	int reboot;
@@ -63,6 +66,29 @@ static char *trim(char *s)
 	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r'))
 		*--e = 0;
 	return s;
+}
+
+/* enc_key: the device's private key for encrypted images (EC P-256 for
+ * ECIES-P256, X25519 for ECIES-X25519; docs/device.md "Encrypted images"). */
+static int load_enc_key(struct port_linux *p, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	EVP_PKEY *k;
+
+	if (!f) {
+		fprintf(stderr, "otacd-device: enc_key %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	if (!k || !(EVP_PKEY_is_a(k, "X25519") || (EVP_PKEY_is_a(k, "EC") && EVP_PKEY_get_bits(k) == 256))) {
+		fprintf(stderr, "otacd-device: enc_key %s: not a PEM EC P-256 or X25519 private key\n", path);
+		EVP_PKEY_free(k);
+		return -1;
+	}
+	EVP_PKEY_free(p->enc_priv);
+	p->enc_priv = k;
+	return 0;
 }
 
 static int load_key(struct port_linux *p, const char *path)
@@ -267,6 +293,9 @@ struct port_linux *port_linux_open(const char *conf_path, struct otadev_config *
 		} else if (!strcmp(k, "key")) {
 			if (load_key(p, v) < 0)
 				ok = 0;
+		} else if (!strcmp(k, "enc_key")) {
+			if (load_enc_key(p, v) < 0)
+				ok = 0;
 		} else if (!strcmp(k, "tags")) {
 			free(p->tags);
 			if (!(p->tags = render_tags(v))) {
@@ -337,6 +366,8 @@ void port_linux_close(struct port_linux *p)
 	for (i = 0; i < OTADEV_KEYS_MAX; i++)
 		OPENSSL_free(p->keyder[i]);
 	OPENSSL_free(p->anchor);
+	EVP_PKEY_free(p->enc_priv);
+	port_linux_enc_forget(&p->enc);
 	free(p->cfg.work);
 	EVP_MD_CTX_free(p->md);
 	if (p->curl)
@@ -661,6 +692,21 @@ static int h_boot_testing(void *ctx)
 	return rc;
 }
 
+static int h_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
+{
+	struct port_linux *p = ctx;
+	if (!tlv) {
+		port_linux_enc_forget(&p->enc);
+		return 0;
+	}
+	return port_linux_enc_unwrap(&p->enc, p->enc_priv, type, tlv, len, keylen, why);
+}
+
+static int h_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	return port_linux_enc_ctr(&((struct port_linux *)ctx)->enc, off, buf, len);
+}
+
 static void h_log(void *ctx, const char *msg)
 {
 	struct port_linux *p = ctx;
@@ -678,6 +724,8 @@ static void h_log(void *ctx, const char *msg)
 	.verify = h_verify,                     \
 	.x509_chain = port_linux_x509_chain,   \
 	.x509_crl = port_linux_x509_crl,       \
+	.enc_key = h_enc_key,                   \
+	.enc_ctr = h_enc_ctr,                   \
 	.now_ms = h_now,                        \
 	.random = h_random,                     \
 	.persist_read = h_persist_read,         \
@@ -738,6 +786,29 @@ static int slot_valid(struct port_linux *p, int slot)
 	       otadev_image_verify(&img, &hooks, p, slot, p->cfg.keys, p->cfg.nkeys, buf, sizeof(buf), &why) == 0;
 }
 
+/* An encrypted image (the header's ENCRYPTED flag) is kept in clear in the
+ * primary slot and as ciphertext in the secondary: the swap passes the
+ * body of each slot's image, read into img, through AES-CTR under the key
+ * its TLV wraps (CTR both ways), as MCUboot's swap does. */
+static int crypt_body(struct port_linux *p, int slot, unsigned char *img)
+{
+	struct otadev_image in;
+	uint8_t buf[1024];
+	const char *why;
+	int rc;
+
+	if (otadev_image_parse(&in, &hooks, p, slot, p->cfg.slot_size - 432, buf, sizeof(buf)) < 0 || !in.enc_keylen)
+		return 0;
+	if (port_linux_enc_unwrap(&p->enc, p->enc_priv, (int)in.enc_type, img + in.enc_off, in.enc_len, in.enc_keylen,
+				  &why) < 0) {
+		fprintf(stderr, "otacd-device boot: slot %d: %s\n", slot, why);
+		return -1;
+	}
+	rc = port_linux_enc_ctr(&p->enc, 0, img + in.header_size, in.image_size);
+	port_linux_enc_forget(&p->enc);
+	return rc;
+}
+
 /* Exchange the slots' images; the new primary's trailer is written as
  * MCUboot leaves it after the swap, the secondary's is erased. */
 static int do_swap(struct port_linux *p, int type)
@@ -745,7 +816,8 @@ static int do_swap(struct port_linux *p, int type)
 	uint32_t s = p->cfg.slot_size, t = 432;
 	unsigned char *a = malloc(s), *b = malloc(s);
 	int rc = -1;
-	if (!a || !b || h_read(p, 0, 0, a, s) < 0 || h_read(p, 1, 0, b, s) < 0)
+	if (!a || !b || h_read(p, 0, 0, a, s) < 0 || h_read(p, 1, 0, b, s) < 0 || crypt_body(p, 0, a) < 0 ||
+	    crypt_body(p, 1, b) < 0)
 		goto out;
 	memset(a + s - t, 0xff, t);
 	memset(b + s - t, 0xff, t);

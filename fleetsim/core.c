@@ -624,6 +624,32 @@ static void h_log(void *ctx, const char *msg)
 	snprintf(c->why, sizeof(c->why), "%s", msg + 19);
 }
 
+/* --enc-key: the device's private key for its variant (HW=FILE), else the
+ * one without a variant; the Linux port's ECIES and AES-CTR (OpenSSL). */
+static int h_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
+{
+	struct psim_ctx *c = ctx;
+	const struct fleetsim *fs = ((struct core *)c->env)->fs;
+	EVP_PKEY *key = NULL;
+
+	if (!tlv) {
+		port_linux_enc_forget(&c->enc);
+		return 0;
+	}
+	for (size_t i = 0; i < fs->images.nenc && !key; i++)
+		if (fs->images.enc[i].hardware && !strcmp(fs->images.enc[i].hardware, c->cfg.hardware))
+			key = fs->images.enc[i].key;
+	for (size_t i = 0; i < fs->images.nenc && !key; i++)
+		if (!fs->images.enc[i].hardware)
+			key = fs->images.enc[i].key;
+	return port_linux_enc_unwrap(&c->enc, key, type, tlv, len, keylen, why);
+}
+
+static int h_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	return port_linux_enc_ctr(&((struct psim_ctx *)ctx)->enc, off, buf, len);
+}
+
 static const struct otadev_hooks hooks = {
 	.http = h_http,
 	.flash_read = psim_h_read,
@@ -643,6 +669,8 @@ static const struct otadev_hooks hooks = {
 	.log = h_log,
 	.x509_chain = port_linux_x509_chain,   /* --trust-root: OpenSSL, as otacd-device */
 	.x509_crl = port_linux_x509_crl,
+	.enc_key = h_enc_key,
+	.enc_ctr = h_enc_ctr,
 };
 
 /* ---- one device's event ------------------------------------------------------------ */
@@ -1154,9 +1182,6 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 	if (fs->images.nkeys < 1 || fs->images.nkeys > OTADEV_KEYS_MAX)
 		return ota_error_set(OTA_EINVAL, "--engine core needs 1 to %d --key (the bootloader's key slots)",
 				     OTADEV_KEYS_MAX);
-	if (fs->o.nenc)
-		return ota_error_set(OTA_EINVAL, "--enc-key: libotadev does not decrypt images (no MCUboot "
-				     "encrypted-image support); use --engine model (docs/fleetsim.md)");
 	if (fs->trust.root) {
 		int n = i2d_X509(fs->trust.root, &k->anchor);
 		if (n <= 0)

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "../device/otadev.h"
+#include "../device/port_linux_enc.h"
 
 #define PSIM_SLOT_SIZE (64u << 20)   /* sparse: costs nothing; images up to 64 MiB - trailer */
 #define PSIM_SECTOR 4096u
@@ -114,6 +115,7 @@ struct psim_ctx {
 	uint8_t *work;               /* --trust-root: the config's work buffer (PSIM_WORK) */
 	char id[16], cred[40], tags[256];
 	char why[128];               /* the last refusal's reason (the log hook) */
+	struct port_enc enc;         /* --enc-key: the image key while an image is verified */
 	char scratch[OTADEV_IO_MAX + 64];
 };
 

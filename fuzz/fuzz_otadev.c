@@ -43,6 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (strlen(c.offer.version) >= sizeof(c.offer.version) || strlen(c.offer.url) >= sizeof(c.offer.url) ||
 			    strlen(c.offer.hardware) >= sizeof(c.offer.hardware) || !(c.time_scale > 0))
 				abort();
+			/* a URL past OTADEV_URL_MAX is flagged with nothing copied, else copied whole */
+			if (c.url_too_long != !c.offer.url[0])
+				abort();
 			/* issue 15: a delta is whole (url, size > 0) or absent */
 			if (c.has_delta && (strlen(c.delta.url) >= sizeof(c.delta.url) || !c.delta.url[0] || !c.delta.size))
 				abort();
@@ -56,7 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		slot_data = data + 1;
 		slot_len = size - 1;
 		if (otadev_image_parse(&img, &h, NULL, 0, (uint32_t)slot_len, buf, sizeof(buf)) == 0 &&
-		    (img.signed_len > slot_len || img.tlv_end > slot_len || img.sig_len > sizeof(img.sig)))
+		    (img.signed_len > slot_len || img.tlv_end > slot_len || img.sig_len > sizeof(img.sig) ||
+		     (img.enc_type && (img.enc_off > img.tlv_end || img.enc_len > img.tlv_end - img.enc_off)) ||
+		     (img.enc_keylen != 0 && img.enc_keylen != 16 && img.enc_keylen != 32)))
 			abort();
 		break;
 	}

@@ -10,12 +10,8 @@
  * the swap decision of the trailers.  Each invariant of docs/device.md has
  * its test here.
  *
- * The end-to-end tests start the real otacd (tests/harness.c) with a
- * pipeline release and a rollout, and real otacd-device processes that
- * download, verify, test-boot, confirm and report; the torture test kills
- * otacd-device with SIGKILL at random instants across
- * $OTADEV_TORTURE_CYCLES update cycles (default 20) and checks the
- * invariants after every "reboot".
+ * The end-to-end tests, real otacd-device processes against the real
+ * otacd, are in tests/test_devprocs.c.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -34,7 +30,12 @@
 #include <unistd.h>
 
 #include "../device/otadev.h"
+#include "../device/port_linux_enc.h"
+#include "../device/port_linux_x509.h"
+#include "../orchestrator/keys.h"
 #include "../orchestrator/mcuboot.h"
+#include "../orchestrator/pki.h"
+#include "../orchestrator/provenance.h"
 #include "../common/httpc.h"
 #include "devharness.h"
 #include "harness.h"
@@ -62,6 +63,17 @@ struct world {
 	int offer_on, image_status, corrupt_left, ack_drop_left, reports_status;
 	struct buf img;
 	char sha_hex[65], offer_version[32], offer_hw[32];
+	char offer_url[1024];         /* the offer's image URL; "" : /device/v1/images/SHA */
+	/* the signing PKI (issue 13), when cfg.anchor is set: release 3's
+	 * manifest envelope, the root's list (PEM, NULL: 404) and the number
+	 * check-ins announce (0: none) */
+	char *manifest, *crl;
+	unsigned announce;
+	const struct otadev_hooks *hooks;     /* NULL: HOOKS */
+	int checkin_down;                     /* check-ins get no answer */
+	EVP_PKEY *enc_priv;                   /* the device's decryption key (HOOKS_ENC) */
+	struct port_enc enc;
+	uint8_t work[16384];
 	uint32_t offer_counter;
 	long bytes_served;
 	uint32_t seen[512];
@@ -86,19 +98,27 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	rs->len = 0;
 	rs->range_total = -1;
 	if (!strcmp(rq->path, "/device/v1/checkin")) {
+		char url[1100];
 		int n;
 		json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL);
 		assert_non_null(req);
 		assert_string_equal(json_string_value(json_object_get(req, "device")), "dev-1");
 		json_decref(req);
+		if (w->checkin_down)
+			return -1;
+		if (w->offer_url[0])
+			snprintf(url, sizeof(url), "%s", w->offer_url);
+		else
+			snprintf(url, sizeof(url), "/device/v1/images/%s", w->sha_hex);
 		if (w->offer_on)
 			n = snprintf(rs->body, rs->cap,
-				     "{\"now\": %llu, \"time_scale\": 1.0, \"next_poll_ms\": 1000, \"extra\": [1, {\"a\": 2}],"
+				     "{\"now\": %llu, \"time_scale\": 1.0, \"next_poll_ms\": 1000, \"revocations\": %u,"
+				     " \"extra\": [1, {\"a\": 2}],"
 				     " \"offer\": {\"release\": 3, \"version\": \"%s\", \"security_counter\": %u,"
-				     " \"image\": {\"url\": \"/device/v1/images/%s\", \"sha256\": \"%s\", \"size\": %zu,"
+				     " \"image\": {\"url\": \"%s\", \"sha256\": \"%s\", \"size\": %zu,"
 				     " \"type\": \"application\", \"hardware\": \"%s\"}, \"reason\": \"rollout\"}}",
-				     (unsigned long long)(1796000000000ull + w->now), w->offer_version, w->offer_counter,
-				     w->sha_hex, w->sha_hex, w->img.len, w->offer_hw);
+				     (unsigned long long)(1796000000000ull + w->now), w->announce, w->offer_version,
+				     w->offer_counter, url, w->sha_hex, w->img.len, w->offer_hw);
 		else
 			n = snprintf(rs->body, rs->cap, "{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000,"
 				     " \"offer\": null}", (unsigned long long)(1796000000000ull + w->now));
@@ -106,7 +126,7 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		rs->status = 200;
 		return 0;
 	}
-	if (!strncmp(rq->path, "/device/v1/images/", 18)) {
+	if (!strncmp(rq->path, "/device/v1/images/", 18) || (w->offer_url[0] && !strcmp(rq->path, w->offer_url))) {
 		size_t a = (size_t)rq->range_start, b = (size_t)rq->range_end;
 		rs->status = w->image_status ? w->image_status : 206;
 		if (rs->status != 206)
@@ -153,6 +173,16 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		rs->status = w->reports_status ? w->reports_status : 200;
 		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
 					   json_array_size(json_object_get(req, "reports")));
+		return 0;
+	}
+	if (!strcmp(rq->path, "/device/v1/revocations") || !strcmp(rq->path, "/device/v1/releases/3/manifest")) {
+		const char *body = !strcmp(rq->path, "/device/v1/revocations") ? w->crl : w->manifest;
+		rs->status = body ? 200 : 404;
+		if (body) {
+			assert_true(strlen(body) <= rs->cap);
+			memcpy(rs->body, body, strlen(body));
+			rs->len = strlen(body);
+		}
 		return 0;
 	}
 	rs->status = 404;
@@ -359,10 +389,27 @@ static struct world *world_new(uint32_t factory_counter)
 
 static void world_free(struct world *w)
 {
+	free(w->manifest);
+	free(w->crl);
 	EVP_MD_CTX_free(w->md);
 	buf_release(&w->img);
 	OPENSSL_free(w->keyder[0]);
 	free(w);
+}
+
+/* An image with an ENCRYPTED flag in slot: its body through AES-CTR under
+ * the key its TLV wraps (CTR both ways), as MCUboot's swap does. */
+static void mem_crypt_body(struct world *w, int slot)
+{
+	struct otadev_image img;
+	uint8_t buf[512];
+	const char *why;
+	if (otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) < 0 || !img.enc_keylen)
+		return;
+	assert_int_equal(port_linux_enc_unwrap(&w->enc, w->enc_priv, (int)img.enc_type, w->slot[slot] + img.enc_off,
+					       img.enc_len, img.enc_keylen, &why), 0);
+	assert_int_equal(port_linux_enc_ctr(&w->enc, 0, w->slot[slot] + img.header_size, img.image_size), 0);
+	port_linux_enc_forget(&w->enc);
 }
 
 /* The simulated MCUboot (as port_linux_boot, on the in-memory slots). */
@@ -381,7 +428,8 @@ static const char *mem_boot(struct world *w)
 		return "none";
 	if (type != OTADEV_SWAP_REVERT) {
 		valid = otadev_image_parse(&img, &HOOKS, w, 1, SLOT - 432, buf, sizeof(buf)) == 0 &&
-			otadev_image_verify(&img, &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+			otadev_image_verify(&img, w->hooks ? w->hooks : &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf,
+					    sizeof(buf), &why) == 0;
 		if (!valid) {
 			memset(w->slot[1], 0xff, SLOT);
 			return "fail";
@@ -399,6 +447,10 @@ static const char *mem_boot(struct world *w)
 		w->slot[0][SLOT - OTADEV_TR_SWAP_INFO] = (uint8_t)type;
 		if (type != OTADEV_SWAP_TEST)
 			w->slot[0][SLOT - OTADEV_TR_IMAGE_OK] = 1;
+		/* MCUboot keeps an encrypted image in clear in the primary
+		 * slot and encrypted in the secondary */
+		mem_crypt_body(w, 0);
+		mem_crypt_body(w, 1);
 	}
 	return type == OTADEV_SWAP_TEST ? "test" : type == OTADEV_SWAP_PERM ? "perm" : "revert";
 }
@@ -410,7 +462,8 @@ static int slot_verifies(struct world *w, int slot, uint32_t *counter)
 	uint8_t buf[512];
 	const char *why;
 	int ok = otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) == 0 &&
-		 otadev_image_verify(&img, &HOOKS, w, slot, w->cfg.keys, w->cfg.nkeys, buf, sizeof(buf), &why) == 0;
+		 otadev_image_verify(&img, w->hooks ? w->hooks : &HOOKS, w, slot, w->cfg.keys, w->cfg.nkeys, buf,
+				     sizeof(buf), &why) == 0;
 	if (counter)
 		*counter = img.security_counter;
 	return ok;
@@ -440,7 +493,7 @@ static int run(struct world *w, int max_steps)
 	w->d.reboot_requested = 0;
 	if (setjmp(w->jb))
 		return 2;
-	rc = otadev_init(&w->d, &HOOKS, w, &w->cfg);
+	rc = otadev_init(&w->d, w->hooks ? w->hooks : &HOOKS, w, &w->cfg);
 	assert_int_equal(rc, 0);
 	for (int i = 0; i < max_steps; i++) {
 		rc = otadev_step(&w->d, &wait);
@@ -513,6 +566,77 @@ static void checkin_answer_parser_reads_offers_and_refuses_malformed_answers(voi
 		n += (size_t)snprintf(big + n, sizeof(big) - n, "]}");
 		assert_true(otadev_checkin_parse(&c, big, n, tok, OTADEV_TOKENS) < 0);
 	}
+}
+
+/* An absolute URL of n characters: a presigned-looking URL padded in its query. */
+static void long_url(char *out, size_t n)
+{
+	const char *head = "https://bucket.s3.example/otacd/sha256/img?X-Amz-Signature=";
+	assert_true(n < 1024 && n > strlen(head));
+	memcpy(out, head, strlen(head));
+	memset(out + strlen(head), 'f', n - strlen(head));
+	out[n] = 0;
+}
+
+/* An image URL past OTADEV_URL_MAX - 1 characters still makes an offer,
+ * flagged and with nothing copied (never a truncated URL); one that fits
+ * is copied whole. */
+static void checkin_parser_flags_an_image_url_past_the_limit(void **state)
+{
+	uint32_t tok[OTADEV_TOKENS * 5];
+	struct otadev_checkin c;
+	char sha[65], url[1024], js[2048];
+	size_t lens[] = { OTADEV_URL_MAX - 1, OTADEV_URL_MAX, 900 };
+	(void)state;
+	memset(sha, 'a', 64);
+	sha[64] = 0;
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		long_url(url, lens[i]);
+		snprintf(js, sizeof(js),
+			 "{\"now\": 1, \"offer\": {\"release\": 7, \"version\": \"1.5.0\", \"security_counter\": 3,"
+			 " \"image\": {\"url\": \"%s\", \"sha256\": \"%s\", \"size\": 9000, \"hardware\": \"h\"}}}",
+			 url, sha);
+		assert_int_equal(otadev_checkin_parse(&c, js, strlen(js), tok, OTADEV_TOKENS), 0);
+		assert_true(c.has_offer);
+		assert_int_equal(c.url_too_long, lens[i] >= OTADEV_URL_MAX);
+		if (lens[i] < OTADEV_URL_MAX)
+			assert_string_equal(c.offer.url, url);
+		else
+			assert_string_equal(c.offer.url, "");
+	}
+}
+
+/* A device offered an image at a URL longer than its build's limit
+ * refuses the offer (reported, not downloaded, not retried) instead of
+ * failing every check-in; at the limit the same image lands. */
+static void image_url_past_the_limit_is_refused_and_one_at_it_lands(void **state)
+{
+	struct world *w = world_new(1);
+	struct buf img;
+	(void)state;
+	sign_image(&img, key_good, "1.1.0", 2, 9000);
+	world_offer(w, &img, "1.1.0", 2, HW);
+	long_url(w->offer_url, OTADEV_URL_MAX);
+	assert_int_equal(run(w, 50), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+	assert_int_equal(w->counts[OTADEV_EV_REFUSED], 1);
+	assert_int_equal(w->bytes_served, 0);
+	assert_int_equal(w->d.errors, 0);               /* check-ins kept succeeding */
+	assert_non_null(strstr(w->d.err, "OTADEV_URL_MAX"));
+	world_free(w);
+
+	w = world_new(1);
+	world_offer(w, &img, "1.1.0", 2, HW);
+	long_url(w->offer_url, OTADEV_URL_MAX - 1);
+	assert_int_equal(run(w, 100), 1);               /* downloaded from that URL, verified, rebooting */
+	assert_string_equal(w->d.rec.offer.url, w->offer_url);
+	assert_string_equal(mem_boot(w), "test");
+	assert_int_equal(run(w, 50), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_REFUSED], 0);
+	assert_int_equal(w->bytes_served, (long)img.len);
+	buf_release(&img);
+	world_free(w);
 }
 
 static void trailer_layout_and_swap_decision_match_mcuboot(void **state)
@@ -904,377 +1028,287 @@ static void state_fits_the_documented_ram_budget(void **state)
 {
 	(void)state;
 	print_message("sizeof(struct otadev) = %zu, record = %zu\n", sizeof(struct otadev), sizeof(struct otadev_record));
-	/* docs/device.md: under 8 KiB of RAM with the default sizes, a record under 1 KiB */
+	/* docs/device.md: under 8 KiB of RAM with the default sizes, a record under 1.5 KiB (the offer's URL is 512 B) */
 	assert_true(sizeof(struct otadev) < 8192);
-	assert_true(sizeof(struct otadev_record) < 1024);
+	assert_true(sizeof(struct otadev_record) < 1536);
 }
 
-/* ---- end to end ----------------------------------------------------------------- */
+/* ---- the signing PKI on the in-memory device (issue 13) ------------------------ */
 
-/* ---- end to end: real otacd, real otacd-device processes ----------------------- */
+static const struct otadev_hooks HOOKS_X509 = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+	.x509_chain = port_linux_x509_chain, .x509_crl = port_linux_x509_crl,
+};
 
-static struct dh_fleet fleet;
+/* A root (orchestrator/pki.c), key_good certified by it as the release
+ * signing key, key_other as a second one. */
+struct pki_fix {
+	struct sign_key *root, *leaf_key;
+	X509 *root_cert, *leaf, *other;
+	char *leaf_pem;
+	unsigned char *anchor;
+	int anchor_len;
+};
 
-/* otacd with key.pem (releases) and other.pem, 1 s polls; factory image
- * signed with trusted (the device's key); release 1.1.0 of fw signed with
- * key.pem, counter 1, rolled out to 100 % (held: the gate needs 1000). */
-static void e2e_start(struct dh_fleet *e, const char *prefix, int n, const char *trusted, const char *extra_cfg)
+static X509 *certify(struct pki_fix *f, EVP_PKEY *key, const char *cn, char **pem_out)
 {
-	struct buf out = BUF_INIT;
-
-	h_init(&e->d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out other.pem"
-				    " && openssl pkey -in other.pem -pubout -out other.pub", e->d.dir), 0);
-	dh_fleet_start(e, prefix, n, trusted, "poll_interval: 1s\n%s", extra_cfg ? extra_cfg : "");
-	e->release = dh_fw_release(&e->d);
-	buf_release(&out);
+	struct buf pem = BUF_INIT;
+	time_t now = time(NULL);
+	X509 *x = NULL;
+	if (pki_certify(&pem, f->root, f->root_cert, key, cn, now, now + 7 * 86400) < 0)
+		fail_msg("certify: %s", ota_error_last());
+	assert_int_equal(pki_cert_load(&x, pem.ptr, pem.len), 0);
+	if (pem_out)
+		*pem_out = xstrdup(buf_cstr(&pem));
+	buf_release(&pem);
+	return x;
 }
 
-/* DIR/ID/device.conf for device i, flashed with the factory image. */
-static char *device_setup(struct dh_fleet *e, const char *prefix, int i, const char *trusted, const char *health)
+static void pki_fix_init(struct pki_fix *f)
 {
-	char *dir = xasprintf("%s/%s-%04d", e->d.dir, prefix, i);
-	char *conf = xasprintf("%s/device.conf", dir);
-	char *bin = h_bin("otacd-device");
-	char *text = xasprintf("# otacd-device test config\nurl = %s\ndevice = %s-%04d\ncredential = %s\nproduct = fw\n"
-			       "hardware = " HW "\nbootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\n"
-			       "state = %s/state\nkey = %s/%s.pub\nslot_size = 65536\nsector_size = 4096\n"
-			       "health_check = %s\nsync = 0\nbackoff_base_ms = 200\nbackoff_max_ms = 2000\nthrottle_ms = 10\n"
-			       "heartbeat_ms = 1500\nstatus_file = %s/power\n",
-			       e->d.device_url, prefix, i, e->cred[i], dir, dir, dir, e->d.dir, trusted,
-			       health ? health : "", dir);
-	char *power = xasprintf("%s/power", dir);
-	struct buf out = BUF_INIT;
-	assert_int_equal(h_sh(&out, "mkdir -p %s", dir), 0);
-	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
-	/* on battery, 80 % (above the default 20 % threshold) */
-	{
-		const char *p = "battery = 80\nexternal_power = 0\nrssi = -71\n";
-		assert_int_equal(ota_write_file_atomic(power, p, strlen(p), 0600), 0);
-	}
-	free(power);
-	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
+	char *dir = h_tmpdir(), *kp = xasprintf("%s/root.key.pem", dir), *cp = xasprintf("%s/root.crt.pem", dir);
+	char *lp = xasprintf("%s/leaf.pem", dir);
+	FILE *fp;
+	memset(f, 0, sizeof(*f));
+	assert_int_equal(pki_root_init(dir, "test release root", 30, NULL), 0);
+	assert_int_equal(sign_key_load(&f->root, kp, NULL), 0);
+	assert_int_equal(pki_root_load_file(&f->root_cert, cp), 0);
+	f->leaf = certify(f, key_good, "release key", &f->leaf_pem);
+	f->other = certify(f, key_other, "other key", NULL);
+	fp = fopen(lp, "w");
+	assert_non_null(fp);
+	assert_int_equal(PEM_write_PrivateKey(fp, key_good, NULL, NULL, 0, NULL, NULL), 1);
+	fclose(fp);
+	assert_int_equal(sign_key_load(&f->leaf_key, lp, NULL), 0);
+	f->anchor_len = i2d_X509(f->root_cert, &f->anchor);
+	assert_true(f->anchor_len > 0);
 	free(dir);
-	free(bin);
-	free(text);
-	buf_release(&out);
-	return conf;
+	free(kp);
+	free(cp);
+	free(lp);
 }
 
-#define E2E_DEVICES 3
-
-static void release_rolls_out_to_otacd_device_processes_that_confirm_and_report(void **state)
+static void pki_fix_free(struct pki_fix *f)
 {
-	struct dh_fleet *e = &fleet;
-	pid_t pids[E2E_DEVICES];
-	char *conf[E2E_DEVICES];
-	int64_t ok = 0;
-	(void)state;
-	e2e_start(e, "dev", E2E_DEVICES, "key", NULL);
-	for (int i = 0; i < E2E_DEVICES; i++) {
-		conf[i] = device_setup(e, "dev", i, "key", "true");
-		pids[i] = dh_device_loop(conf[i]);
-	}
-	ok = dh_fleet_wait(&e->d, e->release, "confirmed", E2E_DEVICES, 60000);
-	assert_int_equal(ok, E2E_DEVICES);
-	/* heartbeats about 1.1.0 were accepted: uptime is credited to it */
-	{
-		char *path = xasprintf("/api/v1/releases/%lld/rollout", (long long)e->release);
-		double hours = 0;
-		for (int waited = 0; waited < 15000 && hours <= 0; waited += 300) {
-			json_t *st = NULL;
-			assert_int_equal(h_get(&e->d, path, &st), 200);
-			hours = json_number_value(json_object_get(json_object_get(st, "fleet"), "device_hours"));
-			json_decref(st);
-			if (hours <= 0)
-				h_msleep(300);
-		}
-		assert_true(hours > 0);
-		free(path);
-	}
-	for (int i = 0; i < E2E_DEVICES; i++) {
-		json_t *s;
-		dh_stop(pids[i]);
-		s = dh_device_status(NULL, conf[i]);
-		assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
-		assert_string_equal(dh_js(s, "phase", NULL), "idle");
-		assert_int_equal(dh_ji(s, "security_counter", NULL), 1);
-		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
-		assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
-		assert_int_equal(dh_ji(s, "primary", "image_ok"), OTADEV_FLAG_SET);
-		assert_true(dh_ji(s, "queued", NULL) <= 1);   /* a heartbeat may be queued at the stop */
-		assert_true(dh_ji(s, "next_seq", NULL) >= 3);   /* download, install, boot_ok (+ heartbeats) */
-		json_decref(s);
-		free(conf[i]);
-	}
-	assert_int_equal(dh_fleet_count(&e->d, e->release, "downloads"), E2E_DEVICES);
-	assert_int_equal(dh_fleet_count(&e->d, e->release, "installs"), E2E_DEVICES);
-	assert_int_equal(dh_fleet_count(&e->d, e->release, "reverted"), 0);
-	assert_int_equal(dh_fleet_count(&e->d, e->release, "devices"), E2E_DEVICES);
+	sign_key_free(f->root);
+	sign_key_free(f->leaf_key);
+	X509_free(f->root_cert);
+	X509_free(f->leaf);
+	X509_free(f->other);
+	free(f->leaf_pem);
+	OPENSSL_free(f->anchor);
 }
 
-/*
- * SIGKILL (power loss) at random instants: each cycle flashes a device with
- * the factory image (a fresh unit with the same id) and runs otacd-device
- * until it is settled, killing it after a random delay each time; every
- * kill is followed by the simulated MCUboot (the "reboot") and the
- * invariants: the primary slot holds a verified image, and a secondary
- * marked bootable verifies.  A kill during the test boot reverts (and the
- * device then declines that image); every other cycle lands on 1.1.0.
- */
-static void sigkill_at_random_points_across_update_cycles_keeps_the_invariants(void **state)
+/* Release 3's manifest envelope naming img, signed by the leaf. */
+static char *release_manifest(struct pki_fix *f, const struct buf *img)
 {
-	struct dh_fleet *e = &fleet;
-	char *conf, *bin = h_bin("otacd-device"), *log;
-	int cycles = dh_env_count("OTADEV_TORTURE_CYCLES", 20);
-	int landed = 0, reverted = 0, kills = 0, at[OTADEV_TESTING + 2] = { 0 };
-	unsigned seed = 12345;
-	(void)state;
-	conf = device_setup(e, "dev", 0, "key", "true");
-	log = xasprintf("%s.torture.log", conf);
-	for (int c = 0; c < cycles; c++) {
-		struct buf out = BUF_INIT;
-		int done = 0;
-		char *statefile = xasprintf("%s/dev-0000/state", e->d.dir);
-		unlink(statefile);
-		free(statefile);
-		assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, e->factory), 0);
-		for (int attempt = 0; !done; attempt++) {
-			int delay = (int)(rand_r(&seed) % (unsigned)(200 + 25 * attempt));
-			json_t *s;
-			assert_true(attempt < 100);
-			if (dh_device_run_killed(bin, conf, log, delay)) {
-				kills++;
-				/* where the cut landed: the record's phase (idle with the
-				 * update not begun or already done counts as idle) */
-				s = dh_device_status(NULL, conf);
-				for (int p = 0; p <= OTADEV_TESTING; p++)
-					if (!strcmp(dh_js(s, "phase", NULL), otadev_phase_name(p)))
-						at[p]++;
-				json_decref(s);
-			}
-			/* the reboot: MCUboot's decision; a valid primary image must remain */
-			buf_clear(&out);
-			assert_int_equal(h_sh(&out, "%s -c %s boot", bin, conf), 0);
-			s = dh_device_status(NULL, conf);
-			assert_int_equal(dh_ji(s, "primary", "valid"), 1);
-			if (dh_ji(s, "secondary", "magic") == OTADEV_MAGIC_GOOD)
-				assert_int_equal(dh_ji(s, "secondary", "valid"), 1);
-			assert_true(dh_ji(s, "security_counter", NULL) <= 1);
-			if (!strcmp(dh_js(s, "phase", NULL), "idle") && dh_ji(s, "queued", NULL) == 0 && dh_ji(s, "record", NULL)) {
-				if (!strcmp(dh_js(s, "version", NULL), "1.1.0")) {
-					assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
-					landed++;
-					done = 1;
-				} else if (dh_ji(s, "refused_image", NULL)) {
-					assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
-					reverted++;
-					done = 1;
-				}
-			}
-			json_decref(s);
-		}
-		buf_release(&out);
-	}
-	{
-		/* downloads cut by a kill resumed (Range from the persisted offset) */
-		struct buf out = BUF_INIT;
-		h_sh(&out, "grep -c 'resuming the download' %s", log);
-		print_message("torture: %d downloads resumed after a kill\n", atoi(buf_cstr(&out)));
-		if (at[OTADEV_DOWNLOADING] > 0)
-			assert_true(atoi(buf_cstr(&out)) > 0);
-		buf_release(&out);
-	}
-	print_message("torture: %d update cycles, %d SIGKILLs (in idle %d, downloading %d, installing %d, rebooting %d,"
-		      " testing %d): %d landed, %d reverted by the bootloader\n", cycles, kills, at[0], at[1], at[2], at[3],
-		      at[4], landed, reverted);
-	assert_int_equal(landed + reverted, cycles);
-	assert_true(landed > 0);
-	assert_true(kills >= cycles);
-	free(conf);
-	free(log);
-	free(bin);
+	unsigned char sha[32];
+	char hex[65], at[32], *body, *out;
+	time_t now = time(NULL);
+	json_t *m, *env = NULL;
+	EVP_Digest(img->ptr, img->len, sha, NULL, EVP_sha256(), NULL);
+	ota_hex(hex, sha, 32);
+	strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+	m = json_pack("{s:s, s:s, s:[{s:s, s:s}], s:[s]}", "product", "fw", "built_at", at, "images", "sha256", hex,
+		      "hardware", HW, "signing_chain", f->leaf_pem);
+	assert_non_null(m);
+	body = json_dumps(m, JSON_COMPACT);
+	assert_int_equal(dsse_sign(&env, "application/vnd.otacd.manifest+json", body, strlen(body), &f->leaf_key, 1), 0);
+	out = json_dumps(env, JSON_COMPACT);
+	json_decref(m);
+	json_decref(env);
+	free(body);
+	return out;
 }
 
-/* A release signed by a key the devices no longer trust (revoked): every
- * device downloads it, refuses it, and never marks it bootable. */
-static void release_signed_by_an_untrusted_key_is_refused_by_every_device(void **state)
+/* The root's list (number 1) revoking cert. */
+static char *revocation_list(struct pki_fix *f, X509 *cert)
 {
-	struct dh_fleet e;
-	pid_t pids[2];
-	char *conf[2];
-	(void)state;
-	memset(&e, 0, sizeof(e));
-	e2e_start(&e, "rev", 2, "other", NULL);
-	for (int i = 0; i < 2; i++) {
-		conf[i] = device_setup(&e, "rev", i, "other", NULL);
-		pids[i] = dh_device_loop(conf[i]);
-	}
-	/* both check in, are offered 1.1.0, fetch it, and refuse it */
-	for (int waited = 0; waited < 30000; waited += 200) {
-		int refused = 0;
-		for (int i = 0; i < 2; i++) {
-			json_t *s = dh_device_status(NULL, conf[i]);
-			refused += (int)dh_ji(s, "refused_image", NULL) && dh_ji(s, "queued", NULL) == 0;
-			json_decref(s);
-		}
-		if (refused == 2)
-			break;
-		h_msleep(200);
-	}
-	h_msleep(1500);
-	for (int i = 0; i < 2; i++) {
-		json_t *s;
-		dh_stop(pids[i]);
-		s = dh_device_status(NULL, conf[i]);
-		if (strcmp(dh_js(s, "version", NULL), "1.0.0")) {
-			struct buf out = BUF_INIT;
-			h_sh(&out, "cat %s.log; %s", conf[i], json_dumps(s, 0));
-			print_message("%s\n", buf_cstr(&out));
-		}
-		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);
-		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
-		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
-		assert_true(dh_ji(s, "secondary", "magic") != OTADEV_MAGIC_GOOD);
-		json_decref(s);
-		free(conf[i]);
-	}
-	assert_true(dh_fleet_count(&e.d, e.release, "offered") >= 2);
-	assert_int_equal(dh_fleet_count(&e.d, e.release, "downloads"), 0);
-	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 0);
-	dh_fleet_stop(&e);
+	struct buf pem = BUF_INIT;
+	char *out;
+	assert_int_equal(pki_crl_issue(&pem, f->root, f->root_cert, NULL, &cert, 1, pki_reason_code("keyCompromise")), 0);
+	out = xstrdup(buf_cstr(&pem));
+	buf_release(&pem);
+	return out;
 }
 
-/* A release whose self-test fails on the devices: each test-boots it, does
- * not confirm, is reverted by the (simulated) MCUboot and says so; otacd
- * counts the reverts and no device ends on it. */
-static void unconfirmed_test_boot_is_reverted_and_reported_to_otacd(void **state)
+/* A device with the root as its anchor, offered img (release 3), which
+ * it downloads, verifies against the chain and marks for a test boot. */
+static struct world *pki_world_in_test_boot(struct pki_fix *f, const struct buf *img)
 {
-	struct dh_fleet e;
-	pid_t pids[2];
-	char *conf[2];
-	int64_t reverted = 0;
-	(void)state;
-	memset(&e, 0, sizeof(e));
-	e2e_start(&e, "bad", 2, "key", NULL);
-	for (int i = 0; i < 2; i++) {
-		conf[i] = device_setup(&e, "bad", i, "key", "false");
-		pids[i] = dh_device_loop(conf[i]);
-	}
-	reverted = dh_fleet_wait(&e.d, e.release, "reverted", 2, 60000);
-	assert_int_equal(reverted, 2);
-	for (int i = 0; i < 2; i++) {
-		json_t *s;
-		dh_stop(pids[i]);
-		s = dh_device_status(NULL, conf[i]);
-		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
-		assert_string_equal(dh_js(s, "primary", "version"), "1.0.0");
-		assert_int_equal(dh_ji(s, "primary", "valid"), 1);
-		assert_int_equal(dh_ji(s, "refused_image", NULL), 1);   /* not taken again */
-		json_decref(s);
-		free(conf[i]);
-	}
-	assert_int_equal(dh_fleet_count(&e.d, e.release, "installs"), 2);
-	assert_int_equal(dh_fleet_count(&e.d, e.release, "confirmed"), 0);
-	dh_fleet_stop(&e);
+	struct world *w = world_new(1);
+	w->hooks = &HOOKS_X509;
+	w->cfg.anchor = f->anchor;
+	w->cfg.anchor_len = (size_t)f->anchor_len;
+	w->cfg.work = w->work;
+	w->cfg.work_len = sizeof(w->work);
+	world_offer(w, img, "1.1.0", 2, HW);
+	w->manifest = release_manifest(f, img);
+	assert_int_equal(run(w, 100), 1);
+	assert_int_equal(w->d.rec.phase, OTADEV_REBOOTING);
+	assert_int_equal(w->d.rec.crl_number, 0);
+	assert_string_equal(mem_boot(w), "test");
+	return w;
 }
 
-/*
- * The device API over TLS with a client certificate: otacd's device
- * listener asks for one chaining to the test CA (tls.client_ca); the device
- * with its certificate updates, a device presenting a certificate of a
- * foreign CA (with a valid credential) is refused at the handshake and is
- * never even offered the image.
- * Runs last: it points the harness's HTTP client at the test CA.
- */
-static void device_speaks_tls_with_its_client_certificate(void **state)
+/* docs/device.md "The signing chain": a revocation published while a
+ * device reboots into an image signed by the revoked key stops the
+ * confirm; the bootloader reverts it.  A newer list that does not revoke
+ * its key, or one learnt after a check-in that failed first, does not. */
+static void revocation_during_the_test_boot_stops_the_confirm(void **state)
 {
-	struct dh_fleet e;
-	struct buf out = BUF_INIT;
-	char *pki = h_tmpdir(), *extra, *ca, *conf[2];
-	pid_t pids[2];
-	int64_t ok = 0;
+	struct pki_fix f;
+	struct buf img;
+	struct world *w;
 	(void)state;
-	assert_int_equal(h_sh(&out,
-			      "cd '%s' && set -e;"
-			      "N='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes';"
-			      "openssl req -x509 $N -keyout ca.key -out ca.pem -days 2 -subj /CN=device-test-ca;"
-			      "openssl req $N -keyout srv.key -out srv.csr -subj /CN=otacd-test;"
-			      "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext;"
-			      "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -set_serial 0x1001 -days 2"
-			      " -extfile srv.ext -out srv.pem;"
-			      "printf 'extendedKeyUsage=clientAuth\\nkeyUsage=digitalSignature\\n' > dev.ext;"
-			      "openssl req $N -keyout dev.key -out dev.csr -subj /CN=tls-0000;"
-			      "openssl x509 -req -in dev.csr -CA ca.pem -CAkey ca.key -set_serial 7 -days 2"
-			      " -extfile dev.ext -out dev.pem;"
-			      "openssl req -x509 $N -keyout evil.key -out evil.pem -days 2 -subj /CN=evil-ca;"
-			      "openssl req $N -keyout bad.key -out bad.csr -subj /CN=tls-0001;"
-			      "openssl x509 -req -in bad.csr -CA evil.pem -CAkey evil.key -set_serial 8 -days 2"
-			      " -extfile dev.ext -out bad.pem",
-			      pki), 0);
-	ca = xasprintf("%s/ca.pem", pki);
-	httpc_set_cacert(ca);
-	setenv("OTACD_CACERT", ca, 1);
-	/* issue 13: the test CA is also the fleet's device CA and the fleet
-	 * takes certificates only (device_auth: cert): the device's token is
-	 * not what gets it in */
-	extra = xasprintf("tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s\n"
-			  "device_ca:\n  cert: %s\n  key: %s/ca.key\ndevice_auth: cert\n", pki, pki, ca, ca, pki);
-	memset(&e, 0, sizeof(e));
-	e2e_start(&e, "tls", 2, "key", extra);
-	assert_int_equal(strncmp(e.d.device_url, "https://", 8), 0);
-	/* device 0's key and certificate made by `otactl devices provision`
-	 * (POST /api/v1/devices/provision, the device CA issues) */
-	{
-		char *otactl = h_bin("otactl");
-		assert_int_equal(h_sh(&out, "OTACD_URL=%s OTACD_TOKEN=%s %s devices provision tls-0000 --product fw --out %s/prov",
-				      e.d.url, e.d.token, otactl, pki), 0);
-		free(otactl);
-	}
-	for (int i = 0; i < 2; i++) {
-		char *more;
-		conf[i] = device_setup(&e, "tls", i, "key", "true");
-		more = i == 0 ? xasprintf("cacert = %s\nclient_cert = %s/prov/tls-0000.crt\nclient_key = %s/prov/tls-0000.key\n",
-					  ca, pki, pki)
-			      : xasprintf("cacert = %s\nclient_cert = %s/bad.pem\nclient_key = %s/bad.key\n", ca, pki, pki);
-		buf_clear(&out);
-		assert_int_equal(h_sh(&out, "printf '%%s' '%s' >> %s", more, conf[i]), 0);
-		free(more);
-		pids[i] = dh_device_loop(conf[i]);
-	}
-	ok = dh_fleet_wait(&e.d, e.release, "confirmed", 1, 60000);
-	assert_int_equal(ok, 1);
-	h_msleep(1000);
-	for (int i = 0; i < 2; i++) {
-		json_t *s;
-		dh_stop(pids[i]);
-		s = dh_device_status(NULL, conf[i]);
-		assert_string_equal(dh_js(s, "version", NULL), i == 0 ? "1.1.0" : "1.0.0");
-		json_decref(s);
-		free(conf[i]);
-	}
-	assert_int_equal(dh_fleet_count(&e.d, e.release, "offered"), 1);
-	dh_fleet_stop(&e);
-	h_sh(&out, "rm -rf '%s'", pki);
-	buf_release(&out);
-	free(extra);
-	free(ca);
-	free(pki);
+	pki_fix_init(&f);
+	sign_image(&img, key_good, "1.1.0", 2, 9000);
+
+	w = pki_world_in_test_boot(&f, &img);
+	w->crl = revocation_list(&f, f.leaf);
+	w->announce = 1;
+	assert_int_equal(run(w, 50), 1);            /* checked in, chain refused: reboot unconfirmed */
+	assert_int_equal(w->d.rec.crl_number, 1);
+	assert_int_equal(run(w, 50), 1);            /* restarted, not rebooted: still not confirmed */
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	assert_string_equal(mem_boot(w), "revert");
+	assert_int_equal(run(w, 100), 0);
+	assert_string_equal(w->d.rec.version, "1.0.0");
+	assert_int_equal(w->counts[OTADEV_EV_REVERT], 1);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	assert_int_equal(w->d.rec.crl_number, 1);   /* kept: the list cannot be rolled back */
+	assert_string_equal(mem_boot(w), "none");
+	check_invariants(w, 1);
+	world_free(w);
+
+	/* a newer list that revokes another key: confirmed, its number kept */
+	w = pki_world_in_test_boot(&f, &img);
+	w->crl = revocation_list(&f, f.other);
+	w->announce = 1;
+	assert_int_equal(run(w, 50), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_int_equal(w->d.rec.crl_number, 1);
+	assert_string_equal(mem_boot(w), "none");
+	world_free(w);
+
+	/* no confirm before a check-in of the test boot; then confirmed */
+	w = pki_world_in_test_boot(&f, &img);
+	w->checkin_down = 1;
+	assert_int_equal(run(w, 30), 0);
+	assert_int_equal(w->d.rec.phase, OTADEV_TESTING);
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 0);
+	w->checkin_down = 0;
+	assert_int_equal(run(w, 100), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	world_free(w);
+
+	buf_release(&img);
+	pki_fix_free(&f);
 }
 
-static void e2e_teardown_fleet(void **state)
+/* ---- encrypted images (MCUboot's format as orchestrator/mcuboot_enc.c writes it) -- */
+
+static int m_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
 {
-	(void)state;
-	dh_fleet_stop(&fleet);
+	struct world *w = ctx;
+	if (!tlv) {
+		port_linux_enc_forget(&w->enc);
+		return 0;
+	}
+	return port_linux_enc_unwrap(&w->enc, w->enc_priv, type, tlv, len, keylen, why);
 }
 
-#define E2E_TESTS                                                                             \
-	cmocka_unit_test(release_rolls_out_to_otacd_device_processes_that_confirm_and_report),  \
-	cmocka_unit_test(sigkill_at_random_points_across_update_cycles_keeps_the_invariants), \
-	cmocka_unit_test(e2e_teardown_fleet),                                                  \
-	cmocka_unit_test(release_signed_by_an_untrusted_key_is_refused_by_every_device),    \
-	cmocka_unit_test(unconfirmed_test_boot_is_reverted_and_reported_to_otacd),          \
-	cmocka_unit_test(device_speaks_tls_with_its_client_certificate),
+static int m_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+{
+	return port_linux_enc_ctr(&((struct world *)ctx)->enc, off, buf, len);
+}
+
+static const struct otadev_hooks HOOKS_ENC = {
+	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
+	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
+	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
+	.status = m_status, .selftest = m_selftest, .reboot = m_reboot, .enc_key = m_enc_key, .enc_ctr = m_enc_ctr,
+};
+
+/* 1.1.0 signed by key_good, its body AES-256-CTR under a key wrapped for dev (ECIES-P256). */
+static void sign_encrypted(struct buf *out, EVP_PKEY *dev)
+{
+	struct mcuboot_sign_opts o;
+	char bin[9000];
+	memset(&o, 0, sizeof(o));
+	assert_int_equal(mcuboot_version_parse("1.1.0", &o.major, &o.minor, &o.revision, &o.build), 0);
+	o.has_security_counter = 1;
+	o.security_counter = 2;
+	o.enc_key = dev;
+	o.enc_bits = 256;
+	for (size_t i = 0; i < sizeof(bin); i++)
+		bin[i] = (char)(i * 13);
+	buf_init(out, 1 << 20);
+	assert_int_equal(mcuboot_sign(out, bin, sizeof(bin), key_good, &o), 0);
+}
+
+/* The device decrypts the secondary slot while it hashes it (the hash and
+ * signature are over the plaintext), so an encrypted image lands; a
+ * flipped ciphertext byte, another device's key or none are refused
+ * before anything is marked bootable. */
+static void encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be(void **state)
+{
+	EVP_PKEY *dev = new_key(), *other = new_key();
+	struct mcuboot_info info;
+	struct buf img, bad;
+	struct world *w;
+	static const struct { int tamper, key; const char *why; } refusals[] = {
+		{ 1, 1, "image hash mismatch" },
+		{ 0, 2, "MAC of the wrapped image key does not verify" },
+		{ 0, 0, "no decryption key" },
+	};
+	(void)state;
+	sign_encrypted(&img, dev);
+	assert_int_equal(mcuboot_parse(&info, img.ptr, img.len), 0);
+	assert_true(info.flags & MCUBOOT_F_ENC_AES256);
+
+	w = world_new(1);
+	w->hooks = &HOOKS_ENC;
+	w->enc_priv = dev;
+	world_offer(w, &img, "1.1.0", 2, HW);
+	assert_int_equal(run(w, 100), 1);
+	check_invariants(w, 1);                         /* the secondary verifies decrypted */
+	assert_string_equal(mem_boot(w), "test");
+	assert_int_equal(run(w, 50), 0);
+	assert_string_equal(w->d.rec.version, "1.1.0");
+	assert_int_equal(w->counts[OTADEV_EV_BOOT_OK], 1);
+	assert_string_equal(mem_boot(w), "none");
+	check_invariants(w, 2);
+	world_free(w);
+
+	for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
+		w = world_new(1);
+		w->hooks = &HOOKS_ENC;
+		w->enc_priv = refusals[i].key == 1 ? dev : refusals[i].key == 2 ? other : NULL;
+		buf_init(&bad, 1 << 20);
+		buf_put(&bad, img.ptr, img.len);
+		if (refusals[i].tamper)
+			bad.ptr[info.header_size + 100] ^= 1;  /* the offer's digest is of these bytes */
+		world_offer(w, &bad, "1.1.0", 2, HW);
+		assert_int_equal(run(w, 100), 0);
+		assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
+		assert_int_equal(w->counts[OTADEV_EV_REFUSED], 1);
+		assert_int_equal(w->counts[OTADEV_EV_INSTALL], 0);
+		if (!strstr(w->d.err, refusals[i].why))
+			fail_msg("case %zu: %s", i, w->d.err);
+		check_invariants(w, 1);
+		buf_release(&bad);
+		world_free(w);
+	}
+	buf_release(&img);
+	EVP_PKEY_free(dev);
+	EVP_PKEY_free(other);
+}
 
 int main(void)
 {
@@ -1293,9 +1327,13 @@ int main(void)
 		cmocka_unit_test(backoff_is_full_jitter_under_an_exponential_cap),
 		cmocka_unit_test(power_cut_at_every_write_keeps_every_invariant),
 		cmocka_unit_test(state_fits_the_documented_ram_budget),
-		E2E_TESTS
+		cmocka_unit_test(checkin_parser_flags_an_image_url_past_the_limit),
+		cmocka_unit_test(image_url_past_the_limit_is_refused_and_one_at_it_lands),
+		cmocka_unit_test(revocation_during_the_test_boot_stops_the_confirm),
+		cmocka_unit_test(encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be),
 	};
 	key_good = new_key();
 	key_other = new_key();
+	cmocka_set_test_filter(getenv("DEVICE_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,6 +29,7 @@
 #include "../common/util.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/mcuboot_enc.h"
+#include "devharness.h"
 #include "harness.h"
 
 enum { K_SIGN_EC, K_SIGN_ED, K_DEV_EC, K_DEV_EC2, K_DEV_X, K_DEV_X2, K_COUNT };
@@ -614,9 +615,9 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc1, const char *en
 		dup2(fd, 1);
 		dup2(fd, 2);
 		argv[k++] = bin;
-		/* the model engine: libotadev does not decrypt images, so
-		 * --engine core refuses --enc-key (docs/fleetsim.md) */
-		argv[k++] = "--engine"; argv[k++] = "model";
+		/* the core engine: libotadev decrypts while it verifies, with
+		 * the Linux port's ECIES and AES-CTR (device/port_linux_enc.c) */
+		argv[k++] = "--engine"; argv[k++] = "core";
 		argv[k++] = "--url"; argv[k++] = d->device_url;
 		argv[k++] = "--devices"; argv[k++] = devices;
 		argv[k++] = "--seed"; argv[k++] = "7";
@@ -683,6 +684,63 @@ static void sim_images_are(const json_t *st, const char *state, const char *err1
 				 err2 ? err2 : "", t);
 	}
 	free(t);
+}
+
+/* otacd-device (the Linux port: device/port_linux_enc.c) with the an385
+ * X25519 key takes the encrypted release from otacd: it downloads the
+ * ciphertext, decrypts it to verify, the simulated MCUboot swaps it in
+ * clear into the primary slot, the test boot confirms.  Without the key
+ * the same device refuses it and keeps 1.0.0. */
+static void otacd_device_takes_the_encrypted_image(struct daemon *d, const char *prefix, int with_key)
+{
+	char **cred = h_register_devices(d, prefix, 1);
+	char *dir = xasprintf("%s/%s", d->dir, prefix), *conf = xasprintf("%s/device.conf", dir);
+	char *bin = h_bin("otacd-device"), *factory, *text, *slot0;
+	struct buf out = BUF_INIT, slot = BUF_INIT;
+	json_t *s = NULL;
+	pid_t pid;
+	int settled = 0;
+
+	assert_int_equal(h_sh(&out, "mkdir -p %s && cp %s %s/sign.pem", dir, F.priv_pem[K_SIGN_ED], dir), 0);
+	factory = dh_factory_image(dir, "sign", 0);
+	text = xasprintf("url = %s\ndevice = %s-0000\ncredential = %s\nproduct = fw\nhardware = mps2-an385\n"
+			 "bootloader = 1.2.0\nprimary = %s/slot0\nsecondary = %s/slot1\nstate = %s/state\nkey = %s\n"
+			 "%s%s\nslot_size = 65536\nsector_size = 4096\nsync = 0\nbackoff_base_ms = 200\n"
+			 "backoff_max_ms = 2000\npoll_ms = 1000\n",
+			 d->device_url, prefix, cred[0], dir, dir, dir, F.pub_pem[K_SIGN_ED], with_key ? "enc_key = " : "",
+			 with_key ? F.priv_pem[K_DEV_X] : "");
+	assert_int_equal(ota_write_file_atomic(conf, text, strlen(text), 0600), 0);
+	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, factory), 0);
+	pid = dh_device_loop(conf);
+	for (int waited = 0; waited < 90000 && !settled; waited += 500) {
+		h_msleep(500);
+		json_decref(s);
+		s = dh_device_status(NULL, conf);
+		settled = s && !strcmp(dh_js(s, "phase", NULL), "idle") &&
+			  (with_key ? !strcmp(dh_js(s, "version", NULL), "1.1.0") : dh_ji(s, "refused_image", NULL) == 1);
+	}
+	dh_stop(pid);
+	if (!settled) {
+		h_sh(&out, "tail -20 %s.log", conf);
+		fail_msg("otacd-device did not settle (%s): %s", with_key ? "with the key" : "without", buf_cstr(&out));
+	}
+	slot0 = xasprintf("%s/slot0", dir);
+	assert_int_equal(ota_read_file(&slot, slot0, 1 << 20), 0);
+	if (with_key) /* the bootloader keeps the image in clear in the primary slot */
+		assert_non_null(memmem(slot.ptr, slot.len, "FIRMWARE-IN-CLEAR", 17));
+	else
+		assert_string_equal(dh_js(s, "version", NULL), "1.0.0");
+	json_decref(s);
+	free(cred[0]);
+	free(cred);
+	free(dir);
+	free(conf);
+	free(bin);
+	free(factory);
+	free(text);
+	free(slot0);
+	buf_release(&out);
+	buf_release(&slot);
 }
 
 /*
@@ -800,6 +858,9 @@ static void encrypted_release_installs_only_on_devices_with_the_key(void **state
 		fail_msg("versions at the end: %s", t);
 	}
 	json_decref(st);
+
+	otacd_device_takes_the_encrypted_image(&d, "encdev", 1);
+	otacd_device_takes_the_encrypted_image(&d, "nokey", 0);
 
 	/* the daemon's own release check and otactl verify: the signature
 	 * checks out over the sealed image */
@@ -948,5 +1009,6 @@ int main(void)
 		cmocka_unit_test(a_bad_encryption_key_refuses_the_start),
 		cmocka_unit_test(encrypted_release_installs_only_on_devices_with_the_key),
 	};
+	cmocka_set_test_filter(getenv("ENCRYPT_ONLY"));
 	return cmocka_run_group_tests(tests, keys_setup, keys_teardown);
 }
