@@ -30,6 +30,7 @@
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
+#include "diskguard.h"
 #include "engine.h"
 #include "fleet/admission.h"
 #include "fleet/fleet.h"
@@ -401,6 +402,8 @@ int main(int argc, char **argv)
 		}
 	}
 	free(path);
+	/* before the database grows: the reserve a full disk gives back */
+	diskguard_init(cfg.state_dir, cfg.disk_reserve);
 	path = xasprintf("%s/otacd.db", cfg.state_dir);
 	if (store_open(&db, path) < 0)
 		goto fail;
