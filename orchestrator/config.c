@@ -14,7 +14,6 @@
 #include <yaml.h>
 
 #include "auth.h"
-#include "diskguard.h"
 #include "policy.h"
 #include "tls/tls.h"
 
@@ -35,7 +34,7 @@ void config_defaults(struct otacd_config *c)
 	c->heartbeat_ms = 1000;
 	c->default_timeout_ms = 3600 * 1000;
 	c->max_log_bytes = 4 << 20;
-	c->disk_reserve = DISKGUARD_DEFAULT_RESERVE;
+	c->disk_reserve = -1; /* diskguard's default */
 	c->max_artifact_size = 256 << 20;
 	c->max_run_artifacts = (int64_t)2 << 30;
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;

@@ -123,6 +123,15 @@ int diskguard_init(const char *state_dir, int64_t reserve_bytes)
 	g_dir = xstrdup(state_dir);
 	g_reserve_path = xasprintf("%s/disk.reserve", state_dir);
 	g_reserve = reserve_bytes > 0 ? reserve_bytes : 0;
+	if (reserve_bytes < 0) {
+		/* the default: 64 MiB, but no more than a sixteenth of a
+		 * small filesystem */
+		struct statvfs sv;
+		int64_t size = statvfs(state_dir, &sv) == 0 ? (int64_t)sv.f_blocks * (int64_t)sv.f_frsize : 0;
+		g_reserve = DISKGUARD_DEFAULT_RESERVE;
+		if (size > 0 && size / 16 < g_reserve)
+			g_reserve = size / 16;
+	}
 	atomic_store(&g_low, 0);
 	atomic_store(&g_reserve_held, 0);
 	atomic_store(&g_last_poll, 0);

@@ -28,7 +28,8 @@
 #define DISKGUARD_LOG_EVERY_MS 60000
 
 /* Watch the filesystem of state_dir; make the reserve file of
- * reserve_bytes (0: no reserve).  Enters `low` at once when the reserve
+ * reserve_bytes (0: no reserve; negative: the default, 64 MiB or a
+ * sixteenth of the filesystem, whichever is smaller).  Enters `low` at once when the reserve
  * cannot be made. */
 int diskguard_init(const char *state_dir, int64_t reserve_bytes);
 
