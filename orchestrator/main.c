@@ -123,6 +123,21 @@ static int clock_setup(struct store *db, double scale)
 	return 0;
 }
 
+/* This state directory's own random id (store meta "instance_id"), made
+ * once: it makes provenance invocation ids globally unique (release.c). */
+static int instance_id(struct store *db)
+{
+	char *v = NULL, hex[33];
+	int rc;
+	if (store_meta_get(db, "instance_id", &v) == 0) {
+		free(v);
+		return 0;
+	}
+	if ((rc = ota_random_hex(hex, 16)) < 0)
+		return rc;
+	return store_meta_set(db, "instance_id", hex);
+}
+
 static int admin_token(struct store *db, const char *state_dir)
 {
 	char *path = xasprintf("%s/admin.token", state_dir), *token = NULL, *line;
@@ -408,6 +423,8 @@ int main(int argc, char **argv)
 	if (store_open(&db, path) < 0)
 		goto fail;
 	clock_setup(db, cfg.time_scale);
+	if (instance_id(db) < 0)
+		goto fail;
 	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
 	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
 	    origin_configure(cfg.image_origin) < 0) /* issue 15 */

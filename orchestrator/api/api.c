@@ -134,6 +134,22 @@ int64_t api_query_int(struct api_req *r, const char *key)
 	return *end ? -2 : v;
 }
 
+int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out)
+{
+	int64_t v = api_query_int(r, "limit");
+	if (v == -1) {
+		*out = dflt;
+		return 0;
+	}
+	if (v < 1 || v > API_LIST_MAX) {
+		api_reply_error(r, MHD_HTTP_BAD_REQUEST, "limit must be a whole number from 1 to %d (got '%s')",
+				API_LIST_MAX, api_query(r, "limit"));
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 /* ---- handlers that are not reads or agent protocol -------------------- */
 
 /* Who the token is: the page shows actions only to operators. */

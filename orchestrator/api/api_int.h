@@ -78,6 +78,11 @@ struct api_req {
 	int64_t started_us;        /* monotonic µs the header was complete (latency metrics) */
 };
 
+/* Lists (docs/api.md, "Lists"): ?limit= from 1 to API_LIST_MAX, dflt when
+ * absent.  -1 after answering 400 for anything else. */
+#define API_LIST_MAX 500
+int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out);
+
 /* api_ops.c: /healthz, /readyz, /metrics */
 enum MHD_Result api_get_metrics(struct api *a, struct api_req *r);
 enum MHD_Result api_get_healthz(struct api *a, struct api_req *r);

@@ -185,7 +185,7 @@ static const char *const runs_sql[16] = {
 enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	int64_t limit = api_query_int(r, "limit"), before = api_query_int(r, "before");
+	int64_t limit = 0, before = api_query_int(r, "before");
 	const char *pipeline = api_query(r, "pipeline"), *ref = api_query(r, "ref"), *state = api_query(r, "state");
 	json_t *runs = json_array();
 	sqlite3_stmt *st;
@@ -197,14 +197,14 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 		json_decref(runs);
 		return MHD_YES;
 	}
-	if (limit == -2 || before == -2) {
+	if (before == -2) {
 		json_decref(runs);
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "limit and before must be non-negative integers");
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "before must be a run id");
 	}
-	if (limit < 0)
-		limit = 50;
-	if (limit > 500)
-		limit = 500;
+	if (api_list_limit(r, 50, &limit) < 0) {
+		json_decref(runs);
+		return MHD_YES;
+	}
 	st = store_stmt(s, runs_sql[(pipeline ? 1 : 0) | (ref ? 2 : 0) | (state ? 4 : 0) | (before > 0 ? 8 : 0)]);
 	if (!st) {
 		json_decref(runs);
