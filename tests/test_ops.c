@@ -199,6 +199,42 @@ static void one_release_is_shown_and_its_provenance_names_the_invocation(void **
 	h_cleanup(&d);
 }
 
+/* Device check-ins and reports are counted on the device listener's
+ * /metrics (the API listener's carries otacd's own state). */
+static void device_reports_are_counted_by_outcome(void **state)
+{
+	struct daemon d;
+	char **tok, *text;
+	json_t *ans = NULL;
+	size_t len;
+
+	(void)state;
+	h_init(&d, NULL);
+	h_start(&d, one_agent);
+	tok = h_register_devices(&d, "m", 1); /* device m-0000 */
+	assert_int_equal(h_dev_post(&d, "/device/v1/checkin", tok[0],
+				    json_pack("{ss ss ss ss ss si ss}", "device", "m-0000", "product", "fw", "hardware",
+					      "mps2-an385", "bootloader", "1.2.0", "version", "1.0.0", "security_counter", 0,
+					      "slot", "confirmed"), &ans), 200);
+	json_decref(ans);
+	/* one about the version it runs, one about a version never offered */
+	assert_int_equal(h_dev_post(&d, "/device/v1/reports", tok[0],
+				    json_pack("{s[{ss ss ss sf}{ss ss ss}]}", "reports", "device", "m-0000", "version", "1.0.0",
+					      "event", "heartbeat", "uptime_s", 60.0, "device", "m-0000", "version", "9.9.9",
+					      "event", "install"), &ans), 200);
+	assert_int_equal(json_integer_value(json_object_get(ans, "accepted")), 1);
+	json_decref(ans);
+	text = h_device_metrics(&d, &len);
+	contains(text, "otacd_device_reports_total{outcome=\"accepted\"} 1\n");
+	contains(text, "otacd_device_reports_total{outcome=\"refused\"} 1\n");
+	contains(text, "otacd_device_checkins_total 1\n");
+	free(text);
+	for (char **t = tok; *t; t++)
+		free(*t);
+	free(tok);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const char *only = getenv("OPS_ONLY");
@@ -207,6 +243,7 @@ int main(void)
 		cmocka_unit_test(agents_jobs_have_real_durations_at_any_time_scale),
 		cmocka_unit_test(list_limits_outside_1_to_500_are_refused),
 		cmocka_unit_test(one_release_is_shown_and_its_provenance_names_the_invocation),
+		cmocka_unit_test(device_reports_are_counted_by_outcome),
 	};
 	if (only)
 		cmocka_set_test_filter(only);
