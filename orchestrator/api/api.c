@@ -504,7 +504,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 
 	r->route = route_find(method, r->url, &r->id, r->sha, r->sha40, &status);
 	if (r->route && r->listener->agents_only && strncmp(r->route->pattern, "/api/v1/agent/", 14) != 0 &&
-	    r->route->handler != get_health) {
+	    r->route->handler != get_health && r->route->handler != api_get_healthz) {
 		r->route = NULL;
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "this listener serves the agent protocol only: %s %s",
 				       method, r->url);
