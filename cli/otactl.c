@@ -124,7 +124,13 @@ static void fmt_duration(char *out, size_t n, int64_t ms)
 void ctl_obj_duration(char *out, size_t n, const json_t *o)
 {
 	int64_t s = int_or(o, "started_at", 0), f = int_or(o, "finished_at", 0);
-	fmt_duration(out, n, s > 0 && f >= s ? f - s : -1);
+	json_t *d = json_object_get(o, "duration_ms");
+	/* a job says which clock its duration is in (issue 18): "real" for
+	 * jobs on agents, "otacd" for holds; a run is in otacd time */
+	if (json_is_integer(d))
+		fmt_duration(out, n, json_integer_value(d));
+	else
+		fmt_duration(out, n, s > 0 && f >= s ? f - s : -1);
 }
 
 const char *ctl_short_ref(const char *ref)
@@ -533,7 +539,8 @@ static const struct cmd commands[] = {
 	  "check a release's signatures, digests and provenance (or one MCUboot image)" },
 	{ "artifacts", cmd_artifacts, "artifacts ls RUN | artifacts get DIGEST|RUN/NAME -o FILE",
 	  "list a run's artifacts; download one, checked against its sha256" },
-	{ "releases", cmd_releases, "releases", "list releases with their state and rollout" },
+	{ "releases", cmd_releases, "releases [RELEASE] [--json]",
+	  "list releases with their state; with an id: that release, its images and digests" },
 	{ "rollout", cmd_rollout, "rollout status RELEASE", "steps, exposure, holds and gate verdicts with bounds" },
 	{ "promote", cmd_promote, "promote RELEASE [--to STAGE|--skip-step] --reason TEXT",
 	  "approve a waiting stage, or advance now (operator)" },

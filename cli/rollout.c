@@ -37,14 +37,63 @@ static void fmt_dur(char out[32], int64_t ms)
 		snprintf(out, 32, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
 }
 
-int cmd_releases(int argc, char **argv)
+/* otactl releases ID: one release, its images and where its rollout is. */
+static int show_release(const char *id)
 {
 	json_t *ans = NULL, *x;
+	char *path, when[32];
 	size_t i;
 	int rc;
 
-	if (argc != 1)
-		return usage_error("releases", "unexpected argument '%s'", argv[1]);
+	if (!*id || strspn(id, "0123456789") != strlen(id) || strlen(id) > 15)
+		return usage_error("releases", "a release id is a number, not '%s'", id);
+	path = xasprintf("/api/v1/releases/%s", id);
+	rc = api(&ans, "GET", path, NULL, "cannot read the release");
+	free(path);
+	if (rc)
+		return rc;
+	if (ctl.json) {
+		print_json(ans);
+		json_decref(ans);
+		return 0;
+	}
+	fmt_time(when, int_or(ans, "created_at", 0));
+	printf("release %" PRId64 ": %s %s  %s\n", int_or(ans, "id", 0), str_or(ans, "product", ""),
+	       str_or(ans, "version", ""), str_or(ans, "state", ""));
+	printf("  run              %" PRId64 " (branch %s)\n  security counter %" PRId64 "\n  signing key      %s\n"
+	       "  created          %s (otacd time)\n",
+	       int_or(ans, "run_id", 0), str_or(ans, "branch", "-"), int_or(ans, "security_counter", 0),
+	       str_or(ans, "key_id", "-"), when);
+	if (int_or(ans, "rollback_to", 0))
+		printf("  rolled back to   release %" PRId64 "\n", int_or(ans, "rollback_to", 0));
+	if (int_or(ans, "reissue_of", 0))
+		printf("  reissue of       release %" PRId64 "\n", int_or(ans, "reissue_of", 0));
+	printf("\n%-6s %-40s %-12s %-14s %10s  %s\n", "ID", "ARTIFACT", "TYPE", "HARDWARE", "BYTES", "SHA256");
+	json_array_foreach(json_object_get(ans, "artifacts"), i, x)
+		printf("%-6" PRId64 " %-40s %-12s %-14s %10" PRId64 "  %.16s\n", int_or(x, "id", 0), str_or(x, "name", ""),
+		       str_or(x, "type", "-"), str_or(x, "hardware", "-"), int_or(x, "size", 0), str_or(x, "sha256", ""));
+	printf("\nrollout: otactl rollout status %s; checks: otactl verify %s\n", id, id);
+	json_decref(ans);
+	return 0;
+}
+
+int cmd_releases(int argc, char **argv)
+{
+	json_t *ans = NULL, *x;
+	const char *id = NULL;
+	size_t i;
+	int rc;
+
+	for (int a = 1; a < argc; a++) {
+		if (!strcmp(argv[a], "--json"))
+			ctl.json = 1;
+		else if (is_option(argv[a]) || id)
+			return usage_error("releases", "unexpected argument '%s'", argv[a]);
+		else
+			id = argv[a];
+	}
+	if (id)
+		return show_release(id);
 	if ((rc = api(&ans, "GET", "/api/v1/releases", NULL, "cannot list releases")))
 		return rc;
 	if (ctl.json) {

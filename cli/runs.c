@@ -364,7 +364,7 @@ int cmd_show(int argc, char **argv)
 	json_t *run = NULL, *stage, *job;
 	char id[64], created[32], dur[32];
 	const char *which = NULL;
-	int rc, tests = 0, findings = 0;
+	int rc, tests = 0, findings = 0, otacd_clock = 0;
 	size_t i, k;
 
 	for (int a = 1; a < argc; a++) {
@@ -395,7 +395,7 @@ int cmd_show(int argc, char **argv)
 	ctl_obj_duration(dur, sizeof(dur), run);
 	putchar('\n');
 	show_source(run);
-	printf("  file     %s\n  trigger  %s\n  created  %s\n  duration %s\n", str_or(run, "file", "-"),
+	printf("  file     %s\n  trigger  %s\n  created  %s\n  duration %s (otacd time)\n", str_or(run, "file", "-"),
 	       str_or(run, "trigger", "-"), created, dur);
 	if (str_or(run, "error", NULL))
 		printf("  error    %s\n", str_or(run, "error", ""));
@@ -412,12 +412,20 @@ int cmd_show(int argc, char **argv)
 				 (long long)int_or(job, "max_attempts", 0));
 			ctl_id_text(agent, sizeof(agent), json_object_get(job, "agent"));
 			ctl_obj_duration(dur, sizeof(dur), job);
+			if (!strcmp(str_or(job, "clock", "otacd"), "otacd") && strcmp(dur, "-") != 0) {
+				/* a hold (soak, rollout) or an in-daemon job: otacd time */
+				size_t len = strlen(dur);
+				snprintf(dur + len, sizeof(dur) - len, "*");
+				otacd_clock = 1;
+			}
 			job_result(res, sizeof(res), job);
 			ctl_table_row(&t, sname, ctl_id_text(jid, sizeof(jid), json_object_get(job, "id")),
 				  str_or(job, "name", "-"), str_or(job, "state", "-"), att, agent, dur, res);
 		}
 	}
 	ctl_table_print(&t);
+	printf("\njob durations: real time on the agent%s\n",
+	       otacd_clock ? "; * otacd time (holds and jobs inside otacd, at --time-scale)" : "");
 out:
 	json_decref(run);
 	return rc;

@@ -8,6 +8,7 @@
 #include "fleet/fleet_ca.h"
 #include "pipeline/yamlbound.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
@@ -33,6 +34,7 @@ void config_defaults(struct otacd_config *c)
 	c->heartbeat_ms = 1000;
 	c->default_timeout_ms = 3600 * 1000;
 	c->max_log_bytes = 4 << 20;
+	c->disk_reserve = -1; /* diskguard's default */
 	c->max_artifact_size = 256 << 20;
 	c->max_run_artifacts = (int64_t)2 << 30;
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
@@ -163,6 +165,27 @@ static int get_int(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t *
 		return cfg_err(x, n, "'%s' must be an integer in range", key);
 	*out = v;
 	return 0;
+}
+
+/* A byte count: a plain integer, or one with a KiB, MiB or GiB suffix. */
+static int get_size(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t *out)
+{
+	static const struct { const char *suffix; int shift; } units[] = { { "", 0 }, { "KiB", 10 }, { "MiB", 20 },
+									   { "GiB", 30 } };
+	const char *s = scalar(n);
+	char *end;
+	long long v;
+	if (!s || *s < '0' || *s > '9')
+		return cfg_err(x, n, "'%s' must be a byte count like 67108864 or 64MiB", key);
+	v = strtoll(s, &end, 10);
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(units); i++)
+		if (!strcmp(end, units[i].suffix) && v <= (INT64_MAX >> 31)) {
+			*out = (int64_t)v << units[i].shift;
+			return 0;
+		}
+	return cfg_err(x, n, "'%s' must be a byte count like 67108864 or 64MiB (suffixes KiB, MiB, GiB)", key);
 }
 
 static int get_bool(struct cfg_ctx *x, yaml_node_t *n, const char *key, int *out)
@@ -658,6 +681,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"encryption_keys", /* issue 13, encrypted images */
 		"artifact_store", "image_origin", /* issue 15: object storage and CDN origin */
 		"push", /* issue 15: MQTT update hints */
+		"disk_reserve", /* issue 18: the reserve kept for a full disk */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -712,6 +736,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_duration(x, v, key, &c->default_timeout_ms);
 		else if (!strcmp(key, "max_log_bytes"))
 			rc = get_int(x, v, key, &c->max_log_bytes, 1024);
+		else if (!strcmp(key, "disk_reserve"))
+			rc = get_size(x, v, key, &c->disk_reserve);
 		else if (!strcmp(key, "max_artifact_size"))
 			rc = get_int(x, v, key, &c->max_artifact_size, 1);
 		else if (!strcmp(key, "max_run_artifacts"))

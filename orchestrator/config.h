@@ -42,6 +42,7 @@ struct otacd_config {
 	int64_t heartbeat_ms;           /* default 1 s */
 	int64_t default_timeout_ms;     /* default 1 h */
 	int64_t max_log_bytes;          /* default 4 MiB per job attempt */
+	int64_t disk_reserve;           /* bytes kept free for a full disk (diskguard.h); -1: 64 MiB or 1/16 of the filesystem */
 	int64_t max_artifact_size;      /* default 256 MiB */
 	int64_t max_run_artifacts;      /* all artifacts of a run, default 2 GiB */
 	int64_t artifact_retention_ms;  /* unreleased artifacts, default 30 days */

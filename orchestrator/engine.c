@@ -35,6 +35,7 @@
 
 #include "artifact.h"
 #include "clock.h"
+#include "diskguard.h"
 #include "logstore.h"
 #include "engine_core.h"
 #include "policy.h"
@@ -640,7 +641,8 @@ static int tick(struct engine *e, void *arg)
 		eng_job_release(&j);
 	}
 	if (rc == 0 && spared) {
-		fprintf(stderr, "otacd: engine: leases ran out while the database could not commit; running jobs get a new lease\n");
+		if (!diskguard_low())
+			fprintf(stderr, "otacd: engine: leases ran out while the database could not commit; running jobs get a new lease\n");
 		rc = stall_grace(e, NULL);
 	}
 	return rc;
@@ -668,8 +670,13 @@ static int stall_grace(struct engine *e, void *arg)
 static void note_store_trouble(struct engine *e)
 {
 	int ec = sqlite3_errcode(store_db(e->db)) & 0xff;
-	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN)
+	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN) {
 		e->store_trouble_real = clock_real_ms();
+		/* new work is refused and the commit retried with a back-off,
+		 * not at the pace of callers (diskguard.h) */
+		diskguard_note_failure(ec == SQLITE_FULL ? "database commit: disk full"
+					: ec == SQLITE_IOERR ? "database commit: I/O error" : "database cannot be opened");
+	}
 }
 
 static void run_call(struct engine *e, struct call *c)
@@ -764,6 +771,13 @@ static int do_gc(struct engine *e, void *arg)
 	return rc;
 }
 
+/* A tick that failed for want of disk is not retried before its back-off
+ * ran out, however often calls wake the thread. */
+static int tick_backing_off(const struct engine *e)
+{
+	return e->tick_retry_at && clock_real_ms() < e->tick_retry_at;
+}
+
 static void *engine_main(void *arg)
 {
 	struct engine *e = arg;
@@ -774,7 +788,8 @@ static void *engine_main(void *arg)
 		/* Sleep until a call arrives, a lease or deadline falls due, or
 		 * the next artifact expiry pass. */
 		while (!e->head && !e->stopping) {
-			int64_t wait = e->next_due - clock_real_ms();
+			int64_t due = e->next_due > e->tick_retry_at ? e->next_due : e->tick_retry_at;
+			int64_t wait = due - clock_real_ms();
 			int64_t gc_wait = e->cfg.artifact_retention_ms > 0 ? e->next_gc - clock_mono_ms() : INT64_MAX;
 			struct timespec ts;
 			if (gc_wait < wait)
@@ -813,18 +828,22 @@ static void *engine_main(void *arg)
 			}
 			e->awake_real = now;
 		}
+		diskguard_poll();
 		if (c)
 			run_call(e, c);
-		if (clock_real_ms() >= e->next_due) {
+		if (clock_real_ms() >= e->next_due && !tick_backing_off(e)) {
 			struct call t = { tick, NULL, 0, 0, "", NULL };
 			run_call(e, &t);
 			if (t.rc < 0) {
 				/* the database cannot commit (a full disk): the
-				 * leases stay due, so try again in a second rather
-				 * than in a tight loop */
-				fprintf(stderr, "otacd: engine: %s\n", t.err);
-				e->next_due = clock_real_ms() + 1000;
-			}
+				 * leases stay due, so try again after a back-off
+				 * (1 s doubling to 30 s) rather than in a tight
+				 * loop; the disk guard logged it */
+				if (!diskguard_low())
+					fprintf(stderr, "otacd: engine: %s\n", t.err);
+				e->tick_retry_at = clock_real_ms() + diskguard_backoff_ms();
+			} else
+				e->tick_retry_at = 0;
 		}
 		if (e->cfg.artifact_retention_ms > 0 && clock_mono_ms() >= e->next_gc) {
 			int removed = 0;

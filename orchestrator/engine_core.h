@@ -44,6 +44,7 @@ struct engine {
 	int64_t awake_real;         /* wall-clock ms the engine thread last woke (stall detection) */
 	int64_t started_at;         /* otacd time (clock_now_ms) this daemon started */
 	int64_t store_trouble_real; /* wall-clock ms a transaction last failed to begin or commit */
+	int64_t tick_retry_at;      /* wall-clock ms before which a failed tick is not retried (0: none) */
 
 	/* Set by a command, acted on after its COMMIT: waking a waiter before
 	 * the commit would let it read the old state and sleep again. */

@@ -161,7 +161,7 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 
 	*state_out = !failed ? "passed" : (failure && !strcmp(failure, "canceled")) ? "canceled" : "failed";
 	st = STMT(e, "UPDATE jobs SET state = ?, finished_at = ?, exit_code = ?, failure = ?, message = ?,"
-		     " lease_expires = NULL, deadline = NULL WHERE id = ?");
+		     " lease_expires = NULL, deadline = NULL, real_finished_at = ?7 WHERE id = ?6");
 	sqlite3_bind_text(st, 1, *state_out, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, now);
 	sqlite3_bind_int(st, 3, r->exit_code);
@@ -170,6 +170,7 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 	if (r->message)
 		sqlite3_bind_text(st, 5, r->message, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_int64(st, 6, j->id);
+	sqlite3_bind_int64(st, 7, clock_real_ms()); /* real durations of agents' jobs (issue 18) */
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	eng_event(e, j->run_id, j->id, "job.final",
@@ -395,13 +396,15 @@ static int do_claim(struct engine *e, void *arg)
 	j.agent_id = a->agent_id;
 	timeout = json_integer_value(json_object_get(j.spec, "timeout_ms"));
 	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = ?, lease_expires = ?, deadline = ?,"
-		     " started_at = ?, finished_at = NULL WHERE id = ? AND state = 'queued'");
+		     " started_at = ?5, finished_at = NULL, real_started_at = ?7, real_finished_at = NULL"
+		     " WHERE id = ?6 AND state = 'queued'");
 	sqlite3_bind_int(st, 1, j.attempt);
 	sqlite3_bind_int64(st, 2, a->agent_id);
 	sqlite3_bind_int64(st, 3, real + e->cfg.lease_ms);
 	sqlite3_bind_int64(st, 4, real + timeout + e->cfg.lease_ms);
 	sqlite3_bind_int64(st, 5, now);
 	sqlite3_bind_int64(st, 6, j.id);
+	sqlite3_bind_int64(st, 7, real);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
 	/* The attempt's job token: only its hash is kept (in the attempt's row,

@@ -17,6 +17,7 @@
 #include "logstore.h"
 
 #include "../common/mask.h"
+#include "diskguard.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +42,32 @@ struct lstream {
 	struct lstream *next;
 };
 static struct lstream *g_streams;
+
+/* Attempts whose log was cut because the disk was full (under g_lock):
+ * their later chunks are acknowledged and dropped, as past the cap, so the
+ * agent can finish the job while the disk is full (diskguard.h). */
+struct lcut {
+	int64_t job;
+	int attempt;
+	struct lcut *next;
+};
+static struct lcut *g_cuts;
+
+static int cut_find(int64_t job, int attempt, int drop)
+{
+	for (struct lcut **pp = &g_cuts; *pp; pp = &(*pp)->next)
+		if ((*pp)->job == job && (*pp)->attempt == attempt) {
+			if (drop) {
+				struct lcut *c = *pp;
+				*pp = c->next;
+				free(c);
+			}
+			return 1;
+		}
+	return 0;
+}
+
+static void cut_log(int64_t job, int attempt, int64_t cur);
 
 void logstore_set_mask(struct mask_set *set)
 {
@@ -89,6 +116,9 @@ int64_t logstore_size(int64_t job, int attempt)
 	return size;
 }
 
+/* The last failed write was for want of space (under g_lock). */
+static int errno_was_full;
+
 static int write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;
@@ -97,6 +127,7 @@ static int write_all(int fd, const void *data, size_t len)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			errno_was_full = errno == ENOSPC || errno == EDQUOT;
 			return ota_error_set(OTA_ERROR, "log write failed: %s", strerror(errno));
 		}
 		p += n;
@@ -146,6 +177,7 @@ static int write_capped(int64_t job, int attempt, int64_t cur, const char *p, si
 		goto out;
 	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0) {
+		errno_was_full = errno == ENOSPC || errno == EDQUOT;
 		rc = ota_error_set(OTA_ERROR, "cannot open log %s: %s", path, strerror(errno));
 		goto out;
 	}
@@ -167,6 +199,29 @@ out:
 	return rc;
 }
 
+/* Cut the log of one attempt (under g_lock): a notice if it still fits,
+ * then nothing more until the attempt ends. */
+static void cut_log(int64_t job, int attempt, int64_t cur)
+{
+	static const char notice[] = "\n[otacd: log cut here: the state directory's disk is full; later output"
+				     " of this attempt was dropped]\n";
+	struct lcut *c = xcalloc(1, sizeof(*c));
+	char *path = log_path(job, attempt);
+	int fd;
+
+	c->job = job;
+	c->attempt = attempt;
+	c->next = g_cuts;
+	g_cuts = c;
+	if (cur < g_max && (fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) >= 0) {
+		if (write_all(fd, notice, sizeof(notice) - 1) < 0)
+			if (ftruncate(fd, (off_t)cur) < 0) /* no half notice */
+				errno_was_full = 1;
+		close(fd);
+	}
+	free(path);
+}
+
 int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 		    size_t len, int64_t *size)
 {
@@ -178,8 +233,11 @@ int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 
 	pthread_mutex_lock(&g_lock);
 	cur = logstore_size(job, attempt);
-	if (cur >= g_max) {
-		/* Truncated: accept and drop, so the agent moves on. */
+	if (!cut_find(job, attempt, 0) && diskguard_low())
+		cut_log(job, attempt, cur);
+	if (cur >= g_max || cut_find(job, attempt, 0)) {
+		/* Truncated, or cut for a full disk: accept and drop, so the
+		 * agent moves on. */
 		*size = offset + (int64_t)len;
 		goto out;
 	}
@@ -198,12 +256,20 @@ int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 	}
 	p += skip;
 	len -= (size_t)skip;
+	errno_was_full = 0;
 	if (ls) {
 		if ((rc = mask_stream_feed(&ls->ms, p, len, &masked)) < 0)
 			goto out;
 		rc = write_capped(job, attempt, cur, masked.ptr, masked.len);
 	} else {
 		rc = write_capped(job, attempt, cur, p, len);
+	}
+	if (rc < 0 && errno_was_full) {
+		/* the disk filled under this write: cut here and take the
+		 * chunk, so the job can still finish */
+		diskguard_note_failure("log write: disk full");
+		cut_log(job, attempt, logstore_size(job, attempt));
+		rc = 0;
 	}
 	if (rc < 0)
 		goto out;
@@ -225,6 +291,7 @@ int logstore_end(int64_t job, int attempt)
 	int rc = 0;
 
 	pthread_mutex_lock(&g_lock);
+	cut_find(job, attempt, 1);
 	ls = stream_get(job, attempt, 0, 0);
 	if (ls) {
 		if ((rc = mask_stream_flush(&ls->ms, &masked)) == 0)

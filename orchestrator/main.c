@@ -30,6 +30,7 @@
 #include "auth.h"
 #include "clock.h"
 #include "config.h"
+#include "diskguard.h"
 #include "engine.h"
 #include "fleet/admission.h"
 #include "fleet/fleet.h"
@@ -120,6 +121,21 @@ static int clock_setup(struct store *db, double scale)
 	store_meta_set(db, "clock", v);
 	free(v);
 	return 0;
+}
+
+/* This state directory's own random id (store meta "instance_id"), made
+ * once: it makes provenance invocation ids globally unique (release.c). */
+static int instance_id(struct store *db)
+{
+	char *v = NULL, hex[33];
+	int rc;
+	if (store_meta_get(db, "instance_id", &v) == 0) {
+		free(v);
+		return 0;
+	}
+	if ((rc = ota_random_hex(hex, 16)) < 0)
+		return rc;
+	return store_meta_set(db, "instance_id", hex);
 }
 
 static int admin_token(struct store *db, const char *state_dir)
@@ -401,10 +417,14 @@ int main(int argc, char **argv)
 		}
 	}
 	free(path);
+	/* before the database grows: the reserve a full disk gives back */
+	diskguard_init(cfg.state_dir, cfg.disk_reserve);
 	path = xasprintf("%s/otacd.db", cfg.state_dir);
 	if (store_open(&db, path) < 0)
 		goto fail;
 	clock_setup(db, cfg.time_scale);
+	if (instance_id(db) < 0)
+		goto fail;
 	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
 	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
 	    origin_configure(cfg.image_origin) < 0) /* issue 15 */

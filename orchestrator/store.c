@@ -188,6 +188,10 @@ static const char *const migrations[] = {
 	"CREATE TABLE device_revocations ("
 	"  device TEXT PRIMARY KEY, cutoff INTEGER NOT NULL, at INTEGER NOT NULL,"
 	"  actor TEXT NOT NULL, reason TEXT);",
+	/* 12 (issue 18): a job's last attempt in wall-clock time, so agents'
+	 * jobs show real durations at any --time-scale */
+	"ALTER TABLE jobs ADD COLUMN real_started_at INTEGER;"
+	"ALTER TABLE jobs ADD COLUMN real_finished_at INTEGER;",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

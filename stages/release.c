@@ -631,7 +631,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		struct slsa_dep deps[3 + RELEASE_MAX_TOOLCHAIN];
 		struct strvec tool_uris = STRVEC_INIT;
 		size_t ndeps = 0;
-		char pipeline_sha[65], *git_uri = NULL, *stext;
+		char pipeline_sha[65], *git_uri = NULL, *invocation = NULL, *stext;
 		struct slsa_input in = { 0 };
 		struct sign_key *keys[1] = { key };
 		json_t *ext = json_pack("{ss ss sI}", "pipeline", ri.pipeline, "ref", ri.ref ? ri.ref : "", "security_counter",
@@ -670,6 +670,19 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		in.ndeps = ndeps;
 		in.builder_id = BUILDER_ID;
 		in.builder_version = OTACD_VERSION;
+		/* SLSA v1 BuildMetadata.invocationId: identifies this build
+		 * invocation (to find its logs), opaque, and SHOULD be globally
+		 * unique: this otacd's instance id, the run, the release job and
+		 * its attempt (docs/signing.md) */
+		{
+			char *inst = NULL;
+			struct store *rdb = store_reader();
+			if (rdb && store_meta_get(rdb, "instance_id", &inst) == 0)
+				invocation = xasprintf("otacd:%s/runs/%lld/jobs/%lld/attempts/%d", inst, (long long)c->run_id,
+						       (long long)c->job_id, c->attempt);
+			free(inst);
+			in.invocation_id = invocation;
+		}
 		in.started_ms = ri.created_at;
 		in.finished_ms = clock_now_ms();
 		/* byproducts: every job's verdict, so the chain shows what passed */
@@ -720,6 +733,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		}
 		json_decref(ext);
 		free(git_uri);
+		free(invocation);
 		free(subj);
 		strvec_clear(&tool_uris);
 		if (rc < 0) {

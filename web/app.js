@@ -225,10 +225,21 @@ function stopEvents() {
   clearError('events');
 }
 
+// The disk guard's state (docs/operations.md): a banner while the state
+// directory's disk is full and otacd takes no new work.
+function showStorage(storage) {
+  const el = document.getElementById('storage');
+  if (!el) return;
+  const full = storage && storage.state === 'full';
+  el.hidden = !full;
+  el.textContent = full ? 'Disk full: ' + storage.message : '';
+}
+
 async function refreshClock() {
   try {
     const hl = await getJSON('/api/v1/health');
-    setServerClock(hl.time, hl.time_scale);
+    setServerClock(hl.time, hl.time_scale, hl.real_time);
+    showStorage(hl.storage);
   } catch {
     // health needs no token; if it fails the views will say so
   }
@@ -249,6 +260,7 @@ window.addEventListener('hashchange', () => {
   route();
 });
 setInterval(tickDurations, 1000);
+setInterval(refreshClock, 15000);   // the clock's anchor and the disk banner
 refreshClock().then(() => {
   startEvents();
   route({ initial: true });

@@ -10,7 +10,7 @@
 import { download, getBytes, getJSON, streamURL } from './api.js';
 import { LogView } from './logview.js';
 import { clearError, reportError } from './status.js';
-import { badge, durationNode, facts, fmtTime, h, replaceKeepingFocus } from './util.js';
+import { badge, jobDurationNode, facts, fmtTime, h, replaceKeepingFocus } from './util.js';
 
 const FINAL = new Set(['passed', 'failed', 'canceled', 'skipped']);
 
@@ -218,7 +218,7 @@ export class JobLogView {
         ['Attempt', job.attempt ? job.attempt + ' of ' + job.max_attempts : 'not started'],
         ['Agent', job.agent],
         ['Started', fmtTime(job.started_at)],
-        ['Duration', job.started_at ? durationNode(job.started_at, job.finished_at) : ''],
+        ['Duration', job.started_at ? jobDurationNode(job) : ''],
         ['Exit code', job.exit_code === null || job.exit_code === undefined ? '' : String(job.exit_code)],
         ['Failure', job.failure],
         ['Message', job.message],

@@ -11,7 +11,7 @@ import { askAction } from './dialog.js';
 import { drawDag, jobLabel } from './dag.js';
 import { reportsView } from './reports.js';
 import { clearError, reportError } from './status.js';
-import { badge, durationNode, facts, firstLine, fmtBytes, fmtTime, h, morph, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
+import { badge, durationNode, jobDurationNode, facts, firstLine, fmtBytes, fmtTime, h, morph, replaceKeepingFocus, shortId, shortRef, table, tableWrap } from './util.js';
 
 export function basename(name) {
   return String(name).split('/').pop() || 'artifact';
@@ -174,7 +174,7 @@ export class RunView {
           h('td', null, badge(j.state)),
           h('td', { class: 'num' }, j.attempt ? j.attempt + '/' + j.max_attempts : ''),
           h('td', { class: 'opt' }, j.agent || ''),
-          h('td', { class: 'num' }, durationNode(j.started_at, j.finished_at)),
+          h('td', { class: 'num' }, jobDurationNode(j)),
           h('td', { class: 'opt' }, j.state === 'skipped' && st.skip_reason ? st.skip_reason : jobNote(j))));
       }
     }

@@ -36,11 +36,19 @@ export function s(tag, attrs, ...children) {
 // The server's clock: otacd time may run faster than the wall clock
 // (--time-scale) and is anchored in its database, so "now" for durations of
 // running jobs comes from /api/v1/health, not from Date.now().
-const clock = { base: Date.now(), at: Date.now(), scale: 1 };
-export function setServerClock(time, scale) {
+// Jobs that ran on agents are measured in real time (their real_started_at,
+// real_finished_at), whatever the scale; /api/v1/health's real_time is the
+// server's wall clock.
+const clock = { base: Date.now(), at: Date.now(), scale: 1, real: Date.now() };
+export function setServerClock(time, scale, realTime) {
   clock.base = time;
   clock.at = Date.now();
+  if (realTime) clock.real = realTime;
+  else clock.real = Date.now();
   if (scale !== undefined) clock.scale = scale > 0 ? scale : 1;   // else: keep health's scale
+}
+export function serverRealNow() {
+  return clock.real + (Date.now() - clock.at);
 }
 export function serverNow() {
   return clock.base + (Date.now() - clock.at) * clock.scale;
@@ -71,6 +79,22 @@ export function durationNode(started, finished) {
   return el;
 }
 
+// A job's duration, in the clock the API says (job.clock): real time for
+// jobs on agents, otacd time for holds and jobs inside otacd.  The title
+// says which.
+export function jobDurationNode(job) {
+  if (job.clock !== 'real' || !job.real_started_at) {
+    const el = job.started_at ? durationNode(job.started_at, job.finished_at) : h('span', { class: 'dur' }, '');
+    el.title = 'otacd time (--time-scale)';
+    return el;
+  }
+  const fin = job.real_finished_at;
+  const el = h('span', { class: 'dur', title: 'real time on the agent' },
+    fmtDuration((fin || serverRealNow()) - job.real_started_at));
+  if (!fin) el.dataset.realSince = String(job.real_started_at);
+  return el;
+}
+
 // A countdown to an otacd time (a rollout hold): "3h 12m", then `over`.
 export function countdownNode(until, over = 'over') {
   const el = h('span', { class: 'countdown', 'data-until': until, 'data-over': over });
@@ -82,6 +106,8 @@ export function tickDurations() {
   const now = serverNow();
   for (const el of document.querySelectorAll('[data-since]'))
     el.textContent = fmtDuration(now - Number(el.dataset.since));
+  for (const el of document.querySelectorAll('[data-real-since]'))
+    el.textContent = fmtDuration(serverRealNow() - Number(el.dataset.realSince));
   for (const el of document.querySelectorAll('[data-ago]'))
     el.textContent = ago(Number(el.dataset.ago));
   for (const el of document.querySelectorAll('[data-until]')) {

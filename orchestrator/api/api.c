@@ -29,10 +29,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../common/util.h"
 #include "../clock.h"
+#include "../diskguard.h"
 #include "../idem.h"
 #include "../pipeline/pipeline.h"
 #include "../policy.h"
@@ -41,6 +43,13 @@
 #include "../sources.h"
 #include "../tls/tls.h"
 #include "../web.h"
+
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 /* ---- replies ---------------------------------------------------------- */
 
@@ -125,6 +134,22 @@ int64_t api_query_int(struct api_req *r, const char *key)
 	return *end ? -2 : v;
 }
 
+int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out)
+{
+	int64_t v = api_query_int(r, "limit");
+	if (v == -1) {
+		*out = dflt;
+		return 0;
+	}
+	if (v < 1 || v > API_LIST_MAX) {
+		api_reply_error(r, MHD_HTTP_BAD_REQUEST, "limit must be a whole number from 1 to %d (got '%s')",
+				API_LIST_MAX, api_query(r, "limit"));
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
 /* ---- handlers that are not reads or agent protocol -------------------- */
 
 /* Who the token is: the page shows actions only to operators. */
@@ -138,8 +163,10 @@ static enum MHD_Result get_whoami(struct api *a, struct api_req *r)
 static enum MHD_Result get_health(struct api *a, struct api_req *r)
 {
 	(void)a;
-	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss sI sf}", "status", "ok", "version", OTACD_VERSION,
-							"time", (json_int_t)clock_now_ms(), "time_scale", clock_scale()));
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss sI sf sI so}", "status", "ok", "version", OTACD_VERSION,
+							"time", (json_int_t)clock_now_ms(), "time_scale", clock_scale(),
+							"real_time", (json_int_t)clock_real_ms(), "storage",
+							api_ops_storage_json()));
 }
 
 static json_t *diags_json(const struct pl_diags *d)
@@ -276,6 +303,10 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 
 static const struct api_route routes[] = {
 	{ "GET", "/api/v1/health", ROLE_NONE, BODY_NONE, get_health, NULL, 0 },
+	/* the operator's probes and Prometheus (api_ops.c, docs/operations.md) */
+	{ "GET", "/healthz", ROLE_NONE, BODY_NONE, api_get_healthz, NULL, 0 },
+	{ "GET", "/readyz", ROLE_NONE, BODY_NONE, api_get_readyz, NULL, 0 },
+	{ "GET", "/metrics", ROLE_VIEWER, BODY_NONE, api_get_metrics, NULL, 0 },
 	{ "GET", "/api/v1/whoami", ROLE_VIEWER, BODY_NONE, get_whoami, NULL, 0 },
 	{ "GET", "/api/v1/pipelines", ROLE_VIEWER, BODY_NONE, api_get_pipelines, NULL, 1 },
 	{ "GET", "/api/v1/runs", ROLE_VIEWER, BODY_NONE, api_get_runs, NULL, 1 },
@@ -457,6 +488,15 @@ static void req_free(struct api_req *r)
 	free(r);
 }
 
+/* Routes that bring new work or new bytes: refused with 507 while the
+ * state directory's disk is full (diskguard.h), before any body is read.
+ * Heartbeats, logs (cut while full) and finishes of running jobs go on. */
+static int route_takes_disk(const struct api_route *route)
+{
+	return route->handler == post_run || route->handler == api_post_trigger || route->body == BODY_HOOK ||
+	       route->body == BODY_ARTIFACT || route->body == BODY_REPORT;
+}
+
 static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *method)
 {
 	unsigned status = 0;
@@ -464,7 +504,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 
 	r->route = route_find(method, r->url, &r->id, r->sha, r->sha40, &status);
 	if (r->route && r->listener->agents_only && strncmp(r->route->pattern, "/api/v1/agent/", 14) != 0 &&
-	    r->route->handler != get_health) {
+	    r->route->handler != get_health && r->route->handler != api_get_healthz) {
 		r->route = NULL;
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "this listener serves the agent protocol only: %s %s",
 				       method, r->url);
@@ -484,6 +524,11 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 		if (!anonymous_ok && !auth_allows(r->role, r->route->need))
 			return api_reply_error(r, MHD_HTTP_FORBIDDEN, "this token's role (%s) may not %s %s",
 					       auth_role_name(r->role), method, r->route->pattern);
+	}
+	if (route_takes_disk(r->route) && diskguard_poll()) {
+		char msg[512];
+		diskguard_message(msg, sizeof(msg));
+		return api_reply_error(r, MHD_HTTP_INSUFFICIENT_STORAGE, "%s; retry once space is freed", msg);
 	}
 	cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl && strtoull(cl, NULL, 10) > body_cap(r->route->body))
@@ -585,6 +630,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		r->listener = l;
 		r->conn = conn;
 		r->url = url;
+		r->started_us = mono_us();
 		*con_cls = r;
 		ret = first_call(a, r, method);
 		if (!r->route || r->failed)
@@ -649,7 +695,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
 	const struct api_listener *l = cls;
+	struct api_req *r = *con_cls;
 	(void)toe;
+	if (r && r->route)
+		api_ops_observe(r->route, mono_us() - r->started_us);
 	req_free(*con_cls);
 	*con_cls = NULL;
 	/* the next request on this connection gets a new header deadline */

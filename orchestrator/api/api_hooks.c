@@ -220,17 +220,20 @@ enum MHD_Result api_post_trigger(struct api *a, struct api_req *r)
 enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	int64_t limit = api_query_int(r, "limit");
-	json_t *arr = json_array();
+	int64_t limit = 0;
+	json_t *arr;
 	sqlite3_stmt *st;
 
 	(void)a;
+	if (api_list_limit(r, 50, &limit) < 0)
+		return MHD_YES;
+	arr = json_array();
 	if (!db || !(st = store_stmt(db, "SELECT id, provider, delivery, repo, ref, after_sha, forced, pusher,"
 					 " received_at, state, run_id, reason FROM deliveries ORDER BY id DESC LIMIT ?"))) {
 		json_decref(arr);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, limit > 0 && limit <= 500 ? limit : 50);
+	sqlite3_bind_int64(st, 1, limit);
 	while (store_step_row(db, st) == 1) {
 		json_t *o = json_pack("{sI ss ss ss ss sb sI ss}", "id", (json_int_t)store_col_int(st, 0),
 				      "provider", store_col_text(st, 1), "delivery", store_col_text(st, 2),

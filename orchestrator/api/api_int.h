@@ -75,7 +75,20 @@ struct api_req {
 	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
 	char *idem_key;            /* a reserved Idempotency-Key: keep the answer */
 	int idem_ran;              /* the handler of that request has run */
+	int64_t started_us;        /* monotonic µs the header was complete (latency metrics) */
 };
+
+/* Lists (docs/api.md, "Lists"): ?limit= from 1 to API_LIST_MAX, dflt when
+ * absent.  -1 after answering 400 for anything else. */
+#define API_LIST_MAX 500
+int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out);
+
+/* api_ops.c: /healthz, /readyz, /metrics */
+enum MHD_Result api_get_metrics(struct api *a, struct api_req *r);
+enum MHD_Result api_get_healthz(struct api *a, struct api_req *r);
+enum MHD_Result api_get_readyz(struct api *a, struct api_req *r);
+void api_ops_observe(const struct api_route *route, int64_t elapsed_us);
+json_t *api_ops_storage_json(void);
 
 /* One listening socket: the API, or the agents' own (agent_listen). */
 struct api_listener {

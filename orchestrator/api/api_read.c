@@ -77,7 +77,7 @@ static json_t *run_json(sqlite3_stmt *st)
 
 #define JOB_COLS "j.id, j.run_id, s.name, j.name, j.spec, j.state, j.attempt, j.retries_left, j.infra_retries_left," \
 		 " COALESCE(a.name, CASE WHEN j.agent_id = 0 THEN 'otacd' END), j.started_at, j.finished_at, j.exit_code," \
-		 " j.failure, j.message"
+		 " j.failure, j.message, j.real_started_at, j.real_finished_at, j.agent_id"
 #define JOB_FROM " FROM jobs j JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
 
 static json_t *job_json(sqlite3_stmt *st)
@@ -105,6 +105,19 @@ static json_t *job_json(sqlite3_stmt *st)
 	set_text_or_null(o, "failure", st, 13);
 	set_text_or_null(o, "message", st, 14);
 	json_object_set_new(o, "log_size", json_integer(attempt ? logstore_size(id, attempt) : 0));
+	/* Durations (issue 18): a job that ran on an agent is measured in
+	 * real (wall-clock) time, whatever --time-scale; a job inside otacd
+	 * (soaks and rollouts: holds) in otacd time.  "clock" says which. */
+	set_int_or_null(o, "real_started_at", st, 15);
+	set_int_or_null(o, "real_finished_at", st, 16);
+	{
+		int on_agent = store_col_int(st, 17) > 0 && sqlite3_column_type(st, 15) != SQLITE_NULL;
+		json_object_set_new(o, "clock", json_string(on_agent ? "real" : "otacd"));
+		if (on_agent && sqlite3_column_type(st, 16) != SQLITE_NULL)
+			json_object_set_new(o, "duration_ms", json_integer(store_col_int(st, 16) - store_col_int(st, 15)));
+		else if (!on_agent && sqlite3_column_type(st, 11) != SQLITE_NULL && sqlite3_column_type(st, 10) != SQLITE_NULL)
+			json_object_set_new(o, "duration_ms", json_integer(store_col_int(st, 11) - store_col_int(st, 10)));
+	}
 	json_decref(spec);
 	return o;
 }
@@ -172,7 +185,7 @@ static const char *const runs_sql[16] = {
 enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	int64_t limit = api_query_int(r, "limit"), before = api_query_int(r, "before");
+	int64_t limit = 0, before = api_query_int(r, "before");
 	const char *pipeline = api_query(r, "pipeline"), *ref = api_query(r, "ref"), *state = api_query(r, "state");
 	json_t *runs = json_array();
 	sqlite3_stmt *st;
@@ -184,14 +197,14 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 		json_decref(runs);
 		return MHD_YES;
 	}
-	if (limit == -2 || before == -2) {
+	if (before == -2) {
 		json_decref(runs);
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "limit and before must be non-negative integers");
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "before must be a run id");
 	}
-	if (limit < 0)
-		limit = 50;
-	if (limit > 500)
-		limit = 500;
+	if (api_list_limit(r, 50, &limit) < 0) {
+		json_decref(runs);
+		return MHD_YES;
+	}
 	st = store_stmt(s, runs_sql[(pipeline ? 1 : 0) | (ref ? 2 : 0) | (state ? 4 : 0) | (before > 0 ? 8 : 0)]);
 	if (!st) {
 		json_decref(runs);

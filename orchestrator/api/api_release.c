@@ -50,14 +50,19 @@ static json_t *release_json(sqlite3_stmt *st)
 enum MHD_Result api_get_releases(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	json_t *arr = json_array();
+	json_t *arr;
 	sqlite3_stmt *st;
+	int64_t limit;
 
 	(void)a;
-	if (!db || !(st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases ORDER BY id DESC LIMIT 200"))) {
+	if (api_list_limit(r, 200, &limit) < 0)
+		return MHD_YES;
+	arr = json_array();
+	if (!db || !(st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases ORDER BY id DESC LIMIT ?"))) {
 		json_decref(arr);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
+	sqlite3_bind_int64(st, 1, limit);
 	while (store_step_row(db, st) == 1)
 		json_array_append_new(arr, release_json(st));
 	sqlite3_reset(st);

@@ -136,17 +136,22 @@ enum MHD_Result api_get_rollouts(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
 	sqlite3_stmt *st;
-	json_t *out = json_array();
+	json_t *out;
+	int64_t limit;
 
 	(void)a;
+	if (api_list_limit(r, 100, &limit) < 0)
+		return MHD_YES;
+	out = json_array();
 	if (!db || !(st = store_stmt(db, "SELECT ro.id, ro.release_id, rel.product, rel.version, ro.stage, ro.kind, ro.state,"
 					 " ro.step, ro.percent_bp, COALESCE(ro.hold_until,0), ro.reason, ro.run_id"
 					 " FROM rollouts ro JOIN releases rel ON rel.id = ro.release_id"
 					 " WHERE ro.state IN ('starting','waiting_approval','waiting_window','holding','paused')"
-					 " ORDER BY ro.id DESC LIMIT 100"))) {
+					 " ORDER BY ro.id DESC LIMIT ?"))) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
+	sqlite3_bind_int64(st, 1, limit);
 	while (store_step_row(db, st) == 1)
 		json_array_append_new(out, json_pack("{sI sI ss ss ss ss ss si si sI so? sI}", "id", (json_int_t)store_col_int(st, 0),
 						     "release", (json_int_t)store_col_int(st, 1), "product",
@@ -193,21 +198,26 @@ enum MHD_Result api_get_audit(struct api *a, struct api_req *r)
 	struct store *db = store_reader();
 	sqlite3_stmt *st;
 	json_t *out = json_array();
-	int64_t release = api_query_int(r, "release");
+	int64_t release = api_query_int(r, "release"), limit;
 
 	(void)a;
 	if (release == -2) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "release must be a number");
 	}
+	if (api_list_limit(r, 500, &limit) < 0) {
+		json_decref(out);
+		return MHD_YES;
+	}
 	if (!db || !(st = store_stmt(db, "SELECT a.id, a.at, a.actor, a.action, a.release_id, rel.version, a.rollout_id,"
 					 " a.reason, a.detail FROM audit a LEFT JOIN releases rel ON rel.id = a.release_id"
-					 " WHERE (? < 0 OR a.release_id = ?) ORDER BY a.id DESC LIMIT 500"))) {
+					 " WHERE (? < 0 OR a.release_id = ?) ORDER BY a.id DESC LIMIT ?"))) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
 	sqlite3_bind_int64(st, 1, release);
 	sqlite3_bind_int64(st, 2, release);
+	sqlite3_bind_int64(st, 3, limit);
 	while (store_step_row(db, st) == 1) {
 		json_t *d = store_col_text(st, 8) ? json_loads(store_col_text(st, 8), 0, NULL) : NULL;
 		json_array_append_new(out, json_pack("{sI sI ss ss so? so? so? ss so}", "id", (json_int_t)store_col_int(st, 0),

@@ -64,6 +64,7 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REG
 /* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
 static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
+static _Atomic uint64_t g_reports_accepted, g_reports_refused; /* issue 18: report outcomes, answered */
 
 struct devapi {
 	struct MHD_Daemon *mhd;
@@ -450,6 +451,10 @@ static void report_done(void *ctx, int rc)
 static enum MHD_Result report_answer(struct MHD_Connection *c, struct dreq *r)
 {
 	json_t *answer;
+	if (r->route == R_REPORTS) {
+		g_reports_accepted += r->rc < 0 ? 0 : (uint64_t)r->accepted;
+		g_reports_refused += json_is_array(r->refused) ? json_array_size(r->refused) : 0;
+	}
 	if (r->rc < 0 && r->refused && r->route == R_REPORTS) { /* every report refused */
 		answer = json_pack("{ss sO}", "error", r->err, "refused", r->refused);
 		return reply_json(c, status_of(r->rc), answer);
@@ -586,6 +591,10 @@ static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, st
 		       " refused for their credential).\n"
 		       "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
 		   (unsigned long long)admission_checkins_taken());
+	buf_printf(&b, "# HELP otacd_device_reports_total Device reports answered, by outcome (a refused one is"
+		       " listed in its batch's answer).\n# TYPE otacd_device_reports_total counter\n"
+		       "otacd_device_reports_total{outcome=\"accepted\"} %llu\notacd_device_reports_total{outcome=\"refused\"} %llu\n",
+		   (unsigned long long)g_reports_accepted, (unsigned long long)g_reports_refused);
 	push_metrics_text(&b); /* issue 15, push hints */
 	admission_metrics_text(&b, clock_now_ms()); /* issue 15, check-in admission */
 	len = b.len;

@@ -1,0 +1,302 @@
+/*
+ * api_ops.c - what an operator's tools read on the API listener:
+ * /healthz (the process answers), /readyz (it takes new work: the
+ * database opens and the disk is not full) and /metrics (Prometheus text:
+ * runs, jobs, queue, agents, rollouts, gate verdicts, artifact bytes, the
+ * disk guard and the API's own latency per route).  docs/operations.md
+ * lists every series.
+ *
+ * The latency histograms are counted here from api.c's completion
+ * callback, with atomics: any libmicrohttpd thread may finish a request.
+ * Everything else is read from the database by one reader connection per
+ * scrape: counts by state over indexed columns, so a scrape costs a few
+ * milliseconds at 100,000 runs.
+ */
+#include "api_int.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../../common/util.h"
+#include "../clock.h"
+#include "../diskguard.h"
+#include "../store.h"
+
+/* ---- API latency per route ---------------------------------------------- */
+
+static const double lat_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
+#define LAT_BUCKETS (sizeof(lat_bounds) / sizeof(lat_bounds[0]))
+#define LAT_ROUTES 128
+
+struct lat_series {
+	_Atomic(const struct api_route *) route;
+	atomic_uint_fast64_t bucket[LAT_BUCKETS]; /* non-cumulative; summed when written */
+	atomic_uint_fast64_t count, sum_us;
+};
+static struct lat_series g_lat[LAT_ROUTES];
+
+void api_ops_observe(const struct api_route *route, int64_t elapsed_us)
+{
+	double s = (double)elapsed_us / 1e6;
+	struct lat_series *ls = NULL;
+
+	if (!route || elapsed_us < 0)
+		return;
+	for (size_t i = 0; i < LAT_ROUTES && !ls; i++) {
+		const struct api_route *cur = atomic_load(&g_lat[i].route), *none = NULL;
+		if (cur == route)
+			ls = &g_lat[i];
+		else if (!cur && (atomic_compare_exchange_strong(&g_lat[i].route, &none, route) || none == route))
+			ls = &g_lat[i];
+	}
+	if (!ls)
+		return; /* more routes than series: never, with today's table */
+	for (size_t b = 0; b < LAT_BUCKETS; b++)
+		if (s <= lat_bounds[b]) {
+			atomic_fetch_add(&ls->bucket[b], 1);
+			break;
+		}
+	atomic_fetch_add(&ls->count, 1);
+	atomic_fetch_add(&ls->sum_us, (uint_fast64_t)elapsed_us);
+}
+
+static void latency_text(struct buf *b)
+{
+	buf_puts(b, "# HELP otacd_api_request_duration_seconds Time from a request's complete header to its answer,"
+		    " per route (long polls wait by design).\n"
+		    "# TYPE otacd_api_request_duration_seconds histogram\n");
+	for (size_t i = 0; i < LAT_ROUTES; i++) {
+		const struct api_route *rt = atomic_load(&g_lat[i].route);
+		uint64_t cum = 0;
+		if (!rt)
+			break;
+		for (size_t k = 0; k < LAT_BUCKETS; k++) {
+			cum += atomic_load(&g_lat[i].bucket[k]);
+			buf_printf(b, "otacd_api_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+				   rt->method, rt->pattern, lat_bounds[k], cum);
+		}
+		buf_printf(b, "otacd_api_request_duration_seconds_bucket{method=\"%s\",route=\"%s\",le=\"+Inf\"} %" PRIu64 "\n"
+			      "otacd_api_request_duration_seconds_sum{method=\"%s\",route=\"%s\"} %.6f\n"
+			      "otacd_api_request_duration_seconds_count{method=\"%s\",route=\"%s\"} %" PRIu64 "\n",
+			   rt->method, rt->pattern, (uint64_t)atomic_load(&g_lat[i].count), rt->method, rt->pattern,
+			   (double)atomic_load(&g_lat[i].sum_us) / 1e6, rt->method, rt->pattern,
+			   (uint64_t)atomic_load(&g_lat[i].count));
+	}
+}
+
+/* ---- series read from the database ------------------------------------- */
+
+/* One gauge family from "SELECT label, count" rows; states that have no
+ * row are written as 0 so that a series does not vanish. */
+static int by_state(struct buf *b, struct store *db, const char *name, const char *help, const char *sql,
+		    const char *const *states)
+{
+	sqlite3_stmt *st = store_stmt(db, sql);
+	json_t *seen = json_object();
+	const char *k;
+	json_t *v;
+
+	if (!st) {
+		json_decref(seen);
+		return OTA_ERROR;
+	}
+	while (store_step_row(db, st) == 1)
+		json_object_set_new(seen, store_col_text(st, 0) ? store_col_text(st, 0) : "", json_integer(store_col_int(st, 1)));
+	sqlite3_reset(st);
+	for (size_t i = 0; states && states[i]; i++)
+		if (!json_object_get(seen, states[i]))
+			json_object_set_new(seen, states[i], json_integer(0));
+	buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+	json_object_foreach(seen, k, v)
+		buf_printf(b, "%s{state=\"%s\"} %" JSON_INTEGER_FORMAT "\n", name, k, json_integer_value(v));
+	json_decref(seen);
+	return 0;
+}
+
+static int64_t one_int(struct store *db, const char *sql, int64_t arg)
+{
+	sqlite3_stmt *st = store_stmt(db, sql);
+	int64_t v = 0;
+	if (!st)
+		return 0;
+	if (sqlite3_bind_parameter_count(st) > 0)
+		sqlite3_bind_int64(st, 1, arg);
+	if (store_step_row(db, st) == 1)
+		v = store_col_int(st, 0);
+	sqlite3_reset(st);
+	return v;
+}
+
+/* Finished jobs' durations in real seconds (agents' wall clock), as a
+ * histogram built by the query. */
+static void job_durations(struct buf *b, struct store *db)
+{
+	static const int bounds[] = { 1, 5, 15, 60, 300, 900, 3600 };
+	uint64_t total = 0;
+	sqlite3_stmt *st;
+
+	buf_puts(b, "# HELP otacd_job_duration_seconds Real run time of finished jobs' last attempts on agents.\n"
+		    "# TYPE otacd_job_duration_seconds histogram\n");
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(bounds); i++)
+		buf_printf(b, "otacd_job_duration_seconds_bucket{le=\"%d\"} %" PRId64 "\n", bounds[i],
+			   one_int(db, "SELECT COUNT(*) FROM jobs WHERE real_finished_at IS NOT NULL AND agent_id > 0"
+				       " AND real_finished_at - real_started_at <= ?", (int64_t)bounds[i] * 1000));
+	st = store_stmt(db, "SELECT COUNT(*), COALESCE(SUM(real_finished_at - real_started_at), 0) FROM jobs"
+			    " WHERE real_finished_at IS NOT NULL AND agent_id > 0");
+	if (st && store_step_row(db, st) == 1) {
+		total = (uint64_t)store_col_int(st, 0);
+		buf_printf(b, "otacd_job_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
+			      "otacd_job_duration_seconds_sum %.3f\notacd_job_duration_seconds_count %" PRIu64 "\n",
+			   total, (double)store_col_int(st, 1) / 1000.0, total);
+	}
+	if (st)
+		sqlite3_reset(st);
+}
+
+static const char *const run_states[] = { "queued", "blocked", "running", "passed", "failed", "canceled", NULL };
+static const char *const job_states[] = { "pending", "queued", "running", "passed", "failed", "canceled", "skipped",
+					  NULL };
+
+static int db_text(struct api *a, struct buf *b)
+{
+	struct store *db = store_reader();
+	int64_t now = clock_now_ms(), oldest;
+
+	if (!db)
+		return OTA_ERROR;
+	if (by_state(b, db, "otacd_runs", "Runs by state.", "SELECT state, COUNT(*) FROM runs GROUP BY state",
+		     run_states) < 0 ||
+	    by_state(b, db, "otacd_jobs", "Jobs by state.", "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+		     job_states) < 0 ||
+	    by_state(b, db, "otacd_rollouts", "Rollout stages (soaks and rollouts) by state.",
+		     "SELECT state, COUNT(*) FROM rollouts GROUP BY state", NULL) < 0 ||
+	    by_state(b, db, "otacd_gate_evaluations", "Gate evaluations stored, by verdict (a counter: only grows).",
+		     "SELECT verdict, COUNT(*) FROM gate_evals GROUP BY verdict", NULL) < 0)
+		return OTA_ERROR;
+	buf_printf(b, "# HELP otacd_queue_depth Jobs waiting for an agent.\n# TYPE otacd_queue_depth gauge\n"
+		      "otacd_queue_depth %" PRId64 "\n",
+		   one_int(db, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", 0));
+	oldest = one_int(db, "SELECT COALESCE(MIN(s.started_at), 0) FROM jobs j JOIN stages s ON s.id = j.stage_id"
+			     " WHERE j.state = 'queued' AND s.started_at IS NOT NULL", 0);
+	buf_printf(b, "# HELP otacd_queue_oldest_wait_seconds How long the oldest queued job has waited (otacd time,"
+		      " from its stage's start).\n# TYPE otacd_queue_oldest_wait_seconds gauge\n"
+		      "otacd_queue_oldest_wait_seconds %.3f\n",
+		   oldest > 0 && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
+	job_durations(b, db);
+	{
+		/* an agent is connected when heard from within a lease */
+		int64_t lease = a->cfg.lease_ms > 0 ? a->cfg.lease_ms : 30000;
+		buf_printf(b, "# HELP otacd_agents Registered agents: connected (heard from within a lease), busy (on"
+			      " a job), revoked.\n# TYPE otacd_agents gauge\n"
+			      "otacd_agents{state=\"registered\"} %" PRId64 "\n"
+			      "otacd_agents{state=\"connected\"} %" PRId64 "\n"
+			      "otacd_agents{state=\"busy\"} %" PRId64 "\n"
+			      "otacd_agents{state=\"revoked\"} %" PRId64 "\n",
+			   one_int(db, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL", 0),
+			   one_int(db, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL AND last_seen >= ?",
+				   clock_real_ms() - lease),
+			   one_int(db, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL AND current_job > 0", 0),
+			   one_int(db, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NOT NULL", 0));
+	}
+	buf_printf(b, "# HELP otacd_artifact_bytes Bytes of distinct artifact objects recorded (the store's"
+		      " content).\n# TYPE otacd_artifact_bytes gauge\notacd_artifact_bytes %" PRId64 "\n"
+		      "# HELP otacd_artifacts Artifact records.\n# TYPE otacd_artifacts gauge\notacd_artifacts %" PRId64 "\n",
+		   one_int(db, "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM artifacts GROUP BY sha256)", 0),
+		   one_int(db, "SELECT COUNT(*) FROM artifacts", 0));
+	return 0;
+}
+
+static void disk_text(struct buf *b)
+{
+	struct diskguard_stats s;
+	diskguard_stats(&s);
+	buf_printf(b, "# HELP otacd_disk_full 1 while the state directory's disk is full and new work is refused (507).\n"
+		      "# TYPE otacd_disk_full gauge\notacd_disk_full %d\n"
+		      "# HELP otacd_disk_free_bytes Free bytes on the state directory's filesystem at the last look.\n"
+		      "# TYPE otacd_disk_free_bytes gauge\notacd_disk_free_bytes %" PRId64 "\n"
+		      "# HELP otacd_disk_reserve_bytes The reserve kept for a full disk, and whether it is in place.\n"
+		      "# TYPE otacd_disk_reserve_bytes gauge\notacd_disk_reserve_bytes{held=\"%d\"} %" PRId64 "\n"
+		      "# HELP otacd_disk_write_failures_total Writes under the state directory that failed for want of"
+		      " space.\n# TYPE otacd_disk_write_failures_total counter\notacd_disk_write_failures_total %" PRIu64 "\n"
+		      "# HELP otacd_disk_full_episodes_total Times the disk guard turned `full`.\n"
+		      "# TYPE otacd_disk_full_episodes_total counter\notacd_disk_full_episodes_total %" PRIu64 "\n",
+		   s.low, s.free_bytes < 0 ? 0 : s.free_bytes, s.reserve_held, s.reserve_bytes, s.failures, s.episodes);
+}
+
+/* ---- handlers -------------------------------------------------------------- */
+
+static enum MHD_Result reply_text(struct api_req *r, unsigned status, struct buf *b)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(b->len, b->ptr, MHD_RESPMEM_MUST_FREE);
+	enum MHD_Result ret;
+	b->ptr = NULL; /* the response owns it */
+	buf_release(b);
+	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	ret = MHD_queue_response(r->conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+enum MHD_Result api_get_metrics(struct api *a, struct api_req *r)
+{
+	struct buf b = BUF_INIT;
+
+	diskguard_poll();
+	buf_printf(&b, "# HELP otacd_build_info otacd's version.\n# TYPE otacd_build_info gauge\n"
+		       "otacd_build_info{version=\"%s\"} 1\n"
+		       "# HELP otacd_time_scale otacd time per real second (--time-scale).\n"
+		       "# TYPE otacd_time_scale gauge\notacd_time_scale %g\n",
+		   OTACD_VERSION, clock_scale());
+	disk_text(&b);
+	if (db_text(a, &b) < 0) {
+		buf_release(&b);
+		return api_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "metrics: the database cannot be read: %s",
+				       ota_error_last());
+	}
+	latency_text(&b);
+	return reply_text(r, MHD_HTTP_OK, &b);
+}
+
+enum MHD_Result api_get_healthz(struct api *a, struct api_req *r)
+{
+	(void)a;
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss}", "status", "ok", "version", OTACD_VERSION));
+}
+
+/* Ready: the database answers and the disk takes new work.  503 with the
+ * reasons otherwise, so a load balancer or systemd's watchdog sees why. */
+enum MHD_Result api_get_readyz(struct api *a, struct api_req *r)
+{
+	struct store *db = store_reader();
+	json_t *why = json_array();
+	char msg[512];
+
+	if (a->stopping)
+		json_array_append_new(why, json_string("otacd is stopping"));
+	if (!db || one_int(db, "SELECT 1", 0) != 1)
+		json_array_append_new(why, json_string("the database cannot be read"));
+	if (diskguard_poll()) {
+		diskguard_message(msg, sizeof(msg));
+		json_array_append_new(why, json_string(msg));
+	}
+	if (json_array_size(why))
+		return api_reply_json(r, MHD_HTTP_SERVICE_UNAVAILABLE, json_pack("{ss so}", "status", "not ready",
+										 "reasons", why));
+	json_decref(why);
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss}", "status", "ready"));
+}
+
+/* The storage part of /api/v1/health (the page's banner). */
+json_t *api_ops_storage_json(void)
+{
+	struct diskguard_stats s;
+	char msg[512];
+	diskguard_poll();
+	diskguard_stats(&s);
+	diskguard_message(msg, sizeof(msg));
+	return json_pack("{ss sI sI ss}", "state", s.low ? "full" : "ok", "free_bytes", (json_int_t)s.free_bytes,
+			 "since", (json_int_t)s.low_since_ms, "message", msg);
+}
