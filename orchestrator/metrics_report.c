@@ -54,6 +54,7 @@ static int pm_line(json_t *functions, const char *s, size_t n, const char *name,
 	const char *p = s, *end = s + n, *paren, *colon;
 	long v[5], at;
 	char *stop;
+	json_t *f;
 
 	for (int i = 0; i < 5; i++)
 		if (pm_field(&p, end, &v[i]) < 0)
@@ -69,9 +70,11 @@ static int pm_line(json_t *functions, const char *s, size_t n, const char *name,
 	at = strtol(paren + 1, &stop, 10);
 	if (errno || stop != colon || at < 0 || at > METRIC_NUMBER_MAX)
 		return ota_error_set(OTA_EINVAL, "%s:%ld: bad line number in FILE(LINE)", name, lineno);
-	json_array_append_new(functions, json_pack("{ss# ss# sI sI}", "function", colon + 3, (int)(end - colon - 3),
-						   "file", p, (int)(paren - p), "line", (json_int_t)at,
-						   "complexity", (json_int_t)v[1]));
+	f = json_pack("{ss# ss# sI sI}", "function", colon + 3, (int)(end - colon - 3), "file", p, (int)(paren - p),
+		      "line", (json_int_t)at, "complexity", (json_int_t)v[1]);
+	if (!f) /* jansson refuses strings that are not UTF-8 */
+		return ota_error_set(OTA_EINVAL, "%s:%ld: file or function name is not UTF-8", name, lineno);
+	json_array_append_new(functions, f);
 	*complexity = v[1];
 	return 0;
 }

@@ -209,8 +209,9 @@ static double metric(json_t *metrics, const char *stage, const char *name)
 static void sensor_node_passes_its_quality_stages_and_its_metrics_are_stored(void **state)
 {
 	struct fixture *f = ready(state);
-	char *path = xasprintf("/api/v1/runs/%lld/metrics?history=10", (long long)f->main_run);
+	char *path = xasprintf("/api/v1/runs/%lld/metrics?history=10", (long long)f->main_run), *otactl;
 	json_t *run, *metrics = NULL, *hist;
+	struct buf out = BUF_INIT;
 
 	wait_for(&f->d, f->main_run, "passed");
 	run = h_run(&f->d, f->main_run);
@@ -229,6 +230,15 @@ static void sensor_node_passes_its_quality_stages_and_its_metrics_are_stored(voi
 	assert_int_equal(json_array_size(hist), 1);
 	assert_true(json_real_value(json_object_get(json_object_get(json_array_get(hist, 0), "metrics"),
 						    "code-quality.complexity_max")) == 20);
+	/* otactl shows the numbers with the findings */
+	otactl = h_bin("otactl");
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --findings", otactl, f->d.url, f->d.token,
+			      (long long)f->main_run), 0);
+	assert_non_null(strstr(buf_cstr(&out), "build/pmccabe.txt: functions "));
+	assert_non_null(strstr(buf_cstr(&out), ", complexity_max 20,"));
+	assert_non_null(strstr(buf_cstr(&out), "build/jscpd/jscpd-report.json: lines "));
+	free(otactl);
+	buf_release(&out);
 	json_decref(metrics);
 	json_decref(run);
 	free(path);
