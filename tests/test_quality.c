@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include "../orchestrator/reports.h"
+#include "../stages/reports_kind.h"
 #include "devharness.h"
 #include "harness.h"
 
@@ -374,10 +375,67 @@ static void hostile_metrics_reports_are_refused(void **state)
 	json_decref(r);
 }
 
+/* The verdict alone (no daemon): rule keys for CERT and MISRA, file globs, chapter thresholds. */
+static int judge(const char *extra_json, const char *xml, char **msg)
+{
+	json_t *extra = json_loads(extra_json, 0, NULL), *body = NULL, *reps, *spec;
+	struct job_result ok = { 0, NULL, NULL };
+	struct verdict_input in;
+	int v;
+
+	assert_non_null(extra);
+	assert_int_equal(report_parse(&body, "cppcheck", xml, strlen(xml), "misra.xml"), 0);
+	reps = json_pack("[{ss ss so}]", "format", "cppcheck", "name", "misra.xml", "body", body);
+	spec = json_pack("{ss ss so}", "stage", "compliance", "kind", "analysis", "extra", extra);
+	in = (struct verdict_input){ reps, NULL, 0 };
+	*msg = NULL;
+	v = rk_analysis_verdict(spec, &ok, &in, msg);
+	json_decref(spec);
+	json_decref(reps);
+	return v;
+}
+
+static void rule_chapter_and_standard_thresholds_with_file_scoped_deviations(void **state)
+{
+	static const char xml[] =
+		"<?xml version=\"1.0\"?><results version=\"2\"><cppcheck version=\"2.10\"/><errors>"
+		"<error id=\"misra-c2012-11.4\" severity=\"style\" msg=\"misra violation\"><location file=\"src/mps2.h\" line=\"3\"/></error>"
+		"<error id=\"misra-c2012-11.4\" severity=\"style\" msg=\"misra violation\"><location file=\"src/main.c\" line=\"9\"/></error>"
+		"<error id=\"cert-EXP05-C\" severity=\"style\" msg=\"cert violation\"><location file=\"src/a.c\" line=\"5\"/></error>"
+		"<error id=\"cert-INT31-C\" severity=\"style\" msg=\"cert violation\"><location file=\"src/a.c\" line=\"6\"/></error>"
+		"</errors></results>";
+	char *msg;
+
+	(void)state;
+	/* a deviation scoped to one file leaves the other 11.4 counted */
+	assert_int_equal(judge("{\"thresholds\":{\"misra-c2012\":0},\"suppress\":[{\"rule\":\"misra-c2012-11.4\","
+			       "\"file\":\"src/*.h\",\"reason\":\"registers\"}]}", xml, &msg), 1);
+	assert_non_null(strstr(msg, "1 misra-c2012 finding (threshold 0): src/main.c:9 misra-c2012-11.4"));
+	assert_non_null(strstr(msg, "(1 suppressed)"));
+	assert_null(strstr(msg, "cert"));
+	free(msg);
+	/* a chapter threshold: two in chapter 11 are allowed, one CERT EXP is not */
+	assert_int_equal(judge("{\"thresholds\":{\"misra-c2012-11\":2,\"cert-EXP\":0}}", xml, &msg), 1);
+	assert_non_null(strstr(msg, "1 cert-EXP finding (threshold 0): src/a.c:5 cert-EXP05-C"));
+	assert_null(strstr(msg, "INT31"));
+	assert_null(strstr(msg, "misra"));
+	free(msg);
+	/* the whole CERT standard, and a single rule */
+	assert_int_equal(judge("{\"thresholds\":{\"cert\":1}}", xml, &msg), 1);
+	assert_non_null(strstr(msg, "2 cert findings (threshold 1)"));
+	free(msg);
+	assert_int_equal(judge("{\"thresholds\":{\"misra-c2012-11.4\":2,\"cert\":2}}", xml, &msg), 0);
+	assert_null(msg);
+	/* style findings do not fail the default {error: 0} */
+	assert_int_equal(judge("{}", xml, &msg), 0);
+	free(msg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(hostile_metrics_reports_are_refused),
+		cmocka_unit_test(rule_chapter_and_standard_thresholds_with_file_scoped_deviations),
 		cmocka_unit_test(sensor_node_passes_its_quality_stages_and_its_metrics_are_stored),
 		cmocka_unit_test(new_misra_violation_fails_compliance_naming_its_rule),
 		cmocka_unit_test(too_complex_function_fails_code_quality_naming_it),
