@@ -14,7 +14,6 @@
  */
 #include "reports.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,19 +27,32 @@
 
 /* ---- pmccabe --------------------------------------------------------- */
 
+/*
+ * Decimal digits from p up to end (the data is not NUL-terminated, so no
+ * strtol): *out is their value, at most METRIC_NUMBER_MAX; returns the
+ * first byte after them, or NULL when there is no digit or it is too big.
+ */
+static const char *pm_number(const char *p, const char *end, long *out)
+{
+	long v = 0;
+	const char *start = p;
+
+	for (; p < end && *p >= '0' && *p <= '9'; p++) {
+		v = v * 10 + (*p - '0');
+		if (v > METRIC_NUMBER_MAX)
+			return NULL;
+	}
+	*out = v;
+	return p > start ? p : NULL;
+}
+
 /* One decimal field ending at a tab; advances *p past the tab. */
 static int pm_field(const char **p, const char *end, long *out)
 {
-	char *stop;
-	long v;
+	const char *stop = pm_number(*p, end, out);
 
-	if (*p >= end || **p < '0' || **p > '9')
+	if (!stop || stop >= end || *stop != '\t')
 		return -1;
-	errno = 0;
-	v = strtol(*p, &stop, 10);
-	if (errno || stop >= end || *stop != '\t' || v > METRIC_NUMBER_MAX)
-		return -1;
-	*out = v;
 	*p = stop + 1;
 	return 0;
 }
@@ -53,7 +65,6 @@ static int pm_line(json_t *functions, const char *s, size_t n, const char *name,
 {
 	const char *p = s, *end = s + n, *paren, *colon;
 	long v[5], at;
-	char *stop;
 	json_t *f;
 
 	for (int i = 0; i < 5; i++)
@@ -66,9 +77,7 @@ static int pm_line(json_t *functions, const char *s, size_t n, const char *name,
 		paren--;
 	if (!colon || paren <= p || colon + 3 >= end)
 		return ota_error_set(OTA_EINVAL, "%s:%ld: expected FILE(LINE): FUNCTION after the numbers", name, lineno);
-	errno = 0;
-	at = strtol(paren + 1, &stop, 10);
-	if (errno || stop != colon || at < 0 || at > METRIC_NUMBER_MAX)
+	if (pm_number(paren + 1, colon, &at) != colon)
 		return ota_error_set(OTA_EINVAL, "%s:%ld: bad line number in FILE(LINE)", name, lineno);
 	f = json_pack("{ss# ss# sI sI}", "function", colon + 3, (int)(end - colon - 3), "file", p, (int)(paren - p),
 		      "line", (json_int_t)at, "complexity", (json_int_t)v[1]);
