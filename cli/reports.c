@@ -7,6 +7,7 @@
  *     FAILED crc16_matches_ccitt_false_check_value: expected 0x29b1 got 0x29b2
  *   static-analysis (job 4, attempt 1) build/cppcheck.xml: 1 findings (error 1)
  *     error    arrayIndexOutOfBounds  src/lint_break.c:12  Array 'buf[4]' accessed at index 4
+ *   code-quality (job 5, attempt 1) build/pmccabe.txt: functions 71, complexity_max 20, complexity_mean 3.4
  */
 #include "otactl.h"
 
@@ -57,6 +58,20 @@ static void print_findings(const json_t *rep)
 	}
 }
 
+/* A metrics report (pmccabe, jscpd): its numbers on one line. */
+static void print_metrics(const json_t *rep)
+{
+	const json_t *m = json_object_get(json_object_get(rep, "summary"), "metrics"), *v;
+	const char *key;
+	size_t k = 0;
+
+	printf("%s (job %lld, attempt %lld) %s:", str_or(rep, "job_name", "-"), (long long)int_or(rep, "job", 0),
+	       (long long)int_or(rep, "attempt", 0), str_or(rep, "name", "-"));
+	json_object_foreach((json_t *)m, key, v)
+		printf("%s %s %g", k++ ? "," : "", key, json_number_value(v));
+	printf("\n");
+}
+
 int show_reports(const char *run_id, int tests, int findings)
 {
 	char *path = xasprintf("/api/v1/runs/%s/reports", run_id);
@@ -80,6 +95,9 @@ int show_reports(const char *run_id, int tests, int findings)
 			shown++;
 		} else if (findings && (!strcmp(format, "cppcheck") || !strcmp(format, "sarif"))) {
 			print_findings(rep);
+			shown++;
+		} else if (findings && (!strcmp(format, "pmccabe") || !strcmp(format, "jscpd"))) {
+			print_metrics(rep);
 			shown++;
 		}
 	}

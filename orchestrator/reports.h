@@ -29,6 +29,18 @@
  *              to error, warning, note, none (absent level: warning).
  *              fingerprint = sha256 hex of rule NUL file NUL message, so a
  *              finding keeps its identity when lines move (baseline mode).
+ *
+ *   pmccabe:  {"format":"pmccabe", "name":NAME,
+ *              "metrics":{"functions":N, "complexity_max":N, "complexity_mean":X},
+ *              "functions":[{"function":F, "file":P, "line":N, "complexity":N}]}
+ *              from `pmccabe FILES` (text: five numbers, then FILE(LINE): NAME);
+ *              complexity is the traditional McCabe number; most complex first.
+ *   jscpd:    {"format":"jscpd", "name":NAME,
+ *              "metrics":{"lines":N, "duplicated_lines":N, "clones":N, "duplicated_percent":X},
+ *              "clones":[{"lines":N, "first":{"file","start","end"}, "second":{...}}]}
+ *              from jscpd's json reporter (jscpd-report.json); the percentage
+ *              is recomputed from the counts (two decimals).
+ *   Every "metrics" member is also stored per run (table run_metrics).
  */
 #ifndef OTA_REPORTS_H
 #define OTA_REPORTS_H
@@ -46,7 +58,7 @@
 #define REPORT_MAX_BYTES (64 * 1024 * 1024)
 
 /*
- * Parse data (len bytes) in `format` ("junit", "cppcheck", "sarif") into
+ * Parse data (len bytes) in `format` ("junit", "cppcheck", "sarif", "pmccabe", "jscpd") into
  * *out (new reference).  name is the file name, kept in the result and
  * used in messages.  OTA_EINVAL with a message naming the file and, where
  * libxml2 gives one, the line: "hil.xml:3: unknown element <tset>".
@@ -55,6 +67,8 @@ int report_parse(json_t **out, const char *format, const void *data, size_t len,
 int report_parse_junit(json_t **out, const void *data, size_t len, const char *name);
 int report_parse_cppcheck(json_t **out, const void *data, size_t len, const char *name);
 int report_parse_sarif(json_t **out, const void *data, size_t len, const char *name);
+int report_parse_pmccabe(json_t **out, const void *data, size_t len, const char *name);  /* metrics_report.c */
+int report_parse_jscpd(json_t **out, const void *data, size_t len, const char *name);
 
 /* Is format one of the names above? */
 int report_format_known(const char *format);

@@ -192,6 +192,13 @@ static const char *const migrations[] = {
 	 * jobs show real durations at any --time-scale */
 	"ALTER TABLE jobs ADD COLUMN real_started_at INTEGER;"
 	"ALTER TABLE jobs ADD COLUMN real_finished_at INTEGER;",
+	/* 13 (issue 17): code-quality metrics per run (pmccabe, jscpd reports' "metrics"),
+	 * one row per job attempt and name, for the API's trends and baselines */
+	"CREATE TABLE run_metrics ("
+	"  run_id INTEGER NOT NULL, job_id INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+	"  stage TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, created_at INTEGER NOT NULL,"
+	"  PRIMARY KEY(job_id, attempt, name));"
+	"CREATE INDEX run_metrics_by_run ON run_metrics(run_id);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -20,6 +20,7 @@
 
 #include "../common/util.h"
 #include "../orchestrator/store.h"
+#include "quality.h"
 
 #define MESSAGE_ITEMS 5      /* failures / findings named in a message */
 #define ITEM_TEXT_MAX 160    /* bytes of one failure's message shown */
@@ -225,11 +226,12 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 	const json_t *extra = json_object_get(spec, "extra");
 	json_t *thresholds = json_object_get(extra, "thresholds"), *counts = json_object(), *rep, *f, *t;
 	json_t *own = NULL;
+	const json_t *suppress = json_object_get(extra, "suppress");
 	const char *baseline_branch = str(extra, "baseline"), *sev;
 	const json_t *base = baseline_branch ? in->baseline : NULL;
-	struct buf b = BUF_INIT, items = BUF_INIT;
-	size_t i, k, shown = 0, known = 0;
-	int over = 0, verdict = r->failure_kind != NULL;
+	struct buf b = BUF_INIT, items = BUF_INIT, metrics = BUF_INIT;
+	size_t i, k, shown = 0, known = 0, suppressed = 0;
+	int over = 0, verdict = r->failure_kind != NULL, metrics_failed;
 
 	*message = NULL;
 	if (!json_is_object(thresholds))
@@ -240,12 +242,15 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 		if (!fmt || (strcmp(fmt, "cppcheck") && strcmp(fmt, "sarif")))
 			continue;
 		json_array_foreach(json_object_get(json_object_get(rep, "body"), "findings"), k, f) {
-			const char *s = str(f, "severity") ? str(f, "severity") : "warning";
+			if (quality_suppressed(suppress, f)) {
+				suppressed++;
+				continue;
+			}
 			if (base && in_baseline(base, str(f, "fingerprint"))) {
 				known++;
 				continue;
 			}
-			json_object_set_new(counts, s, json_integer(json_integer_value(json_object_get(counts, s)) + 1));
+			quality_count(counts, f);
 		}
 	}
 	/* compare with the thresholds */
@@ -262,11 +267,8 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 		/* the first findings of the severities over their threshold */
 		json_array_foreach(in->reports, i, rep) {
 			json_array_foreach(json_object_get(json_object_get(rep, "body"), "findings"), k, f) {
-				const char *s = str(f, "severity") ? str(f, "severity") : "warning";
-				json_t *th = json_object_get(thresholds, s);
-				if (shown >= MESSAGE_ITEMS || !json_is_integer(th) ||
-				    json_integer_value(json_object_get(counts, s)) <= json_integer_value(th) ||
-				    (base && in_baseline(base, str(f, "fingerprint"))))
+				if (shown >= MESSAGE_ITEMS || !quality_over(counts, thresholds, f) ||
+				    quality_suppressed(suppress, f) || (base && in_baseline(base, str(f, "fingerprint"))))
 					continue;
 				buf_puts(&items, shown ? "; " : "");
 				put_finding(&items, f);
@@ -276,11 +278,21 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 		buf_printf(&b, "%s: %s", base ? " new since the baseline" : "", buf_cstr(&items));
 		if (base && known)
 			buf_printf(&b, " (%zu findings also in run %" PRId64 " ignored)", known, in->baseline_run);
-		*message = xasprintf("static analysis: %s", buf_cstr(&b));
+		if (suppressed)
+			buf_printf(&b, " (%zu suppressed)", suppressed);
+	}
+	metrics_failed = quality_metrics_verdict(extra, in, &metrics);
+	if (over || metrics_failed) {
+		verdict = 1;
+		*message = xasprintf("%s%s%s%s", over ? "static analysis: " : "", over ? buf_cstr(&b) : "",
+				     over && metrics_failed ? "; " : "", buf_cstr(&metrics));
 	} else if (baseline_branch && !in->baseline && !r->failure_kind) {
 		/* not a failure: say why every finding counted */
-		*message = xasprintf("no passed run on %s to compare with: every finding counted, none over its threshold",
-				     baseline_branch);
+		*message = json_object_get(extra, "metrics")
+				   ? xasprintf("no passed run on %s to compare with: judged on the limits alone, none exceeded",
+					       baseline_branch)
+				   : xasprintf("no passed run on %s to compare with: every finding counted, none over its threshold",
+					       baseline_branch);
 	}
 	if (*message && r->failure_kind && strcmp(r->failure_kind, "script") && r->message && *r->message) {
 		free(*message);
@@ -290,6 +302,7 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 	json_decref(own);
 	buf_release(&b);
 	buf_release(&items);
+	buf_release(&metrics);
 	return verdict;
 }
 

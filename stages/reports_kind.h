@@ -34,10 +34,13 @@ int rk_tests_verdict(const json_t *spec, const struct job_result *r, const struc
 
 /*
  * The analysis verdict: findings of every cppcheck/sarif report counted
- * per severity (only those whose fingerprint is not in in->baseline when
- * the stage has `baseline:` and a baseline run exists); 1 when a count is
- * above its `thresholds:` entry (default {error: 0}) or r failed.
- * *message names the counts and the first findings (file:line rule message).
+ * per severity and per rule key (quality.h: rule, chapter, standard), less
+ * those matching `suppress:` and, when the stage has `baseline:` and a
+ * baseline run exists, those whose fingerprint is in in->baseline; 1 when
+ * a count is above its `thresholds:` entry (default {error: 0}), when a
+ * `metrics:` limit is exceeded (quality_metrics_verdict) or r failed.
+ * *message names the counts and the first findings (file:line rule
+ * message), then the metrics over their limits.
  */
 int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const struct verdict_input *in,
 			char **message);

@@ -2,7 +2,9 @@
  * test_firmware.c - the sample firmware (examples/sensor-node) through its
  * own pipeline on the real otacd, two local agents and two emulated HIL
  * rigs (otacd-agent --labels hil,board=...): cross-compiled builds checked
- * for reproducibility, host unit tests, cppcheck, QEMU boots; then broken
+ * for reproducibility, host unit tests, cppcheck, MISRA compliance and
+ * code metrics (pmccabe, jscpd; their BREAK= variants are in
+ * test_quality.c), QEMU boots; then broken
  * variants of the firmware failing the right stage with the right message,
  * rig exclusivity and a rig that stops answering.
  *
@@ -10,7 +12,8 @@
  * the example's .otacd/pipeline.yml (without the release and rollout
  * stages, which a branch push skips anyway) with a first step copying
  * $SRC into the workspace.  Needs arm-none-eabi-gcc, qemu-system-arm,
- * cppcheck and python3; skipped with a message when one is missing.
+ * cppcheck, pmccabe, jscpd and python3; skipped with a message when one is
+ * missing.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -21,22 +24,40 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "devharness.h"
 #include "harness.h"
 
+/* jscpd (npm) for the code-quality stage: $OTACD_JSCPD or where .ci/run installs it. */
+static char *jscpd_path(void)
+{
+	const char *env = getenv("OTACD_JSCPD");
+	if (env && *env)
+		return xstrdup(env);
+	return xasprintf("%s/.cache/otacd-npm/node_modules/.bin/jscpd", getenv("HOME") ? getenv("HOME") : "/root");
+}
+
 static int tools_missing(void)
 {
-	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "cppcheck", "python3", "make" };
+	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "cppcheck", "pmccabe", "python3",
+					     "make" };
 	struct buf out = BUF_INIT;
+	char *jscpd = jscpd_path();
 	int missing = 0;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(tools) && !missing; i++)
 		if (h_sh(&out, "command -v %s", tools[i]) != 0) {
 			fprintf(stderr, "test_firmware: %s is not installed (apt-get install gcc-arm-none-eabi"
-					" libnewlib-arm-none-eabi qemu-system-arm cppcheck): skipped\n", tools[i]);
+					" libnewlib-arm-none-eabi qemu-system-arm cppcheck pmccabe): skipped\n", tools[i]);
 			missing = 1;
 		}
+	if (!missing && access(jscpd, X_OK) != 0) {
+		fprintf(stderr, "test_firmware: jscpd not found at %s (npm install --prefix ~/.cache/otacd-npm"
+				" jscpd@4.0.5, or set OTACD_JSCPD): skipped\n", jscpd);
+		missing = 1;
+	}
+	free(jscpd);
 	buf_release(&out);
 	return missing;
 }
@@ -61,7 +82,7 @@ static void replace_all(struct buf *b, const char *text, const char *from, const
  */
 static char *firmware_yaml(const char *src, const char *env, const char *hil_timeout)
 {
-	char *path = dh_src_path("examples/sensor-node/.otacd/pipeline.yml"), *cut, *head;
+	char *path = dh_src_path("examples/sensor-node/.otacd/pipeline.yml"), *cut, *head, *jscpd;
 	struct buf text = BUF_INIT, a = BUF_INIT, b = BUF_INIT, c = BUF_INIT;
 	int n;
 
@@ -69,13 +90,15 @@ static char *firmware_yaml(const char *src, const char *env, const char *hil_tim
 	cut = strstr(text.ptr, "  # --- release");
 	assert_non_null(cut);
 	*cut = '\0';
-	head = xasprintf("env:\n  SRC: \"%s\"\n%sstages:\n", src, env);
+	jscpd = jscpd_path();
+	head = xasprintf("env:\n  SRC: \"%s\"\n  JSCPD: \"%s\"\n%sstages:\n", src, jscpd, env);
 	replace_all(&a, text.ptr, "\nstages:\n", head, &n);
 	assert_int_equal(n, 1);
 	replace_all(&b, a.ptr, "    steps:\n      - run: ", "    steps:\n      - run: cp -R \"$SRC/.\" .\n      - run: ", &n);
-	assert_int_equal(n, 4);
+	assert_int_equal(n, 6);
 	replace_all(&c, b.ptr, "    timeout: 2m\n", hil_timeout, &n);
 	assert_int_equal(n, 1);
+	free(jscpd);
 	free(head);
 	free(path);
 	buf_release(&text);
@@ -193,7 +216,7 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 			assert_string_equal(jstr(rep, "format"), "junit");
 			assert_int_equal(jint(s, "tests"), 5);
 			assert_int_equal(jint(s, "passed"), 5);
-		} else if (!strcmp(jstr(rep, "format"), "cppcheck")) {
+		} else if (!strcmp(jstr(rep, "stage"), "static-analysis")) {
 			cppcheck++;
 			assert_int_equal(jint(json_object_get(s, "counts"), "error"), 0);
 		} else if (!strcmp(jstr(rep, "format"), "toolchain")) {
@@ -204,6 +227,8 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 					       "Make"));
 		}
 	}
+	assert_string_equal(jstr(h_job(run, "compliance"), "state"), "passed");
+	assert_string_equal(jstr(h_job(run, "code-quality"), "state"), "passed");
 	assert_int_equal(junit_unit, 1);
 	assert_int_equal(junit_hil, 2);
 	assert_int_equal(cppcheck, 1);

@@ -10,6 +10,7 @@
 // them all.  Every text is a text node (util.js), so a failure message
 // holding markup stays text.
 
+import { metricsBlock } from './metricchart.js';
 import { h, table, tableWrap } from './util.js';
 
 const LIST_MAX = 100;
@@ -80,11 +81,13 @@ function findingsBlock(rep) {
 }
 
 // The section's content for reports (the API's answer) of a run whose
-// stages are `stages` (for their kinds).
-export function reportsView(reports, stages) {
+// stages are `stages` (for their kinds); metrics: GET /runs/ID/metrics?history=N
+// for the metrics reports' trends (may be null).
+export function reportsView(reports, stages, metrics) {
   const kinds = {};
   for (const st of stages || []) kinds[st.name] = st.kind;
   const latest = (reports || []).filter((r) => r.latest && r.format !== 'toolchain');
   if (!latest.length) return [h('p', { class: 'empty' }, 'No test, HIL or analysis reports (yet).')];
-  return latest.map((r) => (r.format === 'junit' ? junitBlock(r, kinds) : findingsBlock(r)));
+  return latest.map((r) => (r.format === 'junit' ? junitBlock(r, kinds)
+    : (r.format === 'pmccabe' || r.format === 'jscpd') ? metricsBlock(r, metrics) : findingsBlock(r)));
 }

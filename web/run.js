@@ -98,11 +98,12 @@ export class RunView {
   // newer one.
   async refresh() {
     const seq = this.seq = (this.seq || 0) + 1;
-    const [run, arts, reports, me] = await Promise.all([
+    const [run, arts, reports, me, metrics] = await Promise.all([
       getJSON('/api/v1/runs/' + this.id),
       getJSON('/api/v1/runs/' + this.id + '/artifacts'),
       getJSON('/api/v1/runs/' + this.id + '/reports'),
       whoami(),
+      getJSON('/api/v1/runs/' + this.id + '/metrics?history=20').catch(() => null),
     ]);
     if (!this.ctx.alive || seq !== this.seq) return;
     this.me = me;
@@ -115,7 +116,7 @@ export class RunView {
     if (old) morph(old, dag);
     else replaceKeepingFocus(this.dagBox, [dag]);
     this.renderJobs(run);
-    replaceKeepingFocus(this.reportsBox, reportsView(reports, run.stages));
+    replaceKeepingFocus(this.reportsBox, reportsView(reports, run.stages, metrics));
     replaceKeepingFocus(this.artsBox, arts.length ? [artifactTable(arts, true)] : [h('p', { class: 'empty' }, 'No artifacts (yet).')]);
   }
 

@@ -1,6 +1,9 @@
 #!/bin/sh
 # ci-local.sh - the CI part of .otacd/pipeline.yml (build, unit-tests,
-# static-analysis, hil) run by hand in one shell, without otacd.
+# static-analysis, compliance, code-quality, hil) run by hand in one shell,
+# without otacd.  (The verdicts of compliance and code-quality - rule
+# counts after suppressions, metric limits - are otacd's; here the tools
+# run and their reports are written, as the benchmark's baseline.)
 #
 # For trying a change before pushing it, and as the baseline of otacd's
 # overhead benchmark: the same commands, the same order of work (the build
@@ -59,6 +62,14 @@ if grep -q 'severity="error"' "$work/lint/build/cppcheck.xml"; then
 	echo "static-analysis: error findings" >&2
 	exit 1
 fi
+
+stage compliance
+checkout "$work/misra"
+(cd "$work/misra" && make -s --no-print-directory misra)
+
+stage code-quality
+checkout "$work/metrics"
+(cd "$work/metrics" && make -s --no-print-directory metrics)
 
 for b in $boards; do
 	stage "hil ($b)"

@@ -314,6 +314,7 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/runs/:id", ROLE_VIEWER, BODY_NONE, api_get_run, NULL, 0 },
 	{ "GET", "/api/v1/runs/:id/artifacts", ROLE_VIEWER, BODY_NONE, api_get_run_artifacts, NULL, 0 },
 	{ "GET", "/api/v1/runs/:id/reports", ROLE_VIEWER, BODY_NONE, api_get_run_reports, NULL, 0 },
+	{ "GET", "/api/v1/runs/:id/metrics", ROLE_VIEWER, BODY_NONE, api_get_run_metrics, NULL, 0 },
 	{ "POST", "/api/v1/runs/:id/cancel", ROLE_OPERATOR, BODY_JSON, post_cancel, NULL, 0 },
 	{ "GET", "/api/v1/jobs/:id", ROLE_VIEWER, BODY_NONE, api_get_job, NULL, 0 },
 	{ "GET", "/api/v1/jobs/:id/log", ROLE_VIEWER, BODY_NONE, api_get_job_log, NULL, 0 },

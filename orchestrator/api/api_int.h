@@ -174,6 +174,7 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_inputs(struct api *a, struct api_req *r);
 enum MHD_Result api_agent_input(struct api *a, struct api_req *r);
 enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r);
+enum MHD_Result api_get_run_metrics(struct api *a, struct api_req *r);
 
 /* api_release.c */
 enum MHD_Result api_get_releases(struct api *a, struct api_req *r);

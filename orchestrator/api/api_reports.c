@@ -77,6 +77,8 @@ static json_t *report_summary(const json_t *body, const char *format)
 			json_t *v = json_object_get(body, junit_keys[i]);
 			json_object_set(s, junit_keys[i], v ? v : json_integer(0));
 		}
+	} else if (json_is_object(json_object_get(body, "metrics"))) {
+		json_object_set(s, "metrics", json_object_get(body, "metrics"));
 	} else if (!strcmp(format, "toolchain")) {
 		json_object_set_new(s, "commands", json_integer((json_int_t)json_array_size(json_object_get(body, "commands"))));
 	} else {
@@ -92,8 +94,44 @@ struct report_add {
 	int attempt;
 	const char *format, *name;
 	const char *summary, *body;
+	const json_t *metrics;   /* the report's "metrics" object, or NULL */
 	int64_t id;
 };
+
+/*
+ * Engine thread, in do_report_add's transaction: a metrics report's
+ * numbers into run_metrics, under the job's stage.  A second file with the
+ * same metric name in one attempt replaces the first (last upload wins).
+ */
+static int metrics_add(struct store *db, int64_t run, const struct report_add *a)
+{
+	sqlite3_stmt *st;
+	const char *key;
+	json_t *v;
+	int rc;
+
+	if (!json_is_object(a->metrics))
+		return 0;
+	st = store_stmt(db, "INSERT INTO run_metrics(run_id, job_id, attempt, stage, name, value, created_at)"
+			    " SELECT ?, ?, ?, s.name, ?, ?, ? FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.id = ?"
+			    " ON CONFLICT(job_id, attempt, name) DO UPDATE SET value = excluded.value");
+	if (!st)
+		return OTA_ERROR;
+	json_object_foreach((json_t *)a->metrics, key, v) {
+		if (!json_is_number(v))
+			continue;
+		sqlite3_bind_int64(st, 1, run);
+		sqlite3_bind_int64(st, 2, a->job_id);
+		sqlite3_bind_int(st, 3, a->attempt);
+		sqlite3_bind_text(st, 4, key, -1, SQLITE_STATIC);
+		sqlite3_bind_double(st, 5, json_number_value(v));
+		sqlite3_bind_int64(st, 6, clock_now_ms());
+		sqlite3_bind_int64(st, 7, a->job_id);
+		if ((rc = store_step_done(db, st)) < 0)
+			return rc;
+	}
+	return 0;
+}
 
 /* Engine thread, inside its transaction. */
 static int do_report_add(struct engine *e, void *arg)
@@ -132,6 +170,8 @@ static int do_report_add(struct engine *e, void *arg)
 	if ((rc = store_step_done(db, st)) < 0)
 		return rc;
 	a->id = sqlite3_last_insert_rowid(store_db(db));
+	if ((rc = metrics_add(db, run, a)) < 0)
+		return rc;
 	engine_emit(e, run, a->job_id, "report.added",
 		    json_pack("{ss ss so}", "format", a->format, "name", a->name, "summary", json_loads(a->summary, 0, NULL)));
 	return 0;
@@ -181,11 +221,11 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 	int rc;
 
 	if (!format || !report_name_valid(name))
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs format=junit|cppcheck|sarif|toolchain"
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs format=junit|cppcheck|sarif|pmccabe|jscpd|toolchain"
 				       " and name=FILE");
 	if (!report_format_known(format) && strcmp(format, "toolchain") != 0)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "unknown report format '%s' (junit, cppcheck, sarif,"
-				       " toolchain)", format);
+				       " pmccabe, jscpd, toolchain)", format);
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);
@@ -203,7 +243,7 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 	summary = report_summary(body, format);
 	stext = json_dumps(summary, JSON_COMPACT);
 	btext = json_dumps(body, JSON_COMPACT);
-	add = (struct report_add){ r->id, (int)attempt, format, name, stext, btext, 0 };
+	add = (struct report_add){ r->id, (int)attempt, format, name, stext, btext, json_object_get(body, "metrics"), 0 };
 	rc = engine_exec(a->cfg.engine, do_report_add, &add);
 	ret = rc < 0 ? api_reply_rc(r, rc)
 		     : api_reply_json(r, MHD_HTTP_CREATED, json_pack("{sI sO}", "id", (json_int_t)add.id, "summary", summary));
@@ -366,7 +406,11 @@ enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
 	while ((rc = store_step_row(s, st)) == 1) {
 		const char *format = store_col_text(st, 5);
 		json_t *body = json_loads(store_col_text(st, 8), 0, NULL), *summary = json_loads(store_col_text(st, 7), 0, NULL);
-		const char *key = !strcmp(format, "junit") ? "cases" : !strcmp(format, "toolchain") ? "commands" : "findings";
+		const char *key = !strcmp(format, "junit")	? "cases"
+				  : !strcmp(format, "toolchain") ? "commands"
+				  : !strcmp(format, "pmccabe")	? "functions"
+				  : !strcmp(format, "jscpd")	? "clones"
+								: "findings";
 		json_t *items = json_object_get(body, key);
 		json_t *o = json_pack("{sI sI ss ss si ss ss so sb}", "id", (json_int_t)store_col_int(st, 0), "job",
 				      (json_int_t)store_col_int(st, 1), "job_name", store_col_text(st, 2), "stage",
@@ -383,4 +427,81 @@ enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
 		return api_reply_rc(r, rc);
 	}
 	return api_reply_json(r, MHD_HTTP_OK, arr);
+}
+
+/* ---- metrics ---------------------------------------------------------------- */
+
+/*
+ * GET /api/v1/runs/:id/metrics -> {"run": ID, "metrics": [{stage, job, attempt, name, value}]}
+ * (the latest attempt of each job) and, with ?history=N (1..100), "history":
+ * the same metrics of the last N runs of the pipeline on the run's ref, up to
+ * this one, oldest first: [{run, state, created_at, metrics: {STAGE.NAME: value}}],
+ * which the status page draws as trends.
+ */
+static json_t *metrics_of_run(struct store *s, int64_t run, int as_map)
+{
+	sqlite3_stmt *st = store_stmt(s, "SELECT m.stage, m.job_id, m.attempt, m.name, m.value FROM run_metrics m"
+					  " JOIN jobs j ON j.id = m.job_id AND j.attempt = m.attempt"
+					  " WHERE m.run_id = ? ORDER BY m.stage, m.job_id, m.name");
+	json_t *out = as_map ? json_object() : json_array();
+
+	if (!st)
+		return out;
+	sqlite3_bind_int64(st, 1, run);
+	while (store_step_row(s, st) == 1) {
+		if (as_map) {
+			char *k = xasprintf("%s.%s", store_col_text(st, 0), store_col_text(st, 3));
+			json_object_set_new(out, k, json_real(sqlite3_column_double(st, 4)));
+			free(k);
+		} else {
+			json_array_append_new(out, json_pack("{ss sI si ss sf}", "stage", store_col_text(st, 0), "job",
+							     (json_int_t)store_col_int(st, 1), "attempt",
+							     (int)store_col_int(st, 2), "name", store_col_text(st, 3),
+							     "value", sqlite3_column_double(st, 4)));
+		}
+	}
+	sqlite3_reset(st);
+	return out;
+}
+
+enum MHD_Result api_get_run_metrics(struct api *a, struct api_req *r)
+{
+	struct store *s = store_reader();
+	const char *h = api_query(r, "history");
+	long history = h ? strtol(h, NULL, 10) : 0;
+	sqlite3_stmt *st;
+	json_t *ans, *hist;
+	int found;
+
+	(void)a;
+	if (!s)
+		return api_reply_rc(r, OTA_ERROR);
+	if (h && (history < 1 || history > 100))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "history must be a number of runs from 1 to 100");
+	st = store_stmt(s, "SELECT 1 FROM runs WHERE id = ?");
+	sqlite3_bind_int64(st, 1, r->id);
+	found = store_step_row(s, st) == 1;
+	sqlite3_reset(st);
+	if (!found)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
+	ans = json_pack("{sI so}", "run", (json_int_t)r->id, "metrics", metrics_of_run(s, r->id, 0));
+	if (!history)
+		return api_reply_json(r, MHD_HTTP_OK, ans);
+	st = store_stmt(s, "SELECT id, state, created_at FROM (SELECT r.id, r.state, r.created_at FROM runs r, runs me"
+			   " WHERE me.id = ?1 AND r.pipeline = me.pipeline AND r.ref = me.ref AND r.id <= me.id"
+			   " ORDER BY r.id DESC LIMIT ?2) ORDER BY id");
+	sqlite3_bind_int64(st, 1, r->id);
+	sqlite3_bind_int64(st, 2, history);
+	hist = json_array();
+	while (store_step_row(s, st) == 1)
+		json_array_append_new(hist, json_pack("{sI ss sI}", "run", (json_int_t)store_col_int(st, 0), "state",
+						       store_col_text(st, 1), "created_at", (json_int_t)store_col_int(st, 2)));
+	sqlite3_reset(st);
+	for (size_t i = 0; i < json_array_size(hist); i++) {
+		json_t *e = json_array_get(hist, i);
+		json_object_set_new(e, "metrics",
+				    metrics_of_run(s, json_integer_value(json_object_get(e, "run")), 1));
+	}
+	json_object_set_new(ans, "history", hist);
+	return api_reply_json(r, MHD_HTTP_OK, ans);
 }

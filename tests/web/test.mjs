@@ -253,6 +253,14 @@ stages:
           <?xml version="1.0"?><results version="2"><cppcheck version="2.10"/><errors><error id="arrayIndexOutOfBounds" severity="error" msg="Array 'buf[4]' accessed at index 4"><location file="src/ring.c" line="12" column="3"/></error><error id="unusedVariable" severity="style" msg="Unused variable: n"><location file="src/crc.c" line="40"/></error></errors></results>
           EOF
     reports: { cppcheck: out/cppcheck.xml }
+  - name: quality
+    kind: analysis
+    metrics: { complexity_max: 50 }
+    steps:
+      - run: |
+          mkdir -p out
+          printf '3\\t3\\t5\\t1\\t8\\tsrc/a.c(1): f\\n12\\t12\\t20\\t10\\t30\\tsrc/b.c(10): g\\n' > out/pmccabe.txt
+    reports: { pmccabe: out/pmccabe.txt }
   - name: rig
     kind: hil
     steps:
@@ -762,6 +770,11 @@ stages:
     const first = lint.locator('table.findings tr[data-finding="0"] td');
     assert((await first.nth(1).textContent()) === 'arrayIndexOutOfBounds' && (await first.nth(2).textContent()) === 'src/ring.c:12',
       'the finding row does not name the rule and place');
+    // code metrics: the numbers, each with its trend over the ref's runs
+    const q = page.locator('.report[data-format="pmccabe"]');
+    assert((await q.locator('tr[data-metric="complexity_max"] td.num').textContent()) === '12', 'complexity_max is not shown');
+    assert(await q.locator('tr[data-metric="complexity_max"] svg.metric-trend circle[data-run="' + id + '"]').count() === 1,
+      'the trend has no point for this run');
     await shot(page, '20-run-reports');
     // commits link to their repository's page only for web addresses
     const links = await page.evaluate(async () => {
