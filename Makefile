@@ -9,19 +9,21 @@
 #   make deps       apt-get install the Debian packages we link (DEPS=all: the test tools too)
 #   make lint       cppcheck on our own code
 #   make format     clang-format in place
+#   make install    programs, man pages, systemd units, bash completion (PREFIX, DESTDIR)
 #
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto \
+             libsystemd
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev libsystemd-dev help2man
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \
-             xdelta3 bsdiff zstd
+             xdelta3 bsdiff zstd libseccomp-dev help2man debhelper devscripts lintian fakeroot
 
 CC        ?= cc
 BUILD     ?= build
@@ -67,7 +69,7 @@ TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wi
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 
-.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean
+.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: %.c
@@ -268,6 +270,58 @@ fuzz: $(FUZZ_TARGETS)
 	  echo "fuzz: $$n ($${FUZZ_SECONDS:-30}s)"; \
 	  $$t -max_total_time=$${FUZZ_SECONDS:-30} -max_len=65536 $(BUILD)/fuzz/corpus-$$n fuzz/corpus/$$n || exit 1; \
 	done
+
+# ---- install (docs/operations.md, "Install") -----------------------------
+# The daemon and the agent are system programs (section 8, sbin; otacd
+# starts its local agents from its own directory), the rest user commands.
+# The status page is compiled into otacd: no assets to install.
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+SBINDIR        ?= $(PREFIX)/sbin
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+SYSCONFDIR     ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
+MANPAGES       := $(BUILD)/man/otacd.8 $(BUILD)/man/otactl.1 $(BUILD)/man/otacd-agent.8 \
+                  $(BUILD)/man/otacd-fleetsim.1 $(BUILD)/man/otacd.yml.5
+
+man: $(MANPAGES)
+$(MANPAGES) &: $(PROGS) dist/man/mkman.sh dist/man/md2man.awk $(wildcard dist/man/*.h2m) \
+		docs/config.md docs/pipeline.md docs/fleetsim.md
+	sh dist/man/mkman.sh $(BIN) $(BUILD)/man $(VERSION)
+
+$(BUILD)/systemd/%: dist/systemd/%.in
+	@mkdir -p $(dir $@)
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@
+
+UNITS := $(BUILD)/systemd/otacd.service $(BUILD)/systemd/otacd-agent@.service
+
+# The configuration is installed only where there is none: an upgrade by
+# `make install` keeps the operator's.
+install: $(PROGS) $(MANPAGES) $(UNITS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines
+	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(DESTDIR)$(SBINDIR)
+	install -m 0755 $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(DESTDIR)$(BINDIR)
+	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
+	install -m 0644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 $(filter %.8,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(UNITS) $(DESTDIR)$(SYSTEMDUNITDIR)
+	install -m 0644 dist/completion/otactl $(DESTDIR)$(BASHCOMPDIR)/otactl
+	install -m 0644 pipelines/*.yml $(DESTDIR)$(DATADIR)/otacd/pipelines
+	[ -e $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml ] || \
+	    install -m 0640 dist/config.yml $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(BINDIR)/otactl \
+	    $(DESTDIR)$(BINDIR)/otacd-fleetsim $(DESTDIR)$(BINDIR)/otacd-device \
+	    $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otacd-fleetsim.1 \
+	    $(DESTDIR)$(MANDIR)/man5/otacd.yml.5 $(DESTDIR)$(MANDIR)/man8/otacd.8 $(DESTDIR)$(MANDIR)/man8/otacd-agent.8 \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)/otacd.service $(DESTDIR)$(SYSTEMDUNITDIR)/otacd-agent@.service \
+	    $(DESTDIR)$(BASHCOMPDIR)/otactl
+	rm -rf $(DESTDIR)$(DATADIR)/otacd
 
 deps:
 	@missing=""; for p in $(DEB_PKGS) $(if $(filter all,$(DEPS)),$(DEB_EXTRA)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

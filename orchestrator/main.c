@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "api/api.h"
@@ -564,6 +566,9 @@ int main(int argc, char **argv)
 		cfg.state_dir, cfg.local_agents, clock_scale());
 	if (api_agent_port(api))
 		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
+	/* Type=notify (otacd.service): every listener answers from here on.
+	 * Without $NOTIFY_SOCKET (not under systemd) this does nothing. */
+	sd_notifyf(0, "READY=1\nSTATUS=listening on %s", url);
 
 	{
 		int sig = 0;
@@ -571,6 +576,7 @@ int main(int argc, char **argv)
 			tls_reload_all();
 	}
 	fprintf(stderr, "otacd: shutting down\n");
+	sd_notify(0, "STOPPING=1");
 	status = 0;
 	goto out;
 fail:
