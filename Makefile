@@ -10,6 +10,7 @@
 #   make lint       cppcheck on our own code
 #   make format     clang-format in place
 #   make install    programs, man pages, systemd units, bash completion (PREFIX, DESTDIR)
+#   make deb        the Debian package (debian/) in build/deb
 #
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
@@ -69,7 +70,7 @@ TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wi
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 
-.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall
+.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall deb
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: %.c
@@ -284,11 +285,11 @@ SYSCONFDIR     ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
 MANPAGES       := $(BUILD)/man/otacd.8 $(BUILD)/man/otactl.1 $(BUILD)/man/otacd-agent.8 \
-                  $(BUILD)/man/otacd-fleetsim.1 $(BUILD)/man/otacd.yml.5
+                  $(BUILD)/man/otacd-fleetsim.1 $(BUILD)/man/otacd.yml.5 $(BUILD)/man/otacd-device.8
 
 man: $(MANPAGES)
 $(MANPAGES) &: $(PROGS) dist/man/mkman.sh dist/man/md2man.awk $(wildcard dist/man/*.h2m) \
-		docs/config.md docs/pipeline.md docs/fleetsim.md
+		docs/config.md docs/pipeline.md docs/fleetsim.md docs/device.md
 	sh dist/man/mkman.sh $(BIN) $(BUILD)/man $(VERSION)
 
 $(BUILD)/systemd/%: dist/systemd/%.in
@@ -302,7 +303,7 @@ UNITS := $(BUILD)/systemd/otacd.service $(BUILD)/systemd/otacd-agent@.service
 install: $(PROGS) $(MANPAGES) $(UNITS)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
-	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines
+	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines $(DESTDIR)$(DATADIR)/otacd/device
 	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(DESTDIR)$(SBINDIR)
 	install -m 0755 $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(DESTDIR)$(BINDIR)
 	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
@@ -311,14 +312,21 @@ install: $(PROGS) $(MANPAGES) $(UNITS)
 	install -m 0644 $(UNITS) $(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 0644 dist/completion/otactl $(DESTDIR)$(BASHCOMPDIR)/otactl
 	install -m 0644 pipelines/*.yml $(DESTDIR)$(DATADIR)/otacd/pipelines
+	install -m 0644 device/contrib/otacd-device.service device/contrib/device.conf.example $(DESTDIR)$(DATADIR)/otacd/device
 	[ -e $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml ] || \
 	    install -m 0640 dist/config.yml $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml
+
+# The Debian package (debian/), built from a copy of the tree into
+# $(BUILD)/deb: dpkg-buildpackage -us -uc -b, debhelper 13.
+deb:
+	sh dist/build-deb.sh $(BUILD)/deb
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(BINDIR)/otactl \
 	    $(DESTDIR)$(BINDIR)/otacd-fleetsim $(DESTDIR)$(BINDIR)/otacd-device \
 	    $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otacd-fleetsim.1 \
 	    $(DESTDIR)$(MANDIR)/man5/otacd.yml.5 $(DESTDIR)$(MANDIR)/man8/otacd.8 $(DESTDIR)$(MANDIR)/man8/otacd-agent.8 \
+	    $(DESTDIR)$(MANDIR)/man8/otacd-device.8 \
 	    $(DESTDIR)$(SYSTEMDUNITDIR)/otacd.service $(DESTDIR)$(SYSTEMDUNITDIR)/otacd-agent@.service \
 	    $(DESTDIR)$(BASHCOMPDIR)/otactl
 	rm -rf $(DESTDIR)$(DATADIR)/otacd

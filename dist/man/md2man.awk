@@ -6,7 +6,8 @@
 #
 #   awk -v skip="For otacd developers" -f md2man.awk docs/pipeline.md
 #
-# skip: a "## " section left out (with its subsections).
+# skip: a "## " section left out (with its subsections); only: the one
+# "## " section kept (without its heading: the caller names it).
 function esc(s) {
 	gsub(/\\/, "\\e", s)
 	gsub(/→/, "\\(->", s); gsub(/←/, "\\(<-", s)
@@ -31,8 +32,12 @@ function inline(s,    out, i) {
 	# *emphasis*: a word or words, not a glob's star
 	while (match(s, /\*[A-Za-z(][A-Za-z() ]*[A-Za-z)]\*/))
 		s = substr(s, 1, RSTART - 1) "\\fI" substr(s, RSTART + 1, RLENGTH - 2) "\\fR" substr(s, RSTART + RLENGTH)
-	while (match(s, /`[^`]+`/))
-		s = substr(s, 1, RSTART - 1) "\\fB" substr(s, RSTART + 1, RLENGTH - 2) "\\fR" substr(s, RSTART + RLENGTH)
+	# code: bold, and breakable after its commas (long metric names)
+	while (match(s, /`[^`]+`/)) {
+		t = substr(s, RSTART + 1, RLENGTH - 2)
+		gsub(/,/, ",\\:", t)
+		s = substr(s, 1, RSTART - 1) "\\fB\\%" t "\\fR" substr(s, RSTART + RLENGTH)
+	}
 	return s
 }
 # a text line must not start with a control character
@@ -45,7 +50,7 @@ function cell(s) {
 	sub(/^[ \t]+/, "", s); sub(/[ \t]+$/, "", s)
 	return inline(esc(s))
 }
-BEGIN { code = 0; skipping = 0; para = 0 }
+BEGIN { code = 0; skipping = (only != ""); para = 0 }
 /^```/ {
 	if (skipping)
 		next
@@ -61,8 +66,8 @@ code {
 /^# / { next }
 /^## / {
 	title = substr($0, 4)
-	skipping = (skip != "" && title == skip)
-	if (!skipping)
+	skipping = (skip != "" && title == skip) || (only != "" && title != only)
+	if (!skipping && only == "")
 		print ".SH " toupper(inline(esc(title)))
 	para = 0
 	next
@@ -74,15 +79,26 @@ skipping { next }
 	n = split($0, c, "|")
 	if (!intable) { intable = 1; header = 1 }
 	if (header) { header = 0; next }  # the header row names the columns
-	print ".TP"
-	line(cell(c[2]))
+	key = cell(c[2])
 	rest = ""
 	for (i = 3; i < n; i++) {
 		v = cell(c[i])
 		if (v != "" && v != "\\(em")
 			rest = rest (rest == "" ? "" : "; ") v
 	}
-	line(rest)
+	if (length(key) < 60) {
+		print ".TP"
+		line(key)
+		line(rest)
+	} else {  # a .TP tag is never broken: a long one is a paragraph
+		print ".PP"
+		print ".na"
+		line(key)
+		print ".ad"
+		print ".RS"
+		line(rest)
+		print ".RE"
+	}
 	next
 }
 { intable = 0 }

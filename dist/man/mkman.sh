@@ -14,14 +14,14 @@ mkdir -p "$out"
 date=$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y-%m-%d)
 export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(date +%s)}"
 
-# page NAME SECTION "what it is" [DOC.md [SECTION-TITLE [SKIPPED-SECTION]]]
+# page NAME SECTION "what it is" [DOC.md [SECTION-TITLE [SKIPPED-SECTION [ONLY-SECTION]]]]
 page() {
-	name=$1 sec=$2 what=$3 doc=${4:-} title=${5:-} skip=${6:-}
+	name=$1 sec=$2 what=$3 doc=${4:-} title=${5:-} skip=${6:-} only=${7:-}
 	inc=$out/$name.h2m
 	cp "$here/$name.h2m" "$inc"
 	if [ -n "$doc" ]; then
 		printf '[%s]\n' "$title" >> "$inc"
-		awk -v skip="$skip" -f "$here/md2man.awk" "$top/$doc" >> "$inc"
+		awk -v skip="$skip" -v only="$only" -f "$here/md2man.awk" "$top/$doc" >> "$inc"
 	fi
 	help2man --no-info --no-discard-stderr --section="$sec" --version-string="$version" \
 		--source="otacd $version" --name="$what" --include="$inc" \
@@ -33,6 +33,7 @@ page otacd 8 "continuous delivery for firmware: the daemon" docs/config.md CONFI
 page otactl 1 "the otacd command line"
 page otacd-agent 8 "the otacd job runner for build machines and HIL rigs"
 page otacd-fleetsim 1 "a simulated device fleet for otacd" docs/fleetsim.md "THE SIMULATOR" Code
+page otacd-device 8 "the otacd update agent for Linux devices" docs/device.md USAGE "" otacd-device
 
 {
 	printf '.TH OTACD.YML 5 "%s" "otacd %s" "File Formats"\n' "$date" "$version"
