@@ -152,6 +152,9 @@ $(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# issue 18: otacd under its unit's system-call filter (libseccomp)
+$(BIN)/test_package: LDLIBS += -lseccomp
+
 # The simulator's logic is not in libota; its test links it directly.
 $(BIN)/test_fleetsim: $(BUILD)/obj/tests/test_fleetsim.o $(BUILD)/obj/fleetsim/sim.o $(TEST_SUPPORT) $(LIB)
 	@mkdir -p $(BIN)
