@@ -15,12 +15,11 @@
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto \
-             libsystemd
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev libsystemd-dev help2man
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev help2man
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \

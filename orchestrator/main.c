@@ -21,8 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <systemd/sd-daemon.h>
-
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "api/api.h"
@@ -45,6 +43,7 @@
 #include "pipeline/pipeline.h"
 #include "pki.h"
 #include "policy.h"
+#include "sdnotify.h"
 #include "sources.h"
 #include "store.h"
 #include "tls/tls.h"
@@ -568,7 +567,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
 	/* Type=notify (otacd.service): every listener answers from here on.
 	 * Without $NOTIFY_SOCKET (not under systemd) this does nothing. */
-	sd_notifyf(0, "READY=1\nSTATUS=listening on %s", url);
+	{
+		char *ready = xasprintf("READY=1\nSTATUS=listening on %s", url);
+		if (sdnotify_send(ready) < 0)
+			fprintf(stderr, "otacd: %s\n", ota_error_last());
+		free(ready);
+	}
 
 	{
 		int sig = 0;
@@ -576,7 +580,7 @@ int main(int argc, char **argv)
 			tls_reload_all();
 	}
 	fprintf(stderr, "otacd: shutting down\n");
-	sd_notify(0, "STOPPING=1");
+	sdnotify_send("STOPPING=1");
 	status = 0;
 	goto out;
 fail:

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "../common/httpc.h"
+#include "../orchestrator/sdnotify.h"
 #include "harness.h"
 
 /* ---- starting otacd the way a service manager does --------------------- */
@@ -252,6 +253,57 @@ static void ready_is_sent_once_the_api_and_device_api_answer(void **state)
 	close(fd);
 	free(sock);
 	stop_otacd(&d);
+}
+
+/*
+ * The sender itself: to a socket path and to an abstract name ("@..."),
+ * nothing (and no error) without NOTIFY_SOCKET, an error naming the value
+ * for one that is neither, and for a socket nobody listens on.
+ */
+static void sdnotify_reaches_path_and_abstract_sockets_and_says_why_not(void **state)
+{
+	char *dir = h_tmpdir(), *path = xasprintf("%s/notify", dir), *abstract, *msg;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct buf out = BUF_INIT;
+	int fd = notify_socket(path), afd;
+
+	setenv("NOTIFY_SOCKET", path, 1);
+	assert_int_equal(sdnotify_send("READY=1\nSTATUS=one"), 0);
+	msg = notify_next(fd, 10000);
+	assert_non_null(msg);
+	assert_string_equal(msg, "READY=1\nSTATUS=one");
+	free(msg);
+
+	abstract = xasprintf("@otacd-test-%ld", (long)getpid());
+	afd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	memcpy(sa.sun_path + 1, abstract + 1, strlen(abstract) - 1);
+	assert_int_equal(bind(afd, (struct sockaddr *)&sa,
+			      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(abstract))), 0);
+	setenv("NOTIFY_SOCKET", abstract, 1);
+	assert_int_equal(sdnotify_send("STOPPING=1"), 0);
+	msg = notify_next(afd, 10000);
+	assert_non_null(msg);
+	assert_string_equal(msg, "STOPPING=1");
+	free(msg);
+
+	unsetenv("NOTIFY_SOCKET");
+	assert_int_equal(sdnotify_send("READY=1"), 0);
+	assert_null(notify_next(fd, 100)); /* nothing was sent anywhere */
+	setenv("NOTIFY_SOCKET", "relative/sock", 1);
+	assert_true(sdnotify_send("READY=1") < 0);
+	assert_non_null(strstr(ota_error_last(), "NOTIFY_SOCKET=relative/sock"));
+	close(fd);
+	unlink(path);
+	setenv("NOTIFY_SOCKET", path, 1); /* nobody listens there now */
+	assert_true(sdnotify_send("READY=1") < 0);
+	unsetenv("NOTIFY_SOCKET");
+
+	close(afd);
+	h_sh(&out, "rm -rf '%s'", dir);
+	buf_release(&out);
+	free(abstract);
+	free(path);
+	free(dir);
 }
 
 /* ---- the unit's system-call filter -------------------------------------- */
@@ -555,6 +607,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(ready_is_sent_once_the_api_and_device_api_answer),
+		cmocka_unit_test(sdnotify_reaches_path_and_abstract_sockets_and_says_why_not),
 		cmocka_unit_test(otacd_runs_a_pipeline_under_the_units_syscall_filter),
 		cmocka_unit_test(units_pass_systemd_analyze_verify),
 		cmocka_unit_test(otactl_completion_offers_commands_and_subcommands),
