@@ -51,12 +51,29 @@ struct start {
 	gid_t gid;
 };
 
+/* Every process group spawn() made: a failed assertion leaves its test at
+ * once, so what it started is killed when the binary exits. */
+static pid_t spawned[16];
+static size_t nspawned;
+
+static void kill_spawned(void)
+{
+	for (size_t i = 0; i < nspawned; i++)
+		if (waitpid(spawned[i], NULL, WNOHANG) == 0) /* still ours, still running */
+			kill(-spawned[i], SIGKILL);
+}
+
 /* Fork argv as a service manager would start it by st (its own process
  * group, output to log); the child's pid. */
 static pid_t spawn(const char *const *argv, const struct start *st, const char *log)
 {
 	pid_t pid = fork();
 	assert_true(pid >= 0);
+	if (pid > 0 && nspawned < OTA_ARRAY_SIZE(spawned)) {
+		if (!nspawned)
+			atexit(kill_spawned);
+		spawned[nspawned++] = pid;
+	}
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		if (fd >= 0) {
@@ -114,12 +131,12 @@ static void start_otacd(struct daemon *d, const struct start *st)
 
 	d->pid = spawn(argv, st, log);
 	for (int i = 0; i < 6000 && !d->url; i++) {
-		if (ota_read_file(&b, urlfile, 4096) == 0 && strchr(b.ptr, '\n')) {
+		int status;
+		if (ota_read_file(&b, urlfile, 4096) == 0 && strchr(buf_cstr(&b), '\n')) {
 			*strchr(b.ptr, '\n') = '\0';
 			d->url = buf_detach(&b);
 			break;
 		}
-		int status;
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
 			d->pid = 0;
 			if (WIFSIGNALED(status))
@@ -156,8 +173,8 @@ static void start_otacd(struct daemon *d, const struct start *st)
 	free(state);
 }
 
-/* Stop what start_otacd started: SIGTERM to its process group (its local
- * agents), then the state directory. */
+/* Stop what start_otacd started: SIGTERM to otacd, then SIGKILL to what is
+ * left of its process group (local agents), then the state directory. */
 static void stop_otacd(struct daemon *d)
 {
 	if (d->pid > 0) {
