@@ -294,15 +294,11 @@ $(MANPAGES) &: $(PROGS) dist/man/mkman.sh dist/man/md2man.awk $(wildcard dist/ma
 		docs/config.md docs/pipeline.md docs/fleetsim.md docs/device.md
 	sh dist/man/mkman.sh $(BIN) $(BUILD)/man $(VERSION)
 
-$(BUILD)/systemd/%: dist/systemd/%.in
-	@mkdir -p $(dir $@)
-	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@
-
-UNITS := $(BUILD)/systemd/otacd.service $(BUILD)/systemd/otacd-agent@.service
-
 # The configuration is installed only where there is none: an upgrade by
 # `make install` keeps the operator's.
-install: $(PROGS) $(MANPAGES) $(UNITS)
+# The units name SBINDIR and SYSCONFDIR: written at install time, so they
+# always say where this install put things.
+install: $(PROGS) $(MANPAGES)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
 	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines $(DESTDIR)$(DATADIR)/otacd/device
@@ -311,7 +307,10 @@ install: $(PROGS) $(MANPAGES) $(UNITS)
 	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
 	install -m 0644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man5
 	install -m 0644 $(filter %.8,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man8
-	install -m 0644 $(UNITS) $(DESTDIR)$(SYSTEMDUNITDIR)
+	for u in otacd.service otacd-agent@.service; do \
+	    sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/systemd/$$u.in \
+	        > $(DESTDIR)$(SYSTEMDUNITDIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$u || exit 1; \
+	done
 	install -m 0644 dist/completion/otactl $(DESTDIR)$(BASHCOMPDIR)/otactl
 	install -m 0644 pipelines/*.yml $(DESTDIR)$(DATADIR)/otacd/pipelines
 	install -m 0644 device/contrib/otacd-device.service device/contrib/device.conf.example $(DESTDIR)$(DATADIR)/otacd/device

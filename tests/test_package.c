@@ -481,7 +481,8 @@ static void otacd_runs_a_pipeline_under_the_units_syscall_filter(void **state)
 
 /* The units as `make install` writes them, for SBINDIR=$OTACD_BIN: both
  * pass `systemd-analyze verify` (which also checks the programs exist and
- * are executable).  Their man pages are checked on the installed package. */
+ * are executable) and `systemd-analyze security` rates their sandboxes
+ * "OK".  Their man pages are checked on the installed package. */
 static void units_pass_systemd_analyze_verify(void **state)
 {
 	char *dir = h_tmpdir(), *bin = h_bin("otacd");
@@ -497,6 +498,17 @@ static void units_pass_systemd_analyze_verify(void **state)
 		  bin, src, dir, dir);
 	if (rc != 0 || out.len)
 		fail_msg("systemd-analyze verify (exit %d):\n%s", rc, buf_cstr(&out));
+	/* and their sandboxes rate "OK" (exposure <= 3.0 of 10) */
+	for (int i = 0; i < 2; i++) {
+		const char *unit = i ? "otacd-agent@rig-1.service" : "otacd.service";
+		const char *at;
+		double exposure = 10;
+		rc = h_sh(&out, "systemd-analyze security --offline=true '%s/%s'", dir,
+			  i ? "otacd-agent@.service" : unit);
+		at = strstr(buf_cstr(&out), "Overall exposure level for ");
+		if (rc != 0 || !at || sscanf(strchr(at, ':') + 1, "%lf", &exposure) != 1 || exposure > 3.0)
+			fail_msg("%s: exposure %.1f (exit %d):\n%s", unit, exposure, rc, buf_cstr(&out));
+	}
 	h_sh(&out, "rm -rf '%s'", dir);
 	buf_release(&out);
 	free(bin);
