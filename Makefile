@@ -9,6 +9,8 @@
 #   make deps       apt-get install the Debian packages we link (DEPS=all: the test tools too)
 #   make lint       cppcheck on our own code
 #   make format     clang-format in place
+#   make install    programs, man pages, systemd units, bash completion (PREFIX, DESTDIR)
+#   make deb        the Debian package (debian/) in build/deb
 #
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
@@ -17,11 +19,11 @@ PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson liba
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev help2man
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \
-             xdelta3 bsdiff zstd pmccabe
+             xdelta3 bsdiff zstd pmccabe libseccomp-dev help2man debhelper devscripts lintian fakeroot
 
 CC        ?= cc
 BUILD     ?= build
@@ -67,7 +69,7 @@ TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wi
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 
-.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean
+.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall deb
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: %.c
@@ -152,6 +154,9 @@ $(BIN)/otacd-fleetsim: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard fleetsim/*.c))
 		       $(BUILD)/obj/device/linux/pushhint.o $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 18: otacd under its unit's system-call filter (libseccomp)
+$(BIN)/test_package: LDLIBS += -lseccomp
 
 # The simulator's logic is not in libota; its test links it directly.
 $(BIN)/test_fleetsim: $(BUILD)/obj/tests/test_fleetsim.o $(BUILD)/obj/fleetsim/sim.o $(TEST_SUPPORT) $(LIB)
@@ -272,6 +277,64 @@ fuzz: $(FUZZ_TARGETS)
 	  echo "fuzz: $$n ($${FUZZ_SECONDS:-30}s)"; \
 	  $$t -max_total_time=$${FUZZ_SECONDS:-30} -max_len=65536 $(BUILD)/fuzz/corpus-$$n fuzz/corpus/$$n || exit 1; \
 	done
+
+# ---- install (docs/operations.md, "Install") -----------------------------
+# The daemon and the agent are system programs (section 8, sbin; otacd
+# starts its local agents from its own directory), the rest user commands.
+# The status page is compiled into otacd: no assets to install.
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+SBINDIR        ?= $(PREFIX)/sbin
+DATADIR        ?= $(PREFIX)/share
+MANDIR         ?= $(DATADIR)/man
+SYSCONFDIR     ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR    ?= $(DATADIR)/bash-completion/completions
+MANPAGES       := $(BUILD)/man/otacd.8 $(BUILD)/man/otactl.1 $(BUILD)/man/otacd-agent.8 \
+                  $(BUILD)/man/otacd-fleetsim.1 $(BUILD)/man/otacd.yml.5 $(BUILD)/man/otacd-device.8
+
+man: $(MANPAGES)
+$(MANPAGES) &: $(PROGS) dist/man/mkman.sh dist/man/md2man.awk $(wildcard dist/man/*.h2m) \
+		docs/config.md docs/pipeline.md docs/fleetsim.md docs/device.md
+	sh dist/man/mkman.sh $(BIN) $(BUILD)/man $(VERSION)
+
+# The configuration is installed only where there is none: an upgrade by
+# `make install` keeps the operator's.
+# The units name SBINDIR and SYSCONFDIR: written at install time, so they
+# always say where this install put things.
+install: $(PROGS) $(MANPAGES)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines $(DESTDIR)$(DATADIR)/otacd/device
+	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(DESTDIR)$(SBINDIR)
+	install -m 0755 $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(DESTDIR)$(BINDIR)
+	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
+	install -m 0644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man5
+	install -m 0644 $(filter %.8,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man8
+	for u in otacd.service otacd-agent@.service; do \
+	    sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' dist/systemd/$$u.in \
+	        > $(DESTDIR)$(SYSTEMDUNITDIR)/$$u && chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$u || exit 1; \
+	done
+	install -m 0644 dist/completion/otactl $(DESTDIR)$(BASHCOMPDIR)/otactl
+	install -m 0644 pipelines/*.yml $(DESTDIR)$(DATADIR)/otacd/pipelines
+	install -m 0644 device/contrib/otacd-device.service device/contrib/device.conf.example $(DESTDIR)$(DATADIR)/otacd/device
+	[ -e $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml ] || \
+	    install -m 0640 dist/config.yml $(DESTDIR)$(SYSCONFDIR)/otacd/config.yml
+
+# The Debian package (debian/), built from a copy of the tree into
+# $(BUILD)/deb: dpkg-buildpackage -us -uc -b, debhelper 13.
+deb:
+	sh dist/build-deb.sh $(BUILD)/deb
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(BINDIR)/otactl \
+	    $(DESTDIR)$(BINDIR)/otacd-fleetsim $(DESTDIR)$(BINDIR)/otacd-device \
+	    $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otacd-fleetsim.1 \
+	    $(DESTDIR)$(MANDIR)/man5/otacd.yml.5 $(DESTDIR)$(MANDIR)/man8/otacd.8 $(DESTDIR)$(MANDIR)/man8/otacd-agent.8 \
+	    $(DESTDIR)$(MANDIR)/man8/otacd-device.8 \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)/otacd.service $(DESTDIR)$(SYSTEMDUNITDIR)/otacd-agent@.service \
+	    $(DESTDIR)$(BASHCOMPDIR)/otactl
+	rm -rf $(DESTDIR)$(DATADIR)/otacd
 
 deps:
 	@missing=""; for p in $(DEB_PKGS) $(if $(filter all,$(DEPS)),$(DEB_EXTRA)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

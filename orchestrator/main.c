@@ -44,6 +44,7 @@
 #include "pipeline/pipeline.h"
 #include "pki.h"
 #include "policy.h"
+#include "sdnotify.h"
 #include "sources.h"
 #include "store.h"
 #include "tls/tls.h"
@@ -584,6 +585,14 @@ int main(int argc, char **argv)
 		cfg.state_dir, cfg.local_agents, clock_scale());
 	if (api_agent_port(api))
 		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
+	/* Type=notify (otacd.service): every listener answers from here on.
+	 * Without $NOTIFY_SOCKET (not under systemd) this does nothing. */
+	{
+		char *ready = xasprintf("READY=1\nSTATUS=listening on %s", url);
+		if (sdnotify_send(ready) < 0)
+			fprintf(stderr, "otacd: %s\n", ota_error_last());
+		free(ready);
+	}
 
 	{
 		int sig = 0;
@@ -591,6 +600,7 @@ int main(int argc, char **argv)
 			tls_reload_all();
 	}
 	fprintf(stderr, "otacd: shutting down\n");
+	sdnotify_send("STOPPING=1");
 	status = 0;
 	goto out;
 fail:
