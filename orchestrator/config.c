@@ -35,6 +35,8 @@ void config_defaults(struct otacd_config *c)
 	c->default_timeout_ms = 3600 * 1000;
 	c->max_log_bytes = 4 << 20;
 	c->disk_reserve = -1; /* diskguard's default */
+	c->log_format = OTA_LOG_TEXT;
+	c->log_level = OTA_LOG_INFO;
 	c->max_artifact_size = 256 << 20;
 	c->max_run_artifacts = (int64_t)2 << 30;
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
@@ -682,6 +684,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"artifact_store", "image_origin", /* issue 15: object storage and CDN origin */
 		"push", /* issue 15: MQTT update hints */
 		"disk_reserve", /* issue 18: the reserve kept for a full disk */
+		"log_format", "log_level", /* issue 18: structured logs */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -736,7 +739,13 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_duration(x, v, key, &c->default_timeout_ms);
 		else if (!strcmp(key, "max_log_bytes"))
 			rc = get_int(x, v, key, &c->max_log_bytes, 1024);
-		else if (!strcmp(key, "disk_reserve"))
+		else if (!strcmp(key, "log_format")) {
+			if ((c->log_format = ota_log_format_parse(scalar(v))) < 0)
+				rc = cfg_err(x, v, "'%s' must be text, logfmt or json", key);
+		} else if (!strcmp(key, "log_level")) {
+			if ((c->log_level = ota_log_level_parse(scalar(v))) < 0)
+				rc = cfg_err(x, v, "'%s' must be error, warn, info or debug", key);
+		} else if (!strcmp(key, "disk_reserve"))
 			rc = get_size(x, v, key, &c->disk_reserve);
 		else if (!strcmp(key, "max_artifact_size"))
 			rc = get_int(x, v, key, &c->max_artifact_size, 1);

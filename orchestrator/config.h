@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 #include "gitsrc.h"
 #include "pipeline/pipeline.h"
@@ -42,6 +43,8 @@ struct otacd_config {
 	int64_t heartbeat_ms;           /* default 1 s */
 	int64_t default_timeout_ms;     /* default 1 h */
 	int64_t max_log_bytes;          /* default 4 MiB per job attempt */
+	int log_format;                 /* issue 18: enum ota_log_format (common/log.h), default text */
+	int log_level;                  /* issue 18: enum ota_log_level, default info (debug: one line per API answer) */
 	int64_t disk_reserve;           /* bytes kept free for a full disk (diskguard.h); -1: 64 MiB or 1/16 of the filesystem */
 	int64_t max_artifact_size;      /* default 256 MiB */
 	int64_t max_run_artifacts;      /* all artifacts of a run, default 2 GiB */

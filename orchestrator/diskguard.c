@@ -26,6 +26,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "clock.h"
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -90,10 +91,10 @@ static void enter_low(const char *why)
 	reserve_give_back();
 	g_logged_at = clock_real_ms();
 	g_unlogged = 0;
-	fprintf(stderr,
-		"otacd: disk: the state directory %s is full (%s; %" PRId64 " bytes were free): new runs, triggers and"
+	ota_log(OTA_LOG_WARN,
+		"disk: the state directory %s is full (%s; %" PRId64 " bytes were free): new runs, triggers and"
 		" uploads are refused with 507 and job logs are cut until space is freed; the %" PRId64
-		"-byte reserve was given back so running jobs can finish\n",
+		"-byte reserve was given back so running jobs can finish",
 		g_dir, why, was_free < 0 ? 0 : was_free, g_reserve);
 }
 
@@ -105,13 +106,13 @@ static void maybe_leave_low(int64_t avail)
 	if (!atomic_load(&g_low) || avail < need)
 		return;
 	if (reserve_make() < 0) {
-		fprintf(stderr, "otacd: disk: %s\n", ota_error_last());
+		ota_log(OTA_LOG_WARN, "disk: %s", ota_error_last());
 		return;
 	}
 	atomic_store(&g_low, 0);
 	atomic_store(&g_low_since, 0);
 	atomic_store(&g_backoff, 0);
-	fprintf(stderr, "otacd: disk: space is back (%" PRId64 " bytes free in %s): taking new work again\n", avail,
+	ota_log(OTA_LOG_INFO, "disk: space is back (%" PRId64 " bytes free in %s): taking new work again", avail,
 		g_dir);
 }
 
@@ -139,7 +140,7 @@ int diskguard_init(const char *state_dir, int64_t reserve_bytes)
 	unlink(g_reserve_path);
 	atomic_store(&g_free, free_bytes());
 	if (reserve_make() < 0) {
-		fprintf(stderr, "otacd: disk: %s\n", ota_error_last());
+		ota_log(OTA_LOG_WARN, "disk: %s", ota_error_last());
 		enter_low("no room for the reserve");
 	}
 	pthread_mutex_unlock(&g_lock);
@@ -168,8 +169,8 @@ void diskguard_note_failure(const char *what)
 	} else {
 		g_unlogged++;
 		if (now - g_logged_at >= DISKGUARD_LOG_EVERY_MS) {
-			fprintf(stderr, "otacd: disk: still full (%s): %" PRIu64 " writes failed for want of space in the last %"
-				PRId64 " s\n", what, g_unlogged, (now - g_logged_at) / 1000);
+			ota_log(OTA_LOG_WARN, "disk: still full (%s): %" PRIu64 " writes failed for want of space in the last %"
+				PRId64 " s", what, g_unlogged, (now - g_logged_at) / 1000);
 			g_logged_at = now;
 			g_unlogged = 0;
 		}

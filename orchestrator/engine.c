@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/log.h"
 #include "artifact.h"
 #include "clock.h"
 #include "diskguard.h"
@@ -155,6 +156,7 @@ int eng_job_load(struct engine *e, int64_t id, struct jobrow *j)
 		j->spec = json_loads(store_col_text(st, 7), 0, NULL);
 		snprintf(j->stage_name, sizeof(j->stage_name), "%s", store_col_text(st, 8));
 		snprintf(j->kind, sizeof(j->kind), "%s", store_col_text(st, 9));
+		ota_log_ctx_work(j->run_id, id); /* this thread works on it (common/log.h) */
 	}
 	sqlite3_reset(st);
 	if (rc == 0)
@@ -642,7 +644,7 @@ static int tick(struct engine *e, void *arg)
 	}
 	if (rc == 0 && spared) {
 		if (!diskguard_low())
-			fprintf(stderr, "otacd: engine: leases ran out while the database could not commit; running jobs get a new lease\n");
+			ota_log(OTA_LOG_WARN, "engine: leases ran out while the database could not commit; running jobs get a new lease");
 		rc = stall_grace(e, NULL);
 	}
 	return rc;
@@ -681,6 +683,11 @@ static void note_store_trouble(struct engine *e)
 
 static void run_call(struct engine *e, struct call *c)
 {
+	struct ota_log_ctx saved;
+
+	/* a call that loads a job (eng_job_load) logs with its ids; the next
+	 * call starts without them */
+	ota_log_ctx_save(&saved);
 	ota_error_clear();
 	if (store_begin(e->db) < 0) {
 		c->rc = OTA_ERROR;
@@ -724,6 +731,7 @@ static void run_call(struct engine *e, struct call *c)
 		e->rollout_hook(e->rollout_hook_arg);
 	e->changed_work = e->changed_state = e->changed_rollout = 0;
 	e->next_due = compute_next_due(e);
+	ota_log_ctx_restore(&saved);
 }
 
 /*
@@ -785,6 +793,7 @@ static void *engine_main(void *arg)
 	pthread_mutex_lock(&e->lock);
 	for (;;) {
 		struct call *c;
+		ota_log_ctx_work(0, 0); /* a job a tick loaded is not the next one's */
 		/* Sleep until a call arrives, a lease or deadline falls due, or
 		 * the next artifact expiry pass. */
 		while (!e->head && !e->stopping) {
@@ -822,7 +831,7 @@ static void *engine_main(void *arg)
 			int64_t now = clock_real_ms();
 			if (e->awake_real && now - e->awake_real > 5000 + e->cfg.lease_ms / 2) {
 				struct call g = { stall_grace, NULL, 0, 0, "", NULL };
-				fprintf(stderr, "otacd: engine: stalled for %" PRId64 " ms; running jobs get a new lease\n",
+				ota_log(OTA_LOG_WARN, "engine: stalled for %" PRId64 " ms; running jobs get a new lease",
 					now - e->awake_real);
 				run_call(e, &g);
 			}
@@ -840,7 +849,7 @@ static void *engine_main(void *arg)
 				 * (1 s doubling to 30 s) rather than in a tight
 				 * loop; the disk guard logged it */
 				if (!diskguard_low())
-					fprintf(stderr, "otacd: engine: %s\n", t.err);
+					ota_log(OTA_LOG_WARN, "engine: %s", t.err);
 				e->tick_retry_at = clock_real_ms() + diskguard_backoff_ms();
 			} else
 				e->tick_retry_at = 0;
@@ -854,7 +863,7 @@ static void *engine_main(void *arg)
 			e->next_gc = clock_mono_ms() + (every < 1000 ? 1000 : every > 60000 ? 60000 : every);
 			run_call(e, &g);
 			if (g.rc < 0)
-				fprintf(stderr, "otacd: artifact expiry: %s\n", g.err);
+				ota_log(OTA_LOG_WARN, "artifact expiry: %s", g.err);
 		}
 
 		pthread_mutex_lock(&e->lock);
@@ -938,6 +947,7 @@ static void run_inproc(struct engine *e, int64_t job, int attempt)
 	}
 	ctx.job_id = job;
 	ctx.attempt = attempt;
+	ota_log_ctx_work(ctx.run_id, job);
 	ctx.job = spec;
 	ctx.config = e->cfg.config;
 	ctx.engine = e;
@@ -946,7 +956,8 @@ static void run_inproc(struct engine *e, int64_t job, int attempt)
 		r.message = "the stage failed inside otacd";
 	}
 	if (engine_finish(e, 0, job, attempt, &r, &state) < 0 && ota_error_last()[0])
-		fprintf(stderr, "otacd: stage worker: job %" PRId64 ": %s\n", job, ota_error_last());
+		ota_log(OTA_LOG_WARN, "stage worker: job %" PRId64 ": %s", job, ota_error_last());
+	ota_log_ctx_work(0, 0);
 	json_decref(spec);
 }
 

@@ -26,6 +26,7 @@
 
 #include <openssl/crypto.h>
 
+#include "../common/log.h"
 #include "auth.h"
 #include "clock.h"
 #include "../common/mask.h"
@@ -65,7 +66,7 @@ static int attempt_verdict(struct engine *e, struct jobrow *j, const struct stag
 
 	if (rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
 				&in.baseline_run) < 0)
-		fprintf(stderr, "otacd: engine: job %" PRId64 ": cannot load its reports: %s\n", j->id, ota_error_last());
+		ota_log(OTA_LOG_WARN, "engine: job %" PRId64 ": cannot load its reports: %s", j->id, ota_error_last());
 	in.reports = reports ? reports : json_array();
 	in.baseline = baseline;
 	failed = kind->verdict(j->spec, r, &in, message);

@@ -113,6 +113,7 @@ static int do_trigger(struct engine *e, void *arg)
 		json_decref(held);
 		return rc;
 	}
+	ota_log_ctx_work(a->run_id, 0); /* lines about this trigger carry its run (run_call resets it) */
 
 	json_array_foreach(a->plan, i, stage) {
 		int64_t stage_id;

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "../common/httpc.h"
+#include "../common/log.h"
 #include "../common/util.h"
 #include "gatestat.h"
 
@@ -1131,7 +1132,7 @@ int gate_query(const struct gate_spec *g, const json_t *providers, const char *p
 	if (rc < 0 && rc != OTA_ENOTFOUND) {
 		/* The details (addresses, statuses, bodies) go to the daemon's log
 		 * only: a pipeline must not learn about the network through them. */
-		fprintf(stderr, "otacd: gate '%s': provider '%s': %s\n", g->name, def.name, ota_error_last());
+		ota_log(OTA_LOG_WARN, "gate '%s': provider '%s': %s", g->name, def.name, ota_error_last());
 		rc = ota_error_set(rc, "gate '%s': provider '%s' %s", g->name, def.name,
 				   unreachable ? "unreachable" : "gave a bad answer");
 	} else if (rc == OTA_ENOTFOUND) {

@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "../common/log.h"
 #include "auth.h"
 #include "clock.h"
 
@@ -133,7 +134,7 @@ static void record(struct localagents *la, int idx)
 	if (fd >= 0 && close(fd) < 0)
 		ok = 0;
 	if (!ok || rename(tmp, path) < 0) {
-		fprintf(stderr, "otacd: cannot record local agent %d: %s\n", idx + 1, strerror(errno));
+		ota_log(OTA_LOG_WARN, "cannot record local agent %d: %s", idx + 1, strerror(errno));
 		unlink(tmp);
 	}
 	free(tmp);
@@ -145,7 +146,7 @@ static void record(struct localagents *la, int idx)
  * before another starts on its work directory. */
 static void retire(struct localagents *la, pid_t pid, const char *name)
 {
-	fprintf(stderr, "otacd: %s (pid %ld) of the previous daemon uses another address: stopping it\n", name,
+	ota_log(OTA_LOG_INFO, "%s (pid %ld) of the previous daemon uses another address: stopping it", name,
 		(long)pid);
 	kill(pid, SIGTERM);
 	for (int t = 0; t < 100 && is_our_agent(la, pid, name); t++)
@@ -183,7 +184,7 @@ static int adopt(struct localagents *la, int idx)
 			la->slots[idx].adopted = 1;
 			la->slots[idx].token[0] = '\0';
 			auth_add_agent(name, NULL, hash, la->bound, AUTH_AGENT_LOCAL);
-			fprintf(stderr, "otacd: local agent %d (pid %ld) kept running: adopted\n", idx + 1, pid);
+			ota_log(OTA_LOG_INFO, "local agent %d (pid %ld) kept running: adopted", idx + 1, pid);
 			ok = 1;
 		}
 	}
@@ -219,7 +220,7 @@ static pid_t spawn(struct localagents *la, int idx)
 	ota_mkdir_p(dir, 0700);
 	/* the token (64 bytes) fits a pipe's buffer: written before the fork */
 	if (pipe2(tp, O_CLOEXEC) < 0 || write(tp[1], la->slots[idx].token, tlen) != (ssize_t)tlen) {
-		fprintf(stderr, "otacd: cannot hand local agent %d its token\n", idx + 1);
+		ota_log(OTA_LOG_WARN, "cannot hand local agent %d its token", idx + 1);
 		goto out;
 	}
 	close(tp[1]);
@@ -276,7 +277,7 @@ static void *supervise(void *arg)
 			char name[32];
 			slot_name(name, sizeof(name), i);
 			if (s->pid > 0 && s->adopted && !is_our_agent(la, s->pid, name)) {
-				fprintf(stderr, "otacd: adopted local agent %d (pid %ld) exited; restarting\n", i + 1,
+				ota_log(OTA_LOG_WARN, "adopted local agent %d (pid %ld) exited; restarting", i + 1,
 					(long)s->pid);
 				s->pid = 0;
 				s->adopted = 0;
@@ -285,7 +286,7 @@ static void *supervise(void *arg)
 					continue;
 			}
 			if (s->pid > 0 && !s->adopted && waitpid(s->pid, &status, WNOHANG) == s->pid) {
-				fprintf(stderr, "otacd: local agent %d (pid %ld) exited (%s %d); restarting\n", i + 1,
+				ota_log(OTA_LOG_WARN, "local agent %d (pid %ld) exited (%s %d); restarting", i + 1,
 					(long)s->pid, WIFSIGNALED(status) ? "signal" : "status",
 					WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
 				s->pid = 0;

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "api/api.h"
@@ -155,7 +156,7 @@ static int admin_token(struct store *db, const char *state_dir)
 	rc = ota_write_file_atomic(path, line, strlen(line), 0600);
 	free(line);
 	if (rc == 0)
-		fprintf(stderr, "otacd: created an admin token in %s (mode 0600)\n", path);
+		ota_log(OTA_LOG_INFO, "created an admin token in %s (mode 0600)", path);
 out:
 	free(token);
 	free(path);
@@ -267,7 +268,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 					 devapi_port(*devapi));
 		}
 		ota_write_file_atomic(path, line, strlen(line), 0600);
-		fprintf(stderr, "otacd: device API on %s", line);
+		ota_log(OTA_LOG_INFO, "device API on %s", line);
 		free(line);
 		free(path);
 	}
@@ -386,6 +387,8 @@ int main(int argc, char **argv)
 		cfg.local_agents = local_agents;
 	if (time_scale > 0)
 		cfg.time_scale = time_scale;
+	/* from here on every line goes through ota_log (common/log.h) */
+	ota_log_setup(cfg.log_format, cfg.log_level, 2);
 
 	/* Block the stop signals in every thread; main collects them with sigwait. */
 	signal(SIGPIPE, SIG_IGN);
@@ -492,8 +495,8 @@ int main(int argc, char **argv)
 		if (fleet_ca_open(&devca, &cc) < 0 || fleet_ca_attach(devca, engine) < 0)
 			goto fail;
 		if (cfg.device_auth != FLEET_AUTH_TOKEN && !fleet_ca_state(devca))
-			fprintf(stderr, "otacd: device_auth: %s without a device CA: no device can authenticate by"
-					" certificate until `otactl fleet ca init`\n", fleet_auth_mode_name(cfg.device_auth));
+			ota_log(OTA_LOG_WARN, "device_auth: %s without a device CA: no device can authenticate by"
+					" certificate until `otactl fleet ca init`", fleet_auth_mode_name(cfg.device_auth));
 	}
 	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || push_open(&push, cfg.push) < 0)
 		goto fail;
@@ -542,7 +545,7 @@ int main(int argc, char **argv)
 		if (again) {
 			acfg.agent_listen = again;
 			if (api_start(&api, &acfg) < 0) {
-				fprintf(stderr, "otacd: agents' listener: port %d is taken (%s); a new one\n", port,
+				ota_log(OTA_LOG_INFO, "agents' listener: port %d is taken (%s); a new one", port,
 					ota_error_last());
 				api = NULL;
 			}
@@ -581,16 +584,16 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			goto fail;
 	}
-	fprintf(stderr, "otacd %s: listening on %s (state %s, %d local agents, time scale %g)\n", OTACD_VERSION, url,
-		cfg.state_dir, cfg.local_agents, clock_scale());
+	ota_log(OTA_LOG_INFO, "listening on %s (otacd %s, state %s, %d local agents, time scale %g)", url,
+		OTACD_VERSION, cfg.state_dir, cfg.local_agents, clock_scale());
 	if (api_agent_port(api))
-		fprintf(stderr, "otacd: agents' listener on port %d\n", api_agent_port(api));
+		ota_log(OTA_LOG_INFO, "agents' listener on port %d", api_agent_port(api));
 	/* Type=notify (otacd.service): every listener answers from here on.
 	 * Without $NOTIFY_SOCKET (not under systemd) this does nothing. */
 	{
 		char *ready = xasprintf("READY=1\nSTATUS=listening on %s", url);
 		if (sdnotify_send(ready) < 0)
-			fprintf(stderr, "otacd: %s\n", ota_error_last());
+			ota_log(OTA_LOG_ERROR, "%s", ota_error_last());
 		free(ready);
 	}
 
@@ -599,12 +602,12 @@ int main(int argc, char **argv)
 		while (sigwait(&stop_signals, &sig) == 0 && sig == SIGHUP)
 			tls_reload_all();
 	}
-	fprintf(stderr, "otacd: shutting down\n");
+	ota_log(OTA_LOG_INFO, "shutting down");
 	sdnotify_send("STOPPING=1");
 	status = 0;
 	goto out;
 fail:
-	fprintf(stderr, "otacd: %s\n", ota_error_last());
+	ota_log(OTA_LOG_ERROR, "%s", ota_error_last());
 out:
 	localagents_stop(agents);
 	api_stop(api);

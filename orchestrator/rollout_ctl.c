@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/log.h"
 #include "artifact.h"
 #include "clock.h"
 #include "config.h"
@@ -229,7 +230,7 @@ static void publish(struct rollout_controller *rc)
 			if (rc->us->apply(rc->us, x) == 0)
 				json_object_set_new(rc->applied, key, json_string(text));
 			else
-				fprintf(stderr, "otacd: update server (%s): release %s: %s\n", rc->us->name, key, ota_error_last());
+				ota_log(OTA_LOG_WARN, "update server (%s): release %s: %s", rc->us->name, key, ota_error_last());
 		}
 		free(text);
 	}
@@ -456,7 +457,7 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 		d.reason = buf_cstr(&why);
 	}
 	if (engine_exec(rc->e, decide_call, &d) < 0)
-		fprintf(stderr, "otacd: rollout %" PRId64 ": %s\n", r->id, ota_error_last());
+		ota_log(OTA_LOG_WARN, "rollout %" PRId64 ": %s", r->id, ota_error_last());
 	json_decref(evals);
 	json_decref(breaches);
 	buf_release(&why);
@@ -508,12 +509,12 @@ static int64_t pass(struct rollout_controller *rc)
 			/* 'starting' rows whose release is not joined yet */
 			int64_t id = ids[i];
 			if (engine_exec(rc->e, activate_call, &id) < 0)
-				fprintf(stderr, "otacd: rollout %" PRId64 ": %s\n", id, ota_error_last());
+				ota_log(OTA_LOG_WARN, "rollout %" PRId64 ": %s", id, ota_error_last());
 			continue;
 		}
 		if (!strcmp(r.state, "starting")) {
 			if (engine_exec(rc->e, activate_call, &r.id) < 0)
-				fprintf(stderr, "otacd: rollout %" PRId64 ": %s\n", r.id, ota_error_last());
+				ota_log(OTA_LOG_WARN, "rollout %" PRId64 ": %s", r.id, ota_error_last());
 			sleep_ms = 0;
 		} else if (!strcmp(r.state, "waiting_window")) {
 			int64_t wait = clock_real_delay_ms(r.hold_until);

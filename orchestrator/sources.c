@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "../common/notify.h"
 #include "clock.h"
 #include "gitsrc.h"
@@ -107,13 +108,13 @@ static void fail_run(struct sources *s, struct trigger_req *req, const char *nam
 {
 	int64_t run = 0;
 	if (engine_record_failed_run(s->engine, req, name, error, &run) < 0)
-		fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", req->delivery_id, ota_error_last());
+		ota_log(OTA_LOG_WARN, "delivery %" PRId64 ": %s", req->delivery_id, ota_error_last());
 }
 
 static void close_delivery(struct sources *s, int64_t id, const char *reason)
 {
 	if (engine_delivery_done(s->engine, id, reason) < 0)
-		fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", id, ota_error_last());
+		ota_log(OTA_LOG_WARN, "delivery %" PRId64 ": %s", id, ota_error_last());
 }
 
 /* Turn a manual trigger's ref (branch, tag, full ref, commit) into a full ref. */
@@ -234,7 +235,7 @@ static void process(struct sources *s, int64_t id)
 		 * first job: its download then finds it ready (or joins the build). */
 		char *tar = NULL;
 		if (gitsrc_archive(&repo->git, c.id, &tar) < 0)
-			fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", id, ota_error_last());
+			ota_log(OTA_LOG_WARN, "delivery %" PRId64 ": %s", id, ota_error_last());
 		free(tar);
 	} else if ((rc == OTA_EINVAL || rc == OTA_EPERM) && diags.n) {
 		struct buf text = BUF_INIT;
@@ -242,7 +243,7 @@ static void process(struct sources *s, int64_t id)
 		fail_run(s, &req, p->name, buf_cstr(&text));
 		buf_release(&text);
 	} else if (rc < 0) {
-		fprintf(stderr, "otacd: delivery %" PRId64 ": %s\n", id, ota_error_last());
+		ota_log(OTA_LOG_WARN, "delivery %" PRId64 ": %s", id, ota_error_last());
 	}
 out:
 	pipeline_free(p);

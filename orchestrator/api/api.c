@@ -53,6 +53,16 @@ static int64_t mono_us(void)
 
 /* ---- replies ---------------------------------------------------------- */
 
+enum MHD_Result api_queue_response(struct api_req *r, unsigned status, struct MHD_Response *resp)
+{
+	/* a response the cache keeps is sent to other requests too: it
+	 * cannot carry this one's id */
+	if (!r->cache_slot && r->request_id[0])
+		MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+	r->status_sent = status;
+	return MHD_queue_response(r->conn, status, resp);
+}
+
 static enum MHD_Result queue(struct api_req *r, unsigned status, const char *type, char *data, size_t len)
 {
 	struct MHD_Response *resp;
@@ -76,7 +86,7 @@ static enum MHD_Result queue(struct api_req *r, unsigned status, const char *typ
 	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	ret = MHD_queue_response(r->conn, status, resp);
+	ret = api_queue_response(r, status, resp);
 	if (!r->cache_slot || !api_cache_keep(r->api, r, status, resp))
 		MHD_destroy_response(resp);
 	return ret;
@@ -276,7 +286,7 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 	if (!strcmp(path, "/favicon.ico")) {
 		/* no icon: say so without an error in every browser console */
 		struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
-		enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+		enum MHD_Result ret = api_queue_response(r, MHD_HTTP_NO_CONTENT, resp);
 		MHD_destroy_response(resp);
 		return ret;
 	}
@@ -291,7 +301,7 @@ static enum MHD_Result get_asset(struct api *a, struct api_req *r)
 			enum MHD_Result ret;
 			MHD_add_response_header(resp, "Content-Type", type);
 			MHD_add_response_header(resp, "Content-Security-Policy", "default-src 'self'");
-			ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+			ret = api_queue_response(r, MHD_HTTP_OK, resp);
 			MHD_destroy_response(resp);
 			return ret;
 		}
@@ -589,7 +599,7 @@ static enum MHD_Result idem_check(struct api *a, struct api_req *r, const char *
 		MHD_add_response_header(resp, "Content-Type", "application/json");
 		MHD_add_response_header(resp, "Cache-Control", "no-store");
 		MHD_add_response_header(resp, "Idempotent-Replayed", "true");
-		ret = MHD_queue_response(r->conn, (unsigned)status, resp);
+		ret = api_queue_response(r, (unsigned)status, resp);
 		MHD_destroy_response(resp);
 		break;
 	}
@@ -614,8 +624,18 @@ static enum MHD_Result idem_check(struct api *a, struct api_req *r, const char *
 	return ret;
 }
 
-static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+/* A client's X-Request-Id when it is sane (log.h), else a new one. */
+static void request_id_pick(struct api_req *r)
+{
+	const char *theirs = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
+	if (ota_log_request_id_ok(theirs))
+		snprintf(r->request_id, sizeof(r->request_id), "%s", theirs);
+	else
+		ota_log_request_id_new(r->request_id);
+}
+
+static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+				   const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
 	const struct api_listener *l = cls;
 	struct api *a = l->api;
@@ -632,6 +652,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 		r->conn = conn;
 		r->url = url;
 		r->started_us = mono_us();
+		snprintf(r->method, sizeof(r->method), "%s", method);
+		request_id_pick(r);
+		ota_log_ctx_request(r->request_id);
 		*con_cls = r;
 		ret = first_call(a, r, method);
 		if (!r->route || r->failed)
@@ -693,13 +716,37 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 	return r->route->handler(a, r);
 }
 
+/* libmicrohttpd's access handler: every call for a request (header,
+ * body chunks, the resumption of a parked one) runs with the request's id
+ * in this thread's log context, so whatever it logs carries it. */
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+			      const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+	struct api_req *r = *con_cls;
+	enum MHD_Result ret;
+
+	if (r)
+		ota_log_ctx_request(r->request_id);
+	ret = handle_call(cls, conn, url, method, version, upload_data, upload_size, con_cls);
+	ota_log_ctx_request(NULL);
+	return ret;
+}
+
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
 	const struct api_listener *l = cls;
 	struct api_req *r = *con_cls;
-	(void)toe;
+	int64_t elapsed_us = r ? mono_us() - r->started_us : 0;
 	if (r && r->route)
-		api_ops_observe(r->route, mono_us() - r->started_us);
+		api_ops_observe(r->route, elapsed_us);
+	if (r && ota_log_enabled(OTA_LOG_DEBUG)) {
+		/* the access log (log_level: debug): the path is the client's
+		 * text, which the logger escapes */
+		ota_log_ctx_request(r->request_id);
+		ota_log(OTA_LOG_DEBUG, "api: %s %s: %u in %.3f ms%s", r->method, r->url ? r->url : "", r->status_sent,
+			(double)elapsed_us / 1000.0, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not completed)");
+		ota_log_ctx_request(NULL);
+	}
 	req_free(*con_cls);
 	*con_cls = NULL;
 	/* the next request on this connection gets a new header deadline */

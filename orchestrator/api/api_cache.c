@@ -158,7 +158,9 @@ enum MHD_Result api_cache_begin(struct api *a, struct api_req *r, int *answered)
 		s = find(c, key);
 		if (s && s->gen == gen && s->resp) {
 			s->used = ++c->clock;
+			/* shared: no X-Request-Id (docs/operations.md) */
 			ret = MHD_queue_response(r->conn, MHD_HTTP_OK, s->resp);
+			r->status_sent = MHD_HTTP_OK;
 			*answered = 1;
 			goto out;
 		}

@@ -297,7 +297,7 @@ enum MHD_Result api_agent_source(struct api *a, struct api_req *r)
 	resp = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
 	MHD_add_response_header(resp, "Content-Type", "application/x-tar");
 	MHD_add_response_header(resp, "X-Commit", commit);
-	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	ret = api_queue_response(r, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 out:
 	free(tar);

@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "../../common/log.h"
 #include "../../common/notify.h"
 #include "api.h"
 #include "api_wait.h"
@@ -76,12 +77,21 @@ struct api_req {
 	char *idem_key;            /* a reserved Idempotency-Key: keep the answer */
 	int idem_ran;              /* the handler of that request has run */
 	int64_t started_us;        /* monotonic µs the header was complete (latency metrics) */
+	/* issue 18: the request's id (the client's X-Request-Id when sane, else
+	 * made here), on its log lines and in its answer's X-Request-Id */
+	char request_id[OTA_LOG_REQUEST_ID_MAX + 1];
+	char method[16];
+	unsigned status_sent;      /* the answer's status, for the access log line */
 };
 
 /* Lists (docs/api.md, "Lists"): ?limit= from 1 to API_LIST_MAX, dflt when
  * absent.  -1 after answering 400 for anything else. */
 #define API_LIST_MAX 500
 int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out);
+
+/* MHD_queue_response with the request's X-Request-Id added: every answer
+ * goes through here but a kept (api_cache.c) one, which is shared. */
+enum MHD_Result api_queue_response(struct api_req *r, unsigned status, struct MHD_Response *resp);
 
 /* api_ops.c: /healthz, /readyz, /metrics */
 enum MHD_Result api_get_metrics(struct api *a, struct api_req *r);

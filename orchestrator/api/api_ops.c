@@ -235,7 +235,7 @@ static enum MHD_Result reply_text(struct api_req *r, unsigned status, struct buf
 	buf_release(b);
 	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	ret = MHD_queue_response(r->conn, status, resp);
+	ret = api_queue_response(r, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
 }

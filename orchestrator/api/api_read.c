@@ -393,7 +393,7 @@ static enum MHD_Result serve_object(struct api_req *r, const char *sha256, const
 		MHD_add_response_header(resp, "Content-Disposition", disp);
 		free(disp);
 	}
-	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	ret = api_queue_response(r, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;
 }
@@ -556,7 +556,7 @@ static enum MHD_Result sse_reply(struct api_req *r, struct sse *x)
 	resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, sse_read, x, sse_free);
 	MHD_add_response_header(resp, "Content-Type", "text/event-stream");
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	ret = api_queue_response(r, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;
 }
@@ -757,7 +757,7 @@ enum MHD_Result api_get_job_log(struct api *a, struct api_req *r)
 		MHD_add_response_header(resp, "X-Log-Size", size);
 		MHD_add_response_header(resp, "X-Job-State", job.state);
 		MHD_add_response_header(resp, "X-Attempt", att);
-		ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+		ret = api_queue_response(r, MHD_HTTP_OK, resp);
 		MHD_destroy_response(resp);
 		return ret;
 	}

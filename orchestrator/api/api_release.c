@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/log.h"
 #include "../artifact.h"
 #include "../config.h"
 #include "../gitsrc.h"
@@ -191,7 +192,7 @@ enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
 		x.action = "revocations_refused";
 	snprintf(x.why, sizeof(x.why), "%s", rc < 0 ? ota_error_last() : "revocation list published");
 	if (engine_exec(a->cfg.engine, audit_revocations, &x) < 0)
-		fprintf(stderr, "otacd: audit: %s\n", ota_error_last());
+		ota_log(OTA_LOG_WARN, "audit: %s", ota_error_last());
 	if (rc < 0)
 		return api_reply_error(r, rc == OTA_ECONFLICT ? MHD_HTTP_CONFLICT
 					  : rc == OTA_EAUTH ? MHD_HTTP_UNPROCESSABLE_CONTENT : MHD_HTTP_BAD_REQUEST,

@@ -375,7 +375,7 @@ enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
 	resp = MHD_create_response_from_callback((uint64_t)size, 64 * 1024, input_read_cb, rd, input_close_cb);
 	MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
 	MHD_add_response_header(resp, "X-Sha256", r->sha);
-	ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	ret = api_queue_response(r, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;
 }

@@ -41,6 +41,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 #include "../clock.h"
 #include "../logstore.h"
@@ -127,7 +128,7 @@ static void sweep(struct api_waiter *w, int64_t now)
 	}
 	/* one line per 10 s at most, however many are cut */
 	if (w->cut != w->cut_logged && now >= w->cut_log_at) {
-		fprintf(stderr, "otacd: closed %" PRIu64 " connection(s) whose request was not complete within %" PRId64 " ms\n",
+		ota_log(OTA_LOG_INFO, "closed %" PRIu64 " connection(s) whose request was not complete within %" PRId64 " ms",
 			w->cut - w->cut_logged, w->request_timeout_ms);
 		w->cut_logged = w->cut;
 		w->cut_log_at = now + 10000;
@@ -263,7 +264,7 @@ void api_mhd_log(void *cls, const char *fmt, va_list ap)
 	     * certificate, a flood) is the client's problem, not a log line */
 	    strstr(fmt, "handshake") || strstr(fmt, "TLS"))
 		return;
-	vfprintf(stderr, fmt, ap);
+	ota_logv(OTA_LOG_WARN, fmt, ap); /* libmicrohttpd's own, one line each */
 }
 
 void api_conn_notify(struct api_waiter *w, struct MHD_Connection *conn, void **socket_context,

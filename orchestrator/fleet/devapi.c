@@ -40,6 +40,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 #include "../api/api.h"
 #include "../api/api_wait.h"
@@ -516,7 +517,7 @@ static enum MHD_Result do_reports(struct devapi *a, struct MHD_Connection *c, st
 			struct MHD_Response *resp;
 			char *text;
 			snprintf(msg, sizeof(msg), "%s", ota_error_last());
-			fprintf(stderr, "otacd: device registration refused (%s) from %s\n", msg, peer_of(c, peer, sizeof(peer)));
+			ota_log(OTA_LOG_WARN, "device registration refused (%s) from %s", msg, peer_of(c, peer, sizeof(peer)));
 			{
 				json_t *o = json_pack("{ss}", "error", msg);
 				text = json_dumps(o, JSON_COMPACT);

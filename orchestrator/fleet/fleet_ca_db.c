@@ -28,6 +28,7 @@
 
 #include <openssl/crypto.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 #include "../auth.h"
 #include "../clock.h"
@@ -227,7 +228,7 @@ static void audit_early(struct fleet_ca *ca, const struct fleet_ca_request *rq, 
 	a.detail = json_pack("{ss ss* ss* ss ss}", "device", rq->device ? rq->device : "", "product", rq->product,
 			     "provisioner", prov, "peer", rq->peer ? rq->peer : "", "error", why);
 	if (engine_exec(e, do_audit_refusal, &a) < 0)
-		fprintf(stderr, "otacd: cannot audit a refused provisioning: %s\n", ota_error_last());
+		ota_log(OTA_LOG_WARN, "cannot audit a refused provisioning: %s", ota_error_last());
 	json_decref(a.detail);
 	ota_error_set(rc, "%s", why);
 }

@@ -91,6 +91,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "../../common/log.h"
 #include "../clock.h"
 #include "../store.h"
 
@@ -717,8 +718,8 @@ static void last_round(struct fleet *f)
 		pthread_mutex_unlock(&s->mu);
 	}
 	if (round_commit(f, NULL) < 0) {
-		fprintf(stderr, "otacd: fleet.db: the last round at close failed (%s): last_seen of devices that only"
-				" checked in since their last row may be older after the restart\n", ota_error_last());
+		ota_log(OTA_LOG_WARN, "fleet.db: the last round at close failed (%s): last_seen of devices that only"
+				" checked in since their last row may be older after the restart", ota_error_last());
 		return;
 	}
 	__atomic_store_n(&f->seen_pending, 0, __ATOMIC_RELAXED);

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 
 #define PUSH_PAYLOAD_MAX 128
@@ -85,7 +86,7 @@ static void enqueue_locked(struct push *p, char *topic, const char *payload)
 	if (p->n == p->cap) {
 		atomic_fetch_add(&p->dropped, 1);
 		if (!p->overflow_logged)
-			fprintf(stderr, "otacd: push: %zu hints are waiting (push.queue); more are dropped (counted) and"
+			ota_log(OTA_LOG_WARN, "push: %zu hints are waiting (push.queue); more are dropped (counted) and"
 					" those devices poll\n", p->cap);
 		p->overflow_logged = 1;
 		free(topic);
@@ -189,7 +190,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
 	(void)m;
 	if (rc == 0) {
 		if (p->outage_logged || p->last_refusal)
-			fprintf(stderr, "otacd: push: connected to %s (%llu hints dropped so far)\n", p->url,
+			ota_log(OTA_LOG_INFO, "push: connected to %s (%llu hints dropped so far)", p->url,
 				(unsigned long long)atomic_load(&p->dropped));
 		p->outage_logged = 0;
 		p->last_refusal = 0;
@@ -197,7 +198,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
 		return;
 	}
 	if (rc != p->last_refusal)
-		fprintf(stderr, "otacd: push: broker %s refused the connection: %s%s; devices poll until it accepts\n",
+		ota_log(OTA_LOG_WARN, "push: broker %s refused the connection: %s%s; devices poll until it accepts",
 			p->url, mosquitto_connack_string(rc),
 			rc == 4 || rc == 5 ? " (check push.username and push.password_file)" : "");
 	p->last_refusal = rc;
@@ -283,8 +284,8 @@ static void *publisher(void *arg)
 			rc = mosquitto_connect_async(p->mosq, p->host, p->port, 30);
 			if (rc != MOSQ_ERR_SUCCESS) {
 				if (!p->outage_logged)
-					fprintf(stderr, "otacd: push: cannot reach the broker %s: %s; hints are dropped "
-							"(counted) and devices poll until it is back\n",
+					ota_log(OTA_LOG_WARN, "push: cannot reach the broker %s: %s; hints are dropped "
+							"(counted) and devices poll until it is back",
 						p->url, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 				p->outage_logged = 1;
 				drain(p, SIZE_MAX);
@@ -303,8 +304,8 @@ static void *publisher(void *arg)
 			mosquitto_disconnect(p->mosq);
 			up = 0;
 			if (!p->outage_logged)
-				fprintf(stderr, "otacd: push: %s the broker %s: %s; hints are dropped (counted) and devices"
-						" poll until it is back\n", was ? "lost" : "cannot reach", p->url,
+				ota_log(OTA_LOG_WARN, "push: %s the broker %s: %s; hints are dropped (counted) and devices"
+						" poll until it is back", was ? "lost" : "cannot reach", p->url,
 					lrc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(lrc));
 			p->outage_logged = 1;
 			drain(p, SIZE_MAX);

@@ -39,6 +39,7 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 
 #define TLS_FILE_MAX ((size_t)1 << 20)
@@ -362,11 +363,11 @@ void tls_reload_all(void)
 	pthread_mutex_lock(&registry_mu);
 	for (struct tls_server *t = registry; t; t = t->next) {
 		if (tls_server_reload(t) < 0) {
-			fprintf(stderr, "otacd: %s listener: TLS reload failed, the old certificate stays: %s\n", t->name,
+			ota_log(OTA_LOG_WARN, "%s listener: TLS reload failed, the old certificate stays: %s", t->name,
 				ota_error_last());
 		} else {
 			char *serial = tls_server_serial(t);
-			fprintf(stderr, "otacd: %s listener: TLS certificate reloaded (serial %s)\n", t->name, serial);
+			ota_log(OTA_LOG_INFO, "%s listener: TLS certificate reloaded (serial %s)", t->name, serial);
 			free(serial);
 		}
 	}
@@ -618,6 +619,6 @@ void tls_warn_if_plain(const char *name, const char *listen, const struct sockad
 	else if (sa->sa_family == AF_INET6)
 		loopback = IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
 	if (!loopback)
-		fprintf(stderr, "otacd: warning: the %s listener on %s is not loopback and has no TLS: "
-			"credentials and data cross the network in clear (docs/config.md, tls)\n", name, listen);
+		ota_log(OTA_LOG_WARN, "warning: the %s listener on %s is not loopback and has no TLS: "
+			"credentials and data cross the network in clear (docs/config.md, tls)", name, listen);
 }
