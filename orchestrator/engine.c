@@ -277,6 +277,19 @@ static int start_inproc(struct engine *e, int64_t job, const struct stage_kind *
 	return 0;
 }
 
+/* The stage's jobs enter the dispatch queue now: their wait for an agent
+ * (queue_wait_ms, /metrics) counts from here, in real time, since agents'
+ * capacity is real whatever --time-scale says. */
+static int mark_queued(struct engine *e, int64_t stage_id)
+{
+	sqlite3_stmt *st = STMT(e, "UPDATE jobs SET queued_at = ? WHERE stage_id = ? AND state = 'queued'");
+	if (!st)
+		return OTA_ERROR;
+	sqlite3_bind_int64(st, 1, clock_real_ms());
+	sqlite3_bind_int64(st, 2, stage_id);
+	return store_step_done(e->db, st);
+}
+
 static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 {
 	sqlite3_stmt *st = STMT(e, "SELECT j.id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
@@ -288,6 +301,8 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 
 	if (!st)
 		return OTA_ERROR;
+	if ((rc = mark_queued(e, stage_id)) < 0)
+		return rc;
 	sqlite3_bind_int64(st, 1, stage_id);
 	while ((rc = store_step_row(e->db, st)) == 1) {
 		const struct stage_kind *kind = stage_kind_find(store_col_text(st, 2), NULL);

@@ -140,7 +140,8 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 		if (use_daemon || use_infra || use_count) {
 			st = STMT(e, "UPDATE jobs SET state = 'queued', agent_id = NULL, lease_expires = NULL,"
 				     " deadline = NULL, exit_code = ?, failure = ?, message = ?,"
-				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ? WHERE id = ?");
+				     " infra_retries_left = infra_retries_left - ?, retries_left = retries_left - ?,"
+				     " queued_at = ?7 WHERE id = ?6");
 			sqlite3_bind_int(st, 1, r->exit_code);
 			sqlite3_bind_text(st, 2, failure, -1, SQLITE_STATIC);
 			if (r->message)
@@ -148,6 +149,7 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 			sqlite3_bind_int(st, 4, use_infra);
 			sqlite3_bind_int(st, 5, use_count);
 			sqlite3_bind_int64(st, 6, j->id);
+			sqlite3_bind_int64(st, 7, clock_real_ms());
 			if ((rc = store_step_done(e->db, st)) < 0)
 				return rc;
 			eng_event(e, j->run_id, j->id, "job.retry",
@@ -413,12 +415,16 @@ static int do_claim(struct engine *e, void *arg)
 	if ((rc = ota_random_hex(token, 32)) < 0)
 		goto out;
 	auth_sha256_hex(token, token_hash);
-	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, token_hash) VALUES (?,?,?,?,?)");
+	/* the wait in the queue (real ms; NULL for jobs queued before
+	 * migration 14), read from the row the UPDATE above left queued_at in */
+	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, token_hash, queue_wait_ms)"
+		     " VALUES (?1,?2,?3,?4,?5, (SELECT MAX(?6 - queued_at, 0) FROM jobs WHERE id = ?1))");
 	sqlite3_bind_int64(st, 1, j.id);
 	sqlite3_bind_int(st, 2, j.attempt);
 	sqlite3_bind_int64(st, 3, a->agent_id);
 	sqlite3_bind_int64(st, 4, now);
 	sqlite3_bind_text(st, 5, token_hash, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, real);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
 	st = STMT(e, "UPDATE agents SET current_job = ? WHERE id = ?");

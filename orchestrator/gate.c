@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "../common/httpc.h"
@@ -70,6 +71,21 @@ const char *gate_verdict_name(enum gate_verdict v)
 	case GATE_FAIL: return "fail";
 	default: return "inconclusive";
 	}
+}
+
+/* Evaluations since the start, by verdict (any rollout controller thread
+ * counts; /metrics reads). */
+static _Atomic uint64_t g_verdicts[3];
+
+void gate_verdict_count(enum gate_verdict v)
+{
+	if ((unsigned)v < OTA_ARRAY_SIZE(g_verdicts))
+		atomic_fetch_add(&g_verdicts[v], 1);
+}
+
+uint64_t gate_verdicts_total(enum gate_verdict v)
+{
+	return (unsigned)v < OTA_ARRAY_SIZE(g_verdicts) ? atomic_load(&g_verdicts[v]) : 0;
 }
 
 /* ---- spec parsing ------------------------------------------------------- */

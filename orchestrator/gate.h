@@ -117,6 +117,12 @@ enum gate_verdict {
 /* "pass", "fail", "inconclusive". */
 const char *gate_verdict_name(enum gate_verdict v);
 
+/* The rollout controller counts each gate evaluation it makes (one per gate
+ * and pass, whatever comes of it); /metrics shows the counts since the start
+ * as otacd_gate_verdicts_total{verdict}. */
+void gate_verdict_count(enum gate_verdict v);
+uint64_t gate_verdicts_total(enum gate_verdict v);
+
 struct gate_eval {
 	enum gate_verdict verdict;
 	char metric[48];

@@ -411,6 +411,7 @@ static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
 			if (has_own) /* builtin: not on aggregates that lag the fleet */
 				evidence_lag(rc, &lag, &ev);
 			j = gate_eval_to_json(&ev);
+			gate_verdict_count(ev.verdict); /* issue 18: a true counter on /metrics */
 			json_object_set_new(j, "gate", json_string(gname));
 			if (has_own)
 				json_object_set_new(j, "step_n", json_integer(step_n));

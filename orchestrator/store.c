@@ -199,6 +199,11 @@ static const char *const migrations[] = {
 	"  stage TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, created_at INTEGER NOT NULL,"
 	"  PRIMARY KEY(job_id, attempt, name));"
 	"CREATE INDEX run_metrics_by_run ON run_metrics(run_id);",
+	/* 14 (issue 18): when a job last entered the dispatch queue (its stage
+	 * started, or it was queued for a retry; real ms) and how long each
+	 * attempt waited there for an agent, for /metrics' queue-wait histogram */
+	"ALTER TABLE jobs ADD COLUMN queued_at INTEGER;"
+	"ALTER TABLE job_attempts ADD COLUMN queue_wait_ms INTEGER;",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

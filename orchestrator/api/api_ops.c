@@ -22,6 +22,9 @@
 #include "../../common/util.h"
 #include "../clock.h"
 #include "../diskguard.h"
+#include "../fleet/admission.h"
+#include "../fleet/fleet.h"
+#include "../gate.h"
 #include "../store.h"
 
 /* ---- API latency per route ---------------------------------------------- */
@@ -129,30 +132,103 @@ static int64_t one_int(struct store *db, const char *sql, int64_t arg)
 	return v;
 }
 
-/* Finished jobs' durations in real seconds (agents' wall clock), as a
- * histogram built by the query. */
-static void job_durations(struct buf *b, struct store *db)
-{
-	static const int bounds[] = { 1, 5, 15, 60, 300, 900, 3600 };
-	uint64_t total = 0;
-	sqlite3_stmt *st;
+/* ---- histograms counted by a query ---------------------------------------- */
 
-	buf_puts(b, "# HELP otacd_job_duration_seconds Real run time of finished jobs' last attempts on agents.\n"
-		    "# TYPE otacd_job_duration_seconds histogram\n");
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(bounds); i++)
-		buf_printf(b, "otacd_job_duration_seconds_bucket{le=\"%d\"} %" PRId64 "\n", bounds[i],
-			   one_int(db, "SELECT COUNT(*) FROM jobs WHERE real_finished_at IS NOT NULL AND agent_id > 0"
-				       " AND real_finished_at - real_started_at <= ?", (int64_t)bounds[i] * 1000));
-	st = store_stmt(db, "SELECT COUNT(*), COALESCE(SUM(real_finished_at - real_started_at), 0) FROM jobs"
-			    " WHERE real_finished_at IS NOT NULL AND agent_id > 0");
-	if (st && store_step_row(db, st) == 1) {
-		total = (uint64_t)store_col_int(st, 0);
-		buf_printf(b, "otacd_job_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n"
-			      "otacd_job_duration_seconds_sum %.3f\notacd_job_duration_seconds_count %" PRIu64 "\n",
-			   total, (double)store_col_int(st, 1) / 1000.0, total);
+/* Every histogram here has HIST_BUCKETS finite buckets: the query counts
+ * them in one pass over rows of (l: label value, v: observation in ms). */
+#define HIST_BUCKETS 10
+#define HIST_SUMS                                                                                              \
+	"SUM(v <= ?1), SUM(v <= ?2), SUM(v <= ?3), SUM(v <= ?4), SUM(v <= ?5), SUM(v <= ?6), SUM(v <= ?7),"      \
+	" SUM(v <= ?8), SUM(v <= ?9), SUM(v <= ?10), COUNT(*), COALESCE(SUM(v), 0)"
+
+/* Real run time of finished jobs' last attempts on agents, by stage kind. */
+static const char job_duration_sql[] =
+	"SELECT l, " HIST_SUMS " FROM (SELECT s.kind AS l, j.real_finished_at - j.real_started_at AS v"
+	" FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.real_finished_at IS NOT NULL AND j.agent_id > 0)"
+	" GROUP BY l ORDER BY l";
+static const double job_duration_bounds[HIST_BUCKETS] = { 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600 };
+
+/* Each claimed attempt's wait in the queue (migration 14). */
+static const char queue_wait_sql[] =
+	"SELECT '' AS l, " HIST_SUMS " FROM (SELECT queue_wait_ms AS v FROM job_attempts WHERE queue_wait_ms IS NOT NULL)";
+static const double queue_wait_bounds[HIST_BUCKETS] = { 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 3600 };
+
+/* A label value as the text format wants it: \, " and newline escaped. */
+static void put_label_value(struct buf *b, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			buf_putc(b, '\\');
+		if (*v == '\n')
+			buf_puts(b, "\\n");
+		else
+			buf_putc(b, *v);
 	}
-	if (st)
-		sqlite3_reset(st);
+}
+
+/* One histogram family; label NULL: a single unlabelled series (the query
+ * then answers one row, with l ''). */
+static int histogram_text(struct buf *b, struct store *db, const char *name, const char *help, const char *label,
+			  const char *sql, const double bounds[HIST_BUCKETS])
+{
+	sqlite3_stmt *st = store_stmt(db, sql);
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	for (int i = 0; i < HIST_BUCKETS; i++)
+		sqlite3_bind_int64(st, i + 1, (int64_t)(bounds[i] * 1000.0 + 0.5));
+	buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	while ((rc = store_step_row(db, st)) == 1) {
+		struct buf lv = BUF_INIT; /* {kind="build", or { */
+		int64_t count = store_col_int(st, HIST_BUCKETS + 1);
+		buf_putc(&lv, '{');
+		if (label) {
+			buf_printf(&lv, "%s=\"", label);
+			put_label_value(&lv, store_col_text(st, 0) ? store_col_text(st, 0) : "");
+			buf_puts(&lv, "\",");
+		}
+		for (int i = 0; i < HIST_BUCKETS; i++)
+			buf_printf(b, "%s_bucket%sle=\"%g\"} %" PRId64 "\n", name, buf_cstr(&lv), bounds[i],
+				   store_col_int(st, i + 1));
+		buf_printf(b, "%s_bucket%sle=\"+Inf\"} %" PRId64 "\n", name, buf_cstr(&lv), count);
+		if (label) {
+			lv.ptr[lv.len - 1] = '}'; /* the trailing comma closes the set */
+			buf_printf(b, "%s_sum%s %.3f\n%s_count%s %" PRId64 "\n", name, buf_cstr(&lv),
+				   (double)store_col_int(st, HIST_BUCKETS + 2) / 1000.0, name, buf_cstr(&lv), count);
+		} else {
+			buf_printf(b, "%s_sum %.3f\n%s_count %" PRId64 "\n", name,
+				   (double)store_col_int(st, HIST_BUCKETS + 2) / 1000.0, name, count);
+		}
+		buf_release(&lv);
+	}
+	sqlite3_reset(st);
+	return rc < 0 ? OTA_ERROR : 0;
+}
+
+/* Counters kept in memory since the start: gate evaluations (gate.h) and
+ * the device API's check-ins and reports (the same numbers as on the
+ * device listener's /metrics, so one scrape of the API listener sees the
+ * whole pipeline). */
+static void counters_text(struct buf *b)
+{
+	static const enum gate_verdict verdicts[] = { GATE_PASS, GATE_FAIL, GATE_INCONCLUSIVE };
+	uint64_t accepted, refused;
+
+	buf_puts(b, "# HELP otacd_gate_verdicts_total Gate evaluations since otacd started, by verdict.\n"
+		    "# TYPE otacd_gate_verdicts_total counter\n");
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(verdicts); i++)
+		buf_printf(b, "otacd_gate_verdicts_total{verdict=\"%s\"} %" PRIu64 "\n", gate_verdict_name(verdicts[i]),
+			   gate_verdicts_total(verdicts[i]));
+	devapi_report_counts(&accepted, &refused);
+	buf_printf(b, "# HELP otacd_device_checkins_total Check-in requests the device API took (served, deferred,"
+		      " refused for their credential).\n"
+		      "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %" PRIu64 "\n"
+		      "# HELP otacd_device_reports_total Device reports answered, by outcome.\n"
+		      "# TYPE otacd_device_reports_total counter\n"
+		      "otacd_device_reports_total{outcome=\"accepted\"} %" PRIu64 "\n"
+		      "otacd_device_reports_total{outcome=\"refused\"} %" PRIu64 "\n",
+		   admission_checkins_taken(), accepted, refused);
 }
 
 static const char *const run_states[] = { "queued", "blocked", "running", "passed", "failed", "canceled", NULL };
@@ -184,7 +260,13 @@ static int db_text(struct api *a, struct buf *b)
 		      " from its stage's start).\n# TYPE otacd_queue_oldest_wait_seconds gauge\n"
 		      "otacd_queue_oldest_wait_seconds %.3f\n",
 		   oldest > 0 && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
-	job_durations(b, db);
+	if (histogram_text(b, db, "otacd_job_duration_seconds",
+			   "Real run time of finished jobs' last attempts on agents, by stage kind.", "kind",
+			   job_duration_sql, job_duration_bounds) < 0 ||
+	    histogram_text(b, db, "otacd_job_queue_wait_seconds",
+			   "Real time each job attempt waited in the queue for an agent (from its stage's start or"
+			   " its retry).", NULL, queue_wait_sql, queue_wait_bounds) < 0)
+		return OTA_ERROR;
 	{
 		/* an agent is connected when heard from within a lease */
 		int64_t lease = a->cfg.lease_ms > 0 ? a->cfg.lease_ms : 30000;
@@ -256,6 +338,7 @@ enum MHD_Result api_get_metrics(struct api *a, struct api_req *r)
 		return api_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "metrics: the database cannot be read: %s",
 				       ota_error_last());
 	}
+	counters_text(&b);
 	latency_text(&b);
 	return reply_text(r, MHD_HTTP_OK, &b);
 }

@@ -67,6 +67,12 @@ static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
 static _Atomic uint64_t g_reports_accepted, g_reports_refused; /* issue 18: report outcomes, answered */
 
+void devapi_report_counts(uint64_t *accepted, uint64_t *refused)
+{
+	*accepted = g_reports_accepted;
+	*refused = g_reports_refused;
+}
+
 struct devapi {
 	struct MHD_Daemon *mhd;
 	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */

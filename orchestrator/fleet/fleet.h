@@ -353,6 +353,9 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
 struct devapi;
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public);
 int devapi_port(const struct devapi *d);
+/* Device reports answered since the start (process-wide), by outcome: the
+ * device listener's otacd_device_reports_total, also on the API's /metrics. */
+void devapi_report_counts(uint64_t *accepted, uint64_t *refused);
 /* The header deadline and per-client cap for listeners started after this
  * call (default 10 s and 128; main.c passes request_timeout and
  * max_connections_per_client). */
