@@ -95,6 +95,9 @@ int eng_attempt_done(struct engine *e, struct jobrow *j, const struct job_result
 	if (message)
 		mask_string(logstore_mask(), message);
 	rc = attempt_record(e, j, &rv, failed, state_out);
+	if (rc >= 0)
+		ota_log(OTA_LOG_DEBUG, "engine: job %" PRId64 " (stage %s) attempt %d: %s", j->id, j->stage_name,
+			j->attempt, *state_out);
 	free(message);
 	return rc;
 }
@@ -433,6 +436,9 @@ static int do_claim(struct engine *e, void *arg)
 	if ((rc = store_step_done(e->db, st)) < 0)
 		goto out;
 	eng_event(e, j.run_id, j.id, "job.running", json_pack("{si sI}", "attempt", j.attempt, "agent", (json_int_t)a->agent_id));
+	/* log_level: debug; the line carries the run and job (eng_job_load) */
+	ota_log(OTA_LOG_DEBUG, "engine: job %" PRId64 " (stage %s) attempt %d: claimed by agent %" PRId64, j.id,
+		j.stage_name, j.attempt, a->agent_id);
 	e->changed_state = 1;
 	a->job = job_payload(e, &j);
 	json_object_set_new(a->job, "job_token", json_string(token));

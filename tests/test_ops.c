@@ -49,8 +49,9 @@ static void metrics_cover_runs_jobs_agents_and_api_latency(void **state)
 	contains(buf_cstr(&body), "\notacd_runs{state=\"failed\"} 0\n");
 	contains(buf_cstr(&body), "\notacd_jobs{state=\"passed\"} 1\n");
 	contains(buf_cstr(&body), "\notacd_queue_depth 0\n");
-	contains(buf_cstr(&body), "\notacd_job_duration_seconds_count 1\n");
-	contains(buf_cstr(&body), "\notacd_job_duration_seconds_bucket{le=\"+Inf\"} 1\n");
+	contains(buf_cstr(&body), "\notacd_job_duration_seconds_count{kind=\"command\"} 1\n");
+	contains(buf_cstr(&body), "\notacd_job_duration_seconds_bucket{kind=\"command\",le=\"+Inf\"} 1\n");
+	contains(buf_cstr(&body), "\notacd_job_queue_wait_seconds_count 1\n");
 	contains(buf_cstr(&body), "\notacd_agents{state=\"registered\"} 1\n");
 	contains(buf_cstr(&body), "\notacd_disk_full 0\n");
 	contains(buf_cstr(&body), "\notacd_artifact_bytes 0\n");

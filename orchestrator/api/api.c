@@ -55,9 +55,7 @@ static int64_t mono_us(void)
 
 enum MHD_Result api_queue_response(struct api_req *r, unsigned status, struct MHD_Response *resp)
 {
-	/* a response the cache keeps is sent to other requests too: it
-	 * cannot carry this one's id */
-	if (!r->cache_slot && r->request_id[0])
+	if (r->request_id[0])
 		MHD_add_response_header(resp, "X-Request-Id", r->request_id);
 	r->status_sent = status;
 	return MHD_queue_response(r->conn, status, resp);
@@ -83,12 +81,13 @@ static enum MHD_Result queue(struct api_req *r, unsigned status, const char *typ
 			status = MHD_HTTP_SERVICE_UNAVAILABLE;
 		}
 	}
+	if (r->cache_slot) /* a copy of the body, for the next readers */
+		api_cache_keep(r->api, r, status, type, data, len);
 	resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	ret = api_queue_response(r, status, resp);
-	if (!r->cache_slot || !api_cache_keep(r->api, r, status, resp))
-		MHD_destroy_response(resp);
+	MHD_destroy_response(resp);
 	return ret;
 }
 

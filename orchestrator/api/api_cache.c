@@ -10,9 +10,9 @@
  * alone, the same for every reader) keep their last 200 answer per URL and
  * query, tagged with the store_generation() read before it was built:
  *
- *   - the tag still current: the kept libmicrohttpd response is queued
- *     again (MHD counts its references, so any number of connections may
- *     send it at once);
+ *   - the tag still current: the kept body is sent again, by reference (a
+ *     counted, immutable buffer), in a response of this request's own so
+ *     that it carries the request's X-Request-Id;
  *   - another thread is building the same answer for the current tag: wait
  *     for it (one build per change, not one per waiting client);
  *   - otherwise build it, by running the route's handler as usual.
@@ -28,6 +28,7 @@
 #include "api_int.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,10 +38,19 @@
 
 #define CACHE_WAIT_MS 2000   /* give up waiting for a slow build after this */
 
+/* A kept answer's body: immutable once made, freed by its last holder
+ * (the slot, or a response libmicrohttpd is still sending). */
+struct cached_body {
+	atomic_int refs;
+	const char *type;            /* a string literal (api.c's queue) */
+	size_t len;
+	char data[];
+};
+
 struct api_cache_slot {
 	char *key;                   /* URL '?' query, NULL when free */
 	uint64_t gen;                /* store_generation() before the build */
-	struct MHD_Response *resp;   /* the answer; NULL while building */
+	struct cached_body *body;    /* the answer; NULL while building */
 	int building;
 	uint64_t used;               /* for eviction: the least recently used goes */
 };
@@ -51,6 +61,28 @@ struct api_cache {
 	uint64_t clock;
 	struct api_cache_slot slot[API_CACHE_SLOTS];
 };
+
+static void body_unref(void *cls)
+{
+	struct cached_body *b = cls;
+	if (b && atomic_fetch_sub(&b->refs, 1) == 1)
+		free(b);
+}
+
+/* A response of this request's own over the shared body. */
+static struct MHD_Response *body_response(struct cached_body *b)
+{
+	struct MHD_Response *resp;
+	atomic_fetch_add(&b->refs, 1);
+	resp = MHD_create_response_from_buffer_with_free_callback_cls(b->len, b->data, body_unref, b);
+	if (!resp) {
+		body_unref(b);
+		return NULL;
+	}
+	MHD_add_response_header(resp, "Content-Type", b->type);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	return resp;
+}
 
 struct api_cache *api_cache_new(void)
 {
@@ -71,8 +103,7 @@ void api_cache_free(struct api_cache *c)
 		return;
 	for (size_t i = 0; i < API_CACHE_SLOTS; i++) {
 		free(c->slot[i].key);
-		if (c->slot[i].resp)
-			MHD_destroy_response(c->slot[i].resp);
+		body_unref(c->slot[i].body);
 	}
 	pthread_cond_destroy(&c->built);
 	pthread_mutex_destroy(&c->lock);
@@ -134,9 +165,8 @@ static void slot_clear(struct api_cache_slot *s)
 {
 	free(s->key);
 	s->key = NULL;
-	if (s->resp)
-		MHD_destroy_response(s->resp);
-	s->resp = NULL;
+	body_unref(s->body);
+	s->body = NULL;
 	s->building = 0;
 }
 
@@ -156,11 +186,13 @@ enum MHD_Result api_cache_begin(struct api *a, struct api_req *r, int *answered)
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
 		s = find(c, key);
-		if (s && s->gen == gen && s->resp) {
+		if (s && s->gen == gen && s->body) {
+			struct MHD_Response *resp = body_response(s->body);
 			s->used = ++c->clock;
-			/* shared: no X-Request-Id (docs/operations.md) */
-			ret = MHD_queue_response(r->conn, MHD_HTTP_OK, s->resp);
-			r->status_sent = MHD_HTTP_OK;
+			if (!resp)
+				break; /* out of memory: build it uncached */
+			ret = api_queue_response(r, MHD_HTTP_OK, resp);
+			MHD_destroy_response(resp);
 			*answered = 1;
 			goto out;
 		}
@@ -188,26 +220,32 @@ out:
 	return ret;
 }
 
-int api_cache_keep(struct api *a, struct api_req *r, unsigned status, struct MHD_Response *resp)
+void api_cache_keep(struct api *a, struct api_req *r, unsigned status, const char *type, const char *data,
+		    size_t len)
 {
 	struct api_cache *c = a->cache;
 	struct api_cache_slot *s = r->cache_slot;
-	int kept = 0;
+	struct cached_body *b = NULL;
 
 	if (!s)
-		return 0;
-	pthread_mutex_lock(&c->lock);
+		return;
 	if (status == MHD_HTTP_OK) {
-		s->resp = resp;
-		kept = 1;
-	} else {
-		slot_clear(s); /* errors are not kept: the next reader retries */
+		b = xmalloc(sizeof(*b) + len + 1);
+		atomic_init(&b->refs, 1);
+		b->type = type;
+		b->len = len;
+		memcpy(b->data, data, len);
+		b->data[len] = '\0';
 	}
+	pthread_mutex_lock(&c->lock);
+	if (b)
+		s->body = b;
+	else
+		slot_clear(s); /* errors are not kept: the next reader retries */
 	s->building = 0;
 	r->cache_slot = NULL;
 	pthread_cond_broadcast(&c->built);
 	pthread_mutex_unlock(&c->lock);
-	return kept;
 }
 
 void api_cache_abandon(struct api *a, struct api_req *r)

@@ -90,7 +90,7 @@ struct api_req {
 int api_list_limit(struct api_req *r, int64_t dflt, int64_t *out);
 
 /* MHD_queue_response with the request's X-Request-Id added: every answer
- * goes through here but a kept (api_cache.c) one, which is shared. */
+ * goes through here. */
 enum MHD_Result api_queue_response(struct api_req *r, unsigned status, struct MHD_Response *resp);
 
 /* api_ops.c: /healthz, /readyz, /metrics */
@@ -134,8 +134,9 @@ void api_cache_free(struct api_cache *c);
  * the thread building it, or claim the slot so that this request's answer
  * is kept (r->cache_slot). */
 enum MHD_Result api_cache_begin(struct api *a, struct api_req *r, int *answered);
-/* On queueing r's answer: 1 if the cache now owns resp's reference. */
-int api_cache_keep(struct api *a, struct api_req *r, unsigned status, struct MHD_Response *resp);
+/* On queueing r's answer: a 200's body is copied into its slot. */
+void api_cache_keep(struct api *a, struct api_req *r, unsigned status, const char *type, const char *data,
+		    size_t len);
 /* The request ended without an answer: free its claim. */
 void api_cache_abandon(struct api *a, struct api_req *r);
 
