@@ -94,7 +94,11 @@ static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
 	assert_int_equal(h_start(&r, (const char *const[]){ "--local-agents", "1", NULL }), 0);
 	assert_int_equal(h_sql_int(&r, "SELECT hold_until FROM rollouts"), hold_before); /* same step, same hold */
 	assert_int_equal(h_sql_int(&r, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 0"), 1);
-	v = offered_version(&r, "bk-0001", f.cred[1]); /* the fleet's credentials came along */
+	/* the fleet's credentials came along; the offer comes once the rollout
+	 * controller has loaded the rollout, which a start does after the
+	 * device API listens */
+	for (int waited = 0; !(v = offered_version(&r, "bk-0001", f.cred[1])) && waited < 30000; waited += 200)
+		h_msleep(200);
 	assert_non_null(v);
 	assert_string_equal(v, "1.1.0");
 	free(v);
@@ -202,6 +206,15 @@ static void corrupted_partial_or_hostile_backup_is_refused_and_changes_nothing(v
 	assert_int_not_equal(restore(&out, bk, ".esc", target), 0);
 	assert_non_null(strstr(buf_cstr(&out), "plain relative path"));
 	assert_int_equal(stat(target, &st), -1);
+
+	/* a symlinked directory in the backup, pointing at the same bytes elsewhere */
+	assert_int_equal(h_sh(&out, "cp -a %s %s.sym && mv %s.sym/logs %s.elsewhere && ln -s %s.elsewhere %s.sym/logs", bk, bk,
+			      bk, bk, bk, bk),
+			 0);
+	assert_int_not_equal(restore(&out, bk, ".sym", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "a symlink?"));
+	assert_int_equal(stat(target, &st), -1);
+	nothing_left(d.dir);
 
 	/* a state directory that is not empty is never touched */
 	assert_int_equal(h_sh(&out, "mkdir -p %s && echo keep > %s/mine", target, target), 0);

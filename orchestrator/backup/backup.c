@@ -113,12 +113,19 @@ int bk_hash_file(const char *path, int64_t *size, char sha[65])
 
 int bk_copy_file(const char *src, const char *dst, int64_t *size, char sha[65])
 {
-	int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), out = -1, rc;
-	struct stat st;
+	int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
 	if (in < 0)
 		return ota_error_set(errno == ENOENT ? OTA_ENOTFOUND : OTA_ERROR, "cannot open %s: %s", src,
 				     strerror(errno));
+	return bk_copy_from(in, src, dst, size, sha);
+}
+
+int bk_copy_from(int in, const char *src, const char *dst, int64_t *size, char sha[65])
+{
+	int out = -1, rc;
+	struct stat st;
+
 	if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
 		rc = ota_error_set(OTA_ERROR, "%s is not a regular file", src);
 		goto out;
@@ -245,8 +252,7 @@ static int sqlite_copy(const char *src_path, const char *dst_path)
 		goto out;
 	}
 	sqlite3_busy_timeout(src, 10000);
-	if (sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_EXCLUSIVE, NULL) !=
-	    SQLITE_OK) {
+	if (sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
 		rc = sqlite_err(dst, "create the copy", dst_path);
 		goto out;
 	}

@@ -16,6 +16,8 @@
  * which must not exist, fsync DST; *size and sha (64 hex digits) are
  * what was copied. */
 int bk_copy_file(const char *src, const char *dst, int64_t *size, char sha[65]);
+/* The same from an open descriptor IN (named SRC in errors), closed here. */
+int bk_copy_from(int in, const char *src, const char *dst, int64_t *size, char sha[65]);
 /* Hash a regular file. */
 int bk_hash_file(const char *path, int64_t *size, char sha[65]);
 /* 1 if REL is a path a manifest may name: relative, components of

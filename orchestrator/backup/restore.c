@@ -16,6 +16,7 @@
 #include "backup_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
 #include <sqlite3.h>
@@ -82,6 +83,25 @@ static int entry_check(json_t *f, size_t i, struct strvec *seen, const char **re
 	return 0;
 }
 
+/* Open DIR/REL read-only without following a symlink at any component:
+ * a backup directory with a symlinked subdirectory cannot make otacd read
+ * files outside it.  -1 with errno set. */
+static int open_beneath(const char *dir, const char *rel)
+{
+	char *copy = xstrdup(rel), *save = NULL, *part, *next;
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	for (part = strtok_r(copy, "/", &save); fd >= 0 && part; part = next) {
+		int nfd;
+		next = strtok_r(NULL, "/", &save);
+		nfd = openat(fd, part, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (next ? O_DIRECTORY : 0));
+		close(fd);
+		fd = nfd;
+	}
+	free(copy);
+	return fd;
+}
+
 /* Copy every listed file into STAGE, each checked against the list. */
 static int copy_files(json_t *files, const char *dir, const char *stage)
 {
@@ -94,14 +114,19 @@ static int copy_files(json_t *files, const char *dir, const char *stage)
 		const char *rel, *want;
 		char *src, *dst, sha[65];
 		int64_t want_size = -1, size = 0;
+		int in;
 		if ((rc = entry_check(f, i, &seen, &rel, &want_size, &want)) < 0 || (rc = bk_make_parents(stage, rel)) < 0)
 			break;
 		src = xasprintf("%s/%s", dir, rel);
 		dst = xasprintf("%s/%s", stage, rel);
-		rc = bk_copy_file(src, dst, &size, sha);
-		if (rc == OTA_ENOTFOUND)
+		if ((in = open_beneath(dir, rel)) >= 0)
+			rc = bk_copy_from(in, src, dst, &size, sha);
+		else if (errno == ENOENT)
 			rc = ota_error_set(OTA_EINVAL, "%s is missing from the backup (a partial backup?)", rel);
-		else if (rc == 0 && (size != want_size || strcmp(sha, want)))
+		else
+			rc = ota_error_set(OTA_EINVAL, "cannot open %s in the backup: %s%s", rel, strerror(errno),
+					   errno == ELOOP || errno == ENOTDIR ? " (a symlink? backups hold none)" : "");
+		if (rc == 0 && (size != want_size || strcmp(sha, want)))
 			rc = ota_error_set(OTA_EINVAL,
 					   "%s does not match backup.json (%lld bytes, sha256 %.12s…; listed: %lld bytes, %.12s…)",
 					   rel, (long long)size, sha, (long long)want_size, want);
@@ -161,9 +186,17 @@ static int remove_one(const char *path, const struct stat *st, int flag, struct 
 
 int backup_restore(const char *dir, const char *state_dir)
 {
-	char *copy = xstrdup(state_dir), *stage = xasprintf("%s.restore-XXXXXX", state_dir);
+	char *target = xstrdup(state_dir), *copy, *stage;
 	json_t *m = NULL;
-	int rc, empty = bk_dir_empty(state_dir);
+	int rc, empty;
+	size_t n = strlen(target);
+
+	while (n > 1 && target[n - 1] == '/')
+		target[--n] = '\0'; /* the staging directory goes beside it, not in it */
+	state_dir = target;
+	copy = xstrdup(target);
+	stage = xasprintf("%s.restore-XXXXXX", target);
+	empty = bk_dir_empty(state_dir);
 
 	if (empty <= 0) {
 		rc = empty < 0 ? empty
@@ -193,5 +226,6 @@ out:
 	json_decref(m);
 	free(stage);
 	free(copy);
+	free(target);
 	return rc;
 }
