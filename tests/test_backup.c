@@ -132,7 +132,7 @@ static char *backed_up(struct daemon *d)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
 	char *bk;
-	json_t *ans = NULL;
+	json_t *ans = NULL, *req;
 	int64_t run;
 
 	h_init(d, "tokens:\n"
@@ -142,7 +142,9 @@ static char *backed_up(struct daemon *d)
 	run = h_trigger(d, "name: p\nstages:\n  - name: one\n    steps: [ { run: 'echo backed up' } ]\n");
 	assert_string_equal(h_wait_run(d, run, 60000), "passed");
 	bk = xasprintf("%s/backup", d->dir);
-	assert_int_equal(h_post(d, "/api/v1/backup", json_pack("{ss}", "dir", bk), &ans), 200);
+	req = json_pack("{ss}", "dir", bk);
+	assert_int_equal(h_post(d, "/api/v1/backup", req, &ans), 200);
+	json_decref(req);
 	assert_true(json_integer_value(json_object_get(ans, "files")) >= 3);
 	json_decref(ans);
 	return bk;
