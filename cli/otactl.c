@@ -557,6 +557,7 @@ static const struct cmd commands[] = {
 	{ "keys", cmd_keys, "keys revoke KEYID --root DIR --reason R [-o CRL.pem]",
 	  "add a key's certificates to the root-signed revocation list (offline)" },
 	{ "keys", cmd_keys, "keys publish CRL.pem", "hand a revocation list to the daemon, which serves it to devices" },
+	{ "backup", cmd_backup, "backup DIR", "a consistent backup of the running otacd into DIR on its host (admin)" },
 	{ "version", cmd_version, "version", "versions of otactl and the daemon" },
 	{ "help", cmd_help, "help [COMMAND]", "this text" },
 };

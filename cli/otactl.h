@@ -102,6 +102,7 @@ int cmd_fleet(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 /* cli/keys.c: the signing PKI (docs/security.md) */
 int cmd_keys(int argc, char **argv);
+int cmd_backup(int argc, char **argv);
 /* reports.c: `show RUN --tests / --findings` (run_id as the API names it). */
 int show_reports(const char *run_id, int tests, int findings);
 

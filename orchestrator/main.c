@@ -29,6 +29,7 @@
 #include "artifact/origin.h"
 #include "push/push.h"
 #include "auth.h"
+#include "backup/backup.h"
 #include "clock.h"
 #include "config.h"
 #include "diskguard.h"
@@ -60,6 +61,8 @@ static const char usage[] =
 	"  --time-scale X      run otacd's clock X times faster (1)\n"
 	"  --device-listen HOST:PORT  built-in update server's device API (127.0.0.1:8471; off: none)\n"
 	"  --check FILE        validate a pipeline file and exit\n"
+	"  --restore DIR       restore the backup in DIR (otactl backup) into a new or empty\n"
+	"                      state directory and exit\n"
 	"  --version, --help\n";
 
 static int check_pipeline(const char *path)
@@ -307,12 +310,13 @@ int main(int argc, char **argv)
 		{ "time-scale", required_argument, NULL, 't' },
 		{ "device-listen", required_argument, NULL, 'D' },
 		{ "check", required_argument, NULL, 'k' },
+		{ "restore", required_argument, NULL, 'r' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct otacd_config cfg;
-	const char *config_file = NULL, *state_dir = NULL, *listen = NULL, *device_listen = NULL;
+	const char *config_file = NULL, *state_dir = NULL, *listen = NULL, *device_listen = NULL, *restore = NULL;
 	int local_agents = -1, opt, lockfd = -1, status = 1;
 	double time_scale = 0;
 	struct store *db = NULL;
@@ -355,6 +359,7 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'k': return check_pipeline(optarg);
+		case 'r': restore = optarg; break;
 		case 'V': printf("otacd %s\n", OTACD_VERSION); return 0;
 		case 'h': fputs(usage, stdout); return 0;
 		default: fputs(usage, stderr); return 2;
@@ -385,6 +390,16 @@ int main(int argc, char **argv)
 	}
 	if (local_agents >= 0)
 		cfg.local_agents = local_agents;
+	if (restore) {
+		/* before anything creates the state directory: it must be new or empty */
+		int rc = backup_restore(restore, cfg.state_dir);
+		if (rc < 0)
+			fprintf(stderr, "otacd: restore: %s\n", ota_error_last());
+		else
+			printf("otacd: restored %s into %s\n", restore, cfg.state_dir);
+		config_release(&cfg);
+		return rc < 0 ? 1 : 0;
+	}
 	if (time_scale > 0)
 		cfg.time_scale = time_scale;
 	/* from here on every line goes through ota_log (common/log.h) */

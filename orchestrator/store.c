@@ -305,8 +305,11 @@ static int migrate(struct store *s)
 	sqlite3_reset(st);
 
 	if (version > (int)OTA_ARRAY_SIZE(migrations))
-		return ota_error_set(OTA_ERROR, "database schema version %d is newer than this otacd (%zu)",
-				     version, OTA_ARRAY_SIZE(migrations));
+		return ota_error_set(OTA_ERROR,
+				     "%s: database schema version %d is newer than this otacd's (%zu): a downgrade is refused"
+				     " and the database is left as it is; run the otacd that wrote it, or restore a backup"
+				     " made with this version (docs/operations.md, \"Upgrade\")",
+				     s->path, version, OTA_ARRAY_SIZE(migrations));
 	for (size_t i = (size_t)version; i < OTA_ARRAY_SIZE(migrations); i++) {
 		if ((rc = store_begin(s)) < 0)
 			return rc;
@@ -326,6 +329,11 @@ sqlerr:
 	rc = ota_error_set(OTA_ERROR, "migration failed: %s", err ? err : "?");
 	sqlite3_free(err);
 	return rc;
+}
+
+int store_schema_latest(void)
+{
+	return (int)OTA_ARRAY_SIZE(migrations);
 }
 
 int store_open(struct store **out, const char *path)

@@ -21,6 +21,9 @@ struct store;
 
 /* Open (creating and migrating as needed) the database at path. */
 int store_open(struct store **out, const char *path);
+/* The schema version this otacd migrates to (the number of migrations);
+ * store_open refuses a database of a newer one. */
+int store_schema_latest(void);
 void store_close(struct store *s);
 sqlite3 *store_db(struct store *s);
 

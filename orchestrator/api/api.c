@@ -345,6 +345,7 @@ static const struct api_route routes[] = {
 	{ "GET", "/api/v1/keys", ROLE_VIEWER, BODY_NONE, api_get_keys, NULL, 0 },
 	{ "GET", "/api/v1/trust", ROLE_VIEWER, BODY_NONE, api_get_trust, NULL, 0 },
 	{ "POST", "/api/v1/revocations", ROLE_ADMIN, BODY_JSON, api_post_revocations, NULL, 0 },
+	{ "POST", "/api/v1/backup", ROLE_ADMIN, BODY_JSON, api_post_backup, NULL, 0 },
 	{ "POST", "/api/v1/lint", ROLE_VIEWER, BODY_RAW, post_lint, NULL, 0 },
 	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0 },
 	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0 },

@@ -99,6 +99,8 @@ enum MHD_Result api_get_healthz(struct api *a, struct api_req *r);
 enum MHD_Result api_get_readyz(struct api *a, struct api_req *r);
 void api_ops_observe(const struct api_route *route, int64_t elapsed_us);
 json_t *api_ops_storage_json(void);
+/* api_backup.c: POST /api/v1/backup (admin) */
+enum MHD_Result api_post_backup(struct api *a, struct api_req *r);
 
 /* One listening socket: the API, or the agents' own (agent_listen). */
 struct api_listener {

@@ -1,0 +1,32 @@
+/*
+ * backup_int.h - what backup.c (taking a backup) and restore.c share:
+ * the manifest's name and format, copying a file while hashing it, and
+ * the rule for the relative paths a manifest may name.
+ */
+#ifndef OTA_BACKUP_INT_H
+#define OTA_BACKUP_INT_H
+
+#include <stdint.h>
+
+#define BACKUP_MANIFEST "backup.json"
+#define BACKUP_FORMAT 1
+#define BACKUP_MAX_MANIFEST (256 << 20) /* ~1.5 million files */
+
+/* Copy SRC (a regular file, never followed through a symlink) to DST,
+ * which must not exist, fsync DST; *size and sha (64 hex digits) are
+ * what was copied. */
+int bk_copy_file(const char *src, const char *dst, int64_t *size, char sha[65]);
+/* The same from an open descriptor IN (named SRC in errors), closed here. */
+int bk_copy_from(int in, const char *src, const char *dst, int64_t *size, char sha[65]);
+/* Hash a regular file. */
+int bk_hash_file(const char *path, int64_t *size, char sha[65]);
+/* 1 if REL is a path a manifest may name: relative, components of
+ * A-Z a-z 0-9 . _ - (not "." or ".."), at most 4 of them. */
+int bk_path_ok(const char *rel);
+/* mkdir -p of DIR/REL's parent directories. */
+int bk_make_parents(const char *dir, const char *rel);
+int bk_fsync_dir(const char *dir);
+/* 1 if DIR is absent or an empty directory, 0 if not, negative on error. */
+int bk_dir_empty(const char *dir);
+
+#endif

@@ -1,0 +1,274 @@
+/*
+ * test_backup.c - `otactl backup` while otacd runs a held rollout, and
+ * `otacd --restore` into a fresh state directory: the restored otacd
+ * carries the rollout on (same step and hold, devices still offered the
+ * release, a promote finishes it), its release verifies, its logs are
+ * there.  A corrupted, partial or hostile backup is refused and changes
+ * nothing; a backup needs the admin role.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../common/util.h"
+#include "devharness.h"
+#include "harness.h"
+
+#define VIEWER_TOKEN "viewer-token-0123456789abcdef"
+#define OPERATOR_TOKEN "operator-token-0123456789abcdef"
+
+static int64_t wait_holding(struct daemon *d)
+{
+	for (int waited = 0; waited < 60000; waited += 200) {
+		if (h_sql_int(d, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding'") == 1)
+			return h_sql_int(d, "SELECT hold_until FROM rollouts");
+		h_msleep(200);
+	}
+	fail_msg("the rollout never held");
+	return -1;
+}
+
+/* The release's offer to device ID (credential CRED) on 1.0.0: its version. */
+static char *offered_version(struct daemon *d, const char *id, const char *cred)
+{
+	json_t *ans = NULL;
+	char *v = NULL;
+	assert_int_equal(h_dev_post(d, "/device/v1/checkin", cred,
+				    json_pack("{ss ss ss ss ss si ss}", "device", id, "product", "fw", "hardware",
+					      "mps2-an385", "bootloader", "1.2.0", "version", "1.0.0", "security_counter", 0,
+					      "slot", "confirmed"),
+				    &ans),
+			 200);
+	if (json_is_object(json_object_get(ans, "offer")))
+		v = xstrdup(json_string_value(json_object_get(json_object_get(ans, "offer"), "version")));
+	json_decref(ans);
+	return v;
+}
+
+static char *job_log(struct daemon *d, int64_t job)
+{
+	struct buf out = BUF_INIT;
+	h_sh(&out, "curl -s -H 'Authorization: Bearer %s' %s/api/v1/jobs/%lld/log", d->token, d->url, (long long)job);
+	return buf_detach(&out);
+}
+
+static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
+{
+	struct dh_fleet f = { 0 };
+	struct daemon r;
+	struct buf out = BUF_INIT;
+	char *otacd = h_bin("otacd"), *otactl = h_bin("otactl"), *bk, *log_before, *log_after, *v;
+	int64_t run, build_job, hold_before;
+	(void)state;
+
+	h_init(&f.d, NULL);
+	dh_fleet_start(&f, "bk", 2, "key", "poll_interval: 1s\n");
+	f.release = dh_fw_release(&f.d);
+	run = h_sql_int(&f.d, "SELECT run_id FROM releases");
+	build_job = h_sql_int(&f.d, "SELECT id FROM jobs WHERE name = 'build'");
+	hold_before = wait_holding(&f.d);
+	v = offered_version(&f.d, "bk-0000", f.cred[0]);
+	assert_non_null(v);
+	assert_string_equal(v, "1.1.0");
+	free(v);
+	log_before = job_log(&f.d, build_job);
+	assert_true(strlen(log_before) > 0);
+
+	/* the backup, by otactl, while the rollout holds */
+	bk = xasprintf("%s/backup", f.d.dir);
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s backup %s", otactl, f.d.url, f.d.token, bk), 0);
+	assert_non_null(strstr(buf_cstr(&out), "backed up into"));
+	h_kill(&f.d, SIGTERM);
+
+	/* restored into a fresh state directory, otacd there goes on */
+	h_init(&r, NULL);
+	r.config = xstrdup(f.d.config);
+	assert_int_equal(h_sh(&out, "%s --restore %s --state-dir %s/state", otacd, bk, r.dir), 0);
+	assert_int_equal(h_start(&r, (const char *const[]){ "--local-agents", "1", NULL }), 0);
+	assert_int_equal(h_sql_int(&r, "SELECT hold_until FROM rollouts"), hold_before); /* same step, same hold */
+	assert_int_equal(h_sql_int(&r, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 0"), 1);
+	/* the fleet's credentials came along; the offer comes once the rollout
+	 * controller has loaded the rollout, which a start does after the
+	 * device API listens */
+	for (int waited = 0; !(v = offered_version(&r, "bk-0001", f.cred[1])) && waited < 30000; waited += 200)
+		h_msleep(200);
+	assert_non_null(v);
+	assert_string_equal(v, "1.1.0");
+	free(v);
+	log_after = job_log(&r, build_job);
+	assert_string_equal(log_after, log_before);
+	assert_int_equal(h_sh(&out, "%s --url %s --token %s verify %lld", otactl, r.url, r.token, (long long)f.release), 0);
+	assert_non_null(strstr(buf_cstr(&out), "release verifies"));
+
+	/* and carries on: promoted past its hold, the run finishes */
+	{
+		char *path = xasprintf("/api/v1/releases/%lld/promote", (long long)f.release);
+		json_t *req = json_pack("{ss sb}", "reason", "restored from a backup", "skip_step", 1);
+		assert_int_equal(h_post(&r, path, req, NULL), 200);
+		json_decref(req);
+		free(path);
+	}
+	assert_string_equal(h_wait_run(&r, run, 60000), "passed");
+
+	buf_release(&out);
+	free(log_before);
+	free(log_after);
+	free(bk);
+	free(otacd);
+	free(otactl);
+	h_cleanup(&r);
+	dh_fleet_stop(&f);
+}
+
+/* A daemon with one finished run and a backup of it in DIR/backup. */
+static char *backed_up(struct daemon *d)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	char *bk;
+	json_t *ans = NULL, *req;
+	int64_t run;
+
+	h_init(d, "tokens:\n"
+		  "  - { name: viewer, role: viewer, token: " VIEWER_TOKEN " }\n"
+		  "  - { name: ci, role: operator, token: " OPERATOR_TOKEN " }\n");
+	assert_int_equal(h_start(d, args), 0);
+	run = h_trigger(d, "name: p\nstages:\n  - name: one\n    steps: [ { run: 'echo backed up' } ]\n");
+	assert_string_equal(h_wait_run(d, run, 60000), "passed");
+	bk = xasprintf("%s/backup", d->dir);
+	req = json_pack("{ss}", "dir", bk);
+	assert_int_equal(h_post(d, "/api/v1/backup", req, &ans), 200);
+	json_decref(req);
+	assert_true(json_integer_value(json_object_get(ans, "files")) >= 3);
+	json_decref(ans);
+	return bk;
+}
+
+/* otacd --restore BK+SUFFIX into TARGET: its exit status; the message in out. */
+static int restore(struct buf *out, const char *bk, const char *suffix, const char *target)
+{
+	char *otacd = h_bin("otacd");
+	int rc = h_sh(out, "%s --restore %s%s --state-dir %s 2>&1", otacd, bk, suffix, target);
+	free(otacd);
+	return rc;
+}
+
+/* Nothing of a refused restore is left next to TARGET. */
+static void nothing_left(const char *dir)
+{
+	struct buf out = BUF_INIT;
+	h_sh(&out, "ls %s | grep -c restore- || true", dir);
+	assert_string_equal(buf_cstr(&out), "0\n");
+	buf_release(&out);
+}
+
+static void corrupted_partial_or_hostile_backup_is_refused_and_changes_nothing(void **state)
+{
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char *bk = backed_up(&d), *target = xasprintf("%s/restored", d.dir), *cmd;
+	struct stat st;
+	(void)state;
+
+	/* one byte of a log changed */
+	assert_int_equal(h_sh(&out, "cp -a %s %s.log && printf X | dd of=%s.log/logs/1/1.log bs=1 seek=0 conv=notrunc 2>/dev/null",
+			      bk, bk, bk), 0);
+	assert_int_not_equal(restore(&out, bk, ".log", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "logs/1/1.log does not match backup.json"));
+	assert_int_equal(stat(target, &st), -1);
+	nothing_left(d.dir);
+
+	/* the database truncated, its digest rewritten to match: the integrity check */
+	cmd = xasprintf("cp -a %s %s.db && truncate -s 8192 %s.db/otacd.db && "
+			"python3 -c \"import json,hashlib,sys; p=sys.argv[1]; m=json.load(open(p+'/backup.json'));"
+			" f=[x for x in m['files'] if x['path']=='otacd.db'][0]; b=open(p+'/otacd.db','rb').read();"
+			" f['size']=len(b); f['sha256']=hashlib.sha256(b).hexdigest(); json.dump(m,open(p+'/backup.json','w'))\" %s.db",
+			bk, bk, bk, bk);
+	assert_int_equal(h_sh(&out, "%s", cmd), 0);
+	free(cmd);
+	assert_int_not_equal(restore(&out, bk, ".db", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "otacd.db"));
+	assert_int_equal(stat(target, &st), -1);
+	nothing_left(d.dir);
+
+	/* no manifest: a partial backup */
+	assert_int_equal(h_sh(&out, "cp -a %s %s.part && rm %s.part/backup.json", bk, bk, bk), 0);
+	assert_int_not_equal(restore(&out, bk, ".part", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "no readable manifest"));
+
+	/* a path out of the backup */
+	assert_int_equal(h_sh(&out, "cp -a %s %s.esc && sed -i 's#\"logs/1/1.log\"#\"../../etc/passwd\"#' %s.esc/backup.json",
+			      bk, bk, bk), 0);
+	assert_int_not_equal(restore(&out, bk, ".esc", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "plain relative path"));
+	assert_int_equal(stat(target, &st), -1);
+
+	/* a symlinked directory in the backup, pointing at the same bytes elsewhere */
+	assert_int_equal(h_sh(&out, "cp -a %s %s.sym && mv %s.sym/logs %s.elsewhere && ln -s %s.elsewhere %s.sym/logs", bk, bk,
+			      bk, bk, bk, bk),
+			 0);
+	assert_int_not_equal(restore(&out, bk, ".sym", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "a symlink?"));
+	assert_int_equal(stat(target, &st), -1);
+	nothing_left(d.dir);
+
+	/* a state directory that is not empty is never touched */
+	assert_int_equal(h_sh(&out, "mkdir -p %s && echo keep > %s/mine", target, target), 0);
+	assert_int_not_equal(restore(&out, bk, "", target), 0);
+	assert_non_null(strstr(buf_cstr(&out), "is not empty"));
+	assert_int_equal(h_sh(&out, "cat %s/mine && ls %s | wc -l", target, target), 0);
+	assert_string_equal(buf_cstr(&out), "keep\n1\n");
+
+	/* and the good backup restores into an empty one */
+	assert_int_equal(h_sh(&out, "rm %s/mine", target), 0);
+	assert_int_equal(restore(&out, bk, "", target), 0);
+	assert_int_equal(stat(target, &st), 0);
+	nothing_left(d.dir);
+
+	buf_release(&out);
+	free(target);
+	free(bk);
+	h_cleanup(&d);
+}
+
+static void backup_needs_the_admin_role(void **state)
+{
+	struct daemon d;
+	char *bk = backed_up(&d), *other = xasprintf("%s/other", d.dir);
+	json_t *req = json_pack("{ss}", "dir", other);
+	struct stat st;
+	(void)state;
+
+	assert_int_equal(h_call_as(&d, VIEWER_TOKEN, "POST", "/api/v1/backup", req, NULL), 403);
+	assert_int_equal(h_call_as(&d, OPERATOR_TOKEN, "POST", "/api/v1/backup", req, NULL), 403);
+	assert_int_equal(h_call_as(&d, NULL, "POST", "/api/v1/backup", req, NULL), 401);
+	assert_int_equal(stat(other, &st), -1);
+	/* the admin: a relative path and a used directory are refused */
+	json_decref(req);
+	req = json_pack("{ss}", "dir", "relative/dir");
+	assert_int_equal(h_post(&d, "/api/v1/backup", req, NULL), 400);
+	json_decref(req);
+	req = json_pack("{ss}", "dir", bk);
+	assert_int_equal(h_post(&d, "/api/v1/backup", req, NULL), 409);
+	json_decref(req);
+	free(other);
+	free(bk);
+	h_cleanup(&d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(rollout_in_a_hold_is_backed_up_restored_and_carries_on),
+		cmocka_unit_test(corrupted_partial_or_hostile_backup_is_refused_and_changes_nothing),
+		cmocka_unit_test(backup_needs_the_admin_role),
+	};
+	cmocka_set_test_filter(getenv("X_ONLY"));
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
