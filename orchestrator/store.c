@@ -199,6 +199,15 @@ static const char *const migrations[] = {
 	"  stage TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, created_at INTEGER NOT NULL,"
 	"  PRIMARY KEY(job_id, attempt, name));"
 	"CREATE INDEX run_metrics_by_run ON run_metrics(run_id);",
+	/* 16 (issue 17): the notification outbox (orchestrator/notify/notify.h):
+	 * one row per event and destination, written in the transaction of the
+	 * state change; state pending -> sent | refused | expired */
+	"CREATE TABLE outbox ("
+	"  id INTEGER PRIMARY KEY, delivery TEXT NOT NULL UNIQUE, target TEXT NOT NULL,"
+	"  event TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
+	"  next_at INTEGER NOT NULL, last_error TEXT, done_at INTEGER);"
+	"CREATE INDEX outbox_due ON outbox(state, next_at);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
