@@ -27,6 +27,10 @@
 #include <pthread.h>
 
 #include "../orchestrator/config.h"
+#include "../orchestrator/engine.h"
+#include "../orchestrator/engine_core.h"
+#include "../orchestrator/engine_int.h"
+#include "../orchestrator/store.h"
 #include "../orchestrator/notify/notify.h"
 #include "harness.h"
 
@@ -590,11 +594,109 @@ static void bad_notification_config_is_refused_with_its_key(void **state)
 	free(dir);
 }
 
+/* ---- rollout events ------------------------------------------------------ */
+
+struct audit_call {
+	const char *action;
+	const char *reason;
+};
+
+/* What rollout.c does on a decision: an audit entry in the engine's transaction. */
+static int audit_on_engine(struct engine *e, void *arg)
+{
+	const struct audit_call *a = arg;
+	return engine_audit(e, "otacd", a->action, 1, 1, a->reason, NULL);
+}
+
+/* A decision that fails after its audit entry: the transaction, outbox row included, goes. */
+static int audit_then_fail(struct engine *e, void *arg)
+{
+	(void)arg;
+	if (engine_audit(e, "otacd", "promote", 1, 1, "doomed", NULL) < 0)
+		return OTA_ERROR;
+	return ota_error_set(OTA_ERROR, "the decision failed after its audit entry");
+}
+
+static void rollout_decisions_queue_their_events_in_the_same_transaction(void **state)
+{
+	static const struct audit_call calls[] = {
+		{ "step", "window opened" },          /* not notified */
+		{ "promote", "gates passed at 1%" },
+		{ "pause", "gate boots inconclusive" },
+		{ "auto_rollback", "gate crash_free failed" },
+		{ "stage_passed", "step 3/3" },
+	};
+	static const char *const want[] = { "rollout.promoted", "rollout.halted", "rollout.rolled_back",
+					    "rollout.completed" };
+	struct otacd_config c;
+	struct notify *n = NULL;
+	struct store *db = NULL;
+	struct engine *e = NULL;
+	struct engine_config ec = { 0 };
+	char *dir = h_tmpdir(), *path = xasprintf("%s/otacd.db", dir);
+	char *file = write_file(dir, "c.yml", "notifications:\n  targets:\n"
+					      "    - { name: chat, kind: slack, url: \"http://127.0.0.1:9/x\", events: [\"rollout.*\"] }\n");
+	sqlite3_stmt *st;
+	int i = 0;
+
+	(void)state;
+	config_defaults(&c);
+	assert_int_equal(config_load(&c, file), 0);
+	assert_int_equal(notify_open(&n, &c), 0);
+	notify_set_current(n);
+	assert_int_equal(store_open(&db, path), 0);
+	assert_int_equal(sqlite3_exec(store_db(db),
+				      "PRAGMA foreign_keys=OFF;"
+				      "INSERT INTO releases(id, run_id, product, version, branch, security_counter, key_id, created_at)"
+				      " VALUES (1, 7, 'fw', '1.2.0', 'main', 1, 'test', 0);"
+				      "INSERT INTO rollouts(id, job_id, run_id, release_id, stage, kind, spec, state, step, percent_bp,"
+				      " created_at) VALUES (1, 1, 7, 1, 'canary', 'rollout', '{}', 'holding', 1, 500, 0);"
+				      "PRAGMA foreign_keys=ON;", NULL, NULL, NULL), SQLITE_OK);
+	ec.lease_ms = 30000;
+	ec.heartbeat_ms = 1000;
+	ec.default_timeout_ms = 60000;
+	ec.secrets = c.secrets;
+	ec.config = &c;
+	assert_int_equal(engine_start(&e, db, &ec), 0);
+	for (size_t k = 0; k < OTA_ARRAY_SIZE(calls); k++)
+		assert_int_equal(engine_call(e, audit_on_engine, (void *)&calls[k]), 0);
+	assert_true(engine_call(e, audit_then_fail, NULL) < 0);
+	engine_stop(e);
+
+	st = store_stmt(db, "SELECT event, target, payload, state FROM outbox ORDER BY id");
+	while (store_step_row(db, st) == 1) {
+		json_t *p = json_loads(store_col_text(st, 2), 0, NULL), *ro = json_object_get(p, "rollout");
+		assert_true(i < 4);
+		assert_string_equal(store_col_text(st, 0), want[i]);
+		assert_string_equal(store_col_text(st, 1), "hook:chat");
+		assert_string_equal(store_col_text(st, 3), "pending");
+		assert_string_equal(json_string_value(json_object_get(p, "event")), want[i]);
+		assert_string_equal(json_string_value(json_object_get(ro, "product")), "fw");
+		assert_string_equal(json_string_value(json_object_get(ro, "version")), "1.2.0");
+		assert_string_equal(json_string_value(json_object_get(ro, "stage")), "canary");
+		assert_int_equal(json_integer_value(json_object_get(ro, "percent_bp")), 500);
+		assert_string_equal(json_string_value(json_object_get(ro, "reason")), calls[i + 1].reason);
+		assert_int_equal(strlen(json_string_value(json_object_get(p, "id"))), 32);
+		json_decref(p);
+		i++;
+	}
+	sqlite3_reset(st);
+	assert_int_equal(i, 4);
+	store_close(db);
+	notify_set_current(NULL);
+	notify_free(n);
+	config_release(&c);
+	free(file);
+	free(path);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(bad_notification_config_is_refused_with_its_key),
 		cmocka_unit_test(a_pipeline_cannot_name_a_notification_destination),
+		cmocka_unit_test(rollout_decisions_queue_their_events_in_the_same_transaction),
 		cmocka_unit_test(commit_statuses_follow_each_forges_documented_request),
 		cmocka_unit_test(webhook_retries_with_backoff_under_one_signed_delivery),
 		cmocka_unit_test(undelivered_rows_survive_sigkill_and_go_out_once_after_restart),
