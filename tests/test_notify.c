@@ -524,6 +524,7 @@ static void undelivered_rows_survive_sigkill_and_go_out_once_after_restart(void 
 
 static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
 {
+	const char *const no_agents[] = { "--local-agents", "0", NULL };
 	struct receiver rv;
 	struct daemon d;
 	char *config, *dir = h_tmpdir();
@@ -533,11 +534,12 @@ static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
 	rv.down = 500;
 	config = hook_config(&rv, dir, "  max_age: 1s\n");
 	h_init(&d, config);
-	h_start(&d, NULL);
+	h_start(&d, no_agents);
 	h_trigger(&d, pass_pipeline); /* no agent: only run.started goes out */
 	wait_sql(&d, "SELECT COUNT(*) FROM outbox WHERE target = 'hook:chat' AND state = 'expired'"
 		     " AND last_error LIKE '%max_age%' AND done_at IS NOT NULL", 1);
 	assert_true(count(&rv, SLACK_PATH, 500) >= 1);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM outbox"), 1);
 	h_cleanup(&d);
 	receiver_stop(&rv);
 	free(config);
