@@ -241,6 +241,14 @@ static void log_lacks(struct daemon *d, const char *s)
 	free(path);
 }
 
+/* h_post of a body this call owns. */
+static long post(struct daemon *d, const char *path, json_t *body, json_t **out)
+{
+	long status = h_post(d, path, body, out);
+	json_decref(body);
+	return status;
+}
+
 static const char pass_pipeline[] = "name: fw\nstages:\n  - name: build\n    steps:\n      - run: 'true'\n";
 
 /* ---- commit statuses ----------------------------------------------------- */
@@ -296,9 +304,9 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 			   origin, rv.port, gh, origin, rv.port, gl, origin, rv.port, gt);
 	h_init(&d, config);
 	h_start(&d, args);
-	assert_int_equal(h_post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gh", "ref", "main"), NULL) / 100, 2);
-	assert_int_equal(h_post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gl", "ref", "main"), NULL) / 100, 2);
-	assert_int_equal(h_post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gt", "ref", "main"), NULL) / 100, 2);
+	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gh", "ref", "main"), NULL) / 100, 2);
+	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gl", "ref", "main"), NULL) / 100, 2);
+	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gt", "ref", "main"), NULL) / 100, 2);
 	/* running, then passed, for each forge */
 	wait_count(&rv, "/gh/", 200, 2);
 	wait_count(&rv, "/gl/", 200, 2);
@@ -559,7 +567,7 @@ static void a_pipeline_cannot_name_a_notification_destination(void **state)
 	(void)state;
 	h_init(&d, NULL);
 	h_start(&d, NULL);
-	assert_int_equal(h_post(&d, "/api/v1/runs", json_pack("{ss}", "pipeline", yaml), &ans), 422);
+	assert_int_equal(post(&d, "/api/v1/runs", json_pack("{ss}", "pipeline", yaml), &ans), 422);
 	text = json_dumps(ans, 0);
 	assert_non_null(strstr(text, "server's configuration only"));
 	free(text);
