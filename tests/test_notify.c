@@ -241,6 +241,15 @@ static void log_lacks(struct daemon *d, const char *s)
 	free(path);
 }
 
+/* Remove a directory the test made (and free its name). */
+static void rm_dir(char *dir)
+{
+	struct buf out = BUF_INIT;
+	h_sh(&out, "rm -rf '%s'", dir);
+	buf_release(&out);
+	free(dir);
+}
+
 /* h_post of a body this call owns. */
 static long post(struct daemon *d, const char *path, json_t *body, json_t **out)
 {
@@ -478,7 +487,7 @@ static void webhook_retries_with_backoff_under_one_signed_delivery(void **state)
 	h_cleanup(&d);
 	receiver_stop(&rv);
 	free(config);
-	free(dir);
+	rm_dir(dir);
 }
 
 static void undelivered_rows_survive_sigkill_and_go_out_once_after_restart(void **state)
@@ -527,7 +536,7 @@ static void undelivered_rows_survive_sigkill_and_go_out_once_after_restart(void 
 	h_cleanup(&d);
 	receiver_stop(&rv);
 	free(config);
-	free(dir);
+	rm_dir(dir);
 }
 
 static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
@@ -551,7 +560,7 @@ static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
 	h_cleanup(&d);
 	receiver_stop(&rv);
 	free(config);
-	free(dir);
+	rm_dir(dir);
 }
 
 /* ---- trust boundary: destinations come from the server only ------------ */
@@ -601,7 +610,7 @@ static void bad_notification_config_is_refused_with_its_key(void **state)
 	assert_non_null(strstr(ota_error_last(), "repositories[a/b].status.api_url"));
 	config_release(&c);
 	free(file);
-	free(dir);
+	rm_dir(dir);
 }
 
 /* ---- rollout events ------------------------------------------------------ */
@@ -698,7 +707,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	config_release(&c);
 	free(file);
 	free(path);
-	free(dir);
+	rm_dir(dir);
 }
 
 int main(void)
