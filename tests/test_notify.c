@@ -373,6 +373,24 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	free(path);
 	free(url);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND target LIKE 'status:%'"), 6);
+
+	/* a failing commit: GitLab says failed, Gitea failure */
+	h_git_commit_file(work, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    steps:\n      - run: 'false'\n",
+			  "break the build");
+	h_git_push(work, "main");
+	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gl", "ref", "main"), NULL) / 100, 2);
+	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gt", "ref", "main"), NULL) / 100, 2);
+	wait_count(&rv, "/gl/", 200, 4);
+	wait_count(&rv, "/gt/", 200, 4);
+	{
+		json_t *gl_fail = json_loads(nth(&rv, "/gl/", 3)->body, 0, NULL);
+		json_t *gt_fail = json_loads(nth(&rv, "/gt/", 3)->body, 0, NULL);
+		assert_string_equal(json_string_value(json_object_get(gl_fail, "state")), "failed");
+		assert_string_equal(json_string_value(json_object_get(gt_fail, "state")), "failure");
+		assert_null(strstr(nth(&rv, "/gl/", 3)->path, sha)); /* the new commit */
+		json_decref(gl_fail);
+		json_decref(gt_fail);
+	}
 	log_lacks(&d, "TESTTOKEN");
 
 	h_cleanup(&d);

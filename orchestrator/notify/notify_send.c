@@ -90,16 +90,22 @@ static char *slack_text(const json_t *ev, const struct notify *n)
 		const char *ref = json_string_value(json_object_get(run, "ref"));
 		long long id = (long long)json_integer_value(json_object_get(run, "id"));
 		char *link = n->public_url ? xasprintf(" <%s/#/runs/%lld|#%lld>", n->public_url, id, id) : xasprintf(" #%lld", id);
-		char *t = xasprintf("otacd: run%s of %s%s%s: %s", link, json_string_value(json_object_get(run, "pipeline")),
-				    ref ? " on " : "", ref ? ref : "", event + 4);
+		const char *pipeline = json_string_value(json_object_get(run, "pipeline"));
+		char *t = xasprintf("otacd: run%s of %s%s%s: %s", link, pipeline ? pipeline : "?", ref ? " on " : "",
+				    ref ? ref : "", event + 4);
 		free(link);
 		return t;
 	}
-	return xasprintf("otacd: rollout of %s %s, stage %s step %lld: %s (%s)",
-			 json_string_value(json_object_get(ro, "product")), json_string_value(json_object_get(ro, "version")),
-			 json_string_value(json_object_get(ro, "stage")),
-			 (long long)json_integer_value(json_object_get(ro, "step")), event + 8,
-			 json_string_value(json_object_get(ro, "reason")) ? json_string_value(json_object_get(ro, "reason")) : "");
+	{
+		const char *reason = json_string_value(json_object_get(ro, "reason"));
+		const char *product = json_string_value(json_object_get(ro, "product"));
+		const char *version = json_string_value(json_object_get(ro, "version"));
+		const char *stage = json_string_value(json_object_get(ro, "stage"));
+		return xasprintf("otacd: rollout of %s %s, stage %s step %lld: %s%s%s%s", product ? product : "?",
+				 version ? version : "?", stage ? stage : "?",
+				 (long long)json_integer_value(json_object_get(ro, "step")) + 1, event + 8,
+				 reason && *reason ? " (" : "", reason && *reason ? reason : "", reason && *reason ? ")" : "");
+	}
 }
 
 static enum notify_outcome deliver_hook(const struct notify *n, const struct notify_target *t,
