@@ -575,6 +575,22 @@ static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
 		     " AND last_error LIKE '%max_age%' AND done_at IS NOT NULL", 1);
 	assert_true(count(&rv, SLACK_PATH, 500) >= 1);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM outbox"), 1);
+	/* the API shows the give-up and why, and no URL */
+	{
+		json_t *ans = NULL, *row;
+		char *text;
+		assert_int_equal(h_get(&d, "/api/v1/notifications?state=expired", &ans), 200);
+		assert_int_equal(json_array_size(ans), 1);
+		row = json_array_get(ans, 0);
+		assert_string_equal(json_string_value(json_object_get(row, "target")), "hook:chat");
+		assert_string_equal(json_string_value(json_object_get(row, "event")), "run.started");
+		assert_non_null(strstr(json_string_value(json_object_get(row, "last_error")), "max_age"));
+		text = json_dumps(ans, 0);
+		assert_null(strstr(text, "SLACKSECRETPATH"));
+		free(text);
+		json_decref(ans);
+		assert_int_equal(h_get(&d, "/api/v1/notifications?state=bogus", NULL), 400);
+	}
 	h_cleanup(&d);
 	receiver_stop(&rv);
 	free(config);
