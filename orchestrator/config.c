@@ -75,6 +75,7 @@ static void repo_release(struct repo_cfg *r)
 	free(r->default_branch);
 	strvec_clear(&r->protect.branches);
 	strvec_clear(&r->protect.tags);
+	json_decref(r->status); /* issue 17 */
 }
 
 const struct repo_cfg *config_repo_find(const struct otacd_config *c, const char *name)
@@ -115,6 +116,7 @@ void config_release(struct otacd_config *c)
 	json_decref(c->push);
 	json_decref(c->providers);
 	free(c->trust_root);
+	json_decref(c->notifications); /* issue 17 */
 	memset(c, 0, sizeof(*c));
 }
 
@@ -601,7 +603,7 @@ static int get_products(struct cfg_ctx *x, yaml_node_t *n)
 static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 {
 	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline",
-					    "default_branch", "protected" };
+					    "default_branch", "protected", "status" };
 	yaml_node_item_t *it;
 
 	if (n->type != YAML_SEQUENCE_NODE)
@@ -629,6 +631,11 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 				    : !strcmp(ks, "default_branch") ? &r.default_branch : NULL;
 			if (!strcmp(ks, "protected")) {
 				rc = get_protected(x, v, &r.protect);
+			} else if (!strcmp(ks, "status")) { /* issue 17: checked by notify_open */
+				json_decref(r.status);
+				r.status = to_json(x, v, 0);
+				if (!json_is_object(r.status))
+					rc = cfg_err(x, v, "'%s' must be a mapping {forge, api_url, token_file, ...}", ks);
 			} else if (!slot) {
 				const char *hint = ota_did_you_mean(ks, keys, OTA_ARRAY_SIZE(keys));
 				char msg[256];
@@ -685,6 +692,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"push", /* issue 15: MQTT update hints */
 		"disk_reserve", /* issue 18: the reserve kept for a full disk */
 		"log_format", "log_level", /* issue 18: structured logs */
+		"notifications", /* issue 17: commit statuses and outbound notifications */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -818,6 +826,15 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			} else {
 				json_decref(c->tls);
 				c->tls = raw;
+			}
+		} else if (!strcmp(key, "notifications")) { /* issue 17: checked by notify_open */
+			json_t *raw = to_json(x, v, 0);
+			if (!json_is_object(raw)) {
+				json_decref(raw);
+				rc = cfg_err(x, v, "'%s' must be a mapping {targets, public_url, ...}", key);
+			} else {
+				json_decref(c->notifications);
+				c->notifications = raw;
 			}
 		} else if (!strcmp(key, "artifact_store") || !strcmp(key, "image_origin") || !strcmp(key, "push")) {
 			/* issue 15: checked when opened (artifact/artifact.c, artifact/origin.c, push/mqtt.c) */

@@ -23,6 +23,8 @@ struct repo_cfg {
 	char *pipeline;                 /* path of the pipeline file in the tree */
 	char *default_branch;           /* default "main" */
 	struct pl_filter protect;       /* protected refs; default: default_branch and tags v* (policy.h) */
+	json_t *status;                 /* issue 17: commit status on the forge {forge, api_url, token_file, ...}
+					 * or NULL; checked by notify_open (notify/notify.h) */
 };
 
 struct otacd_config {
@@ -91,6 +93,9 @@ struct otacd_config {
 	 * fleet's committed aggregates lag accepted reports by more than this
 	 * (real ms, default 60 s; docs/gates.md) */
 	int64_t gate_max_lag_ms;
+	/* issue 17: the `notifications:` block {targets, public_url, retry...},
+	 * checked by notify_open (notify/notify.h), or NULL */
+	json_t *notifications;
 };
 
 /* The repository called name, or NULL. */

@@ -39,6 +39,7 @@
 #include "diskguard.h"
 #include "logstore.h"
 #include "engine_core.h"
+#include "notify/notify.h"
 #include "policy.h"
 #include "rollout.h"
 
@@ -376,6 +377,9 @@ int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const ch
 	sqlite3_bind_int64(st, 4, run_id);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
+	/* issue 17: statuses and notifications, committed with the state */
+	if ((rc = outbox_run_event(e, run_id, state)) < 0)
+		return rc;
 	eng_event(e, run_id, 0, "run.final", json_pack("{ss}", "state", state));
 	e->changed_state = 1;
 
@@ -528,7 +532,8 @@ int eng_advance_run(struct engine *e, int64_t run_id)
 			}
 		}
 		if ((rc = set_state(e, "UPDATE runs SET state = ?, started_at = ? WHERE id = ?", run_id, "running",
-				    clock_now_ms())) < 0)
+				    clock_now_ms())) < 0 ||
+		    (rc = outbox_run_event(e, run_id, "running")) < 0) /* issue 17 */
 			goto out;
 		eng_event(e, run_id, 0, "run.state", json_pack("{ss}", "state", "running"));
 	}

@@ -23,6 +23,7 @@
 
 #include "clock.h"
 #include "engine_core.h"
+#include "notify/notify.h"
 
 /* ---- releases ---------------------------------------------------------- */
 
@@ -190,5 +191,8 @@ int engine_audit(struct engine *e, const char *actor, const char *action, int64_
 		sqlite3_bind_null(st, 7);
 	rc = store_step_done(engine_store(e), st);
 	free(d);
+	/* issue 17: rollout notifications, committed with the audit entry */
+	if (rc >= 0 && rollout)
+		rc = outbox_rollout_event(e, actor, action, release, rollout, reason);
 	return rc;
 }

@@ -25,6 +25,7 @@
 #include "config.h"
 #include "gate.h"
 #include "engine_core.h"
+#include "notify/notify.h"
 #include "policy.h"
 #include "rollout.h"
 
@@ -314,7 +315,9 @@ static int do_failed_run(struct engine *e, void *arg)
 	struct failed_run_args *a = arg;
 	struct policy_trust t;
 	policy_trust(e->cfg.config, a->req->repo, a->req->ref, a->req->trigger, a->req->role, a->req->actor, &t);
-	return insert_run(e, a->req, &t, a->name, NULL, "failed", a->error, &a->run_id);
+	int rc = insert_run(e, a->req, &t, a->name, NULL, "failed", a->error, &a->run_id);
+	/* issue 17: a push whose pipeline never started still fails its commit */
+	return rc < 0 ? rc : outbox_run_event(e, a->run_id, "failed");
 }
 
 int engine_record_failed_run(struct engine *e, const struct trigger_req *req, const char *name,

@@ -47,6 +47,7 @@
 #include "pki.h"
 #include "policy.h"
 #include "sdnotify.h"
+#include "notify/notify.h"
 #include "sources.h"
 #include "store.h"
 #include "tls/tls.h"
@@ -321,6 +322,8 @@ int main(int argc, char **argv)
 	double time_scale = 0;
 	struct store *db = NULL;
 	struct engine *engine = NULL;
+	struct notify *notify = NULL;           /* issue 17 */
+	struct notify_sender *sender = NULL;
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
@@ -498,7 +501,13 @@ int main(int argc, char **argv)
 	ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
 	ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
 	ecfg.config = &cfg;
+	/* issue 17: statuses and notifications, checked before anything runs */
+	if (notify_open(&notify, &cfg) < 0)
+		goto fail;
+	notify_set_current(notify);
 	if (engine_start(&engine, db, &ecfg) < 0)
+		goto fail;
+	if (notify_sender_start(&sender, notify, engine) < 0)
 		goto fail;
 	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
 		goto fail;
@@ -639,7 +648,10 @@ out:
 	tls_server_free(tls_agents);
 	tls_server_free(tls_devices);
 	sources_stop(sources);
+	notify_sender_stop(sender); /* issue 17: before the engine it reports to */
 	engine_stop(engine);
+	notify_set_current(NULL);
+	notify_free(notify);
 	gitsrc_shutdown();
 	origin_shutdown(); /* issue 15: its pull token wiped */
 	artifact_store_shutdown();

@@ -204,6 +204,15 @@ static const char *const migrations[] = {
 	 * attempt waited there for an agent, for /metrics' queue-wait histogram */
 	"ALTER TABLE jobs ADD COLUMN queued_at INTEGER;"
 	"ALTER TABLE job_attempts ADD COLUMN queue_wait_ms INTEGER;",
+	/* 15 (issue 17): the notification outbox (orchestrator/notify/notify.h):
+	 * one row per event and destination, written in the transaction of the
+	 * state change; state pending -> sent | refused | expired */
+	"CREATE TABLE outbox ("
+	"  id INTEGER PRIMARY KEY, delivery TEXT NOT NULL UNIQUE, target TEXT NOT NULL,"
+	"  event TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL,"
+	"  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
+	"  next_at INTEGER NOT NULL, last_error TEXT, done_at INTEGER);"
+	"CREATE INDEX outbox_due ON outbox(state, next_at);",
 };
 
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;

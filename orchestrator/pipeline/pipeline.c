@@ -406,6 +406,27 @@ static void parse_stages(struct pl_ctx *c, yaml_node_t *n)
 	free(items);
 }
 
+/*
+ * issue 17: where otacd sends statuses and notifications is the server's
+ * configuration alone.  A pushed pipeline naming a URL would let anyone
+ * who can push make the daemon send requests into its own network (SSRF),
+ * so such keys get a clear refusal, not just "unknown key".
+ */
+static void refuse_notify_keys(struct walker *w, struct map *m)
+{
+	static const char *const refused[] = { "notify", "notifications", "webhook", "webhooks", "status", NULL };
+	size_t kept = 0;
+	for (size_t i = 0; i < m->n; i++) {
+		if (pw_in_list(refused, m->v[i].key)) {
+			pw_diag(w, pos_of(m->v[i].k), "'%s' cannot be set by a pipeline: notification and commit-status "
+				"destinations come from the server's configuration only (docs/notifications.md)", m->v[i].key);
+			continue;
+		}
+		m->v[kept++] = m->v[i];
+	}
+	m->n = kept;
+}
+
 static void parse_top(struct pl_ctx *c, yaml_node_t *root)
 {
 	struct walker *w = &c->w;
@@ -418,6 +439,7 @@ static void parse_top(struct pl_ctx *c, yaml_node_t *root)
 		return;
 	}
 	pw_map_collect(w, root, &m, 1, 0);
+	refuse_notify_keys(w, &m);
 	pw_map_check_keys(w, &m, "at the top level", top_keys, 1);
 
 	if (!(pr = pw_get(&m, "name")))

@@ -1,0 +1,102 @@
+/*
+ * notify.h - run and rollout events told to the outside world: commit
+ * statuses on the forge and outbound notifications (docs/notifications.md).
+ *
+ * The outbox pattern.  The engine thread, inside the same transaction as
+ * the state change, writes one `outbox` row per destination
+ * (outbox_run_event, outbox_rollout_event).  A sender thread
+ * (notify_sender_start) reads the due rows, delivers each by HTTP and
+ * reports the result back to the engine thread, which marks the row sent,
+ * schedules a retry with exponential backoff and jitter, or gives it up
+ * (too old, or refused for good) with the reason kept in the row.
+ *
+ * Delivery is at least once: a process killed after the receiver answered
+ * but before "sent" was committed sends the row again after the restart,
+ * with the same delivery id (X-Otacd-Delivery, and "id" in the body) so the
+ * receiver can drop the copy.  A row is never lost: it is committed with
+ * the event or not at all.
+ *
+ * Every destination comes from the server's configuration (the
+ * `notifications:` block and a repository's `status:`), never from a
+ * pipeline, so a pushed pipeline cannot make otacd send requests anywhere
+ * (docs/security.md).  Tokens and signing secrets are read from files at
+ * start, sent only in request headers and never logged.
+ *
+ * Threads: notify_open/notify_set_current at start, before the engine runs
+ * commands; the enqueue functions on the engine thread; the sender on its
+ * own thread.
+ */
+#ifndef OTA_NOTIFY_NOTIFY_H
+#define OTA_NOTIFY_NOTIFY_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "../config.h"
+
+struct engine;
+struct notify;
+
+/*
+ * Check and load the `notifications:` block and every repository's
+ * `status:` (reading token and secret files) from c.  *out is NULL when
+ * neither is configured.  OTA_EINVAL with "notifications.targets[1].url: ..."
+ * style messages.
+ */
+int notify_open(struct notify **out, const struct otacd_config *c);
+void notify_free(struct notify *n);
+
+/* The configuration the engine thread's enqueue functions use (NULL: none). */
+void notify_set_current(struct notify *n);
+
+/*
+ * On the engine thread, inside the transaction that changed the run:
+ * queue "run.<state>" (state: started, passed, failed, canceled) for every
+ * target that wants it, and the commit status of a run built from a
+ * configured repository with a `status:` block.
+ */
+int outbox_run_event(struct engine *e, int64_t run_id, const char *state);
+/*
+ * The same for a rollout's audit action: promote, pause (halted),
+ * rollback / auto_rollback (rolled back), stage_passed (completed).  Other
+ * actions queue nothing.
+ */
+int outbox_rollout_event(struct engine *e, const char *actor, const char *action, int64_t release_id,
+			 int64_t rollout_id, const char *reason);
+
+/* One outbox row as the sender delivers it. */
+struct outbox_row {
+	int64_t id;
+	const char *delivery;  /* the delivery id receivers de-duplicate on */
+	const char *target;    /* "hook:NAME" or "status:REPO" */
+	const char *event;     /* "run.failed", "rollout.promoted", ... */
+	const char *payload;   /* the event as JSON text (docs/notifications.md) */
+	int attempts;          /* attempts made before this one */
+};
+
+enum notify_outcome {
+	NOTIFY_SENT,           /* the receiver answered 2xx */
+	NOTIFY_RETRY,          /* no answer, 408, 429 or 5xx: try again later */
+	NOTIFY_REFUSED,        /* another 4xx, or the target is gone from the config: give up */
+};
+
+/*
+ * Deliver row once, now (the sender calls this; tests call it directly).
+ * why (n bytes) gets a short reason for anything but NOTIFY_SENT, naming
+ * the target but never its URL, token or secret.
+ */
+enum notify_outcome notify_deliver(const struct notify *n, const struct outbox_row *row, char *why, size_t len);
+
+/* The delay before attempt `attempts` + 1: base * 2^attempts, capped, with
+ * jitter (a uniform value in the upper half). */
+int64_t notify_backoff_ms(const struct notify *n, int attempts);
+
+/*
+ * The sender thread: delivers due rows until notify_sender_stop.  Started
+ * after the engine; stopped before it.  Results go through the engine.
+ */
+struct notify_sender;
+int notify_sender_start(struct notify_sender **out, struct notify *n, struct engine *e);
+void notify_sender_stop(struct notify_sender *s);
+
+#endif
