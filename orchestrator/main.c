@@ -479,6 +479,7 @@ int main(int argc, char **argv)
 	ecfg.secrets = cfg.secrets;
 	ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
 	ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
+	ecfg.retention = cfg.retention;
 	ecfg.config = &cfg;
 	if (engine_start(&engine, db, &ecfg) < 0)
 		goto fail;
