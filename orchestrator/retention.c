@@ -135,7 +135,7 @@ static int delete_run(struct store *db, int64_t run, struct retention_out *out)
  * out a deleted id again (rowids are max + 1).
  */
 static const char *const RUN_CANDIDATES =
-	"SELECT r.id FROM runs r WHERE r.id > ?1"
+	"SELECT r.id FROM runs r WHERE r.id > ?1 AND r.id <= ?5"
 	" AND r.state IN ('passed','failed','canceled','skipped')"
 	" AND ((?2 > 0 AND r.finished_at < ?2) OR r.id <= ?3)"
 	" AND r.id < (SELECT MAX(id) FROM runs)"
@@ -157,12 +157,16 @@ static int batch_runs(struct store *db, const struct retention_cfg *cfg, struct 
 		return 0;
 	if ((rc = keep_cut(db, cfg, &cut)) < 0)
 		return rc;
+	if (cfg->runs_max_age_ms <= 0 && cut == 0)
+		return 0; /* fewer runs than runs_keep: nothing to read */
 	if (!(st = store_stmt(db, RUN_CANDIDATES)))
 		return OTA_ERROR;
 	sqlite3_bind_int64(st, 1, p->cursor);
 	sqlite3_bind_int64(st, 2, cfg->runs_max_age_ms > 0 ? p->now - cfg->runs_max_age_ms : 0);
 	sqlite3_bind_int64(st, 3, cut);
 	sqlite3_bind_int64(st, 4, (int64_t)want);
+	/* with a count bound only, the candidates are a rowid range */
+	sqlite3_bind_int64(st, 5, cfg->runs_max_age_ms > 0 ? INT64_MAX : cut);
 	while (n < want && (rc = store_step_row(db, st)) == 1)
 		ids[n++] = store_col_int(st, 0);
 	sqlite3_reset(st);
