@@ -484,6 +484,72 @@ static void newest_run_is_never_deleted(void **state)
 	bare_close(&b);
 }
 
+/* Give run a job with a log file under b->dir/logs; returns the job id. */
+static int64_t bare_job_with_log(struct bare *b, int64_t run)
+{
+	sqlite3 *db = store_db(b->db);
+	int64_t job;
+	char *dir, *file;
+	db_exec(db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
+		    " VALUES (%lld, (SELECT MIN(id) FROM stages WHERE run_id = %lld), 0, 'j', '{}', 'passed', 0, 0)",
+		(long long)run, (long long)run);
+	job = (int64_t)sqlite3_last_insert_rowid(db);
+	dir = xasprintf("%s/logs/%lld", b->dir, (long long)job);
+	file = xasprintf("%s/1.log", dir);
+	assert_int_equal(ota_mkdir_p(dir, 0700), 0);
+	assert_int_equal(ota_write_file_atomic(file, "log\n", 4, 0600), 0);
+	free(dir);
+	free(file);
+	return job;
+}
+
+static int bare_log_exists(struct bare *b, int64_t job)
+{
+	char *p = xasprintf("%s/logs/%lld/1.log", b->dir, (long long)job);
+	int yes = access(p, F_OK) == 0;
+	free(p);
+	return yes;
+}
+
+/* logs_max_age removes the log files of runs finished before it and
+ * keeps their rows; newer runs, runs with a release and unfinished runs
+ * keep their logs; the cursor makes a second pass start where the first
+ * stopped. */
+static void logs_max_age_removes_files_and_keeps_rows(void **state)
+{
+	struct bare b;
+	struct retention_cfg cfg = { 0, 0, 10 * DAY_MS, 2 };
+	int64_t now = 1000 * DAY_MS, job[6];
+	sqlite3 *db;
+	(void)state;
+
+	bare_open(&b);
+	db = store_db(b.db);
+	bare_fill(&b, 4, now - 20 * DAY_MS); /* runs 1-4: old */
+	bare_fill(&b, 2, now - DAY_MS);      /* runs 5-6: recent */
+	for (int i = 0; i < 6; i++)
+		job[i] = bare_job_with_log(&b, i + 1);
+	db_exec(db, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, created_at)"
+		    " VALUES (2, 'fw', '1.0.0', 'main', 1, 'k', 0)");
+	db_exec(db, "UPDATE runs SET state = 'running', finished_at = NULL WHERE id = 3");
+	prune_all(&b, &cfg, now);
+	assert_false(bare_log_exists(&b, job[0]));
+	assert_true(bare_log_exists(&b, job[1]));  /* a release's run */
+	assert_true(bare_log_exists(&b, job[2]));  /* unfinished */
+	assert_false(bare_log_exists(&b, job[3]));
+	assert_true(bare_log_exists(&b, job[4]));  /* recent */
+	assert_true(bare_log_exists(&b, job[5]));
+	assert_int_equal(db_int(db, "SELECT COUNT(*) FROM runs"), 6);
+	assert_int_equal(db_int(db, "SELECT COUNT(*) FROM jobs"), 6);
+	assert_int_equal(db_int(db, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'retention.logs_through'"), 4);
+	/* ten days later runs 5 and 6 are due too */
+	prune_all(&b, &cfg, now + 10 * DAY_MS);
+	assert_false(bare_log_exists(&b, job[4]));
+	assert_false(bare_log_exists(&b, job[5]));
+	assert_true(bare_log_exists(&b, job[1]));
+	bare_close(&b);
+}
+
 /* A new database gives freed pages back (incremental auto-vacuum). */
 static void new_database_shrinks_after_pruning(void **state)
 {
@@ -564,6 +630,7 @@ int main(void)
 		cmocka_unit_test(runs_keep_bounds_the_count_and_spares_releases),
 		cmocka_unit_test(newest_run_is_never_deleted),
 		cmocka_unit_test(new_database_shrinks_after_pruning),
+		cmocka_unit_test(logs_max_age_removes_files_and_keeps_rows),
 		cmocka_unit_test(old_runs_go_with_their_logs_releases_stay),
 		cmocka_unit_test(killed_mid_prune_restart_is_consistent),
 	};
