@@ -865,7 +865,9 @@ static void *engine_main(void *arg)
 			int64_t due = e->next_due > e->tick_retry_at ? e->next_due : e->tick_retry_at;
 			int64_t wait = due - clock_real_ms();
 			int64_t gc_wait = e->cfg.artifact_retention_ms > 0 ? e->next_gc - clock_mono_ms() : INT64_MAX;
-			int64_t prune_wait = !retention_enabled(&e->cfg.retention) ? INT64_MAX
+			/* a pass under way goes on at once, unless the database
+			 * cannot commit (then after the tick's back-off) */
+			int64_t prune_wait = !retention_enabled(&e->cfg.retention) || tick_backing_off(e) ? INT64_MAX
 					     : e->prune_active ? 0 : e->next_prune - clock_mono_ms();
 			struct timespec ts;
 			if (gc_wait < wait)
