@@ -199,8 +199,10 @@ static int remove_run_logs(struct store *db, int64_t run)
 		return OTA_ERROR;
 	sqlite3_bind_int64(st, 1, run);
 	while ((rc = store_step_row(db, st)) == 1)
+		/* a file that cannot be removed (permissions) is reported and
+		 * left: the cursor moves on rather than stopping every pass */
 		if (logstore_remove_job(store_col_int(st, 0)) < 0)
-			fprintf(stderr, "otacd: retention: %s\n", ota_error_last()); /* retried never: the file is left */
+			fprintf(stderr, "otacd: retention: %s\n", ota_error_last());
 	sqlite3_reset(st);
 	return rc < 0 ? rc : 0;
 }
@@ -246,7 +248,7 @@ static int batch_logs(struct store *db, const struct retention_cfg *cfg, struct 
 	if (rc < 0)
 		return rc;
 	last = through;
-	for (size_t i = 0; i < n && !stop; i++) {
+	for (size_t i = 0; i < n; i++) {
 		if (created[i] >= cutoff || (final[i] && finished[i] >= cutoff)) {
 			stop = 1;
 			break;

@@ -40,7 +40,7 @@ struct retention_cfg {
 
 /*
  * Defaults of the embedded configuration (docs/config.md): a count bound
- * only.  It bounds the database (~170 MB) and deletes nothing on an
+ * only.  It bounds the database (~180 MB) and deletes nothing on an
  * upgrade of a smaller installation; an age bound would depend on otacd
  * time, which --time-scale runs thousands of times faster in demos and
  * tests (180 days in 72 minutes at 3600).
