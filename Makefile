@@ -64,7 +64,7 @@ TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
            $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench $(BIN)/push-bench \
-           $(BIN)/snapshot-bench
+           $(BIN)/snapshot-bench $(BIN)/retention-bench
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
@@ -205,6 +205,11 @@ $(BIN)/fleetstore-bench: $(BUILD)/obj/bench/fleetstore_bench.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/snapshot-bench: $(BUILD)/obj/bench/snapshot_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 18: otacd.db's size after 100,000 runs with retention on and off
+$(BIN)/retention-bench: $(BUILD)/obj/bench/retention_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

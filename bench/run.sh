@@ -83,3 +83,7 @@ sh bench/pushsim.sh "$OTACD_BIN" ${PUSHSIM_ARGS:-20000 500}
 echo
 echo "== a million devices at once (power restored) against a check-in capacity: rate vs capacity, time to serve all, against no admission"
 sh bench/admission.sh "$OTACD_BIN" ${ADMISSION_ARGS:-1000000}
+# issue 18, retention
+echo
+echo "== otacd.db's size after 100,000 runs with retention on and off, and the writer time per pruning batch, same run"
+"$OTACD_BIN/retention-bench" ${RETENTION_BENCH_ARGS:-100000}

@@ -40,6 +40,10 @@ void config_defaults(struct otacd_config *c)
 	c->max_artifact_size = 256 << 20;
 	c->max_run_artifacts = (int64_t)2 << 30;
 	c->artifact_retention_ms = (int64_t)30 * 86400 * 1000;
+	c->retention.runs_max_age_ms = RETENTION_DEFAULT_RUNS_MAX_AGE_MS; /* issue 18 */
+	c->retention.runs_keep = RETENTION_DEFAULT_RUNS_KEEP;
+	c->retention.logs_max_age_ms = RETENTION_DEFAULT_LOGS_MAX_AGE_MS;
+	c->retention.batch = RETENTION_DEFAULT_BATCH;
 	c->secrets = json_object();
 	c->keys = json_object();
 	c->encryption_keys = json_object(); /* issue 13, encrypted images */
@@ -672,6 +676,53 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 	return 0;
 }
 
+/* A retention bound: "off", or a duration of at least an hour (a typo
+ * such as 90s for 90d would delete nearly every run). */
+static int get_bound(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t *out)
+{
+	const char *s = scalar(n);
+	if (s && !strcmp(s, "off")) {
+		*out = 0;
+		return 0;
+	}
+	if (!s || ota_parse_duration_ms(s, out) < 0 || *out < 3600 * 1000)
+		return cfg_err(x, n, "'%s' must be off or a duration of at least 1h, like 90d", key);
+	return 0;
+}
+
+/* retention: {runs_max_age, runs_keep, logs_max_age, batch} (issue 18,
+ * retention.h); keys left out keep their defaults */
+static int get_retention(struct cfg_ctx *x, yaml_node_t *n)
+{
+	struct retention_cfg *r = &x->c->retention;
+	yaml_node_pair_t *p;
+	int rc = 0;
+
+	if (n->type != YAML_MAPPING_NODE)
+		return cfg_err(x, n, "'%s' must be a mapping {runs_max_age, runs_keep, logs_max_age, batch}",
+			       "retention");
+	for (p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top && rc == 0; p++) {
+		yaml_node_t *k = yaml_document_get_node(x->doc, p->key), *v = yaml_document_get_node(x->doc, p->value);
+		const char *key = scalar(k) ? scalar(k) : "";
+		if (!strcmp(key, "runs_max_age"))
+			rc = get_bound(x, v, "retention.runs_max_age", &r->runs_max_age_ms);
+		else if (!strcmp(key, "logs_max_age"))
+			rc = get_bound(x, v, "retention.logs_max_age", &r->logs_max_age_ms);
+		else if (!strcmp(key, "runs_keep")) {
+			if (scalar(v) && !strcmp(scalar(v), "off"))
+				r->runs_keep = 0;
+			else
+				rc = get_int(x, v, "retention.runs_keep (off or at least 1)", &r->runs_keep, 1);
+		} else if (!strcmp(key, "batch")) {
+			if ((rc = get_int(x, v, "retention.batch", &r->batch, 1)) == 0 && r->batch > 1024)
+				rc = cfg_err(x, v, "'%s' must be at most 1024 runs", "retention.batch");
+		} else
+			rc = cfg_err(x, k, "unknown key '%s' in retention (runs_max_age, runs_keep, logs_max_age, batch)",
+				     key);
+	}
+	return rc;
+}
+
 static int apply(struct cfg_ctx *x, yaml_node_t *root)
 {
 	static const char *const keys[] = {
@@ -693,6 +744,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"disk_reserve", /* issue 18: the reserve kept for a full disk */
 		"log_format", "log_level", /* issue 18: structured logs */
 		"notifications", /* issue 17: commit statuses and outbound notifications */
+		"retention", /* issue 18: finished runs' rows and logs */
 	};
 	struct otacd_config *c = x->c;
 	yaml_node_pair_t *p;
@@ -761,6 +813,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_int(x, v, key, &c->max_run_artifacts, 1);
 		else if (!strcmp(key, "artifact_retention"))
 			rc = get_duration(x, v, key, &c->artifact_retention_ms);
+		else if (!strcmp(key, "retention")) /* issue 18 */
+			rc = get_retention(x, v);
 		else if (!strcmp(key, "secrets"))
 			rc = get_secrets(x, v);
 		else if (!strcmp(key, "tokens"))

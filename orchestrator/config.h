@@ -15,6 +15,7 @@
 #include "../common/util.h"
 #include "gitsrc.h"
 #include "pipeline/pipeline.h"
+#include "retention.h"
 
 /* A repository otacd builds from (docs/config.md, "repositories"). */
 struct repo_cfg {
@@ -51,6 +52,7 @@ struct otacd_config {
 	int64_t max_artifact_size;      /* default 256 MiB */
 	int64_t max_run_artifacts;      /* all artifacts of a run, default 2 GiB */
 	int64_t artifact_retention_ms;  /* unreleased artifacts, default 30 days */
+	struct retention_cfg retention; /* issue 18: finished runs' rows and logs (retention.h) */
 	json_t *secrets;                /* object NAME -> string */
 	json_t *tokens;                 /* array of {name, role, sha256} */
 	json_t *keys;                   /* signing keys: object NAME -> {"spec", "pin"?, "certificate"?} */

@@ -799,6 +799,80 @@ static int do_gc(struct engine *e, void *arg)
 	return rc;
 }
 
+/* One retention batch, inside run_call's transaction; the artifact
+ * objects it orphaned go after the commit like do_gc's. */
+static int prune_batch(struct engine *e, void *arg)
+{
+	int rc;
+	(void)arg;
+	e->prune_out.ndead_jobs = 0;
+	strvec_clear(&e->prune_out.dead_objects);
+	rc = retention_batch(e->db, &e->cfg.retention, &e->prune_pass, &e->prune_out);
+	for (size_t i = 0; rc >= 0 && i < e->prune_out.dead_objects.n; i++)
+		if (!strvec_contains(&e->dead_objects, e->prune_out.dead_objects.v[i]))
+			strvec_push(&e->dead_objects, e->prune_out.dead_objects.v[i]);
+	if (rc >= 0 && e->prune_out.runs_deleted)
+		e->changed_state = 1;
+	return rc;
+}
+
+/* Real ms between retention passes: a quarter of the shortest bound at
+ * this time scale, between 1 s and 1 min. */
+static int64_t prune_every(const struct engine *e)
+{
+	const struct retention_cfg *r = &e->cfg.retention;
+	int64_t shortest = INT64_MAX, every;
+	if (r->runs_max_age_ms > 0)
+		shortest = r->runs_max_age_ms;
+	if (r->logs_max_age_ms > 0 && r->logs_max_age_ms < shortest)
+		shortest = r->logs_max_age_ms;
+	every = shortest == INT64_MAX ? 60000 : (int64_t)((double)shortest / clock_scale() / 4);
+	return every < 1000 ? 1000 : every > 60000 ? 60000 : every;
+}
+
+/*
+ * The retention pass, one batch per call, so commands queue between
+ * batches rather than behind a whole pass.  At the end of a pass: free
+ * pages back to the file system (incremental vacuum) and truncate the WAL.
+ */
+static void prune_step(struct engine *e)
+{
+	struct call c = { prune_batch, NULL, 0, 0, "", NULL };
+
+	if (!e->prune_active) {
+		if (clock_mono_ms() < e->next_prune)
+			return;
+		if (!e->prune_swept) {
+			int n = retention_sweep_orphans(e->db);
+			if (n > 0)
+				fprintf(stderr, "otacd: retention: removed %d orphaned log directories\n", n);
+			e->prune_swept = 1;
+		}
+		retention_pass_start(&e->prune_pass, clock_now_ms());
+		e->prune_active = 1;
+	}
+	run_call(e, &c);
+	if (c.rc < 0) {
+		fprintf(stderr, "otacd: retention: %s\n", c.err);
+		e->prune_out.ndead_jobs = 0;
+		e->prune_active = 0;
+		e->next_prune = clock_mono_ms() + prune_every(e);
+		return;
+	}
+	retention_after_commit(&e->prune_out);
+	if (c.rc == 0) {
+		int freed = 0;
+		if (retention_maintain(e->db, 4096, &freed) < 0)
+			fprintf(stderr, "otacd: %s\n", ota_error_last());
+		if (e->prune_pass.runs_deleted)
+			fprintf(stderr, "otacd: retention: deleted %" PRId64 " runs, logs of %" PRId64 " runs\n",
+				e->prune_pass.runs_deleted, e->prune_pass.logs_pruned);
+		e->prune_active = 0;
+		/* more free pages than one step gives back: again soon */
+		e->next_prune = clock_mono_ms() + (freed == 4096 ? 1000 : prune_every(e));
+	}
+}
+
 /* A tick that failed for want of disk is not retried before its back-off
  * ran out, however often calls wake the thread. */
 static int tick_backing_off(const struct engine *e)
@@ -820,9 +894,15 @@ static void *engine_main(void *arg)
 			int64_t due = e->next_due > e->tick_retry_at ? e->next_due : e->tick_retry_at;
 			int64_t wait = due - clock_real_ms();
 			int64_t gc_wait = e->cfg.artifact_retention_ms > 0 ? e->next_gc - clock_mono_ms() : INT64_MAX;
+			/* a pass under way goes on at once, unless the database
+			 * cannot commit (then after the tick's back-off) */
+			int64_t prune_wait = !retention_enabled(&e->cfg.retention) || tick_backing_off(e) ? INT64_MAX
+					     : e->prune_active ? 0 : e->next_prune - clock_mono_ms();
 			struct timespec ts;
 			if (gc_wait < wait)
 				wait = gc_wait;
+			if (prune_wait < wait)
+				wait = prune_wait;
 			if (wait <= 0)
 				break;
 			if (wait > 5000)
@@ -885,6 +965,8 @@ static void *engine_main(void *arg)
 			if (g.rc < 0)
 				ota_log(OTA_LOG_WARN, "artifact expiry: %s", g.err);
 		}
+		if (retention_enabled(&e->cfg.retention) && !tick_backing_off(e))
+			prune_step(e);
 
 		pthread_mutex_lock(&e->lock);
 		if (c) {
@@ -1120,6 +1202,7 @@ void engine_stop(struct engine *e)
 	queue_clear(e);
 	free(e->queue);
 	strvec_clear(&e->dead_objects);
+	retention_out_release(&e->prune_out);
 	notifier_destroy(&e->work);
 	pthread_cond_destroy(&e->cond);
 	pthread_cond_destroy(&e->done_cond);

@@ -32,6 +32,7 @@
 #include "../stages/stage.h"
 #include "auth.h"
 #include "pipeline/pipeline.h"
+#include "retention.h"
 #include "store.h"
 
 struct engine_config {
@@ -42,6 +43,7 @@ struct engine_config {
 	int64_t max_run_artifact_bytes;  /* all artifacts of one run together (0: no cap) */
 	int64_t artifact_retention_ms;   /* unreleased artifacts of finished runs live this long (otacd time; 0: forever) */
 	const struct otacd_config *config;  /* handed to in-daemon stage kinds (borrowed) */
+	struct retention_cfg retention;  /* finished runs' rows and logs (retention.h) */
 };
 
 struct engine;

@@ -63,6 +63,13 @@ struct engine {
 	struct strvec inproc_queue;   /* guarded by inproc_lock */
 	int inproc_stop;
 	int64_t next_gc;            /* monotonic ms of the next artifact expiry pass */
+	/* retention (retention.h): a pass runs one batch per turn of the
+	 * engine loop, between commands */
+	int64_t next_prune;         /* monotonic ms of the next retention pass */
+	int prune_active;           /* a pass is under way */
+	int prune_swept;            /* orphaned logs swept since this start */
+	struct retention_pass prune_pass;
+	struct retention_out prune_out;
 
 	/* engine thread only */
 	struct qjob *queue;

@@ -19,6 +19,7 @@
 #include "../common/mask.h"
 #include "diskguard.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -331,5 +332,50 @@ int logstore_read(int64_t job, int attempt, int64_t offset, size_t max, struct b
 		max -= (size_t)n;
 	}
 	close(fd);
+	return rc;
+}
+
+int logstore_remove_job(int64_t job)
+{
+	char *dir = xasprintf("%s/%" PRId64, g_dir, job);
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int rc = 0;
+
+	if (!d) {
+		rc = errno == ENOENT ? 0 : ota_error_set(OTA_ERROR, "cannot open %s: %s", dir, strerror(errno));
+		free(dir);
+		return rc;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) < 0 && errno != ENOENT && rc == 0)
+			rc = ota_error_set(OTA_ERROR, "cannot remove %s/%s: %s", dir, de->d_name, strerror(errno));
+	}
+	closedir(d);
+	if (rc == 0 && rmdir(dir) < 0 && errno != ENOENT)
+		rc = ota_error_set(OTA_ERROR, "cannot remove %s: %s", dir, strerror(errno));
+	free(dir);
+	return rc;
+}
+
+int logstore_each_job(int (*fn)(int64_t job, void *arg), void *arg)
+{
+	DIR *d = opendir(g_dir);
+	struct dirent *de;
+	int rc = 0;
+
+	if (!d)
+		return errno == ENOENT ? 0 : ota_error_set(OTA_ERROR, "cannot open %s: %s", g_dir, strerror(errno));
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		char *end;
+		long long job = strtoll(de->d_name, &end, 10);
+		/* only the directories this module names: a positive job id */
+		if (de->d_name[0] < '1' || de->d_name[0] > '9' || *end || job <= 0)
+			continue;
+		rc = fn((int64_t)job, arg);
+	}
+	closedir(d);
 	return rc;
 }

@@ -54,4 +54,13 @@ int logstore_read(int64_t job, int attempt, int64_t offset, size_t max, struct b
 
 struct notifier *logstore_changes(void);
 
+/*
+ * Retention (retention.h): remove every log of a job (its directory);
+ * no log at all is success.  Only for jobs whose attempts have ended.
+ */
+int logstore_remove_job(int64_t job);
+/* Call fn for each job that has a log directory; stops at fn's first
+ * non-zero result and returns it. */
+int logstore_each_job(int (*fn)(int64_t job, void *arg), void *arg);
+
 #endif

@@ -500,6 +500,7 @@ int main(int argc, char **argv)
 	ecfg.secrets = cfg.secrets;
 	ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
 	ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
+	ecfg.retention = cfg.retention;
 	ecfg.config = &cfg;
 	/* issue 17: statuses and notifications, checked before anything runs */
 	if (notify_open(&notify, &cfg) < 0)

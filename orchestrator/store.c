@@ -10,6 +10,11 @@
  * killed process and an OS crash or power cut alike (docs/architecture.md,
  * crash safety).  store_set_synchronous() lowers it to NORMAL for the
  * benchmark that measures what FULL costs (bench/sync_bench.c).
+ *
+ * Size: a new database is created with auto_vacuum=INCREMENTAL, so the
+ * pages the retention pruner frees can be given back to the file system
+ * a few thousand at a time (retention.h); older databases reuse freed
+ * pages but do not shrink without an offline VACUUM (docs/operations.md).
  */
 #include "store.h"
 
@@ -235,11 +240,14 @@ const char *store_sync_pragma(void)
 
 static int configure(sqlite3 *db, int readonly)
 {
-	char pragmas[160];
+	char pragmas[200];
 	if (readonly)
 		snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;");
 	else
-		snprintf(pragmas, sizeof(pragmas), "PRAGMA journal_mode=WAL; %s"
+		/* auto_vacuum first: it takes effect only on a database with
+		 * no tables yet (a new one), before WAL writes its header; an
+		 * existing database keeps its mode (retention.h, maintain) */
+		snprintf(pragmas, sizeof(pragmas), "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; %s"
 			 " PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;", store_sync_pragma());
 	char *err = NULL;
 	if (sqlite3_exec(db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
