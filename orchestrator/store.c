@@ -201,6 +201,12 @@ static const char *const migrations[] = {
 	"CREATE INDEX run_metrics_by_run ON run_metrics(run_id);",
 };
 
+const char *const *store_migrations(size_t *n)
+{
+	*n = OTA_ARRAY_SIZE(migrations);
+	return migrations;
+}
+
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t g_generation = 1;
 static char *g_db_path;

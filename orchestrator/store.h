@@ -15,12 +15,18 @@
 #define OTA_STORE_H
 
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct store;
 
 /* Open (creating and migrating as needed) the database at path. */
 int store_open(struct store **out, const char *path);
+/*
+ * The migration list, in SQLite's dialect; the storage layer
+ * (orchestrator/db/db.h, db_migrate()) runs the same list on PostgreSQL.
+ */
+const char *const *store_migrations(size_t *n);
 void store_close(struct store *s);
 sqlite3 *store_db(struct store *s);
 
