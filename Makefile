@@ -249,6 +249,13 @@ $(BIN)/fscore-verify-bench: $(BUILD)/obj/bench/fscore_verify_bench.o $(BUILD)/ob
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# issue 16: the storage layer's backends, SQLite against PostgreSQL (a
+# cluster it starts itself, tests/pgcluster.c), same run
+BENCHES += $(BIN)/db-bench
+$(BIN)/db-bench: $(BUILD)/obj/bench/db_bench.o $(BUILD)/obj/tests/pgcluster.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 bench: $(PROGS) $(BENCHES)
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh
 

@@ -83,3 +83,7 @@ sh bench/pushsim.sh "$OTACD_BIN" ${PUSHSIM_ARGS:-20000 500}
 echo
 echo "== a million devices at once (power restored) against a check-in capacity: rate vs capacity, time to serve all, against no admission"
 sh bench/admission.sh "$OTACD_BIN" ${ADMISSION_ARGS:-1000000}
+# issue 16, the storage layer
+echo
+echo "== storage backends: SQLite (synchronous=FULL) against PostgreSQL (fsync on, unix socket), same run, same disk"
+"$OTACD_BIN/db-bench" ${DB_BENCH_ARGS:-1000 50000 50000}

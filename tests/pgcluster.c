@@ -157,7 +157,13 @@ static void print_log_tail(const struct pgcluster *pg, const char *name)
 	fclose(f);
 }
 
-int pgcluster_start(struct pgcluster *pg)
+static void server_options(const struct pgcluster *pg, char *opts, size_t cap)
+{
+	snprintf(opts, cap, "-k %s -p %d -c listen_addresses= -c max_connections=50%s", pg->dir, PG_PORT,
+		 pg->durable ? "" : " -c fsync=off -c full_page_writes=off");
+}
+
+int pgcluster_start(struct pgcluster *pg, int durable)
 {
 	const char *tmp = getenv("TMPDIR");
 	char data[200], opts[400], log[200];
@@ -167,6 +173,7 @@ int pgcluster_start(struct pgcluster *pg)
 
 	memset(pg, 0, sizeof(*pg));
 	pg->watch_fd = -1;
+	pg->durable = durable;
 	if (!find_bindir(pg))
 		return 1;
 	if (cluster_user(&uid, &gid) < 0)
@@ -181,9 +188,7 @@ int pgcluster_start(struct pgcluster *pg)
 
 	snprintf(data, sizeof(data), "%s/data", pg->dir);
 	snprintf(log, sizeof(log), "%s/postgres.log", pg->dir);
-	snprintf(opts, sizeof(opts),
-		 "-k %s -p %d -c listen_addresses= -c fsync=off -c full_page_writes=off -c max_connections=50",
-		 pg->dir, PG_PORT);
+	server_options(pg, opts, sizeof(opts));
 	{
 		char *const initdb[] = { "initdb", "-D", data, "-U", "otacd", "-A", "trust", "-E", "UTF8",
 					 "--locale=C", "--no-sync", NULL };
@@ -205,9 +210,7 @@ int pgcluster_restart(struct pgcluster *pg)
 
 	snprintf(data, sizeof(data), "%s/data", pg->dir);
 	snprintf(log, sizeof(log), "%s/postgres.log", pg->dir);
-	snprintf(opts, sizeof(opts),
-		 "-k %s -p %d -c listen_addresses= -c fsync=off -c full_page_writes=off -c max_connections=50",
-		 pg->dir, PG_PORT);
+	server_options(pg, opts, sizeof(opts));
 	{
 		char *const restart[] = { "pg_ctl", "-D", data, "-l", log, "-o", opts, "-m", "fast",
 					  "-w", "-t", "120", "restart", NULL };

@@ -4,7 +4,7 @@
  * pgcluster_start() runs Debian's initdb and pg_ctl (/usr/lib/postgresql/
  * N/bin, or $OTACD_PG_BIN) in a fresh temporary directory: the cluster
  * listens on a unix socket in that directory only (no TCP port, so two
- * tests never collide), with fsync off.  PostgreSQL refuses to run as
+ * tests never collide), with fsync off unless durable (benchmarks).  PostgreSQL refuses to run as
  * root, and CI runs the tests as root: then the cluster runs as the
  * "postgres" user (or "nobody").
  *
@@ -24,6 +24,7 @@ struct pgcluster {
 	char url[512];   /* postgresql://otacd@/postgres?host=DIR&port=N */
 	pid_t watchdog;
 	int watch_fd;    /* closing it stops the cluster */
+	int durable;     /* fsync on */
 };
 
 /*
@@ -31,7 +32,7 @@ struct pgcluster {
  * (the caller skips, saying why); negative on failure, with the message in
  * the error slot and the logs' tail on stderr.
  */
-int pgcluster_start(struct pgcluster *pg);
+int pgcluster_start(struct pgcluster *pg, int durable);
 /* Stop the cluster and remove its directory (waits); safe to repeat. */
 void pgcluster_stop(struct pgcluster *pg);
 /* Run "pg_ctl restart" (the server drops every connection). */

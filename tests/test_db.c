@@ -610,7 +610,7 @@ int main(void)
 	int rc;
 
 	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg);
+	rc = pgcluster_start(&g_pg, 0);
 	if (rc == 1) {
 		fprintf(stderr, "test_db: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
 				"the PostgreSQL cases are skipped\n");
