@@ -398,6 +398,52 @@ static void concurrent_writers_are_serialized(void **state)
 	db_close(db);
 }
 
+static int calls;
+
+/* Loses the race twice (after writing), then succeeds. */
+static int lose_twice(struct db *db, void *arg)
+{
+	insert_item(db, "retried", ++calls);
+	return calls < 3 ? DB_EBUSY : 0;
+}
+
+static void a_transaction_that_lost_a_race_runs_again_and_commits_once(void **state)
+{
+	char url[600];
+	struct db *db = fresh_db(state, url, sizeof(url));
+
+	must_exec(db, k_items);
+	calls = 0;
+	assert_int_equal(db_transact(db, lose_twice, NULL), 0);
+	assert_int_equal(calls, 3);
+	/* the two lost attempts left nothing behind */
+	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM items"), 1);
+	assert_int_equal(one_int(db, "SELECT n FROM items WHERE name = 'retried'"), 3);
+	db_close(db);
+}
+
+static void a_reader_transaction_reads_one_snapshot(void **state)
+{
+	char url[600];
+	struct db *db = fresh_db(state, url, sizeof(url));
+	struct db *reader;
+
+	must_exec(db, k_items);
+	insert_item(db, "a", 1);
+	assert_int_equal(db_open(&reader, url, DB_READONLY), 0);
+	assert_int_equal(db_begin(reader), 0);
+	assert_int_equal(one_int(reader, "SELECT COUNT(*) FROM items"), 1);
+	/* a writer commits meanwhile: the reader's transaction does not see it */
+	assert_int_equal(db_begin(db), 0);
+	insert_item(db, "b", 2);
+	assert_int_equal(db_commit(db), 0);
+	assert_int_equal(one_int(reader, "SELECT COUNT(*) FROM items"), 1);
+	assert_int_equal(db_commit(reader), 0);
+	assert_int_equal(one_int(reader, "SELECT COUNT(*) FROM items"), 2);
+	db_close(reader);
+	db_close(db);
+}
+
 static void a_reader_refuses_to_write(void **state)
 {
 	char url[600];
@@ -600,7 +646,9 @@ int main(void)
 		BOTH(blobs_keep_every_byte_including_zeros),
 		BOTH(large_text_and_unicode_round_trip),
 		BOTH(concurrent_writers_are_serialized),
+		BOTH(a_transaction_that_lost_a_race_runs_again_and_commits_once),
 		BOTH(a_reader_refuses_to_write),
+		BOTH(a_reader_transaction_reads_one_snapshot),
 		BOTH(bad_sql_fails_at_prepare_with_the_backends_message),
 		BOTH(store_migrations_apply_on_both_backends),
 		/* SQLite has no server connection to lose */

@@ -381,27 +381,16 @@ int db_schema_version(struct db *db, int *out)
 	return rc == 1 ? 0 : (rc < 0 ? rc : OTA_ERROR);
 }
 
-/*
- * Begin a transaction in which to apply one migration.  On PostgreSQL
- * several instances may start at once: a transaction-scoped advisory lock
- * makes them take turns, and READ COMMITTED (a plain BEGIN) lets the one
- * that waited see the version the other committed.  SQLite's BEGIN
- * IMMEDIATE already makes migrators take turns.
- */
-static int begin_migration(struct db *db)
-{
-	if (db->backend == DB_SQLITE)
-		return db_begin(db);
-	return db->ops->exec(db, "BEGIN; SELECT pg_advisory_xact_lock(7363616364)");
-}
-
 static int apply_one(struct db *db, const char *const *list, size_t n, int *done)
 {
 	struct db_stmt *st;
 	int version, rc;
 
+	/* db_begin() makes migrators take turns (several instances starting
+	 * at once), and the one that waited sees the version the other
+	 * committed */
 	*done = 0;
-	if ((rc = begin_migration(db)) < 0)
+	if ((rc = db_begin(db)) < 0)
 		return rc;
 	if ((rc = db_exec(db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
 			      "version INTEGER NOT NULL PRIMARY KEY, applied_at INTEGER NOT NULL)")) < 0 ||

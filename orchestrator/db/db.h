@@ -22,9 +22,11 @@
  * negative code on failure, with the backend's own message in the
  * per-thread error slot (ota_error_last()) and in db_errmsg().  Callers act
  * on three codes:
- *   DB_EBUSY        the transaction lost a race (SQLite busy after the busy
- *                   timeout, PostgreSQL serialization failure or deadlock):
- *                   roll back and run it again; db_transact() does that.
+ *   DB_EBUSY        the transaction lost a race (SQLite still busy after
+ *                   its 10 s busy timeout; PostgreSQL serialization
+ *                   failure, deadlock, or a lock not had within its 10 s
+ *                   lock_timeout): roll back and run it again;
+ *                   db_transact() does that.
  *   DB_ECONSTRAINT  a UNIQUE, PRIMARY KEY, FOREIGN KEY or NOT NULL
  *                   constraint refused the change.
  *   DB_ECONN        the connection to the server is gone; db_reconnect()
@@ -69,10 +71,13 @@ const char *db_errmsg(const struct db *db);
 int db_exec(struct db *db, const char *script);
 
 /*
- * Transactions.  db_begin() takes the write lock up front on SQLite (BEGIN
- * IMMEDIATE, so one writer at a time) and starts a SERIALIZABLE
- * transaction on PostgreSQL (the same guarantee: the result is as if the
- * writers ran one after the other; a writer that lost returns DB_EBUSY).
+ * Transactions.  On a writer connection db_begin() takes the database's
+ * write lock up front, so writers run one at a time and each sees what the
+ * previous one committed: SQLite's BEGIN IMMEDIATE, and on PostgreSQL a
+ * transaction-scoped advisory lock every otacd instance takes (db_pg.c
+ * says why not SERIALIZABLE).  On a reader (DB_READONLY) it starts a
+ * read-only snapshot.  Writes outside db_begin() autocommit and do not
+ * take turns: state changes go inside a transaction.
  * db_rollback() is safe to call outside a transaction.
  */
 int db_begin(struct db *db);

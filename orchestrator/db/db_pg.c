@@ -7,11 +7,16 @@
  * SUM()'s numerics and booleans all read through one strtoll.  A step runs
  * the whole statement on its first call and walks the result's rows after.
  *
- * Transactions are SERIALIZABLE: the engine was written for SQLite, where
- * writers take turns, and SERIALIZABLE promises the same outcome; the price
- * is that a writer which lost a race gets SQLSTATE 40001 (DB_EBUSY) and
- * runs again (db_transact()).  Readers (DB_READONLY) have
- * default_transaction_read_only set, so a write through one fails.
+ * Transactions take turns, as SQLite's BEGIN IMMEDIATE makes them: a
+ * writer's db_begin() is BEGIN (READ COMMITTED) plus a transaction-scoped
+ * advisory lock every writer of the database takes, so writers run one
+ * after the other and each statement sees what the previous writers
+ * committed.  The engine was written for exactly that (one writer); the
+ * alternative, SERIALIZABLE, gives the same outcome but makes writers that
+ * met lose and run again, which under load can mean many times.  Readers
+ * (DB_READONLY) have default_transaction_read_only set, so a write through
+ * one fails, and their transactions are REPEATABLE READ: one snapshot, as a
+ * SQLite read transaction has.
  *
  * A connection the server dropped (restart, pg_terminate_backend, network)
  * reports DB_ECONN; db_reconnect() opens a new one and every statement
@@ -73,7 +78,7 @@ static int fail_res(struct db *db, const PGresult *res, const char *what)
 	if (PQstatus(pc(db)->conn) == CONNECTION_BAD || (state && (strncmp(state, "08", 2) == 0 ||
 								   strncmp(state, "57P0", 4) == 0)))
 		code = DB_ECONN;
-	else if (state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0))
+	else if (state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0))
 		code = DB_EBUSY;
 	else if (state && strncmp(state, "23", 2) == 0)
 		code = DB_ECONSTRAINT;
@@ -91,10 +96,11 @@ static int connect_now(struct db *db)
 	if (PQstatus(c->conn) != CONNECTION_OK)
 		return fail_res(db, NULL, "connect");
 	c->conn_gen++;
-	/* Our own messages carry the context; the server's notices are noise. */
+	/* Our own messages carry the context; the server's notices are noise.
+	 * A lock not had in 10 s is DB_EBUSY, as SQLite's busy timeout. */
 	res = PQexec(c->conn, (db->flags & DB_READONLY)
 				      ? "SET client_min_messages = warning; SET default_transaction_read_only = on"
-				      : "SET client_min_messages = warning");
+				      : "SET client_min_messages = warning; SET lock_timeout = '10s'");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		rc = fail_res(db, res, "session settings");
 	PQclear(res);
@@ -304,9 +310,14 @@ static int pg_in_transaction(const struct db *db)
 	return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
 }
 
+/* The advisory lock key of "the database's writer" ("otacd" in ASCII). */
+#define WRITER_LOCK "478560101220"
+
 static int pg_begin(struct db *db)
 {
-	return pg_exec(db, "BEGIN ISOLATION LEVEL SERIALIZABLE");
+	if (db->flags & DB_READONLY)
+		return pg_exec(db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+	return pg_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(" WRITER_LOCK ")");
 }
 
 static int pg_commit(struct db *db)

@@ -185,9 +185,11 @@ static int sq_in_transaction(const struct db *db)
 	return !sqlite3_get_autocommit(conn(db));
 }
 
+/* A writer takes the write lock up front; a reader's transaction is a
+ * snapshot (and a read-only connection cannot take the write lock). */
 static int sq_begin(struct db *db)
 {
-	return sq_exec(db, "BEGIN IMMEDIATE");
+	return sq_exec(db, (db->flags & DB_READONLY) ? "BEGIN" : "BEGIN IMMEDIATE");
 }
 
 static int sq_commit(struct db *db)
