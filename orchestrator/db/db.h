@@ -147,6 +147,14 @@ const void *db_column_blob(struct db_stmt *st, int col, size_t *size);
 int db_reconnect(struct db *db);
 
 /*
+ * The SQLite handle under a SQLite connection (NULL for PostgreSQL): only
+ * for the modules not yet converted to this interface (docs/storage.md,
+ * conversion plan); goes when the last one is.
+ */
+struct sqlite3;
+struct sqlite3 *db_sqlite_handle(struct db *db);
+
+/*
  * Apply the migrations of list[0..n) the database lacks, each in its own
  * transaction with its schema_migrations row; the list is the SQLite
  * dialect, translated per backend.  OTA_ERROR if the database is newer

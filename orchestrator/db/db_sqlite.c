@@ -251,6 +251,11 @@ static const void *sq_column_blob(struct db_stmt *st, int col, size_t *size)
 	return p;
 }
 
+sqlite3 *db_sqlite_handle(struct db *db)
+{
+	return db->backend == DB_SQLITE ? conn(db) : NULL;
+}
+
 const struct db_ops db_sqlite_ops = {
 	.name = "sqlite",
 	.open = sq_open,
