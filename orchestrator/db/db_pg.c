@@ -62,12 +62,28 @@ static struct pg_conn *pc(const struct db *db)
 	return db->impl;
 }
 
+/* The db.h code of a failure, from its SQLSTATE and the connection. */
+static int classify(const struct db *db, const char *state)
+{
+	static const char *const busy[] = { "40001", "40P01", "55P03" }; /* serialization, deadlock, lock timeout */
+
+	if (PQstatus(pc(db)->conn) == CONNECTION_BAD)
+		return DB_ECONN;
+	if (!state)
+		return OTA_ERROR;
+	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0) /* connection, shutdown */
+		return DB_ECONN;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(busy); i++)
+		if (strcmp(state, busy[i]) == 0)
+			return DB_EBUSY;
+	return strncmp(state, "23", 2) == 0 ? DB_ECONSTRAINT : OTA_ERROR; /* integrity violations */
+}
+
 /* Map a failed result (or a dead connection) to a db.h code and message. */
 static int fail_res(struct db *db, const PGresult *res, const char *what)
 {
 	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg = res ? PQresultErrorMessage(res) : "";
-	int code = OTA_ERROR;
 	size_t n;
 
 	if (!msg || !*msg)
@@ -75,15 +91,9 @@ static int fail_res(struct db *db, const PGresult *res, const char *what)
 	n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		n--;
-	if (PQstatus(pc(db)->conn) == CONNECTION_BAD || (state && (strncmp(state, "08", 2) == 0 ||
-								   strncmp(state, "57P0", 4) == 0)))
-		code = DB_ECONN;
-	else if (state && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 || strcmp(state, "55P03") == 0))
-		code = DB_EBUSY;
-	else if (state && strncmp(state, "23", 2) == 0)
-		code = DB_ECONSTRAINT;
-	return db_fail(db, code, "postgres: %s: %.*s%s%s%s", what, (int)n, msg, state ? " (SQLSTATE " : "",
-		       state ? state : "", state ? ")" : "");
+	if (!state)
+		return db_fail(db, classify(db, NULL), "postgres: %s: %.*s", what, (int)n, msg);
+	return db_fail(db, classify(db, state), "postgres: %s: %.*s (SQLSTATE %s)", what, (int)n, msg, state);
 }
 
 static int connect_now(struct db *db)
