@@ -218,6 +218,16 @@ static void a_failed_statement_rolls_the_whole_transaction_back(void **state)
 	assert_false(db_in_transaction(db));
 	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM items WHERE name = 'lost'"), 0);
 
+	/* a commit after a failed statement: refused on both backends */
+	assert_int_equal(db_begin(db), 0);
+	insert_item(db, "lost too", 2);
+	db_bind_text(st = db_stmt(db, "INSERT INTO items(name) VALUES (?)"), 1, "kept");
+	assert_int_equal(db_run(st), DB_ECONSTRAINT);
+	assert_int_equal(db_commit(db), OTA_ERROR);
+	assert_non_null(strstr(db_errmsg(db), "commit refused"));
+	assert_false(db_in_transaction(db));
+	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM items"), 1);
+
 	/* a caller's error inside db_transact: nothing of it stays */
 	rc = db_transact(db, insert_then_fail, "second");
 	assert_int_equal(rc, OTA_EINVAL);

@@ -26,6 +26,8 @@ int db_fail(struct db *db, int code, const char *fmt, ...)
 	va_end(ap);
 	free(db->errmsg);
 	db->errmsg = buf_detach(&b);
+	if (db->ops && db->impl && db->ops->in_transaction(db))
+		db->tx_failed = 1;
 	return ota_error_set(code, "%s", db->errmsg);
 }
 
@@ -111,11 +113,29 @@ int db_exec(struct db *db, const char *script)
 
 int db_begin(struct db *db)
 {
+	db->tx_failed = 0;
 	return db->ops->begin(db);
 }
 
+/*
+ * A failed statement spoils its transaction on both backends: PostgreSQL
+ * aborts it, and SQLite, which would go on and commit the statements
+ * around the failed one, is held to the same rule, so code that relies on
+ * carrying on after an error fails on SQLite too, not first in production
+ * on PostgreSQL.
+ */
 int db_commit(struct db *db)
 {
+	if (db->tx_failed && db->ops->in_transaction(db)) {
+		char *why = xstrdup(db_errmsg(db));
+		int rc;
+
+		db->ops->exec(db, "ROLLBACK");
+		rc = db_fail(db, OTA_ERROR, "commit refused, rolled back: a statement in the transaction failed (%s)",
+			     why);
+		free(why);
+		return rc;
+	}
 	return db->ops->commit(db);
 }
 

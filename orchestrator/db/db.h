@@ -77,8 +77,11 @@ int db_exec(struct db *db, const char *script);
  * transaction-scoped advisory lock every otacd instance takes (db_pg.c
  * says why not SERIALIZABLE).  On a reader (DB_READONLY) it starts a
  * read-only snapshot.  Writes outside db_begin() autocommit and do not
- * take turns: state changes go inside a transaction.
- * db_rollback() is safe to call outside a transaction.
+ * take turns: state changes go inside a transaction.  A statement that
+ * failed inside a transaction spoils it on both backends: db_commit() then
+ * rolls back and fails (use INSERT OR IGNORE / ON CONFLICT, not "try and
+ * see", inside a transaction).  db_rollback() is safe to call outside a
+ * transaction.
  */
 int db_begin(struct db *db);
 int db_commit(struct db *db);
@@ -94,6 +97,8 @@ int db_in_transaction(const struct db *db);
  */
 #define DB_RETRIES 20
 int db_transact(struct db *db, int (*fn)(struct db *db, void *arg), void *arg);
+/* DB_ECONN is not retried: a connection lost during COMMIT leaves the
+ * outcome unknown, and only the caller can tell (by reading the state). */
 
 /*
  * Called on the connection's thread after each of its commits is visible

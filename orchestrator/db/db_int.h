@@ -58,6 +58,7 @@ struct db {
 	char *url;
 	void *impl;
 	char *errmsg;
+	int tx_failed; /* a statement failed since db_begin(): commit refuses */
 	void (*on_commit)(void *arg);
 	void *on_commit_arg;
 	struct db_cache_slot cache[DB_STMT_CACHE];
