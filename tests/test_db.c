@@ -545,6 +545,50 @@ static void store_migrations_apply_on_both_backends(void **state)
 	db_close(db);
 }
 
+struct migrator {
+	const char *url;
+	int rc;
+};
+
+static void *migrator_main(void *arg)
+{
+	struct migrator *m = arg;
+	struct db *db;
+	size_t n;
+	const char *const *list = store_migrations(&n);
+
+	if ((m->rc = db_open(&db, m->url, DB_SYNC_NORMAL)) < 0)
+		return NULL;
+	m->rc = db_migrate(db, list, n);
+	if (m->rc < 0)
+		fprintf(stderr, "migrator: %s\n", db_errmsg(db));
+	db_close(db);
+	return NULL;
+}
+
+static void instances_starting_at_once_migrate_once(void **state)
+{
+	char url[600];
+	struct db *db = fresh_db(state, url, sizeof(url));
+	enum { INSTANCES = 3 };
+	struct migrator m[INSTANCES];
+	pthread_t t[INSTANCES];
+	size_t n;
+
+	store_migrations(&n);
+	for (int i = 0; i < INSTANCES; i++) {
+		m[i] = (struct migrator){ .url = url };
+		pthread_create(&t[i], NULL, migrator_main, &m[i]);
+	}
+	for (int i = 0; i < INSTANCES; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(m[i].rc, 0);
+	}
+	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM schema_migrations"), (int64_t)n);
+	assert_int_equal(one_int(db, "SELECT MAX(version) FROM schema_migrations"), (int64_t)n);
+	db_close(db);
+}
+
 static void a_killed_connection_is_reported_and_reconnects(void **state)
 {
 	char url[600];
@@ -578,6 +622,19 @@ static void a_killed_connection_is_reported_and_reconnects(void **state)
 	assert_int_equal(db_reconnect(db), 0);
 	/* the insert on the dead connection never reached the server */
 	assert_int_equal(insert_item(db, "b", 2), 2);
+
+	/* killed inside a transaction: the commit reports it, nothing stays */
+	pid = one_int(db, "SELECT pg_backend_pid()");
+	assert_int_equal(db_begin(db), 0);
+	insert_item(db, "uncommitted", 3);
+	st = db_stmt(admin, "SELECT pg_terminate_backend(?)");
+	db_bind_int64(st, 1, pid);
+	assert_int_equal(db_step(st), 1);
+	db_reset(st);
+	assert_int_equal(db_commit(db), DB_ECONN);
+	assert_int_equal(db_reconnect(db), 0);
+	assert_false(db_in_transaction(db));
+	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM items WHERE name = 'uncommitted'"), 0);
 
 	/* the whole server restarts: every connection sees it, then recovers */
 	assert_int_equal(pgcluster_restart(&g_pg), 0);
@@ -663,6 +720,7 @@ int main(void)
 		BOTH(a_reader_transaction_reads_one_snapshot),
 		BOTH(bad_sql_fails_at_prepare_with_the_backends_message),
 		BOTH(store_migrations_apply_on_both_backends),
+		BOTH(instances_starting_at_once_migrate_once),
 		/* SQLite has no server connection to lose */
 		{ "postgres/a_killed_connection_is_reported_and_reconnects",
 		  a_killed_connection_is_reported_and_reconnects, NULL, NULL, (void *)&k_pg },

@@ -81,8 +81,9 @@ static int sq_open(struct db *db, const char *path, unsigned flags)
 		snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout=%d; PRAGMA foreign_keys=ON;", BUSY_TIMEOUT_MS);
 	else
 		snprintf(pragmas, sizeof(pragmas),
-			 "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA busy_timeout=%d; PRAGMA foreign_keys=ON;",
-			 (flags & DB_SYNC_NORMAL) ? "NORMAL" : "FULL", BUSY_TIMEOUT_MS);
+			 /* the timeout first: switching to WAL waits for the lock too */
+			 "PRAGMA busy_timeout=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
+			 BUSY_TIMEOUT_MS, (flags & DB_SYNC_NORMAL) ? "NORMAL" : "FULL");
 	if ((rc = sq_exec(db, pragmas)) < 0) {
 		sqlite3_close(handle);
 		return rc;
