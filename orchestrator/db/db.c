@@ -78,6 +78,7 @@ void db_close(struct db *db)
 {
 	if (!db)
 		return;
+	db->closing = 1;
 	for (size_t i = 0; i < db->ncache; i++)
 		db_finalize(db->cache[i].st);
 	db->ops->close(db);

@@ -59,6 +59,7 @@ struct db {
 	void *impl;
 	char *errmsg;
 	int tx_failed; /* a statement failed since db_begin(): commit refuses */
+	int closing;   /* db_close() is finalizing: no per-statement cleanup */
 	void (*on_commit)(void *arg);
 	void *on_commit_arg;
 	struct db_cache_slot cache[DB_STMT_CACHE];

@@ -44,7 +44,6 @@ struct pg_conn {
 	PGconn *conn;
 	unsigned conn_gen; /* bumped by each reconnect */
 	unsigned next_name;
-	int closing;
 };
 
 struct pg_stmt {
@@ -133,7 +132,6 @@ static int pg_open(struct db *db, const char *url, unsigned flags)
 
 static void pg_close(struct db *db)
 {
-	pc(db)->closing = 1;
 	PQfinish(pc(db)->conn);
 	free(db->impl);
 }
@@ -211,7 +209,7 @@ static void pg_finalize(struct db_stmt *st)
 	drop_result(st);
 	/* Free the server's copy while the connection lives on; in an
 	 * aborted transaction this fails and the copy goes with the session. */
-	if (!c->closing && q->conn_gen == c->conn_gen && PQstatus(c->conn) == CONNECTION_OK &&
+	if (!st->db->closing && q->conn_gen == c->conn_gen && PQstatus(c->conn) == CONNECTION_OK &&
 	    PQtransactionStatus(c->conn) == PQTRANS_IDLE) {
 		snprintf(sql, sizeof(sql), "DEALLOCATE %s", q->name);
 		PQclear(PQexec(c->conn, sql));
