@@ -539,6 +539,24 @@ static void store_migrations_apply_on_both_backends(void **state)
 	db_reset(st);
 	assert_int_equal(one_int(db, "SELECT created_at FROM runs"), INT64_C(1764720000000));
 
+	if (db_backend(db) == DB_POSTGRES) {
+		/* the dialect's types: 64-bit times, 8-byte REAL, identity ids */
+		st = db_stmt(db, "SELECT data_type, is_identity FROM information_schema.columns"
+				 " WHERE table_name = ? AND column_name = ?");
+		const char *cols[][4] = { { "runs", "created_at", "bigint", "NO" },
+					  { "runs", "id", "bigint", "YES" },
+					  { "gate_evals", "estimate", "double precision", "NO" },
+					  { "run_metrics", "value", "double precision", "NO" } };
+		for (size_t i = 0; i < OTA_ARRAY_SIZE(cols); i++) {
+			db_bind_text(st, 1, cols[i][0]);
+			db_bind_text(st, 2, cols[i][1]);
+			assert_int_equal(db_step(st), 1);
+			assert_string_equal(db_column_text(st, 0), cols[i][2]);
+			assert_string_equal(db_column_text(st, 1), cols[i][3]);
+			db_reset(st);
+		}
+	}
+
 	/* a database newer than this otacd is refused, not downgraded */
 	assert_true(db_migrate(db, list, n - 1) < 0);
 	assert_non_null(strstr(db_errmsg(db), "newer"));
