@@ -15,15 +15,15 @@
 # Out-of-tree objects: BUILD=dir (default build/).  SANITIZE=1 adds
 # -fsanitize=address,undefined.  OPT sets optimisation (default -O2 -g).
 
-PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto
+PKGS      := yaml-0.1 sqlite3 openssl libcurl libgit2 libmicrohttpd jansson libarchive libxml-2.0 gnutls libmosquitto libpq
 DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev libgnutls28-dev \
              libcurl4-openssl-dev libgit2-dev libmicrohttpd-dev libjansson-dev \
              libcmocka-dev libxml2-dev libarchive-dev sqlite3 curl git openssl procps \
-             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev help2man
+             softhsm2 libengine-pkcs11-openssl opensc libjsmn-dev libmosquitto-dev help2man libpq-dev
 # for the tests, not the demo: firmware cross builds and HIL, real peers
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \
-             xdelta3 bsdiff zstd pmccabe libseccomp-dev help2man debhelper devscripts lintian fakeroot
+             xdelta3 bsdiff zstd pmccabe postgresql libseccomp-dev help2man debhelper devscripts lintian fakeroot
 
 CC        ?= cc
 BUILD     ?= build
@@ -251,6 +251,13 @@ $(BIN)/enc-bench: $(BUILD)/obj/bench/enc_bench.o $(LIB)
 # issue 14: libotadev's verification on the simulator's sparse flash
 $(BIN)/fscore-verify-bench: $(BUILD)/obj/bench/fscore_verify_bench.o $(BUILD)/obj/fleetsim/port_sim.o \
 			    $(BUILD)/obj/fleetsim/sim.o $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 16: the storage layer's backends, SQLite against PostgreSQL (a
+# cluster it starts itself, tests/pgcluster.c), same run
+BENCHES += $(BIN)/db-bench
+$(BIN)/db-bench: $(BUILD)/obj/bench/db_bench.o $(BUILD)/obj/tests/pgcluster.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

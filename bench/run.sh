@@ -87,3 +87,7 @@ sh bench/admission.sh "$OTACD_BIN" ${ADMISSION_ARGS:-1000000}
 echo
 echo "== otacd.db's size after 100,000 runs with retention on and off, and the writer time per pruning batch, same run"
 "$OTACD_BIN/retention-bench" ${RETENTION_BENCH_ARGS:-100000}
+# issue 16, the storage layer
+echo
+echo "== storage backends: SQLite (synchronous=FULL) against PostgreSQL (fsync on, unix socket), same run, same disk"
+"$OTACD_BIN/db-bench" ${DB_BENCH_ARGS:-1000 50000 50000}

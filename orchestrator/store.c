@@ -220,6 +220,12 @@ static const char *const migrations[] = {
 	"CREATE INDEX outbox_due ON outbox(state, next_at);",
 };
 
+const char *const *store_migrations(size_t *n)
+{
+	*n = OTA_ARRAY_SIZE(migrations);
+	return migrations;
+}
+
 static pthread_mutex_t g_path_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic uint64_t g_generation = 1;
 static char *g_db_path;

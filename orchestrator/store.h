@@ -15,6 +15,7 @@
 #define OTA_STORE_H
 
 #include <sqlite3.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct store;
@@ -24,6 +25,11 @@ int store_open(struct store **out, const char *path);
 /* The schema version this otacd migrates to (the number of migrations);
  * store_open refuses a database of a newer one. */
 int store_schema_latest(void);
+/*
+ * The migration list, in SQLite's dialect; the storage layer
+ * (orchestrator/db/db.h, db_migrate()) runs the same list on PostgreSQL.
+ */
+const char *const *store_migrations(size_t *n);
 void store_close(struct store *s);
 sqlite3 *store_db(struct store *s);
 

@@ -1,0 +1,457 @@
+/*
+ * db_pg.c - the PostgreSQL backend, through libpq.
+ *
+ * Statements are server-side prepared statements (PQprepare) named per
+ * connection; parameters go as text, blobs in binary; results come back
+ * as text (a bytea column is decoded from its hex form), so integers,
+ * SUM()'s numerics and booleans all read through one strtoll.  A step runs
+ * the whole statement on its first call and walks the result's rows after.
+ *
+ * Transactions take turns, as SQLite's BEGIN IMMEDIATE makes them: a
+ * writer's db_begin() is BEGIN (READ COMMITTED) plus a transaction-scoped
+ * advisory lock every writer of the database takes, so writers run one
+ * after the other and each statement sees what the previous writers
+ * committed.  The engine was written for exactly that (one writer); the
+ * alternative, SERIALIZABLE, gives the same outcome but makes writers that
+ * met lose and run again, which under load can mean many times.  Readers
+ * (DB_READONLY) have default_transaction_read_only set, so a write through
+ * one fails, and their transactions are REPEATABLE READ: one snapshot, as a
+ * SQLite read transaction has.
+ *
+ * A connection the server dropped (restart, pg_terminate_backend, network)
+ * reports DB_ECONN; db_reconnect() opens a new one and every statement
+ * prepares again on its next step (conn_gen tells it that it must).
+ */
+#include "db_int.h"
+
+#include <errno.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* type OIDs (catalog/pg_type.h is server-side only) */
+#define BOOLOID 16
+#define BYTEAOID 17
+#define INT8OID 20
+#define INT2OID 21
+#define INT4OID 23
+#define FLOAT4OID 700
+#define FLOAT8OID 701
+#define NUMERICOID 1700
+
+struct pg_conn {
+	PGconn *conn;
+	unsigned conn_gen; /* bumped by each reconnect */
+	unsigned next_name;
+};
+
+struct pg_stmt {
+	char name[24];
+	unsigned conn_gen; /* the connection it was prepared on; 0 = not yet */
+	PGresult *res;     /* of the last execution, until reset */
+	int row;           /* the current row; -1 before the first */
+	int64_t changes;
+	unsigned char **blobs; /* decoded bytea per column of the current row */
+	size_t *blob_len;
+};
+
+static struct pg_conn *pc(const struct db *db)
+{
+	return db->impl;
+}
+
+/* The db.h code of a failure, from its SQLSTATE and the connection. */
+static int classify(const struct db *db, const char *state)
+{
+	static const char *const busy[] = { "40001", "40P01", "55P03" }; /* serialization, deadlock, lock timeout */
+
+	if (PQstatus(pc(db)->conn) == CONNECTION_BAD)
+		return DB_ECONN;
+	if (!state)
+		return OTA_ERROR;
+	if (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0) /* connection, shutdown */
+		return DB_ECONN;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(busy); i++)
+		if (strcmp(state, busy[i]) == 0)
+			return DB_EBUSY;
+	return strncmp(state, "23", 2) == 0 ? DB_ECONSTRAINT : OTA_ERROR; /* integrity violations */
+}
+
+/* Map a failed result (or a dead connection) to a db.h code and message. */
+static int fail_res(struct db *db, const PGresult *res, const char *what)
+{
+	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? PQresultErrorMessage(res) : "";
+	size_t n;
+
+	if (!msg || !*msg)
+		msg = PQerrorMessage(pc(db)->conn);
+	n = strlen(msg);
+	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		n--;
+	if (!state)
+		return db_fail(db, classify(db, NULL), "postgres: %s: %.*s", what, (int)n, msg);
+	return db_fail(db, classify(db, state), "postgres: %s: %.*s (SQLSTATE %s)", what, (int)n, msg, state);
+}
+
+static int connect_now(struct db *db)
+{
+	struct pg_conn *c = pc(db);
+	PGresult *res;
+	int rc = 0;
+
+	c->conn = PQconnectdb(db->url);
+	if (PQstatus(c->conn) != CONNECTION_OK)
+		return fail_res(db, NULL, "connect");
+	c->conn_gen++;
+	/* Our own messages carry the context; the server's notices are noise.
+	 * A lock not had in 10 s is DB_EBUSY, as SQLite's busy timeout. */
+	res = PQexec(c->conn, (db->flags & DB_READONLY)
+				      ? "SET client_min_messages = warning; SET default_transaction_read_only = on"
+				      : "SET client_min_messages = warning; SET lock_timeout = '10s'");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		rc = fail_res(db, res, "session settings");
+	PQclear(res);
+	return rc;
+}
+
+static int pg_open(struct db *db, const char *url, unsigned flags)
+{
+	int rc;
+
+	db->impl = xcalloc(1, sizeof(struct pg_conn));
+	if ((rc = connect_now(db)) < 0) {
+		PQfinish(pc(db)->conn);
+		free(db->impl);
+		/* the caller frees db; keep the message in the error slot */
+		return ota_error_set(rc, "cannot open database %s: %s", url, db->errmsg);
+	}
+	return 0;
+}
+
+static void pg_close(struct db *db)
+{
+	PQfinish(pc(db)->conn);
+	free(db->impl);
+}
+
+static int pg_exec(struct db *db, const char *sql)
+{
+	PGresult *res = PQexec(pc(db)->conn, sql);
+	ExecStatusType status = PQresultStatus(res);
+	int rc = 0;
+
+	if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK && status != PGRES_EMPTY_QUERY)
+		rc = fail_res(db, res, "exec");
+	else if (strcmp(PQcmdStatus(res), "ROLLBACK") == 0 && strncmp(sql, "ROLLBACK", 8) != 0)
+		/* COMMIT of a transaction an error had aborted: it rolled back */
+		rc = db_fail(db, OTA_ERROR, "postgres: commit: the transaction had failed and was rolled back");
+	PQclear(res);
+	return rc;
+}
+
+static int prepare_on_server(struct db_stmt *st)
+{
+	struct pg_conn *c = pc(st->db);
+	struct pg_stmt *q = st->impl;
+	PGresult *res;
+	int rc = 0;
+
+	snprintf(q->name, sizeof(q->name), "otacd_%u", ++c->next_name);
+	res = PQprepare(c->conn, q->name, st->sql, st->nparams, NULL);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		rc = fail_res(st->db, res, st->sql);
+	else
+		q->conn_gen = c->conn_gen;
+	PQclear(res);
+	return rc;
+}
+
+static int pg_prepare(struct db_stmt *st)
+{
+	struct pg_stmt *q = xcalloc(1, sizeof(*q));
+	int rc;
+
+	q->row = -1;
+	st->impl = q;
+	if ((rc = prepare_on_server(st)) < 0) {
+		free(q);
+		st->impl = NULL;
+	}
+	return rc;
+}
+
+static void drop_result(struct db_stmt *st)
+{
+	struct pg_stmt *q = st->impl;
+
+	if (q->blobs) {
+		int n = PQnfields(q->res);
+		for (int i = 0; i < n; i++)
+			PQfreemem(q->blobs[i]);
+		free(q->blobs);
+		free(q->blob_len);
+		q->blobs = NULL;
+		q->blob_len = NULL;
+	}
+	PQclear(q->res);
+	q->res = NULL;
+	q->row = -1;
+}
+
+static void pg_finalize(struct db_stmt *st)
+{
+	struct pg_stmt *q = st->impl;
+	struct pg_conn *c = pc(st->db);
+	char sql[48];
+
+	drop_result(st);
+	/* Free the server's copy while the connection lives on; in an
+	 * aborted transaction this fails and the copy goes with the session. */
+	if (!st->db->closing && q->conn_gen == c->conn_gen && PQstatus(c->conn) == CONNECTION_OK &&
+	    PQtransactionStatus(c->conn) == PQTRANS_IDLE) {
+		snprintf(sql, sizeof(sql), "DEALLOCATE %s", q->name);
+		PQclear(PQexec(c->conn, sql));
+	}
+	free(q);
+}
+
+static void pg_reset(struct db_stmt *st)
+{
+	drop_result(st);
+}
+
+static int execute(struct db_stmt *st)
+{
+	struct pg_conn *c = pc(st->db);
+	struct pg_stmt *q = st->impl;
+	const char **values = xcalloc((size_t)st->nparams + 1, sizeof(*values));
+	int *lengths = xcalloc((size_t)st->nparams + 1, sizeof(*lengths));
+	int *formats = xcalloc((size_t)st->nparams + 1, sizeof(*formats));
+	char (*nums)[32] = xcalloc((size_t)st->nparams + 1, sizeof(*nums));
+	ExecStatusType status;
+	int rc = 0;
+
+	for (int i = 0; i < st->nparams; i++) {
+		const struct db_param *p = &st->params[i];
+		switch (p->type) {
+		case DB_NULL:
+			break;
+		case DB_INTEGER:
+			snprintf(nums[i], sizeof(nums[i]), "%lld", (long long)p->i);
+			values[i] = nums[i];
+			break;
+		case DB_FLOAT:
+			snprintf(nums[i], sizeof(nums[i]), "%.17g", p->f);
+			values[i] = nums[i];
+			break;
+		case DB_TEXT:
+			values[i] = p->data;
+			break;
+		case DB_BLOB:
+			values[i] = p->data;
+			lengths[i] = (int)p->len;
+			formats[i] = 1;
+			break;
+		}
+	}
+	q->res = PQexecPrepared(c->conn, q->name, st->nparams, values, lengths, formats, 0);
+	status = PQresultStatus(q->res);
+	if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) {
+		const char *tuples = PQcmdTuples(q->res);
+		q->changes = *tuples ? strtoll(tuples, NULL, 10) : 0;
+		if (status == PGRES_COMMAND_OK && PQtransactionStatus(c->conn) == PQTRANS_IDLE)
+			db_fire_commit(st->db); /* an autocommitted change */
+	} else {
+		rc = fail_res(st->db, q->res, st->sql);
+		drop_result(st);
+	}
+	free(values);
+	free(lengths);
+	free(formats);
+	free(nums);
+	return rc;
+}
+
+static void free_blobs(struct db_stmt *st)
+{
+	struct pg_stmt *q = st->impl;
+	int n = PQnfields(q->res);
+
+	if (!q->blobs)
+		return;
+	for (int i = 0; i < n; i++) {
+		PQfreemem(q->blobs[i]);
+		q->blobs[i] = NULL;
+	}
+}
+
+static int pg_step(struct db_stmt *st)
+{
+	struct pg_stmt *q = st->impl;
+	int rc;
+
+	if (!q->res) {
+		if (q->conn_gen != pc(st->db)->conn_gen && (rc = prepare_on_server(st)) < 0)
+			return rc;
+		if ((rc = execute(st)) < 0)
+			return rc;
+	}
+	free_blobs(st);
+	if (q->row + 1 >= PQntuples(q->res)) {
+		q->row = PQntuples(q->res);
+		return 0;
+	}
+	q->row++;
+	return 1;
+}
+
+static int64_t pg_changes(struct db_stmt *st)
+{
+	return ((struct pg_stmt *)st->impl)->changes;
+}
+
+static int pg_in_transaction(const struct db *db)
+{
+	PGTransactionStatusType t = PQtransactionStatus(pc(db)->conn);
+	return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+}
+
+/* The advisory lock key of "the database's writer" ("otacd" in ASCII). */
+#define WRITER_LOCK "478560101220"
+
+static int pg_begin(struct db *db)
+{
+	if (db->flags & DB_READONLY)
+		return pg_exec(db, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+	return pg_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(" WRITER_LOCK ")");
+}
+
+static int pg_commit(struct db *db)
+{
+	int rc = pg_exec(db, "COMMIT");
+
+	if (rc == 0)
+		db_fire_commit(db);
+	return rc;
+}
+
+static int pg_reconnect(struct db *db)
+{
+	struct pg_conn *c = pc(db);
+
+	PQfinish(c->conn);
+	return connect_now(db);
+}
+
+static int pg_column_count(struct db_stmt *st)
+{
+	struct pg_stmt *q = st->impl;
+	return q->res ? PQnfields(q->res) : 0;
+}
+
+/* The current row's value of col, or NULL when it is NULL or absent. */
+static const char *value(struct db_stmt *st, int col)
+{
+	struct pg_stmt *q = st->impl;
+
+	if (!q->res || q->row < 0 || q->row >= PQntuples(q->res) || col < 0 || col >= PQnfields(q->res) ||
+	    PQgetisnull(q->res, q->row, col))
+		return NULL;
+	return PQgetvalue(q->res, q->row, col);
+}
+
+static enum db_type pg_column_type(struct db_stmt *st, int col)
+{
+	if (!value(st, col))
+		return DB_NULL;
+	switch (PQftype(((struct pg_stmt *)st->impl)->res, col)) {
+	case BOOLOID:
+	case INT2OID:
+	case INT4OID:
+	case INT8OID:
+		return DB_INTEGER;
+	case FLOAT4OID:
+	case FLOAT8OID:
+	case NUMERICOID:
+		return DB_FLOAT;
+	case BYTEAOID:
+		return DB_BLOB;
+	default:
+		return DB_TEXT;
+	}
+}
+
+static int64_t pg_column_int64(struct db_stmt *st, int col)
+{
+	const char *v = value(st, col);
+
+	if (!v)
+		return 0;
+	if (*v == 't' || *v == 'f')
+		return *v == 't';
+	if (strpbrk(v, ".eE"))
+		return (int64_t)strtod(v, NULL);
+	return strtoll(v, NULL, 10);
+}
+
+static double pg_column_double(struct db_stmt *st, int col)
+{
+	const char *v = value(st, col);
+	return v ? strtod(v, NULL) : 0.0;
+}
+
+static const char *pg_column_text(struct db_stmt *st, int col)
+{
+	return value(st, col);
+}
+
+static const void *pg_column_blob(struct db_stmt *st, int col, size_t *size)
+{
+	struct pg_stmt *q = st->impl;
+	const char *v = value(st, col);
+
+	*size = 0;
+	if (!v)
+		return NULL;
+	if (PQftype(q->res, col) != BYTEAOID) {
+		*size = (size_t)PQgetlength(q->res, q->row, col);
+		return v;
+	}
+	if (!q->blobs) {
+		q->blobs = xcalloc((size_t)PQnfields(q->res), sizeof(*q->blobs));
+		q->blob_len = xcalloc((size_t)PQnfields(q->res), sizeof(*q->blob_len));
+	}
+	if (!q->blobs[col]) {
+		q->blobs[col] = PQunescapeBytea((const unsigned char *)v, &q->blob_len[col]);
+		if (!q->blobs[col]) {
+			db_fail(st->db, OTA_ENOMEM, "postgres: cannot decode bytea column %d", col);
+			return NULL;
+		}
+	}
+	*size = q->blob_len[col];
+	return q->blobs[col];
+}
+
+const struct db_ops db_pg_ops = {
+	.name = "postgres",
+	.open = pg_open,
+	.close = pg_close,
+	.exec = pg_exec,
+	.prepare = pg_prepare,
+	.finalize = pg_finalize,
+	.reset = pg_reset,
+	.step = pg_step,
+	.changes = pg_changes,
+	.in_transaction = pg_in_transaction,
+	.begin = pg_begin,
+	.commit = pg_commit,
+	.reconnect = pg_reconnect,
+	.column_count = pg_column_count,
+	.column_type = pg_column_type,
+	.column_int64 = pg_column_int64,
+	.column_double = pg_column_double,
+	.column_text = pg_column_text,
+	.column_blob = pg_column_blob,
+};
