@@ -19,6 +19,11 @@ as "uart| ...", and checks, one JUnit testcase each:
   answers_sample_command      "s\\n" brings a valid frame with a newer sample
                               (the firmware kept sampling after boot)
 
+then, in the same boot, the conformance suite of the framed commands
+(conformance.py: one testcase per case, suite "conformance.BOARD") and,
+when POWER.json is given, the simulated power meter (power.py: testcase
+power_counters_are_reported; the report goes to POWER.json).
+
 The expected version and counter come from $HIL_EXPECT_VERSION and
 $HIL_EXPECT_COUNTER, else from `make -s print-version` / `print-counter` in
 the example (the same rules the build used, including a vX.Y.Z tag in
