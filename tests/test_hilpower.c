@@ -9,7 +9,9 @@
  * the simulated meter's figures are stored with the run; a branch built
  * with BREAK=power (the firmware polls instead of sleeping) passes every
  * functional and conformance test but fails the hil stage on its power
- * limits and on main's baseline.  Without a daemon: the power report
+ * limits and on main's baseline; one built with BREAK=proto (a bad CRC
+ * accepted) fails the conformance suite, naming the case.  Without a
+ * daemon: the power report
  * parser against hostile documents, the gate's rules (limits, increase
  * over the baseline per board, a missing report, a timeout's reason
  * kept) and the `power:` keys' validation.
@@ -272,6 +274,19 @@ static void sensor_node_passes_protocol_conformance_and_power_on_both_rigs(void 
 	json_decref(run);
 	json_decref(metrics);
 	json_decref(reps);
+
+	/* and the CLI prints them with the tests */
+	{
+		struct buf out = BUF_INIT;
+		char *otactl = h_bin("otactl");
+		assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, f->d.url, f->d.token,
+				      (long long)id), 0);
+		assert_non_null(strstr(buf_cstr(&out), "25 tests, 25 passed"));
+		assert_non_null(strstr(buf_cstr(&out), "power.json:"));
+		assert_non_null(strstr(buf_cstr(&out), " avg_current_ma "));
+		free(otactl);
+		buf_release(&out);
+	}
 }
 
 static void firmware_that_stops_sleeping_fails_the_power_gate(void **state)
@@ -311,6 +326,27 @@ static void firmware_that_stops_sleeping_fails_the_power_gate(void **state)
 					 json_integer_value(json_object_get(s, "passed")));
 		}
 	json_decref(reps);
+	json_decref(run);
+	free(yaml);
+}
+
+static void firmware_that_trusts_a_bad_crc_fails_the_conformance_suite(void **state)
+{
+	struct fixture *f = ready(state);
+	char *yaml = hil_yaml(f->src, "proto");
+	int64_t id = trigger_on(&f->d, yaml, "refs/heads/feature");
+	json_t *run, *job;
+
+	wait_for(&f->d, id, "failed");
+	run = h_run(&f->d, id);
+	job = h_job(run, "hil (board=mps2-an386)");
+	assert_non_null(job);
+	assert_string_equal(jstr(job, "state"), "failed");
+	if (!strstr(jstr(job, "message"), "1 of 25 tests failed: bad_crc_is_refused_and_changes_nothing: sent 'C A502")
+	    || !strstr(jstr(job, "message"), "expected 'NAK -- crc'"))
+		fail_msg("hil job says: %s", jstr(job, "message"));
+	/* the power figures of that firmware are fine: only the protocol failed */
+	assert_null(strstr(jstr(job, "message"), "power ("));
 	json_decref(run);
 	free(yaml);
 }
@@ -494,6 +530,7 @@ int main(void)
 		cmocka_unit_test(power_keys_are_validated),
 		cmocka_unit_test(sensor_node_passes_protocol_conformance_and_power_on_both_rigs),
 		cmocka_unit_test(firmware_that_stops_sleeping_fails_the_power_gate),
+		cmocka_unit_test(firmware_that_trusts_a_bad_crc_fails_the_conformance_suite),
 	};
 	cmocka_set_test_filter(getenv("HILPOWER_ONLY"));
 	return cmocka_run_group_tests(tests, setup, teardown);

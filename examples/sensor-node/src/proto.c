@@ -87,6 +87,15 @@ unsigned proto_handle(struct proto *p, const char *hex, char reply[PROTO_REPLY_M
 		return 0;
 	}
 	err = frame_decode(raw, (size_t)n, &payload, &len);
+#ifdef SENSOR_BREAK_PROTO
+	/* BREAK=proto: trust the frame whatever its CRC says (the conformance
+	 * suite's bad_crc case must catch this) */
+	if (err == FRAME_ECRC) {
+		payload = raw + 2;
+		len = raw[1];
+		err = 0;
+	}
+#endif
 	if (err != 0) {
 		answer(reply, "NAK", NO_SEQ, frame_reason(err));
 		return 0;
