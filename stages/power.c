@@ -91,6 +91,7 @@ static void sep(struct buf *msg, size_t *items, const json_t *body)
 			   str(body, "board") ? str(body, "board") : "", str(body, "board") ? ")" : "");
 }
 
+/* Append what is over a limit, then what is over the baseline's figure. */
 static int judge_report(const json_t *limits, const json_t *body, const json_t *base, int64_t base_run,
 			struct buf *msg)
 {
@@ -100,27 +101,33 @@ static int judge_report(const json_t *limits, const json_t *body, const json_t *
 
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(figures); i++) {
 		const struct power_figure *f = &figures[i];
-		json_t *lim = json_object_get(limits, f->key), *v = json_object_get(m, f->key), *bv;
-		if (lim && !json_is_number(v)) {
+		json_t *lim = json_object_get(limits, f->key), *v = json_object_get(m, f->key);
+		if (!lim)
+			continue;
+		if (!json_is_number(v)) {
 			sep(msg, &items, body);
 			buf_printf(msg, "no %s in the report%s", f->what,
 				   !strcmp(f->key, "cycle_energy_uj") ? " (no measurement cycle was counted)" : "");
-			continue;
-		}
-		if (lim && json_number_value(v) > json_number_value(lim)) {
+		} else if (json_number_value(v) > json_number_value(lim)) {
 			sep(msg, &items, body);
 			buf_printf(msg, "%s %g %s (limit %g %s)", f->what, json_number_value(v), f->unit,
 				   json_number_value(lim), f->unit);
 		}
-		bv = json_object_get(bm, f->key);
-		if (inc && base && json_is_number(v) && json_is_number(bv) &&
-		    json_number_value(v) > json_number_value(bv) * (1 + json_number_value(inc) / 100)) {
-			sep(msg, &items, body);
-			buf_printf(msg, "%s %g %s, %.0f%% above the baseline's %g %s (run %" PRId64 ", at most +%g%%)",
-				   f->what, json_number_value(v), f->unit,
-				   json_number_value(bv) > 0 ? 100 * (json_number_value(v) / json_number_value(bv) - 1) : INFINITY,
-				   json_number_value(bv), f->unit, base_run, json_number_value(inc));
-		}
+	}
+	for (size_t i = 0; inc && base && i < OTA_ARRAY_SIZE(figures); i++) {
+		const struct power_figure *f = &figures[i];
+		json_t *v = json_object_get(m, f->key), *bv = json_object_get(bm, f->key);
+		double now, was;
+		if (!json_is_number(v) || !json_is_number(bv))
+			continue;
+		now = json_number_value(v);
+		was = json_number_value(bv);
+		if (now <= was * (1 + json_number_value(inc) / 100))
+			continue;
+		sep(msg, &items, body);
+		buf_printf(msg, "%s %g %s, %.0f%% above the baseline's %g %s (run %" PRId64 ", at most +%g%%)", f->what,
+			   now, f->unit, was > 0 ? 100 * (now / was - 1) : INFINITY, was, f->unit, base_run,
+			   json_number_value(inc));
 	}
 	return items > 0;
 }
