@@ -58,7 +58,7 @@ static void print_findings(const json_t *rep)
 	}
 }
 
-/* A metrics report (pmccabe, jscpd): its numbers on one line. */
+/* A metrics report (pmccabe, jscpd, power): its numbers on one line. */
 static void print_metrics(const json_t *rep)
 {
 	const json_t *m = json_object_get(json_object_get(rep, "summary"), "metrics"), *v;
@@ -98,6 +98,9 @@ int show_reports(const char *run_id, int tests, int findings)
 			shown++;
 		} else if (findings && (!strcmp(format, "pmccabe") || !strcmp(format, "jscpd"))) {
 			print_metrics(rep);
+			shown++;
+		} else if (tests && !strcmp(format, "power")) {
+			print_metrics(rep); /* a HIL rig's power figures, with its tests */
 			shown++;
 		}
 	}

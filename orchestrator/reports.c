@@ -54,7 +54,7 @@
  * below this. */
 #define REPORT_MAX_ITEMS 250000
 
-static const char *const formats[] = { "junit", "cppcheck", "sarif", "pmccabe", "jscpd" };
+static const char *const formats[] = { "junit", "cppcheck", "sarif", "pmccabe", "jscpd", "power" };
 static const char *const cppcheck_severities[] = { "error", "warning", "style", "performance", "portability",
 						   "information" };
 static const char *const sarif_levels[] = { "error", "warning", "note", "none" };
@@ -1133,8 +1133,10 @@ int report_parse(json_t **out, const char *format, const void *data, size_t len,
 		return report_parse_pmccabe(out, data, len, display_name(name));
 	if (format && strcmp(format, "jscpd") == 0)
 		return report_parse_jscpd(out, data, len, display_name(name));
+	if (format && strcmp(format, "power") == 0)
+		return report_parse_power(out, data, len, display_name(name));
 	hint = format ? ota_did_you_mean(format, formats, OTA_ARRAY_SIZE(formats)) : NULL;
-	return ota_error_set(OTA_EINVAL, "%s: unknown report format '%.*s'%s%s%s (expected junit, cppcheck, sarif, pmccabe or jscpd)",
+	return ota_error_set(OTA_EINVAL, "%s: unknown report format '%.*s'%s%s%s (expected junit, cppcheck, sarif, pmccabe, jscpd or power)",
 			     display_name(name), format ? quote_len(format, 32) : 0, format ? format : "",
 			     hint ? ", did you mean '" : "", hint ? hint : "", hint ? "'?" : "");
 }

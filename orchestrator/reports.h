@@ -40,6 +40,13 @@
  *              "clones":[{"lines":N, "first":{"file","start","end"}, "second":{...}}]}
  *              from jscpd's json reporter (jscpd-report.json); the percentage
  *              is recomputed from the counts (two decimals).
+ *   power:    {"format":"power", "name":NAME, "board":B, "source":TEXT, "voltage_v":V,
+ *              "metrics":{"avg_current_ma":X, "sleep_current_ma":X, "cycle_energy_uj":X,
+ *                         "energy_uj":X, "duration_ms":X, "cycles":N},
+ *              "samples":[{"t_ms", "ms", "current_ma", "cycles"}]}
+ *              from a rig's "otacd-power/1" JSON (power_report.c); the
+ *              figures are computed from the samples; cycle_energy_uj is
+ *              absent when no cycle was counted.
  *   Every "metrics" member is also stored per run (table run_metrics).
  */
 #ifndef OTA_REPORTS_H
@@ -58,7 +65,7 @@
 #define REPORT_MAX_BYTES (64 * 1024 * 1024)
 
 /*
- * Parse data (len bytes) in `format` ("junit", "cppcheck", "sarif", "pmccabe", "jscpd") into
+ * Parse data (len bytes) in `format` ("junit", "cppcheck", "sarif", "pmccabe", "jscpd", "power") into
  * *out (new reference).  name is the file name, kept in the result and
  * used in messages.  OTA_EINVAL with a message naming the file and, where
  * libxml2 gives one, the line: "hil.xml:3: unknown element <tset>".
@@ -69,6 +76,7 @@ int report_parse_cppcheck(json_t **out, const void *data, size_t len, const char
 int report_parse_sarif(json_t **out, const void *data, size_t len, const char *name);
 int report_parse_pmccabe(json_t **out, const void *data, size_t len, const char *name);  /* metrics_report.c */
 int report_parse_jscpd(json_t **out, const void *data, size_t len, const char *name);
+int report_parse_power(json_t **out, const void *data, size_t len, const char *name);   /* power_report.c */
 
 /* Is format one of the names above? */
 int report_format_known(const char *format);

@@ -1,4 +1,4 @@
-// metricchart.js - code-quality metrics (pmccabe, jscpd reports) on the run
+// metricchart.js - code-quality and power metrics (pmccabe, jscpd, power reports) on the run
 // page: each number of a metrics report with a small trend chart of the
 // same number over the last runs of the pipeline on the run's ref
 // (GET /api/v1/runs/ID/metrics?history=N, oldest first).

@@ -89,5 +89,6 @@ export function reportsView(reports, stages, metrics) {
   const latest = (reports || []).filter((r) => r.latest && r.format !== 'toolchain');
   if (!latest.length) return [h('p', { class: 'empty' }, 'No test, HIL or analysis reports (yet).')];
   return latest.map((r) => (r.format === 'junit' ? junitBlock(r, kinds)
-    : (r.format === 'pmccabe' || r.format === 'jscpd') ? metricsBlock(r, metrics) : findingsBlock(r)));
+    : (r.format === 'pmccabe' || r.format === 'jscpd' || r.format === 'power') ? metricsBlock(r, metrics)
+      : findingsBlock(r)));
 }

@@ -76,7 +76,7 @@ for b in $boards; do
 	checkout "$work/hil-$b"
 	status=0
 	(cd "$work/hil-$b" && OTACD_INPUTS="$work/build-$b-1" &&
-	 ./hil/run.sh "$OTACD_INPUTS/build/$b/app.elf" "$b" build/hil.xml >hil.log 2>&1) || status=$?
+	 ./hil/run.sh "$OTACD_INPUTS/build/$b/app.elf" "$b" build/hil.xml build/power.json >hil.log 2>&1) || status=$?
 	grep '^hil:' "$work/hil-$b/hil.log" || cat "$work/hil-$b/hil.log"
 	[ "$status" -eq 0 ] || exit "$status"
 done

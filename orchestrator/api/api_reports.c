@@ -221,11 +221,11 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 	int rc;
 
 	if (!format || !report_name_valid(name))
-		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs format=junit|cppcheck|sarif|pmccabe|jscpd|toolchain"
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "query needs format=junit|cppcheck|sarif|pmccabe|jscpd|power|toolchain"
 				       " and name=FILE");
 	if (!report_format_known(format) && strcmp(format, "toolchain") != 0)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "unknown report format '%s' (junit, cppcheck, sarif,"
-				       " pmccabe, jscpd, toolchain)", format);
+				       " pmccabe, jscpd, power, toolchain)", format);
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);
@@ -410,6 +410,7 @@ enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
 				  : !strcmp(format, "toolchain") ? "commands"
 				  : !strcmp(format, "pmccabe")	? "functions"
 				  : !strcmp(format, "jscpd")	? "clones"
+				  : !strcmp(format, "power")	? "samples"
 								: "findings";
 		json_t *items = json_object_get(body, key);
 		json_t *o = json_pack("{sI sI ss ss si ss ss so sb}", "id", (json_int_t)store_col_int(st, 0), "job",

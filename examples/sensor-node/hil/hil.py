@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """hil.py - hardware-in-the-loop test of a sensor-node image on an emulated rig.
 
-Usage: hil.py IMAGE.elf BOARD [OUT.xml]      (normally through hil/run.sh)
+Usage: hil.py IMAGE.elf BOARD [OUT.xml [POWER.json]]   (normally through hil/run.sh)
 
 Boots IMAGE in `qemu-system-arm -M BOARD` with UART0 on qemu's stdin/stdout
 (pipes, so nothing depends on a terminal), echoes every UART line to stdout
@@ -19,6 +19,11 @@ as "uart| ...", and checks, one JUnit testcase each:
   answers_sample_command      "s\\n" brings a valid frame with a newer sample
                               (the firmware kept sampling after boot)
 
+then, in the same boot, the conformance suite of the framed commands
+(conformance.py: one testcase per case, suite "conformance.BOARD") and,
+when POWER.json is given, the simulated power meter (power.py: testcase
+power_counters_are_reported; the report goes to POWER.json).
+
 The expected version and counter come from $HIL_EXPECT_VERSION and
 $HIL_EXPECT_COUNTER, else from `make -s print-version` / `print-counter` in
 the example (the same rules the build used, including a vX.Y.Z tag in
@@ -33,7 +38,6 @@ Exit status: 0 all checks passed, 1 a check failed or errored, 2 bad usage.
 
 import hashlib
 import os
-import re
 import select
 import signal
 import subprocess
@@ -41,49 +45,18 @@ import sys
 import time
 from xml.sax.saxutils import escape, quoteattr
 
+sys.dont_write_bytecode = True  # no __pycache__ in the firmware's tree
+import conformance  # noqa: E402  (after the line above)
+import power
+from hil_common import decode_frame, FRAME_RE, VERSION_RE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.dirname(HERE)
-VERSION_RE = re.compile(r"^sensor-node (\S+) counter=(\d+) board=(\S+)$")
-FRAME_RE = re.compile(r"^FRAME ([0-9A-F]+)$")
 MIN_BOOT_FRAMES = 3
 
 
 class Interrupted(Exception):
     pass
-
-
-def crc16_ccitt(data):
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection."""
-    crc = 0xFFFF
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-    return crc
-
-
-def decode_frame(hexstr):
-    """(seq, value) of a sample frame, or raise ValueError saying what is wrong."""
-    raw = bytes.fromhex(hexstr)
-    if len(raw) < 4:
-        raise ValueError("frame shorter than 4 bytes")
-    if raw[0] != 0xA5:
-        raise ValueError("sync byte is 0x%02X, not 0xA5" % raw[0])
-    n = raw[1]
-    if len(raw) != n + 4:
-        raise ValueError("LEN says %d payload bytes, frame has %d" % (n, len(raw) - 4))
-    want = (raw[2 + n] << 8) | raw[3 + n]
-    got = crc16_ccitt(raw[1:2 + n])
-    if got != want:
-        raise ValueError("CRC mismatch: frame says 0x%04X, computed 0x%04X" % (want, got))
-    payload = raw[2:2 + n]
-    if n != 7 or payload[0] != 0x01:
-        raise ValueError("not a sample message (type/length)")
-    seq = int.from_bytes(payload[1:5], "little")
-    value = int.from_bytes(payload[5:7], "little", signed=True)
-    if not -4000 <= value <= 8500:
-        raise ValueError("temperature %.2f degC outside the sensor's range" % (value / 100))
-    return seq, value
 
 
 def expected(name, env_var):
@@ -261,32 +234,36 @@ def run_checks(rig, checks, board, want_version, want_counter, deadline, started
             cmd_s.decide("failure", "reply to 's' (%s): %s" % (fm.group(1), e), t0)
 
 
-def write_junit(path, board, image_digest, checks, transcript, qemu_stderr, total):
-    failures = sum(c.status == "failure" for c in checks)
-    errors = sum(c.status == "error" for c in checks)
-    skipped = sum(c.status == "skipped" for c in checks)
+def write_junit(path, board, image_digest, suites, transcript, qemu_stderr, total):
+    """suites: [(suite name, [Check])]; the transcript goes with the first."""
+    every = [c for _, checks in suites for c in checks]
+    count = lambda checks, st: sum(c.status == st for c in checks)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            '<testsuites name="hil" tests="%d" failures="%d" errors="%d" skipped="%d" time="%.3f">'
-           % (len(checks), failures, errors, skipped, total),
-           '  <testsuite name=%s tests="%d" failures="%d" errors="%d" skipped="%d" time="%.3f">'
-           % (quoteattr("hil." + board), len(checks), failures, errors, skipped, total),
-           '    <properties>',
-           '      <property name="board" value=%s/>' % quoteattr(board),
-           '      <property name="image.sha256" value=%s/>' % quoteattr(image_digest),
-           '    </properties>']
-    for c in checks:
-        head = '    <testcase classname=%s name=%s time="%.3f"' % (quoteattr("hil." + board), quoteattr(c.name), c.seconds)
-        if c.status == "pass":
-            out.append(head + "/>")
-            continue
-        tag = {"failure": "failure", "error": "error", "skipped": "skipped"}[c.status]
-        body = "" if tag == "skipped" else escape(c.message)
-        out.append(head + ">")
-        out.append("      <%s message=%s>%s</%s>" % (tag, quoteattr(c.message), body, tag))
-        out.append("    </testcase>")
-    out.append("    <system-out>%s</system-out>" % escape("\n".join(transcript)))
-    out.append("    <system-err>%s</system-err>" % escape(qemu_stderr.decode("utf-8", "replace")))
-    out.append("  </testsuite>")
+           % (len(every), count(every, "failure"), count(every, "error"), count(every, "skipped"), total)]
+    for n, (suite, checks) in enumerate(suites):
+        cls = quoteattr("%s.%s" % (suite, board))
+        out += ['  <testsuite name=%s tests="%d" failures="%d" errors="%d" skipped="%d" time="%.3f">'
+                % (cls, len(checks), count(checks, "failure"), count(checks, "error"), count(checks, "skipped"),
+                   sum(c.seconds for c in checks)),
+                '    <properties>',
+                '      <property name="board" value=%s/>' % quoteattr(board),
+                '      <property name="image.sha256" value=%s/>' % quoteattr(image_digest),
+                '    </properties>']
+        for c in checks:
+            head = '    <testcase classname=%s name=%s time="%.3f"' % (cls, quoteattr(c.name), c.seconds)
+            if c.status == "pass":
+                out.append(head + "/>")
+                continue
+            tag = {"failure": "failure", "error": "error", "skipped": "skipped"}[c.status]
+            body = "" if tag == "skipped" else escape(c.message)
+            out.append(head + ">")
+            out.append("      <%s message=%s>%s</%s>" % (tag, quoteattr(c.message), body, tag))
+            out.append("    </testcase>")
+        if n == 0:
+            out.append("    <system-out>%s</system-out>" % escape("\n".join(transcript)))
+            out.append("    <system-err>%s</system-err>" % escape(qemu_stderr.decode("utf-8", "replace")))
+        out.append("  </testsuite>")
     out.append("</testsuites>")
     d = os.path.dirname(path)
     if d:
@@ -295,12 +272,28 @@ def write_junit(path, board, image_digest, checks, transcript, qemu_stderr, tota
         f.write("\n".join(out) + "\n")
 
 
+def run_power(rig, board, check, power_out, deadline, started):
+    """The simulated power meter (power.py): the report to power_out."""
+    try:
+        seconds = float(os.environ.get("HIL_POWER_SECONDS", "2"))
+        intervals = max(2, int(seconds * 10))
+        report = power.measure(rig, board, intervals, seconds / intervals, deadline)
+    except (ValueError, power.MeterError) as e:
+        check.decide("failure", "power meter: %s" % e, started)
+        return
+    power.write(power_out, report)
+    line = power.summary(report)
+    print("hil: " + line, flush=True)
+    check.decide("pass", line, started)
+
+
 def main(argv):
-    if len(argv) not in (3, 4):
-        print("usage: hil/run.sh IMAGE.elf BOARD [OUT.xml]", file=sys.stderr)
+    if len(argv) not in (3, 4, 5):
+        print("usage: hil/run.sh IMAGE.elf BOARD [OUT.xml [POWER.json]]", file=sys.stderr)
         return 2
     image, board = argv[1], argv[2]
-    out_xml = argv[3] if len(argv) == 4 else None
+    out_xml = argv[3] if len(argv) >= 4 else None
+    power_out = argv[4] if len(argv) == 5 else None
     try:
         timeout = float(os.environ.get("HIL_TIMEOUT", "30"))
     except ValueError:
@@ -309,6 +302,9 @@ def main(argv):
     qemu = os.environ.get("QEMU", "qemu-system-arm")
     checks = [Check(n) for n in ("boots_and_reports_version", "sends_crc_valid_frames", "passes_selftest",
                                  "answers_version_command", "answers_sample_command")]
+    proto_checks = [Check(n) for n in conformance.names()]
+    power_check = Check("power_counters_are_reported")
+    extra = proto_checks + ([power_check] if power_out else [])
     want_version = expected("version", "HIL_EXPECT_VERSION")
     want_counter = expected("counter", "HIL_EXPECT_COUNTER")
     print("hil: %s on %s, expecting version %s counter %s, deadline %gs"
@@ -328,31 +324,38 @@ def main(argv):
             digest = hashlib.sha256(f.read()).hexdigest()
         rig = Rig(qemu, board, image)
         run_checks(rig, checks, board, want_version, want_counter, started + timeout, started)
+        if checks[-1].status == "skipped":
+            for c in extra:
+                c.decide("skipped", "not run: the firmware did not finish booting", started)
+        else:
+            conformance.run(rig, proto_checks, started + timeout, started)
+            if power_out:
+                run_power(rig, board, power_check, power_out, started + timeout, started)
     except OSError as e:
-        for c in checks:
+        for c in checks + extra:
             c.decide("error", "rig error: %s" % e, started)
     except EOFError:
         rig.proc.wait()
         msg = "qemu exited (status %s): %s" % (rig.proc.returncode,
                                                rig.stderr.decode("utf-8", "replace").strip() or "no message")
-        for c in checks:
+        for c in checks + extra:
             c.decide("error", msg, started)
     except Interrupted as e:
-        for c in checks:
+        for c in checks + extra:
             c.decide("error", "interrupted by %s" % e, started)
     finally:
         if rig:
             rig.stop()
     total = time.monotonic() - started
 
-    for c in checks:
+    for c in checks + extra:
         print("hil: %-7s %s%s" % ("ok" if c.status == "pass" else c.status.upper(), c.name,
                                   "" if c.status == "pass" else ": " + c.message), flush=True)
-    bad = sum(c.status in ("failure", "error") for c in checks)
-    print("hil: %d checks, %d failed, %.2fs" % (len(checks), bad, total), flush=True)
+    bad = sum(c.status in ("failure", "error") for c in checks + extra)
+    print("hil: %d checks, %d failed, %.2fs" % (len(checks + extra), bad, total), flush=True)
     if out_xml:
-        write_junit(out_xml, board, digest, checks, rig.transcript if rig else [],
-                    rig.stderr if rig else b"", total)
+        write_junit(out_xml, board, digest, [("hil", checks), ("conformance", extra)],
+                    rig.transcript if rig else [], rig.stderr if rig else b"", total)
     return 1 if bad else 0
 
 

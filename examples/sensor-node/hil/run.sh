@@ -10,8 +10,8 @@
 # (python3 standard library only); see the top of that file.
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
-if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-	echo "usage: $0 IMAGE.elf BOARD [OUT.xml]" >&2
+if [ $# -lt 2 ] || [ $# -gt 4 ]; then
+	echo "usage: $0 IMAGE.elf BOARD [OUT.xml [POWER.json]]" >&2
 	exit 2
 fi
 if [ ! -r "$1" ]; then
@@ -19,4 +19,4 @@ if [ ! -r "$1" ]; then
 	exit 2
 fi
 command -v python3 >/dev/null 2>&1 || { echo "run.sh: python3 is needed" >&2; exit 2; }
-exec python3 "$here/hil.py" "$@"
+exec python3 -B "$here/hil.py" "$@"
