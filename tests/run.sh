@@ -1,6 +1,8 @@
 #!/bin/sh
 # run.sh TEST... - run each cmocka test binary, print its output, and end
 # with one summary line "N passed, N failed".  Exits 1 if anything failed.
+# Each binary's wall time is printed after it ("-- NAME: Ns"), to keep an
+# eye on CI's time budget.
 set -u
 passed=0
 failed=0
@@ -8,9 +10,11 @@ broken=""
 for t in "$@"; do
 	name=$(basename "$t")
 	echo "== $name"
+	start=$(date +%s)
 	out=$("$t" 2>&1)
 	rc=$?
 	printf '%s\n' "$out"
+	echo "-- $name: $(($(date +%s) - start))s"
 	p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | awk '{s+=$1} END {print s+0}')
 	f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | awk '{s+=$1} END {print s+0}')
 	passed=$((passed + p))
