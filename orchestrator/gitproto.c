@@ -37,7 +37,8 @@ static int write_full(int fd, const void *data, size_t len)
 	return 0;
 }
 
-/* 1 at end of file before any byte, 0 when all len bytes came. */
+/* 1 at end of file before any byte (or a reset: the peer went away with
+ * our request unread), 0 when all len bytes came. */
 static int read_full(int fd, void *data, size_t len)
 {
 	char *p = data;
@@ -47,8 +48,10 @@ static int read_full(int fd, void *data, size_t len)
 		ssize_t n = read(fd, p + got, len - got);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && errno == ECONNRESET && got == 0)
+			return 1;
 		if (n < 0)
-			return OTA_ERROR;
+			return ota_error_set(OTA_ERROR, "git helper: read: %s", strerror(errno));
 		if (n == 0)
 			return got == 0 ? 1 : OTA_ERROR;
 		got += (size_t)n;
@@ -75,7 +78,7 @@ int gitproto_read(int fd, struct buf *out, size_t max)
 
 	buf_clear(out);
 	if ((rc = read_full(fd, hdr, 4)) != 0)
-		return rc;
+		return rc > 0 ? rc : ota_error_set(OTA_ERROR, "git helper: a frame header cut short");
 	len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
 	if (len > max)
 		return ota_error_set(OTA_ETOOBIG, "git helper: a frame of %zu bytes (at most %zu)", len, max);
