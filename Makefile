@@ -60,7 +60,8 @@ LIBOTADEV    := $(BUILD)/libotadev.a
 DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
                 -Wno-sign-conversion $(filter -fsanitize% -fno-%,$(CFLAGS))
 
-PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(BIN)/otacd-git
+PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(BIN)/otacd-git \
+            $(BIN)/otacd-reaper
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
@@ -146,6 +147,12 @@ $(BIN)/otacd: $(BUILD)/obj/orchestrator/main.o $(LIB)
 $(BIN)/otacd-git: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard githelper/*.c)) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 18: the init of each step's PID namespace, libc only, so a trivial
+# job does not pay for re-executing the whole agent (agents/contain.c)
+$(BIN)/otacd-reaper: $(BUILD)/obj/agents/reaper/main.o $(BUILD)/obj/agents/reaper.o
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^
 
 $(BIN)/otacd-agent: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard agents/*.c)) $(LIB)
 	@mkdir -p $(BIN)
@@ -313,7 +320,7 @@ install: $(PROGS) $(MANPAGES)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
 	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines $(DESTDIR)$(DATADIR)/otacd/device
-	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otacd-git $(DESTDIR)$(SBINDIR)
+	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otacd-git $(BIN)/otacd-reaper $(DESTDIR)$(SBINDIR)
 	install -m 0755 $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(DESTDIR)$(BINDIR)
 	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
 	install -m 0644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man5
@@ -334,7 +341,7 @@ deb:
 	sh dist/build-deb.sh $(BUILD)/deb
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(SBINDIR)/otacd-git $(DESTDIR)$(BINDIR)/otactl \
+	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(SBINDIR)/otacd-git $(DESTDIR)$(SBINDIR)/otacd-reaper $(DESTDIR)$(BINDIR)/otactl \
 	    $(DESTDIR)$(BINDIR)/otacd-fleetsim $(DESTDIR)$(BINDIR)/otacd-device \
 	    $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otacd-fleetsim.1 \
 	    $(DESTDIR)$(MANDIR)/man5/otacd.yml.5 $(DESTDIR)$(MANDIR)/man8/otacd.8 $(DESTDIR)$(MANDIR)/man8/otacd-agent.8 \
