@@ -364,7 +364,7 @@ demo: deps
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim device
+	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim device githelper
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -213,18 +213,9 @@ static void kill_leftovers(void)
 /* otacd-reaper next to this executable when it is there, else NULL. */
 static char *reaper_path(void)
 {
-	char self[4096];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash, *path;
+	char *path = ota_sibling_path("otacd-reaper");
 
-	if (n <= 0)
-		return NULL;
-	self[n] = '\0';
-	if (!(slash = strrchr(self, '/')))
-		return NULL;
-	*slash = '\0';
-	path = xasprintf("%s/otacd-reaper", self);
-	if (access(path, X_OK) == 0)
+	if (path[0] == '/' && access(path, X_OK) == 0)
 		return path;
 	free(path);
 	return NULL;

@@ -28,7 +28,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
-#include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -75,22 +74,6 @@ static int64_t now_ms(void)
 }
 
 /* ---- helper processes ---------------------------------------------------- */
-
-static char *sibling_binary(const char *name)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash;
-
-	if (n <= 0)
-		return xstrdup(name);
-	self[n] = '\0';
-	slash = strrchr(self, '/');
-	if (!slash)
-		return xstrdup(name);
-	*slash = '\0';
-	return xasprintf("%s/%s", self, name);
-}
 
 static int helper_start(struct helper **out)
 {
@@ -300,7 +283,7 @@ int gitsrc_init(const char *state_dir)
 	state_git = xasprintf("%s/git", state_dir);
 	archive_dir = xasprintf("%s/archives", state_git);
 	if (!helper_prog)
-		helper_prog = sibling_binary("otacd-git");
+		helper_prog = ota_sibling_path("otacd-git");
 	if ((rc = ota_mkdir_p(archive_dir, 0755)) < 0)
 		return rc;
 	archive_dir_sweep();
