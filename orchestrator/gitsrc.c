@@ -13,9 +13,11 @@
  * helper (or starts one: posix_spawn of otacd-git next to this executable,
  * a socketpair as its fd 0, no other descriptor), sends one request frame
  * and reads the reply (gitproto.h), then puts the helper back.  A helper
- * exits by itself after HELPER_IDLE_MS without a request; the pool only
- * reuses one idle for less than REUSE_MS, so it never writes to one that is
- * about to go, and reaps the others at the next call or at shutdown.  If a
+ * exits by itself after HELPER_IDLE_MS without a request, but before that
+ * the pool's janitor thread ends every helper idle for REUSE_MS (closing
+ * its socket, which it takes as the signal to exit, and reaping it), so an
+ * idle daemon has no helper and no zombie, and a call never writes to a
+ * helper that is about to go.  If a
  * reused helper still vanishes before answering, the call is made once more
  * on a new one: every operation is idempotent (a fetch brings the mirror to
  * the remote's state, an archive is renamed into place whole).  Helpers
@@ -32,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,9 +65,12 @@ static char *archive_dir;        /* STATE/git/archives */
 static char *helper_prog;        /* otacd-git */
 static int64_t fetch_timeout_ms = 10 * 60 * 1000;
 
-/* Idle helpers; any thread, under pool_mu. */
+/* Idle helpers; any thread, under pool_mu.  pool_cv wakes the janitor. */
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv;
 static struct helper *pool;
+static pthread_t janitor;
+static int janitor_on, janitor_stop;   /* janitor_on: gitsrc_init/shutdown only */
 
 static int64_t now_ms(void)
 {
@@ -124,30 +130,44 @@ static void helper_end(struct helper *h, int kill_it, char *how, size_t n)
 	free(h);
 }
 
-/* An idle helper young enough to reuse, or NULL; reaps the old ones. */
-static struct helper *pool_take(void)
+/* Unlink the helpers idle for REUSE_MS or more from the pool into a list
+ * (the caller ends them outside the lock).  Under pool_mu. */
+static struct helper *pool_unlink_old(int64_t now)
 {
-	struct helper *h, **pp, *old = NULL, *got = NULL;
-	int64_t now = now_ms();
+	struct helper *h, **pp, *old = NULL;
 
-	pthread_mutex_lock(&pool_mu);
 	for (pp = &pool; (h = *pp);) {
 		if (now - h->idle_since >= REUSE_MS) {
 			*pp = h->next;
 			h->next = old;
 			old = h;
-		} else if (!got) {
-			*pp = h->next;
-			got = h;
 		} else {
 			pp = &h->next;
 		}
 	}
-	pthread_mutex_unlock(&pool_mu);
-	while ((h = old)) {
-		old = h->next;
-		helper_end(h, 0, NULL, 0);   /* it has exited or will at EOF */
+	return old;
+}
+
+static void end_all(struct helper *h)
+{
+	while (h) {
+		struct helper *next = h->next;
+		helper_end(h, 0, NULL, 0);   /* at end of file it exits, if it has not */
+		h = next;
 	}
+}
+
+/* An idle helper young enough to reuse, or NULL. */
+static struct helper *pool_take(void)
+{
+	struct helper *got, *old;
+
+	pthread_mutex_lock(&pool_mu);
+	old = pool_unlink_old(now_ms());
+	if ((got = pool) != NULL)
+		pool = got->next;
+	pthread_mutex_unlock(&pool_mu);
+	end_all(old);
 	return got;
 }
 
@@ -157,7 +177,77 @@ static void pool_put(struct helper *h)
 	pthread_mutex_lock(&pool_mu);
 	h->next = pool;
 	pool = h;
+	pthread_cond_signal(&pool_cv);
 	pthread_mutex_unlock(&pool_mu);
+}
+
+/*
+ * The janitor thread: ends each pooled helper once it has been idle for
+ * REUSE_MS, so an idle daemon has no helper and no zombie (the helper's own
+ * idle exit is the backstop for a daemon that died).  Sleeps until the
+ * oldest helper is due, or until one is put back.
+ */
+static void *janitor_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&pool_mu);
+	while (!janitor_stop) {
+		struct helper *h, *old;
+		int64_t due = INT64_MAX, now = now_ms();
+
+		if ((old = pool_unlink_old(now)) != NULL) {
+			pthread_mutex_unlock(&pool_mu);
+			end_all(old);
+			pthread_mutex_lock(&pool_mu);
+			continue;
+		}
+		for (h = pool; h; h = h->next)
+			if (h->idle_since + REUSE_MS < due)
+				due = h->idle_since + REUSE_MS;
+		if (due == INT64_MAX) {
+			pthread_cond_wait(&pool_cv, &pool_mu);
+		} else {
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_sec += (time_t)((due - now) / 1000);
+			ts.tv_nsec += (long)((due - now) % 1000) * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&pool_cv, &pool_mu, &ts);
+		}
+	}
+	pthread_mutex_unlock(&pool_mu);
+	return NULL;
+}
+
+static void janitor_start(void)
+{
+	pthread_condattr_t ca;
+
+	if (janitor_on)
+		return;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&pool_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	janitor_stop = 0;
+	if (pthread_create(&janitor, NULL, janitor_main, NULL) == 0)
+		janitor_on = 1;
+}
+
+static void janitor_join(void)
+{
+	if (!janitor_on)
+		return;
+	pthread_mutex_lock(&pool_mu);
+	janitor_stop = 1;
+	pthread_cond_signal(&pool_cv);
+	pthread_mutex_unlock(&pool_mu);
+	pthread_join(janitor, NULL);
+	pthread_cond_destroy(&pool_cv);
+	janitor_on = 0;
 }
 
 /* ---- one call ------------------------------------------------------------ */
@@ -287,6 +377,7 @@ int gitsrc_init(const char *state_dir)
 	if ((rc = ota_mkdir_p(archive_dir, 0755)) < 0)
 		return rc;
 	archive_dir_sweep();
+	janitor_start();
 	return 0;
 }
 
@@ -300,15 +391,12 @@ void gitsrc_shutdown(void)
 {
 	struct helper *h;
 
+	janitor_join();
 	pthread_mutex_lock(&pool_mu);
 	h = pool;
 	pool = NULL;
 	pthread_mutex_unlock(&pool_mu);
-	while (h) {
-		struct helper *next = h->next;
-		helper_end(h, 0, NULL, 0);
-		h = next;
-	}
+	end_all(h);
 	free(state_git);
 	free(archive_dir);
 	free(helper_prog);

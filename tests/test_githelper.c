@@ -33,6 +33,7 @@
 static const char fake_py[] =
 	"import os, struct, sys, signal\n"
 	"inp = sys.stdin.buffer\n"
+	"if os.environ.get('FAKE_PIDFILE'): open(os.environ['FAKE_PIDFILE'], 'w').write(str(os.getpid()))\n"
 	"out = os.fdopen(0, 'wb', buffering=0)\n"
 	"while True:\n"
 	"    h = inp.read(4)\n"
@@ -69,6 +70,7 @@ static void clear_fake_env(void)
 	unsetenv("FAKE_DATA_LEN");
 	unsetenv("FAKE_SIGNAL");
 	unsetenv("FAKE_ONCE");
+	unsetenv("FAKE_PIDFILE");
 }
 
 /* Start over with the fake helper and these settings (no helper kept). */
@@ -281,6 +283,32 @@ static void a_reused_helper_that_went_away_is_replaced_transparently(void **stat
 	}
 }
 
+static void an_idle_helper_is_ended_and_reaped(void **state)
+{
+	struct fix *f = *state;
+	struct gitsrc_commit c;
+	struct buf b = BUF_INIT;
+	char *pidfile = xasprintf("%s/helper.pid", f->dir), *proc;
+	int i;
+
+	fake(f, good_commit);
+	setenv("FAKE_PIDFILE", pidfile, 1);
+	assert_int_equal(gitsrc_resolve(&repo, "main", &c), 0);
+	gitsrc_commit_release(&c);
+	assert_int_equal(ota_read_file(&b, pidfile, 64), 0);
+	proc = xasprintf("/proc/%s", b.ptr);
+	assert_int_equal(access(proc, F_OK), 0);     /* kept for the next call */
+	/* the janitor ends it after 8 s idle and reaps it: no zombie left
+	 * (a zombie keeps its /proc entry); 60 s allows for a loaded machine */
+	for (i = 0; i < 600 && access(proc, F_OK) == 0; i++)
+		usleep(100000);
+	if (access(proc, F_OK) == 0)
+		fail_msg("helper %s still there (or a zombie) after 60 s idle", b.ptr);
+	free(proc);
+	free(pidfile);
+	buf_release(&b);
+}
+
 static void the_daemon_maps_neither_libgit2_nor_libarchive(void **state)
 {
 	struct daemon d;
@@ -312,6 +340,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_helper_error_is_passed_on_with_its_code, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_helper_that_crashes_is_reported_with_its_signal, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_reused_helper_that_went_away_is_replaced_transparently, setup, teardown),
+		cmocka_unit_test_setup_teardown(an_idle_helper_is_ended_and_reaped, setup, teardown),
 		cmocka_unit_test(the_daemon_maps_neither_libgit2_nor_libarchive),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
