@@ -24,8 +24,8 @@
 #include "../common/util.h"
 #include "harness.h"
 
-/* The first child of pid whose command line is not empty, or 0 (waits up
- * to 30 s); its command line, NULs turned into spaces, in cmd. */
+/* The first child of pid whose command line holds want, or 0 (waits up to
+ * 30 s); its command line, NULs turned into spaces, in cmd. */
 static pid_t child_of(pid_t pid, const char *want, struct buf *cmd)
 {
 	for (int i = 0; i < 600; i++) {
@@ -35,15 +35,24 @@ static pid_t child_of(pid_t pid, const char *want, struct buf *cmd)
 		h_sh(&out, "pgrep -P %d || true", (int)pid);
 		for (p = out.ptr; p && *p; p = end) {
 			long c = strtol(p, &end, 10);
-			char *path = xasprintf("/proc/%ld/cmdline", c);
+			char *path;
 			if (end == p)
 				break;
-			buf_clear(cmd);
-			if (ota_read_file(cmd, path, 1 << 16) == 0 && cmd->len) {
-				for (size_t k = 0; k < cmd->len; k++)
-					if (!cmd->ptr[k])
-						cmd->ptr[k] = ' ';
-				if (!want || strstr(cmd->ptr, want)) {
+			path = xasprintf("/proc/%ld/cmdline", c);
+			{
+				/* ota_read_file starts its buffer afresh: read into a new one */
+				struct buf line = BUF_INIT;
+				int hit = 0;
+				if (ota_read_file(&line, path, 1 << 16) == 0 && line.len) {
+					for (size_t k = 0; k < line.len; k++)
+						if (!line.ptr[k])
+							line.ptr[k] = ' ';
+					hit = !want || strstr(line.ptr, want);
+					buf_clear(cmd);
+					buf_put(cmd, line.ptr, line.len);
+				}
+				buf_release(&line);
+				if (hit) {
 					free(path);
 					buf_release(&out);
 					return (pid_t)c;
