@@ -24,13 +24,13 @@ DEB_PKGS  := build-essential pkg-config libyaml-dev libsqlite3-dev libssl-dev li
 DEB_EXTRA := clang cppcheck gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 \
              prometheus chromium wrk nginx-light u-boot-tools libubootenv-tool systemd mosquitto \
              xdelta3 bsdiff zstd pmccabe libseccomp-dev help2man debhelper devscripts lintian fakeroot
-# issue 18: bench/memory.sh measures a Buildbot master next to otacd
-DEB_EXTRA += buildbot
 
 CC        ?= cc
 BUILD     ?= build
 BIN       := $(BUILD)/bin
 VERSION   := 0.1.0
+# issue 18: bench/memory.sh measures a Buildbot master next to otacd
+DEB_EXTRA += buildbot
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
