@@ -29,6 +29,8 @@ CC        ?= cc
 BUILD     ?= build
 BIN       := $(BUILD)/bin
 VERSION   := 0.1.0
+# issue 18: bench/memory.sh measures a Buildbot master next to otacd
+DEB_EXTRA += buildbot
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -59,7 +61,8 @@ LIBOTADEV    := $(BUILD)/libotadev.a
 DEV_CFLAGS   := $(OPT) -std=c99 -pedantic -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wconversion \
                 -Wno-sign-conversion $(filter -fsanitize% -fno-%,$(CFLAGS))
 
-PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device
+PROGS    := $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(BIN)/otacd-git \
+            $(BIN)/otacd-reaper
 TESTS    := $(patsubst tests/%.c,$(BIN)/%,$(wildcard tests/test_*.c))
 BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/gate-bench $(BIN)/safety-bench \
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
@@ -139,6 +142,18 @@ $(LIB): $(LIB_OBJ)
 $(BIN)/otacd: $(BUILD)/obj/orchestrator/main.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 18: libgit2 and libarchive live in this helper, not in the daemon
+# (orchestrator/gitsrc.c starts it on demand)
+$(BIN)/otacd-git: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard githelper/*.c)) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# issue 18: the init of each step's PID namespace, libc only, so a trivial
+# job does not pay for re-executing the whole agent (agents/contain.c)
+$(BIN)/otacd-reaper: $(BUILD)/obj/agents/reaper/main.o $(BUILD)/obj/agents/reaper.o
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^
 
 $(BIN)/otacd-agent: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard agents/*.c)) $(LIB)
 	@mkdir -p $(BIN)
@@ -318,7 +333,7 @@ install: $(PROGS) $(MANPAGES)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(BASHCOMPDIR) \
 	    $(DESTDIR)$(SYSCONFDIR)/otacd $(DESTDIR)$(DATADIR)/otacd/pipelines $(DESTDIR)$(DATADIR)/otacd/device
-	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(DESTDIR)$(SBINDIR)
+	install -m 0755 $(BIN)/otacd $(BIN)/otacd-agent $(BIN)/otacd-git $(BIN)/otacd-reaper $(DESTDIR)$(SBINDIR)
 	install -m 0755 $(BIN)/otactl $(BIN)/otacd-fleetsim $(BIN)/otacd-device $(DESTDIR)$(BINDIR)
 	install -m 0644 $(filter %.1,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man1
 	install -m 0644 $(filter %.5,$(MANPAGES)) $(DESTDIR)$(MANDIR)/man5
@@ -339,7 +354,7 @@ deb:
 	sh dist/build-deb.sh $(BUILD)/deb
 
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(BINDIR)/otactl \
+	rm -f $(DESTDIR)$(SBINDIR)/otacd $(DESTDIR)$(SBINDIR)/otacd-agent $(DESTDIR)$(SBINDIR)/otacd-git $(DESTDIR)$(SBINDIR)/otacd-reaper $(DESTDIR)$(BINDIR)/otactl \
 	    $(DESTDIR)$(BINDIR)/otacd-fleetsim $(DESTDIR)$(BINDIR)/otacd-device \
 	    $(DESTDIR)$(MANDIR)/man1/otactl.1 $(DESTDIR)$(MANDIR)/man1/otacd-fleetsim.1 \
 	    $(DESTDIR)$(MANDIR)/man5/otacd.yml.5 $(DESTDIR)$(MANDIR)/man8/otacd.8 $(DESTDIR)$(MANDIR)/man8/otacd-agent.8 \
@@ -362,7 +377,7 @@ demo: deps
 
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim device
+	    --suppress=missingIncludeSystem --include=/usr/include/jansson.h -D_GNU_SOURCE common orchestrator stages agents cli fleetsim device githelper
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

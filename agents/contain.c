@@ -6,7 +6,9 @@
  * sets its parent-death signal, waits on a pipe for the go-ahead (the
  * parent writes the user namespace's id maps first; end-of-file means the
  * agent died before, so the child exits), joins its own process group,
- * moves its descriptors, changes directory and execs the reaper.
+ * moves its descriptors, changes directory and execs the reaper
+ * (otacd-reaper, agents/reaper.c; or the agent itself with --reaper when
+ * that program is not installed next to it).
  */
 #include "contain.h"
 
@@ -31,12 +33,14 @@ enum mode { MODE_PGROUP, MODE_PIDNS, MODE_PIDNS_USER };
 
 static enum mode g_mode = MODE_PGROUP;
 static char *g_state;          /* WORKDIR/.otacd-agent-step (pgroup mode) */
+static char *g_reaper;         /* otacd-reaper next to the agent, or NULL: the agent's --reaper */
 
 struct child_args {
 	int go;                    /* read end of the go-ahead pipe */
 	int go_w;                  /* write end: the child closes its copy */
 	int in_fd, out_fd;
 	const char *cwd;
+	const char *exe;           /* the reaper program */
 	char *const *argv;
 	char *const *envp;
 	int probe;                 /* only see whether the namespaces work */
@@ -66,7 +70,7 @@ static int child_main(void *arg)
 	}
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	execve("/proc/self/exe", c->argv, c->envp);
+	execve(c->exe, c->argv, c->envp);
 	_exit(127);
 }
 
@@ -206,12 +210,25 @@ static void kill_leftovers(void)
 	buf_release(&b);
 }
 
+/* otacd-reaper next to this executable when it is there, else NULL. */
+static char *reaper_path(void)
+{
+	char *path = ota_sibling_path("otacd-reaper");
+
+	if (path[0] == '/' && access(path, X_OK) == 0)
+		return path;
+	free(path);
+	return NULL;
+}
+
 const char *contain_init(const char *workdir)
 {
 	const char *force = getenv("OTACD_AGENT_CONTAIN");
 
 	free(g_state);
 	g_state = xasprintf("%s/.otacd-agent-step", workdir);
+	free(g_reaper);
+	g_reaper = reaper_path();
 	kill_leftovers();
 	if (force && !strcmp(force, "pgroup"))
 		g_mode = MODE_PGROUP;
@@ -285,8 +302,15 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 
 	if (g_mode == MODE_PGROUP)
 		return pgroup_spawn(pid, argv, envp, in_fd, out_fd, cwd);
-	strvec_push(&rargv, "otacd-agent");
-	strvec_push(&rargv, "--reaper");
+	/* otacd-reaper links libc alone: exec'ing it costs a fraction of
+	 * exec'ing the agent again (which loads libcurl, OpenSSL, ...), the
+	 * largest cost of a trivial job after its own process (docs/benchmarks.md) */
+	if (g_reaper) {
+		strvec_push(&rargv, "otacd-reaper");
+	} else {
+		strvec_push(&rargv, "otacd-agent");
+		strvec_push(&rargv, "--reaper");
+	}
 	strvec_push(&rargv, "--");
 	for (size_t i = 0; argv[i]; i++)
 		strvec_push(&rargv, argv[i]);
@@ -294,6 +318,7 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 	c.in_fd = in_fd;
 	c.out_fd = out_fd;
 	c.cwd = cwd;
+	c.exe = g_reaper ? g_reaper : "/proc/self/exe";
 	c.argv = rargv.v;
 	c.envp = envp;
 	err = clone_start(pid, g_mode, &c);
@@ -305,47 +330,4 @@ void contain_done(void)
 {
 	if (g_mode == MODE_PGROUP && g_state)
 		unlink(g_state);
-}
-
-/* ---- the reaper (PID 1 of the step's namespace) ------------------------ */
-
-static void forward(int sig)
-{
-	kill(-1, sig); /* from a namespace's init: everyone else in it */
-}
-
-int contain_reaper_main(char **argv)
-{
-	struct sigaction sa;
-	pid_t child, w;
-	int status = 0;
-
-	if (!argv[0])
-		return 127;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = forward;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	signal(SIGPIPE, SIG_DFL);
-	child = fork();
-	if (child < 0)
-		return 127;
-	if (child == 0) {
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGHUP, SIG_DFL);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	for (;;) {
-		w = waitpid(-1, &status, 0);
-		if (w == child)
-			break;
-		if (w < 0 && errno != EINTR)
-			return 127;
-	}
-	/* returning ends the namespace: the kernel kills what is left */
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }

@@ -3,8 +3,9 @@
  * outlives the agent or the attempt (docs/security.md, "Job containment").
  *
  * Preferred: each step runs in a new PID namespace (and, when the kernel
- * allows it, a new user namespace) whose init is a small reaper: a fresh
- * exec of otacd-agent (`--reaper`), started with PR_SET_PDEATHSIG so it
+ * allows it, a new user namespace) whose init is a small reaper: an exec
+ * of otacd-reaper (libc only; the agent itself with `--reaper` when that
+ * program is not next to the agent), started with PR_SET_PDEATHSIG so it
  * dies with the agent.  When a namespace's init dies the kernel kills every
  * process in it, so a SIGKILLed agent, a lost lease or a step that ends
  * with `sleep 1000 &` leaves nothing running, whatever the step did with
@@ -37,7 +38,8 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 /* The step ended (its process group is gone): forget it. */
 void contain_done(void);
 
-/* `otacd-agent --reaper -- PROGRAM ARGS...`: the namespace's init.  Runs
+/* `otacd-reaper -- PROGRAM ARGS...` (or `otacd-agent --reaper -- ...`):
+ * the namespace's init (agents/reaper.c).  Runs
  * the program, reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP to all
  * of the namespace and exits with the program's status. */
 int contain_reaper_main(char **argv);

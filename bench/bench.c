@@ -7,7 +7,8 @@
  *              the raw cost of starting the same step with fork/exec.
  *              The step creates a file; the bench sees it with inotify.
  *   throughput runs of 3 trivial jobs through 2 local agents, jobs/s,
- *              against the raw fork/exec rate of `sh -c true`.
+ *              against the raw rate of fork/exec of `sh -c true` and of
+ *              posix_spawn of /bin/true (no shell), one after another.
  *   webhook    push webhook received -> run created -> first step running,
  *              for pushes to a local repository (fetch, read the pipeline at
  *              the commit, check the tree out on the agent), against the
@@ -16,7 +17,8 @@
  *              `openssl dgst -sha256` of the same file in the same run.
  *   release    signing a release of 4 images (MCUboot images, manifest,
  *              provenance) with a file key and with a SoftHSM2 token.
- *   memory     otacd's resident set idle and after many finished runs.
+ *   memory     otacd's resident set idle (split into private and shared
+ *              pages, and Pss) and after many finished runs.
  *
  * Usage: otacd-bench BINDIR [pickup_runs throughput_runs memory_runs webhook_pushes]
  */
@@ -25,6 +27,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +42,8 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 #include "../orchestrator/webhook.h"
+
+extern char **environ;
 
 static double now_ms(void)
 {
@@ -144,6 +149,35 @@ static void wait_all(struct daemon *d, int64_t last)
 	}
 }
 
+/* Resident memory of pid from /proc/PID/smaps_rollup, in kB. */
+struct mem {
+	long rss, pss, shared, private_;
+};
+
+static struct mem mem_of(pid_t pid)
+{
+	char *path = xasprintf("/proc/%d/smaps_rollup", (int)pid);
+	struct buf b = BUF_INIT;
+	struct mem m = { -1, -1, -1, -1 };
+	static const char *const keys[] = { "Rss:", "Pss:", "Shared_Clean:", "Shared_Dirty:",
+					    "Private_Clean:", "Private_Dirty:" };
+	long v[6] = { 0 };
+
+	if (ota_read_file(&b, path, 1 << 16) == 0) {
+		for (int i = 0; i < 6; i++) {
+			const char *p = strstr(b.ptr, keys[i]);
+			v[i] = p ? strtol(p + strlen(keys[i]), NULL, 10) : -1;
+		}
+		m.rss = v[0];
+		m.pss = v[1];
+		m.shared = v[2] + v[3];
+		m.private_ = v[4] + v[5];
+	}
+	buf_release(&b);
+	free(path);
+	return m;
+}
+
 static long rss_kb(pid_t pid)
 {
 	char *path = xasprintf("/proc/%d/status", (int)pid);
@@ -174,6 +208,16 @@ static int wait_created(int ifd, const char *name)
 			p += sizeof(*ev) + ev->len;
 		}
 	}
+}
+
+/* posix_spawn of a program, no shell: the cheapest way to start a step */
+static void spawn_true(void)
+{
+	char *argv[] = { (char *)"true", NULL };
+	pid_t pid;
+
+	if (posix_spawn(&pid, "/bin/true", NULL, NULL, argv, environ) == 0)
+		waitpid(pid, NULL, 0);
 }
 
 static void spawn_wait(const char *cmd)
@@ -532,10 +576,11 @@ int main(int argc, char **argv)
 	struct daemon d = { 0 };
 	char tmpl[] = "/tmp/otacd-bench-XXXXXX", *marks;
 	double *lat = xcalloc((size_t)n_pickup, sizeof(double)), *raw = xcalloc((size_t)n_pickup, sizeof(double));
-	double t0, t_raw, t_otacd;
+	double t0, t_raw, t_spawn, t_otacd;
 	int ifd;
 	int64_t last = 0;
-	long idle_kb, after_kb;
+	long after_kb;
+	struct mem idle;
 
 	httpc_global_init();
 	d.dir = xstrdup(mkdtemp(tmpl));
@@ -583,6 +628,10 @@ int main(int argc, char **argv)
 		spawn_wait("true");
 	t_raw = now_ms() - t0;
 	t0 = now_ms();
+	for (int i = 0; i < n_tput * 3; i++)
+		spawn_true();
+	t_spawn = now_ms() - t0;
+	t0 = now_ms();
 	for (int i = 0; i < n_tput; i++)
 		last = trigger(&d, "name: tput\nstages:\n  - { name: a, steps: [ { run: 'true' } ] }\n"
 				   "  - { name: b, steps: [ { run: 'true' } ] }\n  - { name: c, steps: [ { run: 'true' } ] }\n");
@@ -591,7 +640,8 @@ int main(int argc, char **argv)
 	printf("throughput: %d runs x 3 jobs, 2 local agents\n", n_tput);
 	printf("  otacd      %8.1f jobs/s  (%.1f s)\n", n_tput * 3 / (t_otacd / 1e3), t_otacd / 1e3);
 	printf("  fork/exec  %8.1f /s      (sh -c true, one after another)\n", n_tput * 3 / (t_raw / 1e3));
-	printf("  ratio      %8.2f of the raw spawn rate\n\n", (n_tput * 3 / (t_otacd / 1e3)) / (n_tput * 3 / (t_raw / 1e3)));
+	printf("  spawn      %8.1f /s      (posix_spawn /bin/true, one after another)\n", n_tput * 3 / (t_spawn / 1e3));
+	printf("  ratio      %8.2f of sh -c true, %.2f of posix_spawn /bin/true\n\n", t_raw / t_otacd, t_spawn / t_otacd);
 
 	/* ---- webhook ---- */
 	webhook_bench(bindir, n_hook);
@@ -603,22 +653,23 @@ int main(int argc, char **argv)
 	/* ---- memory ---- */
 	{
 		/* a fresh daemon for the idle figure */
-		struct daemon idle = { 0 };
+		struct daemon fresh = { 0 };
 		char tmpl2[] = "/tmp/otacd-bench-XXXXXX";
-		idle.dir = xstrdup(mkdtemp(tmpl2));
-		start_daemon(&idle, bindir);
+		fresh.dir = xstrdup(mkdtemp(tmpl2));
+		start_daemon(&fresh, bindir);
 		usleep(500000);
-		idle_kb = rss_kb(idle.pid);
-		kill(idle.pid, SIGTERM);
-		waitpid(idle.pid, NULL, 0);
-		spawn_wait(xasprintf("rm -rf %s", idle.dir));
+		idle = mem_of(fresh.pid);
+		kill(fresh.pid, SIGTERM);
+		waitpid(fresh.pid, NULL, 0);
+		spawn_wait(xasprintf("rm -rf %s", fresh.dir));
 	}
 	for (int i = 0; i < n_mem; i++)
 		last = trigger(&d, "name: mem\nstages:\n  - { name: a, steps: [ { run: 'true' } ] }\n");
 	wait_all(&d, last);
 	after_kb = rss_kb(d.pid);
 	printf("memory: otacd resident set\n");
-	printf("  idle                         %6.1f MB  (target under 10 MB; Buildbot master here: ~88 MB)\n", idle_kb / 1024.0);
+	printf("  idle       Rss %5.1f MB = private %.1f MB + shared %.1f MB; Pss %.1f MB  (target under 10 MB; bench/memory.sh: Buildbot)\n",
+	       idle.rss / 1024.0, idle.private_ / 1024.0, idle.shared / 1024.0, idle.pss / 1024.0);
 	printf("  after %d+ finished runs  %6.1f MB\n", n_pickup + n_tput + n_mem, after_kb / 1024.0);
 
 	kill(d.pid, SIGTERM);

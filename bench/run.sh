@@ -4,6 +4,10 @@
 set -eu
 "$OTACD_BIN/otacd-bench" "$OTACD_BIN" ${BENCH_ARGS:-200 1000 10000 200}
 echo
+# issue 18
+echo "== idle memory: otacd (2 local agents) and a Buildbot master, private and shared pages, same run"
+sh bench/memory.sh "$OTACD_BIN"
+echo
 echo "== report ingestion (JUnit, cppcheck, SARIF; 10,000 items each)"
 "$OTACD_BIN/reports-bench"
 echo

@@ -419,6 +419,22 @@ out:
 	return rc;
 }
 
+char *ota_sibling_path(const char *name)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	if (n <= 0)
+		return xstrdup(name);
+	self[n] = '\0';
+	slash = strrchr(self, '/');
+	if (!slash)
+		return xstrdup(name);
+	*slash = '\0';
+	return xasprintf("%s/%s", self, name);
+}
+
 int ota_mkdir_p(const char *path, int mode)
 {
 	char *p = xstrdup(path);

@@ -110,6 +110,10 @@ int ota_read_file(struct buf *out, const char *path, size_t max);
 int ota_write_file_atomic(const char *path, const void *data, size_t len, int mode);
 /* mkdir -p */
 int ota_mkdir_p(const char *path, int mode);
+/* DIR/name where DIR is the directory of this process's executable (a
+ * program installed next to us: otacd-agent, otacd-git, otacd-reaper);
+ * name alone when /proc/self/exe cannot be read.  Caller frees. */
+char *ota_sibling_path(const char *name);
 
 /* Lowercase hex of n bytes into out (2n+1 bytes). */
 void ota_hex(char *out, const unsigned char *in, size_t n);

@@ -1,13 +1,15 @@
 /*
- * gitsrc.h - firmware sources from git, through libgit2.
+ * gitsrc.h - firmware sources from git, through libgit2 in a helper process.
  *
  * otacd keeps one bare mirror per configured repository under
  * STATE/git/NAME.git (NAME sanitised).  gitsrc_fetch() brings it up to date
  * from the repository's URL (a local path, https:// with a token, or ssh://
  * with a key; credentials come from struct gitsrc_repo and are never
  * logged).  Fetches into one mirror are serialised; different mirrors fetch
- * in parallel.  Every call opens its own git_repository, so any thread may
- * call any function (libgit2's rule: one repository object per thread).
+ * in parallel.  Any thread may call any function: each call runs in an
+ * otacd-git helper process (githelper/, protocol in gitproto.h) started on
+ * demand and kept for a few seconds, so the daemon links neither libgit2
+ * nor libarchive (docs/git.md, "The helper").
  *
  * Jobs receive a commit's tree as a tar archive made by gitsrc_archive()
  * (libarchive), cached by tree id, so agents never need the repository's
@@ -37,8 +39,15 @@ struct gitsrc_commit {
 	int64_t time_ms;         /* committer time */
 };
 
+#define GITSRC_READ_MAX (64u << 20)   /* the largest file gitsrc_read_file() returns */
+
+/* Set the state directory (sweeping temporary archives an interrupted build
+ * left); the helper is otacd-git next to this program's executable. */
 int gitsrc_init(const char *state_dir);
+/* Stop the idle helpers.  Call when no other thread is in a gitsrc call. */
 void gitsrc_shutdown(void);
+/* Use another helper program (tests; NULL: the default).  Before calls run. */
+void gitsrc_set_helper(const char *path);
 
 /*
  * Cancel a fetch still transferring after ms (default 10 minutes; <= 0
@@ -77,7 +86,9 @@ int gitsrc_read_file(const struct gitsrc_repo *repo, const char *commit, const c
  */
 int gitsrc_archive(const struct gitsrc_repo *repo, const char *commit, char **tar_path);
 
-/* The mirror's directory for repo (caller frees). */
+/* The mirror's directory for repo (caller frees); _at: under git_dir
+ * (STATE/git) rather than gitsrc_init()'s. */
 char *gitsrc_mirror_path(const struct gitsrc_repo *repo);
+char *gitsrc_mirror_path_at(const char *git_dir, const struct gitsrc_repo *repo);
 
 #endif

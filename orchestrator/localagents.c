@@ -43,21 +43,6 @@ struct localagents {
 	int stopping;
 };
 
-static char *sibling_binary(const char *name)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash;
-	if (n <= 0)
-		return xstrdup(name);
-	self[n] = '\0';
-	slash = strrchr(self, '/');
-	if (!slash)
-		return xstrdup(name);
-	*slash = '\0';
-	return xasprintf("%s/%s", self, name);
-}
-
 static void slot_name(char *name, size_t n, int idx)
 {
 	snprintf(name, n, "local-%d", idx + 1);
@@ -325,7 +310,7 @@ void localagents_preload(int n, const struct strvec *labels, const char *state_d
 
 	memset(&la, 0, sizeof(la));
 	la.bound = labels_json(labels);
-	la.agent_path = sibling_binary("otacd-agent");
+	la.agent_path = ota_sibling_path("otacd-agent");
 	la.iddir = xasprintf("%s/local-agents", state_dir);
 	la.n = n;
 	la.slots = xcalloc((size_t)(n ? n : 1), sizeof(*la.slots));
@@ -351,7 +336,7 @@ int localagents_start(struct localagents **out, int n, const char *url, const st
 	}
 	la->n = n;
 	la->slots = xcalloc((size_t)(n ? n : 1), sizeof(*la->slots));
-	la->agent_path = sibling_binary("otacd-agent");
+	la->agent_path = ota_sibling_path("otacd-agent");
 	la->url = xstrdup(url);
 	la->labels = buf_detach(&l);
 	la->workdir = xstrdup(workdir);

@@ -419,7 +419,8 @@ static scmp_filter_ctx unit_filter(const char *unit_path, size_t *ncalls)
  * otacd under exactly the system calls its unit allows: it starts, takes a
  * pipeline, its local agents (children, under the same filter) check the
  * tree out, run the steps in their PID namespaces and upload an artifact,
- * the run passes, devices register on the device API, and a SIGTERM stops
+ * the run passes, a run of a repository's pipeline passes (its git helper
+ * is a child under the same filter), devices register on the device API, and a SIGTERM stops
  * it cleanly (status 0).  Any call outside the list would have killed the
  * process that made it.
  */
@@ -431,7 +432,7 @@ static void otacd_runs_a_pipeline_under_the_units_syscall_filter(void **state)
 	size_t ncalls = 0;
 	int64_t run;
 	const char *final;
-	char **creds;
+	char **creds, *cfg = NULL;
 	int status = -1;
 
 	st.filter = unit_filter(unit, &ncalls);
@@ -439,6 +440,21 @@ static void otacd_runs_a_pipeline_under_the_units_syscall_filter(void **state)
 	 * expansion went wrong and the test would prove little */
 	assert_true(ncalls > 250);
 	h_init(&d, NULL);
+	/* a repository too, so the git helper (otacd-git, a child of otacd)
+	 * fetches, reads and archives under the same filter */
+	{
+		struct buf out = BUF_INIT;
+		char *text = xasprintf("repositories:\n  - { name: acme/fw, url: \"%s/src\", secret: s3cret-0123456789 }\n", d.dir);
+		cfg = xasprintf("%s/config.yml", d.dir);
+		st.config = cfg;
+		assert_int_equal(ota_write_file_atomic(cfg, text, strlen(text), 0600), 0);
+		free(text);
+		assert_int_equal(h_sh(&out, "git init -q -b main '%s/src' && cd '%s/src' && mkdir .otacd && "
+				      "printf 'name: fw\\nstages:\\n  - { name: s, steps: [ \"test -s fw.c\" ] }\\n' > .otacd/pipeline.yml && "
+				      "echo 'int main(void) { return 0; }' > fw.c && git add -A && "
+				      "git -c user.name=t -c user.email=t@t commit -qm fw", d.dir, d.dir), 0);
+		buf_release(&out);
+	}
 	start_otacd(&d, &st);
 	for (int i = 0; i < 500; i++) {
 		json_t *h = NULL;
@@ -460,6 +476,20 @@ static void otacd_runs_a_pipeline_under_the_units_syscall_filter(void **state)
 		fail_msg("run %lld: %s under the filter; otacd's log:\n%s", (long long)run, final, buf_cstr(&log));
 	}
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM artifacts"), 1);
+	{
+		json_t *req = json_pack("{ss ss}", "repo", "acme/fw", "ref", "main"), *ans = NULL;
+		assert_int_equal(h_post(&d, "/api/v1/triggers", req, &ans), 201);
+		run = json_integer_value(json_object_get(ans, "id"));
+		final = h_wait_run(&d, run, 120000);
+		if (strcmp(final, "passed")) {
+			struct buf log = BUF_INIT;
+			h_sh(&log, "cat '%s/otacd.log'", d.dir);
+			fail_msg("run %lld from the repository: %s under the filter; otacd's log:\n%s", (long long)run, final,
+				 buf_cstr(&log));
+		}
+		json_decref(req);
+		json_decref(ans);
+	}
 	creds = h_register_devices(&d, "sandboxed", 3);
 	for (int i = 0; i < 3; i++)
 		free(creds[i]);
@@ -474,6 +504,7 @@ static void otacd_runs_a_pipeline_under_the_units_syscall_filter(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 	seccomp_release(st.filter);
 	free(unit);
+	free(cfg);
 	stop_otacd(&d);
 }
 
@@ -546,7 +577,8 @@ static void otactl_completion_offers_commands_and_subcommands(void **state)
 /* ---- the installed package ---------------------------------------------- */
 
 static const char *const installed_files[] = {
-	"/usr/sbin/otacd", "/usr/sbin/otacd-agent", "/usr/bin/otactl", "/usr/bin/otacd-fleetsim",
+	"/usr/sbin/otacd", "/usr/sbin/otacd-agent", "/usr/sbin/otacd-git", "/usr/sbin/otacd-reaper",
+	"/usr/bin/otactl", "/usr/bin/otacd-fleetsim",
 	"/usr/bin/otacd-device", "/lib/systemd/system/otacd.service", "/lib/systemd/system/otacd-agent@.service",
 	"/usr/share/man/man8/otacd.8.gz", "/usr/share/man/man8/otacd-agent.8.gz",
 	"/usr/share/man/man8/otacd-device.8.gz", "/usr/share/man/man1/otactl.1.gz",
