@@ -312,6 +312,22 @@ int db_bind_text(struct db_stmt *st, int idx, const char *s)
 	return 0;
 }
 
+int db_bind_text_n(struct db_stmt *st, int idx, const char *s, size_t n)
+{
+	struct db_param *p;
+
+	if (!s)
+		return db_bind_null(st, idx);
+	if (!(p = param(st, idx)))
+		return OTA_EINVAL;
+	p->type = DB_TEXT;
+	p->len = n;
+	p->data = xmalloc(n + 1);
+	memcpy(p->data, s, n);
+	p->data[n] = '\0';
+	return 0;
+}
+
 int db_bind_blob(struct db_stmt *st, int idx, const void *data, size_t n)
 {
 	struct db_param *p = param(st, idx);
