@@ -21,6 +21,7 @@
 #include "../orchestrator/auth.h"
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/idem.h"
+#include "../orchestrator/policy.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
 #include "pgcluster.h"
@@ -260,6 +261,40 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	store_close(s);
 }
 
+/* ---- protected runs (policy.c) ------------------------------------------- */
+
+static int64_t add_run(struct store *s, int protect, const char *reason)
+{
+	struct db_stmt *st = store_q(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at,"
+					" protected, trust_reason) VALUES ('fw', 'fw.yml', '', 'refs/heads/main', 'success',"
+					" 'push', 1, ?, ?) RETURNING id");
+	int64_t id;
+
+	assert_non_null(st);
+	db_bind_int64(st, 1, protect);
+	db_bind_text(st, 2, reason);
+	assert_int_equal(db_step(st), 1);
+	id = db_column_int64(st, 0);
+	db_reset(st);
+	return id;
+}
+
+static void only_protected_runs_may_sign_releases(void **state)
+{
+	struct store *s = fresh_store(state);
+	int64_t trusted = add_run(s, 1, "protected branch main");
+	int64_t pushed = add_run(s, 0, "pushed by a contributor");
+
+	assert_int_equal(policy_run_protected(s, trusted), 1);
+	assert_int_equal(policy_run_protected(s, pushed), 0);
+	assert_int_equal(policy_run_protected(s, pushed + 100), OTA_ENOTFOUND);
+	/* refused before any product policy is read, with the run's reason */
+	assert_int_equal(policy_release_allowed(NULL, s, pushed, "fw", "key", 1), OTA_EPERM);
+	assert_non_null(strstr(ota_error_last(), "pushed by a contributor"));
+	assert_int_equal(policy_release_allowed(NULL, s, pushed + 100, "fw", "key", 1), OTA_ENOTFOUND);
+	store_close(s);
+}
+
 /* ---- store.c's own rows ---------------------------------------------------- */
 
 static void meta_rows_round_trip_and_unconverted_modules_say_so(void **state)
@@ -302,6 +337,7 @@ int main(void)
 		BOTH(idempotency_keys_are_reserved_answered_replayed_and_expire),
 		BOTH(tokens_are_stored_as_hashes_and_checked_after_a_reload),
 		BOTH(agents_are_registered_loaded_and_revoked),
+		BOTH(only_protected_runs_may_sign_releases),
 		BOTH(meta_rows_round_trip_and_unconverted_modules_say_so),
 	};
 	struct buf out = BUF_INIT;
