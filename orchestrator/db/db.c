@@ -279,6 +279,11 @@ static struct db_param *param(struct db_stmt *st, int idx)
 	return p;
 }
 
+int db_param_count(struct db_stmt *st)
+{
+	return st->nparams;
+}
+
 int db_bind_int64(struct db_stmt *st, int idx, int64_t v)
 {
 	struct db_param *p = param(st, idx);

@@ -124,6 +124,8 @@ void db_reset(struct db_stmt *st);
 void db_clear_bindings(struct db_stmt *st);
 
 /* Parameters count from 1.  Text and blobs are copied. */
+/* How many parameters st takes (its highest ?N). */
+int db_param_count(struct db_stmt *st);
 int db_bind_int64(struct db_stmt *st, int idx, int64_t v);
 int db_bind_double(struct db_stmt *st, int idx, double v);
 int db_bind_text(struct db_stmt *st, int idx, const char *s); /* NULL binds NULL */
