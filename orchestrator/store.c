@@ -1,5 +1,10 @@
 /*
- * store.c - SQLite connections, the schema and its migrations.
+ * store.c - otacd.db's connections, the schema and its migrations.
+ *
+ * A store is a storage-layer connection (db/db.h): SQLite by default, or
+ * PostgreSQL for the modules converted so far.  Modules not yet converted
+ * reach the same SQLite connection through store_db() and store_stmt()
+ * (docs/storage.md, conversion plan).
  *
  * Migrations are append-only: never edit one that has shipped, add the next
  * number.  Each runs in a transaction together with its schema_migrations

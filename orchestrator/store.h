@@ -1,5 +1,7 @@
 /*
- * store.h - the SQLite database: schema, migrations, connections.
+ * store.h - otacd's database: schema, migrations, connections.  A store
+ * wraps a storage-layer connection (db/db.h); store_db() and store_stmt()
+ * are the bridge for modules not yet converted (docs/storage.md).
  *
  * All of otacd's state lives in one SQLite file (STATE/otacd.db) in WAL
  * mode.  There is exactly one writer connection, owned by the engine thread
