@@ -275,6 +275,12 @@ BENCHES += $(BIN)/db-bench
 $(BIN)/db-bench: $(BUILD)/obj/bench/db_bench.o $(BUILD)/obj/tests/pgcluster.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# issue 16: a module converted to the storage layer against its raw
+# sqlite3_* path, same connection, same run
+BENCHES += $(BIN)/dbconv-bench
+$(BIN)/dbconv-bench: $(BUILD)/obj/bench/dbconv_bench.o $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: $(PROGS) $(BENCHES)
 	OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh bench/run.sh

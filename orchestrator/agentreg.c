@@ -17,6 +17,7 @@
 #include "../common/util.h"
 #include "auth.h"
 #include "clock.h"
+#include "db/db.h"
 #include "engine_int.h"
 
 int agentreg_name_valid(const char *name)
@@ -34,35 +35,43 @@ struct add_args {
 	const char *hash;
 };
 
-static int do_add(struct engine *e, void *arg)
+int agentreg_store_add(struct store *db, const char *name, const json_t *allowed, const char *hash)
 {
-	struct add_args *a = arg;
-	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "SELECT token_hash IS NOT NULL FROM agents WHERE name = ?");
+	struct db_stmt *st = store_q(db, "SELECT token_hash IS NOT NULL FROM agents WHERE name = ?");
 	char *labels;
 	int rc, taken = 0;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	rc = store_step_row(db, st);
+	db_bind_text(st, 1, name);
+	rc = db_step(st);
 	if (rc == 1)
-		taken = (int)store_col_int(st, 0);
-	sqlite3_reset(st);
+		taken = (int)db_column_int64(st, 0);
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	if (taken)
-		return ota_error_set(OTA_ECONFLICT, "agent '%s' is already registered (revoke it first)", a->name);
-	labels = json_dumps(a->labels, JSON_COMPACT);
-	st = store_stmt(db, "INSERT INTO agents(name, labels, local, registered_at, last_seen, token_hash, allowed_labels)"
-			    " VALUES (?, '[]', 0, ?, 0, ?, ?) ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash,"
-			    " allowed_labels = excluded.allowed_labels, revoked_at = NULL, local = 0");
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, clock_now_ms());
-	sqlite3_bind_text(st, 3, a->hash, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, labels, -1, SQLITE_TRANSIENT);
+		return ota_error_set(OTA_ECONFLICT, "agent '%s' is already registered (revoke it first)", name);
+	st = store_q(db, "INSERT INTO agents(name, labels, local, registered_at, last_seen, token_hash, allowed_labels)"
+			 " VALUES (?, '[]', 0, ?, 0, ?, ?) ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash,"
+			 " allowed_labels = excluded.allowed_labels, revoked_at = NULL, local = 0");
+	if (!st)
+		return OTA_ERROR;
+	labels = json_dumps(allowed, JSON_COMPACT);
+	db_bind_text(st, 1, name);
+	db_bind_int64(st, 2, clock_now_ms());
+	db_bind_text(st, 3, hash);
+	db_bind_text(st, 4, labels);
 	free(labels);
-	if ((rc = store_step_done(db, st)) < 0)
+	return db_run(st);
+}
+
+static int do_add(struct engine *e, void *arg)
+{
+	struct add_args *a = arg;
+	int rc;
+
+	if ((rc = agentreg_store_add(engine_store(e), a->name, a->labels, a->hash)) < 0)
 		return rc;
 	return engine_audit(e, a->actor, "agent.add", 0, 0, NULL,
 			    json_pack("{ss sO}", "agent", a->name, "labels", (json_t *)a->labels));
@@ -96,42 +105,55 @@ struct revoke_args {
 	int64_t released;
 };
 
-static int do_revoke(struct engine *e, void *arg)
+int agentreg_store_revoke(struct store *db, const char *name, int64_t *id, int64_t *running_job)
 {
-	struct revoke_args *a = arg;
-	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "SELECT id, token_hash IS NOT NULL, COALESCE(current_job, 0) FROM agents WHERE name = ?");
-	int64_t id = 0, job = 0;
+	struct db_stmt *st = store_q(db, "SELECT id, token_hash IS NOT NULL, COALESCE(current_job, 0) FROM agents WHERE name = ?");
+	int64_t job = 0;
 	int rc, active = 0;
-	char why[160];
 
+	*id = 0;
+	*running_job = 0;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	rc = store_step_row(db, st);
+	db_bind_text(st, 1, name);
+	rc = db_step(st);
 	if (rc == 1) {
-		id = store_col_int(st, 0);
-		active = (int)store_col_int(st, 1);
-		job = store_col_int(st, 2);
+		*id = db_column_int64(st, 0);
+		active = (int)db_column_int64(st, 1);
+		job = db_column_int64(st, 2);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	if (!active)
-		return ota_error_set(rc == 1 ? OTA_ECONFLICT : OTA_ENOTFOUND, "no registered agent '%s'%s", a->name,
+		return ota_error_set(rc == 1 ? OTA_ECONFLICT : OTA_ENOTFOUND, "no registered agent '%s'%s", name,
 				     rc == 1 ? " (revoked already, or a config-file or local agent)" : "");
-	st = store_stmt(db, "UPDATE agents SET token_hash = NULL, revoked_at = ? WHERE id = ?");
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_int64(st, 2, id);
-	if ((rc = store_step_done(db, st)) < 0)
+	if (!(st = store_q(db, "UPDATE agents SET token_hash = NULL, revoked_at = ? WHERE id = ?")))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, clock_now_ms());
+	db_bind_int64(st, 2, *id);
+	if ((rc = db_run(st)) < 0)
 		return rc;
 	/* current_job may name a finished job: released only if running */
-	st = store_stmt(db, "SELECT COUNT(*) FROM jobs WHERE id = ? AND agent_id = ? AND state = 'running'");
-	sqlite3_bind_int64(st, 1, job);
-	sqlite3_bind_int64(st, 2, id);
-	if (store_step_row(db, st) == 1 && store_col_int(st, 0))
-		a->released = job;
-	sqlite3_reset(st);
+	if (!(st = store_q(db, "SELECT COUNT(*) FROM jobs WHERE id = ? AND agent_id = ? AND state = 'running'")))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, job);
+	db_bind_int64(st, 2, *id);
+	if ((rc = db_step(st)) == 1 && db_column_int64(st, 0))
+		*running_job = job;
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+static int do_revoke(struct engine *e, void *arg)
+{
+	struct revoke_args *a = arg;
+	int64_t id;
+	char why[160];
+	int rc;
+
+	if ((rc = agentreg_store_revoke(engine_store(e), a->name, &id, &a->released)) < 0)
+		return rc;
 	snprintf(why, sizeof(why), "agent %s was revoked while running this job", a->name);
 	if ((rc = engine_release_agent_job(e, id, why)) < 0)
 		return rc;

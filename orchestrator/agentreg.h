@@ -25,4 +25,15 @@ int agentreg_add(struct engine *e, const char *name, const json_t *labels, const
 /* Revoke name's token; *released is the job it held (0: none). */
 int agentreg_revoke(struct engine *e, const char *name, const char *actor, int64_t *released);
 
+/*
+ * The table work of agentreg_add and agentreg_revoke on a store connection,
+ * inside the caller's transaction (the engine thread's, or a test's on
+ * either backend); no audit, no in-memory token set.  hash is the token's
+ * SHA-256 (hex).  Revoking gives the agent's row id and the job it was
+ * running (0: none), for the engine to release.
+ */
+struct store;
+int agentreg_store_add(struct store *db, const char *name, const json_t *allowed, const char *hash);
+int agentreg_store_revoke(struct store *db, const char *name, int64_t *id, int64_t *running_job);
+
 #endif

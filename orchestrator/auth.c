@@ -11,6 +11,7 @@
 
 #include "../common/util.h"
 #include "clock.h"
+#include "db/db.h"
 
 struct token_entry {
 	char *name;
@@ -145,47 +146,47 @@ void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role
 
 int auth_load(struct store *db)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT name, hash, role FROM tokens");
+	struct db_stmt *st = store_q(db, "SELECT name, hash, role FROM tokens");
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	while ((rc = store_step_row(db, st)) == 1)
-		auth_add_hash(store_col_text(st, 0), store_col_text(st, 1), auth_role_parse(store_col_text(st, 2)));
-	sqlite3_reset(st);
+	while ((rc = db_step(st)) == 1)
+		auth_add_hash(db_column_text(st, 0), db_column_text(st, 1), auth_role_parse(db_column_text(st, 2)));
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	/* agents registered with `otactl agents add` (and not revoked) */
-	st = store_stmt(db, "SELECT name, token_hash, allowed_labels FROM agents"
+	st = store_q(db, "SELECT name, token_hash, allowed_labels FROM agents"
 			    " WHERE token_hash IS NOT NULL AND revoked_at IS NULL");
 	if (!st)
 		return OTA_ERROR;
-	while ((rc = store_step_row(db, st)) == 1) {
-		json_t *labels = json_loads(store_col_text(st, 2) ? store_col_text(st, 2) : "[]", 0, NULL);
-		auth_add_agent(store_col_text(st, 0), NULL, store_col_text(st, 1), labels ? labels : json_array(),
+	while ((rc = db_step(st)) == 1) {
+		json_t *labels = json_loads(db_column_text(st, 2) ? db_column_text(st, 2) : "[]", 0, NULL);
+		auth_add_agent(db_column_text(st, 0), NULL, db_column_text(st, 1), labels ? labels : json_array(),
 			       AUTH_AGENT_REGISTERED);
 		json_decref(labels);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
 int auth_create(struct store *db, const char *name, enum auth_role role, char **token)
 {
 	char tok[65], hash[65];
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	if ((rc = ota_random_hex(tok, 32)) < 0)
 		return rc;
 	auth_sha256_hex(tok, hash);
-	st = store_stmt(db, "INSERT INTO tokens(name, role, hash, created_at) VALUES (?,?,?,?)");
+	st = store_q(db, "INSERT INTO tokens(name, role, hash, created_at) VALUES (?,?,?,?)");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, auth_role_name(role), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, hash, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, clock_now_ms());
-	if ((rc = store_step_done(db, st)) < 0)
+	db_bind_text(st, 1, name);
+	db_bind_text(st, 2, auth_role_name(role));
+	db_bind_text(st, 3, hash);
+	db_bind_int64(st, 4, clock_now_ms());
+	if ((rc = db_run(st)) < 0)
 		return rc;
 	auth_add_hash(name, hash, role);
 	*token = xstrdup(tok);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "db/db.h"
 #include "engine_int.h"
 #include "store.h"
 
@@ -61,6 +62,54 @@ void idem_fingerprint(const char *method, const char *path, const void *body, si
 	free(all);
 }
 
+int idem_store_begin(struct store *s, const char *actor, const char *key, const char *fingerprint, int64_t now,
+		     enum idem_state *state, int *status, char **body)
+{
+	struct db_stmt *st = store_q(s, "DELETE FROM idempotency WHERE created_at < ?");
+	int rc;
+
+	*status = 0;
+	*body = NULL;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now - IDEM_WINDOW_MS);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	if (!(st = store_q(s, "SELECT fingerprint, status, body, instance FROM idempotency WHERE actor = ? AND key = ?")))
+		return OTA_ERROR;
+	db_bind_text(st, 1, actor);
+	db_bind_text(st, 2, key);
+	rc = db_step(st);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		const char *fp = db_column_text(st, 0);
+		const char *inst = db_column_text(st, 3);
+		*status = (int)db_column_int64(st, 1);
+		if (strcmp(fp ? fp : "", fingerprint))
+			*state = IDEM_MISMATCH;
+		else if (*status == 0)
+			*state = inst && !strcmp(inst, instance()) ? IDEM_IN_PROGRESS : IDEM_INTERRUPTED;
+		else {
+			const char *b = db_column_text(st, 2);
+			*state = IDEM_REPLAY;
+			*body = xstrdup(b ? b : "");
+		}
+		db_reset(st);
+		return 0;
+	}
+	if (!(st = store_q(s, "INSERT INTO idempotency(actor, key, fingerprint, status, instance, created_at)"
+			      " VALUES (?, ?, ?, 0, ?, ?)")))
+		return OTA_ERROR;
+	db_bind_text(st, 1, actor);
+	db_bind_text(st, 2, key);
+	db_bind_text(st, 3, fingerprint);
+	db_bind_text(st, 4, instance());
+	db_bind_int64(st, 5, now);
+	*state = IDEM_NEW;
+	return db_run(st);
+}
+
 struct begin_args {
 	const char *actor, *key, *fingerprint;
 	enum idem_state state;
@@ -71,45 +120,10 @@ struct begin_args {
 static int do_begin(struct engine *e, void *arg)
 {
 	struct begin_args *a = arg;
-	struct store *s = engine_store(e);
-	int64_t now = clock_real_ms();
-	sqlite3_stmt *st = store_stmt(s, "DELETE FROM idempotency WHERE created_at < ?");
-	int rc;
 
-	sqlite3_bind_int64(st, 1, now - IDEM_WINDOW_MS);
-	if ((rc = store_step_done(s, st)) < 0)
-		return rc;
-	st = store_stmt(s, "SELECT fingerprint, status, body, instance FROM idempotency WHERE actor = ? AND key = ?");
-	sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->key, -1, SQLITE_STATIC);
-	rc = store_step_row(s, st);
-	if (rc < 0)
-		return rc;
-	if (rc == 1) {
-		const char *fp = (const char *)sqlite3_column_text(st, 0);
-		const char *inst = (const char *)sqlite3_column_text(st, 3);
-		a->status = sqlite3_column_int(st, 1);
-		if (strcmp(fp ? fp : "", a->fingerprint))
-			a->state = IDEM_MISMATCH;
-		else if (a->status == 0)
-			a->state = inst && !strcmp(inst, instance()) ? IDEM_IN_PROGRESS : IDEM_INTERRUPTED;
-		else {
-			const char *b = (const char *)sqlite3_column_text(st, 2);
-			a->state = IDEM_REPLAY;
-			a->body = xstrdup(b ? b : "");
-		}
-		sqlite3_reset(st);
-		return 0;
-	}
-	st = store_stmt(s, "INSERT INTO idempotency(actor, key, fingerprint, status, instance, created_at)"
-			   " VALUES (?, ?, ?, 0, ?, ?)");
-	sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->fingerprint, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, instance(), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 5, now);
-	a->state = IDEM_NEW;
-	return store_step_done(s, st);
+	free(a->body); /* a retried transaction starts again */
+	return idem_store_begin(engine_store(e), a->actor, a->key, a->fingerprint, clock_real_ms(), &a->state,
+				&a->status, &a->body);
 }
 
 int idem_begin(struct engine *e, const char *actor, const char *key, const char *fingerprint,
@@ -127,6 +141,27 @@ int idem_begin(struct engine *e, const char *actor, const char *key, const char 
 	return 0;
 }
 
+int idem_store_finish(struct store *s, const char *actor, const char *key, int status, const char *body, size_t len)
+{
+	struct db_stmt *st;
+
+	if (status < 0)
+		st = store_q(s, "UPDATE idempotency SET instance = '' WHERE actor = ? AND key = ? AND status = 0");
+	else if (status == 0)
+		st = store_q(s, "DELETE FROM idempotency WHERE actor = ? AND key = ? AND status = 0");
+	else
+		st = store_q(s, "UPDATE idempotency SET status = ?3, body = ?4 WHERE actor = ?1 AND key = ?2 AND status = 0");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, actor);
+	db_bind_text(st, 2, key);
+	if (status > 0) {
+		db_bind_int64(st, 3, status);
+		db_bind_text_n(st, 4, body, len);
+	}
+	return db_run(st);
+}
+
 struct finish_args {
 	const char *actor, *key;
 	int status;
@@ -137,27 +172,8 @@ struct finish_args {
 static int do_finish(struct engine *e, void *arg)
 {
 	struct finish_args *a = arg;
-	struct store *s = engine_store(e);
-	sqlite3_stmt *st;
 
-	if (a->status < 0) {
-		st = store_stmt(s, "UPDATE idempotency SET instance = '' WHERE actor = ? AND key = ? AND status = 0");
-		sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, a->key, -1, SQLITE_STATIC);
-		return store_step_done(s, st);
-	}
-	if (a->status == 0) {
-		st = store_stmt(s, "DELETE FROM idempotency WHERE actor = ? AND key = ? AND status = 0");
-		sqlite3_bind_text(st, 1, a->actor, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, a->key, -1, SQLITE_STATIC);
-		return store_step_done(s, st);
-	}
-	st = store_stmt(s, "UPDATE idempotency SET status = ?, body = ? WHERE actor = ? AND key = ? AND status = 0");
-	sqlite3_bind_int(st, 1, a->status);
-	sqlite3_bind_text(st, 2, a->body, (int)a->len, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->actor, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, a->key, -1, SQLITE_STATIC);
-	return store_step_done(s, st);
+	return idem_store_finish(engine_store(e), a->actor, a->key, a->status, a->body, a->len);
 }
 
 int idem_finish(struct engine *e, const char *actor, const char *key, int status, const char *body, size_t len)

@@ -11,6 +11,7 @@
 #define OTA_IDEM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../common/util.h"
 #include "engine.h"
@@ -44,5 +45,16 @@ int idem_forget(struct engine *e, const char *actor, const char *key);
 /* The request ran but will not answer (its client went away while it
  * waited): its outcome is unknown, later requests get IDEM_INTERRUPTED. */
 int idem_abandon(struct engine *e, const char *actor, const char *key);
+
+/*
+ * The same records on a store connection, inside the caller's transaction
+ * (the engine thread's, or a test's on either backend): idem_begin's
+ * lookup and reservation at wall time now, and idem_finish's status > 0
+ * (keep the answer), 0 (forget) or < 0 (abandon).
+ */
+struct store;
+int idem_store_begin(struct store *s, const char *actor, const char *key, const char *fingerprint, int64_t now,
+		     enum idem_state *state, int *status, char **body);
+int idem_store_finish(struct store *s, const char *actor, const char *key, int status, const char *body, size_t len);
 
 #endif

@@ -32,6 +32,7 @@
 #include "backup/backup.h"
 #include "clock.h"
 #include "config.h"
+#include "db/db.h"
 #include "diskguard.h"
 #include "engine.h"
 #include "fleet/admission.h"
@@ -147,11 +148,11 @@ static int instance_id(struct store *db)
 static int admin_token(struct store *db, const char *state_dir)
 {
 	char *path = xasprintf("%s/admin.token", state_dir), *token = NULL, *line;
-	sqlite3_stmt *st = store_stmt(db, "SELECT 1 FROM tokens WHERE name = 'admin'");
-	int exists = st && store_step_row(db, st) == 1, rc = 0;
+	struct db_stmt *st = store_q(db, "SELECT 1 FROM tokens WHERE name = 'admin'");
+	int exists = st && db_step(st) == 1, rc = 0;
 
 	if (st)
-		sqlite3_reset(st);
+		db_reset(st);
 	if (exists)
 		goto out;
 	if ((rc = auth_create(db, "admin", ROLE_ADMIN, &token)) < 0)

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "db/db.h"
 #include "gate.h"
 
 /* ---- refs ------------------------------------------------------------- */
@@ -250,15 +251,15 @@ static int is_rollout_kind(const struct pl_stage *st)
 /* Highest security counter released for product, -1 when none. */
 static int64_t highest_counter(struct store *db, const char *product)
 {
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT COALESCE(MAX(security_counter), -1) FROM releases WHERE product = ?")
+	struct db_stmt *st = db ? store_q(db, "SELECT COALESCE(MAX(security_counter), -1) FROM releases WHERE product = ?")
 			      : NULL;
 	int64_t v = -1;
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
-	if (store_step_row(db, st) == 1)
-		v = store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_text(st, 1, product);
+	if (db_step(st) == 1)
+		v = db_column_int64(st, 0);
+	db_reset(st);
 	return v;
 }
 
@@ -483,24 +484,24 @@ void policy_apply_job(const struct otacd_config *c, const struct pipeline *p, co
 
 int policy_run_protected(struct store *db, int64_t run_id)
 {
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT protected FROM runs WHERE id = ?") : NULL;
+	struct db_stmt *st = db ? store_q(db, "SELECT protected FROM runs WHERE id = ?") : NULL;
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run_id);
-	rc = store_step_row(db, st);
+	db_bind_int64(st, 1, run_id);
+	rc = db_step(st);
 	if (rc == 1)
-		rc = store_col_int(st, 0) ? 1 : 0;
+		rc = db_column_int64(st, 0) ? 1 : 0;
 	else if (rc == 0)
 		rc = ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run_id);
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc;
 }
 
 int policy_release_allowed(const struct otacd_config *c, struct store *db, int64_t run_id, const char *product,
 			   const char *key, int64_t counter)
 {
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT protected, COALESCE(trust_reason, ''), ref, trigger, repo FROM runs"
+	struct db_stmt *st = db ? store_q(db, "SELECT protected, COALESCE(trust_reason, ''), ref, trigger, repo FROM runs"
 					       " WHERE id = ?") : NULL;
 	char why[512] = "", ref[256] = "", reason[256] = "", repo[256] = "";
 	int prot = 0, reissue = 0, rc;
@@ -508,15 +509,15 @@ int policy_release_allowed(const struct otacd_config *c, struct store *db, int64
 
 	if (!st)
 		return ota_error_set(OTA_ERROR, "database unavailable");
-	sqlite3_bind_int64(st, 1, run_id);
-	if ((rc = store_step_row(db, st)) == 1) {
-		prot = store_col_int(st, 0) != 0;
-		snprintf(reason, sizeof(reason), "%s", store_col_text(st, 1));
-		snprintf(ref, sizeof(ref), "%s", store_col_text(st, 2) ? store_col_text(st, 2) : "");
-		reissue = store_col_text(st, 3) && !strcmp(store_col_text(st, 3), "reissue");
-		snprintf(repo, sizeof(repo), "%s", store_col_text(st, 4) ? store_col_text(st, 4) : "");
+	db_bind_int64(st, 1, run_id);
+	if ((rc = db_step(st)) == 1) {
+		prot = db_column_int64(st, 0) != 0;
+		snprintf(reason, sizeof(reason), "%s", db_column_text(st, 1));
+		snprintf(ref, sizeof(ref), "%s", db_column_text(st, 2) ? db_column_text(st, 2) : "");
+		reissue = db_column_text(st, 3) && !strcmp(db_column_text(st, 3), "reissue");
+		snprintf(repo, sizeof(repo), "%s", db_column_text(st, 4) ? db_column_text(st, 4) : "");
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc != 1)
 		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run_id);
 	if (!prot)

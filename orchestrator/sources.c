@@ -19,6 +19,7 @@
 #include "../common/log.h"
 #include "../common/notify.h"
 #include "clock.h"
+#include "db/db.h"
 #include "gitsrc.h"
 #include "pipeline/pipeline.h"
 #include "store.h"
@@ -55,51 +56,51 @@ static void row_release(struct delivery_row *d)
 	free(d->pusher);
 }
 
-static char *dup_col(sqlite3_stmt *st, int col)
+static char *dup_col(struct db_stmt *st, int col)
 {
-	const char *s = store_col_text(st, col);
+	const char *s = db_column_text(st, col);
 	return s ? xstrdup(s) : NULL;
 }
 
 static int load_delivery(int64_t id, struct delivery_row *d)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	memset(d, 0, sizeof(*d));
-	if (!db || !(st = store_stmt(db, "SELECT provider, repo, ref, after_sha, pusher FROM deliveries WHERE id = ?")))
+	if (!db || !(st = store_q(db, "SELECT provider, repo, ref, after_sha, pusher FROM deliveries WHERE id = ?")))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, id);
-	rc = store_step_row(db, st);
+	db_bind_int64(st, 1, id);
+	rc = db_step(st);
 	if (rc == 1) {
-		snprintf(d->provider, sizeof(d->provider), "%s", store_col_text(st, 0));
+		snprintf(d->provider, sizeof(d->provider), "%s", db_column_text(st, 0));
 		d->repo = dup_col(st, 1);
 		d->ref = dup_col(st, 2);
 		d->after = dup_col(st, 3);
 		d->pusher = dup_col(st, 4);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
 int sources_outcome(int64_t id, struct source_outcome *out)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
-	if (!db || !(st = store_stmt(db, "SELECT state, COALESCE(run_id, 0), reason FROM deliveries WHERE id = ?")))
+	if (!db || !(st = store_q(db, "SELECT state, COALESCE(run_id, 0), reason FROM deliveries WHERE id = ?")))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, id);
-	rc = store_step_row(db, st);
+	db_bind_int64(st, 1, id);
+	rc = db_step(st);
 	if (rc == 1) {
-		out->done = !strcmp(store_col_text(st, 0), "done");
-		out->run_id = store_col_int(st, 1);
-		snprintf(out->reason, sizeof(out->reason), "%s", store_col_text(st, 2) ? store_col_text(st, 2) : "");
+		out->done = !strcmp(db_column_text(st, 0), "done");
+		out->run_id = db_column_int64(st, 1);
+		snprintf(out->reason, sizeof(out->reason), "%s", db_column_text(st, 2) ? db_column_text(st, 2) : "");
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
@@ -328,7 +329,7 @@ int sources_start(struct sources **out, struct engine *e, const struct otacd_con
 {
 	struct sources *s = xcalloc(1, sizeof(*s));
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 
 	s->engine = e;
 	s->cfg = cfg;
@@ -336,10 +337,10 @@ int sources_start(struct sources **out, struct engine *e, const struct otacd_con
 	pthread_cond_init(&s->cond, NULL);
 	notifier_init(&s->done);
 	/* deliveries a crash left pending, in arrival order */
-	if (db && (st = store_stmt(db, "SELECT id, repo FROM deliveries WHERE state = 'pending' ORDER BY id"))) {
-		while (store_step_row(db, st) == 1)
-			sources_enqueue(s, store_col_int(st, 0), store_col_text(st, 1));
-		sqlite3_reset(st);
+	if (db && (st = store_q(db, "SELECT id, repo FROM deliveries WHERE state = 'pending' ORDER BY id"))) {
+		while (db_step(st) == 1)
+			sources_enqueue(s, db_column_int64(st, 0), db_column_text(st, 1));
+		db_reset(st);
 	}
 	s->nthreads = threads > 0 ? threads : 2;
 	s->threads = xcalloc((size_t)s->nthreads, sizeof(pthread_t));

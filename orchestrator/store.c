@@ -1,5 +1,10 @@
 /*
- * store.c - SQLite connections, the schema and its migrations.
+ * store.c - otacd.db's connections, the schema and its migrations.
+ *
+ * A store is a storage-layer connection (db/db.h): SQLite by default, or
+ * PostgreSQL for the modules converted so far.  Modules not yet converted
+ * reach the same SQLite connection through store_db() and store_stmt()
+ * (docs/storage.md, conversion plan).
  *
  * Migrations are append-only: never edit one that has shipped, add the next
  * number.  Each runs in a transaction together with its schema_migrations
@@ -25,6 +30,7 @@
 #include <string.h>
 
 #include "../common/util.h"
+#include "db/db.h"
 
 #define STMT_CACHE 96
 
@@ -34,7 +40,9 @@ struct stmt_slot {
 };
 
 struct store {
-	sqlite3 *db;
+	struct db *conn; /* the storage layer's connection (db/db.h) */
+	sqlite3 *db;     /* its SQLite handle, for modules not yet converted
+			  * (NULL on PostgreSQL): docs/storage.md */
 	char *path;
 	struct stmt_slot cache[STMT_CACHE];
 	size_t ncache;
@@ -244,40 +252,11 @@ const char *store_sync_pragma(void)
 	return atomic_load(&g_sync_normal) ? "PRAGMA synchronous=NORMAL;" : "PRAGMA synchronous=FULL;";
 }
 
-static int configure(sqlite3 *db, int readonly)
-{
-	char pragmas[200];
-	if (readonly)
-		snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;");
-	else
-		/* auto_vacuum first: it takes effect only on a database with
-		 * no tables yet (a new one), before WAL writes its header; an
-		 * existing database keeps its mode (retention.h, maintain) */
-		snprintf(pragmas, sizeof(pragmas), "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA journal_mode=WAL; %s"
-			 " PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;", store_sync_pragma());
-	char *err = NULL;
-	if (sqlite3_exec(db, pragmas, NULL, NULL, &err) != SQLITE_OK) {
-		int rc = ota_error_set(OTA_ERROR, "sqlite: %s", err ? err : "pragma failed");
-		sqlite3_free(err);
-		return rc;
-	}
-	return 0;
-}
-
-/*
- * Called by SQLite after every commit on a writer connection, once the
- * commit is visible to readers and the write lock released: the moment a
- * cached answer built from the old data becomes stale (store_generation()).
- * Registering it replaces SQLite's own auto-checkpoint hook, so it also
- * checkpoints the way that hook does (passively, every 1,000 WAL pages).
- */
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+/* Bump store_generation(): db_on_commit()'s hook on writer connections. */
+static void bump_generation(void *arg)
 {
 	(void)arg;
 	atomic_fetch_add(&g_generation, 1);
-	if (pages >= 1000)
-		sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-	return SQLITE_OK;
 }
 
 uint64_t store_generation(void)
@@ -285,27 +264,33 @@ uint64_t store_generation(void)
 	return atomic_load(&g_generation);
 }
 
+/* "sqlite:PATH" for a bare path; a URL (sqlite:, postgres://) as it is. */
+static char *database_url(const char *path)
+{
+	if (!strncmp(path, "sqlite:", 7) || !strncmp(path, "postgres://", 11) || !strncmp(path, "postgresql://", 13))
+		return xstrdup(path);
+	return xasprintf("sqlite:%s", path);
+}
+
 static int open_conn(struct store **out, const char *path, int readonly)
 {
 	struct store *s = xcalloc(1, sizeof(*s));
-	int flags = readonly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+	char *url = database_url(path);
+	unsigned flags = readonly ? DB_READONLY : DB_INCREMENTAL_VACUUM;
 	int rc;
 
-	flags |= SQLITE_OPEN_NOMUTEX; /* each connection is used by one thread */
-	if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
-		rc = ota_error_set(OTA_ERROR, "cannot open database %s: %s", path,
-				   s->db ? sqlite3_errmsg(s->db) : "out of memory");
-		sqlite3_close(s->db);
+	if (!readonly && atomic_load(&g_sync_normal))
+		flags |= DB_SYNC_NORMAL;
+	rc = db_open(&s->conn, url, flags);
+	free(url);
+	if (rc < 0) {
 		free(s);
 		return rc;
 	}
-	if ((rc = configure(s->db, readonly)) < 0) {
-		sqlite3_close(s->db);
-		free(s);
-		return rc;
-	}
+	/* SQLite's WAL hook fires it once the commit is visible to readers */
 	if (!readonly)
-		sqlite3_wal_hook(s->db, on_wal_commit, NULL);
+		db_on_commit(s->conn, bump_generation, NULL);
+	s->db = db_sqlite_handle(s->conn);
 	s->path = xstrdup(path);
 	*out = s;
 	return 0;
@@ -313,45 +298,17 @@ static int open_conn(struct store **out, const char *path, int readonly)
 
 static int migrate(struct store *s)
 {
-	char *err = NULL;
-	int version = 0, rc = 0;
-	sqlite3_stmt *st;
+	int version = 0;
 
-	if (sqlite3_exec(s->db, "CREATE TABLE IF NOT EXISTS schema_migrations ("
-			 "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-			 NULL, NULL, &err) != SQLITE_OK)
-		goto sqlerr;
-	st = store_stmt(s, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
-	if (!st || store_step_row(s, st) != 1)
-		return OTA_ERROR;
-	version = (int)sqlite3_column_int(st, 0);
-	sqlite3_reset(st);
-
-	if (version > (int)OTA_ARRAY_SIZE(migrations))
+	/* refuse a downgrade with the operator's explanation before
+	 * db_migrate() would with its own (no schema_migrations yet: 0) */
+	if (db_schema_version(s->conn, &version) == 0 && version > (int)OTA_ARRAY_SIZE(migrations))
 		return ota_error_set(OTA_ERROR,
 				     "%s: database schema version %d is newer than this otacd's (%zu): a downgrade is refused"
 				     " and the database is left as it is; run the otacd that wrote it, or restore a backup"
 				     " made with this version (docs/operations.md, \"Upgrade\")",
 				     s->path, version, OTA_ARRAY_SIZE(migrations));
-	for (size_t i = (size_t)version; i < OTA_ARRAY_SIZE(migrations); i++) {
-		if ((rc = store_begin(s)) < 0)
-			return rc;
-		if (sqlite3_exec(s->db, migrations[i], NULL, NULL, &err) != SQLITE_OK) {
-			store_rollback(s);
-			goto sqlerr;
-		}
-		st = store_stmt(s, "INSERT INTO schema_migrations(version, applied_at) VALUES (?, strftime('%s','now'))");
-		sqlite3_bind_int(st, 1, (int)i + 1);
-		if (store_step_done(s, st) < 0 || store_commit(s) < 0) {
-			store_rollback(s);
-			return OTA_ERROR;
-		}
-	}
-	return 0;
-sqlerr:
-	rc = ota_error_set(OTA_ERROR, "migration failed: %s", err ? err : "?");
-	sqlite3_free(err);
-	return rc;
+	return db_migrate(s->conn, migrations, OTA_ARRAY_SIZE(migrations));
 }
 
 int store_schema_latest(void)
@@ -383,7 +340,7 @@ void store_close(struct store *s)
 		return;
 	for (size_t i = 0; i < s->ncache; i++)
 		sqlite3_finalize(s->cache[i].st);
-	sqlite3_close(s->db);
+	db_close(s->conn);
 	free(s->path);
 	free(s);
 }
@@ -393,9 +350,25 @@ sqlite3 *store_db(struct store *s)
 	return s->db;
 }
 
+struct db *store_conn(struct store *s)
+{
+	return s->conn;
+}
+
+struct db_stmt *store_q(struct store *s, const char *sql)
+{
+	return db_stmt(s->conn, sql);
+}
+
 sqlite3_stmt *store_stmt(struct store *s, const char *sql)
 {
 	sqlite3_stmt *st = NULL;
+
+	if (!s->db) {
+		ota_error_set(OTA_ERROR, "%s: not converted to the storage layer, runs on SQLite only (%s)",
+			      s->path, sql);
+		return NULL;
+	}
 	for (size_t i = 0; i < s->ncache; i++) {
 		if (s->cache[i].sql == sql) {
 			st = s->cache[i].st;
@@ -423,31 +396,20 @@ sqlite3_stmt *store_stmt(struct store *s, const char *sql)
 	return st;
 }
 
-static int exec_simple(struct store *s, const char *sql)
-{
-	char *err = NULL;
-	if (sqlite3_exec(s->db, sql, NULL, NULL, &err) != SQLITE_OK) {
-		int rc = ota_error_set(OTA_ERROR, "sqlite: %s: %s", sql, err ? err : "?");
-		sqlite3_free(err);
-		return rc;
-	}
-	return 0;
-}
-
+/* BEGIN IMMEDIATE on a writer (a read snapshot on a reader): db_begin() */
 int store_begin(struct store *s)
 {
-	return exec_simple(s, "BEGIN IMMEDIATE");
+	return db_begin(s->conn);
 }
 
 int store_commit(struct store *s)
 {
-	return exec_simple(s, "COMMIT");
+	return db_commit(s->conn);
 }
 
 void store_rollback(struct store *s)
 {
-	if (!sqlite3_get_autocommit(s->db))
-		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	db_rollback(s->conn);
 }
 
 int store_step_done(struct store *s, sqlite3_stmt *st)
@@ -474,15 +436,15 @@ int store_step_row(struct store *s, sqlite3_stmt *st)
 
 int store_meta_get(struct store *s, const char *key, char **out)
 {
-	sqlite3_stmt *st = store_stmt(s, "SELECT value FROM meta WHERE key = ?");
+	struct db_stmt *st = store_q(s, "SELECT value FROM meta WHERE key = ?");
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	rc = store_step_row(s, st);
+	db_bind_text(st, 1, key);
+	rc = db_step(st);
 	if (rc == 1)
-		*out = xstrdup((const char *)sqlite3_column_text(st, 0));
-	sqlite3_reset(st);
+		*out = xstrdup(db_column_text(st, 0));
+	db_reset(st);
 	if (rc == 0)
 		return OTA_ENOTFOUND;
 	return rc < 0 ? rc : 0;
@@ -490,13 +452,13 @@ int store_meta_get(struct store *s, const char *key, char **out)
 
 int store_meta_set(struct store *s, const char *key, const char *value)
 {
-	sqlite3_stmt *st = store_stmt(s, "INSERT INTO meta(key, value) VALUES (?, ?) "
-				      "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+	struct db_stmt *st = store_q(s, "INSERT INTO meta(key, value) VALUES (?, ?) "
+				     "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-	return store_step_done(s, st);
+	db_bind_text(st, 1, key);
+	db_bind_text(st, 2, value);
+	return db_run(st);
 }
 
 static void reader_free(void *p)

@@ -1,5 +1,7 @@
 /*
- * store.h - the SQLite database: schema, migrations, connections.
+ * store.h - otacd's database: schema, migrations, connections.  A store
+ * wraps a storage-layer connection (db/db.h); store_db() and store_stmt()
+ * are the bridge for modules not yet converted (docs/storage.md).
  *
  * All of otacd's state lives in one SQLite file (STATE/otacd.db) in WAL
  * mode.  There is exactly one writer connection, owned by the engine thread
@@ -19,8 +21,14 @@
 #include <stdint.h>
 
 struct store;
+struct db;
+struct db_stmt;
 
-/* Open (creating and migrating as needed) the database at path. */
+/*
+ * Open (creating and migrating as needed) the database at path: a SQLite
+ * file, or a storage-layer URL (sqlite:PATH, postgres://...).  Only the
+ * converted modules run on PostgreSQL yet (docs/storage.md).
+ */
 int store_open(struct store **out, const char *path);
 /* The schema version this otacd migrates to (the number of migrations);
  * store_open refuses a database of a newer one. */
@@ -31,6 +39,17 @@ int store_schema_latest(void);
  */
 const char *const *store_migrations(size_t *n);
 void store_close(struct store *s);
+/*
+ * The storage layer's connection (db/db.h).  Converted modules prepare
+ * their statements with store_q() (db_stmt(), cached the same way).
+ */
+struct db *store_conn(struct store *s);
+struct db_stmt *store_q(struct store *s, const char *sql);
+/*
+ * The same connection's SQLite handle and a statement prepared on it, for
+ * the modules not yet converted (docs/storage.md, conversion plan): NULL
+ * on PostgreSQL.  Both go when the last module is converted.
+ */
 sqlite3 *store_db(struct store *s);
 
 /*

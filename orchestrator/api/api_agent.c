@@ -30,6 +30,7 @@
 #include <strings.h>
 
 #include "../clock.h"
+#include "../db/db.h"
 #include "../logstore.h"
 
 static int name_valid(const char *s)
@@ -65,17 +66,17 @@ static char *labels_outside(const json_t *labels, const json_t *bound)
 static int agent_of_token(struct api_req *r, int64_t *id)
 {
 	struct store *s = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	*id = 0;
-	if (!s || !(st = store_stmt(s, "SELECT id FROM agents WHERE name = ? AND revoked_at IS NULL")))
+	if (!s || !(st = store_q(s, "SELECT id FROM agents WHERE name = ? AND revoked_at IS NULL")))
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, r->actor, -1, SQLITE_STATIC);
-	rc = store_step_row(s, st);
+	db_bind_text(st, 1, r->actor);
+	rc = db_step(st);
 	if (rc == 1)
-		*id = store_col_int(st, 0);
-	sqlite3_reset(st);
+		*id = db_column_int64(st, 0);
+	db_reset(st);
 	return rc < 0 ? rc : rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
@@ -220,34 +221,34 @@ int api_job_auth(struct api *a, struct api_req *r)
 {
 	const char *token = bearer(r);
 	struct store *s = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	char hash[65], state[16] = "";
 	int64_t job = 0, attempt = 0, current = 0, ended = 0, q;
 	int rc, open = 0, revoked = 0;
 
 	if (!token)
 		return job_auth_refuse(r, MHD_HTTP_UNAUTHORIZED, "job routes need the job token of the attempt");
-	if (!s || !(st = store_stmt(s, "SELECT ja.job_id, ja.attempt, COALESCE(ja.agent_id, 0), ja.finished_at IS NULL,"
+	if (!s || !(st = store_q(s, "SELECT ja.job_id, ja.attempt, COALESCE(ja.agent_id, 0), ja.finished_at IS NULL,"
 					 " j.attempt, j.state, ag.revoked_at IS NOT NULL, ag.name,"
 					" COALESCE(j.finished_at, 0)"
 					" FROM job_attempts ja JOIN jobs j ON j.id = ja.job_id"
 					" LEFT JOIN agents ag ON ag.id = ja.agent_id WHERE ja.token_hash = ?")))
 		return job_auth_refuse(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	auth_sha256_hex(token, hash);
-	sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
-	rc = store_step_row(s, st);
+	db_bind_text(st, 1, hash);
+	rc = db_step(st);
 	if (rc == 1) {
-		job = store_col_int(st, 0);
-		attempt = store_col_int(st, 1);
-		r->agent_id = store_col_int(st, 2);
-		open = (int)store_col_int(st, 3);
-		current = store_col_int(st, 4);
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 5) ? store_col_text(st, 5) : "");
-		revoked = (int)store_col_int(st, 6);
-		snprintf(r->actor, sizeof(r->actor), "%s", store_col_text(st, 7) ? store_col_text(st, 7) : "");
-		ended = store_col_int(st, 8);
+		job = db_column_int64(st, 0);
+		attempt = db_column_int64(st, 1);
+		r->agent_id = db_column_int64(st, 2);
+		open = (int)db_column_int64(st, 3);
+		current = db_column_int64(st, 4);
+		snprintf(state, sizeof(state), "%s", db_column_text(st, 5) ? db_column_text(st, 5) : "");
+		revoked = (int)db_column_int64(st, 6);
+		snprintf(r->actor, sizeof(r->actor), "%s", db_column_text(st, 7) ? db_column_text(st, 7) : "");
+		ended = db_column_int64(st, 8);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc < 0)
 		return job_auth_refuse(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	if (rc == 0)
@@ -276,15 +277,15 @@ int api_job_auth(struct api *a, struct api_req *r)
 int api_attempt_current(int64_t job, int64_t attempt)
 {
 	struct store *s = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int ok = 0;
-	if (!s || !(st = store_stmt(s, "SELECT attempt = ? AND state IN ('running','canceled') FROM jobs WHERE id = ?")))
+	if (!s || !(st = store_q(s, "SELECT attempt = ? AND state IN ('running','canceled') FROM jobs WHERE id = ?")))
 		return 0;
-	sqlite3_bind_int64(st, 1, attempt);
-	sqlite3_bind_int64(st, 2, job);
-	if (store_step_row(s, st) == 1)
-		ok = (int)store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, attempt);
+	db_bind_int64(st, 2, job);
+	if (db_step(st) == 1)
+		ok = (int)db_column_int64(st, 0);
+	db_reset(st);
 	return ok;
 }
 

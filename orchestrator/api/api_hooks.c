@@ -22,6 +22,7 @@
 
 #include "../clock.h"
 #include "../config.h"
+#include "../db/db.h"
 #include "../gitsrc.h"
 #include "../sources.h"
 #include "../webhook.h"
@@ -222,32 +223,32 @@ enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r)
 	struct store *db = store_reader();
 	int64_t limit = 0;
 	json_t *arr;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 
 	(void)a;
 	if (api_list_limit(r, 50, &limit) < 0)
 		return MHD_YES;
 	arr = json_array();
-	if (!db || !(st = store_stmt(db, "SELECT id, provider, delivery, repo, ref, after_sha, forced, pusher,"
+	if (!db || !(st = store_q(db, "SELECT id, provider, delivery, repo, ref, after_sha, forced, pusher,"
 					 " received_at, state, run_id, reason FROM deliveries ORDER BY id DESC LIMIT ?"))) {
 		json_decref(arr);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, limit);
-	while (store_step_row(db, st) == 1) {
-		json_t *o = json_pack("{sI ss ss ss ss sb sI ss}", "id", (json_int_t)store_col_int(st, 0),
-				      "provider", store_col_text(st, 1), "delivery", store_col_text(st, 2),
-				      "repo", store_col_text(st, 3), "ref", store_col_text(st, 4),
-				      "forced", (int)store_col_int(st, 6), "received_at", (json_int_t)store_col_int(st, 8),
-				      "state", store_col_text(st, 9));
-		json_object_set_new(o, "after", store_col_text(st, 5) ? json_string(store_col_text(st, 5)) : json_null());
-		json_object_set_new(o, "pusher", store_col_text(st, 7) ? json_string(store_col_text(st, 7)) : json_null());
-		json_object_set_new(o, "run_id", sqlite3_column_type(st, 10) == SQLITE_NULL ? json_null()
-											 : json_integer(store_col_int(st, 10)));
-		json_object_set_new(o, "reason", store_col_text(st, 11) ? json_string(store_col_text(st, 11)) : json_null());
+	db_bind_int64(st, 1, limit);
+	while (db_step(st) == 1) {
+		json_t *o = json_pack("{sI ss ss ss ss sb sI ss}", "id", (json_int_t)db_column_int64(st, 0),
+				      "provider", db_column_text(st, 1), "delivery", db_column_text(st, 2),
+				      "repo", db_column_text(st, 3), "ref", db_column_text(st, 4),
+				      "forced", (int)db_column_int64(st, 6), "received_at", (json_int_t)db_column_int64(st, 8),
+				      "state", db_column_text(st, 9));
+		json_object_set_new(o, "after", db_column_text(st, 5) ? json_string(db_column_text(st, 5)) : json_null());
+		json_object_set_new(o, "pusher", db_column_text(st, 7) ? json_string(db_column_text(st, 7)) : json_null());
+		json_object_set_new(o, "run_id", db_column_type(st, 10) == DB_NULL ? json_null()
+											 : json_integer(db_column_int64(st, 10)));
+		json_object_set_new(o, "reason", db_column_text(st, 11) ? json_string(db_column_text(st, 11)) : json_null());
 		json_array_append_new(arr, o);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
@@ -259,21 +260,21 @@ enum MHD_Result api_agent_source(struct api *a, struct api_req *r)
 	char *commit = NULL, *tar = NULL, *repo_name = NULL;
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	struct stat sb;
 	int fd;
 
 	if (!api_attempt_current(r->id, attempt))
 		return api_reply_error(r, MHD_HTTP_CONFLICT, "attempt %" PRId64 " of job %" PRId64 " is not running",
 				       attempt, r->id);
-	if (!db || !(st = store_stmt(db, "SELECT r.repo, r.commit_id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?")))
+	if (!db || !(st = store_q(db, "SELECT r.repo, r.commit_id FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?")))
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
-	sqlite3_bind_int64(st, 1, r->id);
-	if (store_step_row(db, st) == 1 && store_col_text(st, 0) && store_col_text(st, 1)) {
-		repo_name = xstrdup(store_col_text(st, 0));
-		commit = xstrdup(store_col_text(st, 1));
+	db_bind_int64(st, 1, r->id);
+	if (db_step(st) == 1 && db_column_text(st, 0) && db_column_text(st, 1)) {
+		repo_name = xstrdup(db_column_text(st, 0));
+		commit = xstrdup(db_column_text(st, 1));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!commit) {
 		ret = api_reply_error(r, MHD_HTTP_NOT_FOUND, "job %" PRId64 " has no git source", r->id);
 		goto out;

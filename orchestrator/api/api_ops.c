@@ -21,6 +21,7 @@
 
 #include "../../common/util.h"
 #include "../clock.h"
+#include "../db/db.h"
 #include "../diskguard.h"
 #include "../fleet/admission.h"
 #include "../fleet/fleet.h"
@@ -96,7 +97,7 @@ static void latency_text(struct buf *b)
 static int by_state(struct buf *b, struct store *db, const char *name, const char *help, const char *sql,
 		    const char *const *states)
 {
-	sqlite3_stmt *st = store_stmt(db, sql);
+	struct db_stmt *st = store_q(db, sql);
 	json_t *seen = json_object();
 	const char *k;
 	json_t *v;
@@ -105,9 +106,9 @@ static int by_state(struct buf *b, struct store *db, const char *name, const cha
 		json_decref(seen);
 		return OTA_ERROR;
 	}
-	while (store_step_row(db, st) == 1)
-		json_object_set_new(seen, store_col_text(st, 0) ? store_col_text(st, 0) : "", json_integer(store_col_int(st, 1)));
-	sqlite3_reset(st);
+	while (db_step(st) == 1)
+		json_object_set_new(seen, db_column_text(st, 0) ? db_column_text(st, 0) : "", json_integer(db_column_int64(st, 1)));
+	db_reset(st);
 	for (size_t i = 0; states && states[i]; i++)
 		if (!json_object_get(seen, states[i]))
 			json_object_set_new(seen, states[i], json_integer(0));
@@ -120,15 +121,15 @@ static int by_state(struct buf *b, struct store *db, const char *name, const cha
 
 static int64_t one_int(struct store *db, const char *sql, int64_t arg)
 {
-	sqlite3_stmt *st = store_stmt(db, sql);
+	struct db_stmt *st = store_q(db, sql);
 	int64_t v = 0;
 	if (!st)
 		return 0;
-	if (sqlite3_bind_parameter_count(st) > 0)
-		sqlite3_bind_int64(st, 1, arg);
-	if (store_step_row(db, st) == 1)
-		v = store_col_int(st, 0);
-	sqlite3_reset(st);
+	if (db_param_count(st) > 0)
+		db_bind_int64(st, 1, arg);
+	if (db_step(st) == 1)
+		v = db_column_int64(st, 0);
+	db_reset(st);
 	return v;
 }
 
@@ -171,38 +172,38 @@ static void put_label_value(struct buf *b, const char *v)
 static int histogram_text(struct buf *b, struct store *db, const char *name, const char *help, const char *label,
 			  const char *sql, const double bounds[HIST_BUCKETS])
 {
-	sqlite3_stmt *st = store_stmt(db, sql);
+	struct db_stmt *st = store_q(db, sql);
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
 	for (int i = 0; i < HIST_BUCKETS; i++)
-		sqlite3_bind_int64(st, i + 1, (int64_t)(bounds[i] * 1000.0 + 0.5));
+		db_bind_int64(st, i + 1, (int64_t)(bounds[i] * 1000.0 + 0.5));
 	buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
-	while ((rc = store_step_row(db, st)) == 1) {
+	while ((rc = db_step(st)) == 1) {
 		struct buf lv = BUF_INIT; /* {kind="build", or { */
-		int64_t count = store_col_int(st, HIST_BUCKETS + 1);
+		int64_t count = db_column_int64(st, HIST_BUCKETS + 1);
 		buf_putc(&lv, '{');
 		if (label) {
 			buf_printf(&lv, "%s=\"", label);
-			put_label_value(&lv, store_col_text(st, 0) ? store_col_text(st, 0) : "");
+			put_label_value(&lv, db_column_text(st, 0) ? db_column_text(st, 0) : "");
 			buf_puts(&lv, "\",");
 		}
 		for (int i = 0; i < HIST_BUCKETS; i++)
 			buf_printf(b, "%s_bucket%sle=\"%g\"} %" PRId64 "\n", name, buf_cstr(&lv), bounds[i],
-				   store_col_int(st, i + 1));
+				   db_column_int64(st, i + 1));
 		buf_printf(b, "%s_bucket%sle=\"+Inf\"} %" PRId64 "\n", name, buf_cstr(&lv), count);
 		if (label) {
 			lv.ptr[lv.len - 1] = '}'; /* the trailing comma closes the set */
 			buf_printf(b, "%s_sum%s %.3f\n%s_count%s %" PRId64 "\n", name, buf_cstr(&lv),
-				   (double)store_col_int(st, HIST_BUCKETS + 2) / 1000.0, name, buf_cstr(&lv), count);
+				   (double)db_column_int64(st, HIST_BUCKETS + 2) / 1000.0, name, buf_cstr(&lv), count);
 		} else {
 			buf_printf(b, "%s_sum %.3f\n%s_count %" PRId64 "\n", name,
-				   (double)store_col_int(st, HIST_BUCKETS + 2) / 1000.0, name, count);
+				   (double)db_column_int64(st, HIST_BUCKETS + 2) / 1000.0, name, count);
 		}
 		buf_release(&lv);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc < 0 ? OTA_ERROR : 0;
 }
 

@@ -279,6 +279,11 @@ static struct db_param *param(struct db_stmt *st, int idx)
 	return p;
 }
 
+int db_param_count(struct db_stmt *st)
+{
+	return st->nparams;
+}
+
 int db_bind_int64(struct db_stmt *st, int idx, int64_t v)
 {
 	struct db_param *p = param(st, idx);
@@ -309,6 +314,22 @@ int db_bind_text(struct db_stmt *st, int idx, const char *s)
 	p->type = DB_TEXT;
 	p->len = strlen(s);
 	p->data = xstrdup(s);
+	return 0;
+}
+
+int db_bind_text_n(struct db_stmt *st, int idx, const char *s, size_t n)
+{
+	struct db_param *p;
+
+	if (!s)
+		return db_bind_null(st, idx);
+	if (!(p = param(st, idx)))
+		return OTA_EINVAL;
+	p->type = DB_TEXT;
+	p->len = n;
+	p->data = xmalloc(n + 1);
+	memcpy(p->data, s, n);
+	p->data[n] = '\0';
 	return 0;
 }
 

@@ -51,6 +51,10 @@ enum db_type { DB_NULL, DB_INTEGER, DB_FLOAT, DB_TEXT, DB_BLOB };
 /* db_open flags */
 #define DB_READONLY 0x1    /* a reader: the backend refuses writes */
 #define DB_SYNC_NORMAL 0x2 /* SQLite only: synchronous=NORMAL, not FULL */
+/* SQLite only: a new database gets auto_vacuum=INCREMENTAL, so freed pages
+ * can be given back a few thousand at a time (retention.h); an existing
+ * one keeps its mode */
+#define DB_INCREMENTAL_VACUUM 0x4
 
 struct db;
 struct db_stmt;
@@ -120,9 +124,13 @@ void db_reset(struct db_stmt *st);
 void db_clear_bindings(struct db_stmt *st);
 
 /* Parameters count from 1.  Text and blobs are copied. */
+/* How many parameters st takes (its highest ?N). */
+int db_param_count(struct db_stmt *st);
 int db_bind_int64(struct db_stmt *st, int idx, int64_t v);
 int db_bind_double(struct db_stmt *st, int idx, double v);
 int db_bind_text(struct db_stmt *st, int idx, const char *s); /* NULL binds NULL */
+/* The first n bytes of s as text (a body kept with its length). */
+int db_bind_text_n(struct db_stmt *st, int idx, const char *s, size_t n);
 int db_bind_blob(struct db_stmt *st, int idx, const void *p, size_t n);
 int db_bind_null(struct db_stmt *st, int idx);
 

@@ -65,7 +65,7 @@ static int sq_open(struct db *db, const char *path, unsigned flags)
 {
 	int oflags = (flags & DB_READONLY) ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
 	sqlite3 *handle = NULL;
-	char pragmas[160];
+	char pragmas[200];
 	int rc;
 
 	oflags |= SQLITE_OPEN_NOMUTEX; /* a connection belongs to one thread */
@@ -82,8 +82,11 @@ static int sq_open(struct db *db, const char *path, unsigned flags)
 	else
 		snprintf(pragmas, sizeof(pragmas),
 			 /* the timeout first: switching to WAL waits for the lock too */
-			 "PRAGMA busy_timeout=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
-			 BUSY_TIMEOUT_MS, (flags & DB_SYNC_NORMAL) ? "NORMAL" : "FULL");
+			 /* auto_vacuum before WAL: it takes effect only on a
+			  * database with no tables yet, before WAL writes its header */
+			 "PRAGMA busy_timeout=%d; %s PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
+			 BUSY_TIMEOUT_MS, (flags & DB_INCREMENTAL_VACUUM) ? "PRAGMA auto_vacuum=INCREMENTAL;" : "",
+			 (flags & DB_SYNC_NORMAL) ? "NORMAL" : "FULL");
 	if ((rc = sq_exec(db, pragmas)) < 0) {
 		sqlite3_close(handle);
 		return rc;
