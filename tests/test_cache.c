@@ -187,7 +187,8 @@ static void unprotected_run_cannot_poison_a_protected_cache(void **state)
 	log = run_and_log(&d, 0, "base", "", "x", 10, "passed");
 	assert_in(log, "FOUND trusted hit=true");
 	free(log);
-	/* the pipeline cannot name the scope, nor paths out of the workspace */
+	/* the pipeline cannot name the scope, nor paths out of the workspace:
+	 * refused as an invalid pipeline (422) */
 	{
 		static const char *const bad[] = {
 			"name: p\nstages:\n  - name: b\n    cache: { key: k, paths: [ x ], scope: protected }\n"
@@ -200,7 +201,7 @@ static void unprotected_run_cannot_poison_a_protected_cache(void **state)
 		};
 		for (size_t i = 0; i < OTA_ARRAY_SIZE(bad); i++) {
 			json_t *req = json_pack("{ss ss}", "pipeline", bad[i], "file", "bad.yml"), *ans = NULL;
-			assert_int_equal(h_call_as(&d, OPS_TOKEN, "POST", "/api/v1/runs", req, &ans), 400);
+			assert_int_equal(h_call_as(&d, OPS_TOKEN, "POST", "/api/v1/runs", req, &ans), 422);
 			json_decref(req);
 			json_decref(ans);
 		}
