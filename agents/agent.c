@@ -902,8 +902,10 @@ static enum outcome job_inputs(struct job *j, struct strvec *env, char **msg)
 }
 
 /* reproducible: true - build once, keep the digests, start over clean. */
+static enum outcome job_cache_restore(struct job *j, struct cache_state *cs, struct strvec *env, char **msg);
+
 static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec *env, int *exit_code, char **msg,
-				    json_t **digests)
+				    json_t **digests, struct cache_state *cs)
 {
 	enum outcome why = steps_run(j, steps, env->v, exit_code, msg);
 
@@ -917,6 +919,9 @@ static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec 
 		return OUT_INFRA;
 	}
 	if ((why = job_checkout(j, msg)) != OUT_OK)
+		return why;
+	/* the second build starts from the same cache as the first */
+	if ((why = job_cache_restore(j, cs, env, msg)) != OUT_OK)
 		return why;
 	return job_inputs(j, env, msg);
 }
@@ -1146,7 +1151,7 @@ static int job_run(struct agent *a, json_t *spec)
 	if (why == OUT_OK)
 		why = job_inputs(&j, &env, &msg);
 	if (why == OUT_OK && json_is_true(json_object_get(json_object_get(spec, "extra"), "reproducible")))
-		why = job_first_build(&j, steps, &env, &exit_code, &msg, &first_build);
+		why = job_first_build(&j, steps, &env, &exit_code, &msg, &first_build, &cs);
 	if (why == OUT_OK)
 		why = steps_run(&j, steps, env.v, &exit_code, &msg);
 	if (why == OUT_OK && first_build)
