@@ -45,19 +45,23 @@ int cache_parse_size(const char *s, int64_t *out)
 {
 	char *end;
 	long long v;
+	int shift = 0;
 	errno = 0;
 	v = strtoll(s, &end, 10);
-	if (errno || end == s || v < 0)
+	if (end == s)
 		return ota_error_set(OTA_EINVAL, "size '%s': expected a number with an optional K, M or G", s);
-	if (*end == 'K' || *end == 'k')
-		v <<= 10, end++;
-	else if (*end == 'M' || *end == 'm')
-		v <<= 20, end++;
-	else if (*end == 'G' || *end == 'g')
-		v <<= 30, end++;
-	if (*end || v < 0)
+	if (*end && strchr("kK", *end))
+		shift = 10;
+	else if (*end && strchr("mM", *end))
+		shift = 20;
+	else if (*end && strchr("gG", *end))
+		shift = 30;
+	if (shift)
+		end++;
+	/* a size past 2^53 bytes is a typo, and would overflow once shifted */
+	if (errno || *end || v < 0 || v > (1LL << (53 - shift)))
 		return ota_error_set(OTA_EINVAL, "size '%s': expected a number with an optional K, M or G", s);
-	*out = v;
+	*out = (int64_t)v << shift;
 	return 0;
 }
 
@@ -189,8 +193,10 @@ int cache_restore(struct cache_state *st, const char *dir, const json_t *cache, 
 	}
 	if (fd >= 0)
 		close(fd);
-	if (rc < 0)
-		memset(st->restored, 0, sizeof(st->restored)), st->exact = 0;
+	if (rc < 0) {
+		memset(st->restored, 0, sizeof(st->restored));
+		st->exact = 0;
+	}
 	free(path);
 	free(nsdir);
 	return rc;
@@ -313,10 +319,12 @@ out:
 	archive_write_free(out);
 	if (fd >= 0)
 		close(fd);
-	if (rc < 0 && fd >= 0)
-		unlink(tmp);
-	if (rc < 0)
-		free(tmp), tmp = NULL;
+	if (rc < 0) {
+		if (fd >= 0)
+			unlink(tmp);
+		free(tmp);
+		tmp = NULL;
+	}
 	*tmp_out = tmp;
 	return rc;
 }

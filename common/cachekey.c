@@ -228,10 +228,12 @@ int cachekey_render(char out[CACHEKEY_MAX + 1], const char *tmpl, size_t len, co
 			if (++calls > CACHEKEY_MAX_CALLS)
 				rc = fail(err, n, "cache key: at most %d hashFiles() calls", CACHEKEY_MAX_CALLS);
 			else if (!(rc = parse_call(&p, end, &globs, err, n))) {
-				if (ws)
+				if (ws) {
 					rc = hash_files(hex, &globs, ws);
-				else
-					memset(hex, '0', HASH_HEX), hex[HASH_HEX] = '\0';
+				} else {  /* checking only: as long as a hash */
+					memset(hex, '0', HASH_HEX);
+					hex[HASH_HEX] = '\0';
+				}
 				if (!rc && olen + HASH_HEX > CACHEKEY_MAX)
 					rc = fail(err, n, "cache key: longer than %d characters once rendered", CACHEKEY_MAX);
 				else if (!rc) {
