@@ -315,6 +315,119 @@ static void agent_killed_mid_save_leaves_no_cache_to_restore(void **state)
 	stop(&d, agent);
 }
 
+/* ---- runs from git: protected main, an unprotected feature branch ------ */
+
+#define REPO "acme/fw"
+#define SECRET "push-secret-0123456789"
+
+static const char git_pipeline[] =
+	"name: fw\n"
+	"stages:\n"
+	"  - name: build\n"
+	"    cache: { key: \"deps-{{ hashFiles('deps.lock') }}\", paths: [ .deps ] }\n"
+	"    steps:\n"
+	"      - run: |\n"
+	"          if [ -f .deps/lib.txt ]; then echo \"FOUND $(cat .deps/lib.txt) hit=$OTACD_CACHE_HIT\"; "
+	"else echo MISSING-CACHE; fi\n"
+	"          mkdir -p .deps && echo \"from-$OTACD_REF\" > .deps/lib.txt\n";
+
+/* The newest run's id, 0 when none. */
+static int64_t newest_run(struct daemon *d)
+{
+	json_t *ans = NULL, *run;
+	int64_t id = 0;
+	size_t i;
+	assert_int_equal(h_get(d, "/api/v1/runs?limit=500", &ans), 200);
+	json_array_foreach(json_object_get(ans, "runs"), i, run)
+		if (json_integer_value(json_object_get(run, "id")) > id)
+			id = json_integer_value(json_object_get(run, "id"));
+	json_decref(ans);
+	return id;
+}
+
+/* Push branch of work, wait for the run it made; its build job's log. */
+static char *push_and_log(struct daemon *d, const char *work, const char *branch, int protected_run)
+{
+	int64_t before = newest_run(d), id;
+	json_t *run;
+	char *log;
+
+	h_git_push(work, branch);
+	for (int waited = 0; (id = newest_run(d)) == before; waited += 50) {
+		assert_true(waited < 60000);
+		h_msleep(50);
+	}
+	assert_string_equal(h_wait_run(d, id, 60000), "passed");
+	run = h_run(d, id);
+	assert_int_equal(json_is_true(json_object_get(run, "protected")), protected_run);
+	json_decref(run);
+	log = run_log(d, id);
+	return log;
+}
+
+static void feature_branch_reads_main_cache_but_main_never_restores_its_writes(void **state)
+{
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	pid_t agent;
+	char *base = h_tmpdir(), *origin = xasprintf("%s/origin.git", base), *work = xasprintf("%s/work", base);
+	char *src = xasprintf("%s/tests/githook.sh", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
+	char *hook = xasprintf("%s/hooks/post-receive", origin), *config, *log;
+	(void)state;
+
+	config = xasprintf("lease: 3s\nheartbeat: 300ms\nrepositories:\n"
+			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n", origin);
+	h_init(&d, config);
+	h_start(&d, no_agents);
+	agent = h_agent(&d, "c1", "test");
+	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && "
+				    "git remote add origin %s", origin, work, work, origin), 0);
+	assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=github "
+				    "OTACD_HOOK_SECRET=%s OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s/hook.log exec %s\\n' > %s"
+				    " && chmod +x %s", d.url, SECRET, REPO, base, src, hook, hook), 0);
+	h_git_commit_file(work, "deps.lock", "v1\n", "deps v1");
+	h_git_commit_file(work, ".otacd/pipeline.yml", git_pipeline, "pipeline");
+
+	/* main (protected) fills the cache for deps.lock v1 */
+	log = push_and_log(&d, work, "main", 1);
+	assert_in(log, "MISSING-CACHE");
+	assert_in(log, "cache: saved deps-");
+	free(log);
+	/* a feature branch with the same deps.lock reads it */
+	assert_int_equal(h_git(work, &out, "checkout -q -b feature/x"), 0);
+	h_git_commit_file(work, "README", "x\n", "feature work");
+	log = push_and_log(&d, work, "feature/x", 0);
+	assert_in(log, "FOUND from-refs/heads/main hit=true");
+	free(log);
+	/* it changes deps.lock: a new key, saved in its own namespace ... */
+	h_git_commit_file(work, "deps.lock", "v2\n", "deps v2");
+	log = push_and_log(&d, work, "feature/x", 0);
+	assert_in(log, "MISSING-CACHE");
+	assert_in(log, "cache: saved deps-");
+	free(log);
+	/* ... which main, with the same deps.lock, never restores */
+	assert_int_equal(h_git(work, &out, "checkout -q main"), 0);
+	h_git_commit_file(work, "deps.lock", "v2\n", "deps v2 on main");
+	log = push_and_log(&d, work, "main", 1);
+	assert_in(log, "MISSING-CACHE");
+	free(log);
+	h_git_commit_file(work, "README", "y\n", "more");
+	log = push_and_log(&d, work, "main", 1);
+	assert_in(log, "FOUND from-refs/heads/main hit=true");
+	free(log);
+
+	stop(&d, agent);
+	if (!getenv("OTACD_KEEP"))
+		h_sh(&out, "rm -rf %s", base);
+	buf_release(&out);
+	free(config);
+	free(hook);
+	free(src);
+	free(work);
+	free(origin);
+	free(base);
+}
+
 /* hashFiles() on the agent: the same files give the same key, a changed
  * file another, a link out of the workspace is not followed. */
 static void hash_files_key_follows_the_files(void **state)
@@ -349,6 +462,7 @@ int main(void)
 		cmocka_unit_test(hash_files_key_follows_the_files),
 		cmocka_unit_test(second_run_restores_key_change_misses_and_prefix_hits),
 		cmocka_unit_test(unprotected_run_cannot_poison_a_protected_cache),
+		cmocka_unit_test(feature_branch_reads_main_cache_but_main_never_restores_its_writes),
 		cmocka_unit_test(least_recently_used_entries_go_past_the_limit),
 		cmocka_unit_test(agent_killed_mid_save_leaves_no_cache_to_restore),
 	};
