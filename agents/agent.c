@@ -54,6 +54,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -901,8 +902,10 @@ static enum outcome job_inputs(struct job *j, struct strvec *env, char **msg)
 }
 
 /* reproducible: true - build once, keep the digests, start over clean. */
+static enum outcome job_cache_restore(struct job *j, struct cache_state *cs, struct strvec *env, char **msg);
+
 static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec *env, int *exit_code, char **msg,
-				    json_t **digests)
+				    json_t **digests, struct cache_state *cs)
 {
 	enum outcome why = steps_run(j, steps, env->v, exit_code, msg);
 
@@ -916,6 +919,9 @@ static enum outcome job_first_build(struct job *j, json_t *steps, struct strvec 
 		return OUT_INFRA;
 	}
 	if ((why = job_checkout(j, msg)) != OUT_OK)
+		return why;
+	/* the second build starts from the same cache as the first */
+	if ((why = job_cache_restore(j, cs, env, msg)) != OUT_OK)
 		return why;
 	return job_inputs(j, env, msg);
 }
@@ -962,6 +968,40 @@ static enum outcome job_stage_after(struct job *j, enum outcome why, char **envp
 	}
 	free(m);
 	return why;
+}
+
+/* ---- caches (cache.c) ----------------------------------------------- */
+
+static void cache_log(void *arg, const char *fmt, ...)
+{
+	struct buf b = BUF_INIT;
+	va_list ap;
+	va_start(ap, fmt);
+	buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	logsend_printf(arg, "%s\n", buf_cstr(&b));
+	buf_release(&b);
+}
+
+/* Restore the job's cache, if it has one and the daemon gave it a scope;
+ * OTACD_CACHE_HIT tells the steps whether the exact key was found. */
+static enum outcome job_cache_restore(struct job *j, struct cache_state *cs, struct strvec *env, char **msg)
+{
+	json_t *cache = json_object_get(j->spec, "cache"), *scope = json_object_get(j->spec, "cache_scope");
+	int rc;
+	if (!json_is_object(cache) || !json_is_object(scope))
+		return OUT_OK;
+	rc = cache_restore(cs, j->a->cache_dir, cache, scope, j->ws, cache_log, j, msg);
+	env_set(env, "OTACD_CACHE_HIT", cs->exact ? "true" : "false");
+	env_set(env, "OTACD_CACHE_KEY", cs->key);
+	return rc == 0 ? OUT_OK : rc == OTA_EINVAL ? OUT_SCRIPT : OUT_INFRA;
+}
+
+static void job_cache_save(struct job *j, const struct cache_state *cs)
+{
+	json_t *cache = json_object_get(j->spec, "cache"), *scope = json_object_get(j->spec, "cache_scope");
+	if (json_is_object(cache) && json_is_object(scope) && cs->key[0])
+		cache_save(cs, j->a->cache_dir, &j->a->cache, cache, scope, j->ws, cache_log, j);
 }
 
 /* ---- one job -------------------------------------------------------- */
@@ -1033,6 +1073,7 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_condattr_t ca;
 	sigset_t block, old;
 	json_t *steps = json_object_get(spec, "steps"), *v, *first_build = NULL;
+	struct cache_state cs = { 0 };
 	enum outcome why = OUT_OK;
 	char *msg = NULL, *wsname;
 	const char *k, *name = json_string_value(json_object_get(spec, "name"));
@@ -1106,9 +1147,11 @@ static int job_run(struct agent *a, json_t *spec)
 		why = job_checkout(&j, &msg);
 	job_env(&env, &j);
 	if (why == OUT_OK)
+		why = job_cache_restore(&j, &cs, &env, &msg);
+	if (why == OUT_OK)
 		why = job_inputs(&j, &env, &msg);
 	if (why == OUT_OK && json_is_true(json_object_get(json_object_get(spec, "extra"), "reproducible")))
-		why = job_first_build(&j, steps, &env, &exit_code, &msg, &first_build);
+		why = job_first_build(&j, steps, &env, &exit_code, &msg, &first_build, &cs);
 	if (why == OUT_OK)
 		why = steps_run(&j, steps, env.v, &exit_code, &msg);
 	if (why == OUT_OK && first_build)
@@ -1116,6 +1159,8 @@ static int job_run(struct agent *a, json_t *spec)
 	why = job_stage_after(&j, why, env.v, &msg);
 	if (why == OUT_OK)
 		why = artifacts_collect(&j, &msg);
+	if (why == OUT_OK)
+		job_cache_save(&j, &cs);
 	if (why == OUT_TIMEOUT && !msg)
 		msg = j.timeout_ms % 1000 ? xasprintf("job timed out after %.1fs", (double)j.timeout_ms / 1000)
 					  : xasprintf("job timed out after %llds", (long long)(j.timeout_ms / 1000));
@@ -1196,6 +1241,8 @@ static void usage(FILE *f)
 	      "  --token TOKEN   the token itself (default $OTACD_AGENT_TOKEN); both are\n"
 	      "                  wiped from this process's memory, but prefer a file\n"
 	      "  --workdir DIR   where workspaces are made (default ./otacd-agent-work)\n"
+	      "  --cache-max SIZE        all caches kept in WORKDIR/cache (default 5G; K, M, G)\n"
+	      "  --cache-entry-max SIZE  one cache entry (default 1G)\n"
 	      "  --name NAME     agent name (default: the one its token was registered as;\n"
 	      "                  if given, it must be that name)\n"
 	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n"
@@ -1287,6 +1334,8 @@ int main(int argc, char **argv)
 		{ "name", required_argument, NULL, 'n' },
 		{ "once", no_argument, NULL, '1' },
 		{ "cacert", required_argument, NULL, 'C' },
+		{ "cache-max", required_argument, NULL, 'M' },
+		{ "cache-entry-max", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1304,6 +1353,13 @@ int main(int argc, char **argv)
 	prctl(PR_SET_DUMPABLE, 0);
 	memset(&a, 0, sizeof(a));
 	a.token = token_from_env("OTACD_AGENT_TOKEN");
+	a.cache.max_total = CACHE_DEFAULT_MAX;
+	a.cache.max_entry = CACHE_DEFAULT_ENTRY_MAX;
+	if (((e = getenv("OTACD_AGENT_CACHE_MAX")) && cache_parse_size(e, &a.cache.max_total) < 0) ||
+	    ((e = getenv("OTACD_AGENT_CACHE_ENTRY_MAX")) && cache_parse_size(e, &a.cache.max_entry) < 0)) {
+		agent_say("%s", ota_error_last());
+		return 2;
+	}
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'u': url = optarg; break;
@@ -1329,6 +1385,13 @@ int main(int argc, char **argv)
 			break;
 		case '1': a.once = 1; break;
 		case 'C': cacert = optarg; break;
+		case 'M':
+		case 'E':
+			if (cache_parse_size(optarg, c == 'M' ? &a.cache.max_total : &a.cache.max_entry) < 0) {
+				agent_say("--%s: %s", c == 'M' ? "cache-max" : "cache-entry-max", ota_error_last());
+				return 2;
+			}
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -1367,6 +1430,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	agent_say("%s", contain_init(a.workdir));
+	/* a killed agent may have left a half-written cache entry: drop it */
+	a.cache_dir = xasprintf("%s/cache", a.workdir);
+	if (ota_mkdir_p(a.cache_dir, 0700) < 0) {
+		agent_say("cannot use cache directory %s: %s", a.cache_dir, ota_error_last());
+		return 1;
+	}
+	cache_sweep(a.cache_dir);
 	if (httpc_global_init() < 0) {
 		agent_say("%s", ota_error_last());
 		return 1;
@@ -1414,6 +1484,7 @@ out:
 	free(a.token);
 	free(a.name);
 	free(a.workdir);
+	free(a.cache_dir);
 	free(a.id_str);
 	return rc;
 }

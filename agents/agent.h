@@ -9,6 +9,7 @@
 #ifndef OTA_AGENT_H
 #define OTA_AGENT_H
 
+#include "cache.h"
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +33,8 @@ struct agent {
 	int local;              /* started by otacd itself */
 	char *id_str;           /* agent_id as the daemon gave it (for messages) */
 	long lease_ms, heartbeat_ms;
+	char *cache_dir;        /* WORKDIR/cache (cache.h) */
+	struct cache_limits cache;
 };
 
 struct job {

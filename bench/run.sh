@@ -95,3 +95,7 @@ echo "== otacd.db's size after 100,000 runs with retention on and off, and the w
 echo
 echo "== storage backends: SQLite (synchronous=FULL) against PostgreSQL (fsync on, unix socket), same run, same disk"
 "$OTACD_BIN/db-bench" ${DB_BENCH_ARGS:-1000 50000 50000}
+# issue 17, caches
+echo
+echo "== caches between runs: a 100 MiB cache cold, restored, and cp -a of the same tree, same run"
+sh bench/cache.sh "$OTACD_BIN" 3

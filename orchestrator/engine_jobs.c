@@ -320,6 +320,43 @@ static void labels_bound(json_t *labels, const json_t *allowed)
 	}
 }
 
+/*
+ * Where a job's `cache:` may be read from and written to (docs/security.md,
+ * "Caches"), decided here from the run's stored trust, never from the
+ * pipeline, which could otherwise name a protected namespace:
+ *   - the namespace base is the repository ("repo:NAME") or, for an
+ *     uploaded pipeline, the pipeline's name ("pipeline:NAME");
+ *   - a protected run reads and writes BASE|protected only;
+ *   - an unprotected run writes BASE|ref:REF only (its own ref), and
+ *     reads that first, then BASE|protected: it may use what protected runs
+ *     built, and nothing it writes is ever restored by a protected run or
+ *     by another ref.
+ * The agent maps each namespace to a directory by its SHA-256, so no name
+ * reaches a path.
+ */
+static json_t *cache_scope(struct engine *e, const struct jobrow *j)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT repo, ref, pipeline FROM runs WHERE id = ?");
+	char *base = NULL, *protected_ns = NULL, *own = NULL;
+	json_t *scope = NULL;
+	int prot = policy_run_protected(e->db, j->run_id);
+
+	sqlite3_bind_int64(st, 1, j->run_id);
+	if (prot >= 0 && store_step_row(e->db, st) == 1) {
+		const char *repo = store_col_text(st, 0), *ref = store_col_text(st, 1);
+		base = repo ? xasprintf("repo:%s", repo) : xasprintf("pipeline:%s", store_col_text(st, 2));
+		protected_ns = xasprintf("%s|protected", base);
+		own = prot == 1 ? xstrdup(protected_ns) : xasprintf("%s|ref:%s", base, ref ? ref : "");
+		scope = prot == 1 ? json_pack("{ss s[s]}", "write", own, "read", own)
+				  : json_pack("{ss s[ss]}", "write", own, "read", own, protected_ns);
+	}
+	sqlite3_reset(st);
+	free(base);
+	free(protected_ns);
+	free(own);
+	return scope;
+}
+
 static json_t *job_payload(struct engine *e, const struct jobrow *j)
 {
 	json_t *out = json_deep_copy(j->spec), *secrets = json_object(), *names, *name;
@@ -339,6 +376,15 @@ static json_t *job_payload(struct engine *e, const struct jobrow *j)
 	json_object_set_new(out, "run_id", json_integer(j->run_id));
 	json_object_set_new(out, "stage", json_string(j->stage_name));
 	json_object_set_new(out, "max_log_bytes", json_integer(logstore_max_bytes()));
+	/* the scope is ours to say, whatever the stored spec holds */
+	json_object_del(out, "cache_scope");
+	if (json_is_object(json_object_get(out, "cache"))) {
+		json_t *scope = cache_scope(e, j);
+		if (scope)
+			json_object_set_new(out, "cache_scope", scope);
+		else
+			json_object_del(out, "cache"); /* no scope, no cache */
+	}
 
 	/* Where the code comes from: the agent fetches the tree from us. */
 	{

@@ -337,8 +337,10 @@ char *h_agent_add(struct daemon *d, const char *name, const char *labels)
 	size_t i;
 
 	for (i = 0; i < OTA_ARRAY_SIZE(g_agent_tokens) && g_agent_tokens[i].dir; i++)
-		if (!strcmp(g_agent_tokens[i].dir, d->dir) && !strcmp(g_agent_tokens[i].name, name))
+		if (!strcmp(g_agent_tokens[i].dir, d->dir) && !strcmp(g_agent_tokens[i].name, name)) {
+			json_decref(req);
 			return xstrdup(g_agent_tokens[i].token);
+		}
 	while (*s) {
 		size_t n = strcspn(s, ",");
 		if (n)

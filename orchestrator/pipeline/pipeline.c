@@ -634,6 +634,7 @@ static void stage_release(struct pl_stage *st)
 	}
 	free(st->artifacts);
 	json_decref(st->extra);
+	json_decref(st->cache);
 }
 
 void pipeline_free(struct pipeline *p)

@@ -122,6 +122,7 @@ struct pl_stage {
 	struct pl_artifact *artifacts;
 	size_t nartifacts;
 	json_t *extra;                       /* kind-specific keys, as JSON (NULL if none) */
+	json_t *cache;                       /* `cache:` checked, as {key, paths, restore_keys}; NULL if none */
 };
 
 struct pipeline {
@@ -178,7 +179,8 @@ int pipeline_filter_match(const struct pl_filter *f, const char *ref);
  *     "retry": { "count": 0, "on": ["script","timeout","infra"], "infra": 2 },
  *     "artifacts": [ { "path": "...", "name": ..., "type": ..., "hardware": ..., "optional": false } ],
  *     "stage": "build", "kind": "command",
- *     "extra": { ... } }                      -- the kind's own keys, {} if none
+ *     "extra": { ... },                       -- the kind's own keys, {} if none
+ *     "cache": { "key": T, "paths": [..], "restore_keys": [..] } }  -- only with `cache:`
  * A step's "name" is always a string: the command's first line when the
  * file names none.  Artifact name/type/hardware are null when absent.
  * On failure (a hand-built stage with a bad ${{ }}) returns OTA_EINVAL.

@@ -366,6 +366,8 @@ static json_t *job_new(const struct pipeline *p, const struct pl_stage *st, cons
 			json_object_set_new(extra, "gate_specs", gate_specs(p, extra));
 		bad |= put(job, "extra", extra);
 	}
+	if (st->cache)
+		json_object_set(job, "cache", st->cache);
 	if (bad) {
 		json_decref(job);
 		return NULL;

@@ -196,6 +196,9 @@ void pl_parse_env(struct pl_ctx *c, const struct pl_stage *st, yaml_node_t *n, s
 void pl_parse_filter(struct pl_ctx *c, yaml_node_t *n, const char *name, const char *of,
 		     struct pl_filter *f);
 
+/* `cache:` of a stage into st->cache (pipeline_cache.c); who: "stage 'x'". */
+void pl_parse_cache(struct pl_ctx *c, struct pl_stage *st, yaml_node_t *n, const char *who);
+
 /* ---- expansion (pipeline_expand.c) ------------------------------------- */
 
 /* Jobs a matrix of n axes expands to: 1 for no axes; the product saturates

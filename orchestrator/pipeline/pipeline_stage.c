@@ -71,7 +71,7 @@ static const char *glob_problem(const char *pat)
 
 static const char *const stage_keys[] = {
 	"name", "kind", "needs", "matrix", "when", "steps", "env", "secrets",
-	"agent", "timeout", "retry", "artifacts", NULL
+	"agent", "timeout", "retry", "artifacts", "cache", NULL
 };
 static const char *const filter_keys[] = { "branches", "tags", NULL };
 static const char *const step_keys[] = { "name", "run", NULL };
@@ -697,6 +697,8 @@ void pl_parse_stage(struct pl_ctx *c, yaml_node_t *n, size_t idx)
 		parse_retry(c, st, pr->v, who);
 	if ((pr = generic(&m, st, "artifacts")))
 		parse_artifacts(c, st, pr->v, who);
+	if ((pr = generic(&m, st, "cache")))
+		pl_parse_cache(c, st, pr->v, who);
 
 	/* the kind's own keys, kept as JSON for the kind */
 	for (size_t i = 0; st->impl && i < m.n; i++) {
