@@ -1,7 +1,7 @@
 /*
- * test_ckbody.c - the device API reads check-in bodies with jsmn
- * (fleet_ckbody_parse) instead of jansson: proof that nothing changes for
- * a device.  On a corpus of good bodies and bad ones (malformed JSON,
+ * test_ckbody.c - the device API reads check-in bodies in one pass of
+ * its own (fleet_ckbody_parse) instead of jansson: proof that nothing
+ * changes for a device.  On a corpus of good bodies and bad ones (malformed JSON,
  * duplicate keys, bad escapes, invalid UTF-8, \u0000, lone surrogates,
  * leading zeros, overflowing integers, trailing garbage, field-rule
  * violations, a wrong credential):
@@ -68,6 +68,14 @@ static const struct body corpus[] = {
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":9223372036854775807}", 0 },
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":0,\"big\":-9223372036854775808}", 0 },
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":1,\"\x7f\":\"\x7f\"}", 0 },
+	/* the one-pass reader's edges: an escape before a closing quote, quotes
+	 * and backslashes inside keys, whitespace inside "tags", an empty key */
+	{ FAST, GOOD ",\"x\":\"a\\\\\",\"y\":\"\\\"\",\"a\\\"b\":1,\"c\\\\\":\"\\\\\\\"\"}", 0 },
+	{ FAST, GOOD ",\"tags\" : { \"region\" : \"e\\u0075\" , \"t\\u0069er\"\n:\t\"x\" } }", 0 },
+	{ FAST, GOOD ",\"tags\":{ }}", 0 },
+	{ FAST, GOOD ",\"\":1}", 0 },
+	{ FAST, GOOD ",\"slot\":\"c\\u006fnfirmed\"}", 0 },
+	{ FAST, GOOD ",\"x\":0,\"y\":-0,\"z\":10}", 0 },
 	/* JSON, but refused by a field rule (or the credential) */
 	{ FAST, "{\"product\":\"fw\",\"hardware\":\"mps2-an385\",\"bootloader\":\"1.0.0\",\"version\":\"1.0.0\","
 		"\"security_counter\":1}", 0 },
@@ -173,6 +181,35 @@ static const struct body corpus[] = {
 	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"}", 0 },
 	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"]}", 0 },
 	{ JANSSON_REFUSES, GOOD ",\"x\":[1,2}", 0 },
+	/* the one-pass reader's edges: ends and separators it checks itself */
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1", 0 },
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1\\", 0 },
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1\\\"}", 0 },
+	{ JANSSON_REFUSES, "{\"dev", 0 },
+	{ JANSSON_REFUSES, "{\"device\":1", 0 },
+	{ JANSSON_REFUSES, "{\"device\":", 0 },
+	{ JANSSON_REFUSES, "{\"device\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1\"y\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1-2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":- 1}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1 2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1:2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":true1}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"a\"\"b\"}", 0 },
+	{ JANSSON_REFUSES, GOOD "}\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"\":1,\"\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1,\"\\u0078\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"r\":\"1\",\"\\u0072\":\"2\"}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{,}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\"}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"}}}", 0 },
+	{ JANSSON_REFUSES, "{\f}", 0 },
+	{ JANSSON_REFUSES, "{\v\"device\":\"dev-1\"}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"\\u12\"}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"\\ud83d\\u", 0 },
 };
 
 #define NCORPUS (sizeof(corpus) / sizeof(corpus[0]))

@@ -186,7 +186,7 @@ static int cert_product_refused(struct devapi *a, struct MHD_Connection *c, stru
 /* ---- the check-in parse arena ---------------------------------------------- */
 
 /*
- * Check-in bodies are read by fleet_ckbody_parse (jsmn, no allocation);
+ * Check-in bodies are read by fleet_ckbody_parse (one pass, no allocation);
  * the few it leaves to jansson (reals, arrays, malformed JSON) are parsed
  * here.  Such a body is a dozen small JSON values that live for one handler
  * call, and malloc/free of them was a fifth of a check-in's cost.  So
@@ -369,7 +369,7 @@ static enum MHD_Result checkin_admitted(struct devapi *a, struct MHD_Connection 
 		if (q)
 			fleet_checkin_prefetch(a->f, id, (size_t)(q - id));
 	}
-	/* jsmn, no allocation (fleet_ckbody.c); a body it leaves alone is
+	/* one pass, no allocation (fleet_ckbody.c); a body it leaves alone is
 	 * read by jansson, which also words a refusal as before */
 	if (fleet_ckbody_parse(&ck, r->body.ptr ? r->body.ptr : "", r->body.len) != 0) {
 		if (!(body = parse_body(c, r, &ret)))
