@@ -28,6 +28,7 @@
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_ckbody.h"
+#include "../orchestrator/fleet/fleet_int.h"
 
 #define KEY "fleet-key-for-tests-0123456789"
 #define SECRET "device-secret-for-tests-0123456789abcdef0123456789abcdef0123456789"
@@ -273,6 +274,36 @@ static void fast_path_decodes_escapes_and_utf8(void **state)
 	assert_string_equal(a.tag_val[0], "eu");
 }
 
+/* A bootloader version is X.Y.Z of 1..10 digits each within uint32, as it
+ * was when strtoul read it (leading zeros allowed; no sign, no spaces). */
+static void bootloader_versions_read_as_before(void **state)
+{
+	static const struct {
+		const char *s;
+		int ok;
+		uint32_t v[3];
+	} cases[] = {
+		{ "1.2.3", 1, { 1, 2, 3 } },           { "0.0.0", 1, { 0, 0, 0 } },
+		{ "01.002.0003", 1, { 1, 2, 3 } },     { "4294967295.0.4294967295", 1, { 4294967295u, 0, 4294967295u } },
+		{ "0000000001.0.0", 1, { 1, 0, 0 } },  { "4294967296.0.0", 0, { 0 } },
+		{ "00000000001.0.0", 0, { 0 } },       { "1.2", 0, { 0 } },
+		{ "1.2.3.", 0, { 0 } },                { "1..3", 0, { 0 } },
+		{ ".1.2", 0, { 0 } },                  { "+1.2.3", 0, { 0 } },
+		{ " 1.2.3", 0, { 0 } },                { "1.2.3x", 0, { 0 } },
+		{ "1.2.-3", 0, { 0 } },                { "", 0, { 0 } },
+		{ "99999999999999999999.0.0", 0, { 0 } },
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint32_t v[3] = { 7, 7, 7 };
+		int rc = fleet_xyz_parse(cases[i].s, v);
+		if ((rc == 0) != cases[i].ok)
+			fail_msg("\"%s\": %s", cases[i].s, rc == 0 ? "accepted" : "refused");
+		if (cases[i].ok && memcmp(v, cases[i].v, sizeof(v)))
+			fail_msg("\"%s\" read as %u.%u.%u", cases[i].s, v[0], v[1], v[2]);
+	}
+}
+
 /* ---- the device listener answers as the jansson path does ---------------- */
 
 struct twin {
@@ -438,6 +469,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(fast_path_reads_what_jansson_reads),
 		cmocka_unit_test(fast_path_decodes_escapes_and_utf8),
+		cmocka_unit_test(bootloader_versions_read_as_before),
 		cmocka_unit_test(listener_answers_every_body_as_jansson_did),
 	};
 	httpc_global_init();
