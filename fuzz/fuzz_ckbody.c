@@ -1,6 +1,6 @@
 /*
  * fuzz_ckbody.c - libFuzzer target for the device API's check-in parse
- * (fleet_ckbody.c, jsmn): untrusted bytes from every device in the fleet.
+ * (fleet_ckbody.c, its one-pass reader): untrusted bytes from every device in the fleet.
  *
  * Differential: whatever fleet_ckbody_parse accepts, jansson (the parser
  * it stands in for) must parse to identical fields, or the target aborts;

@@ -1,7 +1,7 @@
 /*
- * test_ckbody.c - the device API reads check-in bodies with jsmn
- * (fleet_ckbody_parse) instead of jansson: proof that nothing changes for
- * a device.  On a corpus of good bodies and bad ones (malformed JSON,
+ * test_ckbody.c - the device API reads check-in bodies in one pass of
+ * its own (fleet_ckbody_parse) instead of jansson: proof that nothing
+ * changes for a device.  On a corpus of good bodies and bad ones (malformed JSON,
  * duplicate keys, bad escapes, invalid UTF-8, \u0000, lone surrogates,
  * leading zeros, overflowing integers, trailing garbage, field-rule
  * violations, a wrong credential):
@@ -28,6 +28,7 @@
 #include "../common/util.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_ckbody.h"
+#include "../orchestrator/fleet/fleet_int.h"
 
 #define KEY "fleet-key-for-tests-0123456789"
 #define SECRET "device-secret-for-tests-0123456789abcdef0123456789abcdef0123456789"
@@ -68,6 +69,14 @@ static const struct body corpus[] = {
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":9223372036854775807}", 0 },
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":0,\"big\":-9223372036854775808}", 0 },
 	{ FAST, "{" GOOD_HEAD ",\"version\":\"1.0.0\",\"security_counter\":1,\"\x7f\":\"\x7f\"}", 0 },
+	/* the one-pass reader's edges: an escape before a closing quote, quotes
+	 * and backslashes inside keys, whitespace inside "tags", an empty key */
+	{ FAST, GOOD ",\"x\":\"a\\\\\",\"y\":\"\\\"\",\"a\\\"b\":1,\"c\\\\\":\"\\\\\\\"\"}", 0 },
+	{ FAST, GOOD ",\"tags\" : { \"region\" : \"e\\u0075\" , \"t\\u0069er\"\n:\t\"x\" } }", 0 },
+	{ FAST, GOOD ",\"tags\":{ }}", 0 },
+	{ FAST, GOOD ",\"\":1}", 0 },
+	{ FAST, GOOD ",\"slot\":\"c\\u006fnfirmed\"}", 0 },
+	{ FAST, GOOD ",\"x\":0,\"y\":-0,\"z\":10}", 0 },
 	/* JSON, but refused by a field rule (or the credential) */
 	{ FAST, "{\"product\":\"fw\",\"hardware\":\"mps2-an385\",\"bootloader\":\"1.0.0\",\"version\":\"1.0.0\","
 		"\"security_counter\":1}", 0 },
@@ -173,6 +182,35 @@ static const struct body corpus[] = {
 	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"}", 0 },
 	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"]}", 0 },
 	{ JANSSON_REFUSES, GOOD ",\"x\":[1,2}", 0 },
+	/* the one-pass reader's edges: ends and separators it checks itself */
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1", 0 },
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1\\", 0 },
+	{ JANSSON_REFUSES, "{\"device\":\"dev-1\\\"}", 0 },
+	{ JANSSON_REFUSES, "{\"dev", 0 },
+	{ JANSSON_REFUSES, "{\"device\":1", 0 },
+	{ JANSSON_REFUSES, "{\"device\":", 0 },
+	{ JANSSON_REFUSES, "{\"device\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1\"y\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1-2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":- 1}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1 2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1:2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":true1}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"a\"\"b\"}", 0 },
+	{ JANSSON_REFUSES, GOOD "}\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"\":1,\"\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":1,\"\\u0078\":2}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"r\":\"1\",\"\\u0072\":\"2\"}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{,}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\"}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu}}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"tags\":{\"region\":\"eu\"}}}", 0 },
+	{ JANSSON_REFUSES, "{\f}", 0 },
+	{ JANSSON_REFUSES, "{\v\"device\":\"dev-1\"}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"\\u12\"}", 0 },
+	{ JANSSON_REFUSES, GOOD ",\"x\":\"\\ud83d\\u", 0 },
 };
 
 #define NCORPUS (sizeof(corpus) / sizeof(corpus[0]))
@@ -234,6 +272,36 @@ static void fast_path_decodes_escapes_and_utf8(void **state)
 	assert_int_equal(a.ntags, 1);
 	assert_string_equal(a.tag_key[0], "region");
 	assert_string_equal(a.tag_val[0], "eu");
+}
+
+/* A bootloader version is X.Y.Z of 1..10 digits each within uint32, as it
+ * was when strtoul read it (leading zeros allowed; no sign, no spaces). */
+static void bootloader_versions_read_as_before(void **state)
+{
+	static const struct {
+		const char *s;
+		int ok;
+		uint32_t v[3];
+	} cases[] = {
+		{ "1.2.3", 1, { 1, 2, 3 } },           { "0.0.0", 1, { 0, 0, 0 } },
+		{ "01.002.0003", 1, { 1, 2, 3 } },     { "4294967295.0.4294967295", 1, { 4294967295u, 0, 4294967295u } },
+		{ "0000000001.0.0", 1, { 1, 0, 0 } },  { "4294967296.0.0", 0, { 0 } },
+		{ "00000000001.0.0", 0, { 0 } },       { "1.2", 0, { 0 } },
+		{ "1.2.3.", 0, { 0 } },                { "1..3", 0, { 0 } },
+		{ ".1.2", 0, { 0 } },                  { "+1.2.3", 0, { 0 } },
+		{ " 1.2.3", 0, { 0 } },                { "1.2.3x", 0, { 0 } },
+		{ "1.2.-3", 0, { 0 } },                { "", 0, { 0 } },
+		{ "99999999999999999999.0.0", 0, { 0 } },
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint32_t v[3] = { 7, 7, 7 };
+		int rc = fleet_xyz_parse(cases[i].s, v);
+		if ((rc == 0) != cases[i].ok)
+			fail_msg("\"%s\": %s", cases[i].s, rc == 0 ? "accepted" : "refused");
+		if (cases[i].ok && memcmp(v, cases[i].v, sizeof(v)))
+			fail_msg("\"%s\" read as %u.%u.%u", cases[i].s, v[0], v[1], v[2]);
+	}
 }
 
 /* ---- the device listener answers as the jansson path does ---------------- */
@@ -401,6 +469,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(fast_path_reads_what_jansson_reads),
 		cmocka_unit_test(fast_path_decodes_escapes_and_utf8),
+		cmocka_unit_test(bootloader_versions_read_as_before),
 		cmocka_unit_test(listener_answers_every_body_as_jansson_did),
 	};
 	httpc_global_init();

@@ -76,6 +76,16 @@ uint64_t fleet_hash_mix(uint64_t h)
 	return h;
 }
 
+/* 1 when c is one of the characters of extra (a few): a loop the
+ * compiler keeps inline, where strchr was a call per punctuation mark. */
+static inline int in_extra(unsigned c, const char *extra)
+{
+	for (; *extra; extra++)
+		if ((unsigned char)*extra == c)
+			return 1;
+	return 0;
+}
+
 /* s is min..max characters of [A-Za-z0-9] and extra.  The letters and
  * digits are tested by hand, as isalnum does in the "C" locale otacd runs
  * in (every check-in checks five strings: the call and strchr per
@@ -89,7 +99,7 @@ static int charset_ok(const char *s, size_t min, size_t max, const char *extra)
 			return 0;
 		if ((c | 0x20) - 'a' < 26u || c - '0' < 10u)
 			continue;
-		if (!strchr(extra, (int)c))
+		if (!in_extra(c, extra))
 			return 0;
 	}
 	return n >= min;
@@ -112,24 +122,27 @@ int fleet_version_valid(const char *s)
 	return isdigit((unsigned char)s[0]) && charset_ok(s, 1, 64, ".+_-");
 }
 
+/* X.Y.Z, each 1..10 decimal digits within uint32 (digits read by hand:
+ * every check-in reads its bootloader's twice, and strtoul, with its
+ * locale and sign handling, showed in the check-in's profile). */
 int fleet_xyz_parse(const char *s, uint32_t out[3])
 {
 	for (int i = 0; i < 3; i++) {
-		char *end;
-		unsigned long v;
-		if (!isdigit((unsigned char)*s))
-			return OTA_EINVAL;
-		v = strtoul(s, &end, 10);
-		if (v > UINT32_MAX || end - s > 10)
+		uint64_t v = 0;
+		size_t n = 0;
+		for (; (unsigned)(unsigned char)s[n] - '0' < 10u; n++) {
+			if (n >= 10)
+				return OTA_EINVAL;
+			v = v * 10 + (uint64_t)(s[n] - '0');
+		}
+		if (!n || v > UINT32_MAX)
 			return OTA_EINVAL;
 		out[i] = (uint32_t)v;
-		if (i < 2 && *end != '.')
-			return OTA_EINVAL;
-		s = end + (i < 2);
-		if (i == 2 && *end)
+		s += n;
+		if (i < 2 && *s++ != '.')
 			return OTA_EINVAL;
 	}
-	return 0;
+	return *s ? OTA_EINVAL : 0;
 }
 
 /* ---- interned strings --------------------------------------------------- */

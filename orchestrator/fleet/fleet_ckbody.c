@@ -3,10 +3,15 @@
  *
  * Check-ins are the fleet's most frequent request and their bodies are a
  * dozen small members; building a jansson tree for them was a sixth of a
- * device-API thread's time.  jsmn tokenizes the body into a token array on
- * the stack.  jsmn is lenient (it does not check what lies between tokens,
- * what a primitive spells or what a string holds), so this file checks
- * all of that itself, against the grammar jansson accepts:
+ * device-API thread's time.  This file reads a body in one pass, left to
+ * right, with no token array: each member's key is decoded and matched as
+ * it is met, each value the check-in reads is decoded straight into the
+ * struct, and the grammar is checked on the way.  (It used jsmn before:
+ * jsmn is lenient, so its tokens had to be walked a second time to check
+ * what lay between them, what a literal spelled and what a string held;
+ * the two passes were the largest item of a check-in's own cost,
+ * docs/benchmarks.md.)  What it accepts is a subset of what jansson
+ * accepts, read to the same values:
  *
  *   - between tokens only JSON whitespace and the one separator the
  *     grammar puts there (':' after a key, ',' between members), nothing
@@ -18,22 +23,18 @@
  *     \u0000 and unpaired surrogates refused (jansson without
  *     JSON_ALLOW_NUL), raw bytes valid UTF-8 (no overlong forms, no
  *     surrogates, nothing past U+10FFFF);
- *   - no key twice in an object (jansson's JSON_REJECT_DUPLICATES).
+ *   - no key twice in an object (jansson's JSON_REJECT_DUPLICATES);
+ *   - objects only as "tags" with string values, no arrays.
  *
  * Anything it does not accept goes back to the caller (1), which parses
  * with jansson: the fast path never refuses a body by itself, so a
  * refusal's message is jansson's, as before, and a body it is unsure of
- * costs one extra tokenization.
+ * costs one extra read.
  */
 #include "fleet_ckbody.h"
 
 #include <string.h>
 
-#define JSMN_STATIC
-#define JSMN_STRICT
-#include <jsmn.h>
-
-#define CK_TOKENS 96        /* a check-in has ~25; more goes to jansson */
 #define CK_KEY_MAX 128      /* a longer key goes to jansson */
 #define CK_UNKNOWN_MAX 16   /* members of no meaning to a check-in */
 
@@ -42,38 +43,41 @@ static const char *const str_names[FCK_NSTR] = { "device", "product", "hardware"
 /* The members checkin() reads: the string fields, then these. */
 enum { KEY_COUNTER = FCK_NSTR, KEY_TAGS, KEY_UNKNOWN };
 
-static int is_ws(char c)
+static inline int is_ws(char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* From *pos: whitespace, the separator sep (0: none), whitespace; 1 when
- * that ends exactly at `at` (where the next token's first byte is). */
-static int gap(const char *js, size_t *pos, size_t at, char sep)
+/* The body being read and where: every read below checks pos < len. */
+struct scan {
+	const char *js;
+	size_t len, pos;
+};
+
+static inline void skip_ws(struct scan *sc)
 {
-	size_t p = *pos;
-	while (p < at && is_ws(js[p]))
-		p++;
-	if (sep) {
-		if (p >= at || js[p] != sep)
-			return 0;
-		p++;
-		while (p < at && is_ws(js[p]))
-			p++;
+	while (sc->pos < sc->len && is_ws(sc->js[sc->pos]))
+		sc->pos++;
+}
+
+/* 1 (and past it) when the next byte is c. */
+static inline int eat(struct scan *sc, char c)
+{
+	if (sc->pos < sc->len && sc->js[sc->pos] == c) {
+		sc->pos++;
+		return 1;
 	}
-	*pos = p;
-	return p == at;
+	return 0;
 }
 
-/* A token's first byte and the byte after it, quotes included. */
-static size_t tok_begin(const jsmntok_t *t)
+/* After a value: whitespace, then 1 for ',' (another member follows), 0
+ * for '}' (the object ends), -1 for anything else. */
+static int next_member(struct scan *sc)
 {
-	return (size_t)(t->type == JSMN_STRING ? t->start - 1 : t->start);
-}
-
-static size_t tok_end(const jsmntok_t *t)
-{
-	return (size_t)(t->type == JSMN_STRING ? t->end + 1 : t->end);
+	skip_ws(sc);
+	if (eat(sc, ','))
+		return 1;
+	return eat(sc, '}') ? 0 : -1;
 }
 
 static int hex4(const char *s, uint32_t *out)
@@ -149,89 +153,126 @@ static size_t utf8_put(uint32_t cp, char *u)
 	return 4;
 }
 
-/* A byte a JSON string holds as itself: printable ASCII but the backslash
- * (the quote ends the token before it reaches here). */
-static int plain(unsigned char c)
+/* 1 for a byte a JSON string holds as itself: printable ASCII but the
+ * quote (which ends the string) and the backslash (which starts an
+ * escape).  A table: one load per byte of the scan's inner loop instead
+ * of four compares. */
+#define X16(x) x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x
+static const unsigned char plain_byte[256] = {
+	X16(0), X16(0),                                        /* 0x00-0x1f: control characters */
+	1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,        /* 0x20-0x2f: '"' at 0x22 */
+	X16(1), X16(1),                                        /* 0x30-0x4f */
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,        /* 0x50-0x5f: '\\' at 0x5c */
+	X16(1), X16(1),                                        /* 0x60-0x7f (DEL too, as jansson) */
+	X16(0), X16(0), X16(0), X16(0), X16(0), X16(0), X16(0), X16(0), /* 0x80-0xff: UTF-8, checked apart */
+};
+#undef X16
+
+static inline int plain(unsigned char c)
 {
-	return c >= 0x20 && c < 0x80 && c != '\\';
+	return plain_byte[c];
+}
+
+/* The escape at s[*i] ('\\' included, n bytes in all) decoded into *cp,
+ * *i past it; -1 when jansson would refuse it. */
+static int escape(const char *s, size_t n, size_t *i, uint32_t *cp)
+{
+	size_t at = *i;
+
+	if (at + 1 >= n)
+		return -1;
+	switch (s[at + 1]) {
+	case '"': *cp = '"'; break;
+	case '\\': *cp = '\\'; break;
+	case '/': *cp = '/'; break;
+	case 'b': *cp = '\b'; break;
+	case 'f': *cp = '\f'; break;
+	case 'n': *cp = '\n'; break;
+	case 'r': *cp = '\r'; break;
+	case 't': *cp = '\t'; break;
+	case 'u':
+		if (at + 6 > n || hex4(s + at + 2, cp) < 0)
+			return -1;
+		at += 4;
+		if (*cp >= 0xd800 && *cp <= 0xdbff) { /* a high surrogate: its low one follows */
+			uint32_t lo;
+			if (at + 8 > n || s[at + 2] != '\\' || s[at + 3] != 'u' || hex4(s + at + 4, &lo) < 0 ||
+			    lo < 0xdc00 || lo > 0xdfff)
+				return -1;
+			*cp = 0x10000 + ((*cp - 0xd800) << 10) + (lo - 0xdc00);
+			at += 6;
+		} else if ((*cp >= 0xdc00 && *cp <= 0xdfff) || *cp == 0) {
+			return -1; /* a lone low surrogate; \u0000 */
+		}
+		break;
+	default: return -1;
+	}
+	*i = at + 2;
+	return 0;
+}
+
+/* Appends b[0, n) to dst (cap bytes, room kept for the NUL) at *o; dst
+ * NULL: only counts.  -1 when it does not fit. */
+static int put(char *dst, size_t cap, size_t *o, const char *b, size_t n)
+{
+	if (dst) {
+		if (*o + n >= cap)
+			return -1;
+		memcpy(dst + *o, b, n);
+	}
+	*o += n;
+	return 0;
 }
 
 /*
- * Decodes the JSON string s[0, n) (between its quotes) into dst, NUL
- * terminated, within cap bytes; dst NULL: only checks.  The decoded
- * length, or -1 when jansson would refuse the string or it does not fit.
+ * The string whose opening quote is just behind sc->pos, decoded into dst
+ * (NUL terminated, within cap bytes; dst NULL: only checked), sc->pos
+ * moved past its closing quote.  The decoded length, or -1 when jansson
+ * would refuse the string, it is not closed, or it does not fit.
  */
-static long str_decode(const char *s, size_t n, char *dst, size_t cap)
+static long str_read(struct scan *sc, char *dst, size_t cap)
 {
-	size_t i = 0, o = 0;
+	const char *s = sc->js;
+	size_t i = sc->pos, n = sc->len, o = 0;
 
-	while (i < n) {
-		unsigned char c = (unsigned char)s[i];
+	for (;;) {
+		size_t ul;
+		unsigned char c;
 		char u[4];
-		size_t ul, run;
-		/* the common case: a run of printable ASCII, copied at once */
-		for (run = 0; i + run < n && plain((unsigned char)s[i + run]); run++)
-			;
-		if (run) {
-			if (dst) {
-				if (o + run >= cap)
-					return -1;
-				memcpy(dst + o, s + i, run);
-			}
-			o += run;
-			i += run;
-			continue;
+		uint32_t cp;
+		/* the common case: printable ASCII, copied as it is scanned (a
+		 * memcpy per run was a call per run of a few bytes) */
+		if (dst) {
+			/* o < cap here: at most cap - 1 - o more bytes fit */
+			size_t lim = n - i < cap - 1 - o ? n : i + (cap - 1 - o);
+			while (i < lim && plain((unsigned char)s[i]))
+				dst[o++] = s[i++];
+		} else {
+			size_t run = i;
+			while (run < n && plain((unsigned char)s[run]))
+				run++;
+			o += run - i;
+			i = run;
 		}
+		if (i >= n)
+			return -1; /* not closed */
+		c = (unsigned char)s[i];
+		if (c == '"')
+			break;
+		if (plain(c))
+			return -1; /* dst is full */
 		if (c < 0x20)
 			return -1; /* jansson: "control character" */
 		if (c == '\\') {
-			uint32_t cp;
-			if (i + 1 >= n)
+			if (escape(s, n, &i, &cp) < 0)
 				return -1;
-			switch (s[i + 1]) {
-			case '"': cp = '"'; break;
-			case '\\': cp = '\\'; break;
-			case '/': cp = '/'; break;
-			case 'b': cp = '\b'; break;
-			case 'f': cp = '\f'; break;
-			case 'n': cp = '\n'; break;
-			case 'r': cp = '\r'; break;
-			case 't': cp = '\t'; break;
-			case 'u':
-				if (i + 6 > n || hex4(s + i + 2, &cp) < 0)
-					return -1;
-				i += 4;
-				if (cp >= 0xd800 && cp <= 0xdbff) { /* a high surrogate: its low one follows */
-					uint32_t lo;
-					if (i + 8 > n || s[i + 2] != '\\' || s[i + 3] != 'u' || hex4(s + i + 4, &lo) < 0 ||
-					    lo < 0xdc00 || lo > 0xdfff)
-						return -1;
-					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-					i += 6;
-				} else if ((cp >= 0xdc00 && cp <= 0xdfff) || cp == 0) {
-					return -1; /* a lone low surrogate; \u0000 */
-				}
-				break;
-			default: return -1;
-			}
-			i += 2;
 			ul = utf8_put(cp, u);
-			if (dst) {
-				if (o + ul >= cap)
-					return -1;
-				memcpy(dst + o, u, ul);
-			}
-			o += ul;
+			if (put(dst, cap, &o, u, ul) < 0)
+				return -1;
 			continue;
 		}
-		if (!(ul = utf8_seq((const unsigned char *)s + i, n - i)))
+		if (!(ul = utf8_seq((const unsigned char *)s + i, n - i)) || put(dst, cap, &o, s + i, ul) < 0)
 			return -1;
-		if (dst) {
-			if (o + ul >= cap)
-				return -1;
-			memcpy(dst + o, s + i, ul);
-		}
-		o += ul;
 		i += ul;
 	}
 	if (dst) {
@@ -239,6 +280,7 @@ static long str_decode(const char *s, size_t n, char *dst, size_t cap)
 			return -1;
 		dst[o] = 0;
 	}
+	sc->pos = i + 1;
 	return (long)o;
 }
 
@@ -278,15 +320,33 @@ static int primitive(const char *s, size_t n, int64_t *num)
 	return int_parse(s, n, num) < 0 ? -1 : FCK_INTEGER;
 }
 
-/* A string token's text decoded into out->text; NULL if refused. */
-static const char *text_put(struct fleet_ckbody *out, const char *js, const jsmntok_t *t)
+/* A string value (its opening quote just read) decoded into out->text;
+ * NULL if refused. */
+static const char *text_read(struct fleet_ckbody *out, struct scan *sc)
 {
 	char *dst = out->text + out->text_used;
-	long n = str_decode(js + t->start, (size_t)(t->end - t->start), dst, sizeof(out->text) - out->text_used);
+	long n = str_read(sc, dst, sizeof(out->text) - out->text_used);
 	if (n < 0)
 		return NULL;
 	out->text_used += (size_t)n + 1;
 	return dst;
+}
+
+/* A byte a JSON literal (true, false, null, a number) can hold; the
+ * literal's spelling is checked by primitive(). */
+static int literal_byte(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '+' ||
+	       c == '.';
+}
+
+/* The literal at sc->pos: its kind (primitive()), sc->pos past it; -1. */
+static int literal_read(struct scan *sc, int64_t *num)
+{
+	size_t start = sc->pos;
+	while (sc->pos < sc->len && literal_byte(sc->js[sc->pos]))
+		sc->pos++;
+	return primitive(sc->js + start, sc->pos - start, num);
 }
 
 static void init(struct fleet_ckbody *out)
@@ -303,155 +363,178 @@ static void init(struct fleet_ckbody *out)
 	out->text_used = 0;
 }
 
-/* The "tags" object at token *i; 0, or -1 (to jansson). */
-static int tags_parse(struct fleet_ckbody *out, const char *js, const jsmntok_t *t, int n, int *i)
+/* The "tags" object, its '{' just read: string keys to string values
+ * (anything else goes to jansson); 0, or -1. */
+static int tags_read(struct fleet_ckbody *out, struct scan *sc)
 {
-	const jsmntok_t *obj = &t[*i];
-	size_t pos = (size_t)obj->start + 1;
-	int j = *i + 1;
+	int more;
 
-	if (obj->size > FLEET_CKBODY_TAGS)
-		return -1;
-	for (int k = 0; k < obj->size; k++, j += 2) {
-		const jsmntok_t *key, *val;
+	skip_ws(sc);
+	if (eat(sc, '}')) {
+		out->tags_kind = FCK_OBJECT;
+		return 0;
+	}
+	do {
 		const char *ks, *vs;
-		if (j + 1 >= n)
+		skip_ws(sc);
+		if (out->ntags >= FLEET_CKBODY_TAGS || !eat(sc, '"') || !(ks = text_read(out, sc)))
 			return -1;
-		key = &t[j];
-		val = &t[j + 1];
-		if (key->type != JSMN_STRING || val->type != JSMN_STRING || !gap(js, &pos, tok_begin(key), k ? ',' : 0))
+		skip_ws(sc);
+		if (!eat(sc, ':'))
 			return -1;
-		pos = tok_end(key);
-		if (!gap(js, &pos, tok_begin(val), ':') || !(ks = text_put(out, js, key)) || !(vs = text_put(out, js, val)))
+		skip_ws(sc);
+		if (!eat(sc, '"') || !(vs = text_read(out, sc)))
 			return -1;
-		pos = tok_end(val);
 		for (size_t m = 0; m < out->ntags; m++)
 			if (!strcmp(out->tag_key[m], ks))
 				return -1; /* a duplicate key */
 		out->tag_key[out->ntags] = ks;
 		out->tag_val[out->ntags++] = vs;
-	}
-	if (!gap(js, &pos, (size_t)obj->end - 1, 0))
+	} while ((more = next_member(sc)) > 0);
+	if (more < 0)
 		return -1;
 	out->tags_kind = FCK_OBJECT;
-	*i = j;
 	return 0;
 }
 
-/* Which member a decoded key (kl bytes, no NUL inside when it matches)
- * names: by length first, one memcmp (a strcmp against every name was a
- * tenth of the parse). */
+/* Which member a key (kl bytes, no NUL inside when it matches) names:
+ * by length, then a memcmp of constant length the compiler inlines (a
+ * strcmp against every name was a tenth of the parse, a memcmp call per
+ * name of the same length most of the rest). */
 static int key_which(const char *key, size_t kl)
 {
-	static const struct {
-		const char *name;
-		size_t len;
-		int which;
-	} keys[] = {
-		{ "device", 6, FCK_DEVICE },         { "product", 7, FCK_PRODUCT }, { "hardware", 8, FCK_HARDWARE },
-		{ "bootloader", 10, FCK_BOOTLOADER }, { "version", 7, FCK_VERSION }, { "slot", 4, FCK_SLOT },
-		{ "security_counter", 16, KEY_COUNTER }, { "tags", 4, KEY_TAGS },
-	};
-	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
-		if (keys[k].len == kl && !memcmp(key, keys[k].name, kl))
-			return keys[k].which;
+	switch (kl) {
+	case 4:
+		if (!memcmp(key, "slot", 4))
+			return FCK_SLOT;
+		return !memcmp(key, "tags", 4) ? KEY_TAGS : KEY_UNKNOWN;
+	case 6: return !memcmp(key, "device", 6) ? FCK_DEVICE : KEY_UNKNOWN;
+	case 7:
+		if (!memcmp(key, "product", 7))
+			return FCK_PRODUCT;
+		return !memcmp(key, "version", 7) ? FCK_VERSION : KEY_UNKNOWN;
+	case 8: return !memcmp(key, "hardware", 8) ? FCK_HARDWARE : KEY_UNKNOWN;
+	case 10: return !memcmp(key, "bootloader", 10) ? FCK_BOOTLOADER : KEY_UNKNOWN;
+	case 16: return !memcmp(key, "security_counter", 16) ? KEY_COUNTER : KEY_UNKNOWN;
+	default: return KEY_UNKNOWN;
+	}
+}
+
+/* What the members seen so far were, for the duplicate check. */
+struct seen {
+	unsigned known;                     /* bit `which` per member read */
+	size_t nunknown;
+	const char *unknown[CK_UNKNOWN_MAX];   /* keys no check-in reads */
+};
+
+/* A key (its opening quote just read) decoded and matched; 1 if seen
+ * before: -1 (to jansson, which words the refusal).  Its member, or -1. */
+static int key_read(struct fleet_ckbody *out, struct scan *sc, struct seen *seen)
+{
+	char buf[CK_KEY_MAX];
+	const char *key = sc->js + sc->pos;
+	size_t kl = 0;
+	int which;
+	char *copy;
+
+	/* a key of printable ASCII without escapes (all a device sends) is
+	 * matched where it lies; any other is decoded first */
+	while (sc->pos + kl < sc->len && plain((unsigned char)key[kl]))
+		kl++;
+	if (sc->pos + kl < sc->len && key[kl] == '"') {
+		sc->pos += kl + 1;
+	} else {
+		long dl = str_read(sc, buf, sizeof(buf));
+		if (dl < 0)
+			return -1;
+		key = buf;
+		kl = (size_t)dl;
+	}
+	which = key_which(key, kl);
+	if (which != KEY_UNKNOWN) {
+		if (seen->known & (1u << which))
+			return -1; /* a duplicate key */
+		seen->known |= 1u << which;
+		return which;
+	}
+	/* a member no check-in reads: checked (jansson would), kept for the
+	 * duplicate check only */
+	copy = out->text + out->text_used;
+	if (seen->nunknown >= CK_UNKNOWN_MAX || kl + 1 > sizeof(out->text) - out->text_used)
+		return -1;
+	memcpy(copy, key, kl);
+	copy[kl] = 0;
+	out->text_used += kl + 1;
+	for (size_t m = 0; m < seen->nunknown; m++)
+		if (!strcmp(seen->unknown[m], copy))
+			return -1;
+	seen->unknown[seen->nunknown++] = copy;
 	return KEY_UNKNOWN;
+}
+
+/* Member `which`'s value, at sc->pos, read into *out; 0, or -1. */
+static int value_read(struct fleet_ckbody *out, struct scan *sc, int which)
+{
+	int64_t num = 0;
+	int kind;
+
+	if (eat(sc, '{'))
+		return which == KEY_TAGS ? tags_read(out, sc) : -1; /* other objects: to jansson */
+	if (eat(sc, '"')) {
+		if (which < FCK_NSTR) {
+			if (!(out->str[which] = text_read(out, sc)))
+				return -1;
+		} else if (str_read(sc, NULL, 0) < 0) {
+			return -1;
+		}
+		kind = FCK_STRING;
+	} else if ((kind = literal_read(sc, &num)) < 0) {
+		return -1; /* arrays, reals, anything else: to jansson */
+	}
+	if (which < FCK_NSTR) {
+		out->kind[which] = kind;
+	} else if (which == KEY_COUNTER) {
+		out->counter_kind = kind;
+		out->counter = kind == FCK_INTEGER ? num : 0;
+	} else if (which == KEY_TAGS) {
+		out->tags_kind = kind;
+	}
+	return 0;
 }
 
 int fleet_ckbody_parse(struct fleet_ckbody *out, const char *js, size_t len)
 {
-	jsmn_parser p;
-	jsmntok_t t[CK_TOKENS];
-	char key[CK_KEY_MAX];
-	const char *unknown[CK_UNKNOWN_MAX];
-	unsigned seen = 0;
-	size_t pos = 0, nunknown = 0;
-	int n, i = 1;
+	struct scan sc = { js, len, 0 };
+	struct seen seen;
+	int more;
 
+	seen.known = 0;
+	seen.nunknown = 0;
 	init(out);
 	if (len > (size_t)1 << 30)
 		return 1;
-	jsmn_init(&p);
-	n = jsmn_parse(&p, js, len, t, CK_TOKENS);
-	if (n < 1 || t[0].type != JSMN_OBJECT || !gap(js, &pos, (size_t)t[0].start, 0))
+	skip_ws(&sc);
+	if (!eat(&sc, '{'))
 		return 1;
-	for (pos = (size_t)t[0].end; pos < len; pos++) /* jsmn stops at a NUL byte: check to the end */
-		if (!is_ws(js[pos]))
-			return 1;
-	pos = (size_t)t[0].start + 1;
-	for (int k = 0; k < t[0].size; k++) {
-		const jsmntok_t *kt, *vt;
-		long kl;
-		int which = KEY_UNKNOWN, vk;
-		int64_t num = 0;
-
-		if (i + 1 >= n)
-			return 1;
-		kt = &t[i];
-		vt = &t[i + 1];
-		if (kt->type != JSMN_STRING || !gap(js, &pos, tok_begin(kt), k ? ',' : 0))
-			return 1;
-		pos = tok_end(kt);
-		if (!gap(js, &pos, tok_begin(vt), ':') ||
-		    (kl = str_decode(js + kt->start, (size_t)(kt->end - kt->start), key, sizeof(key))) < 0)
-			return 1;
-		which = key_which(key, (size_t)kl);
-		if (which != KEY_UNKNOWN) {
-			if (seen & (1u << which))
-				return 1; /* a duplicate key */
-			seen |= 1u << which;
-		} else {
-			/* a member no check-in reads: checked (jansson would), kept for
-			 * the duplicate check only */
-			char *copy = out->text + out->text_used;
-			if (nunknown >= CK_UNKNOWN_MAX || (size_t)kl + 1 > sizeof(out->text) - out->text_used)
+	skip_ws(&sc);
+	if (!eat(&sc, '}')) {
+		do {
+			int which;
+			skip_ws(&sc);
+			if (!eat(&sc, '"') || (which = key_read(out, &sc, &seen)) < 0)
 				return 1;
-			memcpy(copy, key, (size_t)kl + 1);
-			out->text_used += (size_t)kl + 1;
-			for (size_t m = 0; m < nunknown; m++)
-				if (!strcmp(unknown[m], copy))
-					return 1;
-			unknown[nunknown++] = copy;
-		}
-		pos = tok_end(vt);
-		if (vt->type == JSMN_OBJECT) {
-			i++;
-			if (which != KEY_TAGS || tags_parse(out, js, t, n, &i) < 0)
+			skip_ws(&sc);
+			if (!eat(&sc, ':'))
 				return 1;
-			continue;
-		}
-		if (vt->type == JSMN_STRING) {
-			if (which < FCK_NSTR) {
-				if (!(out->str[which] = text_put(out, js, vt)))
-					return 1;
-				out->kind[which] = FCK_STRING;
-			} else {
-				if (str_decode(js + vt->start, (size_t)(vt->end - vt->start), NULL, 0) < 0)
-					return 1;
-				if (which == KEY_COUNTER)
-					out->counter_kind = FCK_STRING;
-				else if (which == KEY_TAGS)
-					out->tags_kind = FCK_STRING;
-			}
-		} else if (vt->type == JSMN_PRIMITIVE) {
-			if ((vk = primitive(js + vt->start, (size_t)(vt->end - vt->start), &num)) < 0)
+			skip_ws(&sc);
+			if (value_read(out, &sc, which) < 0)
 				return 1;
-			if (which < FCK_NSTR) {
-				out->kind[which] = vk;
-			} else if (which == KEY_COUNTER) {
-				out->counter_kind = vk;
-				out->counter = vk == FCK_INTEGER ? num : 0;
-			} else if (which == KEY_TAGS) {
-				out->tags_kind = vk;
-			}
-		} else {
-			return 1; /* an array: to jansson */
-		}
-		i += 2;
+		} while ((more = next_member(&sc)) > 0);
+		if (more < 0)
+			return 1;
 	}
-	if (!gap(js, &pos, (size_t)t[0].end - 1, 0) || i != n)
-		return 1;
-	return 0;
+	skip_ws(&sc); /* then nothing: a NUL byte or anything else goes to jansson */
+	return sc.pos == len ? 0 : 1;
 }
 
 /* ---- from a jansson tree ------------------------------------------------ */

@@ -5,13 +5,12 @@
  * never from a JSON tree, so the same field rules (and messages) apply
  * however the body was read:
  *
- *   - fleet_ckbody_parse: the device API's hot path.  jsmn (Debian's
- *     libjsmn-dev, header-only) tokenizes the body into tokens on the
- *     stack; this file checks the grammar between the tokens, the literals,
+ *   - fleet_ckbody_parse: the device API's hot path.  One pass over the
+ *     body, no tokens, no allocation: it checks the grammar, the literals,
  *     the strings (escapes decoded, UTF-8 and control characters checked,
  *     \u0000 and lone surrogates refused, as jansson does) and duplicate
- *     keys, and copies the strings checkin() reads into the struct.  No
- *     allocation.  It accepts a body only when it is sure jansson would
+ *     keys as it goes, and copies the strings checkin() reads into the
+ *     struct.  It accepts a body only when it is sure jansson would
  *     parse it to the same values; anything else (malformed JSON, reals,
  *     arrays or objects other than "tags", tag values that are not
  *     strings, a body too large for the struct) returns 1 and the caller
