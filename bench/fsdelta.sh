@@ -18,7 +18,9 @@
 # Prints, per run: devices on 1.1.0, patches applied, bytes otacd served
 # (otacd_image_bytes_served_total + otacd_delta_bytes_served_total, the
 # simulator's one whole fetch of the image and the patch included), bytes
-# per device, wall time; then the ratio delta / full.  Each device's Range
+# per device, wall time, the simulator's peak RSS (VmHWM) per device (the
+# delta path adds no per-device state: the two runs' figures match); then
+# the ratio delta / full.  Each device's Range
 # GETs are real requests (no --shared-downloads) unless FSDELTA_SHARED=1,
 # for fleets whose transfers loopback cannot carry: then only fleetsim's
 # own counts (bytes the devices received) grow with the fleet.
@@ -85,7 +87,7 @@ EOF
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	pipeline 1.0.0 "" "" >"$tmp/$label-1.yml"
 	run1=$("$bin/otactl" trigger "$tmp/$label-1.yml" --wait 2>/dev/null | head -1 | tr -cd '0-9')
-	"$bin/otactl" artifacts get "$run1/release/mps2-an385/fw.signed.bin" -o "$tmp/$label-v1.img" >/dev/null ||
+	"$bin/otactl" artifacts get "$run1/release/mps2-an385/fw.signed.bin" -o "$tmp/$label-v1.img" >/dev/null 2>&1 ||
 		{ echo "fsdelta.sh: release 1.0.0 failed: $(tail -3 "$state.log")" >&2; exit 1; }
 	t0=$(date +%s.%N)
 	nice "$bin/otacd-fleetsim" --engine core --url "$dev" --devices "$devices" --seed 1 --key "$tmp/k.pub" \
@@ -98,6 +100,12 @@ EOF
 	pipeline 1.1.0 "$2" rollout >"$tmp/$label-2.yml"
 	"$bin/otactl" trigger "$tmp/$label-2.yml" >"$state.trigger" 2>&1 ||
 		{ echo "fsdelta.sh: trigger failed: $(cat "$state.trigger")" >&2; exit 1; }
+	hwm=0
+	while kill -0 $sim 2>/dev/null; do
+		h=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$sim/status" 2>/dev/null || echo 0)
+		[ "${h:-0}" -le "$hwm" ] || hwm=$h
+		sleep 1
+	done
 	wait $sim || true
 	wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
 	curl -sf "$dev/metrics" >"$state.metrics" || : >"$state.metrics"
@@ -111,9 +119,11 @@ EOF
 	dpat=$(stat_of "$state.stats" patch_bytes)
 	total=$((img + pat))
 	[ -z "$shared" ] || total=$((dimg + dpat))
-	printf "  %-5s %6s devices, %6s on 1.1.0, %6s patches applied in %4ss: otacd served %11s B image + %9s B patch = %11s B, %7s B a device (devices received %s + %s B)\n" \
+	printf "  %-5s %6s devices, %6s on 1.1.0, %6s patches applied in %4ss: otacd served %11s B image + %9s B patch = %11s B, %7s B a device (devices received %s + %s B); fleetsim peak RSS %s KB = %s B/device, records %s B/device\n" \
 		"$label" "$devices" "${landed:-0}" "${applied:-0}" "$wall" "$img" "$pat" "$total" \
-		"$(awk -v t="$total" -v n="$devices" 'BEGIN { printf "%.0f", t / n }')" "${dimg:-0}" "${dpat:-0}"
+		"$(awk -v t="$total" -v n="$devices" 'BEGIN { printf "%.0f", t / n }')" "${dimg:-0}" "${dpat:-0}" "$hwm" \
+		"$(awk -v h="$hwm" -v n="$devices" 'BEGIN { printf "%.0f", h * 1024 / n }')" \
+		"$(awk -v r="$(stat_of "$state.stats" record_bytes)" -v n="$devices" 'BEGIN { printf "%.1f", r / n }')"
 	eval "total_$label=$total"
 }
 

@@ -22,7 +22,10 @@
  * GET are real requests to the server as the device.  Each image is also
  * fetched whole once (as the first device that asks): its bytes back the
  * sparse slots, and with --shared-downloads they answer the devices'
- * Range GETs.  Report batches go through a gateway: the device's batch
+ * Range GETs.  An offer's patch (issue 15) is the same: fetched whole
+ * once by its own digest, its Range GETs real requests or answered from
+ * those bytes, while the offered image's bytes back the slot the decoder
+ * writes (patch_get).  Report batches go through a gateway: the device's batch
  * (with the seq numbers its record gave each report) joins the fleet's
  * shared batches (run.c, up to 500 reports a POST, retried until
  * answered), and the device gets the gateway's acknowledgement.  otacd
@@ -282,7 +285,7 @@ static int object_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, co
 	all.range_start = all.range_end = -1;
 	rc = request(c, &all, &rs, &b);
 	pthread_mutex_lock(&k->lock);
-	if (rc == 0 && rs.status == 200 && b.len > 64 && b.len < PSIM_SLOT_SIZE - 4096) {
+	if (rc == 0 && rs.status == 200 && b.len > (is_image ? 64u : 0u) && b.len < PSIM_SLOT_SIZE - 4096) {
 		img->size = (uint32_t)b.len;
 		img->bytes = (uint8_t *)buf_detach(&b);
 		img->state = 2;
