@@ -79,6 +79,9 @@ echo "== push hints: fleet_set_exposure per step with the MQTT notifier against 
 echo
 echo "== delta updates: patch size per format, libotadev apply time against a plain write, five sensor-node versions"
 sh bench/delta.sh "$OTACD_BIN"
+echo
+echo "== a rollout's fleet bytes with and without deltas (otacd-fleetsim core devices on the patch's base), same fleet, same run"
+sh bench/fsdelta.sh "$OTACD_BIN" ${FSDELTA_ARGS:-10000}
 # issue 15, push hints measured with fleetsim
 echo
 echo "== push hints against 6 h polling (otacd-fleetsim --mqtt-url): time from a step opening to 95 % of its cohort, first-minute check-in rate vs capacity"

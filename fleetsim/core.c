@@ -22,7 +22,10 @@
  * GET are real requests to the server as the device.  Each image is also
  * fetched whole once (as the first device that asks): its bytes back the
  * sparse slots, and with --shared-downloads they answer the devices'
- * Range GETs.  Report batches go through a gateway: the device's batch
+ * Range GETs.  An offer's patch (issue 15) is the same: fetched whole
+ * once by its own digest, its Range GETs real requests or answered from
+ * those bytes, while the offered image's bytes back the slot the decoder
+ * writes (patch_get).  Report batches go through a gateway: the device's batch
  * (with the seq numbers its record gave each report) joins the fleet's
  * shared batches (run.c, up to 500 reports a POST, retried until
  * answered), and the device gets the gateway's acknowledgement.  otacd
@@ -53,11 +56,13 @@
 
 #define WORKERS_MAX 256
 #define STEPS_PER_EVENT 32
+#define DELTA_STEPS_MAX 4096           /* steps of one event while a patch is applied */
 #define OFF_MS 1000                    /* a power cut keeps a device off this long */
 #define IMAGE_MAX ((size_t)64 << 20)
 #define SALT_CORE_FIRST 201
 #define SALT_CORE_BATT 202
 #define SALT_CORE_LOW 203
+#define SALT_CORE_START 204
 #define LOUD_MAX 20
 
 struct core {
@@ -249,8 +254,10 @@ static int image_slot(struct core *k, const char *path, const uint8_t sha[32])
 	return (int)i + 1;
 }
 
-/* The image's bytes, fetched whole once; 0, or the HTTP status that refused it. */
-static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uint16_t *out)
+/* An object's bytes (an image, or a patch: issue 15), fetched whole once
+ * by its digest; 0, or the HTTP status that refused it. */
+static int object_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, const uint8_t sha[32], int is_image,
+			uint16_t *out)
 {
 	struct core *k = (struct core *)c->env;
 	struct psim_image *img;
@@ -260,7 +267,7 @@ static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uin
 	int i, rc;
 
 	pthread_mutex_lock(&k->lock);
-	if ((i = image_slot(k, rq->path, c->d.rec.offer.sha256)) <= 0) {
+	if ((i = image_slot(k, rq->path, sha)) <= 0) {
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
@@ -278,11 +285,11 @@ static int image_fetch(struct psim_ctx *c, const struct otadev_http_req *rq, uin
 	all.range_start = all.range_end = -1;
 	rc = request(c, &all, &rs, &b);
 	pthread_mutex_lock(&k->lock);
-	if (rc == 0 && rs.status == 200 && b.len > 64 && b.len < PSIM_SLOT_SIZE - 4096) {
+	if (rc == 0 && rs.status == 200 && b.len > (is_image ? 64u : 0u) && b.len < PSIM_SLOT_SIZE - 4096) {
 		img->size = (uint32_t)b.len;
 		img->bytes = (uint8_t *)buf_detach(&b);
 		img->state = 2;
-		if (k->fs->o.shared_downloads)
+		if (k->fs->o.shared_downloads && is_image)
 			k->fs->c.downloads++;   /* the one transfer, as the model engine counts it */
 	} else {
 		img->state = 0;
@@ -312,6 +319,21 @@ static void draw_faults(struct psim_ctx *c, uint32_t size)
 		d->corrupt_at = 1 + (uint32_t)(sim_rand(&c->rng) % size);
 }
 
+/* The byte a fault flips in transit, when it is in this answer (from a). */
+static void corrupt_in_transit(struct psim_ctx *c, struct otadev_http_resp *rs, uint32_t a)
+{
+	struct core *k = (struct core *)c->env;
+	struct psim_dev *d = c->dev;
+
+	if (!d->corrupt_at || d->corrupt_at - 1 < a || d->corrupt_at - 1 >= a + rs->len)
+		return;
+	rs->body[d->corrupt_at - 1 - a] ^= 0x5a;
+	d->corrupt_at = 0;
+	pthread_mutex_lock(&k->lock);
+	k->fs->core.transit_corruptions++;
+	pthread_mutex_unlock(&k->lock);
+}
+
 static int image_get(struct psim_ctx *c, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
 	struct core *k = (struct core *)c->env;
@@ -319,7 +341,7 @@ static int image_get(struct psim_ctx *c, const struct otadev_http_req *rq, struc
 	struct psim_image *img;
 	uint16_t id = 0;
 	uint32_t a, n;
-	int rc = image_fetch(c, rq, &id);
+	int rc = object_fetch(c, rq, c->d.rec.offer.sha256, 1, &id);
 
 	if (rc > 0) {                   /* the server refused the image (410, 404 ...) */
 		rs->status = rc;
@@ -354,13 +376,77 @@ static int image_get(struct psim_ctx *c, const struct otadev_http_req *rq, struc
 	} else if (request(c, rq, rs, NULL) < 0) {
 		return -1;
 	}
-	if (d->corrupt_at && d->corrupt_at - 1 >= a && d->corrupt_at - 1 < a + rs->len) {
-		rs->body[d->corrupt_at - 1 - a] ^= 0x5a;
-		d->corrupt_at = 0;
-		pthread_mutex_lock(&k->lock);
-		k->fs->core.transit_corruptions++;
-		pthread_mutex_unlock(&k->lock);
+	pthread_mutex_lock(&k->lock);
+	k->fs->core.image_bytes += (int64_t)rs->len;
+	pthread_mutex_unlock(&k->lock);
+	corrupt_in_transit(c, rs, a);
+	return 0;
+}
+
+/* A Range GET of the offer's patch (issue 15; docs/fleetsim.md "Deltas").
+ * The patch is fetched whole once by its digest, like an image, and so is
+ * the offered image: the decoder writes that image into the secondary
+ * slot, and a sparse slot is "the bytes of image I" (a patch that rebuilds
+ * something else leaves a wrong byte there, which the core's digest
+ * catches).  With --shared-downloads the Range GETs are answered from the
+ * patch's bytes; otherwise each is a real request as the device. */
+static int patch_get(struct psim_ctx *c, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
+{
+	struct core *k = (struct core *)c->env;
+	struct fleetsim *fs = k->fs;
+	struct psim_dev *d = c->dev;
+	struct otadev_http_req whole = *rq;
+	struct psim_image *p;
+	uint16_t img = 0, id = 0;
+	uint32_t a, n;
+	int rc;
+
+	whole.path = c->d.rec.offer.url;
+	whole.range_start = whole.range_end = -1;
+	rc = object_fetch(c, &whole, c->d.rec.offer.sha256, 1, &img);
+	if (rc == 0)
+		rc = object_fetch(c, rq, c->d.delta.sha256, 0, &id);
+	if (rc > 0) {                   /* refused (410, 403 ...): the device falls back */
+		rs->status = rc;
+		rs->len = 0;
+		return 0;
 	}
+	if (rc < 0)
+		return -1;
+	c->dl_img = img;
+	p = k->env.img[id - 1];
+	if (rq->range_start < 0 || (uint32_t)rq->range_start >= p->size || rq->range_end < rq->range_start)
+		return -1;
+	a = (uint32_t)rq->range_start;
+	n = (uint32_t)(rq->range_end - rq->range_start + 1);
+	if (n > p->size - a)
+		n = p->size - a;
+	if (a == 0) {                   /* an attempt starts with the header */
+		d->corrupt_at = 0;
+		if (fs->o.fault_corrupt_patch > 0 && sim_randu(&c->rng) < fs->o.fault_corrupt_patch) {
+			d->corrupt_at = 1 + (uint32_t)(sim_rand(&c->rng) % p->size);
+			pthread_mutex_lock(&k->lock);
+			fs->core.transit_corruptions++;
+			pthread_mutex_unlock(&k->lock);
+		}
+	}
+	if (fs->o.shared_downloads) {
+		if (n > rs->cap)
+			return -1;
+		memcpy(rs->body, p->bytes + a, n);
+		rs->len = n;
+		rs->status = 206;
+		rs->range_total = p->size;
+	} else if (request(c, rq, rs, NULL) < 0) {
+		return -1;
+	}
+	pthread_mutex_lock(&k->lock);
+	fs->core.patch_bytes += (int64_t)rs->len;
+	pthread_mutex_unlock(&k->lock);
+	/* the decoder's three cursors read overlapping ranges: the byte comes
+	 * wrong in every answer of this attempt, as from a corrupt copy */
+	if (d->corrupt_at && d->corrupt_at - 1 >= a && d->corrupt_at - 1 < a + rs->len)
+		rs->body[d->corrupt_at - 1 - a] ^= 0x5a;
 	return 0;
 }
 
@@ -476,6 +562,8 @@ static int h_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 		pthread_mutex_unlock(&k->lock);
 		return -1;
 	}
+	if (rq->path == c->d.delta.url)  /* the core's patch reads name its offer's patch URL */
+		return patch_get(c, rq, rs);
 	if (!strncmp(rq->path, "/device/v1/images/", 18) || absolute_url(rq->path))
 		return image_get(c, rq, rs);
 	rc = request(c, rq, rs, NULL);
@@ -829,10 +917,28 @@ static void fill_config(struct psim_ctx *c, uint32_t i)
 				      fs->tag_json[t][sd->tags[t]]);
 	c->cfg.tags = c->tags;
 	c->cfg.heartbeat_ms = (sd->flags & SIM_F_SILENT) ? 0 : k->hb_ms;
-	if (c->cfg.anchor_len) {
-		c->cfg.work = c->work;
-		c->cfg.work_len = PSIM_WORK;
-	}
+	/* the chain check's manifest and CRL, or the delta decoder (issue 15) */
+	c->cfg.work = c->work;
+	c->cfg.work_len = PSIM_WORK;
+}
+
+/* issue 15: the delta's RAM (the check-in's patch, and the decoder's
+ * progress, kept in the worker's work buffer) belongs to whichever device
+ * the worker ran last.  A simulated device keeps it only within one event:
+ * it is cleared when the device is loaded, and run_device steps on while a
+ * patch is being applied, so a patch is decoded and the result installed
+ * in the event that took the offer (a device whose download starts in a
+ * later event takes the full image, as after a restart). */
+static void delta_ram_clear(struct otadev *d)
+{
+	memset(&d->delta, 0, sizeof(d->delta));
+	memset(d->delta_for, 0, sizeof(d->delta_for));
+	d->has_delta = d->delta_failed = d->delta_active = d->delta_used = d->delta_net_err = 0;
+}
+
+static int delta_pending(const struct otadev *d)
+{
+	return d->delta_active || d->delta_used;
 }
 
 /* Run device i's due work; returns when (device ms) it is due again. */
@@ -843,7 +949,7 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 	struct psim_dev *d = &k->dev[i];
 	uint64_t now = dev_now(k), sn;
 	uint8_t offer0[32];
-	uint32_t wait = 1000, seq0, crl0;
+	uint32_t wait = 1000, seq0, crl0, applied0, fallbacks0;
 	int rc = 0, steps;
 
 	c->dev = d;
@@ -918,14 +1024,23 @@ static uint64_t run_device(struct psim_ctx *c, uint32_t i)
 		c->d.deferred_until = c->d.next_checkin;
 	}
 	sn = c->d.server_now;
-	for (steps = 0; steps < STEPS_PER_EVENT; steps++) {
+	delta_ram_clear(&c->d);
+	for (steps = 0; steps < STEPS_PER_EVENT || (delta_pending(&c->d) && steps < DELTA_STEPS_MAX); steps++) {
 		seq0 = c->d.rec.next_seq;
 		crl0 = c->d.rec.crl_number;
 		memcpy(offer0, c->d.rec.offer.sha256, 32);
 		c->why[0] = 0;
+		applied0 = c->d.n_delta_applied;
+		fallbacks0 = c->d.n_delta_fallbacks;
 		rc = otadev_step(&c->d, &wait);
 		account(c, seq0, offer0, crl0);
-		if (c->power_cut || c->rebooting || c->d.reboot_requested || rc < 0 || wait > 0)
+		if (c->d.n_delta_applied != applied0 || c->d.n_delta_fallbacks != fallbacks0) {
+			pthread_mutex_lock(&k->lock);
+			fs->core.deltas_applied += c->d.n_delta_applied - applied0;
+			fs->core.delta_fallbacks += c->d.n_delta_fallbacks - fallbacks0;
+			pthread_mutex_unlock(&k->lock);
+		}
+		if (c->power_cut || c->rebooting || c->d.reboot_requested || rc < 0 || (wait > 0 && !delta_pending(&c->d)))
 			break;
 	}
 	if (c->d.server_now != sn) {     /* a check-in answered: the server's clock */
@@ -1117,8 +1232,7 @@ static int ctx_init(struct core *k, struct psim_ctx *c, int n)
 	c->rng = sim_mix64(k->fs->o.seed ^ (0xc0de0000ull + (uint64_t)n));
 	c->md = EVP_MD_CTX_new();
 	c->curl = curl_easy_init();
-	if (k->fs->o.trust_root)
-		c->work = xmalloc(PSIM_WORK);
+	c->work = xmalloc(PSIM_WORK);
 	return c->md && c->curl ? 0 : ota_error_set(OTA_ERROR, "out of memory");
 }
 
@@ -1162,6 +1276,38 @@ static int factory_image(struct core *k)
 	img->state = 2;
 	k->env.img[k->env.nimg++] = img;
 	return 0;
+}
+
+/* issue 15: --start-image, a release's signed image that a share of the
+ * devices runs at start (so a patch's base: they report its version and
+ * its hash).  Its digest keys it like an image the server offers. */
+static int start_image(struct core *k)
+{
+	struct fleetsim *fs = k->fs;
+	struct psim_image *img;
+	struct mcuboot_info parsed;
+	struct buf b = BUF_INIT;
+	int rc;
+
+	if ((rc = ota_read_file(&b, fs->o.start_image, IMAGE_MAX)) < 0) {
+		ota_error_prefix("--start-image %s: ", fs->o.start_image);
+		goto out;
+	}
+	if (b.len < 64 || b.len >= PSIM_SLOT_SIZE - 4096 || mcuboot_parse(&parsed, b.ptr, b.len) < 0) {
+		rc = ota_error_set(OTA_EINVAL, "--start-image %s: not a signed MCUboot image", fs->o.start_image);
+		goto out;
+	}
+	img = xcalloc(1, sizeof(*img));
+	snprintf(img->url, sizeof(img->url), "start-image");
+	snprintf(img->version, sizeof(img->version), "%s", "start-image");
+	img->size = (uint32_t)b.len;
+	EVP_Digest(b.ptr, b.len, img->sha256, NULL, EVP_sha256(), NULL);
+	img->bytes = (uint8_t *)buf_detach(&b);
+	img->state = 2;
+	k->env.img[k->env.nimg++] = img;
+out:
+	buf_release(&b);
+	return rc;
 }
 
 static int core_setup(struct core *k, struct fleetsim *fs)
@@ -1209,6 +1355,8 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 	k->base.poll_ms = 60000;
 	if ((rc = factory_image(k)) < 0)
 		return rc;
+	if (fs->o.start_image && (rc = start_image(k)) < 0)
+		return rc;
 	k->dev = xcalloc(fs->ndev, sizeof(*k->dev));
 	if (fs->push) {
 		k->due = xcalloc(fs->ndev, sizeof(*k->due));
@@ -1217,7 +1365,9 @@ static int core_setup(struct core *k, struct fleetsim *fs)
 	for (uint32_t i = 0; i < fs->ndev; i++) {
 		struct psim_dev *d = &k->dev[i];
 		d->slot[0].img = 1;
-		d->slot[0].written = k->env.img[0]->size;
+		if (fs->o.start_image && sim_unit(sim_hash(fs->o.seed, i, SALT_CORE_START)) < fs->o.start_image_share)
+			d->slot[0].img = 2;  /* the version it reports comes from the image (account) */
+		d->slot[0].written = k->env.img[d->slot[0].img - 1]->size;
 		d->slot[0].swap_info = d->slot[1].swap_info = 0xff;
 		d->version = fs->dev[i].version;
 		if (fs->o.fault_low_battery > 0 &&

@@ -51,6 +51,7 @@ static void usage(FILE *f)
 	      "          [--mqtt-password-file F] [--mqtt-prefix otacd] [--mqtt-window-ms 60000]\n"
 	      "          [--mqtt-window-max-ms 3600000]]\n"
 	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every] [--herd]\n"
+	      "         [--start-image SIGNED.img [--start-image-share F]] [--fault-corrupt-patch P]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -208,12 +209,15 @@ int main(int argc, char **argv)
 		{ "mqtt-window-ms", required_argument, NULL, 1106 },
 		{ "mqtt-window-max-ms", required_argument, NULL, 1107 },
 		{ "herd", no_argument, NULL, 1150 },
+		{ "start-image", required_argument, NULL, 1160 },
+		{ "start-image-share", required_argument, NULL, 1161 },
+		{ "fault-corrupt-patch", required_argument, NULL, 1162 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	/* every device runs libotadev unless --engine model (the fast model
 	 * for runs too big for the core, docs/fleetsim.md) */
-	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256, .core = 1 };
+	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256, .core = 1, .start_image_share = 1.0 };
 	struct sim_profile profile = { 0 };
 	struct buf text = BUF_INIT, keyfile = BUF_INIT;
 	const char *profile_path = NULL, *metrics_listen = NULL;
@@ -388,6 +392,15 @@ int main(int argc, char **argv)
 			*(opt == 1106 ? &o.push.window_ms : &o.push.window_max_ms) = (uint32_t)n;
 			break;
 		case 1150: o.herd = 1; break;
+		case 1160: o.start_image = optarg; break;
+		case 1161:
+			if ((rc = parse_fraction("--start-image-share", optarg, &o.start_image_share)))
+				goto out;
+			break;
+		case 1162:
+			if ((rc = parse_fraction("--fault-corrupt-patch", optarg, &o.fault_corrupt_patch)))
+				goto out;
+			break;
 		case 'h': usage(stdout); goto out;
 		default: usage(stderr); rc = OTA_EINVAL; ota_error_set(rc, "bad arguments"); goto out;
 		}
@@ -396,6 +409,10 @@ int main(int argc, char **argv)
 	    (!fleet_key && !o.provisioner)) {
 		usage(stderr);
 		rc = ota_error_set(OTA_EINVAL, "--url, --devices, --seed, --key (or --trust-root) and --fleet-key (or --provisioner) are required");
+		goto out;
+	}
+	if (!o.core && (o.start_image || o.fault_corrupt_patch > 0)) {
+		rc = ota_error_set(OTA_EINVAL, "--start-image and --fault-corrupt-patch need --engine core");
 		goto out;
 	}
 	o.fleet_key = fleet_key;

@@ -301,6 +301,7 @@ int fs_write_stats(struct fleetsim *fs)
 		K(power_cuts); K(transit_corruptions); K(server_vanished); K(reboots); K(bricked);
 		K(unverified_pending); K(signature_checks); K(signature_memo_hits); K(record_bytes);
 		K(digest_retries); K(state_bytes_per_device);
+		K(image_bytes); K(patch_bytes); K(deltas_applied); K(delta_fallbacks);
 #undef K
 		json_object_set_new(st, "core", k);
 	}

@@ -43,6 +43,10 @@ struct fleetsim_opts {
 	int core;
 	double fault_power_cut;      /* fraction of downloads cut by a power loss at one byte */
 	double fault_corrupt;        /* fraction of downloads with one byte corrupted in transit */
+	double fault_corrupt_patch;  /* issue 15: fraction of patch downloads with one byte corrupted */
+	const char *start_image;     /* issue 15: a signed image some devices run at start (a release's,
+				      * so a patch's base); NULL: the synthetic factory image */
+	double start_image_share;    /* the fraction of devices flashed with it (the rest: factory) */
 	double fault_low_battery;    /* fraction of devices starting on a low battery */
 	double vanish_at_s, vanish_for_s;   /* the server vanishes (real seconds from start) */
 	int verify_every;            /* no signature memo: every device checks every signature */

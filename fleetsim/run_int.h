@@ -126,6 +126,10 @@ struct fleetsim {
 			unverified_pending, signature_checks, signature_memo_hits, record_bytes,
 			digest_retries;
 		int64_t state_bytes_per_device;
+		/* issue 15, deltas: body bytes the devices received of images and
+		 * of patches, patches applied and installed, and patches that
+		 * failed (the device fell back to the full image) */
+		int64_t image_bytes, patch_bytes, deltas_applied, delta_fallbacks;
 	} core;
 
 	/* issue 15, --herd: the next device whose first check-in is still to
