@@ -15,6 +15,7 @@
 
 #include "auth.h"
 #include "policy.h"
+#include "sched/sched.h"
 #include "tls/tls.h"
 
 void config_defaults(struct otacd_config *c)
@@ -80,6 +81,7 @@ static void repo_release(struct repo_cfg *r)
 	strvec_clear(&r->protect.branches);
 	strvec_clear(&r->protect.tags);
 	json_decref(r->status); /* issue 17 */
+	json_decref(r->schedules);
 }
 
 const struct repo_cfg *config_repo_find(const struct otacd_config *c, const char *name)
@@ -607,7 +609,7 @@ static int get_products(struct cfg_ctx *x, yaml_node_t *n)
 static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 {
 	static const char *const keys[] = { "name", "url", "secret", "token", "username", "ssh_key", "pipeline",
-					    "default_branch", "protected", "status" };
+					    "default_branch", "protected", "status", "schedules" };
 	yaml_node_item_t *it;
 
 	if (n->type != YAML_SEQUENCE_NODE)
@@ -616,6 +618,7 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 		yaml_node_t *t = yaml_document_get_node(x->doc, *it);
 		struct repo_cfg r;
 		yaml_node_pair_t *p;
+		yaml_node_t *sched_node = NULL;
 		int rc = 0;
 
 		memset(&r, 0, sizeof(r));
@@ -640,6 +643,12 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 				r.status = to_json(x, v, 0);
 				if (!json_is_object(r.status))
 					rc = cfg_err(x, v, "'%s' must be a mapping {forge, api_url, token_file, ...}", ks);
+			} else if (!strcmp(ks, "schedules")) { /* issue 17: checked below, once the name is known */
+				json_decref(r.schedules);
+				r.schedules = to_json(x, v, 0);
+				sched_node = v;
+				if (!r.schedules)
+					rc = cfg_err(x, v, "'%s' is nested too deep or malformed", ks);
 			} else if (!slot) {
 				const char *hint = ota_did_you_mean(ks, keys, OTA_ARRAY_SIZE(keys));
 				char msg[256];
@@ -656,6 +665,13 @@ static int get_repos(struct cfg_ctx *x, yaml_node_t *n)
 			rc = cfg_err(x, t, "repository '%s' is listed twice", r.git.name);
 		else if (rc == 0 && r.secret && strlen(r.secret) < 16)
 			rc = cfg_err(x, t, "the webhook secret of '%s' is too short (at least 16 characters)", r.git.name);
+		if (rc == 0 && r.schedules) {
+			char err[384], msg[512];
+			if (sched_config_check(r.schedules, err, sizeof(err)) < 0) {
+				snprintf(msg, sizeof(msg), "repositories[%s].%s", r.git.name, err);
+				rc = cfg_err(x, sched_node, "%s", msg);
+			}
+		}
 		if (rc < 0) {
 			repo_release(&r);
 			return rc;

@@ -26,6 +26,8 @@ struct repo_cfg {
 	struct pl_filter protect;       /* protected refs; default: default_branch and tags v* (policy.h) */
 	json_t *status;                 /* issue 17: commit status on the forge {forge, api_url, token_file, ...}
 					 * or NULL; checked by notify_open (notify/notify.h) */
+	json_t *schedules;              /* issue 17: [{name, cron, ref, pipeline}], checked at load
+					 * (sched/sched.h); NULL: none */
 };
 
 struct otacd_config {

@@ -110,6 +110,18 @@ struct delivery {
 int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate);
 /* Close a delivery that started no run, with the reason. */
 int engine_delivery_done(struct engine *e, int64_t id, const char *reason);
+/*
+ * Scheduled pipelines (sched/sched.h).  engine_schedule_fire records, in one
+ * transaction, a delivery for (repo, schedule `name`, ref) with delivery id
+ * "NAME@SLOT" and the schedule's last slot -- unless that slot (or a later
+ * one) already fired, in which case *delivery_id is 0.
+ * engine_schedule_since reads the last slot, recording `now` as the start
+ * of a schedule seen for the first time.
+ */
+int engine_schedule_fire(struct engine *e, const char *repo, const char *name, const char *ref,
+			 int64_t slot_ms, int64_t *delivery_id);
+int engine_schedule_since(struct engine *e, const char *repo, const char *name, int64_t now_ms,
+			  int64_t *since_ms);
 
 /* OTA_ENOTFOUND, or OTA_ECONFLICT when the run already finished. */
 /* Cancel a run that has not finished; audited as `cancel` by actor (the

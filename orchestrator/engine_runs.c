@@ -400,6 +400,99 @@ int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
 	return engine_call(e, do_delivery_done, &a);
 }
 
+/* ---- scheduled pipelines (sched/sched.h) -------------------------------- */
+
+struct schedule_args {
+	const char *repo, *name, *ref;
+	int64_t slot, since, delivery_id;
+};
+
+/* The stored last slot, or 0 with rc 0 when the schedule has none. */
+static int schedule_last(struct engine *e, const char *repo, const char *name, int64_t *last, int *found)
+{
+	sqlite3_stmt *st = STMT(e, "SELECT last_slot FROM schedule_fires WHERE repo = ? AND name = ?");
+	int rc;
+	sqlite3_bind_text(st, 1, repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	rc = store_step_row(e->db, st);
+	*found = rc == 1;
+	*last = rc == 1 ? store_col_int(st, 0) : 0;
+	sqlite3_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+static int do_schedule_since(struct engine *e, void *arg)
+{
+	struct schedule_args *a = arg;
+	sqlite3_stmt *st;
+	int found, rc;
+
+	if ((rc = schedule_last(e, a->repo, a->name, &a->since, &found)) < 0 || found)
+		return rc;
+	a->since = a->slot;
+	st = STMT(e, "INSERT INTO schedule_fires(repo, name, last_slot) VALUES (?,?,?)");
+	sqlite3_bind_text(st, 1, a->repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, a->slot);
+	return store_step_done(e->db, st);
+}
+
+int engine_schedule_since(struct engine *e, const char *repo, const char *name, int64_t now_ms,
+			  int64_t *since_ms)
+{
+	struct schedule_args a = { repo, name, NULL, now_ms, 0, 0 };
+	int rc = engine_call(e, do_schedule_since, &a);
+	if (rc == 0)
+		*since_ms = a.since;
+	return rc;
+}
+
+static int do_schedule_fire(struct engine *e, void *arg)
+{
+	struct schedule_args *a = arg;
+	char id[160], who[128];
+	struct delivery d = { 0 };
+	struct delivery_args da = { &d, NULL, 0, 0 };
+	sqlite3_stmt *st;
+	int64_t last;
+	int found, rc;
+
+	if ((rc = schedule_last(e, a->repo, a->name, &last, &found)) < 0)
+		return rc;
+	if (found && last >= a->slot)
+		return 0; /* fired already (the check and the write share this transaction) */
+	snprintf(id, sizeof(id), "%s@%" PRId64, a->name, a->slot);
+	snprintf(who, sizeof(who), "schedule %s", a->name);
+	d.provider = "schedule";
+	d.delivery = id;
+	d.repo = a->repo;
+	d.ref = a->ref;
+	d.pusher = who;
+	if ((rc = do_delivery_add(e, &da)) < 0)
+		return rc;
+	st = STMT(e, "INSERT INTO schedule_fires(repo, name, last_slot, delivery_id) VALUES (?,?,?,?)"
+		     " ON CONFLICT(repo, name) DO UPDATE SET last_slot = excluded.last_slot,"
+		     " delivery_id = excluded.delivery_id");
+	sqlite3_bind_text(st, 1, a->repo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, a->slot);
+	sqlite3_bind_int64(st, 4, da.id);
+	if ((rc = store_step_done(e->db, st)) < 0)
+		return rc;
+	a->delivery_id = da.duplicate ? 0 : da.id;
+	return 0;
+}
+
+int engine_schedule_fire(struct engine *e, const char *repo, const char *name, const char *ref,
+			 int64_t slot_ms, int64_t *delivery_id)
+{
+	struct schedule_args a = { repo, name, ref, slot_ms, 0, 0 };
+	int rc = engine_call(e, do_schedule_fire, &a);
+	if (rc == 0)
+		*delivery_id = a.delivery_id;
+	return rc;
+}
+
 struct cancel_args {
 	int64_t run_id;
 	const char *actor, *reason;

@@ -49,6 +49,7 @@
 #include "policy.h"
 #include "sdnotify.h"
 #include "notify/notify.h"
+#include "sched/sched.h"
 #include "sources.h"
 #include "store.h"
 #include "tls/tls.h"
@@ -328,6 +329,7 @@ int main(int argc, char **argv)
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
 	struct sources *sources = NULL;
+	struct sched *sched = NULL; /* issue 17: scheduled pipelines */
 	struct fleet *fleet = NULL;
 	struct push *push = NULL; /* issue 15: MQTT hints */
 	struct devapi *devapi = NULL;
@@ -513,6 +515,8 @@ int main(int argc, char **argv)
 		goto fail;
 	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
 		goto fail;
+	if (sched_start(&sched, engine, &cfg, sources) < 0) /* issue 17: after the sources it feeds */
+		goto fail;
 	/* the device CA (issue 13): STATE/devca or device_ca:, its provisioners and revocations */
 	{
 		struct fleet_ca_config cc = { cfg.device_ca_cert, cfg.device_ca_key, cfg.state_dir,
@@ -649,6 +653,7 @@ out:
 	tls_server_free(tls_api);
 	tls_server_free(tls_agents);
 	tls_server_free(tls_devices);
+	sched_stop(sched);
 	sources_stop(sources);
 	notify_sender_stop(sender); /* issue 17: before the engine it reports to */
 	engine_stop(engine);

@@ -22,6 +22,7 @@
 #include "db/db.h"
 #include "gitsrc.h"
 #include "pipeline/pipeline.h"
+#include "sched/sched.h"
 #include "store.h"
 
 struct item {
@@ -45,11 +46,12 @@ struct sources {
 
 struct delivery_row {
 	char provider[16];
-	char *repo, *ref, *after, *pusher;
+	char *delivery, *repo, *ref, *after, *pusher;
 };
 
 static void row_release(struct delivery_row *d)
 {
+	free(d->delivery);
 	free(d->repo);
 	free(d->ref);
 	free(d->after);
@@ -69,7 +71,7 @@ static int load_delivery(int64_t id, struct delivery_row *d)
 	int rc;
 
 	memset(d, 0, sizeof(*d));
-	if (!db || !(st = store_q(db, "SELECT provider, repo, ref, after_sha, pusher FROM deliveries WHERE id = ?")))
+	if (!db || !(st = store_q(db, "SELECT provider, repo, ref, after_sha, pusher, delivery FROM deliveries WHERE id = ?")))
 		return OTA_ERROR;
 	db_bind_int64(st, 1, id);
 	rc = db_step(st);
@@ -79,6 +81,7 @@ static int load_delivery(int64_t id, struct delivery_row *d)
 		d->ref = dup_col(st, 2);
 		d->after = dup_col(st, 3);
 		d->pusher = dup_col(st, 4);
+		d->delivery = dup_col(st, 5);
 	}
 	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
@@ -141,6 +144,22 @@ static char *full_ref(const struct gitsrc_repo *git, const char *what)
 	return xstrdup(what); /* a commit id: runs see it as the ref */
 }
 
+/* A schedule's own pipeline file, else the repository's.  delivery is
+ * "NAME@SLOT" (engine_schedule_fire). */
+static const char *schedule_pipeline(const struct repo_cfg *repo, const char *delivery)
+{
+	const char *at = delivery ? strrchr(delivery, '@') : NULL;
+	const json_t *sc = NULL;
+	const char *file;
+	if (at) {
+		char *name = xstrndup(delivery, (size_t)(at - delivery));
+		sc = sched_find(repo, name);
+		free(name);
+	}
+	file = sc ? json_string_value(json_object_get(sc, "pipeline")) : NULL;
+	return file ? file : repo->pipeline;
+}
+
 static void process(struct sources *s, int64_t id)
 {
 	struct delivery_row d;
@@ -151,17 +170,20 @@ static void process(struct sources *s, int64_t id)
 	struct pl_diags diags;
 	struct pipeline *p = NULL;
 	char *ref = NULL, *msg = NULL;
-	int manual, rc, have_commit = 0;
+	int manual, scheduled, rc, have_commit = 0;
+	const char *pipeline_file;
 	int64_t run = 0;
 
 	memset(&c, 0, sizeof(c));
 	pl_diags_init(&diags, "pipeline.yml");
 	if (load_delivery(id, &d) < 0)
 		return;
-	manual = !strcmp(d.provider, "api");
+	/* a schedule (sched/sched.h) runs its ref like a manual trigger */
+	scheduled = !strcmp(d.provider, "schedule");
+	manual = scheduled || !strcmp(d.provider, "api");
 	repo = config_repo_find(s->cfg, d.repo);
 	memset(&req, 0, sizeof(req));
-	req.trigger = manual ? "api" : "webhook";
+	req.trigger = scheduled ? "schedule" : manual ? "api" : "webhook";
 	req.repo = d.repo;
 	req.pusher = d.pusher;
 	req.delivery_id = id;
@@ -170,7 +192,8 @@ static void process(struct sources *s, int64_t id)
 		close_delivery(s, id, "the repository is no longer configured");
 		goto out;
 	}
-	req.file = repo->pipeline;
+	pipeline_file = scheduled ? schedule_pipeline(repo, d.delivery) : repo->pipeline;
+	req.file = pipeline_file;
 	/* A pushed commit already in the mirror (a burst of pushes, fetched by
 	 * the first one) needs no fetch: a commit id names its content. */
 	if (!manual && gitsrc_resolve(&repo->git, d.after, &c) == 0) {
@@ -201,22 +224,22 @@ static void process(struct sources *s, int64_t id)
 	req.author = c.author;
 	req.committer = c.committer;
 	req.message = c.message;
-	rc = gitsrc_read_file(&repo->git, c.id, repo->pipeline, &yaml, 4 << 20);
+	rc = gitsrc_read_file(&repo->git, c.id, pipeline_file, &yaml, 4 << 20);
 	if (rc == OTA_ENOTFOUND) {
-		msg = xasprintf("%s has no %s at %.12s: nothing to run", d.repo, repo->pipeline, c.id);
+		msg = xasprintf("%s has no %s at %.12s: nothing to run", d.repo, pipeline_file, c.id);
 		close_delivery(s, id, msg);
 		goto out;
 	}
 	if (rc < 0) {
-		msg = xasprintf("cannot read %s at %.12s: %s", repo->pipeline, c.id, ota_error_last());
+		msg = xasprintf("cannot read %s at %.12s: %s", pipeline_file, c.id, ota_error_last());
 		fail_run(s, &req, d.repo, msg);
 		goto out;
 	}
 	req.yaml = yaml.ptr;
 	req.len = yaml.len;
 	pl_diags_release(&diags);
-	pl_diags_init(&diags, repo->pipeline);
-	if (pipeline_parse(&p, repo->pipeline, yaml.ptr, yaml.len, &diags) < 0) {
+	pl_diags_init(&diags, pipeline_file);
+	if (pipeline_parse(&p, pipeline_file, yaml.ptr, yaml.len, &diags) < 0) {
 		struct buf text = BUF_INIT;
 		pl_diags_format(&diags, &text);
 		fail_run(s, &req, d.repo, buf_cstr(&text));
@@ -229,7 +252,7 @@ static void process(struct sources *s, int64_t id)
 		goto out;
 	}
 	pl_diags_release(&diags);
-	pl_diags_init(&diags, repo->pipeline);
+	pl_diags_init(&diags, pipeline_file);
 	rc = engine_trigger(s->engine, &req, &run, &diags);
 	if (rc == 0) {
 		/* Build the tree's archive now, while an agent is being handed the

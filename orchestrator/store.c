@@ -226,6 +226,12 @@ static const char *const migrations[] = {
 	"  state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
 	"  next_at INTEGER NOT NULL, last_error TEXT, done_at INTEGER);"
 	"CREATE INDEX outbox_due ON outbox(state, next_at);",
+	/* 16 (issue 17): scheduled pipelines (orchestrator/sched/sched.h): the
+	 * last slot each schedule fired, written in the transaction of the
+	 * delivery it queued, so a slot never fires twice */
+	"CREATE TABLE schedule_fires ("
+	"  repo TEXT NOT NULL, name TEXT NOT NULL, last_slot INTEGER NOT NULL,"
+	"  delivery_id INTEGER, PRIMARY KEY (repo, name));",
 };
 
 const char *const *store_migrations(size_t *n)
