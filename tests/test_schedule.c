@@ -138,7 +138,8 @@ struct env {
 	char *origin, *work;
 };
 
-static void setup(struct env *g, const char *schedules)
+static void setup_with(struct env *g, const char *before, const char *schedules, const char *dev_file,
+		       const char *dev_text)
 {
 	struct buf out = BUF_INIT;
 	char *base = h_tmpdir(), *config;
@@ -150,12 +151,22 @@ static void setup(struct env *g, const char *schedules)
 			      g->origin, g->work, g->work, g->origin), 0);
 	h_git_commit_file(g->work, ".otacd/pipeline.yml", pipeline, "add pipeline");
 	h_git_push(g->work, "main");
-	config = xasprintf("lease: 3s\nheartbeat: 300ms\nrepositories:\n"
-			   "  - name: " REPO "\n    url: \"%s\"\n    schedules:\n%s", g->origin, schedules);
+	if (dev_file) {
+		assert_int_equal(h_git(g->work, &out, "checkout -q -b dev"), 0);
+		h_git_commit_file(g->work, dev_file, dev_text, "a dev-only file");
+		h_git_push(g->work, "dev");
+	}
+	config = xasprintf("%slease: 3s\nheartbeat: 300ms\nrepositories:\n"
+			   "  - name: " REPO "\n    url: \"%s\"\n    schedules:\n%s", before, g->origin, schedules);
 	h_init(&g->d, config);
 	free(config);
 	free(base);
 	buf_release(&out);
+}
+
+static void setup(struct env *g, const char *schedules)
+{
+	setup_with(g, "", schedules, NULL, NULL);
 }
 
 static void teardown(struct env *g)
@@ -210,6 +221,8 @@ static void schedule_fires_in_otacd_time_and_never_twice_after_sigkill(void **st
 	/* an otacd hour is one real second: two slots fire and run */
 	wait_count(&g, SCHED_RUNS, 2);
 	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs WHERE trigger = 'schedule' AND ref != 'refs/heads/main'"), 0);
+	/* main is protected by default: its schedule's runs are too */
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs WHERE trigger = 'schedule' AND protected != 1"), 0);
 	/* SIGKILL right after a fire: the moment a new delivery is recorded */
 	before = h_sql_int(&g.d, SCHED_DELIVERIES);
 	wait_count(&g, SCHED_DELIVERIES, before + 1);
@@ -255,6 +268,33 @@ static void a_missed_slot_fires_once_at_start(void **state)
 	teardown(&g);
 }
 
+/* A schedule runs its ref with that ref's trust: on an unprotected branch,
+ * no secrets (docs/security.md), and its own pipeline file. */
+static void a_schedule_of_an_unprotected_branch_gets_no_secrets(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", "--time-scale", "3600", NULL };
+	static const char nightly[] =
+		"name: nightly-dev\n"
+		"stages:\n"
+		"  - name: build\n"
+		"    secrets: [DEPLOY_KEY]\n"
+		"    steps:\n"
+		"      - run: 'test -z \"$DEPLOY_KEY\" && echo no-secret'\n";
+	struct env g;
+	(void)state;
+
+	setup_with(&g, "secrets: { DEPLOY_KEY: \"s3cret-value\" }\n",
+		   "      - { name: devly, cron: \"0 * * * *\", ref: dev, pipeline: .otacd/nightly.yml }\n",
+		   ".otacd/nightly.yml", nightly);
+	assert_int_equal(h_start(&g.d, args), 0);
+	wait_count(&g, "SELECT COUNT(*) FROM runs WHERE trigger = 'schedule' AND state IN ('passed', 'failed')", 1);
+	h_kill(&g.d, SIGTERM);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs WHERE trigger = 'schedule' AND (ref != 'refs/heads/dev'"
+					  " OR pipeline != 'nightly-dev' OR protected != 0)"), 0);
+	assert_int_equal(h_sql_int(&g.d, "SELECT COUNT(*) FROM runs WHERE trigger = 'schedule' AND state = 'failed'"), 0);
+	teardown(&g);
+}
+
 static void a_bad_schedule_is_refused_at_start_with_its_key_path(void **state)
 {
 	struct env g;
@@ -279,6 +319,7 @@ int main(void)
 		cmocka_unit_test(a_bad_schedule_is_refused_at_start_with_its_key_path),
 		cmocka_unit_test(schedule_fires_in_otacd_time_and_never_twice_after_sigkill),
 		cmocka_unit_test(a_missed_slot_fires_once_at_start),
+		cmocka_unit_test(a_schedule_of_an_unprotected_branch_gets_no_secrets),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);
