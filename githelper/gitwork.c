@@ -374,12 +374,13 @@ static int local_source_check(const struct gitsrc_repo *repo, const char *what)
 	return 0;
 }
 
-int gitwork_fetch(const struct gitsrc_repo *repo)
+int gitwork_fetch(const struct gitsrc_repo *repo, const char *request_ref)
 {
 	static char heads[] = "+refs/heads/*:refs/heads/*";
 	static char tags[] = "+refs/tags/*:refs/tags/*";
-	char *specv[] = { heads, tags };
-	git_strarray specs = { specv, 2 };
+	char request[64];
+	char *specv[] = { heads, tags, request };
+	git_strarray specs = { specv, request_ref ? 3 : 2 };
 	git_fetch_options opts;
 	git_repository_init_options iopts;
 	git_remote_create_options ropts;
@@ -392,6 +393,11 @@ int gitwork_fetch(const struct gitsrc_repo *repo)
 
 	git_fetch_options_init(&opts, GIT_FETCH_OPTIONS_VERSION);
 	git_repository_init_options_init(&iopts, GIT_REPOSITORY_INIT_OPTIONS_VERSION);
+	if (request_ref) { /* issue 17: the request's head ref, to the same name */
+		if (!gitsrc_request_ref_ok(request_ref))
+			return ota_error_set(OTA_EINVAL, "'%.100s' is not a pull or merge request's head ref", request_ref);
+		snprintf(request, sizeof(request), "+%s:%s", request_ref, request_ref);
+	}
 	if ((rc = check_repo(repo)) < 0)
 		return rc;
 	if (!repo->url || !repo->url[0])

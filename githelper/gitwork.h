@@ -17,7 +17,9 @@ int gitwork_init(const char *state_dir);
 void gitwork_shutdown(void);
 void gitwork_set_fetch_timeout(int64_t ms);
 
-int gitwork_fetch(const struct gitsrc_repo *repo);
+/* request_ref: NULL, or a pull/merge request's head ref fetched as well
+ * (gitsrc_fetch_request) */
+int gitwork_fetch(const struct gitsrc_repo *repo, const char *request_ref);
 int gitwork_resolve(const struct gitsrc_repo *repo, const char *what, struct gitsrc_commit *out);
 int gitwork_read_file(const struct gitsrc_repo *repo, const char *commit, const char *path,
 		      struct buf *out, size_t max);

@@ -93,7 +93,7 @@ static int serve(json_t *req)
 	else if (!strcmp(op, "read"))
 		return do_read(&repo, req);
 	else if (!strcmp(op, "fetch"))
-		reply = (rc = gitwork_fetch(&repo)) < 0 ? failed(rc) : json_pack("{s:i}", "rc", 0);
+		reply = (rc = gitwork_fetch(&repo, get(req, "request_ref"))) < 0 ? failed(rc) : json_pack("{s:i}", "rc", 0);
 	else if (!strcmp(op, "resolve"))
 		reply = do_resolve(&repo, req);
 	else if (!strcmp(op, "archive"))

@@ -67,6 +67,8 @@ struct trigger_req {
 	const char *message;
 	const char *pusher;
 	int64_t delivery_id;     /* the delivery this run answers (0: none) */
+	int64_t pr_number;       /* issue 17: a pull/merge request's number (0: none) */
+	const char *pr_base;     /* and the branch it would merge into */
 	/* Who uploaded it (uploads only): decides its trust (policy.h). */
 	enum auth_role role;
 	const char *actor;       /* the token's name */
@@ -102,6 +104,8 @@ struct delivery {
 	const char *after;       /* NULL for manual triggers: resolve ref */
 	int forced;
 	const char *pusher;
+	int64_t pr_number;       /* issue 17: a pull/merge request (0: a push) */
+	const char *pr_base;
 };
 /*
  * Record a delivery, state "pending".  If the same (provider, delivery) was

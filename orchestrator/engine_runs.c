@@ -78,6 +78,14 @@ static int insert_run(struct engine *e, const struct trigger_req *req, const str
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
+	if (req->pr_number > 0) { /* issue 17: which request this run checks */
+		st = STMT(e, "UPDATE runs SET pr_number = ?, pr_base = ? WHERE id = ?");
+		sqlite3_bind_int64(st, 1, req->pr_number);
+		bind_opt(st, 2, req->pr_base);
+		sqlite3_bind_int64(st, 3, *run_id);
+		if ((rc = store_step_done(e->db, st)) < 0)
+			return rc;
+	}
 	if (req->delivery_id) {
 		st = STMT(e, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?");
 		sqlite3_bind_int64(st, 1, *run_id);
@@ -358,7 +366,7 @@ static int do_delivery_add(struct engine *e, void *arg)
 		return 0;
 	}
 	st = STMT(e, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
-		     " received_at, state) VALUES (?,?,?,?,?,?,?,?,?, 'pending')");
+		     " received_at, state, pr_number, pr_base) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?, ?)");
 	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 3, a->d->repo, -1, SQLITE_STATIC);
@@ -368,6 +376,9 @@ static int do_delivery_add(struct engine *e, void *arg)
 	sqlite3_bind_int(st, 7, a->d->forced);
 	bind_opt(st, 8, a->d->pusher);
 	sqlite3_bind_int64(st, 9, clock_now_ms());
+	if (a->d->pr_number > 0)
+		sqlite3_bind_int64(st, 10, a->d->pr_number);
+	bind_opt(st, 11, a->d->pr_base);
 	if ((rc = store_step_done(e->db, st)) < 0)
 		return rc;
 	a->id = sqlite3_last_insert_rowid(store_db(e->db));

@@ -446,7 +446,17 @@ static int check_repo(const struct gitsrc_repo *repo)
 	return 0;
 }
 
-int gitsrc_fetch(const struct gitsrc_repo *repo)
+/* refs/pull/N/head or refs/merge-requests/N/head, N of 1-9 digits */
+int gitsrc_request_ref_ok(const char *ref)
+{
+	const char *n = !ref ? NULL
+		      : !strncmp(ref, "refs/pull/", 10) ? ref + 10
+		      : !strncmp(ref, "refs/merge-requests/", 20) ? ref + 20 : NULL;
+	size_t digits = n ? strspn(n, "0123456789") : 0;
+	return n && digits >= 1 && digits <= 9 && n[0] != '0' && !strcmp(n + digits, "/head");
+}
+
+static int fetch(const struct gitsrc_repo *repo, const char *request_ref)
 {
 	struct gitproto_reply rep;
 	json_t *req;
@@ -455,11 +465,25 @@ int gitsrc_fetch(const struct gitsrc_repo *repo)
 	if ((rc = check_repo(repo)) < 0)
 		return rc;
 	req = request_new(GITPROTO_FETCH, repo);
+	if (request_ref)
+		json_object_set_new(req, "request_ref", json_string(request_ref));
 	rc = call(GITPROTO_FETCH, req, 0, &rep, NULL);
 	if (rc == 0)
 		gitproto_reply_release(&rep);
 	json_decref(req);
 	return rc;
+}
+
+int gitsrc_fetch(const struct gitsrc_repo *repo)
+{
+	return fetch(repo, NULL);
+}
+
+int gitsrc_fetch_request(const struct gitsrc_repo *repo, const char *ref)
+{
+	if (!gitsrc_request_ref_ok(ref))
+		return ota_error_set(OTA_EINVAL, "'%.100s' is not a pull or merge request's head ref", ref ? ref : "");
+	return fetch(repo, ref);
 }
 
 int gitsrc_resolve(const struct gitsrc_repo *repo, const char *what, struct gitsrc_commit *out)

@@ -63,6 +63,14 @@ void gitsrc_set_fetch_timeout(int64_t ms);
  * message says what failed without any credential.
  */
 int gitsrc_fetch(const struct gitsrc_repo *repo);
+/*
+ * The same, plus one pull/merge request's head ref (issue 17): `ref` must
+ * be refs/pull/N/head or refs/merge-requests/N/head (OTA_EINVAL
+ * otherwise); it is fetched to the same name in the mirror.
+ */
+int gitsrc_fetch_request(const struct gitsrc_repo *repo, const char *ref);
+/* Is ref such a head ref?  (The git helper checks it again.) */
+int gitsrc_request_ref_ok(const char *ref);
 
 /*
  * Resolve what (a full ref "refs/heads/main", a short branch or tag name, or

@@ -47,11 +47,14 @@ struct sources {
 struct delivery_row {
 	char provider[16];
 	char *delivery, *repo, *ref, *after, *pusher;
+	int64_t pr_number;        /* issue 17: a pull/merge request (0: none) */
+	char *pr_base;
 };
 
 static void row_release(struct delivery_row *d)
 {
 	free(d->delivery);
+	free(d->pr_base);
 	free(d->repo);
 	free(d->ref);
 	free(d->after);
@@ -71,7 +74,8 @@ static int load_delivery(int64_t id, struct delivery_row *d)
 	int rc;
 
 	memset(d, 0, sizeof(*d));
-	if (!db || !(st = store_q(db, "SELECT provider, repo, ref, after_sha, pusher, delivery FROM deliveries WHERE id = ?")))
+	if (!db || !(st = store_q(db, "SELECT provider, repo, ref, after_sha, pusher, delivery, COALESCE(pr_number, 0), pr_base"
+				     " FROM deliveries WHERE id = ?")))
 		return OTA_ERROR;
 	db_bind_int64(st, 1, id);
 	rc = db_step(st);
@@ -82,6 +86,8 @@ static int load_delivery(int64_t id, struct delivery_row *d)
 		d->after = dup_col(st, 3);
 		d->pusher = dup_col(st, 4);
 		d->delivery = dup_col(st, 5);
+		d->pr_number = db_column_int64(st, 6);
+		d->pr_base = dup_col(st, 7);
 	}
 	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
@@ -188,6 +194,8 @@ static void process(struct sources *s, int64_t id)
 	req.pusher = d.pusher;
 	req.delivery_id = id;
 	req.ref = d.ref;
+	req.pr_number = d.pr_number;
+	req.pr_base = d.pr_base;
 	if (!repo) {
 		close_delivery(s, id, "the repository is no longer configured");
 		goto out;
@@ -198,7 +206,7 @@ static void process(struct sources *s, int64_t id)
 	 * the first one) needs no fetch: a commit id names its content. */
 	if (!manual && gitsrc_resolve(&repo->git, d.after, &c) == 0) {
 		gitsrc_commit_release(&c);
-	} else if (gitsrc_fetch(&repo->git) < 0) {
+	} else if ((d.pr_number ? gitsrc_fetch_request(&repo->git, d.ref) : gitsrc_fetch(&repo->git)) < 0) {
 		msg = xasprintf("cannot fetch %s: %s", d.repo, ota_error_last());
 		/* a push names a commit that must exist: fail visibly */
 		if (manual)
@@ -246,7 +254,9 @@ static void process(struct sources *s, int64_t id)
 		buf_release(&text);
 		goto out;
 	}
-	if (!manual && p->on_push.set && !pipeline_filter_match(&p->on_push, d.ref)) {
+	/* on.push filters name branches and tags: a request's head ref never
+	 * matches them, and every opened or updated request runs */
+	if (!manual && !d.pr_number && p->on_push.set && !pipeline_filter_match(&p->on_push, d.ref)) {
 		msg = xasprintf("%s does not match the pipeline's on.push filters: nothing to run", d.ref);
 		close_delivery(s, id, msg);
 		goto out;

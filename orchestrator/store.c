@@ -231,7 +231,13 @@ static const char *const migrations[] = {
 	 * delivery it queued, so a slot never fires twice */
 	"CREATE TABLE schedule_fires ("
 	"  repo TEXT NOT NULL, name TEXT NOT NULL, last_slot INTEGER NOT NULL,"
-	"  delivery_id INTEGER, PRIMARY KEY (repo, name));",
+	"  delivery_id INTEGER, PRIMARY KEY (repo, name));"
+	/* and pull/merge-request pipelines: the request's number and base
+	 * branch on its delivery and run (NULL for pushes) */
+	"ALTER TABLE deliveries ADD COLUMN pr_number INTEGER;"
+	"ALTER TABLE deliveries ADD COLUMN pr_base TEXT;"
+	"ALTER TABLE runs ADD COLUMN pr_number INTEGER;"
+	"ALTER TABLE runs ADD COLUMN pr_base TEXT;",
 };
 
 const char *const *store_migrations(size_t *n)

@@ -130,6 +130,114 @@ static char *pusher_of(enum webhook_provider p, json_t *root)
 	return email ? xasprintf("%s <%s>", name, email) : xstrdup(name);
 }
 
+/* ---- pull and merge requests (issue 17) ---------------------------------- */
+
+static int is_pr_event(enum webhook_provider p, const char *event)
+{
+	if (p == WEBHOOK_GITLAB)
+		return !strcmp(event, "Merge Request Hook");
+	return !strcmp(event, "pull_request") || (p == WEBHOOK_GITEA && !strcmp(event, "pull_request_sync"));
+}
+
+/* Does this action put (new) commits up for review? */
+static int pr_action_runs(enum webhook_provider p, json_t *root)
+{
+	const char *action = NULL;
+	if (p == WEBHOOK_GITLAB) {
+		json_t *attrs = json_object_get(root, "object_attributes");
+		action = opt_string(attrs, "action", NULL);
+		if (action && !strcmp(action, "update"))
+			return opt_string(attrs, "oldrev", NULL) != NULL; /* a title edit has no oldrev */
+		return action && (!strcmp(action, "open") || !strcmp(action, "reopen"));
+	}
+	action = opt_string(root, "action", NULL);
+	return action && (!strcmp(action, "opened") || !strcmp(action, "reopened") ||
+			  !strcmp(action, p == WEBHOOK_GITHUB ? "synchronize" : "synchronized"));
+}
+
+static int need_int(json_t *obj, const char *path, int64_t *out)
+{
+	json_t *v = obj;
+	char *copy = xstrdup(path), *save = NULL;
+	for (char *k = strtok_r(copy, ".", &save); k && v; k = strtok_r(NULL, ".", &save))
+		v = json_is_object(v) ? json_object_get(v, k) : NULL;
+	free(copy);
+	if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 999999999)
+		return ota_error_set(OTA_EINVAL, "payload field '%s' must be a number from 1 to 999999999", path);
+	*out = json_integer_value(v);
+	return 0;
+}
+
+/* A branch name as a forge reports it: no refs/ prefix, no control bytes. */
+static int branch_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > 255 || !strncmp(s, "refs/", 5))
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+			return 0;
+	return 1;
+}
+
+static int parse_pr(enum webhook_provider p, json_t *root, struct push_event *out)
+{
+	const char *repo = NULL, *head = NULL, *base = NULL, *who;
+	int64_t number = 0;
+	int rc;
+
+	if (p == WEBHOOK_GITLAB) {
+		if ((rc = need_string(root, "project.path_with_namespace", &repo)) < 0 ||
+		    (rc = need_int(root, "object_attributes.iid", &number)) < 0 ||
+		    (rc = need_string(root, "object_attributes.last_commit.id", &head)) < 0 ||
+		    (rc = need_string(root, "object_attributes.target_branch", &base)) < 0)
+			return rc;
+		who = opt_string(root, "user", "username");
+	} else {
+		if ((rc = need_string(root, "repository.full_name", &repo)) < 0 ||
+		    (rc = need_int(root, "number", &number)) < 0 ||
+		    (rc = need_string(root, "pull_request.head.sha", &head)) < 0 ||
+		    (rc = need_string(root, "pull_request.base.ref", &base)) < 0)
+			return rc;
+		who = opt_string(root, "sender", "login");
+	}
+	if (!commit_id(head))
+		return ota_error_set(OTA_EINVAL, "the request's head commit must be a 40-character commit id");
+	if (!branch_name_ok(base))
+		return ota_error_set(OTA_EINVAL, "the request's base branch '%.100s' is not a branch name", base);
+	out->repo = xstrdup(repo);
+	/* the forge's own ref for the request's head, never the branch name the
+	 * request came from: a fork's `main` is not this repository's main */
+	out->ref = xasprintf(p == WEBHOOK_GITLAB ? "refs/merge-requests/%lld/head" : "refs/pull/%lld/head",
+			     (long long)number);
+	out->before = xstrdup("0000000000000000000000000000000000000000");
+	out->after = xstrdup(head);
+	out->pr_number = number;
+	out->pr_base = xstrdup(base);
+	out->pusher = who ? xstrdup(who) : NULL;
+	return 0;
+}
+
+static int parse_pr_payload(enum webhook_provider p, const char *body, size_t len, struct push_event *out)
+{
+	json_error_t err;
+	json_t *root = json_loadb(body, len, 0, &err);
+	int rc = 0;
+
+	if (!root)
+		rc = ota_error_set(OTA_EINVAL, "invalid JSON at line %d column %d: %s", err.line, err.column, err.text);
+	else if (!json_is_object(root))
+		rc = ota_error_set(OTA_EINVAL, "the payload must be a JSON object");
+	else if (!pr_action_runs(p, root))
+		out->kind = PUSH_OTHER;
+	else if ((rc = parse_pr(p, root, out)) == 0)
+		out->kind = PUSH_EVENT;
+	json_decref(root);
+	if (rc < 0)
+		push_event_release(out);
+	return rc;
+}
+
 int webhook_parse(enum webhook_provider p, const struct webhook_headers *h, const char *body,
 		  size_t len, struct push_event *out)
 {
@@ -147,6 +255,8 @@ int webhook_parse(enum webhook_provider p, const struct webhook_headers *h, cons
 		out->kind = PUSH_PING;
 		return 0;
 	}
+	if (is_pr_event(p, h->event))
+		return parse_pr_payload(p, body, len, out);
 	if (!((p == WEBHOOK_GITHUB && !strcmp(h->event, "push")) ||
 	      (p == WEBHOOK_GITEA && !strcmp(h->event, "push")) ||
 	      (p == WEBHOOK_GITLAB && (!strcmp(h->event, "Push Hook") || !strcmp(h->event, "Tag Push Hook"))))) {
@@ -198,5 +308,6 @@ void push_event_release(struct push_event *ev)
 	free(ev->before);
 	free(ev->after);
 	free(ev->pusher);
+	free(ev->pr_base);
 	memset(ev, 0, sizeof(*ev));
 }

@@ -12,12 +12,19 @@
  *                           with a clear reason when a required field is
  *                           missing or has the wrong type.
  *
- * The formats are in ../shared/REFERENCE.md ("Push webhooks").
+ * The formats are in ../shared/REFERENCE.md ("Push webhooks").  Pull and
+ * merge requests (issue 17): GitHub's `pull_request` (actions opened,
+ * synchronize, reopened), Gitea/Forgejo's `pull_request` and
+ * `pull_request_sync` (opened, synchronized, reopened) and GitLab's
+ * `Merge Request Hook` (open, reopen, and update when `oldrev` says new
+ * commits came) become a push_event with pr_number set; other actions
+ * (closed, edited, labeled ...) are PUSH_OTHER.
  */
 #ifndef OTA_WEBHOOK_H
 #define OTA_WEBHOOK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -51,6 +58,12 @@ struct push_event {
 	int deleted;
 	int forced;
 	char *pusher;               /* "name <email>" or a login; may be NULL */
+	/* A pull/merge request (opened, new commits, reopened): ref is the
+	 * forge's head ref of the request, refs/pull/N/head (GitHub, Gitea) or
+	 * refs/merge-requests/N/head (GitLab); after its head commit; before
+	 * all zeros.  0 / NULL for a push. */
+	int64_t pr_number;
+	char *pr_base;              /* the branch it would merge into: "main" */
 };
 
 const char *webhook_provider_name(enum webhook_provider p);

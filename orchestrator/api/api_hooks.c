@@ -123,7 +123,8 @@ static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provi
 	}
 	if (ev.kind == PUSH_OTHER) {
 		ret = api_reply_json(r, MHD_HTTP_ACCEPTED,
-				     json_pack("{ss}", "reason", "only push events start runs; this event is ignored"));
+				     json_pack("{ss}", "reason", "only pushes and opened, reopened or updated pull/merge requests start runs;"
+							     " this event is ignored"));
 		goto out_ev;
 	}
 	repo = config_repo_find(cfg, ev.repo);
@@ -150,6 +151,8 @@ static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provi
 	d.after = ev.after;
 	d.forced = ev.forced;
 	d.pusher = ev.pusher;
+	d.pr_number = ev.pr_number;
+	d.pr_base = ev.pr_base;
 	if ((rc = engine_delivery_add(a->cfg.engine, &d, &id, &duplicate)) < 0) {
 		ret = api_reply_rc(r, rc);
 		goto out_ev;

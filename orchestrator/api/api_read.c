@@ -46,7 +46,8 @@ static struct store *reader(struct api_req *r)
 }
 
 #define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at," \
-		 " error, repo, tree_id, author, committer, message, pusher, delivery_id, protected, trust_reason"
+		 " error, repo, tree_id, author, committer, message, pusher, delivery_id, protected, trust_reason," \
+		 " pr_number, pr_base"
 
 static json_t *run_json(sqlite3_stmt *st)
 {
@@ -72,6 +73,9 @@ static json_t *run_json(sqlite3_stmt *st)
 	set_int_or_null(o, "delivery", st, 18);
 	json_object_set_new(o, "protected", json_boolean(store_col_int(st, 19)));
 	set_text_or_null(o, "trust_reason", st, 20);
+	if (store_col_int(st, 21) > 0) /* issue 17: a pull/merge request's run */
+		json_object_set_new(o, "pull_request", json_pack("{sI ss?}", "number", (json_int_t)store_col_int(st, 21),
+								 "base", store_col_text(st, 22)));
 	return o;
 }
 
