@@ -8,7 +8,9 @@
  *
  *   request  {"op": "fetch" | "resolve" | "read" | "archive",
  *             "repo": {"name", "url", "username", "token", "ssh_key"},
- *             "what": ref or commit, "path": file path, "max": byte cap}
+ *             "what": ref or commit, "path": file path, "max": byte cap,
+ *             fetch: "request_ref" refs/pull/N/head or refs/merge-requests/N/head
+ *             (issue 17; the helper checks its form again)}
  *   reply    {"rc": 0 or an OTA_* code, "error": message when rc < 0,
  *             resolve: "id", "tree", "author", "committer", "message", "time_ms";
  *             read: "len" (then one more frame of exactly len bytes);
