@@ -256,14 +256,14 @@ static void closed_edited_and_malformed_requests_start_nothing(void **state)
 	body = github_pr("closed", 9, "feature", REPO, sha);
 	assert_int_equal(post_hook(&g, "github", "pull_request", "gh-closed", body, &ans), 202);
 	assert_non_null(strstr(buf_cstr(&ans), "this event is ignored"));
-	buf_clear(&ans);
+	buf_release(&ans);
 	free(body);
 	body = xasprintf("{\"object_kind\": \"merge_request\", \"project\": {\"path_with_namespace\": \"" REPO "\"},"
 			 " \"object_attributes\": {\"iid\": 9, \"action\": \"update\", \"target_branch\": \"main\","
 			 "  \"last_commit\": {\"id\": \"%s\"}}}", sha);   /* a title edit: no oldrev */
 	assert_int_equal(post_hook(&g, "gitlab", "Merge Request Hook", "gl-edit", body, &ans), 202);
 	assert_non_null(strstr(buf_cstr(&ans), "this event is ignored"));
-	buf_clear(&ans);
+	buf_release(&ans);
 	free(body);
 	/* hostile numbers, commits and base branches are refused with the reason */
 	body = xasprintf("{\"action\": \"opened\", \"number\": \"9/../../heads/main\", \"pull_request\": {\"head\": {\"sha\": \"%s\"},"
