@@ -147,8 +147,12 @@ static void upload_cut_off_halfway_leaves_nothing_and_a_retry_succeeds(void **st
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM artifacts"), 0);
 
 	/* the daemon dies halfway */
-	h_sh(&out, "(curl -s -X PUT --limit-rate 500K -H 'Authorization: Bearer %s' --data-binary @%s \"%s\" >/dev/null 2>&1 &) ; sleep 1",
+	h_sh(&out, "(curl -s -X PUT --limit-rate 500K -H 'Authorization: Bearer %s' --data-binary @%s \"%s\" >/dev/null 2>&1 &)",
 	     tok, blob, url);
+	/* wait for the upload to be under way (a loaded machine may take more
+	 * than a second to start curl); at 500 KB/s it lasts about 4 s */
+	for (int i = 0; i < 100 && count_files(&d, "tmp") == 0; i++)
+		h_msleep(50);
 	assert_int_equal(count_files(&d, "tmp"), 1); /* half-way there */
 	h_kill(&d, SIGKILL);
 	assert_int_equal(count_files(&d, "sha256"), 0);
