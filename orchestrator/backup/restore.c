@@ -112,7 +112,7 @@ static int copy_files(json_t *files, const char *dir, const char *stage)
 
 	json_array_foreach(files, i, f) {
 		const char *rel, *want;
-		char *src, *dst, sha[65];
+		char *src, *dst, sha[65] = "";
 		int64_t want_size = -1, size = 0;
 		int in;
 		if ((rc = entry_check(f, i, &seen, &rel, &want_size, &want)) < 0 || (rc = bk_make_parents(stage, rel)) < 0)
