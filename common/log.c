@@ -10,6 +10,7 @@
  * character, with the escapes JSON uses.
  */
 #include "log.h"
+#include "utf8.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -112,34 +113,6 @@ void ota_log_request_id_new(char out[OTA_LOG_REQUEST_ID_MAX + 1])
 }
 
 /* ---- formatting ----------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	size_t len;
-	uint32_t cp;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		len = 2, cp = s[0] & 0x1f;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		len = 3, cp = s[0] & 0x0f;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		len = 4, cp = s[0] & 0x07;
-	else
-		return 0;
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
-		return 0; /* overlong, out of range, or a surrogate */
-	return len;
-}
 
 /* msg with each byte of an invalid UTF-8 sequence replaced by '?'. */
 static void utf8_clean(struct buf *out, const char *msg)

@@ -209,20 +209,13 @@ static int js_clones(json_t *clones, const json_t *dups, const char *name)
 
 int report_parse_jscpd(json_t **out, const void *data, size_t len, const char *name)
 {
-	json_error_t err;
 	json_t *doc = NULL, *total, *clones = json_array();
 	json_int_t lines, dup, nclones;
 	int rc = 0;
 
 	*out = NULL;
-	if (len > REPORT_MAX_BYTES) {
-		rc = ota_error_set(OTA_EINVAL, "%s: report larger than %d bytes", name, REPORT_MAX_BYTES);
+	if ((rc = report_json_load(&doc, data, len, name)) < 0)
 		goto out;
-	}
-	if (!(doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err))) {
-		rc = ota_error_set(OTA_EINVAL, "%s:%d:%d: %s", name, err.line, err.column, err.text);
-		goto out;
-	}
 	total = json_object_get(json_object_get(doc, "statistics"), "total");
 	if (js_count(total, "lines", &lines) < 0 || js_count(total, "duplicatedLines", &dup) < 0 ||
 	    js_count(total, "clones", &nclones) < 0) {

@@ -100,7 +100,6 @@ static double round_to(double x, double unit)
 
 int report_parse_power(json_t **out, const void *data, size_t len, const char *name)
 {
-	json_error_t err;
 	json_t *doc = NULL, *samples, *kept = json_array(), *metrics, *s;
 	struct power_sums sum = { 0 };
 	const char *fmt, *board, *source;
@@ -109,14 +108,8 @@ int report_parse_power(json_t **out, const void *data, size_t len, const char *n
 	int rc = 0;
 
 	*out = NULL;
-	if (len > REPORT_MAX_BYTES) {
-		rc = ota_error_set(OTA_EINVAL, "%s: report larger than %d bytes", name, REPORT_MAX_BYTES);
+	if ((rc = report_json_load(&doc, data, len, name)) < 0)
 		goto out;
-	}
-	if (!(doc = json_loadb(data, len, JSON_REJECT_DUPLICATES, &err))) {
-		rc = ota_error_set(OTA_EINVAL, "%s:%d:%d: %s", name, err.line, err.column, err.text);
-		goto out;
-	}
 	fmt = json_string_value(json_object_get(doc, "format"));
 	if (!fmt || strcmp(fmt, "otacd-power/1")) {
 		rc = ota_error_set(OTA_EINVAL, "%s: not a power report: \"format\" must be \"otacd-power/1\"", name);

@@ -133,6 +133,19 @@ static int check_size(size_t len, const char *name)
 	return 0;
 }
 
+int report_json_load(json_t **doc, const void *data, size_t len, const char *name)
+{
+	json_error_t err;
+	int rc;
+
+	*doc = NULL;
+	if ((rc = check_size(len, name)) < 0)
+		return rc;
+	if (!(*doc = json_loadb(len ? data : "", len, JSON_REJECT_DUPLICATES, &err)))
+		return ota_error_set(OTA_EINVAL, "%s:%d:%d: %s", name, err.line, err.column, err.text);
+	return 0;
+}
+
 /* Set key to a string when s is not NULL (and is valid UTF-8). */
 static void set_str(json_t *obj, const char *key, const char *s)
 {

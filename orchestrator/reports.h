@@ -78,6 +78,12 @@ int report_parse_pmccabe(json_t **out, const void *data, size_t len, const char 
 int report_parse_jscpd(json_t **out, const void *data, size_t len, const char *name);
 int report_parse_power(json_t **out, const void *data, size_t len, const char *name);   /* power_report.c */
 
+/* The JSON document of a report in *doc (caller json_decref's), read with
+ * duplicate keys refused and the size bounded; OTA_EINVAL naming the file,
+ * line and column when it is not JSON, OTA_ETOOBIG past REPORT_MAX_BYTES.
+ * The one prologue of the JSON formats' parsers. */
+int report_json_load(json_t **doc, const void *data, size_t len, const char *name);
+
 /* Is format one of the names above? */
 int report_format_known(const char *format);
 

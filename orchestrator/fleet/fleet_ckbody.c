@@ -32,6 +32,7 @@
  * costs one extra read.
  */
 #include "fleet_ckbody.h"
+#include "../../common/utf8.h"
 
 #include <string.h>
 
@@ -97,36 +98,6 @@ static int hex4(const char *s, uint32_t *out)
 	}
 	*out = v;
 	return 0;
-}
-
-/* The length of the valid UTF-8 sequence at s (n bytes left), 0 if none
- * (the same rules as jansson's utf8_check_first/utf8_check_full). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	size_t len;
-	uint32_t v;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2;
-		v = s[0] & 0x1f;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3;
-		v = s[0] & 0x0f;
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4;
-		v = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		v = (v << 6) | (s[i] & 0x3f);
-	}
-	if ((len == 3 && v < 0x800) || (len == 4 && v < 0x10000) || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-		return 0;
-	return len;
 }
 
 static size_t utf8_put(uint32_t cp, char *u)
