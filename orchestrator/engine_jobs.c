@@ -63,26 +63,33 @@ static int retry_on(const json_t *spec, const char *failure)
 static int attempt_record(struct engine *e, struct jobrow *j, const struct job_result *r, int failed,
 			  const char **state_out);
 
-/* The kind's verdict, given the attempt's stored reports (and the baseline
- * run's, for `baseline:`); *message may replace r->message. */
+/*
+ * The kind's verdict (*failed), given the attempt's stored reports (and
+ * the baseline run's, for `baseline:`); *message may replace r->message.
+ * Reports that cannot be read are an error, not an empty list: judging
+ * without them could pass a failed test, and the read that failed has
+ * spoiled the transaction anyway (docs/storage.md).
+ */
 static int attempt_verdict(struct engine *e, struct jobrow *j, const struct stage_kind *kind,
-			   const struct job_result *r, char **message)
+			   const struct job_result *r, int *failed, char **message)
 {
 	json_t *reports = NULL, *baseline = NULL;
 	struct verdict_input in = { 0 };
-	int failed;
+	int rc;
 
-	if (rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
-				&in.baseline_run) < 0)
-		ota_log(OTA_LOG_WARN, "engine: job %" PRId64 ": cannot load its reports: %s", j->id, ota_error_last());
-	in.reports = reports ? reports : json_array();
+	rc = rk_load_for_verdict(e->db, j->run_id, j->id, j->attempt, j->spec, &reports, &baseline,
+				 &in.baseline_run);
+	if (rc < 0) {
+		ota_error_prefix("job %" PRId64 ": cannot load its reports", j->id);
+		goto out;
+	}
+	in.reports = reports;
 	in.baseline = baseline;
-	failed = kind->verdict(j->spec, r, &in, message);
-	if (!reports)
-		json_decref((json_t *)in.reports);
+	*failed = kind->verdict(j->spec, r, &in, message);
+out:
 	json_decref(reports);
 	json_decref(baseline);
-	return failed;
+	return rc;
 }
 
 int eng_attempt_done(struct engine *e, struct jobrow *j, const struct job_result *r, const char **state_out)
@@ -94,7 +101,8 @@ int eng_attempt_done(struct engine *e, struct jobrow *j, const struct job_result
 
 	logstore_end(j->id, j->attempt); /* the log is complete: write what masking held back */
 	if (kind && kind->verdict) {
-		failed = attempt_verdict(e, j, kind, r, &message);
+		if ((rc = attempt_verdict(e, j, kind, r, &failed, &message)) < 0)
+			goto out;
 		if (message)
 			rv.message = message;
 	}
@@ -106,6 +114,7 @@ int eng_attempt_done(struct engine *e, struct jobrow *j, const struct job_result
 	if (rc >= 0)
 		ota_log(OTA_LOG_DEBUG, "engine: job %" PRId64 " (stage %s) attempt %d: %s", j->id, j->stage_name,
 			j->attempt, *state_out);
+out:
 	free(message);
 	return rc;
 }
@@ -206,10 +215,10 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 	return eng_advance_run(e, j->run_id);
 }
 
-/* Give up the job an agent holds (the agent restarted or was lost);
- * failure is "infra", or "daemon" when otacd's own restart lost it. */
 static const char jq_agent_jobs[] = "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'";
 
+/* Give up the job an agent holds (the agent restarted or was lost);
+ * failure is "infra", or "daemon" when otacd's own restart lost it. */
 static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *failure, const char *why)
 {
 	struct db_stmt *st = store_q(e->db, jq_agent_jobs);
@@ -353,6 +362,8 @@ static void labels_bound(json_t *labels, const json_t *allowed)
 	}
 }
 
+static const char jq_run_names[] = "SELECT repo, ref, pipeline FROM runs WHERE id = ?";
+
 /*
  * Where a job's `cache:` may be read from and written to (docs/security.md,
  * "Caches"), decided here from the run's stored trust, never from the
@@ -365,11 +376,9 @@ static void labels_bound(json_t *labels, const json_t *allowed)
  *     built, and nothing it writes is ever restored by a protected run or
  *     by another ref.
  * The agent maps each namespace to a directory by its SHA-256, so no name
- * reaches a path.
+ * reaches a path.  *out: the scope of j's run, whose stored trust is prot
+ * (policy.h).
  */
-static const char jq_run_names[] = "SELECT repo, ref, pipeline FROM runs WHERE id = ?";
-
-/* *out: the scope of j's run, whose stored trust is prot (policy.h). */
 static int cache_scope(struct engine *e, const struct jobrow *j, int prot, json_t **out)
 {
 	struct db_stmt *st = store_q(e->db, jq_run_names);

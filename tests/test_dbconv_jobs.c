@@ -161,17 +161,13 @@ static int64_t run(struct store *s, const char *name, const char *fmt, ...)
 	struct db_stmt *st = jq(s, name);
 	va_list ap;
 	int64_t changed;
-	int rc;
 
 	va_start(ap, fmt);
 	bind_args(st, fmt, ap);
 	va_end(ap);
-	while ((rc = db_step(st)) == 1)
-		;
-	if (rc < 0)
+	if (db_run(st) < 0) /* as engine_jobs.c runs them */
 		fail_msg("%s: %s", name, ota_error_last());
 	changed = db_changes(st);
-	db_reset(st);
 	buf_printf(&g_seen, "%s: %lld changed\n", name, (long long)changed);
 	return changed;
 }
