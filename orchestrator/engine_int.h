@@ -34,4 +34,13 @@ const struct engine_config *engine_cfg(struct engine *e);
  * if the job has infra retries left); why is the attempt's message. */
 int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why);
 
+/* Every SQL statement engine_jobs.c runs, by its constant's name, for
+ * tests that prepare and run them on each storage backend
+ * (tests/test_dbconv_jobs.c, docs/storage.md). */
+struct engine_jobs_sql {
+	const char *name; /* "jq_attempt_start" */
+	const char *sql;  /* the address engine_jobs.c's statement cache keys on */
+};
+const struct engine_jobs_sql *engine_jobs_sql(size_t *n);
+
 #endif
