@@ -4,8 +4,8 @@
  * How it works.  engine_start() recovers from the database and starts one
  * thread.  Public functions package their arguments into a `struct call`,
  * queue it, and sleep until the engine thread has run it; the engine thread
- * runs every call inside BEGIN IMMEDIATE … COMMIT, so each command is atomic
- * on disk.  Between calls the thread wakes for the next lease or job
+ * runs every call inside one transaction (store_begin … store_commit: the
+ * storage layer's writer lock, db/db.h), so each command is atomic on disk.  Between calls the thread wakes for the next lease or job
  * deadline (stored as absolute wall-clock times in the jobs table) and fails
  * the attempts that ran out.
  *
@@ -763,6 +763,14 @@ static void note_store_trouble(struct engine *e)
 	}
 }
 
+/*
+ * Run one call in its own transaction.  Not through db_transact(), which
+ * runs its function again after a lost race: a call also changes memory
+ * (the dispatch queue, started_inproc, dead_objects, the rollout module),
+ * and run twice it would hand a job to the stage worker twice.  A failure
+ * rolls back, rebuilds the dispatch queue and is the caller's to see
+ * (docs/storage.md, "Transactions take turns").
+ */
 static void run_call(struct engine *e, struct call *c)
 {
 	struct ota_log_ctx saved;
