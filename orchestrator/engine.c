@@ -5,9 +5,10 @@
  * thread.  Public functions package their arguments into a `struct call`,
  * queue it, and sleep until the engine thread has run it; the engine thread
  * runs every call inside one transaction (store_begin … store_commit: the
- * storage layer's writer lock, db/db.h), so each command is atomic on disk.  Between calls the thread wakes for the next lease or job
- * deadline (stored as absolute wall-clock times in the jobs table) and fails
- * the attempts that ran out.
+ * storage layer's writer lock, db/db.h), so each command is atomic on
+ * disk.  Between calls the thread wakes for the next lease or job deadline
+ * (stored as absolute wall-clock times in the jobs table) and fails the
+ * attempts that ran out.
  *
  * State the engine thread alone touches: the writer connection, the
  * in-memory dispatch queue (queued jobs of running stages, ordered by job
@@ -382,7 +383,8 @@ int engine_store_stage_outcome(struct store *s, int64_t stage_id, const char **o
 int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const char *concurrency,
 		      const char *error)
 {
-	struct db_stmt *st = store_q(e->db, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error) WHERE id = ?");
+	struct db_stmt *st = store_q(e->db, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error)"
+					    " WHERE id = ?");
 	int rc;
 
 	if (!st)
@@ -403,7 +405,8 @@ int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const ch
 	/* Let the next run waiting on the same concurrency group go. */
 	if (concurrency) {
 		int64_t next = 0;
-		st = store_q(e->db, "SELECT id FROM runs WHERE concurrency = ? AND state IN ('queued','blocked') ORDER BY id LIMIT 1");
+		st = store_q(e->db, "SELECT id FROM runs WHERE concurrency = ? AND state IN ('queued','blocked')"
+				    " ORDER BY id LIMIT 1");
 		if (!st)
 			return OTA_ERROR;
 		db_bind_text(st, 1, concurrency);
@@ -418,7 +421,8 @@ int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const ch
 
 static int load_stages(struct engine *e, int64_t run_id, struct stagerow **out, size_t *n)
 {
-	struct db_stmt *st = store_q(e->db, "SELECT id, name, state, needs, when_filter FROM stages WHERE run_id = ? ORDER BY idx");
+	struct db_stmt *st = store_q(e->db, "SELECT id, name, state, needs, when_filter FROM stages WHERE run_id = ?"
+					    " ORDER BY idx");
 	struct stagerow *v = NULL;
 	size_t cnt = 0, cap = 0;
 	int rc;
@@ -480,7 +484,8 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
 	snprintf(s->state, sizeof(s->state), "%s", state);
 	if (!strcmp(state, "skipped")) {
 		/* its jobs never run */
-		struct db_stmt *st = store_q(e->db, "UPDATE jobs SET state = 'skipped', finished_at = ? WHERE stage_id = ? AND state = 'queued'");
+		struct db_stmt *st = store_q(e->db, "UPDATE jobs SET state = 'skipped', finished_at = ?"
+						    " WHERE stage_id = ? AND state = 'queued'");
 		if (!st)
 			return OTA_ERROR;
 		db_bind_int64(st, 1, now);
