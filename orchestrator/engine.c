@@ -4,10 +4,11 @@
  * How it works.  engine_start() recovers from the database and starts one
  * thread.  Public functions package their arguments into a `struct call`,
  * queue it, and sleep until the engine thread has run it; the engine thread
- * runs every call inside BEGIN IMMEDIATE … COMMIT, so each command is atomic
- * on disk.  Between calls the thread wakes for the next lease or job
- * deadline (stored as absolute wall-clock times in the jobs table) and fails
- * the attempts that ran out.
+ * runs every call inside one transaction (store_begin … store_commit: the
+ * storage layer's writer lock, db/db.h), so each command is atomic on
+ * disk.  Between calls the thread wakes for the next lease or job deadline
+ * (stored as absolute wall-clock times in the jobs table) and fails the
+ * attempts that ran out.
  *
  * State the engine thread alone touches: the writer connection, the
  * in-memory dispatch queue (queued jobs of running stages, ordered by job
@@ -36,6 +37,7 @@
 #include "../common/log.h"
 #include "artifact.h"
 #include "clock.h"
+#include "db/db.h"
 #include "diskguard.h"
 #include "logstore.h"
 #include "engine_core.h"
@@ -51,22 +53,27 @@ int engine_state_final(const char *s)
 
 /* ---- events (engine thread) ------------------------------------------ */
 
+static void note_store_trouble(struct engine *e);
+
 void eng_event(struct engine *e, int64_t run, int64_t job, const char *kind, json_t *detail)
 {
-	sqlite3_stmt *st = STMT(e, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?,?,?,?,?)");
+	struct db_stmt *st = store_q(e->db, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?,?,?,?,?)");
 	char *text = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
 
 	e->changed_state = 1; /* wakes /api/v1/events followers after the commit */
 	if (st) {
-		sqlite3_bind_int64(st, 1, clock_now_ms());
+		/* run, job and detail left unbound are NULL */
+		db_bind_int64(st, 1, clock_now_ms());
 		if (run)
-			sqlite3_bind_int64(st, 2, run);
+			db_bind_int64(st, 2, run);
 		if (job)
-			sqlite3_bind_int64(st, 3, job);
-		sqlite3_bind_text(st, 4, kind, -1, SQLITE_STATIC);
-		if (text)
-			sqlite3_bind_text(st, 5, text, -1, SQLITE_TRANSIENT);
-		store_step_done(e->db, st);
+			db_bind_int64(st, 3, job);
+		db_bind_text(st, 4, kind);
+		db_bind_text(st, 5, text);
+		/* A failure spoils the command's transaction, whose commit then
+		 * fails; note a full disk now, while SQLite still says so. */
+		if (db_run(st) < 0)
+			note_store_trouble(e);
 	}
 	free(text);
 	json_decref(detail);
@@ -111,7 +118,7 @@ static void queue_clear(struct engine *e)
 
 static int queue_rebuild(struct engine *e)
 {
-	sqlite3_stmt *st = STMT(e,
+	struct db_stmt *st = store_q(e->db,
 		"SELECT j.id, j.spec FROM jobs j JOIN stages s ON s.id = j.stage_id "
 		"JOIN runs r ON r.id = j.run_id "
 		"WHERE j.state = 'queued' AND s.state = 'running' AND r.state = 'running' ORDER BY j.id");
@@ -120,21 +127,21 @@ static int queue_rebuild(struct engine *e)
 	queue_clear(e);
 	if (!st)
 		return OTA_ERROR;
-	while ((rc = store_step_row(e->db, st)) == 1) {
-		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
+	while ((rc = db_step(st)) == 1) {
+		json_t *spec = json_loads(db_column_text(st, 1), 0, NULL);
 		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
 		json_t *empty = json_array();
-		eng_queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		eng_queue_add(e, db_column_int64(st, 0), labels ? labels : empty);
 		json_decref(empty);
 		json_decref(spec);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
 int eng_job_load(struct engine *e, int64_t id, struct jobrow *j)
 {
-	sqlite3_stmt *st = STMT(e,
+	struct db_stmt *st = store_q(e->db,
 		"SELECT j.run_id, j.stage_id, COALESCE(j.agent_id, 0), j.attempt, j.retries_left,"
 		" j.infra_retries_left, j.state, j.spec, s.name, s.kind"
 		" FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.id = ?");
@@ -143,23 +150,23 @@ int eng_job_load(struct engine *e, int64_t id, struct jobrow *j)
 	memset(j, 0, sizeof(*j));
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, id);
-	rc = store_step_row(e->db, st);
+	db_bind_int64(st, 1, id);
+	rc = db_step(st);
 	if (rc == 1) {
 		j->id = id;
-		j->run_id = store_col_int(st, 0);
-		j->stage_id = store_col_int(st, 1);
-		j->agent_id = store_col_int(st, 2);
-		j->attempt = (int)store_col_int(st, 3);
-		j->retries_left = (int)store_col_int(st, 4);
-		j->infra_left = (int)store_col_int(st, 5);
-		snprintf(j->state, sizeof(j->state), "%s", store_col_text(st, 6));
-		j->spec = json_loads(store_col_text(st, 7), 0, NULL);
-		snprintf(j->stage_name, sizeof(j->stage_name), "%s", store_col_text(st, 8));
-		snprintf(j->kind, sizeof(j->kind), "%s", store_col_text(st, 9));
+		j->run_id = db_column_int64(st, 0);
+		j->stage_id = db_column_int64(st, 1);
+		j->agent_id = db_column_int64(st, 2);
+		j->attempt = (int)db_column_int64(st, 3);
+		j->retries_left = (int)db_column_int64(st, 4);
+		j->infra_left = (int)db_column_int64(st, 5);
+		snprintf(j->state, sizeof(j->state), "%s", db_column_text(st, 6));
+		j->spec = json_loads(db_column_text(st, 7), 0, NULL);
+		snprintf(j->stage_name, sizeof(j->stage_name), "%s", db_column_text(st, 8));
+		snprintf(j->kind, sizeof(j->kind), "%s", db_column_text(st, 9));
 		ota_log_ctx_work(j->run_id, id); /* this thread works on it (common/log.h) */
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc == 0)
 		return ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", id);
 	if (rc < 0)
@@ -177,13 +184,13 @@ void eng_job_release(struct jobrow *j)
 
 static int set_state(struct engine *e, const char *sql, int64_t id, const char *state, int64_t now)
 {
-	sqlite3_stmt *st = STMT(e, sql);
+	struct db_stmt *st = store_q(e->db, sql);
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, now);
-	sqlite3_bind_int64(st, 3, id);
-	return store_step_done(e->db, st);
+	db_bind_text(st, 1, state);
+	db_bind_int64(st, 2, now);
+	db_bind_int64(st, 3, id);
+	return db_run(st);
 }
 
 /* ---- run progression ------------------------------------------------- */
@@ -205,37 +212,43 @@ struct stagerow {
  */
 static int mark_inproc_running(struct engine *e, int64_t job, int no_deadline, int *attempt_out)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT run_id, attempt + 1, spec FROM jobs WHERE id = ?");
+	struct db_stmt *st = store_q(e->db, "SELECT run_id, attempt + 1, spec FROM jobs WHERE id = ?");
 	int64_t run = 0, timeout = 0, real = clock_real_ms(), now = clock_now_ms();
 	int attempt = 0, rc;
 
-	sqlite3_bind_int64(st, 1, job);
-	if ((rc = store_step_row(e->db, st)) == 1) {
-		json_t *spec = json_loads(store_col_text(st, 2), 0, NULL);
-		run = store_col_int(st, 0);
-		attempt = (int)store_col_int(st, 1);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, job);
+	if ((rc = db_step(st)) == 1) {
+		json_t *spec = json_loads(db_column_text(st, 2), 0, NULL);
+		run = db_column_int64(st, 0);
+		attempt = (int)db_column_int64(st, 1);
 		timeout = json_integer_value(json_object_get(spec, "timeout_ms"));
 		json_decref(spec);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc != 1)
 		return rc < 0 ? rc : OTA_ERROR;
-	st = STMT(e, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = 0, lease_expires = NULL, deadline = ?,"
+	st = store_q(e->db, "UPDATE jobs SET state = 'running', attempt = ?, agent_id = 0, lease_expires = NULL, deadline = ?,"
 		     " started_at = ? WHERE id = ?");
-	sqlite3_bind_int(st, 1, attempt);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, attempt);
 	if (no_deadline)
-		sqlite3_bind_null(st, 2);
+		db_bind_null(st, 2);
 	else
-		sqlite3_bind_int64(st, 2, real + (timeout > 0 ? timeout : e->cfg.default_timeout_ms));
-	sqlite3_bind_int64(st, 3, now);
-	sqlite3_bind_int64(st, 4, job);
-	if ((rc = store_step_done(e->db, st)) < 0)
+		db_bind_int64(st, 2, real + (timeout > 0 ? timeout : e->cfg.default_timeout_ms));
+	db_bind_int64(st, 3, now);
+	db_bind_int64(st, 4, job);
+	if ((rc = db_run(st)) < 0)
 		return rc;
-	st = STMT(e, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at) VALUES (?,?,0,?)");
-	sqlite3_bind_int64(st, 1, job);
-	sqlite3_bind_int(st, 2, attempt);
-	sqlite3_bind_int64(st, 3, now);
-	if ((rc = store_step_done(e->db, st)) < 0)
+	st = store_q(e->db, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at) VALUES (?,?,0,?)");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, job);
+	db_bind_int64(st, 2, attempt);
+	db_bind_int64(st, 3, now);
+	if ((rc = db_run(st)) < 0)
 		return rc;
 	eng_event(e, run, job, "job.running", json_pack("{si ss}", "attempt", attempt, "agent", "otacd"));
 	e->changed_state = 1;
@@ -253,12 +266,16 @@ static int start_inproc(struct engine *e, int64_t job, const struct stage_kind *
 		return rc;
 	if (kind->rollout || !strcmp(kind->name, "release")) {
 		/* keys and the fleet only for protected runs, checked again here */
-		sqlite3_stmt *st = STMT(e, "SELECT run_id FROM jobs WHERE id = ?");
+		struct db_stmt *st = store_q(e->db, "SELECT run_id FROM jobs WHERE id = ?");
 		int64_t run = 0;
-		sqlite3_bind_int64(st, 1, job);
-		if (store_step_row(e->db, st) == 1)
-			run = store_col_int(st, 0);
-		sqlite3_reset(st);
+		if (!st)
+			return OTA_ERROR;
+		db_bind_int64(st, 1, job);
+		if ((rc = db_step(st)) == 1)
+			run = db_column_int64(st, 0);
+		db_reset(st);
+		if (rc < 0)
+			return rc;
 		if ((rc = policy_run_protected(e->db, run)) == 0) {
 			struct job_result res = { 1, "script", "refused: this run is not protected (docs/security.md)" };
 			if ((rc = engine_audit(e, "otacd", "policy_refused", 0, 0, res.message,
@@ -283,17 +300,17 @@ static int start_inproc(struct engine *e, int64_t job, const struct stage_kind *
  * capacity is real whatever --time-scale says. */
 static int mark_queued(struct engine *e, int64_t stage_id)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE jobs SET queued_at = ? WHERE stage_id = ? AND state = 'queued'");
+	struct db_stmt *st = store_q(e->db, "UPDATE jobs SET queued_at = ? WHERE stage_id = ? AND state = 'queued'");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_real_ms());
-	sqlite3_bind_int64(st, 2, stage_id);
-	return store_step_done(e->db, st);
+	db_bind_int64(st, 1, clock_real_ms());
+	db_bind_int64(st, 2, stage_id);
+	return db_run(st);
 }
 
 static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT j.id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
+	struct db_stmt *st = store_q(e->db, "SELECT j.id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
 				   " WHERE j.stage_id = ? AND j.state = 'queued' ORDER BY j.id");
 	int64_t inproc[256];
 	const struct stage_kind *inkind[256];
@@ -304,25 +321,25 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 		return OTA_ERROR;
 	if ((rc = mark_queued(e, stage_id)) < 0)
 		return rc;
-	sqlite3_bind_int64(st, 1, stage_id);
-	while ((rc = store_step_row(e->db, st)) == 1) {
-		const struct stage_kind *kind = stage_kind_find(store_col_text(st, 2), NULL);
+	db_bind_int64(st, 1, stage_id);
+	while ((rc = db_step(st)) == 1) {
+		const struct stage_kind *kind = stage_kind_find(db_column_text(st, 2), NULL);
 		if (kind && (kind->run || kind->rollout)) {
 			if (ninproc < OTA_ARRAY_SIZE(inproc)) {
 				inkind[ninproc] = kind;
-				inproc[ninproc++] = store_col_int(st, 0);
+				inproc[ninproc++] = db_column_int64(st, 0);
 			}
 			continue;
 		}
-		json_t *spec = json_loads(store_col_text(st, 1), 0, NULL);
+		json_t *spec = json_loads(db_column_text(st, 1), 0, NULL);
 		json_t *labels = spec ? json_object_get(spec, "labels") : NULL;
 		json_t *empty = json_array();
-		eng_queue_add(e, store_col_int(st, 0), labels ? labels : empty);
+		eng_queue_add(e, db_column_int64(st, 0), labels ? labels : empty);
 		json_decref(empty);
 		json_decref(spec);
 		any = 1;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (any)
 		e->changed_work = 1;
 	for (size_t i = 0; i < ninproc && rc >= 0; i++)
@@ -330,52 +347,54 @@ static int enqueue_stage_jobs(struct engine *e, int64_t stage_id)
 	return rc < 0 ? rc : 0;
 }
 
-/* Final state of a stage from its jobs, or NULL while some are unfinished. */
-static const char *stage_outcome(struct engine *e, int64_t stage_id, int *rc)
+int engine_store_stage_outcome(struct store *s, int64_t stage_id, const char **out)
 {
-	sqlite3_stmt *st = STMT(e,
-		"SELECT COUNT(*), SUM(state IN ('passed','failed','canceled','skipped')),"
-		" SUM(state = 'passed'), SUM(state = 'canceled') FROM jobs WHERE stage_id = ?");
+	struct db_stmt *st = store_q(s,
+		/* CASE, not SUM(state = 'passed'): PostgreSQL has no SUM of booleans */
+		"SELECT COUNT(*), SUM(CASE WHEN state IN ('passed','failed','canceled','skipped') THEN 1 ELSE 0 END),"
+		" SUM(CASE WHEN state = 'passed' THEN 1 ELSE 0 END), SUM(CASE WHEN state = 'canceled' THEN 1 ELSE 0 END)"
+		" FROM jobs WHERE stage_id = ?");
 	int64_t total, final, passed, canceled;
+	int rc;
 
-	*rc = 0;
-	if (!st) {
-		*rc = OTA_ERROR;
-		return NULL;
+	*out = NULL;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, stage_id);
+	if ((rc = db_step(st)) != 1) {
+		db_reset(st);
+		return rc < 0 ? rc : ota_error_set(OTA_ERROR, "stage %" PRId64 ": no count of its jobs", stage_id);
 	}
-	sqlite3_bind_int64(st, 1, stage_id);
-	if ((*rc = store_step_row(e->db, st)) != 1) {
-		sqlite3_reset(st);
-		*rc = *rc < 0 ? *rc : OTA_ERROR;
-		return NULL;
-	}
-	*rc = 0;
-	total = store_col_int(st, 0);
-	final = store_col_int(st, 1);
-	passed = store_col_int(st, 2);
-	canceled = store_col_int(st, 3);
-	sqlite3_reset(st);
+	/* SUM over no rows is NULL, read as 0 */
+	total = db_column_int64(st, 0);
+	final = db_column_int64(st, 1);
+	passed = db_column_int64(st, 2);
+	canceled = db_column_int64(st, 3);
+	db_reset(st);
 	if (final < total)
-		return NULL;
+		return 0;
 	if (passed == total)
-		return "passed";
-	return canceled ? "canceled" : "failed";
+		*out = "passed";
+	else
+		*out = canceled ? "canceled" : "failed";
+	return 0;
 }
 
 int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const char *concurrency,
 		      const char *error)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error) WHERE id = ?");
+	struct db_stmt *st = store_q(e->db, "UPDATE runs SET state = ?, finished_at = ?, error = COALESCE(?, error)"
+					    " WHERE id = ?");
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, clock_now_ms());
+	db_bind_text(st, 1, state);
+	db_bind_int64(st, 2, clock_now_ms());
 	if (error)
-		sqlite3_bind_text(st, 3, error, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 4, run_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
+		db_bind_text(st, 3, error);
+	db_bind_int64(st, 4, run_id);
+	if ((rc = db_run(st)) < 0)
 		return rc;
 	/* issue 17: statuses and notifications, committed with the state */
 	if ((rc = outbox_run_event(e, run_id, state)) < 0)
@@ -386,13 +405,14 @@ int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const ch
 	/* Let the next run waiting on the same concurrency group go. */
 	if (concurrency) {
 		int64_t next = 0;
-		st = STMT(e, "SELECT id FROM runs WHERE concurrency = ? AND state IN ('queued','blocked') ORDER BY id LIMIT 1");
+		st = store_q(e->db, "SELECT id FROM runs WHERE concurrency = ? AND state IN ('queued','blocked')"
+				    " ORDER BY id LIMIT 1");
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_text(st, 1, concurrency, -1, SQLITE_TRANSIENT);
-		if (store_step_row(e->db, st) == 1)
-			next = store_col_int(st, 0);
-		sqlite3_reset(st);
+		db_bind_text(st, 1, concurrency);
+		if (db_step(st) == 1)
+			next = db_column_int64(st, 0);
+		db_reset(st);
 		if (next)
 			return eng_advance_run(e, next);
 	}
@@ -401,32 +421,33 @@ int eng_finish_run(struct engine *e, int64_t run_id, const char *state, const ch
 
 static int load_stages(struct engine *e, int64_t run_id, struct stagerow **out, size_t *n)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id, name, state, needs, when_filter FROM stages WHERE run_id = ? ORDER BY idx");
+	struct db_stmt *st = store_q(e->db, "SELECT id, name, state, needs, when_filter FROM stages WHERE run_id = ?"
+					    " ORDER BY idx");
 	struct stagerow *v = NULL;
 	size_t cnt = 0, cap = 0;
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run_id);
-	while ((rc = store_step_row(e->db, st)) == 1) {
+	db_bind_int64(st, 1, run_id);
+	while ((rc = db_step(st)) == 1) {
 		if (cnt == cap) {
 			cap = cap ? cap * 2 : 8;
 			v = xrealloc(v, cap * sizeof(*v));
 		}
 		memset(&v[cnt], 0, sizeof(v[cnt]));
-		v[cnt].id = store_col_int(st, 0);
-		snprintf(v[cnt].name, sizeof(v[cnt].name), "%s", store_col_text(st, 1));
-		snprintf(v[cnt].state, sizeof(v[cnt].state), "%s", store_col_text(st, 2));
-		v[cnt].needs = json_loads(store_col_text(st, 3), 0, NULL);
+		v[cnt].id = db_column_int64(st, 0);
+		snprintf(v[cnt].name, sizeof(v[cnt].name), "%s", db_column_text(st, 1));
+		snprintf(v[cnt].state, sizeof(v[cnt].state), "%s", db_column_text(st, 2));
+		v[cnt].needs = json_loads(db_column_text(st, 3), 0, NULL);
 		if (!v[cnt].needs)
 			v[cnt].needs = json_array();
-		v[cnt].skip_by_when = sqlite3_column_type(st, 4) != SQLITE_NULL;
-		if (v[cnt].skip_by_when && strcmp(store_col_text(st, 4), "no-match") != 0)
-			v[cnt].held = xstrdup(store_col_text(st, 4));
+		v[cnt].skip_by_when = db_column_type(st, 4) != DB_NULL;
+		if (v[cnt].skip_by_when && strcmp(db_column_text(st, 4), "no-match") != 0)
+			v[cnt].held = xstrdup(db_column_text(st, 4));
 		cnt++;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	*out = v;
 	*n = cnt;
 	return rc < 0 ? rc : 0;
@@ -463,12 +484,13 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
 	snprintf(s->state, sizeof(s->state), "%s", state);
 	if (!strcmp(state, "skipped")) {
 		/* its jobs never run */
-		sqlite3_stmt *st = STMT(e, "UPDATE jobs SET state = 'skipped', finished_at = ? WHERE stage_id = ? AND state = 'queued'");
+		struct db_stmt *st = store_q(e->db, "UPDATE jobs SET state = 'skipped', finished_at = ?"
+						    " WHERE stage_id = ? AND state = 'queued'");
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_int64(st, 1, now);
-		sqlite3_bind_int64(st, 2, s->id);
-		if ((rc = store_step_done(e->db, st)) < 0)
+		db_bind_int64(st, 1, now);
+		db_bind_int64(st, 2, s->id);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 	}
 	eng_event(e, run_id, 0, "stage.state", json_pack("{ss ss ss*}", "stage", s->name, "state", state, "reason", why));
@@ -482,7 +504,7 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
  */
 int eng_advance_run(struct engine *e, int64_t run_id)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
+	struct db_stmt *st = store_q(e->db, "SELECT state, concurrency FROM runs WHERE id = ?");
 	char state[16] = "", *concurrency = NULL;
 	struct stagerow *stages = NULL;
 	size_t nstages = 0;
@@ -490,13 +512,13 @@ int eng_advance_run(struct engine *e, int64_t run_id)
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run_id);
-	if ((rc = store_step_row(e->db, st)) == 1) {
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
-		if (store_col_text(st, 1))
-			concurrency = xstrdup(store_col_text(st, 1));
+	db_bind_int64(st, 1, run_id);
+	if ((rc = db_step(st)) == 1) {
+		snprintf(state, sizeof(state), "%s", db_column_text(st, 0));
+		if (db_column_text(st, 1))
+			concurrency = xstrdup(db_column_text(st, 1));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc <= 0) {
 		rc = rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run_id);
 		goto out;
@@ -508,23 +530,30 @@ int eng_advance_run(struct engine *e, int64_t run_id)
 	if (!strcmp(state, "queued") || !strcmp(state, "blocked")) {
 		if (concurrency) {
 			int busy;
-			st = STMT(e, "SELECT 1 FROM runs WHERE concurrency = ? AND id < ? "
+			st = store_q(e->db, "SELECT 1 FROM runs WHERE concurrency = ? AND id < ? "
 				     "AND state IN ('queued','blocked','running') LIMIT 1");
 			if (!st) {
 				rc = OTA_ERROR;
 				goto out;
 			}
-			sqlite3_bind_text(st, 1, concurrency, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int64(st, 2, run_id);
-			busy = store_step_row(e->db, st) == 1;
-			sqlite3_reset(st);
+			db_bind_text(st, 1, concurrency);
+			db_bind_int64(st, 2, run_id);
+			busy = db_step(st);
+			db_reset(st);
+			if (busy < 0) {
+				rc = busy;
+				goto out;
+			}
 			if (busy) {
 				if (strcmp(state, "blocked") != 0) {
-					st = STMT(e, "UPDATE runs SET state = 'blocked' WHERE id = ?");
-					if (!st || (sqlite3_bind_int64(st, 1, run_id), store_step_done(e->db, st)) < 0) {
+					st = store_q(e->db, "UPDATE runs SET state = 'blocked' WHERE id = ?");
+					if (!st) {
 						rc = OTA_ERROR;
 						goto out;
 					}
+					db_bind_int64(st, 1, run_id);
+					if ((rc = db_run(st)) < 0)
+						goto out;
 					eng_event(e, run_id, 0, "run.state", json_pack("{ss ss}", "state", "blocked",
 										  "reason", "waiting for concurrency group"));
 				}
@@ -576,8 +605,9 @@ int eng_advance_run(struct engine *e, int64_t run_id)
 					changed = 1;
 				}
 			} else if (!strcmp(s->state, "running")) {
-				const char *outcome = stage_outcome(e, s->id, &rc);
-				if (outcome) {
+				const char *outcome = NULL;
+				rc = engine_store_stage_outcome(e->db, s->id, &outcome);
+				if (rc == 0 && outcome) {
 					rc = stage_set(e, s, run_id, outcome, NULL);
 					changed = 1;
 				}
@@ -605,26 +635,45 @@ out:
 
 /* ---- the engine thread ------------------------------------------------ */
 
-static int64_t compute_next_due(struct engine *e)
+int64_t engine_store_next_due(struct store *s)
 {
-	sqlite3_stmt *st = STMT(e,
+	struct db_stmt *st = store_q(s,
 		"SELECT MIN(MIN(COALESCE(lease_expires, 9000000000000000), COALESCE(deadline, 9000000000000000)))"
 		" FROM jobs WHERE state = 'running'");
 	int64_t due = INT64_MAX;
-	if (st && store_step_row(e->db, st) == 1 && sqlite3_column_type(st, 0) != SQLITE_NULL)
-		due = store_col_int(st, 0);
-	if (st)
-		sqlite3_reset(st);
+
+	if (!st)
+		return due;
+	if (db_step(st) == 1 && db_column_type(st, 0) != DB_NULL)
+		due = db_column_int64(st, 0);
+	db_reset(st);
 	return due;
 }
 
 static int stall_grace(struct engine *e, void *arg);
 
+int engine_store_due_jobs(struct store *s, int64_t now, int64_t *ids, int *lost, size_t max, size_t *n)
+{
+	struct db_stmt *st = store_q(s, "SELECT id, CASE WHEN lease_expires <= ?1 THEN 1 ELSE 0 END FROM jobs"
+					" WHERE state = 'running' AND (lease_expires <= ?1 OR deadline <= ?1) LIMIT ?2");
+	int rc = 0;
+
+	*n = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now);
+	db_bind_int64(st, 2, (int64_t)max);
+	while (*n < max && (rc = db_step(st)) == 1) {
+		ids[*n] = db_column_int64(st, 0);
+		lost[(*n)++] = (int)db_column_int64(st, 1);
+	}
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
 /* Fail every running attempt whose lease or deadline has passed. */
 static int tick(struct engine *e, void *arg)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id, lease_expires <= ?1 FROM jobs WHERE state = 'running'"
-				   " AND (lease_expires <= ?1 OR deadline <= ?1) LIMIT 64");
 	int64_t now = clock_real_ms(), ids[64];
 	int lost[64];
 	size_t n = 0;
@@ -635,14 +684,8 @@ static int tick(struct engine *e, void *arg)
 	int own_fault = e->store_trouble_real && now - e->store_trouble_real <= e->cfg.lease_ms;
 
 	(void)arg;
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, now);
-	while (n < 64 && store_step_row(e->db, st) == 1) {
-		ids[n] = store_col_int(st, 0);
-		lost[n++] = (int)store_col_int(st, 1);
-	}
-	sqlite3_reset(st);
+	if ((rc = engine_store_due_jobs(e->db, now, ids, lost, OTA_ARRAY_SIZE(ids), &n)) < 0)
+		return rc;
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		struct jobrow j;
 		const char *state;
@@ -678,20 +721,44 @@ static int tick(struct engine *e, void *arg)
  */
 static int stall_grace(struct engine *e, void *arg)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
-
 	(void)arg;
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_real_ms() + e->cfg.lease_ms);
-	return store_step_done(e->db, st);
+	return engine_store_extend_leases(e->db, clock_real_ms() + e->cfg.lease_ms);
 }
 
-/* The database failed for want of disk (full, I/O error): otacd's fault,
- * not its agents' (see tick).  Read before the rollback resets it. */
+int engine_store_extend_leases(struct store *s, int64_t until)
+{
+	/*
+	 * Only jobs that hold a lease: a running job with none (NULL) runs
+	 * inside otacd (agent 0: the stage worker, a rollout) and is timed
+	 * by its deadline or the rollout controller, never by a lease, so
+	 * it keeps none.  The WHERE says so for both backends: SQLite's
+	 * MAX(NULL, x) is NULL, but PostgreSQL's GREATEST (the rewrite of
+	 * MAX(a, b)) ignores NULL and would give such a job a lease that
+	 * tick() then fails as "agent 0 lost".
+	 */
+	struct db_stmt *st = store_q(s, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?)"
+					" WHERE state = 'running' AND lease_expires IS NOT NULL");
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, until);
+	return db_run(st);
+}
+
+/*
+ * The database failed for want of disk (full, I/O error): otacd's fault,
+ * not its agents' (see tick).  Read before the rollback resets it.
+ *
+ * The storage layer has no code for a full disk (db.h), so this asks
+ * SQLite for its own error code: the one direct call to SQLite left here.
+ * On PostgreSQL (no SQLite handle) the server's disk is not otacd's, and a
+ * failure there is not noted as the disk's.
+ */
 static void note_store_trouble(struct engine *e)
 {
-	int ec = sqlite3_errcode(store_db(e->db)) & 0xff;
+	struct sqlite3 *handle = db_sqlite_handle(store_conn(e->db));
+	int ec = handle ? sqlite3_errcode(handle) & 0xff : SQLITE_OK;
+
 	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN) {
 		e->store_trouble_real = clock_real_ms();
 		/* new work is refused and the commit retried with a back-off,
@@ -701,6 +768,14 @@ static void note_store_trouble(struct engine *e)
 	}
 }
 
+/*
+ * Run one call in its own transaction.  Not through db_transact(), which
+ * runs its function again after a lost race: a call also changes memory
+ * (the dispatch queue, started_inproc, dead_objects, the rollout module),
+ * and run twice it would hand a job to the stage worker twice.  A failure
+ * rolls back, rebuilds the dispatch queue and is the caller's to see
+ * (docs/storage.md, "Transactions take turns").
+ */
 static void run_call(struct engine *e, struct call *c)
 {
 	struct ota_log_ctx saved;
@@ -750,8 +825,29 @@ static void run_call(struct engine *e, struct call *c)
 	if (e->changed_rollout && c->rc >= 0 && e->rollout_hook)
 		e->rollout_hook(e->rollout_hook_arg);
 	e->changed_work = e->changed_state = e->changed_rollout = 0;
-	e->next_due = compute_next_due(e);
+	e->next_due = engine_store_next_due(e->db);
 	ota_log_ctx_restore(&saved);
+}
+
+/* Delete one artifact record; *still_used says whether another record
+ * names the same object (then the object stays). */
+static int gc_delete_artifact(struct engine *e, int64_t id, const char *sha256, int *still_used)
+{
+	struct db_stmt *st = store_q(e->db, "DELETE FROM artifacts WHERE id = ?");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, id);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	if (!(st = store_q(e->db, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1")))
+		return OTA_ERROR;
+	db_bind_text(st, 1, sha256);
+	rc = db_step(st);
+	db_reset(st);
+	*still_used = rc == 1;
+	return rc < 0 ? rc : 0;
 }
 
 /*
@@ -762,7 +858,7 @@ static void run_call(struct engine *e, struct call *c)
 static int do_gc(struct engine *e, void *arg)
 {
 	int *removed = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT a.id, a.sha256, a.run_id FROM artifacts a JOIN runs r ON r.id = a.run_id"
+	struct db_stmt *st = store_q(e->db, "SELECT a.id, a.sha256, a.run_id FROM artifacts a JOIN runs r ON r.id = a.run_id"
 				   " WHERE a.released = 0 AND a.created_at < ?"
 				   " AND r.state IN ('passed','failed','canceled') LIMIT 500");
 	struct strvec shas = STRVEC_INIT;
@@ -772,23 +868,19 @@ static int do_gc(struct engine *e, void *arg)
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_now_ms() - e->cfg.artifact_retention_ms);
-	while (n < 500 && store_step_row(e->db, st) == 1) {
-		ids[n] = store_col_int(st, 0);
-		strvec_push(&shas, store_col_text(st, 1));
-		runs[n++] = store_col_int(st, 2);
+	db_bind_int64(st, 1, clock_now_ms() - e->cfg.artifact_retention_ms);
+	while (n < 500 && (rc = db_step(st)) == 1) {
+		ids[n] = db_column_int64(st, 0);
+		strvec_push(&shas, db_column_text(st, 1));
+		runs[n++] = db_column_int64(st, 2);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
+	if (rc > 0)
+		rc = 0; /* stopped at 500 */
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		int still_used;
-		st = STMT(e, "DELETE FROM artifacts WHERE id = ?");
-		sqlite3_bind_int64(st, 1, ids[i]);
-		if ((rc = store_step_done(e->db, st)) < 0)
+		if ((rc = gc_delete_artifact(e, ids[i], shas.v[i], &still_used)) < 0)
 			break;
-		st = STMT(e, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
-		sqlite3_bind_text(st, 1, shas.v[i], -1, SQLITE_STATIC);
-		still_used = store_step_row(e->db, st) == 1;
-		sqlite3_reset(st);
 		if (!still_used && !strvec_contains(&e->dead_objects, shas.v[i]))
 			strvec_push(&e->dead_objects, shas.v[i]);
 		eng_event(e, runs[i], 0, "artifact.expired", json_pack("{sI ss}", "artifact", (json_int_t)ids[i],
@@ -1025,24 +1117,24 @@ void stage_log(const struct stage_ctx *c, const char *fmt, ...)
 static void run_inproc(struct engine *e, int64_t job, int attempt)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	struct stage_ctx ctx = { 0 };
 	struct job_result r = { 0, NULL, NULL };
 	const struct stage_kind *kind = NULL;
 	const char *state = NULL;
 	json_t *spec = NULL;
 
-	if (!db || !(st = store_stmt(db, "SELECT j.run_id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
+	if (!db || !(st = store_q(db, "SELECT j.run_id, j.spec, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
 					 " WHERE j.id = ? AND j.state = 'running' AND j.attempt = ?")))
 		return;
-	sqlite3_bind_int64(st, 1, job);
-	sqlite3_bind_int(st, 2, attempt);
-	if (store_step_row(db, st) == 1) {
-		ctx.run_id = store_col_int(st, 0);
-		spec = json_loads(store_col_text(st, 1), 0, NULL);
-		kind = stage_kind_find(store_col_text(st, 2), NULL);
+	db_bind_int64(st, 1, job);
+	db_bind_int64(st, 2, attempt);
+	if (db_step(st) == 1) {
+		ctx.run_id = db_column_int64(st, 0);
+		spec = json_loads(db_column_text(st, 1), 0, NULL);
+		kind = stage_kind_find(db_column_text(st, 2), NULL);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!spec || !kind || !kind->run) {
 		json_decref(spec);
 		return; /* canceled or finished meanwhile */
@@ -1093,7 +1185,7 @@ static void *inproc_main(void *arg)
 
 static int recover(struct engine *e, void *arg)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM runs WHERE state IN ('queued','blocked','running') ORDER BY id");
+	struct db_stmt *st = store_q(e->db, "SELECT id FROM runs WHERE state IN ('queued','blocked','running') ORDER BY id");
 	int64_t *ids = NULL;
 	size_t n = 0, cap = 0;
 	int rc;
@@ -1106,34 +1198,30 @@ static int recover(struct engine *e, void *arg)
 	 * (Local agents keep running too and are adopted (localagents.c); a
 	 * local agent that did not survive is started again, and when it
 	 * registers its job is released as a `daemon` failure.) */
-	{
-		sqlite3_stmt *up = STMT(e, "UPDATE jobs SET lease_expires = MAX(lease_expires, ?) WHERE state = 'running'");
-		if (!up)
-			return OTA_ERROR;
-		sqlite3_bind_int64(up, 1, clock_real_ms() + e->cfg.lease_ms);
-		if ((rc = store_step_done(e->db, up)) < 0)
-			return rc;
-	}
+	if ((rc = engine_store_extend_leases(e->db, clock_real_ms() + e->cfg.lease_ms)) < 0)
+		return rc;
 	{
 		/* in-daemon jobs that were running when otacd died run again */
-		sqlite3_stmt *in = STMT(e, "SELECT id, attempt FROM jobs WHERE state = 'running' AND agent_id = 0"
+		struct db_stmt *in = store_q(e->db, "SELECT id, attempt FROM jobs WHERE state = 'running' AND agent_id = 0"
 					     " AND id NOT IN (SELECT job_id FROM rollouts)");
 		if (!in)
 			return OTA_ERROR;
-		while (store_step_row(e->db, in) == 1)
-			strvec_pushf(&e->started_inproc, "%" PRId64 " %d", store_col_int(in, 0), (int)store_col_int(in, 1));
-		sqlite3_reset(in);
+		while ((rc = db_step(in)) == 1)
+			strvec_pushf(&e->started_inproc, "%" PRId64 " %d", db_column_int64(in, 0), (int)db_column_int64(in, 1));
+		db_reset(in);
+		if (rc < 0)
+			return rc;
 	}
 	if (!st)
 		return OTA_ERROR;
-	while ((rc = store_step_row(e->db, st)) == 1) {
+	while ((rc = db_step(st)) == 1) {
 		if (n == cap) {
 			cap = cap ? cap * 2 : 64;
 			ids = xrealloc(ids, cap * sizeof(*ids));
 		}
-		ids[n++] = store_col_int(st, 0);
+		ids[n++] = db_column_int64(st, 0);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	for (size_t i = 0; i < n && rc >= 0; i++)
 		rc = eng_advance_run(e, ids[i]);
 	free(ids);

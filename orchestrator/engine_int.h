@@ -42,5 +42,23 @@ struct engine_jobs_sql {
 	const char *sql;  /* the address engine_jobs.c's statement cache keys on */
 };
 const struct engine_jobs_sql *engine_jobs_sql(size_t *n);
+/*
+ * The engine's table work that needs no engine thread, on a store directly
+ * (the writer's, inside its transaction), so tests run it on both storage
+ * backends (tests/test_dbconv_engine.c).
+ */
+/* Every running job that holds a lease gets one until at least until
+ * (wall-clock ms); jobs run inside otacd hold none and get none. */
+int engine_store_extend_leases(struct store *s, int64_t until);
+/* The wall-clock ms the next lease or deadline of a running job falls due;
+ * INT64_MAX when none does (or on error). */
+int64_t engine_store_next_due(struct store *s);
+/* Up to max running jobs whose lease or deadline passed by now: ids[i],
+ * and lost[i] 1 if it was the lease (its agent went quiet), 0 if only the
+ * deadline; *n how many. */
+int engine_store_due_jobs(struct store *s, int64_t now, int64_t *ids, int *lost, size_t max, size_t *n);
+/* A stage's final state from its jobs' ("passed", "failed", "canceled"),
+ * or NULL in *out while some job has not finished. */
+int engine_store_stage_outcome(struct store *s, int64_t stage_id, const char **out);
 
 #endif
