@@ -11,7 +11,9 @@
  *  - the device CA's table work (fleet_ca_store_*: provisioners added,
  *    certificates issued and looked up, devices and provisioners revoked,
  *    everything loaded back into memory) runs with real certificates on
- *    both backends and gives the same answers.
+ *    both backends and gives the same answers;
+ *  - a verdict's reports and its baseline run's (reports_kind.c) load the
+ *    same from rows on both backends.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,6 +33,7 @@
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/fleet/fleet_ca.h"
 #include "../orchestrator/store.h"
+#include "../stages/reports_kind.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -513,6 +516,106 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 	json_decref(pg);
 }
 
+/* ---- a verdict's reports and baseline (reports_kind.c) ---------------------- */
+
+/* Run sql (an INSERT ... RETURNING id) with its text and integer
+ * parameters ("s" / "i" per character of types); the new id. */
+static int64_t insert(struct store *s, const char *sql, const char *types, ...)
+{
+	struct db_stmt *st = NULL;
+	va_list ap;
+	int64_t id;
+
+	if (db_prepare(store_conn(s), &st, sql) < 0)
+		fail_msg("%s: %s", sql, ota_error_last());
+	va_start(ap, types);
+	for (int i = 0; types[i]; i++) {
+		if (types[i] == 's')
+			db_bind_text(st, i + 1, va_arg(ap, const char *));
+		else
+			db_bind_int64(st, i + 1, va_arg(ap, int64_t));
+	}
+	va_end(ap);
+	if (db_step(st) != 1)
+		fail_msg("%s: %s", sql, ota_error_last());
+	id = db_column_int64(st, 0);
+	db_finalize(st);
+	return id;
+}
+
+/* A run of pipeline fw on ref in state, with an "analysis" stage and one
+ * job at attempt, and one report per body; the job's id. */
+static int64_t run_with_reports(struct store *s, const char *ref, const char *state, int attempt,
+				const char *const *bodies, int64_t *run)
+{
+	int64_t stage, job;
+
+	*run = insert(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at)"
+			 " VALUES ('fw', 'fw.yml', '', ?, ?, 'push', 1) RETURNING id", "ss", ref, state);
+	stage = insert(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (?, 0, 'analysis',"
+			  " 'analysis', ?, '[]') RETURNING id", "is", *run, state);
+	job = insert(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
+			" infra_retries_left) VALUES (?, ?, 0, 'lint', '{}', ?, ?, 0, 0) RETURNING id", "iisi", *run, stage,
+		     state, (int64_t)attempt);
+	for (int i = 0; bodies[i]; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "r%d.xml", i);
+		insert(s, "INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
+			  " VALUES (?, ?, ?, 'cppcheck', ?, '', ?, 1) RETURNING id", "iiiss", *run, job, (int64_t)attempt,
+		       name, bodies[i]);
+	}
+	return job;
+}
+
+static json_t *verdict_inputs(struct store *s)
+{
+	static const char *const old[] = { "{\"errors\":3}", "{\"errors\":4}", NULL };
+	static const char *const older[] = { "{\"errors\":9}", NULL };
+	static const char *const now[] = { "{\"errors\":1}", "not json", NULL };
+	json_t *spec = json_pack("{ss s{ss}}", "stage", "analysis", "extra", "baseline", "main");
+	json_t *reports = NULL, *baseline = NULL, *out;
+	int64_t run, base_run, job, found = -1;
+
+	run_with_reports(s, "refs/heads/main", "passed", 1, older, &run);
+	run_with_reports(s, "refs/heads/main", "passed", 1, old, &base_run);
+	run_with_reports(s, "refs/heads/main", "failed", 1, older, &run);
+	run_with_reports(s, "refs/heads/dev", "passed", 1, older, &run);
+	job = run_with_reports(s, "refs/heads/dev", "running", 2, now, &run);
+	if (rk_load_for_verdict(s, run, job, 2, spec, &reports, &baseline, &found) < 0)
+		fail_msg("rk_load_for_verdict: %s", ota_error_last());
+	/* the latest passed run of main is the baseline; a body that is not
+	 * JSON reads as {} in the reports and is left out of the baseline */
+	assert_int_equal(found, base_run);
+	assert_int_equal(json_array_size(reports), 2);
+	assert_int_equal(json_array_size(baseline), 2);
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(baseline, 1), "errors")), 4);
+	assert_int_equal(json_object_size(json_object_get(json_array_get(reports, 1), "body")), 0);
+	out = json_pack("{so so*}", "reports", reports, "baseline", baseline);
+	json_decref(spec);
+	return out;
+}
+
+static void verdict_reports_and_baseline_load_the_same_on_both_backends(void **state)
+{
+	struct store *s;
+	json_t *lite, *pg;
+
+	(void)state;
+	need_pg();
+	s = fresh_store(DB_SQLITE);
+	lite = verdict_inputs(s);
+	store_close(s);
+	s = fresh_store(DB_POSTGRES);
+	pg = verdict_inputs(s);
+	store_close(s);
+	if (!json_equal(lite, pg)) {
+		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
+		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
+	}
+	json_decref(lite);
+	json_decref(pg);
+}
+
 /* ---- main --------------------------------------------------------------------- */
 
 static void stop_cluster(void)
@@ -527,6 +630,7 @@ int main(void)
 		cmocka_unit_test(every_statement_prepares_on_postgres),
 		cmocka_unit_test(the_scan_finds_joined_literals_and_the_old_dialect_fails),
 		cmocka_unit_test(device_ca_rows_give_the_same_answers_on_both_backends),
+		cmocka_unit_test(verdict_reports_and_baseline_load_the_same_on_both_backends),
 	};
 	struct buf out = BUF_INIT;
 	int rc;
