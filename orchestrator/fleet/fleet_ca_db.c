@@ -445,8 +445,9 @@ int fleet_ca_store_prov_add(struct store *db, const struct fleet_ca_prov *p, con
 		return rc;
 	if (active)
 		return ota_error_set(OTA_ECONFLICT, "provisioner '%s' exists (revoke it first)", p->name);
-	/* a revoked provisioner's name is taken over: its row is reset, in
-	 * one statement (a failed INSERT would end the transaction) */
+	/* a revoked provisioner's name is taken over: ON CONFLICT resets its
+	 * row (no "try the INSERT, then UPDATE": a failed statement ends the
+	 * transaction) */
 	st = store_q(db, "INSERT INTO device_provisioners(name, token_hash, prefix, products, max_devices, issued,"
 			 " rate_per_min, created_at, created_by) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)"
 			 " ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash, prefix = excluded.prefix,"
@@ -593,7 +594,7 @@ int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, con
 {
 	struct prev_args a = { name, actor, devices, (int64_t)time(NULL), json_array() };
 	struct store *rd = store_reader();
-	json_t *known = json_array();
+	json_t *known;
 	struct engine *e;
 	size_t i;
 	json_t *v;
@@ -611,6 +612,7 @@ int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, con
 	/* memory first, as for devices: its next request is refused, and so
 	 * are the devices it provisioned that the database knows now */
 	fleet_ca_prov_remove(ca, name);
+	known = json_array();
 	if (devices && rd && fleet_ca_store_prov_devices(rd, name, known) == 0)
 		json_array_foreach(known, i, v)
 			fleet_ca_revoke_mem(ca, json_string_value(v), a.cutoff);
