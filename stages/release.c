@@ -36,6 +36,7 @@
 #include "../orchestrator/artifact.h"
 #include "../orchestrator/clock.h"
 #include "../orchestrator/config.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/engine.h"
 #include "../orchestrator/engine_int.h"
 #include "../orchestrator/keys.h"
@@ -161,22 +162,22 @@ static void run_info_release(struct run_info *ri)
 	free(ri->yaml);
 }
 
-static char *col(sqlite3_stmt *st, int i)
+static char *col(struct db_stmt *st, int i)
 {
-	return store_col_text(st, i) ? xstrdup(store_col_text(st, i)) : NULL;
+	return db_column_text(st, i) ? xstrdup(db_column_text(st, i)) : NULL;
 }
 
 static int load_run(int64_t run, struct run_info *ri)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	memset(ri, 0, sizeof(*ri));
-	if (!db || !(st = store_stmt(db, "SELECT pipeline, ref, repo, commit_id, tree_id, file, yaml, created_at FROM runs WHERE id = ?")))
+	if (!db || !(st = store_q(db, "SELECT pipeline, ref, repo, commit_id, tree_id, file, yaml, created_at FROM runs WHERE id = ?")))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run);
-	if ((rc = store_step_row(db, st)) == 1) {
+	db_bind_int64(st, 1, run);
+	if ((rc = db_step(st)) == 1) {
 		ri->pipeline = col(st, 0);
 		ri->ref = col(st, 1);
 		ri->repo = col(st, 2);
@@ -184,9 +185,9 @@ static int load_run(int64_t run, struct run_info *ri)
 		ri->tree = col(st, 4);
 		ri->file = col(st, 5);
 		ri->yaml = col(st, 6);
-		ri->created_at = store_col_int(st, 7);
+		ri->created_at = db_column_int64(st, 7);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
@@ -271,16 +272,16 @@ struct image {
  * attempts (stages/build.c), each distinct pair once. */
 static json_t *release_toolchain(struct store *db, int64_t run)
 {
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT rp.body FROM reports rp JOIN jobs j ON j.id = rp.job_id AND"
+	struct db_stmt *st = db ? store_q(db, "SELECT rp.body FROM reports rp JOIN jobs j ON j.id = rp.job_id AND"
 					   " j.attempt = rp.attempt WHERE rp.run_id = ? AND rp.format = 'toolchain' ORDER BY rp.id")
 			      : NULL;
 	json_t *out = json_array();
 
 	if (!st)
 		return out;
-	sqlite3_bind_int64(st, 1, run);
-	while (store_step_row(db, st) == 1) {
-		json_t *body = json_loads(store_col_text(st, 0), 0, NULL), *c, *have;
+	db_bind_int64(st, 1, run);
+	while (db_step(st) == 1) {
+		json_t *body = json_loads(db_column_text(st, 0), 0, NULL), *c, *have;
 		size_t i, k;
 		json_array_foreach(json_object_get(body, "commands"), i, c) {
 			const char *cmd = json_string_value(json_object_get(c, "command"));
@@ -296,7 +297,7 @@ static json_t *release_toolchain(struct store *db, int64_t run)
 		}
 		json_decref(body);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return out;
 }
 
@@ -381,7 +382,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	json_t *delta_from = NULL;
 	size_t nimg = 0;
 	struct store *db;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *kcfg, *manifest = NULL, *images = NULL, *hardware = NULL, *builders = NULL, *env = NULL, *stmt = NULL;
 	json_t *toolchain = NULL, *chain = NULL;
 	int64_t signed_ms = clock_now_ms();
@@ -397,13 +398,13 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 	 * its manifest names that run's commit: the code is the same. */
 	if (reissue_of) {
 		db = store_reader();
-		st = db ? store_stmt(db, "SELECT run_id FROM releases WHERE id = ?") : NULL;
+		st = db ? store_q(db, "SELECT run_id FROM releases WHERE id = ?") : NULL;
 		if (!st)
 			return fail(r, c, "database unavailable");
-		sqlite3_bind_int64(st, 1, reissue_of);
-		if (store_step_row(db, st) == 1)
-			source_run = store_col_int(st, 0);
-		sqlite3_reset(st);
+		db_bind_int64(st, 1, reissue_of);
+		if (db_step(st) == 1)
+			source_run = db_column_int64(st, 0);
+		db_reset(st);
 		if (!source_run)
 			return fail(r, c, "release %" PRId64 " to reissue not found", reissue_of);
 		stage_log(c, "reissue of release %" PRId64 " (run %" PRId64 ") for release %" PRId64, reissue_of, source_run,
@@ -464,26 +465,26 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 
 	/* the images: the run's typed artifacts, made by other stages */
 	db = store_reader();
-	st = db ? store_stmt(db, "SELECT id, name, sha256, size, type, hardware FROM artifacts WHERE run_id = ? AND job_id != ?"
+	st = db ? store_q(db, "SELECT id, name, sha256, size, type, hardware FROM artifacts WHERE run_id = ? AND job_id != ?"
 				 " AND type IS NOT NULL AND job_id NOT IN (SELECT j.id FROM jobs j JOIN stages s ON"
 				 " s.id = j.stage_id WHERE j.run_id = artifacts.run_id AND s.kind = 'release') ORDER BY id") : NULL;
 	if (!st) {
 		rc = OTA_ERROR;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, source_run);
-	sqlite3_bind_int64(st, 2, c->job_id);
-	while (store_step_row(db, st) == 1) {
+	db_bind_int64(st, 1, source_run);
+	db_bind_int64(st, 2, c->job_id);
+	while (db_step(st) == 1) {
 		img = xrealloc(img, (nimg + 1) * sizeof(*img));
 		memset(&img[nimg], 0, sizeof(*img));
-		img[nimg].in_id = store_col_int(st, 0);
+		img[nimg].in_id = db_column_int64(st, 0);
 		img[nimg].name = col(st, 1);
-		snprintf(img[nimg].sha, sizeof(img[nimg].sha), "%s", store_col_text(st, 2));
+		snprintf(img[nimg].sha, sizeof(img[nimg].sha), "%s", db_column_text(st, 2));
 		img[nimg].type = col(st, 4);
 		img[nimg].hw = col(st, 5);
 		nimg++;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!nimg) {
 		fail(r, c, "no images to release: give the build's artifacts a type (application, bootloader, config, factory-reset)");
 		goto out;
@@ -568,11 +569,15 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 
 	/* builders: the agents that ran the run's jobs */
 	builders = json_array();
-	st = store_stmt(db, "SELECT DISTINCT a.name FROM jobs j JOIN agents a ON a.id = j.agent_id WHERE j.run_id = ? ORDER BY a.name");
-	sqlite3_bind_int64(st, 1, c->run_id);
-	while (store_step_row(db, st) == 1)
-		json_array_append_new(builders, json_string(store_col_text(st, 0)));
-	sqlite3_reset(st);
+	st = store_q(db, "SELECT DISTINCT a.name FROM jobs j JOIN agents a ON a.id = j.agent_id WHERE j.run_id = ? ORDER BY a.name");
+	if (!st) {
+		rc = OTA_ERROR;
+		goto out;
+	}
+	db_bind_int64(st, 1, c->run_id);
+	while (db_step(st) == 1)
+		json_array_append_new(builders, json_string(db_column_text(st, 0)));
+	db_reset(st);
 
 	/* dependencies: the toolchain versions the run's build jobs recorded */
 	toolchain = release_toolchain(db, source_run);
@@ -688,7 +693,7 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		/* byproducts: every job's verdict, so the chain shows what passed */
 		{
 			struct store *rdb = store_reader();
-			sqlite3_stmt *q = rdb ? store_stmt(rdb, "SELECT s.name, j.name, j.state, j.exit_code, a.name, j.id, j.attempt FROM jobs j"
+			struct db_stmt *q = rdb ? store_q(rdb, "SELECT s.name, j.name, j.state, j.exit_code, a.name, j.id, j.attempt FROM jobs j"
 								" JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
 								" WHERE j.run_id = ? AND j.id != ? ORDER BY j.id") : NULL;
 			struct slsa_byproduct *bp = NULL;
@@ -696,24 +701,24 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 			struct strvec names = STRVEC_INIT, shas = STRVEC_INIT;
 			size_t nbp = 0;
 			if (q) {
-				sqlite3_bind_int64(q, 1, c->run_id);
-				sqlite3_bind_int64(q, 2, c->job_id);
-				while (store_step_row(rdb, q) == 1) {
-					json_t *ann = json_pack("{ss ss sI ss?}", "stage", store_col_text(q, 0), "state",
-								store_col_text(q, 2), "exit_code", (json_int_t)store_col_int(q, 3),
-								"agent", store_col_text(q, 4));
+				db_bind_int64(q, 1, c->run_id);
+				db_bind_int64(q, 2, c->job_id);
+				while (db_step(q) == 1) {
+					json_t *ann = json_pack("{ss ss sI ss?}", "stage", db_column_text(q, 0), "state",
+								db_column_text(q, 2), "exit_code", (json_int_t)db_column_int64(q, 3),
+								"agent", db_column_text(q, 4));
 					struct buf log = BUF_INIT;
 					char lsha[65];
 					/* the byproduct is the job's log, identified by its digest */
-					logstore_read(store_col_int(q, 5), (int)store_col_int(q, 6), 0, (size_t)64 << 20, &log);
+					logstore_read(db_column_int64(q, 5), (int)db_column_int64(q, 6), 0, (size_t)64 << 20, &log);
 					ota_sha256_hex(log.ptr ? log.ptr : "", log.len, lsha);
 					json_object_set_new(ann, "log_sha256", json_string(lsha));
 					buf_release(&log);
-					strvec_pushf(&names, "job/%s/%s", store_col_text(q, 0), store_col_text(q, 1));
+					strvec_pushf(&names, "job/%s/%s", db_column_text(q, 0), db_column_text(q, 1));
 					strvec_push(&shas, lsha);
 					json_array_append_new(notes, ann);
 				}
-				sqlite3_reset(q);
+				db_reset(q);
 			}
 			bp = xcalloc(names.n + 1, sizeof(*bp));
 			for (size_t i = 0; i < names.n; i++) {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "../orchestrator/artifact.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/mcuboot.h"
 #include "../orchestrator/store.h"
 #include "../orchestrator/updsrv.h"
@@ -155,18 +156,18 @@ out:
 static int earlier_image(const char *product, const char *version, const char *name, char sha[65])
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT a.sha256 FROM releases r JOIN artifacts m ON m.id = r.manifest_artifact"
+	struct db_stmt *st = db ? store_q(db, "SELECT a.sha256 FROM releases r JOIN artifacts m ON m.id = r.manifest_artifact"
 					      " JOIN artifacts a ON a.job_id = m.job_id WHERE r.product = ? AND r.version = ?"
 					      " AND a.name = ? ORDER BY a.id DESC LIMIT 1") : NULL;
 	sha[0] = '\0';
 	if (!st)
 		return ota_error_set(OTA_ERROR, "database unavailable");
-	sqlite3_bind_text(st, 1, product, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 2, version, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 3, name, -1, SQLITE_TRANSIENT);
-	if (store_step_row(db, st) == 1)
-		snprintf(sha, 65, "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_text(st, 1, product);
+	db_bind_text(st, 2, version);
+	db_bind_text(st, 3, name);
+	if (db_step(st) == 1)
+		snprintf(sha, 65, "%s", db_column_text(st, 0));
+	db_reset(st);
 	return 0;
 }
 

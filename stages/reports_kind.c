@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "../common/util.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/store.h"
 #include "quality.h"
 
@@ -310,18 +311,18 @@ int rk_analysis_verdict(const json_t *spec, const struct job_result *r, const st
 
 static int load_reports(struct store *db, int64_t job_id, int attempt, json_t *out)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT format, name, body FROM reports WHERE job_id = ? AND attempt = ? ORDER BY id");
+	struct db_stmt *st = store_q(db, "SELECT format, name, body FROM reports WHERE job_id = ? AND attempt = ? ORDER BY id");
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, job_id);
-	sqlite3_bind_int(st, 2, attempt);
-	while ((rc = store_step_row(db, st)) == 1) {
-		json_t *body = json_loads(store_col_text(st, 2), 0, NULL);
-		json_array_append_new(out, json_pack("{ss ss so}", "format", store_col_text(st, 0), "name",
-						     store_col_text(st, 1), "body", body ? body : json_object()));
+	db_bind_int64(st, 1, job_id);
+	db_bind_int64(st, 2, attempt);
+	while ((rc = db_step(st)) == 1) {
+		json_t *body = json_loads(db_column_text(st, 2), 0, NULL);
+		json_array_append_new(out, json_pack("{ss ss so}", "format", db_column_text(st, 0), "name",
+						     db_column_text(st, 1), "body", body ? body : json_object()));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
@@ -330,7 +331,7 @@ int rk_load_for_verdict(struct store *db, int64_t run_id, int64_t job_id, int at
 {
 	const char *branch = str(json_object_get(spec, "extra"), "baseline");
 	const char *stage = str(spec, "stage");
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	char *ref = NULL;
 	int64_t base = 0;
 	int rc;
@@ -341,36 +342,36 @@ int rk_load_for_verdict(struct store *db, int64_t run_id, int64_t job_id, int at
 	if ((rc = load_reports(db, job_id, attempt, *reports)) < 0 || !branch || !stage)
 		goto out;
 	ref = xasprintf("refs/heads/%s", branch);
-	st = store_stmt(db, "SELECT r.id FROM runs r WHERE r.state = 'passed' AND r.ref = ? AND r.id != ?"
+	st = store_q(db, "SELECT r.id FROM runs r WHERE r.state = 'passed' AND r.ref = ? AND r.id != ?"
 			    " AND r.pipeline = (SELECT pipeline FROM runs WHERE id = ?) ORDER BY r.id DESC LIMIT 1");
 	if (!st) {
 		rc = OTA_ERROR;
 		goto out;
 	}
-	sqlite3_bind_text(st, 1, ref, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, run_id);
-	sqlite3_bind_int64(st, 3, run_id);
-	if ((rc = store_step_row(db, st)) == 1)
-		base = store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_text(st, 1, ref);
+	db_bind_int64(st, 2, run_id);
+	db_bind_int64(st, 3, run_id);
+	if ((rc = db_step(st)) == 1)
+		base = db_column_int64(st, 0);
+	db_reset(st);
 	if (rc < 0 || !base)
 		goto out;
 	rc = 0;
-	st = store_stmt(db, "SELECT rp.body FROM reports rp JOIN jobs j ON j.id = rp.job_id AND j.attempt = rp.attempt"
+	st = store_q(db, "SELECT rp.body FROM reports rp JOIN jobs j ON j.id = rp.job_id AND j.attempt = rp.attempt"
 			    " JOIN stages s ON s.id = j.stage_id WHERE j.run_id = ? AND s.name = ? ORDER BY rp.id");
 	if (!st) {
 		rc = OTA_ERROR;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, base);
-	sqlite3_bind_text(st, 2, stage, -1, SQLITE_STATIC);
+	db_bind_int64(st, 1, base);
+	db_bind_text(st, 2, stage);
 	*baseline = json_array();
-	while ((rc = store_step_row(db, st)) == 1) {
-		json_t *body = json_loads(store_col_text(st, 0), 0, NULL);
+	while ((rc = db_step(st)) == 1) {
+		json_t *body = json_loads(db_column_text(st, 0), 0, NULL);
 		if (body)
 			json_array_append_new(*baseline, body);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	*baseline_run = base;
 	rc = rc < 0 ? rc : 0;
 out:

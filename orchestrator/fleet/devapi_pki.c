@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../artifact.h"
+#include "../db/db.h"
 #include "../pki.h"
 #include "../provenance.h"
 #include "../store.h"
@@ -41,7 +42,7 @@ int devapi_pki_manifest(int64_t release, struct buf *out)
 	struct store *db = store_reader();
 	struct artifact_backend *be = artifact_backend();
 	struct artifact_reader *rd = NULL;
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT a.sha256 FROM releases r JOIN artifacts a ON a.id = r.envelope_artifact"
+	struct db_stmt *st = db ? store_q(db, "SELECT a.sha256 FROM releases r JOIN artifacts a ON a.id = r.envelope_artifact"
 					       " WHERE r.id = ?") : NULL;
 	char sha[65] = "", chunk[16384];
 	int64_t size = 0;
@@ -49,10 +50,10 @@ int devapi_pki_manifest(int64_t release, struct buf *out)
 
 	if (!st || !be)
 		return ota_error_set(OTA_ERROR, "database unavailable");
-	sqlite3_bind_int64(st, 1, release);
-	if (store_step_row(db, st) == 1)
-		snprintf(sha, sizeof(sha), "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, release);
+	if (db_step(st) == 1)
+		snprintf(sha, sizeof(sha), "%s", db_column_text(st, 0));
+	db_reset(st);
 	if (!sha[0] || be->get(be, sha, &rd, &size) < 0)
 		return ota_error_set(OTA_ENOTFOUND, "no signed manifest for release %lld", (long long)release);
 	buf_init(out, DEVAPI_PKI_MANIFEST_MAX);

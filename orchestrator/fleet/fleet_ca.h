@@ -222,4 +222,45 @@ json_t *fleet_ca_prov_list(struct fleet_ca *ca);
 /* Audit an administrator's CA init/import. */
 int fleet_ca_audit(struct fleet_ca *ca, const char *actor, const char *action, json_t *detail);
 
+/* ---- the tables alone (fleet_ca_db.c) -------------------------------------
+ * The durable half's table work on a store, through the storage layer, so
+ * it runs on SQLite and PostgreSQL alike (docs/storage.md).  The functions
+ * above call these inside their engine transaction and add the audit entry
+ * and the memory; a test calls them on a store of either backend.  Changes
+ * belong inside a transaction (store_begin); times are passed in: now_ms
+ * in ms, cutoff and now_s in seconds since the epoch. */
+struct store;
+
+/* One issued certificate (product and provisioner may be NULL). */
+struct fleet_ca_cert {
+	const char *serial, *device, *product, *provisioner, *pem;
+	int64_t not_before, not_after;   /* seconds since the epoch */
+};
+/* The active provisioners (into memory with fleet_ca_prov_set) and every
+ * revocation (fleet_ca_revoke_mem) the database holds. */
+int fleet_ca_store_load(struct store *db, struct fleet_ca *ca);
+/* An active provisioner's count so far and its maximum; OTA_ENOTFOUND when
+ * it is revoked or unknown. */
+int fleet_ca_store_quota(struct store *db, const char *name, int64_t *issued, int64_t *max);
+/* How many certificates device was ever issued, and how many of them are
+ * live (not revoked, notAfter later than now_s). */
+int fleet_ca_store_device_certs(struct store *db, const char *device, int64_t now_s, int64_t *certs, int64_t *live);
+/* Store an issued certificate and count it against its provisioner. */
+int fleet_ca_store_cert_add(struct store *db, const struct fleet_ca_cert *c, int64_t now_ms);
+/* Revoke device's live certificates (*revoked: how many) and keep its
+ * revocation cutoff (a later one wins). */
+int fleet_ca_store_revoke(struct store *db, const char *device, int64_t cutoff, int64_t now_ms, const char *actor,
+			  const char *reason, int64_t *revoked);
+/* Add a provisioner (p->issued is ignored: 0), or take over a revoked one's
+ * name; OTA_ECONFLICT while one of that name is active. */
+int fleet_ca_store_prov_add(struct store *db, const struct fleet_ca_prov *p, const char *actor, int64_t now_ms);
+/* Append to out the devices name provisioned, each once, in id order. */
+int fleet_ca_store_prov_devices(struct store *db, const char *name, json_t *out);
+/* Revoke provisioner name (OTA_ENOTFOUND when it is not active, unless
+ * devices); devices: also every device it provisioned, appended to revoked. */
+int fleet_ca_store_prov_revoke(struct store *db, const char *name, int devices, int64_t cutoff, int64_t now_ms,
+			       const char *actor, json_t *revoked);
+/* fleet_ca_prov_list's answer, from db. */
+json_t *fleet_ca_store_prov_list(struct store *db);
+
 #endif

@@ -18,6 +18,13 @@
  * request of the device is refused even while the transaction runs; a
  * failed commit errs on the refusing side until a restart), then the
  * database.
+ *
+ * The table work is in the fleet_ca_store_* functions, on a store and
+ * through the storage layer (db/db.h), so it runs on SQLite and on
+ * PostgreSQL alike and tests call it without the engine thread; the engine
+ * callbacks (do_*) call them and add the audit entry.  Every statement's
+ * failure ends its transaction (engine.c's run_call rolls back), so none
+ * relies on carrying on after a failed statement.
  */
 #include "fleet_ca.h"
 
@@ -32,6 +39,7 @@
 #include "../../common/util.h"
 #include "../auth.h"
 #include "../clock.h"
+#include "../db/db.h"
 #include "../engine_int.h"
 #include "../store.h"
 #include "fleet_int.h"
@@ -40,35 +48,42 @@ struct engine *fleet_ca_engine(struct fleet_ca *ca);
 void fleet_ca_set_engine(struct fleet_ca *ca, struct engine *e);
 int fleet_ca_prov_rate_audit(struct fleet_ca *ca, const char *name);
 
+int fleet_ca_store_load(struct store *db, struct fleet_ca *ca)
+{
+	struct db_stmt *st;
+	int rc;
+
+	st = store_q(db, "SELECT name, token_hash, prefix, products, max_devices, issued, rate_per_min"
+			 " FROM device_provisioners WHERE revoked_at IS NULL");
+	if (!st)
+		return OTA_ERROR;
+	while ((rc = db_step(st)) == 1) {
+		const char *products = db_column_text(st, 3);
+		json_t *pj = products ? json_loads(products, 0, NULL) : NULL;
+		struct fleet_ca_prov p = { db_column_text(st, 0), db_column_text(st, 1), db_column_text(st, 2), pj,
+					   db_column_int64(st, 4), db_column_int64(st, 5), db_column_int64(st, 6) };
+		fleet_ca_prov_set(ca, &p);
+		json_decref(pj);
+	}
+	db_reset(st);
+	if (rc < 0)
+		return rc;
+	if (!(st = store_q(db, "SELECT device, cutoff FROM device_revocations")))
+		return OTA_ERROR;
+	while ((rc = db_step(st)) == 1)
+		fleet_ca_revoke_mem(ca, db_column_text(st, 0), db_column_int64(st, 1));
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
 int fleet_ca_attach(struct fleet_ca *ca, struct engine *e)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
 	int rc;
 
 	if (!db)
 		return ota_error_set(OTA_ERROR, "device CA: no database");
-	st = store_stmt(db, "SELECT name, token_hash, prefix, products, max_devices, issued, rate_per_min"
-			    " FROM device_provisioners WHERE revoked_at IS NULL");
-	if (!st)
-		return OTA_ERROR;
-	while ((rc = store_step_row(db, st)) == 1) {
-		const char *products = store_col_text(st, 3);
-		json_t *pj = products ? json_loads(products, 0, NULL) : NULL;
-		struct fleet_ca_prov p = { store_col_text(st, 0), store_col_text(st, 1), store_col_text(st, 2), pj,
-					   store_col_int(st, 4), store_col_int(st, 5), store_col_int(st, 6) };
-		fleet_ca_prov_set(ca, &p);
-		json_decref(pj);
-	}
-	sqlite3_reset(st);
-	if (rc < 0)
-		return rc;
-	if (!(st = store_stmt(db, "SELECT device, cutoff FROM device_revocations")))
-		return OTA_ERROR;
-	while ((rc = store_step_row(db, st)) == 1)
-		fleet_ca_revoke_mem(ca, store_col_text(st, 0), store_col_int(st, 1));
-	sqlite3_reset(st);
-	if (rc < 0)
+	if ((rc = fleet_ca_store_load(db, ca)) < 0)
 		return rc;
 	fleet_ca_set_engine(ca, e);
 	return 0;
@@ -112,48 +127,92 @@ static int refuse(struct engine *e, struct prov_args *a, int code, const char *a
 	return engine_audit(e, actor, "device.provision_refused", 0, 0, a->why, d);
 }
 
+int fleet_ca_store_quota(struct store *db, const char *name, int64_t *issued, int64_t *max)
+{
+	struct db_stmt *st = store_q(db, "SELECT issued, max_devices FROM device_provisioners"
+					 " WHERE name = ? AND revoked_at IS NULL");
+	int rc;
+
+	*issued = *max = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, name);
+	if ((rc = db_step(st)) == 1) {
+		*issued = db_column_int64(st, 0);
+		*max = db_column_int64(st, 1);
+	}
+	db_reset(st);
+	if (rc < 0)
+		return rc;
+	return rc == 1 ? 0 : ota_error_set(OTA_ENOTFOUND, "no active provisioner '%s'", name);
+}
+
+int fleet_ca_store_device_certs(struct store *db, const char *device, int64_t now_s, int64_t *certs, int64_t *live)
+{
+	/* CASE, not SUM(a boolean): PostgreSQL has no SUM of booleans */
+	struct db_stmt *st = store_q(db, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN revoked_at IS NULL AND not_after > ?"
+					 " THEN 1 ELSE 0 END), 0) FROM device_certs WHERE device = ?");
+	int rc;
+
+	*certs = *live = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now_s);
+	db_bind_text(st, 2, device);
+	if ((rc = db_step(st)) == 1) {
+		*certs = db_column_int64(st, 0);
+		*live = db_column_int64(st, 1);
+	}
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+int fleet_ca_store_cert_add(struct store *db, const struct fleet_ca_cert *c, int64_t now_ms)
+{
+	struct db_stmt *st = store_q(db, "INSERT INTO device_certs(serial, device, product, provisioner, not_before,"
+					 " not_after, issued_at, pem) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, c->serial);
+	db_bind_text(st, 2, c->device);
+	db_bind_text(st, 3, c->product);     /* NULL binds NULL */
+	db_bind_text(st, 4, c->provisioner);
+	db_bind_int64(st, 5, c->not_before);
+	db_bind_int64(st, 6, c->not_after);
+	db_bind_int64(st, 7, now_ms);
+	db_bind_text(st, 8, c->pem);
+	if ((rc = db_run(st)) < 0 || !c->provisioner)
+		return rc;
+	if (!(st = store_q(db, "UPDATE device_provisioners SET issued = issued + 1 WHERE name = ?")))
+		return OTA_ERROR;
+	db_bind_text(st, 1, c->provisioner);
+	return db_run(st);
+}
+
 static int do_provision(struct engine *e, void *arg)
 {
 	struct prov_args *a = arg;
 	struct store *db = engine_store(e);
 	const char *actor = a->prov ? a->prov : a->rq->actor;
 	int64_t now_s = (int64_t)time(NULL), certs = 0, live = 0;
-	sqlite3_stmt *st;
+	struct fleet_ca_cert cert;
 	json_t *d;
 	int rc;
 
 	if (a->prov) {
-		int64_t issued = 0, max = 0, found = 0;
-		st = store_stmt(db, "SELECT issued, max_devices FROM device_provisioners WHERE name = ? AND revoked_at IS NULL");
-		if (!st)
-			return OTA_ERROR;
-		sqlite3_bind_text(st, 1, a->prov, -1, SQLITE_STATIC);
-		if ((rc = store_step_row(db, st)) == 1) {
-			found = 1;
-			issued = store_col_int(st, 0);
-			max = store_col_int(st, 1);
-		}
-		sqlite3_reset(st);
+		int64_t issued, max;
+		rc = fleet_ca_store_quota(db, a->prov, &issued, &max);
+		if (rc == OTA_ENOTFOUND)
+			return refuse(e, a, ota_error_set(OTA_EAUTH, "provisioner %s was revoked", a->prov), actor);
 		if (rc < 0)
 			return rc;
-		if (!found)
-			return refuse(e, a, ota_error_set(OTA_EAUTH, "provisioner %s was revoked", a->prov), actor);
 		if (issued >= max)
 			return refuse(e, a, ota_error_set(OTA_EPERM, "provisioner %s has issued all its %lld certificates",
 							  a->prov, (long long)max), actor);
 	}
-	st = store_stmt(db, "SELECT COUNT(*), COALESCE(SUM(revoked_at IS NULL AND not_after > ?), 0)"
-			    " FROM device_certs WHERE device = ?");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, now_s);
-	sqlite3_bind_text(st, 2, a->rq->device, -1, SQLITE_STATIC);
-	if ((rc = store_step_row(db, st)) == 1) {
-		certs = store_col_int(st, 0);
-		live = store_col_int(st, 1);
-	}
-	sqlite3_reset(st);
-	if (rc < 0)
+	if ((rc = fleet_ca_store_device_certs(db, a->rq->device, now_s, &certs, &live)) < 0)
 		return rc;
 	/* a factory credential only mints new identities: a device that had a
 	 * certificate, was revoked, or has a token credential is the admin's */
@@ -167,32 +226,9 @@ static int do_provision(struct engine *e, void *arg)
 						  a->rq->device), actor);
 	if ((rc = fleet_ca_issue(a->ca, a->csr, a->rq->device, a->rq->product, &a->pem, a->serial, &a->nb, &a->na)) < 0)
 		return rc;
-	st = store_stmt(db, "INSERT INTO device_certs(serial, device, product, provisioner, not_before, not_after, issued_at, pem)"
-			    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, a->serial, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->rq->device, -1, SQLITE_STATIC);
-	if (a->rq->product)
-		sqlite3_bind_text(st, 3, a->rq->product, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 3);
-	if (a->prov)
-		sqlite3_bind_text(st, 4, a->prov, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 4);
-	sqlite3_bind_int64(st, 5, a->nb);
-	sqlite3_bind_int64(st, 6, a->na);
-	sqlite3_bind_int64(st, 7, clock_now_ms());
-	sqlite3_bind_text(st, 8, a->pem, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(db, st)) < 0)
+	cert = (struct fleet_ca_cert){ a->serial, a->rq->device, a->rq->product, a->prov, a->pem, a->nb, a->na };
+	if ((rc = fleet_ca_store_cert_add(db, &cert, clock_now_ms())) < 0)
 		return rc;
-	if (a->prov) {
-		st = store_stmt(db, "UPDATE device_provisioners SET issued = issued + 1 WHERE name = ?");
-		sqlite3_bind_text(st, 1, a->prov, -1, SQLITE_STATIC);
-		if ((rc = store_step_done(db, st)) < 0)
-			return rc;
-	}
 	d = audit_detail(a);
 	json_object_set_new(d, "serial", json_string(a->serial));
 	json_object_set_new(d, "not_after", json_integer(a->na));
@@ -308,31 +344,50 @@ struct revoke_args {
 	int64_t cutoff, revoked;
 };
 
+/* The device's revocation row: a later cutoff wins.  cutoff is NOT NULL,
+ * so MAX (PostgreSQL: GREATEST, which skips NULLs) has no NULL to meet;
+ * the kept row's cutoff is named with its table, which PostgreSQL needs
+ * (a bare "cutoff" there is ambiguous with excluded's). */
+static int revocation_put(struct store *db, const char *device, int64_t cutoff, int64_t now_ms, const char *actor,
+			  const char *reason)
+{
+	struct db_stmt *st = store_q(db, "INSERT INTO device_revocations(device, cutoff, at, actor, reason) VALUES (?, ?, ?, ?, ?)"
+					 " ON CONFLICT(device) DO UPDATE SET cutoff = MAX(device_revocations.cutoff, excluded.cutoff),"
+					 " at = excluded.at, actor = excluded.actor, reason = excluded.reason");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, device);
+	db_bind_int64(st, 2, cutoff);
+	db_bind_int64(st, 3, now_ms);
+	db_bind_text(st, 4, actor);
+	db_bind_text(st, 5, reason);
+	return db_run(st);
+}
+
+int fleet_ca_store_revoke(struct store *db, const char *device, int64_t cutoff, int64_t now_ms, const char *actor,
+			  const char *reason, int64_t *revoked)
+{
+	struct db_stmt *st = store_q(db, "UPDATE device_certs SET revoked_at = ? WHERE device = ? AND revoked_at IS NULL");
+	int rc;
+
+	*revoked = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now_ms);
+	db_bind_text(st, 2, device);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	*revoked = db_changes(st);
+	return revocation_put(db, device, cutoff, now_ms, actor, reason ? reason : "");
+}
+
 static int do_revoke(struct engine *e, void *arg)
 {
 	struct revoke_args *a = arg;
-	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "UPDATE device_certs SET revoked_at = ? WHERE device = ? AND revoked_at IS NULL");
 	int rc;
 
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_text(st, 2, a->device, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(db, st)) < 0)
-		return rc;
-	a->revoked = sqlite3_changes(store_db(db));
-	st = store_stmt(db, "INSERT INTO device_revocations(device, cutoff, at, actor, reason) VALUES (?, ?, ?, ?, ?)"
-			    " ON CONFLICT(device) DO UPDATE SET cutoff = MAX(cutoff, excluded.cutoff), at = excluded.at,"
-			    " actor = excluded.actor, reason = excluded.reason");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, a->device, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, a->cutoff);
-	sqlite3_bind_int64(st, 3, clock_now_ms());
-	sqlite3_bind_text(st, 4, a->actor, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, a->reason ? a->reason : "", -1, SQLITE_STATIC);
-	if ((rc = store_step_done(db, st)) < 0)
+	if ((rc = fleet_ca_store_revoke(engine_store(e), a->device, a->cutoff, clock_now_ms(), a->actor, a->reason,
+					&a->revoked)) < 0)
 		return rc;
 	return engine_audit(e, a->actor, "device.revoke", 0, 0, a->reason,
 			    json_pack("{ss sI sI}", "device", a->device, "certificates", (json_int_t)a->revoked,
@@ -374,45 +429,53 @@ struct padd_args {
 	int64_t max, rate;
 };
 
+int fleet_ca_store_prov_add(struct store *db, const struct fleet_ca_prov *p, const char *actor, int64_t now_ms)
+{
+	struct db_stmt *st = store_q(db, "SELECT revoked_at IS NULL FROM device_provisioners WHERE name = ?");
+	char *products;
+	int rc, active = 0;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, p->name);
+	if ((rc = db_step(st)) == 1)
+		active = (int)db_column_int64(st, 0);
+	db_reset(st);
+	if (rc < 0)
+		return rc;
+	if (active)
+		return ota_error_set(OTA_ECONFLICT, "provisioner '%s' exists (revoke it first)", p->name);
+	/* a revoked provisioner's name is taken over: ON CONFLICT resets its
+	 * row (no "try the INSERT, then UPDATE": a failed statement ends the
+	 * transaction) */
+	st = store_q(db, "INSERT INTO device_provisioners(name, token_hash, prefix, products, max_devices, issued,"
+			 " rate_per_min, created_at, created_by) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)"
+			 " ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash, prefix = excluded.prefix,"
+			 " products = excluded.products, max_devices = excluded.max_devices, issued = 0,"
+			 " rate_per_min = excluded.rate_per_min, created_at = excluded.created_at,"
+			 " created_by = excluded.created_by, revoked_at = NULL");
+	if (!st)
+		return OTA_ERROR;
+	products = p->products ? json_dumps(p->products, JSON_COMPACT) : NULL;
+	db_bind_text(st, 1, p->name);
+	db_bind_text(st, 2, p->token_sha256);
+	db_bind_text(st, 3, p->prefix);
+	db_bind_text(st, 4, products);   /* NULL binds NULL: any product */
+	db_bind_int64(st, 5, p->max);
+	db_bind_int64(st, 6, p->rate_per_min);
+	db_bind_int64(st, 7, now_ms);
+	db_bind_text(st, 8, actor);
+	free(products);
+	return db_run(st);
+}
+
 static int do_prov_add(struct engine *e, void *arg)
 {
 	struct padd_args *a = arg;
-	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "SELECT revoked_at IS NULL FROM device_provisioners WHERE name = ?");
-	char *products = a->products ? json_dumps(a->products, JSON_COMPACT) : NULL;
-	int rc, active = 0;
+	struct fleet_ca_prov p = { a->name, a->hash, a->prefix, a->products, a->max, 0, a->rate };
+	int rc;
 
-	if (!st) {
-		free(products);
-		return OTA_ERROR;
-	}
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	if ((rc = store_step_row(db, st)) == 1)
-		active = (int)store_col_int(st, 0);
-	sqlite3_reset(st);
-	if (rc < 0 || active) {
-		free(products);
-		return rc < 0 ? rc : ota_error_set(OTA_ECONFLICT, "provisioner '%s' exists (revoke it first)", a->name);
-	}
-	st = store_stmt(db, "INSERT INTO device_provisioners(name, token_hash, prefix, products, max_devices, issued,"
-			    " rate_per_min, created_at, created_by) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?)"
-			    " ON CONFLICT(name) DO UPDATE SET token_hash = excluded.token_hash, prefix = excluded.prefix,"
-			    " products = excluded.products, max_devices = excluded.max_devices, issued = 0,"
-			    " rate_per_min = excluded.rate_per_min, created_at = excluded.created_at,"
-			    " created_by = excluded.created_by, revoked_at = NULL");
-	sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->hash, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->prefix, -1, SQLITE_STATIC);
-	if (products)
-		sqlite3_bind_text(st, 4, products, -1, SQLITE_TRANSIENT);
-	else
-		sqlite3_bind_null(st, 4);
-	sqlite3_bind_int64(st, 5, a->max);
-	sqlite3_bind_int64(st, 6, a->rate);
-	sqlite3_bind_int64(st, 7, clock_now_ms());
-	sqlite3_bind_text(st, 8, a->actor, -1, SQLITE_STATIC);
-	free(products);
-	if ((rc = store_step_done(db, st)) < 0)
+	if ((rc = fleet_ca_store_prov_add(engine_store(e), &p, a->actor, clock_now_ms())) < 0)
 		return rc;
 	return engine_audit(e, a->actor, "provisioner.add", 0, 0, NULL,
 			    json_pack("{ss ss sO* sI sI}", "provisioner", a->name, "prefix", a->prefix, "products",
@@ -467,52 +530,61 @@ struct prev_args {
 	json_t *revoked;           /* out: the devices revoked */
 };
 
-static int do_prov_revoke(struct engine *e, void *arg)
+int fleet_ca_store_prov_devices(struct store *db, const char *name, json_t *out)
 {
-	struct prev_args *a = arg;
-	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "UPDATE device_provisioners SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL");
-	int64_t now = clock_now_ms();
+	struct db_stmt *st = store_q(db, "SELECT DISTINCT device FROM device_certs WHERE provisioner = ? ORDER BY device");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, name);
+	while ((rc = db_step(st)) == 1)
+		json_array_append_new(out, json_string(db_column_text(st, 0)));
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+int fleet_ca_store_prov_revoke(struct store *db, const char *name, int devices, int64_t cutoff, int64_t now_ms,
+			       const char *actor, json_t *revoked)
+{
+	struct db_stmt *st = store_q(db, "UPDATE device_provisioners SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL");
 	size_t i;
 	json_t *v;
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(db, st)) < 0)
+	db_bind_int64(st, 1, now_ms);
+	db_bind_text(st, 2, name);
+	if ((rc = db_run(st)) < 0)
 		return rc;
-	if (sqlite3_changes(store_db(db)) == 0 && !a->devices)
-		return ota_error_set(OTA_ENOTFOUND, "no active provisioner '%s'", a->name);
-	if (a->devices) {
-		/* a leaked credential: every identity it minted goes too */
-		if (!(st = store_stmt(db, "SELECT DISTINCT device FROM device_certs WHERE provisioner = ?")))
-			return OTA_ERROR;
-		sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
-		while ((rc = store_step_row(db, st)) == 1)
-			json_array_append_new(a->revoked, json_string(store_col_text(st, 0)));
-		sqlite3_reset(st);
-		if (rc < 0)
+	if (db_changes(st) == 0 && !devices)
+		return ota_error_set(OTA_ENOTFOUND, "no active provisioner '%s'", name);
+	if (!devices)
+		return 0;
+	/* a leaked credential: every identity it minted goes too */
+	if ((rc = fleet_ca_store_prov_devices(db, name, revoked)) < 0)
+		return rc;
+	if (!(st = store_q(db, "UPDATE device_certs SET revoked_at = ? WHERE provisioner = ? AND revoked_at IS NULL")))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now_ms);
+	db_bind_text(st, 2, name);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	json_array_foreach(revoked, i, v)
+		if ((rc = revocation_put(db, json_string_value(v), cutoff, now_ms, actor, "its provisioner was revoked")) < 0)
 			return rc;
-		st = store_stmt(db, "UPDATE device_certs SET revoked_at = ? WHERE provisioner = ? AND revoked_at IS NULL");
-		sqlite3_bind_int64(st, 1, now);
-		sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
-		if ((rc = store_step_done(db, st)) < 0)
-			return rc;
-		json_array_foreach(a->revoked, i, v) {
-			st = store_stmt(db, "INSERT INTO device_revocations(device, cutoff, at, actor, reason) VALUES (?, ?, ?, ?, ?)"
-					    " ON CONFLICT(device) DO UPDATE SET cutoff = MAX(cutoff, excluded.cutoff),"
-					    " at = excluded.at, actor = excluded.actor, reason = excluded.reason");
-			sqlite3_bind_text(st, 1, json_string_value(v), -1, SQLITE_STATIC);
-			sqlite3_bind_int64(st, 2, a->cutoff);
-			sqlite3_bind_int64(st, 3, now);
-			sqlite3_bind_text(st, 4, a->actor, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 5, "its provisioner was revoked", -1, SQLITE_STATIC);
-			if ((rc = store_step_done(db, st)) < 0)
-				return rc;
-		}
-	}
+	return 0;
+}
+
+static int do_prov_revoke(struct engine *e, void *arg)
+{
+	struct prev_args *a = arg;
+	int rc;
+
+	if ((rc = fleet_ca_store_prov_revoke(engine_store(e), a->name, a->devices, a->cutoff, clock_now_ms(), a->actor,
+					     a->revoked)) < 0)
+		return rc;
 	return engine_audit(e, a->actor, "provisioner.revoke", 0, 0, NULL,
 			    json_pack("{ss sI}", "provisioner", a->name, "devices_revoked",
 				      (json_int_t)json_array_size(a->revoked)));
@@ -522,8 +594,8 @@ int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, con
 {
 	struct prev_args a = { name, actor, devices, (int64_t)time(NULL), json_array() };
 	struct store *rd = store_reader();
+	json_t *known;
 	struct engine *e;
-	sqlite3_stmt *st;
 	size_t i;
 	json_t *v;
 	int rc;
@@ -540,12 +612,11 @@ int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, con
 	/* memory first, as for devices: its next request is refused, and so
 	 * are the devices it provisioned that the database knows now */
 	fleet_ca_prov_remove(ca, name);
-	if (devices && rd && (st = store_stmt(rd, "SELECT DISTINCT device FROM device_certs WHERE provisioner = ?"))) {
-		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-		while (store_step_row(rd, st) == 1)
-			fleet_ca_revoke_mem(ca, store_col_text(st, 0), a.cutoff);
-		sqlite3_reset(st);
-	}
+	known = json_array();
+	if (devices && rd && fleet_ca_store_prov_devices(rd, name, known) == 0)
+		json_array_foreach(known, i, v)
+			fleet_ca_revoke_mem(ca, json_string_value(v), a.cutoff);
+	json_decref(known);
 	if ((rc = engine_exec(e, do_prov_revoke, &a)) == 0) {
 		json_array_foreach(a.revoked, i, v)
 			fleet_ca_revoke_mem(ca, json_string_value(v), a.cutoff);
@@ -555,28 +626,34 @@ int fleet_ca_prov_revoke(struct fleet_ca *ca, const char *name, int devices, con
 	return rc;
 }
 
+json_t *fleet_ca_store_prov_list(struct store *db)
+{
+	struct db_stmt *st = store_q(db, "SELECT name, prefix, products, max_devices, issued, rate_per_min, created_at,"
+					 " created_by, revoked_at FROM device_provisioners ORDER BY name");
+	json_t *out = json_array();
+
+	if (!st)
+		return out;
+	while (db_step(st) == 1) {
+		const char *p = db_column_text(st, 2);
+		json_t *o = json_pack("{ss ss sI sI sI sI ss}", "name", db_column_text(st, 0), "prefix", db_column_text(st, 1),
+				      "max", (json_int_t)db_column_int64(st, 3), "issued", (json_int_t)db_column_int64(st, 4),
+				      "rate_per_min", (json_int_t)db_column_int64(st, 5), "created_at",
+				      (json_int_t)db_column_int64(st, 6), "created_by", db_column_text(st, 7));
+		json_object_set_new(o, "products", p ? json_loads(p, 0, NULL) : json_null());
+		json_object_set_new(o, "revoked_at", db_column_type(st, 8) == DB_NULL ? json_null()
+										 : json_integer(db_column_int64(st, 8)));
+		json_array_append_new(out, o);
+	}
+	db_reset(st);
+	return out;
+}
+
 json_t *fleet_ca_prov_list(struct fleet_ca *ca)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
-	json_t *out = json_array();
 	(void)ca;
-	if (!db || !(st = store_stmt(db, "SELECT name, prefix, products, max_devices, issued, rate_per_min, created_at,"
-					 " created_by, revoked_at FROM device_provisioners ORDER BY name")))
-		return out;
-	while (store_step_row(db, st) == 1) {
-		const char *p = store_col_text(st, 2);
-		json_t *o = json_pack("{ss ss sI sI sI sI ss}", "name", store_col_text(st, 0), "prefix", store_col_text(st, 1),
-				      "max", (json_int_t)store_col_int(st, 3), "issued", (json_int_t)store_col_int(st, 4),
-				      "rate_per_min", (json_int_t)store_col_int(st, 5), "created_at",
-				      (json_int_t)store_col_int(st, 6), "created_by", store_col_text(st, 7));
-		json_object_set_new(o, "products", p ? json_loads(p, 0, NULL) : json_null());
-		json_object_set_new(o, "revoked_at", sqlite3_column_type(st, 8) == SQLITE_NULL ? json_null()
-											 : json_integer(store_col_int(st, 8)));
-		json_array_append_new(out, o);
-	}
-	sqlite3_reset(st);
-	return out;
+	return db ? fleet_ca_store_prov_list(db) : json_array();
 }
 
 struct ca_audit_args {
