@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "clock.h"
 #include "logstore.h"
 
@@ -202,7 +203,7 @@ static int remove_run_logs(struct store *db, int64_t run)
 		/* a file that cannot be removed (permissions) is reported and
 		 * left: the cursor moves on rather than stopping every pass */
 		if (logstore_remove_job(store_col_int(st, 0)) < 0)
-			fprintf(stderr, "otacd: retention: %s\n", ota_error_last());
+			ota_log(OTA_LOG_WARN, "retention: %s", ota_error_last());
 	sqlite3_reset(st);
 	return rc < 0 ? rc : 0;
 }
@@ -328,7 +329,7 @@ void retention_after_commit(struct retention_out *out)
 {
 	for (size_t i = 0; i < out->ndead_jobs; i++)
 		if (logstore_remove_job(out->dead_jobs[i]) < 0)
-			fprintf(stderr, "otacd: retention: %s\n", ota_error_last());
+			ota_log(OTA_LOG_WARN, "retention: %s", ota_error_last());
 	out->ndead_jobs = 0;
 	out->runs_deleted = 0;
 	strvec_clear(&out->dead_objects);
