@@ -867,6 +867,9 @@ static void prune_step(struct engine *e)
 		if (e->prune_pass.runs_deleted)
 			ota_log(OTA_LOG_INFO, "retention: deleted %" PRId64 " runs, logs of %" PRId64 " runs",
 				e->prune_pass.runs_deleted, e->prune_pass.logs_pruned);
+		if (e->prune_pass.outbox_deleted)
+			ota_log(OTA_LOG_INFO, "retention: deleted %" PRId64 " finished notification outbox rows",
+				e->prune_pass.outbox_deleted);
 		e->prune_active = 0;
 		/* more free pages than one step gives back: again soon */
 		e->next_prune = clock_mono_ms() + (freed == 4096 ? 1000 : prune_every(e));
