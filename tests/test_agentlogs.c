@@ -41,6 +41,18 @@ static int64_t two_runs(struct daemon *d, int64_t *failing)
 	return ok;
 }
 
+/* A sanitizer runtime's own lines (under make asan a step's namespace
+ * init writes "==1==WARNING: ASan is ignoring requested
+ * __asan_handle_no_return: …" and two lines after it): not otacd's to
+ * format.  A real sanitizer report fails its process, which other checks
+ * see. */
+static int sanitizer_line(const char *s)
+{
+	return (s[0] == '=' && s[1] == '=' && strspn(s + 2, "0123456789") > 0) ||
+	       !strcmp(s, "False positive error reports may follow") ||
+	       !strncmp(s, "For details see https://github.com/google/sanitizers/", 53);
+}
+
 /* The lines of d's stderr (otacd.log; the local agents share it). */
 static struct strvec log_lines(struct daemon *d)
 {
@@ -79,8 +91,11 @@ static void every_line_of_otacd_and_its_local_agents_is_json(void **state)
 	lines = log_lines(&d);
 	assert_true(lines.n > 10);
 	for (size_t i = 0; i < lines.n; i++) {
-		json_t *o = json_loads(lines.v[i], 0, NULL);
+		json_t *o;
 		const char *program, *agent, *msg, *level;
+		if (sanitizer_line(lines.v[i]))
+			continue;
+		o = json_loads(lines.v[i], 0, NULL);
 		if (!json_is_object(o))
 			fail_msg("line %zu is not JSON: %s", i + 1, lines.v[i]);
 		msg = json_string_value(json_object_get(o, "msg"));
@@ -130,6 +145,8 @@ static void agents_text_lines_stay_the_historic_ones(void **state)
 	h_kill(&d, SIGTERM);
 	lines = log_lines(&d);
 	for (size_t i = 0; i < lines.n; i++) {
+		if (sanitizer_line(lines.v[i]))
+			continue;
 		if (!strncmp(lines.v[i], "otacd-agent: ", 13))
 			agent_lines++;
 		else if (strncmp(lines.v[i], "otacd: ", 7) != 0)
