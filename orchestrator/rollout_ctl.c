@@ -214,8 +214,8 @@ int rollout_exposures(struct store *db, json_t **out)
 }
 
 /* Make the update server offer what the table says; -1 when the table
- * could not be read (nothing applied).  The first read one marks the
- * adapter loaded (updsrv_mark_loaded): until then, after a start, the
+ * could not be read (nothing applied).  The first pass that reads it marks
+ * the adapter loaded (updsrv_mark_loaded): until then, after a start, the
  * builtin device API answers 503 rather than "no update" to a device in
  * a step (issue 18).  An exposure the adapter refused is logged and
  * tried again next pass; it does not hold the whole fleet back. */
