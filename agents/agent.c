@@ -38,6 +38,7 @@
  * retried until the daemon acknowledges it.
  */
 #include "../common/httpc.h"
+#include "../common/log.h"
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "agent.h"
@@ -96,14 +97,30 @@ static void on_signal(int sig)
 		kill(-(pid_t)running_pgid, SIGKILL);
 }
 
+/* The agent's own lines go through ota_log (common/log.h), in the format
+ * --log-format chose (otacd passes its own to its local agents): "text"
+ * is the historic "otacd-agent: …" line, logfmt and JSON lines name the
+ * program and the agent, and the run and job at hand (agent_log_job). */
 void agent_say(const char *fmt, ...)
 {
 	va_list ap;
-	fputs("otacd-agent: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	ota_logv(OTA_LOG_INFO, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+}
+
+void agent_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	ota_logv(OTA_LOG_WARN, fmt, ap);
+	va_end(ap);
+}
+
+void agent_log_job(const struct job *j)
+{
+	const json_t *run = json_object_get(j->spec, "run_id");
+	ota_log_ctx_work(json_is_integer(run) ? (int64_t)json_integer_value(run) : 0, strtoll(j->id, NULL, 10));
 }
 
 int64_t agent_now_ms(void)
@@ -151,7 +168,7 @@ static int agent_orphaned(void)
 	if (agent_orphan_ms <= 0 || away <= agent_orphan_ms)
 		return 0;
 	if (!agent_stop_flag)
-		agent_say("no answer from otacd for %lld ms: a local agent without its daemon stops", (long long)away);
+		agent_warn("no answer from otacd for %lld ms: a local agent without its daemon stops", (long long)away);
 	agent_stop_flag = 1;
 	return 1;
 }
@@ -234,7 +251,7 @@ static int agent_register(struct agent *a)
 			return rc;
 		}
 		if (!warned++)
-			agent_say("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
+			agent_warn("daemon not ready (%s), retrying", rc ? ota_error_last() : "unexpected answer");
 		json_decref(ans);
 		if (agent_orphaned())
 			break;
@@ -285,6 +302,7 @@ static void *heartbeat(void *arg)
 	struct job *j = arg;
 	long wait = j->a->heartbeat_ms;
 
+	agent_log_job(j);
 	pthread_mutex_lock(&j->mu);
 	for (;;) {
 		int64_t next = agent_now_ms() + wait;
@@ -1030,7 +1048,7 @@ static int job_finish(struct job *j, int exit_code, const char *failure, const c
 			break;
 		}
 		if (!r && status >= 400 && status < 500 && status != 408 && status != 429) {
-			agent_say("job %s: finish refused (HTTP %ld)", j->id, status);
+			agent_warn("job %s: finish refused (HTTP %ld)", j->id, status);
 			break;
 		}
 		if ((agent_stop_flag || agent_orphaned()) && tries == 0)
@@ -1128,6 +1146,7 @@ static int job_run(struct agent *a, json_t *spec)
 	pthread_cond_init(&j.cv, &ca);
 	pthread_condattr_destroy(&ca);
 
+	agent_log_job(&j);
 	agent_say("job %s attempt %" JSON_INTEGER_FORMAT " (%s) started", j.id, j.attempt, name ? name : "?");
 	/* Helper threads leave SIGTERM/SIGINT to the main thread, whose
 	 * poll() they interrupt. */
@@ -1205,6 +1224,7 @@ static int job_run(struct agent *a, json_t *spec)
 	else
 		agent_say("job %s attempt %" JSON_INTEGER_FORMAT " finished: failed (%s)", j.id, j.attempt, failure_names[why]);
 	rc = why == OUT_OK ? 0 : OTA_ERROR;
+	ota_log_ctx_clear();
 
 	if (!getenv("OTACD_AGENT_KEEP_WORKSPACE"))
 		rm_rf(j.ws);
@@ -1230,7 +1250,7 @@ static void usage(FILE *f)
 {
 	fputs("usage: otacd-agent [--url URL] [--token-file FILE | --token-fd N | --token TOKEN]\n"
 	      "                   [--labels a,b,key=value] [--workdir DIR] [--name NAME] [--once]\n"
-	      "                   [--cacert FILE]\n"
+	      "                   [--cacert FILE] [--log-format text|logfmt|json] [--log-level L]\n"
 	      "\n"
 	      "Runs otacd jobs.  Registers with the daemon at URL (default $OTACD_URL or\n"
 	      DEFAULT_URL "), long-polls for jobs whose labels are all among\n"
@@ -1247,7 +1267,9 @@ static void usage(FILE *f)
 	      "                  if given, it must be that name)\n"
 	      "  --once          exit after one job: 0 if it passed, 1 otherwise\n"
 	      "  --cacert FILE   verify an https:// daemon against the CA(s) in FILE\n"
-	      "                  (default $OTACD_CACERT, else the system's CAs)\n", f);
+	      "                  (default $OTACD_CACERT, else the system's CAs)\n"
+	      "  --log-format F  text (default), logfmt or json: the agent's own lines on stderr\n"
+	      "  --log-level L   error, warn, info (default) or debug\n", f);
 }
 
 /* The token in the environment variable name, then wiped where it was:
@@ -1336,6 +1358,8 @@ int main(int argc, char **argv)
 		{ "cacert", required_argument, NULL, 'C' },
 		{ "cache-max", required_argument, NULL, 'M' },
 		{ "cache-entry-max", required_argument, NULL, 'E' },
+		{ "log-format", required_argument, NULL, 'f' },
+		{ "log-level", required_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -1343,7 +1367,7 @@ int main(int argc, char **argv)
 	struct sigaction sa;
 	const char *url = getenv("OTACD_URL"), *workdir = "otacd-agent-work", *e, *cacert = NULL;
 	long backoff = 0;
-	int c, rc = 0;
+	int c, rc = 0, log_format = OTA_LOG_TEXT, log_level = OTA_LOG_INFO;
 
 	/* The namespace init of a step (contain.c): nothing else of the agent. */
 	if (argc > 2 && !strcmp(argv[1], "--reaper") && !strcmp(argv[2], "--"))
@@ -1351,13 +1375,14 @@ int main(int argc, char **argv)
 	/* Not dumpable: a step of the same uid cannot read this process's
 	 * memory or /proc/PID/environ (steps are exec'd, and so dumpable). */
 	prctl(PR_SET_DUMPABLE, 0);
+	ota_log_set_origin("otacd-agent", NULL); /* its name once the options are read */
 	memset(&a, 0, sizeof(a));
 	a.token = token_from_env("OTACD_AGENT_TOKEN");
 	a.cache.max_total = CACHE_DEFAULT_MAX;
 	a.cache.max_entry = CACHE_DEFAULT_ENTRY_MAX;
 	if (((e = getenv("OTACD_AGENT_CACHE_MAX")) && cache_parse_size(e, &a.cache.max_total) < 0) ||
 	    ((e = getenv("OTACD_AGENT_CACHE_ENTRY_MAX")) && cache_parse_size(e, &a.cache.max_entry) < 0)) {
-		agent_say("%s", ota_error_last());
+		agent_warn("%s", ota_error_last());
 		return 2;
 	}
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -1372,7 +1397,7 @@ int main(int argc, char **argv)
 		case 'F':
 			free(a.token);
 			if (!(a.token = token_read(c == 'T' ? optarg : NULL, c == 'F' ? atoi(optarg) : -1))) {
-				agent_say("cannot read the token from %s %s: %s", c == 'T' ? "file" : "descriptor", optarg,
+				agent_warn("cannot read the token from %s %s: %s", c == 'T' ? "file" : "descriptor", optarg,
 				    ota_error_last());
 				return 2;
 			}
@@ -1388,9 +1413,21 @@ int main(int argc, char **argv)
 		case 'M':
 		case 'E':
 			if (cache_parse_size(optarg, c == 'M' ? &a.cache.max_total : &a.cache.max_entry) < 0) {
-				agent_say("--%s: %s", c == 'M' ? "cache-max" : "cache-entry-max", ota_error_last());
+				agent_warn("--%s: %s", c == 'M' ? "cache-max" : "cache-entry-max", ota_error_last());
 				return 2;
 			}
+			break;
+		case 'f':
+		case 'v':
+			if ((c == 'f' ? ota_log_format_parse(optarg) : ota_log_level_parse(optarg)) < 0) {
+				agent_warn("--%s: '%s' is not one of %s", c == 'f' ? "log-format" : "log-level", optarg,
+					   c == 'f' ? "text, logfmt, json" : "error, warn, info, debug");
+				return 2;
+			}
+			if (c == 'f')
+				log_format = ota_log_format_parse(optarg);
+			else
+				log_level = ota_log_level_parse(optarg);
 			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -1400,8 +1437,11 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* before any thread: every line from here on in the chosen format */
+	ota_log_setup((enum ota_log_format)log_format, (enum ota_log_level)log_level, 2);
+	ota_log_set_origin("otacd-agent", a.name);
 	if (!a.token || !*a.token) {
-		agent_say("no token: pass --token-file, --token-fd or --token, or set OTACD_AGENT_TOKEN");
+		agent_warn("no token: pass --token-file, --token-fd or --token, or set OTACD_AGENT_TOKEN");
 		return 2;
 	}
 	a.url = xstrdup(url && *url ? url : DEFAULT_URL);
@@ -1426,19 +1466,19 @@ int main(int argc, char **argv)
 	agent_heard();
 
 	if (ota_mkdir_p(workdir, 0755) < 0 || !(a.workdir = realpath(workdir, NULL))) {
-		agent_say("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
+		agent_warn("cannot use work directory %s: %s", workdir, a.workdir ? ota_error_last() : strerror(errno));
 		return 1;
 	}
 	agent_say("%s", contain_init(a.workdir));
 	/* a killed agent may have left a half-written cache entry: drop it */
 	a.cache_dir = xasprintf("%s/cache", a.workdir);
 	if (ota_mkdir_p(a.cache_dir, 0700) < 0) {
-		agent_say("cannot use cache directory %s: %s", a.cache_dir, ota_error_last());
+		agent_warn("cannot use cache directory %s: %s", a.cache_dir, ota_error_last());
 		return 1;
 	}
 	cache_sweep(a.cache_dir);
 	if (httpc_global_init() < 0) {
-		agent_say("%s", ota_error_last());
+		agent_warn("%s", ota_error_last());
 		return 1;
 	}
 	if (cacert)
@@ -1447,7 +1487,7 @@ int main(int argc, char **argv)
 
 	if (agent_register(&a) < 0) {
 		if (!agent_stop_flag)
-			agent_say("%s", ota_error_last());
+			agent_warn("%s", ota_error_last());
 		rc = agent_stop_flag ? 0 : 1;
 		goto out;
 	}
@@ -1465,7 +1505,7 @@ int main(int argc, char **argv)
 		} else if (r == OTA_ENOTFOUND) {
 			if (agent_register(&a) < 0) {
 				if (!agent_stop_flag)
-					agent_say("%s", ota_error_last());
+					agent_warn("%s", ota_error_last());
 				rc = agent_stop_flag ? 0 : 1;
 				break;
 			}

@@ -70,6 +70,10 @@ extern volatile sig_atomic_t agent_stop_flag;
 
 /* A line on stderr, prefixed "otacd-agent: ". */
 void agent_say(const char *fmt, ...) OTA_PRINTF(1, 2);
+/* The same at level warn: something failed (otacd's log_format, ota_log). */
+void agent_warn(const char *fmt, ...) OTA_PRINTF(1, 2);
+/* This thread's log lines carry the job's run and job ids (ota_log_ctx). */
+void agent_log_job(const struct job *j);
 /* Monotonic milliseconds. */
 int64_t agent_now_ms(void);
 /* Wait on j->cv for at most ms (caller holds j->mu). */

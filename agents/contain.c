@@ -25,6 +25,7 @@
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
+#include "../common/log.h"
 #include "../common/util.h"
 
 #define CHILD_STACK (64 * 1024)
@@ -203,7 +204,7 @@ static void kill_leftovers(void)
 		}
 		closedir(d);
 		if (killed)
-			fprintf(stderr, "otacd-agent: killed %d process%s left by a step of the previous agent (group %ld)\n",
+			ota_log(OTA_LOG_WARN, "killed %d process%s left by a step of the previous agent (group %ld)",
 				killed, killed == 1 ? "" : "es", pgid);
 	}
 	unlink(g_state);

@@ -135,6 +135,8 @@ void *logsend_thread(void *arg)
 	long backoff = 0;
 	int warned = 0;
 
+	agent_log_job(j);
+
 	pthread_mutex_lock(&j->mu);
 	for (;;) {
 		struct httpc_response r;
@@ -175,7 +177,7 @@ void *logsend_thread(void *arg)
 		backoff = 0;
 		if (rc < 0 || r.status >= 500) {
 			if (!warned++)
-				agent_say("job %s: log upload failing (%s), buffering", j->id,
+				agent_warn("job %s: log upload failing (%s), buffering", j->id,
 				    rc < 0 ? ota_error_last() : "server error");
 			backoff = 500;
 		} else if (r.status == 200) {
@@ -193,7 +195,7 @@ void *logsend_thread(void *arg)
 			j->lost = 1;
 			pthread_cond_broadcast(&j->cv);
 		} else {
-			agent_say("job %s: log chunk refused (HTTP %ld), dropping %zu bytes", j->id, r.status, n);
+			agent_warn("job %s: log chunk refused (HTTP %ld), dropping %zu bytes", j->id, r.status, n);
 			log_ack(j, off + n);
 		}
 		httpc_response_release(&r);

@@ -1,14 +1,18 @@
 #!/bin/sh
-# bench/memory.sh BINDIR - idle memory of otacd (with its two local agents,
-# as `make demo` runs it) and of a Buildbot master, measured in the same
-# run from /proc/PID/smaps_rollup: Rss split into private pages (this
-# process alone) and shared ones (library text also mapped by others), and
-# Pss (shared pages divided among their users).  Buildbot is Debian's
-# `buildbot` package with its sample master.cfg (one worker, one builder,
-# no web UI); without it the comparison is skipped and said so.
+# bench/memory.sh BINDIR [BASELINE_BINDIR] - idle memory of otacd (with its
+# two local agents, as `make demo` runs it) and of a Buildbot master,
+# measured in the same run from /proc/PID/smaps_rollup: Rss split into
+# private pages (this process alone) and shared ones (library text also
+# mapped by others), and Pss (shared pages divided among their users).
+# With BASELINE_BINDIR (another build, e.g. main's) that otacd is measured
+# first, the same way, for a before/after in one run; each otacd line is
+# followed by the libraries it maps with the most Rss.  Buildbot is
+# Debian's `buildbot` package with its sample master.cfg (one worker, one
+# builder, no web UI); without it the comparison is skipped and said so.
 set -eu
 . "$(dirname "$0")/lib.sh"
 bin=$1
+base=${2:-}
 bench_begin memory
 
 # mem PID - "Rss R MB = private P MB + shared S MB; Pss Q MB"
@@ -18,19 +22,38 @@ mem() {
 		"/proc/$1/smaps_rollup"
 }
 
-"$bin/otacd" --state-dir "$tmp/otacd" --listen 127.0.0.1:0 --device-listen 127.0.0.1:0 \
-	--local-agents 2 2>"$tmp/otacd.log" &
-otacd=$!
-pids="$otacd"
-bench_wait_otacd memory "$tmp/otacd.log" "$tmp/otacd/otacd.url"
-sleep 2    # agents registered, start-up work done
-echo "  otacd         $(mem "$otacd")"
-for a in $(pgrep -P "$otacd" otacd-agent || true); do
-	echo "  otacd-agent   $(mem "$a")"
-done
-if pgrep -P "$otacd" otacd-git >/dev/null; then
-	echo "  (an otacd-git helper is running: not idle)"
-fi
+# libs PID - the five libraries with the most Rss, "name KB" each
+libs() {
+	awk '/^[0-9a-f]+-/{n=$6; sub(/.*\//, "", n)} /^Rss:/{if (n ~ /\.so/) r[n]+=$2}
+	     END{for (k in r) printf "%d %s\n", r[k], k}' "/proc/$1/smaps" |
+		sort -rn | head -5 | awk '{printf "%s %s KB; ", $2, $1}'
+}
+
+# idle BINDIR LABEL - start that otacd with two local agents, wait until
+# it idles, print its memory and its agents', stop it
+idle() {
+	dir="$tmp/otacd-$2"
+	"$1/otacd" --state-dir "$dir" --listen 127.0.0.1:0 --device-listen 127.0.0.1:0 \
+		--local-agents 2 2>"$dir.log" &
+	otacd=$!
+	pids="$pids $otacd"
+	bench_wait_otacd memory "$dir.log" "$dir/otacd.url"
+	sleep 2    # agents registered, start-up work done
+	echo "  otacd ($2)  $(mem "$otacd")"
+	echo "      top libraries: $(libs "$otacd")"
+	grep -q 'libxml2\|libicuuc' "/proc/$otacd/maps" && echo "      libxml2/ICU mapped at idle" || echo "      libxml2/ICU not mapped at idle"
+	for a in $(pgrep -P "$otacd" otacd-agent || true); do
+		echo "  otacd-agent   $(mem "$a")"
+	done
+	if pgrep -P "$otacd" otacd-git >/dev/null; then
+		echo "  (an otacd-git helper is running: not idle)"
+	fi
+	kill "$otacd"
+	wait "$otacd" 2>/dev/null || true
+}
+
+[ -z "$base" ] || idle "$base" baseline
+idle "$bin" this
 
 if ! command -v buildbot >/dev/null; then
 	echo "  buildbot      not installed (Debian package buildbot): no comparison in this run"

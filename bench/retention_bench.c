@@ -245,7 +245,7 @@ static int64_t fill(enum mode m, int64_t n, int64_t *half, struct series *held, 
 {
 	char *dir = xasprintf("%s/otacd-retention-bench-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
 	char *path = xasprintf("%s/otacd.db", mkdtemp(dir) ? dir : "/nonexistent");
-	struct retention_cfg cfg = { 30 * 86400 * 1000LL, 10000, 0, RETENTION_DEFAULT_BATCH };
+	struct retention_cfg cfg = { 30 * 86400 * 1000LL, 10000, 0, RETENTION_DEFAULT_BATCH, 0, 0 };
 	struct store *s = NULL;
 	int64_t size = -1;
 	int rc = 0;

@@ -27,6 +27,9 @@ static enum ota_log_level g_max = OTA_LOG_INFO;
 static int g_fd = 2;
 static pthread_mutex_t g_write_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local struct ota_log_ctx t_ctx;
+static char g_program[32] = "otacd"; /* ota_log_set_origin */
+static char g_agent[128];
+static int g_origin_set;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 static const char *const format_names[] = { "text", "logfmt", "json" };
@@ -57,6 +60,23 @@ void ota_log_setup(enum ota_log_format format, enum ota_log_level max_level, int
 	g_format = format;
 	g_max = max_level;
 	g_fd = fd;
+}
+
+enum ota_log_format ota_log_current_format(void)
+{
+	return g_format;
+}
+
+enum ota_log_level ota_log_current_level(void)
+{
+	return g_max;
+}
+
+void ota_log_set_origin(const char *program, const char *agent)
+{
+	snprintf(g_program, sizeof(g_program), "%s", program && *program ? program : "otacd");
+	snprintf(g_agent, sizeof(g_agent), "%s", agent ? agent : "");
+	g_origin_set = 1;
 }
 
 int ota_log_enabled(enum ota_log_level level)
@@ -213,7 +233,7 @@ void ota_log_format_line(struct buf *out, enum ota_log_format format, int64_t ti
 
 	utf8_clean(&clean, msg ? msg : "");
 	if (format == OTA_LOG_TEXT) {
-		buf_puts(out, "otacd: ");
+		buf_printf(out, "%s: ", g_program);
 		put_text_escaped(out, buf_cstr(&clean));
 		buf_putc(out, '\n');
 		buf_release(&clean);
@@ -224,6 +244,10 @@ void ota_log_format_line(struct buf *out, enum ota_log_format format, int64_t ti
 		json_t *o = json_pack("{ss ss ss}", "time", when, "level", ota_log_level_name(level), "msg",
 				      buf_cstr(&clean));
 		char *text;
+		if (g_origin_set) /* names are the process's own: kept as given */
+			json_object_set_new(o, "program", json_string(g_program));
+		if (g_agent[0])
+			json_object_set_new(o, "agent", json_string(g_agent));
 		if (ctx && ctx->request_id[0])
 			json_object_set_new(o, "request_id", json_string(ctx->request_id));
 		if (ctx && ctx->run_id > 0)
@@ -245,6 +269,10 @@ void ota_log_format_line(struct buf *out, enum ota_log_format format, int64_t ti
 		logfmt_pair(&line, "time", when);
 		logfmt_pair(&line, "level", ota_log_level_name(level));
 		logfmt_pair(&line, "msg", buf_cstr(&clean));
+		if (g_origin_set)
+			logfmt_pair(&line, "program", g_program);
+		if (g_agent[0])
+			logfmt_pair(&line, "agent", g_agent);
 		if (ctx && ctx->request_id[0])
 			logfmt_pair(&line, "request_id", ctx->request_id);
 		if (ctx && ctx->run_id > 0) {

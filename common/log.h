@@ -11,6 +11,10 @@
  *   logfmt  time=2026-12-03T02:58:01.123Z level=warn msg="engine: job 12: …" run_id=4 job_id=12
  *   json    {"time":"…","level":"warn","msg":"engine: job 12: …","run_id":4,"job_id":12}
  *
+ * otacd-agent writes the same lines (its own format option, set by otacd
+ * for its local agents), with "program" and "agent" fields
+ * (ota_log_set_origin).
+ *
  * Messages carry text from peers (job names, refs, URLs, device names), so
  * every format escapes control characters: a message is always exactly one
  * line, whatever it holds.  Invalid UTF-8 bytes become '?' (JSON needs valid
@@ -49,6 +53,17 @@ const char *ota_log_level_name(enum ota_log_level l);
 /* Process-wide: the format, the most verbose level written (default info)
  * and the descriptor (default 2).  Call before threads start. */
 void ota_log_setup(enum ota_log_format format, enum ota_log_level max_level, int fd);
+/* The format and level ota_log_setup chose (otacd hands them to the local
+ * agents it starts, so their lines read like its own). */
+enum ota_log_format ota_log_current_format(void);
+enum ota_log_level ota_log_current_level(void);
+/* Process-wide, before threads start: whose lines these are.  program
+ * replaces "otacd" as the text format's prefix and, with agent (the
+ * agent's name; NULL: none), is a field of every logfmt and JSON line:
+ *   {"time":…,"level":"info","msg":"job 7 attempt 1 (build) started",
+ *    "program":"otacd-agent","agent":"local-1","run_id":3,"job_id":7}
+ * The daemon sets neither: its lines are as before.  Copied. */
+void ota_log_set_origin(const char *program, const char *agent);
 /* Whether a line of this level would be written (skip costly messages). */
 int ota_log_enabled(enum ota_log_level level);
 

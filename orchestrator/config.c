@@ -45,6 +45,8 @@ void config_defaults(struct otacd_config *c)
 	c->retention.runs_keep = RETENTION_DEFAULT_RUNS_KEEP;
 	c->retention.logs_max_age_ms = RETENTION_DEFAULT_LOGS_MAX_AGE_MS;
 	c->retention.batch = RETENTION_DEFAULT_BATCH;
+	c->retention.outbox_max_age_ms = RETENTION_DEFAULT_OUTBOX_MAX_AGE_MS;
+	c->retention.outbox_keep = RETENTION_DEFAULT_OUTBOX_KEEP;
 	c->secrets = json_object();
 	c->keys = json_object();
 	c->encryption_keys = json_object(); /* issue 13, encrypted images */
@@ -706,8 +708,8 @@ static int get_bound(struct cfg_ctx *x, yaml_node_t *n, const char *key, int64_t
 	return 0;
 }
 
-/* retention: {runs_max_age, runs_keep, logs_max_age, batch} (issue 18,
- * retention.h); keys left out keep their defaults */
+/* retention: {runs_max_age, runs_keep, logs_max_age, batch, outbox_max_age,
+ * outbox_keep} (issue 18, retention.h); keys left out keep their defaults */
 static int get_retention(struct cfg_ctx *x, yaml_node_t *n)
 {
 	struct retention_cfg *r = &x->c->retention;
@@ -724,16 +726,21 @@ static int get_retention(struct cfg_ctx *x, yaml_node_t *n)
 			rc = get_bound(x, v, "retention.runs_max_age", &r->runs_max_age_ms);
 		else if (!strcmp(key, "logs_max_age"))
 			rc = get_bound(x, v, "retention.logs_max_age", &r->logs_max_age_ms);
-		else if (!strcmp(key, "runs_keep")) {
+		else if (!strcmp(key, "outbox_max_age"))
+			rc = get_bound(x, v, "retention.outbox_max_age", &r->outbox_max_age_ms);
+		else if (!strcmp(key, "runs_keep") || !strcmp(key, "outbox_keep")) {
+			int64_t *keep = key[0] == 'r' ? &r->runs_keep : &r->outbox_keep;
 			if (scalar(v) && !strcmp(scalar(v), "off"))
-				r->runs_keep = 0;
+				*keep = 0;
 			else
-				rc = get_int(x, v, "retention.runs_keep (off or at least 1)", &r->runs_keep, 1);
+				rc = get_int(x, v, key[0] == 'r' ? "retention.runs_keep (off or at least 1)"
+								 : "retention.outbox_keep (off or at least 1)", keep, 1);
 		} else if (!strcmp(key, "batch")) {
 			if ((rc = get_int(x, v, "retention.batch", &r->batch, 1)) == 0 && r->batch > 1024)
 				rc = cfg_err(x, v, "'%s' must be at most 1024 runs", "retention.batch");
 		} else
-			rc = cfg_err(x, k, "unknown key '%s' in retention (runs_max_age, runs_keep, logs_max_age, batch)",
+			rc = cfg_err(x, k, "unknown key '%s' in retention (runs_max_age, runs_keep, logs_max_age, batch,"
+				     " outbox_max_age, outbox_keep)",
 				     key);
 	}
 	return rc;

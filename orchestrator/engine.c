@@ -937,7 +937,7 @@ static void prune_step(struct engine *e)
 		if (!e->prune_swept) {
 			int n = retention_sweep_orphans(e->db);
 			if (n > 0)
-				fprintf(stderr, "otacd: retention: removed %d orphaned log directories\n", n);
+				ota_log(OTA_LOG_INFO, "retention: removed %d orphaned log directories", n);
 			e->prune_swept = 1;
 		}
 		retention_pass_start(&e->prune_pass, clock_now_ms());
@@ -945,7 +945,7 @@ static void prune_step(struct engine *e)
 	}
 	run_call(e, &c);
 	if (c.rc < 0) {
-		fprintf(stderr, "otacd: retention: %s\n", c.err);
+		ota_log(OTA_LOG_WARN, "retention: %s", c.err);
 		e->prune_out.ndead_jobs = 0;
 		e->prune_active = 0;
 		e->next_prune = clock_mono_ms() + prune_every(e);
@@ -955,10 +955,13 @@ static void prune_step(struct engine *e)
 	if (c.rc == 0) {
 		int freed = 0;
 		if (retention_maintain(e->db, 4096, &freed) < 0)
-			fprintf(stderr, "otacd: %s\n", ota_error_last());
+			ota_log(OTA_LOG_WARN, "%s", ota_error_last());
 		if (e->prune_pass.runs_deleted)
-			fprintf(stderr, "otacd: retention: deleted %" PRId64 " runs, logs of %" PRId64 " runs\n",
+			ota_log(OTA_LOG_INFO, "retention: deleted %" PRId64 " runs, logs of %" PRId64 " runs",
 				e->prune_pass.runs_deleted, e->prune_pass.logs_pruned);
+		if (e->prune_pass.outbox_deleted)
+			ota_log(OTA_LOG_INFO, "retention: deleted %" PRId64 " finished notification outbox rows",
+				e->prune_pass.outbox_deleted);
 		e->prune_active = 0;
 		/* more free pages than one step gives back: again soon */
 		e->next_prune = clock_mono_ms() + (freed == 4096 ? 1000 : prune_every(e));

@@ -191,6 +191,15 @@ static int adopt(struct localagents *la, int idx)
  * read /proc/PID/environ or cmdline): it is written into a pipe before the
  * fork, the agent reads it from fd 3 (--token-fd 3) and closes it.
  */
+static const char *log_format_name(void)
+{
+	switch (ota_log_current_format()) {
+	case OTA_LOG_LOGFMT: return "logfmt";
+	case OTA_LOG_JSON: return "json";
+	default: return "text";
+	}
+}
+
 static pid_t spawn(struct localagents *la, int idx)
 {
 	extern char **environ;
@@ -220,9 +229,14 @@ static pid_t spawn(struct localagents *la, int idx)
 			strvec_pushf(&env, "OTACD_AGENT_ORPHAN_MS=%s", orphan);
 	}
 	{
+		/* its lines in otacd's own log format and level (issue 18) */
 		char *argv[] = { la->agent_path, "--url", la->url, "--name", name, "--labels", la->labels,
-				 "--workdir", dir, "--token-fd", "3", NULL };
-		static const char failed[] = "otacd: cannot start the local agent (otacd-agent)\n";
+				 "--workdir", dir, "--token-fd", "3", "--log-format", (char *)log_format_name(),
+				 "--log-level", (char *)ota_log_level_name(ota_log_current_level()), NULL };
+		/* the child may only write(2): its line is formatted before the fork */
+		struct buf failed = BUF_INIT;
+		ota_log_format_line(&failed, ota_log_current_format(), clock_real_ms(), OTA_LOG_ERROR,
+				    "cannot start the local agent (otacd-agent)", NULL);
 		pid = fork();
 		if (pid == 0) {
 			sigset_t none;
@@ -233,11 +247,12 @@ static pid_t spawn(struct localagents *la, int idx)
 			if (tp[0] == 3 ? fcntl(3, F_SETFD, 0) < 0 : dup2(tp[0], 3) < 0)
 				_exit(127);
 			execve(la->agent_path, argv, env.v);
-			if (write(2, failed, sizeof(failed) - 1) < 0) {
+			if (write(2, failed.ptr, failed.len) < 0) {
 				/* nothing more to do */
 			}
 			_exit(127);
 		}
+		buf_release(&failed);
 	}
 out:
 	if (tp[0] >= 0)

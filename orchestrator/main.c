@@ -258,6 +258,9 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	if ((rc = fleet_open(fleet, &fc)) < 0 || (rc = updsrv_builtin(us, *fleet)) < 0)
 		goto out;
 	fleet_set_ca(*fleet, devca, cfg->device_auth); /* issue 13: before devices can ask */
+	/* issue 18: no offers until the rollout controller applied them all
+	 * (updsrv_mark_loaded): the device API answers 503 until then */
+	fleet_hold_offers(*fleet, 1);
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);

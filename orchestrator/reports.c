@@ -34,9 +34,6 @@
 #include "reports.h"
 
 #include <errno.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-#include <libxml/xmlerror.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -45,6 +42,7 @@
 #include <string.h>
 
 #include "../common/util.h"
+#include "xmlload.h"
 
 /* Per test case, the failure text plus system-out and system-err. */
 #define CASE_OUTPUT_MAX (64 * 1024)
@@ -64,7 +62,6 @@ static EVP_MD *sha256_md;
 
 static void init(void)
 {
-	xmlInitParser();
 	sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
@@ -310,7 +307,7 @@ static void guard_stop(void *ctx)
 
 	if (g && !g->entity_line)
 		g->entity_line = ctxt->input && ctxt->input->line > 0 ? ctxt->input->line : 1;
-	xmlStopParser(ctxt);
+	xmlload_get()->stop_parser(ctxt); /* loaded: a parse is running */
 }
 
 static void guard_entity_decl(void *ctx, const xmlChar *name, int type, const xmlChar *public_id,
@@ -439,14 +436,17 @@ static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *na
 	void *saved_ctx;
 	xmlParserCtxtPtr ctxt = NULL;
 	xmlDocPtr doc = NULL;
+	const struct xmlload *x = xmlload_get();
 	int rc = OTA_EINVAL;
 
 	*out = NULL;
+	if (!x)
+		return ota_error_set(OTA_ERROR, "%s: %s", name, xmlload_error());
 	if ((rc = check_size(len, name)) < 0 || (rc = xml_bounds(data, len, name)) < 0)
 		goto out;
 	rc = OTA_EINVAL;
 	pthread_once(&init_once, init);
-	ctxt = xmlNewParserCtxt();
+	ctxt = x->new_parser_ctxt();
 	if (!ctxt || !ctxt->sax) {
 		rc = ota_error_set(OTA_ENOMEM, "%s: out of memory", name);
 		goto out;
@@ -455,13 +455,13 @@ static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *na
 	ctxt->sax->entityDecl = guard_entity_decl;
 	ctxt->sax->unparsedEntityDecl = guard_unparsed_entity_decl;
 	ctxt->sax->serror = guard_error;
-	saved_fn = xmlGenericError;
-	saved_ctx = xmlGenericErrorContext;
-	xmlSetGenericErrorFunc(NULL, xml_silent);
-	doc = xmlCtxtReadMemory(ctxt, len ? data : "", (int)len, name, NULL,
-				XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_BIG_LINES |
-					XML_PARSE_COMPACT);
-	xmlSetGenericErrorFunc(saved_ctx, saved_fn);
+	saved_fn = *x->generic_error();
+	saved_ctx = *x->generic_error_context();
+	x->set_generic_error_func(NULL, xml_silent);
+	doc = x->ctxt_read_memory(ctxt, len ? data : "", (int)len, name, NULL,
+				  XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_BIG_LINES |
+					  XML_PARSE_COMPACT);
+	x->set_generic_error_func(saved_ctx, saved_fn);
 	if (guard.entity_line) {
 		ota_error_set(OTA_EINVAL, "%s:%d: DTDs with entities are not accepted", name, guard.entity_line);
 		goto out;
@@ -477,7 +477,7 @@ static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *na
 		ota_error_set(OTA_EINVAL, "%s: DTDs with entities are not accepted", name);
 		goto out;
 	}
-	if (!xmlDocGetRootElement(doc)) {
+	if (!x->doc_get_root_element(doc)) {
 		ota_error_set(OTA_EINVAL, "%s:1: no root element", name);
 		goto out;
 	}
@@ -486,9 +486,9 @@ static int xml_read(xmlDocPtr *out, const void *data, size_t len, const char *na
 	rc = 0;
 out:
 	if (doc)
-		xmlFreeDoc(doc);
+		x->free_doc(doc);
 	if (ctxt)
-		xmlFreeParserCtxt(ctxt);
+		x->free_parser_ctxt(ctxt);
 	return rc;
 }
 
@@ -516,7 +516,7 @@ static const char *attr(const xmlNode *n, const char *key)
 
 static long node_line(const xmlNode *n)
 {
-	long l = xmlGetLineNo(n);
+	long l = xmlload_get()->get_line_no(n); /* a node: libxml2 is loaded */
 	return l > 0 ? l : 1;
 }
 
@@ -682,7 +682,7 @@ int report_parse_junit(json_t **out, const void *data, size_t len, const char *n
 	name = display_name(name);
 	if ((rc = xml_read(&doc, data, len, name)) < 0)
 		goto out;
-	root = xmlDocGetRootElement(doc);
+	root = xmlload_get()->doc_get_root_element(doc);
 	if (!is_elem(root, "testsuites") && !is_elem(root, "testsuite")) {
 		rc = ota_error_set(OTA_EINVAL, "%s:%ld: unknown element <%.*s> (expected <testsuites> or <testsuite>)",
 				   name, node_line(root), quote_len((const char *)root->name, 64),
@@ -716,7 +716,7 @@ out:
 	json_decref(j.cases);
 	buf_release(&j.out);
 	if (doc)
-		xmlFreeDoc(doc);
+		xmlload_get()->free_doc(doc);
 	return rc;
 }
 
@@ -748,7 +748,7 @@ int report_parse_cppcheck(json_t **out, const void *data, size_t len, const char
 	name = display_name(name);
 	if ((rc = xml_read(&doc, data, len, name)) < 0)
 		goto out;
-	root = xmlDocGetRootElement(doc);
+	root = xmlload_get()->doc_get_root_element(doc);
 	if (!is_elem(root, "results")) {
 		rc = ota_error_set(OTA_EINVAL, "%s:%ld: unknown element <%.*s> (expected cppcheck's <results>)", name,
 				   node_line(root), quote_len((const char *)root->name, 64), (const char *)root->name);
@@ -775,7 +775,7 @@ int report_parse_cppcheck(json_t **out, const void *data, size_t len, const char
 out:
 	findings_release(&f);
 	if (doc)
-		xmlFreeDoc(doc);
+		xmlload_get()->free_doc(doc);
 	return rc;
 }
 

@@ -13,6 +13,8 @@
  *           (rows stay); a cursor in meta remembers how far it got.
  *   extras  rows that outlive their runs: events with no run, webhook
  *           deliveries whose run is gone, both past runs_max_age.
+ *   outbox  the notification outbox's finished rows past outbox_max_age
+ *           (real time) or beyond the newest outbox_keep (issue 18).
  *
  * Artifact objects (the blobs) go after the commit that removed the last
  * row naming them, like the artifact expiry in engine.c; released
@@ -25,12 +27,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "clock.h"
+#include "db/db.h"
 #include "logstore.h"
 
 int retention_enabled(const struct retention_cfg *cfg)
 {
-	return cfg->runs_max_age_ms > 0 || cfg->runs_keep > 0 || cfg->logs_max_age_ms > 0;
+	return cfg->runs_max_age_ms > 0 || cfg->runs_keep > 0 || cfg->logs_max_age_ms > 0 ||
+	       cfg->outbox_max_age_ms > 0 || cfg->outbox_keep > 0;
 }
 
 void retention_pass_start(struct retention_pass *p, int64_t now_ms)
@@ -38,6 +43,7 @@ void retention_pass_start(struct retention_pass *p, int64_t now_ms)
 	memset(p, 0, sizeof(*p));
 	p->phase = RET_RUNS;
 	p->now = now_ms;
+	p->now_real = clock_real_ms();
 }
 
 static void out_add_job(struct retention_out *out, int64_t job)
@@ -202,7 +208,7 @@ static int remove_run_logs(struct store *db, int64_t run)
 		/* a file that cannot be removed (permissions) is reported and
 		 * left: the cursor moves on rather than stopping every pass */
 		if (logstore_remove_job(store_col_int(st, 0)) < 0)
-			fprintf(stderr, "otacd: retention: %s\n", ota_error_last());
+			ota_log(OTA_LOG_WARN, "retention: %s", ota_error_last());
 	sqlite3_reset(st);
 	return rc < 0 ? rc : 0;
 }
@@ -299,6 +305,56 @@ static int batch_extras(struct store *db, const struct retention_cfg *cfg, struc
 	return more;
 }
 
+/* The id at or below which finished outbox rows fall outside outbox_keep
+ * (0: none do). */
+static int outbox_keep_cut(struct store *db, const struct retention_cfg *cfg, int64_t *cut)
+{
+	struct db_stmt *st;
+	int rc;
+
+	*cut = 0;
+	if (cfg->outbox_keep <= 0)
+		return 0;
+	if (!(st = store_q(db, "SELECT id FROM outbox WHERE state <> 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?")))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, cfg->outbox_keep);
+	if ((rc = db_step(st)) == 1)
+		*cut = db_column_int64(st, 0);
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+/*
+ * The outbox's finished rows (sent, refused, expired) past outbox_max_age
+ * by done_at (real time, as the outbox writes it) or beyond the newest
+ * outbox_keep, oldest first, batch x 20 rows per transaction.  Pending
+ * rows are never touched: the sender owns them and expires them itself.
+ */
+static int batch_outbox(struct store *db, const struct retention_cfg *cfg, struct retention_pass *p)
+{
+	struct db_stmt *st;
+	int64_t cut, limit = cfg->batch * 20, changed;
+	int rc;
+
+	if (cfg->outbox_max_age_ms <= 0 && cfg->outbox_keep <= 0)
+		return 0;
+	if ((rc = outbox_keep_cut(db, cfg, &cut)) < 0)
+		return rc;
+	st = store_q(db, "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state <> 'pending'"
+			 " AND (id <= ?1 OR done_at < ?2) ORDER BY id LIMIT ?3)");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, cut);
+	/* 0: no age bound (every finished row has a done_at after 1970) */
+	db_bind_int64(st, 2, cfg->outbox_max_age_ms > 0 ? p->now_real - cfg->outbox_max_age_ms : 0);
+	db_bind_int64(st, 3, limit);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	changed = db_changes(st);
+	p->outbox_deleted += changed;
+	return changed == limit;
+}
+
 int retention_batch(struct store *db, const struct retention_cfg *cfg, struct retention_pass *p,
 		    struct retention_out *out)
 {
@@ -314,6 +370,9 @@ int retention_batch(struct store *db, const struct retention_cfg *cfg, struct re
 	case RET_EXTRAS:
 		rc = batch_extras(db, cfg, p);
 		break;
+	case RET_OUTBOX:
+		rc = batch_outbox(db, cfg, p);
+		break;
 	case RET_DONE:
 		return 0;
 	}
@@ -328,7 +387,7 @@ void retention_after_commit(struct retention_out *out)
 {
 	for (size_t i = 0; i < out->ndead_jobs; i++)
 		if (logstore_remove_job(out->dead_jobs[i]) < 0)
-			fprintf(stderr, "otacd: retention: %s\n", ota_error_last());
+			ota_log(OTA_LOG_WARN, "retention: %s", ota_error_last());
 	out->ndead_jobs = 0;
 	out->runs_deleted = 0;
 	strvec_clear(&out->dead_objects);

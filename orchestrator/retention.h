@@ -36,6 +36,12 @@ struct retention_cfg {
 	int64_t runs_keep;         /* at most this many newest runs are kept (0: no count bound) */
 	int64_t logs_max_age_ms;   /* logs of runs finished longer ago go, rows stay (0: with the run) */
 	int64_t batch;             /* runs per transaction */
+	/* the notification outbox's finished rows (sent, refused, expired;
+	 * pending rows are the sender's): older than this (real time, done_at)
+	 * and beyond the newest N go, `batch` x 20 rows per transaction (0:
+	 * no such bound) */
+	int64_t outbox_max_age_ms;
+	int64_t outbox_keep;
 };
 
 /*
@@ -49,18 +55,25 @@ struct retention_cfg {
 #define RETENTION_DEFAULT_RUNS_KEEP 50000
 #define RETENTION_DEFAULT_LOGS_MAX_AGE_MS 0
 #define RETENTION_DEFAULT_BATCH 50
+/* The outbox's finished rows only say what was delivered (each event's
+ * state change is in its run): a week of them, and at most 10,000 (~10
+ * MB of payloads), whatever the rate.  Outbox times are real time, so
+ * --time-scale does not shorten the week. */
+#define RETENTION_DEFAULT_OUTBOX_MAX_AGE_MS ((int64_t)7 * 86400 * 1000)
+#define RETENTION_DEFAULT_OUTBOX_KEEP 10000
 
 /* True when the configuration prunes anything at all. */
 int retention_enabled(const struct retention_cfg *cfg);
 
-enum retention_phase { RET_RUNS, RET_LOGS, RET_EXTRAS, RET_DONE };
+enum retention_phase { RET_RUNS, RET_LOGS, RET_EXTRAS, RET_OUTBOX, RET_DONE };
 
 /* One pass over the database, carried across batches. */
 struct retention_pass {
 	enum retention_phase phase;
 	int64_t now;                /* otacd ms the pass started */
+	int64_t now_real;           /* real ms the pass started (the outbox's clock) */
 	int64_t cursor;             /* the runs phase resumes after this id */
-	int64_t runs_deleted, logs_pruned, extras_deleted;
+	int64_t runs_deleted, logs_pruned, extras_deleted, outbox_deleted;
 };
 
 /* What a batch leaves to do after its commit. */

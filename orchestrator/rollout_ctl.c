@@ -213,14 +213,23 @@ int rollout_exposures(struct store *db, json_t **out)
 	return 0;
 }
 
-static void publish(struct rollout_controller *rc)
+/* Make the update server offer what the table says; -1 when the table
+ * could not be read (nothing applied).  The first pass that reads it marks
+ * the adapter loaded (updsrv_mark_loaded): until then, after a start, the
+ * builtin device API answers 503 rather than "no update" to a device in
+ * a step (issue 18).  An exposure the adapter refused is logged and
+ * tried again next pass; it does not hold the whole fleet back. */
+static int publish(struct rollout_controller *rc)
 {
 	struct store *db = store_reader();
 	json_t *list = NULL, *x;
 	size_t i;
 
-	if (!db || rollout_exposures(db, &list) < 0)
-		return;
+	if (!db || rollout_exposures(db, &list) < 0) {
+		if (!updsrv_loaded(rc->us)) /* once a pass while starting; the old silence after */
+			ota_log(OTA_LOG_WARN, "rollout controller: cannot read the rollouts to offer: %s", ota_error_last());
+		return -1;
+	}
 	json_array_foreach(list, i, x) {
 		char key[32], *text = json_dumps(x, JSON_COMPACT | JSON_SORT_KEYS);
 		const char *was;
@@ -235,6 +244,8 @@ static void publish(struct rollout_controller *rc)
 		free(text);
 	}
 	json_decref(list);
+	updsrv_mark_loaded(rc->us);
+	return 0;
 }
 
 /* ---- judging ------------------------------------------------------------- */
@@ -555,6 +566,8 @@ static void *controller_main(void *arg)
 {
 	struct rollout_controller *rc = arg;
 
+	/* offers first: the device API waits for them (publish), gates later */
+	publish(rc);
 	pthread_mutex_lock(&rc->lock);
 	while (!rc->stop) {
 		int64_t wait;

@@ -138,6 +138,11 @@ static json_t *builtin_versions(struct updsrv *u, const char *product, const cha
 	return hardware ? fleet_versions_of_hardware(f, product, hardware) : fleet_versions(f, product);
 }
 
+static void builtin_loaded(struct updsrv *u)
+{
+	fleet_hold_offers(((struct builtin *)u)->f, 0);
+}
+
 static void builtin_free(struct updsrv *u)
 {
 	free(u);
@@ -152,9 +157,23 @@ int updsrv_builtin(struct updsrv **out, struct fleet *f)
 	b->base.lag = builtin_lag;
 	b->base.versions = builtin_versions;
 	b->base.free = builtin_free;
+	b->base.on_loaded = builtin_loaded;
 	b->f = f;
 	*out = &b->base;
 	return 0;
+}
+
+void updsrv_mark_loaded(struct updsrv *u)
+{
+	if (!u || __atomic_exchange_n(&u->loaded, 1, __ATOMIC_ACQ_REL))
+		return;
+	if (u->on_loaded)
+		u->on_loaded(u);
+}
+
+int updsrv_loaded(const struct updsrv *u)
+{
+	return !u || __atomic_load_n(&u->loaded, __ATOMIC_ACQUIRE);
 }
 
 /* ---- http ---------------------------------------------------------------- */

@@ -40,7 +40,18 @@ struct updsrv {
 	 * the whole product (hardware NULL) or of one hardware variant. */
 	json_t *(*versions)(struct updsrv *u, const char *product, const char *hardware);
 	void (*free)(struct updsrv *u);
+	/* Called once, after every rollout's exposure was applied for the
+	 * first time since start (issue 18); NULL: nothing to do.  The
+	 * builtin adapter opens its held device API (fleet_hold_offers). */
+	void (*on_loaded)(struct updsrv *u);
+	int loaded; /* updsrv_mark_loaded; read with updsrv_loaded */
 };
+
+/* Readiness after a start (issue 18): the rollout controller marks the
+ * adapter once it has applied every exposure (rollout_ctl.c); /readyz says
+ * "not ready" and the builtin device API answers 503 until then. */
+void updsrv_mark_loaded(struct updsrv *u);
+int updsrv_loaded(const struct updsrv *u);
 
 /* issue 15: the daemon's update server for in-daemon stages (the release
  * stage's `deltas: {installed: N}`).  updsrv_set_current(NULL) returns

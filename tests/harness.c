@@ -175,6 +175,19 @@ int h_start(struct daemon *d, const char *const *args)
 		}
 		h_msleep(10);
 	}
+	/* issue 18: the device API answers 503 until the rollout controller
+	 * has loaded the rollouts; tests check in right after a start */
+	for (i = 0; i < 1000; i++) {
+		json_t *r = NULL;
+		long st = h_get(d, "/readyz", &r);
+		char *text = r ? json_dumps(r, 0) : NULL;
+		int loading = st == 503 && text && strstr(text, "rollout controller");
+		free(text);
+		json_decref(r);
+		if (!loading)
+			break;
+		h_msleep(10);
+	}
 	{
 		/* the device API (written before the main API's URL file) */
 		char *f = xasprintf("%s/otacd-device.url", state);

@@ -444,7 +444,7 @@ static int prune_all(struct bare *b, const struct retention_cfg *cfg, int64_t no
 static void runs_keep_bounds_the_count_and_spares_releases(void **state)
 {
 	struct bare b;
-	struct retention_cfg cfg = { 0, 10, 0, 4 };
+	struct retention_cfg cfg = { 0, 10, 0, 4, 0, 0 };
 	sqlite3 *db;
 	int64_t now = 1000 * DAY_MS;
 	(void)state;
@@ -472,7 +472,7 @@ static void runs_keep_bounds_the_count_and_spares_releases(void **state)
 static void newest_run_is_never_deleted(void **state)
 {
 	struct bare b;
-	struct retention_cfg cfg = { 30 * DAY_MS, 0, 0, 50 };
+	struct retention_cfg cfg = { 30 * DAY_MS, 0, 0, 50, 0, 0 };
 	int64_t now = 1000 * DAY_MS;
 	(void)state;
 
@@ -518,7 +518,7 @@ static int bare_log_exists(struct bare *b, int64_t job)
 static void logs_max_age_removes_files_and_keeps_rows(void **state)
 {
 	struct bare b;
-	struct retention_cfg cfg = { 0, 0, 10 * DAY_MS, 2 };
+	struct retention_cfg cfg = { 0, 0, 10 * DAY_MS, 2, 0, 0 };
 	int64_t now = 1000 * DAY_MS, job[6];
 	sqlite3 *db;
 	(void)state;
@@ -554,7 +554,7 @@ static void logs_max_age_removes_files_and_keeps_rows(void **state)
 static void new_database_shrinks_after_pruning(void **state)
 {
 	struct bare b;
-	struct retention_cfg cfg = { 30 * DAY_MS, 0, 0, 200 };
+	struct retention_cfg cfg = { 30 * DAY_MS, 0, 0, 200, 0, 0 };
 	int64_t now = 1000 * DAY_MS, before, after;
 	int freed = 0;
 	sqlite3 *db;

@@ -27,6 +27,7 @@
 #include "../fleet/fleet.h"
 #include "../gate.h"
 #include "../store.h"
+#include "../updsrv.h"
 
 /* ---- API latency per route ---------------------------------------------- */
 
@@ -350,7 +351,7 @@ enum MHD_Result api_get_healthz(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss}", "status", "ok", "version", OTACD_VERSION));
 }
 
-/* Ready: the database answers and the disk takes new work.  503 with the
+/* Ready: the database answers, the rollouts are loaded and the disk takes new work.  503 with the
  * reasons otherwise, so a load balancer or systemd's watchdog sees why. */
 enum MHD_Result api_get_readyz(struct api *a, struct api_req *r)
 {
@@ -362,6 +363,8 @@ enum MHD_Result api_get_readyz(struct api *a, struct api_req *r)
 		json_array_append_new(why, json_string("otacd is stopping"));
 	if (!db || one_int(db, "SELECT 1", 0) != 1)
 		json_array_append_new(why, json_string("the database cannot be read"));
+	if (!updsrv_loaded(a->cfg.updsrv)) /* issue 18: a device checking in now would get no offer */
+		json_array_append_new(why, json_string("the rollout controller has not loaded the rollouts yet"));
 	if (diskguard_poll()) {
 		diskguard_message(msg, sizeof(msg));
 		json_array_append_new(why, json_string(msg));

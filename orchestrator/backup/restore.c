@@ -10,7 +10,8 @@
  * it (integrity check first; store_open refuses a schema newer than this
  * otacd), and only after all of that the staging directory is renamed to
  * the target.  Any error removes the staging directory: the target is
- * never half restored.
+ * never half restored.  A restore that succeeds is audited inside the
+ * database it restored (restore_audit).
  */
 #include "backup.h"
 #include "backup_int.h"
@@ -19,6 +20,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
+#include <pwd.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,8 @@
 #include <unistd.h>
 
 #include "../../common/util.h"
+#include "../clock.h"
+#include "../db/db.h"
 #include "../store.h"
 
 static int manifest_load(json_t **out, const char *dir)
@@ -158,9 +162,61 @@ static int integrity_check(const char *path)
 	return rc;
 }
 
+/* The OS user running the restore: its name, else "uid N". */
+static void restorer(char *out, size_t n)
+{
+	struct passwd *pw = getpwuid(getuid());
+	if (pw && pw->pw_name)
+		snprintf(out, n, "%s", pw->pw_name);
+	else
+		snprintf(out, n, "uid %u", (unsigned)getuid());
+}
+
+/*
+ * The restore's audit row (issue 18), written into the staged otacd.db
+ * before the rename: the restored state directory says who restored it,
+ * when, from where into where and how much, and a restore that fails
+ * leaves no row because it leaves no directory.  `at` is the wall clock
+ * (no otacd runs, so there is no otacd time to read); the row's id follows
+ * every row of the backup.
+ */
+static int restore_audit(struct store *s, const char *dir, const char *state_dir, const json_t *m)
+{
+	struct db_stmt *st = store_q(s, "INSERT INTO audit(at, actor, action, reason, detail) VALUES (?,?,?,?,?)");
+	json_t *files = json_object_get(m, "files"), *f, *detail;
+	char who[128], host[256] = "", *text;
+	json_int_t bytes = 0;
+	size_t i;
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	json_array_foreach(files, i, f)
+		bytes += json_integer_value(json_object_get(f, "size"));
+	restorer(who, sizeof(who));
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		host[0] = '\0';
+	detail = json_pack("{ss ss ss sI sI sI sO* sI}", "from", dir, "into", state_dir, "host", host, "uid",
+			   (json_int_t)getuid(), "files", (json_int_t)json_array_size(files), "bytes", bytes, "backup_otacd",
+			   json_object_get(m, "otacd"), "backup_created_at", json_integer_value(json_object_get(m, "created_at")));
+	text = json_dumps(detail, JSON_COMPACT | JSON_SORT_KEYS);
+	db_bind_int64(st, 1, clock_real_ms());
+	db_bind_text(st, 2, who);
+	db_bind_text(st, 3, "restore");
+	db_bind_text(st, 4, "otacd --restore");
+	db_bind_text(st, 5, text);
+	rc = db_run(st);
+	free(text);
+	json_decref(detail);
+	if (rc < 0)
+		ota_error_prefix("the restore's audit entry: ");
+	return rc;
+}
+
 /* The restored databases open: intact, and otacd.db's schema not newer
- * than this otacd (store_open migrates an older one, as otacd would). */
-static int databases_check(const char *stage)
+ * than this otacd (store_open migrates an older one, as otacd would);
+ * then the restore is audited in it. */
+static int databases_check(const char *stage, const char *dir, const char *state_dir, const json_t *m)
 {
 	char *main_db = xasprintf("%s/otacd.db", stage), *fleet_db = xasprintf("%s/fleet.db", stage);
 	struct store *s = NULL;
@@ -170,6 +226,8 @@ static int databases_check(const char *stage)
 		rc = integrity_check(fleet_db);
 	if (rc == 0 && (rc = store_open(&s, main_db)) < 0)
 		ota_error_prefix("the backup's otacd.db: ");
+	if (rc == 0)
+		rc = restore_audit(s, dir, state_dir, m);
 	store_close(s);
 	free(main_db);
 	free(fleet_db);
@@ -210,7 +268,7 @@ int backup_restore(const char *dir, const char *state_dir)
 		rc = ota_error_set(OTA_ERROR, "cannot create %s: %s", stage, strerror(errno));
 		goto out;
 	}
-	if ((rc = copy_files(json_object_get(m, "files"), dir, stage)) < 0 || (rc = databases_check(stage)) < 0 ||
+	if ((rc = copy_files(json_object_get(m, "files"), dir, stage)) < 0 || (rc = databases_check(stage, dir, state_dir, m)) < 0 ||
 	    (rc = bk_fsync_dir(stage)) < 0)
 		goto fail;
 	/* rename(2) replaces an empty directory in one step */

@@ -1028,6 +1028,34 @@ static const char *header(struct MHD_Connection *c, const char *name, size_t len
 /* 1 when a Content-Length value (digits: libmicrohttpd refused any other)
  * is above max; read by hand, saturating (strtoull per request showed in
  * a check-in's profile). */
+/*
+ * Readiness after a start (issue 18).  Until the rollout controller has
+ * applied every rollout once (fleet_hold_offers), the fleet knows no
+ * offers: a check-in would be told "no update", a download or a report
+ * of an offered version refused as never offered.  Those routes answer
+ * 503 with Retry-After instead, which devices already honour (admission);
+ * registration, provisioning and /metrics do not depend on offers.
+ */
+static int waits_for_offers(enum route route)
+{
+	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_ORIGIN || route == R_PKI;
+}
+
+static enum MHD_Result reply_starting(struct MHD_Connection *c)
+{
+	static const char text[] = "{\"error\":\"otacd is starting: the rollouts are not loaded yet; retry\"}";
+	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result ret;
+
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "Retry-After", "1");
+	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static int length_over(const char *v, uint64_t max)
 {
 	uint64_t n = 0;
@@ -1094,6 +1122,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return MHD_YES;
 	if (r->too_big)
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
+	if (!r->submitted && waits_for_offers(r->route) && fleet_offers_held(a->f))
+		return reply_starting(c);
 	switch (r->route) {
 	case R_CHECKIN: return do_checkin(a, c, r);
 	case R_REPORTS:

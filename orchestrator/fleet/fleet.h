@@ -136,6 +136,16 @@ struct fleet_change {
 typedef void (*fleet_notify_fn)(void *ctx, const char *product, const struct fleet_change *c, size_t n);
 void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx);
 
+/* Readiness after a start (issue 18): until the rollout controller has
+ * applied every rollout's exposure once, this fleet knows no offers, and a
+ * check-in answered then would say "nothing for you" to a device that is
+ * in a step.  fleet_hold_offers(f, 1) (the daemon, before its device API
+ * listens) makes fleet_offers_held() true; the update server's loaded()
+ * (updsrv.h) clears it.  A fleet opened without a hold (tests, fuzzers,
+ * tools) is never held.  Either thread; an atomic flag. */
+void fleet_hold_offers(struct fleet *f, int held);
+int fleet_offers_held(const struct fleet *f);
+
 /* Is sha256 an image of some exposure (may it be served to devices)?
  * 1: an image, 2: a delta patch to one (issue 15), 0: neither. */
 int fleet_image_known(struct fleet *f, const char *sha256);

@@ -249,6 +249,7 @@ struct batch {
 struct fleet {
 	fleet_notify_fn notify; /* issue 15, push: fleet_set_notify (fleet_offer.c) */
 	void *notify_ctx;
+	int offers_held;         /* fleet_hold_offers; __atomic builtins */
 	char *fleet_key;
 	size_t fleet_key_len;
 	unsigned char secret[32];  /* device credentials: HMAC key, server only */

@@ -412,6 +412,19 @@ void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx)
 	f->notify = fn;
 }
 
+/* ---- readiness after a start (issue 18) ---------------------------------- */
+
+void fleet_hold_offers(struct fleet *f, int held)
+{
+	if (f)
+		__atomic_store_n(&f->offers_held, held ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+int fleet_offers_held(const struct fleet *f)
+{
+	return f && __atomic_load_n(&f->offers_held, __ATOMIC_ACQUIRE);
+}
+
 /* Would x, on its own, offer d an update? */
 static int offers(const struct exposure *x, const struct device *d)
 {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../common/log.h"
 #include "../../common/util.h"
 #include "../clock.h"
 #include "../engine_core.h"
@@ -237,7 +238,7 @@ static void send_one(struct notify_sender *s, const struct due *d)
 	if (now - d->created_at > s->n->max_age_ms) {
 		r.state = "expired";
 		r.error = "older than notifications.max_age: given up";
-		fprintf(stderr, "otacd: notify: %s %s (delivery %s) given up after %d attempts: older than max_age\n",
+		ota_log(OTA_LOG_WARN, "notify: %s %s (delivery %s) given up after %d attempts: older than max_age",
 			d->target, d->event, d->delivery, d->attempts);
 	} else {
 		enum notify_outcome o = notify_deliver(s->n, &row, why, sizeof(why));
@@ -247,17 +248,17 @@ static void send_one(struct notify_sender *s, const struct due *d)
 			r.state = "sent";
 		} else if (o == NOTIFY_REFUSED) {
 			r.state = "refused";
-			fprintf(stderr, "otacd: notify: %s %s (delivery %s) refused for good: %s\n", d->target, d->event,
+			ota_log(OTA_LOG_WARN, "notify: %s %s (delivery %s) refused for good: %s", d->target, d->event,
 				d->delivery, why);
 		} else {
 			int64_t delay = notify_backoff_ms(s->n, d->attempts);
 			r.next_at = clock_real_ms() + delay;
-			fprintf(stderr, "otacd: notify: %s %s (delivery %s) attempt %d failed: %s; next in %lld ms\n",
+			ota_log(OTA_LOG_WARN, "notify: %s %s (delivery %s) attempt %d failed: %s; next in %lld ms",
 				d->target, d->event, d->delivery, r.attempts, why, (long long)delay);
 		}
 	}
 	if (engine_call(s->e, record_result, &r) < 0)
-		fprintf(stderr, "otacd: notify: cannot record delivery %s: %s\n", d->delivery, ota_error_last());
+		ota_log(OTA_LOG_WARN, "notify: cannot record delivery %s: %s", d->delivery, ota_error_last());
 }
 
 static void *sender_main(void *arg)
