@@ -496,6 +496,28 @@ static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 }
 
 /*
+ * Issue 17, --flag-crash: is the feature flag on in this check-in answer
+ * (its "flags" member: any value but false)?  The device carries it as the
+ * tag flag.NAME=on from its next check-in (fill_config) and crashes while
+ * it is on (h_status).  Device k->lock held.
+ */
+static void flag_from_answer(struct fleetsim *fs, struct sim_device *sd, const struct otadev_http_resp *rs)
+{
+	json_t *ans = json_loadb(rs->body, rs->len, 0, NULL);
+	const json_t *v = json_object_get(json_object_get(ans, "flags"), fs->o.flag_crash);
+	int on = v && !json_is_false(v), was = (sd->flags & SIM_F_FLAG_ON) != 0;
+
+	if (on && !was) {
+		sd->flags |= SIM_F_FLAG_ON;
+		fs->c.flag_turned_on++;
+	} else if (!on && was) {
+		sd->flags &= (uint8_t)~SIM_F_FLAG_ON;
+		fs->c.flag_turned_off++;
+	}
+	json_decref(ans);
+}
+
+/*
  * What a check-in's answer was, for the stats: served (a 200; the first
  * one of a device counts it served, and --herd ends once all are), deferred
  * (issue 15: a 503 with a turn, which libotadev takes as a deferral, not a
@@ -512,6 +534,8 @@ static void checkin_count(struct psim_ctx *c, int rc, struct otadev_http_resp *r
 	pthread_mutex_lock(&k->lock);
 	if (rc == 0 && rs->status == 200) {
 		fs->c.checkins++;
+		if (fs->o.flag_crash)
+			flag_from_answer(fs, sd, rs);
 		if (!(sd->flags & SIM_F_STARTED)) {     /* only this device's worker writes its flags */
 			sd->flags |= SIM_F_STARTED;
 			fs->c.served++;
@@ -657,7 +681,8 @@ static void h_status(void *ctx, struct otadev_status *st)
 		pthread_mutex_lock(&k->lock);
 		v = d->version;
 		r = fs_rates(fs, (uint16_t)v, sd->hw);
-		if (sim_unit(sim_hash(fs->o.seed, c->idx, fs->vs[v].vhash)) < r->crash_rate)
+		if (sim_unit(sim_hash(fs->o.seed, c->idx, fs->vs[v].vhash)) < r->crash_rate ||
+		    (sd->flags & SIM_F_FLAG_ON)) /* issue 17: --flag-crash's flag makes it a crasher */
 			crashes = sim_poisson(&c->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
 		batt = r->battery_mah_per_day * hours / 24.0 *
 		       (0.9 + 0.2 * sim_unit(sim_hash(fs->o.seed, c->idx, SALT_CORE_BATT)));
@@ -915,6 +940,9 @@ static void fill_config(struct psim_ctx *c, uint32_t i)
 	for (size_t t = 0; t < fs->p->ntags && n < sizeof(c->tags); t++)
 		n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 				      fs->tag_json[t][sd->tags[t]]);
+	if (sd->flags & SIM_F_FLAG_ON) /* issue 17: the device says which flag it applied */
+		snprintf(c->tags + n, n < sizeof(c->tags) ? sizeof(c->tags) - n : 0, "%s\"flag.%s\":\"on\"",
+			 n ? "," : "", fs->o.flag_crash);
 	c->cfg.tags = c->tags;
 	c->cfg.heartbeat_ms = (sd->flags & SIM_F_SILENT) ? 0 : k->hb_ms;
 	/* the chain check's manifest and CRL, or the delta decoder (issue 15) */

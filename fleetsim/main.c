@@ -52,6 +52,7 @@ static void usage(FILE *f)
 	      "          [--mqtt-window-max-ms 3600000]]\n"
 	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every] [--herd]\n"
 	      "         [--start-image SIGNED.img [--start-image-share F]] [--fault-corrupt-patch P]\n"
+	      "         [--flag-crash FLAG]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -212,6 +213,7 @@ int main(int argc, char **argv)
 		{ "start-image", required_argument, NULL, 1160 },
 		{ "start-image-share", required_argument, NULL, 1161 },
 		{ "fault-corrupt-patch", required_argument, NULL, 1162 },
+		{ "flag-crash", required_argument, NULL, 1170 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -375,6 +377,7 @@ int main(int argc, char **argv)
 		}
 		case 1006: o.verify_every = 1; break;
 		/* issue 15: push hints (push.h), the settings otacd-device has */
+		case 1170: o.flag_crash = optarg; break;
 		case 1101: o.push.url = optarg; break;
 		case 1102: o.push.cacert = optarg; break;
 		case 1103: o.push.username = optarg; break;
@@ -413,6 +416,11 @@ int main(int argc, char **argv)
 	}
 	if (!o.core && (o.start_image || o.fault_corrupt_patch > 0)) {
 		rc = ota_error_set(OTA_EINVAL, "--start-image and --fault-corrupt-patch need --engine core");
+		goto out;
+	}
+	if (o.flag_crash && (!o.core || !*o.flag_crash || strlen(o.flag_crash) > 32 ||
+			     strspn(o.flag_crash, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(o.flag_crash))) {
+		rc = ota_error_set(OTA_EINVAL, "--flag-crash needs --engine core and a flag name ([a-z0-9_-], 1..32)");
 		goto out;
 	}
 	o.fleet_key = fleet_key;

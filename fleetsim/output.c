@@ -285,7 +285,14 @@ int fs_write_stats(struct fleetsim *fs)
 	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
 	S(requests_failed); S(flaky_aborts); S(heartbeats); S(withdrawn_downloads);
 	S(checkins_deferred); S(deferrals_max); S(served); S(served_last_ms);
+	S(flag_turned_on); S(flag_turned_off);
 #undef S
+	if (fs->o.flag_crash) { /* issue 17: devices with --flag-crash's flag on now */
+		int64_t on = 0;
+		for (uint32_t i = 0; i < fs->ndev; i++)
+			on += (fs->dev[i].flags & SIM_F_FLAG_ON) != 0;
+		json_object_set_new(st, "flag_on", json_integer(on));
+	}
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
 	/* issue 13: the signing PKI on the devices' side (trust.h) */
 	json_object_set_new(st, "revocations", json_integer(fs->trust.number));

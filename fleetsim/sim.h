@@ -108,6 +108,7 @@ enum {
 	SIM_F_WAITING = 0x10,       /* downloaded, waiting for the image's verdict */
 	SIM_F_STARTED = 0x20,       /* has checked in once: the server knows it, it may report */
 	SIM_F_DEFERRED = 0x40,      /* issue 15: its last check-in was deferred: the next names its turn */
+	SIM_F_FLAG_ON = 0x80,       /* issue 17: --flag-crash's flag is on in its last check-in answer */
 };
 
 /*

@@ -1,0 +1,17 @@
+/*
+ * flags_int.h - shared between flags.c (input, writes, reads, the live
+ * table) and flags_ctl.c (the controller thread).
+ */
+#ifndef OTA_FLAGS_INT_H
+#define OTA_FLAGS_INT_H
+
+#include <jansson.h>
+
+struct flags_live;
+/* A new, empty live table; its rows are replaced whole by flags_live_load. */
+struct flags_live *flags_live_new(void);
+void flags_live_free(struct flags_live *l);
+/* Replace the table's rows with list (flags_list's rows). */
+void flags_live_load(struct flags_live *l, const json_t *list);
+
+#endif
