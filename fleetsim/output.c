@@ -287,11 +287,15 @@ int fs_write_stats(struct fleetsim *fs)
 	S(checkins_deferred); S(deferrals_max); S(served); S(served_last_ms);
 	S(flag_turned_on); S(flag_turned_off);
 #undef S
-	if (fs->o.flag_crash) { /* issue 17: devices with --flag-crash's flag on now */
-		int64_t on = 0;
-		for (uint32_t i = 0; i < fs->ndev; i++)
-			on += (fs->dev[i].flags & SIM_F_FLAG_ON) != 0;
-		json_object_set_new(st, "flag_on", json_integer(on));
+	if (fs->o.nflags) { /* issue 17: devices with each followed flag on now */
+		json_t *on = json_object();
+		for (int f = 0; f < fs->o.nflags; f++) {
+			int64_t n = 0;
+			for (uint32_t i = 0; i < fs->ndev; i++)
+				n += fs->dev[i].flags_on >> f & 1;
+			json_object_set_new(on, fs->o.flags[f], json_integer(n));
+		}
+		json_object_set_new(st, "flags_on", on);
 	}
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
 	/* issue 13: the signing PKI on the devices' side (trust.h) */
