@@ -209,8 +209,8 @@ static int plan_of(const json_t *body, const json_t *cohort, json_t **out)
 		goto out;
 	}
 	if (!json_is_object(gates) || json_object_size(gates) < 1 || json_object_size(gates) > 8) {
-		rc = ota_error_set(OTA_EINVAL, "gates: 1..8 gates like {\"crash_free\": {\"metric\": \"crash_rate\", "
-					       "\"max\": 0.01}}: a flag is never rolled out unwatched");
+		rc = ota_error_set(OTA_EINVAL, "gates: 1..8 gates like {\"crash_free\": {\"metric\": "
+					       "\"crashes_per_device_hour\", \"max\": 0.05}}: a flag is never rolled out unwatched");
 		goto out;
 	}
 	json_object_foreach(gates, k, g) {
@@ -351,65 +351,86 @@ static int run_write(struct engine *e, struct flag_write *w, json_t **out)
 	return rc;
 }
 
-int flags_set(struct engine *e, const char *actor, const json_t *body, json_t **out)
+/* The body of `flags set`, checked whole, into w (write_release it). */
+static int prepare_set(const json_t *body, struct flag_write *w)
 {
-	struct flag_write w = { 0 };
 	json_t *cohort = NULL;
 	int rc;
 
-	if (out)
-		*out = NULL;
-	w.actor = actor;
-	w.action = "flag_set";
-	if ((rc = common_of(body, &w.product, &w.name, &w.reason)) < 0)
+	w->action = "flag_set";
+	if ((rc = common_of(body, &w->product, &w->name, &w->reason)) < 0)
 		return rc;
-	w.state = str_field(body, "state");
-	if (!w.state || (strcmp(w.state, "on") && strcmp(w.state, "off")))
+	w->state = str_field(body, "state");
+	if (!w->state || (strcmp(w->state, "on") && strcmp(w->state, "off")))
 		return ota_error_set(OTA_EINVAL, "state: \"on\" or \"off\"");
 	if (json_object_get(body, "steps") || json_object_get(body, "gates"))
 		return ota_error_set(OTA_EINVAL, "steps and gates belong to `flags rollout`, not `flags set`");
-	if ((rc = value_of(json_object_get(body, "value"), &w.value)) < 0 ||
+	if ((rc = value_of(json_object_get(body, "value"), &w->value)) < 0 ||
 	    (rc = cohort_of(json_object_get(body, "cohort"), &cohort)) < 0)
+		return rc;
+	w->cohort = json_dumps(cohort, JSON_COMPACT | JSON_SORT_KEYS);
+	w->bp = strcmp(w->state, "on") ? 0 : 10000;
+	json_decref(cohort);
+	return 0;
+}
+
+/* The body of `flags rollout`, checked whole, into w (write_release it). */
+static int prepare_rollout(const json_t *body, struct flag_write *w)
+{
+	json_t *cohort = NULL, *plan = NULL, *first;
+	int rc;
+
+	w->action = "flag_rollout";
+	if ((rc = common_of(body, &w->product, &w->name, &w->reason)) < 0)
+		return rc;
+	if (json_object_get(body, "state"))
+		return ota_error_set(OTA_EINVAL, "state belongs to `flags set`; a rollout starts at its first step");
+	if ((rc = value_of(json_object_get(body, "value"), &w->value)) < 0 ||
+	    (rc = cohort_of(json_object_get(body, "cohort"), &cohort)) < 0 || (rc = plan_of(body, cohort, &plan)) < 0)
 		goto out;
-	w.cohort = json_dumps(cohort, JSON_COMPACT | JSON_SORT_KEYS);
-	w.bp = strcmp(w.state, "on") ? 0 : 10000;
-	rc = run_write(e, &w, out);
+	first = json_array_get(json_object_get(plan, "plan"), 0);
+	w->state = "holding";
+	w->bp = (int)json_integer_value(json_object_get(first, "bp"));
+	w->hold_until = clock_now_ms() + json_integer_value(json_object_get(first, "hold_ms"));
+	w->extend_until = w->hold_until + json_integer_value(json_object_get(plan, "max_extension_ms"));
+	w->cohort = json_dumps(cohort, JSON_COMPACT | JSON_SORT_KEYS);
+	w->spec = json_dumps(plan, JSON_COMPACT);
 out:
 	json_decref(cohort);
+	json_decref(plan);
+	return rc;
+}
+
+int flags_check(const json_t *body, int rollout)
+{
+	struct flag_write w = { 0 };
+	int rc = rollout ? prepare_rollout(body, &w) : prepare_set(body, &w);
 	write_release(&w);
 	return rc;
 }
 
-int flags_rollout(struct engine *e, const char *actor, const json_t *body, json_t **out)
+static int change(struct engine *e, const char *actor, const json_t *body, int rollout, json_t **out)
 {
 	struct flag_write w = { 0 };
-	json_t *cohort = NULL, *plan = NULL, *first;
 	int rc;
 
 	if (out)
 		*out = NULL;
 	w.actor = actor;
-	w.action = "flag_rollout";
-	if ((rc = common_of(body, &w.product, &w.name, &w.reason)) < 0)
-		return rc;
-	if (json_object_get(body, "state"))
-		return ota_error_set(OTA_EINVAL, "state belongs to `flags set`; a rollout starts at its first step");
-	if ((rc = value_of(json_object_get(body, "value"), &w.value)) < 0 ||
-	    (rc = cohort_of(json_object_get(body, "cohort"), &cohort)) < 0 || (rc = plan_of(body, cohort, &plan)) < 0)
-		goto out;
-	first = json_array_get(json_object_get(plan, "plan"), 0);
-	w.state = "holding";
-	w.bp = (int)json_integer_value(json_object_get(first, "bp"));
-	w.hold_until = clock_now_ms() + json_integer_value(json_object_get(first, "hold_ms"));
-	w.extend_until = w.hold_until + json_integer_value(json_object_get(plan, "max_extension_ms"));
-	w.cohort = json_dumps(cohort, JSON_COMPACT | JSON_SORT_KEYS);
-	w.spec = json_dumps(plan, JSON_COMPACT);
-	rc = run_write(e, &w, out);
-out:
-	json_decref(cohort);
-	json_decref(plan);
+	if ((rc = rollout ? prepare_rollout(body, &w) : prepare_set(body, &w)) == 0)
+		rc = run_write(e, &w, out);
 	write_release(&w);
 	return rc;
+}
+
+int flags_set(struct engine *e, const char *actor, const json_t *body, json_t **out)
+{
+	return change(e, actor, body, 0, out);
+}
+
+int flags_rollout(struct engine *e, const char *actor, const json_t *body, json_t **out)
+{
+	return change(e, actor, body, 1, out);
 }
 
 /* ---- reads -------------------------------------------------------------- */

@@ -74,6 +74,10 @@ int flags_name_valid(const char *name);
 int flags_set(struct engine *e, const char *actor, const json_t *body, json_t **out);
 int flags_rollout(struct engine *e, const char *actor, const json_t *body, json_t **out);
 
+/* The input checks of flags_set (rollout 0) or flags_rollout (1) alone,
+ * nothing written (fuzz/fuzz_flags.c): 0 or OTA_EINVAL with the message. */
+int flags_check(const json_t *body, int rollout);
+
 /* The flags (of product, or all with NULL): array of {product, name, value,
  * cohort, state, percent, bp, step, steps, hold_until, reason, evals,
  * updated_at} (new ref), or NULL on a database error. */
