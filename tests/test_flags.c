@@ -26,9 +26,13 @@
 #include <unistd.h>
 
 #include "../device/otadev.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/flags/flags.h"
+#include "../orchestrator/flags/flags_int.h"
+#include "../orchestrator/store.h"
 #include "devharness.h"
 #include "harness.h"
+#include "pgcluster.h"
 
 static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
 static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
@@ -108,6 +112,97 @@ static void flag_buckets_are_sha256_sticky_and_even(void **state)
 	assert_true(fabs(in25 - 0.25 * n) < 5 * sqrt(n * 0.25 * 0.75));
 	/* independent flags: 10 % of one flag's 10 % */
 	assert_true(fabs(both - 0.01 * n) < 5 * sqrt(n * 0.01 * 0.99));
+}
+
+/* ---- the storage layer: SQLite and PostgreSQL ------------------------------ */
+
+/*
+ * Every statement of orchestrator/flags/ prepares on both backends (with
+ * migration 17 applied by store_open), and a flag written and decided with
+ * them reads back through flags_list, so a dialect problem fails here
+ * rather than in production.
+ */
+static void flag_statements(struct store *s)
+{
+	const char *const all[] = { flags_sql_count, flags_sql_upsert, flags_sql_list, flags_sql_decide,
+				    flags_sql_current };
+	struct db *db = store_conn(s);
+	struct db_stmt *st;
+	json_t *list;
+
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(all); i++) {
+		if (db_prepare(db, &st, all[i]) < 0)
+			fail_msg("%s: %s", all[i], ota_error_last());
+		db_finalize(st);
+	}
+	assert_int_equal(db_begin(db), 0);
+	st = store_q(s, flags_sql_upsert);
+	assert_non_null(st);
+	db_bind_text(st, 1, "fw");
+	db_bind_text(st, 2, "dark-mode");
+	db_bind_text(st, 3, "true");
+	db_bind_text(st, 4, "{}");
+	db_bind_text(st, 5, "holding");
+	db_bind_int64(st, 6, 2500);
+	db_bind_text(st, 7, "{\"plan\":[{\"bp\":2500},{\"bp\":10000}]}");
+	db_bind_int64(st, 8, 1000);
+	db_bind_int64(st, 9, 2000);
+	db_bind_text(st, 10, "why");
+	db_bind_int64(st, 11, 5);
+	assert_int_equal(db_run(st), 0);
+	st = store_q(s, flags_sql_decide);
+	db_bind_text(st, 1, "failed");
+	db_bind_int64(st, 2, 0);
+	db_bind_int64(st, 3, 0);
+	db_bind_int64(st, 4, 1000);
+	db_bind_int64(st, 5, 2000);
+	db_bind_text(st, 6, "[]");
+	db_bind_text(st, 7, "gate failed");
+	db_bind_int64(st, 8, 6);
+	db_bind_text(st, 9, "fw");
+	db_bind_text(st, 10, "dark-mode");
+	db_bind_int64(st, 11, 1);
+	assert_int_equal(db_step(st), 0);
+	assert_int_equal(db_changes(st), 1);
+	db_reset(st);
+	assert_int_equal(db_commit(db), 0);
+	list = flags_list(s, "fw");
+	assert_non_null(list);
+	assert_int_equal(json_array_size(list), 1);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "state")), "failed");
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "seq")), 2);
+	assert_int_equal(json_integer_value(json_object_get(json_array_get(list, 0), "steps")), 2);
+	json_decref(list);
+}
+
+static void flag_statements_run_on_sqlite_and_postgresql(void **state)
+{
+	struct pgcluster pg;
+	struct store *s = NULL;
+	struct buf out = BUF_INIT;
+	char *dir = h_tmpdir(), *path = xasprintf("%s/otacd.db", dir);
+	int rc;
+
+	(void)state;
+	assert_int_equal(store_open(&s, path), 0);
+	flag_statements(s);
+	store_close(s);
+	h_sh(&out, "rm -rf '%s'", dir);
+	free(path);
+	free(dir);
+	buf_release(&out);
+	rc = pgcluster_start(&pg, 0);
+	if (rc == 1) {
+		fprintf(stderr, "skipped: PostgreSQL's binaries are not installed\n");
+		skip();
+	}
+	if (rc < 0)
+		fail_msg("cannot start PostgreSQL: %s", ota_error_last());
+	if (store_open(&s, pg.url) < 0)
+		fail_msg("store_open %s: %s", pg.url, ota_error_last());
+	flag_statements(s);
+	store_close(s);
+	pgcluster_stop(&pg);
 }
 
 /* ---- the device core ------------------------------------------------------- */
@@ -416,6 +511,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(flag_buckets_are_sha256_sticky_and_even),
 		cmocka_unit_test(the_device_core_reads_an_answer_with_every_flag),
+		cmocka_unit_test(flag_statements_run_on_sqlite_and_postgresql),
 		cmocka_unit_test(otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_nothing),
 		cmocka_unit_test(a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_walks_through),
 	};

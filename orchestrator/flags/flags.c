@@ -28,6 +28,22 @@
 #include "../rollout.h"
 #include "../store.h"
 
+/* ---- SQL (storage layer: store_q keys each by its address) ------------ */
+
+const char flags_sql_count[] =
+	"SELECT COUNT(*) FROM flags WHERE product = ? AND name <> ?";
+const char flags_sql_upsert[] =
+	"INSERT INTO flags(product, name, value, cohort, state, bp, spec, step, hold_until,"
+	" extend_until, seq, reason, evals, updated_at) VALUES (?,?,?,?,?,?,?,0,?,?,1,?,NULL,?)"
+	" ON CONFLICT(product, name) DO UPDATE SET value = excluded.value, cohort = excluded.cohort,"
+	" state = excluded.state, bp = excluded.bp, spec = excluded.spec, step = 0,"
+	" hold_until = excluded.hold_until, extend_until = excluded.extend_until, seq = flags.seq + 1,"
+	" reason = excluded.reason, evals = NULL, updated_at = excluded.updated_at";
+const char flags_sql_list[] =
+	"SELECT product, name, value, cohort, state, bp, spec, step, hold_until,"
+	" reason, evals, updated_at, seq FROM flags WHERE (CAST(? AS TEXT) IS NULL OR product = ?)"
+	" ORDER BY product, name";
+
 /* ---- the bucket --------------------------------------------------------- */
 
 uint32_t flags_bucket(const char *flag, const char *device)
@@ -265,7 +281,7 @@ struct flag_write {
 /* The product's flag count, not counting name (a new flag must fit). */
 static int count_others(struct store *db, const char *product, const char *name, int64_t *n)
 {
-	struct db_stmt *st = store_q(db, "SELECT COUNT(*) FROM flags WHERE product = ? AND name <> ?");
+	struct db_stmt *st = store_q(db, flags_sql_count);
 	int rc;
 	if (!st)
 		return OTA_ERROR;
@@ -291,12 +307,7 @@ static int do_write(struct engine *e, void *arg)
 	if (n >= FLAGS_PER_PRODUCT)
 		return ota_error_set(OTA_EINVAL, "product %s has %d flags already, the most a check-in answer carries",
 				     w->product, FLAGS_PER_PRODUCT);
-	st = store_q(db, "INSERT INTO flags(product, name, value, cohort, state, bp, spec, step, hold_until,"
-			 " extend_until, seq, reason, evals, updated_at) VALUES (?,?,?,?,?,?,?,0,?,?,1,?,NULL,?)"
-			 " ON CONFLICT(product, name) DO UPDATE SET value = excluded.value, cohort = excluded.cohort,"
-			 " state = excluded.state, bp = excluded.bp, spec = excluded.spec, step = 0,"
-			 " hold_until = excluded.hold_until, extend_until = excluded.extend_until, seq = flags.seq + 1,"
-			 " reason = excluded.reason, evals = NULL, updated_at = excluded.updated_at");
+	st = store_q(db, flags_sql_upsert);
 	if (!st)
 		return OTA_ERROR;
 	db_bind_text(st, 1, w->product);
@@ -437,9 +448,7 @@ int flags_rollout(struct engine *e, const char *actor, const json_t *body, json_
 
 json_t *flags_list(struct store *db, const char *product)
 {
-	struct db_stmt *st = store_q(db, "SELECT product, name, value, cohort, state, bp, spec, step, hold_until,"
-					 " reason, evals, updated_at, seq FROM flags WHERE (? IS NULL OR product = ?)"
-					 " ORDER BY product, name");
+	struct db_stmt *st = store_q(db, flags_sql_list);
 	json_t *out;
 	int rc;
 

@@ -52,6 +52,15 @@ struct flags_controller {
 	json_t *due;
 };
 
+/* SQL (storage layer: store_q keys each by its address) */
+const char flags_sql_decide[] =
+	"UPDATE flags SET state = ?, bp = ?, step = ?, hold_until = ?, extend_until = ?,"
+	" evals = ?, reason = COALESCE(?, reason), seq = seq + 1, updated_at = ?"
+	" WHERE product = ? AND name = ? AND seq = ?";
+const char flags_sql_current[] =
+	"SELECT bp, hold_until, extend_until FROM flags"
+	" WHERE product = ? AND name = ? AND seq = ? AND state = 'holding'";
+
 static struct flags_controller *g_fc;
 static pthread_mutex_t g_fc_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -86,9 +95,7 @@ static int decide_update(struct store *db, const struct flag_decision *d, const 
 			 int64_t hold_until, int64_t extend_until, int64_t *changed)
 {
 	char *evals = d->evals ? json_dumps(d->evals, JSON_COMPACT) : NULL;
-	struct db_stmt *st = store_q(db, "UPDATE flags SET state = ?, bp = ?, step = ?, hold_until = ?, extend_until = ?,"
-					 " evals = ?, reason = COALESCE(?, reason), seq = seq + 1, updated_at = ?"
-					 " WHERE product = ? AND name = ? AND seq = ?");
+	struct db_stmt *st = store_q(db, flags_sql_decide);
 	int rc;
 
 	if (!st) {
@@ -117,8 +124,7 @@ static int decide_update(struct store *db, const struct flag_decision *d, const 
 static int current(struct store *db, const struct flag_decision *d, int *bp, int64_t *hold_until,
 		   int64_t *extend_until)
 {
-	struct db_stmt *st = store_q(db, "SELECT bp, hold_until, extend_until FROM flags"
-					 " WHERE product = ? AND name = ? AND seq = ? AND state = 'holding'");
+	struct db_stmt *st = store_q(db, flags_sql_current);
 	int rc;
 	if (!st)
 		return OTA_ERROR;

@@ -14,4 +14,9 @@ void flags_live_free(struct flags_live *l);
 /* Replace the table's rows with list (flags_list's rows). */
 void flags_live_load(struct flags_live *l, const json_t *list);
 
+/* Every statement of the flags subsystem (tests prepare each on
+ * PostgreSQL too: tests/test_flags.c). */
+extern const char flags_sql_count[], flags_sql_upsert[], flags_sql_list[]; /* flags.c */
+extern const char flags_sql_decide[], flags_sql_current[];                /* flags_ctl.c */
+
 #endif
