@@ -46,20 +46,31 @@ const char flags_sql_list[] =
 
 /* ---- the bucket --------------------------------------------------------- */
 
+/* SHA-256 fetched once, and one digest context per thread, reused: a
+ * check-in computes a bucket per flag of its product, and OpenSSL 3's
+ * fetch and context allocation cost ten times the hash itself. */
+static EVP_MD *g_sha256;
+static pthread_once_t g_sha256_once = PTHREAD_ONCE_INIT;
+static _Thread_local EVP_MD_CTX *t_ctx;
+
+static void sha256_fetch(void)
+{
+	g_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 uint32_t flags_bucket(const char *flag, const char *device)
 {
 	unsigned char md[32];
 	unsigned int len = 0;
-	EVP_MD_CTX *c = EVP_MD_CTX_new();
 	uint64_t v = 0;
 
-	if (!c || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 || EVP_DigestUpdate(c, flag, strlen(flag)) != 1 ||
-	    EVP_DigestUpdate(c, ":", 1) != 1 || EVP_DigestUpdate(c, device, strlen(device)) != 1 ||
-	    EVP_DigestFinal_ex(c, md, &len) != 1) {
-		EVP_MD_CTX_free(c);
+	pthread_once(&g_sha256_once, sha256_fetch);
+	if (!t_ctx)
+		t_ctx = EVP_MD_CTX_new();
+	if (!g_sha256 || !t_ctx || EVP_DigestInit_ex2(t_ctx, g_sha256, NULL) != 1 ||
+	    EVP_DigestUpdate(t_ctx, flag, strlen(flag)) != 1 || EVP_DigestUpdate(t_ctx, ":", 1) != 1 ||
+	    EVP_DigestUpdate(t_ctx, device, strlen(device)) != 1 || EVP_DigestFinal_ex(t_ctx, md, &len) != 1)
 		return 9999; /* out of memory: the last bucket, the one 100 % alone reaches */
-	}
-	EVP_MD_CTX_free(c);
 	for (int i = 0; i < 8; i++)
 		v = v << 8 | md[i];
 	return (uint32_t)(v % 10000);
@@ -580,34 +591,45 @@ static int cohort_matches(const struct live_flag *fl, const char *const *tags, s
 	return 1;
 }
 
+/* Append n bytes of src at *len in out (cap); false once it does not fit. */
+static int put(char *out, size_t cap, size_t *len, const char *src, size_t n)
+{
+	if (*len + n >= cap)
+		return 0;
+	memcpy(out + *len, src, n);
+	*len += n;
+	return 1;
+}
+
 size_t flags_live_answer(void *live, const char *product, const char *device, const char *const *tags,
 			 size_t ntags, char *out, size_t cap)
 {
 	struct flags_live *l = live;
-	struct buf b = BUF_INIT;
 	size_t len = 0;
+	int fits = 1;
 
-	if (cap)
-		out[0] = 0;
+	if (!cap)
+		return 0;
+	out[0] = 0;
 	pthread_rwlock_rdlock(&l->lock);
-	for (size_t i = 0; i < l->n; i++) {
+	for (size_t i = 0; i < l->n && fits; i++) {
 		const struct live_flag *fl = &l->v[i];
+		const char *value;
 		int on;
 		if (strcmp(fl->product, product))
 			continue;
 		on = fl->bp > 0 && cohort_matches(fl, tags, ntags) && flags_bucket(fl->name, device) < (uint32_t)fl->bp;
-		buf_printf(&b, "%s\"%s\":%s", b.len ? "," : "{", fl->name, on ? fl->value : "false");
+		value = on ? fl->value : "false";
+		fits = put(out, cap, &len, len ? ",\"" : "{\"", 2) && put(out, cap, &len, fl->name, strlen(fl->name)) &&
+		       put(out, cap, &len, "\":", 2) && put(out, cap, &len, value, strlen(value));
 	}
 	pthread_rwlock_unlock(&l->lock);
-	if (b.len) {
-		buf_printf(&b, "}");
-		/* bounded by the input rules (FLAGS_PER_PRODUCT x name and value); a
-		 * table that somehow outgrew it sends no flags rather than a cut object */
-		if (b.len < cap) {
-			memcpy(out, buf_cstr(&b), b.len + 1);
-			len = b.len;
-		}
+	/* bounded by the input rules (FLAGS_PER_PRODUCT x name and value); a
+	 * table that somehow outgrew cap sends no flags rather than a cut object */
+	if (!len || !fits || !put(out, cap, &len, "}", 1)) {
+		out[0] = 0;
+		return 0;
 	}
-	buf_release(&b);
+	out[len] = 0;
 	return len;
 }
