@@ -113,6 +113,10 @@ $(BIN)/delta-bench: $(BUILD)/obj/bench/delta_bench.o $(LIBOTADEV)
 $(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+# issue 17: feature flags; libotadev must read an answer carrying every flag
+$(BIN)/test_flags: $(BUILD)/obj/tests/test_flags.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # the device tests link the core (in-memory hooks) and the Linux port
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)

@@ -97,6 +97,8 @@ int cmd_pause(int argc, char **argv);
 int cmd_resume(int argc, char **argv);
 int cmd_gates(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+/* flags.c: feature flags (issue 17) */
+int cmd_flags(int argc, char **argv);
 /* cli/devca.c: the device CA, provisioners, device certificates (issue 13) */
 int cmd_fleet(int argc, char **argv);
 int cmd_devices(int argc, char **argv);

@@ -328,6 +328,9 @@ int cmd_audit(int argc, char **argv)
 			/* a release's version, or the run an action was about (cancel) */
 			if (json_is_integer(run) && !json_is_string(json_object_get(x, "version")))
 				snprintf(what, sizeof(what), "run %lld", (long long)json_integer_value(run));
+			else if (json_is_string(json_object_get(json_object_get(x, "detail"), "flag"))) /* issue 17 */
+				snprintf(what, sizeof(what), "flag %s",
+					 json_string_value(json_object_get(json_object_get(x, "detail"), "flag")));
 			else
 				snprintf(what, sizeof(what), "%s", str_or(x, "version", ""));
 			printf("%-19s %-14s %-14s %-9s %s\n", when, str_or(x, "actor", ""), str_or(x, "action", ""), what,

@@ -327,6 +327,12 @@ struct otadev_checkin {
 	int url_too_long;            /* the offer's image URL is longer than OTADEV_URL_MAX - 1: refused */
 	int has_delta;               /* the offer's optional "delta" member */
 	struct otadev_delta delta;
+	/* issue 17: the "flags" object (feature flags, the device-configuration
+	 * channel: {"name": true | integer | "string" | false}, at most 8
+	 * members and 600 bytes, docs/update-server.md) as the answer's bytes
+	 * [flags_off, flags_off + flags_len); flags_len 0: none.  The core only
+	 * finds it; the application reads what it needs from it. */
+	uint32_t flags_off, flags_len;
 };
 
 /* issue 15: a check-in the server deferred (503 over its check-in

@@ -236,7 +236,10 @@ int otadev_checkin_parse(struct otadev_checkin *out, const char *js, size_t len,
 			rc = get_u64(js, v, &out->next_poll_ms);
 		else if (eq(js, &t[k], "revocations"))
 			rc = get_u64(js, v, &out->revocations);
-		else if (eq(js, &t[k], "offer") && v->type == JSMN_OBJECT) {
+		else if (eq(js, &t[k], "flags") && v->type == JSMN_OBJECT) {
+			out->flags_off = (uint32_t)v->start;   /* issue 17: left to the application */
+			out->flags_len = (uint32_t)(v->end - v->start);
+		} else if (eq(js, &t[k], "offer") && v->type == JSMN_OBJECT) {
 			rc = parse_offer(out, js, t, k + 1, n);
 			out->has_offer = rc == 0;
 		} else if (eq(js, &t[k], "offer") && !(v->type == JSMN_PRIMITIVE && js[v->start] == 'n'))

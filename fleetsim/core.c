@@ -496,6 +496,38 @@ static int gateway(struct psim_ctx *c, const struct otadev_http_req *rq, struct 
 }
 
 /*
+ * Issue 17, --flag and --flag-crash: which of the followed feature flags
+ * are on in this check-in answer (its "flags" member: any value but
+ * false)?  The device carries each as the tag flag.NAME=on from its next
+ * check-in (fill_config); while the --flag-crash one is on it crashes like
+ * a crasher (h_status).  k->lock held; only the device's worker writes
+ * its flags.
+ */
+static int flag_crashes(const struct fleetsim *fs, const struct sim_device *sd)
+{
+	return fs->o.flag_crash >= 0 && fs->o.flag_crash < fs->o.nflags && (sd->flags_on >> fs->o.flag_crash & 1);
+}
+
+static void flags_from_answer(struct fleetsim *fs, struct sim_device *sd, const struct otadev_http_resp *rs)
+{
+	json_t *ans = json_loadb(rs->body, rs->len, 0, NULL), *flags = json_object_get(ans, "flags");
+	int was = flag_crashes(fs, sd);
+
+	for (int i = 0; i < fs->o.nflags; i++) {
+		const json_t *v = json_object_get(flags, fs->o.flags[i]);
+		if (v && !json_is_false(v))
+			sd->flags_on |= (uint8_t)(1u << i);
+		else
+			sd->flags_on &= (uint8_t) ~(1u << i);
+	}
+	if (!was && flag_crashes(fs, sd))
+		fs->c.flag_turned_on++;
+	else if (was && !flag_crashes(fs, sd))
+		fs->c.flag_turned_off++;
+	json_decref(ans);
+}
+
+/*
  * What a check-in's answer was, for the stats: served (a 200; the first
  * one of a device counts it served, and --herd ends once all are), deferred
  * (issue 15: a 503 with a turn, which libotadev takes as a deferral, not a
@@ -512,6 +544,8 @@ static void checkin_count(struct psim_ctx *c, int rc, struct otadev_http_resp *r
 	pthread_mutex_lock(&k->lock);
 	if (rc == 0 && rs->status == 200) {
 		fs->c.checkins++;
+		if (fs->o.nflags)
+			flags_from_answer(fs, sd, rs);
 		if (!(sd->flags & SIM_F_STARTED)) {     /* only this device's worker writes its flags */
 			sd->flags |= SIM_F_STARTED;
 			fs->c.served++;
@@ -657,7 +691,8 @@ static void h_status(void *ctx, struct otadev_status *st)
 		pthread_mutex_lock(&k->lock);
 		v = d->version;
 		r = fs_rates(fs, (uint16_t)v, sd->hw);
-		if (sim_unit(sim_hash(fs->o.seed, c->idx, fs->vs[v].vhash)) < r->crash_rate)
+		if (sim_unit(sim_hash(fs->o.seed, c->idx, fs->vs[v].vhash)) < r->crash_rate ||
+		    flag_crashes(fs, sd)) /* issue 17: --flag-crash's flag makes it a crasher */
 			crashes = sim_poisson(&c->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
 		batt = r->battery_mah_per_day * hours / 24.0 *
 		       (0.9 + 0.2 * sim_unit(sim_hash(fs->o.seed, c->idx, SALT_CORE_BATT)));
@@ -915,6 +950,10 @@ static void fill_config(struct psim_ctx *c, uint32_t i)
 	for (size_t t = 0; t < fs->p->ntags && n < sizeof(c->tags); t++)
 		n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 				      fs->tag_json[t][sd->tags[t]]);
+	for (int f = 0; f < fs->o.nflags && n < sizeof(c->tags); f++) /* issue 17: the flags it applied */
+		if (sd->flags_on >> f & 1)
+			n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s\"flag.%s\":\"on\"", n ? "," : "",
+					      fs->o.flags[f]);
 	c->cfg.tags = c->tags;
 	c->cfg.heartbeat_ms = (sd->flags & SIM_F_SILENT) ? 0 : k->hb_ms;
 	/* the chain check's manifest and CRL, or the delta decoder (issue 15) */

@@ -52,6 +52,7 @@ static void usage(FILE *f)
 	      "          [--mqtt-window-max-ms 3600000]]\n"
 	      "         [--fault-low-battery P] [--fault-vanish AT:SECONDS] [--verify-every] [--herd]\n"
 	      "         [--start-image SIGNED.img [--start-image-share F]] [--fault-corrupt-patch P]\n"
+	      "         [--flag FLAG]... [--flag-crash FLAG]\n"
 	      "Simulates a device fleet against otacd's device API; see docs/fleetsim.md.\n", f);
 }
 
@@ -212,12 +213,15 @@ int main(int argc, char **argv)
 		{ "start-image", required_argument, NULL, 1160 },
 		{ "start-image-share", required_argument, NULL, 1161 },
 		{ "fault-corrupt-patch", required_argument, NULL, 1162 },
+		{ "flag-crash", required_argument, NULL, 1170 },
+		{ "flag", required_argument, NULL, 1171 },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	/* every device runs libotadev unless --engine model (the fast model
 	 * for runs too big for the core, docs/fleetsim.md) */
-	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256, .core = 1, .start_image_share = 1.0 };
+	struct fleetsim_opts o = { .start_counter = 1, .concurrency = 256, .core = 1, .start_image_share = 1.0,
+				   .flag_crash = -1 };
 	struct sim_profile profile = { 0 };
 	struct buf text = BUF_INIT, keyfile = BUF_INIT;
 	const char *profile_path = NULL, *metrics_listen = NULL;
@@ -375,6 +379,19 @@ int main(int argc, char **argv)
 		}
 		case 1006: o.verify_every = 1; break;
 		/* issue 15: push hints (push.h), the settings otacd-device has */
+		case 1170: /* --flag-crash NAME */
+		case 1171: /* --flag NAME */
+			if (o.nflags == SIM_MAX_FLAGS || !*optarg || strlen(optarg) > 32 ||
+			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(optarg) ||
+			    (opt == 1170 && o.flag_crash >= 0)) {
+				rc = ota_error_set(OTA_EINVAL, "--flag and --flag-crash: flag names ([a-z0-9_-], 1..32),"
+							       " at most %d, one --flag-crash", SIM_MAX_FLAGS);
+				goto out;
+			}
+			if (opt == 1170)
+				o.flag_crash = o.nflags;
+			o.flags[o.nflags++] = optarg;
+			break;
 		case 1101: o.push.url = optarg; break;
 		case 1102: o.push.cacert = optarg; break;
 		case 1103: o.push.username = optarg; break;
@@ -413,6 +430,10 @@ int main(int argc, char **argv)
 	}
 	if (!o.core && (o.start_image || o.fault_corrupt_patch > 0)) {
 		rc = ota_error_set(OTA_EINVAL, "--start-image and --fault-corrupt-patch need --engine core");
+		goto out;
+	}
+	if (o.nflags && !o.core) {
+		rc = ota_error_set(OTA_EINVAL, "--flag and --flag-crash need --engine core");
 		goto out;
 	}
 	o.fleet_key = fleet_key;

@@ -285,7 +285,18 @@ int fs_write_stats(struct fleetsim *fs)
 	S(reports_sent); S(reports_rejected); S(reports_dropped); S(checkins);
 	S(requests_failed); S(flaky_aborts); S(heartbeats); S(withdrawn_downloads);
 	S(checkins_deferred); S(deferrals_max); S(served); S(served_last_ms);
+	S(flag_turned_on); S(flag_turned_off);
 #undef S
+	if (fs->o.nflags) { /* issue 17: devices with each followed flag on now */
+		json_t *on = json_object();
+		for (int f = 0; f < fs->o.nflags; f++) {
+			int64_t n = 0;
+			for (uint32_t i = 0; i < fs->ndev; i++)
+				n += fs->dev[i].flags_on >> f & 1;
+			json_object_set_new(on, fs->o.flags[f], json_integer(n));
+		}
+		json_object_set_new(st, "flags_on", on);
+	}
 	json_object_set_new(st, "verifications", json_integer((json_int_t)fs->images.verifications));
 	/* issue 13: the signing PKI on the devices' side (trust.h) */
 	json_object_set_new(st, "revocations", json_integer(fs->trust.number));

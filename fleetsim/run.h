@@ -53,6 +53,11 @@ struct fleetsim_opts {
 	struct fs_push_opts push;    /* issue 15, --mqtt-url: push hints (push.h); url NULL: none */
 	int herd;                    /* issue 15: every device's first poll at once (power restored);
 				      * the run ends once every device was served */
+	/* issue 17, feature flags (core engine): a device whose check-in answer
+	 * has flag flags[i] on reports the tag flag.NAME=on while it is on;
+	 * with flag_crash (an index, -1: none) it also crashes like a crasher */
+	const char *flags[SIM_MAX_FLAGS];
+	int nflags, flag_crash;
 };
 
 struct fleetsim;

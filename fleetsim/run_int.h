@@ -120,6 +120,8 @@ struct fleetsim {
 		 * most one device had, devices served once and when the last was
 		 * (otacd ms after the first answer) */
 		int64_t checkins_deferred, deferrals_max, served, served_last_ms;
+		/* issue 17, --flag-crash: devices whose flag went on, and off again */
+		int64_t flag_turned_on, flag_turned_off;
 	} c;
 	struct {                     /* --engine core (core.c) */
 		int64_t power_cuts, transit_corruptions, server_vanished, reboots, bricked,

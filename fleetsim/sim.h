@@ -127,6 +127,7 @@ struct sim_device {
 	uint8_t flags;              /* SIM_F_* */
 	uint8_t rssi_base;          /* -(40 + rssi_base) dBm */
 	uint8_t deferrals;          /* issue 15: check-ins the server deferred (503), saturating */
+	uint8_t flags_on;           /* issue 17: bit i: --flag i is on in its last check-in answer */
 };
 
 /* Draw the attributes of device `index` from the seed: hardware, bootloader,
@@ -138,6 +139,8 @@ void sim_device_init(struct sim_device *d, const struct sim_profile *p, uint64_t
 int sim_is_crasher(uint64_t seed, uint32_t index, const char *version, double crash_rate);
 
 /* Crashes per device-hour of a crasher (one every six hours). */
+/* issue 17: feature flags fleetsim follows (--flag, --flag-crash) */
+#define SIM_MAX_FLAGS 4
 #define SIM_CRASHER_RATE_PER_HOUR (1.0 / 6.0)
 
 /* ---- version table ------------------------------------------------------ */

@@ -35,6 +35,7 @@
 #include "db/db.h"
 #include "diskguard.h"
 #include "engine.h"
+#include "flags/flags.h"
 #include "fleet/admission.h"
 #include "fleet/fleet.h"
 #include "fleet/fleet_ca.h"
@@ -338,6 +339,7 @@ int main(int argc, char **argv)
 	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
 	struct rollout_controller *rollouts = NULL;
+	struct flags_controller *flags = NULL;
 	struct fleet_ca *devca = NULL;
 	struct engine_config ecfg = { 0 };
 	struct api_config acfg = { 0 };
@@ -538,6 +540,8 @@ int main(int argc, char **argv)
 	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
 	if (rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
 		goto fail;
+	if (flags_controller_start(&flags, engine, us, fleet) < 0) /* issue 17: feature flags */
+		goto fail;
 
 	acfg.listen = cfg.listen;
 	/* local agents get the reserved path by default: a loopback listener
@@ -646,6 +650,7 @@ out:
 	api_stop(api);
 	rollout_controller_stop(rollouts);
 	devapi_stop(devapi);
+	flags_controller_stop(flags); /* after the device API: check-ins read its table */
 	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
 	push_close(push);
 	updsrv_set_current(NULL);

@@ -238,6 +238,15 @@ static const char *const migrations[] = {
 	"ALTER TABLE deliveries ADD COLUMN pr_base TEXT;"
 	"ALTER TABLE runs ADD COLUMN pr_number INTEGER;"
 	"ALTER TABLE runs ADD COLUMN pr_base TEXT;",
+	/* 17 (issue 17): feature flags (orchestrator/flags/flags.h): one row
+	 * per product and flag; bp is what check-ins deliver, spec the
+	 * rollout's plan (NULL: none), seq guards the controller's decisions */
+	"CREATE TABLE flags ("
+	"  id INTEGER PRIMARY KEY, product TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,"
+	"  cohort TEXT NOT NULL, state TEXT NOT NULL, bp INTEGER NOT NULL, spec TEXT,"
+	"  step INTEGER NOT NULL DEFAULT 0, hold_until INTEGER, extend_until INTEGER,"
+	"  seq INTEGER NOT NULL DEFAULT 0, reason TEXT, evals TEXT, updated_at INTEGER NOT NULL,"
+	"  UNIQUE (product, name));",
 };
 
 const char *const *store_migrations(size_t *n)

@@ -40,6 +40,7 @@ export class OverviewView {
     this.attention = h('p', { class: 'attention', hidden: true, 'aria-live': 'polite' });
     this.releasesBox = h('div', { class: 'releases-box' });
     this.rolloutsBox = h('div', { class: 'rollouts-box' });
+    this.flagsBox = h('div', { class: 'flags-box' });
     this.form = this.filterForm();
     this.ctx.main.replaceChildren(
       h('h1', { class: 'sr-only' }, 'Overview'),
@@ -47,7 +48,8 @@ export class OverviewView {
       h('section', { 'aria-labelledby': 'runs-h' },
         h('div', { class: 'title-row' }, h('h2', { id: 'runs-h' }, 'Runs')),
         this.form, this.attention, this.runsBox),
-      h('section', { 'aria-labelledby': 'rel-h' }, h('h2', { id: 'rel-h' }, 'Releases'), this.releasesBox));
+      h('section', { 'aria-labelledby': 'rel-h' }, h('h2', { id: 'rel-h' }, 'Releases'), this.releasesBox),
+      h('section', { 'aria-labelledby': 'flags-h', class: 'flags' }, h('h2', { id: 'flags-h' }, 'Feature flags'), this.flagsBox));
     getJSON('/api/v1/pipelines').then((p) => {
       this.pipelines = p.map((x) => x.name);
       const dl = document.getElementById('pipeline-names');
@@ -91,10 +93,11 @@ export class OverviewView {
   }
 
   async refresh() {
-    const [runs, releases, rollouts] = await Promise.all([getJSON(this.runsPath()), getJSON('/api/v1/releases'),
-      getJSON('/api/v1/rollouts')]);
+    const [runs, releases, rollouts, flags] = await Promise.all([getJSON(this.runsPath()), getJSON('/api/v1/releases'),
+      getJSON('/api/v1/rollouts'), getJSON('/api/v1/flags').catch(() => [])]);
     if (!this.ctx.alive) return;
     this.renderRollouts(rollouts);
+    this.renderFlags(flags);
     this.renderRuns(runs);
     this.renderReleases(releases);
     if (!this.rendered) {
@@ -128,6 +131,28 @@ export class OverviewView {
       tableWrap(table(['Release', 'Product', 'Stage', 'State', { text: 'Step', class: 'num' }, { text: 'Exposure', class: 'num' },
         { text: 'Hold left', class: 'num' }, { text: 'Reason', class: 'opt' }], rows, 'rollouts'), 'Rolling out now'),
     ]);
+  }
+
+  // Feature flags (issue 17, docs/rollout.md): state, exposure, step and the last verdict.
+  renderFlags(list) {
+    if (!list.length) {
+      replaceKeepingFocus(this.flagsBox, [h('p', { class: 'empty' }, 'No feature flags.')]);
+      return;
+    }
+    const rows = list.map((f) => {
+      const ev = (f.evals || [])[0];
+      return h('tr', { 'data-flag': f.product + '/' + f.name, 'data-state': f.state },
+        h('td', null, f.name),
+        h('td', null, f.product),
+        h('td', null, badge(f.state)),
+        h('td', { class: 'num' }, f.steps ? (f.step + 1) + '/' + f.steps : '—'),
+        h('td', { class: 'num' }, (f.bp / 100) + ' %'),
+        h('td', { class: 'opt' }, JSON.stringify(f.value)),
+        h('td', { class: 'opt reason' }, ev ? ev.reason : (f.reason || '')));
+    });
+    replaceKeepingFocus(this.flagsBox, [tableWrap(table(['Flag', 'Product', 'State', { text: 'Step', class: 'num' },
+      { text: 'Exposure', class: 'num' }, { text: 'Value', class: 'opt' }, { text: 'Last verdict', class: 'opt' }], rows, 'flags'),
+    'Feature flags')]);
   }
 
   renderRuns(data) {

@@ -350,6 +350,10 @@ static const struct api_route routes[] = {
 	{ "POST", "/api/v1/triggers", ROLE_OPERATOR, BODY_JSON, api_post_trigger, NULL, 0 },
 	{ "GET", "/api/v1/deliveries", ROLE_VIEWER, BODY_NONE, api_get_deliveries, NULL, 0 },
 	{ "GET", "/api/v1/notifications", ROLE_VIEWER, BODY_NONE, api_get_notifications, NULL, 0 }, /* issue 17 */
+	/* feature flags (issue 17, api_flags.c) */
+	{ "GET", "/api/v1/flags", ROLE_VIEWER, BODY_NONE, api_get_flags, NULL, 0 },
+	{ "POST", "/api/v1/flags", ROLE_OPERATOR, BODY_JSON, api_post_flags, NULL, 0 },
+	{ "POST", "/api/v1/flags/rollout", ROLE_OPERATOR, BODY_JSON, api_post_flags, NULL, 0 },
 	{ "GET", "/api/v1/commits/:commit", ROLE_VIEWER, BODY_NONE, api_get_commit, NULL, 0 },
 	/* webhooks authenticate by signature, not by bearer token */
 	{ "POST", "/hooks/github", ROLE_NONE, BODY_HOOK, api_hook_github, NULL, 0 },

@@ -181,6 +181,9 @@ enum MHD_Result api_agent_source(struct api *a, struct api_req *r);
 enum MHD_Result api_get_deliveries(struct api *a, struct api_req *r);
 /* issue 17: the notification outbox (api_notify.c) */
 enum MHD_Result api_get_notifications(struct api *a, struct api_req *r);
+/* api_flags.c: feature flags (issue 17) */
+enum MHD_Result api_get_flags(struct api *a, struct api_req *r);
+enum MHD_Result api_post_flags(struct api *a, struct api_req *r);
 enum MHD_Result api_get_commit(struct api *a, struct api_req *r);
 int api_attempt_current(int64_t job, int64_t attempt);
 

@@ -867,6 +867,15 @@ static int cmp_ptr_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
+void fleet_set_flags(struct fleet *f, fleet_flags_fn fn, void *ctx)
+{
+	if (!f)
+		return;
+	if (fn)
+		f->flags_ctx = ctx;
+	__atomic_store_n(&f->flags_fn, fn, __ATOMIC_RELEASE);
+}
+
 /* ---- check-ins (the offer itself: fleet_offer.c) -------------------------- */
 
 static int field_str(const struct fleet_ckbody *b, int which, const char **out, int (*valid)(const char *),
@@ -1009,6 +1018,8 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	const struct exposure *x;
 	const struct exp_image *img = NULL;
 	int rc, rollback, changed = 0, durable = 0, n;
+	char flags[640] = ""; /* issue 17: FLAGS_ANSWER_MAX (600) fits */
+	fleet_flags_fn flags_fn = __atomic_load_n(&f->flags_fn, __ATOMIC_ACQUIRE);
 
 	if (cap)
 		answer[0] = 0;
@@ -1114,6 +1125,8 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	}
 	if (changed)
 		fleet_device_mark_locked(s, d);
+	if (flags_fn) /* issue 17: the device's feature flags, from its tags as they are now */
+		flags_fn(f->flags_ctx, d->product, d->id, (const char *const *)d->tags, d->ntags, flags, sizeof(flags));
 	pthread_mutex_unlock(&s->mu);
 	offer = x ? img->offer[rollback ? 1 : 0] : "null";
 	/* issue 15: with a patch from the version the device runs */
@@ -1126,7 +1139,9 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	/* issue 13: the held revocation list's number; a device fetches
 	 * GET /device/v1/revocations when it is above the one it holds */
 	crl = pki_trust_crl_number();
-	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(h, now, f->cfg_poll_ms), offer, crl);
+	n = fleet_answer_format(answer, cap, now, scale_text(), jitter(h, now, f->cfg_poll_ms), offer, crl, flags);
+	if (n < 0 && flags[0]) /* the offer comes first: the flags wait for a check-in with room */
+		n = fleet_answer_format(answer, cap, now, scale_text(), jitter(h, now, f->cfg_poll_ms), offer, crl, NULL);
 	pthread_rwlock_unlock(&f->exp_lock);
 	if (n < 0 || (size_t)n >= cap) /* FLEET_ANSWER_MAX holds any (offer_compile) */
 		return ota_error_set(OTA_ERROR, "check-in answer larger than %zu bytes", cap);

@@ -135,6 +135,15 @@ struct fleet_change {
 };
 typedef void (*fleet_notify_fn)(void *ctx, const char *product, const struct fleet_change *c, size_t n);
 void fleet_set_notify(struct fleet *f, fleet_notify_fn fn, void *ctx);
+/* Issue 17, feature flags (orchestrator/flags/flags.h): fn writes the
+ * "flags" object of a device's check-in answer into out (its length; 0:
+ * none) from the device's product, id and tags ("k=v").  Called with the
+ * device's shard locked: fn only takes leaf locks.  NULL: none (the
+ * default).  ctx must outlive every check-in (set before the device API
+ * serves, cleared after it stopped). */
+typedef size_t (*fleet_flags_fn)(void *ctx, const char *product, const char *device, const char *const *tags,
+				 size_t ntags, char *out, size_t cap);
+void fleet_set_flags(struct fleet *f, fleet_flags_fn fn, void *ctx);
 
 /* Readiness after a start (issue 18): until the rollout controller has
  * applied every rollout's exposure once, this fleet knows no offers, and a

@@ -36,9 +36,10 @@ static void answer_int(struct answer_text *a, int64_t v)
 
 #define ANSWER_LIT(a, s) answer_put((a), (s), sizeof(s) - 1)
 
-/* {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C]} */
+/* {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C][,"flags":F]};
+ * flags (issue 17) last, NULL or "" for none */
 int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, int64_t poll, const char *offer,
-			int64_t crl)
+			int64_t crl, const char *flags)
 {
 	struct answer_text a = { out, 0, cap };
 	ANSWER_LIT(&a, "{\"now\":");
@@ -52,6 +53,10 @@ int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, i
 	if (crl > 0) {
 		ANSWER_LIT(&a, ",\"revocations\":");
 		answer_int(&a, crl);
+	}
+	if (flags && flags[0]) {
+		ANSWER_LIT(&a, ",\"flags\":");
+		answer_put(&a, flags, strlen(flags));
 	}
 	ANSWER_LIT(&a, "}");
 	if (a.len >= cap)

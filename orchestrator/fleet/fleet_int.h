@@ -250,6 +250,8 @@ struct fleet {
 	fleet_notify_fn notify; /* issue 15, push: fleet_set_notify (fleet_offer.c) */
 	void *notify_ctx;
 	int offers_held;         /* fleet_hold_offers; __atomic builtins */
+	fleet_flags_fn flags_fn; /* issue 17, feature flags: fleet_set_flags (fleet.c) */
+	void *flags_ctx;
 	char *fleet_key;
 	size_t fleet_key_len;
 	unsigned char secret[32];  /* device credentials: HMAC key, server only */
@@ -384,7 +386,7 @@ void fleet_device_set_tags_locked(struct device *d, const char *const *tags, siz
  * (revocations when crl > 0; scale and offer are JSON text).  Its length,
  * or -1 when it does not fit (fleet_answer.c). */
 int fleet_answer_format(char *out, size_t cap, int64_t now, const char *scale, int64_t poll, const char *offer,
-			int64_t crl);
+			int64_t crl, const char *flags);
 /* Frees d's tag array unless it is d's own tags_inline (d->tags NULL after). */
 void fleet_device_free_tags(struct device *d);
 
