@@ -12,9 +12,10 @@
 #include "../db/db.h"
 #include "../store.h"
 
+/* the CAST gives PostgreSQL the parameter's type, which IS NULL does not */
 static const char outbox_sql[] =
 	"SELECT id, delivery, target, event, state, attempts, created_at, next_at, done_at, last_error FROM outbox"
-	" WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2";
+	" WHERE CAST(?1 AS TEXT) IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2";
 
 static json_t *text_or_null(struct db_stmt *st, int col)
 {

@@ -273,7 +273,8 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
  * The job's inputs.  Which stages a stage needs is a JSON array of names
  * (stages.needs); it is read in C rather than with SQLite's json_each,
  * which PostgreSQL lacks: the query lists the artifacts of the run's
- * passed jobs, and the names its stage needs pick among them.
+ * passed jobs, and the names its stage needs pick among them.  The CAST
+ * gives PostgreSQL the type of a parameter it first meets in IS NULL.
  */
 static const char inputs_job_sql[] =
 	"SELECT j.spec, st.needs FROM jobs j LEFT JOIN stages st ON st.id = j.stage_id WHERE j.id = ?";
@@ -282,7 +283,7 @@ static const char inputs_artifacts_sql[] =
 	" JOIN jobs j ON j.id = a.job_id AND j.attempt = a.attempt AND j.state = 'passed'"
 	" JOIN stages s ON s.id = j.stage_id"
 	" WHERE j.run_id = (SELECT run_id FROM jobs WHERE id = ?1)"
-	" AND (?2 IS NULL OR a.hardware = ?2) ORDER BY a.id";
+	" AND (CAST(?2 AS TEXT) IS NULL OR a.hardware = ?2) ORDER BY a.id";
 
 /* Whether needs (a stage's needs) names stage: an array's, or an object's,
  * string values, or the string itself, as json_each would walk them. */
