@@ -209,6 +209,25 @@ enum MHD_Result api_get_gates(struct api *a, struct api_req *r);
 enum MHD_Result api_get_audit(struct api *a, struct api_req *r);
 enum MHD_Result api_post_rollout_action(struct api *a, struct api_req *r);
 
+/* A read snapshot on the thread's reader (issue 16): every statement of
+ * one answer between api_snapshot_begin() and api_snapshot_end() reads the
+ * same state, on SQLite and PostgreSQL (docs/storage.md).  begin: 0 or
+ * negative (message in the error slot); end is safe without a begin. */
+struct store;
+int api_snapshot_begin(struct store *s);
+void api_snapshot_end(struct store *s);
+/* Every SQL statement a reader file prepares, one call of fn each, so that
+ * tests/test_dbconv_read.c prepares them on PostgreSQL too. */
+void api_read_sql_each(void (*fn)(const char *sql, void *arg), void *arg);
+void api_reports_sql_each(void (*fn)(const char *sql, void *arg), void *arg);
+void api_rollout_sql_each(void (*fn)(const char *sql, void *arg), void *arg);
+void api_release_sql_each(void (*fn)(const char *sql, void *arg), void *arg);
+void api_notify_sql_each(void (*fn)(const char *sql, void *arg), void *arg);
+/* api_reports.c: a job's inputs [{name, sha256, size, hardware}] (the
+ * passed artifacts of the stages its stage needs, its board's only when
+ * it has one), read on s; OTA_ENOTFOUND for no such job. */
+int api_job_inputs(struct store *s, int64_t job, json_t **out);
+
 /* api_read.c */
 enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r);
 enum MHD_Result api_get_runs(struct api *a, struct api_req *r);

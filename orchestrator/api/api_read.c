@@ -3,7 +3,11 @@
  * live), artifacts, agents.
  *
  * Every read runs on the handler's own thread through store_reader(), a
- * read-only connection that WAL lets proceed while the engine writes.
+ * read-only connection that WAL lets proceed while the engine writes, in
+ * the storage layer's dialect (docs/storage.md), so it runs on SQLite and
+ * PostgreSQL alike.  An answer made of several statements (a run with its
+ * stages and jobs) reads them inside one snapshot (api_snapshot_begin()),
+ * so it never shows a job of a stage it does not list.
  *
  * Live logs are Server-Sent Events produced by a libmicrohttpd content
  * callback.  The callback never blocks: with nothing new it parks the
@@ -21,19 +25,21 @@
 #include <unistd.h>
 
 #include "../clock.h"
+#include "../db/db.h"
 #include "../logstore.h"
+#include "../store.h"
 
-static void set_int_or_null(json_t *o, const char *key, sqlite3_stmt *st, int col)
+static void set_int_or_null(json_t *o, const char *key, struct db_stmt *st, int col)
 {
-	if (sqlite3_column_type(st, col) == SQLITE_NULL)
+	if (db_column_type(st, col) == DB_NULL)
 		json_object_set_new(o, key, json_null());
 	else
-		json_object_set_new(o, key, json_integer(sqlite3_column_int64(st, col)));
+		json_object_set_new(o, key, json_integer(db_column_int64(st, col)));
 }
 
-static void set_text_or_null(json_t *o, const char *key, sqlite3_stmt *st, int col)
+static void set_text_or_null(json_t *o, const char *key, struct db_stmt *st, int col)
 {
-	const char *s = store_col_text(st, col);
+	const char *s = db_column_text(st, col);
 	json_object_set_new(o, key, s ? json_string(s) : json_null());
 }
 
@@ -45,14 +51,35 @@ static struct store *reader(struct api_req *r)
 	return s;
 }
 
+int api_snapshot_begin(struct store *s)
+{
+	return db_begin(store_conn(s));
+}
+
+void api_snapshot_end(struct store *s)
+{
+	db_rollback(store_conn(s)); /* nothing was written: ending it is enough */
+}
+
+/* The reader, inside a snapshot; NULL after answering 500. */
+static struct store *reader_snapshot(struct api_req *r)
+{
+	struct store *s = reader(r);
+	if (s && api_snapshot_begin(s) < 0) {
+		api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable: %s", ota_error_last());
+		return NULL;
+	}
+	return s;
+}
+
 #define RUN_COLS "id, pipeline, file, ref, commit_id, state, concurrency, trigger, created_at, started_at, finished_at," \
 		 " error, repo, tree_id, author, committer, message, pusher, delivery_id, protected, trust_reason," \
 		 " pr_number, pr_base"
 
-static json_t *run_json(sqlite3_stmt *st)
+static json_t *run_json(struct db_stmt *st)
 {
 	json_t *o = json_object();
-	json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
+	json_object_set_new(o, "id", json_integer(db_column_int64(st, 0)));
 	set_text_or_null(o, "pipeline", st, 1);
 	set_text_or_null(o, "file", st, 2);
 	set_text_or_null(o, "ref", st, 3);
@@ -71,11 +98,11 @@ static json_t *run_json(sqlite3_stmt *st)
 	set_text_or_null(o, "message", st, 16);
 	set_text_or_null(o, "pusher", st, 17);
 	set_int_or_null(o, "delivery", st, 18);
-	json_object_set_new(o, "protected", json_boolean(store_col_int(st, 19)));
+	json_object_set_new(o, "protected", json_boolean(db_column_int64(st, 19)));
 	set_text_or_null(o, "trust_reason", st, 20);
-	if (store_col_int(st, 21) > 0) /* issue 17: a pull/merge request's run */
-		json_object_set_new(o, "pull_request", json_pack("{sI ss?}", "number", (json_int_t)store_col_int(st, 21),
-								 "base", store_col_text(st, 22)));
+	if (db_column_int64(st, 21) > 0) /* issue 17: a pull/merge request's run */
+		json_object_set_new(o, "pull_request", json_pack("{sI ss?}", "number", (json_int_t)db_column_int64(st, 21),
+								 "base", db_column_text(st, 22)));
 	return o;
 }
 
@@ -84,15 +111,15 @@ static json_t *run_json(sqlite3_stmt *st)
 		 " j.failure, j.message, j.real_started_at, j.real_finished_at, j.agent_id"
 #define JOB_FROM " FROM jobs j JOIN stages s ON s.id = j.stage_id LEFT JOIN agents a ON a.id = j.agent_id"
 
-static json_t *job_json(sqlite3_stmt *st)
+static json_t *job_json(struct db_stmt *st)
 {
-	json_t *o = json_object(), *spec = json_loads(store_col_text(st, 4), 0, NULL);
-	int64_t id = store_col_int(st, 0);
-	int attempt = (int)store_col_int(st, 6);
+	json_t *o = json_object(), *spec = json_loads(db_column_text(st, 4), 0, NULL);
+	int64_t id = db_column_int64(st, 0);
+	int attempt = (int)db_column_int64(st, 6);
 	json_t *retry = json_object_get(spec, "retry");
 
 	json_object_set_new(o, "id", json_integer(id));
-	json_object_set_new(o, "run_id", json_integer(store_col_int(st, 1)));
+	json_object_set_new(o, "run_id", json_integer(db_column_int64(st, 1)));
 	set_text_or_null(o, "stage", st, 2);
 	set_text_or_null(o, "name", st, 3);
 	json_object_set(o, "matrix", json_object_get(spec, "matrix") ? json_object_get(spec, "matrix") : json_object());
@@ -115,58 +142,74 @@ static json_t *job_json(sqlite3_stmt *st)
 	set_int_or_null(o, "real_started_at", st, 15);
 	set_int_or_null(o, "real_finished_at", st, 16);
 	{
-		int on_agent = store_col_int(st, 17) > 0 && sqlite3_column_type(st, 15) != SQLITE_NULL;
+		int on_agent = db_column_int64(st, 17) > 0 && db_column_type(st, 15) != DB_NULL;
 		json_object_set_new(o, "clock", json_string(on_agent ? "real" : "otacd"));
-		if (on_agent && sqlite3_column_type(st, 16) != SQLITE_NULL)
-			json_object_set_new(o, "duration_ms", json_integer(store_col_int(st, 16) - store_col_int(st, 15)));
-		else if (!on_agent && sqlite3_column_type(st, 11) != SQLITE_NULL && sqlite3_column_type(st, 10) != SQLITE_NULL)
-			json_object_set_new(o, "duration_ms", json_integer(store_col_int(st, 11) - store_col_int(st, 10)));
+		if (on_agent && db_column_type(st, 16) != DB_NULL)
+			json_object_set_new(o, "duration_ms", json_integer(db_column_int64(st, 16) - db_column_int64(st, 15)));
+		else if (!on_agent && db_column_type(st, 11) != DB_NULL && db_column_type(st, 10) != DB_NULL)
+			json_object_set_new(o, "duration_ms", json_integer(db_column_int64(st, 11) - db_column_int64(st, 10)));
 	}
 	json_decref(spec);
 	return o;
 }
 
+static const char pipelines_sql[] =
+	"SELECT r.pipeline, COUNT(*), MAX(r.id) FROM runs r GROUP BY r.pipeline ORDER BY r.pipeline";
+static const char run_by_id_sql[] = "SELECT " RUN_COLS " FROM runs WHERE id = ?";
+
 enum MHD_Result api_get_pipelines(struct api *a, struct api_req *r)
 {
-	struct store *s = reader(r);
-	sqlite3_stmt *st;
-	json_t *arr = json_array();
+	struct store *s = reader_snapshot(r);
+	struct db_stmt *st;
+	json_t *arr;
+	int rc = 0;
 
 	(void)a;
 	if (!s)
 		return MHD_YES;
-	st = store_stmt(s, "SELECT r.pipeline, COUNT(*), MAX(r.id) FROM runs r GROUP BY r.pipeline ORDER BY r.pipeline");
-	while (st && store_step_row(s, st) == 1) {
-		json_t *p = json_pack("{ss sI sI}", "name", store_col_text(st, 0), "runs", (json_int_t)store_col_int(st, 1),
-				      "last_run_id", (json_int_t)store_col_int(st, 2));
+	arr = json_array();
+	if (!(st = store_q(s, pipelines_sql)))
+		goto fail;
+	while ((rc = db_step(st)) == 1) {
+		json_t *p = json_pack("{ss sI sI}", "name", db_column_text(st, 0), "runs", (json_int_t)db_column_int64(st, 1),
+				      "last_run_id", (json_int_t)db_column_int64(st, 2));
 		json_array_append_new(arr, p);
 	}
-	if (st)
-		sqlite3_reset(st);
-	/* attach the last run's summary */
+	db_reset(st);
+	if (rc < 0)
+		goto fail;
+	/* attach the last run's summary, from the same snapshot */
 	for (size_t i = 0; i < json_array_size(arr); i++) {
 		json_t *p = json_array_get(arr, i);
-		st = store_stmt(s, "SELECT " RUN_COLS " FROM runs WHERE id = ?");
-		sqlite3_bind_int64(st, 1, json_integer_value(json_object_get(p, "last_run_id")));
-		if (store_step_row(s, st) == 1)
+		if (!(st = store_q(s, run_by_id_sql)))
+			goto fail;
+		db_bind_int64(st, 1, json_integer_value(json_object_get(p, "last_run_id")));
+		if (db_step(st) == 1)
 			json_object_set_new(p, "last_run", run_json(st));
-		sqlite3_reset(st);
+		db_reset(st);
 	}
+	api_snapshot_end(s);
 	return api_reply_json(r, MHD_HTTP_OK, arr);
+fail:
+	api_snapshot_end(s);
+	json_decref(arr);
+	return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "pipelines: %s", ota_error_last());
 }
 
 /* GET /api/v1/runs: one statement per combination of filters (bit 1
  * pipeline, 2 ref, 4 state, 8 before), so that SQLite can use the
  * runs_by_pipeline and runs_by_state indexes and seek to `before` in the
  * rowid; an "?1 IS NULL OR pipeline = ?1" term would make every page a scan
- * from the newest run (slow with 10,000 runs).  store_stmt caches by
- * pointer, so these are constants. */
-#define RUNS_SEL "SELECT " RUN_COLS " FROM runs WHERE 1"
-#define RUNS_PL " AND pipeline = :pipeline"
-#define RUNS_REF " AND (ref = :ref OR ref = 'refs/heads/' || :ref OR ref = 'refs/tags/' || :ref)"
-#define RUNS_ST " AND state = :state"
-#define RUNS_BE " AND id < :before"
-#define RUNS_END " ORDER BY id DESC LIMIT :limit"
+ * from the newest run (slow with 10,000 runs).  store_q caches by
+ * pointer, so these are constants.  The parameters are plain `?`, bound
+ * in the order they appear (PostgreSQL cannot prepare a statement whose
+ * $N skips a number, and has no named ones). */
+#define RUNS_SEL "SELECT " RUN_COLS " FROM runs WHERE 1 = 1"
+#define RUNS_PL " AND pipeline = ?"
+#define RUNS_REF " AND (ref = ? OR ref = 'refs/heads/' || ? OR ref = 'refs/tags/' || ?)"
+#define RUNS_ST " AND state = ?"
+#define RUNS_BE " AND id < ?"
+#define RUNS_END " ORDER BY id DESC LIMIT ?"
 static const char *const runs_sql[16] = {
 	RUNS_SEL RUNS_END,
 	RUNS_SEL RUNS_PL RUNS_END,
@@ -192,9 +235,9 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 	int64_t limit = 0, before = api_query_int(r, "before");
 	const char *pipeline = api_query(r, "pipeline"), *ref = api_query(r, "ref"), *state = api_query(r, "state");
 	json_t *runs = json_array();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t last = 0;
-	int more = 0;
+	int more = 0, param = 0, rc;
 
 	(void)a;
 	if (!s) {
@@ -209,76 +252,91 @@ enum MHD_Result api_get_runs(struct api *a, struct api_req *r)
 		json_decref(runs);
 		return MHD_YES;
 	}
-	st = store_stmt(s, runs_sql[(pipeline ? 1 : 0) | (ref ? 2 : 0) | (state ? 4 : 0) | (before > 0 ? 8 : 0)]);
+	st = store_q(s, runs_sql[(pipeline ? 1 : 0) | (ref ? 2 : 0) | (state ? 4 : 0) | (before > 0 ? 8 : 0)]);
 	if (!st) {
 		json_decref(runs);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
 	}
 	if (pipeline)
-		sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":pipeline"), pipeline, -1, SQLITE_TRANSIENT);
+		db_bind_text(st, ++param, pipeline);
 	if (ref)
-		sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":ref"), ref, -1, SQLITE_TRANSIENT);
+		for (int i = 0; i < 3; i++)
+			db_bind_text(st, ++param, ref);
 	if (state)
-		sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, ":state"), state, -1, SQLITE_TRANSIENT);
+		db_bind_text(st, ++param, state);
 	if (before > 0)
-		sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":before"), before);
+		db_bind_int64(st, ++param, before);
 	/* one row more than asked tells whether an older page exists */
-	sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, ":limit"), limit + 1);
-	while (store_step_row(s, st) == 1) {
+	db_bind_int64(st, ++param, limit + 1);
+	while ((rc = db_step(st)) == 1) {
 		if ((int64_t)json_array_size(runs) == limit) {
 			more = 1;
 			break;
 		}
 		json_array_append_new(runs, run_json(st));
-		last = store_col_int(st, 0);
+		last = db_column_int64(st, 0);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
+	if (rc < 0) {
+		json_decref(runs);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "runs: %s", ota_error_last());
+	}
 	return api_reply_json(r, MHD_HTTP_OK,
 			      json_pack("{so so}", "runs", runs, "next_before", more && last ? json_integer(last) : json_null()));
 }
 
-enum MHD_Result api_get_run(struct api *a, struct api_req *r)
-{
-	struct store *s = reader(r);
-	sqlite3_stmt *st;
-	json_t *run = NULL, *stages = json_array();
+static const char stages_of_run_sql[] =
+	"SELECT id, name, kind, state, needs, started_at, finished_at, when_filter FROM stages WHERE run_id = ? ORDER BY idx";
+static const char jobs_of_run_sql[] = "SELECT " JOB_COLS JOB_FROM " WHERE j.run_id = ? ORDER BY j.stage_id, j.idx";
 
-	(void)a;
-	if (!s) {
-		json_decref(stages);
-		return MHD_YES;
-	}
-	st = store_stmt(s, "SELECT " RUN_COLS " FROM runs WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	if (store_step_row(s, st) == 1)
+static json_t *stage_json(struct db_stmt *st)
+{
+	json_t *stage = json_object();
+	json_object_set_new(stage, "id", json_integer(db_column_int64(st, 0)));
+	set_text_or_null(stage, "name", st, 1);
+	set_text_or_null(stage, "kind", st, 2);
+	set_text_or_null(stage, "state", st, 3);
+	json_object_set_new(stage, "needs", json_loads(db_column_text(st, 4), 0, NULL));
+	set_int_or_null(stage, "started_at", st, 5);
+	set_int_or_null(stage, "finished_at", st, 6);
+	/* held back by the release policy: the reason (policy.h) */
+	if (db_column_text(st, 7) && strcmp(db_column_text(st, 7), "no-match") != 0)
+		set_text_or_null(stage, "skip_reason", st, 7);
+	json_object_set_new(stage, "jobs", json_array());
+	return stage;
+}
+
+/* The run r->id with its stages and their jobs, read in s's snapshot;
+ * NULL with *found 0 when there is no such run. */
+static json_t *run_load(struct store *s, int64_t id, int *found)
+{
+	struct db_stmt *st;
+	json_t *run = NULL, *stages = NULL;
+	int rc;
+
+	*found = -1;
+	if (!(st = store_q(s, run_by_id_sql)))
+		return NULL;
+	db_bind_int64(st, 1, id);
+	if ((rc = db_step(st)) == 1)
 		run = run_json(st);
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!run) {
-		json_decref(stages);
-		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
+		*found = rc == 0 ? 0 : -1;
+		return NULL;
 	}
-	st = store_stmt(s, "SELECT id, name, kind, state, needs, started_at, finished_at, when_filter FROM stages"
-			   " WHERE run_id = ? ORDER BY idx");
-	sqlite3_bind_int64(st, 1, r->id);
-	while (store_step_row(s, st) == 1) {
-		json_t *stage = json_object();
-		json_object_set_new(stage, "id", json_integer(store_col_int(st, 0)));
-		set_text_or_null(stage, "name", st, 1);
-		set_text_or_null(stage, "kind", st, 2);
-		set_text_or_null(stage, "state", st, 3);
-		json_object_set_new(stage, "needs", json_loads(store_col_text(st, 4), 0, NULL));
-		set_int_or_null(stage, "started_at", st, 5);
-		set_int_or_null(stage, "finished_at", st, 6);
-		/* held back by the release policy: the reason (policy.h) */
-		if (store_col_text(st, 7) && strcmp(store_col_text(st, 7), "no-match") != 0)
-			set_text_or_null(stage, "skip_reason", st, 7);
-		json_object_set_new(stage, "jobs", json_array());
-		json_array_append_new(stages, stage);
-	}
-	sqlite3_reset(st);
-	st = store_stmt(s, "SELECT " JOB_COLS JOB_FROM " WHERE j.run_id = ? ORDER BY j.stage_id, j.idx");
-	sqlite3_bind_int64(st, 1, r->id);
-	while (store_step_row(s, st) == 1) {
+	*found = 1;
+	stages = json_array();
+	if (!(st = store_q(s, stages_of_run_sql)))
+		goto fail;
+	db_bind_int64(st, 1, id);
+	while ((rc = db_step(st)) == 1)
+		json_array_append_new(stages, stage_json(st));
+	db_reset(st);
+	if (rc < 0 || !(st = store_q(s, jobs_of_run_sql)))
+		goto fail;
+	db_bind_int64(st, 1, id);
+	while ((rc = db_step(st)) == 1) {
 		json_t *job = job_json(st);
 		const char *stage_name = json_string_value(json_object_get(job, "stage"));
 		for (size_t i = 0; i < json_array_size(stages); i++) {
@@ -290,57 +348,94 @@ enum MHD_Result api_get_run(struct api *a, struct api_req *r)
 		}
 		json_decref(job);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
+	if (rc < 0)
+		goto fail;
 	json_object_set_new(run, "stages", stages);
+	return run;
+fail:
+	*found = -1;
+	json_decref(stages);
+	json_decref(run);
+	return NULL;
+}
+
+enum MHD_Result api_get_run(struct api *a, struct api_req *r)
+{
+	struct store *s = reader_snapshot(r);
+	json_t *run;
+	int found;
+
+	(void)a;
+	if (!s)
+		return MHD_YES;
+	run = run_load(s, r->id, &found);
+	api_snapshot_end(s);
+	if (found < 0)
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "run %" PRId64 ": %s", r->id, ota_error_last());
+	if (!run)
+		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
 	return api_reply_json(r, MHD_HTTP_OK, run);
 }
 
-static json_t *artifact_json(sqlite3_stmt *st)
+static json_t *artifact_json(struct db_stmt *st)
 {
 	json_t *o = json_object();
-	json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
-	json_object_set_new(o, "job_id", json_integer(store_col_int(st, 1)));
-	json_object_set_new(o, "attempt", json_integer(store_col_int(st, 2)));
+	json_object_set_new(o, "id", json_integer(db_column_int64(st, 0)));
+	json_object_set_new(o, "job_id", json_integer(db_column_int64(st, 1)));
+	json_object_set_new(o, "attempt", json_integer(db_column_int64(st, 2)));
 	set_text_or_null(o, "name", st, 3);
 	set_text_or_null(o, "sha256", st, 4);
-	json_object_set_new(o, "size", json_integer(store_col_int(st, 5)));
+	json_object_set_new(o, "size", json_integer(db_column_int64(st, 5)));
 	set_text_or_null(o, "type", st, 6);
 	set_text_or_null(o, "hardware", st, 7);
-	json_object_set_new(o, "released", json_boolean(store_col_int(st, 8)));
+	json_object_set_new(o, "released", json_boolean(db_column_int64(st, 8)));
 	set_int_or_null(o, "created_at", st, 9);
 	set_text_or_null(o, "job", st, 10);
 	return o;
 }
 
+static const char run_artifacts_sql[] =
+	"SELECT a.id, a.job_id, a.attempt, a.name, a.sha256, a.size, a.type, a.hardware, a.released,"
+	" a.created_at, j.name FROM artifacts a LEFT JOIN jobs j ON j.id = a.job_id WHERE a.run_id = ? ORDER BY a.id";
+
 enum MHD_Result api_get_run_artifacts(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	sqlite3_stmt *st;
-	json_t *arr = json_array();
+	struct db_stmt *st;
+	json_t *arr;
+	int rc;
 
 	(void)a;
-	if (!s) {
-		json_decref(arr);
+	if (!s)
 		return MHD_YES;
-	}
-	st = store_stmt(s, "SELECT a.id, a.job_id, a.attempt, a.name, a.sha256, a.size, a.type, a.hardware, a.released,"
-			   " a.created_at, j.name FROM artifacts a LEFT JOIN jobs j ON j.id = a.job_id"
-			   " WHERE a.run_id = ? ORDER BY a.id");
-	sqlite3_bind_int64(st, 1, r->id);
-	while (store_step_row(s, st) == 1)
+	if (!(st = store_q(s, run_artifacts_sql)))
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "artifacts: %s", ota_error_last());
+	arr = json_array();
+	db_bind_int64(st, 1, r->id);
+	while ((rc = db_step(st)) == 1)
 		json_array_append_new(arr, artifact_json(st));
-	sqlite3_reset(st);
+	db_reset(st);
+	if (rc < 0) {
+		json_decref(arr);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "artifacts: %s", ota_error_last());
+	}
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
+static const char job_by_id_sql[] = "SELECT " JOB_COLS JOB_FROM " WHERE j.id = ?";
+
 static json_t *load_job(struct store *s, int64_t id)
 {
-	sqlite3_stmt *st = store_stmt(s, "SELECT " JOB_COLS JOB_FROM " WHERE j.id = ?");
+	struct db_stmt *st = store_q(s, job_by_id_sql);
 	json_t *job = NULL;
-	sqlite3_bind_int64(st, 1, id);
-	if (store_step_row(s, st) == 1)
+
+	if (!st)
+		return NULL;
+	db_bind_int64(st, 1, id);
+	if (db_step(st) == 1)
 		job = job_json(st);
-	sqlite3_reset(st);
+	db_reset(st);
 	return job;
 }
 
@@ -402,23 +497,27 @@ static enum MHD_Result serve_object(struct api_req *r, const char *sha256, const
 	return ret;
 }
 
+static const char artifact_by_id_sql[] = "SELECT sha256, name FROM artifacts WHERE id = ?";
+static const char object_known_sql[] = "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1";
+
 enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	char *sha = NULL, *name = NULL;
 	enum MHD_Result ret;
 
 	(void)a;
 	if (!s)
 		return MHD_YES;
-	st = store_stmt(s, "SELECT sha256, name FROM artifacts WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	if (store_step_row(s, st) == 1) {
-		sha = xstrdup(store_col_text(st, 0));
-		name = xstrdup(store_col_text(st, 1));
+	if (!(st = store_q(s, artifact_by_id_sql)))
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "artifact: %s", ota_error_last());
+	db_bind_int64(st, 1, r->id);
+	if (db_step(st) == 1) {
+		sha = xstrdup(db_column_text(st, 0));
+		name = xstrdup(db_column_text(st, 1));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!sha)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "artifact %" PRId64 " not found", r->id);
 	ret = serve_object(r, sha, name);
@@ -430,26 +529,32 @@ enum MHD_Result api_get_artifact(struct api *a, struct api_req *r)
 enum MHD_Result api_get_object(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int known = 0;
 
 	(void)a;
 	if (!s)
 		return MHD_YES;
 	/* only objects that some artifact record names are served */
-	st = store_stmt(s, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
-	sqlite3_bind_text(st, 1, r->sha, -1, SQLITE_STATIC);
-	known = store_step_row(s, st) == 1;
-	sqlite3_reset(st);
+	if (!(st = store_q(s, object_known_sql)))
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "object: %s", ota_error_last());
+	db_bind_text(st, 1, r->sha);
+	known = db_step(st) == 1;
+	db_reset(st);
 	if (!known)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "no artifact with sha256 %s", r->sha);
 	return serve_object(r, r->sha, NULL);
 }
 
+static const char agents_sql[] =
+	"SELECT a.id, a.name, a.labels, a.local, a.last_seen, a.current_job, j.state, a.allowed_labels, a.revoked_at,"
+	" a.token_hash IS NOT NULL OR a.revoked_at IS NOT NULL FROM agents a LEFT JOIN jobs j ON j.id = a.current_job"
+	" ORDER BY a.id";
+
 enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 {
 	struct store *s = reader(r);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *arr = json_array();
 	int64_t now = clock_now_ms();
 
@@ -458,31 +563,32 @@ enum MHD_Result api_get_agents(struct api *a, struct api_req *r)
 		json_decref(arr);
 		return MHD_YES;
 	}
-	st = store_stmt(s, "SELECT a.id, a.name, a.labels, a.local, a.last_seen, a.current_job, j.state,"
-			   " a.allowed_labels, a.revoked_at, a.token_hash IS NOT NULL OR a.revoked_at IS NOT NULL"
-			   " FROM agents a LEFT JOIN jobs j ON j.id = a.current_job ORDER BY a.id");
-	while (store_step_row(s, st) == 1) {
+	if (!(st = store_q(s, agents_sql))) {
+		json_decref(arr);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "agents: %s", ota_error_last());
+	}
+	while (db_step(st) == 1) {
 		json_t *o = json_object();
-		int64_t last = store_col_int(st, 4);
-		int busy = store_col_text(st, 6) && !strcmp(store_col_text(st, 6), "running");
-		json_object_set_new(o, "id", json_integer(store_col_int(st, 0)));
+		int64_t last = db_column_int64(st, 4);
+		int busy = db_column_text(st, 6) && !strcmp(db_column_text(st, 6), "running");
+		json_object_set_new(o, "id", json_integer(db_column_int64(st, 0)));
 		set_text_or_null(o, "name", st, 1);
-		json_object_set_new(o, "labels", json_loads(store_col_text(st, 2), 0, NULL));
-		json_object_set_new(o, "local", json_boolean(store_col_int(st, 3)));
+		json_object_set_new(o, "labels", json_loads(db_column_text(st, 2), 0, NULL));
+		json_object_set_new(o, "local", json_boolean(db_column_int64(st, 3)));
 		json_object_set_new(o, "last_seen", json_integer(last));
-		json_object_set_new(o, "current_job", busy ? json_integer(store_col_int(st, 5)) : json_null());
-		json_object_set_new(o, "state", json_string(store_col_text(st, 8) ? "revoked"
+		json_object_set_new(o, "current_job", busy ? json_integer(db_column_int64(st, 5)) : json_null());
+		json_object_set_new(o, "state", json_string(db_column_text(st, 8) ? "revoked"
 							     : busy ? "busy"
 							     : last == 0 ? "new"
 							     : (now - last) > 60000 * clock_scale() ? "lost" : "idle"));
 		/* how it proves who it is: registered (`otactl agents add`), local, or a config-file token */
-		json_object_set_new(o, "kind", json_string(store_col_int(st, 9) ? "registered"
-							   : store_col_int(st, 3) ? "local" : "config"));
+		json_object_set_new(o, "kind", json_string(db_column_int64(st, 9) ? "registered"
+							   : db_column_int64(st, 3) ? "local" : "config"));
 		json_object_set_new(o, "registered_labels",
-				    store_col_text(st, 7) ? json_loads(store_col_text(st, 7), 0, NULL) : json_null());
+				    db_column_text(st, 7) ? json_loads(db_column_text(st, 7), 0, NULL) : json_null());
 		json_array_append_new(arr, o);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
@@ -616,23 +722,25 @@ struct log_job {
 	int attempt;
 };
 
+static const char job_state_sql[] = "SELECT state, attempt FROM jobs WHERE id = ?";
+
 static int log_job_state(int64_t job, struct log_job *out)
 {
 	struct store *s = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 	if (!s)
 		return OTA_ERROR;
-	st = store_stmt(s, "SELECT state, attempt FROM jobs WHERE id = ?");
+	st = store_q(s, job_state_sql);
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, job);
-	rc = store_step_row(s, st);
+	db_bind_int64(st, 1, job);
+	rc = db_step(st);
 	if (rc == 1) {
-		snprintf(out->state, sizeof(out->state), "%s", store_col_text(st, 0));
-		out->attempt = (int)store_col_int(st, 1);
+		snprintf(out->state, sizeof(out->state), "%s", db_column_text(st, 0));
+		out->attempt = (int)db_column_int64(st, 1);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc == 1 ? 0 : OTA_ENOTFOUND;
 }
 
@@ -780,6 +888,10 @@ struct evstream {
 	int64_t after;
 };
 
+static const char events_after_sql[] =
+	"SELECT id, at, run_id, job_id, kind, detail FROM events WHERE id > ? ORDER BY id LIMIT 200";
+static const char events_last_sql[] = "SELECT COALESCE(MAX(id), 0) FROM events";
+
 static int ev_produce(struct sse *base, uint64_t *seen)
 {
 	struct evstream *x = (struct evstream *)base;
@@ -787,32 +899,32 @@ static int ev_produce(struct sse *base, uint64_t *seen)
 		struct notifier *n = logstore_changes();
 		uint64_t gen = notifier_gen(n);
 		struct store *db = store_reader();
-		sqlite3_stmt *st;
+		struct db_stmt *st;
 		int any = 0;
 
 		if (x->base.api->stopping || !db)
 			return -1;
-		st = store_stmt(db, "SELECT id, at, run_id, job_id, kind, detail FROM events WHERE id > ? ORDER BY id LIMIT 200");
+		st = store_q(db, events_after_sql);
 		if (!st)
 			return -1;
-		sqlite3_bind_int64(st, 1, x->after);
-		while (store_step_row(db, st) == 1) {
-			json_t *o = json_object(), *detail = store_col_text(st, 5) ? json_loads(store_col_text(st, 5), 0, NULL) : NULL;
+		db_bind_int64(st, 1, x->after);
+		while (db_step(st) == 1) {
+			json_t *o = json_object(), *detail = db_column_text(st, 5) ? json_loads(db_column_text(st, 5), 0, NULL) : NULL;
 			char *text;
-			x->after = store_col_int(st, 0);
+			x->after = db_column_int64(st, 0);
 			json_object_set_new(o, "id", json_integer(x->after));
-			json_object_set_new(o, "at", json_integer(store_col_int(st, 1)));
+			json_object_set_new(o, "at", json_integer(db_column_int64(st, 1)));
 			set_int_or_null(o, "run_id", st, 2);
 			set_int_or_null(o, "job_id", st, 3);
 			set_text_or_null(o, "kind", st, 4);
 			json_object_set_new(o, "detail", detail ? detail : json_object());
 			text = json_dumps(o, JSON_COMPACT);
-			buf_printf(&x->base.pending, "id: %" PRId64 "\nevent: %s\ndata: %s\n\n", x->after, store_col_text(st, 4), text);
+			buf_printf(&x->base.pending, "id: %" PRId64 "\nevent: %s\ndata: %s\n\n", x->after, db_column_text(st, 4), text);
 			free(text);
 			json_decref(o);
 			any = 1;
 		}
-		sqlite3_reset(st);
+		db_reset(st);
 		if (any)
 			return 0;
 		*seen = gen;
@@ -838,11 +950,25 @@ enum MHD_Result api_get_events(struct api *a, struct api_req *r)
 	if (after < 0 && !(last_id && *last_id)) {
 		/* no position given: start from now */
 		struct store *db = store_reader();
-		sqlite3_stmt *st = db ? store_stmt(db, "SELECT COALESCE(MAX(id), 0) FROM events") : NULL;
-		if (st && store_step_row(db, st) == 1)
-			x->after = store_col_int(st, 0);
+		struct db_stmt *st = db ? store_q(db, events_last_sql) : NULL;
+		if (st && db_step(st) == 1)
+			x->after = db_column_int64(st, 0);
 		if (st)
-			sqlite3_reset(st);
+			db_reset(st);
 	}
 	return sse_reply(r, &x->base);
+}
+
+/* Every statement this file prepares, for tests/test_dbconv_read.c, which
+ * prepares each on PostgreSQL too: a statement added above goes here. */
+void api_read_sql_each(void (*fn)(const char *sql, void *arg), void *arg)
+{
+	static const char *const one[] = { pipelines_sql,     run_by_id_sql, stages_of_run_sql, jobs_of_run_sql,
+					   run_artifacts_sql, job_by_id_sql, artifact_by_id_sql, object_known_sql,
+					   agents_sql,        job_state_sql, events_after_sql,   events_last_sql };
+
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(one); i++)
+		fn(one[i], arg);
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(runs_sql); i++)
+		fn(runs_sql[i], arg);
 }

@@ -22,29 +22,38 @@
 #include "../../common/log.h"
 #include "../artifact.h"
 #include "../config.h"
+#include "../db/db.h"
 #include "../gitsrc.h"
 #include "../keys.h"
 #include "../engine_int.h"
 #include "../pki.h"
 #include "../relverify.h"
+#include "../store.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
 		     " envelope_artifact, provenance_artifact, created_at, state, COALESCE(rollback_to, 0), reissue_of"
 
-static json_t *release_json(sqlite3_stmt *st)
+static const char releases_sql[] = "SELECT " RELEASE_COLS " FROM releases ORDER BY id DESC LIMIT ?";
+static const char release_by_id_sql[] = "SELECT " RELEASE_COLS " FROM releases WHERE id = ?";
+static const char release_artifacts_sql[] =
+	"SELECT a.id, a.name, a.sha256, a.size, a.type, a.hardware FROM artifacts a JOIN jobs j ON j.id = a.job_id"
+	" JOIN stages s ON s.id = j.stage_id WHERE a.run_id = ? AND s.kind = 'release' ORDER BY a.id";
+static const char artifact_sha_sql[] = "SELECT sha256 FROM artifacts WHERE id = ?";
+
+static json_t *release_json(struct db_stmt *st)
 {
-	json_t *j = json_pack("{sI sI ss ss ss sI ss sI sI sI sI}", "id", (json_int_t)store_col_int(st, 0),
-			 "run_id", (json_int_t)store_col_int(st, 1), "product", store_col_text(st, 2),
-			 "version", store_col_text(st, 3), "branch", store_col_text(st, 4),
-			 "security_counter", (json_int_t)store_col_int(st, 5), "key_id", store_col_text(st, 6),
-			 "manifest_artifact", (json_int_t)store_col_int(st, 7),
-			 "envelope_artifact", (json_int_t)store_col_int(st, 8),
-			 "provenance_artifact", (json_int_t)store_col_int(st, 9),
-			 "created_at", (json_int_t)store_col_int(st, 10));
-	json_object_set_new(j, "state", json_string(store_col_text(st, 11)));
-	json_object_set_new(j, "rollback_to", json_integer(store_col_int(st, 12)));
-	if (sqlite3_column_type(st, 13) != SQLITE_NULL)
-		json_object_set_new(j, "reissue_of", json_integer(store_col_int(st, 13)));
+	json_t *j = json_pack("{sI sI ss ss ss sI ss sI sI sI sI}", "id", (json_int_t)db_column_int64(st, 0),
+			 "run_id", (json_int_t)db_column_int64(st, 1), "product", db_column_text(st, 2),
+			 "version", db_column_text(st, 3), "branch", db_column_text(st, 4),
+			 "security_counter", (json_int_t)db_column_int64(st, 5), "key_id", db_column_text(st, 6),
+			 "manifest_artifact", (json_int_t)db_column_int64(st, 7),
+			 "envelope_artifact", (json_int_t)db_column_int64(st, 8),
+			 "provenance_artifact", (json_int_t)db_column_int64(st, 9),
+			 "created_at", (json_int_t)db_column_int64(st, 10));
+	json_object_set_new(j, "state", json_string(db_column_text(st, 11)));
+	json_object_set_new(j, "rollback_to", json_integer(db_column_int64(st, 12)));
+	if (db_column_type(st, 13) != DB_NULL)
+		json_object_set_new(j, "reissue_of", json_integer(db_column_int64(st, 13)));
 	return j;
 }
 
@@ -52,49 +61,52 @@ enum MHD_Result api_get_releases(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
 	json_t *arr;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t limit;
 
 	(void)a;
 	if (api_list_limit(r, 200, &limit) < 0)
 		return MHD_YES;
 	arr = json_array();
-	if (!db || !(st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases ORDER BY id DESC LIMIT ?"))) {
+	if (!db || !(st = store_q(db, releases_sql))) {
 		json_decref(arr);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, limit);
-	while (store_step_row(db, st) == 1)
+	db_bind_int64(st, 1, limit);
+	while (db_step(st) == 1)
 		json_array_append_new(arr, release_json(st));
-	sqlite3_reset(st);
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
-/* The release as GET /api/v1/releases/ID shows it, NULL if there is none. */
+/* The release as GET /api/v1/releases/ID shows it, NULL if there is none
+ * (or it cannot be read).  Callers hold a snapshot: the release and its
+ * artifacts are read in it. */
 static json_t *release_load(struct store *db, int64_t id)
 {
 	json_t *rel = NULL, *arts;
-	sqlite3_stmt *st = store_stmt(db, "SELECT " RELEASE_COLS " FROM releases WHERE id = ?");
+	struct db_stmt *st = store_q(db, release_by_id_sql);
 
 	if (!st)
 		return NULL;
-	sqlite3_bind_int64(st, 1, id);
-	if (store_step_row(db, st) == 1)
+	db_bind_int64(st, 1, id);
+	if (db_step(st) == 1)
 		rel = release_json(st);
-	sqlite3_reset(st);
+	db_reset(st);
 	if (!rel)
 		return NULL;
+	if (!(st = store_q(db, release_artifacts_sql))) {
+		json_decref(rel);
+		return NULL;
+	}
 	arts = json_array();
-	st = store_stmt(db, "SELECT a.id, a.name, a.sha256, a.size, a.type, a.hardware FROM artifacts a"
-			    " JOIN jobs j ON j.id = a.job_id JOIN stages s ON s.id = j.stage_id"
-			    " WHERE a.run_id = ? AND s.kind = 'release' ORDER BY a.id");
-	sqlite3_bind_int64(st, 1, json_integer_value(json_object_get(rel, "run_id")));
-	while (store_step_row(db, st) == 1)
-		json_array_append_new(arts, json_pack("{sI ss ss sI ss? ss?}", "id", (json_int_t)store_col_int(st, 0),
-						      "name", store_col_text(st, 1), "sha256", store_col_text(st, 2),
-						      "size", (json_int_t)store_col_int(st, 3), "type", store_col_text(st, 4),
-						      "hardware", store_col_text(st, 5)));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, json_integer_value(json_object_get(rel, "run_id")));
+	while (db_step(st) == 1)
+		json_array_append_new(arts, json_pack("{sI ss ss sI ss? ss?}", "id", (json_int_t)db_column_int64(st, 0),
+						      "name", db_column_text(st, 1), "sha256", db_column_text(st, 2),
+						      "size", (json_int_t)db_column_int64(st, 3), "type", db_column_text(st, 4),
+						      "hardware", db_column_text(st, 5)));
+	db_reset(st);
 	json_object_set_new(rel, "artifacts", arts);
 	return rel;
 }
@@ -105,9 +117,11 @@ enum MHD_Result api_get_release(struct api *a, struct api_req *r)
 	json_t *rel;
 
 	(void)a;
-	if (!db)
+	if (!db || api_snapshot_begin(db) < 0)
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
-	if (!(rel = release_load(db, r->id)))
+	rel = release_load(db, r->id);
+	api_snapshot_end(db);
+	if (!rel)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
 	return api_reply_json(r, MHD_HTTP_OK, rel);
 }
@@ -222,7 +236,7 @@ static int src_artifact(void *arg, int64_t id, struct buf *out)
 	struct local_src *ls = arg;
 	struct artifact_backend *b = artifact_backend();
 	struct artifact_reader *rd = NULL;
-	sqlite3_stmt *st = store_stmt(ls->db, "SELECT sha256 FROM artifacts WHERE id = ?");
+	struct db_stmt *st = store_q(ls->db, artifact_sha_sql);
 	char sha[65] = "", chunk[65536];
 	int64_t size = 0;
 	ssize_t n;
@@ -230,10 +244,10 @@ static int src_artifact(void *arg, int64_t id, struct buf *out)
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, id);
-	if (store_step_row(ls->db, st) == 1)
-		snprintf(sha, sizeof(sha), "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, id);
+	if (db_step(st) == 1)
+		snprintf(sha, sizeof(sha), "%s", db_column_text(st, 0));
+	db_reset(st);
 	if (!sha[0])
 		return ota_error_set(OTA_ENOTFOUND, "artifact %lld not found", (long long)id);
 	if ((rc = b->get(b, sha, &rd, &size)) < 0)
@@ -288,13 +302,15 @@ enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
 	char id[24];
 	int rc;
 
-	if (!ls.db)
+	if (!ls.db || api_snapshot_begin(ls.db) < 0)
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	snprintf(id, sizeof(id), "%" PRId64, r->id);
 	trusted_keys(a->cfg.config, &keys);
 	keys.root = pki_trust_root();
 	keys.crl = crl = pki_trust_crl();
+	/* every row relverify reads comes from one snapshot */
 	rc = relverify_release(&ans, &src, &keys, id);
+	api_snapshot_end(ls.db);
 	relverify_keys_release(&keys);
 	X509_CRL_free(crl);
 	if (rc < 0)
@@ -302,3 +318,13 @@ enum MHD_Result api_get_release_verification(struct api *a, struct api_req *r)
 	return api_reply_json(r, MHD_HTTP_OK, ans);
 }
 
+
+/* Every statement this file prepares (tests/test_dbconv_read.c prepares
+ * each on PostgreSQL too): a statement added above goes here. */
+void api_release_sql_each(void (*fn)(const char *sql, void *arg), void *arg)
+{
+	fn(releases_sql, arg);
+	fn(release_by_id_sql, arg);
+	fn(release_artifacts_sql, arg);
+	fn(artifact_sha_sql, arg);
+}

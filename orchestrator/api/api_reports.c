@@ -30,6 +30,7 @@
 
 #include "../../common/mask.h"
 #include "../clock.h"
+#include "../db/db.h"
 #include "../engine_int.h"
 #include "../logstore.h"
 #include "../reports.h"
@@ -103,31 +104,41 @@ struct report_add {
  * numbers into run_metrics, under the job's stage.  A second file with the
  * same metric name in one attempt replaces the first (last upload wins).
  */
+static const char metric_upsert_sql[] =
+	"INSERT INTO run_metrics(run_id, job_id, attempt, stage, name, value, created_at)"
+	" SELECT ?, ?, ?, s.name, ?, ?, ? FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.id = ?"
+	" ON CONFLICT(job_id, attempt, name) DO UPDATE SET value = excluded.value";
+static const char report_job_sql[] = "SELECT run_id, state, attempt FROM jobs WHERE id = ?";
+/* RETURNING gives the row's id whether it was inserted or replaced
+ * (SQLite's last insert id would be an older row's after an update). */
+static const char report_upsert_sql[] =
+	"INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
+	" VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, format, name) DO UPDATE SET"
+	" summary = excluded.summary, body = excluded.body RETURNING id";
+
 static int metrics_add(struct store *db, int64_t run, const struct report_add *a)
 {
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	const char *key;
 	json_t *v;
 	int rc;
 
 	if (!json_is_object(a->metrics))
 		return 0;
-	st = store_stmt(db, "INSERT INTO run_metrics(run_id, job_id, attempt, stage, name, value, created_at)"
-			    " SELECT ?, ?, ?, s.name, ?, ?, ? FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.id = ?"
-			    " ON CONFLICT(job_id, attempt, name) DO UPDATE SET value = excluded.value");
+	st = store_q(db, metric_upsert_sql);
 	if (!st)
 		return OTA_ERROR;
 	json_object_foreach((json_t *)a->metrics, key, v) {
 		if (!json_is_number(v))
 			continue;
-		sqlite3_bind_int64(st, 1, run);
-		sqlite3_bind_int64(st, 2, a->job_id);
-		sqlite3_bind_int(st, 3, a->attempt);
-		sqlite3_bind_text(st, 4, key, -1, SQLITE_STATIC);
-		sqlite3_bind_double(st, 5, json_number_value(v));
-		sqlite3_bind_int64(st, 6, clock_now_ms());
-		sqlite3_bind_int64(st, 7, a->job_id);
-		if ((rc = store_step_done(db, st)) < 0)
+		db_bind_int64(st, 1, run);
+		db_bind_int64(st, 2, a->job_id);
+		db_bind_int64(st, 3, a->attempt);
+		db_bind_text(st, 4, key);
+		db_bind_double(st, 5, json_number_value(v));
+		db_bind_int64(st, 6, clock_now_ms());
+		db_bind_int64(st, 7, a->job_id);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 	}
 	return 0;
@@ -138,38 +149,40 @@ static int do_report_add(struct engine *e, void *arg)
 {
 	struct report_add *a = arg;
 	struct store *db = engine_store(e);
-	sqlite3_stmt *st = store_stmt(db, "SELECT run_id, state, attempt FROM jobs WHERE id = ?");
+	struct db_stmt *st = store_q(db, report_job_sql);
 	int64_t run = 0;
 	int rc, running = 0;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, a->job_id);
-	if ((rc = store_step_row(db, st)) == 1) {
-		run = store_col_int(st, 0);
-		running = !strcmp(store_col_text(st, 1), "running") && store_col_int(st, 2) == a->attempt;
+	db_bind_int64(st, 1, a->job_id);
+	if ((rc = db_step(st)) == 1) {
+		run = db_column_int64(st, 0);
+		running = !strcmp(db_column_text(st, 1), "running") && db_column_int64(st, 2) == a->attempt;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	if (!running)
 		return ota_error_set(OTA_ECONFLICT, "attempt %d of job %" PRId64 " is not running", a->attempt, a->job_id);
-	st = store_stmt(db, "INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
-			    " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(job_id, attempt, format, name) DO UPDATE SET"
-			    " summary = excluded.summary, body = excluded.body");
+	st = store_q(db, report_upsert_sql);
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run);
-	sqlite3_bind_int64(st, 2, a->job_id);
-	sqlite3_bind_int(st, 3, a->attempt);
-	sqlite3_bind_text(st, 4, a->format, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, a->summary, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 7, a->body, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 8, clock_now_ms());
-	if ((rc = store_step_done(db, st)) < 0)
+	db_bind_int64(st, 1, run);
+	db_bind_int64(st, 2, a->job_id);
+	db_bind_int64(st, 3, a->attempt);
+	db_bind_text(st, 4, a->format);
+	db_bind_text(st, 5, a->name);
+	db_bind_text(st, 6, a->summary);
+	db_bind_text(st, 7, a->body);
+	db_bind_int64(st, 8, clock_now_ms());
+	if ((rc = db_step(st)) == 1)
+		a->id = db_column_int64(st, 0);
+	db_reset(st);
+	if (rc < 0)
 		return rc;
-	a->id = sqlite3_last_insert_rowid(store_db(db));
+	if (rc == 0)
+		return ota_error_set(OTA_ERROR, "report %s of job %" PRId64 ": no row stored", a->name, a->job_id);
 	if ((rc = metrics_add(db, run, a)) < 0)
 		return rc;
 	engine_emit(e, run, a->job_id, "report.added",
@@ -256,55 +269,98 @@ enum MHD_Result api_agent_report(struct api *a, struct api_req *r)
 
 /* ---- inputs ----------------------------------------------------------------- */
 
-/* The job's inputs: [{name, sha256, size, hardware}]. */
-static int inputs_list(struct store *s, int64_t job, json_t **out)
+/*
+ * The job's inputs.  Which stages a stage needs is a JSON array of names
+ * (stages.needs); it is read in C rather than with SQLite's json_each,
+ * which PostgreSQL lacks: the query lists the artifacts of the run's
+ * passed jobs, and the names its stage needs pick among them.  The CAST
+ * gives PostgreSQL the type of a parameter it first meets in IS NULL.
+ */
+static const char inputs_job_sql[] =
+	"SELECT j.spec, st.needs FROM jobs j LEFT JOIN stages st ON st.id = j.stage_id WHERE j.id = ?";
+static const char inputs_artifacts_sql[] =
+	"SELECT a.name, a.sha256, a.size, a.hardware, s.name FROM artifacts a"
+	" JOIN jobs j ON j.id = a.job_id AND j.attempt = a.attempt AND j.state = 'passed'"
+	" JOIN stages s ON s.id = j.stage_id"
+	" WHERE j.run_id = (SELECT run_id FROM jobs WHERE id = ?1)"
+	" AND (CAST(?2 AS TEXT) IS NULL OR a.hardware = ?2) ORDER BY a.id";
+
+/* Whether needs (a stage's needs) names stage: an array's, or an object's,
+ * string values, or the string itself, as json_each would walk them. */
+static int stage_needed(const json_t *needs, const char *stage)
 {
-	sqlite3_stmt *st = store_stmt(s, "SELECT spec FROM jobs WHERE id = ?");
-	json_t *spec = NULL;
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_string(needs))
+		return !strcmp(json_string_value(needs), stage);
+	if (json_is_array(needs)) {
+		json_array_foreach(needs, i, v)
+			if (json_is_string(v) && !strcmp(json_string_value(v), stage))
+				return 1;
+	} else if (json_is_object(needs)) {
+		json_object_foreach((json_t *)needs, key, v)
+			if (json_is_string(v) && !strcmp(json_string_value(v), stage))
+				return 1;
+	}
+	return 0;
+}
+
+int api_job_inputs(struct store *s, int64_t job, json_t **out)
+{
+	struct db_stmt *st = store_q(s, inputs_job_sql);
+	json_t *spec = NULL, *needs = NULL, *list = NULL;
 	const char *board;
-	int rc;
+	int rc, needs_bad = 0;
 
 	*out = NULL;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, job);
-	if ((rc = store_step_row(s, st)) == 1)
-		spec = json_loads(store_col_text(st, 0), 0, NULL);
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, job);
+	if ((rc = db_step(st)) == 1) {
+		spec = json_loads(db_column_text(st, 0), 0, NULL);
+		if (db_column_text(st, 1) && !(needs = json_loads(db_column_text(st, 1), JSON_DECODE_ANY, NULL)))
+			needs_bad = 1;
+	}
+	db_reset(st);
 	if (rc < 0)
-		return rc;
-	if (!spec)
-		return ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", job);
+		goto out;
+	if (!spec) {
+		rc = ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", job);
+		goto out;
+	}
+	if (needs_bad) {
+		rc = ota_error_set(OTA_ERROR, "job %" PRId64 ": its stage's needs are not JSON", job);
+		goto out;
+	}
 	board = json_string_value(json_object_get(json_object_get(spec, "extra"), "board"));
-	st = store_stmt(s, "SELECT a.name, a.sha256, a.size, a.hardware FROM artifacts a"
-			   " JOIN jobs j ON j.id = a.job_id AND j.attempt = a.attempt AND j.state = 'passed'"
-			   " JOIN stages s ON s.id = j.stage_id"
-			   " WHERE j.run_id = (SELECT run_id FROM jobs WHERE id = ?1)"
-			   " AND s.name IN (SELECT value FROM json_each((SELECT st.needs FROM jobs jj"
-			   "   JOIN stages st ON st.id = jj.stage_id WHERE jj.id = ?1)))"
-			   " AND (?2 IS NULL OR a.hardware = ?2) ORDER BY a.id");
-	if (!st) {
-		json_decref(spec);
-		return OTA_ERROR;
+	if (!(st = store_q(s, inputs_artifacts_sql))) {
+		rc = OTA_ERROR;
+		goto out;
 	}
-	sqlite3_bind_int64(st, 1, job);
+	db_bind_int64(st, 1, job);
 	if (board)
-		sqlite3_bind_text(st, 2, board, -1, SQLITE_TRANSIENT);
-	*out = json_array();
-	while ((rc = store_step_row(s, st)) == 1) {
-		const char *hw = store_col_text(st, 3);
-		json_array_append_new(*out, json_pack("{ss ss sI so}", "name", store_col_text(st, 0), "sha256",
-						       store_col_text(st, 1), "size", (json_int_t)store_col_int(st, 2),
-						       "hardware", hw ? json_string(hw) : json_null()));
+		db_bind_text(st, 2, board);
+	list = json_array();
+	while ((rc = db_step(st)) == 1) {
+		const char *hw = db_column_text(st, 3);
+		if (!db_column_text(st, 4) || !stage_needed(needs, db_column_text(st, 4)))
+			continue;
+		json_array_append_new(list, json_pack("{ss ss sI so}", "name", db_column_text(st, 0), "sha256",
+						      db_column_text(st, 1), "size", (json_int_t)db_column_int64(st, 2),
+						      "hardware", hw ? json_string(hw) : json_null()));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
+	if (rc == 0) {
+		*out = list;
+		list = NULL;
+	}
+out:
+	json_decref(list);
+	json_decref(needs);
 	json_decref(spec);
-	if (rc < 0) {
-		json_decref(*out);
-		*out = NULL;
-		return rc;
-	}
-	return 0;
+	return rc < 0 ? rc : 0;
 }
 
 /* The inputs of the job whose current attempt holds r's job token (the
@@ -320,7 +376,13 @@ static json_t *current_inputs(struct api_req *r, enum MHD_Result *ret)
 				       r->attempt, r->id);
 		return NULL;
 	}
-	if (!s || (rc = inputs_list(s, r->id, &list)) < 0) {
+	if (!s || (rc = api_snapshot_begin(s)) < 0) {
+		*ret = api_reply_rc(r, rc);
+		return NULL;
+	}
+	rc = api_job_inputs(s, r->id, &list);
+	api_snapshot_end(s);
+	if (rc < 0) {
 		*ret = api_reply_rc(r, rc);
 		return NULL;
 	}
@@ -382,51 +444,84 @@ enum MHD_Result api_agent_input(struct api *a, struct api_req *r)
 
 /* ---- reading ------------------------------------------------------------------ */
 
+static const char run_exists_sql[] = "SELECT 1 FROM runs WHERE id = ?";
+static const char run_reports_sql[] =
+	"SELECT rp.id, rp.job_id, j.name, s.name, rp.attempt, rp.format, rp.name, rp.summary, rp.body,"
+	" j.attempt FROM reports rp JOIN jobs j ON j.id = rp.job_id JOIN stages s ON s.id = j.stage_id"
+	" WHERE rp.run_id = ? ORDER BY rp.job_id, rp.attempt, rp.id";
+
+/* 1 if run exists, 0 if not, negative on error. */
+static int run_exists(struct store *s, int64_t run)
+{
+	struct db_stmt *st = store_q(s, run_exists_sql);
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, run);
+	rc = db_step(st);
+	db_reset(st);
+	return rc;
+}
+
+static json_t *report_json(struct db_stmt *st)
+{
+	const char *format = db_column_text(st, 5);
+	json_t *body = json_loads(db_column_text(st, 8), 0, NULL), *summary = json_loads(db_column_text(st, 7), 0, NULL);
+	const char *key = !strcmp(format, "junit")	? "cases"
+			  : !strcmp(format, "toolchain") ? "commands"
+			  : !strcmp(format, "pmccabe")	? "functions"
+			  : !strcmp(format, "jscpd")	? "clones"
+			  : !strcmp(format, "power")	? "samples"
+							: "findings";
+	json_t *items = json_object_get(body, key);
+	json_t *o = json_pack("{sI sI ss ss si ss ss so sb}", "id", (json_int_t)db_column_int64(st, 0), "job",
+			      (json_int_t)db_column_int64(st, 1), "job_name", db_column_text(st, 2), "stage",
+			      db_column_text(st, 3), "attempt", (int)db_column_int64(st, 4), "format", format, "name",
+			      db_column_text(st, 6), "summary", summary ? summary : json_object(), "latest",
+			      db_column_int64(st, 4) == db_column_int64(st, 9));
+	json_object_set_new(o, !strcmp(format, "junit") ? "tests" : key, items ? json_incref(items) : json_array());
+	json_decref(body);
+	return o;
+}
+
+/* The reports of run, in s's snapshot: 0, OTA_ENOTFOUND or an error. */
+static int run_reports(struct store *s, int64_t run, json_t **out)
+{
+	struct db_stmt *st;
+	int rc;
+
+	*out = NULL;
+	if ((rc = run_exists(s, run)) <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run);
+	if (!(st = store_q(s, run_reports_sql)))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, run);
+	*out = json_array();
+	while ((rc = db_step(st)) == 1)
+		json_array_append_new(*out, report_json(st));
+	db_reset(st);
+	if (rc < 0) {
+		json_decref(*out);
+		*out = NULL;
+		return rc;
+	}
+	return 0;
+}
+
 enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
 {
 	struct store *s = store_reader();
-	sqlite3_stmt *st;
-	json_t *arr;
-	int rc, found = 0;
+	json_t *arr = NULL;
+	int rc;
 
 	(void)a;
-	if (!s)
+	if (!s || (rc = api_snapshot_begin(s)) < 0)
 		return api_reply_rc(r, OTA_ERROR);
-	st = store_stmt(s, "SELECT 1 FROM runs WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	found = store_step_row(s, st) == 1;
-	sqlite3_reset(st);
-	if (!found)
-		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
-	st = store_stmt(s, "SELECT rp.id, rp.job_id, j.name, s.name, rp.attempt, rp.format, rp.name, rp.summary, rp.body,"
-			   " j.attempt FROM reports rp JOIN jobs j ON j.id = rp.job_id JOIN stages s ON s.id = j.stage_id"
-			   " WHERE rp.run_id = ? ORDER BY rp.job_id, rp.attempt, rp.id");
-	sqlite3_bind_int64(st, 1, r->id);
-	arr = json_array();
-	while ((rc = store_step_row(s, st)) == 1) {
-		const char *format = store_col_text(st, 5);
-		json_t *body = json_loads(store_col_text(st, 8), 0, NULL), *summary = json_loads(store_col_text(st, 7), 0, NULL);
-		const char *key = !strcmp(format, "junit")	? "cases"
-				  : !strcmp(format, "toolchain") ? "commands"
-				  : !strcmp(format, "pmccabe")	? "functions"
-				  : !strcmp(format, "jscpd")	? "clones"
-				  : !strcmp(format, "power")	? "samples"
-								: "findings";
-		json_t *items = json_object_get(body, key);
-		json_t *o = json_pack("{sI sI ss ss si ss ss so sb}", "id", (json_int_t)store_col_int(st, 0), "job",
-				      (json_int_t)store_col_int(st, 1), "job_name", store_col_text(st, 2), "stage",
-				      store_col_text(st, 3), "attempt", (int)store_col_int(st, 4), "format", format, "name",
-				      store_col_text(st, 6), "summary", summary ? summary : json_object(), "latest",
-				      store_col_int(st, 4) == store_col_int(st, 9));
-		json_object_set_new(o, !strcmp(format, "junit") ? "tests" : key, items ? json_incref(items) : json_array());
-		json_array_append_new(arr, o);
-		json_decref(body);
-	}
-	sqlite3_reset(st);
-	if (rc < 0) {
-		json_decref(arr);
+	rc = run_reports(s, r->id, &arr);
+	api_snapshot_end(s);
+	if (rc < 0)
 		return api_reply_rc(r, rc);
-	}
 	return api_reply_json(r, MHD_HTTP_OK, arr);
 }
 
@@ -437,32 +532,69 @@ enum MHD_Result api_get_run_reports(struct api *a, struct api_req *r)
  * (the latest attempt of each job) and, with ?history=N (1..100), "history":
  * the same metrics of the last N runs of the pipeline on the run's ref, up to
  * this one, oldest first: [{run, state, created_at, metrics: {STAGE.NAME: value}}],
- * which the status page draws as trends.
+ * which the status page draws as trends.  All of it from one snapshot.
  */
+static const char run_metrics_sql[] =
+	"SELECT m.stage, m.job_id, m.attempt, m.name, m.value FROM run_metrics m"
+	" JOIN jobs j ON j.id = m.job_id AND j.attempt = m.attempt WHERE m.run_id = ? ORDER BY m.stage, m.job_id, m.name";
+/* the derived table is named: PostgreSQL (before 16) wants it */
+static const char run_history_sql[] =
+	"SELECT id, state, created_at FROM (SELECT r.id, r.state, r.created_at FROM runs r, runs me"
+	" WHERE me.id = ?1 AND r.pipeline = me.pipeline AND r.ref = me.ref AND r.id <= me.id"
+	" ORDER BY r.id DESC LIMIT ?2) AS recent ORDER BY id";
+
 static json_t *metrics_of_run(struct store *s, int64_t run, int as_map)
 {
-	sqlite3_stmt *st = store_stmt(s, "SELECT m.stage, m.job_id, m.attempt, m.name, m.value FROM run_metrics m"
-					  " JOIN jobs j ON j.id = m.job_id AND j.attempt = m.attempt"
-					  " WHERE m.run_id = ? ORDER BY m.stage, m.job_id, m.name");
+	struct db_stmt *st = store_q(s, run_metrics_sql);
 	json_t *out = as_map ? json_object() : json_array();
 
 	if (!st)
 		return out;
-	sqlite3_bind_int64(st, 1, run);
-	while (store_step_row(s, st) == 1) {
+	db_bind_int64(st, 1, run);
+	while (db_step(st) == 1) {
 		if (as_map) {
-			char *k = xasprintf("%s.%s", store_col_text(st, 0), store_col_text(st, 3));
-			json_object_set_new(out, k, json_real(sqlite3_column_double(st, 4)));
+			char *k = xasprintf("%s.%s", db_column_text(st, 0), db_column_text(st, 3));
+			json_object_set_new(out, k, json_real(db_column_double(st, 4)));
 			free(k);
 		} else {
-			json_array_append_new(out, json_pack("{ss sI si ss sf}", "stage", store_col_text(st, 0), "job",
-							     (json_int_t)store_col_int(st, 1), "attempt",
-							     (int)store_col_int(st, 2), "name", store_col_text(st, 3),
-							     "value", sqlite3_column_double(st, 4)));
+			json_array_append_new(out, json_pack("{ss sI si ss sf}", "stage", db_column_text(st, 0), "job",
+							     (json_int_t)db_column_int64(st, 1), "attempt",
+							     (int)db_column_int64(st, 2), "name", db_column_text(st, 3),
+							     "value", db_column_double(st, 4)));
 		}
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return out;
+}
+
+/* The answer of GET /api/v1/runs/run/metrics, in s's snapshot. */
+static int run_metrics(struct store *s, int64_t run, long history, json_t **out)
+{
+	struct db_stmt *st;
+	json_t *hist;
+	int rc;
+
+	*out = NULL;
+	if ((rc = run_exists(s, run)) <= 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", run);
+	*out = json_pack("{sI so}", "run", (json_int_t)run, "metrics", metrics_of_run(s, run, 0));
+	if (!history)
+		return 0;
+	if (!(st = store_q(s, run_history_sql)))
+		return 0; /* as a failed metrics_of_run: the part is left out */
+	db_bind_int64(st, 1, run);
+	db_bind_int64(st, 2, history);
+	hist = json_array();
+	while (db_step(st) == 1)
+		json_array_append_new(hist, json_pack("{sI ss sI}", "run", (json_int_t)db_column_int64(st, 0), "state",
+						       db_column_text(st, 1), "created_at", (json_int_t)db_column_int64(st, 2)));
+	db_reset(st);
+	for (size_t i = 0; i < json_array_size(hist); i++) {
+		json_t *e = json_array_get(hist, i);
+		json_object_set_new(e, "metrics", metrics_of_run(s, json_integer_value(json_object_get(e, "run")), 1));
+	}
+	json_object_set_new(*out, "history", hist);
+	return 0;
 }
 
 enum MHD_Result api_get_run_metrics(struct api *a, struct api_req *r)
@@ -470,39 +602,31 @@ enum MHD_Result api_get_run_metrics(struct api *a, struct api_req *r)
 	struct store *s = store_reader();
 	const char *h = api_query(r, "history");
 	long history = h ? strtol(h, NULL, 10) : 0;
-	sqlite3_stmt *st;
-	json_t *ans, *hist;
-	int found;
+	json_t *ans = NULL;
+	int rc;
 
 	(void)a;
 	if (!s)
 		return api_reply_rc(r, OTA_ERROR);
 	if (h && (history < 1 || history > 100))
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "history must be a number of runs from 1 to 100");
-	st = store_stmt(s, "SELECT 1 FROM runs WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	found = store_step_row(s, st) == 1;
-	sqlite3_reset(st);
-	if (!found)
-		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "run %" PRId64 " not found", r->id);
-	ans = json_pack("{sI so}", "run", (json_int_t)r->id, "metrics", metrics_of_run(s, r->id, 0));
-	if (!history)
-		return api_reply_json(r, MHD_HTTP_OK, ans);
-	st = store_stmt(s, "SELECT id, state, created_at FROM (SELECT r.id, r.state, r.created_at FROM runs r, runs me"
-			   " WHERE me.id = ?1 AND r.pipeline = me.pipeline AND r.ref = me.ref AND r.id <= me.id"
-			   " ORDER BY r.id DESC LIMIT ?2) ORDER BY id");
-	sqlite3_bind_int64(st, 1, r->id);
-	sqlite3_bind_int64(st, 2, history);
-	hist = json_array();
-	while (store_step_row(s, st) == 1)
-		json_array_append_new(hist, json_pack("{sI ss sI}", "run", (json_int_t)store_col_int(st, 0), "state",
-						       store_col_text(st, 1), "created_at", (json_int_t)store_col_int(st, 2)));
-	sqlite3_reset(st);
-	for (size_t i = 0; i < json_array_size(hist); i++) {
-		json_t *e = json_array_get(hist, i);
-		json_object_set_new(e, "metrics",
-				    metrics_of_run(s, json_integer_value(json_object_get(e, "run")), 1));
-	}
-	json_object_set_new(ans, "history", hist);
+	if ((rc = api_snapshot_begin(s)) < 0)
+		return api_reply_rc(r, rc);
+	rc = run_metrics(s, r->id, history, &ans);
+	api_snapshot_end(s);
+	if (rc < 0)
+		return api_reply_rc(r, rc);
 	return api_reply_json(r, MHD_HTTP_OK, ans);
+}
+
+/* Every statement this file prepares (tests/test_dbconv_read.c prepares
+ * each on PostgreSQL too): a statement added above goes here. */
+void api_reports_sql_each(void (*fn)(const char *sql, void *arg), void *arg)
+{
+	static const char *const all[] = { metric_upsert_sql, report_job_sql,	 report_upsert_sql, inputs_job_sql,
+					   inputs_artifacts_sql, run_exists_sql, run_reports_sql, run_metrics_sql,
+					   run_history_sql };
+
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(all); i++)
+		fn(all[i], arg);
 }

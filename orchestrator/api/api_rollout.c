@@ -18,10 +18,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../db/db.h"
 #include "../gate.h"
 #include "../pipeline/pipeline.h"
 #include "../rollout.h"
+#include "../store.h"
 #include "../updsrv.h"
+
+static const char release_head_sql[] =
+	"SELECT product, version, state, security_counter, COALESCE(rollback_to,0) FROM releases WHERE id = ?";
+static const char rollouts_active_sql[] =
+	"SELECT ro.id, ro.release_id, rel.product, rel.version, ro.stage, ro.kind, ro.state, ro.step, ro.percent_bp,"
+	" COALESCE(ro.hold_until,0), ro.reason, ro.run_id FROM rollouts ro JOIN releases rel ON rel.id = ro.release_id"
+	" WHERE ro.state IN ('starting','waiting_approval','waiting_window','holding','paused') ORDER BY ro.id DESC LIMIT ?";
+static const char gate_evals_sql[] =
+	"SELECT g.id, g.rollout_id, ro.stage, g.step, g.gate, g.at, g.verdict, g.detail FROM gate_evals g"
+	" JOIN rollouts ro ON ro.id = g.rollout_id WHERE ro.release_id = ? AND g.id > ? ORDER BY g.id LIMIT 5000";
+static const char audit_sql[] =
+	"SELECT a.id, a.at, a.actor, a.action, a.release_id, rel.version, a.rollout_id, a.reason, a.detail FROM audit a"
+	" LEFT JOIN releases rel ON rel.id = a.release_id WHERE (? < 0 OR a.release_id = ?) ORDER BY a.id DESC LIMIT ?";
 
 /* Devices of product the update server knows (0: unknown). */
 static int64_t fleet_size(struct api *a, const char *product)
@@ -91,27 +106,32 @@ void api_lint_gate_sizing(struct api *a, const struct pipeline *p, struct strvec
 enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *out, *list;
 	char product[256] = "", version[64] = "", state[32] = "";
 	int64_t counter = 0, rollback_to = 0;
 	int rc;
 
-	if (!db || !(st = store_stmt(db, "SELECT product, version, state, security_counter, COALESCE(rollback_to,0)"
-					 " FROM releases WHERE id = ?")))
+	if (!db || api_snapshot_begin(db) < 0)
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
-	sqlite3_bind_int64(st, 1, r->id);
-	if ((rc = store_step_row(db, st)) == 1) {
-		snprintf(product, sizeof(product), "%s", store_col_text(st, 0));
-		snprintf(version, sizeof(version), "%s", store_col_text(st, 1));
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 2));
-		counter = store_col_int(st, 3);
-		rollback_to = store_col_int(st, 4);
+	/* the release and its rollouts from one snapshot */
+	if (!(st = store_q(db, release_head_sql))) {
+		api_snapshot_end(db);
+		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, r->id);
+	if ((rc = db_step(st)) == 1) {
+		snprintf(product, sizeof(product), "%s", db_column_text(st, 0));
+		snprintf(version, sizeof(version), "%s", db_column_text(st, 1));
+		snprintf(state, sizeof(state), "%s", db_column_text(st, 2));
+		counter = db_column_int64(st, 3);
+		rollback_to = db_column_int64(st, 4);
+	}
+	db_reset(st);
+	list = rc == 1 ? rollout_status(db, r->id) : NULL;
+	api_snapshot_end(db);
 	if (rc != 1)
 		return api_reply_error(r, MHD_HTTP_NOT_FOUND, "release %" PRId64 " not found", r->id);
-	list = rollout_status(db, r->id);
 	out = json_pack("{sI ss ss ss sI sI so}", "release", (json_int_t)r->id, "product", product, "version", version,
 			"state", state, "security_counter", (json_int_t)counter, "rollback_to", (json_int_t)rollback_to,
 			"rollouts", list ? list : json_array());
@@ -135,7 +155,7 @@ enum MHD_Result api_get_rollout(struct api *a, struct api_req *r)
 enum MHD_Result api_get_rollouts(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *out;
 	int64_t limit;
 
@@ -143,60 +163,54 @@ enum MHD_Result api_get_rollouts(struct api *a, struct api_req *r)
 	if (api_list_limit(r, 100, &limit) < 0)
 		return MHD_YES;
 	out = json_array();
-	if (!db || !(st = store_stmt(db, "SELECT ro.id, ro.release_id, rel.product, rel.version, ro.stage, ro.kind, ro.state,"
-					 " ro.step, ro.percent_bp, COALESCE(ro.hold_until,0), ro.reason, ro.run_id"
-					 " FROM rollouts ro JOIN releases rel ON rel.id = ro.release_id"
-					 " WHERE ro.state IN ('starting','waiting_approval','waiting_window','holding','paused')"
-					 " ORDER BY ro.id DESC LIMIT ?"))) {
+	if (!db || !(st = store_q(db, rollouts_active_sql))) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, limit);
-	while (store_step_row(db, st) == 1)
-		json_array_append_new(out, json_pack("{sI sI ss ss ss ss ss si si sI so? sI}", "id", (json_int_t)store_col_int(st, 0),
-						     "release", (json_int_t)store_col_int(st, 1), "product",
-						     store_col_text(st, 2), "version", store_col_text(st, 3), "stage",
-						     store_col_text(st, 4), "kind", store_col_text(st, 5), "state",
-						     store_col_text(st, 6), "step", (int)store_col_int(st, 7), "percent_bp",
-						     (int)store_col_int(st, 8), "hold_until", (json_int_t)store_col_int(st, 9),
-						     "reason", store_col_text(st, 10) ? json_string(store_col_text(st, 10)) : NULL,
-						     "run", (json_int_t)store_col_int(st, 11)));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, limit);
+	while (db_step(st) == 1)
+		json_array_append_new(out, json_pack("{sI sI ss ss ss ss ss si si sI so? sI}", "id", (json_int_t)db_column_int64(st, 0),
+						     "release", (json_int_t)db_column_int64(st, 1), "product",
+						     db_column_text(st, 2), "version", db_column_text(st, 3), "stage",
+						     db_column_text(st, 4), "kind", db_column_text(st, 5), "state",
+						     db_column_text(st, 6), "step", (int)db_column_int64(st, 7), "percent_bp",
+						     (int)db_column_int64(st, 8), "hold_until", (json_int_t)db_column_int64(st, 9),
+						     "reason", db_column_text(st, 10) ? json_string(db_column_text(st, 10)) : NULL,
+						     "run", (json_int_t)db_column_int64(st, 11)));
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, out);
 }
 
 enum MHD_Result api_get_gates(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *out = json_array();
 	int64_t after = api_query_int(r, "after");
 
 	(void)a;
-	if (!db || !(st = store_stmt(db, "SELECT g.id, g.rollout_id, ro.stage, g.step, g.gate, g.at, g.verdict, g.detail"
-					 " FROM gate_evals g JOIN rollouts ro ON ro.id = g.rollout_id"
-					 " WHERE ro.release_id = ? AND g.id > ? ORDER BY g.id LIMIT 5000"))) {
+	if (!db || !(st = store_q(db, gate_evals_sql))) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, r->id);
-	sqlite3_bind_int64(st, 2, after > 0 ? after : 0);
-	while (store_step_row(db, st) == 1) {
-		json_t *d = json_loads(store_col_text(st, 7), 0, NULL);
-		json_array_append_new(out, json_pack("{sI sI ss si ss sI ss so}", "id", (json_int_t)store_col_int(st, 0),
-						     "rollout", (json_int_t)store_col_int(st, 1), "stage", store_col_text(st, 2),
-						     "step", (int)store_col_int(st, 3), "gate", store_col_text(st, 4), "at",
-						     (json_int_t)store_col_int(st, 5), "verdict", store_col_text(st, 6),
+	db_bind_int64(st, 1, r->id);
+	db_bind_int64(st, 2, after > 0 ? after : 0);
+	while (db_step(st) == 1) {
+		json_t *d = json_loads(db_column_text(st, 7), 0, NULL);
+		json_array_append_new(out, json_pack("{sI sI ss si ss sI ss so}", "id", (json_int_t)db_column_int64(st, 0),
+						     "rollout", (json_int_t)db_column_int64(st, 1), "stage", db_column_text(st, 2),
+						     "step", (int)db_column_int64(st, 3), "gate", db_column_text(st, 4), "at",
+						     (json_int_t)db_column_int64(st, 5), "verdict", db_column_text(st, 6),
 						     "eval", d ? d : json_null()));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, out);
 }
 
 enum MHD_Result api_get_audit(struct api *a, struct api_req *r)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *out = json_array();
 	int64_t release = api_query_int(r, "release"), limit;
 
@@ -209,28 +223,26 @@ enum MHD_Result api_get_audit(struct api *a, struct api_req *r)
 		json_decref(out);
 		return MHD_YES;
 	}
-	if (!db || !(st = store_stmt(db, "SELECT a.id, a.at, a.actor, a.action, a.release_id, rel.version, a.rollout_id,"
-					 " a.reason, a.detail FROM audit a LEFT JOIN releases rel ON rel.id = a.release_id"
-					 " WHERE (? < 0 OR a.release_id = ?) ORDER BY a.id DESC LIMIT ?"))) {
+	if (!db || !(st = store_q(db, audit_sql))) {
 		json_decref(out);
 		return api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "database unavailable");
 	}
-	sqlite3_bind_int64(st, 1, release);
-	sqlite3_bind_int64(st, 2, release);
-	sqlite3_bind_int64(st, 3, limit);
-	while (store_step_row(db, st) == 1) {
-		json_t *d = store_col_text(st, 8) ? json_loads(store_col_text(st, 8), 0, NULL) : NULL;
-		json_array_append_new(out, json_pack("{sI sI ss ss so? so? so? ss so}", "id", (json_int_t)store_col_int(st, 0),
-						     "at", (json_int_t)store_col_int(st, 1), "actor", store_col_text(st, 2),
-						     "action", store_col_text(st, 3), "release", sqlite3_column_type(st, 4) == SQLITE_NULL ? NULL
-								: json_integer(store_col_int(st, 4)),
-						     "version", store_col_text(st, 5) ? json_string(store_col_text(st, 5)) : NULL,
-						     "rollout", sqlite3_column_type(st, 6) == SQLITE_NULL ? NULL
-								: json_integer(store_col_int(st, 6)),
-						     "reason", store_col_text(st, 7) ? store_col_text(st, 7) : "",
+	db_bind_int64(st, 1, release);
+	db_bind_int64(st, 2, release);
+	db_bind_int64(st, 3, limit);
+	while (db_step(st) == 1) {
+		json_t *d = db_column_text(st, 8) ? json_loads(db_column_text(st, 8), 0, NULL) : NULL;
+		json_array_append_new(out, json_pack("{sI sI ss ss so? so? so? ss so}", "id", (json_int_t)db_column_int64(st, 0),
+						     "at", (json_int_t)db_column_int64(st, 1), "actor", db_column_text(st, 2),
+						     "action", db_column_text(st, 3), "release", db_column_type(st, 4) == DB_NULL ? NULL
+								: json_integer(db_column_int64(st, 4)),
+						     "version", db_column_text(st, 5) ? json_string(db_column_text(st, 5)) : NULL,
+						     "rollout", db_column_type(st, 6) == DB_NULL ? NULL
+								: json_integer(db_column_int64(st, 6)),
+						     "reason", db_column_text(st, 7) ? db_column_text(st, 7) : "",
 						     "detail", d ? d : json_null()));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return api_reply_json(r, MHD_HTTP_OK, out);
 }
 
@@ -255,4 +267,14 @@ enum MHD_Result api_post_rollout_action(struct api *a, struct api_req *r)
 	if ((rc = rollout_act(a->cfg.engine, &act, &detail)) < 0)
 		return api_reply_rc(r, rc);
 	return api_reply_json(r, MHD_HTTP_OK, detail ? detail : json_object());
+}
+
+/* Every statement this file prepares (tests/test_dbconv_read.c prepares
+ * each on PostgreSQL too); rollout_status() is rollout_ctl.c's. */
+void api_rollout_sql_each(void (*fn)(const char *sql, void *arg), void *arg)
+{
+	fn(release_head_sql, arg);
+	fn(rollouts_active_sql, arg);
+	fn(gate_evals_sql, arg);
+	fn(audit_sql, arg);
 }
