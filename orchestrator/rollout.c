@@ -608,6 +608,7 @@ int rollout_do_activate(struct engine *e, int64_t id)
 	char why[512];
 	int rc;
 
+	/* the release of the run, now that the engine has committed it */
 	if ((rc = rollout_store_find_release(engine_store(e), id)) < 0)
 		return rc;
 	if ((rc = rollout_load(engine_store(e), id, &r)) == OTA_ENOTFOUND) {
