@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "db/db.h"
 #include "engine_int.h"
 #include "gate.h"
 #include "logstore.h"
@@ -258,11 +259,11 @@ out:
 
 /* ---- helpers on the engine thread ------------------------------------- */
 
-#define STMT(e, sql) store_stmt(engine_store(e), sql)
+#define Q(e, sql) store_q(engine_store(e), sql)
 
 int rollout_load(struct store *db, int64_t id, struct rollout_row *r)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT ro.job_id, ro.run_id, ro.release_id, ro.stage, ro.kind, ro.spec, ro.state,"
+	struct db_stmt *st = store_q(db, "SELECT ro.job_id, ro.run_id, ro.release_id, ro.stage, ro.kind, ro.spec, ro.state,"
 					  " ro.step, ro.percent_bp, COALESCE(ro.step_started_at,0), COALESCE(ro.hold_until,0),"
 					  " COALESCE(ro.extend_until,0), ro.errors, COALESCE(ro.breaches,'{}'), ro.seq,"
 					  " rel.product, rel.version, rel.security_counter, rel.state,"
@@ -273,31 +274,31 @@ int rollout_load(struct store *db, int64_t id, struct rollout_row *r)
 	memset(r, 0, sizeof(*r));
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, id);
-	if ((rc = store_step_row(db, st)) == 1) {
+	db_bind_int64(st, 1, id);
+	if ((rc = db_step(st)) == 1) {
 		r->id = id;
-		r->job_id = store_col_int(st, 0);
-		r->run_id = store_col_int(st, 1);
-		r->release_id = store_col_int(st, 2);
-		snprintf(r->stage, sizeof(r->stage), "%s", store_col_text(st, 3));
-		snprintf(r->kind, sizeof(r->kind), "%s", store_col_text(st, 4));
-		r->spec = json_loads(store_col_text(st, 5), 0, NULL);
-		snprintf(r->state, sizeof(r->state), "%s", store_col_text(st, 6));
-		r->step = (int)store_col_int(st, 7);
-		r->bp = (int)store_col_int(st, 8);
-		r->step_started_at = store_col_int(st, 9);
-		r->hold_until = store_col_int(st, 10);
-		r->extend_until = store_col_int(st, 11);
-		r->errors = (int)store_col_int(st, 12);
-		r->breaches = json_loads(store_col_text(st, 13), 0, NULL);
-		r->seq = store_col_int(st, 14);
-		snprintf(r->product, sizeof(r->product), "%s", store_col_text(st, 15));
-		snprintf(r->version, sizeof(r->version), "%s", store_col_text(st, 16));
-		r->security_counter = store_col_int(st, 17);
-		snprintf(r->release_state, sizeof(r->release_state), "%s", store_col_text(st, 18));
-		r->attempt = (int)store_col_int(st, 19);
+		r->job_id = db_column_int64(st, 0);
+		r->run_id = db_column_int64(st, 1);
+		r->release_id = db_column_int64(st, 2);
+		snprintf(r->stage, sizeof(r->stage), "%s", db_column_text(st, 3));
+		snprintf(r->kind, sizeof(r->kind), "%s", db_column_text(st, 4));
+		r->spec = json_loads(db_column_text(st, 5), 0, NULL);
+		snprintf(r->state, sizeof(r->state), "%s", db_column_text(st, 6));
+		r->step = (int)db_column_int64(st, 7);
+		r->bp = (int)db_column_int64(st, 8);
+		r->step_started_at = db_column_int64(st, 9);
+		r->hold_until = db_column_int64(st, 10);
+		r->extend_until = db_column_int64(st, 11);
+		r->errors = (int)db_column_int64(st, 12);
+		r->breaches = json_loads(db_column_text(st, 13), 0, NULL);
+		r->seq = db_column_int64(st, 14);
+		snprintf(r->product, sizeof(r->product), "%s", db_column_text(st, 15));
+		snprintf(r->version, sizeof(r->version), "%s", db_column_text(st, 16));
+		r->security_counter = db_column_int64(st, 17);
+		snprintf(r->release_state, sizeof(r->release_state), "%s", db_column_text(st, 18));
+		r->attempt = (int)db_column_int64(st, 19);
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc == 0)
 		return ota_error_set(OTA_ENOTFOUND, "rollout %" PRId64 " not found", id);
 	if (rc < 0)
@@ -346,38 +347,44 @@ static void rollout_log(const struct rollout_row *r, const char *reason)
 	buf_release(&b);
 }
 
+int rollout_store_save(struct store *db, const struct rollout_row *r, const char *reason, int64_t now)
+{
+	struct db_stmt *st = store_q(db, "UPDATE rollouts SET state = ?, step = ?, percent_bp = ?, step_started_at = ?,"
+					 " hold_until = ?, extend_until = ?, errors = ?, breaches = ?, reason = COALESCE(?, reason),"
+					 " seq = seq + 1, finished_at = ? WHERE id = ?");
+	char *b;
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	b = json_dumps(r->breaches, JSON_COMPACT);
+	db_bind_text(st, 1, r->state);
+	db_bind_int64(st, 2, r->step);
+	db_bind_int64(st, 3, r->bp);
+	db_bind_int64(st, 4, r->step_started_at);
+	db_bind_int64(st, 5, r->hold_until);
+	db_bind_int64(st, 6, r->extend_until);
+	db_bind_int64(st, 7, r->errors);
+	db_bind_text(st, 8, b);
+	if (reason)
+		db_bind_text(st, 9, reason);
+	else
+		db_bind_null(st, 9);
+	if (!rollout_active_state(r->state))
+		db_bind_int64(st, 10, now);
+	else
+		db_bind_null(st, 10);
+	db_bind_int64(st, 11, r->id);
+	rc = db_run(st);
+	free(b);
+	return rc;
+}
+
 /* Write the row's mutable fields back and bump seq. */
 static int save(struct engine *e, struct rollout_row *r, const char *reason)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE rollouts SET state = ?, step = ?, percent_bp = ?, step_started_at = ?,"
-				   " hold_until = ?, extend_until = ?, errors = ?, breaches = ?, reason = COALESCE(?, reason),"
-				   " seq = seq + 1, finished_at = ? WHERE id = ?");
-	char *b = json_dumps(r->breaches, JSON_COMPACT);
-	int final = !rollout_active_state(r->state), rc;
+	int rc = rollout_store_save(engine_store(e), r, reason, clock_now_ms());
 
-	if (!st) {
-		free(b);
-		return OTA_ERROR;
-	}
-	sqlite3_bind_text(st, 1, r->state, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, r->step);
-	sqlite3_bind_int(st, 3, r->bp);
-	sqlite3_bind_int64(st, 4, r->step_started_at);
-	sqlite3_bind_int64(st, 5, r->hold_until);
-	sqlite3_bind_int64(st, 6, r->extend_until);
-	sqlite3_bind_int(st, 7, r->errors);
-	sqlite3_bind_text(st, 8, b, -1, SQLITE_TRANSIENT);
-	if (reason)
-		sqlite3_bind_text(st, 9, reason, -1, SQLITE_STATIC);
-	else
-		sqlite3_bind_null(st, 9);
-	if (final)
-		sqlite3_bind_int64(st, 10, clock_now_ms());
-	else
-		sqlite3_bind_null(st, 10);
-	sqlite3_bind_int64(st, 11, r->id);
-	rc = store_step_done(engine_store(e), st);
-	free(b);
 	r->seq++;
 	rollout_log(r, reason);
 	engine_rollout_changed(e);
@@ -390,32 +397,37 @@ static int save(struct engine *e, struct rollout_row *r, const char *reason)
 /* Counters only: no seq bump (the exposure did not change), no log line. */
 static int save_quiet(struct engine *e, struct rollout_row *r)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE rollouts SET errors = ?, breaches = ? WHERE id = ?");
+	struct db_stmt *st = Q(e, "UPDATE rollouts SET errors = ?, breaches = ? WHERE id = ?");
 	char *b = json_dumps(r->breaches, JSON_COMPACT);
 	int rc;
 	if (!st) {
 		free(b);
 		return OTA_ERROR;
 	}
-	sqlite3_bind_int(st, 1, r->errors);
-	sqlite3_bind_text(st, 2, b, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 3, r->id);
-	rc = store_step_done(engine_store(e), st);
+	db_bind_int64(st, 1, r->errors);
+	db_bind_text(st, 2, b);
+	db_bind_int64(st, 3, r->id);
+	rc = db_run(st);
 	free(b);
 	return rc;
 }
 
-static int set_release_state(struct engine *e, int64_t release, const char *state, int64_t rollback_to)
+int rollout_store_release_state(struct store *db, int64_t release, const char *state, int64_t rollback_to)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE releases SET state = ?, rollback_to = CASE WHEN ? > 0 THEN ? ELSE rollback_to END"
-				   " WHERE id = ?");
+	struct db_stmt *st = store_q(db, "UPDATE releases SET state = ?, rollback_to = CASE WHEN ? > 0 THEN ? ELSE"
+					 " rollback_to END WHERE id = ?");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, rollback_to);
-	sqlite3_bind_int64(st, 3, rollback_to);
-	sqlite3_bind_int64(st, 4, release);
-	return store_step_done(engine_store(e), st);
+	db_bind_text(st, 1, state);
+	db_bind_int64(st, 2, rollback_to);
+	db_bind_int64(st, 3, rollback_to);
+	db_bind_int64(st, 4, release);
+	return db_run(st);
+}
+
+static int set_release_state(struct engine *e, int64_t release, const char *state, int64_t rollback_to)
+{
+	return rollout_store_release_state(engine_store(e), release, state, rollback_to);
 }
 
 /* Finish the rollout's job: the run's DAG goes on (or stops). */
@@ -491,10 +503,10 @@ static int step_is_everyone(const json_t *s)
 
 /* ---- creating a rollout (engine thread, inside advance_run) ----------- */
 
-int rollout_job_start(struct engine *e, int64_t job_id)
+int rollout_store_create(struct store *db, int64_t job_id, int64_t now)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT j.run_id, j.spec, s.name, s.kind FROM jobs j JOIN stages s ON s.id = j.stage_id"
-				   " WHERE j.id = ?");
+	struct db_stmt *st = store_q(db, "SELECT j.run_id, j.spec, s.name, s.kind FROM jobs j JOIN stages s ON"
+					 " s.id = j.stage_id WHERE j.id = ?");
 	json_t *spec = NULL, *plan = NULL;
 	int64_t run = 0;
 	char stage[256] = "", kind[16] = "";
@@ -503,14 +515,14 @@ int rollout_job_start(struct engine *e, int64_t job_id)
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, job_id);
-	if ((rc = store_step_row(engine_store(e), st)) == 1) {
-		run = store_col_int(st, 0);
-		spec = json_loads(store_col_text(st, 1), 0, NULL);
-		snprintf(stage, sizeof(stage), "%s", store_col_text(st, 2));
-		snprintf(kind, sizeof(kind), "%s", store_col_text(st, 3));
+	db_bind_int64(st, 1, job_id);
+	if ((rc = db_step(st)) == 1) {
+		run = db_column_int64(st, 0);
+		spec = json_loads(db_column_text(st, 1), 0, NULL);
+		snprintf(stage, sizeof(stage), "%s", db_column_text(st, 2));
+		snprintf(kind, sizeof(kind), "%s", db_column_text(st, 3));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc != 1)
 		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "job %" PRId64 " not found", job_id);
 	/* Validated at lint time; a plan that fails now fails on activation. */
@@ -519,23 +531,24 @@ int rollout_job_start(struct engine *e, int64_t job_id)
 	text = json_dumps(plan, JSON_COMPACT);
 	/* The release is found on activation (the controller's next look):
 	 * the row starts in 'starting' so that nothing here finishes a job
-	 * while the engine is still advancing the run. */
-	st = STMT(e, "INSERT OR IGNORE INTO rollouts(job_id, run_id, release_id, stage, kind, spec, state, created_at)"
-		     " SELECT ?, ?, COALESCE((SELECT id FROM releases WHERE run_id = ?), 0), ?, ?, ?, 'starting', ?");
+	 * while the engine is still advancing the run.  A job started again
+	 * keeps its row (OR IGNORE on rollouts.job_id).  release_id references
+	 * releases: a run without a release row (0) is refused by the foreign
+	 * key on both backends (test_dbconv_rollout.c). */
+	st = store_q(db, "INSERT OR IGNORE INTO rollouts(job_id, run_id, release_id, stage, kind, spec, state, created_at)"
+			 " SELECT ?, ?, COALESCE((SELECT id FROM releases WHERE run_id = ?), 0), ?, ?, ?, 'starting', ?");
 	if (!st) {
 		rc = OTA_ERROR;
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, job_id);
-	sqlite3_bind_int64(st, 2, run);
-	sqlite3_bind_int64(st, 3, run);
-	sqlite3_bind_text(st, 4, stage, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 5, kind, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, text, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 7, clock_now_ms());
-	/* foreign key: release 0 does not exist; keep the row anyway */
-	rc = store_step_done(engine_store(e), st);
-	engine_rollout_changed(e);
+	db_bind_int64(st, 1, job_id);
+	db_bind_int64(st, 2, run);
+	db_bind_int64(st, 3, run);
+	db_bind_text(st, 4, stage);
+	db_bind_text(st, 5, kind);
+	db_bind_text(st, 6, text);
+	db_bind_int64(st, 7, now);
+	rc = db_run(st);
 out:
 	free(text);
 	json_decref(spec);
@@ -543,19 +556,28 @@ out:
 	return rc;
 }
 
+int rollout_job_start(struct engine *e, int64_t job_id)
+{
+	int rc = rollout_store_create(engine_store(e), job_id, clock_now_ms());
+
+	if (rc >= 0)
+		engine_rollout_changed(e);
+	return rc;
+}
+
 /* Highest counter of any release of product ever offered to devices. */
 static int64_t highest_offered_counter(struct engine *e, const char *product, int64_t except)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT COALESCE(MAX(security_counter), -1) FROM releases WHERE product = ? AND id != ?"
+	struct db_stmt *st = Q(e, "SELECT COALESCE(MAX(security_counter), -1) FROM releases WHERE product = ? AND id != ?"
 				   " AND (state != 'created' OR id IN (SELECT rollback_to FROM releases WHERE rollback_to IS NOT NULL))");
 	int64_t v = -1;
 	if (!st)
 		return -1;
-	sqlite3_bind_text(st, 1, product, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, except);
-	if (store_step_row(engine_store(e), st) == 1)
-		v = store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_text(st, 1, product);
+	db_bind_int64(st, 2, except);
+	if (db_step(st) == 1)
+		v = db_column_int64(st, 0);
+	db_reset(st);
 	return v;
 }
 
@@ -569,6 +591,16 @@ static int fail_rollout(struct engine *e, struct rollout_row *r, const char *sta
 	return finish_job(e, r, 0, why);
 }
 
+int rollout_store_find_release(struct store *db, int64_t id)
+{
+	struct db_stmt *st = store_q(db, "UPDATE rollouts SET release_id = COALESCE((SELECT id FROM releases WHERE"
+					 " run_id = rollouts.run_id), 0) WHERE id = ? AND release_id = 0");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, id);
+	return db_run(st);
+}
+
 int rollout_do_activate(struct engine *e, int64_t id)
 {
 	struct rollout_row r;
@@ -576,30 +608,29 @@ int rollout_do_activate(struct engine *e, int64_t id)
 	char why[512];
 	int rc;
 
-	{
-		/* the release of the run, now that the engine has committed it */
-		sqlite3_stmt *st = STMT(e, "UPDATE rollouts SET release_id = COALESCE((SELECT id FROM releases WHERE"
-					   " run_id = rollouts.run_id), 0) WHERE id = ? AND release_id = 0");
-		sqlite3_bind_int64(st, 1, id);
-		if ((rc = store_step_done(engine_store(e), st)) < 0)
-			return rc;
-	}
+	/* the release of the run, now that the engine has committed it */
+	if ((rc = rollout_store_find_release(engine_store(e), id)) < 0)
+		return rc;
 	if ((rc = rollout_load(engine_store(e), id, &r)) == OTA_ENOTFOUND) {
 		/* no release row: the join found nothing */
-		sqlite3_stmt *st = STMT(e, "SELECT job_id, run_id FROM rollouts WHERE id = ? AND state = 'starting'");
+		struct db_stmt *st = Q(e, "SELECT job_id, run_id FROM rollouts WHERE id = ? AND state = 'starting'");
 		int64_t job = 0;
-		sqlite3_bind_int64(st, 1, id);
-		if (store_step_row(engine_store(e), st) == 1)
-			job = store_col_int(st, 0);
-		sqlite3_reset(st);
+		if (!st)
+			return OTA_ERROR;
+		db_bind_int64(st, 1, id);
+		if ((rc = db_step(st)) == 1)
+			job = db_column_int64(st, 0);
+		db_reset(st);
+		if (rc < 0)
+			return rc;
 		if (!job)
 			return 0;
-		st = STMT(e, "UPDATE rollouts SET state = 'failed', reason = ?, finished_at = ? WHERE id = ?");
-		sqlite3_bind_text(st, 1, "this run made no release: a soak or rollout stage needs a release stage before it",
-				  -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, now);
-		sqlite3_bind_int64(st, 3, id);
-		if ((rc = store_step_done(engine_store(e), st)) < 0)
+		if (!(st = Q(e, "UPDATE rollouts SET state = 'failed', reason = ?, finished_at = ? WHERE id = ?")))
+			return OTA_ERROR;
+		db_bind_text(st, 1, "this run made no release: a soak or rollout stage needs a release stage before it");
+		db_bind_int64(st, 2, now);
+		db_bind_int64(st, 3, id);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 		{
 			struct job_result res = { 1, "script",
@@ -657,36 +688,36 @@ done:
 
 /* ---- the controller's decisions ------------------------------------- */
 
-static int store_evals(struct engine *e, const struct rollout_row *r, const json_t *evals)
+int rollout_store_evals(struct store *db, const struct rollout_row *r, const json_t *evals, int64_t now)
 {
 	json_t *ev;
 	size_t i;
 	int rc = 0;
 
 	json_array_foreach(evals, i, ev) {
-		sqlite3_stmt *st = STMT(e, "INSERT INTO gate_evals(rollout_id, step, gate, at, verdict, estimate, lo, hi, n, detail)"
-					   " VALUES (?,?,?,?,?,?,?,?,?,?)");
+		struct db_stmt *st = store_q(db, "INSERT INTO gate_evals(rollout_id, step, gate, at, verdict, estimate, lo, hi,"
+						 " n, detail) VALUES (?,?,?,?,?,?,?,?,?,?)");
 		char *d = json_dumps(ev, JSON_COMPACT);
 		json_t *x;
 		if (!st) {
 			free(d);
 			return OTA_ERROR;
 		}
-		sqlite3_bind_int64(st, 1, r->id);
-		sqlite3_bind_int(st, 2, r->step);
-		sqlite3_bind_text(st, 3, json_string_value(json_object_get(ev, "gate")), -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, clock_now_ms());
-		sqlite3_bind_text(st, 5, json_string_value(json_object_get(ev, "verdict")), -1, SQLITE_STATIC);
+		db_bind_int64(st, 1, r->id);
+		db_bind_int64(st, 2, r->step);
+		db_bind_text(st, 3, json_string_value(json_object_get(ev, "gate")));
+		db_bind_int64(st, 4, now);
+		db_bind_text(st, 5, json_string_value(json_object_get(ev, "verdict")));
 		if (json_is_number(x = json_object_get(ev, "estimate")))
-			sqlite3_bind_double(st, 6, json_number_value(x));
+			db_bind_double(st, 6, json_number_value(x));
 		if (json_is_number(x = json_object_get(ev, "lo")))
-			sqlite3_bind_double(st, 7, json_number_value(x));
+			db_bind_double(st, 7, json_number_value(x));
 		if (json_is_number(x = json_object_get(ev, "hi")))
-			sqlite3_bind_double(st, 8, json_number_value(x));
+			db_bind_double(st, 8, json_number_value(x));
 		if (json_is_integer(x = json_object_get(ev, "n")))
-			sqlite3_bind_int64(st, 9, json_integer_value(x));
-		sqlite3_bind_text(st, 10, d, -1, SQLITE_TRANSIENT);
-		rc = store_step_done(engine_store(e), st);
+			db_bind_int64(st, 9, json_integer_value(x));
+		db_bind_text(st, 10, d);
+		rc = db_run(st);
 		free(d);
 		if (rc < 0)
 			break;
@@ -698,35 +729,42 @@ static int store_evals(struct engine *e, const struct rollout_row *r, const json
  * of the product that reached the whole fleet, or a reissue. */
 static int64_t last_good(struct engine *e, const struct rollout_row *r, int64_t *counter, char version[64])
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id, security_counter, version FROM releases WHERE product = ? AND id != ?"
+	struct db_stmt *st = Q(e, "SELECT id, security_counter, version FROM releases WHERE product = ? AND id != ?"
 				   " AND state IN ('released','reissue') AND id < ? ORDER BY id DESC LIMIT 1");
 	int64_t id = 0;
-	sqlite3_bind_text(st, 1, r->product, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, r->release_id);
-	sqlite3_bind_int64(st, 3, r->release_id);
-	if (store_step_row(engine_store(e), st) == 1) {
-		id = store_col_int(st, 0);
-		*counter = store_col_int(st, 1);
-		snprintf(version, 64, "%s", store_col_text(st, 2));
+	if (!st)
+		return 0;
+	db_bind_text(st, 1, r->product);
+	db_bind_int64(st, 2, r->release_id);
+	db_bind_int64(st, 3, r->release_id);
+	if (db_step(st) == 1) {
+		id = db_column_int64(st, 0);
+		*counter = db_column_int64(st, 1);
+		snprintf(version, 64, "%s", db_column_text(st, 2));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	return id;
 }
 
 /* Stop every other active rollout of the release. */
 static int stop_siblings(struct engine *e, const struct rollout_row *r, const char *state, const char *why)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM rollouts WHERE release_id = ? AND id != ? AND state IN"
+	struct db_stmt *st = Q(e, "SELECT id FROM rollouts WHERE release_id = ? AND id != ? AND state IN"
 				   " ('starting','waiting_approval','waiting_window','holding','paused')");
 	int64_t ids[64];
 	size_t n = 0;
 	int rc = 0;
 
-	sqlite3_bind_int64(st, 1, r->release_id);
-	sqlite3_bind_int64(st, 2, r->id);
-	while (n < 64 && store_step_row(engine_store(e), st) == 1)
-		ids[n++] = store_col_int(st, 0);
-	sqlite3_reset(st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, r->release_id);
+	db_bind_int64(st, 2, r->id);
+	while (n < 64 && (rc = db_step(st)) == 1)
+		ids[n++] = db_column_int64(st, 0);
+	db_reset(st);
+	if (rc < 0)
+		return rc;
+	rc = 0;
 	for (size_t i = 0; i < n && rc >= 0; i++) {
 		struct rollout_row o;
 		if ((rc = rollout_load(engine_store(e), ids[i], &o)) < 0)
@@ -790,7 +828,7 @@ int rollout_do_decide(struct engine *e, const struct rollout_decision *d)
 		return rc;
 	if (r.seq != d->seq || !rollout_active_state(r.state))
 		goto done;  /* stale: someone acted meanwhile */
-	if ((rc = store_evals(e, &r, d->evals)) < 0)
+	if ((rc = rollout_store_evals(engine_store(e), &r, d->evals, now)) < 0)
 		goto done;
 	if (json_array_size(d->evals))
 		engine_emit(e, r.run_id, r.job_id, "gate.result",
@@ -853,20 +891,29 @@ done:
 
 /* ---- canceled runs ------------------------------------------------------- */
 
-int rollout_on_run_canceled(struct engine *e, int64_t run_id)
+int rollout_store_cancel_run(struct store *db, int64_t run_id, int64_t now)
 {
-	sqlite3_stmt *st = STMT(e, "UPDATE rollouts SET state = 'canceled', reason = 'run canceled', seq = seq + 1,"
-				   " finished_at = ? WHERE run_id = ? AND state IN"
-				   " ('starting','waiting_approval','waiting_window','holding','paused')");
+	struct db_stmt *st = store_q(db, "UPDATE rollouts SET state = 'canceled', reason = 'run canceled', seq = seq + 1,"
+					 " finished_at = ? WHERE run_id = ? AND state IN"
+					 " ('starting','waiting_approval','waiting_window','holding','paused')");
 	int rc;
+
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, clock_now_ms());
-	sqlite3_bind_int64(st, 2, run_id);
-	rc = store_step_done(engine_store(e), st);
-	if (rc >= 0 && sqlite3_changes(store_db(engine_store(e))) > 0)
+	db_bind_int64(st, 1, now);
+	db_bind_int64(st, 2, run_id);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	return (int)db_changes(st);
+}
+
+int rollout_on_run_canceled(struct engine *e, int64_t run_id)
+{
+	int rc = rollout_store_cancel_run(engine_store(e), run_id, clock_now_ms());
+
+	if (rc > 0)
 		engine_rollout_changed(e);
-	return rc;
+	return rc < 0 ? rc : 0;
 }
 
 /* ---- operators ----------------------------------------------------------- */
@@ -883,25 +930,29 @@ struct act_args {
 /* The release's current rollout: the oldest active one. */
 static int current_rollout(struct engine *e, int64_t release, int64_t *id)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM rollouts WHERE release_id = ? AND state IN"
+	struct db_stmt *st = Q(e, "SELECT id FROM rollouts WHERE release_id = ? AND state IN"
 				   " ('starting','waiting_approval','waiting_window','holding','paused') ORDER BY id LIMIT 1");
 	int rc;
 	*id = 0;
-	sqlite3_bind_int64(st, 1, release);
-	if ((rc = store_step_row(engine_store(e), st)) == 1)
-		*id = store_col_int(st, 0);
-	sqlite3_reset(st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, release);
+	if ((rc = db_step(st)) == 1)
+		*id = db_column_int64(st, 0);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
 static int release_exists(struct engine *e, int64_t id, char state[32])
 {
-	sqlite3_stmt *st = STMT(e, "SELECT state FROM releases WHERE id = ?");
+	struct db_stmt *st = Q(e, "SELECT state FROM releases WHERE id = ?");
 	int rc;
-	sqlite3_bind_int64(st, 1, id);
-	if ((rc = store_step_row(engine_store(e), st)) == 1)
-		snprintf(state, 32, "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, id);
+	if ((rc = db_step(st)) == 1)
+		snprintf(state, 32, "%s", db_column_text(st, 0));
+	db_reset(st);
 	if (rc == 0)
 		return ota_error_set(OTA_ENOTFOUND, "release %" PRId64 " not found", id);
 	return rc < 0 ? rc : 0;
@@ -917,7 +968,7 @@ static int release_exists(struct engine *e, int64_t id, char state[32])
 static int record_approval(struct engine *e, struct rollout_row *r, const char *actor, struct act_args *x, int *done)
 {
 	int64_t need = json_integer_value(json_object_get(r->spec, "approvals"));
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *by = NULL, *v;
 	char *text = NULL, msg[512];
 	size_t i;
@@ -928,11 +979,15 @@ static int record_approval(struct engine *e, struct rollout_row *r, const char *
 		*done = 1;
 		return 0;
 	}
-	st = STMT(e, "SELECT approved_by FROM rollouts WHERE id = ?");
-	sqlite3_bind_int64(st, 1, r->id);
-	if (store_step_row(engine_store(e), st) == 1 && store_col_text(st, 0))
-		by = json_loads(store_col_text(st, 0), 0, NULL);
-	sqlite3_reset(st);
+	if (!(st = Q(e, "SELECT approved_by FROM rollouts WHERE id = ?")))
+		return OTA_ERROR;
+	db_bind_int64(st, 1, r->id);
+	if ((rc = db_step(st)) == 1 && db_column_text(st, 0))
+		by = json_loads(db_column_text(st, 0), 0, NULL);
+	db_reset(st);
+	if (rc < 0)
+		return rc;
+	rc = 0;
 	if (!json_is_array(by)) {
 		json_decref(by);
 		by = json_array();
@@ -946,10 +1001,13 @@ static int record_approval(struct engine *e, struct rollout_row *r, const char *
 		}
 	json_array_append_new(by, json_string(actor));
 	text = json_dumps(by, JSON_COMPACT);
-	st = STMT(e, "UPDATE rollouts SET approved_by = ? WHERE id = ?");
-	sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 2, r->id);
-	if ((rc = store_step_done(engine_store(e), st)) < 0)
+	if (!(st = Q(e, "UPDATE rollouts SET approved_by = ? WHERE id = ?"))) {
+		rc = OTA_ERROR;
+		goto out;
+	}
+	db_bind_text(st, 1, text);
+	db_bind_int64(st, 2, r->id);
+	if ((rc = db_run(st)) < 0)
 		goto out;
 	if ((int64_t)json_array_size(by) >= need) {
 		*done = 1;
@@ -992,11 +1050,17 @@ static int do_act(struct engine *e, void *arg)
 		}
 		if (!cur) {
 			/* no active rollout: act on the newest one for its context */
-			sqlite3_stmt *st = STMT(e, "SELECT MAX(id) FROM rollouts WHERE release_id = ?");
-			sqlite3_bind_int64(st, 1, a->release_id);
-			if (store_step_row(engine_store(e), st) == 1)
-				cur = store_col_int(st, 0);
-			sqlite3_reset(st);
+			struct db_stmt *st = Q(e, "SELECT MAX(id) FROM rollouts WHERE release_id = ?");
+			if (!st) {
+				rc = OTA_ERROR;
+				goto out;
+			}
+			db_bind_int64(st, 1, a->release_id);
+			if ((rc = db_step(st)) == 1)
+				cur = db_column_int64(st, 0);
+			db_reset(st);
+			if (rc < 0)
+				goto out;
 			if (!cur) {
 				rc = ota_error_set(OTA_ECONFLICT, "release %" PRId64 " was never rolled out", a->release_id);
 				goto out;
@@ -1223,7 +1287,7 @@ int rollout_act(struct engine *e, const struct rollout_action *a, json_t **detai
  */
 int rollout_reissue_plan(struct engine *e, const struct rollout_row *r, int64_t good, char **yaml)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT j.spec FROM releases rel JOIN jobs j ON j.run_id = rel.run_id"
+	struct db_stmt *st = Q(e, "SELECT j.spec FROM releases rel JOIN jobs j ON j.run_id = rel.run_id"
 				   " JOIN stages s ON s.id = j.stage_id WHERE rel.id = ? AND s.kind = 'release' LIMIT 1");
 	json_t *spec = NULL, *extra;
 	char top[64] = "0.0.0";
@@ -1233,10 +1297,12 @@ int rollout_reissue_plan(struct engine *e, const struct rollout_row *r, int64_t 
 	const char *key, *mb;
 	int rc = 0;
 
-	sqlite3_bind_int64(st, 1, good);
-	if (store_step_row(engine_store(e), st) == 1)
-		spec = json_loads(store_col_text(st, 0), 0, NULL);
-	sqlite3_reset(st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, good);
+	if (db_step(st) == 1)
+		spec = json_loads(db_column_text(st, 0), 0, NULL);
+	db_reset(st);
 	extra = json_object_get(spec, "extra");
 	key = json_string_value(json_object_get(extra, "key"));
 	if (!key) {
@@ -1244,12 +1310,15 @@ int rollout_reissue_plan(struct engine *e, const struct rollout_row *r, int64_t 
 		return ota_error_set(OTA_ECONFLICT, "cannot reissue release %" PRId64 ": its release stage is not on record", good);
 	}
 	/* the product's highest version, one patch up */
-	st = STMT(e, "SELECT version FROM releases WHERE product = ?");
-	sqlite3_bind_text(st, 1, r->product, -1, SQLITE_STATIC);
-	while (store_step_row(engine_store(e), st) == 1)
-		if (release_version_cmp(store_col_text(st, 0), top) > 0)
-			snprintf(top, sizeof(top), "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	if (!(st = Q(e, "SELECT version FROM releases WHERE product = ?"))) {
+		json_decref(spec);
+		return OTA_ERROR;
+	}
+	db_bind_text(st, 1, r->product);
+	while (db_step(st) == 1)
+		if (release_version_cmp(db_column_text(st, 0), top) > 0)
+			snprintf(top, sizeof(top), "%s", db_column_text(st, 0));
+	db_reset(st);
 	if (mcuboot_version_parse(top, &maj, &min, &rev, &build) < 0 || rev == 0xffff) {
 		json_decref(spec);
 		return ota_error_set(OTA_ECONFLICT, "cannot derive a version above %s", top);

@@ -30,6 +30,7 @@
 #include "artifact.h"
 #include "clock.h"
 #include "config.h"
+#include "db/db.h"
 #include "engine_int.h"
 #include "gate.h"
 #include "updsrv.h"
@@ -63,7 +64,7 @@ struct rollout_controller {
 
 static json_t *read_manifest(struct store *db, int64_t artifact_id)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT sha256 FROM artifacts WHERE id = ?");
+	struct db_stmt *st = store_q(db, "SELECT sha256 FROM artifacts WHERE id = ?");
 	struct artifact_reader *rd = NULL;
 	struct buf b = BUF_INIT;
 	char sha[65] = "";
@@ -72,10 +73,10 @@ static json_t *read_manifest(struct store *db, int64_t artifact_id)
 
 	if (!st || !artifact_backend())
 		return NULL;
-	sqlite3_bind_int64(st, 1, artifact_id);
-	if (store_step_row(db, st) == 1)
-		snprintf(sha, sizeof(sha), "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, artifact_id);
+	if (db_step(st) == 1)
+		snprintf(sha, sizeof(sha), "%s", db_column_text(st, 0));
+	db_reset(st);
 	if (!sha[0] || artifact_backend()->get(artifact_backend(), sha, &rd, &size) < 0)
 		return NULL;
 	for (;;) {
@@ -94,14 +95,14 @@ static json_t *read_manifest(struct store *db, int64_t artifact_id)
 /* Salt of a release: fixed forever, different per release. */
 static void release_salt(struct store *db, int64_t manifest_artifact, char out[17])
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT sha256 FROM artifacts WHERE id = ?");
+	struct db_stmt *st = store_q(db, "SELECT sha256 FROM artifacts WHERE id = ?");
 	snprintf(out, 17, "0000000000000000");
 	if (!st)
 		return;
-	sqlite3_bind_int64(st, 1, manifest_artifact);
-	if (store_step_row(db, st) == 1)
-		snprintf(out, 17, "%.16s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, manifest_artifact);
+	if (db_step(st) == 1)
+		snprintf(out, 17, "%.16s", db_column_text(st, 0));
+	db_reset(st);
 }
 
 /* The segments a rollout row contributes: every ring before the current
@@ -147,7 +148,7 @@ uint32_t rollout_step_gen(int64_t rollout_id, int step)
 
 int rollout_exposures(struct store *db, json_t **out)
 {
-	sqlite3_stmt *st = store_stmt(db,
+	struct db_stmt *st = store_q(db,
 		"SELECT id, product, version, security_counter, manifest_artifact, state, COALESCE(rollback_to, 0)"
 		" FROM releases WHERE id IN (SELECT release_id FROM rollouts WHERE state != 'starting')"
 		" OR id IN (SELECT rollback_to FROM releases WHERE rollback_to IS NOT NULL) ORDER BY id");
@@ -159,17 +160,17 @@ int rollout_exposures(struct store *db, json_t **out)
 		json_decref(list);
 		return OTA_ERROR;
 	}
-	while ((rc = store_step_row(db, st)) == 1) {
-		int64_t id = store_col_int(st, 0), manifest_id = store_col_int(st, 4);
-		const char *state = store_col_text(st, 5);
+	while ((rc = db_step(st)) == 1) {
+		int64_t id = db_column_int64(st, 0), manifest_id = db_column_int64(st, 4);
+		const char *state = db_column_text(st, 5);
 		int active = !strcmp(state, "rolling") || !strcmp(state, "released");
-		json_t *x = json_pack("{sI ss ss sI ss sb sI}", "release", (json_int_t)id, "product", store_col_text(st, 1),
-				      "version", store_col_text(st, 2), "security_counter", (json_int_t)store_col_int(st, 3),
-				      "state", state, "active", active, "rollback_to", (json_int_t)store_col_int(st, 6));
+		json_t *x = json_pack("{sI ss ss sI ss sb sI}", "release", (json_int_t)id, "product", db_column_text(st, 1),
+				      "version", db_column_text(st, 2), "security_counter", (json_int_t)db_column_int64(st, 3),
+				      "state", state, "active", active, "rollback_to", (json_int_t)db_column_int64(st, 6));
 		json_array_append_new(list, x);
 		json_object_set_new(x, "manifest_artifact", json_integer(manifest_id));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc < 0) {
 		json_decref(list);
 		return rc;
@@ -193,17 +194,22 @@ int rollout_exposures(struct store *db, json_t **out)
 			json_object_set_new(x, "min_bootloader", json_is_string(json_object_get(m, "min_bootloader"))
 								      ? json_deep_copy(json_object_get(m, "min_bootloader")) : json_null());
 			json_decref(m);
-			st = store_stmt(db, "SELECT state, step, percent_bp, spec, seq, id FROM rollouts WHERE release_id = ?"
-					    " ORDER BY id");
-			sqlite3_bind_int64(st, 1, id);
-			while (store_step_row(db, st) == 1) {
-				json_t *spec = json_loads(store_col_text(st, 3), 0, NULL);
-				add_segments(segs, store_col_int(st, 5), store_col_text(st, 0), (int)store_col_int(st, 1),
-					     (int)store_col_int(st, 2), json_object_get(spec, "plan"));
-				seq += store_col_int(st, 4);
+			st = store_q(db, "SELECT state, step, percent_bp, spec, seq, id FROM rollouts WHERE release_id = ?"
+					 " ORDER BY id");
+			if (!st) {
+				json_decref(segs);
+				json_decref(list);
+				return OTA_ERROR;
+			}
+			db_bind_int64(st, 1, id);
+			while (db_step(st) == 1) {
+				json_t *spec = json_loads(db_column_text(st, 3), 0, NULL);
+				add_segments(segs, db_column_int64(st, 5), db_column_text(st, 0), (int)db_column_int64(st, 1),
+					     (int)db_column_int64(st, 2), json_object_get(spec, "plan"));
+				seq += db_column_int64(st, 4);
 				json_decref(spec);
 			}
-			sqlite3_reset(st);
+			db_reset(st);
 			json_object_set_new(x, "segments", segs);
 			json_object_set_new(x, "seq", json_integer(seq));
 			json_object_del(x, "manifest_artifact");
@@ -318,16 +324,16 @@ static void evidence_lag(const struct rollout_controller *rc, const struct fleet
 static void previous_good(const struct rollout_row *r, char *out, size_t n)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT version FROM releases WHERE product = ? AND id < ?"
+	struct db_stmt *st = db ? store_q(db, "SELECT version FROM releases WHERE product = ? AND id < ?"
 					   " AND state IN ('released','reissue') ORDER BY id DESC LIMIT 1") : NULL;
 	out[0] = 0;
 	if (!st)
 		return;
-	sqlite3_bind_text(st, 1, r->product, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, r->release_id);
-	if (store_step_row(db, st) == 1)
-		snprintf(out, n, "%s", store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_text(st, 1, r->product);
+	db_bind_int64(st, 2, r->release_id);
+	if (db_step(st) == 1)
+		snprintf(out, n, "%s", db_column_text(st, 0));
+	db_reset(st);
 }
 
 static void decide_holding(struct rollout_controller *rc, struct rollout_row *r)
@@ -501,18 +507,18 @@ static int decide_call(struct engine *e, void *arg)
 static int64_t pass(struct rollout_controller *rc)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t ids[256], sleep_ms = MAX_SLEEP_REAL_MS, real = clock_real_ms();
 	size_t n = 0;
 
 	if (!db)
 		return sleep_ms;
-	st = store_stmt(db, "SELECT id FROM rollouts WHERE state IN ('starting','waiting_window','holding') ORDER BY id LIMIT 256");
+	st = store_q(db, "SELECT id FROM rollouts WHERE state IN ('starting','waiting_window','holding') ORDER BY id LIMIT 256");
 	if (!st)
 		return sleep_ms;
-	while (n < 256 && store_step_row(db, st) == 1)
-		ids[n++] = store_col_int(st, 0);
-	sqlite3_reset(st);
+	while (n < 256 && db_step(st) == 1)
+		ids[n++] = db_column_int64(st, 0);
+	db_reset(st);
 
 	for (size_t i = 0; i < n; i++) {
 		struct rollout_row r;
@@ -646,7 +652,7 @@ void rollout_controller_stop(struct rollout_controller *rc)
 
 json_t *rollout_status(struct store *db, int64_t release_id)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT id FROM rollouts WHERE release_id = ? ORDER BY id");
+	struct db_stmt *st = store_q(db, "SELECT id FROM rollouts WHERE release_id = ? ORDER BY id");
 	json_t *list = json_array();
 	int64_t ids[64];
 	size_t n = 0;
@@ -655,14 +661,14 @@ json_t *rollout_status(struct store *db, int64_t release_id)
 		json_decref(list);
 		return NULL;
 	}
-	sqlite3_bind_int64(st, 1, release_id);
-	while (n < 64 && store_step_row(db, st) == 1)
-		ids[n++] = store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, release_id);
+	while (n < 64 && db_step(st) == 1)
+		ids[n++] = db_column_int64(st, 0);
+	db_reset(st);
 	for (size_t i = 0; i < n; i++) {
 		struct rollout_row r;
 		json_t *x, *gates = json_object();
-		sqlite3_stmt *g;
+		struct db_stmt *g;
 		if (rollout_load(db, ids[i], &r) < 0)
 			continue;
 		x = json_pack("{sI sI sI ss ss ss si si si sI sI sI sI si sI}", "id", (json_int_t)r.id, "job",
@@ -676,18 +682,20 @@ json_t *rollout_status(struct store *db, int64_t release_id)
 		json_object_set(x, "gate_specs", json_object_get(r.spec, "gate_specs"));
 		json_object_set(x, "approval", json_object_get(r.spec, "approval"));
 		json_object_set(x, "window", json_object_get(r.spec, "window"));
-		g = store_stmt(db, "SELECT reason FROM rollouts WHERE id = ?");
-		sqlite3_bind_int64(g, 1, r.id);
-		if (store_step_row(db, g) == 1 && store_col_text(g, 0))
-			json_object_set_new(x, "reason", json_string(store_col_text(g, 0)));
-		sqlite3_reset(g);
+		if ((g = store_q(db, "SELECT reason FROM rollouts WHERE id = ?"))) {
+			db_bind_int64(g, 1, r.id);
+			if (db_step(g) == 1 && db_column_text(g, 0))
+				json_object_set_new(x, "reason", json_string(db_column_text(g, 0)));
+			db_reset(g);
+		}
 		/* the latest evaluation of each gate */
-		g = store_stmt(db, "SELECT gate, detail FROM gate_evals WHERE id IN"
-				   " (SELECT MAX(id) FROM gate_evals WHERE rollout_id = ? GROUP BY gate)");
-		sqlite3_bind_int64(g, 1, r.id);
-		while (store_step_row(db, g) == 1)
-			json_object_set_new(gates, store_col_text(g, 0), json_loads(store_col_text(g, 1), 0, NULL));
-		sqlite3_reset(g);
+		if ((g = store_q(db, "SELECT gate, detail FROM gate_evals WHERE id IN"
+				     " (SELECT MAX(id) FROM gate_evals WHERE rollout_id = ? GROUP BY gate)"))) {
+			db_bind_int64(g, 1, r.id);
+			while (db_step(g) == 1)
+				json_object_set_new(gates, db_column_text(g, 0), json_loads(db_column_text(g, 1), 0, NULL));
+			db_reset(g);
+		}
 		json_object_set_new(x, "gates", gates);
 		json_array_append_new(list, x);
 		rollout_row_release(&r);

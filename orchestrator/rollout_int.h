@@ -47,6 +47,27 @@ struct rollout_decision {
 	const json_t *breaches;      /* new breach counters, or NULL */
 };
 
+/*
+ * The rollout tables' writes on a store, without the engine thread (the
+ * engine's callers add the log line, events and the controller's kick),
+ * so tests run them on both backends (tests/test_dbconv_rollout.c).
+ * now is otacd ms.  Each returns 0 or a negative error unless it says.
+ */
+/* A soak/rollout job's row, state 'starting', its plan from the job's
+ * spec; a job that has one already keeps it.  OTA_ENOTFOUND: no such job. */
+int rollout_store_create(struct store *db, int64_t job_id, int64_t now);
+/* Fill release_id (still 0) from the run's release, if it has one now. */
+int rollout_store_find_release(struct store *db, int64_t id);
+/* r's state, step, percent, deadlines, counters and reason (NULL keeps
+ * the old one); seq + 1; finished_at = now when r's state is final. */
+int rollout_store_save(struct store *db, const struct rollout_row *r, const char *reason, int64_t now);
+/* One gate_evals row per evaluation of evals, at r's step. */
+int rollout_store_evals(struct store *db, const struct rollout_row *r, const json_t *evals, int64_t now);
+/* A release's fleet state; rollback_to > 0 also sets where devices go back. */
+int rollout_store_release_state(struct store *db, int64_t release, const char *state, int64_t rollback_to);
+/* Cancel run_id's active rollouts: how many, or a negative error. */
+int rollout_store_cancel_run(struct store *db, int64_t run_id, int64_t now);
+
 /* Engine thread (through engine_exec). */
 int rollout_do_activate(struct engine *e, int64_t id);
 int rollout_do_decide(struct engine *e, const struct rollout_decision *d);
