@@ -718,6 +718,44 @@ static void stop_cluster(void)
 	pgcluster_stop(&g_pg);
 }
 
+/* More distinct statements than the cache's first size: none is evicted, so
+ * a statement held across other db_stmt() calls keeps its place and its
+ * rows (an evicted one would be freed under its caller: ASan sees that). */
+#define MANY_STMTS 700
+static char g_many[MANY_STMTS][64];
+
+static void a_statement_held_across_many_others_stays_valid(void **state)
+{
+	char url[600];
+	struct db *db = fresh_db(state, url, sizeof(url));
+	struct db_stmt *held, *st;
+
+	must_exec(db, k_items);
+	insert_item(db, "a", 1);
+	insert_item(db, "b", 2);
+	held = db_stmt(db, "SELECT n FROM items ORDER BY n");
+	assert_non_null(held);
+	assert_int_equal(db_step(held), 1);
+	assert_int_equal(db_column_int64(held, 0), 1);
+	for (int i = 0; i < MANY_STMTS; i++) {
+		snprintf(g_many[i], sizeof(g_many[i]), "SELECT %d + n FROM items WHERE n = 2", i);
+		st = db_stmt(db, g_many[i]);
+		assert_non_null(st);
+		assert_int_equal(db_step(st), 1);
+		assert_int_equal(db_column_int64(st, 0), i + 2);
+		db_reset(st);
+	}
+	/* the held statement carries on where it was */
+	assert_int_equal(db_step(held), 1);
+	assert_int_equal(db_column_int64(held, 0), 2);
+	assert_int_equal(db_step(held), 0);
+	/* and every statement is still the cached one */
+	assert_ptr_equal(db_stmt(db, "SELECT n FROM items ORDER BY n"), held);
+	st = db_stmt(db, g_many[0]);
+	assert_ptr_equal(db_stmt(db, g_many[0]), st);
+	db_close(db);
+}
+
 /* each case twice, named by its backend */
 #define BOTH(fn)                                                       \
 	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite },         \
@@ -738,6 +776,7 @@ int main(void)
 		BOTH(a_reader_refuses_to_write),
 		BOTH(a_reader_transaction_reads_one_snapshot),
 		BOTH(bad_sql_fails_at_prepare_with_the_backends_message),
+		BOTH(a_statement_held_across_many_others_stays_valid),
 		BOTH(store_migrations_apply_on_both_backends),
 		BOTH(instances_starting_at_once_migrate_once),
 		/* SQLite has no server connection to lose */

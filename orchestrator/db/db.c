@@ -79,8 +79,10 @@ void db_close(struct db *db)
 	if (!db)
 		return;
 	db->closing = 1;
-	for (size_t i = 0; i < db->ncache; i++)
-		db_finalize(db->cache[i].st);
+	for (size_t i = 0; i < db->cache_cap; i++)
+		if (db->cache[i].sql)
+			db_finalize(db->cache[i].st);
+	free(db->cache);
 	db->ops->close(db);
 	free(db->errmsg);
 	free(db->url);
@@ -238,13 +240,41 @@ void db_reset(struct db_stmt *st)
 	st->db->ops->reset(st);
 }
 
+/* The slot of key sql: where it is, or the empty slot where it goes. */
+static struct db_cache_slot *cache_slot(struct db_cache_slot *cache, size_t cap, const char *sql)
+{
+	/* Mix the address so neighbouring literals spread over the table. */
+	uint64_t h = ((uint64_t)(uintptr_t)sql >> 3) * 0x9E3779B97F4A7C15ull;
+	size_t i = (size_t)(h >> 32) & (cap - 1);
+
+	while (cache[i].sql && cache[i].sql != sql)
+		i = (i + 1) & (cap - 1);
+	return &cache[i];
+}
+
+/* Doubles the table (or makes the first one) and moves every entry. */
+static void cache_grow(struct db *db)
+{
+	size_t cap = db->cache_cap ? db->cache_cap * 2 : DB_STMT_CACHE;
+	struct db_cache_slot *cache = xcalloc(cap, sizeof(*cache));
+
+	for (size_t i = 0; i < db->cache_cap; i++)
+		if (db->cache[i].sql)
+			*cache_slot(cache, cap, db->cache[i].sql) = db->cache[i];
+	free(db->cache);
+	db->cache = cache;
+	db->cache_cap = cap;
+}
+
 struct db_stmt *db_stmt(struct db *db, const char *sql)
 {
+	struct db_cache_slot *slot;
 	struct db_stmt *st;
 
-	for (size_t i = 0; i < db->ncache; i++) {
-		if (db->cache[i].sql == sql) {
-			st = db->cache[i].st;
+	if (db->cache_cap) {
+		slot = cache_slot(db->cache, db->cache_cap, sql);
+		if (slot->sql) {
+			st = slot->st;
 			db_reset(st);
 			db_clear_bindings(st);
 			return st;
@@ -252,15 +282,12 @@ struct db_stmt *db_stmt(struct db *db, const char *sql)
 	}
 	if (db_prepare(db, &st, sql) < 0)
 		return NULL;
-	if (db->ncache == DB_STMT_CACHE) {
-		/* Too many distinct statements is a programming error; evict
-		 * the oldest rather than grow without bound. */
-		db_finalize(db->cache[0].st);
-		memmove(db->cache, db->cache + 1, (DB_STMT_CACHE - 1) * sizeof(db->cache[0]));
-		db->ncache--;
-	}
-	db->cache[db->ncache].sql = sql;
-	db->cache[db->ncache].st = st;
+	/* Kept at most half full, so a miss reaches an empty slot soon. */
+	if (2 * (db->ncache + 1) > db->cache_cap)
+		cache_grow(db);
+	slot = cache_slot(db->cache, db->cache_cap, sql);
+	slot->sql = sql;
+	slot->st = st;
 	db->ncache++;
 	return st;
 }

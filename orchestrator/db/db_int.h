@@ -13,7 +13,10 @@
 
 #include "../../common/util.h"
 
-#define DB_STMT_CACHE 128
+/* The statement cache's first size; it doubles when half full.  It never
+ * evicts: a caller may hold a statement across another db_stmt() call,
+ * and the keys are the program's SQL literals, a fixed set. */
+#define DB_STMT_CACHE 256
 
 struct db_param {
 	enum db_type type; /* DB_NULL until bound */
@@ -62,7 +65,8 @@ struct db {
 	int closing;   /* db_close() is finalizing: no per-statement cleanup */
 	void (*on_commit)(void *arg);
 	void *on_commit_arg;
-	struct db_cache_slot cache[DB_STMT_CACHE];
+	struct db_cache_slot *cache; /* open addressing by key address, [cache_cap] */
+	size_t cache_cap;            /* a power of two, or 0 before the first */
 	size_t ncache;
 };
 
