@@ -34,4 +34,23 @@ const struct engine_config *engine_cfg(struct engine *e);
  * if the job has infra retries left); why is the attempt's message. */
 int engine_release_agent_job(struct engine *e, int64_t agent_id, const char *why);
 
+/*
+ * Issue 16: the table work of engine_runs.c and engine_release.c on a store
+ * s, without the engine thread, so tests run it on SQLite and PostgreSQL
+ * (tests/test_dbconv_runs.c).  The engine's do_* callbacks call these in
+ * their transaction and add the events.  now: the time recorded (ms).
+ */
+struct policy_trust;
+/* Insert a run (final states get started/finished = now), its pull request
+ * and close the delivery it answers. */
+int runs_store_insert(struct store *s, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t now,
+		      int64_t *run_id);
+/* Record a delivery "pending"; a (provider, delivery) recorded before sets
+ * *duplicate and gives the earlier *id. */
+int runs_store_delivery_add(struct store *s, const struct delivery *d, int64_t now, int64_t *id, int *duplicate);
+/* Record a release under the anti-rollback and version rules (OTA_ECONFLICT
+ * with the reason).  1 and the earlier *id when the run has its release. */
+int release_store_record(struct store *s, const struct release_record *r, int64_t now, int64_t *id);
+
 #endif
