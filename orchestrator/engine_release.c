@@ -13,6 +13,10 @@
  * a release stage retried after a crash finds its release already there.
  * Audit entries are written by engine-thread code inside the transaction
  * of the change they explain.
+ *
+ * The SQL runs through the storage layer (docs/storage.md).  The rules and
+ * the release row (release_store_record) take a store, not the engine, so
+ * tests/test_dbconv_runs.c runs them on SQLite and PostgreSQL.
  */
 #include "engine.h"
 

@@ -13,6 +13,11 @@
  * Webhook deliveries are recorded once per provider and delivery id, and
  * closed by the run they caused.  A cancel finishes queued and running
  * jobs at once; agents holding one learn it on their next heartbeat.
+ *
+ * The SQL runs through the storage layer (docs/storage.md): ids come from
+ * INSERT ... RETURNING id.  The table work of a run and of a delivery
+ * (runs_store_insert, runs_store_delivery_add) takes a store, not the
+ * engine, so tests/test_dbconv_runs.c runs it on SQLite and PostgreSQL.
  */
 #include "engine.h"
 
