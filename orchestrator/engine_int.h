@@ -42,6 +42,7 @@ struct engine_jobs_sql {
 	const char *sql;  /* the address engine_jobs.c's statement cache keys on */
 };
 const struct engine_jobs_sql *engine_jobs_sql(size_t *n);
+
 /*
  * The engine's table work that needs no engine thread, on a store directly
  * (the writer's, inside its transaction), so tests run it on both storage
@@ -60,5 +61,24 @@ int engine_store_due_jobs(struct store *s, int64_t now, int64_t *ids, int *lost,
 /* A stage's final state from its jobs' ("passed", "failed", "canceled"),
  * or NULL in *out while some job has not finished. */
 int engine_store_stage_outcome(struct store *s, int64_t stage_id, const char **out);
+
+/*
+ * Issue 16: the table work of engine_runs.c and engine_release.c on a store
+ * s, without the engine thread, so tests run it on SQLite and PostgreSQL
+ * (tests/test_dbconv_runs.c).  The engine's do_* callbacks call these in
+ * their transaction and add the events.  now: the time recorded (ms).
+ */
+struct policy_trust;
+/* Insert a run (final states get started/finished = now), its pull request
+ * and close the delivery it answers. */
+int runs_store_insert(struct store *s, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t now,
+		      int64_t *run_id);
+/* Record a delivery "pending"; a (provider, delivery) recorded before sets
+ * *duplicate and gives the earlier *id. */
+int runs_store_delivery_add(struct store *s, const struct delivery *d, int64_t now, int64_t *id, int *duplicate);
+/* Record a release under the anti-rollback and version rules (OTA_ECONFLICT
+ * with the reason).  1 and the earlier *id when the run has its release. */
+int release_store_record(struct store *s, const struct release_record *r, int64_t now, int64_t *id);
 
 #endif

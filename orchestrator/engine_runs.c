@@ -13,6 +13,11 @@
  * Webhook deliveries are recorded once per provider and delivery id, and
  * closed by the run they caused.  A cancel finishes queued and running
  * jobs at once; agents holding one learn it on their next heartbeat.
+ *
+ * The SQL runs through the storage layer (docs/storage.md): ids come from
+ * INSERT ... RETURNING id.  The table work of a run and of a delivery
+ * (runs_store_insert, runs_store_delivery_add) takes a store, not the
+ * engine, so tests/test_dbconv_runs.c runs it on SQLite and PostgreSQL.
  */
 #include "engine.h"
 
@@ -23,6 +28,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "db/db.h"
 #include "gate.h"
 #include "engine_core.h"
 #include "notify/notify.h"
@@ -31,71 +37,88 @@
 
 /* ---- commands -------------------------------------------------------------- */
 
-static void bind_opt(sqlite3_stmt *st, int col, const char *s)
+/* Step an INSERT ... RETURNING id and read the id. */
+static int step_insert_id(struct db_stmt *st, int64_t *id)
 {
-	if (s)
-		sqlite3_bind_text(st, col, s, -1, SQLITE_STATIC);
+	int rc = db_step(st);
+	if (rc == 1)
+		*id = db_column_int64(st, 0);
+	db_reset(st);
+	if (rc == 0)
+		return ota_error_set(OTA_ERROR, "INSERT ... RETURNING id returned no row");
+	return rc < 0 ? rc : 0;
 }
 
-/* Insert a run row and close the delivery it answers, if any. */
-static int insert_run(struct engine *e, const struct trigger_req *req, const struct policy_trust *trust,
-		      const char *name, const char *concurrency, const char *state, const char *error, int64_t *run_id)
+int runs_store_insert(struct store *s, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t now,
+		      int64_t *run_id)
 {
-	int64_t now = clock_now_ms();
-	int final = engine_state_final(state);
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
-	st = STMT(e, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
-		     " started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id,"
-		     " protected, trust_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+	st = store_q(s, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, concurrency, trigger, created_at,"
+			" started_at, finished_at, error, repo, tree_id, author, committer, message, pusher, delivery_id,"
+			" protected, trust_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, req->file, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, req->yaml ? req->yaml : "", req->yaml ? (int)req->len : 0, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, req->ref, -1, SQLITE_STATIC);
-	bind_opt(st, 5, req->commit);
-	sqlite3_bind_text(st, 6, state, -1, SQLITE_STATIC);
-	bind_opt(st, 7, concurrency);
-	sqlite3_bind_text(st, 8, req->trigger, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 9, now);
-	if (final) {
-		sqlite3_bind_int64(st, 10, now);
-		sqlite3_bind_int64(st, 11, now);
+	/* unset parameters (and NULL text) stay NULL */
+	db_bind_text(st, 1, name);
+	db_bind_text(st, 2, req->file);
+	db_bind_text_n(st, 3, req->yaml ? req->yaml : "", req->yaml ? req->len : 0);
+	db_bind_text(st, 4, req->ref);
+	db_bind_text(st, 5, req->commit);
+	db_bind_text(st, 6, state);
+	db_bind_text(st, 7, concurrency);
+	db_bind_text(st, 8, req->trigger);
+	db_bind_int64(st, 9, now);
+	if (engine_state_final(state)) {
+		db_bind_int64(st, 10, now);
+		db_bind_int64(st, 11, now);
 	}
-	bind_opt(st, 12, error);
-	bind_opt(st, 13, req->repo);
-	bind_opt(st, 14, req->tree);
-	bind_opt(st, 15, req->author);
-	bind_opt(st, 16, req->committer);
-	bind_opt(st, 17, req->message);
-	bind_opt(st, 18, req->pusher);
+	db_bind_text(st, 12, error);
+	db_bind_text(st, 13, req->repo);
+	db_bind_text(st, 14, req->tree);
+	db_bind_text(st, 15, req->author);
+	db_bind_text(st, 16, req->committer);
+	db_bind_text(st, 17, req->message);
+	db_bind_text(st, 18, req->pusher);
 	if (req->delivery_id)
-		sqlite3_bind_int64(st, 19, req->delivery_id);
-	sqlite3_bind_int(st, 20, trust->protected_run);
-	sqlite3_bind_text(st, 21, trust->reason, -1, SQLITE_STATIC);
-	if ((rc = store_step_done(e->db, st)) < 0)
+		db_bind_int64(st, 19, req->delivery_id);
+	db_bind_int64(st, 20, trust->protected_run);
+	db_bind_text(st, 21, trust->reason);
+	if ((rc = step_insert_id(st, run_id)) < 0)
 		return rc;
-	*run_id = sqlite3_last_insert_rowid(store_db(e->db));
 	if (req->pr_number > 0) { /* issue 17: which request this run checks */
-		st = STMT(e, "UPDATE runs SET pr_number = ?, pr_base = ? WHERE id = ?");
-		sqlite3_bind_int64(st, 1, req->pr_number);
-		bind_opt(st, 2, req->pr_base);
-		sqlite3_bind_int64(st, 3, *run_id);
-		if ((rc = store_step_done(e->db, st)) < 0)
+		if (!(st = store_q(s, "UPDATE runs SET pr_number = ?, pr_base = ? WHERE id = ?")))
+			return OTA_ERROR;
+		db_bind_int64(st, 1, req->pr_number);
+		db_bind_text(st, 2, req->pr_base);
+		db_bind_int64(st, 3, *run_id);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 	}
 	if (req->delivery_id) {
-		st = STMT(e, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?");
-		sqlite3_bind_int64(st, 1, *run_id);
-		sqlite3_bind_int64(st, 2, req->delivery_id);
-		if ((rc = store_step_done(e->db, st)) < 0)
+		if (!(st = store_q(s, "UPDATE deliveries SET state = 'done', run_id = ? WHERE id = ?")))
+			return OTA_ERROR;
+		db_bind_int64(st, 1, *run_id);
+		db_bind_int64(st, 2, req->delivery_id);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 	}
+	return 0;
+}
+
+/* Insert a run row, close the delivery it answers, if any, and tell. */
+static int insert_run(struct engine *e, const struct trigger_req *req, const struct policy_trust *trust,
+		      const char *name, const char *concurrency, const char *state, const char *error, int64_t *run_id)
+{
+	int rc;
+
+	if ((rc = runs_store_insert(e->db, req, trust, name, concurrency, state, error, clock_now_ms(), run_id)) < 0)
+		return rc;
 	eng_event(e, *run_id, 0, "run.created", json_pack("{ss ss ss ss*}", "pipeline", name, "ref", req->ref,
 						      "trigger", req->trigger, "commit", req->commit));
-	if (final) {
+	if (engine_state_final(state)) {
 		eng_event(e, *run_id, 0, "run.final", json_pack("{ss ss*}", "state", state, "error", error));
 		e->changed_state = 1;
 	}
@@ -110,12 +133,69 @@ struct trigger_args {
 	int64_t run_id;
 };
 
+/* Insert stage number idx of a run's plan and its jobs; a stage the
+ * policy holds back adds its name to held. */
+static int insert_stage(struct engine *e, int64_t run_id, size_t idx, json_t *stage, json_t *held)
+{
+	const char *skip_reason = json_string_value(json_object_get(stage, "skip_reason"));
+	char *needs = json_dumps(json_object_get(stage, "needs"), JSON_COMPACT);
+	struct db_stmt *st;
+	int64_t stage_id;
+	json_t *job;
+	size_t k;
+	int rc;
+
+	st = store_q(e->db, "INSERT INTO stages(run_id, idx, name, kind, state, needs, when_filter)"
+			    " VALUES (?,?,?,?, 'queued', ?, ?) RETURNING id");
+	if (!st) {
+		free(needs);
+		return OTA_ERROR;
+	}
+	db_bind_int64(st, 1, run_id);
+	db_bind_int64(st, 2, (int64_t)idx);
+	db_bind_text(st, 3, json_string_value(json_object_get(stage, "name")));
+	db_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")));
+	db_bind_text(st, 5, needs);
+	free(needs);
+	if (skip_reason) {
+		/* skipped by the release policy: the reason is the filter */
+		db_bind_text(st, 6, skip_reason);
+		json_array_append(held, json_object_get(stage, "name"));
+	} else if (json_is_true(json_object_get(stage, "skip"))) {
+		db_bind_text(st, 6, "no-match");
+	}
+	if ((rc = step_insert_id(st, &stage_id)) < 0)
+		return rc;
+
+	json_array_foreach(json_object_get(stage, "jobs"), k, job) {
+		json_t *retry = json_object_get(job, "retry");
+		char *spec;
+
+		st = store_q(e->db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left,"
+				    " infra_retries_left) VALUES (?,?,?,?,?, 'queued', ?, ?)");
+		if (!st)
+			return OTA_ERROR;
+		spec = json_dumps(job, JSON_COMPACT);
+		db_bind_int64(st, 1, run_id);
+		db_bind_int64(st, 2, stage_id);
+		db_bind_int64(st, 3, (int64_t)k);
+		db_bind_text(st, 4, json_string_value(json_object_get(job, "name")));
+		db_bind_text(st, 5, spec);
+		free(spec);
+		db_bind_int64(st, 6, (int)json_integer_value(json_object_get(retry, "count")));
+		db_bind_int64(st, 7, json_object_get(retry, "infra") ? (int)json_integer_value(json_object_get(retry, "infra"))
+								     : 2);
+		if ((rc = db_run(st)) < 0)
+			return rc;
+	}
+	return 0;
+}
+
 static int do_trigger(struct engine *e, void *arg)
 {
 	struct trigger_args *a = arg;
-	sqlite3_stmt *st;
-	size_t i, k;
-	json_t *stage, *job, *held = json_array();
+	size_t i;
+	json_t *stage, *held = json_array();
 	int rc;
 
 	if ((rc = insert_run(e, a->req, &a->trust, a->p->name, a->p->concurrency, "queued", NULL, &a->run_id)) < 0) {
@@ -125,47 +205,9 @@ static int do_trigger(struct engine *e, void *arg)
 	ota_log_ctx_work(a->run_id, 0); /* lines about this trigger carry its run (run_call resets it) */
 
 	json_array_foreach(a->plan, i, stage) {
-		int64_t stage_id;
-		char *needs = json_dumps(json_object_get(stage, "needs"), JSON_COMPACT);
-		st = STMT(e, "INSERT INTO stages(run_id, idx, name, kind, state, needs, when_filter)"
-			     " VALUES (?,?,?,?, 'queued', ?, ?)");
-		sqlite3_bind_int64(st, 1, a->run_id);
-		sqlite3_bind_int(st, 2, (int)i);
-		sqlite3_bind_text(st, 3, json_string_value(json_object_get(stage, "name")), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, json_string_value(json_object_get(stage, "kind")), -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 5, needs, -1, SQLITE_TRANSIENT);
-		if (json_string_value(json_object_get(stage, "skip_reason"))) {
-			/* skipped by the release policy: the reason is the filter */
-			sqlite3_bind_text(st, 6, json_string_value(json_object_get(stage, "skip_reason")), -1, SQLITE_STATIC);
-			json_array_append(held, json_object_get(stage, "name"));
-		} else if (json_is_true(json_object_get(stage, "skip"))) {
-			sqlite3_bind_text(st, 6, "no-match", -1, SQLITE_STATIC);
-		}
-		free(needs);
-		if ((rc = store_step_done(e->db, st)) < 0) {
+		if ((rc = insert_stage(e, a->run_id, i, stage, held)) < 0) {
 			json_decref(held);
 			return rc;
-		}
-		stage_id = sqlite3_last_insert_rowid(store_db(e->db));
-
-		json_array_foreach(json_object_get(stage, "jobs"), k, job) {
-			json_t *retry = json_object_get(job, "retry");
-			char *spec = json_dumps(job, JSON_COMPACT);
-			st = STMT(e, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
-				     " VALUES (?,?,?,?,?, 'queued', ?, ?)");
-			sqlite3_bind_int64(st, 1, a->run_id);
-			sqlite3_bind_int64(st, 2, stage_id);
-			sqlite3_bind_int(st, 3, (int)k);
-			sqlite3_bind_text(st, 4, json_string_value(json_object_get(job, "name")), -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 5, spec, -1, SQLITE_TRANSIENT);
-			sqlite3_bind_int(st, 6, (int)json_integer_value(json_object_get(retry, "count")));
-			sqlite3_bind_int(st, 7, json_object_get(retry, "infra")
-						    ? (int)json_integer_value(json_object_get(retry, "infra")) : 2);
-			free(spec);
-			if ((rc = store_step_done(e->db, st)) < 0) {
-				json_decref(held);
-				return rc;
-			}
 		}
 	}
 	/* stages the policy holds back are refusals too: audited */
@@ -347,42 +389,45 @@ struct delivery_args {
 	int duplicate;
 };
 
+int runs_store_delivery_add(struct store *s, const struct delivery *d, int64_t now, int64_t *id, int *duplicate)
+{
+	struct db_stmt *st = store_q(s, "SELECT id FROM deliveries WHERE provider = ? AND delivery = ?");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, d->provider);
+	db_bind_text(st, 2, d->delivery);
+	rc = db_step(st);
+	if (rc == 1)
+		*id = db_column_int64(st, 0);
+	db_reset(st);
+	*duplicate = rc == 1;
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	st = store_q(s, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
+			" received_at, state, pr_number, pr_base) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?, ?) RETURNING id");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, d->provider);
+	db_bind_text(st, 2, d->delivery);
+	db_bind_text(st, 3, d->repo);
+	db_bind_text(st, 4, d->ref);
+	db_bind_text(st, 5, d->before);
+	db_bind_text(st, 6, d->after);
+	db_bind_int64(st, 7, d->forced);
+	db_bind_text(st, 8, d->pusher);
+	db_bind_int64(st, 9, now);
+	if (d->pr_number > 0)
+		db_bind_int64(st, 10, d->pr_number);
+	db_bind_text(st, 11, d->pr_base);
+	return step_insert_id(st, id);
+}
+
 static int do_delivery_add(struct engine *e, void *arg)
 {
 	struct delivery_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT id FROM deliveries WHERE provider = ? AND delivery = ?");
-	int rc;
-
-	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
-	rc = store_step_row(e->db, st);
-	if (rc == 1)
-		a->id = store_col_int(st, 0);
-	sqlite3_reset(st);
-	if (rc < 0)
-		return rc;
-	if (rc == 1) {
-		a->duplicate = 1;
-		return 0;
-	}
-	st = STMT(e, "INSERT INTO deliveries(provider, delivery, repo, ref, before_sha, after_sha, forced, pusher,"
-		     " received_at, state, pr_number, pr_base) VALUES (?,?,?,?,?,?,?,?,?, 'pending', ?, ?)");
-	sqlite3_bind_text(st, 1, a->d->provider, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->d->delivery, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, a->d->repo, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, a->d->ref, -1, SQLITE_STATIC);
-	bind_opt(st, 5, a->d->before);
-	bind_opt(st, 6, a->d->after);
-	sqlite3_bind_int(st, 7, a->d->forced);
-	bind_opt(st, 8, a->d->pusher);
-	sqlite3_bind_int64(st, 9, clock_now_ms());
-	if (a->d->pr_number > 0)
-		sqlite3_bind_int64(st, 10, a->d->pr_number);
-	bind_opt(st, 11, a->d->pr_base);
-	if ((rc = store_step_done(e->db, st)) < 0)
-		return rc;
-	a->id = sqlite3_last_insert_rowid(store_db(e->db));
-	return 0;
+	return runs_store_delivery_add(e->db, a->d, clock_now_ms(), &a->id, &a->duplicate);
 }
 
 int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id, int *duplicate)
@@ -399,10 +444,12 @@ int engine_delivery_add(struct engine *e, const struct delivery *d, int64_t *id,
 static int do_delivery_done(struct engine *e, void *arg)
 {
 	struct delivery_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "UPDATE deliveries SET state = 'done', reason = ? WHERE id = ? AND state = 'pending'");
-	sqlite3_bind_text(st, 1, a->reason, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, a->id);
-	return store_step_done(e->db, st);
+	struct db_stmt *st = store_q(e->db, "UPDATE deliveries SET state = 'done', reason = ? WHERE id = ? AND state = 'pending'");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, a->reason);
+	db_bind_int64(st, 2, a->id);
+	return db_run(st);
 }
 
 int engine_delivery_done(struct engine *e, int64_t id, const char *reason)
@@ -421,31 +468,34 @@ struct schedule_args {
 /* The stored last slot, or 0 with rc 0 when the schedule has none. */
 static int schedule_last(struct engine *e, const char *repo, const char *name, int64_t *last, int *found)
 {
-	sqlite3_stmt *st = STMT(e, "SELECT last_slot FROM schedule_fires WHERE repo = ? AND name = ?");
+	struct db_stmt *st = store_q(e->db, "SELECT last_slot FROM schedule_fires WHERE repo = ? AND name = ?");
 	int rc;
-	sqlite3_bind_text(st, 1, repo, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-	rc = store_step_row(e->db, st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, repo);
+	db_bind_text(st, 2, name);
+	rc = db_step(st);
 	*found = rc == 1;
-	*last = rc == 1 ? store_col_int(st, 0) : 0;
-	sqlite3_reset(st);
+	*last = rc == 1 ? db_column_int64(st, 0) : 0;
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
 static int do_schedule_since(struct engine *e, void *arg)
 {
 	struct schedule_args *a = arg;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int found, rc;
 
 	if ((rc = schedule_last(e, a->repo, a->name, &a->since, &found)) < 0 || found)
 		return rc;
 	a->since = a->slot;
-	st = STMT(e, "INSERT INTO schedule_fires(repo, name, last_slot) VALUES (?,?,?)");
-	sqlite3_bind_text(st, 1, a->repo, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, a->slot);
-	return store_step_done(e->db, st);
+	if (!(st = store_q(e->db, "INSERT INTO schedule_fires(repo, name, last_slot) VALUES (?,?,?)")))
+		return OTA_ERROR;
+	db_bind_text(st, 1, a->repo);
+	db_bind_text(st, 2, a->name);
+	db_bind_int64(st, 3, a->slot);
+	return db_run(st);
 }
 
 int engine_schedule_since(struct engine *e, const char *repo, const char *name, int64_t now_ms,
@@ -464,7 +514,7 @@ static int do_schedule_fire(struct engine *e, void *arg)
 	char id[160], who[128];
 	struct delivery d = { 0 };
 	struct delivery_args da = { &d, NULL, 0, 0 };
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t last;
 	int found, rc;
 
@@ -481,14 +531,16 @@ static int do_schedule_fire(struct engine *e, void *arg)
 	d.pusher = who;
 	if ((rc = do_delivery_add(e, &da)) < 0)
 		return rc;
-	st = STMT(e, "INSERT INTO schedule_fires(repo, name, last_slot, delivery_id) VALUES (?,?,?,?)"
-		     " ON CONFLICT(repo, name) DO UPDATE SET last_slot = excluded.last_slot,"
-		     " delivery_id = excluded.delivery_id");
-	sqlite3_bind_text(st, 1, a->repo, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, a->slot);
-	sqlite3_bind_int64(st, 4, da.id);
-	if ((rc = store_step_done(e->db, st)) < 0)
+	st = store_q(e->db, "INSERT INTO schedule_fires(repo, name, last_slot, delivery_id) VALUES (?,?,?,?)"
+			    " ON CONFLICT(repo, name) DO UPDATE SET last_slot = excluded.last_slot,"
+			    " delivery_id = excluded.delivery_id");
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, a->repo);
+	db_bind_text(st, 2, a->name);
+	db_bind_int64(st, 3, a->slot);
+	db_bind_int64(st, 4, da.id);
+	if ((rc = db_run(st)) < 0)
 		return rc;
 	a->delivery_id = da.duplicate ? 0 : da.id;
 	return 0;
@@ -509,23 +561,43 @@ struct cancel_args {
 	const char *actor, *reason;
 };
 
+/* Up to max (256) of a run's unfinished jobs into ids; *n how many. */
+static int cancel_batch(struct engine *e, int64_t run_id, int64_t *ids, size_t max, size_t *n)
+{
+	struct db_stmt *st = store_q(e->db, "SELECT id FROM jobs WHERE run_id = ? AND state IN ('queued','running') LIMIT 256");
+	int rc = 0;
+
+	*n = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, run_id);
+	while (*n < max && (rc = db_step(st)) == 1)
+		ids[(*n)++] = db_column_int64(st, 0);
+	db_reset(st);
+	/* a failed step used to end the batch silently; it spoils the
+	 * transaction now, so it is the error */
+	return rc < 0 ? rc : 0;
+}
+
 static int do_cancel(struct engine *e, void *arg)
 {
 	struct cancel_args *a = arg;
-	sqlite3_stmt *st = STMT(e, "SELECT state, concurrency FROM runs WHERE id = ?");
+	struct db_stmt *st = store_q(e->db, "SELECT state, concurrency FROM runs WHERE id = ?");
 	char state[16] = "", *concurrency = NULL;
 	int64_t now = clock_now_ms(), ids[256];
 	size_t n = 0;
 	int rc;
 
-	sqlite3_bind_int64(st, 1, a->run_id);
-	rc = store_step_row(e->db, st);
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, a->run_id);
+	rc = db_step(st);
 	if (rc == 1) {
-		snprintf(state, sizeof(state), "%s", store_col_text(st, 0));
-		if (store_col_text(st, 1))
-			concurrency = xstrdup(store_col_text(st, 1));
+		snprintf(state, sizeof(state), "%s", db_column_text(st, 0));
+		if (db_column_text(st, 1))
+			concurrency = xstrdup(db_column_text(st, 1));
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc <= 0)
 		return rc < 0 ? rc : ota_error_set(OTA_ENOTFOUND, "run %" PRId64 " not found", a->run_id);
 	if (engine_state_final(state)) {
@@ -534,29 +606,34 @@ static int do_cancel(struct engine *e, void *arg)
 	}
 	/* Queued jobs leave the dispatch queue; running ones learn on their next heartbeat. */
 	do {
-		n = 0;
-		st = STMT(e, "SELECT id FROM jobs WHERE run_id = ? AND state IN ('queued','running') LIMIT 256");
-		sqlite3_bind_int64(st, 1, a->run_id);
-		while (n < OTA_ARRAY_SIZE(ids) && store_step_row(e->db, st) == 1)
-			ids[n++] = store_col_int(st, 0);
-		sqlite3_reset(st);
+		if ((rc = cancel_batch(e, a->run_id, ids, OTA_ARRAY_SIZE(ids), &n)) < 0)
+			goto out;
 		for (size_t i = 0; i < n; i++) {
 			eng_queue_remove(e, ids[i]);
-			st = STMT(e, "UPDATE jobs SET state = 'canceled', finished_at = ?, failure = 'canceled',"
-				     " message = 'run canceled', lease_expires = NULL, deadline = NULL WHERE id = ?");
-			sqlite3_bind_int64(st, 1, now);
-			sqlite3_bind_int64(st, 2, ids[i]);
-			if ((rc = store_step_done(e->db, st)) < 0)
+			st = store_q(e->db, "UPDATE jobs SET state = 'canceled', finished_at = ?, failure = 'canceled',"
+					    " message = 'run canceled', lease_expires = NULL, deadline = NULL WHERE id = ?");
+			if (!st) {
+				rc = OTA_ERROR;
+				goto out;
+			}
+			db_bind_int64(st, 1, now);
+			db_bind_int64(st, 2, ids[i]);
+			if ((rc = db_run(st)) < 0)
 				goto out;
 			eng_event(e, a->run_id, ids[i], "job.final", json_pack("{ss}", "state", "canceled"));
 		}
 	} while (n == OTA_ARRAY_SIZE(ids));
 	if ((rc = rollout_on_run_canceled(e, a->run_id)) < 0)
 		goto out;
-	st = STMT(e, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ? AND state IN ('queued','running')");
-	sqlite3_bind_int64(st, 1, now);
-	sqlite3_bind_int64(st, 2, a->run_id);
-	if ((rc = store_step_done(e->db, st)) < 0)
+	st = store_q(e->db, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ?"
+			    " AND state IN ('queued','running')");
+	if (!st) {
+		rc = OTA_ERROR;
+		goto out;
+	}
+	db_bind_int64(st, 1, now);
+	db_bind_int64(st, 2, a->run_id);
+	if ((rc = db_run(st)) < 0)
 		goto out;
 	if ((rc = eng_finish_run(e, a->run_id, "canceled", concurrency, "canceled by user")) < 0)
 		goto out;
