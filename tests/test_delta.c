@@ -1116,7 +1116,13 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 	free(text);
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s/v1.img", bin, conf, dir), 0);
 	pid = dh_device_loop(conf);
-	h_msleep(1500); /* a first check-in as 1.0.0 (nothing to offer) */
+	/* A first check-in as 1.0.0 (nothing to offer) must be answered before
+	 * 1.1.0 is released, or `installed: 1` finds no installed version and
+	 * makes no patch.  The device asks again only after an answer, so a
+	 * second check-in means the first was answered (and is durable). */
+	for (int i = 0; i < 600 && device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
+		h_msleep(100);
+	assert_true(device_metric(&f.d, "otacd_device_checkins_total") >= 2);
 
 	/* 1.1.0 with a patch from the most installed version (1.0.0, reported as
 	 * 1.0.0+BUILD): the device fetches the patch, not the image */
