@@ -28,67 +28,9 @@
 #include "../orchestrator/engine_int.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
+#include "dbconv.h"
 
 /* ---- fixtures ------------------------------------------------------------- */
-
-/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
-/* A fresh, migrated store on the case's backend. */
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/e%d.db", g_tmp, ++g_seq);
-	} else {
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static void must_begin(struct store *s)
-{
-	if (store_begin(s) < 0)
-		fail_msg("begin: %s", ota_error_last());
-}
-
-static void must_commit(struct store *s)
-{
-	if (store_commit(s) < 0)
-		fail_msg("commit: %s", ota_error_last());
-}
 
 /* Step an INSERT ... RETURNING id and return the id. */
 static int64_t returned_id(struct db_stmt *st, const char *what)
@@ -158,31 +100,6 @@ static int64_t lease_of(struct store *s, int64_t job)
 
 /* ---- engine.c's SQL, read from the source ----------------------------------- */
 
-/* Append the C string literal at *p (after its opening quote) to out and
- * leave *p after its closing quote. */
-static void read_literal(const char **p, struct buf *out)
-{
-	const char *q = *p;
-
-	while (*q && *q != '"') {
-		if (*q == '\\' && q[1]) {
-			q++;
-			buf_putc(out, *q == 'n' ? '\n' : *q == 't' ? '\t' : *q);
-		} else {
-			buf_putc(out, *q);
-		}
-		q++;
-	}
-	*p = *q ? q + 1 : q;
-}
-
-static const char *skip_space(const char *p)
-{
-	while (*p == ' ' || *p == '\t' || *p == '\n')
-		p++;
-	return p;
-}
-
 static int is_sql(const char *s)
 {
 	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
@@ -200,14 +117,9 @@ static int is_sql(const char *s)
  */
 static void engine_sql(struct strvec *out)
 {
-	const char *root = getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".";
-	char *path = xasprintf("%s/orchestrator/engine.c", root);
-	struct buf src = BUF_INIT;
-	const char *p;
+	char *src = dbconv_read_source("orchestrator/engine.c");
+	const char *p = src;
 
-	if (ota_read_file(&src, path, 1 << 22) < 0)
-		fail_msg("read %s (set OTACD_SRC to the source tree): %s", path, ota_error_last());
-	p = buf_cstr(&src);
 	while (*p) {
 		if (p[0] == '/' && p[1] == '*') {
 			const char *end = strstr(p + 2, "*/");
@@ -218,12 +130,7 @@ static void engine_sql(struct strvec *out)
 			p += p[1] == '\\' ? 4 : 3;
 		} else if (p[0] == '"') {
 			struct buf lit = BUF_INIT;
-			p++;
-			read_literal(&p, &lit);
-			while (*skip_space(p) == '"') {
-				p = skip_space(p) + 1;
-				read_literal(&p, &lit);
-			}
+			p = dbconv_joined_literals(p, &lit);
 			if (is_sql(buf_cstr(&lit)))
 				strvec_push(out, buf_cstr(&lit));
 			buf_release(&lit);
@@ -231,13 +138,12 @@ static void engine_sql(struct strvec *out)
 			p++;
 		}
 	}
-	buf_release(&src);
-	free(path);
+	free(src);
 }
 
 static void every_statement_in_engine_c_prepares(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct strvec sql = STRVEC_INIT;
 	int bad = 0;
 
@@ -263,10 +169,10 @@ static void every_statement_in_engine_c_prepares(void **state)
 
 static void leases_are_extended_only_for_jobs_that_hold_one(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t run, stage, short_lease, long_lease, inproc, queued, done;
 
-	must_begin(s);
+	dbconv_begin(s);
 	run = add_run(s);
 	stage = add_stage(s, run, "build");
 	short_lease = add_job(s, run, stage, "running", 1000, 9000);
@@ -274,11 +180,11 @@ static void leases_are_extended_only_for_jobs_that_hold_one(void **state)
 	inproc = add_job(s, run, stage, "running", -1, 7000);   /* run inside otacd: no lease */
 	queued = add_job(s, run, stage, "queued", 10, -1);      /* not running: untouched */
 	done = add_job(s, run, stage, "passed", -1, -1);
-	must_commit(s);
+	dbconv_commit(s);
 
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(engine_store_extend_leases(s, 5000), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(lease_of(s, short_lease), 5000); /* raised to one lease from now */
 	assert_int_equal(lease_of(s, long_lease), 99000); /* never shortened */
 	assert_int_equal(lease_of(s, inproc), -1);         /* no lease given: tick() would fail it */
@@ -291,35 +197,35 @@ static void leases_are_extended_only_for_jobs_that_hold_one(void **state)
 
 static void next_due_is_the_earliest_lease_or_deadline_of_a_running_job(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t run, stage;
 
 	assert_true(engine_store_next_due(s) == INT64_MAX); /* no running job */
-	must_begin(s);
+	dbconv_begin(s);
 	run = add_run(s);
 	stage = add_stage(s, run, "build");
 	add_job(s, run, stage, "running", -1, -1); /* a rollout: neither */
-	must_commit(s);
+	dbconv_commit(s);
 	/* the sentinel both COALESCEs fall back to, on both backends */
 	assert_true(engine_store_next_due(s) == 9000000000000000LL);
 
-	must_begin(s);
+	dbconv_begin(s);
 	add_job(s, run, stage, "running", 5000, 7000);
 	add_job(s, run, stage, "running", -1, 3000);
 	add_job(s, run, stage, "queued", 100, 100); /* not running: not due */
-	must_commit(s);
+	dbconv_commit(s);
 	assert_true(engine_store_next_due(s) == 3000);
 	store_close(s);
 }
 
 static void due_jobs_tell_a_lost_lease_from_a_passed_deadline(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t run, stage, lost_agent, timed_out, inproc_timed_out, ids[8];
 	int lost[8];
 	size_t n = 0;
 
-	must_begin(s);
+	dbconv_begin(s);
 	run = add_run(s);
 	stage = add_stage(s, run, "build");
 	lost_agent = add_job(s, run, stage, "running", 900, 5000);
@@ -327,11 +233,11 @@ static void due_jobs_tell_a_lost_lease_from_a_passed_deadline(void **state)
 	inproc_timed_out = add_job(s, run, stage, "running", -1, 1000);
 	add_job(s, run, stage, "running", 2000, -1); /* not yet */
 	add_job(s, run, stage, "queued", 1, 1);      /* not running */
-	must_commit(s);
+	dbconv_commit(s);
 
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(engine_store_due_jobs(s, 1000, ids, lost, OTA_ARRAY_SIZE(ids), &n), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(n, 3);
 	for (size_t i = 0; i < n; i++) {
 		if (ids[i] == lost_agent)
@@ -358,13 +264,13 @@ static const char *outcome_of(struct store *s, int64_t run, const char *const *s
 	int64_t stage;
 
 	snprintf(name, sizeof(name), "s%d", ++seq);
-	must_begin(s);
+	dbconv_begin(s);
 	stage = add_stage(s, run, name);
 	for (size_t i = 0; i < n; i++)
 		add_job(s, run, stage, states[i], -1, -1);
 	if (engine_store_stage_outcome(s, stage, &out) < 0)
 		fail_msg("stage outcome: %s", ota_error_last());
-	must_commit(s);
+	dbconv_commit(s);
 	return out;
 }
 
@@ -373,12 +279,12 @@ static const char *outcome_of(struct store *s, int64_t run, const char *const *s
 
 static void a_stage_ends_when_all_its_jobs_did(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t run;
 
-	must_begin(s);
+	dbconv_begin(s);
 	run = add_run(s);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_null(OUTCOME("passed", "running"));
 	assert_null(OUTCOME("queued"));
 	assert_string_equal(OUTCOME("passed", "passed"), "passed");
@@ -392,45 +298,19 @@ static void a_stage_ends_when_all_its_jobs_did(void **state)
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
-#define BOTH(fn)                                               \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite }, \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		BOTH(every_statement_in_engine_c_prepares),
-		BOTH(leases_are_extended_only_for_jobs_that_hold_one),
-		BOTH(next_due_is_the_earliest_lease_or_deadline_of_a_running_job),
-		BOTH(due_jobs_tell_a_lost_lease_from_a_passed_deadline),
-		BOTH(a_stage_ends_when_all_its_jobs_did),
+		DBCONV_BOTH(every_statement_in_engine_c_prepares),
+		DBCONV_BOTH(leases_are_extended_only_for_jobs_that_hold_one),
+		DBCONV_BOTH(next_due_is_the_earliest_lease_or_deadline_of_a_running_job),
+		DBCONV_BOTH(due_jobs_tell_a_lost_lease_from_a_passed_deadline),
+		DBCONV_BOTH(a_stage_ends_when_all_its_jobs_did),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_engine: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_engine: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_engine");
 	rc = cmocka_run_group_tests_name("dbconv_engine", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }

@@ -30,67 +30,9 @@
 #include "../orchestrator/engine_int.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
+#include "dbconv.h"
 
 /* ---- fixtures ------------------------------------------------------------- */
-
-/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
-/* A fresh store migrated by store_open() on the case's backend. */
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/j%d.db", g_tmp, ++g_seq);
-	} else {
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static void must_begin(struct store *s)
-{
-	if (store_begin(s) < 0)
-		fail_msg("begin: %s", ota_error_last());
-}
-
-static void must_commit(struct store *s)
-{
-	if (store_commit(s) < 0)
-		fail_msg("commit: %s", ota_error_last());
-}
 
 /* ---- engine_jobs.c's statements, run with a transcript -------------------- */
 
@@ -310,7 +252,7 @@ static const char k_attempt_row[] =
 
 static void every_statement_prepares(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	size_t n;
 	const struct engine_jobs_sql *q = engine_jobs_sql(&n);
 
@@ -373,18 +315,18 @@ static void the_list_holds_every_statement_engine_jobs_runs(void **state)
  * a local agent registered before this daemon started is told apart. */
 static void an_agent_registering_again_keeps_its_id(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t a, b, again;
 
-	must_begin(s);
+	dbconv_begin(s);
 	assert_string_equal(row(s, "jq_agent_restarted", "it", (int64_t)500, "builder"), "none");
 	a = returned_id(s, "jq_agent_upsert", "ttiii", "builder", "[\"arm\"]", (int64_t)1, (int64_t)100,
 			(int64_t)100);
 	b = returned_id(s, "jq_agent_upsert", "ttiii", "rig", "[\"hil\"]", (int64_t)0, (int64_t)110, (int64_t)110);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_true(a > 0 && b > 0 && a != b);
 
-	must_begin(s);
+	dbconv_begin(s);
 	/* registered at 100, this daemon started at 500: its predecessor's */
 	assert_string_equal(row(s, "jq_agent_restarted", "it", (int64_t)500, "builder"), "1");
 	again = returned_id(s, "jq_agent_upsert", "ttiii", "builder", "[\"arm\",\"x86\"]", (int64_t)1, (int64_t)600,
@@ -393,7 +335,7 @@ static void an_agent_registering_again_keeps_its_id(void **state)
 	assert_string_equal(row(s, "jq_agent_restarted", "it", (int64_t)500, "builder"), "0");
 	assert_string_equal(row(s, "jq_agent_labels", "i", a), "[\"arm\",\"x86\"]");
 	assert_int_equal(run(s, "jq_agent_seen", "ii", (int64_t)700, a), 1);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_string_equal(look(s, "SELECT labels, local, registered_at, last_seen FROM agents WHERE id = ?", a),
 			    "[\"arm\",\"x86\"]|1|600|700");
 	transcript_done(state, "agents", s);
@@ -403,11 +345,11 @@ static void an_agent_registering_again_keeps_its_id(void **state)
  * queue wait (NULL when queued_at is, 0 when the clock went back). */
 static void a_claim_starts_one_attempt_with_its_queue_wait(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	const int64_t queued_at[3] = { 1000, -1, 9000 };
 	int64_t jobs[3], agent, rig, real = 1500, now = 42, lease = 30000, timeout = 60000;
 
-	must_begin(s);
+	dbconv_begin(s);
 	agent = returned_id(s, "jq_agent_upsert", "ttiii", "builder", "[]", (int64_t)0, (int64_t)1, (int64_t)1);
 	rig = returned_id(s, "jq_agent_upsert", "ttiii", "rig", "[]", (int64_t)0, (int64_t)1, (int64_t)1);
 	add_run(s, "acme/fw", jobs, 3, queued_at);
@@ -422,7 +364,7 @@ static void a_claim_starts_one_attempt_with_its_queue_wait(void **state)
 	/* a job no longer queued is not claimed again */
 	assert_int_equal(run(s, "jq_job_claim", "iiiiiii", (int64_t)2, agent, real, real, now, jobs[0], real), 0);
 	assert_int_equal(run(s, "jq_agent_holds", "ii", jobs[0], agent), 1);
-	must_commit(s);
+	dbconv_commit(s);
 
 	assert_string_equal(look(s, k_attempt_row, jobs[0]), "1|1|42|NULL|NULL|NULL|NULL|500|"
 				"0000000000000000000000000000000000000000000000000000000000000000");
@@ -433,7 +375,7 @@ static void a_claim_starts_one_attempt_with_its_queue_wait(void **state)
 	assert_string_equal(look(s, "SELECT current_job FROM agents WHERE id = ?", agent), "1");
 
 	/* do_heartbeat reads the lease and renews it */
-	must_begin(s);
+	dbconv_begin(s);
 	assert_string_equal(row(s, "jq_job_lease", "i", jobs[0]), "running|1|1");
 	assert_string_equal(row(s, "jq_job_lease", "i", (int64_t)99), "none");
 	assert_int_equal(run(s, "jq_job_lease_renew", "ii", (int64_t)77777, jobs[0]), 1);
@@ -441,7 +383,7 @@ static void a_claim_starts_one_attempt_with_its_queue_wait(void **state)
 	/* do_finish: the attempt is open for its agent only */
 	assert_string_equal(row(s, "jq_attempt_open", "iii", jobs[0], (int64_t)1, agent), "1");
 	assert_string_equal(row(s, "jq_attempt_open", "iii", jobs[0], (int64_t)1, agent + 1), "none");
-	must_commit(s);
+	dbconv_commit(s);
 	assert_non_null(strstr(look(s, k_job_row, jobs[0]), "|77777|"));
 	transcript_done(state, "claim", s);
 }
@@ -450,14 +392,14 @@ static void a_claim_starts_one_attempt_with_its_queue_wait(void **state)
  * (infra, counted, or none for "daemon"), then ends. */
 static void retries_are_counted_against_the_right_budget(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	const int64_t queued_at[1] = { 10 };
 	int64_t job, agent;
 
-	must_begin(s);
+	dbconv_begin(s);
 	agent = returned_id(s, "jq_agent_upsert", "ttiii", "builder", "[]", (int64_t)0, (int64_t)1, (int64_t)1);
 	add_run(s, NULL, &job, 1, queued_at);
-	must_commit(s);
+	dbconv_commit(s);
 
 	/* attempts 1..4: infra (1 left), counted (2 left), daemon (free), counted */
 	static const struct {
@@ -475,7 +417,7 @@ static void retries_are_counted_against_the_right_budget(void **state)
 		const char *message = !strcmp(k_tries[i].failure, "infra") ? "lost"
 				    : !strcmp(k_tries[i].failure, "script") ? "exit 1" : NULL;
 
-		must_begin(s);
+		dbconv_begin(s);
 		assert_int_equal(run(s, "jq_job_claim", "iiiiiii", attempt, agent, (int64_t)100, (int64_t)200,
 				     (int64_t)50, job, (int64_t)1500), 1);
 		assert_int_equal(run(s, "jq_attempt_start", "iiiiti", job, attempt, agent, (int64_t)50, NULL,
@@ -486,11 +428,11 @@ static void retries_are_counted_against_the_right_budget(void **state)
 		assert_int_equal(run(s, "jq_agent_free", "ii", agent, job), 1);
 		assert_int_equal(run(s, "jq_job_requeue", "ittiiii", exit_code, k_tries[i].failure, message,
 				     k_tries[i].use_infra, k_tries[i].use_count, job, (int64_t)2000), 1);
-		must_commit(s);
+		dbconv_commit(s);
 		assert_string_equal(look(s, k_job_row, job), k_tries[i].after);
 	}
 	/* the last attempt fails for good */
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(run(s, "jq_job_claim", "iiiiiii", (int64_t)5, agent, (int64_t)100, (int64_t)200, (int64_t)50,
 			     job, (int64_t)1500), 1);
 	assert_int_equal(run(s, "jq_attempt_start", "iiiiti", job, (int64_t)5, agent, (int64_t)50, NULL,
@@ -499,7 +441,7 @@ static void retries_are_counted_against_the_right_budget(void **state)
 			 1);
 	assert_int_equal(run(s, "jq_job_final", "tiittii", "failed", (int64_t)70, (int64_t)2, "script", NULL, job,
 			     (int64_t)3000), 1);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_string_equal(look(s, k_job_row, job), "failed|5|1|NULL|NULL|0|0|2|script|NULL|2000|70|3000");
 	assert_string_equal(look(s, "SELECT COUNT(*), COUNT(finished_at), MAX(queue_wait_ms), MIN(queue_wait_ms)"
 				    " FROM job_attempts WHERE job_id = ?", job),
@@ -510,11 +452,11 @@ static void retries_are_counted_against_the_right_budget(void **state)
 /* do_finish for a canceled job; cache_scope and job_source read the run. */
 static void a_canceled_attempt_closes_and_the_run_is_read(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	const int64_t queued_at[1] = { 0 };
 	int64_t job, agent, run_id, bare;
 
-	must_begin(s);
+	dbconv_begin(s);
 	agent = returned_id(s, "jq_agent_upsert", "ttiii", "builder", "[]", (int64_t)0, (int64_t)1, (int64_t)1);
 	run_id = add_run(s, "acme/fw", &job, 1, queued_at);
 	assert_int_equal(run(s, "jq_job_claim", "iiiiiii", (int64_t)1, agent, (int64_t)100, (int64_t)200,
@@ -530,7 +472,7 @@ static void a_canceled_attempt_closes_and_the_run_is_read(void **state)
 	assert_string_equal(row(s, "jq_run_source", "i", run_id), "refs/heads/main|acme/fw|c0ffee|7ree");
 	bare = add_run(s, NULL, &job, 0, queued_at);
 	assert_string_equal(row(s, "jq_run_source", "i", bare), "refs/heads/main|NULL|NULL|NULL");
-	must_commit(s);
+	dbconv_commit(s);
 	assert_string_equal(look(s, "SELECT finished_at, exit_code, failure FROM job_attempts WHERE job_id = ?", 1),
 			    "80|137|canceled");
 	transcript_done(state, "cancel", s);
@@ -540,11 +482,11 @@ static void a_canceled_attempt_closes_and_the_run_is_read(void **state)
  * bytes leave out the one it replaces. */
 static void an_artifact_sent_again_keeps_its_id(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	const int64_t queued_at[1] = { 0 };
 	int64_t job, run_id, fw, map, again;
 
-	must_begin(s);
+	dbconv_begin(s);
 	run_id = add_run(s, "acme/fw", &job, 1, queued_at);
 	assert_string_equal(row(s, "jq_run_artifact_bytes", "iiit", run_id, job, (int64_t)1, "fw.bin"), "0");
 	fw = returned_id(s, "jq_artifact_upsert", "iiittitti", run_id, job, (int64_t)1, "fw.bin", "aa", (int64_t)300,
@@ -555,7 +497,7 @@ static void an_artifact_sent_again_keeps_its_id(void **state)
 	assert_string_equal(row(s, "jq_run_artifact_bytes", "iiit", run_id, job, (int64_t)1, "other"), "345");
 	again = returned_id(s, "jq_artifact_upsert", "iiittitti", run_id, job, (int64_t)1, "fw.bin", "cc",
 			    (int64_t)310, NULL, "board-b", (int64_t)7);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_true(fw != map);
 	assert_int_equal(again, fw);
 	assert_string_equal(look(s, "SELECT sha256, size, type, hardware, created_at FROM artifacts WHERE id = ?", fw),
@@ -566,50 +508,24 @@ static void an_artifact_sent_again_keeps_its_id(void **state)
 
 /* ---- main ------------------------------------------------------------------ */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
-#define BOTH(fn)                                               \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite }, \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(the_list_holds_every_statement_engine_jobs_runs),
-		BOTH(every_statement_prepares),
-		BOTH(an_agent_registering_again_keeps_its_id),
-		BOTH(a_claim_starts_one_attempt_with_its_queue_wait),
-		BOTH(retries_are_counted_against_the_right_budget),
-		BOTH(a_canceled_attempt_closes_and_the_run_is_read),
-		BOTH(an_artifact_sent_again_keeps_its_id),
+		DBCONV_BOTH(every_statement_prepares),
+		DBCONV_BOTH(an_agent_registering_again_keeps_its_id),
+		DBCONV_BOTH(a_claim_starts_one_attempt_with_its_queue_wait),
+		DBCONV_BOTH(retries_are_counted_against_the_right_budget),
+		DBCONV_BOTH(a_canceled_attempt_closes_and_the_run_is_read),
+		DBCONV_BOTH(an_artifact_sent_again_keeps_its_id),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_jobs: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_jobs: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_jobs");
 	rc = cmocka_run_group_tests_name("dbconv_jobs", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
+	dbconv_finish();
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(g_sqlite_seen); i++)
 		free(g_sqlite_seen[i].seen);
 	buf_release(&g_seen);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
 	return rc;
 }

@@ -29,66 +29,9 @@
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
+#include "dbconv.h"
 
 /* ---- fixtures ------------------------------------------------------------- */
-
-/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
-static int pg_available(void)
-{
-	if (g_pg_up == 1)
-		return 1;
-	if (g_pg_up < 0)
-		fail_msg("PostgreSQL cluster failed to start");
-	fprintf(stderr, "skipped: PostgreSQL's binaries are not installed\n");
-	return 0;
-}
-
-/* A fresh, migrated store on kind. */
-static struct store *open_store(enum db_backend kind)
-{
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/r%d.db", g_tmp, ++g_seq);
-	} else {
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-
-	if (kind == DB_POSTGRES && !pg_available())
-		skip();
-	return open_store(kind);
-}
 
 /* Run an INSERT ... RETURNING id with text parameters (NULL: SQL NULL). */
 static int64_t insert(struct store *s, const char *sql, int n, ...)
@@ -159,7 +102,7 @@ static void prepare_one(const char *sql, void *arg)
 
 static void every_reader_statement_prepares_and_runs(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct prep p = { store_conn(s), 0, 0, 0 };
 
 	api_read_sql_each(prepare_one, &p);
@@ -349,7 +292,7 @@ static void inputs_are_what_json_each_gave_on_both_backends(void **state)
 	static const char *const hil[] = { "b1/app.bin", "b1/app.elf", "b2/app.bin", "docs.tar", "junit.xml" };
 	static const char *const flash[] = { "b1/app.bin", "b1/app.elf" };
 	static const char *const quoted[] = { "odd.bin" };
-	struct store *lite = open_store(DB_SQLITE), *pg;
+	struct store *lite = dbconv_open_store(DB_SQLITE), *pg;
 	struct fixture fl, fp;
 	json_t *got[4];
 	json_t *out = NULL;
@@ -376,8 +319,8 @@ static void inputs_are_what_json_each_gave_on_both_backends(void **state)
 	assert_null(out);
 	store_close(lite);
 
-	if (pg_available()) {
-		pg = open_store(DB_POSTGRES);
+	if (dbconv_pg_available()) {
+		pg = dbconv_open_store(DB_POSTGRES);
 		fill(pg, &fp);
 		{
 			const int64_t jobs[4] = { fp.hil, fp.flash, fp.quoted, fp.lonely };
@@ -442,7 +385,7 @@ fail:
 
 static void a_snapshot_does_not_see_later_commits(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct snap x = { s, 0, 0, 0, 0, "" };
 	pthread_t t;
 
@@ -460,43 +403,17 @@ static void a_snapshot_does_not_see_later_commits(void **state)
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
-#define BOTH(fn)                                               \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite }, \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		BOTH(every_reader_statement_prepares_and_runs),
+		DBCONV_BOTH(every_reader_statement_prepares_and_runs),
 		cmocka_unit_test(inputs_are_what_json_each_gave_on_both_backends),
-		BOTH(a_snapshot_does_not_see_later_commits),
+		DBCONV_BOTH(a_snapshot_does_not_see_later_commits),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_read: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_read: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_read");
 	rc = cmocka_run_group_tests_name("dbconv_read", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }

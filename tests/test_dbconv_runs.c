@@ -28,70 +28,12 @@
 #include "../orchestrator/policy.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
+#include "dbconv.h"
 
 /* The files this test covers. */
 static const char *const k_files[] = { "orchestrator/engine_runs.c", "orchestrator/engine_release.c" };
 
 /* ---- fixtures ------------------------------------------------------------- */
-
-/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
-/* A fresh, migrated store on the case's backend. */
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/r%d.db", g_tmp, ++g_seq);
-	} else {
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static void must_begin(struct store *s)
-{
-	if (store_begin(s) < 0)
-		fail_msg("begin: %s", ota_error_last());
-}
-
-static void must_commit(struct store *s)
-{
-	if (store_commit(s) < 0)
-		fail_msg("commit: %s", ota_error_last());
-}
 
 /*
  * The rows of a query, one line each, columns separated by '|' (NULL
@@ -127,18 +69,6 @@ static void assert_rows(struct store *s, const char *sql, const char *want)
 
 /* ---- the statements, read from the source ----------------------------------- */
 
-static char *read_source(const char *rel)
-{
-	const char *root = getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".";
-	char *path = xasprintf("%s/%s", root, rel);
-	struct buf b = BUF_INIT;
-
-	if (ota_read_file(&b, path, 1 << 22) < 0)
-		fail_msg("read %s (set OTACD_SRC to the source tree): %s", path, ota_error_last());
-	free(path);
-	return buf_detach(&b);
-}
-
 /*
  * The SQL of each store_q() call in src: the adjacent string literals of
  * its second argument, joined as the compiler joins them.  Fails the test
@@ -155,19 +85,7 @@ static size_t extract_sql(const char *src, const char *file, char ***out)
 
 		if (!q)
 			fail_msg("%s: store_q( without a second argument", file);
-		for (q++;;) {
-			while (*q == ' ' || *q == '\t' || *q == '\n')
-				q++;
-			if (*q != '"')
-				break;
-			for (q++; *q && *q != '"'; q++) {
-				if (*q == '\\' && q[1])
-					q++; /* \" and \\ (the SQL has no other escapes) */
-				buf_putc(&sql, *q);
-			}
-			if (*q)
-				q++;
-		}
+		q = dbconv_joined_literals(q + 1, &sql);
 		if (*q != ')' || !sql.len)
 			fail_msg("%s: a store_q() whose SQL is not a string literal, near \"%.60s\"", file, p);
 		v = xrealloc(v, (n + 1) * sizeof(*v));
@@ -184,7 +102,7 @@ static char *find_sql(const char *prefix)
 	char *found = NULL;
 
 	for (size_t f = 0; f < OTA_ARRAY_SIZE(k_files); f++) {
-		char *src = read_source(k_files[f]), **sql;
+		char *src = dbconv_read_source(k_files[f]), **sql;
 		size_t n = extract_sql(src, k_files[f], &sql);
 		for (size_t i = 0; i < n; i++) {
 			if (!strncmp(sql[i], prefix, strlen(prefix)) && !found)
@@ -201,11 +119,11 @@ static char *find_sql(const char *prefix)
 
 static void every_statement_of_the_converted_files_prepares(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	size_t total = 0;
 
 	for (size_t f = 0; f < OTA_ARRAY_SIZE(k_files); f++) {
-		char *src = read_source(k_files[f]), **sql;
+		char *src = dbconv_read_source(k_files[f]), **sql;
 		size_t n = extract_sql(src, k_files[f], &sql);
 
 		/* the conversion is complete: no raw SQLite call is left */
@@ -238,10 +156,10 @@ static int64_t add_delivery(struct store *s, const char *provider, const char *i
 	struct delivery d = { provider, id, "fw", "refs/heads/main", "b0", "a1", 0, "ann", pr, pr ? "main" : NULL };
 	int64_t out = -1;
 
-	must_begin(s);
+	dbconv_begin(s);
 	if (runs_store_delivery_add(s, &d, 1000 + pr, &out, dup) < 0)
 		fail_msg("delivery %s: %s", id, ota_error_last());
-	must_commit(s);
+	dbconv_commit(s);
 	return out;
 }
 
@@ -250,16 +168,16 @@ static int64_t add_run(struct store *s, const struct trigger_req *req, const str
 {
 	int64_t id = -1;
 
-	must_begin(s);
+	dbconv_begin(s);
 	if (runs_store_insert(s, req, trust, name, NULL, state, error, 5000, &id) < 0)
 		fail_msg("run %s: %s", name, ota_error_last());
-	must_commit(s);
+	dbconv_commit(s);
 	return id;
 }
 
 static void deliveries_are_recorded_once_and_runs_get_ids_from_returning(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	/* yaml is bound with its length: the bytes after len are not the pipeline */
 	const char *yaml = "name: fw\nstages: []\nNOT PART OF IT";
 	struct trigger_req push = { yaml, 19, "fw.yml", "refs/heads/main", "a1", "webhook", "fw", "t1", "Ann",
@@ -303,13 +221,13 @@ static void deliveries_are_recorded_once_and_runs_get_ids_from_returning(void **
 /* The stage and job inserts of do_trigger, run with the source's SQL. */
 static void stages_and_jobs_insert_with_their_ids(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct trigger_req api = { .file = "fw.yml", .ref = "refs/heads/main", .trigger = "api" };
 	char *stage_sql = find_sql("INSERT INTO stages"), *job_sql = find_sql("INSERT INTO jobs");
 	int64_t run = add_run(s, &api, &k_trusted, "fw", "queued", NULL), stage[2];
 	struct db_stmt *st = NULL;
 
-	must_begin(s);
+	dbconv_begin(s);
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(db_prepare(store_conn(s), &st, stage_sql), 0);
 		db_bind_int64(st, 1, run);
@@ -336,7 +254,7 @@ static void stages_and_jobs_insert_with_their_ids(void **state)
 		assert_int_equal(db_changes(st), 1);
 		db_finalize(st);
 	}
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(stage[0], 1);
 	assert_int_equal(stage[1], 2);
 	assert_rows(s, "SELECT id, run_id, idx, name, state, needs, when_filter FROM stages ORDER BY id",
@@ -354,18 +272,18 @@ static int record(struct store *s, struct release_record *r, int64_t *id)
 {
 	int rc;
 
-	must_begin(s);
+	dbconv_begin(s);
 	rc = release_store_record(s, r, 9000 + r->run_id, id);
 	if (rc < 0)
 		store_rollback(s);
 	else
-		must_commit(s);
+		dbconv_commit(s);
 	return rc;
 }
 
 static void releases_follow_the_anti_rollback_rules_and_record_once(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct trigger_req api = { .file = "fw.yml", .ref = "refs/heads/main", .trigger = "api" };
 	int64_t keep[1], id = -1, runs[6];
 	struct release_record r = { 0 };
@@ -412,7 +330,7 @@ static void releases_follow_the_anti_rollback_rules_and_record_once(void **state
 	/* the same version on another branch breaks UNIQUE(product, version):
 	 * the failed INSERT spoils the transaction, on both backends */
 	r = (struct release_record){ runs[4], "fw", "1.2.0", "beta", "k1", 5, 51, 52, 53, NULL, 0, 0, 0 };
-	must_begin(s);
+	dbconv_begin(s);
 	assert_true(release_store_record(s, &r, 1, &id) < 0);
 	assert_true(store_commit(s) < 0);
 	store_rollback(s);
@@ -429,44 +347,18 @@ static void releases_follow_the_anti_rollback_rules_and_record_once(void **state
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
-#define BOTH(fn)                                               \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite }, \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		BOTH(every_statement_of_the_converted_files_prepares),
-		BOTH(deliveries_are_recorded_once_and_runs_get_ids_from_returning),
-		BOTH(stages_and_jobs_insert_with_their_ids),
-		BOTH(releases_follow_the_anti_rollback_rules_and_record_once),
+		DBCONV_BOTH(every_statement_of_the_converted_files_prepares),
+		DBCONV_BOTH(deliveries_are_recorded_once_and_runs_get_ids_from_returning),
+		DBCONV_BOTH(stages_and_jobs_insert_with_their_ids),
+		DBCONV_BOTH(releases_follow_the_anti_rollback_rules_and_record_once),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_runs: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_runs: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_runs");
 	rc = cmocka_run_group_tests_name("dbconv_runs", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }

@@ -24,55 +24,9 @@
 #include "../orchestrator/policy.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
+#include "dbconv.h"
 
 /* ---- fixtures ------------------------------------------------------------- */
-
-/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
-/* A fresh, migrated store on the case's backend. */
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/m%d.db", g_tmp, ++g_seq);
-	} else {
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
 
 static int64_t count(struct store *s, const char *sql)
 {
@@ -85,18 +39,6 @@ static int64_t count(struct store *s, const char *sql)
 	n = db_column_int64(st, 0);
 	db_reset(st);
 	return n;
-}
-
-static void must_begin(struct store *s)
-{
-	if (store_begin(s) < 0)
-		fail_msg("begin: %s", ota_error_last());
-}
-
-static void must_commit(struct store *s)
-{
-	if (store_commit(s) < 0)
-		fail_msg("commit: %s", ota_error_last());
 }
 
 /* ---- idempotency keys (idem.c) -------------------------------------------- */
@@ -112,24 +54,24 @@ static struct idem_seen idem_at(struct store *s, const char *key, const char *fp
 {
 	struct idem_seen r = { 0 };
 
-	must_begin(s);
+	dbconv_begin(s);
 	if (idem_store_begin(s, "ci", key, fp, now, &r.state, &r.status, &r.body) < 0)
 		fail_msg("idem_store_begin %s: %s", key, ota_error_last());
-	must_commit(s);
+	dbconv_commit(s);
 	return r;
 }
 
 static void idem_end(struct store *s, const char *key, int status, const char *body, size_t len)
 {
-	must_begin(s);
+	dbconv_begin(s);
 	if (idem_store_finish(s, "ci", key, status, body, len) < 0)
 		fail_msg("idem_store_finish %s: %s", key, ota_error_last());
-	must_commit(s);
+	dbconv_commit(s);
 }
 
 static void idempotency_keys_are_reserved_answered_replayed_and_expire(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	const char *answer = "{\"id\":7}trailing bytes not part of the answer";
 	int64_t t0 = 1700000000000LL;
 	struct idem_seen r;
@@ -172,7 +114,7 @@ static void idempotency_keys_are_reserved_answered_replayed_and_expire(void **st
 
 static void tokens_are_stored_as_hashes_and_checked_after_a_reload(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	char *tok = NULL, *again = NULL, hash[65];
 	struct db_stmt *st;
 
@@ -211,7 +153,7 @@ static void tokens_are_stored_as_hashes_and_checked_after_a_reload(void **state)
 
 static void agents_are_registered_loaded_and_revoked(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	json_t *allowed = json_pack("[ss]", "arm", "hil"), *labels = NULL;
 	char hash[65], hash2[65];
 	int64_t id = -1, job = -1;
@@ -220,11 +162,11 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	auth_remove("builder-1");
 	auth_sha256_hex("builder-1-token", hash);
 	auth_sha256_hex("builder-1-token-2", hash2);
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(agentreg_store_add(s, "builder-1", allowed, hash), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	/* a name in use is refused */
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(agentreg_store_add(s, "builder-1", allowed, hash2), OTA_ECONFLICT);
 	store_rollback(s);
 
@@ -236,13 +178,13 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	assert_true(json_equal(labels, allowed));
 	json_decref(labels);
 
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(agentreg_store_revoke(s, "builder-1", &id, &job), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_true(id > 0);
 	assert_int_equal(job, 0);
 	assert_int_equal(count(s, "SELECT COUNT(*) FROM agents WHERE token_hash IS NULL AND revoked_at IS NOT NULL"), 1);
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(agentreg_store_revoke(s, "builder-1", &id, &job), OTA_ECONFLICT);
 	assert_int_equal(agentreg_store_revoke(s, "nobody", &id, &job), OTA_ENOTFOUND);
 	store_rollback(s);
@@ -252,9 +194,9 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	assert_int_equal(auth_load(s), 0);
 	assert_int_equal(auth_check("builder-1-token"), ROLE_NONE);
 	/* and the name may be registered again, with a new token */
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(agentreg_store_add(s, "builder-1", allowed, hash2), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(count(s, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL AND token_hash IS NOT NULL"), 1);
 	auth_remove("builder-1");
 	json_decref(allowed);
@@ -281,7 +223,7 @@ static int64_t add_run(struct store *s, int protect, const char *reason)
 
 static void only_protected_runs_may_sign_releases(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	int64_t trusted = add_run(s, 1, "protected branch main");
 	int64_t pushed = add_run(s, 0, "pushed by a contributor");
 
@@ -299,7 +241,7 @@ static void only_protected_runs_may_sign_releases(void **state)
 
 static void meta_rows_round_trip_and_unconverted_modules_say_so(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	char *v = NULL;
 
 	assert_int_equal(store_meta_get(s, "instance", &v), OTA_ENOTFOUND);
@@ -322,45 +264,19 @@ static void meta_rows_round_trip_and_unconverted_modules_say_so(void **state)
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
-#define BOTH(fn)                                               \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite }, \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		BOTH(idempotency_keys_are_reserved_answered_replayed_and_expire),
-		BOTH(tokens_are_stored_as_hashes_and_checked_after_a_reload),
-		BOTH(agents_are_registered_loaded_and_revoked),
-		BOTH(only_protected_runs_may_sign_releases),
-		BOTH(meta_rows_round_trip_and_unconverted_modules_say_so),
+		DBCONV_BOTH(idempotency_keys_are_reserved_answered_replayed_and_expire),
+		DBCONV_BOTH(tokens_are_stored_as_hashes_and_checked_after_a_reload),
+		DBCONV_BOTH(agents_are_registered_loaded_and_revoked),
+		DBCONV_BOTH(only_protected_runs_may_sign_releases),
+		DBCONV_BOTH(meta_rows_round_trip_and_unconverted_modules_say_so),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbmods: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbmods: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbmods");
 	rc = cmocka_run_group_tests_name("dbmods", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }

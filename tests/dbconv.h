@@ -1,0 +1,78 @@
+/*
+ * dbconv.h - what the storage-layer tests (test_db, test_dbmods,
+ * test_dbconv_*, docs/storage.md) share: each case runs on SQLite and on a
+ * real PostgreSQL cluster started in a temporary directory
+ * (tests/pgcluster.h), on a fresh store migrated from nothing, and the
+ * converted files' SQL is read from their source text.
+ *
+ * A test's main() calls dbconv_start() before its cmocka group and
+ * dbconv_finish() after it.  When PostgreSQL's binaries are absent the
+ * PostgreSQL cases are skipped, saying so; when the cluster fails to start
+ * they fail.  Failures inside these helpers fail the running case with
+ * what went wrong (cmocka's fail_msg).
+ */
+#ifndef OTA_TESTS_DBCONV_H
+#define OTA_TESTS_DBCONV_H
+
+#include "../common/util.h"
+#include "../orchestrator/db/db.h"
+#include "../orchestrator/store.h"
+
+struct pgcluster;
+
+/* the case's backend, as a cmocka initial state (DBCONV_BOTH) */
+extern const enum db_backend dbconv_sqlite;
+extern const enum db_backend dbconv_postgres;
+
+/* Two cases for fn: "sqlite/fn" and "postgres/fn"; dbconv_backend(state)
+ * tells fn which one it is. */
+#define DBCONV_BOTH(fn)                                             \
+	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&dbconv_sqlite }, \
+	{ "postgres/" #fn, fn, NULL, NULL, (void *)&dbconv_postgres }
+
+/* ---- the run: temporary directory and cluster ------------------------------- */
+
+/* Make the temporary directory, start the cluster (test names the binary in
+ * messages) and apply X_ONLY as cmocka's test filter. */
+void dbconv_start(const char *test);
+/* Stop the cluster and remove the temporary directory. */
+void dbconv_finish(void);
+const char *dbconv_tmpdir(void);
+struct pgcluster *dbconv_cluster(void);
+const char *dbconv_pg_url(void);
+
+/* ---- the case's backend -------------------------------------------------------- */
+
+enum db_backend dbconv_backend(void **state);
+/* 1 when the cluster runs; 0 (saying "skipped") when PostgreSQL is not
+ * installed; fails the case when the cluster failed to start. */
+int dbconv_pg_available(void);
+/* Skip the case unless dbconv_pg_available(). */
+void dbconv_need_pg(void);
+
+/* ---- fresh stores ------------------------------------------------------------- */
+
+/* Empty the PostgreSQL database, so store_open() migrates from nothing. */
+void dbconv_pg_reset(void);
+/* A fresh, migrated store on kind: a new SQLite file, or the PostgreSQL
+ * database reset first.  The caller has checked PostgreSQL runs. */
+struct store *dbconv_open_store(enum db_backend kind);
+/* dbconv_open_store(), skipping a PostgreSQL case without PostgreSQL. */
+struct store *dbconv_fresh_store(enum db_backend kind);
+/* dbconv_fresh_store() on the case's backend (DBCONV_BOTH). */
+struct store *dbconv_case_store(void **state);
+void dbconv_begin(struct store *s);
+void dbconv_commit(struct store *s);
+
+/* ---- SQL read from the sources ------------------------------------------------ */
+
+/* The text of rel, relative to $OTACD_SRC (default "."); the caller frees it. */
+char *dbconv_read_source(const char *rel);
+/* Append the C string literal at *p (*p at its opening quote) to out,
+ * unescaped; *p moves past its closing quote. */
+void dbconv_take_literal(const char **p, struct buf *out);
+/* Append the adjacent string literals from p on (after blanks), joined as
+ * the compiler joins them; returns where they end (p when there is none). */
+const char *dbconv_joined_literals(const char *p, struct buf *out);
+
+#endif
