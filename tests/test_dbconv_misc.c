@@ -35,12 +35,7 @@
 #include "../orchestrator/store.h"
 #include "../stages/reports_kind.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
+#include "dbconv.h"
 
 /* the converted files, relative to the source tree */
 static const char *const k_files[] = {
@@ -54,52 +49,6 @@ static const char *const k_files[] = {
 
 /* ---- fixtures ------------------------------------------------------------- */
 
-static void need_pg(void)
-{
-	if (g_pg_up == 1)
-		return;
-	if (g_pg_up < 0)
-		fail_msg("PostgreSQL cluster failed to start");
-	fprintf(stderr, "skipped: PostgreSQL's binaries are not installed\n");
-	skip();
-}
-
-/* A fresh, migrated store: SQLite in a new file, or the PostgreSQL
- * database emptied first so store_open() migrates from nothing. */
-static struct store *fresh_store(enum db_backend kind)
-{
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/m%d.db", g_tmp, ++g_seq);
-	} else {
-		struct db *db;
-		if (db_open(&db, g_pg.url, 0) < 0)
-			fail_msg("open %s: %s", g_pg.url, ota_error_last());
-		if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-			fail_msg("reset schema: %s", db_errmsg(db));
-		db_close(db);
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static void must_begin(struct store *s)
-{
-	if (store_begin(s) < 0)
-		fail_msg("begin: %s", ota_error_last());
-}
-
-static void must_commit(struct store *s)
-{
-	if (store_commit(s) < 0)
-		fail_msg("commit: %s", ota_error_last());
-}
-
 /* ---- the statements, read from the sources ---------------------------------- */
 
 struct sql_list {
@@ -107,53 +56,25 @@ struct sql_list {
 	struct strvec where; /* "file:line" of each */
 };
 
-/* Append the C string literal at *p (p at its opening quote) to out,
- * unescaped; p moves past its closing quote. */
-static void take_literal(const char **p, struct buf *out)
-{
-	const char *s = *p + 1;
-
-	for (; *s && *s != '"'; s++) {
-		if (*s == '\\' && s[1]) {
-			s++;
-			buf_putc(out, *s == 'n' ? '\n' : *s == 't' ? '\t' : *s);
-		} else {
-			buf_putc(out, *s);
-		}
-	}
-	assert_true(*s == '"');
-	*p = s + 1;
-}
-
 /* Every store_q(db, "..." "...") of file: the adjacent literals after the
  * first argument, joined as the compiler joins them. */
-static size_t scan_file(const char *src, const char *file, struct sql_list *out)
+static size_t scan_file(const char *file, struct sql_list *out)
 {
-	char *path = xasprintf("%s/%s", src, file);
-	struct buf text = BUF_INIT;
+	char *text = dbconv_read_source(file);
 	const char *p;
 	size_t n = 0;
 
-	if (ota_read_file(&text, path, 1 << 22) < 0)
-		fail_msg("read %s: %s", path, ota_error_last());
-	buf_putc(&text, '\0');
-	if (strstr(text.ptr, "sqlite3_"))
+	if (strstr(text, "sqlite3_"))
 		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", file);
-	for (p = text.ptr; (p = strstr(p, "store_q(")) != NULL;) {
+	for (p = text; (p = strstr(p, "store_q(")) != NULL;) {
 		struct buf sql = BUF_INIT;
 		int line = 1;
 
-		for (const char *q = text.ptr; q < p; q++)
+		for (const char *q = text; q < p; q++)
 			line += *q == '\n';
 		p = strchr(p, ',');
 		assert_non_null(p);
-		p++;
-		while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '"') {
-			if (*p == '"')
-				take_literal(&p, &sql);
-			else
-				p++;
-		}
+		p = dbconv_joined_literals(p + 1, &sql);
 		if (!sql.len)
 			fail_msg("%s:%d: store_q() without a string literal (the cache is keyed by the literal)", file, line);
 		buf_putc(&sql, '\0');
@@ -162,18 +83,15 @@ static size_t scan_file(const char *src, const char *file, struct sql_list *out)
 		buf_release(&sql);
 		n++;
 	}
-	buf_release(&text);
-	free(path);
+	free(text);
 	return n;
 }
 
 static void scan_all(struct sql_list *l)
 {
-	const char *src = getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".";
-
 	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
 	for (size_t i = 0; i < NFILES; i++)
-		if (scan_file(src, k_files[i], l) == 0)
+		if (scan_file(k_files[i], l) == 0)
 			fail_msg("%s: no store_q() statement found (moved? update k_files)", k_files[i]);
 }
 
@@ -183,7 +101,7 @@ static void prepare_all(enum db_backend kind)
 	struct store *s;
 
 	scan_all(&l);
-	s = fresh_store(kind);
+	s = dbconv_open_store(kind);
 	for (size_t i = 0; i < l.sql.n; i++) {
 		struct db_stmt *st = NULL;
 		if (db_prepare(store_conn(s), &st, l.sql.v[i]) < 0)
@@ -206,7 +124,7 @@ static void every_statement_prepares_on_sqlite(void **state)
 static void every_statement_prepares_on_postgres(void **state)
 {
 	(void)state;
-	need_pg();
+	dbconv_need_pg();
 	prepare_all(DB_POSTGRES);
 }
 
@@ -220,7 +138,7 @@ static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **stat
 	int joined = 0;
 
 	(void)state;
-	need_pg();
+	dbconv_need_pg();
 	scan_all(&l);
 	for (size_t i = 0; i < l.sql.n; i++)
 		joined |= strstr(l.sql.v[i], "DO UPDATE SET cutoff = MAX(device_revocations.cutoff, excluded.cutoff),"
@@ -228,7 +146,7 @@ static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **stat
 	assert_true(joined);
 	/* fleet_ca_db.c's statement as it was: SUM of a boolean, which
 	 * PostgreSQL refuses, so preparing is the check that catches it */
-	s = fresh_store(DB_POSTGRES);
+	s = dbconv_open_store(DB_POSTGRES);
 	assert_true(db_prepare(store_conn(s), &st, "SELECT COUNT(*), COALESCE(SUM(revoked_at IS NULL AND not_after > ?), 0)"
 						   " FROM device_certs WHERE device = ?") < 0);
 	assert_null(st);
@@ -285,7 +203,7 @@ static char *make_csr(const char *cn)
  * g_certs entry: both backends store the same ones. */
 static int issue_certificates(void **state)
 {
-	char *dir = xasprintf("%s/devca", g_tmp), *cert = xasprintf("%s/ca.pem", dir), *key = xasprintf("%s/ca.key", dir);
+	char *dir = xasprintf("%s/devca", dbconv_tmpdir()), *cert = xasprintf("%s/ca.pem", dir), *key = xasprintf("%s/ca.key", dir);
 	struct fleet_ca_config cfg = { 0 };
 
 	if (fleet_ca_create_files(dir, "dbconv test CA", 2) < 0)
@@ -361,10 +279,10 @@ static void add_prov(struct store *s, const char *name, const char *prefix, json
 	struct fleet_ca_prov p = { name, hash, prefix, products, max, 0, 60 };
 
 	auth_sha256_hex(token, hash);
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_prov_add(s, &p, "admin", now_ms), want);
 	if (want == 0)
-		must_commit(s);
+		dbconv_commit(s);
 	else
 		store_rollback(s);
 }
@@ -390,14 +308,14 @@ static json_t *ca_life(struct store *s)
 	add_prov(s, "fab1", "other-", NULL, 9, "fab1-token-b", T0 + 2, OTA_ECONFLICT);
 
 	/* issue: each certificate stored, and counted against its provisioner */
-	must_begin(s);
+	dbconv_begin(s);
 	for (size_t i = 0; i < NCERTS; i++) {
 		struct fleet_ca_cert c = { g_certs[i].serial, g_certs[i].device, g_certs[i].product, g_certs[i].prov,
 					   g_certs[i].pem, g_certs[i].nb, g_certs[i].na };
 		if (fleet_ca_store_cert_add(s, &c, T0 + 10 + (int64_t)i) < 0)
 			fail_msg("cert_add %s: %s", c.device, ota_error_last());
 	}
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(fleet_ca_store_quota(s, "fab1", &issued, &max), 0);
 	assert_int_equal(issued, 2);
 	assert_int_equal(max, 2);
@@ -412,13 +330,13 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(certs, 0);
 
 	/* revoke a device, then again with an earlier cutoff: the later stays */
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_revoke(s, "fab1-0001", S0 + 10, T0 + 20, "admin", "lost", &revoked), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(revoked, 1);
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_revoke(s, "fab1-0001", S0 + 5, T0 + 21, "admin", NULL, &revoked), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(revoked, 0);
 	list = rows(s, "SELECT cutoff, reason FROM device_revocations WHERE device = 'fab1-0001'");
 	assert_int_equal(json_integer_value(json_array_get(json_array_get(list, 0), 0)), S0 + 10);
@@ -432,18 +350,18 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(fleet_ca_store_prov_devices(s, "fab1", list), 0);
 	json_object_set_new(out, "fab1_devices", list);
 	list = json_array();
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_prov_revoke(s, "fab1", 1, S0 + 20, T0 + 30, "admin", list), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(json_array_size(list), 2);
 	json_object_set_new(out, "fab1_revoked", list);
 	list = json_array();
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_prov_revoke(s, "nobody", 0, S0 + 21, T0 + 31, "admin", list), OTA_ENOTFOUND);
 	store_rollback(s);
-	must_begin(s);
+	dbconv_begin(s);
 	assert_int_equal(fleet_ca_store_prov_revoke(s, "fab2", 0, S0 + 22, T0 + 32, "admin", list), 0);
-	must_commit(s);
+	dbconv_commit(s);
 	assert_int_equal(json_array_size(list), 0);
 	json_decref(list);
 	assert_int_equal(fleet_ca_store_quota(s, "fab1", &issued, &max), OTA_ENOTFOUND);
@@ -487,11 +405,11 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 	char *a, *b;
 
 	(void)state;
-	need_pg();
-	s = fresh_store(DB_SQLITE);
+	dbconv_need_pg();
+	s = dbconv_open_store(DB_SQLITE);
 	lite = ca_life(s);
 	store_close(s);
-	s = fresh_store(DB_POSTGRES);
+	s = dbconv_open_store(DB_POSTGRES);
 	pg = ca_life(s);
 	store_close(s);
 	/* the certificates went in and came back byte for byte */
@@ -601,11 +519,11 @@ static void verdict_reports_and_baseline_load_the_same_on_both_backends(void **s
 	json_t *lite, *pg;
 
 	(void)state;
-	need_pg();
-	s = fresh_store(DB_SQLITE);
+	dbconv_need_pg();
+	s = dbconv_open_store(DB_SQLITE);
 	lite = verdict_inputs(s);
 	store_close(s);
-	s = fresh_store(DB_POSTGRES);
+	s = dbconv_open_store(DB_POSTGRES);
 	pg = verdict_inputs(s);
 	store_close(s);
 	if (!json_equal(lite, pg)) {
@@ -618,11 +536,6 @@ static void verdict_reports_and_baseline_load_the_same_on_both_backends(void **s
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -632,30 +545,13 @@ int main(void)
 		cmocka_unit_test(device_ca_rows_give_the_same_answers_on_both_backends),
 		cmocka_unit_test(verdict_reports_and_baseline_load_the_same_on_both_backends),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_misc: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_misc: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_misc");
 	rc = cmocka_run_group_tests_name("dbconv_misc", tests, issue_certificates, NULL);
-	pgcluster_stop(&g_pg);
+	dbconv_finish();
 	for (size_t i = 0; i < NCERTS; i++)
 		free(g_certs[i].pem);
 	fleet_ca_close(g_ca);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
 	return rc;
 }

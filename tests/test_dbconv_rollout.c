@@ -28,12 +28,7 @@
 #include "../orchestrator/rollout_int.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
+#include "dbconv.h"
 
 /* Both files prepared this many statements when they were converted; the
  * scan must find at least as many (a scanner finding none proves nothing). */
@@ -43,47 +38,12 @@ static int g_seq;
 
 /* ---- fixtures ------------------------------------------------------------- */
 
-static void pg_reset(void)
-{
-	struct db *db;
-
-	if (db_open(&db, g_pg.url, 0) < 0)
-		fail_msg("open %s: %s", g_pg.url, ota_error_last());
-	if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-		fail_msg("reset schema: %s", db_errmsg(db));
-	db_close(db);
-}
-
 /* A fresh, migrated store on kind's backend; NULL (skip) without PostgreSQL. */
 static struct store *fresh_store(enum db_backend kind)
 {
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/r%d.db", g_tmp, ++g_seq);
-	} else {
-		if (g_pg_up < 0)
-			fail_msg("PostgreSQL cluster failed to start");
-		if (!g_pg_up)
-			return NULL;
-		pg_reset();
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
-
-static void skip_without_pg(void)
-{
-	if (g_pg_up == 0) {
-		fprintf(stderr, "skipped: PostgreSQL's binaries are not installed\n");
-		skip();
-	}
-	if (g_pg_up < 0)
-		fail_msg("PostgreSQL cluster failed to start");
+	if (kind == DB_POSTGRES && !dbconv_pg_available())
+		return NULL;
+	return dbconv_open_store(kind);
 }
 
 static void must(int rc, const char *what)
@@ -193,35 +153,20 @@ static void literal_after(const char *p, struct buf *sql)
 {
 	const char *q = strchr(p, ',');
 
-	if (!q)
-		return;
-	for (q++;;) {
-		while (*q == ' ' || *q == '\t' || *q == '\n')
-			q++;
-		if (*q != '"')
-			return;
-		for (q++; *q && *q != '"'; q++) {
-			if (*q == '\\' && q[1])
-				q++;
-			buf_putc(sql, *q);
-		}
-		if (*q == '"')
-			q++;
-	}
+	if (q)
+		dbconv_joined_literals(q + 1, sql);
 }
 
 /* The SQL of every store_q(X, "...") and Q(e, "...") call in a file. */
-static void scan_sql(const char *path, json_t *out)
+static void scan_sql(const char *rel, json_t *out)
 {
 	static const char *const calls[] = { "store_q(", "Q(e, " };
-	struct buf text = BUF_INIT;
+	char *text = dbconv_read_source(rel);
 
-	if (ota_read_file(&text, path, 1 << 22) < 0)
-		fail_msg("read %s: %s", path, ota_error_last());
 	for (size_t c = 0; c < 2; c++) {
-		for (const char *p = buf_cstr(&text); (p = strstr(p, calls[c])); p++) {
+		for (const char *p = text; (p = strstr(p, calls[c])); p++) {
 			struct buf sql = BUF_INIT;
-			char before = p > text.ptr ? p[-1] : ' ';
+			char before = p > text ? p[-1] : ' ';
 			if (c == 1 && (before == '_' || (before >= 'a' && before <= 'z') || (before >= 'A' && before <= 'Z')))
 				continue;
 			literal_after(p, &sql);
@@ -230,19 +175,15 @@ static void scan_sql(const char *path, json_t *out)
 			buf_release(&sql);
 		}
 	}
-	buf_release(&text);
+	free(text);
 }
 
 static json_t *all_sql(void)
 {
-	const char *src = getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".";
 	json_t *list = json_array();
-	char path[1024];
 
-	snprintf(path, sizeof(path), "%s/orchestrator/rollout.c", src);
-	scan_sql(path, list);
-	snprintf(path, sizeof(path), "%s/orchestrator/rollout_ctl.c", src);
-	scan_sql(path, list);
+	scan_sql("orchestrator/rollout.c", list);
+	scan_sql("orchestrator/rollout_ctl.c", list);
 	return list;
 }
 
@@ -255,7 +196,7 @@ static void prepare_all(enum db_backend kind)
 
 	if (!s) {
 		json_decref(list);
-		skip_without_pg();
+		skip();
 	}
 	if (json_array_size(list) < KNOWN_STATEMENTS)
 		fail_msg("found %zu statements in rollout.c and rollout_ctl.c, expected %d or more",
@@ -470,7 +411,7 @@ static void rollout_rows_steps_holds_and_verdicts_round_trip_on_postgres(void **
 {
 	json_t *seen = walk(DB_POSTGRES);
 	if (!seen)
-		skip_without_pg();
+		skip();
 	json_decref(seen);
 }
 
@@ -480,7 +421,7 @@ static void postgres_gives_the_same_rows_status_and_exposures_as_sqlite(void **s
 	char *a, *b;
 
 	if (!pg)
-		skip_without_pg();
+		skip();
 	lite = walk(DB_SQLITE);
 	a = json_dumps(lite, JSON_SORT_KEYS | JSON_INDENT(1));
 	b = json_dumps(pg, JSON_SORT_KEYS | JSON_INDENT(1));
@@ -503,7 +444,7 @@ static void a_rollout_without_a_release_is_refused_alike_on_both_backends(void *
 		struct store *s = fresh_store(kinds[i]);
 		int64_t run, job;
 		if (!s)
-			skip_without_pg();
+			skip();
 		must(store_begin(s), "begin");
 		run = add_run(s);
 		job = add_rollout_job(s, run, "canary", k_extra);
@@ -520,11 +461,6 @@ static void a_rollout_without_a_release_is_refused_alike_on_both_backends(void *
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -535,27 +471,10 @@ int main(void)
 		cmocka_unit_test(postgres_gives_the_same_rows_status_and_exposures_as_sqlite),
 		cmocka_unit_test(a_rollout_without_a_release_is_refused_alike_on_both_backends),
 	};
-	struct buf out = BUF_INIT;
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_dbconv_rollout: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_dbconv_rollout: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_dbconv_rollout");
 	rc = cmocka_run_group_tests_name("dbconv_rollout", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	h_sh(&out, "rm -rf '%s'", g_tmp);
-	buf_release(&out);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }
