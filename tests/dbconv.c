@@ -103,6 +103,11 @@ void dbconv_need_pg(void)
 
 /* ---- fresh stores ------------------------------------------------------------- */
 
+void dbconv_new_sqlite_path(char *path, size_t cap)
+{
+	snprintf(path, cap, "%s/s%d.db", g_tmp, ++g_seq);
+}
+
 void dbconv_pg_reset(void)
 {
 	struct db *db;
@@ -120,7 +125,7 @@ struct store *dbconv_open_store(enum db_backend kind)
 	char path[512];
 
 	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/s%d.db", g_tmp, ++g_seq);
+		dbconv_new_sqlite_path(path, sizeof(path));
 	} else {
 		dbconv_pg_reset();
 		snprintf(path, sizeof(path), "%s", g_pg.url);

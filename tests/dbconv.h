@@ -52,6 +52,8 @@ void dbconv_need_pg(void);
 
 /* ---- fresh stores ------------------------------------------------------------- */
 
+/* A new SQLite file's path in the temporary directory. */
+void dbconv_new_sqlite_path(char *path, size_t cap);
 /* Empty the PostgreSQL database, so store_open() migrates from nothing. */
 void dbconv_pg_reset(void);
 /* A fresh, migrated store on kind: a new SQLite file, or the PostgreSQL

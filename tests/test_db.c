@@ -26,35 +26,25 @@
 #include "../orchestrator/db/db_int.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
+#include "dbconv.h"
 #include "pgcluster.h"
-
-static struct pgcluster g_pg;
-static int g_pg_up;        /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
 
 /* ---- fixtures ------------------------------------------------------------- */
 
 /* A fresh, empty database of the test's backend; its URL in url. */
 static struct db *fresh_db(void **state, char *url, size_t cap)
 {
-	enum db_backend kind = *(const enum db_backend *)*state;
+	enum db_backend kind = dbconv_backend(state);
 	struct db *db = NULL;
 
 	if (kind == DB_SQLITE) {
-		snprintf(url, cap, "sqlite:%s/t%d.db", g_tmp, ++g_seq);
+		char path[512];
+
+		dbconv_new_sqlite_path(path, sizeof(path));
+		snprintf(url, cap, "sqlite:%s", path);
 	} else {
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		snprintf(url, cap, "%s", g_pg.url);
+		dbconv_need_pg();
+		snprintf(url, cap, "%s", dbconv_pg_url());
 	}
 	if (db_open(&db, url, DB_SYNC_NORMAL) < 0)
 		fail_msg("open %s: %s", url, ota_error_last());
@@ -655,7 +645,7 @@ static void a_killed_connection_is_reported_and_reconnects(void **state)
 	assert_int_equal(one_int(db, "SELECT COUNT(*) FROM items WHERE name = 'uncommitted'"), 0);
 
 	/* the whole server restarts: every connection sees it, then recovers */
-	assert_int_equal(pgcluster_restart(&g_pg), 0);
+	assert_int_equal(pgcluster_restart(dbconv_cluster()), 0);
 	assert_true(db_exec(db, "SELECT 1") == DB_ECONN);
 	assert_int_equal(db_reconnect(db), 0);
 	assert_int_equal(db_reconnect(admin), 0);
@@ -713,11 +703,6 @@ static void the_dialect_rewrites_what_differs_and_refuses_what_it_cannot(void **
 
 /* ---- main --------------------------------------------------------------------- */
 
-static void stop_cluster(void)
-{
-	pgcluster_stop(&g_pg);
-}
-
 /* More distinct statements than the cache's first size: none is evicted, so
  * a statement held across other db_stmt() calls keeps its place and its
  * rows (an evicted one would be freed under its caller: ASan sees that). */
@@ -756,56 +741,32 @@ static void a_statement_held_across_many_others_stays_valid(void **state)
 	db_close(db);
 }
 
-/* each case twice, named by its backend */
-#define BOTH(fn)                                                       \
-	{ "sqlite/" #fn, fn, NULL, NULL, (void *)&k_sqlite },         \
-	{ "postgres/" #fn, fn, NULL, NULL, (void *)&k_pg }
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(the_dialect_rewrites_what_differs_and_refuses_what_it_cannot),
-		BOTH(rows_go_in_and_come_back_with_their_ids_and_counts),
-		BOTH(insert_or_ignore_and_upsert_behave_alike),
-		BOTH(a_failed_statement_rolls_the_whole_transaction_back),
-		BOTH(nulls_read_as_null_on_both),
-		BOTH(blobs_keep_every_byte_including_zeros),
-		BOTH(large_text_and_unicode_round_trip),
-		BOTH(concurrent_writers_are_serialized),
-		BOTH(a_transaction_that_lost_a_race_runs_again_and_commits_once),
-		BOTH(a_reader_refuses_to_write),
-		BOTH(a_reader_transaction_reads_one_snapshot),
-		BOTH(bad_sql_fails_at_prepare_with_the_backends_message),
-		BOTH(a_statement_held_across_many_others_stays_valid),
-		BOTH(store_migrations_apply_on_both_backends),
-		BOTH(instances_starting_at_once_migrate_once),
+		DBCONV_BOTH(rows_go_in_and_come_back_with_their_ids_and_counts),
+		DBCONV_BOTH(insert_or_ignore_and_upsert_behave_alike),
+		DBCONV_BOTH(a_failed_statement_rolls_the_whole_transaction_back),
+		DBCONV_BOTH(nulls_read_as_null_on_both),
+		DBCONV_BOTH(blobs_keep_every_byte_including_zeros),
+		DBCONV_BOTH(large_text_and_unicode_round_trip),
+		DBCONV_BOTH(concurrent_writers_are_serialized),
+		DBCONV_BOTH(a_transaction_that_lost_a_race_runs_again_and_commits_once),
+		DBCONV_BOTH(a_reader_refuses_to_write),
+		DBCONV_BOTH(a_reader_transaction_reads_one_snapshot),
+		DBCONV_BOTH(bad_sql_fails_at_prepare_with_the_backends_message),
+		DBCONV_BOTH(a_statement_held_across_many_others_stays_valid),
+		DBCONV_BOTH(store_migrations_apply_on_both_backends),
+		DBCONV_BOTH(instances_starting_at_once_migrate_once),
 		/* SQLite has no server connection to lose */
 		{ "postgres/a_killed_connection_is_reported_and_reconnects",
-		  a_killed_connection_is_reported_and_reconnects, NULL, NULL, (void *)&k_pg },
+		  a_killed_connection_is_reported_and_reconnects, NULL, NULL, (void *)&dbconv_postgres },
 	};
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	if (rc == 1) {
-		fprintf(stderr, "test_db: PostgreSQL's binaries are not installed (/usr/lib/postgresql/*/bin): "
-				"the PostgreSQL cases are skipped\n");
-		g_pg_up = 0;
-	} else if (rc < 0) {
-		fprintf(stderr, "test_db: cannot start PostgreSQL: %s\n", ota_error_last());
-		g_pg_up = -1;
-	} else {
-		g_pg_up = 1;
-		atexit(stop_cluster);
-	}
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_db");
 	rc = cmocka_run_group_tests_name("db", tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	{
-		struct buf out = BUF_INIT;
-		h_sh(&out, "rm -rf '%s'", g_tmp);
-		buf_release(&out);
-	}
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }
