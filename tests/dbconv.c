@@ -148,6 +148,19 @@ struct store *dbconv_case_store(void **state)
 	return dbconv_fresh_store(dbconv_backend(state));
 }
 
+int64_t dbconv_count(struct store *s, const char *sql)
+{
+	struct db_stmt *st = store_q(s, sql);
+	int64_t n;
+
+	if (!st)
+		fail_msg("%s: %s", sql, ota_error_last());
+	assert_int_equal(db_step(st), 1);
+	n = db_column_int64(st, 0);
+	db_reset(st);
+	return n;
+}
+
 void dbconv_begin(struct store *s)
 {
 	if (store_begin(s) < 0)

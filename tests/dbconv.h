@@ -63,6 +63,8 @@ struct store *dbconv_open_store(enum db_backend kind);
 struct store *dbconv_fresh_store(enum db_backend kind);
 /* dbconv_fresh_store() on the case's backend (DBCONV_BOTH). */
 struct store *dbconv_case_store(void **state);
+/* The one integer sql (a SELECT COUNT(*) ...) returns. */
+int64_t dbconv_count(struct store *s, const char *sql);
 void dbconv_begin(struct store *s);
 void dbconv_commit(struct store *s);
 

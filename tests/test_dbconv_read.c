@@ -53,19 +53,6 @@ static int64_t insert(struct store *s, const char *sql, int n, ...)
 	return id;
 }
 
-static int64_t count(struct store *s, const char *sql)
-{
-	struct db_stmt *st = store_q(s, sql);
-	int64_t n;
-
-	if (!st)
-		fail_msg("%s: %s", sql, ota_error_last());
-	assert_int_equal(db_step(st), 1);
-	n = db_column_int64(st, 0);
-	db_reset(st);
-	return n;
-}
-
 /* ---- every statement prepares (and every SELECT runs) ----------------------- */
 
 struct prep {
@@ -397,7 +384,7 @@ static void a_snapshot_does_not_see_later_commits(void **state)
 	assert_int_equal(x.before, 1);
 	assert_int_equal(x.inside, 1);
 	assert_int_equal(x.after, 2);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM runs"), 2);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM runs"), 2);
 	store_close(s);
 }
 

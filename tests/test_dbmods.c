@@ -28,19 +28,6 @@
 
 /* ---- fixtures ------------------------------------------------------------- */
 
-static int64_t count(struct store *s, const char *sql)
-{
-	struct db_stmt *st = store_q(s, sql);
-	int64_t n;
-
-	if (!st)
-		fail_msg("%s: %s", sql, ota_error_last());
-	assert_int_equal(db_step(st), 1);
-	n = db_column_int64(st, 0);
-	db_reset(st);
-	return n;
-}
-
 /* ---- idempotency keys (idem.c) -------------------------------------------- */
 
 struct idem_seen {
@@ -100,13 +87,13 @@ static void idempotency_keys_are_reserved_answered_replayed_and_expire(void **st
 	/* forgotten: a retry may run it */
 	assert_int_equal(idem_at(s, "k3", "fp-a", t0).state, IDEM_NEW);
 	idem_end(s, "k3", 0, NULL, 0);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM idempotency WHERE key = 'k3'"), 0);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM idempotency WHERE key = 'k3'"), 0);
 	assert_int_equal(idem_at(s, "k3", "fp-a", t0 + 5).state, IDEM_NEW);
 
 	/* a day later every older key is gone, and k1 is new again */
 	r = idem_at(s, "k1", "fp-b", t0 + IDEM_WINDOW_MS + 10);
 	assert_int_equal(r.state, IDEM_NEW);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM idempotency"), 1);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM idempotency"), 1);
 	store_close(s);
 }
 
@@ -142,7 +129,7 @@ static void tokens_are_stored_as_hashes_and_checked_after_a_reload(void **state)
 	/* a second token of the same name is refused and changes nothing */
 	assert_true(auth_create(s, "deployer", ROLE_ADMIN, &again) < 0);
 	assert_null(again);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM tokens"), 1);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM tokens"), 1);
 	assert_int_equal(auth_check(tok), ROLE_OPERATOR);
 	auth_remove("deployer");
 	free(tok);
@@ -183,7 +170,7 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	dbconv_commit(s);
 	assert_true(id > 0);
 	assert_int_equal(job, 0);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM agents WHERE token_hash IS NULL AND revoked_at IS NOT NULL"), 1);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM agents WHERE token_hash IS NULL AND revoked_at IS NOT NULL"), 1);
 	dbconv_begin(s);
 	assert_int_equal(agentreg_store_revoke(s, "builder-1", &id, &job), OTA_ECONFLICT);
 	assert_int_equal(agentreg_store_revoke(s, "nobody", &id, &job), OTA_ENOTFOUND);
@@ -197,7 +184,7 @@ static void agents_are_registered_loaded_and_revoked(void **state)
 	dbconv_begin(s);
 	assert_int_equal(agentreg_store_add(s, "builder-1", allowed, hash2), 0);
 	dbconv_commit(s);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL AND token_hash IS NOT NULL"), 1);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM agents WHERE revoked_at IS NULL AND token_hash IS NOT NULL"), 1);
 	auth_remove("builder-1");
 	json_decref(allowed);
 	store_close(s);

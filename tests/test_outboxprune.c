@@ -23,49 +23,12 @@
 #include "../orchestrator/retention.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
-#include "pgcluster.h"
+#include "dbconv.h"
 
 #define DAY_MS (86400LL * 1000)
 #define NOW_REAL (1796000000000LL) /* the pass's real clock, fixed */
 
-static struct pgcluster g_pg;
-static int g_pg_up; /* 1 running, 0 absent (skip), -1 failed */
-static char *g_tmp;
-static int g_seq;
-
-static const enum db_backend k_sqlite = DB_SQLITE;
-static const enum db_backend k_pg = DB_POSTGRES;
-
-/* A fresh, migrated store on the case's backend. */
-static struct store *fresh_store(void **state)
-{
-	enum db_backend kind = *(const enum db_backend *)*state;
-	struct store *s = NULL;
-	char path[512];
-
-	if (kind == DB_SQLITE) {
-		snprintf(path, sizeof(path), "%s/o%d.db", g_tmp, ++g_seq);
-	} else {
-		struct db *db;
-		if (g_pg_up != 1) {
-			fprintf(stderr, "skipped: %s\n", g_pg_up ? "the PostgreSQL cluster did not start"
-								 : "PostgreSQL's binaries are not installed");
-			if (g_pg_up < 0)
-				fail_msg("PostgreSQL cluster failed to start");
-			skip();
-		}
-		if (db_open(&db, g_pg.url, 0) < 0)
-			fail_msg("open %s: %s", g_pg.url, ota_error_last());
-		if (db_exec(db, "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public") < 0)
-			fail_msg("reset schema: %s", db_errmsg(db));
-		db_close(db);
-		snprintf(path, sizeof(path), "%s", g_pg.url);
-	}
-	if (store_open(&s, path) < 0)
-		fail_msg("store_open %s: %s", path, ota_error_last());
-	assert_int_equal(db_backend(store_conn(s)), kind);
-	return s;
-}
+static int g_seq; /* numbers deliveries and config files */
 
 /* One outbox row; done_at 0: none (pending). */
 static void add_row(struct store *s, const char *state, int64_t created, int64_t done_at)
@@ -89,18 +52,6 @@ static void add_row(struct store *s, const char *state, int64_t created, int64_t
 		db_bind_null(st, 8);
 	if (db_run(st) < 0)
 		fail_msg("insert: %s", ota_error_last());
-}
-
-static int64_t count(struct store *s, const char *sql)
-{
-	struct db_stmt *st = store_q(s, sql);
-	int64_t n;
-	if (!st)
-		fail_msg("%s: %s", sql, ota_error_last());
-	assert_int_equal(db_step(st), 1);
-	n = db_column_int64(st, 0);
-	db_reset(st);
-	return n;
 }
 
 /* The outbox phase alone, batch by batch in transactions: batches run. */
@@ -129,7 +80,7 @@ static int prune_outbox(struct store *s, const struct retention_cfg *cfg)
  * newer ones and every pending row (however old) stay. */
 static void finished_rows_past_the_age_go_pending_rows_stay(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct retention_cfg cfg = { .batch = 50, .outbox_max_age_ms = 7 * DAY_MS };
 	static const char *const finished[] = { "sent", "refused", "expired" };
 
@@ -140,12 +91,12 @@ static void finished_rows_past_the_age_go_pending_rows_stay(void **state)
 	for (int i = 0; i < 10; i++) /* created long ago, delivered yesterday */
 		add_row(s, "sent", NOW_REAL - 40 * DAY_MS, NOW_REAL - DAY_MS);
 	assert_int_equal(prune_outbox(s, &cfg), 1);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 15);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"), 5);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox WHERE done_at < 1795395200000"), 0);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 15);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"), 5);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox WHERE done_at < 1795395200000"), 0);
 	/* the same pass again finds nothing */
 	assert_int_equal(prune_outbox(s, &cfg), 1);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 15);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 15);
 	store_close(s);
 }
 
@@ -153,7 +104,7 @@ static void finished_rows_past_the_age_go_pending_rows_stay(void **state)
  * pending rows between them neither count nor go. */
 static void outbox_keep_bounds_the_finished_rows(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct retention_cfg cfg = { .batch = 50, .outbox_keep = 40 };
 	int64_t newest_kept;
 
@@ -162,13 +113,13 @@ static void outbox_keep_bounds_the_finished_rows(void **state)
 		if (i % 25 == 0)
 			add_row(s, "pending", NOW_REAL - DAY_MS, 0);
 	}
-	newest_kept = count(s, "SELECT MAX(id) FROM outbox WHERE state = 'sent'");
+	newest_kept = dbconv_count(s, "SELECT MAX(id) FROM outbox WHERE state = 'sent'");
 	assert_int_equal(prune_outbox(s, &cfg), 1);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'sent'"), 40);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"), 4);
-	assert_int_equal(count(s, "SELECT MAX(id) FROM outbox WHERE state = 'sent'"), newest_kept);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'sent'"), 40);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"), 4);
+	assert_int_equal(dbconv_count(s, "SELECT MAX(id) FROM outbox WHERE state = 'sent'"), newest_kept);
 	/* the 40 kept are the newest: none older than the 60th */
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND done_at < 1795913600060"), 0);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox WHERE state = 'sent' AND done_at < 1795913600060"), 0);
 	store_close(s);
 }
 
@@ -176,7 +127,7 @@ static void outbox_keep_bounds_the_finished_rows(void **state)
  * briefly; the pass goes on until none are left. */
 static void a_batch_deletes_at_most_batch_times_20_rows(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct retention_cfg cfg = { .batch = 2, .outbox_max_age_ms = DAY_MS };
 	struct retention_pass p;
 	struct retention_out out = { 0 };
@@ -189,11 +140,11 @@ static void a_batch_deletes_at_most_batch_times_20_rows(void **state)
 	assert_int_equal(store_begin(s), 0);
 	assert_int_equal(retention_batch(s, &cfg, &p, &out), 1); /* more to do */
 	assert_int_equal(store_commit(s), 0);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 60);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 60);
 	assert_int_equal(p.outbox_deleted, 40);
 	retention_out_release(&out);
 	assert_int_equal(prune_outbox(s, &cfg), 2); /* 40, then the last 20 (fewer: done) */
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 0);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 0);
 	store_close(s);
 }
 
@@ -201,7 +152,7 @@ static void a_batch_deletes_at_most_batch_times_20_rows(void **state)
  * (no runs at all) reaches the outbox with the default bounds. */
 static void a_whole_pass_reaches_the_outbox_and_off_keeps_everything(void **state)
 {
-	struct store *s = fresh_store(state);
+	struct store *s = dbconv_case_store(state);
 	struct retention_cfg off = { .batch = 50 };
 	struct retention_cfg dflt = { .batch = RETENTION_DEFAULT_BATCH,
 				      .outbox_max_age_ms = RETENTION_DEFAULT_OUTBOX_MAX_AGE_MS,
@@ -218,9 +169,9 @@ static void a_whole_pass_reaches_the_outbox_and_off_keeps_everything(void **stat
 	for (int i = 0; i < 5; i++)
 		add_row(s, "sent", now - DAY_MS, now - DAY_MS);
 	assert_int_equal(prune_outbox(s, &off), 1);
-	assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 25);
+	assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 25);
 	if (db_backend(store_conn(s)) == DB_SQLITE) { /* the runs phases are SQLite's (issue 16) */
-		assert_int_equal(logstore_init(g_tmp, 0), 0);
+		assert_int_equal(logstore_init(dbconv_tmpdir(), 0), 0);
 		retention_pass_start(&p, now);
 		do {
 			assert_int_equal(store_begin(s), 0);
@@ -231,7 +182,7 @@ static void a_whole_pass_reaches_the_outbox_and_off_keeps_everything(void **stat
 		} while (rc == 1);
 		retention_out_release(&out);
 		assert_int_equal(p.outbox_deleted, 20);
-		assert_int_equal(count(s, "SELECT COUNT(*) FROM outbox"), 5);
+		assert_int_equal(dbconv_count(s, "SELECT COUNT(*) FROM outbox"), 5);
 	}
 	store_close(s);
 }
@@ -239,7 +190,7 @@ static void a_whole_pass_reaches_the_outbox_and_off_keeps_everything(void **stat
 static void assert_config_refused(const char *yaml, const char *words)
 {
 	struct otacd_config c;
-	char *path = xasprintf("%s/c%d.yml", g_tmp, ++g_seq);
+	char *path = xasprintf("%s/c%d.yml", dbconv_tmpdir(), ++g_seq);
 	assert_int_equal(ota_write_file_atomic(path, yaml, strlen(yaml), 0600), 0);
 	config_defaults(&c);
 	assert_int_equal(config_load(&c, path), OTA_EINVAL);
@@ -252,7 +203,7 @@ static void assert_config_refused(const char *yaml, const char *words)
 static void outbox_bounds_in_the_config_are_checked(void **state)
 {
 	struct otacd_config c;
-	char *path = xasprintf("%s/ok.yml", g_tmp);
+	char *path = xasprintf("%s/ok.yml", dbconv_tmpdir());
 	const char *ok = "retention:\n  outbox_max_age: 30d\n  outbox_keep: off\n";
 	(void)state;
 
@@ -272,8 +223,8 @@ static void outbox_bounds_in_the_config_are_checked(void **state)
 }
 
 #define BOTH(fn)                                                                   \
-	cmocka_unit_test_prestate(fn, (void *)&k_sqlite),                         \
-	cmocka_unit_test_prestate(fn, (void *)&k_pg)
+	cmocka_unit_test_prestate(fn, (void *)&dbconv_sqlite),                         \
+	cmocka_unit_test_prestate(fn, (void *)&dbconv_postgres)
 
 int main(void)
 {
@@ -286,12 +237,8 @@ int main(void)
 	};
 	int rc;
 
-	g_tmp = h_tmpdir();
-	rc = pgcluster_start(&g_pg, 0);
-	g_pg_up = rc == 0 ? 1 : rc > 0 ? 0 : -1;
-	cmocka_set_test_filter(getenv("X_ONLY"));
+	dbconv_start("test_outboxprune");
 	rc = cmocka_run_group_tests(tests, NULL, NULL);
-	pgcluster_stop(&g_pg);
-	free(g_tmp);
+	dbconv_finish();
 	return rc;
 }
