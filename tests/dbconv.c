@@ -161,6 +161,29 @@ int64_t dbconv_count(struct store *s, const char *sql)
 	return n;
 }
 
+int64_t dbconv_insert(struct store *s, const char *sql, const char *types, ...)
+{
+	struct db_stmt *st = store_q(s, sql);
+	va_list ap;
+	int64_t id;
+
+	if (!st)
+		fail_msg("%s: %s", sql, ota_error_last());
+	va_start(ap, types);
+	for (int i = 0; types[i]; i++) {
+		if (types[i] == 't')
+			db_bind_text(st, i + 1, va_arg(ap, const char *));
+		else
+			db_bind_int64(st, i + 1, va_arg(ap, int64_t));
+	}
+	va_end(ap);
+	if (db_step(st) != 1)
+		fail_msg("%s: %s", sql, ota_error_last());
+	id = db_column_int64(st, 0);
+	db_reset(st);
+	return id;
+}
+
 void dbconv_begin(struct store *s)
 {
 	if (store_begin(s) < 0)

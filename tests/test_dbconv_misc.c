@@ -436,31 +436,6 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 
 /* ---- a verdict's reports and baseline (reports_kind.c) ---------------------- */
 
-/* Run sql (an INSERT ... RETURNING id) with its text and integer
- * parameters ("s" / "i" per character of types); the new id. */
-static int64_t insert(struct store *s, const char *sql, const char *types, ...)
-{
-	struct db_stmt *st = NULL;
-	va_list ap;
-	int64_t id;
-
-	if (db_prepare(store_conn(s), &st, sql) < 0)
-		fail_msg("%s: %s", sql, ota_error_last());
-	va_start(ap, types);
-	for (int i = 0; types[i]; i++) {
-		if (types[i] == 's')
-			db_bind_text(st, i + 1, va_arg(ap, const char *));
-		else
-			db_bind_int64(st, i + 1, va_arg(ap, int64_t));
-	}
-	va_end(ap);
-	if (db_step(st) != 1)
-		fail_msg("%s: %s", sql, ota_error_last());
-	id = db_column_int64(st, 0);
-	db_finalize(st);
-	return id;
-}
-
 /* A run of pipeline fw on ref in state, with an "analysis" stage and one
  * job at attempt, and one report per body; the job's id. */
 static int64_t run_with_reports(struct store *s, const char *ref, const char *state, int attempt,
@@ -468,19 +443,19 @@ static int64_t run_with_reports(struct store *s, const char *ref, const char *st
 {
 	int64_t stage, job;
 
-	*run = insert(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at)"
-			 " VALUES ('fw', 'fw.yml', '', ?, ?, 'push', 1) RETURNING id", "ss", ref, state);
-	stage = insert(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (?, 0, 'analysis',"
-			  " 'analysis', ?, '[]') RETURNING id", "is", *run, state);
-	job = insert(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
-			" infra_retries_left) VALUES (?, ?, 0, 'lint', '{}', ?, ?, 0, 0) RETURNING id", "iisi", *run, stage,
-		     state, (int64_t)attempt);
+	*run = dbconv_insert(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at)"
+				" VALUES ('fw', 'fw.yml', '', ?, ?, 'push', 1) RETURNING id", "tt", ref, state);
+	stage = dbconv_insert(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (?, 0, 'analysis',"
+				 " 'analysis', ?, '[]') RETURNING id", "it", *run, state);
+	job = dbconv_insert(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
+			       " infra_retries_left) VALUES (?, ?, 0, 'lint', '{}', ?, ?, 0, 0) RETURNING id", "iiti", *run, stage,
+			    state, (int64_t)attempt);
 	for (int i = 0; bodies[i]; i++) {
 		char name[16];
 		snprintf(name, sizeof(name), "r%d.xml", i);
-		insert(s, "INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
-			  " VALUES (?, ?, ?, 'cppcheck', ?, '', ?, 1) RETURNING id", "iiiss", *run, job, (int64_t)attempt,
-		       name, bodies[i]);
+		dbconv_insert(s, "INSERT INTO reports(run_id, job_id, attempt, format, name, summary, body, created_at)"
+				 " VALUES (?, ?, ?, 'cppcheck', ?, '', ?, 1) RETURNING id", "iiitt", *run, job, (int64_t)attempt,
+			      name, bodies[i]);
 	}
 	return job;
 }

@@ -52,57 +52,32 @@ static void must(int rc, const char *what)
 		fail_msg("%s: %s", what, ota_error_last());
 }
 
-/* Run sql (which ends in RETURNING id) with text/integer arguments:
- * "t" binds a string, "i" an int64. */
-static int64_t insert(struct store *s, const char *sql, const char *types, ...)
-{
-	struct db_stmt *st = store_q(s, sql);
-	va_list ap;
-	int64_t id;
-
-	if (!st)
-		fail_msg("%s: %s", sql, ota_error_last());
-	va_start(ap, types);
-	for (int i = 0; types[i]; i++) {
-		if (types[i] == 't')
-			db_bind_text(st, i + 1, va_arg(ap, const char *));
-		else
-			db_bind_int64(st, i + 1, va_arg(ap, int64_t));
-	}
-	va_end(ap);
-	if (db_step(st) != 1)
-		fail_msg("%s: %s", sql, ota_error_last());
-	id = db_column_int64(st, 0);
-	db_reset(st);
-	return id;
-}
-
 static int64_t add_run(struct store *s)
 {
-	return insert(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at) VALUES ('fw', 'fw.yml', '',"
-			 " 'refs/heads/main', 'running', 'push', ?) RETURNING id", "i", (int64_t)T0);
+	return dbconv_insert(s, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at) VALUES ('fw', 'fw.yml', '',"
+				" 'refs/heads/main', 'running', 'push', ?) RETURNING id", "i", (int64_t)T0);
 }
 
 /* A run's rollout stage and its job, whose spec carries the stage's keys. */
 static int64_t add_rollout_job(struct store *s, int64_t run, const char *stage, const char *extra)
 {
-	int64_t sid = insert(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (?, 0, ?, 'rollout',"
-				"'running', '[]') RETURNING id", "it", run, stage);
+	int64_t sid = dbconv_insert(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (?, 0, ?, 'rollout',"
+				       "'running', '[]') RETURNING id", "it", run, stage);
 	char *spec = xasprintf("{\"extra\": %s}", extra);
-	int64_t job = insert(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left,"
-				" infra_retries_left) VALUES (?, ?, 0, ?, ?, 'running', 0, 0) RETURNING id", "iitt", run, sid,
-			     stage, spec);
+	int64_t job = dbconv_insert(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left,"
+				       " infra_retries_left) VALUES (?, ?, 0, ?, ?, 'running', 0, 0) RETURNING id", "iitt", run, sid,
+				    stage, spec);
 	free(spec);
 	return job;
 }
 
 static int64_t add_release(struct store *s, int64_t run, const char *version, int64_t counter, const char *sha)
 {
-	int64_t art = insert(s, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, created_at)"
-				" VALUES (?, ?, 1, 'manifest.json', ?, 10, ?) RETURNING id", "iiti", run, run, sha, (int64_t)T0);
-	return insert(s, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id,"
-			 " manifest_artifact, created_at) VALUES (?, 'sensor', ?, 'main', ?, 'k1', ?, ?) RETURNING id",
-		      "itiii", run, version, counter, art, (int64_t)T0);
+	int64_t art = dbconv_insert(s, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, created_at)"
+				       " VALUES (?, ?, 1, 'manifest.json', ?, 10, ?) RETURNING id", "iiti", run, run, sha, (int64_t)T0);
+	return dbconv_insert(s, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id,"
+				" manifest_artifact, created_at) VALUES (?, 'sensor', ?, 'main', ?, 'k1', ?, ?) RETURNING id",
+			     "itiii", run, version, counter, art, (int64_t)T0);
 }
 
 static int64_t rollout_of_job(struct store *s, int64_t job)
