@@ -66,7 +66,7 @@ struct store *dbconv_case_store(void **state);
 /* The one integer sql (a SELECT COUNT(*) ...) returns. */
 int64_t dbconv_count(struct store *s, const char *sql);
 /* Run sql (which ends in RETURNING id) with one argument per character of
- * types, "t" a string and "i" an int64; the new id. */
+ * types, "t" a string (NULL: SQL NULL) and "i" an int64; the new id. */
 int64_t dbconv_insert(struct store *s, const char *sql, const char *types, ...);
 void dbconv_begin(struct store *s);
 void dbconv_commit(struct store *s);

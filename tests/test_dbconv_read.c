@@ -33,26 +33,6 @@
 
 /* ---- fixtures ------------------------------------------------------------- */
 
-/* Run an INSERT ... RETURNING id with text parameters (NULL: SQL NULL). */
-static int64_t insert(struct store *s, const char *sql, int n, ...)
-{
-	struct db_stmt *st = store_q(s, sql);
-	va_list ap;
-	int64_t id;
-
-	if (!st)
-		fail_msg("%s: %s", sql, ota_error_last());
-	va_start(ap, n);
-	for (int i = 1; i <= n; i++)
-		db_bind_text(st, i, va_arg(ap, const char *));
-	va_end(ap);
-	if (db_step(st) != 1)
-		fail_msg("%s: %s", sql, ota_error_last());
-	id = db_column_int64(st, 0);
-	db_reset(st);
-	return id;
-}
-
 /* ---- every statement prepares (and every SELECT runs) ----------------------- */
 
 struct prep {
@@ -130,7 +110,7 @@ static char *num(int64_t v)
 static int64_t add_stage(struct store *s, int64_t run, const char *name, const char *needs)
 {
 	char *r = num(run);
-	int64_t id = insert(s, stage_sql, 3, r, name, needs);
+	int64_t id = dbconv_insert(s, stage_sql, "ttt", r, name, needs);
 	free(r);
 	return id;
 }
@@ -138,7 +118,7 @@ static int64_t add_stage(struct store *s, int64_t run, const char *name, const c
 static int64_t add_job(struct store *s, int64_t run, int64_t stage, const char *spec, const char *state, int attempt)
 {
 	char *r = num(run), *st = num(stage), *a = num(attempt);
-	int64_t id = insert(s, job_sql, 6, r, st, "job", spec, state, a);
+	int64_t id = dbconv_insert(s, job_sql, "tttttt", r, st, "job", spec, state, a);
 	free(r);
 	free(st);
 	free(a);
@@ -151,7 +131,7 @@ static void add_artifact(struct store *s, int64_t run, int64_t job, int attempt,
 	char sha[65];
 
 	snprintf(sha, sizeof(sha), "%064zx", strlen(name) * 7919 + (size_t)job);
-	insert(s, artifact_sql, 7, r, j, a, name, sha, size, hw);
+	dbconv_insert(s, artifact_sql, "ttttttt", r, j, a, name, sha, size, hw);
 	free(r);
 	free(j);
 	free(a);
@@ -167,8 +147,8 @@ static void fill(struct store *s, struct fixture *f)
 
 	if (store_begin(s) < 0)
 		fail_msg("begin: %s", ota_error_last());
-	run = insert(s, run_sql, 0);
-	other = insert(s, run_sql, 0);
+	run = dbconv_insert(s, run_sql, "");
+	other = dbconv_insert(s, run_sql, "");
 	build = add_stage(s, run, "build", "[]");
 	test = add_stage(s, run, "unit-tests", "[]");
 	lint = add_stage(s, run, "lint", "[]");
@@ -376,7 +356,7 @@ static void a_snapshot_does_not_see_later_commits(void **state)
 	struct snap x = { s, 0, 0, 0, 0, "" };
 	pthread_t t;
 
-	insert(s, run_sql, 0);
+	dbconv_insert(s, run_sql, "");
 	assert_int_equal(pthread_create(&t, NULL, snapshot_thread, &x), 0);
 	pthread_join(t, NULL);
 	if (x.rc < 0)
