@@ -1,7 +1,7 @@
 /*
  * dbconv.h - what the storage-layer tests (test_db, test_dbmods,
- * test_dbconv_*, docs/storage.md) share: each case runs on SQLite and on a
- * real PostgreSQL cluster started in a temporary directory
+ * test_dbconv_*, test_outboxprune; docs/storage.md) share: each case runs on
+ * SQLite and on a real PostgreSQL cluster started in a temporary directory
  * (tests/pgcluster.h), on a fresh store migrated from nothing, and the
  * converted files' SQL is read from their source text.
  *

@@ -32,8 +32,6 @@
 #include "harness.h"
 #include "dbconv.h"
 
-/* ---- fixtures ------------------------------------------------------------- */
-
 /* ---- engine_jobs.c's statements, run with a transcript -------------------- */
 
 /* What each case saw, in order; the SQLite case's is kept per case name

@@ -47,8 +47,6 @@ static const char *const k_files[] = {
 };
 #define NFILES (sizeof(k_files) / sizeof(k_files[0]))
 
-/* ---- fixtures ------------------------------------------------------------- */
-
 /* ---- the statements, read from the sources ---------------------------------- */
 
 struct sql_list {

@@ -31,8 +31,6 @@
 #include "harness.h"
 #include "dbconv.h"
 
-/* ---- fixtures ------------------------------------------------------------- */
-
 /* ---- every statement prepares (and every SELECT runs) ----------------------- */
 
 struct prep {

@@ -26,8 +26,6 @@
 #include "harness.h"
 #include "dbconv.h"
 
-/* ---- fixtures ------------------------------------------------------------- */
-
 /* ---- idempotency keys (idem.c) -------------------------------------------- */
 
 struct idem_seen {
