@@ -192,13 +192,21 @@ static void a_patch_corrupted_in_transit_falls_back_to_the_full_image(void **sta
 	(void)state;
 
 	world_start(&w);
+	int64_t applied;
+
 	/* every device on 1.0.0, every patch download with one byte flipped */
 	st = run_fleet(&w, 6, "1", "--fault-corrupt-patch 1");
-	assert_int_equal(core_stat(st, "deltas_applied"), 0);
-	assert_true(core_stat(st, "delta_fallbacks") >= 6);
 	assert_true(core_stat(st, "transit_corruptions") >= 6);
-	/* each device then received the full image once */
-	assert_int_equal(core_stat(st, "image_bytes"), 6 * w.v2_size);
+	/* A flipped byte need not change the output (a COPY address moved
+	 * within the image's run of zeros, say, rebuilds the same bytes).  What guards
+	 * the device is the rebuilt image's digest, so such a patch rightly
+	 * lands (CI saw 1 of 6 once).  Most flips are caught: at least one
+	 * device falls back, and every device that fell back received the full
+	 * image once; run_fleet already checked that all run 1.1.0. */
+	applied = core_stat(st, "deltas_applied");
+	assert_true(applied < 6);
+	assert_true(core_stat(st, "delta_fallbacks") >= 6 - applied);
+	assert_int_equal(core_stat(st, "image_bytes"), (6 - applied) * w.v2_size);
 	assert_true(device_metric(&w.f.d, "otacd_delta_bytes_served_total") > 0);
 	json_decref(st);
 	world_stop(&w);
