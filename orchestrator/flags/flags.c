@@ -139,13 +139,14 @@ static int cohort_of(const json_t *c, json_t **out)
 		return ota_error_set(OTA_EINVAL, "cohort: an object of at most 4 tags, like {\"group\": \"beta\"}");
 	*out = json_object();
 	json_object_foreach((json_t *)c, k, v) {
-		json_t *list = json_array(), *x;
+		json_t *list, *x;
 		size_t i, klen = strlen(k);
 		if (klen < 1 || klen > 64)
 			goto bad;
 		for (size_t j = 0; j < klen; j++)
 			if (!value_char(k[j]) || strchr(":/+@", k[j]))
 				goto bad;
+		list = json_array(); /* after the key's checks: each later refusal frees it */
 		if (json_is_string(v))
 			json_array_append(list, v);
 		else if (json_is_array(v) && json_array_size(v) >= 1 && json_array_size(v) <= 8)
