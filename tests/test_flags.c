@@ -78,6 +78,8 @@ static json_t *flag_row(struct daemon *d, const char *product, const char *name)
 	return found;
 }
 
+#define VIEWER_TOKEN "viewer-token-0123456789abcdef"
+
 /* ---- the bucket ---------------------------------------------------------- */
 
 static void flag_buckets_are_sha256_sticky_and_even(void **state)
@@ -283,7 +285,7 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 	json_t *flags, *row;
 
 	(void)state;
-	h_init(&d, NULL);
+	h_init(&d, "tokens:\n  - { name: viewer, role: viewer, token: " VIEWER_TOKEN " }\n");
 	assert_int_equal(h_start(&d, NULL), 0);
 	creds = h_register_devices(&d, "dev", 2);
 
@@ -338,6 +340,29 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 	json_decref(flags);
 
 	/* the trust boundary: refused with the field named, nothing stored */
+	/* a viewer may read flags but not change them: 403, nothing written */
+	{
+		int64_t audits = audit_count(&d);
+		char *before = h_sql_text(&d, "SELECT group_concat(name || state || bp || seq, ';') FROM flags");
+		char *after;
+		json_t *ls = NULL;
+
+		assert_int_equal(h_call_as(&d, VIEWER_TOKEN, "GET", "/api/v1/flags?product=fw", NULL, &ls), 200);
+		json_decref(ls);
+		json_t *set = json_pack("{ss ss ss ss}", "product", "fw", "name", "dark-mode", "state", "on",
+					"reason", "viewer");
+		json_t *roll = json_pack("{ss ss ss}", "product", "fw", "name", "sneaky", "reason", "viewer");
+
+		assert_int_equal(h_call_as(&d, VIEWER_TOKEN, "POST", "/api/v1/flags", set, NULL), 403);
+		assert_int_equal(h_call_as(&d, VIEWER_TOKEN, "POST", "/api/v1/flags/rollout", roll, NULL), 403);
+		json_decref(set);
+		json_decref(roll);
+		after = h_sql_text(&d, "SELECT group_concat(name || state || bp || seq, ';') FROM flags");
+		assert_string_equal(before, after);
+		assert_int_equal(audit_count(&d), audits);
+		free(before);
+		free(after);
+	}
 	refused(&d, "flags set fw 'Dark Mode' on --reason x", "name: 1..32 characters");
 	refused(&d, "flags set fw dark-mode maybe --reason x", "state: \"on\" or \"off\"");
 	refused(&d, "flags set fw dark-mode on", "--reason is required");
