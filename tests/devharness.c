@@ -37,9 +37,10 @@ const char dh_fw_release_yaml[] = "name: fw\nstages:\n"
 
 pid_t dh_spawn(const char *log, char *const argv[])
 {
-	pid_t pid = fork();
+	pid_t parent = getpid(), pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		h_die_with_parent(parent);
 		setpgid(0, 0);
 		dup2(fd, 1);
 		dup2(fd, 2);

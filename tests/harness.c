@@ -16,6 +16,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -24,6 +25,13 @@
 #include <cmocka.h>
 
 #include "../common/httpc.h"
+
+void h_die_with_parent(pid_t parent)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent) /* it died before the line above */
+		_exit(127);
+}
 
 char *h_tmpdir(void)
 {
@@ -114,6 +122,7 @@ int h_start(struct daemon *d, const char *const *args)
 	char *otacd = h_bin("otacd");
 	struct strvec argv = STRVEC_INIT;
 	struct buf b = BUF_INIT;
+	pid_t parent;
 	int i;
 
 	unlink(urlfile);
@@ -133,9 +142,11 @@ int h_start(struct daemon *d, const char *const *args)
 	for (i = 0; args && args[i]; i++)
 		strvec_push(&argv, args[i]);
 
+	parent = getpid();
 	d->pid = fork();
 	if (d->pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_die_with_parent(parent);
 		if (fd >= 0) {
 			dup2(fd, 2);
 			dup2(fd, 1);
@@ -392,9 +403,10 @@ pid_t h_agent_with(struct daemon *d, const char *name, const char *labels, const
 	char *agent = h_bin("otacd-agent");
 	char *work = xasprintf("%s/work-%s", d->dir, name);
 	char *log = xasprintf("%s/agent-%s.log", d->dir, name);
-	pid_t pid = fork();
+	pid_t parent = getpid(), pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_die_with_parent(parent);
 		if (fd >= 0) {
 			dup2(fd, 2);
 			dup2(fd, 1);

@@ -29,6 +29,14 @@ struct daemon {
  * keep their address). */
 char *h_free_listen(void);
 
+/*
+ * In a forked child before exec: die with the test.  A test that is killed
+ * or times out (CI, a helper's loop) otherwise leaves its daemons and
+ * simulated fleets running, loading the machine for every test after it.
+ * parent is the test's pid from before the fork.
+ */
+void h_die_with_parent(pid_t parent);
+
 /* A fresh directory under $TMPDIR (or /tmp); caller frees. */
 char *h_tmpdir(void);
 /* Path of a program under test: $OTACD_BIN/name. */
