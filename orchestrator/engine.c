@@ -747,24 +747,26 @@ int engine_store_extend_leases(struct store *s, int64_t until)
 
 /*
  * The database failed for want of disk (full, I/O error): otacd's fault,
- * not its agents' (see tick).  Read before the rollback resets it.
+ * not its agents' (see tick).  db_disk_error() remembers it since the
+ * transaction began, through the rollback.
  *
- * The storage layer has no code for a full disk (db.h), so this asks
- * SQLite for its own error code: the one direct call to SQLite left here.
- * On PostgreSQL (no SQLite handle) the server's disk is not otacd's, and a
- * failure there is not noted as the disk's.
+ * Only SQLite's disk is the state directory's, which diskguard watches.
+ * On PostgreSQL a full disk (SQLSTATE 53100) is the server's: the failed
+ * call's message says so, and noting it here would give back the state
+ * directory's reserve and refuse work until that disk, which has room,
+ * is polled again.
  */
 static void note_store_trouble(struct engine *e)
 {
-	struct sqlite3 *handle = db_sqlite_handle(store_conn(e->db));
-	int ec = handle ? sqlite3_errcode(handle) & 0xff : SQLITE_OK;
+	struct db *db = store_conn(e->db);
+	int ec = db_disk_error(db);
 
-	if (ec == SQLITE_FULL || ec == SQLITE_IOERR || ec == SQLITE_CANTOPEN) {
+	if (ec && db_backend(db) == DB_SQLITE) {
 		e->store_trouble_real = clock_real_ms();
 		/* new work is refused and the commit retried with a back-off,
 		 * not at the pace of callers (diskguard.h) */
-		diskguard_note_failure(ec == SQLITE_FULL ? "database commit: disk full"
-					: ec == SQLITE_IOERR ? "database commit: I/O error" : "database cannot be opened");
+		diskguard_note_failure(ec == DB_ENOSPACE ? "database commit: disk full"
+							 : "database commit: I/O error or cannot open its files");
 	}
 }
 

@@ -58,20 +58,20 @@ static void out_add_job(struct retention_out *out, int64_t job)
 /* Runs up to this id fall outside runs_keep (0: none). */
 static int keep_cut(struct store *db, const struct retention_cfg *cfg, int64_t *cut)
 {
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	*cut = 0;
 	if (cfg->runs_keep <= 0)
 		return 0;
-	st = store_stmt(db, "SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?");
+	st = store_q(db, "SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, cfg->runs_keep);
-	rc = store_step_row(db, st);
+	db_bind_int64(st, 1, cfg->runs_keep);
+	rc = db_step(st);
 	if (rc == 1)
-		*cut = store_col_int(st, 0);
-	sqlite3_reset(st);
+		*cut = db_column_int64(st, 0);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
@@ -89,45 +89,45 @@ static int delete_run(struct store *db, int64_t run, struct retention_out *out)
 		"DELETE FROM runs WHERE id = ?",
 	};
 	struct strvec shas = STRVEC_INIT;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc = 0;
 
-	st = store_stmt(db, "SELECT id FROM jobs WHERE run_id = ?");
+	st = store_q(db, "SELECT id FROM jobs WHERE run_id = ?");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run);
-	while ((rc = store_step_row(db, st)) == 1)
-		out_add_job(out, store_col_int(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, run);
+	while ((rc = db_step(st)) == 1)
+		out_add_job(out, db_column_int64(st, 0));
+	db_reset(st);
 	if (rc < 0)
 		return rc;
-	st = store_stmt(db, "DELETE FROM artifacts WHERE run_id = ? RETURNING sha256");
+	st = store_q(db, "DELETE FROM artifacts WHERE run_id = ? RETURNING sha256");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run);
-	while ((rc = store_step_row(db, st)) == 1)
-		strvec_push(&shas, store_col_text(st, 0));
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, run);
+	while ((rc = db_step(st)) == 1)
+		strvec_push(&shas, db_column_text(st, 0));
+	db_reset(st);
 	for (size_t i = 0; rc == 0 && i < shas.n; i++) {
-		st = store_stmt(db, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
+		st = store_q(db, "SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1");
 		if (!st) {
 			rc = OTA_ERROR;
 			break;
 		}
-		sqlite3_bind_text(st, 1, shas.v[i], -1, SQLITE_STATIC);
-		rc = store_step_row(db, st);
-		sqlite3_reset(st);
+		db_bind_text(st, 1, shas.v[i]);
+		rc = db_step(st);
+		db_reset(st);
 		if (rc == 0 && !strvec_contains(&out->dead_objects, shas.v[i]))
 			strvec_push(&out->dead_objects, shas.v[i]);
 		rc = rc < 0 ? rc : 0;
 	}
 	strvec_clear(&shas);
 	for (size_t i = 0; rc == 0 && i < OTA_ARRAY_SIZE(deletes); i++) {
-		st = store_stmt(db, deletes[i]);
+		st = store_q(db, deletes[i]);
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_int64(st, 1, run);
-		rc = store_step_done(db, st);
+		db_bind_int64(st, 1, run);
+		rc = db_run(st);
 	}
 	if (rc < 0)
 		return ota_error_set(rc, "retention: deleting run %" PRId64 ": %s", run, ota_error_last());
@@ -138,12 +138,14 @@ static int delete_run(struct store *db, int64_t run, struct retention_out *out)
 /*
  * The runs a batch may delete: finished, past a bound, and not kept.  The
  * newest run and the run of the newest job stay so that SQLite never hands
- * out a deleted id again (rowids are max + 1).
+ * out a deleted id again (rowids are max + 1).  ?2 is cast: PostgreSQL
+ * would type a parameter first met in `?2 > 0` as a 32-bit integer, too
+ * small for a time in ms.
  */
 static const char *const RUN_CANDIDATES =
 	"SELECT r.id FROM runs r WHERE r.id > ?1 AND r.id <= ?5"
 	" AND r.state IN ('passed','failed','canceled','skipped')"
-	" AND ((?2 > 0 AND r.finished_at < ?2) OR r.id <= ?3)"
+	" AND ((CAST(?2 AS BIGINT) > 0 AND r.finished_at < ?2) OR r.id <= ?3)"
 	" AND r.id < (SELECT MAX(id) FROM runs)"
 	" AND NOT EXISTS (SELECT 1 FROM releases WHERE run_id = r.id)"
 	" AND NOT EXISTS (SELECT 1 FROM rollouts WHERE job_id IN (SELECT id FROM jobs WHERE run_id = r.id))"
@@ -156,7 +158,7 @@ static int batch_runs(struct store *db, const struct retention_cfg *cfg, struct 
 {
 	int64_t cut = 0, ids[1024];
 	size_t n = 0, want = cfg->batch < 1 ? 1 : cfg->batch > 1024 ? 1024 : (size_t)cfg->batch;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int rc;
 
 	if (cfg->runs_max_age_ms <= 0 && cfg->runs_keep <= 0)
@@ -165,17 +167,17 @@ static int batch_runs(struct store *db, const struct retention_cfg *cfg, struct 
 		return rc;
 	if (cfg->runs_max_age_ms <= 0 && cut == 0)
 		return 0; /* fewer runs than runs_keep: nothing to read */
-	if (!(st = store_stmt(db, RUN_CANDIDATES)))
+	if (!(st = store_q(db, RUN_CANDIDATES)))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, p->cursor);
-	sqlite3_bind_int64(st, 2, cfg->runs_max_age_ms > 0 ? p->now - cfg->runs_max_age_ms : 0);
-	sqlite3_bind_int64(st, 3, cut);
-	sqlite3_bind_int64(st, 4, (int64_t)want);
+	db_bind_int64(st, 1, p->cursor);
+	db_bind_int64(st, 2, cfg->runs_max_age_ms > 0 ? p->now - cfg->runs_max_age_ms : 0);
+	db_bind_int64(st, 3, cut);
+	db_bind_int64(st, 4, (int64_t)want);
 	/* with a count bound only, the candidates are a rowid range */
-	sqlite3_bind_int64(st, 5, cfg->runs_max_age_ms > 0 ? INT64_MAX : cut);
-	while (n < want && (rc = store_step_row(db, st)) == 1)
-		ids[n++] = store_col_int(st, 0);
-	sqlite3_reset(st);
+	db_bind_int64(st, 5, cfg->runs_max_age_ms > 0 ? INT64_MAX : cut);
+	while (n < want && (rc = db_step(st)) == 1)
+		ids[n++] = db_column_int64(st, 0);
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	for (size_t i = 0; i < n; i++)
@@ -199,17 +201,17 @@ static int logs_cursor(struct store *db, int64_t *through)
 /* Remove the logs of one run's jobs now (before the cursor commits). */
 static int remove_run_logs(struct store *db, int64_t run)
 {
-	sqlite3_stmt *st = store_stmt(db, "SELECT id FROM jobs WHERE run_id = ?");
+	struct db_stmt *st = store_q(db, "SELECT id FROM jobs WHERE run_id = ?");
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run);
-	while ((rc = store_step_row(db, st)) == 1)
+	db_bind_int64(st, 1, run);
+	while ((rc = db_step(st)) == 1)
 		/* a file that cannot be removed (permissions) is reported and
 		 * left: the cursor moves on rather than stopping every pass */
-		if (logstore_remove_job(store_col_int(st, 0)) < 0)
+		if (logstore_remove_job(db_column_int64(st, 0)) < 0)
 			ota_log(OTA_LOG_WARN, "retention: %s", ota_error_last());
-	sqlite3_reset(st);
+	db_reset(st);
 	return rc < 0 ? rc : 0;
 }
 
@@ -223,7 +225,7 @@ static int remove_run_logs(struct store *db, int64_t run)
 static int batch_logs(struct store *db, const struct retention_cfg *cfg, struct retention_pass *p)
 {
 	int64_t through, cutoff = p->now - cfg->logs_max_age_ms, last;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t ids[1024], finished[1024], created[1024], released[1024];
 	char final[1024];
 	size_t n = 0, want = cfg->batch < 1 ? 1 : cfg->batch > 1024 ? 1024 : (size_t)cfg->batch;
@@ -234,23 +236,25 @@ static int batch_logs(struct store *db, const struct retention_cfg *cfg, struct 
 		return 0;
 	if ((rc = logs_cursor(db, &through)) < 0)
 		return rc;
-	st = store_stmt(db, "SELECT r.id, r.state IN ('passed','failed','canceled','skipped'),"
-			" COALESCE(r.finished_at, 0), r.created_at,"
-			" EXISTS (SELECT 1 FROM releases WHERE run_id = r.id)"
-			" FROM runs r WHERE r.id > ? ORDER BY r.id LIMIT ?");
+	/* the IN and EXISTS columns read as 1/0 on both backends
+	 * (db_column_int64 reads PostgreSQL's booleans) */
+	st = store_q(db, "SELECT r.id, r.state IN ('passed','failed','canceled','skipped'),"
+			 " COALESCE(r.finished_at, 0), r.created_at,"
+			 " EXISTS (SELECT 1 FROM releases WHERE run_id = r.id)"
+			 " FROM runs r WHERE r.id > ? ORDER BY r.id LIMIT ?");
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, through);
-	sqlite3_bind_int64(st, 2, (int64_t)want);
-	while (n < want && (rc = store_step_row(db, st)) == 1) {
-		ids[n] = store_col_int(st, 0);
-		final[n] = (char)store_col_int(st, 1);
-		finished[n] = store_col_int(st, 2);
-		created[n] = store_col_int(st, 3);
-		released[n] = store_col_int(st, 4);
+	db_bind_int64(st, 1, through);
+	db_bind_int64(st, 2, (int64_t)want);
+	while (n < want && (rc = db_step(st)) == 1) {
+		ids[n] = db_column_int64(st, 0);
+		final[n] = (char)db_column_int64(st, 1);
+		finished[n] = db_column_int64(st, 2);
+		created[n] = db_column_int64(st, 3);
+		released[n] = db_column_int64(st, 4);
 		n++;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	if (rc < 0)
 		return rc;
 	last = through;
@@ -290,15 +294,16 @@ static int batch_extras(struct store *db, const struct retention_cfg *cfg, struc
 	if (cfg->runs_max_age_ms <= 0)
 		return 0;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(deletes); i++) {
-		sqlite3_stmt *st = store_stmt(db, deletes[i]);
-		int rc, changed;
+		struct db_stmt *st = store_q(db, deletes[i]);
+		int64_t changed;
+		int rc;
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_int64(st, 1, p->now - cfg->runs_max_age_ms);
-		sqlite3_bind_int64(st, 2, cfg->batch * 20);
-		if ((rc = store_step_done(db, st)) < 0)
+		db_bind_int64(st, 1, p->now - cfg->runs_max_age_ms);
+		db_bind_int64(st, 2, cfg->batch * 20);
+		if ((rc = db_run(st)) < 0)
 			return rc;
-		changed = sqlite3_changes(store_db(db));
+		changed = db_changes(st);
 		p->extras_deleted += changed;
 		more |= changed == cfg->batch * 20;
 	}
@@ -408,13 +413,13 @@ struct sweep {
 static int sweep_one(int64_t job, void *arg)
 {
 	struct sweep *s = arg;
-	sqlite3_stmt *st = store_stmt(s->db, "SELECT 1 FROM jobs WHERE id = ?");
+	struct db_stmt *st = store_q(s->db, "SELECT 1 FROM jobs WHERE id = ?");
 	int rc;
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, job);
-	rc = store_step_row(s->db, st);
-	sqlite3_reset(st);
+	db_bind_int64(st, 1, job);
+	rc = db_step(st);
+	db_reset(st);
 	if (rc == 0 && logstore_remove_job(job) == 0)
 		s->removed++;
 	return rc < 0 ? rc : 0;
@@ -427,45 +432,9 @@ int retention_sweep_orphans(struct store *db)
 	return rc < 0 ? rc : s.removed;
 }
 
-static int pragma_int(struct store *db, const char *sql, int64_t *out)
-{
-	sqlite3_stmt *st = store_stmt(db, sql);
-	int rc;
-	if (!st)
-		return OTA_ERROR;
-	rc = store_step_row(db, st);
-	*out = rc == 1 ? store_col_int(st, 0) : 0;
-	sqlite3_reset(st);
-	return rc < 0 ? rc : 0;
-}
-
 int retention_maintain(struct store *db, int max_pages, int *freed)
 {
-	sqlite3 *sq = store_db(db);
-	int64_t mode = 0, free_pages = 0;
-	int rc;
-
-	*freed = 0;
-	if ((rc = pragma_int(db, "PRAGMA auto_vacuum", &mode)) < 0 ||
-	    (rc = pragma_int(db, "PRAGMA freelist_count", &free_pages)) < 0)
-		return rc;
-	/* 2: INCREMENTAL (new databases, store.c); NONE reuses free pages
-	 * but never shrinks the file (docs/operations.md, Retention) */
-	if (mode == 2 && free_pages > 0) {
-		char sql[64];
-		int n = free_pages < max_pages ? (int)free_pages : max_pages;
-		snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", n);
-		if (sqlite3_exec(sq, sql, NULL, NULL, NULL) != SQLITE_OK)
-			return ota_error_set(OTA_ERROR, "retention: incremental_vacuum: %s", sqlite3_errmsg(sq));
-		*freed = n;
-	}
-	/* TRUNCATE waits for readers on older snapshots through the busy
-	 * handler: wait briefly, not the writer's 10 s, and try again on the
-	 * next pass if a reader is slow */
-	sqlite3_busy_timeout(sq, 50);
-	rc = sqlite3_wal_checkpoint_v2(sq, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
-	sqlite3_busy_timeout(sq, 10000);
-	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-		return ota_error_set(OTA_ERROR, "retention: wal_checkpoint: %s", sqlite3_errmsg(sq));
+	if (db_maintain(store_conn(db), max_pages, freed) < 0)
+		return ota_error_set(OTA_ERROR, "retention: %s", ota_error_last());
 	return 0;
 }

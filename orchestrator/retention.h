@@ -105,7 +105,8 @@ int retention_sweep_orphans(struct store *db);
  * Outside a transaction: give back up to max_pages free pages when the
  * database uses incremental auto-vacuum, then checkpoint and truncate the
  * WAL if no reader needs it (waiting at most ~50 ms for readers; else
- * skipped until next time).  *freed is the pages given back.
+ * skipped until next time).  *freed is the pages given back.  On
+ * PostgreSQL nothing (autovacuum's job): db_maintain() in db/db.h.
  */
 int retention_maintain(struct store *db, int max_pages, int *freed);
 

@@ -28,6 +28,8 @@ int db_fail(struct db *db, int code, const char *fmt, ...)
 	db->errmsg = buf_detach(&b);
 	if (db->ops && db->impl && db->ops->in_transaction(db))
 		db->tx_failed = 1;
+	if (code == DB_ENOSPACE || code == DB_EIO)
+		db->disk_error = code;
 	return ota_error_set(code, "%s", db->errmsg);
 }
 
@@ -117,6 +119,7 @@ int db_exec(struct db *db, const char *script)
 int db_begin(struct db *db)
 {
 	db->tx_failed = 0;
+	db->disk_error = 0;
 	return db->ops->begin(db);
 }
 
@@ -151,6 +154,21 @@ void db_rollback(struct db *db)
 int db_in_transaction(const struct db *db)
 {
 	return db->ops->in_transaction(db);
+}
+
+/* ---- upkeep and the disk ---------------------------------------------------- */
+
+int db_disk_error(const struct db *db)
+{
+	return db->disk_error;
+}
+
+int db_maintain(struct db *db, int max_pages, int *freed)
+{
+	*freed = 0;
+	if (db->ops->in_transaction(db))
+		return db_fail(db, OTA_ERROR, "maintenance runs outside a transaction");
+	return db->ops->maintain(db, max_pages, freed);
 }
 
 void db_on_commit(struct db *db, void (*fn)(void *arg), void *arg)

@@ -42,6 +42,12 @@ enum {
 	DB_EBUSY = -40,
 	DB_ECONSTRAINT = -41,
 	DB_ECONN = -42,
+	/* the disk under the database is full: SQLite's SQLITE_FULL,
+	 * PostgreSQL's SQLSTATE 53100 (disk_full); see db_disk_error() */
+	DB_ENOSPACE = -43,
+	/* the database's files cannot be written or opened: SQLITE_IOERR,
+	 * SQLITE_CANTOPEN, PostgreSQL's 58030 (io_error) */
+	DB_EIO = -44,
 };
 
 enum db_backend { DB_SQLITE, DB_POSTGRES };
@@ -176,5 +182,27 @@ struct sqlite3 *db_sqlite_handle(struct db *db);
 int db_migrate(struct db *db, const char *const *list, size_t n);
 /* The schema version recorded in schema_migrations (0 if none). */
 int db_schema_version(struct db *db, int *out);
+
+/* ---- upkeep and the disk (retention.c, engine.c) ------------------------ */
+
+/*
+ * The disk's part in this connection's failures since its last db_begin()
+ * (or since it opened): DB_ENOSPACE or DB_EIO when a statement, BEGIN or
+ * COMMIT failed for want of space or for I/O, else 0.  It outlives the
+ * rollback, so a caller may ask after rolling back.  The failing call
+ * itself returned the same code.
+ */
+int db_disk_error(const struct db *db);
+
+/*
+ * Outside a transaction, on a writer: give the file's free pages back and
+ * bound the write-ahead log.  SQLite: when the database uses incremental
+ * auto-vacuum (DB_INCREMENTAL_VACUUM), give back up to max_pages free
+ * pages (*freed says how many), then checkpoint and truncate the WAL if no
+ * reader needs it, waiting at most ~50 ms for readers (else it is left for
+ * the next call; not an error).  PostgreSQL: nothing (*freed 0): VACUUM is
+ * autovacuum's job and the WAL is the server's checkpointer's.
+ */
+int db_maintain(struct db *db, int max_pages, int *freed);
 
 #endif

@@ -47,6 +47,8 @@ struct db_ops {
 	double (*column_double)(struct db_stmt *st, int col);
 	const char *(*column_text)(struct db_stmt *st, int col);
 	const void *(*column_blob)(struct db_stmt *st, int col, size_t *size);
+	/* db_maintain(): outside a transaction */
+	int (*maintain)(struct db *db, int max_pages, int *freed);
 };
 
 struct db_cache_slot {
@@ -63,6 +65,7 @@ struct db {
 	char *errmsg;
 	int tx_failed; /* a statement failed since db_begin(): commit refuses */
 	int closing;   /* db_close() is finalizing: no per-statement cleanup */
+	int disk_error; /* DB_ENOSPACE or DB_EIO since db_begin() (db_disk_error()) */
 	void (*on_commit)(void *arg);
 	void *on_commit_arg;
 	struct db_cache_slot *cache; /* open addressing by key address, [cache_cap] */

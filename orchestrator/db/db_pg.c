@@ -75,6 +75,10 @@ static int classify(const struct db *db, const char *state)
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(busy); i++)
 		if (strcmp(state, busy[i]) == 0)
 			return DB_EBUSY;
+	if (strcmp(state, "53100") == 0) /* disk_full */
+		return DB_ENOSPACE;
+	if (strcmp(state, "58030") == 0) /* io_error */
+		return DB_EIO;
 	return strncmp(state, "23", 2) == 0 ? DB_ECONSTRAINT : OTA_ERROR; /* integrity violations */
 }
 
@@ -434,6 +438,22 @@ static const void *pg_column_blob(struct db_stmt *st, int col, size_t *size)
 	return q->blobs[col];
 }
 
+/* ---- upkeep (db_maintain) ------------------------------------------------- */
+
+/*
+ * Nothing to do: VACUUM is autovacuum's job on PostgreSQL (and cannot run
+ * inside the engine's transaction block anyway), and the server's
+ * checkpointer bounds the WAL.  A manual CHECKPOINT would need superuser
+ * or pg_checkpoint, which otacd's role should not hold.
+ */
+static int pg_maintain(struct db *db, int max_pages, int *freed)
+{
+	(void)db;
+	(void)max_pages;
+	*freed = 0;
+	return 0;
+}
+
 const struct db_ops db_pg_ops = {
 	.name = "postgres",
 	.open = pg_open,
@@ -454,4 +474,5 @@ const struct db_ops db_pg_ops = {
 	.column_double = pg_column_double,
 	.column_text = pg_column_text,
 	.column_blob = pg_column_blob,
+	.maintain = pg_maintain,
 };

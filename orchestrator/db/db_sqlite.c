@@ -39,6 +39,13 @@ static int fail(struct db *db, int sqlite_rc, const char *what)
 	case SQLITE_CONSTRAINT:
 		code = DB_ECONSTRAINT;
 		break;
+	case SQLITE_FULL:
+		code = DB_ENOSPACE;
+		break;
+	case SQLITE_IOERR:
+	case SQLITE_CANTOPEN:
+		code = DB_EIO;
+		break;
 	}
 	return db_fail(db, code, "sqlite: %s: %s", what, sqlite3_errmsg(conn(db)));
 }
@@ -255,6 +262,56 @@ static const void *sq_column_blob(struct db_stmt *st, int col, size_t *size)
 	return p;
 }
 
+/* ---- upkeep (db_maintain) ------------------------------------------------- */
+
+/* The one integer a PRAGMA without arguments answers. */
+static int pragma_int(struct db *db, const char *sql, int64_t *out)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	*out = 0;
+	if ((rc = sqlite3_prepare_v2(conn(db), sql, -1, &st, NULL)) != SQLITE_OK)
+		return fail(db, rc, sql);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE)
+		rc = fail(db, rc, sql);
+	sqlite3_finalize(st);
+	return rc < 0 ? rc : 0;
+}
+
+static int sq_maintain(struct db *db, int max_pages, int *freed)
+{
+	int64_t mode = 0, free_pages = 0;
+	int rc;
+
+	if ((rc = pragma_int(db, "PRAGMA auto_vacuum", &mode)) < 0 ||
+	    (rc = pragma_int(db, "PRAGMA freelist_count", &free_pages)) < 0)
+		return rc;
+	/* 2: INCREMENTAL (DB_INCREMENTAL_VACUUM); NONE reuses free pages but
+	 * never shrinks the file (docs/operations.md, Retention) */
+	if (mode == 2 && free_pages > 0 && max_pages > 0) {
+		char sql[64];
+		int n = free_pages < max_pages ? (int)free_pages : max_pages;
+
+		snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", n);
+		if ((rc = sq_exec(db, sql)) < 0)
+			return rc;
+		*freed = n;
+	}
+	/* TRUNCATE waits for readers on older snapshots through the busy
+	 * handler: wait briefly, not the writer's 10 s, and try again next
+	 * time if a reader is slow */
+	sqlite3_busy_timeout(conn(db), 50);
+	rc = sqlite3_wal_checkpoint_v2(conn(db), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+	sqlite3_busy_timeout(conn(db), BUSY_TIMEOUT_MS);
+	if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+		return fail(db, rc, "wal_checkpoint(TRUNCATE)");
+	return 0;
+}
+
 sqlite3 *db_sqlite_handle(struct db *db)
 {
 	return db->backend == DB_SQLITE ? conn(db) : NULL;
@@ -280,4 +337,5 @@ const struct db_ops db_sqlite_ops = {
 	.column_double = sq_column_double,
 	.column_text = sq_column_text,
 	.column_blob = sq_column_blob,
+	.maintain = sq_maintain,
 };

@@ -91,6 +91,41 @@ enum notify_outcome notify_deliver(const struct notify *n, const struct outbox_r
  * jitter (a uniform value in the upper half). */
 int64_t notify_backoff_ms(const struct notify *n, int attempts);
 
+/* ---- the outbox table on a store ----------------------------------------
+ * What the enqueue functions, the sender and the engine's result command
+ * run, on any store (the engine's writer, the sender's reader), so tests
+ * run it on SQLite and on PostgreSQL (docs/storage.md).  Times are real
+ * ms (clock_real_ms()). */
+struct store;
+
+/* Insert one pending row, due now; inside the caller's transaction. */
+int outbox_store_add(struct store *s, const char *delivery, const char *target, const char *event,
+		     const char *payload, int64_t now);
+
+/* A due row, copied out of the database (outbox_due_release frees it). */
+struct outbox_due {
+	int64_t id, created_at;
+	int attempts;
+	char *delivery, *target, *event, *payload;
+};
+void outbox_due_release(struct outbox_due *d);
+
+/* Up to max pending rows due at now (next_at <= now), by next_at then id,
+ * into out[0..*n).  On an error *n rows were copied all the same. */
+int outbox_store_due(struct store *s, int64_t now, struct outbox_due *out, size_t max, size_t *n);
+
+/* An attempt's result for row id. */
+struct outbox_result {
+	int64_t id;
+	const char *state;     /* pending (retry at next_at), sent, refused, expired */
+	int attempts;          /* attempts made, this one included */
+	int64_t next_at;
+	const char *error;     /* kept as last_error; NULL or "": none */
+};
+/* Record r if the row is still pending (a row is finished once): done_at
+ * is now unless it stays pending. */
+int outbox_store_finish(struct store *s, const struct outbox_result *r, int64_t now);
+
 /*
  * The sender thread: delivers due rows until notify_sender_stop.  Started
  * after the engine; stopped before it.  Results go through the engine.

@@ -5,8 +5,12 @@
  * The sender never writes the database itself: the engine thread owns the
  * only writer connection, so each result (sent, retry at, refused,
  * expired) goes back as an engine command.  It reads due rows through its
- * own reader connection and holds no read transaction while a request is
- * in flight.
+ * own reader connection (store_reader(), a DB_READONLY connection of the
+ * storage layer) and holds no read transaction while a request is in
+ * flight.
+ *
+ * The table work itself (outbox_store_*, notify.h) takes a store, not the
+ * engine, so tests run it on SQLite and on PostgreSQL.
  */
 #include "notify_int.h"
 
@@ -20,33 +24,96 @@
 #include "../../common/util.h"
 #include "../clock.h"
 #include "../engine_core.h"
+#include "../db/db.h"
 #include "../engine_int.h"
 #include "../store.h"
+
+/* ---- the table (any thread's store; see notify.h) ---------------------- */
+
+int outbox_store_add(struct store *s, const char *delivery, const char *target, const char *event,
+		     const char *payload, int64_t now)
+{
+	struct db_stmt *st = store_q(s, "INSERT INTO outbox(delivery, target, event, payload, created_at, next_at)"
+				       " VALUES (?,?,?,?,?,?)");
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, delivery);
+	db_bind_text(st, 2, target);
+	db_bind_text(st, 3, event);
+	db_bind_text(st, 4, payload);
+	db_bind_int64(st, 5, now);
+	db_bind_int64(st, 6, now);
+	return db_run(st);
+}
+
+void outbox_due_release(struct outbox_due *d)
+{
+	free(d->delivery);
+	free(d->target);
+	free(d->event);
+	free(d->payload);
+	memset(d, 0, sizeof(*d));
+}
+
+int outbox_store_due(struct store *s, int64_t now, struct outbox_due *out, size_t max, size_t *n)
+{
+	struct db_stmt *st = store_q(s, "SELECT id, delivery, target, event, payload, attempts, created_at"
+				       " FROM outbox WHERE state = 'pending' AND next_at <= ?"
+				       " ORDER BY next_at, id LIMIT ?");
+	int rc = 0;
+
+	*n = 0;
+	if (!st)
+		return OTA_ERROR;
+	db_bind_int64(st, 1, now);
+	db_bind_int64(st, 2, (int64_t)max);
+	while (*n < max && (rc = db_step(st)) == 1) {
+		struct outbox_due *d = &out[(*n)++];
+		d->id = db_column_int64(st, 0);
+		d->delivery = xstrdup(db_column_text(st, 1));
+		d->target = xstrdup(db_column_text(st, 2));
+		d->event = xstrdup(db_column_text(st, 3));
+		d->payload = xstrdup(db_column_text(st, 4));
+		d->attempts = (int)db_column_int64(st, 5);
+		d->created_at = db_column_int64(st, 6);
+	}
+	db_reset(st);
+	return rc < 0 ? rc : 0;
+}
+
+int outbox_store_finish(struct store *s, const struct outbox_result *r, int64_t now)
+{
+	struct db_stmt *st = store_q(s, "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_error = ?,"
+				       " done_at = ? WHERE id = ? AND state = 'pending'");
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, r->state);
+	db_bind_int64(st, 2, r->attempts);
+	db_bind_int64(st, 3, r->next_at);
+	/* unbound parameters are NULL: no error, and no done_at while pending */
+	if (r->error && *r->error)
+		db_bind_text(st, 4, r->error);
+	if (strcmp(r->state, "pending"))
+		db_bind_int64(st, 5, now);
+	db_bind_int64(st, 6, r->id);
+	return db_run(st);
+}
 
 /* ---- enqueue (engine thread, inside the caller's transaction) ----------- */
 
 static int insert_row(struct engine *e, const char *target, const char *event, json_t *payload)
 {
-	sqlite3_stmt *st = STMT(e, "INSERT INTO outbox(delivery, target, event, payload, created_at, next_at)"
-				   " VALUES (?,?,?,?,?,?)");
 	char delivery[33];
 	char *text;
-	int64_t now = clock_real_ms();
 	int rc;
 
-	if (!st)
-		return OTA_ERROR;
 	if (ota_random_hex(delivery, 16) < 0)
 		return OTA_ERROR;
 	json_object_set_new(payload, "id", json_string(delivery));
 	text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
-	sqlite3_bind_text(st, 1, delivery, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 2, target, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 3, event, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_text(st, 4, text, -1, SQLITE_TRANSIENT);
-	sqlite3_bind_int64(st, 5, now);
-	sqlite3_bind_int64(st, 6, now);
-	rc = store_step_done(engine_store(e), st);
+	rc = outbox_store_add(engine_store(e), delivery, target, event, text, clock_real_ms());
 	free(text);
 	return rc;
 }
@@ -67,16 +134,16 @@ static int to_targets(struct engine *e, const struct notify *n, const char *even
 	return rc;
 }
 
-static void set_text(json_t *o, const char *key, sqlite3_stmt *st, int col)
+static void set_text(json_t *o, const char *key, struct db_stmt *st, int col)
 {
-	const char *s = store_col_text(st, col);
+	const char *s = db_column_text(st, col);
 	json_object_set_new(o, key, s ? json_string(s) : json_null());
 }
 
 int outbox_run_event(struct engine *e, int64_t run_id, const char *state)
 {
 	const struct notify *n = notify_current();
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	const char *what = !strcmp(state, "running") ? "started" : state;
 	const struct forge_status *f;
 	json_t *run, *payload;
@@ -85,11 +152,11 @@ int outbox_run_event(struct engine *e, int64_t run_id, const char *state)
 
 	if (!n || (strcmp(what, "started") && strcmp(what, "passed") && strcmp(what, "failed") && strcmp(what, "canceled")))
 		return 0;
-	if (!(st = STMT(e, "SELECT pipeline, ref, commit_id, repo, error FROM runs WHERE id = ?")))
+	if (!(st = store_q(engine_store(e), "SELECT pipeline, ref, commit_id, repo, error FROM runs WHERE id = ?")))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, run_id);
-	if ((rc = store_step_row(engine_store(e), st)) != 1) {
-		sqlite3_reset(st);
+	db_bind_int64(st, 1, run_id);
+	if ((rc = db_step(st)) != 1) {
+		db_reset(st);
 		return rc < 0 ? rc : 0;
 	}
 	run = json_pack("{sI ss}", "id", (json_int_t)run_id, "state", state);
@@ -98,7 +165,7 @@ int outbox_run_event(struct engine *e, int64_t run_id, const char *state)
 	set_text(run, "commit", st, 2);
 	set_text(run, "repo", st, 3);
 	set_text(run, "error", st, 4);
-	sqlite3_reset(st);
+	db_reset(st);
 	if (n->public_url)
 		json_object_set_new(run, "url", json_sprintf("%s/#/runs/%lld", n->public_url, (long long)run_id));
 	snprintf(event, sizeof(event), "run.%s", what);
@@ -125,30 +192,31 @@ int outbox_rollout_event(struct engine *e, const char *actor, const char *action
 			   : !strcmp(action, "rollback") || !strcmp(action, "auto_rollback") ? "rolled_back"
 			   : !strcmp(action, "stage_passed")                               ? "completed"
 											   : NULL;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	json_t *ro, *payload;
 	char event[32];
 	int rc;
 
 	if (!n || !what || !rollout_id)
 		return 0;
-	if (!(st = STMT(e, "SELECT r.run_id, r.stage, r.step, r.percent_bp, r.state, rel.product, rel.version"
-			   " FROM rollouts r JOIN releases rel ON rel.id = r.release_id WHERE r.id = ?")))
+	if (!(st = store_q(engine_store(e), "SELECT r.run_id, r.stage, r.step, r.percent_bp, r.state, rel.product,"
+					    " rel.version FROM rollouts r JOIN releases rel ON rel.id = r.release_id"
+					    " WHERE r.id = ?")))
 		return OTA_ERROR;
-	sqlite3_bind_int64(st, 1, rollout_id);
-	if ((rc = store_step_row(engine_store(e), st)) != 1) {
-		sqlite3_reset(st);
+	db_bind_int64(st, 1, rollout_id);
+	if ((rc = db_step(st)) != 1) {
+		db_reset(st);
 		return rc < 0 ? rc : 0;
 	}
 	ro = json_pack("{sI sI sI sI sI ss ss}", "id", (json_int_t)rollout_id, "release_id", (json_int_t)release_id,
-		       "run_id", (json_int_t)store_col_int(st, 0), "step", (json_int_t)store_col_int(st, 2),
-		       "percent_bp", (json_int_t)store_col_int(st, 3), "actor", actor ? actor : "", "reason",
+		       "run_id", (json_int_t)db_column_int64(st, 0), "step", (json_int_t)db_column_int64(st, 2),
+		       "percent_bp", (json_int_t)db_column_int64(st, 3), "actor", actor ? actor : "", "reason",
 		       reason ? reason : "");
 	set_text(ro, "stage", st, 1);
 	set_text(ro, "state", st, 4);
 	set_text(ro, "product", st, 5);
 	set_text(ro, "version", st, 6);
-	sqlite3_reset(st);
+	db_reset(st);
 	snprintf(event, sizeof(event), "rollout.%s", what);
 	payload = json_pack("{ss sI so}", "event", event, "at", (json_int_t)clock_real_ms(), "rollout", ro);
 	rc = to_targets(e, n, event, payload);
@@ -158,30 +226,9 @@ int outbox_rollout_event(struct engine *e, const char *actor, const char *action
 
 /* ---- results (posted to the engine thread) ---------------------------- */
 
-struct result {
-	int64_t id;
-	const char *state;     /* pending (retry), sent, refused, expired */
-	int attempts;
-	int64_t next_at;
-	const char *error;
-};
-
 static int record_result(struct engine *e, void *arg)
 {
-	const struct result *r = arg;
-	sqlite3_stmt *st = STMT(e, "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_error = ?,"
-				   " done_at = ? WHERE id = ? AND state = 'pending'");
-	if (!st)
-		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, r->state, -1, SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, r->attempts);
-	sqlite3_bind_int64(st, 3, r->next_at);
-	if (r->error && *r->error)
-		sqlite3_bind_text(st, 4, r->error, -1, SQLITE_TRANSIENT);
-	if (strcmp(r->state, "pending"))
-		sqlite3_bind_int64(st, 5, clock_real_ms());
-	sqlite3_bind_int64(st, 6, r->id);
-	return store_step_done(engine_store(e), st);
+	return outbox_store_finish(engine_store(e), arg, clock_real_ms());
 }
 
 /* ---- the sender thread -------------------------------------------------- */
@@ -195,43 +242,28 @@ struct notify_sender {
 	int stop;
 };
 
-struct due {
-	int64_t id, created_at;
-	int attempts;
-	char *delivery, *target, *event, *payload;
-};
-
 #define BATCH 16
 
-/* Copy up to BATCH due rows out of the database (no transaction stays open). */
-static size_t load_due(struct due *out, int64_t now)
+/*
+ * Copy up to BATCH due rows out of the database on this thread's reader
+ * (one statement, autocommit: no transaction stays open).  A read that
+ * fails part way keeps the rows read so far; the rest wait for the next
+ * poll.
+ */
+static size_t load_due(struct outbox_due *out, int64_t now)
 {
 	struct store *db = store_reader();
-	sqlite3_stmt *st = db ? store_stmt(db, "SELECT id, delivery, target, event, payload, attempts, created_at"
-					       " FROM outbox WHERE state = 'pending' AND next_at <= ?"
-					       " ORDER BY next_at, id LIMIT 16") : NULL;
 	size_t n = 0;
-	if (!st)
-		return 0;
-	sqlite3_bind_int64(st, 1, now);
-	while (n < BATCH && store_step_row(db, st) == 1) {
-		out[n].id = store_col_int(st, 0);
-		out[n].delivery = xstrdup(store_col_text(st, 1));
-		out[n].target = xstrdup(store_col_text(st, 2));
-		out[n].event = xstrdup(store_col_text(st, 3));
-		out[n].payload = xstrdup(store_col_text(st, 4));
-		out[n].attempts = (int)store_col_int(st, 5);
-		out[n].created_at = store_col_int(st, 6);
-		n++;
-	}
-	sqlite3_reset(st);
+
+	if (!db || outbox_store_due(db, now, out, BATCH, &n) < 0)
+		ota_log(OTA_LOG_WARN, "notify: cannot read due deliveries: %s", ota_error_last());
 	return n;
 }
 
-static void send_one(struct notify_sender *s, const struct due *d)
+static void send_one(struct notify_sender *s, const struct outbox_due *d)
 {
 	struct outbox_row row = { d->id, d->delivery, d->target, d->event, d->payload, d->attempts };
-	struct result r = { d->id, "pending", d->attempts, 0, NULL };
+	struct outbox_result r = { d->id, "pending", d->attempts, 0, NULL };
 	char why[512];
 	int64_t now = clock_real_ms();
 
@@ -264,7 +296,7 @@ static void send_one(struct notify_sender *s, const struct due *d)
 static void *sender_main(void *arg)
 {
 	struct notify_sender *s = arg;
-	struct due due[BATCH];
+	struct outbox_due due[BATCH];
 
 	for (;;) {
 		size_t n;
@@ -281,10 +313,7 @@ static void *sender_main(void *arg)
 			pthread_mutex_unlock(&s->lock);
 			if (!stop) /* a row not tried stays pending for the next start */
 				send_one(s, &due[i]);
-			free(due[i].delivery);
-			free(due[i].target);
-			free(due[i].event);
-			free(due[i].payload);
+			outbox_due_release(&due[i]);
 		}
 		if (n == BATCH)
 			continue;
