@@ -120,7 +120,7 @@ static void print_summary(const struct db_copy_result *r, const char *from, cons
 		json_t *arr = json_object_get(o, "tables");
 		for (size_t i = 0; i < r->ntables; i++) {
 			const struct db_copy_table *x = &r->tables[i];
-			json_array_append_new(arr, json_pack("{sssIsss*}", "name", x->name, "rows", (json_int_t)x->rows,
+			json_array_append_new(arr, json_pack("{sssIssso}", "name", x->name, "rows", (json_int_t)x->rows,
 							     "sha256", x->sha256, "next_id",
 							     x->next_id ? json_integer(x->next_id) : json_null()));
 		}
