@@ -280,8 +280,9 @@ static int make_installation(void **state)
 	assert_int_equal(h_start(&g_d, args), 0);
 	y = release_pipeline();
 	h_trigger(&g_d, y);
-	wait_sql("SELECT COUNT(*) FROM releases", 120000);
-	wait_sql("SELECT COUNT(*) FROM rollouts WHERE hold_until IS NOT NULL", 120000);
+	/* generous: two small builds and a signature, under ASan on a loaded machine */
+	wait_sql("SELECT COUNT(*) FROM releases", 300000);
+	wait_sql("SELECT COUNT(*) FROM rollouts WHERE hold_until IS NOT NULL", 300000);
 	tok = h_agent_add(&g_d, "rig-1", "hil,board=mps2-an385");
 	assert_non_null(tok);
 	h_kill(&g_d, SIGTERM);
@@ -592,7 +593,8 @@ static void a_migrate_killed_mid_copy_leaves_the_target_empty_and_a_rerun_succee
 		killed_mid_copy = migrate_in_transaction(app) == 1;
 		kill(pid, SIGKILL);
 		assert_int_equal(waitpid(pid, &status, 0), pid);
-		assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+		if (killed_mid_copy) /* (a copy that had ended exited by itself) */
+			assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 		if (!killed_mid_copy)
 			fprintf(stderr, "test_migrate: the copy ended before the kill: trying again\n");
 	}
