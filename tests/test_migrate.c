@@ -218,7 +218,7 @@ static int migrate(struct buf *out, struct buf *err, const char *to, const char 
 	int rc;
 
 	buf_clear(out);
-	buf_clear(err);
+	buf_release(err); /* ota_read_file() starts it afresh */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc = h_sh(out, "(%s %s migrate --from '%s' --to '%s' 2>'%s')", bin, extra ? extra : "", g_from, to, errf);
 	assert_int_equal(ota_read_file(err, errf, 1 << 20), 0);
@@ -529,7 +529,7 @@ static int file_has(const char *path, const char *needle, int timeout_ms)
 	struct buf b = BUF_INIT;
 	int found = 0;
 	for (int waited = 0; !found && waited <= timeout_ms; waited += 20) {
-		buf_clear(&b);
+		buf_release(&b); /* ota_read_file() starts it afresh */
 		if (ota_read_file(&b, path, 1 << 20) == 0 && strstr(buf_cstr(&b), needle))
 			found = 1;
 		else
