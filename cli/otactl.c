@@ -22,7 +22,8 @@
  * the API calls, option parsing; declared in otactl.h), `lint`, `version`
  * and the dispatch table.  The command groups have files of their own:
  * runs.c (trigger, runs, show, cancel), logs.c, agents.c, artifacts.c,
- * rollout.c (releases and rollouts), reports.c, verify.c.
+ * rollout.c (releases and rollouts), reports.c, verify.c, migrate.c (a
+ * local command: SQLite state into PostgreSQL, with the daemon stopped).
  */
 #include "../common/httpc.h"
 #include "../common/util.h"
@@ -563,6 +564,8 @@ static const struct cmd commands[] = {
 	  "add a key's certificates to the root-signed revocation list (offline)" },
 	{ "keys", cmd_keys, "keys publish CRL.pem", "hand a revocation list to the daemon, which serves it to devices" },
 	{ "backup", cmd_backup, "backup DIR", "a consistent backup of the running otacd into DIR on its host (admin)" },
+	{ "migrate", cmd_migrate, "migrate --from sqlite:STATE/otacd.db --to postgres://...",
+	  "copy a stopped otacd's state into an empty PostgreSQL database, verified (no daemon needed)" },
 	{ "version", cmd_version, "version", "versions of otactl and the daemon" },
 	{ "help", cmd_help, "help [COMMAND]", "this text" },
 };

@@ -105,6 +105,8 @@ int cmd_devices(int argc, char **argv);
 /* cli/keys.c: the signing PKI (docs/security.md) */
 int cmd_keys(int argc, char **argv);
 int cmd_backup(int argc, char **argv);
+/* cli/migrate.c: SQLite state into PostgreSQL, offline (docs/storage.md) */
+int cmd_migrate(int argc, char **argv);
 /* reports.c: `show RUN --tests / --findings` (run_id as the API names it). */
 int show_reports(const char *run_id, int tests, int findings);
 
