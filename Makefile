@@ -155,11 +155,13 @@ $(BIN)/otacd-git: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard githelper/*.c)) $(L
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# issue 18: the init of each step's PID namespace, libc only, so a trivial
-# job does not pay for re-executing the whole agent (agents/contain.c)
-$(BIN)/otacd-reaper: $(BUILD)/obj/agents/reaper/main.o $(BUILD)/obj/agents/reaper.o
+# issue 18: the init of each step's PID namespace, with the log code alone
+# (its lines in the agent's format), so a trivial job does not pay for
+# re-executing the whole agent (agents/contain.c)
+$(BIN)/otacd-reaper: $(BUILD)/obj/agents/reaper/main.o $(BUILD)/obj/agents/reaper.o $(BUILD)/obj/common/log.o \
+		     $(BUILD)/obj/common/util.o
 	@mkdir -p $(BIN)
-	$(CC) $(LDFLAGS) -o $@ $^
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BIN)/otacd-agent: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard agents/*.c)) $(LIB)
 	@mkdir -p $(BIN)

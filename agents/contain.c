@@ -312,6 +312,11 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 		strvec_push(&rargv, "otacd-agent");
 		strvec_push(&rargv, "--reaper");
 	}
+	/* its lines (it cannot run the step, say) in the agent's own format */
+	strvec_push(&rargv, "--log-format");
+	strvec_push(&rargv, ota_log_format_name(ota_log_current_format()));
+	strvec_push(&rargv, "--log-level");
+	strvec_push(&rargv, ota_log_level_name(ota_log_current_level()));
 	strvec_push(&rargv, "--");
 	for (size_t i = 0; argv[i]; i++)
 		strvec_push(&rargv, argv[i]);
