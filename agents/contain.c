@@ -303,9 +303,10 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 
 	if (g_mode == MODE_PGROUP)
 		return pgroup_spawn(pid, argv, envp, in_fd, out_fd, cwd);
-	/* otacd-reaper links libc alone: exec'ing it costs a fraction of
-	 * exec'ing the agent again (which loads libcurl, OpenSSL, ...), the
-	 * largest cost of a trivial job after its own process (docs/benchmarks.md) */
+	/* otacd-reaper links libc, jansson and the log code: exec'ing it
+	 * costs a fraction of exec'ing the agent again (which loads libcurl,
+	 * OpenSSL, ...), the largest cost of a trivial job after its own
+	 * process (docs/benchmarks.md) */
 	if (g_reaper) {
 		strvec_push(&rargv, "otacd-reaper");
 	} else {
