@@ -1370,8 +1370,8 @@ int main(int argc, char **argv)
 	int c, rc = 0, log_format = OTA_LOG_TEXT, log_level = OTA_LOG_INFO;
 
 	/* The namespace init of a step (contain.c): nothing else of the agent. */
-	if (argc > 2 && !strcmp(argv[1], "--reaper") && !strcmp(argv[2], "--"))
-		return contain_reaper_main(argv + 3);
+	if (argc > 1 && !strcmp(argv[1], "--reaper"))
+		return contain_reaper_main(argv + 2);
 	/* Not dumpable: a step of the same uid cannot read this process's
 	 * memory or /proc/PID/environ (steps are exec'd, and so dumpable). */
 	prctl(PR_SET_DUMPABLE, 0);

@@ -303,15 +303,21 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 
 	if (g_mode == MODE_PGROUP)
 		return pgroup_spawn(pid, argv, envp, in_fd, out_fd, cwd);
-	/* otacd-reaper links libc alone: exec'ing it costs a fraction of
-	 * exec'ing the agent again (which loads libcurl, OpenSSL, ...), the
-	 * largest cost of a trivial job after its own process (docs/benchmarks.md) */
+	/* otacd-reaper links libc, jansson and the log code: exec'ing it
+	 * costs a fraction of exec'ing the agent again (which loads libcurl,
+	 * OpenSSL, ...), the largest cost of a trivial job after its own
+	 * process (docs/benchmarks.md) */
 	if (g_reaper) {
 		strvec_push(&rargv, "otacd-reaper");
 	} else {
 		strvec_push(&rargv, "otacd-agent");
 		strvec_push(&rargv, "--reaper");
 	}
+	/* its lines (it cannot run the step, say) in the agent's own format */
+	strvec_push(&rargv, "--log-format");
+	strvec_push(&rargv, ota_log_format_name(ota_log_current_format()));
+	strvec_push(&rargv, "--log-level");
+	strvec_push(&rargv, ota_log_level_name(ota_log_current_level()));
 	strvec_push(&rargv, "--");
 	for (size_t i = 0; argv[i]; i++)
 		strvec_push(&rargv, argv[i]);

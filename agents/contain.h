@@ -4,7 +4,7 @@
  *
  * Preferred: each step runs in a new PID namespace (and, when the kernel
  * allows it, a new user namespace) whose init is a small reaper: an exec
- * of otacd-reaper (libc only; the agent itself with `--reaper` when that
+ * of otacd-reaper (libc, jansson and the log code; the agent itself with `--reaper` when that
  * program is not next to the agent), started with PR_SET_PDEATHSIG so it
  * dies with the agent.  When a namespace's init dies the kernel kills every
  * process in it, so a SIGKILLed agent, a lost lease or a step that ends
@@ -38,10 +38,12 @@ int contain_spawn(pid_t *pid, char *const argv[], char *const envp[], int in_fd,
 /* The step ended (its process group is gone): forget it. */
 void contain_done(void);
 
-/* `otacd-reaper -- PROGRAM ARGS...` (or `otacd-agent --reaper -- ...`):
- * the namespace's init (agents/reaper.c).  Runs
- * the program, reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP to all
- * of the namespace and exits with the program's status. */
+/* `otacd-reaper [--log-format F] [--log-level L] -- PROGRAM ARGS...` (or
+ * `otacd-agent --reaper …`; argv is what follows the program name or
+ * --reaper): the namespace's init (agents/reaper.c).  Runs the program,
+ * reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP to all of the
+ * namespace and exits with the program's status (127 when it cannot run
+ * it, saying why on stderr, the step's output, in the agent's log format). */
 int contain_reaper_main(char **argv);
 
 #endif

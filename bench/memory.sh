@@ -42,6 +42,7 @@ idle() {
 	echo "  otacd ($2)  $(mem "$otacd")"
 	echo "      top libraries: $(libs "$otacd")"
 	grep -q 'libxml2\|libicuuc' "/proc/$otacd/maps" && echo "      libxml2/ICU mapped at idle" || echo "      libxml2/ICU not mapped at idle"
+	grep -q 'libcurl\|libpq' "/proc/$otacd/maps" && echo "      libcurl/libpq mapped at idle" || echo "      libcurl/libpq not mapped at idle"
 	for a in $(pgrep -P "$otacd" otacd-agent || true); do
 		echo "  otacd-agent   $(mem "$a")"
 	done

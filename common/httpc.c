@@ -14,6 +14,11 @@
  * WHATWG event-stream rules say.  An optional abort flag (a SIGTERM
  * handler's) is checked from curl's progress callback so no transfer can
  * hold up shutdown for more than about a second.
+ *
+ * libcurl is reached through curlload.h (loaded on first use, so an idle
+ * otacd does not map it): each function takes the table as cu; the public
+ * ones say why when it cannot be loaded, the others get only handles it
+ * made.
  */
 #include "httpc.h"
 
@@ -23,7 +28,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include <curl/curl.h>
+#include "curlload.h"
 
 #define HEADERS_MAX ((size_t)1 << 20)
 #define SSE_LINE_MAX ((size_t)16 << 20)
@@ -34,10 +39,15 @@ static char *cacert;   /* --cacert / $OTACD_CACERT, NULL: the system's CAs */
 
 int httpc_global_init(void)
 {
-	CURLcode c = curl_global_init(CURL_GLOBAL_DEFAULT);
+	const struct curlload *cu = curlload_get();
 	const char *env = getenv("OTACD_CACERT");
+	CURLcode c;
+
+	if (!cu)
+		return ota_error_set(OTA_ERROR, "%s", curlload_error());
+	c = cu->global_init(CURL_GLOBAL_DEFAULT);
 	if (c != CURLE_OK)
-		return ota_error_set(OTA_ERROR, "curl_global_init: %s", curl_easy_strerror(c));
+		return ota_error_set(OTA_ERROR, "curl_global_init: %s", cu->easy_strerror(c));
 	if (env && *env && !cacert)
 		httpc_set_cacert(env);
 	return 0;
@@ -51,7 +61,9 @@ void httpc_set_cacert(const char *path)
 
 void httpc_global_cleanup(void)
 {
-	curl_global_cleanup();
+	const struct curlload *cu = curlload_get();
+	if (cu)
+		cu->global_cleanup();
 	free(cacert);
 	cacert = NULL;
 }
@@ -166,54 +178,55 @@ static CURL *easy_new_ex(struct curl_slist **hdrs, char *errbuf, const char *met
 			 const char *url, const char *token, const char *content_type,
 			 long timeout_ms, const char *const *extra)
 {
-	CURL *h = curl_easy_init();
+	const struct curlload *cu = curlload_get();
+	CURL *h = cu->easy_init();
 	struct curl_slist *l = NULL;
 
 	if (!h)
 		return NULL;
 	errbuf[0] = '\0';
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+	cu->easy_setopt(h, CURLOPT_URL, url);
+	cu->easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+	cu->easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	cu->easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	cu->easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
 			 timeout_ms > 0 && timeout_ms < CONNECT_TIMEOUT_MS ? timeout_ms : CONNECT_TIMEOUT_MS);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 0L);
-	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "otacd-httpc/1");
+	cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : 0L);
+	cu->easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	cu->easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	cu->easy_setopt(h, CURLOPT_USERAGENT, "otacd-httpc/1");
 	/* http and https only, redirects never followed (and, should a caller
 	 * ever turn them on, never to another scheme): no gopher://, file://,
 	 * dict:// ... from a URL someone else wrote */
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	cu->easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	cu->easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	cu->easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	/* https: the peer and its host name always verified, TLS 1.2 at least */
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	cu->easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	cu->easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
 	if (cacert)
-		curl_easy_setopt(h, CURLOPT_CAINFO, cacert);
+		cu->easy_setopt(h, CURLOPT_CAINFO, cacert);
 	if (strcmp(method, "GET") && strcmp(method, "POST"))
-		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+		cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 	if (!strcmp(method, "HEAD"))
-		curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+		cu->easy_setopt(h, CURLOPT_NOBODY, 1L);
 	if (token && *token) {
 		char *auth = xasprintf("Authorization: Bearer %s", token);
-		l = curl_slist_append(l, auth);
+		l = cu->slist_append(l, auth);
 		/* The header copy inside curl is all that remains. */
 		memset(auth, 0, strlen(auth));
 		free(auth);
 	}
 	if (content_type) {
 		char *ct = xasprintf("Content-Type: %s", content_type);
-		l = curl_slist_append(l, ct);
+		l = cu->slist_append(l, ct);
 		free(ct);
 	}
-	l = curl_slist_append(l, "Expect:");
+	l = cu->slist_append(l, "Expect:");
 	for (size_t i = 0; extra && extra[i]; i++)
-		l = curl_slist_append(l, extra[i]);
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, l);
+		l = cu->slist_append(l, extra[i]);
+	cu->easy_setopt(h, CURLOPT_HTTPHEADER, l);
 	*hdrs = l;
 	return h;
 }
@@ -233,6 +246,7 @@ static char *url_for_message(const char *url)
 
 static int transfer_error(CURLcode c, const char *errbuf, const char *url, int too_big)
 {
+	const struct curlload *cu = curlload_get();
 	char *u = url_for_message(url);
 	int rc;
 
@@ -242,24 +256,25 @@ static int transfer_error(CURLcode c, const char *errbuf, const char *url, int t
 		rc = ota_error_set(OTA_ERROR, "request to %s interrupted", u);
 	else
 		rc = ota_error_set(OTA_ERROR, "cannot reach %s: %s", u,
-				   errbuf[0] ? errbuf : curl_easy_strerror(c));
+				   errbuf[0] ? errbuf : cu->easy_strerror(c));
 	free(u);
 	return rc;
 }
 
 static int perform(struct httpc_response *out, CURL *h, const char *url, const char *errbuf)
 {
+	const struct curlload *cu = curlload_get();
 	struct xfer x = { out, 0 };
 	CURLcode c;
 
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &x);
-	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, out);
-	c = curl_easy_perform(h);
+	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+	cu->easy_setopt(h, CURLOPT_WRITEDATA, &x);
+	cu->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	cu->easy_setopt(h, CURLOPT_HEADERDATA, out);
+	c = cu->easy_perform(h);
 	if (c != CURLE_OK)
 		return transfer_error(c, errbuf, url, x.too_big);
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
+	cu->easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
 	buf_put(&out->body, "", 0); /* body.ptr is never NULL after success */
 	return 0;
 }
@@ -275,26 +290,29 @@ int httpc_request_ex(struct httpc_response *out, const char *method, const char 
 		     const char *token, const char *content_type, const void *body,
 		     size_t len, long timeout_ms, const char *const *headers)
 {
+	const struct curlload *cu = curlload_get();
 	char errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *hdrs = NULL;
 	CURL *h;
 	int rc;
 
 	httpc_response_init(out);
+	if (!cu)
+		return ota_error_set(OTA_ERROR, "%s", curlload_error());
 	h = easy_new_ex(&hdrs, errbuf, method, url, token, content_type, timeout_ms, headers);
 	if (!h) {
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
 	}
 	if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? (const char *)body : "");
+		cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? len : 0));
+		cu->easy_setopt(h, CURLOPT_POSTFIELDS, body ? (const char *)body : "");
 	}
 	rc = perform(out, h, url, errbuf);
 out:
 	if (h)
-		curl_easy_cleanup(h);
-	curl_slist_free_all(hdrs);
+		cu->easy_cleanup(h);
+	cu->slist_free_all(hdrs);
 	return rc;
 }
 
@@ -302,26 +320,29 @@ int httpc_upload(struct httpc_response *out, const char *method, const char *url
 		 const char *token, const char *content_type, FILE *f, size_t size,
 		 long timeout_ms)
 {
+	const struct curlload *cu = curlload_get();
 	char errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *hdrs = NULL;
 	CURL *h;
 	int rc;
 
 	httpc_response_init(out);
+	if (!cu)
+		return ota_error_set(OTA_ERROR, "%s", curlload_error());
 	h = easy_new(&hdrs, errbuf, method, url, token,
 		     content_type ? content_type : "application/octet-stream", timeout_ms);
 	if (!h) {
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
 	}
-	curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
-	curl_easy_setopt(h, CURLOPT_READDATA, f);
-	curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
+	cu->easy_setopt(h, CURLOPT_UPLOAD, 1L);
+	cu->easy_setopt(h, CURLOPT_READDATA, f);
+	cu->easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)size);
 	rc = perform(out, h, url, errbuf);
 out:
 	if (h)
-		curl_easy_cleanup(h);
-	curl_slist_free_all(hdrs);
+		cu->easy_cleanup(h);
+	cu->slist_free_all(hdrs);
 	return rc;
 }
 
@@ -344,12 +365,13 @@ struct download {
 
 static size_t on_download(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
+	const struct curlload *cu = curlload_get();
 	struct download *d = userdata;
 	size_t n = size * nmemb;
 
 	if (!d->checked) {
 		long status = 0;
-		curl_easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &status);
+		cu->easy_getinfo(d->h, CURLINFO_RESPONSE_CODE, &status);
 		d->to_file = status >= 200 && status < 300;
 		d->checked = 1;
 	}
@@ -373,6 +395,7 @@ static size_t on_download(char *ptr, size_t size, size_t nmemb, void *userdata)
 int httpc_download(struct httpc_response *out, const char *url, const char *token,
 		   FILE *f, size_t max, long timeout_ms)
 {
+	const struct curlload *cu = curlload_get();
 	struct download d = { NULL, out, f, max, 0, 0, 0, 0, 0 };
 	char errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *hdrs = NULL;
@@ -382,19 +405,21 @@ int httpc_download(struct httpc_response *out, const char *url, const char *toke
 	int rc = 0;
 
 	httpc_response_init(out);
+	if (!cu)
+		return ota_error_set(OTA_ERROR, "%s", curlload_error());
 	h = easy_new(&hdrs, errbuf, "GET", url, token, NULL, timeout_ms);
 	if (!h) {
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
 	}
 	d.h = h;
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, DOWNLOAD_STALL_S);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_download);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &d);
-	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, out);
-	c = curl_easy_perform(h);
+	cu->easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	cu->easy_setopt(h, CURLOPT_LOW_SPEED_TIME, DOWNLOAD_STALL_S);
+	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_download);
+	cu->easy_setopt(h, CURLOPT_WRITEDATA, &d);
+	cu->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+	cu->easy_setopt(h, CURLOPT_HEADERDATA, out);
+	c = cu->easy_perform(h);
 	u = url_for_message(url);
 	if (d.too_big) {
 		rc = ota_error_set(OTA_ETOOBIG, "answer from %s is larger than %zu bytes", u, max);
@@ -408,14 +433,14 @@ int httpc_download(struct httpc_response *out, const char *url, const char *toke
 		rc = transfer_error(c, errbuf, url, 0);
 		goto out;
 	}
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
+	cu->easy_getinfo(h, CURLINFO_RESPONSE_CODE, &out->status);
 	buf_put(&out->body, "", 0);
 	if (fflush(f) != 0 || ferror(f))
 		rc = ota_error_set(OTA_ERROR, "cannot write the answer from %s: %s", u, strerror(errno));
 out:
 	if (h)
-		curl_easy_cleanup(h);
-	curl_slist_free_all(hdrs);
+		cu->easy_cleanup(h);
+	cu->slist_free_all(hdrs);
 	free(u);
 	return rc;
 }
@@ -531,11 +556,12 @@ static int sse_line(struct sse *s, const char *p, size_t n)
 
 static void sse_check_status(struct sse *s)
 {
+	const struct curlload *cu = curlload_get();
 	char *ct = NULL;
 
 	s->checked = 1;
-	curl_easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &s->status);
-	curl_easy_getinfo(s->h, CURLINFO_CONTENT_TYPE, &ct);
+	cu->easy_getinfo(s->h, CURLINFO_RESPONSE_CODE, &s->status);
+	cu->easy_getinfo(s->h, CURLINFO_CONTENT_TYPE, &ct);
 	if (s->status == 200 && (!ct || strncasecmp(ct, "text/event-stream", 17)))
 		s->not_stream = 1;
 }
@@ -593,6 +619,7 @@ int httpc_sse(const char *url, const char *token,
 	      int (*on_event)(const char *event, const char *id, const char *data, void *ctx),
 	      void *ctx, long timeout_ms)
 {
+	const struct curlload *cu = curlload_get();
 	char errbuf[CURL_ERROR_SIZE];
 	struct curl_slist *hdrs = NULL;
 	struct sse s;
@@ -600,6 +627,8 @@ int httpc_sse(const char *url, const char *token,
 	CURL *h;
 	int rc = 0;
 
+	if (!cu)
+		return ota_error_set(OTA_ERROR, "%s", curlload_error());
 	memset(&s, 0, sizeof(s));
 	s.on_event = on_event;
 	s.ctx = ctx;
@@ -615,13 +644,13 @@ int httpc_sse(const char *url, const char *token,
 		goto out;
 	}
 	s.h = h;
-	hdrs = curl_slist_append(hdrs, "Accept: text/event-stream");
-	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 45L);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
-	c = curl_easy_perform(h);
+	hdrs = cu->slist_append(hdrs, "Accept: text/event-stream");
+	cu->easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	cu->easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	cu->easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 45L);
+	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
+	cu->easy_setopt(h, CURLOPT_WRITEDATA, &s);
+	c = cu->easy_perform(h);
 	if (s.stop_rc) {
 		rc = s.stop_rc > 0 ? 0 : s.stop_rc;
 		goto out;
@@ -657,8 +686,8 @@ int httpc_sse(const char *url, const char *token,
 	 * is dropped, as the event-stream rules say. */
 out:
 	if (h)
-		curl_easy_cleanup(h);
-	curl_slist_free_all(hdrs);
+		cu->easy_cleanup(h);
+	cu->slist_free_all(hdrs);
 	buf_release(&s.errbody);
 	buf_release(&s.line);
 	buf_release(&s.data);

@@ -50,6 +50,11 @@ int ota_log_level_parse(const char *s)
 	return -1;
 }
 
+const char *ota_log_format_name(enum ota_log_format f)
+{
+	return (unsigned)f < OTA_ARRAY_SIZE(format_names) ? format_names[f] : "text";
+}
+
 const char *ota_log_level_name(enum ota_log_level l)
 {
 	return (unsigned)l < OTA_ARRAY_SIZE(level_names) ? level_names[l] : "info";
@@ -77,6 +82,28 @@ void ota_log_set_origin(const char *program, const char *agent)
 	snprintf(g_program, sizeof(g_program), "%s", program && *program ? program : "otacd");
 	snprintf(g_agent, sizeof(g_agent), "%s", agent ? agent : "");
 	g_origin_set = 1;
+}
+
+int ota_log_args(char **argv, int *i, const char *program, const char **why)
+{
+	int format = OTA_LOG_TEXT, level = OTA_LOG_INFO;
+
+	ota_log_set_origin(program, NULL);
+	for (; argv[*i] && argv[*i + 1]; *i += 2) {
+		if (!strcmp(argv[*i], "--log-format"))
+			format = ota_log_format_parse(argv[*i + 1]);
+		else if (!strcmp(argv[*i], "--log-level"))
+			level = ota_log_level_parse(argv[*i + 1]);
+		else
+			break;
+		if (format < 0 || level < 0) {
+			*why = format < 0 ? "--log-format: not one of text, logfmt, json"
+					  : "--log-level: not one of error, warn, info, debug";
+			return -1;
+		}
+	}
+	ota_log_setup((enum ota_log_format)format, (enum ota_log_level)level, 2);
+	return 0;
 }
 
 int ota_log_enabled(enum ota_log_level level)

@@ -46,6 +46,8 @@ struct ota_log_ctx {
 
 /* "text", "logfmt", "json" -> the format, or -1. */
 int ota_log_format_parse(const char *s);
+/* The format's name ("text", "logfmt", "json"), as ota_log_format_parse reads it. */
+const char *ota_log_format_name(enum ota_log_format f);
 /* "error", "warn", "info", "debug" -> the level, or -1. */
 int ota_log_level_parse(const char *s);
 const char *ota_log_level_name(enum ota_log_level l);
@@ -64,6 +66,15 @@ enum ota_log_level ota_log_current_level(void);
  *    "program":"otacd-agent","agent":"local-1","run_id":3,"job_id":7}
  * The daemon sets neither: its lines are as before.  Copied. */
 void ota_log_set_origin(const char *program, const char *agent);
+/*
+ * The helper programs (otacd-git, otacd-reaper) take the format and level
+ * of the process that starts them as `--log-format F --log-level L`:
+ * ota_log_args() reads those two options from argv[*i] on (advancing *i
+ * past them), calls ota_log_setup(…, 2) and sets program as the origin.
+ * 0, or -1 with the message in *why (static) when a value is unknown.
+ */
+int ota_log_args(char **argv, int *i, const char *program, const char **why);
+
 /* Whether a line of this level would be written (skip costly messages). */
 int ota_log_enabled(enum ota_log_level level);
 

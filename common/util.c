@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -465,14 +464,6 @@ void ota_hex(char *out, const unsigned char *in, size_t n)
 		out[2 * i + 1] = digits[in[i] & 15];
 	}
 	out[2 * n] = '\0';
-}
-
-void ota_sha256_hex(const void *data, size_t len, char out[65])
-{
-	unsigned char md[32];
-	unsigned int n = 32;
-	EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-	ota_hex(out, md, 32);
 }
 
 int ota_random_hex(char *out, size_t nbytes)

@@ -10,6 +10,10 @@
  * the repository credentials each request carries (docs/security.md).
  *
  *   otacd-git --state-dir DIR [--fetch-timeout-ms N] [--idle-ms N]
+ *             [--log-format F] [--log-level L]
+ *
+ * Its lines go to stderr (the daemon's) through common/log.c, in the
+ * format and level the daemon passes, with "program":"otacd-git".
  */
 #include <errno.h>
 #include <jansson.h>
@@ -19,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "../orchestrator/gitproto.h"
 #include "gitwork.h"
 
@@ -36,9 +41,11 @@ static int send_reply(json_t *reply)
 	return rc;
 }
 
-/* The reply for a failed call: its code and the error slot's message. */
+/* The reply for a failed call: its code and the error slot's message
+ * (logged at debug: the daemon reports what matters to it). */
 static json_t *failed(int rc)
 {
+	ota_log(OTA_LOG_DEBUG, "git helper: request failed: %s", ota_error_last());
 	return json_pack("{s:i, s:s}", "rc", rc, "error", ota_error_last());
 }
 
@@ -109,7 +116,7 @@ static int serve(json_t *req)
 
 int main(int argc, char **argv)
 {
-	const char *state = NULL;
+	const char *state = NULL, *why = NULL;
 	long long timeout_ms = 0, idle_ms = 10000;
 	struct buf frame = BUF_INIT;
 	int i, rc;
@@ -121,16 +128,20 @@ int main(int argc, char **argv)
 			timeout_ms = atoll(argv[i + 1]);
 		else if (!strcmp(argv[i], "--idle-ms"))
 			idle_ms = atoll(argv[i + 1]);
+		else
+			break;
 	}
-	if (!state || i != argc) {
-		fprintf(stderr, "usage: otacd-git --state-dir DIR [--fetch-timeout-ms N] [--idle-ms N]\n"
-				"(started by otacd, speaking on fd 0; see orchestrator/gitproto.h)\n");
+	/* the log options come last (gitsrc.c passes them so) */
+	if (ota_log_args(argv, &i, "otacd-git", &why) < 0 || !state || i != argc) {
+		ota_log(OTA_LOG_ERROR, "%s%susage: otacd-git --state-dir DIR [--fetch-timeout-ms N] [--idle-ms N] "
+				       "[--log-format F] [--log-level L] (started by otacd, speaking on fd 0; see "
+				       "orchestrator/gitproto.h)", why ? why : "", why ? "; " : "");
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
 	signal(SIGINT, SIG_IGN);    /* a ^C for the daemon's terminal is the daemon's to handle */
 	if (gitwork_init(state) < 0) {
-		fprintf(stderr, "otacd-git: %s\n", ota_error_last());
+		ota_log(OTA_LOG_ERROR, "git helper: %s", ota_error_last());
 		return 1;
 	}
 	gitwork_set_fetch_timeout(timeout_ms);
@@ -146,6 +157,8 @@ int main(int argc, char **argv)
 		if (gitproto_read(0, &frame, GITPROTO_FRAME_MAX) != 0)
 			break;      /* end of file (the daemon let go of us) or a broken frame */
 		req = json_loadb(frame.ptr, frame.len, 0, NULL);
+		if (!json_is_object(req))
+			ota_log(OTA_LOG_ERROR, "git helper: a request that is not a JSON object: stopping");
 		rc = json_is_object(req) ? serve(req) : OTA_ERROR;
 		json_decref(req);
 		if (rc < 0)

@@ -43,6 +43,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/log.h"
 #include "gitproto.h"
 
 #define MIRROR_HASH_HEX 12        /* hex digits of SHA-256(name) in the mirror's name */
@@ -85,7 +86,10 @@ static int helper_start(struct helper **out)
 {
 	posix_spawn_file_actions_t fa;
 	char timeout[32], idle[32], *state = NULL;
-	char *argv[] = { helper_prog, "--state-dir", NULL, "--fetch-timeout-ms", timeout, "--idle-ms", idle, NULL };
+	/* its lines in the daemon's own log format and level (issue 18) */
+	char *argv[] = { helper_prog, "--state-dir", NULL, "--fetch-timeout-ms", timeout, "--idle-ms", idle,
+			 "--log-format", (char *)ota_log_format_name(ota_log_current_format()),
+			 "--log-level", (char *)ota_log_level_name(ota_log_current_level()), NULL };
 	int sv[2], rc;
 	pid_t pid;
 

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,6 +349,12 @@ int main(int argc, char **argv)
 	size_t i;
 	json_t *t;
 	sigset_t stop_signals;
+
+	/* Idle memory (issue 18): glibc gives each thread that mallocs its own
+	 * arena, up to 8 per core, each keeping freed pages; otacd's ~19
+	 * threads (HTTP, engine, workers) allocate little and rarely at once.
+	 * Two arenas: idle heap + anonymous Rss measured 0.1-0.2 MB lower. */
+	mallopt(M_ARENA_MAX, 2);
 
 	while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		switch (opt) {

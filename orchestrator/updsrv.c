@@ -18,15 +18,6 @@
 #include "../common/httpc.h"
 #include "../common/util.h"
 
-#include <curl/curl.h>
-
-static char *curl_escape_dup(const char *s)
-{
-	char *e = curl_easy_escape(NULL, s ? s : "", 0), *out = xstrdup(e ? e : "");
-	curl_free(e);
-	return out;
-}
-
 /* ---- the current adapter (issue 15) ----------------------------------- */
 
 static pthread_mutex_t current_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -247,8 +238,9 @@ static int remote_metrics(struct updsrv *u, const char *product, const char *ver
 			  const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline)
 {
 	struct remote *r = (struct remote *)u;
-	char *p = curl_escape_dup(product), *v = curl_escape_dup(version), *c = curl_escape_dup(cohort);
-	char *b = curl_escape_dup(previous ? previous : "");
+	/* httpc_escape: what curl_easy_escape did here, without libcurl in otacd */
+	char *p = httpc_escape(product ? product : ""), *v = httpc_escape(version ? version : "");
+	char *c = httpc_escape(cohort ? cohort : ""), *b = httpc_escape(previous ? previous : "");
 	char *url = xasprintf("%s/control/v1/metrics?product=%s&version=%s&cohort=%s%s%s", r->url, p, v, c,
 			      previous ? "&baseline_version=" : "", previous ? b : "");
 	json_t *answer = NULL;

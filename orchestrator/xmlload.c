@@ -3,48 +3,36 @@
  */
 #include "xmlload.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
-#include <stdio.h>
-#include <string.h>
+
+#include "../common/libload.h"
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static struct xmlload api;
 static int loaded;
 static char load_error[256];
 
-/* dlsym into *slot (a function pointer of the table); 0 or -1. */
-static int sym(void *lib, const char *name, void *slot)
-{
-	void *p = dlsym(lib, name);
-	if (!p) {
-		snprintf(load_error, sizeof(load_error), "%s: no symbol %s", XMLLOAD_SONAME, name);
-		return -1;
-	}
-	memcpy(slot, &p, sizeof(p)); /* object to function pointer, as POSIX dlsym allows */
-	return 0;
-}
-
 static void load(void)
 {
-	/* RTLD_LOCAL: its symbols (and ICU's) stay out of the global scope */
-	void *lib = dlopen(XMLLOAD_SONAME, RTLD_NOW | RTLD_LOCAL);
 	__typeof__(&xmlInitParser) init_parser;
+	const struct libload_sym syms[] = {
+		{ "xmlInitParser", &init_parser },
+		{ "xmlNewParserCtxt", &api.new_parser_ctxt },
+		{ "xmlCtxtReadMemory", &api.ctxt_read_memory },
+		{ "xmlFreeParserCtxt", &api.free_parser_ctxt },
+		{ "xmlFreeDoc", &api.free_doc },
+		{ "xmlDocGetRootElement", &api.doc_get_root_element },
+		{ "xmlGetLineNo", &api.get_line_no },
+		{ "xmlStopParser", &api.stop_parser },
+		{ "xmlSetGenericErrorFunc", &api.set_generic_error_func },
+		{ "__xmlGenericError", &api.generic_error },
+		{ "__xmlGenericErrorContext", &api.generic_error_context },
+	};
 
-	if (!lib) {
-		snprintf(load_error, sizeof(load_error), "cannot load %s (libxml2, for XML reports): %s", XMLLOAD_SONAME,
-			 dlerror());
+	/* RTLD_LOCAL (libload.h): its symbols (and ICU's) stay out of the global scope */
+	if (libload_open(XMLLOAD_SONAME, "XML reports", syms, sizeof(syms) / sizeof(syms[0]), load_error,
+			 sizeof(load_error)) < 0)
 		return;
-	}
-	if (sym(lib, "xmlInitParser", &init_parser) < 0 || sym(lib, "xmlNewParserCtxt", &api.new_parser_ctxt) < 0 ||
-	    sym(lib, "xmlCtxtReadMemory", &api.ctxt_read_memory) < 0 ||
-	    sym(lib, "xmlFreeParserCtxt", &api.free_parser_ctxt) < 0 || sym(lib, "xmlFreeDoc", &api.free_doc) < 0 ||
-	    sym(lib, "xmlDocGetRootElement", &api.doc_get_root_element) < 0 ||
-	    sym(lib, "xmlGetLineNo", &api.get_line_no) < 0 || sym(lib, "xmlStopParser", &api.stop_parser) < 0 ||
-	    sym(lib, "xmlSetGenericErrorFunc", &api.set_generic_error_func) < 0 ||
-	    sym(lib, "__xmlGenericError", &api.generic_error) < 0 ||
-	    sym(lib, "__xmlGenericErrorContext", &api.generic_error_context) < 0)
-		return; /* the handle stays: a half-usable library is not unloaded under a caller */
 	init_parser();
 	loaded = 1;
 }

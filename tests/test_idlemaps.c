@@ -2,7 +2,11 @@
  * test_idlemaps.c - what an idle otacd maps (issue 18, idle Rss): libxml2,
  * and through it ICU and libstdc++, are not in the process until the
  * first XML report arrives (orchestrator/xmlload.h); then a JUnit report
- * is parsed as before and libxml2 is there.
+ * is parsed as before and libxml2 is there.  libcurl and libpq (and the
+ * Kerberos and LDAP libraries they link) are not there either while no
+ * update server, S3 store, HTTP gate provider or PostgreSQL database needs
+ * them (common/curlload.h, orchestrator/db/pgload.h); those paths are
+ * tested through the loaders by test_updsrv, test_origin and test_db.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -30,7 +34,7 @@ static int maps_has(pid_t pid, const char *what)
 	return found;
 }
 
-static void libxml2_and_icu_are_loaded_only_with_the_first_xml_report(void **state)
+static void libxml2_is_loaded_only_with_the_first_xml_report_and_curl_and_pq_not_at_all(void **state)
 {
 	struct daemon d;
 	json_t *reports = NULL;
@@ -45,6 +49,10 @@ static void libxml2_and_icu_are_loaded_only_with_the_first_xml_report(void **sta
 	assert_string_equal(h_wait_run(&d, run, 60000), "passed");
 	assert_false(maps_has(d.pid, "libxml2.so"));
 	assert_false(maps_has(d.pid, "libicuuc.so"));
+	assert_false(maps_has(d.pid, "libcurl.so"));
+	assert_false(maps_has(d.pid, "libpq.so"));
+	assert_false(maps_has(d.pid, "libldap"));
+	assert_false(maps_has(d.pid, "libkrb5.so"));
 #ifndef __SANITIZE_ADDRESS__ /* ASan/UBSan's runtime maps libstdc++ itself */
 	assert_false(maps_has(d.pid, "libstdc++.so"));
 #endif
@@ -73,7 +81,7 @@ static void libxml2_and_icu_are_loaded_only_with_the_first_xml_report(void **sta
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(libxml2_and_icu_are_loaded_only_with_the_first_xml_report),
+		cmocka_unit_test(libxml2_is_loaded_only_with_the_first_xml_report_and_curl_and_pq_not_at_all),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,6 @@
 /*
  * test_reaper.c - the init of a step's PID namespace is otacd-reaper, a
- * libc-only program, not a second copy of the agent (agents/contain.c,
+ * small program (libc, jansson, the log code), not a second copy of the agent (agents/contain.c,
  * agents/reaper.c; issue 18: re-executing the agent was the largest cost of
  * a trivial job after the step itself).
  *
@@ -85,8 +85,9 @@ static void a_steps_namespace_init_is_otacd_reaper_not_the_agent(void **state)
 	if (!strncmp(cmd.ptr, "/bin/sh", 7)) {
 		skip_it = 1;      /* process-group fallback: no namespace, no init */
 	} else {
-		/* "otacd-reaper -- /bin/sh -e -c sleep 30" */
-		if (strncmp(cmd.ptr, "otacd-reaper -- /bin/sh", 23))
+		/* "otacd-reaper --log-format text --log-level info -- /bin/sh -e -c
+		 * sleep 30": the agent's log format and level (test_helperlogs.c) */
+		if (strncmp(cmd.ptr, "otacd-reaper --log-format text --log-level info -- /bin/sh", 58))
 			fail_msg("the step's init is \"%s\", not otacd-reaper", cmd.ptr);
 		assert_true(child_of(init, "sleep 30", &cmd) > 0);   /* the step under it */
 	}

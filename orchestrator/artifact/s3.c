@@ -21,11 +21,12 @@
  *
  * Credentials come from a file or the environment (artifact.h) and appear in
  * no message or log: errors name the bucket, the key and S3's error code.
- * Each call uses its own curl handle, so any thread may call.
+ * Each call uses its own curl handle, so any thread may call.  libcurl is
+ * loaded when an s3 store is set up (common/curlload.h), not at start.
  */
 #include "../artifact.h"
 
-#include <curl/curl.h>
+#include "../../common/curlload.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -78,9 +79,10 @@ struct s3_req {
 
 static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 {
+	const struct curlload *cu = curlload_get();
 	struct s3_req *q = ud;
 	size_t n = sz * nm;
-	curl_easy_getinfo(q->e, CURLINFO_RESPONSE_CODE, &q->status);
+	cu->easy_getinfo(q->e, CURLINFO_RESPONSE_CODE, &q->status);
 	if (q->fd >= 0 && (q->status == 200 || q->status == 206)) {
 		size_t off = 0;
 		while (off < n) {
@@ -131,7 +133,8 @@ static char *object_url(struct s3 *s, const char *sha256)
 static int request(struct s3 *s, const char *method, const char *sha256, struct s3_req *q, int upload_fd,
 		   int64_t upload_size)
 {
-	CURL *e = curl_easy_init();
+	const struct curlload *cu = curlload_get();
+	CURL *e = cu->easy_init();
 	struct curl_slist *hdr = NULL;
 	char *url = object_url(s, sha256), cerr[CURL_ERROR_SIZE] = "";
 	FILE *up = NULL;
@@ -147,21 +150,21 @@ static int request(struct s3 *s, const char *method, const char *sha256, struct 
 		rc = ota_error_set(OTA_ERROR, "curl_easy_init failed");
 		goto out;
 	}
-	hdr = curl_slist_append(hdr, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
-	hdr = curl_slist_append(hdr, "Expect:");
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
-	curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s->sigv4);
-	curl_easy_setopt(e, CURLOPT_USERPWD, s->userpwd);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 60L);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, cerr);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
+	hdr = cu->slist_append(hdr, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+	hdr = cu->slist_append(hdr, "Expect:");
+	cu->easy_setopt(e, CURLOPT_URL, url);
+	cu->easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+	cu->easy_setopt(e, CURLOPT_AWS_SIGV4, s->sigv4);
+	cu->easy_setopt(e, CURLOPT_USERPWD, s->userpwd);
+	cu->easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	cu->easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+	cu->easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	cu->easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 60L);
+	cu->easy_setopt(e, CURLOPT_ERRORBUFFER, cerr);
+	cu->easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	cu->easy_setopt(e, CURLOPT_WRITEDATA, q);
 	if (!strcmp(method, "HEAD"))
-		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+		cu->easy_setopt(e, CURLOPT_NOBODY, 1L);
 	else if (!strcmp(method, "PUT")) {
 		int dfd = dup(upload_fd);
 		if (dfd < 0 || lseek(dfd, 0, SEEK_SET) < 0 || !(up = fdopen(dfd, "rb"))) {
@@ -170,25 +173,25 @@ static int request(struct s3 *s, const char *method, const char *sha256, struct 
 			rc = ota_error_set(OTA_ERROR, "cannot reread the spooled upload: %s", strerror(errno));
 			goto out;
 		}
-		curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-		curl_easy_setopt(e, CURLOPT_READDATA, up);
-		curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)upload_size);
+		cu->easy_setopt(e, CURLOPT_UPLOAD, 1L);
+		cu->easy_setopt(e, CURLOPT_READDATA, up);
+		cu->easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)upload_size);
 	} else if (strcmp(method, "GET"))
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-	cc = curl_easy_perform(e);
+		cu->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	cc = cu->easy_perform(e);
 	if (cc != CURLE_OK) {
 		rc = ota_error_set(OTA_ERROR, "S3 %s %s/sha256/%s: %s%s", method, s->bucket, sha256 ? sha256 : "",
 				   q->write_errno ? "spool write failed: " : "",
-				   q->write_errno ? strerror(q->write_errno) : cerr[0] ? cerr : curl_easy_strerror(cc));
+				   q->write_errno ? strerror(q->write_errno) : cerr[0] ? cerr : cu->easy_strerror(cc));
 		goto out;
 	}
-	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &q->status);
-	curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &q->length);
+	cu->easy_getinfo(e, CURLINFO_RESPONSE_CODE, &q->status);
+	cu->easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &q->length);
 out:
 	if (up)
 		fclose(up);
-	curl_slist_free_all(hdr);
-	curl_easy_cleanup(e);
+	cu->slist_free_all(hdr);
+	cu->easy_cleanup(e);
 	q->e = NULL;
 	free(url);
 	return rc;
@@ -507,24 +510,27 @@ static int has_control(const char *s)
 
 static int endpoint_parse(struct endpoint *ep, const char *url)
 {
-	CURLU *u = curl_url();
+	const struct curlload *cu = curlload_get();
+	CURLU *u = cu ? cu->url() : NULL;
 	char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL, *extra = NULL;
 	int rc = -1;
 	size_t n;
 
 	memset(ep, 0, sizeof(*ep));
-	if (!u || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
-	    curl_url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
-	    curl_url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
-	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	if (!cu)
+		return -1;
+	if (!u || cu->url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    cu->url_get(u, CURLUPART_USER, &extra, 0) != CURLUE_NO_USER ||
+	    cu->url_get(u, CURLUPART_QUERY, &extra, 0) != CURLUE_NO_QUERY ||
+	    cu->url_get(u, CURLUPART_FRAGMENT, &extra, 0) != CURLUE_NO_FRAGMENT ||
+	    cu->url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 	    (strcmp(scheme, "http") && strcmp(scheme, "https")) ||
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_PATH, &path, CURLU_URLDECODE) != CURLUE_OK || has_control(path))
+	    cu->url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+	    cu->url_get(u, CURLUPART_PATH, &path, CURLU_URLDECODE) != CURLUE_OK || has_control(path))
 		goto out;
-	if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK &&
+	if (cu->url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK &&
 	    !strcmp(port, strcmp(scheme, "https") ? "80" : "443")) {
-		curl_free(port); /* http://h:80 is sent as Host: h */
+		cu->free(port); /* http://h:80 is sent as Host: h */
 		port = NULL;
 	}
 	ep->host = port ? xasprintf("%s:%s", host, port) : xstrdup(host);
@@ -535,12 +541,12 @@ static int endpoint_parse(struct endpoint *ep, const char *url)
 	ep->prefix = xasprintf("%.*s", (int)n, path);
 	rc = 0;
 out:
-	curl_free(scheme);
-	curl_free(host);
-	curl_free(port);
-	curl_free(path);
-	curl_free(extra);
-	curl_url_cleanup(u);
+	cu->free(scheme);
+	cu->free(host);
+	cu->free(port);
+	cu->free(path);
+	cu->free(extra);
+	cu->url_cleanup(u);
 	return rc;
 }
 
@@ -574,6 +580,11 @@ int artifact_s3_backend(struct artifact_backend **out, const char *state_dir, co
 	s->base.remove = rm;
 	s->base.free = sfree;
 	pthread_mutex_init(&s->key_lock, NULL);
+	/* every request below goes through libcurl: loaded now (curlload.h) */
+	if (!curlload_get()) {
+		rc = ota_error_set(OTA_ERROR, "artifact_store: s3: %s", curlload_error());
+		goto fail;
+	}
 	if (!cfg->endpoint || strncmp(cfg->endpoint, "http", 4) || !cfg->bucket || !*cfg->bucket ||
 	    strspn(cfg->bucket, "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(cfg->bucket)) {
 		rc = ota_error_set(OTA_EINVAL, "artifact_store: s3 needs an http(s) endpoint and a bucket name "

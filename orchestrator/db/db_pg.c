@@ -21,11 +21,15 @@
  * A connection the server dropped (restart, pg_terminate_backend, network)
  * reports DB_ECONN; db_reconnect() opens a new one and every statement
  * prepares again on its next step (conn_gen tells it that it must).
+ *
+ * libpq is loaded when the first PostgreSQL database is opened (pgload.h):
+ * an otacd on SQLite never maps it.
  */
 #include "db_int.h"
+#include "pgload.h"
 
 #include <errno.h>
-#include <libpq-fe.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +60,16 @@ struct pg_stmt {
 	size_t *blob_len;
 };
 
+/* libpq (pgload.h), set once by pg_open: every other function here runs
+ * on a database pg_open opened, so it finds pq set. */
+static const struct pgload *pq;
+static pthread_once_t pq_once = PTHREAD_ONCE_INIT;
+
+static void pq_load(void)
+{
+	pq = pgload_get();
+}
+
 static struct pg_conn *pc(const struct db *db)
 {
 	return db->impl;
@@ -66,7 +80,7 @@ static int classify(const struct db *db, const char *state)
 {
 	static const char *const busy[] = { "40001", "40P01", "55P03" }; /* serialization, deadlock, lock timeout */
 
-	if (PQstatus(pc(db)->conn) == CONNECTION_BAD)
+	if (pq->status(pc(db)->conn) == CONNECTION_BAD)
 		return DB_ECONN;
 	if (!state)
 		return OTA_ERROR;
@@ -85,12 +99,12 @@ static int classify(const struct db *db, const char *state)
 /* Map a failed result (or a dead connection) to a db.h code and message. */
 static int fail_res(struct db *db, const PGresult *res, const char *what)
 {
-	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	const char *msg = res ? PQresultErrorMessage(res) : "";
+	const char *state = res ? pq->result_error_field(res, PG_DIAG_SQLSTATE) : NULL;
+	const char *msg = res ? pq->result_error_message(res) : "";
 	size_t n;
 
 	if (!msg || !*msg)
-		msg = PQerrorMessage(pc(db)->conn);
+		msg = pq->error_message(pc(db)->conn);
 	n = strlen(msg);
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		n--;
@@ -105,18 +119,18 @@ static int connect_now(struct db *db)
 	PGresult *res;
 	int rc = 0;
 
-	c->conn = PQconnectdb(db->url);
-	if (PQstatus(c->conn) != CONNECTION_OK)
+	c->conn = pq->connectdb(db->url);
+	if (pq->status(c->conn) != CONNECTION_OK)
 		return fail_res(db, NULL, "connect");
 	c->conn_gen++;
 	/* Our own messages carry the context; the server's notices are noise.
 	 * A lock not had in 10 s is DB_EBUSY, as SQLite's busy timeout. */
-	res = PQexec(c->conn, (db->flags & DB_READONLY)
+	res = pq->exec(c->conn, (db->flags & DB_READONLY)
 				      ? "SET client_min_messages = warning; SET default_transaction_read_only = on"
 				      : "SET client_min_messages = warning; SET lock_timeout = '10s'");
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	if (pq->result_status(res) != PGRES_COMMAND_OK)
 		rc = fail_res(db, res, "session settings");
-	PQclear(res);
+	pq->clear(res);
 	return rc;
 }
 
@@ -124,9 +138,12 @@ static int pg_open(struct db *db, const char *url, unsigned flags)
 {
 	int rc;
 
+	pthread_once(&pq_once, pq_load);
+	if (!pq)
+		return ota_error_set(OTA_ERROR, "cannot open database %s: %s", url, pgload_error());
 	db->impl = xcalloc(1, sizeof(struct pg_conn));
 	if ((rc = connect_now(db)) < 0) {
-		PQfinish(pc(db)->conn);
+		pq->finish(pc(db)->conn);
 		free(db->impl);
 		/* the caller frees db; keep the message in the error slot */
 		return ota_error_set(rc, "cannot open database %s: %s", url, db->errmsg);
@@ -136,22 +153,22 @@ static int pg_open(struct db *db, const char *url, unsigned flags)
 
 static void pg_close(struct db *db)
 {
-	PQfinish(pc(db)->conn);
+	pq->finish(pc(db)->conn);
 	free(db->impl);
 }
 
 static int pg_exec(struct db *db, const char *sql)
 {
-	PGresult *res = PQexec(pc(db)->conn, sql);
-	ExecStatusType status = PQresultStatus(res);
+	PGresult *res = pq->exec(pc(db)->conn, sql);
+	ExecStatusType status = pq->result_status(res);
 	int rc = 0;
 
 	if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK && status != PGRES_EMPTY_QUERY)
 		rc = fail_res(db, res, "exec");
-	else if (strcmp(PQcmdStatus(res), "ROLLBACK") == 0 && strncmp(sql, "ROLLBACK", 8) != 0)
+	else if (strcmp(pq->cmd_status(res), "ROLLBACK") == 0 && strncmp(sql, "ROLLBACK", 8) != 0)
 		/* COMMIT of a transaction an error had aborted: it rolled back */
 		rc = db_fail(db, OTA_ERROR, "postgres: commit: the transaction had failed and was rolled back");
-	PQclear(res);
+	pq->clear(res);
 	return rc;
 }
 
@@ -163,12 +180,12 @@ static int prepare_on_server(struct db_stmt *st)
 	int rc = 0;
 
 	snprintf(q->name, sizeof(q->name), "otacd_%u", ++c->next_name);
-	res = PQprepare(c->conn, q->name, st->sql, st->nparams, NULL);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	res = pq->prepare(c->conn, q->name, st->sql, st->nparams, NULL);
+	if (pq->result_status(res) != PGRES_COMMAND_OK)
 		rc = fail_res(st->db, res, st->sql);
 	else
 		q->conn_gen = c->conn_gen;
-	PQclear(res);
+	pq->clear(res);
 	return rc;
 }
 
@@ -191,15 +208,15 @@ static void drop_result(struct db_stmt *st)
 	struct pg_stmt *q = st->impl;
 
 	if (q->blobs) {
-		int n = PQnfields(q->res);
+		int n = pq->nfields(q->res);
 		for (int i = 0; i < n; i++)
-			PQfreemem(q->blobs[i]);
+			pq->freemem(q->blobs[i]);
 		free(q->blobs);
 		free(q->blob_len);
 		q->blobs = NULL;
 		q->blob_len = NULL;
 	}
-	PQclear(q->res);
+	pq->clear(q->res);
 	q->res = NULL;
 	q->row = -1;
 }
@@ -213,10 +230,10 @@ static void pg_finalize(struct db_stmt *st)
 	drop_result(st);
 	/* Free the server's copy while the connection lives on; in an
 	 * aborted transaction this fails and the copy goes with the session. */
-	if (!st->db->closing && q->conn_gen == c->conn_gen && PQstatus(c->conn) == CONNECTION_OK &&
-	    PQtransactionStatus(c->conn) == PQTRANS_IDLE) {
+	if (!st->db->closing && q->conn_gen == c->conn_gen && pq->status(c->conn) == CONNECTION_OK &&
+	    pq->transaction_status(c->conn) == PQTRANS_IDLE) {
 		snprintf(sql, sizeof(sql), "DEALLOCATE %s", q->name);
-		PQclear(PQexec(c->conn, sql));
+		pq->clear(pq->exec(c->conn, sql));
 	}
 	free(q);
 }
@@ -260,12 +277,12 @@ static int execute(struct db_stmt *st)
 			break;
 		}
 	}
-	q->res = PQexecPrepared(c->conn, q->name, st->nparams, values, lengths, formats, 0);
-	status = PQresultStatus(q->res);
+	q->res = pq->exec_prepared(c->conn, q->name, st->nparams, values, lengths, formats, 0);
+	status = pq->result_status(q->res);
 	if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) {
-		const char *tuples = PQcmdTuples(q->res);
+		const char *tuples = pq->cmd_tuples(q->res);
 		q->changes = *tuples ? strtoll(tuples, NULL, 10) : 0;
-		if (status == PGRES_COMMAND_OK && PQtransactionStatus(c->conn) == PQTRANS_IDLE)
+		if (status == PGRES_COMMAND_OK && pq->transaction_status(c->conn) == PQTRANS_IDLE)
 			db_fire_commit(st->db); /* an autocommitted change */
 	} else {
 		rc = fail_res(st->db, q->res, st->sql);
@@ -281,12 +298,12 @@ static int execute(struct db_stmt *st)
 static void free_blobs(struct db_stmt *st)
 {
 	struct pg_stmt *q = st->impl;
-	int n = PQnfields(q->res);
+	int n = pq->nfields(q->res);
 
 	if (!q->blobs)
 		return;
 	for (int i = 0; i < n; i++) {
-		PQfreemem(q->blobs[i]);
+		pq->freemem(q->blobs[i]);
 		q->blobs[i] = NULL;
 	}
 }
@@ -303,8 +320,8 @@ static int pg_step(struct db_stmt *st)
 			return rc;
 	}
 	free_blobs(st);
-	if (q->row + 1 >= PQntuples(q->res)) {
-		q->row = PQntuples(q->res);
+	if (q->row + 1 >= pq->ntuples(q->res)) {
+		q->row = pq->ntuples(q->res);
 		return 0;
 	}
 	q->row++;
@@ -318,7 +335,7 @@ static int64_t pg_changes(struct db_stmt *st)
 
 static int pg_in_transaction(const struct db *db)
 {
-	PGTransactionStatusType t = PQtransactionStatus(pc(db)->conn);
+	PGTransactionStatusType t = pq->transaction_status(pc(db)->conn);
 	return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
 }
 
@@ -345,14 +362,14 @@ static int pg_reconnect(struct db *db)
 {
 	struct pg_conn *c = pc(db);
 
-	PQfinish(c->conn);
+	pq->finish(c->conn);
 	return connect_now(db);
 }
 
 static int pg_column_count(struct db_stmt *st)
 {
 	struct pg_stmt *q = st->impl;
-	return q->res ? PQnfields(q->res) : 0;
+	return q->res ? pq->nfields(q->res) : 0;
 }
 
 /* The current row's value of col, or NULL when it is NULL or absent. */
@@ -360,17 +377,17 @@ static const char *value(struct db_stmt *st, int col)
 {
 	struct pg_stmt *q = st->impl;
 
-	if (!q->res || q->row < 0 || q->row >= PQntuples(q->res) || col < 0 || col >= PQnfields(q->res) ||
-	    PQgetisnull(q->res, q->row, col))
+	if (!q->res || q->row < 0 || q->row >= pq->ntuples(q->res) || col < 0 || col >= pq->nfields(q->res) ||
+	    pq->getisnull(q->res, q->row, col))
 		return NULL;
-	return PQgetvalue(q->res, q->row, col);
+	return pq->getvalue(q->res, q->row, col);
 }
 
 static enum db_type pg_column_type(struct db_stmt *st, int col)
 {
 	if (!value(st, col))
 		return DB_NULL;
-	switch (PQftype(((struct pg_stmt *)st->impl)->res, col)) {
+	switch (pq->ftype(((struct pg_stmt *)st->impl)->res, col)) {
 	case BOOLOID:
 	case INT2OID:
 	case INT4OID:
@@ -419,16 +436,16 @@ static const void *pg_column_blob(struct db_stmt *st, int col, size_t *size)
 	*size = 0;
 	if (!v)
 		return NULL;
-	if (PQftype(q->res, col) != BYTEAOID) {
-		*size = (size_t)PQgetlength(q->res, q->row, col);
+	if (pq->ftype(q->res, col) != BYTEAOID) {
+		*size = (size_t)pq->getlength(q->res, q->row, col);
 		return v;
 	}
 	if (!q->blobs) {
-		q->blobs = xcalloc((size_t)PQnfields(q->res), sizeof(*q->blobs));
-		q->blob_len = xcalloc((size_t)PQnfields(q->res), sizeof(*q->blob_len));
+		q->blobs = xcalloc((size_t)pq->nfields(q->res), sizeof(*q->blobs));
+		q->blob_len = xcalloc((size_t)pq->nfields(q->res), sizeof(*q->blob_len));
 	}
 	if (!q->blobs[col]) {
-		q->blobs[col] = PQunescapeBytea((const unsigned char *)v, &q->blob_len[col]);
+		q->blobs[col] = pq->unescape_bytea((const unsigned char *)v, &q->blob_len[col]);
 		if (!q->blobs[col]) {
 			db_fail(st->db, OTA_ENOMEM, "postgres: cannot decode bytea column %d", col);
 			return NULL;
