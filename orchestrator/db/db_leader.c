@@ -223,7 +223,7 @@ static int become_leader(struct db_leader *l)
 }
 
 /* The step down: drop the session, so a lock it may still hold goes with it. */
-static int step_down(struct db_leader *l, int rc, const char *why)
+static void step_down(struct db_leader *l, int rc, const char *why)
 {
 	char *msg = xstrdup(rc < 0 ? ota_error_last() : "the lock is no longer held by this session");
 
@@ -232,9 +232,8 @@ static int step_down(struct db_leader *l, int rc, const char *why)
 	l->reconnect = 1;
 	if (db_reconnect(l->db) == 0)
 		l->reconnect = 0;
-	rc = ota_error_set(rc < 0 ? rc : OTA_ECONFLICT, "leader: %s, stepping down at once: %s", why, msg);
+	ota_error_set(rc < 0 ? rc : OTA_ECONFLICT, "leader: %s, stepping down at once: %s", why, msg);
 	free(msg);
-	return rc;
 }
 
 int db_leader_poll(struct db_leader *l, enum db_leader_state *out)
@@ -251,11 +250,10 @@ int db_leader_poll(struct db_leader *l, enum db_leader_state *out)
 			*out = DB_LEADER_LEADER;
 			return 0;
 		}
-		rc = step_down(l, rc, rc == 0 ? "the advisory lock is gone" : "the leadership session broke");
+		step_down(l, rc, rc == 0 ? "the advisory lock is gone" : "the leadership session broke");
+		/* the state is the news; why is in the error slot, to log */
 		*out = DB_LEADER_LOST;
-		/* the caller must stop leading now whatever we return: 0 says
-		 * the state is the news, not an error to log twice */
-		return rc == DB_ECONN || rc == OTA_ECONFLICT ? 0 : rc;
+		return 0;
 	}
 	l->state = DB_LEADER_FOLLOWER;
 	*out = DB_LEADER_FOLLOWER;

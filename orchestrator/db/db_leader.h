@@ -62,8 +62,9 @@ int db_leader_open(struct db_leader **out, const char *url, const char *holder);
  *   follower: try the lock; on success bump the epoch -> LEADER;
  *   leader:   check the session still holds the lock -> LEADER, or LOST;
  *   after LOST or a broken connection: reconnect first.
- * *out is always set; a negative return (the connection is down, say) comes
- * with FOLLOWER or LOST, never with LEADER.
+ * *out is always set.  LOST comes with 0 and the reason in the error slot
+ * (ota_error_last()), to log; a negative return (the connection is down,
+ * say) comes with FOLLOWER, never with LEADER.
  */
 int db_leader_poll(struct db_leader *l, enum db_leader_state *out);
 

@@ -92,12 +92,21 @@ static int run(struct db_listener *l, const char *verb, const char *channel)
 	return rc;
 }
 
+/* The server's "terminating connection" arrives as a notice before the
+ * connection closes; db_listener_wait() reports it as DB_ECONN instead. */
+static void quiet(void *arg, const char *message)
+{
+	(void)arg;
+	(void)message;
+}
+
 static int connect_listener(struct db_listener *l)
 {
 	PQfinish(l->conn);
 	l->conn = PQconnectdb(l->url);
 	if (PQstatus(l->conn) != CONNECTION_OK)
 		return listener_fail(l, "connect");
+	PQsetNoticeProcessor(l->conn, quiet, NULL);
 	return 0;
 }
 
