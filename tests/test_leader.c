@@ -167,6 +167,10 @@ struct contest {
 	int n;
 	struct lines events; /* every contender writes "NAME STATE EPOCH" lines */
 	int wfd;
+	/* check that at most one live process believes it leads; off where a
+	 * leader may not have polled yet when another takes over (the window
+	 * the epoch fences, docs/scale.md) */
+	int one_belief;
 };
 
 /* A contender polls every POLL_MS and reports each change of its state. */
@@ -175,14 +179,15 @@ static void contender_main(const char *name, int wfd)
 	enum db_leader_state st, last = (enum db_leader_state)-1;
 	struct db_leader *l;
 
-	if (db_leader_open(&l, dbconv_pg_url(), name) < 0) {
-		dprintf(wfd, "%s error 0\n", name);
-		fprintf(stderr, "contender %s: %s\n", name, ota_error_last());
-		_exit(1);
+	/* as an instance starting while the server restarts: try again */
+	for (int tries = 0; db_leader_open(&l, dbconv_pg_url(), name) < 0; tries++) {
+		if (tries == 0)
+			fprintf(stderr, "contender %s: %s (trying again)\n", name, ota_error_last());
+		usleep(POLL_MS * 1000);
 	}
 	for (;;) {
 		int rc = db_leader_poll(l, &st);
-		if (rc < 0)
+		if (rc < 0 && st != last)
 			fprintf(stderr, "contender %s: %s\n", name, ota_error_last());
 		if (st != last)
 			dprintf(wfd, "%s %s %lld\n", name, db_leader_state_name(st), (long long)db_leader_epoch(l));
@@ -216,6 +221,7 @@ static void contest_init(struct contest *t)
 	int fds[2];
 
 	memset(t, 0, sizeof(*t));
+	t->one_belief = 1;
 	assert_int_equal(pipe(fds), 0);
 	t->events.fd = fds[0];
 	t->wfd = fds[1];
@@ -260,15 +266,13 @@ static struct contender *take_event(struct contest *t, int timeout_ms)
 	if (sscanf(line, "%31s %31s %lld", name, state, &epoch) != 3)
 		fail_msg("bad event line '%s'", line);
 	c = by_name(t, name);
-	if (strcmp(state, "error") == 0)
-		fail_msg("contender %s could not open its leadership connection", name);
 	c->state = strcmp(state, "leader") == 0 ? DB_LEADER_LEADER
 		   : strcmp(state, "lost") == 0 ? DB_LEADER_LOST
 						: DB_LEADER_FOLLOWER;
 	c->epoch = epoch;
 	for (int i = 0; i < t->n; i++)
 		leaders += t->c[i].alive && t->c[i].state == DB_LEADER_LEADER;
-	if (leaders > 1)
+	if (leaders > 1 && t->one_belief)
 		fail_msg("%d live processes lead at once (last: %s at epoch %lld)", leaders, name, epoch);
 	return c;
 }
@@ -392,6 +396,39 @@ static void one_of_three_leads_and_each_sigkilled_leader_is_replaced(void **stat
 	contest_end(&t);
 	db_leader_close(probe);
 	db_close(adm);
+}
+
+/* A server restart ends every session: the leader says lost, and exactly
+ * one instance leads again, at the next epoch. */
+static void restarted_server_ends_leadership_and_one_leads_again(void **state)
+{
+	struct contender *leader, *next;
+	struct db_leader *probe;
+	struct contest t;
+	struct db *adm;
+	int64_t epoch;
+
+	dbconv_need_pg();
+	dbconv_pg_reset();
+	assert_int_equal(db_leader_open(&probe, dbconv_pg_url(), "probe"), 0);
+	contest_init(&t);
+	t.one_belief = 0;
+	for (int i = 0; i < 3; i++)
+		spawn_contender(&t);
+	leader = wait_for_leader(&t, 0);
+	epoch = leader->epoch;
+
+	if (pgcluster_restart(dbconv_cluster()) < 0)
+		fail_msg("pg_ctl restart: %s", ota_error_last());
+	wait_for_state(&t, leader, DB_LEADER_LOST);
+	next = wait_for_leader(&t, epoch);
+	assert_int_equal(next->epoch, epoch + 1);
+	adm = open_admin();
+	database_agrees(adm, db_leader_key(probe), next);
+
+	contest_end(&t);
+	db_close(adm);
+	db_leader_close(probe);
 }
 
 /* ---- fencing --------------------------------------------------------------------- */
@@ -755,6 +792,7 @@ int main(void)
 		cmocka_unit_test(sqlite_instance_always_leads_and_fences_nothing),
 		DBCONV_BOTH(bad_channels_and_payloads_are_refused),
 		cmocka_unit_test_teardown(one_of_three_leads_and_each_sigkilled_leader_is_replaced, reap_all_children),
+		cmocka_unit_test_teardown(restarted_server_ends_leadership_and_one_leads_again, reap_all_children),
 		cmocka_unit_test_teardown(cut_off_leader_is_fenced_then_steps_down, reap_all_children),
 		cmocka_unit_test_teardown(notify_reaches_another_process_at_commit_until_unlisten, reap_all_children),
 		cmocka_unit_test(listener_hears_again_after_its_connection_broke),

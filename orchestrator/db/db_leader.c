@@ -114,7 +114,7 @@ int db_leader_open(struct db_leader **out, const char *url, const char *holder)
 		goto out;
 	}
 	if ((rc = db_open(&l->db, url, 0)) < 0) {
-		ota_error_prefix("leader: ");
+		ota_error_prefix("leader");
 		goto out;
 	}
 	if ((rc = db_transact(l->db, ensure_table, NULL)) < 0 || (rc = compute_key(l)) < 0)
@@ -213,8 +213,10 @@ static int become_leader(struct db_leader *l)
 
 	if (rc < 0) {
 		/* leading without an epoch would let nothing be fenced: give up */
-		ota_error_prefix("leader: took the lock but could not record the epoch: ");
+		ota_error_prefix("leader: took the lock but could not record the epoch");
 		unlock(l);
+		l->reconnect = 1; /* and if the unlock did not reach the server,
+				   * closing the session frees the lock */
 		return rc;
 	}
 	l->epoch = b.epoch;
@@ -263,8 +265,8 @@ int db_leader_poll(struct db_leader *l, enum db_leader_state *out)
 		l->reconnect = 0;
 	}
 	if ((rc = try_lock(l)) <= 0) {
-		if (rc == DB_ECONN)
-			l->reconnect = 1;
+		if (rc < 0)
+			l->reconnect = 1; /* we hold nothing: a fresh session is cheap */
 		return rc;
 	}
 	if ((rc = become_leader(l)) < 0)
