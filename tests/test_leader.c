@@ -69,11 +69,18 @@ static int64_t mono_ms(void)
  * pipe open (pgcluster_stop() waits for it to close). */
 static void become_child(pid_t parent)
 {
+	static const int crashes[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGABRT };
+
+	/* a crash kills the child: cmocka's handlers would resume the test
+	 * runner in it */
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(crashes); i++)
+		signal(crashes[i], SIG_DFL);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(1);
 	if (dbconv_cluster()->watch_fd >= 0)
 		close(dbconv_cluster()->watch_fd);
+	dbconv_cluster()->watch_fd = -1;
 }
 
 /* Every child still running, so a failed test still reaps its children. */
