@@ -20,6 +20,7 @@
  * are printed, not asserted.
  */
 #include <errno.h>
+#include <execinfo.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -67,6 +68,18 @@ static int64_t mono_ms(void)
 
 /* In the child: die with the test, and do not keep the cluster's watchdog
  * pipe open (pgcluster_stop() waits for it to close). */
+/* A child's crash: say where (addr2line -e test_leader ADDR) and die of it. */
+static void child_crashed(int sig)
+{
+	void *frames[32];
+	int n = backtrace(frames, 32);
+
+	dprintf(2, "test_leader: child %d crashed with signal %d; its stack:\n", (int)getpid(), sig);
+	backtrace_symbols_fd(frames, n, 2);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 static void become_child(pid_t parent)
 {
 	static const int crashes[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGABRT };
@@ -74,7 +87,7 @@ static void become_child(pid_t parent)
 	/* a crash kills the child: cmocka's handlers would resume the test
 	 * runner in it */
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(crashes); i++)
-		signal(crashes[i], SIG_DFL);
+		signal(crashes[i], child_crashed);
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(1);
