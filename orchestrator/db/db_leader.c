@@ -73,6 +73,8 @@ static uint32_t fnv1a32(const char *s)
 
 static int ensure_table(struct db *db, void *arg)
 {
+	struct db_stmt *st;
+
 	(void)arg;
 	if (db_exec(db, "CREATE TABLE IF NOT EXISTS otacd_leader ("
 			" id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),"
@@ -80,7 +82,8 @@ static int ensure_table(struct db *db, void *arg)
 			" holder TEXT NOT NULL,"
 			" since INTEGER NOT NULL)") < 0)
 		return ota_error_set(OTA_ERROR, "leader: cannot create otacd_leader: %s", db_errmsg(db));
-	return db_run(db_stmt(db, "INSERT OR IGNORE INTO otacd_leader (id, epoch, holder, since) VALUES (1, 0, '', 0)"));
+	st = db_stmt(db, "INSERT OR IGNORE INTO otacd_leader (id, epoch, holder, since) VALUES (1, 0, '', 0)");
+	return st ? db_run(st) : OTA_ERROR; /* a connection lost here fails the prepare */
 }
 
 static int compute_key(struct db_leader *l)
