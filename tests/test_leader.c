@@ -112,16 +112,23 @@ static pid_t fork_child(void)
 	return pid;
 }
 
-static void reap_child(pid_t pid)
+/* Kill and wait for pid; 1 if it had already ended by itself (a child
+ * that crashed), else 0. */
+static int reap_child(pid_t pid)
 {
 	for (int i = 0; i < g_nchildren; i++) {
+		int ended;
 		if (g_children[i] != pid)
 			continue;
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
+		ended = waitpid(pid, NULL, WNOHANG) == pid;
+		if (!ended) {
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+		}
 		g_children[i] = g_children[--g_nchildren];
-		return;
+		return ended;
 	}
+	return 0;
 }
 
 static int reap_all_children(void **state)
@@ -251,8 +258,9 @@ static void kill_contender(struct contender *c)
 {
 	if (!c->alive)
 		return;
-	reap_child(c->pid);
 	c->alive = 0;
+	if (reap_child(c->pid))
+		fail_msg("contender %s had died by itself (crashed? its stack is above)", c->name);
 }
 
 static void contest_end(struct contest *t)
@@ -453,6 +461,22 @@ static void restarted_server_ends_leadership_and_one_leads_again(void **state)
 
 /* ---- fencing --------------------------------------------------------------------- */
 
+/* Poll l, as an instance does, until it leads. */
+static void poll_until_leader(struct db_leader *l)
+{
+	int64_t deadline = mono_ms() + wait_ms();
+	enum db_leader_state st;
+
+	for (;;) {
+		db_leader_poll(l, &st);
+		if (st == DB_LEADER_LEADER)
+			return;
+		if (mono_ms() > deadline)
+			fail_msg("no leadership within %d ms: %s", wait_ms(), ota_error_last());
+		usleep(POLL_MS * 1000);
+	}
+}
+
 /* Insert v in a transaction fenced by epoch; the fence's answer.  A refused
  * transaction must not commit even if its writer carried on. */
 static int fenced_write(struct db *w, int64_t epoch, const char *v)
@@ -502,10 +526,10 @@ static void cut_off_leader_is_fenced_then_steps_down(void **state)
 	w = open_admin(); /* instance A's engine connection */
 	assert_int_equal(db_exec(adm, "CREATE TABLE fenced (v TEXT NOT NULL)"), 0);
 
-	/* A leads alone and writes under its epoch */
+	/* A leads alone (once the previous test's killed leader's session has
+	 * ended) and writes under its epoch */
 	assert_int_equal(db_leader_open(&a, dbconv_pg_url(), "A"), 0);
-	assert_int_equal(db_leader_poll(a, &st), 0);
-	assert_int_equal(st, DB_LEADER_LEADER);
+	poll_until_leader(a);
 	epoch_a = db_leader_epoch(a);
 	assert_int_equal(epoch_a, 1);
 	assert_int_equal(fenced_write(w, epoch_a, "while leading"), 0);
@@ -548,15 +572,7 @@ static void cut_off_leader_is_fenced_then_steps_down(void **state)
 
 	/* B dies: A takes over again, at the next epoch */
 	kill_contender(b);
-	{
-		int64_t deadline = mono_ms() + wait_ms();
-		do {
-			db_leader_poll(a, &st);
-			if (st != DB_LEADER_LEADER)
-				usleep(POLL_MS * 1000);
-		} while (st != DB_LEADER_LEADER && mono_ms() < deadline);
-	}
-	assert_int_equal(st, DB_LEADER_LEADER);
+	poll_until_leader(a);
 	assert_int_equal(db_leader_epoch(a), epoch_a + 2);
 	assert_int_equal(fenced_write(w, epoch_a + 1, "dead leader"), OTA_ECONFLICT);
 	assert_int_equal(rows_with(adm, "dead leader"), 0);
