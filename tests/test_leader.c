@@ -5,7 +5,8 @@
  *
  * - leadership (orchestrator/db/db_leader.c): three contending processes,
  *   exactly one leads; the leader SIGKILLed ten times in a row and each
- *   time exactly one other takes over with the next epoch;
+ *   time exactly one other takes over with the next epoch; a server
+ *   restart ends leadership and exactly one leads again;
  * - fencing: a leader whose session is cut by pg_terminate_backend has its
  *   epoch-checked write refused once another took over, before it has
  *   even noticed, then notices and steps down;
