@@ -28,6 +28,7 @@ struct forge_status {
 	char *token;          /* from token_file */
 	char *project;        /* owner/repo, or GitLab's id or path */
 	char *context;        /* NULL: "otacd/<pipeline>" */
+	int per_stage;        /* also "<context>/<stage>" per stage (outbox_stage.c) */
 };
 
 struct notify {
