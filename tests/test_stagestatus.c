@@ -214,10 +214,94 @@ static void each_stage_gets_its_own_context_in_order_and_a_failed_stage_fails_it
 	free(base);
 }
 
+/* The state in the body of request k under prefix, and its context. */
+static void expect_req(struct receiver *rv, const char *prefix, size_t k, const char *ctx_key, const char *ctx,
+		       const char *state)
+{
+	json_t *b = json_loads(recv_nth(rv, prefix, k)->body, 0, NULL);
+	assert_non_null(b);
+	if (strcmp(json_string_value(json_object_get(b, ctx_key)), ctx) ||
+	    strcmp(json_string_value(json_object_get(b, "state")), state))
+		fail_msg("%s request %zu: %s, want %s %s", prefix, k, recv_nth(rv, prefix, k)->body, ctx, state);
+	json_decref(b);
+}
+
+static void a_canceled_run_cancels_its_running_stages_context_and_posts_none_for_stages_that_never_ran(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	static const char slow[] = "name: fw\nstages:\n"
+				   "  - { name: build, steps: [ { run: 'sleep 60' } ] }\n"
+				   "  - { name: package, needs: [build], steps: [ { run: 'true' } ] }\n";
+	struct receiver rv;
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char *base = h_tmpdir(), *origin = xasprintf("%s/origin.git", base), *work = xasprintf("%s/work", base);
+	char *gh = write_file(base, "gh.token", GH_TOKEN "\n"), *gl = write_file(base, "gl.token", GL_TOKEN "\n");
+	char *config, *path;
+	int64_t run_gh, run_gl;
+
+	(void)state;
+	receiver_start(&rv);
+	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
+			      origin, work, work, origin), 0);
+	h_git_commit_file(work, ".otacd/pipeline.yml", slow, "slow pipeline");
+	h_git_push(work, "main");
+	config = xasprintf("lease: 3s\nheartbeat: 300ms\nnotifications:\n  retry_base: 100ms\n"
+			   "repositories:\n"
+			   "  - name: acme/gh\n    url: \"%s\"\n"
+			   "    status: { forge: github, api_url: \"http://127.0.0.1:%d/gh/api/v3\", token_file: \"%s\","
+			   " per_stage: true }\n"
+			   "  - name: acme/gl\n    url: \"%s\"\n"
+			   "    status: { forge: gitlab, api_url: \"http://127.0.0.1:%d/gl/api/v4\", token_file: \"%s\","
+			   " project: \"firmware/sensor-node\", per_stage: true }\n",
+			   origin, rv.port, gh, origin, rv.port, gl);
+	h_init(&d, config);
+	h_start(&d, args);
+	assert_int_equal(trigger(&d, "acme/gh") / 100, 2);
+	assert_int_equal(trigger(&d, "acme/gl") / 100, 2);
+	run_gh = h_sql_int(&d, "SELECT MAX(id) FROM runs WHERE repo = 'acme/gh'");
+	run_gl = h_sql_int(&d, "SELECT MAX(id) FROM runs WHERE repo = 'acme/gl'");
+	/* both runs started and their build stages with them */
+	recv_wait_count(&rv, "/gh/", 200, 2);
+	recv_wait_count(&rv, "/gl/", 200, 2);
+	path = xasprintf("/api/v1/runs/%lld/cancel", (long long)run_gh);
+	assert_int_equal(h_post(&d, path, NULL, NULL) / 100, 2);
+	free(path);
+	path = xasprintf("/api/v1/runs/%lld/cancel", (long long)run_gl);
+	assert_int_equal(h_post(&d, path, NULL, NULL) / 100, 2);
+	free(path);
+	recv_wait_count(&rv, "/gh/", 200, 4);
+	recv_wait_count(&rv, "/gl/", 200, 4);
+	/* run and build pending, then build canceled, then the run; package never ran */
+	expect_req(&rv, "/gh/", 0, "context", "otacd/fw", "pending");
+	expect_req(&rv, "/gh/", 1, "context", "otacd/fw/build", "pending");
+	expect_req(&rv, "/gh/", 2, "context", "otacd/fw/build", "error");
+	expect_req(&rv, "/gh/", 3, "context", "otacd/fw", "error");
+	expect_req(&rv, "/gl/", 0, "name", "otacd/fw", "running");
+	expect_req(&rv, "/gl/", 1, "name", "otacd/fw/build", "running");
+	expect_req(&rv, "/gl/", 2, "name", "otacd/fw/build", "canceled");
+	expect_req(&rv, "/gl/", 3, "name", "otacd/fw", "canceled");
+	wait_sql(&d, "SELECT COUNT(*) FROM outbox WHERE state = 'sent'", 8);
+	assert_int_equal(recv_count(&rv, "/gh/", 0), 4);
+	assert_int_equal(recv_count(&rv, "/gl/", 0), 4);
+
+	h_cleanup(&d);
+	receiver_stop(&rv);
+	h_sh(&out, "rm -rf %s", base);
+	buf_release(&out);
+	free(config);
+	free(gh);
+	free(gl);
+	free(origin);
+	free(work);
+	free(base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(each_stage_gets_its_own_context_in_order_and_a_failed_stage_fails_it_and_the_run),
+		cmocka_unit_test(a_canceled_run_cancels_its_running_stages_context_and_posts_none_for_stages_that_never_ran),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests_name("stagestatus", tests, NULL, NULL);
