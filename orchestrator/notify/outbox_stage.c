@@ -36,11 +36,12 @@
 #include "../engine_int.h"
 #include "../store.h"
 
-static const char stage_sql_run[] = "SELECT pipeline, ref, commit_id, repo FROM runs WHERE id = ?";
-static const char stage_sql_insert[] = "INSERT INTO outbox(delivery, target, event, payload, created_at, next_at)"
+/* storage layer (store_q); each prepared on PostgreSQL too by tests/test_dbconv_stagestatus.c */
+const char stage_sql_run[] = "SELECT pipeline, ref, commit_id, repo FROM runs WHERE id = ?";
+const char stage_sql_insert[] = "INSERT INTO outbox(delivery, target, event, payload, created_at, next_at)"
 				       " VALUES (?,?,?,?,?,?)";
-static const char stage_sql_running[] = "SELECT name FROM stages WHERE run_id = ? AND state = 'running' ORDER BY idx";
-static const char stage_sql_rollout[] = "SELECT run_id, stage, step, percent_bp, state, spec, reason"
+const char stage_sql_running[] = "SELECT name FROM stages WHERE run_id = ? AND state = 'running' ORDER BY idx";
+const char stage_sql_rollout[] = "SELECT run_id, stage, step, percent_bp, state, spec, reason"
 					" FROM rollouts WHERE id = ?";
 
 /* The forge of run_id's repository when it wants per-stage statuses, with
