@@ -336,7 +336,7 @@ int ctl_unreachable(void)
  * or EXIT_UNREACHABLE after printing why.
  *
  * A call that changes state and that otacd de-duplicates (run triggers,
- * cancel, promote, rollback, pause, resume) carries an Idempotency-Key (random per
+ * cancel, promote, rollback, pause, resume, flags set and rollout) carries an Idempotency-Key (random per
  * invocation, numbered per call) and is sent again with the same key when
  * no answer came back (connection refused or cut, timeout: the daemon
  * restarting): otacd then answers with the first answer if the first
@@ -348,7 +348,8 @@ static int idempotent_call(const char *method, const char *path)
 	static const char *const suffix[] = { "/cancel", "/promote", "/rollback", "/pause", "/resume" };
 	if (strcmp(method, "POST"))
 		return 0;
-	if (!strcmp(path, "/api/v1/runs") || !strcmp(path, "/api/v1/triggers"))
+	if (!strcmp(path, "/api/v1/runs") || !strcmp(path, "/api/v1/triggers") || !strcmp(path, "/api/v1/flags") ||
+	    !strcmp(path, "/api/v1/flags/rollout"))
 		return 1;
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(suffix); i++) {
 		size_t n = strlen(path), m = strlen(suffix[i]);

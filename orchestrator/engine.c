@@ -493,6 +493,9 @@ static int stage_set(struct engine *e, struct stagerow *s, int64_t run_id, const
 		if ((rc = db_run(st)) < 0)
 			return rc;
 	}
+	/* issue 17: the stage's own commit status, committed with its state */
+	if ((rc = outbox_stage_event(e, run_id, s->name, state)) < 0)
+		return rc;
 	eng_event(e, run_id, 0, "stage.state", json_pack("{ss ss ss*}", "stage", s->name, "state", state, "reason", why));
 	return 0;
 }

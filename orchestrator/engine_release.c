@@ -223,5 +223,7 @@ int engine_audit(struct engine *e, const char *actor, const char *action, int64_
 	/* issue 17: rollout notifications, committed with the audit entry */
 	if (rc >= 0 && rollout)
 		rc = outbox_rollout_event(e, actor, action, release, rollout, reason);
+	if (rc >= 0 && rollout) /* a rollout stage's status says which step holds */
+		rc = outbox_stage_rollout(e, action, rollout);
 	return rc;
 }

@@ -625,6 +625,9 @@ static int do_cancel(struct engine *e, void *arg)
 	} while (n == OTA_ARRAY_SIZE(ids));
 	if ((rc = rollout_on_run_canceled(e, a->run_id)) < 0)
 		goto out;
+	/* issue 17: the running stages' commit statuses say canceled */
+	if ((rc = outbox_stage_cancel(e, a->run_id)) < 0)
+		goto out;
 	st = store_q(e->db, "UPDATE stages SET state = 'canceled', finished_at = ? WHERE run_id = ?"
 			    " AND state IN ('queued','running')");
 	if (!st) {

@@ -33,6 +33,7 @@
 #include "../orchestrator/store.h"
 #include "../orchestrator/notify/notify.h"
 #include "harness.h"
+#include "statusrecv.h"
 
 #define HOOK_SECRET "hook-secret-0123456789abcdef"
 #define SLACK_PATH "/slack/T000/B000/SLACKSECRETPATH"
@@ -40,180 +41,7 @@
 #define GL_TOKEN "glpat-TESTTOKEN-gitlab-0123"
 #define GT_TOKEN "gitea-TESTTOKEN-0123456789"
 
-/* ---- the receiver ------------------------------------------------------ */
-
-#define MAX_REQS 128
-
-struct req {
-	char method[8];
-	char path[512];
-	char *authorization, *private_token, *accept, *api_version, *ctype;
-	char *event, *delivery, *timestamp, *signature;
-	char *body;
-	int64_t at_ms;          /* monotonic arrival */
-	unsigned status;        /* what the receiver answered */
-};
-
-struct receiver {
-	pthread_mutex_t lock;
-	struct MHD_Daemon *d;
-	int port;
-	int fail_hook;          /* answer 500 to this many /hook requests first */
-	unsigned down;          /* non-zero: answer this to everything */
-	size_t n;
-	struct req reqs[MAX_REQS];
-};
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static char *hdr(struct MHD_Connection *c, const char *name)
-{
-	const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
-	return v ? xstrdup(v) : NULL;
-}
-
-/* Keep the path as sent: the tests check its percent-encoding. */
-static size_t keep_raw(void *cls, struct MHD_Connection *c, char *uri)
-{
-	(void)cls;
-	(void)c;
-	return strlen(uri);
-}
-
-static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
-{
-	(void)cls;
-	(void)c;
-	(void)t;
-	if (*con_cls) {
-		buf_release(*con_cls);
-		free(*con_cls);
-		*con_cls = NULL;
-	}
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-				  const char *version, const char *upload, size_t *upload_size, void **con_cls)
-{
-	struct receiver *rv = cls;
-	struct buf *body = *con_cls;
-	struct MHD_Response *resp;
-	struct req *q;
-	unsigned status = 200;
-	enum MHD_Result ret;
-
-	(void)version;
-	if (!body) {
-		body = xcalloc(1, sizeof(*body));
-		buf_init(body, 1 << 20);
-		*con_cls = body;
-		return MHD_YES;
-	}
-	if (*upload_size) {
-		buf_put(body, upload, *upload_size);
-		*upload_size = 0;
-		return MHD_YES;
-	}
-	pthread_mutex_lock(&rv->lock);
-	if (rv->n < MAX_REQS) {
-		q = &rv->reqs[rv->n++];
-		snprintf(q->method, sizeof(q->method), "%s", method);
-		snprintf(q->path, sizeof(q->path), "%s", url);
-		q->authorization = hdr(c, "Authorization");
-		q->private_token = hdr(c, "PRIVATE-TOKEN");
-		q->accept = hdr(c, "Accept");
-		q->api_version = hdr(c, "X-GitHub-Api-Version");
-		q->ctype = hdr(c, "Content-Type");
-		q->event = hdr(c, "X-Otacd-Event");
-		q->delivery = hdr(c, "X-Otacd-Delivery");
-		q->timestamp = hdr(c, "X-Otacd-Timestamp");
-		q->signature = hdr(c, "X-Otacd-Signature-256");
-		q->body = xstrdup(buf_cstr(body));
-		q->at_ms = mono_ms();
-		if (rv->down)
-			status = rv->down;
-		else if (!strcmp(url, "/hook") && rv->fail_hook > 0)
-			rv->fail_hook--, status = 500;
-		q->status = status;
-	}
-	pthread_mutex_unlock(&rv->lock);
-	resp = MHD_create_response_from_buffer(2, (void *)"{}", MHD_RESPMEM_PERSISTENT);
-	ret = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
-}
-
-static void receiver_start(struct receiver *rv)
-{
-	struct sockaddr_in sin;
-	const union MHD_DaemonInfo *info;
-
-	memset(rv, 0, sizeof(*rv));
-	pthread_mutex_init(&rv->lock, NULL);
-	memset(&sin, 0, sizeof(sin));
-	sin.sin_family = AF_INET;
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	rv->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, rv,
-				 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sin, MHD_OPTION_UNESCAPE_CALLBACK, keep_raw, NULL,
-				 MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
-	assert_non_null(rv->d);
-	info = MHD_get_daemon_info(rv->d, MHD_DAEMON_INFO_BIND_PORT);
-	assert_non_null(info);
-	rv->port = info->port;
-}
-
-static void receiver_stop(struct receiver *rv)
-{
-	MHD_stop_daemon(rv->d);
-	for (size_t i = 0; i < rv->n; i++) {
-		struct req *q = &rv->reqs[i];
-		free(q->authorization);
-		free(q->private_token);
-		free(q->accept);
-		free(q->api_version);
-		free(q->ctype);
-		free(q->event);
-		free(q->delivery);
-		free(q->timestamp);
-		free(q->signature);
-		free(q->body);
-	}
-	pthread_mutex_destroy(&rv->lock);
-}
-
-/* Requests to paths starting with prefix (answered with status, 0: any). */
-static size_t count(struct receiver *rv, const char *prefix, unsigned status)
-{
-	size_t n = 0;
-	pthread_mutex_lock(&rv->lock);
-	for (size_t i = 0; i < rv->n; i++)
-		if (!strncmp(rv->reqs[i].path, prefix, strlen(prefix)) && (!status || rv->reqs[i].status == status))
-			n++;
-	pthread_mutex_unlock(&rv->lock);
-	return n;
-}
-
-static void wait_count(struct receiver *rv, const char *prefix, unsigned status, size_t want)
-{
-	for (int i = 0; i < 1200 && count(rv, prefix, status) < want; i++)
-		h_msleep(50);
-	assert_int_equal(count(rv, prefix, status), want);
-}
-
-/* The k-th request to paths starting with prefix (the receiver is quiet by now). */
-static struct req *nth(struct receiver *rv, const char *prefix, size_t k)
-{
-	for (size_t i = 0; i < rv->n; i++)
-		if (!strncmp(rv->reqs[i].path, prefix, strlen(prefix)) && k-- == 0)
-			return &rv->reqs[i];
-	fail_msg("no request %zu under %s", k, prefix);
-	return NULL;
-}
+/* ---- the receiver: statusrecv.c ----------------------------------------- */
 
 static void wait_sql(struct daemon *d, const char *sql, int64_t want)
 {
@@ -317,9 +145,9 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gl", "ref", "main"), NULL) / 100, 2);
 	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gt", "ref", "main"), NULL) / 100, 2);
 	/* running, then passed, for each forge */
-	wait_count(&rv, "/gh/", 200, 2);
-	wait_count(&rv, "/gl/", 200, 2);
-	wait_count(&rv, "/gt/", 200, 2);
+	recv_wait_count(&rv, "/gh/", 200, 2);
+	recv_wait_count(&rv, "/gl/", 200, 2);
+	recv_wait_count(&rv, "/gt/", 200, 2);
 	run_gh = h_sql_int(&d, "SELECT id FROM runs WHERE repo = 'acme/gh'");
 	run_gl = h_sql_int(&d, "SELECT id FROM runs WHERE repo = 'acme/gl'");
 	run_gt = h_sql_int(&d, "SELECT id FROM runs WHERE repo = 'acme/gt'");
@@ -330,7 +158,7 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	path = xasprintf("/gh/api/v3/repos/acme/gh/statuses/%s", sha);
 	url = xasprintf("http://ci.example.test:8470/#/runs/%lld", (long long)run_gh);
 	for (int k = 0; k < 2; k++) {
-		q = nth(&rv, "/gh/", (size_t)k);
+		q = recv_nth(&rv, "/gh/", (size_t)k);
 		assert_string_equal(q->path, path);
 		assert_string_equal(q->authorization, "Bearer " GH_TOKEN);
 		assert_null(q->private_token);
@@ -347,7 +175,7 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	url = xasprintf("http://ci.example.test:8470/#/runs/%lld", (long long)run_gl);
 	for (int k = 0; k < 2; k++) {
 		json_t *b;
-		q = nth(&rv, "/gl/", (size_t)k);
+		q = recv_nth(&rv, "/gl/", (size_t)k);
 		assert_string_equal(q->path, path);
 		assert_string_equal(q->private_token, GL_TOKEN);
 		assert_null(q->authorization);
@@ -364,7 +192,7 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	path = xasprintf("/gt/api/v1/repos/acme/gt/statuses/%s", sha);
 	url = xasprintf("http://ci.example.test:8470/#/runs/%lld", (long long)run_gt);
 	for (int k = 0; k < 2; k++) {
-		q = nth(&rv, "/gt/", (size_t)k);
+		q = recv_nth(&rv, "/gt/", (size_t)k);
 		assert_string_equal(q->path, path);
 		assert_string_equal(q->authorization, "token " GT_TOKEN);
 		assert_null(q->private_token);
@@ -381,14 +209,14 @@ static void commit_statuses_follow_each_forges_documented_request(void **state)
 	h_git_push(work, "main");
 	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gl", "ref", "main"), NULL) / 100, 2);
 	assert_int_equal(post(&d, "/api/v1/triggers", json_pack("{ss ss}", "repo", "acme/gt", "ref", "main"), NULL) / 100, 2);
-	wait_count(&rv, "/gl/", 200, 4);
-	wait_count(&rv, "/gt/", 200, 4);
+	recv_wait_count(&rv, "/gl/", 200, 4);
+	recv_wait_count(&rv, "/gt/", 200, 4);
 	{
-		json_t *gl_fail = json_loads(nth(&rv, "/gl/", 3)->body, 0, NULL);
-		json_t *gt_fail = json_loads(nth(&rv, "/gt/", 3)->body, 0, NULL);
+		json_t *gl_fail = json_loads(recv_nth(&rv, "/gl/", 3)->body, 0, NULL);
+		json_t *gt_fail = json_loads(recv_nth(&rv, "/gt/", 3)->body, 0, NULL);
 		assert_string_equal(json_string_value(json_object_get(gl_fail, "state")), "failed");
 		assert_string_equal(json_string_value(json_object_get(gt_fail, "state")), "failure");
-		assert_null(strstr(nth(&rv, "/gl/", 3)->path, sha)); /* the new commit */
+		assert_null(strstr(recv_nth(&rv, "/gl/", 3)->path, sha)); /* the new commit */
 		json_decref(gl_fail);
 		json_decref(gt_fail);
 	}
@@ -465,14 +293,14 @@ static void webhook_retries_with_backoff_under_one_signed_delivery(void **state)
 	h_start(&d, args);
 	run = h_trigger(&d, pass_pipeline);
 	assert_string_equal(h_wait_run(&d, run, 60000), "passed");
-	wait_count(&rv, "/hook", 200, 1);
-	wait_count(&rv, "/slack/", 200, 2);
+	recv_wait_count(&rv, "/hook", 200, 1);
+	recv_wait_count(&rv, "/slack/", 200, 2);
 	wait_sql(&d, "SELECT COUNT(*) FROM outbox WHERE target = 'hook:ops' AND state = 'sent' AND attempts = 4", 1);
 
 	/* three 500s, then 200: four tries of one delivery, each signed, the
 	 * gaps growing as retry_base * 2^k with jitter keeping at least half */
-	assert_int_equal(count(&rv, "/hook", 0), 4);
-	first = nth(&rv, "/hook", 0);
+	assert_int_equal(recv_count(&rv, "/hook", 0), 4);
+	first = recv_nth(&rv, "/hook", 0);
 	b = json_loads(first->body, 0, NULL);
 	assert_non_null(b);
 	assert_string_equal(json_string_value(json_object_get(b, "event")), "run.passed");
@@ -482,19 +310,19 @@ static void webhook_retries_with_backoff_under_one_signed_delivery(void **state)
 	json_decref(b);
 	assert_string_equal(first->event, "run.passed");
 	for (size_t k = 0; k < 4; k++) {
-		q = nth(&rv, "/hook", k);
+		q = recv_nth(&rv, "/hook", k);
 		assert_string_equal(q->delivery, first->delivery);
 		assert_string_equal(q->body, first->body);
 		check_signature(q);
 		if (k > 0)
-			assert_true(q->at_ms - nth(&rv, "/hook", k - 1)->at_ms >= (100 << (k - 1)) / 2);
+			assert_true(q->at_ms - recv_nth(&rv, "/hook", k - 1)->at_ms >= (100 << (k - 1)) / 2);
 	}
 	/* a signature over another body or timestamp does not verify */
 	assert_false(signature_valid("1", first->body, first->signature));
 	assert_false(signature_valid(first->timestamp, "{}", first->signature));
 
 	/* Slack: {"text": ...} only, started and passed */
-	q = nth(&rv, "/slack/", 1);
+	q = recv_nth(&rv, "/slack/", 1);
 	b = json_loads(q->body, 0, NULL);
 	assert_int_equal(json_object_size(b), 1);
 	assert_non_null(strstr(json_string_value(json_object_get(b, "text")), "passed"));
@@ -574,7 +402,7 @@ static void rows_older_than_max_age_are_given_up_and_recorded(void **state)
 	h_trigger(&d, pass_pipeline); /* no agent: only run.started goes out */
 	wait_sql(&d, "SELECT COUNT(*) FROM outbox WHERE target = 'hook:chat' AND state = 'expired'"
 		     " AND last_error LIKE '%max_age%' AND done_at IS NOT NULL", 1);
-	assert_true(count(&rv, SLACK_PATH, 500) >= 1);
+	assert_true(recv_count(&rv, SLACK_PATH, 500) >= 1);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM outbox"), 1);
 	/* the API shows the give-up and why, and no URL */
 	{

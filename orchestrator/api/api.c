@@ -564,7 +564,8 @@ static int route_idempotent(const struct api_route *route)
 {
 	return !strcmp(route->method, "POST") &&
 	       (route->handler == post_run || route->handler == post_cancel ||
-		route->handler == api_post_rollout_action || route->handler == api_post_trigger);
+		route->handler == api_post_rollout_action || route->handler == api_post_trigger ||
+		route->handler == api_post_flags);
 }
 
 /*

@@ -513,7 +513,21 @@ struct flags_live {
 	pthread_rwlock_t lock;       /* readers: check-ins; the writer: the controller */
 	struct live_flag *v;
 	size_t n;
+	/* One bit per product hash (product_bit) of the products that have a
+	 * flag, read without the lock: a check-in of a product without flags
+	 * (most of them) skips the lock and the loop.  Written under the
+	 * write lock, after the rows it describes. */
+	uint64_t products;
 };
+
+/* The product's bit in flags_live.products (FNV-1a, folded to 0..63). */
+static uint64_t product_bit(const char *product)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const unsigned char *p = (const unsigned char *)product; *p; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return 1ULL << ((h ^ h >> 32) & 63);
+}
 
 struct flags_live *flags_live_new(void)
 {
@@ -551,6 +565,7 @@ void flags_live_load(struct flags_live *l, const json_t *list)
 {
 	size_t n = json_array_size(list), i, old_n;
 	struct live_flag *v = n ? xcalloc(n, sizeof(*v)) : NULL, *old;
+	uint64_t products = 0;
 	json_t *x;
 
 	json_array_foreach(list, i, x) {
@@ -561,6 +576,7 @@ void flags_live_load(struct flags_live *l, const json_t *list)
 		v[i].name = xstrdup(json_string_value(json_object_get(x, "name")));
 		v[i].value = json_dumps(json_object_get(x, "value"), JSON_COMPACT | JSON_ENCODE_ANY);
 		v[i].bp = (int)json_integer_value(json_object_get(x, "bp"));
+		products |= product_bit(v[i].product);
 		v[i].nkeys = json_object_size(cohort);
 		v[i].keys = v[i].nkeys ? xcalloc(v[i].nkeys, sizeof(*v[i].keys)) : NULL;
 		json_object_foreach(cohort, k, vals) {
@@ -575,6 +591,7 @@ void flags_live_load(struct flags_live *l, const json_t *list)
 	old_n = l->n;
 	l->v = v;
 	l->n = n;
+	__atomic_store_n(&l->products, products, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&l->lock);
 	live_flags_free(old, old_n);
 }
@@ -612,6 +629,9 @@ size_t flags_live_answer(void *live, const char *product, const char *device, co
 	if (!cap)
 		return 0;
 	out[0] = 0;
+	/* no flag for this product (or none at all): the answer has no "flags" */
+	if (!(__atomic_load_n(&l->products, __ATOMIC_ACQUIRE) & product_bit(product)))
+		return 0;
 	pthread_rwlock_rdlock(&l->lock);
 	for (size_t i = 0; i < l->n && fits; i++) {
 		const struct live_flag *fl = &l->v[i];

@@ -64,6 +64,18 @@ int outbox_run_event(struct engine *e, int64_t run_id, const char *state);
 int outbox_rollout_event(struct engine *e, const char *actor, const char *action, int64_t release_id,
 			 int64_t rollout_id, const char *reason);
 
+/*
+ * Per-stage commit statuses (outbox_stage.c), for repositories whose
+ * `status:` has `per_stage: true`; engine thread, inside the transaction
+ * that changed the stage.  A stage's state (running, passed, failed,
+ * canceled; others queue nothing); before a cancel marks its stages, the
+ * running ones' "canceled"; a rollout or soak stage's step promoted or
+ * paused (audit action "promote" or "pause"): "holding, step 2/4 (5%)".
+ */
+int outbox_stage_event(struct engine *e, int64_t run_id, const char *stage, const char *state);
+int outbox_stage_cancel(struct engine *e, int64_t run_id);
+int outbox_stage_rollout(struct engine *e, const char *action, int64_t rollout_id);
+
 /* One outbox row as the sender delivers it. */
 struct outbox_row {
 	int64_t id;

@@ -127,7 +127,7 @@ static int parse_target(const json_t *t, size_t i, struct notify *n, struct noti
 
 static int parse_forge(const struct repo_cfg *r, struct forge_status *out)
 {
-	static const char *const keys[] = { "forge", "api_url", "token_file", "project", "context" };
+	static const char *const keys[] = { "forge", "api_url", "token_file", "project", "context", "per_stage" };
 	const json_t *s = r->status;
 	const char *forge = str(s, "forge"), *api = str(s, "api_url");
 	char where[320];
@@ -165,6 +165,9 @@ static int parse_forge(const struct repo_cfg *r, struct forge_status *out)
 		return ota_error_set(OTA_EINVAL, "%s.project: owner/name (or GitLab's project id)", where);
 	if (str(s, "context"))
 		out->context = xstrndup(str(s, "context"), 100);
+	if (json_object_get(s, "per_stage") && !json_is_boolean(json_object_get(s, "per_stage")))
+		return ota_error_set(OTA_EINVAL, "%s.per_stage: true or false", where);
+	out->per_stage = json_is_true(json_object_get(s, "per_stage"));
 	return 0;
 }
 

@@ -28,6 +28,7 @@ struct forge_status {
 	char *token;          /* from token_file */
 	char *project;        /* owner/repo, or GitLab's id or path */
 	char *context;        /* NULL: "otacd/<pipeline>" */
+	int per_stage;        /* also "<context>/<stage>" per stage (outbox_stage.c) */
 };
 
 struct notify {
@@ -43,6 +44,9 @@ const struct notify_target *notify_target_find(const struct notify *n, const cha
 const struct forge_status *notify_forge_find(const struct notify *n, const char *repo);
 /* Does target t want event (its `events:` patterns; a trailing '*' matches any rest)? */
 int notify_target_wants(const struct notify_target *t, const char *event);
+
+/* outbox_stage.c's statements (tests/test_dbconv_stagestatus.c prepares each on both backends). */
+extern const char stage_sql_run[], stage_sql_insert[], stage_sql_running[], stage_sql_rollout[];
 
 /* The process-wide configuration set by notify_set_current (engine thread reads it). */
 const struct notify *notify_current(void);

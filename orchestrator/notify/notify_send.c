@@ -160,12 +160,27 @@ static const char *forge_state(enum forge_kind f, const char *run_state)
 	}
 }
 
+/* The status context (GitLab's name): the configured one or otacd/PIPELINE,
+ * and /STAGE for a stage's status (a stage name is [A-Za-z0-9_.-]). */
+static char *stage_context(const struct forge_status *f, const char *pipeline, const char *stage)
+{
+	char *base = f->context ? xstrdup(f->context) : xasprintf("otacd/%.90s", pipeline), *ctx;
+	if (!stage)
+		return base;
+	ctx = xasprintf("%s/%.64s", base, stage);
+	free(base);
+	return ctx;
+}
+
 static enum notify_outcome deliver_status(const struct notify *n, const struct forge_status *f,
 					  const struct outbox_row *row, char *why, size_t len)
 {
 	json_t *ev = json_loads(row->payload, 0, NULL);
-	const json_t *run = json_object_get(ev, "run");
-	const char *state = json_string_value(json_object_get(run, "state"));
+	const json_t *run = json_object_get(ev, "run"), *stage = json_object_get(ev, "stage");
+	/* a stage's row (outbox_stage.c) carries the stage's state and name */
+	const char *state = json_string_value(json_object_get(stage ? stage : run, "state"));
+	const char *stage_name = json_string_value(json_object_get(stage, "name"));
+	const char *stage_desc = json_string_value(json_object_get(stage, "description"));
 	const char *sha = json_string_value(json_object_get(run, "commit"));
 	const char *pipeline = json_string_value(json_object_get(run, "pipeline"));
 	const char *ref = json_string_value(json_object_get(run, "ref"));
@@ -181,8 +196,17 @@ static enum notify_outcome deliver_status(const struct notify *n, const struct f
 	}
 	snprintf(label, sizeof(label), "%s status API of %s", f->forge == FORGE_GITHUB ? "GitHub"
 							  : f->forge == FORGE_GITLAB ? "GitLab" : "Gitea", f->repo);
-	context = f->context ? xstrdup(f->context) : xasprintf("otacd/%.90s", pipeline);
-	desc = xasprintf("otacd run #%lld %s", id, !strcmp(state, "running") ? "running" : state);
+	if (stage && !stage_name) {
+		snprintf(why, len, "the outbox row's stage has no name");
+		goto out;
+	}
+	context = stage_context(f, pipeline, stage_name);
+	if (stage_desc)
+		desc = xasprintf("otacd run #%lld %.40s: %.80s", id, stage_name, stage_desc);
+	else if (stage)
+		desc = xasprintf("otacd run #%lld %.40s %s", id, stage_name, state);
+	else
+		desc = xasprintf("otacd run #%lld %s", id, state);
 	if (f->forge == FORGE_GITLAB) {
 		proj = httpc_escape(f->project);
 		url = xasprintf("%s/projects/%s/statuses/%s", f->api_url, proj, sha);
