@@ -19,6 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <openssl/evp.h>
 
@@ -132,6 +135,50 @@ static void tamper_built_at(const struct buf *env, struct buf *out)
 	json_decref(e);
 }
 
+/* otacd-fleetsim's core engine (libotadev per simulated device, the
+ * root as anchor, fleetsim/port_sim.c's verify_msg): n devices on 1.0.0
+ * until they all run 1.1.0 or 120 s pass; its stats. */
+static json_t *fleetsim_run(struct daemon *d, int n)
+{
+	char *bin = h_bin("otacd-fleetsim"), *prof = xasprintf("%s/profile.json", d->dir);
+	char *log = xasprintf("%s/sim.log", d->dir), *stats = xasprintf("%s/stats.json", d->dir);
+	char *root = xasprintf("%s/root/root.crt.pem", d->dir), *key = xasprintf("%s/ed.pub", d->dir), devices[16];
+	static const char profile[] = "{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
+				      " \"silent\": 0, \"flaky\": 0, \"hardware\": {\"" HW "\": 1}, \"bootloader\": {\"1.2.0\": 1}}";
+	int status = 0;
+	json_t *st;
+	pid_t pid;
+
+	snprintf(devices, sizeof(devices), "%d", n);
+	assert_int_equal(ota_write_file_atomic(prof, profile, strlen(profile), 0600), 0);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(bin, bin, "--engine", "core", "--url", d->device_url, "--devices", devices, "--seed", "3",
+		      "--trust-root", root, "--key", key, "--fleet-key", d->fleet_key, "--product", "fw", "--profile",
+		      prof, "--start-version", "1.0.0", "--start-counter", "1", "--stats", stats, "--quiet",
+		      "--duration", "120", "--until", "1.1.0:1.0", (char *)NULL);
+		_exit(127);
+	}
+	assert_true(pid > 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	st = json_load_file(stats, 0, NULL);
+	if (!st || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		struct buf out = BUF_INIT;
+		h_sh(&out, "tail -20 %s", log);
+		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
+	}
+	free(bin);
+	free(prof);
+	free(log);
+	free(stats);
+	free(root);
+	free(key);
+	return st;
+}
+
 static void ed25519_signed_release_lands_and_a_tampered_envelope_is_refused(void **state)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
@@ -207,6 +254,16 @@ static void ed25519_signed_release_lands_and_a_tampered_envelope_is_refused(void
 	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	json_decref(s);
 	assert_int_equal(dh_fleet_wait(&d, release, "confirmed", 1, 60000), 1);
+
+	/* the simulator runs the same core: 40 devices verify the Ed25519
+	 * manifest through fleetsim's port and install the release */
+	s = fleetsim_run(&d, 40);
+	if (json_integer_value(json_object_get(json_object_get(s, "versions"), "1.1.0")) != 40) {
+		char *t = json_dumps(s, 0);
+		fail_msg("fleetsim devices did not all take the Ed25519 release: %s", t);
+	}
+	assert_int_equal(json_integer_value(json_object_get(s, "refused_bad_signature")), 0);
+	json_decref(s);
 
 	free(conf);
 	free(envp);
