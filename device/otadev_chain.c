@@ -18,9 +18,10 @@
  *
  * Both land in the caller's work buffer (cfg->work: the CRL's DER first,
  * then the envelope, then jsmn's tokens), are decoded in place (base64 and
- * PEM shrink; the envelope becomes the PAE, whole, then the signatures,
- * the manifest's tokens and the certificates' DER), and nothing outlives the check but the leaf key (<= 128
- * bytes, the caller's) and the CRL number (the record).  X.509 itself (the
+ * PEM shrink; the envelope becomes DSSE's PAE, whole, for an Ed25519
+ * signature, then the signatures, the manifest's tokens and the
+ * certificates' DER), and nothing outlives the check but the leaf key
+ * (<= 128 bytes, the caller's) and the CRL number (the record).  X.509 itself (the
  * chain to the anchor at built_at, the leaf's usages, the CRL's signature
  * and entries) is the port's x509 hooks: OpenSSL on Linux, on an MCU the
  * X.509 code it already links for TLS with its device certificate, so no

@@ -535,14 +535,21 @@ static void encrypted_release_with_deltas_offers_no_patch_and_the_device_install
 	assert_true(rel2 > 0);
 	/* no patch made, none named in the manifest */
 	assert_int_equal(h_sql_int(&f.d, "SELECT COUNT(*) FROM artifacts WHERE name LIKE '%.vcdiff'"), 0);
-	/* a device on 1.0.0 is offered 1.1.0 whole */
-	assert_int_equal(h_dev_post(&f.d, "/device/v1/checkin", f.cred[1],
-				    json_pack("{ss ss ss ss ss si ss}", "device", "ed-0001", "product", "fw", "hardware", HW,
-					      "bootloader", "1.2.0", "version", "1.0.0", "security_counter", 1, "slot",
-					      "confirmed"),
-				    &ans),
-			 200);
-	offer = json_object_get(ans, "offer");
+	/* a device on 1.0.0 is offered 1.1.0 whole, once the rollout exposes it */
+	for (int waited = 0; waited < 60000; waited += 250) {
+		json_decref(ans);
+		ans = NULL;
+		assert_int_equal(h_dev_post(&f.d, "/device/v1/checkin", f.cred[1],
+					    json_pack("{ss ss ss ss ss si ss}", "device", "ed-0001", "product", "fw", "hardware",
+						      HW, "bootloader", "1.2.0", "version", "1.0.0", "security_counter", 1,
+						      "slot", "confirmed"),
+					    &ans),
+				 200);
+		offer = json_object_get(ans, "offer");
+		if (json_is_object(offer) && !strcmp(json_string_value(json_object_get(offer, "version")) ?: "", "1.1.0"))
+			break;
+		h_msleep(250);
+	}
 	assert_true(json_is_object(offer));
 	assert_string_equal(json_string_value(json_object_get(offer, "version")), "1.1.0");
 	assert_null(json_object_get(offer, "delta"));
