@@ -136,6 +136,11 @@ $(BIN)/test_admission: $(BUILD)/obj/tests/test_admission.o $(TEST_SUPPORT) $(LIB
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# no patches of encrypted images: libotadev on in-memory flash with the Linux port's AES-CTR
+$(BIN)/test_encdelta: $(BUILD)/obj/tests/test_encdelta.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 $(BIN)/test_devlinux: $(BUILD)/obj/tests/test_devlinux.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -725,6 +725,14 @@ static int download_delta(struct otadev *d, uint64_t now)
 			delta_fall_back(d, "too many interrupted attempts");
 			return 0;
 		}
+		/* an encrypted running image: the server's copy of the base is
+		 * ciphertext, this slot holds the bootloader's clear copy */
+		if ((rc = otadev_slot_encrypted(d->h, d->ctx, 0)) != 0) {
+			if (rc < 0)
+				return rc;
+			delta_fall_back(d, "the running image is encrypted: no patch applies to its clear copy");
+			return 0;
+		}
 		d->rec.delta_tries++;
 		if ((rc = rec_save(d)) < 0)
 			return rc;
@@ -736,6 +744,13 @@ static int download_delta(struct otadev *d, uint64_t now)
 	d->delta_net_err = 0;
 	rc = otadev_vcdiff_step(v);
 	v->io = NULL;
+	/* an encrypted image is ciphertext under a fresh key: a patch would
+	 * rebuild it from the clear primary, so it is never one to apply
+	 * (otacd makes none; this refuses one a server offered anyway) */
+	if (rc >= 0 && v->out_off >= 20 && otadev_slot_encrypted(d->h, d->ctx, 1) == 1) {
+		delta_fall_back(d, "the offered image is encrypted: a patch cannot rebuild ciphertext");
+		return 0;
+	}
 	if (rc > 0)
 		return 0;
 	if (rc == 0 && v->out_off == d->rec.offer.size) {

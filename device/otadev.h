@@ -156,6 +156,15 @@ struct otadev_hooks {
 	 * NULL: encrypted images are refused. */
 	int (*enc_key)(void *ctx, int tlv_type, const uint8_t *tlv, size_t len, size_t keylen, const char **why);
 	int (*enc_ctr)(void *ctx, uint32_t off, uint8_t *buf, size_t len);
+	/* optional: verify a signature over a whole message rather than a
+	 * digest (0: valid).  Ed25519 (type OTADEV_SIG_ED25519) signs the
+	 * message itself, so a DSSE envelope signed with it is checked over
+	 * its PAE (otadev_chain.c; msg is in the caller's work buffer).  MCUboot
+	 * images still go through verify: their Ed25519 signs the SHA-256
+	 * digest.  NULL: a release whose manifest is signed by an Ed25519 key
+	 * is refused (ECDSA P-256 manifests need only verify). */
+	int (*verify_msg)(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t *msg,
+			  size_t len, const uint8_t *sig, size_t sig_len);
 };
 
 enum otadev_mark { OTADEV_MARK_CANCEL = 1, OTADEV_MARK_TEST, OTADEV_MARK_CONFIRM };
@@ -295,6 +304,10 @@ int otadev_image_parse(struct otadev_image *out, const struct otadev_hooks *h, v
 int otadev_image_verify(const struct otadev_image *img, const struct otadev_hooks *h, void *ctx, int slot,
 			const struct otadev_key *keys, int nkeys, uint8_t *buf, size_t cap,
 			const char **why);
+/* 1 when the image header at the start of slot says the body is encrypted
+ * (ENCRYPTED_AES128/256; MCUboot keeps the flag in the primary's clear
+ * copy), 0 when not or no image, OTADEV_EIO. */
+int otadev_slot_encrypted(const struct otadev_hooks *h, void *ctx, int slot);
 int otadev_trailer_read(struct otadev_trailer *out, const struct otadev_hooks *h, void *ctx, int slot,
 			uint32_t slot_size);
 /* Mark slot 1 for a test swap (permanent: 0) the way boot_set_pending does:
@@ -367,11 +380,15 @@ struct otadev;
  * 0, OTADEV_EVERIFY (refuse: *why), OTADEV_ENET (try again later). */
 int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf_der, size_t cap, const char **why);
 /* The parts of a DSSE envelope holding a release manifest, decoded in place
- * (exposed for fuzz/fuzz_devchain.c): *digest is SHA-256 of the PAE. */
+ * (exposed for fuzz/fuzz_devchain.c): *digest is SHA-256 of the PAE, and
+ * the PAE itself stays whole at the buffer's start (pae, pae_len) for an
+ * Ed25519 signature, which is over the message, not a digest. */
 struct otadev_manifest {
 	const uint8_t *sig[2];
 	size_t sig_len[2];
 	int nsig;
+	const uint8_t *pae;
+	size_t pae_len;
 	const uint8_t *cert[OTADEV_CHAIN_CERTS];
 	size_t cert_len[OTADEV_CHAIN_CERTS];
 	int ncerts;

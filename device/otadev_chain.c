@@ -18,8 +18,10 @@
  *
  * Both land in the caller's work buffer (cfg->work: the CRL's DER first,
  * then the envelope, then jsmn's tokens), are decoded in place (base64 and
- * PEM shrink), and nothing outlives the check but the leaf key (<= 128
- * bytes, the caller's) and the CRL number (the record).  X.509 itself (the
+ * PEM shrink; the envelope becomes DSSE's PAE, whole, for an Ed25519
+ * signature, then the signatures, the manifest's tokens and the
+ * certificates' DER), and nothing outlives the check but the leaf key
+ * (<= 128 bytes, the caller's) and the CRL number (the record).  X.509 itself (the
  * chain to the anchor at built_at, the leaf's usages, the CRL's signature
  * and entries) is the port's x509 hooks: OpenSSL on Linux, on an MCU the
  * X.509 code it already links for TLS with its device certificate, so no
@@ -31,7 +33,9 @@
  * device held (a server cannot roll revocations back; one that withholds
  * the list gets the image refused); the chain ends at the anchor, valid at
  * built_at, leaf codeSigning and not revoked; the envelope's signature
- * (ECDSA P-256 over SHA-256 of DSSE's PAE) verifies with the leaf key, so
+ * (ECDSA P-256 over SHA-256 of DSSE's PAE through the verify hook, or
+ * Ed25519 over the PAE itself through verify_msg, chosen by the leaf's
+ * key type) verifies with the leaf key, so
  * built_at and the image list are the signer's; the offered image is one
  * of the manifest's.  otadev.c then verifies the MCUboot signature with the
  * leaf key and requires the leaf to be one of the bootloader's key slots.
@@ -258,9 +262,9 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 	jsmntok_t *t;
 	int rc, n, k, pay = -1, typ = -1, sigs = -1, chain = -1, built = -1, images = -1;
 	long plen;
-	char num[24];
+	char pfx[TYPE_MAX + 32], *js;
 	uint8_t keep[2][80];
-	size_t tlen;
+	size_t tlen, free_at;
 
 	memset(out, 0, sizeof(*out));
 	if ((rc = parse_object(buf, len, len, cap, &t, &n)) < 0)
@@ -295,55 +299,66 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 	}
 	if (!out->nsig)
 		return OTADEV_EINVAL;
-	/* the payload, decoded in place; DSSE's PAE hashed through the hooks:
-	 * "DSSEv1" SP len(type) SP type SP len(body) SP body */
+	/* the payload, decoded in place, then DSSE's PAE made whole at the
+	 * buffer's start: "DSSEv1" SP len(type) SP type SP len(body) SP body.
+	 * It is hashed through the hooks (ECDSA signs the digest) and kept as
+	 * it is for Ed25519, which signs the message.  The signatures are
+	 * kept aside first: they may sit where the PAE goes. */
 	plen = b64_decode_in_place((uint8_t *)buf + t[pay].start, (size_t)(t[pay].end - t[pay].start));
 	if (plen < 2)
 		return OTADEV_EINVAL;
-	if (h->sha256_begin(ctx) < 0)
-		return OTADEV_EIO;
-	dec(num, tlen);
-	h->sha256_update(ctx, "DSSEv1 ", 7);
-	h->sha256_update(ctx, num, strlen(num));
-	h->sha256_update(ctx, " ", 1);
-	h->sha256_update(ctx, buf + t[typ].start, tlen);
-	h->sha256_update(ctx, " ", 1);
-	dec(num, (size_t)plen);
-	h->sha256_update(ctx, num, strlen(num));
-	h->sha256_update(ctx, " ", 1);
-	h->sha256_update(ctx, buf + t[pay].start, (size_t)plen);
-	if (h->sha256_end(ctx, digest) < 0)
-		return OTADEV_EIO;
-	/* the manifest: move it to the buffer's start, the signatures (kept
-	 * aside: they may sit where it goes) and the tokens after it */
 	{
-		size_t used;
+		size_t pre = 0, used;
 		int i;
+		memcpy(pfx, "DSSEv1 ", 7);
+		pre = 7;
+		dec(pfx + pre, tlen);
+		pre += strlen(pfx + pre);
+		pfx[pre++] = ' ';
+		memcpy(pfx + pre, buf + t[typ].start, tlen);
+		pre += tlen;
+		pfx[pre++] = ' ';
+		dec(pfx + pre, (size_t)plen);
+		pre += strlen(pfx + pre);
+		pfx[pre++] = ' ';
+		if (pre + (size_t)plen + 160 > cap)
+			return OTADEV_ENOSPC;
 		for (i = 0; i < out->nsig; i++)
 			memcpy(keep[i], out->sig[i], out->sig_len[i]);
-		memmove(buf, buf + t[pay].start, (size_t)plen);
+		memmove(buf + pre, buf + t[pay].start, (size_t)plen);
+		memcpy(buf, pfx, pre);
+		out->pae = (const uint8_t *)buf;
+		out->pae_len = pre + (size_t)plen;
+		if (h->sha256_begin(ctx) < 0)
+			return OTADEV_EIO;
+		h->sha256_update(ctx, buf, out->pae_len);
+		if (h->sha256_end(ctx, digest) < 0)
+			return OTADEV_EIO;
+		/* the manifest is the PAE's body; the signatures after it, then
+		 * the tokens, then the certificates' DER (the PAE stays whole) */
+		js = buf + pre;
+		cap -= pre;
 		used = (size_t)plen;
-		if (used + 160 > cap)
-			return OTADEV_ENOSPC;
 		for (i = 0; i < out->nsig; i++) {
-			memcpy(buf + used, keep[i], out->sig_len[i]);
-			out->sig[i] = (const uint8_t *)buf + used;
+			memcpy(js + used, keep[i], out->sig_len[i]);
+			out->sig[i] = (const uint8_t *)js + used;
 			used += 80;
 		}
-		if ((rc = parse_object(buf, (size_t)plen, used, cap, &t, &n)) < 0)
+		if ((rc = parse_object(js, (size_t)plen, used, cap, &t, &n)) < 0)
 			return rc;
+		free_at = (size_t)((const char *)(t + n) - js);
 	}
 	for (k = 1; k + 1 < n; k = skip(t, k + 1, n)) {
-		if (eq(buf, &t[k], "signing_chain") && t[k + 1].type == JSMN_ARRAY)
+		if (eq(js, &t[k], "signing_chain") && t[k + 1].type == JSMN_ARRAY)
 			chain = k + 1;
-		else if (eq(buf, &t[k], "built_at") && t[k + 1].type == JSMN_STRING)
+		else if (eq(js, &t[k], "built_at") && t[k + 1].type == JSMN_STRING)
 			built = k + 1;
-		else if (eq(buf, &t[k], "images") && t[k + 1].type == JSMN_ARRAY)
+		else if (eq(js, &t[k], "images") && t[k + 1].type == JSMN_ARRAY)
 			images = k + 1;
-		else if (eq(buf, &t[k], "product") && t[k + 1].type == JSMN_STRING)
-			out->other_product = !product || !eq(buf, &t[k + 1], product);
+		else if (eq(js, &t[k], "product") && t[k + 1].type == JSMN_STRING)
+			out->other_product = !product || !eq(js, &t[k + 1], product);
 	}
-	if (built < 0 || parse_time(buf + t[built].start, (size_t)(t[built].end - t[built].start), &out->built_at) < 0)
+	if (built < 0 || parse_time(js + t[built].start, (size_t)(t[built].end - t[built].start), &out->built_at) < 0)
 		return OTADEV_EINVAL;
 	if (images >= 0)
 		for (k = images + 1; k < skip(t, images, n); k = skip(t, k, n)) {
@@ -352,32 +367,47 @@ int otadev_manifest_parse(struct otadev_manifest *out, uint8_t digest[32], const
 			if (t[k].type != JSMN_OBJECT)
 				return OTADEV_EINVAL;
 			for (m = k + 1; m + 1 < me; m = skip(t, m + 1, n)) {
-				if (eq(buf, &t[m], "sha256") && sha_matches(buf, &t[m + 1], want_sha))
+				if (eq(js, &t[m], "sha256") && sha_matches(js, &t[m + 1], want_sha))
 					hit = 1;
-				else if (eq(buf, &t[m], "hardware") && t[m + 1].type == JSMN_STRING)
+				else if (eq(js, &t[m], "hardware") && t[m + 1].type == JSMN_STRING)
 					hw = m + 1;
 			}
 			if (hit) {
 				out->has_image = 1;
 				/* the signed hardware variant (null: any) */
-				out->other_hardware |= hw >= 0 && hardware && !eq(buf, &t[hw], hardware);
+				out->other_hardware |= hw >= 0 && hardware && !eq(js, &t[hw], hardware);
 			}
 		}
 	if (chain >= 0)
 		for (k = chain + 1; k < skip(t, chain, n); k = skip(t, k, n)) {
+			size_t pem = (size_t)(t[k].end - t[k].start);
 			int der;
 			if (t[k].type != JSMN_STRING || out->ncerts == OTADEV_CHAIN_CERTS)
 				return OTADEV_EINVAL;
-			der = otadev_pem_to_der(buf + t[k].start, (size_t)(t[k].end - t[k].start), "CERTIFICATE");
+			/* decoded past the tokens, not in place: the PAE stays whole */
+			if (pem > cap - free_at)
+				return OTADEV_ENOSPC;
+			memcpy(js + free_at, js + t[k].start, pem);
+			der = otadev_pem_to_der(js + free_at, pem, "CERTIFICATE");
 			if (der < 0)
 				return OTADEV_EINVAL;
-			out->cert[out->ncerts] = (const uint8_t *)buf + t[k].start;
+			out->cert[out->ncerts] = (const uint8_t *)js + free_at;
 			out->cert_len[out->ncerts++] = (size_t)der;
+			free_at += (size_t)der;
 		}
 	return 0;
 }
 
 /* ---- the check --------------------------------------------------------------- */
+
+/* Is the DER SubjectPublicKeyInfo an Ed25519 key?  RFC 8410 fixes its
+ * encoding: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (32 bytes) },
+ * so the 12-byte prefix says it without an ASN.1 parser. */
+static int is_ed25519_spki(const uint8_t *der, size_t len)
+{
+	static const uint8_t prefix[12] = { 0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00 };
+	return len == 44 && !memcmp(der, prefix, sizeof(prefix));
+}
 
 static int get(struct otadev *d, const char *path, char *buf, size_t cap, size_t *len)
 {
@@ -472,10 +502,22 @@ int otadev_chain_verify(struct otadev *d, struct otadev_key *leaf, uint8_t *leaf
 	*why = "signing chain does not verify";
 	if (d->h->x509_chain(d->ctx, &rq, leaf_der, cap, &klen, why) != 0 || klen == 0 || klen > cap)
 		return OTADEV_EVERIFY;
-	/* 4. the manifest is the leaf's (so built_at and images are) */
-	*why = "the manifest's signature does not verify with the signing certificate's key";
-	for (i = 0, rc = -1; i < m.nsig && rc != 0; i++)
-		rc = d->h->verify(d->ctx, OTADEV_SIG_ECDSA_P256, leaf_der, klen, digest, m.sig[i], m.sig_len[i]);
+	/* 4. the manifest is the leaf's (so built_at and images are): ECDSA
+	 * over the PAE's digest, Ed25519 over the PAE itself */
+	if (is_ed25519_spki(leaf_der, klen)) {
+		*why = "the manifest is signed with Ed25519 and the port has no verify_msg hook";
+		if (!d->h->verify_msg)
+			return OTADEV_EVERIFY;
+		*why = "the manifest's Ed25519 signature does not verify with the signing certificate's key";
+		for (i = 0, rc = -1; i < m.nsig && rc != 0; i++)
+			rc = m.sig_len[i] == 64 ? d->h->verify_msg(d->ctx, OTADEV_SIG_ED25519, leaf_der, klen, m.pae,
+								   m.pae_len, m.sig[i], m.sig_len[i])
+						: -1;
+	} else {
+		*why = "the manifest's signature does not verify with the signing certificate's key";
+		for (i = 0, rc = -1; i < m.nsig && rc != 0; i++)
+			rc = d->h->verify(d->ctx, OTADEV_SIG_ECDSA_P256, leaf_der, klen, digest, m.sig[i], m.sig_len[i]);
+	}
 	if (rc != 0)
 		return OTADEV_EVERIFY;
 	/* 5. the offered image is the release's */

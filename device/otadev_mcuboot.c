@@ -102,6 +102,14 @@ static int walk(struct otadev_image *img, const struct otadev_hooks *h, void *ct
 	return 0;
 }
 
+int otadev_slot_encrypted(const struct otadev_hooks *h, void *ctx, int slot)
+{
+	uint8_t hdr[20];
+	if (h->flash_read(ctx, slot, 0, hdr, sizeof(hdr)) < 0)
+		return OTADEV_EIO;
+	return get32(hdr) == IMAGE_MAGIC && (get32(hdr + 16) & (F_ENC_AES128 | F_ENC_AES256)) != 0;
+}
+
 int otadev_image_parse(struct otadev_image *out, const struct otadev_hooks *h, void *ctx, int slot,
 		       uint32_t slot_size, uint8_t *buf, size_t cap)
 {

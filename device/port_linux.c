@@ -577,6 +577,25 @@ static int h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t 
 	return ok ? 0 : -1;
 }
 
+/* Ed25519 over the whole message (a DSSE envelope's PAE): pure EdDSA,
+ * EVP_DigestVerify with no digest, as orchestrator/keys.c signs it. */
+static int h_verify_msg(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t *msg,
+			size_t len, const uint8_t *sig, size_t sig_len)
+{
+	const unsigned char *kp = key;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
+	EVP_MD_CTX *mc = NULL;
+	int ok;
+
+	(void)ctx;
+	ok = k && type == OTADEV_SIG_ED25519 && EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519 &&
+	     (mc = EVP_MD_CTX_new()) && EVP_DigestVerifyInit(mc, NULL, NULL, NULL, k) == 1 &&
+	     EVP_DigestVerify(mc, sig, sig_len, msg, len) == 1;
+	EVP_MD_CTX_free(mc);
+	EVP_PKEY_free(k);
+	return ok ? 0 : -1;
+}
+
 static uint64_t h_now(void *ctx)
 {
 	struct timespec ts;
@@ -722,6 +741,7 @@ static void h_log(void *ctx, const char *msg)
 	.sha256_update = h_sha_update,          \
 	.sha256_end = h_sha_end,                \
 	.verify = h_verify,                     \
+	.verify_msg = h_verify_msg,             \
 	.x509_chain = port_linux_x509_chain,   \
 	.x509_crl = port_linux_x509_crl,       \
 	.enc_key = h_enc_key,                   \

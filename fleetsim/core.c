@@ -782,6 +782,7 @@ static const struct otadev_hooks hooks = {
 	.sha256_update = psim_h_sha_update,
 	.sha256_end = psim_h_sha_end,
 	.verify = psim_h_verify,
+	.verify_msg = psim_h_verify_msg,
 	.now_ms = h_now,
 	.random = h_random,
 	.persist_read = h_persist_read,

@@ -287,10 +287,30 @@ static int verify_real(enum otadev_sig type, const uint8_t *key, size_t key_len,
 	return ok ? 0 : -1;
 }
 
-int psim_h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
-		  const uint8_t *sig, size_t sig_len)
+/* Pure Ed25519 over a whole message (a manifest's DSSE PAE). */
+static int verify_msg_real(const uint8_t *key, size_t key_len, const uint8_t *msg, size_t len, const uint8_t *sig,
+			   size_t sig_len)
 {
-	struct psim_ctx *c = ctx;
+	const unsigned char *kp = key;
+	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
+	EVP_MD_CTX *mc = NULL;
+	int ok = k && EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519 && (mc = EVP_MD_CTX_new()) &&
+		 EVP_DigestVerifyInit(mc, NULL, NULL, NULL, k) == 1 && EVP_DigestVerify(mc, sig, sig_len, msg, len) == 1;
+	EVP_MD_CTX_free(mc);
+	EVP_PKEY_free(k);
+	return ok ? 0 : -1;
+}
+
+/*
+ * Both verify hooks share the memo: a signature verified once for the
+ * fleet is taken again by its id, SHA-256 of (type, key, digest, sig).
+ * The message form remembers the message's SHA-256 as its digest, with
+ * the type's high bit set so the two forms never share an id.  msg NULL:
+ * the signature is over digest.
+ */
+static int verify_memo(struct psim_ctx *c, enum otadev_sig type, const uint8_t *key, size_t key_len,
+		       const uint8_t digest[32], const uint8_t *msg, size_t msg_len, const uint8_t *sig, size_t sig_len)
+{
 	struct psim_env *e = c->env;
 	pthread_mutex_t *lock = e->memo_lock;
 	uint8_t id[32];
@@ -299,7 +319,7 @@ int psim_h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t ke
 
 	if (!e->verify_every) {
 		EVP_MD_CTX *m = EVP_MD_CTX_new();
-		uint8_t t = (uint8_t)type;
+		uint8_t t = (uint8_t)(msg ? (unsigned)type | 0x80u : (unsigned)type);
 		int ok = m && EVP_DigestInit_ex(m, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(m, &t, 1) == 1 &&
 			 EVP_DigestUpdate(m, key, key_len) == 1 && EVP_DigestUpdate(m, digest, 32) == 1 &&
 			 EVP_DigestUpdate(m, sig, sig_len) == 1 && EVP_DigestFinal_ex(m, id, &n) == 1;
@@ -315,13 +335,31 @@ int psim_h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t ke
 		if (found)
 			return 0;
 	}
-	rc = verify_real(type, key, key_len, digest, sig, sig_len);
+	rc = msg ? verify_msg_real(key, key_len, msg, msg_len, sig, sig_len)
+		 : verify_real(type, key, key_len, digest, sig, sig_len);
 	pthread_mutex_lock(lock);
 	e->verifies++;
 	if (rc == 0 && !e->verify_every)
 		memcpy(e->memo[e->nmemo++ % PSIM_MEMO], id, 32);
 	pthread_mutex_unlock(lock);
 	return rc;
+}
+
+int psim_h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
+		  const uint8_t *sig, size_t sig_len)
+{
+	return verify_memo(ctx, type, key, key_len, digest, NULL, 0, sig, sig_len);
+}
+
+int psim_h_verify_msg(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t *msg,
+		      size_t len, const uint8_t *sig, size_t sig_len)
+{
+	uint8_t digest[32];
+	unsigned n = 32;
+
+	if (type != OTADEV_SIG_ED25519 || EVP_Digest(msg, len, digest, &n, EVP_sha256(), NULL) != 1)
+		return -1;
+	return verify_memo(ctx, type, key, key_len, digest, msg, len, sig, sig_len);
 }
 
 /* ---- the simulated MCUboot ------------------------------------------------------- */

@@ -129,6 +129,9 @@ int psim_h_sha_update(void *ctx, const void *data, size_t len);
 int psim_h_sha_end(void *ctx, uint8_t out[32]);
 int psim_h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
 		  const uint8_t *sig, size_t sig_len);
+/* Ed25519 over a whole message (a manifest's PAE), memoised like psim_h_verify. */
+int psim_h_verify_msg(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t *msg,
+		      size_t len, const uint8_t *sig, size_t sig_len);
 
 /* The record against a template: XOR, then zero runs skipped.  Returns the
  * encoded length (<= cap) or -1. */

@@ -2,7 +2,8 @@
  * fuzz_devchain.c - libFuzzer target for libotadev's signing-chain parsers
  * (device/otadev_chain.c, issue 13 on the device): the first byte picks the
  * DSSE envelope / manifest parser (base64 payload and signatures decoded in
- * place, the PEM chain decoded to DER, built_at, images) or the PEM armour
+ * place, the PAE made whole at the buffer's start for Ed25519, the PEM
+ * chain decoded to DER past the tokens, built_at, images) or the PEM armour
  * decoder of a revocation list; the rest is the input, copied into a
  * buffer with the room a device gives it.  Everything the parser returns
  * must point inside that buffer.
@@ -71,6 +72,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			inside(buf, cap, m.cert[i], m.cert_len[i]);
 		for (i = 0; i < m.nsig; i++)
 			inside(buf, cap, m.sig[i], m.sig_len[i]);
+		/* the PAE an Ed25519 signature is checked over: whole, at the start */
+		if (m.pae != (const uint8_t *)buf || m.pae_len < 10 || memcmp(buf, "DSSEv1 ", 7))
+			abort();
+		inside(buf, cap, m.pae, m.pae_len);
 	}
 	free(buf);
 	return 0;

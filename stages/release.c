@@ -527,9 +527,14 @@ static int release_run(const struct stage_ctx *c, struct job_result *r)
 		/* issue 15: patches from the earlier versions the pipeline lists
 		 * and those most installed on this image's hardware variant */
 		json_decref(delta_from);
-		delta_from = json_object_get(extra, "deltas")
+		delta_from = json_object_get(extra, "deltas") && !enc_key
 				     ? release_deltas_sources(c, json_object_get(extra, "deltas"), product, version, img[i].hw)
 				     : NULL;
+		/* an encrypted image is ciphertext under a fresh key, and devices
+		 * hold their image in clear: no patch can rebuild it there
+		 * (docs/delivery.md "Delta updates"), so it goes out whole */
+		if (json_object_get(extra, "deltas") && enc_key)
+			stage_log(c, "deltas: %s is encrypted; no patch to it (devices fetch the full image)", name);
 		if (release_deltas_make(c, delta_from, product, name, img[i].hw, signed_img.ptr,
 					signed_img.len, img[i].sha, &deltas) < 0) {
 			fail(r, c, "%s", ota_error_last());

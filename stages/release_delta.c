@@ -12,6 +12,12 @@
  * threaded) in a private temporary directory; the patch is decoded again
  * with `xdelta3 -d` and compared with the image before it is stored, so a
  * release never names a patch that does not rebuild its image.
+ *
+ * No patch to or from an encrypted image: it is stored as AES-CTR
+ * ciphertext under a key drawn for that image, while a device holds its
+ * running image in clear (the bootloader decrypts it into the primary
+ * slot), so a patch could neither start from what the device has nor
+ * produce the ciphertext it must download (docs/delivery.md).
  */
 #include "release_delta.h"
 
@@ -267,8 +273,16 @@ int release_deltas_make(const struct stage_ctx *c, const json_t *from, const cha
 			continue;
 		}
 		pname = xasprintf("%s.from-%s.vcdiff", name, ver);
-		if ((rc = release_read_object(old_sha, &old)) < 0 || (rc = mcuboot_parse(&base, old.ptr, old.len)) < 0 ||
-		    (rc = xdelta3_patch(dir, &old, img, len, &patch)) < 0 ||
+		if ((rc = release_read_object(old_sha, &old)) == 0 && (rc = mcuboot_parse(&base, old.ptr, old.len)) == 0 &&
+		    (base.flags & (MCUBOOT_F_ENC_AES128 | MCUBOOT_F_ENC_AES256))) {
+			/* stored as ciphertext, held by devices in clear: no patch
+			 * made from these bytes applies to what a device runs */
+			stage_log(c, "deltas: %s %s's %s is encrypted; no patch from it", product, ver, name);
+			free(pname);
+			buf_release(&old);
+			continue;
+		}
+		if (rc < 0 || (rc = xdelta3_patch(dir, &old, img, len, &patch)) < 0 ||
 		    (rc = release_put(c, pname, NULL, hw, patch.ptr, patch.len, &pid, psha)) < 0) {
 			ota_error_prefix("delta from %s to %s: ", ver, name);
 		} else {
