@@ -2,7 +2,7 @@
  * stagework.c - the agent's part of the build, test, analysis and hil
  * kinds; see stagework.h.
  *
- * Why a file of its own: agent.c is the job runner every kind shares; what
+ * Why a file of its own: job.c is the job runner every kind shares; what
  * only some kinds need (inputs, reports, toolchain versions, the
  * reproducibility check) is here, called from job_run at fixed points.
  *
