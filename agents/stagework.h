@@ -56,5 +56,8 @@ int sw_digests_compare(const json_t *first, const json_t *second, char **msg);
 
 /* SHA-256 of f from its current position, lowercase hex (shared with transfer.c). */
 int agent_sha256_file(char out[65], FILE *f);
+/* s with glob(3)'s special characters escaped, to prefix a pattern with a
+ * directory taken literally (shared with transfer.c); to free. */
+char *sw_glob_quote(const char *s);
 
 #endif

@@ -106,22 +106,10 @@ out:
 	return why;
 }
 
-static char *glob_escape(const char *s)
-{
-	struct buf b = BUF_INIT;
-	buf_put(&b, "", 0);
-	for (; *s; s++) {
-		if (strchr("*?[]\\", *s))
-			buf_putc(&b, '\\');
-		buf_putc(&b, *s);
-	}
-	return buf_detach(&b);
-}
-
 enum outcome transfer_artifacts(struct job *j, char **msg)
 {
 	json_t *arts = json_object_get(j->spec, "artifacts"), *art;
-	char *wsq = glob_escape(j->ws), *wsreal = realpath(j->ws, NULL);
+	char *wsq = sw_glob_quote(j->ws), *wsreal = realpath(j->ws, NULL);
 	enum outcome why = OUT_OK;
 	size_t i, wl = wsreal ? strlen(wsreal) : 0;
 
