@@ -116,8 +116,6 @@ int proto_finish(struct job *j, int exit_code, const char *failure, const char *
 
 /* job.c: run one JOB_SPEC to its end; 0 when it passed. */
 int job_run(struct agent *a, json_t *spec);
-/* rm -rf path (directories a job made read-only included). */
-int job_rm_rf(const char *path);
 
 /* step.c: the steps and their environment. */
 /* Run the steps in order until one fails; *msg says which. */

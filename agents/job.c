@@ -49,7 +49,8 @@ static int unlock_dir(const char *path, const struct stat *st, int flag, struct 
 	return 0;
 }
 
-int job_rm_rf(const char *path)
+/* rm -rf path (directories a job made read-only included). */
+static int job_rm_rf(const char *path)
 {
 	struct stat st;
 	if (lstat(path, &st) < 0)
@@ -197,6 +198,8 @@ static void job_cache_save(struct job *j, const struct cache_state *cs)
 	if (json_is_object(cache) && json_is_object(scope) && cs->key[0])
 		cache_save(cs, j->a->cache_dir, &j->a->cache, cache, scope, j->ws, cache_log, j);
 }
+
+/* ---- one job -------------------------------------------------------- */
 
 int job_run(struct agent *a, json_t *spec)
 {
