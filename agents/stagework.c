@@ -2,7 +2,7 @@
  * stagework.c - the agent's part of the build, test, analysis and hil
  * kinds; see stagework.h.
  *
- * Why a file of its own: agent.c is the job runner every kind shares; what
+ * Why a file of its own: job.c is the job runner every kind shares; what
  * only some kinds need (inputs, reports, toolchain versions, the
  * reproducibility check) is here, called from job_run at fixed points.
  *
@@ -123,7 +123,7 @@ static int rel_path_safe(const char *p)
 	return 1;
 }
 
-static char *glob_quote(const char *s)
+char *sw_glob_quote(const char *s)
 {
 	struct buf b = BUF_INIT;
 	buf_put(&b, "", 0);
@@ -139,7 +139,7 @@ static char *glob_quote(const char *s)
  * workspace-relative paths. */
 static void ws_glob(struct strvec *out, const char *ws, const char *pattern)
 {
-	char *wsq = glob_quote(ws), *full = xasprintf("%s/%s", wsq, pattern), *wsreal = realpath(ws, NULL);
+	char *wsq = sw_glob_quote(ws), *full = xasprintf("%s/%s", wsq, pattern), *wsreal = realpath(ws, NULL);
 	size_t wl = wsreal ? strlen(wsreal) : 0;
 	glob_t g;
 

@@ -9,7 +9,7 @@
  *     of its output as a "toolchain" report;
  *   - reproducible: digest the artifacts of a build, compare two builds.
  *
- * agent.c calls these at the right points of a job; they only need the
+ * job.c calls these at the right points of a job; they only need the
  * daemon's address, the job's identity and workspace, and a log callback,
  * so they know nothing of the agent's threads.
  */
@@ -54,7 +54,10 @@ int sw_digests(json_t **out, const char *ws, const json_t *artifacts);
 /* SW_FAIL with "not reproducible: NAME A vs B; ..." when the two differ. */
 int sw_digests_compare(const json_t *first, const json_t *second, char **msg);
 
-/* SHA-256 of f from its current position, lowercase hex (shared with agent.c). */
+/* SHA-256 of f from its current position, lowercase hex (shared with transfer.c). */
 int agent_sha256_file(char out[65], FILE *f);
+/* s with glob(3)'s special characters escaped, to prefix a pattern with a
+ * directory taken literally (shared with transfer.c); to free. */
+char *sw_glob_quote(const char *s);
 
 #endif

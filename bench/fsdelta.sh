@@ -54,37 +54,13 @@ stages:
     artifacts: [ { path: fw.bin, name: fw, type: application, hardware: mps2-an385 } ]
   - { name: release, kind: release, needs: [build], version: "$1", security_counter: 1, key: bench$2 }
 EOF
-	[ -z "$3" ] || cat <<EOF
-  - name: fleet
-    kind: rollout
-    needs: [release]
-    steps:
-      - { percent: 1, hold: 1h }
-      - { percent: 10, hold: 1h }
-      - { percent: 100, hold: 1h }
-EOF
+	[ -z "$3" ] || bench_rollout_stage
 }
 
 # run LABEL DELTAS: one daemon, 1.0.0 released, the fleet on it, 1.1.0 rolled out
 run() {
 	label=$1
-	state="$tmp/$label"
-	mkdir -p "$state"
-	cat >"$tmp/$label.yml" <<EOF
-time_scale: 600
-poll_interval: 1h
-device_register_burst: $devices
-device_register_rate: $devices
-keys:
-  bench: { spec: $tmp/k.pem }
-EOF
-	nice "$bin/otacd" --config "$tmp/$label.yml" --state-dir "$state" --listen 127.0.0.1:0 \
-		--device-listen 127.0.0.1:0 2>>"$state.log" &
-	pid=$!
-	pids="$pids $pid"
-	bench_wait_otacd fsdelta.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
-	dev=$(cat "$state/otacd-device.url")
-	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
+	bench_fleet_otacd fsdelta.sh "$label" "$devices"
 	pipeline 1.0.0 "" "" >"$tmp/$label-1.yml"
 	run1=$("$bin/otactl" trigger "$tmp/$label-1.yml" --wait 2>/dev/null | head -1 | tr -cd '0-9')
 	"$bin/otactl" artifacts get "$run1/release/mps2-an385/fw.signed.bin" -o "$tmp/$label-v1.img" >/dev/null 2>&1 ||
@@ -107,10 +83,7 @@ EOF
 		sleep 1
 	done
 	wait $sim || true
-	wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
-	curl -sf "$dev/metrics" >"$state.metrics" || : >"$state.metrics"
-	kill $pid
-	wait $pid 2>/dev/null || true
+	bench_fleet_stop
 	landed=$(sed -n 's/.*"1\.1\.0": *\([0-9]*\).*/\1/p' "$state.stats" | head -1)
 	applied=$(stat_of "$state.stats" deltas_applied)
 	img=$(metric "$state.metrics" "otacd_image_bytes_served_total ")

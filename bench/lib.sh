@@ -66,6 +66,14 @@ stages:
     needs: [build]
     security_counter: 1
     key: bench
+EOT
+	bench_rollout_stage >>"$1"
+}
+
+# bench_rollout_stage - the rollout stage the rollout benchmarks end their
+# pipelines with: 1 % / 10 % / 100 % of the fleet, 1 h holds.
+bench_rollout_stage() {
+	cat <<EOT
   - name: fleet
     kind: rollout
     needs: [release]
@@ -74,6 +82,45 @@ stages:
       - { percent: 10, hold: 1h }
       - { percent: 100, hold: 1h }
 EOT
+}
+
+# bench_fleet_otacd WHO LABEL DEVICES [EXTRA_CONFIG] - start $bin/otacd for
+# one rollout to a simulated fleet: state directory $state ($tmp/LABEL, its
+# log $state.log), time scale 600, polls every 1 h, registration open to
+# DEVICES devices at once, the release key "bench" ($tmp/k.pem from
+# bench_keypair), then EXTRA_CONFIG's lines.  Sets $pid (also added to
+# $pids) and $dev (the device API's URL), and exports OTACD_URL and
+# OTACD_TOKEN for otactl.  WHO names the script in its errors.
+bench_fleet_otacd() {
+	state="$tmp/$2"
+	mkdir -p "$state"
+	cat >"$tmp/$2.yml" <<EOT
+time_scale: 600
+poll_interval: 1h
+device_register_burst: $3
+device_register_rate: $3
+keys:
+  bench: { spec: $tmp/k.pem }
+${4:-}
+EOT
+	nice "$bin/otacd" --config "$tmp/$2.yml" --state-dir "$state" --listen 127.0.0.1:0 \
+		--device-listen 127.0.0.1:0 2>>"$state.log" &
+	pid=$!
+	pids="$pids $pid"
+	bench_wait_otacd "$1" "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
+	dev=$(cat "$state/otacd-device.url")
+	OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
+	export OTACD_URL OTACD_TOKEN
+}
+
+# bench_fleet_stop - once the simulator is done: $wall, the whole seconds
+# since $t0 (date +%s.%N); the device API's /metrics in $state.metrics
+# (empty when it does not answer); the otacd of bench_fleet_otacd stopped.
+bench_fleet_stop() {
+	wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
+	curl -sf "$dev/metrics" >"$state.metrics" || : >"$state.metrics"
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
 }
 
 # stat_of FILE KEY - the integer KEY of a JSON stats file (fleetsim's)

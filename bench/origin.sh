@@ -77,24 +77,7 @@ waitport "$ngp" || { echo "origin.sh: nginx did not start: $(cat "$tmp/ngx/stder
 # run LABEL EXTRA_CONFIG: one daemon, one simulator, one rollout
 run() {
 	label=$1
-	state="$tmp/$label"
-	mkdir -p "$state"
-	cat >"$tmp/$label.yml" <<EOF
-time_scale: 600
-poll_interval: 1h
-device_register_burst: $devices
-device_register_rate: $devices
-keys:
-  bench: { spec: $tmp/k.pem }
-$2
-EOF
-	nice "$bin/otacd" --config "$tmp/$label.yml" --state-dir "$state" --listen 127.0.0.1:0 \
-		--device-listen 127.0.0.1:0 2>>"$state.log" &
-	pid=$!
-	pids="$pids $pid"
-	bench_wait_otacd origin.sh "$state.log" "$state/otacd-device.url" "$state/fleet.key" "$state/otacd.url"
-	dev=$(cat "$state/otacd-device.url")
-	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
+	bench_fleet_otacd origin.sh "$label" "$devices" "$2"
 	: >"$tmp/ngx/access.log"
 	t0=$(date +%s.%N)
 	# --engine model: whole-image downloads, as the runs in docs/benchmarks.md
@@ -108,10 +91,7 @@ EOF
 	"$bin/otactl" trigger "$tmp/rollout.yml" --ref refs/tags/v1.1.0 >"$state.trigger" 2>&1 ||
 		{ echo "origin.sh: trigger failed: $(cat "$state.trigger")" >&2; exit 1; }
 	wait $sim || true
-	wall=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
-	curl -sf "$dev/metrics" >"$state.metrics" || : >"$state.metrics"
-	kill $pid
-	wait $pid 2>/dev/null || true
+	bench_fleet_stop
 	conf=$(stat_of "$state.stats" confirmed)
 	dls=$(stat_of "$state.stats" downloads)
 	served=$(metric "$state.metrics" "otacd_image_bytes_served_total ")

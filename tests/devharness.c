@@ -22,6 +22,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 #include "../orchestrator/mcuboot.h"
 #include "harness.h"
@@ -364,4 +365,15 @@ pid_t dh_mosquitto_spawn(const char *bin, const char *dir, int port, const char 
 	free(path);
 	free(log);
 	return pid;
+}
+
+void dh_x509_add_ext(X509 *issuer, X509 *x, int nid, const char *v)
+{
+	X509V3_CTX ctx;
+	X509_EXTENSION *e;
+	X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+	e = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
+	assert_non_null(e);
+	assert_true(X509_add_ext(x, e, -1));
+	X509_EXTENSION_free(e);
 }

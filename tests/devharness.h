@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <openssl/x509.h>
 
 #include "harness.h"
 
@@ -114,5 +115,9 @@ int64_t dh_fw_release(struct daemon *d);
  * mps2-an385), releases it as 1.1.0 (security counter 1, key test) and
  * rolls it out to 100 %, held (the boots gate needs 1000 devices). */
 extern const char dh_fw_release_yaml[];
+
+/* Add extension nid with value v (OpenSSL's config syntax, e.g.
+ * "critical,CA:FALSE") to x, issued by issuer (x itself when self-signed). */
+void dh_x509_add_ext(X509 *issuer, X509 *x, int nid, const char *v);
 
 #endif

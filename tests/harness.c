@@ -449,6 +449,32 @@ int h_sh(struct buf *out, const char *fmt, ...)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
+{
+	char *bin = h_bin("otactl");
+	struct buf args = BUF_INIT;
+	va_list ap;
+	int rc;
+	va_start(ap, fmt);
+	buf_vprintf(&args, fmt, ap);
+	va_end(ap);
+	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s", d->url, d->token, bin, buf_cstr(&args));
+	buf_release(&args);
+	free(bin);
+	return rc;
+}
+
+char *h_ec_keypair(const char *dir)
+{
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
+				    " && openssl pkey -in k.pem -pubout -out k.pub",
+			      dir),
+			 0);
+	buf_release(&out);
+	return xasprintf("%s/k.pub", dir);
+}
+
 /* Run sql read-only on d's database; take reads its first row, if any. */
 static void sql_first(struct daemon *d, const char *sql, void (*take)(sqlite3_stmt *st, void *out), void *out)
 {

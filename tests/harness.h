@@ -101,6 +101,12 @@ long h_call_as(struct daemon *d, const char *token, const char *method, const ch
 
 /* Run a command line with sh -c, capture stdout+stderr; returns exit status. */
 int h_sh(struct buf *out, const char *fmt, ...) OTA_PRINTF(2, 3);
+/* otactl ARGS against d with its admin token (h_sh: output in out, the
+ * exit status returned). */
+int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
+/* An EC P-256 key pair made by openssl in dir: k.pem and k.pub (a
+ * release signing key for fleetsim's --key); the path of k.pub, to free. */
+char *h_ec_keypair(const char *dir);
 
 /* git in the working clone work (as Tester), output in out; returns the exit status. */
 int h_git(const char *work, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);

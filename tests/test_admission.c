@@ -205,11 +205,7 @@ static void herd_run(struct herd *h)
 	free(cfg);
 	d.device_listen = h_free_listen();
 	assert_int_equal(h_start(&d, args), 0);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      d.dir),
-			 0);
-	key = xasprintf("%s/k.pub", d.dir);
+	key = h_ec_keypair(d.dir);
 	profile = xasprintf("%s/profile.json", d.dir);
 	assert_int_equal(ota_write_file_atomic(profile, steady, strlen(steady), 0644), 0);
 	bin = h_bin("otacd-fleetsim");

@@ -41,6 +41,7 @@
 #include "../common/httpc.h"
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_ca.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* ---- OpenSSL helpers (the test's own, independent of fleet_ca.c) -------- */
@@ -104,17 +105,6 @@ static char *make_csr(EVP_PKEY *k, const char *cn, int corrupt)
 	return pem;
 }
 
-static void add_ext(X509 *issuer, X509 *x, int nid, const char *v)
-{
-	X509V3_CTX ctx;
-	X509_EXTENSION *e;
-	X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-	e = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
-	assert_non_null(e);
-	assert_true(X509_add_ext(x, e, -1));
-	X509_EXTENSION_free(e);
-}
-
 /*
  * A certificate for subject_key with CN cn, valid [now+nb_s, now+na_s],
  * signed by issuer_key as issuer (NULL: self-signed); eku NULL: none;
@@ -134,10 +124,10 @@ static X509 *make_cert(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key
 	X509_gmtime_adj(X509_getm_notBefore(x), nb_s);
 	X509_gmtime_adj(X509_getm_notAfter(x), na_s);
 	X509_set_pubkey(x, subject_key);
-	add_ext(issuer ? issuer : x, x, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-	add_ext(issuer ? issuer : x, x, NID_key_usage, ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
+	dh_x509_add_ext(issuer ? issuer : x, x, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+	dh_x509_add_ext(issuer ? issuer : x, x, NID_key_usage, ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
 	if (eku)
-		add_ext(issuer ? issuer : x, x, NID_ext_key_usage, eku);
+		dh_x509_add_ext(issuer ? issuer : x, x, NID_ext_key_usage, eku);
 	assert_true(X509_sign(x, issuer_key, EVP_sha256()) > 0);
 	X509_NAME_free(n);
 	return x;
@@ -182,21 +172,6 @@ static void name_entry(X509_NAME *n, int nid, char *out, size_t len)
 }
 
 /* ---- daemon helpers ---------------------------------------------------------- */
-
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
-{
-	char *bin = h_bin("otactl"), args[4096];
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	buf_clear(out);
-	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s", d->url, d->token, bin, args);
-	free(bin);
-	return rc;
-}
 
 /* The harness's JSON calls borrow the body: these take it. */
 static long post_as(struct daemon *d, const char *token, const char *path, json_t *body, json_t **out)
@@ -289,17 +264,17 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	assert_int_equal(h_start(&d, NULL), 0);
 
 	/* no CA yet: nothing to provision with */
-	assert_int_equal(otactl(&d, &out, "fleet ca show"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet ca show"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "no device CA"));
 
 	/* the CA, once; its key 0600 in the state directory */
-	assert_int_equal(otactl(&d, &out, "fleet ca init --cn 'Acme device CA' --days 3650"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet ca init --cn 'Acme device CA' --days 3650"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "created"));
 	path = xasprintf("%s/state/devca/ca.key", d.dir);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
 	free(path);
-	assert_int_not_equal(otactl(&d, &out, "fleet ca init"), 0);
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca init"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "already"));
 	path = xasprintf("%s/state/devca/ca.pem", d.dir);
 	ca = file_cert(path);
@@ -307,12 +282,12 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 
 	/* provisioners: a factory line scoped to fab1-* of product sensor, 3
 	 * certificates; a slow one at 2 a minute */
-	assert_int_equal(otactl(&d, &out, "fleet provisioners add fab1 --prefix fab1- --max 3 --products sensor --rate 100"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet provisioners add fab1 --prefix fab1- --max 3 --products sensor --rate 100"), 0);
 	fab = h_token_line(&out);
 	assert_int_equal(strlen(fab), 64);
-	assert_int_equal(otactl(&d, &out, "fleet provisioners add slow --prefix slow- --max 100 --rate 2"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet provisioners add slow --prefix slow- --max 100 --rate 2"), 0);
 	slow = h_token_line(&out);
-	assert_int_not_equal(otactl(&d, &out, "fleet provisioners add fab1 --prefix x --max 1"), 0); /* taken */
+	assert_int_not_equal(h_otactl(&d, &out, "fleet provisioners add fab1 --prefix x --max 1"), 0); /* taken */
 	/* stored hashed: the token itself is nowhere in the database */
 	ota_sha256_hex(fab, strlen(fab), sha);
 	{
@@ -444,7 +419,7 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 				       " AND reason LIKE '%rate%'"), 1);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'provisioner.add'"), 2);
 	assert_int_equal(h_sql_int(&d, "SELECT issued FROM device_provisioners WHERE name = 'fab1'"), 3);
-	assert_int_equal(otactl(&d, &out, "audit"), 0);
+	assert_int_equal(h_otactl(&d, &out, "audit"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "device.provision"));
 	/* counted on the device listener's /metrics */
 	assert_true(series(&d, "otacd_device_provision_total{result=\"issued\"} ") == 5);
@@ -456,7 +431,7 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	 * too big, second identity, token device, count, rate (no token at all is
 	 * answered before the route: not a provisioning attempt) */
 	assert_true(series(&d, "otacd_device_provision_total{result=\"refused\"} ") == 14);
-	assert_int_equal(otactl(&d, &out, "fleet provisioners"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet provisioners"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "fab1-"));
 
 	/* killed and restarted: the CA, the count and the provisioners stay */
@@ -472,7 +447,7 @@ static void factory_provisioning_is_scoped_counted_rate_limited_and_audited(void
 	assert_null(identify_remote(&d, cert, cn, sizeof(cn)));
 	/* a leaked credential: revoked at once, and with --devices every
 	 * identity it minted (slow-1, slow-2, slow-4); fab1's stay */
-	assert_int_equal(otactl(&d, &out, "fleet provisioners revoke slow --devices"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet provisioners revoke slow --devices"), 0);
 	assert_int_equal(provision(&d, slow, "slow-5", NULL, csr, &ans, NULL), 401);
 	json_decref(ans);
 	assert_string_equal(identify_remote(&d, cert, cn, sizeof(cn)), "revoked");
@@ -508,11 +483,11 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 		   "  - { name: ops, role: operator, token: operator-token-0123456789abcdef0123456789 }\n"
 		   "  - { name: watcher, role: viewer, token: viewer-token-0123456789abcdef0123456789ab }\n");
 	assert_int_equal(h_start(&d, NULL), 0);
-	assert_int_equal(otactl(&d, &out, "fleet ca init"), 0);
+	assert_int_equal(h_otactl(&d, &out, "fleet ca init"), 0);
 	dir = xasprintf("%s/out", d.dir);
 
 	/* by hand: otactl makes the key here and sends only the CSR */
-	if (otactl(&d, &out, "devices provision dev-1 --out %s", dir))
+	if (h_otactl(&d, &out, "devices provision dev-1 --out %s", dir))
 		fail_msg("%s", buf_cstr(&out));
 	path = xasprintf("%s/dev-1.key", dir);
 	assert_int_equal(stat(path, &st), 0);
@@ -526,7 +501,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 		char *csr = make_csr(k, "dev-3", 0), *csrfile = xasprintf("%s/dev-3.csr", d.dir);
 		X509 *c3;
 		assert_int_equal(ota_write_file_atomic(csrfile, csr, strlen(csr), 0644), 0);
-		assert_int_equal(otactl(&d, &out, "devices provision dev-3 --csr %s --product sensor --out %s", csrfile, dir), 0);
+		assert_int_equal(h_otactl(&d, &out, "devices provision dev-3 --csr %s --product sensor --out %s", csrfile, dir), 0);
 		path = xasprintf("%s/dev-3.key", dir);
 		assert_int_not_equal(access(path, F_OK), 0);
 		free(path);
@@ -539,7 +514,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 		free(csrfile);
 	}
 	/* a device with a valid certificate is not provisioned twice by accident */
-	assert_int_not_equal(otactl(&d, &out, "devices provision dev-1 --out %s", dir), 0);
+	assert_int_not_equal(h_otactl(&d, &out, "devices provision dev-1 --out %s", dir), 0);
 	assert_non_null(strstr(buf_cstr(&out), "valid certificate"));
 
 	path = xasprintf("%s/state/devca/ca.pem", d.dir);
@@ -553,7 +528,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	assert_null(identify_remote(&d, good, id, sizeof(id)));
 	assert_string_equal(id, "dev-1");
 	path = xasprintf("%s/dev-1.crt", dir);
-	assert_int_equal(otactl(&d, &out, "devices identify %s", path), 0);
+	assert_int_equal(h_otactl(&d, &out, "devices identify %s", path), 0);
 	assert_non_null(strstr(buf_cstr(&out), "accepted: device dev-1"));
 	free(path);
 
@@ -592,7 +567,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	X509_free(x);
 
 	/* revoked: at once, after `otactl devices revoke`, and after a restart */
-	assert_int_equal(otactl(&d, &out, "devices revoke dev-1 --reason 'stolen from the field'"), 0);
+	assert_int_equal(h_otactl(&d, &out, "devices revoke dev-1 --reason 'stolen from the field'"), 0);
 	assert_string_equal(identify_remote(&d, good, id, sizeof(id)), "revoked");
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device.revoke'"
 				       " AND reason = 'stolen from the field' AND detail LIKE '%\"certificates\":1%'"), 1);
@@ -635,7 +610,7 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	/* re-provisioned by the admin: the new certificate starts after the
 	 * revocation, the old one stays refused */
 	h_msleep(1100);
-	assert_int_equal(otactl(&d, &out, "devices provision dev-1 --out %s/again", dir), 0);
+	assert_int_equal(h_otactl(&d, &out, "devices provision dev-1 --out %s/again", dir), 0);
 	path = xasprintf("%s/again/dev-1.crt", dir);
 	x = file_cert(path);
 	free(path);
@@ -863,10 +838,10 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	assert_int_equal(post(&d, "/api/v1/devices/provision", json_pack("{ss ss}", "device", "ext-2", "csr", csr), &ans), 404);
 	assert_non_null(strstr(err_of(ans), "external"));
 	json_decref(ans);
-	assert_int_not_equal(otactl(&d, &out, "fleet ca init"), 0);
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca init"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "configuration"));
 	/* revocation works for an external CA's certificates too */
-	assert_int_equal(otactl(&d, &out, "devices revoke ext-1"), 0);
+	assert_int_equal(h_otactl(&d, &out, "devices revoke ext-1"), 0);
 	leaf = make_cert(eca, ek, k, "ext-1", -60, 86400, "clientAuth", 0);
 	assert_string_equal(identify_remote(&d, leaf, id, sizeof(id)), "revoked");
 	X509_free(leaf);
@@ -880,12 +855,12 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	assert_non_null(f);
 	assert_true(PEM_write_PrivateKey(f, other, NULL, NULL, 0, NULL, NULL));
 	fclose(f);
-	assert_int_not_equal(otactl(&e, &out, "fleet ca import %s %s", capath, keypath), 0); /* not its key */
+	assert_int_not_equal(h_otactl(&e, &out, "fleet ca import %s %s", capath, keypath), 0); /* not its key */
 	assert_non_null(strstr(buf_cstr(&out), "does not belong"));
 	f = fopen(keypath, "w");
 	assert_true(PEM_write_PrivateKey(f, ek, NULL, NULL, 0, NULL, NULL));
 	fclose(f);
-	assert_int_equal(otactl(&e, &out, "fleet ca import %s %s", capath, keypath), 0);
+	assert_int_equal(h_otactl(&e, &out, "fleet ca import %s %s", capath, keypath), 0);
 	assert_int_equal(h_sql_int(&e, "SELECT COUNT(*) FROM audit WHERE action = 'device_ca.import'"), 1);
 	/* now otacd issues with it */
 	assert_int_equal(post(&e, "/api/v1/devices/provision", json_pack("{ss ss}", "device", "imp-1", "csr", csr), &ans), 201);

@@ -28,51 +28,18 @@
 #include <cmocka.h>
 
 #include "devharness.h"
+#include "fwharness.h"
 #include "harness.h"
-
-/* jscpd (npm) for the code-quality stage: $OTACD_JSCPD or where .ci/run installs it. */
-static char *jscpd_path(void)
-{
-	const char *env = getenv("OTACD_JSCPD");
-	if (env && *env)
-		return xstrdup(env);
-	return xasprintf("%s/.cache/otacd-npm/node_modules/.bin/jscpd", getenv("HOME") ? getenv("HOME") : "/root");
-}
 
 static int tools_missing(void)
 {
 	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "cppcheck", "pmccabe", "python3",
 					     "make" };
-	struct buf out = BUF_INIT;
-	char *jscpd = jscpd_path();
-	int missing = 0;
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(tools) && !missing; i++)
-		if (h_sh(&out, "command -v %s", tools[i]) != 0) {
-			fprintf(stderr, "test_firmware: %s is not installed (apt-get install gcc-arm-none-eabi"
-					" libnewlib-arm-none-eabi qemu-system-arm cppcheck pmccabe): skipped\n", tools[i]);
-			missing = 1;
-		}
-	if (!missing && access(jscpd, X_OK) != 0) {
-		fprintf(stderr, "test_firmware: jscpd not found at %s (npm install --prefix ~/.cache/otacd-npm"
-				" jscpd@4.0.5, or set OTACD_JSCPD): skipped\n", jscpd);
-		missing = 1;
-	}
+	char *jscpd = fw_jscpd_path();
+	int missing = fw_tools_missing(tools, OTA_ARRAY_SIZE(tools),
+				       "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cppcheck pmccabe", jscpd);
 	free(jscpd);
-	buf_release(&out);
 	return missing;
-}
-
-static void replace_all(struct buf *b, const char *text, const char *from, const char *to, int *count)
-{
-	const char *p = text, *q;
-	*count = 0;
-	while ((q = strstr(p, from))) {
-		buf_put(b, p, (size_t)(q - p));
-		buf_puts(b, to);
-		p = q + strlen(from);
-		(*count)++;
-	}
-	buf_puts(b, p);
 }
 
 /*
@@ -90,13 +57,12 @@ static char *firmware_yaml(const char *src, const char *env, const char *hil_tim
 	cut = strstr(text.ptr, "  # --- release");
 	assert_non_null(cut);
 	*cut = '\0';
-	jscpd = jscpd_path();
+	jscpd = fw_jscpd_path();
 	head = xasprintf("env:\n  SRC: \"%s\"\n  JSCPD: \"%s\"\n%sstages:\n", src, jscpd, env);
-	replace_all(&a, text.ptr, "\nstages:\n", head, &n);
+	fw_replace_all(&a, text.ptr, "\nstages:\n", head, &n);
 	assert_int_equal(n, 1);
-	replace_all(&b, a.ptr, "    steps:\n      - run: ", "    steps:\n      - run: cp -R \"$SRC/.\" .\n      - run: ", &n);
-	assert_int_equal(n, 6);
-	replace_all(&c, b.ptr, "    timeout: 2m\n", hil_timeout, &n);
+	fw_copy_step(&b, a.ptr, 6);
+	fw_replace_all(&c, b.ptr, "    timeout: 2m\n", hil_timeout, &n);
 	assert_int_equal(n, 1);
 	free(jscpd);
 	free(head);
@@ -112,16 +78,12 @@ static void start(struct daemon *d, const char *config, pid_t rigs[2])
 	const char *const args[] = { "--local-agents", "2", NULL };
 	h_init(d, config);
 	h_start(d, args);
-	rigs[0] = h_agent(d, "rig-an385", "hil,board=mps2-an385");
-	rigs[1] = h_agent(d, "rig-an386", "hil,board=mps2-an386");
+	fw_rigs_start(d, rigs);
 }
 
 static void stop(struct daemon *d, pid_t rigs[2])
 {
-	for (int i = 0; i < 2; i++) {
-		kill(rigs[i], SIGKILL);
-		waitpid(rigs[i], NULL, 0);
-	}
+	fw_rigs_stop(rigs);
 	h_cleanup(d);
 }
 
@@ -140,12 +102,6 @@ static char *job_log(struct daemon *d, json_t *job)
 	assert_int_equal(h_sh(&out, "curl -sf -H 'Authorization: Bearer %s' %s/api/v1/jobs/%lld/log", d->token, d->url,
 			      (long long)json_integer_value(json_object_get(job, "id"))), 0);
 	return buf_detach(&out);
-}
-
-static const char *jstr(json_t *o, const char *k)
-{
-	const char *s = json_string_value(json_object_get(o, k));
-	return s ? s : "";
 }
 
 static json_int_t jint(json_t *o, const char *k)
@@ -180,15 +136,15 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 		json_t *job = h_job(run, name), *hil = h_job(run, hname);
 		char *want;
 		assert_non_null(job);
-		assert_string_equal(jstr(job, "state"), "passed");
+		assert_string_equal(fw_jstr(job, "state"), "passed");
 		log = job_log(&d, job);
 		assert_non_null(strstr(log, "reproducible: both builds gave identical artifacts (2)"));
 		assert_non_null(strstr(log, "toolchain: arm-none-eabi-gcc --version: arm-none-eabi-gcc"));
 		free(log);
 		/* the rig of that board ran its HIL job, with the board's image as input */
 		assert_non_null(hil);
-		assert_string_equal(jstr(hil, "state"), "passed");
-		assert_string_equal(jstr(hil, "agent"), !strcmp(*b, "mps2-an385") ? "rig-an385" : "rig-an386");
+		assert_string_equal(fw_jstr(hil, "state"), "passed");
+		assert_string_equal(fw_jstr(hil, "agent"), !strcmp(*b, "mps2-an385") ? "rig-an385" : "rig-an386");
 		log = job_log(&d, hil);
 		want = xasprintf("input build/%s/app.elf", *b);
 		assert_non_null(strstr(log, want));
@@ -206,34 +162,34 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 	reps = reports(&d, id);
 	json_array_foreach(reps, i, rep) {
 		json_t *s = json_object_get(rep, "summary");
-		if (!strcmp(jstr(rep, "stage"), "unit-tests") && !strcmp(jstr(rep, "format"), "junit")) {
+		if (!strcmp(fw_jstr(rep, "stage"), "unit-tests") && !strcmp(fw_jstr(rep, "format"), "junit")) {
 			junit_unit++;
 			assert_int_equal(jint(s, "tests"), 28);
 			assert_int_equal(jint(s, "failures") + jint(s, "errors"), 0);
 			assert_int_equal(json_array_size(json_object_get(rep, "tests")), 28);
-		} else if (!strcmp(jstr(rep, "stage"), "hil") && !strcmp(jstr(rep, "format"), "power")) {
+		} else if (!strcmp(fw_jstr(rep, "stage"), "hil") && !strcmp(fw_jstr(rep, "format"), "power")) {
 			/* the simulated meter's figures; their gate is test_hilpower.c's */
 			power_hil++;
 			assert_true(json_number_value(json_object_get(json_object_get(s, "metrics"), "avg_current_ma")) > 0);
-		} else if (!strcmp(jstr(rep, "stage"), "hil")) {
+		} else if (!strcmp(fw_jstr(rep, "stage"), "hil")) {
 			junit_hil++;
-			assert_string_equal(jstr(rep, "format"), "junit");
+			assert_string_equal(fw_jstr(rep, "format"), "junit");
 			/* 5 boot and command checks, 19 protocol conformance cases, the power meter */
 			assert_int_equal(jint(s, "tests"), 25);
 			assert_int_equal(jint(s, "passed"), 25);
-		} else if (!strcmp(jstr(rep, "stage"), "static-analysis")) {
+		} else if (!strcmp(fw_jstr(rep, "stage"), "static-analysis")) {
 			cppcheck++;
 			assert_int_equal(jint(json_object_get(s, "counts"), "error"), 0);
-		} else if (!strcmp(jstr(rep, "format"), "toolchain")) {
+		} else if (!strcmp(fw_jstr(rep, "format"), "toolchain")) {
 			toolchain++;
-			assert_non_null(strstr(jstr(json_array_get(json_object_get(rep, "commands"), 0), "version"),
+			assert_non_null(strstr(fw_jstr(json_array_get(json_object_get(rep, "commands"), 0), "version"),
 					       "arm-none-eabi-gcc"));
-			assert_non_null(strstr(jstr(json_array_get(json_object_get(rep, "commands"), 1), "version"),
+			assert_non_null(strstr(fw_jstr(json_array_get(json_object_get(rep, "commands"), 1), "version"),
 					       "Make"));
 		}
 	}
-	assert_string_equal(jstr(h_job(run, "compliance"), "state"), "passed");
-	assert_string_equal(jstr(h_job(run, "code-quality"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "compliance"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "code-quality"), "state"), "passed");
 	assert_int_equal(junit_unit, 1);
 	assert_int_equal(junit_hil, 2);
 	assert_int_equal(power_hil, 2);
@@ -247,9 +203,9 @@ static void sample_pipeline_builds_tests_analyses_and_boots_both_boards(void **s
 		int bins = 0;
 		assert_int_equal(h_get(&d, path, &arts), 200);
 		json_array_foreach(arts, i, a)
-			if (strstr(jstr(a, "name"), "app.bin")) {
+			if (strstr(fw_jstr(a, "name"), "app.bin")) {
 				bins++;
-				assert_non_null(strstr(jstr(a, "name"), jstr(a, "hardware")));
+				assert_non_null(strstr(fw_jstr(a, "name"), fw_jstr(a, "hardware")));
 			}
 		assert_int_equal(bins, 2);
 		free(path);
@@ -300,10 +256,10 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	/* a failing unit test: named with its message, the other stages pass */
 	run = broken_run(&d, src, "  BREAK: unit\n", "    timeout: 2m\n");
 	job = h_job(run, "unit-tests");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "1 of 28 tests failed: crc16_matches_ccitt_false_check_value"));
-	assert_string_equal(jstr(h_job(run, "static-analysis"), "state"), "passed");
-	assert_string_equal(jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "passed");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "1 of 28 tests failed: crc16_matches_ccitt_false_check_value"));
+	assert_string_equal(fw_jstr(h_job(run, "static-analysis"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "passed");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --tests", otactl, d.url, d.token,
 			      (long long)json_integer_value(json_object_get(run, "id"))), 0);
 	assert_non_null(strstr(buf_cstr(&out), "crc16_matches_ccitt_false_check_value"));
@@ -312,10 +268,10 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	/* a new cppcheck error */
 	run = broken_run(&d, src, "  BREAK: lint\n", "    timeout: 2m\n");
 	job = h_job(run, "static-analysis");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "1 error finding (threshold 0)"));
-	assert_non_null(strstr(jstr(job, "message"), "arrayIndexOutOfBounds"));
-	assert_string_equal(jstr(h_job(run, "unit-tests"), "state"), "passed");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "1 error finding (threshold 0)"));
+	assert_non_null(strstr(fw_jstr(job, "message"), "arrayIndexOutOfBounds"));
+	assert_string_equal(fw_jstr(h_job(run, "unit-tests"), "state"), "passed");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s show %lld --findings", otactl, d.url, d.token,
 			      (long long)json_integer_value(json_object_get(run, "id"))), 0);
 	assert_non_null(strstr(buf_cstr(&out), "arrayIndexOutOfBounds"));
@@ -325,18 +281,18 @@ static void broken_firmware_fails_the_right_stage_with_the_right_message(void **
 	/* a firmware that hangs at boot: the HIL job's timeout stops it */
 	run = broken_run(&d, src, "  BREAK: hang\n", "    timeout: 6s\n");
 	job = h_job(run, "hil (board=mps2-an386)");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_string_equal(jstr(job, "failure"), "timeout");
-	assert_string_equal(jstr(h_job(run, "build (board=mps2-an386)"), "state"), "passed");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_string_equal(fw_jstr(job, "failure"), "timeout");
+	assert_string_equal(fw_jstr(h_job(run, "build (board=mps2-an386)"), "state"), "passed");
 	json_decref(run);
 
 	/* a build that embeds its build time is not reproducible: both digests shown */
 	run = broken_run(&d, src, "  INJECT_TIMESTAMP: \"1\"\n", "    timeout: 2m\n");
 	job = h_job(run, "build (board=mps2-an385)");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "not reproducible: build/mps2-an385/app."));
-	assert_non_null(strstr(jstr(job, "message"), " vs "));
-	assert_string_equal(jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "skipped");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "not reproducible: build/mps2-an385/app."));
+	assert_non_null(strstr(fw_jstr(job, "message"), " vs "));
+	assert_string_equal(fw_jstr(h_job(run, "hil (board=mps2-an385)"), "state"), "skipped");
 	json_decref(run);
 
 	free(src);
@@ -370,16 +326,16 @@ static void four_hil_jobs_on_two_rigs_never_share_a_rig(void **state)
 			json_array_append(jobs, other);
 	assert_int_equal(json_array_size(jobs), 4);
 	json_array_foreach(jobs, i, job) {
-		const char *agent = jstr(job, "agent");
+		const char *agent = fw_jstr(job, "agent");
 		char *log = job_log(&d, job);
-		assert_string_equal(jstr(job, "state"), "passed");
+		assert_string_equal(fw_jstr(job, "state"), "passed");
 		assert_true(!strcmp(agent, "rig-1") || !strcmp(agent, "rig-2"));
 		assert_non_null(strstr(log, "start "));
 		assert_non_null(strstr(log, "end "));
 		free(log);
 		/* one job at a time per rig: intervals on the same rig never overlap */
 		json_array_foreach(jobs, k, other) {
-			if (k == i || strcmp(agent, jstr(other, "agent")))
+			if (k == i || strcmp(agent, fw_jstr(other, "agent")))
 				continue;
 			assert_true(jint(job, "finished_at") <= jint(other, "started_at") ||
 				    jint(other, "finished_at") <= jint(job, "started_at"));
@@ -411,8 +367,8 @@ static void rig_that_stops_answering_is_an_infra_failure_retried_on_another_rig(
 	for (int i = 0; i < 400 && !first; i++) {
 		run = h_run(&d, id);
 		job = h_job(run, "hil");
-		if (!strcmp(jstr(job, "state"), "running") && json_is_string(json_object_get(job, "agent")))
-			first = xstrdup(jstr(job, "agent"));
+		if (!strcmp(fw_jstr(job, "state"), "running") && json_is_string(json_object_get(job, "agent")))
+			first = xstrdup(fw_jstr(job, "agent"));
 		json_decref(run);
 		if (!first)
 			h_msleep(25);
@@ -425,7 +381,7 @@ static void rig_that_stops_answering_is_an_infra_failure_retried_on_another_rig(
 	run = h_run(&d, id);
 	job = h_job(run, "hil");
 	assert_int_equal(jint(job, "attempt"), 2);
-	assert_string_not_equal(jstr(job, "agent"), first);
+	assert_string_not_equal(fw_jstr(job, "agent"), first);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM job_attempts WHERE attempt = 1 AND failure = 'infra'"), 1);
 	json_decref(run);
 	kill(frozen, SIGCONT);

@@ -334,11 +334,7 @@ static void a_fleet_loses_no_report_across_kills(void **state)
 	h_init(&d, NULL);
 	d.device_listen = h_free_listen();
 	assert_int_equal(h_start(&d, args), 0);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      d.dir),
-			 0);
-	key = xasprintf("%s/k.pub", d.dir);
+	key = h_ec_keypair(d.dir);
 	bin = h_bin("otacd-fleetsim");
 	log = xasprintf("%s/sim.log", d.dir);
 	stats = xasprintf("%s/stats.json", d.dir);
@@ -483,11 +479,7 @@ static void fleetsim_resends_retryable_refusals_and_drops_the_rest(void **state)
 	assert_non_null(f.d);
 	info = MHD_get_daemon_info(f.d, MHD_DAEMON_INFO_BIND_PORT);
 	url = xasprintf("http://127.0.0.1:%u", (unsigned)info->port);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      dir),
-			 0);
-	key = xasprintf("%s/k.pub", dir);
+	key = h_ec_keypair(dir);
 	stats = xasprintf("%s/stats.json", dir);
 	log = xasprintf("%s/sim.log", dir);
 	sim = fork();

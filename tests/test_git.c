@@ -15,6 +15,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "githarness.h"
 #include "harness.h"
 
 #define SECRET "push-secret-0123456789"
@@ -31,19 +32,10 @@ static const char pipeline[] =
 
 struct gitenv {
 	struct daemon d;
-	char *origin;    /* bare repository */
-	char *work;      /* working clone */
+	struct gh_origin git;
 	char *hooklog;
 	const char *provider;
 };
-
-static char *rev(struct gitenv *g, const char *what)
-{
-	struct buf out = BUF_INIT;
-	assert_int_equal(h_git(g->work, &out, "rev-parse %s", what), 0);
-	out.ptr[strcspn(out.ptr, "\n")] = '\0';
-	return buf_detach(&out);
-}
 
 static void setup_env_extra(struct gitenv *g, const char *provider, const char *extra_config);
 
@@ -55,44 +47,27 @@ static void setup_env(struct gitenv *g, const char *provider)
 static void setup_env_extra(struct gitenv *g, const char *provider, const char *extra_config)
 {
 	const char *const args[] = { "--local-agents", "2", NULL };
-	struct buf out = BUF_INIT;
-	char *config, *hook, *src = xasprintf("%s/tests/githook.sh", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
-	char *base;
+	char *config;
 
 	memset(g, 0, sizeof(*g));
 	g->provider = provider;
-	base = h_tmpdir();
-	g->origin = xasprintf("%s/origin.git", base);
-	g->work = xasprintf("%s/work", base);
-	g->hooklog = xasprintf("%s/hook.log", base);
+	gh_origin_init(&g->git);
+	g->hooklog = xasprintf("%s/hook.log", g->git.base);
 	config = xasprintf("lease: 3s\nheartbeat: 300ms\nrepositories:\n"
-			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n%s", g->origin, extra_config);
+			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n%s", g->git.origin, extra_config);
 	h_init(&g->d, config);
 	h_start(&g->d, args);
-	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
-			      g->origin, g->work, g->work, g->origin), 0);
-	hook = xasprintf("%s/hooks/post-receive", g->origin);
-	assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=%s OTACD_HOOK_SECRET=%s "
-				    "OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s exec %s\\n' > %s && chmod +x %s",
-			      g->d.url, provider, SECRET, REPO, g->hooklog, src, hook, hook), 0);
-	h_git_commit_file(g->work, ".otacd/pipeline.yml", pipeline, "add pipeline");
-	h_git_commit_file(g->work, "src/main.c", "int main(void) { return 0; } /* v1 */\n", "first");
-	free(hook);
+	gh_origin_create(&g->git);
+	gh_origin_hook(&g->git, &g->d, provider, SECRET, REPO, g->hooklog);
+	h_git_commit_file(g->git.work, ".otacd/pipeline.yml", pipeline, "add pipeline");
+	h_git_commit_file(g->git.work, "src/main.c", "int main(void) { return 0; } /* v1 */\n", "first");
 	free(config);
-	free(src);
-	free(base);
-	buf_release(&out);
 }
 
 static void teardown_env(struct gitenv *g)
 {
-	struct buf out = BUF_INIT;
 	h_cleanup(&g->d);
-	if (!getenv("OTACD_KEEP"))
-		h_sh(&out, "rm -rf %s %s", g->origin, g->work);
-	buf_release(&out);
-	free(g->origin);
-	free(g->work);
+	gh_origin_release(&g->git);
 	free(g->hooklog);
 }
 
@@ -135,9 +110,9 @@ static void push_runs_the_pipeline_at_the_pushed_commit(const char *provider)
 	char *head, *tree, *log;
 
 	setup_env(&g, provider);
-	h_git_push(g.work, "main");
-	head = rev(&g, "HEAD");
-	tree = rev(&g, "HEAD^{tree}");
+	h_git_push(g.git.work, "main");
+	head = gh_rev(&g.git, "HEAD");
+	tree = gh_rev(&g.git, "HEAD^{tree}");
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 1);
 	run = json_array_get(runs, 0);
@@ -189,7 +164,7 @@ static void redelivered_webhook_starts_one_run(void **state)
 	json_t *runs;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	/* resend the exact request the hook sent */
 	assert_int_equal(h_sh(&out, "set --; while IFS= read -r h; do set -- \"$@\" -H \"$h\"; done < %s.headers; "
 				    "curl -s -w ' %%{http_code}' -H 'Content-Type: application/json' \"$@\" --data-binary @%s.body %s/hooks/github",
@@ -210,7 +185,7 @@ static void forged_signature_gets_401_and_records_nothing(void **state)
 	struct buf out = BUF_INIT;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	/* the same body with a signature made with another secret; and none */
 	assert_int_equal(h_sh(&out, "sig=$(openssl dgst -sha256 -hmac wrong-secret-000000 -r < %s.body | cut -d' ' -f1); "
 				    "curl -s -o /dev/null -w '%%{http_code}' -H 'X-GitHub-Event: push' -H 'X-GitHub-Delivery: forged-1' "
@@ -234,11 +209,11 @@ static void deleted_branch_and_unfiltered_branch_start_nothing_but_matching_tag_
 	char *log;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
-	h_git_push(g.work, "main:feature/x");          /* not in on.push.branches */
-	h_git_push(g.work, ":feature/x");              /* deletion */
-	assert_int_equal(h_git(g.work, &out, "tag v1.0.0"), 0);
-	h_git_push(g.work, "v1.0.0");                  /* matches tags: [v*] */
+	h_git_push(g.git.work, "main");
+	h_git_push(g.git.work, "main:feature/x");          /* not in on.push.branches */
+	h_git_push(g.git.work, ":feature/x");              /* deletion */
+	assert_int_equal(h_git(g.git.work, &out, "tag v1.0.0"), 0);
+	h_git_push(g.git.work, "v1.0.0");                  /* matches tags: [v*] */
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 2);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 1), "ref")), "refs/tags/v1.0.0");
@@ -259,8 +234,8 @@ static void broken_pipeline_gives_a_failed_run_naming_file_line_column(void **st
 	const char *error;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_commit_file(g.work, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    stpes: [ { run: x } ]\n", "break it");
-	h_git_push(g.work, "main");
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml", "name: fw\nstages:\n  - name: build\n    stpes: [ { run: x } ]\n", "break it");
+	h_git_push(g.git.work, "main");
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 1);
 	assert_string_equal(json_string_value(json_object_get(json_array_get(runs, 0), "state")), "failed");
@@ -281,20 +256,20 @@ static void force_push_and_rapid_pushes_each_get_a_run_in_order(void **state)
 	int n = 0;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
-	commits[n++] = rev(&g, "HEAD");
+	h_git_push(g.git.work, "main");
+	commits[n++] = gh_rev(&g.git, "HEAD");
 	/* rewrite history and force-push */
-	assert_int_equal(h_git(g.work, &out, "commit -q --amend -m 'first, amended'"), 0);
-	h_git_push(g.work, "+main");
-	commits[n++] = rev(&g, "HEAD");
+	assert_int_equal(h_git(g.git.work, &out, "commit -q --amend -m 'first, amended'"), 0);
+	h_git_push(g.git.work, "+main");
+	commits[n++] = gh_rev(&g.git, "HEAD");
 	/* ten pushes as fast as git can make them */
 	for (int i = 0; i < 10; i++) {
 		char content[64], msg[32];
 		snprintf(content, sizeof(content), "int main(void) { return %d; }\n", i);
 		snprintf(msg, sizeof(msg), "rapid %d", i);
-		h_git_commit_file(g.work, "src/main.c", content, msg);
-		h_git_push(g.work, "main");
-		commits[n++] = rev(&g, "HEAD");
+		h_git_commit_file(g.git.work, "src/main.c", content, msg);
+		h_git_push(g.git.work, "main");
+		commits[n++] = gh_rev(&g.git, "HEAD");
 	}
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), (size_t)n);
@@ -334,7 +309,7 @@ static void webhook_edge_cases_get_clear_answers_and_change_nothing(void **state
 	const char *error;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	file = xasprintf("%s.edge", g.hooklog);
 
 	/* ping: 200 */
@@ -393,8 +368,8 @@ static void otactl_triggers_a_repository_ref_without_a_webhook(void **state)
 	json_t *run;
 	(void)state;
 	setup_env(&g, "github");
-	h_git_push(g.work, "main");
-	head = rev(&g, "HEAD");
+	h_git_push(g.git.work, "main");
+	head = gh_rev(&g.git, "HEAD");
 	assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger " REPO " main --wait", otactl, g.d.url, g.d.token), 0);
 	run = h_run(&g.d, 2);
 	assert_string_equal(json_string_value(json_object_get(run, "commit")), head);
@@ -422,14 +397,14 @@ static void release_from_a_push_names_its_commit_and_verifies_against_the_mirror
 	assert_int_equal(h_sh(&out, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s/k.pem", key), 0);
 	extra = xasprintf("keys:\n  rel: { spec: %s/k.pem }\n", key);
 	setup_env_extra(&g, "github", extra);
-	h_git_commit_file(g.work, ".otacd/pipeline.yml",
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml",
 		    "name: fw\non: { push: { tags: [\"v*\"] } }\nstages:\n"
 		    "  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
 		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		    "  - { name: release, kind: release, needs: [build], security_counter: 1, key: rel }\n", "release pipeline");
-	assert_int_equal(h_git(g.work, &out, "tag v2.3.4"), 0);
-	h_git_push(g.work, "main v2.3.4");
-	head = rev(&g, "HEAD");
+	assert_int_equal(h_git(g.git.work, &out, "tag v2.3.4"), 0);
+	h_git_push(g.git.work, "main v2.3.4");
+	head = gh_rev(&g.git, "HEAD");
 	runs = repo_runs(&g);
 	assert_int_equal(json_array_size(runs), 1);
 	assert_string_equal(h_wait_run(&g.d, json_integer_value(json_object_get(json_array_get(runs, 0), "id")), 30000), "passed");

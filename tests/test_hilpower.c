@@ -20,14 +20,12 @@
  * rig tests; they are skipped with a message when one is missing.
  */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -35,39 +33,12 @@
 #include "../orchestrator/reports.h"
 #include "../stages/stage.h"
 #include "devharness.h"
+#include "fwharness.h"
 #include "harness.h"
 
 extern const struct stage_kind stage_kind_hil;
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static int tools_missing(void)
-{
-	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "python3", "make" };
-	struct buf out = BUF_INIT;
-	int missing = 0;
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(tools) && !missing; i++)
-		if (h_sh(&out, "command -v %s", tools[i]) != 0) {
-			print_message("SKIP: %s is not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"
-				      " qemu-system-arm python3 make)\n", tools[i]);
-			missing = 1;
-		}
-	buf_release(&out);
-	return missing;
-}
-
-static void replace_all(struct buf *b, const char *text, const char *from, const char *to, int *count)
-{
-	const char *p = text, *q;
-	*count = 0;
-	while ((q = strstr(p, from))) {
-		buf_put(b, p, (size_t)(q - p));
-		buf_puts(b, to);
-		p = q + strlen(from);
-		(*count)++;
-	}
-	buf_puts(b, p);
-}
 
 /* The text of the example's pipeline from the line `from` up to `to`. */
 static void cut(struct buf *out, const char *text, const char *from, const char *to)
@@ -83,57 +54,18 @@ static char *hil_yaml(const char *src, const char *brk)
 {
 	char *path = dh_src_path("examples/sensor-node/.otacd/pipeline.yml"), *head;
 	struct buf text = BUF_INIT, a = BUF_INIT, b = BUF_INIT;
-	int n;
 
 	assert_int_equal(ota_read_file(&text, path, 1 << 20), 0);
 	head = xasprintf("name: sensor-node\nenv:\n  SRC: \"%s\"\n  BREAK: \"%s\"\nstages:\n", src, brk);
 	buf_puts(&a, head);
 	cut(&a, text.ptr, "  # --- build", "  # --- unit tests");
 	cut(&a, text.ptr, "  # --- hardware in the loop", "  # --- release");
-	replace_all(&b, a.ptr, "    steps:\n      - run: ", "    steps:\n      - run: cp -R \"$SRC/.\" .\n      - run: ", &n);
-	assert_int_equal(n, 2);
+	fw_copy_step(&b, a.ptr, 2);
 	free(head);
 	free(path);
 	buf_release(&text);
 	buf_release(&a);
 	return buf_detach(&b);
-}
-
-static int64_t trigger_on(struct daemon *d, const char *yaml, const char *ref)
-{
-	json_t *req = json_pack("{ss ss ss}", "pipeline", yaml, "file", "pipeline.yml", "ref", ref), *ans = NULL;
-	long status = h_post(d, "/api/v1/runs", req, &ans);
-	int64_t id;
-	if (status != 201) {
-		char *t = ans ? json_dumps(ans, 0) : NULL;
-		fail_msg("trigger answered %ld: %s", status, t ? t : "");
-	}
-	id = json_integer_value(json_object_get(ans, "id"));
-	json_decref(ans);
-	json_decref(req);
-	return id;
-}
-
-static const char *jstr(json_t *o, const char *k)
-{
-	const char *s = json_string_value(json_object_get(o, k));
-	return s ? s : "";
-}
-
-/* Wait for the run to end in state want; on anything else print its jobs. */
-static void wait_for(struct daemon *d, int64_t id, const char *want)
-{
-	const char *got = h_wait_run(d, id, 170000);
-	if (strcmp(got, want)) {
-		json_t *run = h_run(d, id), *st, *job;
-		size_t i, k;
-		json_array_foreach(json_object_get(run, "stages"), i, st)
-			json_array_foreach(json_object_get(st, "jobs"), k, job)
-				print_error("run %lld: %s %s: %.600s\n", (long long)id, jstr(job, "name"), jstr(job, "state"),
-					    jstr(job, "message"));
-		json_decref(run);
-		fail_msg("run %lld ended %s, expected %s", (long long)id, got, want);
-	}
 }
 
 static json_t *get(struct daemon *d, const char *fmt, int64_t id)
@@ -154,6 +86,18 @@ struct fixture {
 	int64_t main_run;
 };
 
+static int tools_missing(void)
+{
+	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "python3", "make" };
+	return fw_tools_missing(tools, OTA_ARRAY_SIZE(tools),
+				"gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm python3 make", NULL);
+}
+
+static void wait_for(struct daemon *d, int64_t id, const char *want)
+{
+	fw_wait_for(d, id, want, 170000);
+}
+
 static int setup(void **state)
 {
 	static const char *const args[] = { "--local-agents", "2", NULL };
@@ -164,8 +108,7 @@ static int setup(void **state)
 		return 0;
 	h_init(&f->d, NULL);
 	assert_int_equal(h_start(&f->d, args), 0);
-	f->rigs[0] = h_agent(&f->d, "rig-an385", "hil,board=mps2-an385");
-	f->rigs[1] = h_agent(&f->d, "rig-an386", "hil,board=mps2-an386");
+	fw_rigs_start(&f->d, f->rigs);
 	f->src = dh_sensor_node_copy(f->d.dir, "sensor-node");
 	return 0;
 }
@@ -174,10 +117,7 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 	if (f->src) {
-		for (int i = 0; i < 2; i++) {
-			kill(f->rigs[i], SIGKILL);
-			waitpid(f->rigs[i], NULL, 0);
-		}
+		fw_rigs_stop(f->rigs);
 		h_cleanup(&f->d);
 	}
 	free(f->src);
@@ -198,7 +138,7 @@ static int64_t main_run(struct fixture *f)
 {
 	if (!f->main_run) {
 		char *yaml = hil_yaml(f->src, "");
-		f->main_run = trigger_on(&f->d, yaml, "refs/heads/main");
+		f->main_run = fw_trigger_on(&f->d, yaml, "refs/heads/main");
 		free(yaml);
 		wait_for(&f->d, f->main_run, "passed");
 	}
@@ -211,7 +151,7 @@ static double metric(json_t *metrics, json_t *job, const char *name)
 	size_t i;
 	json_t *m;
 	json_array_foreach(json_object_get(metrics, "metrics"), i, m)
-		if (json_integer_value(json_object_get(m, "job")) == id && !strcmp(jstr(m, "name"), name))
+		if (json_integer_value(json_object_get(m, "job")) == id && !strcmp(fw_jstr(m, "name"), name))
 			return json_number_value(json_object_get(m, "value"));
 	fail_msg("metric %s of job %lld not in the run's metrics", name, (long long)id);
 	return -1;
@@ -226,9 +166,9 @@ static void sensor_node_passes_protocol_conformance_and_power_on_both_rigs(void 
 	size_t i, k;
 
 	json_array_foreach(reps, i, rep) {
-		if (strcmp(jstr(rep, "stage"), "hil"))
+		if (strcmp(fw_jstr(rep, "stage"), "hil"))
 			continue;
-		if (!strcmp(jstr(rep, "format"), "power")) {
+		if (!strcmp(fw_jstr(rep, "format"), "power")) {
 			/* the simulated meter: one sample per interval, each with cycles */
 			power++;
 			assert_true(json_array_size(json_object_get(rep, "samples")) >= 2);
@@ -236,10 +176,10 @@ static void sensor_node_passes_protocol_conformance_and_power_on_both_rigs(void 
 		}
 		junit++;
 		json_array_foreach(json_object_get(rep, "tests"), k, c) {
-			if (strncmp(jstr(c, "classname"), "conformance.", 12))
+			if (strncmp(fw_jstr(c, "classname"), "conformance.", 12))
 				continue;
-			if (strcmp(jstr(c, "status"), "passed"))
-				fail_msg("conformance case %s: %s: %s", jstr(c, "name"), jstr(c, "status"), jstr(c, "message"));
+			if (strcmp(fw_jstr(c, "status"), "passed"))
+				fail_msg("conformance case %s: %s: %s", fw_jstr(c, "name"), fw_jstr(c, "status"), fw_jstr(c, "message"));
 		}
 		/* the cases that cross the protocol's edges are there, by name */
 		for (const char *const *n = (const char *const[]){ "bad_crc_is_refused_and_changes_nothing",
@@ -250,7 +190,7 @@ static void sensor_node_passes_protocol_conformance_and_power_on_both_rigs(void 
 		     *n; n++) {
 			int found = 0;
 			json_array_foreach(json_object_get(rep, "tests"), k, c)
-				found |= !strcmp(jstr(c, "name"), *n) && !strcmp(jstr(c, "status"), "passed");
+				found |= !strcmp(fw_jstr(c, "name"), *n) && !strcmp(fw_jstr(c, "status"), "passed");
 			if (!found)
 				fail_msg("no passed conformance case %s", *n);
 		}
@@ -297,7 +237,7 @@ static void firmware_that_stops_sleeping_fails_the_power_gate(void **state)
 	json_t *run, *job, *reps, *rep;
 	size_t i;
 
-	id = trigger_on(&f->d, yaml, "refs/heads/feature");
+	id = fw_trigger_on(&f->d, yaml, "refs/heads/feature");
 	wait_for(&f->d, id, "failed");
 	run = h_run(&f->d, id);
 	for (const char *const *b = (const char *const[]){ "mps2-an385", "mps2-an386", NULL }; *b; b++) {
@@ -306,8 +246,8 @@ static void firmware_that_stops_sleeping_fails_the_power_gate(void **state)
 		const char *msg;
 		job = h_job(run, name);
 		assert_non_null(job);
-		msg = jstr(job, "message");
-		assert_string_equal(jstr(job, "state"), "failed");
+		msg = fw_jstr(job, "message");
+		assert_string_equal(fw_jstr(job, "state"), "failed");
 		if (!strstr(msg, want) || !strstr(msg, "(limit 1.5 mA)") || !strstr(msg, "sleep current") ||
 		    !strstr(msg, "(limit 1.2 mA)") || !strstr(msg, "energy per measurement cycle") || !strstr(msg, base_note))
 			fail_msg("hil job %s says: %s", name, msg);
@@ -317,10 +257,10 @@ static void firmware_that_stops_sleeping_fails_the_power_gate(void **state)
 		free(want);
 	}
 	/* the build passed, and every functional and conformance test passed: only power failed */
-	assert_string_equal(jstr(h_job(run, "build (board=mps2-an385)"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "build (board=mps2-an385)"), "state"), "passed");
 	reps = get(&f->d, "/api/v1/runs/%lld/reports", id);
 	json_array_foreach(reps, i, rep)
-		if (!strcmp(jstr(rep, "format"), "junit")) {
+		if (!strcmp(fw_jstr(rep, "format"), "junit")) {
 			json_t *s = json_object_get(rep, "summary");
 			assert_int_equal(json_integer_value(json_object_get(s, "tests")),
 					 json_integer_value(json_object_get(s, "passed")));
@@ -334,19 +274,19 @@ static void firmware_that_trusts_a_bad_crc_fails_the_conformance_suite(void **st
 {
 	struct fixture *f = ready(state);
 	char *yaml = hil_yaml(f->src, "proto");
-	int64_t id = trigger_on(&f->d, yaml, "refs/heads/feature");
+	int64_t id = fw_trigger_on(&f->d, yaml, "refs/heads/feature");
 	json_t *run, *job;
 
 	wait_for(&f->d, id, "failed");
 	run = h_run(&f->d, id);
 	job = h_job(run, "hil (board=mps2-an386)");
 	assert_non_null(job);
-	assert_string_equal(jstr(job, "state"), "failed");
-	if (!strstr(jstr(job, "message"), "1 of 25 tests failed: bad_crc_is_refused_and_changes_nothing: sent 'C A502")
-	    || !strstr(jstr(job, "message"), "expected 'NAK -- crc'"))
-		fail_msg("hil job says: %s", jstr(job, "message"));
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	if (!strstr(fw_jstr(job, "message"), "1 of 25 tests failed: bad_crc_is_refused_and_changes_nothing: sent 'C A502")
+	    || !strstr(fw_jstr(job, "message"), "expected 'NAK -- crc'"))
+		fail_msg("hil job says: %s", fw_jstr(job, "message"));
 	/* the power figures of that firmware are fine: only the protocol failed */
-	assert_null(strstr(jstr(job, "message"), "power ("));
+	assert_null(strstr(fw_jstr(job, "message"), "power ("));
 	json_decref(run);
 	free(yaml);
 }
@@ -407,7 +347,7 @@ static void hostile_power_reports_are_refused(void **state)
 	assert_true(json_real_value(json_object_get(m, "energy_uj")) == 2100);
 	assert_true(json_real_value(json_object_get(m, "cycle_energy_uj")) == 105);
 	assert_int_equal(json_integer_value(json_object_get(m, "cycles")), 20);
-	assert_string_equal(jstr(r, "board"), "b");
+	assert_string_equal(fw_jstr(r, "board"), "b");
 	assert_int_equal(json_array_size(json_object_get(r, "samples")), 3);
 	json_decref(r);
 }

@@ -36,6 +36,7 @@
 #include <openssl/x509v3.h>
 
 #include "../common/httpc.h"
+#include "devharness.h"
 #include "harness.h"
 
 /* ---- OpenSSL helpers -------------------------------------------------------- */
@@ -68,17 +69,6 @@ static char *make_csr(EVP_PKEY *k, const char *cn)
 	return out;
 }
 
-static void add_ext(X509 *issuer, X509 *x, int nid, const char *v)
-{
-	X509V3_CTX ctx;
-	X509_EXTENSION *e;
-	X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-	e = X509V3_EXT_conf_nid(NULL, &ctx, nid, v);
-	assert_non_null(e);
-	assert_true(X509_add_ext(x, e, -1));
-	X509_EXTENSION_free(e);
-}
-
 /* A client certificate for cn, valid [now+nb_s, now+na_s], signed by the CA. */
 static void write_client_cert(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *k, const char *cn, long nb_s, long na_s,
 			      const char *path)
@@ -94,9 +84,9 @@ static void write_client_cert(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *k, const cha
 	X509_gmtime_adj(X509_getm_notBefore(x), nb_s);
 	X509_gmtime_adj(X509_getm_notAfter(x), na_s);
 	X509_set_pubkey(x, k);
-	add_ext(ca, x, NID_basic_constraints, "critical,CA:FALSE");
-	add_ext(ca, x, NID_key_usage, "critical,digitalSignature");
-	add_ext(ca, x, NID_ext_key_usage, "clientAuth");
+	dh_x509_add_ext(ca, x, NID_basic_constraints, "critical,CA:FALSE");
+	dh_x509_add_ext(ca, x, NID_key_usage, "critical,digitalSignature");
+	dh_x509_add_ext(ca, x, NID_ext_key_usage, "clientAuth");
 	assert_true(X509_sign(x, ca_key, EVP_sha256()) > 0);
 	f = fopen(path, "w");
 	assert_non_null(f);
@@ -107,21 +97,6 @@ static void write_client_cert(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *k, const cha
 }
 
 /* ---- the daemon --------------------------------------------------------------- */
-
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
-{
-	char *bin = h_bin("otactl"), args[4096];
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	buf_clear(out);
-	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s", d->url, d->token, bin, args);
-	free(bin);
-	return rc;
-}
 
 static double series(struct daemon *d, const char *key);
 
@@ -324,11 +299,11 @@ static int setup(void **state)
 	h_init(&g.d, "device_auth: cert\n");
 	assert_int_equal(h_start(&g.d, NULL), 0);
 	/* a token device, registered with the fleet key while tokens are the way in */
-	if (otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30") != 0)
+	if (h_otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA' --days 30") != 0)
 		fail_msg("otactl fleet ca init: %s (daemon in %s)", buf_cstr(&out), g.d.dir);
-	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add fab --prefix mt- --max 100 --rate 1000"), 0);
+	assert_int_equal(h_otactl(&g.d, &out, "fleet provisioners add fab --prefix mt- --max 100 --rate 1000"), 0);
 	g.prov = h_token_line(&out);
-	assert_int_equal(otactl(&g.d, &out, "fleet provisioners add sim --prefix dev- --max 100000 --rate 100000"), 0);
+	assert_int_equal(h_otactl(&g.d, &out, "fleet provisioners add sim --prefix dev- --max 100000 --rate 100000"), 0);
 	g.simprov = h_token_line(&out);
 	creds = h_register_devices(&g.d, "tok", 1);
 	g.creds_tok = creds[0];
@@ -530,7 +505,7 @@ static void revoked_device_is_refused_at_its_next_request_on_a_kept_and_a_resume
 	assert_int_equal(v.connects, 1);
 	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0002"), 0), 200);
 	assert_int_equal(v.connects, 0); /* the same connection */
-	assert_int_equal(otactl(&g.d, &out, "devices revoke mt-0002 --reason 'lost in the field'"), 0);
+	assert_int_equal(h_otactl(&g.d, &out, "devices revoke mt-0002 --reason 'lost in the field'"), 0);
 	/* the next request on the kept-alive connection */
 	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0002"), 0), 401);
 	assert_int_equal(v.connects, 0);

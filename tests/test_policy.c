@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include <sqlite3.h>
 
+#include "githarness.h"
 #include "harness.h"
 
 #define SECRET "push-secret-0123456789"
@@ -40,9 +41,7 @@
 
 struct gitenv {
 	struct daemon d;
-	char *base;      /* temp dir: origin.git, work, hook.log, keys */
-	char *origin;
-	char *work;
+	struct gh_origin git; /* its base also holds hook.log and the keys */
 };
 
 static void keygen(const char *dir, const char *name)
@@ -58,15 +57,12 @@ static void keygen(const char *dir, const char *name)
 static void setup_env(struct gitenv *g, const char *extra_config, int with_git)
 {
 	const char *const args[] = { "--local-agents", "2", NULL };
-	struct buf out = BUF_INIT;
-	char *config, *src = xasprintf("%s/tests/githook.sh", getenv("OTACD_SRC") ? getenv("OTACD_SRC") : ".");
+	char *config;
 
 	memset(g, 0, sizeof(*g));
-	g->base = h_tmpdir();
-	g->origin = xasprintf("%s/origin.git", g->base);
-	g->work = xasprintf("%s/work", g->base);
-	keygen(g->base, "release");
-	keygen(g->base, "other");
+	gh_origin_init(&g->git);
+	keygen(g->git.base, "release");
+	keygen(g->git.base, "other");
 	config = xasprintf("lease: 3s\nheartbeat: 300ms\n"
 			   "secrets:\n  DEPLOY_KEY: " DEPLOY_KEY "\n"
 			   "keys:\n  release: { spec: %s/release.pem }\n  other: { spec: %s/other.pem }\n"
@@ -77,34 +73,23 @@ static void setup_env(struct gitenv *g, const char *extra_config, int with_git)
 			   "  - { name: bob, role: operator, token: " BOB_TOKEN " }\n"
 			   "repositories:\n"
 			   "  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n%s",
-			   g->base, g->base, g->origin, extra_config);
+			   g->git.base, g->git.base, g->git.origin, extra_config);
 	h_init(&g->d, config);
 	h_start(&g->d, args);
 	if (with_git) {
-		char *hook = xasprintf("%s/hooks/post-receive", g->origin);
-		assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && "
-					    "git remote add origin %s", g->origin, g->work, g->work, g->origin), 0);
-		assert_int_equal(h_sh(&out, "printf '#!/bin/sh\\nOTACD_HOOK_URL=%s OTACD_HOOK_PROVIDER=github "
-					    "OTACD_HOOK_SECRET=%s OTACD_HOOK_REPO=%s OTACD_HOOK_LOG=%s/hook.log exec %s\\n' > %s"
-					    " && chmod +x %s", g->d.url, SECRET, REPO, g->base, src, hook, hook), 0);
-		h_git_commit_file(g->work, "src/main.c", "int main(void) { return 0; }\n", "first");
-		free(hook);
+		char *hooklog = xasprintf("%s/hook.log", g->git.base);
+		gh_origin_create(&g->git);
+		gh_origin_hook(&g->git, &g->d, "github", SECRET, REPO, hooklog);
+		h_git_commit_file(g->git.work, "src/main.c", "int main(void) { return 0; }\n", "first");
+		free(hooklog);
 	}
 	free(config);
-	free(src);
-	buf_release(&out);
 }
 
 static void teardown_env(struct gitenv *g)
 {
-	struct buf out = BUF_INIT;
 	h_cleanup(&g->d);
-	if (!getenv("OTACD_KEEP"))
-		h_sh(&out, "rm -rf %s", g->base);
-	buf_release(&out);
-	free(g->base);
-	free(g->origin);
-	free(g->work);
+	gh_origin_release(&g->git);
 }
 
 /* The newest run of REPO (a new reference), or NULL. */
@@ -222,7 +207,7 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	/* lint (the daemon's, read-only) warns about what only protected runs do */
 	{
 		struct buf ans = BUF_INIT;
-		char *file = xasprintf("%s/attack.yml", g.base);
+		char *file = xasprintf("%s/attack.yml", g.git.base);
 		assert_int_equal(ota_write_file_atomic(file, attack, strlen(attack), 0644), 0);
 		assert_int_equal(h_sh(&ans, "curl -sf -H 'Authorization: Bearer %s' --data-binary @%s %s/api/v1/lint", OPS_TOKEN,
 				      file, g.d.url), 0);
@@ -233,9 +218,9 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	}
 
 	/* the attack: a push of feature/untrusted */
-	assert_int_equal(h_git(g.work, &out, "checkout -q -b feature/untrusted"), 0);
-	h_git_commit_file(g.work, ".otacd/pipeline.yml", attack, "ship it");
-	h_git_push(g.work, "feature/untrusted");
+	assert_int_equal(h_git(g.git.work, &out, "checkout -q -b feature/untrusted"), 0);
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml", attack, "ship it");
+	h_git_push(g.git.work, "feature/untrusted");
 	run = last_repo_run(&g);
 	assert_non_null(run);
 	id = json_integer_value(json_object_get(run, "id"));
@@ -266,11 +251,11 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	json_decref(run);
 
 	/* main, asking for a key the product may not use: a failed run with the reason */
-	assert_int_equal(h_git(g.work, &out, "checkout -q main"), 0);
+	assert_int_equal(h_git(g.git.work, &out, "checkout -q main"), 0);
 	y = xasprintf(legit, "other");
-	h_git_commit_file(g.work, ".otacd/pipeline.yml", y, "release with the wrong key");
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml", y, "release with the wrong key");
 	free(y);
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 10000), "failed");
@@ -283,12 +268,12 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 	json_decref(run);
 
 	/* main of this repository releasing another repository's product: refused */
-	h_git_commit_file(g.work, ".otacd/pipeline.yml",
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml",
 		    "name: gadget\nstages:\n  - name: build\n    steps: [ { run: 'cp src/main.c app.bin' } ]\n"
 		    "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		    "  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: release }\n",
 		    "release another product");
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 10000), "failed");
@@ -300,9 +285,9 @@ static void feature_branch_push_gets_no_secret_no_key_no_release_no_rollout(void
 
 	/* and main's legitimate release is not locked out by anti-rollback */
 	y = xasprintf(legit, "release");
-	h_git_commit_file(g.work, ".otacd/pipeline.yml", y, "release");
+	h_git_commit_file(g.git.work, ".otacd/pipeline.yml", y, "release");
 	free(y);
-	h_git_push(g.work, "main");
+	h_git_push(g.git.work, "main");
 	run = last_repo_run(&g);
 	id = json_integer_value(json_object_get(run, "id"));
 	assert_string_equal(h_wait_run(&g.d, id, 30000), "passed");
@@ -338,7 +323,7 @@ static void operator_upload_runs_unprotected_release_role_and_admin_release(void
 	y = xasprintf(upload_release, "1.0.0", 1);
 	{
 		struct buf out = BUF_INIT;
-		char *file = xasprintf("%s/upload.yml", g.base), *otactl = h_bin("otactl");
+		char *file = xasprintf("%s/upload.yml", g.git.base), *otactl = h_bin("otactl");
 		assert_int_equal(ota_write_file_atomic(file, y, strlen(y), 0644), 0);
 		assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger %s", otactl, g.d.url, OPS_TOKEN, file), 0);
 		id = strtoll(buf_cstr(&out), NULL, 10);
@@ -449,7 +434,7 @@ static void protected_pipeline_asking_for_more_than_its_product_policy_is_refuse
 	/* the same through `otactl trigger FILE`: exit 1 and the reason */
 	{
 		struct buf out = BUF_INIT;
-		char *file = xasprintf("%s/bad.yml", g.base), *otactl = h_bin("otactl");
+		char *file = xasprintf("%s/bad.yml", g.git.base), *otactl = h_bin("otactl");
 		y = fw_pipeline("other", 1, gates, rollout1);
 		assert_int_equal(ota_write_file_atomic(file, y, strlen(y), 0644), 0);
 		assert_int_equal(h_sh(&out, "%s --url %s --token %s trigger %s", otactl, g.d.url, g.d.token, file), 1);
@@ -569,7 +554,7 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 		      "    steps: [ { run: 'echo \"len=${#DEPLOY_KEY}\"; head -c 2000 /dev/urandom > app.bin' } ]\n"
 		      "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		      "  - { name: release, kind: release, needs: [build], version: \"1.0.0\", security_counter: 1, key: release }\n",
-		      g.base);
+		      g.git.base);
 	id = h_trigger(&g.d, y); /* the admin's upload: protected when created */
 	free(y);
 	for (int i = 0; i < 400 && !h_sql_int(&g.d, "SELECT COUNT(*) FROM jobs WHERE name = 'wait' AND state = 'running'"); i++)
@@ -577,7 +562,7 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 	sql_write(&g.d, "UPDATE runs SET protected = 0");
 	{
 		struct buf out = BUF_INIT;
-		assert_int_equal(h_sh(&out, "touch %s/go", g.base), 0);
+		assert_int_equal(h_sh(&out, "touch %s/go", g.git.base), 0);
 		buf_release(&out);
 	}
 	assert_string_equal(h_wait_run(&g.d, id, 30000), "failed");
@@ -606,7 +591,7 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 		      "    steps: [ { run: 'head -c 2000 /dev/urandom > app.bin' } ]\n"
 		      "    artifacts: [ { path: app.bin, type: application, hardware: an385 } ]\n"
 		      "  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 2, key: release }\n",
-		      g.base);
+		      g.git.base);
 	id = h_trigger(&g.d, y);
 	free(y);
 	for (int i = 0; i < 400 && !h_sql_int(&g.d, "SELECT COUNT(*) FROM jobs WHERE name = 'wait' AND state = 'running'"); i++)
@@ -614,7 +599,7 @@ static void an_unprotected_run_gets_no_secret_and_no_key_even_past_the_trigger(v
 	sql_write(&g.d, "DELETE FROM releases");
 	{
 		struct buf out = BUF_INIT;
-		assert_int_equal(h_sh(&out, "touch %s/go2", g.base), 0);
+		assert_int_equal(h_sh(&out, "touch %s/go2", g.git.base), 0);
 		buf_release(&out);
 	}
 	assert_string_equal(h_wait_run(&g.d, id, 30000), "failed");

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "../orchestrator/webhook.h"
+#include "githarness.h"
 #include "harness.h"
 
 #define SECRET "pr-secret-0123456789ab"
@@ -36,49 +37,30 @@ static const char pipeline[] =
 
 struct env {
 	struct daemon d;
-	char *origin, *work, *base;
+	struct gh_origin git;
 };
-
-static char *rev(struct env *g, const char *what)
-{
-	struct buf out = BUF_INIT;
-	assert_int_equal(h_git(g->work, &out, "rev-parse %s", what), 0);
-	out.ptr[strcspn(out.ptr, "\n")] = '\0';
-	return buf_detach(&out);
-}
 
 static void setup(struct env *g)
 {
 	const char *const args[] = { "--local-agents", "1", NULL };
-	struct buf out = BUF_INIT;
 	char *config;
 
 	memset(g, 0, sizeof(*g));
-	g->base = h_tmpdir();
-	g->origin = xasprintf("%s/origin.git", g->base);
-	g->work = xasprintf("%s/work", g->base);
-	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
-			      g->origin, g->work, g->work, g->origin), 0);
-	h_git_commit_file(g->work, ".otacd/pipeline.yml", pipeline, "add pipeline");
-	h_git_push(g->work, "main");
+	gh_origin_init(&g->git);
+	gh_origin_create(&g->git);
+	h_git_commit_file(g->git.work, ".otacd/pipeline.yml", pipeline, "add pipeline");
+	h_git_push(g->git.work, "main");
 	config = xasprintf("lease: 3s\nheartbeat: 300ms\nsecrets: { DEPLOY_KEY: \"s3cret-deploy-key\" }\n"
-			   "repositories:\n  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n", g->origin);
+			   "repositories:\n  - { name: " REPO ", url: \"%s\", secret: " SECRET " }\n", g->git.origin);
 	h_init(&g->d, config);
 	h_start(&g->d, args);
 	free(config);
-	buf_release(&out);
 }
 
 static void teardown(struct env *g)
 {
-	struct buf out = BUF_INIT;
 	h_cleanup(&g->d);
-	if (!getenv("OTACD_KEEP"))
-		h_sh(&out, "rm -rf %s", g->base);
-	buf_release(&out);
-	free(g->origin);
-	free(g->work);
-	free(g->base);
+	gh_origin_release(&g->git);
 }
 
 /* A commit on a new local branch, pushed to the forge's request ref only
@@ -86,19 +68,19 @@ static void teardown(struct env *g)
 static char *open_request(struct env *g, const char *branch, const char *ref, const char *content)
 {
 	struct buf out = BUF_INIT;
-	assert_int_equal(h_git(g->work, &out, "checkout -q -B %s main", branch), 0);
-	h_git_commit_file(g->work, "src/main.c", content, "a change under review");
-	assert_int_equal(h_git(g->work, &out, "push -q origin HEAD:%s", ref), 0);
-	assert_int_equal(h_git(g->work, &out, "checkout -q main"), 0);
+	assert_int_equal(h_git(g->git.work, &out, "checkout -q -B %s main", branch), 0);
+	h_git_commit_file(g->git.work, "src/main.c", content, "a change under review");
+	assert_int_equal(h_git(g->git.work, &out, "push -q origin HEAD:%s", ref), 0);
+	assert_int_equal(h_git(g->git.work, &out, "checkout -q main"), 0);
 	buf_release(&out);
-	return rev(g, branch);
+	return gh_rev(&g->git, branch);
 }
 
 /* POST body to /hooks/PROVIDER signed as that forge signs; the HTTP status. */
 static long post_hook(struct env *g, const char *provider, const char *event, const char *delivery, const char *body,
 		      struct buf *answer)
 {
-	char mac[65], *file = xasprintf("%s/body.json", g->base), *headers;
+	char mac[65], *file = xasprintf("%s/body.json", g->git.base), *headers;
 	struct buf out = BUF_INIT;
 	long status;
 	FILE *f = fopen(file, "w");
@@ -118,10 +100,10 @@ static long post_hook(struct env *g, const char *provider, const char *event, co
 				    event, delivery, mac);
 	assert_int_equal(h_sh(&out, "curl -s -o %s/answer.json -w '%%{http_code}' -H 'Content-Type: application/json' %s "
 				    "--data-binary @%s %s/hooks/%s",
-			      g->base, headers, file, g->d.url, provider), 0);
+			      g->git.base, headers, file, g->d.url, provider), 0);
 	status = strtol(out.ptr, NULL, 10);
 	if (answer) {
-		char *path = xasprintf("%s/answer.json", g->base);
+		char *path = xasprintf("%s/answer.json", g->git.base);
 		ota_read_file(answer, path, 1 << 20);
 		free(path);
 	}

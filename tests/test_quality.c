@@ -26,6 +26,7 @@
 #include "../orchestrator/reports.h"
 #include "../stages/reports_kind.h"
 #include "devharness.h"
+#include "fwharness.h"
 #include "harness.h"
 
 struct fixture {
@@ -34,44 +35,10 @@ struct fixture {
 	int64_t main_run;
 };
 
-static char *jscpd_path(void)
-{
-	const char *env = getenv("OTACD_JSCPD");
-	if (env && *env)
-		return xstrdup(env);
-	return xasprintf("%s/.cache/otacd-npm/node_modules/.bin/jscpd", getenv("HOME") ? getenv("HOME") : "/root");
-}
-
 static int tools_missing(const char *jscpd)
 {
 	static const char *const tools[] = { "cppcheck", "pmccabe", "make" };
-	struct buf out = BUF_INIT;
-	int missing = 0;
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(tools) && !missing; i++)
-		if (h_sh(&out, "command -v %s", tools[i]) != 0) {
-			print_message("SKIP: %s is not installed (apt-get install cppcheck pmccabe make)\n", tools[i]);
-			missing = 1;
-		}
-	if (!missing && access(jscpd, X_OK) != 0) {
-		print_message("SKIP: jscpd not found at %s (npm install --prefix ~/.cache/otacd-npm jscpd@4.0.5,"
-			      " or set OTACD_JSCPD)\n", jscpd);
-		missing = 1;
-	}
-	buf_release(&out);
-	return missing;
-}
-
-static void replace_all(struct buf *b, const char *text, const char *from, const char *to, int *count)
-{
-	const char *p = text, *q;
-	*count = 0;
-	while ((q = strstr(p, from))) {
-		buf_put(b, p, (size_t)(q - p));
-		buf_puts(b, to);
-		p = q + strlen(from);
-		(*count)++;
-	}
-	buf_puts(b, p);
+	return fw_tools_missing(tools, OTA_ARRAY_SIZE(tools), "cppcheck pmccabe make", jscpd);
 }
 
 /*
@@ -95,11 +62,10 @@ static char *quality_yaml(const struct fixture *f, const char *brk, const char *
 			 f->jscpd, brk);
 	buf_puts(&a, head);
 	buf_put(&a, start, (size_t)(end - start));
-	replace_all(&b, a.ptr, "    steps:\n      - run: ", "    steps:\n      - run: cp -R \"$SRC/.\" .\n      - run: ", &n);
-	assert_int_equal(n, 2);
+	fw_copy_step(&b, a.ptr, 2);
 	if (from) {
 		buf_clear(&a);
-		replace_all(&a, b.ptr, from, to, &n);
+		fw_replace_all(&a, b.ptr, from, to, &n);
 		assert_int_equal(n, 1);
 		buf_clear(&b);
 		buf_puts(&b, a.ptr);
@@ -111,48 +77,16 @@ static char *quality_yaml(const struct fixture *f, const char *brk, const char *
 	return buf_detach(&b);
 }
 
-static int64_t trigger_on(struct daemon *d, const char *yaml, const char *ref)
-{
-	json_t *req = json_pack("{ss ss ss}", "pipeline", yaml, "file", "pipeline.yml", "ref", ref), *ans = NULL;
-	long status = h_post(d, "/api/v1/runs", req, &ans);
-	int64_t id;
-	if (status != 201) {
-		char *t = ans ? json_dumps(ans, 0) : NULL;
-		fail_msg("trigger answered %ld: %s", status, t ? t : "");
-	}
-	id = json_integer_value(json_object_get(ans, "id"));
-	json_decref(ans);
-	json_decref(req);
-	return id;
-}
-
-static const char *jstr(json_t *o, const char *k)
-{
-	const char *s = json_string_value(json_object_get(o, k));
-	return s ? s : "";
-}
-
-/* Wait for the run to end in state want; on anything else print its jobs. */
 static void wait_for(struct daemon *d, int64_t id, const char *want)
 {
-	const char *got = h_wait_run(d, id, 120000);
-	if (strcmp(got, want)) {
-		json_t *run = h_run(d, id), *st, *job;
-		size_t i, k;
-		json_array_foreach(json_object_get(run, "stages"), i, st)
-			json_array_foreach(json_object_get(st, "jobs"), k, job)
-				print_error("run %lld: %s %s: %.400s\n", (long long)id, jstr(job, "name"), jstr(job, "state"),
-					    jstr(job, "message"));
-		json_decref(run);
-		fail_msg("run %lld ended %s, expected %s", (long long)id, got, want);
-	}
+	fw_wait_for(d, id, want, 120000);
 }
 
 /* A branch run with BREAK=brk (and an optional edit) that must fail; its run JSON. */
 static json_t *branch_run(struct fixture *f, const char *brk, const char *from, const char *to)
 {
 	char *yaml = quality_yaml(f, brk, from, to);
-	int64_t id = trigger_on(&f->d, yaml, "refs/heads/feature");
+	int64_t id = fw_trigger_on(&f->d, yaml, "refs/heads/feature");
 	free(yaml);
 	wait_for(&f->d, id, "failed");
 	return h_run(&f->d, id);
@@ -164,7 +98,7 @@ static int setup(void **state)
 	struct fixture *f = xcalloc(1, sizeof(*f));
 	char *yaml;
 
-	f->jscpd = jscpd_path();
+	f->jscpd = fw_jscpd_path();
 	*state = f;
 	if (tools_missing(f->jscpd))
 		return 0;
@@ -172,7 +106,7 @@ static int setup(void **state)
 	assert_int_equal(h_start(&f->d, args), 0);
 	f->src = dh_sensor_node_copy(f->d.dir, "sensor-node");
 	yaml = quality_yaml(f, "", NULL, NULL);
-	f->main_run = trigger_on(&f->d, yaml, "refs/heads/main");
+	f->main_run = fw_trigger_on(&f->d, yaml, "refs/heads/main");
 	free(yaml);
 	return 0;
 }
@@ -201,7 +135,7 @@ static double metric(json_t *metrics, const char *stage, const char *name)
 	size_t i;
 	json_t *m;
 	json_array_foreach(json_object_get(metrics, "metrics"), i, m)
-		if (!strcmp(jstr(m, "stage"), stage) && !strcmp(jstr(m, "name"), name))
+		if (!strcmp(fw_jstr(m, "stage"), stage) && !strcmp(fw_jstr(m, "name"), name))
 			return json_real_value(json_object_get(m, "value"));
 	fail_msg("metric %s.%s not in the run's metrics", stage, name);
 	return -1;
@@ -216,8 +150,8 @@ static void sensor_node_passes_its_quality_stages_and_its_metrics_are_stored(voi
 
 	wait_for(&f->d, f->main_run, "passed");
 	run = h_run(&f->d, f->main_run);
-	assert_string_equal(jstr(h_job(run, "compliance"), "state"), "passed");
-	assert_string_equal(jstr(h_job(run, "code-quality"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "compliance"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "code-quality"), "state"), "passed");
 	/* every finding is a suppressed deviation; none was dropped by the parser */
 	assert_true(h_sql_int(&f->d, "SELECT json_extract(summary, '$.findings') FROM reports WHERE format = 'cppcheck'"
 				      " ORDER BY id LIMIT 1") > 100);
@@ -253,13 +187,13 @@ static void new_misra_violation_fails_compliance_naming_its_rule(void **state)
 	wait_for(&f->d, f->main_run, "passed");
 	run = branch_run(f, "misra", NULL, NULL);
 	job = h_job(run, "compliance");
-	assert_string_equal(jstr(job, "state"), "failed");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
 	/* malloc: rule 21.3, the only enforced rule broken (10.4 and 15.6 there are deviations) */
-	assert_non_null(strstr(jstr(job, "message"), "static analysis: 1 misra-c2012 finding (threshold 0)"));
-	assert_non_null(strstr(jstr(job, "message"), "src/lint_break.c:"));
-	assert_non_null(strstr(jstr(job, "message"), "misra-c2012-21.3"));
-	assert_non_null(strstr(jstr(job, "message"), "suppressed)"));
-	assert_string_equal(jstr(h_job(run, "code-quality"), "state"), "passed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "static analysis: 1 misra-c2012 finding (threshold 0)"));
+	assert_non_null(strstr(fw_jstr(job, "message"), "src/lint_break.c:"));
+	assert_non_null(strstr(fw_jstr(job, "message"), "misra-c2012-21.3"));
+	assert_non_null(strstr(fw_jstr(job, "message"), "suppressed)"));
+	assert_string_equal(fw_jstr(h_job(run, "code-quality"), "state"), "passed");
 	json_decref(run);
 }
 
@@ -271,12 +205,12 @@ static void too_complex_function_fails_code_quality_naming_it(void **state)
 	wait_for(&f->d, f->main_run, "passed");
 	run = branch_run(f, "complex", NULL, NULL);
 	job = h_job(run, "code-quality");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "complexity: largest function complexity 31 (limit 25):"
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "complexity: largest function complexity 31 (limit 25):"
 							 " breaks/complex.c:15 decode_command (complexity 31)"));
-	assert_non_null(strstr(jstr(job, "message"), "complexity: 3 functions above 15 (at most 2)"));
-	assert_null(strstr(jstr(job, "message"), "duplication"));
-	assert_string_equal(jstr(h_job(run, "compliance"), "state"), "passed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "complexity: 3 functions above 15 (at most 2)"));
+	assert_null(strstr(fw_jstr(job, "message"), "duplication"));
+	assert_string_equal(fw_jstr(h_job(run, "compliance"), "state"), "passed");
 	json_decref(run);
 }
 
@@ -289,14 +223,14 @@ static void duplicated_block_fails_code_quality_naming_both_copies(void **state)
 	wait_for(&f->d, f->main_run, "passed");
 	run = branch_run(f, "dup", NULL, NULL);
 	job = h_job(run, "code-quality");
-	msg = jstr(job, "message");
-	assert_string_equal(jstr(job, "state"), "failed");
+	msg = fw_jstr(job, "message");
+	assert_string_equal(fw_jstr(job, "state"), "failed");
 	assert_non_null(strstr(msg, "duplication: "));
 	assert_non_null(strstr(msg, "% duplicated lines (limit 1%): "));
 	assert_non_null(strstr(msg, "breaks/dup.c:"));
 	assert_non_null(strstr(msg, "src/sha256.c:"));
 	assert_null(strstr(msg, "complexity"));
-	assert_string_equal(jstr(h_job(run, "compliance"), "state"), "passed");
+	assert_string_equal(fw_jstr(h_job(run, "compliance"), "state"), "passed");
 	json_decref(run);
 }
 
@@ -310,10 +244,10 @@ static void branch_that_raises_a_limit_still_fails_when_worse_than_main(void **s
 	/* the branch allows 5 % but main has 0 %: no_worse judges against main */
 	run = branch_run(f, "dup", "      duplicated_percent: 1 ", "      duplicated_percent: 5 ");
 	job = h_job(run, "code-quality");
-	assert_string_equal(jstr(job, "state"), "failed");
-	assert_non_null(strstr(jstr(job, "message"), "duplicated lines, worse than the baseline's 0.00%"));
+	assert_string_equal(fw_jstr(job, "state"), "failed");
+	assert_non_null(strstr(fw_jstr(job, "message"), "duplicated lines, worse than the baseline's 0.00%"));
 	want = xasprintf("(baseline: run %lld)", (long long)f->main_run);
-	assert_non_null(strstr(jstr(job, "message"), want));
+	assert_non_null(strstr(fw_jstr(job, "message"), want));
 	free(want);
 	json_decref(run);
 }

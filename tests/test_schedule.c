@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "../orchestrator/sched/cron.h"
+#include "githarness.h"
 #include "harness.h"
 
 /* 2026-01-01T00:00:00Z, a Thursday */
@@ -135,32 +136,29 @@ static const char pipeline[] =
 
 struct env {
 	struct daemon d;
-	char *origin, *work;
+	struct gh_origin git;
 };
 
 static void setup_with(struct env *g, const char *before, const char *schedules, const char *dev_file,
 		       const char *dev_text)
 {
 	struct buf out = BUF_INIT;
-	char *base = h_tmpdir(), *config;
+	char *config;
 
 	memset(g, 0, sizeof(*g));
-	g->origin = xasprintf("%s/origin.git", base);
-	g->work = xasprintf("%s/work", base);
-	assert_int_equal(h_sh(&out, "git init -q --bare -b main %s && git init -q -b main %s && cd %s && git remote add origin %s",
-			      g->origin, g->work, g->work, g->origin), 0);
-	h_git_commit_file(g->work, ".otacd/pipeline.yml", pipeline, "add pipeline");
-	h_git_push(g->work, "main");
+	gh_origin_init(&g->git);
+	gh_origin_create(&g->git);
+	h_git_commit_file(g->git.work, ".otacd/pipeline.yml", pipeline, "add pipeline");
+	h_git_push(g->git.work, "main");
 	if (dev_file) {
-		assert_int_equal(h_git(g->work, &out, "checkout -q -b dev"), 0);
-		h_git_commit_file(g->work, dev_file, dev_text, "a dev-only file");
-		h_git_push(g->work, "dev");
+		assert_int_equal(h_git(g->git.work, &out, "checkout -q -b dev"), 0);
+		h_git_commit_file(g->git.work, dev_file, dev_text, "a dev-only file");
+		h_git_push(g->git.work, "dev");
 	}
 	config = xasprintf("%slease: 3s\nheartbeat: 300ms\nrepositories:\n"
-			   "  - name: " REPO "\n    url: \"%s\"\n    schedules:\n%s", before, g->origin, schedules);
+			   "  - name: " REPO "\n    url: \"%s\"\n    schedules:\n%s", before, g->git.origin, schedules);
 	h_init(&g->d, config);
 	free(config);
-	free(base);
 	buf_release(&out);
 }
 
@@ -171,13 +169,8 @@ static void setup(struct env *g, const char *schedules)
 
 static void teardown(struct env *g)
 {
-	struct buf out = BUF_INIT;
 	h_cleanup(&g->d);
-	if (!getenv("OTACD_KEEP"))
-		h_sh(&out, "rm -rf %s %s", g->origin, g->work);
-	buf_release(&out);
-	free(g->origin);
-	free(g->work);
+	gh_origin_release(&g->git);
 }
 
 /* Poll until `sql` counts at least n (generous: the machine may be loaded). */
