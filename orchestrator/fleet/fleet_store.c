@@ -1,7 +1,16 @@
 /*
  * fleet_store.c - fleet.db and the fleet's writer thread.
  *
- * The writer thread is the only user of the SQLite connection.  It wakes
+ * fleet.db is on the storage layer (db/db.h; docs/storage.md, "The fleet
+ * store"): a SQLite file by default, or a PostgreSQL database of its own
+ * (cfg->db_path is a path or a URL).  Its PostgreSQL form: the migrations
+ * below through db_migrate(), upserts (ON CONFLICT DO UPDATE) where SQLite
+ * had INSERT OR REPLACE, an id column for the registration audit trail
+ * where it had rowid, BYTEA for the packed rows, and the SQLite settings
+ * (page size, checkpoints, secure_delete) through db_open_tuned(), which
+ * PostgreSQL ignores.  The legacy layout stays SQLite's (legacy_schema).
+ *
+ * The writer thread is the only user of the database connection.  It wakes
  * when report batches are queued (fleet_store_submit) or every 250 ms, and
  * then runs one round in one transaction:
  *
@@ -26,7 +35,7 @@
  * last_seen is one poll interval old (fleet_store_seen; after a crash
  * last_seen may be that much older, plus the snapshot's rounds; a clean
  * stop loses none: last_round finishes a snapshot being built and logs the
- * rest).  The database is WAL with
+ * rest).  On SQLite the database is WAL with
  * store_sync_pragma()'s synchronous (FULL: a commit survives the process
  * being killed and a power cut) and secure_delete=FAST (Debian builds
  * SQLite with it ON, which zero-fills every page a snapshot switch frees:
