@@ -207,6 +207,7 @@ int db_prepare(struct db *db, struct db_stmt **out, const char *sql)
 	st->db = db;
 	if (db->backend == DB_POSTGRES) {
 		if ((rc = db_dialect_pg(sql, &pg, &st->nparams)) < 0) {
+			buf_release(&pg); /* what was rewritten before the refusal */
 			free(st);
 			return db_fail(db, rc, "%s", ota_error_last());
 		}
