@@ -54,6 +54,11 @@ static const struct db_ops *ops_for_url(const char *url, const char **rest)
 
 int db_open(struct db **out, const char *url, unsigned flags)
 {
+	return db_open_tuned(out, url, flags, NULL);
+}
+
+int db_open_tuned(struct db **out, const char *url, unsigned flags, const struct db_sqlite_tuning *tuning)
+{
 	const char *rest;
 	const struct db_ops *ops = ops_for_url(url, &rest);
 	struct db *db;
@@ -66,7 +71,10 @@ int db_open(struct db **out, const char *url, unsigned flags)
 	db->backend = ops == &db_pg_ops ? DB_POSTGRES : DB_SQLITE;
 	db->flags = flags;
 	db->url = xstrdup(url);
-	if ((rc = ops->open(db, rest, flags)) < 0) {
+	db->tuning = tuning;
+	rc = ops->open(db, rest, flags);
+	db->tuning = NULL;
+	if (rc < 0) {
 		free(db->errmsg);
 		free(db->url);
 		free(db);
@@ -217,6 +225,7 @@ int db_prepare(struct db *db, struct db_stmt **out, const char *sql)
 	st->db = db;
 	if (db->backend == DB_POSTGRES) {
 		if ((rc = db_dialect_pg(sql, &pg, &st->nparams)) < 0) {
+			buf_release(&pg); /* what was rewritten before the refusal */
 			free(st);
 			return db_fail(db, rc, "%s", ota_error_last());
 		}

@@ -67,6 +67,22 @@ struct db_stmt;
 
 /* Open a connection to url (see above).  No migration runs here. */
 int db_open(struct db **out, const char *url, unsigned flags);
+/*
+ * SQLite settings a connection may ask for when it opens, beyond the
+ * defaults above (the fleet store's fleet.db: docs/storage.md).  A zero
+ * field keeps SQLite's default; PostgreSQL ignores them all (its server's
+ * configuration governs pages, caches and checkpoints).
+ */
+struct db_sqlite_tuning {
+	int page_size;              /* a new file only: set before WAL is */
+	int64_t checkpoint_bytes;   /* WAL bytes before a passive checkpoint
+				     * (default 1,000 pages) */
+	int cache_kib;              /* cache_size=-N */
+	int64_t mmap_bytes;         /* mmap_size */
+	int secure_delete_fast;     /* secure_delete=FAST rather than the build's default */
+};
+/* db_open() with tuning (NULL: db_open()). */
+int db_open_tuned(struct db **out, const char *url, unsigned flags, const struct db_sqlite_tuning *tuning);
 /* Close a connection and finalize every statement prepared on it. */
 void db_close(struct db *db);
 

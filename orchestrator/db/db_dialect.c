@@ -17,6 +17,7 @@
  *   strftime('%s','now')       CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)
  *   MAX(a, b)  MIN(a, b)       GREATEST(a, b)  LEAST(a, b)  (the scalar
  *                              forms; MAX(x) stays the aggregate)
+ *   WITHOUT ROWID              (dropped: a storage choice of SQLite's)
  *
  * Constructs with no faithful rewrite are refused with OTA_EINVAL when the
  * statement is prepared, naming the construct: INSERT OR REPLACE (it needs
@@ -217,6 +218,12 @@ static int word(struct scan *s)
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(k_renames); i++)
 		if (word_at(start, k_renames[i].word))
 			return buf_puts(s->out, k_renames[i].pg);
+	/* a SQLite storage choice (the table is its primary key's B-tree);
+	 * a PostgreSQL table is a heap with its key's index either way */
+	if (word_at(start, "WITHOUT") && word_at(next, "ROWID")) {
+		s->p = next + 5;
+		return 0;
+	}
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(k_refused); i++)
 		if (word_at(start, k_refused[i].word))
 			return refuse(s, k_refused[i].why);

@@ -68,6 +68,8 @@ struct db {
 	int disk_error; /* DB_ENOSPACE or DB_EIO since db_begin() (db_disk_error()) */
 	void (*on_commit)(void *arg);
 	void *on_commit_arg;
+	const struct db_sqlite_tuning *tuning; /* during open only (db_open_tuned) */
+	int checkpoint_pages; /* SQLite: WAL pages before a checkpoint (0: 1,000) */
 	struct db_cache_slot *cache; /* open addressing by key address, [cache_cap] */
 	size_t cache_cap;            /* a power of two, or 0 before the first */
 	size_t ncache;

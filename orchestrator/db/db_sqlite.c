@@ -52,8 +52,10 @@ static int fail(struct db *db, int sqlite_rc, const char *what)
 
 static int on_wal_commit(void *arg, sqlite3 *handle, const char *name, int pages)
 {
-	db_fire_commit(arg);
-	if (pages >= 1000)
+	struct db *db = arg;
+
+	db_fire_commit(db);
+	if (pages >= (db->checkpoint_pages > 0 ? db->checkpoint_pages : 1000))
 		sqlite3_wal_checkpoint_v2(handle, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 	return SQLITE_OK;
 }
@@ -68,11 +70,40 @@ static int sq_exec(struct db *db, const char *sql)
 	return rc == SQLITE_OK ? 0 : fail(db, rc, "exec");
 }
 
+/* db_open_tuned()'s settings that apply once WAL is on (page_size went
+ * before it, in sq_open). */
+static int apply_tuning(struct db *db, const struct db_sqlite_tuning *t)
+{
+	struct buf pragmas = BUF_INIT;
+	sqlite3_stmt *st = NULL;
+	int page = 4096, rc = 0;
+
+	if (t->secure_delete_fast)
+		buf_puts(&pragmas, "PRAGMA secure_delete=FAST;");
+	if (t->cache_kib > 0)
+		buf_printf(&pragmas, "PRAGMA cache_size=-%d;", t->cache_kib);
+	if (t->mmap_bytes > 0)
+		buf_printf(&pragmas, "PRAGMA mmap_size=%lld;", (long long)t->mmap_bytes);
+	if (pragmas.len)
+		rc = sq_exec(db, buf_cstr(&pragmas));
+	buf_release(&pragmas);
+	if (rc < 0)
+		return rc;
+	if (t->checkpoint_bytes <= 0)
+		return 0;
+	/* an existing file keeps the page size it was made with */
+	if (sqlite3_prepare_v2(conn(db), "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		page = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	db->checkpoint_pages = (int)(t->checkpoint_bytes / (page > 0 ? page : 4096));
+	return 0;
+}
+
 static int sq_open(struct db *db, const char *path, unsigned flags)
 {
 	int oflags = (flags & DB_READONLY) ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
 	sqlite3 *handle = NULL;
-	char pragmas[200];
+	char pragmas[300], page_size[40] = "";
 	int rc;
 
 	oflags |= SQLITE_OPEN_NOMUTEX; /* a connection belongs to one thread */
@@ -84,6 +115,8 @@ static int sq_open(struct db *db, const char *path, unsigned flags)
 	}
 	db->impl = handle;
 	sqlite3_extended_result_codes(handle, 1);
+	if (db->tuning && db->tuning->page_size > 0)
+		snprintf(page_size, sizeof(page_size), "PRAGMA page_size=%d;", db->tuning->page_size);
 	if (flags & DB_READONLY)
 		snprintf(pragmas, sizeof(pragmas), "PRAGMA busy_timeout=%d; PRAGMA foreign_keys=ON;", BUSY_TIMEOUT_MS);
 	else
@@ -91,10 +124,15 @@ static int sq_open(struct db *db, const char *path, unsigned flags)
 			 /* the timeout first: switching to WAL waits for the lock too */
 			 /* auto_vacuum before WAL: it takes effect only on a
 			  * database with no tables yet, before WAL writes its header */
-			 "PRAGMA busy_timeout=%d; %s PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
-			 BUSY_TIMEOUT_MS, (flags & DB_INCREMENTAL_VACUUM) ? "PRAGMA auto_vacuum=INCREMENTAL;" : "",
+			 /* page_size too (db_open_tuned): a WAL database keeps its page size */
+			 "PRAGMA busy_timeout=%d; %s%s PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
+			 BUSY_TIMEOUT_MS, (flags & DB_INCREMENTAL_VACUUM) ? "PRAGMA auto_vacuum=INCREMENTAL;" : "", page_size,
 			 (flags & DB_SYNC_NORMAL) ? "NORMAL" : "FULL");
 	if ((rc = sq_exec(db, pragmas)) < 0) {
+		sqlite3_close(handle);
+		return rc;
+	}
+	if (db->tuning && (rc = apply_tuning(db, db->tuning)) < 0) {
 		sqlite3_close(handle);
 		return rc;
 	}

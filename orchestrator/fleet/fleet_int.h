@@ -9,13 +9,13 @@
 
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "../../common/util.h"
 #include "../artifact.h"
+#include "../db/db.h"
 #include "fleet.h"
 
 #define FLEET_SHARD_BITS 6              /* 64 device shards */
@@ -302,8 +302,7 @@ struct fleet {
 	size_t nexp;
 
 	/* fleet_store.c: the writer thread owns db and everything below */
-	sqlite3 *db;
-	sqlite3_stmt *st_dev, *st_agg, *st_snap;
+	struct db *db;
 	int legacy;                /* OTACD_FLEET_LAYOUT=legacy (benchmarks only) */
 	int64_t log_rows;          /* legacy: rows in device_log not yet merged */
 	int64_t snap_gen, snap_seq;   /* the snapshot in use and the last log seq it covers */

@@ -1,7 +1,16 @@
 /*
  * fleet_store.c - fleet.db and the fleet's writer thread.
  *
- * The writer thread is the only user of the SQLite connection.  It wakes
+ * fleet.db is on the storage layer (db/db.h; docs/storage.md, "The fleet
+ * store"): a SQLite file by default, or a PostgreSQL database of its own
+ * (cfg->db_path is a path or a URL).  Its PostgreSQL form: the migrations
+ * below through db_migrate(), upserts (ON CONFLICT DO UPDATE) where SQLite
+ * had INSERT OR REPLACE, an id column for the registration audit trail
+ * where it had rowid, BYTEA for the packed rows, and the SQLite settings
+ * (page size, checkpoints, secure_delete) through db_open_tuned(), which
+ * PostgreSQL ignores.  The legacy layout stays SQLite's (legacy_schema).
+ *
+ * The writer thread is the only user of the database connection.  It wakes
  * when report batches are queued (fleet_store_submit) or every 250 ms, and
  * then runs one round in one transaction:
  *
@@ -26,7 +35,7 @@
  * last_seen is one poll interval old (fleet_store_seen; after a crash
  * last_seen may be that much older, plus the snapshot's rounds; a clean
  * stop loses none: last_round finishes a snapshot being built and logs the
- * rest).  The database is WAL with
+ * rest).  On SQLite the database is WAL with
  * store_sync_pragma()'s synchronous (FULL: a commit survives the process
  * being killed and a power cut) and secure_delete=FAST (Debian builds
  * SQLite with it ON, which zero-fills every page a snapshot switch frees:
@@ -95,10 +104,19 @@
 #include "../clock.h"
 #include "../store.h"
 
-static const char schema[] =
-	/* devices: a snapshot (generation gen, one BLOB per shard) and the log
-	 * of rows written after it (one BLOB per round, up to LOG_CHUNK rows);
-	 * fleet_meta names the snapshot in use and the last seq it covers */
+/*
+ * fleet.db's migrations (db_migrate, as store.c's; docs/storage.md, "the
+ * fleet store"), in SQLite's dialect, which the storage layer rewrites
+ * for PostgreSQL.  Append, never edit: migration 1 is the schema fleet.db
+ * had before it kept a schema_migrations table, every statement IF NOT
+ * EXISTS, so a fleet.db written then opens as version 1 with its rows.
+ */
+static const char *const migrations[] = {
+	/* 1. devices: a snapshot (generation gen, one BLOB per shard) and the
+	 * log of rows written after it (one BLOB per round, up to LOG_CHUNK
+	 * rows); fleet_meta names the snapshot in use and the last seq it
+	 * covers.  fleet_auth.c: registered devices and the registration
+	 * audit trail. */
 	"CREATE TABLE IF NOT EXISTS dev_snap(gen INTEGER NOT NULL, rows BLOB NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS dev_log(seq INTEGER PRIMARY KEY, rows BLOB NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS fleet_meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
@@ -107,15 +125,26 @@ static const char schema[] =
 	" boot_fail INTEGER NOT NULL, reverts INTEGER NOT NULL, reporting INTEGER NOT NULL, crashed INTEGER NOT NULL,"
 	" crashes INTEGER NOT NULL, device_hours REAL NOT NULL, battery_mah REAL NOT NULL,"
 	" PRIMARY KEY(product, version, cohort)) WITHOUT ROWID;"
-	/* fleet_auth.c: registered devices and the registration audit trail */
 	"CREATE TABLE IF NOT EXISTS registered(id TEXT PRIMARY KEY, gen INTEGER NOT NULL, at INTEGER NOT NULL)"
 	" WITHOUT ROWID;"
 	"CREATE TABLE IF NOT EXISTS registrations(at INTEGER NOT NULL, count INTEGER NOT NULL, first TEXT NOT NULL,"
-	" last TEXT NOT NULL, peer TEXT NOT NULL);";
+	" last TEXT NOT NULL, peer TEXT NOT NULL);",
+	/* 2. the audit trail, listed newest first, gets an id (it was
+	 * SQLite's rowid, which PostgreSQL has not); rows written before
+	 * keep their order by time */
+	"CREATE TABLE registrations_v2(id INTEGER PRIMARY KEY, at INTEGER NOT NULL, count INTEGER NOT NULL,"
+	" first TEXT NOT NULL, last TEXT NOT NULL, peer TEXT NOT NULL);"
+	"INSERT INTO registrations_v2(at, count, first, last, peer)"
+	" SELECT at, count, first, last, peer FROM registrations ORDER BY at;"
+	"DROP TABLE registrations;"
+	"ALTER TABLE registrations_v2 RENAME TO registrations;",
+};
 
 /* The layout before the snapshot (one text row per device): read once to
  * migrate a fleet.db written by it, and kept writable behind
- * OTACD_FLEET_LAYOUT=legacy so the benchmarks can compare both. */
+ * OTACD_FLEET_LAYOUT=legacy so the benchmarks can compare both.  SQLite
+ * only: such a file was only ever SQLite, and its device_log is read in
+ * rowid order (PostgreSQL has no rowid; docs/storage.md). */
 static const char legacy_schema[] =
 	"CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, product TEXT NOT NULL, hardware TEXT NOT NULL,"
 	" bootloader TEXT NOT NULL, version TEXT NOT NULL, counter INTEGER NOT NULL, tags TEXT NOT NULL,"
@@ -135,17 +164,21 @@ static const char legacy_schema[] =
 
 static int db_err(struct fleet *f, const char *what)
 {
-	return ota_error_set(OTA_ERROR, "fleet.db: %s: %s", what, sqlite3_errmsg(f->db));
+	return ota_error_set(OTA_ERROR, "fleet.db: %s: %s", what, db_errmsg(f->db));
 }
 
 static int exec(struct fleet *f, const char *sql)
 {
-	char *msg = NULL;
-	if (sqlite3_exec(f->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		int rc = ota_error_set(OTA_ERROR, "fleet.db: %s", msg ? msg : "error");
-		sqlite3_free(msg);
-		return rc;
-	}
+	if (db_exec(f->db, sql) < 0)
+		return ota_error_set(OTA_ERROR, "fleet.db: %s", db_errmsg(f->db));
+	return 0;
+}
+
+/* Run st (prepared: NULL when that failed) to its end and reset it. */
+static int run(struct fleet *f, struct db_stmt *st, const char *what)
+{
+	if (!st || db_run(st) < 0)
+		return db_err(f, what);
 	return 0;
 }
 
@@ -255,21 +288,21 @@ static int legacy_flush_devices(struct fleet *f)
 		s->dirty = NULL;
 		pthread_mutex_unlock(&s->mu);
 		for (size_t i = 0; i < nrows; i++) {
-			sqlite3_stmt *st = f->st_dev;
-			sqlite3_reset(st);
-			sqlite3_bind_text(st, 1, rows[i].id, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, rows[i].product, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 3, rows[i].hardware, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 4, rows[i].bootloader, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 5, rows[i].version, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(st, 6, rows[i].counter);
-			sqlite3_bind_text(st, 7, text.ptr + rows[i].tags_off, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 8, text.ptr + rows[i].flags_off, -1, SQLITE_STATIC);
-			sqlite3_bind_int64(st, 9, rows[i].last_seen);
-			if (sqlite3_step(st) != SQLITE_DONE) {
-				rc = db_err(f, "write device");
-				break;
+			struct db_stmt *st = db_stmt(f->db, "INSERT INTO device_log(" DEVICE_COLS ")"
+							    " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)");
+			if (st) {
+				db_bind_text(st, 1, rows[i].id);
+				db_bind_text(st, 2, rows[i].product);
+				db_bind_text(st, 3, rows[i].hardware);
+				db_bind_text(st, 4, rows[i].bootloader);
+				db_bind_text(st, 5, rows[i].version);
+				db_bind_int64(st, 6, rows[i].counter);
+				db_bind_text(st, 7, text.ptr + rows[i].tags_off);
+				db_bind_text(st, 8, text.ptr + rows[i].flags_off);
+				db_bind_int64(st, 9, rows[i].last_seen);
 			}
+			if ((rc = run(f, st, "write device")) < 0)
+				break;
 			f->log_rows++;
 		}
 	}
@@ -280,43 +313,37 @@ static int legacy_flush_devices(struct fleet *f)
 
 static int meta_set(struct fleet *f, const char *key, int64_t value)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = 0;
-	if (sqlite3_prepare_v2(f->db, "INSERT OR REPLACE INTO fleet_meta(key, value) VALUES(?, ?)", -1, &st, NULL) !=
-	    SQLITE_OK)
-		return db_err(f, "write fleet_meta");
-	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, value);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		rc = db_err(f, "write fleet_meta");
-	sqlite3_finalize(st);
-	return rc;
+	struct db_stmt *st = db_stmt(f->db, "INSERT INTO fleet_meta(key, value) VALUES(?, ?)"
+					    " ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+	if (st) {
+		db_bind_text(st, 1, key);
+		db_bind_int64(st, 2, value);
+	}
+	return run(f, st, "write fleet_meta");
 }
 
+/* A statement with one integer parameter; sql a literal (db_stmt). */
 static int exec_int(struct fleet *f, const char *sql, int64_t v)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = 0;
-	if (sqlite3_prepare_v2(f->db, sql, -1, &st, NULL) != SQLITE_OK)
-		return db_err(f, sql);
-	sqlite3_bind_int64(st, 1, v);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		rc = db_err(f, sql);
-	sqlite3_finalize(st);
-	return rc;
+	struct db_stmt *st = db_stmt(f->db, sql);
+	if (st)
+		db_bind_int64(st, 1, v);
+	return run(f, st, sql);
 }
 
 /* One dev_log row: the next seq (explicit, so seqs only grow even when the
  * log has been emptied) and a chunk's BLOB. */
 static int log_insert(struct fleet *f, struct fleet_chunk *c, struct buf *blob)
 {
-	sqlite3_stmt *st = f->st_dev;
+	struct db_stmt *st = db_stmt(f->db, "INSERT INTO dev_log(seq, rows) VALUES(?, ?)");
+	int rc;
 	fleet_chunk_finish(c, blob);
-	sqlite3_reset(st);
-	sqlite3_bind_int64(st, 1, ++f->log_seq);
-	sqlite3_bind_blob(st, 2, blob->ptr, (int)blob->len, SQLITE_STATIC);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		return db_err(f, "write devices");
+	if (st) {
+		db_bind_int64(st, 1, ++f->log_seq);
+		db_bind_blob(st, 2, blob->ptr, blob->len);
+	}
+	if ((rc = run(f, st, "write devices")) < 0)
+		return rc;
 	f->log_bytes += (int64_t)blob->len;
 	if (f->building)
 		f->build_log_bytes += (int64_t)blob->len;
@@ -325,12 +352,14 @@ static int log_insert(struct fleet *f, struct fleet_chunk *c, struct buf *blob)
 
 static int snap_insert(struct fleet *f, int64_t gen, const struct buf *blob)
 {
-	sqlite3_stmt *st = f->st_snap;
-	sqlite3_reset(st);
-	sqlite3_bind_int64(st, 1, gen);
-	sqlite3_bind_blob(st, 2, blob->ptr, (int)blob->len, SQLITE_STATIC);
-	if (sqlite3_step(st) != SQLITE_DONE)
-		return db_err(f, "write the device snapshot");
+	struct db_stmt *st = db_stmt(f->db, "INSERT INTO dev_snap(gen, rows) VALUES(?, ?)");
+	int rc;
+	if (st) {
+		db_bind_int64(st, 1, gen);
+		db_bind_blob(st, 2, blob->ptr, blob->len);
+	}
+	if ((rc = run(f, st, "write the device snapshot")) < 0)
+		return rc;
 	f->build_bytes += (int64_t)blob->len;
 	return 0;
 }
@@ -490,7 +519,7 @@ static int flush_aggs(struct fleet *f)
 	f->agg_dirty = NULL;
 	pthread_mutex_unlock(&f->agg_dirty_mu);
 	for (; a; a = next) {
-		sqlite3_stmt *st = f->st_agg;
+		struct db_stmt *st;
 		struct fleet_agg v;
 		next = a->dirty_next;
 		/* clear first: a change after the read below marks it again */
@@ -501,87 +530,84 @@ static int flush_aggs(struct fleet *f)
 		a->pend = v;
 		a->flushed_next = f->agg_flushed;
 		f->agg_flushed = a;
-		sqlite3_reset(st);
-		sqlite3_bind_text(st, 1, a->product, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, a->version, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, a->cohort, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, v.offered);
-		sqlite3_bind_int64(st, 5, v.downloads);
-		sqlite3_bind_int64(st, 6, v.installs);
-		sqlite3_bind_int64(st, 7, v.boot_ok);
-		sqlite3_bind_int64(st, 8, v.boot_fail);
-		sqlite3_bind_int64(st, 9, v.reverts);
-		sqlite3_bind_int64(st, 10, v.reporting);
-		sqlite3_bind_int64(st, 11, v.crashed);
-		sqlite3_bind_int64(st, 12, v.crashes);
-		sqlite3_bind_double(st, 13, v.device_hours);
-		sqlite3_bind_double(st, 14, v.battery_mah);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			rc = db_err(f, "write aggregate");
+		st = db_stmt(f->db, "INSERT INTO aggs(product, version, cohort, offered, downloads, installs, boot_ok,"
+				    " boot_fail, reverts, reporting, crashed, crashes, device_hours, battery_mah)"
+				    " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+				    " ON CONFLICT(product, version, cohort) DO UPDATE SET offered = excluded.offered,"
+				    " downloads = excluded.downloads, installs = excluded.installs,"
+				    " boot_ok = excluded.boot_ok, boot_fail = excluded.boot_fail, reverts = excluded.reverts,"
+				    " reporting = excluded.reporting, crashed = excluded.crashed, crashes = excluded.crashes,"
+				    " device_hours = excluded.device_hours, battery_mah = excluded.battery_mah");
+		if (st) {
+			db_bind_text(st, 1, a->product);
+			db_bind_text(st, 2, a->version);
+			db_bind_text(st, 3, a->cohort);
+			db_bind_int64(st, 4, v.offered);
+			db_bind_int64(st, 5, v.downloads);
+			db_bind_int64(st, 6, v.installs);
+			db_bind_int64(st, 7, v.boot_ok);
+			db_bind_int64(st, 8, v.boot_fail);
+			db_bind_int64(st, 9, v.reverts);
+			db_bind_int64(st, 10, v.reporting);
+			db_bind_int64(st, 11, v.crashed);
+			db_bind_int64(st, 12, v.crashes);
+			db_bind_double(st, 13, v.device_hours);
+			db_bind_double(st, 14, v.battery_mah);
+		}
+		rc = run(f, st, "write aggregate");
 	}
 	return rc;
 }
 
-/* Fold the oldest n rows of device_log (all when n < 0) into devices. */
+/* Fold the oldest n rows of device_log (all when n < 0) into devices
+ * (the legacy layout: SQLite only, so rowid). */
 static int merge_log(struct fleet *f, int64_t n)
 {
-	sqlite3_stmt *st = NULL;
+	struct db_stmt *st;
 	int64_t upto = 0;
-	int rc = 0;
+	int rc;
 
-	if (sqlite3_prepare_v2(f->db, n < 0 ? "SELECT max(rowid) FROM device_log"
-					    : "SELECT rowid FROM device_log ORDER BY rowid LIMIT 1 OFFSET ?",
-			       -1, &st, NULL) != SQLITE_OK) {
-		rc = db_err(f, "merge device log");
-		goto out;
-	}
+	st = n < 0 ? db_stmt(f->db, "SELECT max(rowid) FROM device_log")
+		   : db_stmt(f->db, "SELECT rowid FROM device_log ORDER BY rowid LIMIT 1 OFFSET ?");
+	if (!st)
+		return db_err(f, "merge device log");
 	if (n >= 0)
-		sqlite3_bind_int64(st, 1, n - 1);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		upto = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	st = NULL;
+		db_bind_int64(st, 1, n - 1);
+	if ((rc = db_step(st)) == 1)
+		upto = db_column_int64(st, 0);
+	db_reset(st);
+	if (rc < 0)
+		return db_err(f, "merge device log");
 	if (upto <= 0)
-		goto out;
-	if (sqlite3_prepare_v2(f->db, "INSERT OR REPLACE INTO devices(" DEVICE_COLS ") SELECT " DEVICE_COLS
-				      " FROM device_log WHERE rowid <= ?1 ORDER BY rowid", -1, &st, NULL) != SQLITE_OK) {
-		rc = db_err(f, "merge device log");
-		goto out;
-	}
-	sqlite3_bind_int64(st, 1, upto);
-	if (sqlite3_step(st) != SQLITE_DONE) {
-		rc = db_err(f, "merge device log");
-		goto out;
-	}
-	sqlite3_finalize(st);
-	if (sqlite3_prepare_v2(f->db, "DELETE FROM device_log WHERE rowid <= ?1", -1, &st, NULL) != SQLITE_OK) {
-		st = NULL;
-		rc = db_err(f, "merge device log");
-		goto out;
-	}
-	sqlite3_bind_int64(st, 1, upto);
-	if (sqlite3_step(st) != SQLITE_DONE) {
-		rc = db_err(f, "merge device log");
-		goto out;
-	}
-	f->log_rows -= sqlite3_changes(f->db);
+		return 0;
+	st = db_stmt(f->db, "INSERT INTO devices(" DEVICE_COLS ") SELECT " DEVICE_COLS
+			    " FROM device_log WHERE rowid <= ? ORDER BY rowid"
+			    " ON CONFLICT(id) DO UPDATE SET product = excluded.product, hardware = excluded.hardware,"
+			    " bootloader = excluded.bootloader, version = excluded.version, counter = excluded.counter,"
+			    " tags = excluded.tags, flags = excluded.flags, last_seen = excluded.last_seen");
+	if (st)
+		db_bind_int64(st, 1, upto);
+	if ((rc = run(f, st, "merge device log")) < 0)
+		return rc;
+	if (!(st = db_stmt(f->db, "DELETE FROM device_log WHERE rowid <= ?")))
+		return db_err(f, "merge device log");
+	db_bind_int64(st, 1, upto);
+	if (db_step(st) < 0)
+		return db_err(f, "merge device log");
+	f->log_rows -= db_changes(st);
+	db_reset(st);
 	if (f->log_rows < 0)
 		f->log_rows = 0;
-out:
-	sqlite3_finalize(st);
-	return rc;
+	return 0;
 }
 
 /* A registration: every id moves to its next generation (memory and
  * `registered`), one audit row for the request. */
 static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 {
-	sqlite3_stmt *st = NULL;
+	struct db_stmt *st;
 	int rc = 0;
 
-	if (sqlite3_prepare_v2(f->db, "INSERT OR REPLACE INTO registered(id, gen, at) VALUES(?, ?, ?)", -1, &st, NULL) !=
-	    SQLITE_OK)
-		return db_err(f, "register");
 	for (size_t i = 0; i < reg->n && rc == 0; i++) {
 		const char *id = reg->ids[i];
 		uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
@@ -600,29 +626,26 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 			fleet_device_mark_locked(s, d);
 		}
 		pthread_mutex_unlock(&s->mu);
-		sqlite3_reset(st);
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, reg->gens[i]);
-		sqlite3_bind_int64(st, 3, reg->at);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			rc = db_err(f, "register");
+		st = db_stmt(f->db, "INSERT INTO registered(id, gen, at) VALUES(?, ?, ?)"
+				    " ON CONFLICT(id) DO UPDATE SET gen = excluded.gen, at = excluded.at");
+		if (st) {
+			db_bind_text(st, 1, id);
+			db_bind_int64(st, 2, reg->gens[i]);
+			db_bind_int64(st, 3, reg->at);
+		}
+		rc = run(f, st, "register");
 	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc == 0 && sqlite3_prepare_v2(f->db, "INSERT INTO registrations(at, count, first, last, peer) VALUES(?, ?, ?, ?, ?)",
-					  -1, &st, NULL) != SQLITE_OK)
-		return db_err(f, "register");
-	if (rc == 0) {
-		sqlite3_bind_int64(st, 1, reg->at);
-		sqlite3_bind_int64(st, 2, (int64_t)reg->n);
-		sqlite3_bind_text(st, 3, reg->ids[0], -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 4, reg->ids[reg->n - 1], -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 5, reg->peer, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			rc = db_err(f, "register");
+	if (rc < 0)
+		return rc;
+	st = db_stmt(f->db, "INSERT INTO registrations(at, count, first, last, peer) VALUES(?, ?, ?, ?, ?)");
+	if (st) {
+		db_bind_int64(st, 1, reg->at);
+		db_bind_int64(st, 2, (int64_t)reg->n);
+		db_bind_text(st, 3, reg->ids[0]);
+		db_bind_text(st, 4, reg->ids[reg->n - 1]);
+		db_bind_text(st, 5, reg->peer);
 	}
-	sqlite3_finalize(st);
-	return rc;
+	return run(f, st, "register");
 }
 
 /* After the round: the aggregates it wrote become what readers see (ok),
@@ -640,11 +663,11 @@ static void publish_aggs(struct fleet *f, int ok)
 static int round_commit(struct fleet *f, struct batch *batches)
 {
 	int rc;
-	if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
-		return rc;
+	if (db_begin(f->db) < 0)
+		return db_err(f, "begin");
 	for (struct batch *b = batches; b; b = b->next) {
 		if (b->reg && (rc = apply_registration(f, b->reg)) < 0) {
-			exec(f, "ROLLBACK");
+			db_rollback(f->db);
 			return rc;
 		}
 		for (size_t i = 0; i < b->n; i++)
@@ -656,8 +679,8 @@ static int round_commit(struct fleet *f, struct batch *batches)
 		rc = flush_devices(f);
 	if (rc < 0 || (rc = flush_aggs(f)) < 0 ||
 	    (f->legacy && f->log_rows >= LEGACY_MERGE_AT && (rc = merge_log(f, LEGACY_MERGE_CHUNK)) < 0) ||
-	    (rc = exec(f, "COMMIT")) < 0) {
-		exec(f, "ROLLBACK");
+	    (db_commit(f->db) < 0 && (rc = db_err(f, "commit")) < 0)) {
+		db_rollback(f->db);
 		publish_aggs(f, 0);
 		publish_snapshot(f, 0);
 		return rc;
@@ -852,9 +875,9 @@ void fleet_store_submit(struct fleet *f, struct batch *b)
 
 /* ---- loading ------------------------------------------------------------ */
 
-static const char *col_intern(struct fleet *f, sqlite3_stmt *st, int col)
+static const char *col_intern(struct fleet *f, struct db_stmt *st, int col)
 {
-	const char *s = (const char *)sqlite3_column_text(st, col);
+	const char *s = db_column_text(st, col);
 	return fleet_intern(f, s ? s : "", s ? strlen(s) : 0);
 }
 
@@ -898,29 +921,26 @@ static void load_row(struct fleet *f, const struct fleet_row *row)
  * rowid order, nine text columns a row. */
 static int load_legacy_devices(struct fleet *f)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = 0, step = SQLITE_DONE;
+	int rc = 0;
 
-	for (int pass = 0; pass < 2 && rc == 0; pass++) {
-		if (sqlite3_prepare_v2(f->db, pass ? "SELECT " DEVICE_COLS " FROM device_log ORDER BY rowid"
-						   : "SELECT " DEVICE_COLS " FROM devices",
-				       -1, &st, NULL) != SQLITE_OK) {
-			rc = db_err(f, "read devices");
-			goto out;
-		}
-		while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-			const char *tags_text = (const char *)sqlite3_column_text(st, 6);
-			const char *flags_text = (const char *)sqlite3_column_text(st, 7);
+	for (int pass = 0; pass < 2 && rc >= 0; pass++) {
+		struct db_stmt *st = pass ? db_stmt(f->db, "SELECT " DEVICE_COLS " FROM device_log ORDER BY rowid")
+					  : db_stmt(f->db, "SELECT " DEVICE_COLS " FROM devices");
+		if (!st)
+			return db_err(f, "read devices");
+		while ((rc = db_step(st)) == 1) {
+			const char *tags_text = db_column_text(st, 6);
+			const char *flags_text = db_column_text(st, 7);
 			struct fleet_row row;
 
 			memset(&row, 0, sizeof(row));
-			row.id = (const char *)sqlite3_column_text(st, 0);
+			row.id = db_column_text(st, 0);
 			row.product = col_intern(f, st, 1);
 			row.hardware = col_intern(f, st, 2);
 			row.bootloader = col_intern(f, st, 3);
 			row.version = col_intern(f, st, 4);
-			row.counter = sqlite3_column_int64(st, 5);
-			row.last_seen = sqlite3_column_int64(st, 8);
+			row.counter = db_column_int64(st, 5);
+			row.last_seen = db_column_int64(st, 8);
 			for (const char *p = tags_text ? tags_text : ""; *p && row.ntags < FLEET_MAX_TAGS;) {
 				const char *nl = strchr(p, '\n');
 				size_t len = nl ? (size_t)(nl - p) : strlen(p);
@@ -941,26 +961,20 @@ static int load_legacy_devices(struct fleet *f)
 			}
 			load_row(f, &row);
 		}
-		if (step != SQLITE_DONE) {
-			rc = db_err(f, "read devices");
-			goto out;
-		}
-		sqlite3_finalize(st);
-		st = NULL;
+		db_reset(st);
 	}
-out:
-	sqlite3_finalize(st);
-	return rc;
+	return rc < 0 ? db_err(f, "read devices") : 0;
 }
 
+/* The one integer sql (a literal) answers, or dflt for no row or NULL. */
 static int64_t query_int(struct fleet *f, const char *sql, int64_t dflt)
 {
-	sqlite3_stmt *st = NULL;
+	struct db_stmt *st = db_stmt(f->db, sql);
 	int64_t v = dflt;
-	if (sqlite3_prepare_v2(f->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
-	    sqlite3_column_type(st, 0) != SQLITE_NULL)
-		v = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
+	if (st && db_step(st) == 1 && db_column_type(st, 0) != DB_NULL)
+		v = db_column_int64(st, 0);
+	if (st)
+		db_reset(st);
 	return v;
 }
 
@@ -969,40 +983,34 @@ static int64_t query_int(struct fleet *f, const char *sql, int64_t dflt)
  * (and deleted when the next one starts). */
 static int load_devices(struct fleet *f)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = 0, step = SQLITE_DONE;
+	int rc = 0;
 
 	f->snap_gen = query_int(f, "SELECT value FROM fleet_meta WHERE key = 'snap_gen'", 0);
 	f->snap_seq = query_int(f, "SELECT value FROM fleet_meta WHERE key = 'snap_seq'", 0);
-	for (int pass = 0; pass < 2 && rc == 0; pass++) {
-		if (sqlite3_prepare_v2(f->db, pass ? "SELECT rows, seq FROM dev_log WHERE seq > ? ORDER BY seq"
-						   : "SELECT rows FROM dev_snap WHERE gen = ?",
-				       -1, &st, NULL) != SQLITE_OK) {
-			rc = db_err(f, "read devices");
-			goto out;
-		}
-		sqlite3_bind_int64(st, 1, pass ? f->snap_seq : f->snap_gen);
-		while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-			int n = sqlite3_column_bytes(st, 0);
-			const void *p = sqlite3_column_blob(st, 0);
-			if ((rc = fleet_chunk_decode(f, p, (size_t)n, load_row)) < 0)
-				goto out;
-			*(pass ? &f->log_bytes : &f->snap_bytes) += n;
+	for (int pass = 0; pass < 2 && rc >= 0; pass++) {
+		struct db_stmt *st = pass ? db_stmt(f->db, "SELECT rows, seq FROM dev_log WHERE seq > ? ORDER BY seq")
+					  : db_stmt(f->db, "SELECT rows FROM dev_snap WHERE gen = ?");
+		if (!st)
+			return db_err(f, "read devices");
+		db_bind_int64(st, 1, pass ? f->snap_seq : f->snap_gen);
+		while ((rc = db_step(st)) == 1) {
+			size_t n = 0;
+			const void *p = db_column_blob(st, 0, &n);
+			if ((rc = fleet_chunk_decode(f, p, n, load_row)) < 0) {
+				db_reset(st);
+				return rc;
+			}
+			*(pass ? &f->log_bytes : &f->snap_bytes) += (int64_t)n;
 			if (pass)
-				f->log_seq = sqlite3_column_int64(st, 1);
+				f->log_seq = db_column_int64(st, 1);
 		}
-		if (step != SQLITE_DONE) {
-			rc = db_err(f, "read devices");
-			goto out;
-		}
-		sqlite3_finalize(st);
-		st = NULL;
+		db_reset(st);
 	}
+	if (rc < 0)
+		return db_err(f, "read devices");
 	if (f->log_seq < f->snap_seq)
 		f->log_seq = f->snap_seq;
-out:
-	sqlite3_finalize(st);
-	return rc;
+	return 0;
 }
 
 /* Every device into a new snapshot, at once (the migration from the legacy
@@ -1022,52 +1030,44 @@ static int snapshot_all(struct fleet *f)
 	return 0;
 }
 
-static int load(struct fleet *f)
+/* The aggregates as last committed. */
+static int load_aggs(struct fleet *f)
 {
-	sqlite3_stmt *st = NULL;
-	int rc = 0, step, migrate = 0;
+	struct db_stmt *st = db_stmt(f->db, "SELECT product, version, cohort, offered, downloads, installs, boot_ok,"
+					    " boot_fail, reverts, reporting, crashed, crashes, device_hours, battery_mah"
+					    " FROM aggs");
+	int rc;
 
-	if (sqlite3_prepare_v2(f->db,
-			       "SELECT product, version, cohort, offered, downloads, installs, boot_ok, boot_fail,"
-			       " reverts, reporting, crashed, crashes, device_hours, battery_mah FROM aggs",
-			       -1, &st, NULL) != SQLITE_OK) {
-		rc = db_err(f, "read aggregates");
-		goto out;
-	}
-	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+	if (!st)
+		return db_err(f, "read aggregates");
+	while ((rc = db_step(st)) == 1) {
 		struct agg *a = fleet_agg_get(f, col_intern(f, st, 0), col_intern(f, st, 1), col_intern(f, st, 2));
-		a->v.offered = sqlite3_column_int64(st, 3);
-		a->v.downloads = sqlite3_column_int64(st, 4);
-		a->v.installs = sqlite3_column_int64(st, 5);
-		a->v.boot_ok = sqlite3_column_int64(st, 6);
-		a->v.boot_fail = sqlite3_column_int64(st, 7);
-		a->v.reverts = sqlite3_column_int64(st, 8);
-		a->v.reporting = sqlite3_column_int64(st, 9);
-		a->v.crashed = sqlite3_column_int64(st, 10);
-		a->v.crashes = sqlite3_column_int64(st, 11);
-		a->v.device_hours = sqlite3_column_double(st, 12);
-		a->v.battery_mah = sqlite3_column_double(st, 13);
+		a->v.offered = db_column_int64(st, 3);
+		a->v.downloads = db_column_int64(st, 4);
+		a->v.installs = db_column_int64(st, 5);
+		a->v.boot_ok = db_column_int64(st, 6);
+		a->v.boot_fail = db_column_int64(st, 7);
+		a->v.reverts = db_column_int64(st, 8);
+		a->v.reporting = db_column_int64(st, 9);
+		a->v.crashed = db_column_int64(st, 10);
+		a->v.crashes = db_column_int64(st, 11);
+		a->v.device_hours = db_column_double(st, 12);
+		a->v.battery_mah = db_column_double(st, 13);
 		a->c = a->v; /* what is on disk is committed */
 	}
-	if (step != SQLITE_DONE) {
-		rc = db_err(f, "read aggregates");
-		goto out;
-	}
-	sqlite3_finalize(st);
-	st = NULL;
+	db_reset(st);
+	return rc < 0 ? db_err(f, "read aggregates") : 0;
+}
 
-	/* a fleet.db of the legacy layout is read that way once, then
-	 * migrated below (unless the legacy layout was asked for) */
-	if (!f->legacy)
-		migrate = query_int(f, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'", 0) > 0;
-	if ((rc = (f->legacy || migrate) ? load_legacy_devices(f) : load_devices(f)) < 0)
-		goto out;
-	if (sqlite3_prepare_v2(f->db, "SELECT id, gen FROM registered", -1, &st, NULL) != SQLITE_OK) {
-		rc = db_err(f, "read registrations");
-		goto out;
-	}
-	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *id = (const char *)sqlite3_column_text(st, 0);
+static int load_registered(struct fleet *f)
+{
+	struct db_stmt *st = db_stmt(f->db, "SELECT id, gen FROM registered");
+	int rc;
+
+	if (!st)
+		return db_err(f, "read registrations");
+	while ((rc = db_step(st)) == 1) {
+		const char *id = db_column_text(st, 0);
 		uint64_t h;
 		struct shard *s;
 		struct reg *r;
@@ -1077,14 +1077,33 @@ static int load(struct fleet *f)
 		s = fleet_shard(f, h);
 		if (!(r = fleet_reg_find_locked(s, id, h)))
 			r = fleet_reg_new_locked(f, s, id, h);
-		r->gen = (uint32_t)sqlite3_column_int64(st, 1);
+		r->gen = (uint32_t)db_column_int64(st, 1);
 	}
-	if (step != SQLITE_DONE) {
-		rc = db_err(f, "read registrations");
-		goto out;
-	}
-	sqlite3_finalize(st);
-	st = NULL;
+	db_reset(st);
+	return rc < 0 ? db_err(f, "read registrations") : 0;
+}
+
+/* Does fleet.db still have the legacy layout's devices table?  Only a
+ * SQLite file can (PostgreSQL's fleet store started with snapshots). */
+static int has_legacy_tables(struct fleet *f)
+{
+	return db_backend(f->db) == DB_SQLITE &&
+	       query_int(f, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'devices'", 0) > 0;
+}
+
+static int load(struct fleet *f)
+{
+	int rc, migrate = 0;
+
+	if ((rc = load_aggs(f)) < 0)
+		return rc;
+	/* a fleet.db of the legacy layout is read that way once, then
+	 * migrated below (unless the legacy layout was asked for) */
+	if (!f->legacy)
+		migrate = has_legacy_tables(f);
+	if ((rc = (f->legacy || migrate) ? load_legacy_devices(f) : load_devices(f)) < 0 ||
+	    (rc = load_registered(f)) < 0)
+		return rc;
 	{
 		/* bounds start afresh: a device may claim one poll interval */
 		int64_t now = clock_now_ms();
@@ -1096,24 +1115,22 @@ static int load(struct fleet *f)
 				}
 	}
 	if (f->legacy) { /* start with an empty log */
-		if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
-			goto out;
-		if ((rc = merge_log(f, -1)) < 0 || (rc = exec(f, "COMMIT")) < 0)
-			exec(f, "ROLLBACK");
+		if (db_begin(f->db) < 0)
+			return db_err(f, "begin");
+		if ((rc = merge_log(f, -1)) < 0 || (db_commit(f->db) < 0 && (rc = db_err(f, "commit")) < 0))
+			db_rollback(f->db);
 	} else if (migrate) {
 		/* the legacy rows become the first snapshot and go, in one
 		 * transaction: a kill before its commit migrates again */
-		if ((rc = exec(f, "BEGIN IMMEDIATE")) < 0)
-			goto out;
+		if (db_begin(f->db) < 0)
+			return db_err(f, "begin");
 		if ((rc = snapshot_all(f)) < 0 || (rc = exec(f, "DROP TABLE devices; DROP TABLE IF EXISTS device_log")) < 0 ||
-		    (rc = exec(f, "COMMIT")) < 0) {
-			exec(f, "ROLLBACK");
-			goto out;
+		    (db_commit(f->db) < 0 && (rc = db_err(f, "commit")) < 0)) {
+			db_rollback(f->db);
+			return rc;
 		}
 		publish_snapshot(f, 1);
 	}
-out:
-	sqlite3_finalize(st);
 	return rc;
 }
 
@@ -1145,12 +1162,8 @@ static void fleet_free(struct fleet *f)
 		free(f->intern.slot[i]);
 	free(f->intern.slot);
 	fleet_exposures_free(f);
-	sqlite3_finalize(f->st_dev);
-	sqlite3_finalize(f->st_snap);
 	free(f->written);
-	sqlite3_finalize(f->st_agg);
-	if (f->db)
-		sqlite3_close(f->db);
+	db_close(f->db); /* and the statements cached on it */
 	pthread_rwlock_destroy(&f->intern.lock);
 	pthread_rwlock_destroy(&f->agg_lock);
 	pthread_rwlock_destroy(&f->exp_lock);
@@ -1181,6 +1194,38 @@ static struct fleet *fleet_alloc(void)
 		abort();
 	}
 	return memset(p, 0, sizeof(struct fleet));
+}
+
+/*
+ * fleet.db's SQLite settings.  page_size (a new file only): every commit
+ * rewrites a few pages (the log's last leaf, the aggregates, the header),
+ * each a WAL frame fsynced with the commit: 1 KB each rather than 4 KB.
+ * checkpoint_bytes: a checkpoint every 32 MB of WAL, so such a page is
+ * copied to the database once per checkpoint rather than once per MB.
+ * secure_delete=FAST: see the top of this file.  PostgreSQL ignores them:
+ * its server's configuration governs pages and checkpoints.
+ */
+static const struct db_sqlite_tuning k_tuning = {
+	.page_size = 1024,
+	.checkpoint_bytes = 32 << 20,
+	.cache_kib = 32768,
+	.mmap_bytes = 268435456,
+	.secure_delete_fast = 1,
+};
+
+/* cfg->db_path as the storage layer's URL: a plain path is a SQLite file */
+static char *fleet_db_url(const char *path)
+{
+	if (strncmp(path, "sqlite:", 7) == 0 || strncmp(path, "postgres://", 11) == 0 ||
+	    strncmp(path, "postgresql://", 13) == 0)
+		return xstrdup(path);
+	return xasprintf("sqlite:%s", path);
+}
+
+/* store_sync_pragma()'s choice (FULL unless otacd was told otherwise) */
+static unsigned fleet_db_flags(void)
+{
+	return strstr(store_sync_pragma(), "NORMAL") ? DB_SYNC_NORMAL : 0;
 }
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg)
@@ -1235,13 +1280,7 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		rc = ota_error_set(OTA_EINVAL, "fleet: no database path");
 		goto out;
 	}
-	f->db_path = xstrdup(cfg->db_path);
-	if (sqlite3_open_v2(cfg->db_path, &f->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-			    NULL) != SQLITE_OK) {
-		rc = ota_error_set(OTA_ERROR, "cannot open %s: %s", cfg->db_path, f->db ? sqlite3_errmsg(f->db) : "out of memory");
-		goto out;
-	}
-	sqlite3_busy_timeout(f->db, 5000);
+	f->db_path = fleet_db_url(cfg->db_path);
 	{
 		/* knobs for tests and benchmarks (docs/update-server.md) */
 		const char *layout = getenv("OTACD_FLEET_LAYOUT"), *min = getenv("OTACD_FLEET_COMPACT_BYTES");
@@ -1258,33 +1297,20 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		if ((stall = getenv("OTACD_TEST_FLEET_STALL_FILE")) && *stall)   /* tests only (test_stall) */
 			f->stall_path = xstrdup(stall);
 	}
-	/* page_size (a new file only): every commit rewrites a few pages
-	 * (the log's last leaf, the aggregates, the header), each a WAL frame
-	 * fsynced with the commit: 1 KB each rather than 4 KB.
-	 * wal_autocheckpoint: a checkpoint every 32 MB of WAL, so such a page
-	 * is copied to the database once per checkpoint rather than once per
-	 * 4 MB */
-	if ((rc = exec(f, "PRAGMA page_size=1024; PRAGMA journal_mode=WAL; PRAGMA cache_size=-32768;"
-			  " PRAGMA mmap_size=268435456; PRAGMA secure_delete=FAST;")) < 0 ||
-	    (sqlite3_wal_autocheckpoint(f->db, (int)((32 << 20) / query_int(f, "PRAGMA page_size", 4096))) != SQLITE_OK &&
-	     (rc = db_err(f, "wal_autocheckpoint")) < 0) ||
-	    (rc = exec(f, store_sync_pragma())) < 0 || (rc = exec(f, schema)) < 0 ||
-	    (f->legacy && (rc = exec(f, legacy_schema)) < 0))
-		goto out;
-	if (sqlite3_prepare_v3(f->db,
-			       f->legacy ? "INSERT INTO device_log(" DEVICE_COLS ") VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-					 : "INSERT INTO dev_log(seq, rows) VALUES(?, ?)",
-			       -1, SQLITE_PREPARE_PERSISTENT, &f->st_dev, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v3(f->db, "INSERT INTO dev_snap(gen, rows) VALUES(?, ?)", -1, SQLITE_PREPARE_PERSISTENT,
-			       &f->st_snap, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v3(f->db,
-			       "INSERT OR REPLACE INTO aggs(product, version, cohort, offered, downloads, installs, boot_ok,"
-			       " boot_fail, reverts, reporting, crashed, crashes, device_hours, battery_mah)"
-			       " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-			       -1, SQLITE_PREPARE_PERSISTENT, &f->st_agg, NULL) != SQLITE_OK) {
-		rc = db_err(f, "prepare");
+	if ((rc = db_open_tuned(&f->db, f->db_path, fleet_db_flags(), &k_tuning)) < 0) {
+		rc = ota_error_set(rc, "fleet.db: %s", ota_error_last());
 		goto out;
 	}
+	if (f->legacy && db_backend(f->db) != DB_SQLITE) {
+		rc = ota_error_set(OTA_EINVAL, "fleet.db: OTACD_FLEET_LAYOUT=legacy is SQLite only");
+		goto out;
+	}
+	if ((rc = db_migrate(f->db, migrations, OTA_ARRAY_SIZE(migrations))) < 0) {
+		rc = ota_error_set(rc, "fleet.db: %s", ota_error_last());
+		goto out;
+	}
+	if (f->legacy && (rc = exec(f, legacy_schema)) < 0)
+		goto out;
 	if ((rc = load(f)) < 0)
 		goto out;
 	if (pthread_create(&f->writer, NULL, writer_main, f) != 0) {
@@ -1315,32 +1341,26 @@ void fleet_close(struct fleet *f)
 
 json_t *fleet_registrations(struct fleet *f, int limit)
 {
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
+	struct db *db = NULL;
+	struct db_stmt *st;
 	json_t *batches = json_array(), *o;
 	int64_t total = 0, refused, devices = 0;
 
 	/* a connection of its own: the writer owns f->db (WAL lets both read) */
-	if (sqlite3_open_v2(f->db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(db, 5000);
-		if (sqlite3_prepare_v2(db, "SELECT coalesce(sum(count), 0) FROM registrations", -1, &st, NULL) == SQLITE_OK &&
-		    sqlite3_step(st) == SQLITE_ROW)
-			total = sqlite3_column_int64(st, 0);
-		sqlite3_finalize(st);
-		st = NULL;
-		if (sqlite3_prepare_v2(db, "SELECT at, count, first, last, peer FROM registrations ORDER BY rowid DESC LIMIT ?",
-				       -1, &st, NULL) == SQLITE_OK) {
-			sqlite3_bind_int(st, 1, limit);
-			while (sqlite3_step(st) == SQLITE_ROW)
-				json_array_append_new(batches, json_pack("{sI sI ss ss ss}", "at", (json_int_t)sqlite3_column_int64(st, 0),
-									 "count", (json_int_t)sqlite3_column_int64(st, 1),
-									 "first", (const char *)sqlite3_column_text(st, 2),
-									 "last", (const char *)sqlite3_column_text(st, 3),
-									 "peer", (const char *)sqlite3_column_text(st, 4)));
+	if (db_open(&db, f->db_path, DB_READONLY) == 0) {
+		if ((st = db_stmt(db, "SELECT coalesce(sum(count), 0) FROM registrations")) && db_step(st) == 1)
+			total = db_column_int64(st, 0);
+		if ((st = db_stmt(db, "SELECT at, count, first, last, peer FROM registrations ORDER BY id DESC LIMIT ?"))) {
+			db_bind_int64(st, 1, limit);
+			while (db_step(st) == 1)
+				json_array_append_new(batches, json_pack("{sI sI ss ss ss}", "at", (json_int_t)db_column_int64(st, 0),
+									 "count", (json_int_t)db_column_int64(st, 1),
+									 "first", db_column_text(st, 2),
+									 "last", db_column_text(st, 3),
+									 "peer", db_column_text(st, 4)));
 		}
-		sqlite3_finalize(st);
 	}
-	sqlite3_close(db);
+	db_close(db);
 	for (int k = 0; k < FLEET_NSHARDS; k++) {
 		pthread_mutex_lock(&f->shards[k].mu);
 		devices += (int64_t)f->shards[k].rn;

@@ -1,0 +1,443 @@
+/*
+ * test_dbconv_fleet.c - the fleet store (orchestrator/fleet/fleet_store.c,
+ * fleet.db) converted to the storage layer (docs/storage.md, conversion
+ * plan step 5, and "the fleet store"):
+ *
+ *  - every statement fleet_store.c prepares (each db_stmt(), exec_int()
+ *    and query_int() literal, read from the source, so a statement added
+ *    later is checked too) prepares on SQLite and on a real PostgreSQL
+ *    cluster (tests/pgcluster.h) after fleet.db's migrations ran there,
+ *    except the legacy layout's, which are SQLite's only and refused on
+ *    PostgreSQL; the file calls no sqlite3_* any more;
+ *  - the fleet's paths (registration, check-ins, report ingestion,
+ *    aggregates, the device log, a snapshot switch, the registration
+ *    audit trail, a reload from the database) give the same answers on
+ *    both backends, and the answers the fleet promises;
+ *  - a fleet.db as otacd wrote it before fleet.db had migrations (no
+ *    schema_migrations, registrations without an id) opens with its
+ *    devices, registrations and audit trail, newest first.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "../common/util.h"
+#include "../orchestrator/db/db.h"
+#include "../orchestrator/fleet/fleet.h"
+#include "harness.h"
+#include "dbconv.h"
+
+#define FILE_RC "orchestrator/fleet/fleet_store.c"
+#define KEY "fleet-key-for-tests"
+#define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+/* ---- the statements, read from the source ------------------------------------ */
+
+struct sql_list {
+	struct strvec sql;   /* the statements */
+	struct strvec where; /* "file:line" of each */
+};
+
+/* The text of `#define name "..."` in text (the literal, unescaped). */
+static void macro_text(const char *text, const char *name, struct buf *out)
+{
+	char want[128];
+	const char *p;
+
+	snprintf(want, sizeof(want), "#define %s ", name);
+	if (!(p = strstr(text, want)))
+		fail_msg("%s: no %s", FILE_RC, want);
+	p = strchr(p, '"');
+	dbconv_joined_literals(p, out);
+}
+
+/* The adjacent literals at p, with DEVICE_COLS spelled out as the compiler
+ * does; NULL if p starts with no literal. */
+static const char *joined_with_macros(const char *text, const char *p, struct buf *out)
+{
+	int any = 0;
+
+	for (;;) {
+		while (*p == ' ' || *p == '\t' || *p == '\n')
+			p++;
+		if (*p == '"') {
+			dbconv_take_literal(&p, out);
+		} else if (strncmp(p, "DEVICE_COLS", 11) == 0) {
+			macro_text(text, "DEVICE_COLS", out);
+			p += 11;
+		} else {
+			return any ? p : NULL;
+		}
+		any = 1;
+	}
+}
+
+/* Every call of one of calls[] whose second argument is a literal. */
+static void scan(struct sql_list *l)
+{
+	static const char *const calls[] = { "db_stmt(", "exec_int(", "query_int(" };
+	char *text = dbconv_read_source(FILE_RC);
+
+	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
+	if (strstr(text, "sqlite3_"))
+		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", FILE_RC);
+	for (size_t c = 0; c < OTA_ARRAY_SIZE(calls); c++)
+		for (const char *p = text; (p = strstr(p, calls[c])) != NULL; p++) {
+			struct buf sql = BUF_INIT;
+			const char *comma = strchr(p, ',');
+			int line = 1;
+
+			for (const char *q = text; q < p; q++)
+				line += *q == '\n';
+			if (comma && joined_with_macros(text, comma + 1, &sql)) {
+				buf_putc(&sql, '\0');
+				strvec_push(&l->sql, sql.ptr);
+				strvec_pushf(&l->where, "%s:%d", FILE_RC, line);
+			}
+			buf_release(&sql);
+		}
+	free(text);
+	if (l->sql.n < 20)
+		fail_msg("%s: only %zu statements found (the scan is broken?)", FILE_RC, l->sql.n);
+}
+
+/* The legacy layout's statements: SQLite only (fleet_store.c says why). */
+static int legacy_only(const char *sql)
+{
+	return strstr(sql, "device_log") || strstr(sql, "INTO devices") || strstr(sql, "FROM devices") ||
+	       strstr(sql, "sqlite_master");
+}
+
+/* ---- fleets on either backend --------------------------------------------------- */
+
+/* A fresh fleet database's URL on kind (PostgreSQL: the database emptied). */
+static void fresh_url(enum db_backend kind, char *url, size_t cap)
+{
+	if (kind == DB_POSTGRES) {
+		dbconv_need_pg();
+		dbconv_pg_reset();
+		snprintf(url, cap, "%s", dbconv_pg_url());
+	} else {
+		char path[512];
+		dbconv_new_sqlite_path(path, sizeof(path));
+		snprintf(url, cap, "sqlite:%s", path);
+	}
+}
+
+static struct fleet *open_fleet(const char *url)
+{
+	struct fleet_config cfg = { .db_path = url, .fleet_key = KEY, .device_secret = SECRET,
+				    .poll_ms = 6 * 3600 * 1000LL };
+	struct fleet *f = NULL;
+
+	if (fleet_open(&f, &cfg) < 0)
+		fail_msg("fleet_open %s: %s", url, ota_error_last());
+	return f;
+}
+
+static void prepare_all(enum db_backend kind)
+{
+	char url[600];
+	struct sql_list l;
+	struct db *db;
+	size_t prepared = 0, legacy = 0;
+
+	scan(&l);
+	fresh_url(kind, url, sizeof(url));
+	if (kind == DB_SQLITE) /* the legacy tables, as the benchmarks' layout makes them */
+		setenv("OTACD_FLEET_LAYOUT", "legacy", 1);
+	fleet_close(open_fleet(url)); /* fleet.db's migrations */
+	unsetenv("OTACD_FLEET_LAYOUT");
+	if (db_open(&db, url, 0) < 0)
+		fail_msg("db_open %s: %s", url, ota_error_last());
+	for (size_t i = 0; i < l.sql.n; i++) {
+		struct db_stmt *st = NULL;
+		int rc = db_prepare(db, &st, l.sql.v[i]);
+
+		if (kind == DB_POSTGRES && legacy_only(l.sql.v[i])) {
+			legacy++; /* never run there: the legacy layout is refused */
+			db_finalize(st);
+			continue;
+		}
+		if (rc < 0)
+			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
+				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
+		db_finalize(st);
+		prepared++;
+	}
+	fprintf(stderr, "%zu statements prepared on %s (%zu of the legacy layout left out)\n", prepared,
+		kind == DB_SQLITE ? "SQLite" : "PostgreSQL", legacy);
+	if (kind == DB_POSTGRES)
+		assert_true(legacy >= 5);
+	db_close(db);
+	strvec_clear(&l.sql);
+	strvec_clear(&l.where);
+}
+
+static void every_statement_prepares_on_sqlite(void **state)
+{
+	(void)state;
+	prepare_all(DB_SQLITE);
+}
+
+static void every_statement_prepares_on_postgres(void **state)
+{
+	(void)state;
+	prepare_all(DB_POSTGRES);
+}
+
+/* The scan finds the upserts that replaced INSERT OR REPLACE, and the old
+ * form is what PostgreSQL refuses; the legacy layout is refused there. */
+static void the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms(void **state)
+{
+	char url[600];
+	struct sql_list l;
+	struct fleet_config cfg = { .db_path = NULL, .fleet_key = KEY, .device_secret = SECRET };
+	struct fleet *f = NULL;
+	struct db *db;
+	struct db_stmt *st = NULL;
+	int upserts = 0;
+
+	(void)state;
+	dbconv_need_pg();
+	scan(&l);
+	for (size_t i = 0; i < l.sql.n; i++) {
+		upserts += strstr(l.sql.v[i], "ON CONFLICT(") != NULL;
+		assert_null(strstr(l.sql.v[i], "OR REPLACE"));
+	}
+	assert_int_equal(upserts, 4); /* fleet_meta, aggs, registered, the legacy merge */
+	fresh_url(DB_POSTGRES, url, sizeof(url));
+	fleet_close(open_fleet(url));
+	assert_int_equal(db_open(&db, url, 0), 0);
+	assert_true(db_prepare(db, &st, "INSERT OR REPLACE INTO fleet_meta(key, value) VALUES(?, ?)") < 0);
+	assert_true(db_prepare(db, &st, "SELECT at FROM registrations ORDER BY rowid DESC") < 0);
+	assert_null(st);
+	db_close(db);
+	setenv("OTACD_FLEET_LAYOUT", "legacy", 1);
+	cfg.db_path = url;
+	assert_true(fleet_open(&f, &cfg) < 0);
+	unsetenv("OTACD_FLEET_LAYOUT");
+	assert_non_null(strstr(ota_error_last(), "SQLite only"));
+	assert_null(f);
+	strvec_clear(&l.sql);
+	strvec_clear(&l.where);
+}
+
+/* ---- the fleet's paths, with rows, on both backends ---------------------------- */
+
+static void checkin(struct fleet *f, const char *dev, const char *ver, const char *region)
+{
+	json_t *b = json_pack("{ss ss ss ss ss sI ss s{ss ss}}", "device", dev, "product", "sensor-node", "hardware",
+			      "mps2-an385", "bootloader", "1.0.0", "version", ver, "security_counter", (json_int_t)1,
+			      "slot", "confirmed", "tags", "region", region, "tier", "standard");
+	json_t *ans = NULL;
+
+	if (fleet_checkin(f, b, &ans) < 0)
+		fail_msg("check-in of %s: %s", dev, ota_error_last());
+	json_decref(ans);
+	json_decref(b);
+}
+
+static void report(struct fleet *f, const char *dev, const char *ver, const char *event, double uptime, int crashes,
+		   int expect)
+{
+	json_t *r = json_pack("{ss ss ss sf si sf}", "device", dev, "version", ver, "event", event, "uptime_s", uptime,
+			      "crashes", crashes, "battery_mah", 1.5);
+	json_t *body = json_pack("{s[o]}", "reports", r);
+	int accepted = -1;
+
+	if (fleet_report(f, body, fleet_trusted_caller, &accepted) < 0)
+		fail_msg("report of %s: %s", dev, ota_error_last());
+	assert_int_equal(accepted, expect);
+	json_decref(body);
+}
+
+static json_t *agg_json(struct fleet *f, const char *version, const char *cohort)
+{
+	struct fleet_agg a;
+
+	assert_int_equal(fleet_aggregate(f, "sensor-node", version, cohort, &a), 0);
+	return json_pack("{sI sI sI sI sI sI sf sf}", "devices", (json_int_t)a.devices, "reporting",
+			 (json_int_t)a.reporting, "crashed", (json_int_t)a.crashed, "crashes", (json_int_t)a.crashes,
+			 "boot_ok", (json_int_t)a.boot_ok, "downloads", (json_int_t)a.downloads, "device_hours",
+			 a.device_hours, "battery_mah", a.battery_mah);
+}
+
+/* The audit trail without its times (they differ between runs). */
+static json_t *registrations(struct fleet *f)
+{
+	json_t *r = fleet_registrations(f, 10), *b;
+	size_t i;
+
+	json_array_foreach(json_object_get(r, "batches"), i, b)
+		json_object_del(b, "at");
+	return r;
+}
+
+/* What the fleet answers after registrations, check-ins and reports, and
+ * after it is opened again from kind's database. */
+static json_t *fleet_paths(enum db_backend kind)
+{
+	const char *const ids[] = { "d1", "d2", "d3" }, *const later[] = { "d4" };
+	char url[600];
+	struct fleet_store_stats stats;
+	struct fleet *f;
+	json_t *out = json_object();
+
+	fresh_url(kind, url, sizeof(url));
+	/* every round starts a snapshot: the switch, its deletes and
+	 * fleet_meta's upserts run many times */
+	setenv("OTACD_FLEET_COMPACT_BYTES", "1", 1);
+	f = open_fleet(url);
+	assert_int_equal(fleet_register(f, ids, 3, "peer-a", NULL), 0);
+	assert_int_equal(fleet_register(f, later, 1, "peer-b", NULL), 0);
+	assert_int_equal(fleet_register(f, ids, 1, "peer-c", NULL), 0); /* d1 again: its gen moves */
+	checkin(f, "d1", "1.4.0", "eu");
+	checkin(f, "d2", "1.4.0", "us");
+	checkin(f, "d3", "1.4.0", "eu");
+	report(f, "d1", "1.4.0", "heartbeat", 3600, 2, 1);
+	report(f, "d1", "1.4.0", "heartbeat", 3600, 1, 1);
+	report(f, "d2", "1.4.0", "heartbeat", 7200, 0, 1);
+	json_object_set_new(out, "all", agg_json(f, "1.4.0", "*"));
+	json_object_set_new(out, "versions", fleet_versions(f, "sensor-node"));
+	json_object_set_new(out, "registrations", registrations(f));
+	fleet_store_stats(f, &stats);
+	assert_true(stats.snapshots >= 1);
+	fleet_close(f);
+	unsetenv("OTACD_FLEET_COMPACT_BYTES");
+
+	/* from the database alone: the snapshot, the log after it, the
+	 * aggregates as committed, the registered devices */
+	f = open_fleet(url);
+	json_object_set_new(out, "reloaded", agg_json(f, "1.4.0", "*"));
+	json_object_set_new(out, "reloaded_versions", fleet_versions(f, "sensor-node"));
+	json_object_set_new(out, "reloaded_registrations", registrations(f));
+	json_object_set_new(out, "d4_registered", json_integer(fleet_device_registered(f, "d4")));
+	/* a report after the reload lands on the reloaded counters */
+	report(f, "d3", "1.4.0", "heartbeat", 1800, 0, 1);
+	json_object_set_new(out, "after", agg_json(f, "1.4.0", "*"));
+	fleet_close(f);
+	return out;
+}
+
+static void check_answers(json_t *o)
+{
+	json_t *all = json_object_get(o, "all"), *after = json_object_get(o, "after");
+	json_t *batches = json_object_get(json_object_get(o, "registrations"), "batches");
+
+	assert_int_equal(json_integer_value(json_object_get(all, "devices")), 3);
+	assert_int_equal(json_integer_value(json_object_get(all, "reporting")), 2);
+	assert_int_equal(json_integer_value(json_object_get(all, "crashed")), 1);
+	assert_int_equal(json_integer_value(json_object_get(all, "crashes")), 3);
+	assert_true(json_equal(all, json_object_get(o, "reloaded")));
+	assert_true(json_equal(json_object_get(o, "versions"), json_object_get(o, "reloaded_versions")));
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "versions"), "1.4.0")), 3);
+	assert_int_equal(json_integer_value(json_object_get(after, "reporting")), 3);
+	assert_int_equal(json_integer_value(json_object_get(o, "d4_registered")), 1);
+	/* newest first */
+	assert_int_equal(json_array_size(batches), 3);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(batches, 0), "peer")), "peer-c");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(batches, 1), "peer")), "peer-b");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(batches, 2), "last")), "d3");
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "registrations"), "total")), 5);
+	assert_true(json_equal(json_object_get(o, "registrations"), json_object_get(o, "reloaded_registrations")));
+}
+
+static void fleet_paths_give_the_same_answers_on_both_backends(void **state)
+{
+	json_t *lite, *pg;
+
+	(void)state;
+	dbconv_need_pg();
+	lite = fleet_paths(DB_SQLITE);
+	check_answers(lite);
+	pg = fleet_paths(DB_POSTGRES);
+	if (!json_equal(lite, pg)) {
+		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
+		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
+	}
+	json_decref(lite);
+	json_decref(pg);
+}
+
+/* ---- a fleet.db from before fleet.db's migrations ------------------------------ */
+
+static void a_fleet_db_without_migrations_opens_with_its_rows(void **state)
+{
+	const char *const ids[] = { "old-1", "old-2" };
+	char path[512], url[600];
+	struct fleet *f;
+	struct db *db;
+	struct db_stmt *st;
+	json_t *regs, *batches;
+	int version = -1;
+
+	(void)state;
+	dbconv_new_sqlite_path(path, sizeof(path));
+	snprintf(url, sizeof(url), "sqlite:%s", path);
+	/* a fleet written by this fleet_store.c, then made to look as
+	 * main's wrote it: no schema_migrations, registrations keyed by
+	 * SQLite's rowid, two audit rows in the same millisecond */
+	f = open_fleet(url);
+	assert_int_equal(fleet_register(f, ids, 2, "peer-a", NULL), 0);
+	checkin(f, "old-1", "1.4.0", "eu");
+	fleet_close(f);
+	assert_int_equal(db_open(&db, url, 0), 0);
+	assert_int_equal(db_exec(db, "DROP TABLE schema_migrations;"
+				     "CREATE TABLE r_old(at INTEGER NOT NULL, count INTEGER NOT NULL, first TEXT NOT NULL,"
+				     " last TEXT NOT NULL, peer TEXT NOT NULL);"
+				     "INSERT INTO r_old SELECT at, count, first, last, peer FROM registrations;"
+				     "INSERT INTO r_old VALUES(1, 1, 'x', 'x', 'peer-old'), (1, 1, 'y', 'y', 'peer-old2');"
+				     "DROP TABLE registrations; ALTER TABLE r_old RENAME TO registrations;"),
+			 0);
+	db_close(db);
+
+	f = open_fleet(url);
+	assert_int_equal(fleet_device_registered(f, "old-2"), 1);
+	regs = fleet_registrations(f, 10);
+	batches = json_object_get(regs, "batches");
+	assert_int_equal(json_array_size(batches), 3);
+	/* newest first: the rows of at = 1 are the oldest */
+	assert_string_equal(json_string_value(json_object_get(json_array_get(batches, 0), "peer")), "peer-a");
+	assert_int_equal(json_integer_value(json_object_get(regs, "total")), 4);
+	json_decref(regs);
+	regs = fleet_versions(f, "sensor-node");
+	assert_int_equal(json_integer_value(json_object_get(regs, "1.4.0")), 1);
+	json_decref(regs);
+	fleet_close(f);
+
+	assert_int_equal(db_open(&db, url, DB_READONLY), 0);
+	assert_int_equal(db_schema_version(db, &version), 0);
+	assert_int_equal(version, 2);
+	st = db_stmt(db, "SELECT count(*) FROM registrations WHERE id IS NOT NULL");
+	assert_int_equal(db_step(st), 1);
+	assert_int_equal(db_column_int64(st, 0), 3);
+	db_reset(st);
+	db_close(db);
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(every_statement_prepares_on_sqlite),
+		cmocka_unit_test(every_statement_prepares_on_postgres),
+		cmocka_unit_test(the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms),
+		cmocka_unit_test(fleet_paths_give_the_same_answers_on_both_backends),
+		cmocka_unit_test(a_fleet_db_without_migrations_opens_with_its_rows),
+	};
+	int rc;
+
+	dbconv_start("test_dbconv_fleet");
+	rc = cmocka_run_group_tests_name("dbconv_fleet", tests, NULL, NULL);
+	dbconv_finish();
+	return rc;
+}
