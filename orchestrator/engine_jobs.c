@@ -215,11 +215,14 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 	return eng_advance_run(e, j->run_id);
 }
 
-static const char jq_agent_jobs[] = "SELECT id FROM jobs WHERE agent_id = ? AND state = 'running'";
+static const char jq_agent_jobs[] =
+	"SELECT id FROM jobs WHERE agent_id = ? AND state = 'running' AND COALESCE(started_at, 0) < ?";
 
-/* Give up the job an agent holds (the agent restarted or was lost);
- * failure is "infra", or "daemon" when otacd's own restart lost it. */
-static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *failure, const char *why)
+/* Give up the jobs an agent holds whose attempt started (otacd time)
+ * before `before` (the agent restarted or was lost); failure is "infra",
+ * or "daemon" when otacd's own restart lost it. */
+static int release_agent_jobs_before(struct engine *e, int64_t agent_id, int64_t before, const char *failure,
+				     const char *why)
 {
 	struct db_stmt *st = store_q(e->db, jq_agent_jobs);
 	int64_t ids[16];
@@ -229,6 +232,7 @@ static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *
 	if (!st)
 		return OTA_ERROR;
 	db_bind_int64(st, 1, agent_id);
+	db_bind_int64(st, 2, before);
 	while (n < OTA_ARRAY_SIZE(ids) && (rc = db_step(st)) == 1)
 		ids[n++] = db_column_int64(st, 0);
 	db_reset(st);
@@ -244,6 +248,11 @@ static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *
 		eng_job_release(&j);
 	}
 	return rc;
+}
+
+static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *failure, const char *why)
+{
+	return release_agent_jobs_before(e, agent_id, INT64_MAX, failure, why);
 }
 
 static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
@@ -578,8 +587,14 @@ static int do_claim(struct engine *e, void *arg)
 		return ota_error_set(OTA_ENOTFOUND, "agent %" PRId64 " is not registered", a->agent_id);
 	labels_bound(labels, a->allowed);
 
-	/* An agent asking for work holds none: release a job it still owns. */
-	if ((rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
+	/* An agent asking for work holds none: release a job it still owns.
+	 * One claimed before this daemon started most likely never reached
+	 * the agent (the daemon died between its commit and its answer; an
+	 * agent that got it would report on it, not ask for more): otacd's
+	 * fault, which costs the job no retry (test_jobdur). */
+	if ((rc = release_agent_jobs_before(e, a->agent_id, e->started_at, "daemon",
+					    "otacd restarted before the agent got this job")) < 0 ||
+	    (rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
 		goto out;
 	if ((rc = agent_seen(e, a->agent_id)) < 0)
 		goto out;

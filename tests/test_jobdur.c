@@ -411,6 +411,76 @@ static void forged_adoption_record_is_not_adopted(void **state)
 	free(agent);
 }
 
+/* An agent asks for work (role agent, its own token); the job's id or 0
+ * when the answer held none. */
+static int64_t ask_for_work(struct daemon *d, const char *token, int *attempt)
+{
+	json_t *ans = NULL, *req = json_pack("{si}", "wait_ms", 3000);
+	long status = h_call_as(d, token, "POST", "/api/v1/agent/jobs/request", req, &ans);
+	int64_t job = 0;
+
+	json_decref(req);
+	assert_true(status == 200 || status == 204);
+	if (status == 200) {
+		job = json_integer_value(json_object_get(ans, "job_id"));
+		*attempt = (int)json_integer_value(json_object_get(ans, "attempt"));
+	}
+	json_decref(ans);
+	return job;
+}
+
+/*
+ * The daemon commits a claim and dies before its answer reaches the agent:
+ * the agent, knowing of no job, asks the next daemon for work.  That
+ * attempt never ran and was lost by otacd, so it costs the job no retry
+ * (with `retry: { infra: 0 }` the job is handed out again).  The same
+ * question without a restart between is the agent's own fault: "infra".
+ */
+static void claim_whose_answer_a_daemon_kill_lost_costs_no_retry(void **state)
+{
+	struct daemon d;
+	const char *const args[] = { "--local-agents", "0", NULL };
+	const char *yaml = "name: lost\nstages:\n"
+			   "  - { name: a, agent: { labels: [remote] }, retry: { infra: 0 }, steps: [ { run: 'true' } ] }\n";
+	char *token;
+	int64_t agent, run, job, again;
+	int attempt = 0;
+	json_t *ans = NULL, *req;
+
+	(void)state;
+	h_init(&d, NULL);
+	h_start(&d, args);
+	token = h_agent_add(&d, "r1", "remote");
+	assert_non_null(token);
+	req = json_pack("{s[s]}", "labels", "remote");
+	assert_int_equal(h_call_as(&d, token, "POST", "/api/v1/agent/register", req, &ans), 200);
+	agent = json_integer_value(json_object_get(ans, "agent_id"));
+	json_decref(ans);
+	json_decref(req);
+
+	run = h_trigger(&d, yaml);
+	job = ask_for_work(&d, token, &attempt);
+	assert_true(job > 0);
+	assert_int_equal(attempt, 1);
+	/* ... and that answer is "lost": the daemon dies */
+	h_kill(&d, SIGKILL);
+	h_start(&d, args);
+	again = ask_for_work(&d, token, &attempt);
+	assert_int_equal(again, job);       /* handed out again at once */
+	assert_int_equal(attempt, 2);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM job_attempts WHERE attempt = 1 AND failure = 'daemon'"), 1);
+	assert_int_equal(h_sql_int(&d, "SELECT infra_retries_left FROM jobs"), 0);
+	/* no restart now: asking again while holding attempt 2 is the agent's
+	 * fault, and with no infra retry left the job fails */
+	again = ask_for_work(&d, token, &attempt);
+	assert_int_equal(again, 0);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM job_attempts WHERE attempt = 2 AND failure = 'infra'"), 1);
+	assert_string_equal(h_wait_run(&d, run, 30000), "failed");
+	(void)agent;
+	h_cleanup(&d);
+	free(token);
+}
+
 int main(void)
 {
 	const char *only = getenv("JOBDUR_ONLY");
@@ -419,6 +489,7 @@ int main(void)
 		cmocka_unit_test(daemon_killed_just_after_the_step_ended_records_it_once),
 		cmocka_unit_test(daemon_and_local_agent_killed_costs_no_infra_retry),
 		cmocka_unit_test(repeated_daemon_kills_do_not_exhaust_retry_infra),
+		cmocka_unit_test(claim_whose_answer_a_daemon_kill_lost_costs_no_retry),
 		cmocka_unit_test(stalled_daemon_does_not_call_its_agents_lost),
 		cmocka_unit_test(forged_adoption_record_is_not_adopted),
 		cmocka_unit_test(full_disk_does_not_call_healthy_agents_lost),
