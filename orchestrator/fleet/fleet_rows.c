@@ -248,7 +248,8 @@ int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(stru
 		row.bootloader = get_str(&r, tab, nstr);
 		row.version = get_str(&r, tab, nstr);
 		row.counter = unzigzag(get_varint(&r));
-		seen += unzigzag(get_varint(&r));
+		/* unsigned: a damaged delta may not overflow (fuzz_rows) */
+		seen = (int64_t)((uint64_t)seen + (uint64_t)unzigzag(get_varint(&r)));
 		row.last_seen = seen;
 		nt = get_varint(&r);
 		if (r.bad || nt > FLEET_MAX_TAGS) {
