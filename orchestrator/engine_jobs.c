@@ -216,25 +216,27 @@ static int attempt_record(struct engine *e, struct jobrow *j, const struct job_r
 }
 
 static const char jq_agent_jobs[] =
-	"SELECT id FROM jobs WHERE agent_id = ? AND state = 'running' AND COALESCE(started_at, 0) < ?";
+	"SELECT id, COALESCE(started_at, 0) FROM jobs WHERE agent_id = ? AND state = 'running'";
 
-/* Give up the jobs an agent holds whose attempt started (otacd time)
- * before `before` (the agent restarted or was lost); failure is "infra",
- * or "daemon" when otacd's own restart lost it. */
-static int release_agent_jobs_before(struct engine *e, int64_t agent_id, int64_t before, const char *failure,
-				     const char *why)
+/* Give up the jobs an agent holds (the agent restarted, was lost, or asks
+ * for more work); failure is "infra", or "daemon" when otacd's own restart
+ * lost it.  A job claimed (otacd time) before `lost_before` is otacd's
+ * loss whatever `failure` says: see do_claim. */
+static int release_agent_jobs(struct engine *e, int64_t agent_id, int64_t lost_before, const char *failure,
+			      const char *why)
 {
 	struct db_stmt *st = store_q(e->db, jq_agent_jobs);
-	int64_t ids[16];
+	int64_t ids[16], started[16];
 	size_t n = 0;
 	int rc = 0;
 
 	if (!st)
 		return OTA_ERROR;
 	db_bind_int64(st, 1, agent_id);
-	db_bind_int64(st, 2, before);
-	while (n < OTA_ARRAY_SIZE(ids) && (rc = db_step(st)) == 1)
-		ids[n++] = db_column_int64(st, 0);
+	while (n < OTA_ARRAY_SIZE(ids) && (rc = db_step(st)) == 1) {
+		ids[n] = db_column_int64(st, 0);
+		started[n++] = db_column_int64(st, 1);
+	}
 	db_reset(st);
 	if (rc < 0)
 		return rc;
@@ -243,6 +245,10 @@ static int release_agent_jobs_before(struct engine *e, int64_t agent_id, int64_t
 		struct jobrow j;
 		const char *state;
 		struct job_result r = { -1, failure, why };
+		if (started[i] < lost_before) {
+			r.failure_kind = "daemon";
+			r.message = "otacd restarted before the agent got this job";
+		}
 		if ((rc = eng_job_load(e, ids[i], &j)) == 0)
 			rc = eng_attempt_done(e, &j, &r, &state);
 		eng_job_release(&j);
@@ -252,7 +258,7 @@ static int release_agent_jobs_before(struct engine *e, int64_t agent_id, int64_t
 
 static int release_agent_job_as(struct engine *e, int64_t agent_id, const char *failure, const char *why)
 {
-	return release_agent_jobs_before(e, agent_id, INT64_MAX, failure, why);
+	return release_agent_jobs(e, agent_id, INT64_MIN, failure, why);
 }
 
 static int release_agent_job(struct engine *e, int64_t agent_id, const char *why)
@@ -592,9 +598,8 @@ static int do_claim(struct engine *e, void *arg)
 	 * the agent (the daemon died between its commit and its answer; an
 	 * agent that got it would report on it, not ask for more): otacd's
 	 * fault, which costs the job no retry (test_jobdur). */
-	if ((rc = release_agent_jobs_before(e, a->agent_id, e->started_at, "daemon",
-					    "otacd restarted before the agent got this job")) < 0 ||
-	    (rc = release_agent_job(e, a->agent_id, "agent asked for new work while holding this job")) < 0)
+	if ((rc = release_agent_jobs(e, a->agent_id, e->started_at, "infra",
+				     "agent asked for new work while holding this job")) < 0)
 		goto out;
 	if ((rc = agent_seen(e, a->agent_id)) < 0)
 		goto out;

@@ -662,6 +662,27 @@ char *h_device_metrics(struct daemon *d, size_t *len)
 	return text;
 }
 
+int64_t h_fleet_devices(struct daemon *d, const char *version)
+{
+	char *needle = xasprintf("otacd_fleet_devices{product=\"fw\",version=\"%s\",cohort=\"*\"} ", version);
+	char *text = h_device_metrics(d, NULL);
+	const char *p = strstr(text, needle);
+	int64_t on = p ? strtoll(p + strlen(needle), NULL, 10) : -1;
+
+	free(text);
+	free(needle);
+	return on;
+}
+
+char *h_calm_profile(struct daemon *d)
+{
+	static const char calm[] = "{ \"silent\": 0, \"flaky\": 0 }";
+	char *path = xasprintf("%s/calm-profile.json", d->dir);
+
+	assert_int_equal(ota_write_file_atomic(path, calm, strlen(calm), 0600), 0);
+	return path;
+}
+
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)
 {
 	char *url = xasprintf("%s%s", d->device_url, path);

@@ -89,6 +89,13 @@ json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64
 /* The device listener's GET /metrics (Prometheus text; caller frees); its
  * length in *len when len is not NULL.  Fails the test unless 200. */
 char *h_device_metrics(struct daemon *d, size_t *len);
+/* The device API's otacd_fleet_devices for product fw, version and cohort
+ * "*" (-1 when the series is absent). */
+int64_t h_fleet_devices(struct daemon *d, const char *version);
+/* A fleetsim profile (in d->dir; caller frees the path) with no silent and
+ * no flaky devices: its defaults (docs/fleetsim.md) leave a device of a
+ * small fleet unserved within a short --duration now and then. */
+char *h_calm_profile(struct daemon *d);
 /* POST req (taken) to the device API's path with token; the HTTP status
  * (the request itself must not fail), the answer in *ans when ans. */
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans);

@@ -279,6 +279,14 @@ const struct forge_status *notify_forge_find(const struct notify *n, const char 
 	return NULL;
 }
 
+int notify_any_per_stage(const struct notify *n)
+{
+	for (size_t i = 0; n && i < n->nforges; i++)
+		if (n->forges[i].per_stage)
+			return 1;
+	return 0;
+}
+
 int notify_target_wants(const struct notify_target *t, const char *event)
 {
 	size_t i;

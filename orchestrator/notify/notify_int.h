@@ -42,11 +42,14 @@ struct notify {
 
 const struct notify_target *notify_target_find(const struct notify *n, const char *name);
 const struct forge_status *notify_forge_find(const struct notify *n, const char *repo);
+/* Whether a configured repository wants per-stage statuses: without one a
+ * stage change reads nothing for them (outbox_stage.c). */
+int notify_any_per_stage(const struct notify *n);
 /* Does target t want event (its `events:` patterns; a trailing '*' matches any rest)? */
 int notify_target_wants(const struct notify_target *t, const char *event);
 
 /* outbox_stage.c's statements (tests/test_dbconv_stagestatus.c prepares each on both backends). */
-extern const char stage_sql_run[], stage_sql_insert[], stage_sql_running[], stage_sql_rollout[];
+extern const char stage_sql_run[], stage_sql_running[], stage_sql_rollout[];
 
 /* The process-wide configuration set by notify_set_current (engine thread reads it). */
 const struct notify *notify_current(void);

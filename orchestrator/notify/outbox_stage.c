@@ -38,8 +38,6 @@
 
 /* storage layer (store_q); each prepared on PostgreSQL too by tests/test_dbconv_stagestatus.c */
 const char stage_sql_run[] = "SELECT pipeline, ref, commit_id, repo FROM runs WHERE id = ?";
-const char stage_sql_insert[] = "INSERT INTO outbox(delivery, target, event, payload, created_at, next_at)"
-				       " VALUES (?,?,?,?,?,?)";
 const char stage_sql_running[] = "SELECT name FROM stages WHERE run_id = ? AND state = 'running' ORDER BY idx";
 const char stage_sql_rollout[] = "SELECT run_id, stage, step, percent_bp, state, spec, reason"
 					" FROM rollouts WHERE id = ?";
@@ -54,7 +52,7 @@ static const struct forge_status *stage_forge(struct engine *e, int64_t run_id, 
 	const char *repo, *commit;
 
 	*run = NULL;
-	if (!n || !n->nforges || !(st = store_q(engine_store(e), stage_sql_run)))
+	if (!notify_any_per_stage(n) || !(st = store_q(engine_store(e), stage_sql_run)))
 		return NULL;
 	db_bind_int64(st, 1, run_id);
 	if (db_step(st) == 1) {
@@ -78,27 +76,20 @@ static const struct forge_status *stage_forge(struct engine *e, int64_t run_id, 
 static int stage_insert(struct engine *e, const struct forge_status *f, json_t *run, const char *stage,
 			const char *state, const char *description)
 {
-	struct db_stmt *st = store_q(engine_store(e), stage_sql_insert);
 	char delivery[33], event[32];
 	char *target, *text;
 	int64_t now = clock_real_ms();
 	json_t *payload;
 	int rc;
 
-	if (!st || ota_random_hex(delivery, 16) < 0)
+	if (ota_random_hex(delivery, 16) < 0)
 		return OTA_ERROR;
 	snprintf(event, sizeof(event), "stage.%s", state);
 	payload = json_pack("{ss sI ss sO s{ss ss ss*}}", "event", event, "at", (json_int_t)now, "id", delivery, "run", run,
 			    "stage", "name", stage, "state", state, "description", description);
 	text = json_dumps(payload, JSON_COMPACT | JSON_SORT_KEYS);
 	target = xasprintf("status:%s", f->repo);
-	db_bind_text(st, 1, delivery);
-	db_bind_text(st, 2, target);
-	db_bind_text(st, 3, event);
-	db_bind_text(st, 4, text);
-	db_bind_int64(st, 5, now);
-	db_bind_int64(st, 6, now);
-	rc = db_run(st);
+	rc = outbox_store_add(engine_store(e), delivery, target, event, text, now);
 	free(target);
 	free(text);
 	json_decref(payload);
