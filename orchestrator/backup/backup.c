@@ -26,7 +26,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +36,7 @@
 #include <openssl/evp.h>
 
 #include "../../common/util.h"
+#include "../db/db.h"
 
 /* The small files of the state directory a restored otacd needs: its admin
  * token, the fleet's keys, the held revocation list, the device CA. */
@@ -233,81 +233,90 @@ static int copy_rel(struct backup_run *b, const char *rel, char sha[65])
 	return rc;
 }
 
-static int sqlite_err(sqlite3 *db, const char *what, const char *path)
+/* List DIR/REL, a file written there by another program (pg_dump). */
+static int copy_rel_listed(struct backup_run *b, const char *rel)
 {
-	return ota_error_set(OTA_ERROR, "backup of %s: %s: %s", path, what, db ? sqlite3_errmsg(db) : "out of memory");
-}
+	char *path = xasprintf("%s/%s", b->dir, rel), sha[65];
+	int64_t size = 0;
+	int rc = bk_hash_file(path, &size, sha);
 
-/* The online backup API from a reader of its own, in one step: one read
- * transaction, so one committed state.  The copy is left in rollback
- * journal mode: one self-contained file. */
-static int sqlite_copy(const char *src_path, const char *dst_path)
-{
-	sqlite3 *src = NULL, *dst = NULL;
-	sqlite3_backup *bk;
-	int rc = 0, src_rc;
-
-	if (sqlite3_open_v2(src_path, &src, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-		rc = sqlite_err(src, "open", src_path);
-		goto out;
-	}
-	sqlite3_busy_timeout(src, 10000);
-	if (sqlite3_open_v2(dst_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
-		rc = sqlite_err(dst, "create the copy", dst_path);
-		goto out;
-	}
-	if (!(bk = sqlite3_backup_init(dst, "main", src, "main"))) {
-		rc = sqlite_err(dst, "start", src_path);
-		goto out;
-	}
-	for (int tries = 0; (src_rc = sqlite3_backup_step(bk, -1)) == SQLITE_BUSY || src_rc == SQLITE_LOCKED; tries++) {
-		if (tries == 1000)
-			break;
-		usleep(10 * 1000);
-	}
-	sqlite3_backup_finish(bk);
-	if (src_rc != SQLITE_DONE) {
-		rc = ota_error_set(OTA_ERROR, "backup of %s: %s", src_path, sqlite3_errstr(src_rc));
-		goto out;
-	}
-	if (sqlite3_exec(dst, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL) != SQLITE_OK)
-		rc = sqlite_err(dst, "journal mode", dst_path);
-out:
-	sqlite3_close(src);
-	sqlite3_close(dst);
+	if (rc == 0)
+		manifest_add(b, rel, size, sha);
+	free(path);
 	return rc;
 }
 
-/* Copy database NAME (otacd.db, fleet.db) and list it; *schema (may be
- * NULL) its schema version.  OTA_ENOTFOUND if the state has none. */
-static int copy_db(struct backup_run *b, const char *name, int *schema)
+/* Copy the SQLite database at SRC_PATH to DIR/NAME with SQLite's online
+ * backup API, from a reader of its own, and list it.  OTA_ENOTFOUND if
+ * there is no SRC_PATH. */
+static int copy_sqlite(struct backup_run *b, const char *src_path, const char *name)
 {
-	char *src = xasprintf("%s/%s", b->state, name), *dst = xasprintf("%s/%s", b->dir, name);
+	char *url = xasprintf("sqlite:%s", src_path), *dst = xasprintf("%s/%s", b->dir, name);
+	struct db *src = NULL;
 	char sha[65];
 	int64_t size = 0;
 	struct stat st;
 	int rc;
 
-	if (stat(src, &st) < 0) {
+	if (stat(src_path, &st) < 0) {
 		rc = OTA_ENOTFOUND;
 		goto out;
 	}
-	if ((rc = sqlite_copy(src, dst)) < 0 || (rc = bk_hash_file(dst, &size, sha)) < 0)
+	if ((rc = db_open(&src, url, DB_READONLY)) < 0 || (rc = db_sqlite_backup_to(src, dst)) < 0 ||
+	    (rc = bk_hash_file(dst, &size, sha)) < 0) {
+		ota_error_prefix("backup of %s: ", src_path);
 		goto out;
-	manifest_add(b, name, size, sha);
-	if (schema) {
-		sqlite3 *db = NULL;
-		sqlite3_stmt *q = NULL;
-		*schema = 0;
-		if (sqlite3_open_v2(dst, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-		    sqlite3_prepare_v2(db, "SELECT MAX(version) FROM schema_migrations", -1, &q, NULL) == SQLITE_OK &&
-		    sqlite3_step(q) == SQLITE_ROW)
-			*schema = sqlite3_column_int(q, 0);
-		sqlite3_finalize(q);
-		sqlite3_close(db);
 	}
+	manifest_add(b, name, size, sha);
 out:
-	free(src);
+	db_close(src);
+	free(url);
+	free(dst);
+	return rc;
+}
+
+/*
+ * The database part, and in *snap a connection that reads the state it
+ * holds (for its schema version and its artifacts): on SQLite the copy,
+ * on PostgreSQL the snapshot pg_dump dumped (a reader inside its
+ * transaction).  db_url NULL or "sqlite:PATH" (else a plain path) is a
+ * SQLite file; "postgres://" or "postgresql://" is PostgreSQL.
+ */
+static int copy_main_db(struct backup_run *b, const char *db_url, struct db **snap)
+{
+	char *path = NULL, *copy_url = NULL, *dst = NULL;
+	int rc;
+
+	*snap = NULL;
+	if (db_url && (!strncmp(db_url, "postgres://", 11) || !strncmp(db_url, "postgresql://", 13))) {
+		char shown[512];
+		bk_url_shown(db_url, shown, sizeof(shown));
+		dst = xasprintf("%s/" BACKUP_PG_DUMP, b->dir);
+		if ((rc = db_open(snap, db_url, DB_READONLY)) < 0 || (rc = db_begin(*snap)) < 0) {
+			rc = ota_error_set(rc, "backup of %s: %s", shown, ota_error_last());
+			goto out;
+		}
+		if ((rc = bk_pg_dump(*snap, db_url, dst)) == 0)
+			rc = copy_rel_listed(b, BACKUP_PG_DUMP);
+		goto out;
+	}
+	path = db_url ? xstrdup(strncmp(db_url, "sqlite:", 7) ? db_url : db_url + 7)
+		      : xasprintf("%s/" BACKUP_SQLITE_DB, b->state);
+	if ((rc = copy_sqlite(b, path, BACKUP_SQLITE_DB)) < 0) {
+		if (rc == OTA_ENOTFOUND)
+			rc = ota_error_set(OTA_ERROR, "%s is missing", path);
+		goto out;
+	}
+	copy_url = xasprintf("sqlite:%s/" BACKUP_SQLITE_DB, b->dir);
+	if ((rc = db_open(snap, copy_url, DB_READONLY)) < 0)
+		ota_error_prefix("the copy of %s: ", path);
+out:
+	if (rc < 0) {
+		db_close(*snap);
+		*snap = NULL;
+	}
+	free(path);
+	free(copy_url);
 	free(dst);
 	return rc;
 }
@@ -317,38 +326,35 @@ static int is_sha256(const char *s)
 	return s && strlen(s) == 64 && strspn(s, "0123456789abcdef") == 64;
 }
 
-/* Every object the copied otacd.db lists, checked against its name. */
-static int copy_artifacts(struct backup_run *b)
+/* Every object the backed-up database lists (read on snap), each checked
+ * against its name. */
+static int copy_artifacts(struct backup_run *b, struct db *snap)
 {
-	char *path = xasprintf("%s/otacd.db", b->dir);
-	sqlite3 *db = NULL;
-	sqlite3_stmt *q = NULL;
+	struct db_stmt *q = db_stmt(snap, "SELECT DISTINCT sha256 FROM artifacts ORDER BY sha256");
+	struct strvec want = STRVEC_INIT;
 	int rc = 0, step;
 
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT DISTINCT sha256 FROM artifacts ORDER BY sha256", -1, &q, NULL) != SQLITE_OK) {
-		rc = sqlite_err(db, "list the artifacts", path);
-		goto out;
-	}
-	while (rc == 0 && (step = sqlite3_step(q)) == SQLITE_ROW) {
-		const char *want = (const char *)sqlite3_column_text(q, 0);
-		char *rel, sha[65];
-		if (!is_sha256(want))
-			continue; /* never written by otacd; nothing to copy */
-		rel = xasprintf("artifacts/sha256/%.2s/%s", want, want);
+	if (!q)
+		return ota_error_set(OTA_ERROR, "backup: cannot list the artifacts: %s", ota_error_last());
+	/* listed first: a file copy must not hold the statement open */
+	while ((step = db_step(q)) == 1)
+		if (is_sha256(db_column_text(q, 0)))
+			strvec_push(&want, db_column_text(q, 0)); /* else never written by otacd; nothing to copy */
+	db_reset(q);
+	if (step < 0)
+		rc = ota_error_set(step, "backup: cannot list the artifacts: %s", ota_error_last());
+	for (size_t i = 0; rc == 0 && i < want.n; i++) {
+		char *rel = xasprintf("artifacts/sha256/%.2s/%s", want.v[i], want.v[i]), sha[65];
 		rc = copy_rel(b, rel, sha);
 		if (rc == OTA_ENOTFOUND) {
 			b->missing++; /* removed by retention since the copy */
 			rc = 0;
-		} else if (rc == 0 && strcmp(sha, want))
-			rc = ota_error_set(OTA_ERROR, "artifact %s is corrupt in the store (its content hashes to %s)", want,
-					   sha);
+		} else if (rc == 0 && strcmp(sha, want.v[i]))
+			rc = ota_error_set(OTA_ERROR, "artifact %s is corrupt in the store (its content hashes to %s)",
+					   want.v[i], sha);
 		free(rel);
 	}
-out:
-	sqlite3_finalize(q);
-	sqlite3_close(db);
-	free(path);
+	strvec_clear(&want);
 	return rc;
 }
 
@@ -423,11 +429,11 @@ static int sync_dirs(struct backup_run *b)
 	return rc;
 }
 
-static int write_manifest(struct backup_run *b, int schema, int copied_artifacts)
+static int write_manifest(struct backup_run *b, int schema, int copied_artifacts, const char *database)
 {
-	json_t *m = json_pack("{si ss sI si ss sO}", "format", BACKUP_FORMAT, "otacd", OTACD_VERSION, "created_at",
+	json_t *m = json_pack("{si ss sI si ss ss sO}", "format", BACKUP_FORMAT, "otacd", OTACD_VERSION, "created_at",
 			      (json_int_t)time(NULL), "schema", schema, "artifacts", copied_artifacts ? "local" : "external",
-			      "files", b->files);
+			      "database", database, "files", b->files);
 	char *text = json_dumps(m, JSON_INDENT(1) | JSON_SORT_KEYS);
 	char *path = xasprintf("%s/" BACKUP_MANIFEST, b->dir);
 	int rc = ota_write_file_atomic(path, text, strlen(text), 0600);
@@ -442,38 +448,54 @@ static int write_manifest(struct backup_run *b, int schema, int copied_artifacts
 
 int backup_take(json_t **out, const char *state_dir, const char *dir, int copy_artifacts_too)
 {
+	return backup_take_db(out, NULL, state_dir, dir, copy_artifacts_too);
+}
+
+int backup_take_db(json_t **out, const char *db_url, const char *state_dir, const char *dir, int copy_artifacts_too)
+{
 	struct backup_run b = { state_dir, dir, json_array(), 0, 0 };
+	struct db *snap = NULL;
+	char *fleet = xasprintf("%s/fleet.db", state_dir);
+	const char *database;
 	int rc, schema = 0;
 	char sha[65];
 
-	if (!dir || dir[0] != '/')
-		return ota_error_set(OTA_EINVAL, "the backup directory must be an absolute path");
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return ota_error_set(OTA_ERROR, "cannot create %s: %s", dir, strerror(errno));
+	if (!dir || dir[0] != '/') {
+		rc = ota_error_set(OTA_EINVAL, "the backup directory must be an absolute path");
+		goto out;
+	}
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+		rc = ota_error_set(OTA_ERROR, "cannot create %s: %s", dir, strerror(errno));
+		goto out;
+	}
 	if ((rc = bk_dir_empty(dir)) <= 0) {
 		rc = rc < 0 ? rc : ota_error_set(OTA_ECONFLICT, "%s is not empty: back up into a new directory", dir);
 		goto out;
 	}
-	if ((rc = copy_db(&b, "otacd.db", &schema)) < 0) {
-		if (rc == OTA_ENOTFOUND)
-			rc = ota_error_set(OTA_ERROR, "%s/otacd.db is missing", state_dir);
+	if ((rc = copy_main_db(&b, db_url, &snap)) < 0)
 		goto out;
-	}
-	if ((rc = copy_db(&b, "fleet.db", NULL)) < 0 && rc != OTA_ENOTFOUND)
+	database = db_backend(snap) == DB_POSTGRES ? "postgres" : "sqlite";
+	if (db_schema_version(snap, &schema) < 0)
+		schema = 0; /* not otacd's database: restore refuses it */
+	/* fleet.db is a SQLite file of its own (docs/update-server.md) */
+	if ((rc = copy_sqlite(&b, fleet, "fleet.db")) < 0 && rc != OTA_ENOTFOUND)
 		goto out;
-	if ((copy_artifacts_too && (rc = copy_artifacts(&b)) < 0) || (rc = copy_logs(&b)) < 0)
+	if ((copy_artifacts_too && (rc = copy_artifacts(&b, snap)) < 0) || (rc = copy_logs(&b)) < 0)
 		goto out;
+	db_rollback(snap); /* the snapshot has served */
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(small_files); i++)
 		if ((rc = copy_rel(&b, small_files[i], sha)) < 0 && rc != OTA_ENOTFOUND)
 			goto out;
-	if ((rc = sync_dirs(&b)) < 0 || (rc = write_manifest(&b, schema, copy_artifacts_too)) < 0)
+	if ((rc = sync_dirs(&b)) < 0 || (rc = write_manifest(&b, schema, copy_artifacts_too, database)) < 0)
 		goto out;
 	if (out)
-		*out = json_pack("{ss sI sI si ss si}", "dir", dir, "files", (json_int_t)json_array_size(b.files), "bytes",
+		*out = json_pack("{ss sI sI si ss si ss}", "dir", dir, "files", (json_int_t)json_array_size(b.files), "bytes",
 				 (json_int_t)b.bytes, "schema", schema, "artifacts", copy_artifacts_too ? "local" : "external",
-				 "missing_artifacts", b.missing);
+				 "missing_artifacts", b.missing, "database", database);
 	rc = 0;
 out:
+	db_close(snap);
+	free(fleet);
 	json_decref(b.files);
 	return rc;
 }

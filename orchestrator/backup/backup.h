@@ -4,7 +4,8 @@
  *
  * A backup is a directory: otacd.db and fleet.db copied with SQLite's
  * online backup API (each one transaction-consistent, taken while otacd
- * runs), the job logs, the local artifact store's objects the copied
+ * runs) -- or, when otacd's database is PostgreSQL, otacd.pgdump made by
+ * pg_dump from one snapshot (backup_pg.c) -- the job logs, the local artifact store's objects the copied
  * otacd.db references, the small key and token files, and backup.json,
  * the manifest (every file's path, size and SHA-256).  backup.json is
  * written last and renamed into place, so a backup without it is partial.
@@ -21,6 +22,12 @@
  * missing_artifacts}.  0, or negative with the error message set; a failed
  * backup leaves no backup.json. */
 int backup_take(json_t **out, const char *state_dir, const char *dir, int copy_artifacts);
+/* backup_take() of the database at db_url, a storage-layer URL (db/db.h):
+ * NULL or sqlite:PATH is copied with SQLite's online backup API;
+ * postgres://... is dumped with pg_dump (an error naming the package if it
+ * is not installed; nothing is backed up then).  The summary adds
+ * database: "sqlite" or "postgres". */
+int backup_take_db(json_t **out, const char *db_url, const char *state_dir, const char *dir, int copy_artifacts);
 
 /* Restore the backup in DIR into STATE_DIR, which must not exist or be an
  * empty directory.  Every file is checked against backup.json while it is
@@ -29,5 +36,12 @@ int backup_take(json_t **out, const char *state_dir, const char *dir, int copy_a
  * staging directory is renamed to STATE_DIR: on any error nothing is
  * changed.  0, or negative with the error message set. */
 int backup_restore(const char *dir, const char *state_dir);
+/* backup_restore() with otacd's database at db_url (NULL: STATE_DIR's
+ * otacd.db).  A postgres:// database must be new, with no tables: the
+ * backup's otacd.pgdump is restored into it with pg_restore in one
+ * transaction, and dropped again if anything after it fails.  A SQLite
+ * backup is refused for a PostgreSQL database and the other way round,
+ * before anything changes. */
+int backup_restore_db(const char *dir, const char *state_dir, const char *db_url);
 
 #endif

@@ -6,11 +6,17 @@
 #ifndef OTA_BACKUP_INT_H
 #define OTA_BACKUP_INT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define BACKUP_MANIFEST "backup.json"
 #define BACKUP_FORMAT 1
 #define BACKUP_MAX_MANIFEST (256 << 20) /* ~1.5 million files */
+/* the database part: a SQLite copy, or a PostgreSQL dump (custom format) */
+#define BACKUP_SQLITE_DB "otacd.db"
+#define BACKUP_PG_DUMP "otacd.pgdump"
+
+struct db;
 
 /* Copy SRC (a regular file, never followed through a symlink) to DST,
  * which must not exist, fsync DST; *size and sha (64 hex digits) are
@@ -28,5 +34,26 @@ int bk_make_parents(const char *dir, const char *rel);
 int bk_fsync_dir(const char *dir);
 /* 1 if DIR is absent or an empty directory, 0 if not, negative on error. */
 int bk_dir_empty(const char *dir);
+
+
+/* ---- PostgreSQL (backup_pg.c) --------------------------------------------- */
+
+/* Run argv (argv[0] found on PATH) with stdin and stdout on /dev/null;
+ * 0 if it exits 0, else an error with its stderr.  OTA_ENOTFOUND, naming
+ * the package to install, if the program is not there. */
+int bk_run(const char *const argv[]);
+/* pg_dump the database at url into dst (custom format) as of SNAP's
+ * snapshot: SNAP is a reader on the same database inside db_begin(). */
+int bk_pg_dump(struct db *snap, const char *url, const char *dst);
+/* 0 if db's current schema holds no table, view or sequence, else
+ * OTA_ECONFLICT naming SHOWN (the database, without its password). */
+int bk_pg_target_empty(struct db *db, const char *shown);
+/* pg_restore dump into url in one transaction: all of it or nothing. */
+int bk_pg_restore(const char *url, const char *dump);
+/* Drop every table of db's current schema (undoing a restore into a
+ * database that had none). */
+int bk_pg_undo(struct db *db);
+/* url for messages: without the password a postgres:// URL may hold. */
+void bk_url_shown(const char *url, char *out, size_t cap);
 
 #endif

@@ -21,7 +21,6 @@
 #include <ftw.h>
 #include <libgen.h>
 #include <pwd.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,8 +105,9 @@ static int open_beneath(const char *dir, const char *rel)
 	return fd;
 }
 
-/* Copy every listed file into STAGE, each checked against the list. */
-static int copy_files(json_t *files, const char *dir, const char *stage)
+/* Copy every listed file into STAGE, each checked against the list; the
+ * database part NEED (otacd.db or otacd.pgdump) must be among them. */
+static int copy_files(json_t *files, const char *dir, const char *stage, const char *need)
 {
 	struct strvec seen = STRVEC_INIT;
 	size_t i;
@@ -139,26 +139,31 @@ static int copy_files(json_t *files, const char *dir, const char *stage)
 		if (rc < 0)
 			break;
 	}
-	if (rc == 0 && !strvec_contains(&seen, "otacd.db"))
-		rc = ota_error_set(OTA_EINVAL, "backup.json lists no otacd.db");
+	if (rc == 0 && !strvec_contains(&seen, need))
+		rc = ota_error_set(OTA_EINVAL, "backup.json lists no %s", need);
 	strvec_clear(&seen);
 	return rc;
 }
 
+/* SQLite's own check of the file at path, opened read-only. */
 static int integrity_check(const char *path)
 {
-	sqlite3 *db = NULL;
-	sqlite3_stmt *q = NULL;
-	int rc = 0;
+	char *url = xasprintf("sqlite:%s", path);
+	struct db *db = NULL;
+	struct db_stmt *q = NULL;
+	int rc;
 
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL) != SQLITE_OK ||
-	    sqlite3_step(q) != SQLITE_ROW)
-		rc = ota_error_set(OTA_EINVAL, "%s: not a readable database: %s", path, sqlite3_errmsg(db));
-	else if (strcmp((const char *)sqlite3_column_text(q, 0), "ok"))
-		rc = ota_error_set(OTA_EINVAL, "%s: integrity check failed: %s", path, sqlite3_column_text(q, 0));
-	sqlite3_finalize(q);
-	sqlite3_close(db);
+	if ((rc = db_open(&db, url, DB_READONLY)) < 0 || (rc = db_prepare(db, &q, "PRAGMA integrity_check")) < 0 ||
+	    (rc = db_step(q)) != 1)
+		rc = ota_error_set(OTA_EINVAL, "%s: not a readable database: %s", path,
+				   rc == 0 ? "no answer" : ota_error_last());
+	else if (strcmp(db_column_text(q, 0) ? db_column_text(q, 0) : "", "ok"))
+		rc = ota_error_set(OTA_EINVAL, "%s: integrity check failed: %s", path, db_column_text(q, 0));
+	else
+		rc = 0;
+	db_finalize(q);
+	db_close(db);
+	free(url);
 	return rc;
 }
 
@@ -218,7 +223,7 @@ static int restore_audit(struct store *s, const char *dir, const char *state_dir
  * then the restore is audited in it. */
 static int databases_check(const char *stage, const char *dir, const char *state_dir, const json_t *m)
 {
-	char *main_db = xasprintf("%s/otacd.db", stage), *fleet_db = xasprintf("%s/fleet.db", stage);
+	char *main_db = xasprintf("%s/" BACKUP_SQLITE_DB, stage), *fleet_db = xasprintf("%s/fleet.db", stage);
 	struct store *s = NULL;
 	int rc = integrity_check(main_db);
 
@@ -234,6 +239,85 @@ static int databases_check(const char *stage, const char *dir, const char *state
 	return rc;
 }
 
+/* ---- PostgreSQL ------------------------------------------------------------ */
+
+static int is_pg_url(const char *url)
+{
+	return url && (!strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13));
+}
+
+static int lists(const json_t *m, const char *rel)
+{
+	size_t i;
+	json_t *f;
+
+	json_array_foreach(json_object_get(m, "files"), i, f)
+		if (!strcmp(json_string_value(json_object_get(f, "path")) ?: "", rel))
+			return 1;
+	return 0;
+}
+
+/* A SQLite backup goes into a state directory's otacd.db, a PostgreSQL
+ * one into a PostgreSQL database: refused the other way round, before
+ * anything changes. */
+static int kind_check(const json_t *m, const char *dir, int pg)
+{
+	int has_db = lists(m, BACKUP_SQLITE_DB), has_dump = lists(m, BACKUP_PG_DUMP);
+
+	if (has_db && has_dump)
+		return ota_error_set(OTA_EINVAL, "%s/backup.json lists both otacd.db and otacd.pgdump", dir);
+	if (pg && has_db)
+		return ota_error_set(OTA_EINVAL,
+				     "%s holds a SQLite backup (otacd.db), and otacd's database is PostgreSQL: restore it "
+				     "into a state directory with a SQLite database, then move that with otactl migrate "
+				     "(docs/storage.md)",
+				     dir);
+	if (!pg && has_dump)
+		return ota_error_set(OTA_EINVAL,
+				     "%s holds a PostgreSQL backup (otacd.pgdump): restore it with otacd's database set to "
+				     "a new, empty PostgreSQL database (postgres://...), which pg_restore fills",
+				     dir);
+	return 0;
+}
+
+/* The target database is empty and the backup's schema (as its manifest
+ * says; store_open checks the restored one again) is not newer than this
+ * otacd: what can be known before pg_restore changes anything. */
+static int pg_precheck(struct db *target, const char *shown, const json_t *m)
+{
+	json_int_t schema = json_integer_value(json_object_get(m, "schema"));
+	int rc = bk_pg_target_empty(target, shown);
+
+	if (rc == 0 && schema > store_schema_latest())
+		rc = ota_error_set(OTA_EINVAL,
+				   "the backup's schema version %lld is newer than this otacd's (%d): restore it with the "
+				   "otacd that took it, or a newer one",
+				   (long long)schema, store_schema_latest());
+	return rc;
+}
+
+/* fleet.db checked, the dump restored (*restored = 1 once it is), the
+ * restored schema opened the way otacd opens it, and the restore audited
+ * in it. */
+static int pg_restore_check(const char *stage, const char *dir, const char *state_dir, const json_t *m,
+			    const char *url, int *restored)
+{
+	char *dump = xasprintf("%s/" BACKUP_PG_DUMP, stage), *fleet_db = xasprintf("%s/fleet.db", stage);
+	struct store *s = NULL;
+	int rc = access(fleet_db, F_OK) == 0 ? integrity_check(fleet_db) : 0;
+
+	if (rc == 0 && (rc = bk_pg_restore(url, dump)) == 0)
+		*restored = 1;
+	if (rc == 0 && (rc = store_open(&s, url)) < 0)
+		ota_error_prefix("the restored database: ");
+	if (rc == 0)
+		rc = restore_audit(s, dir, state_dir, m);
+	store_close(s);
+	free(dump);
+	free(fleet_db);
+	return rc;
+}
+
 static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;
@@ -244,9 +328,15 @@ static int remove_one(const char *path, const struct stat *st, int flag, struct 
 
 int backup_restore(const char *dir, const char *state_dir)
 {
-	char *target = xstrdup(state_dir), *copy, *stage;
+	return backup_restore_db(dir, state_dir, NULL);
+}
+
+int backup_restore_db(const char *dir, const char *state_dir, const char *db_url)
+{
+	char *target = xstrdup(state_dir), *copy, *stage, shown[512] = "";
+	struct db *pg_target = NULL;
 	json_t *m = NULL;
-	int rc, empty;
+	int rc, empty, pg = is_pg_url(db_url), restored = 0;
 	size_t n = strlen(target);
 
 	while (n > 1 && target[n - 1] == '/')
@@ -262,14 +352,25 @@ int backup_restore(const char *dir, const char *state_dir)
 					       state_dir);
 		goto out;
 	}
-	if ((rc = manifest_load(&m, dir)) < 0)
+	if ((rc = manifest_load(&m, dir)) < 0 || (rc = kind_check(m, dir, pg)) < 0)
 		goto out;
+	if (pg) {
+		bk_url_shown(db_url, shown, sizeof(shown));
+		if ((rc = db_open(&pg_target, db_url, 0)) < 0) {
+			rc = ota_error_set(rc, "%s: %s", shown, ota_error_last());
+			goto out;
+		}
+		if ((rc = pg_precheck(pg_target, shown, m)) < 0)
+			goto out;
+	}
 	if (!mkdtemp(stage)) {
 		rc = ota_error_set(OTA_ERROR, "cannot create %s: %s", stage, strerror(errno));
 		goto out;
 	}
-	if ((rc = copy_files(json_object_get(m, "files"), dir, stage)) < 0 || (rc = databases_check(stage, dir, state_dir, m)) < 0 ||
-	    (rc = bk_fsync_dir(stage)) < 0)
+	if ((rc = copy_files(json_object_get(m, "files"), dir, stage, pg ? BACKUP_PG_DUMP : BACKUP_SQLITE_DB)) < 0)
+		goto fail;
+	rc = pg ? pg_restore_check(stage, dir, state_dir, m, db_url, &restored) : databases_check(stage, dir, state_dir, m);
+	if (rc < 0 || (rc = bk_fsync_dir(stage)) < 0)
 		goto fail;
 	/* rename(2) replaces an empty directory in one step */
 	if (rename(stage, state_dir) < 0) {
@@ -280,7 +381,18 @@ int backup_restore(const char *dir, const char *state_dir)
 	goto out;
 fail:
 	nftw(stage, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+	if (restored) {
+		char why[1024];
+		snprintf(why, sizeof(why), "%s", ota_error_last());
+		if (bk_pg_undo(pg_target) < 0)
+			rc = ota_error_set(rc, "%s; and the restored tables could not be dropped again from %s (drop them "
+					   "by hand): %s",
+					   why, shown, ota_error_last());
+		else
+			ota_error_set(rc, "%s", why);
+	}
 out:
+	db_close(pg_target);
 	json_decref(m);
 	free(stage);
 	free(copy);

@@ -190,6 +190,14 @@ struct sqlite3;
 struct sqlite3 *db_sqlite_handle(struct db *db);
 
 /*
+ * SQLite only: copy the database of db, a SQLite connection (a reader
+ * will do), into a new file at path with SQLite's online backup API, as
+ * one committed state (backup/backup.c; PostgreSQL's counterpart is
+ * pg_dump).  OTA_EINVAL on a PostgreSQL connection.
+ */
+int db_sqlite_backup_to(struct db *db, const char *path);
+
+/*
  * Apply the migrations of list[0..n) the database lacks, each in its own
  * transaction with its schema_migrations row; the list is the SQLite
  * dialect, translated per backend.  OTA_ERROR if the database is newer

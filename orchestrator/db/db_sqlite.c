@@ -350,6 +350,46 @@ static int sq_maintain(struct db *db, int max_pages, int *freed)
 	return 0;
 }
 
+/*
+ * SQLite's online backup API, in one step: one read transaction on db, so
+ * the copy at path (created, or overwritten) is one committed state
+ * while writers on other connections go on committing (WAL).  A step that
+ * meets a lock waits and tries again, for up to ~10 s.  The copy is left
+ * in rollback journal mode: one self-contained file.
+ */
+int db_sqlite_backup_to(struct db *db, const char *path)
+{
+	sqlite3 *dst = NULL;
+	sqlite3_backup *bk;
+	int rc = 0, step;
+
+	if (db->backend != DB_SQLITE)
+		return ota_error_set(OTA_EINVAL, "%s: SQLite's online backup needs a SQLite database", path);
+	if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+		rc = ota_error_set(OTA_ERROR, "cannot create the copy %s: %s", path, dst ? sqlite3_errmsg(dst) : "out of memory");
+		goto out;
+	}
+	if (!(bk = sqlite3_backup_init(dst, "main", conn(db), "main"))) {
+		rc = ota_error_set(OTA_ERROR, "cannot start the copy into %s: %s", path, sqlite3_errmsg(dst));
+		goto out;
+	}
+	for (int tries = 0; (step = sqlite3_backup_step(bk, -1)) == SQLITE_BUSY || step == SQLITE_LOCKED; tries++) {
+		if (tries == 1000)
+			break;
+		sqlite3_sleep(10);
+	}
+	sqlite3_backup_finish(bk);
+	if (step != SQLITE_DONE) {
+		rc = ota_error_set(OTA_ERROR, "the copy into %s: %s", path, sqlite3_errstr(step));
+		goto out;
+	}
+	if (sqlite3_exec(dst, "PRAGMA journal_mode=DELETE", NULL, NULL, NULL) != SQLITE_OK)
+		rc = ota_error_set(OTA_ERROR, "the copy %s: journal mode: %s", path, sqlite3_errmsg(dst));
+out:
+	sqlite3_close(dst);
+	return rc;
+}
+
 sqlite3 *db_sqlite_handle(struct db *db)
 {
 	return db->backend == DB_SQLITE ? conn(db) : NULL;
