@@ -264,7 +264,7 @@ static int copy_sqlite(struct backup_run *b, const char *src_path, const char *n
 	}
 	if ((rc = db_open(&src, url, DB_READONLY)) < 0 || (rc = db_sqlite_backup_to(src, dst)) < 0 ||
 	    (rc = bk_hash_file(dst, &size, sha)) < 0) {
-		ota_error_prefix("backup of %s: ", src_path);
+		ota_error_prefix("backup of %s", src_path);
 		goto out;
 	}
 	manifest_add(b, name, size, sha);
@@ -309,7 +309,7 @@ static int copy_main_db(struct backup_run *b, const char *db_url, struct db **sn
 	}
 	copy_url = xasprintf("sqlite:%s/" BACKUP_SQLITE_DB, b->dir);
 	if ((rc = db_open(snap, copy_url, DB_READONLY)) < 0)
-		ota_error_prefix("the copy of %s: ", path);
+		ota_error_prefix("the copy of %s", path);
 out:
 	if (rc < 0) {
 		db_close(*snap);

@@ -129,7 +129,7 @@ int bk_pg_dump(struct db *snap, const char *url, const char *dst)
 		rc = bk_run(argv);
 	}
 	if (rc < 0)
-		ota_error_prefix("backup of the PostgreSQL database: ");
+		ota_error_prefix("backup of the PostgreSQL database");
 	free(snapshot);
 	free(snap_arg);
 	free(db_arg);
@@ -176,7 +176,7 @@ int bk_pg_restore(const char *url, const char *dump)
 	int rc = bk_run(argv);
 
 	if (rc < 0)
-		ota_error_prefix("restore of the PostgreSQL database: ");
+		ota_error_prefix("restore of the PostgreSQL database");
 	free(db_arg);
 	return rc;
 }

@@ -214,7 +214,7 @@ static int restore_audit(struct store *s, const char *dir, const char *state_dir
 	free(text);
 	json_decref(detail);
 	if (rc < 0)
-		ota_error_prefix("the restore's audit entry: ");
+		ota_error_prefix("the restore's audit entry");
 	return rc;
 }
 
@@ -230,7 +230,7 @@ static int databases_check(const char *stage, const char *dir, const char *state
 	if (rc == 0 && access(fleet_db, F_OK) == 0)
 		rc = integrity_check(fleet_db);
 	if (rc == 0 && (rc = store_open(&s, main_db)) < 0)
-		ota_error_prefix("the backup's otacd.db: ");
+		ota_error_prefix("the backup's otacd.db");
 	if (rc == 0)
 		rc = restore_audit(s, dir, state_dir, m);
 	store_close(s);
@@ -309,7 +309,7 @@ static int pg_restore_check(const char *stage, const char *dir, const char *stat
 	if (rc == 0 && (rc = bk_pg_restore(url, dump)) == 0)
 		*restored = 1;
 	if (rc == 0 && (rc = store_open(&s, url)) < 0)
-		ota_error_prefix("the restored database: ");
+		ota_error_prefix("the restored database");
 	if (rc == 0)
 		rc = restore_audit(s, dir, state_dir, m);
 	store_close(s);

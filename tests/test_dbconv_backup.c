@@ -1,0 +1,631 @@
+/*
+ * test_dbconv_backup.c - backup/ on the storage layer (docs/storage.md,
+ * issue 16; docs/operations.md, "Back up and restore"):
+ *
+ *  - backup/ calls no sqlite3_* and includes no sqlite3.h (SQLite's online
+ *    backup API is db_sqlite_backup_to() in db/db_sqlite.c), and every SQL
+ *    statement of its files (each string literal that starts with SELECT,
+ *    INSERT, UPDATE, DELETE or WITH, read from the sources) prepares on a
+ *    real PostgreSQL cluster (tests/pgcluster.h) after store.c's
+ *    migrations; those not PostgreSQL's own catalog prepare on SQLite too;
+ *  - on PostgreSQL a backup is pg_dump's dump of one snapshot plus the
+ *    artifacts that snapshot lists, and a restore fills a new, empty
+ *    database with pg_restore and audits itself in it;
+ *  - bad input changes nothing: a database that is not empty, a backup of
+ *    the other kind, pg_dump or pg_restore not installed, a truncated dump
+ *    (pg_restore fails half way: one transaction), and a dump whose schema
+ *    is newer than this otacd behind a manifest that says otherwise
+ *    (restored, then refused, then dropped again).
+ */
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+
+#include "../common/util.h"
+#include "../orchestrator/backup/backup.h"
+#include "../orchestrator/backup/backup_int.h"
+#include "../orchestrator/db/db.h"
+#include "../orchestrator/store.h"
+#include "dbconv.h"
+#include "pgcluster.h"
+
+static const struct {
+	const char *file;
+	size_t min; /* statements the scan must find at least */
+} k_files[] = {
+	{ "orchestrator/backup/backup.c", 1 },
+	{ "orchestrator/backup/backup_pg.c", 3 },
+	{ "orchestrator/backup/restore.c", 1 },
+};
+
+/* ---- the statements, read from the sources ---------------------------------- */
+
+static int is_sql(const char *s)
+{
+	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
+		if (!strncmp(s, verbs[i], strlen(verbs[i])))
+			return 1;
+	return 0;
+}
+
+/* Every group of adjacent string literals in file (outside comments and
+ * character constants) that reads as a SQL statement. */
+static size_t scan_file(const char *file, struct strvec *out)
+{
+	char *text = dbconv_read_source(file);
+	const char *p = text;
+	size_t n = 0;
+
+	if (strstr(text, "sqlite3_") || strstr(text, "sqlite3.h"))
+		fail_msg("%s still uses SQLite directly (the storage layer: db/db.h, db_sqlite_backup_to())", file);
+	while (*p) {
+		if (p[0] == '/' && p[1] == '*') {
+			const char *end = strstr(p + 2, "*/");
+			p = end ? end + 2 : p + strlen(p);
+		} else if (p[0] == '/' && p[1] == '/') {
+			while (*p && *p != '\n')
+				p++;
+		} else if (*p == '\'') {
+			p++;
+			if (*p == '\\')
+				p++;
+			p += *p ? 2 : 0;
+		} else if (*p == '"') {
+			struct buf sql = BUF_INIT;
+			p = dbconv_joined_literals(p, &sql);
+			buf_putc(&sql, '\0');
+			if (is_sql(sql.ptr)) {
+				strvec_push(out, sql.ptr);
+				n++;
+			}
+			buf_release(&sql);
+		} else {
+			p++;
+		}
+	}
+	free(text);
+	return n;
+}
+
+static void scan_all(struct strvec *l)
+{
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(k_files); i++) {
+		size_t n = scan_file(k_files[i].file, l);
+		if (n < k_files[i].min)
+			fail_msg("%s: %zu statements found, expected at least %zu", k_files[i].file, n, k_files[i].min);
+	}
+}
+
+/* PostgreSQL's own: its catalog and snapshot functions */
+static int pg_only(const char *sql)
+{
+	return strstr(sql, "pg_catalog.") || strstr(sql, "pg_export_snapshot");
+}
+
+static void every_statement_prepares(void **state)
+{
+	enum db_backend kind = dbconv_backend(state);
+	struct strvec l = STRVEC_INIT;
+	struct store *s;
+	size_t prepared = 0;
+
+	if (kind == DB_POSTGRES)
+		dbconv_need_pg();
+	scan_all(&l);
+	s = dbconv_open_store(kind);
+	for (size_t i = 0; i < l.n; i++) {
+		struct db_stmt *st = NULL;
+		if (kind == DB_SQLITE && pg_only(l.v[i]))
+			continue;
+		if (db_prepare(store_conn(s), &st, l.v[i]) < 0)
+			fail_msg("does not prepare on %s: %s\n  %s", kind == DB_SQLITE ? "SQLite" : "PostgreSQL",
+				 ota_error_last(), l.v[i]);
+		db_finalize(st);
+		prepared++;
+	}
+	if (kind == DB_POSTGRES)
+		assert_int_equal(prepared, l.n);
+	fprintf(stderr, "%zu of %zu statements prepared on %s\n", prepared, l.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
+	store_close(s);
+	strvec_clear(&l);
+}
+
+static void backup_headers_do_not_include_sqlite(void **state)
+{
+	static const char *const headers[] = { "orchestrator/backup/backup.h", "orchestrator/backup/backup_int.h" };
+	(void)state;
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(headers); i++) {
+		char *text = dbconv_read_source(headers[i]);
+		if (strstr(text, "sqlite3"))
+			fail_msg("%s mentions sqlite3", headers[i]);
+		free(text);
+	}
+}
+
+/* ---- a state directory and databases on the cluster ---------------------------- */
+
+static char *g_path_saved;
+
+/* A URL for database NAME on the test's cluster. */
+static char *db_url(const char *name)
+{
+	const char *url = dbconv_pg_url(), *at = strstr(url, "/postgres?");
+	assert_non_null(at);
+	return xasprintf("%.*s/%s%s", (int)(at - url), url, name, at + strlen("/postgres"));
+}
+
+/* A new, empty database on the cluster; its URL. */
+static char *new_database(void)
+{
+	static int n;
+	char name[64];
+	struct db *db = NULL;
+	char *sql;
+
+	snprintf(name, sizeof(name), "restored_%d_%d", (int)getpid(), ++n);
+	sql = xasprintf("CREATE DATABASE %s", name);
+	if (db_open(&db, dbconv_pg_url(), 0) < 0 || db_exec(db, sql) < 0)
+		fail_msg("%s: %s", sql, ota_error_last());
+	db_close(db);
+	free(sql);
+	return db_url(name);
+}
+
+/* Tables, views and sequences in url's public schema. */
+static int64_t relations(const char *url)
+{
+	struct db *db = NULL;
+	struct db_stmt *st = NULL;
+	int64_t n = -1;
+
+	if (db_open(&db, url, DB_READONLY) < 0 ||
+	    db_prepare(db, &st, "SELECT COUNT(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+				" ON n.oid = c.relnamespace WHERE n.nspname = 'public'") < 0 ||
+	    db_step(st) != 1)
+		fail_msg("count relations in %s: %s", url, ota_error_last());
+	n = db_column_int64(st, 0);
+	db_finalize(st);
+	db_close(db);
+	return n;
+}
+
+static int64_t count_in(const char *url, const char *sql)
+{
+	struct store *s = NULL;
+	int64_t n;
+
+	if (store_open(&s, url) < 0)
+		fail_msg("store_open %s: %s", url, ota_error_last());
+	n = dbconv_count(s, sql);
+	store_close(s);
+	return n;
+}
+
+static void write_text(const char *path, const char *text)
+{
+	char *dir = xstrdup(path);
+	*strrchr(dir, '/') = '\0';
+	assert_int_equal(ota_mkdir_p(dir, 0700), 0);
+	assert_int_equal(ota_write_file_atomic(path, text, strlen(text), 0600), 0);
+	free(dir);
+}
+
+static int exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+static int dir_is_empty_or_absent(const char *dir)
+{
+	return bk_dir_empty(dir) == 1;
+}
+
+struct pgstate {
+	char *state;        /* the state directory (logs, artifacts, keys) */
+	char *backup;       /* where its backup goes */
+	char sha_kept[65];  /* an artifact in the store */
+	char sha_gone[65];  /* one the database lists that retention removed */
+};
+
+static int g_case;
+
+/* The cluster's database, migrated from nothing, with two artifacts (one
+ * in the store, one not), an audit row and a job log; a state directory
+ * beside it. */
+static void pg_state(struct pgstate *ps)
+{
+	struct store *s;
+	char *path;
+	int64_t size;
+	char sha[65];
+
+	dbconv_need_pg();
+	ps->state = xasprintf("%s/state-%d", dbconv_tmpdir(), ++g_case);
+	ps->backup = xasprintf("%s/backup-%d", dbconv_tmpdir(), g_case);
+	path = xasprintf("%s/blob", ps->state);
+	write_text(path, "firmware image bytes\n");
+	assert_int_equal(bk_hash_file(path, &size, sha), 0);
+	unlink(path);
+	free(path);
+	memcpy(ps->sha_kept, sha, sizeof(sha));
+	memset(ps->sha_gone, 'e', 64);
+	ps->sha_gone[64] = '\0';
+	path = xasprintf("%s/artifacts/sha256/%.2s/%s", ps->state, sha, sha);
+	write_text(path, "firmware image bytes\n");
+	free(path);
+	path = xasprintf("%s/logs/1/1.log", ps->state);
+	write_text(path, "build ok\n");
+	free(path);
+	path = xasprintf("%s/admin.token", ps->state);
+	write_text(path, "token\n");
+	free(path);
+
+	s = dbconv_open_store(DB_POSTGRES);
+	dbconv_begin(s);
+	dbconv_insert(s, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, created_at)"
+			 " VALUES (1, 1, 1, ?, ?, 21, 5) RETURNING id", "tt", "app.bin", ps->sha_kept);
+	dbconv_insert(s, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, created_at)"
+			 " VALUES (1, 1, 1, ?, ?, 9, 5) RETURNING id", "tt", "old.bin", ps->sha_gone);
+	dbconv_insert(s, "INSERT INTO audit(at, actor, action, reason, detail) VALUES (7, ?, ?, 'x', '{}') RETURNING id",
+		      "tt", "alice", "release_approve");
+	dbconv_commit(s);
+	store_close(s);
+}
+
+static void pgstate_free(struct pgstate *ps)
+{
+	free(ps->state);
+	free(ps->backup);
+}
+
+static json_t *manifest(const char *backup)
+{
+	char *path = xasprintf("%s/" BACKUP_MANIFEST, backup);
+	json_t *m = json_load_file(path, 0, NULL);
+	assert_non_null(m);
+	free(path);
+	return m;
+}
+
+/* Rewrite backup.json with m (the backup's contents edited under it). */
+static void manifest_save(const char *backup, json_t *m)
+{
+	char *path = xasprintf("%s/" BACKUP_MANIFEST, backup);
+	assert_int_equal(json_dump_file(m, path, JSON_INDENT(1)), 0);
+	free(path);
+}
+
+/* backup.json's entry for rel made to match the file as it is now. */
+static void manifest_refresh(const char *backup, const char *rel)
+{
+	json_t *m = manifest(backup), *f;
+	char *path = xasprintf("%s/%s", backup, rel), sha[65];
+	int64_t size;
+	size_t i;
+
+	assert_int_equal(bk_hash_file(path, &size, sha), 0);
+	json_array_foreach(json_object_get(m, "files"), i, f)
+		if (!strcmp(json_string_value(json_object_get(f, "path")), rel)) {
+			json_object_set_new(f, "size", json_integer(size));
+			json_object_set_new(f, "sha256", json_string(sha));
+		}
+	manifest_save(backup, m);
+	json_decref(m);
+	free(path);
+}
+
+static void path_without_programs(void)
+{
+	char *empty = xasprintf("%s/no-programs", dbconv_tmpdir());
+	mkdir(empty, 0700);
+	g_path_saved = xstrdup(getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin");
+	setenv("PATH", empty, 1);
+	free(empty);
+}
+
+static void path_restored(void)
+{
+	setenv("PATH", g_path_saved, 1);
+	free(g_path_saved);
+	g_path_saved = NULL;
+}
+
+/* ---- PostgreSQL: the behaviour chosen ----------------------------------------- */
+
+static void postgres_backup_is_a_pg_dump_and_restores_into_a_new_empty_database(void **state)
+{
+	struct pgstate ps;
+	json_t *sum = NULL, *m;
+	char *target, *restored_state, *path;
+
+	(void)state;
+	pg_state(&ps);
+	if (backup_take_db(&sum, dbconv_pg_url(), ps.state, ps.backup, 1) < 0)
+		fail_msg("backup: %s", ota_error_last());
+	assert_string_equal(json_string_value(json_object_get(sum, "database")), "postgres");
+	assert_int_equal(json_integer_value(json_object_get(sum, "schema")), store_schema_latest());
+	assert_int_equal(json_integer_value(json_object_get(sum, "missing_artifacts")), 1);
+	json_decref(sum);
+	m = manifest(ps.backup);
+	assert_string_equal(json_string_value(json_object_get(m, "database")), "postgres");
+	json_decref(m);
+	path = xasprintf("%s/" BACKUP_PG_DUMP, ps.backup);
+	assert_true(exists(path));
+	free(path);
+	path = xasprintf("%s/otacd.db", ps.backup);
+	assert_false(exists(path));
+	free(path);
+	path = xasprintf("%s/artifacts/sha256/%.2s/%s", ps.backup, ps.sha_kept, ps.sha_kept);
+	assert_true(exists(path));
+	free(path);
+
+	target = new_database();
+	restored_state = xasprintf("%s/restored-%d", dbconv_tmpdir(), g_case);
+	if (backup_restore_db(ps.backup, restored_state, target) < 0)
+		fail_msg("restore: %s", ota_error_last());
+	assert_int_equal(count_in(target, "SELECT COUNT(*) FROM artifacts"), 2);
+	assert_int_equal(count_in(target, "SELECT COUNT(*) FROM audit WHERE actor = 'alice'"), 1);
+	assert_int_equal(count_in(target, "SELECT COUNT(*) FROM audit WHERE action = 'restore'"), 1);
+	/* identities go on after the restored rows */
+	{
+		struct store *s = NULL;
+		int64_t id;
+		assert_int_equal(store_open(&s, target), 0);
+		id = dbconv_insert(s, "INSERT INTO events(at, kind) VALUES (1, 'x') RETURNING id", "");
+		assert_true(id >= 1);
+		id = dbconv_insert(s, "INSERT INTO audit(at, actor, action, reason, detail) VALUES (8, 'b', 'c', 'd', '{}')"
+				      " RETURNING id", "");
+		assert_int_equal(id, 3); /* alice's, the restore's, this */
+		store_close(s);
+	}
+	path = xasprintf("%s/artifacts/sha256/%.2s/%s", restored_state, ps.sha_kept, ps.sha_kept);
+	assert_true(exists(path));
+	free(path);
+	path = xasprintf("%s/logs/1/1.log", restored_state);
+	assert_true(exists(path));
+	free(path);
+	path = xasprintf("%s/" BACKUP_PG_DUMP, restored_state);
+	assert_true(exists(path)); /* kept with the state, as otacd.db would be */
+	free(path);
+
+	/* a second restore into the now filled database: refused, nothing changes */
+	{
+		char *again = xasprintf("%s/again-%d", dbconv_tmpdir(), g_case);
+		int64_t before = relations(target);
+		assert_int_equal(backup_restore_db(ps.backup, again, target), OTA_ECONFLICT);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_non_null(strstr(ota_error_last(), "is not empty"));
+		assert_null(strstr(ota_error_last(), "password"));
+		assert_int_equal(relations(target), before);
+		assert_int_equal(count_in(target, "SELECT COUNT(*) FROM audit WHERE action = 'restore'"), 1);
+		assert_true(dir_is_empty_or_absent(again));
+		free(again);
+	}
+	free(restored_state);
+	free(target);
+	pgstate_free(&ps);
+}
+
+static void backup_of_the_other_kind_is_refused_before_anything_changes(void **state)
+{
+	struct pgstate ps;
+	char *target, *into, *sqlite_state, *sqlite_backup;
+	struct store *s = NULL;
+	char *path;
+
+	(void)state;
+	pg_state(&ps);
+	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), 0);
+	into = xasprintf("%s/into-%d", dbconv_tmpdir(), g_case);
+	/* a PostgreSQL backup restored as a SQLite state directory */
+	assert_int_equal(backup_restore(ps.backup, into), OTA_EINVAL);
+	assert_non_null(strstr(ota_error_last(), "PostgreSQL backup"));
+	assert_true(dir_is_empty_or_absent(into));
+
+	/* a SQLite backup restored into PostgreSQL */
+	sqlite_state = xasprintf("%s/sqlite-state-%d", dbconv_tmpdir(), g_case);
+	sqlite_backup = xasprintf("%s/sqlite-backup-%d", dbconv_tmpdir(), g_case);
+	assert_int_equal(ota_mkdir_p(sqlite_state, 0700), 0);
+	path = xasprintf("%s/otacd.db", sqlite_state);
+	assert_int_equal(store_open(&s, path), 0);
+	store_close(s);
+	free(path);
+	if (backup_take_db(NULL, NULL, sqlite_state, sqlite_backup, 1) < 0)
+		fail_msg("SQLite backup: %s", ota_error_last());
+	target = new_database();
+	assert_int_equal(backup_restore_db(sqlite_backup, into, target), OTA_EINVAL);
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "otactl migrate"));
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+
+	free(target);
+	free(into);
+	free(sqlite_state);
+	free(sqlite_backup);
+	pgstate_free(&ps);
+}
+
+static void without_pg_dump_or_pg_restore_nothing_is_backed_up_or_restored(void **state)
+{
+	struct pgstate ps;
+	char *target, *into, *path;
+
+	(void)state;
+	pg_state(&ps);
+	path_without_programs();
+	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), OTA_ENOTFOUND);
+	path_restored();
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "pg_dump is not installed"));
+	assert_non_null(strstr(ota_error_last(), "postgresql-client"));
+	path = xasprintf("%s/" BACKUP_MANIFEST, ps.backup);
+	assert_false(exists(path));
+	free(path);
+	assert_true(dir_is_empty_or_absent(ps.backup));
+
+	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), 0);
+	target = new_database();
+	into = xasprintf("%s/into-%d", dbconv_tmpdir(), g_case);
+	path_without_programs();
+	assert_int_equal(backup_restore_db(ps.backup, into, target), OTA_ENOTFOUND);
+	path_restored();
+	assert_non_null(strstr(ota_error_last(), "pg_restore is not installed"));
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+	free(target);
+	free(into);
+	pgstate_free(&ps);
+}
+
+/* The dump cut at 80 % (its manifest entry made to match, as an attacker
+ * or a bad disk copy could): pg_restore fails part way, and its one
+ * transaction leaves the database as empty as it was. */
+static void a_truncated_dump_restores_nothing(void **state)
+{
+	struct pgstate ps;
+	char *target, *into, *path;
+	struct stat st;
+
+	(void)state;
+	pg_state(&ps);
+	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), 0);
+	path = xasprintf("%s/" BACKUP_PG_DUMP, ps.backup);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(truncate(path, st.st_size * 4 / 5), 0);
+	free(path);
+	manifest_refresh(ps.backup, BACKUP_PG_DUMP);
+	target = new_database();
+	into = xasprintf("%s/into-%d", dbconv_tmpdir(), g_case);
+	assert_true(backup_restore_db(ps.backup, into, target) < 0);
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "pg_restore failed"));
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+	free(target);
+	free(into);
+	pgstate_free(&ps);
+}
+
+/* A dump of a newer otacd's schema: refused by its manifest first; behind
+ * a manifest edited to hide it, restored, refused by store_open, and its
+ * tables dropped again. */
+static void a_newer_schema_is_refused_and_dropped_again(void **state)
+{
+	struct pgstate ps;
+	struct store *s = NULL;
+	char *target, *into;
+	json_t *m;
+
+	(void)state;
+	pg_state(&ps);
+	assert_int_equal(store_open(&s, dbconv_pg_url()), 0);
+	dbconv_begin(s);
+	dbconv_insert(s, "INSERT INTO schema_migrations(version, applied_at) VALUES (?, 0) RETURNING version", "i",
+		      (int64_t)store_schema_latest() + 1);
+	dbconv_commit(s);
+	store_close(s);
+	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), 0);
+	target = new_database();
+	into = xasprintf("%s/into-%d", dbconv_tmpdir(), g_case);
+	assert_int_equal(backup_restore_db(ps.backup, into, target), OTA_EINVAL);
+	assert_non_null(strstr(ota_error_last(), "newer than this otacd"));
+	assert_int_equal(relations(target), 0);
+
+	m = manifest(ps.backup);
+	json_object_set_new(m, "schema", json_integer(store_schema_latest()));
+	manifest_save(ps.backup, m);
+	json_decref(m);
+	assert_true(backup_restore_db(ps.backup, into, target) < 0);
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "the restored database"));
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+	free(target);
+	free(into);
+	pgstate_free(&ps);
+}
+
+/* ---- SQLite: the same backup through the storage layer ---------------------- */
+
+static void sqlite_backup_lists_its_artifacts_and_restores(void **state)
+{
+	char *st = xasprintf("%s/sqlite-round-%d", dbconv_tmpdir(), ++g_case);
+	char *bk = xasprintf("%s/sqlite-round-bk-%d", dbconv_tmpdir(), g_case);
+	char *into = xasprintf("%s/sqlite-round-into-%d", dbconv_tmpdir(), g_case);
+	char *path = xasprintf("%s/otacd.db", st), sha[65];
+	struct store *s = NULL;
+	json_t *sum = NULL;
+	int64_t size;
+
+	(void)state;
+	write_text(path, "");
+	unlink(path);
+	{
+		char *blob = xasprintf("%s/blob", st);
+		write_text(blob, "payload\n");
+		assert_int_equal(bk_hash_file(blob, &size, sha), 0);
+		unlink(blob);
+		free(blob);
+		blob = xasprintf("%s/artifacts/sha256/%.2s/%s", st, sha, sha);
+		write_text(blob, "payload\n");
+		free(blob);
+	}
+	assert_int_equal(store_open(&s, path), 0);
+	dbconv_begin(s);
+	dbconv_insert(s, "INSERT INTO artifacts(run_id, job_id, attempt, name, sha256, size, created_at)"
+			 " VALUES (1, 1, 1, 'a', ?, 8, 5) RETURNING id", "t", sha);
+	dbconv_commit(s);
+	store_close(s);
+	if (backup_take_db(&sum, NULL, st, bk, 1) < 0)
+		fail_msg("backup: %s", ota_error_last());
+	assert_string_equal(json_string_value(json_object_get(sum, "database")), "sqlite");
+	assert_int_equal(json_integer_value(json_object_get(sum, "schema")), store_schema_latest());
+	assert_int_equal(json_integer_value(json_object_get(sum, "missing_artifacts")), 0);
+	json_decref(sum);
+	if (backup_restore(bk, into) < 0)
+		fail_msg("restore: %s", ota_error_last());
+	free(path);
+	path = xasprintf("%s/artifacts/sha256/%.2s/%s", into, sha, sha);
+	assert_true(exists(path));
+	free(path);
+	path = xasprintf("%s/otacd.db", into);
+	assert_int_equal(count_in(path, "SELECT COUNT(*) FROM artifacts"), 1);
+	assert_int_equal(count_in(path, "SELECT COUNT(*) FROM audit WHERE action = 'restore'"), 1);
+	free(path);
+	free(st);
+	free(bk);
+	free(into);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		DBCONV_BOTH(every_statement_prepares),
+		cmocka_unit_test(backup_headers_do_not_include_sqlite),
+		cmocka_unit_test(sqlite_backup_lists_its_artifacts_and_restores),
+		cmocka_unit_test(postgres_backup_is_a_pg_dump_and_restores_into_a_new_empty_database),
+		cmocka_unit_test(backup_of_the_other_kind_is_refused_before_anything_changes),
+		cmocka_unit_test(without_pg_dump_or_pg_restore_nothing_is_backed_up_or_restored),
+		cmocka_unit_test(a_truncated_dump_restores_nothing),
+		cmocka_unit_test(a_newer_schema_is_refused_and_dropped_again),
+	};
+	int rc;
+
+	dbconv_start("test_dbconv_backup");
+	rc = cmocka_run_group_tests(tests, NULL, NULL);
+	dbconv_finish();
+	return rc;
+}
