@@ -12,8 +12,9 @@
  *    artifacts that snapshot lists, and a restore fills a new, empty
  *    database with pg_restore and audits itself in it;
  *  - bad input changes nothing: a database that is not empty, a backup of
- *    the other kind, pg_dump or pg_restore not installed, a truncated dump
- *    (pg_restore fails half way: one transaction), and a dump whose schema
+ *    the other kind, pg_dump or pg_restore not installed, a dump corrupt
+ *    in its last table's data (pg_restore fails after it created the
+ *    tables: one transaction, so none is left), and a dump whose schema
  *    is newer than this otacd behind a manifest that says otherwise
  *    (restored, then refused, then dropped again).
  */
@@ -490,10 +491,11 @@ static void without_pg_dump_or_pg_restore_nothing_is_backed_up_or_restored(void 
 	pgstate_free(&ps);
 }
 
-/* The dump cut at 80 % (its manifest entry made to match, as an attacker
- * or a bad disk copy could): pg_restore fails part way, and its one
- * transaction leaves the database as empty as it was. */
-static void a_truncated_dump_restores_nothing(void **state)
+/* The dump's last table's data corrupt (its manifest entry made to match,
+ * as an attacker or a bad copy could): pg_restore fails after it created
+ * every table, and its one transaction leaves the database as empty as it
+ * was.  Without --single-transaction this fails (the tables stay). */
+static void a_corrupt_dump_restores_nothing(void **state)
 {
 	struct pgstate ps;
 	char *target, *into, *path;
@@ -504,7 +506,17 @@ static void a_truncated_dump_restores_nothing(void **state)
 	assert_int_equal(backup_take_db(NULL, dbconv_pg_url(), ps.state, ps.backup, 1), 0);
 	path = xasprintf("%s/" BACKUP_PG_DUMP, ps.backup);
 	assert_int_equal(stat(path, &st), 0);
-	assert_int_equal(truncate(path, st.st_size * 4 / 5), 0);
+	{
+		/* bytes of the last table's data: a custom-format dump holds its
+		 * table of contents (every table's DDL) first, the data after */
+		FILE *f = fopen(path, "r+b");
+		assert_non_null(f);
+		assert_true(st.st_size > 200);
+		assert_int_equal(fseek(f, st.st_size - 40, SEEK_SET), 0);
+		for (int i = 0; i < 32; i++)
+			fputc(0xa5 ^ i, f);
+		assert_int_equal(fclose(f), 0);
+	}
 	free(path);
 	manifest_refresh(ps.backup, BACKUP_PG_DUMP);
 	target = new_database();
@@ -619,7 +631,7 @@ int main(void)
 		cmocka_unit_test(postgres_backup_is_a_pg_dump_and_restores_into_a_new_empty_database),
 		cmocka_unit_test(backup_of_the_other_kind_is_refused_before_anything_changes),
 		cmocka_unit_test(without_pg_dump_or_pg_restore_nothing_is_backed_up_or_restored),
-		cmocka_unit_test(a_truncated_dump_restores_nothing),
+		cmocka_unit_test(a_corrupt_dump_restores_nothing),
 		cmocka_unit_test(a_newer_schema_is_refused_and_dropped_again),
 	};
 	int rc;

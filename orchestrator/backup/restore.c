@@ -389,7 +389,7 @@ fail:
 					   "by hand): %s",
 					   why, shown, ota_error_last());
 		else
-			ota_error_set(rc, "%s", why);
+			ota_error_set(rc, "%s (the restored tables were dropped again: %s is empty, as it was)", why, shown);
 	}
 out:
 	db_close(pg_target);
