@@ -18,6 +18,12 @@
  * say; the restored otacd reads a log by its file).  Runs on the HTTP
  * thread that asked (an admin's rare call): seconds for a typical state
  * directory.
+ *
+ * Everything goes through the storage layer (db/db.h): the online backup
+ * API is db_sqlite_backup_to(), and the copy's schema version and
+ * artifact list are plain SQL on a connection to the copy.  When otacd's
+ * database is PostgreSQL, pg_dump makes the database part from a snapshot
+ * that the same connection then reads the artifacts from (backup_pg.c).
  */
 #include "backup.h"
 #include "backup_int.h"
@@ -234,7 +240,7 @@ static int copy_rel(struct backup_run *b, const char *rel, char sha[65])
 }
 
 /* List DIR/REL, a file written there by another program (pg_dump). */
-static int copy_rel_listed(struct backup_run *b, const char *rel)
+static int list_file(struct backup_run *b, const char *rel)
 {
 	char *path = xasprintf("%s/%s", b->dir, rel), sha[65];
 	int64_t size = 0;
@@ -297,7 +303,7 @@ static int copy_main_db(struct backup_run *b, const char *db_url, struct db **sn
 			goto out;
 		}
 		if ((rc = bk_pg_dump(*snap, db_url, dst)) == 0)
-			rc = copy_rel_listed(b, BACKUP_PG_DUMP);
+			rc = list_file(b, BACKUP_PG_DUMP);
 		goto out;
 	}
 	path = db_url ? xstrdup(strncmp(db_url, "sqlite:", 7) ? db_url : db_url + 7)

@@ -12,6 +12,11 @@
  * the target.  Any error removes the staging directory: the target is
  * never half restored.  A restore that succeeds is audited inside the
  * database it restored (restore_audit).
+ *
+ * A backup of a PostgreSQL database (otacd.pgdump) goes into a new, empty
+ * PostgreSQL database instead, with pg_restore in one transaction, before
+ * the rename; if anything after it fails its tables are dropped again
+ * (backup_pg.c).
  */
 #include "backup.h"
 #include "backup_int.h"
