@@ -105,6 +105,31 @@ static void expect_baseline_eval(const json_t *row, const char *name, int off_no
 	free(text);
 }
 
+/* The devices of version 1.0.0 carrying tag (otacd's /metrics; 0 when none). */
+static int64_t tagged(struct daemon *d, const char *tag)
+{
+	char *needle = xasprintf("otacd_fleet_devices{product=\"fw\",version=\"1.0.0\",cohort=\"%s\"} ", tag);
+	char *text = h_device_metrics(d, NULL);
+	const char *p = strstr(text, needle);
+	int64_t n = p ? strtoll(p + strlen(needle), NULL, 10) : 0;
+
+	free(text);
+	free(needle);
+	return n;
+}
+
+/* Wait (up to two real minutes, many poll intervals) until every device
+ * reports the harmless flag on and none the bad one. */
+static void wait_tags_settle(struct daemon *d)
+{
+	for (int i = 0; i < 1200 && (tagged(d, "flag.good-flag=on") != 200 || tagged(d, "flag.bad-flag=on") != 0); i++)
+		h_msleep(100);
+	assert_int_equal(tagged(d, "flag.good-flag=on"), 200);
+	assert_int_equal(tagged(d, "flag.good-flag=off"), 0);
+	assert_int_equal(tagged(d, "flag.bad-flag=on"), 0);
+	assert_int_equal(tagged(d, "flag.bad-flag=off"), 200);
+}
+
 static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walks_to_100(void **state)
 {
 	const char *const args[] = { "--time-scale", "1200", NULL };
@@ -131,7 +156,7 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 	{
 		char *argv[] = { bin, "--engine", "core", "--url", d.device_url, "--devices", "200", "--seed", "5",
 				 "--profile", profile, "--key", key, "--fleet-key", d.fleet_key, "--product", "fw",
-				 "--start-version", "1.0.0", "--report-every", "30m", "--duration", "1800",
+				 "--start-version", "1.0.0", "--report-every", "30m", "--duration", "3600",
 				 "--flag", "good-flag", "--flag-crash", "bad-flag", "--stats", stats, NULL };
 		sim = dh_spawn(log, argv);
 	}
@@ -140,10 +165,10 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 	h_msleep(6 * 3600 * 1000 / 1200);
 
 	/* the bad flag: only a comparison with its off devices watches it */
-	assert_int_equal(otactl(&d, &out, "flags rollout fw bad-flag --steps 50:3h,100:2h --max-extension 200h " GATE
+	assert_int_equal(otactl(&d, &out, "flags rollout fw bad-flag --steps 50:3h,100:2h --max-extension 1000h " GATE
 					  " --reason 'new radio'"),
 			 0);
-	row = wait_state(&d, "bad-flag", "failed", 300);
+	row = wait_state(&d, "bad-flag", "failed", 900);
 	assert_int_equal(json_integer_value(json_object_get(row, "step")), 0);
 	assert_int_equal(json_integer_value(json_object_get(row, "bp")), 0);
 	assert_non_null(strstr(json_string_value(json_object_get(row, "reason")), "rolled back at step 1/2"));
@@ -160,10 +185,10 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 	/* the harmless flag, once the bad one is off everywhere: the same gate
 	 * passes at 50 %, and at 100 % on the off devices' earlier reports */
 	h_msleep(2000); /* 40 otacd minutes: over two poll intervals */
-	assert_int_equal(otactl(&d, &out, "flags rollout fw good-flag --steps 50:3h,100:2h --max-extension 200h " GATE
+	assert_int_equal(otactl(&d, &out, "flags rollout fw good-flag --steps 50:3h,100:2h --max-extension 1000h " GATE
 					  " --reason 'new ui'"),
 			 0);
-	row = wait_state(&d, "good-flag", "on", 600);
+	row = wait_state(&d, "good-flag", "on", 1200);
 	assert_int_equal(json_integer_value(json_object_get(row, "step")), 1);
 	assert_int_equal(json_integer_value(json_object_get(row, "bp")), 10000);
 	expect_baseline_eval(row, "good-flag", 0);
@@ -180,6 +205,7 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'flag_rollback' AND detail LIKE '%good-flag%'"),
 			 0);
 
+	wait_tags_settle(&d);
 	kill(sim, SIGTERM);
 	assert_int_equal(waitpid(sim, &status, 0), sim);
 	buf_release(&out);
