@@ -3,7 +3,7 @@
  *
  *   flags ls [PRODUCT]
  *   flags set PRODUCT NAME on|off [--value V] [--cohort TAG=V[,V...]]... --reason TEXT
- *   flags rollout PRODUCT NAME --steps P:HOLD[,P:HOLD...] --gate NAME:METRIC<=X[,min_devices=N]...
+ *   flags rollout PRODUCT NAME --steps P:HOLD[,P:HOLD...] --gate NAME:METRIC[<=X|>=X][,KEY=V]...
  *                 [--value V] [--cohort TAG=V[,V...]]... [--max-extension D] [--check-interval D] --reason TEXT
  *
  * The command line is turned into the API's JSON here; otacd checks it
@@ -78,7 +78,8 @@ bad:
 	return NULL;
 }
 
-/* NAME:METRIC<=X|>=X[,KEY=N...] into gates[NAME] = {metric, max|min, KEY: N}. */
+/* NAME:METRIC[<=X|>=X][,KEY=V...] into gates[NAME] = {metric, max|min, KEY: V}:
+ * V a number, or a word as a string (baseline=off); otacd checks the rest. */
 static int gate_add(json_t *gates, const char *arg)
 {
 	char *s = xstrdup(arg), *colon = strchr(s, ':'), *op, *rest, *save = NULL, *tok, *end;
@@ -92,30 +93,34 @@ static int gate_add(json_t *gates, const char *arg)
 	rest = strchr(colon + 1, ',');
 	if (rest)
 		*rest++ = 0;
-	if ((op = strstr(colon + 1, "<=")))
-		max = 1;
-	else if ((op = strstr(colon + 1, ">=")))
-		max = 0;
-	else
+	max = (op = strstr(colon + 1, "<=")) != NULL;
+	if (!op)
+		op = strstr(colon + 1, ">=");
+	if (op)
+		*op = 0;
+	if (!colon[1])
 		goto bad;
-	*op = 0;
-	x = strtod(op + 2, &end);
-	if (end == op + 2 || *end || !colon[1])
-		goto bad;
-	g = json_pack("{ss sf}", "metric", colon + 1, max ? "max" : "min", x);
+	g = json_pack("{ss}", "metric", colon + 1);
+	if (op) {
+		x = strtod(op + 2, &end);
+		if (end == op + 2 || *end) {
+			json_decref(g);
+			goto bad;
+		}
+		json_object_set_new(g, max ? "max" : "min", json_real(x));
+	}
 	for (tok = rest ? strtok_r(rest, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save)) {
 		char *eq = strchr(tok, '=');
-		if (!eq || eq == tok) {
+		if (!eq || eq == tok || !eq[1]) {
 			json_decref(g);
 			goto bad;
 		}
 		*eq = 0;
 		x = strtod(eq + 1, &end);
-		if (end == eq + 1 || *end) {
-			json_decref(g);
-			goto bad;
-		}
-		json_object_set_new(g, tok, x == (double)(long long)x ? json_integer((long long)x) : json_real(x));
+		if (end == eq + 1 || *end)
+			json_object_set_new(g, tok, json_string(eq + 1));
+		else
+			json_object_set_new(g, tok, x == (double)(long long)x ? json_integer((long long)x) : json_real(x));
 	}
 	json_object_set_new(gates, s, g);
 	free(s);
@@ -195,7 +200,8 @@ static int flags_change(const char *verb, int argc, char **argv)
 			}
 		} else if (rollout && (r = opt_value("--gate", argc, argv, &i, &v))) {
 			if (r < 0 || gate_add(gates, v) < 0) {
-				usage_error("flags", "--gate needs NAME:METRIC<=X or NAME:METRIC>=X, then ,min_devices=N ...");
+				usage_error("flags", "--gate needs NAME:METRIC, NAME:METRIC<=X or NAME:METRIC>=X, then ,KEY=V"
+							    " (min_devices=N, baseline=off, max_increase=0.5 ...)");
 				goto out;
 			}
 		} else if (rollout && ((r = opt_value("--max-extension", argc, argv, &i, &maxext)) ||

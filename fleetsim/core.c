@@ -515,10 +515,13 @@ static void flags_from_answer(struct fleetsim *fs, struct sim_device *sd, const 
 
 	for (int i = 0; i < fs->o.nflags; i++) {
 		const json_t *v = json_object_get(flags, fs->o.flags[i]);
+		uint8_t bit = (uint8_t)(1u << i);
+		sd->flags_on &= (uint8_t)~bit;
+		sd->flags_off &= (uint8_t)~bit;
 		if (v && !json_is_false(v))
-			sd->flags_on |= (uint8_t)(1u << i);
-		else
-			sd->flags_on &= (uint8_t) ~(1u << i);
+			sd->flags_on |= bit;
+		else if (v) /* the answer names it, off for this device */
+			sd->flags_off |= bit;
 	}
 	if (!was && flag_crashes(fs, sd))
 		fs->c.flag_turned_on++;
@@ -694,6 +697,8 @@ static void h_status(void *ctx, struct otadev_status *st)
 		if (sim_unit(sim_hash(fs->o.seed, c->idx, fs->vs[v].vhash)) < r->crash_rate ||
 		    flag_crashes(fs, sd)) /* issue 17: --flag-crash's flag makes it a crasher */
 			crashes = sim_poisson(&c->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
+		if (fs->p->crashes_per_hour > 0) /* issue 17: the profile's background rate */
+			crashes += sim_poisson(&c->rng, hours * fs->p->crashes_per_hour);
 		batt = r->battery_mah_per_day * hours / 24.0 *
 		       (0.9 + 0.2 * sim_unit(sim_hash(fs->o.seed, c->idx, SALT_CORE_BATT)));
 		fs->vs[v].crashes += crashes;
@@ -952,9 +957,9 @@ static void fill_config(struct psim_ctx *c, uint32_t i)
 		n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s%s:%s", t ? "," : "", fs->tagkey_json[t],
 				      fs->tag_json[t][sd->tags[t]]);
 	for (int f = 0; f < fs->o.nflags && n < sizeof(c->tags); f++) /* issue 17: the flags it applied */
-		if (sd->flags_on >> f & 1)
-			n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s\"flag.%s\":\"on\"", n ? "," : "",
-					      fs->o.flags[f]);
+		if ((sd->flags_on | sd->flags_off) >> f & 1)
+			n += (size_t)snprintf(c->tags + n, sizeof(c->tags) - n, "%s\"flag.%s\":\"%s\"", n ? "," : "",
+					      fs->o.flags[f], sd->flags_on >> f & 1 ? "on" : "off");
 	c->cfg.tags = c->tags;
 	c->cfg.heartbeat_ms = (sd->flags & SIM_F_SILENT) ? 0 : k->hb_ms;
 	/* the chain check's manifest and CRL, or the delta decoder (issue 15) */

@@ -1079,6 +1079,8 @@ static void heartbeat(struct fleetsim *fs, uint32_t i, int64_t now, int reschedu
 	r = fs_rates(fs, d->version, d->hw);
 	if (sim_unit(sim_hash(fs->o.seed, i, s->vhash)) < r->crash_rate)
 		crashes = sim_poisson(&fs->rng, hours * SIM_CRASHER_RATE_PER_HOUR);
+	if (fs->p->crashes_per_hour > 0) /* issue 17: the profile's background rate */
+		crashes += sim_poisson(&fs->rng, hours * fs->p->crashes_per_hour);
 	battery = r->battery_mah_per_day * hours / 24.0 *
 		  (0.9 + 0.2 * sim_unit(sim_hash(fs->o.seed, i, SALT_BATTERY)));
 	snprintf(extra, sizeof(extra),

@@ -74,6 +74,7 @@ struct sim_profile {
 	double silent;              /* fraction of devices that never report */
 	double flaky;               /* fraction of devices whose requests sometimes fail */
 	double flaky_fail;          /* fraction of a flaky device's requests that fail (0.3) */
+	double crashes_per_hour;    /* issue 17: every device's background crash rate (0) */
 	struct sim_dist hardware, bootloader;
 	size_t ntags;
 	char *tag_keys[SIM_MAX_TAGS];
@@ -128,6 +129,7 @@ struct sim_device {
 	uint8_t rssi_base;          /* -(40 + rssi_base) dBm */
 	uint8_t deferrals;          /* issue 15: check-ins the server deferred (503), saturating */
 	uint8_t flags_on;           /* issue 17: bit i: --flag i is on in its last check-in answer */
+	uint8_t flags_off;          /* issue 17: bit i: --flag i is false in its last check-in answer */
 };
 
 /* Draw the attributes of device `index` from the seed: hardware, bootloader,

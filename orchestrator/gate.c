@@ -196,8 +196,11 @@ static int parse_limit(const json_t *obj, const char *key, struct gate_spec *g, 
 	return 0;
 }
 
-int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, char *err,
-		    size_t errlen)
+/* for_flag: the gate watches a feature flag (gate_spec_parse_flag): its
+ * baseline is `off`, the product's devices without the flag; a release's
+ * is `previous`.  Each refuses the other's with a message naming both. */
+static int spec_parse(const json_t *obj, const char *name, int for_flag, struct gate_spec *out, char *err,
+		      size_t errlen)
 {
 	const char *key, *s;
 	const json_t *v;
@@ -351,21 +354,26 @@ int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, 
 		out->baseline = 1;
 	}
 	if ((v = json_object_get(obj, "baseline")) && !json_is_null(v) && !json_is_false(v)) {
-		if (!json_is_string(v) || strcmp(json_string_value(v), "previous") != 0) {
-			rc = spec_error(err, errlen, out->name,
-					"baseline must be 'previous' (the devices still on the "
-					"previous release)");
+		const char *want = for_flag ? "off" : "previous";
+		if (!json_is_string(v) || strcmp(json_string_value(v), want) != 0) {
+			rc = spec_error(err, errlen, out->name, "%s",
+					for_flag ? "a flag's baseline must be 'off' (the product's devices that report "
+						   "the flag off, docs/rollout.md); 'previous' compares releases"
+						 : "baseline must be 'previous' (the devices still on the previous "
+						   "release); 'off' is for a feature flag's gates");
 			goto out;
 		}
 		out->baseline = 1;
 	}
+	out->baseline_off = for_flag && out->baseline;
 	if (out->baseline && !out->has_max_increase) {
 		out->has_max_increase = 1;
 		out->max_increase = GATE_DEFAULT_MAX_INCREASE;
 	}
 	if (!out->has_max && !out->has_min && !out->has_max_increase) {
 		rc = spec_error(err, errlen, out->name,
-				"needs one of max, min, max_increase (or baseline: previous)");
+				for_flag ? "needs one of max, min, max_increase (or baseline: off)"
+					 : "needs one of max, min, max_increase (or baseline: previous)");
 		goto out;
 	}
 
@@ -402,6 +410,16 @@ int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, 
 	}
 out:
 	return rc;
+}
+
+int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, char *err, size_t errlen)
+{
+	return spec_parse(obj, name, 0, out, err, errlen);
+}
+
+int gate_spec_parse_flag(const json_t *obj, const char *name, struct gate_spec *out, char *err, size_t errlen)
+{
+	return spec_parse(obj, name, 1, out, err, errlen);
 }
 
 void gate_spec_release(struct gate_spec *g)

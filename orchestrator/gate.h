@@ -78,7 +78,8 @@ struct gate_spec {
 	char *json_path;             /* http: "data.value", "a.b[0].c"; NULL: the body is the number */
 	int has_max, has_min, has_max_increase;
 	double max, min, max_increase;   /* max_increase relative: 0.1 = +10% */
-	int baseline;                /* compare against the previous release */
+	int baseline;                /* compare against the previous release (a flag's: its off devices) */
+	int baseline_off;            /* issue 17: a flag's gate with `baseline: off` (gate_spec_parse_flag) */
 	int64_t min_devices;
 	double alpha;
 	int failure_limit;           /* external values: consecutive breaches that fail */
@@ -94,6 +95,15 @@ struct gate_spec {
 int gate_spec_parse(const json_t *obj, const char *name, struct gate_spec *out, char *err,
 		    size_t errlen);
 void gate_spec_release(struct gate_spec *g);
+
+/*
+ * The same for a feature flag's gate (issue 17, orchestrator/flags/): its
+ * baseline is `baseline: off` (the product's devices that report the flag
+ * off, on the versions the flag's devices run), and `max_increase` alone
+ * implies it; `baseline: previous` is refused.  Sets baseline and
+ * baseline_off.  gate_spec_parse refuses `off` in a release's gate.
+ */
+int gate_spec_parse_flag(const json_t *obj, const char *name, struct gate_spec *out, char *err, size_t errlen);
 
 /*
  * Sizing: the smallest sample (devices, or boots) with which a builtin

@@ -7,9 +7,10 @@
  * name, value, cohort, step or gate is refused with a message that names
  * it, and the table and the audit log stay as they were.  A rollout's plan
  * and gates go through the rollout stage's own parser (rollout_plan_from_extra)
- * and gate_spec_parse, so a flag rollout accepts exactly what a rollout
- * stage accepts, minus rings, windows and approvals (a flag has one
- * cohort and no release to approve).
+ * and gate_spec_parse_flag (gate_spec_parse with a flag's `baseline: off`
+ * in place of a release's `baseline: previous`), so a flag rollout accepts
+ * what a rollout stage accepts, minus rings, windows and approvals (a flag
+ * has one cohort and no release to approve).
  */
 #include "flags.h"
 #include "flags_int.h"
@@ -244,7 +245,7 @@ static int plan_of(const json_t *body, const json_t *cohort, json_t **out)
 	json_object_foreach(gates, k, g) {
 		struct gate_spec spec;
 		char err[256];
-		if (gate_spec_parse(g, k, &spec, err, sizeof(err)) < 0) {
+		if (gate_spec_parse_flag(g, k, &spec, err, sizeof(err)) < 0) {
 			gate_spec_release(&spec);
 			rc = ota_error_set(OTA_EINVAL, "gates: %s", err);
 			goto out;

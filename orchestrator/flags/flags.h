@@ -22,6 +22,10 @@
  * evidence of a flag's gate is the fleet's aggregate of cohort
  * "flag.NAME=on", summed over the product's versions: devices report the
  * flags they applied as that tag (fleetsim does; docs/update-server.md).
+ * A gate with `baseline: off` (gate_spec_parse_flag) compares them with
+ * cohort "flag.NAME=off" on the same versions (devices report a flag their
+ * answer has false as that tag): the rate-ratio confidence sequence a
+ * release's `baseline: previous` uses.
  * A gate that proves a breach sets the flag off (bp 0) in the same
  * transaction as its audit row: the next check-in of every device answers
  * false.  Firmware releases are untouched.

@@ -9,7 +9,9 @@
  *  2. for each flag holding a step whose check is due: sum the fleet's
  *     aggregates of cohort "flag.NAME=on" over the product's versions and
  *     judge every gate with gate_judge (confidence sequences: a breach is
- *     proven at any look without inflating false alarms);
+ *     proven at any look without inflating false alarms); a gate with
+ *     `baseline: off` also gets cohort "flag.NAME=off" on the same
+ *     versions as its baseline (the rate-ratio sequence);
  *  3. post the decision as an engine call: fail (bp 0, audited as
  *     flag_rollback), advance (next step, or on when the last held), pause
  *     (inconclusive past the extension), or just the evaluations.
@@ -203,29 +205,51 @@ static void agg_sum(struct fleet_agg *sum, const struct fleet_agg *a)
 	sum->battery_mah += a->battery_mah;
 }
 
-/* The evidence: cohort "flag.NAME=on" summed over the product's versions. */
-static int evidence(struct flags_controller *fc, const char *product, const char *cohort, struct fleet_agg *out)
+/*
+ * The evidence of flag name: cohort "flag.NAME=on" summed over the
+ * product's versions into *on, and (issue 17, `baseline: off`) cohort
+ * "flag.NAME=off" summed over the versions the on-cohort has reports
+ * about into *off: the product's devices that report running without the
+ * flag, on the same versions, reporting over the same period (a device
+ * carries the off tag only once the flag exists and its answer says
+ * false).  Not the product's total minus the on-cohort: that would count
+ * every hour the devices ran before the flag existed, and devices that
+ * report no flags at all (docs/rollout.md says why).
+ */
+static int evidence(struct flags_controller *fc, const char *product, const char *name, struct fleet_agg *on,
+		    struct fleet_agg *off)
 {
 	json_t *versions = fc->us->versions(fc->us, product, NULL), *n;
+	char on_cohort[64], off_cohort[64];
 	const char *v;
 	int rc = 0;
 
-	memset(out, 0, sizeof(*out));
+	memset(on, 0, sizeof(*on));
+	memset(off, 0, sizeof(*off));
 	if (!versions)
 		return ota_error_set(OTA_ERROR, "the update server knows no versions of %s", product);
+	snprintf(on_cohort, sizeof(on_cohort), "flag.%s=on", name);
+	snprintf(off_cohort, sizeof(off_cohort), "flag.%s=off", name);
 	json_object_foreach(versions, v, n) {
-		struct fleet_agg a;
+		struct fleet_agg a, b;
 		memset(&a, 0, sizeof(a));
-		if ((rc = fc->us->metrics(fc->us, product, v, cohort, NULL, &a, NULL)) < 0)
+		memset(&b, 0, sizeof(b));
+		if ((rc = fc->us->metrics(fc->us, product, v, on_cohort, NULL, &a, NULL)) < 0)
 			break;
-		agg_sum(out, &a);
+		agg_sum(on, &a);
+		if (!a.reporting && !a.devices)
+			continue; /* a version no flagged device reports about */
+		if ((rc = fc->us->metrics(fc->us, product, v, off_cohort, NULL, &b, NULL)) < 0)
+			break;
+		agg_sum(off, &b);
 	}
 	json_decref(versions);
 	/* `reporting` counts a device once per version, in the cohorts it had
 	 * at its first report; `devices` follows its tags.  The sample is the
-	 * devices carrying the flag now; the rates' hours and crashes are
+	 * devices carrying the tag now; the rates' hours and crashes are
 	 * those reported while they carried it. */
-	out->reporting = out->devices;
+	on->reporting = on->devices;
+	off->reporting = off->devices;
 	return rc;
 }
 
@@ -242,12 +266,12 @@ static void judge(struct flags_controller *fc, const json_t *row, const json_t *
 				   (int)json_integer_value(json_object_get(row, "step")),
 				   json_integer_value(json_object_get(spec, "max_extension_ms")) };
 	struct buf why = BUF_INIT, fails = BUF_INIT;
-	struct fleet_agg agg;
+	struct fleet_agg agg, off;
 	char cohort[64];
 	size_t i;
 
 	snprintf(cohort, sizeof(cohort), "flag.%s=on", name);
-	if (evidence(fc, product, cohort, &agg) < 0) {
+	if (evidence(fc, product, name, &agg, &off) < 0) {
 		ota_log(OTA_LOG_WARN, "flag %s/%s: %s", product, name, ota_error_last());
 		json_decref(d.evals);
 		return;
@@ -258,18 +282,24 @@ static void judge(struct flags_controller *fc, const json_t *row, const json_t *
 		char err[256];
 		json_t *j;
 		memset(&ev, 0, sizeof(ev));
-		if (gate_spec_parse(json_object_get(specs, json_string_value(gname)), json_string_value(gname), &g, err,
-				    sizeof(err)) < 0) {
+		if (gate_spec_parse_flag(json_object_get(specs, json_string_value(gname)), json_string_value(gname), &g,
+					 err, sizeof(err)) < 0) {
 			buf_printf(&fails, "%s%s", fails.len ? "; " : "", err);
 			any_fail = 1;
 			gate_spec_release(&g);
 			continue;
 		}
-		gate_judge(&g, &agg, NULL, hold_elapsed, &ev);
+		/* `baseline: off`: the rate ratio of the on-devices to the off-devices,
+		 * the same confidence sequence as a release's `baseline: previous` */
+		gate_judge(&g, &agg, g.baseline_off ? &off : NULL, hold_elapsed, &ev);
 		gate_verdict_count(ev.verdict);
 		j = gate_eval_to_json(&ev);
 		json_object_set_new(j, "gate", json_string(json_string_value(gname)));
 		json_object_set_new(j, "cohort", json_string(cohort));
+		if (g.baseline_off) {
+			json_object_set_new(j, "baseline_cohort", json_sprintf("flag.%s=off", name));
+			json_object_set_new(j, "baseline_n", json_integer(off.devices));
+		}
 		json_array_append_new(d.evals, j);
 		if (ev.verdict == GATE_FAIL) {
 			any_fail = 1;

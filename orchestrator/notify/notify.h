@@ -70,7 +70,8 @@ int outbox_rollout_event(struct engine *e, const char *actor, const char *action
  * that changed the stage.  A stage's state (running, passed, failed,
  * canceled; others queue nothing); before a cancel marks its stages, the
  * running ones' "canceled"; a rollout or soak stage's step promoted or
- * paused (audit action "promote" or "pause"): "holding, step 2/4 (5%)".
+ * paused, or its rollout started (audit action "promote", "pause" or
+ * "start"): "holding, step 2/4 (5%)".
  */
 int outbox_stage_event(struct engine *e, int64_t run_id, const char *stage, const char *state);
 int outbox_stage_cancel(struct engine *e, int64_t run_id);

@@ -21,7 +21,8 @@
  *                            had started: a stage that never ran has no context
  *   skipped                  nothing: the stage never ran
  *   a rollout or soak step   pending again, "holding, step 2/4 (5%)", when
- *                            a step is promoted or the rollout pauses
+ *                            the rollout starts (step 1), a step is
+ *                            promoted, or the rollout pauses
  * Stage events go to the forge only, never to webhook targets.
  */
 #include "notify_int.h"
@@ -150,7 +151,8 @@ int outbox_stage_rollout(struct engine *e, const char *action, int64_t rollout_i
 	int64_t run_id = 0;
 	int rc, pause = !strcmp(action, "pause");
 
-	if ((!pause && strcmp(action, "promote")) || !notify_current())
+	/* start: the first step holds too, so every step has its status */
+	if ((!pause && strcmp(action, "promote") && strcmp(action, "start")) || !notify_current())
 		return 0;
 	if (!(st = store_q(engine_store(e), stage_sql_rollout)))
 		return OTA_ERROR;
