@@ -103,7 +103,8 @@ void memdev_serve_range(const struct otadev_http_req *rq, struct otadev_http_res
 void memdev_accept_reports(const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
 	json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL);
-	rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}", json_array_size(json_object_get(req, "reports")));
+	rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
+				   json_array_size(json_object_get(req, "reports")));
 	json_decref(req);
 	rs->status = 200;
 }
@@ -172,7 +173,8 @@ int memdev_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t ke
 	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
 	EVP_PKEY_CTX *pc = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
 	int ok = type == OTADEV_SIG_ECDSA_P256 && pc && EVP_PKEY_verify_init(pc) == 1 &&
-		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 && EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
+		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 &&
+		 EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
 	(void)ctx;
 	EVP_PKEY_CTX_free(pc);
 	EVP_PKEY_free(k);

@@ -500,7 +500,8 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 			"{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000, \"offer\": {\"release\": 3,"
 			" \"version\": \"1.5.0\", \"security_counter\": 2, \"image\": {\"url\": \"/device/v1/images/%s\","
 			" \"sha256\": \"%s\", \"size\": %zu, \"hardware\": \"%s\"}%s}}",
-			(unsigned long long)(1796000000000ull + w->mem.now), w->sha_hex, w->sha_hex, w->img.n, HW, delta);
+			(unsigned long long)(1796000000000ull + w->mem.now), w->sha_hex, w->sha_hex, w->img.n, HW,
+			delta);
 		rs->status = 200;
 		return 0;
 	}
@@ -894,18 +895,6 @@ static char *fw_pipeline(const char *version, const char *gen, const char *extra
 			 gen, version, extra);
 }
 
-static uint64_t device_metric(struct daemon *d, const char *name)
-{
-	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
-	uint64_t v = 0;
-	while (at && at > m && at[-1] != '\n')
-		at = strstr(at + 1, name);
-	if (at)
-		v = strtoull(at + strlen(name) + 1, NULL, 10);
-	free(m);
-	return v;
-}
-
 static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(void **state)
 {
 	struct dh_fleet f;
@@ -945,13 +934,13 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 	 * 1.1.0 is released, or `installed: 1` finds no installed version and
 	 * makes no patch.  The device asks again only after an answer, so a
 	 * second check-in means the first was answered (and is durable). */
-	for (int i = 0; i < 600 && device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
+	for (int i = 0; i < 600 && h_device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
 		h_msleep(100);
-	assert_true(device_metric(&f.d, "otacd_device_checkins_total") >= 2);
+	assert_true(h_device_metric(&f.d, "otacd_device_checkins_total") >= 2);
 
 	/* 1.1.0 with a patch from the most installed version (1.0.0, reported as
 	 * 1.0.0+BUILD): the device fetches the patch, not the image */
-	full_bytes = device_metric(&f.d, "otacd_image_bytes_served_total");
+	full_bytes = h_device_metric(&f.d, "otacd_image_bytes_served_total");
 	y = fw_pipeline("1.1.0", fw_build_v2, ", deltas: { installed: 1 }"); /* the fleet runs 1.0.0 */
 	rel2 = dh_release_of(&f.d, h_trigger(&f.d, y));
 	free(y);
@@ -967,8 +956,8 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 			      (long long)h_sql_int(&f.d, "SELECT run_id FROM releases WHERE version = '1.1.0'")), 0);
 	file_blob(dir, "v1.img", &v1);
 	file_blob(dir, "v2.img", &v2);
-	delta_bytes = device_metric(&f.d, "otacd_delta_bytes_served_total");
-	full_bytes = device_metric(&f.d, "otacd_image_bytes_served_total") - full_bytes;
+	delta_bytes = h_device_metric(&f.d, "otacd_delta_bytes_served_total");
+	full_bytes = h_device_metric(&f.d, "otacd_image_bytes_served_total") - full_bytes;
 	printf("# 1.1.0 (%zu B) landed with %llu patch bytes and %llu image bytes served\n", v2.n,
 	       (unsigned long long)delta_bytes, (unsigned long long)full_bytes);
 	if (full_bytes) {
@@ -986,7 +975,7 @@ static void otacd_offers_the_patch_and_otacd_device_lands_the_release_with_it(vo
 		struct httpc_response r = { 0 };
 		assert_int_equal(httpc_request(&r, "GET", url, f.cred[0], NULL, NULL, 0, 30000), 0);
 		assert_int_equal(r.status, 403);
-		assert_int_equal(device_metric(&f.d, "otacd_delta_bytes_served_total"), delta_bytes);
+		assert_int_equal(h_device_metric(&f.d, "otacd_delta_bytes_served_total"), delta_bytes);
 		httpc_response_release(&r);
 		free(url);
 		free(sha);

@@ -251,8 +251,8 @@ static void mem_crypt_body(struct world *w, int slot)
 	const char *why;
 	if (otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) < 0 || !img.enc_keylen)
 		return;
-	assert_int_equal(port_linux_enc_unwrap(&w->mem.enc, w->mem.enc_priv, (int)img.enc_type, w->mem.slot[slot] + img.enc_off,
-					       img.enc_len, img.enc_keylen, &why), 0);
+	assert_int_equal(port_linux_enc_unwrap(&w->mem.enc, w->mem.enc_priv, (int)img.enc_type,
+					       w->mem.slot[slot] + img.enc_off, img.enc_len, img.enc_keylen, &why), 0);
 	assert_int_equal(port_linux_enc_ctr(&w->mem.enc, 0, w->mem.slot[slot] + img.header_size, img.image_size), 0);
 	port_linux_enc_forget(&w->mem.enc);
 }

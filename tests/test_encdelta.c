@@ -73,8 +73,8 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 			" \"version\": \"1.1.0\", \"security_counter\": 2, \"image\": {\"url\": \"/device/v1/images/%s\","
 			" \"sha256\": \"%s\", \"size\": %zu, \"hardware\": \"" HW "\"}, \"delta\": {\"url\":"
 			" \"/device/v1/patches/%s\", \"size\": %zu, \"sha256\": \"%s\", \"base\": \"%s\"}}}",
-			(unsigned long long)(1796000000000ull + w->mem.now), w->sha_hex, w->sha_hex, w->img.len, w->patch_hex,
-			w->patch.len, w->patch_hex, w->base_hex);
+			(unsigned long long)(1796000000000ull + w->mem.now), w->sha_hex, w->sha_hex, w->img.len,
+			w->patch_hex, w->patch.len, w->patch_hex, w->base_hex);
 		rs->status = 200;
 		return 0;
 	}
@@ -295,18 +295,6 @@ static char *enc_pipeline(const char *version, const char *gen, const char *extr
 			 gen, version, extra);
 }
 
-static uint64_t device_metric(struct daemon *d, const char *name)
-{
-	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
-	uint64_t v = 0;
-	while (at && at > m && at[-1] != '\n')
-		at = strstr(at + 1, name);
-	if (at)
-		v = strtoull(at + strlen(name) + 1, NULL, 10);
-	free(m);
-	return v;
-}
-
 /*
  * 1.0.0 and 1.1.0 released encrypted, 1.1.0 with deltas from 1.0.0 (listed
  * and most installed): otacd makes no patch, a check-in from 1.0.0 is
@@ -365,11 +353,11 @@ static void encrypted_release_with_deltas_offers_no_patch_and_the_device_install
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, path), 0);
 	pid = dh_device_loop(conf);
 	/* its first check-in as 1.0.0 answered, so `installed: 1` finds it */
-	for (int i = 0; i < 600 && device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
+	for (int i = 0; i < 600 && h_device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
 		h_msleep(100);
-	assert_true(device_metric(&f.d, "otacd_device_checkins_total") >= 2);
+	assert_true(h_device_metric(&f.d, "otacd_device_checkins_total") >= 2);
 
-	image_bytes = device_metric(&f.d, "otacd_image_bytes_served_total");
+	image_bytes = h_device_metric(&f.d, "otacd_image_bytes_served_total");
 	y = enc_pipeline("1.1.0", fw_v2, ", deltas: { from: [1.0.0], installed: 1 }");
 	rel2 = dh_release_of(&f.d, h_trigger(&f.d, y));
 	free(y);
@@ -403,8 +391,8 @@ static void encrypted_release_with_deltas_offers_no_patch_and_the_device_install
 	assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
 	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	json_decref(s);
-	assert_int_equal(device_metric(&f.d, "otacd_delta_bytes_served_total"), 0);
-	assert_true(device_metric(&f.d, "otacd_image_bytes_served_total") - image_bytes >= v1.len / 2);
+	assert_int_equal(h_device_metric(&f.d, "otacd_delta_bytes_served_total"), 0);
+	assert_true(h_device_metric(&f.d, "otacd_image_bytes_served_total") - image_bytes >= v1.len / 2);
 	assert_int_not_equal(h_sh(&out, "grep -q 'applying a delta' %s", log), 0);
 
 	EVP_PKEY_free(dev);
