@@ -727,6 +727,32 @@ json_t *h_flag_row(struct daemon *d, const char *product, const char *name)
 	return found;
 }
 
+void h_flag_wait(struct daemon *d, const char *name, const char *want, int timeout_s)
+{
+	json_t *row = NULL;
+	for (int i = 0; i < timeout_s * 10; i++) {
+		row = h_flag_row(d, "fw", name);
+		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
+			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
+			fprintf(stderr, "%s %s step %d bp %d: %s\n", name, json_string_value(json_object_get(row, "state")),
+				(int)json_integer_value(json_object_get(row, "step")),
+				(int)json_integer_value(json_object_get(row, "bp")),
+				json_string_value(json_object_get(e, "reason")));
+		}
+		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
+			break;
+		json_decref(row);
+		row = NULL;
+		h_msleep(100);
+	}
+	if (!row) {
+		row = h_flag_row(d, "fw", name);
+		print_message("state directory: %s\n", d->dir);
+		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
+	}
+	json_decref(row);
+}
+
 json_t *h_checkin_flags(struct daemon *d, const char *id, const char *cred, const char *product, json_t *tags)
 {
 	json_t *req = json_pack("{ss ss ss ss ss si}", "device", id, "product", product, "hardware", "mps2-an385",

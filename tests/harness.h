@@ -99,6 +99,10 @@ json_t *h_checkin_flags(struct daemon *d, const char *id, const char *cred, cons
 /* Feature flag name of product as GET /api/v1/flags lists it (new ref,
  * NULL: not listed). */
 json_t *h_flag_row(struct daemon *d, const char *product, const char *name);
+/* Poll (every 100 ms, up to timeout_s) until flag name of product fw is in
+ * state want; fails the test showing its row and d's state directory.
+ * FLAGS_DEBUG=1 prints its state and latest evaluation every 2 s. */
+void h_flag_wait(struct daemon *d, const char *name, const char *want, int timeout_s);
 /* The device API's otacd_fleet_devices for product fw, version and cohort
  * "*" (-1 when the series is absent). */
 int64_t h_fleet_devices(struct daemon *d, const char *version);

@@ -354,30 +354,6 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 
 /* ---- rollouts through a simulated fleet ----------------------------------- */
 
-static void wait_state(struct daemon *d, const char *name, const char *want, int timeout_s)
-{
-	json_t *row = NULL;
-	for (int i = 0; i < timeout_s * 10; i++) {
-		row = h_flag_row(d, "fw", name);
-		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
-			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
-			fprintf(stderr, "%s %s step %d bp %d: %s\n", name, json_string_value(json_object_get(row, "state")),
-				(int)json_integer_value(json_object_get(row, "step")), (int)json_integer_value(json_object_get(row, "bp")),
-				json_string_value(json_object_get(e, "reason")));
-		}
-		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
-			break;
-		json_decref(row);
-		row = NULL;
-		h_msleep(100);
-	}
-	if (!row) {
-		row = h_flag_row(d, "fw", name);
-		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
-	}
-	json_decref(row);
-}
-
 /* row's key is want, or the test fails showing the whole row (its evals). */
 static void expect_int(const json_t *row, const char *key, json_int_t want)
 {
@@ -430,7 +406,7 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	assert_non_null(strstr(buf_cstr(&out), "holding at 25.00%"));
 
 	/* the bad flag: failed at its first step, exposure 0, audited */
-	wait_state(&d, "bad-flag", "failed", 240);
+	h_flag_wait(&d, "bad-flag", "failed", 240);
 	row = h_flag_row(&d, "fw", "bad-flag");
 	expect_int(row, "step", 0);
 	expect_int(row, "bp", 0);
@@ -440,7 +416,7 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 				       " AND actor = 'flags-controller' AND detail LIKE '%bad-flag%'"),
 			 1);
 	/* the good flag: through both steps to on at 100 % */
-	wait_state(&d, "good-flag", "on", 300);
+	h_flag_wait(&d, "good-flag", "on", 300);
 	row = h_flag_row(&d, "fw", "good-flag");
 	expect_int(row, "step", 1);
 	expect_int(row, "bp", 10000);

@@ -171,31 +171,6 @@ static void a_product_without_flags_skips_the_lookup_and_answers_as_before(void 
 
 /* ---- SIGKILL during a hold --------------------------------------------------- */
 
-static void wait_state(struct daemon *d, const char *name, const char *want, int timeout_s)
-{
-	json_t *row = NULL;
-	for (int i = 0; i < timeout_s * 10; i++) {
-		row = h_flag_row(d, "fw", name);
-		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
-			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
-			fprintf(stderr, "%s %s step %d: %s\n", name, json_string_value(json_object_get(row, "state")),
-				(int)json_integer_value(json_object_get(row, "step")),
-				json_string_value(json_object_get(e, "reason")));
-		}
-		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
-			break;
-		json_decref(row);
-		row = NULL;
-		h_msleep(100);
-	}
-	if (!row) {
-		row = h_flag_row(d, "fw", name);
-		print_message("state directory: %s\n", d->dir);
-		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
-	}
-	json_decref(row);
-}
-
 #define PROBES 16
 
 static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_devices(void **state)
@@ -269,7 +244,7 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'flag_step'"), 0);
 
 	/* and on through both steps: each promoted once */
-	wait_state(&d, "good-flag", "on", 300);
+	h_flag_wait(&d, "good-flag", "on", 300);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'flag_step'"
 				       " AND detail LIKE '%good-flag%'"),
 			 2);
