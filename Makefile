@@ -75,7 +75,10 @@ BENCHES := $(BIN)/otacd-bench $(BIN)/reports-bench $(BIN)/devapi-bench $(BIN)/ga
            $(BIN)/hostile-bench $(BIN)/load-bench $(BIN)/sync-bench $(BIN)/tls-bench $(BIN)/devca-bench \
            $(BIN)/fleetstore-bench $(BIN)/enc-bench $(BIN)/fscore-verify-bench $(BIN)/push-bench \
            $(BIN)/snapshot-bench $(BIN)/retention-bench
-TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c,$(wildcard tests/*.c)))
+# libotadev on an in-memory device (tests/memdev.h): it calls the core and
+# the Linux port's AES-CTR, so only the tests that link those take it
+MEMDEV_OBJ   := $(BUILD)/obj/tests/memdev.o
+TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c tests/memdev.c,$(wildcard tests/*.c)))
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 
@@ -115,7 +118,7 @@ $(BIN)/delta-bench: $(BUILD)/obj/bench/delta_bench.o $(LIBOTADEV)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^
 
-$(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+$(BIN)/test_delta: $(BUILD)/obj/tests/test_delta.o $(MEMDEV_OBJ) $(BUILD)/obj/device/port_linux_enc.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 # issue 17: feature flags; libotadev must read an answer carrying every flag
@@ -124,7 +127,7 @@ $(BIN)/test_flags: $(BUILD)/obj/tests/test_flags.o $(TEST_SUPPORT) $(LIBOTADEV) 
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # the device tests link the core (in-memory hooks) and the Linux port
-$(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+$(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(MEMDEV_OBJ) $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 $(BIN)/test_devprocs: $(BUILD)/obj/tests/test_devprocs.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
@@ -137,7 +140,7 @@ $(BIN)/test_admission: $(BUILD)/obj/tests/test_admission.o $(TEST_SUPPORT) $(LIB
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
 # no patches of encrypted images: libotadev on in-memory flash with the Linux port's AES-CTR
-$(BIN)/test_encdelta: $(BUILD)/obj/tests/test_encdelta.o $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+$(BIN)/test_encdelta: $(BUILD)/obj/tests/test_encdelta.o $(MEMDEV_OBJ) $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 

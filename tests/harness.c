@@ -449,18 +449,36 @@ int h_sh(struct buf *out, const char *fmt, ...)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
+/* otactl with args against d; when loud and it fails, print what it said. */
+static int otactl_run(struct daemon *d, struct buf *out, int loud, const char *fmt, va_list ap)
 {
 	char *bin = h_bin("otactl");
 	struct buf args = BUF_INIT;
-	va_list ap;
 	int rc;
-	va_start(ap, fmt);
 	buf_vprintf(&args, fmt, ap);
-	va_end(ap);
 	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s", d->url, d->token, bin, buf_cstr(&args));
+	if (rc && loud)
+		print_message("otactl %s: exit %d: %s\n", buf_cstr(&args), rc, buf_cstr(out));
 	buf_release(&args);
 	free(bin);
+	return rc;
+}
+
+int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = otactl_run(d, out, 0, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+int h_otactl_checked(struct daemon *d, struct buf *out, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = otactl_run(d, out, 1, fmt, ap);
+	va_end(ap);
 	return rc;
 }
 
@@ -662,6 +680,18 @@ char *h_device_metrics(struct daemon *d, size_t *len)
 	return text;
 }
 
+int64_t h_device_metric(struct daemon *d, const char *name)
+{
+	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
+	int64_t v = 0;
+	while (at && at > m && at[-1] != '\n')
+		at = strstr(at + 1, name);
+	if (at)
+		v = strtoll(at + strlen(name) + 1, NULL, 10);
+	free(m);
+	return v;
+}
+
 int64_t h_fleet_devices(struct daemon *d, const char *version)
 {
 	char *needle = xasprintf("otacd_fleet_devices{product=\"fw\",version=\"%s\",cohort=\"*\"} ", version);
@@ -681,6 +711,73 @@ char *h_calm_profile(struct daemon *d)
 
 	assert_int_equal(ota_write_file_atomic(path, calm, strlen(calm), 0600), 0);
 	return path;
+}
+
+json_t *h_flag_row(struct daemon *d, const char *product, const char *name)
+{
+	json_t *list = NULL, *x, *found = NULL;
+	char *path = xasprintf("/api/v1/flags?product=%s", product);
+	size_t i;
+	assert_int_equal(h_get(d, path, &list), 200);
+	free(path);
+	json_array_foreach(list, i, x)
+		if (!strcmp(json_string_value(json_object_get(x, "name")), name))
+			found = json_incref(x);
+	json_decref(list);
+	return found;
+}
+
+void h_flag_wait(struct daemon *d, const char *name, const char *want, int timeout_s)
+{
+	json_t *row = NULL;
+	for (int i = 0; i < timeout_s * 10; i++) {
+		row = h_flag_row(d, "fw", name);
+		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
+			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
+			fprintf(stderr, "%s %s step %d bp %d: %s\n", name, json_string_value(json_object_get(row, "state")),
+				(int)json_integer_value(json_object_get(row, "step")),
+				(int)json_integer_value(json_object_get(row, "bp")),
+				json_string_value(json_object_get(e, "reason")));
+		}
+		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
+			break;
+		json_decref(row);
+		row = NULL;
+		h_msleep(100);
+	}
+	if (!row) {
+		row = h_flag_row(d, "fw", name);
+		print_message("state directory: %s\n", d->dir);
+		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
+	}
+	json_decref(row);
+}
+
+json_t *h_checkin_flags(struct daemon *d, const char *id, const char *cred, const char *product, json_t *tags)
+{
+	json_t *req = json_pack("{ss ss ss ss ss si}", "device", id, "product", product, "hardware", "mps2-an385",
+				"bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1), *ans = NULL, *flags;
+	if (tags)
+		json_object_set_new(req, "tags", tags);
+	assert_int_equal(h_dev_post(d, "/device/v1/checkin", cred, req, &ans), 200);
+	flags = json_incref(json_object_get(ans, "flags"));
+	json_decref(ans);
+	return flags;
+}
+
+json_t *h_fleetsim_stats(pid_t sim, const char *stats, const char *log)
+{
+	int status = 0;
+	json_t *st;
+
+	assert_int_equal(waitpid(sim, &status, 0), sim);
+	st = json_load_file(stats, 0, NULL);
+	if (!st || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		struct buf out = BUF_INIT;
+		h_sh(&out, "tail -20 %s", log);
+		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
+	}
+	return st;
 }
 
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans)

@@ -89,6 +89,20 @@ json_t *h_take_job(struct daemon *d, const char *name, const char *labels, int64
 /* The device listener's GET /metrics (Prometheus text; caller frees); its
  * length in *len when len is not NULL.  Fails the test unless 200. */
 char *h_device_metrics(struct daemon *d, size_t *len);
+/* The unlabelled series name (the first line that starts with it) in the
+ * device API's /metrics; 0 when there is none. */
+int64_t h_device_metric(struct daemon *d, const char *name);
+/* A check-in of registered device id (credential cred) of product, hardware
+ * mps2-an385, running 1.0.0, with tags (taken; NULL: none): the answer's
+ * "flags" (new ref, NULL: none).  Fails the test unless 200. */
+json_t *h_checkin_flags(struct daemon *d, const char *id, const char *cred, const char *product, json_t *tags);
+/* Feature flag name of product as GET /api/v1/flags lists it (new ref,
+ * NULL: not listed). */
+json_t *h_flag_row(struct daemon *d, const char *product, const char *name);
+/* Poll (every 100 ms, up to timeout_s) until flag name of product fw is in
+ * state want; fails the test showing its row and d's state directory.
+ * FLAGS_DEBUG=1 prints its state and latest evaluation every 2 s. */
+void h_flag_wait(struct daemon *d, const char *name, const char *want, int timeout_s);
 /* The device API's otacd_fleet_devices for product fw, version and cohort
  * "*" (-1 when the series is absent). */
 int64_t h_fleet_devices(struct daemon *d, const char *version);
@@ -96,6 +110,10 @@ int64_t h_fleet_devices(struct daemon *d, const char *version);
  * no flaky devices: its defaults (docs/fleetsim.md) leave a device of a
  * small fleet unserved within a short --duration now and then. */
 char *h_calm_profile(struct daemon *d);
+/* Wait for the otacd-fleetsim process sim (started with --stats stats, its
+ * output in log) and return its stats (new ref).  Fails the test, with the
+ * end of log, when it did not exit 0 or wrote no stats. */
+json_t *h_fleetsim_stats(pid_t sim, const char *stats, const char *log);
 /* POST req (taken) to the device API's path with token; the HTTP status
  * (the request itself must not fail), the answer in *ans when ans. */
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans);
@@ -111,6 +129,10 @@ int h_sh(struct buf *out, const char *fmt, ...) OTA_PRINTF(2, 3);
 /* otactl ARGS against d with its admin token (h_sh: output in out, the
  * exit status returned). */
 int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
+/* h_otactl for a command the test expects to succeed: when it exits
+ * non-zero, its arguments, exit status and output are printed, so the
+ * assertion on the status that fails next says why. */
+int h_otactl_checked(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
 /* An EC P-256 key pair made by openssl in dir: k.pem and k.pub (a
  * release signing key for fleetsim's --key); the path of k.pub, to free. */
 char *h_ec_keypair(const char *dir);

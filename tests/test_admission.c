@@ -189,13 +189,11 @@ static void herd_run(struct herd *h)
 	char scale_text[16];
 	const char *const args[] = { "--time-scale", scale_text, NULL };
 	struct daemon d;
-	struct buf out = BUF_INIT;
 	/* no flaky devices: a failed request would poll again a poll interval later */
 	static const char steady[] = "{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
 				     " \"silent\": 0, \"flaky\": 0}";
 	char *cfg, *bin, *log, *key, *stats, *profile, devices[16], dur[32];
 	pid_t sim;
-	int status = 0;
 	double bound_ms = 1000.0 * h->n / h->cap * 1.5 + 2000;
 
 	snprintf(scale_text, sizeof(scale_text), "%d", h->scale);
@@ -222,12 +220,7 @@ static void herd_run(struct herd *h)
 				 "--concurrency", (char *)h->concurrency, "--duration", dur, "--stats", stats, NULL };
 		sim = dh_spawn(log, argv);
 	}
-	assert_int_equal(waitpid(sim, &status, 0), sim);
-	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	buf_release(&out);
-	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
-	h->st = json_loadb(out.ptr, out.len, 0, NULL);
-	assert_non_null(h->st);
+	h->st = h_fleetsim_stats(sim, stats, log);
 	h->admitted = metric(&d, "otacd_devapi_checkins_admitted_total");
 	h->deferred = metric(&d, "otacd_devapi_checkins_deferred_total");
 	h->peak = metric(&d, "otacd_devapi_checkins_admitted_peak_second");
@@ -237,7 +230,6 @@ static void herd_run(struct herd *h)
 	free(bin);
 	free(log);
 	free(stats);
-	buf_release(&out);
 	h_cleanup(&d);
 }
 

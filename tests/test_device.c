@@ -39,6 +39,7 @@
 #include "../common/httpc.h"
 #include "devharness.h"
 #include "harness.h"
+#include "memdev.h"
 
 #define SLOT (64 * 1024)
 #define SECTOR 4096
@@ -47,18 +48,7 @@
 /* ---- the in-memory device and server -------------------------------------- */
 
 struct world {
-	uint8_t slot[2][SLOT];
-	uint8_t rec[sizeof(struct otadev_record)];
-	size_t rec_len;
-	/* power: mutating hook calls left before the cut; -1 none */
-	long budget;
-	int partial;                  /* a cut flash write leaves half of its bytes */
-	jmp_buf jb;
-	uint64_t now;
-	uint32_t rng;
-	struct otadev_status st;
-	int selftest_rc, reboots;
-	EVP_MD_CTX *md;
+	struct memdev mem;            /* first: the hooks' ctx is the world */
 	/* the server */
 	int offer_on, image_status, corrupt_left, ack_drop_left, reports_status;
 	struct buf img;
@@ -71,8 +61,6 @@ struct world {
 	unsigned announce;
 	const struct otadev_hooks *hooks;     /* NULL: HOOKS */
 	int checkin_down;                     /* check-ins get no answer */
-	EVP_PKEY *enc_priv;                   /* the device's decryption key (HOOKS_ENC) */
-	struct port_enc enc;
 	uint8_t work[16384];
 	uint32_t offer_counter;
 	long bytes_served;
@@ -85,12 +73,7 @@ struct world {
 	unsigned char *keyder[2];
 	struct otadev d;
 };
-
-static void cut_point(struct world *w)
-{
-	if (w->budget >= 0 && w->budget-- == 0)
-		longjmp(w->jb, 1);
-}
+_Static_assert(offsetof(struct world, mem) == 0, "the hooks' ctx is the world: mem comes first");
 
 static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
@@ -117,11 +100,11 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 				     " \"offer\": {\"release\": 3, \"version\": \"%s\", \"security_counter\": %u,"
 				     " \"image\": {\"url\": \"%s\", \"sha256\": \"%s\", \"size\": %zu,"
 				     " \"type\": \"application\", \"hardware\": \"%s\"}, \"reason\": \"rollout\"}}",
-				     (unsigned long long)(1796000000000ull + w->now), w->announce, w->offer_version,
+				     (unsigned long long)(1796000000000ull + w->mem.now), w->announce, w->offer_version,
 				     w->offer_counter, url, w->sha_hex, w->img.len, w->offer_hw);
 		else
 			n = snprintf(rs->body, rs->cap, "{\"now\": %llu, \"time_scale\": 1, \"next_poll_ms\": 1000,"
-				     " \"offer\": null}", (unsigned long long)(1796000000000ull + w->now));
+				     " \"offer\": null}", (unsigned long long)(1796000000000ull + w->mem.now));
 		rs->len = (size_t)n;
 		rs->status = 200;
 		return 0;
@@ -189,125 +172,8 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 	return 0;
 }
 
-static int m_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off > SLOT || len > SLOT - off)
-		return -1;
-	memcpy(buf, w->slot[slot] + off, len);
-	return 0;
-}
-
-static int m_write(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off > SLOT || len > SLOT - off)
-		return -1;
-	if (w->budget == 0 && w->partial)
-		memcpy(w->slot[slot] + off, buf, len / 2);   /* torn write */
-	cut_point(w);
-	for (uint32_t i = 0; i < len; i++)
-		w->slot[slot][off + i] &= ((const uint8_t *)buf)[i];   /* NOR: bits only go 1 -> 0 */
-	return 0;
-}
-
-static int m_erase(void *ctx, int slot, uint32_t off, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off % SECTOR || off > SLOT)
-		return -1;
-	if (len > SLOT - off)
-		len = SLOT - off;
-	cut_point(w);
-	memset(w->slot[slot] + off, 0xff, len);
-	return 0;
-}
-
-static int m_sha_begin(void *ctx)
-{
-	struct world *w = ctx;
-	return EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) == 1 ? 0 : -1;
-}
-
-static int m_sha_update(void *ctx, const void *p, size_t n)
-{
-	struct world *w = ctx;
-	return EVP_DigestUpdate(w->md, p, n) == 1 ? 0 : -1;
-}
-
-static int m_sha_end(void *ctx, uint8_t out[32])
-{
-	struct world *w = ctx;
-	return EVP_DigestFinal_ex(w->md, out, NULL) == 1 ? 0 : -1;
-}
-
-static int m_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
-		    const uint8_t *sig, size_t sig_len)
-{
-	const unsigned char *kp = key;
-	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
-	EVP_PKEY_CTX *pc = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
-	int ok = type == OTADEV_SIG_ECDSA_P256 && pc && EVP_PKEY_verify_init(pc) == 1 &&
-		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 && EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
-	(void)ctx;
-	EVP_PKEY_CTX_free(pc);
-	EVP_PKEY_free(k);
-	return ok ? 0 : -1;
-}
-
-static uint64_t m_now(void *ctx)
-{
-	return ((struct world *)ctx)->now;
-}
-
-static uint32_t m_random(void *ctx)
-{
-	struct world *w = ctx;
-	w->rng ^= w->rng << 13;
-	w->rng ^= w->rng >> 17;
-	w->rng ^= w->rng << 5;
-	return w->rng;
-}
-
-static int m_persist_read(void *ctx, void *buf, size_t cap)
-{
-	struct world *w = ctx;
-	if (w->rec_len > cap)
-		return -1;
-	memcpy(buf, w->rec, w->rec_len);
-	return (int)w->rec_len;
-}
-
-static int m_persist_write(void *ctx, const void *buf, size_t len)
-{
-	struct world *w = ctx;
-	cut_point(w);   /* before: the record is all old or all new */
-	assert_true(len <= sizeof(w->rec));
-	memcpy(w->rec, buf, len);
-	w->rec_len = len;
-	return 0;
-}
-
-static void m_status(void *ctx, struct otadev_status *out)
-{
-	*out = ((struct world *)ctx)->st;
-}
-
-static int m_selftest(void *ctx)
-{
-	return ((struct world *)ctx)->selftest_rc;
-}
-
-static void m_reboot(void *ctx)
-{
-	((struct world *)ctx)->reboots++;
-}
-
 static const struct otadev_hooks HOOKS = {
-	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
-	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
-	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
-	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+	.http = m_http, .random = memdev_random, MEMDEV_HOOKS,
 };
 
 /* ---- keys and images -------------------------------------------------------- */
@@ -354,35 +220,14 @@ static struct world *world_new(uint32_t factory_counter)
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct buf f;
-	unsigned char *der = NULL;
-	int n;
 
-	w->md = EVP_MD_CTX_new();
-	w->budget = -1;
-	w->rng = 0x12345678u;
-	w->now = 1000;
-	w->st.battery_pct = 80;
+	memdev_init(&w->mem, SLOT, SECTOR);
 	buf_init(&w->img, 1 << 20);
-	memset(w->slot, 0xff, sizeof(w->slot));
 	sign_image(&f, key_good, "1.0.0", factory_counter, 3000);
-	memcpy(w->slot[0], f.ptr, f.len);
+	memcpy(w->mem.slot[0], f.ptr, f.len);
 	buf_release(&f);
-	n = i2d_PUBKEY(key_good, &der);
-	assert_true(n > 0);
-	w->keyder[0] = der;
-	w->cfg.device = "dev-1";
-	w->cfg.credential = "00112233445566778899aabbccddeeff";
-	w->cfg.product = "fw";
-	w->cfg.hardware = HW;
-	w->cfg.bootloader = "1.2.0";
+	memdev_config(&w->cfg, &w->mem, HW, key_good, &w->keyder[0]);
 	w->cfg.tags = "\"group\":\"staging\"";
-	w->cfg.keys[0].der = der;
-	w->cfg.keys[0].len = (size_t)n;
-	EVP_Digest(der, (size_t)n, w->cfg.keys[0].hash, NULL, EVP_sha256(), NULL);
-	w->cfg.nkeys = 1;
-	w->cfg.slot_size = SLOT;
-	w->cfg.sector_size = SECTOR;
-	w->cfg.min_battery_pct = 20;
 	w->cfg.heartbeat_ms = 0;
 	return w;
 }
@@ -391,7 +236,7 @@ static void world_free(struct world *w)
 {
 	free(w->manifest);
 	free(w->crl);
-	EVP_MD_CTX_free(w->md);
+	memdev_release(&w->mem);
 	buf_release(&w->img);
 	OPENSSL_free(w->keyder[0]);
 	free(w);
@@ -406,10 +251,10 @@ static void mem_crypt_body(struct world *w, int slot)
 	const char *why;
 	if (otadev_image_parse(&img, &HOOKS, w, slot, SLOT - 432, buf, sizeof(buf)) < 0 || !img.enc_keylen)
 		return;
-	assert_int_equal(port_linux_enc_unwrap(&w->enc, w->enc_priv, (int)img.enc_type, w->slot[slot] + img.enc_off,
-					       img.enc_len, img.enc_keylen, &why), 0);
-	assert_int_equal(port_linux_enc_ctr(&w->enc, 0, w->slot[slot] + img.header_size, img.image_size), 0);
-	port_linux_enc_forget(&w->enc);
+	assert_int_equal(port_linux_enc_unwrap(&w->mem.enc, w->mem.enc_priv, (int)img.enc_type,
+					       w->mem.slot[slot] + img.enc_off, img.enc_len, img.enc_keylen, &why), 0);
+	assert_int_equal(port_linux_enc_ctr(&w->mem.enc, 0, w->mem.slot[slot] + img.header_size, img.image_size), 0);
+	port_linux_enc_forget(&w->mem.enc);
 }
 
 /* The simulated MCUboot (as port_linux_boot, on the in-memory slots). */
@@ -431,22 +276,22 @@ static const char *mem_boot(struct world *w)
 			otadev_image_verify(&img, w->hooks ? w->hooks : &HOOKS, w, 1, w->cfg.keys, w->cfg.nkeys, buf,
 					    sizeof(buf), &why) == 0;
 		if (!valid) {
-			memset(w->slot[1], 0xff, SLOT);
+			memset(w->mem.slot[1], 0xff, SLOT);
 			return "fail";
 		}
 	}
 	{
 		static uint8_t a[SLOT];
-		memcpy(a, w->slot[0], SLOT);
-		memcpy(w->slot[0], w->slot[1], SLOT);
-		memcpy(w->slot[1], a, SLOT);
-		memset(w->slot[0] + SLOT - 432, 0xff, 432);
-		memset(w->slot[1] + SLOT - 432, 0xff, 432);
-		memcpy(w->slot[0] + SLOT - 16, otadev_boot_magic, 16);
-		w->slot[0][SLOT - OTADEV_TR_COPY_DONE] = 1;
-		w->slot[0][SLOT - OTADEV_TR_SWAP_INFO] = (uint8_t)type;
+		memcpy(a, w->mem.slot[0], SLOT);
+		memcpy(w->mem.slot[0], w->mem.slot[1], SLOT);
+		memcpy(w->mem.slot[1], a, SLOT);
+		memset(w->mem.slot[0] + SLOT - 432, 0xff, 432);
+		memset(w->mem.slot[1] + SLOT - 432, 0xff, 432);
+		memcpy(w->mem.slot[0] + SLOT - 16, otadev_boot_magic, 16);
+		w->mem.slot[0][SLOT - OTADEV_TR_COPY_DONE] = 1;
+		w->mem.slot[0][SLOT - OTADEV_TR_SWAP_INFO] = (uint8_t)type;
 		if (type != OTADEV_SWAP_TEST)
-			w->slot[0][SLOT - OTADEV_TR_IMAGE_OK] = 1;
+			w->mem.slot[0][SLOT - OTADEV_TR_IMAGE_OK] = 1;
 		/* MCUboot keeps an encrypted image in clear in the primary
 		 * slot and encrypted in the secondary */
 		mem_crypt_body(w, 0);
@@ -488,21 +333,7 @@ static void check_invariants(struct world *w, uint32_t min_counter)
  * reboot, 2 when the power was cut, 0 after max_steps. */
 static int run(struct world *w, int max_steps)
 {
-	uint32_t wait;
-	int rc;
-	w->d.reboot_requested = 0;
-	if (setjmp(w->jb))
-		return 2;
-	rc = otadev_init(&w->d, w->hooks ? w->hooks : &HOOKS, w, &w->cfg);
-	assert_int_equal(rc, 0);
-	for (int i = 0; i < max_steps; i++) {
-		rc = otadev_step(&w->d, &wait);
-		assert_true(rc >= 0);
-		if (w->d.reboot_requested)
-			return 1;
-		w->now += wait ? wait : 1;
-	}
-	return 0;
+	return memdev_run(&w->mem, &w->d, w->hooks ? w->hooks : &HOOKS, w, &w->cfg, max_steps);
 }
 
 /* Power on, run until settled (idle, nothing queued) through reboots. */
@@ -652,34 +483,34 @@ static void trailer_layout_and_swap_decision_match_mcuboot(void **state)
 		o.slot_size = SLOT;
 		buf_init(&img, 1 << 20);
 		assert_int_equal(mcuboot_sign(&img, "abc", 3, key_good, &o), 0);
-		memcpy(w->slot[1], img.ptr, SLOT);
+		memcpy(w->mem.slot[1], img.ptr, SLOT);
 		assert_int_equal(otadev_trailer_read(&s, &HOOKS, w, 1, SLOT), 0);
 		assert_int_equal(s.magic, OTADEV_MAGIC_GOOD);
 		assert_int_equal(s.image_ok, OTADEV_FLAG_UNSET);
 		o.confirm = 1;
 		buf_clear(&img);
 		assert_int_equal(mcuboot_sign(&img, "abc", 3, key_good, &o), 0);
-		memcpy(w->slot[1], img.ptr, SLOT);
+		memcpy(w->mem.slot[1], img.ptr, SLOT);
 		assert_int_equal(otadev_trailer_read(&s, &HOOKS, w, 1, SLOT), 0);
 		assert_int_equal(s.image_ok, OTADEV_FLAG_SET);
 		buf_release(&img);
 	}
-	memset(w->slot[1], 0xff, SLOT);
+	memset(w->mem.slot[1], 0xff, SLOT);
 	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 0), 0);
-	assert_memory_equal(w->slot[1] + SLOT - 16, otadev_boot_magic, 16);
-	assert_int_equal(w->slot[1][SLOT - 40], OTADEV_SWAP_TEST);
-	assert_int_equal(w->slot[1][SLOT - 24], 0xff);
+	assert_memory_equal(w->mem.slot[1] + SLOT - 16, otadev_boot_magic, 16);
+	assert_int_equal(w->mem.slot[1][SLOT - 40], OTADEV_SWAP_TEST);
+	assert_int_equal(w->mem.slot[1][SLOT - 24], 0xff);
 	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
 	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
 	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_TEST);
-	memset(w->slot[1] + SLOT - 48, 0xff, 48);
+	memset(w->mem.slot[1] + SLOT - 48, 0xff, 48);
 	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 1), 0);
 	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
 	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_PERM);
 	/* after a test swap, without a confirm: revert; after the confirm: none */
-	memset(w->slot[1] + SLOT - 48, 0xff, 48);
-	memcpy(w->slot[0] + SLOT - 16, otadev_boot_magic, 16);
-	w->slot[0][SLOT - 32] = 1;
+	memset(w->mem.slot[1] + SLOT - 48, 0xff, 48);
+	memcpy(w->mem.slot[0] + SLOT - 16, otadev_boot_magic, 16);
+	w->mem.slot[0][SLOT - 32] = 1;
 	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
 	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
 	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_REVERT);
@@ -687,8 +518,8 @@ static void trailer_layout_and_swap_decision_match_mcuboot(void **state)
 	otadev_trailer_read(&p, &HOOKS, w, 0, SLOT);
 	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_NONE);
 	/* a half-written magic is not a pending image */
-	memset(w->slot[1] + SLOT - 48, 0xff, 48);
-	memcpy(w->slot[1] + SLOT - 16, otadev_boot_magic, 8);
+	memset(w->mem.slot[1] + SLOT - 48, 0xff, 48);
+	memcpy(w->mem.slot[1] + SLOT - 16, otadev_boot_magic, 8);
 	otadev_trailer_read(&s, &HOOKS, w, 1, SLOT);
 	assert_int_equal(s.magic, OTADEV_MAGIC_BAD);
 	assert_int_equal(otadev_swap_type(&p, &s), OTADEV_SWAP_NONE);
@@ -732,7 +563,7 @@ static void first_start_on_a_test_boot_runs_the_self_test_and_confirms(void **st
 	struct buf img;
 	(void)state;
 	sign_image(&img, key_good, "1.1.0", 2, 9000);
-	memcpy(w->slot[1], img.ptr, img.len);
+	memcpy(w->mem.slot[1], img.ptr, img.len);
 	assert_int_equal(otadev_trailer_set_pending(&HOOKS, w, SLOT, 0), 0);
 	assert_string_equal(mem_boot(w), "test");
 	assert_int_equal(run(w, 50), 0);
@@ -776,13 +607,13 @@ static void bad_images_are_refused_before_anything_is_marked_bootable(void **sta
 			img.len -= 40;
 		world_offer(w, &img, "1.1.0", cases[i].offer_counter, cases[i].hw);
 		w->corrupt_left = cases[i].corrupt;
-		memcpy(before, w->slot[0], SLOT);
+		memcpy(before, w->mem.slot[0], SLOT);
 		for (int round = 0; round < 4; round++) {
 			assert_int_equal(run(w, 300), 0);   /* never asks for a reboot */
 			check_invariants(w, 3);
 			assert_string_equal(mem_boot(w), "none");
 		}
-		assert_memory_equal(before, w->slot[0], SLOT);
+		assert_memory_equal(before, w->mem.slot[0], SLOT);
 		assert_string_equal(w->d.rec.version, "1.0.0");
 		assert_int_equal(w->counts[OTADEV_EV_REFUSED], 1);  /* once, not per check-in */
 		assert_int_equal(w->counts[OTADEV_EV_INSTALL], 0);
@@ -816,10 +647,10 @@ static void failed_self_test_is_reverted_by_the_bootloader_and_reported(void **s
 	world_offer(w, &img, "1.1.0", 0, HW);
 	assert_int_equal(run(w, 100), 1);
 	assert_string_equal(mem_boot(w), "test");
-	w->selftest_rc = -1;
+	w->mem.selftest_rc = -1;
 	assert_int_equal(run(w, 10), 1);            /* self-test fails: reboot unconfirmed */
 	assert_string_equal(mem_boot(w), "revert");
-	w->selftest_rc = 0;
+	w->mem.selftest_rc = 0;
 	assert_int_equal(run(w, 100), 0);
 	assert_string_equal(w->d.rec.version, "1.0.0");
 	assert_int_equal(w->counts[OTADEV_EV_REVERT], 1);
@@ -843,11 +674,11 @@ static void interrupted_download_resumes_at_the_persisted_offset(void **state)
 	/* cut after the 6th sector's record write: 5 sectors are safe */
 	/* first start's record, trailer erase, record; then per sector an erase,
 	 * two 2 KiB writes and a record: cut at the 6th sector's second write */
-	w->budget = 3 + 4 * 5 + 2;
-	w->partial = 1;
+	w->mem.budget = 3 + 4 * 5 + 2;
+	w->mem.partial = 1;
 	assert_int_equal(run(w, 200), 2);
 	assert_int_equal(w->d.rec.phase, OTADEV_DOWNLOADING);
-	w->budget = -1;
+	w->mem.budget = -1;
 	total = w->bytes_served;
 	assert_true(total > 4 * SECTOR);
 	assert_int_equal(run(w, 200), 1);
@@ -880,9 +711,9 @@ static void lost_acknowledgement_resends_the_same_sequence_and_never_double_coun
 	/* and across a power cut right after the send, before the ack is recorded */
 	w->cfg.heartbeat_ms = 1000;
 	w->ack_drop_left = 0;
-	w->budget = 1;                 /* heartbeat's record write, then cut at the ack's */
+	w->mem.budget = 1;                 /* heartbeat's record write, then cut at the ack's */
 	assert_int_equal(run(w, 100), 2);
-	w->budget = -1;
+	w->mem.budget = -1;
 	assert_int_equal(run(w, 3), 0);
 	assert_true(w->raw[OTADEV_EV_HEARTBEAT] >= 2);
 	assert_int_equal(w->counts[OTADEV_EV_HEARTBEAT] + 0, w->counts[OTADEV_EV_HEARTBEAT]);
@@ -903,15 +734,15 @@ static void preconditions_hold_the_download_and_the_install(void **state)
 	(void)state;
 	sign_image(&img, key_good, "1.1.0", 0, 9000);
 	world_offer(w, &img, "1.1.0", 0, HW);
-	w->st.battery_pct = 10;       /* below 20 %, no external power */
+	w->mem.st.battery_pct = 10;       /* below 20 %, no external power */
 	assert_int_equal(run(w, 50), 0);
 	assert_int_equal(w->bytes_served, 0);
-	w->st.external_power = 1;     /* plugged in: the battery does not matter */
+	w->mem.st.external_power = 1;     /* plugged in: the battery does not matter */
 	w->cfg.avoid_metered = 1;
-	w->st.metered = 1;
+	w->mem.st.metered = 1;
 	assert_int_equal(run(w, 50), 0);
 	assert_int_equal(w->bytes_served, 0);
-	w->st.metered = 0;
+	w->mem.st.metered = 0;
 	assert_int_equal(run(w, 200), 1);
 	assert_int_equal(w->bytes_served, (long)img.len);
 	buf_release(&img);
@@ -930,9 +761,9 @@ static void withdrawn_offer_drops_the_download(void **state)
 	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
 	/* halted mid-download: the next check-in says offer null */
 	w->image_status = 0;
-	w->budget = 2 + 2 * 2 + 1;
+	w->mem.budget = 2 + 2 * 2 + 1;
 	assert_int_equal(run(w, 50), 2);
-	w->budget = -1;
+	w->mem.budget = -1;
 	w->offer_on = 0;
 	assert_int_equal(run(w, 50), 0);
 	assert_int_equal(w->d.rec.phase, OTADEV_IDLE);
@@ -983,9 +814,9 @@ static void power_cut_at_every_write_keeps_every_invariant(void **state)
 	{
 		struct world *w = world_new(1);
 		world_offer(w, &img, "1.1.0", 4, HW);
-		w->budget = 1000000;
+		w->mem.budget = 1000000;
 		settle(w, 5);
-		ops = 1000000 - w->budget;
+		ops = 1000000 - w->mem.budget;
 		assert_string_equal(w->d.rec.version, "1.1.0");
 		world_free(w);
 	}
@@ -993,8 +824,8 @@ static void power_cut_at_every_write_keeps_every_invariant(void **state)
 		struct world *w = world_new(1);
 		int done = 0;
 		world_offer(w, &img, "1.1.0", 4, HW);
-		w->budget = k;
-		w->partial = (int)(k & 1);
+		w->mem.budget = k;
+		w->mem.partial = (int)(k & 1);
 
 		for (int round = 0; round < 12 && !done; round++) {
 			int r;
@@ -1002,7 +833,7 @@ static void power_cut_at_every_write_keeps_every_invariant(void **state)
 			check_invariants(w, w->d.rec.security_counter);
 			r = run(w, 300);
 			if (r == 2)
-				w->budget = -1;
+				w->mem.budget = -1;
 			check_invariants(w, 1);
 			done = r == 0 && w->d.rec.phase == OTADEV_IDLE && w->d.rec.nq == 0;
 		}
@@ -1036,10 +867,7 @@ static void state_fits_the_documented_ram_budget(void **state)
 /* ---- the signing PKI on the in-memory device (issue 13) ------------------------ */
 
 static const struct otadev_hooks HOOKS_X509 = {
-	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
-	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
-	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
-	.status = m_status, .selftest = m_selftest, .reboot = m_reboot,
+	.http = m_http, .random = memdev_random, MEMDEV_HOOKS,
 	.x509_chain = port_linux_x509_chain, .x509_crl = port_linux_x509_crl,
 };
 
@@ -1213,26 +1041,8 @@ static void revocation_during_the_test_boot_stops_the_confirm(void **state)
 
 /* ---- encrypted images (MCUboot's format as orchestrator/mcuboot_enc.c writes it) -- */
 
-static int m_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
-{
-	struct world *w = ctx;
-	if (!tlv) {
-		port_linux_enc_forget(&w->enc);
-		return 0;
-	}
-	return port_linux_enc_unwrap(&w->enc, w->enc_priv, type, tlv, len, keylen, why);
-}
-
-static int m_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
-{
-	return port_linux_enc_ctr(&((struct world *)ctx)->enc, off, buf, len);
-}
-
 static const struct otadev_hooks HOOKS_ENC = {
-	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
-	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
-	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
-	.status = m_status, .selftest = m_selftest, .reboot = m_reboot, .enc_key = m_enc_key, .enc_ctr = m_enc_ctr,
+	.http = m_http, .random = memdev_random, MEMDEV_HOOKS, MEMDEV_HOOKS_ENC,
 };
 
 /* 1.1.0 signed by key_good, its body AES-256-CTR under a key wrapped for dev (ECIES-P256). */
@@ -1274,7 +1084,7 @@ static void encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be
 
 	w = world_new(1);
 	w->hooks = &HOOKS_ENC;
-	w->enc_priv = dev;
+	w->mem.enc_priv = dev;
 	world_offer(w, &img, "1.1.0", 2, HW);
 	assert_int_equal(run(w, 100), 1);
 	check_invariants(w, 1);                         /* the secondary verifies decrypted */
@@ -1289,7 +1099,7 @@ static void encrypted_image_is_decrypted_to_verify_and_refused_when_it_cannot_be
 	for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++) {
 		w = world_new(1);
 		w->hooks = &HOOKS_ENC;
-		w->enc_priv = refusals[i].key == 1 ? dev : refusals[i].key == 2 ? other : NULL;
+		w->mem.enc_priv = refusals[i].key == 1 ? dev : refusals[i].key == 2 ? other : NULL;
 		buf_init(&bad, 1 << 20);
 		buf_put(&bad, img.ptr, img.len);
 		if (refusals[i].tamper)

@@ -145,7 +145,6 @@ static json_t *fleetsim_run(struct daemon *d, int n)
 	char *root = xasprintf("%s/root/root.crt.pem", d->dir), *key = xasprintf("%s/ed.pub", d->dir), devices[16];
 	static const char profile[] = "{\"default\": {\"crash_rate\": 0, \"boot_fail_rate\": 0, \"revert_rate\": 0},"
 				      " \"silent\": 0, \"flaky\": 0, \"hardware\": {\"" HW "\": 1}, \"bootloader\": {\"1.2.0\": 1}}";
-	int status = 0;
 	json_t *st;
 	pid_t pid;
 
@@ -163,13 +162,7 @@ static json_t *fleetsim_run(struct daemon *d, int n)
 		_exit(127);
 	}
 	assert_true(pid > 0);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	st = json_load_file(stats, 0, NULL);
-	if (!st || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		struct buf out = BUF_INIT;
-		h_sh(&out, "tail -20 %s", log);
-		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
-	}
+	st = h_fleetsim_stats(pid, stats, log);
 	free(bin);
 	free(prof);
 	free(log);

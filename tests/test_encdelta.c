@@ -40,6 +40,7 @@
 #include "../orchestrator/mcuboot_enc.h"
 #include "devharness.h"
 #include "harness.h"
+#include "memdev.h"
 
 #define HW "mps2-an385"
 #define SLOT (64 * 1024)
@@ -48,38 +49,18 @@
 /* ---- libotadev on in-memory flash, offered a patch ------------------------------ */
 
 struct world {
-	uint8_t slot[2][SLOT];
-	uint8_t rec[4096];
-	size_t rec_len;
-	uint64_t now;
-	EVP_MD_CTX *md;
+	struct memdev mem;                /* first: the hooks' ctx is the world */
 	struct buf img, patch;            /* the offered image, the patch offered with it */
 	char sha_hex[65], patch_hex[65], base_hex[65];
 	long image_served, patch_served;
-	EVP_PKEY *enc_priv;
-	struct port_enc enc;
 	uint8_t work[16384] __attribute__((aligned(8)));
 	struct otadev_config cfg;
 	unsigned char *keyder;
 	struct otadev d;
 };
+_Static_assert(offsetof(struct world, mem) == 0, "the hooks' ctx is the world: mem comes first");
 
 static EVP_PKEY *sign_key, *dev_key;
-
-static void serve_range(const struct otadev_http_req *rq, struct otadev_http_resp *rs, const struct buf *b, long *served)
-{
-	size_t a = (size_t)rq->range_start, e = (size_t)rq->range_end;
-	assert_true(rq->range_start >= 0 && a <= e && e - a + 1 <= rs->cap);
-	if (e >= b->len) {
-		rs->status = 416;
-		return;
-	}
-	memcpy(rs->body, b->ptr + a, e - a + 1);
-	rs->len = e - a + 1;
-	rs->range_total = (long)b->len;
-	rs->status = 206;
-	*served += (long)rs->len;
-}
 
 static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_http_resp *rs)
 {
@@ -92,155 +73,36 @@ static int m_http(void *ctx, const struct otadev_http_req *rq, struct otadev_htt
 			" \"version\": \"1.1.0\", \"security_counter\": 2, \"image\": {\"url\": \"/device/v1/images/%s\","
 			" \"sha256\": \"%s\", \"size\": %zu, \"hardware\": \"" HW "\"}, \"delta\": {\"url\":"
 			" \"/device/v1/patches/%s\", \"size\": %zu, \"sha256\": \"%s\", \"base\": \"%s\"}}}",
-			(unsigned long long)(1796000000000ull + w->now), w->sha_hex, w->sha_hex, w->img.len, w->patch_hex,
-			w->patch.len, w->patch_hex, w->base_hex);
+			(unsigned long long)(1796000000000ull + w->mem.now), w->sha_hex, w->sha_hex, w->img.len,
+			w->patch_hex, w->patch.len, w->patch_hex, w->base_hex);
 		rs->status = 200;
 		return 0;
 	}
 	if (!strncmp(rq->path, "/device/v1/images/", 18)) {
-		serve_range(rq, rs, &w->img, &w->image_served);
+		memdev_serve_range(rq, rs, w->img.ptr, w->img.len, w->img.len, &w->image_served, -1);
 		return 0;
 	}
 	if (!strncmp(rq->path, "/device/v1/patches/", 19)) {
-		serve_range(rq, rs, &w->patch, &w->patch_served);
+		memdev_serve_range(rq, rs, w->patch.ptr, w->patch.len, w->patch.len, &w->patch_served, -1);
 		return 0;
 	}
 	if (!strcmp(rq->path, "/device/v1/reports")) {
-		json_t *req = json_loadb(rq->body, rq->body_len, 0, NULL);
-		rs->len = (size_t)snprintf(rs->body, rs->cap, "{\"accepted\": %zu}",
-					   json_array_size(json_object_get(req, "reports")));
-		json_decref(req);
-		rs->status = 200;
+		memdev_accept_reports(rq, rs);
 		return 0;
 	}
 	rs->status = 404;
 	return 0;
 }
 
-static int m_read(void *ctx, int slot, uint32_t off, void *buf, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off > SLOT || len > SLOT - off)
-		return -1;
-	memcpy(buf, w->slot[slot] + off, len);
-	return 0;
-}
-
-static int m_write(void *ctx, int slot, uint32_t off, const void *buf, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off > SLOT || len > SLOT - off)
-		return -1;
-	for (uint32_t i = 0; i < len; i++)
-		w->slot[slot][off + i] &= ((const uint8_t *)buf)[i]; /* NOR: bits only go 1 -> 0 */
-	return 0;
-}
-
-static int m_erase(void *ctx, int slot, uint32_t off, uint32_t len)
-{
-	struct world *w = ctx;
-	if (off % SECTOR || off > SLOT)
-		return -1;
-	memset(w->slot[slot] + off, 0xff, len > SLOT - off ? SLOT - off : len);
-	return 0;
-}
-
-static int m_sha_begin(void *ctx)
-{
-	return EVP_DigestInit_ex(((struct world *)ctx)->md, EVP_sha256(), NULL) == 1 ? 0 : -1;
-}
-
-static int m_sha_update(void *ctx, const void *p, size_t n)
-{
-	return EVP_DigestUpdate(((struct world *)ctx)->md, p, n) == 1 ? 0 : -1;
-}
-
-static int m_sha_end(void *ctx, uint8_t out[32])
-{
-	return EVP_DigestFinal_ex(((struct world *)ctx)->md, out, NULL) == 1 ? 0 : -1;
-}
-
-static int m_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
-		    const uint8_t *sig, size_t sig_len)
-{
-	const unsigned char *kp = key;
-	EVP_PKEY *k = d2i_PUBKEY(NULL, &kp, (long)key_len);
-	EVP_PKEY_CTX *pc = k ? EVP_PKEY_CTX_new(k, NULL) : NULL;
-	int ok = type == OTADEV_SIG_ECDSA_P256 && pc && EVP_PKEY_verify_init(pc) == 1 &&
-		 EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 && EVP_PKEY_verify(pc, sig, sig_len, digest, 32) == 1;
-	(void)ctx;
-	EVP_PKEY_CTX_free(pc);
-	EVP_PKEY_free(k);
-	return ok ? 0 : -1;
-}
-
-static uint64_t m_now(void *ctx)
-{
-	return ((struct world *)ctx)->now;
-}
-
+/* The jitter this test has always drawn (a multiple of the clock), not
+ * memdev_random's: the waits, and so the steps, stay as they were. */
 static uint32_t m_random(void *ctx)
 {
-	return (uint32_t)((struct world *)ctx)->now * 2654435761u;
-}
-
-static int m_persist_read(void *ctx, void *buf, size_t cap)
-{
-	struct world *w = ctx;
-	if (w->rec_len > cap)
-		return -1;
-	memcpy(buf, w->rec, w->rec_len);
-	return (int)w->rec_len;
-}
-
-static int m_persist_write(void *ctx, const void *buf, size_t len)
-{
-	struct world *w = ctx;
-	if (len > sizeof(w->rec))
-		return -1;
-	memcpy(w->rec, buf, len);
-	w->rec_len = len;
-	return 0;
-}
-
-static void m_status(void *ctx, struct otadev_status *out)
-{
-	(void)ctx;
-	memset(out, 0, sizeof(*out));
-	out->battery_pct = 80;
-}
-
-static int m_selftest(void *ctx)
-{
-	(void)ctx;
-	return 0;
-}
-
-static void m_reboot(void *ctx)
-{
-	(void)ctx;
-}
-
-static int m_enc_key(void *ctx, int type, const uint8_t *tlv, size_t len, size_t keylen, const char **why)
-{
-	struct world *w = ctx;
-	if (!tlv) {
-		port_linux_enc_forget(&w->enc);
-		return 0;
-	}
-	return port_linux_enc_unwrap(&w->enc, w->enc_priv, type, tlv, len, keylen, why);
-}
-
-static int m_enc_ctr(void *ctx, uint32_t off, uint8_t *buf, size_t len)
-{
-	return port_linux_enc_ctr(&((struct world *)ctx)->enc, off, buf, len);
+	return (uint32_t)((struct world *)ctx)->mem.now * 2654435761u;
 }
 
 static const struct otadev_hooks HOOKS = {
-	.http = m_http, .flash_read = m_read, .flash_write = m_write, .flash_erase = m_erase,
-	.sha256_begin = m_sha_begin, .sha256_update = m_sha_update, .sha256_end = m_sha_end, .verify = m_verify,
-	.now_ms = m_now, .random = m_random, .persist_read = m_persist_read, .persist_write = m_persist_write,
-	.status = m_status, .selftest = m_selftest, .reboot = m_reboot, .enc_key = m_enc_key, .enc_ctr = m_enc_ctr,
+	.http = m_http, .random = m_random, MEMDEV_HOOKS, MEMDEV_HOOKS_ENC,
 };
 
 /* version signed by sign_key over body; encrypted for dev_key when enc.  A
@@ -291,13 +153,10 @@ static struct world *world_new(const struct buf *running, const struct buf *patc
 {
 	struct world *w = calloc(1, sizeof(*w));
 	struct mcuboot_info base;
-	int n;
 
-	w->md = EVP_MD_CTX_new();
-	w->now = 1000;
-	w->enc_priv = dev_key;
-	memset(w->slot, 0xff, sizeof(w->slot));
-	memcpy(w->slot[0], running->ptr, running->len);
+	memdev_init(&w->mem, SLOT, SECTOR);
+	w->mem.enc_priv = dev_key;
+	memcpy(w->mem.slot[0], running->ptr, running->len);
 	buf_init(&w->img, SLOT);
 	buf_put(&w->img, offered->ptr, offered->len);
 	hex_sha(w->sha_hex, offered->ptr, offered->len);
@@ -306,19 +165,7 @@ static struct world *world_new(const struct buf *running, const struct buf *patc
 	hex_sha(w->patch_hex, w->patch.ptr, w->patch.len);
 	assert_int_equal(mcuboot_parse(&base, running->ptr, running->len), 0);
 	ota_hex(w->base_hex, base.sha256, 32);   /* the patch's base is the running image */
-	n = i2d_PUBKEY(sign_key, &w->keyder);
-	assert_true(n > 0);
-	w->cfg.device = "dev-1";
-	w->cfg.credential = "00112233445566778899aabbccddeeff";
-	w->cfg.product = "fw";
-	w->cfg.hardware = HW;
-	w->cfg.bootloader = "1.2.0";
-	w->cfg.keys[0].der = w->keyder;
-	w->cfg.keys[0].len = (size_t)n;
-	w->cfg.nkeys = 1;
-	w->cfg.slot_size = SLOT;
-	w->cfg.sector_size = SECTOR;
-	w->cfg.min_battery_pct = 20;
+	memdev_config(&w->cfg, &w->mem, HW, sign_key, &w->keyder);
 	w->cfg.work = w->work;
 	w->cfg.work_len = sizeof(w->work);
 	return w;
@@ -326,7 +173,7 @@ static struct world *world_new(const struct buf *running, const struct buf *patc
 
 static void world_free(struct world *w)
 {
-	EVP_MD_CTX_free(w->md);
+	memdev_release(&w->mem);
 	buf_release(&w->img);
 	buf_release(&w->patch);
 	OPENSSL_free(w->keyder);
@@ -336,13 +183,7 @@ static void world_free(struct world *w)
 /* Step the device until it asks for the reboot into the new image. */
 static void run_to_install(struct world *w)
 {
-	uint32_t wait;
-	assert_int_equal(otadev_init(&w->d, &HOOKS, w, &w->cfg), 0);
-	for (int i = 0; i < 2000 && !w->d.reboot_requested; i++) {
-		assert_true(otadev_step(&w->d, &wait) >= 0);
-		w->now += wait ? wait : 1;
-	}
-	assert_true(w->d.reboot_requested);
+	assert_int_equal(memdev_run(&w->mem, &w->d, &HOOKS, w, &w->cfg, 2000), 1);
 	assert_int_equal(w->d.rec.phase, OTADEV_REBOOTING);
 }
 
@@ -350,7 +191,7 @@ static void run_to_install(struct world *w)
 static void assert_full_image_installed(struct world *w)
 {
 	struct otadev_trailer st;
-	assert_memory_equal(w->slot[1], w->img.ptr, w->img.len);
+	assert_memory_equal(w->mem.slot[1], w->img.ptr, w->img.len);
 	assert_int_equal(otadev_trailer_read(&st, &HOOKS, w, 1, SLOT), 0);
 	assert_int_equal(st.magic, OTADEV_MAGIC_GOOD);
 	assert_int_equal(w->d.n_delta_applied, 0);
@@ -454,18 +295,6 @@ static char *enc_pipeline(const char *version, const char *gen, const char *extr
 			 gen, version, extra);
 }
 
-static uint64_t device_metric(struct daemon *d, const char *name)
-{
-	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
-	uint64_t v = 0;
-	while (at && at > m && at[-1] != '\n')
-		at = strstr(at + 1, name);
-	if (at)
-		v = strtoull(at + strlen(name) + 1, NULL, 10);
-	free(m);
-	return v;
-}
-
 /*
  * 1.0.0 and 1.1.0 released encrypted, 1.1.0 with deltas from 1.0.0 (listed
  * and most installed): otacd makes no patch, a check-in from 1.0.0 is
@@ -524,11 +353,11 @@ static void encrypted_release_with_deltas_offers_no_patch_and_the_device_install
 	assert_int_equal(h_sh(&out, "%s -c %s flash %s", bin, conf, path), 0);
 	pid = dh_device_loop(conf);
 	/* its first check-in as 1.0.0 answered, so `installed: 1` finds it */
-	for (int i = 0; i < 600 && device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
+	for (int i = 0; i < 600 && h_device_metric(&f.d, "otacd_device_checkins_total") < 2; i++)
 		h_msleep(100);
-	assert_true(device_metric(&f.d, "otacd_device_checkins_total") >= 2);
+	assert_true(h_device_metric(&f.d, "otacd_device_checkins_total") >= 2);
 
-	image_bytes = device_metric(&f.d, "otacd_image_bytes_served_total");
+	image_bytes = h_device_metric(&f.d, "otacd_image_bytes_served_total");
 	y = enc_pipeline("1.1.0", fw_v2, ", deltas: { from: [1.0.0], installed: 1 }");
 	rel2 = dh_release_of(&f.d, h_trigger(&f.d, y));
 	free(y);
@@ -562,8 +391,8 @@ static void encrypted_release_with_deltas_offers_no_patch_and_the_device_install
 	assert_string_equal(dh_js(s, "version", NULL), "1.1.0");
 	assert_string_equal(dh_js(s, "primary", "version"), "1.1.0");
 	json_decref(s);
-	assert_int_equal(device_metric(&f.d, "otacd_delta_bytes_served_total"), 0);
-	assert_true(device_metric(&f.d, "otacd_image_bytes_served_total") - image_bytes >= v1.len / 2);
+	assert_int_equal(h_device_metric(&f.d, "otacd_delta_bytes_served_total"), 0);
+	assert_true(h_device_metric(&f.d, "otacd_image_bytes_served_total") - image_bytes >= v1.len / 2);
 	assert_int_not_equal(h_sh(&out, "grep -q 'applying a delta' %s", log), 0);
 
 	EVP_PKEY_free(dev);

@@ -598,7 +598,6 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc1, const char *en
 	char *log = xasprintf("%s/sim.log", d->dir), *stats = xasprintf("%s/stats.json", d->dir), devices[16];
 	json_t *st;
 	pid_t pid;
-	int status = 0;
 
 	snprintf(devices, sizeof(devices), "%d", n);
 	/* the two hardware variants the release encrypts for, no random boot
@@ -648,13 +647,7 @@ static json_t *sim_run(struct daemon *d, int n, const char *enc1, const char *en
 		_exit(127);
 	}
 	assert_true(pid > 0);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	st = json_load_file(stats, 0, NULL);
-	if (!st || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		struct buf out = BUF_INIT;
-		h_sh(&out, "tail -20 %s", log);
-		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
-	}
+	st = h_fleetsim_stats(pid, stats, log);
 	free(bin);
 	free(prof);
 	free(log);

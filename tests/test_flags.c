@@ -34,50 +34,6 @@
 #include "harness.h"
 #include "pgcluster.h"
 
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
-{
-	char *bin = h_bin("otactl"), args[4096];
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	buf_clear(out);
-	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s 2>&1", d->url, d->token, bin, args);
-	free(bin);
-	if (rc && !strstr(args, "--expect-failure"))
-		print_message("otactl %s: exit %d: %s\n", args, rc, buf_cstr(out));
-	return rc;
-}
-
-/* A check-in of a registered device; the answer's "flags" (new ref, NULL: none). */
-static json_t *checkin_flags(struct daemon *d, const char *id, const char *cred, const char *product, json_t *tags)
-{
-	json_t *req = json_pack("{ss ss ss ss ss si}", "device", id, "product", product, "hardware", "mps2-an385",
-				"bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1), *ans = NULL, *flags;
-	if (tags)
-		json_object_set_new(req, "tags", tags);
-	assert_int_equal(h_dev_post(d, "/device/v1/checkin", cred, req, &ans), 200);
-	flags = json_incref(json_object_get(ans, "flags"));
-	json_decref(ans);
-	return flags;
-}
-
-static json_t *flag_row(struct daemon *d, const char *product, const char *name)
-{
-	json_t *list = NULL, *x, *found = NULL;
-	char *path = xasprintf("/api/v1/flags?product=%s", product);
-	size_t i;
-	assert_int_equal(h_get(d, path, &list), 200);
-	free(path);
-	json_array_foreach(list, i, x)
-		if (!strcmp(json_string_value(json_object_get(x, "name")), name))
-			found = json_incref(x);
-	json_decref(list);
-	return found;
-}
-
 #define VIEWER_TOKEN "viewer-token-0123456789abcdef"
 
 /* ---- the bucket ---------------------------------------------------------- */
@@ -264,7 +220,7 @@ static void refused(struct daemon *d, const char *args, const char *message)
 				     " FROM flags");
 	char *after;
 
-	assert_int_not_equal(otactl(d, &out, "%s", args), 0);
+	assert_int_not_equal(h_otactl(d, &out, "%s", args), 0);
 	if (!strstr(buf_cstr(&out), message))
 		fail_msg("otactl %s: expected \"%s\" in: %s", args, message, buf_cstr(&out));
 	assert_int_equal(h_sql_int(d, "SELECT COUNT(*) FROM flags"), rows);
@@ -290,24 +246,24 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 	creds = h_register_devices(&d, "dev", 2);
 
 	/* no flags: the answer has no "flags" member */
-	assert_null(checkin_flags(&d, "dev-0000", creds[0], "fw", NULL));
+	assert_null(h_checkin_flags(&d, "dev-0000", creds[0], "fw", NULL));
 
-	assert_int_equal(otactl(&d, &out, "flags set fw dark-mode on --reason 'ship it'"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "flags set fw dark-mode on --reason 'ship it'"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "flag fw/dark-mode: on at 100.00%"));
-	assert_int_equal(otactl(&d, &out, "flags set fw radio-profile on --value eu-868 --cohort group=beta,lab"
-					  " --reason 'beta only'"), 0);
-	assert_int_equal(otactl(&d, &out, "flags ls fw"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "flags set fw radio-profile on --value eu-868"
+						    " --cohort group=beta,lab --reason 'beta only'"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "flags ls fw"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "dark-mode"));
 	assert_non_null(strstr(buf_cstr(&out), "radio-profile"));
 	assert_non_null(strstr(buf_cstr(&out), "\"eu-868\""));
-	assert_int_equal(otactl(&d, &out, "audit"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "audit"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "flag_set"));
 	assert_non_null(strstr(buf_cstr(&out), "flag radio-profile"));
 	assert_int_equal(audit_count(&d), 2);
 
 	/* the controller publishes within a pass: poll for it */
 	for (int i = 0; i < 100; i++) {
-		flags = checkin_flags(&d, "dev-0000", creds[0], "fw", NULL);
+		flags = h_checkin_flags(&d, "dev-0000", creds[0], "fw", NULL);
 		if (flags)
 			break;
 		h_msleep(100);
@@ -316,20 +272,20 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 	assert_true(json_is_true(json_object_get(flags, "dark-mode")));
 	assert_true(json_is_false(json_object_get(flags, "radio-profile"))); /* not in the cohort */
 	json_decref(flags);
-	flags = checkin_flags(&d, "dev-0001", creds[1], "fw", json_pack("{ss}", "group", "beta"));
+	flags = h_checkin_flags(&d, "dev-0001", creds[1], "fw", json_pack("{ss}", "group", "beta"));
 	assert_string_equal(json_string_value(json_object_get(flags, "radio-profile")), "eu-868");
 	json_decref(flags);
 	/* another product's devices see none of these */
-	assert_null(checkin_flags(&d, "dev-0000", creds[0], "other", NULL));
+	assert_null(h_checkin_flags(&d, "dev-0000", creds[0], "other", NULL));
 
 	/* off again */
-	assert_int_equal(otactl(&d, &out, "flags set fw dark-mode off --reason 'enough'"), 0);
-	row = flag_row(&d, "fw", "dark-mode");
+	assert_int_equal(h_otactl_checked(&d, &out, "flags set fw dark-mode off --reason 'enough'"), 0);
+	row = h_flag_row(&d, "fw", "dark-mode");
 	assert_string_equal(json_string_value(json_object_get(row, "state")), "off");
 	assert_int_equal(json_integer_value(json_object_get(row, "bp")), 0);
 	json_decref(row);
 	for (int i = 0; i < 100; i++) {
-		flags = checkin_flags(&d, "dev-0000", creds[0], "fw", NULL);
+		flags = h_checkin_flags(&d, "dev-0000", creds[0], "fw", NULL);
 		if (json_is_false(json_object_get(flags, "dark-mode")))
 			break;
 		json_decref(flags);
@@ -382,10 +338,10 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 	refused(&d, "flags rollout fw dark-mode --steps 10:1h --gate c:nonsense\\<=1 --reason x", "gates: ");
 	/* a product carries at most FLAGS_PER_PRODUCT flags */
 	for (int i = 2; i < FLAGS_PER_PRODUCT; i++)
-		assert_int_equal(otactl(&d, &out, "flags set fw extra-%d on --reason fill", i), 0);
+		assert_int_equal(h_otactl_checked(&d, &out, "flags set fw extra-%d on --reason fill", i), 0);
 	refused(&d, "flags set fw one-too-many on --reason x", "the most a check-in answer carries");
 	/* the answer with every flag stays within libotadev's bounds */
-	flags = checkin_flags(&d, "dev-0001", creds[1], "fw", json_pack("{ss}", "group", "beta"));
+	flags = h_checkin_flags(&d, "dev-0001", creds[1], "fw", json_pack("{ss}", "group", "beta"));
 	assert_int_equal(json_object_size(flags), FLAGS_PER_PRODUCT);
 	json_decref(flags);
 
@@ -397,30 +353,6 @@ static void otactl_flags_set_and_ls_are_audited_delivered_and_bad_input_changes_
 }
 
 /* ---- rollouts through a simulated fleet ----------------------------------- */
-
-static void wait_state(struct daemon *d, const char *name, const char *want, int timeout_s)
-{
-	json_t *row = NULL;
-	for (int i = 0; i < timeout_s * 10; i++) {
-		row = flag_row(d, "fw", name);
-		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
-			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
-			fprintf(stderr, "%s %s step %d bp %d: %s\n", name, json_string_value(json_object_get(row, "state")),
-				(int)json_integer_value(json_object_get(row, "step")), (int)json_integer_value(json_object_get(row, "bp")),
-				json_string_value(json_object_get(e, "reason")));
-		}
-		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
-			break;
-		json_decref(row);
-		row = NULL;
-		h_msleep(100);
-	}
-	if (!row) {
-		row = flag_row(d, "fw", name);
-		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
-	}
-	json_decref(row);
-}
 
 /* row's key is want, or the test fails showing the whole row (its evals). */
 static void expect_int(const json_t *row, const char *key, json_int_t want)
@@ -442,16 +374,11 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	char *bin, *log, *key, *stats, *profile, **creds;
 	json_t *row, *st, *flags;
 	pid_t sim;
-	int status = 0;
 
 	(void)state;
 	h_init(&d, "poll_interval: 15m\n");
 	assert_int_equal(h_start(&d, args), 0);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      d.dir),
-			 0);
-	key = xasprintf("%s/k.pub", d.dir);
+	key = h_ec_keypair(d.dir);
 	profile = xasprintf("%s/profile.json", d.dir);
 	assert_int_equal(ota_write_file_atomic(profile, steady, strlen(steady), 0644), 0);
 	bin = h_bin("otacd-fleetsim");
@@ -470,15 +397,17 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	h_msleep(6 * 3600 * 1000 / 1200);
 	/* both through the same steps and gate: devices reporting more than
 	 * 0.05 crashes per hour while they carry the flag */
-	assert_int_equal(otactl(&d, &out, "flags rollout fw good-flag --steps 25:3h,100:2h --max-extension 12h"
-					  " --gate crash_free:crashes_per_device_hour\\<=0.05,min_devices=10 --reason 'new ui'"), 0);
-	assert_int_equal(otactl(&d, &out, "flags rollout fw bad-flag --steps 25:3h,100:2h --max-extension 12h"
-					  " --gate crash_free:crashes_per_device_hour\\<=0.05,min_devices=10 --reason 'new radio'"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "flags rollout fw good-flag --steps 25:3h,100:2h"
+						    " --max-extension 12h --gate crash_free:crashes_per_device_hour"
+						    "\\<=0.05,min_devices=10 --reason 'new ui'"), 0);
+	assert_int_equal(h_otactl_checked(&d, &out, "flags rollout fw bad-flag --steps 25:3h,100:2h"
+						    " --max-extension 12h --gate crash_free:crashes_per_device_hour"
+						    "\\<=0.05,min_devices=10 --reason 'new radio'"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "holding at 25.00%"));
 
 	/* the bad flag: failed at its first step, exposure 0, audited */
-	wait_state(&d, "bad-flag", "failed", 240);
-	row = flag_row(&d, "fw", "bad-flag");
+	h_flag_wait(&d, "bad-flag", "failed", 240);
+	row = h_flag_row(&d, "fw", "bad-flag");
 	expect_int(row, "step", 0);
 	expect_int(row, "bp", 0);
 	assert_non_null(strstr(json_string_value(json_object_get(row, "reason")), "rolled back at step 1/2"));
@@ -487,8 +416,8 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 				       " AND actor = 'flags-controller' AND detail LIKE '%bad-flag%'"),
 			 1);
 	/* the good flag: through both steps to on at 100 % */
-	wait_state(&d, "good-flag", "on", 300);
-	row = flag_row(&d, "fw", "good-flag");
+	h_flag_wait(&d, "good-flag", "on", 300);
+	row = h_flag_row(&d, "fw", "good-flag");
 	expect_int(row, "step", 1);
 	expect_int(row, "bp", 10000);
 	json_decref(row);
@@ -499,7 +428,7 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	/* devices get the bad flag off again: a device of ours, and (after a
 	 * few poll intervals) every simulated device */
 	creds = h_register_devices(&d, "probe", 1);
-	flags = checkin_flags(&d, "probe-0000", creds[0], "fw", NULL);
+	flags = h_checkin_flags(&d, "probe-0000", creds[0], "fw", NULL);
 	assert_true(json_is_false(json_object_get(flags, "bad-flag")));
 	assert_true(json_is_true(json_object_get(flags, "good-flag")));
 	json_decref(flags);
@@ -507,11 +436,7 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	free(creds);
 	h_msleep(4000); /* 80 otacd minutes: over five poll intervals */
 	kill(sim, SIGTERM);
-	assert_int_equal(waitpid(sim, &status, 0), sim);
-	buf_release(&out);
-	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
-	st = json_loadb(out.ptr, out.len, 0, NULL);
-	assert_non_null(st);
+	st = h_fleetsim_stats(sim, stats, log);
 	assert_true(json_integer_value(json_object_get(st, "flag_turned_on")) > 0);
 	assert_int_equal(json_integer_value(json_object_get(st, "flag_turned_off")),
 			 json_integer_value(json_object_get(st, "flag_turned_on")));

@@ -32,48 +32,6 @@
 #include "devharness.h"
 #include "harness.h"
 
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
-static int otactl(struct daemon *d, struct buf *out, const char *fmt, ...)
-{
-	char *bin = h_bin("otactl"), args[4096];
-	va_list ap;
-	int rc;
-	va_start(ap, fmt);
-	vsnprintf(args, sizeof(args), fmt, ap);
-	va_end(ap);
-	buf_clear(out);
-	rc = h_sh(out, "OTACD_URL=%s OTACD_TOKEN=%s %s %s 2>&1", d->url, d->token, bin, args);
-	free(bin);
-	if (rc)
-		print_message("otactl %s: exit %d: %s\n", args, rc, buf_cstr(out));
-	return rc;
-}
-
-static json_t *flag_row(struct daemon *d, const char *product, const char *name)
-{
-	json_t *list = NULL, *x, *found = NULL;
-	char *path = xasprintf("/api/v1/flags?product=%s", product);
-	size_t i;
-	assert_int_equal(h_get(d, path, &list), 200);
-	free(path);
-	json_array_foreach(list, i, x)
-		if (!strcmp(json_string_value(json_object_get(x, "name")), name))
-			found = json_incref(x);
-	json_decref(list);
-	return found;
-}
-
-/* The answer's "flags" of a check-in of a registered device (new ref, NULL: none). */
-static json_t *checkin_flags(struct daemon *d, const char *id, const char *cred)
-{
-	json_t *req = json_pack("{ss ss ss ss ss si}", "device", id, "product", "fw", "hardware", "mps2-an385",
-				"bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1), *ans = NULL, *flags;
-	assert_int_equal(h_dev_post(d, "/device/v1/checkin", cred, req, &ans), 200);
-	flags = json_incref(json_object_get(ans, "flags"));
-	json_decref(ans);
-	return flags;
-}
-
 /* ---- Idempotency-Key ------------------------------------------------------ */
 
 /* POST body to path with key; the status, the answer (new string) and
@@ -213,31 +171,6 @@ static void a_product_without_flags_skips_the_lookup_and_answers_as_before(void 
 
 /* ---- SIGKILL during a hold --------------------------------------------------- */
 
-static void wait_state(struct daemon *d, const char *name, const char *want, int timeout_s)
-{
-	json_t *row = NULL;
-	for (int i = 0; i < timeout_s * 10; i++) {
-		row = flag_row(d, "fw", name);
-		if (getenv("FLAGS_DEBUG") && i % 20 == 0) {
-			json_t *e = json_array_get(json_object_get(row, "evals"), 0);
-			fprintf(stderr, "%s %s step %d: %s\n", name, json_string_value(json_object_get(row, "state")),
-				(int)json_integer_value(json_object_get(row, "step")),
-				json_string_value(json_object_get(e, "reason")));
-		}
-		if (row && !strcmp(json_string_value(json_object_get(row, "state")), want))
-			break;
-		json_decref(row);
-		row = NULL;
-		h_msleep(100);
-	}
-	if (!row) {
-		row = flag_row(d, "fw", name);
-		print_message("state directory: %s\n", d->dir);
-		fail_msg("flag %s never reached %s: %s", name, want, row ? json_dumps(row, 0) : "(none)");
-	}
-	json_decref(row);
-}
-
 #define PROBES 16
 
 static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_devices(void **state)
@@ -279,13 +212,14 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 	h_msleep(6 * 3600 * 1000 / 1200); /* the fleet's crash budgets fill (test_flags.c says why) */
 	/* a long first step (36 s here), so the kill and the restart land
 	 * inside its hold even on a loaded machine */
-	assert_int_equal(otactl(&d, &out, "flags rollout fw good-flag --steps 25:12h,100:1h --max-extension 12h"
-					  " --gate crash_free:crashes_per_device_hour\\<=0.05,min_devices=10 --reason 'new ui'"), 0);
-	row = flag_row(&d, "fw", "good-flag");
+	assert_int_equal(h_otactl_checked(&d, &out, "flags rollout fw good-flag --steps 25:12h,100:1h"
+						    " --max-extension 12h --gate crash_free:crashes_per_device_hour"
+						    "\\<=0.05,min_devices=10 --reason 'new ui'"), 0);
+	row = h_flag_row(&d, "fw", "good-flag");
 	hold_until = json_integer_value(json_object_get(row, "hold_until"));
 	json_decref(row);
 	for (int i = 0; i < PROBES; i++) {
-		before[i] = checkin_flags(&d, ids[i], creds[i]);
+		before[i] = h_checkin_flags(&d, ids[i], creds[i], "fw", NULL);
 		on += json_is_true(json_object_get(before[i], "good-flag"));
 	}
 	h_msleep(3000); /* an otacd hour into the hold */
@@ -295,14 +229,14 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 
 	/* the same step and deadline (a restarted rollout would have a new
 	 * one); the same devices have the flag */
-	row = flag_row(&d, "fw", "good-flag");
+	row = h_flag_row(&d, "fw", "good-flag");
 	assert_string_equal(json_string_value(json_object_get(row, "state")), "holding");
 	assert_int_equal(json_integer_value(json_object_get(row, "step")), 0);
 	assert_int_equal(json_integer_value(json_object_get(row, "bp")), 2500);
 	assert_int_equal(json_integer_value(json_object_get(row, "hold_until")), hold_until);
 	json_decref(row);
 	for (int i = 0; i < PROBES; i++) {
-		json_t *after = checkin_flags(&d, ids[i], creds[i]);
+		json_t *after = h_checkin_flags(&d, ids[i], creds[i], "fw", NULL);
 		assert_true(json_equal(after, before[i]));
 		json_decref(after);
 		json_decref(before[i]);
@@ -310,7 +244,7 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'flag_step'"), 0);
 
 	/* and on through both steps: each promoted once */
-	wait_state(&d, "good-flag", "on", 300);
+	h_flag_wait(&d, "good-flag", "on", 300);
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'flag_step'"
 				       " AND detail LIKE '%good-flag%'"),
 			 2);

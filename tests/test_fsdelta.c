@@ -45,18 +45,6 @@ static char *fw_pipeline(const char *version, const char *gen, const char *extra
 			 gen, version, extra);
 }
 
-static int64_t device_metric(struct daemon *d, const char *name)
-{
-	char *m = h_device_metrics(d, NULL), *at = strstr(m, name);
-	int64_t v = 0;
-	while (at && at > m && at[-1] != '\n')
-		at = strstr(at + 1, name);
-	if (at)
-		v = strtoll(at + strlen(name) + 1, NULL, 10);
-	free(m);
-	return v;
-}
-
 static int64_t core_stat(json_t *st, const char *name)
 {
 	return json_integer_value(json_object_get(json_object_get(st, "core"), name));
@@ -140,8 +128,8 @@ static json_t *run_fleet(struct world *w, int n, const char *share, const char *
 		      " otacd served %lld image and %lld patch bytes (image %lld B, patch %lld B)\n",
 		      n, (long long)core_stat(st, "deltas_applied"), (long long)core_stat(st, "delta_fallbacks"),
 		      (long long)core_stat(st, "image_bytes"), (long long)core_stat(st, "patch_bytes"),
-		      (long long)device_metric(&w->f.d, "otacd_image_bytes_served_total"),
-		      (long long)device_metric(&w->f.d, "otacd_delta_bytes_served_total"), (long long)w->v2_size,
+		      (long long)h_device_metric(&w->f.d, "otacd_image_bytes_served_total"),
+		      (long long)h_device_metric(&w->f.d, "otacd_delta_bytes_served_total"), (long long)w->v2_size,
 		      (long long)w->patch_size);
 	/* every device runs 1.1.0, confirmed, and nothing was refused */
 	assert_true(json_is_true(json_object_get(st, "until_reached")));
@@ -164,7 +152,7 @@ static void devices_on_the_base_install_from_the_patch_and_the_rest_take_the_ful
 	(void)state;
 
 	world_start(&w);
-	image0 = device_metric(&w.f.d, "otacd_image_bytes_served_total");
+	image0 = h_device_metric(&w.f.d, "otacd_image_bytes_served_total");
 	st = run_fleet(&w, 16, "0.5", "");
 	applied = core_stat(st, "deltas_applied");
 	/* the seed's draw puts some devices on 1.0.0 and some on 0.9.0 */
@@ -177,9 +165,9 @@ static void devices_on_the_base_install_from_the_patch_and_the_rest_take_the_ful
 	assert_true(core_stat(st, "patch_bytes") < applied * w.v2_size / 10);
 	/* otacd served what the devices received, plus the simulator's one
 	 * whole fetch of each (the bytes behind its sparse slots) */
-	assert_int_equal(device_metric(&w.f.d, "otacd_image_bytes_served_total") - image0,
+	assert_int_equal(h_device_metric(&w.f.d, "otacd_image_bytes_served_total") - image0,
 			 core_stat(st, "image_bytes") + w.v2_size);
-	assert_int_equal(device_metric(&w.f.d, "otacd_delta_bytes_served_total"),
+	assert_int_equal(h_device_metric(&w.f.d, "otacd_delta_bytes_served_total"),
 			 core_stat(st, "patch_bytes") + w.patch_size);
 	json_decref(st);
 	world_stop(&w);
@@ -207,7 +195,7 @@ static void a_patch_corrupted_in_transit_falls_back_to_the_full_image(void **sta
 	assert_true(applied < 6);
 	assert_true(core_stat(st, "delta_fallbacks") >= 6 - applied);
 	assert_int_equal(core_stat(st, "image_bytes"), (6 - applied) * w.v2_size);
-	assert_true(device_metric(&w.f.d, "otacd_delta_bytes_served_total") > 0);
+	assert_true(h_device_metric(&w.f.d, "otacd_delta_bytes_served_total") > 0);
 	json_decref(st);
 	world_stop(&w);
 }
