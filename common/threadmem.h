@@ -14,7 +14,11 @@
  *     static __thread struct slot *cache;
  *     ...
  *     if (!cache)
- *             cache = ota_thread_block_alloc(&cache_block, N * sizeof(*cache));
+ *             cache = ota_thread_block_alloc(&cache_block, N * sizeof(*cache), &cache);
+ *
+ * At the thread's exit the block is freed and the pointer set back to NULL,
+ * so code that runs later in that exit (another key's destructor freeing
+ * JSON, say) sees no cache rather than freed memory.
  */
 #ifndef OTA_THREADMEM_H
 #define OTA_THREADMEM_H
@@ -27,9 +31,10 @@ struct ota_thread_block {
 	pthread_key_t key;    /* frees each thread's block at its exit */
 };
 
-/* size zeroed bytes for the calling thread, freed when it exits; never NULL
- * (out of memory aborts, as xcalloc does).  Call once per thread and keep
- * the pointer in a __thread variable. */
-void *ota_thread_block_alloc(struct ota_thread_block *b, size_t size);
+/* size zeroed bytes (16-byte aligned) for the calling thread; never NULL
+ * (out of memory aborts, as xcalloc does).  slot is the address of the
+ * __thread pointer the caller keeps it in: at the thread's exit the block is
+ * freed and *slot set to NULL.  Call once per thread. */
+void *ota_thread_block_alloc(struct ota_thread_block *b, size_t size, void *slot);
 
 #endif

@@ -53,10 +53,26 @@ struct probe {
 	pthread_barrier_t *both; /* NULL: alone */
 };
 
+static __thread unsigned char *t_block;
+static __thread int t_cleared_probe;
+
+/* a destructor made after the block's key runs after it (glibc runs keys in
+ * order): by then the thread's pointer must be NULL again */
+static pthread_key_t later_key;
+static int cleared_at_exit;
+static void later(void *p)
+{
+	(void)p;
+	if (!t_block)
+		__atomic_add_fetch(&cleared_at_exit, 1, __ATOMIC_RELAXED);
+}
+
 static void *use_block(void *arg)
 {
 	struct probe *p = arg;
-	p->block = ota_thread_block_alloc(&test_block, 4096);
+	p->block = t_block = ota_thread_block_alloc(&test_block, 4096, &t_block);
+	pthread_setspecific(later_key, &t_cleared_probe);
+	assert_true(((uintptr_t)p->block & 15) == 0);
 	p->zeroed = 1;
 	for (size_t i = 0; i < 4096; i++)
 		if (p->block[i])
@@ -76,6 +92,8 @@ static void thread_blocks_are_zeroed_and_each_threads_own(void **state)
 
 	/* one after the other, then two at once: freed at exit (else ASan
 	 * reports the leak), never shared */
+	t_block = ota_thread_block_alloc(&test_block, 16, &t_block); /* the key first, before later_key */
+	assert_int_equal(pthread_key_create(&later_key, later), 0);
 	assert_int_equal(pthread_create(&ta, NULL, use_block, &a), 0);
 	assert_int_equal(pthread_join(ta, NULL), 0);
 	assert_true(a.zeroed);
@@ -88,7 +106,9 @@ static void thread_blocks_are_zeroed_and_each_threads_own(void **state)
 	assert_true(a.zeroed);
 	assert_true(b.zeroed);
 	assert_ptr_not_equal(a.block, b.block);
+	assert_int_equal(__atomic_load_n(&cleared_at_exit, __ATOMIC_RELAXED), 3);
 	pthread_barrier_destroy(&both);
+	pthread_key_delete(later_key);
 }
 
 /* PT_TLS's memory size in the ELF file path: what glibc zero-fills in

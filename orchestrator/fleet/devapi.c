@@ -252,7 +252,7 @@ static json_t *parse_body(struct MHD_Connection *c, struct dreq *r, enum MHD_Res
 
 	/* check-ins only: their tree is released before the handler returns */
 	if (!arena)
-		arena = ota_thread_block_alloc(&arena_block, sizeof(*arena));
+		arena = ota_thread_block_alloc(&arena_block, sizeof(*arena), &arena);
 	arena->on = r->route == R_CHECKIN;
 	arena->used = 0;
 	j = json_loadb(r->body.ptr ? r->body.ptr : "", r->body.len, JSON_REJECT_DUPLICATES, &err);

@@ -335,7 +335,8 @@ static struct agg *step_agg(struct fleet *f, const char *p, const char *v, const
 	char name[256];   /* "@" gen "/" and a tag of at most 193 */
 
 	if (!step_cache)
-		step_cache = ota_thread_block_alloc(&step_cache_block, STEP_CACHE_SLOTS * sizeof(*step_cache));
+		step_cache = ota_thread_block_alloc(&step_cache_block, STEP_CACHE_SLOTS * sizeof(*step_cache),
+						    &step_cache);
 	s = &step_cache[(agg_hash(p, v, c) ^ (size_t)gen * 0x9e3779b97f4a7c15ULL) >> 3 & (STEP_CACHE_SLOTS - 1)];
 
 	if (s->fleet == id && s->product == p && s->version == v && s->cohort == c && s->gen == gen)
