@@ -6,7 +6,9 @@
 # mapped by others), and Pss (shared pages divided among their users).
 # With BASELINE_BINDIR (another build, e.g. main's) that otacd is measured
 # first, the same way, for a before/after in one run; each otacd line is
-# followed by the libraries it maps with the most Rss.  Buildbot is
+# followed by its Rss by kind of mapping (heap, other anonymous, its own
+# file, libraries) with its thread count, and the libraries it maps with
+# the most Rss.  Buildbot is
 # Debian's `buildbot` package with its sample master.cfg (one worker, one
 # builder, no web UI); without it the comparison is skipped and said so.
 set -eu
