@@ -6,7 +6,9 @@
 # mapped by others), and Pss (shared pages divided among their users).
 # With BASELINE_BINDIR (another build, e.g. main's) that otacd is measured
 # first, the same way, for a before/after in one run; each otacd line is
-# followed by the libraries it maps with the most Rss.  Buildbot is
+# followed by its Rss by kind of mapping (heap, other anonymous, its own
+# file, libraries) with its thread count, and the libraries it maps with
+# the most Rss.  Buildbot is
 # Debian's `buildbot` package with its sample master.cfg (one worker, one
 # builder, no web UI); without it the comparison is skipped and said so.
 set -eu
@@ -29,6 +31,19 @@ libs() {
 		sort -rn | head -5 | awk '{printf "%s %s KB; ", $2, $1}'
 }
 
+# parts PID - Rss by kind of mapping: the heap, other anonymous memory
+# (thread stacks, malloc arenas, SQLite's shared memory), the program's own
+# file, shared libraries (and how much of theirs is private: relocated
+# data), and the thread count
+parts() {
+	awk -v exe="$(readlink "/proc/$1/exe")" '
+	     /^[0-9a-f]+-[0-9a-f]+ /{n=$6; k = n == "[heap]" ? "heap" : n == exe ? "exe" : n ~ /\.so/ ? "lib" : "anon"}
+	     /^Rss:/{r[k]+=$2} /^Private_(Clean|Dirty):/{if (k == "lib") lp+=$2}
+	     END{printf "heap %d KB, other anonymous %d KB, program %d KB, libraries %d KB (%d KB private)",
+	         r["heap"], r["anon"], r["exe"], r["lib"], lp}' "/proc/$1/smaps"
+	printf "; %d threads\n" "$(ls "/proc/$1/task" | wc -l)"
+}
+
 # idle BINDIR LABEL - start that otacd with two local agents, wait until
 # it idles, print its memory and its agents', stop it
 idle() {
@@ -40,6 +55,7 @@ idle() {
 	bench_wait_otacd memory "$dir.log" "$dir/otacd.url"
 	sleep 2    # agents registered, start-up work done
 	echo "  otacd ($2)  $(mem "$otacd")"
+	echo "      by kind: $(parts "$otacd")"
 	echo "      top libraries: $(libs "$otacd")"
 	grep -q 'libxml2\|libicuuc' "/proc/$otacd/maps" && echo "      libxml2/ICU mapped at idle" || echo "      libxml2/ICU not mapped at idle"
 	grep -q 'libcurl\|libpq' "/proc/$otacd/maps" && echo "      libcurl/libpq mapped at idle" || echo "      libcurl/libpq not mapped at idle"

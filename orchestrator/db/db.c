@@ -10,6 +10,7 @@
  */
 #include "db_int.h"
 
+#include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -525,5 +526,11 @@ int db_migrate(struct db *db, const char *const *list, size_t n)
 	while (!done)
 		if ((rc = apply_one(db, list, n, &done)) < 0)
 			return rc;
+	/* A fresh database's migrations leave every page they wrote in this
+	 * connection's cache (~0.3 MB for otacd.db), for a process that may
+	 * now idle for hours: give them back; a later read fetches what it
+	 * needs (issue 18, idle memory). */
+	if (db_sqlite_handle(db))
+		sqlite3_db_release_memory(db_sqlite_handle(db));
 	return 0;
 }

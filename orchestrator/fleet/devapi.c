@@ -42,6 +42,7 @@
 
 #include "../../common/log.h"
 #include "../../common/util.h"
+#include "../../common/threadmem.h"
 #include "../api/api.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
@@ -206,18 +207,23 @@ static int cert_product_refused(struct devapi *a, struct MHD_Connection *c, stru
  * that outgrows the buffer continues in malloc'd memory.
  */
 #define ARENA_SIZE 8192
-static __thread struct {
+struct parse_arena {
 	int on;
 	size_t used;
 	_Alignas(16) char mem[ARENA_SIZE];
-} arena;
+};
+/* allocated at a thread's first check-in, not in every thread's static TLS
+ * (common/threadmem.h): jansson's allocator below runs on every thread, the
+ * arena is used only on the device API's */
+static struct ota_thread_block arena_block;
+static __thread struct parse_arena *arena;
 
 static void *arena_malloc(size_t n)
 {
 	size_t need = (n + 15) & ~(size_t)15;
-	if (arena.on && need >= n && need <= ARENA_SIZE - arena.used) {
-		void *p = arena.mem + arena.used;
-		arena.used += need;
+	if (arena && arena->on && need >= n && need <= ARENA_SIZE - arena->used) {
+		void *p = arena->mem + arena->used;
+		arena->used += need;
 		return p;
 	}
 	return malloc(n);
@@ -225,7 +231,7 @@ static void *arena_malloc(size_t n)
 
 static void arena_free(void *p)
 {
-	if ((char *)p >= arena.mem && (char *)p < arena.mem + ARENA_SIZE)
+	if (arena && (char *)p >= arena->mem && (char *)p < arena->mem + ARENA_SIZE)
 		return;
 	free(p);
 }
@@ -245,10 +251,12 @@ static json_t *parse_body(struct MHD_Connection *c, struct dreq *r, enum MHD_Res
 	json_t *j;
 
 	/* check-ins only: their tree is released before the handler returns */
-	arena.on = r->route == R_CHECKIN;
-	arena.used = 0;
+	if (!arena)
+		arena = ota_thread_block_alloc(&arena_block, sizeof(*arena), &arena);
+	arena->on = r->route == R_CHECKIN;
+	arena->used = 0;
 	j = json_loadb(r->body.ptr ? r->body.ptr : "", r->body.len, JSON_REJECT_DUPLICATES, &err);
-	arena.on = 0;
+	arena->on = 0;
 	if (!j)
 		*ret = reply_error(c, MHD_HTTP_BAD_REQUEST, "invalid JSON at line %d column %d: %s", err.line, err.column,
 				   err.text);

@@ -38,6 +38,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "../../common/threadmem.h"
 #include "../clock.h"
 
 /* ---- hashing and validation ------------------------------------------ */
@@ -321,13 +322,22 @@ struct step_slot {
 	uint32_t gen;
 	struct agg *a;
 };
-static __thread struct step_slot step_cache[256];
+#define STEP_CACHE_SLOTS 256
+/* allocated at a thread's first report, not in every thread's static TLS
+ * (common/threadmem.h): only the device API's workers use it */
+static struct ota_thread_block step_cache_block;
+static __thread struct step_slot *step_cache;
 
 static struct agg *step_agg(struct fleet *f, const char *p, const char *v, const char *c, uint32_t gen)
 {
 	uint64_t id = fleet_instance(f);
-	struct step_slot *s = &step_cache[(agg_hash(p, v, c) ^ (size_t)gen * 0x9e3779b97f4a7c15ULL) >> 3 & 255];
+	struct step_slot *s;
 	char name[256];   /* "@" gen "/" and a tag of at most 193 */
+
+	if (!step_cache)
+		step_cache = ota_thread_block_alloc(&step_cache_block, STEP_CACHE_SLOTS * sizeof(*step_cache),
+						    &step_cache);
+	s = &step_cache[(agg_hash(p, v, c) ^ (size_t)gen * 0x9e3779b97f4a7c15ULL) >> 3 & (STEP_CACHE_SLOTS - 1)];
 
 	if (s->fleet == id && s->product == p && s->version == v && s->cohort == c && s->gen == gen)
 		return s->a;

@@ -40,6 +40,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "../../common/sha256.h"
 #include "../../common/util.h"
 #include "../auth.h"
 #include "../clock.h"
@@ -117,7 +118,6 @@ struct fleet_ca {
 	/* verified certificates (vcache above) */
 	pthread_mutex_t vc_mu;
 	struct vslot *vc;
-	EVP_MD *sha256;           /* fetched once: a fetch per call takes locks */
 
 	/* revocations and provisioners: guarded by mu */
 	pthread_mutex_t mu;
@@ -328,7 +328,6 @@ int fleet_ca_open(struct fleet_ca **out, const struct fleet_ca_config *cfg)
 	pthread_mutex_init(&ca->install_mu, NULL);
 	pthread_mutex_init(&ca->vc_mu, NULL);
 	ca->vc = xcalloc(VCACHE_SLOTS, sizeof(*ca->vc));
-	ca->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	atomic_store(&ca->gen, 1);
 	ca->revoked = json_object();
 	ca->state_dir = cfg->state_dir ? xstrdup(cfg->state_dir) : NULL;
@@ -390,7 +389,6 @@ void fleet_ca_close(struct fleet_ca *ca)
 	pthread_mutex_destroy(&ca->install_mu);
 	pthread_mutex_destroy(&ca->vc_mu);
 	free(ca->vc);
-	EVP_MD_free(ca->sha256);
 	free(ca);
 }
 
@@ -945,10 +943,10 @@ int fleet_ca_identify_ex(struct fleet_ca *ca, const unsigned char *der, size_t l
 		reason = RS_MALFORMED;
 	} else {
 		gen = atomic_load(&ca->gen); /* before verifying: a CA changed meanwhile makes the entry stale */
-		if (ca->sha256 && EVP_Digest(der, len, sha, NULL, ca->sha256, NULL))
-			reason = vcache_lookup(ca, sha, gen, id_out, idlen, product_out, plen);
-		else
-			gen = 0; /* no digest: verify, keep nothing */
+		/* nettle, not an EVP fetch: none at start, no locks per call
+		 * (common/sha256.h) */
+		ota_sha256(der, len, sha);
+		reason = vcache_lookup(ca, sha, gen, id_out, idlen, product_out, plen);
 	}
 	if (reason == -2) {
 		if (!(x = d2i_X509(NULL, &p, (long)len)) || p != der + len) {

@@ -98,9 +98,9 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "../../common/log.h"
+#include "../../common/sha256.h"
 #include "../clock.h"
 #include "../store.h"
 
@@ -1268,11 +1268,9 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 					   2 * sizeof(f->secret));
 			goto out;
 		}
-		/* the secret's text is the key material: hash it to the key size */
-		if (!EVP_Digest(cfg->device_secret, n, f->secret, NULL, EVP_sha256(), NULL)) {
-			rc = ota_error_set(OTA_ERROR, "fleet: cannot derive the device key");
-			goto out;
-		}
+		/* the secret's text is the key material: hash it to the key size
+		 * (ota_sha256: no OpenSSL provider at start, common/sha256.h) */
+		ota_sha256(cfg->device_secret, n, f->secret);
 		f->has_secret = 1;
 	}
 
