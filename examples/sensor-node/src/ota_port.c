@@ -304,7 +304,7 @@ static int se_verify(uint8_t slot, uint8_t type, const uint8_t digest[32], const
 {
 	uint8_t req[SE_REQ_MAX], ans[SE_ANS_LEN], status;
 	struct se_request r = { .slot = slot, .sig_type = type, .digest = digest, .sig = sig, .sig_len = sig_len };
-	int len, c;
+	int len;
 	size_t i, n;
 
 	se_nonce(r.nonce);
@@ -315,7 +315,8 @@ static int se_verify(uint8_t slot, uint8_t type, const uint8_t digest[32], const
 	for (i = 0; i < (size_t)len; i++)
 		uart2_putc((char)req[i]);
 	for (n = 0; n < sizeof(ans); n++) {
-		if ((c = se_getc(n ? SE_BYTE_MS : SE_FIRST_MS)) < 0)
+		int c = se_getc(n ? SE_BYTE_MS : SE_FIRST_MS);
+		if (c < 0)
 			break;
 		ans[n] = (uint8_t)c;
 	}
@@ -360,10 +361,11 @@ void ota_port_verify_console(void)
 	char hex[2u * (34u + SE_SIG_MAX) + 2u];
 	uint8_t in[34u + SE_SIG_MAX];
 	size_t n = 0;
-	int c, len, err;
+	int len, err;
 
 	uart_putline("VERIFY hex?");
 	for (;;) {
+		int c;
 		while ((c = uart_getc()) < 0)
 			;
 		if (c == '\r')
