@@ -100,7 +100,7 @@ static char *verify_line(int slot, const unsigned char digest[32], const unsigne
  * hil/bridge.py and url when url is set; UART2 to hil/se_model.py with
  * se_args, or nowhere (a silent element) when se_args is NULL.  input is
  * shell run with UART0's input as its stdout; `w N PATTERN` in it waits (up
- * to 120 s) until UART0 has shown PATTERN N times, `o_until PATTERN` sends
+ * to 300 s) until UART0 has shown PATTERN N times, `o_until PATTERN` sends
  * "o" every second until UART0 shows PATTERN, `w_end` ends the run.
  */
 static void boot_rig(struct buf *out, const char *dir, const char *elf, const char *flash, const char *url,
@@ -117,12 +117,12 @@ static void boot_rig(struct buf *out, const char *dir, const char *elf, const ch
 
 	buf_clear(out);
 	assert_int_equal(h_sh(out, "cd %s && rm -f uart0.log qemu.pid && touch uart0.log &&"
-				   " w() { for i in $(seq 1200); do [ \"$(grep -c \"$2\" uart0.log)\" -ge \"$1\" ] && return 0;"
-				   " sleep 0.1; done; echo \"rig: no '$2' (x$1) on UART0 in 120 s\" >&2; return 1; };"
-				   " o_until() { for i in $(seq 120); do printf 'o\\n'; sleep 1; grep -q \"$1\" uart0.log && return 0;"
-				   " done; echo \"rig: no '$1' after 'o' in 120 s\" >&2; return 1; };"
+				   " w() { for i in $(seq 3000); do [ \"$(grep -c \"$2\" uart0.log)\" -ge \"$1\" ] && return 0;"
+				   " sleep 0.1; done; echo \"rig: no '$2' (x$1) on UART0 in 300 s\" >&2; return 1; };"
+				   " o_until() { for i in $(seq 300); do printf 'o\\n'; sleep 1; grep -q \"$1\" uart0.log && return 0;"
+				   " done; echo \"rig: no '$1' after 'o' in 300 s\" >&2; return 1; };"
 				   " w_end() { sleep 0.5; kill $(cat qemu.pid); };"
-				   " { (%s) | timeout 300 qemu-system-arm -M mps2-an385%s -nographic -monitor none"
+				   " { (%s) | timeout 900 qemu-system-arm -M mps2-an385%s -nographic -monitor none"
 				   " -pidfile qemu.pid -serial stdio -serial %s -serial %s -kernel %s 2>&1"
 				   " | tee -a uart0.log | tr -d '\\r'; } & %s %s wait",
 			      dir, input, mem, uart1, uart2, elf, bridge, se),

@@ -301,7 +301,8 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	release = dh_release_of(&d, h_trigger(&d, y));
 	assert_true(release > 0);
 
-	boot_bridged(&out, b, elf, flash, "sleep 14; printf 'o\\n'; sleep 1", 16, d.dir, d.device_url);
+	/* the element's 10 s answer timeout comes after the download */
+	boot_bridged(&out, b, elf, flash, "sleep 24; printf 'o\\n'; sleep 1", 26, d.dir, d.device_url);
 	must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
 	must_have(b, out.ptr, "bridge: GET /device/v1/");
 	must_have(b, out.ptr, "-> 206 (2048 bytes)");
