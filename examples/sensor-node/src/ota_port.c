@@ -10,7 +10,8 @@
  *              magic last; the valid copy with the higher sequence wins,
  *              so a power cut mid-write leaves the previous copy
  * clock        SysTick at 1 kHz; random: xorshift seeded from SysTick's
- *              counter (jitter only, no secret depends on it)
+ *              counter (jitter, and the secure element's nonce, which a
+ *              board takes from its TRNG: docs/security.md)
  * crypto       SHA-256: src/sha256.c.  Signature verify: the secure
  *              element on UART2 (src/se_link.h; on QEMU the model
  *              hil/se_model.py) checks ECDSA P-256 with the bootloader's
@@ -68,7 +69,7 @@ static volatile uint64_t uptime_ms;
 static uint64_t next_step;
 static uint32_t rnd;
 static uint8_t se_key[SE_KEY_LEN];
-static int ota_on, link_up;
+static int ota_on, link_up, se_key_ok;
 
 /* Writes go through a volatile pointer (a flash controller's data
  * register on a real part); reads are plain memory-mapped reads. */
@@ -307,6 +308,8 @@ static int se_verify(uint8_t slot, uint8_t type, const uint8_t digest[32], const
 	int len;
 	size_t i, n;
 
+	if (!se_key_ok)
+		return SE_EMAC; /* with no key, a zero key would be one anybody could MAC with */
 	se_nonce(r.nonce);
 	if ((len = se_req_encode(req, &r)) < 0)
 		return len;
@@ -593,7 +596,8 @@ void ota_port_init(void)
 {
 	uart1_init();
 	uart2_init();
-	if (frame_from_hex(se_key, sizeof(se_key), SE_LINK_KEY_HEX) != (int)SE_KEY_LEN)
+	se_key_ok = frame_from_hex(se_key, sizeof(se_key), SE_LINK_KEY_HEX) == (int)SE_KEY_LEN;
+	if (!se_key_ok)
 		uart_putline("OTA verify: SE_LINK_KEY is not 32 bytes of hex: every signature will be refused");
 	provision();
 	cfg.device = device_id;
