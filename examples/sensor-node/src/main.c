@@ -18,7 +18,8 @@
  * it is due, and answers one-letter commands terminated by a newline:
  * "v" the version line, "s" a frame of the next sample, "t" the
  * self-test again, "o" the update agent's state, "p" the power counters,
- * "r" reboot (SYSRESETREQ); and framed commands, "C <hex frame>" (proto.h).
+ * "r" reboot (SYSRESETREQ), "V" a signature put to the secure element
+ * (ota_port.h); and framed commands, "C <hex frame>" (proto.h).
  * Between ticks the core sleeps in WFI, so an idle QEMU costs no CPU.
  *
  * Power counters ("p"): every SysTick counts one millisecond, as asleep
@@ -199,6 +200,9 @@ static void handle_command(const char *line, struct sample *latest)
 		break;
 	case 'p':
 		report_power();
+		break;
+	case 'V':
+		ota_port_verify_console();
 		break;
 	case 'r':
 		uart_putline("REBOOT");

@@ -1,6 +1,6 @@
 /*
  * mps2.h - the few registers of the MPS2 boards (AN385 Cortex-M3, AN386
- * Cortex-M4) the firmware touches: CMSDK APB UART0 and UART1, the core's
+ * Cortex-M4) the firmware touches: CMSDK APB UART0, UART1 and UART2, the core's
  * SysTick and the reset request.
  * Both boards have the same memory map, so one header serves both.
  */
@@ -13,9 +13,11 @@
 
 #define REG32(addr) (*(volatile uint32_t *)(uintptr_t)(addr))
 
-/* CMSDK APB UARTs: UART0 the console, UART1 the update link (hil/bridge.py) */
+/* CMSDK APB UARTs: UART0 the console, UART1 the update link (hil/bridge.py),
+ * UART2 the secure element (hil/se_model.py on QEMU) */
 #define UART0_BASE     0x40004000u
 #define UART1_BASE     0x40005000u
+#define UART2_BASE     0x40006000u
 #define UART_DATA(b)    REG32((b) + 0x00u)
 #define UART_STATE(b)   REG32((b) + 0x04u)
 #define UART_CTRL(b)    REG32((b) + 0x08u)

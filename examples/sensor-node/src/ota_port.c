@@ -10,12 +10,13 @@
  *              magic last; the valid copy with the higher sequence wins,
  *              so a power cut mid-write leaves the previous copy
  * clock        SysTick at 1 kHz; random: xorshift seeded from SysTick's
- *              counter (jitter only, no secret depends on it)
- * crypto       SHA-256: src/sha256.c.  Signature verify: none on this
- *              board, every signature is refused (so every offered image
- *              is refused after its download, before anything is marked
- *              bootable); a product links a verifier here (mbedTLS,
- *              TF-M, a crypto cell), docs/device-porting.md
+ *              counter (jitter, and the secure element's nonce, which a
+ *              board takes from its TRNG: docs/security.md)
+ * crypto       SHA-256: src/sha256.c.  Signature verify: the secure
+ *              element on UART2 (src/se_link.h; on QEMU the model
+ *              hil/se_model.py) checks ECDSA P-256 with the bootloader's
+ *              public keys in its slots and MACs its answer; no answer,
+ *              a garbled or a forged one is a refusal
  * status       simulated: battery 80 %, no external power, not metered,
  *              rssi -70 dBm, 1 mAh per minute of uptime; a board reads
  *              its ADC and modem
@@ -35,6 +36,7 @@
 #include "mps2.h"
 #include "ota_link.h"
 #include "otadev.h"
+#include "se_link.h"
 #include "selftest.h"
 #include "sha256.h"
 #include "trusted_key.h"
@@ -44,6 +46,15 @@
 #define PROV_OFF (STATE_OFF + STATE_SECTORS * FLASH_SECTOR)
 #define STATE_MAGIC 0x53544131u /* "STA1" */
 #define ID_MAX 64u
+#define SE_FIRST_MS 10000u /* an ATECC608 verify takes ~60 ms; the model on a loaded CI host far more */
+#define SE_BYTE_MS 500u
+
+/* The link key the element MACs its answers with (make SE_LINK_KEY=64 hex
+ * digits; the default is a development key).  Provisioned into both the
+ * element and the firmware; docs/security.md. */
+#ifndef SE_LINK_KEY_HEX
+#define SE_LINK_KEY_HEX "5345206c696e6b206b65792028646576656c6f706d656e74206f6e6c7929212e"
+#endif
 
 struct state_hdr {
 	uint32_t magic, crc;           /* written last, magic last of all */
@@ -57,7 +68,8 @@ static char device_id[ID_MAX] = "sensor-node-" SENSOR_BOARD, credential[ID_MAX];
 static volatile uint64_t uptime_ms;
 static uint64_t next_step;
 static uint32_t rnd;
-static int ota_on, link_up;
+static uint8_t se_key[SE_KEY_LEN];
+static int ota_on, link_up, se_key_ok;
 
 /* Writes go through a volatile pointer (a flash controller's data
  * register on a real part); reads are plain memory-mapped reads. */
@@ -258,18 +270,123 @@ static int h_sha_end(void *ctx, uint8_t out[32])
 	return 0;
 }
 
+/* ---- signature verify: the secure element on UART2 (se_link.h) ------------- */
+
+/* A byte from UART2 within ms, or -1. */
+static int se_getc(uint32_t ms)
+{
+	uint64_t until = ota_port_now_ms() + ms;
+	int c;
+
+	while ((c = uart2_getc()) < 0)
+		if (ota_port_now_ms() >= until)
+			return -1;
+	return c;
+}
+
+/* The nonce that makes each answer single-use.  xorshift over SysTick is
+ * guessable; a board takes it from its TRNG or the element's own Random
+ * command (docs/security.md, "The secure element link"). */
+static void se_nonce(uint8_t out[SE_NONCE_LEN])
+{
+	uint32_t i, r = 0;
+
+	for (i = 0; i < SE_NONCE_LEN; i++) {
+		if (i % 4u == 0)
+			r = h_random(NULL) ^ (uint32_t)ota_port_now_ms();
+		out[i] = (uint8_t)(r >> (8u * (i % 4u)));
+	}
+}
+
+/* Ask the element whether sig over digest verifies with the public key in
+ * slot: 0 only for an authentic "valid"; otherwise an enum se_error (no
+ * answer in time counts as SE_ESHORT, never as valid). */
+static int se_verify(uint8_t slot, uint8_t type, const uint8_t digest[32], const uint8_t *sig, size_t sig_len)
+{
+	uint8_t req[SE_REQ_MAX], ans[SE_ANS_LEN], status;
+	struct se_request r = { .slot = slot, .sig_type = type, .digest = digest, .sig = sig, .sig_len = sig_len };
+	int len;
+	size_t i, n;
+
+	if (!se_key_ok)
+		return SE_EMAC; /* with no key, a zero key would be one anybody could MAC with */
+	se_nonce(r.nonce);
+	if ((len = se_req_encode(req, &r)) < 0)
+		return len;
+	while (uart2_getc() >= 0)
+		; /* drop what a timed-out exchange left: it cannot match this nonce anyway */
+	for (i = 0; i < (size_t)len; i++)
+		uart2_putc((char)req[i]);
+	for (n = 0; n < sizeof(ans); n++) {
+		int c = se_getc(n ? SE_BYTE_MS : SE_FIRST_MS);
+		if (c < 0)
+			break;
+		ans[n] = (uint8_t)c;
+	}
+	return se_ans_check(ans, n, req, (size_t)len, se_key, &status);
+}
+
+/* The bootloader key slot holding key: its index in cfg.keys (the element
+ * was provisioned with the same keys in the same order), or -1. */
+static int key_slot(const uint8_t *key, size_t key_len)
+{
+	int i;
+
+	for (i = 0; i < cfg.nkeys; i++)
+		if (cfg.keys[i].len == key_len && memcmp(cfg.keys[i].der, key, key_len) == 0)
+			return i;
+	return -1;
+}
+
 static int h_verify(void *ctx, enum otadev_sig type, const uint8_t *key, size_t key_len, const uint8_t digest[32],
 		    const uint8_t *sig, size_t sig_len)
 {
+	int slot = key_slot(key, key_len), err;
+
 	(void)ctx;
-	(void)type;
-	(void)key;
-	(void)key_len;
-	(void)digest;
-	(void)sig;
-	(void)sig_len;
-	uart_putline("OTA verify: no signature verifier on this board; refused");
-	return -1;
+	if (slot < 0) {
+		uart_putline("OTA verify: the key is in no key slot; refused");
+		return -1;
+	}
+	err = se_verify((uint8_t)slot, (uint8_t)type, digest, sig, sig_len);
+	uart_puts("OTA verify: secure element: ");
+	uart_putline(se_error_name(err));
+	return err == 0 ? 0 : -1;
+}
+
+/* The console's "V" (main.c): one hex line, slot (1) | sig type (1) |
+ * digest (32) | signature, put to the element as the verify hook would;
+ * prints "VERIFY valid" or "VERIFY refused: why".  The element only ever
+ * checks a signature against its public keys, so this oracle gives a
+ * console user nothing they could not compute themselves. */
+void ota_port_verify_console(void)
+{
+	char hex[2u * (34u + SE_SIG_MAX) + 2u];
+	uint8_t in[34u + SE_SIG_MAX];
+	size_t n = 0;
+	int len, err;
+
+	uart_putline("VERIFY hex?");
+	for (;;) {
+		int c;
+		while ((c = uart_getc()) < 0)
+			;
+		if (c == '\r')
+			continue;
+		if (c == '\n')
+			break;
+		if (n + 1u < sizeof(hex))
+			hex[n] = (char)c;
+		n++;
+	}
+	hex[n < sizeof(hex) ? n : sizeof(hex) - 1u] = '\0';
+	if (n >= sizeof(hex) || (len = frame_from_hex(in, sizeof(in), hex)) < 34) {
+		uart_putline("VERIFY refused: not hex of slot, type, digest and signature");
+		return;
+	}
+	err = se_verify(in[0], in[1], in + 2, in + 34, (size_t)len - 34u);
+	uart_puts(err == 0 ? "VERIFY " : "VERIFY refused: ");
+	uart_putline(se_error_name(err));
 }
 
 /* ---- power, self-test, reboot, log ------------------------------------------ */
@@ -478,6 +595,10 @@ void ota_port_print_status(void)
 void ota_port_init(void)
 {
 	uart1_init();
+	uart2_init();
+	se_key_ok = frame_from_hex(se_key, sizeof(se_key), SE_LINK_KEY_HEX) == (int)SE_KEY_LEN;
+	if (!se_key_ok)
+		uart_putline("OTA verify: SE_LINK_KEY is not 32 bytes of hex: every signature will be refused");
 	provision();
 	cfg.device = device_id;
 	cfg.credential = credential;

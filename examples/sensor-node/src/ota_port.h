@@ -22,6 +22,11 @@ void ota_port_poll(void);
 /* "OTA phase=... version=... counter=N gen=N queued=N image_ok=..." */
 void ota_port_print_status(void);
 
+/* The console's "V": read one hex line (slot, sig type, digest,
+ * signature), ask the secure element, print "VERIFY valid" or
+ * "VERIFY refused: why" (the rig's test of the verify path). */
+void ota_port_verify_console(void);
+
 /* SysTick, 1 kHz: the millisecond clock. */
 void ota_port_tick(void);
 uint64_t ota_port_now_ms(void);

@@ -1,5 +1,5 @@
 /*
- * uart.c - CMSDK APB UART0 and UART1, polled (see uart.h).
+ * uart.c - CMSDK APB UART0, UART1 and UART2, polled (see uart.h).
  *
  * QEMU ignores the baud rate but, like the real IP, transmits nothing unless
  * BAUDDIV is at least 16, so it is set to what the 25 MHz board needs.
@@ -71,4 +71,19 @@ void uart1_putc(char c)
 int uart1_getc(void)
 {
 	return getc_on(UART1_BASE);
+}
+
+void uart2_init(void)
+{
+	init(UART2_BASE);
+}
+
+void uart2_putc(char c)
+{
+	putc_on(UART2_BASE, c);
+}
+
+int uart2_getc(void)
+{
+	return getc_on(UART2_BASE);
 }

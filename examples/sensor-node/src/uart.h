@@ -1,5 +1,5 @@
 /*
- * uart.h - polled driver for the CMSDK APB UART0 and UART1 of the MPS2 boards.
+ * uart.h - polled driver for the CMSDK APB UART0, UART1 and UART2 of the MPS2 boards.
  *
  * Transmit waits for room; receive never waits.  Lines end in "\r\n" on the
  * wire so a terminal shows them properly.
@@ -26,5 +26,10 @@ int uart_getc(void);
 void uart1_init(void);
 void uart1_putc(char c);
 int uart1_getc(void);
+
+/* UART2, the secure element (src/se_link.h): raw bytes. */
+void uart2_init(void);
+void uart2_putc(char c);
+int uart2_getc(void);
 
 #endif

@@ -27,6 +27,7 @@
 #include "frame.h"
 #include "ota_link.h"
 #include "ringbuf.h"
+#include "se_link.h"
 #include "selftest.h"
 #include "sensor.h"
 #include "sha256.h"
@@ -484,6 +485,83 @@ static void link_provisioning_sector_refuses_anything_else(void)
 		}
 }
 
+/* ---- se_link ------------------------------------------------------------ */
+
+static void se_hmac_matches_rfc4231_case_2(void)
+{
+	static const char data[] = "what do ya want for nothing?";
+	uint8_t mac[SE_MAC_LEN];
+	char hex[2 * SE_MAC_LEN + 1];
+
+	se_hmac(mac, (const uint8_t *)"Jefe", 4, (const uint8_t *)data, 10, (const uint8_t *)data + 10,
+		sizeof(data) - 11, (const uint8_t *)"", 0);
+	frame_to_hex(hex, sizeof(hex), mac, sizeof(mac));
+	CHECK_EQ_STR(hex, "5BDCC146BF60754E6A042426089575C75A003F089D2739839DEC58B964EC3843");
+}
+
+/* What an element with key answers to req: the frame of se_link.h. */
+static void se_answer(uint8_t out[SE_ANS_LEN], const uint8_t *req, int req_len, const uint8_t *key, uint8_t status)
+{
+	static const uint8_t head[] = { 'S', 'E', 1, 0x81, 0, 33 };
+	uint16_t crc;
+
+	memcpy(out, head, sizeof(head));
+	out[6] = status;
+	se_hmac(out + 7, key, SE_KEY_LEN, (const uint8_t *)"otacd-se1", 9, req + SE_HDR_LEN,
+		(size_t)req_len - SE_HDR_LEN - 2u, &status, 1);
+	crc = crc16_ccitt(out, SE_ANS_LEN - 2u);
+	out[SE_ANS_LEN - 2] = (uint8_t)(crc >> 8);
+	out[SE_ANS_LEN - 1] = (uint8_t)crc;
+}
+
+static int se_request_for(uint8_t req[SE_REQ_MAX], uint8_t nonce0, size_t sig_len)
+{
+	static const uint8_t digest[32] = { 0xd1 }, sig[SE_SIG_MAX + 1] = { 0x30 };
+	struct se_request r = { .slot = 1, .sig_type = 0x22, .digest = digest, .sig = sig, .sig_len = sig_len };
+
+	memset(r.nonce, nonce0, sizeof(r.nonce));
+	return se_req_encode(req, &r);
+}
+
+static void se_request_frame_carries_nonce_slot_type_digest_and_signature(void)
+{
+	uint8_t req[SE_REQ_MAX];
+	int n = se_request_for(req, 0x5a, 70);
+
+	CHECK(n == (int)(SE_HDR_LEN + 16 + 3 + 32 + 70 + 2));
+	CHECK(memcmp(req, "SE\x01\x01\x00\x79", 6) == 0); /* LEN 121 */
+	CHECK(req[6] == 0x5a && req[21] == 0x5a && req[22] == 1 && req[23] == 0x22 && req[24] == 0xd1);
+	CHECK(req[56] == 70 && req[57] == 0x30);
+	CHECK(crc16_ccitt(req, (size_t)n - 2u) == (uint16_t)(req[n - 2] << 8 | req[n - 1]));
+	CHECK(se_request_for(req, 0, SE_SIG_MAX + 1) == SE_EARG);
+}
+
+static void se_answer_is_valid_only_when_authentic_and_for_this_request(void)
+{
+	static const uint8_t key[SE_KEY_LEN] = { 7, 7, 7 }, other[SE_KEY_LEN] = { 7, 7, 8 };
+	uint8_t req[SE_REQ_MAX], req2[SE_REQ_MAX], ans[SE_ANS_LEN], st;
+	int n = se_request_for(req, 1, 71), n2 = se_request_for(req2, 2, 71);
+
+	se_answer(ans, req, n, key, SE_STATUS_VALID);
+	CHECK(se_ans_check(ans, sizeof(ans), req, (size_t)n, key, &st) == 0 && st == SE_STATUS_VALID);
+	CHECK(se_ans_check(ans, sizeof(ans) - 1, req, (size_t)n, key, &st) == SE_ESHORT);
+	CHECK(se_ans_check(ans, 0, req, (size_t)n, key, &st) == SE_ESHORT);
+	CHECK(se_ans_check(ans, sizeof(ans), req2, (size_t)n2, key, &st) == SE_EMAC); /* a replay */
+	CHECK(se_ans_check(ans, sizeof(ans), req, (size_t)n, other, &st) == SE_EMAC && st == 0xff);
+	for (size_t bit = 0; bit < 8 * sizeof(ans); bit++) {
+		ans[bit / 8] ^= (uint8_t)(1u << bit % 8);
+		if (se_ans_check(ans, sizeof(ans), req, (size_t)n, key, &st) == 0) {
+			fail_at(__FILE__, __LINE__, "answer with bit %zu flipped accepted", bit);
+			return;
+		}
+		ans[bit / 8] ^= (uint8_t)(1u << bit % 8);
+	}
+	se_answer(ans, req, n, key, SE_STATUS_INVALID);
+	CHECK(se_ans_check(ans, sizeof(ans), req, (size_t)n, key, &st) == SE_EINVALID && st == SE_STATUS_INVALID);
+	se_answer(ans, req, n, other, SE_STATUS_VALID); /* "valid" from who lacks the key */
+	CHECK(se_ans_check(ans, sizeof(ans), req, (size_t)n, key, &st) == SE_EMAC);
+}
+
 /* ---- table, report ---------------------------------------------------- */
 
 #define TEST(suite, fn) { suite, #fn, fn }
@@ -520,6 +598,9 @@ static const struct test {
 	TEST("frame", frame_hexval_takes_hex_digits_only),
 	TEST("ota_link", link_provisioning_sector_gives_the_identity),
 	TEST("ota_link", link_provisioning_sector_refuses_anything_else),
+	TEST("se_link", se_hmac_matches_rfc4231_case_2),
+	TEST("se_link", se_request_frame_carries_nonce_slot_type_digest_and_signature),
+	TEST("se_link", se_answer_is_valid_only_when_authentic_and_for_this_request),
 };
 
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
