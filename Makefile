@@ -129,6 +129,11 @@ $(BIN)/test_flags: $(BUILD)/obj/tests/test_flags.o $(TEST_SUPPORT) $(LIBOTADEV) 
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
 
+# libotadev's CRC-32 against its bit-by-bit definition
+$(BIN)/test_devcrc: $(BUILD)/obj/tests/test_devcrc.o $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
 # the device tests link the core (in-memory hooks) and the Linux port
 $(BIN)/test_device: $(BUILD)/obj/tests/test_device.o $(MEMDEV_OBJ) $(DEV_PORT_OBJ) $(TEST_SUPPORT) $(LIBOTADEV) $(LIB)
 	@mkdir -p $(BIN)
