@@ -27,6 +27,7 @@
 #include <pthread.h>
 
 #include "../orchestrator/config.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/engine.h"
 #include "../orchestrator/engine_core.h"
 #include "../orchestrator/engine_int.h"
@@ -518,7 +519,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	char *dir = h_tmpdir(), *path = xasprintf("%s/otacd.db", dir);
 	char *file = write_file(dir, "c.yml", "notifications:\n  targets:\n"
 					      "    - { name: chat, kind: slack, url: \"http://127.0.0.1:9/x\", events: [\"rollout.*\"] }\n");
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int i = 0;
 
 	(void)state;
@@ -545,13 +546,13 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	assert_true(engine_call(e, audit_then_fail, NULL) < 0);
 	engine_stop(e);
 
-	st = store_stmt(db, "SELECT event, target, payload, state FROM outbox ORDER BY id");
-	while (store_step_row(db, st) == 1) {
-		json_t *p = json_loads(store_col_text(st, 2), 0, NULL), *ro = json_object_get(p, "rollout");
+	st = store_q(db, "SELECT event, target, payload, state FROM outbox ORDER BY id");
+	while (db_step(st) == 1) {
+		json_t *p = json_loads(db_column_text(st, 2), 0, NULL), *ro = json_object_get(p, "rollout");
 		assert_true(i < 4);
-		assert_string_equal(store_col_text(st, 0), want[i]);
-		assert_string_equal(store_col_text(st, 1), "hook:chat");
-		assert_string_equal(store_col_text(st, 3), "pending");
+		assert_string_equal(db_column_text(st, 0), want[i]);
+		assert_string_equal(db_column_text(st, 1), "hook:chat");
+		assert_string_equal(db_column_text(st, 3), "pending");
 		assert_string_equal(json_string_value(json_object_get(p, "event")), want[i]);
 		assert_string_equal(json_string_value(json_object_get(ro, "product")), "fw");
 		assert_string_equal(json_string_value(json_object_get(ro, "version")), "1.2.0");
@@ -562,7 +563,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 		json_decref(p);
 		i++;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	assert_int_equal(i, 4);
 	store_close(db);
 	notify_set_current(NULL);
