@@ -215,6 +215,14 @@ static int64_t pushed_run(struct daemon *d)
 	return h_sql_int(d, "SELECT COALESCE(MAX(id), 0) FROM runs WHERE repo IS NOT NULL");
 }
 
+/* Sanitizer builds (OTACD_SLOW=1, make asan) run several times slower:
+ * the waits (never an assertion) get three times as long. */
+static int T(int ms)
+{
+	const char *s = getenv("OTACD_SLOW");
+	return s && !strcmp(s, "1") ? 3 * ms : ms;
+}
+
 static int64_t wait_sql(struct daemon *d, const char *sql, int timeout_ms)
 {
 	int64_t v = 0;
@@ -240,12 +248,19 @@ static void push_to_rollout_on_postgresql_survives_a_sigkill_and_finishes_once(v
 	h_git_commit_file(f.git.work, "src/main.c", "int main(void) { return 0; }\n", "first");
 	h_git_commit_file(f.git.work, ".otacd/pipeline.yml", pipeline, "the pipeline");
 	h_git_push(f.git.work, "main");
-	run = wait_sql(&f.d, "SELECT COALESCE(MAX(id), 0) FROM runs WHERE repo IS NOT NULL", 30000);
+	run = wait_sql(&f.d, "SELECT COALESCE(MAX(id), 0) FROM runs WHERE repo IS NOT NULL", T(30000));
 	assert_true(run > 0);
 
 	/* the release is signed, and the rollout holds its first step */
 	sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE run_id = %lld AND state = 'holding'", (long long)run);
-	assert_int_equal(wait_sql(&f.d, sql, 120000), 1);
+	if (wait_sql(&f.d, sql, T(120000)) != 1) {
+		json_t *r0 = h_run(&f.d, run);
+		char *text = json_dumps(r0, JSON_INDENT(1));
+		print_error("no rollout holding; the run:\n%s\n", text);
+		free(text);
+		json_decref(r0);
+		fail();
+	}
 	free(sql);
 	rel = h_sql_int(&f.d, "SELECT id FROM releases");
 	assert_true(rel > 0);
@@ -253,7 +268,7 @@ static void push_to_rollout_on_postgresql_survives_a_sigkill_and_finishes_once(v
 	/* killed in the hold, restarted on the same databases */
 	h_kill(&f.d, SIGKILL);
 	assert_int_equal(h_start(&f.d, args), 0);
-	assert_string_equal(h_wait_run(&f.d, run, 240000), "passed");
+	assert_string_equal(h_wait_run(&f.d, run, T(240000)), "passed");
 
 	/* once: one run of the push, one release, one rollout that passed
 	 * both steps, each job passed in one attempt */
