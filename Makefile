@@ -85,7 +85,7 @@ TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out tests/test_%.c test
 
 WEB_FILES := $(sort $(wildcard web/*.html web/*.css web/*.js))
 
-.PHONY: all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall deb
+.PHONY: check-pg all check unit e2e asan bench fuzz deps demo lint format clean man install uninstall deb
 all: $(PROGS)
 
 $(BUILD)/obj/%.o: %.c
@@ -222,6 +222,13 @@ $(BIN)/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(LIB)
 # fails here rather than in the next `make bench`
 check: $(PROGS) $(TESTS) $(BENCHES)
 	@OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh tests/run.sh $(TESTS)
+
+# The end-to-end tests that pass with every daemon on a PostgreSQL cluster
+# of its own (OTACD_DATABASE=pg: tests/harness.c, docs/storage.md). Not in
+# `check`: each daemon starts a cluster (initdb), a few seconds each.
+PG_TESTS := $(addprefix $(BIN)/,test_e2e test_webhook test_git test_ops test_agentauth test_api test_jobdur)
+check-pg: $(PROGS) $(PG_TESTS)
+	@OTACD_DATABASE=pg OTACD_BIN=$(abspath $(BIN)) OTACD_SRC=$(CURDIR) sh tests/run.sh $(PG_TESTS)
 
 # OTACD_SLOW=1: tests that drive a browser or a simulated fleet allow for
 # sanitized binaries being several times slower (waits, not assertions).

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "../common/util.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/retention.h"
 #include "../orchestrator/store.h"
@@ -90,9 +91,14 @@ static double series_pct(struct series *s, double p)
 	return s->v[i < s->n ? i : s->n - 1];
 }
 
-static int exec(struct store *s, sqlite3_stmt *st)
+/* Run an INSERT ... RETURNING id: its id in *id. */
+static int insert_id(struct db_stmt *st, int64_t *id)
 {
-	return st ? store_step_done(s, st) : OTA_ERROR;
+	int rc = db_step(st);
+	if (rc == 1)
+		*id = db_column_int64(st, 0);
+	db_reset(st);
+	return rc == 1 ? 0 : OTA_ERROR;
 }
 
 /* Write run number i (finished at i * STEP_MS) with its stages, jobs,
@@ -100,72 +106,68 @@ static int exec(struct store *s, sqlite3_stmt *st)
 static int write_run(struct store *s, int64_t i)
 {
 	int64_t t = i * STEP_MS, run, stage = 0, job;
-	sqlite3_stmt *st = store_stmt(s, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, trigger,"
+	struct db_stmt *st = store_q(s, "INSERT INTO runs(pipeline, file, yaml, ref, commit_id, state, trigger,"
 				      " created_at, started_at, finished_at, repo, message)"
 				      " VALUES ('sensor-node', '.otacd/pipeline.yml', ?, 'refs/heads/main',"
 				      " 'c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00', 'passed', 'webhook', ?, ?, ?,"
-				      " 'firmware', 'sensor: fix the watchdog kick in the low-power path')");
+				      " 'firmware', 'sensor: fix the watchdog kick in the low-power path') RETURNING id");
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
-	sqlite3_bind_text(st, 1, YAML, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, t - 60000);
-	sqlite3_bind_int64(st, 3, t - 55000);
-	sqlite3_bind_int64(st, 4, t);
-	if ((rc = exec(s, st)) < 0)
+	db_bind_text(st, 1, YAML);
+	db_bind_int64(st, 2, t - 60000);
+	db_bind_int64(st, 3, t - 55000);
+	db_bind_int64(st, 4, t);
+	if ((rc = insert_id(st, &run)) < 0)
 		return rc;
-	run = sqlite3_last_insert_rowid(store_db(s));
 	for (int k = 0; k < 4; k++) {
 		if (k < 3) {
-			st = store_stmt(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs, started_at, finished_at)"
-					   " VALUES (?, ?, printf('stage-%d', ?), 'build', 'passed', '[]', ?, ?)");
+			st = store_q(s, "INSERT INTO stages(run_id, idx, name, kind, state, needs, started_at, finished_at)"
+					   " VALUES (?, ?, printf('stage-%d', ?), 'build', 'passed', '[]', ?, ?) RETURNING id");
 			if (!st)
 				return OTA_ERROR;
-			sqlite3_bind_int64(st, 1, run);
-			sqlite3_bind_int(st, 2, k);
-			sqlite3_bind_int(st, 3, k);
-			sqlite3_bind_int64(st, 4, t - 50000);
-			sqlite3_bind_int64(st, 5, t);
-			if ((rc = exec(s, st)) < 0)
+			db_bind_int64(st, 1, run);
+			db_bind_int64(st, 2, k);
+			db_bind_int64(st, 3, k);
+			db_bind_int64(st, 4, t - 50000);
+			db_bind_int64(st, 5, t);
+			if ((rc = insert_id(st, &stage)) < 0)
 				return rc;
-			stage = sqlite3_last_insert_rowid(store_db(s));
 		}
-		st = store_stmt(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
+		st = store_q(s, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
 				   " infra_retries_left, agent_id, started_at, finished_at, exit_code, message)"
-				   " VALUES (?, ?, ?, printf('job-%d', ?), ?, 'passed', 1, 1, 2, 1, ?, ?, 0, 'exit 0')");
+				   " VALUES (?, ?, ?, printf('job-%d', ?), ?, 'passed', 1, 1, 2, 1, ?, ?, 0, 'exit 0') RETURNING id");
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_int64(st, 1, run);
-		sqlite3_bind_int64(st, 2, stage);
-		sqlite3_bind_int(st, 3, k);
-		sqlite3_bind_int(st, 4, k);
-		sqlite3_bind_text(st, 5, SPEC, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 6, t - 50000);
-		sqlite3_bind_int64(st, 7, t);
-		if ((rc = exec(s, st)) < 0)
+		db_bind_int64(st, 1, run);
+		db_bind_int64(st, 2, stage);
+		db_bind_int64(st, 3, k);
+		db_bind_int64(st, 4, k);
+		db_bind_text(st, 5, SPEC);
+		db_bind_int64(st, 6, t - 50000);
+		db_bind_int64(st, 7, t);
+		if ((rc = insert_id(st, &job)) < 0)
 			return rc;
-		job = sqlite3_last_insert_rowid(store_db(s));
-		st = store_stmt(s, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, finished_at, exit_code,"
+		st = store_q(s, "INSERT INTO job_attempts(job_id, attempt, agent_id, started_at, finished_at, exit_code,"
 				   " message) VALUES (?, 1, 1, ?, ?, 0, 'exit 0')");
 		if (!st)
 			return OTA_ERROR;
-		sqlite3_bind_int64(st, 1, job);
-		sqlite3_bind_int64(st, 2, t - 50000);
-		sqlite3_bind_int64(st, 3, t);
-		if ((rc = exec(s, st)) < 0)
+		db_bind_int64(st, 1, job);
+		db_bind_int64(st, 2, t - 50000);
+		db_bind_int64(st, 3, t);
+		if ((rc = db_run(st)) < 0)
 			return rc;
 		for (int e = 0; e < (k < 2 ? 3 : 2); e++) {
-			st = store_stmt(s, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?, ?, ?, ?,"
+			st = store_q(s, "INSERT INTO events(at, run_id, job_id, kind, detail) VALUES (?, ?, ?, ?,"
 					   " '{\"attempt\":1,\"agent\":\"local-1\"}')");
 			if (!st)
 				return OTA_ERROR;
-			sqlite3_bind_int64(st, 1, t - 1000 * e);
-			sqlite3_bind_int64(st, 2, run);
-			sqlite3_bind_int64(st, 3, job);
-			sqlite3_bind_text(st, 4, e == 0 ? "job.claimed" : e == 1 ? "job.started" : "job.passed", -1,
-					  SQLITE_STATIC);
-			if ((rc = exec(s, st)) < 0)
+			db_bind_int64(st, 1, t - 1000 * e);
+			db_bind_int64(st, 2, run);
+			db_bind_int64(st, 3, job);
+			db_bind_text(st, 4, e == 0 ? "job.claimed" : e == 1 ? "job.started" : "job.passed");
+			if ((rc = db_run(st)) < 0)
 				return rc;
 		}
 	}
@@ -289,10 +291,10 @@ static int64_t fill(enum mode m, int64_t n, int64_t *half, struct series *held, 
 	if (m == OFF)
 		sqlite3_wal_checkpoint_v2(store_db(s), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	{
-		sqlite3_stmt *st = store_stmt(s, "SELECT COUNT(*) FROM runs");
-		*kept = st && store_step_row(s, st) == 1 ? store_col_int(st, 0) : -1;
+		struct db_stmt *st = store_q(s, "SELECT COUNT(*) FROM runs");
+		*kept = st && db_step(st) == 1 ? db_column_int64(st, 0) : -1;
 		if (st)
-			sqlite3_reset(st);
+			db_reset(st);
 	}
 	size = db_bytes(dir);
 out:

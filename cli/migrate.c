@@ -27,39 +27,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* url with the password of its user part and a password= parameter
- * replaced by "***" (caller frees). */
-static char *url_redacted(const char *url)
-{
-	struct buf b = BUF_INIT;
-	const char *scheme = strstr(url, "://"), *p;
-
-	if (!scheme)
-		return xstrdup(url);
-	p = scheme + 3;
-	{
-		size_t host_at = strcspn(p, "@/?"), colon = strcspn(p, ":@/?");
-		if (p[host_at] == '@' && colon < host_at) {
-			buf_put(&b, url, (size_t)(p - url) + colon + 1);
-			buf_puts(&b, "***");
-			p += host_at;
-		}
-	}
-	if (!b.len)
-		buf_put(&b, url, (size_t)(p - url));
-	while (*p) {
-		const char *pw = strstr(p, "password=");
-		if (!pw || (pw != p && pw[-1] != '?' && pw[-1] != '&')) {
-			buf_puts(&b, p);
-			break;
-		}
-		buf_put(&b, p, (size_t)(pw - p) + 9);
-		buf_puts(&b, "***");
-		p = pw + 9 + strcspn(pw + 9, "&");
-	}
-	return buf_detach(&b);
-}
-
 /* msg with every copy of url in it redacted (caller frees). */
 static char *redact_in(const char *msg, const char *url, const char *shown)
 {
@@ -150,7 +117,7 @@ static int open_db(struct db **out, const char *url, unsigned flags, const char 
 
 	if (db_open(out, url, flags) == 0)
 		return 0;
-	shown = url_redacted(url);
+	shown = db_url_redacted(url);
 	msg = redact_in(ota_error_last(), url, shown);
 	fprintf(stderr, "otactl: migrate: %s: %s; nothing was changed\n", role, msg);
 	free(msg);
@@ -189,7 +156,7 @@ int cmd_migrate(int argc, char **argv)
 	}
 	if (lock_state_dir(from + 7, &lockfd) < 0)
 		return EXIT_FAIL;
-	to_shown = url_redacted(to);
+	to_shown = db_url_redacted(to);
 	if (open_db(&src, from, DB_READONLY, "source") < 0 || open_db(&dst, to, 0, "target") < 0)
 		goto out;
 	opts.migrations = store_migrations(&opts.nmigrations);

@@ -14,6 +14,7 @@
 #include <yaml.h>
 
 #include "auth.h"
+#include "db/db.h"
 #include "policy.h"
 #include "sched/sched.h"
 #include "tls/tls.h"
@@ -101,6 +102,8 @@ void config_release(struct otacd_config *c)
 	free(c->repos);
 	free(c->listen);
 	free(c->state_dir);
+	free(c->database);
+	free(c->fleet_database);
 	strvec_clear(&c->local_labels);
 	json_decref(c->secrets);
 	json_decref(c->keys);
@@ -746,10 +749,36 @@ static int get_retention(struct cfg_ctx *x, yaml_node_t *n)
 	return rc;
 }
 
+/* database: / fleet_database: a storage-layer URL; the message never
+ * shows a password the value holds (docs/security.md). */
+static int get_database(struct cfg_ctx *x, yaml_node_t *v, const char *key, char **out)
+{
+	const char *s = scalar(v);
+	int rc;
+
+	if (!s || db_url_check(s) < 0) {
+		char *shown = db_url_redacted(s ? s : ""), *what = xasprintf("'%s' must be sqlite:PATH,"
+									 " postgres://... or postgresql://..., not '%s'",
+									 key, shown);
+		rc = cfg_err(x, v, "%s", what);
+		free(what);
+		free(shown);
+		return rc;
+	}
+	free(*out);
+	*out = xstrdup(s);
+	return 0;
+}
+
+char *config_database_url(const struct otacd_config *c, const char *url, const char *file)
+{
+	return url ? xstrdup(url) : xasprintf("sqlite:%s/%s", c->state_dir, file);
+}
+
 static int apply(struct cfg_ctx *x, yaml_node_t *root)
 {
 	static const char *const keys[] = {
-		"listen", "state_dir", "local_agents", "local_agent_labels", "time_scale",
+		"listen", "state_dir", "database", "fleet_database", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
@@ -799,6 +828,10 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 				rc = cfg_err(x, v, "'%s' must be at most 64", key);
 		} else if (!strcmp(key, "state_dir"))
 			rc = get_string(x, v, key, &c->state_dir);
+		else if (!strcmp(key, "database"))
+			rc = get_database(x, v, key, &c->database);
+		else if (!strcmp(key, "fleet_database"))
+			rc = get_database(x, v, key, &c->fleet_database);
 		else if (!strcmp(key, "local_agents")) {
 			if ((rc = get_int(x, v, key, &n, 0)) == 0)
 				c->local_agents = (int)(n > 64 ? 64 : n);

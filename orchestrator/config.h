@@ -40,6 +40,11 @@ struct otacd_config {
 	int64_t device_max_connections_per_client;  /* the device API's, default 4096 (devices share NAT addresses) */
 	int64_t http_threads;           /* the HTTP thread pool, default 0: from the CPU count */
 	char *state_dir;                /* default ./otacd-state */
+	/* otacd.db and fleet.db as storage-layer URLs (docs/storage.md): NULL
+	 * (the default) is sqlite:STATE/otacd.db and sqlite:STATE/fleet.db,
+	 * resolved with config_database_url() once state_dir is final */
+	char *database;
+	char *fleet_database;
 	int local_agents;               /* default 2 */
 	struct strvec local_labels;     /* default: local */
 	double time_scale;              /* default 1 */
@@ -109,5 +114,11 @@ void config_defaults(struct otacd_config *c);
 /* Overlay the YAML file at path.  On error the message names file:line:col. */
 int config_load(struct otacd_config *c, const char *path);
 void config_release(struct otacd_config *c);
+
+/*
+ * The URL of a database: url when configured, else sqlite:STATE/file
+ * (state_dir as given by the config or -s).  Caller frees.
+ */
+char *config_database_url(const struct otacd_config *c, const char *url, const char *file);
 
 #endif

@@ -77,9 +77,6 @@ struct engine {
 	struct notifier work;
 };
 
-/* A cached prepared statement on the writer connection. */
-#define STMT(e, sql) store_stmt((e)->db, sql)
-
 /* A job as the engine loads it (eng_job_load). */
 
 struct jobrow {

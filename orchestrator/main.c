@@ -35,6 +35,7 @@
 #include "clock.h"
 #include "config.h"
 #include "db/db.h"
+#include "db/db_leader.h"
 #include "diskguard.h"
 #include "engine.h"
 #include "flags/flags.h"
@@ -248,7 +249,12 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		secret = xstrdup(fresh);
 		explicit_bzero(fresh, sizeof(fresh));
 	}
-	db = xasprintf("%s/fleet.db", cfg->state_dir);
+	db = config_database_url(cfg, cfg->fleet_database, "fleet.db");
+	{
+		char *shown = db_url_redacted(db);
+		ota_log(OTA_LOG_INFO, "fleet database %s", shown);
+		free(shown);
+	}
 	fc.db_path = db;
 	fc.fleet_key = cfg->fleet_key;
 	fc.device_secret = secret;
@@ -309,6 +315,44 @@ static char *agent_listener_url(const char *listen, int port)
 	return xasprintf("%s://%.*s:%d", tls_agents ? "https" : "http", host_len, listen, port);
 }
 
+/*
+ * One otacd per database until leadership is wired (docs/scale.md, "What
+ * remains"): the engine is the single writer and keeps state in memory, so
+ * a second instance on the same database would run jobs twice.  On SQLite
+ * STATE/otacd.lock (flock, above) refuses it; on PostgreSQL, where two
+ * state directories can name one database, the leadership lock does
+ * (db_leader.h), held on a connection of its own until otacd exits.  A
+ * restart right after a kill may find the old session not yet gone: wait
+ * for it as for the flock.
+ */
+static int claim_database(struct db_leader **out, const char *url)
+{
+	char host[256] = "", *holder, *shown;
+	enum db_leader_state st = DB_LEADER_FOLLOWER;
+	int rc;
+
+	if (strncmp(url, "postgres://", 11) != 0 && strncmp(url, "postgresql://", 13) != 0)
+		return 0;
+	gethostname(host, sizeof(host) - 1);
+	holder = xasprintf("%s pid %d", host, (int)getpid());
+	rc = db_leader_open(out, url, holder);
+	free(holder);
+	for (int tries = 0; rc == 0 && tries < 150; tries++) {
+		if ((rc = db_leader_poll(*out, &st)) < 0 || st == DB_LEADER_LEADER)
+			break;
+		usleep(100 * 1000);
+	}
+	if (rc < 0 || st == DB_LEADER_LEADER)
+		return rc;
+	shown = db_url_redacted(url);
+	rc = ota_error_set(OTA_ECONFLICT,
+			   "database %s is in use by another otacd: several otacd instances on one database are"
+			   " not wired yet (docs/scale.md, \"What remains\")",
+			   shown);
+	free(shown);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -344,6 +388,7 @@ int main(int argc, char **argv)
 	struct flags_controller *flags = NULL;
 	struct fleet_ca *devca = NULL;
 	struct engine_config ecfg = { 0 };
+	struct db_leader *single = NULL; /* one otacd per PostgreSQL database, for now */
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL;
 	char *end;
@@ -416,7 +461,7 @@ int main(int argc, char **argv)
 		cfg.local_agents = local_agents;
 	if (restore) {
 		/* before anything creates the state directory: it must be new or empty */
-		int rc = backup_restore(restore, cfg.state_dir);
+		int rc = backup_restore_db(restore, cfg.state_dir, cfg.database);
 		if (rc < 0)
 			fprintf(stderr, "otacd: restore: %s\n", ota_error_last());
 		else
@@ -462,8 +507,13 @@ int main(int argc, char **argv)
 	free(path);
 	/* before the database grows: the reserve a full disk gives back */
 	diskguard_init(cfg.state_dir, cfg.disk_reserve);
-	path = xasprintf("%s/otacd.db", cfg.state_dir);
-	if (store_open(&db, path) < 0)
+	path = config_database_url(&cfg, cfg.database, "otacd.db");
+	{
+		char *shown = db_url_redacted(path);
+		ota_log(OTA_LOG_INFO, "database %s", shown);
+		free(shown);
+	}
+	if (claim_database(&single, path) < 0 || store_open(&db, path) < 0)
 		goto fail;
 	clock_setup(db, cfg.time_scale);
 	if (instance_id(db) < 0)
@@ -684,6 +734,7 @@ out:
 	origin_shutdown(); /* issue 15: its pull token wiped */
 	artifact_store_shutdown();
 	store_close(db);
+	db_leader_close(single);
 	if (lockfd >= 0)
 		close(lockfd);
 	free(path);

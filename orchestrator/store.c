@@ -2,9 +2,9 @@
  * store.c - otacd.db's connections, the schema and its migrations.
  *
  * A store is a storage-layer connection (db/db.h): SQLite by default, or
- * PostgreSQL for the modules converted so far.  Modules not yet converted
- * reach the same SQLite connection through store_db() and store_stmt()
- * (docs/storage.md, conversion plan).
+ * PostgreSQL (config key database:).  Every module prepares its statements
+ * with store_q(); nothing outside orchestrator/db/ sees a sqlite3 handle
+ * (docs/storage.md).
  *
  * Migrations are append-only: never edit one that has shipped, add the next
  * number.  Each runs in a transaction together with its schema_migrations
@@ -32,20 +32,9 @@
 #include "../common/util.h"
 #include "db/db.h"
 
-#define STMT_CACHE 96
-
-struct stmt_slot {
-	const char *sql;
-	sqlite3_stmt *st;
-};
-
 struct store {
 	struct db *conn; /* the storage layer's connection (db/db.h) */
-	sqlite3 *db;     /* its SQLite handle, for modules not yet converted
-			  * (NULL on PostgreSQL): docs/storage.md */
 	char *path;
-	struct stmt_slot cache[STMT_CACHE];
-	size_t ncache;
 };
 
 static const char *const migrations[] = {
@@ -311,8 +300,7 @@ static int open_conn(struct store **out, const char *path, int readonly)
 	/* SQLite's WAL hook fires it once the commit is visible to readers */
 	if (!readonly)
 		db_on_commit(s->conn, bump_generation, NULL);
-	s->db = db_sqlite_handle(s->conn);
-	s->path = xstrdup(path);
+	s->path = db_url_redacted(path); /* for messages: no password (docs/security.md) */
 	*out = s;
 	return 0;
 }
@@ -359,16 +347,9 @@ void store_close(struct store *s)
 {
 	if (!s)
 		return;
-	for (size_t i = 0; i < s->ncache; i++)
-		sqlite3_finalize(s->cache[i].st);
 	db_close(s->conn);
 	free(s->path);
 	free(s);
-}
-
-sqlite3 *store_db(struct store *s)
-{
-	return s->db;
 }
 
 struct db *store_conn(struct store *s)
@@ -379,42 +360,6 @@ struct db *store_conn(struct store *s)
 struct db_stmt *store_q(struct store *s, const char *sql)
 {
 	return db_stmt(s->conn, sql);
-}
-
-sqlite3_stmt *store_stmt(struct store *s, const char *sql)
-{
-	sqlite3_stmt *st = NULL;
-
-	if (!s->db) {
-		ota_error_set(OTA_ERROR, "%s: not converted to the storage layer, runs on SQLite only (%s)",
-			      s->path, sql);
-		return NULL;
-	}
-	for (size_t i = 0; i < s->ncache; i++) {
-		if (s->cache[i].sql == sql) {
-			st = s->cache[i].st;
-			sqlite3_reset(st);
-			sqlite3_clear_bindings(st);
-			return st;
-		}
-	}
-	if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-		ota_error_set(OTA_ERROR, "sqlite prepare: %s (%s)", sqlite3_errmsg(s->db), sql);
-		return NULL;
-	}
-	if (s->ncache < STMT_CACHE) {
-		s->cache[s->ncache].sql = sql;
-		s->cache[s->ncache].st = st;
-		s->ncache++;
-	} else {
-		/* Cache full: a programming error (too many distinct statements);
-		 * evict the oldest rather than leak. */
-		sqlite3_finalize(s->cache[0].st);
-		memmove(s->cache, s->cache + 1, (STMT_CACHE - 1) * sizeof(s->cache[0]));
-		s->cache[STMT_CACHE - 1].sql = sql;
-		s->cache[STMT_CACHE - 1].st = st;
-	}
-	return st;
 }
 
 /* BEGIN IMMEDIATE on a writer (a read snapshot on a reader): db_begin() */
@@ -431,28 +376,6 @@ int store_commit(struct store *s)
 void store_rollback(struct store *s)
 {
 	db_rollback(s->conn);
-}
-
-int store_step_done(struct store *s, sqlite3_stmt *st)
-{
-	int rc = sqlite3_step(st);
-	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-		rc = ota_error_set(OTA_ERROR, "sqlite: %s", sqlite3_errmsg(s->db));
-		sqlite3_reset(st);
-		return rc;
-	}
-	sqlite3_reset(st);
-	return 0;
-}
-
-int store_step_row(struct store *s, sqlite3_stmt *st)
-{
-	int rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		return 1;
-	if (rc == SQLITE_DONE)
-		return 0;
-	return ota_error_set(OTA_ERROR, "sqlite: %s", sqlite3_errmsg(s->db));
 }
 
 int store_meta_get(struct store *s, const char *key, char **out)
@@ -512,14 +435,4 @@ struct store *store_reader(void)
 	if (s)
 		pthread_setspecific(g_reader_key, s);
 	return s;
-}
-
-const char *store_col_text(sqlite3_stmt *st, int col)
-{
-	return (const char *)sqlite3_column_text(st, col);
-}
-
-int64_t store_col_int(sqlite3_stmt *st, int col)
-{
-	return sqlite3_column_int64(st, col);
 }

@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -25,6 +24,8 @@
 #include <cmocka.h>
 
 #include "../common/httpc.h"
+#include "../orchestrator/db/db.h"
+#include "pgcluster.h"
 
 void h_die_with_parent(pid_t parent)
 {
@@ -112,6 +113,77 @@ void h_init(struct daemon *d, const char *config_yaml)
 		d->config = xasprintf("%s/config.yml", d->dir);
 		assert_int_equal(ota_write_file_atomic(d->config, config_yaml, strlen(config_yaml), 0600), 0);
 	}
+	if (h_on_pg()) {
+		char *otacd_db, *fleet_db;
+		int rc;
+		d->pg = xcalloc(1, sizeof(*d->pg));
+		if ((rc = pgcluster_start(d->pg, 0)) != 0)
+			fail_msg("OTACD_DATABASE=pg: %s", rc > 0 ? "PostgreSQL's binaries are missing" : ota_error_last());
+		otacd_db = h_pg_createdb(d->pg, "otacd");
+		fleet_db = h_pg_createdb(d->pg, "fleet");
+		h_use_database(d, otacd_db, fleet_db);
+		free(otacd_db);
+		free(fleet_db);
+	}
+}
+
+int h_on_pg(void)
+{
+	const char *v = getenv("OTACD_DATABASE");
+	return v && !strcmp(v, "pg");
+}
+
+void h_use_database(struct daemon *d, const char *url, const char *fleet_url)
+{
+	free(d->database);
+	free(d->fleet_database);
+	d->database = url ? xstrdup(url) : NULL;
+	d->fleet_database = fleet_url ? xstrdup(fleet_url) : NULL;
+}
+
+char *h_pg_createdb(const struct pgcluster *pg, const char *name)
+{
+	const char *q = strstr(pg->url, "/postgres?");
+	char *sql = xasprintf("CREATE DATABASE %s", name);
+	struct db *db;
+
+	assert_non_null(q);
+	if (db_open(&db, pg->url, 0) < 0)
+		fail_msg("open %s: %s", pg->url, ota_error_last());
+	if (db_exec(db, sql) < 0)
+		fail_msg("%s: %s", sql, db_errmsg(db));
+	db_close(db);
+	free(sql);
+	return xasprintf("%.*s/%s?%s", (int)(q - pg->url), pg->url, name, q + 10);
+}
+
+/* A config line key: for d's databases, unless the config has one. */
+static void config_add_database(struct buf *cfg, const char *key, const char *url)
+{
+	char *line = xasprintf("\n%s:", key);
+	if (url && strncmp(buf_cstr(cfg), line + 1, strlen(line + 1)) != 0 && !strstr(buf_cstr(cfg), line)) {
+		if (cfg->len && cfg->ptr[cfg->len - 1] != '\n')
+			buf_puts(cfg, "\n");
+		buf_printf(cfg, "%s: \"%s\"\n", key, url);
+	}
+	free(line);
+}
+
+/* Add d's database URLs to its config file (made if it has none). */
+static void write_database_config(struct daemon *d)
+{
+	struct buf cfg = BUF_INIT;
+
+	if (!d->database && !d->fleet_database)
+		return;
+	if (!d->config)
+		d->config = xasprintf("%s/config.yml", d->dir);
+	if (ota_read_file(&cfg, d->config, 1 << 20) < 0)
+		buf_puts(&cfg, "");
+	config_add_database(&cfg, "database", d->database);
+	config_add_database(&cfg, "fleet_database", d->fleet_database);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg.ptr, cfg.len, 0600), 0);
+	buf_release(&cfg);
 }
 
 int h_start(struct daemon *d, const char *const *args)
@@ -126,6 +198,7 @@ int h_start(struct daemon *d, const char *const *args)
 	int i;
 
 	unlink(urlfile);
+	write_database_config(d);
 	/* local agents outlive a SIGKILLed daemon: in tests, not for long */
 	setenv("OTACD_AGENT_ORPHAN_MS", "30000", 0);
 	strvec_push(&argv, otacd);
@@ -248,6 +321,12 @@ void h_cleanup(struct daemon *d)
 	free(d->device_listen);
 	free(d->device_url);
 	free(d->fleet_key);
+	free(d->database);
+	free(d->fleet_database);
+	if (d->pg) {
+		pgcluster_stop(d->pg);
+		free(d->pg);
+	}
 	memset(d, 0, sizeof(*d));
 }
 
@@ -493,49 +572,46 @@ char *h_ec_keypair(const char *dir)
 	return xasprintf("%s/k.pub", dir);
 }
 
-/* Run sql read-only on d's database; take reads its first row, if any. */
-static void sql_first(struct daemon *d, const char *sql, void (*take)(sqlite3_stmt *st, void *out), void *out)
+/* The first column of sql's first row on d's database (NULL when no row,
+ * or a NULL): its text, which caller frees.  Read-only. */
+static char *sql_first(struct daemon *d, const char *sql, int *found)
 {
-	char *path = xasprintf("%s/state/otacd.db", d->dir);
-	sqlite3 *db = NULL;
-	sqlite3_stmt *st = NULL;
+	char *url = d->database ? xstrdup(d->database) : xasprintf("sqlite:%s/state/otacd.db", d->dir);
+	struct db *db = NULL;
+	struct db_stmt *st = NULL;
+	char *v = NULL;
 
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-	    sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-		sqlite3_busy_timeout(db, 5000);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			take(st, out);
-	} else {
-		fail_msg("sql %s: %s", sql, db ? sqlite3_errmsg(db) : "open failed");
+	*found = 0;
+	if (db_open(&db, url, DB_READONLY) < 0 || db_prepare(db, &st, sql) < 0)
+		fail_msg("sql %s: %s", sql, ota_error_last());
+	if (db_step(st) == 1) {
+		const char *t = db_column_text(st, 0);
+		*found = 1;
+		v = t ? xstrdup(t) : NULL;
 	}
-	sqlite3_finalize(st);
-	sqlite3_close(db);
-	free(path);
-}
-
-static void take_int(sqlite3_stmt *st, void *out)
-{
-	*(int64_t *)out = sqlite3_column_int64(st, 0);
-}
-
-static void take_text(sqlite3_stmt *st, void *out)
-{
-	const char *t = (const char *)sqlite3_column_text(st, 0);
-	*(char **)out = t ? xstrdup(t) : NULL;
+	db_finalize(st);
+	db_close(db);
+	free(url);
+	return v;
 }
 
 int64_t h_sql_int(struct daemon *d, const char *sql)
 {
-	int64_t v = -1;
-	sql_first(d, sql, take_int, &v);
-	return v;
+	int found;
+	char *v = sql_first(d, sql, &found);
+	int64_t n = found ? 0 : -1;
+	/* PostgreSQL writes a boolean (SELECT state = 'passed') as t / f */
+	if (v)
+		n = !strcmp(v, "t") ? 1 : strtoll(v, NULL, 10);
+	free(v);
+	return n;
 }
 
 char *h_sql_text(struct daemon *d, const char *sql)
 {
-	char *v = NULL;
-	sql_first(d, sql, take_text, &v);
-	if (!v)
+	int found;
+	char *v = sql_first(d, sql, &found);
+	if (!found || !v)
 		fail_msg("sql %s: no row", sql);
 	return v;
 }

@@ -1,8 +1,14 @@
 /*
  * harness.h - end-to-end test support: start the real otacd and
  * otacd-agent binaries on loopback (from $OTACD_BIN), talk to them over
- * HTTP like a user, and read their SQLite database directly to check what
- * was recorded.
+ * HTTP like a user, and read their database directly to check what was
+ * recorded.
+ *
+ * The database is STATE/otacd.db (SQLite) unless d->database names another
+ * (the config key database:, docs/config.md): h_use_database(), or
+ * OTACD_DATABASE=pg in the environment, which gives every daemon h_init()
+ * prepares a PostgreSQL cluster of its own (tests/pgcluster.c; make
+ * check-pg).
  */
 #ifndef OTA_HARNESS_H
 #define OTA_HARNESS_H
@@ -23,7 +29,22 @@ struct daemon {
 	char *device_listen;  /* the device API's HOST:PORT; NULL: 127.0.0.1:0 */
 	char *device_url;     /* http://127.0.0.1:PORT of the device API */
 	char *fleet_key;      /* the fleet key otacd made (STATE/fleet.key) */
+	char *database;       /* database: URL, or NULL (STATE/otacd.db) */
+	char *fleet_database; /* fleet_database: URL, or NULL (STATE/fleet.db) */
+	struct pgcluster *pg; /* the cluster OTACD_DATABASE=pg started for it */
 };
+
+struct pgcluster;
+
+/*
+ * Run d on these databases (URLs; NULL keeps the default): h_start() adds
+ * database: and fleet_database: to d's config file (making one if needed).
+ */
+void h_use_database(struct daemon *d, const char *url, const char *fleet_url);
+/* CREATE DATABASE name on pg; the new database's URL (caller frees). */
+char *h_pg_createdb(const struct pgcluster *pg, const char *name);
+/* Is OTACD_DATABASE=pg set (every h_init() daemon on PostgreSQL)? */
+int h_on_pg(void);
 
 /* A loopback HOST:PORT that was free a moment ago (for restarts that must
  * keep their address). */

@@ -15,6 +15,7 @@
  *     after it began, and sees it once ended.
  */
 #include <pthread.h>
+#include <sqlite3.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -189,7 +190,7 @@ static void fill(struct store *s, struct fixture *f)
 /* The query api_reports.c ran before issue 16, with json_each (SQLite only). */
 static json_t *inputs_by_json_each(struct store *s, int64_t job)
 {
-	sqlite3 *db = store_db(s);
+	sqlite3 *db = db_sqlite_handle(store_conn(s));
 	sqlite3_stmt *st = NULL;
 	json_t *spec = NULL, *out = json_array();
 	const char *board;

@@ -7,6 +7,7 @@
  * (with OpenSSL's HMAC), retries with backoff under one delivery id,
  * delivery after a SIGKILL, and that no token or secret reaches the log.
  */
+#include <sqlite3.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -27,6 +28,7 @@
 #include <pthread.h>
 
 #include "../orchestrator/config.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/engine.h"
 #include "../orchestrator/engine_core.h"
 #include "../orchestrator/engine_int.h"
@@ -518,7 +520,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	char *dir = h_tmpdir(), *path = xasprintf("%s/otacd.db", dir);
 	char *file = write_file(dir, "c.yml", "notifications:\n  targets:\n"
 					      "    - { name: chat, kind: slack, url: \"http://127.0.0.1:9/x\", events: [\"rollout.*\"] }\n");
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int i = 0;
 
 	(void)state;
@@ -527,7 +529,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	assert_int_equal(notify_open(&n, &c), 0);
 	notify_set_current(n);
 	assert_int_equal(store_open(&db, path), 0);
-	assert_int_equal(sqlite3_exec(store_db(db),
+	assert_int_equal(sqlite3_exec(db_sqlite_handle(store_conn(db)),
 				      "PRAGMA foreign_keys=OFF;"
 				      "INSERT INTO releases(id, run_id, product, version, branch, security_counter, key_id, created_at)"
 				      " VALUES (1, 7, 'fw', '1.2.0', 'main', 1, 'test', 0);"
@@ -545,13 +547,13 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 	assert_true(engine_call(e, audit_then_fail, NULL) < 0);
 	engine_stop(e);
 
-	st = store_stmt(db, "SELECT event, target, payload, state FROM outbox ORDER BY id");
-	while (store_step_row(db, st) == 1) {
-		json_t *p = json_loads(store_col_text(st, 2), 0, NULL), *ro = json_object_get(p, "rollout");
+	st = store_q(db, "SELECT event, target, payload, state FROM outbox ORDER BY id");
+	while (db_step(st) == 1) {
+		json_t *p = json_loads(db_column_text(st, 2), 0, NULL), *ro = json_object_get(p, "rollout");
 		assert_true(i < 4);
-		assert_string_equal(store_col_text(st, 0), want[i]);
-		assert_string_equal(store_col_text(st, 1), "hook:chat");
-		assert_string_equal(store_col_text(st, 3), "pending");
+		assert_string_equal(db_column_text(st, 0), want[i]);
+		assert_string_equal(db_column_text(st, 1), "hook:chat");
+		assert_string_equal(db_column_text(st, 3), "pending");
 		assert_string_equal(json_string_value(json_object_get(p, "event")), want[i]);
 		assert_string_equal(json_string_value(json_object_get(ro, "product")), "fw");
 		assert_string_equal(json_string_value(json_object_get(ro, "version")), "1.2.0");
@@ -562,7 +564,7 @@ static void rollout_decisions_queue_their_events_in_the_same_transaction(void **
 		json_decref(p);
 		i++;
 	}
-	sqlite3_reset(st);
+	db_reset(st);
 	assert_int_equal(i, 4);
 	store_close(db);
 	notify_set_current(NULL);

@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "../orchestrator/config.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/retention.h"
 #include "../orchestrator/store.h"
@@ -39,7 +40,7 @@ static const char *const TRIVIAL = "name: plain\nstages:\n"
 
 /* ---- direct database access (otacd stopped, or reads) ----------------- */
 
-static sqlite3 *db_open(struct daemon *d)
+static sqlite3 *state_db_open(struct daemon *d)
 {
 	char *path = xasprintf("%s/state/otacd.db", d->dir);
 	sqlite3 *db = NULL;
@@ -49,8 +50,8 @@ static sqlite3 *db_open(struct daemon *d)
 	return db;
 }
 
-static void db_exec(sqlite3 *db, const char *fmt, ...) OTA_PRINTF(2, 3);
-static void db_exec(sqlite3 *db, const char *fmt, ...)
+static void state_db_exec(sqlite3 *db, const char *fmt, ...) OTA_PRINTF(2, 3);
+static void state_db_exec(sqlite3 *db, const char *fmt, ...)
 {
 	va_list ap;
 	char *sql, *err = NULL;
@@ -159,7 +160,7 @@ static int64_t job_of(struct daemon *d, int64_t run)
 /* Move a finished run's times back by days (otacd stopped). */
 static void age_run(sqlite3 *db, int64_t run, int days)
 {
-	db_exec(db, "UPDATE runs SET created_at = created_at - %lld, started_at = started_at - %lld,"
+	state_db_exec(db, "UPDATE runs SET created_at = created_at - %lld, started_at = started_at - %lld,"
 		    " finished_at = finished_at - %lld WHERE id = %lld",
 		(long long)(days * DAY_MS), (long long)(days * DAY_MS), (long long)(days * DAY_MS), (long long)run);
 }
@@ -229,11 +230,11 @@ static void old_runs_go_with_their_logs_releases_stay(void **state)
 	}
 	h_kill(&d, SIGTERM);
 
-	db = db_open(&d);
+	db = state_db_open(&d);
 	for (int i = 0; i < 2; i++)
 		age_run(db, old[i], 200);
 	age_run(db, released, 200);
-	db_exec(db, "UPDATE runs SET created_at = created_at - %lld WHERE id = %lld", (long long)(200 * DAY_MS),
+	state_db_exec(db, "UPDATE runs SET created_at = created_at - %lld WHERE id = %lld", (long long)(200 * DAY_MS),
 		(long long)soaking);
 	int64_t old_jobs[2] = { db_int(db, "SELECT MIN(id) FROM jobs WHERE run_id = %lld", (long long)old[0]),
 				db_int(db, "SELECT MIN(id) FROM jobs WHERE run_id = %lld", (long long)old[1]) };
@@ -249,7 +250,7 @@ static void old_runs_go_with_their_logs_releases_stay(void **state)
 		wait_count(&d, sql, 0);
 		free(sql);
 	}
-	db = db_open(&d);
+	db = state_db_open(&d);
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(db_int(db, "SELECT COUNT(*) FROM jobs WHERE run_id = %lld", (long long)old[i]), 0);
 		assert_int_equal(db_int(db, "SELECT COUNT(*) FROM stages WHERE run_id = %lld", (long long)old[i]), 0);
@@ -294,24 +295,24 @@ static void old_runs_go_with_their_logs_releases_stay(void **state)
 static void fill_runs(struct daemon *d, sqlite3 *db, int n, int days)
 {
 	int64_t t = (int64_t)time(NULL) * 1000 - days * DAY_MS;
-	db_exec(db, "BEGIN");
+	state_db_exec(db, "BEGIN");
 	for (int i = 0; i < n; i++) {
 		int64_t run, stage, job;
 		char *dir, *file;
-		db_exec(db, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at, started_at, finished_at)"
+		state_db_exec(db, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at, started_at, finished_at)"
 			    " VALUES ('bulk', 'bulk.yml', 'name: bulk', 'refs/heads/main', 'passed', 'api', %lld, %lld, %lld)",
 			(long long)t, (long long)t, (long long)t + 1000);
 		run = (int64_t)sqlite3_last_insert_rowid(db);
-		db_exec(db, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (%lld, 0, 'build', 'build',"
+		state_db_exec(db, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (%lld, 0, 'build', 'build',"
 			    " 'passed', '[]')", (long long)run);
 		stage = (int64_t)sqlite3_last_insert_rowid(db);
-		db_exec(db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
+		state_db_exec(db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, attempt, retries_left,"
 			    " infra_retries_left, finished_at) VALUES (%lld, %lld, 0, 'build', '{}', 'passed', 1, 0, 0, %lld)",
 			(long long)run, (long long)stage, (long long)t + 1000);
 		job = (int64_t)sqlite3_last_insert_rowid(db);
-		db_exec(db, "INSERT INTO job_attempts(job_id, attempt, started_at, finished_at, exit_code)"
+		state_db_exec(db, "INSERT INTO job_attempts(job_id, attempt, started_at, finished_at, exit_code)"
 			    " VALUES (%lld, 1, %lld, %lld, 0)", (long long)job, (long long)t, (long long)t + 1000);
-		db_exec(db, "INSERT INTO events(at, run_id, job_id, kind) VALUES (%lld, %lld, %lld, 'job.started'),"
+		state_db_exec(db, "INSERT INTO events(at, run_id, job_id, kind) VALUES (%lld, %lld, %lld, 'job.started'),"
 			    " (%lld, %lld, %lld, 'job.passed')", (long long)t, (long long)run, (long long)job,
 			(long long)t + 1000, (long long)run, (long long)job);
 		dir = xasprintf("%s/state/logs/%lld", d->dir, (long long)job);
@@ -327,7 +328,7 @@ static void fill_runs(struct daemon *d, sqlite3 *db, int n, int days)
 		free(dir);
 		free(file);
 	}
-	db_exec(db, "COMMIT");
+	state_db_exec(db, "COMMIT");
 }
 
 /*
@@ -349,7 +350,7 @@ static void killed_mid_prune_restart_is_consistent(void **state)
 	write_config(&d, "retention: { runs_max_age: off, runs_keep: off, logs_max_age: off }\n");
 	assert_int_equal(h_start(&d, args), 0);
 	h_kill(&d, SIGTERM);
-	db = db_open(&d);
+	db = state_db_open(&d);
 	fill_runs(&d, db, N, 200);
 	fill_runs(&d, db, 1, 0); /* one recent run: kept */
 	keep_run = db_int(db, "SELECT MAX(id) FROM runs");
@@ -362,7 +363,7 @@ static void killed_mid_prune_restart_is_consistent(void **state)
 		h_msleep(5);
 	h_kill(&d, SIGKILL);
 
-	db = db_open(&d);
+	db = state_db_open(&d);
 	left = db_int(db, "SELECT COUNT(*) FROM runs");
 	print_message("killed with %lld of %d runs left\n", (long long)left, N + 1);
 	assert_true(left < N + 1);
@@ -372,7 +373,7 @@ static void killed_mid_prune_restart_is_consistent(void **state)
 
 	assert_int_equal(h_start(&d, args), 0);
 	wait_count(&d, "SELECT COUNT(*) FROM runs", 1);
-	db = db_open(&d);
+	db = state_db_open(&d);
 	assert_consistent(db);
 	assert_int_equal(db_int(db, "SELECT COUNT(*) FROM runs WHERE id = %lld", (long long)keep_run), 1);
 	for (int k = 0; k < 500 && orphan_logs(&d, db) > 0; k++)
@@ -408,14 +409,14 @@ static void bare_close(struct bare *b)
 
 static void bare_fill(struct bare *b, int n, int64_t at)
 {
-	sqlite3 *db = store_db(b->db);
+	sqlite3 *db = db_sqlite_handle(store_conn(b->db));
 	for (int i = 0; i < n; i++) {
 		int64_t run;
-		db_exec(db, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at, finished_at)"
+		state_db_exec(db, "INSERT INTO runs(pipeline, file, yaml, ref, state, trigger, created_at, finished_at)"
 			    " VALUES ('p', 'p.yml', 'x', 'refs/heads/main', 'failed', 'api', %lld, %lld)",
 			(long long)at, (long long)at);
 		run = (int64_t)sqlite3_last_insert_rowid(db);
-		db_exec(db, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (%lld, 0, 's', 'build',"
+		state_db_exec(db, "INSERT INTO stages(run_id, idx, name, kind, state, needs) VALUES (%lld, 0, 's', 'build',"
 			    " 'failed', '[]')", (long long)run);
 	}
 }
@@ -450,11 +451,11 @@ static void runs_keep_bounds_the_count_and_spares_releases(void **state)
 	(void)state;
 
 	bare_open(&b);
-	db = store_db(b.db);
+	db = db_sqlite_handle(store_conn(b.db));
 	bare_fill(&b, 30, now - DAY_MS);
-	db_exec(db, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, created_at)"
+	state_db_exec(db, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, created_at)"
 		    " VALUES (2, 'fw', '1.0.0', 'main', 1, 'k', 0)");
-	db_exec(db, "UPDATE runs SET state = 'running', finished_at = NULL WHERE id = 3");
+	state_db_exec(db, "UPDATE runs SET state = 'running', finished_at = NULL WHERE id = 3");
 	assert_true(prune_all(&b, &cfg, now) >= 18 / 4);
 	/* 30 runs: the 10 newest kept, plus run 2 (release) and run 3 (running) */
 	assert_int_equal(db_int(db, "SELECT COUNT(*) FROM runs"), 12);
@@ -479,18 +480,18 @@ static void newest_run_is_never_deleted(void **state)
 	bare_open(&b);
 	bare_fill(&b, 5, now - 100 * DAY_MS);
 	prune_all(&b, &cfg, now);
-	assert_int_equal(db_int(store_db(b.db), "SELECT COUNT(*) FROM runs"), 1);
-	assert_int_equal(db_int(store_db(b.db), "SELECT id FROM runs"), 5);
+	assert_int_equal(db_int(db_sqlite_handle(store_conn(b.db)), "SELECT COUNT(*) FROM runs"), 1);
+	assert_int_equal(db_int(db_sqlite_handle(store_conn(b.db)), "SELECT id FROM runs"), 5);
 	bare_close(&b);
 }
 
 /* Give run a job with a log file under b->dir/logs; returns the job id. */
 static int64_t bare_job_with_log(struct bare *b, int64_t run)
 {
-	sqlite3 *db = store_db(b->db);
+	sqlite3 *db = db_sqlite_handle(store_conn(b->db));
 	int64_t job;
 	char *dir, *file;
-	db_exec(db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
+	state_db_exec(db, "INSERT INTO jobs(run_id, stage_id, idx, name, spec, state, retries_left, infra_retries_left)"
 		    " VALUES (%lld, (SELECT MIN(id) FROM stages WHERE run_id = %lld), 0, 'j', '{}', 'passed', 0, 0)",
 		(long long)run, (long long)run);
 	job = (int64_t)sqlite3_last_insert_rowid(db);
@@ -524,14 +525,14 @@ static void logs_max_age_removes_files_and_keeps_rows(void **state)
 	(void)state;
 
 	bare_open(&b);
-	db = store_db(b.db);
+	db = db_sqlite_handle(store_conn(b.db));
 	bare_fill(&b, 4, now - 20 * DAY_MS); /* runs 1-4: old */
 	bare_fill(&b, 2, now - DAY_MS);      /* runs 5-6: recent */
 	for (int i = 0; i < 6; i++)
 		job[i] = bare_job_with_log(&b, i + 1);
-	db_exec(db, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, created_at)"
+	state_db_exec(db, "INSERT INTO releases(run_id, product, version, branch, security_counter, key_id, created_at)"
 		    " VALUES (2, 'fw', '1.0.0', 'main', 1, 'k', 0)");
-	db_exec(db, "UPDATE runs SET state = 'running', finished_at = NULL WHERE id = 3");
+	state_db_exec(db, "UPDATE runs SET state = 'running', finished_at = NULL WHERE id = 3");
 	prune_all(&b, &cfg, now);
 	assert_false(bare_log_exists(&b, job[0]));
 	assert_true(bare_log_exists(&b, job[1]));  /* a release's run */
@@ -561,11 +562,11 @@ static void new_database_shrinks_after_pruning(void **state)
 	(void)state;
 
 	bare_open(&b);
-	db = store_db(b.db);
+	db = db_sqlite_handle(store_conn(b.db));
 	assert_int_equal(db_int(db, "PRAGMA auto_vacuum"), 2);
-	db_exec(db, "BEGIN");
+	state_db_exec(db, "BEGIN");
 	bare_fill(&b, 2000, now - 100 * DAY_MS);
-	db_exec(db, "COMMIT");
+	state_db_exec(db, "COMMIT");
 	before = db_int(db, "PRAGMA page_count");
 	prune_all(&b, &cfg, now);
 	assert_true(db_int(db, "PRAGMA freelist_count") > 0);

@@ -139,20 +139,31 @@ static int64_t one_int(struct store *db, const char *sql, int64_t arg)
 /* Every histogram here has HIST_BUCKETS finite buckets: the query counts
  * them in one pass over rows of (l: label value, v: observation in ms). */
 #define HIST_BUCKETS 10
-#define HIST_SUMS                                                                                              \
-	"SUM(v <= ?1), SUM(v <= ?2), SUM(v <= ?3), SUM(v <= ?4), SUM(v <= ?5), SUM(v <= ?6), SUM(v <= ?7),"      \
-	" SUM(v <= ?8), SUM(v <= ?9), SUM(v <= ?10), COUNT(*), COALESCE(SUM(v), 0)"
+/* CASE rather than SUM(v <= ?): PostgreSQL has no SUM of booleans
+ * (docs/storage.md, dialect) */
+#define HIST_SUMS \
+	"SUM(CASE WHEN v <= ?1 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?2 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?3 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?4 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?5 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?6 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?7 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?8 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?9 THEN 1 ELSE 0 END)," \
+	" SUM(CASE WHEN v <= ?10 THEN 1 ELSE 0 END)," \
+	" COUNT(*), COALESCE(SUM(v), 0)"
 
 /* Real run time of finished jobs' last attempts on agents, by stage kind. */
 static const char job_duration_sql[] =
 	"SELECT l, " HIST_SUMS " FROM (SELECT s.kind AS l, j.real_finished_at - j.real_started_at AS v"
 	" FROM jobs j JOIN stages s ON s.id = j.stage_id WHERE j.real_finished_at IS NOT NULL AND j.agent_id > 0)"
-	" GROUP BY l ORDER BY l";
+	" AS finished GROUP BY l ORDER BY l";
 static const double job_duration_bounds[HIST_BUCKETS] = { 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600 };
 
 /* Each claimed attempt's wait in the queue (migration 14). */
 static const char queue_wait_sql[] =
-	"SELECT '' AS l, " HIST_SUMS " FROM (SELECT queue_wait_ms AS v FROM job_attempts WHERE queue_wait_ms IS NOT NULL)";
+	"SELECT '' AS l, " HIST_SUMS " FROM (SELECT queue_wait_ms AS v FROM job_attempts WHERE queue_wait_ms IS NOT NULL) AS waits";
 static const double queue_wait_bounds[HIST_BUCKETS] = { 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 3600 };
 
 /* A label value as the text format wants it: \, " and newline escaped. */
@@ -287,7 +298,7 @@ static int db_text(struct api *a, struct buf *b)
 	buf_printf(b, "# HELP otacd_artifact_bytes Bytes of distinct artifact objects recorded (the store's"
 		      " content).\n# TYPE otacd_artifact_bytes gauge\notacd_artifact_bytes %" PRId64 "\n"
 		      "# HELP otacd_artifacts Artifact records.\n# TYPE otacd_artifacts gauge\notacd_artifacts %" PRId64 "\n",
-		   one_int(db, "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM artifacts GROUP BY sha256)", 0),
+		   one_int(db, "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM artifacts GROUP BY sha256) AS objects", 0),
 		   one_int(db, "SELECT COUNT(*) FROM artifacts", 0));
 	return 0;
 }

@@ -53,6 +53,56 @@ static const struct db_ops *ops_for_url(const char *url, const char **rest)
 	return NULL;
 }
 
+int db_url_check(const char *url)
+{
+	const char *rest;
+	char *shown;
+	int rc;
+
+	if (url && ops_for_url(url, &rest) && *rest)
+		return 0;
+	shown = db_url_redacted(url ? url : "");
+	rc = ota_error_set(OTA_EINVAL, "database URL '%s': expected sqlite:PATH, postgres://... or postgresql://...",
+			   shown);
+	free(shown);
+	return rc;
+}
+
+char *db_url_redacted(const char *url)
+{
+	struct buf b = BUF_INIT;
+	const char *scheme = strstr(url, "://"), *p;
+
+	if (!scheme)
+		return xstrdup(url);
+	p = scheme + 3;
+	{
+		/* user:PASSWORD@host: the first ':' before the '@' of the
+		 * authority starts the password */
+		size_t at = strcspn(p, "@/?"), colon = strcspn(p, ":@/?");
+		if (p[at] == '@' && colon < at) {
+			buf_put(&b, url, (size_t)(p - url) + colon + 1);
+			buf_puts(&b, "***");
+			p += at;
+		}
+	}
+	if (!b.len)
+		buf_put(&b, url, (size_t)(p - url));
+	while (*p) {
+		const char *pw = strstr(p, "password=");
+		while (pw && pw != p && pw[-1] != '?' && pw[-1] != '&')
+			pw = strstr(pw + 1, "password=");
+		if (!pw) {
+			buf_puts(&b, p);
+			break;
+		}
+		buf_put(&b, p, (size_t)(pw - p) + 9);
+		buf_puts(&b, "***");
+		p = pw + 9 + strcspn(pw + 9, "&");
+	}
+	return buf_detach(&b);
+}
+
 int db_open(struct db **out, const char *url, unsigned flags)
 {
 	return db_open_tuned(out, url, flags, NULL);
@@ -66,7 +116,7 @@ int db_open_tuned(struct db **out, const char *url, unsigned flags, const struct
 	int rc;
 
 	if (!ops)
-		return ota_error_set(OTA_EINVAL, "database URL '%s': expected sqlite:PATH or postgres://...", url);
+		return db_url_check(url);
 	db = xcalloc(1, sizeof(*db));
 	db->ops = ops;
 	db->backend = ops == &db_pg_ops ? DB_POSTGRES : DB_SQLITE;

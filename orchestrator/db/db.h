@@ -81,6 +81,18 @@ struct db_sqlite_tuning {
 	int64_t mmap_bytes;         /* mmap_size */
 	int secure_delete_fast;     /* secure_delete=FAST rather than the build's default */
 };
+/*
+ * Whether url names a backend this build knows: sqlite:PATH (PATH not
+ * empty), postgres://... or postgresql://...  0, or OTA_EINVAL with a
+ * message (the URL redacted) in the error slot.  Nothing is opened.
+ */
+int db_url_check(const char *url);
+/*
+ * url as it may be logged or shown: a password in its user part
+ * (postgres://user:PASSWORD@host/db) and a password= parameter replaced by
+ * "***" (docs/security.md).  Caller frees.
+ */
+char *db_url_redacted(const char *url);
 /* db_open() with tuning (NULL: db_open()). */
 int db_open_tuned(struct db **out, const char *url, unsigned flags, const struct db_sqlite_tuning *tuning);
 /* Close a connection and finalize every statement prepared on it. */

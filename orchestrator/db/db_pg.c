@@ -136,19 +136,25 @@ static int connect_now(struct db *db)
 
 static int pg_open(struct db *db, const char *url, unsigned flags)
 {
-	int rc;
+	/* a password in the URL is never shown (docs/security.md) */
+	char *shown = db_url_redacted(url);
+	int rc = 0;
 
 	pthread_once(&pq_once, pq_load);
-	if (!pq)
-		return ota_error_set(OTA_ERROR, "cannot open database %s: %s", url, pgload_error());
+	if (!pq) {
+		rc = ota_error_set(OTA_ERROR, "cannot open database %s: %s", shown, pgload_error());
+		goto out;
+	}
 	db->impl = xcalloc(1, sizeof(struct pg_conn));
 	if ((rc = connect_now(db)) < 0) {
 		pq->finish(pc(db)->conn);
 		free(db->impl);
 		/* the caller frees db; keep the message in the error slot */
-		return ota_error_set(rc, "cannot open database %s: %s", url, db->errmsg);
+		rc = ota_error_set(rc, "cannot open database %s: %s", shown, db->errmsg);
 	}
-	return 0;
+out:
+	free(shown);
+	return rc;
 }
 
 static void pg_close(struct db *db)
