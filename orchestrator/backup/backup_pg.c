@@ -49,14 +49,13 @@ static void read_errors(int fd, char *msg, size_t cap)
 
 	msg[0] = '\0';
 	for (;;) {
-		char *at = len + 1 < cap ? msg + len : sink;
-		size_t room = len + 1 < cap ? cap - 1 - len : sizeof(sink);
-		n = read(fd, at, room);
+		int full = len + 1 >= cap; /* then drain into sink until EOF */
+		n = full ? read(fd, sink, sizeof(sink)) : read(fd, msg + len, cap - 1 - len);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		if (at == msg + len)
+		if (!full)
 			len += (size_t)n;
 	}
 	msg[len] = '\0';
