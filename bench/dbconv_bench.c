@@ -5,7 +5,7 @@
  * One store (STATE in $TMPDIR, synchronous=FULL as the daemon), one
  * connection, two ways to run the same statements:
  *
- *   raw   sqlite3_prepare_v3() on store_db()'s handle, cached here as
+ *   raw   sqlite3_prepare_v3() on db_sqlite_handle()'s handle, cached here as
  *         store.c's old store_stmt() cached it, + sqlite3_bind_*(SQLITE_STATIC)
  *         + sqlite3_step(): the path the modules took before their conversion;
  *   db    store_q() + db_bind_*() + db_step(), the converted path (the
@@ -58,7 +58,7 @@ static sqlite3_stmt *raw_stmt(struct store *s, const char *sql)
 		}
 	}
 	if (i == OTA_ARRAY_SIZE(g_raw) ||
-	    sqlite3_prepare_v3(store_db(s), sql, -1, SQLITE_PREPARE_PERSISTENT, &g_raw[i].st, NULL) != SQLITE_OK) {
+	    sqlite3_prepare_v3(db_sqlite_handle(store_conn(s)), sql, -1, SQLITE_PREPARE_PERSISTENT, &g_raw[i].st, NULL) != SQLITE_OK) {
 		fprintf(stderr, "raw: cannot prepare %s\n", sql);
 		exit(1);
 	}

@@ -278,7 +278,7 @@ static int64_t fill(enum mode m, int64_t n, int64_t *half, struct series *held, 
 			rc = prune_pass(s, &cfg, i * STEP_MS, held, commit);
 		if (i == n / 2) {
 			if (m == OFF)
-				sqlite3_wal_checkpoint_v2(store_db(s), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+				sqlite3_wal_checkpoint_v2(db_sqlite_handle(store_conn(s)), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 			*half = db_bytes(dir);
 		}
 	}
@@ -289,7 +289,7 @@ static int64_t fill(enum mode m, int64_t n, int64_t *half, struct series *held, 
 	}
 	/* the same checkpoint for the baseline: compare files, not WALs */
 	if (m == OFF)
-		sqlite3_wal_checkpoint_v2(store_db(s), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+		sqlite3_wal_checkpoint_v2(db_sqlite_handle(store_conn(s)), NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	{
 		struct db_stmt *st = store_q(s, "SELECT COUNT(*) FROM runs");
 		*kept = st && db_step(st) == 1 ? db_column_int64(st, 0) : -1;
