@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BACKOFF_MIN_MS 100
@@ -38,18 +39,28 @@
 /* CW_* bits, and one of our own: "a commit happened" (every commit
  * invalidates the answer cache, whatever else it changed) */
 #define CW_COMMIT 0x100u
-#define CW_ALL (CW_COMMIT | CW_STATE | CW_WORK | CW_ROLLOUT)
+#define CW_ALL (CW_COMMIT | CW_STATE | CW_WORK | CW_ROLLOUT | CW_LOG)
+
+/* log bytes are announced at most this often (the appends in between are
+ * read by the woken tails all at once) */
+#define LOG_ANNOUNCE_MS 20
 
 static const struct {
 	unsigned bit;
 	const char *name;
-} kinds[] = { { CW_STATE, "state" }, { CW_WORK, "work" }, { CW_ROLLOUT, "rollout" } };
+} kinds[] = { { CW_STATE, "state" }, { CW_WORK, "work" }, { CW_ROLLOUT, "rollout" }, { CW_LOG, "log" } };
 
 struct commitwatch {
 	pthread_t thread;
 	int efd;
 	atomic_int quit;
 	struct db_listener *l;
+	char *url;
+	/* the log announcer (this thread): a sending connection of its own,
+	 * opened on the first append */
+	struct db *sender;
+	atomic_int log_pending; /* set by logstore_append()'s threads */
+	int64_t log_next_ms;
 	/* counters: written by the thread, read by commitwatch_stats() */
 	atomic_uint_fast64_t heard, own, foreign, applied, reconnects;
 };
@@ -96,6 +107,65 @@ int commitwatch_announce(struct db *db, unsigned what)
 	return commitwatch_announce_from(db, self_id(), what);
 }
 
+/* ---- log bytes ----------------------------------------------------------------------- */
+
+/* The commitwatch whose thread announces appends; the lock makes
+ * commitwatch_stop() wait for an append thread inside note_append(). */
+static pthread_mutex_t g_appends_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct commitwatch *g_appends;
+
+/* logstore_on_append()'s hook, on an appending thread: note and wake. */
+static void note_append(void *arg)
+{
+	uint64_t one = 1;
+
+	(void)arg;
+	pthread_mutex_lock(&g_appends_lock);
+	if (g_appends && !atomic_exchange(&g_appends->log_pending, 1)) {
+		ssize_t n = write(g_appends->efd, &one, sizeof(one));
+		(void)n; /* EAGAIN: the counter is non-zero, the thread wakes anyway */
+	}
+	pthread_mutex_unlock(&g_appends_lock);
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Announce that logs grew (autocommit: delivered at once).  A hint: when
+ * the database is away it is dropped, and the next one tries again. */
+static void announce_logs(struct commitwatch *cw)
+{
+	if (!cw->sender && db_open(&cw->sender, cw->url, 0) < 0) {
+		cw->sender = NULL;
+		return;
+	}
+	if (commitwatch_announce(cw->sender, CW_LOG) < 0) {
+		db_close(cw->sender);
+		cw->sender = NULL;
+	}
+}
+
+/* Poll timeout until the next log announcement is due (-1: none). */
+static int logs_due(struct commitwatch *cw)
+{
+	int64_t now;
+
+	if (!atomic_load(&cw->log_pending))
+		return -1;
+	now = mono_ms();
+	if (now < cw->log_next_ms)
+		return (int)(cw->log_next_ms - now);
+	atomic_store(&cw->log_pending, 0);
+	announce_logs(cw);
+	cw->log_next_ms = now + LOG_ANNOUNCE_MS;
+	return -1;
+}
+
 /* ---- the listener's side --------------------------------------------------------- */
 
 /*
@@ -131,7 +201,7 @@ static unsigned classify(struct commitwatch *cw, const char *payload)
 		bits |= kinds[k].bit;
 	}
 	json_decref(o);
-	return bits | CW_COMMIT;
+	return bits == CW_LOG ? bits : bits | CW_COMMIT; /* log bytes alone change no row */
 foreign:
 	json_decref(o);
 	atomic_fetch_add(&cw->foreign, 1);
@@ -143,8 +213,9 @@ static void apply(struct commitwatch *cw, unsigned bits)
 {
 	if (!bits)
 		return;
-	store_generation_bump();
-	if (bits & CW_STATE)
+	if (bits & CW_COMMIT)
+		store_generation_bump();
+	if (bits & (CW_STATE | CW_LOG))
 		notifier_bump(logstore_changes());
 	atomic_fetch_add(&cw->applied, 1);
 }
@@ -181,6 +252,8 @@ static void *watch_main(void *arg)
 	while (!atomic_load(&cw->quit)) {
 		struct pollfd pfd[2] = { { .fd = cw->efd, .events = POLLIN }, { .fd = -1, .events = POLLIN } };
 		unsigned bits = 0;
+		uint64_t v;
+		int timeout;
 
 		if (!connected) {
 			if (db_listener_reconnect(cw->l) < 0) {
@@ -199,10 +272,13 @@ static void *watch_main(void *arg)
 			connected = 0;
 			continue;
 		}
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+		timeout = logs_due(cw);
+		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
 			break;
-		if (pfd[0].revents)
-			continue; /* stopping: the loop's test ends it */
+		if (pfd[0].revents && read(cw->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			break;
+		if (!pfd[1].revents)
+			continue; /* stopping, or logs grew: the loop's head sees to it */
 		if (drain(cw, &bits) < 0) {
 			ota_log(OTA_LOG_WARN, "commit notifications: %s; reconnecting", ota_error_last());
 			connected = 0;
@@ -226,13 +302,21 @@ int commitwatch_start(struct commitwatch **out, const char *url)
 	}
 	if ((rc = db_listener_open(&cw->l, url)) < 0 || (rc = db_listen(cw->l, COMMITWATCH_CHANNEL)) < 0)
 		goto fail;
+	cw->url = xstrdup(url);
 	if (pthread_create(&cw->thread, NULL, watch_main, cw) != 0) {
 		rc = ota_error_set(OTA_ERROR, "commit notifications: cannot start the thread");
 		goto fail;
 	}
+	pthread_mutex_lock(&g_appends_lock);
+	if (!g_appends) {
+		g_appends = cw; /* the first one announces this process's appends */
+		logstore_on_append(note_append, NULL);
+	}
+	pthread_mutex_unlock(&g_appends_lock);
 	*out = cw;
 	return 0;
 fail:
+	free(cw->url);
 	db_listener_close(cw->l);
 	if (cw->efd >= 0)
 		close(cw->efd);
@@ -246,10 +330,18 @@ void commitwatch_stop(struct commitwatch *cw)
 
 	if (!cw)
 		return;
+	pthread_mutex_lock(&g_appends_lock);
+	if (g_appends == cw) {
+		logstore_on_append(NULL, NULL);
+		g_appends = NULL;
+	}
+	pthread_mutex_unlock(&g_appends_lock);
 	atomic_store(&cw->quit, 1);
 	if (write(cw->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		ota_log(OTA_LOG_WARN, "commit notifications: cannot wake the thread: %s", strerror(errno));
 	pthread_join(cw->thread, NULL);
+	db_close(cw->sender);
+	free(cw->url);
 	db_listener_close(cw->l);
 	close(cw->efd);
 	free(cw);

@@ -44,6 +44,7 @@ struct commitwatch;
 #define CW_STATE 1u   /* run, stage or job state: wakes live logs and event streams */
 #define CW_WORK 2u    /* the dispatch queue: jobs for agents */
 #define CW_ROLLOUT 4u /* rollout rows */
+#define CW_LOG 8u     /* job logs grew (no commit): wakes live logs only */
 
 /*
  * Announce a commit of db's open transaction (PostgreSQL: pg_notify on

@@ -9,7 +9,8 @@
  * streams).  The leader is a second connection opened with db_open(),
  * which has no commit hook, so nothing but a notification moves them; its
  * commits are announced as another instance's (commitwatch_announce_from).
- * The engine's own announcement is heard by a bare listener.
+ * The engine's own announcement, and this process's log appends', are
+ * heard by a bare listener.
  *
  * "Nothing arrived" is never a timed wait: a marker committed after the
  * thing that must not arrive is awaited, and the counters then say what
@@ -395,6 +396,63 @@ static void engine_commit_is_announced_and_a_failed_one_is_not(void **state)
 	store_close(s);
 }
 
+/* Log bytes change no row: the process that receives them (the leader:
+ * followers forward the agents' protocol) announces them, at most every
+ * 20 ms, and a follower wakes its live logs without touching its cache. */
+static void log_appends_wake_other_instances_tails_only(void **state)
+{
+	struct db_listener *l;
+	struct db_notification n;
+	struct commitwatch *cw;
+	struct db *leader;
+	int64_t size;
+	uint64_t gen, lg, applied;
+	json_t *o;
+
+	(void)state;
+	dbconv_need_pg();
+	leader = open_leader();
+	assert_int_equal(db_listener_open(&l, dbconv_pg_url()), 0);
+	assert_int_equal(db_listen(l, COMMITWATCH_CHANNEL), 0);
+	assert_int_equal(commitwatch_start(&cw, dbconv_pg_url()), 0);
+
+	/* this process as the leader: an agent's chunk arrives */
+	assert_int_equal(logstore_append(41, 1, 0, "hello\n", 6, &size), 0);
+	assert_int_equal(size, 6);
+	assert_int_equal(db_listener_wait(l, wait_ms(), &n), 1);
+	o = json_loads(n.payload, 0, NULL);
+	assert_non_null(o);
+	assert_int_equal(json_array_size(json_object_get(o, "what")), 1);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(o, "what"), 0)), "log");
+	json_decref(o);
+	db_notification_release(&n);
+
+	/* this process as a follower: another instance's logs grew */
+	gen = store_generation();
+	lg = notifier_gen(logstore_changes());
+	applied = stats(cw).applied;
+	assert_int_equal(db_notify(leader, COMMITWATCH_CHANNEL, "{\"v\":1,\"from\":\"leader-under-test\",\"what\":[\"log\"]}"), 0);
+	wait_applied(cw, applied);
+	assert_int_not_equal(notifier_gen(logstore_changes()), lg);
+	assert_int_equal(store_generation(), gen);
+
+	commitwatch_stop(cw);
+	/* stopped: appends announce nothing any more (a marker comes first) */
+	assert_int_equal(logstore_append(41, 1, 6, "more\n", 5, &size), 0);
+	assert_int_equal(db_notify(leader, COMMITWATCH_CHANNEL, "marker"), 0);
+	for (;;) {
+		assert_int_equal(db_listener_wait(l, wait_ms(), &n), 1);
+		if (!strcmp(n.payload, "marker"))
+			break;
+		/* the follower part's hint, heard here too; nothing of ours */
+		assert_non_null(strstr(n.payload, "\"from\":\"leader-under-test\""));
+		db_notification_release(&n);
+	}
+	db_notification_release(&n);
+	db_listener_close(l);
+	db_close(leader);
+}
+
 /* SQLite has one instance: announcing is a no-op, and fine. */
 static void sqlite_announce_does_nothing(void **state)
 {
@@ -464,6 +522,7 @@ int main(void)
 		cmocka_unit_test(own_announcements_are_not_applied_twice),
 		cmocka_unit_test(hostile_notifications_only_reload),
 		cmocka_unit_test(engine_commit_is_announced_and_a_failed_one_is_not),
+		cmocka_unit_test(log_appends_wake_other_instances_tails_only),
 		cmocka_unit_test(latency_from_commit_to_follower_wake),
 		cmocka_unit_test(listener_reconnects_after_server_restart),
 	};
