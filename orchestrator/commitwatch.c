@@ -235,12 +235,15 @@ static int drain(struct commitwatch *cw, unsigned *bits)
 	return rc < 0 ? -1 : 0;
 }
 
-/* Sleep ms or until stopped; 1 when stopped. */
+/* Sleep ms or until stopped; 1 when stopped.  A log append's wake ends
+ * the pause early once (the flag stays set until it is announced). */
 static int pause_or_quit(struct commitwatch *cw, int ms)
 {
 	struct pollfd pfd = { .fd = cw->efd, .events = POLLIN };
+	uint64_t v;
 
-	poll(&pfd, 1, ms);
+	if (poll(&pfd, 1, ms) > 0 && read(cw->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		ota_log(OTA_LOG_WARN, "commit notifications: eventfd: %s", strerror(errno));
 	return atomic_load(&cw->quit);
 }
 
