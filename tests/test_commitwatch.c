@@ -10,13 +10,15 @@
  * which has no commit hook, so nothing but a notification moves them; its
  * commits are announced as another instance's (commitwatch_announce_from).
  * The engine's own announcement, and this process's log appends', are
- * heard by a bare listener.
+ * heard by a bare listener; so are a real otacd's on PostgreSQL, running a
+ * pipeline, by this process as another instance.
  *
  * "Nothing arrived" is never a timed wait: a marker committed after the
  * thing that must not arrive is awaited, and the counters then say what
  * was heard (PostgreSQL delivers in commit order).  Latencies are printed,
  * not asserted.
  */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +39,7 @@
 #include "../orchestrator/logstore.h"
 #include "../orchestrator/store.h"
 #include "dbconv.h"
+#include "harness.h"
 #include "pgcluster.h"
 
 #define LATENCY_COMMITS 1000
@@ -453,6 +456,71 @@ static void log_appends_wake_other_instances_tails_only(void **state)
 	db_close(leader);
 }
 
+/* A real otacd on PostgreSQL as the leader, this process as another
+ * instance: a run's commits and its log lines reach it as hints of the
+ * right kinds, all well-formed. */
+static void real_otacd_commits_and_logs_reach_another_process(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	struct db_listener *l;
+	struct db_notification n;
+	struct commitwatch *cw;
+	struct commitwatch_stats s0, s1;
+	struct daemon d;
+	char *url, *fleet_url;
+	uint64_t gen, lg;
+	int64_t run;
+	int heard_state = 0, heard_log = 0;
+
+	(void)state;
+	dbconv_need_pg();
+	url = h_pg_createdb(dbconv_cluster(), "cwleader");
+	fleet_url = h_pg_createdb(dbconv_cluster(), "cwfleet");
+	h_init(&d, NULL);
+	h_use_database(&d, url, fleet_url);
+	assert_int_equal(h_start(&d, args), 0);
+	assert_int_equal(db_listener_open(&l, url), 0);
+	assert_int_equal(db_listen(l, COMMITWATCH_CHANNEL), 0);
+	assert_int_equal(commitwatch_start(&cw, url), 0);
+	s0 = stats(cw);
+	gen = store_generation();
+	lg = notifier_gen(logstore_changes());
+
+	run = h_trigger(&d, "name: cw\nstages:\n  - { name: a, steps: [ { run: 'echo one; echo two' } ] }\n");
+	assert_string_equal(h_wait_run(&d, run, wait_ms()), "passed");
+	while (!heard_state || !heard_log) {
+		json_t *o, *what, *v;
+		size_t i;
+
+		assert_int_equal(db_listener_wait(l, wait_ms(), &n), 1);
+		o = json_loads(n.payload, JSON_REJECT_DUPLICATES, NULL);
+		assert_non_null(o);
+		assert_int_equal(json_integer_value(json_object_get(o, "v")), 1);
+		assert_non_null(json_string_value(json_object_get(o, "from")));
+		what = json_object_get(o, "what");
+		assert_true(json_is_array(what));
+		json_array_foreach(what, i, v) {
+			heard_state |= !strcmp(json_string_value(v), "state");
+			heard_log |= !strcmp(json_string_value(v), "log");
+		}
+		json_decref(o);
+		db_notification_release(&n);
+	}
+	s1 = stats(cw);
+	assert_true(s1.applied > s0.applied);
+	assert_int_equal(s1.foreign, s0.foreign);
+	assert_int_equal(s1.own, s0.own);
+	assert_true(store_generation() > gen);
+	assert_int_not_equal(notifier_gen(logstore_changes()), lg);
+
+	commitwatch_stop(cw);
+	db_listener_close(l);
+	h_kill(&d, SIGTERM);
+	h_cleanup(&d);
+	free(url);
+	free(fleet_url);
+}
+
 /* SQLite has one instance: announcing is a no-op, and fine. */
 static void sqlite_announce_does_nothing(void **state)
 {
@@ -523,6 +591,7 @@ int main(void)
 		cmocka_unit_test(hostile_notifications_only_reload),
 		cmocka_unit_test(engine_commit_is_announced_and_a_failed_one_is_not),
 		cmocka_unit_test(log_appends_wake_other_instances_tails_only),
+		cmocka_unit_test(real_otacd_commits_and_logs_reach_another_process),
 		cmocka_unit_test(latency_from_commit_to_follower_wake),
 		cmocka_unit_test(listener_reconnects_after_server_restart),
 	};
