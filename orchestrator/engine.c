@@ -37,6 +37,7 @@
 #include "../common/log.h"
 #include "artifact.h"
 #include "clock.h"
+#include "commitwatch.h"
 #include "db/db.h"
 #include "diskguard.h"
 #include "logstore.h"
@@ -773,6 +774,16 @@ static void note_store_trouble(struct engine *e)
 	}
 }
 
+/* Tell the other instances about this commit, in its own transaction
+ * (commitwatch.h: PostgreSQL only; what changed is a hint for them). */
+static int announce_commit(struct engine *e)
+{
+	unsigned what = (e->changed_state ? CW_STATE : 0) | (e->changed_work ? CW_WORK : 0) |
+			(e->changed_rollout ? CW_ROLLOUT : 0);
+
+	return commitwatch_announce(store_conn(e->db), what);
+}
+
 /*
  * Run one call in its own transaction.  Not through db_transact(), which
  * runs its function again after a lost race: a call also changes memory
@@ -799,7 +810,7 @@ static void run_call(struct engine *e, struct call *c)
 			store_rollback(e->db);
 			/* The in-memory queue may have moved ahead of the database. */
 			queue_rebuild(e);
-		} else if (store_commit(e->db) < 0) {
+		} else if (announce_commit(e) < 0 || store_commit(e->db) < 0) {
 			note_store_trouble(e);
 			store_rollback(e->db);
 			queue_rebuild(e);

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@ static int64_t g_max = 4 << 20;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct notifier g_changes;
 static struct mask_set *g_mask;
+/* called after each append that wrote bytes (logstore_on_append) */
+static void (*_Atomic g_on_append)(void *arg);
+static void *_Atomic g_on_append_arg;
 
 /* The mask stream of one attempt whose log is being written (under g_lock). */
 struct lstream {
@@ -101,6 +105,12 @@ int64_t logstore_max_bytes(void)
 struct notifier *logstore_changes(void)
 {
 	return &g_changes;
+}
+
+void logstore_on_append(void (*fn)(void *arg), void *arg)
+{
+	atomic_store(&g_on_append_arg, arg);
+	atomic_store(&g_on_append, fn);
 }
 
 static char *log_path(int64_t job, int attempt)
@@ -277,8 +287,12 @@ int logstore_append(int64_t job, int attempt, int64_t offset, const void *data,
 	*size = received + (int64_t)len;
 out:
 	pthread_mutex_unlock(&g_lock);
-	if (rc == 0)
+	if (rc == 0) {
+		void (*fn)(void *arg) = atomic_load(&g_on_append);
 		notifier_bump(&g_changes);
+		if (fn)
+			fn(atomic_load(&g_on_append_arg));
+	}
 	if (masked.ptr)
 		memset(masked.ptr, 0, masked.len);
 	buf_release(&masked);

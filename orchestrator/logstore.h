@@ -53,6 +53,12 @@ int64_t logstore_size(int64_t job, int attempt);
 int logstore_read(int64_t job, int attempt, int64_t offset, size_t max, struct buf *out);
 
 struct notifier *logstore_changes(void);
+/*
+ * Call fn(arg) after each append, on the appending thread, outside the
+ * store's lock (NULL: none).  It must only note the change and return:
+ * commitwatch.h tells the other instances' live logs.
+ */
+void logstore_on_append(void (*fn)(void *arg), void *arg);
 
 /*
  * Retention (retention.h): remove every log of a job (its directory);

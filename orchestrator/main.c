@@ -35,6 +35,7 @@
 #include "clock.h"
 #include "config.h"
 #include "db/db.h"
+#include "commitwatch.h"
 #include "db/db_leader.h"
 #include "diskguard.h"
 #include "engine.h"
@@ -388,6 +389,7 @@ int main(int argc, char **argv)
 	struct flags_controller *flags = NULL;
 	struct fleet_ca *devca = NULL;
 	struct engine_config ecfg = { 0 };
+	struct commitwatch *watch = NULL; /* PostgreSQL: the other instances' commits */
 	struct db_leader *single = NULL; /* one otacd per PostgreSQL database, for now */
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL;
@@ -519,6 +521,8 @@ int main(int argc, char **argv)
 	if (instance_id(db) < 0)
 		goto fail;
 	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
+	    /* issue 16: other instances' commits move this one's readers */
+	    (db_backend(store_conn(db)) == DB_POSTGRES && commitwatch_start(&watch, path) < 0) ||
 	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
 	    origin_configure(cfg.image_origin) < 0) /* issue 15 */
 		goto fail;
@@ -709,6 +713,7 @@ int main(int argc, char **argv)
 fail:
 	ota_log(OTA_LOG_ERROR, "%s", ota_error_last());
 out:
+	commitwatch_stop(watch);
 	localagents_stop(agents);
 	api_stop(api);
 	rollout_controller_stop(rollouts);

@@ -269,6 +269,11 @@ static void bump_generation(void *arg)
 	atomic_fetch_add(&g_generation, 1);
 }
 
+void store_generation_bump(void)
+{
+	atomic_fetch_add(&g_generation, 1);
+}
+
 uint64_t store_generation(void)
 {
 	return atomic_load(&g_generation);

@@ -64,6 +64,9 @@ struct store *store_reader(void);
  * store_generation() returned G stays valid as long as it still returns G.
  */
 uint64_t store_generation(void);
+/* Move it as a commit does: another instance's commit, heard by
+ * commitwatch.h (its thread), or anything that makes every answer stale. */
+void store_generation_bump(void);
 
 /*
  * Durability of writer connections opened from now on (otacd.db and
