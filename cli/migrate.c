@@ -1,7 +1,10 @@
 /*
  * migrate.c - `otactl migrate --from sqlite:STATE/otacd.db --to postgres://...`:
  * an installation's history copied into PostgreSQL (docs/storage.md,
- * "Moving to PostgreSQL").
+ * "Moving to PostgreSQL").  The same command moves the fleet database:
+ * --from sqlite:STATE/fleet.db.  Which of the two a source is, and so
+ * which migration list both sides follow, is read from its tables (the
+ * fleet's has fleet_meta), not from its file name.
  *
  * otactl's first local command that writes: it talks to the two databases,
  * not to the daemon, because the daemon must be stopped.  It holds
@@ -14,6 +17,7 @@
  */
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/db/db_copy.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/store.h"
 #include "otactl.h"
 
@@ -78,12 +82,33 @@ static void progress(void *arg, const char *table, int64_t done, int64_t total)
 		fprintf(stderr, "otactl: migrate: %s: %" PRId64 "/%" PRId64 " rows\n", table, done, total);
 }
 
-static void print_summary(const struct db_copy_result *r, const char *from, const char *to_shown)
+/* 1 when src is a fleet database (fleet_store.c's fleet_meta), 0 when
+ * not (otacd.db), negative on a read error. */
+static int is_fleet_db(struct db *src)
+{
+	struct db_stmt *st = NULL;
+	int rc;
+
+	if (db_prepare(src, &st, "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'fleet_meta'") < 0) {
+		fprintf(stderr, "otactl: migrate: source: %s; nothing was changed\n", db_errmsg(src));
+		return -1;
+	}
+	rc = db_step(st);
+	if (rc == 1)
+		rc = db_column_int64(st, 0) > 0;
+	else
+		fprintf(stderr, "otactl: migrate: source: %s; nothing was changed\n", db_errmsg(src));
+	db_finalize(st);
+	return rc < 0 ? -1 : rc;
+}
+
+static void print_summary(const struct db_copy_result *r, const char *from, const char *to_shown, int fleet)
 {
 	struct ctl_table t = { .ncols = 4, .state_col = -1 };
 
 	if (ctl.json) {
-		json_t *o = json_pack("{sisIs[]}", "schema", r->schema, "rows", (json_int_t)r->rows, "tables");
+		json_t *o = json_pack("{sssisIs[]}", "database", fleet ? "fleet" : "engine", "schema", r->schema, "rows",
+				      (json_int_t)r->rows, "tables");
 		json_t *arr = json_object_get(o, "tables");
 		for (size_t i = 0; i < r->ntables; i++) {
 			const struct db_copy_table *x = &r->tables[i];
@@ -95,7 +120,8 @@ static void print_summary(const struct db_copy_result *r, const char *from, cons
 		json_decref(o);
 		return;
 	}
-	printf("copied %s into %s (schema %d)\n", from, to_shown, r->schema);
+	printf("copied %s (the %s database) into %s (schema %d)\n", from, fleet ? "fleet" : "engine", to_shown,
+	       r->schema);
 	ctl_table_row(&t, "TABLE", "ROWS", "NEXT ID", "SHA-256 (source = target)");
 	for (size_t i = 0; i < r->ntables; i++) {
 		const struct db_copy_table *x = &r->tables[i];
@@ -133,7 +159,7 @@ int cmd_migrate(int argc, char **argv)
 	struct db_copy_opts opts = { .progress = progress };
 	char *to_shown = NULL;
 	struct stat sb = { 0 };
-	int lockfd = -1, rc = EXIT_FAIL;
+	int lockfd = -1, rc = EXIT_FAIL, fleet = 0;
 
 	for (int i = 1; i < argc; i++) {
 		int r;
@@ -146,7 +172,7 @@ int cmd_migrate(int argc, char **argv)
 	if (!from || !to)
 		return usage_error("migrate", "migrate needs --from sqlite:PATH and --to postgres://...");
 	if (strncmp(from, "sqlite:", 7) != 0)
-		return usage_error("migrate", "--from must be sqlite:PATH (otacd's STATE/otacd.db)");
+		return usage_error("migrate", "--from must be sqlite:PATH (STATE/otacd.db or STATE/fleet.db)");
 	if (strncmp(to, "postgres://", 11) != 0 && strncmp(to, "postgresql://", 13) != 0)
 		return usage_error("migrate", "--to must be a postgres:// or postgresql:// URL");
 	if (stat(from + 7, &sb) < 0 || !S_ISREG(sb.st_mode)) {
@@ -159,14 +185,16 @@ int cmd_migrate(int argc, char **argv)
 	to_shown = db_url_redacted(to);
 	if (open_db(&src, from, DB_READONLY, "source") < 0 || open_db(&dst, to, 0, "target") < 0)
 		goto out;
-	opts.migrations = store_migrations(&opts.nmigrations);
+	if ((fleet = is_fleet_db(src)) < 0)
+		goto out;
+	opts.migrations = fleet ? fleet_store_migrations(&opts.nmigrations) : store_migrations(&opts.nmigrations);
 	if (db_copy(&res, src, dst, &opts) < 0) {
 		char *msg = redact_in(ota_error_last(), to, to_shown);
 		fprintf(stderr, "otactl: migrate: %s\n", msg);
 		free(msg);
 		goto out;
 	}
-	print_summary(&res, from, to_shown);
+	print_summary(&res, from, to_shown, fleet);
 	db_copy_result_release(&res);
 	rc = EXIT_OK;
 out:

@@ -567,6 +567,9 @@ static const struct cmd commands[] = {
 	{ "backup", cmd_backup, "backup DIR", "a consistent backup of the running otacd into DIR on its host (admin)" },
 	{ "migrate", cmd_migrate, "migrate --from sqlite:STATE/otacd.db --to postgres://...",
 	  "copy a stopped otacd's state into an empty PostgreSQL database, verified (no daemon needed)" },
+	{ "migrate", cmd_migrate, "migrate --from sqlite:STATE/fleet.db --to postgres://...",
+	  "then its fleet database (devices, aggregates, registrations) the same way, into a database of its own "
+	  "(fleet_database:)" },
 	{ "version", cmd_version, "version", "versions of otactl and the daemon" },
 	{ "help", cmd_help, "help [COMMAND]", "this text" },
 };

@@ -19,10 +19,12 @@ static __thread char error_msg[1024];
 
 int ota_error_set(int code, const char *fmt, ...)
 {
+	char msg[sizeof(error_msg)]; /* an argument may be ota_error_last() itself */
 	va_list ap;
 	va_start(ap, fmt);
-	vsnprintf(error_msg, sizeof(error_msg), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	memcpy(error_msg, msg, sizeof(msg));
 	return code;
 }
 

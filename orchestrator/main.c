@@ -463,7 +463,7 @@ int main(int argc, char **argv)
 		cfg.local_agents = local_agents;
 	if (restore) {
 		/* before anything creates the state directory: it must be new or empty */
-		int rc = backup_restore_db(restore, cfg.state_dir, cfg.database);
+		int rc = backup_restore_dbs(restore, cfg.state_dir, cfg.database, cfg.fleet_database);
 		if (rc < 0)
 			fprintf(stderr, "otacd: restore: %s\n", ota_error_last());
 		else

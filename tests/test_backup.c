@@ -1,9 +1,11 @@
 /*
  * test_backup.c - `otactl backup` while otacd runs a held rollout, and
  * `otacd --restore` into a fresh state directory: the restored otacd
- * carries the rollout on (same step and hold, devices still offered the
- * release, a promote finishes it), its release verifies, its logs are
- * there.  A corrupted, partial or hostile backup is refused and changes
+ * carries the rollout on (same step and hold, its device registry, devices
+ * still offered the release, a promote finishes it), its release
+ * verifies, its logs are there.  Once with SQLite, once with both
+ * databases on PostgreSQL (each daemon its own cluster, tests/pgcluster.h):
+ * the backup holds both dumps and the restore fills two new databases.  A corrupted, partial or hostile backup is refused and changes
  * nothing; a backup needs the admin role.
  */
 #include <setjmp.h>
@@ -18,6 +20,7 @@
 #include <cmocka.h>
 
 #include "../common/util.h"
+#include "../orchestrator/db/db.h"
 #include "devharness.h"
 #include "harness.h"
 
@@ -59,15 +62,52 @@ static char *job_log(struct daemon *d, int64_t job)
 	return buf_detach(&out);
 }
 
-static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
+/* One integer from d's fleet database. */
+static int64_t fleet_sql_int(struct daemon *d, const char *sql)
+{
+	char *url = d->fleet_database ? xstrdup(d->fleet_database) : xasprintf("sqlite:%s/state/fleet.db", d->dir);
+	struct db *db = NULL;
+	struct db_stmt *st = NULL;
+	int64_t n;
+
+	if (db_open(&db, url, DB_READONLY) < 0 || db_prepare(db, &st, sql) < 0 || db_step(st) != 1)
+		fail_msg("fleet sql %s: %s", sql, ota_error_last());
+	n = db_column_int64(st, 0);
+	db_finalize(st);
+	db_close(db);
+	free(url);
+	return n;
+}
+
+/* r's config: f's without its database lines, with r's own (new, empty
+ * databases on r's cluster), so `otacd --restore --config` fills them. */
+static void config_for_restore(struct daemon *r, const char *from)
+{
+	struct buf in = BUF_INIT, cfg = BUF_INIT;
+	char *save = NULL;
+
+	assert_int_equal(ota_read_file(&in, from, 1 << 20), 0);
+	for (char *line = strtok_r(in.ptr, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (strncmp(line, "database:", 9) && strncmp(line, "fleet_database:", 15))
+			buf_printf(&cfg, "%s\n", line);
+	buf_printf(&cfg, "database: \"%s\"\nfleet_database: \"%s\"\n", r->database, r->fleet_database);
+	r->config = xasprintf("%s/config.yml", r->dir);
+	assert_int_equal(ota_write_file_atomic(r->config, cfg.ptr, cfg.len, 0600), 0);
+	buf_release(&in);
+	buf_release(&cfg);
+}
+
+static void carry_on(int pg)
 {
 	struct dh_fleet f = { 0 };
 	struct daemon r;
 	struct buf out = BUF_INIT;
 	char *otacd = h_bin("otacd"), *otactl = h_bin("otactl"), *bk, *log_before, *log_after, *v;
 	int64_t run, build_job, hold_before;
-	(void)state;
+	char *saved = getenv("OTACD_DATABASE") ? xstrdup(getenv("OTACD_DATABASE")) : NULL;
 
+	if (pg) /* h_init: a cluster of its own with two new databases (make deps installs PostgreSQL) */
+		setenv("OTACD_DATABASE", "pg", 1);
 	h_init(&f.d, NULL);
 	dh_fleet_start(&f, "bk", 2, "key", "poll_interval: 1s\n");
 	f.release = dh_fw_release(&f.d);
@@ -87,10 +127,32 @@ static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
 	assert_non_null(strstr(buf_cstr(&out), "backed up into"));
 	h_kill(&f.d, SIGTERM);
 
+	if (pg) {
+		json_t *m;
+		char *path = xasprintf("%s/backup.json", bk);
+		m = json_load_file(path, 0, NULL);
+		assert_non_null(m);
+		assert_string_equal(json_string_value(json_object_get(m, "database")), "postgres");
+		assert_string_equal(json_string_value(json_object_get(m, "fleet_database")), "postgres");
+		json_decref(m);
+		free(path);
+	}
+
 	/* restored into a fresh state directory, otacd there goes on */
 	h_init(&r, NULL);
-	r.config = xstrdup(f.d.config);
-	assert_int_equal(h_sh(&out, "%s --restore %s --state-dir %s/state", otacd, bk, r.dir), 0);
+	if (pg) {
+		config_for_restore(&r, f.d.config);
+		if (saved)
+			setenv("OTACD_DATABASE", saved, 1);
+		else
+			unsetenv("OTACD_DATABASE");
+	} else {
+		r.config = xstrdup(f.d.config);
+	}
+	if (h_sh(&out, "%s --config %s --restore %s --state-dir %s/state 2>&1", otacd, r.config, bk, r.dir) != 0)
+		fail_msg("restore: %s", buf_cstr(&out));
+	/* the device registry came along */
+	assert_int_equal(fleet_sql_int(&r, "SELECT COUNT(*) FROM registered"), 2);
 	assert_int_equal(h_start(&r, (const char *const[]){ "--local-agents", "1", NULL }), 0);
 	assert_int_equal(h_sql_int(&r, "SELECT hold_until FROM rollouts"), hold_before); /* same step, same hold */
 	assert_int_equal(h_sql_int(&r, "SELECT COUNT(*) FROM rollouts WHERE state = 'holding' AND step = 0"), 1);
@@ -125,6 +187,19 @@ static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
 	free(otactl);
 	h_cleanup(&r);
 	dh_fleet_stop(&f);
+	free(saved);
+}
+
+static void rollout_in_a_hold_is_backed_up_restored_and_carries_on(void **state)
+{
+	(void)state;
+	carry_on(0);
+}
+
+static void rollout_on_postgresql_is_backed_up_with_its_fleet_database_restored_and_carries_on(void **state)
+{
+	(void)state;
+	carry_on(1);
 }
 
 /* A daemon with one finished run and a backup of it in DIR/backup. */
@@ -266,6 +341,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(rollout_in_a_hold_is_backed_up_restored_and_carries_on),
+		cmocka_unit_test(rollout_on_postgresql_is_backed_up_with_its_fleet_database_restored_and_carries_on),
 		cmocka_unit_test(corrupted_partial_or_hostile_backup_is_refused_and_changes_nothing),
 		cmocka_unit_test(backup_needs_the_admin_role),
 	};

@@ -16,7 +16,16 @@
  *    in its last table's data (pg_restore fails after it created the
  *    tables: one transaction, so none is left), and a dump whose schema
  *    is newer than this otacd behind a manifest that says otherwise
- *    (restored, then refused, then dropped again).
+ *    (restored, then refused, then dropped again);
+ *  - the fleet database (fleet_database:) on PostgreSQL is in the backup
+ *    too (fleet.pgdump) and restored into its own new, empty database;
+ *    a filled fleet target, a backup of the other kind, one database for
+ *    both and a fleet schema newer than this otacd are refused, and
+ *    whatever was restored is dropped again;
+ *  - the password of either URL (user part or password=) reaches pg_dump
+ *    and pg_restore in their environment (PGPASSWORD), never in their
+ *    argv (which `ps` shows: read by wrappers on PATH that record what
+ *    the real programs get) nor in an error message.
  */
 #include <inttypes.h>
 #include <setjmp.h>
@@ -36,6 +45,7 @@
 #include "../orchestrator/backup/backup.h"
 #include "../orchestrator/backup/backup_int.h"
 #include "../orchestrator/db/db.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/store.h"
 #include "dbconv.h"
 #include "pgcluster.h"
@@ -622,6 +632,307 @@ static void sqlite_backup_lists_its_artifacts_and_restores(void **state)
 	free(into);
 }
 
+/* ---- the fleet database on PostgreSQL ---------------------------------------- */
+
+/* url migrated with the fleet store's own list, with two registered
+ * devices, their registration and an aggregate row. */
+static void fleet_fill(const char *url, int newer)
+{
+	struct db *db = NULL;
+	size_t n;
+	const char *const *list = fleet_store_migrations(&n);
+
+	if (db_open(&db, url, 0) < 0 || db_migrate(db, list, n) < 0 ||
+	    db_exec(db, "INSERT INTO registered(id, gen, at) VALUES ('dev-1', 1, 5), ('dev-2', 1, 6)") < 0 ||
+	    db_exec(db, "INSERT INTO registrations(at, count, first, last, peer) VALUES (5, 2, 'dev-1', 'dev-2', 'lo')") < 0 ||
+	    db_exec(db, "INSERT INTO aggs VALUES ('fw', '1.1.0', 'all', 2, 2, 2, 2, 0, 0, 2, 0, 0, 1.5, 0.0)") < 0 ||
+	    (newer && db_exec(db, "INSERT INTO schema_migrations(version, applied_at) VALUES (99, 1)") < 0))
+		fail_msg("fleet database %s: %s", url, ota_error_last());
+	db_close(db);
+}
+
+static int64_t fleet_count(const char *url, const char *sql)
+{
+	struct db *db = NULL;
+	struct db_stmt *st = NULL;
+	int64_t n;
+
+	if (db_open(&db, url, DB_READONLY) < 0 || db_prepare(db, &st, sql) < 0 || db_step(st) != 1)
+		fail_msg("%s on %s: %s", sql, url, ota_error_last());
+	n = db_column_int64(st, 0);
+	db_finalize(st);
+	db_close(db);
+	return n;
+}
+
+static void postgres_fleet_database_is_backed_up_and_restored_into_its_own_database(void **state)
+{
+	struct pgstate ps;
+	json_t *sum = NULL, *m;
+	char *fleet, *target, *fleet_target, *into, *path;
+
+	(void)state;
+	pg_state(&ps);
+	fleet = new_database();
+	fleet_fill(fleet, 0);
+	if (backup_take_dbs(&sum, dbconv_pg_url(), fleet, ps.state, ps.backup, 1) < 0)
+		fail_msg("backup: %s", ota_error_last());
+	assert_string_equal(json_string_value(json_object_get(sum, "fleet_database")), "postgres");
+	json_decref(sum);
+	m = manifest(ps.backup);
+	assert_string_equal(json_string_value(json_object_get(m, "fleet_database")), "postgres");
+	json_decref(m);
+	path = xasprintf("%s/" BACKUP_FLEET_DUMP, ps.backup);
+	assert_true(exists(path));
+	free(path);
+	path = xasprintf("%s/" BACKUP_FLEET_DB, ps.backup);
+	assert_false(exists(path));
+	free(path);
+
+	target = new_database();
+	fleet_target = new_database();
+	into = xasprintf("%s/fleet-into-%d", dbconv_tmpdir(), g_case);
+	if (backup_restore_dbs(ps.backup, into, target, fleet_target) < 0)
+		fail_msg("restore: %s", ota_error_last());
+	assert_int_equal(fleet_count(fleet_target, "SELECT COUNT(*) FROM registered"), 2);
+	assert_int_equal(fleet_count(fleet_target, "SELECT COUNT(*) FROM registrations"), 1);
+	assert_int_equal(fleet_count(fleet_target, "SELECT installs FROM aggs WHERE version = '1.1.0'"), 2);
+	assert_int_equal(count_in(target, "SELECT COUNT(*) FROM audit WHERE action = 'restore'"), 1);
+	/* the restored fleet database opens as the fleet store opens it, and
+	 * its audit trail's ids go on after the restored one */
+	{
+		struct db *db = NULL;
+		size_t n;
+		const char *const *list = fleet_store_migrations(&n);
+		assert_int_equal(db_open(&db, fleet_target, 0), 0);
+		assert_int_equal(db_migrate(db, list, n), 0);
+		assert_int_equal(db_exec(db, "INSERT INTO registrations(at, count, first, last, peer)"
+					     " VALUES (9, 1, 'dev-3', 'dev-3', 'lo')"), 0);
+		db_close(db);
+		assert_int_equal(fleet_count(fleet_target, "SELECT MAX(id) FROM registrations"), 2);
+	}
+
+	/* into a filled fleet database: refused before anything changes */
+	{
+		char *again = xasprintf("%s/fleet-again-%d", dbconv_tmpdir(), g_case), *empty = new_database();
+		assert_int_equal(backup_restore_dbs(ps.backup, again, empty, fleet_target), OTA_ECONFLICT);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_non_null(strstr(ota_error_last(), "is not empty"));
+		assert_int_equal(relations(empty), 0);
+		assert_int_equal(fleet_count(fleet_target, "SELECT COUNT(*) FROM registered"), 2);
+		assert_true(dir_is_empty_or_absent(again));
+		/* a fleet.pgdump without a PostgreSQL fleet database */
+		assert_int_equal(backup_restore_dbs(ps.backup, again, empty, NULL), OTA_EINVAL);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_non_null(strstr(ota_error_last(), "fleet.pgdump"));
+		/* one database for both */
+		assert_int_equal(backup_restore_dbs(ps.backup, again, empty, empty), OTA_EINVAL);
+		assert_non_null(strstr(ota_error_last(), "the same PostgreSQL database"));
+		assert_int_equal(relations(empty), 0);
+		assert_true(dir_is_empty_or_absent(again));
+		free(again);
+		free(empty);
+	}
+	free(into);
+	free(target);
+	free(fleet_target);
+	free(fleet);
+	pgstate_free(&ps);
+}
+
+static void a_sqlite_fleet_backup_is_refused_for_a_postgres_fleet_database(void **state)
+{
+	char *st = xasprintf("%s/sqlite-fleet-%d", dbconv_tmpdir(), ++g_case);
+	char *bk = xasprintf("%s/sqlite-fleet-bk-%d", dbconv_tmpdir(), g_case);
+	char *into = xasprintf("%s/sqlite-fleet-into-%d", dbconv_tmpdir(), g_case);
+	char *path = xasprintf("%s/otacd.db", st), *fleet_path = xasprintf("sqlite:%s/fleet.db", st), *target;
+	struct store *s = NULL;
+	json_t *sum = NULL;
+
+	(void)state;
+	dbconv_need_pg();
+	write_text(path, "");
+	unlink(path);
+	assert_int_equal(store_open(&s, path), 0);
+	store_close(s);
+	fleet_fill(fleet_path, 0);
+	if (backup_take_db(&sum, NULL, st, bk, 1) < 0)
+		fail_msg("backup: %s", ota_error_last());
+	assert_string_equal(json_string_value(json_object_get(sum, "fleet_database")), "sqlite");
+	json_decref(sum);
+	target = new_database();
+	assert_int_equal(backup_restore_dbs(bk, into, NULL, target), OTA_EINVAL);
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "otactl migrate --from sqlite:STATE/fleet.db"));
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+	/* and restored as it was taken: fleet.db in the state directory */
+	if (backup_restore(bk, into) < 0)
+		fail_msg("restore: %s", ota_error_last());
+	free(fleet_path);
+	fleet_path = xasprintf("sqlite:%s/fleet.db", into);
+	assert_int_equal(fleet_count(fleet_path, "SELECT COUNT(*) FROM registered"), 2);
+	free(target);
+	free(fleet_path);
+	free(path);
+	free(st);
+	free(bk);
+	free(into);
+}
+
+static void a_newer_fleet_schema_is_refused_and_both_databases_are_dropped_again(void **state)
+{
+	struct pgstate ps;
+	char *fleet, *target, *fleet_target, *into;
+
+	(void)state;
+	pg_state(&ps);
+	fleet = new_database();
+	fleet_fill(fleet, 1);
+	assert_int_equal(backup_take_dbs(NULL, dbconv_pg_url(), fleet, ps.state, ps.backup, 1), 0);
+	target = new_database();
+	fleet_target = new_database();
+	into = xasprintf("%s/newer-fleet-%d", dbconv_tmpdir(), g_case);
+	assert_int_equal(backup_restore_dbs(ps.backup, into, target, fleet_target), OTA_EINVAL);
+	fprintf(stderr, "refused: %s\n", ota_error_last());
+	assert_non_null(strstr(ota_error_last(), "newer than this otacd"));
+	assert_non_null(strstr(ota_error_last(), "dropped again"));
+	assert_int_equal(relations(fleet_target), 0);
+	assert_int_equal(relations(target), 0);
+	assert_true(dir_is_empty_or_absent(into));
+	free(into);
+	free(target);
+	free(fleet_target);
+	free(fleet);
+	pgstate_free(&ps);
+}
+
+/* ---- the password ------------------------------------------------------------ */
+
+#define PASSWORD "Pw-s3cret-42"
+
+/* The program NAME on PATH (caller frees). */
+static char *on_path(const char *name)
+{
+	char *path = xstrdup(getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin"), *save = NULL, *found = NULL;
+
+	for (char *d = strtok_r(path, ":", &save); d && !found; d = strtok_r(NULL, ":", &save)) {
+		char *p = xasprintf("%s/%s", d, name);
+		if (access(p, X_OK) == 0)
+			found = p;
+		else
+			free(p);
+	}
+	free(path);
+	if (!found)
+		skip();
+	return found;
+}
+
+/* url with PASSWORD in its user part (user) or as password= (query). */
+static char *with_password(const char *url, int user)
+{
+	const char *at = strchr(url, '@');
+	assert_non_null(at);
+	return user ? xasprintf("%.*s:" PASSWORD "%s", (int)(at - url), url, at) : xasprintf("%s&password=" PASSWORD, url);
+}
+
+static void the_password_reaches_pg_dump_and_pg_restore_in_the_environment_only(void **state)
+{
+	static const char *const progs[] = { "pg_dump", "pg_restore" };
+	struct pgstate ps;
+	char *wrappers, *log, *url, *fleet, *target, *fleet_target, *into, *p;
+	struct buf text = BUF_INIT;
+	int argv_lines = 0, env_lines = 0;
+
+	(void)state;
+	pg_state(&ps);
+	wrappers = xasprintf("%s/wrappers-%d", dbconv_tmpdir(), g_case);
+	log = xasprintf("%s/children.log", wrappers);
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(progs); i++) {
+		char *real = on_path(progs[i]), *path = xasprintf("%s/%s", wrappers, progs[i]);
+		/* what the real program is handed: its argv and its PGPASSWORD */
+		char *script = xasprintf("#!/bin/sh\n{ printf 'argv:'; for a in \"$0\" \"$@\"; do printf ' %%s' \"$a\"; done;"
+					 " printf '\\nenv: PGPASSWORD=%%s\\n' \"$PGPASSWORD\"; } >> '%s'\nexec '%s' \"$@\"\n",
+					 log, real);
+		write_text(path, script);
+		assert_int_equal(chmod(path, 0700), 0);
+		free(script);
+		free(path);
+		free(real);
+	}
+	g_path_saved = xstrdup(getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin");
+	p = xasprintf("%s:%s", wrappers, g_path_saved);
+	setenv("PATH", p, 1);
+	free(p);
+
+	url = with_password(dbconv_pg_url(), 1);
+	fleet = new_database();
+	fleet_fill(fleet, 0);
+	p = with_password(fleet, 0);
+	free(fleet);
+	fleet = p;
+	if (backup_take_dbs(NULL, url, fleet, ps.state, ps.backup, 1) < 0)
+		fail_msg("backup: %s", ota_error_last());
+	target = new_database();
+	fleet_target = new_database();
+	p = with_password(target, 1);
+	free(target);
+	target = p;
+	p = with_password(fleet_target, 0);
+	free(fleet_target);
+	fleet_target = p;
+	into = xasprintf("%s/pw-into-%d", dbconv_tmpdir(), g_case);
+	if (backup_restore_dbs(ps.backup, into, target, fleet_target) < 0)
+		fail_msg("restore: %s", ota_error_last());
+	path_restored();
+
+	assert_int_equal(ota_read_file(&text, log, 1 << 20), 0);
+	fprintf(stderr, "%s", buf_cstr(&text));
+	for (char *line = strtok(text.ptr, "\n"); line; line = strtok(NULL, "\n")) {
+		if (!strncmp(line, "argv:", 5)) {
+			argv_lines++;
+			assert_null(strstr(line, PASSWORD));
+			assert_non_null(strstr(line, "--dbname="));
+		} else {
+			env_lines++;
+			assert_string_equal(line, "env: PGPASSWORD=" PASSWORD);
+		}
+	}
+	assert_int_equal(argv_lines, 4); /* two dumps, two restores */
+	assert_int_equal(env_lines, 4);
+
+	/* a failure names the database, never its password */
+	{
+		char *again = xasprintf("%s/pw-again-%d", dbconv_tmpdir(), g_case);
+		char *u1 = db_url("no_such_database"), *u2 = db_url("nor_this");
+		char *gone = with_password(u1, 0), *gone2 = with_password(u2, 1);
+		assert_true(backup_restore_dbs(ps.backup, again, gone, gone2) < 0);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_null(strstr(ota_error_last(), PASSWORD));
+		assert_true(backup_restore_dbs(ps.backup, again, target, gone2) < 0);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_null(strstr(ota_error_last(), PASSWORD));
+		assert_true(backup_take_dbs(NULL, url, gone, ps.state, again, 1) < 0);
+		fprintf(stderr, "refused: %s\n", ota_error_last());
+		assert_null(strstr(ota_error_last(), PASSWORD));
+		free(u1);
+		free(u2);
+		free(gone);
+		free(gone2);
+		free(again);
+	}
+	buf_release(&text);
+	free(into);
+	free(target);
+	free(fleet_target);
+	free(fleet);
+	free(url);
+	free(log);
+	free(wrappers);
+	pgstate_free(&ps);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -633,6 +944,10 @@ int main(void)
 		cmocka_unit_test(without_pg_dump_or_pg_restore_nothing_is_backed_up_or_restored),
 		cmocka_unit_test(a_corrupt_dump_restores_nothing),
 		cmocka_unit_test(a_newer_schema_is_refused_and_dropped_again),
+		cmocka_unit_test(postgres_fleet_database_is_backed_up_and_restored_into_its_own_database),
+		cmocka_unit_test(a_sqlite_fleet_backup_is_refused_for_a_postgres_fleet_database),
+		cmocka_unit_test(a_newer_fleet_schema_is_refused_and_both_databases_are_dropped_again),
+		cmocka_unit_test(the_password_reaches_pg_dump_and_pg_restore_in_the_environment_only),
 	};
 	int rc;
 

@@ -13,7 +13,10 @@
  * a big table leaving an empty target that a rerun fills.  db_copy() is
  * also called directly on a made-up schema for what otacd.db lacks: blobs,
  * NULLs, reals, foreign keys declared before their parent, and a value
- * that cannot be copied exactly.
+ * that cannot be copied exactly.  The fleet database (fleet.db, with the
+ * devices the installation registered) is a second migrate into a
+ * database of its own, refused the same ways: a running otacd, a filled
+ * target, a source newer than this otactl.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -33,6 +36,7 @@
 #include "../common/util.h"
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/db/db_copy.h"
+#include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/store.h"
 #include "harness.h"
 #include "pgcluster.h"
@@ -42,6 +46,8 @@ static int g_pg_up;
 static struct daemon g_d;
 static char *g_db;  /* STATE/otacd.db */
 static char *g_from; /* sqlite:STATE/otacd.db */
+static char *g_fleet_db;   /* STATE/fleet.db */
+static char *g_fleet_from; /* sqlite:STATE/fleet.db */
 
 /* ---- PostgreSQL databases --------------------------------------------------- */
 
@@ -210,8 +216,9 @@ static int64_t target_tables(const char *url)
 
 /* ---- otactl ------------------------------------------------------------------ */
 
-/* otactl migrate ARGS; stdout in out, stderr in err; the exit status. */
-static int migrate(struct buf *out, struct buf *err, const char *to, const char *extra)
+/* otactl migrate --from FROM --to TO [EXTRA]; stdout in out, stderr in
+ * err; the exit status. */
+static int migrate_from(struct buf *out, struct buf *err, const char *from, const char *to, const char *extra)
 {
 	char *bin = h_bin("otactl"), *errf = xasprintf("%s/migrate.err", g_d.dir);
 	struct timespec t0, t1;
@@ -220,7 +227,7 @@ static int migrate(struct buf *out, struct buf *err, const char *to, const char 
 	buf_clear(out);
 	buf_release(err); /* ota_read_file() starts it afresh */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = h_sh(out, "(%s %s migrate --from '%s' --to '%s' 2>'%s')", bin, extra ? extra : "", g_from, to, errf);
+	rc = h_sh(out, "(%s %s migrate --from '%s' --to '%s' 2>'%s')", bin, extra ? extra : "", from, to, errf);
 	assert_int_equal(ota_read_file(err, errf, 1 << 20), 0);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (getenv("MIGRATE_VERBOSE")) /* what an operator sees, and how long it took */
@@ -230,6 +237,11 @@ static int migrate(struct buf *out, struct buf *err, const char *to, const char 
 	free(bin);
 	free(errf);
 	return rc;
+}
+
+static int migrate(struct buf *out, struct buf *err, const char *to, const char *extra)
+{
+	return migrate_from(out, err, g_from, to, extra);
 }
 
 /* ---- the installation -------------------------------------------------------- */
@@ -285,9 +297,17 @@ static int make_installation(void **state)
 	wait_sql("SELECT COUNT(*) FROM rollouts WHERE hold_until IS NOT NULL", 300000);
 	tok = h_agent_add(&g_d, "rig-1", "hil,board=mps2-an385");
 	assert_non_null(tok);
+	{
+		char **creds = h_register_devices(&g_d, "mig", 3); /* the fleet database's registry */
+		for (int i = 0; i < 3; i++)
+			free(creds[i]);
+		free(creds);
+	}
 	h_kill(&g_d, SIGTERM);
 	g_db = xasprintf("%s/state/otacd.db", g_d.dir);
 	g_from = xasprintf("sqlite:%s", g_db);
+	g_fleet_db = xasprintf("%s/state/fleet.db", g_d.dir);
+	g_fleet_from = xasprintf("sqlite:%s", g_fleet_db);
 	free(tok);
 	free(y);
 	free(cfg);
@@ -304,6 +324,8 @@ static int drop_installation(void **state)
 	}
 	free(g_db);
 	free(g_from);
+	free(g_fleet_db);
+	free(g_fleet_from);
 	return 0;
 }
 
@@ -728,6 +750,98 @@ static void a_value_that_cannot_be_copied_exactly_is_named_and_nothing_is_kept(v
 	free(to);
 }
 
+/* ---- the fleet database ------------------------------------------------------ */
+
+static void the_fleet_database_is_a_second_migrate_into_its_own_database(void **state)
+{
+	struct buf out = BUF_INIT, err = BUF_INIT;
+	struct strvec tables = STRVEC_INIT;
+	char *url = pg_new_db("fleet1");
+	struct db *a, *b;
+	json_t *sum;
+	size_t nmig;
+
+	(void)state;
+	need_pg();
+	fleet_store_migrations(&nmig);
+	if (migrate_from(&out, &err, g_fleet_from, url, "--json") != 0)
+		fail_msg("migrate fleet.db: %s", buf_cstr(&err));
+	sum = json_loads(buf_cstr(&out), 0, NULL);
+	if (!sum)
+		fail_msg("not JSON: %s\nstderr: %s", buf_cstr(&out), buf_cstr(&err));
+	assert_string_equal(json_string_value(json_object_get(sum, "database")), "fleet");
+	assert_int_equal(json_integer_value(json_object_get(sum, "schema")), (int64_t)nmig);
+	source_tables(g_fleet_db, &tables);
+	assert_int_equal(json_array_size(json_object_get(sum, "tables")), tables.n);
+	a = open_url(g_fleet_from, DB_READONLY);
+	b = open_url(url, DB_READONLY);
+	for (size_t i = 0; i < tables.n; i++)
+		assert_same_rows(a, b, tables.v[i]);
+	assert_int_equal(q_int(b, "SELECT COUNT(*) FROM registered"), 3);
+	assert_true(q_int(b, "SELECT COUNT(*) FROM registrations") >= 1);
+	/* the audit trail's identity goes on past the copied ids */
+	db_close(b);
+	b = open_url(url, 0);
+	assert_int_equal(db_exec(b, "INSERT INTO registrations(at, count, first, last, peer) VALUES (1, 1, 'x', 'x', 'lo')"),
+			 0);
+	assert_int_equal(q_int(b, "SELECT MAX(id) FROM registrations"), q_int(a, "SELECT MAX(id) FROM registrations") + 1);
+	db_close(a);
+	db_close(b);
+
+	/* a second migrate into the filled target is refused */
+	assert_int_equal(migrate_from(&out, &err, g_fleet_from, url, NULL), 1);
+	assert_non_null(strstr(buf_cstr(&err), "the target already has rows"));
+	assert_non_null(strstr(buf_cstr(&err), "registered"));
+	{ /* the text summary names which database it copied */
+		char *url2 = pg_new_db("fleet2");
+		assert_int_equal(migrate_from(&out, &err, g_fleet_from, url2, NULL), 0);
+		assert_non_null(strstr(buf_cstr(&out), "(the fleet database)"));
+		assert_non_null(strstr(buf_cstr(&out), "verified:"));
+		free(url2);
+	}
+	json_decref(sum);
+	strvec_clear(&tables);
+	free(url);
+	buf_release(&out);
+	buf_release(&err);
+}
+
+static void a_fleet_migrate_is_refused_while_otacd_runs_or_from_a_newer_fleet_database(void **state)
+{
+	const char *const args[] = { "--local-agents", "0", "--time-scale", "1", NULL };
+	struct buf out = BUF_INIT, err = BUF_INIT;
+	char *url = pg_new_db("fleet_refused"), *dir, *copy, *copy_url;
+	struct db *db;
+
+	(void)state;
+	need_pg();
+	/* a running otacd */
+	assert_int_equal(h_start(&g_d, args), 0);
+	assert_int_equal(migrate_from(&out, &err, g_fleet_from, url, NULL), 1);
+	h_kill(&g_d, SIGTERM);
+	assert_non_null(strstr(buf_cstr(&err), "an otacd is running on"));
+	assert_int_equal(target_tables(url), 0);
+
+	/* a fleet.db written by a newer otacd (one more migration applied) */
+	dir = xasprintf("%s/newer", g_d.dir);
+	copy = xasprintf("%s/fleet.db", dir);
+	copy_url = xasprintf("sqlite:%s", copy);
+	assert_int_equal(h_sh(&out, "mkdir -p '%s' && cp '%s' '%s'", dir, g_fleet_db, copy), 0);
+	db = open_url(copy_url, 0);
+	assert_int_equal(db_exec(db, "INSERT INTO schema_migrations(version, applied_at) VALUES (99, 1)"), 0);
+	db_close(db);
+	assert_int_equal(migrate_from(&out, &err, copy_url, url, NULL), 1);
+	assert_non_null(strstr(buf_cstr(&err), "schema version 99"));
+	assert_non_null(strstr(buf_cstr(&err), "migrate with the version that wrote it"));
+	assert_int_equal(target_tables(url), 0);
+	free(copy_url);
+	free(copy);
+	free(dir);
+	free(url);
+	buf_release(&out);
+	buf_release(&err);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -739,6 +853,8 @@ int main(void)
 		cmocka_unit_test(db_copy_converts_every_type_in_foreign_key_order),
 		cmocka_unit_test(a_value_that_cannot_be_copied_exactly_is_named_and_nothing_is_kept),
 		cmocka_unit_test(a_migrate_killed_mid_copy_leaves_the_target_empty_and_a_rerun_succeeds),
+		cmocka_unit_test(the_fleet_database_is_a_second_migrate_into_its_own_database),
+		cmocka_unit_test(a_fleet_migrate_is_refused_while_otacd_runs_or_from_a_newer_fleet_database),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, make_installation, drop_installation);

@@ -66,7 +66,8 @@ enum MHD_Result api_post_backup(struct api *a, struct api_req *r)
 	if (!d || d[0] != '/' || strlen(d) > 1024)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'dir' must be an absolute path on otacd's host");
 	/* database NULL: STATE/otacd.db; postgres://: pg_dump (docs/operations.md) */
-	rc = backup_take_db(&summary, a->cfg.config->database, a->cfg.config->state_dir, d, local);
+	rc = backup_take_dbs(&summary, a->cfg.config->database, a->cfg.config->fleet_database, a->cfg.config->state_dir, d,
+			     local);
 	snprintf(why, sizeof(why), "%s", rc < 0 ? ota_error_last() : "");
 	backup_audited(a, r, d, rc < 0 ? NULL : summary, why);
 	if (rc < 0) {

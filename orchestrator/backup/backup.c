@@ -294,7 +294,7 @@ static int copy_main_db(struct backup_run *b, const char *db_url, struct db **sn
 	int rc;
 
 	*snap = NULL;
-	if (db_url && (!strncmp(db_url, "postgres://", 11) || !strncmp(db_url, "postgresql://", 13))) {
+	if (bk_is_pg_url(db_url)) {
 		char shown[512];
 		bk_url_shown(db_url, shown, sizeof(shown));
 		dst = xasprintf("%s/" BACKUP_PG_DUMP, b->dir);
@@ -323,6 +323,44 @@ out:
 	}
 	free(path);
 	free(copy_url);
+	free(dst);
+	return rc;
+}
+
+/* The fleet database (fleet_database:, NULL: STATE/fleet.db) into the
+ * backup, right after otacd.db so its counters are never older than what
+ * the copied gates recorded from them: fleet.db by SQLite's online backup
+ * API, or fleet.pgdump by pg_dump from a snapshot of its own (another
+ * database: the two cannot share one).  *kind: "sqlite", "postgres", or
+ * NULL when there is no fleet.db yet (no fleet ever opened). */
+static int copy_fleet_db(struct backup_run *b, const char *fleet_url, const char **kind)
+{
+	struct db *snap = NULL;
+	char *path = NULL, *dst = NULL, shown[512];
+	int rc;
+
+	*kind = NULL;
+	if (bk_is_pg_url(fleet_url)) {
+		bk_url_shown(fleet_url, shown, sizeof(shown));
+		dst = xasprintf("%s/" BACKUP_FLEET_DUMP, b->dir);
+		if ((rc = db_open(&snap, fleet_url, DB_READONLY)) < 0 || (rc = db_begin(snap)) < 0)
+			rc = ota_error_set(rc, "backup of the fleet database %s: %s", shown, ota_error_last());
+		else if ((rc = bk_pg_dump(snap, fleet_url, dst)) < 0)
+			ota_error_prefix("the fleet database");
+		else if ((rc = list_file(b, BACKUP_FLEET_DUMP)) == 0)
+			*kind = "postgres";
+		goto out;
+	}
+	path = fleet_url ? xstrdup(strncmp(fleet_url, "sqlite:", 7) ? fleet_url : fleet_url + 7)
+			 : xasprintf("%s/" BACKUP_FLEET_DB, b->state);
+	rc = copy_sqlite(b, path, BACKUP_FLEET_DB);
+	if (rc == OTA_ENOTFOUND)
+		rc = 0;
+	else if (rc == 0)
+		*kind = "sqlite";
+out:
+	db_close(snap);
+	free(path);
 	free(dst);
 	return rc;
 }
@@ -435,11 +473,13 @@ static int sync_dirs(struct backup_run *b)
 	return rc;
 }
 
-static int write_manifest(struct backup_run *b, int schema, int copied_artifacts, const char *database)
+static int write_manifest(struct backup_run *b, int schema, int copied_artifacts, const char *database,
+			  const char *fleet_database)
 {
-	json_t *m = json_pack("{si ss sI si ss ss sO}", "format", BACKUP_FORMAT, "otacd", OTACD_VERSION, "created_at",
+	json_t *m = json_pack("{si ss sI si ss ss ss? sO}", "format", BACKUP_FORMAT, "otacd", OTACD_VERSION, "created_at",
 			      (json_int_t)time(NULL), "schema", schema, "artifacts", copied_artifacts ? "local" : "external",
-			      "database", database, "files", b->files);
+			      "database", database, "fleet_database", fleet_database,
+			      "files", b->files);
 	char *text = json_dumps(m, JSON_INDENT(1) | JSON_SORT_KEYS);
 	char *path = xasprintf("%s/" BACKUP_MANIFEST, b->dir);
 	int rc = ota_write_file_atomic(path, text, strlen(text), 0600);
@@ -459,10 +499,15 @@ int backup_take(json_t **out, const char *state_dir, const char *dir, int copy_a
 
 int backup_take_db(json_t **out, const char *db_url, const char *state_dir, const char *dir, int copy_artifacts_too)
 {
+	return backup_take_dbs(out, db_url, NULL, state_dir, dir, copy_artifacts_too);
+}
+
+int backup_take_dbs(json_t **out, const char *db_url, const char *fleet_url, const char *state_dir, const char *dir,
+		    int copy_artifacts_too)
+{
 	struct backup_run b = { state_dir, dir, json_array(), 0, 0 };
 	struct db *snap = NULL;
-	char *fleet = xasprintf("%s/fleet.db", state_dir);
-	const char *database;
+	const char *database, *fleet_database = NULL;
 	int rc, schema = 0;
 	char sha[65];
 
@@ -483,8 +528,7 @@ int backup_take_db(json_t **out, const char *db_url, const char *state_dir, cons
 	database = db_backend(snap) == DB_POSTGRES ? "postgres" : "sqlite";
 	if (db_schema_version(snap, &schema) < 0)
 		schema = 0; /* not otacd's database: restore refuses it */
-	/* fleet.db is a SQLite file of its own (docs/update-server.md) */
-	if ((rc = copy_sqlite(&b, fleet, "fleet.db")) < 0 && rc != OTA_ENOTFOUND)
+	if ((rc = copy_fleet_db(&b, fleet_url, &fleet_database)) < 0)
 		goto out;
 	if ((copy_artifacts_too && (rc = copy_artifacts(&b, snap)) < 0) || (rc = copy_logs(&b)) < 0)
 		goto out;
@@ -492,16 +536,16 @@ int backup_take_db(json_t **out, const char *db_url, const char *state_dir, cons
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(small_files); i++)
 		if ((rc = copy_rel(&b, small_files[i], sha)) < 0 && rc != OTA_ENOTFOUND)
 			goto out;
-	if ((rc = sync_dirs(&b)) < 0 || (rc = write_manifest(&b, schema, copy_artifacts_too, database)) < 0)
+	if ((rc = sync_dirs(&b)) < 0 || (rc = write_manifest(&b, schema, copy_artifacts_too, database, fleet_database)) < 0)
 		goto out;
 	if (out)
-		*out = json_pack("{ss sI sI si ss si ss}", "dir", dir, "files", (json_int_t)json_array_size(b.files), "bytes",
-				 (json_int_t)b.bytes, "schema", schema, "artifacts", copy_artifacts_too ? "local" : "external",
-				 "missing_artifacts", b.missing, "database", database);
+		*out = json_pack("{ss sI sI si ss si ss ss?}", "dir", dir, "files", (json_int_t)json_array_size(b.files),
+				 "bytes", (json_int_t)b.bytes, "schema", schema, "artifacts",
+				 copy_artifacts_too ? "local" : "external", "missing_artifacts", b.missing, "database",
+				 database, "fleet_database", fleet_database);
 	rc = 0;
 out:
 	db_close(snap);
-	free(fleet);
 	json_decref(b.files);
 	return rc;
 }

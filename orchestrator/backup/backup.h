@@ -4,8 +4,8 @@
  *
  * A backup is a directory: otacd.db and fleet.db copied with SQLite's
  * online backup API (each one transaction-consistent, taken while otacd
- * runs) -- or, when otacd's database is PostgreSQL, otacd.pgdump made by
- * pg_dump from one snapshot (backup_pg.c) -- the job logs, the local artifact store's objects the copied
+ * runs) -- or, for a database on PostgreSQL, otacd.pgdump or fleet.pgdump
+ * made by pg_dump from one snapshot (backup_pg.c) -- the job logs, the local artifact store's objects the copied
  * otacd.db references, the small key and token files, and backup.json,
  * the manifest (every file's path, size and SHA-256).  backup.json is
  * written last and renamed into place, so a backup without it is partial.
@@ -28,6 +28,12 @@ int backup_take(json_t **out, const char *state_dir, const char *dir, int copy_a
  * is not installed; nothing is backed up then).  The summary adds
  * database: "sqlite" or "postgres". */
 int backup_take_db(json_t **out, const char *db_url, const char *state_dir, const char *dir, int copy_artifacts);
+/* backup_take_db() with the fleet database at fleet_url too (NULL:
+ * STATE/fleet.db): sqlite:PATH copied as fleet.db, postgres://... dumped
+ * as fleet.pgdump.  The summary adds fleet_database: "sqlite",
+ * "postgres" or null (no fleet.db yet). */
+int backup_take_dbs(json_t **out, const char *db_url, const char *fleet_url, const char *state_dir, const char *dir,
+		    int copy_artifacts);
 
 /* Restore the backup in DIR into STATE_DIR, which must not exist or be an
  * empty directory.  Every file is checked against backup.json while it is
@@ -43,5 +49,12 @@ int backup_restore(const char *dir, const char *state_dir);
  * backup is refused for a PostgreSQL database and the other way round,
  * before anything changes. */
 int backup_restore_db(const char *dir, const char *state_dir, const char *db_url);
+/* backup_restore_db() with the fleet database at fleet_url (NULL or
+ * sqlite:: fleet.db goes into STATE_DIR).  A postgres:// fleet database
+ * must be new and empty, and another database than db_url: the backup's
+ * fleet.pgdump is restored into it the same way, and dropped again if
+ * anything after it fails.  A fleet.db backup is refused for a
+ * PostgreSQL fleet database and the other way round. */
+int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_url, const char *fleet_url);
 
 #endif

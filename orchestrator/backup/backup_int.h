@@ -15,6 +15,10 @@
 /* the database part: a SQLite copy, or a PostgreSQL dump (custom format) */
 #define BACKUP_SQLITE_DB "otacd.db"
 #define BACKUP_PG_DUMP "otacd.pgdump"
+/* the fleet database's part: fleet.db, or fleet.pgdump when
+ * fleet_database: is PostgreSQL */
+#define BACKUP_FLEET_DB "fleet.db"
+#define BACKUP_FLEET_DUMP "fleet.pgdump"
 
 struct db;
 
@@ -42,6 +46,16 @@ int bk_dir_empty(const char *dir);
  * 0 if it exits 0, else an error with its stderr.  OTA_ENOTFOUND, naming
  * the package to install, if the program is not there. */
 int bk_run(const char *const argv[]);
+/* bk_run() with PGPASSWORD=password in the child's environment (none
+ * added when password is NULL). */
+int bk_run_env(const char *const argv[], const char *password);
+/* url split for pg_dump/pg_restore: *dbname_arg is "--dbname=" and a
+ * libpq connection string with every parameter of url but the password;
+ * *password (NULL if url has none) goes in the child's environment.
+ * Both freed by the caller; OTA_EINVAL if libpq cannot parse url. */
+int bk_pg_conninfo(const char *url, char **dbname_arg, char **password);
+/* 1 for a postgres:// or postgresql:// URL. */
+int bk_is_pg_url(const char *url);
 /* pg_dump the database at url into dst (custom format) as of SNAP's
  * snapshot: SNAP is a reader on the same database inside db_begin(). */
 int bk_pg_dump(struct db *snap, const char *url, const char *dst);
@@ -53,7 +67,8 @@ int bk_pg_restore(const char *url, const char *dump);
 /* Drop every table of db's current schema (undoing a restore into a
  * database that had none). */
 int bk_pg_undo(struct db *db);
-/* url for messages: without the password a postgres:// URL may hold. */
+/* url for messages: without the password a postgres:// URL may hold
+ * (db_url_redacted: the user part's and password=). */
 void bk_url_shown(const char *url, char *out, size_t cap);
 
 #endif

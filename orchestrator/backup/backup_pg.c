@@ -18,8 +18,14 @@
  * still fail; then bk_pg_undo() drops the tables the restore made, and the
  * database is empty again, as it was.
  *
- * The programs are found on PATH (Debian: postgresql-client); libpq reads
- * a password from the URL, PGPASSWORD or ~/.pgpass as for otacd itself.
+ * The programs are found on PATH (Debian: postgresql-client).  The URL is
+ * never handed to them as it is: libpq parses it (PQconninfoParse) and
+ * the child gets a connection string without the password in --dbname,
+ * and the password, when the URL has one (user part or password=), in
+ * its environment as PGPASSWORD, which only its user and root can read
+ * (/proc/PID/environ), not in its argv, which `ps` shows everyone.
+ * Without one in the URL, libpq reads PGPASSWORD or ~/.pgpass as for
+ * otacd itself.
  */
 #include "backup_int.h"
 
@@ -32,6 +38,8 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <libpq-fe.h>
 
 #include "../../common/util.h"
 #include "../db/db.h"
@@ -64,22 +72,97 @@ static void read_errors(int fd, char *msg, size_t cap)
 			*p = len && p == msg + len - 1 ? '\0' : ' ';
 }
 
+/* environ with PGPASSWORD=password in place of any it has (caller frees
+ * the vector; the entry it added is wiped and freed by env_free). */
+static char **env_with(const char *password, char **added)
+{
+	size_t n = 0, k = 0;
+	char **env;
+
+	while (environ[n])
+		n++;
+	env = xcalloc(n + 2, sizeof(*env));
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "PGPASSWORD=", 11) != 0)
+			env[k++] = environ[i];
+	*added = xasprintf("PGPASSWORD=%s", password);
+	env[k++] = *added;
+	env[k] = NULL;
+	return env;
+}
+
+static void env_free(char **env, char *added)
+{
+	if (added) {
+		explicit_bzero(added, strlen(added));
+		free(added);
+	}
+	free(env);
+}
+
+int bk_pg_conninfo(const char *url, char **dbname_arg, char **password)
+{
+	char *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(url, &err);
+	struct buf b = BUF_INIT;
+
+	*dbname_arg = NULL;
+	*password = NULL;
+	if (!opts) {
+		/* libpq's message may quote the URL: not repeated here */
+		PQfreemem(err);
+		return ota_error_set(OTA_EINVAL, "not a PostgreSQL connection URL libpq can read");
+	}
+	buf_puts(&b, "--dbname=");
+	for (PQconninfoOption *o = opts; o->keyword; o++) {
+		if (!o->val || !*o->val)
+			continue;
+		if (!strcmp(o->keyword, "password")) {
+			*password = xstrdup(o->val);
+			continue;
+		}
+		buf_printf(&b, "%s%s='", b.len > 9 ? " " : "", o->keyword);
+		for (const char *p = o->val; *p; p++) {
+			if (*p == '\\' || *p == '\'')
+				buf_putc(&b, '\\');
+			buf_putc(&b, *p);
+		}
+		buf_putc(&b, '\'');
+	}
+	for (PQconninfoOption *o = opts; o->keyword; o++)
+		if (o->val)
+			explicit_bzero(o->val, strlen(o->val));
+	PQconninfoFree(opts);
+	*dbname_arg = buf_detach(&b);
+	return 0;
+}
+
 int bk_run(const char *const argv[])
 {
+	return bk_run_env(argv, NULL);
+}
+
+int bk_run_env(const char *const argv[], const char *password)
+{
 	posix_spawn_file_actions_t fa;
-	char msg[ERR_CAP];
+	char msg[ERR_CAP], *added = NULL, **env = password ? env_with(password, &added) : environ;
 	int pipefd[2], status = 0, rc;
 	pid_t pid;
 
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
+	if (pipe2(pipefd, O_CLOEXEC) < 0) {
+		if (password)
+			env_free(env, added);
 		return ota_error_set(OTA_ERROR, "cannot run %s: pipe: %s", argv[0], strerror(errno));
+	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
 	posix_spawn_file_actions_addclosefrom_np(&fa, 3); /* no database, no listener */
-	rc = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+	rc = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, env);
 	posix_spawn_file_actions_destroy(&fa);
+	if (password)
+		env_free(env, added);
 	close(pipefd[1]);
 	if (rc != 0) {
 		close(pipefd[0]);
@@ -105,7 +188,7 @@ int bk_run(const char *const argv[])
 int bk_pg_dump(struct db *snap, const char *url, const char *dst)
 {
 	struct db_stmt *st;
-	char *snapshot = NULL, *snap_arg = NULL, *db_arg = NULL, *file_arg = NULL;
+	char *snapshot = NULL, *snap_arg = NULL, *db_arg = NULL, *file_arg = NULL, *password = NULL;
 	int rc;
 
 	/* snap is in its REPEATABLE READ transaction (db_begin on a reader):
@@ -121,11 +204,10 @@ int bk_pg_dump(struct db *snap, const char *url, const char *dst)
 	snapshot = xstrdup(db_column_text(st, 0));
 	db_reset(st);
 	snap_arg = xasprintf("--snapshot=%s", snapshot);
-	db_arg = xasprintf("--dbname=%s", url);
 	file_arg = xasprintf("--file=%s", dst);
-	{
+	if ((rc = bk_pg_conninfo(url, &db_arg, &password)) == 0) {
 		const char *argv[] = { "pg_dump", "--format=custom", "--no-password", snap_arg, file_arg, db_arg, NULL };
-		rc = bk_run(argv);
+		rc = bk_run_env(argv, password);
 	}
 	if (rc < 0)
 		ota_error_prefix("backup of the PostgreSQL database");
@@ -133,6 +215,9 @@ int bk_pg_dump(struct db *snap, const char *url, const char *dst)
 	free(snap_arg);
 	free(db_arg);
 	free(file_arg);
+	if (password)
+		explicit_bzero(password, strlen(password));
+	free(password);
 	return rc;
 }
 
@@ -169,14 +254,20 @@ int bk_pg_target_empty(struct db *db, const char *shown)
 
 int bk_pg_restore(const char *url, const char *dump)
 {
-	char *db_arg = xasprintf("--dbname=%s", url);
-	const char *argv[] = { "pg_restore", "--single-transaction", "--exit-on-error", "--no-owner", "--no-privileges",
-			       "--no-password", db_arg, dump, NULL };
-	int rc = bk_run(argv);
+	char *db_arg = NULL, *password = NULL;
+	int rc = bk_pg_conninfo(url, &db_arg, &password);
 
+	if (rc == 0) {
+		const char *argv[] = { "pg_restore", "--single-transaction", "--exit-on-error", "--no-owner",
+				       "--no-privileges", "--no-password", db_arg, dump, NULL };
+		rc = bk_run_env(argv, password);
+	}
 	if (rc < 0)
 		ota_error_prefix("restore of the PostgreSQL database");
 	free(db_arg);
+	if (password)
+		explicit_bzero(password, strlen(password));
+	free(password);
 	return rc;
 }
 
@@ -204,13 +295,13 @@ int bk_pg_undo(struct db *db)
 
 void bk_url_shown(const char *url, char *out, size_t cap)
 {
-	const char *scheme = strstr(url, "://"), *at, *colon;
+	char *shown = db_url_redacted(url); /* the user part's password and password= */
 
-	snprintf(out, cap, "%s", url);
-	if (!scheme)
-		return;
-	at = strchr(scheme + 3, '@');
-	colon = strchr(scheme + 3, ':');
-	if (at && colon && colon < at && !memchr(scheme + 3, '/', (size_t)(at - scheme - 3)))
-		snprintf(out, cap, "%.*s%s", (int)(colon - url), url, at); /* user@host: no password */
+	snprintf(out, cap, "%s", shown);
+	free(shown);
+}
+
+int bk_is_pg_url(const char *url)
+{
+	return url && (!strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13));
 }

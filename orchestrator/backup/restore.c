@@ -16,7 +16,10 @@
  * A backup of a PostgreSQL database (otacd.pgdump) goes into a new, empty
  * PostgreSQL database instead, with pg_restore in one transaction, before
  * the rename; if anything after it fails its tables are dropped again
- * (backup_pg.c).
+ * (backup_pg.c).  The fleet database's part goes the same way:
+ * fleet.db into the state directory, fleet.pgdump into fleet_database's
+ * new, empty PostgreSQL database, its schema not newer than this otacd's
+ * fleet store (fleet_store_migrations()).
  */
 #include "backup.h"
 #include "backup_int.h"
@@ -35,6 +38,7 @@
 #include "../../common/util.h"
 #include "../clock.h"
 #include "../db/db.h"
+#include "../fleet/fleet.h"
 #include "../store.h"
 
 static int manifest_load(json_t **out, const char *dir)
@@ -246,11 +250,6 @@ static int databases_check(const char *stage, const char *dir, const char *state
 
 /* ---- PostgreSQL ------------------------------------------------------------ */
 
-static int is_pg_url(const char *url)
-{
-	return url && (!strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13));
-}
-
 static int lists(const json_t *m, const char *rel)
 {
 	size_t i;
@@ -283,6 +282,52 @@ static int kind_check(const json_t *m, const char *dir, int pg)
 				     "a new, empty PostgreSQL database (postgres://...), which pg_restore fills",
 				     dir);
 	return 0;
+}
+
+/* The fleet part goes where fleet_database: says, or the restore is
+ * refused before anything changes. */
+static int fleet_kind_check(const json_t *m, const char *dir, int fleet_pg)
+{
+	int has_db = lists(m, BACKUP_FLEET_DB), has_dump = lists(m, BACKUP_FLEET_DUMP);
+
+	if (has_db && has_dump)
+		return ota_error_set(OTA_EINVAL, "%s/backup.json lists both fleet.db and fleet.pgdump", dir);
+	if (fleet_pg && has_db)
+		return ota_error_set(OTA_EINVAL,
+				     "%s holds a SQLite fleet database (fleet.db), and fleet_database is PostgreSQL: restore "
+				     "it with fleet_database unset, then move it with otactl migrate --from "
+				     "sqlite:STATE/fleet.db (docs/storage.md)",
+				     dir);
+	if (!fleet_pg && has_dump)
+		return ota_error_set(OTA_EINVAL,
+				     "%s holds a PostgreSQL fleet database (fleet.pgdump): restore it with fleet_database "
+				     "set to a new, empty PostgreSQL database (postgres://...), which pg_restore fills",
+				     dir);
+	return 0;
+}
+
+/* fleet.pgdump restored into the fleet database (*restored = 1 once it
+ * is), its schema not newer than this otacd's fleet store. */
+static int fleet_pg_restore(const char *stage, const char *url, struct db *target, int *restored)
+{
+	char *dump = xasprintf("%s/" BACKUP_FLEET_DUMP, stage);
+	size_t latest = 0;
+	int rc, version = 0;
+
+	fleet_store_migrations(&latest);
+	if ((rc = bk_pg_restore(url, dump)) == 0)
+		*restored = 1;
+	if (rc < 0)
+		ota_error_prefix("the fleet database");
+	else if ((rc = db_schema_version(target, &version)) < 0)
+		rc = ota_error_set(rc, "the restored fleet database: %s", ota_error_last());
+	else if (version > (int)latest)
+		rc = ota_error_set(OTA_EINVAL,
+				   "the backup's fleet database is at schema version %d, newer than this otacd's (%zu): "
+				   "restore it with the otacd that took it, or a newer one",
+				   version, latest);
+	free(dump);
+	return rc;
 }
 
 /* The target database is empty and the backup's schema (as its manifest
@@ -338,10 +383,29 @@ int backup_restore(const char *dir, const char *state_dir)
 
 int backup_restore_db(const char *dir, const char *state_dir, const char *db_url)
 {
-	char *target = xstrdup(state_dir), *copy, *stage, shown[512] = "";
-	struct db *pg_target = NULL;
+	return backup_restore_dbs(dir, state_dir, db_url, NULL);
+}
+
+/* Drop what a failed restore put into a PostgreSQL database (db, shown);
+ * rc and the message say why it failed, and then what became of db. */
+static int undo_restore(int rc, struct db *db, const char *shown)
+{
+	char why[1024];
+
+	snprintf(why, sizeof(why), "%s", ota_error_last());
+	if (bk_pg_undo(db) < 0)
+		return ota_error_set(rc, "%s; and the restored tables could not be dropped again from %s (drop them by "
+					 "hand): %s",
+				     why, shown, ota_error_last());
+	return ota_error_set(rc, "%s (the restored tables were dropped again: %s is empty, as it was)", why, shown);
+}
+
+int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_url, const char *fleet_url)
+{
+	char *target = xstrdup(state_dir), *copy, *stage, shown[512] = "", fleet_shown[512] = "";
+	struct db *pg_target = NULL, *fleet_target = NULL;
 	json_t *m = NULL;
-	int rc, empty, pg = is_pg_url(db_url), restored = 0;
+	int rc, empty, pg = bk_is_pg_url(db_url), restored = 0, fleet_pg = bk_is_pg_url(fleet_url), fleet_restored = 0;
 	size_t n = strlen(target);
 
 	while (n > 1 && target[n - 1] == '/')
@@ -357,8 +421,23 @@ int backup_restore_db(const char *dir, const char *state_dir, const char *db_url
 					       state_dir);
 		goto out;
 	}
-	if ((rc = manifest_load(&m, dir)) < 0 || (rc = kind_check(m, dir, pg)) < 0)
+	if ((rc = manifest_load(&m, dir)) < 0 || (rc = kind_check(m, dir, pg)) < 0 ||
+	    (rc = fleet_kind_check(m, dir, fleet_pg)) < 0)
 		goto out;
+	if (pg && fleet_pg && !strcmp(db_url, fleet_url)) {
+		rc = ota_error_set(OTA_EINVAL, "database and fleet_database name the same PostgreSQL database: each needs "
+					       "its own (createdb)");
+		goto out;
+	}
+	if (fleet_pg) {
+		bk_url_shown(fleet_url, fleet_shown, sizeof(fleet_shown));
+		if ((rc = db_open(&fleet_target, fleet_url, 0)) < 0) {
+			rc = ota_error_set(rc, "%s: %s", fleet_shown, ota_error_last());
+			goto out;
+		}
+		if ((rc = bk_pg_target_empty(fleet_target, fleet_shown)) < 0)
+			goto out;
+	}
 	if (pg) {
 		bk_url_shown(db_url, shown, sizeof(shown));
 		if ((rc = db_open(&pg_target, db_url, 0)) < 0) {
@@ -375,6 +454,8 @@ int backup_restore_db(const char *dir, const char *state_dir, const char *db_url
 	if ((rc = copy_files(json_object_get(m, "files"), dir, stage, pg ? BACKUP_PG_DUMP : BACKUP_SQLITE_DB)) < 0)
 		goto fail;
 	rc = pg ? pg_restore_check(stage, dir, state_dir, m, db_url, &restored) : databases_check(stage, dir, state_dir, m);
+	if (rc == 0 && fleet_pg && lists(m, BACKUP_FLEET_DUMP))
+		rc = fleet_pg_restore(stage, fleet_url, fleet_target, &fleet_restored);
 	if (rc < 0 || (rc = bk_fsync_dir(stage)) < 0)
 		goto fail;
 	/* rename(2) replaces an empty directory in one step */
@@ -386,17 +467,12 @@ int backup_restore_db(const char *dir, const char *state_dir, const char *db_url
 	goto out;
 fail:
 	nftw(stage, remove_one, 16, FTW_DEPTH | FTW_PHYS);
-	if (restored) {
-		char why[1024];
-		snprintf(why, sizeof(why), "%s", ota_error_last());
-		if (bk_pg_undo(pg_target) < 0)
-			rc = ota_error_set(rc, "%s; and the restored tables could not be dropped again from %s (drop them "
-					   "by hand): %s",
-					   why, shown, ota_error_last());
-		else
-			ota_error_set(rc, "%s (the restored tables were dropped again: %s is empty, as it was)", why, shown);
-	}
+	if (fleet_restored)
+		rc = undo_restore(rc, fleet_target, fleet_shown);
+	if (restored)
+		rc = undo_restore(rc, pg_target, shown);
 out:
+	db_close(fleet_target);
 	db_close(pg_target);
 	json_decref(m);
 	free(stage);

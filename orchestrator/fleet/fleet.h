@@ -119,6 +119,9 @@ struct fleet_config {
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg);
 void fleet_close(struct fleet *f);
+/* fleet.db's migration list (db_migrate), as store_migrations() is
+ * otacd.db's: `otactl migrate` copies a fleet database with it. */
+const char *const *fleet_store_migrations(size_t *n);
 
 /* Replace the exposure of x->release_id (or add it). */
 int fleet_set_exposure(struct fleet *f, const struct fleet_exposure *x);

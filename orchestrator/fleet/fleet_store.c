@@ -140,6 +140,12 @@ static const char *const migrations[] = {
 	"ALTER TABLE registrations_v2 RENAME TO registrations;",
 };
 
+const char *const *fleet_store_migrations(size_t *n)
+{
+	*n = OTA_ARRAY_SIZE(migrations);
+	return migrations;
+}
+
 /* The layout before the snapshot (one text row per device): read once to
  * migrate a fleet.db written by it, and kept writable behind
  * OTACD_FLEET_LAYOUT=legacy so the benchmarks can compare both.  SQLite
