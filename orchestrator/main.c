@@ -7,6 +7,13 @@
  * server, then the local agents.  Shutdown on SIGINT/SIGTERM in reverse.
  * Nothing here is needed for correctness after a crash: every start is a
  * recovery.
+ *
+ * On PostgreSQL (issue 16, docs/scale.md) the engine and everything that
+ * writes through it, and the local agents, wait for this instance to lead:
+ * the listeners come up as a follower's (api_follower.c), the main thread
+ * polls the leadership lock every leader_poll between signals, starts the
+ * leader's part on the first poll that says so, and ends the process with
+ * 75 when the lead is lost.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -799,11 +806,13 @@ int main(int argc, char **argv)
 		}
 		if (follow(leader, &lead, &leads) < 0)
 			goto fail;
-		if (leads && (api_lead(api, lead.engine, lead.sources) < 0 ||
-			      start_agents(&agents, &cfg, &acfg, api, url) < 0))
+		if (!leads)
+			continue;
+		if (api_lead(api, lead.engine, lead.sources) < 0)
 			goto fail;
-		if (leads)
-			api_follower_set(0);
+		api_follower_set(0); /* before the local agents register */
+		if (start_agents(&agents, &cfg, &acfg, api, url) < 0)
+			goto fail;
 	}
 	ota_log(OTA_LOG_INFO, "shutting down");
 	sdnotify_send("STOPPING=1");

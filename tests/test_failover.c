@@ -7,7 +7,9 @@
  * processes with state directories of their own on one otacd database and
  * one fleet database, each with a local agent, spoken to over HTTP on
  * loopback.  The first is started alone and leads; the two others start
- * as followers.  Takeover times are printed, never asserted (a 2-core
+ * as followers.  A leader that loses its lead, by a poll or by the fence
+ * inside a transaction, exits with 75 (EX_TEMPFAIL) and stores nothing
+ * more.  Takeover times are printed, never asserted (a 2-core
  * machine shared with other builds); every wait has a generous cap.
  *
  * Without PostgreSQL's binaries every case is skipped, saying so.
@@ -25,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../orchestrator/db/db.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -290,6 +293,44 @@ static void a_cut_off_leader_exits_75_and_another_leads(void **state)
 	world_stop(&w);
 }
 
+static void a_leader_whose_epoch_moved_stores_nothing_more_and_exits_75(void **state)
+{
+	struct world w;
+	struct buf body = BUF_INIT;
+	const char *fenced = "{\"pipeline\": \"name: fenced\\nstages:\\n  - { name: a, steps: [ { run: 'true' } ] }\\n\"}";
+	int status = 0, next;
+	pid_t pid;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	/* another instance's takeover as the database sees it, while the
+	 * leader still holds its lock and has not polled */
+	{
+		struct db *db = NULL;
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		/* under the writers' lock, as db_leader.c's bump (db_pg.c's key) */
+		assert_int_equal(db_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(478560101220);"
+					     " UPDATE otacd_leader SET epoch = epoch + 1; COMMIT;"), 0);
+		db_close(db);
+	}
+	assert_int_equal(h_sql_int(&w.d[0], "SELECT epoch FROM otacd_leader"), 2);
+	h_raw(&w.d[0], "POST", "/api/v1/runs", w.d[0].token, "application/json", fenced, strlen(fenced), &body);
+	pid = w.d[0].pid;
+	for (int i = 0; i < CAP_MS / 20 && waitpid(pid, &status, WNOHANG) == 0; i++)
+		h_msleep(20);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 75);
+	w.d[0].pid = 0;
+	assert_int_equal(h_sql_int(&w.d[1], "SELECT COUNT(*) FROM runs"), 0);
+	next = wait_leader(&w, CAP_MS);
+	assert_true(next > 0);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT epoch FROM otacd_leader"), 3);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM runs"), 0);
+	buf_release(&body);
+	world_stop(&w);
+}
+
 static void sigkill_a_follower_changes_nothing_for_the_leader(void **state)
 {
 	struct world w;
@@ -314,6 +355,7 @@ int main(void)
 		cmocka_unit_test(three_instances_one_leads_followers_refuse_writes_and_serve_reads),
 		cmocka_unit_test(sigkill_leader_mid_run_another_leads_and_the_run_passes_once),
 		cmocka_unit_test(a_cut_off_leader_exits_75_and_another_leads),
+		cmocka_unit_test(a_leader_whose_epoch_moved_stores_nothing_more_and_exits_75),
 		cmocka_unit_test(sigkill_a_follower_changes_nothing_for_the_leader),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
