@@ -664,13 +664,14 @@ int main(int argc, char **argv)
 		goto fail;
 	notify_set_current(notify);
 	lead.notify = notify;
-	/* the device CA (issue 13): STATE/devca or device_ca:, its provisioners
-	 * and revocations (its engine, for writes, once this instance leads) */
+	/* the device CA (issue 13): STATE/devca or device_ca:; its provisioners
+	 * and revocations are loaded once this instance leads (lead_start):
+	 * loaded on a follower, one revoked meanwhile would stay in memory */
 	{
 		struct fleet_ca_config cc = { cfg.device_ca_cert, cfg.device_ca_key, cfg.state_dir,
 					      cfg.device_cert_validity_ms, (const char *const *)cfg.device_ca_also.v,
 					      cfg.device_ca_also.n };
-		if (fleet_ca_open(&devca, &cc) < 0 || fleet_ca_attach(devca, NULL) < 0)
+		if (fleet_ca_open(&devca, &cc) < 0)
 			goto fail;
 		if (cfg.device_auth != FLEET_AUTH_TOKEN && !fleet_ca_state(devca))
 			ota_log(OTA_LOG_WARN, "device_auth: %s without a device CA: no device can authenticate by"
