@@ -33,6 +33,7 @@ void config_defaults(struct otacd_config *c)
 	strvec_push(&c->local_labels, "local");
 	c->time_scale = 1.0;
 	c->lease_ms = 30000;
+	c->leader_poll_ms = 1000;
 	c->heartbeat_ms = 1000;
 	c->default_timeout_ms = 3600 * 1000;
 	c->max_log_bytes = 4 << 20;
@@ -779,7 +780,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 {
 	static const char *const keys[] = {
 		"listen", "state_dir", "database", "fleet_database", "local_agents", "local_agent_labels", "time_scale",
-		"anonymous_read", "lease", "heartbeat", "default_timeout", "max_log_bytes",
+		"anonymous_read", "lease", "leader_poll", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
@@ -849,7 +850,11 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_bool(x, v, key, &c->anonymous_read);
 		else if (!strcmp(key, "lease"))
 			rc = get_duration(x, v, key, &c->lease_ms);
-		else if (!strcmp(key, "heartbeat"))
+		else if (!strcmp(key, "leader_poll")) {
+			rc = get_duration(x, v, key, &c->leader_poll_ms);
+			if (rc == 0 && (c->leader_poll_ms < 10 || c->leader_poll_ms > 60000))
+				rc = cfg_err(x, v, "'%s' must be from 10ms to 60s", key);
+		} else if (!strcmp(key, "heartbeat"))
 			rc = get_duration(x, v, key, &c->heartbeat_ms);
 		else if (!strcmp(key, "default_timeout"))
 			rc = get_duration(x, v, key, &c->default_timeout_ms);

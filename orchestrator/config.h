@@ -50,6 +50,7 @@ struct otacd_config {
 	double time_scale;              /* default 1 */
 	int anonymous_read;             /* default 0 */
 	int64_t lease_ms;               /* default 30 s */
+	int64_t leader_poll_ms;         /* issue 16: followers try to lead this often, default 1 s */
 	int64_t heartbeat_ms;           /* default 1 s */
 	int64_t default_timeout_ms;     /* default 1 h */
 	int64_t max_log_bytes;          /* default 4 MiB per job attempt */

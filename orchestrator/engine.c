@@ -33,12 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/log.h"
 #include "artifact.h"
 #include "clock.h"
 #include "commitwatch.h"
 #include "db/db.h"
+#include "db/db_leader.h"
 #include "diskguard.h"
 #include "logstore.h"
 #include "engine_core.h"
@@ -785,6 +787,29 @@ static int announce_commit(struct engine *e)
 }
 
 /*
+ * Issue 16: before a call commits, check that this instance still leads
+ * (db_leader_fence(), under the writers' lock the transaction holds).
+ * Another instance took over behind our back: nothing of this call is
+ * stored, and the process ends at once with EX_TEMPFAIL, as on a lost
+ * poll (main.c; docs/scale.md says why a restart, not a step down).
+ */
+static void fence(struct engine *e, struct call *c)
+{
+	int rc;
+	if (!e->cfg.leader_epoch)
+		return;
+	rc = db_leader_fence(store_conn(e->db), e->cfg.leader_epoch);
+	if (rc == OTA_ECONFLICT) {
+		ota_log(OTA_LOG_ERROR, "engine: %s; stored nothing more, exiting to come back as a follower",
+			ota_error_last());
+		store_rollback(e->db);
+		_exit(75);
+	}
+	if (rc < 0)
+		c->rc = rc;
+}
+
+/*
  * Run one call in its own transaction.  Not through db_transact(), which
  * runs its function again after a lost race: a call also changes memory
  * (the dispatch queue, started_inproc, dead_objects, the rollout module),
@@ -805,6 +830,8 @@ static void run_call(struct engine *e, struct call *c)
 		note_store_trouble(e);
 	} else {
 		c->rc = c->fn(e, c->arg);
+		if (c->rc >= 0)
+			fence(e, c);
 		if (c->rc < 0) {
 			note_store_trouble(e);
 			store_rollback(e->db);

@@ -44,6 +44,9 @@ struct engine_config {
 	int64_t artifact_retention_ms;   /* unreleased artifacts of finished runs live this long (otacd time; 0: forever) */
 	const struct otacd_config *config;  /* handed to in-daemon stage kinds (borrowed) */
 	struct retention_cfg retention;  /* finished runs' rows and logs (retention.h) */
+	/* issue 16: the epoch this instance leads under (db_leader.h); every
+	 * call's transaction is fenced with it.  0: no fence (SQLite) */
+	int64_t leader_epoch;
 };
 
 struct engine;

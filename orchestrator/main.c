@@ -7,6 +7,13 @@
  * server, then the local agents.  Shutdown on SIGINT/SIGTERM in reverse.
  * Nothing here is needed for correctness after a crash: every start is a
  * recovery.
+ *
+ * On PostgreSQL (issue 16, docs/scale.md) the engine and everything that
+ * writes through it, and the local agents, wait for this instance to lead:
+ * the listeners come up as a follower's (api_follower.c), the main thread
+ * polls the leadership lock every leader_poll between signals, starts the
+ * leader's part on the first poll that says so, and ends the process with
+ * 75 when the lead is lost.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -317,41 +324,122 @@ static char *agent_listener_url(const char *listen, int port)
 }
 
 /*
- * One otacd per database until leadership is wired (docs/scale.md, "What
- * remains"): the engine is the single writer and keeps state in memory, so
- * a second instance on the same database would run jobs twice.  On SQLite
- * STATE/otacd.lock (flock, above) refuses it; on PostgreSQL, where two
- * state directories can name one database, the leadership lock does
- * (db_leader.h), held on a connection of its own until otacd exits.  A
- * restart right after a kill may find the old session not yet gone: wait
- * for it as for the flock.
+ * What the leader runs and a follower does not (issue 16, docs/scale.md):
+ * the engine (recovery, leases, deadlines, the pruner), the notification
+ * sender, the sources and the scheduler, the rollout and flag
+ * controllers, and the local agents.  On SQLite otacd leads from the
+ * start; on PostgreSQL from the first leadership poll that says so, in
+ * the same process and on the listeners already up.
  */
-static int claim_database(struct db_leader **out, const char *url)
+struct leading {
+	struct otacd_config *cfg;
+	struct engine_config ecfg;
+	struct store *db;
+	struct updsrv *us;
+	struct fleet *fleet;
+	struct fleet_ca *devca;
+	struct notify *notify;
+	struct engine *engine;
+	struct notify_sender *sender;
+	struct sources *sources;
+	struct sched *sched;
+	struct rollout_controller *rollouts;
+	struct flags_controller *flags;
+};
+
+static int lead_start(struct leading *l)
 {
-	char host[256] = "", *holder, *shown;
-	enum db_leader_state st = DB_LEADER_FOLLOWER;
+	struct otacd_config *cfg = l->cfg;
+	if (engine_start(&l->engine, l->db, &l->ecfg) < 0 || notify_sender_start(&l->sender, l->notify, l->engine) < 0)
+		return -1;
+	if ((cfg->nrepos && gitsrc_init(cfg->state_dir) < 0) || sources_start(&l->sources, l->engine, cfg, 2) < 0)
+		return -1;
+	if (sched_start(&l->sched, l->engine, cfg, l->sources) < 0) /* issue 17: after the sources it feeds */
+		return -1;
+	if (fleet_ca_attach(l->devca, l->engine) < 0)
+		return -1;
+	if (rollout_controller_start(&l->rollouts, l->engine, l->us, cfg) < 0)
+		return -1;
+	if (flags_controller_start(&l->flags, l->engine, l->us, l->fleet) < 0) /* issue 17: feature flags */
+		return -1;
+	return 0;
+}
+
+/* The holder other instances name as the leader: this one's API address,
+ * with the host's name for a wildcard listener. */
+static char *advertised(const char *listen, int port)
+{
+	const char *colon = strrchr(listen, ':');
+	int host_len = colon ? (int)(colon - listen) : 0;
+	char host[256] = "";
+
+	if (host_len && !((host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4))))
+		return xasprintf("%s://%.*s:%d", tls_api ? "https" : "http", host_len, listen, port);
+	gethostname(host, sizeof(host) - 1);
+	return xasprintf("%s://%s:%d", tls_api ? "https" : "http", host, port);
+}
+
+static int on_postgresql(const char *url)
+{
+	return !strncmp(url, "postgres://", 11) || !strncmp(url, "postgresql://", 13);
+}
+
+/* The local agents, once this instance leads. */
+static int start_agents(struct localagents **agents, struct otacd_config *cfg, const struct api_config *acfg,
+			struct api *api, const char *url)
+{
+	char *workdir, *agent_url;
 	int rc;
 
-	if (strncmp(url, "postgres://", 11) != 0 && strncmp(url, "postgresql://", 13) != 0)
+	if (cfg->local_agents <= 0)
 		return 0;
-	gethostname(host, sizeof(host) - 1);
-	holder = xasprintf("%s pid %d", host, (int)getpid());
-	rc = db_leader_open(out, url, holder);
-	free(holder);
-	for (int tries = 0; rc == 0 && tries < 150; tries++) {
-		if ((rc = db_leader_poll(*out, &st)) < 0 || st == DB_LEADER_LEADER)
-			break;
-		usleep(100 * 1000);
-	}
-	if (rc < 0 || st == DB_LEADER_LEADER)
-		return rc;
-	shown = db_url_redacted(url);
-	rc = ota_error_set(OTA_ECONFLICT,
-			   "database %s is in use by another otacd: several otacd instances on one database are"
-			   " not wired yet (docs/scale.md, \"What remains\")",
-			   shown);
-	free(shown);
+	workdir = xasprintf("%s/work", cfg->state_dir);
+	agent_url = api_agent_port(api) ? agent_listener_url(acfg->agent_listen, api_agent_port(api)) : xstrdup(url);
+	rc = localagents_start(agents, cfg->local_agents, agent_url, &cfg->local_labels, workdir, cfg->state_dir);
+	free(agent_url);
+	free(workdir);
 	return rc;
+}
+
+/*
+ * One leadership poll of a follower (PostgreSQL).  LEADER: start the
+ * leader's part under the new epoch (*leads = 1).  A poll that fails
+ * (the database is away) leaves this instance a follower; it tries again
+ * at the next.  A leader's lost lead is leader_watch()'s.
+ */
+static int follow(struct db_leader *l, struct leading *lead, int *leads)
+{
+	enum db_leader_state st = DB_LEADER_FOLLOWER;
+
+	if (db_leader_poll(l, &st) < 0) {
+		ota_log(OTA_LOG_WARN, "leadership poll: %s", ota_error_last());
+		return 0;
+	}
+	if (st != DB_LEADER_LEADER)
+		return 0;
+	lead->ecfg.leader_epoch = db_leader_epoch(l);
+	ota_log(OTA_LOG_INFO, "this instance leads (epoch %" PRId64 "): starting the engine", lead->ecfg.leader_epoch);
+	if (lead_start(lead) < 0)
+		return -1;
+	*leads = 1;
+	return 0;
+}
+
+/*
+ * A leader's poll.  LOST: another instance may lead already, so this one
+ * ends at once with EX_TEMPFAIL (75), without stopping anything: dropping
+ * the engine's memory in-process would be a second recovery path next to
+ * the restart, which is tested for crash safety (docs/scale.md); systemd's
+ * Restart= brings otacd back as a follower.  Anything the engine was
+ * committing meanwhile is fenced (engine.c).
+ */
+static void leader_watch(struct db_leader *l)
+{
+	enum db_leader_state st = DB_LEADER_LEADER;
+	if (db_leader_poll(l, &st) == 0 && st == DB_LEADER_LEADER)
+		return;
+	ota_log(OTA_LOG_ERROR, "lost the lead (%s): exiting to come back as a follower", ota_error_last());
+	_exit(75);
 }
 
 int main(int argc, char **argv)
@@ -374,25 +462,20 @@ int main(int argc, char **argv)
 	int local_agents = -1, opt, lockfd = -1, status = 1;
 	double time_scale = 0;
 	struct store *db = NULL;
-	struct engine *engine = NULL;
 	struct notify *notify = NULL;           /* issue 17 */
-	struct notify_sender *sender = NULL;
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
-	struct sources *sources = NULL;
-	struct sched *sched = NULL; /* issue 17: scheduled pipelines */
 	struct fleet *fleet = NULL;
 	struct push *push = NULL; /* issue 15: MQTT hints */
 	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
-	struct rollout_controller *rollouts = NULL;
-	struct flags_controller *flags = NULL;
 	struct fleet_ca *devca = NULL;
-	struct engine_config ecfg = { 0 };
+	struct leading lead = { 0 };     /* the leader's part (issue 16) */
 	struct commitwatch *watch = NULL; /* PostgreSQL: the other instances' commits */
-	struct db_leader *single = NULL; /* one otacd per PostgreSQL database, for now */
+	struct db_leader *leader = NULL; /* PostgreSQL: this instance's leadership session */
+	int leads = 0;
 	struct api_config acfg = { 0 };
-	char *path = NULL, *url = NULL;
+	char *path = NULL, *url = NULL, *dburl = NULL;
 	char *end;
 	size_t i;
 	json_t *t;
@@ -515,8 +598,9 @@ int main(int argc, char **argv)
 		ota_log(OTA_LOG_INFO, "database %s", shown);
 		free(shown);
 	}
-	if (claim_database(&single, path) < 0 || store_open(&db, path) < 0)
+	if (store_open(&db, path) < 0)
 		goto fail;
+	dburl = xstrdup(path);
 	clock_setup(db, cfg.time_scale);
 	if (instance_id(db) < 0)
 		goto fail;
@@ -569,32 +653,29 @@ int main(int argc, char **argv)
 			auth_add_hash(name, hash, role);
 	}
 
-	ecfg.lease_ms = cfg.lease_ms;
-	ecfg.heartbeat_ms = cfg.heartbeat_ms;
-	ecfg.default_timeout_ms = cfg.default_timeout_ms;
-	ecfg.secrets = cfg.secrets;
-	ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
-	ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
-	ecfg.retention = cfg.retention;
-	ecfg.config = &cfg;
+	lead.cfg = &cfg;
+	lead.db = db;
+	lead.ecfg.lease_ms = cfg.lease_ms;
+	lead.ecfg.heartbeat_ms = cfg.heartbeat_ms;
+	lead.ecfg.default_timeout_ms = cfg.default_timeout_ms;
+	lead.ecfg.secrets = cfg.secrets;
+	lead.ecfg.max_run_artifact_bytes = cfg.max_run_artifacts;
+	lead.ecfg.artifact_retention_ms = cfg.artifact_retention_ms;
+	lead.ecfg.retention = cfg.retention;
+	lead.ecfg.config = &cfg;
 	/* issue 17: statuses and notifications, checked before anything runs */
 	if (notify_open(&notify, &cfg) < 0)
 		goto fail;
 	notify_set_current(notify);
-	if (engine_start(&engine, db, &ecfg) < 0)
-		goto fail;
-	if (notify_sender_start(&sender, notify, engine) < 0)
-		goto fail;
-	if ((cfg.nrepos && gitsrc_init(cfg.state_dir) < 0) || sources_start(&sources, engine, &cfg, 2) < 0)
-		goto fail;
-	if (sched_start(&sched, engine, &cfg, sources) < 0) /* issue 17: after the sources it feeds */
-		goto fail;
-	/* the device CA (issue 13): STATE/devca or device_ca:, its provisioners and revocations */
+	lead.notify = notify;
+	/* the device CA (issue 13): STATE/devca or device_ca:; its provisioners
+	 * and revocations are loaded once this instance leads (lead_start):
+	 * loaded on a follower, one revoked meanwhile would stay in memory */
 	{
 		struct fleet_ca_config cc = { cfg.device_ca_cert, cfg.device_ca_key, cfg.state_dir,
 					      cfg.device_cert_validity_ms, (const char *const *)cfg.device_ca_also.v,
 					      cfg.device_ca_also.n };
-		if (fleet_ca_open(&devca, &cc) < 0 || fleet_ca_attach(devca, engine) < 0)
+		if (fleet_ca_open(&devca, &cc) < 0)
 			goto fail;
 		if (cfg.device_auth != FLEET_AUTH_TOKEN && !fleet_ca_state(devca))
 			ota_log(OTA_LOG_WARN, "device_auth: %s without a device CA: no device can authenticate by"
@@ -605,10 +686,18 @@ int main(int argc, char **argv)
 	if (push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
 		fleet_set_notify(fleet, push_fleet_notify, push);
 	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
-	if (rollout_controller_start(&rollouts, engine, us, &cfg) < 0)
-		goto fail;
-	if (flags_controller_start(&flags, engine, us, fleet) < 0) /* issue 17: feature flags */
-		goto fail;
+	lead.us = us;
+	lead.fleet = fleet;
+	lead.devca = devca;
+	/* issue 16: on SQLite this instance leads now; on PostgreSQL it
+	 * starts as a follower and leads from the first poll that says so */
+	if (!on_postgresql(dburl)) {
+		if (lead_start(&lead) < 0)
+			goto fail;
+		leads = 1;
+	} else {
+		api_follower_set(1);
+	}
 
 	acfg.listen = cfg.listen;
 	/* local agents get the reserved path by default: a loopback listener
@@ -623,9 +712,9 @@ int main(int argc, char **argv)
 	acfg.max_connections = (unsigned)cfg.max_connections;
 	acfg.max_per_client = (unsigned)cfg.max_connections_per_client;
 	acfg.threads = (unsigned)cfg.http_threads;
-	acfg.engine = engine;
+	acfg.engine = lead.engine;
 	acfg.config = &cfg;
-	acfg.sources = sources;
+	acfg.sources = lead.sources;
 	acfg.anonymous_read = cfg.anonymous_read;
 	acfg.lease_ms = cfg.lease_ms;
 	acfg.heartbeat_ms = cfg.heartbeat_ms;
@@ -679,17 +768,17 @@ int main(int argc, char **argv)
 		ota_write_file_atomic(path, line, strlen(line), 0600);
 		free(line);
 	}
-	if (cfg.local_agents > 0) {
-		char *workdir = xasprintf("%s/work", cfg.state_dir);
-		char *agent_url = api_agent_port(api) ? agent_listener_url(acfg.agent_listen, api_agent_port(api)) : xstrdup(url);
-		int rc = localagents_start(&agents, cfg.local_agents, agent_url, &cfg.local_labels, workdir, cfg.state_dir);
-		free(agent_url);
-		free(workdir);
+	if (leads && start_agents(&agents, &cfg, &acfg, api, url) < 0)
+		goto fail;
+	if (!leads) {
+		char *holder = advertised(cfg.listen, api_port(api));
+		int rc = db_leader_open(&leader, dburl, holder);
+		free(holder);
 		if (rc < 0)
 			goto fail;
 	}
-	ota_log(OTA_LOG_INFO, "listening on %s (otacd %s, state %s, %d local agents, time scale %g)", url,
-		OTACD_VERSION, cfg.state_dir, cfg.local_agents, clock_scale());
+	ota_log(OTA_LOG_INFO, "listening on %s (otacd %s, state %s, %d local agents, time scale %g%s)", url,
+		OTACD_VERSION, cfg.state_dir, cfg.local_agents, clock_scale(), leads ? "" : ", a follower until it leads");
 	if (api_agent_port(api))
 		ota_log(OTA_LOG_INFO, "agents' listener on port %d", api_agent_port(api));
 	/* Type=notify (otacd.service): every listener answers from here on.
@@ -701,10 +790,34 @@ int main(int argc, char **argv)
 		free(ready);
 	}
 
-	{
+	/* the stop signals; on PostgreSQL, between them, a leadership poll
+	 * every leader_poll (docs/scale.md) */
+	for (;;) {
+		struct timespec poll = { cfg.leader_poll_ms / 1000, (long)(cfg.leader_poll_ms % 1000) * 1000000 };
 		int sig = 0;
-		while (sigwait(&stop_signals, &sig) == 0 && sig == SIGHUP)
+		if (!leader && sigwait(&stop_signals, &sig) != 0)
+			break;
+		if (leader)
+			sig = sigtimedwait(&stop_signals, NULL, &poll);
+		if (sig == SIGHUP) {
 			tls_reload_all();
+			continue;
+		}
+		if (sig > 0)
+			break;
+		if (leads) {
+			leader_watch(leader);
+			continue;
+		}
+		if (follow(leader, &lead, &leads) < 0)
+			goto fail;
+		if (!leads)
+			continue;
+		if (api_lead(api, lead.engine, lead.sources) < 0)
+			goto fail;
+		api_follower_set(0); /* before the local agents register */
+		if (start_agents(&agents, &cfg, &acfg, api, url) < 0)
+			goto fail;
 	}
 	ota_log(OTA_LOG_INFO, "shutting down");
 	sdnotify_send("STOPPING=1");
@@ -716,9 +829,9 @@ out:
 	commitwatch_stop(watch);
 	localagents_stop(agents);
 	api_stop(api);
-	rollout_controller_stop(rollouts);
+	rollout_controller_stop(lead.rollouts);
 	devapi_stop(devapi);
-	flags_controller_stop(flags); /* after the device API: check-ins read its table */
+	flags_controller_stop(lead.flags); /* after the device API: check-ins read its table */
 	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
 	push_close(push);
 	updsrv_set_current(NULL);
@@ -729,21 +842,22 @@ out:
 	tls_server_free(tls_api);
 	tls_server_free(tls_agents);
 	tls_server_free(tls_devices);
-	sched_stop(sched);
-	sources_stop(sources);
-	notify_sender_stop(sender); /* issue 17: before the engine it reports to */
-	engine_stop(engine);
+	sched_stop(lead.sched);
+	sources_stop(lead.sources);
+	notify_sender_stop(lead.sender); /* issue 17: before the engine it reports to */
+	engine_stop(lead.engine);
 	notify_set_current(NULL);
 	notify_free(notify);
 	gitsrc_shutdown();
 	origin_shutdown(); /* issue 15: its pull token wiped */
 	artifact_store_shutdown();
 	store_close(db);
-	db_leader_close(single);
+	db_leader_close(leader); /* after the engine's last commit */
 	if (lockfd >= 0)
 		close(lockfd);
 	free(path);
 	free(url);
+	free(dburl);
 	pki_trust_close();
 	config_release(&cfg);
 	return status;

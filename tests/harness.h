@@ -32,6 +32,9 @@ struct daemon {
 	char *database;       /* database: URL, or NULL (STATE/otacd.db) */
 	char *fleet_database; /* fleet_database: URL, or NULL (STATE/fleet.db) */
 	struct pgcluster *pg; /* the cluster OTACD_DATABASE=pg started for it */
+	/* issue 16: on PostgreSQL h_start() returns once the instance leads
+	 * (/readyz); 1: once it answers, leading or following */
+	int follower_ok;
 };
 
 struct pgcluster;

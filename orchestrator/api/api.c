@@ -541,6 +541,10 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 			return api_reply_error(r, MHD_HTTP_FORBIDDEN, "this token's role (%s) may not %s %s",
 					       auth_role_name(r->role), method, r->route->pattern);
 	}
+	/* issue 16: after authentication; webhooks prove themselves in their
+	 * handler (api_hooks.c) and are refused there */
+	if (api_following() && r->route->body != BODY_HOOK && api_follower_gated(r->route))
+		return api_follower_refuse(r);
 	if (route_takes_disk(r->route) && diskguard_poll()) {
 		char msg[512];
 		diskguard_message(msg, sizeof(msg));
@@ -712,7 +716,9 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 		if (answered)
 			return ret;
 	}
-	if (r->route->cached) {
+	/* a follower's store_generation() does not move with the leader's
+	 * commits (docs/scale.md): it answers every read afresh */
+	if (r->route->cached && !api_following()) {
 		int answered;
 		enum MHD_Result ret = api_cache_begin(a, r, &answered);
 		if (answered)
@@ -874,7 +880,7 @@ int api_start(struct api **out, const struct api_config *cfg)
 	raise_fd_limit((rlim_t)a->cfg.max_connections * 2 + 1024);
 	a->cache = api_cache_new();
 	if ((rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
-	    (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0 ||
+	    (cfg->engine && (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0) ||
 	    (rc = api_waiter_watch(a->waiter, logstore_changes())) < 0 ||
 	    (cfg->sources && (rc = api_waiter_watch(a->waiter, sources_done(cfg->sources))) < 0) ||
 	    (rc = listener_start(&a->main, a, cfg->listen, 0, cfg->tls)) < 0 ||
@@ -883,6 +889,18 @@ int api_start(struct api **out, const struct api_config *cfg)
 		return rc;
 	}
 	*out = a;
+	return 0;
+}
+
+int api_lead(struct api *a, struct engine *e, struct sources *s)
+{
+	int rc;
+	/* read by handlers only once api_follower_set(0) lets them through */
+	a->cfg.engine = e;
+	a->cfg.sources = s;
+	if ((rc = api_waiter_watch(a->waiter, engine_work(e))) < 0 ||
+	    (s && (rc = api_waiter_watch(a->waiter, sources_done(s))) < 0))
+		return rc;
 	return 0;
 }
 

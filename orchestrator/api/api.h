@@ -55,4 +55,16 @@ int api_port(const struct api *a);
 int api_agent_port(const struct api *a);
 void api_stop(struct api *a);
 
+/*
+ * Issue 16 (api_follower.c, docs/scale.md): several instances on one
+ * PostgreSQL database.  An API started with no engine (cfg->engine NULL)
+ * serves reads only; api_lead() hands it the engine and the sources once
+ * this instance leads (main thread, once).  api_follower_set(1) makes the
+ * API and the device API refuse state-changing calls with 503 and the
+ * leader's address; api_following() says whether they do.
+ */
+int api_lead(struct api *a, struct engine *e, struct sources *s);
+void api_follower_set(int on);
+int api_following(void);
+
 #endif

@@ -112,6 +112,10 @@ static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provi
 		ret = api_reply_error(r, MHD_HTTP_UNAUTHORIZED, "missing or invalid webhook signature");
 		goto out;
 	}
+	if (api_following()) { /* issue 16: only the leader records deliveries */
+		ret = api_follower_refuse(r);
+		goto out;
+	}
 	/* 2. the payload */
 	if (webhook_parse(p, &h, r->body.ptr ? r->body.ptr : "", r->body.len, &ev) < 0) {
 		ret = api_reply_error(r, MHD_HTTP_BAD_REQUEST, "%s", ota_error_last());

@@ -99,6 +99,11 @@ enum MHD_Result api_get_healthz(struct api *a, struct api_req *r);
 enum MHD_Result api_get_readyz(struct api *a, struct api_req *r);
 void api_ops_observe(const struct api_route *route, int64_t elapsed_us);
 json_t *api_ops_storage_json(void);
+/* api_follower.c (issue 16): the routes a follower refuses, its 503
+ * answer, the leader's address (caller frees; NULL: none recorded) */
+int api_follower_gated(const struct api_route *route);
+enum MHD_Result api_follower_refuse(struct api_req *r);
+char *api_follower_leader(int64_t *epoch);
 /* api_backup.c: POST /api/v1/backup (admin) */
 enum MHD_Result api_post_backup(struct api *a, struct api_req *r);
 

@@ -374,6 +374,13 @@ enum MHD_Result api_get_readyz(struct api *a, struct api_req *r)
 		json_array_append_new(why, json_string("otacd is stopping"));
 	if (!db || one_int(db, "SELECT 1", 0) != 1)
 		json_array_append_new(why, json_string("the database cannot be read"));
+	if (api_following()) { /* issue 16: it serves reads; writes go to the leader */
+		int64_t epoch;
+		char *leader = api_follower_leader(&epoch);
+		json_array_append_new(why, json_sprintf("this instance is a follower (the leader is %s)",
+							leader ? leader : "not known yet"));
+		free(leader);
+	}
 	if (!updsrv_loaded(a->cfg.updsrv)) /* issue 18: a device checking in now would get no offer */
 		json_array_append_new(why, json_string("the rollout controller has not loaded the rollouts yet"));
 	if (diskguard_poll()) {

@@ -43,8 +43,9 @@ enum db_leader_state {
 	DB_LEADER_LEADER = 1,
 	/* this instance led until this poll and can no longer prove it: its
 	 * session broke or the lock is gone.  Stop acting as leader at once
-	 * (drop in-memory engine state); the session has been closed, so the
-	 * lock is free for others.  Reported once; later polls try again. */
+	 * (otacd exits with 75 and restarts as a follower: main.c); the session
+	 * has been closed, so the lock is free for others.  Reported once;
+	 * later polls try again. */
 	DB_LEADER_LOST = 2,
 };
 

@@ -1064,6 +1064,30 @@ static enum MHD_Result reply_starting(struct MHD_Connection *c)
 	return ret;
 }
 
+/* Issue 16: on a follower (api_follower.c) the calls that change the
+ * fleet are refused like the API's writes, without the leader's address
+ * (devices retry through the load balancer); reads and downloads go on. */
+static int changes_fleet(enum route route)
+{
+	return route == R_CHECKIN || route == R_REPORTS || route == R_REGISTER || route == R_REGISTRATIONS ||
+	       route == R_PROVISION;
+}
+
+static enum MHD_Result reply_follower(struct MHD_Connection *c)
+{
+	static const char text[] = "{\"error\":\"this otacd instance does not lead; retry\"}";
+	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result ret;
+
+	if (!resp)
+		return MHD_NO;
+	MHD_add_response_header(resp, "Content-Type", "application/json");
+	MHD_add_response_header(resp, "Retry-After", "1");
+	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static int length_over(const char *v, uint64_t max)
 {
 	uint64_t n = 0;
@@ -1130,6 +1154,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return MHD_YES;
 	if (r->too_big)
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
+	if (!r->submitted && changes_fleet(r->route) && api_following())
+		return reply_follower(c);
 	if (!r->submitted && waits_for_offers(r->route) && fleet_offers_held(a->f))
 		return reply_starting(c);
 	switch (r->route) {

@@ -1,0 +1,362 @@
+/*
+ * test_failover.c - several otacd instances on one PostgreSQL database
+ * (issue 16, docs/scale.md): one leads, the others follow, and a leader
+ * that dies or is cut off hands over to one of them.
+ *
+ * A real PostgreSQL cluster (tests/pgcluster.c), three real otacd
+ * processes with state directories of their own on one otacd database and
+ * one fleet database, each with a local agent, spoken to over HTTP on
+ * loopback.  The first is started alone and leads; the two others start
+ * as followers.  A leader that loses its lead, by a poll or by the fence
+ * inside a transaction, exits with 75 (EX_TEMPFAIL) and stores nothing
+ * more.  Takeover times are printed, never asserted (a 2-core
+ * machine shared with other builds); every wait has a generous cap.
+ *
+ * Without PostgreSQL's binaries every case is skipped, saying so.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../orchestrator/db/db.h"
+#include "harness.h"
+#include "pgcluster.h"
+
+#define N 3
+#define CAP_MS 30000 /* a takeover's cap: poll 1 s, a loaded machine */
+
+struct world {
+	struct pgcluster pg;
+	char *otacd_db, *fleet_db;
+	struct daemon d[N];
+};
+
+static const char *const args[] = { "--local-agents", "1", NULL };
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* 1: d leads (/readyz does not call it a follower); 0: it follows. */
+static int leads(struct daemon *d)
+{
+	json_t *r = NULL;
+	long st = h_get(d, "/readyz", &r);
+	char *text = r ? json_dumps(r, 0) : NULL;
+	int following = st == 503 && text && strstr(text, "follower");
+	free(text);
+	json_decref(r);
+	return st > 0 && !following;
+}
+
+/* 0, or 1 to skip when PostgreSQL's binaries are missing.  d[0] is started
+ * first and leads; the others follow with its admin token (the database's:
+ * written to the state directory of the instance that made it). */
+static int world_start(struct world *w)
+{
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	rc = pgcluster_start(&w->pg, 0);
+	if (rc > 0) {
+		print_message("PostgreSQL's binaries are missing: skipped\n");
+		return 1;
+	}
+	if (rc < 0)
+		fail_msg("pgcluster: %s", ota_error_last());
+	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
+	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
+	for (int i = 0; i < N; i++) {
+		h_init(&w->d[i], "lease: 3s\nleader_poll: 1s\n");
+		h_use_database(&w->d[i], w->otacd_db, w->fleet_db);
+		w->d[i].follower_ok = i > 0;
+		if (i > 0)
+			w->d[i].token = xstrdup(w->d[0].token);
+		assert_int_equal(h_start(&w->d[i], args), 0);
+		if (i == 0)
+			assert_true(leads(&w->d[0]));
+	}
+	return 0;
+}
+
+static void world_stop(struct world *w)
+{
+	for (int i = 0; i < N; i++)
+		h_cleanup(&w->d[i]);
+	pgcluster_stop(&w->pg);
+	free(w->otacd_db);
+	free(w->fleet_db);
+}
+
+/* The one instance of those alive that leads, once exactly one does
+ * (-1 when none did within cap_ms). */
+static int wait_leader(struct world *w, int cap_ms)
+{
+	int64_t end = now_ms() + cap_ms;
+	do {
+		int n = 0, who = -1;
+		for (int i = 0; i < N; i++)
+			if (w->d[i].pid > 0 && leads(&w->d[i]))
+				n++, who = i;
+		if (n == 1)
+			return who;
+		assert_true(n <= 1); /* never two */
+		h_msleep(20);
+	} while (now_ms() < end);
+	return -1;
+}
+
+/* A write through d with the admin token: its status line, Retry-After and
+ * body, by curl (h_raw does not show headers). */
+static char *write_with_headers(struct daemon *d, const char *path)
+{
+	struct buf out = BUF_INIT;
+	h_sh(&out, "curl -s -i -X POST -H 'Authorization: Bearer %s' -H 'Content-Type: application/json'"
+		   " --data '{\"pipeline\": \"name: x\"}' '%s%s'",
+	     d->token, d->url, path);
+	return buf_detach(&out);
+}
+
+/* d refuses an authenticated write with 503, Retry-After: 1 and the
+ * leader's address. */
+static void assert_refuses_naming(struct daemon *d, const struct daemon *leader)
+{
+	char *ans = write_with_headers(d, "/api/v1/runs");
+	if (!strstr(ans, " 503") || !strcasestr(ans, "Retry-After: 1") || !strstr(ans, leader->url))
+		fail_msg("a follower's answer to a write:\n%s\n(the leader is %s)", ans, leader->url);
+	free(ans);
+}
+
+/* The runs of d's list: "id state;" each. */
+static char *run_list(struct daemon *d)
+{
+	json_t *r = NULL, *run;
+	struct buf b = BUF_INIT;
+	size_t i;
+	assert_int_equal(h_get(d, "/api/v1/runs", &r), 200);
+	json_array_foreach(json_object_get(r, "runs"), i, run)
+		buf_printf(&b, "%lld %s;", (long long)json_integer_value(json_object_get(run, "id")),
+			   json_string_value(json_object_get(run, "state")));
+	json_decref(r);
+	return buf_detach(&b);
+}
+
+static void three_instances_one_leads_followers_refuse_writes_and_serve_reads(void **state)
+{
+	struct world w;
+	json_t *r = NULL;
+	struct buf body = BUF_INIT;
+	int64_t run;
+	long st;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	assert_int_equal(wait_leader(&w, CAP_MS), 0);
+	run = h_trigger(&w.d[0], "name: one\nstages:\n  - { name: a, steps: [ { run: 'echo one' } ] }\n");
+	assert_string_equal(h_wait_run(&w.d[0], run, 120000), "passed");
+
+	for (int i = 1; i < N; i++) {
+		char *mine, *theirs;
+		/* alive, not ready, saying why and who leads */
+		assert_int_equal(h_get(&w.d[i], "/healthz", NULL), 200);
+		assert_int_equal(h_raw(&w.d[i], "GET", "/readyz", NULL, NULL, NULL, 0, &body), 503);
+		assert_non_null(strstr(buf_cstr(&body), "follower"));
+		assert_non_null(strstr(buf_cstr(&body), w.d[0].url));
+		/* writes: refused after authentication, naming the leader */
+		assert_refuses_naming(&w.d[i], &w.d[0]);
+		st = h_raw(&w.d[i], "POST", "/api/v1/runs", NULL, "application/json", "{}", 2, &body);
+		assert_int_equal(st, 401);
+		assert_null(strstr(buf_cstr(&body), w.d[0].url));
+		st = h_raw(&w.d[i], "POST", "/api/v1/agent/jobs/request", "not-a-token", "application/json", "{}", 2,
+			   &body);
+		assert_int_equal(st, 401);
+		assert_null(strstr(buf_cstr(&body), w.d[0].url));
+		/* a webhook with a bad signature learns nothing either */
+		st = h_raw(&w.d[i], "POST", "/hooks/github", NULL, "application/json", "{}", 2, &body);
+		assert_int_equal(st, 401);
+		assert_null(strstr(buf_cstr(&body), w.d[0].url));
+		/* the device API's writes too (its reads go on) */
+		st = h_dev_post(&w.d[i], "/device/v1/checkin", "no-such-device-token",
+				json_pack("{ss ss}", "device", "d1", "version", "1.0.0"), NULL);
+		assert_int_equal(st, 503);
+		/* reads: the same runs as the leader, the run itself */
+		mine = run_list(&w.d[i]);
+		theirs = run_list(&w.d[0]);
+		assert_string_equal(mine, theirs);
+		assert_non_null(strstr(mine, "passed"));
+		free(mine);
+		free(theirs);
+		r = h_run(&w.d[i], run);
+		assert_string_equal(json_string_value(json_object_get(r, "state")), "passed");
+		json_decref(r);
+	}
+	/* one epoch, held by the first */
+	{
+		char *holder = h_sql_text(&w.d[0], "SELECT holder FROM otacd_leader");
+		assert_string_equal(holder, w.d[0].url);
+		free(holder);
+		assert_int_equal(h_sql_int(&w.d[0], "SELECT epoch FROM otacd_leader"), 1);
+	}
+	buf_release(&body);
+	world_stop(&w);
+}
+
+static void sigkill_leader_mid_run_another_leads_and_the_run_passes_once(void **state)
+{
+	struct world w;
+	int64_t run, t0, took;
+	int next, other;
+	char *sql;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	run = h_trigger(&w.d[0], "name: long\nstages:\n"
+				 "  - { name: build, steps: [ { run: 'sleep 4; echo built' } ] }\n"
+				 "  - { name: test, needs: [build], steps: [ { run: 'echo tested' } ] }\n");
+	sql = xasprintf("SELECT COUNT(*) FROM jobs WHERE run_id = %lld AND state = 'running'", (long long)run);
+	for (int i = 0; i < 3000 && h_sql_int(&w.d[0], sql) == 0; i++)
+		h_msleep(20);
+	free(sql);
+
+	t0 = now_ms();
+	h_kill(&w.d[0], SIGKILL);
+	next = wait_leader(&w, CAP_MS);
+	took = now_ms() - t0;
+	assert_true(next > 0);
+	print_message("takeover after the leader's SIGKILL: %lld ms (leader_poll 1 s)\n", (long long)took);
+	other = next == 1 ? 2 : 1;
+
+	assert_string_equal(h_wait_run(&w.d[next], run, 180000), "passed");
+	/* once: one run, every job passed, each job final once, no audit line twice */
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM runs"), 1);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM jobs WHERE state <> 'passed'"), 0);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM events WHERE kind = 'job.final'"),
+			 h_sql_int(&w.d[next], "SELECT COUNT(*) FROM jobs"));
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM (SELECT job_id FROM events WHERE kind = 'job.final'"
+					       " GROUP BY job_id HAVING COUNT(*) > 1) x"), 0);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM (SELECT action, reason, detail FROM audit"
+					       " GROUP BY action, reason, detail HAVING COUNT(*) > 1) x"), 0);
+	/* the new leader leads under the next epoch, and the last follower says so */
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT epoch FROM otacd_leader"), 2);
+	assert_refuses_naming(&w.d[other], &w.d[next]);
+	/* and takes new work */
+	run = h_trigger(&w.d[next], "name: after\nstages:\n  - { name: a, steps: [ { run: 'echo after' } ] }\n");
+	assert_string_equal(h_wait_run(&w.d[next], run, 120000), "passed");
+	world_stop(&w);
+}
+
+static void a_cut_off_leader_exits_75_and_another_leads(void **state)
+{
+	struct world w;
+	int status = 0, next;
+	pid_t pid;
+	int64_t t0;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	/* end the leader's leadership session behind its back */
+	t0 = now_ms();
+	assert_int_equal(h_sql_int(&w.d[0], "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks"
+					    " WHERE locktype = 'advisory' AND granted AND classid = 1869898060"),
+			 1);
+	pid = w.d[0].pid;
+	for (int i = 0; i < CAP_MS / 20 && waitpid(pid, &status, WNOHANG) == 0; i++)
+		h_msleep(20);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 75);
+	w.d[0].pid = 0;
+	next = wait_leader(&w, CAP_MS);
+	assert_true(next > 0);
+	print_message("takeover after the leader's session was ended: %lld ms\n", (long long)(now_ms() - t0));
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT epoch FROM otacd_leader"), 2);
+	/* restarted as systemd would, it comes back as a follower */
+	w.d[0].follower_ok = 1;
+	assert_int_equal(h_start(&w.d[0], args), 0);
+	h_msleep(1500); /* a poll or more */
+	assert_false(leads(&w.d[0]));
+	assert_refuses_naming(&w.d[0], &w.d[next]);
+	world_stop(&w);
+}
+
+static void a_leader_whose_epoch_moved_stores_nothing_more_and_exits_75(void **state)
+{
+	struct world w;
+	struct buf body = BUF_INIT;
+	const char *fenced = "{\"pipeline\": \"name: fenced\\nstages:\\n  - { name: a, steps: [ { run: 'true' } ] }\\n\"}";
+	int status = 0, next;
+	pid_t pid;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	/* another instance's takeover as the database sees it, while the
+	 * leader still holds its lock and has not polled */
+	{
+		struct db *db = NULL;
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		/* under the writers' lock, as db_leader.c's bump (db_pg.c's key) */
+		assert_int_equal(db_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(478560101220);"
+					     " UPDATE otacd_leader SET epoch = epoch + 1; COMMIT;"), 0);
+		db_close(db);
+	}
+	assert_int_equal(h_sql_int(&w.d[0], "SELECT epoch FROM otacd_leader"), 2);
+	h_raw(&w.d[0], "POST", "/api/v1/runs", w.d[0].token, "application/json", fenced, strlen(fenced), &body);
+	pid = w.d[0].pid;
+	for (int i = 0; i < CAP_MS / 20 && waitpid(pid, &status, WNOHANG) == 0; i++)
+		h_msleep(20);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 75);
+	w.d[0].pid = 0;
+	assert_int_equal(h_sql_int(&w.d[1], "SELECT COUNT(*) FROM runs"), 0);
+	next = wait_leader(&w, CAP_MS);
+	assert_true(next > 0);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT epoch FROM otacd_leader"), 3);
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM runs"), 0);
+	buf_release(&body);
+	world_stop(&w);
+}
+
+static void sigkill_a_follower_changes_nothing_for_the_leader(void **state)
+{
+	struct world w;
+	int64_t run;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	h_kill(&w.d[1], SIGKILL);
+	h_msleep(2000); /* two polls of the others */
+	assert_int_equal(wait_leader(&w, CAP_MS), 0);
+	run = h_trigger(&w.d[0], "name: still\nstages:\n  - { name: a, steps: [ { run: 'echo still' } ] }\n");
+	assert_string_equal(h_wait_run(&w.d[0], run, 120000), "passed");
+	assert_int_equal(h_sql_int(&w.d[0], "SELECT epoch FROM otacd_leader"), 1);
+	assert_refuses_naming(&w.d[2], &w.d[0]);
+	world_stop(&w);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(three_instances_one_leads_followers_refuse_writes_and_serve_reads),
+		cmocka_unit_test(sigkill_leader_mid_run_another_leads_and_the_run_passes_once),
+		cmocka_unit_test(a_cut_off_leader_exits_75_and_another_leads),
+		cmocka_unit_test(a_leader_whose_epoch_moved_stores_nothing_more_and_exits_75),
+		cmocka_unit_test(sigkill_a_follower_changes_nothing_for_the_leader),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
