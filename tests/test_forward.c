@@ -3,8 +3,9 @@
  * api_forward.h; docs/scale.md "Forwarding", docs/security.md).
  *
  * The leader is a real otacd (SQLite); the follower's HTTP layer is a
- * minimal libmicrohttpd front in this test that reads a request's body
- * within a cap and hands it to api_forward(), as the follower gate does.
+ * minimal libmicrohttpd front in this test, on one epoll thread like
+ * otacd's, that reads a request's body within a cap and hands it to
+ * api_forward_begin() (or api_forward(), g.sync), as the follower gate does.
  * Beside them: an echo server that answers with the headers it received
  * (what reaches a leader), a listening socket nobody accepts on (a leader
  * that never answers, and a witness that no connection was made) and a
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <pthread.h>
 
 #include "../common/httpc.h"
 #include "../orchestrator/api/api_forward.h"
@@ -48,13 +50,18 @@ static struct {
 	char *leader;               /* what the front forwards to (the "holder") */
 	int sink, sink_port;        /* listening, never accepting */
 	int closed_port;            /* nothing listens */
-} g;
+	int sync;                   /* the front calls api_forward(), blocking */
+	pthread_mutex_t mu;         /* the echo server's /slow requests: */
+	pthread_cond_t cond;
+	int slow_waiting, slow_release;
+} g = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 
 /* ---- the follower's front ------------------------------------------------ */
 
 struct front_req {
 	struct buf body;
 	int too_big;
+	struct api_fwd_job *job;    /* on its way, the connection suspended */
 };
 
 static enum MHD_Result front_handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
@@ -80,8 +87,18 @@ static enum MHD_Result front_handle(void *cls, struct MHD_Connection *conn, cons
 		*size = 0;
 		return MHD_YES;
 	}
-	q = (struct api_fwd_req){ conn, g.leader, method, url, r->body.ptr, r->body.len, FRONT_CAP, "fwd-test-1", 0 };
-	api_forward(g.fwd, &q, &status, &resp);
+	if (r->job) { /* resumed */
+		api_forward_end(r->job, &status, &resp);
+		r->job = NULL;
+	} else {
+		q = (struct api_fwd_req){ conn, g.leader, method, url, r->body.ptr, r->body.len, FRONT_CAP, "fwd-test-1",
+					  /* a held request outlasts the 2 s of the pool's */
+					  !strcmp(url, "/slow") ? 120000 : 0 };
+		if (g.sync)
+			api_forward(g.fwd, &q, &status, &resp);
+		else if (api_forward_begin(g.fwd, &q, &r->job, &status, &resp) == 0)
+			return MHD_YES;
+	}
 	ret = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -94,6 +111,7 @@ static void front_done(void *cls, struct MHD_Connection *conn, void **con_cls, e
 	(void)conn;
 	(void)toe;
 	if (r) {
+		api_forward_job_free(r->job);
 		buf_release(&r->body);
 		free(r);
 	}
@@ -128,6 +146,15 @@ static enum MHD_Result echo_handle(void *cls, struct MHD_Connection *conn, const
 		*size = 0;
 		return MHD_YES;
 	}
+	if (!strcmp(url, "/slow")) { /* held until the test lets it go */
+		pthread_mutex_lock(&g.mu);
+		g.slow_waiting++;
+		pthread_cond_broadcast(&g.cond);
+		while (!g.slow_release)
+			pthread_cond_wait(&g.cond, &g.mu);
+		g.slow_waiting--;
+		pthread_mutex_unlock(&g.mu);
+	}
 	j = json_object();
 	MHD_get_connection_values(conn, MHD_HEADER_KIND, echo_header, j);
 	json_object_set_new(j, ":method", json_string(method));
@@ -147,13 +174,15 @@ static enum MHD_Result echo_handle(void *cls, struct MHD_Connection *conn, const
 	return ret;
 }
 
+/* The front: one epoll thread with suspend/resume, like otacd's API; the
+ * echo server: a thread per connection (its /slow requests block). */
 static struct MHD_Daemon *serve(MHD_AccessHandlerCallback fn, MHD_RequestCompletedCallback done, char *url,
-				size_t size)
+				size_t size, int front)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-							MHD_USE_ERROR_LOG,
-						0, NULL, NULL, fn, NULL, MHD_OPTION_SOCK_ADDR, &sa,
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+			 (front ? MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME : MHD_USE_THREAD_PER_CONNECTION);
+	struct MHD_Daemon *d = MHD_start_daemon(flags, 0, NULL, NULL, fn, NULL, MHD_OPTION_SOCK_ADDR, &sa,
 						MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_END);
 	assert_non_null(d);
 	snprintf(url, size, "http://127.0.0.1:%u", MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
@@ -210,8 +239,8 @@ static int setup(void **state)
 	free(config);
 	h_start(&g.d, NULL);
 	assert_int_equal(api_fwd_new(&g.fwd, &cfg), 0);
-	g.front = serve(front_handle, front_done, g.front_url, sizeof(g.front_url));
-	g.echo = serve(echo_handle, NULL, g.echo_url, sizeof(g.echo_url));
+	g.front = serve(front_handle, front_done, g.front_url, sizeof(g.front_url), 1);
+	g.echo = serve(echo_handle, NULL, g.echo_url, sizeof(g.echo_url), 0);
 	g.sink = listening_socket(&g.sink_port, 1);
 	fcntl(g.sink, F_SETFL, O_NONBLOCK);
 	closed = listening_socket(&g.closed_port, 0);
@@ -223,6 +252,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
+	api_fwd_drain(g.fwd); /* every suspended connection resumed first */
 	MHD_stop_daemon(g.front);
 	MHD_stop_daemon(g.echo);
 	api_fwd_free(g.fwd);
@@ -309,7 +339,10 @@ static void the_leaders_401_is_relayed_and_no_trust_is_gained(void **state)
 	assert_int_equal(a.body.len, b.body.len);
 	assert_memory_equal(a.body.ptr, b.body.ptr, a.body.len);
 	/* no token at all */
+	/* no token at all, through the blocking call this time */
+	g.sync = 1;
 	assert_int_equal(call(0, "POST", "/api/v1/runs", NULL, "application/json", body, strlen(body), NULL, &c), 401);
+	g.sync = 0;
 	assert_int_equal(h_sql_int(&g.d, "SELECT count(*) FROM runs"), before);
 	httpc_response_release(&a);
 	httpc_response_release(&b);
@@ -428,6 +461,70 @@ static void assert_503(struct httpc_response *a)
 	assert_non_null(ra);
 	assert_string_equal(ra, "1");
 	free(ra);
+}
+
+struct slow_call {
+	pthread_t t;
+	long status;
+};
+
+static void *slow_call_run(void *arg)
+{
+	struct slow_call *c = arg;
+	struct httpc_response a = HTTPC_RESPONSE_INIT;
+	c->status = call(0, "POST", "/slow", NULL, "application/json", "{}", 2, NULL, &a);
+	httpc_response_release(&a);
+	return NULL;
+}
+
+/* The front has one thread: four forwards held by a slow leader must not
+ * stop a fifth request from being forwarded and answered meanwhile. */
+static void a_slow_leader_does_not_hold_the_followers_thread(void **state)
+{
+	struct slow_call slow[4];
+	struct httpc_response a = HTTPC_RESPONSE_INIT;
+	int held;
+	char *body = run_body();
+	(void)state;
+
+	leader_is("%s", g.echo_url);
+	g.sync = getenv("FWD_TRY_SYNC") != NULL; /* to see this test fail on the blocking call */
+	g.slow_release = 0;
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(pthread_create(&slow[i].t, NULL, slow_call_run, &slow[i]), 0);
+	pthread_mutex_lock(&g.mu);
+	{
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 60; /* a cap, not a measure */
+		while (g.slow_waiting < 4 && pthread_cond_timedwait(&g.cond, &g.mu, &until) == 0)
+			;
+	}
+	held = g.slow_waiting;
+	pthread_mutex_unlock(&g.mu);
+	if (held < 4) { /* the front is stuck behind the first: let them go, then fail */
+		pthread_mutex_lock(&g.mu);
+		g.slow_release = 1;
+		pthread_cond_broadcast(&g.cond);
+		pthread_mutex_unlock(&g.mu);
+		for (int i = 0; i < 4; i++)
+			pthread_join(slow[i].t, NULL);
+		fail_msg("only %d of 4 forwards reached the leader at once", held);
+	}
+	/* all four are parked at the "leader"; the echo server answers others */
+	assert_int_equal(call(0, "POST", "/fast", NULL, "application/json", "{}", 2, NULL, &a), 202);
+	pthread_mutex_lock(&g.mu);
+	assert_int_equal(g.slow_waiting, 4); /* still held */
+	g.slow_release = 1;
+	pthread_cond_broadcast(&g.cond);
+	pthread_mutex_unlock(&g.mu);
+	for (int i = 0; i < 4; i++) {
+		pthread_join(slow[i].t, NULL);
+		assert_int_equal(slow[i].status, 202);
+	}
+	g.sync = 0;
+	httpc_response_release(&a);
+	free(body);
 }
 
 static void an_unreachable_leader_gives_503_retry_after_1_in_bounded_time(void **state)
@@ -554,6 +651,40 @@ static void one_hop_latency_is_printed(void **state)
 		      N, t[0][N / 2], t[0][N * 99 / 100], t[1][N / 2], t[1][N * 99 / 100], t[1][N / 2] - t[0][N / 2]);
 }
 
+/* Last (it stops the forwarder): a stop aborts the forwards on their way,
+ * each answered 503, every suspended connection resumed; later ones 503. */
+static void draining_answers_forwards_on_their_way_with_503(void **state)
+{
+	struct slow_call slow[2];
+	struct httpc_response a = HTTPC_RESPONSE_INIT;
+	struct timespec until;
+	(void)state;
+
+	leader_is("%s", g.echo_url);
+	g.slow_release = 0;
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&slow[i].t, NULL, slow_call_run, &slow[i]), 0);
+	pthread_mutex_lock(&g.mu);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 60; /* a cap, not a measure */
+	while (g.slow_waiting < 2 && pthread_cond_timedwait(&g.cond, &g.mu, &until) == 0)
+		;
+	assert_int_equal(g.slow_waiting, 2);
+	pthread_mutex_unlock(&g.mu);
+	api_fwd_drain(g.fwd);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(slow[i].t, NULL);
+		assert_int_equal(slow[i].status, 503);
+	}
+	call(0, "POST", "/fast", NULL, "application/json", "{}", 2, NULL, &a);
+	assert_503(&a);
+	pthread_mutex_lock(&g.mu);
+	g.slow_release = 1;
+	pthread_cond_broadcast(&g.cond);
+	pthread_mutex_unlock(&g.mu);
+	httpc_response_release(&a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -562,10 +693,12 @@ int main(void)
 		cmocka_unit_test(an_idempotency_key_retried_through_the_follower_runs_once),
 		cmocka_unit_test(a_signed_webhook_is_accepted_through_the_follower_and_a_tampered_one_refused),
 		cmocka_unit_test(only_allowed_headers_reach_the_leader),
+		cmocka_unit_test(a_slow_leader_does_not_hold_the_followers_thread),
 		cmocka_unit_test(an_unreachable_leader_gives_503_retry_after_1_in_bounded_time),
 		cmocka_unit_test(a_bogus_holder_is_refused_without_any_request),
 		cmocka_unit_test(oversized_bodies_and_second_hops_are_refused_without_a_request),
 		cmocka_unit_test(one_hop_latency_is_printed),
+		cmocka_unit_test(draining_answers_forwards_on_their_way_with_503),
 	};
 	httpc_global_init();
 	return cmocka_run_group_tests_name("forward", tests, setup, teardown);

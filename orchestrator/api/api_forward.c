@@ -12,6 +12,16 @@
  * and https are spoken, the answer is capped, and the whole hop has a
  * deadline.  The answer's headers arrive through a header callback that
  * keeps only the relayed ones.
+ *
+ * A forward is a job: job_prepare() reads everything it needs from the
+ * client's request on the request's thread (libmicrohttpd's connection is
+ * not touched elsewhere), job_perform() is the hop, on any thread, and
+ * job_end() hands the answer over.  api_forward() runs the three in a row;
+ * api_forward_begin() suspends the connection and runs job_perform() on a
+ * detached thread, which resumes the connection as its last touch of the
+ * job: from then on the job belongs to the connection's handler.
+ * Thread ownership: struct api_fwd's pool and counters under its mutex;
+ * a job to its thread until the resume, then to the handler.
  */
 #include "api_forward.h"
 
@@ -32,8 +42,11 @@
 
 struct api_fwd {
 	pthread_mutex_t mu;
+	pthread_cond_t idle_cond;    /* inflight went down */
 	CURL *idle[POOL_MAX];
 	int nidle;
+	int inflight;                /* jobs on threads of their own */
+	int stopping;                /* api_fwd_drain(): abort, take no more */
 	long connect_timeout_ms, timeout_ms;
 	char *cacert;
 };
@@ -57,6 +70,7 @@ int api_fwd_new(struct api_fwd **out, const struct api_fwd_config *cfg)
 	struct api_fwd *f = xcalloc(1, sizeof(*f));
 
 	pthread_mutex_init(&f->mu, NULL);
+	pthread_cond_init(&f->idle_cond, NULL);
 	f->connect_timeout_ms = cfg && cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 1000;
 	f->timeout_ms = cfg && cfg->timeout_ms > 0 ? cfg->timeout_ms : 75000;
 	f->cacert = cfg && cfg->cacert ? xstrdup(cfg->cacert) : NULL;
@@ -68,9 +82,11 @@ void api_fwd_free(struct api_fwd *f)
 {
 	if (!f)
 		return;
+	api_fwd_drain(f);
 	for (int i = 0; i < f->nidle; i++)
 		curlload_get()->easy_cleanup(f->idle[i]);
 	pthread_mutex_destroy(&f->mu);
+	pthread_cond_destroy(&f->idle_cond);
 	free(f->cacert);
 	free(f);
 }
@@ -374,64 +390,131 @@ static int method_ok(const char *m)
 	return m && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH") || !strcmp(m, "DELETE"));
 }
 
-int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status, struct MHD_Response **resp)
+struct api_fwd_job {
+	struct api_fwd *f;
+	struct MHD_Connection *conn;
+	char base[300];
+	struct buf url;
+	struct curl_slist *hdrs;
+	char method[16];
+	const char *body;            /* the caller's, kept until the job ends */
+	size_t len;
+	long timeout_ms;
+	unsigned status;             /* the answer, once decided */
+	struct MHD_Response *resp;
+	int rc;
+};
+
+static void job_free(struct api_fwd_job *job)
+{
+	if (!job)
+		return;
+	if (job->hdrs)
+		curlload_get()->slist_free_all(job->hdrs);
+	if (job->resp)
+		MHD_destroy_response(job->resp);
+	buf_release(&job->url);
+	free(job);
+}
+
+/* Everything read from the client's request, on its thread: 0 and the job
+ * ready to send, or 1 with the job's answer decided here (413, 503). */
+static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **out)
 {
 	const struct curlload *cu = curlload_get();
-	char base[300], errbuf[CURL_ERROR_SIZE] = "";
-	struct buf url = BUF_INIT;
-	struct answer a = { BUF_INIT, { { 0 } }, 0 };
-	struct query_ctx qc = { cu, &url, 0 };
-	struct curl_slist *hdrs = NULL;
-	CURL *h = NULL;
-	CURLcode cc;
-	long code = 0;
+	struct api_fwd_job *job = xcalloc(1, sizeof(*job));
+	struct query_ctx qc = { cu, &job->url, 0 };
+	size_t max = q->max_body ? q->max_body : API_FWD_MAX_BODY;
 	int rc;
 
-	*resp = NULL;
+	*out = job;
+	job->f = f;
+	job->conn = q->conn;
+	buf_init(&job->url, 64 * 1024);
 	if (!method_ok(q->method)) {
 		ota_error_set(OTA_EINVAL, "%s is a read: reads are served here, never forwarded", q->method);
-		return own_answer(MHD_HTTP_INTERNAL_SERVER_ERROR, status, resp, OTA_EINVAL);
+		job->rc = own_answer(MHD_HTTP_INTERNAL_SERVER_ERROR, &job->status, &job->resp, OTA_EINVAL);
+		return 1;
 	}
-	if (q->len > (q->max_body ? q->max_body : API_FWD_MAX_BODY)) {
-		ota_error_set(OTA_ETOOBIG, "request body larger than %zu bytes", q->max_body ? q->max_body : API_FWD_MAX_BODY);
-		return own_answer(MHD_HTTP_CONTENT_TOO_LARGE, status, resp, OTA_ETOOBIG);
+	if (q->len > max) {
+		ota_error_set(OTA_ETOOBIG, "request body larger than %zu bytes", max);
+		job->rc = own_answer(MHD_HTTP_CONTENT_TOO_LARGE, &job->status, &job->resp, OTA_ETOOBIG);
+		return 1;
 	}
 	if (api_forward_seen(q->conn)) {
 		ota_error_set(OTA_ECONFLICT, "this instance does not lead and the request was forwarded to it already:"
 					     " leadership is changing; retry");
-		return own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, status, resp, OTA_ECONFLICT);
+		job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp, OTA_ECONFLICT);
+		return 1;
 	}
-	if ((rc = api_forward_leader_check(q->leader, base, sizeof(base))) < 0) {
+	if ((rc = api_forward_leader_check(q->leader, job->base, sizeof(job->base))) < 0) {
 		char why[256];
 		snprintf(why, sizeof(why), "%s", ota_error_last()); /* not formatted from the slot it writes */
 		ota_error_set(rc, "this instance does not lead and cannot forward: %s; retry", why);
-		return own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, status, resp, rc);
+		job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp, rc);
+		return 1;
 	}
-	if (!(h = handle_take(f, cu))) {
-		ota_error_set(OTA_ENOMEM, "no curl handle; retry");
-		return own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, status, resp, OTA_ENOMEM);
-	}
-	buf_puts(&url, base);
-	put_path(&url, q->url && *q->url == '/' ? q->url : "/");
+	buf_puts(&job->url, job->base);
+	put_path(&job->url, q->url && *q->url == '/' ? q->url : "/");
 	MHD_get_connection_values_n(q->conn, MHD_GET_ARGUMENT_KIND, put_arg, &qc);
-	buf_init(&a.body, API_FWD_MAX_ANSWER);
-	hdrs = request_headers(cu, q);
+	if (job->url.len >= 64 * 1024 - 1) {
+		ota_error_set(OTA_ETOOBIG, "the request's path and query are longer than 64 KiB");
+		job->rc = own_answer(MHD_HTTP_URI_TOO_LONG, &job->status, &job->resp, OTA_ETOOBIG);
+		return 1;
+	}
+	job->hdrs = request_headers(cu, q);
+	snprintf(job->method, sizeof(job->method), "%s", q->method);
+	job->body = q->body;
+	job->len = q->len;
+	job->timeout_ms = q->timeout_ms > 0 ? q->timeout_ms : f->timeout_ms;
+	return 0;
+}
 
-	cu->easy_setopt(h, CURLOPT_URL, buf_cstr(&url));
+static int on_progress(void *cls, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	const struct api_fwd *f = cls;
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	return __atomic_load_n(&f->stopping, __ATOMIC_RELAXED);
+}
+
+/* The hop itself: any thread; sets the job's answer. */
+static void job_perform(struct api_fwd_job *job)
+{
+	const struct curlload *cu = curlload_get();
+	struct api_fwd *f = job->f;
+	char errbuf[CURL_ERROR_SIZE] = "";
+	struct answer a = { BUF_INIT, { { 0 } }, 0 };
+	CURL *h = handle_take(f, cu);
+	CURLcode cc;
+	long code = 0;
+
+	if (!h) {
+		ota_error_set(OTA_ENOMEM, "no curl handle; retry");
+		job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp, OTA_ENOMEM);
+		return;
+	}
+	buf_init(&a.body, API_FWD_MAX_ANSWER);
+	cu->easy_setopt(h, CURLOPT_URL, buf_cstr(&job->url));
 	cu->easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
 	cu->easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 	cu->easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	cu->easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	cu->easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, f->connect_timeout_ms);
-	cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, q->timeout_ms > 0 ? q->timeout_ms : f->timeout_ms);
+	cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, job->timeout_ms);
+	cu->easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	cu->easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
+	cu->easy_setopt(h, CURLOPT_XFERINFODATA, f);
 	cu->easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
 	cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (f->cacert)
 		cu->easy_setopt(h, CURLOPT_CAINFO, f->cacert);
-	cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, q->method);
-	cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)q->len);
-	cu->easy_setopt(h, CURLOPT_POSTFIELDS, q->body ? q->body : "");
-	cu->easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, job->method);
+	cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->len);
+	cu->easy_setopt(h, CURLOPT_POSTFIELDS, job->body ? job->body : "");
+	cu->easy_setopt(h, CURLOPT_HTTPHEADER, job->hdrs);
 	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
 	cu->easy_setopt(h, CURLOPT_WRITEDATA, &a);
 	cu->easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
@@ -439,38 +522,124 @@ int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status
 
 	cc = cu->easy_perform(h);
 	cu->easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-	/* the handle keeps a pointer to errbuf: it must not outlive this call */
+	/* the handle keeps pointers to errbuf and the list: not past this call */
 	cu->easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
 	cu->easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
 	if (cc != CURLE_OK || code < 100 || code > 599) {
 		if (a.too_big)
-			rc = own_answer(MHD_HTTP_BAD_GATEWAY, status, resp,
-					ota_error_set(OTA_ETOOBIG, "the leader's answer is larger than %zu bytes",
-						      API_FWD_MAX_ANSWER));
+			job->rc = own_answer(MHD_HTTP_BAD_GATEWAY, &job->status, &job->resp,
+					     ota_error_set(OTA_ETOOBIG, "the leader's answer is larger than %zu bytes",
+							   API_FWD_MAX_ANSWER));
 		else
-			rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, status, resp,
-					ota_error_set(OTA_ERROR, "the leader at %s did not answer: %s; retry", base,
-						      errbuf[0] ? errbuf : cu->easy_strerror(cc)));
+			job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp,
+					     ota_error_set(OTA_ERROR, "the leader at %s did not answer: %s; retry",
+							   job->base, errbuf[0] ? errbuf : cu->easy_strerror(cc)));
 		cu->easy_cleanup(h); /* a connection in an unknown state */
-		h = NULL;
-		goto out;
-	}
-	*status = (unsigned)code;
-	{
+	} else {
 		size_t len = a.body.len;
 		char *data = buf_detach(&a.body);
-		*resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-	}
-	for (int i = 0; i < API_FWD_RELAYED; i++)
-		if (a.h.value[i])
-			MHD_add_response_header(*resp, api_fwd_relayed[i], a.h.value[i]);
-	rc = 0;
-out:
-	if (h)
+		job->status = (unsigned)code;
+		job->resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+		for (int i = 0; i < API_FWD_RELAYED; i++)
+			if (a.h.value[i])
+				MHD_add_response_header(job->resp, api_fwd_relayed[i], a.h.value[i]);
+		job->rc = 0;
 		handle_give(f, cu, h);
-	cu->slist_free_all(hdrs);
+	}
 	api_forward_headers_release(&a.h);
 	buf_release(&a.body);
-	buf_release(&url);
+}
+
+/* The job's answer handed to the caller; the job freed. */
+static int job_end(struct api_fwd_job *job, unsigned *status, struct MHD_Response **resp)
+{
+	int rc = job->rc;
+	*status = job->status;
+	*resp = job->resp;
+	job->resp = NULL;
+	job_free(job);
 	return rc;
+}
+
+int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status, struct MHD_Response **resp)
+{
+	struct api_fwd_job *job;
+
+	if (job_prepare(f, q, &job) == 0)
+		job_perform(job);
+	return job_end(job, status, resp);
+}
+
+/* ---- on a suspended connection ------------------------------------------- */
+
+static void *job_thread(void *arg)
+{
+	struct api_fwd_job *job = arg;
+	struct api_fwd *f = job->f;
+	struct MHD_Connection *conn = job->conn;
+
+	job_perform(job);
+	/* the job belongs to the connection's handler from here on */
+	MHD_resume_connection(conn);
+	pthread_mutex_lock(&f->mu);
+	f->inflight--;
+	pthread_cond_broadcast(&f->idle_cond);
+	pthread_mutex_unlock(&f->mu);
+	return NULL;
+}
+
+int api_forward_begin(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **out, unsigned *status,
+		      struct MHD_Response **resp)
+{
+	struct api_fwd_job *job;
+	pthread_attr_t attr;
+	pthread_t t;
+	int busy;
+
+	*out = NULL;
+	*resp = NULL;
+	if (job_prepare(f, q, &job) != 0) {
+		job_end(job, status, resp);
+		return 1;
+	}
+	pthread_mutex_lock(&f->mu);
+	busy = f->stopping || f->inflight >= API_FWD_MAX_INFLIGHT;
+	if (!busy)
+		f->inflight++;
+	pthread_mutex_unlock(&f->mu);
+	if (busy) {
+		job_free(job);
+		ota_error_set(OTA_ECONFLICT, "%s; retry",
+			      f->stopping ? "otacd is stopping" : "too many requests are on their way to the leader");
+		own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, status, resp, OTA_ECONFLICT);
+		return 1;
+	}
+	*out = job;
+	MHD_suspend_connection(q->conn);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 256 * 1024);
+	if (pthread_create(&t, &attr, job_thread, job) != 0)
+		job_thread(job); /* on this thread, then; it resumes the connection */
+	pthread_attr_destroy(&attr);
+	return 0;
+}
+
+int api_forward_end(struct api_fwd_job *job, unsigned *status, struct MHD_Response **resp)
+{
+	return job_end(job, status, resp);
+}
+
+void api_forward_job_free(struct api_fwd_job *job)
+{
+	job_free(job);
+}
+
+void api_fwd_drain(struct api_fwd *f)
+{
+	pthread_mutex_lock(&f->mu);
+	__atomic_store_n(&f->stopping, 1, __ATOMIC_RELAXED);
+	while (f->inflight > 0)
+		pthread_cond_wait(&f->idle_cond, &f->mu);
+	pthread_mutex_unlock(&f->mu);
 }

@@ -30,21 +30,26 @@
  * answer past API_FWD_MAX_ANSWER or unreadable: 502.  A body past the
  * route's cap: 413, nothing sent.
  *
- * The call blocks its thread for the hop (at most timeout_ms): writes are
- * few next to reads, and long polls and streams are reads, never
- * forwarded.  Two writes park on the leader, though: a trigger of a
- * repository (up to 60 s) and an agent's claim (wait_ms, up to 60 s), so a
- * follower's libmicrohttpd thread is held as long; docs/scale.md says what
- * the gate should do about claims.  Any thread; a struct api_fwd is shared
- * by all of them.
+ * Two ways to call it.  api_forward() blocks its thread for the hop (at
+ * most timeout_ms).  api_forward_begin() suspends the client's connection
+ * (libmicrohttpd's MHD_ALLOW_SUSPEND_RESUME, as api_wait.c parks) and
+ * sends on a thread of its own, at most API_FWD_MAX_INFLIGHT at once; the
+ * connection is resumed once the answer is there.  The follower gate uses
+ * begin: two writes park on the leader for up to 60 s (a trigger of a
+ * repository, an agent's claim), and a blocked pool thread would stall
+ * every other request of the follower.  Any thread; a struct api_fwd is
+ * shared by all of them.
  *
  * Integration (the follower gate, api.c's handle_call, where the route's
  * handler would run, after authentication and after the body was read
- * within the route's cap, before idem_check):
+ * within the route's cap, before idem_check; one line of each):
  *
- *   api_forward(fwd, &(struct api_fwd_req){ r->conn, holder, r->method, r->url, r->body.ptr,
- *               r->body.len, body_cap(r->route->body), r->request_id, 0 }, &status, &resp);
- *   ret = api_queue_response(r, status, resp); MHD_destroy_response(resp);
+ *   q = (struct api_fwd_req){ r->conn, holder, r->method, r->url, r->body.ptr, r->body.len,
+ *                             body_cap(r->route->body), r->request_id, 0 };
+ *   if (api_forward_begin(fwd, &q, &r->fwd, &status, &resp) == 0) { r->resume = fwd_done; return MHD_YES; }
+ *   ...queue status/resp now (api_queue_response, MHD_destroy_response)
+ *   fwd_done(): api_forward_end(r->fwd, &status, &resp), r->fwd = NULL; queue them the same way
+ *   req_free(): api_forward_job_free(r->fwd);   api_stop(): api_fwd_drain(fwd) before MHD_stop_daemon
  *
  * for every route that is not a read (GET, HEAD) and not streamed to the
  * artifact store (BODY_ARTIFACT: not forwarded yet, answer 503 as today).
@@ -62,6 +67,8 @@
 #define API_FWD_MAX_BODY ((size_t)64 << 20)
 /* The largest answer relayed; past it the client gets 502. */
 #define API_FWD_MAX_ANSWER ((size_t)4 << 20)
+/* Forwards on threads of their own at once; past it, 503. */
+#define API_FWD_MAX_INFLIGHT 64
 /* The hop's marker (see above). */
 #define API_FWD_MARKER "X-Otacd-Forwarded"
 
@@ -75,6 +82,10 @@ struct api_fwd_config {
 struct api_fwd;
 
 int api_fwd_new(struct api_fwd **out, const struct api_fwd_config *cfg);
+/* Abort the forwards on their way (their answers become 503), wait until
+ * every suspended connection was resumed, and take no more (503).  Call
+ * before stopping the libmicrohttpd daemons.  api_fwd_free() drains too. */
+void api_fwd_drain(struct api_fwd *f);
 void api_fwd_free(struct api_fwd *f);
 
 struct api_fwd_req {
@@ -96,6 +107,21 @@ struct api_fwd_req {
  * when *resp is this instance's own 413, 502 or 503.
  */
 int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status, struct MHD_Response **resp);
+
+/*
+ * The same on a suspended connection.  1: the answer is decided now
+ * (*status, *resp set, as api_forward's own 413/503); 0: q->conn is
+ * suspended and *job is on its way (q->body must stay valid until the
+ * job ends); libmicrohttpd calls the access handler again once it is
+ * resumed, and the handler takes the answer with api_forward_end().
+ */
+struct api_fwd_job;
+int api_forward_begin(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **job, unsigned *status,
+		      struct MHD_Response **resp);
+/* After the resume: the answer (as api_forward() returns it); frees job. */
+int api_forward_end(struct api_fwd_job *job, unsigned *status, struct MHD_Response **resp);
+/* A request that ended after its resume without api_forward_end(). */
+void api_forward_job_free(struct api_fwd_job *job);
 
 /* 1 when the client's request already crossed a hop (carries the marker). */
 int api_forward_seen(struct MHD_Connection *conn);
