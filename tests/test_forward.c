@@ -451,6 +451,22 @@ static void only_allowed_headers_reach_the_leader(void **state)
 	free(v);
 	assert_null(hdr(&a, "Set-Cookie"));
 	httpc_response_release(&a);
+	/* a long query arrives whole */
+	{
+		struct httpc_response b = HTTPC_RESPONSE_INIT;
+		char *q = xmalloc(8001), *path;
+		memset(q, 'x', 8000);
+		q[8000] = '\0';
+		path = xasprintf("/long?a=1&q=%s&z=2", q);
+		assert_int_equal(call(0, "POST", path, NULL, "application/json", "{}", 2, NULL, &b), 202);
+		j = json_loads(buf_cstr(&b.body), 0, NULL);
+		assert_non_null(j);
+		assert_string_equal(json_string_value(json_object_get(j, ":q")), q);
+		json_decref(j);
+		httpc_response_release(&b);
+		free(path);
+		free(q);
+	}
 }
 
 /* A 503 of this instance's own, with Retry-After: 1. */

@@ -430,7 +430,9 @@ static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, struct ap
 	*out = job;
 	job->f = f;
 	job->conn = q->conn;
-	buf_init(&job->url, 64 * 1024);
+	/* uncapped: libmicrohttpd's connection memory (64 KiB in otacd) bounds
+	 * the path and query; checked below, so nothing is cut silently */
+	buf_init(&job->url, BUF_NOLIMIT);
 	if (!method_ok(q->method)) {
 		ota_error_set(OTA_EINVAL, "%s is a read: reads are served here, never forwarded", q->method);
 		job->rc = own_answer(MHD_HTTP_INTERNAL_SERVER_ERROR, &job->status, &job->resp, OTA_EINVAL);
@@ -457,8 +459,9 @@ static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, struct ap
 	buf_puts(&job->url, job->base);
 	put_path(&job->url, q->url && *q->url == '/' ? q->url : "/");
 	MHD_get_connection_values_n(q->conn, MHD_GET_ARGUMENT_KIND, put_arg, &qc);
-	if (job->url.len >= 64 * 1024 - 1) {
-		ota_error_set(OTA_ETOOBIG, "the request's path and query are longer than 64 KiB");
+	if (job->url.len > API_FWD_MAX_URL) {
+		ota_error_set(OTA_ETOOBIG, "the request's path and query are longer than %d bytes once encoded",
+			      API_FWD_MAX_URL);
 		job->rc = own_answer(MHD_HTTP_URI_TOO_LONG, &job->status, &job->resp, OTA_ETOOBIG);
 		return 1;
 	}

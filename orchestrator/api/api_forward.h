@@ -67,6 +67,8 @@
 #define API_FWD_MAX_BODY ((size_t)64 << 20)
 /* The largest answer relayed; past it the client gets 502. */
 #define API_FWD_MAX_ANSWER ((size_t)4 << 20)
+/* The leader's URL with the path and query encoded again; past it, 414. */
+#define API_FWD_MAX_URL (192 * 1024)
 /* Forwards on threads of their own at once; past it, 503. */
 #define API_FWD_MAX_INFLIGHT 64
 /* The hop's marker (see above). */
