@@ -22,6 +22,7 @@ static void load(void)
 		{ "curl_easy_getinfo", &api.easy_getinfo },
 		{ "curl_easy_perform", &api.easy_perform },
 		{ "curl_easy_cleanup", &api.easy_cleanup },
+		{ "curl_easy_reset", &api.easy_reset },
 		{ "curl_easy_strerror", &api.easy_strerror },
 		{ "curl_easy_escape", &api.easy_escape },
 		{ "curl_free", &api.free },

@@ -34,6 +34,7 @@ struct curlload {
 	__typeof__(&curl_easy_getinfo) easy_getinfo;
 	__typeof__(&curl_easy_perform) easy_perform;
 	__typeof__(&curl_easy_cleanup) easy_cleanup;
+	__typeof__(&curl_easy_reset) easy_reset;
 	__typeof__(&curl_easy_strerror) easy_strerror;
 	__typeof__(&curl_easy_escape) easy_escape;
 	__typeof__(&curl_free) free;
