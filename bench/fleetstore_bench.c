@@ -497,16 +497,27 @@ static int backends_main(int ndev, int rounds)
 	struct backend b[2] = { { .name = "SQLite" }, { .name = "PostgreSQL" } };
 	struct pgcluster cluster;
 	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-	int nb = 1, rc;
+	int nb, rc;
 
 	unsetenv("OTACD_FLEET_LAYOUT");
-	for (int m = 0; m < 2; m++) {
+	/* the cluster first: its watchdog is forked from this process, which
+	 * should not hold the SQLite run's freed heap then (copy on write) */
+	rc = pgcluster_start(&cluster, 1);
+	if (rc < 0) {
+		fprintf(stderr, "fleetstore-bench: %s\n", ota_error_last());
+		return 1;
+	}
+	nb = rc == 1 ? 1 : 2;
+	if (rc == 1)
+		printf("  PostgreSQL is not installed: SQLite only\n");
+	for (int m = 0; m < nb; m++) {
 		char *dir = NULL, *cmd;
 		if (m == 0) {
 			dir = xasprintf("%s/otacd-fleetstore-XXXXXX", tmp);
 			if (!mkdtemp(dir)) {
 				perror("mkdtemp");
 				free(dir);
+				pgcluster_stop(&cluster);
 				return 1;
 			}
 			rc = run_backend(dir, NULL, ndev, rounds, &b[m]);
@@ -516,18 +527,12 @@ static int backends_main(int ndev, int rounds)
 			free(cmd);
 			free(dir);
 		} else {
-			rc = pgcluster_start(&cluster, 1);
-			if (rc == 1) {
-				printf("  PostgreSQL is not installed: SQLite only\n");
-				break;
-			}
-			if (rc == 0)
-				rc = run_backend(NULL, &cluster, ndev, rounds, &b[m]);
+			rc = run_backend(NULL, &cluster, ndev, rounds, &b[m]);
 			pgcluster_stop(&cluster);
-			nb = 2;
 		}
 		if (rc < 0) {
 			fprintf(stderr, "fleetstore-bench (%s): %s\n", b[m].name, ota_error_last());
+			pgcluster_stop(&cluster);
 			return 1;
 		}
 		printf("  %-10s %d devices: registered in %.1f s, checked in in %.1f s; %lld reports (%lld accepted) in %.1f s;"
