@@ -775,8 +775,11 @@ int main(int argc, char **argv)
 	struct mem idle;
 
 	httpc_global_init();
-	if (argc > 2 && !strcmp(argv[2], "--backends"))
+	if (argc > 2 && !strcmp(argv[2], "--backends")) {
+		free(lat);
+		free(raw);
 		return backends_bench(bindir, argc > 3 ? atoi(argv[3]) : 200, argc > 4 ? atoi(argv[4]) : 3);
+	}
 	d.dir = xstrdup(mkdtemp(tmpl));
 	marks = xasprintf("%s/marks", d.dir);
 	ota_mkdir_p(marks, 0700);
