@@ -235,7 +235,7 @@ check-pg: $(PROGS) $(PG_TESTS)
 asan:
 	OTACD_SLOW=1 $(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check
 
-$(BIN)/otacd-bench: $(BUILD)/obj/bench/bench.o $(LIB)
+$(BIN)/otacd-bench: $(BUILD)/obj/bench/bench.o $(BUILD)/obj/tests/pgcluster.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -251,7 +251,7 @@ $(BIN)/sync-bench: $(BUILD)/obj/bench/sync_bench.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/fleetstore-bench: $(BUILD)/obj/bench/fleetstore_bench.o $(LIB)
+$(BIN)/fleetstore-bench: $(BUILD)/obj/bench/fleetstore_bench.o $(BUILD)/obj/tests/pgcluster.o $(LIB)
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -21,6 +21,15 @@
  *              pages, and Pss) and after many finished runs.
  *
  * Usage: otacd-bench BINDIR [pickup_runs throughput_runs memory_runs webhook_pushes]
+ *
+ * otacd-bench BINDIR --backends [RUNS [SECONDS]] instead compares otacd's
+ * database backends in one invocation: otacd on SQLite (its state
+ * directory's otacd.db and fleet.db), then on PostgreSQL (database: and
+ * fleet_database: naming two databases of a durable cluster started with
+ * tests/pgcluster.c, unix socket).  For each: pickup over RUNS (200) runs
+ * as above, then wrk on GET /api/v1/runs (the newest page of RUNS runs,
+ * read from the database) under 64 connections for SECONDS (3): p50, p99,
+ * requests/s; and the ratios PostgreSQL / SQLite.  Needs wrk.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -41,7 +50,9 @@
 
 #include "../common/httpc.h"
 #include "../common/util.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/webhook.h"
+#include "../tests/pgcluster.h"
 
 extern char **environ;
 
@@ -566,6 +577,187 @@ static void release_bench(const char *bindir)
 	free(dir);
 }
 
+
+/* ---- --backends: pickup and API latency on SQLite against PostgreSQL ---- */
+
+struct api_figures {
+	double p50, p99, rps;
+};
+
+struct backend_figures {
+	double pickup_p50, pickup_p99;
+	struct api_figures list, one; /* GET /api/v1/runs (cached), /api/v1/runs/ID (not) */
+};
+
+/* wrk's "1.23ms" / "850.00us" / "1.20s" in ms */
+static double wrk_ms(const char *v)
+{
+	char *end;
+	double x = strtod(v, &end);
+	if (!strncmp(end, "us", 2))
+		return x / 1e3;
+	if (!strncmp(end, "ms", 2))
+		return x;
+	if (*end == 's')
+		return x * 1e3;
+	if (!strncmp(end, "m", 1))
+		return x * 60e3;
+	return x;
+}
+
+/* wrk on url + path; -1 when it failed or saw an answer other than 2xx */
+static int wrk_run(const char *url, const char *path, const char *token, int secs, struct api_figures *f)
+{
+	char *cmd = xasprintf("wrk -t2 -c64 -d%ds --latency -H 'Authorization: Bearer %s' '%s%s' 2>&1", secs, token,
+			      url, path);
+	char line[256];
+	FILE *p = popen(cmd, "r");
+	int got = 0;
+
+	free(cmd);
+	if (!p)
+		return -1;
+	while (fgets(line, sizeof(line), p)) {
+		char v[64];
+		if (sscanf(line, " 50%% %63s", v) == 1) {
+			f->p50 = wrk_ms(v);
+			got++;
+		} else if (sscanf(line, " 99%% %63s", v) == 1) {
+			f->p99 = wrk_ms(v);
+			got++;
+		} else if (sscanf(line, "Requests/sec: %63s", v) == 1) {
+			f->rps = atof(v);
+			got++;
+		} else if (strstr(line, "Non-2xx")) {
+			got = -100;
+		}
+	}
+	return pclose(p) == 0 && got == 3 ? 0 : -1;
+}
+
+static int measure_backend(const char *bindir, const char *config_text, int n, int secs, struct backend_figures *f)
+{
+	struct daemon d = { 0 };
+	char tmpl[] = "/tmp/otacd-bench-XXXXXX", *marks, *config = NULL, *one;
+	double *lat = xcalloc((size_t)n, sizeof(double));
+	int64_t last = 0;
+	int ifd, rc;
+
+	d.dir = xstrdup(mkdtemp(tmpl));
+	marks = xasprintf("%s/marks", d.dir);
+	ota_mkdir_p(marks, 0700);
+	if (config_text) {
+		config = xasprintf("%s/config.yml", d.dir);
+		ota_write_file_atomic(config, config_text, strlen(config_text), 0600);
+	}
+	start_daemon_cfg(&d, bindir, config);
+	ifd = inotify_init1(IN_CLOEXEC);
+	inotify_add_watch(ifd, marks, IN_CREATE);
+	for (int i = 0; i < n; i++) {
+		char *name = xasprintf("run-%d", i);
+		char *yaml = xasprintf("name: pickup\nstages:\n  - { name: s, steps: [ { run: ': > %s/%s' } ] }\n", marks, name);
+		double t0 = now_ms();
+		last = trigger(&d, yaml);
+		wait_created(ifd, name);
+		lat[i] = now_ms() - t0;
+		free(yaml);
+		free(name);
+	}
+	wait_all(&d, last);
+	close(ifd);
+	qsort(lat, (size_t)n, sizeof(double), cmp_double);
+	f->pickup_p50 = pct(lat, (size_t)n, 0.5);
+	f->pickup_p99 = pct(lat, (size_t)n, 0.99);
+	one = xasprintf("/api/v1/runs/%" PRId64, last);
+	rc = wrk_run(d.url, "/api/v1/runs", d.token, secs, &f->list);
+	if (rc == 0)
+		rc = wrk_run(d.url, one, d.token, secs, &f->one);
+	free(one);
+	kill(d.pid, SIGTERM);
+	waitpid(d.pid, NULL, 0);
+	sh("rm -rf %s", d.dir);
+	free(lat);
+	free(marks);
+	free(config);
+	free(d.dir);
+	free(d.url);
+	free(d.token);
+	return rc;
+}
+
+/* CREATE DATABASE name on the cluster; its URL (caller frees), or NULL. */
+static char *pg_createdb(const struct pgcluster *pg, const char *name)
+{
+	const char *q = strstr(pg->url, "/postgres?");
+	char *sql = xasprintf("CREATE DATABASE %s", name), *url = NULL;
+	struct db *db;
+
+	if (q && db_open(&db, pg->url, 0) == 0) {
+		if (db_exec(db, sql) == 0)
+			url = xasprintf("%.*s/%s?%s", (int)(q - pg->url), pg->url, name, q + 10);
+		db_close(db);
+	}
+	free(sql);
+	return url;
+}
+
+static void api_rows(const char *what, const struct api_figures *a, const struct api_figures *b)
+{
+	printf("  %-22s p50 (ms)  %10.2f %10.2f %8.2f\n", what, a->p50, b->p50, b->p50 / a->p50);
+	printf("  %-22s p99 (ms)  %10.2f %10.2f %8.2f\n", what, a->p99, b->p99, b->p99 / a->p99);
+	printf("  %-22s req/s     %10.0f %10.0f %8.2f\n", what, a->rps, b->rps, b->rps / a->rps);
+}
+
+static int backends_bench(const char *bindir, int n, int secs)
+{
+	struct backend_figures lite = { 0 }, pg = { 0 };
+	struct pgcluster cluster;
+	char *a, *b, *config;
+	int rc;
+
+	if (measure_backend(bindir, NULL, n, secs, &lite) < 0) {
+		fprintf(stderr, "otacd-bench --backends: SQLite: wrk failed (is it installed?)\n");
+		return 1;
+	}
+	rc = pgcluster_start(&cluster, 1);
+	if (rc == 1) {
+		printf("PostgreSQL is not installed: SQLite only\n");
+		return 0;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "otacd-bench --backends: %s\n", ota_error_last());
+		return 1;
+	}
+	a = pg_createdb(&cluster, "otacd");
+	b = pg_createdb(&cluster, "fleet");
+	if (!a || !b) {
+		fprintf(stderr, "otacd-bench --backends: CREATE DATABASE failed\n");
+		rc = -1;
+	} else {
+		config = xasprintf("database: \"%s\"\nfleet_database: \"%s\"\n", a, b);
+		rc = measure_backend(bindir, config, n, secs, &pg);
+		free(config);
+	}
+	pgcluster_stop(&cluster);
+	free(a);
+	free(b);
+	if (rc < 0) {
+		fprintf(stderr, "otacd-bench --backends: PostgreSQL: failed\n");
+		return 1;
+	}
+	printf("otacd on SQLite against PostgreSQL (fsync on, unix socket), same run: pickup over %d runs,"
+	       " the API under 64 connections (wrk, %d s a path; /runs is kept between commits, /runs/ID read per request)\n",
+	       n, secs);
+	printf("  %-32s %10s %10s %8s\n", "", "SQLite", "PostgreSQL", "PG/SQL");
+	printf("  %-32s %10.2f %10.2f %8.2f\n", "pickup p50 (ms)", lite.pickup_p50, pg.pickup_p50,
+	       pg.pickup_p50 / lite.pickup_p50);
+	printf("  %-32s %10.2f %10.2f %8.2f\n", "pickup p99 (ms)", lite.pickup_p99, pg.pickup_p99,
+	       pg.pickup_p99 / lite.pickup_p99);
+	api_rows("GET /api/v1/runs", &lite.list, &pg.list);
+	api_rows("GET /api/v1/runs/ID", &lite.one, &pg.one);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *bindir = argc > 1 ? argv[1] : "build/bin";
@@ -583,6 +775,11 @@ int main(int argc, char **argv)
 	struct mem idle;
 
 	httpc_global_init();
+	if (argc > 2 && !strcmp(argv[2], "--backends")) {
+		free(lat);
+		free(raw);
+		return backends_bench(bindir, argc > 3 ? atoi(argv[3]) : 200, argc > 4 ? atoi(argv[4]) : 3);
+	}
 	d.dir = xstrdup(mkdtemp(tmpl));
 	marks = xasprintf("%s/marks", d.dir);
 	ota_mkdir_p(marks, 0700);

@@ -102,3 +102,10 @@ echo "== storage backends: SQLite (synchronous=FULL) against PostgreSQL (fsync o
 echo
 echo "== caches between runs: a 100 MiB cache cold, restored, and cp -a of the same tree, same run"
 sh bench/cache.sh "$OTACD_BIN" 3
+# issue 16, measure: the fleet store and the engine on PostgreSQL against SQLite
+echo
+echo "== fleet store at 10M devices, SQLite against PostgreSQL (fsync on), same run: register, check in, RSS per device, bytes per report, size, reopen, a gate check's reads"
+"$OTACD_BIN/fleetstore-bench" --backends ${FLEETSTORE_BACKENDS_ARGS:-10000000 1}
+echo
+echo "== otacd on SQLite against PostgreSQL, same run: pickup latency, API p50/p99 under 64 connections (wrk)"
+"$OTACD_BIN/otacd-bench" "$OTACD_BIN" --backends ${ENGINE_BACKENDS_ARGS:-200 3}
