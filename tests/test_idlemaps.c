@@ -7,6 +7,8 @@
  * update server, S3 store, HTTP gate provider or PostgreSQL database needs
  * them (common/curlload.h, orchestrator/db/pgload.h); those paths are
  * tested through the loaders by test_updsrv, test_origin and test_db.
+ * Nor libmosquitto and the libssl it links without a push: block
+ * (orchestrator/push/mqtt.c; test_push publishes through the loader).
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -53,6 +55,8 @@ static void libxml2_is_loaded_only_with_the_first_xml_report_and_curl_and_pq_not
 	assert_false(maps_has(d.pid, "libpq.so"));
 	assert_false(maps_has(d.pid, "libldap"));
 	assert_false(maps_has(d.pid, "libkrb5.so"));
+	assert_false(maps_has(d.pid, "libmosquitto.so"));
+	assert_false(maps_has(d.pid, "libssl.so"));
 #ifndef __SANITIZE_ADDRESS__ /* ASan/UBSan's runtime maps libstdc++ itself */
 	assert_false(maps_has(d.pid, "libstdc++.so"));
 #endif

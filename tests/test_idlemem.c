@@ -5,8 +5,10 @@
  * give exactly OpenSSL's digests (token hashes already stored must still
  * match); per-thread caches moved out of static TLS (common/threadmem.h) are
  * zeroed, per thread, and freed at the thread's exit (ASan's leak check);
- * otacd's static TLS, which every thread pays for, stays small; and a real
- * otacd with a local agent still authenticates the agent and the API.
+ * otacd's static TLS, which every thread pays for, stays small; a real
+ * otacd with a local agent still authenticates the agent and the API; and
+ * GnuTLS is set up only when a listener serves TLS (orchestrator/tls/tls.c:
+ * neither GnuTLS's constructor nor libmicrohttpd's does it at start).
  */
 #include <elf.h>
 #include <pthread.h>
@@ -20,6 +22,7 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
+#include "../common/httpc.h"
 #include "../common/sha256.h"
 #include "../common/threadmem.h"
 #include "../common/util.h"
@@ -166,6 +169,67 @@ static void agents_and_api_tokens_still_authenticate(void **state)
 	h_cleanup(&d);
 }
 
+/* Whether d's log has a line of GnuTLS's own debug output (it prints
+ * "gnutls[2]: Enabled GnuTLS ..." from gnutls_global_init() when
+ * GNUTLS_DEBUG_LEVEL is set, and more as it sets up). */
+static int log_shows_gnutls(struct daemon *d)
+{
+	struct buf log = BUF_INIT;
+	char *path = xasprintf("%s/otacd.log", d->dir);
+	int found;
+
+	assert_int_equal(ota_read_file(&log, path, 64 << 20), 0);
+	found = strstr(buf_cstr(&log), "gnutls[") != NULL;
+	buf_release(&log);
+	free(path);
+	return found;
+}
+
+static void gnutls_is_set_up_only_when_a_listener_serves_tls(void **state)
+{
+	struct daemon plain, tls;
+	struct buf out = BUF_INIT;
+	char *pki = h_tmpdir(), *yaml, *ca;
+	json_t *runs = NULL;
+	(void)state;
+
+	setenv("GNUTLS_DEBUG_LEVEL", "2", 1);
+	/* plain HTTP: served, and GnuTLS never set up */
+	h_init(&plain, NULL);
+	assert_int_equal(h_start(&plain, (const char *const[]){ "--local-agents", "0", NULL }), 0);
+	assert_int_equal(h_get(&plain, "/api/v1/runs", &runs), 200);
+	json_decref(runs);
+	if (log_shows_gnutls(&plain))
+		fail_msg("an otacd without tls: set GnuTLS up (see %s/otacd.log)", plain.dir);
+	h_cleanup(&plain);
+
+	/* a tls: listener: GnuTLS is set up (so the check above can fail) and
+	 * serves the API */
+	if (h_sh(&out, "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+		       " -keyout srv.key -out srv.pem -days 2 -subj /CN=otacd-test"
+		       " -addext subjectAltName=IP:127.0.0.1",
+		 pki) != 0)
+		fail_msg("making a certificate: %s", buf_cstr(&out));
+	ca = xasprintf("%s/srv.pem", pki);
+	httpc_set_cacert(ca);
+	yaml = xasprintf("local_agents: 0\ntls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n", pki, pki);
+	h_init(&tls, yaml);
+	assert_int_equal(h_start(&tls, NULL), 0);
+	assert_int_equal(strncmp(tls.url, "https://", 8), 0);
+	assert_int_equal(h_get(&tls, "/api/v1/runs", &runs), 200);
+	json_decref(runs);
+	assert_true(log_shows_gnutls(&tls));
+	h_cleanup(&tls);
+	unsetenv("GNUTLS_DEBUG_LEVEL");
+	httpc_set_cacert(NULL);
+
+	h_sh(&out, "rm -rf '%s'", pki);
+	buf_release(&out);
+	free(yaml);
+	free(ca);
+	free(pki);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -173,6 +237,7 @@ int main(void)
 		cmocka_unit_test(thread_blocks_are_zeroed_and_each_threads_own),
 		cmocka_unit_test(otacds_static_tls_stays_under_4_kb),
 		cmocka_unit_test(agents_and_api_tokens_still_authenticate),
+		cmocka_unit_test(gnutls_is_set_up_only_when_a_listener_serves_tls),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);

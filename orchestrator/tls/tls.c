@@ -28,6 +28,7 @@
  */
 #include "tls.h"
 
+#include <dlfcn.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -80,6 +81,63 @@ struct tls_server {
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct tls_server *registry;
 static unsigned long refusals;
+
+/* ---- GnuTLS's global set-up, when a listener needs it -------------------- */
+/*
+ * Idle memory (issue 18): GnuTLS's constructor calls gnutls_global_init(),
+ * and so does libmicrohttpd's (Debian builds it with GnuTLS), so every
+ * process linking tls.c paid for GnuTLS's set-up at start (its ASN.1
+ * trees, the system priority file, the crypto back-ends: ~0.75 MB of an
+ * idle otacd's Rss, docs/benchmarks.md) although only a listener with a
+ * `tls:` block uses it.  GNUTLS_SKIP_GLOBAL_INIT (gnutls.h) turns
+ * GnuTLS's own off.  libmicrohttpd's call reaches the gnutls_global_init()
+ * below (a program's definition comes before a library's): before main()
+ * it is answered with success and counted, and its gnutls_global_deinit()
+ * at exit only takes the count back.  tls_started runs after every shared
+ * library's constructor; from then on both go to GnuTLS, and
+ * tls_server_new() makes the call it needs.  test_idlemem checks that an
+ * idle otacd does not set GnuTLS up and that a `tls:` listener does.
+ */
+GNUTLS_SKIP_GLOBAL_INIT
+
+static int tls_main_started;          /* set by tls_started() */
+static unsigned tls_deferred_inits;   /* calls answered before main() */
+
+__attribute__((constructor)) static void tls_started(void)
+{
+	__atomic_store_n(&tls_main_started, 1, __ATOMIC_RELEASE);
+}
+
+static void *gnutls_real(const char *name)
+{
+	void *f = dlvsym(RTLD_NEXT, name, "GNUTLS_3_4");
+	return f ? f : dlsym(RTLD_NEXT, name);
+}
+
+int gnutls_global_init(void)
+{
+	int (*real)(void);
+
+	if (!__atomic_load_n(&tls_main_started, __ATOMIC_ACQUIRE)) {
+		tls_deferred_inits++; /* constructors run on one thread */
+		return 0;
+	}
+	real = (int (*)(void))gnutls_real("gnutls_global_init");
+	return real ? real() : GNUTLS_E_INTERNAL_ERROR;
+}
+
+void gnutls_global_deinit(void)
+{
+	void (*real)(void);
+
+	if (__atomic_load_n(&tls_deferred_inits, __ATOMIC_ACQUIRE) > 0) {
+		__atomic_sub_fetch(&tls_deferred_inits, 1, __ATOMIC_ACQ_REL);
+		return;
+	}
+	real = (void (*)(void))gnutls_real("gnutls_global_deinit");
+	if (real)
+		real();
+}
 
 /* ---- configuration ------------------------------------------------------- */
 
@@ -284,10 +342,14 @@ out:
 
 int tls_server_new(struct tls_server **out, const char *name, const struct tls_files *files)
 {
-	struct tls_server *t = xcalloc(1, sizeof(*t));
+	struct tls_server *t;
 	int rc;
 
 	*out = NULL;
+	/* balanced in tls_server_free() */
+	if ((rc = gnutls_global_init()) < 0)
+		return ota_error_set(OTA_ERROR, "tls: GnuTLS's set-up: %s", gnutls_strerror(rc));
+	t = xcalloc(1, sizeof(*t));
 	t->name = xstrdup(name);
 	t->cert_path = xstrdup(files->cert);
 	t->key_path = xstrdup(files->key);
@@ -342,6 +404,7 @@ void tls_server_free(struct tls_server *t)
 	free(t->key_path);
 	free(t->ca_path);
 	free(t);
+	gnutls_global_deinit();
 }
 
 int tls_server_reload(struct tls_server *t)
