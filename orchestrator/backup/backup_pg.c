@@ -43,6 +43,7 @@
 
 #include "../../common/util.h"
 #include "../db/db.h"
+#include "../db/pgload.h"
 
 extern char **environ;
 
@@ -102,15 +103,19 @@ static void env_free(char **env, char *added)
 
 int bk_pg_conninfo(const char *url, char **dbname_arg, char **password)
 {
+	const struct pgload *pq = pgload_get(); /* libpq on demand (pgload.h) */
 	char *err = NULL;
-	PQconninfoOption *opts = PQconninfoParse(url, &err);
+	PQconninfoOption *opts;
 	struct buf b = BUF_INIT;
 
 	*dbname_arg = NULL;
 	*password = NULL;
-	if (!opts) {
+	if (!pq)
+		return ota_error_set(OTA_ERROR, "%s", pgload_error());
+	if (!(opts = pq->conninfo_parse(url, &err))) {
 		/* libpq's message may quote the URL: not repeated here */
-		PQfreemem(err);
+		if (err)
+			pq->freemem(err);
 		return ota_error_set(OTA_EINVAL, "not a PostgreSQL connection URL libpq can read");
 	}
 	buf_puts(&b, "--dbname=");
@@ -132,7 +137,7 @@ int bk_pg_conninfo(const char *url, char **dbname_arg, char **password)
 	for (PQconninfoOption *o = opts; o->keyword; o++)
 		if (o->val)
 			explicit_bzero(o->val, strlen(o->val));
-	PQconninfoFree(opts);
+	pq->conninfo_free(opts);
 	*dbname_arg = buf_detach(&b);
 	return 0;
 }

@@ -11,6 +11,7 @@
 #include "db_notify.h"
 
 #include "db_int.h"
+#include "pgload.h"
 
 #include <errno.h>
 #include <libpq-fe.h>
@@ -61,20 +62,28 @@ int db_notify(struct db *db, const char *channel, const char *payload)
 
 /* ---- the listener ------------------------------------------------------------ */
 
+/* libpq through the loader (pgload.h): an otacd on SQLite never maps it.
+ * Only reached for a PostgreSQL listener, which connect_listener() opened
+ * after checking the library loads. */
+static const struct pgload *pq(void)
+{
+	return pgload_get();
+}
+
 static int listener_fail(struct db_listener *l, const char *what)
 {
-	const char *msg = PQerrorMessage(l->conn);
+	const char *msg = pq()->error_message(l->conn);
 	size_t n = strlen(msg);
 
 	while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
 		n--;
-	return ota_error_set(PQstatus(l->conn) == CONNECTION_BAD ? DB_ECONN : OTA_ERROR, "listener: %s: %.*s", what,
+	return ota_error_set(pq()->status(l->conn) == CONNECTION_BAD ? DB_ECONN : OTA_ERROR, "listener: %s: %.*s", what,
 			     (int)n, msg);
 }
 
 static int run(struct db_listener *l, const char *verb, const char *channel)
 {
-	char *ident = PQescapeIdentifier(l->conn, channel, strlen(channel));
+	char *ident = pq()->escape_identifier(l->conn, channel, strlen(channel));
 	PGresult *res;
 	char *sql;
 	int rc = 0;
@@ -82,12 +91,12 @@ static int run(struct db_listener *l, const char *verb, const char *channel)
 	if (!ident)
 		return listener_fail(l, verb);
 	sql = xasprintf("%s %s", verb, ident);
-	PQfreemem(ident);
-	res = PQexec(l->conn, sql);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		rc = ota_error_set(PQstatus(l->conn) == CONNECTION_BAD ? DB_ECONN : OTA_ERROR, "listener: %s: %s",
-				   sql, PQresultErrorMessage(res));
-	PQclear(res);
+	pq()->freemem(ident);
+	res = pq()->exec(l->conn, sql);
+	if (pq()->result_status(res) != PGRES_COMMAND_OK)
+		rc = ota_error_set(pq()->status(l->conn) == CONNECTION_BAD ? DB_ECONN : OTA_ERROR, "listener: %s: %s",
+				   sql, pq()->result_error_message(res));
+	pq()->clear(res);
 	free(sql);
 	return rc;
 }
@@ -102,11 +111,14 @@ static void quiet(void *arg, const char *message)
 
 static int connect_listener(struct db_listener *l)
 {
-	PQfinish(l->conn);
-	l->conn = PQconnectdb(l->url);
-	if (PQstatus(l->conn) != CONNECTION_OK)
+	if (!pgload_get())
+		return ota_error_set(OTA_ERROR, "listener: %s", pgload_error());
+	if (l->conn)
+		pq()->finish(l->conn);
+	l->conn = pq()->connectdb(l->url);
+	if (pq()->status(l->conn) != CONNECTION_OK)
 		return listener_fail(l, "connect");
-	PQsetNoticeProcessor(l->conn, quiet, NULL);
+	pq()->set_notice_processor(l->conn, quiet, NULL);
 	return 0;
 }
 
@@ -137,7 +149,8 @@ void db_listener_close(struct db_listener *l)
 {
 	if (!l)
 		return;
-	PQfinish(l->conn);
+	if (l->conn)
+		pq()->finish(l->conn);
 	strvec_clear(&l->channels);
 	free(l->url);
 	free(l);
@@ -191,7 +204,7 @@ static int64_t mono_ms(void)
 /* 1 and *out if libpq has a notification parsed already, else 0. */
 static int take_one(struct db_listener *l, struct db_notification *out)
 {
-	PGnotify *n = PQnotifies(l->conn);
+	PGnotify *n = pq()->notifies(l->conn);
 
 	if (!n)
 		return 0;
@@ -200,7 +213,7 @@ static int take_one(struct db_listener *l, struct db_notification *out)
 	snprintf(out->channel, sizeof(out->channel), "%s", n->relname);
 	out->payload = xstrdup(n->extra ? n->extra : "");
 	out->sender = n->be_pid;
-	PQfreemem(n);
+	pq()->freemem(n);
 	return 1;
 }
 
@@ -215,20 +228,20 @@ int db_listener_wait(struct db_listener *l, int timeout_ms, struct db_notificati
 		return 0;
 	}
 	for (;;) {
-		struct pollfd pfd = { .fd = PQsocket(l->conn), .events = POLLIN };
+		struct pollfd pfd = { .fd = pq()->socket(l->conn), .events = POLLIN };
 		int ready;
 
 		if (take_one(l, out))
 			return 1;
-		if (PQstatus(l->conn) == CONNECTION_BAD || pfd.fd < 0)
+		if (pq()->status(l->conn) == CONNECTION_BAD || pfd.fd < 0)
 			return ota_error_set(DB_ECONN, "listener: the connection is closed");
 		left = deadline - mono_ms();
 		ready = poll(&pfd, 1, left > 0 ? (int)left : 0);
 		if (ready < 0 && errno != EINTR)
 			return ota_error_set(OTA_ERROR, "listener: poll: %s", strerror(errno));
-		if (ready > 0 && !PQconsumeInput(l->conn))
+		if (ready > 0 && !pq()->consume_input(l->conn))
 			return listener_fail(l, "reading notifications");
-		if (ready > 0 && PQstatus(l->conn) == CONNECTION_BAD)
+		if (ready > 0 && pq()->status(l->conn) == CONNECTION_BAD)
 			return listener_fail(l, "reading notifications");
 		if (ready == 0 && left <= 0)
 			return take_one(l, out);
@@ -245,7 +258,7 @@ void db_notification_release(struct db_notification *n)
 
 int db_listener_fd(const struct db_listener *l)
 {
-	return l->conn ? PQsocket(l->conn) : -1;
+	return l->conn ? pq()->socket(l->conn) : -1;
 }
 
 int db_listener_reconnect(struct db_listener *l)

@@ -37,6 +37,13 @@ static void load(void)
 		{ "PQunescapeBytea", &api.unescape_bytea },
 		{ "PQfreemem", &api.freemem },
 		{ "PQclear", &api.clear },
+		{ "PQescapeIdentifier", &api.escape_identifier },
+		{ "PQsetNoticeProcessor", &api.set_notice_processor },
+		{ "PQnotifies", &api.notifies },
+		{ "PQconsumeInput", &api.consume_input },
+		{ "PQsocket", &api.socket },
+		{ "PQconninfoParse", &api.conninfo_parse },
+		{ "PQconninfoFree", &api.conninfo_free },
 	};
 
 	loaded = libload_open(PGLOAD_SONAME, "PostgreSQL databases", syms, sizeof(syms) / sizeof(syms[0]), load_error,

@@ -44,6 +44,15 @@ struct pgload {
 	__typeof__(&PQunescapeBytea) unescape_bytea;
 	__typeof__(&PQfreemem) freemem;
 	__typeof__(&PQclear) clear;
+	/* db_notify.c's listener */
+	__typeof__(&PQescapeIdentifier) escape_identifier;
+	__typeof__(&PQsetNoticeProcessor) set_notice_processor;
+	__typeof__(&PQnotifies) notifies;
+	__typeof__(&PQconsumeInput) consume_input;
+	__typeof__(&PQsocket) socket;
+	/* backup_pg.c: the URL taken apart for pg_dump/pg_restore */
+	__typeof__(&PQconninfoParse) conninfo_parse;
+	__typeof__(&PQconninfoFree) conninfo_free;
 };
 
 /* The table, or NULL when libpq cannot be loaded (pgload_error says why;
