@@ -49,68 +49,22 @@ static const char *const k_files[] = {
 
 /* ---- the statements, read from the sources ---------------------------------- */
 
-struct sql_list {
-	struct strvec sql;   /* the statements */
-	struct strvec where; /* "file:line" of each */
-};
-
-/* Every store_q(db, "..." "...") of file: the adjacent literals after the
- * first argument, joined as the compiler joins them. */
-static size_t scan_file(const char *file, struct sql_list *out)
+/* Every store_q(db, "..." "...") of the files: the adjacent literals after
+ * the first argument, joined as the compiler joins them. */
+static void scan_all(struct dbconv_sql *l)
 {
-	char *text = dbconv_read_source(file);
-	const char *p;
-	size_t n = 0;
-
-	if (strstr(text, "sqlite3_"))
-		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", file);
-	for (p = text; (p = strstr(p, "store_q(")) != NULL;) {
-		struct buf sql = BUF_INIT;
-		int line = 1;
-
-		for (const char *q = text; q < p; q++)
-			line += *q == '\n';
-		p = strchr(p, ',');
-		assert_non_null(p);
-		p = dbconv_joined_literals(p + 1, &sql);
-		if (!sql.len)
-			fail_msg("%s:%d: store_q() without a string literal (the cache is keyed by the literal)", file, line);
-		buf_putc(&sql, '\0');
-		strvec_push(&out->sql, sql.ptr);
-		strvec_pushf(&out->where, "%s:%d", file, line);
-		buf_release(&sql);
-		n++;
-	}
-	free(text);
-	return n;
-}
-
-static void scan_all(struct sql_list *l)
-{
-	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
 	for (size_t i = 0; i < NFILES; i++)
-		if (scan_file(k_files[i], l) == 0)
+		if (dbconv_scan_calls(k_files[i], "store_q(", 1, l) == 0)
 			fail_msg("%s: no store_q() statement found (moved? update k_files)", k_files[i]);
 }
 
 static void prepare_all(enum db_backend kind)
 {
-	struct sql_list l;
-	struct store *s;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 
 	scan_all(&l);
-	s = dbconv_open_store(kind);
-	for (size_t i = 0; i < l.sql.n; i++) {
-		struct db_stmt *st = NULL;
-		if (db_prepare(store_conn(s), &st, l.sql.v[i]) < 0)
-			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
-				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
-		db_finalize(st);
-	}
-	fprintf(stderr, "%zu statements prepared on %s\n", l.sql.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
-	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_prepare_all(kind, &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 static void every_statement_prepares_on_sqlite(void **state)
@@ -122,7 +76,6 @@ static void every_statement_prepares_on_sqlite(void **state)
 static void every_statement_prepares_on_postgres(void **state)
 {
 	(void)state;
-	dbconv_need_pg();
 	prepare_all(DB_POSTGRES);
 }
 
@@ -130,7 +83,7 @@ static void every_statement_prepares_on_postgres(void **state)
  * is no problem it checks */
 static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **state)
 {
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	struct store *s;
 	struct db_stmt *st = NULL;
 	int joined = 0;
@@ -149,8 +102,7 @@ static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **stat
 						   " FROM device_certs WHERE device = ?") < 0);
 	assert_null(st);
 	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- the device CA's tables, with rows, on both backends ------------------- */

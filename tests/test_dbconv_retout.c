@@ -53,102 +53,23 @@ static const struct {
 
 /* ---- the statements, read from the sources ---------------------------------- */
 
-struct sql_list {
-	struct strvec sql;   /* the statements */
-	struct strvec where; /* "file:line" of each */
-};
-
-static int is_sql(const char *s)
+static void scan_all(struct dbconv_sql *l)
 {
-	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
-		if (!strncmp(s, verbs[i], strlen(verbs[i])))
-			return 1;
-	return 0;
-}
-
-/* Every group of adjacent string literals in file (outside comments and
- * character constants) that reads as a SQL statement. */
-static size_t scan_file(const char *file, struct sql_list *out)
-{
-	char *text = dbconv_read_source(file);
-	const char *p = text;
-	size_t n = 0;
-	int line = 1;
-
-	if (strstr(text, "sqlite3_"))
-		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", file);
-	while (*p) {
-		if (p[0] == '/' && p[1] == '*') {
-			const char *end = strstr(p + 2, "*/");
-			end = end ? end + 2 : p + strlen(p);
-			for (; p < end; p++)
-				line += *p == '\n';
-		} else if (p[0] == '/' && p[1] == '/') {
-			while (*p && *p != '\n')
-				p++;
-		} else if (*p == '\'') {
-			p++;
-			if (*p == '\\')
-				p++;
-			p += *p ? 2 : 0; /* the character and the closing quote */
-		} else if (*p == '"') {
-			struct buf sql = BUF_INIT;
-			const char *end = dbconv_joined_literals(p, &sql);
-			buf_putc(&sql, '\0');
-			if (is_sql(sql.ptr)) {
-				strvec_push(&out->sql, sql.ptr);
-				strvec_pushf(&out->where, "%s:%d", file, line);
-				n++;
-			}
-			buf_release(&sql);
-			for (; p < end; p++)
-				line += *p == '\n';
-		} else {
-			line += *p == '\n';
-			p++;
-		}
-	}
-	free(text);
-	return n;
-}
-
-static void scan_all(struct sql_list *l)
-{
-	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
 	for (size_t i = 0; i < NFILES; i++) {
-		size_t n = scan_file(k_files[i].file, l);
+		size_t n = dbconv_scan_literals(k_files[i].file, l);
 		if (n < k_files[i].min)
 			fail_msg("%s: %zu statements found, expected at least %zu (moved? update k_files)", k_files[i].file,
 				 n, k_files[i].min);
 	}
 }
 
-static void prepare_all(enum db_backend kind)
-{
-	struct sql_list l;
-	struct store *s;
-
-	scan_all(&l);
-	s = dbconv_open_store(kind);
-	for (size_t i = 0; i < l.sql.n; i++) {
-		struct db_stmt *st = NULL;
-		if (db_prepare(store_conn(s), &st, l.sql.v[i]) < 0)
-			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
-				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
-		db_finalize(st);
-	}
-	fprintf(stderr, "%zu statements prepared on %s\n", l.sql.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
-	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
-}
-
 static void every_statement_prepares(void **state)
 {
-	if (dbconv_backend(state) == DB_POSTGRES)
-		dbconv_need_pg();
-	prepare_all(dbconv_backend(state));
+	struct dbconv_sql l = DBCONV_SQL_INIT;
+
+	scan_all(&l);
+	dbconv_prepare_all(dbconv_backend(state), &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 /* engine.c's last direct call (the disk-full check) went to db.h too */
@@ -166,7 +87,7 @@ static void engine_c_calls_no_sqlite(void **state)
  * statement kept in a constant, and outbox.c's joined literals */
 static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 {
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	int in_array = 0, constant = 0, joined = 0;
 
 	(void)state;
@@ -179,8 +100,7 @@ static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 	assert_true(in_array);
 	assert_true(constant);
 	assert_true(joined);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- rows -------------------------------------------------------------------- */
