@@ -444,3 +444,43 @@ size_t dbconv_prepare_all(enum db_backend kind, const struct dbconv_sql *l, int 
 	store_close(s);
 	return prepared;
 }
+
+/* ---- rows compared across the backends ------------------------------------------ */
+
+json_t *dbconv_rows(struct store *s, const char *sql)
+{
+	struct db_stmt *st = NULL;
+	json_t *out = json_array();
+	int rc;
+
+	if (db_prepare(store_conn(s), &st, sql) < 0)
+		fail_msg("%s: %s", sql, ota_error_last());
+	while ((rc = db_step(st)) == 1) {
+		json_t *row = json_array();
+		for (int i = 0; i < db_column_count(st); i++) {
+			switch (db_column_type(st, i)) {
+			case DB_NULL:
+				json_array_append_new(row, json_null());
+				break;
+			case DB_INTEGER:
+				json_array_append_new(row, json_integer(db_column_int64(st, i)));
+				break;
+			default:
+				json_array_append_new(row, json_string(db_column_text(st, i)));
+				break;
+			}
+		}
+		json_array_append_new(out, row);
+	}
+	assert_int_equal(rc, 0);
+	db_finalize(st);
+	return out;
+}
+
+void dbconv_must_agree(const char *what, const json_t *lite, const json_t *pg)
+{
+	if (!json_equal(lite, pg)) {
+		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
+		fail_msg("%s: SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", what, a, b);
+	}
+}

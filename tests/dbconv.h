@@ -14,6 +14,8 @@
 #ifndef OTA_TESTS_DBCONV_H
 #define OTA_TESTS_DBCONV_H
 
+#include <jansson.h>
+
 #include "../common/util.h"
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/store.h"
@@ -113,5 +115,14 @@ size_t dbconv_prepare_each(struct db *db, const struct dbconv_sql *l, int (*leav
 /* dbconv_prepare_each() on a fresh migrated store of kind (a PostgreSQL
  * case is skipped without PostgreSQL). */
 size_t dbconv_prepare_all(enum db_backend kind, const struct dbconv_sql *l, int (*leave_out)(const char *sql));
+
+/* ---- rows compared across the backends ------------------------------------------ */
+
+/* Every row sql returns, as JSON arrays of its columns (NULL as null,
+ * integers as numbers, the rest as text); new ref. */
+json_t *dbconv_rows(struct store *s, const char *sql);
+/* Fail the case, showing both, unless what SQLite (lite) and PostgreSQL
+ * (pg) gave is equal. */
+void dbconv_must_agree(const char *what, const json_t *lite, const json_t *pg);
 
 #endif

@@ -285,10 +285,7 @@ static void fleet_paths_give_the_same_answers_on_both_backends(void **state)
 	lite = fleet_paths(DB_SQLITE);
 	check_answers(lite);
 	pg = fleet_paths(DB_POSTGRES);
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	}
+	dbconv_must_agree("the fleet's paths", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }

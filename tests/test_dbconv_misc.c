@@ -180,37 +180,6 @@ static int issue_certificates(void **state)
 	return 0;
 }
 
-/* Every row sql returns, as JSON arrays of its columns. */
-static json_t *rows(struct store *s, const char *sql)
-{
-	struct db_stmt *st = NULL;
-	json_t *out = json_array();
-	int rc;
-
-	if (db_prepare(store_conn(s), &st, sql) < 0)
-		fail_msg("%s: %s", sql, ota_error_last());
-	while ((rc = db_step(st)) == 1) {
-		json_t *row = json_array();
-		for (int i = 0; i < db_column_count(st); i++) {
-			switch (db_column_type(st, i)) {
-			case DB_NULL:
-				json_array_append_new(row, json_null());
-				break;
-			case DB_INTEGER:
-				json_array_append_new(row, json_integer(db_column_int64(st, i)));
-				break;
-			default:
-				json_array_append_new(row, json_string(db_column_text(st, i)));
-				break;
-			}
-		}
-		json_array_append_new(out, row);
-	}
-	assert_int_equal(rc, 0);
-	db_finalize(st);
-	return out;
-}
-
 #define T0 1700000000000LL /* ms: the scenario's clock */
 #define S0 1700000000LL    /* s: revocation cutoffs */
 
@@ -288,7 +257,7 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(fleet_ca_store_revoke(s, "fab1-0001", S0 + 5, T0 + 21, "admin", NULL, &revoked), 0);
 	dbconv_commit(s);
 	assert_int_equal(revoked, 0);
-	list = rows(s, "SELECT cutoff, reason FROM device_revocations WHERE device = 'fab1-0001'");
+	list = dbconv_rows(s, "SELECT cutoff, reason FROM device_revocations WHERE device = 'fab1-0001'");
 	assert_int_equal(json_integer_value(json_array_get(json_array_get(list, 0), 0)), S0 + 10);
 	assert_string_equal(json_string_value(json_array_get(json_array_get(list, 0), 1)), "");
 	json_decref(list);
@@ -323,9 +292,9 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(max, 3);
 
 	json_object_set_new(out, "provisioners", fleet_ca_store_prov_list(s));
-	json_object_set_new(out, "revocations", rows(s, "SELECT device, cutoff, at, actor, reason FROM device_revocations"
+	json_object_set_new(out, "revocations", dbconv_rows(s, "SELECT device, cutoff, at, actor, reason FROM device_revocations"
 							" ORDER BY device"));
-	json_object_set_new(out, "certificates", rows(s, "SELECT serial, device, product, provisioner, not_before, not_after,"
+	json_object_set_new(out, "certificates", dbconv_rows(s, "SELECT serial, device, product, provisioner, not_before, not_after,"
 							 " issued_at, revoked_at, pem FROM device_certs ORDER BY serial"));
 
 	/* loaded into a CA's memory, as otacd's start does */
@@ -352,7 +321,6 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 {
 	struct store *s;
 	json_t *lite, *pg;
-	char *a, *b;
 
 	(void)state;
 	dbconv_need_pg();
@@ -374,12 +342,7 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 			}
 		assert_true(seen);
 	}
-	a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT);
-	b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-	if (!json_equal(lite, pg))
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	free(a);
-	free(b);
+	dbconv_must_agree("the device CA's rows", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }
@@ -451,10 +414,7 @@ static void verdict_reports_and_baseline_load_the_same_on_both_backends(void **s
 	s = dbconv_open_store(DB_POSTGRES);
 	pg = verdict_inputs(s);
 	store_close(s);
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	}
+	dbconv_must_agree("verdict reports and baseline", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }

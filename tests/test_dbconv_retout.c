@@ -109,45 +109,6 @@ static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 #define T0 1800000000000LL       /* otacd ms: the pass's clock */
 #define NOW_REAL 1796000000000LL /* real ms: the outbox's clock */
 
-/* Every row sql returns, as JSON arrays of its columns. */
-static json_t *rows(struct store *s, const char *sql)
-{
-	struct db_stmt *st = NULL;
-	json_t *out = json_array();
-	int rc;
-
-	if (db_prepare(store_conn(s), &st, sql) < 0)
-		fail_msg("%s: %s", sql, ota_error_last());
-	while ((rc = db_step(st)) == 1) {
-		json_t *row = json_array();
-		for (int i = 0; i < db_column_count(st); i++) {
-			switch (db_column_type(st, i)) {
-			case DB_NULL:
-				json_array_append_new(row, json_null());
-				break;
-			case DB_INTEGER:
-				json_array_append_new(row, json_integer(db_column_int64(st, i)));
-				break;
-			default:
-				json_array_append_new(row, json_string(db_column_text(st, i)));
-				break;
-			}
-		}
-		json_array_append_new(out, row);
-	}
-	assert_int_equal(rc, 0);
-	db_finalize(st);
-	return out;
-}
-
-static void must_agree(const char *what, json_t *lite, json_t *pg)
-{
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("%s: SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", what, a, b);
-	}
-}
-
 /* A run in state, created and finished (0: not) `age` days before T0, with
  * one stage and `njobs` jobs, each with an attempt, a report and a metric,
  * and an event; the first job's id goes to *job. */
@@ -303,7 +264,7 @@ static void prune(struct store *s, const struct retention_cfg *cfg, json_t *remo
 
 static json_t *ids(struct store *s, const char *sql)
 {
-	json_t *r = rows(s, sql), *out = json_array(), *row;
+	json_t *r = dbconv_rows(s, sql), *out = json_array(), *row;
 	size_t i;
 
 	json_array_foreach(r, i, row)
@@ -353,7 +314,7 @@ static json_t *retention_life(struct store *s)
 	assert_string_equal(json_string_value(json_array_get(json_object_get(removed, "objects"), 0)), "aa");
 	/* the logs walk: runs 3 and 5 lost their logs (4 is not finished, 2
 	 * released, 6 too new) */
-	json_object_set_new(out, "logs_through", rows(s, "SELECT value FROM meta WHERE key = 'retention.logs_through'"));
+	json_object_set_new(out, "logs_through", dbconv_rows(s, "SELECT value FROM meta WHERE key = 'retention.logs_through'"));
 	got = ids(s, "SELECT id FROM outbox ORDER BY id");
 	assert_ids(got, outbox_left, OTA_ARRAY_SIZE(outbox_left), "outbox after the pass");
 	json_object_set_new(out, "outbox", got);
@@ -370,8 +331,8 @@ static json_t *retention_life(struct store *s)
 	json_object_set_new(out, "attempts", ids(s, "SELECT job_id FROM job_attempts ORDER BY job_id"));
 	json_object_set_new(out, "reports", ids(s, "SELECT run_id FROM reports ORDER BY id"));
 	json_object_set_new(out, "metrics", ids(s, "SELECT run_id FROM run_metrics ORDER BY job_id"));
-	json_object_set_new(out, "artifacts", rows(s, "SELECT run_id, sha256 FROM artifacts ORDER BY id"));
-	json_object_set_new(out, "events", rows(s, "SELECT run_id, kind FROM events ORDER BY id"));
+	json_object_set_new(out, "artifacts", dbconv_rows(s, "SELECT run_id, sha256 FROM artifacts ORDER BY id"));
+	json_object_set_new(out, "events", dbconv_rows(s, "SELECT run_id, kind FROM events ORDER BY id"));
 	json_object_set_new(out, "deliveries", ids(s, "SELECT delivery FROM deliveries ORDER BY id"));
 	return out;
 }
@@ -396,7 +357,7 @@ static void a_retention_pass_deletes_the_same_rows_on_both_backends(void **state
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(lite, "counts"), 0), "logs")), 2);
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(lite, "counts"), 0), "extras")),
 			 3);
-	must_agree("retention", lite, pg);
+	dbconv_must_agree("retention", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }
@@ -487,7 +448,7 @@ static json_t *outbox_life(struct store *s)
 	due = claim(NOW_REAL + 10000);
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(due, json_array_size(due) - 1), "id")), 2);
 	json_object_set_new(out, "retry", due);
-	json_object_set_new(out, "rows", rows(s, "SELECT id, state, attempts, next_at, last_error, done_at FROM outbox"
+	json_object_set_new(out, "rows", dbconv_rows(s, "SELECT id, state, attempts, next_at, last_error, done_at FROM outbox"
 						" WHERE id <= 6 ORDER BY id"));
 	return out;
 }
@@ -515,7 +476,7 @@ static void outbox_rows_are_claimed_and_finished_the_same_on_both_backends(void 
 	assert_string_equal(json_string_value(json_array_get(row, 1)), "pending");
 	assert_true(json_is_null(json_array_get(row, 5)));
 	assert_string_equal(json_string_value(json_array_get(row, 4)), "HTTP 503");
-	must_agree("outbox", lite, pg);
+	dbconv_must_agree("outbox", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }
