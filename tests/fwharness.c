@@ -162,6 +162,23 @@ void fw_slot_image(unsigned char *slot, const char *bin_path, uint8_t minor, uin
 	buf_release(&img);
 }
 
+void fw_release_otacd(struct daemon *d, const char *const *args)
+{
+	struct buf out = BUF_INIT;
+	char *cfg;
+
+	h_init(d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d->dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
+			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d->dir);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(d, args), 0);
+	free(cfg);
+	buf_release(&out);
+}
+
 void fw_rig_boot(struct buf *out, const struct fw_rig *r, const char *input)
 {
 	const char *dir = r->dir;

@@ -61,6 +61,12 @@ void fw_flash_get(const char *path, long off, void *p, size_t len);
  * swap (copy_done set, image_ok unset). */
 void fw_slot_image(unsigned char *slot, const char *bin_path, uint8_t minor, uint32_t counter, int confirmed);
 
+/* h_init and h_start d with args and a release key "test": a P-256 key
+ * made in d->dir (key.pem, and key.der, its public half as the
+ * firmware's TRUSTED_KEY= takes it), a 1 s poll interval and product
+ * sensor-node allowed counter steps of up to 5. */
+void fw_release_otacd(struct daemon *d, const char *const *args);
+
 /* One QEMU boot of the sample firmware. */
 struct fw_rig {
 	const char *board;   /* NULL: mps2-an385 */

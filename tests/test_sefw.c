@@ -303,21 +303,14 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	const char *const args[] = { "--local-agents", "1", NULL };
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *v14, *v15, *y, *flash, *prov, *se, *bin, *elf14, *elf15, *boot2;
+	char **cred, *v14, *v15, *y, *flash, *prov, *se, *bin, *elf14, *elf15, *boot2;
 	unsigned char tr[64];
 	int64_t release;
 
 	(void)state;
 	if (tools_missing())
 		skip();
-	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
-			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&d, args), 0);
+	fw_release_otacd(&d, args);
 	cred = h_register_devices(&d, "qemu-se", 1);
 
 	/* 1.4.0 runs; 1.5.0 is what the pipeline releases */
@@ -382,7 +375,6 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	free(flash);
 	free(v14);
 	free(v15);
-	free(cfg);
 	free(cred[0]);
 	free(cred);
 	buf_release(&out);

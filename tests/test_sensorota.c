@@ -198,21 +198,14 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov;
+	char **cred, *fw, *bin, *elf, *flash, *prov;
 	unsigned char *slot;
 	int64_t release = 0;
 
 	(void)state;
 	if (tools_missing())
 		skip();
-	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
-			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&d, args), 0);
+	fw_release_otacd(&d, args);
 	cred = h_register_devices(&d, "qemu-dl", 1);
 
 	/* the firmware trusting the release key */
@@ -260,7 +253,6 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	free(elf);
 	free(bin);
 	free(fw);
-	free(cfg);
 	free(cred[0]);
 	free(cred);
 	buf_release(&out);
