@@ -72,19 +72,28 @@ static void *proxy_main(void *arg)
 	return NULL;
 }
 
-void dproxy_start(struct dproxy *px, const char *upstream_url)
+int dproxy_listen(int backlog, int *port)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	socklen_t len = sizeof(sa);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	assert_true(fd >= 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(fd, backlog), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	*port = ntohs(sa.sin_port);
+	return fd;
+}
+
+void dproxy_start(struct dproxy *px, const char *upstream_url)
+{
 	const char *colon = strrchr(upstream_url, ':');
+
 	assert_non_null(colon);
 	px->upstream_port = atoi(colon + 1);
-	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px->listen_fd, 8), 0);
-	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px->port = ntohs(sa.sin_port);
+	px->listen_fd = dproxy_listen(8, &px->port);
 	assert_int_equal(pthread_create(&px->thread, NULL, proxy_main, px), 0);
 }
 

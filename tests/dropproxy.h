@@ -25,6 +25,8 @@ struct dproxy {
 void dproxy_start(struct dproxy *px, const char *upstream_url);
 /* Stop the thread and close the listener. */
 void dproxy_stop(struct dproxy *px);
+/* A listening socket on a free port of 127.0.0.1 (its port in *port). */
+int dproxy_listen(int backlog, int *port);
 /* A TCP connection to 127.0.0.1:port; -1 when it cannot be had. */
 int dproxy_connect(int port);
 

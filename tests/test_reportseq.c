@@ -643,16 +643,9 @@ static void *tproxy_main(void *arg)
 
 static void tproxy_start(struct tproxy *px, const char *upstream_url)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
 	buf_init(&px->sent, BUF_NOLIMIT);
 	px->upstream_port = atoi(strrchr(upstream_url, ':') + 1);
-	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px->listen_fd, 64), 0);
-	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px->port = ntohs(sa.sin_port);
+	px->listen_fd = dproxy_listen(64, &px->port);
 	assert_int_equal(pthread_create(&px->thread, NULL, tproxy_main, px), 0);
 }
 
