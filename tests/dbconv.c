@@ -244,3 +244,243 @@ const char *dbconv_joined_literals(const char *p, struct buf *out)
 	}
 	return q;
 }
+
+/* ---- the statements of converted files ------------------------------------------ */
+
+void dbconv_sql_clear(struct dbconv_sql *l)
+{
+	strvec_clear(&l->sql);
+	strvec_clear(&l->where);
+}
+
+static void push_statement(struct dbconv_sql *out, const char *file, const char *text, const char *at,
+			   struct buf *sql)
+{
+	int line = 1;
+
+	for (const char *q = text; q < at; q++)
+		line += *q == '\n';
+	strvec_push(&out->sql, buf_cstr(sql));
+	strvec_pushf(&out->where, "%s:%d", file, line);
+}
+
+static int is_ident(char c)
+{
+	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+static int is_statement(const char *s)
+{
+	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
+		if (!strncmp(s, verbs[i], strlen(verbs[i])))
+			return 1;
+	return 0;
+}
+
+/* file's text with backslash-newlines removed (caller frees); fails the
+ * case when the file still reaches SQLite directly */
+static char *converted_source(const char *file)
+{
+	char *src = dbconv_read_source(file);
+	struct buf b = BUF_INIT;
+
+	if (strstr(src, "sqlite3_") || strstr(src, "sqlite3.h"))
+		fail_msg("%s still uses SQLite directly (converted to the storage layer: db/db.h)", file);
+	for (const char *p = src; *p; p++) {
+		if (p[0] == '\\' && p[1] == '\n')
+			p++;
+		else
+			buf_putc(&b, *p);
+	}
+	free(src);
+	return buf_detach(&b);
+}
+
+/* Object-like macros whose body is string literals (#define NAME "..." "..."):
+ * names[i] expands to bodies[i]. */
+static void find_macros(const char *text, struct strvec *names, struct strvec *bodies)
+{
+	for (const char *p = text; (p = strstr(p, "#define ")) != NULL;) {
+		const char *name = p + 8, *end = name;
+		struct buf body = BUF_INIT;
+		while ((*end >= 'A' && *end <= 'Z') || (*end >= '0' && *end <= '9') || *end == '_')
+			end++;
+		p = dbconv_joined_literals(end, &body);
+		if (body.len && end > name && *end != '(') {
+			strvec_pushf(names, "%.*s", (int)(end - name), name);
+			strvec_push(bodies, buf_cstr(&body));
+		}
+		buf_release(&body);
+		if (p == end)
+			p = end + 1;
+	}
+}
+
+/* The adjacent literals and string macros from p on (after blanks), joined
+ * into sql as the compiler joins them; returns where they end (p when
+ * there is none). */
+static const char *joined_with_macros(const char *p, const struct strvec *names, const struct strvec *bodies,
+				      struct buf *sql)
+{
+	for (;;) {
+		const char *q = skip_blanks(p);
+		size_t i;
+
+		for (i = 0; i < names->n; i++) {
+			size_t len = strlen(names->v[i]);
+			if (!strncmp(q, names->v[i], len) && !is_ident(q[len]))
+				break;
+		}
+		if (i < names->n) {
+			buf_puts(sql, bodies->v[i]);
+			p = q + strlen(names->v[i]);
+		} else if (*q == '"') {
+			p = dbconv_joined_literals(q, sql);
+		} else {
+			return p;
+		}
+	}
+}
+
+size_t dbconv_scan_literals(const char *file, struct dbconv_sql *out)
+{
+	char *text = converted_source(file);
+	struct strvec names = STRVEC_INIT, bodies = STRVEC_INIT;
+	const char *p = text;
+	size_t n = 0;
+
+	find_macros(text, &names, &bodies);
+	while (*p) {
+		if (p[0] == '/' && p[1] == '*') {
+			const char *end = strstr(p + 2, "*/");
+			p = end ? end + 2 : p + strlen(p);
+		} else if (p[0] == '/' && p[1] == '/') {
+			p += strcspn(p, "\n");
+		} else if (*p == '\'') { /* a '"' here opens no string */
+			p++;
+			if (*p == '\\')
+				p++;
+			p += *p ? 2 : 0; /* the character and the closing quote */
+		} else if (*p == '"') {
+			struct buf sql = BUF_INIT;
+			const char *at = p;
+			p = joined_with_macros(p, &names, &bodies, &sql);
+			if (is_statement(buf_cstr(&sql))) {
+				push_statement(out, file, text, at, &sql);
+				n++;
+			}
+			buf_release(&sql);
+		} else if (!strncmp(p, "#define ", 8)) {
+			p += strcspn(p, "\n"); /* a macro's literal is counted where it is used */
+		} else {
+			p++;
+		}
+	}
+	strvec_clear(&names);
+	strvec_clear(&bodies);
+	free(text);
+	return n;
+}
+
+size_t dbconv_scan_calls(const char *file, const char *call, int strict, struct dbconv_sql *out)
+{
+	char *text = converted_source(file);
+	struct strvec names = STRVEC_INIT, bodies = STRVEC_INIT;
+	size_t n = 0;
+
+	find_macros(text, &names, &bodies);
+	for (const char *p = text; (p = strstr(p, call)) != NULL; p++) {
+		struct buf sql = BUF_INIT;
+		const char *comma, *end = NULL;
+
+		if (p > text && is_ident(p[-1]))
+			continue; /* another function whose name ends so */
+		if ((comma = strchr(p, ',')) != NULL)
+			end = skip_blanks(joined_with_macros(comma + 1, &names, &bodies, &sql));
+		if (sql.len && (*end == ')' || *end == ',')) {
+			push_statement(out, file, text, p, &sql);
+			n++;
+		} else if (strict) {
+			fail_msg("%s: a %s) whose SQL is not a string literal, near \"%.60s\"", file, call, p);
+		}
+		buf_release(&sql);
+	}
+	strvec_clear(&names);
+	strvec_clear(&bodies);
+	free(text);
+	return n;
+}
+
+static const char *backend_name(const struct db *db)
+{
+	return db_backend(db) == DB_SQLITE ? "SQLite" : "PostgreSQL";
+}
+
+size_t dbconv_prepare_each(struct db *db, const struct dbconv_sql *l, int (*leave_out)(const char *sql))
+{
+	size_t prepared = 0;
+
+	for (size_t i = 0; i < l->sql.n; i++) {
+		struct db_stmt *st = NULL;
+
+		if (leave_out && leave_out(l->sql.v[i]))
+			continue;
+		if (db_prepare(db, &st, l->sql.v[i]) < 0)
+			fail_msg("%s: does not prepare on %s: %s\n  %s", l->where.v[i], backend_name(db), ota_error_last(),
+				 l->sql.v[i]);
+		db_finalize(st);
+		prepared++;
+	}
+	fprintf(stderr, "%zu of %zu statements prepared on %s\n", prepared, l->sql.n, backend_name(db));
+	return prepared;
+}
+
+size_t dbconv_prepare_all(enum db_backend kind, const struct dbconv_sql *l, int (*leave_out)(const char *sql))
+{
+	struct store *s = dbconv_fresh_store(kind);
+	size_t prepared = dbconv_prepare_each(store_conn(s), l, leave_out);
+
+	store_close(s);
+	return prepared;
+}
+
+/* ---- rows compared across the backends ------------------------------------------ */
+
+json_t *dbconv_rows(struct store *s, const char *sql)
+{
+	struct db_stmt *st = NULL;
+	json_t *out = json_array();
+	int rc;
+
+	if (db_prepare(store_conn(s), &st, sql) < 0)
+		fail_msg("%s: %s", sql, ota_error_last());
+	while ((rc = db_step(st)) == 1) {
+		json_t *row = json_array();
+		for (int i = 0; i < db_column_count(st); i++) {
+			switch (db_column_type(st, i)) {
+			case DB_NULL:
+				json_array_append_new(row, json_null());
+				break;
+			case DB_INTEGER:
+				json_array_append_new(row, json_integer(db_column_int64(st, i)));
+				break;
+			default:
+				json_array_append_new(row, json_string(db_column_text(st, i)));
+				break;
+			}
+		}
+		json_array_append_new(out, row);
+	}
+	assert_int_equal(rc, 0);
+	db_finalize(st);
+	return out;
+}
+
+void dbconv_must_agree(const char *what, const json_t *lite, const json_t *pg)
+{
+	if (!json_equal(lite, pg)) {
+		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
+		fail_msg("%s: SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", what, a, b);
+	}
+}

@@ -14,6 +14,8 @@
 #ifndef OTA_TESTS_DBCONV_H
 #define OTA_TESTS_DBCONV_H
 
+#include <jansson.h>
+
 #include "../common/util.h"
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/store.h"
@@ -81,5 +83,46 @@ void dbconv_take_literal(const char **p, struct buf *out);
 /* Append the adjacent string literals from p on (after blanks), joined as
  * the compiler joins them; returns where they end (p when there is none). */
 const char *dbconv_joined_literals(const char *p, struct buf *out);
+
+
+/* ---- the statements of converted files ------------------------------------------ */
+
+struct dbconv_sql {
+	struct strvec sql;   /* the statements */
+	struct strvec where; /* "file:line" of each */
+};
+#define DBCONV_SQL_INIT { STRVEC_INIT, STRVEC_INIT }
+void dbconv_sql_clear(struct dbconv_sql *l);
+
+/*
+ * The scanners append file's statements to out and return how many they
+ * found; both fail the case when file still uses SQLite directly
+ * (sqlite3_*), and both spell out object-like string macros
+ * (#define NAME "...") where they are used, as the compiler does.
+ */
+/* Every group of adjacent string literals outside comments, character
+ * constants and #define lines that starts with an SQL verb. */
+size_t dbconv_scan_literals(const char *file, struct dbconv_sql *out);
+/* The SQL argument of every call of call ("store_q(" …): the literals after
+ * its first comma.  strict fails the case on such a call without a literal
+ * (the statement cache keys on it); otherwise that call is passed over. */
+size_t dbconv_scan_calls(const char *file, const char *call, int strict, struct dbconv_sql *out);
+
+/* Prepare l's statements on db, leaving out those leave_out (NULL: none)
+ * says yes to; fails the case at the first that does not prepare, naming
+ * where it stands.  Says on stderr, and returns, how many it prepared. */
+size_t dbconv_prepare_each(struct db *db, const struct dbconv_sql *l, int (*leave_out)(const char *sql));
+/* dbconv_prepare_each() on a fresh migrated store of kind (a PostgreSQL
+ * case is skipped without PostgreSQL). */
+size_t dbconv_prepare_all(enum db_backend kind, const struct dbconv_sql *l, int (*leave_out)(const char *sql));
+
+/* ---- rows compared across the backends ------------------------------------------ */
+
+/* Every row sql returns, as JSON arrays of its columns (NULL as null,
+ * integers as numbers, the rest as text); new ref. */
+json_t *dbconv_rows(struct store *s, const char *sql);
+/* Fail the case, showing both, unless what SQLite (lite) and PostgreSQL
+ * (pg) gave is equal. */
+void dbconv_must_agree(const char *what, const json_t *lite, const json_t *pg);
 
 #endif

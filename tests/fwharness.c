@@ -14,6 +14,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
+
+#include "devharness.h"
+#include "../orchestrator/mcuboot.h"
 
 char *fw_jscpd_path(void)
 {
@@ -110,4 +114,101 @@ void fw_rigs_stop(pid_t rigs[2])
 		kill(rigs[i], SIGKILL);
 		waitpid(rigs[i], NULL, 0);
 	}
+}
+
+/* ---- the sample firmware booted in QEMU --------------------------------------- */
+
+void fw_flash_put(const char *path, long off, const void *p, size_t len)
+{
+	FILE *f = fopen(path, "r+b");
+	if (!f) {
+		unsigned char *ff = malloc(FW_FLASH_SIZE);
+		assert_non_null(ff);
+		memset(ff, 0xff, FW_FLASH_SIZE);
+		assert_non_null(f = fopen(path, "w+b"));
+		assert_int_equal(fwrite(ff, 1, FW_FLASH_SIZE, f), FW_FLASH_SIZE);
+		free(ff);
+	}
+	assert_int_equal(fseek(f, off, SEEK_SET), 0);
+	assert_int_equal(fwrite(p, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+}
+
+void fw_flash_get(const char *path, long off, void *p, size_t len)
+{
+	FILE *f = fopen(path, "rb");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, off, SEEK_SET), 0);
+	assert_int_equal(fread(p, 1, len, f), len);
+	fclose(f);
+}
+
+void fw_slot_image(unsigned char *slot, const char *bin_path, uint8_t minor, uint32_t counter, int confirmed)
+{
+	struct buf bin = BUF_INIT, img = BUF_INIT;
+	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	struct mcuboot_sign_opts o = { .major = 1, .minor = minor, .has_security_counter = 1,
+				       .security_counter = counter, .slot_size = FW_SLOT_SIZE, .confirm = confirmed };
+
+	assert_non_null(k);
+	assert_int_equal(ota_read_file(&bin, bin_path, 1 << 20), 0);
+	assert_int_equal(mcuboot_sign(&img, bin.ptr, bin.len, k, &o), 0);
+	assert_int_equal(img.len, FW_SLOT_SIZE);
+	memcpy(slot, img.ptr, img.len);
+	if (!confirmed)
+		slot[FW_SLOT_SIZE - 32] = 0x01; /* copy_done: MCUboot swapped it in */
+	EVP_PKEY_free(k);
+	buf_release(&bin);
+	buf_release(&img);
+}
+
+void fw_release_otacd(struct daemon *d, const char *const *args)
+{
+	struct buf out = BUF_INIT;
+	char *cfg;
+
+	h_init(d, NULL);
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
+				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d->dir), 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
+			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d->dir);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
+	assert_int_equal(h_start(d, args), 0);
+	free(cfg);
+	buf_release(&out);
+}
+
+void fw_rig_boot(struct buf *out, const struct fw_rig *r, const char *input)
+{
+	const char *dir = r->dir;
+	char *hil = dh_src_path("examples/sensor-node/hil");
+	char *mem = r->flash ? xasprintf(",memory-backend=fl -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on",
+					 r->flash)
+			     : xasprintf("%s", "");
+	char *uart1 = r->url ? xasprintf("unix:%s/uart1.sock,server=on,wait=on", dir) : xasprintf("null");
+	char *uart2 = r->se_args ? xasprintf("unix:%s/uart2.sock,server=on,wait=on", dir) : xasprintf("null");
+	char *bridge = r->url ? xasprintf("python3 %s/bridge.py %s/uart1.sock %s &", hil, dir, r->url) : xasprintf(":;");
+	char *se = r->se_args ? xasprintf("python3 %s/se_model.py %s/uart2.sock %s &", hil, dir, r->se_args)
+			      : xasprintf(":;");
+
+	buf_clear(out);
+	assert_int_equal(h_sh(out, "cd %s && rm -f uart0.log qemu.pid && touch uart0.log &&"
+				   " w() { for i in $(seq 3000); do [ \"$(grep -c \"$2\" uart0.log)\" -ge \"$1\" ] && return 0;"
+				   " sleep 0.1; done; echo \"rig: no '$2' (x$1) on UART0 in 300 s\" >&2; return 1; };"
+				   " o_until() { for i in $(seq 300); do printf 'o\\n'; sleep 1; grep -q \"$1\" uart0.log && return 0;"
+				   " done; echo \"rig: no '$1' after 'o' in 300 s\" >&2; return 1; };"
+				   " w_end() { sleep 0.5; kill $(cat qemu.pid); };"
+				   " { (%s) | timeout %d qemu-system-arm -M %s%s -nographic -monitor none"
+				   " -pidfile qemu.pid -serial stdio -serial %s -serial %s -kernel %s 2>&1"
+				   " | tee -a uart0.log | tr -d '\\r'; } & %s %s wait",
+			      dir, input, r->secs ? r->secs : 900, r->board ? r->board : "mps2-an385", mem, uart1, uart2,
+			      r->elf, bridge, se),
+			 0);
+	free(hil);
+	free(mem);
+	free(uart1);
+	free(uart2);
+	free(bridge);
+	free(se);
 }

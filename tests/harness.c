@@ -25,6 +25,7 @@
 
 #include "../common/httpc.h"
 #include "../orchestrator/db/db.h"
+#include "devharness.h"
 #include "pgcluster.h"
 
 void h_die_with_parent(pid_t parent)
@@ -868,6 +869,40 @@ json_t *h_fleetsim_stats(pid_t sim, const char *stats, const char *log)
 		h_sh(&out, "tail -20 %s", log);
 		fail_msg("fleetsim failed or wrote no stats (status %d): %s", status, buf_cstr(&out));
 	}
+	return st;
+}
+
+void h_fleetsim_start(struct h_fleetsim *fs, struct daemon *d, const char *profile_json, const char *const *args)
+{
+	char *bin = h_bin("otacd-fleetsim"), *key = h_ec_keypair(d->dir), *profile = xasprintf("%s/profile.json", d->dir);
+	struct strvec argv = STRVEC_INIT;
+
+	assert_int_equal(ota_write_file_atomic(profile, profile_json, strlen(profile_json), 0644), 0);
+	fs->log = xasprintf("%s/sim.log", d->dir);
+	fs->stats = xasprintf("%s/stats.json", d->dir);
+	for (const char *const *a = (const char *const[]){ bin, "--engine", "core", "--url", d->device_url,
+							    "--fleet-key", d->fleet_key, "--key", key, "--profile", profile,
+							    "--product", "fw", "--start-version", "1.0.0", "--report-every",
+							    "30m", "--stats", fs->stats, NULL };
+	     *a; a++)
+		strvec_push(&argv, *a);
+	for (const char *const *a = args; *a; a++)
+		strvec_push(&argv, *a);
+	fs->pid = dh_spawn(fs->log, argv.v);
+	strvec_clear(&argv);
+	free(profile);
+	free(key);
+	free(bin);
+}
+
+json_t *h_fleetsim_stop(struct h_fleetsim *fs)
+{
+	json_t *st;
+
+	kill(fs->pid, SIGTERM);
+	st = h_fleetsim_stats(fs->pid, fs->stats, fs->log);
+	free(fs->log);
+	free(fs->stats);
 	return st;
 }
 

@@ -138,6 +138,20 @@ char *h_calm_profile(struct daemon *d);
  * output in log) and return its stats (new ref).  Fails the test, with the
  * end of log, when it did not exit 0 or wrote no stats. */
 json_t *h_fleetsim_stats(pid_t sim, const char *stats, const char *log);
+/* A simulated fleet of product fw started by h_fleetsim_start(). */
+struct h_fleetsim {
+	pid_t pid;
+	char *log;   /* its output: d->dir/sim.log */
+	char *stats; /* its --stats file: d->dir/stats.json */
+};
+/* Start otacd-fleetsim --engine core against d's device API with d's fleet
+ * key, a release key from h_ec_keypair(d->dir), the profile profile_json
+ * (written to d->dir/profile.json), --product fw --start-version 1.0.0
+ * --report-every 30m and --stats, then args (NULL-terminated: --devices,
+ * --seed, --duration, --flag …). */
+void h_fleetsim_start(struct h_fleetsim *fs, struct daemon *d, const char *profile_json, const char *const *args);
+/* SIGTERM the fleet, then h_fleetsim_stats() (new ref); frees its paths. */
+json_t *h_fleetsim_stop(struct h_fleetsim *fs);
 /* POST req (taken) to the device API's path with token; the HTTP status
  * (the request itself must not fail), the answer in *ans when ans. */
 long h_dev_post(struct daemon *d, const char *path, const char *token, json_t *req, json_t **ans);

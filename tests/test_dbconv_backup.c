@@ -61,58 +61,10 @@ static const struct {
 
 /* ---- the statements, read from the sources ---------------------------------- */
 
-static int is_sql(const char *s)
-{
-	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
-		if (!strncmp(s, verbs[i], strlen(verbs[i])))
-			return 1;
-	return 0;
-}
-
-/* Every group of adjacent string literals in file (outside comments and
- * character constants) that reads as a SQL statement. */
-static size_t scan_file(const char *file, struct strvec *out)
-{
-	char *text = dbconv_read_source(file);
-	const char *p = text;
-	size_t n = 0;
-
-	if (strstr(text, "sqlite3_") || strstr(text, "sqlite3.h"))
-		fail_msg("%s still uses SQLite directly (the storage layer: db/db.h, db_sqlite_backup_to())", file);
-	while (*p) {
-		if (p[0] == '/' && p[1] == '*') {
-			const char *end = strstr(p + 2, "*/");
-			p = end ? end + 2 : p + strlen(p);
-		} else if (p[0] == '/' && p[1] == '/') {
-			while (*p && *p != '\n')
-				p++;
-		} else if (*p == '\'') {
-			p++;
-			if (*p == '\\')
-				p++;
-			p += *p ? 2 : 0;
-		} else if (*p == '"') {
-			struct buf sql = BUF_INIT;
-			p = dbconv_joined_literals(p, &sql);
-			buf_putc(&sql, '\0');
-			if (is_sql(sql.ptr)) {
-				strvec_push(out, sql.ptr);
-				n++;
-			}
-			buf_release(&sql);
-		} else {
-			p++;
-		}
-	}
-	free(text);
-	return n;
-}
-
-static void scan_all(struct strvec *l)
+static void scan_all(struct dbconv_sql *l)
 {
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(k_files); i++) {
-		size_t n = scan_file(k_files[i].file, l);
+		size_t n = dbconv_scan_literals(k_files[i].file, l);
 		if (n < k_files[i].min)
 			fail_msg("%s: %zu statements found, expected at least %zu", k_files[i].file, n, k_files[i].min);
 	}
@@ -127,29 +79,14 @@ static int pg_only(const char *sql)
 static void every_statement_prepares(void **state)
 {
 	enum db_backend kind = dbconv_backend(state);
-	struct strvec l = STRVEC_INIT;
-	struct store *s;
-	size_t prepared = 0;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
+	size_t prepared;
 
-	if (kind == DB_POSTGRES)
-		dbconv_need_pg();
 	scan_all(&l);
-	s = dbconv_open_store(kind);
-	for (size_t i = 0; i < l.n; i++) {
-		struct db_stmt *st = NULL;
-		if (kind == DB_SQLITE && pg_only(l.v[i]))
-			continue;
-		if (db_prepare(store_conn(s), &st, l.v[i]) < 0)
-			fail_msg("does not prepare on %s: %s\n  %s", kind == DB_SQLITE ? "SQLite" : "PostgreSQL",
-				 ota_error_last(), l.v[i]);
-		db_finalize(st);
-		prepared++;
-	}
+	prepared = dbconv_prepare_all(kind, &l, kind == DB_SQLITE ? pg_only : NULL);
 	if (kind == DB_POSTGRES)
-		assert_int_equal(prepared, l.n);
-	fprintf(stderr, "%zu of %zu statements prepared on %s\n", prepared, l.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
-	store_close(s);
-	strvec_clear(&l);
+		assert_int_equal(prepared, l.sql.n);
+	dbconv_sql_clear(&l);
 }
 
 static void backup_headers_do_not_include_sqlite(void **state)

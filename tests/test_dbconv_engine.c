@@ -100,69 +100,15 @@ static int64_t lease_of(struct store *s, int64_t job)
 
 /* ---- engine.c's SQL, read from the source ----------------------------------- */
 
-static int is_sql(const char *s)
-{
-	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
-
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
-		if (!strncmp(s, verbs[i], strlen(verbs[i])))
-			return 1;
-	return 0;
-}
-
-/*
- * Every SQL statement in engine.c: each run of adjacent string literals
- * (C joins them into one) that starts with an SQL verb.  Comments and
- * character constants are skipped.
- */
-static void engine_sql(struct strvec *out)
-{
-	char *src = dbconv_read_source("orchestrator/engine.c");
-	const char *p = src;
-
-	while (*p) {
-		if (p[0] == '/' && p[1] == '*') {
-			const char *end = strstr(p + 2, "*/");
-			p = end ? end + 2 : p + strlen(p);
-		} else if (p[0] == '/' && p[1] == '/') {
-			p += strcspn(p, "\n");
-		} else if (p[0] == '\'') {
-			p += p[1] == '\\' ? 4 : 3;
-		} else if (p[0] == '"') {
-			struct buf lit = BUF_INIT;
-			p = dbconv_joined_literals(p, &lit);
-			if (is_sql(buf_cstr(&lit)))
-				strvec_push(out, buf_cstr(&lit));
-			buf_release(&lit);
-		} else {
-			p++;
-		}
-	}
-	free(src);
-}
-
 static void every_statement_in_engine_c_prepares(void **state)
 {
-	struct store *s = dbconv_case_store(state);
-	struct strvec sql = STRVEC_INIT;
-	int bad = 0;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 
-	engine_sql(&sql);
 	/* engine.c has 29 statements: far fewer means the reader broke */
-	if (sql.n < 25)
-		fail_msg("found only %zu SQL statements in engine.c", sql.n);
-	for (size_t i = 0; i < sql.n; i++) {
-		struct db_stmt *st;
-		if (db_prepare(store_conn(s), &st, sql.v[i]) < 0) {
-			fprintf(stderr, "does not prepare: %s\n  %s\n", sql.v[i], ota_error_last());
-			bad++;
-			continue;
-		}
-		db_finalize(st);
-	}
-	assert_int_equal(bad, 0);
-	strvec_clear(&sql);
-	store_close(s);
+	if (dbconv_scan_literals("orchestrator/engine.c", &l) < 25)
+		fail_msg("found only %zu SQL statements in engine.c", l.sql.n);
+	dbconv_prepare_all(dbconv_backend(state), &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- leases --------------------------------------------------------------------- */

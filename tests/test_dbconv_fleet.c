@@ -40,70 +40,13 @@
 
 /* ---- the statements, read from the source ------------------------------------ */
 
-struct sql_list {
-	struct strvec sql;   /* the statements */
-	struct strvec where; /* "file:line" of each */
-};
-
-/* The text of `#define name "..."` in text (the literal, unescaped). */
-static void macro_text(const char *text, const char *name, struct buf *out)
-{
-	char want[128];
-	const char *p;
-
-	snprintf(want, sizeof(want), "#define %s ", name);
-	if (!(p = strstr(text, want)))
-		fail_msg("%s: no %s", FILE_RC, want);
-	p = strchr(p, '"');
-	dbconv_joined_literals(p, out);
-}
-
-/* The adjacent literals at p, with DEVICE_COLS spelled out as the compiler
- * does; NULL if p starts with no literal. */
-static const char *joined_with_macros(const char *text, const char *p, struct buf *out)
-{
-	int any = 0;
-
-	for (;;) {
-		while (*p == ' ' || *p == '\t' || *p == '\n')
-			p++;
-		if (*p == '"') {
-			dbconv_take_literal(&p, out);
-		} else if (strncmp(p, "DEVICE_COLS", 11) == 0) {
-			macro_text(text, "DEVICE_COLS", out);
-			p += 11;
-		} else {
-			return any ? p : NULL;
-		}
-		any = 1;
-	}
-}
-
 /* Every call of one of calls[] whose second argument is a literal. */
-static void scan(struct sql_list *l)
+static void scan(struct dbconv_sql *l)
 {
 	static const char *const calls[] = { "db_stmt(", "exec_int(", "query_int(" };
-	char *text = dbconv_read_source(FILE_RC);
 
-	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
-	if (strstr(text, "sqlite3_"))
-		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", FILE_RC);
 	for (size_t c = 0; c < OTA_ARRAY_SIZE(calls); c++)
-		for (const char *p = text; (p = strstr(p, calls[c])) != NULL; p++) {
-			struct buf sql = BUF_INIT;
-			const char *comma = strchr(p, ',');
-			int line = 1;
-
-			for (const char *q = text; q < p; q++)
-				line += *q == '\n';
-			if (comma && joined_with_macros(text, comma + 1, &sql)) {
-				buf_putc(&sql, '\0');
-				strvec_push(&l->sql, sql.ptr);
-				strvec_pushf(&l->where, "%s:%d", FILE_RC, line);
-			}
-			buf_release(&sql);
-		}
-	free(text);
+		dbconv_scan_calls(FILE_RC, calls[c], 0, l);
 	if (l->sql.n < 20)
 		fail_msg("%s: only %zu statements found (the scan is broken?)", FILE_RC, l->sql.n);
 }
@@ -145,9 +88,9 @@ static struct fleet *open_fleet(const char *url)
 static void prepare_all(enum db_backend kind)
 {
 	char url[600];
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	struct db *db;
-	size_t prepared = 0, legacy = 0;
+	size_t prepared;
 
 	scan(&l);
 	fresh_url(kind, url, sizeof(url));
@@ -157,28 +100,12 @@ static void prepare_all(enum db_backend kind)
 	unsetenv("OTACD_FLEET_LAYOUT");
 	if (db_open(&db, url, 0) < 0)
 		fail_msg("db_open %s: %s", url, ota_error_last());
-	for (size_t i = 0; i < l.sql.n; i++) {
-		struct db_stmt *st = NULL;
-		int rc = db_prepare(db, &st, l.sql.v[i]);
-
-		if (kind == DB_POSTGRES && legacy_only(l.sql.v[i])) {
-			legacy++; /* never run there: the legacy layout is refused */
-			db_finalize(st);
-			continue;
-		}
-		if (rc < 0)
-			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
-				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
-		db_finalize(st);
-		prepared++;
-	}
-	fprintf(stderr, "%zu statements prepared on %s (%zu of the legacy layout left out)\n", prepared,
-		kind == DB_SQLITE ? "SQLite" : "PostgreSQL", legacy);
+	/* the legacy layout is never run on PostgreSQL: it is refused there */
+	prepared = dbconv_prepare_each(db, &l, kind == DB_POSTGRES ? legacy_only : NULL);
 	if (kind == DB_POSTGRES)
-		assert_true(legacy >= 5);
+		assert_true(l.sql.n - prepared >= 5);
 	db_close(db);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 static void every_statement_prepares_on_sqlite(void **state)
@@ -198,7 +125,7 @@ static void every_statement_prepares_on_postgres(void **state)
 static void the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms(void **state)
 {
 	char url[600];
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	struct fleet_config cfg = { .db_path = NULL, .fleet_key = KEY, .device_secret = SECRET };
 	struct fleet *f = NULL;
 	struct db *db;
@@ -226,8 +153,7 @@ static void the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms(void *
 	unsetenv("OTACD_FLEET_LAYOUT");
 	assert_non_null(strstr(ota_error_last(), "SQLite only"));
 	assert_null(f);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- the fleet's paths, with rows, on both backends ---------------------------- */
@@ -359,10 +285,7 @@ static void fleet_paths_give_the_same_answers_on_both_backends(void **state)
 	lite = fleet_paths(DB_SQLITE);
 	check_answers(lite);
 	pg = fleet_paths(DB_POSTGRES);
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	}
+	dbconv_must_agree("the fleet's paths", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }

@@ -49,68 +49,22 @@ static const char *const k_files[] = {
 
 /* ---- the statements, read from the sources ---------------------------------- */
 
-struct sql_list {
-	struct strvec sql;   /* the statements */
-	struct strvec where; /* "file:line" of each */
-};
-
-/* Every store_q(db, "..." "...") of file: the adjacent literals after the
- * first argument, joined as the compiler joins them. */
-static size_t scan_file(const char *file, struct sql_list *out)
+/* Every store_q(db, "..." "...") of the files: the adjacent literals after
+ * the first argument, joined as the compiler joins them. */
+static void scan_all(struct dbconv_sql *l)
 {
-	char *text = dbconv_read_source(file);
-	const char *p;
-	size_t n = 0;
-
-	if (strstr(text, "sqlite3_"))
-		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", file);
-	for (p = text; (p = strstr(p, "store_q(")) != NULL;) {
-		struct buf sql = BUF_INIT;
-		int line = 1;
-
-		for (const char *q = text; q < p; q++)
-			line += *q == '\n';
-		p = strchr(p, ',');
-		assert_non_null(p);
-		p = dbconv_joined_literals(p + 1, &sql);
-		if (!sql.len)
-			fail_msg("%s:%d: store_q() without a string literal (the cache is keyed by the literal)", file, line);
-		buf_putc(&sql, '\0');
-		strvec_push(&out->sql, sql.ptr);
-		strvec_pushf(&out->where, "%s:%d", file, line);
-		buf_release(&sql);
-		n++;
-	}
-	free(text);
-	return n;
-}
-
-static void scan_all(struct sql_list *l)
-{
-	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
 	for (size_t i = 0; i < NFILES; i++)
-		if (scan_file(k_files[i], l) == 0)
+		if (dbconv_scan_calls(k_files[i], "store_q(", 1, l) == 0)
 			fail_msg("%s: no store_q() statement found (moved? update k_files)", k_files[i]);
 }
 
 static void prepare_all(enum db_backend kind)
 {
-	struct sql_list l;
-	struct store *s;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 
 	scan_all(&l);
-	s = dbconv_open_store(kind);
-	for (size_t i = 0; i < l.sql.n; i++) {
-		struct db_stmt *st = NULL;
-		if (db_prepare(store_conn(s), &st, l.sql.v[i]) < 0)
-			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
-				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
-		db_finalize(st);
-	}
-	fprintf(stderr, "%zu statements prepared on %s\n", l.sql.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
-	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_prepare_all(kind, &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 static void every_statement_prepares_on_sqlite(void **state)
@@ -122,7 +76,6 @@ static void every_statement_prepares_on_sqlite(void **state)
 static void every_statement_prepares_on_postgres(void **state)
 {
 	(void)state;
-	dbconv_need_pg();
 	prepare_all(DB_POSTGRES);
 }
 
@@ -130,7 +83,7 @@ static void every_statement_prepares_on_postgres(void **state)
  * is no problem it checks */
 static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **state)
 {
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	struct store *s;
 	struct db_stmt *st = NULL;
 	int joined = 0;
@@ -149,8 +102,7 @@ static void the_scan_finds_joined_literals_and_the_old_dialect_fails(void **stat
 						   " FROM device_certs WHERE device = ?") < 0);
 	assert_null(st);
 	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- the device CA's tables, with rows, on both backends ------------------- */
@@ -226,37 +178,6 @@ static int issue_certificates(void **state)
 	free(key);
 	(void)state;
 	return 0;
-}
-
-/* Every row sql returns, as JSON arrays of its columns. */
-static json_t *rows(struct store *s, const char *sql)
-{
-	struct db_stmt *st = NULL;
-	json_t *out = json_array();
-	int rc;
-
-	if (db_prepare(store_conn(s), &st, sql) < 0)
-		fail_msg("%s: %s", sql, ota_error_last());
-	while ((rc = db_step(st)) == 1) {
-		json_t *row = json_array();
-		for (int i = 0; i < db_column_count(st); i++) {
-			switch (db_column_type(st, i)) {
-			case DB_NULL:
-				json_array_append_new(row, json_null());
-				break;
-			case DB_INTEGER:
-				json_array_append_new(row, json_integer(db_column_int64(st, i)));
-				break;
-			default:
-				json_array_append_new(row, json_string(db_column_text(st, i)));
-				break;
-			}
-		}
-		json_array_append_new(out, row);
-	}
-	assert_int_equal(rc, 0);
-	db_finalize(st);
-	return out;
 }
 
 #define T0 1700000000000LL /* ms: the scenario's clock */
@@ -336,7 +257,7 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(fleet_ca_store_revoke(s, "fab1-0001", S0 + 5, T0 + 21, "admin", NULL, &revoked), 0);
 	dbconv_commit(s);
 	assert_int_equal(revoked, 0);
-	list = rows(s, "SELECT cutoff, reason FROM device_revocations WHERE device = 'fab1-0001'");
+	list = dbconv_rows(s, "SELECT cutoff, reason FROM device_revocations WHERE device = 'fab1-0001'");
 	assert_int_equal(json_integer_value(json_array_get(json_array_get(list, 0), 0)), S0 + 10);
 	assert_string_equal(json_string_value(json_array_get(json_array_get(list, 0), 1)), "");
 	json_decref(list);
@@ -371,9 +292,9 @@ static json_t *ca_life(struct store *s)
 	assert_int_equal(max, 3);
 
 	json_object_set_new(out, "provisioners", fleet_ca_store_prov_list(s));
-	json_object_set_new(out, "revocations", rows(s, "SELECT device, cutoff, at, actor, reason FROM device_revocations"
+	json_object_set_new(out, "revocations", dbconv_rows(s, "SELECT device, cutoff, at, actor, reason FROM device_revocations"
 							" ORDER BY device"));
-	json_object_set_new(out, "certificates", rows(s, "SELECT serial, device, product, provisioner, not_before, not_after,"
+	json_object_set_new(out, "certificates", dbconv_rows(s, "SELECT serial, device, product, provisioner, not_before, not_after,"
 							 " issued_at, revoked_at, pem FROM device_certs ORDER BY serial"));
 
 	/* loaded into a CA's memory, as otacd's start does */
@@ -400,7 +321,6 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 {
 	struct store *s;
 	json_t *lite, *pg;
-	char *a, *b;
 
 	(void)state;
 	dbconv_need_pg();
@@ -422,12 +342,7 @@ static void device_ca_rows_give_the_same_answers_on_both_backends(void **state)
 			}
 		assert_true(seen);
 	}
-	a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT);
-	b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-	if (!json_equal(lite, pg))
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	free(a);
-	free(b);
+	dbconv_must_agree("the device CA's rows", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }
@@ -499,10 +414,7 @@ static void verdict_reports_and_baseline_load_the_same_on_both_backends(void **s
 	s = dbconv_open_store(DB_POSTGRES);
 	pg = verdict_inputs(s);
 	store_close(s);
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", a, b);
-	}
+	dbconv_must_agree("verdict reports and baseline", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }

@@ -53,102 +53,23 @@ static const struct {
 
 /* ---- the statements, read from the sources ---------------------------------- */
 
-struct sql_list {
-	struct strvec sql;   /* the statements */
-	struct strvec where; /* "file:line" of each */
-};
-
-static int is_sql(const char *s)
+static void scan_all(struct dbconv_sql *l)
 {
-	static const char *const verbs[] = { "SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH " };
-	for (size_t i = 0; i < OTA_ARRAY_SIZE(verbs); i++)
-		if (!strncmp(s, verbs[i], strlen(verbs[i])))
-			return 1;
-	return 0;
-}
-
-/* Every group of adjacent string literals in file (outside comments and
- * character constants) that reads as a SQL statement. */
-static size_t scan_file(const char *file, struct sql_list *out)
-{
-	char *text = dbconv_read_source(file);
-	const char *p = text;
-	size_t n = 0;
-	int line = 1;
-
-	if (strstr(text, "sqlite3_"))
-		fail_msg("%s still calls sqlite3_* (converted to the storage layer: db/db.h)", file);
-	while (*p) {
-		if (p[0] == '/' && p[1] == '*') {
-			const char *end = strstr(p + 2, "*/");
-			end = end ? end + 2 : p + strlen(p);
-			for (; p < end; p++)
-				line += *p == '\n';
-		} else if (p[0] == '/' && p[1] == '/') {
-			while (*p && *p != '\n')
-				p++;
-		} else if (*p == '\'') {
-			p++;
-			if (*p == '\\')
-				p++;
-			p += *p ? 2 : 0; /* the character and the closing quote */
-		} else if (*p == '"') {
-			struct buf sql = BUF_INIT;
-			const char *end = dbconv_joined_literals(p, &sql);
-			buf_putc(&sql, '\0');
-			if (is_sql(sql.ptr)) {
-				strvec_push(&out->sql, sql.ptr);
-				strvec_pushf(&out->where, "%s:%d", file, line);
-				n++;
-			}
-			buf_release(&sql);
-			for (; p < end; p++)
-				line += *p == '\n';
-		} else {
-			line += *p == '\n';
-			p++;
-		}
-	}
-	free(text);
-	return n;
-}
-
-static void scan_all(struct sql_list *l)
-{
-	*l = (struct sql_list){ STRVEC_INIT, STRVEC_INIT };
 	for (size_t i = 0; i < NFILES; i++) {
-		size_t n = scan_file(k_files[i].file, l);
+		size_t n = dbconv_scan_literals(k_files[i].file, l);
 		if (n < k_files[i].min)
 			fail_msg("%s: %zu statements found, expected at least %zu (moved? update k_files)", k_files[i].file,
 				 n, k_files[i].min);
 	}
 }
 
-static void prepare_all(enum db_backend kind)
-{
-	struct sql_list l;
-	struct store *s;
-
-	scan_all(&l);
-	s = dbconv_open_store(kind);
-	for (size_t i = 0; i < l.sql.n; i++) {
-		struct db_stmt *st = NULL;
-		if (db_prepare(store_conn(s), &st, l.sql.v[i]) < 0)
-			fail_msg("%s: does not prepare on %s: %s\n  %s", l.where.v[i],
-				 kind == DB_SQLITE ? "SQLite" : "PostgreSQL", ota_error_last(), l.sql.v[i]);
-		db_finalize(st);
-	}
-	fprintf(stderr, "%zu statements prepared on %s\n", l.sql.n, kind == DB_SQLITE ? "SQLite" : "PostgreSQL");
-	store_close(s);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
-}
-
 static void every_statement_prepares(void **state)
 {
-	if (dbconv_backend(state) == DB_POSTGRES)
-		dbconv_need_pg();
-	prepare_all(dbconv_backend(state));
+	struct dbconv_sql l = DBCONV_SQL_INIT;
+
+	scan_all(&l);
+	dbconv_prepare_all(dbconv_backend(state), &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 /* engine.c's last direct call (the disk-full check) went to db.h too */
@@ -166,7 +87,7 @@ static void engine_c_calls_no_sqlite(void **state)
  * statement kept in a constant, and outbox.c's joined literals */
 static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 {
-	struct sql_list l;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	int in_array = 0, constant = 0, joined = 0;
 
 	(void)state;
@@ -179,8 +100,7 @@ static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 	assert_true(in_array);
 	assert_true(constant);
 	assert_true(joined);
-	strvec_clear(&l.sql);
-	strvec_clear(&l.where);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- rows -------------------------------------------------------------------- */
@@ -188,45 +108,6 @@ static void the_scan_finds_arrays_constants_and_joined_literals(void **state)
 #define DAY_MS (86400LL * 1000)
 #define T0 1800000000000LL       /* otacd ms: the pass's clock */
 #define NOW_REAL 1796000000000LL /* real ms: the outbox's clock */
-
-/* Every row sql returns, as JSON arrays of its columns. */
-static json_t *rows(struct store *s, const char *sql)
-{
-	struct db_stmt *st = NULL;
-	json_t *out = json_array();
-	int rc;
-
-	if (db_prepare(store_conn(s), &st, sql) < 0)
-		fail_msg("%s: %s", sql, ota_error_last());
-	while ((rc = db_step(st)) == 1) {
-		json_t *row = json_array();
-		for (int i = 0; i < db_column_count(st); i++) {
-			switch (db_column_type(st, i)) {
-			case DB_NULL:
-				json_array_append_new(row, json_null());
-				break;
-			case DB_INTEGER:
-				json_array_append_new(row, json_integer(db_column_int64(st, i)));
-				break;
-			default:
-				json_array_append_new(row, json_string(db_column_text(st, i)));
-				break;
-			}
-		}
-		json_array_append_new(out, row);
-	}
-	assert_int_equal(rc, 0);
-	db_finalize(st);
-	return out;
-}
-
-static void must_agree(const char *what, json_t *lite, json_t *pg)
-{
-	if (!json_equal(lite, pg)) {
-		char *a = json_dumps(lite, JSON_SORT_KEYS | JSON_COMPACT), *b = json_dumps(pg, JSON_SORT_KEYS | JSON_COMPACT);
-		fail_msg("%s: SQLite and PostgreSQL disagree:\n  sqlite:   %s\n  postgres: %s", what, a, b);
-	}
-}
 
 /* A run in state, created and finished (0: not) `age` days before T0, with
  * one stage and `njobs` jobs, each with an attempt, a report and a metric,
@@ -383,7 +264,7 @@ static void prune(struct store *s, const struct retention_cfg *cfg, json_t *remo
 
 static json_t *ids(struct store *s, const char *sql)
 {
-	json_t *r = rows(s, sql), *out = json_array(), *row;
+	json_t *r = dbconv_rows(s, sql), *out = json_array(), *row;
 	size_t i;
 
 	json_array_foreach(r, i, row)
@@ -433,7 +314,7 @@ static json_t *retention_life(struct store *s)
 	assert_string_equal(json_string_value(json_array_get(json_object_get(removed, "objects"), 0)), "aa");
 	/* the logs walk: runs 3 and 5 lost their logs (4 is not finished, 2
 	 * released, 6 too new) */
-	json_object_set_new(out, "logs_through", rows(s, "SELECT value FROM meta WHERE key = 'retention.logs_through'"));
+	json_object_set_new(out, "logs_through", dbconv_rows(s, "SELECT value FROM meta WHERE key = 'retention.logs_through'"));
 	got = ids(s, "SELECT id FROM outbox ORDER BY id");
 	assert_ids(got, outbox_left, OTA_ARRAY_SIZE(outbox_left), "outbox after the pass");
 	json_object_set_new(out, "outbox", got);
@@ -450,8 +331,8 @@ static json_t *retention_life(struct store *s)
 	json_object_set_new(out, "attempts", ids(s, "SELECT job_id FROM job_attempts ORDER BY job_id"));
 	json_object_set_new(out, "reports", ids(s, "SELECT run_id FROM reports ORDER BY id"));
 	json_object_set_new(out, "metrics", ids(s, "SELECT run_id FROM run_metrics ORDER BY job_id"));
-	json_object_set_new(out, "artifacts", rows(s, "SELECT run_id, sha256 FROM artifacts ORDER BY id"));
-	json_object_set_new(out, "events", rows(s, "SELECT run_id, kind FROM events ORDER BY id"));
+	json_object_set_new(out, "artifacts", dbconv_rows(s, "SELECT run_id, sha256 FROM artifacts ORDER BY id"));
+	json_object_set_new(out, "events", dbconv_rows(s, "SELECT run_id, kind FROM events ORDER BY id"));
 	json_object_set_new(out, "deliveries", ids(s, "SELECT delivery FROM deliveries ORDER BY id"));
 	return out;
 }
@@ -476,7 +357,7 @@ static void a_retention_pass_deletes_the_same_rows_on_both_backends(void **state
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(lite, "counts"), 0), "logs")), 2);
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(lite, "counts"), 0), "extras")),
 			 3);
-	must_agree("retention", lite, pg);
+	dbconv_must_agree("retention", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }
@@ -567,7 +448,7 @@ static json_t *outbox_life(struct store *s)
 	due = claim(NOW_REAL + 10000);
 	assert_int_equal(json_integer_value(json_object_get(json_array_get(due, json_array_size(due) - 1), "id")), 2);
 	json_object_set_new(out, "retry", due);
-	json_object_set_new(out, "rows", rows(s, "SELECT id, state, attempts, next_at, last_error, done_at FROM outbox"
+	json_object_set_new(out, "rows", dbconv_rows(s, "SELECT id, state, attempts, next_at, last_error, done_at FROM outbox"
 						" WHERE id <= 6 ORDER BY id"));
 	return out;
 }
@@ -595,7 +476,7 @@ static void outbox_rows_are_claimed_and_finished_the_same_on_both_backends(void 
 	assert_string_equal(json_string_value(json_array_get(row, 1)), "pending");
 	assert_true(json_is_null(json_array_get(row, 5)));
 	assert_string_equal(json_string_value(json_array_get(row, 4)), "HTTP 503");
-	must_agree("outbox", lite, pg);
+	dbconv_must_agree("outbox", lite, pg);
 	json_decref(lite);
 	json_decref(pg);
 }

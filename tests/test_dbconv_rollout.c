@@ -122,73 +122,21 @@ static json_t *rows(struct store *s, const char *sql, int64_t arg)
 
 /* ---- every statement prepares ------------------------------------------ */
 
-/* The SQL literal of a call whose first argument ends at the comma after
- * p: adjacent string literals, joined ("" when the argument is not one). */
-static void literal_after(const char *p, struct buf *sql)
-{
-	const char *q = strchr(p, ',');
-
-	if (q)
-		dbconv_joined_literals(q + 1, sql);
-}
-
-/* The SQL of every store_q(X, "...") and Q(e, "...") call in a file. */
-static void scan_sql(const char *rel, json_t *out)
-{
-	static const char *const calls[] = { "store_q(", "Q(e, " };
-	char *text = dbconv_read_source(rel);
-
-	for (size_t c = 0; c < 2; c++) {
-		for (const char *p = text; (p = strstr(p, calls[c])); p++) {
-			struct buf sql = BUF_INIT;
-			char before = p > text ? p[-1] : ' ';
-			if (c == 1 && (before == '_' || (before >= 'a' && before <= 'z') || (before >= 'A' && before <= 'Z')))
-				continue;
-			literal_after(p, &sql);
-			if (sql.len)
-				json_array_append_new(out, json_string(buf_cstr(&sql)));
-			buf_release(&sql);
-		}
-	}
-	free(text);
-}
-
-static json_t *all_sql(void)
-{
-	json_t *list = json_array();
-
-	scan_sql("orchestrator/rollout.c", list);
-	scan_sql("orchestrator/rollout_ctl.c", list);
-	return list;
-}
-
+/* The SQL of every store_q(X, "...") and Q(e, "...") call in the files. */
 static void prepare_all(enum db_backend kind)
 {
-	struct store *s = fresh_store(kind);
-	json_t *list = all_sql(), *x;
-	size_t i;
-	int failed = 0;
+	static const char *const files[] = { "orchestrator/rollout.c", "orchestrator/rollout_ctl.c" };
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 
-	if (!s) {
-		json_decref(list);
-		skip();
+	for (size_t i = 0; i < OTA_ARRAY_SIZE(files); i++) {
+		dbconv_scan_calls(files[i], "store_q(", 0, &l);
+		dbconv_scan_calls(files[i], "Q(e, ", 0, &l);
 	}
-	if (json_array_size(list) < KNOWN_STATEMENTS)
-		fail_msg("found %zu statements in rollout.c and rollout_ctl.c, expected %d or more",
-			 json_array_size(list), KNOWN_STATEMENTS);
-	json_array_foreach(list, i, x) {
-		struct db_stmt *st;
-		if (db_prepare(store_conn(s), &st, json_string_value(x)) < 0) {
-			fprintf(stderr, "does not prepare on %s: %s\n  %s\n", kind == DB_SQLITE ? "SQLite" : "PostgreSQL",
-				ota_error_last(), json_string_value(x));
-			failed++;
-			continue;
-		}
-		db_finalize(st);
-	}
-	json_decref(list);
-	store_close(s);
-	assert_int_equal(failed, 0);
+	if (l.sql.n < KNOWN_STATEMENTS)
+		fail_msg("found %zu statements in rollout.c and rollout_ctl.c, expected %d or more", l.sql.n,
+			 KNOWN_STATEMENTS);
+	dbconv_prepare_all(kind, &l, NULL);
+	dbconv_sql_clear(&l);
 }
 
 static void every_rollout_statement_prepares_on_sqlite(void **state)

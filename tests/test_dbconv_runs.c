@@ -69,49 +69,32 @@ static void assert_rows(struct store *s, const char *sql, const char *want)
 
 /* ---- the statements, read from the source ----------------------------------- */
 
-/*
- * The SQL of each store_q() call in src: the adjacent string literals of
- * its second argument, joined as the compiler joins them.  Fails the test
- * on a store_q() whose SQL is not a literal (the cache keys on it anyway).
- */
-static size_t extract_sql(const char *src, const char *file, char ***out)
+/* The SQL of each store_q() call of the files (dbconv_scan_calls: a
+ * store_q() whose SQL is not a literal fails the test). */
+static void scan_all(struct dbconv_sql *l)
 {
-	size_t n = 0;
-	char **v = NULL;
+	for (size_t f = 0; f < OTA_ARRAY_SIZE(k_files); f++) {
+		char *src = dbconv_read_source(k_files[f]);
 
-	for (const char *p = strstr(src, "store_q("); p; p = strstr(p, "store_q(")) {
-		struct buf sql = BUF_INIT;
-		const char *q = strchr(p, ',');
-
-		if (!q)
-			fail_msg("%s: store_q( without a second argument", file);
-		q = dbconv_joined_literals(q + 1, &sql);
-		if (*q != ')' || !sql.len)
-			fail_msg("%s: a store_q() whose SQL is not a string literal, near \"%.60s\"", file, p);
-		v = xrealloc(v, (n + 1) * sizeof(*v));
-		v[n++] = buf_detach(&sql);
-		p = q;
+		/* the conversion is complete: no raw SQLite call is left */
+		if (strstr(src, "STMT(") || strstr(src, "store_stmt("))
+			fail_msg("%s still calls SQLite directly", k_files[f]);
+		free(src);
+		assert_true(dbconv_scan_calls(k_files[f], "store_q(", 1, l) >= 4);
 	}
-	*out = v;
-	return n;
 }
 
-/* The one statement of files whose SQL starts with prefix. */
+/* The one statement of the files whose SQL starts with prefix. */
 static char *find_sql(const char *prefix)
 {
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 	char *found = NULL;
 
-	for (size_t f = 0; f < OTA_ARRAY_SIZE(k_files); f++) {
-		char *src = dbconv_read_source(k_files[f]), **sql;
-		size_t n = extract_sql(src, k_files[f], &sql);
-		for (size_t i = 0; i < n; i++) {
-			if (!strncmp(sql[i], prefix, strlen(prefix)) && !found)
-				found = xstrdup(sql[i]);
-			free(sql[i]);
-		}
-		free(sql);
-		free(src);
-	}
+	scan_all(&l);
+	for (size_t i = 0; i < l.sql.n && !found; i++)
+		if (!strncmp(l.sql.v[i], prefix, strlen(prefix)))
+			found = xstrdup(l.sql.v[i]);
+	dbconv_sql_clear(&l);
 	if (!found)
 		fail_msg("no statement starting \"%s\" in the converted files", prefix);
 	return found;
@@ -119,31 +102,11 @@ static char *find_sql(const char *prefix)
 
 static void every_statement_of_the_converted_files_prepares(void **state)
 {
-	struct store *s = dbconv_case_store(state);
-	size_t total = 0;
+	struct dbconv_sql l = DBCONV_SQL_INIT;
 
-	for (size_t f = 0; f < OTA_ARRAY_SIZE(k_files); f++) {
-		char *src = dbconv_read_source(k_files[f]), **sql;
-		size_t n = extract_sql(src, k_files[f], &sql);
-
-		/* the conversion is complete: no raw SQLite call is left */
-		if (strstr(src, "sqlite3_") || strstr(src, "STMT(") || strstr(src, "store_stmt("))
-			fail_msg("%s still calls SQLite directly", k_files[f]);
-		assert_true(n >= 4);
-		for (size_t i = 0; i < n; i++) {
-			struct db_stmt *st = NULL;
-			if (db_prepare(store_conn(s), &st, sql[i]) < 0)
-				fail_msg("%s: %s\n  does not prepare: %s", k_files[f], sql[i], ota_error_last());
-			db_finalize(st);
-			free(sql[i]);
-		}
-		total += n;
-		free(sql);
-		free(src);
-	}
-	fprintf(stderr, "prepared %zu statements\n", total);
-	assert_true(total >= 20);
-	store_close(s);
+	scan_all(&l);
+	assert_true(dbconv_prepare_all(dbconv_backend(state), &l, NULL) >= 20);
+	dbconv_sql_clear(&l);
 }
 
 /* ---- deliveries and runs (engine_runs.c) ----------------------------------- */

@@ -31,12 +31,11 @@
 #include "../orchestrator/mcuboot_enc.h"
 #include "devharness.h"
 #include "harness.h"
+#include "imgtest.h"
 
 enum { K_SIGN_EC, K_SIGN_ED, K_DEV_EC, K_DEV_EC2, K_DEV_X, K_DEV_X2, K_COUNT };
 
-static const struct {
-	const char *name, *genpkey;
-} key_kinds[K_COUNT] = {
+static const struct it_key_spec key_kinds[K_COUNT] = {
 	{ "sign-ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
 	{ "sign-ed", "-algorithm ED25519" },
 	{ "dev-ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
@@ -45,87 +44,19 @@ static const struct {
 	{ "dev-x2", "-algorithm X25519" },
 };
 
-static struct {
-	char *dir;
-	char *priv_pem[K_COUNT], *pub_pem[K_COUNT];
-	EVP_PKEY *priv[K_COUNT], *pub[K_COUNT];
-} F;
-
-static EVP_PKEY *read_pem(const char *path, int pub)
-{
-	FILE *f = fopen(path, "r");
-	EVP_PKEY *k;
-	if (!f)
-		fail_msg("cannot open %s", path);
-	k = pub ? PEM_read_PUBKEY(f, NULL, NULL, NULL) : PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!k)
-		fail_msg("cannot read key %s", path);
-	return k;
-}
+static struct it_keys F;
 
 static int keys_setup(void **state)
 {
-	struct buf out = BUF_INIT;
 	(void)state;
-	F.dir = h_tmpdir();
-	for (int i = 0; i < K_COUNT; i++) {
-		F.priv_pem[i] = xasprintf("%s/%s.pem", F.dir, key_kinds[i].name);
-		F.pub_pem[i] = xasprintf("%s/%s.pub.pem", F.dir, key_kinds[i].name);
-		if (h_sh(&out, "(openssl genpkey %s -out %s && openssl pkey -in %s -pubout -out %s)",
-			 key_kinds[i].genpkey, F.priv_pem[i], F.priv_pem[i], F.pub_pem[i]) != 0) {
-			fprintf(stderr, "openssl genpkey failed: %s\n", buf_cstr(&out));
-			return -1;
-		}
-		F.priv[i] = read_pem(F.priv_pem[i], 0);
-		F.pub[i] = read_pem(F.pub_pem[i], 1);
-	}
-	buf_release(&out);
-	return 0;
+	return it_keys_make(&F, key_kinds, K_COUNT);
 }
 
 static int keys_teardown(void **state)
 {
-	struct buf out = BUF_INIT;
 	(void)state;
-	for (int i = 0; i < K_COUNT; i++) {
-		EVP_PKEY_free(F.priv[i]);
-		EVP_PKEY_free(F.pub[i]);
-		free(F.priv_pem[i]);
-		free(F.pub_pem[i]);
-	}
-	h_sh(&out, "rm -rf '%s'", F.dir);
-	buf_release(&out);
-	free(F.dir);
+	it_keys_free(&F);
 	return 0;
-}
-
-static const char *imgtool(void)
-{
-	const char *t = getenv("OTACD_IMGTOOL");
-	return t && *t ? t : NULL;
-}
-
-#define NEED_IMGTOOL()                                                                      \
-	do {                                                                                \
-		if (!imgtool()) {                                                           \
-			print_message("note: OTACD_IMGTOOL is not set (path to MCUboot's "        \
-				      "scripts/imgtool.py); imgtool checks skipped\n");            \
-			skip();                                                             \
-		}                                                                           \
-	} while (0)
-
-static unsigned char *firmware(size_t n, uint32_t seed)
-{
-	unsigned char *p = xmalloc(n ? n : 1);
-	uint32_t x = seed * 2654435761u + 1;
-	for (size_t i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (unsigned char)x;
-	}
-	return p;
 }
 
 static void write_bytes(const char *path, const void *p, size_t n)
@@ -173,7 +104,7 @@ static void encrypted_image_decrypts_with_the_device_key_and_verifies(void **sta
 		const struct ecase *c = &cases[ci];
 		for (size_t si = 0; si < OTA_ARRAY_SIZE(sizes); si++) {
 			size_t n = sizes[si], padded = (n + 15) / 16 * 16;
-			unsigned char *fw = firmware(n, (uint32_t)(ci * 10 + si));
+			unsigned char *fw = it_firmware(n, (uint32_t)(ci * 10 + si));
 			encrypt_ok(&img, c, fw, n);
 			assert_int_equal(mcuboot_parse(&info, img.ptr, img.len), 0);
 			/* header flag, body padded to AES blocks, the key TLV */
@@ -213,7 +144,7 @@ static void each_image_gets_a_fresh_key(void **state)
 {
 	struct buf a = BUF_INIT, b = BUF_INIT;
 	struct mcuboot_info ia, ib;
-	unsigned char *fw = firmware(4096, 1);
+	unsigned char *fw = it_firmware(4096, 1);
 	(void)state;
 	encrypt_ok(&a, &cases[0], fw, 4096);
 	encrypt_ok(&b, &cases[0], fw, 4096);
@@ -231,7 +162,7 @@ static void encrypted_image_in_a_slot_leaves_room_for_the_key_trailer(void **sta
 {
 	struct mcuboot_sign_opts o = base_opts;
 	struct buf img = BUF_INIT, plain = BUF_INIT;
-	unsigned char *fw = firmware(0x8000, 2);
+	unsigned char *fw = it_firmware(0x8000, 2);
 	size_t used;
 	(void)state;
 	o.enc_key = F.pub[K_DEV_EC];
@@ -296,7 +227,7 @@ static void expect_decrypt_error(const struct buf *img, EVP_PKEY *key, const cha
 static void wrong_device_key_fails_the_mac(void **state)
 {
 	struct buf img = BUF_INIT;
-	unsigned char *fw = firmware(3000, 3);
+	unsigned char *fw = it_firmware(3000, 3);
 	(void)state;
 	for (size_t ci = 0; ci < OTA_ARRAY_SIZE(cases); ci++) {
 		const struct ecase *c = &cases[ci];
@@ -315,7 +246,7 @@ static void changed_tlv_or_ciphertext_is_refused(void **state)
 {
 	struct buf img = BUF_INIT, bad = BUF_INIT, plain = BUF_INIT;
 	struct mcuboot_info info;
-	unsigned char *fw = firmware(3000, 4);
+	unsigned char *fw = it_firmware(3000, 4);
 	(void)state;
 	for (size_t ci = 0; ci < OTA_ARRAY_SIZE(cases); ci++) {
 		const struct ecase *c = &cases[ci];
@@ -375,7 +306,7 @@ static void second_key_tlv_is_refused(void **state)
 {
 	struct buf img = BUF_INIT, two = BUF_INIT;
 	struct mcuboot_info info;
-	unsigned char *fw = firmware(1000, 5), h[4];
+	unsigned char *fw = it_firmware(1000, 5), h[4];
 	size_t tl;
 	(void)state;
 	encrypt_ok(&img, &cases[2], fw, 1000);
@@ -406,7 +337,7 @@ static void openssl_cli_decrypts_our_images(void **state)
 {
 	struct buf img = BUF_INIT, out = BUF_INIT, plain = BUF_INIT;
 	struct mcuboot_info info;
-	unsigned char *fw = firmware(5000, 6);
+	unsigned char *fw = it_firmware(5000, 6);
 	char *d = xasprintf("%s/cli", F.dir);
 	(void)state;
 	assert_int_equal(h_sh(&out, "mkdir -p %s", d), 0);
@@ -476,14 +407,14 @@ static void imgtool_encrypted_images_decrypt_here_and_match_ours(void **state)
 	unsigned char *fw;
 	char *in, *ip;
 	(void)state;
-	NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
-	fw = firmware(5001, 7);
+	IT_NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
+	fw = it_firmware(5001, 7);
 	in = xasprintf("%s/fw.bin", F.dir);
 	ip = xasprintf("%s/theirs.bin", F.dir);
 	write_bytes(in, fw, 5001);
 	for (size_t ci = 0; ci < OTA_ARRAY_SIZE(cases); ci++) {
 		const struct ecase *c = &cases[ci];
-		if (h_sh(&out, "/usr/bin/python3 %s sign -k %s -E %s --encrypt-keylen %d %s %s %s", imgtool(),
+		if (h_sh(&out, "/usr/bin/python3 %s sign -k %s -E %s --encrypt-keylen %d %s %s %s", it_imgtool(),
 			 F.priv_pem[c->sign], F.pub_pem[c->dev], c->bits, sign_args, in, ip) != 0)
 			fail_msg("imgtool sign -E: %s", buf_cstr(&out));
 		buf_release(&theirs);
@@ -532,8 +463,8 @@ static void imgtool_verifies_our_images_after_decryption(void **state)
 	unsigned char *fw;
 	char *p, *in, *ip;
 	(void)state;
-	NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
-	fw = firmware(5001, 8);
+	IT_NEED_IMGTOOL(); /* before anything is allocated: skip() does not return */
+	fw = it_firmware(5001, 8);
 	p = xasprintf("%s/ours.bin", F.dir);
 	in = xasprintf("%s/fw8.bin", F.dir);
 	ip = xasprintf("%s/theirs8.bin", F.dir);
@@ -542,15 +473,15 @@ static void imgtool_verifies_our_images_after_decryption(void **state)
 		const struct ecase *c = &cases[ci];
 		encrypt_ok(&img, c, fw, 5001);
 		write_bytes(p, img.ptr, img.len);
-		assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(), F.pub_pem[c->sign], p), 0);
+		assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(), F.pub_pem[c->sign], p), 0);
 		assert_non_null(strstr(buf_cstr(&out), "invalid hash"));
-		assert_int_equal(h_sh(&out, "/usr/bin/python3 %s sign -k %s -E %s %s %s %s", imgtool(),
+		assert_int_equal(h_sh(&out, "/usr/bin/python3 %s sign -k %s -E %s %s %s %s", it_imgtool(),
 				      F.priv_pem[c->sign], F.pub_pem[c->dev], sign_args, in, ip), 0);
-		assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(), F.pub_pem[c->sign], ip), 0);
+		assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(), F.pub_pem[c->sign], ip), 0);
 		assert_non_null(strstr(buf_cstr(&out), "invalid hash"));
 		assert_int_equal(mcuboot_decrypt(&plain, img.ptr, img.len, F.priv[c->dev]), 0);
 		write_bytes(p, plain.ptr, plain.len);
-		if (h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(), F.pub_pem[c->sign], p) != 0 ||
+		if (h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(), F.pub_pem[c->sign], p) != 0 ||
 		    !strstr(buf_cstr(&out), "Image was correctly validated"))
 			fail_msg("case %zu: imgtool rejects our decrypted image: %s", ci, buf_cstr(&out));
 	}

@@ -135,31 +135,15 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 	const char *const args[] = { "--time-scale", "1200", NULL };
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char *bin, *log, *key, *stats, *profile;
+	const char *const sim_args[] = { "--devices", "200", "--seed", "5", "--duration", "3600", "--flag", "good-flag",
+					 "--flag-crash", "bad-flag", NULL };
+	struct h_fleetsim sim;
 	json_t *row, *ev, *st;
-	pid_t sim;
-	int status = 0;
 
 	(void)state;
 	h_init(&d, "poll_interval: 15m\n");
 	assert_int_equal(h_start(&d, args), 0);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      d.dir),
-			 0);
-	key = xasprintf("%s/k.pub", d.dir);
-	profile = xasprintf("%s/profile.json", d.dir);
-	assert_int_equal(ota_write_file_atomic(profile, profile_json, strlen(profile_json), 0644), 0);
-	bin = h_bin("otacd-fleetsim");
-	log = xasprintf("%s/sim.log", d.dir);
-	stats = xasprintf("%s/stats.json", d.dir);
-	{
-		char *argv[] = { bin, "--engine", "core", "--url", d.device_url, "--devices", "200", "--seed", "5",
-				 "--profile", profile, "--key", key, "--fleet-key", d.fleet_key, "--product", "fw",
-				 "--start-version", "1.0.0", "--report-every", "30m", "--duration", "3600",
-				 "--flag", "good-flag", "--flag-crash", "bad-flag", "--stats", stats, NULL };
-		sim = dh_spawn(log, argv);
-	}
+	h_fleetsim_start(&sim, &d, profile_json, sim_args);
 	/* a fleet that has been running: otacd credits a device's crashes
 	 * from a budget its uptime fills (fleet_report.c) */
 	h_msleep(6 * 3600 * 1000 / 1200);
@@ -206,23 +190,13 @@ static void a_flag_worse_than_its_off_devices_rolls_back_and_a_harmless_one_walk
 			 0);
 
 	wait_tags_settle(&d);
-	kill(sim, SIGTERM);
-	assert_int_equal(waitpid(sim, &status, 0), sim);
-	buf_release(&out);
-	assert_int_equal(ota_read_file(&out, stats, 1 << 20), 0);
-	st = json_loadb(out.ptr, out.len, 0, NULL);
-	assert_non_null(st);
+	st = h_fleetsim_stop(&sim);
 	/* every device has the harmless flag on, none the bad one; the firmware stayed */
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "flags_on"), "good-flag")), 200);
 	assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "flags_on"), "bad-flag")), 0);
 	assert_int_equal(json_integer_value(json_object_get(st, "installed")), 0);
 	json_decref(st);
 
-	free(key);
-	free(profile);
-	free(bin);
-	free(log);
-	free(stats);
 	buf_release(&out);
 	h_cleanup(&d);
 }
@@ -294,10 +268,7 @@ static void a_baseline_the_gate_cannot_have_is_refused_with_a_clear_error(void *
 	bin = h_bin("otacd-fleetsim");
 	tmp = h_tmpdir();
 	path = xasprintf("%s/p.json", tmp);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      tmp),
-			 0);
+	free(h_ec_keypair(tmp));
 	for (size_t i = 0; i < OTA_ARRAY_SIZE(bad_profiles); i++) {
 		assert_int_equal(ota_write_file_atomic(path, bad_profiles[i], strlen(bad_profiles[i]), 0600), 0);
 		buf_clear(&out);

@@ -371,26 +371,16 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	const char *const args[] = { "--time-scale", "1200", NULL };
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char *bin, *log, *key, *stats, *profile, **creds;
+	const char *const sim_args[] = { "--devices", "200", "--seed", "11", "--duration", "600", "--flag", "good-flag",
+					 "--flag-crash", "bad-flag", NULL };
+	struct h_fleetsim sim;
+	char **creds;
 	json_t *row, *st, *flags;
-	pid_t sim;
 
 	(void)state;
 	h_init(&d, "poll_interval: 15m\n");
 	assert_int_equal(h_start(&d, args), 0);
-	key = h_ec_keypair(d.dir);
-	profile = xasprintf("%s/profile.json", d.dir);
-	assert_int_equal(ota_write_file_atomic(profile, steady, strlen(steady), 0644), 0);
-	bin = h_bin("otacd-fleetsim");
-	log = xasprintf("%s/sim.log", d.dir);
-	stats = xasprintf("%s/stats.json", d.dir);
-	{
-		char *argv[] = { bin, "--engine", "core", "--url", d.device_url, "--devices", "200", "--seed", "11",
-				 "--profile", profile, "--key", key, "--fleet-key", d.fleet_key, "--product", "fw",
-				 "--start-version", "1.0.0", "--report-every", "30m", "--duration", "600",
-				 "--flag", "good-flag", "--flag-crash", "bad-flag", "--stats", stats, NULL };
-		sim = dh_spawn(log, argv);
-	}
+	h_fleetsim_start(&sim, &d, steady, sim_args);
 	/* a fleet that has been running: otacd credits a device's crashes
 	 * from a budget its uptime fills (0.25 an hour, fleet_report.c), so
 	 * a fresh device's first crashes count only hours later */
@@ -435,8 +425,7 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	free(creds[0]);
 	free(creds);
 	h_msleep(4000); /* 80 otacd minutes: over five poll intervals */
-	kill(sim, SIGTERM);
-	st = h_fleetsim_stats(sim, stats, log);
+	st = h_fleetsim_stop(&sim);
 	assert_true(json_integer_value(json_object_get(st, "flag_turned_on")) > 0);
 	assert_int_equal(json_integer_value(json_object_get(st, "flag_turned_off")),
 			 json_integer_value(json_object_get(st, "flag_turned_on")));
@@ -447,11 +436,6 @@ static void a_bad_flag_halts_at_its_first_step_and_rolls_back_while_a_good_one_w
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action NOT LIKE 'flag%'"), 0);
 	json_decref(st);
 
-	free(key);
-	free(profile);
-	free(bin);
-	free(log);
-	free(stats);
 	buf_release(&out);
 	h_cleanup(&d);
 }

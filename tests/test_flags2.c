@@ -180,32 +180,18 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 	const char *const args[] = { "--time-scale", "1200", NULL };
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char *bin, *log, *key, *profile, **creds, ids[PROBES][32];
+	const char *const sim_args[] = { "--devices", "200", "--seed", "11", "--duration", "900", "--flag", "good-flag",
+					 NULL };
+	struct h_fleetsim sim;
+	char **creds, ids[PROBES][32];
 	json_t *before[PROBES], *row;
 	int64_t hold_until, on = 0;
-	pid_t sim;
-	int status = 0;
 
 	(void)state;
 	h_init(&d, "poll_interval: 15m\n");
 	d.device_listen = h_free_listen(); /* the same port after the restart: fleetsim stays on it */
 	assert_int_equal(h_start(&d, args), 0);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
-			      d.dir),
-			 0);
-	key = xasprintf("%s/k.pub", d.dir);
-	profile = xasprintf("%s/profile.json", d.dir);
-	assert_int_equal(ota_write_file_atomic(profile, steady, strlen(steady), 0644), 0);
-	bin = h_bin("otacd-fleetsim");
-	log = xasprintf("%s/sim.log", d.dir);
-	{
-		char *argv[] = { bin, "--engine", "core", "--url", d.device_url, "--devices", "200", "--seed", "11",
-				 "--profile", profile, "--key", key, "--fleet-key", d.fleet_key, "--product", "fw",
-				 "--start-version", "1.0.0", "--report-every", "30m", "--duration", "900",
-				 "--flag", "good-flag", NULL };
-		sim = dh_spawn(log, argv);
-	}
+	h_fleetsim_start(&sim, &d, steady, sim_args);
 	creds = h_register_devices(&d, "probe", PROBES);
 	for (int i = 0; i < PROBES; i++)
 		snprintf(ids[i], sizeof(ids[i]), "probe-%04d", i);
@@ -253,15 +239,10 @@ static void a_flag_rollout_killed_mid_hold_carries_on_at_its_step_with_the_same_
 				       " ('flag_rollout', 'flag_step')"), 0);
 	print_message("flags2: %" PRId64 " of %d probes had the flag at 25 %%\n", on, PROBES);
 
-	kill(sim, SIGTERM);
-	assert_int_equal(waitpid(sim, &status, 0), sim);
+	json_decref(h_fleetsim_stop(&sim));
 	for (int i = 0; i < PROBES; i++)
 		free(creds[i]);
 	free(creds);
-	free(key);
-	free(profile);
-	free(bin);
-	free(log);
 	buf_release(&out);
 	h_cleanup(&d);
 }

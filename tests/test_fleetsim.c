@@ -25,74 +25,45 @@
 #include <cmocka.h>
 
 #include <microhttpd.h>
-#include <openssl/pem.h>
 
 #include "../common/util.h"
 #include "../fleetsim/sim.h"
 #include "../orchestrator/keys.h"
 #include "../orchestrator/mcuboot.h"
 #include "harness.h"
+#include "imgtest.h"
 
+/* the release key and another P-256 key (borrowed from g_keys) */
+static struct it_keys g_keys;
 static struct {
 	char *dir, *priv_pem, *pub_pem, *other_pub_pem;
 	EVP_PKEY *priv, *pub, *other_priv;
 } K;
 
-static EVP_PKEY *read_key(const char *path, int pub)
-{
-	FILE *f = fopen(path, "r");
-	EVP_PKEY *k;
-
-	if (!f)
-		fail_msg("cannot open %s", path);
-	k = pub ? PEM_read_PUBKEY(f, NULL, NULL, NULL) : PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!k)
-		fail_msg("cannot read %s", path);
-	return k;
-}
-
 static int keys_setup(void **state)
 {
-	struct buf out = BUF_INIT;
-	char *other = NULL;
+	static const struct it_key_spec specs[] = {
+		{ "release", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
+		{ "other", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
+	};
 	(void)state;
 
-	K.dir = h_tmpdir();
-	K.priv_pem = xasprintf("%s/release.pem", K.dir);
-	K.pub_pem = xasprintf("%s/release.pub.pem", K.dir);
-	other = xasprintf("%s/other.pem", K.dir);
-	K.other_pub_pem = xasprintf("%s/other.pub.pem", K.dir);
-	if (h_sh(&out, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s && "
-		 "openssl pkey -in %s -pubout -out %s && "
-		 "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s && "
-		 "openssl pkey -in %s -pubout -out %s",
-		 K.priv_pem, K.priv_pem, K.pub_pem, other, other, K.other_pub_pem) != 0) {
-		fprintf(stderr, "openssl genpkey failed: %s\n", buf_cstr(&out));
+	if (it_keys_make(&g_keys, specs, OTA_ARRAY_SIZE(specs)) < 0)
 		return -1;
-	}
-	K.priv = read_key(K.priv_pem, 0);
-	K.pub = read_key(K.pub_pem, 1);
-	K.other_priv = read_key(other, 0);
-	free(other);
-	buf_release(&out);
+	K.dir = g_keys.dir;
+	K.priv_pem = g_keys.priv_pem[0];
+	K.pub_pem = g_keys.pub_pem[0];
+	K.other_pub_pem = g_keys.pub_pem[1];
+	K.priv = g_keys.priv[0];
+	K.pub = g_keys.pub[0];
+	K.other_priv = g_keys.priv[1];
 	return 0;
 }
 
 static int keys_teardown(void **state)
 {
-	struct buf out = BUF_INIT;
 	(void)state;
-
-	EVP_PKEY_free(K.priv);
-	EVP_PKEY_free(K.pub);
-	EVP_PKEY_free(K.other_priv);
-	h_sh(&out, "rm -rf %s", K.dir);
-	buf_release(&out);
-	free(K.dir);
-	free(K.priv_pem);
-	free(K.pub_pem);
-	free(K.other_pub_pem);
+	it_keys_free(&g_keys);
 	return 0;
 }
 

@@ -27,111 +27,41 @@
 #include "../orchestrator/keys.h"
 #include "../orchestrator/mcuboot.h"
 #include "harness.h"
+#include "imgtest.h"
 
 /* ---- fixture: keys made once ------------------------------------------ */
 
 enum { K_EC, K_ED, K_RSA, K_EC2, K_P384, K_COUNT };
 
-static const struct {
-	const char *name;
-	const char *genpkey;
-	enum mcuboot_sig sig;
-} key_kinds[K_COUNT] = {
-	[K_EC] = { "ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256", MCUBOOT_SIG_ECDSA_P256 },
-	[K_ED] = { "ed", "-algorithm ED25519", MCUBOOT_SIG_ED25519 },
-	[K_RSA] = { "rsa", "-algorithm RSA -pkeyopt rsa_keygen_bits:2048", MCUBOOT_SIG_RSA2048 },
-	[K_EC2] = { "ec2", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256", MCUBOOT_SIG_ECDSA_P256 },
-	[K_P384] = { "p384", "-algorithm EC -pkeyopt ec_paramgen_curve:P-384", MCUBOOT_SIG_NONE },
+static const struct it_key_spec key_kinds[K_COUNT] = {
+	[K_EC] = { "ec", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
+	[K_ED] = { "ed", "-algorithm ED25519" },
+	[K_RSA] = { "rsa", "-algorithm RSA -pkeyopt rsa_keygen_bits:2048" },
+	[K_EC2] = { "ec2", "-algorithm EC -pkeyopt ec_paramgen_curve:P-256" },
+	[K_P384] = { "p384", "-algorithm EC -pkeyopt ec_paramgen_curve:P-384" },
+};
+/* the MCUboot signature type each key makes */
+static const enum mcuboot_sig key_sig[K_COUNT] = {
+	[K_EC] = MCUBOOT_SIG_ECDSA_P256, [K_ED] = MCUBOOT_SIG_ED25519, [K_RSA] = MCUBOOT_SIG_RSA2048,
+	[K_EC2] = MCUBOOT_SIG_ECDSA_P256, [K_P384] = MCUBOOT_SIG_NONE,
 };
 
-static struct {
-	char *dir;
-	char *priv_pem[K_COUNT];   /* private key file */
-	char *pub_pem[K_COUNT];    /* public key file */
-	EVP_PKEY *priv[K_COUNT];
-	EVP_PKEY *pub[K_COUNT];    /* public half only */
-} F;
-
-static EVP_PKEY *read_pem(const char *path, int pub)
-{
-	FILE *f = fopen(path, "r");
-	EVP_PKEY *k;
-
-	if (!f)
-		fail_msg("cannot open %s", path);
-	k = pub ? PEM_read_PUBKEY(f, NULL, NULL, NULL) : PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
-	if (!k)
-		fail_msg("cannot read key %s", path);
-	return k;
-}
+static struct it_keys F;
 
 static int keys_setup(void **state)
 {
-	struct buf out = BUF_INIT;
 	(void)state;
-	F.dir = h_tmpdir();
-	for (int i = 0; i < K_COUNT; i++) {
-		F.priv_pem[i] = xasprintf("%s/%s.pem", F.dir, key_kinds[i].name);
-		F.pub_pem[i] = xasprintf("%s/%s.pub.pem", F.dir, key_kinds[i].name);
-		if (h_sh(&out, "(openssl genpkey %s -out %s && openssl pkey -in %s -pubout -out %s)",
-			 key_kinds[i].genpkey, F.priv_pem[i], F.priv_pem[i], F.pub_pem[i]) != 0) {
-			fprintf(stderr, "openssl genpkey failed: %s\n", buf_cstr(&out));
-			return -1;
-		}
-		F.priv[i] = read_pem(F.priv_pem[i], 0);
-		F.pub[i] = read_pem(F.pub_pem[i], 1);
-	}
-	buf_release(&out);
-	return 0;
+	return it_keys_make(&F, key_kinds, K_COUNT);
 }
 
 static int keys_teardown(void **state)
 {
-	struct buf out = BUF_INIT;
 	(void)state;
-	for (int i = 0; i < K_COUNT; i++) {
-		EVP_PKEY_free(F.priv[i]);
-		EVP_PKEY_free(F.pub[i]);
-		free(F.priv_pem[i]);
-		free(F.pub_pem[i]);
-	}
-	h_sh(&out, "rm -rf '%s'", F.dir);
-	buf_release(&out);
-	free(F.dir);
+	it_keys_free(&F);
 	return 0;
 }
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static const char *imgtool(void)
-{
-	const char *t = getenv("OTACD_IMGTOOL");
-	return t && *t ? t : NULL;
-}
-
-#define NEED_IMGTOOL()                                                              \
-	do {                                                                        \
-		if (!imgtool()) {                                                   \
-			print_message("note: OTACD_IMGTOOL is not set (path to MCUboot's " \
-				      "scripts/imgtool.py); imgtool checks skipped\n");     \
-			skip();                                                     \
-		}                                                                   \
-	} while (0)
-
-/* Deterministic pseudo-random firmware of n bytes. */
-static unsigned char *firmware(size_t n, uint32_t seed)
-{
-	unsigned char *p = xmalloc(n ? n : 1);
-	uint32_t x = seed * 2654435761u + 1;
-	for (size_t i = 0; i < n; i++) {
-		x ^= x << 13;
-		x ^= x >> 17;
-		x ^= x << 5;
-		p[i] = (unsigned char)x;
-	}
-	return p;
-}
 
 static char *tmp_path(const char *name)
 {
@@ -148,7 +78,7 @@ static void write_bytes(const char *path, const void *p, size_t n)
 
 static void sign_ok(struct buf *img, int key, size_t fwlen, const struct mcuboot_sign_opts *o)
 {
-	unsigned char *fw = firmware(fwlen, (uint32_t)fwlen);
+	unsigned char *fw = it_firmware(fwlen, (uint32_t)fwlen);
 	int rc = mcuboot_sign(img, fw, fwlen, F.priv[key], o);
 	if (rc != 0)
 		fail_msg("mcuboot_sign: %s", ota_error_last());
@@ -191,7 +121,7 @@ static void expect_parse_error(const void *img, size_t len, const char *want)
 static void round_trip(int key)
 {
 	size_t fwlen = 5000;
-	unsigned char *fw = firmware(fwlen, (uint32_t)fwlen);
+	unsigned char *fw = it_firmware(fwlen, (uint32_t)fwlen);
 	struct buf img = BUF_INIT, out = BUF_INIT;
 	struct mcuboot_info info;
 	unsigned char digest[32], kh[32];
@@ -204,7 +134,7 @@ static void round_trip(int key)
 	assert_int_equal(info.protected_tlv_size, 12);
 	assert_int_equal(info.signed_len, 0x200 + fwlen + 12);
 	assert_int_equal(info.tlv_end, img.len);
-	assert_int_equal(info.sig_type, key_kinds[key].sig);
+	assert_int_equal(info.sig_type, key_sig[key]);
 	assert_true(info.has_security_counter);
 	assert_int_equal(info.security_counter, 7);
 	assert_int_equal(info.major, 1);
@@ -365,7 +295,7 @@ static const struct {
 
 static int imgtool_sign(struct buf *out, int key, size_t v, const char *in, const char *img)
 {
-	return h_sh(out, "/usr/bin/python3 %s sign -k %s %s %s %s", imgtool(), F.priv_pem[key],
+	return h_sh(out, "/usr/bin/python3 %s sign -k %s %s %s %s", it_imgtool(), F.priv_pem[key],
 		    variants[v].args, in, img);
 }
 
@@ -375,7 +305,7 @@ static void imgtool_accepts_our_images(void **state)
 	struct buf img = BUF_INIT, out = BUF_INIT;
 	char *path;
 	(void)state;
-	NEED_IMGTOOL();
+	IT_NEED_IMGTOOL();
 	path = tmp_path("ours.bin");
 	for (size_t k = 0; k < OTA_ARRAY_SIZE(keys); k++) {
 		for (size_t v = 0; v < OTA_ARRAY_SIZE(variants); v++) {
@@ -383,14 +313,14 @@ static void imgtool_accepts_our_images(void **state)
 			write_bytes(path, img.ptr, img.len);
 			/* the private key file and the public one both verify */
 			for (int pubonly = 0; pubonly < 2; pubonly++) {
-				int rc = h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(),
+				int rc = h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(),
 					      pubonly ? F.pub_pem[keys[k]] : F.priv_pem[keys[k]], path);
 				if (rc != 0 || !strstr(buf_cstr(&out), "Image was correctly validated"))
 					fail_msg("imgtool rejected our %s image (variant %zu): %s",
 						 key_kinds[keys[k]].name, v, buf_cstr(&out));
 			}
 			/* and with another key it refuses */
-			assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(),
+			assert_int_not_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(),
 						  F.priv_pem[keys[k] == K_EC ? K_EC2 : K_EC], path), 0);
 		}
 	}
@@ -440,12 +370,12 @@ static void ours_match_imgtool_byte_for_byte_but_the_signature(void **state)
 	struct buf ours = BUF_INIT, theirs = BUF_INIT, out = BUF_INIT;
 	char *in, *img;
 	(void)state;
-	NEED_IMGTOOL();
+	IT_NEED_IMGTOOL();
 	in = tmp_path("fw.bin");
 	img = tmp_path("theirs.bin");
 	for (size_t k = 0; k < OTA_ARRAY_SIZE(keys); k++) {
 		for (size_t v = 0; v < OTA_ARRAY_SIZE(variants); v++) {
-			unsigned char *fw = firmware(variants[v].fwlen, (uint32_t)variants[v].fwlen);
+			unsigned char *fw = it_firmware(variants[v].fwlen, (uint32_t)variants[v].fwlen);
 			write_bytes(in, fw, variants[v].fwlen);
 			free(fw);
 			if (imgtool_sign(&out, keys[k], v, in, img) != 0)
@@ -469,12 +399,12 @@ static void imgtool_images_parse_and_verify_here(void **state)
 	char *in, *img;
 	struct mcuboot_info info;
 	(void)state;
-	NEED_IMGTOOL();
+	IT_NEED_IMGTOOL();
 	in = tmp_path("fw.bin");
 	img = tmp_path("theirs.bin");
 	for (size_t k = 0; k < OTA_ARRAY_SIZE(keys); k++) {
 		for (size_t v = 0; v < OTA_ARRAY_SIZE(variants); v++) {
-			unsigned char *fw = firmware(variants[v].fwlen, 99);
+			unsigned char *fw = it_firmware(variants[v].fwlen, 99);
 			write_bytes(in, fw, variants[v].fwlen);
 			free(fw);
 			if (imgtool_sign(&out, keys[k], v, in, img) != 0)
@@ -483,7 +413,7 @@ static void imgtool_images_parse_and_verify_here(void **state)
 			if (mcuboot_verify(&info, theirs.ptr, theirs.len, F.pub[keys[k]]) != 0)
 				fail_msg("our verifier rejects imgtool's %s image (variant %zu): %s",
 					 key_kinds[keys[k]].name, v, ota_error_last());
-			assert_int_equal(info.sig_type, key_kinds[keys[k]].sig);
+			assert_int_equal(info.sig_type, key_sig[keys[k]]);
 			assert_int_equal(info.major, variants[v].o.major);
 			assert_int_equal(info.minor, variants[v].o.minor);
 			assert_int_equal(info.revision, variants[v].o.revision);
@@ -500,7 +430,7 @@ static void imgtool_images_parse_and_verify_here(void **state)
 	}
 	/* imgtool --pad-sig: ECDSA signature zero-padded to 72 bytes */
 	assert_int_equal(h_sh(&out, "/usr/bin/python3 %s sign -k %s --pad-sig --pad-header -H 0x200 "
-			      "-v 1.0.0 -S 0x100000 %s %s", imgtool(), F.priv_pem[K_EC], in, img), 0);
+			      "-v 1.0.0 -S 0x100000 %s %s", it_imgtool(), F.priv_pem[K_EC], in, img), 0);
 	assert_int_equal(ota_read_file(&theirs, img, BUF_NOLIMIT), 0);
 	if (mcuboot_verify(&info, theirs.ptr, theirs.len, F.pub[K_EC]) != 0)
 		fail_msg("imgtool --pad-sig image: %s", ota_error_last());
@@ -508,7 +438,7 @@ static void imgtool_images_parse_and_verify_here(void **state)
 	buf_release(&theirs);
 	/* imgtool sign without a key: hashed but unsigned */
 	assert_int_equal(h_sh(&out, "/usr/bin/python3 %s sign --pad-header -H 0x200 -v 1.0.0 -S 0x100000 %s %s",
-			      imgtool(), in, img), 0);
+			      it_imgtool(), in, img), 0);
 	assert_int_equal(ota_read_file(&theirs, img, BUF_NOLIMIT), 0);
 	assert_int_equal(mcuboot_parse(&info, theirs.ptr, theirs.len), 0);
 	assert_int_equal(info.sig_type, MCUBOOT_SIG_NONE);
@@ -542,7 +472,7 @@ static void hsm_key_signs_images_through_the_pkcs11_engine(void **state)
 	hsm = tmp_path("hsm");
 	pub = tmp_path("hsm/pub.pem");
 	path = tmp_path("hsm.bin");
-	fw = firmware(4096, 11);
+	fw = it_firmware(4096, 11);
 	if (h_sh(&out, "mkdir -p %s/tokens && printf 'directories.tokendir = %s/tokens\\n"
 		 "objectstore.backend = file\\n' > %s/softhsm2.conf && "
 		 "export SOFTHSM2_CONF=%s/softhsm2.conf && "
@@ -569,8 +499,8 @@ static void hsm_key_signs_images_through_the_pkcs11_engine(void **state)
 			      "openssl dgst -sha256 -verify %s -signature %s.sig %s.region",
 			      info.signed_len, path, path, info.sig_off + 1, path, info.sig_len, path,
 			      pub, path, path), 0);
-	if (imgtool()) {
-		assert_int_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", imgtool(), pub, path), 0);
+	if (it_imgtool()) {
+		assert_int_equal(h_sh(&out, "/usr/bin/python3 %s verify -k %s %s", it_imgtool(), pub, path), 0);
 		assert_non_null(strstr(buf_cstr(&out), "Image was correctly validated"));
 	}
 	sign_key_free(k);
@@ -908,7 +838,7 @@ static void slot_trailer_ends_with_boot_magic_and_image_ok(void **state)
 	assert_int_equal(img.len, o.slot_size);
 	o.slot_size--;
 	{
-		unsigned char *fw = firmware(3000, 3000);
+		unsigned char *fw = it_firmware(3000, 3000);
 		assert_int_equal(mcuboot_sign(&img, fw, 3000, F.priv[K_ED], &o), OTA_EINVAL);
 		assert_non_null(strstr(ota_error_last(), "exceeds the slot size"));
 		assert_int_equal(img.len, 0);
@@ -991,7 +921,7 @@ static void signing_a_1mb_image_takes_milliseconds(void **state)
 {
 	static const int keys[] = { K_EC, K_ED, K_RSA };
 	size_t n = 1024 * 1024;
-	unsigned char *fw = firmware(n, 5);
+	unsigned char *fw = it_firmware(n, 5);
 	struct buf img = BUF_INIT;
 	(void)state;
 	for (size_t k = 0; k < OTA_ARRAY_SIZE(keys); k++) {

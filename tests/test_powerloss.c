@@ -43,6 +43,7 @@
 
 #include "../common/httpc.h"
 #include "../orchestrator/fleet/fleet.h"
+#include "dropproxy.h"
 #include "harness.h"
 
 static const char *const no_agents[] = { "--local-agents", "0", NULL };
@@ -734,92 +735,11 @@ static void a_retried_request_changes_nothing_twice(void **state)
 	h_cleanup(&d);
 }
 
-/*
- * A proxy between otactl and otacd that forwards the first request and
- * drops its answer (closes both connections when the daemon starts to
- * answer), then relays every later connection untouched.
- */
-struct proxy {
-	int listen_fd, port, upstream_port;
-	volatile int stop;
-	int connections;
-	pthread_t thread;
-};
-
-static int connect_port(int port)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		close(fd);
-		fd = -1;
-	}
-	return fd;
-}
-
-static void relay(int client, int server, int drop_answer)
-{
-	struct pollfd p[2] = { { client, POLLIN, 0 }, { server, POLLIN, 0 } };
-	char block[16384];
-	for (;;) {
-		if (poll(p, 2, 200) < 0)
-			break;
-		if (p[0].revents) {
-			ssize_t n = read(client, block, sizeof(block));
-			if (n <= 0 || write(server, block, (size_t)n) != n)
-				break;
-		}
-		if (p[1].revents) {
-			ssize_t n = read(server, block, sizeof(block));
-			if (n <= 0 || drop_answer || write(client, block, (size_t)n) != n)
-				break;
-		}
-	}
-}
-
-static void *proxy_main(void *arg)
-{
-	struct proxy *px = arg;
-	while (!px->stop) {
-		struct pollfd p = { px->listen_fd, POLLIN, 0 };
-		if (poll(&p, 1, 100) <= 0)
-			continue;
-		int client = accept(px->listen_fd, NULL, NULL), server;
-		if (client < 0)
-			continue;
-		server = connect_port(px->upstream_port);
-		if (server >= 0) {
-			relay(client, server, px->connections == 0);
-			close(server);
-		}
-		px->connections++;
-		close(client);
-	}
-	return NULL;
-}
-
-static void proxy_start(struct proxy *px, const char *upstream_url)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
-	const char *colon = strrchr(upstream_url, ':');
-	assert_non_null(colon);
-	px->upstream_port = atoi(colon + 1);
-	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px->listen_fd, 8), 0);
-	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px->port = ntohs(sa.sin_port);
-	assert_int_equal(pthread_create(&px->thread, NULL, proxy_main, px), 0);
-}
-
 static void otactl_retries_through_a_lost_answer(void **state)
 {
 	(void)state;
 	struct daemon d = { 0 };
-	struct proxy px = { 0 };
+	struct dproxy px = { 0 };
 	struct buf out = BUF_INIT;
 	char *otactl = h_bin("otactl"), *file;
 	const char *yaml = "name: p\nstages:\n  - { name: one, steps: [ { run: 'true' } ] }\n";
@@ -829,7 +749,7 @@ static void otactl_retries_through_a_lost_answer(void **state)
 	h_start(&d, no_agents);
 	file = xasprintf("%s/p.yml", d.dir);
 	assert_int_equal(ota_write_file_atomic(file, yaml, strlen(yaml), 0644), 0);
-	proxy_start(&px, d.url);
+	dproxy_start(&px, d.url);  /* otactl's first answer is lost */
 
 	/* the first answer is lost: otactl retries with its key and prints
 	 * the run the first attempt created; exactly one run exists */
@@ -858,9 +778,7 @@ static void otactl_retries_through_a_lost_answer(void **state)
 	}
 	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM runs"), 2);
 
-	px.stop = 1;
-	pthread_join(px.thread, NULL);
-	close(px.listen_fd);
+	dproxy_stop(&px);
 	free(file);
 	free(otactl);
 	buf_release(&out);

@@ -40,6 +40,7 @@
 #include "../orchestrator/fleet/fleet.h"
 #include "../orchestrator/fleet/fleet_int.h"
 #include "devharness.h"
+#include "dropproxy.h"
 #include "harness.h"
 
 /* otacd's clock at 36000x: a real second is ten hours of creditable
@@ -130,92 +131,6 @@ static void free_creds(char **c)
 	free(c);
 }
 
-/* ---- a proxy that loses the first answer ------------------------------- */
-
-struct proxy {
-	int listen_fd, port, upstream_port;
-	volatile int stop, connections;
-	pthread_t thread;
-};
-
-static int connect_port(int port)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		close(fd);
-		fd = -1;
-	}
-	return fd;
-}
-
-/* Forward the request; when drop_answer, close both ends as soon as the
- * daemon starts to answer (so the device never sees it). */
-static void relay(int client, int server, int drop_answer)
-{
-	struct pollfd p[2] = { { client, POLLIN, 0 }, { server, POLLIN, 0 } };
-	char block[16384];
-	for (;;) {
-		if (poll(p, 2, 200) < 0)
-			break;
-		if (p[0].revents) {
-			ssize_t n = read(client, block, sizeof(block));
-			if (n <= 0 || write(server, block, (size_t)n) != n)
-				break;
-		}
-		if (p[1].revents) {
-			ssize_t n = read(server, block, sizeof(block));
-			if (n <= 0 || drop_answer || write(client, block, (size_t)n) != n)
-				break;
-		}
-	}
-}
-
-static void *proxy_main(void *arg)
-{
-	struct proxy *px = arg;
-	while (!px->stop) {
-		struct pollfd p = { px->listen_fd, POLLIN, 0 };
-		if (poll(&p, 1, 100) <= 0)
-			continue;
-		int client = accept(px->listen_fd, NULL, NULL), server;
-		if (client < 0)
-			continue;
-		server = connect_port(px->upstream_port);
-		if (server >= 0) {
-			relay(client, server, px->connections == 0);
-			close(server);
-		}
-		px->connections++;
-		close(client);
-	}
-	return NULL;
-}
-
-static void proxy_start(struct proxy *px, const char *upstream_url)
-{
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
-	const char *colon = strrchr(upstream_url, ':');
-	assert_non_null(colon);
-	px->upstream_port = atoi(colon + 1);
-	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px->listen_fd, 8), 0);
-	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px->port = ntohs(sa.sin_port);
-	assert_int_equal(pthread_create(&px->thread, NULL, proxy_main, px), 0);
-}
-
-static void proxy_stop(struct proxy *px)
-{
-	px->stop = 1;
-	pthread_join(px->thread, NULL);
-	close(px->listen_fd);
-}
-
 /* ---- tests -------------------------------------------------------------------- */
 
 static void check_duplicates(json_t *ans, int n)
@@ -231,7 +146,7 @@ static void check_duplicates(json_t *ans, int n)
 static void batch_resent_after_a_lost_answer_is_counted_once(void **state)
 {
 	struct daemon d;
-	struct proxy px = { 0 };
+	struct dproxy px = { 0 };
 	double before[NCOUNTERS], after[NCOUNTERS];
 	char **c, *proxy_url;
 	json_t *ans = NULL;
@@ -245,7 +160,7 @@ static void batch_resent_after_a_lost_answer_is_counted_once(void **state)
 	h_msleep(1100); /* eleven hours of otacd time: uptime to credit */
 
 	/* the answer to the first send is lost on the way back */
-	proxy_start(&px, d.device_url);
+	dproxy_start(&px, d.device_url);
 	proxy_url = xasprintf("http://127.0.0.1:%d", px.port);
 	assert_int_equal(dev_post_url(proxy_url, "/device/v1/reports", update_batch("seq-0000", c[0], 1), &ans), -1);
 	json_decref(ans);
@@ -292,7 +207,7 @@ static void batch_resent_after_a_lost_answer_is_counted_once(void **state)
 	read_counters(&d, after);
 	assert_true(after[5] > before[5]);
 
-	proxy_stop(&px);
+	dproxy_stop(&px);
 	free(proxy_url);
 	free_creds(c);
 	h_cleanup(&d);
@@ -656,7 +571,7 @@ static void *tconn_main(void *arg)
 {
 	struct tconn *c = arg;
 	struct tproxy *px = c->px;
-	int server = connect_port(px->upstream_port), drop = 0;
+	int server = dproxy_connect(px->upstream_port), drop = 0;
 	struct buf mine = BUF_INIT;  /* this connection's bytes, kept whole */
 	struct pollfd p[2] = { { c->client, POLLIN, 0 }, { server, POLLIN, 0 } };
 	char block[16384];
@@ -728,16 +643,9 @@ static void *tproxy_main(void *arg)
 
 static void tproxy_start(struct tproxy *px, const char *upstream_url)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET };
-	socklen_t len = sizeof(sa);
 	buf_init(&px->sent, BUF_NOLIMIT);
 	px->upstream_port = atoi(strrchr(upstream_url, ':') + 1);
-	px->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(px->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	assert_int_equal(listen(px->listen_fd, 64), 0);
-	assert_int_equal(getsockname(px->listen_fd, (struct sockaddr *)&sa, &len), 0);
-	px->port = ntohs(sa.sin_port);
+	px->listen_fd = dproxy_listen(64, &px->port);
 	assert_int_equal(pthread_create(&px->thread, NULL, tproxy_main, px), 0);
 }
 

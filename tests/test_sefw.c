@@ -30,24 +30,25 @@
 #include <openssl/x509.h>
 
 #include "devharness.h"
+#include "fwharness.h"
 #include "harness.h"
-#include "../orchestrator/mcuboot.h"
 
-#define FLASH_SIZE (16u << 20)
-#define SLOT_SIZE 0x20000u
-#define PROV_OFF 0x43000u
+#define SLOT_SIZE FW_SLOT_SIZE
 #define SIG_ECDSA_P256 0x22
 
 static const char boot_magic[16] = "\x77\xc2\x95\xf3\x60\xd2\xef\x7f\x35\x52\x50\x0f\x2c\xb6\x79\x80";
 
 static int tools_missing(void)
 {
+	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "make", "python3" };
 	struct buf out = BUF_INIT;
-	int missing = h_sh(&out, "command -v arm-none-eabi-gcc && command -v qemu-system-arm && command -v make"
-				 " && python3 -c 'import cryptography'") != 0;
-	if (missing)
-		fprintf(stderr, "test_sefw: arm-none-eabi-gcc, qemu-system-arm, make or python3-cryptography missing: "
-				"skipped\n");
+	int missing = fw_tools_missing(tools, OTA_ARRAY_SIZE(tools),
+				       "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make python3", NULL);
+
+	if (!missing && h_sh(&out, "python3 -c 'import cryptography'") != 0) {
+		print_message("SKIP: python3's cryptography is not installed (apt-get install python3-cryptography)\n");
+		missing = 1;
+	}
 	buf_release(&out);
 	return missing;
 }
@@ -94,45 +95,15 @@ static char *verify_line(int slot, const unsigned char digest[32], const unsigne
 	return s;
 }
 
-/*
- * Boot elf on the flash file (NULL: no flash map) with UART0 in dir/uart0.log
- * and in out (with the bridge's and the element's lines).  UART1 goes to
- * hil/bridge.py and url when url is set; UART2 to hil/se_model.py with
- * se_args, or nowhere (a silent element) when se_args is NULL.  input is
- * shell run with UART0's input as its stdout; `w N PATTERN` in it waits (up
- * to 300 s) until UART0 has shown PATTERN N times, `o_until PATTERN` sends
- * "o" every second until UART0 shows PATTERN, `w_end` ends the run.
- */
+/* Boot elf on the flash file (NULL: no flash map), UART1 bridged to url
+ * (NULL: nowhere), UART2 on se_model.py with se_args (NULL: a silent
+ * element); fw_rig_boot() says what input may hold. */
 static void boot_rig(struct buf *out, const char *dir, const char *elf, const char *flash, const char *url,
 		     const char *se_args, const char *input)
 {
-	char *hil = dh_src_path("examples/sensor-node/hil");
-	char *mem = flash ? xasprintf(",memory-backend=fl -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on",
-				      flash)
-			  : xasprintf("%s", "");
-	char *uart1 = url ? xasprintf("unix:%s/uart1.sock,server=on,wait=on", dir) : xasprintf("null");
-	char *uart2 = se_args ? xasprintf("unix:%s/uart2.sock,server=on,wait=on", dir) : xasprintf("null");
-	char *bridge = url ? xasprintf("python3 %s/bridge.py %s/uart1.sock %s &", hil, dir, url) : xasprintf(":;");
-	char *se = se_args ? xasprintf("python3 %s/se_model.py %s/uart2.sock %s &", hil, dir, se_args) : xasprintf(":;");
+	const struct fw_rig r = { .dir = dir, .elf = elf, .flash = flash, .url = url, .se_args = se_args };
 
-	buf_clear(out);
-	assert_int_equal(h_sh(out, "cd %s && rm -f uart0.log qemu.pid && touch uart0.log &&"
-				   " w() { for i in $(seq 3000); do [ \"$(grep -c \"$2\" uart0.log)\" -ge \"$1\" ] && return 0;"
-				   " sleep 0.1; done; echo \"rig: no '$2' (x$1) on UART0 in 300 s\" >&2; return 1; };"
-				   " o_until() { for i in $(seq 300); do printf 'o\\n'; sleep 1; grep -q \"$1\" uart0.log && return 0;"
-				   " done; echo \"rig: no '$1' after 'o' in 300 s\" >&2; return 1; };"
-				   " w_end() { sleep 0.5; kill $(cat qemu.pid); };"
-				   " { (%s) | timeout 900 qemu-system-arm -M mps2-an385%s -nographic -monitor none"
-				   " -pidfile qemu.pid -serial stdio -serial %s -serial %s -kernel %s 2>&1"
-				   " | tee -a uart0.log | tr -d '\\r'; } & %s %s wait",
-			      dir, input, mem, uart1, uart2, elf, bridge, se),
-			 0);
-	free(hil);
-	free(mem);
-	free(uart1);
-	free(uart2);
-	free(bridge);
-	free(se);
+	fw_rig_boot(out, &r, input);
 }
 
 static void must_have(const char *transcript, const char *line)
@@ -278,32 +249,6 @@ static void firmware_refuses_when_the_element_is_silent_garbled_or_forged(void *
 	buf_release(&out);
 }
 
-/* Write len bytes at off of the flash file (created 0xff-filled first). */
-static void flash_put(const char *path, long off, const void *p, size_t len)
-{
-	FILE *f = fopen(path, "r+b");
-	if (!f) {
-		unsigned char *ff = malloc(FLASH_SIZE);
-		assert_non_null(ff);
-		memset(ff, 0xff, FLASH_SIZE);
-		assert_non_null(f = fopen(path, "w+b"));
-		assert_int_equal(fwrite(ff, 1, FLASH_SIZE, f), FLASH_SIZE);
-		free(ff);
-	}
-	assert_int_equal(fseek(f, off, SEEK_SET), 0);
-	assert_int_equal(fwrite(p, 1, len, f), len);
-	assert_int_equal(fclose(f), 0);
-}
-
-static void flash_get(const char *path, long off, void *p, size_t len)
-{
-	FILE *f = fopen(path, "rb");
-	assert_non_null(f);
-	assert_int_equal(fseek(f, off, SEEK_SET), 0);
-	assert_int_equal(fread(p, 1, len, f), len);
-	fclose(f);
-}
-
 /* The firmware of version VERSION/COUNTER trusting key.der, built in dir/NAME:
  * its build directory (caller frees). */
 static char *build_fw(const char *dir, const char *name, const char *version, int counter)
@@ -324,19 +269,12 @@ static char *build_fw(const char *dir, const char *name, const char *version, in
  * format `imgtool verify` accepts) as 1.4.0, counter 3, confirmed. */
 static void factory_slot(const char *bin_path, const char *flash)
 {
-	struct buf bin = BUF_INIT, img = BUF_INIT;
-	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-	struct mcuboot_sign_opts o = { .major = 1, .minor = 4, .has_security_counter = 1,
-				       .security_counter = 3, .slot_size = SLOT_SIZE, .confirm = 1 };
+	unsigned char *slot = malloc(SLOT_SIZE);
 
-	assert_non_null(k);
-	assert_int_equal(ota_read_file(&bin, bin_path, 1 << 20), 0);
-	assert_int_equal(mcuboot_sign(&img, bin.ptr, bin.len, k, &o), 0);
-	assert_int_equal(img.len, SLOT_SIZE);
-	flash_put(flash, 0, img.ptr, img.len);
-	EVP_PKEY_free(k);
-	buf_release(&bin);
-	buf_release(&img);
+	assert_non_null(slot);
+	fw_slot_image(slot, bin_path, 4, 3, 1);
+	fw_flash_put(flash, 0, slot, SLOT_SIZE);
+	free(slot);
 }
 
 /* Stand in for MCUboot's test swap: the secondary slot's image into the
@@ -348,14 +286,14 @@ static void mcuboot_test_swap(const char *flash)
 
 	assert_non_null(p);
 	assert_non_null(s);
-	flash_get(flash, 0, p, SLOT_SIZE);
-	flash_get(flash, SLOT_SIZE, s, SLOT_SIZE);
+	fw_flash_get(flash, 0, p, SLOT_SIZE);
+	fw_flash_get(flash, SLOT_SIZE, s, SLOT_SIZE);
 	memset(s + SLOT_SIZE - 48, 0xff, 48);
 	memcpy(s + SLOT_SIZE - 16, boot_magic, 16);
 	s[SLOT_SIZE - 32] = 0x01; /* copy_done */
 	memset(p + SLOT_SIZE - 48, 0xff, 48);
-	flash_put(flash, 0, s, SLOT_SIZE);
-	flash_put(flash, SLOT_SIZE, p, SLOT_SIZE);
+	fw_flash_put(flash, 0, s, SLOT_SIZE);
+	fw_flash_put(flash, SLOT_SIZE, p, SLOT_SIZE);
 	free(p);
 	free(s);
 }
@@ -365,21 +303,14 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	const char *const args[] = { "--local-agents", "1", NULL };
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *v14, *v15, *y, *flash, *prov, *se, *bin, *elf14, *elf15, *boot2;
+	char **cred, *v14, *v15, *y, *flash, *prov, *se, *bin, *elf14, *elf15, *boot2;
 	unsigned char tr[64];
 	int64_t release;
 
 	(void)state;
 	if (tools_missing())
 		skip();
-	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
-			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&d, args), 0);
+	fw_release_otacd(&d, args);
 	cred = h_register_devices(&d, "qemu-se", 1);
 
 	/* 1.4.0 runs; 1.5.0 is what the pipeline releases */
@@ -391,7 +322,7 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	elf15 = xasprintf("%s/app.elf", v15);
 	factory_slot(bin, flash);
 	prov = xasprintf("device=qemu-se-0000\ncredential=%s\n", cred[0]);
-	flash_put(flash, PROV_OFF, prov, strlen(prov));
+	fw_flash_put(flash, FW_PROV_OFF, prov, strlen(prov));
 
 	y = xasprintf("name: sensor-node\nstages:\n"
 		      "  - name: build\n"
@@ -413,7 +344,7 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	must_have(out.ptr, "OTA verify: secure element: valid\n");
 	must_have(out.ptr, "OTA reboot\n");
 	/* marked for a test boot: the boot magic last in the secondary trailer */
-	flash_get(flash, 2 * SLOT_SIZE - 16, tr, 16);
+	fw_flash_get(flash, 2 * SLOT_SIZE - 16, tr, 16);
 	assert_memory_equal(tr, boot_magic, 16);
 
 	/* MCUboot swaps (the rig stands in), 1.5.0 boots: self-test, image_ok,
@@ -429,7 +360,7 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	boot2 = strstr(out.ptr, "OTA confirmed 1.5.0\n");
 	must_have(boot2, "OTA phase=idle version=1.5.0 counter=4 ");
 	must_have(boot2, " queued=0 image_ok=set\n");
-	flash_get(flash, SLOT_SIZE - 64, tr, sizeof(tr));
+	fw_flash_get(flash, SLOT_SIZE - 64, tr, sizeof(tr));
 	assert_int_equal(tr[64 - 24], 0x01); /* image_ok, written by 1.5.0 */
 	assert_memory_equal(tr + 48, boot_magic, 16);
 	assert_true(dh_fleet_wait(&d, release, "confirmed", 1, 60000) >= 1);
@@ -444,7 +375,6 @@ static void qemu_lands_a_release_verified_by_the_secure_element_and_confirms_it(
 	free(flash);
 	free(v14);
 	free(v15);
-	free(cfg);
 	free(cred[0]);
 	free(cred);
 	buf_release(&out);

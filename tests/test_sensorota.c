@@ -22,27 +22,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
-#include <openssl/evp.h>
 
 #include "devharness.h"
+#include "fwharness.h"
 #include "harness.h"
-#include "../orchestrator/mcuboot.h"
 
-#define FLASH_SIZE (16u << 20)
-#define SLOT_SIZE 0x20000u
+#define SLOT_SIZE FW_SLOT_SIZE
 #define STATE_OFF 0x41000u
-#define PROV_OFF 0x43000u
 
 static const char *const boards[] = { "mps2-an385", "mps2-an386" };
 
 static int tools_missing(void)
 {
-	struct buf out = BUF_INIT;
-	int missing = h_sh(&out, "command -v arm-none-eabi-gcc && command -v qemu-system-arm && command -v make") != 0;
-	if (missing)
-		fprintf(stderr, "test_sensorota: arm-none-eabi-gcc, qemu-system-arm or make missing: skipped\n");
-	buf_release(&out);
-	return missing;
+	static const char *const tools[] = { "arm-none-eabi-gcc", "qemu-system-arm", "make" };
+	return fw_tools_missing(tools, OTA_ARRAY_SIZE(tools), "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm make",
+				NULL);
 }
 
 /* The example as a firmware repository (libotadev at lib/otadev), built for
@@ -79,88 +73,16 @@ static void firmware_links_libotadev_for_both_boards(void **state)
 	}
 }
 
-/* The signed image of bin (version 1.MINOR.0, counter) in a slot with a
- * trailer: MCUboot's after a test swap (copy_done set, image_ok unset) or
- * a confirmed one (image_ok set). */
-static void slot_image(unsigned char *slot, const char *bin_path, uint8_t minor, uint32_t counter, int confirmed)
-{
-	struct buf bin = BUF_INIT, img = BUF_INIT;
-	EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-	struct mcuboot_sign_opts o = { .major = 1, .minor = minor, .has_security_counter = 1,
-				       .security_counter = counter, .slot_size = SLOT_SIZE, .confirm = confirmed };
-
-	assert_non_null(k);
-	assert_int_equal(ota_read_file(&bin, bin_path, 1 << 20), 0);
-	assert_int_equal(mcuboot_sign(&img, bin.ptr, bin.len, k, &o), 0);
-	assert_int_equal(img.len, SLOT_SIZE);
-	memcpy(slot, img.ptr, img.len);
-	if (!confirmed)
-		slot[SLOT_SIZE - 32] = 0x01; /* copy_done: MCUboot swapped it in */
-	EVP_PKEY_free(k);
-	buf_release(&bin);
-	buf_release(&img);
-}
-
-/* Write len bytes at off of the flash file (created 0xff-filled first). */
-static void flash_put(const char *path, long off, const void *p, size_t len)
-{
-	FILE *f = fopen(path, "r+b");
-	if (!f) {
-		unsigned char *ff = malloc(FLASH_SIZE);
-		assert_non_null(ff);
-		memset(ff, 0xff, FLASH_SIZE);
-		assert_non_null(f = fopen(path, "w+b"));
-		assert_int_equal(fwrite(ff, 1, FLASH_SIZE, f), FLASH_SIZE);
-		free(ff);
-	}
-	assert_int_equal(fseek(f, off, SEEK_SET), 0);
-	assert_int_equal(fwrite(p, 1, len, f), len);
-	assert_int_equal(fclose(f), 0);
-}
-
-static void flash_get(const char *path, long off, void *p, size_t len)
-{
-	FILE *f = fopen(path, "rb");
-	assert_non_null(f);
-	assert_int_equal(fseek(f, off, SEEK_SET), 0);
-	assert_int_equal(fread(p, 1, len, f), len);
-	fclose(f);
-}
-
 /* Boot the board on the flash file, feed UART0 the shell words of input
  * (printf/sleep), collect UART0 into out; QEMU is stopped after secs (a
- * little more than the input takes). */
-static void boot(struct buf *out, const char *board, const char *elf, const char *flash, const char *input, int secs)
+ * little more than the input takes).  With url, UART1 is bridged to otacd's
+ * device API there (fw_rig_boot() says what else input may hold). */
+static void boot(struct buf *out, const char *board, const char *elf, const char *flash, const char *input, int secs,
+		 const char *dir, const char *url)
 {
-	buf_clear(out);
-	assert_int_equal(h_sh(out, "(%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
-				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on"
-				   " -nographic -monitor none -serial stdio -serial null -kernel %s 2>&1 | tr -d '\\r'; true",
-			      input, secs, board, flash, elf), 0);
-}
+	const struct fw_rig r = { .board = board, .dir = dir, .elf = elf, .flash = flash, .url = url, .secs = secs };
 
-/* The same with UART1 on a socket that hil/bridge.py connects to otacd,
- * UART0 also in dir/uart0.log: in input, `w PATTERN` waits (up to 300 s)
- * until UART0 showed PATTERN, `o_until PATTERN` sends "o" every second
- * until it shows PATTERN, `w_end` stops QEMU (else it stops after secs). */
-static void boot_bridged(struct buf *out, const char *board, const char *elf, const char *flash, const char *input,
-			 int secs, const char *dir, const char *url)
-{
-	char *bridge = dh_src_path("examples/sensor-node/hil/bridge.py");
-	buf_clear(out);
-	assert_int_equal(h_sh(out, "cd %s && rm -f uart0.log qemu.pid && touch uart0.log &&"
-				   " w() { for i in $(seq 3000); do grep -q \"$1\" uart0.log && return 0; sleep 0.1; done;"
-				   " echo \"rig: no '$1' on UART0 in 300 s\" >&2; return 1; };"
-				   " o_until() { for i in $(seq 300); do printf 'o\\n'; sleep 1; grep -q \"$1\" uart0.log && return 0;"
-				   " done; echo \"rig: no '$1' after 'o' in 300 s\" >&2; return 1; };"
-				   " w_end() { sleep 0.5; kill $(cat qemu.pid); };"
-				   " { (%s) | timeout %d qemu-system-arm -M %s,memory-backend=fl"
-				   " -object memory-backend-file,id=fl,mem-path=%s,size=16M,share=on -nographic -monitor none"
-				   " -pidfile qemu.pid -serial stdio -serial unix:%s/uart1.sock,server=on,wait=on -kernel %s 2>&1"
-				   " | tee -a uart0.log | tr -d '\\r'; } &"
-				   " python3 %s %s/uart1.sock %s; wait",
-			      dir, input, secs, board, flash, dir, elf, bridge, dir, url), 0);
-	free(bridge);
+	fw_rig_boot(out, &r, input);
 }
 
 static void must_have(const char *board, const char *transcript, const char *line)
@@ -192,18 +114,18 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 
 		assert_non_null(slot);
 		/* the factory: 1.3.0 (counter 2) confirmed, the device's identity */
-		slot_image(slot, bin, 3, 2, 1);
-		flash_put(flash, 0, slot, SLOT_SIZE);
-		flash_put(flash, PROV_OFF, prov, strlen(prov));
-		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1", 4);
+		fw_slot_image(slot, bin, 3, 2, 1);
+		fw_flash_put(flash, 0, slot, SLOT_SIZE);
+		fw_flash_put(flash, FW_PROV_OFF, prov, strlen(prov));
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1", 4, dir, NULL);
 		must_have(b, out.ptr, dev);
 		must_have(b, out.ptr, "OTA init phase=idle version=1.3.0 counter=2 gen=1 queued=0 image_ok=set\n");
 
 		/* power off; MCUboot's test swap puts 1.4.0 (counter 3) in the
 		 * primary slot, unconfirmed; the state sectors stay */
-		slot_image(slot, bin, 4, 3, 0);
-		flash_put(flash, 0, slot, SLOT_SIZE);
-		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1; printf 'r\\n'; sleep 2; printf 'o\\n'; sleep 1", 7);
+		fw_slot_image(slot, bin, 4, 3, 0);
+		fw_flash_put(flash, 0, slot, SLOT_SIZE);
+		boot(&out, b, elf, flash, "sleep 2; printf 'o\\n'; sleep 1; printf 'r\\n'; sleep 2; printf 'o\\n'; sleep 1", 7, dir, NULL);
 		/* the record from flash: a test boot of an image it did not know;
 		 * the self-test passes, image_ok is written, boot_ok queued */
 		must_have(b, out.ptr, "OTA init phase=testing version=1.4.0 counter=2 gen=2 queued=0 image_ok=unset\n");
@@ -219,8 +141,8 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 		/* and in the file: image_ok in the primary trailer (magic and
 		 * copy_done as MCUboot left them); the newest record copy, the
 		 * third write, back in the first state sector */
-		flash_get(flash, SLOT_SIZE - 64, tr, sizeof(tr));
-		flash_get(flash, STATE_OFF, st, sizeof(st));
+		fw_flash_get(flash, SLOT_SIZE - 64, tr, sizeof(tr));
+		fw_flash_get(flash, STATE_OFF, st, sizeof(st));
 		assert_int_equal(tr[64 - 24], 0x01);
 		assert_int_equal(tr[64 - 32], 0x01);
 		assert_int_equal(tr[48], 0x77);
@@ -230,7 +152,7 @@ static void qemu_boot_confirms_the_test_boot_keeps_the_record_and_reports_to_ota
 
 		/* UART1 bridged to the real otacd: the check-in and the report
 		 * batch go through it, otacd's acknowledgement empties the queue */
-		boot_bridged(&out, b, elf, flash, "sleep 4; printf 'o\\n'; sleep 1", 6, dir, d.device_url);
+		boot(&out, b, elf, flash, "sleep 4; printf 'o\\n'; sleep 1", 6, dir, d.device_url);
 		must_have(b, out.ptr, "OTA link up\n");
 		must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
 		must_have(b, out.ptr, "bridge: POST /device/v1/reports -> 200");
@@ -276,21 +198,14 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct daemon d;
 	struct buf out = BUF_INIT;
-	char **cred, *cfg, *fw, *bin, *elf, *flash, *prov;
+	char **cred, *fw, *bin, *elf, *flash, *prov;
 	unsigned char *slot;
 	int64_t release = 0;
 
 	(void)state;
 	if (tools_missing())
 		skip();
-	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem"
-				    " && openssl pkey -in key.pem -pubout -outform DER -out key.der", d.dir), 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\npoll_interval: 1s\n"
-			"products:\n  sensor-node: { max_counter_increase: 5 }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	assert_int_equal(h_start(&d, args), 0);
+	fw_release_otacd(&d, args);
 	cred = h_register_devices(&d, "qemu-dl", 1);
 
 	/* the firmware trusting the release key */
@@ -302,10 +217,10 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	flash = xasprintf("%s/flash.img", d.dir);
 	slot = malloc(SLOT_SIZE);
 	assert_non_null(slot);
-	slot_image(slot, bin, 4, 3, 1);   /* 1.4.0, counter 3, confirmed */
-	flash_put(flash, 0, slot, SLOT_SIZE);
+	fw_slot_image(slot, bin, 4, 3, 1);   /* 1.4.0, counter 3, confirmed */
+	fw_flash_put(flash, 0, slot, SLOT_SIZE);
 	prov = xasprintf("device=qemu-dl-0000\ncredential=%s\n", cred[0]);
-	flash_put(flash, PROV_OFF, prov, strlen(prov));
+	fw_flash_put(flash, FW_PROV_OFF, prov, strlen(prov));
 
 	/* release 1.5.0 (counter 4) for this board, rolled out to 100 % */
 	release = dh_release_of(&d, h_trigger(&d, y));
@@ -313,8 +228,8 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 
 	/* no element: its 10 s answer timeout comes after the download; then
 	 * the refusal report is acknowledged (the queue empties) */
-	boot_bridged(&out, b, elf, flash, "w 'OTA refused the offer'; o_until '^OTA phase=idle.* queued=0 '; w_end", 600, d.dir,
-		     d.device_url);
+	boot(&out, b, elf, flash, "w 1 'OTA refused the offer'; o_until '^OTA phase=idle.* queued=0 '; w_end", 600, d.dir,
+	     d.device_url);
 	must_have(b, out.ptr, "bridge: POST /device/v1/checkin -> 200");
 	must_have(b, out.ptr, "bridge: GET /device/v1/");
 	must_have(b, out.ptr, "-> 206 (2048 bytes)");
@@ -327,7 +242,7 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	must_have(b, out.ptr, " queued=0 image_ok=set\n");
 	/* the image is in the secondary slot (MCUboot's header magic), its
 	 * trailer never got the boot magic */
-	flash_get(flash, SLOT_SIZE, slot, SLOT_SIZE);
+	fw_flash_get(flash, SLOT_SIZE, slot, SLOT_SIZE);
 	assert_memory_equal(slot, "\x3d\xb8\xf3\x96", 4);
 	for (unsigned i = SLOT_SIZE - 48; i < SLOT_SIZE; i++)
 		assert_int_equal(slot[i], 0xff);
@@ -338,7 +253,6 @@ static void qemu_downloads_an_offered_release_over_the_bridge_and_refuses_it_wit
 	free(elf);
 	free(bin);
 	free(fw);
-	free(cfg);
 	free(cred[0]);
 	free(cred);
 	buf_release(&out);

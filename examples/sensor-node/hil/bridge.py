@@ -20,28 +20,15 @@ The bridge is a wire, not a trust anchor: it sees the device's credential
 """
 
 import re
-import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in the firmware's tree
+from hil_common import connect_uart  # noqa: E402  (after the line above)
+
 REQ_RE = re.compile(r"^REQ (GET|POST) (-?\d+) (-?\d+) (\d+) (/\S+) (\S+) (\S+)$")
 BODY_MAX = 4096  # the firmware's buffers are smaller; it refuses what does not fit
-
-
-def connect(path, wait_s=10.0):
-    deadline = time.monotonic() + wait_s
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except OSError:
-            s.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def exchange(url, m):
@@ -59,7 +46,7 @@ def main():
         print("usage: bridge.py SOCKET URL", file=sys.stderr)
         return 2
     sock_path, url = sys.argv[1], sys.argv[2].rstrip("/")
-    s = connect(sock_path)
+    s = connect_uart(sock_path)
     f = s.makefile("rwb", buffering=0)
     f.write(b"BRIDGE 1\n")
     while True:

@@ -1,7 +1,11 @@
-"""hil_common.py - what hil.py and conformance.py share: the UART's line
-patterns and the frame format of src/frame.h."""
+"""hil_common.py - what the rig's scripts share: the UART's line patterns
+and the frame format of src/frame.h (hil.py, conformance.py), the
+CRC-16 of every framed link (se_model.py too), and the connection to a
+QEMU serial port on a Unix socket (bridge.py, se_model.py)."""
 
 import re
+import socket
+import time
 
 VERSION_RE = re.compile(r"^sensor-node (\S+) counter=(\d+) board=(\S+)$")
 FRAME_RE = re.compile(r"^FRAME ([0-9A-F]+)$")
@@ -15,6 +19,22 @@ def crc16_ccitt(data):
         for _ in range(8):
             crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
     return crc
+
+
+def connect_uart(path, wait_s=10.0):
+    """A socket connected to QEMU's `-serial unix:PATH,server=on`, retried
+    until QEMU listens (up to wait_s)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def decode_frame(hexstr):

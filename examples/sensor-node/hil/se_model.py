@@ -38,45 +38,21 @@ Needs python3-cryptography (Debian).
 import argparse
 import hashlib
 import hmac
-import socket
 import struct
 import sys
-import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+
+sys.dont_write_bytecode = True  # no __pycache__ in the firmware's tree
+from hil_common import connect_uart, crc16_ccitt as crc16  # noqa: E402  (after the line above)
 
 DEV_LINK_KEY = "5345206c696e6b206b65792028646576656c6f706d656e74206f6e6c7929212e"
 MAC_LABEL = b"otacd-se1"
 SIG_ECDSA_P256, SIG_ED25519 = 0x22, 0x24
 VALID, INVALID, BADREQ, NOKEY = 0, 1, 2, 3
 BODY_MAX = 16 + 3 + 32 + 72
-
-
-def crc16(data):
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xffff), as src/crc16.c."""
-    crc = 0xFFFF
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def connect(path, wait_s=10.0):
-    deadline = time.monotonic() + wait_s
-    while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return s
-        except OSError:
-            s.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def verify(key, sig_type, digest, sig):
@@ -176,7 +152,7 @@ def main():
     if len(link_key) != 32:
         print("se_model.py: --link-key must be 32 bytes (64 hex digits)", file=sys.stderr)
         return 2
-    sock = connect(a.socket)
+    sock = connect_uart(a.socket)
     try:
         serve(sock, slots, link_key, a.forge, a.garble)
     except (ConnectionResetError, BrokenPipeError):
