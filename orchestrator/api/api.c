@@ -727,9 +727,9 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 		if (answered)
 			return ret;
 	}
-	/* a follower's store_generation() does not move with the leader's
-	 * commits (docs/scale.md): it answers every read afresh */
-	if (r->route->cached && !api_following()) {
+	/* on a follower too: commitwatch.c moves store_generation() with the
+	 * leader's commits (docs/scale.md) */
+	if (r->route->cached) {
 		int answered;
 		enum MHD_Result ret = api_cache_begin(a, r, &answered);
 		if (answered)
