@@ -7,7 +7,7 @@
  * processes with state directories of their own on one otacd database and
  * one fleet database, each with a local agent, spoken to over HTTP on
  * loopback.  The first is started alone and leads; the two others start
- * as followers.  A leader that loses its lead, by a poll or by the fence
+ * as followers, which forward writes to the leader.  A leader that loses its lead, by a poll or by the fence
  * inside a transaction, exits with 75 (EX_TEMPFAIL) and stores nothing
  * more.  Takeover times are printed, never asserted (a 2-core
  * machine shared with other builds); every wait has a generous cap.
@@ -118,25 +118,51 @@ static int wait_leader(struct world *w, int cap_ms)
 	return -1;
 }
 
-/* A write through d with the admin token: its status line, Retry-After and
- * body, by curl (h_raw does not show headers). */
-static char *write_with_headers(struct daemon *d, const char *path)
+/* A run's pipeline, named. */
+static char *pipeline(const char *name, const char *cmd)
+{
+	return xasprintf("name: %s\nstages:\n  - { name: a, steps: [ { run: '%s' } ] }\n", name, cmd);
+}
+
+/* POST /api/v1/runs through d with the admin token and key as its
+ * Idempotency-Key (none: NULL): the whole answer, headers too (curl -i). */
+static char *trigger_keyed(struct daemon *d, const char *name, const char *key)
 {
 	struct buf out = BUF_INIT;
 	h_sh(&out, "curl -s -i -X POST -H 'Authorization: Bearer %s' -H 'Content-Type: application/json'"
-		   " --data '{\"pipeline\": \"name: x\"}' '%s%s'",
-	     d->token, d->url, path);
+		   " %s%s%s --data '{\"pipeline\": \"name: %s\\nstages:\\n  - { name: a, steps: [ { run: echo %s } ] }\\n\"}'"
+		   " '%s/api/v1/runs'",
+	     d->token, key ? "-H 'Idempotency-Key: " : "", key ? key : "", key ? "'" : "", name, name, d->url);
 	return buf_detach(&out);
 }
 
-/* d refuses an authenticated write with 503, Retry-After: 1 and the
- * leader's address. */
-static void assert_refuses_naming(struct daemon *d, const struct daemon *leader)
+/* The run id in an answer of trigger_keyed (0: none). */
+static int64_t answer_id(const char *ans)
 {
-	char *ans = write_with_headers(d, "/api/v1/runs");
-	if (!strstr(ans, " 503") || !strcasestr(ans, "Retry-After: 1") || !strstr(ans, leader->url))
+	const char *body = strstr(ans, "\r\n\r\n"), *id = body ? strstr(body, "\"id\":") : NULL;
+	return id ? strtoll(id + 5, NULL, 10) : 0;
+}
+
+/* The runs of that name in the database (through d's SQL). */
+static int64_t runs_named(struct daemon *d, const char *name)
+{
+	char *sql = xasprintf("SELECT COUNT(*) FROM runs WHERE pipeline = '%s'", name);
+	int64_t n = h_sql_int(d, sql);
+	free(sql);
+	return n;
+}
+
+/* A write through the follower d is forwarded to the leader, which runs it
+ * once (the run is there for everyone, once, and passes). */
+static void assert_forwards(struct daemon *d, struct daemon *leader, const char *name)
+{
+	char *ans = trigger_keyed(d, name, NULL);
+	int64_t id = answer_id(ans);
+	if (!strstr(ans, " 201") || id <= 0)
 		fail_msg("a follower's answer to a write:\n%s\n(the leader is %s)", ans, leader->url);
 	free(ans);
+	assert_int_equal(runs_named(leader, name), 1);
+	assert_string_equal(h_wait_run(leader, id, 120000), "passed");
 }
 
 /* The runs of d's list: "id state;" each. */
@@ -153,7 +179,7 @@ static char *run_list(struct daemon *d)
 	return buf_detach(&b);
 }
 
-static void three_instances_one_leads_followers_refuse_writes_and_serve_reads(void **state)
+static void three_instances_one_leads_followers_forward_writes_and_serve_reads(void **state)
 {
 	struct world w;
 	json_t *r = NULL;
@@ -169,14 +195,24 @@ static void three_instances_one_leads_followers_refuse_writes_and_serve_reads(vo
 	assert_string_equal(h_wait_run(&w.d[0], run, 120000), "passed");
 
 	for (int i = 1; i < N; i++) {
-		char *mine, *theirs;
+		char *mine = NULL, *theirs = NULL, *name = xasprintf("via-%d", i), *yaml, path[96], want[64];
+		int64_t seen = 0, runs, slow, fresh;
 		/* alive, not ready, saying why and who leads */
 		assert_int_equal(h_get(&w.d[i], "/healthz", NULL), 200);
 		assert_int_equal(h_raw(&w.d[i], "GET", "/readyz", NULL, NULL, NULL, 0, &body), 503);
 		assert_non_null(strstr(buf_cstr(&body), "follower"));
 		assert_non_null(strstr(buf_cstr(&body), w.d[0].url));
-		/* writes: refused after authentication, naming the leader */
-		assert_refuses_naming(&w.d[i], &w.d[0]);
+		/* writes: forwarded after authentication, run once by the leader */
+		assert_forwards(&w.d[i], &w.d[0], name);
+		slow = h_trigger(&w.d[0], (yaml = pipeline("slow", "sleep 60")));
+		free(yaml);
+		snprintf(path, sizeof(path), "/api/v1/runs/%lld/cancel", (long long)slow);
+		r = json_object();
+		assert_int_equal(h_post(&w.d[i], path, r, NULL), 200);
+		json_decref(r);
+		assert_string_equal(h_wait_run(&w.d[0], slow, 120000), "canceled");
+		/* no credentials: 401 here, nothing sent, nothing run */
+		runs = h_sql_int(&w.d[0], "SELECT COUNT(*) FROM runs");
 		st = h_raw(&w.d[i], "POST", "/api/v1/runs", NULL, "application/json", "{}", 2, &body);
 		assert_int_equal(st, 401);
 		assert_null(strstr(buf_cstr(&body), w.d[0].url));
@@ -188,20 +224,51 @@ static void three_instances_one_leads_followers_refuse_writes_and_serve_reads(vo
 		st = h_raw(&w.d[i], "POST", "/hooks/github", NULL, "application/json", "{}", 2, &body);
 		assert_int_equal(st, 401);
 		assert_null(strstr(buf_cstr(&body), w.d[0].url));
-		/* the device API's writes too (its reads go on) */
+		assert_int_equal(h_sql_int(&w.d[0], "SELECT COUNT(*) FROM runs"), runs);
+		/* the device API's writes are still refused (its reads go on) */
 		st = h_dev_post(&w.d[i], "/device/v1/checkin", "no-such-device-token",
 				json_pack("{ss ss}", "device", "d1", "version", "1.0.0"), NULL);
 		assert_int_equal(st, 503);
-		/* reads: the same runs as the leader, the run itself */
-		mine = run_list(&w.d[i]);
+		/* reads, from the follower's answer cache: a run the leader
+		 * commits shows in the follower's list once commitwatch heard it */
+		free(run_list(&w.d[i])); /* kept */
+		fresh = h_trigger(&w.d[0], (yaml = pipeline("fresh", "echo fresh")));
+		free(yaml);
+		assert_string_equal(h_wait_run(&w.d[0], fresh, 120000), "passed");
+		for (int k = 0; k < 1500 && !seen; k++) {
+			json_t *fr = NULL;
+			free(mine);
+			mine = run_list(&w.d[i]);
+			snprintf(path, sizeof(path), "/api/v1/runs/%lld", (long long)fresh);
+			snprintf(want, sizeof(want), "%lld passed;", (long long)fresh);
+			if (h_get(&w.d[i], path, &fr) == 200 && json_is_string(json_object_get(fr, "state")) &&
+			    !strcmp(json_string_value(json_object_get(fr, "state")), "passed") && strstr(mine, want))
+				seen = 1;
+			json_decref(fr);
+			if (!seen)
+				h_msleep(20);
+		}
+		assert_true(seen);
 		theirs = run_list(&w.d[0]);
 		assert_string_equal(mine, theirs);
-		assert_non_null(strstr(mine, "passed"));
 		free(mine);
 		free(theirs);
 		r = h_run(&w.d[i], run);
 		assert_string_equal(json_string_value(json_object_get(r, "state")), "passed");
 		json_decref(r);
+		free(name);
+	}
+	/* an Idempotency-Key's retry through another follower is answered
+	 * once, from the leader's record */
+	{
+		char *first = trigger_keyed(&w.d[1], "keyed", "failover-key-1");
+		char *again = trigger_keyed(&w.d[2], "keyed", "failover-key-1");
+		if (!strstr(first, " 201") || !strstr(again, " 201") || !strcasestr(again, "Idempotent-Replayed: true") ||
+		    answer_id(first) <= 0 || answer_id(first) != answer_id(again))
+			fail_msg("a keyed write and its retry through two followers:\n%s\n---\n%s", first, again);
+		assert_int_equal(runs_named(&w.d[0], "keyed"), 1);
+		free(first);
+		free(again);
 	}
 	/* one epoch, held by the first */
 	{
@@ -217,8 +284,8 @@ static void three_instances_one_leads_followers_refuse_writes_and_serve_reads(vo
 static void sigkill_leader_mid_run_another_leads_and_the_run_passes_once(void **state)
 {
 	struct world w;
-	int64_t run, t0, took;
-	int next, other;
+	int64_t run, t0, took, keyed = 0;
+	int next, other, refused = 0;
 	char *sql;
 
 	(void)state;
@@ -234,6 +301,21 @@ static void sigkill_leader_mid_run_another_leads_and_the_run_passes_once(void **
 
 	t0 = now_ms();
 	h_kill(&w.d[0], SIGKILL);
+	/* a write through a follower meanwhile: 503 with Retry-After while
+	 * nobody leads (the dead leader's address refuses the hop), then
+	 * forwarded to the new leader; retried with one key, run once */
+	for (int64_t end = now_ms() + 2 * CAP_MS; !keyed && now_ms() < end;) {
+		char *ans = trigger_keyed(&w.d[1], "during", "failover-key-2");
+		if (strstr(ans, " 201"))
+			keyed = answer_id(ans);
+		else if (strstr(ans, " 503") && strcasestr(ans, "Retry-After: 1"))
+			refused++, h_msleep(200);
+		else
+			fail_msg("a write through a follower while the leader died:\n%s", ans);
+		free(ans);
+	}
+	assert_true(keyed > 0);
+	print_message("a write through a follower after the leader's SIGKILL: %d times 503, then forwarded\n", refused);
 	next = wait_leader(&w, CAP_MS);
 	took = now_ms() - t0;
 	assert_true(next > 0);
@@ -241,8 +323,16 @@ static void sigkill_leader_mid_run_another_leads_and_the_run_passes_once(void **
 	other = next == 1 ? 2 : 1;
 
 	assert_string_equal(h_wait_run(&w.d[next], run, 180000), "passed");
-	/* once: one run, every job passed, each job final once, no audit line twice */
-	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM runs"), 1);
+	assert_string_equal(h_wait_run(&w.d[next], keyed, 120000), "passed");
+	{
+		char *again = trigger_keyed(&w.d[other], "during", "failover-key-2");
+		if (!strcasestr(again, "Idempotent-Replayed: true") || answer_id(again) != keyed)
+			fail_msg("the keyed write's retry after the takeover:\n%s", again);
+		free(again);
+	}
+	assert_int_equal(runs_named(&w.d[next], "during"), 1);
+	/* once: the two runs, every job passed, each job final once, no audit line twice */
+	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM runs"), 2);
 	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM jobs WHERE state <> 'passed'"), 0);
 	assert_int_equal(h_sql_int(&w.d[next], "SELECT COUNT(*) FROM events WHERE kind = 'job.final'"),
 			 h_sql_int(&w.d[next], "SELECT COUNT(*) FROM jobs"));
@@ -252,7 +342,7 @@ static void sigkill_leader_mid_run_another_leads_and_the_run_passes_once(void **
 					       " GROUP BY action, reason, detail HAVING COUNT(*) > 1) x"), 0);
 	/* the new leader leads under the next epoch, and the last follower says so */
 	assert_int_equal(h_sql_int(&w.d[next], "SELECT epoch FROM otacd_leader"), 2);
-	assert_refuses_naming(&w.d[other], &w.d[next]);
+	assert_forwards(&w.d[other], &w.d[next], "after-takeover");
 	/* and takes new work */
 	run = h_trigger(&w.d[next], "name: after\nstages:\n  - { name: a, steps: [ { run: 'echo after' } ] }\n");
 	assert_string_equal(h_wait_run(&w.d[next], run, 120000), "passed");
@@ -289,7 +379,7 @@ static void a_cut_off_leader_exits_75_and_another_leads(void **state)
 	assert_int_equal(h_start(&w.d[0], args), 0);
 	h_msleep(1500); /* a poll or more */
 	assert_false(leads(&w.d[0]));
-	assert_refuses_naming(&w.d[0], &w.d[next]);
+	assert_forwards(&w.d[0], &w.d[next], "via-restarted");
 	world_stop(&w);
 }
 
@@ -345,14 +435,14 @@ static void sigkill_a_follower_changes_nothing_for_the_leader(void **state)
 	run = h_trigger(&w.d[0], "name: still\nstages:\n  - { name: a, steps: [ { run: 'echo still' } ] }\n");
 	assert_string_equal(h_wait_run(&w.d[0], run, 120000), "passed");
 	assert_int_equal(h_sql_int(&w.d[0], "SELECT epoch FROM otacd_leader"), 1);
-	assert_refuses_naming(&w.d[2], &w.d[0]);
+	assert_forwards(&w.d[2], &w.d[0], "via-survivor");
 	world_stop(&w);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(three_instances_one_leads_followers_refuse_writes_and_serve_reads),
+		cmocka_unit_test(three_instances_one_leads_followers_forward_writes_and_serve_reads),
 		cmocka_unit_test(sigkill_leader_mid_run_another_leads_and_the_run_passes_once),
 		cmocka_unit_test(a_cut_off_leader_exits_75_and_another_leads),
 		cmocka_unit_test(a_leader_whose_epoch_moved_stores_nothing_more_and_exits_75),

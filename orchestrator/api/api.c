@@ -19,6 +19,7 @@
  * other clients on the main listener never stalls job pickup.
  */
 #include "api_int.h"
+#include "api_forward.h"
 
 #include <arpa/inet.h>
 #include <inttypes.h>
@@ -470,7 +471,7 @@ static enum auth_role request_role(struct MHD_Connection *conn, const char *meth
 	return auth_identify(h, actor, n);
 }
 
-static size_t body_cap(enum body_kind k)
+size_t api_body_cap(enum body_kind k)
 {
 	switch (k) {
 	case BODY_JSON: return API_MAX_JSON_BODY;
@@ -497,6 +498,7 @@ static void req_free(struct api_req *r)
 			idem_forget(r->api->cfg.engine, r->actor, r->idem_key);
 		free(r->idem_key);
 	}
+	api_forward_job_free(r->fwd);
 	buf_release(&r->body);
 	json_decref(r->json);
 	json_decref(r->agent_labels);
@@ -541,20 +543,27 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 			return api_reply_error(r, MHD_HTTP_FORBIDDEN, "this token's role (%s) may not %s %s",
 					       auth_role_name(r->role), method, r->route->pattern);
 	}
-	/* issue 16: after authentication; webhooks prove themselves in their
-	 * handler (api_hooks.c) and are refused there */
-	if (api_following() && r->route->body != BODY_HOOK && api_follower_gated(r->route))
-		return api_follower_refuse(r);
-	if (route_takes_disk(r->route) && diskguard_poll()) {
+	/* issue 16: after authentication, a follower forwards the call to the
+	 * leader once its body is in (handle_call), or refuses it; webhooks
+	 * prove themselves in their handler (api_hooks.c) and are forwarded
+	 * from there */
+	if (api_following() && r->route->body != BODY_HOOK && api_follower_gated(r->route)) {
+		if (!api_follower_forwards(r->route))
+			return api_follower_refuse(r);
+		r->forward = 1;
+	}
+	if (!r->forward && route_takes_disk(r->route) && diskguard_poll()) {
 		char msg[512];
 		diskguard_message(msg, sizeof(msg));
 		return api_reply_error(r, MHD_HTTP_INSUFFICIENT_STORAGE, "%s; retry once space is freed", msg);
 	}
 	cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl && strtoull(cl, NULL, 10) > body_cap(r->route->body))
+	if (cl && strtoull(cl, NULL, 10) > api_body_cap(r->route->body))
 		return api_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
-				       body_cap(r->route->body));
-	buf_init(&r->body, body_cap(r->route->body));
+				       api_body_cap(r->route->body));
+	buf_init(&r->body, api_body_cap(r->route->body));
+	if (r->forward)
+		return MHD_YES; /* the leader checks the rest */
 	if (r->route->precheck && r->route->precheck(a, r))
 		return MHD_YES; /* it queued its own answer */
 	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
@@ -694,9 +703,11 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 	}
 	if (r->too_big)
 		return api_reply_error(r, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
-				       r->route ? body_cap(r->route->body) : 0);
+				       r->route ? api_body_cap(r->route->body) : 0);
 	if (r->failed)
 		return r->error[0] ? api_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", r->error) : MHD_NO;
+	if (r->forward) /* before idem_check: the leader keeps the key's answer */
+		return api_follower_forward(a, r);
 	if (r->route->body == BODY_JSON) {
 		json_error_t err;
 		if (r->body.len == 0) {
@@ -716,9 +727,9 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 		if (answered)
 			return ret;
 	}
-	/* a follower's store_generation() does not move with the leader's
-	 * commits (docs/scale.md): it answers every read afresh */
-	if (r->route->cached && !api_following()) {
+	/* on a follower too: commitwatch.c moves store_generation() with the
+	 * leader's commits (docs/scale.md) */
+	if (r->route->cached) {
 		int answered;
 		enum MHD_Result ret = api_cache_begin(a, r, &answered);
 		if (answered)
@@ -879,7 +890,7 @@ int api_start(struct api **out, const struct api_config *cfg)
 		a->cfg.max_per_client = 128;
 	raise_fd_limit((rlim_t)a->cfg.max_connections * 2 + 1024);
 	a->cache = api_cache_new();
-	if ((rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
+	if ((rc = api_fwd_new(&a->fwd, NULL)) < 0 || (rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
 	    (cfg->engine && (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0) ||
 	    (rc = api_waiter_watch(a->waiter, logstore_changes())) < 0 ||
 	    (cfg->sources && (rc = api_waiter_watch(a->waiter, sources_done(cfg->sources))) < 0) ||
@@ -922,11 +933,15 @@ void api_stop(struct api *a)
 	/* every parked request answers (it sees `stopping`) before the
 	 * listeners stop: libmicrohttpd must not stop with one suspended */
 	api_waiter_drain(a->waiter);
+	/* and every forward on its way resumes its connection (503) */
+	if (a->fwd)
+		api_fwd_drain(a->fwd);
 	if (a->agents.mhd)
 		MHD_stop_daemon(a->agents.mhd);
 	if (a->main.mhd)
 		MHD_stop_daemon(a->main.mhd);
 	api_waiter_stop(a->waiter);
+	api_fwd_free(a->fwd);
 	api_cache_free(a->cache);
 	free(a);
 }

@@ -60,8 +60,8 @@ void api_stop(struct api *a);
  * PostgreSQL database.  An API started with no engine (cfg->engine NULL)
  * serves reads only; api_lead() hands it the engine and the sources once
  * this instance leads (main thread, once).  api_follower_set(1) makes the
- * API and the device API refuse state-changing calls with 503 and the
- * leader's address; api_following() says whether they do.
+ * API forward state-changing calls to the leader (api_forward.h) and the
+ * device API refuse them with 503; api_following() says whether they do.
  */
 int api_lead(struct api *a, struct engine *e, struct sources *s);
 void api_follower_set(int on);

@@ -3,17 +3,22 @@
  *
  * Several otacd instances on one PostgreSQL database all serve the API,
  * but only the leader runs the engine, the single writer.  A follower has
- * no engine: it answers reads from its own reader connections and refuses
- * every state-changing call with 503, Retry-After: 1 and the leader's
- * address (the holder db_leader_current() reads), so a load balancer or a
- * script retries there.  The refusal comes after authentication (bearer
- * token, job token, webhook signature): a caller that cannot prove who it
- * is gets 401 and learns nothing about the instances.  The device API
- * refuses the same way without an address (devices retry through the
- * balancer).  Forwarding the call to the leader instead is planned
- * (docs/scale.md, "What remains").  main.c sets the state: following from
- * start until the first poll that says leader, never again after (a lost
- * lead ends the process).  On SQLite nothing here ever refuses.
+ * no engine: it answers reads from its own reader connections and sends
+ * every state-changing call on to the leader (the holder
+ * db_leader_current() reads) with api_forward_begin(), relaying the
+ * leader's answer (api_forward.h).  The forward comes after authentication
+ * (bearer token, job token, webhook signature: a caller that cannot prove
+ * who it is gets 401 and nothing is sent) and after the body was read
+ * within the route's cap, before the Idempotency-Key is looked at (the
+ * leader keeps the key's answer).  No leader recorded, or one that cannot
+ * be reached: 503 with Retry-After: 1.  Not forwarded, refused with 503,
+ * Retry-After: 1 and the leader's address instead: agents' artifact
+ * uploads (streamed bodies) and the agents' reads of a job (source,
+ * inputs: the follower has neither); the device API refuses the same way
+ * without an address (devapi.c; devices retry through the balancer).
+ * main.c sets the state: following from start until the first poll that
+ * says leader, never again after (a lost lead ends the process).  On
+ * SQLite nothing here ever forwards or refuses.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -21,6 +26,7 @@
 
 #include "../db/db_leader.h"
 #include "../store.h"
+#include "api_forward.h"
 #include "api_int.h"
 
 static atomic_int following;
@@ -45,6 +51,48 @@ int api_follower_gated(const struct api_route *route)
 	/* a POST that only reads (identify needs the revocations, which a
 	 * follower does not load: main.c) */
 	return strcmp(route->pattern, "/api/v1/lint") != 0;
+}
+
+int api_follower_forwards(const struct api_route *route)
+{
+	/* api_forward sends writes only, and whole bodies */
+	return strcmp(route->method, "GET") && strcmp(route->method, "HEAD") && route->body != BODY_ARTIFACT;
+}
+
+/* The forward's answer, once libmicrohttpd resumed the connection. */
+static enum MHD_Result forward_done(struct api *a, struct api_req *r)
+{
+	struct MHD_Response *resp = NULL;
+	unsigned status = 0;
+	enum MHD_Result ret;
+
+	(void)a;
+	api_forward_end(r->fwd, &status, &resp);
+	r->fwd = NULL;
+	ret = api_queue_response(r, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+enum MHD_Result api_follower_forward(struct api *a, struct api_req *r)
+{
+	int64_t epoch = 0;
+	char *leader = api_follower_leader(&epoch);
+	struct api_fwd_req q = { r->conn, leader, r->method, r->url, r->body.ptr, r->body.len,
+				 api_body_cap(r->route->body), r->request_id, 0 };
+	struct MHD_Response *resp = NULL;
+	unsigned status = 0;
+	enum MHD_Result ret;
+	int rc = api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp);
+
+	free(leader); /* the job keeps its own copy of the base URL */
+	if (rc == 0) {
+		r->resume = forward_done;
+		return MHD_YES;
+	}
+	ret = api_queue_response(r, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
 }
 
 char *api_follower_leader(int64_t *epoch)

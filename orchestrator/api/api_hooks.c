@@ -113,7 +113,7 @@ static enum MHD_Result hook(struct api *a, struct api_req *r, enum webhook_provi
 		goto out;
 	}
 	if (api_following()) { /* issue 16: only the leader records deliveries */
-		ret = api_follower_refuse(r);
+		ret = api_follower_forward(a, r);
 		goto out;
 	}
 	/* 2. the payload */

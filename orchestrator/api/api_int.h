@@ -76,6 +76,8 @@ struct api_req {
 	json_t *agent_labels;      /* the agent's registered labels (NULL: any) */
 	char *idem_key;            /* a reserved Idempotency-Key: keep the answer */
 	int idem_ran;              /* the handler of that request has run */
+	int forward;               /* issue 16: a follower sends it to the leader once the body is in */
+	struct api_fwd_job *fwd;   /* that forward on its way (api_forward.h) */
 	int64_t started_us;        /* monotonic µs the header was complete (latency metrics) */
 	/* issue 18: the request's id (the client's X-Request-Id when sane, else
 	 * made here), on its log lines and in its answer's X-Request-Id */
@@ -83,6 +85,9 @@ struct api_req {
 	char method[16];
 	unsigned status_sent;      /* the answer's status, for the access log line */
 };
+
+/* The largest body a route reads (its body kind's cap). */
+size_t api_body_cap(enum body_kind k);
 
 /* Lists (docs/api.md, "Lists"): ?limit= from 1 to API_LIST_MAX, dflt when
  * absent.  -1 after answering 400 for anything else. */
@@ -99,9 +104,13 @@ enum MHD_Result api_get_healthz(struct api *a, struct api_req *r);
 enum MHD_Result api_get_readyz(struct api *a, struct api_req *r);
 void api_ops_observe(const struct api_route *route, int64_t elapsed_us);
 json_t *api_ops_storage_json(void);
-/* api_follower.c (issue 16): the routes a follower refuses, its 503
+/* api_follower.c (issue 16): the routes a follower does not run itself,
+ * those of them it forwards to the leader (the rest get its 503), the
+ * forward (after authentication and the body: api_forward.h), its 503
  * answer, the leader's address (caller frees; NULL: none recorded) */
 int api_follower_gated(const struct api_route *route);
+int api_follower_forwards(const struct api_route *route);
+enum MHD_Result api_follower_forward(struct api *a, struct api_req *r);
 enum MHD_Result api_follower_refuse(struct api_req *r);
 char *api_follower_leader(int64_t *epoch);
 /* api_backup.c: POST /api/v1/backup (admin) */
@@ -120,6 +129,7 @@ struct api {
 	struct api_listener main, agents;
 	struct api_waiter *waiter;
 	struct api_cache *cache;
+	struct api_fwd *fwd;       /* a follower's forwards to the leader (api_forward.h) */
 	struct api_config cfg;
 	volatile int stopping;
 };
