@@ -29,7 +29,8 @@
 #
 # Then the same rollout again as the baseline, with the legacy fleet store
 # layout (OTACD_FLEET_LAYOUT=legacy) at ROLLOUT_BASELINE_DEVICES (100,000
-# or DEVICES if smaller; 0 skips it), and the ratios.  Needs curl, openssl.
+# or DEVICES if smaller; 0 skips it), and the ratios.  ROLLOUT_ENGINE=core
+# runs the simulated devices on libotadev instead of the model.  Needs curl, openssl.
 # Figures only: PASS/MISS are printed, nothing exits non-zero for a MISS.
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -81,10 +82,10 @@ EOF
 	export OTACD_URL="$(cat "$state/otacd.url")" OTACD_TOKEN="$(cat "$state/admin.token")"
 	mport=$((20000 + ($$ + ${#label}) % 20000))
 	t0=$(date +%s.%N)
-	# --engine model: a million devices at once need the 40-byte model; the
-	# core engine's 310-509 B a device and its check-in rate on 2 shared
-	# cores would measure the simulator, not otacd (docs/fleetsim.md "Scale")
-	nice "$bin/otacd-fleetsim" --engine model --url "$dev" --devices "$n" --seed 1 --key "$tmp/k.pub" --fleet-key "@$state/fleet.key" \
+	# --engine model by default: the 40-byte model; ROLLOUT_ENGINE=core runs
+	# every device on libotadev (~300 B a device, fewer check-ins a second
+	# on 2 shared cores: docs/fleetsim.md "Scale")
+	nice "$bin/otacd-fleetsim" --engine "${ROLLOUT_ENGINE:-model}" --url "$dev" --devices "$n" --seed 1 --key "$tmp/k.pub" --fleet-key "@$state/fleet.key" \
 		--product bench --start-version 1.0.0 --report-every 1h --until 1.1.0:0.98 --duration "$timeout" \
 		--shared-downloads --concurrency 512 --quiet --stats "$state.stats" --metrics-listen "127.0.0.1:$mport" \
 		>"$state.sim.log" 2>&1 &
