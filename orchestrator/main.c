@@ -158,6 +158,16 @@ static int instance_id(struct store *db)
 	return store_meta_set(db, "instance_id", hex);
 }
 
+/* The commitwatch thread's auth hook: the database's tokens and agents
+ * read again on that thread's reader connection. */
+static int reload_tokens(void *arg)
+{
+	struct store *r = store_reader();
+
+	(void)arg;
+	return r ? auth_reload(r) : OTA_ERROR;
+}
+
 static int admin_token(struct store *db, const char *state_dir)
 {
 	char *path = xasprintf("%s/admin.token", state_dir), *token = NULL, *line;
@@ -624,6 +634,8 @@ int main(int argc, char **argv)
 	}
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
+	/* issue 16: tokens and agents another instance changes (CW_AUTH) */
+	commitwatch_on_auth(watch, reload_tokens, NULL);
 	/* issue 13: the release root and the held revocation list */
 	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0)
 		goto fail;
