@@ -554,6 +554,7 @@ int main(int argc, char **argv)
 	}
 	if (local_agents >= 0)
 		cfg.local_agents = local_agents;
+	backup_logs_dir_set(cfg.logs_dir); /* logs: (NULL: STATE/logs) */
 	if (restore) {
 		/* before anything creates the state directory: it must be new or empty */
 		int rc = backup_restore_dbs(restore, cfg.state_dir, cfg.database, cfg.fleet_database);
@@ -614,7 +615,8 @@ int main(int argc, char **argv)
 	clock_setup(db, cfg.time_scale);
 	if (instance_id(db) < 0)
 		goto fail;
-	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
+	if ((cfg.logs_dir ? logstore_open(cfg.logs_dir, cfg.max_log_bytes)
+			  : logstore_init(cfg.state_dir, cfg.max_log_bytes)) < 0 ||
 	    /* issue 16: other instances' commits move this one's readers */
 	    (db_backend(store_conn(db)) == DB_POSTGRES && commitwatch_start(&watch, path) < 0) ||
 	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
