@@ -220,8 +220,10 @@ static int read_db(struct store *db, struct token_entry **v, size_t *n)
 		return OTA_ERROR;
 	while ((rc = db_step(st)) == 1) {
 		json_t *labels = json_loads(db_column_text(st, 2) ? db_column_text(st, 2) : "[]", 0, NULL);
-		push_entry(v, n, db_column_text(st, 0), db_column_text(st, 1), ROLE_AGENT,
-			   labels ? labels : json_array(), AUTH_AGENT_REGISTERED);
+		if (!labels)
+			labels = json_array(); /* unreadable: may claim nothing */
+		push_entry(v, n, db_column_text(st, 0), db_column_text(st, 1), ROLE_AGENT, labels,
+			   AUTH_AGENT_REGISTERED);
 		json_decref(labels);
 	}
 	db_reset(st);
