@@ -171,12 +171,14 @@ static int teardown(void **state)
 static void tokens_and_agents_reach_a_follower_and_revocations_too(void **state)
 {
 	char *api, *agent, *quiet;
+	struct buf out = BUF_INIT;
 
 	(void)state;
 	if (g_skip)
 		skip();
-	/* made on the leader, accepted by the follower without a restart */
-	api = token_add(&g_world.lead, "ci-viewer", "viewer");
+	/* made on the leader (otactl), accepted by the follower without a restart */
+	h_otactl_checked(&g_world.lead, &out, "tokens add ci-viewer --role viewer");
+	api = h_token_line(&out);
 	agent = h_agent_add(&g_world.lead, "rig-a", "hil");
 	assert_non_null(agent);
 	wait_status(&g_world.follow, read_as, api, 200, "a new API token accepted by the follower");
@@ -199,7 +201,7 @@ static void tokens_and_agents_reach_a_follower_and_revocations_too(void **state)
 
 	/* revoked on the leader: refused there at once, and by the follower
 	 * once it heard the commit */
-	assert_int_equal(revoke(&g_world.lead, "/api/v1/tokens/revoke", "ci-viewer"), 200);
+	h_otactl_checked(&g_world.lead, &out, "tokens revoke ci-viewer");
 	assert_int_equal(read_as(&g_world.lead, api), 401);
 	wait_status(&g_world.follow, read_as, api, 401, "a revoked API token refused by the follower");
 	assert_int_equal(revoke(&g_world.lead, "/api/v1/tokens/revoke", "ci-viewer"), 404);
@@ -222,6 +224,7 @@ static void tokens_and_agents_reach_a_follower_and_revocations_too(void **state)
 	/* the admin token, the config's, stays through every reload */
 	assert_int_equal(read_as(&g_world.follow, g_world.follow.token), 200);
 
+	buf_release(&out);
 	free(api);
 	free(agent);
 	free(quiet);
