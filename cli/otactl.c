@@ -21,7 +21,7 @@
  * This file holds what the commands share (helpers, tables, configuration,
  * the API calls, option parsing; declared in otactl.h), `lint`, `version`
  * and the dispatch table.  The command groups have files of their own:
- * runs.c (trigger, runs, show, cancel), logs.c, agents.c, artifacts.c,
+ * runs.c (trigger, runs, show, cancel), logs.c, agents.c, tokens.c, artifacts.c,
  * rollout.c (releases and rollouts), reports.c, verify.c, migrate.c (a
  * local command: SQLite state into PostgreSQL, with the daemon stopped).
  */
@@ -527,6 +527,8 @@ static const struct cmd commands[] = {
 	{ "agents", cmd_agents, "agents [ls]", "list agents: kind, state, labels and the labels each may claim" },
 	{ "agents", cmd_agents, "agents add NAME --labels a,b", "register an agent (admin); prints its token once" },
 	{ "agents", cmd_agents, "agents revoke NAME", "revoke an agent's token now; its job is retried (admin)" },
+	{ "tokens", cmd_tokens, "tokens add NAME --role R", "make an API token: viewer, operator, release or admin (admin); prints it once" },
+	{ "tokens", cmd_tokens, "tokens revoke NAME", "revoke an API token, on every instance (admin)" },
 	/* issue 13: device certificates (cli/devca.c) */
 	{ "fleet", cmd_fleet, "fleet ca init [--cn NAME] [--days N]", "create the device CA (admin; --offline --state DIR: files only)" },
 	{ "fleet", cmd_fleet, "fleet ca import CERT KEY", "import a device CA and its key (admin; --offline --state DIR too)" },

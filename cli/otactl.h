@@ -86,6 +86,7 @@ int cmd_cancel(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
 /* cli/agents.c */
 int cmd_agents(int argc, char **argv);
+int cmd_tokens(int argc, char **argv);
 /* cli/artifacts.c */
 int cmd_artifacts(int argc, char **argv);
 /* cli/rollout.c */

@@ -73,6 +73,7 @@ static int do_add(struct engine *e, void *arg)
 
 	if ((rc = agentreg_store_add(engine_store(e), a->name, a->labels, a->hash)) < 0)
 		return rc;
+	engine_auth_changed(e);
 	return engine_audit(e, a->actor, "agent.add", 0, 0, NULL,
 			    json_pack("{ss sO}", "agent", a->name, "labels", (json_t *)a->labels));
 }
@@ -154,6 +155,7 @@ static int do_revoke(struct engine *e, void *arg)
 
 	if ((rc = agentreg_store_revoke(engine_store(e), a->name, &id, &a->released)) < 0)
 		return rc;
+	engine_auth_changed(e);
 	snprintf(why, sizeof(why), "agent %s was revoked while running this job", a->name);
 	if ((rc = engine_release_agent_job(e, id, why)) < 0)
 		return rc;

@@ -5,6 +5,7 @@
 
 #include <openssl/crypto.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,9 +22,16 @@ struct token_entry {
 	unsigned flags;         /* AUTH_AGENT_* */
 };
 
+/* an entry read from the database (tokens, registered agents): replaced
+ * by auth_reload(); never shown by auth_agent_info() */
+#define FROM_DB 0x100u
+
 static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct token_entry *g_tokens;
 static size_t g_ntokens;
+/* moved by every change of the set (under g_lock's write side): a reload
+ * whose snapshot is older than a revocation made meanwhile starts again */
+static uint64_t g_changes;
 
 /* nettle, not EVP: an idle otacd's agents authenticate on every poll, and
  * the first EVP digest would wake OpenSSL's providers (common/sha256.h) */
@@ -73,6 +81,7 @@ static void add_entry_full(const char *name, const unsigned char hash[32], enum 
 	g_tokens[g_ntokens].labels = labels ? json_deep_copy(labels) : NULL;
 	g_tokens[g_ntokens].flags = flags;
 	g_ntokens++;
+	g_changes++;
 	pthread_rwlock_unlock(&g_lock);
 }
 
@@ -89,15 +98,15 @@ void auth_add_agent(const char *name, const char *token, const char *sha256_hex,
 		sha256(token, h);
 	else if (!sha256_hex || unhex(sha256_hex, h) < 0)
 		return;
-	add_entry_full(name, h, ROLE_AGENT, labels, flags);
+	add_entry_full(name, h, ROLE_AGENT, labels, flags & AUTH_AGENT_REGISTERED ? flags | FROM_DB : flags);
 }
 
-int auth_remove(const char *name)
+static int remove_entries(const char *name, unsigned only)
 {
 	size_t i, n = 0;
 	pthread_rwlock_wrlock(&g_lock);
 	for (i = 0; i < g_ntokens; i++) {
-		if (!strcmp(g_tokens[i].name, name)) {
+		if (!strcmp(g_tokens[i].name, name) && (g_tokens[i].flags & only) == only) {
 			free(g_tokens[i].name);
 			json_decref(g_tokens[i].labels);
 			continue;
@@ -106,8 +115,19 @@ int auth_remove(const char *name)
 	}
 	i = g_ntokens - n;
 	g_ntokens = n;
+	g_changes++;
 	pthread_rwlock_unlock(&g_lock);
 	return i ? 0 : OTA_ENOTFOUND;
+}
+
+int auth_remove(const char *name)
+{
+	return remove_entries(name, 0);
+}
+
+int auth_remove_db(const char *name)
+{
+	return remove_entries(name, FROM_DB);
 }
 
 int auth_agent_info(const char *name, json_t **labels, unsigned *flags, enum auth_role *role)
@@ -123,7 +143,7 @@ int auth_agent_info(const char *name, json_t **labels, unsigned *flags, enum aut
 		if (labels && g_tokens[i].labels)
 			*labels = json_deep_copy(g_tokens[i].labels);
 		if (flags)
-			*flags = g_tokens[i].flags;
+			*flags = g_tokens[i].flags & ~FROM_DB;
 		if (role)
 			*role = g_tokens[i].role;
 	}
@@ -138,6 +158,13 @@ void auth_add_memory(const char *name, const char *token, enum auth_role role)
 	add_entry(name, h, role);
 }
 
+void auth_add_db_hash(const char *name, const char *sha256_hex, enum auth_role role)
+{
+	unsigned char h[32];
+	if (unhex(sha256_hex, h) == 0)
+		add_entry_full(name, h, role, NULL, FROM_DB);
+}
+
 void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role)
 {
 	unsigned char h[32];
@@ -145,30 +172,112 @@ void auth_add_hash(const char *name, const char *sha256_hex, enum auth_role role
 		add_entry(name, h, role);
 }
 
-int auth_load(struct store *db)
+static void free_entries(struct token_entry *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(v[i].name);
+		json_decref(v[i].labels);
+	}
+	free(v);
+}
+
+static void push_entry(struct token_entry **v, size_t *n, const char *name, const char *hex, enum auth_role role,
+		       json_t *labels, unsigned flags)
+{
+	unsigned char h[32];
+
+	if (!name || !hex || unhex(hex, h) < 0)
+		return;
+	*v = xrealloc(*v, (*n + 1) * sizeof(**v));
+	(*v)[*n].name = xstrdup(name);
+	memcpy((*v)[*n].hash, h, 32);
+	(*v)[*n].role = role;
+	(*v)[*n].labels = labels ? json_incref(labels) : NULL;
+	(*v)[*n].flags = flags | FROM_DB;
+	(*n)++;
+}
+
+/* The database's tokens and registered agents, read into *v (*n). */
+static int read_db(struct store *db, struct token_entry **v, size_t *n)
 {
 	struct db_stmt *st = store_q(db, "SELECT name, hash, role FROM tokens");
 	int rc;
+
+	*v = NULL;
+	*n = 0;
 	if (!st)
 		return OTA_ERROR;
 	while ((rc = db_step(st)) == 1)
-		auth_add_hash(db_column_text(st, 0), db_column_text(st, 1), auth_role_parse(db_column_text(st, 2)));
+		push_entry(v, n, db_column_text(st, 0), db_column_text(st, 1), auth_role_parse(db_column_text(st, 2)),
+			   NULL, 0);
 	db_reset(st);
 	if (rc < 0)
 		return rc;
 	/* agents registered with `otactl agents add` (and not revoked) */
 	st = store_q(db, "SELECT name, token_hash, allowed_labels FROM agents"
-			    " WHERE token_hash IS NOT NULL AND revoked_at IS NULL");
+			 " WHERE token_hash IS NOT NULL AND revoked_at IS NULL");
 	if (!st)
 		return OTA_ERROR;
 	while ((rc = db_step(st)) == 1) {
 		json_t *labels = json_loads(db_column_text(st, 2) ? db_column_text(st, 2) : "[]", 0, NULL);
-		auth_add_agent(db_column_text(st, 0), NULL, db_column_text(st, 1), labels ? labels : json_array(),
-			       AUTH_AGENT_REGISTERED);
+		if (!labels)
+			labels = json_array(); /* unreadable: may claim nothing */
+		push_entry(v, n, db_column_text(st, 0), db_column_text(st, 1), ROLE_AGENT, labels,
+			   AUTH_AGENT_REGISTERED);
 		json_decref(labels);
 	}
 	db_reset(st);
 	return rc < 0 ? rc : 0;
+}
+
+int auth_reload(struct store *db)
+{
+	for (int tries = 0; tries < 8; tries++) {
+		struct token_entry *v = NULL, *keep;
+		size_t n = 0, k = 0;
+		uint64_t seen;
+		int rc;
+
+		pthread_rwlock_rdlock(&g_lock);
+		seen = g_changes;
+		pthread_rwlock_unlock(&g_lock);
+		if ((rc = read_db(db, &v, &n)) < 0) {
+			free_entries(v, n);
+			return rc;
+		}
+		pthread_rwlock_wrlock(&g_lock);
+		if (g_changes != seen) { /* a local change since the read: read again */
+			pthread_rwlock_unlock(&g_lock);
+			free_entries(v, n);
+			continue;
+		}
+		/* the entries of memory and the config file stay; the database's
+		 * are replaced whole */
+		keep = xmalloc((g_ntokens + n + 1) * sizeof(*keep));
+		for (size_t i = 0; i < g_ntokens; i++) {
+			if (g_tokens[i].flags & FROM_DB) {
+				free(g_tokens[i].name);
+				json_decref(g_tokens[i].labels);
+			} else {
+				keep[k++] = g_tokens[i];
+			}
+		}
+		if (n)
+			memcpy(keep + k, v, n * sizeof(*v));
+		free(g_tokens);
+		free(v);
+		g_tokens = keep;
+		g_ntokens = k + n;
+		g_changes++;
+		pthread_rwlock_unlock(&g_lock);
+		return 0;
+	}
+	return ota_error_set(OTA_ERROR, "tokens: the set kept changing during a reload");
+}
+
+int auth_load(struct store *db)
+{
+	return auth_reload(db);
 }
 
 int auth_create(struct store *db, const char *name, enum auth_role role, char **token)
@@ -189,7 +298,7 @@ int auth_create(struct store *db, const char *name, enum auth_role role, char **
 	db_bind_int64(st, 4, clock_now_ms());
 	if ((rc = db_run(st)) < 0)
 		return rc;
-	auth_add_hash(name, hash, role);
+	auth_add_db_hash(name, hash, role);
 	*token = xstrdup(tok);
 	return 0;
 }

@@ -33,6 +33,15 @@ enum auth_role {
 
 /* Load the tokens table; must be called before auth_check. */
 int auth_load(struct store *db);
+/*
+ * Replace the tokens read from the database (the tokens table, registered
+ * agents) by what it holds now, in one swap; the config file's tokens and
+ * the local agents' stay.  Another instance's token changes reach this
+ * one this way (commitwatch.h, CW_AUTH; docs/scale.md).  A local change
+ * made while it reads makes it read again, so a revocation is never
+ * undone by an older snapshot.  Any thread (db: that thread's store).
+ */
+int auth_reload(struct store *db);
 /* Add a token (by its plain value) to the in-memory set only. */
 void auth_add_memory(const char *name, const char *token, enum auth_role role);
 /* Add a token by its SHA-256 hex (from the config file). */
@@ -43,6 +52,10 @@ void auth_add_agent(const char *name, const char *token, const char *sha256_hex,
 		    unsigned flags);
 /* Forget every token of that name at once (revocation); OTA_ENOTFOUND if none. */
 int auth_remove(const char *name);
+/* The same for the database's tokens of that name only (an API token's revocation). */
+int auth_remove_db(const char *name);
+/* Add a token of the tokens table (by SHA-256 hex): auth_reload() replaces it. */
+void auth_add_db_hash(const char *name, const char *sha256_hex, enum auth_role role);
 /* 1 if a token of that name is known: its labels bound (a new reference,
  * NULL when unbounded), AUTH_AGENT_* flags and role (each may be NULL). */
 int auth_agent_info(const char *name, json_t **labels, unsigned *flags, enum auth_role *role);

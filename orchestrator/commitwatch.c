@@ -39,7 +39,7 @@
 /* CW_* bits, and one of our own: "a commit happened" (every commit
  * invalidates the answer cache, whatever else it changed) */
 #define CW_COMMIT 0x100u
-#define CW_ALL (CW_COMMIT | CW_STATE | CW_WORK | CW_ROLLOUT | CW_LOG)
+#define CW_ALL (CW_COMMIT | CW_STATE | CW_WORK | CW_ROLLOUT | CW_LOG | CW_AUTH)
 
 /* log bytes are announced at most this often (the appends in between are
  * read by the woken tails all at once) */
@@ -48,7 +48,8 @@
 static const struct {
 	unsigned bit;
 	const char *name;
-} kinds[] = { { CW_STATE, "state" }, { CW_WORK, "work" }, { CW_ROLLOUT, "rollout" }, { CW_LOG, "log" } };
+} kinds[] = { { CW_STATE, "state" }, { CW_WORK, "work" }, { CW_ROLLOUT, "rollout" }, { CW_LOG, "log" },
+		{ CW_AUTH, "auth" } };
 
 struct commitwatch {
 	pthread_t thread;
@@ -61,8 +62,13 @@ struct commitwatch {
 	struct db *sender;
 	atomic_int log_pending; /* set by logstore_append()'s threads */
 	int64_t log_next_ms;
+	/* the auth hook (commitwatch_on_auth), under hook_lock */
+	pthread_mutex_t hook_lock;
+	int (*auth_fn)(void *);
+	void *auth_arg;
+	int64_t auth_next_ms; /* the periodic reload (this thread) */
 	/* counters: written by the thread, read by commitwatch_stats() */
-	atomic_uint_fast64_t heard, own, foreign, applied, reconnects;
+	atomic_uint_fast64_t heard, own, foreign, applied, reconnects, auth_reloads;
 };
 
 /* ---- the sender's id --------------------------------------------------------- */
@@ -208,11 +214,54 @@ foreign:
 	return CW_ALL;
 }
 
+/* this process's auth reloads by cause, for /metrics */
+static atomic_uint_fast64_t g_auth_heard, g_auth_periodic;
+
+void commitwatch_auth_reloads(uint64_t *heard, uint64_t *periodic)
+{
+	*heard = atomic_load(&g_auth_heard);
+	*periodic = atomic_load(&g_auth_periodic);
+}
+
+/* Reload tokens and agents through the hook (periodic: the backstop, not a
+ * notification); the next periodic reload is COMMITWATCH_AUTH_RELOAD_MS
+ * from now. */
+static void reload_auth(struct commitwatch *cw, int periodic)
+{
+	int rc = 0, ran = 0;
+
+	pthread_mutex_lock(&cw->hook_lock);
+	if (cw->auth_fn) {
+		ran = 1;
+		rc = cw->auth_fn(cw->auth_arg);
+	}
+	pthread_mutex_unlock(&cw->hook_lock);
+	if (ran && rc < 0)
+		ota_log(OTA_LOG_WARN, "commit notifications: reloading tokens: %s", ota_error_last());
+	else if (ran) {
+		atomic_fetch_add(&cw->auth_reloads, 1);
+		atomic_fetch_add(periodic ? &g_auth_periodic : &g_auth_heard, 1);
+	}
+	cw->auth_next_ms = mono_ms() + COMMITWATCH_AUTH_RELOAD_MS;
+}
+
+/* Poll timeout until the periodic auth reload (run when due). */
+static int auth_due(struct commitwatch *cw)
+{
+	int64_t now = mono_ms();
+
+	if (now >= cw->auth_next_ms)
+		reload_auth(cw, 1);
+	return (int)(cw->auth_next_ms - now > 0 ? cw->auth_next_ms - now : COMMITWATCH_AUTH_RELOAD_MS);
+}
+
 /* What a local commit does (engine.c's run_call() and store.c's hook). */
 static void apply(struct commitwatch *cw, unsigned bits)
 {
 	if (!bits)
 		return;
+	if (bits & CW_AUTH)
+		reload_auth(cw, 0); /* before the cache moves: a reader sees the new set */
 	if (bits & CW_COMMIT)
 		store_generation_bump();
 	if (bits & (CW_STATE | CW_LOG))
@@ -276,6 +325,11 @@ static void *watch_main(void *arg)
 			continue;
 		}
 		timeout = logs_due(cw);
+		{
+			int a = auth_due(cw);
+			if (timeout < 0 || a < timeout)
+				timeout = a;
+		}
 		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
 			break;
 		if (pfd[0].revents && read(cw->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
@@ -298,6 +352,7 @@ int commitwatch_start(struct commitwatch **out, const char *url)
 	int rc;
 
 	*out = NULL;
+	pthread_mutex_init(&cw->hook_lock, NULL);
 	cw->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (cw->efd < 0) {
 		rc = ota_error_set(OTA_ERROR, "commit notifications: eventfd: %s", strerror(errno));
@@ -306,6 +361,7 @@ int commitwatch_start(struct commitwatch **out, const char *url)
 	if ((rc = db_listener_open(&cw->l, url)) < 0 || (rc = db_listen(cw->l, COMMITWATCH_CHANNEL)) < 0)
 		goto fail;
 	cw->url = xstrdup(url);
+	cw->auth_next_ms = mono_ms() + COMMITWATCH_AUTH_RELOAD_MS;
 	if (pthread_create(&cw->thread, NULL, watch_main, cw) != 0) {
 		rc = ota_error_set(OTA_ERROR, "commit notifications: cannot start the thread");
 		goto fail;
@@ -323,6 +379,7 @@ fail:
 	db_listener_close(cw->l);
 	if (cw->efd >= 0)
 		close(cw->efd);
+	pthread_mutex_destroy(&cw->hook_lock);
 	free(cw);
 	return rc;
 }
@@ -347,7 +404,18 @@ void commitwatch_stop(struct commitwatch *cw)
 	free(cw->url);
 	db_listener_close(cw->l);
 	close(cw->efd);
+	pthread_mutex_destroy(&cw->hook_lock);
 	free(cw);
+}
+
+void commitwatch_on_auth(struct commitwatch *cw, int (*fn)(void *), void *arg)
+{
+	if (!cw)
+		return;
+	pthread_mutex_lock(&cw->hook_lock);
+	cw->auth_fn = fn;
+	cw->auth_arg = arg;
+	pthread_mutex_unlock(&cw->hook_lock);
 }
 
 void commitwatch_stats(struct commitwatch *cw, struct commitwatch_stats *out)
@@ -360,4 +428,5 @@ void commitwatch_stats(struct commitwatch *cw, struct commitwatch_stats *out)
 	out->foreign = atomic_load(&cw->foreign);
 	out->applied = atomic_load(&cw->applied);
 	out->reconnects = atomic_load(&cw->reconnects);
+	out->auth_reloads = atomic_load(&cw->auth_reloads);
 }

@@ -19,7 +19,10 @@
  * "everything changed": a reload, nothing else.  After the listening
  * connection breaks, notifications may have been missed, so the thread
  * reconnects (with backoff) and treats everything as changed.  A burst of
- * notifications is read whole and applied as one bump.
+ * notifications is read whole and applied as one bump.  Tokens and
+ * registered agents (CW_AUTH) are read again through a hook the daemon
+ * sets (commitwatch_on_auth), also periodically: a lost notification
+ * leaves a revoked token usable for COMMITWATCH_AUTH_RELOAD_MS at most.
  *
  * Thread ownership: the commitwatch thread owns the listening connection
  * and its own counters; it touches the rest of the daemon only through
@@ -45,6 +48,21 @@ struct commitwatch;
 #define CW_WORK 2u    /* the dispatch queue: jobs for agents */
 #define CW_ROLLOUT 4u /* rollout rows */
 #define CW_LOG 8u     /* job logs grew (no commit): wakes live logs only */
+#define CW_AUTH 16u   /* tokens or registered agents: the commitwatch's auth hook reloads them */
+
+/*
+ * The auth hook (main.c: auth_reload() on this thread's store_reader()),
+ * run on the commitwatch thread: for a notification with CW_AUTH, for
+ * anything that is not a payload of ours, after a reconnect, and every
+ * COMMITWATCH_AUTH_RELOAD_MS whatever was heard — the bound on how long a
+ * token revoked on another instance stays usable here when a notification
+ * is lost (docs/scale.md, "Tokens and agents").  NULL: none.
+ */
+#define COMMITWATCH_AUTH_RELOAD_MS 5000
+void commitwatch_on_auth(struct commitwatch *cw, int (*fn)(void *), void *arg);
+/* This process's successful auth reloads: after a notification (or a
+ * reconnect), and periodic ones (/metrics: otacd_auth_reloads_total). */
+void commitwatch_auth_reloads(uint64_t *heard, uint64_t *periodic);
 
 /*
  * Announce a commit of db's open transaction (PostgreSQL: pg_notify on
@@ -68,6 +86,7 @@ struct commitwatch_stats {
 	uint64_t foreign;    /* ... of which were not a payload of ours (a full reload) */
 	uint64_t applied;    /* bumps made (one per burst) */
 	uint64_t reconnects; /* listening connection re-established */
+	uint64_t auth_reloads; /* auth hook runs that succeeded */
 };
 void commitwatch_stats(struct commitwatch *cw, struct commitwatch_stats *out);
 

@@ -105,6 +105,7 @@ void config_release(struct otacd_config *c)
 	free(c->state_dir);
 	free(c->database);
 	free(c->fleet_database);
+	free(c->logs_dir);
 	strvec_clear(&c->local_labels);
 	json_decref(c->secrets);
 	json_decref(c->keys);
@@ -779,7 +780,7 @@ char *config_database_url(const struct otacd_config *c, const char *url, const c
 static int apply(struct cfg_ctx *x, yaml_node_t *root)
 {
 	static const char *const keys[] = {
-		"listen", "state_dir", "database", "fleet_database", "local_agents", "local_agent_labels", "time_scale",
+		"listen", "state_dir", "database", "fleet_database", "logs", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "leader_poll", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
 		"device_listen", "fleet_key", "device_metrics_public", "poll_interval", "update_server",
@@ -833,6 +834,12 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_database(x, v, key, &c->database);
 		else if (!strcmp(key, "fleet_database"))
 			rc = get_database(x, v, key, &c->fleet_database);
+		else if (!strcmp(key, "logs")) {
+			if (!scalar(v) || scalar(v)[0] != '/')
+				rc = cfg_err(x, v, "'%s' must be an absolute directory path (the job logs' directory)", key);
+			else
+				rc = get_string(x, v, key, &c->logs_dir);
+		}
 		else if (!strcmp(key, "local_agents")) {
 			if ((rc = get_int(x, v, key, &n, 0)) == 0)
 				c->local_agents = (int)(n > 64 ? 64 : n);

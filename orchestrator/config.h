@@ -45,6 +45,10 @@ struct otacd_config {
 	 * resolved with config_database_url() once state_dir is final */
 	char *database;
 	char *fleet_database;
+	/* the job logs' directory (logstore.h): NULL is STATE/logs; an
+	 * absolute path, shared by every instance on one PostgreSQL
+	 * database so followers serve live logs (docs/scale.md) */
+	char *logs_dir;
 	int local_agents;               /* default 2 */
 	struct strvec local_labels;     /* default: local */
 	double time_scale;              /* default 1 */

@@ -781,7 +781,7 @@ static void note_store_trouble(struct engine *e)
 static int announce_commit(struct engine *e)
 {
 	unsigned what = (e->changed_state ? CW_STATE : 0) | (e->changed_work ? CW_WORK : 0) |
-			(e->changed_rollout ? CW_ROLLOUT : 0);
+			(e->changed_rollout ? CW_ROLLOUT : 0) | (e->changed_auth ? CW_AUTH : 0);
 
 	return commitwatch_announce(store_conn(e->db), what);
 }
@@ -867,7 +867,7 @@ static void run_call(struct engine *e, struct call *c)
 		notifier_bump(logstore_changes());
 	if (e->changed_rollout && c->rc >= 0 && e->rollout_hook)
 		e->rollout_hook(e->rollout_hook_arg);
-	e->changed_work = e->changed_state = e->changed_rollout = 0;
+	e->changed_work = e->changed_state = e->changed_rollout = e->changed_auth = 0;
 	e->next_due = engine_store_next_due(e->db);
 	ota_log_ctx_restore(&saved);
 }
@@ -1368,6 +1368,11 @@ void engine_emit(struct engine *e, int64_t run, int64_t job, const char *kind, j
 void engine_rollout_changed(struct engine *e)
 {
 	e->changed_rollout = 1;
+}
+
+void engine_auth_changed(struct engine *e)
+{
+	e->changed_auth = 1;
 }
 
 void engine_set_rollout_hook(struct engine *e, void (*fn)(void *), void *arg)

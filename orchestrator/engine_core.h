@@ -51,6 +51,7 @@ struct engine {
 	int changed_work;           /* a job became claimable */
 	int changed_state;          /* a job or run changed state */
 	int changed_rollout;        /* a rollout started or changed: wake the controller */
+	int changed_auth;           /* tokens or agents changed: other instances reload theirs */
 	void (*rollout_hook)(void *);  /* called after such a commit (rollout_controller_kick) */
 	void *rollout_hook_arg;
 	struct strvec dead_objects; /* artifact objects to delete once committed */

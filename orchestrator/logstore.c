@@ -89,8 +89,17 @@ const struct mask_set *logstore_mask(void)
 
 int logstore_init(const char *state_dir, int64_t max_bytes)
 {
+	char *dir = xasprintf("%s/logs", state_dir);
+	int rc = logstore_open(dir, max_bytes);
+
+	free(dir);
+	return rc;
+}
+
+int logstore_open(const char *dir, int64_t max_bytes)
+{
 	free(g_dir);
-	g_dir = xasprintf("%s/logs", state_dir);
+	g_dir = xstrdup(dir);
 	if (max_bytes > 0)
 		g_max = max_bytes;
 	notifier_init(&g_changes);

@@ -1,8 +1,8 @@
 /*
  * logstore.h - job logs as append-only files, one per job attempt.
  *
- * STATE/logs/JOB/ATTEMPT.log.  Agents send chunks with the offset they start
- * at; the store appends only the part beyond its current size, so a chunk
+ * STATE/logs/JOB/ATTEMPT.log (or under the config's `logs:` directory).
+ * Agents send chunks with the offset they start at; the store appends only the part beyond its current size, so a chunk
  * resent after a dropped connection is never duplicated, and a chunk that
  * starts past the end is refused with the current size so the agent can
  * resend from there.  The file's size is the truth; there is no separate
@@ -28,6 +28,8 @@
 #include "../common/util.h"
 
 int logstore_init(const char *state_dir, int64_t max_bytes);
+/* The same with the logs in dir instead of STATE_DIR/logs (config `logs:`). */
+int logstore_open(const char *dir, int64_t max_bytes);
 int64_t logstore_max_bytes(void);
 
 /*

@@ -158,6 +158,16 @@ static int instance_id(struct store *db)
 	return store_meta_set(db, "instance_id", hex);
 }
 
+/* The commitwatch thread's auth hook: the database's tokens and agents
+ * read again on that thread's reader connection. */
+static int reload_tokens(void *arg)
+{
+	struct store *r = store_reader();
+
+	(void)arg;
+	return r ? auth_reload(r) : OTA_ERROR;
+}
+
 static int admin_token(struct store *db, const char *state_dir)
 {
 	char *path = xasprintf("%s/admin.token", state_dir), *token = NULL, *line;
@@ -544,6 +554,7 @@ int main(int argc, char **argv)
 	}
 	if (local_agents >= 0)
 		cfg.local_agents = local_agents;
+	backup_logs_dir_set(cfg.logs_dir); /* logs: (NULL: STATE/logs) */
 	if (restore) {
 		/* before anything creates the state directory: it must be new or empty */
 		int rc = backup_restore_dbs(restore, cfg.state_dir, cfg.database, cfg.fleet_database);
@@ -604,7 +615,8 @@ int main(int argc, char **argv)
 	clock_setup(db, cfg.time_scale);
 	if (instance_id(db) < 0)
 		goto fail;
-	if (logstore_init(cfg.state_dir, cfg.max_log_bytes) < 0 ||
+	if ((cfg.logs_dir ? logstore_open(cfg.logs_dir, cfg.max_log_bytes)
+			  : logstore_init(cfg.state_dir, cfg.max_log_bytes)) < 0 ||
 	    /* issue 16: other instances' commits move this one's readers */
 	    (db_backend(store_conn(db)) == DB_POSTGRES && commitwatch_start(&watch, path) < 0) ||
 	    artifact_store_open(cfg.state_dir, cfg.max_artifact_size, cfg.artifact_store) < 0 ||
@@ -624,6 +636,8 @@ int main(int argc, char **argv)
 	}
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
+	/* issue 16: tokens and agents another instance changes (CW_AUTH) */
+	commitwatch_on_auth(watch, reload_tokens, NULL);
 	/* issue 13: the release root and the held revocation list */
 	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0)
 		goto fail;

@@ -6,7 +6,8 @@
  * verifies, its logs are there.  Once with SQLite, once with both
  * databases on PostgreSQL (each daemon its own cluster, tests/pgcluster.h):
  * the backup holds both dumps and the restore fills two new databases.  A corrupted, partial or hostile backup is refused and changes
- * nothing; a backup needs the admin role.
+ * nothing; a backup needs the admin role.  With `logs:` the logs live,
+ * are backed up from and are restored into that directory.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -337,6 +338,90 @@ static void backup_needs_the_admin_role(void **state)
 	h_cleanup(&d);
 }
 
+/* Write text to DIR/NAME; the path (caller frees). */
+static char *write_config(const char *dir, const char *name, const char *text)
+{
+	char *path = xasprintf("%s/%s", dir, name);
+	assert_int_equal(ota_write_file_atomic(path, text, strlen(text), 0600), 0);
+	return path;
+}
+
+/* `logs:` (docs/config.md): the job logs live there, not in the state
+ * directory; a backup copies them from there and a restore fills a new,
+ * empty one; a relative or non-string value stops otacd at start. */
+static void a_logs_directory_of_its_own_is_used_backed_up_and_restored(void **state)
+{
+	const char *const args[] = { "--local-agents", "1", NULL };
+	struct daemon d;
+	struct buf out = BUF_INIT;
+	char *text, *restore_cfg, *bad, *bk, *otacd = h_bin("otacd"), *path;
+	json_t *req;
+	struct stat st;
+	int64_t run;
+	(void)state;
+
+	h_init(&d, NULL);
+	text = xasprintf("logs: %s/shared/logs\n", d.dir);
+	d.config = write_config(d.dir, "config.yml", text);
+	free(text);
+	assert_int_equal(h_start(&d, args), 0);
+	run = h_trigger(&d, "name: p\nstages:\n  - name: one\n    steps: [ { run: 'echo in the shared logs' } ]\n");
+	assert_string_equal(h_wait_run(&d, run, 60000), "passed");
+	assert_int_equal(h_sh(&out, "cat %s/shared/logs/*/1.log", d.dir), 0);
+	assert_non_null(strstr(buf_cstr(&out), "in the shared logs"));
+	path = xasprintf("%s/state/logs", d.dir);
+	assert_int_equal(stat(path, &st), -1);
+	free(path);
+	h_otactl_checked(&d, &out, "logs %lld", (long long)run);
+	assert_non_null(strstr(buf_cstr(&out), "in the shared logs"));
+
+	/* the backup follows logs: */
+	bk = xasprintf("%s/backup", d.dir);
+	req = json_pack("{ss}", "dir", bk);
+	assert_int_equal(h_post(&d, "/api/v1/backup", req, NULL), 200);
+	json_decref(req);
+	assert_int_equal(h_sh(&out, "cat %s/logs/*/1.log", bk), 0);
+	assert_non_null(strstr(buf_cstr(&out), "in the shared logs"));
+
+	/* and the restore fills the logs: of its config, new or empty */
+	text = xasprintf("logs: %s/restored-logs\n", d.dir);
+	restore_cfg = write_config(d.dir, "restore.yml", text);
+	free(text);
+	assert_int_equal(h_sh(&out, "%s --restore %s --config %s --state-dir %s/restored 2>&1", otacd, bk, restore_cfg,
+			      d.dir),
+			 0);
+	assert_int_equal(h_sh(&out, "cat %s/restored-logs/*/1.log", d.dir), 0);
+	assert_non_null(strstr(buf_cstr(&out), "in the shared logs"));
+	path = xasprintf("%s/restored/logs", d.dir);
+	assert_int_equal(stat(path, &st), -1);
+	free(path);
+	/* a logs: directory that is not empty is refused, and nothing is restored */
+	assert_int_not_equal(h_sh(&out, "%s --restore %s --config %s --state-dir %s/again 2>&1", otacd, bk, restore_cfg,
+				  d.dir),
+			     0);
+	assert_non_null(strstr(buf_cstr(&out), "is not empty"));
+	path = xasprintf("%s/again", d.dir);
+	assert_int_equal(stat(path, &st), -1);
+	free(path);
+	nothing_left(d.dir);
+
+	/* bad values stop otacd at start, at their line and column */
+	bad = write_config(d.dir, "bad.yml", "time_scale: 1\nlogs: relative/logs\n");
+	assert_int_not_equal(h_sh(&out, "%s --config %s --state-dir %s/bad 2>&1", otacd, bad, d.dir), 0);
+	assert_non_null(strstr(buf_cstr(&out), "bad.yml:2:7: 'logs' must be an absolute directory path"));
+	free(bad);
+	bad = write_config(d.dir, "bad2.yml", "logs: [ /a ]\n");
+	assert_int_not_equal(h_sh(&out, "%s --config %s --state-dir %s/bad 2>&1", otacd, bad, d.dir), 0);
+	assert_non_null(strstr(buf_cstr(&out), "bad2.yml:1:7: 'logs' must be"));
+	free(bad);
+
+	buf_release(&out);
+	free(restore_cfg);
+	free(bk);
+	free(otacd);
+	h_cleanup(&d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -344,6 +429,7 @@ int main(void)
 		cmocka_unit_test(rollout_on_postgresql_is_backed_up_with_its_fleet_database_restored_and_carries_on),
 		cmocka_unit_test(corrupted_partial_or_hostile_backup_is_refused_and_changes_nothing),
 		cmocka_unit_test(backup_needs_the_admin_role),
+		cmocka_unit_test(a_logs_directory_of_its_own_is_used_backed_up_and_restored),
 	};
 	cmocka_set_test_filter(getenv("X_ONLY"));
 	return cmocka_run_group_tests(tests, NULL, NULL);

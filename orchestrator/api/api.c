@@ -363,6 +363,8 @@ static const struct api_route routes[] = {
 	{ "POST", "/hooks/forgejo", ROLE_NONE, BODY_HOOK, api_hook_gitea, NULL, 0 },
 	{ "POST", "/api/v1/agents", ROLE_ADMIN, BODY_JSON, api_post_agent, NULL, 0 },
 	{ "POST", "/api/v1/agents/revoke", ROLE_ADMIN, BODY_JSON, api_post_agent_revoke, NULL, 0 },
+	{ "POST", "/api/v1/tokens", ROLE_ADMIN, BODY_JSON, api_post_token, NULL, 0 },
+	{ "POST", "/api/v1/tokens/revoke", ROLE_ADMIN, BODY_JSON, api_post_token_revoke, NULL, 0 },
 	/* the device CA, provisioners, device certificates (issue 13, api_devca.c) */
 	{ "GET", "/api/v1/fleet/ca", ROLE_VIEWER, BODY_NONE, api_get_devca, NULL, 0 },
 	{ "POST", "/api/v1/fleet/ca", ROLE_ADMIN, BODY_JSON, api_post_devca, NULL, 0 },

@@ -175,6 +175,8 @@ int api_job_auth(struct api *a, struct api_req *r);
 /* api_agents.c: registered agents (admin) */
 enum MHD_Result api_post_agent(struct api *a, struct api_req *r);
 enum MHD_Result api_post_agent_revoke(struct api *a, struct api_req *r);
+enum MHD_Result api_post_token(struct api *a, struct api_req *r);
+enum MHD_Result api_post_token_revoke(struct api *a, struct api_req *r);
 /* api_devca.c: the device CA, provisioners, device certificates (issue 13) */
 enum MHD_Result api_get_devca(struct api *a, struct api_req *r);
 enum MHD_Result api_post_devca(struct api *a, struct api_req *r);

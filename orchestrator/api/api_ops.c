@@ -21,6 +21,7 @@
 
 #include "../../common/util.h"
 #include "../clock.h"
+#include "../commitwatch.h"
 #include "../db/db.h"
 #include "../diskguard.h"
 #include "../fleet/admission.h"
@@ -303,6 +304,20 @@ static int db_text(struct api *a, struct buf *b)
 	return 0;
 }
 
+/* issue 16: tokens and agents read again (commitwatch.h) */
+static void auth_text(struct buf *b)
+{
+	uint64_t heard, periodic;
+
+	commitwatch_auth_reloads(&heard, &periodic);
+	buf_printf(b, "# HELP otacd_auth_reloads_total Tokens and agents read again from the shared database,"
+		      " after another instance's notification or periodically.\n"
+		      "# TYPE otacd_auth_reloads_total counter\n"
+		      "otacd_auth_reloads_total{cause=\"notification\"} %" PRIu64 "\n"
+		      "otacd_auth_reloads_total{cause=\"periodic\"} %" PRIu64 "\n",
+		   heard, periodic);
+}
+
 static void disk_text(struct buf *b)
 {
 	struct diskguard_stats s;
@@ -346,6 +361,7 @@ enum MHD_Result api_get_metrics(struct api *a, struct api_req *r)
 		       "# TYPE otacd_time_scale gauge\notacd_time_scale %g\n",
 		   OTACD_VERSION, clock_scale());
 	disk_text(&b);
+	auth_text(&b);
 	if (db_text(a, &b) < 0) {
 		buf_release(&b);
 		return api_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "metrics: the database cannot be read: %s",

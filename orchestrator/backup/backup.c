@@ -223,10 +223,24 @@ static void manifest_add(struct backup_run *b, const char *rel, int64_t size, co
 	b->bytes += size;
 }
 
-/* Copy STATE/REL to DIR/REL and list it.  OTA_ENOTFOUND if there is none. */
-static int copy_rel(struct backup_run *b, const char *rel, char sha[65])
+/* The job logs' directory (backup_logs_dir_set): NULL is STATE/logs. */
+static char *g_logs_dir;
+
+void backup_logs_dir_set(const char *dir)
 {
-	char *src = xasprintf("%s/%s", b->state, rel), *dst = xasprintf("%s/%s", b->dir, rel);
+	free(g_logs_dir);
+	g_logs_dir = dir ? xstrdup(dir) : NULL;
+}
+
+const char *backup_logs_dir(void)
+{
+	return g_logs_dir;
+}
+
+/* Copy SRC to DIR/REL and list it.  OTA_ENOTFOUND if there is no SRC. */
+static int copy_from(struct backup_run *b, const char *src, const char *rel, char sha[65])
+{
+	char *dst = xasprintf("%s/%s", b->dir, rel);
 	int64_t size = 0;
 	int rc = access(src, F_OK) < 0 && errno == ENOENT ? OTA_ENOTFOUND : bk_make_parents(b->dir, rel);
 
@@ -234,8 +248,17 @@ static int copy_rel(struct backup_run *b, const char *rel, char sha[65])
 		rc = bk_copy_file(src, dst, &size, sha);
 	if (rc == 0)
 		manifest_add(b, rel, size, sha);
-	free(src);
 	free(dst);
+	return rc;
+}
+
+/* Copy STATE/REL to DIR/REL and list it.  OTA_ENOTFOUND if there is none. */
+static int copy_rel(struct backup_run *b, const char *rel, char sha[65])
+{
+	char *src = xasprintf("%s/%s", b->state, rel);
+	int rc = copy_from(b, src, rel, sha);
+
+	free(src);
 	return rc;
 }
 
@@ -408,10 +431,10 @@ static int all_digits(const char *s, const char *suffix)
 	return n > 0 && n < 20 && strlen(s) == n + sl && !strcmp(s + n, suffix);
 }
 
-/* logs/JOB/ATTEMPT.log, each as it is now. */
+/* logs/JOB/ATTEMPT.log, each as it is now, from the logs' directory. */
 static int copy_logs(struct backup_run *b)
 {
-	char *root = xasprintf("%s/logs", b->state);
+	char *root = g_logs_dir ? xstrdup(g_logs_dir) : xasprintf("%s/logs", b->state);
 	DIR *top = opendir(root);
 	struct dirent *j;
 	int rc = 0;
@@ -432,10 +455,12 @@ static int copy_logs(struct backup_run *b)
 				char *rel, sha[65];
 				if (!all_digits(f->d_name, ".log"))
 					continue;
+				char *src = xasprintf("%s/%s/%s", root, j->d_name, f->d_name);
 				rel = xasprintf("logs/%s/%s", j->d_name, f->d_name);
-				rc = copy_rel(b, rel, sha);
+				rc = copy_from(b, src, rel, sha);
 				if (rc == OTA_ENOTFOUND)
 					rc = 0;
+				free(src);
 				free(rel);
 			}
 			closedir(d);

@@ -35,6 +35,11 @@ int backup_take_db(json_t **out, const char *db_url, const char *state_dir, cons
 int backup_take_dbs(json_t **out, const char *db_url, const char *fleet_url, const char *state_dir, const char *dir,
 		    int copy_artifacts);
 
+/* The job logs' directory backups read and restores fill (config `logs:`):
+ * NULL (the default) is STATE_DIR/logs.  Set once at start. */
+void backup_logs_dir_set(const char *dir);
+const char *backup_logs_dir(void);
+
 /* Restore the backup in DIR into STATE_DIR, which must not exist or be an
  * empty directory.  Every file is checked against backup.json while it is
  * copied into a staging directory next to STATE_DIR, otacd.db is opened

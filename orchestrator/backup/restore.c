@@ -114,9 +114,10 @@ static int open_beneath(const char *dir, const char *rel)
 	return fd;
 }
 
-/* Copy every listed file into STAGE, each checked against the list; the
+/* Copy every listed file into STAGE (the job logs into LOGS instead when
+ * it is not NULL: the config's `logs:`), each checked against the list; the
  * database part NEED (otacd.db or otacd.pgdump) must be among them. */
-static int copy_files(json_t *files, const char *dir, const char *stage, const char *need)
+static int copy_files(json_t *files, const char *dir, const char *stage, const char *logs, const char *need)
 {
 	struct strvec seen = STRVEC_INIT;
 	size_t i;
@@ -128,10 +129,18 @@ static int copy_files(json_t *files, const char *dir, const char *stage, const c
 		char *src, *dst, sha[65] = "";
 		int64_t want_size = -1, size = 0;
 		int in;
-		if ((rc = entry_check(f, i, &seen, &rel, &want_size, &want)) < 0 || (rc = bk_make_parents(stage, rel)) < 0)
+		const char *into = stage, *to;
+		if ((rc = entry_check(f, i, &seen, &rel, &want_size, &want)) < 0)
+			break;
+		to = rel;
+		if (logs && !strncmp(rel, "logs/", 5)) {
+			into = logs;
+			to = rel + 5;
+		}
+		if ((rc = bk_make_parents(into, to)) < 0)
 			break;
 		src = xasprintf("%s/%s", dir, rel);
-		dst = xasprintf("%s/%s", stage, rel);
+		dst = xasprintf("%s/%s", into, to);
 		if ((in = open_beneath(dir, rel)) >= 0)
 			rc = bk_copy_from(in, src, dst, &size, sha);
 		else if (errno == ENOENT)
@@ -406,6 +415,8 @@ int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_ur
 	struct db *pg_target = NULL, *fleet_target = NULL;
 	json_t *m = NULL;
 	int rc, empty, pg = bk_is_pg_url(db_url), restored = 0, fleet_pg = bk_is_pg_url(fleet_url), fleet_restored = 0;
+	const char *logs = backup_logs_dir();
+	int logs_was = 0;
 	size_t n = strlen(target);
 
 	while (n > 1 && target[n - 1] == '/')
@@ -421,6 +432,23 @@ int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_ur
 					       state_dir);
 		goto out;
 	}
+	/* the default place, named: restored with the state directory */
+	if (logs && !strncmp(logs, target, n) && !strcmp(logs + n, "/logs"))
+		logs = NULL;
+	if (logs && !strncmp(logs, target, n) && logs[n] == '/') {
+		rc = ota_error_set(OTA_EINVAL, "logs: %s is inside the state directory %s: use %s/logs or a directory outside it",
+				   logs, target, target);
+		goto out;
+	}
+	/* the config's logs: directory is filled too, so it must be as empty */
+	if (logs && (logs_was = bk_dir_empty(logs)) <= 0) {
+		rc = logs_was < 0 ? logs_was
+				  : ota_error_set(OTA_ECONFLICT, "%s (logs:) is not empty: restore only into a new or empty "
+								 "logs directory",
+						  logs);
+		goto out;
+	}
+	logs_was = logs && access(logs, F_OK) == 0;
 	if ((rc = manifest_load(&m, dir)) < 0 || (rc = kind_check(m, dir, pg)) < 0 ||
 	    (rc = fleet_kind_check(m, dir, fleet_pg)) < 0)
 		goto out;
@@ -451,7 +479,7 @@ int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_ur
 		rc = ota_error_set(OTA_ERROR, "cannot create %s: %s", stage, strerror(errno));
 		goto out;
 	}
-	if ((rc = copy_files(json_object_get(m, "files"), dir, stage, pg ? BACKUP_PG_DUMP : BACKUP_SQLITE_DB)) < 0)
+	if ((rc = copy_files(json_object_get(m, "files"), dir, stage, logs, pg ? BACKUP_PG_DUMP : BACKUP_SQLITE_DB)) < 0)
 		goto fail;
 	rc = pg ? pg_restore_check(stage, dir, state_dir, m, db_url, &restored) : databases_check(stage, dir, state_dir, m);
 	if (rc == 0 && fleet_pg && lists(m, BACKUP_FLEET_DUMP))
@@ -467,6 +495,11 @@ int backup_restore_dbs(const char *dir, const char *state_dir, const char *db_ur
 	goto out;
 fail:
 	nftw(stage, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+	if (logs) { /* back to as it was: absent, or empty */
+		nftw(logs, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+		if (logs_was)
+			(void)mkdir(logs, 0700);
+	}
 	if (fleet_restored)
 		rc = undo_restore(rc, fleet_target, fleet_shown);
 	if (restored)
