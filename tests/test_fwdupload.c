@@ -10,7 +10,8 @@
  * client goes away midway (no artifact, no spool left), and a hil job's
  * reads of its inputs (the leader's bytes, relayed from a spool); then a
  * real otacd-agent whose URL is the follower runs a pipeline that uploads
- * an artifact and reads it back as a hil input.
+ * an artifact and reads it back as a hil input; last, the leader dies
+ * under an upload on its way (503, nothing stored).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +45,7 @@ static struct {
 	char *otacd_db, *fleet_db;
 	struct daemon d[2];
 	int skipped;
-	char *tok[3];               /* the agents' tokens: builder, rig, e2e */
+	char *tok[4];               /* the agents' tokens: builder, rig, e2e, gone */
 } w;
 
 #define LEADER (&w.d[0])
@@ -94,9 +96,9 @@ static int setup(void **state)
 		assert_int_equal(h_start(&w.d[i], NULL), 0);
 		/* the agents, before the follower starts: it loads the tokens
 		 * once (auth.c), a later one is news to it */
-		for (int k = 0; i == 0 && k < 3; k++) {
+		for (int k = 0; i == 0 && k < 4; k++) {
 			static const char *const names[][2] = { { "fwd-builder", "fwdb" }, { "fwd-rig", "fwdh" },
-								{ "fwd-e2e", "fwde" } };
+								{ "fwd-e2e", "fwde" }, { "fwd-gone", "fwdg" } };
 			assert_non_null(w.tok[k] = h_agent_add(&w.d[0], names[k][0], names[k][1]));
 		}
 	}
@@ -111,7 +113,7 @@ static int teardown(void **state)
 	for (int i = 0; i < 2; i++)
 		h_cleanup(&w.d[i]);
 	pgcluster_stop(&w.pg);
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < 4; k++)
 		free(w.tok[k]);
 	free(w.otacd_db);
 	free(w.fleet_db);
@@ -448,6 +450,51 @@ static void a_real_agent_on_the_follower_uploads_and_reads_inputs_end_to_end(voi
 	free(data);
 }
 
+struct upload_call {
+	pthread_t t;
+	json_t *job;
+	long status;
+};
+
+static void *upload_run(void *arg)
+{
+	struct upload_call *c = arg;
+	char *big = yes_otacd(BIG);
+	c->status = put_artifact(FOLLOWER, c->job, job_token(c->job), "out/gone.bin", big, BIG, NULL);
+	free(big);
+	return NULL;
+}
+
+/* Last (the leader dies): a leader gone while the follower sends the
+ * upload: the client gets 503 with nothing stored, and the spool goes. */
+static void a_leader_gone_midway_gives_503_and_no_artifact(void **state)
+{
+	struct upload_call c = { 0 };
+	int64_t before;
+	int spools = 0;
+	(void)state;
+	SKIP_WITHOUT_PG();
+
+	trigger_two_stages("fwdg", "fwdg", "{ run: 'true' }", "{ run: 'true' }");
+	c.job = take_job(FOLLOWER, w.tok[3], "fwdg");
+	before = artifacts();
+	kill(LEADER->pid, SIGSTOP); /* its kernel accepts the hop; nothing reads it */
+	assert_int_equal(pthread_create(&c.t, NULL, upload_run, &c), 0);
+	/* spooled, and on its way (a cap, not a measure) */
+	for (int i = 0; i < 3000 && (spools = open_spools(FOLLOWER->pid)) == 0; i++)
+		h_msleep(10);
+	assert_int_equal(spools, 1);
+	h_msleep(1000);
+	h_kill(LEADER, SIGKILL);
+	pthread_join(c.t, NULL);
+	assert_int_equal(c.status, 503);
+	for (int i = 0; i < 3000 && (spools = open_spools(FOLLOWER->pid)) != 0; i++)
+		h_msleep(10);
+	assert_int_equal(spools, 0);
+	assert_int_equal(artifacts(), before); /* the database is PostgreSQL's: the leader's death does not hide rows */
+	json_decref(c.job);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -456,6 +503,7 @@ int main(void)
 		cmocka_unit_test(a_client_gone_midway_leaves_no_artifact_and_no_spool),
 		cmocka_unit_test(a_jobs_reads_through_the_follower_are_the_leaders_bytes),
 		cmocka_unit_test(a_real_agent_on_the_follower_uploads_and_reads_inputs_end_to_end),
+		cmocka_unit_test(a_leader_gone_midway_gives_503_and_no_artifact),
 	};
 	int rc;
 
