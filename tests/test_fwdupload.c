@@ -73,6 +73,10 @@ static char *yes_otacd(size_t n)
 	return p;
 }
 
+/* no local agents: the agents here are the test's (and the last test
+ * kills the leader, which local agents would outlive) */
+static const char *const no_agents[] = { "--local-agents", "0", NULL };
+
 static int setup(void **state)
 {
 	int rc;
@@ -93,7 +97,7 @@ static int setup(void **state)
 		w.d[i].follower_ok = i > 0;
 		if (i > 0)
 			w.d[i].token = xstrdup(w.d[0].token);
-		assert_int_equal(h_start(&w.d[i], NULL), 0);
+		assert_int_equal(h_start(&w.d[i], no_agents), 0);
 		/* the agents, before the follower starts: it loads the tokens
 		 * once (auth.c), a later one is news to it */
 		for (int k = 0; i == 0 && k < 4; k++) {
