@@ -501,6 +501,8 @@ static void req_free(struct api_req *r)
 		free(r->idem_key);
 	}
 	api_forward_job_free(r->fwd);
+	if (r->spool_fd >= 0)
+		close(r->spool_fd); /* unnamed: the file is gone */
 	buf_release(&r->body);
 	json_decref(r->json);
 	json_decref(r->agent_labels);
@@ -565,7 +567,7 @@ static enum MHD_Result first_call(struct api *a, struct api_req *r, const char *
 				       api_body_cap(r->route->body));
 	buf_init(&r->body, api_body_cap(r->route->body));
 	if (r->forward)
-		return MHD_YES; /* the leader checks the rest */
+		return api_follower_prepare(a, r); /* the leader checks the rest */
 	if (r->route->precheck && r->route->precheck(a, r))
 		return MHD_YES; /* it queued its own answer */
 	if (r->route->body == BODY_ARTIFACT && artifact_upload_begin(&r->upload) < 0)
@@ -671,6 +673,7 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 		r->api = a;
 		r->listener = l;
 		r->conn = conn;
+		r->spool_fd = -1;
 		r->url = url;
 		r->started_us = mono_us();
 		snprintf(r->method, sizeof(r->method), "%s", method);
@@ -685,8 +688,13 @@ static enum MHD_Result handle_call(void *cls, struct MHD_Connection *conn, const
 	r->conn = conn;
 	if (*upload_size) {
 		if (!r->failed && !r->too_big) {
-			int rc = r->upload ? artifact_upload_write(r->upload, upload_data, *upload_size)
-					   : buf_put(&r->body, upload_data, *upload_size);
+			int rc;
+			if (r->upload)
+				rc = artifact_upload_write(r->upload, upload_data, *upload_size);
+			else if (r->spool_fd >= 0) /* a follower's upload on its way to the leader */
+				rc = api_follower_spool_write(r, upload_data, *upload_size);
+			else
+				rc = buf_put(&r->body, upload_data, *upload_size);
 			if (rc == OTA_ETOOBIG)
 				r->too_big = 1;
 			else if (rc < 0) {

@@ -26,12 +26,16 @@
 #include "api_forward.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -62,7 +66,7 @@ static const char *const forwarded[] = {
 
 const char *const api_fwd_relayed[API_FWD_RELAYED] = {
 	"Content-Type", "Retry-After", "Location", "Cache-Control", "WWW-Authenticate", "Idempotent-Replayed",
-	"X-Commit",
+	"X-Commit", "X-Sha256",
 };
 
 int api_fwd_new(struct api_fwd **out, const struct api_fwd_config *cfg)
@@ -342,20 +346,98 @@ static struct curl_slist *request_headers(const struct curlload *cu, const struc
 	return add(cu, l, API_FWD_MARKER, "1");
 }
 
+int api_forward_spool(const char *dir, int *fd)
+{
+	char *path;
+	mode_t old;
+
+	*fd = -1;
+#ifdef O_TMPFILE
+	*fd = open(dir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+	if (*fd >= 0)
+		return 0;
+#endif
+	/* a filesystem without O_TMPFILE: a name for an instant */
+	path = xasprintf("%s/.fwd-spool-XXXXXX", dir);
+	old = umask(077);
+	*fd = mkostemp(path, O_CLOEXEC);
+	umask(old);
+	if (*fd >= 0)
+		unlink(path);
+	free(path);
+	if (*fd < 0)
+		return ota_error_set(OTA_ERROR, "cannot make a spool file in %s: %s", dir, strerror(errno));
+	return 0;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
 struct answer {
 	struct buf body;
 	struct api_fwd_headers h;
 	int too_big;
+	int spool;                   /* API_FWD_SPOOL_ANSWER: the body goes here */
+	uint64_t spooled, max;
+	int spool_failed;
 };
 
 static size_t on_body(char *p, size_t size, size_t n, void *cls)
 {
 	struct answer *a = cls;
+	if (a->spool >= 0) {
+		if (a->spooled + size * n > a->max) {
+			a->too_big = 1;
+			return 0;
+		}
+		if (write_all(a->spool, p, size * n) < 0) {
+			a->spool_failed = errno ? errno : EIO;
+			return 0;
+		}
+		a->spooled += size * n;
+		return size * n;
+	}
 	if (buf_put(&a->body, p, size * n) < 0) {
 		a->too_big = 1;
 		return 0;
 	}
 	return size * n;
+}
+
+/* The body of an API_FWD_BODY_FD job, read from its file. */
+struct body_file {
+	int fd;
+	uint64_t off, len;
+};
+
+static size_t on_read(char *p, size_t size, size_t n, void *cls)
+{
+	struct body_file *bf = cls;
+	size_t want = size * n;
+	ssize_t r;
+
+	if (bf->off >= bf->len)
+		return 0;
+	if (want > bf->len - bf->off)
+		want = (size_t)(bf->len - bf->off);
+	do
+		r = pread(bf->fd, p, want, (off_t)bf->off);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return CURL_READFUNC_ABORT; /* the file is shorter than it said: the leader sees a cut body */
+	bf->off += (uint64_t)r;
+	return (size_t)r;
 }
 
 static size_t on_header(char *p, size_t size, size_t n, void *cls)
@@ -385,8 +467,10 @@ static int own_answer(unsigned code, unsigned *status, struct MHD_Response **res
 	return rc;
 }
 
-static int method_ok(const char *m)
+static int method_ok(const char *m, unsigned flags)
 {
+	if (m && !strcmp(m, "GET"))
+		return (flags & API_FWD_SPOOL_ANSWER) != 0; /* a job's reads, spooled */
 	return m && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH") || !strcmp(m, "DELETE"));
 }
 
@@ -399,6 +483,10 @@ struct api_fwd_job {
 	char method[16];
 	const char *body;            /* the caller's, kept until the job ends */
 	size_t len;
+	unsigned flags;              /* api_fwd_stream's */
+	int body_fd;                 /* the caller's, kept open until the job ends */
+	char *spool_dir;
+	uint64_t max_answer;
 	long timeout_ms;
 	unsigned status;             /* the answer, once decided */
 	struct MHD_Response *resp;
@@ -414,26 +502,32 @@ static void job_free(struct api_fwd_job *job)
 	if (job->resp)
 		MHD_destroy_response(job->resp);
 	buf_release(&job->url);
+	free(job->spool_dir);
 	free(job);
 }
 
 /* Everything read from the client's request, on its thread: 0 and the job
  * ready to send, or 1 with the job's answer decided here (413, 503). */
-static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **out)
+static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, const struct api_fwd_stream *s,
+		       struct api_fwd_job **out)
 {
+	static const struct api_fwd_stream none = { 0, -1, NULL, 0 };
 	const struct curlload *cu = curlload_get();
 	struct api_fwd_job *job = xcalloc(1, sizeof(*job));
 	struct query_ctx qc = { cu, &job->url, 0 };
 	size_t max = q->max_body ? q->max_body : API_FWD_MAX_BODY;
 	int rc;
 
+	if (!s)
+		s = &none;
 	*out = job;
 	job->f = f;
 	job->conn = q->conn;
 	/* uncapped: libmicrohttpd's connection memory (64 KiB in otacd) bounds
 	 * the path and query; checked below, so nothing is cut silently */
 	buf_init(&job->url, BUF_NOLIMIT);
-	if (!method_ok(q->method)) {
+	if (!method_ok(q->method, s->flags) || ((s->flags & API_FWD_SPOOL_ANSWER) && !s->spool_dir) ||
+	    ((s->flags & API_FWD_BODY_FD) && s->body_fd < 0)) {
 		ota_error_set(OTA_EINVAL, "%s is a read: reads are served here, never forwarded", q->method);
 		job->rc = own_answer(MHD_HTTP_INTERNAL_SERVER_ERROR, &job->status, &job->resp, OTA_EINVAL);
 		return 1;
@@ -469,6 +563,10 @@ static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, struct ap
 	snprintf(job->method, sizeof(job->method), "%s", q->method);
 	job->body = q->body;
 	job->len = q->len;
+	job->flags = s->flags;
+	job->body_fd = s->flags & API_FWD_BODY_FD ? s->body_fd : -1;
+	job->spool_dir = s->flags & API_FWD_SPOOL_ANSWER ? xstrdup(s->spool_dir) : NULL;
+	job->max_answer = s->max_answer ? s->max_answer : API_FWD_MAX_ANSWER;
 	job->timeout_ms = q->timeout_ms > 0 ? q->timeout_ms : f->timeout_ms;
 	return 0;
 }
@@ -489,14 +587,21 @@ static void job_perform(struct api_fwd_job *job)
 	const struct curlload *cu = curlload_get();
 	struct api_fwd *f = job->f;
 	char errbuf[CURL_ERROR_SIZE] = "";
-	struct answer a = { BUF_INIT, { { 0 } }, 0 };
-	CURL *h = handle_take(f, cu);
+	struct answer a = { BUF_INIT, { { 0 } }, 0, -1, 0, job->max_answer, 0 };
+	struct body_file bf = { job->body_fd, 0, job->len };
+	CURL *h;
 	CURLcode cc;
 	long code = 0;
 
-	if (!h) {
+	if ((job->flags & API_FWD_SPOOL_ANSWER) && api_forward_spool(job->spool_dir, &a.spool) < 0) {
+		job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp, OTA_ERROR);
+		return;
+	}
+	if (!(h = handle_take(f, cu))) {
 		ota_error_set(OTA_ENOMEM, "no curl handle; retry");
 		job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp, OTA_ENOMEM);
+		if (a.spool >= 0)
+			close(a.spool);
 		return;
 	}
 	buf_init(&a.body, API_FWD_MAX_ANSWER);
@@ -506,7 +611,17 @@ static void job_perform(struct api_fwd_job *job)
 	cu->easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 	cu->easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
 	cu->easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, f->connect_timeout_ms);
-	cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, job->timeout_ms);
+	if (job->flags & API_FWD_SPOOL_ANSWER) {
+		/* an answer of unknown size (an artifact): no total deadline,
+		 * but a hop that stalls is cut */
+		cu->easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+		cu->easy_setopt(h, CURLOPT_LOW_SPEED_TIME, 60L);
+	} else if (job->flags & API_FWD_BODY_FD) {
+		/* the deadline grows with the body: at least 1 MB/s to the leader */
+		cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, job->timeout_ms + (long)(job->len / 1000));
+	} else {
+		cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, job->timeout_ms);
+	}
 	cu->easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	cu->easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_progress);
 	cu->easy_setopt(h, CURLOPT_XFERINFODATA, f);
@@ -514,9 +629,21 @@ static void job_perform(struct api_fwd_job *job)
 	cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
 	if (f->cacert)
 		cu->easy_setopt(h, CURLOPT_CAINFO, f->cacert);
-	cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, job->method);
-	cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->len);
-	cu->easy_setopt(h, CURLOPT_POSTFIELDS, job->body ? job->body : "");
+	if (!strcmp(job->method, "GET")) {
+		cu->easy_setopt(h, CURLOPT_HTTPGET, 1L);
+	} else if (job->flags & API_FWD_BODY_FD) {
+		/* POST's machinery with the route's method: Content-Length from
+		 * the spool's size, the bytes read from it as curl sends */
+		cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, job->method);
+		cu->easy_setopt(h, CURLOPT_POST, 1L);
+		cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->len);
+		cu->easy_setopt(h, CURLOPT_READFUNCTION, on_read);
+		cu->easy_setopt(h, CURLOPT_READDATA, &bf);
+	} else {
+		cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, job->method);
+		cu->easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->len);
+		cu->easy_setopt(h, CURLOPT_POSTFIELDS, job->body ? job->body : "");
+	}
 	cu->easy_setopt(h, CURLOPT_HTTPHEADER, job->hdrs);
 	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
 	cu->easy_setopt(h, CURLOPT_WRITEDATA, &a);
@@ -531,26 +658,42 @@ static void job_perform(struct api_fwd_job *job)
 	if (cc != CURLE_OK || code < 100 || code > 599) {
 		if (a.too_big)
 			job->rc = own_answer(MHD_HTTP_BAD_GATEWAY, &job->status, &job->resp,
-					     ota_error_set(OTA_ETOOBIG, "the leader's answer is larger than %zu bytes",
-							   API_FWD_MAX_ANSWER));
+					     ota_error_set(OTA_ETOOBIG, "the leader's answer is larger than %llu bytes",
+							   (unsigned long long)job->max_answer));
+		else if (a.spool_failed)
+			job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp,
+					     ota_error_set(OTA_ERROR, "cannot spool the leader's answer: %s; retry",
+							   strerror(a.spool_failed)));
 		else
 			job->rc = own_answer(MHD_HTTP_SERVICE_UNAVAILABLE, &job->status, &job->resp,
 					     ota_error_set(OTA_ERROR, "the leader at %s did not answer: %s; retry",
 							   job->base, errbuf[0] ? errbuf : cu->easy_strerror(cc)));
 		cu->easy_cleanup(h); /* a connection in an unknown state */
 	} else {
-		size_t len = a.body.len;
-		char *data = buf_detach(&a.body);
 		job->status = (unsigned)code;
-		job->resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
-		for (int i = 0; i < API_FWD_RELAYED; i++)
-			if (a.h.value[i])
-				MHD_add_response_header(job->resp, api_fwd_relayed[i], a.h.value[i]);
 		job->rc = 0;
+		if (a.spool >= 0) {
+			/* relayed from the file; libmicrohttpd closes it (the file goes) */
+			if ((job->resp = MHD_create_response_from_fd64(a.spooled, a.spool)))
+				a.spool = -1;
+		} else {
+			size_t len = a.body.len;
+			char *data = buf_detach(&a.body);
+			job->resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+		}
+		if (!job->resp)
+			job->rc = own_answer(MHD_HTTP_BAD_GATEWAY, &job->status, &job->resp,
+					     ota_error_set(OTA_ERROR, "cannot relay the leader's answer"));
+		else
+			for (int i = 0; i < API_FWD_RELAYED; i++)
+				if (a.h.value[i])
+					MHD_add_response_header(job->resp, api_fwd_relayed[i], a.h.value[i]);
 		handle_give(f, cu, h);
 	}
 	api_forward_headers_release(&a.h);
 	buf_release(&a.body);
+	if (a.spool >= 0)
+		close(a.spool);
 }
 
 /* The job's answer handed to the caller; the job freed. */
@@ -568,7 +711,7 @@ int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status
 {
 	struct api_fwd_job *job;
 
-	if (job_prepare(f, q, &job) == 0)
+	if (job_prepare(f, q, NULL, &job) == 0)
 		job_perform(job);
 	return job_end(job, status, resp);
 }
@@ -594,6 +737,12 @@ static void *job_thread(void *arg)
 int api_forward_begin(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **out, unsigned *status,
 		      struct MHD_Response **resp)
 {
+	return api_forward_begin_stream(f, q, NULL, out, status, resp);
+}
+
+int api_forward_begin_stream(struct api_fwd *f, const struct api_fwd_req *q, const struct api_fwd_stream *s,
+			     struct api_fwd_job **out, unsigned *status, struct MHD_Response **resp)
+{
 	struct api_fwd_job *job;
 	pthread_attr_t attr;
 	pthread_t t;
@@ -601,7 +750,7 @@ int api_forward_begin(struct api_fwd *f, const struct api_fwd_req *q, struct api
 
 	*out = NULL;
 	*resp = NULL;
-	if (job_prepare(f, q, &job) != 0) {
+	if (job_prepare(f, q, s, &job) != 0) {
 		job_end(job, status, resp);
 		return 1;
 	}

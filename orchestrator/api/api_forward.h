@@ -22,7 +22,16 @@
  * instead).  Hop-by-hop headers (Connection, Keep-Alive, TE, Trailer,
  * Transfer-Encoding, Upgrade, Proxy-*) and Host never pass.  What comes
  * back: the status and body byte for byte, and Content-Type, Retry-After,
- * Location, Cache-Control, WWW-Authenticate, Idempotent-Replayed, X-Commit.
+ * Location, Cache-Control, WWW-Authenticate, Idempotent-Replayed, X-Commit,
+ * X-Sha256.
+ *
+ * Streamed routes (api_forward_begin_stream(), struct api_fwd_stream): an
+ * agent's artifact upload, spooled by the caller to a file that has no
+ * name (api_forward_spool()) and sent from it (API_FWD_BODY_FD), and the
+ * agents' GETs of a job, whose answer is spooled the same way and relayed
+ * from the file (API_FWD_SPOOL_ANSWER, capped by the caller instead of
+ * API_FWD_MAX_ANSWER).  Memory stays flat whatever the size; a client gone
+ * midway never reaches the leader; a spool goes with its descriptor.
  *
  * No leader, a bad holder, a leader that cannot be reached or does not
  * answer in time, or a second hop: 503 with Retry-After: 1 (the leader is
@@ -51,13 +60,15 @@
  *   fwd_done(): api_forward_end(r->fwd, &status, &resp), r->fwd = NULL; queue them the same way
  *   req_free(): api_forward_job_free(r->fwd);   api_stop(): api_fwd_drain(fwd) before MHD_stop_daemon
  *
- * for every route that is not a read (GET, HEAD) and not streamed to the
- * artifact store (BODY_ARTIFACT: not forwarded yet, answer 503 as today).
+ * for every route that is not a read (GET, HEAD); the agents' artifact
+ * upload and reads of a job through api_forward_begin_stream()
+ * (api_follower.c: api_follower_prepare() opens the upload's spool).
  */
 #ifndef OTA_API_FORWARD_H
 #define OTA_API_FORWARD_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <microhttpd.h>
 
@@ -102,6 +113,31 @@ struct api_fwd_req {
 	long timeout_ms;              /* this hop's deadline; 0: the pool's */
 };
 
+/* What a streamed route adds (api_forward_begin_stream()). */
+struct api_fwd_stream {
+	unsigned flags;               /* API_FWD_BODY_FD, API_FWD_SPOOL_ANSWER */
+	int body_fd;                  /* API_FWD_BODY_FD: the body is q->len bytes of this file from offset 0,
+				       * read with pread (q->body unused); open until the job ends */
+	const char *spool_dir;        /* API_FWD_SPOOL_ANSWER: where the answer's unnamed file is made */
+	uint64_t max_answer;          /* API_FWD_SPOOL_ANSWER: the answer's cap (0: API_FWD_MAX_ANSWER);
+				       * past it 502 */
+};
+/* The body comes from s->body_fd (an upload spooled by api_forward_spool()). */
+#define API_FWD_BODY_FD 1u
+/* The answer is spooled to an unnamed file under s->spool_dir, capped at
+ * s->max_answer instead of API_FWD_MAX_ANSWER, and relayed from it; this is
+ * also what lets GET pass (the agents' reads of a job).  No total deadline
+ * then: a hop that moves less than 1 KiB/s for 60 s is cut (503). */
+#define API_FWD_SPOOL_ANSWER 2u
+
+/*
+ * A spool file: 0 and *fd, a file open for reading and writing in dir that
+ * has no name (O_TMPFILE, else mkstemp and unlink at once), mode 0600: it
+ * is gone when *fd is closed, on every path, and no other process can open
+ * it by name.  Negative with the reason otherwise.
+ */
+int api_forward_spool(const char *dir, int *fd);
+
 /*
  * Forward q and build the answer for the client: *status and *resp (queue
  * it, then MHD_destroy_response()) are always set.  0 when the leader's
@@ -120,6 +156,9 @@ int api_forward(struct api_fwd *f, const struct api_fwd_req *q, unsigned *status
 struct api_fwd_job;
 int api_forward_begin(struct api_fwd *f, const struct api_fwd_req *q, struct api_fwd_job **job, unsigned *status,
 		      struct MHD_Response **resp);
+/* api_forward_begin() for a streamed route: s may be NULL (the same). */
+int api_forward_begin_stream(struct api_fwd *f, const struct api_fwd_req *q, const struct api_fwd_stream *s,
+			     struct api_fwd_job **job, unsigned *status, struct MHD_Response **resp);
 /* After the resume: the answer (as api_forward() returns it); frees job. */
 int api_forward_end(struct api_fwd_job *job, unsigned *status, struct MHD_Response **resp);
 /* A request that ended after its resume without api_forward_end(). */
@@ -143,7 +182,7 @@ int api_forward_leader_check(const char *holder, char *base, size_t size);
  * relayed and its value is printable text of at most 1,024 bytes, else
  * ignored.  Exposed for fuzz/fuzz_forward.c.
  */
-#define API_FWD_RELAYED 7
+#define API_FWD_RELAYED 8
 struct api_fwd_headers {
 	char *value[API_FWD_RELAYED];  /* by the index of api_fwd_relayed[] */
 };

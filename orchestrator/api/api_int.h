@@ -78,6 +78,8 @@ struct api_req {
 	int idem_ran;              /* the handler of that request has run */
 	int forward;               /* issue 16: a follower sends it to the leader once the body is in */
 	struct api_fwd_job *fwd;   /* that forward on its way (api_forward.h) */
+	int spool_fd;              /* a forwarded upload's spool (api_forward_spool); -1: none */
+	uint64_t spool_len;        /* bytes in it */
 	int64_t started_us;        /* monotonic µs the header was complete (latency metrics) */
 	/* issue 18: the request's id (the client's X-Request-Id when sane, else
 	 * made here), on its log lines and in its answer's X-Request-Id */
@@ -110,6 +112,10 @@ json_t *api_ops_storage_json(void);
  * answer, the leader's address (caller frees; NULL: none recorded) */
 int api_follower_gated(const struct api_route *route);
 int api_follower_forwards(const struct api_route *route);
+/* after authentication, before the body: a forwarded upload's checks and
+ * spool (MHD_YES; r->failed when it answered), then its body chunks */
+enum MHD_Result api_follower_prepare(struct api *a, struct api_req *r);
+int api_follower_spool_write(struct api_req *r, const char *data, size_t len);
 enum MHD_Result api_follower_forward(struct api *a, struct api_req *r);
 enum MHD_Result api_follower_refuse(struct api_req *r);
 char *api_follower_leader(int64_t *epoch);

@@ -21,7 +21,13 @@
  * completed; one whose next request has not reached the access handler
  * within request_timeout is shut down.  Requests that are being handled
  * (bodies being received, answers being sent, parked long polls and
- * streams) are exempt.
+ * streams) are exempt, unless their client closed its side (a FIN and
+ * nothing left to read): libmicrohttpd 0.9.75 does not notice that in the
+ * middle of a request body (the connection stays in CLOSE-WAIT, holding
+ * an upload's temp file or a follower's spool until the process ends), so
+ * the sweep shuts such a connection down too.  A client that half-closes
+ * and still waits for its answer is not HTTP as browsers, curl and the
+ * agents speak it.
  *
  * Locks: `lock` guards the parked list; `conn_lock` the connection list
  * (an entry's busy and since are atomics its pool thread sets per request).
@@ -113,16 +119,30 @@ static int64_t resume_due(struct api_waiter *w, int64_t now)
 	return next;
 }
 
-/* Shut down connections whose request is not complete within the deadline:
- * libmicrohttpd sees the socket end and closes the connection. */
+/* 1 when the client of a connection closed its side: end of stream with
+ * nothing left to read (a peek consumes nothing). */
+static int peer_closed(int fd)
+{
+	char b;
+	return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+/* Shut down connections whose request is not complete within the deadline,
+ * and busy ones whose client is gone: libmicrohttpd sees the socket end
+ * and closes the connection. */
 static void sweep(struct api_waiter *w, int64_t now)
 {
 	pthread_mutex_lock(&w->conn_lock);
 	for (struct api_conn *c = w->conns; c; c = c->next) {
-		if (!__atomic_load_n(&c->busy, __ATOMIC_ACQUIRE) && !c->shut &&
-		    now - __atomic_load_n(&c->since, __ATOMIC_RELAXED) >= w->request_timeout_ms) {
+		int busy = __atomic_load_n(&c->busy, __ATOMIC_ACQUIRE);
+		if (c->shut)
+			continue;
+		if (!busy && now - __atomic_load_n(&c->since, __ATOMIC_RELAXED) >= w->request_timeout_ms) {
 			c->shut = 1;
 			w->cut++;
+			shutdown(c->fd, SHUT_RDWR);
+		} else if (busy && peer_closed(c->fd)) {
+			c->shut = 1;
 			shutdown(c->fd, SHUT_RDWR);
 		}
 	}
