@@ -66,6 +66,7 @@ static int leads(struct daemon *d)
  * written to the state directory of the instance that made it). */
 static int world_start(struct world *w)
 {
+	char *secrets, *yaml;
 	int rc;
 
 	memset(w, 0, sizeof(*w));
@@ -78,8 +79,10 @@ static int world_start(struct world *w)
 		fail_msg("pgcluster: %s", ota_error_last());
 	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
 	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
+	secrets = h_fleet_secrets_yaml(w->pg.dir);
+	yaml = xasprintf("lease: 3s\nleader_poll: 1s\n%s", secrets);
 	for (int i = 0; i < N; i++) {
-		h_init(&w->d[i], "lease: 3s\nleader_poll: 1s\n");
+		h_init(&w->d[i], yaml);
 		h_use_database(&w->d[i], w->otacd_db, w->fleet_db);
 		w->d[i].follower_ok = i > 0;
 		if (i > 0)
@@ -88,6 +91,8 @@ static int world_start(struct world *w)
 		if (i == 0)
 			assert_true(leads(&w->d[0]));
 	}
+	free(yaml);
+	free(secrets);
 	return 0;
 }
 

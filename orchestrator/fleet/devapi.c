@@ -77,7 +77,7 @@ void devapi_report_counts(uint64_t *accepted, uint64_t *refused)
 struct devapi {
 	struct MHD_Daemon *mhd;
 	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
-	struct fleet *f;
+	struct fleet *f;               /* NULL on a follower until it leads (devapi_attach) */
 	int port, metrics_public;
 	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
 	/* guards every request's batch state below */
@@ -1049,10 +1049,12 @@ static int waits_for_offers(enum route route)
 	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_ORIGIN || route == R_PKI;
 }
 
-static enum MHD_Result reply_starting(struct MHD_Connection *c)
+/* 503 with Retry-After: 1 and a static JSON body: the answer of a
+ * request this instance cannot take now but another soon can (devices
+ * already honour it, as admission's). */
+static enum MHD_Result reply_retry(struct MHD_Connection *c, const char *json)
 {
-	static const char text[] = "{\"error\":\"otacd is starting: the rollouts are not loaded yet; retry\"}";
-	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+	struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(json), (void *)json, MHD_RESPMEM_PERSISTENT);
 	enum MHD_Result ret;
 
 	if (!resp)
@@ -1063,6 +1065,9 @@ static enum MHD_Result reply_starting(struct MHD_Connection *c)
 	MHD_destroy_response(resp);
 	return ret;
 }
+
+static const char k_starting[] = "{\"error\":\"otacd is starting: the rollouts are not loaded yet; retry\"}";
+static const char k_follower[] = "{\"error\":\"this otacd instance does not lead; retry\"}";
 
 /* Issue 16: on a follower (api_follower.c) the calls that change the
  * fleet are refused like the API's writes, without the leader's address
@@ -1071,21 +1076,6 @@ static int changes_fleet(enum route route)
 {
 	return route == R_CHECKIN || route == R_REPORTS || route == R_REGISTER || route == R_REGISTRATIONS ||
 	       route == R_PROVISION;
-}
-
-static enum MHD_Result reply_follower(struct MHD_Connection *c)
-{
-	static const char text[] = "{\"error\":\"this otacd instance does not lead; retry\"}";
-	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
-	enum MHD_Result ret;
-
-	if (!resp)
-		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", "application/json");
-	MHD_add_response_header(resp, "Retry-After", "1");
-	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
-	MHD_destroy_response(resp);
-	return ret;
 }
 
 static int length_over(const char *v, uint64_t max)
@@ -1114,6 +1104,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		r = dreq_new();
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
+		/* a follower's listener has no fleet until it leads (devapi_attach);
+		 * every thread that reads a->f below loaded it here first */
+		if (!bad && !__atomic_load_n(&a->f, __ATOMIC_ACQUIRE)) {
+			r->answered_early = 1;
+			return reply_retry(c, k_follower);
+		}
 		if (auth && !strncasecmp(auth, "Bearer ", 7))
 			r->token = auth + 7;
 		if (bad) {
@@ -1155,9 +1151,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	if (r->too_big)
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
 	if (!r->submitted && changes_fleet(r->route) && api_following())
-		return reply_follower(c);
+		return reply_retry(c, k_follower);
 	if (!r->submitted && waits_for_offers(r->route) && fleet_offers_held(a->f))
-		return reply_starting(c);
+		return reply_retry(c, k_starting);
 	switch (r->route) {
 	case R_CHECKIN: return do_checkin(a, c, r);
 	case R_REPORTS:
@@ -1268,6 +1264,12 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	a->port = info ? info->port : 0;
 	*out = a;
 	return 0;
+}
+
+void devapi_attach(struct devapi *d, struct fleet *f)
+{
+	if (d)
+		__atomic_store_n(&d->f, f, __ATOMIC_RELEASE);
 }
 
 int devapi_port(const struct devapi *d)

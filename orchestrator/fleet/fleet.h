@@ -119,6 +119,17 @@ struct fleet_config {
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg);
 void fleet_close(struct fleet *f);
+/* Issue 16 (fleet_keys.c): every instance on one fleet database must hold
+ * the same fleet key and device secret, or the credentials one instance
+ * hands out are wrong on the next.  The database keeps a fingerprint of
+ * each (fleet_meta, never the secret); the first instance records them,
+ * every later start compares.  0, or OTA_ECONFLICT naming the key that
+ * differs (never its value), or another error when the database cannot
+ * be read.  cfg->db_path, fleet_key and device_secret as for fleet_open. */
+int fleet_keys_check(const struct fleet_config *cfg);
+/* cfg->db_path as the storage layer's URL (new string): a plain path is a
+ * SQLite file. */
+char *fleet_db_url(const char *path);
 /* fleet.db's migration list (db_migrate), as store_migrations() is
  * otacd.db's: `otactl migrate` copies a fleet database with it. */
 const char *const *fleet_store_migrations(size_t *n);
@@ -375,6 +386,10 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
 struct devapi;
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public);
 int devapi_port(const struct devapi *d);
+/* Issue 16: a follower on PostgreSQL starts the listener with no fleet
+ * (f NULL: every request but a refused one answers 503, Retry-After: 1)
+ * and attaches the fleet it opens once it leads; f is borrowed. */
+void devapi_attach(struct devapi *d, struct fleet *f);
 /* Device reports answered since the start (process-wide), by outcome: the
  * device listener's otacd_device_reports_total, also on the API's /metrics. */
 void devapi_report_counts(uint64_t *accepted, uint64_t *refused);
