@@ -212,6 +212,21 @@ static int start_tls(const struct otacd_config *cfg)
 	return 0;
 }
 
+/* The address other instances name this one by: listen's, with the
+ * host's name for a wildcard listener (issue 16: the API's as the
+ * leader's holder, the device API's in fleet_leader). */
+static char *advertised(const char *listen, int port, int tls)
+{
+	const char *colon = strrchr(listen, ':');
+	int host_len = colon ? (int)(colon - listen) : 0;
+	char host[256] = "";
+
+	if (host_len && !((host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4))))
+		return xasprintf("%s://%.*s:%d", tls ? "https" : "http", host_len, listen, port);
+	gethostname(host, sizeof(host) - 1);
+	return xasprintf("%s://%s:%d", tls ? "https" : "http", host, port);
+}
+
 /*
  * What the leader runs and a follower does not (issue 16, docs/scale.md):
  * the engine (recovery, leases, deadlines, the pruner), the notification
@@ -228,6 +243,7 @@ struct leading {
 	struct fleet *fleet;             /* NULL on a follower (PostgreSQL) until it leads */
 	struct fleet_config fc;          /* how to open it: start_fleet() */
 	char *fleet_db, *fleet_secret;   /* fc's strings, owned */
+	char *device_url;                /* PostgreSQL: the device API's address recorded at the lead */
 	struct devapi *devapi;
 	struct push *push;
 	struct fleet_ca *devca;
@@ -265,6 +281,9 @@ static int open_fleet(struct leading *l)
 		fleet_set_notify(l->fleet, push_fleet_notify, l->push);
 	updsrv_builtin_attach(l->us, l->fleet);
 	devapi_attach(l->devapi, l->fleet);
+	/* the followers' device listeners forward to this one from now on */
+	if (l->device_url && fleet_leader_record(l->fleet_db, l->device_url) < 0)
+		ota_log(OTA_LOG_WARN, "%s", ota_error_last());
 	return 0;
 }
 
@@ -359,6 +378,8 @@ static int start_fleet(struct otacd_config *cfg, struct leading *l, int now)
 		}
 		ota_write_file_atomic(path, line, strlen(line), 0600);
 		ota_log(OTA_LOG_INFO, "device API on %s", line);
+		if (!now) /* PostgreSQL: where followers send devices once this one leads */
+			l->device_url = advertised(cfg->device_listen, devapi_port(l->devapi), tls_devices != NULL);
 		free(line);
 		free(path);
 	}
@@ -407,18 +428,19 @@ static int lead_start(struct leading *l)
 	return 0;
 }
 
-/* The holder other instances name as the leader: this one's API address,
- * with the host's name for a wildcard listener. */
-static char *advertised(const char *listen, int port)
+/* A follower's device listener forwards to the device API the leader
+ * recorded (fleet_leader); read at every leadership poll. */
+static void follow_devices(struct leading *l, struct db **conn)
 {
-	const char *colon = strrchr(listen, ':');
-	int host_len = colon ? (int)(colon - listen) : 0;
-	char host[256] = "";
+	char url[256];
 
-	if (host_len && !((host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4))))
-		return xasprintf("%s://%.*s:%d", tls_api ? "https" : "http", host_len, listen, port);
-	gethostname(host, sizeof(host) - 1);
-	return xasprintf("%s://%s:%d", tls_api ? "https" : "http", host, port);
+	if (!l->devapi || !l->fleet_db)
+		return;
+	if (fleet_leader_device(conn, l->fleet_db, url, sizeof(url)) < 0) {
+		ota_log(OTA_LOG_WARN, "the leader's device API: %s", ota_error_last());
+		return;
+	}
+	devapi_set_leader(l->devapi, url);
 }
 
 static int on_postgresql(const char *url)
@@ -512,6 +534,7 @@ int main(int argc, char **argv)
 	struct leading lead = { 0 };     /* the leader's part (issue 16) */
 	struct commitwatch *watch = NULL; /* PostgreSQL: the other instances' commits */
 	struct db_leader *leader = NULL; /* PostgreSQL: this instance's leadership session */
+	struct db *fleet_conn = NULL;    /* PostgreSQL, following: reads the leader's device API */
 	int leads = 0;
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL, *dburl = NULL;
@@ -730,6 +753,8 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			goto fail;
 	}
+	if (on_postgresql(dburl)) /* a follower's device listener forwards from its first request */
+		follow_devices(&lead, &fleet_conn);
 	us = lead.us;
 	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
 	/* issue 16: on SQLite this instance leads now; on PostgreSQL it
@@ -814,7 +839,7 @@ int main(int argc, char **argv)
 	if (leads && start_agents(&agents, &cfg, &acfg, api, url) < 0)
 		goto fail;
 	if (!leads) {
-		char *holder = advertised(cfg.listen, api_port(api));
+		char *holder = advertised(cfg.listen, api_port(api), tls_api != NULL);
 		int rc = db_leader_open(&leader, dburl, holder);
 		free(holder);
 		if (rc < 0)
@@ -855,6 +880,8 @@ int main(int argc, char **argv)
 		if (follow(leader, &lead, &leads) < 0)
 			goto fail;
 		if (!leads)
+			follow_devices(&lead, &fleet_conn);
+		if (!leads)
 			continue;
 		if (api_lead(api, lead.engine, lead.sources) < 0)
 			goto fail;
@@ -887,6 +914,8 @@ out:
 		explicit_bzero(lead.fleet_secret, strlen(lead.fleet_secret));
 	free(lead.fleet_secret);
 	free(lead.fleet_db);
+	free(lead.device_url);
+	db_close(fleet_conn);
 	tls_server_free(tls_api);
 	tls_server_free(tls_agents);
 	tls_server_free(tls_devices);

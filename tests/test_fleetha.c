@@ -5,8 +5,10 @@
  *
  * A real PostgreSQL cluster (tests/pgcluster.c) and real otacd processes
  * with state directories of their own on one otacd and one fleet
- * database, spoken to over HTTP on loopback.  A follower keeps out of the
- * fleet database (it has not opened the fleet); the instance that takes
+ * database, spoken to over HTTP on loopback.  Devices register, check in
+ * and report through a follower, which forwards to the leader's device
+ * API; a follower keeps out of the fleet database (it has not opened the
+ * fleet); the instance that takes
  * the lead loads the fleet as the database has it then, so devices keep
  * their credentials and the counts go on from the old leader's; an
  * instance whose fleet key or device secret differs from the fleet
@@ -134,13 +136,26 @@ static int64_t heartbeats(struct daemon *d, char **creds, int from, int to)
 {
 	json_t *reps = json_array(), *ans = NULL;
 	int64_t n;
+	long st;
 	for (int i = from; i < to; i++) {
 		char id[32];
 		snprintf(id, sizeof(id), "dev-%04d", i);
 		json_array_append_new(reps, json_pack("{ss ss ss ss}", "device", id, "credential", creds[i], "version",
 						      "1.0.0", "event", "heartbeat"));
 	}
-	assert_int_equal(h_dev_post(d, "/device/v1/reports", NULL, json_pack("{so}", "reports", reps), &ans), 200);
+	/* 503 + Retry-After: a device retries (an instance starting to lead) */
+	for (int k = 0; k < 600; k++) {
+		json_decref(ans);
+		ans = NULL;
+		if ((st = h_dev_post(d, "/device/v1/reports", NULL, json_pack("{sO}", "reports", reps), &ans)) != 503)
+			break;
+		h_msleep(50);
+	}
+	json_decref(reps);
+	if (st != 200) {
+		char *text = ans ? json_dumps(ans, 0) : NULL;
+		fail_msg("reports through %s: %ld %s", d->device_url, st, text ? text : "");
+	}
 	n = json_integer_value(json_object_get(ans, "accepted"));
 	json_decref(ans);
 	return n;
@@ -197,7 +212,19 @@ static void assert_follower_writes_nothing(struct world *w, struct daemon *leade
 	free(after);
 }
 
-static void devices_keep_credentials_and_counts_across_a_failover_and_followers_write_nothing(void **state)
+/* The status of d's device GET /metrics with the fleet key. */
+static long metrics_status(struct daemon *d)
+{
+	struct buf out = BUF_INIT;
+	long st;
+	h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s' '%s/metrics'", d->fleet_key,
+	     d->device_url);
+	st = strtol(buf_cstr(&out), NULL, 10);
+	buf_release(&out);
+	return st;
+}
+
+static void devices_through_a_follower_keep_credentials_and_counts_across_a_failover(void **state)
 {
 	struct world w;
 	char **creds;
@@ -207,17 +234,28 @@ static void devices_keep_credentials_and_counts_across_a_failover_and_followers_
 		skip();
 	assert_false(follows(&w.d[0]));
 	assert_true(follows(&w.d[1]));
-	creds = h_register_devices(&w.d[0], "dev", NDEV);
+	/* registered, checked in and reporting through the follower, which
+	 * forwards to the leader's device API; the leader counts them */
+	creds = h_register_devices(&w.d[1], "dev", NDEV);
 	for (int i = 0; i < NDEV / 2; i++)
-		assert_int_equal(checkin(&w.d[0], creds, i), 200);
-	assert_int_equal(heartbeats(&w.d[0], creds, 0, NDEV / 2), NDEV / 2);
+		assert_int_equal(checkin(&w.d[1], creds, i), 200);
+	assert_int_equal(heartbeats(&w.d[1], creds, 0, NDEV / 2), NDEV / 2);
 	wait_counts(&w.d[0], NDEV / 2, NDEV / 2);
-
-	/* the follower has no fleet: its device API sends devices elsewhere */
+	/* a wrong credential is the leader's 401, relayed */
+	assert_int_equal(checkin(&w.d[1], creds + 1, 0), 401);
+	/* the follower has no fleet of its own: reads are 503 there */
+	assert_int_equal(metrics_status(&w.d[1]), 503);
+	assert_int_equal(metrics_status(&w.d[0]), 200);
 	{
-		json_t *req = json_pack("{ss ss ss ss ss si}", "device", "dev-0000", "product", "fw", "hardware",
-					"mps2-an385", "bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1);
-		assert_int_equal(h_dev_post(&w.d[1], "/device/v1/checkin", creds[0], req, NULL), 503);
+		/* one hop at most: a request another instance forwarded already is 503 */
+		struct buf out = BUF_INIT;
+		h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -X POST -H '" "X-Otacd-Forwarded" ": 1'"
+			   " -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' --data '{\"device\":"
+			   " \"dev-0000\", \"product\": \"fw\", \"hardware\": \"mps2-an385\", \"bootloader\":"
+			   " \"1.0.0\", \"version\": \"1.0.0\", \"security_counter\": 1}' '%s/device/v1/checkin'",
+		     creds[0], w.d[1].device_url);
+		assert_string_equal(buf_cstr(&out), "503");
+		buf_release(&out);
 	}
 	assert_follower_writes_nothing(&w, &w.d[0]);
 
@@ -230,13 +268,15 @@ static void devices_keep_credentials_and_counts_across_a_failover_and_followers_
 	for (int i = 0; i < NDEV; i++)
 		assert_int_equal(checkin(&w.d[1], creds, i), 200);
 	wait_counts(&w.d[1], NDEV, NDEV / 2);
-	assert_int_equal(heartbeats(&w.d[1], creds, NDEV / 2, NDEV), NDEV / 2);
-	wait_counts(&w.d[1], NDEV, NDEV);
+	assert_int_equal(heartbeats(&w.d[1], creds, NDEV / 2, NDEV - 2), NDEV / 2 - 2);
+	wait_counts(&w.d[1], NDEV, NDEV - 2);
 
-	/* the old leader comes back and follows: it changes nothing */
+	/* the old leader comes back and follows: it forwards, and writes nothing itself */
 	w.d[0].follower_ok = 1;
 	assert_int_equal(h_start(&w.d[0], args), 0);
 	assert_true(follows(&w.d[0]));
+	assert_int_equal(heartbeats(&w.d[0], creds, NDEV - 2, NDEV), 2);
+	wait_counts(&w.d[1], NDEV, NDEV);
 	assert_follower_writes_nothing(&w, &w.d[1]);
 	wait_counts(&w.d[1], NDEV, NDEV);
 
@@ -317,7 +357,7 @@ static void an_instance_with_another_fleet_key_or_device_secret_is_refused_with_
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(devices_keep_credentials_and_counts_across_a_failover_and_followers_write_nothing),
+		cmocka_unit_test(devices_through_a_follower_keep_credentials_and_counts_across_a_failover),
 		cmocka_unit_test(an_instance_with_another_fleet_key_or_device_secret_is_refused_with_exit_2),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

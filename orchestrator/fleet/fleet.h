@@ -127,6 +127,13 @@ void fleet_close(struct fleet *f);
  * differs (never its value), or another error when the database cannot
  * be read.  cfg->db_path, fleet_key and device_secret as for fleet_open. */
 int fleet_keys_check(const struct fleet_config *cfg);
+/* Issue 16: the leading instance's device API (fleet_leader, made by
+ * fleet_keys_check) written at its lead, and read by a follower on a
+ * connection it keeps in *conn (NULL: opened here; closed again after an
+ * error, so the next call reconnects).  out "" when none is recorded. */
+int fleet_leader_record(const char *db_path, const char *device_url);
+struct db;
+int fleet_leader_device(struct db **conn, const char *db_path, char *out, size_t size);
 /* cfg->db_path as the storage layer's URL (new string): a plain path is a
  * SQLite file. */
 char *fleet_db_url(const char *path);
@@ -390,6 +397,11 @@ int devapi_port(const struct devapi *d);
  * (f NULL: every request but a refused one answers 503, Retry-After: 1)
  * and attaches the fleet it opens once it leads; f is borrowed. */
 void devapi_attach(struct devapi *d, struct fleet *f);
+/* Issue 16: the leader's device API (http(s)://HOST:PORT, checked by
+ * api_forward_leader_check before each forward; NULL or "": nobody
+ * leads) to which a follower's listener forwards check-ins, reports,
+ * registrations and provisioning. */
+void devapi_set_leader(struct devapi *d, const char *url);
 /* Device reports answered since the start (process-wide), by outcome: the
  * device listener's otacd_device_reports_total, also on the API's /metrics. */
 void devapi_report_counts(uint64_t *accepted, uint64_t *refused);

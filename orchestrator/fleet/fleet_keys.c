@@ -12,9 +12,16 @@
  * the first instance that starts on it and compared by every other, in
  * one writer transaction so two first starts agree on one.  An instance
  * without a fleet key (none configured) records and checks none.
+ *
+ * The same transaction makes fleet_leader, where the instance that leads
+ * records its device API's address for the followers' listeners to
+ * forward to (as otacd_leader.holder names the leader's API; a table made
+ * here rather than by a migration, like otacd_leader: one row, never a
+ * new shape).
  */
 #include "fleet_int.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -86,6 +93,12 @@ int fleet_keys_check(const struct fleet_config *cfg)
 		rc = ota_error_set(OTA_ERROR, "fleet database: %s", db_errmsg(db));
 		goto out;
 	}
+	if ((rc = db_exec(db, "CREATE TABLE IF NOT EXISTS fleet_leader(k TEXT PRIMARY KEY, device_url TEXT NOT NULL)")) <
+	    0) {
+		rc = ota_error_set(OTA_ERROR, "fleet database: %s", db_errmsg(db));
+		db_rollback(db);
+		goto out;
+	}
 	if ((cfg->fleet_key && *cfg->fleet_key &&
 	     (rc = check_one(db, "fleet_key_fp", "fleet_key", fingerprint("otacd fleet key", cfg->fleet_key))) < 0) ||
 	    (cfg->device_secret && (rc = check_one(db, "device_secret_fp", "the device secret (device_secret_file)",
@@ -99,4 +112,56 @@ out:
 	db_close(db);
 	free(url);
 	return rc;
+}
+
+int fleet_leader_record(const char *db_path, const char *device_url)
+{
+	struct db *db = NULL;
+	struct db_stmt *st;
+	char *url = fleet_db_url(db_path);
+	int rc;
+
+	if ((rc = fleet_db_open(&db, url)) < 0)
+		goto out;
+	st = db_stmt(db, "INSERT INTO fleet_leader(k, device_url) VALUES('device', ?)"
+			 " ON CONFLICT(k) DO UPDATE SET device_url = excluded.device_url");
+	if (st)
+		db_bind_text(st, 1, device_url);
+	if (!st || db_run(st) < 0)
+		rc = ota_error_set(OTA_ERROR, "fleet database: fleet_leader: %s", db_errmsg(db));
+out:
+	db_close(db);
+	free(url);
+	return rc;
+}
+
+int fleet_leader_device(struct db **conn, const char *db_path, char *out, size_t size)
+{
+	struct db_stmt *st;
+	int rc = 0;
+
+	out[0] = 0;
+	if (!*conn) {
+		char *url = fleet_db_url(db_path);
+		rc = fleet_db_open(conn, url);
+		free(url);
+		if (rc < 0)
+			return rc;
+	}
+	if (!(st = db_stmt(*conn, "SELECT device_url FROM fleet_leader WHERE k = 'device'"))) {
+		rc = ota_error_set(OTA_ERROR, "fleet database: fleet_leader: %s", db_errmsg(*conn));
+		db_close(*conn); /* reconnect at the next call */
+		*conn = NULL;
+		return rc;
+	}
+	if ((rc = db_step(st)) == 1 && db_column_text(st, 0))
+		snprintf(out, size, "%s", db_column_text(st, 0));
+	db_reset(st);
+	if (rc < 0) {
+		rc = ota_error_set(OTA_ERROR, "fleet database: fleet_leader: %s", db_errmsg(*conn));
+		db_close(*conn);
+		*conn = NULL;
+		return rc;
+	}
+	return 0;
 }
