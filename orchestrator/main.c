@@ -879,10 +879,12 @@ int main(int argc, char **argv)
 		}
 		if (follow(leader, &lead, &leads) < 0)
 			goto fail;
-		if (!leads)
+		if (!leads) {
 			follow_devices(&lead, &fleet_conn);
-		if (!leads)
 			continue;
+		}
+		db_close(fleet_conn); /* a leader forwards no device */
+		fleet_conn = NULL;
 		if (api_lead(api, lead.engine, lead.sources) < 0)
 			goto fail;
 		api_follower_set(0); /* before the local agents register */
