@@ -74,6 +74,7 @@ struct otacd_config {
 	size_t nrepos;
 	/* the fleet (docs/update-server.md) */
 	char *device_listen;            /* built-in device API, default 127.0.0.1:8471 ("" or "off": none) */
+	char *device_secret_file;       /* issue 16: the device secret's file; NULL: STATE/device.secret */
 	char *fleet_key;                /* devices' shared key; NULL: a random one per start (see main.c) */
 	int device_metrics_public;      /* GET /metrics without a token (default 1) */
 	int64_t poll_ms;                /* devices' check-in interval, default 6 h (otacd time) */

@@ -222,10 +222,83 @@ static int start_tls(const struct otacd_config *cfg)
 	return 0;
 }
 
-static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct devapi **devapi, struct updsrv **us,
-		       struct fleet_ca *devca)
+/* The address other instances name this one by: listen's, with the
+ * host's name for a wildcard listener (issue 16: the API's as the
+ * leader's holder, the device API's in fleet_leader). */
+static char *advertised(const char *listen, int port, int tls)
 {
-	struct fleet_config fc = { 0 };
+	const char *colon = strrchr(listen, ':');
+	int host_len = colon ? (int)(colon - listen) : 0;
+	char host[256] = "";
+
+	if (host_len && !((host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4))))
+		return xasprintf("%s://%.*s:%d", tls ? "https" : "http", host_len, listen, port);
+	gethostname(host, sizeof(host) - 1);
+	return xasprintf("%s://%s:%d", tls ? "https" : "http", host, port);
+}
+
+/*
+ * What the leader runs and a follower does not (issue 16, docs/scale.md):
+ * the engine (recovery, leases, deadlines, the pruner), the notification
+ * sender, the sources and the scheduler, the rollout and flag
+ * controllers, and the local agents.  On SQLite otacd leads from the
+ * start; on PostgreSQL from the first leadership poll that says so, in
+ * the same process and on the listeners already up.
+ */
+struct leading {
+	struct otacd_config *cfg;
+	struct engine_config ecfg;
+	struct store *db;
+	struct updsrv *us;
+	struct fleet *fleet;             /* NULL on a follower (PostgreSQL) until it leads */
+	struct fleet_config fc;          /* how to open it: start_fleet() */
+	char *fleet_db, *fleet_secret;   /* fc's strings, owned */
+	char *device_url;                /* PostgreSQL: the device API's address recorded at the lead */
+	struct devapi *devapi;
+	struct push *push;
+	struct fleet_ca *devca;
+	struct notify *notify;
+	struct engine *engine;
+	struct notify_sender *sender;
+	struct sources *sources;
+	struct sched *sched;
+	struct rollout_controller *rollouts;
+	struct flags_controller *flags;
+};
+
+/*
+ * Open the fleet (issue 16): on SQLite at the start, on PostgreSQL when
+ * this instance takes the lead (lead_start), so that a follower never
+ * writes the shared fleet database (its writer's rounds and snapshots
+ * would race the leader's) and the leader serves the fleet as the
+ * database has it when it takes over, not as it was at its start
+ * (docs/scale.md, "The fleet on several instances").  The device API and
+ * the builtin adapter get it here, once it is loaded.
+ */
+static int open_fleet(struct leading *l)
+{
+	int rc;
+
+	if (l->fleet || !l->fleet_db) /* open, or an external update server */
+		return 0;
+	if ((rc = fleet_open(&l->fleet, &l->fc)) < 0)
+		return rc;
+	fleet_set_ca(l->fleet, l->devca, l->cfg->device_auth); /* issue 13: before devices can ask */
+	/* issue 18: no offers until the rollout controller applied them all
+	 * (updsrv_mark_loaded): the device API answers 503 until then */
+	fleet_hold_offers(l->fleet, 1);
+	if (l->push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
+		fleet_set_notify(l->fleet, push_fleet_notify, l->push);
+	updsrv_builtin_attach(l->us, l->fleet);
+	devapi_attach(l->devapi, l->fleet);
+	/* the followers' device listeners forward to this one from now on */
+	if (l->device_url && fleet_leader_record(l->fleet_db, l->device_url) < 0)
+		ota_log(OTA_LOG_WARN, "%s", ota_error_last());
+	return 0;
+}
+
+static int start_fleet(struct otacd_config *cfg, struct leading *l, int now)
+{
 	char *db = NULL, *keyfile = NULL, *secretfile = NULL, *secret = NULL;
 	struct buf key = BUF_INIT;
 	int rc = 0;
@@ -233,7 +306,7 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 	if (!strcmp(cfg->update_server, "http")) {
 		if (!cfg->update_server_url)
 			return ota_error_set(OTA_EINVAL, "update_server: http needs update_server_url");
-		return updsrv_http(us, cfg->update_server_url, cfg->update_server_token);
+		return updsrv_http(&l->us, cfg->update_server_url, cfg->update_server_token);
 	}
 	keyfile = xasprintf("%s/fleet.key", cfg->state_dir);
 	if (!cfg->fleet_key) {
@@ -249,8 +322,11 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 			cfg->fleet_key = xstrdup(fresh);
 		}
 	}
-	/* the server-only key of device credentials, made on first start */
-	secretfile = xasprintf("%s/device.secret", cfg->state_dir);
+	/* the server-only key of device credentials: device_secret_file
+	 * (issue 16: one file every instance shares, made by the operator),
+	 * else STATE/device.secret, made on first start */
+	secretfile = cfg->device_secret_file ? xstrdup(cfg->device_secret_file)
+					     : xasprintf("%s/device.secret", cfg->state_dir);
 	/* ota_read_file starts a fresh buffer: release the fleet key's first */
 	if (key.ptr)
 		explicit_bzero(key.ptr, key.len);
@@ -259,6 +335,10 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		while (key.len && (key.ptr[key.len - 1] == '\n' || key.ptr[key.len - 1] == '\r'))
 			key.ptr[--key.len] = 0;
 		secret = xstrdup(buf_cstr(&key));
+	} else if (cfg->device_secret_file) {
+		rc = ota_error_set(OTA_EINVAL, "device_secret_file %s: cannot read 64 hex characters from it (make it"
+				   " with `openssl rand -hex 32`)", secretfile);
+		goto out;
 	} else {
 		char fresh[65];
 		if ((rc = ota_random_hex(fresh, 32)) < 0 ||
@@ -273,27 +353,30 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 		ota_log(OTA_LOG_INFO, "fleet database %s", shown);
 		free(shown);
 	}
-	fc.db_path = db;
-	fc.fleet_key = cfg->fleet_key;
-	fc.device_secret = secret;
-	fc.poll_ms = cfg->poll_ms;
-	fc.register_rate = (double)cfg->device_register_rate;
-	fc.register_burst = cfg->device_register_burst;
-	fc.tag_allow = cfg->device_tags;
-	fc.tag_cap = cfg->device_tag_cap;
-	fc.name_cap = cfg->device_name_cap;
-	if ((rc = fleet_open(fleet, &fc)) < 0 || (rc = updsrv_builtin(us, *fleet)) < 0)
+	l->fleet_db = db;
+	l->fleet_secret = secret;
+	db = secret = NULL;
+	l->fc.db_path = l->fleet_db;
+	l->fc.fleet_key = cfg->fleet_key;
+	l->fc.device_secret = l->fleet_secret;
+	l->fc.poll_ms = cfg->poll_ms;
+	l->fc.register_rate = (double)cfg->device_register_rate;
+	l->fc.register_burst = cfg->device_register_burst;
+	l->fc.tag_allow = cfg->device_tags;
+	l->fc.tag_cap = cfg->device_tag_cap;
+	l->fc.name_cap = cfg->device_name_cap;
+	/* issue 16: the same secrets as every other instance on this fleet
+	 * database (OTA_ECONFLICT: main exits 2) */
+	if ((rc = fleet_keys_check(&l->fc)) < 0)
 		goto out;
-	fleet_set_ca(*fleet, devca, cfg->device_auth); /* issue 13: before devices can ask */
-	/* issue 18: no offers until the rollout controller applied them all
-	 * (updsrv_mark_loaded): the device API answers 503 until then */
-	fleet_hold_offers(*fleet, 1);
+	if ((rc = updsrv_builtin(&l->us, NULL)) < 0 || (now && (rc = open_fleet(l)) < 0))
+		goto out;
 	if (cfg->device_listen[0] && strcmp(cfg->device_listen, "off") != 0) {
 		char *path, *line;
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
 		admission_configure(cfg->device_checkin_capacity);
 		devapi_set_tls(tls_devices);
-		if ((rc = devapi_start(devapi, *fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
+		if ((rc = devapi_start(&l->devapi, l->fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);
 		{
@@ -301,10 +384,12 @@ static int start_fleet(struct otacd_config *cfg, struct fleet **fleet, struct de
 			int host_len = colon ? (int)(colon - cfg->device_listen) : 9;
 			line = xasprintf("%s://%.*s:%d\n", tls_devices ? "https" : "http", host_len,
 					 colon ? cfg->device_listen : "127.0.0.1",
-					 devapi_port(*devapi));
+					 devapi_port(l->devapi));
 		}
 		ota_write_file_atomic(path, line, strlen(line), 0600);
 		ota_log(OTA_LOG_INFO, "device API on %s", line);
+		if (!now) /* PostgreSQL: where followers send devices once this one leads */
+			l->device_url = advertised(cfg->device_listen, devapi_port(l->devapi), tls_devices != NULL);
 		free(line);
 		free(path);
 	}
@@ -333,33 +418,11 @@ static char *agent_listener_url(const char *listen, int port)
 	return xasprintf("%s://%.*s:%d", tls_agents ? "https" : "http", host_len, listen, port);
 }
 
-/*
- * What the leader runs and a follower does not (issue 16, docs/scale.md):
- * the engine (recovery, leases, deadlines, the pruner), the notification
- * sender, the sources and the scheduler, the rollout and flag
- * controllers, and the local agents.  On SQLite otacd leads from the
- * start; on PostgreSQL from the first leadership poll that says so, in
- * the same process and on the listeners already up.
- */
-struct leading {
-	struct otacd_config *cfg;
-	struct engine_config ecfg;
-	struct store *db;
-	struct updsrv *us;
-	struct fleet *fleet;
-	struct fleet_ca *devca;
-	struct notify *notify;
-	struct engine *engine;
-	struct notify_sender *sender;
-	struct sources *sources;
-	struct sched *sched;
-	struct rollout_controller *rollouts;
-	struct flags_controller *flags;
-};
-
 static int lead_start(struct leading *l)
 {
 	struct otacd_config *cfg = l->cfg;
+	if (open_fleet(l) < 0) /* issue 16: loaded as the database has it now */
+		return -1;
 	if (engine_start(&l->engine, l->db, &l->ecfg) < 0 || notify_sender_start(&l->sender, l->notify, l->engine) < 0)
 		return -1;
 	if ((cfg->nrepos && gitsrc_init(cfg->state_dir) < 0) || sources_start(&l->sources, l->engine, cfg, 2) < 0)
@@ -375,18 +438,19 @@ static int lead_start(struct leading *l)
 	return 0;
 }
 
-/* The holder other instances name as the leader: this one's API address,
- * with the host's name for a wildcard listener. */
-static char *advertised(const char *listen, int port)
+/* A follower's device listener forwards to the device API the leader
+ * recorded (fleet_leader); read at every leadership poll. */
+static void follow_devices(struct leading *l, struct db **conn)
 {
-	const char *colon = strrchr(listen, ':');
-	int host_len = colon ? (int)(colon - listen) : 0;
-	char host[256] = "";
+	char url[256];
 
-	if (host_len && !((host_len == 7 && !strncmp(listen, "0.0.0.0", 7)) || (host_len == 4 && !strncmp(listen, "[::]", 4))))
-		return xasprintf("%s://%.*s:%d", tls_api ? "https" : "http", host_len, listen, port);
-	gethostname(host, sizeof(host) - 1);
-	return xasprintf("%s://%s:%d", tls_api ? "https" : "http", host, port);
+	if (!l->devapi || !l->fleet_db)
+		return;
+	if (fleet_leader_device(conn, l->fleet_db, url, sizeof(url)) < 0) {
+		ota_log(OTA_LOG_WARN, "the leader's device API: %s", ota_error_last());
+		return;
+	}
+	devapi_set_leader(l->devapi, url);
 }
 
 static int on_postgresql(const char *url)
@@ -475,14 +539,12 @@ int main(int argc, char **argv)
 	struct notify *notify = NULL;           /* issue 17 */
 	struct api *api = NULL;
 	struct localagents *agents = NULL;
-	struct fleet *fleet = NULL;
-	struct push *push = NULL; /* issue 15: MQTT hints */
-	struct devapi *devapi = NULL;
 	struct updsrv *us = NULL;
 	struct fleet_ca *devca = NULL;
 	struct leading lead = { 0 };     /* the leader's part (issue 16) */
 	struct commitwatch *watch = NULL; /* PostgreSQL: the other instances' commits */
 	struct db_leader *leader = NULL; /* PostgreSQL: this instance's leadership session */
+	struct db *fleet_conn = NULL;    /* PostgreSQL, following: reads the leader's device API */
 	int leads = 0;
 	struct api_config acfg = { 0 };
 	char *path = NULL, *url = NULL, *dburl = NULL;
@@ -695,14 +757,20 @@ int main(int argc, char **argv)
 			ota_log(OTA_LOG_WARN, "device_auth: %s without a device CA: no device can authenticate by"
 					" certificate until `otactl fleet ca init`", fleet_auth_mode_name(cfg.device_auth));
 	}
-	if (start_tls(&cfg) < 0 || start_fleet(&cfg, &fleet, &devapi, &us, devca) < 0 || push_open(&push, cfg.push) < 0)
-		goto fail;
-	if (push) /* issue 15: hints to devices whose offer changes, before the controller sets any */
-		fleet_set_notify(fleet, push_fleet_notify, push);
-	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
-	lead.us = us;
-	lead.fleet = fleet;
 	lead.devca = devca;
+	if (start_tls(&cfg) < 0 || push_open(&lead.push, cfg.push) < 0)
+		goto fail;
+	{
+		int rc = start_fleet(&cfg, &lead, !on_postgresql(dburl));
+		if (rc == OTA_ECONFLICT) /* issue 16: another instance's secrets */
+			status = 2;
+		if (rc < 0)
+			goto fail;
+	}
+	if (on_postgresql(dburl)) /* a follower's device listener forwards from its first request */
+		follow_devices(&lead, &fleet_conn);
+	us = lead.us;
+	updsrv_set_current(us); /* issue 15: the release stage's deltas: {installed: N} */
 	/* issue 16: on SQLite this instance leads now; on PostgreSQL it
 	 * starts as a follower and leads from the first poll that says so */
 	if (!on_postgresql(dburl)) {
@@ -785,7 +853,7 @@ int main(int argc, char **argv)
 	if (leads && start_agents(&agents, &cfg, &acfg, api, url) < 0)
 		goto fail;
 	if (!leads) {
-		char *holder = advertised(cfg.listen, api_port(api));
+		char *holder = advertised(cfg.listen, api_port(api), tls_api != NULL);
 		int rc = db_leader_open(&leader, dburl, holder);
 		free(holder);
 		if (rc < 0)
@@ -825,8 +893,12 @@ int main(int argc, char **argv)
 		}
 		if (follow(leader, &lead, &leads) < 0)
 			goto fail;
-		if (!leads)
+		if (!leads) {
+			follow_devices(&lead, &fleet_conn);
 			continue;
+		}
+		db_close(fleet_conn); /* a leader forwards no device */
+		fleet_conn = NULL;
 		if (api_lead(api, lead.engine, lead.sources) < 0)
 			goto fail;
 		api_follower_set(0); /* before the local agents register */
@@ -844,15 +916,22 @@ out:
 	localagents_stop(agents);
 	api_stop(api);
 	rollout_controller_stop(lead.rollouts);
-	devapi_stop(devapi);
+	devapi_stop(lead.devapi);
 	flags_controller_stop(lead.flags); /* after the device API: check-ins read its table */
-	fleet_set_notify(fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
-	push_close(push);
+	if (lead.fleet)
+		fleet_set_notify(lead.fleet, NULL, NULL); /* issue 15: after the controller and /metrics */
+	push_close(lead.push);
 	updsrv_set_current(NULL);
 	if (us)
 		us->free(us);
-	fleet_close(fleet);
+	fleet_close(lead.fleet);
 	fleet_ca_close(devca);
+	if (lead.fleet_secret)
+		explicit_bzero(lead.fleet_secret, strlen(lead.fleet_secret));
+	free(lead.fleet_secret);
+	free(lead.fleet_db);
+	free(lead.device_url);
+	db_close(fleet_conn);
 	tls_server_free(tls_api);
 	tls_server_free(tls_agents);
 	tls_server_free(tls_devices);

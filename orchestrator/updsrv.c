@@ -44,20 +44,29 @@ json_t *updsrv_current_versions(const char *product, const char *hardware)
 
 struct builtin {
 	struct updsrv base;
-	struct fleet *f;
+	struct fleet *f; /* NULL on a follower until it leads (updsrv_builtin_attach) */
 };
+
+static struct fleet *fleet_of(struct updsrv *u)
+{
+	return __atomic_load_n(&((struct builtin *)u)->f, __ATOMIC_ACQUIRE);
+}
 
 static int builtin_apply(struct updsrv *u, const json_t *x)
 {
-	struct builtin *b = (struct builtin *)u;
+	struct fleet *f = fleet_of(u);
 	struct fleet_exposure fx = { 0 };
 	const json_t *imgs = json_object_get(x, "images"), *segs = json_object_get(x, "segments"), *v;
 	struct fleet_image *img = xcalloc(json_array_size(imgs) + 1, sizeof(*img));
 	struct fleet_segment *seg = xcalloc(json_array_size(segs) + 1, sizeof(*seg));
 	const json_t *dls = json_object_get(x, "deltas");
-	struct fleet_delta *dl = xcalloc(json_array_size(dls) + 1, sizeof(*dl));
+	struct fleet_delta *dl;
 	size_t i, n = 0;
 	int rc;
+
+	if (!f)
+		return ota_error_set(OTA_ERROR, "the fleet is open on the leader only");
+	dl = xcalloc(json_array_size(dls) + 1, sizeof(*dl));
 
 	json_array_foreach(imgs, i, v) {
 		/* one image per hardware variant: the application (other types
@@ -101,7 +110,7 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 	}
 	fx.deltas = dl;
 	fx.ndeltas = json_array_size(dls);
-	rc = fleet_set_exposure(b->f, &fx);
+	rc = fleet_set_exposure(f, &fx);
 	free(dl);
 	free(img);
 	free(seg);
@@ -111,27 +120,39 @@ static int builtin_apply(struct updsrv *u, const json_t *x)
 static int builtin_metrics(struct updsrv *u, const char *product, const char *version, const char *cohort,
 			   const char *previous, struct fleet_agg *canary, struct fleet_agg *baseline)
 {
-	struct builtin *b = (struct builtin *)u;
-	int rc = fleet_aggregate(b->f, product, version, cohort, canary);
+	struct fleet *f = fleet_of(u);
+	int rc;
+
+	if (!f)
+		return ota_error_set(OTA_ENOTFOUND, "the fleet is open on the leader only");
+	rc = fleet_aggregate(f, product, version, cohort, canary);
 	if (rc >= 0 && baseline)
-		rc = fleet_baseline(b->f, product, version, previous, cohort, baseline);
+		rc = fleet_baseline(f, product, version, previous, cohort, baseline);
 	return rc;
 }
 
 static void builtin_lag(struct updsrv *u, struct fleet_lag *out)
 {
-	fleet_lag(((struct builtin *)u)->f, out);
+	struct fleet *f = fleet_of(u);
+	if (f)
+		fleet_lag(f, out);
+	else
+		memset(out, 0, sizeof(*out));
 }
 
 static json_t *builtin_versions(struct updsrv *u, const char *product, const char *hardware)
 {
-	struct fleet *f = ((struct builtin *)u)->f;
+	struct fleet *f = fleet_of(u);
+	if (!f)
+		return json_array();
 	return hardware ? fleet_versions_of_hardware(f, product, hardware) : fleet_versions(f, product);
 }
 
 static void builtin_loaded(struct updsrv *u)
 {
-	fleet_hold_offers(((struct builtin *)u)->f, 0);
+	struct fleet *f = fleet_of(u);
+	if (f)
+		fleet_hold_offers(f, 0);
 }
 
 static void builtin_free(struct updsrv *u)
@@ -152,6 +173,11 @@ int updsrv_builtin(struct updsrv **out, struct fleet *f)
 	b->f = f;
 	*out = &b->base;
 	return 0;
+}
+
+void updsrv_builtin_attach(struct updsrv *u, struct fleet *f)
+{
+	__atomic_store_n(&((struct builtin *)u)->f, f, __ATOMIC_RELEASE);
 }
 
 void updsrv_mark_loaded(struct updsrv *u)

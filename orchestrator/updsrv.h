@@ -63,6 +63,10 @@ json_t *updsrv_current_versions(const char *product, const char *hardware);
 
 /* otacd's own device API (fleet.h); f is borrowed. */
 int updsrv_builtin(struct updsrv **out, struct fleet *f);
+/* Issue 16: a follower on PostgreSQL makes the builtin adapter with no
+ * fleet (NULL: no versions, no metrics, apply refused) and attaches the
+ * fleet it opens when it takes the lead, before the rollout controller. */
+void updsrv_builtin_attach(struct updsrv *u, struct fleet *f);
 /* An external server at base_url speaking the control API. */
 int updsrv_http(struct updsrv **out, const char *base_url, const char *token);
 

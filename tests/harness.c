@@ -632,6 +632,17 @@ char *h_sql_text(struct daemon *d, const char *sql)
 	return v;
 }
 
+char *h_fleet_secrets_yaml(const char *dir)
+{
+	char key[65], secret[65], *path = xasprintf("%s/device-shared.secret", dir), *yaml;
+	assert_int_equal(ota_random_hex(key, 32), 0);
+	assert_int_equal(ota_random_hex(secret, 32), 0);
+	assert_int_equal(ota_write_file_atomic(path, secret, 64, 0600), 0);
+	yaml = xasprintf("fleet_key: \"%s\"\ndevice_secret_file: \"%s\"\n", key, path);
+	free(path);
+	return yaml;
+}
+
 char *h_free_listen(void)
 {
 	struct sockaddr_in sa = { 0 };

@@ -49,6 +49,10 @@ char *h_pg_createdb(const struct pgcluster *pg, const char *name);
 /* Is OTACD_DATABASE=pg set (every h_init() daemon on PostgreSQL)? */
 int h_on_pg(void);
 
+/* Issue 16: config lines (caller frees) giving every instance on one fleet
+ * database the same fleet key and device secret (a fresh pair; the
+ * secret's file written into dir), which they must share (docs/scale.md). */
+char *h_fleet_secrets_yaml(const char *dir);
 /* A loopback HOST:PORT that was free a moment ago (for restarts that must
  * keep their address). */
 char *h_free_listen(void);

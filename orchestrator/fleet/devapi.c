@@ -44,6 +44,7 @@
 #include "../../common/util.h"
 #include "../../common/threadmem.h"
 #include "../api/api.h"
+#include "../api/api_forward.h"
 #include "../api/api_wait.h"
 #include "../artifact.h"
 #include "../artifact/origin.h"
@@ -77,7 +78,7 @@ void devapi_report_counts(uint64_t *accepted, uint64_t *refused)
 struct devapi {
 	struct MHD_Daemon *mhd;
 	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
-	struct fleet *f;
+	struct fleet *f;               /* NULL on a follower until it leads (devapi_attach) */
 	int port, metrics_public;
 	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
 	/* guards every request's batch state below */
@@ -86,12 +87,18 @@ struct devapi {
 	 * was two lock round trips per check-in on one shared line) */
 	int inflight;      /* requests that may hand work to the writer, not done */
 	int stopping;      /* devapi_stop: no new batches */
+	/* issue 16: a follower forwards what changes the fleet to the
+	 * leader's device API (devapi_set_leader; under mu) */
+	struct api_fwd *fwd;
+	char leader[256];
 };
 
 struct dreq {
 	enum route route;
 	struct buf body;
 	int too_big, answered_early;
+	int forward;                   /* issue 16: to the leader once the body is read */
+	struct api_fwd_job *fwd;       /* ... on its way (the connection suspended) */
 	size_t received;
 	/* the Authorization header's token, in MHD's request headers (valid
 	 * until the request completes: no copy of the secret to wipe) */
@@ -1049,10 +1056,12 @@ static int waits_for_offers(enum route route)
 	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_ORIGIN || route == R_PKI;
 }
 
-static enum MHD_Result reply_starting(struct MHD_Connection *c)
+/* 503 with Retry-After: 1 and a static JSON body: the answer of a
+ * request this instance cannot take now but another soon can (devices
+ * already honour it, as admission's). */
+static enum MHD_Result reply_retry(struct MHD_Connection *c, const char *json)
 {
-	static const char text[] = "{\"error\":\"otacd is starting: the rollouts are not loaded yet; retry\"}";
-	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+	struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(json), (void *)json, MHD_RESPMEM_PERSISTENT);
 	enum MHD_Result ret;
 
 	if (!resp)
@@ -1064,6 +1073,9 @@ static enum MHD_Result reply_starting(struct MHD_Connection *c)
 	return ret;
 }
 
+static const char k_starting[] = "{\"error\":\"otacd is starting: the rollouts are not loaded yet; retry\"}";
+static const char k_follower[] = "{\"error\":\"this otacd instance does not lead; retry\"}";
+
 /* Issue 16: on a follower (api_follower.c) the calls that change the
  * fleet are refused like the API's writes, without the leader's address
  * (devices retry through the load balancer); reads and downloads go on. */
@@ -1073,17 +1085,48 @@ static int changes_fleet(enum route route)
 	       route == R_PROVISION;
 }
 
-static enum MHD_Result reply_follower(struct MHD_Connection *c)
+/*
+ * Issue 16: a follower has no fleet (devapi_attach); what changes the
+ * fleet goes to the leader's device API (recorded in the fleet database,
+ * devapi_set_leader) with api_forward_begin(), as the API forwards its
+ * writes, and the leader authenticates the device's credential itself.
+ * Not forwarded (503 + Retry-After: 1, as before): reads, downloads and
+ * the registrations' audit,
+ * a request that crossed a hop already, and on a TLS listener one without
+ * a bearer token, which may be a device known by its client certificate
+ * (a certificate cannot be passed on; docs/scale.md).
+ */
+static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
 {
-	static const char text[] = "{\"error\":\"this otacd instance does not lead; retry\"}";
-	struct MHD_Response *resp = MHD_create_response_from_buffer(sizeof(text) - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+	if (!a->fwd || !changes_fleet(r->route) || r->route == R_REGISTRATIONS || api_forward_seen(c))
+		return 0;
+	return !a->tls || r->token;
+}
+
+static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
+			       const char *url)
+{
+	struct api_fwd_req q;
+	struct MHD_Response *resp = NULL;
+	unsigned status = 0;
+	char leader[sizeof(a->leader)];
 	enum MHD_Result ret;
 
+	if (r->fwd) { /* resumed: the leader's answer */
+		api_forward_end(r->fwd, &status, &resp);
+		r->fwd = NULL;
+	} else {
+		pthread_mutex_lock(&a->mu);
+		memcpy(leader, a->leader, sizeof(leader));
+		pthread_mutex_unlock(&a->mu);
+		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, method, url, r->body.ptr, r->body.len,
+					  DEVAPI_BODY_MAX, NULL, 0 };
+		if (api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp) == 0)
+			return MHD_YES;
+	}
 	if (!resp)
 		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", "application/json");
-	MHD_add_response_header(resp, "Retry-After", "1");
-	ret = MHD_queue_response(c, MHD_HTTP_SERVICE_UNAVAILABLE, resp);
+	ret = MHD_queue_response(c, status, resp);
 	MHD_destroy_response(resp);
 	return ret;
 }
@@ -1114,6 +1157,20 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		r = dreq_new();
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
+		/* a follower's listener has no fleet until it leads (devapi_attach);
+		 * every thread that reads a->f below loaded it here first */
+		if (!bad && !__atomic_load_n(&a->f, __ATOMIC_ACQUIRE)) {
+			if (cl && length_over(cl, DEVAPI_DISCARD_MAX)) {
+				r->answered_early = 1;
+				return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
+						   DEVAPI_BODY_MAX);
+			}
+			if (forwardable(a, c, r))
+				r->forward = 1;   /* after the body (below) */
+			else
+				r->answered_early = 1;
+			return r->forward ? MHD_YES : reply_retry(c, k_follower);
+		}
 		if (auth && !strncasecmp(auth, "Bearer ", 7))
 			r->token = auth + 7;
 		if (bad) {
@@ -1154,10 +1211,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return MHD_YES;
 	if (r->too_big)
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
+	if (r->forward)
+		return forward(a, c, r, method, url);
 	if (!r->submitted && changes_fleet(r->route) && api_following())
-		return reply_follower(c);
+		return reply_retry(c, k_follower);
 	if (!r->submitted && waits_for_offers(r->route) && fleet_offers_held(a->f))
-		return reply_starting(c);
+		return reply_retry(c, k_starting);
 	switch (r->route) {
 	case R_CHECKIN: return do_checkin(a, c, r);
 	case R_REPORTS:
@@ -1180,6 +1239,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls, enum 
 	api_conn_busy(a->waiter, c, 0); /* the next request's header deadline starts */
 	if (!r)
 		return;
+	api_forward_job_free(r->fwd);
 	fleet_reg_free(r->reg);
 	json_decref(r->refused);
 	json_decref(r->duplicate);
@@ -1245,6 +1305,12 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 		return rc;
 	}
 	pthread_mutex_init(&a->mu, NULL);
+	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0 })) < 0) {
+		pthread_mutex_destroy(&a->mu);
+		api_waiter_stop(a->waiter);
+		free(a);
+		return rc;
+	}
 	a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handle, a,
 				  MHD_OPTION_EXTERNAL_LOGGER, api_mhd_log, NULL, /* first, or MHD says so */
 				  MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -1259,6 +1325,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 				  MHD_OPTION_ARRAY, tlsopts,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
+		api_fwd_free(a->fwd);
 		pthread_mutex_destroy(&a->mu);
 		api_waiter_stop(a->waiter);
 		free(a);
@@ -1268,6 +1335,21 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	a->port = info ? info->port : 0;
 	*out = a;
 	return 0;
+}
+
+void devapi_set_leader(struct devapi *d, const char *url)
+{
+	if (!d)
+		return;
+	pthread_mutex_lock(&d->mu);
+	snprintf(d->leader, sizeof(d->leader), "%s", url ? url : "");
+	pthread_mutex_unlock(&d->mu);
+}
+
+void devapi_attach(struct devapi *d, struct fleet *f)
+{
+	if (d)
+		__atomic_store_n(&d->f, f, __ATOMIC_RELEASE);
 }
 
 int devapi_port(const struct devapi *d)
@@ -1284,7 +1366,10 @@ void devapi_stop(struct devapi *d)
 	__atomic_store_n(&d->stopping, 1, __ATOMIC_SEQ_CST);
 	while (__atomic_load_n(&d->inflight, __ATOMIC_SEQ_CST))
 		usleep(1000);
+	if (d->fwd) /* forwards on their way answered, their connections resumed */
+		api_fwd_drain(d->fwd);
 	MHD_stop_daemon(d->mhd);
+	api_fwd_free(d->fwd);
 	api_waiter_stop(d->waiter);
 	pthread_mutex_destroy(&d->mu);
 	free(d);

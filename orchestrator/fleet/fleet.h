@@ -119,6 +119,24 @@ struct fleet_config {
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg);
 void fleet_close(struct fleet *f);
+/* Issue 16 (fleet_keys.c): every instance on one fleet database must hold
+ * the same fleet key and device secret, or the credentials one instance
+ * hands out are wrong on the next.  The database keeps a fingerprint of
+ * each (fleet_meta, never the secret); the first instance records them,
+ * every later start compares.  0, or OTA_ECONFLICT naming the key that
+ * differs (never its value), or another error when the database cannot
+ * be read.  cfg->db_path, fleet_key and device_secret as for fleet_open. */
+int fleet_keys_check(const struct fleet_config *cfg);
+/* Issue 16: the leading instance's device API (fleet_leader, made by
+ * fleet_keys_check) written at its lead, and read by a follower on a
+ * connection it keeps in *conn (NULL: opened here; closed again after an
+ * error, so the next call reconnects).  out "" when none is recorded. */
+int fleet_leader_record(const char *db_path, const char *device_url);
+struct db;
+int fleet_leader_device(struct db **conn, const char *db_path, char *out, size_t size);
+/* cfg->db_path as the storage layer's URL (new string): a plain path is a
+ * SQLite file. */
+char *fleet_db_url(const char *path);
 /* fleet.db's migration list (db_migrate), as store_migrations() is
  * otacd.db's: `otactl migrate` copies a fleet database with it. */
 const char *const *fleet_store_migrations(size_t *n);
@@ -375,6 +393,15 @@ int fleet_metrics_text(struct fleet *f, char **out, size_t *len);
 struct devapi;
 int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int metrics_public);
 int devapi_port(const struct devapi *d);
+/* Issue 16: a follower on PostgreSQL starts the listener with no fleet
+ * (f NULL: every request but a refused one answers 503, Retry-After: 1)
+ * and attaches the fleet it opens once it leads; f is borrowed. */
+void devapi_attach(struct devapi *d, struct fleet *f);
+/* Issue 16: the leader's device API (http(s)://HOST:PORT, checked by
+ * api_forward_leader_check before each forward; NULL or "": nobody
+ * leads) to which a follower's listener forwards check-ins, reports,
+ * registrations and provisioning. */
+void devapi_set_leader(struct devapi *d, const char *url);
 /* Device reports answered since the start (process-wide), by outcome: the
  * device listener's otacd_device_reports_total, also on the API's /metrics. */
 void devapi_report_counts(uint64_t *accepted, uint64_t *refused);

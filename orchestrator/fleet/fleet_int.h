@@ -491,4 +491,8 @@ void fleet_auth_release(struct fleet *f);   /* the HMAC contexts (fleet_free) */
  * fleet_close) in *out */
 int fleet_device_auth_reg(struct fleet *f, const char *device_id, const char *cred, struct reg **out);
 
+/* fleet.db's connection with its settings (fleet_store.c: a new SQLite
+ * file gets 1 KB pages); url as fleet_db_url() gives it. */
+int fleet_db_open(struct db **out, const char *url);
+
 #endif

@@ -1220,7 +1220,7 @@ static const struct db_sqlite_tuning k_tuning = {
 };
 
 /* cfg->db_path as the storage layer's URL: a plain path is a SQLite file */
-static char *fleet_db_url(const char *path)
+char *fleet_db_url(const char *path)
 {
 	if (strncmp(path, "sqlite:", 7) == 0 || strncmp(path, "postgres://", 11) == 0 ||
 	    strncmp(path, "postgresql://", 13) == 0)
@@ -1232,6 +1232,11 @@ static char *fleet_db_url(const char *path)
 static unsigned fleet_db_flags(void)
 {
 	return strstr(store_sync_pragma(), "NORMAL") ? DB_SYNC_NORMAL : 0;
+}
+
+int fleet_db_open(struct db **out, const char *url)
+{
+	return db_open_tuned(out, url, fleet_db_flags(), &k_tuning);
 }
 
 int fleet_open(struct fleet **out, const struct fleet_config *cfg)
@@ -1301,7 +1306,7 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		if ((stall = getenv("OTACD_TEST_FLEET_STALL_FILE")) && *stall)   /* tests only (test_stall) */
 			f->stall_path = xstrdup(stall);
 	}
-	if ((rc = db_open_tuned(&f->db, f->db_path, fleet_db_flags(), &k_tuning)) < 0) {
+	if ((rc = fleet_db_open(&f->db, f->db_path)) < 0) {
 		rc = ota_error_set(rc, "fleet.db: %s", ota_error_last());
 		goto out;
 	}

@@ -1,0 +1,364 @@
+/*
+ * test_fleetha.c - the device fleet with several otacd instances on one
+ * PostgreSQL fleet database (issue 16, docs/scale.md, "The fleet on
+ * several instances").
+ *
+ * A real PostgreSQL cluster (tests/pgcluster.c) and real otacd processes
+ * with state directories of their own on one otacd and one fleet
+ * database, spoken to over HTTP on loopback.  Devices register, check in
+ * and report through a follower, which forwards to the leader's device
+ * API; a follower keeps out of the fleet database (it has not opened the
+ * fleet); the instance that takes
+ * the lead loads the fleet as the database has it then, so devices keep
+ * their credentials and the counts go on from the old leader's; an
+ * instance whose fleet key or device secret differs from the fleet
+ * database's is refused at start with exit 2.  Every wait has a generous
+ * cap that ends early on success; nothing is timed.
+ *
+ * Without PostgreSQL's binaries every case is skipped, saying so.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../orchestrator/db/db.h"
+#include "harness.h"
+#include "pgcluster.h"
+
+#define NDEV 20
+
+static const char *const args[] = { "--local-agents", "0", NULL };
+
+struct world {
+	struct pgcluster pg;
+	char *otacd_db, *fleet_db, *secrets;
+	struct daemon d[2];
+};
+
+/* 0, or 1 to skip.  d[0] leads, d[1] follows, both with one fleet key and
+ * device secret (h_fleet_secrets_yaml). */
+static int world_start(struct world *w)
+{
+	char *yaml;
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	rc = pgcluster_start(&w->pg, 0);
+	if (rc > 0) {
+		print_message("PostgreSQL's binaries are missing: skipped\n");
+		return 1;
+	}
+	if (rc < 0)
+		fail_msg("pgcluster: %s", ota_error_last());
+	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
+	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
+	w->secrets = h_fleet_secrets_yaml(w->pg.dir);
+	yaml = xasprintf("leader_poll: 1s\n%s", w->secrets);
+	for (int i = 0; i < 2; i++) {
+		h_init(&w->d[i], yaml);
+		h_use_database(&w->d[i], w->otacd_db, w->fleet_db);
+		w->d[i].follower_ok = i > 0;
+		if (i > 0)
+			w->d[i].token = xstrdup(w->d[0].token);
+		assert_int_equal(h_start(&w->d[i], args), 0);
+	}
+	free(yaml);
+	/* the configured key (h_start reads STATE/fleet.key, not made here) */
+	{
+		const char *k = strstr(w->secrets, "fleet_key: \"") + 12;
+		for (int i = 0; i < 2; i++)
+			w->d[i].fleet_key = xstrndup(k, 64);
+	}
+	return 0;
+}
+
+static void world_stop(struct world *w)
+{
+	for (int i = 0; i < 2; i++)
+		h_cleanup(&w->d[i]);
+	pgcluster_stop(&w->pg);
+	free(w->otacd_db);
+	free(w->fleet_db);
+	free(w->secrets);
+}
+
+/* Everything the fleet stores, as one digest (the fleet database's
+ * snapshot, log, meta and aggregates). */
+static char *fleet_digest(struct world *w)
+{
+	struct db *db = NULL;
+	struct db_stmt *st;
+	char *out;
+
+	assert_int_equal(db_open(&db, w->fleet_db, 0), 0);
+	st = db_stmt(db, "SELECT md5("
+			 " coalesce((SELECT string_agg(gen::text || md5(rows), ',' ORDER BY gen, md5(rows)) FROM dev_snap), '')"
+			 " || '|' || coalesce((SELECT string_agg(seq::text || md5(rows), ',' ORDER BY seq) FROM dev_log), '')"
+			 " || '|' || coalesce((SELECT string_agg(key || '=' || value, ',' ORDER BY key) FROM fleet_meta), '')"
+			 " || '|' || coalesce((SELECT string_agg(product || version || cohort || reporting || offered, ','"
+			 " ORDER BY product, version, cohort) FROM aggs), ''))");
+	assert_non_null(st);
+	assert_int_equal(db_step(st), 1);
+	out = xstrdup(db_column_text(st, 0));
+	db_reset(st);
+	db_close(db);
+	return out;
+}
+
+/* A check-in of device i (200 expected, 503 retried while the instance
+ * starts leading); the final status. */
+static long checkin(struct daemon *d, char **creds, int i)
+{
+	char id[32];
+	long st = 0;
+	snprintf(id, sizeof(id), "dev-%04d", i);
+	for (int k = 0; k < 600; k++) {
+		json_t *req = json_pack("{ss ss ss ss ss si}", "device", id, "product", "fw", "hardware", "mps2-an385",
+					"bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1);
+		if ((st = h_dev_post(d, "/device/v1/checkin", creds[i], req, NULL)) != 503)
+			break;
+		h_msleep(50);
+	}
+	return st;
+}
+
+/* One heartbeat report of devices from .. to-1, each with its own
+ * credential: the number accepted. */
+static int64_t heartbeats(struct daemon *d, char **creds, int from, int to)
+{
+	json_t *reps = json_array(), *ans = NULL;
+	int64_t n;
+	long st;
+	for (int i = from; i < to; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "dev-%04d", i);
+		json_array_append_new(reps, json_pack("{ss ss ss ss}", "device", id, "credential", creds[i], "version",
+						      "1.0.0", "event", "heartbeat"));
+	}
+	/* 503 + Retry-After: a device retries (an instance starting to lead) */
+	for (int k = 0; k < 600; k++) {
+		json_decref(ans);
+		ans = NULL;
+		if ((st = h_dev_post(d, "/device/v1/reports", NULL, json_pack("{sO}", "reports", reps), &ans)) != 503)
+			break;
+		h_msleep(50);
+	}
+	json_decref(reps);
+	if (st != 200) {
+		char *text = ans ? json_dumps(ans, 0) : NULL;
+		fail_msg("reports through %s: %ld %s", d->device_url, st, text ? text : "");
+	}
+	n = json_integer_value(json_object_get(ans, "accepted"));
+	json_decref(ans);
+	return n;
+}
+
+/* d's otacd_fleet_reporting for fw 1.0.0, cohort "*" (-1: absent). */
+static int64_t reporting(struct daemon *d)
+{
+	static const char needle[] = "otacd_fleet_reporting{product=\"fw\",version=\"1.0.0\",cohort=\"*\"} ";
+	char *text = h_device_metrics(d, NULL);
+	const char *p = strstr(text, needle);
+	int64_t n = p ? strtoll(p + strlen(needle), NULL, 10) : -1;
+	free(text);
+	return n;
+}
+
+/* Wait (up to 30 s) until d's reporting and device counts are these. */
+static void wait_counts(struct daemon *d, int64_t devices, int64_t reports)
+{
+	int64_t on = -1, rep = -1;
+	for (int k = 0; k < 300; k++) {
+		if ((on = h_fleet_devices(d, "1.0.0")) == devices && (rep = reporting(d)) == reports)
+			return;
+		h_msleep(100);
+	}
+	fail_msg("%s: %lld devices on 1.0.0 and %lld reporting, not %lld and %lld", d->url, (long long)on,
+		 (long long)rep, (long long)devices, (long long)reports);
+}
+
+/* 1 when d's /readyz says it follows. */
+static int follows(struct daemon *d)
+{
+	json_t *r = NULL;
+	long st = h_get(d, "/readyz", &r);
+	char *text = r ? json_dumps(r, 0) : NULL;
+	int following = st == 503 && text && strstr(text, "follower");
+	free(text);
+	json_decref(r);
+	return following;
+}
+
+/* The digest stays the same for a while with the leader stopped: the
+ * other instance, following, writes nothing to the fleet database. */
+static void assert_follower_writes_nothing(struct world *w, struct daemon *leader)
+{
+	char *before, *after;
+	kill(leader->pid, SIGSTOP);
+	before = fleet_digest(w);
+	h_msleep(2000); /* eight of a writer's rounds, had it one */
+	after = fleet_digest(w);
+	kill(leader->pid, SIGCONT);
+	assert_string_equal(before, after);
+	free(before);
+	free(after);
+}
+
+/* The status of d's device GET /metrics with the fleet key. */
+static long metrics_status(struct daemon *d)
+{
+	struct buf out = BUF_INIT;
+	long st;
+	h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -H 'Authorization: Bearer %s' '%s/metrics'", d->fleet_key,
+	     d->device_url);
+	st = strtol(buf_cstr(&out), NULL, 10);
+	buf_release(&out);
+	return st;
+}
+
+static void devices_through_a_follower_keep_credentials_and_counts_across_a_failover(void **state)
+{
+	struct world w;
+	char **creds;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	assert_false(follows(&w.d[0]));
+	assert_true(follows(&w.d[1]));
+	/* registered, checked in and reporting through the follower, which
+	 * forwards to the leader's device API; the leader counts them */
+	creds = h_register_devices(&w.d[1], "dev", NDEV);
+	for (int i = 0; i < NDEV / 2; i++)
+		assert_int_equal(checkin(&w.d[1], creds, i), 200);
+	assert_int_equal(heartbeats(&w.d[1], creds, 0, NDEV / 2), NDEV / 2);
+	wait_counts(&w.d[0], NDEV / 2, NDEV / 2);
+	/* a wrong credential is the leader's 401, relayed */
+	assert_int_equal(checkin(&w.d[1], creds + 1, 0), 401);
+	/* the follower has no fleet of its own: reads are 503 there */
+	assert_int_equal(metrics_status(&w.d[1]), 503);
+	assert_int_equal(metrics_status(&w.d[0]), 200);
+	{
+		/* one hop at most: a request another instance forwarded already is 503 */
+		struct buf out = BUF_INIT;
+		h_sh(&out, "curl -s -o /dev/null -w '%%{http_code}' -X POST -H '" "X-Otacd-Forwarded" ": 1'"
+			   " -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' --data '{\"device\":"
+			   " \"dev-0000\", \"product\": \"fw\", \"hardware\": \"mps2-an385\", \"bootloader\":"
+			   " \"1.0.0\", \"version\": \"1.0.0\", \"security_counter\": 1}' '%s/device/v1/checkin'",
+		     creds[0], w.d[1].device_url);
+		assert_string_equal(buf_cstr(&out), "503");
+		buf_release(&out);
+	}
+	assert_follower_writes_nothing(&w, &w.d[0]);
+
+	/* the leader dies; the follower leads with the fleet the database has */
+	h_kill(&w.d[0], SIGKILL);
+	for (int k = 0; k < 600 && follows(&w.d[1]); k++)
+		h_msleep(50);
+	assert_false(follows(&w.d[1]));
+	/* the same credentials, no registration: the old devices and new ones */
+	for (int i = 0; i < NDEV; i++)
+		assert_int_equal(checkin(&w.d[1], creds, i), 200);
+	wait_counts(&w.d[1], NDEV, NDEV / 2);
+	assert_int_equal(heartbeats(&w.d[1], creds, NDEV / 2, NDEV - 2), NDEV / 2 - 2);
+	wait_counts(&w.d[1], NDEV, NDEV - 2);
+
+	/* the old leader comes back and follows: it forwards, and writes nothing itself */
+	w.d[0].follower_ok = 1;
+	assert_int_equal(h_start(&w.d[0], args), 0);
+	assert_true(follows(&w.d[0]));
+	assert_int_equal(heartbeats(&w.d[0], creds, NDEV - 2, NDEV), 2);
+	wait_counts(&w.d[1], NDEV, NDEV);
+	assert_follower_writes_nothing(&w, &w.d[1]);
+	wait_counts(&w.d[1], NDEV, NDEV);
+
+	for (int i = 0; i < NDEV; i++)
+		free(creds[i]);
+	free(creds);
+	world_stop(&w);
+}
+
+/* otacd on the world's databases with these secrets' config lines, in a
+ * state directory of its own: its exit status (124: still running after
+ * 60 s, i.e. it started) and its output in out. */
+static int start_with(struct world *w, const char *secrets, struct buf *out)
+{
+	char *dir = h_tmpdir(), *config = xasprintf("%s/otacd.yml", dir), *otacd = h_bin("otacd");
+	char *yaml = xasprintf("database: \"%s\"\nfleet_database: \"%s\"\nleader_poll: 1s\nlocal_agents: 0\n%s", w->otacd_db,
+			       w->fleet_db, secrets);
+	int rc;
+
+	assert_int_equal(ota_write_file_atomic(config, yaml, strlen(yaml), 0600), 0);
+	rc = h_sh(out, "timeout 60 %s --state-dir %s --config %s --listen 127.0.0.1:0 --device-listen 127.0.0.1:0",
+		  otacd, dir, config);
+	h_sh(out + 1, "rm -rf %s", dir);
+	free(yaml);
+	free(otacd);
+	free(config);
+	free(dir);
+	return rc;
+}
+
+static void an_instance_with_another_fleet_key_or_device_secret_is_refused_with_exit_2(void **state)
+{
+	struct world w;
+	struct buf out[2] = { BUF_INIT, BUF_INIT };
+	char *dir, *other, *mixed, *other_key;
+	const char *key_end;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	/* d[1] started with the same pair: it follows */
+	assert_true(follows(&w.d[1]));
+	dir = h_tmpdir(); /* another pair, its secret's file in a directory of its own */
+	other = h_fleet_secrets_yaml(dir);
+	other_key = xstrndup(other + 12, 64);
+	key_end = strchr(w.secrets, '\n') + 1;
+
+	/* the same fleet key, another device secret */
+	mixed = xasprintf("%.*s%s", (int)(key_end - w.secrets), w.secrets, strchr(other, '\n') + 1);
+	assert_int_equal(start_with(&w, mixed, out), 2);
+	if (!strstr(buf_cstr(&out[0]), "device secret (device_secret_file) differs"))
+		fail_msg("refused without naming the device secret:\n%s", buf_cstr(&out[0]));
+	free(mixed);
+	/* another fleet key, the same device secret */
+	mixed = xasprintf("%.*s%s", (int)(strchr(other, '\n') + 1 - other), other, key_end);
+	assert_int_equal(start_with(&w, mixed, out), 2);
+	if (!strstr(buf_cstr(&out[0]), "fleet_key differs"))
+		fail_msg("refused without naming fleet_key:\n%s", buf_cstr(&out[0]));
+	assert_null(strstr(buf_cstr(&out[0]), other_key)); /* never the value */
+	free(mixed);
+	/* nothing of theirs was recorded: the leader's devices still register */
+	{
+		char **creds = h_register_devices(&w.d[0], "dev", 1);
+		assert_int_equal(checkin(&w.d[0], creds, 0), 200);
+		free(creds[0]);
+		free(creds);
+	}
+
+	h_sh(&out[1], "rm -rf %s", dir);
+	free(dir);
+	free(other_key);
+	free(other);
+	buf_release(&out[0]);
+	buf_release(&out[1]);
+	world_stop(&w);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(devices_through_a_follower_keep_credentials_and_counts_across_a_failover),
+		cmocka_unit_test(an_instance_with_another_fleet_key_or_device_secret_is_refused_with_exit_2),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
