@@ -23,6 +23,10 @@
  *
  * Varints are LEB128.  Decoding checks every length against the chunk and
  * refuses a chunk that does not parse exactly (fleet_chunk_decode < 0).
+ *
+ * Also here, the other rows a round writes in bulk: `registered`, one
+ * statement per id on SQLite and 8,192 ids a statement on PostgreSQL (the
+ * one place in the fleet that tells the backends apart; see below).
  */
 #include "fleet_int.h"
 
