@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include <jansson.h>
@@ -31,10 +32,12 @@
 #include "../common/util.h"
 #include "../orchestrator/db/db.h"
 #include "../orchestrator/fleet/fleet.h"
+#include "../orchestrator/fleet/fleet_int.h"
 #include "harness.h"
 #include "dbconv.h"
 
 #define FILE_RC "orchestrator/fleet/fleet_store.c"
+#define FILE_ROWS "orchestrator/fleet/fleet_rows.c" /* `registered`'s upserts */
 #define KEY "fleet-key-for-tests"
 #define SECRET "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
@@ -47,6 +50,7 @@ static void scan(struct dbconv_sql *l)
 
 	for (size_t c = 0; c < OTA_ARRAY_SIZE(calls); c++)
 		dbconv_scan_calls(FILE_RC, calls[c], 0, l);
+	dbconv_scan_calls(FILE_ROWS, "db_stmt(", 0, l);
 	if (l->sql.n < 20)
 		fail_msg("%s: only %zu statements found (the scan is broken?)", FILE_RC, l->sql.n);
 }
@@ -56,6 +60,13 @@ static int legacy_only(const char *sql)
 {
 	return strstr(sql, "device_log") || strstr(sql, "INTO devices") || strstr(sql, "FROM devices") ||
 	       strstr(sql, "sqlite_master");
+}
+
+/* fleet_rows.c's batched upsert: PostgreSQL only (arrays bound as
+ * parameters); SQLite runs the one-row upsert. */
+static int postgres_only(const char *sql)
+{
+	return strstr(sql, "unnest(") != NULL;
 }
 
 /* ---- fleets on either backend --------------------------------------------------- */
@@ -101,7 +112,7 @@ static void prepare_all(enum db_backend kind)
 	if (db_open(&db, url, 0) < 0)
 		fail_msg("db_open %s: %s", url, ota_error_last());
 	/* the legacy layout is never run on PostgreSQL: it is refused there */
-	prepared = dbconv_prepare_each(db, &l, kind == DB_POSTGRES ? legacy_only : NULL);
+	prepared = dbconv_prepare_each(db, &l, kind == DB_POSTGRES ? legacy_only : postgres_only);
 	if (kind == DB_POSTGRES)
 		assert_true(l.sql.n - prepared >= 5);
 	db_close(db);
@@ -139,7 +150,8 @@ static void the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms(void *
 		upserts += strstr(l.sql.v[i], "ON CONFLICT(") != NULL;
 		assert_null(strstr(l.sql.v[i], "OR REPLACE"));
 	}
-	assert_int_equal(upserts, 4); /* fleet_meta, aggs, registered, the legacy merge */
+	/* fleet_meta, aggs, registered (one row, and arrays), the legacy merge */
+	assert_int_equal(upserts, 5);
 	fresh_url(DB_POSTGRES, url, sizeof(url));
 	fleet_close(open_fleet(url));
 	assert_int_equal(db_open(&db, url, 0), 0);
@@ -290,6 +302,187 @@ static void fleet_paths_give_the_same_answers_on_both_backends(void **state)
 	json_decref(pg);
 }
 
+/* ---- registrations written in batches (fleet_rows.c) ------------------------- */
+
+/* More rows than two of PostgreSQL's statements take. */
+#define REG_IDS (2 * FLEET_REG_CHUNK + 300)
+
+/* Every `registered` row of url as {id: [gen, at]}. */
+static json_t *registered_rows(const char *url)
+{
+	json_t *rows = json_object();
+	struct db *db;
+	struct db_stmt *st;
+	int rc;
+
+	if (db_open(&db, url, DB_READONLY) < 0)
+		fail_msg("db_open %s: %s", url, ota_error_last());
+	assert_non_null(st = db_stmt(db, "SELECT id, gen, at FROM registered"));
+	while ((rc = db_step(st)) == 1)
+		json_object_set_new(rows, db_column_text(st, 0),
+				    json_pack("[II]", (json_int_t)db_column_int64(st, 1), (json_int_t)db_column_int64(st, 2)));
+	assert_int_equal(rc, 0);
+	db_reset(st);
+	db_close(db);
+	return rows;
+}
+
+static void write_rows(const char *url, const struct fleet_regrows *r)
+{
+	struct db *db;
+
+	if (db_open(&db, url, 0) < 0)
+		fail_msg("db_open %s: %s", url, ota_error_last());
+	assert_int_equal(db_begin(db), 0);
+	if (fleet_regrows_write(db, r) < 0)
+		fail_msg("fleet_regrows_write: %s", ota_error_last());
+	assert_int_equal(db_commit(db), 0);
+	db_close(db);
+}
+
+/* A row for r, and what writing the rows one by one leaves (the last row
+ * of an id wins) in model. */
+static void row(struct fleet_regrows *r, json_t *model, const char *id, int64_t gen, int64_t at)
+{
+	fleet_regrows_add(r, id, gen, at);
+	json_object_set_new(model, id, json_pack("[II]", (json_int_t)gen, (json_int_t)at));
+}
+
+static json_int_t model_gen(json_t *model, const char *id)
+{
+	return json_integer_value(json_array_get(json_object_get(model, id), 0));
+}
+
+/* Rows past one statement's chunk, ids again inside a chunk (the last
+ * chunk holds an id's first and second row), across chunks and across two
+ * transactions: the rows are exactly those of the one-by-one loop. */
+static void registered_rows_in_chunks_end_as_written_one_by_one(void **state)
+{
+	static char ids[REG_IDS + 100][24];
+	struct fleet_regrows r = { 0 };
+	json_t *model = json_object(), *got;
+	char url[600];
+
+	fresh_url(dbconv_backend(state), url, sizeof(url));
+	fleet_close(open_fleet(url)); /* fleet.db's migrations */
+	for (int i = 0; i < REG_IDS; i++) {
+		snprintf(ids[i], sizeof(ids[i]), "r-%06d", i);
+		row(&r, model, ids[i], 1, 1000 + i);
+	}
+	for (int i = 0; i < REG_IDS; i += 7)
+		row(&r, model, ids[i], 2, 5000 + i);
+	for (int i = REG_IDS - 1; i >= 0; i -= 49) /* a third row, in reverse order */
+		row(&r, model, ids[i], 3, 7000 + i);
+	assert_true(r.n > 2 * FLEET_REG_CHUNK);
+	write_rows(url, &r);
+	fleet_regrows_release(&r);
+
+	/* a later round: registered ids again, and new ones */
+	for (int i = 0; i < REG_IDS; i += 5)
+		row(&r, model, ids[i], model_gen(model, ids[i]) + 1, 9000 + i);
+	for (int i = 0; i < 100; i++) {
+		snprintf(ids[REG_IDS + i], sizeof(ids[0]), "new-%d", i);
+		row(&r, model, ids[REG_IDS + i], 1, 9500);
+	}
+	write_rows(url, &r);
+	fleet_regrows_release(&r);
+
+	got = registered_rows(url);
+	assert_int_equal(json_object_size(got), REG_IDS + 100);
+	if (!json_equal(got, model))
+		fail_msg("%s: the `registered` rows differ from the one-by-one loop's", url);
+	json_decref(got);
+	json_decref(model);
+}
+
+struct reg_flight {
+	int done, failed;
+};
+
+static void reg_done(void *ctx, int rc)
+{
+	struct reg_flight *fl = ctx;
+	if (rc < 0)
+		__atomic_add_fetch(&fl->failed, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&fl->done, 1, __ATOMIC_SEQ_CST);
+}
+
+/* {"devices": ["b-LO" .. "b-HI"), then the extra ids} */
+static json_t *reg_body(int lo, int hi, const char *const *extra, size_t nextra)
+{
+	json_t *devs = json_array();
+	char id[32];
+	for (int i = lo; i < hi; i++) {
+		snprintf(id, sizeof(id), "b-%05d", i);
+		json_array_append_new(devs, json_string(id));
+	}
+	for (size_t i = 0; i < nextra; i++)
+		json_array_append_new(devs, json_string(extra[i]));
+	return json_pack("{so}", "devices", devs);
+}
+
+/* Registrations that meet in one writer round (held back by the test stall
+ * file while they queue), one larger than a statement's chunk, with ids
+ * in several of them: each id's generation is the number of registrations
+ * that named it, in the answers, in `registered` and after a reopen. */
+static void registrations_in_one_round_move_each_id_once_per_registration(void **state)
+{
+	static const char *const extra[] = { "c-1", "c-2", "b-00007" };
+	struct { int lo, hi; size_t nextra; } req[] = { { 0, 100, 0 }, { 0, FLEET_MAX_REGISTER, 0 },
+							 { 5000, 6000, 2 }, { 5500, 5600, 3 } };
+	struct fleet_reg *regs[OTA_ARRAY_SIZE(req)] = { NULL };
+	struct reg_flight fl = { 0, 0 };
+	char url[600], stall[600];
+	struct fleet *f;
+	json_t *rows;
+	FILE *fp;
+
+	fresh_url(dbconv_backend(state), url, sizeof(url));
+	snprintf(stall, sizeof(stall), "%s/reg-stall", dbconv_tmpdir());
+	assert_non_null(fp = fopen(stall, "w"));
+	fclose(fp);
+	setenv("OTACD_TEST_FLEET_STALL_FILE", stall, 1);
+	f = open_fleet(url);
+	unsetenv("OTACD_TEST_FLEET_STALL_FILE");
+	for (size_t k = 0; k < OTA_ARRAY_SIZE(req); k++) {
+		json_t *body = reg_body(req[k].lo, req[k].hi, extra, req[k].nextra);
+		assert_int_equal(fleet_register_async(f, body, "peer", &regs[k], reg_done, &fl), 0);
+		json_decref(body);
+		if (k == 0)
+			usleep(300 * 1000); /* the writer holds the first; the rest queue (or not: same rows) */
+	}
+	unlink(stall);
+	for (int waited = 0; __atomic_load_n(&fl.done, __ATOMIC_SEQ_CST) < (int)OTA_ARRAY_SIZE(req); waited++) {
+		if (waited > 120 * 50)
+			fail_msg("registrations not committed after 120 s");
+		usleep(20 * 1000);
+	}
+	assert_int_equal(fl.failed, 0);
+	fleet_close(f);
+
+	rows = registered_rows(url);
+	assert_int_equal(json_object_size(rows), FLEET_MAX_REGISTER + 2);
+	for (int i = 0; i < FLEET_MAX_REGISTER; i++) {
+		char id[32];
+		json_int_t want = 1 + (i < 100) + (i >= 5000 && i < 6000) + (i >= 5500 && i < 5600) + (i == 7);
+		snprintf(id, sizeof(id), "b-%05d", i);
+		if (model_gen(rows, id) != want)
+			fail_msg("%s: gen %lld, not %lld", id, (long long)model_gen(rows, id), (long long)want);
+	}
+	assert_int_equal(model_gen(rows, "c-1"), 2);
+	assert_int_equal(model_gen(rows, "c-2"), 2);
+	/* the last registration's answer names the generations written */
+	for (size_t i = 0; i < regs[3]->n; i++)
+		assert_int_equal(regs[3]->gens[i], model_gen(rows, regs[3]->ids[i]));
+	json_decref(rows);
+	for (size_t k = 0; k < OTA_ARRAY_SIZE(regs); k++)
+		fleet_reg_free(regs[k]);
+	f = open_fleet(url);
+	assert_int_equal(fleet_device_registered(f, "b-09999"), 1);
+	assert_int_equal(fleet_device_registered(f, "c-2"), 1);
+	fleet_close(f);
+}
+
 /* ---- a fleet.db from before fleet.db's migrations ------------------------------ */
 
 static void a_fleet_db_without_migrations_opens_with_its_rows(void **state)
@@ -356,6 +549,8 @@ int main(void)
 		cmocka_unit_test(the_scan_finds_the_upserts_and_postgres_refuses_the_old_forms),
 		cmocka_unit_test(fleet_paths_give_the_same_answers_on_both_backends),
 		cmocka_unit_test(a_fleet_db_without_migrations_opens_with_its_rows),
+		DBCONV_BOTH(registered_rows_in_chunks_end_as_written_one_by_one),
+		DBCONV_BOTH(registrations_in_one_round_move_each_id_once_per_registration),
 	};
 	int rc;
 

@@ -482,6 +482,24 @@ void fleet_chunk_finish(struct fleet_chunk *c, struct buf *out);
 void fleet_chunk_release(struct fleet_chunk *c);
 int fleet_chunk_decode(struct fleet *f, const void *p, size_t n, void (*fn)(struct fleet *f, const struct fleet_row *row));
 
+/*
+ * fleet_rows.c: the `registered` rows one writer round upserts, in the
+ * order its registrations gave out generations (an id may come twice: its
+ * later row wins, as if each were written one by one).  ids are borrowed
+ * from the round's registrations.  fleet_regrows_write() runs in the
+ * round's transaction: on SQLite one prepared upsert per row, on
+ * PostgreSQL FLEET_REG_CHUNK rows a statement (arrays bound as parameters).
+ */
+#define FLEET_REG_CHUNK 8192
+struct fleet_regrows {
+	const char **ids;
+	int64_t *gens, *at;
+	size_t n, cap;
+};
+void fleet_regrows_add(struct fleet_regrows *r, const char *id, int64_t gen, int64_t at);
+int fleet_regrows_write(struct db *db, const struct fleet_regrows *r);
+void fleet_regrows_release(struct fleet_regrows *r);
+
 /* fleet_auth.c: the registry (shard-locked), used by the writer and load */
 struct reg *fleet_reg_find_locked(struct shard *s, const char *id, uint64_t h);
 struct reg *fleet_reg_new_locked(struct fleet *f, struct shard *s, const char *id, uint64_t h);

@@ -607,14 +607,14 @@ static int merge_log(struct fleet *f, int64_t n)
 	return 0;
 }
 
-/* A registration: every id moves to its next generation (memory and
- * `registered`), one audit row for the request. */
-static int apply_registration(struct fleet *f, struct fleet_reg *reg)
+/* A registration: every id moves to its next generation (in memory, and
+ * its `registered` row added to rows, which the round writes), one audit
+ * row for the request. */
+static int apply_registration(struct fleet *f, struct fleet_reg *reg, struct fleet_regrows *rows)
 {
 	struct db_stmt *st;
-	int rc = 0;
 
-	for (size_t i = 0; i < reg->n && rc == 0; i++) {
+	for (size_t i = 0; i < reg->n; i++) {
 		const char *id = reg->ids[i];
 		uint64_t h = fleet_fnv(id, strlen(id), FLEET_FNV_BASIS);
 		struct shard *s = fleet_shard(f, h);
@@ -632,17 +632,8 @@ static int apply_registration(struct fleet *f, struct fleet_reg *reg)
 			fleet_device_mark_locked(s, d);
 		}
 		pthread_mutex_unlock(&s->mu);
-		st = db_stmt(f->db, "INSERT INTO registered(id, gen, at) VALUES(?, ?, ?)"
-				    " ON CONFLICT(id) DO UPDATE SET gen = excluded.gen, at = excluded.at");
-		if (st) {
-			db_bind_text(st, 1, id);
-			db_bind_int64(st, 2, reg->gens[i]);
-			db_bind_int64(st, 3, reg->at);
-		}
-		rc = run(f, st, "register");
+		fleet_regrows_add(rows, id, reg->gens[i], reg->at);
 	}
-	if (rc < 0)
-		return rc;
 	st = db_stmt(f->db, "INSERT INTO registrations(at, count, first, last, peer) VALUES(?, ?, ?, ?, ?)");
 	if (st) {
 		db_bind_int64(st, 1, reg->at);
@@ -668,16 +659,23 @@ static void publish_aggs(struct fleet *f, int ok)
 /* One round: apply batches, write what changed, commit. */
 static int round_commit(struct fleet *f, struct batch *batches)
 {
-	int rc;
+	struct fleet_regrows rows = { 0 };
+	int rc = 0;
 	if (db_begin(f->db) < 0)
 		return db_err(f, "begin");
-	for (struct batch *b = batches; b; b = b->next) {
-		if (b->reg && (rc = apply_registration(f, b->reg)) < 0) {
-			db_rollback(f->db);
-			return rc;
-		}
+	for (struct batch *b = batches; b && rc == 0; b = b->next) {
+		if (b->reg && (rc = apply_registration(f, b->reg, &rows)) < 0)
+			break;
 		for (size_t i = 0; i < b->n; i++)
 			apply_report(f, &b->r[i]);
+	}
+	/* the round's `registered` rows together (fleet_rows.c) */
+	if (rc == 0 && rows.n)
+		rc = fleet_regrows_write(f->db, &rows);
+	fleet_regrows_release(&rows);
+	if (rc < 0) {
+		db_rollback(f->db);
+		return rc;
 	}
 	if (f->legacy)
 		rc = legacy_flush_devices(f);
