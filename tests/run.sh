@@ -8,8 +8,13 @@
 # daemons, not on the CPU; every test takes its ports from the kernel and
 # its files under its own mkdtemp directory: docs/testing.md).  Each
 # binary's output is kept until it ends and printed whole, under a lock, so
-# blocks never interleave; the summary adds up the same counts.
+# blocks never interleave; the summary adds up the same counts.  The
+# binaries named in CHECK_ALONE (default below) run after the others, one
+# at a time: they drive CPU-heavy simulated fleets or count what happens in
+# a few real seconds, and on a busy machine a gate goes inconclusive or a
+# window comes up short.
 set -u
+alone=${CHECK_ALONE-test_rollout test_fleetsim test_web}
 
 # run_one TEST: run one binary and print its block; sets p, f (its passed
 # and failed counts) and rc, and in block its whole output
@@ -63,11 +68,20 @@ else
 	export RUN_DIR
 	trap 'rm -rf "$RUN_DIR"' EXIT
 	trap 'exit 130' INT TERM
-	i=0
-	for t in "$@"; do
-		i=$((i + 1))
-		printf '%s %s\n' "$i" "$t"
-	done | xargs -n 2 -P "$jobs" sh "$0" --one
+	# list 1|0 TEST...: "INDEX TEST" lines of the binaries in CHECK_ALONE
+	# (1) or of the others (0)
+	list() {
+		want=$1
+		shift
+		i=0
+		for t in "$@"; do
+			i=$((i + 1))
+			case " $alone " in *" $(basename "$t") "*) a=1 ;; *) a=0 ;; esac
+			[ "$a" = "$want" ] && printf '%s %s\n' "$i" "$t"
+		done
+	}
+	list 0 "$@" | xargs -r -n 2 -P "$jobs" sh "$0" --one
+	list 1 "$@" | xargs -r -n 2 -P 1 sh "$0" --one
 	i=0
 	for t in "$@"; do
 		i=$((i + 1))
