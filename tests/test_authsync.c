@@ -53,6 +53,7 @@ static int64_t now_ms(void)
 /* 0, or 1 to skip when PostgreSQL's binaries are missing. */
 static int world_start(struct world *w)
 {
+	char *secrets, *yaml;
 	int rc;
 
 	memset(w, 0, sizeof(*w));
@@ -65,10 +66,15 @@ static int world_start(struct world *w)
 		fail_msg("pgcluster: %s", ota_error_last());
 	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
 	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
-	h_init(&w->lead, "leader_poll: 1s\n");
+	/* every instance on one fleet database shares its secrets (fleet_keys.c) */
+	secrets = h_fleet_secrets_yaml(w->pg.dir);
+	yaml = xasprintf("leader_poll: 1s\n%s", secrets);
+	free(secrets);
+	h_init(&w->lead, yaml);
 	h_use_database(&w->lead, w->otacd_db, w->fleet_db);
 	assert_int_equal(h_start(&w->lead, args), 0);
-	h_init(&w->follow, "leader_poll: 1s\n");
+	h_init(&w->follow, yaml);
+	free(yaml);
 	h_use_database(&w->follow, w->otacd_db, w->fleet_db);
 	w->follow.follower_ok = 1;
 	w->follow.token = xstrdup(w->lead.token);

@@ -79,6 +79,7 @@ static const char *const no_agents[] = { "--local-agents", "0", NULL };
 
 static int setup(void **state)
 {
+	char *secrets, *yaml;
 	int rc;
 	(void)state;
 
@@ -91,21 +92,26 @@ static int setup(void **state)
 		fail_msg("pgcluster: %s", ota_error_last());
 	w.otacd_db = h_pg_createdb(&w.pg, "otacd");
 	w.fleet_db = h_pg_createdb(&w.pg, "fleet");
+	/* every instance on one fleet database shares its secrets (fleet_keys.c) */
+	secrets = h_fleet_secrets_yaml(w.pg.dir);
+	yaml = xasprintf("lease: 120s\nleader_poll: 1s\n%s", secrets); /* no job expires mid-test */
 	for (int i = 0; i < 2; i++) {
-		h_init(&w.d[i], "lease: 120s\nleader_poll: 1s\n"); /* no job expires mid-test */
+		h_init(&w.d[i], yaml);
 		h_use_database(&w.d[i], w.otacd_db, w.fleet_db);
 		w.d[i].follower_ok = i > 0;
 		if (i > 0)
 			w.d[i].token = xstrdup(w.d[0].token);
 		assert_int_equal(h_start(&w.d[i], no_agents), 0);
-		/* the agents, before the follower starts: it loads the tokens
-		 * once (auth.c), a later one is news to it */
+		/* the agents, before the follower starts (a follower now hears of
+		 * later ones at the commitwatch's notification: test_authsync) */
 		for (int k = 0; i == 0 && k < 4; k++) {
 			static const char *const names[][2] = { { "fwd-builder", "fwdb" }, { "fwd-rig", "fwdh" },
 								{ "fwd-e2e", "fwde" }, { "fwd-gone", "fwdg" } };
 			assert_non_null(w.tok[k] = h_agent_add(&w.d[0], names[k][0], names[k][1]));
 		}
 	}
+	free(yaml);
+	free(secrets);
 	return 0;
 }
 
