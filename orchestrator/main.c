@@ -484,13 +484,22 @@ static int start_agents(struct localagents **agents, struct otacd_config *cfg, c
 static int follow(struct db_leader *l, struct leading *lead, int *leads)
 {
 	enum db_leader_state st = DB_LEADER_FOLLOWER;
+	static int was_away;
 
 	if (db_leader_poll(l, &st) < 0) {
 		ota_log(OTA_LOG_WARN, "leadership poll: %s", ota_error_last());
+		was_away = 1;
 		return 0;
 	}
 	if (st != DB_LEADER_LEADER)
 		return 0;
+	/* the server went away while this instance followed (a restart): the
+	 * connections it opened at start are broken, so it leads from a fresh
+	 * start instead, as a leader that lost the lead does (test_hafail.c) */
+	if (was_away) {
+		ota_log(OTA_LOG_ERROR, "the database was away while following: exiting to lead from a fresh start");
+		_exit(75);
+	}
 	lead->ecfg.leader_epoch = db_leader_epoch(l);
 	ota_log(OTA_LOG_INFO, "this instance leads (epoch %" PRId64 "): starting the engine", lead->ecfg.leader_epoch);
 	if (lead_start(lead) < 0)

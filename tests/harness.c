@@ -128,6 +128,34 @@ void h_init(struct daemon *d, const char *config_yaml)
 	}
 }
 
+int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db)
+{
+	int rc;
+
+	memset(pg, 0, sizeof(*pg));
+	rc = pgcluster_start(pg, 0);
+	if (rc > 0) {
+		print_message("PostgreSQL's binaries are missing: skipped\n");
+		return 1;
+	}
+	if (rc < 0)
+		fail_msg("pgcluster: %s", ota_error_last());
+	*otacd_db = h_pg_createdb(pg, "otacd");
+	*fleet_db = h_pg_createdb(pg, "fleet");
+	return 0;
+}
+
+int h_leads(struct daemon *d)
+{
+	json_t *r = NULL;
+	long st = h_get(d, "/readyz", &r);
+	char *text = r ? json_dumps(r, 0) : NULL;
+	int following = st == 503 && text && strstr(text, "follower");
+	free(text);
+	json_decref(r);
+	return st > 0 && !following;
+}
+
 int h_on_pg(void)
 {
 	const char *v = getenv("OTACD_DATABASE");
@@ -265,13 +293,7 @@ int h_start(struct daemon *d, const char *const *args)
 	 * on the leader (generous cap: a takeover after a SIGKILL waits for
 	 * the old session to end) */
 	for (i = 0; d->database && !strncmp(d->database, "postgres", 8) && !d->follower_ok && i < 6000; i++) {
-		json_t *r = NULL;
-		long st = h_get(d, "/readyz", &r);
-		char *text = r ? json_dumps(r, 0) : NULL;
-		int following = st == 503 && text && strstr(text, "follower");
-		free(text);
-		json_decref(r);
-		if (!following)
+		if (h_leads(d))
 			break;
 		h_msleep(10);
 	}
@@ -580,8 +602,10 @@ int h_otactl_checked(struct daemon *d, struct buf *out, const char *fmt, ...)
 char *h_ec_keypair(const char *dir)
 {
 	struct buf out = BUF_INIT;
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out k.pem"
-				    " && openssl pkey -in k.pem -pubout -out k.pub",
+	/* a pair already there is kept: a daemon configured with k.pem
+	 * before h_fleetsim_start() signs what the fleet verifies */
+	assert_int_equal(h_sh(&out, "cd %s && { [ -s k.pem ] && [ -s k.pub ] || { openssl genpkey -algorithm EC"
+				    " -pkeyopt ec_paramgen_curve:P-256 -out k.pem && openssl pkey -in k.pem -pubout -out k.pub; }; }",
 			      dir),
 			 0);
 	buf_release(&out);

@@ -46,6 +46,14 @@ struct pgcluster;
 void h_use_database(struct daemon *d, const char *url, const char *fleet_url);
 /* CREATE DATABASE name on pg; the new database's URL (caller frees). */
 char *h_pg_createdb(const struct pgcluster *pg, const char *name);
+/* Start pg (pgcluster_start) with two new databases, "otacd" and "fleet"
+ * (their URLs in *otacd_db and *fleet_db, to free): 0; 1 when PostgreSQL's
+ * binaries are missing, after saying so (the caller skips); fails the test
+ * on any other error. */
+int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db);
+/* issue 16: 1 when d answers and its /readyz does not call it a follower
+ * (it leads, or is a single instance); 0 when it follows or is gone. */
+int h_leads(struct daemon *d);
 /* Is OTACD_DATABASE=pg set (every h_init() daemon on PostgreSQL)? */
 int h_on_pg(void);
 
@@ -176,7 +184,8 @@ int h_otactl(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF
  * assertion on the status that fails next says why. */
 int h_otactl_checked(struct daemon *d, struct buf *out, const char *fmt, ...) OTA_PRINTF(3, 4);
 /* An EC P-256 key pair made by openssl in dir: k.pem and k.pub (a
- * release signing key for fleetsim's --key); the path of k.pub, to free. */
+ * release signing key for fleetsim's --key), kept when dir has one; the
+ * path of k.pub, to free. */
 char *h_ec_keypair(const char *dir);
 
 /* git in the working clone work (as Tester), output in out; returns the exit status. */

@@ -49,36 +49,16 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* 1: d leads (/readyz does not call it a follower); 0: it follows. */
-static int leads(struct daemon *d)
-{
-	json_t *r = NULL;
-	long st = h_get(d, "/readyz", &r);
-	char *text = r ? json_dumps(r, 0) : NULL;
-	int following = st == 503 && text && strstr(text, "follower");
-	free(text);
-	json_decref(r);
-	return st > 0 && !following;
-}
-
 /* 0, or 1 to skip when PostgreSQL's binaries are missing.  d[0] is started
  * first and leads; the others follow with its admin token (the database's:
  * written to the state directory of the instance that made it). */
 static int world_start(struct world *w)
 {
 	char *secrets, *yaml;
-	int rc;
 
 	memset(w, 0, sizeof(*w));
-	rc = pgcluster_start(&w->pg, 0);
-	if (rc > 0) {
-		print_message("PostgreSQL's binaries are missing: skipped\n");
+	if (h_pg_start_dbs(&w->pg, &w->otacd_db, &w->fleet_db) > 0)
 		return 1;
-	}
-	if (rc < 0)
-		fail_msg("pgcluster: %s", ota_error_last());
-	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
-	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
 	secrets = h_fleet_secrets_yaml(w->pg.dir);
 	yaml = xasprintf("lease: 3s\nleader_poll: 1s\n%s", secrets);
 	for (int i = 0; i < N; i++) {
@@ -89,7 +69,7 @@ static int world_start(struct world *w)
 			w->d[i].token = xstrdup(w->d[0].token);
 		assert_int_equal(h_start(&w->d[i], args), 0);
 		if (i == 0)
-			assert_true(leads(&w->d[0]));
+			assert_true(h_leads(&w->d[0]));
 	}
 	free(yaml);
 	free(secrets);
@@ -113,7 +93,7 @@ static int wait_leader(struct world *w, int cap_ms)
 	do {
 		int n = 0, who = -1;
 		for (int i = 0; i < N; i++)
-			if (w->d[i].pid > 0 && leads(&w->d[i]))
+			if (w->d[i].pid > 0 && h_leads(&w->d[i]))
 				n++, who = i;
 		if (n == 1)
 			return who;
@@ -384,7 +364,7 @@ static void a_cut_off_leader_exits_75_and_another_leads(void **state)
 	w.d[0].follower_ok = 1;
 	assert_int_equal(h_start(&w.d[0], args), 0);
 	h_msleep(1500); /* a poll or more */
-	assert_false(leads(&w.d[0]));
+	assert_false(h_leads(&w.d[0]));
 	assert_forwards(&w.d[0], &w.d[next], "via-restarted");
 	world_stop(&w);
 }

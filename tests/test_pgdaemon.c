@@ -63,18 +63,10 @@ static char *with_password(const char *url)
 static int pgworld_start(struct pgworld *w)
 {
 	char *a, *b;
-	int rc;
 
 	memset(w, 0, sizeof(*w));
-	rc = pgcluster_start(&w->pg, 0);
-	if (rc > 0) {
-		print_message("PostgreSQL's binaries are missing: skipped\n");
+	if (h_pg_start_dbs(&w->pg, &a, &b) > 0)
 		return 1;
-	}
-	if (rc < 0)
-		fail_msg("pgcluster: %s", ota_error_last());
-	a = h_pg_createdb(&w->pg, "otacd");
-	b = h_pg_createdb(&w->pg, "fleet");
 	w->otacd_db = with_password(a);
 	w->fleet_db = with_password(b);
 	free(a);
