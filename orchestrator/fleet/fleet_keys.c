@@ -13,11 +13,11 @@
  * one writer transaction so two first starts agree on one.  An instance
  * without a fleet key (none configured) records and checks none.
  *
- * The same transaction makes fleet_leader, where the instance that leads
- * records its device API's address for the followers' listeners to
- * forward to (as otacd_leader.holder names the leader's API; a table made
- * here rather than by a migration, like otacd_leader: one row, never a
- * new shape).
+ * fleet_leader (fleet_store.c's migration 3) is where the instance that
+ * leads records its device API's address for the followers' listeners to
+ * forward to, as otacd_leader.holder names the leader's API.  A migration,
+ * not a table made at start: `otactl migrate` and backups copy a fleet
+ * database's tables into one made by the migrations.
  */
 #include "fleet_int.h"
 
@@ -91,12 +91,6 @@ int fleet_keys_check(const struct fleet_config *cfg)
 	}
 	if (db_begin(db) < 0) {
 		rc = ota_error_set(OTA_ERROR, "fleet database: %s", db_errmsg(db));
-		goto out;
-	}
-	if ((rc = db_exec(db, "CREATE TABLE IF NOT EXISTS fleet_leader(k TEXT PRIMARY KEY, device_url TEXT NOT NULL)")) <
-	    0) {
-		rc = ota_error_set(OTA_ERROR, "fleet database: %s", db_errmsg(db));
-		db_rollback(db);
 		goto out;
 	}
 	if ((cfg->fleet_key && *cfg->fleet_key &&

@@ -138,6 +138,9 @@ static const char *const migrations[] = {
 	" SELECT at, count, first, last, peer FROM registrations ORDER BY at;"
 	"DROP TABLE registrations;"
 	"ALTER TABLE registrations_v2 RENAME TO registrations;",
+	/* 3. issue 16: where the leading instance records its device API's
+	 * address for the followers' listeners (fleet_keys.c) */
+	"CREATE TABLE IF NOT EXISTS fleet_leader(k TEXT PRIMARY KEY, device_url TEXT NOT NULL);",
 };
 
 const char *const *fleet_store_migrations(size_t *n)
