@@ -531,7 +531,11 @@ static void a_fleet_db_without_migrations_opens_with_its_rows(void **state)
 
 	assert_int_equal(db_open(&db, url, DB_READONLY), 0);
 	assert_int_equal(db_schema_version(db, &version), 0);
-	assert_int_equal(version, 2);
+	{ /* every migration ran: the one that added registrations.id among them */
+		size_t nmig;
+		fleet_store_migrations(&nmig);
+		assert_int_equal(version, (int)nmig);
+	}
 	st = db_stmt(db, "SELECT count(*) FROM registrations WHERE id IS NOT NULL");
 	assert_int_equal(db_step(st), 1);
 	assert_int_equal(db_column_int64(st, 0), 3);
