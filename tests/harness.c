@@ -145,6 +145,21 @@ int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db)
 	return 0;
 }
 
+void h_pg_instances(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
+		    const char *const *args)
+{
+	for (int i = 0; i < n; i++) {
+		h_init(&d[i], yaml);
+		h_use_database(&d[i], otacd_db, fleet_db);
+		d[i].follower_ok = i > 0;
+		if (i > 0)
+			d[i].token = xstrdup(d[0].token);
+		assert_int_equal(h_start(&d[i], args), 0);
+		if (i == 0)
+			assert_true(h_leads(&d[0]));
+	}
+}
+
 int h_leads(struct daemon *d)
 {
 	json_t *r = NULL;

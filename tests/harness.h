@@ -51,6 +51,11 @@ char *h_pg_createdb(const struct pgcluster *pg, const char *name);
  * binaries are missing, after saying so (the caller skips); fails the test
  * on any other error. */
 int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db);
+/* issue 16: start d[0..n-1] with config yaml on otacd_db and fleet_db,
+ * one after the other: d[0] must lead, the others follow with its admin
+ * token.  yaml should carry h_fleet_secrets_yaml()'s keys. */
+void h_pg_instances(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
+		    const char *const *args);
 /* issue 16: 1 when d answers and its /readyz does not call it a follower
  * (it leads, or is a single instance); 0 when it follows or is gone. */
 int h_leads(struct daemon *d);

@@ -54,18 +54,10 @@ static int64_t now_ms(void)
 static int world_start(struct world *w)
 {
 	char *secrets, *yaml;
-	int rc;
 
 	memset(w, 0, sizeof(*w));
-	rc = pgcluster_start(&w->pg, 0);
-	if (rc > 0) {
-		print_message("PostgreSQL's binaries are missing: skipped\n");
+	if (h_pg_start_dbs(&w->pg, &w->otacd_db, &w->fleet_db) > 0)
 		return 1;
-	}
-	if (rc < 0)
-		fail_msg("pgcluster: %s", ota_error_last());
-	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
-	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
 	/* every instance on one fleet database shares its secrets (fleet_keys.c) */
 	secrets = h_fleet_secrets_yaml(w->pg.dir);
 	yaml = xasprintf("leader_poll: 1s\n%s", secrets);

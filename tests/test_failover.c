@@ -61,16 +61,7 @@ static int world_start(struct world *w)
 		return 1;
 	secrets = h_fleet_secrets_yaml(w->pg.dir);
 	yaml = xasprintf("lease: 3s\nleader_poll: 1s\n%s", secrets);
-	for (int i = 0; i < N; i++) {
-		h_init(&w->d[i], yaml);
-		h_use_database(&w->d[i], w->otacd_db, w->fleet_db);
-		w->d[i].follower_ok = i > 0;
-		if (i > 0)
-			w->d[i].token = xstrdup(w->d[0].token);
-		assert_int_equal(h_start(&w->d[i], args), 0);
-		if (i == 0)
-			assert_true(h_leads(&w->d[0]));
-	}
+	h_pg_instances(w->d, N, w->otacd_db, w->fleet_db, yaml, args);
 	free(yaml);
 	free(secrets);
 	return 0;

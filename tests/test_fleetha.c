@@ -48,28 +48,13 @@ struct world {
 static int world_start(struct world *w)
 {
 	char *yaml;
-	int rc;
 
 	memset(w, 0, sizeof(*w));
-	rc = pgcluster_start(&w->pg, 0);
-	if (rc > 0) {
-		print_message("PostgreSQL's binaries are missing: skipped\n");
+	if (h_pg_start_dbs(&w->pg, &w->otacd_db, &w->fleet_db) > 0)
 		return 1;
-	}
-	if (rc < 0)
-		fail_msg("pgcluster: %s", ota_error_last());
-	w->otacd_db = h_pg_createdb(&w->pg, "otacd");
-	w->fleet_db = h_pg_createdb(&w->pg, "fleet");
 	w->secrets = h_fleet_secrets_yaml(w->pg.dir);
 	yaml = xasprintf("leader_poll: 1s\n%s", w->secrets);
-	for (int i = 0; i < 2; i++) {
-		h_init(&w->d[i], yaml);
-		h_use_database(&w->d[i], w->otacd_db, w->fleet_db);
-		w->d[i].follower_ok = i > 0;
-		if (i > 0)
-			w->d[i].token = xstrdup(w->d[0].token);
-		assert_int_equal(h_start(&w->d[i], args), 0);
-	}
+	h_pg_instances(w->d, 2, w->otacd_db, w->fleet_db, yaml, args);
 	free(yaml);
 	/* the configured key (h_start reads STATE/fleet.key, not made here) */
 	{

@@ -80,18 +80,12 @@ static const char *const no_agents[] = { "--local-agents", "0", NULL };
 static int setup(void **state)
 {
 	char *secrets, *yaml;
-	int rc;
 	(void)state;
 
-	rc = pgcluster_start(&w.pg, 0);
-	if (rc > 0) {
+	if (h_pg_start_dbs(&w.pg, &w.otacd_db, &w.fleet_db) > 0) {
 		w.skipped = 1;
 		return 0;
 	}
-	if (rc < 0)
-		fail_msg("pgcluster: %s", ota_error_last());
-	w.otacd_db = h_pg_createdb(&w.pg, "otacd");
-	w.fleet_db = h_pg_createdb(&w.pg, "fleet");
 	/* every instance on one fleet database shares its secrets (fleet_keys.c) */
 	secrets = h_fleet_secrets_yaml(w.pg.dir);
 	yaml = xasprintf("lease: 120s\nleader_poll: 1s\n%s", secrets); /* no job expires mid-test */

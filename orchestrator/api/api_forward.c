@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -349,7 +348,6 @@ static struct curl_slist *request_headers(const struct curlload *cu, const struc
 int api_forward_spool(const char *dir, int *fd)
 {
 	char *path;
-	mode_t old;
 
 	*fd = -1;
 #ifdef O_TMPFILE
@@ -359,9 +357,9 @@ int api_forward_spool(const char *dir, int *fd)
 #endif
 	/* a filesystem without O_TMPFILE: a name for an instant */
 	path = xasprintf("%s/.fwd-spool-XXXXXX", dir);
-	old = umask(077);
+	/* mode 0600 whatever the umask (mkostemp's own); no umask() here:
+	 * it is the process's, and other threads make files meanwhile */
 	*fd = mkostemp(path, O_CLOEXEC);
-	umask(old);
 	if (*fd >= 0)
 		unlink(path);
 	free(path);

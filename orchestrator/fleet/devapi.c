@@ -1157,8 +1157,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		r = dreq_new();
 		*con_cls = r;
 		r->route = route_of(method, url, &bad);
+		if (auth && !strncasecmp(auth, "Bearer ", 7))
+			r->token = auth + 7;
 		/* a follower's listener has no fleet until it leads (devapi_attach);
-		 * every thread that reads a->f below loaded it here first */
+		 * every thread that reads a->f below loaded it here first
+		 * (forwardable() reads r->token: a TLS request with one is a
+		 * device known by its credential, which the leader checks) */
 		if (!bad && !__atomic_load_n(&a->f, __ATOMIC_ACQUIRE)) {
 			if (cl && length_over(cl, DEVAPI_DISCARD_MAX)) {
 				r->answered_early = 1;
@@ -1171,8 +1175,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 				r->answered_early = 1;
 			return r->forward ? MHD_YES : reply_retry(c, k_follower);
 		}
-		if (auth && !strncasecmp(auth, "Bearer ", 7))
-			r->token = auth + 7;
 		if (bad) {
 			r->answered_early = 1;
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
