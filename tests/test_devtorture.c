@@ -640,6 +640,13 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 		}
 		cycle(bin, conf, dir, factory, mode, "1.1.0", &seed, &t);
 	}
+	/* a kill in the test boot reverts a good image; on a heavily loaded
+	 * machine more kills fall there (every phase takes longer), so good
+	 * cycles, killed as before, go on until one lands (a cap, not a wait) */
+	for (int extra = 0; t.landed == 0 && t.cycles[M_GOOD] > 0 && extra < 10; extra++) {
+		mirror_set(&m, M_GOOD, NULL);
+		cycle(bin, conf, dir, factory, M_GOOD, "1.1.0", &seed, &t);
+	}
 
 	/* the other board's release with its signed manifest edited to name
 	 * this board: the envelope's signature no longer verifies */
@@ -727,8 +734,7 @@ static void sigkilled_devices_refuse_every_bad_image_before_it_is_bootable(void 
 	print_message("devtorture: SIGKILLs in idle %d, downloading %d, installing %d (%d of them verifying a bad image),"
 		      " rebooting %d, testing %d\n", t.at[0], t.at[1], t.at[2], t.bad_at_install, t.at[3], t.at[4]);
 	assert_int_equal(t.landed + t.reverted, t.cycles[M_GOOD]);
-	if (t.cycles[M_GOOD] >= 2)   /* a kill in the test boot reverts (~5 % of cycles) */
-		assert_true(t.landed > 0);
+	assert_true(t.landed > 0);   /* above: good cycles until one lands */
 	for (int mode = M_CORRUPT; mode < M_MODES; mode++)
 		assert_int_equal(t.refused[mode], t.cycles[mode]);
 	assert_true(t.kills >= cycles);

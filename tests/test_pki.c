@@ -751,7 +751,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 	assert_int_equal(dh_sh_in(d.dir, &out, "%s keys revoke %s --root root --reason keyCompromise -o crl.pem"
 					     " && %s --url %s --token %s keys publish crl.pem",
 			       otactl_bin, idB, otactl_bin, d.url, d.token), 0);
-	for (int waited = 0; !file_has(log, "revocation list 1 accepted") && waited < 30000; waited += 100)
+	for (int waited = 0; !file_has(log, "revocation list 1 accepted") && waited < 120000; waited += 100)
 		h_msleep(100);
 	assert_true(file_has(log, "revocation list 1 accepted"));
 	on3 = dh_fleet_count(&d, r3, "devices");
