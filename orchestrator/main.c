@@ -702,6 +702,15 @@ int main(int argc, char **argv)
 	    origin_configure(cfg.image_origin) < 0) /* issue 15 */
 		goto fail;
 	{
+		/* issue 16: the local store is a directory of this instance's */
+		const char *backend = json_string_value(json_object_get(cfg.artifact_store, "backend"));
+		if (on_postgresql(dburl) && (!backend || strcmp(backend, "s3") != 0))
+			ota_log(OTA_LOG_WARN, "artifact_store: local on PostgreSQL: other instances cannot read what"
+					      " this one stores (downloads, release verification, a new leader's releases)"
+					      " unless STATE/artifacts is one shared directory on every instance; use the"
+					      " S3 store (docs/scale.md, \"What every instance must share\")");
+	}
+	{
 		/* Every configured secret is masked in every log, report and
 		 * message, whether or not the job named it. */
 		struct strvec sv = STRVEC_INIT;

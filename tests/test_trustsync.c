@@ -14,7 +14,8 @@
  * older list, and a row written into the table behind otacd's back are
  * refused and change nothing on either instance.  Upgrade: a list an
  * older otacd left in a state directory, newer than the database's, is
- * imported once when that instance starts, and reaches the other.
+ * imported once when that instance starts, and reaches the other.  Each
+ * instance warns at start that its local artifact store is its own.
  *
  * Every wait has a generous cap that ends early on success; how long each
  * took is printed, never asserted.  Without PostgreSQL's binaries the test
@@ -204,6 +205,15 @@ static void one_list_on_every_instance_and_no_forgery_on_any(void **state)
 			 "  a: { spec: %s/a.pem, certificate: %s/a.crt }\n%s",
 			 dir, dir, dir, secrets);
 	h_pg_instances(d, 2, otacd_db, fleet_db, yaml, args);
+	/* each instance says that its local artifact store is its own */
+	{
+		char *log = xasprintf("%s/otacd.log", d[1].dir);
+		struct buf b = BUF_INIT;
+		assert_int_equal(ota_read_file(&b, log, 1 << 22), 0);
+		assert_non_null(strstr(buf_cstr(&b), "artifact_store: local on PostgreSQL"));
+		buf_release(&b);
+		free(log);
+	}
 
 	/* a release signed by a, verified on the follower: no list yet */
 	run = h_trigger(&d[0], RELEASE);
