@@ -48,10 +48,11 @@ struct commitwatch;
 #define CW_WORK 2u    /* the dispatch queue: jobs for agents */
 #define CW_ROLLOUT 4u /* rollout rows */
 #define CW_LOG 8u     /* job logs grew (no commit): wakes live logs only */
-#define CW_AUTH 16u   /* tokens or registered agents: the commitwatch's auth hook reloads them */
+#define CW_AUTH 16u   /* tokens, registered agents or the release revocation list: the auth hook reloads them */
 
 /*
- * The auth hook (main.c: auth_reload() on this thread's store_reader()),
+ * The auth hook (main.c: auth_reload() and trustdb_reload() on this
+ * thread's store_reader()),
  * run on the commitwatch thread: for a notification with CW_AUTH, for
  * anything that is not a payload of ours, after a reconnect, and every
  * COMMITWATCH_AUTH_RELOAD_MS whatever was heard — the bound on how long a

@@ -27,8 +27,9 @@ int engine_audit(struct engine *e, const char *actor, const char *action, int64_
 		 const char *reason, json_t *detail);
 /* Engine thread: a rollout changed; the hook runs after the commit. */
 void engine_rollout_changed(struct engine *e);
-/* Engine thread: tokens or registered agents changed (other instances
- * reload theirs when this commit is announced: commitwatch.h, CW_AUTH). */
+/* Engine thread: tokens, registered agents or the release revocation list
+ * changed (other instances reload theirs when this commit is announced:
+ * commitwatch.h, CW_AUTH). */
 void engine_auth_changed(struct engine *e);
 /* The function called after a commit that changed a rollout. */
 void engine_set_rollout_hook(struct engine *e, void (*fn)(void *), void *arg);

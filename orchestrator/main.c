@@ -64,6 +64,7 @@
 #include "sched/sched.h"
 #include "sources.h"
 #include "store.h"
+#include "trustdb.h"
 #include "tls/tls.h"
 
 static const char usage[] =
@@ -158,14 +159,21 @@ static int instance_id(struct store *db)
 	return store_meta_set(db, "instance_id", hex);
 }
 
-/* The commitwatch thread's auth hook: the database's tokens and agents
- * read again on that thread's reader connection. */
+/* The commitwatch thread's auth hook: the database's tokens and agents,
+ * and the release revocation list (trustdb.h), read again on that
+ * thread's reader connection. */
 static int reload_tokens(void *arg)
 {
 	struct store *r = store_reader();
 
 	(void)arg;
-	return r ? auth_reload(r) : OTA_ERROR;
+	if (!r)
+		return OTA_ERROR;
+	/* a list that does not verify changes nothing and is said, loudly,
+	 * at each reload; the tokens still reload */
+	if (trustdb_reload(r) < 0)
+		ota_log(OTA_LOG_WARN, "commit notifications: %s", ota_error_last());
+	return auth_reload(r);
 }
 
 static int admin_token(struct store *db, const char *state_dir)
@@ -694,6 +702,15 @@ int main(int argc, char **argv)
 	    origin_configure(cfg.image_origin) < 0) /* issue 15 */
 		goto fail;
 	{
+		/* issue 16: the local store is a directory of this instance's */
+		const char *backend = json_string_value(json_object_get(cfg.artifact_store, "backend"));
+		if (on_postgresql(dburl) && (!backend || strcmp(backend, "s3") != 0))
+			ota_log(OTA_LOG_WARN, "artifact_store: local on PostgreSQL: other instances cannot read what"
+					      " this one stores (downloads, release verification, a new leader's releases)"
+					      " unless STATE/artifacts is one shared directory on every instance; use the"
+					      " S3 store (docs/scale.md, \"What every instance must share\")");
+	}
+	{
 		/* Every configured secret is masked in every log, report and
 		 * message, whether or not the job named it. */
 		struct strvec sv = STRVEC_INIT;
@@ -705,13 +722,14 @@ int main(int argc, char **argv)
 		logstore_set_mask(mask_set_new((const char *const *)sv.v, sv.n));
 		strvec_clear(&sv);
 	}
+	/* issue 13: the release root and the held revocation list (issue 16:
+	 * the database's; before the commitwatch's hook can reload it) */
+	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0 || trustdb_import(db) < 0)
+		goto fail;
 	if (auth_load(db) < 0 || admin_token(db, cfg.state_dir) < 0)
 		goto fail;
 	/* issue 16: tokens and agents another instance changes (CW_AUTH) */
 	commitwatch_on_auth(watch, reload_tokens, NULL);
-	/* issue 13: the release root and the held revocation list */
-	if (pki_trust_open(cfg.trust_root, cfg.state_dir) < 0)
-		goto fail;
 	/* issue 13: a bad encryption key stops otacd here, not the first
 	 * release stage that names it hours later */
 	{

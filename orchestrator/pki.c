@@ -628,14 +628,14 @@ static struct {
 	X509 *root;
 	X509_CRL *crl;
 	int64_t number;          /* read without the lock by check-ins */
-	char *path;              /* STATE_DIR/revocations.crl.pem */
-} trust = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, NULL };
+} trust = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0 };
 
 int pki_trust_open(const char *root_path, const char *state_dir)
 {
 	struct buf b = BUF_INIT;
 	X509_CRL *crl = NULL;
 	int64_t number = 0;
+	char *path;
 	int rc;
 
 	pki_trust_close();
@@ -643,17 +643,19 @@ int pki_trust_open(const char *root_path, const char *state_dir)
 		return 0;
 	if ((rc = pki_root_load_file(&trust.root, root_path)) < 0)
 		return rc;
-	trust.path = xasprintf("%s/revocations.crl.pem", state_dir ? state_dir : ".");
-	if (access(trust.path, F_OK) != 0)
-		return 0;
-	if ((rc = ota_read_file(&b, trust.path, PKI_CRL_MAX)) == 0 &&
-	    (rc = pki_crl_load(&crl, &number, b.ptr, b.len, trust.root)) == 0) {
-		trust.crl = crl;
-		__atomic_store_n(&trust.number, number, __ATOMIC_RELEASE);
-	} else {
-		ota_error_prefix("%s", trust.path);
-	}
+	/* before issue 16 the held list lived here; now the database holds it
+	 * (trustdb.h) and this file is only read, for trustdb_import() */
+	path = xasprintf("%s/revocations.crl.pem", state_dir ? state_dir : ".");
+	if (access(path, F_OK) != 0)
+		goto out;
+	if ((rc = ota_read_file(&b, path, PKI_CRL_MAX)) == 0 &&
+	    (rc = pki_crl_load(&crl, &number, b.ptr, b.len, trust.root)) == 0)
+		pki_trust_install(crl, number);
+	else
+		ota_error_prefix("%s", path);
+out:
 	buf_release(&b);
+	free(path);
 	return rc;
 }
 
@@ -662,10 +664,8 @@ void pki_trust_close(void)
 	pthread_mutex_lock(&trust.lock);
 	X509_free(trust.root);
 	X509_CRL_free(trust.crl);
-	free(trust.path);
 	trust.root = NULL;
 	trust.crl = NULL;
-	trust.path = NULL;
 	__atomic_store_n(&trust.number, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&trust.lock);
 }
@@ -691,31 +691,26 @@ int64_t pki_trust_crl_number(void)
 	return __atomic_load_n(&trust.number, __ATOMIC_ACQUIRE);
 }
 
-int pki_trust_publish(const void *data, size_t len, int64_t *number)
+int pki_trust_parse(X509_CRL **out, int64_t *number, const void *data, size_t len)
 {
-	X509_CRL *crl = NULL;
-	struct buf pem = BUF_INIT;
-	int64_t n = 0;
-	int rc;
-
 	if (!trust.root)
 		return ota_error_set(OTA_EINVAL, "no trust_root is configured: revocation lists cannot be checked");
-	if ((rc = pki_crl_load(&crl, &n, data, len, trust.root)) < 0)
-		return rc;
+	return pki_crl_load(out, number, data, len, trust.root);
+}
+
+int pki_trust_install(X509_CRL *crl, int64_t number)
+{
+	int installed = 0;
+
 	pthread_mutex_lock(&trust.lock);
-	if (n <= trust.number) {
-		rc = ota_error_set(OTA_ECONFLICT, "revocation list %lld is not newer than the held list %lld", (long long)n,
-				   (long long)trust.number);
-	} else if ((rc = pki_crl_pem(crl, &pem)) == 0 &&
-		   (rc = ota_write_file_atomic(trust.path, pem.ptr, pem.len, 0644)) == 0) {
+	if (number > trust.number) {
 		X509_CRL_free(trust.crl);
 		trust.crl = crl;
 		crl = NULL;
-		__atomic_store_n(&trust.number, n, __ATOMIC_RELEASE);
-		*number = n;
+		__atomic_store_n(&trust.number, number, __ATOMIC_RELEASE);
+		installed = 1;
 	}
 	pthread_mutex_unlock(&trust.lock);
 	X509_CRL_free(crl);
-	buf_release(&pem);
-	return rc;
+	return installed;
 }

@@ -113,9 +113,12 @@ int pki_cert_load(X509 **out, const void *pem, size_t len);
 
 /* ---- the daemon's trust state (process-wide) ----------------------------
  *
- * The root from `trust_root:` and the newest accepted revocation list,
- * kept in STATE_DIR/revocations.crl.pem (written atomically before it is
- * used).  Readers take a reference under a lock; publishing swaps it.
+ * The root from `trust_root:` and the newest accepted revocation list.
+ * The list is kept in the database (trustdb.h: published there, read back
+ * by every instance); pki_trust_open() also reads a list an older otacd
+ * left in STATE_DIR/revocations.crl.pem, for trustdb_import().  Readers
+ * take a reference under a lock; installing a newer list swaps it.  The
+ * held number never goes down.
  */
 int pki_trust_open(const char *root_path, const char *state_dir);
 void pki_trust_close(void);
@@ -125,8 +128,11 @@ X509 *pki_trust_root(void);
 X509_CRL *pki_trust_crl(void);
 /* The held list's number, 0 when none (cheap: check-ins read it). */
 int64_t pki_trust_crl_number(void);
-/* Publish a list: must verify against the root and have a number higher
- * than the held one (OTA_ECONFLICT: older or the same).  *number gets it. */
-int pki_trust_publish(const void *data, size_t len, int64_t *number);
+/* A PEM list checked against the trust root (OTA_EAUTH: not signed by it,
+ * OTA_EINVAL: no root, not a list).  *out is the caller's. */
+int pki_trust_parse(X509_CRL **out, int64_t *number, const void *data, size_t len);
+/* Hold crl (number: its number) when it is newer than the held list: 1,
+ * else 0 and crl is freed.  Takes crl either way. */
+int pki_trust_install(X509_CRL *crl, int64_t number);
 
 #endif

@@ -236,6 +236,11 @@ static const char *const migrations[] = {
 	"  step INTEGER NOT NULL DEFAULT 0, hold_until INTEGER, extend_until INTEGER,"
 	"  seq INTEGER NOT NULL DEFAULT 0, reason TEXT, evals TEXT, updated_at INTEGER NOT NULL,"
 	"  UNIQUE (product, name));",
+	/* 18 (issue 16): the release-signing revocation lists (trustdb.h), one
+	 * row per accepted list; every instance holds the highest number */
+	"CREATE TABLE release_crls ("
+	"  number INTEGER PRIMARY KEY, pem TEXT NOT NULL, published_at INTEGER NOT NULL,"
+	"  actor TEXT NOT NULL);",
 };
 
 const char *const *store_migrations(size_t *n)

@@ -29,6 +29,7 @@
 #include "../pki.h"
 #include "../relverify.h"
 #include "../store.h"
+#include "../trustdb.h"
 
 #define RELEASE_COLS "id, run_id, product, version, branch, security_counter, key_id, manifest_artifact," \
 		     " envelope_artifact, provenance_artifact, created_at, state, COALESCE(rollback_to, 0), reissue_of"
@@ -184,15 +185,17 @@ struct revocation_audit {
 	int64_t number;
 };
 
-/* Engine thread: one audit row per publication or refusal. */
+/* Engine thread: the audit row of a refused list (a published one is
+ * audited in its own transaction: trustdb.c). */
 static int audit_revocations(struct engine *e, void *arg)
 {
 	struct revocation_audit *x = arg;
 	return engine_audit(e, x->actor, x->action, 0, 0, x->why, json_pack("{sI}", "number", (json_int_t)x->number));
 }
 
-/* POST /api/v1/revocations {"crl_pem"}: publish a root-signed list (admin);
- * published and refused lists are audited. */
+/* POST /api/v1/revocations {"crl_pem"}: publish a root-signed list (admin)
+ * to the database, where every instance reads it (trustdb.h); published
+ * and refused lists are audited. */
 enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
 {
 	const char *pem = json_string_value(json_object_get(r->json, "crl_pem"));
@@ -201,12 +204,13 @@ enum MHD_Result api_post_revocations(struct api *a, struct api_req *r)
 
 	if (!pem)
 		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "crl_pem: missing or not a string");
-	rc = pki_trust_publish(pem, strlen(pem), &x.number);
-	if (rc < 0)
+	rc = trustdb_publish(a->cfg.engine, pem, strlen(pem), r->actor, &x.number);
+	if (rc < 0) {
 		x.action = "revocations_refused";
-	snprintf(x.why, sizeof(x.why), "%s", rc < 0 ? ota_error_last() : "revocation list published");
-	if (engine_exec(a->cfg.engine, audit_revocations, &x) < 0)
-		ota_log(OTA_LOG_WARN, "audit: %s", ota_error_last());
+		snprintf(x.why, sizeof(x.why), "%s", ota_error_last());
+		if (engine_exec(a->cfg.engine, audit_revocations, &x) < 0)
+			ota_log(OTA_LOG_WARN, "audit: %s", ota_error_last());
+	}
 	if (rc < 0)
 		return api_reply_error(r, rc == OTA_ECONFLICT ? MHD_HTTP_CONFLICT
 					  : rc == OTA_EAUTH ? MHD_HTTP_UNPROCESSABLE_CONTENT : MHD_HTTP_BAD_REQUEST,

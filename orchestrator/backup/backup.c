@@ -45,7 +45,8 @@
 #include "../db/db.h"
 
 /* The small files of the state directory a restored otacd needs: its admin
- * token, the fleet's keys, the held revocation list, the device CA. */
+ * token, the fleet's keys, the device CA; and the revocation list an otacd
+ * from before issue 16 kept there (now in the database: trustdb.h). */
 static const char *const small_files[] = {
 	"admin.token", "fleet.key", "device.secret", "revocations.crl.pem", "devca/ca.pem", "devca/ca.key",
 };
