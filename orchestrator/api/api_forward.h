@@ -89,10 +89,15 @@ struct api_fwd_config {
 	long connect_timeout_ms;  /* 0: 1000 */
 	long timeout_ms;          /* the whole hop; 0: 75000 (the leader parks a
 				   * trigger or an agent's claim up to 60 s) */
-	const char *cacert;       /* PEM CA file for https:// leaders; NULL: the system's */
+	const char *cacert;       /* PEM CA file for https:// leaders (forward_ca:); NULL: the system's */
 };
 
 struct api_fwd;
+
+/* forward_ca: (config) checked at start: 0 when path is a readable PEM
+ * file with one or more X.509 certificates, each of which parses;
+ * OTA_EINVAL with the reason otherwise (otacd exits 2). */
+int api_fwd_cacert_check(const char *path);
 
 int api_fwd_new(struct api_fwd **out, const struct api_fwd_config *cfg);
 /* Abort the forwards on their way (their answers become 503), wait until

@@ -1093,14 +1093,26 @@ static int changes_fleet(enum route route)
  * Not forwarded (503 + Retry-After: 1, as before): reads, downloads and
  * the registrations' audit,
  * a request that crossed a hop already, and on a TLS listener one without
- * a bearer token, which may be a device known by its client certificate
- * (a certificate cannot be passed on; docs/scale.md).
+ * a bearer token that came with a client certificate: a device known by
+ * its certificate (a certificate cannot be passed on; docs/scale.md).  A
+ * request with neither goes on: the leader decides (a report batch
+ * carries a credential per report).
  */
+/* 1 when the TLS client sent a certificate (verified by the handshake). */
+static int peer_has_cert(struct MHD_Connection *c)
+{
+	unsigned char *der = NULL;
+	size_t len = 0;
+	int rc = tls_peer_cert_der(c, &der, &len);
+	free(der);
+	return rc != OTA_ENOTFOUND;
+}
+
 static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
 {
 	if (!a->fwd || !changes_fleet(r->route) || r->route == R_REGISTRATIONS || api_forward_seen(c))
 		return 0;
-	return !a->tls || r->token;
+	return !a->tls || r->token || !peer_has_cert(c);
 }
 
 static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
@@ -1265,6 +1277,12 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 /* the same protections as the API's listener (docs/config.md) */
 static int64_t limit_request_timeout_ms = 10000;
 static unsigned limit_per_client = 128;
+static const char *limit_forward_ca;   /* issue 16: devapi_set_forward_ca */
+
+void devapi_set_forward_ca(const char *path)
+{
+	limit_forward_ca = path;
+}
 
 void devapi_set_tls(struct tls_server *t)
 {
@@ -1307,7 +1325,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 		return rc;
 	}
 	pthread_mutex_init(&a->mu, NULL);
-	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0 })) < 0) {
+	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0, 0, limit_forward_ca })) < 0) {
 		pthread_mutex_destroy(&a->mu);
 		api_waiter_stop(a->waiter);
 		free(a);
