@@ -377,7 +377,7 @@ static int start_fleet(struct otacd_config *cfg, struct leading *l, int now)
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
 		admission_configure(cfg->device_checkin_capacity);
 		devapi_set_tls(tls_devices);
-		devapi_set_forward_ca(cfg->forward_ca);
+		devapi_set_forward(cfg->forward_ca, l->fleet_secret);
 		if ((rc = devapi_start(&l->devapi, l->fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);

@@ -22,8 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "../common/httpc.h"
+#include "../orchestrator/fleet/fwdcert.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -48,6 +54,15 @@ static int setup(void **state)
 		 "printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > srv.ext;"
 		 "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -set_serial 0x1001 -days 2"
 		 " -extfile srv.ext -out srv.pem;"
+		 "printf 'extendedKeyUsage=clientAuth\\nkeyUsage=critical,digitalSignature\\n"
+		 "basicConstraints=critical,CA:FALSE\\n' > dev.ext;"
+		 "openssl req -x509 $N -keyout devca.key -out devca.pem -days 2 -subj /CN=fwdtls-device-ca;"
+		 "for d in cd-0001 cd-0002; do openssl req $N -keyout $d.key -out $d.csr -subj /CN=$d;"
+		 " openssl x509 -req -in $d.csr -CA devca.pem -CAkey devca.key -set_serial 0x2$(echo $d | tr -dc 0-9)"
+		 " -days 2 -extfile dev.ext -out $d.pem; done;"
+		 "openssl req $N -keyout foreign.key -out foreign.csr -subj /CN=cd-0001;"
+		 "openssl x509 -req -in foreign.csr -CA other.pem -CAkey other.key -set_serial 9 -days 2"
+		 " -extfile dev.ext -out foreign.pem;"
 		 "printf 'not a certificate\\n' > junk.pem",
 		 g.pki) != 0) {
 		fprintf(stderr, "%s\n", buf_cstr(&out));
@@ -131,7 +146,7 @@ static void a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_ref
 	secrets = h_fleet_secrets_yaml(pg.dir);
 	yaml = instance_yaml(secrets, "ca.pem");
 	h_pg_instances(d, 2, otacd_db, fleet_db, yaml, args);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 2; i++)
 		d[i].fleet_key = xstrndup(strstr(secrets, "fleet_key: \"") + 12, 64);
 	assert_int_equal(strncmp(d[1].url, "https://", 8), 0);
 	assert_int_equal(strncmp(d[1].device_url, "https://", 8), 0);
@@ -159,6 +174,7 @@ static void a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_ref
 	 * verify, nothing is sent (503), the leader sees nothing */
 	other = instance_yaml(secrets, "other.pem");
 	h_init(&d[2], other);
+	d[2].fleet_key = xstrndup(strstr(secrets, "fleet_key: \"") + 12, 64);
 	h_use_database(&d[2], otacd_db, fleet_db);
 	d[2].follower_ok = 1;
 	d[2].token = xstrdup(d[0].token);
@@ -194,6 +210,245 @@ static void a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_ref
 	pgcluster_stop(&pg);
 	buf_release(&body);
 	free(other);
+	free(yaml);
+	free(secrets);
+	free(otacd_db);
+	free(fleet_db);
+}
+
+/* ---- devices known by their certificate through a follower ----------------- */
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
+{
+	buf_put(ud, p, sz * nm);
+	return sz * nm;
+}
+
+/* A POST of body to base+path as a device: with the client certificate
+ * NAME.pem (NAME.key) of the pki directory when name is not NULL, and the
+ * extra header lines hdrs (NULL-ended, may be NULL).  The status (-1: no
+ * answer); the answer's body in out. */
+static long dev_post(const char *base, const char *path, const char *name, const char *const *hdrs, const char *body,
+		     struct buf *out)
+{
+	CURL *e = curl_easy_init();
+	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+	char *url = xasprintf("%s%s", base, path), *cert = NULL, *key = NULL;
+	long status = -1;
+
+	assert_non_null(e);
+	buf_clear(out);
+	for (; hdrs && *hdrs; hdrs++)
+		h = curl_slist_append(h, *hdrs);
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_CAINFO, g.ca);
+	if (name) {
+		cert = xasprintf("%s/%s.pem", g.pki, name);
+		key = xasprintf("%s/%s.key", g.pki, name);
+		curl_easy_setopt(e, CURLOPT_SSLCERT, cert);
+		curl_easy_setopt(e, CURLOPT_SSLKEY, key);
+	}
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, out);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	if (curl_easy_perform(e) == CURLE_OK)
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+	curl_slist_free_all(h);
+	curl_easy_cleanup(e);
+	free(cert);
+	free(key);
+	free(url);
+	return status;
+}
+
+/* The DER of the pki directory's NAME.pem (caller frees). */
+static unsigned char *cert_der(const char *name, size_t *len)
+{
+	char *path = xasprintf("%s/%s.pem", g.pki, name);
+	FILE *f = fopen(path, "r");
+	X509 *x;
+	unsigned char *der = NULL;
+	int n;
+
+	assert_non_null(f);
+	assert_non_null(x = PEM_read_X509(f, NULL, NULL, NULL));
+	fclose(f);
+	assert_true((n = i2d_X509(x, &der)) > 0);
+	*len = (size_t)n;
+	X509_free(x);
+	free(path);
+	return der; /* OpenSSL's: OPENSSL_free */
+}
+
+/* The two header lines a follower would send for the certificate NAME and
+ * this check-in body, signed with key at t; in lines[0..1] (free both). */
+static void signed_lines(const unsigned char key[32], const char *name, const char *body, int64_t t, char *lines[3])
+{
+	size_t len;
+	unsigned char *der = cert_der(name, &len);
+	char *b64, *auth;
+	fwdcert_sign(key, "POST", "/device/v1/checkin", body, strlen(body), der, len, t, &b64, &auth);
+	lines[0] = xasprintf("%s: %s", FWDCERT_HEADER, b64);
+	lines[1] = xasprintf("%s: %s", FWDCERT_AUTH_HEADER, auth);
+	lines[2] = NULL;
+	free(b64);
+	free(auth);
+	OPENSSL_free(der);
+}
+
+static void free_lines(char *lines[3])
+{
+	free(lines[0]);
+	free(lines[1]);
+}
+
+static char *checkin_text(const char *id, const char *version)
+{
+	json_t *j = checkin_body(id, version);
+	char *text = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	return text;
+}
+
+/* A check-in by certificate through d's device API, 503 retried while the
+ * leader's fleet opens: the status. */
+static long cert_checkin(struct daemon *d, const char *name, const char *version, struct buf *out)
+{
+	char *body = checkin_text(name, version);
+	long st = 0;
+	for (int k = 0; k < 600; k++) {
+		if ((st = dev_post(d->device_url, "/device/v1/checkin", name, NULL, body, out)) != 503)
+			break;
+		h_msleep(50);
+	}
+	free(body);
+	return st;
+}
+
+/* 401, and the answer names why. */
+static void assert_refused(long st, const struct buf *out, const char *why)
+{
+	if (st != 401 || !strstr(buf_cstr(out), why))
+		fail_msg("expected 401 naming '%s', got %ld: %s", why, st, buf_cstr(out));
+}
+
+static void devices_known_by_certificate_go_through_a_follower_and_forged_certificates_do_not(void **state)
+{
+	struct pgcluster pg;
+	struct daemon d[2];
+	struct buf out = BUF_INIT;
+	char *otacd_db, *fleet_db, *secrets, *yaml, *secret_path, *body, *lines[3];
+	unsigned char key[32], wrong[32];
+	struct buf secret = BUF_INIT;
+	int64_t now;
+
+	(void)state;
+	memset(d, 0, sizeof(d));
+	if (h_pg_start_dbs(&pg, &otacd_db, &fleet_db) > 0)
+		skip();
+	secrets = h_fleet_secrets_yaml(pg.dir);
+	yaml = xasprintf("leader_poll: 1s\n%sdevice_auth: cert\ndevice_ca:\n  cert: %s/devca.pem\n"
+			 "tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s/devca.pem\nforward_ca: %s/ca.pem\n",
+			 secrets, g.pki, g.pki, g.pki, g.pki, g.pki);
+	h_pg_instances(d, 2, otacd_db, fleet_db, yaml, args);
+	for (int i = 0; i < 2; i++)
+		d[i].fleet_key = xstrndup(strstr(secrets, "fleet_key: \"") + 12, 64);
+	/* the key the instances derive from the shared device secret, and another */
+	secret_path = xasprintf("%s/device-shared.secret", pg.dir);
+	assert_int_equal(ota_read_file(&secret, secret_path, 4096), 0);
+	fwdcert_key(buf_cstr(&secret), key);
+	fwdcert_key("0000000000000000000000000000000000000000000000000000000000000000", wrong);
+
+	/* a device known by its certificate checks in through the follower,
+	 * which carries the certificate, signed, to the leader */
+	assert_int_equal(cert_checkin(&d[1], "cd-0001", "1.0.0", &out), 200);
+	assert_int_equal(cert_checkin(&d[1], "cd-0002", "1.0.0", &out), 200);
+	wait_devices(&d[0], "1.0.0", 2);
+
+	body = checkin_text("cd-0001", "3.0.0");
+	now = (int64_t)time(NULL);
+	/* the control: the follower's two headers, well signed, sent straight
+	 * to the leader, are believed (so the refusals below are the checks') */
+	signed_lines(key, "cd-0001", body, now, lines);
+	assert_int_equal(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+			 200);
+	free_lines(lines);
+	free(body);
+	body = checkin_text("cd-0001", "2.0.0");
+	/* a device that sends the header itself, straight to the leader: no
+	 * MAC it can make */
+	{
+		size_t len;
+		unsigned char *der = cert_der("cd-0001", &len);
+		char *b64, *auth;
+		fwdcert_sign(key, "POST", "/device/v1/checkin", body, strlen(body), der, len, now, &b64, &auth);
+		lines[0] = xasprintf("%s: %s", FWDCERT_HEADER, b64);
+		lines[1] = xasprintf("%s: t=%lld,mac=%064d", FWDCERT_AUTH_HEADER, (long long)now, 0);
+		lines[2] = NULL;
+		assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body,
+					&out),
+			       &out, "bad MAC");
+		free_lines(lines);
+		/* ... or only the certificate */
+		lines[0] = xasprintf("%s: %s", FWDCERT_HEADER, b64);
+		lines[1] = NULL;
+		assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body,
+					&out),
+			       &out, "missing");
+		free(lines[0]);
+		free(b64);
+		free(auth);
+		OPENSSL_free(der);
+	}
+	/* a MAC under another key */
+	signed_lines(wrong, "cd-0001", body, now, lines);
+	assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+		       &out, "bad MAC");
+	free_lines(lines);
+	/* the right key, two minutes old */
+	signed_lines(key, "cd-0001", body, now - 120, lines);
+	assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+		       &out, "stale");
+	free_lines(lines);
+	/* the right key, fresh, over another body than the one sent */
+	signed_lines(key, "cd-0001", "{}", now, lines);
+	assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+		       &out, "bad MAC");
+	free_lines(lines);
+	/* a certificate of another CA under a valid MAC: the leader checks it
+	 * again as a TLS client's, and refuses it */
+	signed_lines(key, "foreign", body, now, lines);
+	assert_refused(dev_post(d[0].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+		       &out, "foreign CA");
+	free_lines(lines);
+	/* well-signed headers sent to the follower by a client without a
+	 * certificate: the follower passes no such header on, so the leader
+	 * sees no credential */
+	signed_lines(key, "cd-0001", body, now, lines);
+	assert_refused(dev_post(d[1].device_url, "/device/v1/checkin", NULL, (const char *const *)lines, body, &out),
+		       &out, "missing or wrong token");
+	free_lines(lines);
+	/* none of them reached the fleet */
+	assert_true(h_fleet_devices(&d[0], "2.0.0") <= 0);
+
+	/* a revoked device is refused through the follower at its next request */
+	assert_int_equal(h_otactl(&d[0], &out, "devices revoke cd-0002 --reason 'lost in the field'"), 0);
+	assert_refused(cert_checkin(&d[1], "cd-0002", "2.0.0", &out), &out, "revoked");
+	assert_int_equal(cert_checkin(&d[1], "cd-0001", "2.0.0", &out), 200);
+	wait_devices(&d[0], "2.0.0", 1);
+
+	for (int i = 0; i < 2; i++)
+		h_cleanup(&d[i]);
+	pgcluster_stop(&pg);
+	explicit_bzero(secret.ptr, secret.len);
+	buf_release(&secret);
+	buf_release(&out);
+	free(secret_path);
+	free(body);
 	free(yaml);
 	free(secrets);
 	free(otacd_db);
@@ -241,6 +496,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(a_forward_ca_that_is_not_a_pem_certificate_file_stops_otacd_with_exit_2),
 		cmocka_unit_test(a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_refuses_another),
+		cmocka_unit_test(devices_known_by_certificate_go_through_a_follower_and_forged_certificates_do_not),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

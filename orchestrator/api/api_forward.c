@@ -369,6 +369,10 @@ static struct curl_slist *request_headers(const struct curlload *cu, const struc
 	fwd = xasprintf(v6 ? "for=\"[%s]\"" : "for=%s", ip);
 	l = add(cu, l, "Forwarded", fwd);
 	free(fwd);
+	for (const char *const *e = q->extra; e && *e; e++) {
+		struct curl_slist *n = cu->slist_append(l, *e);
+		l = n ? n : l;
+	}
 	return add(cu, l, API_FWD_MARKER, "1");
 }
 
