@@ -455,6 +455,70 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	free(fleet_db);
 }
 
+/* fwdcert.c alone: its signature verifies, and each change to the request,
+ * the certificate, the time or the header's syntax is refused. */
+static void a_forwarded_certificate_verifies_only_as_signed(void **state)
+{
+	static const unsigned char der[] = { 0x30, 0x03, 0x02, 0x01, 0x07 };
+	unsigned char key[32], other[32], *got = NULL;
+	char *b64, *auth, *bad;
+	size_t len = 0;
+	const int64_t t = 1764900000;
+	static const char *const malformed[] = {
+		"", "t=", "t=1764900000", "t=1764900000,mac=", "t=x,mac=00", "T=1764900000,mac=00",
+		"t=1764900000;mac=0000000000000000000000000000000000000000000000000000000000000000",
+		"t=17649000000000000,mac=0000000000000000000000000000000000000000000000000000000000000000",
+	};
+
+	(void)state;
+	fwdcert_key("secret-a", key);
+	fwdcert_key("secret-b", other);
+	fwdcert_sign(key, "POST", "/device/v1/checkin", "{}", 2, der, sizeof(der), t, &b64, &auth);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, auth, t + 30, &got, &len), 0);
+	assert_int_equal(len, sizeof(der));
+	assert_memory_equal(got, der, sizeof(der));
+	free(got);
+	/* each input changed */
+	assert_int_equal(fwdcert_verify(other, "POST", "/device/v1/checkin", "{}", 2, b64, auth, t, &got, &len), OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "PUT", "/device/v1/checkin", "{}", 2, b64, auth, t, &got, &len), OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/reports", "{}", 2, b64, auth, t, &got, &len), OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{ }", 3, b64, auth, t, &got, &len), OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, "MAMCAQg=", auth, t, &got, &len),
+			 OTA_EAUTH);
+	/* the time: 30 s either way, not 31 */
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, auth, t - 30, &got, &len), 0);
+	free(got);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, auth, t + 31, &got, &len),
+			 OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, auth, t - 31, &got, &len),
+			 OTA_EAUTH);
+	/* the header's syntax: uppercase hex, a byte more, none of the forms above */
+	bad = xstrdup(auth);
+	for (char *p = strstr(bad, "mac=") + 4; *p; p++)
+		if (*p >= 'a' && *p <= 'f')
+			*p = (char)(*p - 'a' + 'A');
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, bad, t, &got, &len), OTA_EAUTH);
+	free(bad);
+	bad = xasprintf("%s0", auth);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, bad, t, &got, &len), OTA_EAUTH);
+	free(bad);
+	for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++)
+		assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, b64, malformed[i], t, &got, &len),
+				 OTA_EAUTH);
+	/* the certificate: missing, not base64, too long */
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, NULL, auth, t, &got, &len), OTA_EAUTH);
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, "MAMC!QE=", auth, t, &got, &len),
+			 OTA_EAUTH);
+	bad = xmalloc(4 * ((FWDCERT_MAX_DER + 2) / 3) + 5);
+	memset(bad, 'A', 4 * ((FWDCERT_MAX_DER + 2) / 3) + 4);
+	bad[4 * ((FWDCERT_MAX_DER + 2) / 3) + 4] = 0;
+	assert_int_equal(fwdcert_verify(key, "POST", "/device/v1/checkin", "{}", 2, bad, auth, t, &got, &len), OTA_EAUTH);
+	free(bad);
+	assert_null(got);
+	free(b64);
+	free(auth);
+}
+
 /* otacd with forward_ca naming name (in the pki directory): its exit
  * status (124: still running after 30 s) and output. */
 static int start_with_forward_ca(const char *name, struct buf *out)
@@ -494,6 +558,7 @@ static void a_forward_ca_that_is_not_a_pem_certificate_file_stops_otacd_with_exi
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(a_forwarded_certificate_verifies_only_as_signed),
 		cmocka_unit_test(a_forward_ca_that_is_not_a_pem_certificate_file_stops_otacd_with_exit_2),
 		cmocka_unit_test(a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_refuses_another),
 		cmocka_unit_test(devices_known_by_certificate_go_through_a_follower_and_forged_certificates_do_not),
