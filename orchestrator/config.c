@@ -120,6 +120,7 @@ void config_release(struct otacd_config *c)
 	strvec_clear(&c->device_ca_also);
 	free(c->fleet_key);
 	free(c->device_secret_file);
+	free(c->forward_ca);
 	free(c->update_server);
 	free(c->update_server_url);
 	free(c->update_server_token);
@@ -784,7 +785,7 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 		"listen", "state_dir", "database", "fleet_database", "logs", "local_agents", "local_agent_labels", "time_scale",
 		"anonymous_read", "lease", "leader_poll", "heartbeat", "default_timeout", "max_log_bytes",
 		"max_artifact_size", "max_run_artifacts", "artifact_retention", "secrets", "tokens", "repositories", "keys",
-		"device_listen", "fleet_key", "device_secret_file", "device_metrics_public", "poll_interval", "update_server",
+		"device_listen", "fleet_key", "device_secret_file", "forward_ca", "device_metrics_public", "poll_interval", "update_server",
 		"update_server_url", "update_server_token", "prometheus_url", "providers", "products", "agent_listen", "request_timeout",
 		"max_connections", "max_connections_per_client", "device_max_connections_per_client", "http_threads", "device_register_rate",
 		"device_register_burst", "device_checkin_capacity", "device_tags", "device_tag_cap", "device_name_cap",
@@ -900,6 +901,8 @@ static int apply(struct cfg_ctx *x, yaml_node_t *root)
 			rc = get_string(x, v, key, &c->fleet_key);
 		else if (!strcmp(key, "device_secret_file"))
 			rc = get_string(x, v, key, &c->device_secret_file);
+		else if (!strcmp(key, "forward_ca")) /* issue 16: checked at start (api_fwd_cacert_check) */
+			rc = get_string(x, v, key, &c->forward_ca);
 		else if (!strcmp(key, "device_metrics_public"))
 			rc = get_bool(x, v, key, &c->device_metrics_public);
 		else if (!strcmp(key, "poll_interval"))

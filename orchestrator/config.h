@@ -75,6 +75,8 @@ struct otacd_config {
 	/* the fleet (docs/update-server.md) */
 	char *device_listen;            /* built-in device API, default 127.0.0.1:8471 ("" or "off": none) */
 	char *device_secret_file;       /* issue 16: the device secret's file; NULL: STATE/device.secret */
+	char *forward_ca;               /* issue 16: PEM CA bundle a follower trusts for an https:// leader;
+					 * NULL: the system's (api_forward.h) */
 	char *fleet_key;                /* devices' shared key; NULL: a random one per start (see main.c) */
 	int device_metrics_public;      /* GET /metrics without a token (default 1) */
 	int64_t poll_ms;                /* devices' check-in interval, default 6 h (otacd time) */

@@ -34,6 +34,7 @@
 #include "../common/mask.h"
 #include "../common/util.h"
 #include "api/api.h"
+#include "api/api_forward.h"
 #include "artifact.h"
 #include "artifact/origin.h"
 #include "push/push.h"
@@ -384,6 +385,7 @@ static int start_fleet(struct otacd_config *cfg, struct leading *l, int now)
 		devapi_set_limits(cfg->request_timeout_ms, (unsigned)cfg->device_max_connections_per_client);
 		admission_configure(cfg->device_checkin_capacity);
 		devapi_set_tls(tls_devices);
+		devapi_set_forward(cfg->forward_ca, l->fleet_secret);
 		if ((rc = devapi_start(&l->devapi, l->fleet, cfg->device_listen, cfg->device_metrics_public)) < 0)
 			goto out;
 		path = xasprintf("%s/otacd-device.url", cfg->state_dir);
@@ -619,6 +621,11 @@ int main(int argc, char **argv)
 		config_release(&cfg);
 		return 2;
 	}
+	if (cfg.forward_ca && api_fwd_cacert_check(cfg.forward_ca) < 0) { /* issue 16 */
+		fprintf(stderr, "otacd: %s\n", ota_error_last());
+		config_release(&cfg);
+		return 2;
+	}
 	if (state_dir) {
 		free(cfg.state_dir);
 		cfg.state_dir = xstrdup(state_dir);
@@ -831,6 +838,7 @@ int main(int argc, char **argv)
 	acfg.devca = devca;
 	acfg.tls = tls_api;
 	acfg.agent_tls = tls_agents;
+	acfg.forward_ca = cfg.forward_ca;
 	if (cfg.local_agents > 0)
 		localagents_preload(cfg.local_agents, &cfg.local_labels, cfg.state_dir);
 	/* Local agents outlive a daemon restart (localagents.c): the default

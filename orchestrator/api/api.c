@@ -900,7 +900,7 @@ int api_start(struct api **out, const struct api_config *cfg)
 		a->cfg.max_per_client = 128;
 	raise_fd_limit((rlim_t)a->cfg.max_connections * 2 + 1024);
 	a->cache = api_cache_new();
-	if ((rc = api_fwd_new(&a->fwd, NULL)) < 0 || (rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
+	if ((rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0, 0, cfg->forward_ca })) < 0 || (rc = api_waiter_start(&a->waiter, a->cfg.request_timeout_ms)) < 0 ||
 	    (cfg->engine && (rc = api_waiter_watch(a->waiter, engine_work(cfg->engine))) < 0) ||
 	    (rc = api_waiter_watch(a->waiter, logstore_changes())) < 0 ||
 	    (cfg->sources && (rc = api_waiter_watch(a->waiter, sources_done(cfg->sources))) < 0) ||

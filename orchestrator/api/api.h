@@ -39,6 +39,7 @@ struct api_config {
 	struct fleet_ca *devca;      /* the device CA (issue 13; may be NULL) */
 	struct tls_server *tls;      /* the main listener's TLS (tls/tls.h), NULL: plain HTTP */
 	struct tls_server *agent_tls; /* the agents' listener's */
+	const char *forward_ca;      /* issue 16: the CA bundle for an https:// leader (api_forward.h); NULL: the system's */
 };
 
 struct api;

@@ -37,6 +37,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "../../common/curlload.h"
 #include "../../common/log.h"
@@ -92,6 +95,30 @@ void api_fwd_free(struct api_fwd *f)
 	pthread_cond_destroy(&f->idle_cond);
 	free(f->cacert);
 	free(f);
+}
+
+int api_fwd_cacert_check(const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	X509 *x;
+	int n = 0, rc = 0;
+
+	if (!fp)
+		return ota_error_set(OTA_EINVAL, "forward_ca %s: %s", path, strerror(errno));
+	ERR_clear_error();
+	while ((x = PEM_read_X509(fp, NULL, NULL, NULL))) {
+		n++;
+		X509_free(x);
+	}
+	/* the loop ends at the file's end (PEM_R_NO_START_LINE) or at a
+	 * block that does not parse */
+	if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE)
+		rc = ota_error_set(OTA_EINVAL, "forward_ca %s: certificate %d is not PEM X.509", path, n + 1);
+	else if (n == 0)
+		rc = ota_error_set(OTA_EINVAL, "forward_ca %s: no PEM certificate in it", path);
+	ERR_clear_error();
+	fclose(fp);
+	return rc;
 }
 
 static CURL *handle_take(struct api_fwd *f, const struct curlload *cu)
@@ -342,6 +369,10 @@ static struct curl_slist *request_headers(const struct curlload *cu, const struc
 	fwd = xasprintf(v6 ? "for=\"[%s]\"" : "for=%s", ip);
 	l = add(cu, l, "Forwarded", fwd);
 	free(fwd);
+	for (const char *const *e = q->extra; e && *e; e++) {
+		struct curl_slist *n = cu->slist_append(l, *e);
+		l = n ? n : l;
+	}
 	return add(cu, l, API_FWD_MARKER, "1");
 }
 

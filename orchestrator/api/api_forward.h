@@ -8,7 +8,8 @@
  * otacd_leader.holder (db_leader_current()), and relays the leader's
  * answer: status, body and a few headers.  The hop adds no trust: the
  * leader authenticates the client's own credentials again, the follower
- * adds no header the leader trusts, the target is the database's holder
+ * adds no header the leader trusts (but the device API's signed client
+ * certificate, q->extra, which the leader verifies: fwdcert.h), the target is the database's holder
  * only (never anything in the request), and that holder is checked as an
  * http(s)://HOST:PORT base URL before any byte is sent.
  *
@@ -89,10 +90,15 @@ struct api_fwd_config {
 	long connect_timeout_ms;  /* 0: 1000 */
 	long timeout_ms;          /* the whole hop; 0: 75000 (the leader parks a
 				   * trigger or an agent's claim up to 60 s) */
-	const char *cacert;       /* PEM CA file for https:// leaders; NULL: the system's */
+	const char *cacert;       /* PEM CA file for https:// leaders (forward_ca:); NULL: the system's */
 };
 
 struct api_fwd;
+
+/* forward_ca: (config) checked at start: 0 when path is a readable PEM
+ * file with one or more X.509 certificates, each of which parses;
+ * OTA_EINVAL with the reason otherwise (otacd exits 2). */
+int api_fwd_cacert_check(const char *path);
 
 int api_fwd_new(struct api_fwd **out, const struct api_fwd_config *cfg);
 /* Abort the forwards on their way (their answers become 503), wait until
@@ -111,6 +117,8 @@ struct api_fwd_req {
 	size_t max_body;              /* the route's cap; 0: API_FWD_MAX_BODY */
 	const char *request_id;       /* sent as X-Request-Id; may be NULL */
 	long timeout_ms;              /* this hop's deadline; 0: the pool's */
+	const char *const *extra;     /* more "Name: value" lines the caller vouches for (the device API's
+				       * signed client certificate, fwdcert.h), NULL-ended; may be NULL */
 };
 
 /* What a streamed route adds (api_forward_begin_stream()). */

@@ -21,6 +21,9 @@
  * through fleet_device_auth (report batches: per report, in the fleet),
  * or, with device_auth cert or both and a client certificate, through
  * fleet_auth_cert on every request (cert_identify; issue 13).
+ * Issue 16: a follower forwards the certificate signed (fwd_cert_lines)
+ * and the leader checks the signature, then the certificate as a TLS
+ * client's (fwd_identify; fwdcert.h).
  * Registrations go through the fleet's writer like report batches.
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
@@ -38,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../../common/log.h"
@@ -56,6 +60,7 @@
 #include "fleet.h"
 #include "fleet_ca.h"
 #include "fleet_ckbody.h"
+#include "fwdcert.h"
 
 #define DEVAPI_BODY_MAX ((size_t)1 << 20)
 /* A body over the cap is read and dropped up to this size, so the client
@@ -68,6 +73,10 @@ enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REG
 static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
 static _Atomic uint64_t g_reports_accepted, g_reports_refused; /* issue 18: report outcomes, answered */
+
+/* issue 16: the key of fwdcert.h (devapi_set_forward, before the listener starts) */
+static unsigned char fwd_key[32];
+static int fwd_key_set;
 
 void devapi_report_counts(uint64_t *accepted, uint64_t *refused)
 {
@@ -107,6 +116,9 @@ struct dreq {
 	 * no certificate; token authentication) */
 	char cert_dev[129];
 	char cert_product[129];  /* its product (OU), "" if none */
+	/* issue 16: FWDCERT_HEADER came (from a follower, or a forger): 1 until
+	 * checked once the body is read (fwd_identify), then 2 */
+	int fwd_cert;
 	/* report batches: set by the writer's done callback */
 	struct devapi *api;
 	struct MHD_Connection *conn;
@@ -1085,22 +1097,86 @@ static int changes_fleet(enum route route)
 	       route == R_PROVISION;
 }
 
+/* 1 when the TLS client sent a certificate (verified by the handshake). */
+static int peer_has_cert(struct MHD_Connection *c)
+{
+	unsigned char *der = NULL;
+	size_t len = 0;
+	int rc = tls_peer_cert_der(c, &der, &len);
+	free(der);
+	return rc != OTA_ENOTFOUND;
+}
+
 /*
  * Issue 16: a follower has no fleet (devapi_attach); what changes the
  * fleet goes to the leader's device API (recorded in the fleet database,
  * devapi_set_leader) with api_forward_begin(), as the API forwards its
- * writes, and the leader authenticates the device's credential itself.
- * Not forwarded (503 + Retry-After: 1, as before): reads, downloads and
- * the registrations' audit,
- * a request that crossed a hop already, and on a TLS listener one without
- * a bearer token, which may be a device known by its client certificate
- * (a certificate cannot be passed on; docs/scale.md).
+ * writes, and the leader authenticates the device's credential itself:
+ * its token, or its client certificate, carried signed (fwd_cert_lines,
+ * fwdcert.h).  Not forwarded (503 + Retry-After: 1, as before): reads,
+ * downloads and the registrations' audit, a request that crossed a hop
+ * already, and, on an instance without the device secret's key (none in
+ * otacd: main.c always sets it), a certificate without a token.
  */
 static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
 {
 	if (!a->fwd || !changes_fleet(r->route) || r->route == R_REGISTRATIONS || api_forward_seen(c))
 		return 0;
-	return !a->tls || r->token;
+	return !a->tls || r->token || fwd_key_set || !peer_has_cert(c);
+}
+
+/*
+ * Issue 16: the follower's side of fwdcert.h.  The device's client
+ * certificate (verified by this listener's handshake) in lines[0..1],
+ * signed over the request; nothing when it sent none.  The strings are
+ * the caller's to free.
+ */
+static void fwd_cert_lines(struct devapi *a, struct MHD_Connection *c, const struct dreq *r, const char *method,
+			   const char *url, char *lines[3])
+{
+	unsigned char *der = NULL;
+	size_t len = 0;
+	char *b64, *auth;
+
+	lines[0] = lines[1] = lines[2] = NULL;
+	if (!a->tls || !fwd_key_set || tls_peer_cert_der(c, &der, &len) != 0) {
+		free(der);
+		return;
+	}
+	fwdcert_sign(fwd_key, method, url, r->body.ptr, r->body.len, der, len, (int64_t)time(NULL), &b64, &auth);
+	lines[0] = xasprintf("%s: %s", FWDCERT_HEADER, b64);
+	lines[1] = xasprintf("%s: %s", FWDCERT_AUTH_HEADER, auth);
+	free(b64);
+	free(auth);
+	free(der);
+}
+
+/*
+ * Issue 16: the leader's side of fwdcert.h, once the body is read: the
+ * header believed only with a valid MAC and a fresh t, then the
+ * certificate checked as cert_identify checks a TLS client's.  0, or
+ * OTA_EAUTH (the reason in ota_error_last()).
+ */
+static int fwd_identify(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method, const char *url)
+{
+	unsigned char *der = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (!fwd_key_set)
+		return ota_error_set(OTA_EAUTH, "forwarded client certificate: this instance has no device secret");
+	rc = fwdcert_verify(fwd_key, method, url, r->body.ptr, r->body.len,
+			    header(c, FWDCERT_HEADER, sizeof(FWDCERT_HEADER) - 1),
+			    header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1), (int64_t)time(NULL), &der,
+			    &len);
+	if (rc == 0 && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
+	    (r->route == R_CHECKIN || r->route == R_REPORTS || r->route == R_IMAGE || r->route == R_PKI))
+		rc = fleet_auth_cert_ex(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev), r->cert_product,
+					sizeof(r->cert_product));
+	free(der);
+	if (rc == 0 && !r->token && !r->cert_dev[0] && r->route != R_REPORTS)
+		rc = ota_error_set(OTA_EAUTH, "missing or wrong token");
+	return rc < 0 ? OTA_EAUTH : 0;
 }
 
 static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
@@ -1109,8 +1185,9 @@ static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struc
 	struct api_fwd_req q;
 	struct MHD_Response *resp = NULL;
 	unsigned status = 0;
-	char leader[sizeof(a->leader)];
+	char leader[sizeof(a->leader)], *lines[3];
 	enum MHD_Result ret;
+	int begun;
 
 	if (r->fwd) { /* resumed: the leader's answer */
 		api_forward_end(r->fwd, &status, &resp);
@@ -1119,9 +1196,13 @@ static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struc
 		pthread_mutex_lock(&a->mu);
 		memcpy(leader, a->leader, sizeof(leader));
 		pthread_mutex_unlock(&a->mu);
+		fwd_cert_lines(a, c, r, method, url, lines);
 		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, method, url, r->body.ptr, r->body.len,
-					  DEVAPI_BODY_MAX, NULL, 0 };
-		if (api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp) == 0)
+					  DEVAPI_BODY_MAX, NULL, 0, (const char *const *)lines };
+		begun = api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp) == 0; /* copies the lines */
+		free(lines[0]);
+		free(lines[1]);
+		if (begun)
 			return MHD_YES;
 	}
 	if (!resp)
@@ -1179,9 +1260,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			r->answered_early = 1;
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
 		}
+		/* issue 16: a certificate a follower forwards, checked with the
+		 * body (fwd_identify) instead of the connection's */
+		r->fwd_cert = header(c, FWDCERT_HEADER, sizeof(FWDCERT_HEADER) - 1) ||
+			      header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1);
 		/* issue 13: a client certificate names the device (every request:
 		 * a revocation holds at the next one, resumed session or not) */
-		if (a->tls && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
+		if (!r->fwd_cert && a->tls && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
 		    (r->route == R_CHECKIN || r->route == R_REPORTS || r->route == R_IMAGE || r->route == R_PKI)) {
 			int crc = cert_identify(a, c, r);
 			if (crc < 0) {
@@ -1190,7 +1275,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			}
 		}
 		/* a report batch may carry a credential per report instead */
-		if (!r->token && !r->cert_dev[0] && !(r->route == R_METRICS && a->metrics_public) && r->route != R_REPORTS) {
+		if (!r->token && !r->cert_dev[0] && !r->fwd_cert && !(r->route == R_METRICS && a->metrics_public) &&
+		    r->route != R_REPORTS) {
 			r->answered_early = 1;
 			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
 		}
@@ -1215,6 +1301,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
 	if (r->forward)
 		return forward(a, c, r, method, url);
+	if (r->fwd_cert == 1) {
+		r->fwd_cert = 2;
+		if (fwd_identify(a, c, r, method, url) < 0)
+			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
+	}
 	if (!r->submitted && changes_fleet(r->route) && api_following())
 		return reply_retry(c, k_follower);
 	if (!r->submitted && waits_for_offers(r->route) && fleet_offers_held(a->f))
@@ -1265,6 +1356,15 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 /* the same protections as the API's listener (docs/config.md) */
 static int64_t limit_request_timeout_ms = 10000;
 static unsigned limit_per_client = 128;
+static const char *limit_forward_ca;   /* issue 16: devapi_set_forward */
+
+void devapi_set_forward(const char *cacert, const char *device_secret)
+{
+	limit_forward_ca = cacert;
+	fwd_key_set = device_secret != NULL;
+	if (device_secret)
+		fwdcert_key(device_secret, fwd_key);
+}
 
 void devapi_set_tls(struct tls_server *t)
 {
@@ -1307,7 +1407,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 		return rc;
 	}
 	pthread_mutex_init(&a->mu, NULL);
-	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0 })) < 0) {
+	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0, 0, limit_forward_ca })) < 0) {
 		pthread_mutex_destroy(&a->mu);
 		api_waiter_stop(a->waiter);
 		free(a);

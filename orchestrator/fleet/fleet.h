@@ -409,6 +409,12 @@ void devapi_report_counts(uint64_t *accepted, uint64_t *refused);
  * call (default 10 s and 128; main.c passes request_timeout and
  * max_connections_per_client). */
 void devapi_set_limits(int64_t request_timeout_ms, unsigned max_per_client);
+/* Issue 16, for device listeners started after this call: the PEM CA
+ * bundle (forward_ca:) a follower trusts when it forwards to an https://
+ * leader (NULL: the system's; borrowed, must outlive the listener), and
+ * the device secret that keys the forwarded client certificate's MAC
+ * (fwdcert.h; NULL: certificates are not forwarded, nor believed). */
+void devapi_set_forward(const char *cacert, const char *device_secret);
 /* The device listener's TLS (tls/tls.h) for the next devapi_start; NULL:
  * plain HTTP.  Borrowed: freed by the caller after devapi_stop. */
 struct tls_server;
