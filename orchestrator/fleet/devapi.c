@@ -25,6 +25,9 @@
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
  * CA's counters.
+ * A follower (issue 16) has no fleet: it forwards every route to the
+ * leader's device API (forwardable, forward), and serves a download the
+ * leader vouched for from the shared artifact store (serve_or_vouch).
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>
@@ -765,6 +768,7 @@ static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
 }
 
 static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta);
+static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta);
 
 static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
 {
@@ -789,7 +793,7 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	if (rg < 0)
 		return reply_error(c, MHD_HTTP_GONE, "the offer of this image was withdrawn (its release was halted):"
 				   " drop the download; check in for what to run");
-	return serve_image(c, sha, known == 2);
+	return serve_or_vouch(c, sha, known == 2);
 }
 
 /* The bytes of image sha, whole or the Range asked for. */
@@ -853,7 +857,32 @@ static enum MHD_Result do_origin(struct devapi *a, struct MHD_Connection *c, str
 		return reply_error(c, MHD_HTTP_FORBIDDEN, "no origin pull with this token (image_origin.token_file)");
 	if (!artifact_digest_valid(sha) || !(known = fleet_image_known(a->f, sha)))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
-	return serve_image(c, sha, known == 2);
+	return serve_or_vouch(c, sha, known == 2);
+}
+
+/*
+ * Issue 16: a follower serves a download itself, from the artifact store
+ * every instance shares, once the leader said this request may have it:
+ * it sends the leader the same request (path, query, Authorization,
+ * X-Device-Id) with DEVAPI_CHECK, and the leader, after every check of
+ * do_image or do_origin, answers 204 instead of the bytes (docs/scale.md,
+ * "Downloads through a follower").  The header only takes bytes away: a
+ * client that sends it to the leader learns what a GET would have told it.
+ */
+#define DEVAPI_CHECK "X-Otacd-Download-Check"
+
+static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (!MHD_lookup_connection_value(c, MHD_HEADER_KIND, DEVAPI_CHECK))
+		return serve_image(c, sha, delta);
+	if (!(resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)))
+		return MHD_NO;
+	ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	return ret;
 }
 
 struct pki_offer {
@@ -1086,42 +1115,64 @@ static int changes_fleet(enum route route)
 }
 
 /*
- * Issue 16: a follower has no fleet (devapi_attach); what changes the
- * fleet goes to the leader's device API (recorded in the fleet database,
+ * Issue 16: a follower has no fleet (devapi_attach); every route goes to
+ * the leader's device API (recorded in the fleet database,
  * devapi_set_leader) with api_forward_begin(), as the API forwards its
- * writes, and the leader authenticates the device's credential itself.
- * Not forwarded (503 + Retry-After: 1, as before): reads, downloads and
- * the registrations' audit,
- * a request that crossed a hop already, and on a TLS listener one without
- * a bearer token, which may be a device known by its client certificate
- * (a certificate cannot be passed on; docs/scale.md).
+ * writes, and the leader authenticates the credential itself: what
+ * changes the fleet, the reads (/metrics, the registrations' audit, the
+ * PKI's revocations and manifests: small answers, relayed), and the
+ * downloads' check (forward(): the bytes come from the shared store).
+ * Not forwarded (503 + Retry-After: 1): a request that crossed a hop
+ * already, and on a TLS listener a device's request without a bearer
+ * token, which may be a device known by its client certificate (a
+ * certificate cannot be passed on; docs/scale.md).
  */
+static int cert_route(enum route route)
+{
+	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_PKI;
+}
+
 static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
 {
-	if (!a->fwd || !changes_fleet(r->route) || r->route == R_REGISTRATIONS || api_forward_seen(c))
+	if (!a->fwd || r->route == R_NONE || api_forward_seen(c))
 		return 0;
-	return !a->tls || r->token;
+	return !a->tls || r->token || !cert_route(r->route);
+}
+
+static int download(enum route route)
+{
+	return route == R_IMAGE || route == R_ORIGIN;
 }
 
 static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
 			       const char *url)
 {
 	struct api_fwd_req q;
+	struct api_fwd_stream read = { API_FWD_READ, -1, NULL, 0 };
 	struct MHD_Response *resp = NULL;
 	unsigned status = 0;
 	char leader[sizeof(a->leader)];
 	enum MHD_Result ret;
 
 	if (r->fwd) { /* resumed: the leader's answer */
-		api_forward_end(r->fwd, &status, &resp);
+		int rc = api_forward_end(r->fwd, &status, &resp);
 		r->fwd = NULL;
+		/* a download the leader vouched for: the bytes (and the
+		 * Range) from the shared store, here (serve_or_vouch) */
+		if (rc == 0 && status == MHD_HTTP_NO_CONTENT && download(r->route) && artifact_digest_valid(url + 18)) {
+			MHD_destroy_response(resp);
+			return serve_image(c, url + 18, 0);
+		}
 	} else {
 		pthread_mutex_lock(&a->mu);
 		memcpy(leader, a->leader, sizeof(leader));
 		pthread_mutex_unlock(&a->mu);
-		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, method, url, r->body.ptr, r->body.len,
-					  DEVAPI_BODY_MAX, NULL, 0 };
-		if (api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp) == 0)
+		/* HEAD as GET: libmicrohttpd sends a HEAD client the headers only */
+		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, strcmp(method, "HEAD") ? method : "GET", url,
+					  r->body.ptr, r->body.len, DEVAPI_BODY_MAX, NULL, 0,
+					  download(r->route) ? DEVAPI_CHECK ": 1" : NULL };
+		if (api_forward_begin_stream(a->fwd, &q, strcmp(q.method, "GET") ? NULL : &read, &r->fwd, &status,
+					     &resp) == 0)
 			return MHD_YES;
 	}
 	if (!resp)
