@@ -398,7 +398,7 @@ static void dev_get(struct daemon *d, const char *method, const char *path, cons
 	buf_init(&a->body, 0);
 	ota_read_file(&a->body, body, (size_t)64 << 20);
 	a->range[0] = 0;
-	buf_clear(&out);
+	buf_release(&out); /* ota_read_file starts it afresh */
 	if (ota_read_file(&out, hdrs, 1 << 20) == 0 && (cr = strcasestr(buf_cstr(&out), "\nContent-Range: ")))
 		snprintf(a->range, sizeof(a->range), "%.*s", (int)strcspn(cr + 16, "\r\n"), cr + 16);
 	buf_release(&out);
