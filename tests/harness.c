@@ -148,9 +148,42 @@ int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db)
 void h_pg_instances(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
 		    const char *const *args)
 {
+	h_pg_instances_objects(d, n, otacd_db, fleet_db, yaml, args, NULL);
+}
+
+long h_proc_kb(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	assert_non_null(f = fopen(path, "r"));
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, field, strlen(field)) && line[strlen(field)] == ':')
+			kb = strtol(line + strlen(field) + 1, NULL, 10);
+	fclose(f);
+	assert_true(kb > 0);
+	return kb;
+}
+
+void h_share_objects(struct daemon *d, const char *objects)
+{
+	char *dir = xasprintf("%s/state/artifacts", d->dir), *link = xasprintf("%s/sha256", dir);
+	assert_int_equal(ota_mkdir_p(dir, 0700), 0);
+	assert_int_equal(symlink(objects, link), 0);
+	free(dir);
+	free(link);
+}
+
+void h_pg_instances_objects(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
+			    const char *const *args, const char *objects)
+{
 	for (int i = 0; i < n; i++) {
 		h_init(&d[i], yaml);
 		h_use_database(&d[i], otacd_db, fleet_db);
+		if (objects)
+			h_share_objects(&d[i], objects);
 		d[i].follower_ok = i > 0;
 		if (i > 0)
 			d[i].token = xstrdup(d[0].token);

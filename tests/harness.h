@@ -56,6 +56,15 @@ int h_pg_start_dbs(struct pgcluster *pg, char **otacd_db, char **fleet_db);
  * token.  yaml should carry h_fleet_secrets_yaml()'s keys. */
 void h_pg_instances(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
 		    const char *const *args);
+/* The same, each instance's artifact objects in the directory objects (NULL:
+ * its own): one store, as S3 is shared in production (h_share_objects). */
+void h_pg_instances_objects(struct daemon *d, int n, const char *otacd_db, const char *fleet_db, const char *yaml,
+			    const char *const *args, const char *objects);
+/* After h_init, before h_start: d's STATE/artifacts/sha256 is a symlink to
+ * objects (an existing directory), the local store every instance shares. */
+void h_share_objects(struct daemon *d, const char *objects);
+/* A /proc/PID/status field in kB (VmHWM, VmRSS); fails the test without it. */
+long h_proc_kb(pid_t pid, const char *field);
 /* issue 16: 1 when d answers and its /readyz does not call it a follower
  * (it leads, or is a single instance); 0 when it follows or is gone. */
 int h_leads(struct daemon *d);

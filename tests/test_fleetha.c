@@ -30,12 +30,16 @@
 #include <unistd.h>
 
 #include "../orchestrator/db/db.h"
+#include "devharness.h"
 #include "harness.h"
 #include "pgcluster.h"
 
 #define NDEV 20
 
 static const char *const args[] = { "--local-agents", "0", NULL };
+static const char *const release_args[] = { "--local-agents", "1", NULL };
+
+#define ORIGIN_TOKEN "cdn-pull-token-0123456789abcdef"
 
 struct world {
 	struct pgcluster pg;
@@ -44,17 +48,32 @@ struct world {
 };
 
 /* 0, or 1 to skip.  d[0] leads, d[1] follows, both with one fleet key and
- * device secret (h_fleet_secrets_yaml). */
-static int world_start(struct world *w)
+ * device secret (h_fleet_secrets_yaml).  releases: one artifact store for
+ * both, the release key "test", a CDN's pull token, a local agent on the
+ * leader, /metrics behind the fleet key. */
+static int world_start_with(struct world *w, int releases)
 {
-	char *yaml;
+	char *yaml, *objects = NULL;
 
 	memset(w, 0, sizeof(*w));
 	if (h_pg_start_dbs(&w->pg, &w->otacd_db, &w->fleet_db) > 0)
 		return 1;
 	w->secrets = h_fleet_secrets_yaml(w->pg.dir);
-	yaml = xasprintf("leader_poll: 1s\n%s", w->secrets);
-	h_pg_instances(w->d, 2, w->otacd_db, w->fleet_db, yaml, args);
+	if (releases) {
+		char *tok = xasprintf("%s/origin.token", w->pg.dir);
+		objects = xasprintf("%s/objects", w->pg.dir);
+		assert_int_equal(ota_mkdir_p(objects, 0700), 0);
+		free(h_ec_keypair(w->pg.dir));
+		assert_int_equal(ota_write_file_atomic(tok, ORIGIN_TOKEN "\n", strlen(ORIGIN_TOKEN) + 1, 0600), 0);
+		yaml = xasprintf("leader_poll: 1s\ndevice_metrics_public: false\n%skeys:\n  test: { spec: %s/k.pem }\n"
+				 "image_origin: { kind: cdn, url: \"http://127.0.0.1:9/img/\", token_file: %s }\n",
+				 w->secrets, w->pg.dir, tok);
+		free(tok);
+	} else {
+		yaml = xasprintf("leader_poll: 1s\n%s", w->secrets);
+	}
+	h_pg_instances_objects(w->d, 2, w->otacd_db, w->fleet_db, yaml, releases ? release_args : args, objects);
+	free(objects);
 	free(yaml);
 	/* the configured key (h_start reads STATE/fleet.key, not made here) */
 	{
@@ -63,6 +82,11 @@ static int world_start(struct world *w)
 			w->d[i].fleet_key = xstrndup(k, 64);
 	}
 	return 0;
+}
+
+static int world_start(struct world *w)
+{
+	return world_start_with(w, 0);
 }
 
 static void world_stop(struct world *w)
@@ -228,8 +252,8 @@ static void devices_through_a_follower_keep_credentials_and_counts_across_a_fail
 	wait_counts(&w.d[0], NDEV / 2, NDEV / 2);
 	/* a wrong credential is the leader's 401, relayed */
 	assert_int_equal(checkin(&w.d[1], creds + 1, 0), 401);
-	/* the follower has no fleet of its own: reads are 503 there */
-	assert_int_equal(metrics_status(&w.d[1]), 503);
+	/* the follower has no fleet of its own: its reads are the leader's */
+	assert_int_equal(metrics_status(&w.d[1]), 200);
 	assert_int_equal(metrics_status(&w.d[0]), 200);
 	{
 		/* one hop at most: a request another instance forwarded already is 503 */
@@ -339,11 +363,266 @@ static void an_instance_with_another_fleet_key_or_device_secret_is_refused_with_
 	world_stop(&w);
 }
 
+/* ---- reads, downloads and the PKI's reads through a follower --------------- */
+
+/* dh_fw_release_yaml with an image past the forwarder's 4 MiB answer cap
+ * (API_FWD_MAX_ANSWER): a follower that relayed it through memory would
+ * answer 502. */
+static const char big_release_yaml[] = "name: fw\nstages:\n"
+	"  - name: build\n"
+	"    steps: [ { run: \"printf 'fw 1.1.0' > app.bin && head -c 5000000 /dev/urandom >> app.bin\" } ]\n"
+	"    artifacts: [ { path: app.bin, name: app.bin, type: application, hardware: mps2-an385 } ]\n"
+	"  - { name: release, kind: release, needs: [build], version: \"1.1.0\", security_counter: 1, key: test }\n"
+	"  - name: canary\n    kind: rollout\n    needs: [release]\n"
+	"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
+	"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
+
+struct answer {
+	long status;
+	struct buf body;
+	char range[128];   /* its Content-Range, "" when none */
+};
+
+/* GET (or another method) of d's device API path with curl and the extra
+ * curl options opts (headers): status, body and Content-Range. */
+static void dev_get(struct daemon *d, const char *method, const char *path, const char *opts, struct answer *a)
+{
+	struct buf out = BUF_INIT;
+	char *body = xasprintf("%s/answer.body", d->dir), *hdrs = xasprintf("%s/answer.hdrs", d->dir);
+	const char *cr;
+
+	unlink(body);
+	h_sh(&out, "curl -s -X %s -o '%s' -D '%s' -w '%%{http_code}' %s '%s%s'", method, body, hdrs, opts,
+	     d->device_url, path);
+	a->status = strtol(buf_cstr(&out), NULL, 10);
+	buf_init(&a->body, BUF_NOLIMIT); /* empty when there is no body file */
+	ota_read_file(&a->body, body, (size_t)64 << 20);
+	a->range[0] = 0;
+	buf_release(&out); /* ota_read_file starts it afresh */
+	if (ota_read_file(&out, hdrs, 1 << 20) == 0 && (cr = strcasestr(buf_cstr(&out), "\nContent-Range: ")))
+		snprintf(a->range, sizeof(a->range), "%.*s", (int)strcspn(cr + 16, "\r\n"), cr + 16);
+	buf_release(&out);
+	free(body);
+	free(hdrs);
+}
+
+/* The same request to the leader and through the follower: the same
+ * status, body and Content-Range; the status. */
+static long same_answer(struct world *w, const char *method, const char *path, const char *opts)
+{
+	struct answer l, f;
+	long st;
+
+	dev_get(&w->d[0], method, path, opts, &l);
+	dev_get(&w->d[1], method, path, opts, &f);
+	if (l.status != f.status || l.body.len != f.body.len ||
+	    (l.body.len && memcmp(l.body.ptr, f.body.ptr, l.body.len)) || strcmp(l.range, f.range))
+		fail_msg("%s %s %s: the leader answered %ld (%zu bytes, range '%s'), the follower %ld (%zu bytes,"
+			 " range '%s'): %.200s", method, path, opts, l.status, l.body.len, l.range, f.status, f.body.len,
+			 f.range, buf_cstr(&f.body));
+	st = l.status;
+	buf_release(&l.body);
+	buf_release(&f.body);
+	return st;
+}
+
+/* The otacd_fleet_devices and otacd_fleet_offered lines of a /metrics text. */
+static void fleet_lines(const char *text, struct buf *out)
+{
+	buf_init(out, BUF_NOLIMIT);
+	for (const char *p = text; *p; p += strcspn(p, "\n"), p += *p == '\n') {
+		if (!strncmp(p, "otacd_fleet_devices{", 20) || !strncmp(p, "otacd_fleet_offered{", 20)) {
+			buf_put(out, p, strcspn(p, "\n"));
+			buf_puts(out, "\n");
+		}
+	}
+}
+
+/* /metrics through the follower is the leader's: their fleet gauges agree
+ * (read again while the writer moves them, up to 30 s). */
+static void same_fleet_metrics(struct world *w, const char *opts)
+{
+	struct buf l = BUF_INIT, f = BUF_INIT;
+	struct answer a;
+	int same = 0;
+
+	for (int k = 0; k < 300 && !same; k++) {
+		buf_release(&l);
+		buf_release(&f);
+		dev_get(&w->d[0], "GET", "/metrics", opts, &a);
+		assert_int_equal(a.status, 200);
+		fleet_lines(buf_cstr(&a.body), &l);
+		buf_release(&a.body);
+		dev_get(&w->d[1], "GET", "/metrics", opts, &a);
+		assert_int_equal(a.status, 200);
+		fleet_lines(buf_cstr(&a.body), &f);
+		buf_release(&a.body);
+		same = l.len > 0 && !strcmp(buf_cstr(&l), buf_cstr(&f));
+		if (!same)
+			h_msleep(100);
+	}
+	if (!same)
+		fail_msg("the leader's fleet metrics:\n%s\nthe follower's:\n%s", buf_cstr(&l), buf_cstr(&f));
+	buf_release(&l);
+	buf_release(&f);
+}
+
+/* dev-0000's offer (checked in through d), waiting for the rollout. */
+static json_t *offer_of(struct daemon *d, const char *cred)
+{
+	json_t *ans = NULL, *offer = NULL;
+	for (int k = 0; k < 600 && !offer; k++) {
+		json_t *req = json_pack("{ss ss ss ss ss si}", "device", "dev-0000", "product", "fw", "hardware",
+					"mps2-an385", "bootloader", "1.0.0", "version", "1.0.0", "security_counter", 1);
+		json_decref(ans);
+		ans = NULL;
+		if (h_dev_post(d, "/device/v1/checkin", cred, req, &ans) == 200 &&
+		    json_is_object(json_object_get(ans, "offer")))
+			offer = json_incref(json_object_get(ans, "offer"));
+		else
+			h_msleep(100);
+	}
+	json_decref(ans);
+	if (!offer)
+		fail_msg("no offer for dev-0000 through %s", d->device_url);
+	return offer;
+}
+
+static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(void **state)
+{
+	struct world w;
+	char **creds, *tok, *bad, *path, *opts, *meta, *origin;
+	const char *sha;
+	json_t *offer;
+	int64_t release, size;
+	struct answer a;
+	long hwm;
+
+	(void)state;
+	if (world_start_with(&w, 1) > 0)
+		skip();
+	assert_true(follows(&w.d[1]));
+	creds = h_register_devices(&w.d[1], "dev", 2);
+	release = dh_release_of(&w.d[0], h_trigger(&w.d[0], big_release_yaml));
+	assert_true(release > 0);
+	offer = offer_of(&w.d[1], creds[0]);
+	sha = json_string_value(json_object_get(json_object_get(offer, "image"), "sha256"));
+	size = json_integer_value(json_object_get(json_object_get(offer, "image"), "size"));
+	assert_non_null(sha);
+	assert_true(size > (4 << 20));
+	tok = xasprintf("-H 'Authorization: Bearer %s'", creds[0]);
+	bad = xasprintf("-H 'Authorization: Bearer %032d'", 7);
+	meta = xasprintf("-H 'Authorization: Bearer %s'", w.d[0].fleet_key);
+
+	/* /metrics and the registrations' audit: the fleet key; the follower
+	 * relays the leader's answer (the audit byte for byte) */
+	same_fleet_metrics(&w, meta);
+	assert_int_equal(same_answer(&w, "GET", "/device/v1/registrations", meta), 200);
+	/* the PKI's reads: the device's token and name */
+	path = xasprintf("/device/v1/releases/%lld/manifest", (long long)release);
+	opts = xasprintf("%s -H 'X-Device-Id: dev-0000'", tok);
+	assert_int_equal(same_answer(&w, "GET", path, opts), 200);
+	assert_int_equal(same_answer(&w, "GET", "/device/v1/revocations", opts), 404); /* none published */
+	free(opts);
+
+	/* the image: whole, a Range, a HEAD, from the shared store (5 MB: past
+	 * what a relay through memory takes) */
+	free(path);
+	path = xasprintf("/device/v1/images/%s?device=dev-0000", sha);
+	hwm = h_proc_kb(w.d[1].pid, "VmHWM");
+	assert_int_equal(same_answer(&w, "GET", path, tok), 200);
+	dev_get(&w.d[1], "GET", path, tok, &a);
+	{
+		char got[65];
+		ota_sha256_hex(a.body.ptr, a.body.len, got);
+		assert_string_equal(got, sha);
+		buf_release(&a.body);
+	}
+	/* two whole downloads cost the follower far less than one image */
+	hwm = h_proc_kb(w.d[1].pid, "VmHWM") - hwm;
+	print_message("fleetha: two %lld-byte downloads through the follower: its VmHWM +%ld kB\n", (long long)size,
+		      hwm);
+	assert_true(hwm < size / 1024 / 2);
+	/* the leader's check itself: every check first, then no bytes */
+	dev_get(&w.d[0], "GET", path, "-H 'X-Otacd-Download-Check: 1'", &a);
+	assert_int_equal(a.status, 401);
+	buf_release(&a.body);
+	opts = xasprintf("%s -H 'X-Otacd-Download-Check: 1'", tok);
+	dev_get(&w.d[0], "GET", path, opts, &a);
+	assert_int_equal(a.status, 204);
+	assert_int_equal(a.body.len, 0);
+	buf_release(&a.body);
+	free(opts);
+	opts = xasprintf("%s -H 'Range: bytes=1000-1999'", tok);
+	assert_int_equal(same_answer(&w, "GET", path, opts), 206);
+	free(opts);
+	opts = xasprintf("%s -H 'Range: bytes=-10'", tok);
+	assert_int_equal(same_answer(&w, "GET", path, opts), 206);
+	free(opts);
+	dev_get(&w.d[1], "HEAD", path, tok, &a);
+	assert_int_equal(a.status, 200);
+	buf_release(&a.body);
+	/* the CDN's pull, its own token */
+	origin = xasprintf("/device/v1/origin/%s", sha);
+	assert_int_equal(same_answer(&w, "GET", origin, "-H 'Authorization: Bearer " ORIGIN_TOKEN "'"), 200);
+
+	/* hostile: no token, a wrong one, another device's name, a Range past
+	 * the end: refused as on the leader (the leader decides) */
+	assert_int_equal(same_answer(&w, "GET", "/metrics", ""), 401);
+	assert_int_equal(same_answer(&w, "GET", "/metrics", bad), 401);
+	assert_int_equal(same_answer(&w, "GET", "/device/v1/registrations", ""), 401);
+	assert_int_equal(same_answer(&w, "GET", "/device/v1/registrations", tok), 401); /* a device's token */
+	opts = xasprintf("-H 'X-Device-Id: dev-0000'");
+	assert_int_equal(same_answer(&w, "GET", "/device/v1/revocations", opts), 401);
+	free(opts);
+	opts = xasprintf("%s -H 'X-Device-Id: dev-0000'", bad);
+	free(path);
+	path = xasprintf("/device/v1/releases/%lld/manifest", (long long)release);
+	assert_int_equal(same_answer(&w, "GET", path, opts), 401);
+	free(opts);
+	free(path);
+	path = xasprintf("/device/v1/images/%s?device=dev-0000", sha);
+	assert_int_equal(same_answer(&w, "GET", path, ""), 401);
+	assert_int_equal(same_answer(&w, "GET", path, bad), 401);
+	opts = xasprintf("-H 'Authorization: Bearer %s'", creds[1]); /* dev-0001's token for dev-0000 */
+	assert_int_equal(same_answer(&w, "GET", path, opts), 401);
+	free(opts);
+	opts = xasprintf("%s -H 'Range: bytes=%lld-'", tok, (long long)size);
+	assert_int_equal(same_answer(&w, "GET", path, opts), 416);
+	free(opts);
+	assert_int_equal(same_answer(&w, "GET", origin, ""), 401);
+	assert_int_equal(same_answer(&w, "GET", origin, bad), 403);
+	free(path);
+	path = xasprintf("/device/v1/images/%064d?device=dev-0000", 0); /* never offered */
+	assert_int_equal(same_answer(&w, "GET", path, tok), 404);
+	/* the leader's check is not a way around a hop: a request that
+	 * crossed one already is 503 on the follower */
+	opts = xasprintf("%s -H 'X-Otacd-Forwarded: 1'", tok);
+	free(path);
+	path = xasprintf("/device/v1/images/%s?device=dev-0000", sha);
+	dev_get(&w.d[1], "GET", path, opts, &a);
+	assert_int_equal(a.status, 503);
+	buf_release(&a.body);
+	free(opts);
+
+	free(path);
+	free(origin);
+	free(tok);
+	free(bad);
+	free(meta);
+	json_decref(offer);
+	for (int i = 0; i < 2; i++)
+		free(creds[i]);
+	free(creds);
+	world_stop(&w);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(devices_through_a_follower_keep_credentials_and_counts_across_a_failover),
 		cmocka_unit_test(an_instance_with_another_fleet_key_or_device_secret_is_refused_with_exit_2),
+		cmocka_unit_test(reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -132,23 +132,6 @@ static int teardown(void **state)
 		}                                                                                              \
 	} while (0)
 
-/* A /proc/PID/status field in kB (VmHWM, VmRSS). */
-static long proc_kb(pid_t pid, const char *field)
-{
-	char path[64], line[256];
-	long kb = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	assert_non_null(f = fopen(path, "r"));
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, strlen(field)) && line[strlen(field)] == ':')
-			kb = strtol(line + strlen(field) + 1, NULL, 10);
-	fclose(f);
-	assert_true(kb > 0);
-	return kb;
-}
-
 /* The follower's open spools: its descriptors on deleted files. */
 static int open_spools(pid_t pid)
 {
@@ -282,9 +265,9 @@ static void an_upload_through_the_follower_lands_on_the_leader_and_memory_stays_
 	assert_non_null(job_token(build_job));
 	before = artifacts();
 	seen = leader_uploads();
-	hwm0 = proc_kb(FOLLOWER->pid, "VmHWM");
+	hwm0 = h_proc_kb(FOLLOWER->pid, "VmHWM");
 	assert_int_equal(put_artifact(FOLLOWER, build_job, job_token(build_job), "out/big.bin", big, BIG, &ans), 201);
-	hwm1 = proc_kb(FOLLOWER->pid, "VmHWM");
+	hwm1 = h_proc_kb(FOLLOWER->pid, "VmHWM");
 	print_message("fwdupload: 16 MiB upload through the follower: its VmHWM %ld -> %ld kB (+%ld kB)\n", hwm0, hwm1,
 		      hwm1 - hwm0);
 	/* buffered, the body alone would add 16 MiB; the spool adds a few

@@ -152,16 +152,6 @@ static void haproxy_start(struct world *w, const char *bin)
 	free(log);
 }
 
-/* d's state directory with its artifact objects in w->objects. */
-static void share_objects(struct world *w, struct daemon *d)
-{
-	char *dir = xasprintf("%s/state/artifacts", d->dir), *link = xasprintf("%s/sha256", dir);
-	assert_int_equal(ota_mkdir_p(dir, 0700), 0);
-	assert_int_equal(symlink(w->objects, link), 0);
-	free(dir);
-	free(link);
-}
-
 /* 0, or 1 to skip (said why). */
 static int world_start(struct world *w)
 {
@@ -198,7 +188,7 @@ static int world_start(struct world *w)
 		/* restarts keep their addresses: haproxy's servers */
 		w->d[i].listen = h_free_listen();
 		w->d[i].device_listen = h_free_listen();
-		share_objects(w, &w->d[i]);
+		h_share_objects(&w->d[i], w->objects);
 	}
 	/* the first leads; the agents are registered before the others start,
 	 * so every instance knows their tokens (docs/scale.md, "What remains") */

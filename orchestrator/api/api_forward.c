@@ -64,6 +64,7 @@ static const char *const forwarded[] = {
 	"X-Gitlab-Event", "X-Gitlab-Event-UUID", "X-Gitlab-Token",
 	"X-Gitea-Event", "X-Gitea-Delivery", "X-Gitea-Signature",
 	"X-Forgejo-Event", "X-Forgejo-Delivery", "X-Forgejo-Signature",
+	"X-Device-Id", /* the device API's downloads and PKI reads: the device's claim, checked by the leader */
 };
 
 const char *const api_fwd_relayed[API_FWD_RELAYED] = {
@@ -498,8 +499,8 @@ static int own_answer(unsigned code, unsigned *status, struct MHD_Response **res
 
 static int method_ok(const char *m, unsigned flags)
 {
-	if (m && !strcmp(m, "GET"))
-		return (flags & API_FWD_SPOOL_ANSWER) != 0; /* a job's reads, spooled */
+	if (m && !strcmp(m, "GET")) /* a job's reads, spooled; the device API's small reads */
+		return (flags & (API_FWD_SPOOL_ANSWER | API_FWD_READ)) != 0;
 	return m && (!strcmp(m, "POST") || !strcmp(m, "PUT") || !strcmp(m, "PATCH") || !strcmp(m, "DELETE"));
 }
 

@@ -16,7 +16,8 @@
  * What goes to the leader: the method, the path (as libmicrohttpd decoded
  * it, encoded again), the query, the body, and an allow-list of request
  * headers (Authorization, Idempotency-Key, Content-Type, Accept,
- * User-Agent, the forges' webhook event, delivery and signature headers),
+ * User-Agent, the forges' webhook event, delivery and signature headers,
+ * X-Device-Id: a device's own claim, which the leader checks),
  * plus X-Request-Id, X-Forwarded-For and Forwarded (the client's address,
  * for the leader's logs only) and X-Otacd-Forwarded (one hop at most: an
  * instance asked to forward a request that already carries it answers 503
@@ -64,6 +65,7 @@
  * for every route that is not a read (GET, HEAD); the agents' artifact
  * upload and reads of a job through api_forward_begin_stream()
  * (api_follower.c: api_follower_prepare() opens the upload's spool).
+ * The device API on a follower forwards its reads too (API_FWD_READ).
  */
 #ifndef OTA_API_FORWARD_H
 #define OTA_API_FORWARD_H
@@ -118,7 +120,7 @@ struct api_fwd_req {
 	const char *request_id;       /* sent as X-Request-Id; may be NULL */
 	long timeout_ms;              /* this hop's deadline; 0: the pool's */
 	const char *const *extra;     /* more "Name: value" lines the caller vouches for (the device API's
-				       * signed client certificate, fwdcert.h), NULL-ended; may be NULL */
+				       * signed client certificate, fwdcert.h; its download check), NULL-ended; may be NULL */
 };
 
 /* What a streamed route adds (api_forward_begin_stream()). */
@@ -137,6 +139,11 @@ struct api_fwd_stream {
  * also what lets GET pass (the agents' reads of a job).  No total deadline
  * then: a hop that moves less than 1 KiB/s for 60 s is cut (503). */
 #define API_FWD_SPOOL_ANSWER 2u
+/* A GET whose answer is small and relayed from memory (API_FWD_MAX_ANSWER):
+ * the device API's reads on a follower, which has no fleet to answer them
+ * (devapi.c: /metrics, the registrations' audit, the PKI's reads, a
+ * download's check). */
+#define API_FWD_READ 4u
 
 /*
  * A spool file: 0 and *fd, a file open for reading and writing in dir that

@@ -28,6 +28,9 @@
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
  * CA's counters.
+ * A follower (issue 16) has no fleet: it forwards every route to the
+ * leader's device API (forwardable, forward), and serves a download the
+ * leader vouched for from the shared artifact store (serve_or_vouch).
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>
@@ -777,6 +780,7 @@ static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
 }
 
 static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta);
+static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta);
 
 static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
 {
@@ -801,7 +805,7 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	if (rg < 0)
 		return reply_error(c, MHD_HTTP_GONE, "the offer of this image was withdrawn (its release was halted):"
 				   " drop the download; check in for what to run");
-	return serve_image(c, sha, known == 2);
+	return serve_or_vouch(c, sha, known == 2);
 }
 
 /* The bytes of image sha, whole or the Range asked for. */
@@ -865,7 +869,32 @@ static enum MHD_Result do_origin(struct devapi *a, struct MHD_Connection *c, str
 		return reply_error(c, MHD_HTTP_FORBIDDEN, "no origin pull with this token (image_origin.token_file)");
 	if (!artifact_digest_valid(sha) || !(known = fleet_image_known(a->f, sha)))
 		return reply_error(c, MHD_HTTP_NOT_FOUND, "no such image");
-	return serve_image(c, sha, known == 2);
+	return serve_or_vouch(c, sha, known == 2);
+}
+
+/*
+ * Issue 16: a follower serves a download itself, from the artifact store
+ * every instance shares, once the leader said this request may have it:
+ * it sends the leader the same request (path, query, Authorization,
+ * X-Device-Id) with DEVAPI_CHECK, and the leader, after every check of
+ * do_image or do_origin, answers 204 instead of the bytes (docs/scale.md,
+ * "Downloads through a follower").  The header only takes bytes away: a
+ * client that sends it to the leader learns what a GET would have told it.
+ */
+#define DEVAPI_CHECK "X-Otacd-Download-Check"
+
+static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (!MHD_lookup_connection_value(c, MHD_HEADER_KIND, DEVAPI_CHECK))
+		return serve_image(c, sha, delta);
+	if (!(resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)))
+		return MHD_NO;
+	ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
+	MHD_destroy_response(resp);
+	return ret;
 }
 
 struct pki_offer {
@@ -1108,21 +1137,29 @@ static int peer_has_cert(struct MHD_Connection *c)
 }
 
 /*
- * Issue 16: a follower has no fleet (devapi_attach); what changes the
- * fleet goes to the leader's device API (recorded in the fleet database,
+ * Issue 16: a follower has no fleet (devapi_attach); every route goes to
+ * the leader's device API (recorded in the fleet database,
  * devapi_set_leader) with api_forward_begin(), as the API forwards its
- * writes, and the leader authenticates the device's credential itself:
- * its token, or its client certificate, carried signed (fwd_cert_lines,
- * fwdcert.h).  Not forwarded (503 + Retry-After: 1, as before): reads,
- * downloads and the registrations' audit, a request that crossed a hop
- * already, and, on an instance without the device secret's key (none in
- * otacd: main.c always sets it), a certificate without a token.
+ * writes, and the leader authenticates the credential itself: its token,
+ * or its client certificate, carried signed (fwd_cert_lines, fwdcert.h).
+ * Forwarded: what changes the fleet, the reads (/metrics, the
+ * registrations' audit, the PKI's revocations and manifests: small
+ * answers, relayed), and the downloads' check (forward(): the bytes come
+ * from the shared store).  Not forwarded (503 + Retry-After: 1): a request
+ * that crossed a hop already, and, on an instance without the device
+ * secret's key (none in otacd: main.c always sets it), a device's
+ * certificate without a token.
  */
+static int cert_route(enum route route)
+{
+	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_PKI;
+}
+
 static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
 {
-	if (!a->fwd || !changes_fleet(r->route) || r->route == R_REGISTRATIONS || api_forward_seen(c))
+	if (!a->fwd || r->route == R_NONE || api_forward_seen(c))
 		return 0;
-	return !a->tls || r->token || fwd_key_set || !peer_has_cert(c);
+	return !a->tls || r->token || !cert_route(r->route) || fwd_key_set || !peer_has_cert(c);
 }
 
 /*
@@ -1170,7 +1207,7 @@ static int fwd_identify(struct devapi *a, struct MHD_Connection *c, struct dreq 
 			    header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1), (int64_t)time(NULL), &der,
 			    &len);
 	if (rc == 0 && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
-	    (r->route == R_CHECKIN || r->route == R_REPORTS || r->route == R_IMAGE || r->route == R_PKI))
+	    cert_route(r->route))
 		rc = fleet_auth_cert_ex(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev), r->cert_product,
 					sizeof(r->cert_product));
 	free(der);
@@ -1179,27 +1216,51 @@ static int fwd_identify(struct devapi *a, struct MHD_Connection *c, struct dreq 
 	return rc < 0 ? OTA_EAUTH : 0;
 }
 
+static int download(enum route route)
+{
+	return route == R_IMAGE || route == R_ORIGIN;
+}
+
 static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
 			       const char *url)
 {
 	struct api_fwd_req q;
+	struct api_fwd_stream read = { API_FWD_READ, -1, NULL, 0 };
 	struct MHD_Response *resp = NULL;
 	unsigned status = 0;
 	char leader[sizeof(a->leader)], *lines[3];
+	const char *extra[4], *fwd_method;
 	enum MHD_Result ret;
-	int begun;
+	int begun, n = 0;
 
 	if (r->fwd) { /* resumed: the leader's answer */
-		api_forward_end(r->fwd, &status, &resp);
+		int rc = api_forward_end(r->fwd, &status, &resp);
 		r->fwd = NULL;
+		/* a download the leader vouched for: the bytes (and the
+		 * Range) from the shared store, here (serve_or_vouch) */
+		if (rc == 0 && status == MHD_HTTP_NO_CONTENT && download(r->route) && artifact_digest_valid(url + 18)) {
+			MHD_destroy_response(resp);
+			return serve_image(c, url + 18, 0);
+		}
 	} else {
 		pthread_mutex_lock(&a->mu);
 		memcpy(leader, a->leader, sizeof(leader));
 		pthread_mutex_unlock(&a->mu);
-		fwd_cert_lines(a, c, r, method, url, lines);
-		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, method, url, r->body.ptr, r->body.len,
-					  DEVAPI_BODY_MAX, NULL, 0, (const char *const *)lines };
-		begun = api_forward_begin(a->fwd, &q, &r->fwd, &status, &resp) == 0; /* copies the lines */
+		/* HEAD as GET: libmicrohttpd sends a HEAD client the headers only;
+		 * the certificate is signed over the method the leader sees */
+		fwd_method = strcmp(method, "HEAD") ? method : "GET";
+		fwd_cert_lines(a, c, r, fwd_method, url, lines);
+		if (lines[0]) {
+			extra[n++] = lines[0];
+			extra[n++] = lines[1];
+		}
+		if (download(r->route))
+			extra[n++] = DEVAPI_CHECK ": 1";
+		extra[n] = NULL;
+		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, fwd_method, url, r->body.ptr, r->body.len,
+					  DEVAPI_BODY_MAX, NULL, 0, extra };
+		begun = api_forward_begin_stream(a->fwd, &q, strcmp(q.method, "GET") ? NULL : &read, &r->fwd, &status,
+						 &resp) == 0; /* copies the lines */
 		free(lines[0]);
 		free(lines[1]);
 		if (begun)
