@@ -85,7 +85,7 @@ EOT
 proxy() {
 	[ -z "${hapid:-}" ] || { kill "$hapid"; wait "$hapid" 2>/dev/null || true; }
 	port=$((10000 + $$ % 20000))
-	for try in 1 2 3 4 5 6 7 8; do
+	for _ in 1 2 3 4 5 6 7 8; do
 		port=$((port + 1))
 		{
 			printf 'global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n'
@@ -147,12 +147,14 @@ measure() {
 	label=$1 leader=$2
 	shift 2
 	for load in checkin reports; do
+		# shellcheck disable=SC2046 # one argument per process
 		pg0=$(cpu $(pg_pids)) a0=$(accepted "$leader") hap0=$(cpu $hapid)
 		c0=""
 		for p in "$@"; do c0="$c0 $(cpu "$p")"; done
 		CHECKIN=steady CREDS="$tmp/creds" wrk -t2 -c64 -d"${secs}s" --latency -s "$src/bench/wrk/$load.lua" \
 			"$url/device/v1/$load" >"$tmp/wrk.log" 2>&1 || { echo "fleet_scale.sh: wrk failed: $(tail -3 "$tmp/wrk.log")" >&2; exit 1; }
 		a1=$(accepted "$leader")
+		# shellcheck disable=SC2046
 		pgc=$(($(cpu $(pg_pids)) - pg0))
 		cpus="" k=1
 		for p in "$@"; do
