@@ -109,3 +109,7 @@ echo "== fleet store at 10M devices, SQLite against PostgreSQL (fsync on), same 
 echo
 echo "== otacd on SQLite against PostgreSQL, same run: pickup latency, API p50/p99 under 64 connections (wrk)"
 "$OTACD_BIN/otacd-bench" "$OTACD_BIN" --backends ${ENGINE_BACKENDS_ARGS:-200 3}
+# issue 16, several instances
+echo
+echo "== the device API on 1, 2 and 3 instances (PostgreSQL, haproxy round robin) against one on SQLite, same run: check-ins/s, report events/s, p50/p99, CPU per instance"
+sh bench/fleet_scale.sh "$OTACD_BIN" ${FLEET_SCALE_ARGS:-20000 3}

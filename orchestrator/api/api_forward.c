@@ -5,7 +5,7 @@
  * works: the holder string is checked (api_forward_leader_check(), curl's
  * URL parser plus our own rules), the target URL is that base plus the
  * request's path and query encoded again, and one libcurl easy handle
- * from a small pool (so the connection to the leader is kept alive between
+ * from a pool (so the connection to the leader is kept alive between
  * forwards) sends the request with an explicit header list: every header
  * curl would add by itself (Content-Type for a body, Accept, Expect) is
  * removed unless the client sent it.  No redirect is followed, only http
@@ -44,7 +44,13 @@
 #include "../../common/curlload.h"
 #include "../../common/log.h"
 
-#define POOL_MAX 8
+/* Idle handles kept, each with its connection to the leader: a handle
+ * given back to a full pool is freed and its connection closed, so the
+ * pool must cover the forwards in flight at once (one per client request
+ * waiting on a follower).  At 8, a follower behind haproxy with 64 device
+ * connections opened a new TCP connection for about half of its forwards
+ * (bench/fleet_scale.sh, docs/benchmarks.md). */
+#define POOL_MAX 64
 
 struct api_fwd {
 	pthread_mutex_t mu;
