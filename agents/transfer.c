@@ -8,7 +8,8 @@
  * retried on network errors, 404, 408, 429 and 5xx, and unpacked by
  * source.c's safe extraction.  Artifacts are matched by glob inside the
  * workspace only (a link pointing out of it is skipped), named by the
- * daemon's own rule, hashed (SHA-256) and uploaded with retries.
+ * daemon's own rule, hashed (SHA-256) and uploaded, sent again for a
+ * minute of failures (a takeover of the leader answers 503 meanwhile).
  *
  * Runs on the main thread, as part of job_run (job.c).
  */
@@ -29,7 +30,11 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
-#define UPLOAD_TRIES 4
+/* An upload cut off or answered 5xx, 408 or 429 is sent again (backoff up
+ * to 2 s) until this long after the first failure: longer than a takeover
+ * of the leader (docs/scale.md: within 10 s), while every instance
+ * answers 503.  A retried upload replaces the first (docs/api.md). */
+#define UPLOAD_RETRY_MS 60000
 #define SOURCE_TRIES 4
 #define SOURCE_BACKOFF_MS 1000
 #define SOURCE_MAX_BYTES ((size_t)4 << 30)
@@ -49,6 +54,7 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 	FILE *f = fopen(path, "rb");
 	struct stat st;
 	long backoff = 0;
+	int64_t give_up = 0;
 
 	/* the daemon's own rule (common/util.c): refused here, with the reason */
 	if (ota_artifact_name_check(name, strlen(name), why_name, sizeof(why_name)) < 0) {
@@ -63,8 +69,9 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 	url = xasprintf("%s/api/v1/agent/jobs/%s/artifacts?attempt=%" JSON_INTEGER_FORMAT
 			"&name=%s&sha256=%s%s%s%s%s", j->a->url, j->id_url, j->attempt, ename, sha,
 			etype ? "&type=" : "", etype ? etype : "", ehw ? "&hardware=" : "", ehw ? ehw : "");
-	for (int try = 1; try <= UPLOAD_TRIES && !agent_stop_flag; try++) {
+	while (!agent_stop_flag) {
 		struct httpc_response r;
+		long status;
 		int rc;
 		rewind(f);
 		rc = httpc_upload(&r, "PUT", url, j->token, NULL, f, (size_t)st.st_size,
@@ -90,9 +97,14 @@ static enum outcome artifact_upload(struct job *j, const char *path, const char 
 					 em ? ": " : "", em ? em : "");
 			json_decref(e);
 		}
+		status = r.status; /* released below: read it first */
 		httpc_response_release(&r);
-		if (!rc && r.status < 500 && r.status != 408 && r.status != 429)
+		if (!rc && status < 500 && status != 408 && status != 429)
 			break; /* the daemon said no; asking again will not help */
+		if (!give_up)
+			give_up = agent_now_ms() + UPLOAD_RETRY_MS;
+		else if (agent_now_ms() >= give_up)
+			break;
 		backoff = agent_backoff_next(backoff * 4);
 		agent_sleep_ms(backoff);
 	}

@@ -815,6 +815,7 @@ struct vflag *fleet_vflag(struct device *d, const char *v)
 	}
 	d->vf[victim].version = v;
 	d->vf[victim].flags = 0;
+	d->vf[victim].uncounted = 0;
 	return &d->vf[victim];
 }
 
@@ -829,11 +830,21 @@ uint32_t fleet_vflags_of(const struct device *d, const char *v)
 
 /* The device now runs version v: move its `devices` count and forget the
  * flags of every other version. */
+void fleet_count_offers_locked(struct fleet *f, struct device *d)
+{
+	for (int i = 0; i < FLEET_NVFLAGS; i++)
+		if (d->vf[i].version && (d->vf[i].uncounted & FL_OFFERED)) {
+			fleet_agg_add(f, d, d->vf[i].version, offsetof(struct fleet_agg, offered), 1, 1);
+			d->vf[i].uncounted = 0;
+		}
+}
+
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v)
 {
-	struct vflag keep = { NULL, 0 };
+	struct vflag keep = { NULL, 0, 0 };
 	if (d->version == v)
 		return;
+	fleet_count_offers_locked(f, d); /* before the flags go */
 	if (d->version)
 		fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), -1, 0);
 	for (int i = 0; i < FLEET_NVFLAGS; i++)
@@ -1094,6 +1105,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 	} else if (d->product != product || !tags_equal(d, tags, ntags)) {
 		/* regroup: its cohorts changed, so move its `devices` count */
 		fleet_agg_add(f, d, d->version, offsetof(struct fleet_agg, devices), -1, 0);
+		fleet_count_offers_locked(f, d); /* in the cohorts it had */
 		if (d->product != product)
 			memset(d->vf, 0, sizeof(d->vf));
 		d->product = product;
@@ -1129,7 +1141,7 @@ static int checkin(struct fleet *f, const struct fleet_ckbody *b, struct reg *re
 			/* credited to the step that exposed it, for good */
 			vf->flags = (vf->flags & ((1u << FL_GEN_SHIFT) - 1)) | FL_OFFERED |
 				    (rollback ? 0 : fleet_exposure_gen(x, d) << FL_GEN_SHIFT);
-			fleet_agg_add(f, d, x->version, offsetof(struct fleet_agg, offered), 1, 1);
+			vf->uncounted |= FL_OFFERED; /* counted with its row (fleet_store.c) */
 			changed = durable = 1;
 		}
 	}

@@ -67,6 +67,12 @@ enum { EV_DOWNLOAD, EV_INSTALL, EV_BOOT_OK, EV_BOOT_FAIL, EV_REVERT, EV_HEARTBEA
 struct vflag {
 	const char *version;   /* interned; NULL: unused slot */
 	uint32_t flags;
+	/* memory only: FL_OFFERED set by a check-in and not yet added to the
+	 * aggregates.  The writer adds it when it writes the device's row
+	 * (fleet_count_offers_locked), so one commit holds both or neither:
+	 * added at the check-in, a round could commit the count without the
+	 * row, and after a kill the device was offered and counted again. */
+	uint8_t uncounted;
 };
 
 /* A device.  Every field but next is guarded by its shard's mutex; the
@@ -312,6 +318,7 @@ struct fleet {
 					       * and compact_ratio times the snapshot's */
 	int64_t round_ms;          /* fleet_round_due's pace (OTACD_FLEET_ROUND_MS) */
 	char *stall_path;          /* OTACD_TEST_FLEET_STALL_FILE (tests only) */
+	char *stall_aggs_path;     /* OTACD_TEST_FLEET_STALL_AGGS_FILE (tests only) */
 	int64_t snap_round;        /* devices a round captures for a snapshot (at least a shard) */
 	int building;              /* a new snapshot is being written, shard by shard */
 	int closing;               /* the last round (fleet_close): no snapshot starts */
@@ -379,6 +386,8 @@ struct device *fleet_device_new_locked(struct fleet *f, struct shard *s, const c
 void fleet_device_mark_locked(struct shard *s, struct device *d);
 struct vflag *fleet_vflag(struct device *d, const char *v);
 void fleet_device_set_version_locked(struct fleet *f, struct device *d, const char *v);
+/* Add d's uncounted offers to the aggregates (d's shard locked). */
+void fleet_count_offers_locked(struct fleet *f, struct device *d);
 void fleet_device_set_tags_locked(struct device *d, const char *const *tags, size_t n);
 /* A check-in's answer into out (cap bytes, NUL-terminated):
  * {"now":N,"time_scale":S,"next_poll_ms":P,"offer":O[,"revocations":C]}

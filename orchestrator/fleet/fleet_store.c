@@ -271,6 +271,7 @@ static int legacy_flush_devices(struct fleet *f)
 			next = d->dirty_next;
 			d->dirty = 0;
 			d->dirty_next = NULL;
+			fleet_count_offers_locked(f, d); /* in the aggregates of this commit */
 			d->last_seen_written = d->last_seen;
 			if (nrows == cap) {
 				cap = cap ? cap * 2 : 256;
@@ -436,6 +437,7 @@ static int flush_devices(struct fleet *f)
 			next = d->dirty_next;
 			d->dirty = 0;
 			d->dirty_next = NULL;
+			fleet_count_offers_locked(f, d); /* in the aggregates of this commit */
 			fleet_chunk_add(&log, d);
 			d->last_seen_written = d->last_seen;
 			if (f->nwritten == f->cap_written) {
@@ -660,6 +662,8 @@ static void publish_aggs(struct fleet *f, int ok)
 }
 
 /* One round: apply batches, write what changed, commit. */
+static void test_stall(struct fleet *f, const char *path);
+
 static int round_commit(struct fleet *f, struct batch *batches)
 {
 	struct fleet_regrows rows = { 0 };
@@ -684,6 +688,16 @@ static int round_commit(struct fleet *f, struct batch *batches)
 		rc = legacy_flush_devices(f);
 	else
 		rc = flush_devices(f);
+	/* tests only: a round with batches holds between its device rows and
+	 * its aggregates while OTACD_TEST_FLEET_STALL_AGGS_FILE exists (it
+	 * makes FILE.held first): a check-in then lands in the gap
+	 * (test_fleetdur's offer_counted_in_the_commit_of_its_row) */
+	if (batches && f->stall_aggs_path && access(f->stall_aggs_path, F_OK) == 0) {
+		char *held = xasprintf("%s.held", f->stall_aggs_path);
+		(void)ota_write_file_atomic(held, "", 0, 0600);
+		free(held);
+		test_stall(f, f->stall_aggs_path);
+	}
 	if (rc < 0 || (rc = flush_aggs(f)) < 0 ||
 	    (f->legacy && f->log_rows >= LEGACY_MERGE_AT && (rc = merge_log(f, LEGACY_MERGE_CHUNK)) < 0) ||
 	    (db_commit(f->db) < 0 && (rc = db_err(f, "commit")) < 0)) {
@@ -1185,6 +1199,7 @@ static void fleet_free(struct fleet *f)
 	json_decref(f->tag_allow);
 	free(f->db_path);
 	free(f->stall_path);
+	free(f->stall_aggs_path);
 	if (f->fleet_key)
 		OPENSSL_cleanse(f->fleet_key, f->fleet_key_len);
 	OPENSSL_cleanse(f->secret, sizeof(f->secret));
@@ -1306,6 +1321,8 @@ int fleet_open(struct fleet **out, const struct fleet_config *cfg)
 		f->round_ms = pace && *pace ? atoll(pace) : FLEET_ROUND_MS;   /* 0: no pacing */
 		if ((stall = getenv("OTACD_TEST_FLEET_STALL_FILE")) && *stall)   /* tests only (test_stall) */
 			f->stall_path = xstrdup(stall);
+		if ((stall = getenv("OTACD_TEST_FLEET_STALL_AGGS_FILE")) && *stall) /* tests only (round_commit) */
+			f->stall_aggs_path = xstrdup(stall);
 	}
 	if ((rc = fleet_db_open(&f->db, f->db_path)) < 0) {
 		rc = ota_error_set(rc, "fleet.db: %s", ota_error_last());
