@@ -32,9 +32,9 @@
  * symlink to one directory.  haproxy sends the API, the agents' protocol
  * (uploads included) and the devices' check-ins, reports and registrations
  * round robin to all three: a follower forwards them to the leader
- * (docs/scale.md, "Forwarding").  What a follower does not serve goes to
- * the leader only (its /readyz is the only 200): the devices' image
- * downloads, release manifests and the fleet's /metrics.
+ * (docs/scale.md, "Forwarding"), and so the devices' image downloads,
+ * release manifests and the fleet's /metrics (a download's bytes come
+ * from the shared store once the leader vouched for it).
  *
  * The fleet goes through the rollout: every device ends installed and
  * confirmed on the release; the fleet's counters (offered, downloads,
@@ -144,9 +144,7 @@ static void haproxy_start(struct world *w, const char *bin)
 			 "listen stats\n  bind %s\n  stats enable\n  stats uri /stats\n"
 			 "frontend api\n  bind %s\n  use_backend agents if { path_beg /api/v1/agent/ }\n"
 			 "  default_backend any_api\n"
-			 "frontend dev\n  bind %s\n"
-			 "  use_backend devices if { path /device/v1/checkin /device/v1/reports /device/v1/register /device/v1/provision }\n"
-			 "  default_backend leader_dev\n",
+			 "frontend dev\n  bind %s\n  default_backend devices\n",
 		   stats, api, dev);
 	/* the admin API and reads: any instance (a follower forwards writes) */
 	buf_puts(&cfg, "backend any_api\n  balance roundrobin\n  option httpchk GET /healthz # choice: every live instance\n");
@@ -156,15 +154,10 @@ static void haproxy_start(struct world *w, const char *bin)
 	buf_puts(&cfg, "backend agents\n  balance roundrobin\n  option httpchk GET /healthz # choice: every live instance\n");
 	for (int i = 0; i < N; i++)
 		buf_printf(&cfg, "  server o%d %s check\n", i, w->d[i].listen);
-	/* devices' check-ins, reports, registrations: any (a follower forwards) */
+	/* the device API, every route: any (a follower forwards) */
 	buf_puts(&cfg, "backend devices\n  balance roundrobin\n  option httpchk GET /healthz # choice: every live instance\n");
 	for (int i = 0; i < N; i++)
 		buf_printf(&cfg, "  server o%d %s check port %s\n", i, w->d[i].device_listen, port_of(w->d[i].listen));
-	/* downloads, manifests, /metrics: the leader only (a follower has no fleet) */
-	buf_puts(&cfg, "backend leader_dev\n  option httpchk GET /readyz # choice: the leader only\n");
-	for (int i = 0; i < N; i++)
-		buf_printf(&cfg, "  server o%d %s check port %s\n", i, w->d[i].device_listen,
-			   port_of(w->d[i].listen));
 	assert_int_equal(ota_write_file_atomic(path, cfg.ptr, cfg.len, 0600), 0);
 	{
 		char *argv[] = { (char *)bin, "-db", "-f", path, NULL };
@@ -176,7 +169,7 @@ static void haproxy_start(struct world *w, const char *bin)
 	for (int i = 0; i < 500 && h_get(&w->lb, "/api/v1/health", NULL) != 200; i++)
 		h_msleep(20);
 	assert_int_equal(h_get(&w->lb, "/api/v1/health", NULL), 200);
-	/* the device API's backend is up once haproxy's check saw the leader ready */
+	/* the device API answers once a leader has the fleet (a follower forwards) */
 	for (int i = 0; i < 500 && h_sh(&cfg, "curl -sf -o /dev/null %s/metrics", w->lb.device_url) != 0; i++)
 		h_msleep(20);
 	buf_release(&cfg);
