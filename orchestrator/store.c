@@ -236,6 +236,12 @@ static const char *const migrations[] = {
 	"  step INTEGER NOT NULL DEFAULT 0, hold_until INTEGER, extend_until INTEGER,"
 	"  seq INTEGER NOT NULL DEFAULT 0, reason TEXT, evals TEXT, updated_at INTEGER NOT NULL,"
 	"  UNIQUE (product, name));",
+	/* 18 (issue 16): the device CA installed by `otactl fleet ca init|import`,
+	 * here so that every instance that leads has it: the certificate, the
+	 * private key sealed (orchestrator/fleet/fleet_ca_seal.c); one row */
+	"CREATE TABLE device_ca ("
+	"  k TEXT PRIMARY KEY CHECK (k = 'ca'), cert_pem TEXT NOT NULL, key_sealed TEXT,"
+	"  created_at INTEGER NOT NULL);",
 };
 
 const char *const *store_migrations(size_t *n)
