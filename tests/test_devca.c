@@ -18,7 +18,8 @@
  *     each counted by reason; fleet_auth_cert takes the device from the
  *     certificate, never from the body, and follows device_auth;
  *   - an external CA (device_ca: {cert}) verifies but cannot issue; an
- *     imported CA is checked (a CA, its key) before it is written;
+ *     imported CA is checked (a CA, its key) before it is written; a
+ *     STATE/devca CA with none in the database is copied there once;
  *   - the CA key sealed for the database (issue 16, fleet_ca_seal) opens
  *     with the device secret it was sealed with and nothing else: not with
  *     another secret, not under another certificate, not altered.
@@ -888,6 +889,32 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 		assert_int_equal(h_sh(&out, "openssl x509 -noout -in %s/devca/ca.pem -pubkey > %s/a.pub &&"
 				       " openssl pkey -in %s/devca/ca.key -pubout > %s/b.pub && cmp %s/a.pub %s/b.pub",
 				       st, st, st, st, st, st), 0);
+		/* issue 16: an otacd that finds such a STATE/devca and no CA in its
+		 * database copies it there once, the key sealed, and issues with it */
+		{
+			struct daemon imp;
+			char *sha;
+			h_init(&imp, NULL);
+			assert_int_equal(h_sh(&out, "mkdir -p %s/state && cp -a %s/devca %s/state/", imp.dir, st, imp.dir), 0);
+			assert_int_equal(h_start(&imp, NULL), 0);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca"), 1);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca WHERE key_sealed LIKE 'v1:%'"
+						       " AND key_sealed NOT LIKE '%PRIVATE%'"), 1);
+			assert_int_equal(h_get(&imp, "/api/v1/fleet/ca", &ans), 200);
+			assert_true(json_is_true(json_object_get(ans, "can_issue")));
+			sha = xstrdup(json_string_value(json_object_get(ans, "sha256")));
+			json_decref(ans);
+			assert_int_equal(h_sh(&out, "openssl x509 -noout -fingerprint -sha256 -in %s/devca/ca.pem"
+						    " | tr -d : | tr A-F a-f", st), 0);
+			assert_non_null(strstr(buf_cstr(&out), sha));
+			free(sha);
+			/* a restart loads it from the table: the same CA, one row */
+			h_kill(&imp, SIGKILL);
+			assert_int_equal(h_start(&imp, NULL), 0);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca"), 1);
+			h_kill(&imp, SIGTERM);
+			h_cleanup(&imp);
+		}
 		free(st);
 		free(bin);
 	}

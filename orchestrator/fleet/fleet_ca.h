@@ -185,7 +185,7 @@ void fleet_ca_count_wrong_device(struct fleet_ca *ca);
  * device_secret), provisioners and revocations from the database; later
  * changes go through e.  The CA row wins over STATE/devca; with no row, a
  * CA loaded from STATE/devca (an older otacd's, or `otactl fleet ca init
- * --state`) is copied into it once.  A row that does not open or whose key
+ * --offline`) is copied into it once.  A row that does not open or whose key
  * is not the certificate's is an error (nothing loaded).  device_secret
  * NULL: no CA row is read or written (STATE/devca only). */
 int fleet_ca_attach(struct fleet_ca *ca, struct engine *e, const char *device_secret);
