@@ -445,6 +445,8 @@ static void the_device_ca_made_on_the_leader_issues_and_verifies_after_a_failove
 		h_msleep(50);
 	assert_false(follows(&w.d[1]));
 	assert_int_equal(h_get(&w.d[1], "/api/v1/fleet/ca", &ans), 200);
+	if (!json_is_true(json_object_get(ans, "configured")))
+		fail_msg("the new leader has no device CA");
 	assert_string_equal(json_string_value(json_object_get(ans, "sha256")), sha);
 	assert_true(json_is_true(json_object_get(ans, "can_issue")));
 	json_decref(ans);
