@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../orchestrator/db/db.h"
+#include "../orchestrator/fleet/fleet_ca.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -477,6 +478,34 @@ static void the_device_ca_made_on_the_leader_issues_and_verifies_after_a_failove
 	assert_int_not_equal(start_with(&w, w.secrets, out), 124);
 	if (!strstr(buf_cstr(&out[0]), "does not open"))
 		fail_msg("an altered device CA row was not refused by name:\n%s", buf_cstr(&out[0]));
+	/* a row sealed properly (with the shared device secret) but holding a
+	 * key that is not the certificate's: refused too, never half a CA */
+	{
+		struct db *db = NULL;
+		struct db_stmt *st;
+		struct buf secret = BUF_INIT, key = BUF_INIT;
+		char *path = xasprintf("%s/device-shared.secret", w.pg.dir), *cert, *sealed;
+		assert_int_equal(ota_read_file(&secret, path, 4096), 0);
+		assert_int_equal(h_sh(&key, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>&1"), 0);
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		assert_non_null(st = db_stmt(db, "SELECT cert_pem FROM device_ca"));
+		assert_int_equal(db_step(st), 1);
+		cert = xstrdup(db_column_text(st, 0));
+		db_reset(st);
+		assert_non_null(sealed = fleet_ca_seal(buf_cstr(&secret), cert, (const unsigned char *)key.ptr, key.len));
+		assert_non_null(st = db_stmt(db, "UPDATE device_ca SET key_sealed = ?"));
+		db_bind_text(st, 1, sealed);
+		assert_int_equal(db_run(st), 0);
+		db_close(db);
+		assert_int_not_equal(start_with(&w, w.secrets, out), 124);
+		if (!strstr(buf_cstr(&out[0]), "does not belong to the CA certificate"))
+			fail_msg("a device CA row with a foreign key was not refused by name:\n%s", buf_cstr(&out[0]));
+		free(cert);
+		free(sealed);
+		free(path);
+		buf_release(&secret);
+		buf_release(&key);
+	}
 
 	h_sh(&out[1], "rm -rf %s", dir);
 	buf_release(&out[0]);
