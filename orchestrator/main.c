@@ -439,7 +439,7 @@ static int lead_start(struct leading *l)
 		return -1;
 	if (sched_start(&l->sched, l->engine, cfg, l->sources) < 0) /* issue 17: after the sources it feeds */
 		return -1;
-	if (fleet_ca_attach(l->devca, l->engine) < 0)
+	if (fleet_ca_attach(l->devca, l->engine, l->fleet_secret) < 0)
 		return -1;
 	if (rollout_controller_start(&l->rollouts, l->engine, l->us, cfg) < 0)
 		return -1;

@@ -241,6 +241,12 @@ static const char *const migrations[] = {
 	"CREATE TABLE release_crls ("
 	"  number INTEGER PRIMARY KEY, pem TEXT NOT NULL, published_at INTEGER NOT NULL,"
 	"  actor TEXT NOT NULL);",
+	/* 19 (issue 16): the device CA installed by `otactl fleet ca init|import`,
+	 * here so that every instance that leads has it: the certificate, the
+	 * private key sealed (orchestrator/fleet/fleet_ca_seal.c); one row */
+	"CREATE TABLE device_ca ("
+	"  k TEXT PRIMARY KEY CHECK (k = 'ca'), cert_pem TEXT NOT NULL, key_sealed TEXT,"
+	"  created_at INTEGER NOT NULL);",
 };
 
 const char *const *store_migrations(size_t *n)

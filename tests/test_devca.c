@@ -18,7 +18,11 @@
  *     each counted by reason; fleet_auth_cert takes the device from the
  *     certificate, never from the body, and follows device_auth;
  *   - an external CA (device_ca: {cert}) verifies but cannot issue; an
- *     imported CA is checked (a CA, its key) before it is written.
+ *     imported CA is checked (a CA, its key) before it is written; a
+ *     STATE/devca CA with none in the database is copied there once;
+ *   - the CA key sealed for the database (issue 16, fleet_ca_seal) opens
+ *     with the device secret it was sealed with and nothing else: not with
+ *     another secret, not under another certificate, not altered.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -885,6 +889,32 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 		assert_int_equal(h_sh(&out, "openssl x509 -noout -in %s/devca/ca.pem -pubkey > %s/a.pub &&"
 				       " openssl pkey -in %s/devca/ca.key -pubout > %s/b.pub && cmp %s/a.pub %s/b.pub",
 				       st, st, st, st, st, st), 0);
+		/* issue 16: an otacd that finds such a STATE/devca and no CA in its
+		 * database copies it there once, the key sealed, and issues with it */
+		{
+			struct daemon imp;
+			char *sha;
+			h_init(&imp, NULL);
+			assert_int_equal(h_sh(&out, "mkdir -p %s/state && cp -a %s/devca %s/state/", imp.dir, st, imp.dir), 0);
+			assert_int_equal(h_start(&imp, NULL), 0);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca"), 1);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca WHERE key_sealed LIKE 'v1:%'"
+						       " AND key_sealed NOT LIKE '%PRIVATE%'"), 1);
+			assert_int_equal(h_get(&imp, "/api/v1/fleet/ca", &ans), 200);
+			assert_true(json_is_true(json_object_get(ans, "can_issue")));
+			sha = xstrdup(json_string_value(json_object_get(ans, "sha256")));
+			json_decref(ans);
+			assert_int_equal(h_sh(&out, "openssl x509 -noout -fingerprint -sha256 -in %s/devca/ca.pem"
+						    " | tr -d : | tr A-F a-f", st), 0);
+			assert_non_null(strstr(buf_cstr(&out), sha));
+			free(sha);
+			/* a restart loads it from the table: the same CA, one row */
+			h_kill(&imp, SIGKILL);
+			assert_int_equal(h_start(&imp, NULL), 0);
+			assert_int_equal(h_sql_int(&imp, "SELECT COUNT(*) FROM device_ca"), 1);
+			h_kill(&imp, SIGTERM);
+			h_cleanup(&imp);
+		}
 		free(st);
 		free(bin);
 	}
@@ -904,6 +934,56 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	h_cleanup(&d);
 }
 
+/* Issue 16: the CA key as the database keeps it (table device_ca). */
+static void the_sealed_ca_key_opens_only_with_its_secret_certificate_and_bytes(void **state)
+{
+	static const char secret[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	static const char other[] = "f123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+	static const char key[] = "-----BEGIN PRIVATE KEY-----\nnot a real key, the bytes are what counts\n";
+	char *sealed, *again, *bad;
+	unsigned char *plain = NULL;
+	size_t n = 0;
+	(void)state;
+
+	assert_non_null(sealed = fleet_ca_seal(secret, "CERT A", (const unsigned char *)key, strlen(key)));
+	assert_non_null(again = fleet_ca_seal(secret, "CERT A", (const unsigned char *)key, strlen(key)));
+	assert_string_not_equal(sealed, again); /* a fresh nonce each time */
+	assert_null(strstr(sealed, "BEGIN"));
+	assert_int_equal(fleet_ca_unseal(secret, "CERT A", sealed, &plain, &n), 0);
+	assert_int_equal(n, strlen(key));
+	assert_memory_equal(plain, key, n);
+	free(plain);
+	/* another instance's device secret: refused, nothing out */
+	assert_int_equal(fleet_ca_unseal(other, "CERT A", sealed, &plain, &n), OTA_EINVAL);
+	assert_null(plain);
+	assert_non_null(strstr(ota_error_last(), "does not open"));
+	/* moved under another certificate */
+	assert_int_equal(fleet_ca_unseal(secret, "CERT B", sealed, &plain, &n), OTA_EINVAL);
+	/* each byte altered: nonce, ciphertext, tag */
+	for (size_t i = 3; sealed[i]; i += 7) {
+		bad = xstrdup(sealed);
+		bad[i] = bad[i] == '0' ? '1' : '0';
+		assert_int_equal(fleet_ca_unseal(secret, "CERT A", bad, &plain, &n), OTA_EINVAL);
+		assert_null(plain);
+		free(bad);
+	}
+	/* cut short, not hex, another version, none */
+	bad = xstrndup(sealed, strlen(sealed) - 2);
+	assert_int_equal(fleet_ca_unseal(secret, "CERT A", bad, &plain, &n), OTA_EINVAL);
+	free(bad);
+	bad = xstrdup(sealed);
+	bad[10] = 'x';
+	assert_int_equal(fleet_ca_unseal(secret, "CERT A", bad, &plain, &n), OTA_EINVAL);
+	bad[1] = '2';
+	assert_int_equal(fleet_ca_unseal(secret, "CERT A", bad, &plain, &n), OTA_EINVAL);
+	free(bad);
+	assert_int_equal(fleet_ca_unseal(secret, "CERT A", "v1:", &plain, &n), OTA_EINVAL);
+	assert_true(fleet_ca_unseal(NULL, "CERT A", sealed, &plain, &n) < 0);
+	assert_null(fleet_ca_seal(NULL, "CERT A", (const unsigned char *)key, strlen(key)));
+	free(sealed);
+	free(again);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -911,6 +991,7 @@ int main(void)
 		cmocka_unit_test(identify_accepts_issued_and_refuses_revoked_expired_foreign_self_signed_wrong_usage),
 		cmocka_unit_test(identify_counts_refusals_and_auth_cert_takes_the_device_from_the_certificate),
 		cmocka_unit_test(external_ca_verifies_but_cannot_issue_and_import_checks_the_pair),
+		cmocka_unit_test(the_sealed_ca_key_opens_only_with_its_secret_certificate_and_bytes),
 	};
 	httpc_global_init();
 	if (getenv("DEVCA_ONLY"))

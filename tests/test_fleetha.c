@@ -31,6 +31,7 @@
 
 #include "../orchestrator/db/db.h"
 #include "devharness.h"
+#include "../orchestrator/fleet/fleet_ca.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -614,6 +615,181 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 	for (int i = 0; i < 2; i++)
 		free(creds[i]);
 	free(creds);
+/* A key and a CSR for CN id made with openssl(1) in dir; the CSR's PEM. */
+static char *csr_for(const char *dir, const char *id)
+{
+	struct buf out = BUF_INIT;
+	char *pem;
+	assert_int_equal(h_sh(&out, "cd %s && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+				    " -keyout %s.key -subj /CN=%s -out %s.csr 2>&1 && cat %s.csr", dir, id, id, id, id), 0);
+	pem = xstrdup(strstr(buf_cstr(&out), "-----BEGIN"));
+	buf_release(&out);
+	return pem;
+}
+
+/* POST /device/v1/provision of id to d with the provisioner's token
+ * (retried while d starts leading); the certificate's PEM, written to
+ * dir/id.pem and checked with openssl verify against dir/ca.pem. */
+static char *provision_checked(struct daemon *d, const char *token, const char *dir, const char *id)
+{
+	char *csr = csr_for(dir, id), *path, *pem;
+	json_t *ans = NULL;
+	struct buf out = BUF_INIT;
+	long st = 0;
+
+	for (int k = 0; k < 600; k++) {
+		json_decref(ans);
+		ans = NULL;
+		if ((st = h_dev_post(d, "/device/v1/provision", token, json_pack("{ss ss}", "device", id, "csr", csr),
+				     &ans)) != 503)
+			break;
+		h_msleep(50);
+	}
+	if (st != 200) {
+		char *text = ans ? json_dumps(ans, 0) : NULL;
+		fail_msg("provision %s through %s: %ld %s", id, d->device_url, st, text ? text : "");
+	}
+	pem = xstrdup(json_string_value(json_object_get(ans, "certificate")));
+	path = xasprintf("%s/%s.pem", dir, id);
+	assert_int_equal(ota_write_file_atomic(path, pem, strlen(pem), 0644), 0);
+	if (h_sh(&out, "openssl verify -CAfile %s/ca.pem %s 2>&1", dir, path) != 0)
+		fail_msg("%s does not chain to the device CA: %s", id, buf_cstr(&out));
+	buf_release(&out);
+	json_decref(ans);
+	free(path);
+	free(csr);
+	return pem;
+}
+
+/* d's verdict on a certificate (POST /api/v1/devices/identify): the device, or "" refused. */
+static char *identify(struct daemon *d, const char *pem)
+{
+	json_t *ans = NULL, *req = json_pack("{ss}", "certificate", pem);
+	char *id;
+	assert_int_equal(h_post(d, "/api/v1/devices/identify", req, &ans), 200);
+	json_decref(req);
+	id = xstrdup(json_is_true(json_object_get(ans, "accepted")) ? json_string_value(json_object_get(ans, "device")) : "");
+	json_decref(ans);
+	return id;
+}
+
+static void the_device_ca_made_on_the_leader_issues_and_verifies_after_a_failover(void **state)
+{
+	struct world w;
+	struct buf out[2] = { BUF_INIT, BUF_INIT };
+	json_t *ans = NULL, *req;
+	char *dir, *sha, *token, *old_cert, *new_cert, *id;
+
+	(void)state;
+	if (world_start(&w) > 0)
+		skip();
+	dir = h_tmpdir();
+	/* the CA, through the leader's API; a provisioner; one device's certificate */
+	req = json_pack("{ss si}", "cn", "fleetha device CA", "days", 30);
+	assert_int_equal(h_post(&w.d[0], "/api/v1/fleet/ca", req, &ans), 201);
+	json_decref(req);
+	sha = xstrdup(json_string_value(json_object_get(ans, "sha256")));
+	{
+		const char *pem = json_string_value(json_object_get(ans, "certificate"));
+		char *path = xasprintf("%s/ca.pem", dir);
+		assert_int_equal(ota_write_file_atomic(path, pem, strlen(pem), 0644), 0);
+		free(path);
+	}
+	json_decref(ans);
+	/* in the shared database: the certificate in clear, the key sealed */
+	{
+		struct db *db = NULL;
+		struct db_stmt *st;
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		assert_non_null(st = db_stmt(db, "SELECT key_sealed FROM device_ca"));
+		assert_int_equal(db_step(st), 1);
+		assert_true(strncmp(db_column_text(st, 0), "v1:", 3) == 0);
+		assert_null(strstr(db_column_text(st, 0), "PRIVATE KEY"));
+		db_reset(st);
+		db_close(db);
+	}
+	req = json_pack("{ss ss si si}", "name", "fab", "prefix", "fab-", "max", 10, "rate_per_min", 600);
+	assert_int_equal(h_post(&w.d[0], "/api/v1/fleet/provisioners", req, &ans), 201);
+	json_decref(req);
+	token = xstrdup(json_string_value(json_object_get(ans, "token")));
+	json_decref(ans);
+	old_cert = provision_checked(&w.d[0], token, dir, "fab-0001");
+
+	/* the leader dies; the follower leads with the CA from the database */
+	h_kill(&w.d[0], SIGKILL);
+	for (int k = 0; k < 600 && follows(&w.d[1]); k++)
+		h_msleep(50);
+	assert_false(follows(&w.d[1]));
+	assert_int_equal(h_get(&w.d[1], "/api/v1/fleet/ca", &ans), 200);
+	if (!json_is_true(json_object_get(ans, "configured")))
+		fail_msg("the new leader has no device CA");
+	assert_string_equal(json_string_value(json_object_get(ans, "sha256")), sha);
+	assert_true(json_is_true(json_object_get(ans, "can_issue")));
+	json_decref(ans);
+	new_cert = provision_checked(&w.d[1], token, dir, "fab-0002");
+	id = identify(&w.d[1], old_cert);
+	assert_string_equal(id, "fab-0001");
+	free(id);
+	id = identify(&w.d[1], new_cert);
+	assert_string_equal(id, "fab-0002");
+	free(id);
+	/* one CA: a second is refused, as on one instance */
+	req = json_object();
+	assert_int_equal(h_post(&w.d[1], "/api/v1/fleet/ca", req, &ans), 409);
+	json_decref(req);
+	json_decref(ans);
+
+	/* an altered row (one hex digit of the sealed key): an instance that
+	 * takes the lead refuses to lead with it, saying why */
+	{
+		struct db *db = NULL;
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		assert_int_equal(db_exec(db, "UPDATE device_ca SET key_sealed = overlay(key_sealed placing"
+					     " (CASE WHEN substr(key_sealed, 40, 1) = '0' THEN '1' ELSE '0' END) from 40 for 1)"),
+				 0);
+		db_close(db);
+	}
+	h_kill(&w.d[1], SIGKILL);
+	assert_int_not_equal(start_with(&w, w.secrets, out), 124);
+	if (!strstr(buf_cstr(&out[0]), "does not open"))
+		fail_msg("an altered device CA row was not refused by name:\n%s", buf_cstr(&out[0]));
+	/* a row sealed properly (with the shared device secret) but holding a
+	 * key that is not the certificate's: refused too, never half a CA */
+	{
+		struct db *db = NULL;
+		struct db_stmt *st;
+		struct buf secret = BUF_INIT, key = BUF_INIT;
+		char *path = xasprintf("%s/device-shared.secret", w.pg.dir), *cert, *sealed;
+		assert_int_equal(ota_read_file(&secret, path, 4096), 0);
+		assert_int_equal(h_sh(&key, "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 2>&1"), 0);
+		assert_int_equal(db_open(&db, w.otacd_db, 0), 0);
+		assert_non_null(st = db_stmt(db, "SELECT cert_pem FROM device_ca"));
+		assert_int_equal(db_step(st), 1);
+		cert = xstrdup(db_column_text(st, 0));
+		db_reset(st);
+		assert_non_null(sealed = fleet_ca_seal(buf_cstr(&secret), cert, (const unsigned char *)key.ptr, key.len));
+		assert_non_null(st = db_stmt(db, "UPDATE device_ca SET key_sealed = ?"));
+		db_bind_text(st, 1, sealed);
+		assert_int_equal(db_run(st), 0);
+		db_close(db);
+		assert_int_not_equal(start_with(&w, w.secrets, out), 124);
+		if (!strstr(buf_cstr(&out[0]), "does not belong to the CA certificate"))
+			fail_msg("a device CA row with a foreign key was not refused by name:\n%s", buf_cstr(&out[0]));
+		free(cert);
+		free(sealed);
+		free(path);
+		buf_release(&secret);
+		buf_release(&key);
+	}
+
+	h_sh(&out[1], "rm -rf %s", dir);
+	buf_release(&out[0]);
+	buf_release(&out[1]);
+	free(dir);
+	free(sha);
+	free(token);
+	free(old_cert);
+	free(new_cert);
 	world_stop(&w);
 }
 
@@ -623,6 +799,7 @@ int main(void)
 		cmocka_unit_test(devices_through_a_follower_keep_credentials_and_counts_across_a_failover),
 		cmocka_unit_test(an_instance_with_another_fleet_key_or_device_secret_is_refused_with_exit_2),
 		cmocka_unit_test(reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader),
+		cmocka_unit_test(the_device_ca_made_on_the_leader_issues_and_verifies_after_a_failover),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,7 +22,7 @@
 #include "devharness.h"
 #include "harness.h"
 
-static const int versions[] = { 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17 };
+static const int versions[] = { 1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18 };
 
 static const char hello[] = "name: hello\nstages:\n  - name: build\n"
 			    "    steps: [ { run: \"echo hello from the upgraded otacd\" } ]\n";

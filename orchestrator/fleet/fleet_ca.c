@@ -40,6 +40,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "../../common/log.h"
 #include "../../common/sha256.h"
 #include "../../common/util.h"
 #include "../auth.h"
@@ -111,6 +112,7 @@ struct fleet_ca {
 	size_t nalso;
 	int configured;           /* the config names the CA: no init/import */
 	char *state_dir;
+	char *secret;             /* the device secret: seals the key in device_ca */
 	int64_t validity_ms;
 	pthread_mutex_t install_mu;
 	_Atomic uint64_t gen;     /* moves on whenever the CA changes */
@@ -378,6 +380,10 @@ void fleet_ca_close(struct fleet_ca *ca)
 		X509_free(ca->also[i]);
 	free(ca->also);
 	free(ca->state_dir);
+	if (ca->secret) {
+		OPENSSL_cleanse(ca->secret, strlen(ca->secret));
+		free(ca->secret);
+	}
 	json_decref(ca->revoked);
 	for (size_t i = 0; i < ca->nprovs; i++) {
 		free(ca->provs[i].prefix);
@@ -575,20 +581,109 @@ int fleet_ca_import_files(const char *dir, const char *cert_pem, size_t cert_len
 	return rc;
 }
 
+/* cert and key as device_ca's columns, the key sealed (fleet_ca_seal.c). */
+static int row_of(const char *secret, X509 *cert, EVP_PKEY *key, char **cert_pem, char **sealed)
+{
+	BIO *b = NULL;
+	char *kdata = NULL;
+	long n = 0;
+
+	*sealed = NULL;
+	if (!(*cert_pem = pem_of_cert(cert)))
+		return ota_error_set(OTA_ERROR, "cannot encode the device CA");
+	if (!key)
+		return 0;
+	if (!(b = BIO_new(BIO_s_mem())) || !PEM_write_bio_PrivateKey(b, key, NULL, NULL, 0, NULL, NULL) ||
+	    (n = BIO_get_mem_data(b, &kdata)) <= 0)
+		ota_error_set(OTA_ERROR, "cannot encode the device CA's key");
+	else
+		*sealed = fleet_ca_seal(secret, *cert_pem, (const unsigned char *)kdata, (size_t)n);
+	if (kdata && n > 0)
+		OPENSSL_cleanse(kdata, (size_t)n);
+	BIO_free(b);
+	if (!*sealed) {
+		free(*cert_pem);
+		*cert_pem = NULL;
+		return OTA_ERROR;
+	}
+	return 0;
+}
+
+/* fleet_ca_db.c's side: the secret, the CA from and into device_ca */
+void fleet_ca_set_secret(struct fleet_ca *ca, const char *secret);
+void fleet_ca_set_secret(struct fleet_ca *ca, const char *secret)
+{
+	if (secret && !ca->secret)
+		ca->secret = xstrdup(secret);
+}
+
+const char *fleet_ca_secret(struct fleet_ca *ca);
+const char *fleet_ca_secret(struct fleet_ca *ca)
+{
+	return ca->configured ? NULL : ca->secret;
+}
+
+/* The CA loaded now (from STATE/devca) as a device_ca row: 1, or 0 when
+ * there is none to copy (none, or the config's). */
+int fleet_ca_row(struct fleet_ca *ca, char **cert_pem, char **sealed);
+int fleet_ca_row(struct fleet_ca *ca, char **cert_pem, char **sealed)
+{
+	int rc = 0;
+	*cert_pem = *sealed = NULL;
+	pthread_rwlock_rdlock(&ca->lock);
+	if (ca->cert && !ca->configured && ca->secret)
+		rc = row_of(ca->secret, ca->cert, ca->key, cert_pem, sealed) < 0 ? OTA_ERROR : 1;
+	pthread_rwlock_unlock(&ca->lock);
+	return rc;
+}
+
+/* Load device_ca's row as the CA: all of it or nothing. */
+int fleet_ca_load_row(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
+int fleet_ca_load_row(struct fleet_ca *ca, const char *cert_pem, const char *sealed)
+{
+	X509 *cert = cert_from_pem(cert_pem, strlen(cert_pem));
+	EVP_PKEY *key = NULL;
+	unsigned char *kpem = NULL;
+	size_t kn = 0;
+	int rc = 0;
+
+	if (!cert)
+		rc = ota_error_set(OTA_EINVAL, "device CA: the certificate in the database (device_ca) is not PEM");
+	else if (sealed && (rc = fleet_ca_unseal(ca->secret, cert_pem, sealed, &kpem, &kn)) < 0)
+		;
+	else if (sealed && !(key = key_from_pem((const char *)kpem, kn)))
+		rc = ota_error_set(OTA_EINVAL, "device CA: the key in the database (device_ca) is not a PEM private key");
+	else
+		rc = check_ca_pair(cert, key, "device CA in the database (device_ca)");
+	if (kpem) {
+		OPENSSL_cleanse(kpem, kn);
+		free(kpem);
+	}
+	if (rc < 0) {
+		X509_free(cert);
+		EVP_PKEY_free(key);
+		return rc;
+	}
+	return ca_set(ca, cert, key);
+}
+
+/* fleet_ca_db.c: store the row in one transaction (OTA_ECONFLICT: one is there) */
+int fleet_ca_db_install(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
+
 int fleet_ca_install(struct fleet_ca *ca, const char *cn, int days, const char *cert_pem, const char *key_pem)
 {
 	X509 *cert = NULL;
 	EVP_PKEY *key = NULL;
-	char *dir = NULL;
+	char *dir = NULL, *row_cert = NULL, *row_key = NULL;
 	int rc;
 
 	if (ca->configured)
 		return ota_error_set(OTA_ECONFLICT, "the configuration names the device CA (device_ca:); change it there");
-	if (!ca->state_dir)
+	if (!ca->state_dir && !(ca->engine && ca->secret))
 		return ota_error_set(OTA_ERROR, "no state directory for the device CA");
 	pthread_mutex_lock(&ca->install_mu);
 	if (fleet_ca_state(ca)) {
-		rc = ota_error_set(OTA_ECONFLICT, "otacd has a device CA already (STATE/devca)");
+		rc = ota_error_set(OTA_ECONFLICT, "otacd has a device CA already");
 		goto out;
 	}
 	rc = cert_pem ? parse_pair(cert_pem, strlen(cert_pem), key_pem ? key_pem : "", key_pem ? strlen(key_pem) : 0, &cert,
@@ -596,9 +691,24 @@ int fleet_ca_install(struct fleet_ca *ca, const char *cn, int days, const char *
 		      : make_ca(cn, days, &cert, &key);
 	if (rc < 0)
 		goto out;
-	dir = xasprintf("%s/devca", ca->state_dir);
-	if ((rc = write_pair(dir, cert, key)) < 0)
-		goto out;
+	/* issue 16: attached to the database, the CA lives there, committed
+	 * first (the next leader loads it from there); STATE/devca keeps a
+	 * copy, which tls.client_ca may name */
+	if (ca->engine && ca->secret) {
+		if ((rc = row_of(ca->secret, cert, key, &row_cert, &row_key)) < 0 ||
+		    (rc = fleet_ca_db_install(ca, row_cert, row_key)) < 0)
+			goto out;
+	}
+	if (ca->state_dir) {
+		dir = xasprintf("%s/devca", ca->state_dir);
+		if ((rc = write_pair(dir, cert, key)) < 0 && row_cert) {
+			ota_log(OTA_LOG_WARN, "device CA: installed in the database, but no copy in %s: %s", dir,
+				ota_error_last());
+			rc = 0;
+		}
+		if (rc < 0)
+			goto out;
+	}
 	rc = ca_set(ca, cert, key);
 	cert = NULL;
 	key = NULL;
@@ -607,6 +717,8 @@ out:
 	X509_free(cert);
 	EVP_PKEY_free(key);
 	free(dir);
+	free(row_cert);
+	free(row_key);
 	return rc;
 }
 

@@ -83,8 +83,12 @@ int fleet_ca_create_files(const char *dir, const char *cn, int days);
 int fleet_ca_import_files(const char *dir, const char *cert_pem, size_t cert_len, const char *key_pem,
 			  size_t key_len);
 /* The daemon's side of `otactl fleet ca init|import`: refuses when the
- * configuration names the CA (OTA_ECONFLICT), writes STATE/devca and loads
- * it.  cert_pem NULL: init (cn, days); else import. */
+ * configuration names the CA or one is installed (OTA_ECONFLICT), stores
+ * it and loads it.  cert_pem NULL: init (cn, days); else import.  Attached
+ * to a database (fleet_ca_attach, issue 16) the CA goes into otacd's
+ * database (table device_ca, the key sealed with fleet_ca_seal) in one
+ * transaction, so the next leader has it; without one (tests, bench) into
+ * STATE/devca. */
 int fleet_ca_install(struct fleet_ca *ca, const char *cn, int days, const char *cert_pem, const char *key_pem);
 
 /* ---- CSRs and issuing --------------------------------------------------- */
@@ -177,9 +181,23 @@ void fleet_ca_count_wrong_device(struct fleet_ca *ca);
 
 /* ---- durable state (fleet_ca_db.c; engine thread through engine_exec) ---- */
 
-/* Load provisioners and revocations from the database; later changes go
- * through e. */
-int fleet_ca_attach(struct fleet_ca *ca, struct engine *e);
+/* Load the installed CA (table device_ca, its key opened with
+ * device_secret), provisioners and revocations from the database; later
+ * changes go through e.  The CA row wins over STATE/devca; with no row, a
+ * CA loaded from STATE/devca (an older otacd's, or `otactl fleet ca init
+ * --offline`) is copied into it once.  A row that does not open or whose key
+ * is not the certificate's is an error (nothing loaded).  device_secret
+ * NULL: no CA row is read or written (STATE/devca only). */
+int fleet_ca_attach(struct fleet_ca *ca, struct engine *e, const char *device_secret);
+
+/* Issue 16: the CA's private key (PEM, n bytes) sealed for the database
+ * (fleet_ca_seal.c): AES-256-GCM under HKDF-SHA256(device secret, "otacd
+ * device CA key"), a random nonce, aad (the certificate's PEM) bound in.
+ * Returns a string to free, NULL on error. */
+char *fleet_ca_seal(const char *secret, const char *aad, const unsigned char *plain, size_t n);
+/* The key back (*out, *n; cleanse and free it); OTA_EINVAL when sealed is
+ * malformed, altered, bound to another aad or sealed with another secret. */
+int fleet_ca_unseal(const char *secret, const char *aad, const char *sealed, unsigned char **out, size_t *n);
 
 struct fleet_ca_request {
 	const char *device, *product;   /* product may be NULL */
@@ -239,6 +257,11 @@ struct fleet_ca_cert {
 /* The active provisioners (into memory with fleet_ca_prov_set) and every
  * revocation (fleet_ca_revoke_mem) the database holds. */
 int fleet_ca_store_load(struct store *db, struct fleet_ca *ca);
+/* The installed CA's row: 1 and *cert_pem, *sealed_key (free them; the
+ * key NULL for a CA without one), 0 when there is none. */
+int fleet_ca_store_ca_get(struct store *db, char **cert_pem, char **sealed_key);
+/* Store the installed CA; OTA_ECONFLICT when there is one. */
+int fleet_ca_store_ca_put(struct store *db, const char *cert_pem, const char *sealed_key, int64_t now_ms);
 /* An active provisioner's count so far and its maximum; OTA_ENOTFOUND when
  * it is revoked or unknown. */
 int fleet_ca_store_quota(struct store *db, const char *name, int64_t *issued, int64_t *max);

@@ -47,6 +47,11 @@
 struct engine *fleet_ca_engine(struct fleet_ca *ca);
 void fleet_ca_set_engine(struct fleet_ca *ca, struct engine *e);
 int fleet_ca_prov_rate_audit(struct fleet_ca *ca, const char *name);
+void fleet_ca_set_secret(struct fleet_ca *ca, const char *secret);
+const char *fleet_ca_secret(struct fleet_ca *ca);
+int fleet_ca_row(struct fleet_ca *ca, char **cert_pem, char **sealed);
+int fleet_ca_load_row(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
+int fleet_ca_db_install(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
 
 int fleet_ca_store_load(struct store *db, struct fleet_ca *ca)
 {
@@ -76,14 +81,101 @@ int fleet_ca_store_load(struct store *db, struct fleet_ca *ca)
 	return rc < 0 ? rc : 0;
 }
 
-int fleet_ca_attach(struct fleet_ca *ca, struct engine *e)
+/* ---- the installed CA (table device_ca, issue 16) ---------------------------- */
+
+int fleet_ca_store_ca_get(struct store *db, char **cert_pem, char **sealed_key)
+{
+	struct db_stmt *st = store_q(db, "SELECT cert_pem, key_sealed FROM device_ca WHERE k = 'ca'");
+	int rc;
+
+	*cert_pem = *sealed_key = NULL;
+	if (!st)
+		return OTA_ERROR;
+	if ((rc = db_step(st)) == 1) {
+		*cert_pem = xstrdup(db_column_text(st, 0) ? db_column_text(st, 0) : "");
+		*sealed_key = db_column_text(st, 1) ? xstrdup(db_column_text(st, 1)) : NULL;
+	}
+	db_reset(st);
+	return rc < 0 ? rc : rc == 1;
+}
+
+int fleet_ca_store_ca_put(struct store *db, const char *cert_pem, const char *sealed_key, int64_t now_ms)
+{
+	struct db_stmt *st = store_q(db, "INSERT INTO device_ca(k, cert_pem, key_sealed, created_at) VALUES('ca', ?, ?, ?)"
+					 " ON CONFLICT(k) DO NOTHING");
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	db_bind_text(st, 1, cert_pem);
+	if (sealed_key)
+		db_bind_text(st, 2, sealed_key);
+	else
+		db_bind_null(st, 2);
+	db_bind_int64(st, 3, now_ms);
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	if (db_changes(st) == 0)
+		return ota_error_set(OTA_ECONFLICT, "otacd has a device CA already (in its database)");
+	return 0;
+}
+
+struct ca_put_args {
+	const char *cert_pem, *sealed;
+};
+
+static int do_ca_put(struct engine *e, void *arg)
+{
+	struct ca_put_args *a = arg;
+	return fleet_ca_store_ca_put(engine_store(e), a->cert_pem, a->sealed, clock_now_ms());
+}
+
+int fleet_ca_db_install(struct fleet_ca *ca, const char *cert_pem, const char *sealed)
+{
+	struct ca_put_args a = { cert_pem, sealed };
+	struct engine *e = fleet_ca_engine(ca);
+	if (!e)
+		return ota_error_set(OTA_ERROR, "the device CA has no database");
+	return engine_exec(e, do_ca_put, &a);
+}
+
+/* The CA from device_ca, or STATE/devca's copied there once. */
+static int attach_ca(struct fleet_ca *ca, struct store *db, struct engine *e)
+{
+	char *cert = NULL, *sealed = NULL;
+	int rc;
+
+	if (!fleet_ca_secret(ca)) /* the config's CA, or no device secret */
+		return 0;
+	if ((rc = fleet_ca_store_ca_get(db, &cert, &sealed)) == 1) {
+		if ((rc = fleet_ca_load_row(ca, cert, sealed)) < 0)
+			rc = ota_error_set(rc, "%s; refusing the device CA (restore the device secret"
+					   " every instance shares, or the device_ca row from a backup)", ota_error_last());
+	} else if (rc == 0 && (rc = fleet_ca_row(ca, &cert, &sealed)) == 1) {
+		struct ca_put_args a = { cert, sealed };
+		if ((rc = engine_exec(e, do_ca_put, &a)) == 0)
+			ota_log(OTA_LOG_INFO, "device CA: STATE/devca copied into the database (table device_ca);"
+					      " every instance that leads uses it from there");
+		else if (rc == OTA_ECONFLICT) /* another instance's, meanwhile: that one */
+			rc = attach_ca(ca, db, e);
+	}
+	free(cert);
+	if (sealed) {
+		OPENSSL_cleanse(sealed, strlen(sealed));
+		free(sealed);
+	}
+	return rc < 0 ? rc : 0;
+}
+
+int fleet_ca_attach(struct fleet_ca *ca, struct engine *e, const char *device_secret)
 {
 	struct store *db = store_reader();
 	int rc;
 
 	if (!db)
 		return ota_error_set(OTA_ERROR, "device CA: no database");
-	if ((rc = fleet_ca_store_load(db, ca)) < 0)
+	fleet_ca_set_secret(ca, device_secret);
+	if ((rc = attach_ca(ca, db, e)) < 0 || (rc = fleet_ca_store_load(db, ca)) < 0)
 		return rc;
 	fleet_ca_set_engine(ca, e);
 	return 0;
