@@ -30,8 +30,8 @@
 #include <unistd.h>
 
 #include "../orchestrator/db/db.h"
-#include "devharness.h"
 #include "../orchestrator/fleet/fleet_ca.h"
+#include "devharness.h"
 #include "harness.h"
 #include "pgcluster.h"
 
@@ -615,6 +615,9 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 	for (int i = 0; i < 2; i++)
 		free(creds[i]);
 	free(creds);
+	world_stop(&w);
+}
+
 /* A key and a CSR for CN id made with openssl(1) in dir; the CSR's PEM. */
 static char *csr_for(const char *dir, const char *id)
 {
