@@ -9,7 +9,11 @@
  * check-in, report) to the leader over HTTPS and relays its answers; a
  * follower whose forward_ca is another CA refuses to forward (503, naming
  * the certificate) and nothing reaches the leader; a forward_ca that is
- * not a PEM certificate file stops otacd at start with exit 2.  Every wait
+ * not a PEM certificate file stops otacd at start with exit 2.  Devices
+ * known only by their client certificate go through a follower, which
+ * signs the certificate for the leader: check-ins, and a download of the
+ * offered image from the artifact store both share (whole, Range, HEAD);
+ * forged, stale, foreign and revoked certificates are refused.  Every wait
  * has a generous cap that ends early on success; nothing is timed.
  *
  * Without PostgreSQL's binaries the multi-instance case is skipped.
@@ -30,10 +34,13 @@
 
 #include "../common/httpc.h"
 #include "../orchestrator/fleet/fwdcert.h"
+#include "devharness.h"
 #include "harness.h"
 #include "pgcluster.h"
 
 static const char *const args[] = { "--local-agents", "0", NULL };
+/* a local agent builds the release the certificate devices download */
+static const char *const release_args[] = { "--local-agents", "1", NULL };
 
 static struct {
 	char *pki;   /* the CAs and the servers' certificate */
@@ -224,12 +231,13 @@ static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
 	return sz * nm;
 }
 
-/* A POST of body to base+path as a device: with the client certificate
- * NAME.pem (NAME.key) of the pki directory when name is not NULL, and the
- * extra header lines hdrs (NULL-ended, may be NULL).  The status (-1: no
- * answer); the answer's body in out. */
-static long dev_post(const char *base, const char *path, const char *name, const char *const *hdrs, const char *body,
-		     struct buf *out)
+/* A request of method (POST, GET or HEAD) to base+path as a device: with
+ * the client certificate NAME.pem (NAME.key) of the pki directory when name
+ * is not NULL, the extra header lines hdrs (NULL-ended, may be NULL) and,
+ * for a POST, body.  The status (-1: no answer); the answer's body in out
+ * (a HEAD's: its header lines). */
+static long dev_call(const char *method, const char *base, const char *path, const char *name,
+		     const char *const *hdrs, const char *body, struct buf *out)
 {
 	CURL *e = curl_easy_init();
 	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
@@ -249,8 +257,14 @@ static long dev_post(const char *base, const char *path, const char *name, const
 		curl_easy_setopt(e, CURLOPT_SSLKEY, key);
 	}
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	if (!strcmp(method, "POST")) {
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	} else if (!strcmp(method, "HEAD")) {
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_body);
+		curl_easy_setopt(e, CURLOPT_HEADERDATA, out);
+	}
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, out);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 30000L);
@@ -263,6 +277,12 @@ static long dev_post(const char *base, const char *path, const char *name, const
 	free(key);
 	free(url);
 	return status;
+}
+
+static long dev_post(const char *base, const char *path, const char *name, const char *const *hdrs, const char *body,
+		     struct buf *out)
+{
+	return dev_call("POST", base, path, name, hdrs, body, out);
 }
 
 /* The DER of the pki directory's NAME.pem (caller frees). */
@@ -329,6 +349,32 @@ static long cert_checkin(struct daemon *d, const char *name, const char *version
 	return st;
 }
 
+/* NAME's offered image, its check-in through d waiting for the rollout:
+ * the image's size, its sha256 in sha. */
+static int64_t offered_image(struct daemon *d, const char *name, char sha[65])
+{
+	struct buf out = BUF_INIT;
+	int64_t size = -1;
+
+	for (int k = 0; k < 600 && size < 0; k++) {
+		json_t *ans, *img;
+		assert_int_equal(cert_checkin(d, name, "1.0.0", &out), 200);
+		ans = json_loads(buf_cstr(&out), 0, NULL);
+		img = json_object_get(json_object_get(ans, "offer"), "image");
+		if (json_is_string(json_object_get(img, "sha256"))) {
+			snprintf(sha, 65, "%s", json_string_value(json_object_get(img, "sha256")));
+			size = json_integer_value(json_object_get(img, "size"));
+		} else {
+			h_msleep(100);
+		}
+		json_decref(ans);
+	}
+	if (size < 0)
+		fail_msg("no offer for %s through %s: %s", name, d->device_url, buf_cstr(&out));
+	buf_release(&out);
+	return size;
+}
+
 /* 401, and the answer names why. */
 static void assert_refused(long st, const struct buf *out, const char *why)
 {
@@ -341,20 +387,27 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	struct pgcluster pg;
 	struct daemon d[2];
 	struct buf out = BUF_INIT;
-	char *otacd_db, *fleet_db, *secrets, *yaml, *secret_path, *body, *lines[3];
+	char *otacd_db, *fleet_db, *secrets, *yaml, *secret_path, *body, *lines[3], *objects, *img, *cl;
+	char sha[65], got[65];
+	const char *const range[] = { "Range: bytes=1000-1999", NULL };
 	unsigned char key[32], wrong[32];
-	struct buf secret = BUF_INIT;
-	int64_t now;
+	struct buf secret = BUF_INIT, lead = BUF_INIT;
+	int64_t now, run, size;
 
 	(void)state;
 	memset(d, 0, sizeof(d));
 	if (h_pg_start_dbs(&pg, &otacd_db, &fleet_db) > 0)
 		skip();
 	secrets = h_fleet_secrets_yaml(pg.dir);
+	/* one artifact store for both, as S3 in production, and a release key */
+	objects = xasprintf("%s/objects", pg.dir);
+	assert_int_equal(ota_mkdir_p(objects, 0700), 0);
+	free(h_ec_keypair(pg.dir));
 	yaml = xasprintf("leader_poll: 1s\n%sdevice_auth: cert\ndevice_ca:\n  cert: %s/devca.pem\n"
-			 "tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s/devca.pem\nforward_ca: %s/ca.pem\n",
-			 secrets, g.pki, g.pki, g.pki, g.pki, g.pki);
-	h_pg_instances(d, 2, otacd_db, fleet_db, yaml, args);
+			 "tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s/devca.pem\nforward_ca: %s/ca.pem\n"
+			 "keys:\n  test: { spec: %s/k.pem }\n",
+			 secrets, g.pki, g.pki, g.pki, g.pki, g.pki, pg.dir);
+	h_pg_instances_objects(d, 2, otacd_db, fleet_db, yaml, release_args, objects);
 	for (int i = 0; i < 2; i++)
 		d[i].fleet_key = xstrndup(strstr(secrets, "fleet_key: \"") + 12, 64);
 	/* the key the instances derive from the shared device secret, and another */
@@ -362,6 +415,8 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	assert_int_equal(ota_read_file(&secret, secret_path, 4096), 0);
 	fwdcert_key(buf_cstr(&secret), key);
 	fwdcert_key("0000000000000000000000000000000000000000000000000000000000000000", wrong);
+	/* the release the downloads below take, built meanwhile */
+	run = h_trigger(&d[0], dh_fw_release_yaml);
 
 	/* a device known by its certificate checks in through the follower,
 	 * which carries the certificate, signed, to the leader */
@@ -435,9 +490,34 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	/* none of them reached the fleet */
 	assert_true(h_fleet_devices(&d[0], "2.0.0") <= 0);
 
+	/* a device known only by its certificate downloads its offered image
+	 * through the follower: the follower forwards the download's check
+	 * with the certificate signed (over GET for a HEAD), the leader
+	 * vouches, the bytes come from the store both share; the leader's */
+	assert_true(dh_release_of(&d[0], run) > 0);
+	size = offered_image(&d[1], "cd-0002", sha);
+	img = xasprintf("/device/v1/images/%s?device=cd-0002", sha);
+	assert_int_equal(dev_call("GET", d[0].device_url, img, "cd-0002", NULL, NULL, &lead), 200);
+	assert_int_equal(lead.len, size);
+	ota_sha256_hex(lead.ptr, lead.len, got);
+	assert_string_equal(got, sha);
+	assert_int_equal(dev_call("GET", d[1].device_url, img, "cd-0002", NULL, NULL, &out), 200);
+	assert_true(out.len == lead.len && !memcmp(out.ptr, lead.ptr, lead.len));
+	assert_int_equal(dev_call("GET", d[1].device_url, img, "cd-0002", range, NULL, &out), 206);
+	assert_true(out.len == 1000 && !memcmp(out.ptr, lead.ptr + 1000, 1000));
+	assert_int_equal(dev_call("HEAD", d[1].device_url, img, "cd-0002", NULL, NULL, &out), 200);
+	cl = xasprintf("\nContent-Length: %lld\r\n", (long long)size);
+	if (!strcasestr(buf_cstr(&out), cl))
+		fail_msg("HEAD through the follower: no '%s' in:\n%s", cl + 1, buf_cstr(&out));
+	/* another device's certificate for it: the leader's 403 */
+	assert_int_equal(dev_call("GET", d[1].device_url, img, "cd-0001", NULL, NULL, &out), 403);
+
 	/* a revoked device is refused through the follower at its next request */
 	assert_int_equal(h_otactl(&d[0], &out, "devices revoke cd-0002 --reason 'lost in the field'"), 0);
 	assert_refused(cert_checkin(&d[1], "cd-0002", "2.0.0", &out), &out, "revoked");
+	/* ... and for its download, whole or by HEAD */
+	assert_refused(dev_call("GET", d[1].device_url, img, "cd-0002", NULL, NULL, &out), &out, "revoked");
+	assert_int_equal(dev_call("HEAD", d[1].device_url, img, "cd-0002", NULL, NULL, &out), 401);
 	assert_int_equal(cert_checkin(&d[1], "cd-0001", "2.0.0", &out), 200);
 	wait_devices(&d[0], "2.0.0", 1);
 
@@ -447,8 +527,12 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	explicit_bzero(secret.ptr, secret.len);
 	buf_release(&secret);
 	buf_release(&out);
+	buf_release(&lead);
 	free(secret_path);
 	free(body);
+	free(img);
+	free(cl);
+	free(objects);
 	free(yaml);
 	free(secrets);
 	free(otacd_db);
