@@ -141,7 +141,7 @@ struct api_fwd_stream {
 #define API_FWD_SPOOL_ANSWER 2u
 /* A GET whose answer is small and relayed from memory (API_FWD_MAX_ANSWER):
  * the device API's reads on a follower, which has no fleet to answer them
- * (devapi.c: /metrics, the registrations' audit, the PKI's reads, a
+ * (devapi_fwd.c: /metrics, the registrations' audit, the PKI's reads, a
  * download's check). */
 #define API_FWD_READ 4u
 

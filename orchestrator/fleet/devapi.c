@@ -21,16 +21,17 @@
  * through fleet_device_auth (report batches: per report, in the fleet),
  * or, with device_auth cert or both and a client certificate, through
  * fleet_auth_cert on every request (cert_identify; issue 13).
- * Issue 16: a follower forwards the certificate signed (fwd_cert_lines)
- * and the leader checks the signature, then the certificate as a TLS
- * client's (fwd_identify; fwdcert.h).
+ * Issue 16: a follower forwards the certificate signed and the leader
+ * checks the signature, then the certificate as a TLS client's
+ * (devapi_fwd_identify, devapi_fwd.c; fwdcert.h).
  * Registrations go through the fleet's writer like report batches.
  * Certificates (issue 13): POST /device/v1/provision takes a
  * provisioner's token and a CSR (fleet_ca.h); /metrics adds the device
  * CA's counters.
  * A follower (issue 16) has no fleet: it forwards every route to the
- * leader's device API (forwardable, forward), and serves a download the
- * leader vouched for from the shared artifact store (serve_or_vouch).
+ * leader's device API (devapi_fwd.c), and serves a download the leader
+ * vouched for from the shared artifact store (serve_or_vouch).  What the
+ * two files share is devapi_int.h.
  * Tokens are never logged or echoed.
  */
 #include <arpa/inet.h>
@@ -59,82 +60,27 @@
 #include "../push/push.h"
 #include "../tls/tls.h"
 #include "admission.h"
+#include "devapi_int.h"
 #include "devapi_pki.h"
 #include "fleet.h"
 #include "fleet_ca.h"
 #include "fleet_ckbody.h"
 #include "fwdcert.h"
 
-#define DEVAPI_BODY_MAX ((size_t)1 << 20)
 /* A body over the cap is read and dropped up to this size, so the client
  * sees the 413 rather than a reset while it is still sending. */
 #define DEVAPI_DISCARD_MAX ((size_t)8 << 20)
-
-enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION, R_PKI, R_ORIGIN };
 
 /* issue 15: image bytes otacd itself sent (device API and CDN pulls) */
 static _Atomic uint64_t g_image_bytes;
 static _Atomic uint64_t g_delta_bytes;   /* issue 15: patch bytes, apart from full images */
 static _Atomic uint64_t g_reports_accepted, g_reports_refused; /* issue 18: report outcomes, answered */
 
-/* issue 16: the key of fwdcert.h (devapi_set_forward, before the listener starts) */
-static unsigned char fwd_key[32];
-static int fwd_key_set;
-
 void devapi_report_counts(uint64_t *accepted, uint64_t *refused)
 {
 	*accepted = g_reports_accepted;
 	*refused = g_reports_refused;
 }
-
-struct devapi {
-	struct MHD_Daemon *mhd;
-	struct api_waiter *waiter;     /* the header deadline (api_wait.c) */
-	struct fleet *f;               /* NULL on a follower until it leads (devapi_attach) */
-	int port, metrics_public;
-	struct tls_server *tls;        /* issue 13: NULL: plain HTTP */
-	/* guards every request's batch state below */
-	pthread_mutex_t mu;
-	/* atomics (every check-in counts itself in and out: a mutex there
-	 * was two lock round trips per check-in on one shared line) */
-	int inflight;      /* requests that may hand work to the writer, not done */
-	int stopping;      /* devapi_stop: no new batches */
-	/* issue 16: a follower forwards what changes the fleet to the
-	 * leader's device API (devapi_set_leader; under mu) */
-	struct api_fwd *fwd;
-	char leader[256];
-};
-
-struct dreq {
-	enum route route;
-	struct buf body;
-	int too_big, answered_early;
-	int forward;                   /* issue 16: to the leader once the body is read */
-	struct api_fwd_job *fwd;       /* ... on its way (the connection suspended) */
-	size_t received;
-	/* the Authorization header's token, in MHD's request headers (valid
-	 * until the request completes: no copy of the secret to wipe) */
-	const char *token;
-	/* issue 13: the device the verified client certificate names (empty:
-	 * no certificate; token authentication) */
-	char cert_dev[129];
-	char cert_product[129];  /* its product (OU), "" if none */
-	/* issue 16: FWDCERT_HEADER came (from a follower, or a forger): 1 until
-	 * checked once the body is read (fwd_identify), then 2 */
-	int fwd_cert;
-	/* report batches: set by the writer's done callback */
-	struct devapi *api;
-	struct MHD_Connection *conn;
-	int submitted, done, suspended, rc, accepted;   /* under api->mu */
-	char err[512];
-	struct fleet_reg *reg;   /* a registration handed to the writer */
-	json_t *refused;         /* a report batch's refused reports */
-	json_t *duplicate;       /* its reports applied before (report seq) */
-	/* last (dreq_new does not clear it): a check-in's answer (JSON
-	 * text), sent from here without a copy (the request, recycled only
-	 * once complete, outlives its response) */
-	char answer[FLEET_ANSWER_MAX];
-};
 
 /* ---- replies -------------------------------------------------------------- */
 
@@ -779,7 +725,6 @@ static int parse_range(const char *h, int64_t size, int64_t *from, int64_t *to)
 	return 1;
 }
 
-static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta);
 static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta);
 
 static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *sha)
@@ -808,8 +753,8 @@ static enum MHD_Result do_image(struct devapi *a, struct MHD_Connection *c, stru
 	return serve_or_vouch(c, sha, known == 2);
 }
 
-/* The bytes of image sha, whole or the Range asked for. */
-static enum MHD_Result serve_image(struct MHD_Connection *c, const char *sha, int delta)
+/* The bytes of image sha, whole or the Range asked for (devapi_int.h). */
+enum MHD_Result devapi_serve_image(struct MHD_Connection *c, const char *sha, int delta)
 {
 	struct artifact_backend *be = artifact_backend();
 	struct artifact_reader *rd = NULL;
@@ -881,7 +826,6 @@ static enum MHD_Result do_origin(struct devapi *a, struct MHD_Connection *c, str
  * "Downloads through a follower").  The header only takes bytes away: a
  * client that sends it to the leader learns what a GET would have told it.
  */
-#define DEVAPI_CHECK "X-Otacd-Download-Check"
 
 static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha, int delta)
 {
@@ -889,7 +833,7 @@ static enum MHD_Result serve_or_vouch(struct MHD_Connection *c, const char *sha,
 	enum MHD_Result ret;
 
 	if (!MHD_lookup_connection_value(c, MHD_HEADER_KIND, DEVAPI_CHECK))
-		return serve_image(c, sha, delta);
+		return devapi_serve_image(c, sha, delta);
 	if (!(resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)))
 		return MHD_NO;
 	ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, resp);
@@ -1072,18 +1016,6 @@ static void dreq_free(struct dreq *r)
 		r->body.ptr[0] = 0;
 }
 
-/* A request header's value, or NULL (the name's length given: no strlen
- * per lookup, two lookups per request). */
-static const char *header(struct MHD_Connection *c, const char *name, size_t len)
-{
-	const char *v = NULL;
-	size_t vlen;
-	return MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, name, len, &v, &vlen) == MHD_YES ? v : NULL;
-}
-
-/* 1 when a Content-Length value (digits: libmicrohttpd refused any other)
- * is above max; read by hand, saturating (strtoull per request showed in
- * a check-in's profile). */
 /*
  * Readiness after a start (issue 18).  Until the rollout controller has
  * applied every rollout once (fleet_hold_offers), the fleet knows no
@@ -1126,153 +1058,9 @@ static int changes_fleet(enum route route)
 	       route == R_PROVISION;
 }
 
-/* 1 when the TLS client sent a certificate (verified by the handshake). */
-static int peer_has_cert(struct MHD_Connection *c)
-{
-	unsigned char *der = NULL;
-	size_t len = 0;
-	int rc = tls_peer_cert_der(c, &der, &len);
-	free(der);
-	return rc != OTA_ENOTFOUND;
-}
-
-/*
- * Issue 16: a follower has no fleet (devapi_attach); every route goes to
- * the leader's device API (recorded in the fleet database,
- * devapi_set_leader) with api_forward_begin(), as the API forwards its
- * writes, and the leader authenticates the credential itself: its token,
- * or its client certificate, carried signed (fwd_cert_lines, fwdcert.h).
- * Forwarded: what changes the fleet, the reads (/metrics, the
- * registrations' audit, the PKI's revocations and manifests: small
- * answers, relayed), and the downloads' check (forward(): the bytes come
- * from the shared store).  Not forwarded (503 + Retry-After: 1): a request
- * that crossed a hop already, and, on an instance without the device
- * secret's key (none in otacd: main.c always sets it), a device's
- * certificate without a token.
- */
-static int cert_route(enum route route)
-{
-	return route == R_CHECKIN || route == R_REPORTS || route == R_IMAGE || route == R_PKI;
-}
-
-static int forwardable(struct devapi *a, struct MHD_Connection *c, const struct dreq *r)
-{
-	if (!a->fwd || r->route == R_NONE || api_forward_seen(c))
-		return 0;
-	return !a->tls || r->token || !cert_route(r->route) || fwd_key_set || !peer_has_cert(c);
-}
-
-/*
- * Issue 16: the follower's side of fwdcert.h.  The device's client
- * certificate (verified by this listener's handshake) in lines[0..1],
- * signed over the request; nothing when it sent none.  The strings are
- * the caller's to free.
- */
-static void fwd_cert_lines(struct devapi *a, struct MHD_Connection *c, const struct dreq *r, const char *method,
-			   const char *url, char *lines[3])
-{
-	unsigned char *der = NULL;
-	size_t len = 0;
-	char *b64, *auth;
-
-	lines[0] = lines[1] = lines[2] = NULL;
-	if (!a->tls || !fwd_key_set || tls_peer_cert_der(c, &der, &len) != 0) {
-		free(der);
-		return;
-	}
-	fwdcert_sign(fwd_key, method, url, r->body.ptr, r->body.len, der, len, (int64_t)time(NULL), &b64, &auth);
-	lines[0] = xasprintf("%s: %s", FWDCERT_HEADER, b64);
-	lines[1] = xasprintf("%s: %s", FWDCERT_AUTH_HEADER, auth);
-	free(b64);
-	free(auth);
-	free(der);
-}
-
-/*
- * Issue 16: the leader's side of fwdcert.h, once the body is read: the
- * header believed only with a valid MAC and a fresh t, then the
- * certificate checked as cert_identify checks a TLS client's.  0, or
- * OTA_EAUTH (the reason in ota_error_last()).
- */
-static int fwd_identify(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method, const char *url)
-{
-	unsigned char *der = NULL;
-	size_t len = 0;
-	int rc;
-
-	if (!fwd_key_set)
-		return ota_error_set(OTA_EAUTH, "forwarded client certificate: this instance has no device secret");
-	rc = fwdcert_verify(fwd_key, method, url, r->body.ptr, r->body.len,
-			    header(c, FWDCERT_HEADER, sizeof(FWDCERT_HEADER) - 1),
-			    header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1), (int64_t)time(NULL), &der,
-			    &len);
-	if (rc == 0 && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
-	    cert_route(r->route))
-		rc = fleet_auth_cert_ex(a->f, der, len, NULL, NULL, r->cert_dev, sizeof(r->cert_dev), r->cert_product,
-					sizeof(r->cert_product));
-	free(der);
-	if (rc == 0 && !r->token && !r->cert_dev[0] && r->route != R_REPORTS)
-		rc = ota_error_set(OTA_EAUTH, "missing or wrong token");
-	return rc < 0 ? OTA_EAUTH : 0;
-}
-
-static int download(enum route route)
-{
-	return route == R_IMAGE || route == R_ORIGIN;
-}
-
-static enum MHD_Result forward(struct devapi *a, struct MHD_Connection *c, struct dreq *r, const char *method,
-			       const char *url)
-{
-	struct api_fwd_req q;
-	struct api_fwd_stream read = { API_FWD_READ, -1, NULL, 0 };
-	struct MHD_Response *resp = NULL;
-	unsigned status = 0;
-	char leader[sizeof(a->leader)], *lines[3];
-	const char *extra[4], *fwd_method;
-	enum MHD_Result ret;
-	int begun, n = 0;
-
-	if (r->fwd) { /* resumed: the leader's answer */
-		int rc = api_forward_end(r->fwd, &status, &resp);
-		r->fwd = NULL;
-		/* a download the leader vouched for: the bytes (and the
-		 * Range) from the shared store, here (serve_or_vouch) */
-		if (rc == 0 && status == MHD_HTTP_NO_CONTENT && download(r->route) && artifact_digest_valid(url + 18)) {
-			MHD_destroy_response(resp);
-			return serve_image(c, url + 18, 0);
-		}
-	} else {
-		pthread_mutex_lock(&a->mu);
-		memcpy(leader, a->leader, sizeof(leader));
-		pthread_mutex_unlock(&a->mu);
-		/* HEAD as GET: libmicrohttpd sends a HEAD client the headers only;
-		 * the certificate is signed over the method the leader sees */
-		fwd_method = strcmp(method, "HEAD") ? method : "GET";
-		fwd_cert_lines(a, c, r, fwd_method, url, lines);
-		if (lines[0]) {
-			extra[n++] = lines[0];
-			extra[n++] = lines[1];
-		}
-		if (download(r->route))
-			extra[n++] = DEVAPI_CHECK ": 1";
-		extra[n] = NULL;
-		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, fwd_method, url, r->body.ptr, r->body.len,
-					  DEVAPI_BODY_MAX, NULL, 0, extra };
-		begun = api_forward_begin_stream(a->fwd, &q, strcmp(q.method, "GET") ? NULL : &read, &r->fwd, &status,
-						 &resp) == 0; /* copies the lines */
-		free(lines[0]);
-		free(lines[1]);
-		if (begun)
-			return MHD_YES;
-	}
-	if (!resp)
-		return MHD_NO;
-	ret = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
-}
-
+/* 1 when a Content-Length value (digits: libmicrohttpd refused any other)
+ * is above max; read by hand, saturating (strtoull per request showed in
+ * a check-in's profile). */
 static int length_over(const char *v, uint64_t max)
 {
 	uint64_t n = 0;
@@ -1292,8 +1080,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	(void)version;
 
 	if (!r) {
-		const char *auth = header(c, "Authorization", sizeof("Authorization") - 1);
-		const char *cl = header(c, "Content-Length", sizeof("Content-Length") - 1);
+		const char *auth = devapi_header(c, "Authorization", sizeof("Authorization") - 1);
+		const char *cl = devapi_header(c, "Content-Length", sizeof("Content-Length") - 1);
 		unsigned bad;
 		api_conn_busy(a->waiter, c, 1); /* the header is complete */
 		r = dreq_new();
@@ -1303,7 +1091,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			r->token = auth + 7;
 		/* a follower's listener has no fleet until it leads (devapi_attach);
 		 * every thread that reads a->f below loaded it here first
-		 * (forwardable() reads r->token: a TLS request with one is a
+		 * (devapi_forwardable() reads r->token: a TLS request with one is a
 		 * device known by its credential, which the leader checks) */
 		if (!bad && !__atomic_load_n(&a->f, __ATOMIC_ACQUIRE)) {
 			if (cl && length_over(cl, DEVAPI_DISCARD_MAX)) {
@@ -1311,7 +1099,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 				return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes",
 						   DEVAPI_BODY_MAX);
 			}
-			if (forwardable(a, c, r))
+			if (devapi_forwardable(a, c, r))
 				r->forward = 1;   /* after the body (below) */
 			else
 				r->answered_early = 1;
@@ -1322,9 +1110,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 			return reply_error(c, bad, bad == MHD_HTTP_NOT_FOUND ? "no such endpoint" : "method not allowed");
 		}
 		/* issue 16: a certificate a follower forwards, checked with the
-		 * body (fwd_identify) instead of the connection's */
-		r->fwd_cert = header(c, FWDCERT_HEADER, sizeof(FWDCERT_HEADER) - 1) ||
-			      header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1);
+		 * body (devapi_fwd_identify) instead of the connection's */
+		r->fwd_cert = devapi_header(c, FWDCERT_HEADER, sizeof(FWDCERT_HEADER) - 1) ||
+			      devapi_header(c, FWDCERT_AUTH_HEADER, sizeof(FWDCERT_AUTH_HEADER) - 1);
 		/* issue 13: a client certificate names the device (every request:
 		 * a revocation holds at the next one, resumed session or not) */
 		if (!r->fwd_cert && a->tls && fleet_get_auth_mode(a->f) != FLEET_AUTH_TOKEN &&
@@ -1361,10 +1149,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 	if (r->too_big)
 		return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request body larger than %zu bytes", DEVAPI_BODY_MAX);
 	if (r->forward)
-		return forward(a, c, r, method, url);
+		return devapi_forward(a, c, r, method, url);
 	if (r->fwd_cert == 1) {
 		r->fwd_cert = 2;
-		if (fwd_identify(a, c, r, method, url) < 0)
+		if (devapi_fwd_identify(a, c, r, method, url) < 0)
 			return reply_error(c, MHD_HTTP_UNAUTHORIZED, "%s", ota_error_last());
 	}
 	if (!r->submitted && changes_fleet(r->route) && api_following())
@@ -1417,15 +1205,6 @@ static void conn_notify(void *cls, struct MHD_Connection *c, void **socket_conte
 /* the same protections as the API's listener (docs/config.md) */
 static int64_t limit_request_timeout_ms = 10000;
 static unsigned limit_per_client = 128;
-static const char *limit_forward_ca;   /* issue 16: devapi_set_forward */
-
-void devapi_set_forward(const char *cacert, const char *device_secret)
-{
-	limit_forward_ca = cacert;
-	fwd_key_set = device_secret != NULL;
-	if (device_secret)
-		fwdcert_key(device_secret, fwd_key);
-}
 
 void devapi_set_tls(struct tls_server *t)
 {
@@ -1468,7 +1247,7 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 		return rc;
 	}
 	pthread_mutex_init(&a->mu, NULL);
-	if (!f && (rc = api_fwd_new(&a->fwd, &(struct api_fwd_config){ 0, 0, limit_forward_ca })) < 0) {
+	if (!f && (rc = devapi_fwd_new(a)) < 0) {
 		pthread_mutex_destroy(&a->mu);
 		api_waiter_stop(a->waiter);
 		free(a);
@@ -1498,15 +1277,6 @@ int devapi_start(struct devapi **out, struct fleet *f, const char *addr, int met
 	a->port = info ? info->port : 0;
 	*out = a;
 	return 0;
-}
-
-void devapi_set_leader(struct devapi *d, const char *url)
-{
-	if (!d)
-		return;
-	pthread_mutex_lock(&d->mu);
-	snprintf(d->leader, sizeof(d->leader), "%s", url ? url : "");
-	pthread_mutex_unlock(&d->mu);
 }
 
 void devapi_attach(struct devapi *d, struct fleet *f)
