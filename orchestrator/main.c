@@ -40,6 +40,7 @@
 #include "push/push.h"
 #include "auth.h"
 #include "backup/backup.h"
+#include "cfgdrift.h"
 #include "clock.h"
 #include "config.h"
 #include "db/db.h"
@@ -889,7 +890,15 @@ int main(int argc, char **argv)
 		goto fail;
 	if (!leads) {
 		char *holder = advertised(cfg.listen, api_port(api), tls_api != NULL);
-		int rc = db_leader_open(&leader, dburl, holder);
+		int rc;
+		/* issue 16: this instance's settings where the others find them
+		 * (cfgdrift.h), compared with the leader's at once */
+		if (cfgdrift_init(&cfg) < 0 || cfgdrift_record(db, holder) < 0) {
+			free(holder);
+			goto fail;
+		}
+		cfgdrift_compare(store_reader());
+		rc = db_leader_open(&leader, dburl, holder);
 		free(holder);
 		if (rc < 0)
 			goto fail;
@@ -930,8 +939,10 @@ int main(int argc, char **argv)
 			goto fail;
 		if (!leads) {
 			follow_devices(&lead, &fleet_conn);
+			cfgdrift_compare(store_reader()); /* a new leader, or its new row */
 			continue;
 		}
+		cfgdrift_leading();
 		db_close(fleet_conn); /* a leader forwards no device */
 		fleet_conn = NULL;
 		if (api_lead(api, lead.engine, lead.sources) < 0)
@@ -987,6 +998,7 @@ out:
 	free(url);
 	free(dburl);
 	pki_trust_close();
+	cfgdrift_release();
 	config_release(&cfg);
 	return status;
 }

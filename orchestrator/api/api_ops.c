@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../../common/util.h"
+#include "../cfgdrift.h"
 #include "../clock.h"
 #include "../commitwatch.h"
 #include "../db/db.h"
@@ -362,6 +363,7 @@ enum MHD_Result api_get_metrics(struct api *a, struct api_req *r)
 		   OTACD_VERSION, clock_scale());
 	disk_text(&b);
 	auth_text(&b);
+	cfgdrift_metrics_text(&b); /* issue 16 */
 	if (db_text(a, &b) < 0) {
 		buf_release(&b);
 		return api_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "metrics: the database cannot be read: %s",
@@ -374,8 +376,10 @@ enum MHD_Result api_get_metrics(struct api *a, struct api_req *r)
 
 enum MHD_Result api_get_healthz(struct api *a, struct api_req *r)
 {
+	json_t *differ = cfgdrift_mismatch_json(); /* issue 16: settings unlike the leader's */
 	(void)a;
-	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss}", "status", "ok", "version", OTACD_VERSION));
+	return api_reply_json(r, MHD_HTTP_OK, json_pack("{ss ss so}", "status", "ok", "version", OTACD_VERSION,
+							 "config_mismatch", differ));
 }
 
 /* Ready: the database answers, the rollouts are loaded and the disk takes new work.  503 with the

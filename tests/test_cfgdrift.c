@@ -1,0 +1,209 @@
+/*
+ * test_cfgdrift.c - instances whose configurations disagree are seen
+ * (issue 16, orchestrator/cfgdrift.h, docs/scale.md).
+ *
+ * A real PostgreSQL cluster and three real otacd instances on one otacd
+ * and one fleet database.  The leader and the first follower share one
+ * configuration; the second follower has a signing key of the same name
+ * but another key, and another time_scale.  The first follower sees no
+ * mismatch; the second logs the two items once and has them at 1 on
+ * /metrics and in /healthz; the leader's stay 0.  No private key appears
+ * in any log or answer.  Then a malformed row in the database's place of
+ * the leader's: a mismatch ("record"), the follower still answering.
+ * Every wait has a generous cap that ends at the first success.
+ *
+ * Without PostgreSQL's binaries the case is skipped, saying so.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../orchestrator/db/db.h"
+#include "harness.h"
+#include "pgcluster.h"
+
+#define CAP_S 60
+
+static const char *const args[] = { "--local-agents", "0", NULL };
+
+/* The series line `otacd_config_mismatch{item="ITEM"} V` of d's /metrics:
+ * V, or -1 when absent. */
+static int mismatch(struct daemon *d, const char *item)
+{
+	struct buf out = BUF_INIT;
+	char *want = xasprintf("otacd_config_mismatch{item=\"%s\"} ", item);
+	const char *at;
+	int v = -1;
+
+	assert_int_equal(h_raw(d, "GET", "/metrics", d->token, NULL, NULL, 0, &out), 200);
+	if ((at = strstr(buf_cstr(&out), want)))
+		v = atoi(at + strlen(want));
+	free(want);
+	buf_release(&out);
+	return v;
+}
+
+/* Wait (up to CAP_S) for item to read want on d's /metrics. */
+static void wait_mismatch(struct daemon *d, const char *item, int want)
+{
+	for (int i = 0; i < CAP_S * 10 && mismatch(d, item) != want; i++)
+		h_msleep(100);
+	assert_int_equal(mismatch(d, item), want);
+}
+
+/* How many lines of d's log hold both a and b. */
+static int log_lines(struct daemon *d, const char *a, const char *b)
+{
+	struct buf out = BUF_INIT;
+	int n;
+	assert_int_equal(h_sh(&out, "grep -F -- '%s' %s/otacd.log | grep -c -F -- '%s' || true", a, d->dir, b), 0);
+	n = atoi(buf_cstr(&out));
+	buf_release(&out);
+	return n;
+}
+
+/* A file's text (caller frees). */
+static char *slurp(const char *path)
+{
+	struct buf b = BUF_INIT;
+	assert_int_equal(ota_read_file(&b, path, 1 << 20), 0);
+	return buf_detach(&b);
+}
+
+/* A signing key (EC P-256) made in dir as name; its path (caller frees). */
+static char *new_key(const char *dir, const char *name)
+{
+	struct buf out = BUF_INIT;
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out %s",
+			      dir, name), 0);
+	buf_release(&out);
+	return xasprintf("%s/%s", dir, name);
+}
+
+/* The second line of a PEM file: a piece of the private key. */
+static char *pem_line(const char *path)
+{
+	char *text = slurp(path), *nl = strchr(text, '\n'), *line, *end;
+	assert_non_null(nl);
+	end = strchr(nl + 1, '\n');
+	assert_non_null(end);
+	line = xstrndup(nl + 1, (size_t)(end - nl - 1));
+	free(text);
+	return line;
+}
+
+/* Nothing d logged or answers holds secret. */
+static void assert_not_shown(struct daemon *d, const char *secret)
+{
+	struct buf out = BUF_INIT;
+	char *log = xasprintf("%s/otacd.log", d->dir), *text = slurp(log);
+	assert_null(strstr(text, secret));
+	assert_int_equal(h_raw(d, "GET", "/metrics", d->token, NULL, NULL, 0, &out), 200);
+	assert_null(strstr(buf_cstr(&out), secret));
+	assert_int_equal(h_raw(d, "GET", "/healthz", NULL, NULL, NULL, 0, &out), 200);
+	assert_null(strstr(buf_cstr(&out), secret));
+	free(text);
+	free(log);
+	buf_release(&out);
+}
+
+static void followers_see_the_settings_that_differ_from_the_leaders(void **state)
+{
+	struct pgcluster pg;
+	struct daemon d[3];
+	char *otacd_db, *fleet_db, *secrets, *ka, *kb, *same, *other, *piece_a, *piece_b;
+	struct db *db = NULL;
+	json_t *h = NULL;
+
+	(void)state;
+	memset(d, 0, sizeof(d));
+	if (h_pg_start_dbs(&pg, &otacd_db, &fleet_db) > 0)
+		skip();
+	secrets = h_fleet_secrets_yaml(pg.dir);
+	ka = new_key(pg.dir, "a.pem");
+	kb = new_key(pg.dir, "b.pem");
+	same = xasprintf("lease: 3s\nleader_poll: 1s\nkeys:\n  release: { spec: %s }\n%s", ka, secrets);
+	other = xasprintf("lease: 3s\nleader_poll: 1s\ntime_scale: 2\nkeys:\n  release: { spec: %s }\n%s", kb, secrets);
+	h_pg_instances(d, 2, otacd_db, fleet_db, same, args);
+	h_init(&d[2], other);
+	h_use_database(&d[2], otacd_db, fleet_db);
+	d[2].follower_ok = 1;
+	d[2].token = xstrdup(d[0].token);
+	assert_int_equal(h_start(&d[2], args), 0);
+	assert_true(h_leads(&d[0]));
+
+	/* the first follower agrees; the second differs in two items */
+	wait_mismatch(&d[2], "signing_key.release", 1);
+	wait_mismatch(&d[2], "time_scale", 1);
+	for (int i = 0; i < 3; i++) {
+		const char *agree[] = { "trust_root", "release_policy", "protected_refs", "device_ca", "device_auth",
+					"gate_max_lag" };
+		for (size_t j = 0; j < sizeof(agree) / sizeof(agree[0]); j++)
+			assert_int_equal(mismatch(&d[i], agree[j]), 0);
+		if (i < 2) {
+			assert_int_equal(mismatch(&d[i], "signing_key.release"), 0);
+			assert_int_equal(mismatch(&d[i], "time_scale"), 0);
+			assert_int_equal(log_lines(&d[i], "configuration:", "differs"), 0);
+		}
+	}
+	/* logged once each (a few polls later still once), naming the item */
+	h_msleep(2500);
+	assert_int_equal(log_lines(&d[2], "configuration: signing_key.release differs", "leader"), 1);
+	assert_int_equal(log_lines(&d[2], "configuration: time_scale differs", "leader"), 1);
+	assert_int_equal(log_lines(&d[2], "configuration:", "differs"), 2);
+	assert_int_equal(h_get(&d[2], "/healthz", &h), 200);
+	assert_int_equal(json_array_size(json_object_get(h, "config_mismatch")), 2);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(h, "config_mismatch"), 0)), "signing_key");
+	json_decref(h);
+	assert_int_equal(h_get(&d[1], "/healthz", &h), 200);
+	assert_int_equal(json_array_size(json_object_get(h, "config_mismatch")), 0);
+	json_decref(h);
+	/* the leader's own values: unchanged by what a follower recorded */
+	assert_int_equal(mismatch(&d[0], "signing_key.release"), 0);
+	assert_int_equal(mismatch(&d[0], "time_scale"), 0);
+	/* no private key, no fleet secret, in any log or answer */
+	piece_a = pem_line(ka);
+	piece_b = pem_line(kb);
+	for (int i = 0; i < 3; i++) {
+		assert_not_shown(&d[i], piece_a);
+		assert_not_shown(&d[i], piece_b);
+	}
+
+	/* hostile: the leader's row malformed in the database; a mismatch,
+	 * never a crash */
+	assert_int_equal(db_open(&db, otacd_db, 0), 0);
+	assert_int_equal(db_exec(db, "UPDATE meta SET value = '{\"time_scale\": 7, \"x\\\"y\": \"00\"' WHERE key = "
+				     "(SELECT 'config_fp:' || holder FROM otacd_leader)"), 0);
+	db_close(db);
+	wait_mismatch(&d[1], "record", 1);
+	assert_int_equal(mismatch(&d[1], "time_scale"), 1);
+	assert_int_equal(h_get(&d[1], "/healthz", &h), 200);
+	json_decref(h);
+	assert_true(h_leads(&d[0]));
+
+	for (int i = 0; i < 3; i++)
+		h_cleanup(&d[i]);
+	pgcluster_stop(&pg);
+	free(piece_a);
+	free(piece_b);
+	free(same);
+	free(other);
+	free(ka);
+	free(kb);
+	free(secrets);
+	free(otacd_db);
+	free(fleet_db);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(followers_see_the_settings_that_differ_from_the_leaders),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
