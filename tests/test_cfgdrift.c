@@ -10,11 +10,14 @@
  * /metrics and in /healthz; the leader's stay 0.  No private key appears
  * in any log or answer.  Then a malformed row in the database's place of
  * the leader's: a mismatch ("record"), the follower still answering.
+ * Then the leader is SIGKILLed: the new leader's items are 0, the other
+ * follower compares with the new leader's row.
  * Every wait has a generous cap that ends at the first success.
  *
  * Without PostgreSQL's binaries the case is skipped, saying so.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -119,6 +122,7 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	char *otacd_db, *fleet_db, *secrets, *ka, *kb, *same, *other, *piece_a, *piece_b;
 	struct db *db = NULL;
 	json_t *h = NULL;
+	int next;
 
 	(void)state;
 	memset(d, 0, sizeof(d));
@@ -185,6 +189,21 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	assert_int_equal(h_get(&d[1], "/healthz", &h), 200);
 	json_decref(h);
 	assert_true(h_leads(&d[0]));
+
+	/* the leader changes: the new one's own are 0, the other follower
+	 * compares with the new leader's (intact) row */
+	h_kill(&d[0], SIGKILL);
+	for (int i = 0; i < CAP_S * 10 && !h_leads(&d[1]) && !h_leads(&d[2]); i++)
+		h_msleep(100);
+	next = h_leads(&d[1]) ? 1 : 2;
+	assert_true(h_leads(&d[next]));
+	wait_mismatch(&d[next], "signing_key.release", 0);
+	assert_int_equal(mismatch(&d[next], "time_scale"), 0);
+	assert_int_equal(mismatch(&d[next], "record"), 0);
+	wait_mismatch(&d[3 - next], "record", 0);
+	assert_int_equal(mismatch(&d[3 - next], "signing_key.release"), 1);
+	assert_int_equal(mismatch(&d[3 - next], "time_scale"), 1);
+	assert_int_equal(mismatch(&d[3 - next], "trust_root"), 0);
 
 	for (int i = 0; i < 3; i++)
 		h_cleanup(&d[i]);
