@@ -70,6 +70,22 @@ static int log_lines(struct daemon *d, const char *a, const char *b)
 	return n;
 }
 
+#define LEADER_ROW "SELECT value FROM meta WHERE key = (SELECT 'config_fp:' || holder FROM otacd_leader)"
+
+/* Write text (no single quote in it) as the leader's row, as a hostile
+ * database would. */
+static void set_leader_row(const char *url, const char *text)
+{
+	struct db *db = NULL;
+	char *sql = xasprintf("UPDATE meta SET value = '%s' WHERE key = (SELECT 'config_fp:' || holder FROM"
+			      " otacd_leader)", text);
+	assert_null(strchr(text, '\''));
+	assert_int_equal(db_open(&db, url, 0), 0);
+	assert_int_equal(db_exec(db, sql), 0);
+	db_close(db);
+	free(sql);
+}
+
 /* A file's text (caller frees). */
 static char *slurp(const char *path)
 {
@@ -120,7 +136,8 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	struct pgcluster pg;
 	struct daemon d[3];
 	char *otacd_db, *fleet_db, *secrets, *ka, *kb, *same, *other, *piece_a, *piece_b;
-	struct db *db = NULL;
+	char *row, *bad;
+	struct buf body = BUF_INIT;
 	json_t *h = NULL;
 	int next;
 
@@ -180,14 +197,29 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 
 	/* hostile: the leader's row malformed in the database; a mismatch,
 	 * never a crash */
-	assert_int_equal(db_open(&db, otacd_db, 0), 0);
-	assert_int_equal(db_exec(db, "UPDATE meta SET value = '{\"time_scale\": 7, \"x\\\"y\": \"00\"' WHERE key = "
-				     "(SELECT 'config_fp:' || holder FROM otacd_leader)"), 0);
-	db_close(db);
+	row = h_sql_text(&d[0], LEADER_ROW);
+	assert_non_null(strstr(row, "\"time_scale\":"));
+	set_leader_row(otacd_db, "{\"time_scale\": 7, \"x\\\"y\": \"00\"");
 	wait_mismatch(&d[1], "record", 1);
 	assert_int_equal(mismatch(&d[1], "time_scale"), 1);
 	assert_int_equal(h_get(&d[1], "/healthz", &h), 200);
 	json_decref(h);
+	/* the row back: agreement again, said once */
+	set_leader_row(otacd_db, row);
+	wait_mismatch(&d[1], "record", 0);
+	assert_int_equal(mismatch(&d[1], "time_scale"), 0);
+	assert_int_equal(log_lines(&d[1], "configuration: time_scale agrees", "again"), 1);
+	/* an item whose name would break out of a metric's label: the row
+	 * counts as malformed, the name shown nowhere */
+	assert_int_equal(row[strlen(row) - 1], '}');
+	row[strlen(row) - 1] = 0;
+	bad = xasprintf("%s,\"evil\\\"} 0\\nx{\": \"0000000000000001\"}", row);
+	set_leader_row(otacd_db, bad);
+	wait_mismatch(&d[1], "record", 1);
+	assert_int_equal(mismatch(&d[1], "time_scale"), 0);
+	assert_int_equal(h_raw(&d[1], "GET", "/metrics", d[1].token, NULL, NULL, 0, &body), 200);
+	assert_null(strstr(buf_cstr(&body), "evil"));
+	assert_int_equal(log_lines(&d[1], "evil", ""), 0);
 	assert_true(h_leads(&d[0]));
 
 	/* the leader changes: the new one's own are 0, the other follower
@@ -208,6 +240,9 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	for (int i = 0; i < 3; i++)
 		h_cleanup(&d[i]);
 	pgcluster_stop(&pg);
+	buf_release(&body);
+	free(row);
+	free(bad);
 	free(piece_a);
 	free(piece_b);
 	free(same);
