@@ -219,6 +219,45 @@ static void read_counts(struct daemon *d, int64_t rel, struct counts *out)
 	free(path);
 }
 
+/*
+ * Start d (h_init done: its environment set) with a release key and a
+ * device API that keeps its address across restarts, register n devices
+ * PREFIX-0000… (their credentials in *creds) on 1.0.0, push pipeline y and
+ * wait until its rollout holds; the release's id.
+ */
+static int64_t start_in_hold(struct daemon *d, const char *const *args, const char *y, const char *prefix, int n,
+			     char ***creds)
+{
+	struct buf out = BUF_INIT;
+	char *cfg, *sql;
+	int64_t rel;
+
+	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem",
+			      d->dir),
+			 0);
+	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n", d->dir);
+	d->config = xasprintf("%s/config.yml", d->dir);
+	assert_int_equal(ota_write_file_atomic(d->config, cfg, strlen(cfg), 0600), 0);
+	d->device_listen = h_free_listen();
+	assert_int_equal(h_start(d, args), 0);
+	*creds = h_register_devices(d, prefix, n);
+	for (int i = 0; i < n; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "%s-%04d", prefix, i);
+		assert_int_equal(checkin(d, id, (*creds)[i], "1.0.0", NULL), 200);
+	}
+	rel = dh_release_of(d, h_trigger(d, y));
+	assert_true(rel > 0);
+	sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'", (long long)rel);
+	for (int waited = 0; waited < 60000 && !h_sql_int(d, sql); waited += 100)
+		h_msleep(100);
+	assert_true(h_sql_int(d, sql) > 0);
+	free(sql);
+	free(cfg);
+	buf_release(&out);
+	return rel;
+}
+
 static void counters_never_go_backwards_across_kills(void **state)
 {
 	const char *const args[] = { "--local-agents", "1", "--time-scale", "3600", NULL };
@@ -231,40 +270,14 @@ static void counters_never_go_backwards_across_kills(void **state)
 			"    steps: [ {percent: 100, hold: 1000h} ]\n    gates: [boots]\n"
 			"gates:\n  boots: { metric: boot_success_rate, min: 0.5, min_devices: 1000 }\n";
 	struct daemon d;
-	struct buf out = BUF_INIT;
-	char *cfg, **c;
-	int64_t run, rel;
+	char **c;
+	int64_t rel;
 	struct counts before, after;
 	int offered = 0;
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem",
-			      d.dir),
-			 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	/* the device API keeps its address across restarts */
-	d.device_listen = h_free_listen();
-	assert_int_equal(h_start(&d, args), 0);
-	c = h_register_devices(&d, "cnt", 12);
-	for (int i = 0; i < 12; i++) {
-		char id[32];
-		snprintf(id, sizeof(id), "cnt-%04d", i);
-		assert_int_equal(checkin(&d, id, c[i], "1.0.0", NULL), 200);
-	}
-	run = h_trigger(&d, y);
-	rel = dh_release_of(&d, run);
-	assert_true(rel > 0);
-	{
-		char *sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'",
-				      (long long)rel);
-		for (int waited = 0; waited < 60000 && !h_sql_int(&d, sql); waited += 100)
-			h_msleep(100);
-		assert_true(h_sql_int(&d, sql) > 0);
-		free(sql);
-	}
+	rel = start_in_hold(&d, args, y, "cnt", 12, &c);
 	/* each round: 3 devices are offered 1.1.0 and report their way to a
 	 * confirmed boot; the counters read, then a kill right after the last
 	 * answer (a check-in that made an offer), restart, read again */
@@ -310,8 +323,6 @@ static void counters_never_go_backwards_across_kills(void **state)
 	assert_int_equal(offered, 12);
 	assert_int_equal(after.api[4], 8);   /* confirmed: 2 per round */
 	free_creds(c);
-	free(cfg);
-	buf_release(&out);
 	h_cleanup(&d);
 }
 
@@ -586,39 +597,17 @@ static void offer_counted_in_the_commit_of_its_row(void **state)
 			"  - name: canary\n    kind: rollout\n    needs: [release]\n"
 			"    steps: [ {percent: 100, hold: 1000h} ]\n";
 	struct daemon d;
-	struct buf out = BUF_INIT;
 	struct bg_checkin a, b;
-	char *cfg, **c, *aggs, *held, *stall, *sql;
-	int64_t run, rel;
+	char **c, *aggs, *held, *stall;
 
 	(void)state;
 	h_init(&d, NULL);
-	assert_int_equal(h_sh(&out, "cd %s && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem",
-			      d.dir),
-			 0);
-	cfg = xasprintf("keys:\n  test: { spec: %s/key.pem }\n", d.dir);
-	d.config = xasprintf("%s/config.yml", d.dir);
-	assert_int_equal(ota_write_file_atomic(d.config, cfg, strlen(cfg), 0600), 0);
-	d.device_listen = h_free_listen();
 	aggs = xasprintf("%s/stall-aggs", d.dir);
 	held = xasprintf("%s/stall-aggs.held", d.dir);
 	stall = xasprintf("%s/stall-round", d.dir);
 	setenv("OTACD_TEST_FLEET_STALL_AGGS_FILE", aggs, 1);
 	setenv("OTACD_TEST_FLEET_STALL_FILE", stall, 1);
-	assert_int_equal(h_start(&d, args), 0);
-	c = h_register_devices(&d, "gap", 2);
-	for (int i = 0; i < 2; i++) {
-		char id[32];
-		snprintf(id, sizeof(id), "gap-%04d", i);
-		assert_int_equal(checkin(&d, id, c[i], "1.0.0", NULL), 200);
-	}
-	run = h_trigger(&d, y);
-	rel = dh_release_of(&d, run);
-	assert_true(rel > 0);
-	sql = xasprintf("SELECT COUNT(*) FROM rollouts WHERE release_id = %lld AND state = 'holding'", (long long)rel);
-	for (int waited = 0; waited < 60000 && !h_sql_int(&d, sql); waited += 100)
-		h_msleep(100);
-	assert_true(h_sql_int(&d, sql) > 0);
+	start_in_hold(&d, args, y, "gap", 2, &c);
 
 	/* a is offered (a row to write) and its round held in the gap
 	 * between its rows and its aggregates */
@@ -653,12 +642,9 @@ static void offer_counted_in_the_commit_of_its_row(void **state)
 	unsetenv("OTACD_TEST_FLEET_STALL_AGGS_FILE");
 	unsetenv("OTACD_TEST_FLEET_STALL_FILE");
 	free_creds(c);
-	free(sql);
 	free(stall);
 	free(held);
 	free(aggs);
-	free(cfg);
-	buf_release(&out);
 	h_cleanup(&d);
 }
 
