@@ -35,6 +35,18 @@ void h_die_with_parent(pid_t parent)
 		_exit(127);
 }
 
+/* The test binary's pid, taken before any test forks. */
+static pid_t g_test_pid;
+__attribute__((constructor)) static void note_test_pid(void)
+{
+	g_test_pid = getpid();
+}
+
+void h_child_dies_with_test(void)
+{
+	h_die_with_parent(g_test_pid);
+}
+
 char *h_tmpdir(void)
 {
 	const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";

@@ -86,6 +86,9 @@ char *h_free_listen(void);
  * parent is the test's pid from before the fork.
  */
 void h_die_with_parent(pid_t parent);
+/* h_die_with_parent() of the test binary, for a child it forked itself
+ * (fleetsim, agents, prometheus ...): call in the child before exec. */
+void h_child_dies_with_test(void);
 
 /* A fresh directory under $TMPDIR (or /tmp); caller frees. */
 char *h_tmpdir(void);

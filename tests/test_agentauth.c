@@ -647,6 +647,7 @@ static void agent_with_a_token_file_is_the_agent_its_token_names(void **state)
 	pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		if (fd >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);

@@ -242,6 +242,7 @@ static void fleetsim_registers_its_fleet_within_the_limit(void **state)
 	sim = fork();
 	if (sim == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", d.device_url, "--devices", "700", "--seed", "3", "--key", key, "--fleet-key",
@@ -424,6 +425,7 @@ static void sim_start(struct world *w, int devices, const char *profile)
 	w->sim = fork();
 	if (w->sim == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", w->d.device_url, "--devices", n, "--seed", "11", "--key", key, "--fleet-key",

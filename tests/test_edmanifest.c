@@ -153,6 +153,7 @@ static json_t *fleetsim_run(struct daemon *d, int n)
 	pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--engine", "core", "--url", d->device_url, "--devices", devices, "--seed", "3",

@@ -352,6 +352,7 @@ static void a_fleet_loses_no_report_across_kills(void **state)
 	sim = fork();
 	if (sim == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", d.device_url, "--devices", "300", "--seed", "5", "--key", key, "--fleet-key",
@@ -496,6 +497,7 @@ static void fleetsim_resends_retryable_refusals_and_drops_the_rest(void **state)
 	sim = fork();
 	if (sim == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", url, "--devices", "30", "--seed", "7", "--key", key, "--fleet-key", "k",

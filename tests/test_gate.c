@@ -798,6 +798,7 @@ static int prom_setup(void **state)
 	p->pid = fork();
 	if (p->pid == 0) {
 		int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		h_child_dies_with_test();
 		if (fd >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);

@@ -602,6 +602,7 @@ static void a_migrate_killed_mid_copy_leaves_the_target_empty_and_a_rerun_succee
 			pid = fork();
 			if (pid == 0) {
 				int fd = open(errf, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+				h_child_dies_with_test();
 				dup2(fd, 2);
 				execl(bin, bin, "migrate", "--from", g_from, "--to", to_app, (char *)NULL);
 				_exit(127);

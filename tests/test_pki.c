@@ -714,6 +714,7 @@ static void fleet_rotates_then_survives_a_key_compromise_and_recovers(void **sta
 		char *root = xasprintf("%s/root/root.crt.pem", d.dir), *ka = xasprintf("%s/a.pub", d.dir),
 		     *kb = xasprintf("%s/b.pub", d.dir), *kc = xasprintf("%s/c.pub", d.dir);
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", d.device_url, "--devices", n, "--seed", "13", "--trust-root", root, "--key", ka,
@@ -876,6 +877,7 @@ static void devices_refuse_bad_chains_and_keys_their_bootloader_lacks(void **sta
 		sim = fork();
 		if (sim == 0) {
 			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			h_child_dies_with_test();
 			dup2(fd, 1);
 			dup2(fd, 2);
 			/* the bootloader holds key a only */

@@ -149,6 +149,7 @@ static pid_t sim_start(struct daemon *d, int n)
 	pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", d->device_url, "--devices", devices, "--seed", "7", "--key", key, "--fleet-key",

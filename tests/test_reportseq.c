@@ -743,6 +743,7 @@ static void fleetsim_resends_with_the_same_seq_and_is_counted_once(void **state)
 	sim = fork();
 	if (sim == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		execl(bin, bin, "--url", url, "--devices", "60", "--seed", "9", "--key", key, "--fleet-key", d.fleet_key,
@@ -833,6 +834,7 @@ static void otacd_device_resends_after_lost_answers_are_counted_once(void **stat
 		pid[i] = fork();
 		if (pid[i] == 0) {
 			int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+			h_child_dies_with_test();
 			dup2(fd, 1);
 			dup2(fd, 2);
 			execl(bin, bin, "-c", conf, "run", (char *)NULL);

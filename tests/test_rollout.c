@@ -651,6 +651,7 @@ static void prometheus_gate_decides_from_a_real_prometheus_scraping_the_fleet(vo
 			char *cf = xasprintf("--config.file=%s", f);
 			char *listen = xasprintf("--web.listen-address=%s", prom_listen);
 			int fd = open("/dev/null", O_WRONLY);
+			h_child_dies_with_test();
 			dup2(fd, 1);
 			dup2(fd, 2);
 			execl("/usr/bin/prometheus", "prometheus", cf, data, listen, (char *)NULL);

@@ -236,6 +236,7 @@ static void an_agent_with_a_foreign_ca_takes_no_job(void **state)
 	pid = fork();
 	if (pid == 0) {
 		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		h_child_dies_with_test();
 		dup2(fd, 1);
 		dup2(fd, 2);
 		setenv("OTACD_AGENT_TOKEN", token, 1);
