@@ -468,6 +468,62 @@ static void same_fleet_metrics(struct world *w, const char *opts)
 	buf_release(&f);
 }
 
+/* d's device API /metrics (opts: its credential), 200, checked as a
+ * Prometheus scrape checks it: no family typed twice, no series twice
+ * (the text in out). */
+static void metrics_of(struct daemon *d, const char *opts, struct buf *out)
+{
+	struct answer a;
+	const char *lines[4096];
+	size_t lens[4096], n = 0;
+	int typed[4096]; /* a family's name (# TYPE), else a series */
+
+	dev_get(d, "GET", "/metrics", opts, &a);
+	assert_int_equal(a.status, 200);
+	for (const char *p = buf_cstr(&a.body); *p; p += strcspn(p, "\n"), p += *p == '\n') {
+		size_t len = strcspn(p, "\n");
+		int type = !strncmp(p, "# TYPE ", 7);
+		if (type) /* its family: the name */
+			p += 7, len = strcspn(p, " \n");
+		else if (*p == '#' || !len)
+			continue;
+		else if (memrchr(p, ' ', len)) /* a series: all but its value */
+			len = (size_t)((const char *)memrchr(p, ' ', len) - p);
+		for (size_t i = 0; i < n; i++)
+			if (typed[i] == type && lens[i] == len && !memcmp(lines[i], p, len))
+				fail_msg("%s/metrics names %.*s twice:\n%s", d->device_url, (int)len, p, buf_cstr(&a.body));
+		assert_true(n < 4096);
+		lines[n] = p;
+		typed[n] = type;
+		lens[n++] = len;
+	}
+	*out = a.body;
+}
+
+/* The unlabelled series name's value in a /metrics text; -1: none. */
+static int64_t metric_in(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+	for (const char *p = text; *p; p += strcspn(p, "\n"), p += *p == '\n')
+		if (!strncmp(p, name, len) && p[len] == ' ')
+			return strtoll(p + len + 1, NULL, 10);
+	return -1;
+}
+
+/* The image bytes each of the leader and the follower says it sent, and
+ * their otacd_leader, read through their own /metrics. */
+static void bytes_served(struct world *w, const char *opts, int64_t sent[2], int64_t leads[2])
+{
+	for (int i = 0; i < 2; i++) {
+		struct buf m;
+		metrics_of(&w->d[i], opts, &m);
+		leads[i] = metric_in(buf_cstr(&m), "otacd_leader");
+		sent[i] = metric_in(buf_cstr(&m), "otacd_image_bytes_served_total");
+		assert_true(sent[i] >= 0);
+		buf_release(&m);
+	}
+}
+
 /* dev-0000's offer (checked in through d), waiting for the rollout. */
 static json_t *offer_of(struct daemon *d, const char *cred)
 {
@@ -495,8 +551,9 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 	char **creds, *tok, *bad, *path, *opts, *meta, *origin;
 	const char *sha;
 	json_t *offer;
-	int64_t release, size;
+	int64_t release, size, before[2], after[2], leads[2];
 	struct answer a;
+	struct buf m;
 	long hwm;
 
 	(void)state;
@@ -532,6 +589,7 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 	path = xasprintf("/device/v1/images/%s?device=dev-0000", sha);
 	hwm = h_proc_kb(w.d[1].pid, "VmHWM");
 	assert_int_equal(same_answer(&w, "GET", path, tok), 200);
+	bytes_served(&w, meta, before, leads);
 	dev_get(&w.d[1], "GET", path, tok, &a);
 	{
 		char got[65];
@@ -539,6 +597,14 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 		assert_string_equal(got, sha);
 		buf_release(&a.body);
 	}
+	/* each instance's /metrics: the fleet's gauges (the leader's, above)
+	 * and its own counters: the follower sent the image, not the leader */
+	bytes_served(&w, meta, after, leads);
+	assert_int_equal(after[1] - before[1], size);
+	assert_true(after[0] - before[0] < size);
+	assert_int_equal(leads[0], 1);
+	assert_int_equal(leads[1], 0);
+	same_fleet_metrics(&w, meta);
 	/* two whole downloads cost the follower far less than one image */
 	hwm = h_proc_kb(w.d[1].pid, "VmHWM") - hwm;
 	print_message("fleetha: two %lld-byte downloads through the follower: its VmHWM +%ld kB\n", (long long)size,
@@ -571,6 +637,14 @@ static void reads_downloads_and_pki_answer_through_a_follower_as_on_the_leader(v
 	 * the end: refused as on the leader (the leader decides) */
 	assert_int_equal(same_answer(&w, "GET", "/metrics", ""), 401);
 	assert_int_equal(same_answer(&w, "GET", "/metrics", bad), 401);
+	assert_int_equal(same_answer(&w, "GET", "/metrics", "-H 'X-Otacd-Fleet-Metrics: 1'"), 401);
+	/* the fleet-wide part only: a client asking for it gets less */
+	opts = xasprintf("%s -H 'X-Otacd-Fleet-Metrics: 1'", meta);
+	metrics_of(&w.d[0], opts, &m);
+	assert_int_equal(metric_in(buf_cstr(&m), "otacd_image_bytes_served_total"), -1);
+	assert_non_null(strstr(buf_cstr(&m), "\notacd_fleet_devices{"));
+	buf_release(&m);
+	free(opts);
 	assert_int_equal(same_answer(&w, "GET", "/device/v1/registrations", ""), 401);
 	assert_int_equal(same_answer(&w, "GET", "/device/v1/registrations", tok), 401); /* a device's token */
 	opts = xasprintf("-H 'X-Device-Id: dev-0000'");

@@ -93,7 +93,7 @@ static enum MHD_Result front_handle(void *cls, struct MHD_Connection *conn, cons
 	} else {
 		q = (struct api_fwd_req){ conn, g.leader, method, url, r->body.ptr, r->body.len, FRONT_CAP, "fwd-test-1",
 					  /* a held request outlasts the 2 s of the pool's */
-					  !strcmp(url, "/slow") ? 120000 : 0, NULL };
+					  !strcmp(url, "/slow") ? 120000 : 0, NULL, NULL, 0 };
 		if (g.sync)
 			api_forward(g.fwd, &q, &status, &resp);
 		else if (api_forward_begin(g.fwd, &q, &r->job, &status, &resp) == 0)

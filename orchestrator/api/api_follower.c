@@ -140,7 +140,7 @@ enum MHD_Result api_follower_forward(struct api *a, struct api_req *r)
 	int64_t epoch = 0;
 	char *leader = api_follower_leader(&epoch);
 	struct api_fwd_req q = { r->conn, leader, r->method, r->url, r->body.ptr, r->body.len,
-				 api_body_cap(r->route->body), r->request_id, 0, NULL };
+				 api_body_cap(r->route->body), r->request_id, 0, NULL, NULL, 0 };
 	struct api_fwd_stream s = { 0, -1, NULL, 0 };
 	struct MHD_Response *resp = NULL;
 	unsigned status = 0;

@@ -524,6 +524,7 @@ struct api_fwd_job {
 	char *spool_dir;
 	uint64_t max_answer;
 	long timeout_ms;
+	struct buf tail;             /* api_fwd_req's, copied */
 	unsigned status;             /* the answer, once decided */
 	struct MHD_Response *resp;
 	int rc;
@@ -538,6 +539,7 @@ static void job_free(struct api_fwd_job *job)
 	if (job->resp)
 		MHD_destroy_response(job->resp);
 	buf_release(&job->url);
+	buf_release(&job->tail);
 	free(job->spool_dir);
 	free(job);
 }
@@ -604,6 +606,9 @@ static int job_prepare(struct api_fwd *f, const struct api_fwd_req *q, const str
 	job->spool_dir = s->flags & API_FWD_SPOOL_ANSWER ? xstrdup(s->spool_dir) : NULL;
 	job->max_answer = s->max_answer ? s->max_answer : API_FWD_MAX_ANSWER;
 	job->timeout_ms = q->timeout_ms > 0 ? q->timeout_ms : f->timeout_ms;
+	buf_init(&job->tail, BUF_NOLIMIT);
+	if (q->tail)
+		buf_put(&job->tail, q->tail, q->tail_len);
 	return 0;
 }
 
@@ -713,8 +718,14 @@ static void job_perform(struct api_fwd_job *job)
 			if ((job->resp = MHD_create_response_from_fd64(a.spooled, a.spool)))
 				a.spool = -1;
 		} else {
-			size_t len = a.body.len;
-			char *data = buf_detach(&a.body);
+			size_t len;
+			char *data;
+			if (code == 200 && job->tail.len) { /* the caller's, past the leader's cap */
+				a.body.max = BUF_NOLIMIT;
+				buf_put(&a.body, job->tail.ptr, job->tail.len);
+			}
+			len = a.body.len;
+			data = buf_detach(&a.body);
 			job->resp = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
 		}
 		if (!job->resp)

@@ -9,7 +9,9 @@
  * answer: status, body and a few headers.  The hop adds no trust: the
  * leader authenticates the client's own credentials again, the follower
  * adds no header the leader trusts (but the device API's signed client
- * certificate, q->extra, which the leader verifies: fwdcert.h), the target is the database's holder
+ * certificate, q->extra, which the leader verifies: fwdcert.h; the
+ * download check and /metrics' fleet-wide ask in q->extra only take
+ * away), the target is the database's holder
  * only (never anything in the request), and that holder is checked as an
  * http(s)://HOST:PORT base URL before any byte is sent.
  *
@@ -121,6 +123,9 @@ struct api_fwd_req {
 	long timeout_ms;              /* this hop's deadline; 0: the pool's */
 	const char *const *extra;     /* more "Name: value" lines the caller vouches for (the device API's
 				       * signed client certificate, fwdcert.h; its download check), NULL-ended; may be NULL */
+	const char *tail;             /* appended to a 200 answer relayed from memory (a follower's own
+				       * counters after the leader's /metrics, devapi_fwd.c); NULL: none */
+	size_t tail_len;
 };
 
 /* What a streamed route adds (api_forward_begin_stream()). */

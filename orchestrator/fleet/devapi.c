@@ -545,40 +545,68 @@ out:
 	return ret;
 }
 
+/*
+ * /metrics in two parts (docs/scale.md, "Metrics on every instance").  The
+ * fleet-wide part is what only the leader knows: the fleet's gauges and
+ * the device CA's counters.  The process part is what this process
+ * counted itself.  A follower asks the leader for the fleet-wide part
+ * only (DEVAPI_FLEET_METRICS, devapi_fwd.c) and appends its own process
+ * part, so no name appears twice and each instance's counters are its own.
+ */
+static int fleet_part(struct devapi *a, struct buf *b)
+{
+	char *text = NULL;
+	size_t len = 0;
+	if (fleet_metrics_text(a->f, &text, &len) < 0)
+		return OTA_ERROR;
+	buf_put(b, text, len);
+	free(text);
+	if (fleet_get_ca(a->f)) /* device certificates (issue 13) */
+		fleet_ca_metrics_text(fleet_get_ca(a->f), b);
+	return 0;
+}
+
+void devapi_process_metrics(struct devapi *a, struct buf *b, int leader)
+{
+	buf_printf(b, "# HELP otacd_leader 1 on the instance that leads (holds the fleet), 0 on a follower.\n"
+		      "# TYPE otacd_leader gauge\notacd_leader %d\n", leader);
+	if (a->tls) /* issue 13: handshakes refused for their client certificate */
+		buf_printf(b, "# HELP otacd_tls_client_cert_refusals_total TLS handshakes refused because of the"
+			      " client certificate.\n# TYPE otacd_tls_client_cert_refusals_total counter\n"
+			      "otacd_tls_client_cert_refusals_total %lu\n", tls_client_cert_refusals());
+	/* issue 15: what otacd itself served, whatever origin offers name */
+	buf_printf(b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
+		      "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
+		   (unsigned long long)g_image_bytes);
+	buf_printf(b, "# HELP otacd_delta_bytes_served_total Delta patch bytes otacd sent (issue 15), apart from full images.\n"
+		      "# TYPE otacd_delta_bytes_served_total counter\notacd_delta_bytes_served_total %llu\n",
+		   (unsigned long long)g_delta_bytes);
+	buf_printf(b, "# HELP otacd_device_checkins_total Check-in requests the device API took (served, deferred,"
+		      " refused for their credential).\n"
+		      "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
+		   (unsigned long long)admission_checkins_taken());
+	buf_printf(b, "# HELP otacd_device_reports_total Device reports answered, by outcome (a refused one is"
+		      " listed in its batch's answer).\n# TYPE otacd_device_reports_total counter\n"
+		      "otacd_device_reports_total{outcome=\"accepted\"} %llu\notacd_device_reports_total{outcome=\"refused\"} %llu\n",
+		   (unsigned long long)g_reports_accepted, (unsigned long long)g_reports_refused);
+	push_metrics_text(b); /* issue 15, push hints */
+	admission_metrics_text(b, clock_now_ms()); /* issue 15, check-in admission */
+}
+
 static enum MHD_Result do_metrics(struct devapi *a, struct MHD_Connection *c, struct dreq *r)
 {
 	struct buf b = BUF_INIT;
-	char *text = NULL;
-	size_t len = 0;
+	size_t len;
 	if (!a->metrics_public && fleet_provision_auth(a->f, r->token) < 0)
 		return reply_error(c, MHD_HTTP_UNAUTHORIZED, "missing or wrong token");
-	if (fleet_metrics_text(a->f, &text, &len) < 0)
+	if (fleet_part(a, &b) < 0) {
+		buf_release(&b);
 		return reply_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "%s", ota_error_last());
-	buf_put(&b, text, len);
-	free(text);
-	if (fleet_get_ca(a->f)) /* device certificates (issue 13) */
-		fleet_ca_metrics_text(fleet_get_ca(a->f), &b);
-	if (a->tls) /* issue 13: handshakes refused for their client certificate */
-		buf_printf(&b, "# HELP otacd_tls_client_cert_refusals_total TLS handshakes refused because of the"
-			       " client certificate.\n# TYPE otacd_tls_client_cert_refusals_total counter\n"
-			       "otacd_tls_client_cert_refusals_total %lu\n", tls_client_cert_refusals());
-	/* issue 15: what otacd itself served, whatever origin offers name */
-	buf_printf(&b, "# HELP otacd_image_bytes_served_total Image bytes otacd sent (device API and CDN pulls).\n"
-		       "# TYPE otacd_image_bytes_served_total counter\notacd_image_bytes_served_total %llu\n",
-		   (unsigned long long)g_image_bytes);
-	buf_printf(&b, "# HELP otacd_delta_bytes_served_total Delta patch bytes otacd sent (issue 15), apart from full images.\n"
-		       "# TYPE otacd_delta_bytes_served_total counter\notacd_delta_bytes_served_total %llu\n",
-		   (unsigned long long)g_delta_bytes);
-	buf_printf(&b, "# HELP otacd_device_checkins_total Check-in requests the device API took (served, deferred,"
-		       " refused for their credential).\n"
-		       "# TYPE otacd_device_checkins_total counter\notacd_device_checkins_total %llu\n",
-		   (unsigned long long)admission_checkins_taken());
-	buf_printf(&b, "# HELP otacd_device_reports_total Device reports answered, by outcome (a refused one is"
-		       " listed in its batch's answer).\n# TYPE otacd_device_reports_total counter\n"
-		       "otacd_device_reports_total{outcome=\"accepted\"} %llu\notacd_device_reports_total{outcome=\"refused\"} %llu\n",
-		   (unsigned long long)g_reports_accepted, (unsigned long long)g_reports_refused);
-	push_metrics_text(&b); /* issue 15, push hints */
-	admission_metrics_text(&b, clock_now_ms()); /* issue 15, check-in admission */
+	}
+	/* a follower's question: the fleet-wide part only (a client that
+	 * sends the header itself gets less, never more) */
+	if (!devapi_header(c, DEVAPI_FLEET_METRICS, sizeof(DEVAPI_FLEET_METRICS) - 1))
+		devapi_process_metrics(a, &b, 1);
 	len = b.len;
 	return reply_text(c, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf_detach(&b), len);
 }

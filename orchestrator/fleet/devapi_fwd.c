@@ -68,7 +68,8 @@ static int peer_has_cert(struct MHD_Connection *c)
  * or its client certificate, carried signed (fwd_cert_lines, fwdcert.h).
  * Forwarded: what changes the fleet, the reads (/metrics, the
  * registrations' audit, the PKI's revocations and manifests: small
- * answers, relayed), and the downloads' check (devapi_forward(): the bytes come
+ * answers, relayed; /metrics asks for the fleet-wide part only,
+ * DEVAPI_FLEET_METRICS, and this process's counters follow it), and the downloads' check (devapi_forward(): the bytes come
  * from the shared store).  Not forwarded (503 + Retry-After: 1): a request
  * that crossed a hop already, and, on an instance without the device
  * secret's key (none in otacd: main.c always sets it), a device's
@@ -154,6 +155,7 @@ enum MHD_Result devapi_forward(struct devapi *a, struct MHD_Connection *c, struc
 	unsigned status = 0;
 	char leader[sizeof(a->leader)], *lines[3];
 	const char *extra[4], *fwd_method;
+	struct buf own = BUF_INIT;
 	enum MHD_Result ret;
 	int begun, n = 0;
 
@@ -180,13 +182,21 @@ enum MHD_Result devapi_forward(struct devapi *a, struct MHD_Connection *c, struc
 		}
 		if (download(r->route))
 			extra[n++] = DEVAPI_CHECK ": 1";
+		/* /metrics: the leader's fleet-wide part, then this process's
+		 * own counters, appended to the leader's 200 only (the leader
+		 * decides who may read it) */
+		if (r->route == R_METRICS) {
+			extra[n++] = DEVAPI_FLEET_METRICS ": 1";
+			devapi_process_metrics(a, &own, 0);
+		}
 		extra[n] = NULL;
 		q = (struct api_fwd_req){ c, leader[0] ? leader : NULL, fwd_method, url, r->body.ptr, r->body.len,
-					  DEVAPI_BODY_MAX, NULL, 0, extra };
+					  DEVAPI_BODY_MAX, NULL, 0, extra, own.len ? own.ptr : NULL, own.len };
 		begun = api_forward_begin_stream(a->fwd, &q, strcmp(q.method, "GET") ? NULL : &read, &r->fwd, &status,
-						 &resp) == 0; /* copies the lines */
+						 &resp) == 0; /* copies the lines and own */
 		free(lines[0]);
 		free(lines[1]);
+		buf_release(&own);
 		if (begun)
 			return MHD_YES;
 	}

@@ -19,6 +19,9 @@
 /* issue 16: a follower's check of a download: the leader answers 204
  * after every check instead of the bytes (devapi.c, serve_or_vouch) */
 #define DEVAPI_CHECK "X-Otacd-Download-Check"
+/* a follower's /metrics: the leader answers the fleet-wide part only, the
+ * follower appends its own process counters (devapi.c, do_metrics) */
+#define DEVAPI_FLEET_METRICS "X-Otacd-Fleet-Metrics"
 
 enum route { R_NONE, R_CHECKIN, R_REPORTS, R_IMAGE, R_METRICS, R_REGISTER, R_REGISTRATIONS, R_PROVISION, R_PKI, R_ORIGIN };
 
@@ -81,6 +84,9 @@ static inline const char *devapi_header(struct MHD_Connection *c, const char *na
 }
 
 /* devapi.c: the bytes of image sha, whole or the Range asked for. */
+/* /metrics' process part: what this process counted (its downloads, TLS
+ * refusals, check-ins, reports, push, admission) and otacd_leader. */
+void devapi_process_metrics(struct devapi *a, struct buf *b, int leader);
 enum MHD_Result devapi_serve_image(struct MHD_Connection *c, const char *sha, int delta);
 
 /* devapi_fwd.c (issue 16) */
