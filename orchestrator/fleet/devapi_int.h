@@ -83,10 +83,11 @@ static inline const char *devapi_header(struct MHD_Connection *c, const char *na
 	return MHD_lookup_connection_value_n(c, MHD_HEADER_KIND, name, len, &v, &vlen) == MHD_YES ? v : NULL;
 }
 
-/* devapi.c: the bytes of image sha, whole or the Range asked for. */
-/* /metrics' process part: what this process counted (its downloads, TLS
- * refusals, check-ins, reports, push, admission) and otacd_leader. */
+/* devapi.c: /metrics' process part: what this process counted (its
+ * downloads, TLS refusals, check-ins, reports, push, admission) and
+ * otacd_leader. */
 void devapi_process_metrics(struct devapi *a, struct buf *b, int leader);
+/* devapi.c: the bytes of image sha, whole or the Range asked for. */
 enum MHD_Result devapi_serve_image(struct MHD_Connection *c, const char *sha, int delta);
 
 /* devapi_fwd.c (issue 16) */
