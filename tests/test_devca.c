@@ -647,7 +647,7 @@ static void a_removed_ca_is_trusted_nowhere_not_after_a_restart_and_a_new_one_wo
 	const char *viewer = "viewer-token-0123456789abcdef0123456789ab";
 	struct daemon d;
 	struct buf out = BUF_INIT, pem = BUF_INIT, key = BUF_INIT;
-	char *dir, *path, *sha, *like, id[128];
+	char *dir, *path, *sha, *like, *agent, id[128];
 	json_t *ans = NULL;
 	X509 *old, *fresh;
 	(void)state;
@@ -667,9 +667,14 @@ static void a_removed_ca_is_trusted_nowhere_not_after_a_restart_and_a_new_one_wo
 	free(path);
 	assert_null(identify_remote(&d, old, id, sizeof(id)));
 
-	/* a viewer may not, nor anyone without a reason: nothing changes */
+	/* a viewer or an agent may not, nor anyone without a reason: nothing changes */
 	assert_int_equal(post_as(&d, viewer, "/api/v1/fleet/ca/remove", json_pack("{ss}", "reason", "x"), &ans), 403);
 	json_decref(ans);
+	agent = h_agent_add(&d, "builder-1", "linux");
+	assert_non_null(agent);
+	assert_int_equal(post_as(&d, agent, "/api/v1/fleet/ca/remove", json_pack("{ss}", "reason", "x"), &ans), 403);
+	json_decref(ans);
+	free(agent);
 	assert_int_equal(post_as(&d, op, "/api/v1/fleet/ca/remove", json_object(), &ans), 400);
 	json_decref(ans);
 	assert_int_not_equal(h_otactl(&d, &out, "fleet ca remove"), 0);
