@@ -29,6 +29,7 @@
 #include <openssl/crypto.h>
 
 #include "../fleet/fleet_ca.h"
+#include "../tls/tls.h"
 
 /* A member, JSON null counting as absent. */
 static json_t *member(struct api_req *r, const char *key)
@@ -77,6 +78,10 @@ enum MHD_Result api_post_devca(struct api *a, struct api_req *r)
 		OPENSSL_cleanse((void *)json_string_value(key), json_string_length(key));
 	if (rc < 0)
 		return api_reply_rc(r, rc);
+	/* a listener whose client_ca is STATE/devca/ca.pem trusts the new CA
+	 * now, and no longer a removed one (what SIGHUP does; a listener
+	 * whose files do not load keeps what it has, said in the log) */
+	tls_reload_all();
 	info = fleet_ca_info(a->cfg.devca);
 	fleet_ca_audit(a->cfg.devca, actor_of(r), cert ? "device_ca.import" : "device_ca.init",
 		       json_pack("{sO sO}", "subject", json_object_get(info, "subject"), "sha256",
