@@ -789,8 +789,6 @@ static void ca_drop(struct fleet_ca *ca)
  * transaction */
 int fleet_ca_db_remove(struct fleet_ca *ca, const char *sha, const char *subject, const char *reason,
 		       const char *actor);
-/* fleet_ca_db.c: is the CA of this fingerprint marked removed (1)? */
-int fleet_ca_db_removed(struct store *db, const char *sha);
 
 int fleet_ca_remove(struct fleet_ca *ca, const char *reason, const char *actor, json_t **answer)
 {
@@ -839,7 +837,7 @@ int fleet_ca_sync(struct fleet_ca *ca, struct store *db)
 	if (ca->cert_pem)
 		rc = fleet_ca_pem_sha256(ca->cert_pem, sha);
 	pthread_rwlock_unlock(&ca->lock);
-	if (rc == 0 && sha[0] && (rc = fleet_ca_db_removed(db, sha)) == 1) {
+	if (rc == 0 && sha[0] && (rc = fleet_ca_store_ca_removed(db, sha)) == 1) {
 		ca_drop(ca);
 		move_aside(ca);
 		ota_log(OTA_LOG_WARN, "device CA %s was removed (otactl fleet ca remove): no longer trusted here", sha);

@@ -14,6 +14,13 @@
  * scope shows up in `otactl audit`; rate refusals at most once a second
  * per provisioner, so a credential cannot flood the audit log.
  *
+ * Removing the CA (`otactl fleet ca remove`, a stolen key) is the other
+ * way round: the database first (the device_ca row deleted, the CA's
+ * fingerprint marked removed in a meta row, the audit entry, one
+ * transaction announced to the other instances), then memory; a removed
+ * CA is never put into device_ca again (fleet_ca_store_ca_put), and each
+ * instance drops one it loaded from STATE/devca (fleet_ca_sync).
+ *
  * Revocation changes memory first (fleet_ca_revoke_mem, so the next
  * request of the device is refused even while the transaction runs; a
  * failed commit errs on the refusing side until a restart), then the
@@ -161,12 +168,6 @@ int fleet_ca_store_ca_remove(struct store *db, const char *sha, const json_t *re
 	free(key);
 	free(value);
 	return rc;
-}
-
-int fleet_ca_db_removed(struct store *db, const char *sha);
-int fleet_ca_db_removed(struct store *db, const char *sha)
-{
-	return fleet_ca_store_ca_removed(db, sha);
 }
 
 struct ca_remove_args {
