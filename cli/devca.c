@@ -6,6 +6,7 @@
  *   fleet ca init [--cn NAME] [--days N] [--offline --state DIR]
  *   fleet ca import CERT KEY [--offline --state DIR]
  *   fleet ca show [--out FILE]
+ *   fleet ca remove --reason TEXT
  *   fleet provisioners [ls]
  *   fleet provisioners add NAME --prefix P --max N [--products a,b] [--rate N]
  *   fleet provisioners revoke NAME [--devices]
@@ -105,6 +106,37 @@ out:
 		OPENSSL_cleanse(key.ptr, key.len);
 	buf_release(&key);
 	buf_release(&cert);
+	json_decref(ans);
+	return rc;
+}
+
+/* A stolen CA key: no instance trusts the CA from now on (operator). */
+static int ca_remove(int argc, char **argv)
+{
+	const char *reason = NULL, *val;
+	json_t *ans = NULL, *req;
+	int rc;
+
+	for (int i = 3; i < argc; i++) {
+		int r = opt_value("--reason", argc, argv, &i, &val);
+		if (r <= 0)
+			return usage_error("fleet", r < 0 ? "--reason needs a value" : "unexpected argument '%s'", argv[i]);
+		reason = val;
+	}
+	if (!reason || !*reason)
+		return usage_error("fleet", "fleet ca remove needs --reason TEXT (why the CA goes, for the audit)");
+	req = json_pack("{ss}", "reason", reason);
+	rc = api(&ans, "POST", "/api/v1/fleet/ca/remove", req, "cannot remove the device CA");
+	json_decref(req);
+	if (rc == 0) {
+		if (ctl.json)
+			print_json(ans);
+		else
+			printf("device CA removed: no instance trusts it any more\n  subject %s\n  sha256  %s\n"
+			       "devices with its certificates are refused (401) until re-provisioned under a new CA"
+			       " (otactl fleet ca init)\n",
+			       str_or(ans, "subject", "?"), str_or(ans, "sha256", "?"));
+	}
 	json_decref(ans);
 	return rc;
 }
@@ -274,7 +306,9 @@ int cmd_fleet(int argc, char **argv)
 			return ca_init_or_import(argc, argv, 1);
 		if (!strcmp(argv[2], "show"))
 			return ca_show(argc, argv);
-		return usage_error("fleet", "unknown subcommand 'ca %s' (init, import, show)", argv[2]);
+		if (!strcmp(argv[2], "remove"))
+			return ca_remove(argc, argv);
+		return usage_error("fleet", "unknown subcommand 'ca %s' (init, import, show, remove)", argv[2]);
 	}
 	if (argc == 2 && !strcmp(argv[1], "ca"))
 		return ca_show(argc, argv);
@@ -294,7 +328,7 @@ int cmd_fleet(int argc, char **argv)
 		}
 		return usage_error("fleet", "fleet provisioners [ls] | add NAME ... | revoke NAME [--devices]");
 	}
-	return usage_error("fleet", "unknown subcommand (ca init|import|show, provisioners)");
+	return usage_error("fleet", "unknown subcommand (ca init|import|show|remove, provisioners)");
 }
 
 /* ---- devices ------------------------------------------------------------------ */

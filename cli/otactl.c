@@ -533,6 +533,7 @@ static const struct cmd commands[] = {
 	{ "fleet", cmd_fleet, "fleet ca init [--cn NAME] [--days N]", "create the device CA (admin; --offline --state DIR: files only)" },
 	{ "fleet", cmd_fleet, "fleet ca import CERT KEY", "import a device CA and its key (admin; --offline --state DIR too)" },
 	{ "fleet", cmd_fleet, "fleet ca show [--out FILE]", "the device CA's subject and fingerprint (--out: its PEM)" },
+	{ "fleet", cmd_fleet, "fleet ca remove --reason TEXT", "stop trusting the device CA on every instance: a stolen key (operator)" },
 	{ "fleet", cmd_fleet, "fleet provisioners [ls]", "factory provisioning credentials: scope, count, rate" },
 	{ "fleet", cmd_fleet, "fleet provisioners add NAME --prefix P --max N", "add one (admin; --products a,b --rate N/min); prints its token once" },
 	{ "fleet", cmd_fleet, "fleet provisioners revoke NAME [--devices]", "end it now (admin); --devices: and every device it provisioned" },

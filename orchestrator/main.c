@@ -168,13 +168,15 @@ static int reload_tokens(void *arg)
 {
 	struct store *r = store_reader();
 
-	(void)arg;
 	if (!r)
 		return OTA_ERROR;
 	/* a list that does not verify changes nothing and is said, loudly,
 	 * at each reload; the tokens still reload */
 	if (trustdb_reload(r) < 0)
 		ota_log(OTA_LOG_WARN, "commit notifications: %s", ota_error_last());
+	/* a device CA removed on the leader (`otactl fleet ca remove`) */
+	if (arg && fleet_ca_sync(arg, r) < 0)
+		ota_log(OTA_LOG_WARN, "commit notifications: device CA: %s", ota_error_last());
 	return auth_reload(r);
 }
 
@@ -793,6 +795,11 @@ int main(int argc, char **argv)
 					" certificate until `otactl fleet ca init`", fleet_auth_mode_name(cfg.device_auth));
 	}
 	lead.devca = devca;
+	/* issue 16: a removed CA is not trusted from STATE/devca at a start,
+	 * nor kept once another instance removes it (the auth hook) */
+	if (fleet_ca_sync(devca, db) < 0)
+		goto fail;
+	commitwatch_on_auth(watch, reload_tokens, devca);
 	if (start_tls(&cfg) < 0 || push_open(&lead.push, cfg.push) < 0)
 		goto fail;
 	{

@@ -297,6 +297,33 @@ static json_t *ca_life(struct store *s)
 	json_object_set_new(out, "certificates", dbconv_rows(s, "SELECT serial, device, product, provisioner, not_before, not_after,"
 							 " issued_at, revoked_at, pem FROM device_certs ORDER BY serial"));
 
+	/* the installed CA's row removed (a stolen key): gone, marked, never
+	 * put back; another CA goes in */
+	{
+		char sha[65], *cert = NULL, *sealed = NULL;
+		json_t *rec = json_pack("{ss ss}", "actor", "ops", "reason", "key stolen");
+		assert_int_equal(fleet_ca_pem_sha256(g_certs[0].pem, sha), 0);
+		dbconv_begin(s);
+		assert_int_equal(fleet_ca_store_ca_put(s, g_certs[0].pem, "v1:sealed", T0 + 50), 0);
+		dbconv_commit(s);
+		assert_int_equal(fleet_ca_store_ca_removed(s, sha), 0);
+		dbconv_begin(s);
+		assert_int_equal(fleet_ca_store_ca_remove(s, sha, rec), 0);
+		dbconv_commit(s);
+		json_decref(rec);
+		assert_int_equal(fleet_ca_store_ca_get(s, &cert, &sealed), 0);
+		assert_int_equal(fleet_ca_store_ca_removed(s, sha), 1);
+		dbconv_begin(s);
+		assert_int_equal(fleet_ca_store_ca_put(s, g_certs[0].pem, "v1:sealed", T0 + 51), OTA_ECONFLICT);
+		store_rollback(s);
+		dbconv_begin(s);
+		assert_int_equal(fleet_ca_store_ca_put(s, g_certs[1].pem, NULL, T0 + 52), 0);
+		dbconv_commit(s);
+		json_object_set_new(out, "device_ca", dbconv_rows(s, "SELECT k, cert_pem, key_sealed, created_at FROM device_ca"));
+		json_object_set_new(out, "removed_marks", dbconv_rows(s, "SELECT key, value FROM meta"
+									 " WHERE key LIKE 'device_ca_removed:%' ORDER BY key"));
+	}
+
 	/* loaded into a CA's memory, as otacd's start does */
 	if (fleet_ca_open(&mem, &none) < 0)
 		fail_msg("CA open: %s", ota_error_last());

@@ -637,6 +637,111 @@ static void identify_accepts_issued_and_refuses_revoked_expired_foreign_self_sig
 	h_cleanup(&d);
 }
 
+/* `otactl fleet ca remove` (a stolen CA key): an operator's, with a reason,
+ * audited in its transaction; the CA's certificates are refused at once,
+ * after a restart even with STATE/devca put back, and the CA is never
+ * imported again; a new CA's certificates work.  Refused with no CA. */
+static void a_removed_ca_is_trusted_nowhere_not_after_a_restart_and_a_new_one_works(void **state)
+{
+	const char *op = "operator-token-0123456789abcdef0123456789";
+	const char *viewer = "viewer-token-0123456789abcdef0123456789ab";
+	struct daemon d;
+	struct buf out = BUF_INIT, pem = BUF_INIT, key = BUF_INIT;
+	char *dir, *path, *sha, *like, *agent, id[128];
+	json_t *ans = NULL;
+	X509 *old, *fresh;
+	(void)state;
+
+	h_init(&d, "tokens:\n"
+		   "  - { name: ops, role: operator, token: operator-token-0123456789abcdef0123456789 }\n"
+		   "  - { name: watcher, role: viewer, token: viewer-token-0123456789abcdef0123456789ab }\n");
+	assert_int_equal(h_start(&d, NULL), 0);
+	/* no CA: a clear refusal, non-zero, nothing audited */
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca remove --reason 'no CA yet'"), 0);
+	assert_non_null(strstr(buf_cstr(&out), "no device CA to remove"));
+	assert_int_equal(h_otactl(&d, &out, "fleet ca init"), 0);
+	dir = xasprintf("%s/out", d.dir);
+	assert_int_equal(h_otactl(&d, &out, "devices provision dev-1 --out %s", dir), 0);
+	path = xasprintf("%s/dev-1.crt", dir);
+	old = file_cert(path);
+	free(path);
+	assert_null(identify_remote(&d, old, id, sizeof(id)));
+
+	/* a viewer or an agent may not, nor anyone without a reason: nothing changes */
+	assert_int_equal(post_as(&d, viewer, "/api/v1/fleet/ca/remove", json_pack("{ss}", "reason", "x"), &ans), 403);
+	json_decref(ans);
+	agent = h_agent_add(&d, "builder-1", "linux");
+	assert_non_null(agent);
+	assert_int_equal(post_as(&d, agent, "/api/v1/fleet/ca/remove", json_pack("{ss}", "reason", "x"), &ans), 403);
+	json_decref(ans);
+	free(agent);
+	assert_int_equal(post_as(&d, op, "/api/v1/fleet/ca/remove", json_object(), &ans), 400);
+	json_decref(ans);
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca remove"), 0);
+	assert_null(identify_remote(&d, old, id, sizeof(id)));
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM device_ca"), 1);
+
+	/* the operator removes it: refused at once, the row gone, audited */
+	assert_int_equal(post_as(&d, op, "/api/v1/fleet/ca/remove", json_pack("{ss}", "reason", "key stolen"), &ans), 200);
+	sha = xstrdup(json_string_value(json_object_get(ans, "sha256")));
+	json_decref(ans);
+	assert_int_equal(strlen(sha), 64);
+	assert_string_equal(identify_remote(&d, old, id, sizeof(id)), "no device CA");
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM device_ca"), 0);
+	like = xasprintf("SELECT COUNT(*) FROM audit WHERE action = 'device_ca.remove' AND actor = 'ops'"
+			 " AND reason = 'key stolen' AND detail LIKE '%%%s%%'", sha);
+	assert_int_equal(h_sql_int(&d, like), 1);
+	path = xasprintf("%s/state/devca", d.dir);
+	assert_int_not_equal(access(path, F_OK), 0);
+	assert_int_not_equal(h_otactl(&d, &out, "devices provision dev-2 --out %s", dir), 0);
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca remove --reason again"), 0);
+
+	/* an instance's old copy put back, and a restart: still refused, the
+	 * copy moved aside again, not back in the database */
+	h_kill(&d, SIGKILL);
+	assert_int_equal(h_sh(&out, "cd %s/state && mv devca.removed-* devca 2>&1", d.dir), 0);
+	assert_int_equal(access(path, F_OK), 0);
+	assert_int_equal(h_start(&d, NULL), 0);
+	assert_string_equal(identify_remote(&d, old, id, sizeof(id)), "no device CA");
+	assert_int_not_equal(access(path, F_OK), 0);
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM device_ca"), 0);
+	/* nor imported again */
+	assert_int_equal(h_sh(&pem, "cat %s/state/devca.removed-*/ca.pem", d.dir), 0);
+	assert_int_equal(h_sh(&key, "cat %s/state/devca.removed-*/ca.key", d.dir), 0);
+	assert_int_equal(post(&d, "/api/v1/fleet/ca", json_pack("{ss ss}", "certificate", buf_cstr(&pem), "key", buf_cstr(&key)),
+			      &ans), 409);
+	{
+		const char *err = json_string_value(json_object_get(ans, "error"));
+		if (!err || !strstr(err, "was removed"))
+			fail_msg("re-importing a removed CA: %s", err ? err : "(no error)");
+	}
+	json_decref(ans);
+	assert_string_equal(identify_remote(&d, old, id, sizeof(id)), "no device CA");
+
+	/* a new CA; the admin re-provisions the device under it */
+	assert_int_equal(h_otactl(&d, &out, "fleet ca init"), 0);
+	assert_int_equal(h_otactl(&d, &out, "devices provision dev-1 --replace --out %s/new", dir), 0);
+	free(path);
+	path = xasprintf("%s/new/dev-1.crt", dir);
+	fresh = file_cert(path);
+	assert_null(identify_remote(&d, fresh, id, sizeof(id)));
+	assert_string_equal(id, "dev-1");
+	assert_string_equal(identify_remote(&d, old, id, sizeof(id)), "foreign CA");
+
+	X509_free(old);
+	X509_free(fresh);
+	OPENSSL_cleanse(key.ptr, key.len);
+	buf_release(&key);
+	buf_release(&pem);
+	buf_release(&out);
+	free(like);
+	free(sha);
+	free(path);
+	free(dir);
+	h_kill(&d, SIGTERM);
+	h_cleanup(&d);
+}
+
 /* In-process: fleet_ca_identify's counters, fleet_auth_cert and device_auth. */
 static void identify_counts_refusals_and_auth_cert_takes_the_device_from_the_certificate(void **state)
 {
@@ -844,6 +949,10 @@ static void external_ca_verifies_but_cannot_issue_and_import_checks_the_pair(voi
 	json_decref(ans);
 	assert_int_not_equal(h_otactl(&d, &out, "fleet ca init"), 0);
 	assert_non_null(strstr(buf_cstr(&out), "configuration"));
+	/* nor removes it: that is a change of device_ca: on every instance */
+	assert_int_not_equal(h_otactl(&d, &out, "fleet ca remove --reason 'key stolen'"), 0);
+	assert_non_null(strstr(buf_cstr(&out), "device_ca:"));
+	assert_int_equal(h_sql_int(&d, "SELECT COUNT(*) FROM audit WHERE action = 'device_ca.remove'"), 0);
 	/* revocation works for an external CA's certificates too */
 	assert_int_equal(h_otactl(&d, &out, "devices revoke ext-1"), 0);
 	leaf = make_cert(eca, ek, k, "ext-1", -60, 86400, "clientAuth", 0);
@@ -992,6 +1101,7 @@ int main(void)
 		cmocka_unit_test(identify_counts_refusals_and_auth_cert_takes_the_device_from_the_certificate),
 		cmocka_unit_test(external_ca_verifies_but_cannot_issue_and_import_checks_the_pair),
 		cmocka_unit_test(the_sealed_ca_key_opens_only_with_its_secret_certificate_and_bytes),
+		cmocka_unit_test(a_removed_ca_is_trusted_nowhere_not_after_a_restart_and_a_new_one_works),
 	};
 	httpc_global_init();
 	if (getenv("DEVCA_ONLY"))

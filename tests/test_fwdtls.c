@@ -19,6 +19,7 @@
  * Without PostgreSQL's binaries the multi-instance case is skipped.
  */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,12 +28,15 @@
 #include <string.h>
 #include <cmocka.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "../common/httpc.h"
+#include "../orchestrator/db/db.h"
 #include "../orchestrator/fleet/fwdcert.h"
 #include "devharness.h"
 #include "harness.h"
@@ -539,6 +543,121 @@ static void devices_known_by_certificate_go_through_a_follower_and_forged_certif
 	free(fleet_db);
 }
 
+/* `otactl fleet ca remove` with a leader and a follower: a CA imported
+ * through the API (kept in the database), its devices known through
+ * either instance, the follower holding a copy in its STATE/devca; a
+ * viewer's removal is 403 and changes nothing; once removed (through the
+ * follower, forwarded) they get 401 on both and the follower moves its
+ * copy aside; restarted with the copy put back and then leading, it does
+ * not trust the CA again. */
+static void a_removed_device_ca_refuses_its_devices_on_the_leader_and_through_a_follower(void **state)
+{
+	struct pgcluster pg;
+	struct daemon d[2];
+	struct buf out = BUF_INIT, pem = BUF_INIT, key = BUF_INIT;
+	char *otacd_db, *fleet_db, *secrets, *yaml, *path, *viewer, *copy;
+	json_t *ans = NULL, *req;
+	struct db *db = NULL;
+	struct db_stmt *st;
+
+	(void)state;
+	memset(d, 0, sizeof(d));
+	if (h_pg_start_dbs(&pg, &otacd_db, &fleet_db) > 0)
+		skip();
+	secrets = h_fleet_secrets_yaml(pg.dir);
+	yaml = xasprintf("leader_poll: 1s\n%sdevice_auth: cert\n"
+			 "tls:\n  cert: %s/srv.pem\n  key: %s/srv.key\n  client_ca: %s/devca.pem\nforward_ca: %s/ca.pem\n",
+			 secrets, g.pki, g.pki, g.pki, g.pki);
+	h_pg_instances(d, 2, otacd_db, fleet_db, yaml, args);
+	path = xasprintf("%s/devca.pem", g.pki);
+	assert_int_equal(ota_read_file(&pem, path, 1 << 20), 0);
+	free(path);
+	path = xasprintf("%s/devca.key", g.pki);
+	assert_int_equal(ota_read_file(&key, path, 1 << 20), 0);
+	free(path);
+	req = json_pack("{ss ss}", "certificate", buf_cstr(&pem), "key", buf_cstr(&key));
+	assert_int_equal(h_post(&d[0], "/api/v1/fleet/ca", req, &ans), 201);
+	json_decref(req);
+	json_decref(ans);
+	assert_int_equal(cert_checkin(&d[0], "cd-0001", "1.0.0", &out), 200);
+	/* the follower keeps a copy in its STATE/devca (an older otacd's, or
+	 * one an operator gave it), loaded at its start */
+	h_kill(&d[1], SIGTERM);
+	path = xasprintf("%s/state/devca", d[1].dir);
+	copy = xasprintf("mkdir -p %s && cp %s/devca.pem %s/ca.pem && cp %s/devca.key %s/ca.key", path, g.pki, path, g.pki,
+			 path);
+	assert_int_equal(h_sh(&out, "%s", copy), 0);
+	assert_int_equal(h_start(&d[1], args), 0);
+	assert_int_equal(access(path, F_OK), 0);
+	assert_int_equal(cert_checkin(&d[1], "cd-0001", "1.0.0", &out), 200);
+
+	/* a viewer may not remove it */
+	assert_int_equal(token_add(&d[0], "watcher", &ans), 201);
+	viewer = xstrdup(json_string_value(json_object_get(ans, "token")));
+	json_decref(ans);
+	req = json_pack("{ss}", "reason", "key stolen");
+	{
+		long code = 0;
+		/* 401 until the follower has heard of the new token */
+		for (int k = 0; k < 300 && (code = h_call_as(&d[1], viewer, "POST", "/api/v1/fleet/ca/remove", req, &ans)) == 401;
+		     k++) {
+			json_decref(ans);
+			ans = NULL;
+			h_msleep(100);
+		}
+		assert_int_equal(code, 403);
+		json_decref(ans);
+	}
+	assert_int_equal(cert_checkin(&d[1], "cd-0001", "1.0.0", &out), 200);
+	/* removed through the follower: 401 on both at the next request */
+	assert_int_equal(h_post(&d[1], "/api/v1/fleet/ca/remove", req, &ans), 200);
+	json_decref(req);
+	json_decref(ans);
+	assert_refused(cert_checkin(&d[0], "cd-0001", "1.0.0", &out), &out, "no device CA");
+	assert_refused(cert_checkin(&d[1], "cd-0001", "1.0.0", &out), &out, "no device CA");
+	assert_int_equal(db_open(&db, otacd_db, 0), 0);
+	assert_non_null(st = db_stmt(db, "SELECT COUNT(*) FROM device_ca"));
+	assert_int_equal(db_step(st), 1);
+	assert_int_equal(db_column_int64(st, 0), 0);
+	db_reset(st);
+	/* the follower hears of it (the commit's notification, or its periodic
+	 * reload) and moves its copy aside */
+	for (int k = 0; k < 600 && access(path, F_OK) == 0; k++)
+		h_msleep(50);
+	assert_int_not_equal(access(path, F_OK), 0);
+
+	/* the copy put back and the follower restarted: moved aside at its
+	 * start; leading, it does not trust the CA again */
+	h_kill(&d[1], SIGTERM);
+	assert_int_equal(h_sh(&out, "%s", copy), 0);
+	assert_int_equal(h_start(&d[1], args), 0);
+	assert_int_not_equal(access(path, F_OK), 0);
+	h_kill(&d[0], SIGKILL);
+	for (int k = 0; k < 600 && !h_leads(&d[1]); k++)
+		h_msleep(50);
+	assert_true(h_leads(&d[1]));
+	assert_refused(cert_checkin(&d[1], "cd-0001", "1.0.0", &out), &out, "no device CA");
+	assert_int_equal(db_step(st), 1);
+	assert_int_equal(db_column_int64(st, 0), 0);
+	db_reset(st);
+	db_close(db);
+
+	for (int i = 0; i < 2; i++)
+		h_cleanup(&d[i]);
+	pgcluster_stop(&pg);
+	OPENSSL_cleanse(key.ptr, key.len);
+	buf_release(&key);
+	buf_release(&pem);
+	buf_release(&out);
+	free(path);
+	free(copy);
+	free(viewer);
+	free(yaml);
+	free(secrets);
+	free(otacd_db);
+	free(fleet_db);
+}
+
 /* fwdcert.c alone: its signature verifies, and each change to the request,
  * the certificate, the time or the header's syntax is refused. */
 static void a_forwarded_certificate_verifies_only_as_signed(void **state)
@@ -646,6 +765,7 @@ int main(void)
 		cmocka_unit_test(a_forward_ca_that_is_not_a_pem_certificate_file_stops_otacd_with_exit_2),
 		cmocka_unit_test(a_follower_forwards_over_https_to_a_leader_of_its_forward_ca_and_refuses_another),
 		cmocka_unit_test(devices_known_by_certificate_go_through_a_follower_and_forged_certificates_do_not),
+		cmocka_unit_test(a_removed_device_ca_refuses_its_devices_on_the_leader_and_through_a_follower),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

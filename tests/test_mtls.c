@@ -544,6 +544,55 @@ static void device_auth_both_takes_a_token_or_a_certificate(void **state)
 	free(key);
 }
 
+/* `otactl fleet ca remove` under the TLS listener whose client_ca is
+ * STATE/devca/ca.pem: the old CA's device is refused at its next request
+ * (401, on the kept and on a new connection); `fleet ca init` makes a new
+ * CA the listener trusts at once (its TLS reloaded) while the old CA's
+ * certificate no longer passes the handshake; the device re-provisioned
+ * under the new CA checks in, before and after a restart. */
+static void a_removed_ca_is_refused_and_a_new_one_works_without_a_restart(void **state)
+{
+	char *cert = pki_path("mt-0001.pem"), *key = pki_path("mt-0001.key");
+	char *ncert = pki_path("new/mt-0001.crt"), *nkey = pki_path("new/mt-0001.key");
+	struct buf out = BUF_INIT;
+	struct dev v;
+	double before;
+	(void)state;
+
+	dev_open(&v, cert, key);
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 0), 200);
+	assert_int_equal(h_otactl(&g.d, &out, "fleet ca remove --reason 'key stolen'"), 0);
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 0), 401);
+	assert_non_null(strstr(buf_cstr(&v.body), "no device CA"));
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 1), 401);
+	dev_close(&v);
+
+	/* a new CA: trusted by the listener at once, the old one refused in
+	 * the handshake (a new handle: no TLS session to resume) */
+	assert_int_equal(h_otactl(&g.d, &out, "fleet ca init --cn 'mtls device CA 2' --days 30"), 0);
+	before = series(&g.d, "otacd_tls_client_cert_refusals_total ");
+	dev_open(&v, cert, key);
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 0), -1);
+	assert_true(series_at_least(&g.d, "otacd_tls_client_cert_refusals_total ", before + 1) >= before + 1);
+	dev_close(&v);
+	/* re-provisioned by the admin (it had a certificate) */
+	if (h_otactl(&g.d, &out, "devices provision mt-0001 --product sensor --replace --out %s/new", g.pki) != 0)
+		fail_msg("re-provisioning under the new CA: %s", buf_cstr(&out));
+	dev_open(&v, ncert, nkey);
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 0), 200);
+	dev_close(&v);
+	h_kill(&g.d, SIGTERM);
+	assert_int_equal(h_start(&g.d, NULL), 0);
+	dev_open(&v, ncert, nkey);
+	assert_int_equal(dev_req(&v, "/device/v1/checkin", NULL, NULL, checkin_body("mt-0001"), 0), 200);
+	dev_close(&v);
+	buf_release(&out);
+	free(cert);
+	free(key);
+	free(ncert);
+	free(nkey);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -553,6 +602,8 @@ int main(void)
 		cmocka_unit_test(foreign_and_expired_certificates_fail_the_handshake_and_are_counted),
 		cmocka_unit_test(revoked_device_is_refused_at_its_next_request_on_a_kept_and_a_resumed_connection),
 		cmocka_unit_test(device_auth_both_takes_a_token_or_a_certificate),
+		/* last: it replaces the device CA */
+		cmocka_unit_test(a_removed_ca_is_refused_and_a_new_one_works_without_a_restart),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -368,6 +368,7 @@ static const struct api_route routes[] = {
 	/* the device CA, provisioners, device certificates (issue 13, api_devca.c) */
 	{ "GET", "/api/v1/fleet/ca", ROLE_VIEWER, BODY_NONE, api_get_devca, NULL, 0 },
 	{ "POST", "/api/v1/fleet/ca", ROLE_ADMIN, BODY_JSON, api_post_devca, NULL, 0 },
+	{ "POST", "/api/v1/fleet/ca/remove", ROLE_OPERATOR, BODY_JSON, api_post_devca_remove, NULL, 0 },
 	{ "GET", "/api/v1/fleet/provisioners", ROLE_VIEWER, BODY_NONE, api_get_provisioners, NULL, 0 },
 	{ "POST", "/api/v1/fleet/provisioners", ROLE_ADMIN, BODY_JSON, api_post_provisioner, NULL, 0 },
 	{ "POST", "/api/v1/fleet/provisioners/revoke", ROLE_ADMIN, BODY_JSON, api_post_provisioner_revoke, NULL, 0 },

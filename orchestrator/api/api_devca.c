@@ -4,6 +4,8 @@
  *   GET  /api/v1/fleet/ca                   viewer  the CA: subject, fingerprint, PEM
  *   POST /api/v1/fleet/ca                   admin   {"cn"?, "days"?} create one, or
  *                                                   {"certificate", "key"} import one
+ *   POST /api/v1/fleet/ca/remove            operator {"reason"}: stop trusting the CA
+ *                                                   (a stolen key) on every instance
  *   GET  /api/v1/fleet/provisioners         viewer  provisioning credentials (no tokens)
  *   POST /api/v1/fleet/provisioners         admin   {"name", "prefix", "max", "products"?, "rate_per_min"?}
  *                                                   -> 201 with the token, once
@@ -16,8 +18,8 @@
  *
  * Factories provision through the device listener instead
  * (POST /device/v1/provision with a provisioner's token, devapi.c).
- * Revoking is an operator's: like a rollback, it only ever takes trust
- * away.  docs/api.md documents the answers.
+ * Revoking a device or removing the CA is an operator's: like a rollback,
+ * it only ever takes trust away.  docs/api.md documents the answers.
  */
 #include "api_int.h"
 
@@ -27,6 +29,7 @@
 #include <openssl/crypto.h>
 
 #include "../fleet/fleet_ca.h"
+#include "../tls/tls.h"
 
 /* A member, JSON null counting as absent. */
 static json_t *member(struct api_req *r, const char *key)
@@ -75,11 +78,30 @@ enum MHD_Result api_post_devca(struct api *a, struct api_req *r)
 		OPENSSL_cleanse((void *)json_string_value(key), json_string_length(key));
 	if (rc < 0)
 		return api_reply_rc(r, rc);
+	/* a listener whose client_ca is STATE/devca/ca.pem trusts the new CA
+	 * now, and no longer a removed one (what SIGHUP does; a listener
+	 * whose files do not load keeps what it has, said in the log) */
+	tls_reload_all();
 	info = fleet_ca_info(a->cfg.devca);
 	fleet_ca_audit(a->cfg.devca, actor_of(r), cert ? "device_ca.import" : "device_ca.init",
 		       json_pack("{sO sO}", "subject", json_object_get(info, "subject"), "sha256",
 				 json_object_get(info, "sha256")));
 	return api_reply_json(r, MHD_HTTP_CREATED, info);
+}
+
+enum MHD_Result api_post_devca_remove(struct api *a, struct api_req *r)
+{
+	json_t *reason = member(r, "reason"), *answer = NULL;
+	enum MHD_Result ret;
+	int rc;
+
+	if (need_ca(a, r, &ret) < 0)
+		return ret;
+	if (!json_is_string(reason))
+		return api_reply_error(r, MHD_HTTP_BAD_REQUEST, "'reason' (a string: why the CA goes) is needed");
+	if ((rc = fleet_ca_remove(a->cfg.devca, json_string_value(reason), actor_of(r), &answer)) < 0)
+		return api_reply_rc(r, rc);
+	return api_reply_json(r, MHD_HTTP_OK, answer);
 }
 
 enum MHD_Result api_get_provisioners(struct api *a, struct api_req *r)

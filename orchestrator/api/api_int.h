@@ -186,6 +186,7 @@ enum MHD_Result api_post_token_revoke(struct api *a, struct api_req *r);
 /* api_devca.c: the device CA, provisioners, device certificates (issue 13) */
 enum MHD_Result api_get_devca(struct api *a, struct api_req *r);
 enum MHD_Result api_post_devca(struct api *a, struct api_req *r);
+enum MHD_Result api_post_devca_remove(struct api *a, struct api_req *r);
 enum MHD_Result api_get_provisioners(struct api *a, struct api_req *r);
 enum MHD_Result api_post_provisioner(struct api *a, struct api_req *r);
 enum MHD_Result api_post_provisioner_revoke(struct api *a, struct api_req *r);

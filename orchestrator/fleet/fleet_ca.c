@@ -21,6 +21,7 @@
  */
 #include "fleet_ca.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -720,6 +721,129 @@ out:
 	free(row_cert);
 	free(row_key);
 	return rc;
+}
+
+/* ---- removing the CA (a stolen key) ---------------------------------------- */
+
+int fleet_ca_pem_sha256(const char *pem, char out[65])
+{
+	X509 *x = pem ? cert_from_pem(pem, strlen(pem)) : NULL;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+
+	out[0] = 0;
+	if (!x)
+		return ota_error_set(OTA_EINVAL, "not a PEM certificate");
+	if (!X509_digest(x, EVP_sha256(), md, &mdlen) || mdlen != 32) {
+		X509_free(x);
+		return ota_error_set(OTA_ERROR, "cannot hash the certificate");
+	}
+	ota_hex(out, md, mdlen);
+	X509_free(x);
+	return 0;
+}
+
+/* STATE/devca renamed to STATE/devca.removed-SECONDS[-N]: kept for the
+ * record, never loaded again. */
+static void move_aside(struct fleet_ca *ca)
+{
+	char *dir, *to = NULL;
+	long long now = (long long)time(NULL);
+
+	if (!ca->state_dir)
+		return;
+	dir = xasprintf("%s/devca", ca->state_dir);
+	for (int i = 0; access(dir, F_OK) == 0 && i < 100; i++) {
+		free(to);
+		to = i ? xasprintf("%s.removed-%lld-%d", dir, now, i) : xasprintf("%s.removed-%lld", dir, now);
+		if (access(to, F_OK) == 0)
+			continue;
+		if (rename(dir, to) == 0)
+			ota_log(OTA_LOG_WARN, "device CA: %s moved to %s (the CA was removed)", dir, to);
+		else
+			ota_log(OTA_LOG_ERROR, "device CA: cannot move %s aside: %s", dir, strerror(errno));
+		break;
+	}
+	free(to);
+	free(dir);
+}
+
+/* Forget the CA (not also_trust, the configuration's): identify answers
+ * "no device CA" from now on, the verified-certificate cache is stale. */
+static void ca_drop(struct fleet_ca *ca)
+{
+	pthread_rwlock_wrlock(&ca->lock);
+	X509_free(ca->cert);
+	EVP_PKEY_free(ca->key);
+	X509_STORE_free(ca->store);
+	free(ca->cert_pem);
+	ca->cert = NULL;
+	ca->key = NULL;
+	ca->store = NULL;
+	ca->cert_pem = NULL;
+	atomic_fetch_add(&ca->gen, 1);
+	pthread_rwlock_unlock(&ca->lock);
+}
+
+/* fleet_ca_db.c: the row deleted and the CA marked removed, audited, in one
+ * transaction */
+int fleet_ca_db_remove(struct fleet_ca *ca, const char *sha, const char *subject, const char *reason,
+		       const char *actor);
+
+int fleet_ca_remove(struct fleet_ca *ca, const char *reason, const char *actor, json_t **answer)
+{
+	json_t *info = NULL;
+	int rc;
+
+	*answer = NULL;
+	if (ca->configured)
+		return ota_error_set(OTA_ECONFLICT, "the configuration names the device CA (device_ca:); otacd cannot"
+						    " remove it: delete device_ca: (and its files) from every instance's"
+						    " configuration and restart each");
+	if (!reason || !*reason || strlen(reason) > 512)
+		return ota_error_set(OTA_EINVAL, "reason: 1..512 characters (why the CA goes, for the audit)");
+	if (!ca->engine)
+		return ota_error_set(OTA_ERROR, "the device CA has no database");
+	pthread_mutex_lock(&ca->install_mu);
+	if (!fleet_ca_state(ca)) {
+		rc = ota_error_set(OTA_ENOTFOUND, "there is no device CA to remove");
+		goto out;
+	}
+	info = fleet_ca_info(ca);
+	if ((rc = fleet_ca_db_remove(ca, json_string_value(json_object_get(info, "sha256")),
+				     json_string_value(json_object_get(info, "subject")), reason, actor)) < 0)
+		goto out;
+	ca_drop(ca);
+	move_aside(ca);
+	ota_log(OTA_LOG_WARN, "device CA %s removed by %s: %s", json_string_value(json_object_get(info, "sha256")),
+		actor, reason);
+	*answer = json_pack("{sb sO sO}", "removed", 1, "sha256", json_object_get(info, "sha256"), "subject",
+			    json_object_get(info, "subject"));
+out:
+	pthread_mutex_unlock(&ca->install_mu);
+	json_decref(info);
+	return rc;
+}
+
+int fleet_ca_sync(struct fleet_ca *ca, struct store *db)
+{
+	char sha[65] = "";
+	int rc = 0;
+
+	if (!ca || ca->configured)
+		return 0;
+	pthread_mutex_lock(&ca->install_mu);
+	pthread_rwlock_rdlock(&ca->lock);
+	if (ca->cert_pem)
+		rc = fleet_ca_pem_sha256(ca->cert_pem, sha);
+	pthread_rwlock_unlock(&ca->lock);
+	if (rc == 0 && sha[0] && (rc = fleet_ca_store_ca_removed(db, sha)) == 1) {
+		ca_drop(ca);
+		move_aside(ca);
+		ota_log(OTA_LOG_WARN, "device CA %s was removed (otactl fleet ca remove): no longer trusted here", sha);
+	}
+	pthread_mutex_unlock(&ca->install_mu);
+	return rc < 0 ? rc : 0;
 }
 
 /* ---- CSRs and issuing ----------------------------------------------------- */

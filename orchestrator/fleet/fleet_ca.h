@@ -91,6 +91,23 @@ int fleet_ca_import_files(const char *dir, const char *cert_pem, size_t cert_len
  * STATE/devca. */
 int fleet_ca_install(struct fleet_ca *ca, const char *cn, int days, const char *cert_pem, const char *key_pem);
 
+/* `otactl fleet ca remove` (a stolen CA key): refuses a CA the
+ * configuration names (OTA_ECONFLICT: change device_ca: instead), an empty
+ * reason (OTA_EINVAL) and no CA (OTA_ENOTFOUND); else, in one transaction,
+ * deletes the device_ca row, marks the CA's fingerprint removed (a meta
+ * row: never installed or imported from a STATE/devca again) and audits
+ * "device_ca.remove"; then forgets the CA in memory and moves STATE/devca
+ * aside (devca.removed-SECONDS).  *answer {"removed", "sha256",
+ * "subject"}. */
+int fleet_ca_remove(struct fleet_ca *ca, const char *reason, const char *actor, json_t **answer);
+/* Every instance, at start and at each auth reload (commit notification or
+ * periodic): a CA in memory whose fingerprint the database marks removed is
+ * forgotten and STATE/devca moved aside. */
+struct store;
+int fleet_ca_sync(struct fleet_ca *ca, struct store *db);
+/* SHA-256 (hex) of a PEM certificate's DER, as fleet_ca_info's "sha256". */
+int fleet_ca_pem_sha256(const char *pem, char out[65]);
+
 /* ---- CSRs and issuing --------------------------------------------------- */
 
 /*
@@ -260,8 +277,14 @@ int fleet_ca_store_load(struct store *db, struct fleet_ca *ca);
 /* The installed CA's row: 1 and *cert_pem, *sealed_key (free them; the
  * key NULL for a CA without one), 0 when there is none. */
 int fleet_ca_store_ca_get(struct store *db, char **cert_pem, char **sealed_key);
-/* Store the installed CA; OTA_ECONFLICT when there is one. */
+/* Store the installed CA; OTA_ECONFLICT when there is one, or when it was
+ * removed. */
 int fleet_ca_store_ca_put(struct store *db, const char *cert_pem, const char *sealed_key, int64_t now_ms);
+/* 1 when the CA of that fingerprint (hex SHA-256) was removed, else 0. */
+int fleet_ca_store_ca_removed(struct store *db, const char *sha);
+/* Delete the installed CA's row and mark sha removed, record (JSON: who,
+ * when, why) kept with the mark. */
+int fleet_ca_store_ca_remove(struct store *db, const char *sha, const json_t *record);
 /* An active provisioner's count so far and its maximum; OTA_ENOTFOUND when
  * it is revoked or unknown. */
 int fleet_ca_store_quota(struct store *db, const char *name, int64_t *issued, int64_t *max);

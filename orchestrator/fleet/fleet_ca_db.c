@@ -14,6 +14,13 @@
  * scope shows up in `otactl audit`; rate refusals at most once a second
  * per provisioner, so a credential cannot flood the audit log.
  *
+ * Removing the CA (`otactl fleet ca remove`, a stolen key) is the other
+ * way round: the database first (the device_ca row deleted, the CA's
+ * fingerprint marked removed in a meta row, the audit entry, one
+ * transaction announced to the other instances), then memory; a removed
+ * CA is never put into device_ca again (fleet_ca_store_ca_put), and each
+ * instance drops one it loaded from STATE/devca (fleet_ca_sync).
+ *
  * Revocation changes memory first (fleet_ca_revoke_mem, so the next
  * request of the device is refused even while the transaction runs; a
  * failed commit errs on the refusing side until a restart), then the
@@ -52,6 +59,7 @@ const char *fleet_ca_secret(struct fleet_ca *ca);
 int fleet_ca_row(struct fleet_ca *ca, char **cert_pem, char **sealed);
 int fleet_ca_load_row(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
 int fleet_ca_db_install(struct fleet_ca *ca, const char *cert_pem, const char *sealed);
+static struct engine *engine_of(struct fleet_ca *ca);
 
 int fleet_ca_store_load(struct store *db, struct fleet_ca *ca)
 {
@@ -101,10 +109,17 @@ int fleet_ca_store_ca_get(struct store *db, char **cert_pem, char **sealed_key)
 
 int fleet_ca_store_ca_put(struct store *db, const char *cert_pem, const char *sealed_key, int64_t now_ms)
 {
-	struct db_stmt *st = store_q(db, "INSERT INTO device_ca(k, cert_pem, key_sealed, created_at) VALUES('ca', ?, ?, ?)"
-					 " ON CONFLICT(k) DO NOTHING");
+	struct db_stmt *st;
+	char sha[65];
 	int rc;
 
+	if ((rc = fleet_ca_pem_sha256(cert_pem, sha)) < 0)
+		return rc;
+	if ((rc = fleet_ca_store_ca_removed(db, sha)) != 0)
+		return rc < 0 ? rc : ota_error_set(OTA_ECONFLICT, "device CA %s was removed (otactl fleet ca remove):"
+								  " a removed CA is never installed again", sha);
+	st = store_q(db, "INSERT INTO device_ca(k, cert_pem, key_sealed, created_at) VALUES('ca', ?, ?, ?)"
+			 " ON CONFLICT(k) DO NOTHING");
 	if (!st)
 		return OTA_ERROR;
 	db_bind_text(st, 1, cert_pem);
@@ -118,6 +133,70 @@ int fleet_ca_store_ca_put(struct store *db, const char *cert_pem, const char *se
 	if (db_changes(st) == 0)
 		return ota_error_set(OTA_ECONFLICT, "otacd has a device CA already (in its database)");
 	return 0;
+}
+
+/* The marker of a removed CA: a meta row (no migration), keyed by the
+ * certificate's SHA-256, holding who removed it, when and why. */
+static char *removed_key(const char *sha)
+{
+	return xasprintf("device_ca_removed:%s", sha);
+}
+
+int fleet_ca_store_ca_removed(struct store *db, const char *sha)
+{
+	char *key = removed_key(sha), *v = NULL;
+	int rc = store_meta_get(db, key, &v);
+
+	free(key);
+	free(v);
+	return rc == 0 ? 1 : rc == OTA_ENOTFOUND ? 0 : rc;
+}
+
+int fleet_ca_store_ca_remove(struct store *db, const char *sha, const json_t *record)
+{
+	struct db_stmt *st = store_q(db, "DELETE FROM device_ca WHERE k = 'ca'");
+	char *key, *value;
+	int rc;
+
+	if (!st)
+		return OTA_ERROR;
+	if ((rc = db_run(st)) < 0)
+		return rc;
+	key = removed_key(sha);
+	value = json_dumps(record, JSON_COMPACT);
+	rc = value ? store_meta_set(db, key, value) : ota_error_set(OTA_ENOMEM, "out of memory");
+	free(key);
+	free(value);
+	return rc;
+}
+
+struct ca_remove_args {
+	const char *sha, *subject, *reason, *actor;
+};
+
+static int do_ca_remove(struct engine *e, void *arg)
+{
+	struct ca_remove_args *a = arg;
+	json_t *rec = json_pack("{ss ss ss sI}", "subject", a->subject ? a->subject : "", "actor", a->actor, "reason",
+				a->reason, "at", (json_int_t)clock_now_ms());
+	int rc = fleet_ca_store_ca_remove(engine_store(e), a->sha, rec);
+
+	json_decref(rec);
+	if (rc < 0)
+		return rc;
+	engine_auth_changed(e); /* the other instances drop it at the commit's notification */
+	return engine_audit(e, a->actor, "device_ca.remove", 0, 0, a->reason,
+			    json_pack("{ss ss}", "sha256", a->sha, "subject", a->subject ? a->subject : ""));
+}
+
+int fleet_ca_db_remove(struct fleet_ca *ca, const char *sha, const char *subject, const char *reason,
+		       const char *actor);
+int fleet_ca_db_remove(struct fleet_ca *ca, const char *sha, const char *subject, const char *reason,
+		       const char *actor)
+{
+	struct ca_remove_args a = { sha, subject, reason, actor };
+	struct engine *e = engine_of(ca);
+	return e ? engine_exec(e, do_ca_remove, &a) : OTA_ERROR;
 }
 
 struct ca_put_args {
@@ -145,6 +224,9 @@ static int attach_ca(struct fleet_ca *ca, struct store *db, struct engine *e)
 	char *cert = NULL, *sealed = NULL;
 	int rc;
 
+	/* a removed CA (STATE/devca's, an older copy) goes, never into the table */
+	if ((rc = fleet_ca_sync(ca, db)) < 0)
+		return rc;
 	if (!fleet_ca_secret(ca)) /* the config's CA, or no device secret */
 		return 0;
 	if ((rc = fleet_ca_store_ca_get(db, &cert, &sealed)) == 1) {
