@@ -291,20 +291,23 @@ static void compare_row(const char *text)
 	json_decref(row);
 }
 
-void cfgdrift_compare(struct store *db)
+int cfgdrift_compare(struct store *db)
 {
 	int64_t epoch = 0;
 	char *holder = NULL, *text = NULL, *key, *seen;
+	int rc;
 
-	if (!db || db_leader_current(store_conn(db), &epoch, &holder) < 0 || !holder) {
+	if (!db)
+		return OTA_ERROR;
+	if ((rc = db_leader_current(store_conn(db), &epoch, &holder)) < 0 || !holder) {
 		free(holder);
-		return;
+		return rc < 0 ? rc : 0;
 	}
 	key = xasprintf("config_fp:%s", holder);
-	if (store_meta_get(db, key, &text) < 0) {
+	if ((rc = store_meta_get(db, key, &text)) < 0) {
 		free(key);
 		free(holder);
-		return;
+		return rc == OTA_ENOTFOUND ? 0 : rc;
 	}
 	seen = xasprintf("%s\n%s", holder, text);
 	pthread_mutex_lock(&g_lock);
@@ -319,6 +322,7 @@ void cfgdrift_compare(struct store *db)
 	free(text);
 	free(key);
 	free(holder);
+	return 0;
 }
 
 void cfgdrift_leading(void)

@@ -36,9 +36,12 @@
 int cfgdrift_init(const struct otacd_config *cfg);
 /* Record them as holder's row (an upsert). */
 int cfgdrift_record(struct store *db, const char *holder);
-/* A follower's look at the leader's row (read on db: a reader); the leader
- * not known yet, or no row of its own: nothing changes. */
-void cfgdrift_compare(struct store *db);
+/* A follower's look at the leader's row (read on db: a reader, inside a
+ * store_snapshot_begin()); the leader not known yet, or no row of its own:
+ * nothing changes (0).  Negative: the database could not be read (the
+ * message in the error slot, nothing changed); the caller says so and
+ * tries again at its next poll. */
+int cfgdrift_compare(struct store *db);
 /* This instance leads: its settings are the leader's, no item differs. */
 void cfgdrift_leading(void);
 /* otacd_config_mismatch in Prometheus text. */

@@ -18,6 +18,12 @@
  * time continues where it was (including the time the daemon was down,
  * scaled), and deadlines stored before the crash keep their meaning.
  *
+ * On PostgreSQL with several instances the anchor is the leader's: only
+ * an instance that takes the lead writes it, and a follower adopts it at
+ * each leadership poll, whatever its own time_scale (docs/scale.md,
+ * "One clock").  clock_init() may so run while other threads read: they
+ * see the old anchor or the new one, never a mix.
+ *
  * No code sleeps for business logic: the engine waits on a condition
  * variable until clock_real_delay_ms(next deadline).
  */
@@ -28,6 +34,8 @@
 
 void clock_init(double scale, int64_t anchor_real_ms, int64_t anchor_otacd_ms);
 double clock_scale(void);
+/* The anchor in force: scale, anchor_real_ms, anchor_otacd_ms. */
+void clock_anchor(double *scale, int64_t *anchor_real_ms, int64_t *anchor_otacd_ms);
 int64_t clock_now_ms(void);
 int64_t clock_real_ms(void);
 /* Monotonic milliseconds, for measuring intervals. */

@@ -115,20 +115,37 @@ static int check_pipeline(const char *path)
 	return rc < 0 ? 1 : 0;
 }
 
-/* Keep otacd time continuous across restarts: see clock.h. */
-static int clock_setup(struct store *db, double scale)
+/* The clock row, "SCALE ANCHOR_REAL ANCHOR_OTACD" (clock.h): 1 read, 0
+ * absent or unreadable (otacd time is then wall time), negative when the
+ * database could not be read. */
+static int clock_row(struct store *db, double *scale, int64_t *real, int64_t *otacd)
 {
 	char *v = NULL;
+	int rc = store_meta_get(db, "clock", &v), have;
+
+	if (rc < 0)
+		return rc == OTA_ENOTFOUND ? 0 : rc;
+	have = sscanf(v, "%lf %" SCNd64 " %" SCNd64, scale, real, otacd) == 3 && *scale > 0;
+	free(v);
+	return have;
+}
+
+/*
+ * Keep otacd time continuous across restarts: see clock.h.  Run by the
+ * instance that leads (on SQLite, at start; on PostgreSQL, when it takes
+ * the lead): the only one that (re)writes the clock row, re-anchored at
+ * the row's own now when its scale is another (docs/scale.md, "One
+ * clock").  Negative: the new row could not be written.
+ */
+static int clock_setup(struct store *db, double scale)
+{
 	int64_t real = clock_real_ms(), now = real;
 	double old_scale = 1.0;
 	int64_t old_real = 0, old_otacd = 0;
-	int have = 0;
+	char *v;
+	int rc;
 
-	if (store_meta_get(db, "clock", &v) == 0) {
-		have = sscanf(v, "%lf %" SCNd64 " %" SCNd64, &old_scale, &old_real, &old_otacd) == 3;
-		free(v);
-	}
-	if (have) {
+	if (clock_row(db, &old_scale, &old_real, &old_otacd) == 1) {
 		clock_init(old_scale, old_real, old_otacd);
 		now = clock_now_ms();
 		if (old_scale == scale) {
@@ -141,8 +158,40 @@ static int clock_setup(struct store *db, double scale)
 	}
 	clock_init(scale, real, now);
 	v = xasprintf("%.17g %" PRId64 " %" PRId64, scale, real, now);
-	store_meta_set(db, "clock", v);
+	rc = store_meta_set(db, "clock", v);
 	free(v);
+	return rc;
+}
+
+/*
+ * A follower's clock (PostgreSQL): the leader's, as the clock row says (no
+ * row: wall time, a leader at scale 1), whatever this instance's own
+ * time_scale.  So every time a follower computes or shows is on the
+ * leader's clock.  A configured scale the row does not have is said once
+ * (say), and once more whenever the row's scale changes; cfgdrift exports
+ * it as the item time_scale.
+ */
+static int clock_follow(struct store *db, double configured, int say)
+{
+	static double said;
+	double scale = 1.0, cur_scale;
+	int64_t real = 0, otacd = 0, cur_real, cur_otacd;
+	int rc = clock_row(db, &scale, &real, &otacd);
+
+	if (rc < 0)
+		return rc;
+	if (rc == 0) {
+		scale = 1.0;
+		real = otacd = 0; /* wall time (clock.c) */
+	}
+	clock_anchor(&cur_scale, &cur_real, &cur_otacd);
+	if (cur_scale != scale || (rc == 1 && (cur_real != real || cur_otacd != otacd)) ||
+	    (rc == 0 && cur_real != cur_otacd))
+		clock_init(scale, real, otacd);
+	if (say && scale != configured && scale != said)
+		ota_log(OTA_LOG_WARN, "time_scale: %g configured, but the leader's clock runs at %g: this follower"
+				      " keeps the leader's (docs/scale.md, \"One clock\")", configured, scale);
+	said = say && scale != configured ? scale : 0;
 	return 0;
 }
 
@@ -162,13 +211,16 @@ static int instance_id(struct store *db)
 }
 
 /* The commitwatch thread's auth hook: the database's tokens and agents,
- * and the release revocation list (trustdb.h), read again on that
- * thread's reader connection. */
+ * the release revocation list (trustdb.h) and, arg, the device CA's
+ * removal (fleet_ca_sync), read again in one snapshot
+ * of that thread's reader connection (opened again after a PostgreSQL
+ * restart: store_snapshot_begin()). */
 static int reload_tokens(void *arg)
 {
 	struct store *r = store_reader();
+	int rc;
 
-	if (!r)
+	if (!r || store_snapshot_begin(r) < 0)
 		return OTA_ERROR;
 	/* a list that does not verify changes nothing and is said, loudly,
 	 * at each reload; the tokens still reload */
@@ -177,7 +229,9 @@ static int reload_tokens(void *arg)
 	/* a device CA removed on the leader (`otactl fleet ca remove`) */
 	if (arg && fleet_ca_sync(arg, r) < 0)
 		ota_log(OTA_LOG_WARN, "commit notifications: device CA: %s", ota_error_last());
-	return auth_reload(r);
+	rc = auth_reload(r);
+	store_snapshot_end(r);
+	return rc;
 }
 
 static int admin_token(struct store *db, const char *state_dir)
@@ -489,6 +543,35 @@ static int start_agents(struct localagents **agents, struct otacd_config *cfg, c
 }
 
 /*
+ * A follower's reads of the leader's state, at start and at each
+ * leadership poll, in one snapshot of the main thread's reader: its clock
+ * (clock_follow()) and its settings (cfgdrift_compare()).  After a
+ * PostgreSQL restart that reader is opened again by
+ * store_snapshot_begin(); while the database is away the failure is
+ * logged once, and its end once (test_cfgdrift.c).
+ */
+static void follower_reads(double time_scale, int say)
+{
+	static int away;
+	struct store *r = store_reader();
+	int rc = r ? store_snapshot_begin(r) : OTA_ERROR;
+
+	if (rc == 0) {
+		if ((rc = clock_follow(r, time_scale, say)) == 0)
+			rc = cfgdrift_compare(r);
+		store_snapshot_end(r);
+	}
+	if (rc < 0 && !away) {
+		ota_log(OTA_LOG_WARN, "following the leader's clock and settings: %s; trying again at each poll",
+			ota_error_last());
+		away = 1;
+	} else if (rc == 0 && away) {
+		ota_log(OTA_LOG_INFO, "following the leader's clock and settings again");
+		away = 0;
+	}
+}
+
+/*
  * One leadership poll of a follower (PostgreSQL).  LEADER: start the
  * leader's part under the new epoch (*leads = 1).  A poll that fails
  * (the database is away) leaves this instance a follower; it tries again
@@ -512,6 +595,19 @@ static int follow(struct db_leader *l, struct leading *lead, int *leads)
 	if (was_away) {
 		ota_log(OTA_LOG_ERROR, "the database was away while following: exiting to lead from a fresh start");
 		_exit(75);
+	}
+	/* the only place a PostgreSQL instance writes the clock row: before
+	 * the engine computes a deadline with it */
+	{
+		double before = clock_scale();
+		if (clock_setup(lead->db, lead->cfg->time_scale) < 0) {
+			ota_log(OTA_LOG_ERROR, "writing the clock row: %s: exiting to come back as a follower",
+				ota_error_last());
+			_exit(75);
+		}
+		if (clock_scale() != before)
+			ota_log(OTA_LOG_INFO, "time_scale: this instance leads; the shared clock runs at %g from now on",
+				clock_scale());
 	}
 	lead->ecfg.leader_epoch = db_leader_epoch(l);
 	ota_log(OTA_LOG_INFO, "this instance leads (epoch %" PRId64 "): starting the engine", lead->ecfg.leader_epoch);
@@ -701,7 +797,10 @@ int main(int argc, char **argv)
 	if (store_open(&db, path) < 0)
 		goto fail;
 	dburl = xstrdup(path);
-	clock_setup(db, cfg.time_scale);
+	/* issue 16: on PostgreSQL the leader's clock (clock_follow()), set
+	 * by whichever instance takes the lead */
+	if (on_postgresql(path) ? clock_follow(db, cfg.time_scale, 0) < 0 : (clock_setup(db, cfg.time_scale), 0))
+		goto fail;
 	if (instance_id(db) < 0)
 		goto fail;
 	if ((cfg.logs_dir ? logstore_open(cfg.logs_dir, cfg.max_log_bytes)
@@ -904,7 +1003,7 @@ int main(int argc, char **argv)
 			free(holder);
 			goto fail;
 		}
-		cfgdrift_compare(store_reader());
+		follower_reads(cfg.time_scale, 0);
 		rc = db_leader_open(&leader, dburl, holder);
 		free(holder);
 		if (rc < 0)
@@ -946,7 +1045,7 @@ int main(int argc, char **argv)
 			goto fail;
 		if (!leads) {
 			follow_devices(&lead, &fleet_conn);
-			cfgdrift_compare(store_reader()); /* a new leader, or its new row */
+			follower_reads(cfg.time_scale, 1); /* a new leader, or its new rows */
 			continue;
 		}
 		cfgdrift_leading();

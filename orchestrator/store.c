@@ -394,6 +394,21 @@ void store_rollback(struct store *s)
 	db_rollback(s->conn);
 }
 
+int store_snapshot_begin(struct store *s)
+{
+	/* a reader's connection is its thread's own: after the server
+	 * restarted it is broken, so open a new one and begin again
+	 * (test_hafail.c, test_cfgdrift.c) */
+	if (db_begin(s->conn) == 0)
+		return 0;
+	return db_reconnect(s->conn) < 0 ? -1 : db_begin(s->conn);
+}
+
+void store_snapshot_end(struct store *s)
+{
+	db_rollback(s->conn); /* nothing was written: ending it is enough */
+}
+
 int store_meta_get(struct store *s, const char *key, char **out)
 {
 	struct db_stmt *st = store_q(s, "SELECT value FROM meta WHERE key = ?");

@@ -48,6 +48,16 @@ struct db_stmt *store_q(struct store *s, const char *sql);
 int store_begin(struct store *s);      /* BEGIN IMMEDIATE */
 int store_commit(struct store *s);
 void store_rollback(struct store *s);
+/*
+ * A read snapshot on a reader (store_reader()): every statement until
+ * store_snapshot_end() reads the same state.  A reader that a server's
+ * restart broke is opened again (db_reconnect()) and the snapshot begun
+ * on the new connection, so a thread's reader outlives a PostgreSQL
+ * restart.  begin: 0 or negative (message in the error slot); end is safe
+ * without a begin.
+ */
+int store_snapshot_begin(struct store *s);
+void store_snapshot_end(struct store *s);
 
 int store_meta_get(struct store *s, const char *key, char **out);  /* OTA_ENOTFOUND if absent */
 int store_meta_set(struct store *s, const char *key, const char *value);

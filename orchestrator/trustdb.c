@@ -40,16 +40,7 @@ void trustdb_sql_each(void (*fn)(const char *sql, void *arg), void *arg)
 /* The database's newest number (0: none) into *out. */
 static int db_newest(struct store *s, int64_t *out)
 {
-	struct db_stmt *st = store_q(s, max_sql);
-	int rc;
-
-	if (!st)
-		return OTA_ERROR;
-	rc = db_step(st);
-	if (rc == 1)
-		*out = db_column_int64(st, 0);
-	db_reset(st);
-	return rc == 1 ? 0 : rc < 0 ? rc : OTA_ERROR;
+	return db_query_int64(store_conn(s), max_sql, out);
 }
 
 static int insert_row(struct store *s, int64_t number, const char *pem, const char *actor)

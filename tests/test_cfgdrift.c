@@ -12,6 +12,19 @@
  * the leader's: a mismatch ("record"), the follower still answering.
  * Then the leader is SIGKILLed: the new leader's items are 0, the other
  * follower compares with the new leader's row.
+ *
+ * The clock (docs/scale.md, "One clock"): the second follower's
+ * time_scale 2 writes no clock row (the leader's 1 needs none), and every
+ * follower's otacd time is the leader's (read between two of the
+ * leader's); a new leader's scale becomes the row, and the remaining
+ * follower takes it.
+ *
+ * Then the PostgreSQL server restarts (that follower stopped meanwhile, so
+ * it stays one): the leader exits 75 and is started again; the follower's
+ * reader, broken by the restart, is opened again, so a difference written
+ * after the restart is seen and one that agrees again clears, and a token
+ * made on the leader since opens the follower's reads (its token reload
+ * reopens its reader too).
  * Every wait has a generous cap that ends at the first success.
  *
  * Without PostgreSQL's binaries the case is skipped, saying so.
@@ -24,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <cmocka.h>
 
 #include "../orchestrator/db/db.h"
@@ -86,6 +100,39 @@ static void set_leader_row(const char *url, const char *text)
 	free(sql);
 }
 
+/* d's otacd time, /api/v1/health's "time"; its scale in *scale. */
+static int64_t otacd_time(struct daemon *d, double *scale)
+{
+	json_t *h = NULL;
+	int64_t t;
+
+	assert_int_equal(h_get(d, "/api/v1/health", &h), 200);
+	t = json_integer_value(json_object_get(h, "time"));
+	*scale = json_real_value(json_object_get(h, "time_scale"));
+	assert_true(t > 0);
+	json_decref(h);
+	return t;
+}
+
+/* 1 when d's otacd time, read between two readings of the leader's, lies
+ * between them, at the leader's scale: one clock, whatever the load (two
+ * instances at scale 2 with their own anchors drift apart by the seconds
+ * they ran). */
+static int on_leaders_clock(struct daemon *lead, struct daemon *d)
+{
+	double s1, s, s2;
+	int64_t l1 = otacd_time(lead, &s1), t = otacd_time(d, &s), l2 = otacd_time(lead, &s2);
+	return l1 <= t && t <= l2 && s == s1 && s1 == s2;
+}
+
+/* Wait (up to CAP_S) for d to be on the leader's clock. */
+static void wait_leaders_clock(struct daemon *lead, struct daemon *d)
+{
+	for (int i = 0; i < CAP_S * 10 && !on_leaders_clock(lead, d); i++)
+		h_msleep(100);
+	assert_true(on_leaders_clock(lead, d));
+}
+
 /* A file's text (caller frees). */
 static char *slurp(const char *path)
 {
@@ -139,7 +186,8 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	char *row, *bad;
 	struct buf body = BUF_INIT;
 	json_t *h = NULL;
-	int next;
+	char *row2, *own_key, *own_row;
+	int next, f, status = 0;
 
 	(void)state;
 	memset(d, 0, sizeof(d));
@@ -184,6 +232,13 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	assert_int_equal(h_get(&d[1], "/healthz", &h), 200);
 	assert_int_equal(json_array_size(json_object_get(h, "config_mismatch")), 0);
 	json_decref(h);
+	/* one clock: the follower at time_scale 2 wrote no clock row and runs
+	 * on the leader's (wall time), saying so once */
+	assert_int_equal(h_sql_int(&d[0], "SELECT COUNT(*) FROM meta WHERE key = 'clock'"), 0);
+	for (int i = 1; i < 3; i++)
+		assert_true(on_leaders_clock(&d[0], &d[i]));
+	assert_int_equal(log_lines(&d[2], "time_scale: 2 configured", "clock runs at 1:"), 1);
+	assert_int_equal(log_lines(&d[1], "time_scale:", "configured"), 0);
 	/* the leader's own values: unchanged by what a follower recorded */
 	assert_int_equal(mismatch(&d[0], "signing_key.release"), 0);
 	assert_int_equal(mismatch(&d[0], "time_scale"), 0);
@@ -236,12 +291,74 @@ static void followers_see_the_settings_that_differ_from_the_leaders(void **state
 	assert_int_equal(mismatch(&d[3 - next], "signing_key.release"), 1);
 	assert_int_equal(mismatch(&d[3 - next], "time_scale"), 1);
 	assert_int_equal(mismatch(&d[3 - next], "trust_root"), 0);
+	/* the new leader's scale is the clock row's (none for 1), and the
+	 * other follower's otacd time is the new leader's */
+	if (next == 2) {
+		row2 = h_sql_text(&d[next], "SELECT value FROM meta WHERE key = 'clock'");
+		assert_non_null(row2);
+		assert_int_equal(strncmp(row2, "2 ", 2), 0);
+		free(row2);
+	} else {
+		assert_int_equal(h_sql_int(&d[next], "SELECT COUNT(*) FROM meta WHERE key = 'clock'"), 0);
+	}
+	wait_leaders_clock(&d[next], &d[3 - next]);
+
+	/* the server restarts; the follower, stopped meanwhile, stays one */
+	f = 3 - next;
+	assert_int_equal(kill(d[f].pid, SIGSTOP), 0);
+	assert_int_equal(pgcluster_restart(&pg), 0);
+	for (int i = 0; i < CAP_S * 10 && waitpid(d[next].pid, &status, WNOHANG) == 0; i++)
+		h_msleep(100);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 75); /* it lost the lead */
+	d[next].pid = 0;
+	d[next].follower_ok = 0; /* started again: h_start() returns once it leads */
+	assert_int_equal(h_start(&d[next], args), 0);
+	assert_int_equal(kill(d[f].pid, SIGCONT), 0);
+	/* a difference written after the restart: the leader's row made the
+	 * follower's own, so every item agrees; then the leader's back */
+	row2 = h_sql_text(&d[next], LEADER_ROW);
+	own_key = xasprintf("SELECT value FROM meta WHERE key = 'config_fp:%s'", d[f].url);
+	own_row = h_sql_text(&d[next], own_key);
+	assert_non_null(row2);
+	assert_non_null(own_row);
+	assert_string_not_equal(row2, own_row);
+	set_leader_row(otacd_db, own_row);
+	wait_mismatch(&d[f], "signing_key.release", 0);
+	assert_int_equal(mismatch(&d[f], "time_scale"), 0);
+	set_leader_row(otacd_db, row2);
+	wait_mismatch(&d[f], "signing_key.release", 1);
+	assert_int_equal(mismatch(&d[f], "time_scale"), 1);
+	wait_leaders_clock(&d[next], &d[f]);
+	/* the follower's tokens reload again too (the commitwatch's reader):
+	 * one made on the leader after the restart opens its reads */
+	{
+		json_t *req = json_pack("{ss ss}", "name", "after-restart", "role", "viewer"), *ans = NULL;
+		const char *tok;
+		long st = 0;
+
+		assert_int_equal(h_post(&d[next], "/api/v1/tokens", req, &ans), 201);
+		tok = json_string_value(json_object_get(ans, "token"));
+		assert_non_null(tok);
+		for (int i = 0; i < CAP_S * 10 && (st = h_raw(&d[f], "GET", "/api/v1/runs", tok, NULL, NULL, 0, NULL)) != 200;
+		     i++)
+			h_msleep(100);
+		assert_int_equal(st, 200);
+		json_decref(req);
+		json_decref(ans);
+	}
+	/* the database's absence said at most once, its return as often */
+	assert_true(log_lines(&d[f], "clock and settings:", "trying again") <= 1);
+	assert_int_equal(log_lines(&d[f], "clock and settings again", ""),
+			 log_lines(&d[f], "clock and settings:", "trying again"));
 
 	for (int i = 0; i < 3; i++)
 		h_cleanup(&d[i]);
 	pgcluster_stop(&pg);
 	buf_release(&body);
 	free(row);
+	free(row2);
+	free(own_key);
+	free(own_row);
 	free(bad);
 	free(piece_a);
 	free(piece_b);

@@ -250,13 +250,10 @@ static const char *const run_states[] = { "queued", "blocked", "running", "passe
 static const char *const job_states[] = { "pending", "queued", "running", "passed", "failed", "canceled", "skipped",
 					  NULL };
 
-static int db_text(struct api *a, struct buf *b)
+static int db_text_read(struct api *a, struct store *db, struct buf *b)
 {
-	struct store *db = store_reader();
 	int64_t now = clock_now_ms(), oldest;
 
-	if (!db)
-		return OTA_ERROR;
 	if (by_state(b, db, "otacd_runs", "Runs by state.", "SELECT state, COUNT(*) FROM runs GROUP BY state",
 		     run_states) < 0 ||
 	    by_state(b, db, "otacd_jobs", "Jobs by state.", "SELECT state, COUNT(*) FROM jobs GROUP BY state",
@@ -303,6 +300,20 @@ static int db_text(struct api *a, struct buf *b)
 		   one_int(db, "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM artifacts GROUP BY sha256) AS objects", 0),
 		   one_int(db, "SELECT COUNT(*) FROM artifacts", 0));
 	return 0;
+}
+
+/* The database's series, in one snapshot of the thread's reader (opened
+ * again after a PostgreSQL restart). */
+static int db_text(struct api *a, struct buf *b)
+{
+	struct store *db = store_reader();
+	int rc;
+
+	if (!db || api_snapshot_begin(db) < 0)
+		return OTA_ERROR;
+	rc = db_text_read(a, db, b);
+	api_snapshot_end(db);
+	return rc;
 }
 
 /* issue 16: tokens and agents read again (commitwatch.h) */

@@ -53,18 +53,12 @@ static struct store *reader(struct api_req *r)
 
 int api_snapshot_begin(struct store *s)
 {
-	struct db *db = store_conn(s);
-	/* a reader's connection is its thread's own: after the server
-	 * restarted it is broken, so open a new one and begin again
-	 * (test_hafail.c) */
-	if (db_begin(db) == 0)
-		return 0;
-	return db_reconnect(db) < 0 ? -1 : db_begin(db);
+	return store_snapshot_begin(s);
 }
 
 void api_snapshot_end(struct store *s)
 {
-	db_rollback(store_conn(s)); /* nothing was written: ending it is enough */
+	store_snapshot_end(s);
 }
 
 /* The reader, inside a snapshot; NULL after answering 500. */

@@ -514,24 +514,34 @@ int db_reconnect(struct db *db)
 
 /* ---- migrations ---------------------------------------------------------- */
 
-int db_schema_version(struct db *db, int *out)
+int db_query_int64(struct db *db, const char *sql, int64_t *out)
 {
-	struct db_stmt *st = db_stmt(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations");
+	struct db_stmt *st = db_stmt(db, sql);
 	int rc;
 
 	if (!st)
 		return OTA_ERROR;
 	rc = db_step(st);
 	if (rc == 1)
-		*out = (int)db_column_int64(st, 0);
+		*out = db_column_int64(st, 0);
 	db_reset(st);
 	return rc == 1 ? 0 : (rc < 0 ? rc : OTA_ERROR);
+}
+
+int db_schema_version(struct db *db, int *out)
+{
+	int64_t v = 0;
+	int rc = db_query_int64(db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &v);
+
+	if (rc == 0)
+		*out = (int)v;
+	return rc;
 }
 
 static int apply_one(struct db *db, const char *const *list, size_t n, int *done)
 {
 	struct db_stmt *st;
-	int version, rc;
+	int version = 0, rc;
 
 	/* db_begin() makes migrators take turns (several instances starting
 	 * at once), and the one that waited sees the version the other

@@ -218,6 +218,12 @@ int db_sqlite_backup_to(struct db *db, const char *path);
 int db_migrate(struct db *db, const char *const *list, size_t n);
 /* The schema version recorded in schema_migrations (0 if none). */
 int db_schema_version(struct db *db, int *out);
+/*
+ * One integer from one query: the first column of its first row, for
+ * aggregates that always answer a row (COUNT, COALESCE(MAX(...), 0)).
+ * 0, or negative: the query's own failure, or OTA_ERROR for no row.
+ */
+int db_query_int64(struct db *db, const char *sql, int64_t *out);
 
 /* ---- upkeep and the disk (retention.c, engine.c) ------------------------ */
 
