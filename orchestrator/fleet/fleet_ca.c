@@ -253,6 +253,23 @@ static int check_ca_pair(X509 *cert, EVP_PKEY *key, const char *what)
 	return 0;
 }
 
+/* The CA in force replaced by cert, key, st and pem (taken; all NULL: no
+ * CA), under the write lock; the verified-certificate cache goes stale. */
+static void ca_swap(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key, X509_STORE *st, char *pem)
+{
+	pthread_rwlock_wrlock(&ca->lock);
+	X509_free(ca->cert);
+	EVP_PKEY_free(ca->key);
+	X509_STORE_free(ca->store);
+	free(ca->cert_pem);
+	ca->cert = cert;
+	ca->key = key;
+	ca->store = st;
+	ca->cert_pem = pem;
+	atomic_fetch_add(&ca->gen, 1);
+	pthread_rwlock_unlock(&ca->lock);
+}
+
 /* Install cert/key (taken) as the CA, under the write lock. */
 static int ca_set(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key)
 {
@@ -270,17 +287,7 @@ static int ca_set(struct fleet_ca *ca, X509 *cert, EVP_PKEY *key)
 	}
 	/* an external CA may be an intermediate: it is the anchor itself */
 	X509_STORE_set_flags(st, X509_V_FLAG_PARTIAL_CHAIN);
-	pthread_rwlock_wrlock(&ca->lock);
-	X509_free(ca->cert);
-	EVP_PKEY_free(ca->key);
-	X509_STORE_free(ca->store);
-	free(ca->cert_pem);
-	ca->cert = cert;
-	ca->key = key;
-	ca->store = st;
-	ca->cert_pem = pem;
-	atomic_fetch_add(&ca->gen, 1);
-	pthread_rwlock_unlock(&ca->lock);
+	ca_swap(ca, cert, key, st, pem);
 	return 0;
 }
 
@@ -772,17 +779,7 @@ static void move_aside(struct fleet_ca *ca)
  * "no device CA" from now on, the verified-certificate cache is stale. */
 static void ca_drop(struct fleet_ca *ca)
 {
-	pthread_rwlock_wrlock(&ca->lock);
-	X509_free(ca->cert);
-	EVP_PKEY_free(ca->key);
-	X509_STORE_free(ca->store);
-	free(ca->cert_pem);
-	ca->cert = NULL;
-	ca->key = NULL;
-	ca->store = NULL;
-	ca->cert_pem = NULL;
-	atomic_fetch_add(&ca->gen, 1);
-	pthread_rwlock_unlock(&ca->lock);
+	ca_swap(ca, NULL, NULL, NULL, NULL);
 }
 
 /* fleet_ca_db.c: the row deleted and the CA marked removed, audited, in one
