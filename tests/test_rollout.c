@@ -164,10 +164,11 @@ static void wait_run_verdict(struct daemon *d, int64_t run, int64_t release, con
 	const char *got = h_wait_run(d, run, timeout_ms);
 
 	if (strcmp(got, want)) {
+		/* stderr, whole: cmocka's print_error cuts a long text */
 		json_t *st = rollout_status(d, release);
 		char *text = json_dumps(st, JSON_INDENT(1));
-		print_error("run %lld ended %s, not %s; release %lld:\n%s\n",
-			    (long long)run, got, want, (long long)release, text);
+		fprintf(stderr, "run %lld ended %s, not %s; release %lld:\n%s\n", (long long)run, got, want,
+			(long long)release, text);
 		free(text);
 		json_decref(st);
 	}
@@ -254,7 +255,10 @@ static int T(int ms)
  */
 static const char *max_extension(void)
 {
-	return slow() ? "240h" : "72h";
+	/* within the runs' T(480000) wait: 360 s of it at 3600, 800 s at 1800
+	 * (72h, 72 s, once ran out in CI on a quiet machine: the 1 % step of
+	 * 1.3.0 paused, where it fails in ~10 s as a rule) */
+	return slow() ? "400h" : "360h";
 }
 static const char *const PROFILE =
 	"{ \"versions\": { \"1.2.0\": { \"crash_rate\": 0.05 }, \"1.3.0\": { \"crash_rate\": 0.05 } },"
