@@ -255,10 +255,13 @@ static int T(int ms)
  */
 static const char *max_extension(void)
 {
-	/* within the runs' T(480000) wait: 360 s of it at 3600, 800 s at 1800
+	/* within the runs' T(480000) wait.  Plain: 360h, 360 s of it at 3600
 	 * (72h, 72 s, once ran out in CI on a quiet machine: the 1 % step of
-	 * 1.3.0 paused, where it fails in ~10 s as a rule) */
-	return slow() ? "400h" : "360h";
+	 * 1.3.0 paused, where it fails in ~10 s as a rule).  Sanitizers: 240h,
+	 * 480 s at 1800, as in every CI run that passed (with 400h, 1.2.0's
+	 * 1 % step once passed under ASan and the 5 % step failed it: not
+	 * understood yet, the release's gates were not printed) */
+	return slow() ? "240h" : "360h";
 }
 static const char *const PROFILE =
 	"{ \"versions\": { \"1.2.0\": { \"crash_rate\": 0.05 }, \"1.3.0\": { \"crash_rate\": 0.05 } },"
